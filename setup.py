@@ -1,0 +1,31 @@
+"""Build hook for the optional native part (``native/``, compiled with cffi).
+
+Everything else lives in ``pyproject.toml``.  The extension is optional on purpose: if the C
+compiler or the headers are missing, the install still succeeds and the package runs on the
+pure-Python twins in ``trio_yastack._native``.
+"""
+
+from setuptools import setup
+from setuptools.command.build_ext import build_ext
+
+
+class OptionalBuildExt(build_ext):
+    """A ``build_ext`` that reports a failed native build instead of failing the install."""
+
+    def run(self) -> None:
+        try:
+            super().run()
+        except Exception as exc:  # noqa: BLE001 - any compiler failure means "no native part"
+            self.warn(f"trio_yastack: native build failed, using pure-Python twins ({exc})")
+
+    def build_extension(self, ext) -> None:  # type: ignore[no-untyped-def]
+        try:
+            super().build_extension(ext)
+        except Exception as exc:  # noqa: BLE001
+            self.warn(f"trio_yastack: native extension {ext.name} not built ({exc})")
+
+
+setup(
+    cffi_modules=["native/build_native.py:ffibuilder"],
+    cmdclass={"build_ext": OptionalBuildExt},
+)

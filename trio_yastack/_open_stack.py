@@ -1,0 +1,134 @@
+"""``open_stack``: run a stack instance on a NIC port inside the current trio run."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from ipaddress import IPv4Address, IPv4Interface
+from typing import Any
+
+import trio
+
+from trio_yastack.dispatch import PollLoop
+from trio_yastack.nic import PcapReplayPort, Port, PortStatistics
+from trio_yastack.socket_api import PingSocket, UdpEndpoint
+from trio_yastack.stack import InterfaceConfig, StackConfig, StackCore, StackStatistics, UdpPcb
+from trio_yastack.stack.wire import MacAddress
+
+__all__ = ["Stack", "open_port", "open_stack"]
+
+
+def open_port(spec: str | Port) -> Port:
+    """A port object from a spec string: ``pcap:FILE`` replays a capture.
+
+    ``tap:NAME`` is the TAP poll-mode driver, which is not part of this release yet.
+    """
+    if isinstance(spec, Port):
+        return spec
+    kind, _, arg = spec.partition(":")
+    if kind == "pcap" and arg:
+        return PcapReplayPort(arg)
+    if kind == "tap":
+        raise ValueError(
+            f"nic {spec!r}: the TAP poll-mode driver is not in this release yet; "
+            "pass a Port object (e.g. from trio_yastack.nic.memory_wire()) or pcap:FILE"
+        )
+    raise ValueError(f"unknown nic spec {spec!r}: expected pcap:FILE or a Port object")
+
+
+class Stack:
+    """A stack instance running on a port in the current trio run (from :func:`open_stack`)."""
+
+    def __init__(self, core: StackCore, port: Port, loop: PollLoop) -> None:
+        self.core = core
+        self.port = port
+        self._loop = loop
+
+    @property
+    def address(self) -> IPv4Address:
+        return self.core.config.interface.address
+
+    @property
+    def mac(self) -> MacAddress:
+        return self.core.config.interface.mac
+
+    def kick(self) -> None:
+        """Ask the poll loop to flush what an application call queued."""
+        self._loop.kick()
+
+    def statistics(self) -> StackStatistics:
+        return self.core.statistics()
+
+    def port_statistics(self) -> PortStatistics:
+        return self.port.statistics()
+
+    def runtime_statistics(self) -> dict[str, int]:
+        return self._loop.stats.snapshot()
+
+    def udp_socket(self, port: int = 0, host: str = "0.0.0.0") -> UdpEndpoint:
+        """A UDP endpoint bound to ``host:port`` (port 0: an ephemeral port)."""
+        pcb = UdpPcb()
+        self.core.udp.bind(pcb, int(IPv4Address(host)), port)
+        return UdpEndpoint(self, pcb)
+
+    def ping_socket(self, ident: int | None = None) -> PingSocket:
+        return PingSocket(self, self.core.icmp.echo_open(ident))
+
+
+@asynccontextmanager
+async def open_stack(
+    nic: Port | str,
+    *,
+    ip: str | IPv4Address | IPv4Interface,
+    prefix_len: int | None = None,
+    gateway: str | IPv4Address | None = None,
+    mac: str | MacAddress | None = None,
+    mtu: int | None = None,
+    burst: int | None = None,
+    seed: int | None = None,
+    config: StackConfig | None = None,
+    **config_overrides: Any,
+) -> AsyncIterator[Stack]:
+    """Run the stack on ``nic`` for the duration of the ``async with`` block.
+
+    ``ip`` may carry its prefix (``"198.18.0.2/24"``; default /24).  ``mac`` and ``mtu`` default to
+    the port's.  ``seed`` makes every random choice of the stack repeatable.  ``config`` (a
+    :class:`~trio_yastack.stack.StackConfig`) replaces the defaults; keyword overrides such as
+    ``arp=ArpConfig(...)`` replace single sections of it.
+    """
+    port = open_port(nic)
+    caps = port.capabilities
+    interface_ip = IPv4Interface(ip if prefix_len is None else f"{IPv4Interface(ip).ip}/{prefix_len}")
+    if "/" not in str(ip) and prefix_len is None and not isinstance(ip, IPv4Interface):
+        interface_ip = IPv4Interface(f"{interface_ip.ip}/24")
+    interface = InterfaceConfig(
+        mac=MacAddress(mac) if mac is not None else caps.mac,
+        address=interface_ip.ip,
+        prefix_len=interface_ip.network.prefixlen,
+        gateway=IPv4Address(gateway) if gateway is not None else None,
+        mtu=mtu if mtu is not None else caps.mtu,
+    )
+    if config is None:
+        config = StackConfig(interface=interface, verify_checksums=not caps.rx_checksum_offload)
+    else:
+        config = replace(config, interface=interface)
+    if config_overrides:
+        config = replace(config, **config_overrides)
+    core = StackCore(config, rng=random.Random(seed) if seed is not None else None)
+    loop = PollLoop(core, port, burst=burst)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(loop.run)
+            try:
+                yield Stack(core, port, loop)
+            finally:
+                loop.flush()
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # The poll loop never raises, so a lone exception is the caller's own: give it back
+        # unwrapped, as if no nursery were here.
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise

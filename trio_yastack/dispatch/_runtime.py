@@ -1,0 +1,120 @@
+"""The per-core runtime: one poll loop that runs a stack instance on one port queue.
+
+Each turn: one bounded ``rx_burst``, every frame through ``ether_input``, the due timers, one
+wake-up per socket that changed, one ``tx_burst``.  When a turn received nothing and no timer
+is due, the loop sleeps in ``port.wait_rx`` with the stack's next deadline around it; an
+application that queues frames (a send) ``kick``s it awake.  The loop never raises because of
+what it received: an exception from the stack is a bug, counted and logged, never fatal.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import trio
+
+from trio_yastack.nic import Port
+from trio_yastack.stack import StackCore
+
+__all__ = ["PollLoop", "RuntimeStatistics"]
+
+log = logging.getLogger("trio_yastack.runtime")
+
+
+class RuntimeStatistics:
+    """Counters of the poll loop itself (mutable; ``snapshot()`` copies them)."""
+
+    __slots__ = ("bursts", "frames_in", "frames_out", "idle_waits", "internal_errors", "tx_refused", "wakeups")
+
+    def __init__(self) -> None:
+        self.bursts = self.frames_in = self.frames_out = self.idle_waits = 0
+        self.internal_errors = self.tx_refused = self.wakeups = 0
+
+    def snapshot(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
+class PollLoop:
+    """Runs ``core`` on ``port`` queue ``queue`` inside the current trio run."""
+
+    def __init__(self, core: StackCore, port: Port, *, queue: int = 0, burst: int | None = None) -> None:
+        self.core = core
+        self.port = port
+        self.queue = queue
+        self.burst = burst or port.capabilities.max_burst
+        self.stats = RuntimeStatistics()
+        self._idle_scope: trio.CancelScope | None = None
+        self._logged_errors = 0
+
+    def kick(self) -> None:
+        """Frames or timers were added from outside a turn (an application call): wake the loop."""
+        if self._idle_scope is not None:
+            self._idle_scope.cancel()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        core, port, queue, burst, stats = self.core, self.port, self.queue, self.burst, self.stats
+        ether_input = core.ether_input
+        core.start(trio.current_time())
+        self.flush()
+        task_status.started()
+        while True:
+            frames = port.rx_burst(queue, burst)
+            now = trio.current_time()
+            if frames:
+                stats.bursts += 1
+                stats.frames_in += len(frames)
+                for frame in frames:
+                    try:
+                        ether_input(frame, now)
+                    except Exception:  # a bug in the stack must not stop the core
+                        self._internal_error("ether_input")
+            try:
+                core.run_timers(now)
+            except Exception:
+                self._internal_error("run_timers")
+            self.wake_ready()
+            self.flush()
+            if frames:
+                await trio.lowlevel.checkpoint()
+                continue
+            deadline = core.next_deadline()
+            if deadline is not None and deadline <= now:
+                await trio.lowlevel.checkpoint()
+                continue
+            stats.idle_waits += 1
+            with trio.CancelScope(deadline=math.inf if deadline is None else deadline) as scope:
+                self._idle_scope = scope
+                await port.wait_rx(queue)
+            self._idle_scope = None
+
+    def wake_ready(self) -> None:
+        """Wake, once each, the tasks waiting on objects that changed in this turn."""
+        if not self.core.ready:
+            return
+        for owner in self.core.take_ready():
+            waiter: Any = owner.waiter
+            if waiter is not None:
+                self.stats.wakeups += 1
+                waiter.wake()
+
+    def flush(self) -> None:
+        """Hand the stack's outbox to the port in one ``tx_burst``; frames it refuses are dropped
+        and counted, as a DPDK application frees the mbufs ``rte_eth_tx_burst`` did not take."""
+        core = self.core
+        if not core.outbox:
+            return
+        frames = core.take_outbox()
+        accepted = self.port.tx_burst(self.queue, frames)
+        self.stats.frames_out += accepted
+        if accepted < len(frames):
+            self.stats.tx_refused += len(frames) - accepted
+            for _ in range(len(frames) - accepted):
+                core.stats_ether.drop("tx_refused")
+
+    def _internal_error(self, where: str) -> None:
+        self.stats.internal_errors += 1
+        if self._logged_errors < 10:
+            self._logged_errors += 1
+            log.exception("internal error in %s (counted; the core goes on)", where)

@@ -1,0 +1,229 @@
+"""A virtual wire between two ports, with seeded faults, driven by trio's clock.
+
+Nothing runs in the background: a frame handed to ``tx_burst`` is given its arrival time
+(now + serialisation at ``rate_bps`` behind the frames already on the wire + ``latency``) and
+put in the other port's queue, and ``rx_burst`` hands over the frames whose arrival time has
+come.  Under ``trio.testing.MockClock(autojump_threshold=0)`` a test with seconds of simulated
+latency and timeouts therefore runs in milliseconds and is exactly repeatable for a seed.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import trio
+
+from trio_yastack.stack.wire import MacAddress
+
+from ._port import Port, PortCapabilities, PortCounters, PortStatistics
+
+__all__ = ["MemoryPort", "WireStatistics", "memory_wire"]
+
+#: how much later than its own arrival time a frame picked for reordering arrives
+REORDER_DELAY = 0.001
+
+
+@dataclass(frozen=True, slots=True)
+class WireStatistics:
+    """What the wire did to the frames one port sent."""
+
+    sent: int = 0
+    lost: int = 0
+    duplicated: int = 0
+    reordered: int = 0
+    corrupted: int = 0
+    queue_drops: int = 0  # tail drops at the receiving port's queue (``queue_limit``)
+
+
+class _Direction:
+    """One direction of the wire: the faults applied and the receiving port's queue."""
+
+    __slots__ = (
+        "busy_until", "corrupt", "corrupted", "duplicate", "duplicated", "latency", "lost", "loss",
+        "queue", "queue_drops", "queue_limit", "rate_bps", "receiver", "reorder", "reordered", "rng",
+        "sent", "seq",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        *,
+        loss: float,
+        duplicate: float,
+        reorder: float,
+        corrupt: float,
+        latency: float,
+        rate_bps: float | None,
+        queue_limit: int,
+        rng: random.Random,
+    ) -> None:
+        self.loss, self.duplicate, self.reorder, self.corrupt = loss, duplicate, reorder, corrupt
+        self.latency, self.rate_bps, self.queue_limit, self.rng = latency, rate_bps, queue_limit, rng
+        self.queue: list[tuple[float, int, bytes]] = []  # heap of (arrival time, seq, frame)
+        self.seq = 0
+        self.busy_until = 0.0
+        self.sent = self.lost = self.duplicated = self.reordered = self.corrupted = self.queue_drops = 0
+        self.receiver: MemoryPort | None = None
+
+    def carry(self, frame: bytes, now: float) -> None:
+        self.sent += 1
+        rng = self.rng
+        if self.loss and rng.random() < self.loss:
+            self.lost += 1
+            return
+        copies = 1
+        if self.duplicate and rng.random() < self.duplicate:
+            self.duplicated += 1
+            copies = 2
+        for _ in range(copies):
+            arrival = now
+            if self.rate_bps:
+                start = max(now, self.busy_until)
+                self.busy_until = start + len(frame) * 8 / self.rate_bps
+                arrival = self.busy_until
+            arrival += self.latency
+            copy = frame
+            if self.corrupt and rng.random() < self.corrupt and frame:
+                self.corrupted += 1
+                damaged = bytearray(frame)
+                damaged[rng.randrange(len(damaged))] ^= 1 << rng.randrange(8)
+                copy = bytes(damaged)
+            if self.reorder and rng.random() < self.reorder:
+                self.reordered += 1
+                arrival += REORDER_DELAY
+            if len(self.queue) >= self.queue_limit:
+                self.queue_drops += 1
+                assert self.receiver is not None
+                self.receiver._counters.imissed += 1
+                continue
+            self.seq += 1
+            heapq.heappush(self.queue, (arrival, self.seq, copy))
+        assert self.receiver is not None
+        self.receiver._rx_lot.unpark_all()
+
+    def statistics(self) -> WireStatistics:
+        return WireStatistics(
+            self.sent, self.lost, self.duplicated, self.reordered, self.corrupted, self.queue_drops
+        )
+
+
+class MemoryPort(Port):
+    """One end of a :func:`memory_wire`: a single-queue port."""
+
+    def __init__(self, name: str, capabilities: PortCapabilities) -> None:
+        self.name = name
+        self._capabilities = capabilities
+        self._counters = PortCounters()
+        self._rx_lot = trio.lowlevel.ParkingLot()
+        self._outgoing: _Direction | None = None  # frames this port sends
+        self._incoming: _Direction | None = None  # frames this port receives
+        self._closed = False
+
+    @property
+    def capabilities(self) -> PortCapabilities:
+        return self._capabilities
+
+    def rx_burst(self, queue: int, max_n: int) -> list[bytes]:
+        if queue != 0:
+            raise ValueError(f"{self.name} has one receive queue, not {queue + 1}")
+        assert self._incoming is not None
+        pending = self._incoming.queue
+        if not pending or self._closed:
+            return []
+        now = trio.current_time()
+        frames: list[bytes] = []
+        counters = self._counters
+        while pending and pending[0][0] <= now and len(frames) < max_n:
+            frame = heapq.heappop(pending)[2]
+            frames.append(frame)
+            counters.ibytes += len(frame)
+        counters.ipackets += len(frames)
+        return frames
+
+    def tx_burst(self, queue: int, frames: Sequence[bytes]) -> int:
+        if queue != 0:
+            raise ValueError(f"{self.name} has one transmit queue, not {queue + 1}")
+        assert self._outgoing is not None
+        if self._closed:
+            return 0
+        now = trio.current_time()
+        limit = self._capabilities.max_frame_len
+        counters = self._counters
+        carry = self._outgoing.carry
+        for frame in frames:
+            if len(frame) > limit:
+                counters.oerrors += 1
+                continue
+            counters.opackets += 1
+            counters.obytes += len(frame)
+            carry(frame, now)
+        return len(frames)
+
+    async def wait_rx(self, queue: int) -> None:
+        assert self._incoming is not None
+        pending = self._incoming.queue
+        if pending:
+            with trio.move_on_at(pending[0][0]):
+                await self._rx_lot.park()
+            await trio.lowlevel.checkpoint()
+        else:
+            await self._rx_lot.park()
+
+    def statistics(self) -> PortStatistics:
+        return self._counters.snapshot()
+
+    def wire_statistics(self) -> WireStatistics:
+        """What the wire did to the frames this port sent."""
+        assert self._outgoing is not None
+        return self._outgoing.statistics()
+
+    def close(self) -> None:
+        self._closed = True
+
+
+def memory_wire(
+    *,
+    loss: float = 0.0,
+    duplicate: float = 0.0,
+    reorder: float = 0.0,
+    corrupt: float = 0.0,
+    latency: float = 0.0,
+    rate_bps: float | None = None,
+    queue_limit: int = 4096,
+    seed: int | None = None,
+    mtu: int = 1500,
+    macs: tuple[str, str] = ("02:00:00:00:00:01", "02:00:00:00:00:02"),
+    max_burst: int = 32,
+) -> tuple[MemoryPort, MemoryPort]:
+    """Two ports joined by a virtual wire; each fault applies to each direction separately.
+
+    ``loss``, ``duplicate``, ``reorder`` and ``corrupt`` are per-frame probabilities;
+    ``corrupt`` flips one bit.  ``latency`` is one-way, in seconds; ``rate_bps`` limits each
+    direction's bit rate (frames queue behind each other); ``queue_limit`` bounds the frames
+    in flight plus waiting at each receiver (beyond it, tail drop counted as ``imissed``).
+    ``seed`` makes the faults repeatable.
+    """
+    for name, probability in (("loss", loss), ("duplicate", duplicate), ("reorder", reorder), ("corrupt", corrupt)):
+        if not 0.0 <= probability <= 1.0:
+            raise ValueError(f"{name} must be a probability in [0, 1], not {probability}")
+    if latency < 0 or (rate_bps is not None and rate_bps <= 0) or queue_limit < 1:
+        raise ValueError("latency must be >= 0, rate_bps > 0 and queue_limit >= 1")
+    master = random.Random(seed)
+    ports = []
+    for index, mac in enumerate(macs):
+        caps = PortCapabilities(mac=MacAddress(mac), mtu=mtu, max_burst=max_burst)
+        ports.append(MemoryPort(f"mem{index}", caps))
+    a, b = ports
+    directions = []
+    for sender, receiver in ((a, b), (b, a)):
+        direction = _Direction(
+            loss=loss, duplicate=duplicate, reorder=reorder, corrupt=corrupt, latency=latency,
+            rate_bps=rate_bps, queue_limit=queue_limit, rng=random.Random(master.getrandbits(64)),
+        )  # fmt: skip
+        direction.receiver = receiver
+        sender._outgoing = direction
+        receiver._incoming = direction
+        directions.append(direction)
+    return a, b

@@ -1,0 +1,20 @@
+"""The user-space TCP/IP stack, sans-IO: fed frames and ``now``, it leaves frames, events and
+its next deadline.  It never imports trio, ``time`` or ``socket`` (a test checks).
+
+The journey of a packet, by FreeBSD's names: ``ether_input`` -> ``arp_input`` | ``ip_input``
+-> ``icmp_input`` | ``udp_input`` (| ``tcp_input``) on the way in; ``udp_output`` ->
+``ip_output`` -> ``arpresolve`` -> ``ether_output`` on the way out.
+"""
+
+from ._config import ArpConfig as ArpConfig
+from ._config import IcmpConfig as IcmpConfig
+from ._config import InterfaceConfig as InterfaceConfig
+from ._config import IpConfig as IpConfig
+from ._config import StackConfig as StackConfig
+from ._config import UdpConfig as UdpConfig
+from ._core import StackCore as StackCore
+from ._icmp import EchoEndpoint as EchoEndpoint
+from ._stats import LayerStatistics as LayerStatistics
+from ._stats import StackStatistics as StackStatistics
+from ._timers import TimerQueue as TimerQueue
+from ._udp import UdpPcb as UdpPcb

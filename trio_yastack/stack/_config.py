@@ -1,0 +1,87 @@
+"""Frozen configuration of one stack instance (one per core).
+
+Defaults follow FreeBSD's sysctls where one exists (named in each field's comment), so a user
+comparing with F-Stack/YAStack finds the same behaviour.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network
+
+from .wire import MacAddress
+
+__all__ = ["ArpConfig", "IcmpConfig", "InterfaceConfig", "IpConfig", "StackConfig", "UdpConfig"]
+
+
+@dataclass(frozen=True, slots=True)
+class InterfaceConfig:
+    """The one interface a stack instance serves."""
+
+    mac: MacAddress
+    address: IPv4Address
+    prefix_len: int = 24
+    gateway: IPv4Address | None = None
+    mtu: int = 1500
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.prefix_len <= 32:
+            raise ValueError(f"prefix length {self.prefix_len} is not in 0..32")
+        if not 576 <= self.mtu <= 65535:
+            raise ValueError(f"MTU {self.mtu} is outside 576..65535 (RFC 791 minimum 576)")
+        if self.gateway is not None and self.gateway not in self.network:
+            raise ValueError(f"gateway {self.gateway} is not on {self.network}")
+
+    @property
+    def network(self) -> IPv4Network:
+        return IPv4Network(f"{self.address}/{self.prefix_len}", strict=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ArpConfig:
+    max_age: float = 1200.0  # net.link.ether.inet.max_age
+    request_interval: float = 1.0  # one request a second while resolving
+    max_requests: int = 5  # net.link.ether.inet.maxtries
+    hold_limit: int = 16  # net.link.ether.inet.maxhold: packets held per unresolved address
+    pending_limit: int = 256  # addresses being resolved at once
+    cache_limit: int = 4096  # entries; the least recently confirmed is evicted beyond it
+    refresh_before: float = 5.0  # re-ask this long before an entry in use expires
+    gratuitous_at_start: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class IpConfig:
+    default_ttl: int = 64  # net.inet.ip.ttl
+    reassembly_timeout: float = 30.0  # RFC 1122 suggests 60-120 s; FreeBSD and Linux use 30
+    reassembly_max_datagrams: int = 256  # datagrams being reassembled at once
+    reassembly_max_fragments: int = 64  # fragments per datagram (net.inet.ip.maxfragsperpacket)
+    reassembly_memory_limit: int = 4 * 1024 * 1024  # bytes held in all reassembly queues
+    loopback_limit: int = 1024  # datagrams to our own address waiting for the next poll
+
+
+@dataclass(frozen=True, slots=True)
+class IcmpConfig:
+    error_rate_limit: float = 200.0  # net.inet.icmp.icmplim: errors per second
+    error_burst: int = 50  # token-bucket depth
+    reply_to_broadcast_echo: bool = False  # net.inet.icmp.bmcastecho
+    quote_len: int = 548  # bytes of the offending datagram quoted (net.inet.icmp.quotelen)
+    echo_queue_limit: int = 1024  # replies waiting per echo endpoint
+
+
+@dataclass(frozen=True, slots=True)
+class UdpConfig:
+    receive_queue_bytes: int = 212_992  # per socket (Linux rmem_default)
+    receive_queue_datagrams: int = 4096  # per socket
+    ephemeral_first: int = 49152  # net.inet.ip.portrange.first
+    ephemeral_last: int = 65535  # net.inet.ip.portrange.last
+
+
+@dataclass(frozen=True, slots=True)
+class StackConfig:
+    interface: InterfaceConfig
+    arp: ArpConfig = field(default_factory=ArpConfig)
+    ip: IpConfig = field(default_factory=IpConfig)
+    icmp: IcmpConfig = field(default_factory=IcmpConfig)
+    udp: UdpConfig = field(default_factory=UdpConfig)
+    outbox_limit: int = 8192  # frames waiting for the next tx_burst
+    verify_checksums: bool = True  # off only when the port verified them (rx checksum offload)

@@ -1,0 +1,158 @@
+"""One instance of the user-space stack: everything one core runs, with no I/O of its own.
+
+The runtime feeds it frames (``ether_input``) and the time (``run_timers``), takes the frames it
+leaves in ``outbox``, wakes the owners of the objects in ``ready``, and sleeps until
+``next_deadline()``.  Nothing here imports trio, ``time`` or ``socket``.
+"""
+
+from __future__ import annotations
+
+import errno
+import random
+from collections.abc import Callable
+from typing import Any
+
+from ._arp import ArpLayer
+from ._config import StackConfig
+from ._icmp import IcmpLayer
+from ._ip import IpLayer
+from ._stats import ArpStats, EtherStats, IcmpStats, IpStats, StackStatistics, UdpStats
+from ._timers import TimerQueue
+from ._udp import UdpLayer
+from .wire import WireError
+from .wire.ethernet import (
+    ETHER_HEADER,
+    ETHER_HEADER_LEN,
+    ETHERTYPE_ARP,
+    ETHERTYPE_IPV4,
+    ETHERTYPE_QINQ,
+    ETHERTYPE_VLAN,
+    parse_ethernet_header,
+)
+
+__all__ = ["StackCore"]
+
+_BROADCAST = b"\xff\xff\xff\xff\xff\xff"
+
+
+class StackCore:
+    """The stack of one core: Ethernet, ARP, IPv4, ICMP and UDP, sans-IO.
+
+    ``rng`` supplies every random choice (IP ids, ephemeral ports, echo ids), so a seeded
+    instance is deterministic.
+    """
+
+    def __init__(self, config: StackConfig, *, rng: random.Random | None = None) -> None:
+        self.config = config
+        self.rng = rng if rng is not None else random.SystemRandom()
+        iface = config.interface
+        self.mac = bytes(iface.mac)
+        self.ip = int(iface.address)
+        self.gateway = int(iface.gateway) if iface.gateway is not None else 0
+        self.mtu = iface.mtu
+        self.verify_checksums = config.verify_checksums
+        self.timers = TimerQueue()
+        #: frames for the next ``tx_burst`` (bounded by ``config.outbox_limit``)
+        self.outbox: list[bytes] = []
+        #: objects (pcbs, echo endpoints) whose state changed since the runtime last looked
+        self.ready: set[Any] = set()
+        self.stats_ether = EtherStats()
+        self.stats_arp = ArpStats()
+        self.stats_ip = IpStats()
+        self.stats_icmp = IcmpStats()
+        self.stats_udp = UdpStats()
+        self.arp = ArpLayer(self)
+        self.ip_layer = IpLayer(self)
+        self.icmp = IcmpLayer(self)
+        self.udp = UdpLayer(self)
+        # Filled in by the TCP layer when it is attached.
+        self.tcp_input: Callable[..., None] | None = None
+        self.tcp_ctlinput: Callable[..., bool] | None = None
+        self.unreachable_hooks: list[Callable[[int], None]] = []
+
+    # -- the runtime's calls -----------------------------------------------------------------
+    def start(self, now: float) -> None:
+        """Bring the interface up: announce our address (gratuitous ARP)."""
+        if self.config.arp.gratuitous_at_start:
+            self.arp.announce()
+
+    def ether_input(self, frame: bytes, now: float) -> None:
+        """A frame arrived from the port (FreeBSD ``ether_input``)."""
+        stats = self.stats_ether
+        stats.received += 1
+        if len(frame) < ETHER_HEADER_LEN:
+            stats.drop("too_short")
+            return
+        dst, _src, ethertype = ETHER_HEADER.unpack_from(frame, 0)
+        if dst != self.mac and dst != _BROADCAST:
+            stats.drop("not_for_us")
+            return
+        offset = ETHER_HEADER_LEN
+        if ethertype == ETHERTYPE_VLAN or ethertype == ETHERTYPE_QINQ:
+            try:
+                _dst, _src, ethertype, tci, offset = parse_ethernet_header(frame)
+            except WireError as exc:
+                stats.drop(exc.reason)
+                return
+            if offset != ETHER_HEADER_LEN + 4 or tci & 0x0FFF:
+                stats.drop("unknown_vlan")  # only priority-tagged frames (VLAN 0) are ours
+                return
+        if ethertype == ETHERTYPE_IPV4:
+            self.ip_layer.ip_input(frame, offset, now)
+        elif ethertype == ETHERTYPE_ARP:
+            self.arp.arp_input(frame, offset, now)
+        else:
+            stats.drop("unknown_ethertype" if ethertype >= 0x0600 else "not_ethernet_ii")
+
+    def run_timers(self, now: float) -> int:
+        """Fire the timers due at ``now`` and take in datagrams we sent to ourselves."""
+        fired = self.timers.run(now)
+        if self.ip_layer.loopback:
+            fired += self.ip_layer.input_loopback(now)
+        return fired
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`run_timers` next has work; ``None`` when no timer is set."""
+        return self.timers.next_deadline()
+
+    def take_outbox(self) -> list[bytes]:
+        frames, self.outbox = self.outbox, []
+        return frames
+
+    def take_ready(self) -> set[Any]:
+        ready, self.ready = self.ready, set()
+        return ready
+
+    def statistics(self) -> StackStatistics:
+        return StackStatistics(
+            self.stats_ether.snapshot(),
+            self.stats_arp.snapshot(),
+            self.stats_ip.snapshot(),
+            self.stats_icmp.snapshot(),
+            self.stats_udp.snapshot(),
+        )
+
+    # -- the layers' calls -------------------------------------------------------------------
+    def ether_output(self, packet: bytearray, dst_mac: bytes) -> None:
+        """Write the Ethernet header of an IPv4 frame buffer and queue it (FreeBSD ``ether_output``)."""
+        ETHER_HEADER.pack_into(packet, 0, dst_mac, self.mac, ETHERTYPE_IPV4)
+        self.transmit(packet)
+
+    def transmit(self, frame: bytearray) -> None:
+        if len(self.outbox) >= self.config.outbox_limit:
+            self.stats_ether.drop("outbox_full")
+            return
+        self.outbox.append(bytes(frame))
+        self.stats_ether.sent += 1
+
+    def mark_ready(self, owner: Any) -> None:
+        self.ready.add(owner)
+
+    def host_unreachable(self, ip: int) -> None:
+        """ARP gave up on ``ip``: tell the transports (connected UDP sockets get EHOSTUNREACH)."""
+        for pcb in self.udp.pcbs.values():
+            if pcb.remote_ip == ip and pcb.remote_port:
+                pcb.so_error = errno.EHOSTUNREACH
+                self.mark_ready(pcb)
+        for hook in self.unreachable_hooks:
+            hook(ip)

@@ -1,0 +1,141 @@
+"""Counters per layer, like ``netstat -s``: received, delivered, sent, and dropped by reason.
+
+Each layer owns a mutable counter object (plain attributes: an increment is one attribute
+store on the hot path) and ``dropped``, a dict from reason to count, whose keys are the fixed
+reasons named in the code (and the ``reason`` of :class:`~trio_yastack.stack.wire.WireError`).
+``snapshot()`` copies them into frozen values for ``statistics()``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from types import MappingProxyType
+from typing import Any
+
+__all__ = [
+    "ArpStats",
+    "EtherStats",
+    "IcmpStats",
+    "IpStats",
+    "LayerStatistics",
+    "StackStatistics",
+    "UdpStats",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class LayerStatistics:
+    """A frozen snapshot of one layer's counters; ``dropped`` maps reason -> count."""
+
+    layer: str
+    counters: MappingProxyType[str, int]
+    dropped: MappingProxyType[str, int]
+
+    def __getattr__(self, name: str) -> int:
+        try:
+            return self.counters[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    @property
+    def dropped_total(self) -> int:
+        return sum(self.dropped.values())
+
+    def format(self) -> str:
+        lines = [f"{self.layer}:"]
+        lines += [f"\t{value} {name.replace('_', ' ')}" for name, value in self.counters.items()]
+        lines += [f"\t{value} dropped: {reason.replace('_', ' ')}" for reason, value in sorted(self.dropped.items())]
+        return "\n".join(lines)
+
+
+class _Counters:
+    """Base for the mutable per-layer counters."""
+
+    __slots__ = ()
+    layer = ""
+    dropped: dict[str, int]
+
+    def drop(self, reason: str) -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + 1
+
+    def snapshot(self) -> LayerStatistics:
+        counters = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "dropped"}  # type: ignore[arg-type]
+        return LayerStatistics(self.layer, MappingProxyType(counters), MappingProxyType(dict(self.dropped)))
+
+
+def _counters(layer: str) -> Any:
+    def wrap(cls: type) -> type:
+        cls = dataclass(slots=True)(cls)
+        cls.layer = layer
+        return cls
+
+    return wrap
+
+
+@_counters("ether")
+class EtherStats(_Counters):
+    received: int = 0
+    sent: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+
+
+@_counters("arp")
+class ArpStats(_Counters):
+    received: int = 0
+    requests_received: int = 0
+    replies_received: int = 0
+    requests_sent: int = 0
+    replies_sent: int = 0
+    entries_learned: int = 0
+    held: int = 0  # packets queued waiting for resolution
+    resolution_failures: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+
+
+@_counters("ip")
+class IpStats(_Counters):
+    received: int = 0
+    delivered: int = 0
+    sent: int = 0
+    fragments_received: int = 0
+    reassembled: int = 0
+    fragmented: int = 0  # datagrams fragmented on output
+    fragments_created: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+
+
+@_counters("icmp")
+class IcmpStats(_Counters):
+    received: int = 0
+    echo_requests_received: int = 0
+    echo_replies_sent: int = 0
+    echo_requests_sent: int = 0
+    echo_replies_received: int = 0
+    errors_received: int = 0
+    errors_delivered: int = 0
+    errors_sent: int = 0
+    errors_rate_limited: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+
+
+@_counters("udp")
+class UdpStats(_Counters):
+    received: int = 0
+    delivered: int = 0
+    sent: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class StackStatistics:
+    """A snapshot of every layer's counters of one stack instance."""
+
+    ether: LayerStatistics
+    arp: LayerStatistics
+    ip: LayerStatistics
+    icmp: LayerStatistics
+    udp: LayerStatistics
+
+    def format(self) -> str:
+        """The counters as ``netstat -s`` prints them."""
+        return "\n".join(layer.format() for layer in (self.ether, self.arp, self.ip, self.icmp, self.udp))

@@ -1,0 +1,190 @@
+"""UDP (RFC 768): protocol control blocks, ``udp_input`` with bounded per-socket queues,
+``udp_output``, and ICMP errors for connected sockets (``udp_ctlinput``)."""
+
+from __future__ import annotations
+
+import errno
+from collections import deque
+from typing import TYPE_CHECKING
+
+from ._ip import FRAME_HEADROOM
+from .wire import WireError
+from .wire._checksum import pseudo_header_sum, sum16
+from .wire.icmp import ICMP_DEST_UNREACH, ICMP_UNREACH_PORT
+from .wire.ipv4 import IPPROTO_UDP
+from .wire.udp import UDP_HEADER, UDP_HEADER_LEN, parse_udp_header
+
+if TYPE_CHECKING:
+    from ._core import StackCore
+
+__all__ = ["MAX_UDP_PAYLOAD", "UdpLayer", "UdpPcb"]
+
+MAX_UDP_PAYLOAD = 65535 - 20 - UDP_HEADER_LEN
+_LIMITED_BROADCAST = 0xFFFFFFFF
+
+
+class UdpPcb:
+    """A UDP socket's protocol control block.
+
+    ``queue`` holds ``(payload, (src_ip, src_port))``; ``queued_bytes`` its payload bytes.
+    ``so_error`` is the pending error from an ICMP message (connected sockets only, as BSD).
+    """
+
+    __slots__ = (
+        "broadcast", "closed", "local_ip", "local_port", "queue", "queued_bytes", "remote_ip", "remote_port",
+        "so_error", "waiter",
+    )  # fmt: skip
+
+    def __init__(self) -> None:
+        self.local_ip = 0
+        self.local_port = 0
+        self.remote_ip = 0
+        self.remote_port = 0
+        self.queue: deque[tuple[bytes, tuple[int, int]]] = deque()
+        self.queued_bytes = 0
+        self.so_error = 0
+        self.broadcast = False  # SO_BROADCAST
+        self.closed = False
+        self.waiter: object = None  # set by the runtime: what to wake when this pcb changes
+
+    def take(self) -> tuple[bytes, tuple[int, int]] | None:
+        """The oldest queued datagram, or ``None``."""
+        if not self.queue:
+            return None
+        item = self.queue.popleft()
+        self.queued_bytes -= len(item[0])
+        return item
+
+    def take_error(self) -> int:
+        error, self.so_error = self.so_error, 0
+        return error
+
+
+class UdpLayer:
+    __slots__ = ("config", "core", "pcbs", "stats")
+
+    def __init__(self, core: StackCore) -> None:
+        self.core = core
+        self.config = core.config.udp
+        self.stats = core.stats_udp
+        self.pcbs: dict[int, UdpPcb] = {}
+
+    # -- control -----------------------------------------------------------------------------
+    def bind(self, pcb: UdpPcb, ip: int = 0, port: int = 0) -> None:
+        if pcb.closed:
+            raise OSError(errno.EBADF, "Bad file descriptor")
+        if pcb.local_port:
+            raise OSError(errno.EINVAL, "Invalid argument: already bound")
+        if ip not in (0, self.core.ip):
+            raise OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address")
+        if not 0 <= port <= 0xFFFF:
+            raise OverflowError("port must be 0-65535")
+        if port == 0:
+            port = self._ephemeral_port()
+        elif port in self.pcbs:
+            raise OSError(errno.EADDRINUSE, "Address already in use")
+        pcb.local_ip, pcb.local_port = ip, port
+        self.pcbs[port] = pcb
+
+    def _ephemeral_port(self) -> int:
+        first, last = self.config.ephemeral_first, self.config.ephemeral_last
+        span = last - first + 1
+        start = self.core.rng.randrange(span)
+        for step in range(span):  # random start, then sequential (FreeBSD's algorithm 2)
+            port = first + (start + step) % span
+            if port not in self.pcbs:
+                return port
+        raise OSError(errno.EADDRINUSE, "no free ephemeral port")
+
+    def connect(self, pcb: UdpPcb, ip: int, port: int) -> None:
+        if not pcb.local_port:
+            self.bind(pcb)
+        if ip == 0 or port == 0:  # AF_UNSPEC-like: dissolve the association
+            pcb.remote_ip = pcb.remote_port = 0
+            return
+        self.core.ip_layer.route(ip)
+        pcb.remote_ip, pcb.remote_port = ip, port
+
+    def close(self, pcb: UdpPcb) -> None:
+        pcb.closed = True
+        if self.pcbs.get(pcb.local_port) is pcb:
+            del self.pcbs[pcb.local_port]
+        pcb.queue.clear()
+        pcb.queued_bytes = 0
+
+    # -- input -------------------------------------------------------------------------------
+    def udp_input(self, buf: bytes, start: int, end: int, src: int, dst: int, ip_offset: int, now: float) -> None:
+        """A UDP datagram arrived in ``buf[start:end]`` (FreeBSD ``udp_input``).
+
+        ``ip_offset`` is where its IP header is in ``buf`` (for an ICMP error), or -1 for a
+        reassembled datagram.
+        """
+        stats = self.stats
+        stats.received += 1
+        try:
+            sport, dport, payload_end = parse_udp_header(buf, start, end, src, dst, self.core.verify_checksums)
+        except WireError as exc:
+            stats.drop(exc.reason)
+            return
+        pcb = self.pcbs.get(dport)
+        if (
+            pcb is None
+            or (pcb.local_ip and pcb.local_ip != dst)
+            or (pcb.remote_port and (pcb.remote_ip != src or pcb.remote_port != sport))
+        ):
+            stats.drop("no_socket")
+            if dst == self.core.ip and ip_offset >= 0:
+                self.core.icmp.icmp_error(ICMP_DEST_UNREACH, ICMP_UNREACH_PORT, buf, ip_offset, now)
+            return
+        payload = buf[start + UDP_HEADER_LEN : payload_end]
+        config = self.config
+        if (
+            len(pcb.queue) >= config.receive_queue_datagrams
+            or pcb.queued_bytes + len(payload) > config.receive_queue_bytes
+        ):
+            stats.drop("socket_buffer_full")
+            return
+        pcb.queue.append((payload, (src, sport)))
+        pcb.queued_bytes += len(payload)
+        stats.delivered += 1
+        self.core.mark_ready(pcb)
+
+    def udp_ctlinput(self, local_port: int, remote_ip: int, remote_port: int, error: int) -> bool:
+        """An ICMP error about a datagram we sent; only a connected socket hears of it."""
+        pcb = self.pcbs.get(local_port)
+        if pcb is None or not error or pcb.remote_ip != remote_ip or pcb.remote_port != remote_port:
+            return False
+        pcb.so_error = error
+        self.core.mark_ready(pcb)
+        return True
+
+    # -- output ------------------------------------------------------------------------------
+    def udp_output(self, pcb: UdpPcb, data: bytes, dst: int, dport: int, now: float) -> int:
+        """Send ``data`` to ``dst:dport`` (the connected peer when ``dport`` is 0); return its length."""
+        if pcb.closed:
+            raise OSError(errno.EBADF, "Bad file descriptor")
+        if dport == 0:
+            if not pcb.remote_port:
+                raise OSError(errno.EDESTADDRREQ, "Destination address required")
+            dst, dport = pcb.remote_ip, pcb.remote_port
+        elif pcb.remote_port:
+            raise OSError(errno.EISCONN, "Transport endpoint is already connected")
+        length = len(data)
+        if length > MAX_UDP_PAYLOAD:
+            raise OSError(errno.EMSGSIZE, "Message too long")
+        if (dst == _LIMITED_BROADCAST or dst == self.core.ip_layer.broadcast) and not pcb.broadcast:
+            raise OSError(errno.EACCES, "Permission denied (SO_BROADCAST not set)")
+        if not pcb.local_port:
+            self.bind(pcb)
+        sport = pcb.local_port
+        udp_len = UDP_HEADER_LEN + length
+        src = self.core.ip
+        checksum = ~sum16(
+            data, 0, length, pseudo_header_sum(src, dst, IPPROTO_UDP, udp_len) + sport + dport + udp_len
+        ) & 0xFFFF
+        packet = bytearray(FRAME_HEADROOM + udp_len)
+        UDP_HEADER.pack_into(packet, FRAME_HEADROOM, sport, dport, udp_len, checksum or 0xFFFF)
+        packet[FRAME_HEADROOM + UDP_HEADER_LEN :] = data
+        self.core.ip_layer.ip_output(packet, IPPROTO_UDP, dst, now)
+        self.stats.sent += 1
+        return length

@@ -1,0 +1,1 @@
+"""TLS over any ``trio.abc.Stream`` of the stack (termination for the L7 proxy): to come."""
