@@ -140,7 +140,13 @@ def test_build_syn_header_from_scratch() -> None:
 def test_build_fragment_from_scratch() -> None:
     """A middle fragment (MF, offset 1480) built from fields equals the kernel's."""
     ip = Ipv4Repr(
-        KERNEL_IP, PEER_IP, IPPROTO_UDP, payload_len=1480, ident=0x5945, more_fragments=True, fragment_offset=1480
+        KERNEL_IP,
+        PEER_IP,
+        IPPROTO_UDP,
+        payload_len=1480,
+        ident=0x5945,
+        more_fragments=True,
+        fragment_offset=1480,
     )
     assert ip.to_bytes(ip_part(UDP_FRAGMENT_1)[20:]) == ip_part(UDP_FRAGMENT_1)
 

@@ -26,7 +26,15 @@ log = logging.getLogger("trio_yastack.runtime")
 class RuntimeStatistics:
     """Counters of the poll loop itself (mutable; ``snapshot()`` copies them)."""
 
-    __slots__ = ("bursts", "frames_in", "frames_out", "idle_waits", "internal_errors", "tx_refused", "wakeups")
+    __slots__ = (
+        "bursts",
+        "frames_in",
+        "frames_out",
+        "idle_waits",
+        "internal_errors",
+        "tx_refused",
+        "wakeups",
+    )
 
     def __init__(self) -> None:
         self.bursts = self.frames_in = self.frames_out = self.idle_waits = 0

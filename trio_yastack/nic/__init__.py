@@ -17,3 +17,4 @@ from ._port import Port as Port
 from ._port import PortCapabilities as PortCapabilities
 from ._port import PortStatistics as PortStatistics
 from ._port import PortWrapper as PortWrapper
+from ._trace import TracePort as TracePort

@@ -42,9 +42,24 @@ class _Direction:
     """One direction of the wire: the faults applied and the receiving port's queue."""
 
     __slots__ = (
-        "busy_until", "corrupt", "corrupted", "duplicate", "duplicated", "latency", "lost", "loss",
-        "queue", "queue_drops", "queue_limit", "rate_bps", "receiver", "reorder", "reordered", "rng",
-        "sent", "seq",
+        "busy_until",
+        "corrupt",
+        "corrupted",
+        "duplicate",
+        "duplicated",
+        "latency",
+        "loss",
+        "lost",
+        "queue",
+        "queue_drops",
+        "queue_limit",
+        "rate_bps",
+        "receiver",
+        "reorder",
+        "reordered",
+        "rng",
+        "sent",
+        "seq",
     )  # fmt: skip
 
     def __init__(
@@ -205,7 +220,12 @@ def memory_wire(
     in flight plus waiting at each receiver (beyond it, tail drop counted as ``imissed``).
     ``seed`` makes the faults repeatable.
     """
-    for name, probability in (("loss", loss), ("duplicate", duplicate), ("reorder", reorder), ("corrupt", corrupt)):
+    for name, probability in (
+        ("loss", loss),
+        ("duplicate", duplicate),
+        ("reorder", reorder),
+        ("corrupt", corrupt),
+    ):
         if not 0.0 <= probability <= 1.0:
             raise ValueError(f"{name} must be a probability in [0, 1], not {probability}")
     if latency < 0 or (rate_bps is not None and rate_bps <= 0) or queue_limit < 1:

@@ -54,7 +54,7 @@ class PcapWriter:
 
     def write(self, frame: bytes, timestamp: float) -> None:
         seconds = int(timestamp)
-        micros = min(int(round((timestamp - seconds) * 1_000_000)), 999_999)
+        micros = min(round((timestamp - seconds) * 1_000_000), 999_999)
         captured = frame[: self.snaplen]
         self._file.write(_RECORD_HEADER.pack(seconds, micros, len(captured), len(frame)))
         self._file.write(captured)
@@ -212,5 +212,3 @@ class PcapReplayPort(Port):
     def exhausted(self) -> bool:
         """Every frame of the capture has been received."""
         return not self._pending
-
-

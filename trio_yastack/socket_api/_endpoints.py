@@ -65,7 +65,9 @@ class UdpEndpoint:
         stack = self._stack
         if not address[1]:
             raise OSError(errno.EINVAL, "port 0")
-        sent = stack.core.udp.udp_output(self._pcb, data, _ip_int(address[0]), address[1], trio.current_time())
+        sent = stack.core.udp.udp_output(
+            self._pcb, data, _ip_int(address[0]), address[1], trio.current_time()
+        )
         stack.kick()
         await trio.lowlevel.cancel_shielded_checkpoint()
         return sent
@@ -153,7 +155,9 @@ class PingSocket:
         await trio.lowlevel.cancel_shielded_checkpoint()
         return EchoReply(str(IPv4Address(src)), seq, data, received_at - sent_at)
 
-    async def ping(self, dst: str | IPv4Address, seq: int, data: bytes = b"", *, timeout: float = 1.0) -> EchoReply:
+    async def ping(
+        self, dst: str | IPv4Address, seq: int, data: bytes = b"", *, timeout: float = 1.0
+    ) -> EchoReply:
         """One echo request and its reply; raises ``TimeoutError`` if none comes in ``timeout``.
 
         Replies to other (older) requests that arrive meanwhile are discarded.

@@ -88,7 +88,7 @@ class StackCore:
             stats.drop("not_for_us")
             return
         offset = ETHER_HEADER_LEN
-        if ethertype == ETHERTYPE_VLAN or ethertype == ETHERTYPE_QINQ:
+        if ethertype in (ETHERTYPE_VLAN, ETHERTYPE_QINQ):
             try:
                 _dst, _src, ethertype, tci, offset = parse_ethernet_header(frame)
             except WireError as exc:

@@ -109,7 +109,9 @@ class IcmpLayer:
         else:
             stats.drop("unknown_type")
 
-    def _error_input(self, icmp_type: int, code: int, rest: int, buf: bytes, start: int, end: int, now: float) -> None:
+    def _error_input(
+        self, icmp_type: int, code: int, rest: int, buf: bytes, start: int, end: int, now: float
+    ) -> None:
         """Hand an ICMP error to the transport of the datagram it quotes."""
         stats = self.stats
         if icmp_type in (ICMP_REDIRECT, ICMP_SOURCE_QUENCH):
@@ -120,7 +122,9 @@ class IcmpLayer:
         if end - start < 28:
             stats.drop("bad_quote")
             return
-        vihl, _tos, _total, _ident, _frag, _ttl, proto, _c, inner_src, inner_dst = IPV4_HEADER.unpack_from(buf, start)
+        vihl, _tos, _total, _ident, _frag, _ttl, proto, _c, inner_src, inner_dst = IPV4_HEADER.unpack_from(
+            buf, start
+        )
         header_len = (vihl & 0x0F) << 2
         if vihl >> 4 != 4 or header_len < 20:
             stats.drop("bad_quote")
@@ -144,27 +148,43 @@ class IcmpLayer:
             stats.drop("error_no_socket")
 
     # -- output ------------------------------------------------------------------------------
-    def icmp_error(self, icmp_type: int, code: int, buf: bytes, ip_offset: int, now: float, mtu: int = 0) -> None:
+    def icmp_error(
+        self, icmp_type: int, code: int, buf: bytes, ip_offset: int, now: float, mtu: int = 0
+    ) -> None:
         """Report an error about the datagram whose IP header is at ``buf[ip_offset:]``.
 
         RFC 1122 3.2.2: never about an ICMP error, a broadcast/multicast datagram, a non-initial
         fragment, or a datagram from a non-unicast source; and rate limited (token bucket).
         """
         stats = self.stats
-        vihl, _tos, total_len, _ident, frag, _ttl, proto, _csum, src, dst = IPV4_HEADER.unpack_from(buf, ip_offset)
+        vihl, _tos, total_len, _ident, frag, _ttl, proto, _csum, src, dst = IPV4_HEADER.unpack_from(
+            buf, ip_offset
+        )
         header_len = (vihl & 0x0F) << 2
         core = self.core
         if frag & IP_OFFMASK or dst != core.ip:
             return  # not about a non-initial fragment, nor a datagram that was broadcast
-        if src == 0 or src >= 0xE0000000 or src == core.ip or src == core.ip_layer.broadcast or src >> 24 == 127:
+        if (
+            src == 0
+            or src >= 0xE0000000
+            or src == core.ip
+            or src == core.ip_layer.broadcast
+            or src >> 24 == 127
+        ):
             return  # only to a unicast source
         if proto == IPPROTO_ICMP:
             offset = ip_offset + header_len
-            if len(buf) <= offset or buf[offset] in ICMP_ERROR_TYPES or buf[offset] not in (0, 8, 13, 14, 15, 16):
+            if (
+                len(buf) <= offset
+                or buf[offset] in ICMP_ERROR_TYPES
+                or buf[offset] not in (0, 8, 13, 14, 15, 16)
+            ):
                 return
         # Token bucket: error_rate_limit per second, error_burst deep.
         config = self.config
-        self._tokens = min(float(config.error_burst), self._tokens + (now - self._tokens_at) * config.error_rate_limit)
+        self._tokens = min(
+            float(config.error_burst), self._tokens + (now - self._tokens_at) * config.error_rate_limit
+        )
         self._tokens_at = now
         if self._tokens < 1.0:
             stats.errors_rate_limited += 1
@@ -177,7 +197,9 @@ class IcmpLayer:
             return
         stats.errors_sent += 1
 
-    def _send(self, icmp_type: int, code: int, rest: int, data: bytes | memoryview, dst: int, now: float) -> None:
+    def _send(
+        self, icmp_type: int, code: int, rest: int, data: bytes | memoryview, dst: int, now: float
+    ) -> None:
         packet = bytearray(FRAME_HEADROOM + ICMP_HEADER_LEN + len(data))
         ICMP_HEADER.pack_into(packet, FRAME_HEADROOM, icmp_type, code, 0, rest)
         packet[FRAME_HEADROOM + ICMP_HEADER_LEN :] = data

@@ -82,7 +82,12 @@ class IpLayer:
         if frag & (IP_MF | IP_OFFMASK):
             header = bytes(frame[offset : offset + header_len + 8])
             payload = self.reassembler.add(
-                (src, dst, proto, ident), (frag & IP_OFFMASK) << 3, frame[start:end], bool(frag & IP_MF), header, now
+                (src, dst, proto, ident),
+                (frag & IP_OFFMASK) << 3,
+                frame[start:end],
+                bool(frag & IP_MF),
+                header,
+                now,
             )
             if payload is None:
                 return

@@ -44,7 +44,9 @@ class LayerStatistics:
     def format(self) -> str:
         lines = [f"{self.layer}:"]
         lines += [f"\t{value} {name.replace('_', ' ')}" for name, value in self.counters.items()]
-        lines += [f"\t{value} dropped: {reason.replace('_', ' ')}" for reason, value in sorted(self.dropped.items())]
+        lines += [
+            f"\t{value} dropped: {reason.replace('_', ' ')}" for reason, value in sorted(self.dropped.items())
+        ]
         return "\n".join(lines)
 
 

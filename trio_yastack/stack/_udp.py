@@ -113,7 +113,9 @@ class UdpLayer:
         pcb.queued_bytes = 0
 
     # -- input -------------------------------------------------------------------------------
-    def udp_input(self, buf: bytes, start: int, end: int, src: int, dst: int, ip_offset: int, now: float) -> None:
+    def udp_input(
+        self, buf: bytes, start: int, end: int, src: int, dst: int, ip_offset: int, now: float
+    ) -> None:
         """A UDP datagram arrived in ``buf[start:end]`` (FreeBSD ``udp_input``).
 
         ``ip_offset`` is where its IP header is in ``buf`` (for an ICMP error), or -1 for a
@@ -122,7 +124,9 @@ class UdpLayer:
         stats = self.stats
         stats.received += 1
         try:
-            sport, dport, payload_end = parse_udp_header(buf, start, end, src, dst, self.core.verify_checksums)
+            sport, dport, payload_end = parse_udp_header(
+                buf, start, end, src, dst, self.core.verify_checksums
+            )
         except WireError as exc:
             stats.drop(exc.reason)
             return
@@ -179,9 +183,12 @@ class UdpLayer:
         sport = pcb.local_port
         udp_len = UDP_HEADER_LEN + length
         src = self.core.ip
-        checksum = ~sum16(
-            data, 0, length, pseudo_header_sum(src, dst, IPPROTO_UDP, udp_len) + sport + dport + udp_len
-        ) & 0xFFFF
+        checksum = (
+            ~sum16(
+                data, 0, length, pseudo_header_sum(src, dst, IPPROTO_UDP, udp_len) + sport + dport + udp_len
+            )
+            & 0xFFFF
+        )
         packet = bytearray(FRAME_HEADROOM + udp_len)
         UDP_HEADER.pack_into(packet, FRAME_HEADROOM, sport, dport, udp_len, checksum or 0xFFFF)
         packet[FRAME_HEADROOM + UDP_HEADER_LEN :] = data

@@ -12,6 +12,7 @@ from ._address import ip4 as ip4
 from ._address import ip4_int as ip4_int
 from ._checksum import internet_checksum as internet_checksum
 from ._checksum import pseudo_header_sum as pseudo_header_sum
+from ._describe import describe_frame as describe_frame
 from ._errors import BadChecksum as BadChecksum
 from ._errors import Malformed as Malformed
 from ._errors import Truncated as Truncated

@@ -112,7 +112,9 @@ class IcmpRepr:
         return ICMP_HEADER_LEN + len(self.data)
 
     @classmethod
-    def parse(cls, buf: bytes, offset: int = 0, end: int | None = None, verify_checksum: bool = True) -> IcmpRepr:
+    def parse(
+        cls, buf: bytes, offset: int = 0, end: int | None = None, verify_checksum: bool = True
+    ) -> IcmpRepr:
         end = len(buf) if end is None else end
         icmp_type, code, rest = parse_icmp(buf, offset, end, verify_checksum)
         return cls(icmp_type, code, rest, bytes(buf[offset + ICMP_HEADER_LEN : end]))

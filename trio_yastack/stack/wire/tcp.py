@@ -195,7 +195,8 @@ def parse_tcp_header(
         raise Malformed("bad_header_length", f"data offset {header_len} with {end - offset} bytes")
     if (
         verify_checksum
-        and sum16(buf, offset, end - offset, pseudo_header_sum(src, dst, _IPPROTO_TCP, end - offset)) != 0xFFFF
+        and sum16(buf, offset, end - offset, pseudo_header_sum(src, dst, _IPPROTO_TCP, end - offset))
+        != 0xFFFF
     ):
         raise BadChecksum("bad_checksum", "TCP checksum")
     return sport, dport, seq, ack, flags, window, urgent, header_len
@@ -241,7 +242,9 @@ class TcpRepr:
         payload = bytes(buf[offset + header_len : end])
         return cls(sport, dport, seq, ack, flags, window, options, payload, urgent)
 
-    def emit_into(self, buf: bytearray | memoryview, src: IPv4Address, dst: IPv4Address, offset: int = 0) -> int:
+    def emit_into(
+        self, buf: bytearray | memoryview, src: IPv4Address, dst: IPv4Address, offset: int = 0
+    ) -> int:
         header_len = self.header_len
         if header_len > 60:
             raise ValueError(f"options make a {header_len}-byte header; 60 is the most TCP allows")

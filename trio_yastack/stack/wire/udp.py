@@ -81,7 +81,9 @@ class UdpRepr:
         sport, dport, payload_end = parse_udp_header(buf, offset, end, int(src), int(dst), verify_checksum)
         return cls(sport, dport, bytes(buf[offset + UDP_HEADER_LEN : payload_end]))
 
-    def emit_into(self, buf: bytearray | memoryview, src: IPv4Address, dst: IPv4Address, offset: int = 0) -> int:
+    def emit_into(
+        self, buf: bytearray | memoryview, src: IPv4Address, dst: IPv4Address, offset: int = 0
+    ) -> int:
         length = self.buffer_len
         if length > 0xFFFF:
             raise ValueError(f"a UDP datagram of {length} bytes does not fit the length field")

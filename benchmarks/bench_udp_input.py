@@ -1,0 +1,130 @@
+"""UDP datagrams per second from ``ether_input`` to a socket's queue, on one core.
+
+Ours: pre-built Ethernet/IPv4/UDP frames (64-byte payloads, valid checksums) fed in bursts of 32
+to a ``StackCore``, the socket queue drained after each burst as an application would.
+The peer, measured in the same run: the Linux kernel's UDP over loopback (127.0.0.1), driven
+from Python the cheapest way (``sendto`` and ``recv`` on non-blocking sockets, 32 at a time) —
+the path a Python application on kernel sockets pays per datagram.
+
+Rounds alternate A B A B; the medians and their ratio are printed and written as JSON.
+
+    python benchmarks/bench_udp_input.py [--datagrams N] [--rounds R] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import socket
+import statistics
+import time
+from datetime import UTC, datetime
+from ipaddress import IPv4Address
+from pathlib import Path
+
+from trio_yastack import _native
+from trio_yastack.stack import InterfaceConfig, StackConfig, StackCore, UdpPcb
+from trio_yastack.stack.wire import EthernetRepr, Ipv4Repr, MacAddress, UdpRepr
+
+BURST = 32
+PAYLOAD = bytes(range(64))
+RESULTS = Path(__file__).parent / "results"
+
+
+def make_frames(count: int) -> tuple[StackCore, UdpPcb, list[bytes]]:
+    ours, theirs = IPv4Address("198.18.0.2"), IPv4Address("198.18.0.1")
+    mac, peer_mac = MacAddress("02:00:00:00:00:02"), MacAddress("02:00:00:00:00:01")
+    core = StackCore(StackConfig(InterfaceConfig(mac, ours)), rng=random.Random(1))
+    pcb = UdpPcb()
+    core.udp.bind(pcb, 0, 9000)
+    frames = []
+    for index in range(count):
+        udp = UdpRepr(40000 + index % 1000, 9000, PAYLOAD).to_bytes(theirs, ours)
+        ip = Ipv4Repr(theirs, ours, 17, len(udp), ident=index & 0xFFFF).to_bytes(udp)
+        frames.append(EthernetRepr(mac, peer_mac, 0x0800).to_bytes(ip))
+    return core, pcb, frames
+
+
+def run_ours(count: int) -> float:
+    core, pcb, frames = make_frames(count)
+    ether_input = core.ether_input
+    queue = pcb.queue
+    start = time.perf_counter()
+    now = 0.0
+    for base in range(0, count, BURST):
+        for frame in frames[base : base + BURST]:
+            ether_input(frame, now)
+        queue.clear()
+        pcb.queued_bytes = 0
+        core.ready.clear()
+    elapsed = time.perf_counter() - start
+    delivered = core.stats_udp.delivered
+    if delivered != count:
+        raise AssertionError(f"only {delivered} of {count} datagrams delivered")
+    return count / elapsed
+
+
+def run_kernel(count: int) -> float:
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    receiver.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+    receiver.bind(("127.0.0.1", 0))
+    receiver.setblocking(False)
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    address = receiver.getsockname()
+    received = 0
+    start = time.perf_counter()
+    deadline = start + 30.0  # bounded in time as well as count
+    for _base in range(0, count, BURST):
+        for _ in range(BURST):
+            sender.sendto(PAYLOAD, address)
+        for _ in range(BURST):
+            try:
+                receiver.recv(2048)
+            except BlockingIOError:
+                break
+            received += 1
+        if time.perf_counter() > deadline:
+            break
+    elapsed = time.perf_counter() - start
+    sender.close()
+    receiver.close()
+    return received / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--datagrams", type=int, default=200_000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="a few thousand datagrams, 2 rounds (CI smoke)")
+    args = parser.parse_args()
+    count, rounds = (5_000, 2) if args.quick else (args.datagrams, args.rounds)
+    ours, kernel = [], []
+    for _ in range(rounds):
+        ours.append(run_ours(count))
+        kernel.append(run_kernel(count))
+    result = {
+        "benchmark": "udp_input",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.node()} {platform.machine()} {platform.python_version()}",
+        "native_checksum": _native.NATIVE,
+        "datagrams_per_round": count,
+        "ours_datagrams_per_s": {"median": statistics.median(ours), "min": min(ours), "max": max(ours)},
+        "kernel_loopback_datagrams_per_s": {
+            "median": statistics.median(kernel),
+            "min": min(kernel),
+            "max": max(kernel),
+        },
+        "ratio_ours_to_kernel": statistics.median(ours) / statistics.median(kernel),
+    }
+    print(json.dumps(result, indent=2))
+    if not args.quick:
+        RESULTS.mkdir(exist_ok=True)
+        (RESULTS / "udp_input.json").write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,5 @@
+import sys
+
+from trio_yastack._cli import main
+
+sys.exit(main())
