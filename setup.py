@@ -15,13 +15,13 @@ class OptionalBuildExt(build_ext):
     def run(self) -> None:
         try:
             super().run()
-        except Exception as exc:  # noqa: BLE001 - any compiler failure means "no native part"
+        except Exception as exc:
             self.warn(f"trio_yastack: native build failed, using pure-Python twins ({exc})")
 
     def build_extension(self, ext) -> None:  # type: ignore[no-untyped-def]
         try:
             super().build_extension(ext)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             self.warn(f"trio_yastack: native extension {ext.name} not built ({exc})")
 
 

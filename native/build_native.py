@@ -11,7 +11,6 @@ from cffi import FFI
 HERE = Path(__file__).resolve().parent
 
 
-
 def _source(name: str) -> str:
     """A C source path, relative to the build's working directory when it can be (setuptools
     refuses absolute source paths in some versions)."""
