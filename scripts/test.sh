@@ -3,6 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-.venv/bin/ruff check trio_yastack tests benchmarks native setup.py
-.venv/bin/ruff format --check trio_yastack tests benchmarks native setup.py
+.venv/bin/ruff check trio_yastack tests benchmarks examples native setup.py
+.venv/bin/ruff format --check trio_yastack tests benchmarks examples native setup.py
 exec .venv/bin/python -m pytest -q "$@"

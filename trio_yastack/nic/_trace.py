@@ -21,9 +21,13 @@ class TracePort(PortWrapper):
         super().__init__(inner)
         self._emit = emit
         self._label = label or inner.name
+        self._origin: float | None = None  # times are printed from the first frame, as tcpdump -ttttt
 
     def _report(self, direction: str, frames: Sequence[bytes]) -> None:
-        stamp = trio.current_time()
+        now = trio.current_time()
+        if self._origin is None:
+            self._origin = now
+        stamp = now - self._origin
         for frame in frames:
             self._emit(f"{stamp:10.6f} {self._label} {direction} {describe_frame(frame)}")
 
