@@ -38,6 +38,26 @@ _LIMITED_BROADCAST = 0xFFFFFFFF
 _ICMP_REASSEMBLY_TIMEOUT = 1  # time exceeded code 1: fragment reassembly time exceeded
 
 
+def _emit_header(
+    packet: bytearray,
+    tos: int,
+    total_len: int,
+    ident: int,
+    frag: int,
+    ttl: int,
+    proto: int,
+    src: int,
+    dst: int,
+) -> None:
+    """Write an option-less IPv4 header with its checksum after the Ethernet header's room."""
+    IPV4_HEADER.pack_into(
+        packet, ETHER_HEADER_LEN, 0x45, tos, total_len, ident, frag, ttl, proto, 0, src, dst
+    )
+    checksum = ~sum16(packet, ETHER_HEADER_LEN, IPV4_HEADER_LEN, 0) & 0xFFFF
+    packet[ETHER_HEADER_LEN + 10] = checksum >> 8
+    packet[ETHER_HEADER_LEN + 11] = checksum & 0xFF
+
+
 class IpLayer:
     __slots__ = (
         "broadcast", "config", "core", "ident", "loopback", "netmask", "network", "reassembler", "stats",
@@ -151,13 +171,7 @@ class IpLayer:
         mtu = core.mtu
         stats.sent += 1
         if total_len <= mtu:
-            IPV4_HEADER.pack_into(
-                packet, ETHER_HEADER_LEN, 0x45, tos, total_len, ident, IP_DF if dont_fragment else 0,
-                ttl, proto, 0, src, dst,
-            )  # fmt: skip
-            checksum = ~sum16(packet, ETHER_HEADER_LEN, IPV4_HEADER_LEN, 0) & 0xFFFF
-            packet[ETHER_HEADER_LEN + 10] = checksum >> 8
-            packet[ETHER_HEADER_LEN + 11] = checksum & 0xFF
+            _emit_header(packet, tos, total_len, ident, IP_DF if dont_fragment else 0, ttl, proto, src, dst)
             self._to_link(packet, next_hop, dst, now)
             return
         if dont_fragment:
@@ -172,13 +186,8 @@ class IpLayer:
             more = start + chunk < len(payload)
             fragment = bytearray(FRAME_HEADROOM + len(piece))
             fragment[FRAME_HEADROOM:] = piece
-            IPV4_HEADER.pack_into(
-                fragment, ETHER_HEADER_LEN, 0x45, tos, IPV4_HEADER_LEN + len(piece), ident,
-                (start >> 3) | (IP_MF if more else 0), ttl, proto, 0, src, dst,
-            )  # fmt: skip
-            checksum = ~sum16(fragment, ETHER_HEADER_LEN, IPV4_HEADER_LEN, 0) & 0xFFFF
-            fragment[ETHER_HEADER_LEN + 10] = checksum >> 8
-            fragment[ETHER_HEADER_LEN + 11] = checksum & 0xFF
+            frag = (start >> 3) | (IP_MF if more else 0)
+            _emit_header(fragment, tos, IPV4_HEADER_LEN + len(piece), ident, frag, ttl, proto, src, dst)
             stats.fragments_created += 1
             self._to_link(fragment, next_hop, dst, now)
 
