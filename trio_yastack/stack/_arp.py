@@ -85,7 +85,9 @@ class ArpLayer:
         else:
             self.stats.entries_learned += 1
             if len(cache) >= self.config.cache_limit:
-                del cache[next(iter(cache))]
+                evicted = next(iter(cache))
+                del cache[evicted]
+                self.refreshing.discard(evicted)
                 self.stats.drop("cache_evicted")
         cache[ip] = (mac, now + self.config.max_age)
         self.refreshing.discard(ip)

@@ -149,9 +149,17 @@ class StackCore:
         self.ready.add(owner)
 
     def host_unreachable(self, ip: int) -> None:
-        """ARP gave up on ``ip``: tell the transports (connected UDP sockets get EHOSTUNREACH)."""
+        """ARP gave up on ``ip``: tell the transports (connected UDP sockets get EHOSTUNREACH).
+
+        When ``ip`` is the gateway, every peer reached through it is unreachable too.
+        """
+        via_gateway = ip == self.gateway
+        on_link = self.ip_layer.network
+        netmask = self.ip_layer.netmask
         for pcb in self.udp.pcbs.values():
-            if pcb.remote_ip == ip and pcb.remote_port:
+            if not pcb.remote_port:
+                continue
+            if pcb.remote_ip == ip or (via_gateway and pcb.remote_ip & netmask != on_link):
                 pcb.so_error = errno.EHOSTUNREACH
                 self.mark_ready(pcb)
         for hook in self.unreachable_hooks:

@@ -90,7 +90,11 @@ class IcmpLayer:
             if dst != self.core.ip and not self.config.reply_to_broadcast_echo:
                 stats.drop("broadcast_echo")
                 return
-            self._send(ICMP_ECHO_REPLY, code, rest, buf[start + ICMP_HEADER_LEN : end], src, now)
+            try:
+                self._send(ICMP_ECHO_REPLY, code, rest, buf[start + ICMP_HEADER_LEN : end], src, now)
+            except OSError:
+                stats.drop("no_route_back")  # e.g. from an off-link source with no gateway
+                return
             stats.echo_replies_sent += 1
         elif icmp_type == ICMP_ECHO_REPLY:
             stats.echo_replies_received += 1

@@ -76,8 +76,12 @@ class IpLayer:
         self.loopback: deque[bytes] = deque()
 
     # -- input -------------------------------------------------------------------------------
-    def ip_input(self, frame: bytes, offset: int, now: float) -> None:
-        """An IPv4 datagram arrived at ``frame[offset:]`` (FreeBSD ``ip_input``)."""
+    def ip_input(self, frame: bytes, offset: int, now: float, looped: bool = False) -> None:
+        """An IPv4 datagram arrived at ``frame[offset:]`` (FreeBSD ``ip_input``).
+
+        ``looped`` marks a datagram we sent to our own address: it alone may carry our address
+        as its source.
+        """
         stats = self.stats
         stats.received += 1
         core = self.core
@@ -91,7 +95,7 @@ class IpLayer:
         if dst != core.ip and dst != self.broadcast and dst != _LIMITED_BROADCAST:
             stats.drop("not_for_us")  # a host does not forward (multicast lands here too)
             return
-        if src == core.ip or src == self.broadcast or src >= 0xE0000000 or src >> 24 == 127:
+        if (src == core.ip and not looped) or src == self.broadcast or src >= 0xE0000000 or src >> 24 == 127:
             stats.drop("bad_source")  # martian: ours, broadcast, multicast/class E or loopback
             return
         if ttl == 0:
@@ -212,6 +216,6 @@ class IpLayer:
         count = 0
         while self.loopback:
             frame = self.loopback.popleft()
-            self.ip_input(frame, ETHER_HEADER_LEN, now)
+            self.ip_input(frame, ETHER_HEADER_LEN, now, looped=True)
             count += 1
         return count
