@@ -180,13 +180,17 @@ def test_unknown_protocol_gets_protocol_unreachable() -> None:
     assert stats.icmp.errors_sent == 1
 
 
-def test_unknown_protocol_broadcast_and_tcp_get_no_error() -> None:
-    """No protocol unreachable for a broadcast datagram, nor for TCP when no TCP layer is attached."""
+def test_unknown_protocol_broadcast_gets_no_error_and_tcp_is_delivered() -> None:
+    """No protocol unreachable for a broadcast datagram; TCP goes to the TCP layer, which drops a
+    malformed segment there (counted) without answering it."""
     core, _pcb = bound_core()
     core.ether_input(build_ipv4_frame(PEER_MAC, BROADCAST_MAC, PEER_IP, SUBNET_BROADCAST, 132, b"x" * 8), 0.0)
     core.ether_input(build_ipv4_frame(PEER_MAC, OUR_MAC, PEER_IP, OUR_IP, IPPROTO_TCP, bytes(20)), 0.0)
     assert core.outbox == []
-    assert core.statistics().ip.dropped["unknown_protocol"] == 2
+    stats = core.statistics()
+    assert stats.ip.dropped["unknown_protocol"] == 1
+    assert stats.tcp.segments_received == 1
+    assert stats.tcp.dropped_total == 1
 
 
 # -- ip_output: routes ---------------------------------------------------------------------------

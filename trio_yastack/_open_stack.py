@@ -13,7 +13,7 @@ import trio
 
 from trio_yastack.dispatch import PollLoop
 from trio_yastack.nic import PcapReplayPort, Port, PortStatistics
-from trio_yastack.socket_api import PingSocket, UdpEndpoint
+from trio_yastack.socket_api import PingSocket, TcpListenerEndpoint, TcpStreamEndpoint, UdpEndpoint
 from trio_yastack.stack import InterfaceConfig, StackConfig, StackCore, StackStatistics, UdpPcb
 from trio_yastack.stack.wire import MacAddress
 
@@ -75,6 +75,23 @@ class Stack:
 
     def ping_socket(self, ident: int | None = None) -> PingSocket:
         return PingSocket(self, self.core.icmp.echo_open(ident))
+
+    async def tcp_connect(self, host: str, port: int, *, local_port: int = 0) -> TcpStreamEndpoint:
+        """Active open; returns once established, or raises ``OSError`` (ECONNREFUSED, ETIMEDOUT...)."""
+        conn = self.core.tcp.connect(int(IPv4Address(host)), port, trio.current_time(), local_port)
+        stream = TcpStreamEndpoint(self, conn)
+        self.kick()
+        try:
+            await stream.wait_established()
+        except BaseException:
+            conn.abort(trio.current_time())
+            self.kick()
+            raise
+        return stream
+
+    def tcp_listen(self, port: int, backlog: int = 128) -> TcpListenerEndpoint:
+        """Passive open: a listener whose ``accept()`` yields established streams."""
+        return TcpListenerEndpoint(self, self.core.tcp.listen(port, backlog))
 
 
 @asynccontextmanager

@@ -11,10 +11,16 @@ from ._config import IcmpConfig as IcmpConfig
 from ._config import InterfaceConfig as InterfaceConfig
 from ._config import IpConfig as IpConfig
 from ._config import StackConfig as StackConfig
+from ._config import TcpConfig as TcpConfig
 from ._config import UdpConfig as UdpConfig
 from ._core import StackCore as StackCore
 from ._icmp import EchoEndpoint as EchoEndpoint
+from ._seq import SeqNum as SeqNum
 from ._stats import LayerStatistics as LayerStatistics
 from ._stats import StackStatistics as StackStatistics
+from ._tcp import TcpLayer as TcpLayer
+from ._tcp import TcpListener as TcpListener
+from ._tcp_conn import TcpConnection as TcpConnection
+from ._tcp_conn import TcpState as TcpState
 from ._timers import TimerQueue as TimerQueue
 from ._udp import UdpPcb as UdpPcb

@@ -11,7 +11,7 @@ from ipaddress import IPv4Address, IPv4Network
 
 from .wire import MacAddress
 
-__all__ = ["ArpConfig", "IcmpConfig", "InterfaceConfig", "IpConfig", "StackConfig", "UdpConfig"]
+__all__ = ["ArpConfig", "IcmpConfig", "InterfaceConfig", "IpConfig", "StackConfig", "TcpConfig", "UdpConfig"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,11 +77,44 @@ class UdpConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TcpConfig:
+    send_buffer: int = 256 * 1024  # bytes per connection (SO_SNDBUF)
+    receive_buffer: int = 256 * 1024  # bytes per connection (SO_RCVBUF); also bounds out-of-order data
+    window_scaling: bool = True  # RFC 7323
+    timestamps: bool = True  # RFC 7323 (RTTM and PAWS)
+    sack: bool = True  # RFC 2018 / RFC 6675
+    default_mss: int = 536  # the peer's MSS when its SYN carries none (RFC 9293 3.7.1)
+    rto_initial: float = 1.0  # RFC 6298 2.1
+    rto_min: float = 0.2  # RFC 6298 says 1 s; Linux uses 200 ms, FreeBSD 30 ms
+    rto_max: float = 60.0
+    syn_retries: int = 6  # net.ipv4.tcp_syn_retries: connect gives up after ~127 s
+    synack_retries: int = 5
+    data_retries: int = 15  # net.ipv4.tcp_retries2: consecutive timeouts before ETIMEDOUT
+    delayed_ack: float = 0.1  # net.inet.tcp.delacktime; 0 acknowledges every segment at once
+    msl: float = 30.0  # net.inet.tcp.msl: TIME_WAIT lasts 2*MSL
+    keepalive_idle: float = 7200.0
+    keepalive_interval: float = 75.0
+    keepalive_count: int = 8
+    user_timeout: float = 0.0  # RFC 9293 3.8.3; 0 is off
+    congestion_control: str = "cubic"
+    nodelay: bool = False  # Nagle on by default, as kernels
+    syn_queue_limit: int = 256  # half-open connections per listener before SYN cookies
+    syncookies: bool = True
+    max_backlog: int = 4096  # the most a listen() may ask for (somaxconn)
+    max_connections: int = 65536  # connections of all states per stack instance
+    time_wait_limit: int = 16384  # beyond it the oldest TIME_WAIT is recycled (tcp_max_tw_buckets)
+    reset_rate_limit: float = 200.0  # RSTs per second for segments to closed ports
+    ephemeral_first: int = 49152
+    ephemeral_last: int = 65535
+
+
+@dataclass(frozen=True, slots=True)
 class StackConfig:
     interface: InterfaceConfig
     arp: ArpConfig = field(default_factory=ArpConfig)
     ip: IpConfig = field(default_factory=IpConfig)
     icmp: IcmpConfig = field(default_factory=IcmpConfig)
     udp: UdpConfig = field(default_factory=UdpConfig)
+    tcp: TcpConfig = field(default_factory=TcpConfig)
     outbox_limit: int = 8192  # frames waiting for the next tx_burst
     verify_checksums: bool = True  # off only when the port verified them (rx checksum offload)

@@ -16,7 +16,8 @@ from ._arp import ArpLayer
 from ._config import StackConfig
 from ._icmp import IcmpLayer
 from ._ip import IpLayer
-from ._stats import ArpStats, EtherStats, IcmpStats, IpStats, StackStatistics, UdpStats
+from ._stats import ArpStats, EtherStats, IcmpStats, IpStats, StackStatistics, TcpStats, UdpStats
+from ._tcp import TcpLayer
 from ._timers import TimerQueue
 from ._udp import UdpLayer
 from .wire import WireError
@@ -61,13 +62,14 @@ class StackCore:
         self.stats_ip = IpStats()
         self.stats_icmp = IcmpStats()
         self.stats_udp = UdpStats()
+        self.stats_tcp = TcpStats()
         self.arp = ArpLayer(self)
         self.ip_layer = IpLayer(self)
         self.icmp = IcmpLayer(self)
         self.udp = UdpLayer(self)
-        # Filled in by the TCP layer when it is attached.
-        self.tcp_input: Callable[..., None] | None = None
-        self.tcp_ctlinput: Callable[..., bool] | None = None
+        self.tcp = TcpLayer(self)
+        self.tcp_input: Callable[..., None] | None = self.tcp.tcp_input
+        self.tcp_ctlinput: Callable[..., bool] | None = self.tcp.tcp_ctlinput
         self.unreachable_hooks: list[Callable[[int], None]] = []
 
     # -- the runtime's calls -----------------------------------------------------------------
@@ -130,6 +132,7 @@ class StackCore:
             self.stats_ip.snapshot(),
             self.stats_icmp.snapshot(),
             self.stats_udp.snapshot(),
+            self.stats_tcp.snapshot(),
         )
 
     # -- the layers' calls -------------------------------------------------------------------

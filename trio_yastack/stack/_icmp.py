@@ -145,7 +145,8 @@ class IcmpLayer:
         if proto == IPPROTO_UDP:
             delivered = self.core.udp.udp_ctlinput(sport, inner_dst, dport, error)
         elif proto == IPPROTO_TCP and self.core.tcp_ctlinput is not None:
-            delivered = self.core.tcp_ctlinput(sport, inner_dst, dport, icmp_type, code, mtu, now)
+            quoted_seq = int.from_bytes(buf[ports + 4 : ports + 8], "big") if end - ports >= 8 else 0
+            delivered = self.core.tcp_ctlinput(sport, inner_dst, dport, error, mtu, quoted_seq, now)
         if delivered:
             stats.errors_delivered += 1
         else:

@@ -19,6 +19,7 @@ __all__ = [
     "IpStats",
     "LayerStatistics",
     "StackStatistics",
+    "TcpStats",
     "UdpStats",
 ]
 
@@ -128,6 +129,39 @@ class UdpStats(_Counters):
     dropped: dict[str, int] = field(default_factory=dict)
 
 
+@_counters("tcp")
+class TcpStats(_Counters):
+    segments_received: int = 0
+    segments_sent: int = 0
+    bytes_received: int = 0  # in-order payload delivered to receive buffers
+    bytes_sent: int = 0  # payload in segments sent, retransmissions included
+    retransmitted_segments: int = 0
+    retransmitted_bytes: int = 0
+    rto_timeouts: int = 0
+    fast_retransmits: int = 0
+    sack_recovery_episodes: int = 0
+    duplicate_acks: int = 0
+    out_of_order_segments: int = 0
+    duplicate_segments: int = 0
+    challenge_acks_sent: int = 0
+    resets_sent: int = 0
+    resets_received: int = 0
+    active_opens: int = 0
+    passive_opens: int = 0
+    connections_established: int = 0
+    connections_accepted: int = 0
+    connections_dropped: int = 0  # aborted by timeout or reset
+    connections_closed: int = 0
+    syncookies_sent: int = 0
+    syncookies_valid: int = 0
+    syncookies_failed: int = 0
+    window_probes: int = 0
+    keepalive_probes: int = 0
+    delayed_acks: int = 0
+    time_wait_recycled: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+
+
 @dataclass(frozen=True, slots=True)
 class StackStatistics:
     """A snapshot of every layer's counters of one stack instance."""
@@ -137,7 +171,10 @@ class StackStatistics:
     ip: LayerStatistics
     icmp: LayerStatistics
     udp: LayerStatistics
+    tcp: LayerStatistics
 
     def format(self) -> str:
         """The counters as ``netstat -s`` prints them."""
-        return "\n".join(layer.format() for layer in (self.ether, self.arp, self.ip, self.icmp, self.udp))
+        return "\n".join(
+            layer.format() for layer in (self.ether, self.arp, self.ip, self.icmp, self.udp, self.tcp)
+        )

@@ -1,0 +1,544 @@
+"""TCP for one stack instance: ``tcp_input`` (validate, demultiplex, listen, SYN cookies, RST for
+closed ports), active opens, ephemeral ports, ISNs (RFC 6528), TIME_WAIT bounds, ICMP errors."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import struct
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from ._ip import FRAME_HEADROOM
+from ._tcp_conn import (
+    CLOSED,
+    ESTABLISHED,
+    LISTEN,
+    SYN_RECEIVED,
+    TIME_WAIT,
+    TcpConnection,
+    window_shift_for,
+)
+from ._tcp_syncookie import CookieOptions, SynCookies
+from .wire import WireError
+from .wire._checksum import pseudo_header_sum, sum16
+from .wire.ipv4 import IPPROTO_TCP
+from .wire.tcp import (
+    TCP_ACK,
+    TCP_FIN,
+    TCP_HEADER,
+    TCP_HEADER_LEN,
+    TCP_RST,
+    TCP_SYN,
+    TcpOptions,
+    parse_tcp_header,
+    parse_tcp_options,
+)
+
+if TYPE_CHECKING:
+    from ._core import StackCore
+
+__all__ = ["TcpLayer", "TcpListener"]
+
+_MASK = 0xFFFFFFFF
+_TS_ALIGNED = b"\x01\x01\x08\x0a"
+_U32X2 = struct.Struct("!II")
+ConnectionKey = tuple[int, int, int]  # (local port, remote ip, remote port); the local ip is ours
+
+
+class TcpListener:
+    """A listening socket: half-open connections (the SYN queue) and an accept queue, both bounded."""
+
+    __slots__ = ("accept_queue", "backlog", "closed", "embryonic", "layer", "port", "waiter")
+
+    def __init__(self, layer: TcpLayer, port: int, backlog: int) -> None:
+        self.layer = layer
+        self.port = port
+        self.backlog = backlog
+        self.embryonic: set[TcpConnection] = set()
+        self.accept_queue: deque[TcpConnection] = deque()
+        self.closed = False
+        self.waiter: object = None
+
+    state = LISTEN
+
+    def connection_established(self, conn: TcpConnection) -> None:
+        self.embryonic.discard(conn)
+        self.accept_queue.append(conn)
+        self.layer.core.mark_ready(self)
+
+    def accept(self) -> TcpConnection | None:
+        """The oldest established connection not yet accepted (it may since have closed)."""
+        while self.accept_queue:
+            conn = self.accept_queue.popleft()
+            conn.listener = None
+            self.layer.stats.connections_accepted += 1
+            return conn
+        return None
+
+    @property
+    def queue_full(self) -> bool:
+        return (
+            len(self.accept_queue) + len(self.embryonic) >= self.backlog + self.layer.config.syn_queue_limit
+        )
+
+    def close(self, now: float) -> None:
+        """Stop listening; connections not yet accepted are reset, as a kernel does."""
+        if self.closed:
+            return
+        self.closed = True
+        if self.layer.listeners.get(self.port) is self:
+            del self.layer.listeners[self.port]
+        for conn in [*self.accept_queue, *self.embryonic]:
+            conn.listener = None
+            conn.abort(now)
+        self.accept_queue.clear()
+        self.embryonic.clear()
+        self.layer.core.mark_ready(self)
+
+
+class TcpLayer:
+    """TCP's share of a stack instance (FreeBSD's ``tcbinfo`` plus ``tcp_input``'s demux)."""
+
+    __slots__ = (
+        "_challenge_at",
+        "_challenge_tokens",
+        "_isn_key",
+        "_rst_at",
+        "_rst_tokens",
+        "config",
+        "connections",
+        "cookies",
+        "core",
+        "listeners",
+        "port_selector",
+        "port_use",
+        "stats",
+        "time_wait",
+    )  # fmt: skip
+
+    def __init__(self, core: StackCore) -> None:
+        self.core = core
+        self.config = core.config.tcp
+        self.stats = core.stats_tcp
+        self.connections: dict[ConnectionKey, TcpConnection] = {}
+        self.listeners: dict[int, TcpListener] = {}
+        self.port_use: dict[int, int] = {}  # local port -> connections using it
+        self.time_wait: deque[TcpConnection] = deque()
+        secret = core.rng.getrandbits(256).to_bytes(32, "big")
+        self._isn_key = core.rng.getrandbits(256).to_bytes(32, "big")
+        self.cookies = SynCookies(secret)
+        #: chooses the local port of an active open: ``(remote_ip, remote_port) -> port``; the
+        #: per-core runtime replaces it with an RSS-aware one
+        self.port_selector: Callable[[int, int], int] = self._ephemeral_port
+        self._rst_tokens = self._challenge_tokens = 0.0
+        self._rst_at = self._challenge_at = 0.0
+
+    # -- ISNs and ports ---------------------------------------------------------------------
+    def initial_sequence_number(self, local_port: int, remote_ip: int, remote_port: int, now: float) -> int:
+        """RFC 6528: a 4-microsecond clock plus a keyed hash of the connection's identity."""
+        digest = hashlib.blake2s(
+            struct.pack("!IHIH", self.core.ip, local_port, remote_ip, remote_port),
+            key=self._isn_key,
+            digest_size=4,
+        ).digest()
+        return (int(now * 250_000) + int.from_bytes(digest, "big")) & _MASK
+
+    def _ephemeral_port(self, remote_ip: int, remote_port: int) -> int:
+        config = self.config
+        first, last = config.ephemeral_first, config.ephemeral_last
+        span = last - first + 1
+        start = self.core.rng.randrange(span)
+        connections = self.connections
+        for step in range(span):
+            port = first + (start + step) % span
+            if port not in self.listeners and (port, remote_ip, remote_port) not in connections:
+                return port
+        raise OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address (no free ephemeral port)")
+
+    def _attach(self, conn: TcpConnection) -> None:
+        key = (conn.local_port, conn.remote_ip, conn.remote_port)
+        self.connections[key] = conn
+        self.port_use[conn.local_port] = self.port_use.get(conn.local_port, 0) + 1
+
+    def detach(self, conn: TcpConnection, was_state: int) -> None:
+        key = (conn.local_port, conn.remote_ip, conn.remote_port)
+        if self.connections.get(key) is conn:
+            del self.connections[key]
+            count = self.port_use.get(conn.local_port, 1) - 1
+            if count:
+                self.port_use[conn.local_port] = count
+            else:
+                self.port_use.pop(conn.local_port, None)
+        listener = conn.listener
+        if listener is not None:
+            listener.embryonic.discard(conn)
+            if conn in listener.accept_queue and was_state != CLOSED:
+                pass  # an accepted-later connection that died: accept() still hands it out, closed
+
+    def entered_time_wait(self, conn: TcpConnection) -> None:
+        """Bound TIME_WAIT: beyond the limit the oldest is recycled (counted)."""
+        self.time_wait.append(conn)
+        while len(self.time_wait) > self.config.time_wait_limit:
+            oldest = self.time_wait.popleft()
+            if oldest.state == TIME_WAIT:
+                self.stats.time_wait_recycled += 1
+                oldest._drop(0)
+        while self.time_wait and self.time_wait[0].state != TIME_WAIT:
+            self.time_wait.popleft()
+
+    # -- user calls -------------------------------------------------------------------------
+    def connect(self, remote_ip: int, remote_port: int, now: float, local_port: int = 0) -> TcpConnection:
+        """Active open: a connection in SYN_SENT with its SYN sent."""
+        if not 0 < remote_port <= 0xFFFF:
+            raise OSError(errno.EINVAL, "Invalid argument: port")
+        if remote_ip == 0 or remote_ip >= 0xE0000000 or remote_ip == self.core.ip_layer.broadcast:
+            raise OSError(errno.ENETUNREACH if remote_ip else errno.EINVAL, "not a unicast destination")
+        self.core.ip_layer.route(remote_ip)
+        if len(self.connections) >= self.config.max_connections:
+            raise OSError(errno.EAGAIN, "Resource temporarily unavailable (connection table full)")
+        if local_port == 0:
+            local_port = self.port_selector(remote_ip, remote_port)
+        elif (local_port, remote_ip, remote_port) in self.connections:
+            raise OSError(errno.EADDRINUSE, "Address already in use")
+        iss = self.initial_sequence_number(local_port, remote_ip, remote_port, now)
+        conn = TcpConnection(self, local_port, remote_ip, remote_port, iss)
+        self._attach(conn)
+        conn.open_active(now)
+        return conn
+
+    def listen(self, port: int, backlog: int = 128) -> TcpListener:
+        if not 0 < port <= 0xFFFF:
+            raise OSError(errno.EINVAL, "Invalid argument: port")
+        if port in self.listeners:
+            raise OSError(errno.EADDRINUSE, "Address already in use")
+        backlog = min(max(backlog, 1), self.config.max_backlog)
+        listener = self.listeners[port] = TcpListener(self, port, backlog)
+        return listener
+
+    # -- input ------------------------------------------------------------------------------
+    def tcp_input(
+        self, buf: bytes, start: int, end: int, src: int, dst: int, ip_offset: int, now: float
+    ) -> None:
+        """A TCP segment arrived in ``buf[start:end]`` (FreeBSD ``tcp_input``)."""
+        stats = self.stats
+        stats.segments_received += 1
+        try:
+            sport, dport, seq, ack, flags, window, _urgent, header_len = parse_tcp_header(
+                buf, start, end, src, dst, self.core.verify_checksums
+            )
+        except WireError as exc:
+            stats.drop(exc.reason)
+            return
+        if dst != self.core.ip:
+            stats.drop("not_unicast")  # TCP never answers broadcasts
+            return
+        if (flags & TCP_SYN and flags & (TCP_FIN | TCP_RST)) or not flags & (TCP_SYN | TCP_ACK | TCP_RST):
+            stats.drop("bad_flags")  # SYN+FIN, SYN+RST, or no SYN/ACK/RST at all
+            return
+        if sport == 0 or dport == 0:
+            stats.drop("bad_port")
+            return
+        # Options: the common aligned timestamp layout without building an object (as Linux's
+        # tcp_parse_aligned_timestamp); anything else through the full parser.
+        options: TcpOptions | None = None
+        tsval = tsecr = -1
+        opt_start = start + TCP_HEADER_LEN
+        opt_len = header_len - TCP_HEADER_LEN
+        if opt_len == 12 and buf[opt_start : opt_start + 4] == _TS_ALIGNED:
+            tsval, tsecr = _U32X2.unpack_from(buf, opt_start + 4)
+        elif opt_len:
+            try:
+                options = parse_tcp_options(buf, opt_start, start + header_len)
+            except WireError as exc:
+                stats.drop(exc.reason)
+                return
+            if options.timestamps is not None:
+                tsval, tsecr = options.timestamps
+        data_start = start + header_len
+        conn = self.connections.get((dport, src, sport))
+        if conn is not None:
+            if (
+                conn.state == TIME_WAIT
+                and flags & TCP_SYN
+                and not flags & TCP_ACK
+                and dport in self.listeners
+            ):
+                # RFC 6191 / BSD: a new SYN above the old connection's sequence space (or with a
+                # newer timestamp) may reuse the pair at once.
+                newer_ts = (
+                    tsval >= 0 and conn.ts_recent_valid and 0 < ((tsval - conn.ts_recent) & _MASK) < 1 << 31
+                )
+                higher_seq = 0 < ((seq - conn.rcv_nxt) & _MASK) < 1 << 31
+                if newer_ts or (tsval < 0 and higher_seq):
+                    conn._drop(0)
+                    listener = self.listeners[dport]
+                    self._listen_input(
+                        listener, buf, data_start, end, src, sport, dport, seq, ack, flags, window, options,
+                        tsval, tsecr, now,
+                    )  # fmt: skip
+                    return
+            conn.segment_arrives(buf, data_start, end, seq, ack, flags, window, options, tsval, tsecr, now)
+            return
+        listener = self.listeners.get(dport)
+        if listener is not None:
+            self._listen_input(
+                listener,
+                buf,
+                data_start,
+                end,
+                src,
+                sport,
+                dport,
+                seq,
+                ack,
+                flags,
+                window,
+                options,
+                tsval,
+                tsecr,
+                now,
+            )
+            return
+        stats.drop("no_socket")
+        if not flags & TCP_RST:
+            self.send_reset(src, sport, dport, ack, seq + (end - data_start) + (1 if flags & TCP_SYN else 0)
+                            + (1 if flags & TCP_FIN else 0), bool(flags & TCP_ACK), now)  # fmt: skip
+
+    def _listen_input(
+        self,
+        listener: TcpListener,
+        buf: bytes,
+        data_start: int,
+        end: int,
+        src: int,
+        sport: int,
+        dport: int,
+        seq: int,
+        ack: int,
+        flags: int,
+        window: int,
+        options: TcpOptions | None,
+        tsval: int,
+        tsecr: int,
+        now: float,
+    ) -> None:
+        """RFC 9293 3.10.7.2 (LISTEN), with a bounded SYN queue and SYN cookies beyond it."""
+        stats = self.stats
+        if flags & TCP_RST:
+            stats.drop("rst_to_listener")
+            return
+        if flags & TCP_ACK:
+            if not flags & TCP_SYN and self.config.syncookies:
+                cookie = self.cookies.check(
+                    self.core.ip, dport, src, sport, (seq - 1) & _MASK, (ack - 1) & _MASK, now
+                )
+                if cookie is not None:
+                    stats.syncookies_valid += 1
+                    self._cookie_established(
+                        listener, cookie, buf, data_start, end, src, sport, dport, seq, ack, flags, window,
+                        tsval, tsecr, now,
+                    )  # fmt: skip
+                    return
+                stats.syncookies_failed += 1
+            self.send_reset(src, sport, dport, ack, 0, True, now)
+            return
+        if not flags & TCP_SYN:
+            stats.drop("no_syn_to_listener")
+            return
+        if len(listener.accept_queue) >= listener.backlog:
+            stats.drop("listen_queue_overflow")  # as Linux: let the client retry its SYN
+            return
+        if (
+            len(listener.embryonic) >= self.config.syn_queue_limit
+            or len(self.connections) >= self.config.max_connections
+        ):
+            if self.config.syncookies:
+                self._send_cookie_syn_ack(src, sport, dport, seq, options, tsval, now)
+            else:
+                stats.drop("syn_queue_full")
+            return
+        iss = self.initial_sequence_number(dport, src, sport, now)
+        conn = TcpConnection(self, dport, src, sport, iss)
+        conn.listener = listener
+        conn.state = SYN_RECEIVED
+        conn.irs = seq
+        conn.rcv_nxt = conn.rcv_adv = seq + 1
+        conn.last_activity = now
+        conn._take_syn_options(options, tsval, from_syn_ack=False)
+        conn.snd_wnd = conn.max_sndwnd = window
+        conn.snd_wl1 = seq
+        conn.snd_wl2 = iss
+        listener.embryonic.add(conn)
+        self._attach(conn)
+        stats.passive_opens += 1
+        conn.tcp_output(now)
+
+    def _send_cookie_syn_ack(
+        self, src: int, sport: int, dport: int, seq: int, options: TcpOptions | None, tsval: int, now: float
+    ) -> None:
+        """A stateless SYN-ACK whose ISN encodes the options (RFC 4987 3.6)."""
+        config = self.config
+        peer_mss = options.mss if options is not None and options.mss else config.default_mss
+        peer_ws = options.window_scale if options is not None and config.window_scaling else None
+        sack = bool(options is not None and options.sack_permitted and config.sack)
+        cookie_options = CookieOptions(
+            mss=min(peer_mss, self.core.mtu - 40), window_scale=peer_ws, sack_permitted=sack
+        )
+        iss = self.cookies.make(self.core.ip, dport, src, sport, seq, cookie_options, now)
+        our_ws = window_shift_for(config.receive_buffer) if peer_ws is not None else None
+        timestamps = None
+        if tsval >= 0 and config.timestamps:
+            timestamps = ((int(now * 1000)) & _MASK, tsval)
+        syn_options = TcpOptions(
+            mss=self.core.mtu - 40, window_scale=our_ws, sack_permitted=sack, timestamps=timestamps
+        )
+        window = min(config.receive_buffer, 0xFFFF)
+        self._send_bare(
+            src, sport, dport, iss, (seq + 1) & _MASK, TCP_SYN | TCP_ACK, window, syn_options, now
+        )
+        self.stats.syncookies_sent += 1
+
+    def _cookie_established(
+        self,
+        listener: TcpListener,
+        cookie: CookieOptions,
+        buf: bytes,
+        data_start: int,
+        end: int,
+        src: int,
+        sport: int,
+        dport: int,
+        seq: int,
+        ack: int,
+        flags: int,
+        window: int,
+        tsval: int,
+        tsecr: int,
+        now: float,
+    ) -> None:
+        """The ACK of a cookie SYN-ACK: build the connection the SYN queue could not hold."""
+        if len(listener.accept_queue) >= listener.backlog:
+            self.stats.drop("listen_queue_overflow")
+            return
+        iss = (ack - 1) & _MASK
+        conn = TcpConnection(self, dport, src, sport, iss)
+        conn.listener = listener
+        conn.irs = (seq - 1) & _MASK
+        conn.rcv_nxt = seq
+        conn.rcv_adv = seq + min(self.config.receive_buffer, 0xFFFF)  # what the cookie SYN-ACK offered
+        conn.snd_una = conn.snd_nxt = conn.snd_max = iss
+        conn.sndbuf.start = iss + 1
+        conn.state = SYN_RECEIVED
+        conn.last_activity = now
+        syn_options = TcpOptions(
+            mss=cookie.mss,
+            window_scale=cookie.window_scale,
+            sack_permitted=cookie.sack_permitted,
+            timestamps=(tsval, tsecr) if tsval >= 0 else None,
+        )
+        conn._take_syn_options(syn_options, tsval, from_syn_ack=False)
+        conn.snd_wl1 = seq - 1
+        self._attach(conn)
+        self.stats.passive_opens += 1
+        listener.embryonic.add(conn)
+        conn.snd_max = conn.snd_nxt = iss + 1
+        # Now the ACK itself completes the handshake through the ordinary path.
+        conn.segment_arrives(buf, data_start, end, seq, ack, flags, window, None, tsval, tsecr, now)
+
+    # -- output helpers -----------------------------------------------------------------------
+    def send_reset(
+        self, dst: int, dport: int, sport: int, seg_ack: int, seg_end: int, had_ack: bool, now: float
+    ) -> None:
+        """RST for a segment that belongs to no connection (RFC 9293 3.10.7.1), rate limited."""
+        config = self.config
+        self._rst_tokens = min(
+            config.reset_rate_limit, self._rst_tokens + (now - self._rst_at) * config.reset_rate_limit
+        )
+        self._rst_at = now
+        if self._rst_tokens < 1.0:
+            self.stats.drop("reset_rate_limited")
+            return
+        self._rst_tokens -= 1.0
+        if had_ack:
+            self._send_bare(dst, dport, sport, seg_ack, 0, TCP_RST, 0, None, now)
+        else:
+            self._send_bare(dst, dport, sport, 0, seg_end & _MASK, TCP_RST | TCP_ACK, 0, None, now)
+        self.stats.resets_sent += 1
+
+    def challenge_ack_allowed(self, now: float) -> bool:
+        """RFC 5961 7: a global budget of challenge ACKs (100 a second, as Linux 4.7+ with jitter off)."""
+        self._challenge_tokens = min(100.0, self._challenge_tokens + (now - self._challenge_at) * 100.0)
+        self._challenge_at = now
+        if self._challenge_tokens < 1.0:
+            return False
+        self._challenge_tokens -= 1.0
+        return True
+
+    def _send_bare(
+        self,
+        dst: int,
+        dport: int,
+        sport: int,
+        seq: int,
+        ack: int,
+        flags: int,
+        window: int,
+        options: TcpOptions | None,
+        now: float,
+    ) -> None:
+        option_bytes = options.to_bytes() if options is not None else b""
+        header_len = TCP_HEADER_LEN + len(option_bytes)
+        packet = bytearray(FRAME_HEADROOM + header_len)
+        TCP_HEADER.pack_into(
+            packet,
+            FRAME_HEADROOM,
+            sport,
+            dport,
+            seq & _MASK,
+            ack & _MASK,
+            (header_len >> 2) << 4,
+            flags,
+            window,
+            0,
+            0,
+        )
+        packet[FRAME_HEADROOM + TCP_HEADER_LEN :] = option_bytes
+        checksum = ~sum16(
+            packet, FRAME_HEADROOM, header_len, pseudo_header_sum(self.core.ip, dst, IPPROTO_TCP, header_len)
+        )
+        packet[FRAME_HEADROOM + 16] = (checksum >> 8) & 0xFF
+        packet[FRAME_HEADROOM + 17] = checksum & 0xFF
+        self.stats.segments_sent += 1
+        try:
+            self.core.ip_layer.ip_output(packet, IPPROTO_TCP, dst, now)
+        except OSError:
+            self.stats.drop("output_error")
+
+    # -- ICMP ---------------------------------------------------------------------------------
+    def tcp_ctlinput(
+        self,
+        local_port: int,
+        remote_ip: int,
+        remote_port: int,
+        error: int,
+        mtu: int,
+        quoted_seq: int,
+        now: float,
+    ) -> bool:
+        """An ICMP error about a segment we sent; checked against the connection's window
+        (RFC 5927 4.1) so a blind attacker cannot use it."""
+        conn = self.connections.get((local_port, remote_ip, remote_port))
+        if conn is None or conn.state == CLOSED:
+            return False
+        if conn.state != ESTABLISHED and conn.state == LISTEN:
+            return False
+        from ._seq import unwrap
+
+        seq = unwrap(quoted_seq, conn.snd_una)
+        if not conn.snd_una <= seq < max(conn.snd_max, conn.snd_una + 1):
+            self.stats.drop("icmp_out_of_window")
+            return False
+        conn.icmp_error(error, mtu, now)
+        return True
