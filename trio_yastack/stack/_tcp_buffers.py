@@ -269,7 +269,7 @@ class ReassemblyQueue:
         if start >= end:
             return 0
         starts, ends, blocks = self._starts, self._ends, self._blocks
-        first = bisect_right(ends, start)  # first block ending at or after start: touches or overlaps
+        first = bisect_left(ends, start)  # first block ending at or after start: touches or overlaps
         last = bisect_right(starts, end, first)  # blocks [first, last) start at or before end
         # Gaps of the held data inside [start, end): the only bytes that are new.
         gaps: list[tuple[int, int]] = []

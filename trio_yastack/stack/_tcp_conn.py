@@ -688,9 +688,11 @@ class TcpConnection:
             self._wake()
         else:
             stats.out_of_order_segments += 1
-            stored = self.reasm.insert(seq, bytes(buf[start:end]), rcv_nxt, window_end)
+            stored = self.reasm.insert(seq, memoryview(buf)[start:end], rcv_nxt, window_end)
             if not stored:
-                stats.drop("out_of_order_queue_full")
+                # Nothing new: a duplicate of what is held, or refused by the queue's bounds.
+                full = len(self.reasm) + end - start > self.reasm.limit
+                stats.drop("out_of_order_queue_full" if full else "out_of_order_duplicate")
             self.ack_now = True  # a duplicate ACK with SACK blocks tells the sender at once
 
     def _fin_arrives(self, now: float) -> None:
