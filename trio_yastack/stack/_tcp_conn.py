@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import errno
 import math
+import struct
 from enum import IntEnum
 from typing import TYPE_CHECKING
 
@@ -34,7 +35,8 @@ if TYPE_CHECKING:
 __all__ = ["TcpConnection", "TcpState"]
 
 _MASK = 0xFFFFFFFF
-_NOP_NOP_TS = b"\x01\x01\x08\x0a"
+_TS_OPTION = struct.Struct("!III")  # NOP NOP kind=8 len=10, TSval, TSecr
+_U32X2 = struct.Struct("!II")
 _MAX_WINDOW_SHIFT = 14
 
 
@@ -739,6 +741,13 @@ class TcpConnection:
                 self._send_segment(self.snd_nxt, TCP_ACK, b"", now)
             return
         sndbuf = self.sndbuf
+        if (
+            not self.ack_now
+            and not self.in_recovery
+            and self.snd_nxt >= sndbuf.end
+            and (self.fin_seq < 0 or self.snd_nxt > self.fin_seq)
+        ):
+            return  # the common case on a receiver: nothing to send and no ACK due
         mss = self.mss
         cc = self.cc
         if self.last_send and now - self.last_send > self.rto and self.snd_max == self.snd_una:
@@ -891,22 +900,15 @@ class TcpConnection:
             self.segs_unacked = 0
             if self.t_delack:
                 self.t_delack = 0.0
-        if syn_options is not None:
-            options = syn_options.to_bytes()
-        elif self.ts_on and not flags & TCP_RST:
-            ts = (int(now * 1000) + self.ts_offset) & _MASK
-            options = _NOP_NOP_TS + ts.to_bytes(4, "big") + (self.ts_recent & _MASK).to_bytes(4, "big")
-        else:
-            options = b""
+        timestamps = self.ts_on and not flags & TCP_RST and syn_options is None
+        options = syn_options.to_bytes() if syn_options is not None else b""
         if self.sack_on and flags & TCP_ACK and not flags & (TCP_SYN | TCP_RST) and len(self.reasm):
             blocks = self.reasm.sack_blocks(3 if self.ts_on else 4)
             if blocks:
-                options += bytes((1, 1, 5, 2 + 8 * len(blocks)))
-                options += b"".join(
-                    (left & _MASK).to_bytes(4, "big") + (right & _MASK).to_bytes(4, "big")
-                    for left, right in blocks
+                options = bytes((1, 1, 5, 2 + 8 * len(blocks))) + b"".join(
+                    _U32X2.pack(left & _MASK, right & _MASK) for left, right in blocks
                 )
-        header_len = TCP_HEADER_LEN + len(options)
+        header_len = TCP_HEADER_LEN + len(options) + (12 if timestamps else 0)
         tcp_len = header_len + len(payload)
         packet = bytearray(FRAME_HEADROOM + tcp_len)
         ack_field = rcv_nxt & _MASK if flags & TCP_ACK else 0
@@ -914,8 +916,18 @@ class TcpConnection:
             packet, FRAME_HEADROOM, self.local_port, self.remote_port, seq & _MASK, ack_field,
             (header_len >> 2) << 4, flags, wire_window, 0, 0,
         )  # fmt: skip
+        option_at = FRAME_HEADROOM + TCP_HEADER_LEN
+        if timestamps:  # NOP NOP TS first, as Linux lays them out
+            _TS_OPTION.pack_into(
+                packet,
+                option_at,
+                0x0101080A,
+                (int(now * 1000) + self.ts_offset) & _MASK,
+                self.ts_recent & _MASK,
+            )
+            option_at += 12
         if options:
-            packet[FRAME_HEADROOM + TCP_HEADER_LEN : FRAME_HEADROOM + header_len] = options
+            packet[option_at : FRAME_HEADROOM + header_len] = options
         if payload:
             packet[FRAME_HEADROOM + header_len :] = payload
         core = self.core
