@@ -9,20 +9,19 @@ starts (three duplicate ACKs, or SACK per RFC 6675), does the RFC 6582 inflation
 deflation on ``cwnd`` itself if it wants to, and ends recovery.  This module owns how much the
 window shrinks on a loss and how it grows afterwards.  The calls, all cheap and allocation-free:
 
-=====================================  ====================================================
-``on_ack(acked, now, rtt, in_flight)``  an ACK acknowledged ``acked`` > 0 new DATA bytes (not
-                                        the SYN or FIN) outside fast recovery; ``in_flight`` is
-                                        snd_max - snd_una before this ACK (RFC 5681 FlightSize)
-``on_congestion_event(now, in_flight)``  once per recovery episode, when fast retransmit starts,
-                                        BEFORE the connection inflates ``cwnd``
-``on_recovery_exit(now)``               the full ACK that ends that recovery (not after an RTO:
-                                        a timeout ends fast recovery, RFC 5681 section 3.2)
-``on_rto(now, in_flight)``              every retransmission timeout (repeated ones for the
-                                        same segment are recognised and keep ``ssthresh``)
-``on_idle_restart(now, rto, idle)``     when data is sent again after nothing was in flight;
-                                        ``idle`` is the time since the last send (RFC 5681 4.1)
-``set_mss(mss)``                        the MSS was negotiated, or the path MTU changed
-=====================================  ====================================================
+- ``on_ack(acked, now, rtt, in_flight)``: an ACK acknowledged ``acked`` > 0 new DATA bytes (not
+  the SYN or FIN) outside fast recovery.  ``in_flight`` is snd_max - snd_una before this ACK (RFC
+  5681 FlightSize); ``rtt`` the latest RTT sample or srtt in seconds, or None (the last is kept).
+- ``on_congestion_event(now, in_flight)``: once per recovery episode, when fast retransmit
+  starts, BEFORE the connection inflates ``cwnd``.
+- ``on_recovery_exit(now)``: the full ACK that ends that recovery.  Not after an RTO, which
+  itself ends fast recovery (RFC 6582 section 3.2, step 4).
+- ``on_rto(now, in_flight)``: every retransmission timeout; repeated ones for the same segment
+  (no new data ACKed in between) are recognised and keep ``ssthresh``.
+- ``on_idle_restart(now, rto, idle)``: when new data is sent while nothing was in flight, with
+  ``idle`` the time since the last send.  The module applies the RFC 5681 section 4.1 restart
+  window only when ``idle > rto``; call it for shorter idles too, CUBIC takes them out of its t.
+- ``set_mss(mss)``: the MSS was negotiated, or the path MTU changed.
 
 Invariants the connection may rely on: ``cwnd`` is an int >= 1 MSS, and ``ssthresh`` is an int
 >= 2 MSS (it starts "infinite", :data:`INFINITE_SSTHRESH`).  The connection may write ``cwnd``
@@ -222,7 +221,7 @@ class CongestionControl:
 
         RFC 5681 section 4.1: after an idle period longer than the RTO, the ACK clock is lost and
         cwnd is limited to the restart window RW = min(IW, cwnd).  ssthresh is first raised to
-        3/4 of the old cwnd (RFC 2861 section 3, as Linux and FreeBSD do) so that slow start climbs
+        3/4 of the old cwnd (RFC 2861, as Linux and FreeBSD do) so that slow start climbs
         back quickly to near where the connection was, instead of crawling linearly from IW.
         """
         if idle <= rto:

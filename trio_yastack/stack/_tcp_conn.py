@@ -603,7 +603,9 @@ class TcpConnection:
                     self._retransmit(self.snd_una, now)
         else:
             self.dupacks = 0
-            self.cc.on_ack(max(acked, 0), now, rtt if rtt is not None else (self.srtt or None), in_flight)
+            self.cc.on_ack(
+                max(data_acked, 0), now, rtt if rtt is not None else (self.srtt or None), in_flight
+            )
         if self.snd_una >= self.snd_max:
             self.t_rexmt = 0.0
         else:
