@@ -55,10 +55,11 @@ if not os.environ.get("TRIO_YASTACK_NO_NATIVE"):
             The C side checks the range against the buffer's length, so a bad offset is a
             ``ValueError`` here and never a read outside the buffer.
             """
-            try:  # bytes pass straight through; anything else raises TypeError and is wrapped
-                result = _c_sum16(buf, len(buf), offset, length, initial)
-            except TypeError:
-                result = _c_sum16(_from_buffer(buf), len(buf), offset, length, initial)
+            try:
+                if type(buf) is bytes:
+                    result = _c_sum16(buf, len(buf), offset, length, initial)
+                else:
+                    result = _c_sum16(_from_buffer(buf), len(buf), offset, length, initial)
             except OverflowError:  # a negative offset or length does not fit size_t
                 raise ValueError("checksum range outside the buffer") from None
             if result == _OUT_OF_RANGE:

@@ -318,6 +318,39 @@ class TcpConnection:
         state = self.state
         self.last_activity = now
         self.keep_probes = 0
+        # Header prediction (FreeBSD tcp_input, Van Jacobson): the next in-order data segment of
+        # an established connection that acknowledges nothing new and changes nothing else.
+        length = end - data_start
+        if (
+            state == ESTABLISHED
+            and flags & ~TCP_PSH == TCP_ACK
+            and length
+            and seq_wire == self.rcv_nxt & _MASK
+            and ack_wire == self.snd_una & _MASK
+            and self.snd_nxt == self.snd_max
+            and options is None
+            and (window << self.snd_scale) == self.snd_wnd
+            and not self.in_recovery
+            and not len(self.reasm)
+            and length <= self.rcv_adv - self.rcv_nxt
+            and length <= self.rcvbuf.free()
+            and (not self.ts_on or (tsval >= 0 and not 0 < ((self.ts_recent - tsval) & _MASK) < 0x80000000))
+        ):
+            if self.ts_on:
+                self.ts_recent = tsval
+                self.ts_recent_valid = True
+            self.rcvbuf.append(buf[data_start:end])
+            self.rcv_nxt += length
+            stats = self.stats
+            stats.bytes_received += length
+            self.segs_unacked += 1
+            if self.segs_unacked >= 2 or not self.config.delayed_ack:
+                self._send_segment(self.snd_nxt, TCP_ACK, b"", now)
+            elif not self.t_delack:
+                self.t_delack = now + self.config.delayed_ack
+                self._arm()
+            self._wake()
+            return
         if state == SYN_SENT:
             self._syn_sent_arrives(
                 buf, data_start, end, seq_wire, ack_wire, flags, window, options, tsval, tsecr, now
