@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING
 
 from ._reassembly import Reassembler
 from .wire import WireError
-from .wire._checksum import sum16
 from .wire.ethernet import ETHER_HEADER_LEN
 from .wire.icmp import ICMP_TIME_EXCEEDED
 from .wire.ipv4 import (
@@ -49,13 +48,21 @@ def _emit_header(
     src: int,
     dst: int,
 ) -> None:
-    """Write an option-less IPv4 header with its checksum after the Ethernet header's room."""
+    """Write an option-less IPv4 header with its checksum after the Ethernet header's room.
+
+    The checksum is summed from the field values (ten 16-bit words) rather than read back from
+    the buffer: cheaper than a call into C for twenty bytes, and the same number (a test checks
+    every header against the wire parser).
+    """
+    total = (
+        0x4500 + tos + total_len + ident + frag + (ttl << 8) + proto
+        + (src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF)
+    )  # fmt: skip
+    total = (total & 0xFFFF) + (total >> 16)
+    total = (total & 0xFFFF) + (total >> 16)
     IPV4_HEADER.pack_into(
-        packet, ETHER_HEADER_LEN, 0x45, tos, total_len, ident, frag, ttl, proto, 0, src, dst
+        packet, ETHER_HEADER_LEN, 0x45, tos, total_len, ident, frag, ttl, proto, ~total & 0xFFFF, src, dst
     )
-    checksum = ~sum16(packet, ETHER_HEADER_LEN, IPV4_HEADER_LEN, 0) & 0xFFFF
-    packet[ETHER_HEADER_LEN + 10] = checksum >> 8
-    packet[ETHER_HEADER_LEN + 11] = checksum & 0xFF
 
 
 class IpLayer:
@@ -168,7 +175,7 @@ class IpLayer:
         if total_len > 0xFFFF:
             stats.drop("too_big")
             raise OSError(errno.EMSGSIZE, "Message too long")
-        next_hop = self.route(dst)
+        next_hop = dst if dst & self.netmask == self.network else self.route(dst)
         ident = self.ident = (self.ident + 1) & 0xFFFF
         ttl = ttl or self.config.default_ttl
         src = core.ip
@@ -207,7 +214,12 @@ class IpLayer:
         if dst == _LIMITED_BROADCAST or dst == self.broadcast:
             core.ether_output(packet, b"\xff\xff\xff\xff\xff\xff")
             return
-        mac = core.arp.arpresolve(next_hop, packet, now)
+        arp = core.arp
+        entry = arp.cache.get(next_hop)
+        if entry is not None and now < entry[1] - arp.config.refresh_before:
+            core.ether_output(packet, entry[0])  # the common case, without arpresolve's call
+            return
+        mac = arp.arpresolve(next_hop, packet, now)
         if mac is not None:
             core.ether_output(packet, mac)
 

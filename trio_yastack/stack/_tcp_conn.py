@@ -347,8 +347,10 @@ class TcpConnection:
             if self.segs_unacked >= 2 or not self.config.delayed_ack:
                 self._send_segment(self.snd_nxt, TCP_ACK, b"", now)
             elif not self.t_delack:
-                self.t_delack = now + self.config.delayed_ack
-                self._arm()
+                deadline = self.t_delack = now + self.config.delayed_ack
+                if deadline < self._timer_at:  # _arm() for the one timer that changed
+                    self._timer_at = deadline
+                    self.core.timers.schedule(deadline, self.on_timer)
             self._wake()
             return
         if state == SYN_SENT:
@@ -912,12 +914,16 @@ class TcpConnection:
     def _receive_window(self) -> int:
         """The window to advertise: free buffer space less what the out-of-order queue holds,
         never less than what was already promised (RFC 9293 3.8.6.2.2: no shrinking)."""
-        free = self.rcvbuf.free() - len(self.reasm)
-        if free < min(self.rcvbuf.limit // 2, self.mss):
+        rcvbuf = self.rcvbuf
+        limit = rcvbuf.limit
+        free = limit - len(rcvbuf) - len(self.reasm)
+        if free < self.mss and free < limit >> 1:
             free = 0  # receiver SWS avoidance: do not advertise a sliver
         promised = self.rcv_adv - self.rcv_nxt
-        window = max(free, promised, 0)
-        return min(window, 0xFFFF << self.rcv_scale)
+        if promised > free:
+            free = promised
+        most = 0xFFFF << self.rcv_scale
+        return free if free < most else most
 
     def _send_segment(
         self, seq: int, flags: int, payload: bytes, now: float, syn_options: TcpOptions | None = None
