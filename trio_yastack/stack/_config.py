@@ -96,6 +96,7 @@ class TcpConfig:
     keepalive_interval: float = 75.0
     keepalive_count: int = 8
     user_timeout: float = 0.0  # RFC 9293 3.8.3; 0 is off
+    fin_wait_2_timeout: float = 60.0  # net.ipv4.tcp_fin_timeout, for connections the user closed
     congestion_control: str = "cubic"
     nodelay: bool = False  # Nagle on by default, as kernels
     syn_queue_limit: int = 256  # half-open connections per listener before SYN cookies

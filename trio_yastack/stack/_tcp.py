@@ -132,7 +132,9 @@ class TcpLayer:
         #: chooses the local port of an active open: ``(remote_ip, remote_port) -> port``; the
         #: per-core runtime replaces it with an RSS-aware one
         self.port_selector: Callable[[int, int], int] = self._ephemeral_port
-        self._rst_tokens = self._challenge_tokens = 0.0
+        # Token buckets start full: the first RSTs and challenge ACKs go out at once.
+        self._rst_tokens = self.config.reset_rate_limit
+        self._challenge_tokens = 100.0
         self._rst_at = self._challenge_at = 0.0
 
     # -- ISNs and ports ---------------------------------------------------------------------
@@ -454,7 +456,7 @@ class TcpLayer:
         """RST for a segment that belongs to no connection (RFC 9293 3.10.7.1), rate limited."""
         config = self.config
         self._rst_tokens = min(
-            config.reset_rate_limit, self._rst_tokens + (now - self._rst_at) * config.reset_rate_limit
+            config.reset_rate_limit, self._rst_tokens + max(now - self._rst_at, 0.0) * config.reset_rate_limit
         )
         self._rst_at = now
         if self._rst_tokens < 1.0:
@@ -469,7 +471,9 @@ class TcpLayer:
 
     def challenge_ack_allowed(self, now: float) -> bool:
         """RFC 5961 7: a global budget of challenge ACKs (100 a second, as Linux 4.7+ with jitter off)."""
-        self._challenge_tokens = min(100.0, self._challenge_tokens + (now - self._challenge_at) * 100.0)
+        self._challenge_tokens = min(
+            100.0, self._challenge_tokens + max(now - self._challenge_at, 0.0) * 100.0
+        )
         self._challenge_at = now
         if self._challenge_tokens < 1.0:
             return False

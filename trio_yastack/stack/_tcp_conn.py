@@ -359,10 +359,15 @@ class TcpConnection:
             )
             return
         seq = unwrap(seq_wire, self.rcv_nxt)
-        if state == SYN_RECEIVED and flags & TCP_SYN and not flags & TCP_ACK and seq == self.irs:
-            self.snd_nxt = self.iss  # the peer did not get our SYN-ACK: send it again now
-            self.tcp_output(now)
-            return
+        if state == SYN_RECEIVED and flags & TCP_SYN and seq == self.irs:
+            if not flags & TCP_ACK:
+                self.snd_nxt = self.iss  # the peer did not get our SYN-ACK: send it again now
+                self.tcp_output(now)
+                return
+            # Simultaneous open (RFC 9293 figure 8): the peer's SYN-ACK repeats the SYN we have;
+            # trim the SYN (as BSD does) and take the rest, whose ACK completes the handshake.
+            flags &= ~TCP_SYN
+            seq += 1
         seg_len = end - data_start
         if flags & TCP_SYN:
             seg_len += 1
@@ -426,7 +431,7 @@ class TcpConnection:
         if state == SYN_RECEIVED:
             if not self.snd_una < ack <= self.snd_max:
                 self.layer.send_reset(
-                    self.remote_ip, self.remote_port, self.local_port, ack_wire, 0, False, now
+                    self.remote_ip, self.remote_port, self.local_port, ack_wire, 0, True, now
                 )
                 return
             self._established(now)
@@ -448,9 +453,13 @@ class TcpConnection:
         state = self.state
         if state == FIN_WAIT_1 and self.fin_seq >= 0 and self.snd_una > self.fin_seq:
             self.state = state = FIN_WAIT_2
+            if self.user_closed and self.config.fin_wait_2_timeout:
+                # Nobody can read any more: do not wait for the peer's FIN for ever (tcp_fin_timeout).
+                self.t_2msl = now + self.config.fin_wait_2_timeout
+                self._arm()
             self._wake()
         elif state == CLOSING and self.snd_una > self.fin_seq:
-            self._enter_time_wait(now)
+            self._enter_time_wait(now, send_ack=False)  # an ACK of our FIN needs no answer
             return
         elif state == LAST_ACK and self.snd_una > self.fin_seq:
             self._drop(0)
@@ -494,7 +503,7 @@ class TcpConnection:
         if flags & TCP_ACK and not self.iss < ack <= self.snd_max:
             if not flags & TCP_RST:
                 self.layer.send_reset(
-                    self.remote_ip, self.remote_port, self.local_port, ack_wire, 0, False, now
+                    self.remote_ip, self.remote_port, self.local_port, ack_wire, 0, True, now
                 )
             self.stats.drop("bad_ack_in_syn_sent")
             return
@@ -552,6 +561,14 @@ class TcpConnection:
             self.ts_recent_valid = True
         self.peer_mss = max(peer_mss, 64)
         self.set_mss(min(self.peer_mss, self.core.mtu - 40))
+
+    def _data_mss(self) -> int:
+        """Payload bytes per segment now: the MSS less the SACK option our segments carry while
+        out-of-order data is held (options count against the MSS, RFC 9293 3.7.1)."""
+        if not (self.sack_on and len(self.reasm)):
+            return self.mss
+        blocks = len(self.reasm.sack_blocks(3 if self.ts_on else 4))
+        return self.mss - (4 + 8 * blocks if blocks else 0)
 
     def set_mss(self, mss: int) -> None:
         """The payload of a full segment: the path MSS less the timestamp option when used."""
@@ -613,6 +630,8 @@ class TcpConnection:
             self.rtt_seq = -1
         if rtt is not None:
             self._rtt_sample(rtt)
+        elif syn_acked and self.rxtshift and not self.srtt:
+            self.rto = min(3.0, self.config.rto_max)  # RFC 6298 5.7: a SYN was lost, no RTT known
         self.rxtshift = 0
         in_flight = self.snd_max - self.snd_una
         self.snd_una = ack
@@ -751,14 +770,15 @@ class TcpConnection:
             self._enter_time_wait(now)
         self._wake()
 
-    def _enter_time_wait(self, now: float) -> None:
+    def _enter_time_wait(self, now: float, *, send_ack: bool = True) -> None:
         self.state = TIME_WAIT
         self.t_rexmt = self.t_persist = self.t_keep = self.t_delack = 0.0
         self.sndbuf = SendBuffer(0, self.snd_una)
         self.reasm.clear()
         self._arm_2msl(now)
         self.layer.entered_time_wait(self)
-        self._send_segment(self.snd_nxt, TCP_ACK, b"", now)
+        if send_ack:
+            self._send_segment(self.snd_nxt, TCP_ACK, b"", now)
         self._wake()
 
     def _arm_2msl(self, now: float) -> None:
@@ -785,7 +805,7 @@ class TcpConnection:
             and (self.fin_seq < 0 or self.snd_nxt > self.fin_seq)
         ):
             return  # the common case on a receiver: nothing to send and no ACK due
-        mss = self.mss
+        mss = self._data_mss()
         cc = self.cc
         if self.last_send and now - self.last_send > self.rto and self.snd_max == self.snd_una:
             cc.on_idle_restart(now, self.rto, now - self.last_send)
@@ -838,12 +858,13 @@ class TcpConnection:
             break
         if self.ack_now and not sent_any:
             self._send_segment(self.snd_nxt, TCP_ACK, b"", now)
-        # Zero window with data waiting and nothing in flight: probe (persist).
+        # Data waiting, nothing in flight and no timer: a zero window, or a window too small for
+        # silly-window avoidance to send into.  The persist timer probes the first and forces a
+        # segment into the second (FreeBSD tcp_setpersist; RFC 9293 3.8.6.2.1's override timeout).
         if (
-            self.snd_wnd == 0
-            and self.snd_max == self.snd_una
-            and sndbuf.end > self.snd_una
-            and not self.t_persist
+            self.snd_max == self.snd_una
+            and sndbuf.end > self.snd_nxt
+            and not (self.t_persist or self.t_rexmt)
         ):
             self.persist_shift = 0
             self.t_persist = now + self._persist_interval()
@@ -878,7 +899,8 @@ class TcpConnection:
             self.rtt_seq = -1  # Karn: the timed segment is being retransmitted
         limit = self.snd_max - seq
         data_end = self.sndbuf.end
-        length = min(self.mss if length is None else length, self.mss, limit, max(data_end - seq, 0))
+        mss = self._data_mss()
+        length = min(mss if length is None else length, mss, limit, max(data_end - seq, 0))
         flags = TCP_ACK
         if self.fin_seq >= 0 and seq + length == self.fin_seq and self.snd_max > self.fin_seq:
             flags |= TCP_FIN
@@ -944,7 +966,10 @@ class TcpConnection:
         timestamps = self.ts_on and not flags & TCP_RST and syn_options is None
         options = syn_options.to_bytes() if syn_options is not None else b""
         if self.sack_on and flags & TCP_ACK and not flags & (TCP_SYN | TCP_RST) and len(self.reasm):
-            blocks = self.reasm.sack_blocks(3 if self.ts_on else 4)
+            # As many blocks as fit beside the payload in one MSS (the MSS already counts the
+            # timestamp option), so a segment carrying SACK never exceeds the path MTU.
+            room = (self.mss - len(payload) - 4) // 8 if payload else 4
+            blocks = self.reasm.sack_blocks(min(3 if self.ts_on else 4, room)) if room > 0 else []
             if blocks:
                 options = bytes((1, 1, 5, 2 + 8 * len(blocks))) + b"".join(
                     _U32X2.pack(left & _MASK, right & _MASK) for left, right in blocks
@@ -1026,6 +1051,10 @@ class TcpConnection:
                 self._drop(0)
                 self.stats.connections_closed += 1
                 return
+            if self.state == FIN_WAIT_2:
+                self.stats.drop("fin_wait_2_timeout")
+                self._drop(0)
+                return
         if self.t_rexmt and self.t_rexmt <= now:
             self.t_rexmt = 0.0
             self._rexmt_timeout(now)
@@ -1077,14 +1106,23 @@ class TcpConnection:
 
     def _persist_timeout(self, now: float) -> None:
         """Zero-window probe: a segment one below SND.UNA makes the peer re-announce its window
-        (how Linux probes; it never puts data beyond a closed window)."""
-        if self.snd_wnd or (
-            self.state not in _SENDS_DATA and self.state not in (FIN_WAIT_1, CLOSING, LAST_ACK)
-        ):
+        (how Linux probes; it never puts data beyond a closed window).  With a small open window
+        the held sliver is sent instead.  Unanswered probes give up after ``data_retries``."""
+        if self.state not in _SENDS_DATA and self.state not in (FIN_WAIT_1, CLOSING, LAST_ACK):
             return
-        if self._user_timeout_expired(now):
-            self._drop(errno.ETIMEDOUT, counted=True)
+        if self._user_timeout_expired(now) or self.keep_probes > self.config.data_retries:
+            self._drop(self.soft_error or errno.ETIMEDOUT, counted=True)
             return
+        room = self.snd_una + self.snd_wnd - self.snd_nxt
+        if room > 0 and self.sndbuf.end > self.snd_nxt:
+            length = min(room, self.mss, self.sndbuf.end - self.snd_nxt)
+            flags = TCP_ACK | TCP_PSH
+            if self.fin_seq >= 0 and self.snd_nxt + length == self.fin_seq:
+                flags |= TCP_FIN
+            self._send_data(self.snd_nxt, length, flags, now)
+            self.persist_shift = 0
+            return
+        self.keep_probes += 1
         self.stats.window_probes += 1
         self._send_segment(self.snd_una - 1, TCP_ACK, b"", now)
         self.persist_shift = min(self.persist_shift + 1, 12)
@@ -1092,7 +1130,8 @@ class TcpConnection:
 
     def _user_timeout_expired(self, now: float) -> bool:
         timeout = self.config.user_timeout
-        return bool(timeout) and self.snd_max > self.snd_una and now - self.last_activity >= timeout
+        waiting = self.snd_max > self.snd_una or self.sndbuf.end > self.snd_una
+        return bool(timeout) and waiting and now - self.last_activity >= timeout
 
     def set_keepalive(self, enabled: bool, now: float) -> None:
         self.keepalive = enabled
@@ -1126,11 +1165,12 @@ class TcpConnection:
         """A soft error (RFC 1122 4.2.3.9): remembered, reported if the connection then times
         out.  Fragmentation needed lowers the MSS (RFC 1191) and resends at once."""
         if mtu:
-            mss = max(mtu - 40, 68)
-            if mss + (12 if self.ts_on else 0) < self.mss + (12 if self.ts_on else 0) or mss < self.mss:
-                self.set_mss(mss)
-                self.snd_nxt = self.snd_una
-                self._retransmit(self.snd_una, now)
+            # RFC 1191 with Linux's floor (min_pmtu 552), so a forged tiny MTU cannot shred us.
+            path_mss = max(mtu, 552) - 40
+            if path_mss < self.mss + (12 if self.ts_on else 0):
+                self.set_mss(path_mss)
+                if self.state in _SYNCHRONIZED and self.snd_max > self.snd_una:
+                    self._retransmit(self.snd_una, now)  # the segment that was too big, now smaller
             return
         if self.state == SYN_SENT and error == errno.ECONNREFUSED:
             self._drop(error, counted=True)  # as Linux: a hard error while connecting
