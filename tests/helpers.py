@@ -449,7 +449,7 @@ def check_accounting(core: StackCore) -> None:
     assert s.ip.received == ip_header_drops + s.ip.fragments_received + demultiplexed - s.ip.reassembled, (
         s.format()
     )
-    assert s.ip.delivered == s.udp.received + s.icmp.received, s.format()
+    assert s.ip.delivered == s.udp.received + s.icmp.received + s.tcp.segments_received, s.format()
     assert s.udp.received == s.udp.dropped_total + s.udp.delivered, s.format()
     icmp_parse_drops = sum(s.icmp.dropped.get(k, 0) for k in ICMP_PARSE_REASONS)
     assert s.icmp.received == (

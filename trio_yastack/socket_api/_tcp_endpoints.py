@@ -58,6 +58,8 @@ class TcpStreamEndpoint:
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         if self._closed:
             raise trio.ClosedResourceError("stream closed")
+        if self.conn.shut_wr:
+            raise trio.ClosedResourceError("send_eof() was called: no more data can be sent")
         await trio.lowlevel.checkpoint_if_cancelled()
         view = memoryview(data)
         stack, conn = self._stack, self.conn

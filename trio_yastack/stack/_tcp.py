@@ -147,6 +147,20 @@ class TcpLayer:
         ).digest()
         return (int(now * 250_000) + int.from_bytes(digest, "big")) & _MASK
 
+    def timestamp_offset(self, local_port: int, remote_ip: int, remote_port: int) -> int:
+        """The per-connection offset of our TSval clock (RFC 7323 5.4: do not leak uptime).
+
+        A keyed hash of the connection's identity, not a random draw, so the stateless SYN-ACK
+        of a SYN cookie and the connection built later from its ACK use the same clock.
+        """
+        digest = hashlib.blake2s(
+            struct.pack("!HIH", local_port, remote_ip, remote_port),
+            key=self._isn_key,
+            digest_size=4,
+            person=b"tsoffset",
+        ).digest()
+        return int.from_bytes(digest, "big")
+
     def _ephemeral_port(self, remote_ip: int, remote_port: int) -> int:
         config = self.config
         first, last = config.ephemeral_first, config.ephemeral_last
@@ -392,7 +406,8 @@ class TcpLayer:
         our_ws = window_shift_for(config.receive_buffer) if peer_ws is not None else None
         timestamps = None
         if tsval >= 0 and config.timestamps:
-            timestamps = ((int(now * 1000)) & _MASK, tsval)
+            offset = self.timestamp_offset(dport, src, sport)
+            timestamps = ((int(now * 1000) + offset) & _MASK, tsval)
         syn_options = TcpOptions(
             mss=self.core.mtu - 40, window_scale=our_ws, sack_permitted=sack, timestamps=timestamps
         )

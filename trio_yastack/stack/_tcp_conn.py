@@ -159,7 +159,7 @@ class TcpConnection:
         self.ts_on = self.sack_on = False
         self.ts_recent = 0
         self.ts_recent_valid = False
-        self.ts_offset = layer.core.rng.getrandbits(32)
+        self.ts_offset = layer.timestamp_offset(local_port, remote_ip, remote_port)
         self.last_ack_sent = 0
         self.peer_mss = config.default_mss
         self.mss = min(config.default_mss, layer.core.mtu - 40)
@@ -691,8 +691,8 @@ class TcpConnection:
             # RFC 3042 limited transmit: new data on the first two duplicate ACKs.
             self.tcp_output(now, limited_transmit=True)
             return
-        if self.snd_una < self.recover and not self.sack_on:
-            return  # RFC 6582: no new recovery for losses of the previous window
+        if self.snd_una < self.recover:
+            return  # RFC 6582, RFC 6675 5.1: no new recovery for losses of the previous window
         self.in_recovery = True
         self.recover = self.snd_max
         self.high_rxt = self.snd_una
@@ -826,7 +826,9 @@ class TcpConnection:
                 flight = self.snd_nxt - self.snd_una
             window = min(self.snd_wnd, cc.cwnd)
             if limited_transmit:
-                window = max(window, min(self.snd_wnd, flight + 2 * mss))
+                if sent_any:
+                    break  # RFC 3042: one new segment per duplicate ACK
+                window = min(self.snd_wnd, cc.cwnd + 2 * mss)
             data_end = sndbuf.end
             available = data_end - self.snd_nxt
             room = window - flight if not (self.in_recovery and self.sack_on) else cc.cwnd - flight
@@ -951,6 +953,11 @@ class TcpConnection:
         self, seq: int, flags: int, payload: bytes, now: float, syn_options: TcpOptions | None = None
     ) -> None:
         """Build and send one segment (the bottom of tcp_output: header, options, checksum)."""
+        if not payload and seq == self.snd_nxt and not flags & (TCP_SYN | TCP_FIN | TCP_RST):
+            # A bare ACK carries the next unsent octet, not a rewound SND.NXT during
+            # retransmission: the peer already holds data below SND.MAX and would find an
+            # older sequence number unacceptable and ignore the ACK in it (FreeBSD does this).
+            seq = self.snd_max
         rcv_nxt = self.rcv_nxt
         window = self._receive_window()
         wire_window = min(window, 0xFFFF) if flags & TCP_SYN else window >> self.rcv_scale
