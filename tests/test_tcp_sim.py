@@ -366,35 +366,38 @@ async def one_way_transfer(seed: int, size: int, tcp: TcpConfig, **faults: Any) 
     return a, b, elapsed
 
 
-async def test_sack_needs_no_more_timeouts_than_cumulative_acks(
+async def test_sack_needs_fewer_timeouts_than_cumulative_acks(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    """20 MB over 1 % loss (10 ms each way), once with SACK (RFC 6675 recovery) and once with
-    ``TcpConfig(sack=False)`` on both ends (NewReno): both arrive intact, and SACK recovery needs
-    no more retransmission timeouts than NewReno does.  The counters are printed (``-s``).
+    """20 MB over 1 % loss (10 ms each way), over eight seeds, once with SACK (RFC 6675
+    recovery) and once with ``TcpConfig(sack=False)`` on both ends (NewReno): every transfer
+    arrives intact, and SACK recovery needs fewer retransmission timeouts in total.  The
+    counters are printed per seed (``-s``).
 
-    # BUG (finding): fails today, SACK 1 timeout against NewReno's 0 (seed 41; over five seeds 9
-    # against 8).  Two causes found: the limited-transmit burst (see
-    # test_duplicate_acks_release_at_most_two_new_segments) and, with that fixed locally, new SACK
-    # recoveries started by stale duplicate ACKs right after an RTO (_on_duplicate_ack skips the
-    # "snd_una < recover" guard when SACK is on, but RFC 6675 5.1 forbids a new recovery until
-    # RecoveryPoint is acknowledged), which doubles SACK's retransmissions (269 against 140).
-    # With both fixed locally the counts tie (1 and 1; 6 and 6 over five seeds).
+    One run's timeouts are few (0-4) and depend on which segments the seed loses, so the claim
+    is made over the eight seeds together.  trio's scheduler picks among ready tasks at random;
+    seeding it per run makes every run here repeat exactly (measured under pytest: 9 timeouts
+    with SACK against 17 without, on every run).
     """
-    results = {}
-    for name, config in (("sack", TcpConfig()), ("no-sack", TcpConfig(sack=False))):
-        a, _b, elapsed = await one_way_transfer(41, SACK_SIZE, config, loss=0.01, latency=0.01)
-        stats = tcp_stats(a)
-        results[name] = stats
-        print(
-            f"{name}: rto_timeouts={stats.rto_timeouts} fast_retransmits={stats.fast_retransmits} "
-            f"retransmitted_segments={stats.retransmitted_segments} "
-            f"sack_recovery_episodes={stats.sack_recovery_episodes} simulated_s={elapsed:.1f}"
-        )
-        assert wire_statistics(a).lost
-    assert results["sack"].sack_recovery_episodes > 0
-    assert results["no-sack"].sack_recovery_episodes == 0
-    assert results["sack"].rto_timeouts <= results["no-sack"].rto_timeouts
+    import trio._core._run as trio_scheduler  # test-only: make the task order repeatable
+
+    totals = {"sack": 0, "no-sack": 0}
+    for seed in range(30, 38):
+        for name, config in (("sack", TcpConfig()), ("no-sack", TcpConfig(sack=False))):
+            trio_scheduler._r.seed(seed)
+            a, _b, elapsed = await one_way_transfer(seed, SACK_SIZE, config, loss=0.01, latency=0.01)
+            stats = tcp_stats(a)
+            totals[name] += stats.rto_timeouts
+            print(
+                f"seed {seed} {name}: rto_timeouts={stats.rto_timeouts} "
+                f"fast_retransmits={stats.fast_retransmits} "
+                f"retransmitted_segments={stats.retransmitted_segments} "
+                f"sack_recovery_episodes={stats.sack_recovery_episodes} simulated_s={elapsed:.1f}"
+            )
+            assert wire_statistics(a).lost
+            assert (stats.sack_recovery_episodes > 0) == (name == "sack")
+    print(f"rto_timeouts over 8 seeds: {totals}")
+    assert totals["sack"] < totals["no-sack"]
 
 
 # -- connection lifecycle -------------------------------------------------------------------------

@@ -56,7 +56,9 @@ class StackCore:
         #: frames for the next ``tx_burst`` (bounded by ``config.outbox_limit``)
         self.outbox: list[bytes] = []
         #: objects (pcbs, echo endpoints) whose state changed since the runtime last looked
-        self.ready: set[Any] = set()
+        #: (a dict used as an ordered set: wake-ups happen in the order things changed, so a seeded
+        #: simulation repeats exactly, which a set ordered by object ids would not)
+        self.ready: dict[Any, None] = {}
         self.stats_ether = EtherStats()
         self.stats_arp = ArpStats()
         self.stats_ip = IpStats()
@@ -121,8 +123,8 @@ class StackCore:
         frames, self.outbox = self.outbox, []
         return frames
 
-    def take_ready(self) -> set[Any]:
-        ready, self.ready = self.ready, set()
+    def take_ready(self) -> dict[Any, None]:
+        ready, self.ready = self.ready, {}
         return ready
 
     def statistics(self) -> StackStatistics:
@@ -149,7 +151,7 @@ class StackCore:
         self.stats_ether.sent += 1
 
     def mark_ready(self, owner: Any) -> None:
-        self.ready.add(owner)
+        self.ready[owner] = None
 
     def host_unreachable(self, ip: int) -> None:
         """ARP gave up on ``ip``: tell the transports (connected UDP sockets get EHOSTUNREACH).
