@@ -125,12 +125,12 @@ class IpLayer:
             frame, start, end = payload, 0, len(payload)
             offset = -1  # no contiguous original header any more
         stats.delivered += 1
-        if proto == IPPROTO_UDP:
+        if proto == IPPROTO_TCP and core.tcp_input is not None:
+            core.tcp_input(frame, start, end, src, dst, offset, now)
+        elif proto == IPPROTO_UDP:
             core.udp.udp_input(frame, start, end, src, dst, offset, now)
         elif proto == IPPROTO_ICMP:
             core.icmp.icmp_input(frame, start, end, src, dst, now)
-        elif proto == IPPROTO_TCP and core.tcp_input is not None:
-            core.tcp_input(frame, start, end, src, dst, offset, now)
         else:
             stats.delivered -= 1
             stats.drop("unknown_protocol")

@@ -25,7 +25,7 @@ from ._ip import FRAME_HEADROOM
 from ._seq import unwrap
 from ._tcp_buffers import ReassemblyQueue, ReceiveBuffer, SackScoreboard, SendBuffer
 from ._tcp_cc import make_congestion_control
-from .wire._checksum import pseudo_header_sum, sum16
+from .wire._checksum import sum16
 from .wire.ipv4 import IPPROTO_TCP
 from .wire.tcp import TCP_ACK, TCP_FIN, TCP_HEADER, TCP_HEADER_LEN, TCP_PSH, TCP_RST, TCP_SYN, TcpOptions
 
@@ -37,6 +37,7 @@ __all__ = ["TcpConnection", "TcpState"]
 _MASK = 0xFFFFFFFF
 _TS_OPTION = struct.Struct("!III")  # NOP NOP kind=8 len=10, TSval, TSecr
 _U32X2 = struct.Struct("!II")
+_ACK_WITH_TIMESTAMPS = struct.Struct("!HHIIBBHHHIII")  # a TCP header and NOP NOP TS in one
 _MAX_WINDOW_SHIFT = 14
 
 
@@ -339,7 +340,7 @@ class TcpConnection:
             if self.ts_on:
                 self.ts_recent = tsval
                 self.ts_recent_valid = True
-            self.rcvbuf.append(buf[data_start:end])
+            self.rcvbuf._extend(buf[data_start:end])  # fits: checked against free() above
             self.rcv_nxt += length
             stats = self.stats
             stats.bytes_received += length
@@ -351,7 +352,8 @@ class TcpConnection:
                 if deadline < self._timer_at:  # _arm() for the one timer that changed
                     self._timer_at = deadline
                     self.core.timers.schedule(deadline, self.on_timer)
-            self._wake()
+            if self.waiter is not None:  # _wake(), inline: a reader may be parked on us
+                self.core.ready[self] = None
             return
         if state == SYN_SENT:
             self._syn_sent_arrives(
@@ -958,18 +960,18 @@ class TcpConnection:
             # retransmission: the peer already holds data below SND.MAX and would find an
             # older sequence number unacceptable and ignore the ACK in it (FreeBSD does this).
             seq = self.snd_max
+            if flags == TCP_ACK and not len(self.reasm):
+                self._send_bare_ack(seq, now)
+                return
         rcv_nxt = self.rcv_nxt
-        window = self._receive_window()
-        wire_window = min(window, 0xFFFF) if flags & TCP_SYN else window >> self.rcv_scale
-        if flags & TCP_ACK:
-            self.rcv_adv = max(
-                self.rcv_adv, rcv_nxt + (wire_window << (0 if flags & TCP_SYN else self.rcv_scale))
-            )
-            self.last_ack_sent = rcv_nxt
-            self.ack_now = False
-            self.segs_unacked = 0
-            if self.t_delack:
-                self.t_delack = 0.0
+        if flags & TCP_SYN:
+            wire_window = min(self._receive_window(), 0xFFFF)
+            if flags & TCP_ACK:
+                self._acknowledged(rcv_nxt, wire_window, 0)
+        else:
+            wire_window = self._receive_window() >> self.rcv_scale
+            if flags & TCP_ACK:
+                self._acknowledged(rcv_nxt, wire_window, self.rcv_scale)
         timestamps = self.ts_on and not flags & TCP_RST and syn_options is None
         options = syn_options.to_bytes() if syn_options is not None else b""
         if self.sack_on and flags & TCP_ACK and not flags & (TCP_SYN | TCP_RST) and len(self.reasm):
@@ -1003,15 +1005,63 @@ class TcpConnection:
             packet[option_at : FRAME_HEADROOM + header_len] = options
         if payload:
             packet[FRAME_HEADROOM + header_len :] = payload
+        self._checksum_and_send(packet, tcp_len, now)
+
+    def _acknowledged(self, rcv_nxt: int, wire_window: int, scale: int) -> None:
+        """Bookkeeping for a segment that carries our ACK: the window edge it promises, the
+        ACK point for timestamps, and no delayed ACK owed any more."""
+        edge = rcv_nxt + (wire_window << scale)
+        if edge > self.rcv_adv:
+            self.rcv_adv = edge
+        self.last_ack_sent = rcv_nxt
+        self.ack_now = False
+        self.segs_unacked = 0
+        self.t_delack = 0.0
+
+    def _send_bare_ack(self, seq: int, now: float) -> None:
+        """The segment a bulk receiver sends most: an ACK with timestamps and nothing else,
+        packed in one go (Linux keeps tcp_send_ack apart from its general transmit path too)."""
+        rcv_nxt = self.rcv_nxt
+        scale = self.rcv_scale
+        wire_window = self._receive_window() >> scale
+        self._acknowledged(rcv_nxt, wire_window, scale)
+        if self.ts_on:
+            tcp_len = 32
+            packet = bytearray(FRAME_HEADROOM + 32)
+            _ACK_WITH_TIMESTAMPS.pack_into(
+                packet, FRAME_HEADROOM, self.local_port, self.remote_port, seq & _MASK, rcv_nxt & _MASK,
+                0x80, TCP_ACK, wire_window, 0, 0, 0x0101080A, (int(now * 1000) + self.ts_offset) & _MASK,
+                self.ts_recent & _MASK,
+            )  # fmt: skip
+        else:
+            tcp_len = 20
+            packet = bytearray(FRAME_HEADROOM + 20)
+            TCP_HEADER.pack_into(
+                packet, FRAME_HEADROOM, self.local_port, self.remote_port, seq & _MASK, rcv_nxt & _MASK,
+                0x50, TCP_ACK, wire_window, 0, 0,
+            )  # fmt: skip
+        self._checksum_and_send(packet, tcp_len, now)
+
+    def _checksum_and_send(self, packet: bytearray, tcp_len: int, now: float) -> None:
         core = self.core
+        remote_ip = self.remote_ip
+        local_ip = core.ip
         checksum = ~sum16(
-            packet, FRAME_HEADROOM, tcp_len, pseudo_header_sum(core.ip, self.remote_ip, IPPROTO_TCP, tcp_len)
+            packet,
+            FRAME_HEADROOM,
+            tcp_len,
+            (local_ip >> 16)
+            + (local_ip & 0xFFFF)
+            + (remote_ip >> 16)
+            + (remote_ip & 0xFFFF)
+            + IPPROTO_TCP
+            + tcp_len,
         )
         packet[FRAME_HEADROOM + 16] = (checksum >> 8) & 0xFF
         packet[FRAME_HEADROOM + 17] = checksum & 0xFF
         self.stats.segments_sent += 1
         try:
-            core.ip_layer.ip_output(packet, IPPROTO_TCP, self.remote_ip, now)
+            core.ip_layer.ip_output(packet, IPPROTO_TCP, remote_ip, now)
         except OSError as exc:
             self.stats.drop("output_error")
             self.soft_error = exc.errno or errno.EHOSTUNREACH

@@ -195,7 +195,13 @@ def parse_tcp_header(
         raise Malformed("bad_header_length", f"data offset {header_len} with {end - offset} bytes")
     if (
         verify_checksum
-        and sum16(buf, offset, end - offset, pseudo_header_sum(src, dst, _IPPROTO_TCP, end - offset))
+        # the pseudo-header sum inline (pseudo_header_sum): this runs for every segment
+        and sum16(
+            buf,
+            offset,
+            end - offset,
+            (src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF) + _IPPROTO_TCP + end - offset,
+        )
         != 0xFFFF
     ):
         raise BadChecksum("bad_checksum", "TCP checksum")
