@@ -608,3 +608,12 @@ def test_time_wait_connections_beyond_the_limit_are_recycled() -> None:
         conns.append(conn)
     assert [c.state for c in conns] == [S.CLOSED, S.TIME_WAIT]
     assert stats(core).time_wait_recycled == 1
+
+
+def test_isn_source_is_pluggable_per_stack() -> None:
+    """``TcpLayer.isn_source`` replaces the ISN generator for one stack instance only."""
+    core = tcp_core()
+    other = tcp_core()
+    core.tcp.isn_source = lambda *args: 0xFFFFFFFE
+    assert core.tcp.connect(int(PEER_IP), 80, T0).iss == 0xFFFFFFFE
+    assert other.tcp.connect(int(PEER_IP), 80, T0).iss == OUR_ISS  # this file's fixed ISN

@@ -111,6 +111,7 @@ class TcpLayer:
         "connections",
         "cookies",
         "core",
+        "isn_source",
         "listeners",
         "port_selector",
         "port_use",
@@ -132,6 +133,9 @@ class TcpLayer:
         #: chooses the local port of an active open: ``(remote_ip, remote_port) -> port``; the
         #: per-core runtime replaces it with an RSS-aware one
         self.port_selector: Callable[[int, int], int] = self._ephemeral_port
+        #: chooses ISNs: ``(local_port, remote_ip, remote_port, now) -> 32-bit ISN``; RFC 6528's
+        #: generator by default, replaceable (tests pin ISNs just below 2**32 this way)
+        self.isn_source: Callable[[int, int, int, float], int] = self.initial_sequence_number
         # Token buckets start full: the first RSTs and challenge ACKs go out at once.
         self._rst_tokens = self.config.reset_rate_limit
         self._challenge_tokens = 100.0
@@ -218,7 +222,7 @@ class TcpLayer:
             local_port = self.port_selector(remote_ip, remote_port)
         elif (local_port, remote_ip, remote_port) in self.connections:
             raise OSError(errno.EADDRINUSE, "Address already in use")
-        iss = self.initial_sequence_number(local_port, remote_ip, remote_port, now)
+        iss = self.isn_source(local_port, remote_ip, remote_port, now) & _MASK
         conn = TcpConnection(self, local_port, remote_ip, remote_port, iss)
         self._attach(conn)
         conn.open_active(now)
@@ -375,7 +379,7 @@ class TcpLayer:
             else:
                 stats.drop("syn_queue_full")
             return
-        iss = self.initial_sequence_number(dport, src, sport, now)
+        iss = self.isn_source(dport, src, sport, now) & _MASK
         conn = TcpConnection(self, dport, src, sport, iss)
         conn.listener = listener
         conn.state = SYN_RECEIVED
