@@ -82,3 +82,16 @@ def test_package_works_without_native_part() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+@settings(max_examples=300)
+@given(data=st.binary(max_size=2000), offset=st.integers(0, 2100), length=st.integers(0, 2100))
+def test_sum16_bytes_equals_twin_including_out_of_range(data: bytes, offset: int, length: int) -> None:
+    """The raw per-packet entry point: same sums, and 0xFFFFFFFF (never a valid sum) for a range
+    outside the buffer, from C and from the twin alike."""
+    expected = _native.py_sum16_bytes(data, len(data), offset, length, 7)
+    if offset + length > len(data):
+        assert expected == 0xFFFFFFFF
+    else:
+        assert expected == _native.py_sum16(data, offset, length, 7)
+    assert _native.sum16_bytes(data, len(data), offset, length, 7) == expected

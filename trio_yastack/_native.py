@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-__all__ = ["NATIVE", "native_sum16", "py_sum16", "sum16"]
+__all__ = ["NATIVE", "native_sum16", "py_sum16", "py_sum16_bytes", "sum16", "sum16_bytes"]
 
 Buffer = bytes | bytearray | memoryview
 
@@ -67,5 +67,16 @@ if not os.environ.get("TRIO_YASTACK_NO_NATIVE"):
             return result
 
 
+def py_sum16_bytes(buf: bytes, buflen: int, offset: int, length: int, initial: int) -> int:
+    """Twin of the raw C ``yas_sum16`` for ``bytes``: a range outside the buffer gives the
+    out-of-range value (0xFFFFFFFF, never a valid sum) instead of raising."""
+    if offset < 0 or length < 0 or offset + length > buflen:
+        return 0xFFFFFFFF
+    return py_sum16(buf, offset, length, initial)
+
+
 NATIVE = native_sum16 is not None
 sum16: Callable[[Buffer, int, int, int], int] = native_sum16 or py_sum16
+#: the raw sum over ``bytes`` for the per-packet verification paths: ``(buf, len(buf), offset,
+#: length, initial)``, 0xFFFFFFFF when the range is outside the buffer; no wrapper call on top
+sum16_bytes: Callable[[bytes, int, int, int, int], int] = _c_sum16 if NATIVE else py_sum16_bytes  # type: ignore[name-defined]

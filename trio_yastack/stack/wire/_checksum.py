@@ -6,9 +6,9 @@ pure-Python twin otherwise.
 
 from __future__ import annotations
 
-from trio_yastack._native import sum16
+from trio_yastack._native import sum16, sum16_bytes
 
-__all__ = ["internet_checksum", "pseudo_header_sum", "sum16"]
+__all__ = ["internet_checksum", "pseudo_header_sum", "sum16", "sum16_bytes"]
 
 
 def internet_checksum(data: bytes | bytearray | memoryview, initial: int = 0) -> int:

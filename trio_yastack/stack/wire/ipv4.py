@@ -22,7 +22,7 @@ import struct
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
-from ._checksum import sum16
+from ._checksum import sum16, sum16_bytes
 from ._errors import BadChecksum, Malformed, Truncated
 
 __all__ = [
@@ -71,8 +71,13 @@ def parse_ipv4_header(
         raise Malformed("bad_length", f"total length {total_len} below header length {header_len}")
     if total_len > available:
         raise Truncated("bad_length", f"total length {total_len} with {available} bytes present")
-    if verify_checksum and sum16(buf, offset, header_len, 0) != 0xFFFF:
-        raise BadChecksum("bad_checksum", "IPv4 header checksum")
+    if verify_checksum:
+        if type(buf) is bytes:
+            total = sum16_bytes(buf, len(buf), offset, header_len, 0)
+        else:
+            total = sum16(buf, offset, header_len, 0)
+        if total != 0xFFFF:
+            raise BadChecksum("bad_checksum", "IPv4 header checksum")
     return header_len, tos, total_len, ident, frag, ttl, proto, src, dst
 
 

@@ -25,7 +25,7 @@ import struct
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 
-from ._checksum import pseudo_header_sum, sum16
+from ._checksum import pseudo_header_sum, sum16, sum16_bytes
 from ._errors import BadChecksum, Malformed, Truncated
 
 __all__ = [
@@ -193,18 +193,15 @@ def parse_tcp_header(
     header_len = (data_offset >> 4) << 2
     if header_len < TCP_HEADER_LEN or header_len > end - offset:
         raise Malformed("bad_header_length", f"data offset {header_len} with {end - offset} bytes")
-    if (
-        verify_checksum
+    if verify_checksum:
         # the pseudo-header sum inline (pseudo_header_sum): this runs for every segment
-        and sum16(
-            buf,
-            offset,
-            end - offset,
-            (src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF) + _IPPROTO_TCP + end - offset,
-        )
-        != 0xFFFF
-    ):
-        raise BadChecksum("bad_checksum", "TCP checksum")
+        initial = (src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF) + _IPPROTO_TCP + end - offset
+        if type(buf) is bytes:
+            total = sum16_bytes(buf, len(buf), offset, end - offset, initial)
+        else:
+            total = sum16(buf, offset, end - offset, initial)
+        if total != 0xFFFF:
+            raise BadChecksum("bad_checksum", "TCP checksum")
     return sport, dport, seq, ack, flags, window, urgent, header_len
 
 

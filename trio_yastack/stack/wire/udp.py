@@ -14,7 +14,7 @@ import struct
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
-from ._checksum import pseudo_header_sum, sum16
+from ._checksum import pseudo_header_sum, sum16, sum16_bytes
 from ._errors import BadChecksum, Malformed, Truncated
 
 __all__ = ["UDP_HEADER", "UDP_HEADER_LEN", "UdpRepr", "parse_udp_header"]
@@ -38,12 +38,14 @@ def parse_udp_header(
     sport, dport, length, checksum = UDP_HEADER.unpack_from(buf, offset)
     if length < UDP_HEADER_LEN or length > end - offset:
         raise Malformed("bad_length", f"UDP length {length} with {end - offset} bytes from IP")
-    if (
-        verify_checksum
-        and checksum
-        and sum16(buf, offset, length, pseudo_header_sum(src, dst, _IPPROTO_UDP, length)) != 0xFFFF
-    ):
-        raise BadChecksum("bad_checksum", "UDP checksum")
+    if verify_checksum and checksum:
+        initial = pseudo_header_sum(src, dst, _IPPROTO_UDP, length)
+        if type(buf) is bytes:
+            total = sum16_bytes(buf, len(buf), offset, length, initial)
+        else:
+            total = sum16(buf, offset, length, initial)
+        if total != 0xFFFF:
+            raise BadChecksum("bad_checksum", "UDP checksum")
     if dport == 0:
         raise Malformed("bad_port", "destination port 0")
     return sport, dport, offset + length
