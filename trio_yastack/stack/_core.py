@@ -65,6 +65,8 @@ class StackCore:
         self.stats_icmp = IcmpStats()
         self.stats_udp = UdpStats()
         self.stats_tcp = TcpStats()
+        #: called with an address ARP gave up on (the TCP layer registers itself)
+        self.unreachable_hooks: list[Callable[[int], None]] = []
         self.arp = ArpLayer(self)
         self.ip_layer = IpLayer(self)
         self.icmp = IcmpLayer(self)
@@ -72,7 +74,6 @@ class StackCore:
         self.tcp = TcpLayer(self)
         self.tcp_input: Callable[..., None] | None = self.tcp.tcp_input
         self.tcp_ctlinput: Callable[..., bool] | None = self.tcp.tcp_ctlinput
-        self.unreachable_hooks: list[Callable[[int], None]] = []
 
     # -- the runtime's calls -----------------------------------------------------------------
     def start(self, now: float) -> None:

@@ -16,6 +16,7 @@ from ._tcp_conn import (
     ESTABLISHED,
     LISTEN,
     SYN_RECEIVED,
+    SYN_SENT,
     TIME_WAIT,
     TcpConnection,
     window_shift_for,
@@ -136,6 +137,7 @@ class TcpLayer:
         #: chooses ISNs: ``(local_port, remote_ip, remote_port, now) -> 32-bit ISN``; RFC 6528's
         #: generator by default, replaceable (tests pin ISNs just below 2**32 this way)
         self.isn_source: Callable[[int, int, int, float], int] = self.initial_sequence_number
+        core.unreachable_hooks.append(self.host_unreachable)
         # Token buckets start full: the first RSTs and challenge ACKs go out at once.
         self._rst_tokens = self.config.reset_rate_limit
         self._challenge_tokens = 100.0
@@ -538,6 +540,21 @@ class TcpLayer:
             self.core.ip_layer.ip_output(packet, IPPROTO_TCP, dst, now)
         except OSError:
             self.stats.drop("output_error")
+
+    def host_unreachable(self, ip: int) -> None:
+        """ARP gave up on ``ip`` (or on the gateway, for every off-link peer): a connection still
+        opening fails at once with EHOSTUNREACH, as Linux reports it; an established one keeps it
+        as a soft error, reported if it then times out (RFC 1122 4.2.3.9)."""
+        core = self.core
+        via_gateway = ip == core.gateway
+        netmask, network = core.ip_layer.netmask, core.ip_layer.network
+        for conn in list(self.connections.values()):
+            remote = conn.remote_ip
+            if remote == ip or (via_gateway and remote & netmask != network):
+                if conn.state == SYN_SENT:
+                    conn._drop(errno.EHOSTUNREACH, counted=True)
+                else:
+                    conn.soft_error = errno.EHOSTUNREACH
 
     # -- ICMP ---------------------------------------------------------------------------------
     def tcp_ctlinput(
