@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import random
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Interface
 from typing import Any
@@ -14,10 +16,18 @@ import trio
 from trio_yastack.dispatch import PollLoop
 from trio_yastack.nic import PcapReplayPort, Port, PortStatistics
 from trio_yastack.socket_api import PingSocket, TcpListenerEndpoint, TcpStreamEndpoint, UdpEndpoint
+from trio_yastack.socket_api._socket import (
+    SOCK_DGRAM,
+    SOCK_STREAM,
+    StackHostnameResolver,
+    StackSocket,
+    StackSocketFactory,
+    open_stacks,
+)
 from trio_yastack.stack import InterfaceConfig, StackConfig, StackCore, StackStatistics, UdpPcb
 from trio_yastack.stack.wire import MacAddress
 
-__all__ = ["Stack", "open_port", "open_stack"]
+__all__ = ["Stack", "open_port", "open_stack", "run"]
 
 
 def open_port(spec: str | Port) -> Port:
@@ -89,9 +99,42 @@ class Stack:
             raise
         return stream
 
+    def socket(self, family: int = socket.AF_INET, type: int = SOCK_STREAM, proto: int = 0) -> StackSocket:
+        """A trio socket on this stack, whichever stack the task's factory would pick."""
+        if family != socket.AF_INET or type & ~(socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC) not in (
+            SOCK_STREAM,
+            SOCK_DGRAM,
+        ):
+            raise OSError(errno.EAFNOSUPPORT, "the stack serves AF_INET stream and datagram sockets")
+        return StackSocket(self, type, proto)
+
     def tcp_listen(self, port: int, backlog: int = 128) -> TcpListenerEndpoint:
         """Passive open: a listener whose ``accept()`` yields established streams."""
         return TcpListenerEndpoint(self, self.core.tcp.listen(port, backlog))
+
+
+@contextmanager
+def _installed(stack: Stack, hosts: dict[str, str] | None, kernel_fallback: bool) -> Iterator[None]:
+    """Register ``stack`` in this trio run; the first one installs trio's socket factory and
+    resolver, and the last one out restores what was there before."""
+    stacks = open_stacks.get(None)
+    if stacks is None:
+        stacks = []
+        open_stacks.set(stacks)
+    previous = None
+    if not stacks:
+        previous = (
+            trio.socket.set_custom_socket_factory(StackSocketFactory(kernel_fallback)),
+            trio.socket.set_custom_hostname_resolver(StackHostnameResolver(hosts)),
+        )
+    stacks.append(stack)
+    try:
+        yield
+    finally:
+        stacks.remove(stack)
+        if previous is not None:
+            trio.socket.set_custom_socket_factory(previous[0])
+            trio.socket.set_custom_hostname_resolver(previous[1])
 
 
 @asynccontextmanager
@@ -106,6 +149,8 @@ async def open_stack(
     burst: int | None = None,
     seed: int | None = None,
     config: StackConfig | None = None,
+    hosts: dict[str, str] | None = None,
+    kernel_fallback: bool = False,
     **config_overrides: Any,
 ) -> AsyncIterator[Stack]:
     """Run the stack on ``nic`` for the duration of the ``async with`` block.
@@ -113,7 +158,13 @@ async def open_stack(
     ``ip`` may carry its prefix (``"198.18.0.2/24"``; default /24).  ``mac`` and ``mtu`` default to
     the port's.  ``seed`` makes every random choice of the stack repeatable.  ``config`` (a
     :class:`~trio_yastack.stack.StackConfig`) replaces the defaults; keyword overrides such as
-    ``arp=ArpConfig(...)`` replace single sections of it.
+    ``arp=ArpConfig(...)`` or ``tcp=TcpConfig(...)`` replace single sections of it.
+
+    The first stack opened in a trio run installs trio's socket factory and hostname resolver
+    for that run (``hosts`` maps names to addresses for the resolver; ``kernel_fallback`` hands
+    sockets the stack does not serve, such as AF_INET6, to the kernel instead of refusing them)
+    and becomes every task's default stack; ``use_stack`` picks another.  Both are removed when
+    the last stack of the run closes.
     """
     port = open_port(nic)
     caps = port.capabilities
@@ -138,14 +189,34 @@ async def open_stack(
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(loop.run)
-            try:
-                yield Stack(core, port, loop)
-            finally:
-                loop.flush()
-                nursery.cancel_scope.cancel()
+            stack = Stack(core, port, loop)
+            with _installed(stack, hosts, kernel_fallback):
+                try:
+                    yield stack
+                finally:
+                    loop.flush()
+                    nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
         # The poll loop never raises, so a lone exception is the caller's own: give it back
         # unwrapped, as if no nursery were here.
         if len(group.exceptions) == 1:
             raise group.exceptions[0] from None
         raise
+
+
+def run(
+    main: Callable[..., Awaitable[Any]],
+    *args: Any,
+    nic: Port | str,
+    ip: str | IPv4Address | IPv4Interface,
+    clock: trio.abc.Clock | None = None,
+    **stack_options: Any,
+) -> Any:
+    """Like ``trio.run(main, *args)``, with ``main`` running inside ``open_stack(nic, ip=ip, ...)``:
+    every trio socket it opens is on the user-space stack."""
+
+    async def inside_stack() -> Any:
+        async with open_stack(nic, ip=ip, **stack_options):
+            return await main(*args)
+
+    return trio.run(inside_stack, clock=clock)

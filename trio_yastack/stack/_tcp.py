@@ -51,12 +51,19 @@ ConnectionKey = tuple[int, int, int]  # (local port, remote ip, remote port); th
 class TcpListener:
     """A listening socket: half-open connections (the SYN queue) and an accept queue, both bounded."""
 
-    __slots__ = ("accept_queue", "backlog", "closed", "embryonic", "layer", "port", "waiter")
+    __slots__ = (
+        "accept_queue", "backlog", "closed", "embryonic", "layer", "port", "receive_buffer", "send_buffer",
+        "waiter",
+    )  # fmt: skip
 
     def __init__(self, layer: TcpLayer, port: int, backlog: int) -> None:
         self.layer = layer
         self.port = port
         self.backlog = backlog
+        #: SO_SNDBUF/SO_RCVBUF for the connections this listener makes (0: the stack's default);
+        #: set on the listening socket, they shape the window of the SYN-ACK, as in the kernel
+        self.send_buffer = 0
+        self.receive_buffer = 0
         self.embryonic: set[TcpConnection] = set()
         self.accept_queue: deque[TcpConnection] = deque()
         self.closed = False
@@ -211,7 +218,16 @@ class TcpLayer:
             self.time_wait.popleft()
 
     # -- user calls -------------------------------------------------------------------------
-    def connect(self, remote_ip: int, remote_port: int, now: float, local_port: int = 0) -> TcpConnection:
+    def connect(
+        self,
+        remote_ip: int,
+        remote_port: int,
+        now: float,
+        local_port: int = 0,
+        *,
+        send_buffer: int = 0,
+        receive_buffer: int = 0,
+    ) -> TcpConnection:
         """Active open: a connection in SYN_SENT with its SYN sent."""
         if not 0 < remote_port <= 0xFFFF:
             raise OSError(errno.EINVAL, "Invalid argument: port")
@@ -225,7 +241,15 @@ class TcpLayer:
         elif (local_port, remote_ip, remote_port) in self.connections:
             raise OSError(errno.EADDRINUSE, "Address already in use")
         iss = self.isn_source(local_port, remote_ip, remote_port, now) & _MASK
-        conn = TcpConnection(self, local_port, remote_ip, remote_port, iss)
+        conn = TcpConnection(
+            self,
+            local_port,
+            remote_ip,
+            remote_port,
+            iss,
+            send_buffer=send_buffer,
+            receive_buffer=receive_buffer,
+        )
         self._attach(conn)
         conn.open_active(now)
         return conn
@@ -382,7 +406,15 @@ class TcpLayer:
                 stats.drop("syn_queue_full")
             return
         iss = self.isn_source(dport, src, sport, now) & _MASK
-        conn = TcpConnection(self, dport, src, sport, iss)
+        conn = TcpConnection(
+            self,
+            dport,
+            src,
+            sport,
+            iss,
+            send_buffer=listener.send_buffer,
+            receive_buffer=listener.receive_buffer,
+        )
         conn.listener = listener
         conn.state = SYN_RECEIVED
         conn.irs = seq
@@ -446,7 +478,15 @@ class TcpLayer:
             self.stats.drop("listen_queue_overflow")
             return
         iss = (ack - 1) & _MASK
-        conn = TcpConnection(self, dport, src, sport, iss)
+        conn = TcpConnection(
+            self,
+            dport,
+            src,
+            sport,
+            iss,
+            send_buffer=listener.send_buffer,
+            receive_buffer=listener.receive_buffer,
+        )
         conn.listener = listener
         conn.irs = (seq - 1) & _MASK
         conn.rcv_nxt = seq

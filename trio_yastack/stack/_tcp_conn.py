@@ -143,7 +143,19 @@ class TcpConnection:
         "waiter",
     )  # fmt: skip
 
-    def __init__(self, layer: TcpLayer, local_port: int, remote_ip: int, remote_port: int, iss: int) -> None:
+    def __init__(
+        self,
+        layer: TcpLayer,
+        local_port: int,
+        remote_ip: int,
+        remote_port: int,
+        iss: int,
+        *,
+        send_buffer: int = 0,
+        receive_buffer: int = 0,
+    ) -> None:
+        """``send_buffer``/``receive_buffer`` (SO_SNDBUF/SO_RCVBUF) default to the stack's config;
+        they are given here, before the SYN, because the window a SYN offers is a promise."""
         self.layer = layer
         self.core = layer.core
         config = self.config = layer.config
@@ -175,9 +187,9 @@ class TcpConnection:
         self.in_recovery = False
         self.recover = iss
         self.high_rxt = iss
-        self.sndbuf = SendBuffer(config.send_buffer, iss + 1)
-        self.rcvbuf = ReceiveBuffer(config.receive_buffer)
-        self.reasm = ReassemblyQueue(config.receive_buffer)
+        self.sndbuf = SendBuffer(send_buffer or config.send_buffer, iss + 1)
+        self.rcvbuf = ReceiveBuffer(receive_buffer or config.receive_buffer)
+        self.reasm = ReassemblyQueue(receive_buffer or config.receive_buffer)
         self.scoreboard = SackScoreboard()
         self.fin_seq = -1  # our FIN's sequence number once the user shut down writing
         self.rcv_fin = -1  # the peer's FIN sequence number when it arrived out of order

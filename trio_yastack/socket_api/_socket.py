@@ -1,0 +1,638 @@
+"""trio sockets over the stack: a ``trio.socket.SocketType`` for AF_INET stream and datagram
+sockets, the socket factory and hostname resolver that ``open_stack`` installs, and the choice
+of stack per task (``use_stack``).
+
+With these installed, ``trio.socket.socket()``, ``trio.open_tcp_stream``, ``trio.serve_tcp``,
+``trio.SSLStream`` and everything built on them run over the user-space stack unchanged.  Tasks
+park on the stack's objects and the poll loop wakes them once per burst (see ``_waiter.py``);
+nothing here polls or makes a system call.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import operator
+import os
+import socket as _stdlib_socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from ipaddress import IPv4Address
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from trio_yastack.stack import TcpConnection, TcpListener, UdpPcb
+
+from ._waiter import Waiter
+
+if TYPE_CHECKING:
+    from trio_yastack._open_stack import Stack
+
+__all__ = [
+    "StackHostnameResolver",
+    "StackSocket",
+    "StackSocketFactory",
+    "current_stack",
+    "open_stacks",
+    "use_stack",
+]
+
+AF_INET = _stdlib_socket.AF_INET
+SOCK_STREAM = _stdlib_socket.SOCK_STREAM
+SOCK_DGRAM = _stdlib_socket.SOCK_DGRAM
+_TYPE_MASK = ~(getattr(_stdlib_socket, "SOCK_NONBLOCK", 0) | getattr(_stdlib_socket, "SOCK_CLOEXEC", 0))
+_SOL_SOCKET = _stdlib_socket.SOL_SOCKET
+_IPPROTO_TCP = _stdlib_socket.IPPROTO_TCP
+_TCP_KEEPIDLE = getattr(_stdlib_socket, "TCP_KEEPIDLE", 4)
+_TCP_KEEPINTVL = getattr(_stdlib_socket, "TCP_KEEPINTVL", 5)
+_TCP_KEEPCNT = getattr(_stdlib_socket, "TCP_KEEPCNT", 6)
+_TCP_NOTSENT_LOWAT = getattr(_stdlib_socket, "TCP_NOTSENT_LOWAT", 25)
+_SO_REUSEPORT = getattr(_stdlib_socket, "SO_REUSEPORT", 15)
+_fds = itertools.count(1 << 20)  # descriptor numbers that cannot collide with the kernel's small ones
+
+#: the stack chosen with use_stack() for the current task (and the tasks it starts)
+_current: ContextVar[Stack | None] = ContextVar("trio_yastack_current_stack", default=None)
+#: the stacks open in this trio run, oldest first: the first is every task's default
+open_stacks: trio.lowlevel.RunVar[list[Stack]] = trio.lowlevel.RunVar("trio_yastack_open_stacks")
+
+
+def current_stack() -> Stack:
+    """The stack that ``trio.socket.socket()`` uses in this task: the one chosen with
+    :func:`use_stack`, else the first stack opened in this trio run."""
+    stack = _current.get()
+    if stack is not None:
+        return stack
+    stacks = open_stacks.get([])
+    if not stacks:
+        raise RuntimeError(
+            "no trio_yastack stack is open in this trio run (use `async with open_stack(...)`)"
+        )
+    return stacks[0]
+
+
+@contextmanager
+def use_stack(stack: Stack) -> Iterator[Stack]:
+    """Make ``stack`` the one trio's socket factory uses in this task and the tasks it spawns."""
+    token = _current.set(stack)
+    try:
+        yield stack
+    finally:
+        _current.reset(token)
+
+
+def _oserror(code: int, detail: str = "") -> OSError:
+    """``OSError`` as the kernel would raise it (the errno's own text), with an optional detail."""
+    return OSError(code, os.strerror(code) + (f" ({detail})" if detail else ""))
+
+
+def _ipv4(address: Any, *, what: str = "address") -> tuple[int, int]:
+    """``(ip, port)`` from a Python AF_INET sockaddr with a numeric host."""
+    if not isinstance(address, tuple) or len(address) != 2:
+        raise TypeError(f"AF_INET {what} must be a (host, port) tuple, not {address!r}")
+    host, port = address
+    if not isinstance(port, int) or not 0 <= port <= 0xFFFF:
+        raise OverflowError("port must be 0-65535.")
+    if host in ("", None):
+        return 0, port
+    try:
+        return int(IPv4Address(host)), port
+    except ValueError:
+        raise _oserror(errno.EINVAL, f"not a numeric IPv4 address: {host!r}; resolve names first") from None
+
+
+class StackSocket(trio.socket.SocketType):
+    """An AF_INET socket on a trio_yastack stack (TCP for SOCK_STREAM, UDP for SOCK_DGRAM)."""
+
+    def __init__(
+        self, stack: Stack, type_: int, proto: int = 0, *, conn: TcpConnection | None = None
+    ) -> None:
+        super().__init__()
+        self._stack = stack
+        self._type = type_ & _TYPE_MASK
+        if self._type not in (SOCK_STREAM, SOCK_DGRAM):
+            raise _oserror(errno.EPROTONOSUPPORT, "only SOCK_STREAM and SOCK_DGRAM")
+        self._proto = proto or (
+            _stdlib_socket.IPPROTO_TCP if self._type == SOCK_STREAM else _stdlib_socket.IPPROTO_UDP
+        )
+        self._fd = next(_fds)
+        self._waiter = Waiter()
+        self._conn: TcpConnection | None = conn
+        self._listener: TcpListener | None = None
+        self._pcb: UdpPcb | None = None
+        self._bound: tuple[int, int] | None = None
+        self._shut_wr = False
+        self._shut_rd = False
+        self._options: dict[tuple[int, int], int] = {}
+        self._receiver: object = None  # the task parked to receive (or accept), if any
+        self._sender: object = None  # the task parked to send, if any
+        if conn is not None:
+            conn.waiter = self._waiter
+            self._bound = (stack.core.ip, conn.local_port)
+        if self._type == SOCK_DGRAM:
+            self._pcb = UdpPcb()
+            self._pcb.waiter = self._waiter
+
+    # -- identity -------------------------------------------------------------------------------
+    @property
+    def family(self) -> _stdlib_socket.AddressFamily:
+        return _stdlib_socket.AF_INET
+
+    @property
+    def type(self) -> _stdlib_socket.SocketKind:
+        return _stdlib_socket.SocketKind(self._type)
+
+    @property
+    def proto(self) -> int:
+        return self._proto
+
+    @property
+    def did_shutdown_SHUT_WR(self) -> bool:
+        return self._shut_wr
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def __repr__(self) -> str:
+        state = "closed" if self._fd < 0 else ("listening" if self._listener else "open")
+        return f"<trio_yastack socket {self.type.name} {state} on {self._stack.address}>"
+
+    def _check_open(self) -> None:
+        if self._fd < 0:
+            raise _oserror(errno.EBADF)
+
+    # -- addresses ------------------------------------------------------------------------------
+    def getsockname(self) -> tuple[str, int]:
+        self._check_open()
+        if self._pcb is not None:
+            return str(IPv4Address(self._pcb.local_ip)), self._pcb.local_port
+        if self._conn is not None:
+            return str(self._stack.address), self._conn.local_port
+        if self._listener is not None:
+            ip = self._bound[0] if self._bound else 0
+            return str(IPv4Address(ip)), self._listener.port
+        ip, port = self._bound or (0, 0)
+        return str(IPv4Address(ip)), port
+
+    def getpeername(self) -> tuple[str, int]:
+        self._check_open()
+        if self._pcb is not None and self._pcb.remote_port:
+            return str(IPv4Address(self._pcb.remote_ip)), self._pcb.remote_port
+        if self._conn is not None and self._conn.established:
+            return str(IPv4Address(self._conn.remote_ip)), self._conn.remote_port
+        raise _oserror(errno.ENOTCONN)
+
+    async def bind(self, address: Any) -> None:
+        await trio.lowlevel.checkpoint()
+        self._check_open()
+        ip, port = _ipv4(address)
+        core = self._stack.core
+        if ip not in (0, core.ip):
+            raise _oserror(errno.EADDRNOTAVAIL, str(IPv4Address(ip)))
+        if self._bound is not None or (self._pcb is not None and self._pcb.local_port):
+            raise _oserror(errno.EINVAL, "already bound")
+        if self._pcb is not None:
+            core.udp.bind(self._pcb, ip, port)
+            return
+        if port and port in core.tcp.listeners and not self._reuse_port:
+            raise _oserror(errno.EADDRINUSE)
+        self._bound = (ip, port)
+
+    @property
+    def _reuse_port(self) -> bool:
+        return bool(self._options.get((_SOL_SOCKET, _SO_REUSEPORT)))
+
+    # -- TCP ------------------------------------------------------------------------------------
+    def listen(self, backlog: int = 128) -> None:
+        self._check_open()
+        if self._type != SOCK_STREAM:
+            raise _oserror(errno.EOPNOTSUPP)
+        if self._conn is not None:
+            raise _oserror(errno.EINVAL, "connected")
+        if self._listener is not None:
+            self._listener.backlog = max(1, min(backlog, self._stack.core.config.tcp.max_backlog))
+            return
+        core = self._stack.core
+        ip, port = self._bound or (0, 0)
+        if port == 0:
+            port = core.tcp.port_selector(0, 0)
+        self._listener = core.tcp.listen(port, max(backlog, 1))
+        self._listener.waiter = self._waiter
+        self._listener.send_buffer = self._buffer(True)
+        self._listener.receive_buffer = self._buffer(False)
+        self._bound = (ip, port)
+
+    async def accept(self) -> tuple[StackSocket, tuple[str, int]]:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        self._check_open()
+        listener = self._listener
+        if listener is None:
+            raise _oserror(errno.EINVAL, "not listening")
+        while True:
+            conn = listener.accept()
+            if conn is not None:
+                sock = StackSocket(self._stack, SOCK_STREAM, self._proto, conn=conn)
+                sock._inherit(self._options)
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                return sock, (str(IPv4Address(conn.remote_ip)), conn.remote_port)
+            await self._wait()
+
+    def _inherit(self, options: dict[tuple[int, int], int]) -> None:
+        """An accepted socket takes the listening socket's options, as in the kernel."""
+        for (level, name), value in options.items():
+            if (level, name) != (_SOL_SOCKET, _stdlib_socket.SO_ACCEPTCONN):
+                self.setsockopt(level, name, value)
+
+    async def connect(self, address: Any) -> None:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        self._check_open()
+        ip, port = _ipv4(address)
+        core = self._stack.core
+        if self._pcb is not None:
+            core.udp.connect(self._pcb, ip, port)
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return
+        if self._conn is not None:
+            raise _oserror(errno.EISCONN)
+        if self._listener is not None:
+            raise _oserror(errno.EINVAL, "listening")
+        if ip == 0:
+            ip = core.ip  # as the kernel: 0.0.0.0 means this host
+        local_port = self._bound[1] if self._bound else 0
+        conn = core.tcp.connect(
+            ip,
+            port,
+            trio.current_time(),
+            local_port,
+            send_buffer=self._buffer(True),
+            receive_buffer=self._buffer(False),
+        )
+        conn.waiter = self._waiter
+        self._conn = conn
+        self._apply_connection_options()
+        self._stack.kick()
+        try:
+            while not conn.established:
+                if conn.error or conn.state == 0:
+                    error = conn.error or errno.ECONNREFUSED
+                    raise _oserror(error)
+                await self._wait(sending=True)
+        except BaseException:
+            if conn.state != 0:
+                conn.abort(trio.current_time())
+                self._stack.kick()
+            raise
+        await trio.lowlevel.checkpoint()
+
+    async def send(self, data: Any, flags: int = 0) -> int:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        self._check_open()
+        if self._pcb is not None:
+            return await self._udp_send(data, None)
+        conn = self._stream_conn()
+        if self._shut_wr:
+            raise _oserror(errno.EPIPE)
+        with memoryview(data) as view:
+            if not view.nbytes:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                return 0
+            while True:
+                taken = conn.send(view, trio.current_time())  # raises ECONNRESET & co with the kernel's errno
+                if taken:
+                    self._stack.kick()
+                    await trio.lowlevel.cancel_shielded_checkpoint()
+                    return taken
+                await self._wait(sending=True)
+                self._check_open()
+
+    async def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        bufsize = operator.index(bufsize)  # a float is a TypeError, as for a kernel socket
+        await trio.lowlevel.checkpoint_if_cancelled()
+        self._check_open()
+        if self._pcb is not None:
+            return (await self._udp_receive(bufsize))[0]
+        if bufsize < 0:
+            raise ValueError("negative buffersize in recv")
+        conn = self._stream_conn()
+        while True:
+            if self._shut_rd:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                return b""
+            data = conn.receive(bufsize, trio.current_time())
+            if data is not None:
+                self._stack.kick()
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                return data
+            await self._wait()
+            self._check_open()
+
+    async def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
+        with memoryview(buffer) as view:
+            data = await self.recv(nbytes or view.nbytes, flags)
+            view[: len(data)] = data
+            return len(data)
+
+    def shutdown(self, flag: int) -> None:
+        self._check_open()
+        if self._conn is None and self._pcb is None:
+            raise _oserror(errno.ENOTCONN)
+        if flag in (_stdlib_socket.SHUT_WR, _stdlib_socket.SHUT_RDWR):
+            self._shut_wr = True
+            if self._conn is not None:
+                self._conn.shutdown(trio.current_time())
+                self._stack.kick()
+        if flag in (_stdlib_socket.SHUT_RD, _stdlib_socket.SHUT_RDWR):
+            self._shut_rd = True
+            self._waiter.wake()
+
+    def _stream_conn(self) -> TcpConnection:
+        if self._conn is None:
+            raise _oserror(errno.ENOTCONN)
+        return self._conn
+
+    # -- UDP ------------------------------------------------------------------------------------
+    async def sendto(self, data: Any, *args: Any) -> int:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        self._check_open()
+        address = args[-1]
+        if self._pcb is None:
+            if self._conn is not None:
+                raise _oserror(errno.EISCONN)
+            raise _oserror(errno.ENOTCONN)
+        return await self._udp_send(data, _ipv4(address))
+
+    async def _udp_send(self, data: Any, address: tuple[int, int] | None) -> int:
+        assert self._pcb is not None
+        ip, port = address if address is not None else (0, 0)
+        with memoryview(data) as view:
+            sent = self._stack.core.udp.udp_output(self._pcb, bytes(view), ip, port, trio.current_time())
+        self._stack.kick()
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        return sent
+
+    async def recvfrom(self, bufsize: int, flags: int = 0) -> tuple[bytes, tuple[str, int]]:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        self._check_open()
+        if self._pcb is None:
+            data = await self.recv(bufsize, flags)
+            return data, self.getpeername()
+        return await self._udp_receive(bufsize)
+
+    async def recvfrom_into(
+        self, buffer: Any, nbytes: int = 0, flags: int = 0
+    ) -> tuple[int, tuple[str, int]]:
+        with memoryview(buffer) as view:
+            data, address = await self.recvfrom(nbytes or view.nbytes, flags)
+            view[: len(data)] = data
+            return len(data), address
+
+    async def _udp_receive(self, bufsize: int) -> tuple[bytes, tuple[str, int]]:
+        pcb = self._pcb
+        assert pcb is not None
+        while True:
+            item = pcb.take()
+            if item is not None:
+                data, (src, sport) = item
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                return data[:bufsize], (str(IPv4Address(src)), sport)
+            if pcb.so_error:
+                raise _oserror(pcb.take_error())
+            await self._wait()
+            self._check_open()
+
+    # -- options ----------------------------------------------------------------------------------
+    def setsockopt(self, level: int, optname: int, value: Any, optlen: int | None = None) -> None:
+        self._check_open()
+        if not isinstance(value, int):
+            value = int.from_bytes(bytes(value)[:4] or b"\0", "little")
+        self._options[(level, optname)] = int(value)
+        self._apply_connection_options()
+        if self._listener is not None:
+            self._listener.send_buffer = self._buffer(True)
+            self._listener.receive_buffer = self._buffer(False)
+
+    def getsockopt(self, level: int, optname: int, buflen: int | None = None) -> Any:
+        self._check_open()
+        if (level, optname) == (_SOL_SOCKET, _stdlib_socket.SO_ACCEPTCONN):
+            value = int(self._listener is not None)
+        elif (level, optname) == (_SOL_SOCKET, _stdlib_socket.SO_ERROR):
+            value = self._take_error()
+        elif (level, optname) == (_SOL_SOCKET, _stdlib_socket.SO_TYPE):
+            value = self._type
+        elif (level, optname) == (_SOL_SOCKET, _stdlib_socket.SO_SNDBUF):
+            value = self._conn.sndbuf.limit if self._conn else self._options.get(
+                (level, optname), self._stack.core.config.tcp.send_buffer
+            )  # fmt: skip
+        elif (level, optname) == (_SOL_SOCKET, _stdlib_socket.SO_RCVBUF):
+            value = self._conn.rcvbuf.limit if self._conn else self._options.get(
+                (level, optname), self._stack.core.config.tcp.receive_buffer
+            )  # fmt: skip
+        elif (level, optname) == (_IPPROTO_TCP, _stdlib_socket.TCP_NODELAY):
+            value = int(self._conn.nodelay) if self._conn else self._options.get((level, optname), 0)
+        else:
+            value = self._options.get((level, optname), 0)
+        if buflen is not None:
+            return value.to_bytes(max(buflen, 4), "little")[:buflen]
+        return value
+
+    def _buffer(self, send: bool) -> int:
+        """SO_SNDBUF or SO_RCVBUF as set on this socket (0: the stack's default), at least 1 KiB."""
+        value = self._options.get(
+            (_SOL_SOCKET, _stdlib_socket.SO_SNDBUF if send else _stdlib_socket.SO_RCVBUF), 0
+        )
+        return max(value, 1024) if value else 0
+
+    def _take_error(self) -> int:
+        if self._pcb is not None:
+            return self._pcb.take_error()
+        if self._conn is not None:
+            error = self._conn.error or self._conn.soft_error
+            self._conn.soft_error = 0
+            return error
+        return 0
+
+    def _apply_connection_options(self) -> None:
+        conn = self._conn
+        if conn is None:
+            return
+        options = self._options
+        now = trio.current_time()
+        if (_IPPROTO_TCP, _stdlib_socket.TCP_NODELAY) in options:
+            conn.nodelay = bool(options[(_IPPROTO_TCP, _stdlib_socket.TCP_NODELAY)])
+        if self._buffer(True):
+            conn.sndbuf.limit = self._buffer(True)
+        if self._buffer(False):
+            # Lowering it never takes back window already offered (the connection never shrinks
+            # its window), so the peer's data in flight still fits.
+            conn.rcvbuf.limit = self._buffer(False)
+        if (_SOL_SOCKET, _stdlib_socket.SO_KEEPALIVE) in options:
+            enabled = bool(options[(_SOL_SOCKET, _stdlib_socket.SO_KEEPALIVE)])
+            if enabled != conn.keepalive:
+                conn.set_keepalive(enabled, now)
+
+    # -- readiness and closing ------------------------------------------------------------------
+    async def _wait(self, sending: bool = False) -> None:
+        """Park until the poll loop reports a change.  As with trio's kernel sockets, a second
+        task waiting in the same direction is a ``trio.BusyResourceError``."""
+        task = trio.lowlevel.current_task()
+        if sending:
+            if self._sender is not None and self._sender is not task:
+                raise trio.BusyResourceError("another task is already sending on this socket")
+            self._sender = task
+        else:
+            if self._receiver is not None and self._receiver is not task:
+                raise trio.BusyResourceError("another task is already receiving on this socket")
+            self._receiver = task
+        try:
+            await self._waiter.wait()
+        finally:
+            if sending:
+                self._sender = None
+            else:
+                self._receiver = None
+
+    async def wait_writable(self) -> None:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        self._check_open()
+        while self._conn is not None and not self._conn.writable:
+            await self._wait(sending=True)
+            self._check_open()
+        await trio.lowlevel.cancel_shielded_checkpoint()
+
+    def is_readable(self) -> bool:
+        self._check_open()
+        if self._listener is not None:
+            return bool(self._listener.accept_queue) or self._listener.closed
+        if self._pcb is not None:
+            return bool(self._pcb.queue) or bool(self._pcb.so_error)
+        if self._conn is not None:
+            return self._conn.readable or self._shut_rd
+        return False
+
+    def close(self) -> None:
+        if self._fd < 0:
+            return
+        self._fd = -1
+        now = trio.current_time()
+        if self._conn is not None:
+            if self._linger_zero():
+                self._conn.abort(now)  # SO_LINGER {on, 0}: reset, as the kernel does
+            else:
+                self._conn.close(now)
+            self._conn.waiter = None
+        if self._listener is not None:
+            self._listener.close(now)
+        if self._pcb is not None:
+            self._stack.core.udp.close(self._pcb)
+        self._stack.kick()
+        self._waiter.wake()  # tasks parked on this socket see EBADF (trio: ClosedResourceError)
+
+    def _linger_zero(self) -> bool:
+        raw = self._options.get((_SOL_SOCKET, _stdlib_socket.SO_LINGER))
+        if raw is None:
+            return False
+        # struct linger {int l_onoff; int l_linger;} as the little-endian int setsockopt took
+        return bool(raw & 0xFFFFFFFF) and not (raw >> 32)
+
+    def detach(self) -> int:
+        raise _oserror(errno.EOPNOTSUPP, "a user-space socket has no kernel descriptor")
+
+    def dup(self) -> StackSocket:
+        raise _oserror(errno.EOPNOTSUPP, "a user-space socket cannot be duplicated")
+
+    def get_inheritable(self) -> bool:
+        return False
+
+    def set_inheritable(self, inheritable: bool) -> None:
+        if inheritable:
+            raise _oserror(errno.EOPNOTSUPP)
+
+    def __enter__(self) -> StackSocket:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class StackSocketFactory(trio.abc.SocketFactory):
+    """What ``trio.socket.socket()`` calls while a stack is open: AF_INET stream and datagram
+    sockets on the current stack; other families raise EAFNOSUPPORT, or with
+    ``kernel_fallback`` are the kernel's own (e.g. an admin port, as YAStack's HOST provider)."""
+
+    def __init__(self, kernel_fallback: bool = False) -> None:
+        self.kernel_fallback = kernel_fallback
+
+    def socket(
+        self, family: int = AF_INET, type: int = SOCK_STREAM, proto: int = 0
+    ) -> trio.socket.SocketType:
+        kind = type & _TYPE_MASK
+        if family == AF_INET and kind in (SOCK_STREAM, SOCK_DGRAM):
+            return StackSocket(current_stack(), type, proto)
+        if self.kernel_fallback:
+            return trio.socket.from_stdlib_socket(_stdlib_socket.socket(family, type, proto))
+        raise _oserror(
+            errno.EAFNOSUPPORT,
+            f"family {family}, type {type}: the user-space stack serves AF_INET stream and datagram sockets; "
+            "open_stack(kernel_fallback=True) hands other sockets to the kernel",
+        )
+
+
+class StackHostnameResolver(trio.abc.HostnameResolver):
+    """Numeric addresses and a static hosts table (trio resolves numeric hosts itself first)."""
+
+    def __init__(self, hosts: dict[str, str] | None = None) -> None:
+        self.hosts = {name.lower().rstrip("."): str(IPv4Address(ip)) for name, ip in (hosts or {}).items()}
+
+    async def getaddrinfo(
+        self,
+        host: bytes | str | None,
+        port: bytes | str | int | None,
+        family: int = 0,
+        type: int = 0,
+        proto: int = 0,
+        flags: int = 0,
+    ) -> list[tuple[Any, Any, int, str, tuple[str, int]]]:
+        await trio.lowlevel.checkpoint()
+        if isinstance(host, bytes):
+            host = host.decode("idna")
+        if family not in (0, AF_INET):
+            raise _stdlib_socket.gaierror(_stdlib_socket.EAI_FAMILY, "the stack serves AF_INET only")
+        if host is None:
+            address = "0.0.0.0" if flags & _stdlib_socket.AI_PASSIVE else "127.0.0.1"
+        else:
+            try:
+                address = str(IPv4Address(host))
+            except ValueError:
+                found = self.hosts.get(host.lower().rstrip("."))
+                if found is None:
+                    raise _stdlib_socket.gaierror(
+                        _stdlib_socket.EAI_NONAME, f"{host!r} is not in the stack's hosts table"
+                    ) from None
+                address = found
+        if isinstance(port, bytes):
+            port = port.decode()
+        if isinstance(port, str):
+            port = int(port) if port.isdigit() else _stdlib_socket.getservbyname(port)
+        port = port or 0
+        kinds = [type] if type else [SOCK_STREAM, SOCK_DGRAM]
+        return [
+            (
+                _stdlib_socket.AF_INET,
+                _stdlib_socket.SocketKind(kind),
+                proto or (_stdlib_socket.IPPROTO_TCP if kind == SOCK_STREAM else _stdlib_socket.IPPROTO_UDP),
+                "",
+                (address, port),
+            )
+            for kind in kinds
+        ]
+
+    async def getnameinfo(self, sockaddr: tuple[str, int], flags: int) -> tuple[str, str]:
+        await trio.lowlevel.checkpoint()
+        host, port = sockaddr[0], sockaddr[1]
+        if not flags & _stdlib_socket.NI_NUMERICHOST:
+            for name, ip in self.hosts.items():
+                if ip == host:
+                    host = name
+                    break
+        return host, str(port)
