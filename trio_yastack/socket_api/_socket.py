@@ -466,6 +466,16 @@ class StackSocket(trio.socket.SocketType):
             # Lowering it never takes back window already offered (the connection never shrinks
             # its window), so the peer's data in flight still fits.
             conn.rcvbuf.limit = self._buffer(False)
+        for name, attribute in (
+            (_TCP_KEEPIDLE, "keep_idle"),
+            (_TCP_KEEPINTVL, "keep_interval"),
+            (_TCP_KEEPCNT, "keep_count"),
+        ):
+            if (_IPPROTO_TCP, name) in options:
+                value = options[(_IPPROTO_TCP, name)]
+                if value < 1:
+                    raise _oserror(errno.EINVAL, "keepalive settings must be at least 1")
+                setattr(conn, attribute, value)
         if (_SOL_SOCKET, _stdlib_socket.SO_KEEPALIVE) in options:
             enabled = bool(options[(_SOL_SOCKET, _stdlib_socket.SO_KEEPALIVE)])
             if enabled != conn.keepalive:
@@ -495,10 +505,18 @@ class StackSocket(trio.socket.SocketType):
     async def wait_writable(self) -> None:
         await trio.lowlevel.checkpoint_if_cancelled()
         self._check_open()
-        while self._conn is not None and not self._conn.writable:
+        while self._conn is not None and not self._writable():
             await self._wait(sending=True)
             self._check_open()
         await trio.lowlevel.cancel_shielded_checkpoint()
+
+    def _writable(self) -> bool:
+        """Room to send, and with TCP_NOTSENT_LOWAT fewer unsent bytes queued than that."""
+        conn = self._conn
+        if conn is None or not conn.writable:
+            return conn is None
+        lowat = self._options.get((_IPPROTO_TCP, _TCP_NOTSENT_LOWAT), 0)
+        return not lowat or conn.sndbuf.end - conn.snd_nxt < lowat or bool(conn.error)
 
     def is_readable(self) -> bool:
         self._check_open()

@@ -86,6 +86,9 @@ class TcpConnection:
         "in_recovery",
         "irs",
         "iss",
+        "keep_count",
+        "keep_idle",
+        "keep_interval",
         "keep_probes",
         "keepalive",
         "last_ack_sent",
@@ -203,6 +206,10 @@ class TcpConnection:
         self.persist_shift = 0
         self.keep_probes = 0
         self.keepalive = False
+        # TCP_KEEPIDLE / TCP_KEEPINTVL / TCP_KEEPCNT, per connection as in the kernel
+        self.keep_idle = config.keepalive_idle
+        self.keep_interval = config.keepalive_interval
+        self.keep_count = config.keepalive_count
         self.nodelay = config.nodelay
         self.error = 0
         self.soft_error = 0  # the last ICMP or routing error, reported if we time out
@@ -1208,26 +1215,25 @@ class TcpConnection:
 
     def _arm_keepalive(self, now: float) -> None:
         if self.keepalive and self.state in _SYNCHRONIZED:
-            self.t_keep = now + self.config.keepalive_idle
+            self.t_keep = now + self.keep_idle
             self._arm()
         else:
             self.t_keep = 0.0
 
     def _keepalive_timeout(self, now: float) -> None:
-        config = self.config
         if not self.keepalive or self.state not in (ESTABLISHED, CLOSE_WAIT, FIN_WAIT_2):
             return
         idle = now - self.last_activity
-        if idle < config.keepalive_idle:
-            self.t_keep = self.last_activity + config.keepalive_idle
+        if idle < self.keep_idle:
+            self.t_keep = self.last_activity + self.keep_idle
             return
-        if self.keep_probes >= config.keepalive_count:
+        if self.keep_probes >= self.keep_count:
             self._drop(errno.ETIMEDOUT, counted=True)
             return
         self.keep_probes += 1
         self.stats.keepalive_probes += 1
         self._send_segment(self.snd_una - 1, TCP_ACK, b"", now)
-        self.t_keep = now + config.keepalive_interval
+        self.t_keep = now + self.keep_interval
 
     # -- ICMP (tcp_ctlinput) ------------------------------------------------------------------
     def icmp_error(self, error: int, mtu: int, now: float) -> None:
