@@ -56,3 +56,13 @@ def test_udp_echo_example(capsys: pytest.CaptureFixture[str]) -> None:
     for index in range(5):
         assert f"echoed b'hello {index}'" in out
     assert "ping 198.18.0.1" in out
+
+
+def test_trio_echo_example(capsys: pytest.CaptureFixture[str]) -> None:
+    """The README's example: trio.serve_tcp and trio.open_tcp_stream, unmodified, over two stacks."""
+    spec = importlib.util.spec_from_file_location("trio_echo_example", ROOT / "examples" / "trio_echo.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    trio.run(module.main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert capsys.readouterr().out.strip() == "echoed: hello over the bypass stack"
