@@ -15,6 +15,7 @@ import itertools
 import operator
 import os
 import socket as _stdlib_socket
+import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -125,6 +126,8 @@ class StackSocket(trio.socket.SocketType):
         self._shut_wr = False
         self._shut_rd = False
         self._options: dict[tuple[int, int], int] = {}
+        self._raw_options: dict[tuple[int, int], bytes] = {}  # struct-valued options, as given
+        self._error_reported = False  # the connection's error was raised once (SO_ERROR reads it once)
         self._receiver: object = None  # the task parked to receive (or accept), if any
         self._sender: object = None  # the task parked to send, if any
         if conn is not None:
@@ -197,6 +200,9 @@ class StackSocket(trio.socket.SocketType):
             return
         if port and port in core.tcp.listeners and not self._reuse_port:
             raise _oserror(errno.EADDRINUSE)
+        if port == 0:
+            port = core.tcp.port_selector(0, 0)  # the kernel assigns the port at bind
+        core.tcp.bound_ports.add(port)
         self._bound = (ip, port)
 
     @property
@@ -217,7 +223,15 @@ class StackSocket(trio.socket.SocketType):
         ip, port = self._bound or (0, 0)
         if port == 0:
             port = core.tcp.port_selector(0, 0)
+        core.tcp.bound_ports.discard(port)
+        shared = core.tcp.listeners.get(port)
+        if shared is not None and self._reuse_port and shared.reuse_port:
+            shared.sockets += 1  # SO_REUSEPORT: the sockets share one accept queue
+            self._listener = shared
+            self._bound = (ip, port)
+            return
         self._listener = core.tcp.listen(port, max(backlog, 1))
+        self._listener.reuse_port = self._reuse_port
         self._listener.waiter = self._waiter
         self._listener.send_buffer = self._buffer(True)
         self._listener.receive_buffer = self._buffer(False)
@@ -237,6 +251,7 @@ class StackSocket(trio.socket.SocketType):
                 await trio.lowlevel.cancel_shielded_checkpoint()
                 return sock, (str(IPv4Address(conn.remote_ip)), conn.remote_port)
             await self._wait()
+            self._check_open()  # closed while we waited: EBADF (trio: ClosedResourceError)
 
     def _inherit(self, options: dict[tuple[int, int], int]) -> None:
         """An accepted socket takes the listening socket's options, as in the kernel."""
@@ -260,6 +275,7 @@ class StackSocket(trio.socket.SocketType):
         if ip == 0:
             ip = core.ip  # as the kernel: 0.0.0.0 means this host
         local_port = self._bound[1] if self._bound else 0
+        core.tcp.bound_ports.discard(local_port)
         conn = core.tcp.connect(
             ip,
             port,
@@ -276,6 +292,7 @@ class StackSocket(trio.socket.SocketType):
             while not conn.established:
                 if conn.error or conn.state == 0:
                     error = conn.error or errno.ECONNREFUSED
+                    self._error_reported = True
                     raise _oserror(error)
                 await self._wait(sending=True)
         except BaseException:
@@ -405,7 +422,9 @@ class StackSocket(trio.socket.SocketType):
     def setsockopt(self, level: int, optname: int, value: Any, optlen: int | None = None) -> None:
         self._check_open()
         if not isinstance(value, int):
-            value = int.from_bytes(bytes(value)[:4] or b"\0", "little")
+            raw = bytes(value)
+            self._raw_options[(level, optname)] = raw
+            value = int.from_bytes(raw[:4] or b"\0", "little")
         self._options[(level, optname)] = int(value)
         self._apply_connection_options()
         if self._listener is not None:
@@ -433,6 +452,9 @@ class StackSocket(trio.socket.SocketType):
         else:
             value = self._options.get((level, optname), 0)
         if buflen is not None:
+            raw = self._raw_options.get((level, optname))
+            if raw is not None:
+                return raw[:buflen]
             return value.to_bytes(max(buflen, 4), "little")[:buflen]
         return value
 
@@ -446,9 +468,12 @@ class StackSocket(trio.socket.SocketType):
     def _take_error(self) -> int:
         if self._pcb is not None:
             return self._pcb.take_error()
-        if self._conn is not None:
-            error = self._conn.error or self._conn.soft_error
-            self._conn.soft_error = 0
+        conn = self._conn
+        if conn is not None:
+            if conn.error and not self._error_reported:
+                self._error_reported = True
+                return conn.error
+            error, conn.soft_error = conn.soft_error, 0
             return error
         return 0
 
@@ -476,6 +501,8 @@ class StackSocket(trio.socket.SocketType):
                 if value < 1:
                     raise _oserror(errno.EINVAL, "keepalive settings must be at least 1")
                 setattr(conn, attribute, value)
+                if conn.keepalive:
+                    conn.set_keepalive(True, now)  # re-arm with the new idle time
         if (_SOL_SOCKET, _stdlib_socket.SO_KEEPALIVE) in options:
             enabled = bool(options[(_SOL_SOCKET, _stdlib_socket.SO_KEEPALIVE)])
             if enabled != conn.keepalive:
@@ -540,18 +567,23 @@ class StackSocket(trio.socket.SocketType):
                 self._conn.close(now)
             self._conn.waiter = None
         if self._listener is not None:
-            self._listener.close(now)
+            self._listener.sockets -= 1
+            if self._listener.sockets <= 0:
+                self._listener.close(now)
+        elif self._bound is not None and self._conn is None:
+            self._stack.core.tcp.bound_ports.discard(self._bound[1])
         if self._pcb is not None:
             self._stack.core.udp.close(self._pcb)
         self._stack.kick()
         self._waiter.wake()  # tasks parked on this socket see EBADF (trio: ClosedResourceError)
 
     def _linger_zero(self) -> bool:
-        raw = self._options.get((_SOL_SOCKET, _stdlib_socket.SO_LINGER))
-        if raw is None:
+        """SO_LINGER with l_onoff set and l_linger 0: close() resets the connection."""
+        raw = self._raw_options.get((_SOL_SOCKET, _stdlib_socket.SO_LINGER))
+        if raw is None or len(raw) < 8:
             return False
-        # struct linger {int l_onoff; int l_linger;} as the little-endian int setsockopt took
-        return bool(raw & 0xFFFFFFFF) and not (raw >> 32)
+        onoff, seconds = struct.unpack("ii", raw[:8])  # struct linger {int l_onoff; int l_linger;}
+        return bool(onoff) and seconds == 0
 
     def detach(self) -> int:
         raise _oserror(errno.EOPNOTSUPP, "a user-space socket has no kernel descriptor")

@@ -52,7 +52,16 @@ class TcpListener:
     """A listening socket: half-open connections (the SYN queue) and an accept queue, both bounded."""
 
     __slots__ = (
-        "accept_queue", "backlog", "closed", "embryonic", "layer", "port", "receive_buffer", "send_buffer",
+        "accept_queue",
+        "backlog",
+        "closed",
+        "embryonic",
+        "layer",
+        "port",
+        "receive_buffer",
+        "reuse_port",
+        "send_buffer",
+        "sockets",
         "waiter",
     )  # fmt: skip
 
@@ -64,6 +73,9 @@ class TcpListener:
         #: set on the listening socket, they shape the window of the SYN-ACK, as in the kernel
         self.send_buffer = 0
         self.receive_buffer = 0
+        #: sockets sharing this listener (SO_REUSEPORT); it closes when the last one does
+        self.sockets = 1
+        self.reuse_port = False
         self.embryonic: set[TcpConnection] = set()
         self.accept_queue: deque[TcpConnection] = deque()
         self.closed = False
@@ -115,6 +127,7 @@ class TcpLayer:
         "_isn_key",
         "_rst_at",
         "_rst_tokens",
+        "bound_ports",
         "config",
         "connections",
         "cookies",
@@ -135,6 +148,8 @@ class TcpLayer:
         self.listeners: dict[int, TcpListener] = {}
         self.port_use: dict[int, int] = {}  # local port -> connections using it
         self.time_wait: deque[TcpConnection] = deque()
+        #: ports that sockets bound without listening or connecting yet (kept off the ephemeral range)
+        self.bound_ports: set[int] = set()
         secret = core.rng.getrandbits(256).to_bytes(32, "big")
         self._isn_key = core.rng.getrandbits(256).to_bytes(32, "big")
         self.cookies = SynCookies(secret)
@@ -182,7 +197,11 @@ class TcpLayer:
         connections = self.connections
         for step in range(span):
             port = first + (start + step) % span
-            if port not in self.listeners and (port, remote_ip, remote_port) not in connections:
+            if (
+                port not in self.listeners
+                and port not in self.bound_ports
+                and (port, remote_ip, remote_port) not in connections
+            ):
                 return port
         raise OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address (no free ephemeral port)")
 

@@ -491,7 +491,14 @@ class TcpConnection:
                 self._arm_2msl(now)
                 self._ack_now(now)
             return
-        # Seventh: segment text.
+        # Seventh: segment text.  New data for a connection the application has closed cannot
+        # be delivered: reset (RFC 9293 3.10.4, Linux's TCPAbortOnData).
+        if end > data_start and self.user_closed and seq + (end - data_start) > self.rcv_nxt:
+            self.stats.drop("data_after_close")
+            self._send_segment(self.snd_max, TCP_RST | TCP_ACK, b"", now)
+            self.stats.resets_sent += 1
+            self._drop(errno.ECONNRESET, counted=True)
+            return
         if end > data_start and state in _RECEIVES_DATA:
             self._data_arrives(buf, data_start, end, seq, now)
         elif end > data_start:

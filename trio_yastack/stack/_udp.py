@@ -104,6 +104,8 @@ class UdpLayer:
             return
         self.core.ip_layer.route(ip)
         pcb.remote_ip, pcb.remote_port = ip, port
+        if not pcb.local_ip:
+            pcb.local_ip = self.core.ip  # a connected socket has a source address, as in the kernel
 
     def close(self, pcb: UdpPcb) -> None:
         pcb.closed = True
