@@ -1,0 +1,220 @@
+"""Helpers for the trio socket tests (``test_sockets.py``): two stacks on one ``memory_wire`` in
+the same trio run, connected ``StackSocket``/``SocketStream`` pairs, a port wrapper that drops
+chosen incoming frames (a firewall, or a host that vanishes), and a throw-away CA for TLS.
+
+Everything runs under trio's ``MockClock`` (the tests request ``autojump_clock``): timeouts are
+simulated time, and ``wait_all_tasks_blocked`` is the only way a test waits for the wire to go
+quiet (with a zero-latency wire every frame is handled before all tasks block).
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from socket import SO_RCVBUF, SO_SNDBUF, SOL_SOCKET
+from typing import Any
+
+import trio
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from trio_yastack import Stack, open_stack
+from trio_yastack.nic import Port, PortWrapper, memory_wire
+from trio_yastack.stack.wire.ethernet import ETHERTYPE_IPV4
+from trio_yastack.stack.wire.ipv4 import IPPROTO_TCP
+
+__all__ = [
+    "A_IP",
+    "B_IP",
+    "FilterPort",
+    "clog",
+    "make_tls_material",
+    "read_to_eof",
+    "socket_pair",
+    "stream_pair",
+    "tcp_dport",
+    "two_stacks",
+]
+
+#: stack A (the clients; opened first, so it is every task's default) and stack B (the servers)
+A_IP, B_IP = "198.18.0.2", "198.18.0.1"
+
+
+def tcp_dport(frame: bytes) -> int | None:
+    """The TCP destination port of an Ethernet/IPv4/TCP frame; ``None`` for anything else."""
+    if len(frame) < 38 or int.from_bytes(frame[12:14], "big") != ETHERTYPE_IPV4 or frame[23] != IPPROTO_TCP:
+        return None
+    ihl = (frame[14] & 0x0F) * 4
+    return int.from_bytes(frame[14 + ihl + 2 : 14 + ihl + 4], "big")
+
+
+class FilterPort(PortWrapper):
+    """Drops the received frames ``drop(frame)`` picks before the stack sees them (ARP and the
+    rest pass): a firewall that silently drops, or, with ``drop_all()``, a host that vanished."""
+
+    def __init__(self, inner: Port, drop: Callable[[bytes], bool] | None = None) -> None:
+        super().__init__(inner)
+        self.drop: Callable[[bytes], bool] = drop or (lambda frame: False)
+        self.dropped = 0
+
+    def drop_all(self) -> None:
+        self.drop = lambda frame: True
+
+    def rx_burst(self, queue: int, max_n: int) -> list[bytes]:
+        kept = []
+        for frame in self.inner.rx_burst(queue, max_n):
+            if self.drop(frame):
+                self.dropped += 1
+            else:
+                kept.append(frame)
+        return kept
+
+
+@asynccontextmanager
+async def two_stacks(
+    seed: int = 1,
+    *,
+    hosts: dict[str, str] | None = None,
+    wrap_a: Callable[[Port], Port] | None = None,
+    wrap_b: Callable[[Port], Port] | None = None,
+    options: dict[str, Any] | None = None,
+    **faults: Any,
+) -> AsyncIterator[tuple[Stack, Stack]]:
+    """Stacks A (198.18.0.2, opened first: the default stack and the one given ``hosts``) and B
+    (198.18.0.1) on the two ends of one ``memory_wire(seed=seed, **faults)``, in this trio run."""
+    a_port, b_port = memory_wire(seed=seed, **faults)
+    a_nic = wrap_a(a_port) if wrap_a is not None else a_port
+    b_nic = wrap_b(b_port) if wrap_b is not None else b_port
+    extra = options or {}
+    async with (
+        open_stack(a_nic, ip=f"{A_IP}/24", seed=seed + 1, hosts=hosts, **extra) as a,
+        open_stack(b_nic, ip=f"{B_IP}/24", seed=seed + 2, **extra) as b,
+    ):
+        yield a, b
+
+
+async def socket_pair(
+    a: Stack, b: Stack, port: int, *, buffer: int | None = None
+) -> tuple[trio.socket.SocketType, trio.socket.SocketType]:
+    """A socket on A connected to a listener on B: ``(A's socket, B's accepted socket)``.
+
+    With ``buffer``, SO_SNDBUF and SO_RCVBUF are set to it on both the listening socket (the
+    accepted one inherits them) and the connecting socket, before listen/connect."""
+    listener = b.socket()
+    client = a.socket()
+    try:
+        for sock in (listener, client):
+            if buffer is not None:
+                sock.setsockopt(SOL_SOCKET, SO_SNDBUF, buffer)
+                sock.setsockopt(SOL_SOCKET, SO_RCVBUF, buffer)
+        await listener.bind((B_IP, port))
+        listener.listen(1)
+        accepted: list[trio.socket.SocketType] = []
+
+        async def accept_one() -> None:
+            accepted.append((await listener.accept())[0])
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(accept_one)
+            await client.connect((B_IP, port))
+    except BaseException:
+        client.close()
+        raise
+    finally:
+        listener.close()
+    return client, accepted[0]
+
+
+async def stream_pair(
+    a: Stack, b: Stack, port: int, *, buffer: int | None = None
+) -> tuple[trio.SocketStream, trio.SocketStream]:
+    client, server = await socket_pair(a, b, port, buffer=buffer)
+    return trio.SocketStream(client), trio.SocketStream(server)
+
+
+async def clog(stream: trio.SocketStream, quiet: float = 10.0) -> int:
+    """Send on ``stream`` until ``quiet`` simulated seconds pass with nothing accepted: the
+    sender's buffer and the peer's receive window are then both full.  Returns the bytes sent."""
+    total = 0
+    chunk = b"c" * 4096
+    while True:
+        sent = 0
+        with trio.move_on_after(quiet):
+            sent = await stream.socket.send(chunk)
+        if not sent:
+            return total
+        total += sent
+        assert total < 16 * 1024 * 1024, "the stream never clogged: are SO_SNDBUF/SO_RCVBUF honoured?"
+
+
+async def read_to_eof(stream: trio.abc.ReceiveStream, chunk: int = 65536) -> bytes:
+    parts = []
+    while data := await stream.receive_some(chunk):
+        parts.append(data)
+    return b"".join(parts)
+
+
+def make_tls_material(dns_names: Sequence[str], ip_addresses: Sequence[str]) -> tuple[bytes, bytes, bytes]:
+    """A fresh CA and a server certificate it signed for the names and addresses given:
+    ``(CA certificate PEM, server certificate PEM, server key PEM)``."""
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "trio_yastack test CA")])
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=7))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    sans: list[x509.GeneralName] = [x509.DNSName(name) for name in dns_names]
+    sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ip_addresses]
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(
+            x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, (list(dns_names) or ["server"])[0])])
+        )
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=7))
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    return (
+        ca_cert.public_bytes(serialization.Encoding.PEM),
+        cert.public_bytes(serialization.Encoding.PEM),
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ),
+    )
