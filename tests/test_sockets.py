@@ -982,3 +982,23 @@ def test_run_installs_the_factory() -> None:
         trio_yastack.run(main, b"hello from run", nic=a_port, ip=A_IP, seed=1, clock=clock)
         == b"hello from run"
     )
+
+
+async def test_later_stacks_add_hosts_and_keep_the_kernel_fallback(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """One factory and resolver serve a trio run: a second stack's ``hosts`` join the table, and a
+    different ``kernel_fallback`` is refused with a clear error instead of being ignored."""
+    first, second, third = memory_wire(seed=3), memory_wire(seed=4), memory_wire(seed=5)
+    async with (
+        trio_yastack.open_stack(first[0], ip="198.18.0.2/24", hosts={"one.test": "198.18.0.1"}),
+        trio_yastack.open_stack(second[0], ip="198.18.0.3/24", hosts={"two.test": "198.18.0.9"}),
+    ):
+        infos = await trio.socket.getaddrinfo("two.test", 80, type=stdlib_socket.SOCK_STREAM)
+        assert infos[0][4] == ("198.18.0.9", 80)
+        assert (await trio.socket.getaddrinfo("one.test", 80, type=stdlib_socket.SOCK_STREAM))[0][4][
+            0
+        ] == "198.18.0.1"
+        with pytest.raises(ValueError, match="kernel_fallback"):
+            async with trio_yastack.open_stack(third[0], ip="198.18.0.4/24", kernel_fallback=True):
+                pass  # pragma: no cover

@@ -113,6 +113,12 @@ class Stack:
         return TcpListenerEndpoint(self, self.core.tcp.listen(port, backlog))
 
 
+#: the factory and resolver the first stack of a trio run installed
+_installed_parts: trio.lowlevel.RunVar[tuple[StackSocketFactory, StackHostnameResolver]] = (
+    trio.lowlevel.RunVar("trio_yastack_installed")
+)
+
+
 @contextmanager
 def _installed(stack: Stack, hosts: dict[str, str] | None, kernel_fallback: bool) -> Iterator[None]:
     """Register ``stack`` in this trio run; the first one installs trio's socket factory and
@@ -123,10 +129,22 @@ def _installed(stack: Stack, hosts: dict[str, str] | None, kernel_fallback: bool
         open_stacks.set(stacks)
     previous = None
     if not stacks:
+        factory, resolver = StackSocketFactory(kernel_fallback), StackHostnameResolver(hosts)
+        _installed_parts.set((factory, resolver))
         previous = (
-            trio.socket.set_custom_socket_factory(StackSocketFactory(kernel_fallback)),
-            trio.socket.set_custom_hostname_resolver(StackHostnameResolver(hosts)),
+            trio.socket.set_custom_socket_factory(factory),
+            trio.socket.set_custom_hostname_resolver(resolver),
         )
+    else:
+        # One factory and resolver serve the run: a later stack adds its names to the hosts
+        # table, and may not ask for a different kernel fallback than the first one set.
+        factory, resolver = _installed_parts.get()
+        if kernel_fallback != factory.kernel_fallback:
+            raise ValueError(
+                f"kernel_fallback={kernel_fallback} differs from the {factory.kernel_fallback} that the "
+                "first stack of this trio run installed"
+            )
+        resolver.add_hosts(hosts or {})
     stacks.append(stack)
     try:
         yield

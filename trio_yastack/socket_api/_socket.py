@@ -632,7 +632,12 @@ class StackHostnameResolver(trio.abc.HostnameResolver):
     """Numeric addresses and a static hosts table (trio resolves numeric hosts itself first)."""
 
     def __init__(self, hosts: dict[str, str] | None = None) -> None:
-        self.hosts = {name.lower().rstrip("."): str(IPv4Address(ip)) for name, ip in (hosts or {}).items()}
+        self.hosts: dict[str, str] = {}
+        self.add_hosts(hosts or {})
+
+    def add_hosts(self, hosts: dict[str, str]) -> None:
+        """Add names (case-insensitive, trailing dot ignored) with their IPv4 addresses."""
+        self.hosts.update({name.lower().rstrip("."): str(IPv4Address(ip)) for name, ip in hosts.items()})
 
     async def getaddrinfo(
         self,

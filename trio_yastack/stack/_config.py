@@ -87,7 +87,7 @@ class TcpConfig:
     rto_initial: float = 1.0  # RFC 6298 2.1
     rto_min: float = 0.2  # RFC 6298 says 1 s; Linux uses 200 ms, FreeBSD 30 ms
     rto_max: float = 60.0
-    syn_retries: int = 6  # net.ipv4.tcp_syn_retries: connect gives up after ~127 s
+    syn_retries: int = 6  # net.ipv4.tcp_syn_retries: connect gives up after 1+2+...+32+60 = 123 s
     synack_retries: int = 5
     data_retries: int = 15  # net.ipv4.tcp_retries2: consecutive timeouts before ETIMEDOUT
     delayed_ack: float = 0.1  # net.inet.tcp.delacktime; 0 acknowledges every segment at once
