@@ -1002,3 +1002,26 @@ async def test_later_stacks_add_hosts_and_keep_the_kernel_fallback(
         with pytest.raises(ValueError, match="kernel_fallback"):
             async with trio_yastack.open_stack(third[0], ip="198.18.0.4/24", kernel_fallback=True):
                 pass  # pragma: no cover
+
+
+async def test_sendmsg_and_recvmsg(autojump_clock: trio.testing.MockClock) -> None:
+    """sendmsg gathers buffers; recvmsg returns the sender and sets MSG_TRUNC for a datagram
+    larger than the buffer, as the kernel does."""
+    port_a, port_b = memory_wire(seed=8)
+    async with (
+        trio_yastack.open_stack(port_a, ip="198.18.0.2/24") as a,
+        trio_yastack.open_stack(port_b, ip="198.18.0.1/24") as b,
+    ):
+        receiver = b.socket(type=stdlib_socket.SOCK_DGRAM)
+        await receiver.bind(("198.18.0.1", 5353))
+        sender = a.socket(type=stdlib_socket.SOCK_DGRAM)
+        sent = await sender.sendmsg([b"hello, ", memoryview(b"world")], (), 0, ("198.18.0.1", 5353))
+        assert sent == 12
+        data, ancdata, flags, address = await receiver.recvmsg(5)
+        assert (data, ancdata, flags) == (b"hello", [], stdlib_socket.MSG_TRUNC)
+        assert address == ("198.18.0.2", sender.getsockname()[1])
+        with pytest.raises(OSError) as info:
+            await sender.sendmsg([b"x"], [(0, 0, b"")], 0, ("198.18.0.1", 5353))
+        assert info.value.errno == errno.EOPNOTSUPP
+        sender.close()
+        receiver.close()

@@ -404,6 +404,37 @@ class StackSocket(trio.socket.SocketType):
             view[: len(data)] = data
             return len(data), address
 
+    async def sendmsg(self, buffers: Any, ancdata: Any = (), flags: int = 0, address: Any = None) -> int:
+        """Gather ``buffers`` into one send (no ancillary data: the stack has none to carry)."""
+        if ancdata:
+            raise _oserror(errno.EOPNOTSUPP, "ancillary data")
+        data = b"".join(bytes(buffer) for buffer in buffers)
+        if address is not None:
+            return await self.sendto(data, address)
+        return await self.send(data)
+
+    async def recvmsg(
+        self, bufsize: int, ancbufsize: int = 0, flags: int = 0
+    ) -> tuple[bytes, list[Any], int, tuple[str, int] | None]:
+        """``(data, [], flags, address)``; MSG_TRUNC is set when a datagram did not fit."""
+        if self._pcb is None:
+            data = await self.recv(bufsize, flags)
+            return data, [], 0, None
+        await trio.lowlevel.checkpoint_if_cancelled()
+        self._check_open()
+        pcb = self._pcb
+        while True:
+            item = pcb.take()
+            if item is not None:
+                payload, (src, sport) = item
+                truncated = _stdlib_socket.MSG_TRUNC if len(payload) > bufsize else 0
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                return payload[:bufsize], [], truncated, (str(IPv4Address(src)), sport)
+            if pcb.so_error:
+                raise _oserror(pcb.take_error())
+            await self._wait()
+            self._check_open()
+
     async def _udp_receive(self, bufsize: int) -> tuple[bytes, tuple[str, int]]:
         pcb = self._pcb
         assert pcb is not None
