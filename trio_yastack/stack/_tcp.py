@@ -420,14 +420,34 @@ class TcpLayer:
             or len(self.connections) >= self.config.max_connections
         ):
             if self.config.syncookies:
-                self._send_cookie_syn_ack(src, sport, dport, seq, options, tsval, now)
+                self._send_cookie_syn_ack(listener, src, sport, dport, seq, options, tsval, now)
             else:
                 stats.drop("syn_queue_full")
             return
         iss = self.isn_source(dport, src, sport, now) & _MASK
+        conn = self._passive_connection(listener, src, sport, iss, seq, options, tsval, now)
+        conn.rcv_adv = conn.rcv_nxt
+        conn.snd_wnd = conn.max_sndwnd = window
+        conn.snd_wl1 = seq
+        conn.snd_wl2 = iss
+        conn.tcp_output(now)
+
+    def _passive_connection(
+        self,
+        listener: TcpListener,
+        src: int,
+        sport: int,
+        iss: int,
+        irs: int,
+        options: TcpOptions | None,
+        tsval: int,
+        now: float,
+    ) -> TcpConnection:
+        """A connection in SYN_RECEIVED for ``listener``, from a SYN (or a SYN cookie's ACK):
+        the listener's buffer sizes, the negotiated options, counted and in the SYN queue."""
         conn = TcpConnection(
             self,
-            dport,
+            listener.port,
             src,
             sport,
             iss,
@@ -436,20 +456,25 @@ class TcpLayer:
         )
         conn.listener = listener
         conn.state = SYN_RECEIVED
-        conn.irs = seq
-        conn.rcv_nxt = conn.rcv_adv = seq + 1
+        conn.irs = irs
+        conn.rcv_nxt = irs + 1
         conn.last_activity = now
         conn._take_syn_options(options, tsval, from_syn_ack=False)
-        conn.snd_wnd = conn.max_sndwnd = window
-        conn.snd_wl1 = seq
-        conn.snd_wl2 = iss
         listener.embryonic.add(conn)
         self._attach(conn)
-        stats.passive_opens += 1
-        conn.tcp_output(now)
+        self.stats.passive_opens += 1
+        return conn
 
     def _send_cookie_syn_ack(
-        self, src: int, sport: int, dport: int, seq: int, options: TcpOptions | None, tsval: int, now: float
+        self,
+        listener: TcpListener,
+        src: int,
+        sport: int,
+        dport: int,
+        seq: int,
+        options: TcpOptions | None,
+        tsval: int,
+        now: float,
     ) -> None:
         """A stateless SYN-ACK whose ISN encodes the options (RFC 4987 3.6)."""
         config = self.config
@@ -468,7 +493,7 @@ class TcpLayer:
         syn_options = TcpOptions(
             mss=self.core.mtu - 40, window_scale=our_ws, sack_permitted=sack, timestamps=timestamps
         )
-        window = min(config.receive_buffer, 0xFFFF)
+        window = min(listener.receive_buffer or config.receive_buffer, 0xFFFF)
         self._send_bare(
             src, sport, dport, iss, (seq + 1) & _MASK, TCP_SYN | TCP_ACK, window, syn_options, now
         )
@@ -497,35 +522,18 @@ class TcpLayer:
             self.stats.drop("listen_queue_overflow")
             return
         iss = (ack - 1) & _MASK
-        conn = TcpConnection(
-            self,
-            dport,
-            src,
-            sport,
-            iss,
-            send_buffer=listener.send_buffer,
-            receive_buffer=listener.receive_buffer,
-        )
-        conn.listener = listener
-        conn.irs = (seq - 1) & _MASK
-        conn.rcv_nxt = seq
-        conn.rcv_adv = seq + min(self.config.receive_buffer, 0xFFFF)  # what the cookie SYN-ACK offered
-        conn.snd_una = conn.snd_nxt = conn.snd_max = iss
-        conn.sndbuf.start = iss + 1
-        conn.state = SYN_RECEIVED
-        conn.last_activity = now
         syn_options = TcpOptions(
             mss=cookie.mss,
             window_scale=cookie.window_scale,
             sack_permitted=cookie.sack_permitted,
             timestamps=(tsval, tsecr) if tsval >= 0 else None,
         )
-        conn._take_syn_options(syn_options, tsval, from_syn_ack=False)
-        conn.snd_wl1 = seq - 1
-        self._attach(conn)
-        self.stats.passive_opens += 1
-        listener.embryonic.add(conn)
+        conn = self._passive_connection(listener, src, sport, iss, (seq - 1) & _MASK, syn_options, tsval, now)
+        # what the cookie SYN-ACK offered (_send_cookie_syn_ack)
+        conn.rcv_adv = conn.rcv_nxt + min(listener.receive_buffer or self.config.receive_buffer, 0xFFFF)
+        conn.snd_una = iss
         conn.snd_max = conn.snd_nxt = iss + 1
+        conn.snd_wl1 = conn.irs
         # Now the ACK itself completes the handshake through the ordinary path.
         conn.segment_arrives(buf, data_start, end, seq, ack, flags, window, None, tsval, tsecr, now)
 
