@@ -154,18 +154,21 @@ class StackCore:
     def mark_ready(self, owner: Any) -> None:
         self.ready[owner] = None
 
+    def reached_through(self, next_hop: int, remote_ip: int) -> bool:
+        """Whether packets to ``remote_ip`` leave through ``next_hop`` (itself, or the gateway
+        for an off-link address)."""
+        if remote_ip == next_hop:
+            return True
+        ip_layer = self.ip_layer
+        return next_hop == self.gateway != 0 and remote_ip & ip_layer.netmask != ip_layer.network
+
     def host_unreachable(self, ip: int) -> None:
         """ARP gave up on ``ip``: tell the transports (connected UDP sockets get EHOSTUNREACH).
 
         When ``ip`` is the gateway, every peer reached through it is unreachable too.
         """
-        via_gateway = ip == self.gateway
-        on_link = self.ip_layer.network
-        netmask = self.ip_layer.netmask
         for pcb in self.udp.pcbs.values():
-            if not pcb.remote_port:
-                continue
-            if pcb.remote_ip == ip or (via_gateway and pcb.remote_ip & netmask != on_link):
+            if pcb.remote_port and self.reached_through(ip, pcb.remote_ip):
                 pcb.so_error = errno.EHOSTUNREACH
                 self.mark_ready(pcb)
         for hook in self.unreachable_hooks:

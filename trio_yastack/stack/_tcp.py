@@ -19,12 +19,11 @@ from ._tcp_conn import (
     SYN_SENT,
     TIME_WAIT,
     TcpConnection,
+    tcp_checksum_and_send,
     window_shift_for,
 )
 from ._tcp_syncookie import CookieOptions, SynCookies
 from .wire import WireError
-from .wire._checksum import pseudo_header_sum, sum16
-from .wire.ipv4 import IPPROTO_TCP
 from .wire.tcp import (
     TCP_ACK,
     TCP_FIN,
@@ -96,12 +95,6 @@ class TcpListener:
             self.layer.stats.connections_accepted += 1
             return conn
         return None
-
-    @property
-    def queue_full(self) -> bool:
-        return (
-            len(self.accept_queue) + len(self.embryonic) >= self.backlog + self.layer.config.syn_queue_limit
-        )
 
     def close(self, now: float) -> None:
         """Stop listening; connections not yet accepted are reset, as a kernel does."""
@@ -219,11 +212,10 @@ class TcpLayer:
                 self.port_use[conn.local_port] = count
             else:
                 self.port_use.pop(conn.local_port, None)
-        listener = conn.listener
-        if listener is not None:
-            listener.embryonic.discard(conn)
-            if conn in listener.accept_queue and was_state != CLOSED:
-                pass  # an accepted-later connection that died: accept() still hands it out, closed
+        if conn.listener is not None:
+            # An embryo leaves the SYN queue; one already in the accept queue stays there, and
+            # accept() hands it out closed, with its error, as the kernel does.
+            conn.listener.embryonic.discard(conn)
 
     def entered_time_wait(self, conn: TcpConnection) -> None:
         """Bound TIME_WAIT: beyond the limit the oldest is recycled (counted)."""
@@ -597,27 +589,15 @@ class TcpLayer:
             0,
         )
         packet[FRAME_HEADROOM + TCP_HEADER_LEN :] = option_bytes
-        checksum = ~sum16(
-            packet, FRAME_HEADROOM, header_len, pseudo_header_sum(self.core.ip, dst, IPPROTO_TCP, header_len)
-        )
-        packet[FRAME_HEADROOM + 16] = (checksum >> 8) & 0xFF
-        packet[FRAME_HEADROOM + 17] = checksum & 0xFF
-        self.stats.segments_sent += 1
-        try:
-            self.core.ip_layer.ip_output(packet, IPPROTO_TCP, dst, now)
-        except OSError:
-            self.stats.drop("output_error")
+        tcp_checksum_and_send(self.core, self.stats, packet, header_len, dst, now)
 
     def host_unreachable(self, ip: int) -> None:
         """ARP gave up on ``ip`` (or on the gateway, for every off-link peer): a connection still
         opening fails at once with EHOSTUNREACH, as Linux reports it; an established one keeps it
         as a soft error, reported if it then times out (RFC 1122 4.2.3.9)."""
-        core = self.core
-        via_gateway = ip == core.gateway
-        netmask, network = core.ip_layer.netmask, core.ip_layer.network
+        reached_through = self.core.reached_through
         for conn in list(self.connections.values()):
-            remote = conn.remote_ip
-            if remote == ip or (via_gateway and remote & netmask != network):
+            if reached_through(ip, conn.remote_ip):
                 if conn.state == SYN_SENT:
                     conn._drop(errno.EHOSTUNREACH, counted=True)
                 else:

@@ -30,6 +30,8 @@ from .wire.ipv4 import IPPROTO_TCP
 from .wire.tcp import TCP_ACK, TCP_FIN, TCP_HEADER, TCP_HEADER_LEN, TCP_PSH, TCP_RST, TCP_SYN, TcpOptions
 
 if TYPE_CHECKING:
+    from ._core import StackCore
+    from ._stats import TcpStats
     from ._tcp import TcpLayer, TcpListener
 
 __all__ = ["TcpConnection", "TcpState"]
@@ -39,6 +41,29 @@ _TS_OPTION = struct.Struct("!III")  # NOP NOP kind=8 len=10, TSval, TSecr
 _U32X2 = struct.Struct("!II")
 _ACK_WITH_TIMESTAMPS = struct.Struct("!HHIIBBHHHIII")  # a TCP header and NOP NOP TS in one
 _MAX_WINDOW_SHIFT = 14
+
+
+def tcp_checksum_and_send(
+    core: StackCore, stats: TcpStats, packet: bytearray, tcp_len: int, dst: int, now: float
+) -> int:
+    """Fill in the checksum of the TCP segment at ``FRAME_HEADROOM`` and hand it to
+    ``ip_output``; returns 0, or the errno of a routing failure (counted as ``output_error``)."""
+    local_ip = core.ip
+    checksum = ~sum16(
+        packet,
+        FRAME_HEADROOM,
+        tcp_len,
+        (local_ip >> 16) + (local_ip & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF) + IPPROTO_TCP + tcp_len,
+    )
+    packet[FRAME_HEADROOM + 16] = (checksum >> 8) & 0xFF
+    packet[FRAME_HEADROOM + 17] = checksum & 0xFF
+    stats.segments_sent += 1
+    try:
+        core.ip_layer.ip_output(packet, IPPROTO_TCP, dst, now)
+    except OSError as exc:
+        stats.drop("output_error")
+        return exc.errno or errno.EHOSTUNREACH
+    return 0
 
 
 class TcpState(IntEnum):
@@ -279,7 +304,7 @@ class TcpConnection:
             return
         self.shut_wr = True
         if self.state == SYN_SENT:
-            self._close_now()
+            self._drop(0)
             return
         self.fin_seq = self.sndbuf.end
         if self.state in (ESTABLISHED, SYN_RECEIVED):
@@ -1069,28 +1094,9 @@ class TcpConnection:
         self._checksum_and_send(packet, tcp_len, now)
 
     def _checksum_and_send(self, packet: bytearray, tcp_len: int, now: float) -> None:
-        core = self.core
-        remote_ip = self.remote_ip
-        local_ip = core.ip
-        checksum = ~sum16(
-            packet,
-            FRAME_HEADROOM,
-            tcp_len,
-            (local_ip >> 16)
-            + (local_ip & 0xFFFF)
-            + (remote_ip >> 16)
-            + (remote_ip & 0xFFFF)
-            + IPPROTO_TCP
-            + tcp_len,
-        )
-        packet[FRAME_HEADROOM + 16] = (checksum >> 8) & 0xFF
-        packet[FRAME_HEADROOM + 17] = checksum & 0xFF
-        self.stats.segments_sent += 1
-        try:
-            core.ip_layer.ip_output(packet, IPPROTO_TCP, remote_ip, now)
-        except OSError as exc:
-            self.stats.drop("output_error")
-            self.soft_error = exc.errno or errno.EHOSTUNREACH
+        error = tcp_checksum_and_send(self.core, self.stats, packet, tcp_len, self.remote_ip, now)
+        if error:
+            self.soft_error = error
 
     def _ack_now(self, now: float) -> None:
         self.ack_now = True
@@ -1275,9 +1281,6 @@ class TcpConnection:
         self.scoreboard.clear()
         self.layer.detach(self, was)
         self._wake()
-
-    def _close_now(self) -> None:
-        self._drop(0)
 
     def _wake(self) -> None:
         if self.waiter is not None:
