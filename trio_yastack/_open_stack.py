@@ -31,9 +31,12 @@ __all__ = ["Stack", "open_port", "open_stack", "run"]
 
 
 def open_port(spec: str | Port) -> Port:
-    """A port object from a spec string: ``pcap:FILE`` replays a capture.
+    """A port object from a spec string.
 
-    ``tap:NAME`` is the TAP poll-mode driver, which is not part of this release yet.
+    ``tap:NAME[,key=value...]`` opens the TAP poll-mode driver (options as
+    :class:`~trio_yastack.nic.tap.TapOptions`: ``offloads``, ``mtu``, ``queues``,
+    ``kernel_address``, ``txqueuelen``, ``busy_poll``, ``persist``, ``mac``); ``pcap:FILE`` replays a
+    capture.  A :class:`Port` passes through.
     """
     if isinstance(spec, Port):
         return spec
@@ -41,11 +44,10 @@ def open_port(spec: str | Port) -> Port:
     if kind == "pcap" and arg:
         return PcapReplayPort(arg)
     if kind == "tap":
-        raise ValueError(
-            f"nic {spec!r}: the TAP poll-mode driver is not in this release yet; "
-            "pass a Port object (e.g. from trio_yastack.nic.memory_wire()) or pcap:FILE"
-        )
-    raise ValueError(f"unknown nic spec {spec!r}: expected pcap:FILE or a Port object")
+        from trio_yastack.nic.tap import TapPort, parse_tap_spec
+
+        return TapPort(parse_tap_spec(spec))
+    raise ValueError(f"unknown nic spec {spec!r}: expected tap:NAME, pcap:FILE or a Port object")
 
 
 class Stack:
@@ -169,6 +171,7 @@ async def open_stack(
     config: StackConfig | None = None,
     hosts: dict[str, str] | None = None,
     kernel_fallback: bool = False,
+    offloads: bool = True,
     **config_overrides: Any,
 ) -> AsyncIterator[Stack]:
     """Run the stack on ``nic`` for the duration of the ``async with`` block.
@@ -183,8 +186,39 @@ async def open_stack(
     sockets the stack does not serve, such as AF_INET6, to the kernel instead of refusing them)
     and becomes every task's default stack; ``use_stack`` picks another.  Both are removed when
     the last stack of the run closes.
+
+    ``offloads`` lets the stack use the port's transmit checksum offload and TSO (a
+    ``tap:`` port's virtio-net header); received frames the port vouches for are never
+    re-verified either way.  A port opened from a spec string is closed at the end.
     """
     port = open_port(nic)
+    try:
+        async with _open_stack_on(
+            port, ip, prefix_len, gateway, mac, mtu, burst, seed, config, hosts, kernel_fallback,
+            offloads, config_overrides,
+        ) as stack:  # fmt: skip
+            yield stack
+    finally:
+        if port is not nic:
+            port.close()  # we opened it from a spec string
+
+
+@asynccontextmanager
+async def _open_stack_on(
+    port: Port,
+    ip: str | IPv4Address | IPv4Interface,
+    prefix_len: int | None,
+    gateway: str | IPv4Address | None,
+    mac: str | MacAddress | None,
+    mtu: int | None,
+    burst: int | None,
+    seed: int | None,
+    config: StackConfig | None,
+    hosts: dict[str, str] | None,
+    kernel_fallback: bool,
+    offloads: bool,
+    config_overrides: dict[str, Any],
+) -> AsyncIterator[Stack]:
     caps = port.capabilities
     interface_ip = IPv4Interface(ip if prefix_len is None else f"{IPv4Interface(ip).ip}/{prefix_len}")
     if "/" not in str(ip) and prefix_len is None and not isinstance(ip, IPv4Interface):
@@ -197,9 +231,14 @@ async def open_stack(
         mtu=mtu if mtu is not None else caps.mtu,
     )
     if config is None:
-        config = StackConfig(interface=interface, verify_checksums=not caps.rx_checksum_offload)
-    else:
-        config = replace(config, interface=interface)
+        config = StackConfig(interface=interface)
+    tso = caps.max_tso_size if offloads and caps.tso and caps.max_tso_size > interface.mtu else 0
+    config = replace(
+        config,
+        interface=interface,
+        tx_checksum_offload=offloads and caps.tx_checksum_offload,
+        tso_max_size=tso if offloads and caps.tx_checksum_offload else 0,
+    )
     if config_overrides:
         config = replace(config, **config_overrides)
     core = StackCore(config, rng=random.Random(seed) if seed is not None else None)

@@ -21,10 +21,12 @@ __all__ = ["Port", "PortCapabilities", "PortStatistics", "PortWrapper"]
 class PortCapabilities:
     """What a port can do (``rte_eth_dev_info``, reduced to what the stack asks).
 
-    ``rx_checksum_offload``: frames handed up have their L3/L4 checksums already verified, so
-    the stack may skip verification.  ``tx_checksum_offload``: the port fills in checksums the
-    stack leaves partial.  ``tso``: the port accepts TCP segments larger than the MTU and
-    segments them (``max_tso_size`` bytes at most).
+    ``rx_checksum_offload``: the port hands up the frames whose L3/L4 checksums it vouches for
+    as :class:`~trio_yastack.stack.ChecksumVerified`, and the stack skips verifying those.
+    ``tx_checksum_offload``: the port completes the checksums of the
+    :class:`~trio_yastack.stack.OffloadPacket` frames the stack leaves partial.  ``tso``: the
+    port accepts TCP segments larger than the MTU (``max_tso_size`` bytes of IPv4 datagram at
+    most, an ``OffloadPacket`` with ``gso_size``) and segments them.
     """
 
     mac: MacAddress

@@ -15,6 +15,8 @@ from ._config import TcpConfig as TcpConfig
 from ._config import UdpConfig as UdpConfig
 from ._core import StackCore as StackCore
 from ._icmp import EchoEndpoint as EchoEndpoint
+from ._offload import ChecksumVerified as ChecksumVerified
+from ._offload import OffloadPacket as OffloadPacket
 from ._seq import SeqNum as SeqNum
 from ._stats import LayerStatistics as LayerStatistics
 from ._stats import StackStatistics as StackStatistics

@@ -118,4 +118,16 @@ class StackConfig:
     udp: UdpConfig = field(default_factory=UdpConfig)
     tcp: TcpConfig = field(default_factory=TcpConfig)
     outbox_limit: int = 8192  # frames waiting for the next tx_burst
-    verify_checksums: bool = True  # off only when the port verified them (rx checksum offload)
+    #: verify received checksums, except in frames the port marked ChecksumVerified; off only
+    #: when the port verified every frame it hands up
+    verify_checksums: bool = True
+    #: TCP data segments leave their checksum to the port (CHECKSUM_PARTIAL)
+    tx_checksum_offload: bool = False
+    #: the largest IPv4 datagram carrying one TCP segment that the port segments (TSO); 0: no TSO
+    tso_max_size: int = 0
+
+    def __post_init__(self) -> None:
+        if self.tso_max_size and not self.tx_checksum_offload:
+            raise ValueError("TSO needs transmit checksum offload (each segment's checksum is the port's)")
+        if not (self.tso_max_size == 0 or self.interface.mtu < self.tso_max_size <= 0xFFFF):
+            raise ValueError(f"tso_max_size {self.tso_max_size} must be 0 or above the MTU and at most 65535")

@@ -16,6 +16,7 @@ from ._arp import ArpLayer
 from ._config import StackConfig
 from ._icmp import IcmpLayer
 from ._ip import IpLayer
+from ._offload import ChecksumVerified, OffloadPacket
 from ._stats import ArpStats, EtherStats, IcmpStats, IpStats, StackStatistics, TcpStats, UdpStats
 from ._tcp import TcpLayer
 from ._timers import TimerQueue
@@ -51,10 +52,14 @@ class StackCore:
         self.ip = int(iface.address)
         self.gateway = int(iface.gateway) if iface.gateway is not None else 0
         self.mtu = iface.mtu
+        #: whether the frame being processed needs its checksums verified (set per frame)
         self.verify_checksums = config.verify_checksums
+        self._verify_unmarked = config.verify_checksums
+        self.tx_checksum_offload = config.tx_checksum_offload
+        self.tso_max_size = config.tso_max_size
         self.timers = TimerQueue()
         #: frames for the next ``tx_burst`` (bounded by ``config.outbox_limit``)
-        self.outbox: list[bytes] = []
+        self.outbox: list[bytes | bytearray] = []
         #: objects (pcbs, echo endpoints) whose state changed since the runtime last looked
         #: (a dict used as an ordered set: wake-ups happen in the order things changed, so a seeded
         #: simulation repeats exactly, which a set ordered by object ids would not)
@@ -85,6 +90,7 @@ class StackCore:
         """A frame arrived from the port (FreeBSD ``ether_input``)."""
         stats = self.stats_ether
         stats.received += 1
+        self.verify_checksums = self._verify_unmarked and frame.__class__ is not ChecksumVerified
         if len(frame) < ETHER_HEADER_LEN:
             stats.drop("too_short")
             return
@@ -120,7 +126,7 @@ class StackCore:
         """When :meth:`run_timers` next has work; ``None`` when no timer is set."""
         return self.timers.next_deadline()
 
-    def take_outbox(self) -> list[bytes]:
+    def take_outbox(self) -> list[bytes | bytearray]:
         frames, self.outbox = self.outbox, []
         return frames
 
@@ -148,7 +154,9 @@ class StackCore:
         if len(self.outbox) >= self.config.outbox_limit:
             self.stats_ether.drop("outbox_full")
             return
-        self.outbox.append(bytes(frame))
+        # An offload packet goes as it is (its type carries the marks the port needs, and a
+        # 64 KB TSO segment is not worth a copy); other frames leave as immutable bytes.
+        self.outbox.append(frame if frame.__class__ is OffloadPacket else bytes(frame))
         self.stats_ether.sent += 1
 
     def mark_ready(self, owner: Any) -> None:

@@ -22,6 +22,7 @@ from enum import IntEnum
 from typing import TYPE_CHECKING
 
 from ._ip import FRAME_HEADROOM
+from ._offload import OffloadPacket
 from ._seq import unwrap
 from ._tcp_buffers import ReassemblyQueue, ReceiveBuffer, SackScoreboard, SendBuffer
 from ._tcp_cc import make_congestion_control
@@ -49,14 +50,17 @@ def tcp_checksum_and_send(
     """Fill in the checksum of the TCP segment at ``FRAME_HEADROOM`` and hand it to
     ``ip_output``; returns 0, or the errno of a routing failure (counted as ``output_error``)."""
     local_ip = core.ip
-    checksum = ~sum16(
-        packet,
-        FRAME_HEADROOM,
-        tcp_len,
-        (local_ip >> 16) + (local_ip & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF) + IPPROTO_TCP + tcp_len,
-    )
-    packet[FRAME_HEADROOM + 16] = (checksum >> 8) & 0xFF
-    packet[FRAME_HEADROOM + 17] = checksum & 0xFF
+    pseudo = (local_ip >> 16) + (local_ip & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF) + IPPROTO_TCP + tcp_len
+    if packet.__class__ is OffloadPacket:
+        # CHECKSUM_PARTIAL: the field holds the folded pseudo-header sum, not complemented, and
+        # the port completes it (for a TSO segment, per segment, adjusting the length as
+        # Linux's tcp_gso_segment does).
+        pseudo = (pseudo & 0xFFFF) + (pseudo >> 16)
+        field = (pseudo & 0xFFFF) + (pseudo >> 16)
+    else:
+        field = ~sum16(packet, FRAME_HEADROOM, tcp_len, pseudo) & 0xFFFF
+    packet[FRAME_HEADROOM + 16] = field >> 8
+    packet[FRAME_HEADROOM + 17] = field & 0xFF
     stats.segments_sent += 1
     try:
         core.ip_layer.ip_output(packet, IPPROTO_TCP, dst, now)
@@ -859,6 +863,10 @@ class TcpConnection:
         ):
             return  # the common case on a receiver: nothing to send and no ACK due
         mss = self._data_mss()
+        # With TSO one frame carries as many whole segments as the port takes (less room for
+        # the IPv4 and TCP headers with every option); the port cuts it into ``mss`` pieces.
+        tso_max = self.core.tso_max_size
+        burst = mss * max((tso_max - 100) // mss, 1) if tso_max else mss
         cc = self.cc
         if self.last_send and now - self.last_send > self.rto and self.snd_max == self.snd_una:
             cc.on_idle_restart(now, self.rto, now - self.last_send)
@@ -886,7 +894,9 @@ class TcpConnection:
             available = data_end - self.snd_nxt
             room = window - flight if not (self.in_recovery and self.sack_on) else cc.cwnd - flight
             room = min(room, self.snd_una + self.snd_wnd - self.snd_nxt)
-            length = min(available, mss, room) if room > 0 else 0
+            length = min(available, burst, room) if room > 0 else 0
+            if length > mss and length < available:
+                length -= length % mss  # TSO: whole segments, unless this is the end of the data
             fin_due = self.fin_seq >= 0 and self.snd_nxt + max(length, 0) == self.fin_seq
             # Nagle (RFC 896) and sender-side SWS avoidance (RFC 9293 3.8.6.2.1).
             if 0 < length < mss and not fin_due:
@@ -1025,10 +1035,14 @@ class TcpConnection:
                 self._acknowledged(rcv_nxt, wire_window, self.rcv_scale)
         timestamps = self.ts_on and not flags & TCP_RST and syn_options is None
         options = syn_options.to_bytes() if syn_options is not None else b""
+        # A payload longer than one segment is a TSO segment: every piece the port cuts from it
+        # carries ``gso_size`` bytes and a copy of these headers.
+        gso_size = self._data_mss() if len(payload) > self.mss else 0
         if self.sack_on and flags & TCP_ACK and not flags & (TCP_SYN | TCP_RST) and len(self.reasm):
             # As many blocks as fit beside the payload in one MSS (the MSS already counts the
             # timestamp option), so a segment carrying SACK never exceeds the path MTU.
-            room = (self.mss - len(payload) - 4) // 8 if payload else 4
+            seg_len = gso_size or len(payload)
+            room = (self.mss - seg_len - 4) // 8 if payload else 4
             blocks = self.reasm.sack_blocks(min(3 if self.ts_on else 4, room)) if room > 0 else []
             if blocks:
                 options = bytes((1, 1, 5, 2 + 8 * len(blocks))) + b"".join(
@@ -1036,7 +1050,10 @@ class TcpConnection:
                 )
         header_len = TCP_HEADER_LEN + len(options) + (12 if timestamps else 0)
         tcp_len = header_len + len(payload)
-        packet = bytearray(FRAME_HEADROOM + tcp_len)
+        if payload and self.core.tx_checksum_offload:
+            packet: bytearray = OffloadPacket(FRAME_HEADROOM + tcp_len, gso_size)
+        else:
+            packet = bytearray(FRAME_HEADROOM + tcp_len)
         ack_field = rcv_nxt & _MASK if flags & TCP_ACK else 0
         TCP_HEADER.pack_into(
             packet, FRAME_HEADROOM, self.local_port, self.remote_port, seq & _MASK, ack_field,

@@ -1,0 +1,35 @@
+"""Per-frame offload marks: what a DPDK mbuf says in ``ol_flags``, said here by a frame's type.
+
+A port with receive checksum offload hands up :class:`ChecksumVerified` frames when its
+hardware (for a TAP, the kernel, through the virtio-net header) vouches for their checksums;
+the stack skips verifying those and verifies every other frame.  On the way out, when the port
+offers transmit checksum offload, TCP builds its data segments as :class:`OffloadPacket`: the
+checksum field holds only the pseudo-header sum (Linux's ``CHECKSUM_PARTIAL``) and the port
+completes it; with TSO, ``gso_size`` > 0 marks a segment larger than the MTU that the port cuts
+into ``gso_size``-byte segments (Linux's GSO, DPDK's ``RTE_MBUF_F_TX_TCP_SEG``).
+
+Types rather than side tables keep the hot path to one ``type(frame) is ...`` test, and a frame
+that goes through a wrapper port (a pcap tee, a tracer) keeps its marks.
+"""
+
+from __future__ import annotations
+
+__all__ = ["ChecksumVerified", "OffloadPacket"]
+
+
+class ChecksumVerified(bytes):
+    """A received frame whose IPv4 and transport checksums the port has vouched for."""
+
+    __slots__ = ()
+
+
+class OffloadPacket(bytearray):
+    """A frame to transmit whose transport checksum the port completes (its field holds the
+    folded pseudo-header sum) and, when ``gso_size`` > 0, which the port segments (TSO) into
+    segments carrying ``gso_size`` payload bytes each."""
+
+    __slots__ = ("gso_size",)
+
+    def __init__(self, size: int, gso_size: int = 0) -> None:
+        super().__init__(size)
+        self.gso_size = gso_size
