@@ -1,6 +1,7 @@
 """The per-core runtime: one poll loop that runs a stack instance on one port queue.
 
-Each turn: one bounded ``rx_burst``, every frame through ``ether_input``, the due timers, one
+Each turn: one bounded ``rx_burst``, every frame through ``ether_input`` (with the transports'
+output deferred to the end of the burst: one ACK for many segments), the due timers, one
 wake-up per socket that changed, one ``tx_burst``.  When a turn received nothing and no timer
 is due, the loop sleeps in ``port.wait_rx`` with the stack's next deadline around it; an
 application that queues frames (a send) ``kick``s it awake.  The loop never raises because of
@@ -73,11 +74,16 @@ class PollLoop:
             if frames:
                 stats.bursts += 1
                 stats.frames_in += len(frames)
+                core.begin_burst()
                 for frame in frames:
                     try:
                         ether_input(frame, now)
                     except Exception:  # a bug in the stack must not stop the core
                         self._internal_error("ether_input")
+                try:
+                    core.end_burst(now)
+                except Exception:
+                    self._internal_error("end_burst")
             try:
                 core.run_timers(now)
             except Exception:

@@ -70,6 +70,11 @@ class StackCore:
         self.stats_icmp = IcmpStats()
         self.stats_udp = UdpStats()
         self.stats_tcp = TcpStats()
+        #: inside a burst (``begin_burst``..``end_burst``), connections defer their output to the
+        #: burst's end: many ACKs from one burst cost one pass of tcp_output, and many data
+        #: segments one ACK (what Linux gets from GRO and FreeBSD from LRO)
+        self.in_burst = False
+        self.output_pending: dict[Any, None] = {}
         #: called with an address ARP gave up on (the TCP layer registers itself)
         self.unreachable_hooks: list[Callable[[int], None]] = []
         self.arp = ArpLayer(self)
@@ -114,6 +119,18 @@ class StackCore:
             self.arp.arp_input(frame, offset, now)
         else:
             stats.drop("unknown_ethertype" if ethertype >= 0x0600 else "not_ethernet_ii")
+
+    def begin_burst(self) -> None:
+        """Frames of one ``rx_burst`` follow: let transports send once, at :meth:`end_burst`."""
+        self.in_burst = True
+
+    def end_burst(self, now: float) -> None:
+        """The burst is in: send what its segments made due (once per connection)."""
+        self.in_burst = False
+        if self.output_pending:
+            pending, self.output_pending = self.output_pending, {}
+            for conn in pending:
+                conn.tcp_output(now)
 
     def run_timers(self, now: float) -> int:
         """Fire the timers due at ``now`` and take in datagrams we sent to ourselves."""

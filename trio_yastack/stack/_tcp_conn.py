@@ -394,7 +394,11 @@ class TcpConnection:
             stats.bytes_received += length
             self.segs_unacked += 1
             if self.segs_unacked >= 2 or not self.config.delayed_ack:
-                self._send_segment(self.snd_nxt, TCP_ACK, b"", now)
+                if self.core.in_burst:
+                    self.ack_now = True  # one ACK at the end of the burst covers them all
+                    self.core.output_pending[self] = None
+                else:
+                    self._send_segment(self.snd_nxt, TCP_ACK, b"", now)
             elif not self.t_delack:
                 deadline = self.t_delack = now + self.config.delayed_ack
                 if deadline < self._timer_at:  # _arm() for the one timer that changed
@@ -540,7 +544,10 @@ class TcpConnection:
             elif fin > self.rcv_nxt:
                 self.rcv_fin = fin  # out of order: taken when the data before it arrives
                 self.ack_now = True
-        self.tcp_output(now)
+        if self.core.in_burst:
+            self.core.output_pending[self] = None  # once, when the burst is in
+        else:
+            self.tcp_output(now)
 
     def _syn_sent_arrives(
         self,
@@ -871,9 +878,11 @@ class TcpConnection:
         if self.last_send and now - self.last_send > self.rto and self.snd_max == self.snd_una:
             cc.on_idle_restart(now, self.rto, now - self.last_send)
         sent_any = False
+        data_end = sndbuf.end  # sending never changes it
+        sack_recovery = self.in_recovery and self.sack_on
         for _ in range(64):  # bounded work per call; the next ACK or the poll loop continues
             # RFC 6675: during SACK recovery, retransmit lost holes first, within cwnd - pipe.
-            if self.in_recovery and self.sack_on:
+            if sack_recovery:
                 pipe = self.scoreboard.pipe(self.snd_una, self.snd_max, self.high_rxt, mss)
                 if cc.cwnd - pipe < mss:
                     break
@@ -890,9 +899,8 @@ class TcpConnection:
                 if sent_any:
                     break  # RFC 3042: one new segment per duplicate ACK
                 window = min(self.snd_wnd, cc.cwnd + 2 * mss)
-            data_end = sndbuf.end
             available = data_end - self.snd_nxt
-            room = window - flight if not (self.in_recovery and self.sack_on) else cc.cwnd - flight
+            room = window - flight if not sack_recovery else cc.cwnd - flight
             room = min(room, self.snd_una + self.snd_wnd - self.snd_nxt)
             length = min(available, burst, room) if room > 0 else 0
             if length > mss and length < available:
@@ -936,9 +944,11 @@ class TcpConnection:
             self._arm()
 
     def _send_data(self, seq: int, length: int, flags: int, now: float) -> None:
-        payload = self.sndbuf.peek(seq, length) if length else b""
         retransmission = seq < self.snd_max
-        self._send_segment(seq, flags, payload, now)
+        if length and self.ts_on and not len(self.reasm) and flags & TCP_ACK and length <= self.mss:
+            self._send_data_segment(seq, length, flags, now)
+        else:
+            self._send_segment(seq, flags, self.sndbuf.peek(seq, length) if length else b"", now)
         end = seq + length + (1 if flags & TCP_FIN else 0)
         stats = self.stats
         stats.bytes_sent += length
@@ -1108,6 +1118,27 @@ class TcpConnection:
                 packet, FRAME_HEADROOM, self.local_port, self.remote_port, seq & _MASK, rcv_nxt & _MASK,
                 0x50, TCP_ACK, wire_window, 0, 0,
             )  # fmt: skip
+        self._checksum_and_send(packet, tcp_len, now)
+
+    def _send_data_segment(self, seq: int, length: int, flags: int, now: float) -> None:
+        """The segment a bulk sender sends most: one MSS or less of data with timestamps and no
+        other option, its header packed in one go and its payload copied once, straight from
+        the send buffer into the frame (what ``_send_segment`` does, without the general cases)."""
+        rcv_nxt = self.rcv_nxt
+        scale = self.rcv_scale
+        wire_window = self._receive_window() >> scale
+        self._acknowledged(rcv_nxt, wire_window, scale)
+        tcp_len = 32 + length
+        if self.core.tx_checksum_offload:
+            packet: bytearray = OffloadPacket(FRAME_HEADROOM + tcp_len)
+        else:
+            packet = bytearray(FRAME_HEADROOM + tcp_len)
+        _ACK_WITH_TIMESTAMPS.pack_into(
+            packet, FRAME_HEADROOM, self.local_port, self.remote_port, seq & _MASK, rcv_nxt & _MASK,
+            0x80, flags, wire_window, 0, 0, 0x0101080A, (int(now * 1000) + self.ts_offset) & _MASK,
+            self.ts_recent & _MASK,
+        )  # fmt: skip
+        self.sndbuf.copy_into(packet, FRAME_HEADROOM + 32, seq, length)
         self._checksum_and_send(packet, tcp_len, now)
 
     def _checksum_and_send(self, packet: bytearray, tcp_len: int, now: float) -> None:
