@@ -60,6 +60,7 @@ class StackCore:
         self.timers = TimerQueue()
         #: frames for the next ``tx_burst`` (bounded by ``config.outbox_limit``)
         self.outbox: list[bytes | bytearray] = []
+        self.outbox_limit = config.outbox_limit
         #: objects (pcbs, echo endpoints) whose state changed since the runtime last looked
         #: (a dict used as an ordered set: wake-ups happen in the order things changed, so a seeded
         #: simulation repeats exactly, which a set ordered by object ids would not)
@@ -165,10 +166,15 @@ class StackCore:
     def ether_output(self, packet: bytearray, dst_mac: bytes) -> None:
         """Write the Ethernet header of an IPv4 frame buffer and queue it (FreeBSD ``ether_output``)."""
         ETHER_HEADER.pack_into(packet, 0, dst_mac, self.mac, ETHERTYPE_IPV4)
-        self.transmit(packet)
+        outbox = self.outbox  # transmit(), inline: every frame we send passes here
+        if len(outbox) >= self.outbox_limit:
+            self.stats_ether.drop("outbox_full")
+            return
+        outbox.append(packet if packet.__class__ is OffloadPacket else bytes(packet))
+        self.stats_ether.sent += 1
 
     def transmit(self, frame: bytearray) -> None:
-        if len(self.outbox) >= self.config.outbox_limit:
+        if len(self.outbox) >= self.outbox_limit:
             self.stats_ether.drop("outbox_full")
             return
         # An offload packet goes as it is (its type carries the marks the port needs, and a

@@ -1127,7 +1127,13 @@ class TcpConnection:
         rcv_nxt = self.rcv_nxt
         scale = self.rcv_scale
         wire_window = self._receive_window() >> scale
-        self._acknowledged(rcv_nxt, wire_window, scale)
+        edge = rcv_nxt + (wire_window << scale)  # _acknowledged(), inline
+        if edge > self.rcv_adv:
+            self.rcv_adv = edge
+        self.last_ack_sent = rcv_nxt
+        self.ack_now = False
+        self.segs_unacked = 0
+        self.t_delack = 0.0
         tcp_len = 32 + length
         if self.core.tx_checksum_offload:
             packet: bytearray = OffloadPacket(FRAME_HEADROOM + tcp_len)
