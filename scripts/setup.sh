@@ -9,6 +9,10 @@ need_apt=()
 command -v tshark >/dev/null 2>&1 || need_apt+=(tshark)
 command -v gcc >/dev/null 2>&1 || need_apt+=(gcc)
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
+# kernel-side tools of the TAP interop tests (run inside private network namespaces)
+command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+command -v ping >/dev/null 2>&1 || need_apt+=(iputils-ping)
+command -v sysctl >/dev/null 2>&1 || need_apt+=(procps)
 python3 -c "import venv, ensurepip" 2>/dev/null || need_apt+=(python3-venv)
 if ((${#need_apt[@]})); then
     if [[ $(id -u) -eq 0 ]]; then
