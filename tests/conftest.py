@@ -15,3 +15,15 @@ def netns() -> Iterator[NetworkNamespace]:
     (use with ``tap_helpers.requires_netns``)."""
     with NetworkNamespace() as namespace:
         yield namespace
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Print what the bulk interop tests measured (reported, never asserted)."""
+    import sys
+
+    module = sys.modules.get("test_tap_bulk")
+    lines = getattr(module, "REPORT", [])
+    if lines:
+        terminalreporter.section("TAP bulk transfers (1 GiB each)")
+        for line in lines:
+            terminalreporter.write_line(line)
