@@ -234,12 +234,7 @@ def test_offload_header_refuses_what_is_not_ipv4() -> None:
     assert _offload_header(as_offload(full[:53])) is None
 
 
-# BUG: _offload_header never looks at the IPv4 protocol: a UDP OffloadPacket gets a TCP virtio header.
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: _offload_header ignores the IPv4 protocol; a UDP/IPv4 OffloadPacket is described "
-    "with TCP's checksum offset 16 and a hdr_len read from UDP payload bytes",
-)
+# Was a bug (fixed): _offload_header never looked at the IPv4 protocol.
 def test_offload_header_does_not_treat_udp_as_tcp() -> None:
     """A UDP/IPv4 OffloadPacket is not a TCP/IPv4 frame: either no header (refused, as tx_burst's
     "not a TCP/IPv4 frame" says) or one pointing at UDP's checksum (offset 6), never TCP's 16."""
@@ -570,13 +565,8 @@ async def test_open_stack_maps_port_offloads_to_the_config(
         assert core.config.verify_checksums is True
 
 
-# BUG: open_stack copies a port's max_tso_size into StackConfig unbounded, and StackConfig refuses
-# anything above 65535, so a port that advertises Linux's gso_max_size (65536) cannot be used.
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: open_stack raises ValueError for a port with max_tso_size > 65535 instead of "
-    "clamping TSO to the IPv4 limit",
-)
+# Was a bug (fixed): open_stack copied a port's max_tso_size (65536 is Linux's gso_max_size)
+# into StackConfig unbounded, and StackConfig refuses anything above 65535.
 async def test_open_stack_clamps_a_tso_size_above_the_ipv4_limit(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

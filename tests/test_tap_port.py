@@ -157,19 +157,12 @@ def test_parse_tap_spec_name_alone_gives_the_defaults() -> None:
     assert TapOptions().kernel_address == "198.18.0.1/24" and TapOptions().txqueuelen == 10000
 
 
-# BUG: _BOOL_WORDS in tap.py has "true" but not "false", so offloads=false is refused.
-_FALSE_MISSING = pytest.mark.xfail(
-    strict=True, reason="BUG: parse_tap_spec accepts 'true' but refuses 'false' (missing from _BOOL_WORDS)"
-)
-
-
 @pytest.mark.parametrize(
     ("word", "value"),
     [
         ("on", True), ("off", False), ("yes", True), ("no", False), ("1", True), ("0", False),
         ("true", True), ("ON", True), ("No", False), ("Off", False),
-        pytest.param("false", False, marks=_FALSE_MISSING),
-        pytest.param("FALSE", False, marks=_FALSE_MISSING),
+        ("false", False), ("FALSE", False),  # Was a bug (fixed): "false" was missing
     ],
 )  # fmt: skip
 def test_parse_tap_spec_bool_words(word: str, value: bool) -> None:
@@ -512,14 +505,9 @@ async def test_an_offload_packet_that_is_not_tcp_ipv4_is_refused(netns: NetworkN
         assert (stats.oerrors, stats.opackets) == (1, 0)
 
 
-# BUG: tx_burst writes any OffloadPacket with a virtio header, even on a port opened without
-# IFF_VNET_HDR (offloads=off), and never checks its length: the kernel gets a corrupt frame.
+# Was a bug (fixed): tx_burst wrote any OffloadPacket with a virtio header, even on a port opened
+# without IFF_VNET_HDR (offloads=off), and never checked its length.
 @requires_netns
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: on a TAP without offloads, tx_burst writes an oversize OffloadPacket (virtio header "
-    "and all) instead of counting it in oerrors as Port.tx_burst's contract says",
-)
 def test_a_tso_frame_on_a_port_without_offloads_is_refused(netns: NetworkNamespace) -> None:
     """Port.tx_burst: a frame longer than max_frame_len that is not a TSO frame the port takes is
     not sent but counted in oerrors.  A port opened with offloads=off takes no TSO frames, so a
@@ -608,7 +596,7 @@ def test_attaching_to_a_tun_device_is_einval(netns: NetworkNamespace) -> None:
     with netns.entered(), pytest.raises(TapError) as info:
         TapPort(name="yastun0", offloads=False)
     assert info.value.errno == 22
-    assert "exists with other flags" in str(info.value) and "TUN instead of TAP" in str(info.value)
+    assert "exists with other flags" in str(info.value) and "a TUN device" in str(info.value)
     assert link(netns, "yastun0")["linkinfo"]["info_data"]["type"] == "tun"  # type: ignore[index]
 
 

@@ -232,7 +232,9 @@ async def _open_stack_on(
     )
     if config is None:
         config = StackConfig(interface=interface)
-    tso = caps.max_tso_size if offloads and caps.tso and caps.max_tso_size > interface.mtu else 0
+    # An IPv4 datagram holds at most 65535 bytes, whatever larger size a port would segment.
+    tso_size = min(caps.max_tso_size, 0xFFFF)
+    tso = tso_size if offloads and caps.tso and tso_size > interface.mtu else 0
     config = replace(
         config,
         interface=interface,

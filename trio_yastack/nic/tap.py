@@ -111,7 +111,9 @@ class TapOptions:
     disable_ipv6: bool = True
 
 
-_BOOL_WORDS = {"1": True, "on": True, "yes": True, "true": True, "0": False, "off": False, "no": False}
+_BOOL_WORDS = {
+    "1": True, "on": True, "yes": True, "true": True, "0": False, "off": False, "no": False, "false": False,
+}  # fmt: skip
 
 
 def parse_tap_spec(spec: str) -> TapOptions:
@@ -249,9 +251,8 @@ class TapPort(Port):
                 if exc.errno == errno.EINVAL:
                     raise TapError(
                         errno.EINVAL,
-                        f"TAP {name.decode()!r} exists with other flags (TUN instead of TAP, or "
-                        "multi-queue, or vnet_hdr differing from what was asked): recreate it or change "
-                        "the options",
+                        f"TAP {name.decode()!r} exists with other flags (a TUN device, or multi-queue "
+                        "differing from what was asked): recreate it or change the options",
                     ) from None
                 if exc.errno == errno.EBUSY:
                     raise TapError(
@@ -382,10 +383,17 @@ class TapPort(Port):
         for frame in frames:
             try:
                 if frame.__class__ is OffloadPacket:
-                    header = _offload_header(frame)  # type: ignore[arg-type]
-                    if header is None:
-                        raise OSError(errno.EINVAL, "not a TCP/IPv4 frame")
-                    writev(fd, (header, frame))
+                    if not vnet:
+                        # No virtio-net header to ask the kernel with: finish the checksum here;
+                        # a TSO frame cannot be sent at all.
+                        if frame.gso_size or len(frame) > limit:  # type: ignore[attr-defined]
+                            raise OSError(errno.EMSGSIZE, "TSO frame on a port without offloads")
+                        os.write(fd, complete_checksum(frame))
+                    else:
+                        header = _offload_header(frame)  # type: ignore[arg-type]
+                        if header is None:
+                            raise OSError(errno.EINVAL, "not a TCP/IPv4 frame")
+                        writev(fd, (header, frame))
                 elif len(frame) > limit:
                     raise OSError(errno.EMSGSIZE, "frame longer than the MTU")
                 elif vnet:
@@ -434,8 +442,8 @@ class TapPort(Port):
 def _offload_header(packet: OffloadPacket) -> bytes | None:
     """The virtio-net header for a TCP/IPv4 frame whose checksum the kernel completes
     (CHECKSUM_PARTIAL at the TCP checksum field) and, with ``gso_size``, segments."""
-    if len(packet) < _ETHER_LEN + 40 or packet[12:14] != b"\x08\x00":
-        return None
+    if len(packet) < _ETHER_LEN + 40 or packet[12:14] != b"\x08\x00" or packet[_ETHER_LEN + 9] != 6:
+        return None  # not TCP/IPv4: nothing else is offloaded
     ihl = (packet[_ETHER_LEN] & 0x0F) << 2
     tcp_at = _ETHER_LEN + ihl
     header_len = tcp_at + ((packet[tcp_at + 12] >> 4) << 2)
