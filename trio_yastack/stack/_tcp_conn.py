@@ -407,6 +407,31 @@ class TcpConnection:
             if self.waiter is not None:  # _wake(), inline: a reader may be parked on us
                 self.core.ready[self] = None
             return
+        # The other half of header prediction: a pure ACK for outstanding data, in sequence,
+        # with the window unchanged, outside recovery (what a bulk sender receives most).
+        if (
+            state == ESTABLISHED
+            and flags == TCP_ACK
+            and not length
+            and options is None
+            and seq_wire == self.rcv_nxt & _MASK
+            and (window << self.snd_scale) == self.snd_wnd
+            and not self.in_recovery
+            and 0 < ((ack_wire - self.snd_una) & _MASK) <= self.snd_max - self.snd_una
+            and (not self.ts_on or (tsval >= 0 and not 0 < ((self.ts_recent - tsval) & _MASK) < 0x80000000))
+        ):
+            seq = self.rcv_nxt
+            ack = self.snd_una + ((ack_wire - self.snd_una) & _MASK)
+            if self.ts_on and seq <= self.last_ack_sent:
+                self.ts_recent = tsval
+                self.ts_recent_valid = True
+            self.snd_wl1, self.snd_wl2 = seq, ack
+            self._ack_advances(ack, tsecr, now)
+            if self.core.in_burst:
+                self.core.output_pending[self] = None
+            else:
+                self.tcp_output(now)
+            return
         if state == SYN_SENT:
             self._syn_sent_arrives(
                 buf, data_start, end, seq_wire, ack_wire, flags, window, options, tsval, tsecr, now
@@ -1135,16 +1160,14 @@ class TcpConnection:
         self.segs_unacked = 0
         self.t_delack = 0.0
         tcp_len = 32 + length
-        if self.core.tx_checksum_offload:
-            packet: bytearray = OffloadPacket(FRAME_HEADROOM + tcp_len)
-        else:
-            packet = bytearray(FRAME_HEADROOM + tcp_len)
+        headers = FRAME_HEADROOM + 32
+        packet = OffloadPacket(headers) if self.core.tx_checksum_offload else bytearray(headers)
+        self.sndbuf.append_to(packet, seq, length)
         _ACK_WITH_TIMESTAMPS.pack_into(
             packet, FRAME_HEADROOM, self.local_port, self.remote_port, seq & _MASK, rcv_nxt & _MASK,
             0x80, flags, wire_window, 0, 0, 0x0101080A, (int(now * 1000) + self.ts_offset) & _MASK,
             self.ts_recent & _MASK,
         )  # fmt: skip
-        self.sndbuf.copy_into(packet, FRAME_HEADROOM + 32, seq, length)
         self._checksum_and_send(packet, tcp_len, now)
 
     def _checksum_and_send(self, packet: bytearray, tcp_len: int, now: float) -> None:
