@@ -153,8 +153,9 @@ def run_iperf3(seconds: int, mtu: int) -> float | None:
         right.popen(["iperf3", "-s", "-1", "-B", "198.18.0.1"], stdout=subprocess.DEVNULL)
         for _ in range(50):  # the server needs a moment to listen: bounded retries
             done = left.run(["iperf3", "-c", "198.18.0.1", "-t", str(seconds), "-J"], timeout=seconds + 30)
-            if done.returncode == 0:
-                return json.loads(done.stdout)["end"]["sum_received"]["bits_per_second"] / 1e9
+            report = json.loads(done.stdout or "{}")
+            if done.returncode == 0 and "sum_received" in report.get("end", {}):
+                return report["end"]["sum_received"]["bits_per_second"] / 1e9
             time.sleep(0.1)  # a benchmark's retry pause, not a test's synchronisation
         return None
 

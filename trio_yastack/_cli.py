@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import importlib
+import os
+import signal
 import sys
+from functools import partial
+from pathlib import Path
+from typing import Any
 
 import trio
+
+from trio_yastack._open_stack import open_stack
 
 __all__ = ["main"]
 
@@ -36,6 +44,71 @@ def _probability(text: str) -> float:
     return value
 
 
+def _load_app(spec: str) -> Any:
+    """``MODULE:APP`` or ``path/to/file.py:APP`` (``APP`` defaults to ``app``) as the object."""
+    module_name, _, attribute = spec.partition(":")
+    attribute = attribute or "app"
+    path = Path(module_name)
+    if module_name.endswith(".py") or path.is_file():
+        if not path.is_file():
+            raise SystemExit(f"yastack serve: no file {module_name}")
+        sys.path.insert(0, str(path.resolve().parent))
+        module_name = path.stem
+    else:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise SystemExit(f"yastack serve: cannot import {module_name!r}: {exc}") from None
+    try:
+        return getattr(module, attribute)
+    except AttributeError:
+        raise SystemExit(f"yastack serve: {module_name!r} has no attribute {attribute!r}") from None
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from trio_yastack.l7 import serve_asgi
+    from trio_yastack.l7.asgi import Config
+
+    if args.cores != 1:
+        raise SystemExit("yastack serve: --cores N > 1 needs the per-core runtimes, not in this release")
+    app = _load_app(args.app)
+    config = Config()
+    config.bind = args.bind or ["0.0.0.0:8000"]
+    config.insecure_bind = args.insecure_bind or []
+    config.certfile = args.certfile
+    config.keyfile = args.keyfile
+    config.accesslog = args.access_log
+    config.errorlog = "-"
+    config.loglevel = args.log_level.upper()
+    config.keep_alive_timeout = args.keep_alive
+    config.graceful_timeout = args.graceful_timeout
+    config.backlog = args.backlog
+    if bool(args.certfile) != bool(args.keyfile):
+        raise SystemExit("yastack serve: --certfile and --keyfile go together")
+
+    async def main() -> None:
+        async with open_stack(args.nic, ip=args.ip, gateway=args.gateway) as stack:
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+
+                async def shutdown_trigger() -> None:
+                    async for signum in signals:
+                        print(f"# {signal.Signals(signum).name}: shutting down gracefully", flush=True)
+                        return
+
+                async with trio.open_nursery() as nursery:
+                    urls = await nursery.start(
+                        partial(serve_asgi, app, config, stack=stack, shutdown_trigger=shutdown_trigger)
+                    )
+                    print(f"# serving {args.app} over the user-space stack on {args.nic} ({stack.address})")
+                    for url in urls:
+                        flag = " -k" if url.startswith("https") else ""
+                        print(f"# try: curl{flag} {url}/json", flush=True)
+
+    trio.run(main)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="yastack", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -50,6 +123,30 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--pcap", help="also write the stack's frames to this pcap file")
     demo.add_argument("--quiet", action="store_true", help="do not print each frame")
     demo.set_defaults(handler=_demo)
+    serve = commands.add_parser(
+        "serve",
+        help="serve an ASGI app with hypercorn over the user-space stack",
+        description="Serve an ASGI (or WSGI) app with hypercorn's trio worker over the user-space stack.",
+    )
+    serve.add_argument("app", help="MODULE:APP or path/to/file.py:APP (APP defaults to app)")
+    serve.add_argument("--nic", default="tap:yas0", help="the NIC port spec (default tap:yas0)")
+    serve.add_argument("--ip", default="198.18.0.2/24", help="the stack's address/prefix")
+    serve.add_argument("--gateway", default=None, help="the default gateway's address")
+    serve.add_argument(
+        "--bind", action="append", help="HOST:PORT or PORT to listen on, repeatable (default 0.0.0.0:8000)"
+    )
+    serve.add_argument("--insecure-bind", action="append", help="plain HTTP listeners beside TLS ones")
+    serve.add_argument("--certfile", help="TLS certificate chain (PEM): HTTPS, ALPN h2/http1.1")
+    serve.add_argument("--keyfile", help="TLS private key (PEM)")
+    serve.add_argument("--access-log", default=None, help="access log file, - for stdout (default: none)")
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--keep-alive", type=float, default=5.0, help="idle keep-alive timeout, seconds")
+    serve.add_argument(
+        "--graceful-timeout", type=float, default=5.0, help="seconds requests get after SIGINT/SIGTERM"
+    )
+    serve.add_argument("--backlog", type=int, default=128)
+    serve.add_argument("--cores", type=int, default=1, help="runtimes, one process each (1 for now)")
+    serve.set_defaults(handler=_serve)
     return parser
 
 

@@ -1,1 +1,7 @@
-"""L7: ASGI serving with hypercorn and the Envoy-style reverse proxy, over the stack: to come."""
+"""L7 over the stack: ASGI apps served by hypercorn (the Envoy-style proxy is to come).
+
+Everything here sees only trio streams and listeners, so it runs over kernel sockets or the
+user-space stack unchanged.
+"""
+
+from .asgi import serve_asgi as serve_asgi
