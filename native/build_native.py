@@ -23,12 +23,15 @@ ffibuilder.cdef(
     """
     #define YAS_SUM16_OUT_OF_RANGE 0xFFFFFFFF
     uint32_t yas_sum16(const char *buf, size_t buflen, size_t offset, size_t len, uint32_t initial);
+    #define YAS_GSO_BAD_FRAME -1
+    #define YAS_GSO_NO_ROOM -2
+    int yas_tcp4_segment(const char *frame, size_t len, size_t mss, char *out, size_t out_len);
     """
 )
 ffibuilder.set_source(
     "trio_yastack._native_cffi",
-    '#include "checksum.h"',
-    sources=[_source("checksum.c")],
+    '#include "checksum.h"\n#include "gso.h"',
+    sources=[_source("checksum.c"), _source("gso.c")],
     include_dirs=[str(HERE)],
     extra_compile_args=["-O3", "-std=c11"],
 )

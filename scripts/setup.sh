@@ -29,8 +29,8 @@ if [[ ! -x .venv/bin/python ]]; then
     python3 -m venv .venv
 fi
 stamp=.venv/.installed
-if [[ ! -f $stamp || pyproject.toml -nt $stamp || setup.py -nt $stamp || native/checksum.c -nt $stamp \
-      || native/build_native.py -nt $stamp ]]; then
+newer_native=$(find native -newer "$stamp" -type f 2>/dev/null | head -1 || true)
+if [[ ! -f $stamp || pyproject.toml -nt $stamp || setup.py -nt $stamp || -n $newer_native ]]; then
     .venv/bin/python -m pip install -q --upgrade pip >/dev/null
     .venv/bin/python -m pip install -q -e '.[test]'
     touch "$stamp"

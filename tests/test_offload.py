@@ -305,9 +305,9 @@ def test_tso_sends_super_segments_of_whole_mss(tso: int) -> None:
 
 
 def test_checksum_offload_without_tso_sends_mtu_sized_partial_frames() -> None:
-    """tx_checksum_offload alone: data frames are OffloadPackets with gso_size 0 and at most 1514
-    bytes, their fields the pseudo-header sum."""
-    core = offload_core(tx_offload=True, tso=0)
+    """tx_checksum_offload alone (and no software GSO): data frames are OffloadPackets with
+    gso_size 0 and at most 1514 bytes, their fields the pseudo-header sum."""
+    core = offload_core(tx_offload=True, tso=0, gso=False)
     conn, peer = open_active(core)
     frames, _ = push(core, conn, peer, random.Random(2).randbytes(60_000), T0 + 1)
     assert len(frames) == -(-60_000 // MSS)
@@ -318,15 +318,31 @@ def test_checksum_offload_without_tso_sends_mtu_sized_partial_frames() -> None:
         assert scapy_tcp_checksum_ok(complete_checksum(frame))
 
 
-def test_no_offload_sends_plain_frames_with_full_checksums() -> None:
-    """Neither offload: plain bytes, at most 1514 bytes, checksums complete as sent (push's parser
-    verifies them, and scapy agrees)."""
-    core = offload_core(tx_offload=False, tso=0)
+@pytest.mark.parametrize(
+    ("gso", "tx_offload"),
+    [(True, False), (True, True), (False, False)],
+    ids=["software-gso", "software-gso-csum-offload", "no-gso"],
+)
+def test_without_tso_frames_leave_mtu_sized_with_full_checksums(gso: bool, tx_offload: bool) -> None:
+    """No TSO and software GSO (the default), or no offload at all: frames of at most 1514 bytes
+    with complete checksums, scapy agreeing (a lone segment may be left to the port's checksum
+    offload), and the peer gets the same bytes either way.  With GSO, tcp_output built 64 KB
+    segments and ether_output cut them (native/gso.c)."""
+    core = offload_core(tx_offload=tx_offload, tso=0, gso=gso)
+    assert core.gso_max_size == (0xFFFF if gso else 0)
     conn, peer = open_active(core)
-    frames, _ = push(core, conn, peer, random.Random(3).randbytes(60_000), T0 + 1)
+    data = random.Random(3).randbytes(200_000)
+    frames, _ = push(core, conn, peer, data, T0 + 1)  # checks the peer got exactly data
     for frame in frames:
-        assert type(frame) is bytes and len(frame) <= 1514
-        assert scapy_tcp_checksum_ok(frame)
+        assert len(frame) <= 1514
+        if type(frame) is OffloadPacket:  # one segment, left to the port's checksum offload
+            assert tx_offload and frame.gso_size == 0
+            frame = complete_checksum(frame)
+        assert type(frame) is bytes and scapy_tcp_checksum_ok(frame)
+    stats = core.statistics().tcp.counters
+    data_frames = [f for f in frames if payload_len(f)]
+    assert stats["bytes_sent"] == len(data)
+    assert stats["segments_sent"] >= len(data_frames)  # every wire segment counted, GSO or not
 
 
 class RecordingPeer(Peer):
@@ -380,7 +396,8 @@ def test_a_retransmission_is_one_mss_without_gso() -> None:
     conn, _peer = open_active(core)
     assert conn.send(b"r" * 5000, T0 + 1) == 5000
     [flight] = core.take_outbox()
-    assert type(flight) is OffloadPacket and flight.gso_size == MSS and payload_len(flight) == 5000
+    # Three whole segments; the 656-byte tail waits for Nagle, as Linux's tcp_mss_split_point holds it.
+    assert type(flight) is OffloadPacket and flight.gso_size == MSS and payload_len(flight) == 3 * MSS
     core.run_timers(T0 + 1 + conn.rto + 0.001)
     [again] = core.take_outbox()
     assert type(again) is OffloadPacket and again.gso_size == 0

@@ -10,9 +10,20 @@ they got.
 from __future__ import annotations
 
 import os
+import struct
 from collections.abc import Callable
 
-__all__ = ["NATIVE", "native_sum16", "py_sum16", "py_sum16_bytes", "sum16", "sum16_bytes"]
+__all__ = [
+    "NATIVE",
+    "native_sum16",
+    "native_tcp4_segment",
+    "py_sum16",
+    "py_sum16_bytes",
+    "py_tcp4_segment",
+    "sum16",
+    "sum16_bytes",
+    "tcp4_segment",
+]
 
 Buffer = bytes | bytearray | memoryview
 
@@ -80,3 +91,87 @@ sum16: Callable[[Buffer, int, int, int], int] = native_sum16 or py_sum16
 #: the raw sum over ``bytes`` for the per-packet verification paths: ``(buf, len(buf), offset,
 #: length, initial)``, 0xFFFFFFFF when the range is outside the buffer; no wrapper call on top
 sum16_bytes: Callable[[bytes, int, int, int, int], int] = _c_sum16 if NATIVE else py_sum16_bytes  # type: ignore[name-defined]
+
+
+# -- software GSO: one TCP/IPv4 frame cut into MSS-sized frames (native/gso.c) ------------------
+_IP_FIELDS = struct.Struct("!HH")  # total length, identification (at IPv4 offset 2)
+_SEQ = struct.Struct("!I")
+
+
+def _segment_layout(frame: Buffer, mss: int) -> tuple[int, int, int, int]:
+    """``(tcp_at, headers, payload, count)`` of a TCP/IPv4 frame to segment; ``ValueError`` when
+    it is not one (the same checks as the C side)."""
+    if not 0 < mss <= 65535 or len(frame) < 54:
+        raise ValueError("not a TCP/IPv4 frame to segment")
+    if frame[12] != 8 or frame[13] != 0 or frame[14] >> 4 != 4 or frame[23] != 6:
+        raise ValueError("not a TCP/IPv4 frame to segment")
+    ihl = (frame[14] & 0x0F) * 4
+    ip_total = (frame[16] << 8) | frame[17]
+    if ihl < 20 or 14 + ip_total > len(frame) or ip_total < ihl + 20:
+        raise ValueError("not a TCP/IPv4 frame to segment")
+    tcp_at = 14 + ihl
+    thl = (frame[tcp_at + 12] >> 4) * 4
+    if thl < 20 or ihl + thl > ip_total:
+        raise ValueError("not a TCP/IPv4 frame to segment")
+    headers = tcp_at + thl
+    payload = 14 + ip_total - headers
+    return tcp_at, headers, payload, (payload + mss - 1) // mss if payload else 1
+
+
+def py_tcp4_segment(frame: Buffer, mss: int) -> list[bytes]:
+    """Twin of the C ``yas_tcp4_segment``: ``frame`` (Ethernet + IPv4 + TCP + payload; its TCP
+    checksum field is ignored) cut into frames of at most ``mss`` payload bytes, each with its
+    own IPv4 length, identification (+i) and checksum, sequence number (+i*mss), FIN/PSH only
+    on the last and CWR only on the first, and a full TCP checksum (Linux's tcp4_gso_segment)."""
+    tcp_at, headers, payload, count = _segment_layout(frame, mss)
+    ihl = tcp_at - 14
+    thl = headers - tcp_at
+    ident = (frame[18] << 8) | frame[19]
+    seq = _SEQ.unpack_from(frame, tcp_at + 4)[0]
+    flags = frame[tcp_at + 13]
+    pseudo = (frame[26] << 8 | frame[27]) + (frame[28] << 8 | frame[29])
+    pseudo += (frame[30] << 8 | frame[31]) + (frame[32] << 8 | frame[33]) + 6
+    segments = []
+    for i in range(count):
+        take = mss if i + 1 < count else payload - i * mss
+        seg = bytearray(frame[:headers])
+        seg += frame[headers + i * mss : headers + i * mss + take]
+        _IP_FIELDS.pack_into(seg, 16, ihl + thl + take, (ident + i) & 0xFFFF)
+        seg[24:26] = b"\0\0"
+        seg[24:26] = (~py_sum16(seg, 14, ihl, 0) & 0xFFFF).to_bytes(2, "big")
+        _SEQ.pack_into(seg, tcp_at + 4, (seq + i * mss) & 0xFFFFFFFF)
+        f = flags
+        if i + 1 < count:
+            f &= ~0x09
+        if i > 0:
+            f &= ~0x80
+        seg[tcp_at + 13] = f
+        seg[tcp_at + 16 : tcp_at + 18] = b"\0\0"
+        checksum = ~py_sum16(seg, tcp_at, thl + take, pseudo + thl + take) & 0xFFFF
+        seg[tcp_at + 16 : tcp_at + 18] = checksum.to_bytes(2, "big")
+        segments.append(bytes(seg))
+    return segments
+
+
+native_tcp4_segment: Callable[[Buffer, int], list[bytes]] | None = None
+if NATIVE:
+    _c_segment = _lib.yas_tcp4_segment  # type: ignore[name-defined]
+
+    def native_tcp4_segment(frame: Buffer, mss: int) -> list[bytes]:
+        """The C ``yas_tcp4_segment``: all segments in one call, then one copy each out of the
+        shared output buffer."""
+        _tcp_at, headers, payload, count = _segment_layout(frame, mss)
+        stride = headers + mss
+        out = bytearray((count - 1) * stride + headers + payload - (count - 1) * mss)
+        made = _c_segment(_from_buffer(frame), len(frame), mss, _from_buffer(out), len(out))  # type: ignore[name-defined]
+        if made != count:
+            raise ValueError(f"segmenting failed ({made})")
+        with memoryview(out) as view:
+            last = (count - 1) * stride
+            frames = [view[at : at + stride].tobytes() for at in range(0, last, stride)]
+            frames.append(view[last:].tobytes())
+            return frames
+
+
+#: the chosen software GSO: ``(frame, mss) -> [frames]``
+tcp4_segment: Callable[[Buffer, int], list[bytes]] = native_tcp4_segment or py_tcp4_segment

@@ -125,6 +125,10 @@ class StackConfig:
     tx_checksum_offload: bool = False
     #: the largest IPv4 datagram carrying one TCP segment that the port segments (TSO); 0: no TSO
     tso_max_size: int = 0
+    #: generic segmentation offload: TCP builds segments of up to 64 KB whatever the port, and
+    #: when the port has no TSO they are cut into MSS-sized frames in software (native/gso.c)
+    #: at the bottom of ether_output, as Linux's GSO does: the layers above run once per 64 KB
+    gso: bool = True
 
     def __post_init__(self) -> None:
         if self.tso_max_size and not self.tx_checksum_offload:

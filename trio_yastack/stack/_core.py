@@ -12,6 +12,8 @@ import random
 from collections.abc import Callable
 from typing import Any
 
+from trio_yastack._native import tcp4_segment
+
 from ._arp import ArpLayer
 from ._config import StackConfig
 from ._icmp import IcmpLayer
@@ -57,6 +59,9 @@ class StackCore:
         self._verify_unmarked = config.verify_checksums
         self.tx_checksum_offload = config.tx_checksum_offload
         self.tso_max_size = config.tso_max_size
+        #: how large a TCP segment tcp_output may build: the port's TSO size, else 64 KB cut in
+        #: software (GSO), else one MSS
+        self.gso_max_size = config.tso_max_size or (0xFFFF if config.gso else 0)
         self.timers = TimerQueue()
         #: frames for the next ``tx_burst`` (bounded by ``config.outbox_limit``)
         self.outbox: list[bytes | bytearray] = []
@@ -170,7 +175,17 @@ class StackCore:
         if len(outbox) >= self.outbox_limit:
             self.stats_ether.drop("outbox_full")
             return
-        outbox.append(packet if packet.__class__ is OffloadPacket else bytes(packet))
+        if packet.__class__ is OffloadPacket:
+            if packet.gso_size and not self.tso_max_size:  # type: ignore[attr-defined]
+                # Software GSO (validate_xmit_skb -> skb_gso_segment): the port cannot segment,
+                # so cut the segment here, every piece with its own headers and checksums.
+                frames = tcp4_segment(packet, packet.gso_size)  # type: ignore[attr-defined]
+                outbox.extend(frames)
+                self.stats_ether.sent += len(frames)
+                return
+            outbox.append(packet)  # the port completes it (and segments it, with TSO)
+        else:
+            outbox.append(bytes(packet))
         self.stats_ether.sent += 1
 
     def transmit(self, frame: bytearray) -> None:

@@ -54,9 +54,13 @@ def tcp_checksum_and_send(
     if packet.__class__ is OffloadPacket:
         # CHECKSUM_PARTIAL: the field holds the folded pseudo-header sum, not complemented, and
         # the port completes it (for a TSO segment, per segment, adjusting the length as
-        # Linux's tcp_gso_segment does).
+        # Linux's tcp_gso_segment does; software GSO computes each segment's whole).
         pseudo = (pseudo & 0xFFFF) + (pseudo >> 16)
         field = (pseudo & 0xFFFF) + (pseudo >> 16)
+        gso_size = packet.gso_size  # type: ignore[attr-defined]
+        if gso_size:  # count the segments the wire will carry, as Linux counts OutSegs
+            payload = tcp_len - ((packet[FRAME_HEADROOM + 12] >> 4) << 2)
+            stats.segments_sent += (payload + gso_size - 1) // gso_size - 1
     else:
         field = ~sum16(packet, FRAME_HEADROOM, tcp_len, pseudo) & 0xFFFF
     packet[FRAME_HEADROOM + 16] = field >> 8
@@ -897,8 +901,8 @@ class TcpConnection:
         mss = self._data_mss()
         # With TSO one frame carries as many whole segments as the port takes (less room for
         # the IPv4 and TCP headers with every option); the port cuts it into ``mss`` pieces.
-        tso_max = self.core.tso_max_size
-        burst = mss * max((tso_max - 100) // mss, 1) if tso_max else mss
+        gso_max = self.core.gso_max_size
+        burst = mss * max((gso_max - 100) // mss, 1) if gso_max else mss
         cc = self.cc
         if self.last_send and now - self.last_send > self.rto and self.snd_max == self.snd_una:
             cc.on_idle_restart(now, self.rto, now - self.last_send)
@@ -928,8 +932,13 @@ class TcpConnection:
             room = window - flight if not sack_recovery else cc.cwnd - flight
             room = min(room, self.snd_una + self.snd_wnd - self.snd_nxt)
             length = min(available, burst, room) if room > 0 else 0
-            if length > mss and length < available:
-                length -= length % mss  # TSO: whole segments, unless this is the end of the data
+            if length > mss and length % mss:
+                # A large (TSO/GSO) segment carries whole segments; its short tail goes too only
+                # where Nagle would let it: with TCP_NODELAY or a FIN after it (Linux's
+                # tcp_mss_split_point), otherwise it waits like any short segment.
+                fin_after = self.fin_seq >= 0 and self.snd_nxt + length == self.fin_seq
+                if length < available or not (self.nodelay or fin_after):
+                    length -= length % mss
             fin_due = self.fin_seq >= 0 and self.snd_nxt + max(length, 0) == self.fin_seq
             # Nagle (RFC 896) and sender-side SWS avoidance (RFC 9293 3.8.6.2.1).
             if 0 < length < mss and not fin_due:
@@ -1085,7 +1094,7 @@ class TcpConnection:
                 )
         header_len = TCP_HEADER_LEN + len(options) + (12 if timestamps else 0)
         tcp_len = header_len + len(payload)
-        if payload and self.core.tx_checksum_offload:
+        if payload and (gso_size or self.core.tx_checksum_offload):
             packet: bytearray = OffloadPacket(FRAME_HEADROOM + tcp_len, gso_size)
         else:
             packet = bytearray(FRAME_HEADROOM + tcp_len)
