@@ -13,6 +13,9 @@ command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 command -v ping >/dev/null 2>&1 || need_apt+=(iputils-ping)
 command -v sysctl >/dev/null 2>&1 || need_apt+=(procps)
+# HTTP load generators of the ASGI serving tests (kernel-side clients)
+command -v wrk >/dev/null 2>&1 || need_apt+=(wrk)
+command -v h2load >/dev/null 2>&1 || need_apt+=(nghttp2-client)
 python3 -c "import venv, ensurepip" 2>/dev/null || need_apt+=(python3-venv)
 if ((${#need_apt[@]})); then
     if [[ $(id -u) -eq 0 ]]; then
