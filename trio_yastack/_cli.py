@@ -86,6 +86,7 @@ def _serve(args: argparse.Namespace) -> int:
     config.backlog = args.backlog
     if bool(args.certfile) != bool(args.keyfile):
         raise SystemExit("yastack serve: --certfile and --keyfile go together")
+    _check_serve_options(args, config)
 
     async def main() -> None:
         async with open_stack(args.nic, ip=args.ip, gateway=args.gateway) as stack:
@@ -105,8 +106,47 @@ def _serve(args: argparse.Namespace) -> int:
                         flag = " -k" if url.startswith("https") else ""
                         print(f"# try: curl{flag} {url}/json", flush=True)
 
-    trio.run(main)
+    try:
+        trio.run(main)
+    except OSError as exc:  # the NIC could not be opened (the message says what to do)
+        raise SystemExit(f"yastack serve: {exc.strerror or exc}") from None
     return 0
+
+
+def _check_serve_options(args: argparse.Namespace, config: Any) -> None:
+    """Every option value checked before anything is opened: a bad one is one clear line."""
+    from ipaddress import IPv4Address, IPv4Interface
+
+    from trio_yastack.l7.asgi import parse_bind
+    from trio_yastack.nic.tap import parse_tap_spec
+
+    def fail(message: str) -> None:
+        raise SystemExit(f"yastack serve: {message}")
+
+    for bind in [*config.bind, *config.insecure_bind]:
+        try:
+            parse_bind(bind)
+        except ValueError as exc:
+            fail(str(exc))
+    try:
+        IPv4Interface(args.ip)
+        if args.gateway is not None:
+            IPv4Address(args.gateway)
+    except ValueError as exc:
+        fail(f"--ip/--gateway: {exc}")
+    if args.nic.startswith("tap:") or ":" not in args.nic:
+        try:
+            parse_tap_spec(args.nic)
+        except ValueError as exc:
+            fail(str(exc))
+    for option, path in (("--certfile", args.certfile), ("--keyfile", args.keyfile)):
+        if path and not Path(path).is_file():
+            fail(f"{option} {path}: no such file")
+    if args.certfile:
+        try:
+            config.create_ssl_context()
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            fail(f"--certfile {args.certfile} / --keyfile {args.keyfile}: {exc}")
 
 
 def build_parser() -> argparse.ArgumentParser:

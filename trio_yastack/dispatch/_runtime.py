@@ -65,6 +65,7 @@ class PollLoop:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         core, port, queue, burst, stats = self.core, self.port, self.queue, self.burst, self.stats
         ether_input = core.ether_input
+        core.autocork = True  # application sends are sent by this loop's turns
         core.start(trio.current_time())
         self.flush()
         task_status.started()
@@ -86,6 +87,7 @@ class PollLoop:
                     self._internal_error("end_burst")
             try:
                 core.run_timers(now)
+                core.run_pending_output(now)  # what the applications sent since the last turn
             except Exception:
                 self._internal_error("run_timers")
             self.wake_ready()
@@ -117,6 +119,8 @@ class PollLoop:
         """Hand the stack's outbox to the port in one ``tx_burst``; frames it refuses are dropped
         and counted, as a DPDK application frees the mbufs ``rte_eth_tx_burst`` did not take."""
         core = self.core
+        if core.output_pending:
+            core.run_pending_output(trio.current_time())
         if not core.outbox:
             return
         frames = core.take_outbox()

@@ -33,7 +33,7 @@ from hypercorn.utils import wrap_app
 from trio_yastack._open_stack import Stack
 from trio_yastack.socket_api import current_stack
 
-__all__ = ["SUPPORTED_HYPERCORN", "Config", "check_hypercorn_version", "serve_asgi"]
+__all__ = ["SUPPORTED_HYPERCORN", "Config", "check_hypercorn_version", "parse_bind", "serve_asgi"]
 
 #: the hypercorn releases whose trio internals this module drives (also pinned in pyproject.toml)
 SUPPORTED_HYPERCORN = (">=0.17", "<0.19")
@@ -51,8 +51,10 @@ def check_hypercorn_version() -> str:
     return installed
 
 
-def _parse_bind(bind: str, stack: Stack) -> tuple[str, int]:
-    """``HOST:PORT`` (or ``:PORT``, or ``PORT``) as an address on ``stack``."""
+def parse_bind(bind: str) -> tuple[str | None, int]:
+    """``HOST:PORT`` (or ``:PORT``, or ``PORT``) as ``(IPv4 address, port)``; the address is
+    ``None`` for a loopback name (hypercorn's default bind is 127.0.0.1:8000), which means the
+    stack's own address.  ``ValueError`` for anything else."""
     if bind.startswith(("unix:", "fd://")):
         raise ValueError(f"bind {bind!r}: the stack serves TCP over IPv4 only (HOST:PORT)")
     host, sep, port_text = bind.rpartition(":")
@@ -61,15 +63,27 @@ def _parse_bind(bind: str, stack: Stack) -> tuple[str, int]:
     if host in ("", "0.0.0.0", "*"):
         host = "0.0.0.0"
     elif host == "localhost" or host.startswith("127."):
-        host = str(stack.address)  # hypercorn's default bind is 127.0.0.1:8000: the stack's own address
+        return None, _port(bind, port_text)
     try:
         ipaddress.IPv4Address(host)
-        port = int(port_text)
+    except ValueError:
+        raise ValueError(f"bind {bind!r}: expected IPV4:PORT, :PORT or PORT") from None
+    return host, _port(bind, port_text)
+
+
+def _port(bind: str, text: str) -> int:
+    try:
+        port = int(text)
     except ValueError:
         raise ValueError(f"bind {bind!r}: expected IPV4:PORT, :PORT or PORT") from None
     if not 0 <= port <= 65535:
-        raise ValueError(f"bind {bind!r}: port out of range")
-    return host, port
+        raise ValueError(f"bind {bind!r}: port {port} out of range")
+    return port
+
+
+def _parse_bind(bind: str, stack: Stack) -> tuple[str, int]:
+    host, port = parse_bind(bind)
+    return (str(stack.address) if host is None else host), port
 
 
 async def _listen(stack: Stack, bind: str, backlog: int) -> trio.SocketListener:

@@ -81,6 +81,9 @@ class StackCore:
         #: segments one ACK (what Linux gets from GRO and FreeBSD from LRO)
         self.in_burst = False
         self.output_pending: dict[Any, None] = {}
+        #: set by a runtime that calls :meth:`run_pending_output` every turn: application sends
+        #: queue their connection instead of sending at once
+        self.autocork = False
         #: called with an address ARP gave up on (the TCP layer registers itself)
         self.unreachable_hooks: list[Callable[[int], None]] = []
         self.arp = ArpLayer(self)
@@ -133,6 +136,11 @@ class StackCore:
     def end_burst(self, now: float) -> None:
         """The burst is in: send what its segments made due (once per connection)."""
         self.in_burst = False
+        self.run_pending_output(now)
+
+    def run_pending_output(self, now: float) -> None:
+        """Run tcp_output once for every connection that deferred it (a burst's segments, or
+        application sends under ``autocork``)."""
         if self.output_pending:
             pending, self.output_pending = self.output_pending, {}
             for conn in pending:

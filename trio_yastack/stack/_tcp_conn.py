@@ -276,7 +276,13 @@ class TcpConnection:
             raise OSError(errno.EPIPE, "Broken pipe")
         taken = self.sndbuf.append(data)
         if taken and self.state in _SENDS_DATA:
-            self.tcp_output(now)
+            if self.core.autocork:
+                # The runtime sends at its next turn, after the application's other writes of
+                # this scheduling round: a response's headers and body leave as one segment
+                # (Linux's tcp_autocorking, without its wait for a TX completion).
+                self.core.output_pending[self] = None
+            else:
+                self.tcp_output(now)
         return taken
 
     def receive(self, max_bytes: int, now: float) -> bytes | None:
