@@ -639,6 +639,9 @@ _NOBODY_SCRIPT = textwrap.dedent(
     frames = []
     for _ in range(50):
         if not select.select([port.fileno()], [], [], 0.2)[0]:
+            # The kernel may drop a reply while it is still activating the device's queue
+            # right after we attached: ask again, as ARP itself retries.
+            out["sent"] += port.tx_burst(0, [request])
             continue
         frames += port.rx_burst(0, 8)
         if any(f[12:14] == b"\\x08\\x06" and f[20:22] == b"\\x00\\x02" for f in frames):
@@ -710,7 +713,7 @@ def test_unprivileged_user_attaches_to_a_tap_made_for_them(
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout.strip().splitlines()[-1])
     assert int(out["cap_eff"], 16) == 0  # no capability at all, CAP_NET_ADMIN included
-    assert out["sent"] == 1
+    assert out["sent"] >= 1
     assert any(is_kernel_arp_reply(bytes.fromhex(frame)) for frame in out["replies"]), out
     errno_, message = out["mtu"]
     assert errno_ == 1 and "setting the MTU to 1400" in message and "CAP_NET_ADMIN" in message

@@ -29,6 +29,7 @@ import ipaddress
 import os
 import socket
 import struct
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -66,6 +67,7 @@ SIOCSIFMTU = 0x8922
 SIOCGIFTXQLEN = 0x8942
 SIOCSIFTXQLEN = 0x8943
 IFF_UP = 0x1
+IFF_RUNNING = 0x40
 # <linux/virtio_net.h>
 VIRTIO_NET_HDR_F_NEEDS_CSUM = 1
 VIRTIO_NET_HDR_F_DATA_VALID = 2
@@ -288,6 +290,7 @@ class TapPort(Port):
             if not flags & IFF_UP:
                 what = "bringing the device up"
                 fcntl.ioctl(sock, SIOCSIFFLAGS, _IFREQ_FLAGS.pack(name, flags | IFF_UP))
+            self._wait_running(sock, name)
         except PermissionError:
             raise TapError(
                 errno.EPERM,
@@ -297,6 +300,19 @@ class TapPort(Port):
             ) from None
         finally:
             sock.close()
+
+    @staticmethod
+    def _wait_running(sock: socket.socket, name: bytes, limit: float = 2.0) -> None:
+        """Wait (bounded) until the kernel reports the device running: attaching to a device that
+        is already up turns its carrier on through the kernel's link watch, which activates the
+        transmit queue a moment later; until then the kernel drops what it would send us (the
+        first ARP reply, say)."""
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            flags = _IFREQ_FLAGS.unpack(fcntl.ioctl(sock, SIOCGIFFLAGS, _IFREQ_FLAGS.pack(name, 0)))[1]
+            if flags & IFF_RUNNING:
+                return
+            time.sleep(0.005)  # polling a kernel state from a synchronous constructor, bounded
 
     @staticmethod
     def _set_kernel_address(sock: socket.socket, name: bytes, address: str) -> None:
