@@ -1,0 +1,163 @@
+"""The stack alone: two stacks on a ``memory_wire`` in one process, against the kernel's loopback.
+
+Both sides run the same trio code in one ``trio.run`` on one core (``trio.serve_tcp`` and
+``trio.open_tcp_stream``): ours with both stacks open on the two ends of a fault-free
+``memory_wire`` (MTU 1500), the peer on kernel sockets over 127.0.0.1.  Measured:
+
+- one bulk connection: MB/s of payload, and (ours) TCP segments per second on the wire;
+- connections per second: connect, one request byte, one reply byte, close, one after another.
+
+Frames per second through ``ether_input`` to a UDP socket are ``bench_udp_input.py``'s.  Rounds
+alternate ours and the kernel; medians, min-max and ratios are printed and written as JSON.
+
+    python benchmarks/bench_memory_wire.py [--megabytes N] [--connections N] [--rounds R] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from trio_yastack import open_stack, use_stack
+from trio_yastack.nic import memory_wire
+
+RESULTS = Path(__file__).parent / "results"
+CHUNK = bytes(1 << 16)
+
+
+async def _one_byte_echo(stream: trio.SocketStream) -> None:
+    data = await stream.receive_some(1)
+    if data:
+        await stream.send_all(data)
+    await stream.aclose()
+
+
+async def _bulk(host: str, port: int, nbytes: int) -> float:
+    stream = await trio.open_tcp_stream(host, port)
+    started = time.perf_counter()
+    sent = 0
+    while sent < nbytes:
+        await stream.send_all(CHUNK)
+        sent += len(CHUNK)
+    await stream.send_eof()
+    await stream.receive_some(1)  # the server closes after reading everything
+    elapsed = time.perf_counter() - started
+    await stream.aclose()
+    return elapsed
+
+
+async def _bulk_sink_until_eof(stream: trio.SocketStream) -> None:
+    async for _ in stream:
+        pass
+    await stream.aclose()
+
+
+async def _connections(host: str, port: int, count: int) -> float:
+    started = time.perf_counter()
+    for _ in range(count):
+        stream = await trio.open_tcp_stream(host, port)
+        await stream.send_all(b"x")
+        await stream.receive_some(1)
+        await stream.aclose()
+    return time.perf_counter() - started
+
+
+async def _with_servers(
+    host: str, body: Callable[[str], Awaitable[float]], server_stack: Any = None
+) -> float:
+    async with trio.open_nursery() as nursery:
+        if server_stack is not None:
+            with use_stack(server_stack):
+                await nursery.start(trio.serve_tcp, _bulk_sink_until_eof, 5001)
+                await nursery.start(trio.serve_tcp, _one_byte_echo, 5002)
+        else:
+            await nursery.start(partial_serve(_bulk_sink_until_eof, 5001, host))
+            await nursery.start(partial_serve(_one_byte_echo, 5002, host))
+        result = await body(host)
+        nursery.cancel_scope.cancel()
+    return result
+
+
+def partial_serve(handler: Any, port: int, host: str) -> Any:
+    async def serve(task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+        await trio.serve_tcp(handler, port, host=host, task_status=task_status)
+
+    return serve
+
+
+def run_case(ours: bool, what: str, amount: int) -> dict[str, float]:
+    async def main() -> dict[str, float]:
+        async with AsyncExitStack() as stack:
+            server_stack = None
+            host = "127.0.0.1"
+            if ours:
+                client_port, server_port = memory_wire(mtu=1500)
+                client = await stack.enter_async_context(open_stack(client_port, ip="198.18.0.2/24"))
+                server_stack = await stack.enter_async_context(open_stack(server_port, ip="198.18.0.1/24"))
+                host = "198.18.0.1"
+            if what == "bulk":
+                elapsed = await _with_servers(host, lambda h: _bulk(h, 5001, amount), server_stack)
+                result = {"mb_per_s": amount / elapsed / 1e6}
+                if ours:
+                    result["segments_per_s"] = client.statistics().tcp.counters["segments_sent"] / elapsed
+                return result
+            elapsed = await _with_servers(host, lambda h: _connections(h, 5002, amount), server_stack)
+            return {"connections_per_s": amount / elapsed}
+
+    return trio.run(main)
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--megabytes", type=int, default=200)
+    parser.add_argument("--connections", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="small sizes, 1 round (CI smoke)")
+    args = parser.parse_args()
+    megabytes, connections, rounds = (
+        (8, 100, 1) if args.quick else (args.megabytes, args.connections, args.rounds)
+    )
+    runs: dict[str, list[dict[str, float]]] = {}
+    for _ in range(rounds):
+        for ours in (True, False):
+            side = "ours" if ours else "kernel"
+            runs.setdefault(f"{side}_bulk", []).append(run_case(ours, "bulk", megabytes * 1_000_000))
+            runs.setdefault(f"{side}_connections", []).append(run_case(ours, "connections", connections))
+    cases = {name: {key: summary([r[key] for r in rs]) for key in rs[0]} for name, rs in runs.items()}
+    result: dict[str, Any] = {
+        "benchmark": "memory_wire",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cpus, Python {platform.python_version()}",
+        "megabytes": megabytes,
+        "connections": connections,
+        "rounds": rounds,
+        "cases": cases,
+        "ratio_bulk": cases["ours_bulk"]["mb_per_s"]["median"] / cases["kernel_bulk"]["mb_per_s"]["median"],
+        "ratio_connections": cases["ours_connections"]["connections_per_s"]["median"]
+        / cases["kernel_connections"]["connections_per_s"]["median"],
+    }
+    print(json.dumps(result, indent=2))
+    if not args.quick:
+        RESULTS.mkdir(exist_ok=True)
+        (RESULTS / "memory_wire.json").write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

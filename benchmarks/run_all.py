@@ -1,0 +1,223 @@
+"""Every benchmark in one run: ours and the peer side by side, a Markdown table and PNG plots.
+
+    python benchmarks/run_all.py            # full mode: minutes; writes benchmarks/RESULTS.md,
+                                            # benchmarks/results/*.json and benchmarks/results/*.png
+    python benchmarks/run_all.py --quick    # seconds per scenario: proves they all still run
+                                            # (CI); numbers are printed, not judged, not written
+
+Each scenario is its own script (run alone for details); each alternates ours and the peer for
+at least 3 rounds in full mode and reports medians, min-max and the ratio ours/peer:
+
+1. ``bench_asgi.py``: hypercorn + the example app under wrk, over the stack vs on kernel sockets
+2. ``bench_tap.py``: bulk TCP through a TAP (offloads on/off) vs kernel-to-kernel over veth
+3. ``bench_memory_wire.py``, ``bench_tcp.py``, ``bench_udp_input.py``: the stack alone in one
+   process vs the kernel's loopback
+4. ``bench_pytcp.py``: PyTCP, the pure-Python peer, on the same TAP-in-namespace set-up
+5. ``bench_memory.py``: memory per idle established connection vs the kernel's
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+
+SCENARIOS: list[tuple[str, list[str]]] = [
+    ("bench_asgi.py", []),
+    ("bench_tap.py", []),
+    ("bench_memory_wire.py", []),
+    ("bench_tcp.py", []),
+    ("bench_udp_input.py", []),
+    ("bench_pytcp.py", []),
+    ("bench_memory.py", []),
+]
+
+
+def run_scenario(script: str, extra: list[str], quick: bool) -> dict[str, Any]:
+    """Run one benchmark script; return the JSON document it printed first."""
+    command = [sys.executable, str(HERE / script), *extra, *(["--quick"] if quick else [])]
+    started = time.monotonic()
+    done = subprocess.run(command, capture_output=True, text=True, timeout=3600)
+    if done.returncode:
+        raise RuntimeError(
+            f"{script} failed ({done.returncode}):\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
+        )
+    start = done.stdout.index("{")
+    document, _ = json.JSONDecoder().raw_decode(done.stdout[start:])
+    document["_seconds"] = round(time.monotonic() - started, 1)
+    return document
+
+
+def _median(case: dict[str, Any], key: str) -> float:
+    return case[key]["median"]
+
+
+def rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, float]]:
+    """``(scenario, ours, peer, ratio)`` table rows from the scenarios' JSON."""
+    out: list[tuple[str, str, str, float]] = []
+    if "bench_asgi.py" in results:
+        asgi = results["bench_asgi.py"]["cases"]
+        for mode, label in (("keepalive", "keep-alive"), ("close", "Connection: close")):
+            ours, kernel = asgi[f"ours_{mode}"], asgi[f"kernel_{mode}"]
+            out.append((
+                f"ASGI hello world, wrk -t1 -c50, {label}: req/s (p99 ms, CPU us/req)",
+                f"{_median(ours, 'requests_per_s'):.0f} ({_median(ours, 'p99_ms'):.1f}, "
+                f"{_median(ours, 'cpu_us_per_request'):.0f})",
+                f"hypercorn on kernel sockets over veth: {_median(kernel, 'requests_per_s'):.0f} "
+                f"({_median(kernel, 'p99_ms'):.1f}, {_median(kernel, 'cpu_us_per_request'):.0f})",
+                _median(ours, "requests_per_s") / _median(kernel, "requests_per_s"),
+            ))  # fmt: skip
+    if "bench_tap.py" in results:
+        tap = results["bench_tap.py"]
+        veth = tap["cases"]["kernel_to_kernel_veth"]
+        iperf = tap.get("iperf3_veth_gbit_per_s")
+        peer = f"kernel -> kernel over veth: {_median(veth, 'gbit_per_s'):.2f}" + (
+            f" (iperf3 {iperf:.1f})" if iperf else ""
+        )
+        for name, label in (
+            ("kernel_to_stack_offloads_on", "kernel -> stack, offloads on"),
+            ("stack_to_kernel_offloads_on", "stack -> kernel, offloads on"),
+            ("kernel_to_stack_offloads_off", "kernel -> stack, offloads off"),
+            ("stack_to_kernel_offloads_off", "stack -> kernel, offloads off"),
+        ):
+            case = tap["cases"][name]
+            out.append((
+                f"bulk TCP through a TAP, {label}: Gbit/s (CPU s/GB)",
+                f"{_median(case, 'gbit_per_s'):.2f} ({_median(case, 'cpu_s_per_gb'):.2f})",
+                f"{peer} ({_median(veth, 'cpu_s_per_gb'):.2f})",
+                case["ratio_to_veth"],
+            ))  # fmt: skip
+    if "bench_memory_wire.py" in results:
+        mw = results["bench_memory_wire.py"]["cases"]
+        out.append((
+            "two stacks on a memory_wire, one bulk connection: MB/s (segments/s)",
+            f"{_median(mw['ours_bulk'], 'mb_per_s'):.0f} ({_median(mw['ours_bulk'], 'segments_per_s'):.0f})",
+            f"kernel loopback, same trio code: {_median(mw['kernel_bulk'], 'mb_per_s'):.0f}",
+            _median(mw["ours_bulk"], "mb_per_s") / _median(mw["kernel_bulk"], "mb_per_s"),
+        ))  # fmt: skip
+        out.append((
+            "two stacks on a memory_wire: connections/s (connect, 1 byte each way, close)",
+            f"{_median(mw['ours_connections'], 'connections_per_s'):.0f}",
+            f"kernel loopback: {_median(mw['kernel_connections'], 'connections_per_s'):.0f}",
+            _median(mw["ours_connections"], "connections_per_s")
+            / _median(mw["kernel_connections"], "connections_per_s"),
+        ))  # fmt: skip
+    if "bench_tcp.py" in results:
+        tcp = results["bench_tcp.py"]
+        out.append((
+            "TCP bulk, two sans-IO stacks in one process, MTU 1500 / 65535: Gbit/s",
+            f"{tcp['ours_mtu1500_gbit_per_s']:.2f} / {tcp['ours_mtu65535_gbit_per_s']:.2f}",
+            f"kernel loopback: {tcp['kernel_loopback_gbit_per_s']:.1f}",
+            tcp["ratio_mtu65535_to_kernel"],
+        ))  # fmt: skip
+    if "bench_udp_input.py" in results:
+        udp = results["bench_udp_input.py"]
+        ours_rate = udp["ours_datagrams_per_s"]["median"]
+        kernel_rate = udp["kernel_loopback_datagrams_per_s"]["median"]
+        out.append((
+            "UDP datagrams/s, ether_input to a socket queue",
+            f"{ours_rate:.0f}",
+            f"kernel UDP loopback from Python: {kernel_rate:.0f}",
+            ours_rate / kernel_rate,
+        ))  # fmt: skip
+    if "bench_pytcp.py" in results:
+        py = results["bench_pytcp.py"]
+        for key, label in (("ping_per_s", "ping flood: replies/s"), ("echo_mbit_per_s", "TCP echo: Mbit/s")):
+            out.append((
+                f"same TAP-in-namespace set-up, {label}",
+                f"{py['ours'][key]['median']:.1f}",
+                f"PyTCP {py.get('pytcp_version', '')}: {py['pytcp'][key]['median']:.1f}",
+                py["ours"][key]["median"] / py["pytcp"][key]["median"],
+            ))  # fmt: skip
+    if "bench_memory.py" in results:
+        mem = results["bench_memory.py"]
+        out.append((
+            f"bytes per idle established TCP endpoint ({mem['connections']} connections)",
+            f"{mem['ours']['bytes_per_endpoint']:.0f}",
+            f"kernel (slab + buffers + process): {mem['kernel']['bytes_per_endpoint']:.0f}",
+            mem["ratio"],
+        ))  # fmt: skip
+    return out
+
+
+def markdown(results: dict[str, dict[str, Any]], command: str) -> str:
+    lines = [
+        "# Benchmark results",
+        "",
+        f"- date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}",
+        f"- machine: {platform.machine()}, {os.cpu_count()} cpus, Linux {platform.release()}, "
+        f"Python {platform.python_version()}",
+        f"- command: `{command}`",
+        "- every row: ours and the peer measured alternately in the same run, medians of the rounds "
+        "(min-max in `benchmarks/results/*.json`); ratio = ours / peer, higher is better for us "
+        "except memory, where lower is better",
+        "",
+        "| scenario | ours | peer | ratio |",
+        "| --- | --- | --- | --- |",
+    ]
+    for scenario, ours, peer, ratio in rows(results):
+        lines.append(f"| {scenario} | {ours} | {peer} | {ratio:.2f} |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def plot(results: dict[str, dict[str, Any]]) -> list[Path]:
+    """One bar chart of every ratio (log scale), written next to the JSON files."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    table = rows(results)
+    figure, axes = plt.subplots(figsize=(10, 0.45 * len(table) + 1.5))
+    labels = [scenario.split(":")[0] for scenario, *_ in table]
+    ratios = [ratio for *_, ratio in table]
+    axes.barh(range(len(table)), ratios, color=["tab:green" if r >= 1 else "tab:orange" for r in ratios])
+    axes.axvline(1.0, color="black", linewidth=1)
+    axes.set_xscale("log")
+    axes.set_yticks(range(len(table)), labels, fontsize=8)
+    axes.invert_yaxis()
+    axes.set_xlabel("ours / peer (log scale; 1 = parity)")
+    axes.set_title("trio_yastack against its peers, same machine, same run")
+    figure.tight_layout()
+    path = RESULTS / "ratios.png"
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return [path]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="seconds per scenario; nothing written")
+    parser.add_argument("--only", action="append", help="run only these scripts (repeatable)")
+    args = parser.parse_args()
+    results: dict[str, dict[str, Any]] = {}
+    for script, extra in SCENARIOS:
+        if args.only and script not in args.only:
+            continue
+        print(f"# {script}{' --quick' if args.quick else ''} ...", flush=True)
+        results[script] = run_scenario(script, extra, args.quick)
+        print(f"#   done in {results[script]['_seconds']} s", flush=True)
+    command = "python benchmarks/run_all.py" + (" --quick" if args.quick else "")
+    table = markdown(results, command)
+    print(table)
+    if not args.quick:
+        (HERE / "RESULTS.md").write_text(table)
+        for path in plot(results):
+            print(f"# plot: {path}")
+
+
+if __name__ == "__main__":
+    main()
