@@ -58,9 +58,20 @@ class PollLoop:
         self._logged_errors = 0
 
     def kick(self) -> None:
-        """Frames or timers were added from outside a turn (an application call): wake the loop."""
-        if self._idle_scope is not None:
-            self._idle_scope.cancel()
+        """An application call may have queued frames or output, made sockets ready, or set a
+        timer: wake the sleeping loop if there is work for it, or only bring its wake-up time
+        forward for an earlier timer.  A call that changed nothing (a read that opened no
+        window worth announcing) costs the loop no turn, and so no system call."""
+        scope = self._idle_scope
+        if scope is None:
+            return  # not asleep: the next turn sees everything
+        core = self.core
+        if core.outbox or core.output_pending or core.ready:
+            scope.cancel()
+            return
+        deadline = core.next_deadline()
+        if deadline is not None and deadline < scope.deadline:
+            scope.deadline = deadline
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         core, port, queue, burst, stats = self.core, self.port, self.queue, self.burst, self.stats
