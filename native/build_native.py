@@ -26,12 +26,29 @@ ffibuilder.cdef(
     #define YAS_GSO_BAD_FRAME -1
     #define YAS_GSO_NO_ROOM -2
     int yas_tcp4_segment(const char *frame, size_t len, size_t mss, char *out, size_t out_len);
+    uint32_t yas_toeplitz(const char *key, size_t keylen, const char *data, size_t len);
+    #define YAS_RING_HEADER 192
+    #define YAS_RING_MIN_CAPACITY 4096
+    #define YAS_RING_MAX_PAYLOAD 65599
+    #define YAS_RING_BAD_ARGS -1
+    #define YAS_RING_NOT_A_RING -2
+    #define YAS_RING_TOO_LARGE -3
+    #define YAS_RING_CORRUPT -4
+    int yas_ring_init(char *mem, size_t memlen, uint64_t capacity);
+    int yas_ring_enqueue(char *mem, size_t memlen, const char *frame, size_t len, uint32_t flags);
+    int yas_ring_enqueue_burst(char *mem, size_t memlen, const char *frames, size_t frameslen,
+                               const uint32_t *lens, int n, uint32_t flags);
+    int yas_ring_dequeue_burst(char *mem, size_t memlen, char *out, size_t outlen, uint32_t *lens,
+                               uint32_t *flags, int max);
+    int yas_ring_prepare_sleep(char *mem, size_t memlen);
+    int yas_ring_woke(char *mem, size_t memlen);
+    int yas_ring_doorbell_due(char *mem, size_t memlen, uint64_t *last_rung);
     """
 )
 ffibuilder.set_source(
     "trio_yastack._native_cffi",
-    '#include "checksum.h"\n#include "gso.h"',
-    sources=[_source("checksum.c"), _source("gso.c")],
+    '#include "checksum.h"\n#include "gso.h"\n#include "rss.h"\n#include "ring.h"',
+    sources=[_source("checksum.c"), _source("gso.c"), _source("rss.c"), _source("ring.c")],
     include_dirs=[str(HERE)],
     extra_compile_args=["-O3", "-std=c11"],
 )

@@ -684,7 +684,7 @@ BAD = {
     "missing-file": (["nonexistent.py:app"], "no file nonexistent.py"),
     "missing-module": (["no_such_module_xyz:app"], "cannot import 'no_such_module_xyz'"),
     "missing-attribute": (["examples/hello.py:nothing"], "has no attribute 'nothing'"),
-    "cores-2": (["examples/hello.py:app", "--cores", "2"], "not in this release"),
+    "cores-0": (["examples/hello.py:app", "--cores", "0"], "at least 1"),
     "certfile-alone": (["examples/hello.py:app", "--certfile", "cert.pem"], "--certfile and --keyfile"),
     "keyfile-alone": (["examples/hello.py:app", "--keyfile", "key.pem"], "--certfile and --keyfile"),
 }
@@ -711,7 +711,7 @@ def run_bad(netns: NetworkNamespace, args: list[str]) -> subprocess.CompletedPro
 
 @pytest.mark.parametrize(("args", "message"), BAD.values(), ids=BAD.keys())
 def test_bad_invocation_is_a_clear_error(netns: NetworkNamespace, args: list[str], message: str) -> None:
-    """An app that cannot be found, ``--cores 2`` and half a TLS configuration exit 1 with one
+    """An app that cannot be found, ``--cores 0`` and half a TLS configuration exit 1 with one
     ``yastack serve: ...`` line naming the problem, no traceback, before any NIC is opened."""
     result = run_bad(netns, args)
     assert result.returncode == 1, result

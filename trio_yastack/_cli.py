@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import os
 import signal
 import sys
@@ -70,8 +71,8 @@ def _serve(args: argparse.Namespace) -> int:
     from trio_yastack.l7 import serve_asgi
     from trio_yastack.l7.asgi import Config
 
-    if args.cores != 1:
-        raise SystemExit("yastack serve: --cores N > 1 needs the per-core runtimes, not in this release")
+    if args.cores < 1:
+        raise SystemExit("yastack serve: --cores must be at least 1")
     app = _load_app(args.app)
     config = Config()
     config.bind = args.bind or ["0.0.0.0:8000"]
@@ -87,27 +88,53 @@ def _serve(args: argparse.Namespace) -> int:
     if bool(args.certfile) != bool(args.keyfile):
         raise SystemExit("yastack serve: --certfile and --keyfile go together")
     _check_serve_options(args, config)
+    worker_mode = args.cores > 1
 
-    async def main() -> None:
-        async with open_stack(args.nic, ip=args.ip, gateway=args.gateway) as stack:
-            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    async def main(nic: Any, layout: Any = None) -> dict[str, Any]:
+        # A worker of several leaves SIGINT to the launcher, which sends it SIGTERM.
+        signals_wanted = (signal.SIGTERM,) if worker_mode else (signal.SIGINT, signal.SIGTERM)
+        async with open_stack(nic, ip=args.ip, gateway=args.gateway, layout=layout) as stack:
+            with trio.open_signal_receiver(*signals_wanted) as signals:
 
                 async def shutdown_trigger() -> None:
                     async for signum in signals:
-                        print(f"# {signal.Signals(signum).name}: shutting down gracefully", flush=True)
+                        where = f"core {layout.core_id}: " if layout is not None else ""
+                        print(f"# {where}{signal.Signals(signum).name}: shutting down gracefully", flush=True)
                         return
 
                 async with trio.open_nursery() as nursery:
                     urls = await nursery.start(
                         partial(serve_asgi, app, config, stack=stack, shutdown_trigger=shutdown_trigger)
                     )
-                    print(f"# serving {args.app} over the user-space stack on {args.nic} ({stack.address})")
-                    for url in urls:
-                        flag = " -k" if url.startswith("https") else ""
-                        print(f"# try: curl{flag} {url}/json", flush=True)
+                    if layout is None or layout.core_id == 0:
+                        where = f"{args.cores} cores, " if worker_mode else ""
+                        nic_name = f"{args.nic} ({where}{stack.address})"
+                        print(f"# serving {args.app} over the user-space stack on {nic_name}")
+                        for url in urls:
+                            flag = " -k" if url.startswith("https") else ""
+                            print(f"# try: curl{flag} {url}/json", flush=True)
+            tcp = stack.statistics().tcp.counters
+            return {
+                "core": 0 if layout is None else layout.core_id,
+                "accepted": tcp["connections_accepted"],
+                "active_opens": tcp["active_opens"],
+                "resets_sent": tcp["resets_sent"],
+                "dispatch": layout.stats.snapshot() if layout is not None else {},
+            }
 
     try:
-        trio.run(main)
+        if not worker_mode:
+            trio.run(main, args.nic)
+            return 0
+        from trio_yastack._open_stack import open_multicore_port
+        from trio_yastack.dispatch._launcher import WorkerFailed, launch
+
+        port = open_multicore_port(args.nic, args.cores)
+        try:
+            summaries = launch(lambda layout: trio.run(main, port, layout), port=port, cores=args.cores)
+        except WorkerFailed as exc:
+            raise SystemExit(f"yastack serve: {exc}") from None
+        print("# per core: " + json.dumps(summaries), flush=True)
     except OSError as exc:  # the NIC could not be opened (the message says what to do)
         raise SystemExit(f"yastack serve: {exc.strerror or exc}") from None
     return 0
@@ -185,7 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--graceful-timeout", type=float, default=5.0, help="seconds requests get after SIGINT/SIGTERM"
     )
     serve.add_argument("--backlog", type=int, default=128)
-    serve.add_argument("--cores", type=int, default=1, help="runtimes, one process each (1 for now)")
+    serve.add_argument(
+        "--cores", type=int, default=1, help="runtimes, one process per core (a TAP gets a queue each)"
+    )
     serve.set_defaults(handler=_serve)
     return parser
 

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Interface
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -26,6 +26,9 @@ from trio_yastack.socket_api._socket import (
 )
 from trio_yastack.stack import InterfaceConfig, StackConfig, StackCore, StackStatistics, UdpPcb
 from trio_yastack.stack.wire import MacAddress
+
+if TYPE_CHECKING:
+    from trio_yastack.dispatch._percore import CoreLayout
 
 __all__ = ["Stack", "open_port", "open_stack", "run"]
 
@@ -172,6 +175,7 @@ async def open_stack(
     hosts: dict[str, str] | None = None,
     kernel_fallback: bool = False,
     offloads: bool = True,
+    layout: CoreLayout | None = None,
     **config_overrides: Any,
 ) -> AsyncIterator[Stack]:
     """Run the stack on ``nic`` for the duration of the ``async with`` block.
@@ -187,6 +191,9 @@ async def open_stack(
     and becomes every task's default stack; ``use_stack`` picks another.  Both are removed when
     the last stack of the run closes.
 
+    ``layout`` (from the per-core launcher) makes this stack one core of several: which port
+    queues it uses, its rings to the other cores, and the flows it owns.
+
     ``offloads`` lets the stack use the port's transmit checksum offload and TSO (a
     ``tap:`` port's virtio-net header); received frames the port vouches for are never
     re-verified either way.  A port opened from a spec string is closed at the end.
@@ -195,7 +202,7 @@ async def open_stack(
     try:
         async with _open_stack_on(
             port, ip, prefix_len, gateway, mac, mtu, burst, seed, config, hosts, kernel_fallback,
-            offloads, config_overrides,
+            offloads, layout, config_overrides,
         ) as stack:  # fmt: skip
             yield stack
     finally:
@@ -217,6 +224,7 @@ async def _open_stack_on(
     hosts: dict[str, str] | None,
     kernel_fallback: bool,
     offloads: bool,
+    layout: CoreLayout | None,
     config_overrides: dict[str, Any],
 ) -> AsyncIterator[Stack]:
     caps = port.capabilities
@@ -244,7 +252,7 @@ async def _open_stack_on(
     if config_overrides:
         config = replace(config, **config_overrides)
     core = StackCore(config, rng=random.Random(seed) if seed is not None else None)
-    loop = PollLoop(core, port, burst=burst)
+    loop = PollLoop(core, port, burst=burst, layout=layout)
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(loop.run)
@@ -269,13 +277,42 @@ def run(
     nic: Port | str,
     ip: str | IPv4Address | IPv4Interface,
     clock: trio.abc.Clock | None = None,
+    cores: int = 1,
     **stack_options: Any,
 ) -> Any:
     """Like ``trio.run(main, *args)``, with ``main`` running inside ``open_stack(nic, ip=ip, ...)``:
-    every trio socket it opens is on the user-space stack."""
+    every trio socket it opens is on the user-space stack.
 
-    async def inside_stack() -> Any:
-        async with open_stack(nic, ip=ip, **stack_options):
+    ``cores=N`` runs one process per core, each with its own trio run and stack, ``main`` in
+    every one of them (share nothing: a listener on each core accepts the flows that hash to it;
+    an outgoing connection is made where its replies will arrive); returns the list of their
+    return values by core.  ``tap:NAME`` becomes a multi-queue TAP with a queue per core; a
+    port object with fewer queues than cores is read by core 0 for all (software RSS).
+    """
+
+    async def inside_stack(layout: CoreLayout | None = None) -> Any:
+        async with open_stack(nic if layout is None else port, ip=ip, layout=layout, **stack_options):
             return await main(*args)
 
-    return trio.run(inside_stack, clock=clock)
+    if cores == 1:
+        return trio.run(inside_stack, clock=clock)
+    if cores < 1:
+        raise ValueError("cores must be at least 1")
+    from trio_yastack.dispatch._launcher import launch
+
+    port = open_multicore_port(nic, cores)
+    return launch(lambda layout: trio.run(inside_stack, layout, clock=clock), port=port, cores=cores)
+
+
+def open_multicore_port(nic: Port | str, cores: int) -> Port:
+    """The port for ``cores`` workers: a ``tap:`` spec gets a queue per core (``queues=1`` in
+    the spec asks for software RSS instead); a Port object is used as it is."""
+    if isinstance(nic, str) and nic.startswith("tap:"):
+        from dataclasses import replace as _replace
+
+        from trio_yastack.nic.tap import TapPort, parse_tap_spec
+
+        options = parse_tap_spec(nic)
+        queues = options.queues if ",queues=" in nic else cores
+        return TapPort(_replace(options, queues=queues, multi_queue=True))
+    return open_port(nic)

@@ -1,8 +1,16 @@
-"""Per-core runtimes: the poll loop that runs one stack instance on one port queue.
+"""Per-core runtimes: the poll loop, software RSS, the rings between cores, the launcher.
 
-Software RSS (Toeplitz hash, redirection table) and the rings between cores arrive with the
-per-core work; the poll loop is already shaped for them (one queue per runtime).
+One trio runtime and one stack per core (one process per core: the GIL allows no more).  A
+frame's flow is assigned to a core by the Toeplitz hash of its 4-tuple and a redirection table
+(:func:`toeplitz_hash`, :class:`Reta`); frames that arrive on the wrong core travel to their
+owner through single-producer/single-consumer rings in shared memory (:class:`SpscRing`).
 """
 
+from ._ring import RingStatistics as RingStatistics
+from ._ring import SpscRing as SpscRing
+from ._rss import DEFAULT_RSS_KEY as DEFAULT_RSS_KEY
+from ._rss import Reta as Reta
+from ._rss import flow_core as flow_core
+from ._rss import toeplitz_hash as toeplitz_hash
 from ._runtime import PollLoop as PollLoop
 from ._runtime import RuntimeStatistics as RuntimeStatistics

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from trio_yastack.nic import Port
-from trio_yastack.stack import StackCore
+from trio_yastack.stack import ChecksumVerified, StackCore
+
+if TYPE_CHECKING:
+    from ._percore import CoreLayout
 
 __all__ = ["PollLoop", "RuntimeStatistics"]
 
@@ -48,10 +51,23 @@ class RuntimeStatistics:
 class PollLoop:
     """Runs ``core`` on ``port`` queue ``queue`` inside the current trio run."""
 
-    def __init__(self, core: StackCore, port: Port, *, queue: int = 0, burst: int | None = None) -> None:
+    def __init__(
+        self,
+        core: StackCore,
+        port: Port,
+        *,
+        queue: int = 0,
+        burst: int | None = None,
+        layout: CoreLayout | None = None,
+    ) -> None:
         self.core = core
         self.port = port
-        self.queue = queue
+        self.layout = layout
+        #: the queue this loop reads (None: only the rings of other cores) and the one it writes
+        self.queue: int | None = queue if layout is None else layout.rx_queue
+        self.tx_queue = queue if layout is None else layout.tx_queue
+        if layout is not None:
+            layout.install(core)
         self.burst = burst or port.capabilities.max_burst
         self.stats = RuntimeStatistics()
         self._idle_scope: trio.CancelScope | None = None
@@ -80,9 +96,12 @@ class PollLoop:
         core.start(trio.current_time())
         self.flush()
         task_status.started()
+        layout = self.layout
         while True:
-            frames = port.rx_burst(queue, burst)
+            frames = port.rx_burst(queue, burst) if queue is not None else []
             now = trio.current_time()
+            if layout is not None:
+                frames = self._dispatch(frames, now)
             if frames:
                 stats.bursts += 1
                 stats.frames_in += len(frames)
@@ -113,8 +132,83 @@ class PollLoop:
             stats.idle_waits += 1
             with trio.CancelScope(deadline=math.inf if deadline is None else deadline) as scope:
                 self._idle_scope = scope
-                await port.wait_rx(queue)
+                if layout is None:
+                    await port.wait_rx(queue)  # type: ignore[arg-type]
+                else:
+                    await self._wait_port_or_rings(layout)
             self._idle_scope = None
+
+    def _dispatch(self, frames: list[bytes], now: float) -> list[bytes]:
+        """Sort a burst by flow owner: ours are returned with what the other cores' rings
+        brought; the rest go to their owners' rings; ARP is ours and a copy for every core."""
+        from ._percore import ALL_CORES, COPY_FLAG, VERIFIED_FLAG, flow_owner  # only with several cores
+
+        layout = self.layout
+        assert layout is not None
+        stats = layout.stats
+        mine: list[bytes] = []
+        if frames:
+            me = layout.core_id
+            key, entries, mask = layout.key, layout.reta.entries, layout.reta.size - 1  # a copy per burst
+            outgoing: dict[int, list[bytes]] = {}
+            for frame in frames:
+                owner = flow_owner(frame, key, entries, mask)
+                if owner == me:
+                    mine.append(frame)
+                elif owner == ALL_CORES:
+                    mine.append(frame)
+                    for ring in layout.rings_out.values():
+                        stats.copied += 1
+                        if not ring.enqueue(frame, COPY_FLAG):
+                            stats.ring_drops += 1
+                else:
+                    outgoing.setdefault(owner, []).append(frame)
+            stats.local += len(mine)
+            for owner, batch in outgoing.items():
+                if layout.software_rss:
+                    stats.dispatched += len(batch)
+                else:
+                    stats.redirected += len(batch)
+                ring = layout.rings_out[owner]
+                for frame in batch:  # the port's checksum mark travels as a flag
+                    if not ring.enqueue(frame, VERIFIED_FLAG if frame.__class__ is ChecksumVerified else 0):
+                        stats.ring_drops += 1
+                ring.ring_doorbell_if_sleeping()
+        burst = self.burst
+        for ring in layout.rings_in:
+            for frame, flags in ring.dequeue_burst(burst):
+                stats.from_rings += 1
+                if flags & COPY_FLAG:
+                    try:
+                        self.core.learn_from_copy(frame, now)
+                    except Exception:
+                        self._internal_error("learn_from_copy")
+                else:
+                    mine.append(ChecksumVerified(frame) if flags & VERIFIED_FLAG else frame)
+        return mine
+
+    async def _wait_port_or_rings(self, layout: CoreLayout) -> None:
+        """Sleep until the port queue or a ring from another core has frames (each ring's
+        doorbell is rung only while its consumer says it sleeps)."""
+        if not all(ring.prepare_sleep() for ring in layout.rings_in):
+            for ring in layout.rings_in:
+                ring.woke()
+            await trio.lowlevel.checkpoint()
+            return
+        try:
+            async with trio.open_nursery() as nursery:
+
+                async def first(wait: Any, *args: Any) -> None:
+                    await wait(*args)
+                    nursery.cancel_scope.cancel()
+
+                if self.queue is not None:
+                    nursery.start_soon(first, self.port.wait_rx, self.queue)
+                for ring in layout.rings_in:
+                    nursery.start_soon(first, trio.lowlevel.wait_readable, ring.doorbell_fd)
+        finally:
+            for ring in layout.rings_in:
+                ring.woke()
 
     def wake_ready(self) -> None:
         """Wake, once each, the tasks waiting on objects that changed in this turn."""
@@ -135,7 +229,7 @@ class PollLoop:
         if not core.outbox:
             return
         frames = core.take_outbox()
-        accepted = self.port.tx_burst(self.queue, frames)
+        accepted = self.port.tx_burst(self.tx_queue, frames)
         self.stats.frames_out += accepted
         if accepted < len(frames):
             self.stats.tx_refused += len(frames) - accepted

@@ -102,6 +102,7 @@ class TapOptions:
 
     name: str = "yas0"
     queues: int = 1
+    multi_queue: bool = False  # IFF_MULTI_QUEUE even with one queue here (implied by queues > 1)
     offloads: bool = True
     mtu: int = 1500
     mac: str | None = None
@@ -211,7 +212,7 @@ class TapPort(Port):
         flags = IFF_TAP | IFF_NO_PI
         if self.vnet:
             flags |= IFF_VNET_HDR
-        if options.queues > 1:
+        if options.queues > 1 or options.multi_queue:
             flags |= IFF_MULTI_QUEUE
         for _ in range(options.queues):
             try:
@@ -246,7 +247,7 @@ class TapPort(Port):
                     "(run as root or grant the capability: setcap cap_net_admin+ep on the interpreter); "
                     "without it, ask an administrator for a persistent TAP you own: "
                     f"ip tuntap add dev {name.decode()} mode tap user $USER"
-                    f"{' multi_queue' if options.queues > 1 else ''}"
+                    f"{' multi_queue' if options.queues > 1 or options.multi_queue else ''}"
                     f"{' vnet_hdr' if self.vnet else ''}",
                 ) from None
             except OSError as exc:
@@ -443,11 +444,21 @@ class TapPort(Port):
                 setattr(total, field, getattr(total, field) + getattr(counters, field))
         return total.snapshot()
 
+    def keep_only_queue(self, queue: int) -> None:
+        """Close every queue's descriptor but ``queue``'s (a worker process of a multi-queue
+        device keeps its own, so a queue lives exactly as long as the core that reads it)."""
+        for index, fd in enumerate(self._fds):
+            if index != queue and fd >= 0:
+                os.close(fd)
+                self._fds[index] = -1
+
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
         for fd in self._fds:
+            if fd < 0:
+                continue
             # (outside a trio run nobody can be waiting on it)
             with contextlib.suppress(RuntimeError):
                 trio.lowlevel.notify_closing(fd)

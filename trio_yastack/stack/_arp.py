@@ -47,8 +47,13 @@ class ArpLayer:
         self.refreshing: set[int] = set()
 
     # -- input -------------------------------------------------------------------------------
-    def arp_input(self, frame: bytes, offset: int, now: float) -> None:
-        """An ARP packet arrived (RFC 826 "packet reception", FreeBSD ``in_arpinput``)."""
+    def arp_input(self, frame: bytes, offset: int, now: float, *, answer: bool = True) -> None:
+        """An ARP packet arrived (RFC 826 "packet reception", FreeBSD ``in_arpinput``).
+
+        ``answer=False`` learns from it without replying: the copy another core's dispatcher
+        hands every core, so each core's cache learns every binding while only the core that
+        received the request answers it.
+        """
         stats = self.stats
         stats.received += 1
         try:
@@ -74,7 +79,7 @@ class ArpLayer:
         # Merge: update a binding we already have; learn a new one only when we are the target.
         if spa and (spa in self.cache or spa in self.pending or for_us):
             self._learn(spa, sha, now)
-        if oper == ARP_REQUEST and for_us:
+        if oper == ARP_REQUEST and for_us and answer:
             self._send(ARP_REPLY, sha, core.ip, sha, spa)
             stats.replies_sent += 1
 

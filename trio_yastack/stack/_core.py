@@ -129,6 +129,12 @@ class StackCore:
         else:
             stats.drop("unknown_ethertype" if ethertype >= 0x0600 else "not_ethernet_ii")
 
+    def learn_from_copy(self, frame: bytes, now: float) -> None:
+        """A copy of a frame another core received (ARP, which every core must learn from):
+        update the ARP cache, answer nothing."""
+        if len(frame) >= ETHER_HEADER_LEN + 28 and frame[12:14] == b"\x08\x06":
+            self.arp.arp_input(frame, ETHER_HEADER_LEN, now, answer=False)
+
     def begin_burst(self) -> None:
         """Frames of one ``rx_burst`` follow: let transports send once, at :meth:`end_burst`."""
         self.in_burst = True

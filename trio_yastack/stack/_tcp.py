@@ -127,6 +127,7 @@ class TcpLayer:
         "core",
         "isn_source",
         "listeners",
+        "port_filter",
         "port_selector",
         "port_use",
         "stats",
@@ -149,6 +150,9 @@ class TcpLayer:
         #: chooses the local port of an active open: ``(remote_ip, remote_port) -> port``; the
         #: per-core runtime replaces it with an RSS-aware one
         self.port_selector: Callable[[int, int], int] = self._ephemeral_port
+        #: which ephemeral ports this core may use for (port, remote_ip, remote_port): with
+        #: several cores, only those whose reply hashes to this core (set by the runtime)
+        self.port_filter: Callable[[int, int, int], bool] | None = None
         #: chooses ISNs: ``(local_port, remote_ip, remote_port, now) -> 32-bit ISN``; RFC 6528's
         #: generator by default, replaceable (tests pin ISNs just below 2**32 this way)
         self.isn_source: Callable[[int, int, int, float], int] = self.initial_sequence_number
@@ -188,12 +192,14 @@ class TcpLayer:
         span = last - first + 1
         start = self.core.rng.randrange(span)
         connections = self.connections
+        port_filter = self.port_filter
         for step in range(span):
             port = first + (start + step) % span
             if (
                 port not in self.listeners
                 and port not in self.bound_ports
                 and (port, remote_ip, remote_port) not in connections
+                and (port_filter is None or port_filter(port, remote_ip, remote_port))
             ):
                 return port
         raise OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address (no free ephemeral port)")
