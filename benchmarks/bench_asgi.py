@@ -7,7 +7,9 @@ hypercorn, the same single-process trio worker, the same load generator (``wrk -
 - the peer: ``hypercorn --worker-class trio`` on kernel sockets, in one namespace joined by a
   veth pair to another where wrk runs.
 
-Keep-alive and ``Connection: close`` are both measured; rounds alternate ours and the peer.
+Keep-alive and ``Connection: close`` are both measured, on one core and on two (ours: ``--cores
+2``, a multi-queue TAP and one process per core; the peer: ``hypercorn --workers 2``); rounds
+alternate ours and the peer.
 Reported: requests/s, p50/p99 latency (wrk --latency), and the server's CPU time per request
 (from ``/proc/PID/stat``), as medians with min-max and the ratio ours/peer.
 
@@ -88,10 +90,11 @@ def run_wrk(namespace: NetworkNamespace, url: str, seconds: int, close: bool) ->
     }
 
 
-def run_ours(seconds: int, close: bool) -> dict[str, float]:
+def run_ours(seconds: int, close: bool, cores: int = 1) -> dict[str, float]:
     with NetworkNamespace("yasb") as namespace:
         server = namespace.popen(
-            [sys.executable, "-m", "trio_yastack", "serve", APP, "--nic", "tap:yas0", "--bind", "8000"],
+            [sys.executable, "-m", "trio_yastack", "serve", APP, "--nic", "tap:yas0", "--bind", "8000",
+             "--cores", str(cores)],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
         )  # fmt: skip
         wait_for_line(server, "# try:")
@@ -102,7 +105,7 @@ def run_ours(seconds: int, close: bool) -> dict[str, float]:
         return result
 
 
-def run_kernel(seconds: int, close: bool) -> dict[str, float]:
+def run_kernel(seconds: int, close: bool, cores: int = 1) -> dict[str, float]:
     with NetworkNamespace("yasb") as client, NetworkNamespace("yasb") as serving:
         client.run(["ip", "link", "add", "veth0", "type", "veth", "peer", "name", "veth1",
                     "netns", serving.name], check=True)  # fmt: skip
@@ -112,7 +115,7 @@ def run_kernel(seconds: int, close: bool) -> dict[str, float]:
         serving.run(["ip", "link", "set", "veth1", "up"], check=True)
         hypercorn = shutil.which("hypercorn", path=str(Path(sys.executable).parent)) or "hypercorn"
         server = serving.popen(
-            [hypercorn, "--worker-class", "trio", "--bind", "198.18.0.2:8000", APP],
+            [hypercorn, "--worker-class", "trio", "--workers", str(cores), "--bind", "198.18.0.2:8000", APP],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
         )  # fmt: skip
         wait_for_line(server, "Running on")
@@ -135,17 +138,21 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="2-second runs, 1 round (CI smoke)")
+    parser.add_argument("--one-core", action="store_true", help="skip the 2-core cases")
     args = parser.parse_args()
     reason = netns_unavailable_reason()
     if reason or not shutil.which("wrk"):
         sys.exit(f"bench_asgi: needs network namespaces and wrk: {reason or 'wrk is missing'}")
     seconds, rounds = (2, 1) if args.quick else (args.seconds, args.rounds)
     cases: dict[str, list[dict[str, float]]] = {}
+    core_counts = (1, 2) if (os.cpu_count() or 1) >= 2 and not args.one_core else (1,)
     for _ in range(rounds):
-        for close in (False, True):
-            mode = "close" if close else "keepalive"
-            cases.setdefault(f"ours_{mode}", []).append(run_ours(seconds, close))
-            cases.setdefault(f"kernel_{mode}", []).append(run_kernel(seconds, close))
+        for cores in core_counts:
+            suffix = "" if cores == 1 else f"_{cores}cores"
+            for close in (False, True):
+                mode = ("close" if close else "keepalive") + suffix
+                cases.setdefault(f"ours_{mode}", []).append(run_ours(seconds, close, cores))
+                cases.setdefault(f"kernel_{mode}", []).append(run_kernel(seconds, close, cores))
     result: dict[str, Any] = {
         "benchmark": "asgi",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -154,10 +161,15 @@ def main() -> None:
         "rounds": rounds,
         "cases": {name: {key: summary(runs, key) for key in runs[0]} for name, runs in cases.items()},
     }
-    for mode in ("keepalive", "close"):
-        ours = result["cases"][f"ours_{mode}"]["requests_per_s"]["median"]
-        kernel = result["cases"][f"kernel_{mode}"]["requests_per_s"]["median"]
-        result[f"ratio_{mode}"] = ours / kernel
+    for name in result["cases"]:
+        if name.startswith("ours_"):
+            mode = name.removeprefix("ours_")
+            ours = result["cases"][name]["requests_per_s"]["median"]
+            kernel = result["cases"][f"kernel_{mode}"]["requests_per_s"]["median"]
+            result[f"ratio_{mode}"] = ours / kernel
+            if mode.endswith("_2cores"):
+                one = result["cases"][f"ours_{mode.removesuffix('_2cores')}"]["requests_per_s"]["median"]
+                result[f"scaling_{mode}"] = ours / one  # 2 cores against 1, ours
     print(json.dumps(result, indent=2))
     print(f"\n{'case':18} {'req/s (median, min-max)':>28} {'p50 ms':>8} {'p99 ms':>8} {'CPU us/req':>11}")
     for name, case in result["cases"].items():
@@ -165,7 +177,9 @@ def main() -> None:
         print(f"{name:18} {r['median']:10.0f} ({r['min']:.0f}-{r['max']:.0f}) {'':4}"
               f"{case['p50_ms']['median']:8.2f} {case['p99_ms']['median']:8.2f} "
               f"{case['cpu_us_per_request']['median']:11.0f}")  # fmt: skip
-    print(f"ratio ours/kernel: keep-alive {result['ratio_keepalive']:.2f}, close {result['ratio_close']:.2f}")
+    for key, value in result.items():
+        if key.startswith(("ratio_", "scaling_")):
+            print(f"{key}: {value:.2f}")
     if not args.quick:
         RESULTS.mkdir(exist_ok=True)
         (RESULTS / "asgi.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -67,13 +67,20 @@ def rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, float]
     out: list[tuple[str, str, str, float]] = []
     if "bench_asgi.py" in results:
         asgi = results["bench_asgi.py"]["cases"]
-        for mode, label in (("keepalive", "keep-alive"), ("close", "Connection: close")):
+        for mode, label in (
+            ("keepalive", "keep-alive"),
+            ("close", "Connection: close"),
+            ("keepalive_2cores", "keep-alive, 2 cores"),
+            ("close_2cores", "Connection: close, 2 cores"),
+        ):
+            if f"ours_{mode}" not in asgi:
+                continue
             ours, kernel = asgi[f"ours_{mode}"], asgi[f"kernel_{mode}"]
             out.append((
                 f"ASGI hello world, wrk -t1 -c50, {label}: req/s (p99 ms, CPU us/req)",
                 f"{_median(ours, 'requests_per_s'):.0f} ({_median(ours, 'p99_ms'):.1f}, "
                 f"{_median(ours, 'cpu_us_per_request'):.0f})",
-                f"hypercorn on kernel sockets over veth: {_median(kernel, 'requests_per_s'):.0f} "
+                f"hypercorn (same workers) on kernel sockets over veth: {_median(kernel, 'requests_per_s'):.0f} "
                 f"({_median(kernel, 'p99_ms'):.1f}, {_median(kernel, 'cpu_us_per_request'):.0f})",
                 _median(ours, "requests_per_s") / _median(kernel, "requests_per_s"),
             ))  # fmt: skip

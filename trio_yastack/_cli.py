@@ -15,6 +15,7 @@ from typing import Any
 import trio
 
 from trio_yastack._open_stack import open_stack
+from trio_yastack.stack import StackStatistics
 
 __all__ = ["main"]
 
@@ -113,13 +114,15 @@ def _serve(args: argparse.Namespace) -> int:
                         for url in urls:
                             flag = " -k" if url.startswith("https") else ""
                             print(f"# try: curl{flag} {url}/json", flush=True)
-            tcp = stack.statistics().tcp.counters
+            statistics = stack.statistics()
+            tcp = statistics.tcp.counters
             return {
                 "core": 0 if layout is None else layout.core_id,
                 "accepted": tcp["connections_accepted"],
                 "active_opens": tcp["active_opens"],
                 "resets_sent": tcp["resets_sent"],
                 "dispatch": layout.stats.snapshot() if layout is not None else {},
+                "statistics": statistics.as_dict(),  # plain data: it crosses a process boundary
             }
 
     try:
@@ -134,7 +137,11 @@ def _serve(args: argparse.Namespace) -> int:
             summaries = launch(lambda layout: trio.run(main, port, layout), port=port, cores=args.cores)
         except WorkerFailed as exc:
             raise SystemExit(f"yastack serve: {exc}") from None
+        merged = StackStatistics.merged(
+            [StackStatistics.from_dict(summary.pop("statistics")) for summary in summaries]
+        )
         print("# per core: " + json.dumps(summaries), flush=True)
+        print("# all cores, tcp: " + json.dumps(dict(merged.tcp.counters)), flush=True)
     except OSError as exc:  # the NIC could not be opened (the message says what to do)
         raise SystemExit(f"yastack serve: {exc.strerror or exc}") from None
     return 0

@@ -178,3 +178,43 @@ class StackStatistics:
         return "\n".join(
             layer.format() for layer in (self.ether, self.arp, self.ip, self.icmp, self.udp, self.tcp)
         )
+
+    def as_dict(self) -> dict[str, dict[str, dict[str, int]]]:
+        """Plain dictionaries (JSON, pickling between processes)."""
+        return {
+            layer.layer: {"counters": dict(layer.counters), "dropped": dict(layer.dropped)}
+            for layer in (self.ether, self.arp, self.ip, self.icmp, self.udp, self.tcp)
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, dict[str, dict[str, int]]]) -> StackStatistics:
+        """The inverse of :meth:`as_dict`."""
+        return cls(
+            *(
+                LayerStatistics(
+                    name,
+                    MappingProxyType(dict(data[name]["counters"])),
+                    MappingProxyType(dict(data[name]["dropped"])),
+                )
+                for name in ("ether", "arp", "ip", "icmp", "udp", "tcp")
+            )
+        )
+
+    @classmethod
+    def merged(cls, per_core: list[StackStatistics]) -> StackStatistics:
+        """The sum of several cores' statistics: the whole server's counters."""
+        if not per_core:
+            raise ValueError("no statistics to merge")
+        layers = []
+        for name in ("ether", "arp", "ip", "icmp", "udp", "tcp"):
+            counters: dict[str, int] = {}
+            dropped: dict[str, int] = {}
+            for stats in per_core:
+                layer = getattr(stats, name)
+                for key, value in layer.counters.items():
+                    counters[key] = counters.get(key, 0) + value
+                for key, value in layer.dropped.items():
+                    dropped[key] = dropped.get(key, 0) + value
+            label = getattr(per_core[0], name).layer
+            layers.append(LayerStatistics(label, MappingProxyType(counters), MappingProxyType(dropped)))
+        return cls(*layers)
