@@ -80,7 +80,7 @@ def rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, float]
                 f"ASGI hello world, wrk -t1 -c50, {label}: req/s (p99 ms, CPU us/req)",
                 f"{_median(ours, 'requests_per_s'):.0f} ({_median(ours, 'p99_ms'):.1f}, "
                 f"{_median(ours, 'cpu_us_per_request'):.0f})",
-                f"hypercorn (same workers) on kernel sockets over veth: {_median(kernel, 'requests_per_s'):.0f} "
+                f"hypercorn, same workers, kernel sockets: {_median(kernel, 'requests_per_s'):.0f} "
                 f"({_median(kernel, 'p99_ms'):.1f}, {_median(kernel, 'cpu_us_per_request'):.0f})",
                 _median(ours, "requests_per_s") / _median(kernel, "requests_per_s"),
             ))  # fmt: skip
