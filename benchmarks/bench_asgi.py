@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from trio_yastack.nic.netns import NetworkNamespace, netns_unavailable_reason
+from trio_yastack.nic.netns import NetworkNamespace, netns_unavailable_reason, veth_pair
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).parent / "results"
@@ -107,12 +107,7 @@ def run_ours(seconds: int, close: bool, cores: int = 1) -> dict[str, float]:
 
 def run_kernel(seconds: int, close: bool, cores: int = 1) -> dict[str, float]:
     with NetworkNamespace("yasb") as client, NetworkNamespace("yasb") as serving:
-        client.run(["ip", "link", "add", "veth0", "type", "veth", "peer", "name", "veth1",
-                    "netns", serving.name], check=True)  # fmt: skip
-        client.run(["ip", "addr", "add", "198.18.0.1/24", "dev", "veth0"], check=True)
-        serving.run(["ip", "addr", "add", "198.18.0.2/24", "dev", "veth1"], check=True)
-        client.run(["ip", "link", "set", "veth0", "up"], check=True)
-        serving.run(["ip", "link", "set", "veth1", "up"], check=True)
+        veth_pair(client, serving, left_address="198.18.0.1/24", right_address="198.18.0.2/24")
         hypercorn = shutil.which("hypercorn", path=str(Path(sys.executable).parent)) or "hypercorn"
         server = serving.popen(
             [hypercorn, "--worker-class", "trio", "--workers", str(cores), "--bind", "198.18.0.2:8000", APP],

@@ -34,7 +34,7 @@ import trio
 
 from trio_yastack import _native, open_stack
 from trio_yastack.nic.kernel_peer import pattern_block
-from trio_yastack.nic.netns import NetworkNamespace, netns_unavailable_reason, tap_in_netns
+from trio_yastack.nic.netns import NetworkNamespace, netns_unavailable_reason, tap_in_netns, veth_pair
 
 RESULTS = Path(__file__).parent / "results"
 PORT = 5201
@@ -116,12 +116,7 @@ def run_ours(direction: str, offloads: bool, nbytes: int, mtu: int) -> dict[str,
 def run_veth(nbytes: int, mtu: int) -> dict[str, float]:
     """The same transfer kernel -> kernel over a veth pair joining two namespaces."""
     with NetworkNamespace("yasb") as left, NetworkNamespace("yasb") as right:
-        left.run(["ip", "link", "add", "veth0", "mtu", str(mtu), "type", "veth", "peer", "name", "veth1",
-                  "mtu", str(mtu), "netns", right.name], check=True)  # fmt: skip
-        left.run(["ip", "addr", "add", "198.18.0.2/24", "dev", "veth0"], check=True)
-        right.run(["ip", "addr", "add", "198.18.0.1/24", "dev", "veth1"], check=True)
-        left.run(["ip", "link", "set", "veth0", "up"], check=True)
-        right.run(["ip", "link", "set", "veth1", "up"], check=True)
+        veth_pair(left, right, mtu=mtu)
         receiver = peer(right, "recv", PORT)
         assert receiver.stdout is not None
         receiver.stdout.readline()
@@ -144,12 +139,7 @@ def run_iperf3(seconds: int, mtu: int) -> float | None:
     if subprocess.run(["sh", "-c", "command -v iperf3"], capture_output=True).returncode:
         return None
     with NetworkNamespace("yasb") as left, NetworkNamespace("yasb") as right:
-        left.run(["ip", "link", "add", "veth0", "mtu", str(mtu), "type", "veth", "peer", "name", "veth1",
-                  "mtu", str(mtu), "netns", right.name], check=True)  # fmt: skip
-        left.run(["ip", "addr", "add", "198.18.0.2/24", "dev", "veth0"], check=True)
-        right.run(["ip", "addr", "add", "198.18.0.1/24", "dev", "veth1"], check=True)
-        left.run(["ip", "link", "set", "veth0", "up"], check=True)
-        right.run(["ip", "link", "set", "veth1", "up"], check=True)
+        veth_pair(left, right, mtu=mtu)
         right.popen(["iperf3", "-s", "-1", "-B", "198.18.0.1"], stdout=subprocess.DEVNULL)
         for _ in range(50):  # the server needs a moment to listen: bounded retries
             done = left.run(["iperf3", "-c", "198.18.0.1", "-t", str(seconds), "-J"], timeout=seconds + 30)

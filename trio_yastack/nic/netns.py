@@ -28,6 +28,7 @@ __all__ = [
     "NetworkNamespace",
     "netns_unavailable_reason",
     "tap_in_netns",
+    "veth_pair",
 ]
 
 KERNEL_ADDRESS = "198.18.0.1"
@@ -123,6 +124,24 @@ class NetworkNamespace:
                     process.wait()
         os.close(self._fd)
         subprocess.run(["ip", "netns", "del", self.name], capture_output=True)
+
+
+def veth_pair(
+    left: NetworkNamespace,
+    right: NetworkNamespace,
+    *,
+    left_address: str = "198.18.0.2/24",
+    right_address: str = "198.18.0.1/24",
+    mtu: int = 1500,
+) -> None:
+    """Join two namespaces with a veth pair (``veth0`` in ``left``, ``veth1`` in ``right``),
+    addressed and up: the kernel-to-kernel set-up the benchmarks compare the stack with."""
+    left.run(["ip", "link", "add", "veth0", "mtu", str(mtu), "type", "veth", "peer", "name", "veth1",
+              "mtu", str(mtu), "netns", right.name], check=True)  # fmt: skip
+    left.run(["ip", "addr", "add", left_address, "dev", "veth0"], check=True)
+    right.run(["ip", "addr", "add", right_address, "dev", "veth1"], check=True)
+    left.run(["ip", "link", "set", "veth0", "up"], check=True)
+    right.run(["ip", "link", "set", "veth1", "up"], check=True)
 
 
 @contextlib.contextmanager
