@@ -35,6 +35,8 @@ from ._rss import DEFAULT_RSS_KEY, Reta
 
 __all__ = ["WorkerFailed", "launch", "make_layouts"]
 
+#: how long workers get to stop after SIGTERM before they are killed (above hypercorn's
+#: graceful timeout defaults)
 _GRACE_SECONDS = 30.0
 
 
@@ -133,23 +135,33 @@ def _supervise(workers: dict[int, _Worker]) -> list[Any]:
     values: dict[int, Any] = {}
     alive = dict(workers)
 
-    def stop_all(signum: int = signal.SIGTERM) -> None:
+    def stop_all() -> None:
         for pid in alive:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
 
-    def on_signal(signum: int, _frame: Any) -> None:
-        nonlocal stopping
-        stopping = True
-        stop_all()
+    def kill_all(signum: int, _frame: Any) -> None:
+        # The grace period is over: whoever is still running is killed (and reported).
+        for pid in alive:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    def begin_stopping() -> None:
+        nonlocal stopping
+        if not stopping:
+            stopping = True
+            stop_all()
+            signal.signal(signal.SIGALRM, kill_all)
+            signal.alarm(int(_GRACE_SECONDS))  # shutting down is bounded
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        begin_stopping()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGALRM)}
     try:
         while alive:
-            if failures and not stopping:
-                stopping = True
-                stop_all()
-                signal.alarm(int(_GRACE_SECONDS))  # then SIGALRM's default ends us: bounded
+            if failures:
+                begin_stopping()
             pid, status = os.wait()
             worker = alive.pop(pid, None)
             if worker is None:
