@@ -69,6 +69,12 @@ class Stack:
     def mac(self) -> MacAddress:
         return self.core.config.interface.mac
 
+    @property
+    def layout(self) -> CoreLayout | None:
+        """This stack's place among several cores (its id, queues, rings and dispatch
+        counters), or ``None`` when it runs alone."""
+        return self._loop.layout
+
     def kick(self) -> None:
         """Ask the poll loop to flush what an application call queued."""
         self._loop.kick()

@@ -151,6 +151,7 @@ class PollLoop:
             me = layout.core_id
             key, entries, mask = layout.key, layout.reta.entries, layout.reta.size - 1  # a copy per burst
             outgoing: dict[int, list[bytes]] = {}
+            copies_sent = False
             for frame in frames:
                 owner = flow_owner(frame, key, entries, mask)
                 if owner == me:
@@ -161,9 +162,13 @@ class PollLoop:
                         stats.copied += 1
                         if not ring.enqueue(frame, COPY_FLAG):
                             stats.ring_drops += 1
+                        copies_sent = True
                 else:
                     outgoing.setdefault(owner, []).append(frame)
             stats.local += len(mine)
+            if copies_sent:  # a sleeping core must wake for them too (its ARP cache learns)
+                for ring in layout.rings_out.values():
+                    ring.ring_doorbell_if_sleeping()
             for owner, batch in outgoing.items():
                 if layout.software_rss:
                     stats.dispatched += len(batch)
