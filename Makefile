@@ -3,6 +3,7 @@
 
 bench:          ## every benchmark, ours and the peers alternately (minutes): benchmarks/RESULTS.md + plots
 	bash scripts/setup.sh
+	command -v iperf3 >/dev/null || (apt-get update -qq && apt-get install -y -qq iperf3 >/dev/null) || true
 	.venv/bin/python -m pip install -q -e '.[bench]'
 	.venv/bin/python benchmarks/run_all.py
 

@@ -5,11 +5,12 @@ with trio sockets (``trio.open_tcp_stream`` on one, ``accept`` on the other), th
 idle; the figure is the growth of the process's resident set (``/proc/self/statm``) per endpoint
 (2N endpoints: both ends are ours).
 
-The kernel: the same trio code on kernel sockets over loopback, inside a private network
-namespace; the figure is, per endpoint, the kernel's own memory for them — the growth of all
+The kernel: kernel sockets over loopback inside a private network namespace (the accepting
+ends in this process, the connecting ends in a forked child); the figure is, per endpoint, the
+kernel's own memory for them — the growth of all
 slab caches (``/proc/slabinfo``: socket, inode, file, dentry, epoll objects) plus the TCP buffer
-pages ``/proc/net/sockstat`` counts for that namespace — plus the process's resident growth
-(its Python socket objects).  Slab figures are machine-wide, so this is approximate: other
+pages ``/proc/net/sockstat`` counts for that namespace — plus both processes' resident
+growth (their Python socket objects).  Slab figures are machine-wide, so this is approximate: other
 activity during the run adds noise.
 
     python benchmarks/bench_memory.py [--connections N] [--quick]
@@ -23,6 +24,7 @@ import json
 import os
 import platform
 import resource
+import socket
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -97,23 +99,52 @@ def run_ours(count: int) -> dict[str, float]:
 
 
 def run_kernel(count: int) -> dict[str, float]:
-    async def main() -> dict[str, float]:
-        await _hold(8, "127.0.0.1", None)
+    """Kernel sockets over loopback: the accepting ends here, the connecting ends in a forked
+    child (each process then needs only one descriptor per connection)."""
+    with NetworkNamespace("yasb") as namespace, namespace.entered():
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 5003))
+        listener.listen(4096)
         gc.collect()
         before = resident_bytes(), slab_bytes(), sockstat_tcp_bytes()
-        clients, servers = await _hold(count, "127.0.0.1", None)
-        gc.collect()
-        after = resident_bytes(), slab_bytes(), sockstat_tcp_bytes()
-        assert len(clients) == len(servers) == count
+        report_read, report_write = os.pipe()
+        hold_read, hold_write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the connecting side: connect, say how much it grew, hold until told
+            status = 0
+            try:
+                os.close(report_read)
+                os.close(hold_write)
+                start = resident_bytes()
+                clients = [socket.create_connection(("127.0.0.1", 5003)) for _ in range(count)]
+                os.write(report_write, str(resident_bytes() - start).encode())
+                os.close(report_write)
+                os.read(hold_read, 1)  # returns at EOF, when the parent has measured
+                del clients
+            except BaseException:
+                status = 1
+            os._exit(status)
+        os.close(report_write)
+        os.close(hold_read)
+        try:
+            servers = [listener.accept()[0] for _ in range(count)]
+            client_growth = int(os.read(report_read, 64) or b"0")
+            gc.collect()
+            after = resident_bytes(), slab_bytes(), sockstat_tcp_bytes()
+        finally:
+            os.close(hold_write)
+            os.close(report_read)
+            os.waitpid(pid, 0)
         process, slabs, buffers = (a - b for a, b in zip(after, before, strict=True))
+        process += client_growth
+        for sock in servers:
+            sock.close()
+        listener.close()
         return {
             "bytes_per_endpoint": (process + slabs + buffers) / (2 * count),
             "kernel_bytes_per_endpoint": (slabs + buffers) / (2 * count),
             "process_bytes_per_endpoint": process / (2 * count),
         }
-
-    with NetworkNamespace("yasb") as namespace, namespace.entered():
-        return trio.run(main)
 
 
 def main() -> None:
@@ -128,7 +159,14 @@ def main() -> None:
         sys.exit(f"bench_memory: cannot make network namespaces here: {reason}")
     count = 500 if args.quick else args.connections
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4 * count + 1024)), hard))
+    wanted = count + 1024  # one kernel socket per connection in each process, and room
+    if hard < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, wanted))  # root may raise the hard limit
+        except (ValueError, OSError):
+            sys.exit(f"bench_memory: {count} connections need {wanted} descriptors; the limit is {hard}")
+    elif soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
     ours = run_ours(count)
     kernel = run_kernel(count)
     result = {

@@ -32,6 +32,17 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 
+#: the JSON file each scenario writes in full mode (what ``--table-only`` reads back)
+RESULT_FILES = {
+    "bench_asgi.py": "asgi.json",
+    "bench_tap.py": "tap_mtu1500.json",
+    "bench_memory_wire.py": "memory_wire.json",
+    "bench_tcp.py": "tcp.json",
+    "bench_udp_input.py": "udp_input.json",
+    "bench_pytcp.py": "pytcp.json",
+    "bench_memory.py": "memory.json",
+}
+
 SCENARIOS: list[tuple[str, list[str]]] = [
     ("bench_asgi.py", []),
     ("bench_tap.py", []),
@@ -164,7 +175,7 @@ def markdown(results: dict[str, dict[str, Any]], command: str) -> str:
         f"- date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}",
         f"- machine: {platform.machine()}, {os.cpu_count()} cpus, Linux {platform.release()}, "
         f"Python {platform.python_version()}",
-        f"- command: `{command}`",
+        f"- command: {command}",
         "- every row: ours and the peer measured alternately in the same run, medians of the rounds "
         "(min-max in `benchmarks/results/*.json`); ratio = ours / peer, higher is better for us "
         "except memory, where lower is better",
@@ -187,14 +198,18 @@ def plot(results: dict[str, dict[str, Any]]) -> list[Path]:
 
     table = rows(results)
     figure, axes = plt.subplots(figsize=(10, 0.45 * len(table) + 1.5))
-    labels = [scenario.split(":")[0] for scenario, *_ in table]
+    labels = [scenario.rsplit(": ", 1)[0] for scenario, *_ in table]
     ratios = [ratio for *_, ratio in table]
-    axes.barh(range(len(table)), ratios, color=["tab:green" if r >= 1 else "tab:orange" for r in ratios])
+    better = [
+        (r <= 1) if scenario.startswith("bytes per") else (r >= 1)
+        for (scenario, *_), r in zip(table, ratios, strict=True)
+    ]
+    axes.barh(range(len(table)), ratios, color=["tab:green" if b else "tab:orange" for b in better])
     axes.axvline(1.0, color="black", linewidth=1)
     axes.set_xscale("log")
     axes.set_yticks(range(len(table)), labels, fontsize=8)
     axes.invert_yaxis()
-    axes.set_xlabel("ours / peer (log scale; 1 = parity)")
+    axes.set_xlabel("ours / peer (log scale; 1 = parity; green: ours better or equal)")
     axes.set_title("trio_yastack against its peers, same machine, same run")
     figure.tight_layout()
     path = RESULTS / "ratios.png"
@@ -209,21 +224,37 @@ def main() -> None:
     )
     parser.add_argument("--quick", action="store_true", help="seconds per scenario; nothing written")
     parser.add_argument("--only", action="append", help="run only these scripts (repeatable)")
+    parser.add_argument(
+        "--table-only", action="store_true", help="no runs: the table and plot from benchmarks/results/*.json"
+    )
     args = parser.parse_args()
     results: dict[str, dict[str, Any]] = {}
+    failed: list[str] = []
     for script, extra in SCENARIOS:
         if args.only and script not in args.only:
             continue
+        if args.table_only:
+            path = RESULTS / RESULT_FILES[script]
+            if path.exists():
+                results[script] = json.loads(path.read_text())
+            continue
         print(f"# {script}{' --quick' if args.quick else ''} ...", flush=True)
-        results[script] = run_scenario(script, extra, args.quick)
+        try:
+            results[script] = run_scenario(script, extra, args.quick)
+        except (RuntimeError, subprocess.TimeoutExpired, ValueError) as exc:
+            print(f"#   FAILED: {exc}", flush=True)
+            failed.append(script)
+            continue
         print(f"#   done in {results[script]['_seconds']} s", flush=True)
-    command = "python benchmarks/run_all.py" + (" --quick" if args.quick else "")
+    command = "`make bench-quick`" if args.quick else "`make bench` (runs `python benchmarks/run_all.py`)"
     table = markdown(results, command)
     print(table)
     if not args.quick:
         (HERE / "RESULTS.md").write_text(table)
         for path in plot(results):
             print(f"# plot: {path}")
+    if failed:
+        sys.exit(f"run_all: failed: {', '.join(failed)}")
 
 
 if __name__ == "__main__":
