@@ -11,8 +11,11 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,6 +33,8 @@ from trio_yastack.nic.tap import TapPort
 __all__ = [
     "KERNEL_ADDRESS",
     "STACK_ADDRESS",
+    "STARTUP_TIMEOUT",
+    "NamespaceProgram",
     "kernel_peer",
     "peer_result",
     "requires_netns",
@@ -63,3 +68,107 @@ def peer_result(process: subprocess.Popen[str], timeout: float = 300) -> dict[st
     out, _ = process.communicate(timeout=timeout)
     assert process.returncode == 0, f"kernel peer failed ({process.returncode}): {out}"
     return json.loads(out.strip().splitlines()[-1])
+
+
+REPO = Path(__file__).resolve().parent.parent
+#: how long a program in a namespace gets to print what a test waits for
+STARTUP_TIMEOUT = 60.0
+
+
+class NamespaceProgram:
+    """A process in a namespace whose merged stdout/stderr a thread drains (a chatty program
+    never blocks on a full pipe); tests wait on the lines it prints and on its exit."""
+
+    def __init__(
+        self,
+        namespace: NetworkNamespace,
+        args: list[str],
+        *,
+        stdin: bool = False,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.namespace = namespace
+        self.process: subprocess.Popen[str] = namespace.popen(
+            args,
+            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=REPO,
+            env=env,
+        )
+        self._lines: list[str] = []
+        self._eof = False
+        self._changed = threading.Condition()
+        self._reader = threading.Thread(target=self._drain, daemon=True)
+        self._reader.start()
+
+    def _drain(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:  # ends at EOF: the process exited
+            with self._changed:
+                self._lines.append(line)
+                self._changed.notify_all()
+        with self._changed:
+            self._eof = True
+            self._changed.notify_all()
+
+    @property
+    def output(self) -> str:
+        with self._changed:
+            return "".join(self._lines)
+
+    def _wait_until(self, done: Callable[[list[str]], Any], what: str, timeout: float) -> Any:
+        """``done(lines)`` once it is truthy, waiting up to ``timeout`` s for more lines."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                result = done(self._lines)
+                if result:
+                    return result
+                if self._eof:
+                    raise AssertionError(f"exited without printing {what}:\n{''.join(self._lines)}")
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(f"{what} not printed in {timeout} s:\n{''.join(self._lines)}")
+                self._changed.wait(remaining)
+
+    def wait_for_line(self, marker: str, timeout: float = STARTUP_TIMEOUT) -> str:
+        """The first line containing ``marker``."""
+        return self._wait_until(
+            lambda lines: next((line for line in lines if marker in line), None), repr(marker), timeout
+        )
+
+    def wait_for_lines(self, *markers: str, timeout: float = STARTUP_TIMEOUT) -> list[str]:
+        """For each marker, the first line that starts with it."""
+
+        def found(lines: list[str]) -> list[str] | None:
+            first = [next((line for line in lines if line.startswith(m)), None) for m in markers]
+            return [line for line in first if line is not None] if all(first) else None
+
+        return self._wait_until(found, f"all of {markers}", timeout)
+
+    def count_lines(self, marker: str) -> int:
+        """How many lines so far contain ``marker``."""
+        with self._changed:
+            return sum(marker in line for line in self._lines)
+
+    def wait_for_count(self, marker: str, count: int, timeout: float = STARTUP_TIMEOUT) -> None:
+        """Until ``count`` lines contain ``marker``."""
+        self._wait_until(
+            lambda lines: sum(marker in line for line in lines) >= count, f"{count} x {marker!r}", timeout
+        )
+
+    def send_signal(self, signum: int, expected: bytes) -> None:
+        """``signum`` to the program itself (``ip netns exec`` execs it: the Popen PID is the
+        program's), after checking that PID still runs a command line containing ``expected``."""
+        assert self.process.poll() is None, self.output
+        argv = Path(f"/proc/{self.process.pid}/cmdline").read_bytes().split(b"\0")
+        assert any(expected in arg for arg in argv), f"PID {self.process.pid} is {argv!r}"
+        self.process.send_signal(signum)
+
+    def wait(self, timeout: float) -> int:
+        """The exit status, waiting up to ``timeout`` s; then the whole output is in."""
+        code = self.process.wait(timeout=timeout)
+        self._reader.join(timeout=10)
+        return code

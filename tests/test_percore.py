@@ -18,9 +18,7 @@ import os
 import re
 import signal
 import struct
-import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from ipaddress import IPv4Address
@@ -28,7 +26,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tap_helpers import KERNEL_ADDRESS, STACK_ADDRESS, kernel_peer, peer_result, requires_netns
+from tap_helpers import (
+    KERNEL_ADDRESS,
+    STACK_ADDRESS,
+    NamespaceProgram,
+    kernel_peer,
+    peer_result,
+    requires_netns,
+)
 from tcp_helpers import tcp_core
 
 from trio_yastack.dispatch import DEFAULT_RSS_KEY, Reta, toeplitz_hash
@@ -41,7 +46,6 @@ PROGRAMS = ROOT / "tests" / "percore_programs.py"
 MULTI_QUEUE = "tap:yas0"
 SOFTWARE_RSS = "tap:yas0,queues=1"
 KERNEL_ECHO_PORT = 9000
-STARTUP_TIMEOUT = 60.0
 
 
 def in_netns(test: Callable[..., Any]) -> Callable[..., Any]:
@@ -50,90 +54,17 @@ def in_netns(test: Callable[..., Any]) -> Callable[..., Any]:
 
 
 # -- processes in the namespace -------------------------------------------------------------------
-class Program:
-    """A process in the namespace whose merged stdout/stderr a thread drains (a chatty program
-    never blocks on a full pipe); tests wait on the lines it prints and on its exit."""
-
-    def __init__(self, namespace: NetworkNamespace, args: list[str], *, stdin: bool = False) -> None:
-        self.process: subprocess.Popen[str] = namespace.popen(
-            args,
-            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            cwd=ROOT,
-        )
-        self._lines: list[str] = []
-        self._eof = False
-        self._changed = threading.Condition()
-        self._reader = threading.Thread(target=self._drain, daemon=True)
-        self._reader.start()
+class Program(NamespaceProgram):
+    """A program of ``tests/percore_programs.py`` (or a kernel-side one) in the namespace."""
 
     @classmethod
     def percore(cls, namespace: NetworkNamespace, *args: object, stdin: bool = False) -> Program:
         """``python tests/percore_programs.py ARGS`` (a multi-core program unless kernel-side)."""
         return cls(namespace, [sys.executable, str(PROGRAMS), *map(str, args)], stdin=stdin)
 
-    def _drain(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:  # ends at EOF: the process exited
-            with self._changed:
-                self._lines.append(line)
-                self._changed.notify_all()
-        with self._changed:
-            self._eof = True
-            self._changed.notify_all()
-
-    @property
-    def output(self) -> str:
-        with self._changed:
-            return "".join(self._lines)
-
-    def wait_for_lines(self, *markers: str, timeout: float = STARTUP_TIMEOUT) -> list[str]:
-        """For each marker, the first line that starts with it, waiting up to ``timeout`` s."""
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while True:
-                found = [next((line for line in self._lines if line.startswith(m)), None) for m in markers]
-                if all(line is not None for line in found):
-                    return [line for line in found if line is not None]
-                if self._eof:
-                    raise AssertionError(f"exited without printing all of {markers}:\n{''.join(self._lines)}")
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise AssertionError(f"{markers} not printed in {timeout} s:\n{''.join(self._lines)}")
-                self._changed.wait(remaining)
-
-    def count_lines(self, marker: str) -> int:
-        """How many lines so far contain ``marker``."""
-        with self._changed:
-            return sum(marker in line for line in self._lines)
-
-    def wait_for_count(self, marker: str, count: int, timeout: float = STARTUP_TIMEOUT) -> None:
-        """Until ``count`` lines contain ``marker`` (anywhere in the line), up to ``timeout`` s."""
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while sum(marker in line for line in self._lines) < count:
-                if self._eof:
-                    raise AssertionError(f"exited before {count} x {marker!r}:\n{''.join(self._lines)}")
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise AssertionError(f"not {count} x {marker!r} in {timeout} s:\n{''.join(self._lines)}")
-                self._changed.wait(remaining)
-
     def terminate(self, marker: bytes) -> None:
-        """SIGTERM to the program itself (``ip netns exec`` execs it: the Popen PID is the
-        launcher), after checking that PID is still the program we started."""
-        assert self.process.poll() is None, self.output
-        argv = Path(f"/proc/{self.process.pid}/cmdline").read_bytes().split(b"\0")
-        assert any(marker in arg for arg in argv), f"PID {self.process.pid} is {argv!r}"
-        self.process.send_signal(signal.SIGTERM)
-
-    def wait(self, timeout: float) -> int:
-        """The exit status, waiting up to ``timeout`` s; then the whole output is in."""
-        code = self.process.wait(timeout=timeout)
-        self._reader.join(timeout=10)
-        return code
+        """SIGTERM to the program (the launcher, for a multi-core one)."""
+        self.send_signal(signal.SIGTERM, marker)
 
     def result(self) -> list[Any]:
         """The launcher's ``RESULT`` line (the per-core return values)."""

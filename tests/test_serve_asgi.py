@@ -20,7 +20,6 @@ import select
 import signal
 import subprocess
 import sys
-import threading
 import time
 import tomllib
 from collections.abc import Callable, Iterator
@@ -32,7 +31,13 @@ from typing import Any
 
 import pytest
 import trio
-from tap_helpers import KERNEL_ADDRESS, STACK_ADDRESS, requires_netns, stack_on_tap
+from tap_helpers import (
+    KERNEL_ADDRESS,
+    STACK_ADDRESS,
+    NamespaceProgram,
+    requires_netns,
+    stack_on_tap,
+)
 
 from trio_yastack.l7 import serve_asgi
 from trio_yastack.l7.asgi import SUPPORTED_HYPERCORN, Config, check_hypercorn_version
@@ -43,7 +48,6 @@ pytestmark = [requires_netns, pytest.mark.netns]
 ROOT = Path(__file__).resolve().parent.parent
 HTTP_URL = f"http://{STACK_ADDRESS}:8000"
 HTTPS_URL = f"https://{STACK_ADDRESS}:8443"
-STARTUP_TIMEOUT = 60.0
 BIG = 100_000_000
 
 
@@ -88,22 +92,8 @@ def random_file(path: Path, nbytes: int) -> str:
     return digest.hexdigest()
 
 
-class Server:
-    """A ``yastack serve`` process (or the README's command) in ``namespace``; a thread drains
-    its merged stdout/stderr (so a chatty server never blocks on a full pipe) and wakes waiters."""
-
-    def __init__(
-        self, namespace: NetworkNamespace, args: list[str], env: dict[str, str] | None = None
-    ) -> None:
-        self.namespace = namespace
-        self.process: subprocess.Popen[str] = namespace.popen(
-            args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=env
-        )
-        self._lines: list[str] = []
-        self._eof = False
-        self._changed = threading.Condition()
-        self._reader = threading.Thread(target=self._drain, daemon=True)
-        self._reader.start()
+class Server(NamespaceProgram):
+    """A ``yastack serve`` process (or the README's command) in the namespace."""
 
     @classmethod
     def yastack(cls, namespace: NetworkNamespace, *args: str, console_script: bool = False) -> Server:
@@ -111,49 +101,9 @@ class Server:
         command = command or [sys.executable, "-m", "trio_yastack"]
         return cls(namespace, [*command, "serve", *args])
 
-    def _drain(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:  # ends at EOF: the process exited
-            with self._changed:
-                self._lines.append(line)
-                self._changed.notify_all()
-        with self._changed:
-            self._eof = True
-            self._changed.notify_all()
-
-    @property
-    def output(self) -> str:
-        with self._changed:
-            return "".join(self._lines)
-
-    def wait_for_line(self, marker: str, timeout: float = STARTUP_TIMEOUT) -> str:
-        """The first line containing ``marker``, waiting for it up to ``timeout`` seconds."""
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while True:
-                for line in self._lines:
-                    if marker in line:
-                        return line
-                if self._eof:
-                    raise AssertionError(f"exited without printing {marker!r}:\n{''.join(self._lines)}")
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise AssertionError(f"{marker!r} not printed in {timeout} s:\n{''.join(self._lines)}")
-                self._changed.wait(remaining)
-
     def signal(self, signum: signal.Signals) -> None:
-        """Send ``signum`` to the server itself (``ip netns exec`` execs it: same PID)."""
-        assert self.process.poll() is None, self.output
-        with open(f"/proc/{self.process.pid}/cmdline", "rb") as cmdline:
-            argv = cmdline.read().split(b"\0")
-        assert any(b"yastack" in arg for arg in argv), f"PID {self.process.pid} is {argv!r}"
-        self.process.send_signal(signum)
-
-    def wait(self, timeout: float) -> int:
-        """The exit status, waiting up to ``timeout`` seconds; then the whole output is in."""
-        code = self.process.wait(timeout=timeout)
-        self._reader.join(timeout=10)
-        return code
+        """Send ``signum`` to the server itself."""
+        self.send_signal(signum, b"yastack")
 
 
 def curl(namespace: NetworkNamespace, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
