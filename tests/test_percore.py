@@ -477,3 +477,28 @@ def test_install_makes_active_opens_pick_ports_whose_replies_come_home(
     plain = tcp_core(seed=core_id)
     owners = {reply_core(plain.tcp.connect(peer, rp, 100.0).local_port, rp) for rp in range(8000, 8050)}
     assert owners == {0, 1}
+
+
+@pytest.mark.parametrize("core_id", [0, 1])
+def test_install_makes_implicit_udp_binds_pick_ports_whose_replies_come_home(
+    layouts: list[Any], core_id: int
+) -> None:
+    """A UDP socket bound implicitly (by connect, or by its first sendto) gets, with core k's
+    layout installed, an ephemeral port whose replies from that peer hash to core k; an explicit
+    bind to port 0 (no peer known yet) is not restricted."""
+    from trio_yastack.stack import UdpPcb
+
+    layout = layouts[core_id]
+    core = tcp_core(seed=core_id)
+    layout.install(core)
+    peer = int(IPv4Address(PEER))
+    for remote_port in range(9000, 9030):
+        connected, unconnected = UdpPcb(), UdpPcb()
+        core.udp.connect(connected, peer, remote_port)
+        core.udp.udp_output(unconnected, b"query", peer, remote_port, 100.0)
+        for pcb in (connected, unconnected):
+            assert layout.owns_reply(core.ip, pcb.local_port, peer, remote_port), pcb.local_port
+            assert reply_core(pcb.local_port, remote_port) == core_id
+    explicit = UdpPcb()
+    core.udp.bind(explicit)
+    assert explicit.local_port

@@ -90,13 +90,15 @@ class CoreLayout:
         return self.reta.core_of(toeplitz(self.key, data)) == self.core_id
 
     def install(self, core: StackCore) -> None:
-        """Make ``core``'s active opens RSS-aware (ports whose replies come to this core)."""
+        """Make ``core``'s active opens and implicit UDP binds RSS-aware (ports whose replies
+        come to this core)."""
         local_ip = core.ip
 
         def port_filter(port: int, remote_ip: int, remote_port: int) -> bool:
             return self.owns_reply(local_ip, port, remote_ip, remote_port)
 
         core.tcp.port_filter = port_filter
+        core.udp.port_filter = port_filter
 
 
 def flow_owner(frame: bytes, key: bytes, entries: list[int], mask: int) -> int:

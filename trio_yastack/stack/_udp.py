@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ._ip import FRAME_HEADROOM
@@ -61,16 +62,21 @@ class UdpPcb:
 
 
 class UdpLayer:
-    __slots__ = ("config", "core", "pcbs", "stats")
+    __slots__ = ("config", "core", "pcbs", "port_filter", "stats")
 
     def __init__(self, core: StackCore) -> None:
         self.core = core
         self.config = core.config.udp
         self.stats = core.stats_udp
         self.pcbs: dict[int, UdpPcb] = {}
+        #: as TCP's: which ephemeral ports this core may use towards (remote_ip, remote_port), so
+        #: that with several cores the replies of a socket bound implicitly come home
+        self.port_filter: Callable[[int, int, int], bool] | None = None
 
     # -- control -----------------------------------------------------------------------------
-    def bind(self, pcb: UdpPcb, ip: int = 0, port: int = 0) -> None:
+    def bind(self, pcb: UdpPcb, ip: int = 0, port: int = 0, *, toward: tuple[int, int] = (0, 0)) -> None:
+        """Bind ``pcb`` (port 0: an ephemeral port; ``toward`` is the peer an implicit bind is
+        for, when known, so the port can be one whose replies reach this core)."""
         if pcb.closed:
             raise OSError(errno.EBADF, "Bad file descriptor")
         if pcb.local_port:
@@ -80,25 +86,26 @@ class UdpLayer:
         if not 0 <= port <= 0xFFFF:
             raise OverflowError("port must be 0-65535")
         if port == 0:
-            port = self._ephemeral_port()
+            port = self._ephemeral_port(*toward)
         elif port in self.pcbs:
             raise OSError(errno.EADDRINUSE, "Address already in use")
         pcb.local_ip, pcb.local_port = ip, port
         self.pcbs[port] = pcb
 
-    def _ephemeral_port(self) -> int:
+    def _ephemeral_port(self, remote_ip: int = 0, remote_port: int = 0) -> int:
         first, last = self.config.ephemeral_first, self.config.ephemeral_last
         span = last - first + 1
         start = self.core.rng.randrange(span)
+        port_filter = self.port_filter if remote_port else None
         for step in range(span):  # random start, then sequential (FreeBSD's algorithm 2)
             port = first + (start + step) % span
-            if port not in self.pcbs:
+            if port not in self.pcbs and (port_filter is None or port_filter(port, remote_ip, remote_port)):
                 return port
         raise OSError(errno.EADDRINUSE, "no free ephemeral port")
 
     def connect(self, pcb: UdpPcb, ip: int, port: int) -> None:
         if not pcb.local_port:
-            self.bind(pcb)
+            self.bind(pcb, toward=(ip, port))
         if ip == 0 or port == 0:  # AF_UNSPEC-like: dissolve the association
             pcb.remote_ip = pcb.remote_port = 0
             return
@@ -181,7 +188,7 @@ class UdpLayer:
         if (dst == _LIMITED_BROADCAST or dst == self.core.ip_layer.broadcast) and not pcb.broadcast:
             raise OSError(errno.EACCES, "Permission denied (SO_BROADCAST not set)")
         if not pcb.local_port:
-            self.bind(pcb)
+            self.bind(pcb, toward=(dst, dport))
         sport = pcb.local_port
         udp_len = UDP_HEADER_LEN + length
         src = self.core.ip
