@@ -48,3 +48,36 @@ def test_certs_rejects_a_bad_host_with_one_line(tmp_path: Path) -> None:
     done = yastack("certs", str(tmp_path / "x"), "--hosts", "not a host")
     assert done.returncode == 1 and "not a host" in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "x").exists()  # checked before anything is written
+
+
+def test_check_config_prints_a_summary_of_every_example() -> None:
+    """Each example proxy configuration passes ``yastack check-config`` and is summarised."""
+    for path in sorted((ROOT / "examples" / "proxy").glob("*.yaml")):
+        done = yastack("check-config", str(path))
+        assert done.returncode == 0, (path, done.stderr)
+        assert "listeners (" in done.stdout and "clusters (" in done.stdout, done.stdout
+
+
+def test_check_config_names_every_problem_by_its_yaml_path(tmp_path: Path) -> None:
+    """Unsupported and missing fields are errors with their YAML paths, all of them, exit 1."""
+    config = tmp_path / "bad.yaml"
+    config.write_text("static_resources:\n  listeners:\n  - name: x\n    bogus: 1\n")
+    done = yastack("check-config", str(config))
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "static_resources.listeners[0].bogus: unsupported field 'bogus'" in done.stderr
+    assert "static_resources.listeners[0].address: required field 'address' is missing" in done.stderr
+    missing = yastack("check-config", str(tmp_path / "nothing.yaml"))
+    assert missing.returncode == 1 and "No such file" in missing.stderr
+
+
+def test_check_config_checks_certificate_files_when_asked(tmp_path: Path) -> None:
+    """``--check-files``: the TLS example's certificates must exist (relative to the config);
+    made with ``yastack certs``, they do."""
+    example = (ROOT / "examples" / "proxy" / "tls_sni.yaml").read_text()
+    config = tmp_path / "tls_sni.yaml"
+    config.write_text(example)
+    without = yastack("check-config", "--check-files", str(config))
+    assert without.returncode == 1 and "certs/" in without.stderr
+    assert yastack("certs", str(tmp_path / "certs"), "--hosts", "a.example,b.example").returncode == 0
+    made = yastack("check-config", "--check-files", str(config))
+    assert made.returncode == 0, made.stderr

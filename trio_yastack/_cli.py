@@ -183,6 +183,39 @@ def _check_serve_options(args: argparse.Namespace, config: Any) -> None:
             fail(f"--certfile {args.certfile} / --keyfile {args.keyfile}: {exc}")
 
 
+def _check_config(args: argparse.Namespace) -> int:
+    """Validate an Envoy-style proxy configuration: every problem with its YAML path, or a summary."""
+    from trio_yastack.l7.config import ConfigError, format_problems, load_config_file
+
+    try:
+        bootstrap = load_config_file(args.config, check_files=args.check_files)
+    except ConfigError as exc:
+        print(format_problems(exc), file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"yastack check-config: {args.config}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    print(bootstrap.summary())
+    return 0
+
+
+def _certs(args: argparse.Namespace) -> int:
+    """Development certificates: a CA (made once, then reused) and a leaf per host."""
+    from trio_yastack.tls.certs import main_certs
+
+    hosts = [host.strip() for host in args.hosts.split(",") if host.strip()]
+    if not hosts:
+        raise SystemExit("yastack certs: --hosts needs at least one name or address")
+    try:
+        written = main_certs(args.directory, hosts, days=args.days, overwrite=args.overwrite)
+    except (ValueError, FileExistsError) as exc:
+        message = str(exc).replace("pass overwrite=True", "use --overwrite")
+        raise SystemExit(f"yastack certs: {message}") from None
+    for path in written:
+        print(path)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="yastack", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -223,6 +256,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--cores", type=int, default=1, help="runtimes, one process per core (a TAP gets a queue each)"
     )
     serve.set_defaults(handler=_serve)
+    check = commands.add_parser(
+        "check-config",
+        help="validate an Envoy-style proxy configuration (the documented v3 subset)",
+    )
+    check.add_argument("config", help="the YAML (or JSON) bootstrap file")
+    check.add_argument(
+        "--check-files", action="store_true", help="also check that certificate and key files exist"
+    )
+    check.set_defaults(handler=_check_config)
+    certs = commands.add_parser(
+        "certs", help="make a development CA and a certificate per host (for TLS tests and examples)"
+    )
+    certs.add_argument("directory", help="where to write ca.pem/ca.key and HOST.pem/HOST.key")
+    certs.add_argument("--hosts", required=True, help="comma-separated names or IP addresses")
+    certs.add_argument("--days", type=int, default=30)
+    certs.add_argument("--overwrite", action="store_true", help="replace existing host files")
+    certs.set_defaults(handler=_certs)
     return parser
 
 

@@ -1,0 +1,1503 @@
+"""The proxy's configuration: a documented subset of Envoy's v3 static bootstrap, as typed frozen objects.
+
+Why Envoy's format: operators already know it, its field names are documented, and a config that
+loads here should mean the same thing to Envoy (the subset is a subset, not a dialect).  Why a strict
+subset: a proxy that silently ignores a field it does not implement (a ``safe_regex`` match, a
+``HIGH`` priority circuit breaker) routes traffic differently from what the operator wrote.  So every
+field outside the subset is an error naming its YAML path, e.g.::
+
+    static_resources.listeners[0].filter_chains[1].filters[0].typed_config.route_config
+        .virtual_hosts[0].routes[2].match.safe_regex: unsupported field 'safe_regex' (...)
+
+and every problem of a document is reported at once (:class:`ConfigError` ``.problems``), so a
+``yastack check-config`` run shows everything to fix, not one thing per run.
+
+The subset (Envoy v3 field names)::
+
+    admin: {address: {socket_address: {address, port_value}}, access_log: [AccessLog]}
+    static_resources:
+      listeners[]: name, address.socket_address, listener_filters[] (tls_inspector only),
+        filter_chains[]: name, filter_chain_match.server_names[], transport_socket (DownstreamTlsContext),
+          filters[]: exactly one of envoy.filters.network.http_connection_manager | tcp_proxy
+      clusters[]: name, type (STATIC | STRICT_DNS), connect_timeout, lb_policy, dns_lookup_family,
+        load_assignment, health_checks[] (http_health_check), outlier_detection, circuit_breakers
+        (priority DEFAULT), transport_socket (UpstreamTlsContext)
+
+Each class below says which fields it reads and Envoy's default for each absent one.  Durations are
+protobuf's JSON form (``"5s"``, ``"0.25s"``, ``"1.5s"``), read into float seconds.  Values are typed as
+protobuf's JSON mapping types them: ``port_value: "80"`` or ``name: 5`` are errors, not coerced, and
+``null`` means "absent" as it does for protobuf.
+
+Where this module is stricter than Envoy, it says so: a cluster must have endpoints, a retry policy
+must name its ``retry_on`` conditions, a filter chain holds exactly one (terminal) filter, and
+``http_filters`` must be exactly the router.  These catch configs that Envoy accepts but that cannot
+do anything useful with the filters this proxy has.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, NoReturn, TypeVar
+
+import yaml
+
+__all__ = [
+    "AccessLog",
+    "Admin",
+    "Bootstrap",
+    "CircuitBreakerThresholds",
+    "Cluster",
+    "ClusterLoadAssignment",
+    "CommonTlsContext",
+    "ConfigError",
+    "DirectResponse",
+    "DownstreamTlsContext",
+    "FilterChain",
+    "HeaderMatcher",
+    "HeaderValueOption",
+    "HealthCheck",
+    "HttpConnectionManager",
+    "Listener",
+    "OutlierDetection",
+    "Problem",
+    "RetryPolicy",
+    "Route",
+    "RouteAction",
+    "RouteConfiguration",
+    "RouteMatch",
+    "SocketAddress",
+    "TcpProxy",
+    "TlsCertificate",
+    "UpstreamTlsContext",
+    "VirtualHost",
+    "WeightedCluster",
+    "format_problems",
+    "load_config",
+    "load_config_file",
+    "parse_bootstrap",
+    "parse_duration",
+]
+
+T = TypeVar("T")
+
+# --- the names and type URLs this subset supports (Envoy's own spellings) ---
+
+HCM_NAME = "envoy.filters.network.http_connection_manager"
+HCM_TYPE = (
+    "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+)
+TCP_PROXY_NAME = "envoy.filters.network.tcp_proxy"
+TCP_PROXY_TYPE = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
+ROUTER_NAME = "envoy.filters.http.router"
+ROUTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+TLS_NAME = "envoy.transport_sockets.tls"
+DOWNSTREAM_TLS_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
+UPSTREAM_TLS_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+TLS_INSPECTOR_NAME = "envoy.filters.listener.tls_inspector"
+TLS_INSPECTOR_TYPE = "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"
+STDOUT_LOG_NAME = "envoy.access_loggers.stdout"
+STDOUT_LOG_TYPE = "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"
+FILE_LOG_NAME = "envoy.access_loggers.file"
+FILE_LOG_TYPE = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
+
+LB_POLICIES = ("ROUND_ROBIN", "LEAST_REQUEST", "RANDOM", "RING_HASH")
+CLUSTER_TYPES = ("STATIC", "STRICT_DNS")
+CODEC_TYPES = ("AUTO", "HTTP1", "HTTP2")
+DNS_LOOKUP_FAMILIES = ("AUTO", "V4_ONLY", "V6_ONLY", "V4_PREFERRED", "ALL")
+RETRY_ON = ("5xx", "gateway-error", "connect-failure", "reset", "retriable-4xx")
+APPEND_ACTIONS = (
+    "APPEND_IF_EXISTS_OR_ADD",
+    "ADD_IF_ABSENT",
+    "OVERWRITE_IF_EXISTS_OR_ADD",
+    "OVERWRITE_IF_EXISTS",
+)
+
+LbPolicy = Literal["ROUND_ROBIN", "LEAST_REQUEST", "RANDOM", "RING_HASH"]
+ClusterType = Literal["STATIC", "STRICT_DNS"]
+CodecType = Literal["AUTO", "HTTP1", "HTTP2"]
+DnsLookupFamily = Literal["AUTO", "V4_ONLY", "V6_ONLY", "V4_PREFERRED", "ALL"]
+AppendAction = Literal[
+    "APPEND_IF_EXISTS_OR_ADD", "ADD_IF_ABSENT", "OVERWRITE_IF_EXISTS_OR_ADD", "OVERWRITE_IF_EXISTS"
+]
+
+#: protobuf's Duration range (google/protobuf/duration.proto): about 10,000 years
+_MAX_DURATION_SECONDS = 315_576_000_000
+_DURATION_RE = re.compile(r"(-?)(\d+)(?:\.(\d{1,9}))?s")
+_UINT32_MAX = 2**32 - 1
+
+
+# --- problems ---
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing wrong with a document: where (a YAML path such as ``static_resources.clusters[0].name``,
+    empty for the document itself) and what.  ``line`` is set only for YAML syntax errors, where no
+    path exists yet."""
+
+    path: str
+    message: str
+    line: int | None = None
+
+    def __str__(self) -> str:
+        where = self.path or "<document>"
+        if self.line is not None:
+            where = f"line {self.line}"
+        return f"{where}: {self.message}"
+
+
+class ConfigError(Exception):
+    """A document is not a valid config: ``problems`` lists every problem found, in document order
+    except that cross-reference checks (unknown clusters, duplicate names) come last.
+
+    One exception for all of them (rather than the first) because fixing a config one error per run
+    is slow, and a ``check-config`` that stops early hides problems."""
+
+    def __init__(self, problems: list[Problem], source: str = "<string>") -> None:
+        self.problems = problems
+        self.source = source
+        super().__init__(format_problems(self))
+
+
+def format_problems(error: ConfigError) -> str:
+    """The text ``yastack check-config`` prints on failure: one problem per line, under the source."""
+    n = len(error.problems)
+    lines = [f"{error.source}: {n} problem{'s' if n != 1 else ''}"]
+    lines.extend(f"  {problem}" for problem in error.problems)
+    return "\n".join(lines)
+
+
+# --- the objects ---
+
+
+@dataclass(frozen=True, slots=True)
+class SocketAddress:
+    """``socket_address {address, port_value}``.  For listeners, the admin endpoint and STATIC clusters
+    ``address`` is an IP literal; for STRICT_DNS clusters it is a host name to resolve."""
+
+    address: str
+    port_value: int
+
+    def __str__(self) -> str:
+        if ":" in self.address:
+            return f"[{self.address}]:{self.port_value}"
+        return f"{self.address}:{self.port_value}"
+
+
+@dataclass(frozen=True, slots=True)
+class AccessLog:
+    """An access logger with Envoy's default format: ``envoy.access_loggers.stdout`` (``kind="stdout"``)
+    or ``envoy.access_loggers.file`` with its required ``path`` (``kind="file"``)."""
+
+    kind: Literal["stdout", "file"]
+    path: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Admin:
+    """``admin``: where the admin endpoint listens, and its access logs (none by default)."""
+
+    address: SocketAddress
+    access_log: tuple[AccessLog, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TlsCertificate:
+    """``tls_certificates[]``: ``certificate_chain.filename`` and ``private_key.filename`` (PEM files).
+
+    Filenames are kept as written; Envoy resolves relative ones against its working directory, and
+    :func:`load_config_file` with ``check_files=True`` against the config file's directory."""
+
+    certificate_chain: str
+    private_key: str
+
+
+@dataclass(frozen=True, slots=True)
+class CommonTlsContext:
+    """``common_tls_context``: certificates to present, ``validation_context.trusted_ca.filename`` to
+    verify the peer with (no verification when absent), and ALPN protocols to offer (none by default)."""
+
+    tls_certificates: tuple[TlsCertificate, ...] = ()
+    trusted_ca: str | None = None
+    alpn_protocols: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class DownstreamTlsContext:
+    """TLS termination on a filter chain; needs at least one certificate."""
+
+    common_tls_context: CommonTlsContext
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamTlsContext:
+    """TLS towards a cluster's endpoints; ``sni`` is the server name sent (none when absent, as in Envoy)."""
+
+    common_tls_context: CommonTlsContext
+    sni: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderMatcher:
+    """``match.headers[]``.  ``kind`` says how ``name`` is matched: ``exact`` / ``prefix`` (from
+    ``exact_match`` or ``string_match {exact | prefix, ignore_case}``), ``present`` (``present_match:
+    true``, and Envoy's meaning of a matcher with no match specifier) or ``absent`` (``present_match:
+    false``)."""
+
+    name: str
+    kind: Literal["exact", "prefix", "present", "absent"]
+    value: str | None = None
+    ignore_case: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RouteMatch:
+    """``match``: exactly one of ``prefix`` / ``path`` (exact path), and header matchers (all must match)."""
+
+    prefix: str | None = None
+    path: str | None = None
+    headers: tuple[HeaderMatcher, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class WeightedCluster:
+    """``weighted_clusters.clusters[]``: an upstream cluster and its (positive) weight."""
+
+    name: str
+    weight: int
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """``retry_policy``: ``retry_on`` conditions (required here; Envoy would accept none and never retry),
+    ``num_retries`` (Envoy's default 1) and ``per_try_timeout`` (``None``: the route's timeout)."""
+
+    retry_on: tuple[str, ...]
+    num_retries: int = 1
+    per_try_timeout: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RouteAction:
+    """``route``: exactly one of ``cluster`` / ``weighted_clusters``; ``timeout`` defaults to Envoy's 15 s
+    (0 disables it); rewrites apply only when set."""
+
+    cluster: str | None = None
+    weighted_clusters: tuple[WeightedCluster, ...] = ()
+    prefix_rewrite: str | None = None
+    host_rewrite_literal: str | None = None
+    timeout: float = 15.0
+    retry_policy: RetryPolicy | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DirectResponse:
+    """``direct_response``: answer ``status`` (100-599) with ``body.inline_string`` (empty when absent)."""
+
+    status: int
+    body: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderValueOption:
+    """``request_headers_to_add[]``: ``header {key, value}`` and what to do when the header exists.
+    ``append_action`` defaults to Envoy's ``APPEND_IF_EXISTS_OR_ADD``; the deprecated ``append: true``
+    means the same and ``append: false`` means ``OVERWRITE_IF_EXISTS_OR_ADD``."""
+
+    key: str
+    value: str
+    append_action: AppendAction = "APPEND_IF_EXISTS_OR_ADD"
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """``routes[]``: a match and exactly one of ``route`` (:class:`RouteAction`) / ``direct_response``."""
+
+    match: RouteMatch
+    action: RouteAction | DirectResponse
+    request_headers_to_add: tuple[HeaderValueOption, ...] = ()
+    request_headers_to_remove: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class VirtualHost:
+    """``virtual_hosts[]``: a name, the Host/:authority values it serves (``*`` and ``*.suffix`` /
+    ``prefix*`` wildcards as in Envoy), and routes tried in order."""
+
+    name: str
+    domains: tuple[str, ...]
+    routes: tuple[Route, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RouteConfiguration:
+    """``route_config``: the inline route table (RDS is outside the subset)."""
+
+    name: str
+    virtual_hosts: tuple[VirtualHost, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class HttpConnectionManager:
+    """The ``envoy.filters.network.http_connection_manager`` filter.
+
+    Envoy's defaults: ``codec_type`` AUTO; ``idle_timeout`` (``common_http_protocol_options``) 1 hour;
+    ``request_timeout`` 0 (disabled); ``stream_idle_timeout`` 5 minutes.  ``http_filters`` is always the
+    router alone, the only HTTP filter in the subset."""
+
+    stat_prefix: str
+    route_config: RouteConfiguration
+    codec_type: CodecType = "AUTO"
+    access_log: tuple[AccessLog, ...] = ()
+    idle_timeout: float = 3600.0
+    request_timeout: float = 0.0
+    stream_idle_timeout: float = 300.0
+    http_filters: tuple[str, ...] = (ROUTER_NAME,)
+
+
+@dataclass(frozen=True, slots=True)
+class TcpProxy:
+    """The ``envoy.filters.network.tcp_proxy`` filter; ``idle_timeout`` defaults to Envoy's 1 hour."""
+
+    stat_prefix: str
+    cluster: str
+    idle_timeout: float = 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class FilterChain:
+    """``filter_chains[]``: chosen by SNI (``filter_chain_match.server_names``; empty matches any name),
+    optionally terminating TLS, then handing the connection to its one filter."""
+
+    filter: HttpConnectionManager | TcpProxy
+    server_names: tuple[str, ...] = ()
+    transport_socket: DownstreamTlsContext | None = None
+    name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    """``listeners[]``: a named address and its filter chains.  ``tls_inspector`` records an explicit
+    ``envoy.filters.listener.tls_inspector`` listener filter (Envoy adds one itself when SNI is matched)."""
+
+    name: str
+    address: SocketAddress
+    filter_chains: tuple[FilterChain, ...]
+    tls_inspector: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterLoadAssignment:
+    """``load_assignment``: ``endpoints[]`` (localities) of ``lb_endpoints[].endpoint.address``."""
+
+    cluster_name: str
+    endpoints: tuple[tuple[SocketAddress, ...], ...]
+
+    @property
+    def addresses(self) -> tuple[SocketAddress, ...]:
+        """Every endpoint address, localities flattened (the subset has no locality weighting)."""
+        return tuple(a for locality in self.endpoints for a in locality)
+
+
+@dataclass(frozen=True, slots=True)
+class HealthCheck:
+    """``health_checks[]`` with an ``http_health_check {path}``.  Envoy requires ``timeout``, ``interval``,
+    ``unhealthy_threshold`` and ``healthy_threshold``, so there are no defaults."""
+
+    timeout: float
+    interval: float
+    unhealthy_threshold: int
+    healthy_threshold: int
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
+class OutlierDetection:
+    """``outlier_detection`` with Envoy's defaults: eject after 5 consecutive 5xx, sweep every 10 s,
+    eject for 30 s (times the ejection count), never more than 10% of hosts."""
+
+    consecutive_5xx: int = 5
+    interval: float = 10.0
+    base_ejection_time: float = 30.0
+    max_ejection_percent: int = 10
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitBreakerThresholds:
+    """``circuit_breakers.thresholds[]`` for priority DEFAULT, with Envoy's defaults 1024/1024/1024/3."""
+
+    max_connections: int = 1024
+    max_pending_requests: int = 1024
+    max_requests: int = 1024
+    max_retries: int = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Cluster:
+    """``clusters[]``.  Envoy's defaults: ``type`` STATIC, ``connect_timeout`` 5 s, ``lb_policy``
+    ROUND_ROBIN, ``dns_lookup_family`` AUTO, circuit breakers :class:`CircuitBreakerThresholds` ()."""
+
+    name: str
+    load_assignment: ClusterLoadAssignment
+    type: ClusterType = "STATIC"
+    connect_timeout: float = 5.0
+    lb_policy: LbPolicy = "ROUND_ROBIN"
+    dns_lookup_family: DnsLookupFamily = "AUTO"
+    health_checks: tuple[HealthCheck, ...] = ()
+    outlier_detection: OutlierDetection | None = None
+    circuit_breakers: CircuitBreakerThresholds = field(default_factory=CircuitBreakerThresholds)
+    transport_socket: UpstreamTlsContext | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Bootstrap:
+    """A whole config: the admin endpoint (none when absent), listeners and clusters."""
+
+    admin: Admin | None
+    listeners: tuple[Listener, ...]
+    clusters: tuple[Cluster, ...]
+
+    def cluster(self, name: str) -> Cluster:
+        """The cluster called ``name`` (``KeyError`` if none; loading already checked every reference)."""
+        for c in self.clusters:
+            if c.name == name:
+                return c
+        raise KeyError(name)
+
+    def summary(self) -> str:
+        """What ``yastack check-config`` prints for a valid config: enough to see at a glance that the
+        proxy will listen where, terminate TLS for which names, and send traffic to which endpoints."""
+        out: list[str] = []
+        if self.admin is not None:
+            out.append(f"admin {self.admin.address}")
+        out.append(f"listeners ({len(self.listeners)}):")
+        for listener in self.listeners:
+            out.append(f"  {listener.name} {listener.address}")
+            for i, chain in enumerate(listener.filter_chains):
+                parts = [f"sni {', '.join(chain.server_names)}" if chain.server_names else "any sni"]
+                if chain.transport_socket is not None:
+                    tls = chain.transport_socket.common_tls_context
+                    alpn = f" alpn {','.join(tls.alpn_protocols)}" if tls.alpn_protocols else ""
+                    parts.append(f"tls ({len(tls.tls_certificates)} cert{alpn})")
+                parts.append(_describe_filter(chain.filter))
+                label = f"chain {i}" + (f" {chain.name}" if chain.name else "")
+                out.append(f"    {label}: {'; '.join(parts)}")
+        out.append(f"clusters ({len(self.clusters)}):")
+        for c in self.clusters:
+            tls = ""
+            if c.transport_socket is not None:
+                sni = c.transport_socket.sni
+                tls = " tls" + (f" sni {sni}" if sni else "")
+            out.append(
+                f"  {c.name} {c.type} {c.lb_policy} connect_timeout {_fmt_seconds(c.connect_timeout)}{tls}"
+            )
+            out.append(f"    endpoints: {', '.join(str(a) for a in c.load_assignment.addresses)}")
+            for hc in c.health_checks:
+                out.append(
+                    f"    health check: http {hc.path} every {_fmt_seconds(hc.interval)} "
+                    f"timeout {_fmt_seconds(hc.timeout)} "
+                    f"(unhealthy {hc.unhealthy_threshold}, healthy {hc.healthy_threshold})"
+                )
+            if c.outlier_detection is not None:
+                out.append(f"    outlier detection: {c.outlier_detection.consecutive_5xx} consecutive 5xx")
+            cb = c.circuit_breakers
+            if cb != CircuitBreakerThresholds():
+                out.append(
+                    f"    circuit breakers: connections {cb.max_connections}, "
+                    f"pending {cb.max_pending_requests}, requests {cb.max_requests}, retries {cb.max_retries}"
+                )
+        return "\n".join(out)
+
+
+def _fmt_seconds(seconds: float) -> str:
+    return f"{seconds:g}s"
+
+
+def _describe_filter(f: HttpConnectionManager | TcpProxy) -> str:
+    if isinstance(f, TcpProxy):
+        return f"tcp_proxy {f.stat_prefix} -> {f.cluster}"
+    vhosts = f.route_config.virtual_hosts
+    n_routes = sum(len(v.routes) for v in vhosts)
+    return (
+        f"http_connection_manager {f.stat_prefix} ({f.codec_type}): "
+        f"{len(vhosts)} virtual host{'s' if len(vhosts) != 1 else ''}, "
+        f"{n_routes} route{'s' if n_routes != 1 else ''}"
+    )
+
+
+# --- loading ---
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that rejects a key repeated in one mapping.
+
+    PyYAML keeps the last of duplicated keys silently, so a second ``routes:`` would quietly replace
+    the first; Envoy's loader rejects the document, and so do we."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:  # unhashable key: the base class reports it
+                continue
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping",
+                    node.start_mark,
+                    f"found duplicate key {key!r}",
+                    key_node.start_mark,
+                )
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_config(text: str, *, source: str = "<string>") -> Bootstrap:
+    """Parse a YAML (or JSON, a subset of YAML) document; raises :class:`ConfigError` with every problem."""
+    return _load(text, source, None)
+
+
+def load_config_file(path: str | Path, *, check_files: bool = False) -> Bootstrap:
+    """Load a config file.  With ``check_files`` every certificate, key and CA file it names must exist,
+    relative names being taken from the config file's directory (so a config and its ``certs/`` can be
+    checked from anywhere); off by default because the files may live only on the machine that runs it."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([Problem("", f"cannot read config file: {exc}")], str(p)) from None
+    return _load(text, str(p), p.parent if check_files else None)
+
+
+def parse_bootstrap(data: object, *, source: str = "<string>") -> Bootstrap:
+    """Validate an already-loaded document (the ``yaml.safe_load`` result); raises :class:`ConfigError`."""
+    return _parse(data, source, None)
+
+
+def _load(text: str, source: str, file_base: Path | None) -> Bootstrap:
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass: as safe as safe_load
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else None
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        message = f"YAML syntax error{where}: {exc.problem or exc.context}"
+        raise ConfigError([Problem("", message, line)], source) from None
+    except (yaml.YAMLError, RecursionError, ValueError) as exc:
+        raise ConfigError([Problem("", f"YAML error: {exc}")], source) from None
+    return _parse(data, source, file_base)
+
+
+def _parse(data: object, source: str, file_base: Path | None) -> Bootstrap:
+    r = _Reader(file_base)
+    result: Bootstrap | None = None
+    with contextlib.suppress(_Skip):  # its problems are in r.problems
+        result = _bootstrap(r, data, "")
+    if r.problems or result is None:
+        raise ConfigError(r.problems, source)
+    return result
+
+
+class _Skip(Exception):
+    """Raised after a problem is recorded, so no object is built from a value that failed.
+
+    A field's parent catches it (in :meth:`_Fields.req`), goes on reading its other fields so their
+    problems are reported too, then raises it again itself: problems are collected from the whole
+    document, yet no half-valid object ever escapes."""
+
+
+class _Reader:
+    """Collects problems and what cross-references need checking once the document is read."""
+
+    def __init__(self, file_base: Path | None) -> None:
+        self.problems: list[Problem] = []
+        self.file_base = file_base
+        self.cluster_refs: list[tuple[str, str]] = []  # (cluster name, path of the reference)
+
+    def fail(self, path: str, message: str) -> NoReturn:
+        self.problems.append(Problem(path, message))
+        raise _Skip
+
+    def check_file(self, filename: str, path: str) -> None:
+        if self.file_base is None:
+            return
+        p = Path(filename)
+        if not p.is_absolute():
+            p = self.file_base / p
+        if not p.is_file():
+            self.problems.append(Problem(path, f"file not found: {p}"))
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+class _Fields:
+    """Reads one mapping: the keys it may hold are declared up front, so every other key is reported
+    as unsupported (with the supported ones listed) before any field is read."""
+
+    def __init__(self, r: _Reader, value: object, path: str, allowed: Iterable[str]) -> None:
+        if not isinstance(value, Mapping):
+            r.fail(path, f"expected a mapping, got {_kind(value)}")
+        self.r = r
+        self.path = path
+        self.allowed = tuple(allowed)
+        self.values: dict[str, object] = {}
+        self.failed = False
+        for key, v in value.items():
+            if not isinstance(key, str):
+                self.failed = True
+                r.problems.append(Problem(path, f"keys must be strings, got {_kind(key)} {key!r:.40}"))
+            elif key not in self.allowed:
+                self.failed = True
+                r.problems.append(
+                    Problem(
+                        _join(path, key),
+                        f"unsupported field {key!r} (supported here: {', '.join(self.allowed)})",
+                    )
+                )
+            elif v is not None:  # protobuf JSON: null is the default value, i.e. absent
+                self.values[key] = v
+
+    def has(self, key: str) -> bool:
+        if key not in self.allowed:
+            raise KeyError(key)  # a bug in this module, not in the document
+        return key in self.values
+
+    def req(self, key: str, parse: Callable[[_Reader, Any, str], T]) -> T:
+        if not self.has(key):
+            self.failed = True
+            self.r.problems.append(Problem(_join(self.path, key), f"required field {key!r} is missing"))
+            return None  # type: ignore[return-value]  # never used: done() raises _Skip
+        return self._read(key, parse)
+
+    def opt(self, key: str, parse: Callable[[_Reader, Any, str], T], default: T) -> T:
+        if not self.has(key):
+            return default
+        return self._read(key, parse)
+
+    def _read(self, key: str, parse: Callable[[_Reader, Any, str], T]) -> T:
+        try:
+            return parse(self.r, self.values[key], _join(self.path, key))
+        except _Skip:
+            self.failed = True
+            return None  # type: ignore[return-value]  # never used: done() raises _Skip
+
+    def problem(self, key: str, message: str) -> None:
+        self.failed = True
+        self.r.problems.append(Problem(_join(self.path, key) if key else self.path, message))
+
+    def exactly_one(self, *keys: str) -> str | None:
+        """The one of ``keys`` present (a oneof), recording a problem when none or several are."""
+        present = [k for k in keys if self.has(k)]
+        if len(present) == 1:
+            return present[0]
+        if present:
+            self.problem(present[1], f"only one of {', '.join(keys)} may be set (also found {present[0]!r})")
+        else:
+            self.problem("", f"exactly one of {', '.join(keys)} is required")
+        return None
+
+    def done(self) -> None:
+        if self.failed:
+            raise _Skip
+
+
+def _kind(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, Mapping):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return type(value).__name__
+
+
+# --- scalar parsers: (reader, value, path) -> value, or record a problem and raise _Skip ---
+
+
+def _str(r: _Reader, v: object, path: str) -> str:
+    if not isinstance(v, str):
+        r.fail(path, f"expected a string, got {_kind(v)}")
+    return v
+
+
+def _nonempty_str(r: _Reader, v: object, path: str) -> str:
+    s = _str(r, v, path)
+    if not s:
+        r.fail(path, "must not be empty")
+    return s
+
+
+def _bool(r: _Reader, v: object, path: str) -> bool:
+    if not isinstance(v, bool):
+        r.fail(path, f"expected true or false, got {_kind(v)}")
+    return v
+
+
+def _uint(lo: int, hi: int) -> Callable[[_Reader, Any, str], int]:
+    def parse(r: _Reader, v: object, path: str) -> int:
+        if isinstance(v, bool) or not isinstance(v, int):
+            r.fail(path, f"expected an integer, got {_kind(v)}")
+        if not lo <= v <= hi:
+            r.fail(path, f"{v} is out of range {lo}..{hi}")
+        return v
+
+    return parse
+
+
+_uint32 = _uint(0, _UINT32_MAX)
+_positive_uint32 = _uint(1, _UINT32_MAX)
+
+
+def _enum(values: tuple[str, ...]) -> Callable[[_Reader, Any, str], Any]:
+    def parse(r: _Reader, v: object, path: str) -> str:
+        if not isinstance(v, str) or v not in values:
+            got = repr(v) if isinstance(v, (str, int, float)) else _kind(v)
+            r.fail(path, f"{got} is not one of the supported values: {', '.join(values)}")
+        return v
+
+    return parse
+
+
+def parse_duration(text: str) -> float:
+    """protobuf's JSON Duration (``"5s"``, ``"0.25s"``, ``"-1.5s"``) in seconds; ``ValueError`` otherwise."""
+    m = _DURATION_RE.fullmatch(text)
+    if m is None:
+        raise ValueError(
+            f"{text!r} is not a duration: expected seconds with an 's' suffix, like '5s' or '0.25s'"
+        )
+    sign, whole, frac = m.groups()
+    seconds = int(whole) + (int(frac.ljust(9, "0")) / 1e9 if frac else 0.0)
+    if seconds > _MAX_DURATION_SECONDS:
+        raise ValueError(f"{text!r} is longer than protobuf's maximum duration")
+    return -seconds if sign and seconds else seconds
+
+
+def _duration(min_exclusive: bool = False) -> Callable[[_Reader, Any, str], float]:
+    """A non-negative duration (every duration in the subset is; ``connect_timeout``, health check times
+    and ``interval`` must moreover be positive, as Envoy's validation rules say)."""
+
+    def parse(r: _Reader, v: object, path: str) -> float:
+        if not isinstance(v, str):
+            r.fail(path, f"expected a duration string like '5s' or '0.25s', got {_kind(v)}")
+        try:
+            seconds = parse_duration(v)
+        except ValueError as exc:
+            r.fail(path, str(exc))
+        if seconds < 0:
+            r.fail(path, f"{v!r} must not be negative")
+        if min_exclusive and seconds == 0:
+            r.fail(path, f"{v!r} must be greater than 0s")
+        return seconds
+
+    return parse
+
+
+_duration_ge0 = _duration()
+_duration_gt0 = _duration(min_exclusive=True)
+
+
+def _list(
+    item: Callable[[_Reader, Any, str], T], *, min_items: int = 0
+) -> Callable[[_Reader, Any, str], tuple[T, ...]]:
+    def parse(r: _Reader, v: object, path: str) -> tuple[T, ...]:
+        if not isinstance(v, list):
+            r.fail(path, f"expected a list, got {_kind(v)}")
+        out: list[T] = []
+        failed = False
+        for i, x in enumerate(v):
+            try:
+                out.append(item(r, x, f"{path}[{i}]"))
+            except _Skip:
+                failed = True
+        if len(v) < min_items:
+            r.fail(path, f"needs at least {min_items} item{'s' if min_items != 1 else ''}")
+        if failed:
+            raise _Skip
+        return tuple(out)
+
+    return parse
+
+
+def _typed_config(r: _Reader, f: _Fields, name: str, types: Mapping[str, str]) -> _Fields | None:
+    """Check an extension's ``name`` and ``typed_config["@type"]`` against ``types`` (name -> type URL)
+    and return the typed_config's fields (with ``@type`` already read), or ``None`` after a problem."""
+    if name not in types:
+        f.problem("name", f"unsupported {name!r} (supported: {', '.join(types)})")
+        return None
+    tc = f.values.get("typed_config")
+    path = _join(f.path, "typed_config")
+    if tc is None:
+        f.problem("typed_config", f"required field 'typed_config' is missing (with \"@type\": {types[name]})")
+        return None
+    if not isinstance(tc, Mapping):
+        f.problem("typed_config", f"expected a mapping, got {_kind(tc)}")
+        return None
+    type_url = tc.get("@type")
+    if type_url != types[name]:
+        got = f"{type_url!r}" if type_url is not None else "missing"
+        f.problem("typed_config.@type", f'{got}: {name} needs "@type": {types[name]}')
+        return None
+    return _Fields(r, {k: v for k, v in tc.items() if k != "@type"}, path, _TYPED_CONFIG_FIELDS[types[name]])
+
+
+_TYPED_CONFIG_FIELDS: dict[str, tuple[str, ...]] = {
+    HCM_TYPE: (
+        "stat_prefix",
+        "codec_type",
+        "route_config",
+        "http_filters",
+        "access_log",
+        "common_http_protocol_options",
+        "request_timeout",
+        "stream_idle_timeout",
+    ),
+    TCP_PROXY_TYPE: ("stat_prefix", "cluster", "idle_timeout"),
+    ROUTER_TYPE: (),
+    DOWNSTREAM_TLS_TYPE: ("common_tls_context",),
+    UPSTREAM_TLS_TYPE: ("common_tls_context", "sni"),
+    TLS_INSPECTOR_TYPE: (),
+    STDOUT_LOG_TYPE: (),
+    FILE_LOG_TYPE: ("path",),
+}
+
+
+def _extension(
+    r: _Reader, v: object, path: str, types: Mapping[str, str], extra: tuple[str, ...] = ()
+) -> tuple[str, _Fields, _Fields]:
+    """An ``{name, typed_config}`` extension: returns (name, its fields, typed_config's fields).
+    The caller reads the typed_config fields then calls ``done()`` on both."""
+    f = _Fields(r, v, path, ("name", "typed_config", *extra))
+    name = f.req("name", _str)
+    tc = _typed_config(r, f, name, types) if name is not None else None
+    if tc is None:
+        f.done()
+        raise _Skip  # name missing: done() raised already
+    return name, f, tc
+
+
+# --- structure parsers ---
+
+
+def _socket_address(*, dns: bool = False, min_port: int = 0) -> Callable[[_Reader, Any, str], SocketAddress]:
+    def parse(r: _Reader, v: object, path: str) -> SocketAddress:
+        f = _Fields(r, v, path, ("address", "port_value"))
+        address = f.req("address", _nonempty_str)
+        port = f.req("port_value", _uint(min_port, 65535))
+        if address is not None and not dns:
+            try:
+                ipaddress.ip_address(address)
+            except ValueError:
+                f.problem(
+                    "address", f"{address!r} is not an IP address (only STRICT_DNS clusters resolve names)"
+                )
+        f.done()
+        return SocketAddress(address, port)
+
+    return parse
+
+
+def _address(*, dns: bool = False, min_port: int = 0) -> Callable[[_Reader, Any, str], SocketAddress]:
+    """``address: {socket_address: ...}`` (pipes and internal addresses are outside the subset)."""
+    inner = _socket_address(dns=dns, min_port=min_port)
+
+    def parse(r: _Reader, v: object, path: str) -> SocketAddress:
+        f = _Fields(r, v, path, ("socket_address",))
+        sa = f.req("socket_address", inner)
+        f.done()
+        return sa
+
+    return parse
+
+
+def _access_log(r: _Reader, v: object, path: str) -> AccessLog:
+    types = {STDOUT_LOG_NAME: STDOUT_LOG_TYPE, FILE_LOG_NAME: FILE_LOG_TYPE}
+    name, f, tc = _extension(r, v, path, types)
+    log_path = tc.req("path", _nonempty_str) if name == FILE_LOG_NAME else None
+    tc.done()
+    f.done()
+    return AccessLog("file", log_path) if name == FILE_LOG_NAME else AccessLog("stdout")
+
+
+def _admin(r: _Reader, v: object, path: str) -> Admin:
+    f = _Fields(r, v, path, ("address", "access_log"))
+    address = f.req("address", _address())
+    logs = f.opt("access_log", _list(_access_log), ())
+    f.done()
+    return Admin(address, logs)
+
+
+def _data_source(r: _Reader, v: object, path: str) -> str:
+    """A ``DataSource`` given by ``filename`` (inline_string/inline_bytes are outside the subset)."""
+    f = _Fields(r, v, path, ("filename",))
+    filename = f.req("filename", _nonempty_str)
+    f.done()
+    r.check_file(filename, _join(path, "filename"))
+    return filename
+
+
+def _tls_certificate(r: _Reader, v: object, path: str) -> TlsCertificate:
+    f = _Fields(r, v, path, ("certificate_chain", "private_key"))
+    chain = f.req("certificate_chain", _data_source)
+    key = f.req("private_key", _data_source)
+    f.done()
+    return TlsCertificate(chain, key)
+
+
+def _validation_context(r: _Reader, v: object, path: str) -> str:
+    f = _Fields(r, v, path, ("trusted_ca",))
+    ca = f.req("trusted_ca", _data_source)
+    f.done()
+    return ca
+
+
+def _common_tls_context(*, downstream: bool) -> Callable[[_Reader, Any, str], CommonTlsContext]:
+    def parse(r: _Reader, v: object, path: str) -> CommonTlsContext:
+        f = _Fields(r, v, path, ("tls_certificates", "validation_context", "alpn_protocols"))
+        certs = f.opt("tls_certificates", _list(_tls_certificate, min_items=1 if downstream else 0), ())
+        if downstream and not f.has("tls_certificates"):
+            f.problem(
+                "tls_certificates",
+                "required field 'tls_certificates' is missing: TLS termination needs a certificate",
+            )
+        ca = f.opt("validation_context", _validation_context, None)
+        alpn = f.opt("alpn_protocols", _list(_nonempty_str), ())
+        f.done()
+        return CommonTlsContext(certs, ca, alpn)
+
+    return parse
+
+
+def _downstream_tls(r: _Reader, v: object, path: str) -> DownstreamTlsContext:
+    _, f, tc = _extension(r, v, path, {TLS_NAME: DOWNSTREAM_TLS_TYPE})
+    common = tc.req("common_tls_context", _common_tls_context(downstream=True))
+    tc.done()
+    f.done()
+    return DownstreamTlsContext(common)
+
+
+def _upstream_tls(r: _Reader, v: object, path: str) -> UpstreamTlsContext:
+    _, f, tc = _extension(r, v, path, {TLS_NAME: UPSTREAM_TLS_TYPE})
+    common = tc.opt("common_tls_context", _common_tls_context(downstream=False), CommonTlsContext())
+    sni = tc.opt("sni", _nonempty_str, None)
+    tc.done()
+    f.done()
+    return UpstreamTlsContext(common, sni)
+
+
+def _string_match(r: _Reader, v: object, path: str) -> tuple[Literal["exact", "prefix"], str, bool]:
+    f = _Fields(r, v, path, ("exact", "prefix", "ignore_case"))
+    which = f.exactly_one("exact", "prefix")
+    value = f.req(which, _str) if which is not None else ""
+    ignore_case = f.opt("ignore_case", _bool, False)
+    f.done()
+    return ("exact" if which == "exact" else "prefix"), value, ignore_case
+
+
+def _header_matcher(r: _Reader, v: object, path: str) -> HeaderMatcher:
+    f = _Fields(r, v, path, ("name", "exact_match", "string_match", "present_match"))
+    name = f.req("name", _nonempty_str)
+    specifiers = [k for k in ("exact_match", "string_match", "present_match") if f.has(k)]
+    m: HeaderMatcher | None = None
+    if len(specifiers) > 1:
+        f.problem(
+            specifiers[1],
+            f"only one of exact_match, string_match, present_match may be set (also found {specifiers[0]!r})",
+        )
+    elif not specifiers:
+        m = HeaderMatcher(name, "present")
+    elif specifiers[0] == "exact_match":
+        m = HeaderMatcher(name, "exact", f.req("exact_match", _str))
+    elif specifiers[0] == "string_match":
+        sm = f.req("string_match", _string_match)
+        if sm is not None:
+            m = HeaderMatcher(name, sm[0], sm[1], sm[2])
+    else:
+        m = HeaderMatcher(name, "present" if f.req("present_match", _bool) else "absent")
+    f.done()
+    if m is None:  # unreachable: every branch that leaves m None marked f failed, so done() raised
+        raise _Skip
+    return m
+
+
+def _route_match(r: _Reader, v: object, path: str) -> RouteMatch:
+    f = _Fields(r, v, path, ("prefix", "path", "headers"))
+    which = f.exactly_one("prefix", "path")
+    value = f.req(which, _str) if which is not None else ""
+    if which == "path" and value is not None and not value.startswith("/"):
+        f.problem("path", f"{value!r} must start with '/'")
+    headers = f.opt("headers", _list(_header_matcher), ())
+    f.done()
+    return RouteMatch(
+        prefix=value if which == "prefix" else None, path=value if which == "path" else None, headers=headers
+    )
+
+
+def _retry_on(r: _Reader, v: object, path: str) -> tuple[str, ...]:
+    text = _str(r, v, path)
+    conditions = tuple(c.strip() for c in text.split(","))
+    bad = [c for c in conditions if c not in RETRY_ON]
+    if bad:
+        r.fail(
+            path, f"unsupported retry_on {', '.join(repr(c) for c in bad)} (supported: {', '.join(RETRY_ON)})"
+        )
+    return conditions
+
+
+def _retry_policy(r: _Reader, v: object, path: str) -> RetryPolicy:
+    f = _Fields(r, v, path, ("retry_on", "num_retries", "per_try_timeout"))
+    retry_on = f.req("retry_on", _retry_on)
+    num_retries = f.opt("num_retries", _uint32, 1)
+    per_try = f.opt("per_try_timeout", _duration_ge0, None)
+    f.done()
+    return RetryPolicy(retry_on, num_retries, per_try)
+
+
+def _weighted_cluster(r: _Reader, v: object, path: str) -> WeightedCluster:
+    f = _Fields(r, v, path, ("name", "weight"))
+    name = f.req("name", _nonempty_str)
+    weight = f.req("weight", _uint(1, _UINT32_MAX))
+    f.done()
+    r.cluster_refs.append((name, _join(path, "name")))
+    return WeightedCluster(name, weight)
+
+
+def _weighted_clusters(r: _Reader, v: object, path: str) -> tuple[WeightedCluster, ...]:
+    f = _Fields(r, v, path, ("clusters",))
+    clusters = f.req("clusters", _list(_weighted_cluster, min_items=1))
+    f.done()
+    return clusters
+
+
+def _cluster_ref(r: _Reader, v: object, path: str) -> str:
+    name = _nonempty_str(r, v, path)
+    r.cluster_refs.append((name, path))
+    return name
+
+
+def _route_action(r: _Reader, v: object, path: str) -> RouteAction:
+    f = _Fields(
+        r,
+        v,
+        path,
+        ("cluster", "weighted_clusters", "prefix_rewrite", "host_rewrite_literal", "timeout", "retry_policy"),
+    )
+    which = f.exactly_one("cluster", "weighted_clusters")
+    cluster = f.req("cluster", _cluster_ref) if which == "cluster" else None
+    weighted = f.req("weighted_clusters", _weighted_clusters) if which == "weighted_clusters" else ()
+    action = RouteAction(
+        cluster=cluster,
+        weighted_clusters=weighted,
+        prefix_rewrite=f.opt("prefix_rewrite", _str, None),
+        host_rewrite_literal=f.opt("host_rewrite_literal", _nonempty_str, None),
+        timeout=f.opt("timeout", _duration_ge0, 15.0),
+        retry_policy=f.opt("retry_policy", _retry_policy, None),
+    )
+    f.done()
+    return action
+
+
+def _direct_response(r: _Reader, v: object, path: str) -> DirectResponse:
+    f = _Fields(r, v, path, ("status", "body"))
+    status = f.req("status", _uint(100, 599))
+    body = f.opt("body", _inline_string, None)
+    f.done()
+    return DirectResponse(status, body)
+
+
+def _inline_string(r: _Reader, v: object, path: str) -> str:
+    f = _Fields(r, v, path, ("inline_string",))
+    s = f.req("inline_string", _str)
+    f.done()
+    return s
+
+
+def _header_value_option(r: _Reader, v: object, path: str) -> HeaderValueOption:
+    f = _Fields(r, v, path, ("header", "append_action", "append"))
+    key_value = f.req("header", _header_value)
+    action: AppendAction = "APPEND_IF_EXISTS_OR_ADD"
+    if f.has("append_action") and f.has("append"):
+        f.problem("append", "only one of append_action, append may be set ('append' is deprecated)")
+    elif f.has("append"):
+        action = "APPEND_IF_EXISTS_OR_ADD" if f.req("append", _bool) else "OVERWRITE_IF_EXISTS_OR_ADD"
+    else:
+        action = f.opt("append_action", _enum(APPEND_ACTIONS), action)
+    f.done()
+    return HeaderValueOption(key_value[0], key_value[1], action)
+
+
+def _header_value(r: _Reader, v: object, path: str) -> tuple[str, str]:
+    f = _Fields(r, v, path, ("key", "value"))
+    key = f.req("key", _nonempty_str)
+    value = f.opt("value", _str, "")
+    f.done()
+    return key, value
+
+
+def _route(r: _Reader, v: object, path: str) -> Route:
+    f = _Fields(
+        r,
+        v,
+        path,
+        ("match", "route", "direct_response", "request_headers_to_add", "request_headers_to_remove"),
+    )
+    match = f.req("match", _route_match)
+    which = f.exactly_one("route", "direct_response")
+    action: RouteAction | DirectResponse | None = None
+    if which == "route":
+        action = f.req("route", _route_action)
+    elif which == "direct_response":
+        action = f.req("direct_response", _direct_response)
+    to_add = f.opt("request_headers_to_add", _list(_header_value_option), ())
+    to_remove = f.opt("request_headers_to_remove", _list(_nonempty_str), ())
+    f.done()
+    if action is None:  # unreachable: no action means f failed, so done() raised
+        raise _Skip
+    return Route(match, action, to_add, to_remove)
+
+
+def _virtual_host(r: _Reader, v: object, path: str) -> VirtualHost:
+    f = _Fields(r, v, path, ("name", "domains", "routes"))
+    name = f.req("name", _nonempty_str)
+    domains = f.req("domains", _list(_nonempty_str, min_items=1))
+    routes = f.opt("routes", _list(_route), ())
+    f.done()
+    return VirtualHost(name, domains, routes)
+
+
+def _route_config(r: _Reader, v: object, path: str) -> RouteConfiguration:
+    f = _Fields(r, v, path, ("name", "virtual_hosts"))
+    name = f.opt("name", _str, "")
+    vhosts = f.opt("virtual_hosts", _list(_virtual_host), ())
+    if vhosts:
+        seen_names: dict[str, int] = {}
+        seen_domains: dict[str, int] = {}
+        for i, vh in enumerate(vhosts):
+            if vh.name in seen_names:
+                f.problem(
+                    f"virtual_hosts[{i}].name",
+                    f"duplicate virtual host name {vh.name!r} (also virtual_hosts[{seen_names[vh.name]}])",
+                )
+            seen_names.setdefault(vh.name, i)
+            for j, d in enumerate(vh.domains):
+                key = d.lower()
+                if key in seen_domains:
+                    f.problem(
+                        f"virtual_hosts[{i}].domains[{j}]",
+                        f"domain {d!r} is already served by virtual_hosts[{seen_domains[key]}]",
+                    )
+                seen_domains.setdefault(key, i)
+    f.done()
+    return RouteConfiguration(name, vhosts)
+
+
+def _http_filter(r: _Reader, v: object, path: str) -> str:
+    name, f, tc = _extension(r, v, path, {ROUTER_NAME: ROUTER_TYPE})
+    tc.done()
+    f.done()
+    return name
+
+
+def _idle_timeout_options(r: _Reader, v: object, path: str) -> float:
+    f = _Fields(r, v, path, ("idle_timeout",))
+    t = f.opt("idle_timeout", _duration_ge0, 3600.0)
+    f.done()
+    return t
+
+
+def _hcm(r: _Reader, f: _Fields) -> HttpConnectionManager:
+    stat_prefix = f.req("stat_prefix", _nonempty_str)
+    codec = f.opt("codec_type", _enum(CODEC_TYPES), "AUTO")
+    route_config = f.req("route_config", _route_config)
+    filters = f.req("http_filters", _list(_http_filter, min_items=1))
+    if filters is not None and len(filters) != 1:
+        f.problem(
+            "http_filters", "must be exactly one envoy.filters.http.router (the only HTTP filter supported)"
+        )
+    hcm = HttpConnectionManager(
+        stat_prefix=stat_prefix,
+        route_config=route_config,
+        codec_type=codec,
+        access_log=f.opt("access_log", _list(_access_log), ()),
+        idle_timeout=f.opt("common_http_protocol_options", _idle_timeout_options, 3600.0),
+        request_timeout=f.opt("request_timeout", _duration_ge0, 0.0),
+        stream_idle_timeout=f.opt("stream_idle_timeout", _duration_ge0, 300.0),
+    )
+    f.done()
+    return hcm
+
+
+def _tcp_proxy(r: _Reader, f: _Fields) -> TcpProxy:
+    proxy = TcpProxy(
+        stat_prefix=f.req("stat_prefix", _nonempty_str),
+        cluster=f.req("cluster", _cluster_ref),
+        idle_timeout=f.opt("idle_timeout", _duration_ge0, 3600.0),
+    )
+    f.done()
+    return proxy
+
+
+def _network_filter(r: _Reader, v: object, path: str) -> HttpConnectionManager | TcpProxy:
+    name, f, tc = _extension(r, v, path, {HCM_NAME: HCM_TYPE, TCP_PROXY_NAME: TCP_PROXY_TYPE})
+    try:
+        result: HttpConnectionManager | TcpProxy = _hcm(r, tc) if name == HCM_NAME else _tcp_proxy(r, tc)
+    finally:
+        f.done()
+    return result
+
+
+def _filter_chain_match(r: _Reader, v: object, path: str) -> tuple[str, ...]:
+    f = _Fields(r, v, path, ("server_names",))
+    names = f.opt("server_names", _list(_nonempty_str), ())
+    f.done()
+    return tuple(n.lower() for n in names)
+
+
+def _filter_chain(r: _Reader, v: object, path: str) -> FilterChain:
+    f = _Fields(r, v, path, ("name", "filter_chain_match", "transport_socket", "filters"))
+    name = f.opt("name", _str, None)
+    server_names = f.opt("filter_chain_match", _filter_chain_match, ())
+    tls = f.opt("transport_socket", _downstream_tls, None)
+    filters = f.req("filters", _list(_network_filter, min_items=1))
+    if filters is not None and len(filters) > 1:
+        f.problem(
+            "filters", "must hold exactly one filter: http_connection_manager and tcp_proxy are both terminal"
+        )
+    f.done()
+    return FilterChain(filters[0], server_names, tls, name)
+
+
+def _listener_filter(r: _Reader, v: object, path: str) -> str:
+    name, f, tc = _extension(r, v, path, {TLS_INSPECTOR_NAME: TLS_INSPECTOR_TYPE})
+    tc.done()
+    f.done()
+    return name
+
+
+def _listener(r: _Reader, v: object, path: str) -> Listener:
+    f = _Fields(r, v, path, ("name", "address", "listener_filters", "filter_chains"))
+    name = f.req("name", _nonempty_str)
+    address = f.req("address", _address())
+    listener_filters = f.opt("listener_filters", _list(_listener_filter), ())
+    chains = f.req("filter_chains", _list(_filter_chain, min_items=1))
+    if chains is not None:
+        seen: dict[tuple[str, ...], int] = {}
+        for i, chain in enumerate(chains):
+            key = tuple(sorted(chain.server_names))
+            if key in seen:
+                match = f"server_names {', '.join(key)}" if key else "no filter_chain_match"
+                f.problem(f"filter_chains[{i}]", f"same match as filter_chains[{seen[key]}] ({match})")
+            seen.setdefault(key, i)
+    f.done()
+    return Listener(name, address, chains, TLS_INSPECTOR_NAME in listener_filters)
+
+
+def _lb_endpoint(dns: bool) -> Callable[[_Reader, Any, str], SocketAddress]:
+    address = _address(dns=dns, min_port=1)
+
+    def endpoint(r: _Reader, v: object, path: str) -> SocketAddress:
+        f = _Fields(r, v, path, ("address",))
+        a = f.req("address", address)
+        f.done()
+        return a
+
+    def parse(r: _Reader, v: object, path: str) -> SocketAddress:
+        f = _Fields(r, v, path, ("endpoint",))
+        a = f.req("endpoint", endpoint)
+        f.done()
+        return a
+
+    return parse
+
+
+def _load_assignment(dns: bool) -> Callable[[_Reader, Any, str], ClusterLoadAssignment]:
+    def locality(r: _Reader, v: object, path: str) -> tuple[SocketAddress, ...]:
+        f = _Fields(r, v, path, ("lb_endpoints",))
+        eps = f.req("lb_endpoints", _list(_lb_endpoint(dns), min_items=1))
+        f.done()
+        return eps
+
+    def parse(r: _Reader, v: object, path: str) -> ClusterLoadAssignment:
+        f = _Fields(r, v, path, ("cluster_name", "endpoints"))
+        name = f.req("cluster_name", _nonempty_str)
+        endpoints = f.req("endpoints", _list(locality, min_items=1))
+        f.done()
+        return ClusterLoadAssignment(name, endpoints)
+
+    return parse
+
+
+def _http_health_check(r: _Reader, v: object, path: str) -> str:
+    f = _Fields(r, v, path, ("path",))
+    p = f.req("path", _nonempty_str)
+    if p is not None and not p.startswith("/"):
+        f.problem("path", f"{p!r} must start with '/'")
+    f.done()
+    return p
+
+
+def _health_check(r: _Reader, v: object, path: str) -> HealthCheck:
+    f = _Fields(
+        r, v, path, ("timeout", "interval", "unhealthy_threshold", "healthy_threshold", "http_health_check")
+    )
+    hc = HealthCheck(
+        timeout=f.req("timeout", _duration_gt0),
+        interval=f.req("interval", _duration_gt0),
+        unhealthy_threshold=f.req("unhealthy_threshold", _uint32),
+        healthy_threshold=f.req("healthy_threshold", _uint32),
+        path=f.req("http_health_check", _http_health_check),
+    )
+    f.done()
+    return hc
+
+
+def _outlier_detection(r: _Reader, v: object, path: str) -> OutlierDetection:
+    f = _Fields(r, v, path, ("consecutive_5xx", "interval", "base_ejection_time", "max_ejection_percent"))
+    od = OutlierDetection(
+        consecutive_5xx=f.opt("consecutive_5xx", _uint32, 5),
+        interval=f.opt("interval", _duration_gt0, 10.0),
+        base_ejection_time=f.opt("base_ejection_time", _duration_gt0, 30.0),
+        max_ejection_percent=f.opt("max_ejection_percent", _uint(0, 100), 10),
+    )
+    f.done()
+    return od
+
+
+def _thresholds(r: _Reader, v: object, path: str) -> CircuitBreakerThresholds:
+    f = _Fields(
+        r, v, path, ("priority", "max_connections", "max_pending_requests", "max_requests", "max_retries")
+    )
+    if f.has("priority") and f.values["priority"] != "DEFAULT":
+        f.problem("priority", f"{f.values['priority']!r} is not supported: only priority DEFAULT")
+    t = CircuitBreakerThresholds(
+        max_connections=f.opt("max_connections", _uint32, 1024),
+        max_pending_requests=f.opt("max_pending_requests", _uint32, 1024),
+        max_requests=f.opt("max_requests", _uint32, 1024),
+        max_retries=f.opt("max_retries", _uint32, 3),
+    )
+    f.done()
+    return t
+
+
+def _circuit_breakers(r: _Reader, v: object, path: str) -> CircuitBreakerThresholds:
+    f = _Fields(r, v, path, ("thresholds",))
+    thresholds = f.opt("thresholds", _list(_thresholds), ())
+    if thresholds is not None and len(thresholds) > 1:
+        f.problem("thresholds[1]", "only one thresholds entry (priority DEFAULT) is supported")
+    f.done()
+    return thresholds[0] if thresholds else CircuitBreakerThresholds()
+
+
+def _cluster(r: _Reader, v: object, path: str) -> Cluster:
+    f = _Fields(
+        r,
+        v,
+        path,
+        (
+            "name",
+            "type",
+            "connect_timeout",
+            "lb_policy",
+            "dns_lookup_family",
+            "load_assignment",
+            "health_checks",
+            "outlier_detection",
+            "circuit_breakers",
+            "transport_socket",
+        ),
+    )
+    name = f.req("name", _nonempty_str)
+    ctype = f.opt("type", _enum(CLUSTER_TYPES), "STATIC")
+    dns = ctype == "STRICT_DNS"
+    if f.has("dns_lookup_family") and not dns:
+        f.problem("dns_lookup_family", "only STRICT_DNS clusters resolve names")
+    c = Cluster(
+        name=name,
+        type=ctype,
+        connect_timeout=f.opt("connect_timeout", _duration_gt0, 5.0),
+        lb_policy=f.opt("lb_policy", _enum(LB_POLICIES), "ROUND_ROBIN"),
+        dns_lookup_family=f.opt("dns_lookup_family", _enum(DNS_LOOKUP_FAMILIES), "AUTO"),
+        load_assignment=f.req("load_assignment", _load_assignment(dns)),
+        health_checks=f.opt("health_checks", _list(_health_check), ()),
+        outlier_detection=f.opt("outlier_detection", _outlier_detection, None),
+        circuit_breakers=f.opt("circuit_breakers", _circuit_breakers, CircuitBreakerThresholds()),
+        transport_socket=f.opt("transport_socket", _upstream_tls, None),
+    )
+    f.done()
+    return c
+
+
+def _static_resources(r: _Reader, v: object, path: str) -> tuple[tuple[Listener, ...], tuple[Cluster, ...]]:
+    f = _Fields(r, v, path, ("listeners", "clusters"))
+    listeners = f.opt("listeners", _list(_listener), ())
+    clusters = f.opt("clusters", _list(_cluster), ())
+    raw = f.values
+    # Cross-references are checked against the raw names so that one broken cluster (a bad port, say)
+    # does not also make every route to it "unknown": each mistake is reported once, where it is.
+    # A `clusters` that is not even a list was reported already; checking against it would flag
+    # every reference.
+    raw_clusters = raw.get("clusters", [])
+    cluster_names = _raw_names(raw_clusters)
+    for name, ref_path in r.cluster_refs if isinstance(raw_clusters, list) else ():
+        if name not in cluster_names:
+            r.problems.append(
+                Problem(ref_path, f"unknown cluster {name!r} (not in static_resources.clusters)")
+            )
+            f.failed = True
+    for key in ("listeners", "clusters"):
+        seen: dict[str, int] = {}
+        for i, n in _raw_indexed_names(raw.get(key)):
+            if n in seen:
+                f.problem(f"{key}[{i}].name", f"duplicate name {n!r} (also {key}[{seen[n]}])")
+            seen.setdefault(n, i)
+    if listeners:
+        bound: dict[tuple[str, int], int] = {}
+        for i, listener in enumerate(listeners):
+            key2 = (str(ipaddress.ip_address(listener.address.address)), listener.address.port_value)
+            if key2 in bound and key2[1] != 0:
+                f.problem(
+                    f"listeners[{i}].address",
+                    f"{listener.address} is already used by listeners[{bound[key2]}]",
+                )
+            bound.setdefault(key2, i)
+    f.done()
+    return listeners, clusters
+
+
+def _raw_indexed_names(items: object) -> list[tuple[int, str]]:
+    if not isinstance(items, list):
+        return []
+    return [
+        (i, x["name"])
+        for i, x in enumerate(items)
+        if isinstance(x, Mapping) and isinstance(x.get("name"), str)
+    ]
+
+
+def _raw_names(items: object) -> set[str]:
+    return {n for _, n in _raw_indexed_names(items)}
+
+
+def _bootstrap(r: _Reader, v: object, path: str) -> Bootstrap:
+    if v is None:
+        r.fail(path, "the document is empty")
+    f = _Fields(r, v, path, ("admin", "static_resources"))
+    admin = f.opt("admin", _admin, None)
+    resources = f.opt("static_resources", _static_resources, ((), ()))
+    f.done()
+    return Bootstrap(admin, resources[0], resources[1])
