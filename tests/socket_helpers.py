@@ -136,9 +136,14 @@ async def stream_pair(
     return trio.SocketStream(client), trio.SocketStream(server)
 
 
-async def clog(stream: trio.SocketStream, quiet: float = 10.0) -> int:
+async def clog(stream: trio.SocketStream, quiet: float = 121.0) -> int:
     """Send on ``stream`` until ``quiet`` simulated seconds pass with nothing accepted: the
-    sender's buffer and the peer's receive window are then both full.  Returns the bytes sent."""
+    sender's buffer and the peer's receive window are then both full.  Returns the bytes sent.
+
+    ``quiet`` outlasts two maximal retransmission timeouts (RTO max 60 s): on a lossy wire a lost
+    segment is resent and acknowledged within it, so what stays blocked afterwards is blocked by
+    the full window alone, not by a retransmission still to come that would free buffer space
+    later (with 10 s, a long backoff could pass for a clogged pipe and unclog under the test)."""
     total = 0
     chunk = b"c" * 4096
     while True:
