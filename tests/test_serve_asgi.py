@@ -9,10 +9,8 @@ they print once listening, clients on their exit; every wait has a bound.
 
 from __future__ import annotations
 
-import datetime
 import hashlib
 import importlib.util
-import ipaddress
 import json
 import os
 import re
@@ -42,6 +40,7 @@ from tap_helpers import (
 from trio_yastack.l7 import serve_asgi
 from trio_yastack.l7.asgi import SUPPORTED_HYPERCORN, Config, check_hypercorn_version
 from trio_yastack.nic.netns import NetworkNamespace
+from trio_yastack.tls.certs import make_ca
 
 pytestmark = [requires_netns, pytest.mark.netns]
 
@@ -122,70 +121,12 @@ def curl_w(namespace: NetworkNamespace, *args: str) -> tuple[str, str, int]:
 
 def make_certificates(directory: Path) -> tuple[Path, Path, Path]:
     """A CA and a leaf for 198.18.0.2 (an IP SAN) signed by it: (ca.pem, cert.pem, key.pem)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "trio_yastack test CA")])
-    usage = dict.fromkeys(
-        ("content_commitment", "key_encipherment", "data_encipherment", "key_agreement"), False
-    )
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-                **usage,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    leaf = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, STACK_ADDRESS)]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.IPv4Address(STACK_ADDRESS))]),
-            critical=False,
-        )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
+    ca = make_ca("trio_yastack test CA")
+    leaf = ca.issue([STACK_ADDRESS])
     ca_pem, cert_pem, key_pem = directory / "ca.pem", directory / "cert.pem", directory / "key.pem"
-    ca_pem.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    cert_pem.write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
-    key_pem.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    ca_pem.write_bytes(ca.cert_pem)
+    cert_pem.write_bytes(leaf.cert_pem)
+    key_pem.write_bytes(leaf.key_pem)
     return ca_pem, cert_pem, key_pem
 
 
