@@ -21,15 +21,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import shutil
-import statistics
 import subprocess
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from _common import machine, spread
 
 from trio_yastack.nic.netns import NetworkNamespace, netns_unavailable_reason, veth_pair
 
@@ -122,8 +122,7 @@ def run_kernel(seconds: int, close: bool, cores: int = 1) -> dict[str, float]:
 
 
 def summary(runs: list[dict[str, float]], key: str) -> dict[str, float]:
-    values = [run[key] for run in runs]
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+    return spread(run[key] for run in runs)
 
 
 def main() -> None:
@@ -151,7 +150,7 @@ def main() -> None:
     result: dict[str, Any] = {
         "benchmark": "asgi",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cpus, Python {platform.python_version()}",
+        "machine": machine(),
         "load": f"wrk -t1 -c50 -d{seconds}s GET / (13-byte body)",
         "rounds": rounds,
         "cases": {name: {key: summary(runs, key) for key in runs[0]} for name, runs in cases.items()},

@@ -22,7 +22,6 @@ import argparse
 import gc
 import json
 import os
-import platform
 import resource
 import socket
 import sys
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
+from _common import machine
 
 from trio_yastack import open_stack, use_stack
 from trio_yastack.nic import memory_wire
@@ -172,7 +172,7 @@ def main() -> None:
     result = {
         "benchmark": "memory",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cpus, Python {platform.python_version()}",
+        "machine": machine(),
         "connections": count,
         "ours": ours,
         "kernel": kernel,

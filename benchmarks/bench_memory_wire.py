@@ -17,9 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import statistics
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
@@ -28,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
+from _common import machine, spread
 
 from trio_yastack import open_stack, use_stack
 from trio_yastack.nic import memory_wire
@@ -118,10 +116,6 @@ def run_case(ours: bool, what: str, amount: int) -> dict[str, float]:
     return trio.run(main)
 
 
-def summary(values: list[float]) -> dict[str, float]:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -140,11 +134,11 @@ def main() -> None:
             side = "ours" if ours else "kernel"
             runs.setdefault(f"{side}_bulk", []).append(run_case(ours, "bulk", megabytes * 1_000_000))
             runs.setdefault(f"{side}_connections", []).append(run_case(ours, "connections", connections))
-    cases = {name: {key: summary([r[key] for r in rs]) for key in rs[0]} for name, rs in runs.items()}
+    cases = {name: {key: spread([r[key] for r in rs]) for key in rs[0]} for name, rs in runs.items()}
     result: dict[str, Any] = {
         "benchmark": "memory_wire",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cpus, Python {platform.python_version()}",
+        "machine": machine(),
         "megabytes": megabytes,
         "connections": connections,
         "rounds": rounds,

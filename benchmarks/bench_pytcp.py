@@ -19,10 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import re
-import statistics
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -30,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
+from _common import machine, spread
 
 from trio_yastack import open_stack
 from trio_yastack.nic.netns import NetworkNamespace, netns_unavailable_reason, tap_in_netns
@@ -134,20 +132,12 @@ def main() -> None:
         runs["ours"].append(run_ours(pings, nbytes))
         runs["pytcp"].append(run_pytcp(python, pings, nbytes))
     summary: dict[str, Any] = {
-        side: {
-            key: {
-                "median": statistics.median(r[key] for r in rs),
-                "min": min(r[key] for r in rs),
-                "max": max(r[key] for r in rs),
-            }
-            for key in rs[0]
-        }
-        for side, rs in runs.items()
+        side: {key: spread(r[key] for r in rs) for key in rs[0]} for side, rs in runs.items()
     }
     result = {
         "benchmark": "pytcp",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cpus, Python {platform.python_version()}",
+        "machine": machine(),
         "pytcp_version": PYTCP_VERSION,
         "pings": pings,
         "echo_bytes": nbytes,

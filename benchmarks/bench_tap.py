@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
+from _common import machine, spread
 
 from trio_yastack import _native, open_stack
 from trio_yastack.nic.kernel_peer import pattern_block
@@ -151,8 +152,7 @@ def run_iperf3(seconds: int, mtu: int) -> float | None:
 
 
 def summary(samples: list[dict[str, float]], key: str) -> dict[str, float]:
-    values = [s[key] for s in samples]
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+    return spread(run[key] for run in samples)
 
 
 def main() -> None:
@@ -184,7 +184,7 @@ def main() -> None:
     result: dict[str, Any] = {
         "benchmark": "tap",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cpus, Python {platform.python_version()}",
+        "machine": machine(),
         "kernel": platform.release(),
         "native_checksum": _native.NATIVE,
         "megabytes": megabytes,
