@@ -437,10 +437,7 @@ class TcpConnection:
                 self.ts_recent_valid = True
             self.snd_wl1, self.snd_wl2 = seq, ack
             self._ack_advances(ack, tsecr, now)
-            if self.core.in_burst:
-                self.core.output_pending[self] = None
-            else:
-                self.tcp_output(now)
+            self._output_after_input(now)
             return
         if state == SYN_SENT:
             self._syn_sent_arrives(
@@ -579,8 +576,13 @@ class TcpConnection:
             elif fin > self.rcv_nxt:
                 self.rcv_fin = fin  # out of order: taken when the data before it arrives
                 self.ack_now = True
+        self._output_after_input(now)
+
+    def _output_after_input(self, now: float) -> None:
+        """Send what an arriving segment made due: at the end of the burst it came in (once for
+        all of the burst's segments), or at once outside a burst."""
         if self.core.in_burst:
-            self.core.output_pending[self] = None  # once, when the burst is in
+            self.core.output_pending[self] = None
         else:
             self.tcp_output(now)
 
