@@ -273,6 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
     certs.add_argument("--days", type=int, default=30)
     certs.add_argument("--overwrite", action="store_true", help="replace existing host files")
     certs.set_defaults(handler=_certs)
+    from trio_yastack.l7.cli import add_proxy_command
+
+    add_proxy_command(commands)
     return parser
 
 

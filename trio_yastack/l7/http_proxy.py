@@ -1,0 +1,868 @@
+"""Envoy's HTTP connection manager and router filter, for HTTP/1.1 on both sides, with h11.
+
+One downstream connection is served by :meth:`HttpConnectionManager.serve_connection`: requests are
+read one at a time (HTTP/1.1 keep-alive; pipelined requests wait their turn), routed
+(:mod:`.router`), and proxied to an upstream connection from the cluster's pool (:mod:`.upstream`).
+
+What a request meets on the way, in order:
+
+- **Refusals.** A malformed request is 400, a header block over 60 KiB (Envoy's
+  ``max_request_headers_kb`` default) 431, a ``Transfer-Encoding`` other than chunked 501, and a
+  request with both ``Content-Length`` and ``Transfer-Encoding`` 400: that is how request smuggling
+  starts (RFC 9112 6.3 lets a proxy reject it, and Envoy does).  A declared or streamed body over
+  ``max_request_body`` is 413.  Each of these closes the connection, since the framing of what
+  follows cannot be trusted.
+- **Timeouts.** ``request_timeout`` bounds receiving the whole request (408), ``stream_idle_timeout``
+  any quiet period of a request in either direction (408 before the response started, a reset
+  after), ``idle_timeout`` a connection with no request; the route's ``timeout`` runs from the end of
+  the request to the end of the response (504), ``per_try_timeout`` bounds each attempt's wait for
+  response headers.
+- **Routing.** No virtual host or route: 404.  ``direct_response`` answers locally.
+- **Headers.** Hop-by-hop headers are removed both ways; ``x-forwarded-for`` gets the client's
+  address appended, ``x-forwarded-proto`` is set to the downstream scheme, ``x-request-id`` is kept or
+  made (UUID4), ``via: 1.1 trio_yastack`` is appended; ``prefix_rewrite`` (the original path goes in
+  ``x-envoy-original-path``), ``host_rewrite_literal`` and the route's header options apply.
+- **Upstream.** 503 when no host is healthy or a circuit breaker is open, 502 when the connection
+  fails or is reset before a response (the issue's rule; Envoy itself answers 503 there), 504 on
+  timeout.  Retries follow ``retry_policy`` with Envoy's jittered back-off (25 ms base, 250 ms cap);
+  a request body is kept for replay up to :data:`RETRY_BUFFER` bytes, and a request with more is
+  not retried (Envoy's buffer-limit rule) — bodies are otherwise streamed, never held whole.
+- **Bodies** stream both ways with backpressure: each chunk is written before the next is read,
+  and the request body is sent while the response is being read (an upstream may answer early).
+- **Upgrade** (WebSocket): the ``Upgrade`` handshake goes to the upstream; on 101 the two
+  connections are spliced byte for byte until both sides close.
+- **Draining** (SIGTERM or ``POST /healthcheck/fail`` on the admin endpoint): responses carry
+  ``connection: close``, so keep-alive clients move on.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import uuid
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import TYPE_CHECKING
+
+import h11
+import trio
+
+from .access_log import AccessLogger, AccessRecord
+from .config import DirectResponse, HttpConnectionManager, RetryPolicy, Route, RouteAction
+from .router import Router, apply_header_options, get_header, rewrite_path, strip_hop_by_hop
+from .stats import Scope, Stats
+from .upstream import ClusterManager, ClusterRuntime, ConnectFailure, Overflow, UpstreamConnection
+
+if TYPE_CHECKING:
+    from .proxy import ProxyState
+
+__all__ = ["MAX_REQUEST_HEADERS", "RETRY_BUFFER", "HttpConnectionManagerRuntime", "ProxyLimits"]
+
+MAX_REQUEST_HEADERS = 60 * 1024  # Envoy's max_request_headers_kb default
+RETRY_BUFFER = 64 * 1024  # request body kept for replay on retry
+RECEIVE_SIZE = 65536
+RETRY_BASE = 0.025  # Envoy's retry back-off base_interval default
+RETRY_MAX = 0.25  # and its default max_interval (10 x base)
+VIA = b"1.1 trio_yastack"
+SERVER = b"trio_yastack"
+_NETWORK_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyLimits:
+    """Bounds that Envoy's static subset has no field for (``yastack proxy`` options)."""
+
+    max_request_body: int = 100 * 1024 * 1024  # 413 beyond this (declared or streamed)
+    max_downstream_connections: int = 10_000  # per listener; beyond it new connections wait in the backlog
+
+
+class _LocalReply(Exception):
+    """Answer the request locally with ``status`` (and close the connection if ``close``)."""
+
+    def __init__(self, status: int, body: str, flags: str, *, close: bool = False) -> None:
+        super().__init__(body)
+        self.status, self.body, self.flags, self.close = status, body, flags, close
+
+
+class _DownstreamGone(Exception):
+    """The client went away (or timed out) mid-request: no reply is possible."""
+
+    def __init__(self, flags: str) -> None:
+        super().__init__(flags)
+        self.flags = flags
+
+
+class _Downstream:
+    """One client connection: the stream, its h11 server state, and byte counts."""
+
+    __slots__ = ("bytes_received", "bytes_sent", "h11", "remote", "response_started", "scheme", "stream")
+
+    def __init__(self, stream: trio.abc.Stream, remote: str, scheme: str) -> None:
+        self.stream = stream
+        self.remote = remote
+        self.scheme = scheme
+        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_HEADERS)
+        self.bytes_received = 0
+        self.bytes_sent = 0
+        self.response_started = False
+
+    async def send(self, event: h11.Event) -> None:
+        data = self.h11.send(event)
+        if data:
+            self.bytes_sent += len(data)
+            await self.stream.send_all(data)
+
+    async def next_event(self, deadline: float) -> h11.Event | None:
+        """The next event from the client, or None if ``deadline`` passed first."""
+        while True:
+            event = self.h11.next_event()
+            if event is not h11.NEED_DATA:
+                return event  # type: ignore[return-value]
+            with trio.move_on_at(deadline):
+                data = await self.stream.receive_some(RECEIVE_SIZE)
+                self.bytes_received += len(data)
+                self.h11.receive_data(data)
+                continue
+            return None
+
+
+class _RequestBody:
+    """The request body, read from the client as the upstream takes it, kept for a retry while it
+    fits in :data:`RETRY_BUFFER`."""
+
+    def __init__(self, ds: _Downstream, request: h11.Request, limits: ProxyLimits, timing: _Timing) -> None:
+        self.ds = ds
+        self.limits = limits
+        self.timing = timing
+        self.kept: list[bytes] = []
+        self.kept_bytes = 0
+        self.total = 0
+        self.replayable = True
+        self.complete = False
+        self.expect_continue = ds.h11.they_are_waiting_for_100_continue
+        self.framing = "chunked" if get_header(request.headers, b"transfer-encoding") else "length"
+        length = get_header(request.headers, b"content-length")
+        self.empty = self.framing == "length" and (length is None or int(length) == 0)
+        if self.empty:
+            # h11 has the (zero-length) body's end ready without more bytes: take it now, so the
+            # connection is ready for the next request when the response is done.
+            self.complete = isinstance(ds.h11.next_event(), h11.EndOfMessage)
+
+    async def read_more(self) -> bytes:
+        """The next chunk from the client (b"" once the body is complete), kept for replay while
+        the kept part fits in :data:`RETRY_BUFFER`."""
+        if self.expect_continue:
+            self.expect_continue = False
+            await self.ds.send(h11.InformationalResponse(status_code=100, headers=[]))
+        event = await self.ds.next_event(self.timing.downstream_deadline())
+        if event is None:
+            raise _DownstreamGone(self.timing.timeout_flag())
+        if isinstance(event, h11.Data):
+            self.total += len(event.data)
+            if self.total > self.limits.max_request_body:
+                raise _LocalReply(413, "payload too large", "-", close=True)
+            if self.replayable:
+                self.kept_bytes += len(event.data)
+                if self.kept_bytes <= RETRY_BUFFER:
+                    self.kept.append(event.data)
+                else:
+                    self.replayable = False
+                    self.kept.clear()
+            return bytes(event.data)
+        if isinstance(event, h11.EndOfMessage):
+            self.complete = True
+            self.timing.request_complete()
+            return b""
+        raise _DownstreamGone("DC")  # ConnectionClosed mid-body
+
+
+class _Timing:
+    """The timers of one request (see the module docstring), as deadlines for trio cancel scopes."""
+
+    def __init__(self, config: HttpConnectionManager, started: float) -> None:
+        self.stream_idle = config.stream_idle_timeout or float("inf")
+        self.request_deadline = started + config.request_timeout if config.request_timeout else float("inf")
+        self.route_timeout = 0.0
+        self.route_deadline = float("inf")
+        self.request_done = False
+        self._scopes: list[trio.CancelScope] = []  # upstream waits to tighten when the route timer starts
+
+    def downstream_deadline(self) -> float:
+        deadline = trio.current_time() + self.stream_idle
+        return deadline if self.request_done else min(deadline, self.request_deadline)
+
+    def timeout_flag(self) -> str:
+        if not self.request_done and trio.current_time() >= self.request_deadline:
+            return "RT"  # request_timeout (Envoy logs it as a downstream timeout)
+        return "SI"
+
+    def request_complete(self) -> None:
+        """The whole request has been read: the route timeout starts now (Envoy's rule)."""
+        self.request_done = True
+        if self.route_timeout:
+            self.route_deadline = trio.current_time() + self.route_timeout
+            for scope in self._scopes:
+                scope.deadline = min(scope.deadline, self.route_deadline)
+
+    def watch(self, scope: trio.CancelScope) -> None:
+        self._scopes.append(scope)
+
+    def unwatch(self, scope: trio.CancelScope) -> None:
+        self._scopes.remove(scope)
+
+
+class _Attempt:
+    """One try at the upstream, and how it went."""
+
+    __slots__ = ("conn", "downstream_error", "failure", "relay_scope", "response", "started", "uploading")
+
+    def __init__(self, started: float) -> None:
+        self.conn: UpstreamConnection | None = None
+        self.response: h11.Response | h11.InformationalResponse | None = None
+        self.failure: str | None = None  # "connect", "reset", "per_try_timeout", "timeout"
+        self.downstream_error: _LocalReply | _DownstreamGone | None = None
+        self.uploading = False
+        self.relay_scope: trio.CancelScope | None = None
+        self.started = started
+
+
+class HttpConnectionManagerRuntime:
+    """One ``http_connection_manager`` filter, live: serves downstream connections."""
+
+    def __init__(
+        self,
+        config: HttpConnectionManager,
+        clusters: ClusterManager,
+        stats: Stats,
+        state: ProxyState,
+        *,
+        limits: ProxyLimits | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self.router = Router(config.route_config)
+        self.clusters = clusters
+        self.state = state
+        self.limits = limits or ProxyLimits()
+        self.rng = rng or random.Random()
+        self.stats: Scope = stats.scope("http", config.stat_prefix)
+        self.stats.declare(
+            "downstream_cx_total",
+            "downstream_rq_total",
+            "downstream_rq_completed",
+            "downstream_rq_1xx",
+            "downstream_rq_2xx",
+            "downstream_rq_3xx",
+            "downstream_rq_4xx",
+            "downstream_rq_5xx",
+            "downstream_cx_protocol_error",
+            "downstream_rq_timeout",
+            "downstream_rq_idle_timeout",
+            "downstream_cx_idle_timeout",
+            "downstream_rq_too_large",
+            "downstream_rq_rx_reset",
+            "downstream_cx_drain_close",
+            "downstream_cx_upgrades_total",
+            "no_route",
+            "rq_direct_response",
+        )
+        self.stats.gauge_set("downstream_cx_active", 0)
+        self.stats.gauge_set("downstream_rq_active", 0)
+        self.access_log = AccessLogger(config.access_log)
+
+    # --- connections ---
+
+    async def serve_connection(self, stream: trio.abc.Stream, remote: str, scheme: str) -> None:
+        """Serve one client connection until it closes, idles out, or the proxy drains."""
+        ds = _Downstream(stream, remote, scheme)
+        self.stats.inc("downstream_cx_total")
+        self.stats.gauge_add("downstream_cx_active", 1)
+        try:
+            while True:
+                keep_going = await self._serve_one(ds)
+                if not keep_going or ds.h11.our_state is not h11.DONE or ds.h11.their_state is not h11.DONE:
+                    break
+                ds.h11.start_next_cycle()
+        except _NETWORK_ERRORS:
+            pass
+        finally:
+            self.stats.gauge_add("downstream_cx_active", -1)
+            self.stats.inc("downstream_cx_rx_bytes_total", ds.bytes_received)
+            self.stats.inc("downstream_cx_tx_bytes_total", ds.bytes_sent)
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(stream)
+
+    async def _serve_one(self, ds: _Downstream) -> bool:
+        """One request on ``ds``; False when the connection must close afterwards."""
+        # Between requests only the connection's idle timeout applies; once the request's first
+        # bytes arrive, its request and stream-idle timers do.
+        idle_deadline = trio.current_time() + (self.config.idle_timeout or float("inf"))
+        if not ds.h11.trailing_data[0] and ds.h11.their_state is h11.IDLE:
+            if self.state.shutting_down:
+                return False
+            with trio.move_on_at(idle_deadline) as wait:
+                self.state.idle_waits.add(wait)  # a drain cancels it: idle connections close at once
+                try:
+                    data = await ds.stream.receive_some(RECEIVE_SIZE)
+                finally:
+                    self.state.idle_waits.discard(wait)
+                ds.bytes_received += len(data)
+                ds.h11.receive_data(data)
+                if not data:
+                    return False
+            if wait.cancelled_caught:
+                if not self.state.shutting_down:
+                    self.stats.inc("downstream_cx_idle_timeout")
+                return False
+        started_wall, started = time.time(), trio.current_time()
+        timing = _Timing(self.config, started)
+        record = AccessRecord(start_time=started_wall)
+        try:
+            try:
+                event = await ds.next_event(timing.downstream_deadline())
+            except h11.RemoteProtocolError as exc:
+                self.stats.inc("downstream_cx_protocol_error")
+                status = exc.error_status_hint if exc.error_status_hint in (400, 413, 414, 431, 501) else 400
+                raise _LocalReply(
+                    status, _PROTOCOL_ERROR_BODY.get(status, "bad request"), "DPE", close=True
+                ) from None
+            if event is None:
+                if ds.bytes_received:  # a partial request timed out
+                    self.stats.inc("downstream_rq_timeout")
+                    raise _LocalReply(408, "request timeout", "DT", close=True)
+                return False
+            if isinstance(event, h11.ConnectionClosed):
+                return False
+            assert isinstance(event, h11.Request)
+            self.stats.inc("downstream_rq_total")
+            self.stats.gauge_add("downstream_rq_active", 1)
+            try:
+                return await self._proxy_request(ds, event, timing, record)
+            finally:
+                self.stats.gauge_add("downstream_rq_active", -1)
+        except _LocalReply as reply:
+            record.response_flags = reply.flags
+            if reply.status == 413:
+                self.stats.inc("downstream_rq_too_large")
+            if reply.status == 408 and reply.flags in ("SI", "RT"):
+                self.stats.inc(
+                    "downstream_rq_idle_timeout" if reply.flags == "SI" else "downstream_rq_timeout"
+                )
+            if ds.response_started:
+                return False  # too late to answer: the client sees the connection close
+            await self._local_reply(ds, reply.status, reply.body, close=reply.close, record=record)
+            return not reply.close
+        except _DownstreamGone as gone:
+            record.response_flags = gone.flags
+            self.stats.inc("downstream_rq_rx_reset")
+            if gone.flags in ("SI", "RT") and not ds.response_started:
+                self.stats.inc(
+                    "downstream_rq_idle_timeout" if gone.flags == "SI" else "downstream_rq_timeout"
+                )
+                with trio.move_on_after(1.0):  # best effort: the client may be gone
+                    await self._local_reply(ds, 408, "request timeout", close=True, record=record)
+            return False
+        finally:
+            record.bytes_received = record.bytes_received or 0
+            record.duration_ms = int((trio.current_time() - started) * 1000)
+            if record.response_code or record.method:
+                self.access_log.log(record)
+
+    async def _local_reply(
+        self, ds: _Downstream, status: int, body: str, *, close: bool, record: AccessRecord
+    ) -> None:
+        """An answer made here (Envoy's "local reply"): text/plain, counted like any response."""
+        payload = (body + "\n").encode() if body else b""
+        headers = [(b"content-type", b"text/plain"), (b"content-length", str(len(payload)).encode())]
+        if close or self.state.draining:
+            headers.append((b"connection", b"close"))
+        if ds.h11.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            return
+        if ds.h11.their_state is h11.ERROR or ds.h11.our_state is h11.ERROR:
+            return
+        self._count_response(status)
+        record.response_code = status
+        ds.response_started = True
+        await ds.send(h11.Response(status_code=status, headers=headers, reason=_reason(status)))
+        if payload and record.method != "HEAD":
+            await ds.send(h11.Data(data=payload))
+        await ds.send(h11.EndOfMessage())
+        record.bytes_sent += len(payload)
+
+    def _count_response(self, status: int) -> None:
+        self.stats.inc(f"downstream_rq_{status // 100}xx")
+        self.stats.inc("downstream_rq_completed")
+
+    # --- one request ---
+
+    async def _proxy_request(
+        self, ds: _Downstream, request: h11.Request, timing: _Timing, record: AccessRecord
+    ) -> bool:
+        headers = list(request.headers)
+        method = request.method.decode("latin-1")
+        target = request.target.decode("latin-1")
+        authority = (get_header(headers, b"host") or b"").decode("latin-1")
+        record.method, record.path, record.authority = method, target, authority or None
+        record.protocol = f"HTTP/{request.http_version.decode()}"
+        record.user_agent = _text(get_header(headers, b"user-agent"))
+
+        if (
+            get_header(headers, b"transfer-encoding") is not None
+            and get_header(headers, b"content-length") is not None
+        ):
+            self.stats.inc("downstream_cx_protocol_error")
+            raise _LocalReply(400, "both content-length and transfer-encoding: refused", "DPE", close=True)
+        length = get_header(headers, b"content-length")
+        if length is not None and int(length) > self.limits.max_request_body:
+            raise _LocalReply(413, "payload too large", "-", close=True)
+
+        vhost = self.router.virtual_host(authority)
+        route = self.router.route(vhost, target, headers) if vhost is not None else None
+        if route is None:
+            self.stats.inc("no_route")
+            raise _LocalReply(404, "", "NR")
+        if isinstance(route.action, DirectResponse):
+            self.stats.inc("rq_direct_response")
+            body = route.action.body or ""
+            await self._drain_request_body(ds, timing)
+            await self._local_reply_raw(ds, route.action.status, body.encode(), record=record)
+            return True
+        return await self._route_to_cluster(ds, request, headers, route, route.action, timing, record)
+
+    async def _local_reply_raw(
+        self, ds: _Downstream, status: int, body: bytes, *, record: AccessRecord
+    ) -> None:
+        """A ``direct_response``: the configured body exactly."""
+        headers = [(b"content-length", str(len(body)).encode())]
+        if body:
+            headers.append((b"content-type", b"text/plain"))
+        if self.state.draining:
+            headers.append((b"connection", b"close"))
+        self._count_response(status)
+        record.response_code = status
+        ds.response_started = True
+        await ds.send(h11.Response(status_code=status, headers=headers, reason=_reason(status)))
+        if body and record.method != "HEAD":
+            await ds.send(h11.Data(data=body))
+        await ds.send(h11.EndOfMessage())
+        record.bytes_sent = len(body)
+
+    async def _drain_request_body(self, ds: _Downstream, timing: _Timing) -> None:
+        """Read (and drop) a request body we answer without an upstream, so the connection can be
+        reused; bounded by the body limit and the request timers."""
+        total = 0
+        while ds.h11.their_state is h11.SEND_BODY:
+            if ds.h11.they_are_waiting_for_100_continue:
+                return  # never told to send it: h11 closes the connection after our response
+            event = await ds.next_event(timing.downstream_deadline())
+            if event is None:
+                raise _DownstreamGone(timing.timeout_flag())
+            if isinstance(event, h11.Data):
+                total += len(event.data)
+                if total > self.limits.max_request_body:
+                    raise _LocalReply(413, "payload too large", "-", close=True)
+
+    def _pick_cluster(self, action: RouteAction) -> ClusterRuntime:
+        if action.cluster is not None:
+            return self.clusters[action.cluster]
+        total = sum(w.weight for w in action.weighted_clusters)
+        point = self.rng.randrange(total) if total else 0
+        for weighted in action.weighted_clusters:
+            if point < weighted.weight:
+                return self.clusters[weighted.name]
+            point -= weighted.weight
+        return self.clusters[action.weighted_clusters[-1].name]
+
+    def _upstream_request(
+        self, ds: _Downstream, request: h11.Request, headers: list[tuple[bytes, bytes]], route: Route,
+        action: RouteAction, upgrade: bool, body: _RequestBody, record: AccessRecord,
+    ) -> h11.Request:  # fmt: skip
+        target = request.target.decode("latin-1")
+        out = strip_hop_by_hop(headers, keep_upgrade=upgrade)
+        out = [(k, v) for k, v in out if k != b"expect"]  # 100-continue is answered here, per hop
+        if action.prefix_rewrite is not None:
+            rewritten = rewrite_path(target, route, action.prefix_rewrite)
+            if rewritten != target:
+                out.append((b"x-envoy-original-path", request.target))
+                target = rewritten
+        if action.host_rewrite_literal is not None:
+            out = [(k, v) for k, v in out if k != b"host"]
+            out.insert(0, (b"host", action.host_rewrite_literal.encode()))
+        out = apply_header_options(out, route.request_headers_to_add, route.request_headers_to_remove)
+        xff = get_header(out, b"x-forwarded-for")
+        remote = ds.remote.encode()
+        out = [(k, v) for k, v in out if k not in (b"x-forwarded-for", b"x-forwarded-proto")]
+        out.append((b"x-forwarded-for", xff + b", " + remote if xff else remote))
+        out.append((b"x-forwarded-proto", ds.scheme.encode()))
+        request_id = get_header(out, b"x-request-id")
+        if request_id is None:
+            request_id = str(uuid.UUID(int=self.rng.getrandbits(128), version=4)).encode()
+            out.append((b"x-request-id", request_id))
+        via = get_header(out, b"via")
+        out = [(k, v) for k, v in out if k != b"via"]
+        out.append((b"via", via + b", " + VIA if via else VIA))
+        if body.framing == "chunked":
+            out.append((b"transfer-encoding", b"chunked"))
+        record.x_forwarded_for = _text(get_header(out, b"x-forwarded-for"))
+        record.request_id = request_id.decode("latin-1")
+        return h11.Request(
+            method=request.method, target=target.encode("latin-1"), headers=out, http_version=b"1.1"
+        )
+
+    async def _route_to_cluster(
+        self, ds: _Downstream, request: h11.Request, headers: list[tuple[bytes, bytes]], route: Route,
+        action: RouteAction, timing: _Timing, record: AccessRecord,
+    ) -> bool:  # fmt: skip
+        cluster = self._pick_cluster(action)
+        upgrade_value = get_header(headers, b"upgrade")
+        connection_tokens = (get_header(headers, b"connection") or b"").lower()
+        upgrade = upgrade_value is not None and b"upgrade" in connection_tokens
+        body = _RequestBody(ds, request, self.limits, timing)
+        upstream_request = self._upstream_request(ds, request, headers, route, action, upgrade, body, record)
+        timing.route_timeout = action.timeout
+        if body.complete:
+            timing.request_complete()
+        policy = action.retry_policy
+        retries_left = policy.num_retries if policy is not None else 0
+        retry_count = 0
+        try:
+            cluster.start_request()
+        except Overflow:
+            raise _LocalReply(503, _OVERFLOW_BODY, "UO") from None
+        try:
+            while True:
+                reply: _LocalReply | None = None
+                async with trio.open_nursery() as uploads:
+                    attempt = await self._attempt(
+                        cluster, upstream_request, body, timing, policy, record, uploads
+                    )
+                    if attempt.downstream_error is not None:
+                        uploads.cancel_scope.cancel()
+                    else:
+                        retry = self._should_retry(attempt, policy) and retries_left > 0 and body.replayable
+                        if retry and cluster.try_start_retry():
+                            uploads.cancel_scope.cancel()
+                        else:
+                            retry = False
+                            if attempt.failure is not None:
+                                uploads.cancel_scope.cancel()
+                                self._count_failure(cluster, attempt.failure)
+                                reply = _failure_reply(attempt.failure, retry_count)
+                            else:
+                                if (
+                                    retry_count
+                                    and attempt.response is not None
+                                    and attempt.response.status_code < 500
+                                ):
+                                    cluster.stats.inc("upstream_rq_retry_success")
+                                keep = await self._relay_response(
+                                    ds, cluster, attempt, timing, record, request, uploads
+                                )
+                if attempt.downstream_error is not None:
+                    if attempt.conn is not None:
+                        await attempt.conn.aclose()
+                    raise attempt.downstream_error
+                if reply is not None:
+                    raise reply
+                if not retry:
+                    return keep
+                try:
+                    retries_left -= 1
+                    retry_count += 1
+                    cluster.stats.inc("upstream_rq_retry")
+                    if attempt.conn is not None:
+                        await attempt.conn.aclose()
+                    backoff = self.rng.uniform(0, min(RETRY_MAX, RETRY_BASE * 2 ** (retry_count - 1)))
+                    if trio.current_time() + backoff >= timing.route_deadline:
+                        cluster.stats.inc("upstream_rq_timeout")
+                        raise _LocalReply(504, "upstream request timeout", "UT,URX")
+                    await trio.sleep(backoff)
+                finally:
+                    cluster.end_retry()
+        finally:
+            cluster.end_request()
+
+    def _should_retry(self, attempt: _Attempt, policy: RetryPolicy | None) -> bool:
+        """Envoy's ``retry_on`` conditions for this attempt's outcome."""
+        if policy is None:
+            return False
+        on = policy.retry_on
+        failure = attempt.failure
+        if failure == "timeout":
+            return False  # the route's global timeout ends the request
+        if failure == "connect":
+            return bool({"connect-failure", "5xx", "gateway-error"} & set(on))
+        if failure == "reset":
+            return bool({"reset", "5xx", "gateway-error"} & set(on))
+        if failure == "per_try_timeout":
+            return bool({"5xx", "gateway-error"} & set(on))
+        status = attempt.response.status_code if attempt.response is not None else 0
+        return (
+            (status >= 500 and "5xx" in on)
+            or (status in (502, 503, 504) and "gateway-error" in on)
+            or (status == 409 and "retriable-4xx" in on)
+        )
+
+    def _count_failure(self, cluster: ClusterRuntime, failure: str) -> None:
+        if failure in ("timeout", "per_try_timeout"):
+            cluster.stats.inc("upstream_rq_timeout")
+        elif failure == "reset":
+            cluster.stats.inc("upstream_rq_rx_reset")
+
+    async def _attempt(
+        self, cluster: ClusterRuntime, upstream_request: h11.Request, body: _RequestBody, timing: _Timing,
+        policy: RetryPolicy | None, record: AccessRecord, uploads: trio.Nursery,
+    ) -> _Attempt:  # fmt: skip
+        """One try: a host, a connection, the request head sent, its body streaming in ``uploads``
+        (which outlives this call: an upstream may answer before it has read the whole body), and
+        the response head awaited.  Upstream failures come back in the attempt; the client's own
+        (gone, too large, too slow) in ``attempt.downstream_error``."""
+        attempt = _Attempt(trio.current_time())
+        host = cluster.choose_host()
+        if host is None:
+            cluster.stats.inc("upstream_cx_none_healthy")
+            raise _LocalReply(503, "no healthy upstream", "UH")
+        record.upstream_host = str(host)
+        per_try = policy.per_try_timeout if policy is not None and policy.per_try_timeout else None
+        per_try_deadline = attempt.started + per_try if per_try else float("inf")
+        host.active_requests += 1
+        cluster.stats.inc("upstream_rq_total")
+        try:
+            with trio.CancelScope(deadline=min(timing.route_deadline, per_try_deadline)) as scope:
+                timing.watch(scope)
+                try:
+                    attempt.conn = await cluster.acquire(host)
+                    attempt.conn.requests += 1
+                    await self._send_and_wait(attempt, upstream_request, body, timing, scope, uploads)
+                except Overflow:
+                    raise _LocalReply(503, _OVERFLOW_BODY, "UO") from None
+                except ConnectFailure:
+                    attempt.failure = "connect"
+                except (*_NETWORK_ERRORS, h11.ProtocolError):
+                    attempt.failure = "reset"
+                finally:
+                    timing.unwatch(scope)
+            if attempt.downstream_error is not None:
+                return attempt
+            if scope.cancelled_caught and attempt.response is None and attempt.failure is None:
+                if trio.current_time() >= per_try_deadline and per_try_deadline < timing.route_deadline:
+                    attempt.failure = "per_try_timeout"
+                    cluster.stats.inc("upstream_rq_per_try_timeout")
+                else:
+                    attempt.failure = "timeout"
+            if attempt.failure is not None:
+                cluster.record_outcome(host, None)
+                if attempt.conn is not None:
+                    await attempt.conn.aclose()
+                    attempt.conn = None
+            else:
+                assert attempt.response is not None
+                cluster.record_outcome(host, attempt.response.status_code)
+            return attempt
+        finally:
+            host.active_requests -= 1
+
+    async def _send_and_wait(
+        self, attempt: _Attempt, request: h11.Request, body: _RequestBody, timing: _Timing,
+        scope: trio.CancelScope, uploads: trio.Nursery,
+    ) -> None:  # fmt: skip
+        conn = attempt.conn
+        assert conn is not None
+        await conn.send(request)
+        if body.complete and not body.kept:
+            await conn.send(h11.EndOfMessage())
+        else:
+            attempt.uploading = True
+            uploads.start_soon(self._upload, attempt, body, scope)
+        while True:
+            with trio.move_on_at(trio.current_time() + timing.stream_idle) as idle:
+                event = await conn.next_event()
+            if idle.cancelled_caught:
+                scope.cancel()
+                await trio.lowlevel.checkpoint()  # raises Cancelled into the attempt's scope
+            if isinstance(event, h11.InformationalResponse) and event.status_code != 101:
+                continue  # 100 Continue, 103 Early Hints: not relayed
+            if isinstance(event, h11.ConnectionClosed):
+                raise trio.BrokenResourceError("upstream closed before a response")
+            if not isinstance(event, (h11.Response, h11.InformationalResponse)):
+                raise h11.RemoteProtocolError(f"upstream sent {type(event).__name__} before a response")
+            attempt.response = event
+            return
+
+    async def _upload(self, attempt: _Attempt, body: _RequestBody, scope: trio.CancelScope) -> None:
+        """Stream the request body to the upstream (replaying what is kept, then reading on)."""
+        conn = attempt.conn
+        assert conn is not None
+        try:
+            for chunk in list(body.kept):
+                await conn.send(h11.Data(data=chunk))
+            while not body.complete:
+                chunk = await body.read_more()
+                if chunk:
+                    await conn.send(h11.Data(data=chunk))
+            await conn.send(h11.EndOfMessage())
+        except (_LocalReply, _DownstreamGone) as exc:
+            attempt.downstream_error = exc
+            scope.cancel()
+            if attempt.relay_scope is not None:
+                attempt.relay_scope.cancel()
+        except (*_NETWORK_ERRORS, h11.LocalProtocolError):
+            pass  # the upstream stopped reading: its response (or its reset) says why
+        finally:
+            attempt.uploading = False
+
+    async def _relay_response(
+        self, ds: _Downstream, cluster: ClusterRuntime, attempt: _Attempt, timing: _Timing,
+        record: AccessRecord, request: h11.Request, uploads: trio.Nursery,
+    ) -> bool:  # fmt: skip
+        """The response, head then body, to the client; True if the client connection stays open."""
+        conn, response = attempt.conn, attempt.response
+        assert conn is not None and response is not None
+        status = response.status_code
+        cluster.stats.inc(f"upstream_rq_{status // 100}xx")
+        cluster.stats.inc(f"upstream_rq_{status}")
+        cluster.stats.inc("upstream_rq_completed")
+        service_ms = int((trio.current_time() - attempt.started) * 1000)
+        record.upstream_service_time = str(service_ms)
+        record.response_code = status
+        headers = strip_hop_by_hop(response.headers, keep_upgrade=status == 101)
+        headers.append((b"x-envoy-upstream-service-time", str(service_ms).encode()))
+        close = self.state.draining
+        if close and status != 101:
+            headers.append((b"connection", b"close"))
+        self._count_response(status)
+        ds.response_started = True
+        try:
+            if status == 101:
+                self.stats.inc("downstream_cx_upgrades_total")
+                await ds.send(
+                    h11.InformationalResponse(status_code=101, headers=headers, reason=_reason(status))
+                )
+                await self._splice(ds, conn, timing, record)
+                return False
+            await ds.send(h11.Response(status_code=status, headers=headers, reason=_reason(status)))
+            with trio.CancelScope(deadline=timing.route_deadline) as scope:
+                attempt.relay_scope = scope
+                timing.watch(scope)
+                try:
+                    while True:
+                        with trio.move_on_at(trio.current_time() + timing.stream_idle) as idle:
+                            event = await conn.next_event()
+                        if idle.cancelled_caught:
+                            record.response_flags = "SI"
+                            self.stats.inc("downstream_rq_idle_timeout")
+                            break
+                        if isinstance(event, h11.Data):
+                            record.bytes_sent += len(event.data)
+                            await ds.send(h11.Data(data=event.data))
+                        elif isinstance(event, h11.EndOfMessage):
+                            await ds.send(h11.EndOfMessage())
+                            break
+                        else:
+                            raise h11.RemoteProtocolError(f"upstream sent {type(event).__name__} in a body")
+                finally:
+                    timing.unwatch(scope)
+                    attempt.relay_scope = None
+            if attempt.downstream_error is not None:
+                raise attempt.downstream_error
+            if scope.cancelled_caught:
+                record.response_flags = "UT"
+                cluster.stats.inc("upstream_rq_timeout")
+            if record.response_flags != "-" or ds.h11.our_state is not h11.DONE:
+                await conn.aclose()
+                return False
+        except (*_NETWORK_ERRORS, h11.ProtocolError):
+            # Either side broke mid-body: the client sees a truncated response and a close.
+            if record.response_flags == "-":
+                record.response_flags = "UC"
+            await conn.aclose()
+            return False
+        if attempt.uploading:
+            # The upstream answered before taking the whole body: stop sending it.  The upstream
+            # connection is not reusable (h11 says so) and the client's unread body means the
+            # client connection closes after this response.
+            uploads.cancel_scope.cancel()
+            await conn.aclose()
+            return False
+        cluster.release(conn)
+        if close:
+            self.stats.inc("downstream_cx_drain_close")
+        return not close
+
+    async def _splice(
+        self, ds: _Downstream, conn: UpstreamConnection, timing: _Timing, record: AccessRecord
+    ) -> None:
+        """Byte for byte both ways after a 101, until either side closes (or stream-idle passes)."""
+        down_early, _ = ds.h11.trailing_data
+        up_early, _ = conn.h11.trailing_data
+        idle = timing.stream_idle
+
+        async def pump(source: trio.abc.Stream, sink: trio.abc.Stream, early: bytes, to_client: bool) -> None:
+            try:
+                if early:
+                    await sink.send_all(early)
+                while True:
+                    with trio.move_on_after(idle) as quiet:
+                        data = await source.receive_some(RECEIVE_SIZE)
+                    if quiet.cancelled_caught or not data:
+                        break
+                    if to_client:
+                        ds.bytes_sent += len(data)
+                        record.bytes_sent += len(data)
+                    else:
+                        ds.bytes_received += len(data)
+                    await sink.send_all(data)
+            except _NETWORK_ERRORS:
+                pass
+            finally:
+                nursery.cancel_scope.cancel()
+
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(pump, ds.stream, conn.stream, bytes(down_early), False)
+                nursery.start_soon(pump, conn.stream, ds.stream, bytes(up_early), True)
+        finally:
+            await conn.aclose()
+
+    def flush_logs(self) -> None:
+        self.access_log.flush()
+
+
+_OVERFLOW_BODY = "upstream connect error or disconnect/reset before headers. reset reason: overflow"
+
+
+def _failure_reply(failure: str, retries: int) -> _LocalReply:
+    if failure == "connect":
+        return _LocalReply(
+            502,
+            "upstream connect error or disconnect/reset before headers. reset reason: connection failure",
+            "UF" if not retries else "UF,URX",
+        )
+    if failure == "reset":
+        return _LocalReply(
+            502,
+            "upstream connect error or disconnect/reset before headers. reset reason: connection termination",
+            "UC" if not retries else "UC,URX",
+        )
+    return _LocalReply(504, "upstream request timeout", "UT" if not retries else "UT,URX")
+
+
+def _text(value: bytes | None) -> str | None:
+    return value.decode("latin-1") if value is not None else None
+
+
+_PROTOCOL_ERROR_BODY = {
+    400: "bad request",
+    413: "payload too large",
+    414: "uri too long",
+    431: "request header fields too large",
+    501: "not implemented",
+}
+
+
+def _reason(status: int) -> bytes:
+    """The standard reason phrase (Envoy's HTTP/1 codec writes these whatever the upstream sent)."""
+    try:
+        return HTTPStatus(status).phrase.encode()
+    except ValueError:
+        return b""

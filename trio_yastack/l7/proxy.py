@@ -1,0 +1,464 @@
+"""The Envoy-style proxy: listeners, filter chains, clusters and the admin endpoint of one bootstrap,
+running in one trio run, over kernel sockets or the user-space stack (:mod:`.network`).
+
+A connection's way through it, as in Envoy: the listener accepts it; when any filter chain names
+``server_names`` the TLS inspector reads the ClientHello's SNI (:mod:`trio_yastack.tls.client_hello`)
+and the matching chain is chosen (exact name, then the longest ``*.suffix`` wildcard, then a chain
+without names); the chain's ``transport_socket`` terminates TLS with its own certificate and ALPN; its
+filter — the HTTP connection manager (:mod:`.http_proxy`) or ``tcp_proxy`` (:mod:`.tcp_proxy`) —
+takes the stream.  A connection that matches no chain is closed, counted ``no_filter_chain_match``.
+
+HTTP/2 to clients is not served: a chain whose ``alpn_protocols`` list ``h2`` offers only
+``http/1.1`` (the proxy says so when it starts), so clients fall back to HTTP/1.1 rather than fail.
+
+Shutdown is Envoy's drain: stop accepting, close idle keep-alive connections, answer in-flight
+requests with ``connection: close``, and after ``drain_time`` cancel whatever is still open.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import random
+import signal
+import ssl
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from trio_yastack.tls.client_hello import peek_client_hello
+from trio_yastack.tls.contexts import SERVED_ALPN, TlsSetupError, client_context, server_context
+
+from .admin import AdminServer
+from .config import Bootstrap, FilterChain, HttpConnectionManager, Listener, SocketAddress
+from .http_proxy import HttpConnectionManagerRuntime, ProxyLimits
+from .network import Network
+from .stats import Scope, Stats
+from .tcp_proxy import TcpProxyRuntime
+from .upstream import ClusterManager, ClusterRuntime
+
+__all__ = ["Proxy", "ProxyState", "main_proxy"]
+
+LISTENER_FILTERS_TIMEOUT = (
+    15.0  # Envoy's listener_filters_timeout default: the ClientHello must arrive by then
+)
+TLS_HANDSHAKE_TIMEOUT = 10.0
+FLUSH_INTERVAL = 1.0
+_ACCEPT_RETRY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+
+
+@dataclass
+class ProxyState:
+    """What the admin endpoint reports and changes, and what every filter consults."""
+
+    config_path: str = ""
+    started_wall: float = field(default_factory=time.time)
+    initialized: bool = False
+    shutting_down: bool = False
+    health_check_failed: bool = False
+    idle_waits: set[trio.CancelScope] = field(default_factory=set)
+
+    @property
+    def draining(self) -> bool:
+        """Responses say ``connection: close`` (shutting down, or health checks failed on purpose)."""
+        return self.shutting_down or self.health_check_failed
+
+    @property
+    def server_state(self) -> str:
+        if not self.initialized:
+            return "PRE_INITIALIZING"
+        return "DRAINING" if self.draining else "LIVE"
+
+    def start_drain(self) -> None:
+        self.shutting_down = True
+        for scope in list(self.idle_waits):
+            scope.cancel()
+
+
+Filter = HttpConnectionManagerRuntime | TcpProxyRuntime
+
+
+@dataclass
+class _Chain:
+    config: FilterChain
+    filter: Filter
+    tls_context: ssl.SSLContext | None
+
+
+class ListenerRuntime:
+    """One listener: its socket, its filter chains, and the connections it accepted."""
+
+    def __init__(self, config: Listener, chains: list[_Chain], stats: Stats, limits: ProxyLimits) -> None:
+        self.config = config
+        self.chains = chains
+        self.stats: Scope = stats.scope("listener", f"{config.address.address}_{config.address.port_value}")
+        self.stats.declare(
+            "downstream_cx_total",
+            "no_filter_chain_match",
+            "downstream_pre_cx_timeout",
+            "ssl.connection_error",
+            "ssl.handshake",
+        )
+        self.stats.gauge_set("downstream_cx_active", 0)
+        self.inspect_sni = config.tls_inspector or any(c.config.server_names for c in chains)
+        self._exact: dict[str, _Chain] = {}
+        self._wildcard: list[tuple[str, _Chain]] = []
+        self._default: _Chain | None = None
+        for chain in chains:
+            if not chain.config.server_names:
+                self._default = self._default or chain
+            for name in chain.config.server_names:
+                name = name.lower()
+                if name.startswith("*."):
+                    self._wildcard.append((name[1:], chain))
+                else:
+                    self._exact.setdefault(name, chain)
+        self._wildcard.sort(key=lambda item: -len(item[0]))
+        self._slots = trio.Semaphore(limits.max_downstream_connections)
+        self.active = 0
+        self.idle = trio.Event()
+        self.idle.set()
+        self.socket: trio.SocketListener | None = None
+
+    def match(self, server_name: str | None) -> _Chain | None:
+        if server_name:
+            found = self._exact.get(server_name)
+            if found is not None:
+                return found
+            for suffix, chain in self._wildcard:
+                if server_name.endswith(suffix):
+                    return chain
+        return self._default
+
+    async def accept_loop(self, listener: trio.SocketListener, connections: trio.Nursery) -> None:
+        """Accept until the listener closes; at most ``max_downstream_connections`` at a time (the
+        rest wait in the kernel's or the stack's backlog)."""
+        while True:
+            await self._slots.acquire()
+            try:
+                stream = await listener.accept()
+            except trio.ClosedResourceError:
+                self._slots.release()
+                return
+            except OSError as exc:
+                self._slots.release()
+                if exc.errno in _ACCEPT_RETRY_ERRNOS:  # out of descriptors or memory: back off, go on
+                    self.stats.inc("downstream_cx_overflow")
+                    await trio.sleep(0.1)
+                    continue
+                raise
+            self.active += 1
+            self.idle = trio.Event() if self.active == 1 else self.idle
+            connections.start_soon(self._handle, stream)
+
+    async def _handle(self, stream: trio.SocketStream) -> None:
+        self.stats.inc("downstream_cx_total")
+        self.stats.gauge_add("downstream_cx_active", 1)
+        transport: trio.abc.Stream = stream
+        try:
+            try:
+                remote = str(stream.socket.getpeername()[0])
+            except OSError:
+                return  # reset before we looked
+            chain = self._default if len(self.chains) > 1 or self.inspect_sni else self.chains[0]
+            if self.inspect_sni:
+                with trio.move_on_after(LISTENER_FILTERS_TIMEOUT) as waited:
+                    info, transport = await peek_client_hello(stream)
+                if waited.cancelled_caught:
+                    self.stats.inc("downstream_pre_cx_timeout")
+                    return
+                chain = self.match(info.server_name if info is not None else None)
+            if chain is None:
+                self.stats.inc("no_filter_chain_match")
+                return
+            scheme = "http"
+            if chain.tls_context is not None:
+                ssl_stream = trio.SSLStream(
+                    transport, chain.tls_context, server_side=True, https_compatible=True
+                )
+                with trio.move_on_after(TLS_HANDSHAKE_TIMEOUT) as waited:
+                    await ssl_stream.do_handshake()
+                if waited.cancelled_caught:
+                    self.stats.inc("ssl.connection_error")
+                    return
+                self.stats.inc("ssl.handshake")
+                transport, scheme = ssl_stream, "https"
+            await chain.filter.serve_connection(transport, remote, scheme)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, ssl.SSLError):
+            if isinstance(transport, trio.SSLStream):
+                self.stats.inc("ssl.connection_error")
+        finally:
+            self.stats.gauge_add("downstream_cx_active", -1)
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(transport)
+            self._slots.release()
+            self.active -= 1
+            if self.active == 0:
+                self.idle.set()
+
+
+class Proxy:
+    """One bootstrap, live.  ``await proxy.run(...)`` serves until the shutdown trigger, then drains."""
+
+    def __init__(
+        self,
+        bootstrap: Bootstrap,
+        *,
+        network: Network | None = None,
+        limits: ProxyLimits | None = None,
+        config_path: str = "",
+        rng: random.Random | None = None,
+        warn: Callable[[str], None] | None = None,
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.network = network or Network()
+        self.limits = limits or ProxyLimits()
+        self.rng = rng or random.Random()
+        self.stats = Stats()
+        self.state = ProxyState(config_path=config_path)
+        self.warnings: list[str] = []
+        clusters = []
+        for cluster in bootstrap.clusters:
+            context = None
+            if cluster.transport_socket is not None:
+                context = client_context(cluster.transport_socket)
+                if cluster.transport_socket.common_tls_context.trusted_ca is None:
+                    self.warnings.append(
+                        f"cluster {cluster.name}: upstream TLS without validation_context.trusted_ca: "
+                        "the upstream's certificate is not verified (as in Envoy)"
+                    )
+            clusters.append(
+                ClusterRuntime(cluster, self.network, self.stats, tls_context=context, rng=self.rng)
+            )
+        self.clusters = ClusterManager(clusters)
+        self.filters: list[Filter] = []
+        self.listeners: list[ListenerRuntime] = []
+        for listener in bootstrap.listeners:
+            chains = []
+            for chain in listener.filter_chains:
+                tls = None
+                if chain.transport_socket is not None:
+                    tls = server_context(chain.transport_socket)
+                    dropped = [
+                        p
+                        for p in chain.transport_socket.common_tls_context.alpn_protocols
+                        if p not in SERVED_ALPN
+                    ]
+                    if dropped:
+                        self.warnings.append(
+                            f"listener {listener.name}: ALPN {', '.join(dropped)} not served "
+                            f"(HTTP/2 to clients is not implemented); offering {', '.join(SERVED_ALPN)}"
+                        )
+                if isinstance(chain.filter, HttpConnectionManager):
+                    runtime: Filter = HttpConnectionManagerRuntime(
+                        chain.filter, self.clusters, self.stats, self.state, limits=self.limits, rng=self.rng
+                    )
+                else:
+                    runtime = TcpProxyRuntime(chain.filter, self.clusters, self.stats)
+                self.filters.append(runtime)
+                chains.append(_Chain(chain, runtime, tls))
+            self.listeners.append(ListenerRuntime(listener, chains, self.stats, self.limits))
+        self.stats.scope("server").gauge_set("state", 2)  # Envoy: 0 LIVE, 1 DRAINING, 2 PRE_INITIALIZING
+        self._stop = trio.Event()
+        for line in self.warnings:
+            (warn or _stderr)(line)
+
+    def shutdown(self) -> None:
+        """Begin the graceful drain (what SIGTERM and ``POST /quitquitquit`` do)."""
+        self._stop.set()
+
+    async def run(
+        self,
+        *,
+        shutdown_trigger: Callable[[], Awaitable[Any]] | None = None,
+        drain_time: float = 5.0,
+        task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Warm the clusters, open the admin endpoint and the listeners, serve; ``started`` gets
+        one line per listening socket.  Returns after the drain."""
+        server = self.stats.scope("server")
+        async with trio.open_nursery() as background:
+            await background.start(self.clusters.run)
+            background.start_soon(self._flush_logs_loop)
+            opened: list[tuple[ListenerRuntime, trio.SocketListener]] = []
+            lines: list[str] = []
+            try:
+                if self.bootstrap.admin is not None:
+                    admin_listener = await self._listen("admin", self.bootstrap.admin.address)
+                    admin = AdminServer(self.bootstrap, self.stats, self.clusters, self.state, self.shutdown)
+                    background.start_soon(admin.serve, admin_listener)
+                    lines.append(f"admin on http://{self._where(self.bootstrap.admin.address)}")
+                for listener in self.listeners:
+                    sock = await self._listen(listener.config.name, listener.config.address)
+                    opened.append((listener, sock))
+                    tls = any(c.tls_context is not None for c in listener.chains)
+                    kinds = sorted({type(c.filter).__name__ for c in listener.chains})
+                    what = "tcp_proxy" if kinds == ["TcpProxyRuntime"] else ("https" if tls else "http")
+                    lines.append(
+                        f"listener {listener.config.name}: {what}://{self._where(listener.config.address)}"
+                    )
+            except BaseException:
+                for _, sock in opened:
+                    await sock.aclose()
+                raise
+            async with trio.open_nursery() as connections:
+                async with trio.open_nursery() as accepting:
+                    for listener, sock in opened:
+                        accepting.start_soon(listener.accept_loop, sock, connections)
+                    self.state.initialized = True
+                    server.gauge_set("state", 0)
+                    task_status.started(lines)
+                    if shutdown_trigger is not None:
+                        accepting.start_soon(_set_when_done, shutdown_trigger, self._stop)
+                    await self._stop.wait()
+                    # Drain: no new connections, idle keep-alive ones closed, the rest told to close.
+                    self.state.start_drain()
+                    server.gauge_set("state", 1)
+                    for _, sock in opened:
+                        await sock.aclose()
+                with trio.move_on_after(drain_time):
+                    for listener, _ in opened:
+                        await listener.idle.wait()
+                connections.cancel_scope.cancel()
+            for runtime in self.filters:
+                runtime.flush_logs()
+            await self.clusters_aclose()
+            background.cancel_scope.cancel()
+
+    async def clusters_aclose(self) -> None:
+        with trio.CancelScope(shield=True):
+            for cluster in self.clusters.clusters.values():
+                await cluster.aclose()
+
+    async def _flush_logs_loop(self) -> None:
+        while True:
+            await trio.sleep(FLUSH_INTERVAL)
+            for runtime in self.filters:
+                runtime.flush_logs()
+
+    def _where(self, address: SocketAddress) -> str:
+        host = address.address
+        shown = host
+        if host == "0.0.0.0" and self.network.on_stack(host) and self.network.stack is not None:
+            shown = str(self.network.stack.address)
+        return f"{shown}:{address.port_value} ({self.network.describe(host)})"
+
+    async def _listen(self, name: str, address: SocketAddress) -> trio.SocketListener:
+        try:
+            return await self.network.open_listener(address.address, address.port_value)
+        except OSError as exc:
+            raise OSError(
+                exc.errno, f"{name} {address.address}:{address.port_value}: {exc.strerror or exc}"
+            ) from None
+
+
+async def _set_when_done(trigger: Callable[[], Awaitable[Any]], event: trio.Event) -> None:
+    await trigger()
+    event.set()
+
+
+def _stderr(line: str) -> None:
+    print(f"# warning: {line}", file=sys.stderr, flush=True)
+
+
+# --- yastack proxy ---
+
+
+def add_proxy_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--nic",
+        default=None,
+        help="run listeners and upstreams on the user-space stack on this NIC port (e.g. tap:yas0); "
+        "loopback addresses stay on the kernel.  Default: kernel sockets only",
+    )
+    parser.add_argument("--ip", default="198.18.0.2/24", help="the stack's address/prefix (with --nic)")
+    parser.add_argument("--gateway", default=None, help="the stack's default gateway (with --nic)")
+    parser.add_argument(
+        "--drain-time", type=float, default=5.0, help="seconds in-flight requests get on SIGTERM"
+    )
+    parser.add_argument(
+        "--max-request-body",
+        type=int,
+        default=ProxyLimits().max_request_body,
+        help="bytes; larger requests get 413",
+    )
+    parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=ProxyLimits().max_downstream_connections,
+        help="open client connections per listener; more wait in the backlog",
+    )
+    parser.add_argument(
+        "--check-only", action="store_true", help="load everything (config, certificates), then exit"
+    )
+
+
+def main_proxy(args: argparse.Namespace) -> int:
+    """``yastack proxy -c CONFIG``: exit 0 after a graceful drain, 1 on a bad config or set-up error."""
+    from trio_yastack.l7.config import ConfigError, format_problems, load_config_file
+
+    try:
+        bootstrap = load_config_file(args.config, check_files=True)
+    except ConfigError as exc:
+        print(format_problems(exc), file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"yastack proxy: {args.config}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    if args.drain_time < 0 or args.max_request_body < 0 or args.max_connections < 1:
+        print(
+            "yastack proxy: --drain-time and --max-request-body must be >= 0, --max-connections >= 1",
+            file=sys.stderr,
+        )
+        return 1
+    limits = ProxyLimits(
+        max_request_body=args.max_request_body, max_downstream_connections=args.max_connections
+    )
+    try:
+        Proxy(bootstrap, limits=limits, warn=lambda line: None)  # certificates and keys load, or we stop here
+    except TlsSetupError as exc:
+        print(f"yastack proxy: {exc}", file=sys.stderr)
+        return 1
+    if args.check_only:
+        print(bootstrap.summary())
+        return 0
+
+    async def serve(network: Network) -> None:
+        proxy = Proxy(bootstrap, network=network, limits=limits, config_path=args.config)
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+
+            async def shutdown_trigger() -> None:
+                async for signum in signals:
+                    print(f"# {signal.Signals(signum).name}: draining", flush=True)
+                    return
+
+            async with trio.open_nursery() as nursery:
+                lines = await nursery.start(
+                    lambda task_status: proxy.run(
+                        shutdown_trigger=shutdown_trigger, drain_time=args.drain_time, task_status=task_status
+                    )
+                )
+                for line in lines:
+                    print(f"# {line}", flush=True)
+                print(f"# proxy ready ({args.config})", flush=True)
+        print("# drained; exiting", flush=True)
+
+    async def main() -> None:
+        if args.nic is None:
+            await serve(Network())
+            return
+        from trio_yastack._open_stack import open_stack
+
+        async with open_stack(args.nic, ip=args.ip, gateway=args.gateway, kernel_fallback=True) as stack:
+            await serve(Network(stack))
+
+    try:
+        trio.run(main)
+    except OSError as exc:
+        print(f"yastack proxy: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    return 0

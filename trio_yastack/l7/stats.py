@@ -1,0 +1,137 @@
+"""The proxy's statistics, named as Envoy names them.
+
+Why Envoy's names: operators already have dashboards and alerts on ``cluster.<name>.upstream_rq_5xx``
+and ``http.<stat_prefix>.downstream_rq_total``; a proxy that speaks Envoy's configuration should
+also answer in Envoy's counters.  Each statistic lives in a *scope* (``http.ingress_http``,
+``cluster.app``, ``tcp.db``, ``listener.0.0.0.0_10000``, ``server``) whose variable part becomes a
+Prometheus label, as Envoy's default tag extraction does::
+
+    cluster.app.upstream_rq_retry: 3
+    envoy_cluster_upstream_rq_retry{envoy_cluster_name="app"} 3
+
+Counters only go up; gauges (``*_active``, ``membership_*``, ``health_check.healthy``) go both ways.
+Everything runs in one trio run, so plain ints are enough (no locks).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Literal
+
+__all__ = ["Scope", "Stats"]
+
+StatKind = Literal["counter", "gauge"]
+
+#: scope kind -> the Prometheus label Envoy's tag extraction gives its variable part
+_TAG_NAMES = {
+    "cluster": "envoy_cluster_name",
+    "http": "envoy_http_conn_manager_prefix",
+    "tcp": "envoy_tcp_prefix",
+    "listener": "envoy_listener_address",
+}
+_PROMETHEUS_UNSAFE = re.compile(r"[^a-zA-Z0-9_]")
+
+
+class Scope:
+    """One scope's statistics: ``scope.inc("upstream_rq_total")``,
+    ``scope.gauge_add("upstream_cx_active", 1)``."""
+
+    __slots__ = ("_kinds", "_values", "kind", "name")
+
+    def __init__(self, kind: str, name: str) -> None:
+        self.kind = kind  # "cluster", "http", "tcp", "listener", "server"
+        self.name = name  # the cluster name, stat_prefix, listener address ("" for server)
+        self._values: dict[str, int] = {}
+        self._kinds: dict[str, StatKind] = {}
+
+    @property
+    def prefix(self) -> str:
+        """``cluster.app.``, ``http.ingress_http.``, ``server.``: what /stats prints before each name."""
+        return f"{self.kind}.{self.name}." if self.name else f"{self.kind}."
+
+    def inc(self, stat: str, by: int = 1) -> None:
+        """Add to a counter (made at zero on first use)."""
+        self._values[stat] = self._values.get(stat, 0) + by
+        self._kinds.setdefault(stat, "counter")
+
+    def gauge_add(self, stat: str, delta: int) -> None:
+        """Move a gauge up or down."""
+        self._values[stat] = self._values.get(stat, 0) + delta
+        self._kinds[stat] = "gauge"
+
+    def gauge_set(self, stat: str, value: int) -> None:
+        self._values[stat] = value
+        self._kinds[stat] = "gauge"
+
+    def declare(self, *counters: str) -> None:
+        """Counters that exist at zero from the start, so /stats lists them before anything happens
+        (as Envoy lists ``upstream_rq_retry: 0``), and a dashboard query finds them."""
+        for stat in counters:
+            self._values.setdefault(stat, 0)
+            self._kinds.setdefault(stat, "counter")
+
+    def get(self, stat: str) -> int:
+        return self._values.get(stat, 0)
+
+    def items(self) -> Iterator[tuple[str, int, StatKind]]:
+        for stat, value in self._values.items():
+            yield stat, value, self._kinds[stat]
+
+
+class Stats:
+    """Every scope of one proxy; the admin endpoint renders it."""
+
+    def __init__(self) -> None:
+        self._scopes: dict[tuple[str, str], Scope] = {}
+
+    def scope(self, kind: str, name: str = "") -> Scope:
+        key = (kind, name)
+        found = self._scopes.get(key)
+        if found is None:
+            found = self._scopes[key] = Scope(kind, name)
+        return found
+
+    def value(self, full_name: str) -> int:
+        """A statistic by its full /stats name (``cluster.app.upstream_rq_total``); 0 if never touched."""
+        for scope in self._scopes.values():
+            prefix = scope.prefix
+            if full_name.startswith(prefix):
+                stat = full_name[len(prefix) :]
+                if stat in scope._values:
+                    return scope._values[stat]
+        return 0
+
+    def flat(self) -> dict[str, int]:
+        """``{"cluster.app.upstream_rq_total": 5, ...}`` sorted by name (what /stats prints)."""
+        out = {f"{s.prefix}{stat}": value for s in self._scopes.values() for stat, value, _ in s.items()}
+        return dict(sorted(out.items()))
+
+    def render_text(self, contains: str | None = None) -> str:
+        """Envoy's ``/stats`` text form: ``name: value`` per line (``?filter=`` keeps matching names)."""
+        lines = [
+            f"{name}: {value}" for name, value in self.flat().items() if not contains or contains in name
+        ]
+        return "\n".join(lines) + "\n"
+
+    def render_prometheus(self) -> str:
+        """Envoy's ``/stats/prometheus``: ``envoy_<kind>_<stat>{<tag>="<name>"} value`` with one
+        ``# TYPE`` line per metric family."""
+        families: dict[str, tuple[StatKind, list[str]]] = {}
+        for scope in self._scopes.values():
+            tag = _TAG_NAMES.get(scope.kind)
+            labels = f'{{{tag}="{_escape_label(scope.name)}"}}' if tag and scope.name else ""
+            for stat, value, kind in scope.items():
+                metric = _PROMETHEUS_UNSAFE.sub("_", f"envoy_{scope.kind}_{stat}")
+                entry = families.setdefault(metric, (kind, []))
+                entry[1].append(f"{metric}{labels} {value}")
+        out: list[str] = []
+        for metric in sorted(families):
+            kind, samples = families[metric]
+            out.append(f"# TYPE {metric} {kind}")
+            out.extend(sorted(samples))
+        return "\n".join(out) + "\n"
+
+
+def _escape_label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")

@@ -1,0 +1,693 @@
+"""Clusters at run time: endpoints, their health, load balancing, connection pools, circuit breakers.
+
+What each piece does, and where it follows Envoy (and where not):
+
+- **Hosts** come from ``load_assignment``; a STRICT_DNS cluster resolves each endpoint's name at
+  start and every :data:`DNS_REFRESH_SECONDS` (Envoy's ``dns_refresh_rate`` default), keeping what
+  it had if a lookup fails.
+- **Active health checks** (``http_health_check``): every ``interval`` a fresh connection sends
+  ``GET path`` with ``Host: <cluster name>`` and ``user-agent: Envoy/HC``; a 200 within ``timeout`` is a
+  success.  As in Envoy a host starts unhealthy and its first success makes it healthy; after that
+  ``unhealthy_threshold`` failures in a row eject it and ``healthy_threshold`` successes bring it
+  back.  The cluster is ready (listeners open) once every host has had its first check.  Envoy's
+  ``no_traffic_interval`` (60 s between checks of an idle cluster) is not modelled: checks run
+  every ``interval`` always.
+- **Outlier detection** (passive): ``consecutive_5xx`` responses in a row (connect failures,
+  resets and timeouts count, as in Envoy's default) eject a host for ``base_ejection_time`` times
+  the number of times it has been ejected; it returns at the next ``interval`` sweep after that.  At
+  most ``max_ejection_percent`` of hosts are ejected, but always at least one may be.
+- **Load balancing** over the available hosts (healthy and not ejected): ROUND_ROBIN, LEAST_REQUEST
+  (the better of two random choices, Envoy's default ``choice_count``), RANDOM, RING_HASH (a ketama
+  ring of :data:`RING_SIZE` points; with no ``hash_policy`` in the subset the request hash is random,
+  as in Envoy).  With no available host the request gets 503: Envoy's panic mode (routing to all
+  hosts when under 50 % are healthy) is not modelled, so an all-unhealthy cluster fails fast.
+- **Connection pools**, one per host: HTTP/1.1 keep-alive connections, reused most-recent-first.
+  An idle connection is watched; if the upstream closes it (or sends anything unasked) it leaves
+  the pool at once, so a request is never written onto a connection known to be dead.
+- **Circuit breakers** (priority DEFAULT): ``max_connections`` per cluster (beyond it a request
+  waits for a connection, counted ``upstream_cx_overflow``), ``max_pending_requests`` waiting (beyond
+  it 503, ``upstream_rq_pending_overflow``), ``max_requests`` outstanding (503, the same counter),
+  ``max_retries`` concurrent retries (beyond it the retry is not made, ``upstream_rq_retry_overflow``).
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import hashlib
+import random
+import ssl
+from dataclasses import dataclass, field
+
+import h11
+import trio
+
+from .config import Cluster, HealthCheck, OutlierDetection
+from .network import Network
+from .stats import Scope, Stats
+
+__all__ = [
+    "DNS_REFRESH_SECONDS",
+    "ClusterManager",
+    "ClusterRuntime",
+    "ConnectFailure",
+    "Host",
+    "Overflow",
+    "UpstreamConnection",
+]
+
+DNS_REFRESH_SECONDS = 5.0
+RING_SIZE = 1024  # Envoy's minimum_ring_size default
+MAX_IDLE_PER_HOST = 1024  # bound on pooled idle connections of one host (max_connections bounds it too)
+RECEIVE_SIZE = 65536
+HEALTH_CHECK_MAX_RESPONSE = 64 * 1024  # a health check reads at most this much of a response
+
+
+class ConnectFailure(Exception):
+    """The upstream connection could not be made (refused, unreachable, timed out, TLS failed)."""
+
+    def __init__(self, message: str, *, timeout: bool = False) -> None:
+        super().__init__(message)
+        self.timeout = timeout
+
+
+class Overflow(Exception):
+    """A circuit breaker refused the request (``max_pending_requests`` or ``max_requests``)."""
+
+
+class UpstreamConnection:
+    """One HTTP/1.1 connection to a host: a trio stream with an h11 client state machine."""
+
+    __slots__ = ("closed", "h11", "host", "requests", "stream", "watch_scope")
+
+    def __init__(self, stream: trio.abc.Stream, host: Host) -> None:
+        self.stream = stream
+        self.host = host
+        self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=64 * 1024)
+        self.watch_scope: trio.CancelScope | None = None
+        self.requests = 0  # how many requests this connection has carried (0: fresh)
+        self.closed = False
+
+    async def send(self, event: h11.Event) -> None:
+        data = self.h11.send(event)
+        if data:
+            await self.stream.send_all(data)
+
+    async def next_event(self) -> h11.Event:
+        """The next h11 event from the upstream; EOF becomes h11's ConnectionClosed or an error."""
+        while True:
+            event = self.h11.next_event()
+            if event is not h11.NEED_DATA:
+                return event  # type: ignore[return-value]
+            data = await self.stream.receive_some(RECEIVE_SIZE)
+            self.h11.receive_data(data)
+
+    @property
+    def reusable(self) -> bool:
+        return self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE
+
+    async def aclose(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.host.cluster.connection_closed(self)
+        with trio.CancelScope(shield=True), trio.move_on_after(1.0):
+            await trio.aclose_forcefully(self.stream)
+
+
+@dataclass(eq=False)
+class Host:
+    """One endpoint of a cluster, with its health and its pool."""
+
+    cluster: ClusterRuntime
+    address: str  # IPv4 address
+    port: int
+    hostname: str = ""  # the name a STRICT_DNS endpoint was resolved from
+    failed_active_hc: bool = False
+    pending_active_hc: bool = False
+    hc_successes: int = 0  # consecutive
+    hc_failures: int = 0  # consecutive
+    consecutive_5xx: int = 0
+    ejected_until: float | None = None
+    times_ejected: int = 0
+    active_requests: int = 0
+    cx_active: int = 0
+    rq_total: int = 0
+    rq_success: int = 0
+    rq_error: int = 0
+    idle: list[UpstreamConnection] = field(default_factory=list)
+
+    @property
+    def available(self) -> bool:
+        return not self.failed_active_hc and self.ejected_until is None
+
+    @property
+    def health_flags(self) -> str:
+        """Envoy's ``/clusters`` health_flags: ``healthy`` or the reasons it is not."""
+        flags = []
+        if self.failed_active_hc:
+            flags.append("/failed_active_hc")
+        if self.pending_active_hc:
+            flags.append("/pending_active_hc")
+        if self.ejected_until is not None:
+            flags.append("/failed_outlier_check")
+        return "".join(flags) or "healthy"
+
+    def __str__(self) -> str:
+        return f"{self.address}:{self.port}"
+
+
+class ClusterRuntime:
+    """One configured cluster, live."""
+
+    def __init__(
+        self,
+        config: Cluster,
+        network: Network,
+        stats: Stats,
+        *,
+        tls_context: ssl.SSLContext | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self.name = config.name
+        self.network = network
+        self.tls_context = tls_context
+        self.tls_sni = config.transport_socket.sni if config.transport_socket is not None else None
+        self.rng = rng or random.Random()
+        self.stats: Scope = stats.scope("cluster", config.name)
+        self.stats.declare(
+            "upstream_cx_total",
+            "upstream_cx_connect_fail",
+            "upstream_cx_connect_timeout",
+            "upstream_cx_overflow",
+            "upstream_rq_total",
+            "upstream_rq_completed",
+            "upstream_rq_retry",
+            "upstream_rq_retry_success",
+            "upstream_rq_retry_overflow",
+            "upstream_rq_timeout",
+            "upstream_rq_per_try_timeout",
+            "upstream_rq_pending_overflow",
+            "upstream_rq_pending_total",
+            "upstream_cx_destroy_remote",
+        )
+        for gauge in ("upstream_cx_active", "upstream_rq_active", "upstream_rq_pending_active"):
+            self.stats.gauge_set(gauge, 0)
+        if config.health_checks:
+            self.stats.declare(
+                "health_check.attempt",
+                "health_check.success",
+                "health_check.failure",
+                "health_check.network_failure",
+            )
+        if config.outlier_detection is not None:
+            self.stats.declare(
+                "outlier_detection.ejections_enforced_total",
+                "outlier_detection.ejections_detected_consecutive_5xx",
+                "outlier_detection.ejections_overflow",
+            )
+            self.stats.gauge_set("outlier_detection.ejections_active", 0)
+        self.hosts: list[Host] = []
+        self.breakers = config.circuit_breakers
+        self._cx_active = 0
+        self._rq_active = 0
+        self._pending = 0
+        self._retries_active = 0
+        self._capacity = trio.lowlevel.ParkingLot()  # requests waiting for a connection slot
+        self._rr_index = 0
+        self._ring: tuple[list[int], list[Host]] | None = None
+        self._nursery: trio.Nursery | None = None
+        self._hosts_changed = trio.Event()
+        if config.type == "STATIC":
+            self._set_hosts([(a.address, a.port_value, "") for a in config.load_assignment.addresses])
+
+    # --- membership ---
+
+    def _set_hosts(self, endpoints: list[tuple[str, int, str]]) -> None:
+        """Replace the host set, keeping the state of hosts that stay (a DNS refresh that returns
+        the same addresses changes nothing)."""
+        old = {(h.address, h.port): h for h in self.hosts}
+        hosts = []
+        for address, port, hostname in endpoints:
+            host = old.pop((address, port), None)
+            if host is None:
+                host = Host(self, address, port, hostname)
+                if self.config.health_checks:
+                    host.failed_active_hc = host.pending_active_hc = True
+            hosts.append(host)
+        for gone in old.values():
+            for conn in list(gone.idle):
+                self._close_soon(conn)
+        self.hosts = hosts
+        self._ring = None
+        self._update_membership()
+        self._hosts_changed.set()
+        self._hosts_changed = trio.Event()
+
+    def _update_membership(self) -> None:
+        self.stats.gauge_set("membership_total", len(self.hosts))
+        self.stats.gauge_set("membership_healthy", sum(1 for h in self.hosts if h.available))
+        if self.config.health_checks:
+            self.stats.gauge_set("health_check.healthy", sum(1 for h in self.hosts if not h.failed_active_hc))
+
+    # --- background work: DNS, health checks, outlier sweeps ---
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Resolve, health-check and sweep until cancelled; ``started`` once the cluster is warm
+        (resolved, and every host has had its first health check, each bounded by its timeout)."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            if self.config.type == "STRICT_DNS":
+                await self._resolve()
+                nursery.start_soon(self._dns_loop)
+            if self.config.health_checks:
+                await self._health_check_round(self.config.health_checks[0])
+                nursery.start_soon(self._health_check_loop, self.config.health_checks[0])
+            if self.config.outlier_detection is not None:
+                nursery.start_soon(self._outlier_sweep_loop, self.config.outlier_detection)
+            task_status.started()
+            await trio.sleep_forever()
+
+    async def _resolve(self) -> None:
+        endpoints: list[tuple[str, int, str]] = []
+        for socket_address in self.config.load_assignment.addresses:
+            name, port = socket_address.address, socket_address.port_value
+            try:
+                with trio.fail_after(self.config.connect_timeout + 5.0):
+                    addresses = await self.network.resolve(name, port)
+            except (OSError, trio.TooSlowError):
+                self.stats.inc("update_failure")
+                previous = [(h.address, h.port, h.hostname) for h in self.hosts if h.hostname == name]
+                endpoints.extend(previous)  # keep what the last good answer gave
+                continue
+            endpoints.extend((address, port, name) for address in addresses)
+        self.stats.inc("update_attempt")
+        self._set_hosts(endpoints)
+
+    async def _dns_loop(self) -> None:
+        while True:
+            await trio.sleep(DNS_REFRESH_SECONDS)
+            await self._resolve()
+
+    async def _health_check_loop(self, check: HealthCheck) -> None:
+        while True:
+            await trio.sleep(check.interval)
+            await self._health_check_round(check)
+
+    async def _health_check_round(self, check: HealthCheck) -> None:
+        async with trio.open_nursery() as nursery:
+            for host in list(self.hosts):
+                nursery.start_soon(self._health_check_host, check, host)
+
+    async def _health_check_host(self, check: HealthCheck, host: Host) -> None:
+        self.stats.inc("health_check.attempt")
+        ok, network_failure = False, True
+        with trio.move_on_after(check.timeout):
+            try:
+                stream = await self._open_stream(host)
+            except ConnectFailure:
+                stream = None
+            if stream is not None:
+                try:
+                    ok = await _health_check_request(stream, check.path, self.name)
+                    network_failure = False
+                except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError):
+                    pass
+                finally:
+                    with trio.CancelScope(shield=True):
+                        await trio.aclose_forcefully(stream)
+        if ok:
+            self.stats.inc("health_check.success")
+            host.hc_failures = 0
+            host.hc_successes += 1
+            if host.failed_active_hc and (
+                host.pending_active_hc or host.hc_successes >= check.healthy_threshold
+            ):
+                host.failed_active_hc = False
+        else:
+            self.stats.inc("health_check.failure")
+            if network_failure:
+                self.stats.inc("health_check.network_failure")
+            host.hc_successes = 0
+            host.hc_failures += 1
+            if not host.failed_active_hc and host.hc_failures >= check.unhealthy_threshold:
+                host.failed_active_hc = True
+                for conn in list(host.idle):  # Envoy closes a failed host's idle connections
+                    self._close_soon(conn)
+        host.pending_active_hc = False
+        self._update_membership()
+
+    async def _outlier_sweep_loop(self, config: OutlierDetection) -> None:
+        while True:
+            await trio.sleep(config.interval)
+            now = trio.current_time()
+            for host in self.hosts:
+                if host.ejected_until is not None and host.ejected_until <= now:
+                    host.ejected_until = None
+                    host.consecutive_5xx = 0
+                    self.stats.gauge_add("outlier_detection.ejections_active", -1)
+            self._update_membership()
+
+    # --- outcomes, for outlier detection and /clusters ---
+
+    def record_outcome(self, host: Host, status: int | None) -> None:
+        """A request to ``host`` ended with ``status`` (None: no response — connect failure, reset
+        or timeout, which outlier detection counts as a 5xx)."""
+        host.rq_total += 1
+        failed = status is None or status >= 500
+        if failed:
+            host.rq_error += 1
+        else:
+            host.rq_success += 1
+        detection = self.config.outlier_detection
+        if detection is None:
+            return
+        if not failed:
+            host.consecutive_5xx = 0
+            return
+        host.consecutive_5xx += 1
+        if host.consecutive_5xx >= detection.consecutive_5xx and host.ejected_until is None:
+            self.stats.inc("outlier_detection.ejections_detected_consecutive_5xx")
+            ejected = sum(1 for h in self.hosts if h.ejected_until is not None)
+            allowed = max(1, len(self.hosts) * detection.max_ejection_percent // 100)
+            if ejected >= allowed:
+                self.stats.inc("outlier_detection.ejections_overflow")
+                return
+            host.times_ejected += 1
+            host.ejected_until = trio.current_time() + detection.base_ejection_time * host.times_ejected
+            self.stats.inc("outlier_detection.ejections_enforced_total")
+            self.stats.inc("outlier_detection.ejections_enforced_consecutive_5xx")
+            self.stats.gauge_add("outlier_detection.ejections_active", 1)
+            self._update_membership()
+
+    # --- load balancing ---
+
+    def choose_host(self) -> Host | None:
+        """A host for the next request, by ``lb_policy`` over the available hosts; None if none is."""
+        available = [h for h in self.hosts if h.available]
+        if not available:
+            return None
+        policy = self.config.lb_policy
+        if len(available) == 1:
+            return available[0]
+        if policy == "ROUND_ROBIN":
+            self._rr_index += 1
+            return available[self._rr_index % len(available)]
+        if policy == "LEAST_REQUEST":
+            first, second = self.rng.sample(available, 2)
+            return first if first.active_requests <= second.active_requests else second
+        if policy == "RANDOM":
+            return self.rng.choice(available)
+        return self._ring_pick(self.rng.getrandbits(64))
+
+    def _ring_pick(self, key: int) -> Host | None:
+        if self._ring is None:
+            points: list[tuple[int, Host]] = []
+            per_host = max(1, RING_SIZE // max(1, len(self.hosts)))
+            for host in self.hosts:
+                for i in range(per_host):
+                    digest = hashlib.blake2b(f"{host}_{i}".encode(), digest_size=8).digest()
+                    points.append((int.from_bytes(digest, "big"), host))
+            points.sort(key=lambda p: p[0])
+            self._ring = ([p[0] for p in points], [p[1] for p in points])
+        hashes, owners = self._ring
+        start = bisect.bisect_left(hashes, key)
+        for i in range(len(owners)):  # walk on past unavailable hosts, as Envoy's ring does
+            host = owners[(start + i) % len(owners)]
+            if host.available:
+                return host
+        return None
+
+    # --- circuit breakers ---
+
+    def start_request(self) -> None:
+        """Count a request in (``max_requests``); ``Overflow`` if the breaker is open."""
+        if self._rq_active >= self.breakers.max_requests:
+            self.stats.inc("upstream_rq_pending_overflow")
+            raise Overflow("max_requests")
+        self._rq_active += 1
+        self.stats.gauge_add("upstream_rq_active", 1)
+
+    def end_request(self) -> None:
+        self._rq_active -= 1
+        self.stats.gauge_add("upstream_rq_active", -1)
+
+    def try_start_retry(self) -> bool:
+        if self._retries_active >= self.breakers.max_retries:
+            self.stats.inc("upstream_rq_retry_overflow")
+            return False
+        self._retries_active += 1
+        return True
+
+    def end_retry(self) -> None:
+        self._retries_active -= 1
+
+    # --- the pool ---
+
+    async def acquire(self, host: Host) -> UpstreamConnection:
+        """A connection to ``host``: an idle pooled one, or a new one within ``max_connections``
+        (waiting as a pending request, within ``max_pending_requests``, when at the limit)."""
+        while True:
+            while host.idle:
+                conn = host.idle.pop()
+                if conn.watch_scope is not None:
+                    conn.watch_scope.cancel()
+                    conn.watch_scope = None
+                if not conn.closed:
+                    return conn
+            if self._cx_active < self.breakers.max_connections:
+                return await self._connect(host)
+            self.stats.inc("upstream_cx_overflow")
+            if self._pending >= self.breakers.max_pending_requests:
+                self.stats.inc("upstream_rq_pending_overflow")
+                raise Overflow("max_pending_requests")
+            self._pending += 1
+            self.stats.inc("upstream_rq_pending_total")
+            self.stats.gauge_add("upstream_rq_pending_active", 1)
+            try:
+                await self._capacity.park()
+            finally:
+                self._pending -= 1
+                self.stats.gauge_add("upstream_rq_pending_active", -1)
+
+    async def _connect(self, host: Host) -> UpstreamConnection:
+        self._cx_opened(host)
+        conn = UpstreamConnection(_PENDING_STREAM, host)
+        try:
+            conn.stream = await self._open_stream(host)
+        except BaseException:
+            conn.closed = True
+            self.connection_closed(conn)
+            raise
+        return conn
+
+    async def open_tunnel(self, host: Host) -> trio.abc.Stream | None:
+        """A connection for ``tcp_proxy`` (not pooled); None when ``max_connections`` is reached.
+        The caller calls :meth:`tunnel_closed` when it is done with it."""
+        if self._cx_active >= self.breakers.max_connections:
+            self.stats.inc("upstream_cx_overflow")
+            return None
+        self._cx_opened(host)
+        try:
+            return await self._open_stream(host)
+        except BaseException:
+            self.tunnel_closed(host)
+            raise
+
+    def tunnel_closed(self, host: Host) -> None:
+        self._cx_active -= 1
+        host.cx_active -= 1
+        self.stats.gauge_add("upstream_cx_active", -1)
+        self._capacity.unpark()
+
+    def _cx_opened(self, host: Host) -> None:
+        self._cx_active += 1
+        host.cx_active += 1
+        self.stats.inc("upstream_cx_total")
+        self.stats.gauge_add("upstream_cx_active", 1)
+
+    async def _open_stream(self, host: Host) -> trio.abc.Stream:
+        """A connected (and, for a TLS cluster, handshaken) stream within ``connect_timeout``."""
+        stream: trio.abc.Stream | None = None
+        try:
+            with trio.fail_after(self.config.connect_timeout):
+                stream = await self.network.connect(host.address, host.port)
+                if self.tls_context is not None:
+                    ssl_stream = trio.SSLStream(stream, self.tls_context, server_hostname=self.tls_sni)
+                    stream = ssl_stream
+                    await ssl_stream.do_handshake()
+                return stream
+        except trio.TooSlowError:
+            if stream is not None:
+                await trio.aclose_forcefully(stream)
+            self.stats.inc("upstream_cx_connect_timeout")
+            self.stats.inc("upstream_cx_connect_fail")
+            raise ConnectFailure(f"connect to {host} timed out", timeout=True) from None
+        except (OSError, trio.BrokenResourceError) as exc:
+            if stream is not None:
+                await trio.aclose_forcefully(stream)
+            self.stats.inc("upstream_cx_connect_fail")
+            raise ConnectFailure(f"connect to {host}: {exc}") from None
+
+    def connection_closed(self, conn: UpstreamConnection) -> None:
+        """Bookkeeping when a pooled connection ends (``UpstreamConnection.aclose`` calls it)."""
+        if conn in conn.host.idle:
+            conn.host.idle.remove(conn)
+        self.tunnel_closed(conn.host)
+
+    def release(self, conn: UpstreamConnection) -> None:
+        """Return ``conn`` after a request: pooled when h11 says it can carry another, else closed."""
+        if conn.closed:
+            return
+        host = conn.host
+        if conn.reusable and host in self.hosts and not host.failed_active_hc and self._nursery is not None:
+            conn.h11.start_next_cycle()
+            if len(host.idle) < MAX_IDLE_PER_HOST:
+                host.idle.append(conn)
+                # The scope exists before the watcher runs, so a request that takes the
+                # connection first cancels a watcher that has not started yet.
+                conn.watch_scope = trio.CancelScope()
+                self._nursery.start_soon(self._watch_idle, conn, conn.watch_scope)
+                self._capacity.unpark()
+                return
+        self._close_soon(conn)
+
+    def _close_soon(self, conn: UpstreamConnection) -> None:
+        if conn.closed:
+            return
+        if self._nursery is not None:
+            self._nursery.start_soon(conn.aclose)
+        else:  # not running: account for it now; the stream is garbage
+            conn.closed = True
+            self.connection_closed(conn)
+
+    async def _watch_idle(self, conn: UpstreamConnection, scope: trio.CancelScope) -> None:
+        """While ``conn`` sits in the pool: if the upstream closes it (or sends anything, which an
+        idle HTTP/1.1 connection must not), drop it from the pool.  ``acquire`` cancels ``scope``."""
+        with scope:
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                await conn.stream.receive_some(1)
+            self.stats.inc("upstream_cx_destroy_remote")
+            if conn in conn.host.idle:
+                conn.host.idle.remove(conn)
+            conn.watch_scope = None
+            await conn.aclose()
+
+    async def aclose(self) -> None:
+        for host in self.hosts:
+            for conn in list(host.idle):
+                await conn.aclose()
+
+
+class _NoStream(trio.abc.Stream):
+    """Placeholder stream of a connection still connecting (never used for I/O)."""
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        raise trio.ClosedResourceError("not connected")
+
+    async def wait_send_all_might_not_block(self) -> None:
+        raise trio.ClosedResourceError("not connected")
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        raise trio.ClosedResourceError("not connected")
+
+    async def aclose(self) -> None:
+        return None
+
+
+_PENDING_STREAM = _NoStream()
+
+
+async def _health_check_request(stream: trio.abc.Stream, path: str, host_header: str) -> bool:
+    """One ``GET path``; True for a 200 (Envoy's default expected status range is [200, 201))."""
+    conn = h11.Connection(h11.CLIENT)
+    request = h11.Request(
+        method="GET",
+        target=path,
+        headers=[("host", host_header), ("user-agent", "Envoy/HC"), ("connection", "close")],
+    )
+    await stream.send_all(conn.send(request) + conn.send(h11.EndOfMessage()))
+    received = 0
+    while True:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            data = await stream.receive_some(RECEIVE_SIZE)
+            received += len(data)
+            if received > HEALTH_CHECK_MAX_RESPONSE:
+                return False
+            conn.receive_data(data)
+            continue
+        if isinstance(event, h11.Response):
+            return event.status_code == 200
+        if isinstance(event, h11.ConnectionClosed):
+            return False
+
+
+class ClusterManager:
+    """Every cluster of a config, by name, and their background work."""
+
+    def __init__(
+        self,
+        clusters: list[ClusterRuntime],
+    ) -> None:
+        self.clusters = {c.name: c for c in clusters}
+
+    def __getitem__(self, name: str) -> ClusterRuntime:
+        return self.clusters[name]
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run every cluster; ``started`` when all are warm."""
+        async with trio.open_nursery() as nursery:
+            for cluster in self.clusters.values():
+                await nursery.start(cluster.run)
+            task_status.started()
+
+    def render_clusters(self) -> str:
+        """Envoy's ``/clusters`` text: ``cluster::host:port::stat::value`` lines."""
+        lines: list[str] = []
+        for cluster in self.clusters.values():
+            cb = cluster.breakers
+            lines.append(f"{cluster.name}::default_priority::max_connections::{cb.max_connections}")
+            lines.append(f"{cluster.name}::default_priority::max_pending_requests::{cb.max_pending_requests}")
+            lines.append(f"{cluster.name}::default_priority::max_requests::{cb.max_requests}")
+            lines.append(f"{cluster.name}::default_priority::max_retries::{cb.max_retries}")
+            for host in cluster.hosts:
+                prefix = f"{cluster.name}::{host}"
+                if host.hostname:
+                    lines.append(f"{prefix}::hostname::{host.hostname}")
+                lines.append(f"{prefix}::cx_active::{host.cx_active}")
+                lines.append(f"{prefix}::rq_active::{host.active_requests}")
+                lines.append(f"{prefix}::rq_success::{host.rq_success}")
+                lines.append(f"{prefix}::rq_error::{host.rq_error}")
+                lines.append(f"{prefix}::rq_total::{host.rq_total}")
+                lines.append(f"{prefix}::health_flags::{host.health_flags}")
+        return "\n".join(lines) + "\n"
+
+    def clusters_json(self) -> dict[str, object]:
+        """``/clusters?format=json``, shaped like Envoy's (cluster_statuses / host_statuses)."""
+        statuses = []
+        for cluster in self.clusters.values():
+            hosts = []
+            for host in cluster.hosts:
+                hosts.append(
+                    {
+                        "address": {"socket_address": {"address": host.address, "port_value": host.port}},
+                        "hostname": host.hostname,
+                        "health_status": {
+                            "failed_active_health_check": host.failed_active_hc,
+                            "failed_outlier_check": host.ejected_until is not None,
+                            "pending_active_hc": host.pending_active_hc,
+                            "eds_health_status": "HEALTHY" if host.available else "UNHEALTHY",
+                        },
+                        "stats": [
+                            {"name": "cx_active", "value": host.cx_active},
+                            {"name": "rq_active", "value": host.active_requests},
+                            {"name": "rq_success", "value": host.rq_success},
+                            {"name": "rq_error", "value": host.rq_error},
+                            {"name": "rq_total", "value": host.rq_total},
+                        ],
+                    }
+                )
+            statuses.append({"name": cluster.name, "host_statuses": hosts})
+        return {"cluster_statuses": statuses}
