@@ -8,6 +8,8 @@ Plain ASGI (no framework), so what runs is hypercorn and the stack and nothing e
   (:func:`pattern`) streamed in ``C``-byte chunks, ``S`` seconds apart
 - ``POST /upload``: reads the body as it streams in; answers its length and SHA-256 in JSON
 - ``/ws``: WebSocket echo, text and bytes
+- ``GET /healthz``: ``ok`` (what the proxy examples' health checks ask for)
+- ``GET /headers``: the request's path, query and headers as JSON (to see what a proxy forwarded)
 
 Serve it: ``yastack serve examples/hello.py:app --nic tap:yas0`` (or with hypercorn on kernel
 sockets: ``hypercorn examples/hello.py:app``).
@@ -146,6 +148,19 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
                 "scheme": scope.get("scheme"),
                 "client": f"{client[0]}:{client[1]}",
                 "server": f"{server[0]}:{server[1]}",
+            },
+        )
+    elif path == "/healthz" and method in ("GET", "HEAD"):
+        await _respond(send, 200, b"ok\n", b"text/plain")
+    elif path == "/headers" and method == "GET":
+        server = scope.get("server") or ("", 0)
+        await _json(
+            send,
+            {
+                "path": path,
+                "query": scope.get("query_string", b"").decode("latin-1"),
+                "server": f"{server[0]}:{server[1]}",
+                "headers": [[k.decode("latin-1"), v.decode("latin-1")] for k, v in scope.get("headers", [])],
             },
         )
     elif path == "/stream" and method == "GET":
