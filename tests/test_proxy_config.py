@@ -231,7 +231,7 @@ def test_round_robin_facts() -> None:
     assert default.action.retry_policy is not None and default.action.retry_policy.num_retries == 1
     assert default.action.timeout == 15.0
     c = b.cluster("app")
-    assert c.health_checks[0].interval == 5.0 and c.health_checks[0].timeout == 1.0
+    assert c.health_checks[0].interval == 2.0 and c.health_checks[0].timeout == 1.0
     assert c.outlier_detection == OutlierDetection(consecutive_5xx=3, base_ejection_time=15.0)
     assert c.circuit_breakers == CircuitBreakerThresholds(100, 50, 200, 5)
 
@@ -848,3 +848,23 @@ def test_fuzz_text(text: str) -> None:
         load_config(text)
     except ConfigError as exc:
         assert exc.problems
+
+
+def test_header_names_values_and_rewrites_are_checked_so_no_config_can_write_a_malformed_header() -> None:
+    text = (EXAMPLES / "round_robin.yaml").read_text()
+    bad = (
+        text.replace(
+            'key: x-canary-route, value: "yes"', 'key: "x-canary route", value: "a\\r\\nInjected: 1"'
+        )
+        .replace("host_rewrite_literal: app.internal", 'host_rewrite_literal: "app internal"')
+        .replace("prefix_rewrite: /", 'prefix_rewrite: "/ x"')
+        .replace("request_headers_to_remove: [x-debug]", 'request_headers_to_remove: ["x debug"]')
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(bad)
+    messages = {p.path.rsplit(".", 1)[-1]: p.message for p in caught.value.problems}
+    assert "not a valid HTTP header name" in messages["key"]
+    assert "no CR, LF" in messages["value"]
+    assert "not a valid host" in messages["host_rewrite_literal"]
+    assert "not a valid request path" in messages["prefix_rewrite"]
+    assert any("request_headers_to_remove" in p.path for p in caught.value.problems)

@@ -1011,7 +1011,7 @@ def _string_match(r: _Reader, v: object, path: str) -> tuple[Literal["exact", "p
 
 def _header_matcher(r: _Reader, v: object, path: str) -> HeaderMatcher:
     f = _Fields(r, v, path, ("name", "exact_match", "string_match", "present_match"))
-    name = f.req("name", _nonempty_str)
+    name = f.req("name", _header_name)
     specifiers = [k for k in ("exact_match", "string_match", "present_match") if f.has(k)]
     m: HeaderMatcher | None = None
     if len(specifiers) > 1:
@@ -1103,8 +1103,8 @@ def _route_action(r: _Reader, v: object, path: str) -> RouteAction:
     action = RouteAction(
         cluster=cluster,
         weighted_clusters=weighted,
-        prefix_rewrite=f.opt("prefix_rewrite", _str, None),
-        host_rewrite_literal=f.opt("host_rewrite_literal", _nonempty_str, None),
+        prefix_rewrite=f.opt("prefix_rewrite", _path_value, None),
+        host_rewrite_literal=f.opt("host_rewrite_literal", _host_value, None),
         timeout=f.opt("timeout", _duration_ge0, 15.0),
         retry_policy=f.opt("retry_policy", _retry_policy, None),
     )
@@ -1141,10 +1141,45 @@ def _header_value_option(r: _Reader, v: object, path: str) -> HeaderValueOption:
     return HeaderValueOption(key_value[0], key_value[1], action)
 
 
+# RFC 9110 5.1 field names are tokens; 5.5 field values exclude CR, LF and NUL (and other controls
+# but tab).  Checked here so a config cannot make the proxy write a malformed (or smuggled) header.
+_TOKEN_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_FIELD_VALUE_RE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
+_TARGET_RE = re.compile(r"[\x21-\x7e]*")  # a request target: visible ASCII, no spaces
+
+
+def _header_name(r: _Reader, v: object, path: str) -> str:
+    name = _nonempty_str(r, v, path)
+    if not _TOKEN_RE.fullmatch(name):
+        r.fail(path, f"{name!r} is not a valid HTTP header name (RFC 9110 token characters only)")
+    return name
+
+
+def _field_value(r: _Reader, v: object, path: str) -> str:
+    value = _str(r, v, path)
+    if not _FIELD_VALUE_RE.fullmatch(value):
+        r.fail(path, "not a valid HTTP header value (no CR, LF, NUL or other control characters)")
+    return value
+
+
+def _host_value(r: _Reader, v: object, path: str) -> str:
+    value = _nonempty_str(r, v, path)
+    if not _TOKEN_RE.fullmatch(value.replace(":", "").replace("[", "").replace("]", "")):
+        r.fail(path, f"{value!r} is not a valid host[:port]")
+    return value
+
+
+def _path_value(r: _Reader, v: object, path: str) -> str:
+    value = _str(r, v, path)
+    if not _TARGET_RE.fullmatch(value):
+        r.fail(path, "not a valid request path (visible ASCII characters, no spaces)")
+    return value
+
+
 def _header_value(r: _Reader, v: object, path: str) -> tuple[str, str]:
     f = _Fields(r, v, path, ("key", "value"))
-    key = f.req("key", _nonempty_str)
-    value = f.opt("value", _str, "")
+    key = f.req("key", _header_name)
+    value = f.opt("value", _field_value, "")
     f.done()
     return key, value
 
@@ -1164,7 +1199,7 @@ def _route(r: _Reader, v: object, path: str) -> Route:
     elif which == "direct_response":
         action = f.req("direct_response", _direct_response)
     to_add = f.opt("request_headers_to_add", _list(_header_value_option), ())
-    to_remove = f.opt("request_headers_to_remove", _list(_nonempty_str), ())
+    to_remove = f.opt("request_headers_to_remove", _list(_header_name), ())
     f.done()
     if action is None:  # unreachable: no action means f failed, so done() raised
         raise _Skip
