@@ -112,6 +112,14 @@ class _Downstream:
             self.bytes_sent += len(data)
             await self.stream.send_all(data)
 
+    async def send_pending(self, pending: list[bytes | None]) -> None:
+        """Write what h11 produced for several events in one send, and empty ``pending``."""
+        data = b"".join(chunk for chunk in pending if chunk)
+        pending.clear()
+        if data:
+            self.bytes_sent += len(data)
+            await self.stream.send_all(data)
+
     async def next_event(self, deadline: float) -> h11.Event | None:
         """The next event from the client, or None if ``deadline`` passed first."""
         while True:
@@ -214,7 +222,16 @@ class _Timing:
 class _Attempt:
     """One try at the upstream, and how it went."""
 
-    __slots__ = ("conn", "downstream_error", "failure", "relay_scope", "response", "started", "uploading")
+    __slots__ = (
+        "conn",
+        "downstream_error",
+        "failure",
+        "per_try_deadline",
+        "relay_scope",
+        "response",
+        "started",
+        "uploading",
+    )
 
     def __init__(self, started: float) -> None:
         self.conn: UpstreamConnection | None = None
@@ -224,6 +241,7 @@ class _Attempt:
         self.uploading = False
         self.relay_scope: trio.CancelScope | None = None
         self.started = started
+        self.per_try_deadline = float("inf")
 
 
 class HttpConnectionManagerRuntime:
@@ -505,8 +523,14 @@ class HttpConnectionManagerRuntime:
             out.append((b"transfer-encoding", b"chunked"))
         record.x_forwarded_for = _text(get_header(out, b"x-forwarded-for"))
         record.request_id = request_id.decode("latin-1")
+        # _parsed=True (an h11 internal, pinned with h11 in pyproject.toml): skip re-validating
+        # header bytes that h11 parsed, that the config loader checked, or that are made here.
         return h11.Request(
-            method=request.method, target=target.encode("latin-1"), headers=out, http_version=b"1.1"
+            method=request.method,
+            target=target.encode("latin-1"),
+            headers=out,
+            http_version=b"1.1",
+            _parsed=True,
         )
 
     async def _route_to_cluster(
@@ -531,33 +555,17 @@ class HttpConnectionManagerRuntime:
             raise _LocalReply(503, _OVERFLOW_BODY, "UO") from None
         try:
             while True:
-                reply: _LocalReply | None = None
-                async with trio.open_nursery() as uploads:
-                    attempt = await self._attempt(
-                        cluster, upstream_request, body, timing, policy, record, uploads
-                    )
-                    if attempt.downstream_error is not None:
-                        uploads.cancel_scope.cancel()
-                    else:
-                        retry = self._should_retry(attempt, policy) and retries_left > 0 and body.replayable
-                        if retry and cluster.try_start_retry():
-                            uploads.cancel_scope.cancel()
-                        else:
-                            retry = False
-                            if attempt.failure is not None:
-                                uploads.cancel_scope.cancel()
-                                self._count_failure(cluster, attempt.failure)
-                                reply = _failure_reply(attempt.failure, retry_count)
-                            else:
-                                if (
-                                    retry_count
-                                    and attempt.response is not None
-                                    and attempt.response.status_code < 500
-                                ):
-                                    cluster.stats.inc("upstream_rq_retry_success")
-                                keep = await self._relay_response(
-                                    ds, cluster, attempt, timing, record, request, uploads
-                                )
+                if body.complete and not body.kept:  # nothing to upload: no task, no nursery
+                    attempt, retry, reply, keep = await self._try_once(
+                        ds, cluster, upstream_request, body, timing, policy, record, request, retries_left,
+                        retry_count, None,
+                    )  # fmt: skip
+                else:
+                    async with trio.open_nursery() as uploads:
+                        attempt, retry, reply, keep = await self._try_once(
+                            ds, cluster, upstream_request, body, timing, policy, record, request,
+                            retries_left, retry_count, uploads,
+                        )  # fmt: skip
                 if attempt.downstream_error is not None:
                     if attempt.conn is not None:
                         await attempt.conn.aclose()
@@ -581,6 +589,32 @@ class HttpConnectionManagerRuntime:
                     cluster.end_retry()
         finally:
             cluster.end_request()
+
+    async def _try_once(
+        self, ds: _Downstream, cluster: ClusterRuntime, upstream_request: h11.Request, body: _RequestBody,
+        timing: _Timing, policy: RetryPolicy | None, record: AccessRecord, request: h11.Request,
+        retries_left: int, retry_count: int, uploads: trio.Nursery | None,
+    ) -> tuple[_Attempt, bool, _LocalReply | None, bool]:  # fmt: skip
+        """One attempt and what follows from it: ``(attempt, retry?, local reply or None, keep the
+        client connection?)``; a response worth relaying is relayed here, while its body upload (in
+        ``uploads``) may still be running."""
+        attempt = await self._attempt(cluster, upstream_request, body, timing, policy, record, uploads)
+        stop_upload = uploads.cancel_scope.cancel if uploads is not None else _nothing
+        if attempt.downstream_error is not None:
+            stop_upload()
+            return attempt, False, None, False
+        retry = self._should_retry(attempt, policy) and retries_left > 0 and body.replayable
+        if retry and cluster.try_start_retry():
+            stop_upload()
+            return attempt, True, None, False
+        if attempt.failure is not None:
+            stop_upload()
+            self._count_failure(cluster, attempt.failure)
+            return attempt, False, _failure_reply(attempt.failure, retry_count), False
+        if retry_count and attempt.response is not None and attempt.response.status_code < 500:
+            cluster.stats.inc("upstream_rq_retry_success")
+        keep = await self._relay_response(ds, cluster, attempt, timing, record, request, uploads)
+        return attempt, False, None, keep
 
     def _should_retry(self, attempt: _Attempt, policy: RetryPolicy | None) -> bool:
         """Envoy's ``retry_on`` conditions for this attempt's outcome."""
@@ -611,7 +645,7 @@ class HttpConnectionManagerRuntime:
 
     async def _attempt(
         self, cluster: ClusterRuntime, upstream_request: h11.Request, body: _RequestBody, timing: _Timing,
-        policy: RetryPolicy | None, record: AccessRecord, uploads: trio.Nursery,
+        policy: RetryPolicy | None, record: AccessRecord, uploads: trio.Nursery | None,
     ) -> _Attempt:  # fmt: skip
         """One try: a host, a connection, the request head sent, its body streaming in ``uploads``
         (which outlives this call: an upstream may answer before it has read the whole body), and
@@ -628,12 +662,26 @@ class HttpConnectionManagerRuntime:
         host.active_requests += 1
         cluster.stats.inc("upstream_rq_total")
         try:
-            with trio.CancelScope(deadline=min(timing.route_deadline, per_try_deadline)) as scope:
+            attempt.per_try_deadline = per_try_deadline
+            # One scope for the whole wait: the route and per-try timers, and stream-idle (which
+            # the upload pushes back as it makes progress).
+            idle_deadline = trio.current_time() + timing.stream_idle
+            with trio.CancelScope(
+                deadline=min(timing.route_deadline, per_try_deadline, idle_deadline)
+            ) as scope:
                 timing.watch(scope)
                 try:
                     attempt.conn = await cluster.acquire(host)
-                    attempt.conn.requests += 1
-                    await self._send_and_wait(attempt, upstream_request, body, timing, scope, uploads)
+                    try:
+                        await self._send_and_wait(attempt, upstream_request, body, timing, scope, uploads)
+                    except (*_NETWORK_ERRORS, h11.ProtocolError):
+                        if not self._stale(attempt.conn, uploads):
+                            raise
+                        # The pooled connection was closed under us: once more on a fresh one.
+                        cluster.stats.inc("upstream_cx_destroy_remote_with_active_rq")
+                        await attempt.conn.aclose()
+                        attempt.conn = await cluster.acquire(host, fresh=True)
+                        await self._send_and_wait(attempt, upstream_request, body, timing, scope, uploads)
                 except Overflow:
                     raise _LocalReply(503, _OVERFLOW_BODY, "UO") from None
                 except ConnectFailure:
@@ -662,24 +710,29 @@ class HttpConnectionManagerRuntime:
         finally:
             host.active_requests -= 1
 
+    @staticmethod
+    def _stale(conn: UpstreamConnection, uploads: trio.Nursery | None) -> bool:
+        """Did a request fail only because its reused connection was already closed?  (Reused, no
+        response byte of this request received, and no body, so sending again is safe.)"""
+        return conn.requests > 1 and conn.received == conn.received_before and uploads is None
+
     async def _send_and_wait(
         self, attempt: _Attempt, request: h11.Request, body: _RequestBody, timing: _Timing,
-        scope: trio.CancelScope, uploads: trio.Nursery,
+        scope: trio.CancelScope, uploads: trio.Nursery | None,
     ) -> None:  # fmt: skip
         conn = attempt.conn
         assert conn is not None
-        await conn.send(request)
+        conn.requests += 1
+        conn.received_before = conn.received
         if body.complete and not body.kept:
-            await conn.send(h11.EndOfMessage())
+            await conn.stream.send_all(conn.h11.send(request) + conn.h11.send(h11.EndOfMessage()))  # type: ignore[operator]
         else:
+            await conn.send(request)
             attempt.uploading = True
+            assert uploads is not None
             uploads.start_soon(self._upload, attempt, body, scope)
         while True:
-            with trio.move_on_at(trio.current_time() + timing.stream_idle) as idle:
-                event = await conn.next_event()
-            if idle.cancelled_caught:
-                scope.cancel()
-                await trio.lowlevel.checkpoint()  # raises Cancelled into the attempt's scope
+            event = await conn.next_event()
             if isinstance(event, h11.InformationalResponse) and event.status_code != 101:
                 continue  # 100 Continue, 103 Early Hints: not relayed
             if isinstance(event, h11.ConnectionClosed):
@@ -700,6 +753,11 @@ class HttpConnectionManagerRuntime:
                 chunk = await body.read_more()
                 if chunk:
                     await conn.send(h11.Data(data=chunk))
+                    if attempt.response is None:  # progress: push the wait's stream-idle deadline back
+                        idle_deadline = trio.current_time() + body.timing.stream_idle
+                        scope.deadline = min(
+                            body.timing.route_deadline, attempt.per_try_deadline, idle_deadline
+                        )
             await conn.send(h11.EndOfMessage())
         except (_LocalReply, _DownstreamGone) as exc:
             attempt.downstream_error = exc
@@ -713,7 +771,7 @@ class HttpConnectionManagerRuntime:
 
     async def _relay_response(
         self, ds: _Downstream, cluster: ClusterRuntime, attempt: _Attempt, timing: _Timing,
-        record: AccessRecord, request: h11.Request, uploads: trio.Nursery,
+        record: AccessRecord, request: h11.Request, uploads: trio.Nursery | None,
     ) -> bool:  # fmt: skip
         """The response, head then body, to the client; True if the client connection stays open."""
         conn, response = attempt.conn, attempt.response
@@ -740,23 +798,38 @@ class HttpConnectionManagerRuntime:
                 )
                 await self._splice(ds, conn, timing, record)
                 return False
-            await ds.send(h11.Response(status_code=status, headers=headers, reason=_reason(status)))
-            with trio.CancelScope(deadline=timing.route_deadline) as scope:
+            # Writes are gathered: the head and whatever body the upstream's bytes already hold
+            # leave in one send (a small response is one write), and a large body in chunks of
+            # RECEIVE_SIZE, each written before more is read (backpressure).
+            head = h11.Response(status_code=status, headers=headers, reason=_reason(status), _parsed=True)
+            pending = [ds.h11.send(head)]
+            pending_bytes = 0
+            with trio.CancelScope(
+                deadline=min(timing.route_deadline, trio.current_time() + timing.stream_idle)
+            ) as scope:
                 attempt.relay_scope = scope
                 timing.watch(scope)
                 try:
                     while True:
-                        with trio.move_on_at(trio.current_time() + timing.stream_idle) as idle:
-                            event = await conn.next_event()
-                        if idle.cancelled_caught:
-                            record.response_flags = "SI"
-                            self.stats.inc("downstream_rq_idle_timeout")
-                            break
-                        if isinstance(event, h11.Data):
+                        event = conn.h11.next_event()
+                        if event is h11.NEED_DATA:
+                            if pending:
+                                await ds.send_pending(pending)
+                                pending_bytes = 0
+                            conn.h11.receive_data(await conn.stream.receive_some(RECEIVE_SIZE))
+                            scope.deadline = min(
+                                timing.route_deadline, trio.current_time() + timing.stream_idle
+                            )
+                        elif isinstance(event, h11.Data):
                             record.bytes_sent += len(event.data)
-                            await ds.send(h11.Data(data=event.data))
+                            pending_bytes += len(event.data)
+                            pending.append(ds.h11.send(h11.Data(data=event.data)))
+                            if pending_bytes >= RECEIVE_SIZE:
+                                await ds.send_pending(pending)
+                                pending_bytes = 0
                         elif isinstance(event, h11.EndOfMessage):
-                            await ds.send(h11.EndOfMessage())
+                            pending.append(ds.h11.send(h11.EndOfMessage()))
+                            await ds.send_pending(pending)
                             break
                         else:
                             raise h11.RemoteProtocolError(f"upstream sent {type(event).__name__} in a body")
@@ -766,8 +839,12 @@ class HttpConnectionManagerRuntime:
             if attempt.downstream_error is not None:
                 raise attempt.downstream_error
             if scope.cancelled_caught:
-                record.response_flags = "UT"
-                cluster.stats.inc("upstream_rq_timeout")
+                if trio.current_time() >= timing.route_deadline:
+                    record.response_flags = "UT"
+                    cluster.stats.inc("upstream_rq_timeout")
+                else:
+                    record.response_flags = "SI"
+                    self.stats.inc("downstream_rq_idle_timeout")
             if record.response_flags != "-" or ds.h11.our_state is not h11.DONE:
                 await conn.aclose()
                 return False
@@ -781,7 +858,8 @@ class HttpConnectionManagerRuntime:
             # The upstream answered before taking the whole body: stop sending it.  The upstream
             # connection is not reusable (h11 says so) and the client's unread body means the
             # client connection closes after this response.
-            uploads.cancel_scope.cancel()
+            if uploads is not None:
+                uploads.cancel_scope.cancel()
             await conn.aclose()
             return False
         cluster.release(conn)
@@ -829,6 +907,10 @@ class HttpConnectionManagerRuntime:
 
 
 _OVERFLOW_BODY = "upstream connect error or disconnect/reset before headers. reset reason: overflow"
+
+
+def _nothing() -> None:
+    return None
 
 
 def _failure_reply(failure: str, retries: int) -> _LocalReply:

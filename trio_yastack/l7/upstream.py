@@ -22,8 +22,10 @@ What each piece does, and where it follows Envoy (and where not):
   as in Envoy).  With no available host the request gets 503: Envoy's panic mode (routing to all
   hosts when under 50 % are healthy) is not modelled, so an all-unhealthy cluster fails fast.
 - **Connection pools**, one per host: HTTP/1.1 keep-alive connections, reused most-recent-first.
-  An idle connection is watched; if the upstream closes it (or sends anything unasked) it leaves
-  the pool at once, so a request is never written onto a connection known to be dead.
+  A connection idle for a second is watched; if the upstream closes it (or sends anything
+  unasked) it leaves the pool at once.  A request without a body that fails on a reused
+  connection before any response byte is sent again on a fresh one (the upstream closed it
+  between our last look and our write), as HTTP clients do.
 - **Circuit breakers** (priority DEFAULT): ``max_connections`` per cluster (beyond it a request
   waits for a connection, counted ``upstream_cx_overflow``), ``max_pending_requests`` waiting (beyond
   it 503, ``upstream_rq_pending_overflow``), ``max_requests`` outstanding (503, the same counter),
@@ -60,6 +62,7 @@ DNS_REFRESH_SECONDS = 5.0
 RING_SIZE = 1024  # Envoy's minimum_ring_size default
 MAX_IDLE_PER_HOST = 1024  # bound on pooled idle connections of one host (max_connections bounds it too)
 RECEIVE_SIZE = 65536
+IDLE_WATCH_AFTER = 1.0  # seconds in the pool before a connection is watched for the upstream closing it
 HEALTH_CHECK_MAX_RESPONSE = 64 * 1024  # a health check reads at most this much of a response
 
 
@@ -78,7 +81,17 @@ class Overflow(Exception):
 class UpstreamConnection:
     """One HTTP/1.1 connection to a host: a trio stream with an h11 client state machine."""
 
-    __slots__ = ("closed", "h11", "host", "requests", "stream", "watch_scope")
+    __slots__ = (
+        "closed",
+        "h11",
+        "host",
+        "idle_since",
+        "received",
+        "received_before",
+        "requests",
+        "stream",
+        "watch_scope",
+    )
 
     def __init__(self, stream: trio.abc.Stream, host: Host) -> None:
         self.stream = stream
@@ -86,6 +99,9 @@ class UpstreamConnection:
         self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=64 * 1024)
         self.watch_scope: trio.CancelScope | None = None
         self.requests = 0  # how many requests this connection has carried (0: fresh)
+        self.received = 0  # bytes received over its life
+        self.received_before = 0  # ... when the current request was sent
+        self.idle_since = 0.0
         self.closed = False
 
     async def send(self, event: h11.Event) -> None:
@@ -100,6 +116,7 @@ class UpstreamConnection:
             if event is not h11.NEED_DATA:
                 return event  # type: ignore[return-value]
             data = await self.stream.receive_some(RECEIVE_SIZE)
+            self.received += len(data)
             self.h11.receive_data(data)
 
     @property
@@ -266,6 +283,7 @@ class ClusterRuntime:
                 nursery.start_soon(self._health_check_loop, self.config.health_checks[0])
             if self.config.outlier_detection is not None:
                 nursery.start_soon(self._outlier_sweep_loop, self.config.outlier_detection)
+            nursery.start_soon(self._idle_watch_loop)
             task_status.started()
             await trio.sleep_forever()
 
@@ -445,11 +463,12 @@ class ClusterRuntime:
 
     # --- the pool ---
 
-    async def acquire(self, host: Host) -> UpstreamConnection:
-        """A connection to ``host``: an idle pooled one, or a new one within ``max_connections``
-        (waiting as a pending request, within ``max_pending_requests``, when at the limit)."""
+    async def acquire(self, host: Host, *, fresh: bool = False) -> UpstreamConnection:
+        """A connection to ``host``: an idle pooled one (unless ``fresh``), or a new one within
+        ``max_connections`` (waiting as a pending request, within ``max_pending_requests``, when at
+        the limit)."""
         while True:
-            while host.idle:
+            while host.idle and not fresh:
                 conn = host.idle.pop()
                 if conn.watch_scope is not None:
                     conn.watch_scope.cancel()
@@ -544,11 +563,8 @@ class ClusterRuntime:
         if conn.reusable and host in self.hosts and not host.failed_active_hc and self._nursery is not None:
             conn.h11.start_next_cycle()
             if len(host.idle) < MAX_IDLE_PER_HOST:
+                conn.idle_since = trio.current_time()
                 host.idle.append(conn)
-                # The scope exists before the watcher runs, so a request that takes the
-                # connection first cancels a watcher that has not started yet.
-                conn.watch_scope = trio.CancelScope()
-                self._nursery.start_soon(self._watch_idle, conn, conn.watch_scope)
                 self._capacity.unpark()
                 return
         self._close_soon(conn)
@@ -561,6 +577,24 @@ class ClusterRuntime:
         else:  # not running: account for it now; the stream is garbage
             conn.closed = True
             self.connection_closed(conn)
+
+    async def _idle_watch_loop(self) -> None:
+        """Put a watcher on every connection idle in the pool for :data:`IDLE_WATCH_AFTER`.
+
+        A busy connection goes back out within milliseconds, and watching it (a task started and
+        cancelled per request) would cost more than the request's own I/O; an upstream that closes
+        an idle connection does so after its keep-alive timeout (seconds), by which time it is
+        watched.  The rare close in between is caught when the request on it fails before any
+        response byte: a request without a body is then sent once more on a fresh connection."""
+        assert self._nursery is not None
+        while True:
+            await trio.sleep(IDLE_WATCH_AFTER / 2)
+            watched_before = trio.current_time() - IDLE_WATCH_AFTER
+            for host in self.hosts:
+                for conn in host.idle:
+                    if conn.watch_scope is None and conn.idle_since <= watched_before:
+                        conn.watch_scope = trio.CancelScope()
+                        self._nursery.start_soon(self._watch_idle, conn, conn.watch_scope)
 
     async def _watch_idle(self, conn: UpstreamConnection, scope: trio.CancelScope) -> None:
         """While ``conn`` sits in the pool: if the upstream closes it (or sends anything, which an
