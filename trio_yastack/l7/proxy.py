@@ -24,6 +24,7 @@ import signal
 import ssl
 import sys
 import time
+import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,6 +49,7 @@ LISTENER_FILTERS_TIMEOUT = (
 )
 TLS_HANDSHAKE_TIMEOUT = 10.0
 FLUSH_INTERVAL = 1.0
+MAX_LOGGED_ERRORS = 10
 _ACCEPT_RETRY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 
 
@@ -191,6 +193,12 @@ class ListenerRuntime:
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, ssl.SSLError):
             if isinstance(transport, trio.SSLStream):
                 self.stats.inc("ssl.connection_error")
+        except Exception:
+            # A bug in a filter costs this connection, never the proxy and its other clients; it
+            # is counted and its traceback printed (the first few, so a storm cannot flood stderr).
+            self.stats.inc("downstream_cx_handler_error")
+            if self.stats.get("downstream_cx_handler_error") <= MAX_LOGGED_ERRORS:
+                traceback.print_exc(file=sys.stderr)
         finally:
             self.stats.gauge_add("downstream_cx_active", -1)
             with trio.CancelScope(shield=True):

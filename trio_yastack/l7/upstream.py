@@ -90,6 +90,7 @@ class UpstreamConnection:
         "received_before",
         "requests",
         "stream",
+        "watch_done",
         "watch_scope",
     )
 
@@ -98,6 +99,7 @@ class UpstreamConnection:
         self.host = host
         self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=64 * 1024)
         self.watch_scope: trio.CancelScope | None = None
+        self.watch_done = _DONE
         self.requests = 0  # how many requests this connection has carried (0: fresh)
         self.received = 0  # bytes received over its life
         self.received_before = 0  # ... when the current request was sent
@@ -471,8 +473,9 @@ class ClusterRuntime:
             while host.idle and not fresh:
                 conn = host.idle.pop()
                 if conn.watch_scope is not None:
+                    # The watcher is inside a receive: it must be out of it before we read.
                     conn.watch_scope.cancel()
-                    conn.watch_scope = None
+                    await conn.watch_done.wait()
                 if not conn.closed:
                     return conn
             if self._cx_active < self.breakers.max_connections:
@@ -594,19 +597,24 @@ class ClusterRuntime:
                 for conn in host.idle:
                     if conn.watch_scope is None and conn.idle_since <= watched_before:
                         conn.watch_scope = trio.CancelScope()
+                        conn.watch_done = trio.Event()
                         self._nursery.start_soon(self._watch_idle, conn, conn.watch_scope)
 
     async def _watch_idle(self, conn: UpstreamConnection, scope: trio.CancelScope) -> None:
         """While ``conn`` sits in the pool: if the upstream closes it (or sends anything, which an
-        idle HTTP/1.1 connection must not), drop it from the pool.  ``acquire`` cancels ``scope``."""
-        with scope:
-            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                await conn.stream.receive_some(1)
-            self.stats.inc("upstream_cx_destroy_remote")
-            if conn in conn.host.idle:
-                conn.host.idle.remove(conn)
+        idle HTTP/1.1 connection must not), drop it from the pool.  ``acquire`` cancels ``scope``
+        and waits for ``conn.watch_done`` before it uses the connection."""
+        try:
+            with scope:
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                    await conn.stream.receive_some(1)
+                self.stats.inc("upstream_cx_destroy_remote")
+                if conn in conn.host.idle:
+                    conn.host.idle.remove(conn)
+                await conn.aclose()
+        finally:
             conn.watch_scope = None
-            await conn.aclose()
+            conn.watch_done.set()
 
     async def aclose(self) -> None:
         for host in self.hosts:
@@ -631,6 +639,8 @@ class _NoStream(trio.abc.Stream):
 
 
 _PENDING_STREAM = _NoStream()
+_DONE = trio.Event()
+_DONE.set()
 
 
 async def _health_check_request(stream: trio.abc.Stream, path: str, host_header: str) -> bool:
