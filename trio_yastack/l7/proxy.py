@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import ipaddress
 import random
 import signal
 import ssl
@@ -386,6 +387,13 @@ def add_proxy_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ip", default="198.18.0.2/24", help="the stack's address/prefix (with --nic)")
     parser.add_argument("--gateway", default=None, help="the stack's default gateway (with --nic)")
     parser.add_argument(
+        "--host",
+        action="append",
+        default=[],
+        metavar="NAME=IPV4",
+        help="a name for the stack's resolver (STRICT_DNS clusters on the stack), repeatable",
+    )
+    parser.add_argument(
         "--drain-time", type=float, default=5.0, help="seconds in-flight requests get on SIGTERM"
     )
     parser.add_argument(
@@ -426,6 +434,17 @@ def main_proxy(args: argparse.Namespace) -> int:
     limits = ProxyLimits(
         max_request_body=args.max_request_body, max_downstream_connections=args.max_connections
     )
+    hosts: dict[str, str] = {}
+    for entry in args.host:
+        name, sep, address = entry.partition("=")
+        try:
+            ipaddress.IPv4Address(address)
+        except ValueError:
+            sep = ""
+        if not sep or not name:
+            print(f"yastack proxy: --host {entry!r}: expected NAME=IPV4", file=sys.stderr)
+            return 1
+        hosts[name] = address
     try:
         Proxy(bootstrap, limits=limits, warn=lambda line: None)  # certificates and keys load, or we stop here
     except TlsSetupError as exc:
@@ -461,7 +480,9 @@ def main_proxy(args: argparse.Namespace) -> int:
             return
         from trio_yastack._open_stack import open_stack
 
-        async with open_stack(args.nic, ip=args.ip, gateway=args.gateway, kernel_fallback=True) as stack:
+        async with open_stack(
+            args.nic, ip=args.ip, gateway=args.gateway, kernel_fallback=True, hosts=hosts
+        ) as stack:
             await serve(Network(stack))
 
     try:
