@@ -14,6 +14,8 @@ at least 3 rounds in full mode and reports medians, min-max and the ratio ours/p
    process vs the kernel's loopback
 4. ``bench_pytcp.py``: PyTCP, the pure-Python peer, on the same TAP-in-namespace set-up
 5. ``bench_memory.py``: memory per idle established connection vs the kernel's
+6. ``bench_proxy.py``: ``yastack proxy`` in front of an nginx backend under wrk, over kernel sockets
+   and over the stack, vs nginx proxying the same backend
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ RESULT_FILES = {
     "bench_udp_input.py": "udp_input.json",
     "bench_pytcp.py": "pytcp.json",
     "bench_memory.py": "memory.json",
+    "bench_proxy.py": "proxy.json",
 }
 
 SCENARIOS: list[tuple[str, list[str]]] = [
@@ -51,6 +54,7 @@ SCENARIOS: list[tuple[str, list[str]]] = [
     ("bench_udp_input.py", []),
     ("bench_pytcp.py", []),
     ("bench_memory.py", []),
+    ("bench_proxy.py", []),
 ]
 
 
@@ -165,6 +169,21 @@ def rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, float]
             f"kernel (slab + buffers + process): {mem['kernel']['bytes_per_endpoint']:.0f}",
             mem["ratio"],
         ))  # fmt: skip
+    if "bench_proxy.py" in results:
+        proxy = results["bench_proxy.py"]
+        nginx = proxy["cases"]["nginx_proxy"]
+        for mode, label in (("kernel", "kernel sockets"), ("bypass", "over the stack (TAP)")):
+            ours = proxy["cases"][f"ours_{mode}"]
+            out.append((
+                f"HTTP reverse proxy, nginx backend, wrk -t1 -c50 keep-alive, 1 core, {label}: "
+                "req/s (p99 ms, CPU us/req)",
+                f"{_median(ours, 'requests_per_s'):.0f} ({_median(ours, 'p99_ms'):.1f}, "
+                f"{_median(ours, 'cpu_us_per_request'):.0f})",
+                f"{proxy.get('nginx', 'nginx')} proxy_pass, keep-alive pool, 1 worker, kernel sockets: "
+                f"{_median(nginx, 'requests_per_s'):.0f} ({_median(nginx, 'p99_ms'):.1f}, "
+                f"{_median(nginx, 'cpu_us_per_request'):.0f})",
+                proxy[f"ratio_{mode}"],
+            ))  # fmt: skip
     return out
 
 

@@ -17,6 +17,9 @@ command -v sysctl >/dev/null 2>&1 || need_apt+=(procps)
 # HTTP load generators of the ASGI serving tests (kernel-side clients)
 command -v wrk >/dev/null 2>&1 || need_apt+=(wrk)
 command -v h2load >/dev/null 2>&1 || need_apt+=(nghttp2-client)
+# the backend and the peer of the proxy benchmark (benchmarks/bench_proxy.py runs its own nginx
+# processes, with their own config files, inside a namespace of its own; the system service is unused)
+command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || need_apt+=(nginx)
 python3 -c "import venv, ensurepip" 2>/dev/null || need_apt+=(python3-venv)
 if ((${#need_apt[@]})); then
     if [[ $(id -u) -eq 0 ]]; then

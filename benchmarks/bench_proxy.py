@@ -1,0 +1,421 @@
+"""``yastack proxy`` against nginx proxying the same nginx backend, over kernel sockets and over the stack.
+
+One private network namespace per round holds everything: a backend fast enough not to be the
+bottleneck (nginx, one worker, ``GET /`` answered with the 6-byte ``hello\\n`` from memory) and, one
+after the other, the three reverse proxies in front of it, each loaded by ``wrk -t1 -c50 --latency``
+(HTTP/1.1 keep-alive) from the kernel side:
+
+- ``nginx_proxy``, the peer: nginx, one worker, ``proxy_pass`` to an upstream block with a keep-alive
+  pool (``keepalive 64``, ``proxy_http_version 1.1``, ``proxy_set_header Connection ""``), kernel
+  sockets, 127.0.0.1;
+- ``ours_kernel``: ``yastack proxy`` with a listener and a STATIC cluster on 127.0.0.1 (kernel sockets);
+- ``ours_bypass``: ``yastack proxy --nic tap:yasp0 --ip 198.18.0.2/24``, listener on 198.18.0.2 (the
+  stack's own address), cluster 198.18.0.1 (the TAP's kernel side): both legs cross the user-space
+  stack, as in ``examples/proxy/bypass_stack.yaml``; wrk connects from the kernel side;
+- ``backend_direct``, a reference: wrk on the backend itself, the ceiling the proxies are under.
+
+With two CPUs or more the proxy under test (nginx's worker, or ours) gets one core to itself
+(``taskset``) and wrk and the backend share another.  Reported per case: requests/s, p50/p99
+latency, the proxy's CPU time per request (``/proc/PID/stat``) and how busy each of the two cores
+was, as median (min-max) over the rounds, and the ratio ours/nginx for both of ours (the target is
+0.2).  On a 2-CPU machine nginx fills the load core too (wrk and the backend), so its figure is a
+floor of what it does on one core, and the ratio errs in our favour.  Any socket error, non-2xx
+answer (wrk counts one slower than 5 s as a timeout error), proxy crash or unclean exit on
+SIGTERM fails the run (exit status 1, after the JSON).
+
+    python benchmarks/bench_proxy.py [--seconds S] [--rounds R] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from _common import machine, spread
+from bench_asgi import cpu_seconds
+
+from trio_yastack.nic.netns import KERNEL_ADDRESS, STACK_ADDRESS, NetworkNamespace, netns_unavailable_reason
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = Path(__file__).parent / "results"
+
+BODY = "hello\n"
+BACKEND_PORT = 8080
+NGINX_PROXY_PORT = 10001
+OURS_PORT = 10000
+TAP_NAME = "yasp0"
+TARGET_RATIO = 0.2
+CASES = ("backend_direct", "nginx_proxy", "ours_kernel", "ours_bypass")
+NGINX = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.access(p, os.X_OK)), None)
+
+BACKEND_CONF = """\
+worker_processes 1;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    keepalive_timeout 60s;
+    keepalive_requests 1000000;
+    server {{
+        # every address of the benchmark's own namespace: 127.0.0.1, and 198.18.0.1 once the TAP
+        # of the bypass case is up (it comes and goes with that proxy)
+        listen {port} backlog=1024;
+        location / {{
+            default_type text/plain;
+            return 200 "hello\\n";
+        }}
+    }}
+}}
+"""
+
+NGINX_PROXY_CONF = """\
+worker_processes 1;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    keepalive_timeout 60s;
+    keepalive_requests 1000000;
+    upstream backend {{
+        server 127.0.0.1:{backend_port};
+        keepalive 64;
+        keepalive_requests 1000000;
+    }}
+    server {{
+        listen 127.0.0.1:{port} backlog=1024;
+        location / {{
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
+}}
+"""
+
+
+def ours_config(listen: str, upstream: str) -> dict[str, Any]:
+    """The Envoy v3 bootstrap of ``yastack proxy``: one listener, one route, one STATIC cluster
+    (no admin endpoint, no access log)."""
+    return {
+        "static_resources": {
+            "listeners": [{
+                "name": "ingress",
+                "address": {"socket_address": {"address": listen, "port_value": OURS_PORT}},
+                "filter_chains": [{"filters": [{
+                    "name": "envoy.filters.network.http_connection_manager",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.network."
+                                 "http_connection_manager.v3.HttpConnectionManager",
+                        "stat_prefix": "ingress_http",
+                        "route_config": {
+                            "name": "local_route",
+                            "virtual_hosts": [{
+                                "name": "backend",
+                                "domains": ["*"],
+                                "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "backend"}}],
+                            }],
+                        },
+                        "http_filters": [{
+                            "name": "envoy.filters.http.router",
+                            "typed_config": {
+                                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+                            },
+                        }],
+                    },
+                }]}],
+            }],
+            "clusters": [{
+                "name": "backend",
+                "type": "STATIC",
+                "connect_timeout": "1s",
+                "load_assignment": {
+                    "cluster_name": "backend",
+                    "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
+                        "socket_address": {"address": upstream, "port_value": BACKEND_PORT}
+                    }}}]}],
+                },
+            }],
+        }
+    }  # fmt: skip
+
+
+class BenchFailure(RuntimeError):
+    """A case that must not count: errors, non-2xx, a crash, a wrong body."""
+
+
+class Round:
+    """One round's namespace, temp dir, CPU pinning and the processes started in it."""
+
+    def __init__(self, namespace: NetworkNamespace, tmp: Path, cpus: tuple[int, int] | None) -> None:
+        self.namespace = namespace
+        self.tmp = tmp
+        self.cpus = cpus  # (the proxy under test's core, wrk's and the backend's core)
+
+    def pinned(self, args: Sequence[str], under_test: bool) -> list[str]:
+        if self.cpus is None:
+            return list(args)
+        return ["taskset", "-c", str(self.cpus[0 if under_test else 1]), *args]
+
+    def start(self, args: Sequence[str], log: Path, under_test: bool) -> subprocess.Popen[bytes]:
+        with log.open("wb") as out:
+            return self.namespace.popen(
+                self.pinned(args, under_test), stdout=out, stderr=subprocess.STDOUT, cwd=ROOT
+            )
+
+    def nginx(self, name: str, template: str, under_test: bool, **values: int) -> subprocess.Popen[bytes]:
+        prefix = self.tmp / name
+        prefix.mkdir()
+        conf = prefix / "nginx.conf"
+        conf.write_text(template.format(prefix=prefix, **values))
+        args = [str(NGINX), "-p", f"{prefix}/", "-e", str(prefix / "error.log"), "-c", str(conf)]
+        return self.start([*args, "-g", "daemon off;"], prefix / "stdout.log", under_test)
+
+    def ours(self, name: str, listen: str, upstream: str, nic: list[str]) -> subprocess.Popen[bytes]:
+        config = self.tmp / f"{name}.json"
+        config.write_text(json.dumps(ours_config(listen, upstream), indent=1))
+        log = self.tmp / f"{name}.log"
+        process = self.start(
+            [sys.executable, "-m", "trio_yastack", "proxy", "-c", str(config), "--drain-time", "1", *nic],
+            log,
+            under_test=True,
+        )
+        deadline = time.monotonic() + 60
+        while "# proxy ready" not in log.read_text(errors="replace"):
+            if process.poll() is not None:
+                raise BenchFailure(f"{name}: yastack proxy exited {process.returncode}:\n{tail(log)}")
+            if time.monotonic() > deadline:
+                raise BenchFailure(f"{name}: yastack proxy not ready after 60 s:\n{tail(log)}")
+            time.sleep(0.05)
+        return process
+
+    def get(self, url: str, attempts: int = 100) -> None:
+        """``GET url`` until it answers (bounded); the answer must be the backend's body."""
+        for _ in range(attempts):
+            done = self.namespace.run(["curl", "-sS", "-m", "2", url], timeout=10)
+            if done.returncode == 0:
+                if done.stdout != BODY:
+                    raise BenchFailure(f"GET {url}: unexpected body {done.stdout[:200]!r}")
+                return
+            time.sleep(0.1)
+        raise BenchFailure(f"GET {url}: no answer: {done.stderr.strip()}")
+
+    def wrk(self, url: str, seconds: int, server: subprocess.Popen[bytes] | None) -> dict[str, float]:
+        """``wrk -t1 -c50`` keep-alive on ``url``; ``server``'s CPU time per request if given."""
+        before = cpu_seconds(server.pid) if server else 0.0
+        busy_before = core_times()
+        args = ["wrk", "-t1", "-c50", f"-d{seconds}s", "--timeout", "5s", "--latency", url]
+        done = self.namespace.run(self.pinned(args, under_test=False), timeout=seconds + 60)
+        busy_after = core_times()
+        after = cpu_seconds(server.pid) if server else 0.0
+        out = done.stdout
+        if done.returncode or "Requests/sec" not in out:
+            raise BenchFailure(f"wrk {url} failed ({done.returncode}):\n{out[-2000:]}\n{done.stderr[-2000:]}")
+        requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+        rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+        errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+        non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+
+        def percentile(name: str) -> float:
+            value, unit = re.search(rf"\s{name}%\s+([\d.]+)(us|ms|s)", out).groups()  # type: ignore[union-attr]
+            return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+
+        result = {
+            "requests": requests,
+            "requests_per_s": rate,
+            "p50_ms": percentile("50"),
+            "p99_ms": percentile("99"),
+            "socket_errors": sum(int(x) for x in errors.groups()) if errors else 0,
+            "non_2xx": int(non2xx.group(1)) if non2xx else 0,
+        }
+        if server:
+            result["cpu_us_per_request"] = (after - before) / max(requests, 1) * 1e6
+        if self.cpus is not None:  # how busy each core was (anything on it, softirqs included)
+            for key, cpu in (("proxy_core_busy", self.cpus[0]), ("load_core_busy", self.cpus[1])):
+                (busy0, total0), (busy1, total1) = busy_before[cpu], busy_after[cpu]
+                result[key] = (busy1 - busy0) / max(total1 - total0, 1)
+        if result["socket_errors"] or result["non_2xx"] or not requests:
+            raise BenchFailure(f"wrk {url}: {result}\n{out[-2000:]}")
+        if server and server.poll() is not None:
+            raise BenchFailure(f"{url}: the proxy exited ({server.returncode}) during the load")
+        return result
+
+
+def core_times() -> dict[int, tuple[int, int]]:
+    """Per CPU, (busy, total) jiffies from ``/proc/stat`` (busy: all but idle and iowait)."""
+    times = {}
+    for line in Path("/proc/stat").read_text().splitlines():
+        name, *fields = line.split()
+        if name.startswith("cpu") and name[3:].isdigit():
+            values = [int(x) for x in fields[:8]]  # user nice system idle iowait irq softirq steal
+            times[int(name[3:])] = (sum(values) - values[3] - values[4], sum(values))
+    return times
+
+
+def tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return "(no log)"
+
+
+def stop(process: subprocess.Popen[bytes], name: str, log: Path | None = None) -> None:
+    """SIGTERM to a process we started, a bounded wait, SIGKILL; ours must exit 0 (drained)."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            raise BenchFailure(f"{name}: still running 15 s after SIGTERM (killed)") from None
+    if log is not None and process.returncode != 0:
+        raise BenchFailure(f"{name}: exit status {process.returncode} after SIGTERM:\n{tail(log)}")
+
+
+def run_round(seconds: int, cpus: tuple[int, int] | None) -> dict[str, dict[str, float]]:
+    """The four cases in one namespace of our own (deleted at the end, whatever happens)."""
+    results: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-proxy-") as tmp, NetworkNamespace("yasp") as namespace:
+        os.chmod(tmp, 0o755)  # nginx's workers run as nobody
+        bench = Round(namespace, Path(tmp), cpus)
+        backend = bench.nginx("backend", BACKEND_CONF, under_test=False, port=BACKEND_PORT)
+        bench.get(f"http://127.0.0.1:{BACKEND_PORT}/")
+        results["backend_direct"] = bench.wrk(f"http://127.0.0.1:{BACKEND_PORT}/", seconds, None)
+
+        peer = bench.nginx(
+            "nginx_proxy", NGINX_PROXY_CONF, under_test=True, port=NGINX_PROXY_PORT, backend_port=BACKEND_PORT
+        )
+        try:
+            bench.get(f"http://127.0.0.1:{NGINX_PROXY_PORT}/")
+            results["nginx_proxy"] = bench.wrk(f"http://127.0.0.1:{NGINX_PROXY_PORT}/", seconds, peer)
+        finally:
+            stop(peer, "nginx proxy")
+
+        bypass = ["--nic", f"tap:{TAP_NAME}", "--ip", f"{STACK_ADDRESS}/24"]
+        for name, listen, upstream, nic in (
+            ("ours_kernel", "127.0.0.1", "127.0.0.1", []),
+            ("ours_bypass", STACK_ADDRESS, KERNEL_ADDRESS, bypass),
+        ):
+            proxy = bench.ours(name, listen, upstream, nic)
+            log = bench.tmp / f"{name}.log"
+            try:
+                bench.get(f"http://{listen}:{OURS_PORT}/")  # also warms ARP on the bypass path
+                results[name] = bench.wrk(f"http://{listen}:{OURS_PORT}/", seconds, proxy)
+            except BenchFailure as exc:
+                with contextlib.suppress(BenchFailure):
+                    stop(proxy, name)
+                raise BenchFailure(f"{name}: {exc}\nyastack proxy's output:\n{tail(log)}") from None
+            stop(proxy, f"yastack proxy ({name})", log)  # a clean drain: exit status 0
+        stop(backend, "nginx backend")
+    return results
+
+
+def pick_cpus() -> tuple[int, int] | None:
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2 or not shutil.which("taskset"):
+        return None
+    return cpus[0], cpus[1]
+
+
+def nginx_version() -> str:
+    done = subprocess.run([str(NGINX), "-v"], capture_output=True, text=True)
+    return (done.stderr or done.stdout).strip().removeprefix("nginx version: ")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="2-second runs, 1 round (CI smoke)")
+    args = parser.parse_args()
+    reason = netns_unavailable_reason()
+    missing = [tool for tool in ("wrk", "curl") if not shutil.which(tool)] + ([] if NGINX else ["nginx"])
+    if reason or missing:
+        sys.exit(f"bench_proxy: needs network namespaces, wrk, nginx and curl: {reason or missing}")
+    seconds, rounds = (2, 1) if args.quick else (args.seconds, args.rounds)
+    seconds, rounds = max(1, min(seconds, 120)), max(1, min(rounds, 20))  # every load bounded
+    cpus = pick_cpus()
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in CASES}
+    failures: list[str] = []
+    for number in range(rounds):
+        try:
+            for name, result in run_round(seconds, cpus).items():
+                runs[name].append(result)
+        except (BenchFailure, subprocess.TimeoutExpired) as exc:
+            failures.append(f"round {number + 1}: {exc}")
+            print(f"bench_proxy: FAILED: round {number + 1}: {exc}", file=sys.stderr, flush=True)
+    cases = {
+        name: {key: spread(run[key] for run in case_runs) for key in case_runs[0]}
+        for name, case_runs in runs.items()
+        if case_runs
+    }
+    result: dict[str, Any] = {
+        "benchmark": "proxy",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "nginx": nginx_version(),
+        "load": f"wrk -t1 -c50 -d{seconds}s --latency, keep-alive, GET / (6-byte body from an nginx backend)",
+        "pinning": f"proxy under test on cpu {cpus[0]}, wrk and the backend on cpu {cpus[1]}"
+        if cpus
+        else "none (1 cpu)",
+        "rounds": rounds,
+        "target_ratio": TARGET_RATIO,
+        "cases": cases,
+        "failures": failures,
+    }
+    complete = [i for i in range(rounds) if all(len(runs[name]) > i for name in CASES)]
+    for mode in ("kernel", "bypass"):
+        if f"ours_{mode}" in cases and "nginx_proxy" in cases:
+            ours = cases[f"ours_{mode}"]["requests_per_s"]["median"]
+            peer = cases["nginx_proxy"]["requests_per_s"]["median"]
+            result[f"ratio_{mode}"] = ours / peer
+        if complete:
+            per_round = (
+                runs[f"ours_{mode}"][i]["requests_per_s"] / runs["nginx_proxy"][i]["requests_per_s"]
+                for i in complete
+            )
+            result[f"ratio_{mode}_per_round"] = spread(per_round)
+    print(json.dumps(result, indent=2))
+    print(f"\n{'case':16} {'req/s (median, min-max)':>28} {'p50 ms':>8} {'p99 ms':>8} {'CPU us/req':>11}"
+          f" {'busy: proxy core, load core':>28}")  # fmt: skip
+    for name, case in cases.items():
+        r = case["requests_per_s"]
+        cpu_us = case.get("cpu_us_per_request")
+        cpu = f"{cpu_us['median']:11.0f}" if cpu_us else f"{'-':>11}"
+        busy = (
+            f"{case['proxy_core_busy']['median']:14.0%} {case['load_core_busy']['median']:13.0%}"
+            if "proxy_core_busy" in case
+            else ""
+        )
+        print(f"{name:16} {r['median']:10.0f} ({r['min']:.0f}-{r['max']:.0f}) {'':4}"
+              f"{case['p50_ms']['median']:8.2f} {case['p99_ms']['median']:8.2f} {cpu} {busy}")  # fmt: skip
+    for mode in ("kernel", "bypass"):
+        if f"ratio_{mode}" in result:
+            ratio = result[f"ratio_{mode}"]
+            verdict = "meets" if ratio >= TARGET_RATIO else "BELOW"
+            print(f"ratio ours/nginx, {mode}: {ratio:.3f} ({verdict} the {TARGET_RATIO} target)")
+    if failures:
+        sys.exit(f"bench_proxy: {len(failures)} round(s) failed; nothing written")
+    if not args.quick:
+        RESULTS.mkdir(exist_ok=True)
+        (RESULTS / "proxy.json").write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
