@@ -232,7 +232,7 @@ def test_round_robin_facts() -> None:
     assert default.action.timeout == 15.0
     c = b.cluster("app")
     assert c.health_checks[0].interval == 2.0 and c.health_checks[0].timeout == 1.0
-    assert c.outlier_detection == OutlierDetection(consecutive_5xx=3, base_ejection_time=15.0)
+    assert c.outlier_detection == OutlierDetection(consecutive_5xx=3, interval=1.0, base_ejection_time=5.0)
     assert c.circuit_breakers == CircuitBreakerThresholds(100, 50, 200, 5)
 
 
@@ -244,7 +244,11 @@ def test_tls_sni_facts() -> None:
     assert a.server_names == ("a.example",) and bchain.server_names == ("b.example",)
     assert a.transport_socket is not None
     cert = a.transport_socket.common_tls_context.tls_certificates[0]
-    assert (cert.certificate_chain, cert.private_key) == ("certs/a.example.pem", "certs/a.example.key")
+    # relative names come back resolved against the config file's directory
+    assert (cert.certificate_chain, cert.private_key) == (
+        str(EXAMPLES / "certs/a.example.pem"),
+        str(EXAMPLES / "certs/a.example.key"),
+    )
     assert isinstance(bchain.filter, HttpConnectionManager)
     health = bchain.filter.route_config.virtual_hosts[0].routes[0]
     assert health.match.path == "/healthz"

@@ -566,15 +566,16 @@ def load_config(text: str, *, source: str = "<string>") -> Bootstrap:
 
 
 def load_config_file(path: str | Path, *, check_files: bool = False) -> Bootstrap:
-    """Load a config file.  With ``check_files`` every certificate, key and CA file it names must exist,
-    relative names being taken from the config file's directory (so a config and its ``certs/`` can be
-    checked from anywhere); off by default because the files may live only on the machine that runs it."""
+    """Load a config file.  Relative certificate, key and CA file names are taken from the config
+    file's directory (so a config and its ``certs/`` work from anywhere; Envoy would take them from
+    its working directory) and come back resolved.  With ``check_files`` each must exist; off by
+    default because the files may live only on the machine that runs it."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([Problem("", f"cannot read config file: {exc}")], str(p)) from None
-    return _load(text, str(p), p.parent if check_files else None)
+    return _load(text, str(p), p.parent, check_files=check_files)
 
 
 def parse_bootstrap(data: object, *, source: str = "<string>") -> Bootstrap:
@@ -582,7 +583,7 @@ def parse_bootstrap(data: object, *, source: str = "<string>") -> Bootstrap:
     return _parse(data, source, None)
 
 
-def _load(text: str, source: str, file_base: Path | None) -> Bootstrap:
+def _load(text: str, source: str, file_base: Path | None, *, check_files: bool = False) -> Bootstrap:
     try:
         data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass: as safe as safe_load
     except yaml.MarkedYAMLError as exc:
@@ -593,11 +594,11 @@ def _load(text: str, source: str, file_base: Path | None) -> Bootstrap:
         raise ConfigError([Problem("", message, line)], source) from None
     except (yaml.YAMLError, RecursionError, ValueError) as exc:
         raise ConfigError([Problem("", f"YAML error: {exc}")], source) from None
-    return _parse(data, source, file_base)
+    return _parse(data, source, file_base, check_files=check_files)
 
 
-def _parse(data: object, source: str, file_base: Path | None) -> Bootstrap:
-    r = _Reader(file_base)
+def _parse(data: object, source: str, file_base: Path | None, *, check_files: bool = False) -> Bootstrap:
+    r = _Reader(file_base, check_files=check_files)
     result: Bootstrap | None = None
     with contextlib.suppress(_Skip):  # its problems are in r.problems
         result = _bootstrap(r, data, "")
@@ -617,23 +618,25 @@ class _Skip(Exception):
 class _Reader:
     """Collects problems and what cross-references need checking once the document is read."""
 
-    def __init__(self, file_base: Path | None) -> None:
+    def __init__(self, file_base: Path | None, *, check_files: bool = False) -> None:
         self.problems: list[Problem] = []
         self.file_base = file_base
+        self.check_files = check_files
         self.cluster_refs: list[tuple[str, str]] = []  # (cluster name, path of the reference)
 
     def fail(self, path: str, message: str) -> NoReturn:
         self.problems.append(Problem(path, message))
         raise _Skip
 
-    def check_file(self, filename: str, path: str) -> None:
-        if self.file_base is None:
-            return
+    def resolve_file(self, filename: str, path: str) -> str:
+        """``filename`` taken from the config file's directory when relative (and checked to exist
+        when asked)."""
         p = Path(filename)
-        if not p.is_absolute():
+        if not p.is_absolute() and self.file_base is not None:
             p = self.file_base / p
-        if not p.is_file():
+        if self.check_files and not p.is_file():
             self.problems.append(Problem(path, f"file not found: {p}"))
+        return str(p)
 
 
 def _join(path: str, key: str) -> str:
@@ -947,8 +950,7 @@ def _data_source(r: _Reader, v: object, path: str) -> str:
     f = _Fields(r, v, path, ("filename",))
     filename = f.req("filename", _nonempty_str)
     f.done()
-    r.check_file(filename, _join(path, "filename"))
-    return filename
+    return r.resolve_file(filename, _join(path, "filename"))
 
 
 def _tls_certificate(r: _Reader, v: object, path: str) -> TlsCertificate:
