@@ -1,7 +1,7 @@
 """The admin endpoint, with Envoy's paths and output formats.
 
     GET  /                     this list
-    GET  /stats                ``name: value`` lines (``?filter=TEXT`` keeps names containing TEXT,
+    GET  /stats                ``name: value`` lines (``?filter=REGEX`` keeps names it matches,
                                ``?format=json`` gives Envoy's ``{"stats": [{"name", "value"}]}``)
     GET  /stats/prometheus     Prometheus text exposition, Envoy's metric names and tags
     GET  /clusters             ``cluster::host:port::stat::value`` lines (``?format=json`` too)
@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import re
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -161,7 +162,13 @@ class AdminServer:
             if query.get("format") == "json":
                 stats = [{"name": name, "value": value} for name, value in self.stats.flat().items()]
                 return 200, "application/json", _json({"stats": stats})
-            return 200, "text/plain", self.stats.render_text(query.get("filter")).encode()
+            pattern = None
+            if query.get("filter"):
+                try:
+                    pattern = re.compile(query["filter"])
+                except re.error as exc:
+                    return 400, "text/plain", f"filter: not a regular expression: {exc}\n".encode()
+            return 200, "text/plain", self.stats.render_text(pattern).encode()
         if path == "/stats/prometheus":
             return 200, "text/plain; version=0.0.4", self.stats.render_prometheus().encode()
         if path == "/clusters":

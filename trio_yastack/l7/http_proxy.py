@@ -37,12 +37,15 @@ What a request meets on the way, in order:
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import h11
 import trio
@@ -64,6 +67,8 @@ RECEIVE_SIZE = 65536
 RETRY_BASE = 0.025  # Envoy's retry back-off base_interval default
 RETRY_MAX = 0.25  # and its default max_interval (10 x base)
 VIA = b"1.1 trio_yastack"
+LINGER_SECONDS = 2.0
+LINGER_BYTES = 1024 * 1024
 SERVER = b"trio_yastack"
 _NETWORK_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 
@@ -162,7 +167,10 @@ class _RequestBody:
         if self.expect_continue:
             self.expect_continue = False
             await self.ds.send(h11.InformationalResponse(status_code=100, headers=[]))
-        event = await self.ds.next_event(self.timing.downstream_deadline())
+        try:
+            event = await self.ds.next_event(self.timing.downstream_deadline())
+        except h11.RemoteProtocolError:
+            raise _LocalReply(400, "bad request body", "DPE", close=True) from None
         if event is None:
             raise _DownstreamGone(self.timing.timeout_flag())
         if isinstance(event, h11.Data):
@@ -332,6 +340,7 @@ class HttpConnectionManagerRuntime:
                 if not self.state.shutting_down:
                     self.stats.inc("downstream_cx_idle_timeout")
                 return False
+        ds.response_started = False
         started_wall, started = time.time(), trio.current_time()
         timing = _Timing(self.config, started)
         record = AccessRecord(start_time=started_wall)
@@ -369,6 +378,8 @@ class HttpConnectionManagerRuntime:
             if ds.response_started:
                 return False  # too late to answer: the client sees the connection close
             await self._local_reply(ds, reply.status, reply.body, close=reply.close, record=record)
+            if reply.close:
+                await _linger(ds)
             return not reply.close
         except _DownstreamGone as gone:
             record.response_flags = gone.flags
@@ -396,8 +407,8 @@ class HttpConnectionManagerRuntime:
             headers.append((b"connection", b"close"))
         if ds.h11.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return
-        if ds.h11.their_state is h11.ERROR or ds.h11.our_state is h11.ERROR:
-            return
+        if ds.h11.our_state is h11.ERROR:
+            return  # (their_state ERROR is fine: h11 lets a server answer a request it refused)
         self._count_response(status)
         record.response_code = status
         ds.response_started = True
@@ -416,6 +427,12 @@ class HttpConnectionManagerRuntime:
     async def _proxy_request(
         self, ds: _Downstream, request: h11.Request, timing: _Timing, record: AccessRecord
     ) -> bool:
+        if _head_size(request) > MAX_REQUEST_HEADERS:
+            # h11 bounds a head only while it is incomplete; one that completes within a read
+            # can be larger, so the bound is checked on the parsed head too.
+            raise _LocalReply(431, _PROTOCOL_ERROR_BODY[431], "DPE", close=True)
+        if request.target[:1] != b"/" and request.target != b"*":
+            request = _origin_form(request)  # RFC 9112 3.2.2: absolute-form; its host is the authority
         headers = list(request.headers)
         method = request.method.decode("latin-1")
         target = request.target.decode("latin-1")
@@ -493,7 +510,7 @@ class HttpConnectionManagerRuntime:
 
     def _upstream_request(
         self, ds: _Downstream, request: h11.Request, headers: list[tuple[bytes, bytes]], route: Route,
-        action: RouteAction, upgrade: bool, body: _RequestBody, record: AccessRecord,
+        action: RouteAction, upgrade: bool, body: _RequestBody, record: AccessRecord, cluster_name: str,
     ) -> h11.Request:  # fmt: skip
         target = request.target.decode("latin-1")
         out = strip_hop_by_hop(headers, keep_upgrade=upgrade)
@@ -506,6 +523,8 @@ class HttpConnectionManagerRuntime:
         if action.host_rewrite_literal is not None:
             out = [(k, v) for k, v in out if k != b"host"]
             out.insert(0, (b"host", action.host_rewrite_literal.encode()))
+        elif get_header(out, b"host") is None:  # an HTTP/1.0 request may have none: name the cluster
+            out.insert(0, (b"host", cluster_name.encode()))
         out = apply_header_options(out, route.request_headers_to_add, route.request_headers_to_remove)
         xff = get_header(out, b"x-forwarded-for")
         remote = ds.remote.encode()
@@ -542,53 +561,64 @@ class HttpConnectionManagerRuntime:
         connection_tokens = (get_header(headers, b"connection") or b"").lower()
         upgrade = upgrade_value is not None and b"upgrade" in connection_tokens
         body = _RequestBody(ds, request, self.limits, timing)
-        upstream_request = self._upstream_request(ds, request, headers, route, action, upgrade, body, record)
+        upstream_request = self._upstream_request(
+            ds, request, headers, route, action, upgrade, body, record, cluster.name
+        )
         timing.route_timeout = action.timeout
         if body.complete:
             timing.request_complete()
         policy = action.retry_policy
-        retries_left = policy.num_retries if policy is not None else 0
-        retry_count = 0
         try:
             cluster.start_request()
         except Overflow:
             raise _LocalReply(503, _OVERFLOW_BODY, "UO") from None
         try:
-            while True:
-                if body.complete and not body.kept:  # nothing to upload: no task, no nursery
-                    attempt, retry, reply, keep = await self._try_once(
-                        ds, cluster, upstream_request, body, timing, policy, record, request, retries_left,
-                        retry_count, None,
-                    )  # fmt: skip
-                else:
+            return await self._attempts(ds, cluster, upstream_request, body, timing, policy, record, request)
+        finally:
+            record.bytes_received = body.total
+            cluster.end_request()
+
+    async def _attempts(
+        self, ds: _Downstream, cluster: ClusterRuntime, upstream_request: h11.Request, body: _RequestBody,
+        timing: _Timing, policy: RetryPolicy | None, record: AccessRecord, request: h11.Request,
+    ) -> bool:  # fmt: skip
+        """The first attempt and the retries the policy allows; True keeps the client connection."""
+        retries_left = policy.num_retries if policy is not None else 0
+        retry_count = 0
+        while True:
+            if body.complete and not body.kept:  # nothing to upload: no task, no nursery
+                attempt, retry, reply, keep = await self._try_once(
+                    ds, cluster, upstream_request, body, timing, policy, record, request, retries_left,
+                    retry_count, None,
+                )  # fmt: skip
+            else:
+                with _unwrap_single():
                     async with trio.open_nursery() as uploads:
                         attempt, retry, reply, keep = await self._try_once(
                             ds, cluster, upstream_request, body, timing, policy, record, request,
                             retries_left, retry_count, uploads,
                         )  # fmt: skip
-                if attempt.downstream_error is not None:
-                    if attempt.conn is not None:
-                        await attempt.conn.aclose()
-                    raise attempt.downstream_error
-                if reply is not None:
-                    raise reply
-                if not retry:
-                    return keep
-                try:
-                    retries_left -= 1
-                    retry_count += 1
-                    cluster.stats.inc("upstream_rq_retry")
-                    if attempt.conn is not None:
-                        await attempt.conn.aclose()
-                    backoff = self.rng.uniform(0, min(RETRY_MAX, RETRY_BASE * 2 ** (retry_count - 1)))
-                    if trio.current_time() + backoff >= timing.route_deadline:
-                        cluster.stats.inc("upstream_rq_timeout")
-                        raise _LocalReply(504, "upstream request timeout", "UT,URX")
-                    await trio.sleep(backoff)
-                finally:
-                    cluster.end_retry()
-        finally:
-            cluster.end_request()
+            if attempt.downstream_error is not None:
+                if attempt.conn is not None:
+                    await attempt.conn.aclose()
+                raise attempt.downstream_error
+            if reply is not None:
+                raise reply
+            if not retry:
+                return keep
+            try:
+                retries_left -= 1
+                retry_count += 1
+                cluster.stats.inc("upstream_rq_retry")
+                if attempt.conn is not None:
+                    await attempt.conn.aclose()
+                backoff = self.rng.uniform(0, min(RETRY_MAX, RETRY_BASE * 2 ** (retry_count - 1)))
+                if trio.current_time() + backoff >= timing.route_deadline:
+                    cluster.stats.inc("upstream_rq_timeout")
+                    raise _LocalReply(504, "upstream request timeout", "UT,URX")
+                await trio.sleep(backoff)
+            finally:
+                cluster.end_retry()
 
     async def _try_once(
         self, ds: _Downstream, cluster: ClusterRuntime, upstream_request: h11.Request, body: _RequestBody,
@@ -655,7 +685,8 @@ class HttpConnectionManagerRuntime:
         host = cluster.choose_host()
         if host is None:
             cluster.stats.inc("upstream_cx_none_healthy")
-            raise _LocalReply(503, "no healthy upstream", "UH")
+            attempt.downstream_error = _LocalReply(503, "no healthy upstream", "UH")
+            return attempt
         record.upstream_host = str(host)
         per_try = policy.per_try_timeout if policy is not None and policy.per_try_timeout else None
         per_try_deadline = attempt.started + per_try if per_try else float("inf")
@@ -683,7 +714,7 @@ class HttpConnectionManagerRuntime:
                         attempt.conn = await cluster.acquire(host, fresh=True)
                         await self._send_and_wait(attempt, upstream_request, body, timing, scope, uploads)
                 except Overflow:
-                    raise _LocalReply(503, _OVERFLOW_BODY, "UO") from None
+                    attempt.downstream_error = _LocalReply(503, _OVERFLOW_BODY, "UO")
                 except ConnectFailure:
                     attempt.failure = "connect"
                 except (*_NETWORK_ERRORS, h11.ProtocolError):
@@ -693,11 +724,14 @@ class HttpConnectionManagerRuntime:
             if attempt.downstream_error is not None:
                 return attempt
             if scope.cancelled_caught and attempt.response is None and attempt.failure is None:
-                if trio.current_time() >= per_try_deadline and per_try_deadline < timing.route_deadline:
+                now = trio.current_time()
+                if now >= per_try_deadline and per_try_deadline < timing.route_deadline:
                     attempt.failure = "per_try_timeout"
                     cluster.stats.inc("upstream_rq_per_try_timeout")
-                else:
+                elif now >= timing.route_deadline:
                     attempt.failure = "timeout"
+                else:
+                    attempt.failure = "idle"  # stream_idle_timeout: nothing moved either way
             if attempt.failure is not None:
                 cluster.record_outcome(host, None)
                 if attempt.conn is not None:
@@ -785,6 +819,9 @@ class HttpConnectionManagerRuntime:
         record.response_code = status
         headers = strip_hop_by_hop(response.headers, keep_upgrade=status == 101)
         headers.append((b"x-envoy-upstream-service-time", str(service_ms).encode()))
+        via = get_header(headers, b"via")  # RFC 9110 7.6.3: a proxy adds Via to responses too
+        headers = [(k, v) for k, v in headers if k != b"via"]
+        headers.append((b"via", via + b", " + VIA if via else VIA))
         close = self.state.draining
         if close and status != 101:
             headers.append((b"connection", b"close"))
@@ -845,9 +882,10 @@ class HttpConnectionManagerRuntime:
                 else:
                     record.response_flags = "SI"
                     self.stats.inc("downstream_rq_idle_timeout")
-            if record.response_flags != "-" or ds.h11.our_state is not h11.DONE:
+            if record.response_flags != "-" or ds.h11.our_state not in (h11.DONE, h11.MUST_CLOSE):
                 await conn.aclose()
                 return False
+            client_closes = ds.h11.our_state is h11.MUST_CLOSE  # it asked, or HTTP/1.0
         except (*_NETWORK_ERRORS, h11.ProtocolError):
             # Either side broke mid-body: the client sees a truncated response and a close.
             if record.response_flags == "-":
@@ -865,7 +903,7 @@ class HttpConnectionManagerRuntime:
         cluster.release(conn)
         if close:
             self.stats.inc("downstream_cx_drain_close")
-        return not close
+        return not (close or client_closes)
 
     async def _splice(
         self, ds: _Downstream, conn: UpstreamConnection, timing: _Timing, record: AccessRecord
@@ -913,7 +951,58 @@ def _nothing() -> None:
     return None
 
 
+@contextlib.contextmanager
+def _unwrap_single() -> Iterator[None]:
+    """A nursery's lone exception as itself: trio wraps even one in an ExceptionGroup, and the
+    request's handlers catch ``_LocalReply``, ``_DownstreamGone`` and network errors by type."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
+
+
+async def _linger(ds: _Downstream) -> None:
+    """Close after an error reply as nginx's ``lingering_close`` does: stop sending, then read and
+    drop what the client still sends (bounded: :data:`LINGER_BYTES`, :data:`LINGER_SECONDS`).
+    Closing with unread bytes makes the kernel (or the stack) send a reset, which can destroy the
+    reply in the client's receive buffer before it is read."""
+    with trio.move_on_after(LINGER_SECONDS), contextlib.suppress(*_NETWORK_ERRORS):
+        if isinstance(ds.stream, trio.abc.HalfCloseableStream):
+            await ds.stream.send_eof()
+        drained = 0
+        while drained < LINGER_BYTES:
+            data = await ds.stream.receive_some(RECEIVE_SIZE)
+            if not data:
+                break
+            drained += len(data)
+
+
+def _head_size(request: h11.Request) -> int:
+    """The size of a request head as it came in (request line and header lines)."""
+    size = len(request.method) + len(request.target) + 12
+    for name, value in request.headers:
+        size += len(name) + len(value) + 4
+    return size
+
+
+def _origin_form(request: h11.Request) -> h11.Request:
+    """An absolute-form request (``GET http://host/path``) in origin form, its host as ``Host``
+    (RFC 9112 3.2.2: the target's authority replaces any Host header)."""
+    parts = urlsplit(request.target)
+    if not parts.netloc:
+        return request
+    target = (parts.path or b"/") + (b"?" + parts.query if parts.query else b"")
+    headers = [(b"host", parts.netloc)] + [(k, v) for k, v in request.headers if k != b"host"]
+    return h11.Request(
+        method=request.method, target=target, headers=headers, http_version=request.http_version, _parsed=True
+    )
+
+
 def _failure_reply(failure: str, retries: int) -> _LocalReply:
+    if failure == "idle":
+        return _LocalReply(408, "stream timeout", "SI")
     if failure == "connect":
         return _LocalReply(
             502,

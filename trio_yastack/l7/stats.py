@@ -31,6 +31,10 @@ _TAG_NAMES = {
     "listener": "envoy_listener_address",
 }
 _PROMETHEUS_UNSAFE = re.compile(r"[^a-zA-Z0-9_]")
+# Envoy's response-code tag extractors: upstream_rq_2xx -> upstream_rq_xx{envoy_response_code_class="2"},
+# upstream_rq_200 -> upstream_rq{envoy_response_code="200"} (and the same for downstream_rq_*).
+_CODE_CLASS = re.compile(r"(.*_rq)_([1-5])xx")
+_CODE = re.compile(r"(.*_rq)_([1-5]\d\d)")
 
 
 class Scope:
@@ -107,10 +111,13 @@ class Stats:
         out = {f"{s.prefix}{stat}": value for s in self._scopes.values() for stat, value, _ in s.items()}
         return dict(sorted(out.items()))
 
-    def render_text(self, contains: str | None = None) -> str:
-        """Envoy's ``/stats`` text form: ``name: value`` per line (``?filter=`` keeps matching names)."""
+    def render_text(self, pattern: str | re.Pattern[str] | None = None) -> str:
+        """Envoy's ``/stats`` text form: ``name: value`` per line; with ``pattern`` (``?filter=``, a
+        regular expression as in Envoy) only names it matches somewhere."""
+        if isinstance(pattern, str):
+            pattern = re.compile(pattern)
         lines = [
-            f"{name}: {value}" for name, value in self.flat().items() if not contains or contains in name
+            f"{name}: {value}" for name, value in self.flat().items() if not pattern or pattern.search(name)
         ]
         return "\n".join(lines) + "\n"
 
@@ -120,11 +127,19 @@ class Stats:
         families: dict[str, tuple[StatKind, list[str]]] = {}
         for scope in self._scopes.values():
             tag = _TAG_NAMES.get(scope.kind)
-            labels = f'{{{tag}="{_escape_label(scope.name)}"}}' if tag and scope.name else ""
+            scope_labels = [f'{tag}="{_escape_label(scope.name)}"'] if tag and scope.name else []
             for stat, value, kind in scope.items():
+                labels = list(scope_labels)
+                if m := _CODE_CLASS.fullmatch(stat):
+                    stat = f"{m[1]}_xx"
+                    labels.insert(0, f'envoy_response_code_class="{m[2]}"')
+                elif m := _CODE.fullmatch(stat):
+                    stat = m[1]
+                    labels.insert(0, f'envoy_response_code="{m[2]}"')
                 metric = _PROMETHEUS_UNSAFE.sub("_", f"envoy_{scope.kind}_{stat}")
                 entry = families.setdefault(metric, (kind, []))
-                entry[1].append(f"{metric}{labels} {value}")
+                label_text = "{" + ",".join(labels) + "}" if labels else ""
+                entry[1].append(f"{metric}{label_text} {value}")
         out: list[str] = []
         for metric in sorted(families):
             kind, samples = families[metric]
