@@ -295,6 +295,7 @@ class Proxy:
             await background.start(self.clusters.run)
             background.start_soon(self._flush_logs_loop)
             opened: list[tuple[ListenerRuntime, trio.SocketListener]] = []
+            admin: AdminServer | None = None
             lines: list[str] = []
             try:
                 if self.bootstrap.admin is not None:
@@ -335,7 +336,9 @@ class Proxy:
                         await listener.idle.wait()
                 connections.cancel_scope.cancel()
             for runtime in self.filters:
-                runtime.flush_logs()
+                runtime.access_log.close()  # flushes, and closes the files it opened
+            if admin is not None:
+                admin.access_log.close()
             await self.clusters_aclose()
             background.cancel_scope.cancel()
 
