@@ -113,7 +113,9 @@ def test_reverse_proxy(netns: NetworkNamespace, capsys: pytest.CaptureFixture[st
     assert counters["cluster.backend.upstream_rq_2xx"] == requests
     assert counters["cluster.backend.upstream_rq_total"] == requests
     prometheus = admin(netns, "/stats/prometheus")
-    assert f'envoy_cluster_upstream_rq_2xx{{envoy_cluster_name="backend"}} {requests}\n' in prometheus
+    # Envoy's tag extraction: the response-code class is a label, as its dashboards expect
+    labels = 'envoy_response_code_class="2",envoy_cluster_name="backend"'
+    assert f"envoy_cluster_upstream_rq_xx{{{labels}}} {requests}\n" in prometheus
     assert f"backend::127.0.0.1:8080::rq_success::{requests}\n" in admin(netns, "/clusters")
     assert admin(netns, "/ready") == "LIVE\n"
     dump = json.loads(admin(netns, "/config_dump"))
