@@ -91,7 +91,6 @@ class PollLoop:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         core, port, queue, burst, stats = self.core, self.port, self.queue, self.burst, self.stats
-        ether_input = core.ether_input
         core.autocork = True  # application sends are sent by this loop's turns
         core.start(trio.current_time())
         self.flush()
@@ -105,6 +104,9 @@ class PollLoop:
             if frames:
                 stats.bursts += 1
                 stats.frames_in += len(frames)
+                # Read once per burst, not once per run: a tracer that starts swaps the core's
+                # class, and its ether_input must be the one called (trio_yastack._journey).
+                ether_input = core.ether_input
                 core.begin_burst()
                 for frame in frames:
                     try:

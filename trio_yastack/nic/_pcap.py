@@ -53,10 +53,16 @@ class PcapWriter:
         self._file.write(_FILE_HEADER.pack(_MAGIC_US, 2, 4, 0, 0, snaplen, LINKTYPE_ETHERNET))
 
     def write(self, frame: bytes, timestamp: float) -> None:
+        self.write_record(frame, timestamp, len(frame))
+
+    def write_record(self, frame: bytes, timestamp: float, original_len: int) -> None:
+        """A frame that may already have been cut (``original_len`` is how long it was)."""
         seconds = int(timestamp)
         micros = min(round((timestamp - seconds) * 1_000_000), 999_999)
         captured = frame[: self.snaplen]
-        self._file.write(_RECORD_HEADER.pack(seconds, micros, len(captured), len(frame)))
+        self._file.write(
+            _RECORD_HEADER.pack(seconds, micros, len(captured), max(original_len, len(captured)))
+        )
         self._file.write(captured)
         self.frames_written += 1
 
