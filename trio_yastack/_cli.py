@@ -14,6 +14,8 @@ from typing import Any
 
 import trio
 
+from trio_yastack._control import add_observability_options, check_observability_options, observe_core
+from trio_yastack._control_client import add_client_commands
 from trio_yastack._open_stack import open_stack
 from trio_yastack.stack import StackStatistics
 
@@ -90,11 +92,17 @@ def _serve(args: argparse.Namespace) -> int:
         raise SystemExit("yastack serve: --certfile and --keyfile go together")
     _check_serve_options(args, config)
     worker_mode = args.cores > 1
+    counts, app = _counted(app)
 
     async def main(nic: Any, layout: Any = None) -> dict[str, Any]:
         # A worker of several leaves SIGINT to the launcher, which sends it SIGTERM.
         signals_wanted = (signal.SIGTERM,) if worker_mode else (signal.SIGINT, signal.SIGTERM)
-        async with open_stack(nic, ip=args.ip, gateway=args.gateway, layout=layout) as stack:
+        async with (
+            open_stack(nic, ip=args.ip, gateway=args.gateway, layout=layout) as stack,
+            observe_core(args, stack, layout) as observer,
+        ):
+            if counts is not None:
+                observer.add_counters("http", lambda: dict(counts))
             with trio.open_signal_receiver(*signals_wanted) as signals:
 
                 async def shutdown_trigger() -> None:
@@ -147,6 +155,26 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _counted(app: Any) -> tuple[dict[str, int] | None, Any]:
+    """An ASGI app that counts what it serves (``yastack stat`` shows the counts per core, so a
+    client can check them against what it sent); a WSGI app is served as it is, uncounted."""
+    import inspect
+
+    if not (inspect.iscoroutinefunction(app) or inspect.iscoroutinefunction(type(app).__call__)):
+        return None, app
+    counts = {"requests": 0, "websocket": 0}
+
+    async def counted(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        kind = scope.get("type")
+        if kind == "http":
+            counts["requests"] += 1
+        elif kind == "websocket":
+            counts["websocket"] += 1
+        await app(scope, receive, send)
+
+    return counts, counted
+
+
 def _check_serve_options(args: argparse.Namespace, config: Any) -> None:
     """Every option value checked before anything is opened: a bad one is one clear line."""
     from ipaddress import IPv4Address, IPv4Interface
@@ -173,6 +201,11 @@ def _check_serve_options(args: argparse.Namespace, config: Any) -> None:
             parse_tap_spec(args.nic)
         except ValueError as exc:
             fail(str(exc))
+    problem = check_observability_options(args)
+    if problem:
+        fail(problem)
+    if args.break_layers is not None and args.cores > 1:
+        fail("--break needs one core (every core's debugger would read the same terminal)")
     for option, path in (("--certfile", args.certfile), ("--keyfile", args.keyfile)):
         if path and not Path(path).is_file():
             fail(f"{option} {path}: no such file")
@@ -255,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--cores", type=int, default=1, help="runtimes, one process per core (a TAP gets a queue each)"
     )
+    add_observability_options(serve)
     serve.set_defaults(handler=_serve)
     check = commands.add_parser(
         "check-config",
@@ -273,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     certs.add_argument("--days", type=int, default=30)
     certs.add_argument("--overwrite", action="store_true", help="replace existing host files")
     certs.set_defaults(handler=_certs)
+    add_client_commands(commands)
     from trio_yastack.l7.cli import add_proxy_command
 
     add_proxy_command(commands)
