@@ -14,6 +14,8 @@ at least 3 rounds in full mode and reports medians, min-max and the ratio ours/p
    process vs the kernel's loopback
 4. ``bench_pytcp.py``: PyTCP, the pure-Python peer, on the same TAP-in-namespace set-up
 5. ``bench_memory.py``: memory per idle established connection vs the kernel's
+6. ``bench_trace.py``: what the journey-of-a-packet trace points cost, off and on, against a
+   build without them
 6. ``bench_proxy.py``: ``yastack proxy`` in front of an nginx backend under wrk, over kernel sockets
    and over the stack, vs nginx proxying the same backend
 """
@@ -44,6 +46,7 @@ RESULT_FILES = {
     "bench_pytcp.py": "pytcp.json",
     "bench_memory.py": "memory.json",
     "bench_proxy.py": "proxy.json",
+    "bench_trace.py": "trace.json",
 }
 
 SCENARIOS: list[tuple[str, list[str]]] = [
@@ -55,6 +58,7 @@ SCENARIOS: list[tuple[str, list[str]]] = [
     ("bench_pytcp.py", []),
     ("bench_memory.py", []),
     ("bench_proxy.py", []),
+    ("bench_trace.py", []),
 ]
 
 
@@ -168,6 +172,16 @@ def rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, float]
             f"{mem['ours']['bytes_per_endpoint']:.0f}",
             f"kernel (slab + buffers + process): {mem['kernel']['bytes_per_endpoint']:.0f}",
             mem["ratio"],
+        ))  # fmt: skip
+    if "bench_trace.py" in results:
+        trace = results["bench_trace.py"]
+        off, on = trace["cases"]["tracing_off"], trace["cases"]["tracing_on"]
+        base = trace["cases"]["no_trace_points"]
+        out.append((
+            "hello world over a memory_wire, tracing compiled in but off (on, every journey): req/s",
+            f"{_median(off, 'requests_per_s'):.0f} ({_median(on, 'requests_per_s'):.0f})",
+            f"the same without trace points: {_median(base, 'requests_per_s'):.0f}",
+            trace["ratio_tracing_off"],
         ))  # fmt: skip
     if "bench_proxy.py" in results:
         proxy = results["bench_proxy.py"]
