@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from proxy_example_helpers import (
@@ -584,3 +585,51 @@ def test_check_only_prints_the_summary(netns: NetworkNamespace, tmp_path: Path, 
     assert "clusters (" in summary and "listeners (" in summary
     assert netns.run(["ss", "-Htln"], check=True).stdout.strip() == ""
     assert netns.run(["ip", "link", "show", "yas0"]).returncode != 0
+
+
+def test_bypass_stack_traced_and_counted(netns: NetworkNamespace, tmp_path: Path) -> None:
+    """The proxy takes ``serve``'s journey options: ``--trace --journey in`` prints the request's
+    data segment from the driver to the proxy (the application here), and ``yastack stat`` on its
+    control socket shows the proxy's own counters beside the stack's, matching what curl sent."""
+    control = tmp_path / "ctl"
+    proxy = ProxyProcess.start(
+        netns,
+        EXAMPLES / "bypass_stack.yaml",
+        *("--nic", "tap:yas0", "--ip", f"{STACK_ADDRESS}/24", "--control", str(control)),
+        *("--trace", "tcp dst port 80", "--journey", "in", "--trace-json"),
+    )
+    backend = hello_backend(netns, KERNEL_ADDRESS, 8080)
+    sent = 3
+    for _ in range(sent):
+        status, body = curl_status(netns, f"http://{STACK_ADDRESS}:80/")
+        assert (status, body) == (200, "Hello, world!")
+
+    def request_journey() -> dict[str, Any] | None:
+        for line in proxy.output.splitlines():
+            if line.startswith('{"id"'):
+                journey = json.loads(line)
+                hops = [hop["layer"] for hop in journey["hops"]]
+                if "recv" in hops and "app" in hops:
+                    return journey
+        return None
+
+    journey = poll(request_journey, "a traced request segment", timeout=30, interval=0.05)
+    hops = [hop["layer"] for hop in journey["hops"]]
+    expected = ["rx_burst", "ether_input", "ip_input", "tcp_input", "sbappend", "recv", "app"]
+    assert [hop for hop in hops if hop in expected] == expected, hops
+
+    result = subprocess.run(
+        [sys.executable, "-m", "trio_yastack", "stat", "--control", str(control), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    (core,) = json.loads(result.stdout)["cores"]
+    counters = core["app"]["proxy"]
+    assert counters["http.bypass_http.downstream_rq_2xx"] == sent
+    assert counters["cluster.upstream.upstream_rq_2xx"] == sent
+    assert core["stack"]["tcp"]["counters"]["connections_accepted"] == sent  # the downstream legs
+
+    assert proxy.drain(signal.SIGTERM) == 0, proxy.output
+    backend.stop()

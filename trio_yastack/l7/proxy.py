@@ -415,6 +415,9 @@ def add_proxy_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--check-only", action="store_true", help="load everything (config, certificates), then exit"
     )
+    from trio_yastack._control import add_observability_options
+
+    add_observability_options(parser)  # --trace, --journey, --break, --control (with --nic)
 
 
 def main_proxy(args: argparse.Namespace) -> int:
@@ -438,6 +441,14 @@ def main_proxy(args: argparse.Namespace) -> int:
     limits = ProxyLimits(
         max_request_body=args.max_request_body, max_downstream_connections=args.max_connections
     )
+    from trio_yastack._control import check_observability_options
+
+    problem = check_observability_options(args)
+    if problem is None and args.nic is None and (args.trace is not None or args.break_layers is not None):
+        problem = "--trace and --break follow packets through the user-space stack: they need --nic"
+    if problem is not None:
+        print(f"yastack proxy: {problem}", file=sys.stderr)
+        return 1
     hosts: dict[str, str] = {}
     for entry in args.host:
         name, sep, address = entry.partition("=")
@@ -458,8 +469,10 @@ def main_proxy(args: argparse.Namespace) -> int:
         print(bootstrap.summary())
         return 0
 
-    async def serve(network: Network) -> None:
+    async def serve(network: Network, observer: Any = None) -> None:
         proxy = Proxy(bootstrap, network=network, limits=limits, config_path=args.config)
+        if observer is not None:  # the proxy's own counters in yastack stat / top
+            observer.add_counters("proxy", proxy.stats.flat)
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
 
             async def shutdown_trigger() -> None:
@@ -482,12 +495,16 @@ def main_proxy(args: argparse.Namespace) -> int:
         if args.nic is None:
             await serve(Network())
             return
+        from trio_yastack._control import observe_core
         from trio_yastack._open_stack import open_stack
 
-        async with open_stack(
-            args.nic, ip=args.ip, gateway=args.gateway, kernel_fallback=True, hosts=hosts
-        ) as stack:
-            await serve(Network(stack))
+        async with (
+            open_stack(
+                args.nic, ip=args.ip, gateway=args.gateway, kernel_fallback=True, hosts=hosts
+            ) as stack,
+            observe_core(args, stack, None) as observer,
+        ):
+            await serve(Network(stack), observer)
 
     # A proxy allocates a few dozen short-lived objects per request; with CPython's default
     # threshold (700) the young generation is collected every few requests.  Start-up objects go
