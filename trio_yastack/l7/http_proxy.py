@@ -392,7 +392,6 @@ class HttpConnectionManagerRuntime:
                     await self._local_reply(ds, 408, "request timeout", close=True, record=record)
             return False
         finally:
-            record.bytes_received = record.bytes_received or 0
             record.duration_ms = int((trio.current_time() - started) * 1000)
             if record.response_code or record.method:
                 self.access_log.log(record)
@@ -400,22 +399,29 @@ class HttpConnectionManagerRuntime:
     async def _local_reply(
         self, ds: _Downstream, status: int, body: str, *, close: bool, record: AccessRecord
     ) -> None:
-        """An answer made here (Envoy's "local reply"): text/plain, counted like any response."""
-        payload = (body + "\n").encode() if body else b""
-        headers = [(b"content-type", b"text/plain"), (b"content-length", str(len(payload)).encode())]
+        """An answer made here (Envoy's "local reply"), counted like any response."""
+        await self._reply(ds, status, (body + "\n").encode() if body else b"", close=close, record=record)
+
+    async def _reply(
+        self, ds: _Downstream, status: int, payload: bytes, *, close: bool, record: AccessRecord
+    ) -> None:
+        """A response made here (a local reply, or a ``direct_response`` with its body exactly),
+        in one write."""
+        if ds.h11.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            return  # (their_state ERROR is fine: h11 lets a server answer a request it refused)
+        headers = [(b"content-length", str(len(payload)).encode())]
+        if payload:
+            headers.append((b"content-type", b"text/plain"))
         if close or self.state.draining:
             headers.append((b"connection", b"close"))
-        if ds.h11.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
-            return
-        if ds.h11.our_state is h11.ERROR:
-            return  # (their_state ERROR is fine: h11 lets a server answer a request it refused)
         self._count_response(status)
         record.response_code = status
         ds.response_started = True
-        await ds.send(h11.Response(status_code=status, headers=headers, reason=_reason(status)))
+        pending = [ds.h11.send(h11.Response(status_code=status, headers=headers, reason=_reason(status)))]
         if payload and record.method != "HEAD":
-            await ds.send(h11.Data(data=payload))
-        await ds.send(h11.EndOfMessage())
+            pending.append(ds.h11.send(h11.Data(data=payload)))
+        pending.append(ds.h11.send(h11.EndOfMessage()))
+        await ds.send_pending(pending)
         record.bytes_sent += len(payload)
 
     def _count_response(self, status: int) -> None:
@@ -460,27 +466,9 @@ class HttpConnectionManagerRuntime:
             self.stats.inc("rq_direct_response")
             body = route.action.body or ""
             await self._drain_request_body(ds, timing)
-            await self._local_reply_raw(ds, route.action.status, body.encode(), record=record)
+            await self._reply(ds, route.action.status, body.encode(), close=False, record=record)
             return True
         return await self._route_to_cluster(ds, request, headers, route, route.action, timing, record)
-
-    async def _local_reply_raw(
-        self, ds: _Downstream, status: int, body: bytes, *, record: AccessRecord
-    ) -> None:
-        """A ``direct_response``: the configured body exactly."""
-        headers = [(b"content-length", str(len(body)).encode())]
-        if body:
-            headers.append((b"content-type", b"text/plain"))
-        if self.state.draining:
-            headers.append((b"connection", b"close"))
-        self._count_response(status)
-        record.response_code = status
-        ds.response_started = True
-        await ds.send(h11.Response(status_code=status, headers=headers, reason=_reason(status)))
-        if body and record.method != "HEAD":
-            await ds.send(h11.Data(data=body))
-        await ds.send(h11.EndOfMessage())
-        record.bytes_sent = len(body)
 
     async def _drain_request_body(self, ds: _Downstream, timing: _Timing) -> None:
         """Read (and drop) a request body we answer without an upstream, so the connection can be
