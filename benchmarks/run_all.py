@@ -280,6 +280,9 @@ def main() -> None:
             continue
         print(f"#   done in {results[script]['_seconds']} s", flush=True)
     command = "`make bench-quick`" if args.quick else "`make bench` (runs `python benchmarks/run_all.py`)"
+    if args.only or args.table_only:
+        # Some rows come from earlier runs: say so, rather than dating them all now.
+        command += "; this table was put together from `benchmarks/results/*.json` of several runs"
     table = markdown(results, command)
     print(table)
     if not args.quick:
