@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -29,7 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from _common import machine, spread
+from _common import machine, parse_wrk, spread
 
 from trio_yastack.nic.netns import NetworkNamespace, netns_unavailable_reason, veth_pair
 
@@ -71,23 +70,7 @@ def run_wrk(namespace: NetworkNamespace, url: str, seconds: int, close: bool) ->
     if close:
         args[1:1] = ["-H", "Connection: close"]
     out = namespace.run(args, timeout=seconds + 60).stdout
-    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
-    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-
-    def percentile(name: str) -> float:
-        value, unit = re.search(rf"\s{name}%\s+([\d.]+)(us|ms|s)", out).groups()  # type: ignore[union-attr]
-        return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
-
-    return {
-        "requests": requests,
-        "requests_per_s": rate,
-        "p50_ms": percentile("50"),
-        "p99_ms": percentile("99"),
-        "socket_errors": sum(int(x) for x in errors.groups()) if errors else 0,
-        "non_2xx": int(non2xx.group(1)) if non2xx else 0,
-    }
+    return parse_wrk(out)
 
 
 def run_ours(seconds: int, close: bool, cores: int = 1) -> dict[str, float]:

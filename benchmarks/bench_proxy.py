@@ -32,7 +32,6 @@ import argparse
 import contextlib
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -43,7 +42,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from _common import machine, spread
+from _common import machine, parse_wrk, spread
 from bench_asgi import cpu_seconds
 
 from trio_yastack.nic.netns import KERNEL_ADDRESS, STACK_ADDRESS, NetworkNamespace, netns_unavailable_reason
@@ -224,23 +223,8 @@ class Round:
         out = done.stdout
         if done.returncode or "Requests/sec" not in out:
             raise BenchFailure(f"wrk {url} failed ({done.returncode}):\n{out[-2000:]}\n{done.stderr[-2000:]}")
-        requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
-        rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-        errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-        non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-
-        def percentile(name: str) -> float:
-            value, unit = re.search(rf"\s{name}%\s+([\d.]+)(us|ms|s)", out).groups()  # type: ignore[union-attr]
-            return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
-
-        result = {
-            "requests": requests,
-            "requests_per_s": rate,
-            "p50_ms": percentile("50"),
-            "p99_ms": percentile("99"),
-            "socket_errors": sum(int(x) for x in errors.groups()) if errors else 0,
-            "non_2xx": int(non2xx.group(1)) if non2xx else 0,
-        }
+        result = parse_wrk(out)
+        requests = result["requests"]
         if server:
             result["cpu_us_per_request"] = (after - before) / max(requests, 1) * 1e6
         if self.cpus is not None:  # how busy each core was (anything on it, softirqs included)
