@@ -218,15 +218,10 @@ def _check_serve_options(args: argparse.Namespace, config: Any) -> None:
 
 def _check_config(args: argparse.Namespace) -> int:
     """Validate an Envoy-style proxy configuration: every problem with its YAML path, or a summary."""
-    from trio_yastack.l7.config import ConfigError, format_problems, load_config_file
+    from trio_yastack.l7.config import load_config_or_report
 
-    try:
-        bootstrap = load_config_file(args.config, check_files=args.check_files)
-    except ConfigError as exc:
-        print(format_problems(exc), file=sys.stderr)
-        return 1
-    except OSError as exc:
-        print(f"yastack check-config: {args.config}: {exc.strerror or exc}", file=sys.stderr)
+    bootstrap = load_config_or_report(args.config, check_files=args.check_files)
+    if bootstrap is None:
         return 1
     print(bootstrap.summary())
     return 0

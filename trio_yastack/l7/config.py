@@ -39,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import re
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,6 +80,7 @@ __all__ = [
     "format_problems",
     "load_config",
     "load_config_file",
+    "load_config_or_report",
     "parse_bootstrap",
     "parse_duration",
 ]
@@ -576,6 +578,16 @@ def load_config_file(path: str | Path, *, check_files: bool = False) -> Bootstra
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([Problem("", f"cannot read config file: {exc}")], str(p)) from None
     return _load(text, str(p), p.parent, check_files=check_files)
+
+
+def load_config_or_report(path: str | Path, *, check_files: bool) -> Bootstrap | None:
+    """:func:`load_config_file` for a command: the config, or None after every problem (an unreadable
+    file included) is printed to stderr with its YAML path."""
+    try:
+        return load_config_file(path, check_files=check_files)
+    except ConfigError as exc:
+        print(format_problems(exc), file=sys.stderr)
+        return None
 
 
 def parse_bootstrap(data: object, *, source: str = "<string>") -> Bootstrap:

@@ -422,15 +422,10 @@ def add_proxy_options(parser: argparse.ArgumentParser) -> None:
 
 def main_proxy(args: argparse.Namespace) -> int:
     """``yastack proxy -c CONFIG``: exit 0 after a graceful drain, 1 on a bad config or set-up error."""
-    from trio_yastack.l7.config import ConfigError, format_problems, load_config_file
+    from trio_yastack.l7.config import load_config_or_report
 
-    try:
-        bootstrap = load_config_file(args.config, check_files=True)
-    except ConfigError as exc:
-        print(format_problems(exc), file=sys.stderr)
-        return 1
-    except OSError as exc:
-        print(f"yastack proxy: {args.config}: {exc.strerror or exc}", file=sys.stderr)
+    bootstrap = load_config_or_report(args.config, check_files=True)
+    if bootstrap is None:
         return 1
     if args.drain_time < 0 or args.max_request_body < 0 or args.max_connections < 1:
         print(
