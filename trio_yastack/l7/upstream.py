@@ -237,7 +237,6 @@ class ClusterRuntime:
         self._rr_index = 0
         self._ring: tuple[list[int], list[Host]] | None = None
         self._nursery: trio.Nursery | None = None
-        self._hosts_changed = trio.Event()
         if config.type == "STATIC":
             self._set_hosts([(a.address, a.port_value, "") for a in config.load_assignment.addresses])
 
@@ -261,8 +260,6 @@ class ClusterRuntime:
         self.hosts = hosts
         self._ring = None
         self._update_membership()
-        self._hosts_changed.set()
-        self._hosts_changed = trio.Event()
 
     def _update_membership(self) -> None:
         self.stats.gauge_set("membership_total", len(self.hosts))
