@@ -22,8 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from trio_yastack._native import toeplitz
-
+from ._native_rss import toeplitz
 from ._ring import SpscRing
 from ._rss import DEFAULT_RSS_KEY, Reta
 

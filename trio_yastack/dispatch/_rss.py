@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import struct
 
-from trio_yastack._native import NATIVE, toeplitz, toeplitz_tables
+from ._native import NATIVE
+from ._native_rss import toeplitz, toeplitz_tables
 
 __all__ = [
     "DEFAULT_RSS_KEY",
