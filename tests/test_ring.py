@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from typing import Any
 
 import pytest
 import trio
@@ -496,22 +497,44 @@ def test_doorbell_rings_only_for_a_sleeping_consumer(native: bool) -> None:
 
 
 @pytest.mark.parametrize("native", BACKENDS)
+class _SleepSignallingRing(SpscRing):
+    """A ring whose consumer also says, on a ``threading.Event``, that it has committed to sleep
+    (``prepare_sleep`` returned True): the moment a producer's burst must ring the doorbell."""
+
+    __slots__ = ("committed_to_sleep",)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.committed_to_sleep = threading.Event()
+
+    def prepare_sleep(self) -> bool:
+        sleeping = super().prepare_sleep()
+        if sleeping:
+            self.committed_to_sleep.set()
+        return sleeping
+
+
+@pytest.mark.parametrize("native", BACKENDS)
 async def test_wait_nonempty_is_woken_by_the_producer(native: bool) -> None:
     """A trio consumer sleeping in ``wait_nonempty`` is woken by a producer on another thread,
-    which waits (bounded) until the consumer says it sleeps, so the doorbell must ring."""
-    with SpscRing.create(CAPACITY, native=native) as ring:
+    which waits (bounded, on an event) until the consumer has said it sleeps, so the doorbell
+    must ring."""
+    with _SleepSignallingRing.create(CAPACITY, native=native) as ring:
+        produced: list[int] = []
 
         def producer() -> None:
-            deadline = time.monotonic() + 5
-            while not ring.statistics().consumer_sleeping and time.monotonic() < deadline:
-                time.sleep(0.001)
-            assert ring.enqueue_burst([b"wake up"]) == 1
+            if ring.committed_to_sleep.wait(timeout=5):
+                produced.append(ring.enqueue_burst([b"wake up"]))
 
         thread = threading.Thread(target=producer)
         thread.start()
-        with trio.fail_after(5):
-            await ring.wait_nonempty()
-        thread.join()
+        try:
+            with trio.fail_after(5):
+                await ring.wait_nonempty()
+        finally:
+            thread.join(timeout=5)
+        assert not thread.is_alive()
+        assert produced == [1]
         assert ring.statistics().doorbells == 1
         assert ring.dequeue_burst(4) == [(b"wake up", 0)]
         assert not ring.statistics().consumer_sleeping
