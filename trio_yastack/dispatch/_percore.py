@@ -55,7 +55,7 @@ class DispatchStatistics:
     ring_drops: int = 0  # frames a full ring refused
 
     def snapshot(self) -> dict[str, int]:
-        return {name: getattr(self, name) for name in self.__slots__}  # type: ignore[attr-defined]
+        return {name: getattr(self, name) for name in self.__slots__}
 
 
 @dataclass(slots=True)
