@@ -1,11 +1,12 @@
 """Build hook for the optional native part (``native/``, compiled with cffi).
 
-Everything else lives in ``pyproject.toml``.  The extension is optional on purpose: if the C
-compiler or the headers are missing, the install still succeeds and the package runs on the
-pure-Python twins in ``trio_yastack._native``.
+Everything else lives in ``pyproject.toml``.  The extensions (one per layer, declared in
+``native/build_native.py``) are optional on purpose: if the C compiler or the headers are
+missing, the install still succeeds and the package runs on the pure-Python twins
+(``trio_yastack.stack._native``, ``trio_yastack.dispatch._native_rss`` and ``_native_ring``).
 """
 
-from setuptools import setup
+from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 
@@ -18,7 +19,7 @@ class OptionalBuildExt(build_ext):
         except Exception as exc:
             self.warn(f"trio_yastack: native build failed, using pure-Python twins ({exc})")
 
-    def build_extension(self, ext) -> None:  # type: ignore[no-untyped-def]
+    def build_extension(self, ext: Extension) -> None:
         try:
             super().build_extension(ext)
         except Exception as exc:
@@ -26,6 +27,6 @@ class OptionalBuildExt(build_ext):
 
 
 setup(
-    cffi_modules=["native/build_native.py:ffibuilder"],
+    cffi_modules=["native/build_native.py:stack_ffi", "native/build_native.py:dispatch_ffi"],
     cmdclass={"build_ext": OptionalBuildExt},
 )

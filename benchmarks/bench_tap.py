@@ -33,9 +33,10 @@ from typing import Any
 import trio
 from _common import machine, spread
 
-from trio_yastack import _native, open_stack
+from trio_yastack import open_stack
 from trio_yastack.nic.kernel_peer import pattern_block
 from trio_yastack.nic.netns import NetworkNamespace, netns_unavailable_reason, tap_in_netns, veth_pair
+from trio_yastack.stack import _native
 
 RESULTS = Path(__file__).parent / "results"
 PORT = 5201

@@ -25,8 +25,7 @@ from datetime import UTC, datetime
 from ipaddress import IPv4Address
 from pathlib import Path
 
-from trio_yastack import _native
-from trio_yastack.stack import InterfaceConfig, StackConfig, StackCore, TcpConfig
+from trio_yastack.stack import InterfaceConfig, StackConfig, StackCore, TcpConfig, _native
 from trio_yastack.stack.wire import MacAddress
 
 RESULTS = Path(__file__).parent / "results"

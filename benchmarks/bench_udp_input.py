@@ -24,8 +24,7 @@ from datetime import UTC, datetime
 from ipaddress import IPv4Address
 from pathlib import Path
 
-from trio_yastack import _native
-from trio_yastack.stack import InterfaceConfig, StackConfig, StackCore, UdpPcb
+from trio_yastack.stack import InterfaceConfig, StackConfig, StackCore, UdpPcb, _native
 from trio_yastack.stack.wire import EthernetRepr, Ipv4Repr, MacAddress, UdpRepr
 
 BURST = 32

@@ -1,7 +1,16 @@
 """cffi build script for trio_yastack's native part (run by setup.py at install time).
 
-Out-of-line API mode: the C in this folder is compiled into ``trio_yastack._native_cffi``.
-Every function declared here has a pure-Python twin in ``trio_yastack/_native.py``.
+Out-of-line API mode, one extension per layer that uses it, so that each layer loads only its
+own C and importing the sans-IO stack loads nothing of the dispatcher's:
+
+- ``trio_yastack.stack._native_cffi``: the Internet checksum and software GSO (``checksum.c``,
+  ``gso.c``); Python twins in ``trio_yastack/stack/_native.py``;
+- ``trio_yastack.dispatch._native_cffi``: the Toeplitz hash of RSS and the shared-memory SPSC
+  rings (``rss.c``, ``ring.c``); Python twins in ``trio_yastack/dispatch/_native_rss.py`` and
+  ``_native_ring.py``.
+
+Every function declared here has a pure-Python twin with the same name minus ``yas_``, and a
+``_native_cffi.pyi`` stub beside its extension gives the type checker the same declarations.
 """
 
 from pathlib import Path
@@ -18,14 +27,35 @@ def _source(name: str) -> str:
     return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
 
 
-ffibuilder = FFI()
-ffibuilder.cdef(
+def _extension(module: str, cdef: str, sources: list[str]) -> FFI:
+    """One out-of-line extension ``module`` from ``sources`` (their ``.h`` beside them)."""
+    builder = FFI()
+    builder.cdef(cdef)
+    builder.set_source(
+        module,
+        "".join(f'#include "{Path(name).with_suffix(".h")}"\n' for name in sources),
+        sources=[_source(name) for name in sources],
+        include_dirs=[str(HERE)],
+        extra_compile_args=["-O3", "-std=c11"],
+    )
+    return builder
+
+
+stack_ffi = _extension(
+    "trio_yastack.stack._native_cffi",
     """
     #define YAS_SUM16_OUT_OF_RANGE 0xFFFFFFFF
     uint32_t yas_sum16(const char *buf, size_t buflen, size_t offset, size_t len, uint32_t initial);
     #define YAS_GSO_BAD_FRAME -1
     #define YAS_GSO_NO_ROOM -2
     int yas_tcp4_segment(const char *frame, size_t len, size_t mss, char *out, size_t out_len);
+    """,
+    ["checksum.c", "gso.c"],
+)
+
+dispatch_ffi = _extension(
+    "trio_yastack.dispatch._native_cffi",
+    """
     uint32_t yas_toeplitz(const char *key, size_t keylen, const char *data, size_t len);
     #define YAS_RING_HEADER 192
     #define YAS_RING_MIN_CAPACITY 4096
@@ -43,15 +73,10 @@ ffibuilder.cdef(
     int yas_ring_prepare_sleep(char *mem, size_t memlen);
     int yas_ring_woke(char *mem, size_t memlen);
     int yas_ring_doorbell_due(char *mem, size_t memlen, uint64_t *last_rung);
-    """
-)
-ffibuilder.set_source(
-    "trio_yastack._native_cffi",
-    '#include "checksum.h"\n#include "gso.h"\n#include "rss.h"\n#include "ring.h"',
-    sources=[_source("checksum.c"), _source("gso.c"), _source("rss.c"), _source("ring.c")],
-    include_dirs=[str(HERE)],
-    extra_compile_args=["-O3", "-std=c11"],
+    """,
+    ["rss.c", "ring.c"],
 )
 
 if __name__ == "__main__":
-    ffibuilder.compile(verbose=True)
+    for builder in (stack_ffi, dispatch_ffi):
+        builder.compile(verbose=True)

@@ -6,7 +6,7 @@
  * but not inverted.  A sum of all-zero input is 0; any other sum that folds to zero is 0xFFFF,
  * exactly as end-around-carry addition gives.  A range outside `buflen` bytes returns
  * YAS_SUM16_OUT_OF_RANGE and reads nothing.  The pure-Python twin is
- * trio_yastack._native.py_sum16, and tests/test_native.py proves the two agree.
+ * trio_yastack.stack._native.py_sum16, and tests/test_native.py proves the two agree.
  *
  * The words are added in host byte order and the result swapped once at the end: RFC 1071
  * section 2(B), byte-order independence.  Loads go through memcpy so any alignment is fine.

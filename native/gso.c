@@ -12,7 +12,7 @@
  * identification (+i) and header checksum; TCP sequence number (+i*mss), FIN and PSH only on
  * the last segment, CWR only on the first, and the full TCP checksum.  Returns the number of
  * segments, or a negative YAS_GSO_* error having written nothing usable.  The pure-Python
- * twin is trio_yastack._native.py_tcp4_segment; tests/test_native.py proves they agree.
+ * twin is trio_yastack.stack._native.py_tcp4_segment; tests/test_native.py proves they agree.
  */
 #include <stdint.h>
 #include <string.h>

@@ -42,8 +42,9 @@
  *
  * Every call validates the header (magic, version, capacity within `memlen`) and every
  * position and record length it reads, so a corrupt ring returns YAS_RING_CORRUPT and never
- * makes this code touch memory outside `mem`.  The pure-Python twins (trio_yastack._native,
- * PyRingOps) keep the same layout and decisions, byte for byte; tests/test_ring.py proves it.
+ * makes this code touch memory outside `mem`.  The pure-Python twin (PyRingOps in
+ * trio_yastack/dispatch/_native_ring.py) keeps the same layout and decisions, byte for byte;
+ * tests/test_ring.py proves it.
  */
 #include <stdint.h>
 #include <string.h>

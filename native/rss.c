@@ -11,7 +11,7 @@
  * the key that start at that bit's position.  The last input bit needs key bits up to
  * 8*len + 30, so the key must hold at least len + 4 bytes; a shorter key returns 0 and reads
  * nothing past it (0 is also a valid hash: the Python wrapper checks the length first and
- * raises ValueError).  The pure-Python twin is trio_yastack._native.py_toeplitz, and
+ * raises ValueError).  The twin is trio_yastack.dispatch._native_rss.py_toeplitz, and
  * tests/test_rss.py proves both against the published verification vectors and each other.
  */
 #include <stdint.h>

@@ -13,17 +13,25 @@ import subprocess
 import sys
 import threading
 import time
+from typing import Any
 
 import pytest
 import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trio_yastack import _native
-from trio_yastack._native import RING_HEADER, PyRingOps, RingError, ring_backend, ring_max_payload
+from trio_yastack.dispatch import _native_ring
+from trio_yastack.dispatch._native import NATIVE
+from trio_yastack.dispatch._native_ring import (
+    RING_HEADER,
+    PyRingOps,
+    RingError,
+    ring_backend,
+    ring_max_payload,
+)
 from trio_yastack.dispatch._ring import RingStatistics, SpscRing
 
-needs_native = pytest.mark.skipif(not _native.NATIVE, reason="native part not built on this machine")
+needs_native = pytest.mark.skipif(not NATIVE, reason="native part not built on this machine")
 BACKENDS = [
     pytest.param(False, id="py"),
     pytest.param(True, id="native", marks=needs_native),
@@ -73,7 +81,7 @@ class _Model:
         return total > CAPACITY - occupancy
 
 
-def _apply(ops: _native.RingOps, operation: tuple, model: _Model, mem: mmap.mmap) -> object:
+def _apply(ops: _native_ring.RingOps, operation: tuple, model: _Model, mem: mmap.mmap) -> object:
     """Run one operation, check it against the model, return what it returned."""
     kind = operation[0]
     occupancy = ops.counters()[4]
@@ -109,7 +117,7 @@ def _apply(ops: _native.RingOps, operation: tuple, model: _Model, mem: mmap.mmap
     return got
 
 
-def _check_counters(ops: _native.RingOps, model: _Model) -> None:
+def _check_counters(ops: _native_ring.RingOps, model: _Model) -> None:
     enqueued, dequeued, dropped, doorbells, occupancy, sleeping = ops.counters()
     assert (enqueued, dequeued, dropped, doorbells, sleeping) == (
         model.enqueued,
@@ -123,7 +131,7 @@ def _check_counters(ops: _native.RingOps, model: _Model) -> None:
     assert (occupancy == 0) == (not model.pending)  # a PAD is always passed with the record after it
 
 
-def _fresh(native: bool) -> tuple[mmap.mmap, _native.RingOps]:
+def _fresh(native: bool) -> tuple[mmap.mmap, _native_ring.RingOps]:
     mem = mmap.mmap(-1, RING_HEADER + CAPACITY)
     ops = ring_backend(native)(mem)
     ops.init(CAPACITY)
@@ -237,7 +245,7 @@ def test_largest_frame(native: bool) -> None:
         assert ring.enqueue(bytes(2040))
         with pytest.raises(RingError) as refused:
             ring.enqueue(bytes(2041))
-        assert refused.value.code == _native.RING_TOO_LARGE
+        assert refused.value.code == _native_ring.RING_TOO_LARGE
 
 
 # -- bad input: refused, never a crash or a write out of bounds ---------------------------------------
@@ -271,7 +279,7 @@ def test_corrupt_header_is_refused_by_every_call(native: bool) -> None:
     ):
         with pytest.raises(RingError) as refused:
             call()
-        assert refused.value.code == _native.RING_NOT_A_RING
+        assert refused.value.code == _native_ring.RING_NOT_A_RING
     mem[0:4] = b"YASR"
     for bad_capacity in (CAPACITY * 2, 3000, 0, 1 << 62):  # beyond the buffer, not a power of two
         struct.pack_into("@Q", mem, 8, bad_capacity)
@@ -301,7 +309,7 @@ def test_corrupt_positions_are_refused(native: bool, field: int, value: int) -> 
     for call in (lambda: ops.enqueue(b"x"), lambda: ops.enqueue_burst([b"x"]), lambda: ops.dequeue_burst(4)):
         with pytest.raises(RingError) as refused:
             call()
-        assert refused.value.code == _native.RING_CORRUPT
+        assert refused.value.code == _native_ring.RING_CORRUPT
     assert mem[:] == before
     ops.release()
     mem.close()
@@ -342,7 +350,7 @@ _AFTER_CORRUPTION = {
 }
 
 
-def _outcome(step: str, ops: _native.RingOps) -> object:
+def _outcome(step: str, ops: _native_ring.RingOps) -> object:
     try:
         return _AFTER_CORRUPTION[step](ops)
     except RingError as refused:
@@ -399,7 +407,7 @@ def test_bad_arguments_are_refused(native: bool) -> None:
         for capacity in (2048, 5000, 2 * CAPACITY, -1):
             with pytest.raises(RingError) as refused:
                 ops.init(capacity)
-            assert refused.value.code == _native.RING_BAD_ARGS
+            assert refused.value.code == _native_ring.RING_BAD_ARGS
         ops.init(CAPACITY)
         for call in (
             lambda: ops.enqueue(b"x", flags=1 << 32),
@@ -409,7 +417,7 @@ def test_bad_arguments_are_refused(native: bool) -> None:
         ):
             with pytest.raises(RingError) as refused:
                 call()
-            assert refused.value.code == _native.RING_BAD_ARGS
+            assert refused.value.code == _native_ring.RING_BAD_ARGS
         assert ops.counters() == (0, 0, 0, 0, 0, 0)
     mem.close()
     with pytest.raises(ValueError, match="power of two"):
@@ -424,7 +432,7 @@ def test_native_refuses_a_misaligned_buffer() -> None:
     mem = mmap.mmap(-1, RING_HEADER + CAPACITY + 8)
     with memoryview(mem)[1:] as view, ring_backend(True)(view) as ops, pytest.raises(RingError) as refused:
         ops.init(CAPACITY)
-    assert refused.value.code == _native.RING_BAD_ARGS
+    assert refused.value.code == _native_ring.RING_BAD_ARGS
     mem.close()
 
 
@@ -489,22 +497,44 @@ def test_doorbell_rings_only_for_a_sleeping_consumer(native: bool) -> None:
 
 
 @pytest.mark.parametrize("native", BACKENDS)
+class _SleepSignallingRing(SpscRing):
+    """A ring whose consumer also says, on a ``threading.Event``, that it has committed to sleep
+    (``prepare_sleep`` returned True): the moment a producer's burst must ring the doorbell."""
+
+    __slots__ = ("committed_to_sleep",)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.committed_to_sleep = threading.Event()
+
+    def prepare_sleep(self) -> bool:
+        sleeping = super().prepare_sleep()
+        if sleeping:
+            self.committed_to_sleep.set()
+        return sleeping
+
+
+@pytest.mark.parametrize("native", BACKENDS)
 async def test_wait_nonempty_is_woken_by_the_producer(native: bool) -> None:
     """A trio consumer sleeping in ``wait_nonempty`` is woken by a producer on another thread,
-    which waits (bounded) until the consumer says it sleeps, so the doorbell must ring."""
-    with SpscRing.create(CAPACITY, native=native) as ring:
+    which waits (bounded, on an event) until the consumer has said it sleeps, so the doorbell
+    must ring."""
+    with _SleepSignallingRing.create(CAPACITY, native=native) as ring:
+        produced: list[int] = []
 
         def producer() -> None:
-            deadline = time.monotonic() + 5
-            while not ring.statistics().consumer_sleeping and time.monotonic() < deadline:
-                time.sleep(0.001)
-            assert ring.enqueue_burst([b"wake up"]) == 1
+            if ring.committed_to_sleep.wait(timeout=5):
+                produced.append(ring.enqueue_burst([b"wake up"]))
 
         thread = threading.Thread(target=producer)
         thread.start()
-        with trio.fail_after(5):
-            await ring.wait_nonempty()
-        thread.join()
+        try:
+            with trio.fail_after(5):
+                await ring.wait_nonempty()
+        finally:
+            thread.join(timeout=5)
+        assert not thread.is_alive()
+        assert produced == [1]
         assert ring.statistics().doorbells == 1
         assert ring.dequeue_burst(4) == [(b"wake up", 0)]
         assert not ring.statistics().consumer_sleeping

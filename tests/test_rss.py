@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trio_yastack import _native
-from trio_yastack.dispatch import _rss
+from trio_yastack.dispatch import _native_rss, _rss
+from trio_yastack.dispatch._native import NATIVE
 from trio_yastack.dispatch._rss import (
     DEFAULT_RSS_KEY,
     Reta,
@@ -19,7 +19,7 @@ from trio_yastack.dispatch._rss import (
     toeplitz_hash,
 )
 
-needs_native = pytest.mark.skipif(not _native.NATIVE, reason="native part not built on this machine")
+needs_native = pytest.mark.skipif(not NATIVE, reason="native part not built on this machine")
 
 # Microsoft's "Verifying the RSS Hash Calculation" suite for IPv4 (also in Intel's 82599 datasheet,
 # 7.1.2.8.3, and DPDK's app/test/test_thash.c), with the key DEFAULT_RSS_KEY:
@@ -40,11 +40,11 @@ def _ip(text: str) -> int:
 
 def _implementations() -> list[object]:
     return [
-        pytest.param(_native.py_toeplitz, id="py"),
+        pytest.param(_native_rss.py_toeplitz, id="py"),
         pytest.param(
-            _native.native_toeplitz,
+            _native_rss.native_toeplitz,
             id="native",
-            marks=pytest.mark.skipif(not _native.NATIVE, reason="native part not built"),
+            marks=pytest.mark.skipif(not NATIVE, reason="native part not built"),
         ),
     ]
 
@@ -119,7 +119,7 @@ def _bitwise_toeplitz(key: bytes, data: bytes) -> int:
 @given(data=st.data(), key=st.binary(min_size=4, max_size=64))
 def test_twin_is_the_definition(data: st.DataObject, key: bytes) -> None:
     message = data.draw(st.binary(max_size=len(key) - 4))
-    assert _native.py_toeplitz(key, message) == _bitwise_toeplitz(key, message)
+    assert _native_rss.py_toeplitz(key, message) == _bitwise_toeplitz(key, message)
 
 
 @needs_native
@@ -127,8 +127,8 @@ def test_twin_is_the_definition(data: st.DataObject, key: bytes) -> None:
 @given(data=st.data(), key=st.binary(min_size=4, max_size=80))
 def test_native_toeplitz_equals_twin(data: st.DataObject, key: bytes) -> None:
     message = data.draw(st.binary(max_size=len(key) - 4))
-    assert _native.native_toeplitz is not None
-    assert _native.native_toeplitz(key, message) == _native.py_toeplitz(key, message)
+    assert _native_rss.native_toeplitz is not None
+    assert _native_rss.native_toeplitz(key, message) == _native_rss.py_toeplitz(key, message)
 
 
 # -- the redirection table ---------------------------------------------------------------------------
@@ -191,10 +191,10 @@ def test_flow_core_is_reta_of_the_hash(
 ) -> None:
     """The fast path and the long way give the same core, for every 4-tuple and key."""
     reta = Reta(cores)
-    expected = reta.core_of(_native.py_toeplitz(key, rss_input_ipv4_ports(src, dst, sport, dport)))
+    expected = reta.core_of(_native_rss.py_toeplitz(key, rss_input_ipv4_ports(src, dst, sport, dport)))
     assert flow_core(reta, key, src, dst, sport, dport) == expected
     assert _rss.flow_core_tables(reta, key, src, dst, sport, dport) == expected
-    if _native.NATIVE:
+    if NATIVE:
         assert _rss.flow_core_c(reta, key, src, dst, sport, dport) == expected
 
 
@@ -205,7 +205,8 @@ def test_flow_core_twin_path_without_native() -> None:
     import sys
 
     code = (
-        "import trio_yastack._native as n; assert not n.NATIVE and n.toeplitz is n.py_toeplitz;"
+        "import trio_yastack.dispatch._native_rss as n;"
+        "assert n.native_toeplitz is None and n.toeplitz is n.py_toeplitz;"
         "from trio_yastack.dispatch._rss import Reta, flow_core, flow_core_tables, DEFAULT_RSS_KEY as K;"
         "assert flow_core is flow_core_tables;"
         "r = Reta(128); r.entries = list(range(128));"

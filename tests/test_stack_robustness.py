@@ -1,16 +1,20 @@
 """Robustness of the sans-IO core: arbitrary and mutated frames never raise and are always
 counted (layer by layer), what the stack emits in answer is always well formed, and its tables
-stay bounded under floods.  Also: ``trio_yastack.stack`` imports no trio, ``socket`` or ``time``.
+stay bounded under floods.  Also: importing ``trio_yastack.stack`` loads no trio, ``socket``,
+``time``, ``threading`` or other I/O module, nor any layer above the stack.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import subprocess
 import sys
 from ipaddress import IPv4Address
 from pathlib import Path
 
+import pytest
 from helpers import (
     BROADCAST_MAC,
     OUR_IP,
@@ -338,47 +342,74 @@ def test_refresh_marks_do_not_outlive_evicted_entries() -> None:
 # -- the stack is pure ----------------------------------------------------------------------------
 
 STACK_DIR = Path(trio_yastack.stack.__file__).parent
+#: what the sans-IO stack must never load: I/O, clocks, threads and the async frameworks (the
+#: runtime above it brings those); ``outcome`` and ``sniffio`` are trio's own dependencies
+IO_MODULES = ("trio", "time", "socket", "threading", "asyncio", "select", "selectors", "outcome", "sniffio")
+
+# Run in a fresh interpreter: drops the I/O modules the interpreter itself has loaded (``time``
+# is imported at start-up, so a plain ``'time' in sys.modules`` could never fail), imports the
+# modules named in argv[2:] and prints, as JSON, every module those imports loaded.
+_LOADED_BY_IMPORT = """
+import importlib, json, sys
+dropped = set(sys.argv[1].split(","))
+for name in [name for name in sys.modules if name.partition(".")[0] in dropped]:
+    del sys.modules[name]
+before = set(sys.modules)
+for name in sys.argv[2:]:
+    importlib.import_module(name)
+print(json.dumps(sorted(set(sys.modules) - before)))
+"""
 
 
-def _run(code: str) -> str:
-    return subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+def _stack_modules() -> list[str]:
+    """Every module under trio_yastack/stack/, by its dotted name, the two packages first."""
+    names = []
+    for path in sorted(STACK_DIR.rglob("*.py")):
+        parts = path.relative_to(STACK_DIR).with_suffix("").parts
+        names.append(".".join(("trio_yastack.stack", *parts[: -1 if parts[-1] == "__init__" else None])))
+    return ["trio_yastack.stack", "trio_yastack.stack.wire", *sorted(set(names) - {"trio_yastack.stack"})]
 
 
-def test_stack_modules_import_neither_trio_nor_socket() -> None:
-    """In a fresh interpreter, trio_yastack.stack and all its submodules load without bringing in
-    trio or socket.  The parent package is stubbed so only the stack's own imports count.
-    (``time`` cannot be checked this way: the interpreter itself imports it at start-up, see
-    test_stack_source_has_no_forbidden_imports.)"""
-    code = (
-        "import importlib, importlib.util, pkgutil, sys, types\n"
-        "spec = importlib.util.find_spec('trio_yastack')\n"
-        "stub = types.ModuleType('trio_yastack')\n"
-        "stub.__path__ = list(spec.submodule_search_locations)\n"
-        "sys.modules['trio_yastack'] = stub\n"
-        "import trio_yastack.stack as stack\n"
-        "names = [m.name for m in pkgutil.walk_packages(stack.__path__, 'trio_yastack.stack.')]\n"
-        "for name in names: importlib.import_module(name)\n"
-        "print(len(names), 'trio' in sys.modules, 'socket' in sys.modules)\n"
+@pytest.mark.parametrize("native", [True, False], ids=["native", "twins"])
+def test_importing_the_stack_loads_no_io_and_nothing_above_it(native: bool) -> None:
+    """What ``import trio_yastack.stack`` (and ``.wire``, and every module under stack/) really
+    loads, in a fresh interpreter, with the C extension and with the twins: no trio, ``time``,
+    ``socket``, ``threading``, asyncio, ``select``/``selectors``, outcome or sniffio, and no
+    trio_yastack module outside the stack but the package itself (layers point down only).
+
+    Was a bug (fixed): the native twins were one module mixing checksums with the rings'
+    ``threading.Lock``, so importing the stack loaded ``threading`` (and with it ``time``)
+    while a source-text check said it did not."""
+    modules = _stack_modules()
+    assert len(modules) >= 10
+    env = {key: value for key, value in os.environ.items() if key != "TRIO_YASTACK_NO_NATIVE"}
+    if not native:
+        env["TRIO_YASTACK_NO_NATIVE"] = "1"
+    result = subprocess.run(
+        [sys.executable, "-c", _LOADED_BY_IMPORT, ",".join(IO_MODULES), *modules],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
-    count, has_trio, has_socket = _run(code).split()
-    assert int(count) >= 10
-    assert (has_trio, has_socket) == ("False", "False")
+    assert result.returncode == 0, result.stderr
+    loaded = json.loads(result.stdout)
+    assert set(modules) <= set(loaded)  # the imports happened here, not before the snapshot
+    assert [name for name in loaded if name.partition(".")[0] in IO_MODULES] == []
+    ours = [name for name in loaded if name.partition(".")[0] == "trio_yastack"]
+    above = [
+        name for name in ours if name != "trio_yastack" and not f"{name}.".startswith("trio_yastack.stack.")
+    ]
+    assert above == []
 
 
-def test_importing_trio_yastack_stack_does_not_import_trio() -> None:
-    """``python -c 'import trio_yastack.stack'`` leaves trio and socket out of sys.modules, as the
-    stack's docstring promises."""
-    out = _run("import sys, trio_yastack.stack; print('trio' in sys.modules, 'socket' in sys.modules)")
-    # Regression: trio_yastack/__init__.py imported trio eagerly; it now resolves open_stack & co
-    # lazily (PEP 562), so the sans-IO subpackage stays free of trio and socket.
-    assert out.split() == ["False", "False"]
-
-
-def test_stack_source_has_no_forbidden_imports() -> None:
-    """No module under trio_yastack/stack/ has an import line for trio, time or socket (nor
-    asyncio, threading, select).  This is the check for ``time``, which every interpreter has
-    already imported before our code runs, so sys.modules cannot tell."""
-    forbidden = re.compile(r"^\s*(?:import|from)\s+(trio|time|socket|asyncio|threading|select)\b", re.M)
+def test_stack_source_has_no_io_import_even_inside_functions() -> None:
+    """No module under trio_yastack/stack/ has an import line for any of ``IO_MODULES``, at any
+    indentation.  This adds what the import test cannot see: an import inside a function body,
+    which runs only when the function is called."""
+    names = "|".join(IO_MODULES)
+    forbidden = re.compile(rf"^\s*(?:import|from)\s+({names})\b", re.M)
     sources = sorted(STACK_DIR.rglob("*.py"))
     assert len(sources) >= 10
     offenders = {str(p.relative_to(STACK_DIR)): forbidden.findall(p.read_text()) for p in sources}

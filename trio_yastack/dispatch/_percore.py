@@ -22,8 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from trio_yastack._native import toeplitz
-
+from ._native_rss import toeplitz
 from ._ring import SpscRing
 from ._rss import DEFAULT_RSS_KEY, Reta
 
@@ -56,7 +55,7 @@ class DispatchStatistics:
     ring_drops: int = 0  # frames a full ring refused
 
     def snapshot(self) -> dict[str, int]:
-        return {name: getattr(self, name) for name in self.__slots__}  # type: ignore[attr-defined]
+        return {name: getattr(self, name) for name in self.__slots__}
 
 
 @dataclass(slots=True)

@@ -19,7 +19,7 @@ Layout (in host byte order; the reference is the header comment of ``native/ring
         the start); a full ring refuses the frame and counts it in ``dropped``.
 
 The C backend (``native/ring.c``) orders memory with acquire/release atomics; the pure-Python
-twin (``trio_yastack._native.PyRingOps``) relies on CPython performing each store in program
+twin (``_native_ring.PyRingOps``) relies on CPython performing each store in program
 order and on x86-64's total store order (on a weakly ordered CPU, use the native backend
 across processes).  ``TRIO_YASTACK_NO_NATIVE=1`` forces the twin, as everywhere.
 
@@ -41,11 +41,9 @@ from dataclasses import dataclass
 
 import trio
 
-from trio_yastack._native import RING_HEADER, RING_MIN_CAPACITY, RingError, RingOps, ring_backend
+from ._native_ring import RING_HEADER, RING_MIN_CAPACITY, Memory, RingError, RingOps, ring_backend
 
 __all__ = ["RingError", "RingStatistics", "SpscRing"]
-
-Buffer = bytearray | memoryview | mmap.mmap
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +89,7 @@ class SpscRing:
     )
 
     def __init__(
-        self, ops: RingOps, buffer: Buffer, doorbell_fd: int | None, *, owns_buffer: bool, owns_fd: bool
+        self, ops: RingOps, buffer: Memory, doorbell_fd: int | None, *, owns_buffer: bool, owns_fd: bool
     ) -> None:
         self._ops = ops
         self._buffer = buffer
@@ -125,7 +123,7 @@ class SpscRing:
 
     @classmethod
     def attach(
-        cls, buffer: Buffer, *, doorbell_fd: int | None = None, native: bool | None = None
+        cls, buffer: Memory, *, doorbell_fd: int | None = None, native: bool | None = None
     ) -> SpscRing:
         """The ring already in ``buffer`` (``RingError``, a ``ValueError``, when it holds none).
         The caller keeps ``buffer`` and ``doorbell_fd`` (``close`` closes neither)."""
@@ -138,7 +136,7 @@ class SpscRing:
         return cls(ops, buffer, doorbell_fd, owns_buffer=False, owns_fd=False)
 
     @property
-    def memory(self) -> Buffer:
+    def memory(self) -> Memory:
         """The shared memory holding the ring (to ``attach`` another object to it)."""
         return self._buffer
 

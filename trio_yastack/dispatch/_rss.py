@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import struct
 
-from trio_yastack._native import NATIVE, toeplitz, toeplitz_tables
+from ._native import NATIVE
+from ._native_rss import toeplitz, toeplitz_tables
 
 __all__ = [
     "DEFAULT_RSS_KEY",
@@ -120,8 +121,8 @@ class Reta:
 
 
 def flow_core_c(reta: Reta, key: bytes, src: int, dst: int, sport: int, dport: int) -> int:
-    """``flow_core`` with the native part: one ``struct.pack`` and the C hash (about twice as
-    fast as the table lookups below)."""
+    """``flow_core`` with the native part: one ``struct.pack`` and the C hash (about 1.7 times
+    as fast as the table lookups below: some 0.35 against 0.6 µs per call, measured here)."""
     return reta._entries[toeplitz(key, _IPV4_PORTS.pack(src, dst, sport, dport)) & reta._mask]
 
 

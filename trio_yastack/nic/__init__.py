@@ -1,7 +1,13 @@
-"""NIC ports: DPDK-shaped burst I/O (``rx_burst``/``tx_burst``), a virtual wire, pcap.
+"""NIC ports: DPDK-shaped burst I/O (``rx_burst``/``tx_burst``).
 
-A port spec string (``"tap:yas0"``, ``"pcap:FILE"``) or a :class:`Port` object is what
-:func:`trio_yastack.open_stack` takes.
+Re-exported here: the :class:`Port` abstraction and its wrappers (:class:`PcapTee`,
+:class:`TracePort`), the virtual wire of the tests (:func:`memory_wire`, seeded faults under
+trio's clock) and pcap replay.  Public modules of their own: :mod:`trio_yastack.nic.tap` (the
+Linux kernel as the peer, through a TAP device with virtio-net offloads and a queue per core),
+:mod:`trio_yastack.nic.netns` (private network namespaces for anything touching a real
+interface) and :mod:`trio_yastack.nic.kernel_peer` (the kernel's own TCP as the other end in
+tests and benchmarks).  A port spec string (``"tap:yas0"``, ``"pcap:FILE"``) or a :class:`Port`
+object is what :func:`trio_yastack.open_stack` takes.
 """
 
 from ._memory import MemoryPort as MemoryPort

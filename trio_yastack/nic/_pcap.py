@@ -77,7 +77,7 @@ class PcapWriter:
 def read_pcap(source: str | Path | BinaryIO) -> Iterator[PcapRecord]:
     """The records of an Ethernet pcap file (either byte order, micro- or nanosecond stamps)."""
     own = isinstance(source, str | Path)
-    file: BinaryIO = open(source, "rb") if own else source  # noqa: SIM115
+    file = open(source, "rb") if isinstance(source, str | Path) else source  # noqa: SIM115  (closed below)
     try:
         header = file.read(_FILE_HEADER.size)
         if len(header) < _FILE_HEADER.size:

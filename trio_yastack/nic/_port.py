@@ -2,8 +2,8 @@
 
 A port moves whole Ethernet frames (``bytes``, no FCS) in bursts.  ``rx_burst`` and
 ``tx_burst`` never block, exactly like ``rte_eth_rx_burst``/``rte_eth_tx_burst``; a runtime that
-has nothing to do awaits :meth:`Port.wait_rx` instead of spinning.  Wrappers (the pcap tee, a
-tracer, a fault injector) are ports that hold another port.
+has nothing to do awaits :meth:`Port.wait_rx` instead of spinning.  Wrappers (the pcap tee,
+the tracer) are ports that hold another port; seeded faults are the memory wire's own.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""A port wrapper that reports every frame it moves, one line each (the demo's view of the
-wire; the journey-of-a-packet tracer builds on the same hook)."""
+"""A port wrapper that reports every frame it moves, one line each: the demo's view of the wire.
+(The journey-of-a-packet tracer watches the same two calls, ``rx_burst`` and ``tx_burst``, with
+its own hooks.)"""
 
 from __future__ import annotations
 

@@ -25,6 +25,7 @@ import socket
 import struct
 import sys
 import time
+from dataclasses import dataclass, field
 
 __all__ = ["pattern_block", "tcp_info"]
 
@@ -98,6 +99,19 @@ def _accept_one(port: int, timeout: float) -> socket.socket:
     return conn
 
 
+@dataclass(slots=True)
+class _EchoState:
+    """One echo connection: what it sends, what it got back so far, and the digest it expects."""
+
+    sock: socket.socket
+    out: memoryview
+    want: str
+    sent: int = 0
+    got: int = 0
+    hash: hashlib._Hash = field(default_factory=hashlib.sha256)
+    done: bool = False
+
+
 def _echo_clients(host: str, port: int, connections: int, nbytes: int, deadline: float) -> dict[str, object]:
     """Each connection sends its own stream and checks that the echo hashes the same."""
     selector = selectors.DefaultSelector()
@@ -106,8 +120,7 @@ def _echo_clients(host: str, port: int, connections: int, nbytes: int, deadline:
         sock = socket.create_connection((host, port), timeout=10)
         sock.setblocking(False)
         payload = b"".join(pattern_block(number * 1000 + i) for i in range(nbytes // _CHUNK + 1))[:nbytes]
-        state = {"sock": sock, "out": memoryview(payload), "sent": 0, "got": 0, "hash": hashlib.sha256(),
-                 "want": hashlib.sha256(payload).hexdigest(), "done": False}  # fmt: skip
+        state = _EchoState(sock, memoryview(payload), hashlib.sha256(payload).hexdigest())
         states.append(state)
         selector.register(sock, selectors.EVENT_READ | selectors.EVENT_WRITE, state)
     remaining = connections
@@ -115,14 +128,14 @@ def _echo_clients(host: str, port: int, connections: int, nbytes: int, deadline:
         if time.monotonic() > deadline:
             raise TimeoutError(f"{remaining} of {connections} echo connections unfinished")
         for key, events in selector.select(timeout=1.0):
-            state = key.data
-            sock = state["sock"]
-            if events & selectors.EVENT_WRITE and state["sent"] < nbytes:
+            echo: _EchoState = key.data
+            sock = echo.sock
+            if events & selectors.EVENT_WRITE and echo.sent < nbytes:
                 with contextlib.suppress(BlockingIOError):
-                    state["sent"] += sock.send(state["out"][state["sent"] : state["sent"] + 262144])
-                if state["sent"] == nbytes:
+                    echo.sent += sock.send(echo.out[echo.sent : echo.sent + 262144])
+                if echo.sent == nbytes:
                     sock.shutdown(socket.SHUT_WR)
-                    selector.modify(sock, selectors.EVENT_READ, state)
+                    selector.modify(sock, selectors.EVENT_READ, echo)
             if events & selectors.EVENT_READ:
                 try:
                     data = sock.recv(262144)
@@ -131,12 +144,12 @@ def _echo_clients(host: str, port: int, connections: int, nbytes: int, deadline:
                 if not data:
                     selector.unregister(sock)
                     sock.close()
-                    state["done"] = True
+                    echo.done = True
                     remaining -= 1
                     continue
-                state["hash"].update(data)
-                state["got"] += len(data)
-    mismatched = [i for i, s in enumerate(states) if s["got"] != nbytes or s["hash"].hexdigest() != s["want"]]
+                echo.hash.update(data)
+                echo.got += len(data)
+    mismatched = [i for i, s in enumerate(states) if s.got != nbytes or s.hash.hexdigest() != s.want]
     return {"connections": connections, "bytes_each": nbytes, "mismatched": mismatched}
 
 

@@ -146,7 +146,7 @@ def parse_tap_spec(spec: str) -> TapOptions:
                 values[key] = None if raw.lower() in ("none", "") else raw
         except (KeyError, ValueError):
             raise ValueError(f"nic {spec!r}: bad value {raw!r} for {key}") from None
-    return TapOptions(**values)  # type: ignore[arg-type]
+    return TapOptions(**values)  # type: ignore[arg-type]  # each value parsed per its field's type above
 
 
 def _default_mac(name: str) -> MacAddress:
@@ -172,7 +172,7 @@ class TapPort(Port):
 
     def __init__(self, options: TapOptions | None = None, **overrides: object) -> None:
         if options is None:
-            options = TapOptions(**overrides)  # type: ignore[arg-type]
+            options = TapOptions(**overrides)  # type: ignore[arg-type]  # the dataclass checks the names
         elif overrides:
             raise TypeError("pass TapOptions or keyword options, not both")
         if options.queues < 1:
@@ -373,7 +373,7 @@ class TapPort(Port):
                         # The kernel vouches for the checksums (NEEDS_CSUM: it never computed
                         # them, the frame never left the machine; only the pseudo-header sum is
                         # in the field, so it must not be verified).
-                        frame: bytes = ChecksumVerified(memoryview(data)[VNET_HDR_LEN:])
+                        frame = ChecksumVerified(memoryview(data)[VNET_HDR_LEN:])
                     else:
                         frame = data[VNET_HDR_LEN:]
                     nbytes += len(frame)
@@ -403,11 +403,11 @@ class TapPort(Port):
                     if not vnet:
                         # No virtio-net header to ask the kernel with: finish the checksum here;
                         # a TSO frame cannot be sent at all.
-                        if frame.gso_size or len(frame) > limit:  # type: ignore[attr-defined]
+                        if frame.gso_size or len(frame) > limit:
                             raise OSError(errno.EMSGSIZE, "TSO frame on a port without offloads")
                         os.write(fd, complete_checksum(frame))
                     else:
-                        header = _offload_header(frame)  # type: ignore[arg-type]
+                        header = _offload_header(frame)
                         if header is None:
                             raise OSError(errno.EINVAL, "not a TCP/IPv4 frame")
                         writev(fd, (header, frame))

@@ -12,7 +12,7 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from trio_yastack._native import tcp4_segment
+from trio_yastack.stack._native import tcp4_segment
 
 from ._arp import ArpLayer
 from ._config import StackConfig

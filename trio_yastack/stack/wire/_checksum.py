@@ -1,12 +1,12 @@
 """The Internet checksum (RFC 1071) and the IPv4 pseudo-header sum (RFC 9293 3.1, RFC 768).
 
-The summing itself is :func:`trio_yastack._native.sum16`: C when the native part is built, a
-pure-Python twin otherwise.
+The summing itself is :func:`trio_yastack.stack._native.sum16`: C when the stack's native part
+is built, a pure-Python twin otherwise.
 """
 
 from __future__ import annotations
 
-from trio_yastack._native import sum16, sum16_bytes
+from .._native import sum16, sum16_bytes
 
 __all__ = ["internet_checksum", "pseudo_header_sum", "sum16", "sum16_bytes"]
 

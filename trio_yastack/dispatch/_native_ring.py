@@ -1,24 +1,25 @@
-"""The native (C, cffi) functions and their pure-Python twins.
+"""The shared-memory SPSC rings' operations: C (``native/ring.c``) and its pure-Python twin.
 
-Each native function in ``native/`` has a twin here with the same signature and result; the
-package uses the native one when the cffi extension was built and imports, and the twin
-otherwise (set ``TRIO_YASTACK_NO_NATIVE=1`` to force the twins).  ``tests/test_native.py``
-proves they agree.  Callers import the chosen names (``sum16``) and never check which one
-they got.
+``SpscRing`` (in ``_ring``) drives one ring through a ``RingOps`` object of either backend:
+``NativeRingOps`` when the dispatcher's extension is built (see ``_native``), ``PyRingOps``
+always.  Both take and return the same things and leave the same bytes in the buffer;
+``tests/test_ring.py`` proves it operation by operation and across processes, C against twin.
+The ``py_ring_*``/``native_ring_*`` functions are per-call conveniences on a plain buffer
+(tests, tools).
 """
 
 from __future__ import annotations
 
-import functools
-import os
+import mmap
 import struct
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TypeVar
+
+from ._native import extension
 
 __all__ = [
-    "NATIVE",
     "RING_HEADER",
     "RING_MAX_PAYLOAD",
     "RING_MIN_CAPACITY",
@@ -29,239 +30,18 @@ __all__ = [
     "native_ring_dequeue_burst",
     "native_ring_enqueue",
     "native_ring_init",
-    "native_sum16",
-    "native_tcp4_segment",
-    "native_toeplitz",
     "py_ring_dequeue_burst",
     "py_ring_enqueue",
     "py_ring_init",
-    "py_sum16",
-    "py_sum16_bytes",
-    "py_tcp4_segment",
-    "py_toeplitz",
     "ring_backend",
     "ring_max_payload",
-    "sum16",
-    "sum16_bytes",
-    "tcp4_segment",
-    "toeplitz",
-    "toeplitz_tables",
 ]
 
+#: what a frame may be
 Buffer = bytes | bytearray | memoryview
+#: what may hold a ring: writable memory (a read-only buffer is refused with RING_BAD_ARGS)
+Memory = bytearray | memoryview | mmap.mmap
 
-
-def py_sum16(buf: Buffer, offset: int, length: int, initial: int) -> int:
-    """The 16-bit one's-complement sum of ``buf[offset:offset+length]`` plus ``initial``, folded.
-
-    Why this is fast in pure Python: 2**16 is 1 modulo 0xFFFF, so the big-endian integer value
-    of the bytes is congruent to the sum of their 16-bit words modulo 0xFFFF, and one
-    ``int.from_bytes`` plus one ``%`` replaces a loop over the words.  End-around-carry addition
-    yields 0 only when everything added was zero, and 0xFFFF for any other multiple of 0xFFFF.
-    """
-    if offset < 0 or length < 0 or offset + length > len(buf):
-        raise ValueError("checksum range outside the buffer")
-    value = int.from_bytes(buf[offset : offset + length], "big")
-    if length & 1:
-        value <<= 8  # an odd last byte is the high byte of a zero-padded word
-    value += initial
-    folded = value % 0xFFFF
-    if folded == 0 and value:
-        return 0xFFFF
-    return folded
-
-
-native_sum16: Callable[[Buffer, int, int, int], int] | None = None
-if not os.environ.get("TRIO_YASTACK_NO_NATIVE"):
-    try:
-        from trio_yastack._native_cffi import ffi as _ffi
-        from trio_yastack._native_cffi import lib as _lib
-    except ImportError:  # the optional build did not happen or failed: use the twins
-        pass
-    else:
-        _c_sum16 = _lib.yas_sum16
-        _from_buffer = _ffi.from_buffer
-        _OUT_OF_RANGE = _lib.YAS_SUM16_OUT_OF_RANGE
-
-        def native_sum16(buf: Buffer, offset: int, length: int, initial: int) -> int:
-            """The C ``yas_sum16``: ``bytes`` pass without a copy, other buffers by ``from_buffer``.
-
-            The C side checks the range against the buffer's length, so a bad offset is a
-            ``ValueError`` here and never a read outside the buffer.
-            """
-            try:
-                if type(buf) is bytes:
-                    result = _c_sum16(buf, len(buf), offset, length, initial)
-                else:
-                    result = _c_sum16(_from_buffer(buf), len(buf), offset, length, initial)
-            except OverflowError:  # a negative offset or length does not fit size_t
-                raise ValueError("checksum range outside the buffer") from None
-            if result == _OUT_OF_RANGE:
-                raise ValueError("checksum range outside the buffer")
-            return result
-
-
-def py_sum16_bytes(buf: bytes, buflen: int, offset: int, length: int, initial: int) -> int:
-    """Twin of the raw C ``yas_sum16`` for ``bytes``: a range outside the buffer gives the
-    out-of-range value (0xFFFFFFFF, never a valid sum) instead of raising."""
-    if offset < 0 or length < 0 or offset + length > buflen:
-        return 0xFFFFFFFF
-    return py_sum16(buf, offset, length, initial)
-
-
-NATIVE = native_sum16 is not None
-sum16: Callable[[Buffer, int, int, int], int] = native_sum16 or py_sum16
-#: the raw sum over ``bytes`` for the per-packet verification paths: ``(buf, len(buf), offset,
-#: length, initial)``, 0xFFFFFFFF when the range is outside the buffer; no wrapper call on top
-sum16_bytes: Callable[[bytes, int, int, int, int], int] = _c_sum16 if NATIVE else py_sum16_bytes  # type: ignore[name-defined]
-
-
-# -- software GSO: one TCP/IPv4 frame cut into MSS-sized frames (native/gso.c) ------------------
-_IP_FIELDS = struct.Struct("!HH")  # total length, identification (at IPv4 offset 2)
-_SEQ = struct.Struct("!I")
-
-
-def _segment_layout(frame: Buffer, mss: int) -> tuple[int, int, int, int]:
-    """``(tcp_at, headers, payload, count)`` of a TCP/IPv4 frame to segment; ``ValueError`` when
-    it is not one (the same checks as the C side)."""
-    if not 0 < mss <= 65535 or len(frame) < 54:
-        raise ValueError("not a TCP/IPv4 frame to segment")
-    if frame[12] != 8 or frame[13] != 0 or frame[14] >> 4 != 4 or frame[23] != 6:
-        raise ValueError("not a TCP/IPv4 frame to segment")
-    ihl = (frame[14] & 0x0F) * 4
-    ip_total = (frame[16] << 8) | frame[17]
-    if ihl < 20 or 14 + ip_total > len(frame) or ip_total < ihl + 20:
-        raise ValueError("not a TCP/IPv4 frame to segment")
-    tcp_at = 14 + ihl
-    thl = (frame[tcp_at + 12] >> 4) * 4
-    if thl < 20 or ihl + thl > ip_total:
-        raise ValueError("not a TCP/IPv4 frame to segment")
-    headers = tcp_at + thl
-    payload = 14 + ip_total - headers
-    return tcp_at, headers, payload, (payload + mss - 1) // mss if payload else 1
-
-
-def py_tcp4_segment(frame: Buffer, mss: int) -> list[bytes]:
-    """Twin of the C ``yas_tcp4_segment``: ``frame`` (Ethernet + IPv4 + TCP + payload; its TCP
-    checksum field is ignored) cut into frames of at most ``mss`` payload bytes, each with its
-    own IPv4 length, identification (+i) and checksum, sequence number (+i*mss), FIN/PSH only
-    on the last and CWR only on the first, and a full TCP checksum (Linux's tcp4_gso_segment)."""
-    tcp_at, headers, payload, count = _segment_layout(frame, mss)
-    ihl = tcp_at - 14
-    thl = headers - tcp_at
-    ident = (frame[18] << 8) | frame[19]
-    seq = _SEQ.unpack_from(frame, tcp_at + 4)[0]
-    flags = frame[tcp_at + 13]
-    pseudo = (frame[26] << 8 | frame[27]) + (frame[28] << 8 | frame[29])
-    pseudo += (frame[30] << 8 | frame[31]) + (frame[32] << 8 | frame[33]) + 6
-    segments = []
-    for i in range(count):
-        take = mss if i + 1 < count else payload - i * mss
-        seg = bytearray(frame[:headers])
-        seg += frame[headers + i * mss : headers + i * mss + take]
-        _IP_FIELDS.pack_into(seg, 16, ihl + thl + take, (ident + i) & 0xFFFF)
-        seg[24:26] = b"\0\0"
-        seg[24:26] = (~py_sum16(seg, 14, ihl, 0) & 0xFFFF).to_bytes(2, "big")
-        _SEQ.pack_into(seg, tcp_at + 4, (seq + i * mss) & 0xFFFFFFFF)
-        f = flags
-        if i + 1 < count:
-            f &= ~0x09
-        if i > 0:
-            f &= ~0x80
-        seg[tcp_at + 13] = f
-        seg[tcp_at + 16 : tcp_at + 18] = b"\0\0"
-        checksum = ~py_sum16(seg, tcp_at, thl + take, pseudo + thl + take) & 0xFFFF
-        seg[tcp_at + 16 : tcp_at + 18] = checksum.to_bytes(2, "big")
-        segments.append(bytes(seg))
-    return segments
-
-
-native_tcp4_segment: Callable[[Buffer, int], list[bytes]] | None = None
-if NATIVE:
-    _c_segment = _lib.yas_tcp4_segment  # type: ignore[name-defined]
-
-    def native_tcp4_segment(frame: Buffer, mss: int) -> list[bytes]:
-        """The C ``yas_tcp4_segment``: all segments in one call, then one copy each out of the
-        shared output buffer."""
-        _tcp_at, headers, payload, count = _segment_layout(frame, mss)
-        stride = headers + mss
-        out = bytearray((count - 1) * stride + headers + payload - (count - 1) * mss)
-        made = _c_segment(_from_buffer(frame), len(frame), mss, _from_buffer(out), len(out))  # type: ignore[name-defined]
-        if made != count:
-            raise ValueError(f"segmenting failed ({made})")
-        with memoryview(out) as view:
-            last = (count - 1) * stride
-            frames = [view[at : at + stride].tobytes() for at in range(0, last, stride)]
-            frames.append(view[last:].tobytes())
-            return frames
-
-
-#: the chosen software GSO: ``(frame, mss) -> [frames]``
-tcp4_segment: Callable[[Buffer, int], list[bytes]] = native_tcp4_segment or py_tcp4_segment
-
-
-# -- the Toeplitz hash of receive-side scaling (native/rss.c) ----------------------------------------
-@functools.lru_cache(maxsize=16)
-def toeplitz_tables(key: bytes) -> tuple[tuple[int, ...], ...]:
-    """Per input byte position ``i`` (as many as ``key`` can hash: ``len(key) - 4``), a table of
-    the 256 values that byte can XOR into the hash.
-
-    Why: the Toeplitz hash is linear over XOR, so the contribution of a byte depends only on its
-    value and its position, and a 12-byte flow hashes in 12 lookups instead of 96 bit tests.
-    The tables for one key are built once (about 9 000 ints for the 40-byte key) and cached,
-    so the per-packet cost of the twin is a dozen subscripts.
-    """
-    nbits = len(key) * 8
-    key_value = int.from_bytes(key, "big")
-    tables = []
-    for position in range(len(key) - 4):
-        # windows[b]: the 32 key bits from input bit 8*position + b (b = 0 is the byte's MSB)
-        windows = [(key_value >> (nbits - 32 - 8 * position - b)) & 0xFFFFFFFF for b in range(8)]
-        table = [0] * 256
-        for value in range(1, 256):
-            low = value & -value
-            table[value] = table[value ^ low] ^ windows[8 - low.bit_length()]
-        tables.append(tuple(table))
-    return tuple(tables)
-
-
-def py_toeplitz(key: bytes, data: Buffer) -> int:
-    """Twin of the C ``yas_toeplitz``: the Microsoft RSS Toeplitz hash of ``data`` with ``key``
-    (for each set input bit, MSB first, XOR in the 32 key bits starting at that bit).
-
-    ``ValueError`` when the key is shorter than ``len(data) + 4`` bytes: the last input bit
-    needs key bits up to ``8 * len(data) + 30``.
-    """
-    if len(key) < len(data) + 4:
-        raise ValueError("the Toeplitz key needs at least len(data) + 4 bytes")
-    result = 0
-    for table, byte in zip(toeplitz_tables(bytes(key)), data, strict=False):
-        result ^= table[byte]
-    return result
-
-
-native_toeplitz: Callable[[bytes, Buffer], int] | None = None
-if NATIVE:
-    _c_toeplitz = _lib.yas_toeplitz  # type: ignore[name-defined]
-
-    def native_toeplitz(key: bytes, data: Buffer) -> int:
-        """The C ``yas_toeplitz``; ``bytes`` pass without a copy, other buffers by
-        ``from_buffer``.  The key length is checked here because 0 is also a valid hash."""
-        if len(key) < len(data) + 4:
-            raise ValueError("the Toeplitz key needs at least len(data) + 4 bytes")
-        try:
-            return _c_toeplitz(key, len(key), data, len(data))  # type: ignore[no-any-return]
-        except TypeError:  # not bytes: a bytearray or memoryview goes by from_buffer
-            key_c = key if isinstance(key, bytes) else _from_buffer(key)  # type: ignore[name-defined]
-            data_c = data if isinstance(data, bytes) else _from_buffer(data)  # type: ignore[name-defined]
-            return _c_toeplitz(key_c, len(key), data_c, len(data))  # type: ignore[no-any-return]
-
-
-#: the chosen Toeplitz hash: ``(key, data) -> int``
-toeplitz: Callable[[bytes, Buffer], int] = native_toeplitz or py_toeplitz
-
-
-# -- single-producer/single-consumer rings in shared memory (native/ring.c) --------------------------
 # The layout is described once, in the header comment of native/ring.c; the names below are its
 # offsets.  Fields are in host byte order; u64 fields are read and written through a memoryview
 # cast to "Q": one 8-byte memcpy each, a single aligned move on x86-64, so never torn.
@@ -330,7 +110,7 @@ class RingOps:
 
     native = False
 
-    def __init__(self, mem: Buffer) -> None:
+    def __init__(self, mem: Memory) -> None:
         view = memoryview(mem)
         if view.readonly or not view.c_contiguous:
             view.release()
@@ -445,7 +225,7 @@ class PyRingOps(RingOps):
 
     __slots__ = ("_last_rung",)
 
-    def __init__(self, mem: Buffer) -> None:
+    def __init__(self, mem: Memory) -> None:
         super().__init__(mem)
         self._last_rung = 0  # the producer's memory of the last sleep it rang for
 
@@ -593,16 +373,18 @@ class PyRingOps(RingOps):
 
 
 NativeRingOps: type[RingOps] | None = None
-if NATIVE:
-    _c_ring_init = _lib.yas_ring_init  # type: ignore[name-defined]
-    _c_ring_enqueue = _lib.yas_ring_enqueue  # type: ignore[name-defined]
-    _c_ring_enqueue_burst = _lib.yas_ring_enqueue_burst  # type: ignore[name-defined]
-    _c_ring_dequeue_burst = _lib.yas_ring_dequeue_burst  # type: ignore[name-defined]
-    _c_ring_prepare_sleep = _lib.yas_ring_prepare_sleep  # type: ignore[name-defined]
-    _c_ring_woke = _lib.yas_ring_woke  # type: ignore[name-defined]
-    _c_ring_doorbell_due = _lib.yas_ring_doorbell_due  # type: ignore[name-defined]
-    _unpack = _ffi.unpack  # type: ignore[name-defined]
-    _new = _ffi.new  # type: ignore[name-defined]
+if extension is not None:
+    _ffi, _lib = extension
+    _c_ring_init = _lib.yas_ring_init
+    _c_ring_enqueue = _lib.yas_ring_enqueue
+    _c_ring_enqueue_burst = _lib.yas_ring_enqueue_burst
+    _c_ring_dequeue_burst = _lib.yas_ring_dequeue_burst
+    _c_ring_prepare_sleep = _lib.yas_ring_prepare_sleep
+    _c_ring_woke = _lib.yas_ring_woke
+    _c_ring_doorbell_due = _lib.yas_ring_doorbell_due
+    _from_buffer = _ffi.from_buffer
+    _unpack = _ffi.unpack
+    _new = _ffi.new
 
     class _NativeRingOps(RingOps):
         """The C ring functions, with cffi's view of the buffer made once per ring and, for the
@@ -623,17 +405,17 @@ if NATIVE:
 
         native = True
 
-        def __init__(self, mem: Buffer) -> None:
+        def __init__(self, mem: Memory) -> None:
             super().__init__(mem)
-            self._c = _from_buffer(self._mem, require_writable=True)  # type: ignore[name-defined]
-            self._out: bytearray | None = None
-            self._out_view = memoryview(b"")
-            self._out_c: Any = None
-            self._room = 0
-            self._lens: Any = None
-            self._flags: Any = None
-            self._burst_lens: Any = _new("uint32_t[]", 64)
-            self._last_rung: Any = _new("uint64_t[1]")  # the producer's last sleep rung for
+            self._c = _from_buffer(self._mem, require_writable=True)
+            self._out = bytearray()  # sized to the ring by the first dequeue_burst
+            self._out_view = memoryview(self._out)
+            self._out_c = _from_buffer(self._out)
+            self._room = 64
+            self._lens = _new("uint32_t[]", 64)
+            self._flags = _new("uint32_t[]", 64)
+            self._burst_lens = _new("uint32_t[]", 64)
+            self._last_rung = _new("uint64_t[1]")  # the producer's last sleep rung for
 
         def init(self, capacity: int) -> None:
             try:
@@ -648,7 +430,7 @@ if NATIVE:
                 if isinstance(frame, bytes):
                     code = _c_ring_enqueue(self._c, self._size, frame, len(frame), flags)
                 else:
-                    code = _c_ring_enqueue(self._c, self._size, _from_buffer(frame), len(frame), flags)  # type: ignore[name-defined]
+                    code = _c_ring_enqueue(self._c, self._size, _from_buffer(frame), len(frame), flags)
             except OverflowError:
                 raise RingError(RING_BAD_ARGS) from None
             if code < 0:
@@ -670,16 +452,16 @@ if NATIVE:
                 raise RingError(RING_BAD_ARGS) from None
             if code < 0:
                 raise RingError(code)
-            return code  # type: ignore[no-any-return]
+            return code
 
         def _make_room(self, capacity: int, max_n: int) -> None:
             """Size the output buffer to the ring and the arrays to ``max_n`` records."""
-            if self._out is None or len(self._out) != capacity:
+            if len(self._out) != capacity:
                 self._out_view.release()
                 self._out = bytearray(capacity)
-                self._out_c = _from_buffer(self._out)  # type: ignore[name-defined]
+                self._out_c = _from_buffer(self._out)
                 self._out_view = memoryview(self._out)
-            if max_n > self._room or self._lens is None:
+            if max_n > self._room:
                 room = max(max_n, 64)
                 self._lens = _new("uint32_t[]", room)
                 self._flags = _new("uint32_t[]", room)
@@ -692,7 +474,7 @@ if NATIVE:
             if not 0 <= max_n <= _INT_MAX:
                 raise RingError(RING_BAD_ARGS)
             max_n = min(max_n, capacity >> 3)  # a record takes 8 bytes at least
-            if self._room < max_n or self._out is None or len(self._out) != capacity:
+            if self._room < max_n or len(self._out) != capacity:
                 self._make_room(capacity, max_n)
             count = _c_ring_dequeue_burst(
                 self._c, self._size, self._out_c, capacity, self._lens, self._flags, max_n
@@ -728,7 +510,7 @@ if NATIVE:
             return code == 1
 
         def release(self) -> None:
-            _ffi.release(self._c)  # type: ignore[name-defined]
+            _ffi.release(self._c)
             self._out_view.release()
             super().release()
 
@@ -747,39 +529,42 @@ def ring_backend(native: bool | None = None) -> type[RingOps]:
     return NativeRingOps
 
 
-def _one_call(backend: type[RingOps] | None, mem: Buffer, operation: str, *args: Any) -> Any:
+_T = TypeVar("_T")
+
+
+def _one_call(backend: type[RingOps] | None, mem: Memory, operation: Callable[[RingOps], _T]) -> _T:
     if backend is None:
-        raise RuntimeError("the native part is not built")
+        raise RuntimeError("the native part is not built (or TRIO_YASTACK_NO_NATIVE is set)")
     with backend(mem) as ops:
-        return getattr(ops, operation)(*args)
+        return operation(ops)
 
 
 # Per-call conveniences on a plain buffer (tests, tools): a ring object caches what these redo.
-def py_ring_init(mem: Buffer, capacity: int) -> None:
+def py_ring_init(mem: Memory, capacity: int) -> None:
     """Twin of ``yas_ring_init``: make ``mem`` an empty ring of ``capacity`` data bytes."""
-    _one_call(PyRingOps, mem, "init", capacity)
+    _one_call(PyRingOps, mem, lambda ops: ops.init(capacity))
 
 
-def py_ring_enqueue(mem: Buffer, frame: Buffer, flags: int = 0) -> bool:
+def py_ring_enqueue(mem: Memory, frame: Buffer, flags: int = 0) -> bool:
     """Twin of ``yas_ring_enqueue``: True when enqueued, False when the ring is full (counted)."""
-    return _one_call(PyRingOps, mem, "enqueue", frame, flags)  # type: ignore[no-any-return]
+    return _one_call(PyRingOps, mem, lambda ops: ops.enqueue(frame, flags))
 
 
-def py_ring_dequeue_burst(mem: Buffer, max_n: int) -> list[tuple[bytes, int]]:
+def py_ring_dequeue_burst(mem: Memory, max_n: int) -> list[tuple[bytes, int]]:
     """Twin of ``yas_ring_dequeue_burst``: up to ``max_n`` ``(frame, flags)``, oldest first."""
-    return _one_call(PyRingOps, mem, "dequeue_burst", max_n)  # type: ignore[no-any-return]
+    return _one_call(PyRingOps, mem, lambda ops: ops.dequeue_burst(max_n))
 
 
-def native_ring_init(mem: Buffer, capacity: int) -> None:
+def native_ring_init(mem: Memory, capacity: int) -> None:
     """The C ``yas_ring_init`` on a Python buffer (8-byte aligned, as an mmap is)."""
-    _one_call(NativeRingOps, mem, "init", capacity)
+    _one_call(NativeRingOps, mem, lambda ops: ops.init(capacity))
 
 
-def native_ring_enqueue(mem: Buffer, frame: Buffer, flags: int = 0) -> bool:
+def native_ring_enqueue(mem: Memory, frame: Buffer, flags: int = 0) -> bool:
     """The C ``yas_ring_enqueue`` on a Python buffer."""
-    return _one_call(NativeRingOps, mem, "enqueue", frame, flags)  # type: ignore[no-any-return]
+    return _one_call(NativeRingOps, mem, lambda ops: ops.enqueue(frame, flags))
 
 
-def native_ring_dequeue_burst(mem: Buffer, max_n: int) -> list[tuple[bytes, int]]:
+def native_ring_dequeue_burst(mem: Memory, max_n: int) -> list[tuple[bytes, int]]:
     """The C ``yas_ring_dequeue_burst`` on a Python buffer."""
-    return _one_call(NativeRingOps, mem, "dequeue_burst", max_n)  # type: ignore[no-any-return]
+    return _one_call(NativeRingOps, mem, lambda ops: ops.dequeue_burst(max_n))

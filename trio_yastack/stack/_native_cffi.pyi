@@ -1,0 +1,24 @@
+"""Types of the cffi extension ``trio_yastack.stack._native_cffi`` (``native/checksum.c``,
+``native/gso.c``), for the type checker only: keep in step with ``stack_ffi``'s cdef in
+``native/build_native.py``.  Parameters named as in the C; ``const char *`` takes ``bytes``
+or what ``ffi.from_buffer`` returns, never a ``bytearray`` itself."""
+
+from typing import Final
+
+class CData:
+    """cffi's view of C memory (here: what ``from_buffer`` returns)."""
+
+class _FFI:
+    def from_buffer(self, python_buffer: bytes | bytearray | memoryview, /) -> CData: ...
+
+class _Lib:
+    YAS_SUM16_OUT_OF_RANGE: Final[int]
+    YAS_GSO_BAD_FRAME: Final[int]
+    YAS_GSO_NO_ROOM: Final[int]
+    def yas_sum16(self, buf: bytes | CData, buflen: int, offset: int, len: int, initial: int, /) -> int: ...
+    def yas_tcp4_segment(
+        self, frame: bytes | CData, len: int, mss: int, out: CData, out_len: int, /
+    ) -> int: ...
+
+ffi: _FFI
+lib: _Lib
