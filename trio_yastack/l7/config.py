@@ -1183,6 +1183,15 @@ def _host_value(r: _Reader, v: object, path: str) -> str:
     return value
 
 
+def _cluster_name(r: _Reader, v: object, path: str) -> str:
+    """A cluster's name, which is also a header value: the ``Host`` of its health checks, and of
+    a request forwarded to it that had none (HTTP/1.0)."""
+    value = _nonempty_str(r, v, path)
+    if not _FIELD_VALUE_RE.fullmatch(value):
+        r.fail(path, "not a valid HTTP header value (no CR, LF, NUL or other control characters)")
+    return value
+
+
 def _path_value(r: _Reader, v: object, path: str) -> str:
     value = _str(r, v, path)
     if not _TARGET_RE.fullmatch(value):
@@ -1470,7 +1479,7 @@ def _cluster(r: _Reader, v: object, path: str) -> Cluster:
             "transport_socket",
         ),
     )
-    name = f.req("name", _nonempty_str)
+    name = f.req("name", _cluster_name)
     ctype = f.opt("type", _enum(CLUSTER_TYPES), "STATIC")
     dns = ctype == "STRICT_DNS"
     if f.has("dns_lookup_family") and not dns:
