@@ -50,6 +50,7 @@ from urllib.parse import urlsplit
 import h11
 import trio
 
+from ._heads import request_head, response_head
 from .access_log import AccessLogger, AccessRecord
 from .config import DirectResponse, HttpConnectionManager, RetryPolicy, Route, RouteAction
 from .router import Router, apply_header_options, get_header, rewrite_path, strip_hop_by_hop
@@ -530,15 +531,7 @@ class HttpConnectionManagerRuntime:
             out.append((b"transfer-encoding", b"chunked"))
         record.x_forwarded_for = _text(get_header(out, b"x-forwarded-for"))
         record.request_id = request_id.decode("latin-1")
-        # _parsed=True (an h11 internal, pinned with h11 in pyproject.toml): skip re-validating
-        # header bytes that h11 parsed, that the config loader checked, or that are made here.
-        return h11.Request(
-            method=request.method,
-            target=target.encode("latin-1"),
-            headers=out,
-            http_version=b"1.1",
-            _parsed=True,
-        )
+        return request_head(request.method, target.encode("latin-1"), out, b"1.1")
 
     async def _route_to_cluster(
         self, ds: _Downstream, request: h11.Request, headers: list[tuple[bytes, bytes]], route: Route,
@@ -826,7 +819,7 @@ class HttpConnectionManagerRuntime:
             # Writes are gathered: the head and whatever body the upstream's bytes already hold
             # leave in one send (a small response is one write), and a large body in chunks of
             # RECEIVE_SIZE, each written before more is read (backpressure).
-            head = h11.Response(status_code=status, headers=headers, reason=_reason(status), _parsed=True)
+            head = response_head(status, headers, _reason(status))
             pending = [ds.h11.send(head)]
             pending_bytes = 0
             with trio.CancelScope(
@@ -983,9 +976,7 @@ def _origin_form(request: h11.Request) -> h11.Request:
         return request
     target = (parts.path or b"/") + (b"?" + parts.query if parts.query else b"")
     headers = [(b"host", parts.netloc)] + [(k, v) for k, v in request.headers if k != b"host"]
-    return h11.Request(
-        method=request.method, target=target, headers=headers, http_version=request.http_version, _parsed=True
-    )
+    return request_head(request.method, target, headers, request.http_version)
 
 
 def _failure_reply(failure: str, retries: int) -> _LocalReply:
