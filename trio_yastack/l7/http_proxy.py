@@ -118,9 +118,9 @@ class _Downstream:
             self.bytes_sent += len(data)
             await self.stream.send_all(data)
 
-    async def send_pending(self, pending: list[bytes | None]) -> None:
+    async def send_pending(self, pending: list[bytes]) -> None:
         """Write what h11 produced for several events in one send, and empty ``pending``."""
-        data = b"".join(chunk for chunk in pending if chunk)
+        data = b"".join(pending)
         pending.clear()
         if data:
             self.bytes_sent += len(data)
@@ -131,11 +131,11 @@ class _Downstream:
         while True:
             event = self.h11.next_event()
             if event is not h11.NEED_DATA:
-                return event  # type: ignore[return-value]
+                return event  # type: ignore[return-value]  # h11.PAUSED: only after their message ends
             with trio.move_on_at(deadline):
                 data = await self.stream.receive_some(RECEIVE_SIZE)
                 self.bytes_received += len(data)
-                self.h11.receive_data(data)
+                self.h11.receive_data(data)  # type: ignore[arg-type]  # h11 takes a bytearray too
                 continue
             return None
 
@@ -309,7 +309,7 @@ class HttpConnectionManagerRuntime:
                 finally:
                     self.state.idle_waits.discard(wait)
                 ds.bytes_received += len(data)
-                ds.h11.receive_data(data)
+                ds.h11.receive_data(data)  # type: ignore[arg-type]  # h11 takes a bytearray too
                 if not data:
                     return False
             if wait.cancelled_caught:
@@ -879,7 +879,8 @@ class _UpstreamRequest:
                             if pending:
                                 await ds.send_pending(pending)
                                 pending_bytes = 0
-                            conn.h11.receive_data(await conn.stream.receive_some(RECEIVE_SIZE))
+                            data = await conn.stream.receive_some(RECEIVE_SIZE)
+                            conn.h11.receive_data(data)  # type: ignore[arg-type]  # h11 takes a bytearray too
                             scope.deadline = min(
                                 timing.route_deadline, trio.current_time() + timing.stream_idle
                             )
