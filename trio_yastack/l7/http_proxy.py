@@ -1,8 +1,10 @@
 """Envoy's HTTP connection manager and router filter, for HTTP/1.1 on both sides, with h11.
 
-One downstream connection is served by :meth:`HttpConnectionManager.serve_connection`: requests are
-read one at a time (HTTP/1.1 keep-alive; pipelined requests wait their turn), routed
-(:mod:`.router`), and proxied to an upstream connection from the cluster's pool (:mod:`.upstream`).
+One downstream connection is served by :meth:`HttpConnectionManagerRuntime.serve_connection`:
+requests are read one at a time (HTTP/1.1 keep-alive; pipelined requests wait their turn), routed
+(:mod:`.router`), and proxied to an upstream connection from the cluster's pool (:mod:`.upstream`)
+by the router's per-request state, :class:`_RouterRequest`, one :class:`_UpstreamRequest` per
+attempt (Envoy's router filter and its ``UpstreamRequest``).
 
 What a request meets on the way, in order:
 
