@@ -567,9 +567,7 @@ class _RouterRequest:
         if request_id is None:
             request_id = str(uuid.UUID(int=self.hcm.rng.getrandbits(128), version=4)).encode()
             out.append((b"x-request-id", request_id))
-        via = get_header(out, b"via")
-        out = [(k, v) for k, v in out if k != b"via"]
-        out.append((b"via", via + b", " + VIA if via else VIA))
+        out = _with_via(out)
         if self.body.framing == "chunked":
             out.append((b"transfer-encoding", b"chunked"))
         self.record.x_forwarded_for = _text(get_header(out, b"x-forwarded-for"))
@@ -847,9 +845,7 @@ class _UpstreamRequest:
         record.response_code = status
         headers = strip_hop_by_hop(response.headers, keep_upgrade=status == 101)
         headers.append((b"x-envoy-upstream-service-time", str(service_ms).encode()))
-        via = get_header(headers, b"via")  # RFC 9110 7.6.3: a proxy adds Via to responses too
-        headers = [(k, v) for k, v in headers if k != b"via"]
-        headers.append((b"via", via + b", " + VIA if via else VIA))
+        headers = _with_via(headers)  # RFC 9110 7.6.3: a proxy adds Via to responses too
         close = hcm.state.draining
         if close and status != 101:
             headers.append((b"connection", b"close"))
@@ -1034,6 +1030,15 @@ def _failure_reply(failure: str, retries: int) -> _LocalReply:
             "UC" if not retries else "UC,URX",
         )
     return _LocalReply(504, "upstream request timeout", "UT" if not retries else "UT,URX")
+
+
+def _with_via(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """``headers`` with this proxy appended to ``Via`` (RFC 9110 7.6.3), the received values first,
+    joined into one field last."""
+    via = get_header(headers, b"via")
+    out = [(k, v) for k, v in headers if k != b"via"]
+    out.append((b"via", via + b", " + VIA if via else VIA))
+    return out
 
 
 def _text(value: bytes | None) -> str | None:
