@@ -872,3 +872,17 @@ def test_header_names_values_and_rewrites_are_checked_so_no_config_can_write_a_m
     assert "not a valid host" in messages["host_rewrite_literal"]
     assert "not a valid request path" in messages["prefix_rewrite"]
     assert any("request_headers_to_remove" in p.path for p in caught.value.problems)
+
+
+def test_a_cluster_name_must_be_a_valid_header_value() -> None:
+    # A cluster's name is the Host of its health checks and of an HTTP/1.0 request forwarded to it
+    # without one, and the proxy writes request heads without h11 re-checking them (l7/_heads.py).
+    doc = minimal()
+    cluster0(doc)["name"] = "backend\r\nInjected: 1"
+    route0(doc)["route"]["cluster"] = "backend\r\nInjected: 1"
+    problem = only_problem(doc)
+    assert problem.path == "static_resources.clusters[0].name"
+    assert "no CR, LF" in problem.message
+    ok = minimal()
+    cluster0(ok)["name"] = route0(ok)["route"]["cluster"] = "backend v2 (canary)"
+    assert load_config(yaml.safe_dump(ok)).clusters[0].name == "backend v2 (canary)"

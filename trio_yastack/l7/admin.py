@@ -118,7 +118,8 @@ class AdminServer:
         while conn.their_state is h11.SEND_BODY:
             event = conn.next_event()
             if event is h11.NEED_DATA:
-                conn.receive_data(await stream.receive_some(65536))
+                data = await stream.receive_some(65536)
+                conn.receive_data(data)  # type: ignore[arg-type]  # h11 takes a bytearray too
         headers = [
             ("content-type", content_type),
             ("content-length", str(len(body))),

@@ -137,21 +137,21 @@ async def serve_asgi(
         async with trio.open_nursery() as connections:
             listeners: list[trio.abc.Listener[Any]] = []
             urls: list[str] = []
-            secure, insecure = ([], config.bind)
-            if config.ssl_enabled:
-                secure, insecure = config.bind, config.insecure_bind
+            # hypercorn's rule: with TLS, ``bind`` is served over TLS and ``insecure_bind`` in clear
             ssl_context = config.create_ssl_context() if config.ssl_enabled else None
+            insecure = config.insecure_bind if ssl_context is not None else config.bind
             try:
-                for bind in secure:
-                    listener = await _listen(stack, bind, config.backlog)
-                    listeners.append(trio.SSLListener(listener, ssl_context, https_compatible=True))
-                    urls.append(_display(bind, stack, "https"))
+                if ssl_context is not None:
+                    for bind in config.bind:
+                        plain = await _listen(stack, bind, config.backlog)
+                        listeners.append(trio.SSLListener(plain, ssl_context, https_compatible=True))
+                        urls.append(_display(bind, stack, "https"))
                 for bind in insecure:
                     listeners.append(await _listen(stack, bind, config.backlog))
                     urls.append(_display(bind, stack, "http"))
             except BaseException:
-                for listener in listeners:
-                    await listener.aclose()
+                for opened in listeners:
+                    await opened.aclose()
                 raise
             for url in urls:
                 await config.log.info(f"Running on {url} over the user-space stack (CTRL + C to quit)")
@@ -174,8 +174,8 @@ async def serve_asgi(
                 # Graceful shutdown: no new connections; keep-alive connections close once idle
                 # (``terminated``); whatever is still running after graceful_timeout is cancelled.
                 with trio.CancelScope(shield=True):
-                    for listener in listeners:
-                        await listener.aclose()
+                    for opened in listeners:
+                        await opened.aclose()
                     await context.terminated.set()
                 connections.cancel_scope.deadline = trio.current_time() + config.graceful_timeout
         await lifespan.wait_for_shutdown()

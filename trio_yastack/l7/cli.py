@@ -8,7 +8,9 @@ import argparse
 __all__ = ["add_proxy_command"]
 
 
-def add_proxy_command(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
+def add_proxy_command(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> argparse.ArgumentParser:
     proxy = commands.add_parser(
         "proxy",
         help="run the Envoy-style reverse proxy from a v3 static bootstrap (see check-config)",

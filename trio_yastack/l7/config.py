@@ -86,6 +86,8 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+D = TypeVar("D")
+E = TypeVar("E", bound=str)
 
 # --- the names and type URLs this subset supports (Envoy's own spellings) ---
 
@@ -107,18 +109,6 @@ STDOUT_LOG_TYPE = "type.googleapis.com/envoy.extensions.access_loggers.stream.v3
 FILE_LOG_NAME = "envoy.access_loggers.file"
 FILE_LOG_TYPE = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
 
-LB_POLICIES = ("ROUND_ROBIN", "LEAST_REQUEST", "RANDOM", "RING_HASH")
-CLUSTER_TYPES = ("STATIC", "STRICT_DNS")
-CODEC_TYPES = ("AUTO", "HTTP1", "HTTP2")
-DNS_LOOKUP_FAMILIES = ("AUTO", "V4_ONLY", "V6_ONLY", "V4_PREFERRED", "ALL")
-RETRY_ON = ("5xx", "gateway-error", "connect-failure", "reset", "retriable-4xx")
-APPEND_ACTIONS = (
-    "APPEND_IF_EXISTS_OR_ADD",
-    "ADD_IF_ABSENT",
-    "OVERWRITE_IF_EXISTS_OR_ADD",
-    "OVERWRITE_IF_EXISTS",
-)
-
 LbPolicy = Literal["ROUND_ROBIN", "LEAST_REQUEST", "RANDOM", "RING_HASH"]
 ClusterType = Literal["STATIC", "STRICT_DNS"]
 CodecType = Literal["AUTO", "HTTP1", "HTTP2"]
@@ -126,6 +116,18 @@ DnsLookupFamily = Literal["AUTO", "V4_ONLY", "V6_ONLY", "V4_PREFERRED", "ALL"]
 AppendAction = Literal[
     "APPEND_IF_EXISTS_OR_ADD", "ADD_IF_ABSENT", "OVERWRITE_IF_EXISTS_OR_ADD", "OVERWRITE_IF_EXISTS"
 ]
+
+LB_POLICIES: tuple[LbPolicy, ...] = ("ROUND_ROBIN", "LEAST_REQUEST", "RANDOM", "RING_HASH")
+CLUSTER_TYPES: tuple[ClusterType, ...] = ("STATIC", "STRICT_DNS")
+CODEC_TYPES: tuple[CodecType, ...] = ("AUTO", "HTTP1", "HTTP2")
+DNS_LOOKUP_FAMILIES: tuple[DnsLookupFamily, ...] = ("AUTO", "V4_ONLY", "V6_ONLY", "V4_PREFERRED", "ALL")
+RETRY_ON = ("5xx", "gateway-error", "connect-failure", "reset", "retriable-4xx")
+APPEND_ACTIONS: tuple[AppendAction, ...] = (
+    "APPEND_IF_EXISTS_OR_ADD",
+    "ADD_IF_ABSENT",
+    "OVERWRITE_IF_EXISTS_OR_ADD",
+    "OVERWRITE_IF_EXISTS",
+)
 
 #: protobuf's Duration range (google/protobuf/duration.proto): about 10,000 years
 _MAX_DURATION_SECONDS = 315_576_000_000
@@ -483,9 +485,9 @@ class Bootstrap:
             for i, chain in enumerate(listener.filter_chains):
                 parts = [f"sni {', '.join(chain.server_names)}" if chain.server_names else "any sni"]
                 if chain.transport_socket is not None:
-                    tls = chain.transport_socket.common_tls_context
-                    alpn = f" alpn {','.join(tls.alpn_protocols)}" if tls.alpn_protocols else ""
-                    parts.append(f"tls ({len(tls.tls_certificates)} cert{alpn})")
+                    common = chain.transport_socket.common_tls_context
+                    alpn = f" alpn {','.join(common.alpn_protocols)}" if common.alpn_protocols else ""
+                    parts.append(f"tls ({len(common.tls_certificates)} cert{alpn})")
                 parts.append(_describe_filter(chain.filter))
                 label = f"chain {i}" + (f" {chain.name}" if chain.name else "")
                 out.append(f"    {label}: {'; '.join(parts)}")
@@ -546,7 +548,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         for key_node, _ in node.value:
             if key_node.tag == "tag:yaml.org,2002:merge":
                 continue
-            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            key = self.construct_object(key_node, deep=deep)
             try:
                 duplicate = key in seen
                 seen.add(key)
@@ -694,7 +696,7 @@ class _Fields:
             return None  # type: ignore[return-value]  # never used: done() raises _Skip
         return self._read(key, parse)
 
-    def opt(self, key: str, parse: Callable[[_Reader, Any, str], T], default: T) -> T:
+    def opt(self, key: str, parse: Callable[[_Reader, Any, str], T], default: D) -> T | D:
         if not self.has(key):
             return default
         return self._read(key, parse)
@@ -779,12 +781,14 @@ _uint32 = _uint(0, _UINT32_MAX)
 _positive_uint32 = _uint(1, _UINT32_MAX)
 
 
-def _enum(values: tuple[str, ...]) -> Callable[[_Reader, Any, str], Any]:
-    def parse(r: _Reader, v: object, path: str) -> str:
-        if not isinstance(v, str) or v not in values:
-            got = repr(v) if isinstance(v, (str, int, float)) else _kind(v)
-            r.fail(path, f"{got} is not one of the supported values: {', '.join(values)}")
-        return v
+def _enum(values: tuple[E, ...]) -> Callable[[_Reader, Any, str], E]:
+    def parse(r: _Reader, v: object, path: str) -> E:
+        if isinstance(v, str):
+            for value in values:
+                if v == value:
+                    return value  # typed as the Literal the values are declared as
+        got = repr(v) if isinstance(v, (str, int, float)) else _kind(v)
+        r.fail(path, f"{got} is not one of the supported values: {', '.join(values)}")
 
     return parse
 
@@ -1183,6 +1187,15 @@ def _host_value(r: _Reader, v: object, path: str) -> str:
     return value
 
 
+def _cluster_name(r: _Reader, v: object, path: str) -> str:
+    """A cluster's name, which is also a header value: the ``Host`` of its health checks, and of
+    a request forwarded to it that had none (HTTP/1.0)."""
+    value = _nonempty_str(r, v, path)
+    if not _FIELD_VALUE_RE.fullmatch(value):
+        r.fail(path, "not a valid HTTP header value (no CR, LF, NUL or other control characters)")
+    return value
+
+
 def _path_value(r: _Reader, v: object, path: str) -> str:
     value = _str(r, v, path)
     if not _TARGET_RE.fullmatch(value):
@@ -1271,7 +1284,7 @@ def _idle_timeout_options(r: _Reader, v: object, path: str) -> float:
 
 def _hcm(r: _Reader, f: _Fields) -> HttpConnectionManager:
     stat_prefix = f.req("stat_prefix", _nonempty_str)
-    codec = f.opt("codec_type", _enum(CODEC_TYPES), "AUTO")
+    codec: CodecType = f.opt("codec_type", _enum(CODEC_TYPES), "AUTO")
     route_config = f.req("route_config", _route_config)
     filters = f.req("http_filters", _list(_http_filter, min_items=1))
     if filters is not None and len(filters) != 1:
@@ -1470,8 +1483,8 @@ def _cluster(r: _Reader, v: object, path: str) -> Cluster:
             "transport_socket",
         ),
     )
-    name = f.req("name", _nonempty_str)
-    ctype = f.opt("type", _enum(CLUSTER_TYPES), "STATIC")
+    name = f.req("name", _cluster_name)
+    ctype: ClusterType = f.opt("type", _enum(CLUSTER_TYPES), "STATIC")
     dns = ctype == "STRICT_DNS"
     if f.has("dns_lookup_family") and not dns:
         f.problem("dns_lookup_family", "only STRICT_DNS clusters resolve names")

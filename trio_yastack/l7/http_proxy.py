@@ -1,8 +1,10 @@
 """Envoy's HTTP connection manager and router filter, for HTTP/1.1 on both sides, with h11.
 
-One downstream connection is served by :meth:`HttpConnectionManager.serve_connection`: requests are
-read one at a time (HTTP/1.1 keep-alive; pipelined requests wait their turn), routed
-(:mod:`.router`), and proxied to an upstream connection from the cluster's pool (:mod:`.upstream`).
+One downstream connection is served by :meth:`HttpConnectionManagerRuntime.serve_connection`:
+requests are read one at a time (HTTP/1.1 keep-alive; pipelined requests wait their turn), routed
+(:mod:`.router`), and proxied to an upstream connection from the cluster's pool (:mod:`.upstream`)
+by the router's per-request state, :class:`_RouterRequest`, one :class:`_UpstreamRequest` per
+attempt (Envoy's router filter and its ``UpstreamRequest``).
 
 What a request meets on the way, in order:
 
@@ -50,6 +52,7 @@ from urllib.parse import urlsplit
 import h11
 import trio
 
+from ._heads import request_head, response_head
 from .access_log import AccessLogger, AccessRecord
 from .config import DirectResponse, HttpConnectionManager, RetryPolicy, Route, RouteAction
 from .router import Router, apply_header_options, get_header, rewrite_path, strip_hop_by_hop
@@ -117,9 +120,9 @@ class _Downstream:
             self.bytes_sent += len(data)
             await self.stream.send_all(data)
 
-    async def send_pending(self, pending: list[bytes | None]) -> None:
+    async def send_pending(self, pending: list[bytes]) -> None:
         """Write what h11 produced for several events in one send, and empty ``pending``."""
-        data = b"".join(chunk for chunk in pending if chunk)
+        data = b"".join(pending)
         pending.clear()
         if data:
             self.bytes_sent += len(data)
@@ -130,11 +133,11 @@ class _Downstream:
         while True:
             event = self.h11.next_event()
             if event is not h11.NEED_DATA:
-                return event  # type: ignore[return-value]
+                return event  # type: ignore[return-value]  # h11.PAUSED: only after their message ends
             with trio.move_on_at(deadline):
                 data = await self.stream.receive_some(RECEIVE_SIZE)
                 self.bytes_received += len(data)
-                self.h11.receive_data(data)
+                self.h11.receive_data(data)  # type: ignore[arg-type]  # h11 takes a bytearray too
                 continue
             return None
 
@@ -227,31 +230,6 @@ class _Timing:
         self._scopes.remove(scope)
 
 
-class _Attempt:
-    """One try at the upstream, and how it went."""
-
-    __slots__ = (
-        "conn",
-        "downstream_error",
-        "failure",
-        "per_try_deadline",
-        "relay_scope",
-        "response",
-        "started",
-        "uploading",
-    )
-
-    def __init__(self, started: float) -> None:
-        self.conn: UpstreamConnection | None = None
-        self.response: h11.Response | h11.InformationalResponse | None = None
-        self.failure: str | None = None  # "connect", "reset", "per_try_timeout", "timeout"
-        self.downstream_error: _LocalReply | _DownstreamGone | None = None
-        self.uploading = False
-        self.relay_scope: trio.CancelScope | None = None
-        self.started = started
-        self.per_try_deadline = float("inf")
-
-
 class HttpConnectionManagerRuntime:
     """One ``http_connection_manager`` filter, live: serves downstream connections."""
 
@@ -333,7 +311,7 @@ class HttpConnectionManagerRuntime:
                 finally:
                     self.state.idle_waits.discard(wait)
                 ds.bytes_received += len(data)
-                ds.h11.receive_data(data)
+                ds.h11.receive_data(data)  # type: ignore[arg-type]  # h11 takes a bytearray too
                 if not data:
                     return False
             if wait.cancelled_caught:
@@ -485,21 +463,87 @@ class HttpConnectionManagerRuntime:
                 if total > self.limits.max_request_body:
                     raise _LocalReply(413, "payload too large", "-", close=True)
 
+    async def _route_to_cluster(
+        self, ds: _Downstream, request: h11.Request, headers: list[tuple[bytes, bytes]], route: Route,
+        action: RouteAction, timing: _Timing, record: AccessRecord,
+    ) -> bool:  # fmt: skip
+        """Hand the request to the router (:class:`_RouterRequest`) within the cluster's
+        ``max_requests``; True keeps the client connection."""
+        rq = _RouterRequest(self, ds, request, headers, route, action, timing, record)
+        cluster = rq.cluster
+        timing.route_timeout = action.timeout
+        if rq.body.complete:
+            timing.request_complete()
+        try:
+            cluster.start_request()
+        except Overflow:
+            raise _LocalReply(503, _OVERFLOW_BODY, "UO") from None
+        try:
+            return await rq.run()
+        finally:
+            record.bytes_received = rq.body.total
+            cluster.end_request()
+
+    def flush_logs(self) -> None:
+        self.access_log.flush()
+
+
+class _RouterRequest:
+    """The router's state for one request to a cluster (Envoy's router filter, one per request):
+    what every attempt shares (the client's connection, the cluster, the upstream head, the body,
+    the timers, the access-log record) and the retry budget.  :meth:`run` makes the attempts, one
+    :class:`_UpstreamRequest` each."""
+
+    __slots__ = (
+        "body",
+        "cluster",
+        "ds",
+        "hcm",
+        "head",
+        "policy",
+        "record",
+        "retries_left",
+        "retry_count",
+        "timing",
+    )
+
+    def __init__(
+        self, hcm: HttpConnectionManagerRuntime, ds: _Downstream, request: h11.Request,
+        headers: list[tuple[bytes, bytes]], route: Route, action: RouteAction, timing: _Timing,
+        record: AccessRecord,
+    ) -> None:  # fmt: skip
+        self.hcm = hcm
+        self.ds = ds
+        self.timing = timing
+        self.record = record
+        self.cluster = self._pick_cluster(action)
+        self.body = _RequestBody(ds, request, hcm.limits, timing)
+        self.head = self._upstream_head(request, headers, route, action)
+        self.policy: RetryPolicy | None = action.retry_policy
+        self.retries_left = self.policy.num_retries if self.policy is not None else 0
+        self.retry_count = 0
+
     def _pick_cluster(self, action: RouteAction) -> ClusterRuntime:
+        """The route's cluster, or one of its ``weighted_clusters`` chosen by weight."""
+        clusters = self.hcm.clusters
         if action.cluster is not None:
-            return self.clusters[action.cluster]
+            return clusters[action.cluster]
         total = sum(w.weight for w in action.weighted_clusters)
-        point = self.rng.randrange(total) if total else 0
+        point = self.hcm.rng.randrange(total) if total else 0
         for weighted in action.weighted_clusters:
             if point < weighted.weight:
-                return self.clusters[weighted.name]
+                return clusters[weighted.name]
             point -= weighted.weight
-        return self.clusters[action.weighted_clusters[-1].name]
+        return clusters[action.weighted_clusters[-1].name]
 
-    def _upstream_request(
-        self, ds: _Downstream, request: h11.Request, headers: list[tuple[bytes, bytes]], route: Route,
-        action: RouteAction, upgrade: bool, body: _RequestBody, record: AccessRecord, cluster_name: str,
-    ) -> h11.Request:  # fmt: skip
+    def _upstream_head(
+        self, request: h11.Request, headers: list[tuple[bytes, bytes]], route: Route, action: RouteAction
+    ) -> h11.Request:
+        """The request head the upstream gets (see the module docstring's **Headers**); fills in
+        the access-log record's ``x_forwarded_for`` and ``request_id``."""
+        upgrade_value = get_header(headers, b"upgrade")
+        connection_tokens = (get_header(headers, b"connection") or b"").lower()
+        upgrade = upgrade_value is not None and b"upgrade" in connection_tokens
         target = request.target.decode("latin-1")
         out = strip_hop_by_hop(headers, keep_upgrade=upgrade)
         out = [(k, v) for k, v in out if k != b"expect"]  # 100-continue is answered here, per hop
@@ -512,134 +556,131 @@ class HttpConnectionManagerRuntime:
             out = [(k, v) for k, v in out if k != b"host"]
             out.insert(0, (b"host", action.host_rewrite_literal.encode()))
         elif get_header(out, b"host") is None:  # an HTTP/1.0 request may have none: name the cluster
-            out.insert(0, (b"host", cluster_name.encode()))
+            out.insert(0, (b"host", self.cluster.name.encode()))
         out = apply_header_options(out, route.request_headers_to_add, route.request_headers_to_remove)
         xff = get_header(out, b"x-forwarded-for")
-        remote = ds.remote.encode()
+        remote = self.ds.remote.encode()
         out = [(k, v) for k, v in out if k not in (b"x-forwarded-for", b"x-forwarded-proto")]
         out.append((b"x-forwarded-for", xff + b", " + remote if xff else remote))
-        out.append((b"x-forwarded-proto", ds.scheme.encode()))
+        out.append((b"x-forwarded-proto", self.ds.scheme.encode()))
         request_id = get_header(out, b"x-request-id")
         if request_id is None:
-            request_id = str(uuid.UUID(int=self.rng.getrandbits(128), version=4)).encode()
+            request_id = str(uuid.UUID(int=self.hcm.rng.getrandbits(128), version=4)).encode()
             out.append((b"x-request-id", request_id))
-        via = get_header(out, b"via")
-        out = [(k, v) for k, v in out if k != b"via"]
-        out.append((b"via", via + b", " + VIA if via else VIA))
-        if body.framing == "chunked":
+        out = _with_via(out)
+        if self.body.framing == "chunked":
             out.append((b"transfer-encoding", b"chunked"))
-        record.x_forwarded_for = _text(get_header(out, b"x-forwarded-for"))
-        record.request_id = request_id.decode("latin-1")
-        # _parsed=True (an h11 internal, pinned with h11 in pyproject.toml): skip re-validating
-        # header bytes that h11 parsed, that the config loader checked, or that are made here.
-        return h11.Request(
-            method=request.method,
-            target=target.encode("latin-1"),
-            headers=out,
-            http_version=b"1.1",
-            _parsed=True,
-        )
+        self.record.x_forwarded_for = _text(get_header(out, b"x-forwarded-for"))
+        self.record.request_id = request_id.decode("latin-1")
+        return request_head(request.method, target.encode("latin-1"), out, b"1.1")
 
-    async def _route_to_cluster(
-        self, ds: _Downstream, request: h11.Request, headers: list[tuple[bytes, bytes]], route: Route,
-        action: RouteAction, timing: _Timing, record: AccessRecord,
-    ) -> bool:  # fmt: skip
-        cluster = self._pick_cluster(action)
-        upgrade_value = get_header(headers, b"upgrade")
-        connection_tokens = (get_header(headers, b"connection") or b"").lower()
-        upgrade = upgrade_value is not None and b"upgrade" in connection_tokens
-        body = _RequestBody(ds, request, self.limits, timing)
-        upstream_request = self._upstream_request(
-            ds, request, headers, route, action, upgrade, body, record, cluster.name
-        )
-        timing.route_timeout = action.timeout
-        if body.complete:
-            timing.request_complete()
-        policy = action.retry_policy
-        try:
-            cluster.start_request()
-        except Overflow:
-            raise _LocalReply(503, _OVERFLOW_BODY, "UO") from None
-        try:
-            return await self._attempts(ds, cluster, upstream_request, body, timing, policy, record, request)
-        finally:
-            record.bytes_received = body.total
-            cluster.end_request()
-
-    async def _attempts(
-        self, ds: _Downstream, cluster: ClusterRuntime, upstream_request: h11.Request, body: _RequestBody,
-        timing: _Timing, policy: RetryPolicy | None, record: AccessRecord, request: h11.Request,
-    ) -> bool:  # fmt: skip
+    async def run(self) -> bool:
         """The first attempt and the retries the policy allows; True keeps the client connection."""
-        retries_left = policy.num_retries if policy is not None else 0
-        retry_count = 0
+        cluster, body = self.cluster, self.body
         while True:
             if body.complete and not body.kept:  # nothing to upload: no task, no nursery
-                attempt, retry, reply, keep = await self._try_once(
-                    ds, cluster, upstream_request, body, timing, policy, record, request, retries_left,
-                    retry_count, None,
-                )  # fmt: skip
+                attempt = _UpstreamRequest(self, None)
+                await attempt.run()
             else:
                 with _unwrap_single():
                     async with trio.open_nursery() as uploads:
-                        attempt, retry, reply, keep = await self._try_once(
-                            ds, cluster, upstream_request, body, timing, policy, record, request,
-                            retries_left, retry_count, uploads,
-                        )  # fmt: skip
+                        attempt = _UpstreamRequest(self, uploads)
+                        await attempt.run()
             if attempt.downstream_error is not None:
                 if attempt.conn is not None:
                     await attempt.conn.aclose()
                 raise attempt.downstream_error
-            if reply is not None:
-                raise reply
-            if not retry:
-                return keep
+            if attempt.local_reply is not None:
+                raise attempt.local_reply
+            if not attempt.retry:
+                return attempt.keep
             try:
-                retries_left -= 1
-                retry_count += 1
+                self.retries_left -= 1
+                self.retry_count += 1
                 cluster.stats.inc("upstream_rq_retry")
                 if attempt.conn is not None:
                     await attempt.conn.aclose()
-                backoff = self.rng.uniform(0, min(RETRY_MAX, RETRY_BASE * 2 ** (retry_count - 1)))
-                if trio.current_time() + backoff >= timing.route_deadline:
+                backoff = self.hcm.rng.uniform(0, min(RETRY_MAX, RETRY_BASE * 2 ** (self.retry_count - 1)))
+                if trio.current_time() + backoff >= self.timing.route_deadline:
                     cluster.stats.inc("upstream_rq_timeout")
                     raise _LocalReply(504, "upstream request timeout", "UT,URX")
                 await trio.sleep(backoff)
             finally:
                 cluster.end_retry()
 
-    async def _try_once(
-        self, ds: _Downstream, cluster: ClusterRuntime, upstream_request: h11.Request, body: _RequestBody,
-        timing: _Timing, policy: RetryPolicy | None, record: AccessRecord, request: h11.Request,
-        retries_left: int, retry_count: int, uploads: trio.Nursery | None,
-    ) -> tuple[_Attempt, bool, _LocalReply | None, bool]:  # fmt: skip
-        """One attempt and what follows from it: ``(attempt, retry?, local reply or None, keep the
-        client connection?)``; a response worth relaying is relayed here, while its body upload (in
-        ``uploads``) may still be running."""
-        attempt = await self._attempt(cluster, upstream_request, body, timing, policy, record, uploads)
-        stop_upload = uploads.cancel_scope.cancel if uploads is not None else _nothing
-        if attempt.downstream_error is not None:
-            stop_upload()
-            return attempt, False, None, False
-        retry = self._should_retry(attempt, policy) and retries_left > 0 and body.replayable
-        if retry and cluster.try_start_retry():
-            stop_upload()
-            return attempt, True, None, False
-        if attempt.failure is not None:
-            stop_upload()
-            self._count_failure(cluster, attempt.failure)
-            return attempt, False, _failure_reply(attempt.failure, retry_count), False
-        if retry_count and attempt.response is not None and attempt.response.status_code < 500:
-            cluster.stats.inc("upstream_rq_retry_success")
-        keep = await self._relay_response(ds, cluster, attempt, timing, record, request, uploads)
-        return attempt, False, None, keep
 
-    def _should_retry(self, attempt: _Attempt, policy: RetryPolicy | None) -> bool:
+class _UpstreamRequest:
+    """One attempt at the upstream (Envoy's ``UpstreamRequest``): the connection it got, the
+    response head or the failure it met, and what the router does next (``retry``, answer with
+    ``local_reply``, or nothing more: the response was relayed, and ``keep`` says whether the
+    client connection stays open).  The client's own failures (gone, too large, too slow) are
+    kept apart, in ``downstream_error``."""
+
+    __slots__ = (
+        "conn",
+        "downstream_error",
+        "failure",
+        "keep",
+        "local_reply",
+        "per_try_deadline",
+        "relay_scope",
+        "response",
+        "retry",
+        "rq",
+        "started",
+        "uploading",
+        "uploads",
+    )
+
+    def __init__(self, rq: _RouterRequest, uploads: trio.Nursery | None) -> None:
+        self.rq = rq
+        self.uploads = uploads  # where the body upload runs (None: no body to send)
+        self.started = trio.current_time()
+        self.per_try_deadline = float("inf")
+        self.conn: UpstreamConnection | None = None
+        self.response: h11.Response | h11.InformationalResponse | None = None
+        self.failure: str | None = None  # "connect", "reset", "per_try_timeout", "timeout", "idle"
+        self.downstream_error: _LocalReply | _DownstreamGone | None = None
+        self.uploading = False
+        self.relay_scope: trio.CancelScope | None = None
+        self.retry = False
+        self.local_reply: _LocalReply | None = None
+        self.keep = False
+
+    async def run(self) -> None:
+        """This attempt and what follows from it (``retry``, ``local_reply`` or ``keep``); a
+        response worth relaying is relayed here, while its body upload (in ``uploads``) may still
+        be running."""
+        rq = self.rq
+        await self._start()
+        if self.downstream_error is not None:
+            self._stop_upload()
+            return
+        retry = self._should_retry() and rq.retries_left > 0 and rq.body.replayable
+        if retry and rq.cluster.try_start_retry():
+            self._stop_upload()
+            self.retry = True
+            return
+        if self.failure is not None:
+            self._stop_upload()
+            self._count_failure(self.failure)
+            self.local_reply = _failure_reply(self.failure, rq.retry_count)
+            return
+        if rq.retry_count and self.response is not None and self.response.status_code < 500:
+            rq.cluster.stats.inc("upstream_rq_retry_success")
+        self.keep = await self._relay_response()
+
+    def _stop_upload(self) -> None:
+        if self.uploads is not None:
+            self.uploads.cancel_scope.cancel()
+
+    def _should_retry(self) -> bool:
         """Envoy's ``retry_on`` conditions for this attempt's outcome."""
+        policy = self.rq.policy
         if policy is None:
             return False
         on = policy.retry_on
-        failure = attempt.failure
+        failure = self.failure
         if failure == "timeout":
             return False  # the route's global timeout ends the request
         if failure == "connect":
@@ -648,40 +689,39 @@ class HttpConnectionManagerRuntime:
             return bool({"reset", "5xx", "gateway-error"} & set(on))
         if failure == "per_try_timeout":
             return bool({"5xx", "gateway-error"} & set(on))
-        status = attempt.response.status_code if attempt.response is not None else 0
+        status = self.response.status_code if self.response is not None else 0
         return (
             (status >= 500 and "5xx" in on)
             or (status in (502, 503, 504) and "gateway-error" in on)
             or (status == 409 and "retriable-4xx" in on)
         )
 
-    def _count_failure(self, cluster: ClusterRuntime, failure: str) -> None:
+    def _count_failure(self, failure: str) -> None:
+        stats = self.rq.cluster.stats
         if failure in ("timeout", "per_try_timeout"):
-            cluster.stats.inc("upstream_rq_timeout")
+            stats.inc("upstream_rq_timeout")
         elif failure == "reset":
-            cluster.stats.inc("upstream_rq_rx_reset")
+            stats.inc("upstream_rq_rx_reset")
 
-    async def _attempt(
-        self, cluster: ClusterRuntime, upstream_request: h11.Request, body: _RequestBody, timing: _Timing,
-        policy: RetryPolicy | None, record: AccessRecord, uploads: trio.Nursery | None,
-    ) -> _Attempt:  # fmt: skip
-        """One try: a host, a connection, the request head sent, its body streaming in ``uploads``
-        (which outlives this call: an upstream may answer before it has read the whole body), and
-        the response head awaited.  Upstream failures come back in the attempt; the client's own
-        (gone, too large, too slow) in ``attempt.downstream_error``."""
-        attempt = _Attempt(trio.current_time())
+    async def _start(self) -> None:
+        """A host, a connection, the request head sent, its body streaming in ``uploads`` (which
+        outlives this call: an upstream may answer before it has read the whole body), and the
+        response head awaited.  Upstream failures are kept in ``failure``; the client's own in
+        ``downstream_error``."""
+        rq = self.rq
+        cluster, timing, policy = rq.cluster, rq.timing, rq.policy
         host = cluster.choose_host()
         if host is None:
             cluster.stats.inc("upstream_cx_none_healthy")
-            attempt.downstream_error = _LocalReply(503, "no healthy upstream", "UH")
-            return attempt
-        record.upstream_host = str(host)
+            self.downstream_error = _LocalReply(503, "no healthy upstream", "UH")
+            return
+        rq.record.upstream_host = str(host)
         per_try = policy.per_try_timeout if policy is not None and policy.per_try_timeout else None
-        per_try_deadline = attempt.started + per_try if per_try else float("inf")
+        per_try_deadline = self.started + per_try if per_try else float("inf")
         host.active_requests += 1
         cluster.stats.inc("upstream_rq_total")
         try:
-            attempt.per_try_deadline = per_try_deadline
+            self.per_try_deadline = per_try_deadline
             # One scope for the whole wait: the route and per-try timers, and stream-idle (which
             # the upload pushes back as it makes progress).
             idle_deadline = trio.current_time() + timing.stream_idle
@@ -690,69 +730,69 @@ class HttpConnectionManagerRuntime:
             ) as scope:
                 timing.watch(scope)
                 try:
-                    attempt.conn = await cluster.acquire(host)
+                    self.conn = await cluster.acquire(host)
                     try:
-                        await self._send_and_wait(attempt, upstream_request, body, timing, scope, uploads)
+                        await self._send_and_wait(scope)
                     except (*_NETWORK_ERRORS, h11.ProtocolError):
-                        if not self._stale(attempt.conn, uploads):
+                        if not self._stale():
                             raise
                         # The pooled connection was closed under us: once more on a fresh one.
                         cluster.stats.inc("upstream_cx_destroy_remote_with_active_rq")
-                        await attempt.conn.aclose()
-                        attempt.conn = await cluster.acquire(host, fresh=True)
-                        await self._send_and_wait(attempt, upstream_request, body, timing, scope, uploads)
+                        await self.conn.aclose()
+                        self.conn = await cluster.acquire(host, fresh=True)
+                        await self._send_and_wait(scope)
                 except Overflow:
-                    attempt.downstream_error = _LocalReply(503, _OVERFLOW_BODY, "UO")
+                    self.downstream_error = _LocalReply(503, _OVERFLOW_BODY, "UO")
                 except ConnectFailure:
-                    attempt.failure = "connect"
+                    self.failure = "connect"
                 except (*_NETWORK_ERRORS, h11.ProtocolError):
-                    attempt.failure = "reset"
+                    self.failure = "reset"
                 finally:
                     timing.unwatch(scope)
-            if attempt.downstream_error is not None:
-                return attempt
-            if scope.cancelled_caught and attempt.response is None and attempt.failure is None:
+            if self.downstream_error is not None:
+                return
+            if scope.cancelled_caught and self.response is None and self.failure is None:
                 now = trio.current_time()
                 if now >= per_try_deadline and per_try_deadline < timing.route_deadline:
-                    attempt.failure = "per_try_timeout"
+                    self.failure = "per_try_timeout"
                     cluster.stats.inc("upstream_rq_per_try_timeout")
                 elif now >= timing.route_deadline:
-                    attempt.failure = "timeout"
+                    self.failure = "timeout"
                 else:
-                    attempt.failure = "idle"  # stream_idle_timeout: nothing moved either way
-            if attempt.failure is not None:
+                    self.failure = "idle"  # stream_idle_timeout: nothing moved either way
+            if self.failure is not None:
                 cluster.record_outcome(host, None)
-                if attempt.conn is not None:
-                    await attempt.conn.aclose()
-                    attempt.conn = None
+                if self.conn is not None:
+                    await self.conn.aclose()
+                    self.conn = None
             else:
-                assert attempt.response is not None
-                cluster.record_outcome(host, attempt.response.status_code)
-            return attempt
+                assert self.response is not None
+                cluster.record_outcome(host, self.response.status_code)
         finally:
             host.active_requests -= 1
 
-    @staticmethod
-    def _stale(conn: UpstreamConnection, uploads: trio.Nursery | None) -> bool:
-        """Did a request fail only because its reused connection was already closed?  (Reused, no
-        response byte of this request received, and no body, so sending again is safe.)"""
-        return conn.requests > 1 and conn.received == conn.received_before and uploads is None
-
-    async def _send_and_wait(
-        self, attempt: _Attempt, request: h11.Request, body: _RequestBody, timing: _Timing,
-        scope: trio.CancelScope, uploads: trio.Nursery | None,
-    ) -> None:  # fmt: skip
-        conn = attempt.conn
+    def _stale(self) -> bool:
+        """Did the request fail only because its reused connection was already closed?  (Reused,
+        no response byte of this request received, and no body, so sending again is safe.)"""
+        conn = self.conn
         assert conn is not None
+        return conn.requests > 1 and conn.received == conn.received_before and self.uploads is None
+
+    async def _send_and_wait(self, scope: trio.CancelScope) -> None:
+        """The head sent on ``conn`` (with its end when there is no body, else the body's upload
+        started in ``uploads``) and the response head awaited; 1xx other than 101 are dropped."""
+        conn = self.conn
+        assert conn is not None
+        head, body = self.rq.head, self.rq.body
         conn.requests += 1
         conn.received_before = conn.received
         if body.complete and not body.kept:
-            await conn.stream.send_all(conn.h11.send(request) + conn.h11.send(h11.EndOfMessage()))  # type: ignore[operator]
+            await conn.stream.send_all(conn.h11.send(head) + conn.h11.send(h11.EndOfMessage()))
         else:
-            await conn.send(request)
-            attempt.uploading = True
-            assert uploads is not None
-            uploads.start_soon(self._upload, attempt, body, scope)
+            await conn.send(head)
+            self.uploading = True
+            assert self.uploads is not None
+            self.uploads.start_soon(self._upload, scope)
         while True:
             event = await conn.next_event()
             if isinstance(event, h11.InformationalResponse) and event.status_code != 101:
@@ -761,13 +801,14 @@ class HttpConnectionManagerRuntime:
                 raise trio.BrokenResourceError("upstream closed before a response")
             if not isinstance(event, (h11.Response, h11.InformationalResponse)):
                 raise h11.RemoteProtocolError(f"upstream sent {type(event).__name__} before a response")
-            attempt.response = event
+            self.response = event
             return
 
-    async def _upload(self, attempt: _Attempt, body: _RequestBody, scope: trio.CancelScope) -> None:
+    async def _upload(self, scope: trio.CancelScope) -> None:
         """Stream the request body to the upstream (replaying what is kept, then reading on)."""
-        conn = attempt.conn
+        conn = self.conn
         assert conn is not None
+        body = self.rq.body
         try:
             for chunk in list(body.kept):
                 await conn.send(h11.Data(data=chunk))
@@ -775,64 +816,59 @@ class HttpConnectionManagerRuntime:
                 chunk = await body.read_more()
                 if chunk:
                     await conn.send(h11.Data(data=chunk))
-                    if attempt.response is None:  # progress: push the wait's stream-idle deadline back
+                    if self.response is None:  # progress: push the wait's stream-idle deadline back
                         idle_deadline = trio.current_time() + body.timing.stream_idle
-                        scope.deadline = min(
-                            body.timing.route_deadline, attempt.per_try_deadline, idle_deadline
-                        )
+                        scope.deadline = min(body.timing.route_deadline, self.per_try_deadline, idle_deadline)
             await conn.send(h11.EndOfMessage())
         except (_LocalReply, _DownstreamGone) as exc:
-            attempt.downstream_error = exc
+            self.downstream_error = exc
             scope.cancel()
-            if attempt.relay_scope is not None:
-                attempt.relay_scope.cancel()
+            if self.relay_scope is not None:
+                self.relay_scope.cancel()
         except (*_NETWORK_ERRORS, h11.LocalProtocolError):
             pass  # the upstream stopped reading: its response (or its reset) says why
         finally:
-            attempt.uploading = False
+            self.uploading = False
 
-    async def _relay_response(
-        self, ds: _Downstream, cluster: ClusterRuntime, attempt: _Attempt, timing: _Timing,
-        record: AccessRecord, request: h11.Request, uploads: trio.Nursery | None,
-    ) -> bool:  # fmt: skip
+    async def _relay_response(self) -> bool:
         """The response, head then body, to the client; True if the client connection stays open."""
-        conn, response = attempt.conn, attempt.response
+        rq = self.rq
+        hcm, ds, cluster, timing, record = rq.hcm, rq.ds, rq.cluster, rq.timing, rq.record
+        conn, response = self.conn, self.response
         assert conn is not None and response is not None
         status = response.status_code
         cluster.stats.inc(f"upstream_rq_{status // 100}xx")
         cluster.stats.inc(f"upstream_rq_{status}")
         cluster.stats.inc("upstream_rq_completed")
-        service_ms = int((trio.current_time() - attempt.started) * 1000)
+        service_ms = int((trio.current_time() - self.started) * 1000)
         record.upstream_service_time = str(service_ms)
         record.response_code = status
         headers = strip_hop_by_hop(response.headers, keep_upgrade=status == 101)
         headers.append((b"x-envoy-upstream-service-time", str(service_ms).encode()))
-        via = get_header(headers, b"via")  # RFC 9110 7.6.3: a proxy adds Via to responses too
-        headers = [(k, v) for k, v in headers if k != b"via"]
-        headers.append((b"via", via + b", " + VIA if via else VIA))
-        close = self.state.draining
+        headers = _with_via(headers)  # RFC 9110 7.6.3: a proxy adds Via to responses too
+        close = hcm.state.draining
         if close and status != 101:
             headers.append((b"connection", b"close"))
-        self._count_response(status)
+        hcm._count_response(status)
         ds.response_started = True
         try:
             if status == 101:
-                self.stats.inc("downstream_cx_upgrades_total")
+                hcm.stats.inc("downstream_cx_upgrades_total")
                 await ds.send(
                     h11.InformationalResponse(status_code=101, headers=headers, reason=_reason(status))
                 )
-                await self._splice(ds, conn, timing, record)
+                await self._splice(conn)
                 return False
             # Writes are gathered: the head and whatever body the upstream's bytes already hold
             # leave in one send (a small response is one write), and a large body in chunks of
             # RECEIVE_SIZE, each written before more is read (backpressure).
-            head = h11.Response(status_code=status, headers=headers, reason=_reason(status), _parsed=True)
+            head = response_head(status, headers, _reason(status))
             pending = [ds.h11.send(head)]
             pending_bytes = 0
             with trio.CancelScope(
                 deadline=min(timing.route_deadline, trio.current_time() + timing.stream_idle)
             ) as scope:
-                attempt.relay_scope = scope
+                self.relay_scope = scope
                 timing.watch(scope)
                 try:
                     while True:
@@ -841,7 +877,8 @@ class HttpConnectionManagerRuntime:
                             if pending:
                                 await ds.send_pending(pending)
                                 pending_bytes = 0
-                            conn.h11.receive_data(await conn.stream.receive_some(RECEIVE_SIZE))
+                            data = await conn.stream.receive_some(RECEIVE_SIZE)
+                            conn.h11.receive_data(data)  # type: ignore[arg-type]  # h11 takes a bytearray too
                             scope.deadline = min(
                                 timing.route_deadline, trio.current_time() + timing.stream_idle
                             )
@@ -860,16 +897,16 @@ class HttpConnectionManagerRuntime:
                             raise h11.RemoteProtocolError(f"upstream sent {type(event).__name__} in a body")
                 finally:
                     timing.unwatch(scope)
-                    attempt.relay_scope = None
-            if attempt.downstream_error is not None:
-                raise attempt.downstream_error
+                    self.relay_scope = None
+            if self.downstream_error is not None:
+                raise self.downstream_error
             if scope.cancelled_caught:
                 if trio.current_time() >= timing.route_deadline:
                     record.response_flags = "UT"
                     cluster.stats.inc("upstream_rq_timeout")
                 else:
                     record.response_flags = "SI"
-                    self.stats.inc("downstream_rq_idle_timeout")
+                    hcm.stats.inc("downstream_rq_idle_timeout")
             if record.response_flags != "-" or ds.h11.our_state not in (h11.DONE, h11.MUST_CLOSE):
                 await conn.aclose()
                 return False
@@ -880,26 +917,24 @@ class HttpConnectionManagerRuntime:
                 record.response_flags = "UC"
             await conn.aclose()
             return False
-        if attempt.uploading:
+        if self.uploading:
             # The upstream answered before taking the whole body: stop sending it.  The upstream
             # connection is not reusable (h11 says so) and the client's unread body means the
             # client connection closes after this response.
-            if uploads is not None:
-                uploads.cancel_scope.cancel()
+            self._stop_upload()
             await conn.aclose()
             return False
         cluster.release(conn)
         if close:
-            self.stats.inc("downstream_cx_drain_close")
+            hcm.stats.inc("downstream_cx_drain_close")
         return not (close or client_closes)
 
-    async def _splice(
-        self, ds: _Downstream, conn: UpstreamConnection, timing: _Timing, record: AccessRecord
-    ) -> None:
+    async def _splice(self, conn: UpstreamConnection) -> None:
         """Byte for byte both ways after a 101, until either side closes (or stream-idle passes)."""
+        ds, record = self.rq.ds, self.rq.record
         down_early, _ = ds.h11.trailing_data
         up_early, _ = conn.h11.trailing_data
-        idle = timing.stream_idle
+        idle = self.rq.timing.stream_idle
 
         async def pump(source: trio.abc.Stream, sink: trio.abc.Stream, early: bytes, to_client: bool) -> None:
             try:
@@ -928,15 +963,8 @@ class HttpConnectionManagerRuntime:
         finally:
             await conn.aclose()
 
-    def flush_logs(self) -> None:
-        self.access_log.flush()
-
 
 _OVERFLOW_BODY = "upstream connect error or disconnect/reset before headers. reset reason: overflow"
-
-
-def _nothing() -> None:
-    return None
 
 
 @contextlib.contextmanager
@@ -983,9 +1011,7 @@ def _origin_form(request: h11.Request) -> h11.Request:
         return request
     target = (parts.path or b"/") + (b"?" + parts.query if parts.query else b"")
     headers = [(b"host", parts.netloc)] + [(k, v) for k, v in request.headers if k != b"host"]
-    return h11.Request(
-        method=request.method, target=target, headers=headers, http_version=request.http_version, _parsed=True
-    )
+    return request_head(request.method, target, headers, request.http_version)
 
 
 def _failure_reply(failure: str, retries: int) -> _LocalReply:
@@ -1004,6 +1030,15 @@ def _failure_reply(failure: str, retries: int) -> _LocalReply:
             "UC" if not retries else "UC,URX",
         )
     return _LocalReply(504, "upstream request timeout", "UT" if not retries else "UT,URX")
+
+
+def _with_via(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """``headers`` with this proxy appended to ``Via`` (RFC 9110 7.6.3), the received values first,
+    joined into one field last."""
+    via = get_header(headers, b"via")
+    out = [(k, v) for k, v in headers if k != b"via"]
+    out.append((b"via", via + b", " + VIA if via else VIA))
+    return out
 
 
 def _text(value: bytes | None) -> str | None:

@@ -116,10 +116,10 @@ class UpstreamConnection:
         while True:
             event = self.h11.next_event()
             if event is not h11.NEED_DATA:
-                return event  # type: ignore[return-value]
+                return event  # type: ignore[return-value]  # h11.PAUSED: only after their message ends
             data = await self.stream.receive_some(RECEIVE_SIZE)
             self.received += len(data)
-            self.h11.receive_data(data)
+            self.h11.receive_data(data)  # type: ignore[arg-type]  # h11 takes a bytearray too
 
     @property
     def reusable(self) -> bool:
@@ -657,7 +657,7 @@ async def _health_check_request(stream: trio.abc.Stream, path: str, host_header:
             received += len(data)
             if received > HEALTH_CHECK_MAX_RESPONSE:
                 return False
-            conn.receive_data(data)
+            conn.receive_data(data)  # type: ignore[arg-type]  # h11 takes a bytearray too
             continue
         if isinstance(event, h11.Response):
             return event.status_code == 200
