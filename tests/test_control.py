@@ -22,7 +22,16 @@ import trio
 import trio.testing
 
 from trio_yastack import Stack, open_stack
-from trio_yastack._control import (
+from trio_yastack.journey._client import (
+    ClientError,
+    find_sockets,
+    format_stat,
+    format_top,
+    open_control,
+    query,
+    stream_all,
+)
+from trio_yastack.journey._control import (
     MAX_CLIENTS,
     MAX_REQUEST,
     ControlError,
@@ -34,15 +43,6 @@ from trio_yastack._control import (
     control_directory,
     observe_core,
     server_name,
-)
-from trio_yastack._control_client import (
-    ClientError,
-    find_sockets,
-    format_stat,
-    format_top,
-    open_control,
-    query,
-    stream_all,
 )
 from trio_yastack.nic import memory_wire
 from trio_yastack.stack import StackCore

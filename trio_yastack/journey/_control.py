@@ -45,18 +45,19 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from trio_yastack._filter import FilterError, compile_filter
-from trio_yastack._journey import (
+from trio_yastack.stack import TcpState
+
+from ._filter import FilterError, compile_filter
+from ._journey import (
     ALL_LAYERS,
     BREAK_SETS,
     JOURNEYS,
     CaptureSubscription,
-    CoreTracer,
     Journey,
     TraceSubscription,
     format_journey,
 )
-from trio_yastack.stack import TcpState
+from ._tracer import CoreTracer
 
 if TYPE_CHECKING:
     from trio_yastack._open_stack import Stack
@@ -66,9 +67,11 @@ __all__ = [
     "ControlError",
     "CoreObserver",
     "add_observability_options",
+    "check_observability_options",
     "control_directory",
     "core_snapshot",
     "observe_core",
+    "server_name",
 ]
 
 log = logging.getLogger("trio_yastack.control")
