@@ -544,7 +544,7 @@ def _capture(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_client_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """``stat``, ``top``, ``trace`` and ``capture`` for ``yastack``."""
 
     def where(parser: argparse.ArgumentParser) -> None:

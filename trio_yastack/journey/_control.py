@@ -188,8 +188,7 @@ def core_snapshot(
     now = trio.current_time()
     tcp = core.tcp
     states: dict[str, int] = {}
-    connections = []
-    retransmits = 0
+    connections: list[dict[str, Any]] = []
     for conn in tcp.connections.values():
         name = TcpState(conn.state).name
         states[name] = states.get(name, 0) + 1
@@ -347,16 +346,19 @@ class CoreObserver:
                     break
                 buffer += chunk
                 if len(buffer) > MAX_REQUEST:
-                    return await self._bad(stream, f"a request is one line of at most {MAX_REQUEST} bytes")
+                    await self._bad(stream, f"a request is one line of at most {MAX_REQUEST} bytes")
+                    return None
         if b"\n" not in buffer and not buffer:
             return None
         line = bytes(buffer).split(b"\n", 1)[0]
         try:
             request = json.loads(line)
         except (ValueError, UnicodeDecodeError):
-            return await self._bad(stream, "a request is one JSON object on one line")
+            await self._bad(stream, "a request is one JSON object on one line")
+            return None
         if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
-            return await self._bad(stream, 'a request is a JSON object with a "cmd" string')
+            await self._bad(stream, 'a request is a JSON object with a "cmd" string')
+            return None
         return request
 
     async def _bad(self, stream: trio.SocketStream, message: str) -> None:
@@ -364,7 +366,6 @@ class CoreObserver:
         await stream.send_all(_line({"error": message}))
         with trio.move_on_after(1):
             await _linger(stream)
-        return None
 
     async def _handle(self, stream: trio.SocketStream, request: dict[str, Any]) -> None:
         command = request["cmd"]
@@ -628,9 +629,9 @@ async def observe_core(
         tracer.close()
         if listener is not None:
             listener.close()
-            path = observer.socket_path
-            if path is not None:
+            bound = observer.socket_path
+            if bound is not None:
                 with contextlib.suppress(OSError):
-                    path.unlink()
+                    bound.unlink()
                 with contextlib.suppress(OSError):
-                    path.parent.rmdir()  # the last core out removes the directory
+                    bound.parent.rmdir()  # the last core out removes the directory
