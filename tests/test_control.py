@@ -151,6 +151,31 @@ async def test_bad_requests_get_an_error_and_the_core_goes_on(tmp_path: Path) ->
             assert server._loop.stats.internal_errors == 0
 
 
+async def test_a_trace_the_tracer_refuses_is_answered_with_why(tmp_path: Path) -> None:
+    """A stack whose traced method changed: ``trace`` gets the ``TraceInstallError`` as its
+    error line (not a dropped connection), no class is swapped, and the core goes on."""
+    with trio.fail_after(REAL_IO_TIMEOUT):
+        async with observed(tmp_path / "ctl") as (server, client, observer):
+            original = type(server.core.icmp)
+
+            class ChangedIcmpLayer(original):  # type: ignore[misc,valid-type]  # made at run time
+                __slots__ = ()
+
+                def icmp_input(self, buf: bytes, start: int, end: int, src: int, now: float) -> None:
+                    original.icmp_input(self, buf, start, end, src, 0, now)
+
+            server.core.icmp.__class__ = ChangedIcmpLayer
+            try:
+                answers = await raw(tmp_path / "ctl" / "core0.sock", b'{"cmd": "trace"}\n')
+            finally:
+                server.core.icmp.__class__ = original
+            assert len(answers) == 1 and "icmp_input" in answers[0]["error"], answers
+            assert not observer.tracer.tracing and observer.bad_requests == 0
+            assert type(server.core) is StackCore and not observer.tracer.subscriptions
+            async with client.ping_socket() as pinger:
+                await pinger.ping(SERVER, seq=1, timeout=1.0)
+
+
 async def test_too_many_clients_are_told_busy(tmp_path: Path) -> None:
     with trio.fail_after(REAL_IO_TIMEOUT):
         async with observed(tmp_path / "ctl") as (_server, _client, observer):

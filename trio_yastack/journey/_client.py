@@ -1,6 +1,6 @@
 """The clients of the control channel: ``yastack stat``, ``top``, ``trace`` and ``capture``.
 
-Each finds a running server's sockets (``DIR/coreN.sock``, see :mod:`trio_yastack.journey`),
+Each finds a running server's sockets (``DIR/coreN.sock``, opened by ``observe_core``),
 asks every core at once, and shows one answer for the server: per-core rows and their totals
 (``stat``, ``top``), journeys in the order they finish, the two halves of a journey that crossed
 cores through a ring joined again (``trace``), or one pcap file of what every core's port moved

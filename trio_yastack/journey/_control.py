@@ -8,6 +8,7 @@ else ``$TMPDIR/yastack-UID/NAME``; ``--control DIR`` picks another), never a net
 
 The protocol is one JSON request line, then JSON lines back:
 
+- ``{"cmd": "ping"}``: the core's number and its process id;
 - ``{"cmd": "stat"}``: one snapshot of the core (port and queue counters, the poll loop's,
   dispatch and rings, TCP connections by state, listeners, the ARP table, every layer's
   counters, the application's counters);
@@ -19,7 +20,8 @@ The protocol is one JSON request line, then JSON lines back:
 A request is bounded (one line of at most 64 KiB, read within 10 s), so are the clients (8 at a
 time per core) and what waits for a slow one (journeys and frames beyond a bounded queue are
 dropped and counted, never waited for: the core never blocks on a client).  A bad request gets an
-``{"error": ...}`` line; nothing a client sends can stop the core.
+``{"error": ...}`` line; nothing a client sends can stop the core.  So does a trace the tracer
+refuses to start (``TraceInstallError``: a traced method no longer matches the stack's).
 
 The integration point for programs that open stacks per core, such as ``yastack serve`` and
 ``yastack proxy``: :func:`add_observability_options` adds the options to a parser, and
@@ -47,16 +49,18 @@ import trio
 
 from trio_yastack.stack import TcpState
 
-from ._filter import FilterError, compile_filter
+from ._filter import FilterError, PacketFilter, compile_filter
 from ._journey import (
     ALL_LAYERS,
     BREAK_SETS,
     JOURNEYS,
     CaptureSubscription,
     Journey,
+    JourneyPreset,
     TraceSubscription,
     format_journey,
 )
+from ._overrides import TraceInstallError
 from ._tracer import CoreTracer
 
 if TYPE_CHECKING:
@@ -382,10 +386,16 @@ class CoreObserver:
             except (FilterError, KeyError, ValueError, TypeError) as exc:
                 await self._bad(stream, f"bad {command} request: {exc}")
                 return
-            if command == "trace":
-                await self._stream_trace(stream, packet_filter, preset)
-            else:
-                await self._stream_capture(stream, packet_filter, snaplen)
+            try:
+                if command == "trace":
+                    await self._stream_trace(stream, packet_filter, preset)
+                else:
+                    await self._stream_capture(stream, packet_filter, snaplen)
+            except TraceInstallError as exc:
+                log.error("%s", exc)  # raised before anything was streamed; not the client's fault
+                await stream.send_all(_line({"error": str(exc)}))
+                with trio.move_on_after(1):
+                    await _linger(stream)
         else:
             await self._bad(stream, f"unknown cmd {command!r} (ping, stat, trace, capture)")
 
@@ -419,7 +429,9 @@ class CoreObserver:
                 _line({"end": True, "core": self.core_id, "sent": sent, "dropped": dropped()})
             )
 
-    async def _stream_trace(self, stream: trio.SocketStream, packet_filter: Any, preset: Any) -> None:
+    async def _stream_trace(
+        self, stream: trio.SocketStream, packet_filter: PacketFilter | None, preset: JourneyPreset
+    ) -> None:
         send, receive = trio.open_memory_channel[dict[str, Any]](MAX_QUEUED)
         lost = [0]
 
@@ -442,7 +454,9 @@ class CoreObserver:
         finally:
             self.tracer.unsubscribe(subscription)
 
-    async def _stream_capture(self, stream: trio.SocketStream, packet_filter: Any, snaplen: int) -> None:
+    async def _stream_capture(
+        self, stream: trio.SocketStream, packet_filter: PacketFilter | None, snaplen: int
+    ) -> None:
         send, receive = trio.open_memory_channel[tuple[float, str, bytes]](MAX_QUEUED)
         lost = [0]
 

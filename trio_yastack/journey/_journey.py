@@ -70,6 +70,8 @@ BREAK_SETS = {
 # -- journeys ---------------------------------------------------------------------------------
 @dataclass(slots=True)
 class Hop:
+    """A layer a journey reached: when (``time.perf_counter``), on which core, what happened."""
+
     layer: str
     at: float
     core: int

@@ -12,8 +12,9 @@ a trace, by the same names:
 Nothing here runs while tracing is off: a :class:`CoreTracer` that starts tracing swaps the
 classes of *this core's* objects (the port, the poll loop, the stack core and its layers, the
 rings, every TCP connection and listener) for subclasses whose methods record a hop and call
-the original; stopping swaps them back.  The untraced hot path is the same code as before, with
-one attribute read per burst in the poll loop (``core.ether_input``, so a traced one is seen).
+the original; stopping swaps them back.  So the untraced hot path is the stack's own code, and
+costs only one attribute read per burst in the poll loop (``core.ether_input``, read there
+each burst so that a traced one is seen).
 The stack itself stays pure and knows nothing of this: the traced subclasses live here, and
 reach the layers below only through the methods they wrap.  Each traced method has the name
 and signature of the one it wraps; a traced class is refused (:class:`TraceInstallError`,
@@ -385,9 +386,10 @@ class _Read:
 class CoreTracer:
     """Tracing, breakpoints and capture for one core's stack (one per core, in its process).
 
-    ``subscribe``/``capture`` add followers; the trace points are installed while any trace
-    subscription or breakpoint exists, the port's capture points while any capture does, and
-    both are removed with the last one.  Everything it keeps is bounded.
+    ``subscribe``, ``set_breaks`` and ``add_capture`` add followers; the trace points are
+    installed while any trace subscription or breakpoint exists, the port's capture points while
+    any capture does, and both are removed with the last one (``close`` removes everything).
+    Everything it keeps is bounded.
     """
 
     def __init__(
