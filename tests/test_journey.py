@@ -2,7 +2,10 @@
 
 Two stacks on a ``memory_wire`` under ``MockClock(autojump_threshold=0)``; the server's core is
 traced.  Each test names the hops a journey must take, in order, and checks that turning the
-tracer off puts every class back (the untraced path is then the code that ran before).
+tracer off puts every class back (the untraced path is then the stack's own code).  Because the
+trace points are subclasses that copy the names and signatures of the methods they wrap, every
+traced class is also checked against the classes it goes on, and tracing must refuse a stack
+that no longer matches; and no layer below may import the journey.
 """
 
 from __future__ import annotations
