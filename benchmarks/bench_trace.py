@@ -126,8 +126,7 @@ async def _client(stack: Any, requests: int) -> None:
 
 def run_case(variant: str, requests: int) -> float:
     """Requests per second of one variant."""
-    from trio_yastack._control import observe_core
-    from trio_yastack._journey import TraceSubscription, format_journey
+    from trio_yastack.journey import TraceSubscription, format_journey, observe_core
     from trio_yastack.l7 import serve_asgi
     from trio_yastack.l7.asgi import Config
 

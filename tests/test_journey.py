@@ -2,41 +2,55 @@
 
 Two stacks on a ``memory_wire`` under ``MockClock(autojump_threshold=0)``; the server's core is
 traced.  Each test names the hops a journey must take, in order, and checks that turning the
-tracer off puts every class back (the untraced path is then the code that ran before).
+tracer off puts every class back (the untraced path is then the stack's own code).  Because the
+trace points are subclasses that copy the names and signatures of the methods they wrap, every
+traced class is also checked against the classes it goes on, and tracing must refuse a stack
+that no longer matches; and no layer below may import the journey.
 """
 
 from __future__ import annotations
 
 import bdb
+import ssl
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 import trio.testing
+from cryptography.hazmat.primitives import serialization
 
 from trio_yastack import Stack, open_stack
-from trio_yastack._control_client import JourneyJoiner
-from trio_yastack._filter import FilterError, PacketInfo, compile_filter, packet_info
-from trio_yastack._journey import (
+from trio_yastack.dispatch import PollLoop, SpscRing
+from trio_yastack.journey import (
     ALL_LAYERS,
     BREAK_SETS,
     JOURNEYS,
     CaptureSubscription,
     CoreTracer,
+    FilterError,
     Journey,
+    JourneyJoiner,
+    PacketInfo,
     TraceSubscription,
+    _tls,
+    _tracer,
+    compile_filter,
     format_journey,
+    packet_info,
     parse_headers,
 )
-from trio_yastack.dispatch import PollLoop
-from trio_yastack.nic import memory_wire
+from trio_yastack.journey._overrides import TraceInstallError, check_overrides, override_problems
+from trio_yastack.nic import Port, memory_wire
 from trio_yastack.nic._memory import MemoryPort
 from trio_yastack.stack import StackCore, TcpConnection, TcpLayer, TcpListener
 from trio_yastack.stack._arp import ArpLayer
 from trio_yastack.stack._ip import IpLayer
+from trio_yastack.tls.certs import make_ca
 
 SERVER, CLIENT = "198.18.0.2", "198.18.0.1"
 
@@ -139,6 +153,167 @@ async def test_stopping_puts_every_class_back(autojump_clock: trio.testing.MockC
         # and the stack still works untraced
         await stream.send_all(b"more")
         assert await accepted.receive_some() == b"more"
+
+
+async def test_tls_hops_name_the_call_that_consumed_or_produced_the_bytes(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """Over ``trio.SSLStream``: the ClientHello's bytes end in ``tls_handshake``, a record's
+    plaintext reaches the app through ``tls_read``, and a response leaves through ``tls_write``
+    then ``send``.  The TLS trace points are on trio's class only while a tracer is on."""
+    originals = {name: getattr(trio.SSLStream, name) for name in ("do_handshake", "receive_some", "send_all")}
+    leaf = make_ca("journey test CA").issue([SERVER])
+    (tmp_path / "ca.pem").write_bytes(leaf.ca_certificate.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "cert.pem").write_bytes(leaf.cert_pem)
+    (tmp_path / "key.pem").write_bytes(leaf.key_pem)
+    server_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_tls.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    client_tls = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+    async with traced_pair() as (server, client, tracer, journeys):
+        assert all(getattr(trio.SSLStream, name) is not f for name, f in originals.items())
+        listener = server.tcp_listen(443)
+        plain = await client.tcp_connect(SERVER, 443)
+        tls_client = trio.SSLStream(plain, client_tls, server_hostname=SERVER)
+        tls_server = trio.SSLStream(await listener.accept(), server_tls, server_side=True)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(tls_client.do_handshake)
+            nursery.start_soon(tls_server.do_handshake)
+        await tls_client.send_all(b"GET / HTTP/1.0\r\n\r\n")
+        assert await tls_server.receive_some() == b"GET / HTTP/1.0\r\n\r\n"
+        await tls_server.send_all(b"hello")
+        assert await tls_client.receive_some() == b"hello"
+        await trio.sleep(0.1)  # simulated: the last ACKs arrive
+        tracer.close()
+    assert all(getattr(trio.SSLStream, name) is f for name, f in originals.items())
+    hello = [j for j in journeys if j.direction == "in" and layers(j)[-1] == "tls_handshake"]
+    assert hello and in_order(
+        layers(hello[0]), ["rx_burst", "tcp_input", "sbappend", "recv", "tls_handshake"]
+    )
+    request = [j for j in journeys if j.direction == "in" and "tls_read" in layers(j)]
+    assert request and in_order(layers(request[0]), ["tcp_input", "sbappend", "recv", "tls_read", "app"])
+    assert request[0].tls and "bytes of plaintext" in request[0].hops[-2].note
+    written = [j for j in journeys if j.direction == "out" and layers(j)[0] == "tls_write"]
+    assert written and layers(written[0]) == [
+        "tls_write", "send", "tcp_output", "ip_output", "arpresolve", "ether_output", "tx_burst",
+    ]  # fmt: skip
+
+
+async def test_every_traced_method_matches_the_method_it_wraps(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Tracing swaps classes for subclasses that copy the names and signatures of the methods
+    they wrap: a renamed method (or a changed parameter) would silently drop a hop.  Every traced
+    class, against every class it is installed on, to the annotations' text."""
+    port_a, _port_b = memory_wire()
+    async with open_stack(port_a, ip=f"{SERVER}/24") as stack:
+        core = stack.core
+        listener = stack.tcp_listen(80)
+        ring = SpscRing.create(1 << 12)
+        try:
+            installed_on: dict[type, list[type]] = {
+                _tracer._PortTrace: _port_classes(),
+                _tracer._LoopTrace: [type(stack._loop)],
+                _tracer._RingTrace: [type(ring)],
+                _tracer._CoreTrace: [type(core)],
+                _tracer._ArpTrace: [type(core.arp)],
+                _tracer._IpTrace: [type(core.ip_layer)],
+                _tracer._IcmpTrace: [type(core.icmp)],
+                _tracer._UdpTrace: [type(core.udp)],
+                _tracer._TcpLayerTrace: [type(core.tcp)],
+                _tracer._ListenerTrace: [type(core.tcp.listeners[80])],
+                _tracer._ConnTrace: [TcpConnection],
+                _tls._SslStreamTrace: [trio.SSLStream],
+            }
+        finally:
+            ring.close()
+        del listener
+    traced = {
+        cls for name, cls in vars(_tracer).items() if isinstance(cls, type) and name.endswith("Trace")
+    } | {_tls._SslStreamTrace}
+    assert set(installed_on) == traced  # a new traced class is listed here, with what it goes on
+    assert len(installed_on[_tracer._PortTrace]) >= 5  # Port, PortWrapper, MemoryPort, TapPort, ...
+    for mixin, classes in installed_on.items():
+        assert any(not name.startswith("__") for name in vars(mixin))
+        for cls in classes:
+            assert override_problems(cls, mixin) == [], (mixin, cls)
+
+
+def _port_classes() -> list[type]:
+    import trio_yastack.nic.tap  # noqa: F401  (its TapPort is a Port too)
+
+    found: list[type] = []
+    todo: list[type] = [Port]
+    while todo:
+        cls = todo.pop()
+        found.append(cls)
+        todo.extend(cls.__subclasses__())
+    return [cls for cls in found if cls.__module__.startswith("trio_yastack.")]
+
+
+def test_the_check_names_a_missing_or_changed_method() -> None:
+    class RenamedTcpLayer:  # as if tcp_input had been renamed
+        def tcp_segment_arrives(self) -> None: ...
+
+        def _attach(self, conn: TcpConnection) -> None: ...
+
+        def detach(self, conn: TcpConnection) -> None: ...  # a parameter gone
+
+        def listen(self, port: int, backlog: int = 128) -> TcpListener: ...
+
+    problems = override_problems(RenamedTcpLayer, _tracer._TcpLayerTrace)
+    assert len(problems) == 2
+    assert "tcp_input wraps" in problems[0] and "does not exist" in problems[0]
+    assert "detach" in problems[1] and "does not match" in problems[1]
+    with pytest.raises(TraceInstallError, match="tcp_input"):
+        check_overrides(RenamedTcpLayer, _tracer._TcpLayerTrace)
+
+
+async def test_tracing_refuses_to_start_on_a_changed_stack_and_changes_nothing(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A layer whose traced method has other parameters than the traced copy: subscribing
+    raises ``TraceInstallError`` before any class is swapped, and the stack goes on untraced."""
+    port_a, port_b = memory_wire(latency=0.001)
+    async with (
+        open_stack(port_a, ip=f"{SERVER}/24", seed=1) as server,
+        open_stack(port_b, ip=f"{CLIENT}/24", seed=2) as client,
+    ):
+        core = server.core
+        original = type(core.udp)
+
+        class ChangedUdpLayer(original):  # type: ignore[misc,valid-type]  # a class made at run time
+            __slots__ = ()
+
+            def udp_input(self, buf: bytes, start: int, end: int, src: int, dst: int, now: float) -> None:
+                return original.udp_input(self, buf, start, end, src, dst, 14, now)  # type: ignore[no-any-return]
+
+        core.udp.__class__ = ChangedUdpLayer
+        tracer = CoreTracer(core, server.port, server._loop)
+        with pytest.raises(TraceInstallError, match="udp_input"):
+            tracer.subscribe(TraceSubscription(lambda journey: None))
+        assert not tracer.tracing and tracer.subscriptions == []
+        assert type(core) is StackCore and type(core.tcp) is TcpLayer and type(server.port) is MemoryPort
+        assert not _tls.installed()
+        core.udp.__class__ = original
+        tracer.subscribe(TraceSubscription(lambda journey: None))  # once it matches again
+        assert tracer.tracing
+        tracer.close()
+        async with client.ping_socket() as pinger:
+            await pinger.ping(SERVER, seq=1, timeout=1.0)
+
+
+def test_the_layers_below_do_not_import_the_journey() -> None:
+    """The journey looks at every layer from above: importing the layers (TLS and l7 included)
+    loads nothing of it; they meet it only through the objects it swaps."""
+    layers_below = (
+        "trio_yastack.nic, trio_yastack.nic.tap, trio_yastack.dispatch, trio_yastack.stack, "
+        "trio_yastack.socket_api, trio_yastack.tls.contexts, trio_yastack.tls.certs, "
+        "trio_yastack.tls.client_hello, trio_yastack._open_stack, trio_yastack.l7"
+    )
+    code = f"import sys, {layers_below}; print(sorted(m for m in sys.modules if 'journey' in m))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
 
 
 async def test_filter_limits_what_is_followed(autojump_clock: trio.testing.MockClock) -> None:

@@ -14,9 +14,13 @@ from typing import Any
 
 import trio
 
-from trio_yastack._control import add_observability_options, check_observability_options, observe_core
-from trio_yastack._control_client import add_client_commands
 from trio_yastack._open_stack import open_stack
+from trio_yastack.journey import (
+    add_client_commands,
+    add_observability_options,
+    check_observability_options,
+    observe_core,
+)
 from trio_yastack.stack import StackStatistics
 
 __all__ = ["main"]

@@ -415,7 +415,7 @@ def add_proxy_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--check-only", action="store_true", help="load everything (config, certificates), then exit"
     )
-    from trio_yastack._control import add_observability_options
+    from trio_yastack.journey import add_observability_options
 
     add_observability_options(parser)  # --trace, --journey, --break, --control (with --nic)
 
@@ -436,7 +436,7 @@ def main_proxy(args: argparse.Namespace) -> int:
     limits = ProxyLimits(
         max_request_body=args.max_request_body, max_downstream_connections=args.max_connections
     )
-    from trio_yastack._control import check_observability_options
+    from trio_yastack.journey import check_observability_options
 
     problem = check_observability_options(args)
     if problem is None and args.nic is None and (args.trace is not None or args.break_layers is not None):
@@ -490,8 +490,8 @@ def main_proxy(args: argparse.Namespace) -> int:
         if args.nic is None:
             await serve(Network())
             return
-        from trio_yastack._control import observe_core
         from trio_yastack._open_stack import open_stack
+        from trio_yastack.journey import observe_core
 
         async with (
             open_stack(

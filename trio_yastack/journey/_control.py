@@ -8,6 +8,7 @@ else ``$TMPDIR/yastack-UID/NAME``; ``--control DIR`` picks another), never a net
 
 The protocol is one JSON request line, then JSON lines back:
 
+- ``{"cmd": "ping"}``: the core's number and its process id;
 - ``{"cmd": "stat"}``: one snapshot of the core (port and queue counters, the poll loop's,
   dispatch and rings, TCP connections by state, listeners, the ARP table, every layer's
   counters, the application's counters);
@@ -19,7 +20,8 @@ The protocol is one JSON request line, then JSON lines back:
 A request is bounded (one line of at most 64 KiB, read within 10 s), so are the clients (8 at a
 time per core) and what waits for a slow one (journeys and frames beyond a bounded queue are
 dropped and counted, never waited for: the core never blocks on a client).  A bad request gets an
-``{"error": ...}`` line; nothing a client sends can stop the core.
+``{"error": ...}`` line; nothing a client sends can stop the core.  So does a trace the tracer
+refuses to start (``TraceInstallError``: a traced method no longer matches the stack's).
 
 The integration point for programs that open stacks per core, such as ``yastack serve`` and
 ``yastack proxy``: :func:`add_observability_options` adds the options to a parser, and
@@ -45,18 +47,21 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from trio_yastack._filter import FilterError, compile_filter
-from trio_yastack._journey import (
+from trio_yastack.stack import TcpState
+
+from ._filter import FilterError, PacketFilter, compile_filter
+from ._journey import (
     ALL_LAYERS,
     BREAK_SETS,
     JOURNEYS,
     CaptureSubscription,
-    CoreTracer,
     Journey,
+    JourneyPreset,
     TraceSubscription,
     format_journey,
 )
-from trio_yastack.stack import TcpState
+from ._overrides import TraceInstallError
+from ._tracer import CoreTracer
 
 if TYPE_CHECKING:
     from trio_yastack._open_stack import Stack
@@ -66,9 +71,11 @@ __all__ = [
     "ControlError",
     "CoreObserver",
     "add_observability_options",
+    "check_observability_options",
     "control_directory",
     "core_snapshot",
     "observe_core",
+    "server_name",
 ]
 
 log = logging.getLogger("trio_yastack.control")
@@ -185,8 +192,7 @@ def core_snapshot(
     now = trio.current_time()
     tcp = core.tcp
     states: dict[str, int] = {}
-    connections = []
-    retransmits = 0
+    connections: list[dict[str, Any]] = []
     for conn in tcp.connections.values():
         name = TcpState(conn.state).name
         states[name] = states.get(name, 0) + 1
@@ -344,16 +350,19 @@ class CoreObserver:
                     break
                 buffer += chunk
                 if len(buffer) > MAX_REQUEST:
-                    return await self._bad(stream, f"a request is one line of at most {MAX_REQUEST} bytes")
+                    await self._bad(stream, f"a request is one line of at most {MAX_REQUEST} bytes")
+                    return None
         if b"\n" not in buffer and not buffer:
             return None
         line = bytes(buffer).split(b"\n", 1)[0]
         try:
             request = json.loads(line)
         except (ValueError, UnicodeDecodeError):
-            return await self._bad(stream, "a request is one JSON object on one line")
+            await self._bad(stream, "a request is one JSON object on one line")
+            return None
         if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
-            return await self._bad(stream, 'a request is a JSON object with a "cmd" string')
+            await self._bad(stream, 'a request is a JSON object with a "cmd" string')
+            return None
         return request
 
     async def _bad(self, stream: trio.SocketStream, message: str) -> None:
@@ -361,7 +370,6 @@ class CoreObserver:
         await stream.send_all(_line({"error": message}))
         with trio.move_on_after(1):
             await _linger(stream)
-        return None
 
     async def _handle(self, stream: trio.SocketStream, request: dict[str, Any]) -> None:
         command = request["cmd"]
@@ -378,10 +386,16 @@ class CoreObserver:
             except (FilterError, KeyError, ValueError, TypeError) as exc:
                 await self._bad(stream, f"bad {command} request: {exc}")
                 return
-            if command == "trace":
-                await self._stream_trace(stream, packet_filter, preset)
-            else:
-                await self._stream_capture(stream, packet_filter, snaplen)
+            try:
+                if command == "trace":
+                    await self._stream_trace(stream, packet_filter, preset)
+                else:
+                    await self._stream_capture(stream, packet_filter, snaplen)
+            except TraceInstallError as exc:
+                log.error("%s", exc)  # raised before anything was streamed; not the client's fault
+                await stream.send_all(_line({"error": str(exc)}))
+                with trio.move_on_after(1):
+                    await _linger(stream)
         else:
             await self._bad(stream, f"unknown cmd {command!r} (ping, stat, trace, capture)")
 
@@ -415,7 +429,9 @@ class CoreObserver:
                 _line({"end": True, "core": self.core_id, "sent": sent, "dropped": dropped()})
             )
 
-    async def _stream_trace(self, stream: trio.SocketStream, packet_filter: Any, preset: Any) -> None:
+    async def _stream_trace(
+        self, stream: trio.SocketStream, packet_filter: PacketFilter | None, preset: JourneyPreset
+    ) -> None:
         send, receive = trio.open_memory_channel[dict[str, Any]](MAX_QUEUED)
         lost = [0]
 
@@ -438,7 +454,9 @@ class CoreObserver:
         finally:
             self.tracer.unsubscribe(subscription)
 
-    async def _stream_capture(self, stream: trio.SocketStream, packet_filter: Any, snaplen: int) -> None:
+    async def _stream_capture(
+        self, stream: trio.SocketStream, packet_filter: PacketFilter | None, snaplen: int
+    ) -> None:
         send, receive = trio.open_memory_channel[tuple[float, str, bytes]](MAX_QUEUED)
         lost = [0]
 
@@ -625,9 +643,9 @@ async def observe_core(
         tracer.close()
         if listener is not None:
             listener.close()
-            path = observer.socket_path
-            if path is not None:
+            bound = observer.socket_path
+            if bound is not None:
                 with contextlib.suppress(OSError):
-                    path.unlink()
+                    bound.unlink()
                 with contextlib.suppress(OSError):
-                    path.parent.rmdir()  # the last core out removes the directory
+                    bound.parent.rmdir()  # the last core out removes the directory

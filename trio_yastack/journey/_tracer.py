@@ -1,4 +1,4 @@
-"""The journey of a packet: trace points at every layer boundary, installed only while on.
+"""The trace points of a packet's journey, installed only while something follows it.
 
 YAStack walked a packet through FreeBSD's functions with gdb breakpoints.  Here the same walk is
 a trace, by the same names:
@@ -12,9 +12,13 @@ a trace, by the same names:
 Nothing here runs while tracing is off: a :class:`CoreTracer` that starts tracing swaps the
 classes of *this core's* objects (the port, the poll loop, the stack core and its layers, the
 rings, every TCP connection and listener) for subclasses whose methods record a hop and call
-the original; stopping swaps them back.  The untraced hot path is the same code as before, with
-one attribute read per burst in the poll loop (``core.ether_input``, so a traced one is seen).
-The stack itself stays pure: the traced subclasses live here, not in ``stack/``.
+the original; stopping swaps them back.  So the untraced hot path is the stack's own code, and
+costs only one attribute read per burst in the poll loop (``core.ether_input``, read there
+each burst so that a traced one is seen).
+The stack itself stays pure and knows nothing of this: the traced subclasses live here, and
+reach the layers below only through the methods they wrap.  Each traced method has the name
+and signature of the one it wraps; a traced class is refused (:class:`TraceInstallError`,
+nothing swapped) when they no longer match, so a renamed method cannot silently drop a hop.
 
 A journey is one frame's: an ``in`` journey starts at ``rx_burst`` (or ``ring_dequeue`` on the
 core a frame was sent to) and ends when the stack is done with it, or, for data, when the
@@ -26,66 +30,43 @@ process), so the parts of a journey that crossed cores line up.
 
 from __future__ import annotations
 
-import contextvars
 import time
 import zlib
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from ipaddress import IPv4Address
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias
 
-from trio_yastack._filter import PROTO_TCP, PacketFilter, PacketInfo, packet_info
-from trio_yastack.stack import TcpState
-from trio_yastack.stack.wire import describe_frame
+import trio
 
-__all__ = [
-    "ALL_LAYERS",
-    "BREAK_SETS",
-    "JOURNEYS",
-    "CoreTracer",
-    "Hop",
-    "Journey",
-    "JourneyPreset",
-    "TraceSubscription",
-    "format_journey",
-    "frame_summary",
-    "parse_headers",
-]
+from trio_yastack.stack import StackCore, TcpConnection, TcpLayer, TcpListener, TcpState
 
-IN_LAYERS = (
-    "rx_burst", "dispatch", "ring_enqueue", "ring_dequeue", "ether_input", "arp_input", "ip_input",
-    "icmp_input", "udp_input", "tcp_input", "sbappend", "accept", "recv",
-)  # fmt: skip
-OUT_LAYERS = ("send", "tcp_output", "ip_output", "arpresolve", "ether_output", "tx_burst")
-TLS_LAYERS = ("tls_handshake", "tls_read", "tls_write")
-#: every layer a trace point or a breakpoint may name (``app`` is where a journey ends)
-ALL_LAYERS = (*IN_LAYERS, *OUT_LAYERS, *TLS_LAYERS, "app")
+from . import _tls
+from ._filter import PROTO_TCP, PacketFilter, PacketInfo, packet_info
+from ._journey import (
+    ALL_LAYERS,
+    TLS_LAYERS,
+    CaptureSubscription,
+    Hop,
+    Journey,
+    TcpSegment,
+    TraceSubscription,
+    frame_summary,
+    parse_headers,
+)
+from ._overrides import TraceInstallError, check_overrides
+from ._tls import TlsOp, current_tls_op
 
+if TYPE_CHECKING:
+    from trio_yastack.dispatch import PollLoop, SpscRing
+    from trio_yastack.dispatch._percore import CoreLayout
+    from trio_yastack.nic import Port
+    from trio_yastack.stack._arp import ArpLayer
+    from trio_yastack.stack._icmp import IcmpLayer
+    from trio_yastack.stack._ip import IpLayer
+    from trio_yastack.stack._udp import UdpLayer
 
-@dataclass(frozen=True, slots=True)
-class JourneyPreset:
-    """Which journeys a trace follows: a direction (or both) and whether only TLS ones."""
-
-    name: str
-    directions: frozenset[str]
-    tls_only: bool = False
-
-
-#: the three journeys of YAStack's gdb macros (a packet in, a packet out, a packet with TLS)
-JOURNEYS = {
-    "in": JourneyPreset("in", frozenset({"in"})),
-    "out": JourneyPreset("out", frozenset({"out"})),
-    "tls": JourneyPreset("tls", frozenset({"in", "out"}), tls_only=True),
-    "all": JourneyPreset("all", frozenset({"in", "out"})),
-}
-#: what ``--journey NAME --break`` stops at: the macros' whole breakpoint set
-BREAK_SETS = {
-    "in": frozenset(IN_LAYERS),
-    "out": frozenset(OUT_LAYERS),
-    "tls": frozenset({*TLS_LAYERS, "tcp_input", "tcp_output"}),
-    "all": frozenset(ALL_LAYERS) - {"app"},
-}
+__all__ = ["CoreTracer", "TraceInstallError"]
 
 #: journeys waiting for the application (data not yet read, connections not yet accepted)
 MAX_WAITING = 2000
@@ -95,163 +76,7 @@ MAX_HELD = 1024
 _now = time.perf_counter
 
 
-# -- journeys ---------------------------------------------------------------------------------
-@dataclass(slots=True)
-class Hop:
-    layer: str
-    at: float
-    core: int
-    note: str = ""
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"layer": self.layer, "at": self.at, "core": self.core, "note": self.note}
-
-
-@dataclass(slots=True, eq=False)
-class Journey:
-    """One frame's way through one core (and, by ``key``, its continuation on another)."""
-
-    ident: str
-    direction: str
-    core: int
-    info: PacketInfo
-    hops: list[Hop] = field(default_factory=list)
-    summary: str = ""
-    key: str = ""  # CRC-32 of the frame: the same on the core that sent it through a ring
-    breakable: bool = False
-    tls: bool = False
-    waiting: int = 0  # reasons it is not over: bytes unread, a connection not yet accepted
-    end: str = ""
-    frame: bytes | bytearray | None = None  # while the journey runs (for breakpoints)
-
-    def id_text(self) -> str:
-        return f"{self.ident} [{self.key}]" if self.key else self.ident
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.ident,
-            "direction": self.direction,
-            "core": self.core,
-            "summary": self.summary,
-            "key": self.key,
-            "tls": self.tls,
-            "end": self.end,
-            "hops": [hop.as_dict() for hop in self.hops],
-        }
-
-
-def format_journey(journey: dict[str, Any]) -> str:
-    """A journey (``Journey.as_dict()``) as an indented tree: one hop a line, each under the
-    one before, with its time since the first hop, the core it ran on and what it did."""
-    hops = journey["hops"]
-    cores = sorted({hop["core"] for hop in hops})
-    where = f"core {cores[0]}" if len(cores) == 1 else "cores " + ",".join(map(str, cores))
-    lines = [f"journey {journey['id']} {journey['direction']} ({where}): {journey['summary']}"]
-    start = hops[0]["at"] if hops else 0.0
-    for depth, hop in enumerate(hops):
-        elapsed = (hop["at"] - start) * 1e6
-        label = ("  " * depth + ("└─ " if depth else "") + hop["layer"]).ljust(30)
-        note = f"  {hop['note']}" if hop["note"] else ""
-        lines.append(f"  {label} {elapsed:+10.1f} us  core {hop['core']}{note}")
-    if journey.get("end"):
-        lines.append(f"  ({journey['end']})")
-    return "\n".join(lines)
-
-
-_FLAG_LETTERS = "FSRPAUEC"
-
-
-def _flags(flags: int) -> str:
-    return "".join(letter for bit, letter in enumerate(_FLAG_LETTERS) if flags & (1 << bit)) or "."
-
-
-def frame_summary(frame: bytes | bytearray | memoryview) -> str:
-    """One line for a frame.  TCP is read here without checking its checksum (an outgoing
-    frame whose checksum the port completes is not wrong); the rest is ``describe_frame``'s."""
-    info = packet_info(frame)
-    if info.proto == PROTO_TCP and info.flags is not None:
-        offset = 14 if (frame[12] << 8 | frame[13]) == 0x0800 else 18
-        l4 = offset + ((frame[offset] & 0x0F) << 2)
-        total = int.from_bytes(frame[offset + 2 : offset + 4], "big")
-        seq = int.from_bytes(frame[l4 + 4 : l4 + 8], "big")
-        ack = int.from_bytes(frame[l4 + 8 : l4 + 12], "big")
-        payload = offset + total - l4 - ((frame[l4 + 12] >> 4) << 2) if len(frame) >= l4 + 20 else 0
-        return (
-            f"IP {IPv4Address(info.src)}.{info.sport} > {IPv4Address(info.dst)}.{info.dport}: "
-            f"Flags [{_flags(info.flags)}], seq {seq}, ack {ack}, length {max(payload, 0)}"
-        )
-    return describe_frame(bytes(frame))
-
-
-def parse_headers(frame: bytes | bytearray | memoryview) -> dict[str, Any]:
-    """The headers of a frame as plain fields (what a breakpoint shows); never raises."""
-    out: dict[str, Any] = {"length": len(frame)}
-    try:
-        data = bytes(frame)
-        out["ether"] = {
-            "dst": data[0:6].hex(":"),
-            "src": data[6:12].hex(":"),
-            "type": hex(data[12] << 8 | data[13]),
-        }
-        info = packet_info(data)
-        if info.proto is None or info.proto < 0:
-            return out
-        offset = 14 if (data[12] << 8 | data[13]) == 0x0800 else 18
-        ihl = (data[offset] & 0x0F) << 2
-        out["ip"] = {
-            "src": str(IPv4Address(info.src)),
-            "dst": str(IPv4Address(info.dst)),
-            "proto": info.proto,
-            "ttl": data[offset + 8],
-            "id": int.from_bytes(data[offset + 4 : offset + 6], "big"),
-            "total_len": int.from_bytes(data[offset + 2 : offset + 4], "big"),
-        }
-        l4 = offset + ihl
-        if info.proto == PROTO_TCP and info.flags is not None and len(data) >= l4 + 20:
-            segment = TcpSegment.from_frame(data, l4, offset)
-            out["tcp"] = segment._asdict()
-        elif info.sport or info.dport:
-            out["udp"] = {"sport": info.sport, "dport": info.dport}
-    except (IndexError, ValueError):
-        out["malformed"] = True
-    return out
-
-
-class TcpSegment(NamedTuple):
-    """The fields of a TCP segment, readable at a ``tcp_input`` breakpoint."""
-
-    sport: int
-    dport: int
-    seq: int
-    ack: int
-    flags: str
-    window: int
-    header_len: int
-    payload_len: int
-    payload: bytes  # its first 256 bytes
-
-    @classmethod
-    def from_frame(
-        cls, data: bytes | bytearray, l4: int, ip_offset: int = -1, end: int | None = None
-    ) -> TcpSegment:
-        header_len = (data[l4 + 12] >> 4) << 2
-        if end is None:
-            end = ip_offset + int.from_bytes(data[ip_offset + 2 : ip_offset + 4], "big")
-        payload_len = max(end - l4 - header_len, 0)
-        return cls(
-            int.from_bytes(data[l4 : l4 + 2], "big"),
-            int.from_bytes(data[l4 + 2 : l4 + 4], "big"),
-            int.from_bytes(data[l4 + 4 : l4 + 8], "big"),
-            int.from_bytes(data[l4 + 8 : l4 + 12], "big"),
-            _flags(data[l4 + 13]),
-            int.from_bytes(data[l4 + 14 : l4 + 16], "big"),
-            header_len,
-            payload_len,
-            bytes(data[l4 + header_len : min(end, l4 + header_len + 256)]),
-        )
-
-
-def _listening(tcp: Any, port: int) -> str:
+def _listening(tcp: TcpLayer, port: int) -> str:
     return "LISTEN" if port in tcp.listeners else "CLOSED"
 
 
@@ -262,45 +87,31 @@ def _state_name(state: int) -> str:
         return str(state)
 
 
-# -- TLS operations (the TLS layer's trace points set these; see trio_yastack.tls._journey) -----
-@dataclass(slots=True, eq=False)
-class TlsOp:
-    """A TLS call in progress in this task: what its reads consumed and when it began."""
-
-    kind: str  # tls_handshake | tls_read | tls_write
-    started: float
-    journeys: list[tuple[CoreTracer, Journey]] = field(default_factory=list)
-
-
-#: the TLS call the current task is in (a trio task has its own context)
-current_tls_op: contextvars.ContextVar[TlsOp | None] = contextvars.ContextVar("yastack_tls_op", default=None)
-
-
-# -- subscriptions ----------------------------------------------------------------------------
-@dataclass(slots=True, eq=False)
-class TraceSubscription:
-    """Someone who wants journeys: a filter, a preset, and where finished journeys go."""
-
-    sink: Callable[[Journey], None]
-    filter: PacketFilter | None = None
-    preset: JourneyPreset = JOURNEYS["all"]
-
-    def wants(self, info: PacketInfo, direction: str) -> bool:
-        return direction in self.preset.directions and (self.filter is None or self.filter.match(info))
-
-
-@dataclass(slots=True, eq=False)
-class CaptureSubscription:
-    """Someone who wants frames as the port moves them: ``sink(timestamp, direction, frame)``."""
-
-    sink: Callable[[float, str, bytes], None]
-    filter: PacketFilter | None = None
-
-
 # -- the traced classes -----------------------------------------------------------------------
-class _PortTrace:
+# Each is made a subclass of the class it traces (CoreTracer._traced_class, with ``_yas_tracer``,
+# ``_yas_original`` and ``_yas_peer`` set on it), so the type checker sees each as a subclass
+# of that class too, and checks its methods against the ones they wrap.
+if TYPE_CHECKING:
+    _PortBase: TypeAlias = Port
+    _LoopBase: TypeAlias = PollLoop
+    _RingBase: TypeAlias = SpscRing
+    _CoreBase: TypeAlias = StackCore
+    _ArpBase: TypeAlias = ArpLayer
+    _IpBase: TypeAlias = IpLayer
+    _IcmpBase: TypeAlias = IcmpLayer
+    _UdpBase: TypeAlias = UdpLayer
+    _TcpLayerBase: TypeAlias = TcpLayer
+    _ListenerBase: TypeAlias = TcpListener
+    _ConnBase: TypeAlias = TcpConnection
+else:
+    _PortBase = _LoopBase = _RingBase = _CoreBase = _ArpBase = _IpBase = object
+    _IcmpBase = _UdpBase = _TcpLayerBase = _ListenerBase = _ConnBase = object
+
+
+class _PortTrace(_PortBase):
     __slots__ = ()
-    _yas_tracer: CoreTracer
+    _yas_tracer: ClassVar[CoreTracer]
+    _yas_original: ClassVar[type[Port]]
 
     def rx_burst(self, queue: int, max_n: int) -> list[bytes]:
         frames = self._yas_original.rx_burst(self, queue, max_n)
@@ -313,19 +124,21 @@ class _PortTrace:
         return accepted
 
 
-class _LoopTrace:
+class _LoopTrace(_LoopBase):
     __slots__ = ()
-    _yas_tracer: CoreTracer
+    _yas_tracer: ClassVar[CoreTracer]
+    _yas_original: ClassVar[type[PollLoop]]
 
     def _dispatch(self, frames: list[bytes], now: float) -> list[bytes]:
         self._yas_tracer._on_dispatch(frames)
         return self._yas_original._dispatch(self, frames, now)
 
 
-class _RingTrace:
+class _RingTrace(_RingBase):
     __slots__ = ()
-    _yas_tracer: CoreTracer
-    _yas_peer: int
+    _yas_tracer: ClassVar[CoreTracer]
+    _yas_original: ClassVar[type[SpscRing]]
+    _yas_peer: ClassVar[int]  # the core at the other end
 
     def enqueue(self, frame: bytes | bytearray, flags: int = 0) -> bool:
         accepted = self._yas_original.enqueue(self, frame, flags)
@@ -339,9 +152,10 @@ class _RingTrace:
         return records
 
 
-class _CoreTrace:
+class _CoreTrace(_CoreBase):
     __slots__ = ()
-    _yas_tracer: CoreTracer
+    _yas_tracer: ClassVar[CoreTracer]
+    _yas_original: ClassVar[type[StackCore]]
 
     def ether_input(self, frame: bytes, now: float) -> None:
         tracer = self._yas_tracer
@@ -369,11 +183,13 @@ class _CoreTrace:
         tracer._on_ether_output(frame, bytes(frame[0:6]), self.outbox, before)
 
 
-class _ArpTrace:
+class _ArpTrace(_ArpBase):
     __slots__ = ()
+    _yas_tracer: ClassVar[CoreTracer]
+    _yas_original: ClassVar[type[ArpLayer]]
 
     def arp_input(self, frame: bytes, offset: int, now: float, *, answer: bool = True) -> None:
-        tracer: CoreTracer = self.core._yas_tracer
+        tracer = self._yas_tracer
         journey = tracer.current_in
         if journey is not None:
             spa = IPv4Address(bytes(frame[offset + 14 : offset + 18])) if len(frame) >= offset + 28 else "?"
@@ -381,11 +197,13 @@ class _ArpTrace:
         self._yas_original.arp_input(self, frame, offset, now, answer=answer)
 
 
-class _IpTrace:
+class _IpTrace(_IpBase):
     __slots__ = ()
+    _yas_tracer: ClassVar[CoreTracer]
+    _yas_original: ClassVar[type[IpLayer]]
 
     def ip_input(self, frame: bytes, offset: int, now: float, looped: bool = False) -> None:
-        tracer: CoreTracer = self.core._yas_tracer
+        tracer = self._yas_tracer
         journey = tracer.current_in
         if journey is not None:
             info = journey.info
@@ -394,23 +212,35 @@ class _IpTrace:
             )
         self._yas_original.ip_input(self, frame, offset, now, looped)
 
-    def ip_output(self, packet: bytearray, proto: int, dst: int, now: float, **options: Any) -> None:
-        tracer: CoreTracer = self.core._yas_tracer
+    def ip_output(
+        self,
+        packet: bytearray,
+        proto: int,
+        dst: int,
+        now: float,
+        *,
+        ttl: int = 0,
+        tos: int = 0,
+        dont_fragment: bool = False,
+    ) -> None:
+        tracer = self._yas_tracer
         previous = tracer.current_out
         tracer.current_out = tracer._begin_ip_output(packet, proto, dst)
         try:
-            self._yas_original.ip_output(self, packet, proto, dst, now, **options)
+            self._yas_original.ip_output(
+                self, packet, proto, dst, now, ttl=ttl, tos=tos, dont_fragment=dont_fragment
+            )
         finally:
             tracer.current_out = previous
 
     def _to_link(self, packet: bytearray, next_hop: int, dst: int, now: float) -> None:
-        tracer: CoreTracer = self.core._yas_tracer
+        tracer = self._yas_tracer
         journey = tracer.current_out
         if journey is None:
             return self._yas_original._to_link(self, packet, next_hop, dst, now)
-        arp = self.core.arp
-        if dst != self.core.ip and dst != 0xFFFFFFFF and dst != self.broadcast:
-            entry = arp.cache.get(next_hop)
+        core = self.core
+        if dst != core.ip and dst != 0xFFFFFFFF and dst != self.broadcast:
+            entry = core.arp.cache.get(next_hop)
             state = "cached" if entry is not None and now < entry[1] else "unresolved: held, ARP request"
             tracer.hop(journey, "arpresolve", f"next hop {IPv4Address(next_hop)} {state}")
         tracer.emitted = False
@@ -419,11 +249,13 @@ class _IpTrace:
             tracer._held(packet, journey)
 
 
-class _IcmpTrace:
+class _IcmpTrace(_IcmpBase):
     __slots__ = ()
+    _yas_tracer: ClassVar[CoreTracer]
+    _yas_original: ClassVar[type[IcmpLayer]]
 
     def icmp_input(self, buf: bytes, start: int, end: int, src: int, dst: int, now: float) -> None:
-        tracer: CoreTracer = self.core._yas_tracer
+        tracer = self._yas_tracer
         journey = tracer.current_in
         if journey is not None:
             kind = f"type {buf[start]} code {buf[start + 1]}" if end - start >= 2 else "truncated"
@@ -431,26 +263,30 @@ class _IcmpTrace:
         self._yas_original.icmp_input(self, buf, start, end, src, dst, now)
 
 
-class _UdpTrace:
+class _UdpTrace(_UdpBase):
     __slots__ = ()
+    _yas_tracer: ClassVar[CoreTracer]
+    _yas_original: ClassVar[type[UdpLayer]]
 
     def udp_input(
         self, buf: bytes, start: int, end: int, src: int, dst: int, ip_offset: int, now: float
     ) -> None:
-        tracer: CoreTracer = self.core._yas_tracer
+        tracer = self._yas_tracer
         journey = tracer.current_in
         if journey is not None:
             tracer.hop(journey, "udp_input", f"{end - start - 8} bytes")
         self._yas_original.udp_input(self, buf, start, end, src, dst, ip_offset, now)
 
 
-class _TcpLayerTrace:
+class _TcpLayerTrace(_TcpLayerBase):
     __slots__ = ()
+    _yas_tracer: ClassVar[CoreTracer]
+    _yas_original: ClassVar[type[TcpLayer]]
 
     def tcp_input(
         self, buf: bytes, start: int, end: int, src: int, dst: int, ip_offset: int, now: float
     ) -> None:
-        tracer: CoreTracer = self.core._yas_tracer
+        tracer = self._yas_tracer
         journey = tracer.current_in
         if journey is None or end - start < 20:
             return self._yas_original.tcp_input(self, buf, start, end, src, dst, ip_offset, now)
@@ -478,41 +314,45 @@ class _TcpLayerTrace:
                 )
                 tracer._wait_for_read(after_conn, journey, grown)
 
-    def _attach(self, conn: Any) -> None:
+    def _attach(self, conn: TcpConnection) -> None:
         self._yas_original._attach(self, conn)
-        self.core._yas_tracer._swap(conn)
+        self._yas_tracer._swap_tcp(conn)
 
-    def detach(self, conn: Any, was_state: int) -> None:
+    def detach(self, conn: TcpConnection, was_state: int) -> None:
         self._yas_original.detach(self, conn, was_state)
-        self.core._yas_tracer._on_detach(conn)
+        self._yas_tracer._on_detach(conn)
 
-    def listen(self, port: int, backlog: int = 128) -> Any:
+    def listen(self, port: int, backlog: int = 128) -> TcpListener:
         listener = self._yas_original.listen(self, port, backlog)
-        self.core._yas_tracer._swap(listener)
+        self._yas_tracer._swap_tcp(listener)
         return listener
 
 
-class _ListenerTrace:
+class _ListenerTrace(_ListenerBase):
     __slots__ = ()
+    _yas_tracer: ClassVar[CoreTracer]
+    _yas_original: ClassVar[type[TcpListener]]
 
-    def connection_established(self, conn: Any) -> None:
+    def connection_established(self, conn: TcpConnection) -> None:
         self._yas_original.connection_established(self, conn)
-        tracer: CoreTracer = self.layer.core._yas_tracer
+        tracer = self._yas_tracer
         if tracer.current_in is not None:
             tracer._wait_for_accept(conn, tracer.current_in)
 
-    def accept(self) -> Any:
+    def accept(self) -> TcpConnection | None:
         conn = self._yas_original.accept(self)
         if conn is not None:
-            self.layer.core._yas_tracer._on_accept(conn)
+            self._yas_tracer._on_accept(conn)
         return conn
 
 
-class _ConnTrace:
+class _ConnTrace(_ConnBase):
     __slots__ = ()
+    _yas_tracer: ClassVar[CoreTracer]
+    _yas_original: ClassVar[type[TcpConnection]]
 
     def tcp_output(self, now: float, *, limited_transmit: bool = False) -> None:
-        tracer: CoreTracer = self.core._yas_tracer
+        tracer = self._yas_tracer
         previous = tracer.out_prefix
         tracer.out_prefix = tracer._tcp_output_prefix(self)
         try:
@@ -521,28 +361,45 @@ class _ConnTrace:
             tracer.out_prefix = previous
 
     def send(self, data: bytes | bytearray | memoryview, now: float) -> int:
-        tracer: CoreTracer = self.core._yas_tracer
-        tracer._on_send(self, len(data))
+        self._yas_tracer._on_send(self, len(data))
         return self._yas_original.send(self, data, now)
 
     def receive(self, max_bytes: int, now: float) -> bytes | None:
         data = self._yas_original.receive(self, max_bytes, now)
         if data:
-            self.core._yas_tracer._on_receive(self, len(data))
+            self._yas_tracer._on_receive(self, len(data))
         return data
 
 
 # -- the tracer -------------------------------------------------------------------------------
+class _Read:
+    """A journey's bytes in a connection's receive buffer that the application has yet to read."""
+
+    __slots__ = ("journey", "left", "started")
+
+    def __init__(self, journey: Journey, left: int) -> None:
+        self.journey = journey
+        self.left = left
+        self.started = False  # its first bytes were read: the recv hop is recorded
+
+
 class CoreTracer:
     """Tracing, breakpoints and capture for one core's stack (one per core, in its process).
 
-    ``subscribe``/``capture`` add followers; the trace points are installed while any trace
-    subscription or breakpoint exists, the port's capture points while any capture does, and
-    both are removed with the last one.  Everything it keeps is bounded.
+    ``subscribe``, ``set_breaks`` and ``add_capture`` add followers; the trace points are
+    installed while any trace subscription or breakpoint exists, the port's capture points while
+    any capture does, and both are removed with the last one (``close`` removes everything).
+    Everything it keeps is bounded.
     """
 
     def __init__(
-        self, core: Any, port: Any, loop: Any = None, *, core_id: int = 0, layout: Any = None
+        self,
+        core: StackCore,
+        port: Port,
+        loop: PollLoop | None = None,
+        *,
+        core_id: int = 0,
+        layout: CoreLayout | None = None,
     ) -> None:
         self.core = core
         self.port = port
@@ -563,17 +420,17 @@ class CoreTracer:
         self.emitted = False
         self._tracing = False
         self._port_traced = False
-        self._swapped: dict[int, tuple[Any, type]] = {}  # id -> (object, original class)
-        self._classes: dict[tuple[type, type], type] = {}
+        self._swapped: dict[int, tuple[object, type]] = {}  # id -> (object, original class)
+        self._classes: dict[tuple[type, type, tuple[tuple[str, object], ...]], type] = {}
         self._by_id: dict[int, tuple[bytes, Journey]] = {}  # frames of this burst not yet input
         self._by_key: dict[tuple[int, int], deque[Journey]] = {}  # frames from rings
         self._tx: dict[int, tuple[bytes | bytearray, Journey]] = {}
         self._held_frames: OrderedDict[int, tuple[bytearray, Journey]] = OrderedDict()
-        self._sends: dict[Any, list[Hop]] = {}
-        self._reads: dict[Any, deque[list[Any]]] = {}  # conn -> [journey, bytes left]
-        self._accepts: dict[Any, list[Journey]] = {}
+        self._sends: dict[TcpConnection, list[Hop]] = {}
+        self._reads: dict[TcpConnection, deque[_Read]] = {}
+        self._accepts: dict[TcpConnection, list[Journey]] = {}
         self._waiting: OrderedDict[Journey, None] = OrderedDict()
-        self._to_restore: list[Any] = []
+        self._to_restore: list[TcpConnection] = []
         self._update_at_next_burst = False
         self._serial = 0
 
@@ -583,8 +440,10 @@ class CoreTracer:
         return self._tracing
 
     def subscribe(self, subscription: TraceSubscription) -> None:
+        """Follow journeys for ``subscription`` (installs the trace points with the first one;
+        ``TraceInstallError`` if they no longer match the stack, and nothing changes)."""
         self.subscriptions.append(subscription)
-        self._update()
+        self._update_or(lambda: self.subscriptions.remove(subscription))
 
     def unsubscribe(self, subscription: TraceSubscription) -> None:
         if subscription in self.subscriptions:
@@ -597,13 +456,18 @@ class CoreTracer:
         unknown = layers - set(ALL_LAYERS)
         if unknown:
             raise ValueError(f"unknown layer(s) {', '.join(sorted(unknown))}; known: {', '.join(ALL_LAYERS)}")
+        previous = self.breaks, self.break_filter
         self.breaks = layers
         self.break_filter = packet_filter
-        self._update()
+
+        def undo() -> None:
+            self.breaks, self.break_filter = previous
+
+        self._update_or(undo)
 
     def add_capture(self, capture: CaptureSubscription) -> None:
         self.captures.append(capture)
-        self._update()
+        self._update_or(lambda: self.captures.remove(capture))
 
     def remove_capture(self, capture: CaptureSubscription) -> None:
         if capture in self.captures:
@@ -629,9 +493,18 @@ class CoreTracer:
         }
 
     # -- installing and removing the trace points -------------------------------------------
+    def _update_or(self, undo: Callable[[], None]) -> None:
+        try:
+            self._update()
+        except TraceInstallError:
+            undo()  # _update checked every traced class before it swapped any: nothing to put back
+            raise
+
     def _update(self) -> None:
         want_trace = bool(self.subscriptions or self.breaks)
         want_port = want_trace or bool(self.captures)
+        if want_port and not self._port_traced:
+            self._traced_class(type(self.port), _PortTrace)  # checked before the stack is touched
         if want_trace and not self._tracing:
             self._install_stack()
         elif not want_trace and self._tracing:
@@ -643,14 +516,18 @@ class CoreTracer:
             self._restore(self.port)
             self._port_traced = False
 
-    def _traced_class(self, cls: type, mixin: type, **attributes: Any) -> type:
-        """``cls`` with ``mixin``'s methods over it.  The methods call the original through
-        ``_yas_original`` rather than ``super()``, so that one mixin serves classes with and
-        without ``__slots__`` (an object's class may only be swapped for one of the same layout:
-        no ``__slots__`` added to a class that has none, an empty one to one that has)."""
+    def _traced_class(self, cls: type, mixin: type, **attributes: object) -> type:
+        """``cls`` with ``mixin``'s methods over it, made once (and checked then: a method of
+        ``mixin`` that ``cls`` lacks, or has with other parameters, is a ``TraceInstallError``).
+
+        The methods call the original through ``_yas_original`` rather than ``super()``, so that
+        one mixin serves classes with and without ``__slots__`` (an object's class may only be
+        swapped for one of the same layout: no ``__slots__`` added to a class that has none, an
+        empty one to one that has)."""
         key = (cls, mixin, tuple(sorted(attributes.items())))
         traced = self._classes.get(key)
         if traced is None:
+            check_overrides(cls, mixin)
             namespace = {name: value for name, value in vars(mixin).items() if not name.startswith("__")}
             namespace.update(attributes, _yas_tracer=self, _yas_original=cls)
             if cls.__dictoffset__ == 0:  # a class with __slots__ and no __dict__
@@ -659,61 +536,73 @@ class CoreTracer:
             self._classes[key] = traced
         return traced
 
-    def _swap(self, obj: Any, mixin: type | None = None) -> None:
-        if id(obj) in self._swapped or (not self._tracing and mixin is None):
-            return
-        if getattr(type(obj), "_yas_tracer", None) is not None:
-            return  # another core's tracer in this process has it (a port shared in a test)
-        if mixin is None:
-            mixin = _ConnTrace if hasattr(obj, "rcvbuf") else _ListenerTrace
-        original = obj.__class__
-        obj.__class__ = self._traced_class(original, mixin)
+    def _swap(self, obj: object, mixin: type, **attributes: object) -> None:
+        if id(obj) in self._swapped or getattr(type(obj), "_yas_tracer", None) is not None:
+            return  # ours already, or another core's tracer in this process has it (a port shared in a test)
+        original = type(obj)
+        obj.__class__ = self._traced_class(original, mixin, **attributes)
         self._swapped[id(obj)] = (obj, original)
 
-    def _restore(self, obj: Any) -> None:
+    def _swap_tcp(self, obj: TcpConnection | TcpListener) -> None:
+        """A connection or listener the TCP layer made while tracing is on."""
+        if self._tracing:
+            self._swap(obj, _ConnTrace if isinstance(obj, TcpConnection) else _ListenerTrace)
+
+    def _restore(self, obj: object) -> None:
         entry = self._swapped.pop(id(obj), None)
         if entry is not None and entry[0] is obj:
             obj.__class__ = entry[1]
 
+    def _rings(self) -> list[tuple[SpscRing, int]]:
+        """This core's rings, each with the core at its other end."""
+        layout = self.layout
+        if self.loop is None or layout is None:
+            return []
+        rings = [(ring, peer) for peer, ring in layout.rings_out.items()]
+        for index, ring in enumerate(layout.rings_in):
+            rings.append((ring, index if index < layout.core_id else index + 1))
+        return rings
+
     def _install_stack(self) -> None:
         core = self.core
-        self._tracing = True
-        self._swap(core, _CoreTrace)
-        self._swap(core.ip_layer, _IpTrace)
-        self._swap(core.arp, _ArpTrace)
-        self._swap(core.icmp, _IcmpTrace)
-        self._swap(core.udp, _UdpTrace)
         tcp = core.tcp
+        layers: list[tuple[object, type]] = [
+            (core, _CoreTrace),
+            (core.ip_layer, _IpTrace),
+            (core.arp, _ArpTrace),
+            (core.icmp, _IcmpTrace),
+            (core.udp, _UdpTrace),
+            (tcp, _TcpLayerTrace),
+        ]
+        if self.loop is not None and self.layout is not None:
+            layers.append((self.loop, _LoopTrace))
+        # Every traced class this trace needs, made and checked before anything is swapped: a
+        # mismatch refuses the trace and leaves the stack as it was.
+        for obj, mixin in layers:
+            self._traced_class(type(obj), mixin)
+        for cls in {TcpConnection, *map(type, tcp.connections.values())}:
+            self._traced_class(cls, _ConnTrace)
+        for cls in {TcpListener, *map(type, tcp.listeners.values())}:
+            self._traced_class(cls, _ListenerTrace)
+        rings = self._rings()
+        for ring, peer in rings:
+            self._traced_class(type(ring), _RingTrace, _yas_peer=peer)
+        _tls.install(self)  # checks trio.SSLStream's methods, or raises before it changes them
+        self._tracing = True
         original_input = core.tcp_input
-        self._swap(tcp, _TcpLayerTrace)
+        for obj, mixin in layers:
+            self._swap(obj, mixin)
         if original_input is not None and getattr(original_input, "__self__", None) is tcp:
             core.tcp_input = tcp.tcp_input  # ip_input calls the bound method kept on the core
         for conn in list(tcp.connections.values()):
-            self._swap(conn)
+            self._swap(conn, _ConnTrace)
         for listener in list(tcp.listeners.values()):
-            self._swap(listener)
-        if self.loop is not None and self.layout is not None:
-            self._swap(self.loop, _LoopTrace)
-            for peer, ring in self.layout.rings_out.items():
-                self._swap_ring(ring, peer)
-            for index, ring in enumerate(self.layout.rings_in):
-                peer = index if index < self.layout.core_id else index + 1
-                self._swap_ring(ring, peer)
-        from trio_yastack.tls import _journey as tls_journey
-
-        tls_journey.install(self)
-
-    def _swap_ring(self, ring: Any, peer: int) -> None:
-        if id(ring) in self._swapped or getattr(type(ring), "_yas_tracer", None) is not None:
-            return
-        original = ring.__class__
-        ring.__class__ = self._traced_class(original, _RingTrace, _yas_peer=peer)
-        self._swapped[id(ring)] = (ring, original)
+            self._swap(listener, _ListenerTrace)
+        for ring, peer in rings:
+            self._swap(ring, _RingTrace, _yas_peer=peer)
 
     def _remove_stack(self) -> None:
-        from trio_yastack.tls import _journey as tls_journey
-
-        tls_journey.uninstall(self)
+        _tls.uninstall(self)
         core = self.core
         for obj, original in list(self._swapped.values()):
             if obj is not self.port:
@@ -873,7 +762,9 @@ class CoreTracer:
             mine = " (this core)" if owner == layout.core_id else ""
             self.hop(entry[1], "dispatch", f"Toeplitz -> RETA -> {where}{mine}")
 
-    def _on_ring_enqueue(self, ring: Any, frame: bytes | bytearray, flags: int, accepted: bool) -> None:
+    def _on_ring_enqueue(
+        self, ring: _RingTrace, frame: bytes | bytearray, flags: int, accepted: bool
+    ) -> None:
         entry = self._by_id.get(id(frame))
         if entry is None:
             return
@@ -889,7 +780,7 @@ class CoreTracer:
             del self._by_id[id(frame)]
             self._finish(journey, f"continues on core {ring._yas_peer} as the frame {journey.key}")
 
-    def _on_ring_dequeue(self, ring: Any, records: list[tuple[bytes, int]]) -> None:
+    def _on_ring_dequeue(self, ring: _RingTrace, records: list[tuple[bytes, int]]) -> None:
         for frame, flags in records:
             if flags & 1:  # an ARP copy: learnt from, not input
                 continue
@@ -925,17 +816,17 @@ class CoreTracer:
         if journey.waiting <= 0:
             self._finish(journey)
 
-    def _wait_for_read(self, conn: Any, journey: Journey, nbytes: int) -> None:
-        self._reads.setdefault(conn, deque()).append([journey, nbytes, False])
+    def _wait_for_read(self, conn: TcpConnection, journey: Journey, nbytes: int) -> None:
+        self._reads.setdefault(conn, deque()).append(_Read(journey, nbytes))
         self._wait(journey)
 
-    def _wait_for_accept(self, conn: Any, journey: Journey) -> None:
+    def _wait_for_accept(self, conn: TcpConnection, journey: Journey) -> None:
         self._accepts.setdefault(conn, []).append(journey)
         self._wait(journey)
 
-    def _on_accept(self, conn: Any) -> None:
+    def _on_accept(self, conn: TcpConnection) -> None:
         note = "the listener hands the connection to the application"
-        reading = [entry[0] for entry in self._reads.get(conn, ())]
+        reading = [read.journey for read in self._reads.get(conn, ())]
         for journey in self._accepts.pop(conn, []):
             self.hop(journey, "accept", note, conn=conn)
             if journey not in reading:  # a journey with data goes on to recv, then the app
@@ -945,21 +836,21 @@ class CoreTracer:
             if not journey.hops or journey.hops[-1].layer != "accept":
                 self.hop(journey, "accept", note, conn=conn)
 
-    def _on_receive(self, conn: Any, nbytes: int) -> None:
+    def _on_receive(self, conn: TcpConnection, nbytes: int) -> None:
         reads = self._reads.get(conn)
         if not reads:
             return
         op = current_tls_op.get()
         while reads and nbytes > 0:
-            entry = reads[0]
-            journey = entry[0]
-            taken = min(nbytes, entry[1])
-            if not entry[2]:
-                entry[2] = True
+            read = reads[0]
+            journey = read.journey
+            taken = min(nbytes, read.left)
+            if not read.started:
+                read.started = True
                 self.hop(journey, "recv", f"{taken} of its bytes read by {_task_name()}", conn=conn)
-            entry[1] -= taken
+            read.left -= taken
             nbytes -= taken
-            if entry[1] > 0:
+            if read.left > 0:
                 break
             reads.popleft()
             if op is not None:
@@ -982,10 +873,10 @@ class CoreTracer:
                     self._app(journey, "the plaintext")
                 self._release(journey)
 
-    def _on_detach(self, conn: Any) -> None:
-        for entry in self._reads.pop(conn, ()):
-            entry[0].end = "the connection closed before the application read it"
-            self._release(entry[0])
+    def _on_detach(self, conn: TcpConnection) -> None:
+        for read in self._reads.pop(conn, ()):
+            read.journey.end = "the connection closed before the application read it"
+            self._release(read.journey)
         for journey in self._accepts.pop(conn, ()):
             journey.end = "the connection closed before it was accepted"
             self._release(journey)
@@ -999,10 +890,10 @@ class CoreTracer:
         self._to_restore.clear()
 
     # -- out --------------------------------------------------------------------------------
-    def _conn_info(self, conn: Any) -> PacketInfo:
+    def _conn_info(self, conn: TcpConnection) -> PacketInfo:
         return PacketInfo(PROTO_TCP, self.core.ip, conn.remote_ip, conn.local_port, conn.remote_port, None, 0)
 
-    def _on_send(self, conn: Any, nbytes: int) -> None:
+    def _on_send(self, conn: TcpConnection, nbytes: int) -> None:
         if conn in self._sends:
             return  # a send not yet output: its journey starts at the first one
         follow, breakable = self._follow(self._conn_info(conn), "out")
@@ -1023,7 +914,7 @@ class CoreTracer:
                 if hop.layer in self.breaks:
                     self._break(journey, hop.layer, {"conn": conn})
 
-    def _tcp_output_prefix(self, conn: Any) -> tuple[list[Hop], PacketInfo, bool] | None:
+    def _tcp_output_prefix(self, conn: TcpConnection) -> tuple[list[Hop], PacketInfo, bool] | None:
         info = self._conn_info(conn)
         sends = self._sends.pop(conn, None)
         follow, breakable = self._follow(info, "out")
@@ -1065,6 +956,7 @@ class CoreTracer:
     def _on_ether_output(
         self, packet: bytearray, dst_mac: bytes, outbox: list[bytes | bytearray], before: int
     ) -> None:
+        journey: Journey | None
         if packet[12:14] == b"\x08\x06":
             # ARP (a reply from arp_input, a request from arpresolve): a journey of its own,
             # even while an IP packet's journey is asking for the address
@@ -1072,8 +964,7 @@ class CoreTracer:
             follow, breakable = self._follow(info, "out")
             if not follow:
                 return
-            journey: Journey | None = self._new_journey("out", info, breakable)
-            journey.frame = packet
+            journey = self._new_journey("out", info, breakable)
         else:
             self.emitted = True
             journey = self.current_out
@@ -1136,8 +1027,6 @@ class CoreTracer:
 
 def _task_name() -> str:
     try:
-        import trio
-
         name = trio.lowlevel.current_task().name
     except RuntimeError:
         return "the application"

@@ -1,6 +1,6 @@
 """The clients of the control channel: ``yastack stat``, ``top``, ``trace`` and ``capture``.
 
-Each finds a running server's sockets (``DIR/coreN.sock``, see :mod:`trio_yastack._control`),
+Each finds a running server's sockets (``DIR/coreN.sock``, opened by ``observe_core``),
 asks every core at once, and shows one answer for the server: per-core rows and their totals
 (``stat``, ``top``), journeys in the order they finish, the two halves of a journey that crossed
 cores through a ring joined again (``trace``), or one pcap file of what every core's port moved
@@ -26,11 +26,22 @@ from typing import Any
 
 import trio
 
-from trio_yastack._control import control_directory, server_name
-from trio_yastack._filter import FilterError, compile_filter
-from trio_yastack._journey import JOURNEYS, format_journey
+from ._control import control_directory, server_name
+from ._filter import FilterError, compile_filter
+from ._journey import JOURNEYS, format_journey
 
-__all__ = ["add_client_commands", "find_sockets", "open_control", "query", "query_all", "stream_all"]
+__all__ = [
+    "ClientError",
+    "JourneyJoiner",
+    "add_client_commands",
+    "find_sockets",
+    "format_stat",
+    "format_top",
+    "open_control",
+    "query",
+    "query_all",
+    "stream_all",
+]
 
 MAX_LINE = 1 << 20
 CONNECT_TIMEOUT = 5.0
@@ -533,7 +544,7 @@ def _capture(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_client_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """``stat``, ``top``, ``trace`` and ``capture`` for ``yastack``."""
 
     def where(parser: argparse.ArgumentParser) -> None:
