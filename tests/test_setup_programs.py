@@ -21,6 +21,7 @@ import ast
 import os
 import shlex
 import shutil
+import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -385,6 +386,18 @@ def test_listed_program_is_installed(listed: Listed) -> None:
         pytest.skip(f"{listed.program} is for the benchmarks only: `make bench` installs {listed.package}")
     where = "pip install -e . (pyproject.toml)" if listed.from_pip else f"apt-get install {listed.package}"
     assert on_path(listed), f"{listed.program} is missing: scripts/setup.sh should have run {where}"
+
+
+def test_arping_is_the_one_from_iputils() -> None:
+    """``test_percore.py`` runs ``arping -c 1 -w 5 -I IF``: iputils' flags.  Debian's other
+    arping (package ``arping``, 2.x) takes ``-i`` for the interface and fails there, and the
+    set-up, finding an ``arping`` present, would not replace it: so check which one it is."""
+    arping = on_path(LISTED["arping"])
+    assert arping, "arping is missing: scripts/setup.sh should have run apt-get install iputils-arping"
+    version = subprocess.run([arping, "-V"], capture_output=True, text=True, timeout=30)
+    assert "iputils" in version.stdout + version.stderr, (
+        f"{arping} is not iputils' arping ({version.stdout}{version.stderr}): apt-get install iputils-arping"
+    )
 
 
 def test_the_list_names_no_program_the_code_never_runs() -> None:
