@@ -1,14 +1,14 @@
 # Shortcuts; the README's two commands (scripts/run.sh, scripts/test.sh) need nothing else.
+# setup.sh --bench also installs the benchmarks' peers (the `bench` rows of scripts/programs.txt).
 .PHONY: bench bench-quick test run
 
 bench:          ## every benchmark, ours and the peers alternately (minutes): benchmarks/RESULTS.md + plots
-	bash scripts/setup.sh
-	command -v iperf3 >/dev/null || (apt-get update -qq && apt-get install -y -qq iperf3 >/dev/null) || true
+	bash scripts/setup.sh --bench
 	.venv/bin/python -m pip install -q -e '.[bench]'
 	.venv/bin/python benchmarks/run_all.py
 
 bench-quick:    ## every benchmark for a few seconds each, to prove they run (CI)
-	bash scripts/setup.sh
+	bash scripts/setup.sh --bench
 	.venv/bin/python -m pip install -q -e '.[bench]'
 	.venv/bin/python benchmarks/run_all.py --quick
 

@@ -178,10 +178,16 @@ def rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, float]
         off, on = trace["cases"]["tracing_off"], trace["cases"]["tracing_on"]
         base = trace["cases"]["no_trace_points"]
         out.append((
-            "hello world over a memory_wire, tracing compiled in but off (on, every journey): req/s",
-            f"{_median(off, 'requests_per_s'):.0f} ({_median(on, 'requests_per_s'):.0f})",
+            "hello world over a memory_wire, tracing compiled in but off: req/s",
+            f"{_median(off, 'requests_per_s'):.0f}",
             f"the same without trace points: {_median(base, 'requests_per_s'):.0f}",
             trace["ratio_tracing_off"],
+        ))  # fmt: skip
+        out.append((
+            "hello world over a memory_wire, tracing on (every journey traced and formatted): req/s",
+            f"{_median(on, 'requests_per_s'):.0f}",
+            f"the same without trace points: {_median(base, 'requests_per_s'):.0f}",
+            trace["ratio_tracing_on"],
         ))  # fmt: skip
     if "bench_proxy.py" in results:
         proxy = results["bench_proxy.py"]

@@ -1,25 +1,30 @@
 #!/usr/bin/env bash
-# Shared set-up for the README's commands: system packages, a virtualenv in .venv, the package
-# (with its native part, built by cffi) and its test extra.  Safe to run again: each step is
-# skipped when already done.
+# Shared set-up for the README's commands: the programs of scripts/programs.txt (the one list of every
+# external program the tests, the benchmarks and the package run; apt-get as root), a virtualenv in
+# .venv, the package (with its native part, built by cffi) and its test extra.  Safe to run again:
+# each step is skipped when already done.  --bench also installs the benchmarks' peers (make bench).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+bench=0
+for arg in "$@"; do
+    case $arg in
+        --bench) bench=1 ;;
+        *) echo "usage: scripts/setup.sh [--bench]" >&2; exit 2 ;;
+    esac
+done
+
+# A program counts as present on PATH or in an sbin directory (a non-root PATH may lack those).
+present() { command -v "$1" >/dev/null 2>&1 || [[ -x /usr/sbin/$1 || -x /sbin/$1 ]]; }
+
 need_apt=()
-command -v tshark >/dev/null 2>&1 || need_apt+=(tshark)
-command -v gcc >/dev/null 2>&1 || need_apt+=(gcc)
-command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
-command -v make >/dev/null 2>&1 || need_apt+=(make)
-# kernel-side tools of the TAP interop tests (run inside private network namespaces)
-command -v curl >/dev/null 2>&1 || need_apt+=(curl)
-command -v ping >/dev/null 2>&1 || need_apt+=(iputils-ping)
-command -v sysctl >/dev/null 2>&1 || need_apt+=(procps)
-# HTTP load generators of the ASGI serving tests (kernel-side clients)
-command -v wrk >/dev/null 2>&1 || need_apt+=(wrk)
-command -v h2load >/dev/null 2>&1 || need_apt+=(nghttp2-client)
-# the backend and the peer of the proxy benchmark (benchmarks/bench_proxy.py runs its own nginx
-# processes, with their own config files, inside a namespace of its own; the system service is unused)
-command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || need_apt+=(nginx)
+while read -r program package when _; do
+    [[ -z $program || $program == \#* || $package == pip:* ]] && continue
+    [[ $when == bench && $bench -eq 0 ]] && continue
+    present "$program" && continue
+    [[ " ${need_apt[*]} " == *" $package "* ]] || need_apt+=("$package")
+done < <(sed 's/#.*//' scripts/programs.txt)
+# python3 -m venv needs the venv and ensurepip modules (a package, not a program)
 python3 -c "import venv, ensurepip" 2>/dev/null || need_apt+=(python3-venv)
 if ((${#need_apt[@]})); then
     if [[ $(id -u) -eq 0 ]]; then
@@ -42,4 +47,13 @@ if [[ ! -f $stamp || pyproject.toml -nt $stamp || setup.py -nt $stamp || -n $new
     .venv/bin/python -m pip install -q -e '.[test]'
     touch "$stamp"
 fi
-.venv/bin/python -c "import trio_yastack._native as n; print('setup: native checksum', 'built (C)' if n.NATIVE else 'NOT built: pure-Python twin in use')"
+# the cffi extension modules that built (and import): without them the package runs on its Python twins
+.venv/bin/python - <<'EOF'
+import importlib
+from pathlib import Path
+
+names = sorted({".".join(p.with_suffix("").with_suffix("").parts) for p in Path("trio_yastack").rglob("*_cffi*.so")})
+for name in names:
+    importlib.import_module(name)
+print("setup: native part", f"built (C): {', '.join(names)}" if names else "NOT built: pure-Python twins in use")
+EOF

@@ -18,7 +18,6 @@ import select
 import signal
 import subprocess
 import sys
-import time
 import tomllib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -273,17 +272,16 @@ def test_100mb_download(http_server: Server, flag: str, tmp_path: Path) -> None:
     """``/stream?bytes=100000000`` arrives whole and in order (SHA-256 of the example's pattern)
     over HTTP/1.1 and HTTP/2."""
     out = tmp_path / "download.bin"
-    started = time.monotonic()
     result = curl(
-        http_server.namespace, flag, "-o", str(out), "-w", "%{http_version} %{response_code}",
+        http_server.namespace, flag, "-o", str(out), "-w", "%{http_version} %{response_code} %{time_total}",
         f"{HTTP_URL}/stream?bytes={BIG}", timeout=120,
     )  # fmt: skip
-    elapsed = time.monotonic() - started
     assert result.returncode == 0, result.stderr
-    assert result.stdout == ("2 200" if "http2" in flag else "1.1 200")
+    version_status, _, seconds = result.stdout.rpartition(" ")
+    assert version_status == ("2 200" if "http2" in flag else "1.1 200")
     assert out.stat().st_size == BIG
     assert file_sha256(out) == pattern_sha256(BIG)
-    print(f"100 MB download {flag}: {elapsed:.2f} s ({BIG * 8 / elapsed / 1e6:.0f} Mbit/s)")
+    print(f"100 MB download {flag}: {float(seconds):.2f} s (curl's time_total; reported, not asserted)")
 
 
 @pytest.mark.parametrize("flag", ["--http1.1", "--http2-prior-knowledge"], ids=["http-1.1", "h2c"])
@@ -430,45 +428,42 @@ def start_download(namespace: NetworkNamespace, url: str) -> tuple[subprocess.Po
 def test_sigterm_lets_a_running_request_finish(netns: NetworkNamespace) -> None:
     """SIGTERM while a slow response (10 chunks, 0.2 s apart) is under way: the server says so,
     refuses new connections at once (curl: could not connect), lets the response finish whole
-    (curl exit 0, the exact 200 000 bytes), then exits 0 well before the 10 s graceful timeout,
-    without a traceback."""
-    server = Server.yastack(netns, "examples/hello.py:app", "--bind", "8000", "--graceful-timeout", "10")
+    (curl exit 0, the exact 200 000 bytes), then exits 0 without a traceback.  The graceful
+    timeout is 10 minutes, longer than any wait here, so the exit can only come from the
+    response's end, never from the timeout."""
+    server = Server.yastack(netns, "examples/hello.py:app", "--bind", "8000", "--graceful-timeout", "600")
     server.wait_for_line("# try:")
     client, first = start_download(netns, f"{HTTP_URL}/stream?bytes=200000&chunk=20000&interval=0.2")
 
-    signalled = time.monotonic()
     server.signal(signal.SIGTERM)
     server.wait_for_line("# SIGTERM: shutting down gracefully", timeout=10)
     late = curl(netns, f"{HTTP_URL}/", timeout=5)
     rest, errors = client.communicate(timeout=30)
-    code = server.wait(timeout=10 + 5)
-    elapsed = time.monotonic() - signalled
+    code = server.wait(timeout=60)  # bounded; far below the graceful timeout
 
     assert late.returncode == 7, ("not refused after SIGTERM", late)  # 7: could not connect
     assert client.returncode == 0, errors
     assert len(first + rest) == 200_000
     assert first + rest == b"".join(hello.pattern(200_000))
     assert code == 0, server.output
-    assert elapsed < 10, f"exit took {elapsed:.1f} s: the graceful timeout, not the request's end"
     assert "Traceback" not in server.output, server.output
 
 
 def test_graceful_timeout_cuts_off_a_request_that_runs_over(netns: NetworkNamespace) -> None:
-    """With ``--graceful-timeout 1`` a response that needs ~5 s more is cut off about 1 s after
-    SIGTERM: the server exits 0 without a traceback, and curl got a true prefix of the pattern."""
+    """With ``--graceful-timeout 1`` a response that would need ten more minutes (200 chunks, 3 s
+    apart) is cut off: the server exits 0 without a traceback within a bounded wait the response
+    itself could never meet, and curl got a true prefix of the pattern."""
     server = Server.yastack(netns, "examples/hello.py:app", "--bind", "8000", "--graceful-timeout", "1")
     server.wait_for_line("# try:")
-    client, first = start_download(netns, f"{HTTP_URL}/stream?bytes=200000&chunk=10000&interval=0.25")
+    client, first = start_download(netns, f"{HTTP_URL}/stream?bytes=200000&chunk=1000&interval=3")
 
-    signalled = time.monotonic()
     server.signal(signal.SIGTERM)
-    code = server.wait(timeout=1 + 10)
-    elapsed = time.monotonic() - signalled
+    server.wait_for_line("# SIGTERM: shutting down gracefully", timeout=10)
+    code = server.wait(timeout=60)  # the response alone would run for 600 s
     rest, _ = client.communicate(timeout=30)
 
     assert code == 0, server.output
     assert "Traceback" not in server.output, server.output
-    assert elapsed < 1 + 3, f"exit took {elapsed:.1f} s"
     received = first + rest
     assert client.returncode != 0, "the response was not cut off"
     assert 0 < len(received) < 200_000
