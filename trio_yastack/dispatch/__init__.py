@@ -6,6 +6,8 @@ frame's flow is assigned to a core by the Toeplitz hash of its 4-tuple and a red
 owner through single-producer/single-consumer rings in shared memory (:class:`SpscRing`).
 """
 
+from ._percore import CoreLayout as CoreLayout
+from ._percore import DispatchStatistics as DispatchStatistics
 from ._ring import RingStatistics as RingStatistics
 from ._ring import SpscRing as SpscRing
 from ._rss import DEFAULT_RSS_KEY as DEFAULT_RSS_KEY
