@@ -68,17 +68,17 @@ class PollLoopWithoutTracePoints(PollLoop):
                 for frame in frames:
                     try:
                         ether_input(frame, now)
-                    except Exception:
-                        self._internal_error("ether_input")
+                    except Exception as exc:
+                        self._internal_error("ether_input", exc)
                 try:
                     core.end_burst(now)
-                except Exception:
-                    self._internal_error("end_burst")
+                except Exception as exc:
+                    self._internal_error("end_burst", exc)
             try:
                 core.run_timers(now)
                 core.run_pending_output(now)
-            except Exception:
-                self._internal_error("run_timers")
+            except Exception as exc:
+                self._internal_error("run_timers", exc)
             self.wake_ready()
             self.flush()
             if frames:
