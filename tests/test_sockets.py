@@ -909,6 +909,7 @@ async def test_socket_options(autojump_clock: trio.testing.MockClock) -> None:
         client, server = await socket_pair(a, b, 7010)
         stream = trio.SocketStream(client)
         assert stream.getsockopt(IPPROTO_TCP, stdlib_socket.TCP_NODELAY)
+        assert isinstance(client, StackSocket) and client.connection is not None and client.connection.nodelay
         for s in (client, server):
             s.close()
         sock.setsockopt(SOL_SOCKET, stdlib_socket.SO_LINGER, struct.pack("ii", 1, 7))

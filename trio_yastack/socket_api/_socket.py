@@ -51,6 +51,19 @@ _TCP_KEEPINTVL = getattr(_stdlib_socket, "TCP_KEEPINTVL", 5)
 _TCP_KEEPCNT = getattr(_stdlib_socket, "TCP_KEEPCNT", 6)
 _TCP_NOTSENT_LOWAT = getattr(_stdlib_socket, "TCP_NOTSENT_LOWAT", 25)
 _SO_REUSEPORT = getattr(_stdlib_socket, "SO_REUSEPORT", 15)
+_NODELAY = (_IPPROTO_TCP, _stdlib_socket.TCP_NODELAY)
+#: the options a connection holds itself (the rest are read by the socket when it needs them)
+_CONNECTION_OPTIONS = frozenset(
+    {
+        _NODELAY,
+        (_SOL_SOCKET, _stdlib_socket.SO_SNDBUF),
+        (_SOL_SOCKET, _stdlib_socket.SO_RCVBUF),
+        (_SOL_SOCKET, _stdlib_socket.SO_KEEPALIVE),
+        (_IPPROTO_TCP, _TCP_KEEPIDLE),
+        (_IPPROTO_TCP, _TCP_KEEPINTVL),
+        (_IPPROTO_TCP, _TCP_KEEPCNT),
+    }
+)
 _fds = itertools.count(1 << 20)  # descriptor numbers that cannot collide with the kernel's small ones
 
 _S = TypeVar("_S", bound=SocketStack)
@@ -537,8 +550,14 @@ class StackSocket(trio.socket.SocketType):
             raw = bytes(value)
             self._raw_options[(level, optname)] = raw
             value = int.from_bytes(raw[:4] or b"\0", "little")
-        self._options[(level, optname)] = int(value)
-        self._apply_connection_options()
+        key = (level, optname)
+        self._options[key] = int(value)
+        conn = self._conn
+        if conn is not None:
+            if key == _NODELAY:
+                conn.nodelay = bool(value)  # the option every trio.SocketStream sets: no more
+            elif key in _CONNECTION_OPTIONS:
+                self._apply_connection_options()
         if self._listener is not None:
             self._listener.send_buffer = self._buffer(True)
             self._listener.receive_buffer = self._buffer(False)
