@@ -19,7 +19,7 @@ from typing import Any
 import trio
 
 from trio_yastack import socket_api
-from trio_yastack.dispatch import CoreLayout, PollLoop
+from trio_yastack.dispatch import CoreLayout, PollLoop, launch
 from trio_yastack.nic import PcapReplayPort, Port, PortStatistics
 from trio_yastack.socket_api import PingSocket, StackSocket, UdpEndpoint, install_stack, listening_socket
 from trio_yastack.stack import InterfaceConfig, StackConfig, StackCore, StackStatistics, UdpPcb
@@ -274,8 +274,6 @@ def run(
         return trio.run(inside_stack, clock=clock)
     if cores < 1:
         raise ValueError("cores must be at least 1")
-    from trio_yastack.dispatch._launcher import launch
-
     port = open_multicore_port(nic, cores)
     return launch(lambda layout: trio.run(inside_stack, layout, clock=clock), port=port, cores=cores)
 
