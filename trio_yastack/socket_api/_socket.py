@@ -51,6 +51,7 @@ _TCP_KEEPINTVL = getattr(_stdlib_socket, "TCP_KEEPINTVL", 5)
 _TCP_KEEPCNT = getattr(_stdlib_socket, "TCP_KEEPCNT", 6)
 _TCP_NOTSENT_LOWAT = getattr(_stdlib_socket, "TCP_NOTSENT_LOWAT", 25)
 _SO_REUSEPORT = getattr(_stdlib_socket, "SO_REUSEPORT", 15)
+_KINDS = {kind.value: kind for kind in (_stdlib_socket.SOCK_STREAM, _stdlib_socket.SOCK_DGRAM)}
 _NODELAY = (_IPPROTO_TCP, _stdlib_socket.TCP_NODELAY)
 #: the options a connection holds itself (the rest are read by the socket when it needs them)
 _CONNECTION_OPTIONS = frozenset(
@@ -227,7 +228,7 @@ class StackSocket(trio.socket.SocketType):
 
     @property
     def type(self) -> _stdlib_socket.SocketKind:
-        return _stdlib_socket.SocketKind(self._type)
+        return _KINDS[self._type]  # read by every trio.SocketStream/SocketListener made on it
 
     @property
     def proto(self) -> int:
