@@ -91,7 +91,7 @@ class PollLoopWithoutTracePoints(PollLoop):
             stats.idle_waits += 1
             with trio.CancelScope(deadline=math.inf if deadline is None else deadline) as scope:
                 self._idle_scope = scope
-                await port.wait_rx(queue)  # type: ignore[arg-type]
+                await port.wait_rx(queue)  # type: ignore[arg-type]  # no layout here: an int
             self._idle_scope = None
 
 
@@ -134,6 +134,7 @@ def run_case(variant: str, requests: int) -> float:
     app = load_app()
     original = open_stack_module.PollLoop
     if variant == "no_trace_points":
+        # the class open_stack instantiates, swapped for this variant only (restored below)
         open_stack_module.PollLoop = PollLoopWithoutTracePoints  # type: ignore[misc]
 
     async def main() -> float:

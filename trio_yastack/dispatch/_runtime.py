@@ -153,6 +153,7 @@ class PollLoop:
             with trio.CancelScope(deadline=math.inf if deadline is None else deadline) as scope:
                 self._idle_scope = scope
                 if layout is None:
+                    # without a layout, queue is the int given to __init__ (None only with one)
                     await port.wait_rx(queue)  # type: ignore[arg-type]
                 else:
                     await self._wait_port_or_rings(layout)
