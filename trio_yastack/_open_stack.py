@@ -49,7 +49,10 @@ def open_port(spec: str | Port) -> Port:
 
 
 class Stack:
-    """A stack instance running on a port in the current trio run (from :func:`open_stack`)."""
+    """A stack instance running on a port in the current trio run (from :func:`open_stack`).
+
+    To the socket layer it is a :class:`~trio_yastack.socket_api.SocketStack`: its ``core``,
+    ``address`` and ``kick()``."""
 
     def __init__(self, core: StackCore, port: Port, loop: PollLoop) -> None:
         self.core = core
@@ -94,8 +97,8 @@ class Stack:
 
     async def tcp_connect(self, host: str, port: int, *, local_port: int = 0) -> trio.SocketStream:
         """Active open to a numeric ``host``: trio's own ``SocketStream`` over a
-        :class:`~trio_yastack.socket_api.StackSocket` on this stack (whichever stack the task's
-        socket factory would pick), once established; raises ``OSError`` as the kernel would
+        :class:`~trio_yastack.socket_api.StackSocket` on this stack (whatever the task's current
+        stack is), once established; raises ``OSError`` as the kernel would
         (ECONNREFUSED, ETIMEDOUT, EHOSTUNREACH...).  ``stream.socket.connection`` is the
         stack's ``TcpConnection``, to look at."""
         sock = self.socket()
@@ -117,7 +120,7 @@ class Stack:
     def socket(
         self, family: int = socket.AF_INET, type: int = socket.SOCK_STREAM, proto: int = 0
     ) -> StackSocket:
-        """A trio socket on this stack, whichever stack the task's factory would pick."""
+        """A trio socket on this stack, whatever stack the task's socket factory would pick."""
         if family != socket.AF_INET or type & ~(socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC) not in (
             socket.SOCK_STREAM,
             socket.SOCK_DGRAM,
