@@ -137,7 +137,7 @@ async def clog(stream: trio.SocketStream, quiet: float = 121.0) -> int:
 
     ``quiet`` outlasts two maximal retransmission timeouts (RTO max 60 s): on a lossy wire a lost
     segment is resent and acknowledged within it, so what stays blocked afterwards is blocked by
-    the full window alone, not by a retransmission still to come that would free buffer space
+    the full window alone, not by a retransmission yet to happen that would free buffer space
     later (with 10 s, a long backoff could pass for a clogged pipe and unclog under the test)."""
     total = 0
     chunk = b"c" * 4096

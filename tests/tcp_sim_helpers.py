@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import random
+import socket
+import struct
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -18,8 +20,8 @@ import trio
 
 from trio_yastack import Stack, open_stack
 from trio_yastack.nic import Port, PortWrapper, memory_wire
-from trio_yastack.socket_api import TcpListenerEndpoint, TcpStreamEndpoint
-from trio_yastack.stack import ArpConfig, TcpConfig
+from trio_yastack.socket_api import StackSocket
+from trio_yastack.stack import ArpConfig, TcpConfig, TcpConnection
 from trio_yastack.stack.wire.ethernet import ETHERTYPE_IPV4
 from trio_yastack.stack.wire.ipv4 import IPPROTO_TCP
 from trio_yastack.stack.wire.tcp import TCP_HEADER
@@ -30,9 +32,11 @@ __all__ = [
     "CHUNK",
     "DropPort",
     "Segment",
+    "abort",
     "check_no_internal_errors",
     "checksum_drops",
     "connected_pair",
+    "connection",
     "drop_nth_data_segment",
     "exchange",
     "make_payload",
@@ -88,11 +92,11 @@ async def two_stacks(
 
 async def connected_pair(
     a: Stack, b: Stack, port: int = 5001, *, backlog: int = 128
-) -> tuple[TcpStreamEndpoint, TcpStreamEndpoint, TcpListenerEndpoint]:
+) -> tuple[trio.SocketStream, trio.SocketStream, trio.SocketListener]:
     """A connects to a listener of B: ``(A's stream, B's accepted stream, the listener)``."""
     listener = b.tcp_listen(port, backlog)
     async with trio.open_nursery() as nursery:
-        accepted: list[TcpStreamEndpoint] = []
+        accepted: list[trio.SocketStream] = []
 
         async def accept_one() -> None:
             accepted.append(await listener.accept())
@@ -102,7 +106,20 @@ async def connected_pair(
     return client, accepted[0], listener
 
 
-async def send_all_then_eof(stream: TcpStreamEndpoint, data: bytes, chunk: int = CHUNK) -> None:
+def connection(stream: trio.SocketStream) -> TcpConnection:
+    """The stack's TCP connection under ``stream`` (``StackSocket.connection``), to look at."""
+    sock = stream.socket
+    assert isinstance(sock, StackSocket) and sock.connection is not None
+    return sock.connection
+
+
+async def abort(stream: trio.SocketStream) -> None:
+    """Close ``stream`` with a reset, as a kernel socket does with SO_LINGER {on, 0}."""
+    stream.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    await stream.aclose()
+
+
+async def send_all_then_eof(stream: trio.SocketStream, data: bytes, chunk: int = CHUNK) -> None:
     """Send ``data`` in ``chunk``-byte ``send_all`` calls, then the FIN (``send_eof``)."""
     view = memoryview(data)
     for start in range(0, len(view), chunk):
@@ -110,7 +127,7 @@ async def send_all_then_eof(stream: TcpStreamEndpoint, data: bytes, chunk: int =
     await stream.send_eof()
 
 
-async def receive_all(stream: TcpStreamEndpoint, chunk: int = CHUNK) -> bytes:
+async def receive_all(stream: trio.SocketStream, chunk: int = CHUNK) -> bytes:
     """Everything up to the end of the stream."""
     parts = []
     while True:
@@ -121,13 +138,13 @@ async def receive_all(stream: TcpStreamEndpoint, chunk: int = CHUNK) -> bytes:
 
 
 async def exchange(
-    a_stream: TcpStreamEndpoint, b_stream: TcpStreamEndpoint, a_data: bytes, b_data: bytes
+    a_stream: trio.SocketStream, b_stream: trio.SocketStream, a_data: bytes, b_data: bytes
 ) -> tuple[bytes, bytes]:
     """Both ends send at once (each then its FIN) and read to the end; returns what A received and
     what B received."""
     got: dict[str, bytes] = {}
 
-    async def collect(name: str, stream: TcpStreamEndpoint) -> None:
+    async def collect(name: str, stream: trio.SocketStream) -> None:
         got[name] = await receive_all(stream)
 
     async with trio.open_nursery() as nursery:

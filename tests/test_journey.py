@@ -139,7 +139,7 @@ async def test_stopping_puts_every_class_back(autojump_clock: trio.testing.MockC
     async with traced_pair() as (server, client, tracer, _journeys):
         core = server.core
         stream, accepted = await exchange(server, client)
-        conn = accepted.conn
+        conn = accepted.socket.connection  # StackSocket.connection: the stack's TcpConnection
         assert type(core) is not StackCore and isinstance(core, StackCore)
         assert type(conn) is not TcpConnection
         tracer.close()

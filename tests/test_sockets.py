@@ -104,12 +104,19 @@ def makers(
     Callable[[], Awaitable[tuple[trio.SocketStream, trio.SocketStream]]],
     Callable[[], Awaitable[tuple[trio.SocketStream, trio.SocketStream]]],
 ]:
-    """``stream_maker`` (default buffers) and ``clogged_stream_maker`` (4 KiB SO_SNDBUF/SO_RCVBUF,
-    both directions filled until nothing more is accepted) for check_half_closeable_stream."""
+    """``stream_maker`` (what ``Stack.tcp_connect`` and ``Stack.tcp_listen``'s ``accept`` return,
+    default buffers) and ``clogged_stream_maker`` (sockets with 4 KiB SO_SNDBUF/SO_RCVBUF set
+    before connecting, both directions filled until nothing more is accepted) for
+    check_half_closeable_stream: both are trio's SocketStream over a StackSocket."""
     ports = count(first_port)
 
     async def stream_maker() -> tuple[trio.SocketStream, trio.SocketStream]:
-        return await stream_pair(a, b, next(ports))
+        port = next(ports)
+        listener = b.tcp_listen(port)
+        client = await a.tcp_connect(B_IP, port)
+        server = await listener.accept()
+        await listener.aclose()
+        return client, server
 
     async def clogged_stream_maker() -> tuple[trio.SocketStream, trio.SocketStream]:
         left, right = await stream_pair(a, b, next(ports), buffer=4096)
@@ -128,6 +135,44 @@ async def test_check_half_closeable_stream(autojump_clock: trio.testing.MockCloc
             await trio.testing.check_half_closeable_stream(stream_maker, clogged_stream_maker)
         if loss:
             assert a.statistics().tcp.retransmitted_segments + b.statistics().tcp.retransmitted_segments > 0
+
+
+async def test_tcp_connect_and_listen_are_trio_streams_over_stack_sockets(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """One implementation of trio's stream semantics: ``tcp_connect`` and ``tcp_listen`` give
+    trio's own ``SocketStream``/``SocketListener`` over ``StackSocket``s of the stack they were
+    called on (not the task's default), and ``socket.connection`` is the stack's connection."""
+    async with two_stacks() as (a, b):
+        listener = b.tcp_listen(7000)
+        assert isinstance(listener, trio.SocketListener) and isinstance(listener.socket, StackSocket)
+        client = await a.tcp_connect(B_IP, 7000)
+        server = await listener.accept()
+        for stream, stack in ((client, a), (server, b)):
+            assert isinstance(stream, trio.SocketStream) and isinstance(stream.socket, StackSocket)
+            conn = stream.socket.connection
+            assert conn is not None and conn in stack.core.tcp.connections.values()
+        assert client.socket.getpeername() == (B_IP, 7000) == server.socket.getsockname()
+        with pytest.RaisesGroup(trio.BusyResourceError):
+            async with trio.open_nursery() as nursery:  # two receivers: trio's contract, as for
+                nursery.start_soon(server.receive_some)  # a kernel socket (the first one waits
+                nursery.start_soon(server.receive_some)  # on, cancelled by the nursery)
+        await listener.aclose()
+        with pytest.raises(trio.ClosedResourceError):
+            await listener.accept()
+        await client.aclose()
+        with pytest.raises(trio.ClosedResourceError):
+            await client.receive_some()
+
+
+async def test_tcp_connect_failure_leaves_nothing_behind(autojump_clock: trio.testing.MockClock) -> None:
+    """A refused ``tcp_connect`` raises the kernel's OSError and closes its socket: no
+    connection and no bound port stay in the stack."""
+    async with two_stacks() as (a, _b):
+        with pytest.raises(OSError) as info:
+            await a.tcp_connect(B_IP, 9, local_port=40000)
+        assert info.value.errno == errno.ECONNREFUSED
+        assert a.core.tcp.connections == {} and not a.core.tcp.bound_ports
 
 
 async def test_clogged_pair_really_blocks(autojump_clock: trio.testing.MockClock) -> None:
@@ -864,6 +909,7 @@ async def test_socket_options(autojump_clock: trio.testing.MockClock) -> None:
         client, server = await socket_pair(a, b, 7010)
         stream = trio.SocketStream(client)
         assert stream.getsockopt(IPPROTO_TCP, stdlib_socket.TCP_NODELAY)
+        assert isinstance(client, StackSocket) and client.connection is not None and client.connection.nodelay
         for s in (client, server):
             s.close()
         sock.setsockopt(SOL_SOCKET, stdlib_socket.SO_LINGER, struct.pack("ii", 1, 7))

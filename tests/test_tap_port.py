@@ -32,6 +32,7 @@ from tap_helpers import KERNEL_ADDRESS, STACK_ADDRESS, requires_netns
 from tcp_helpers import build_tcp_frame
 
 from trio_yastack import open_port, open_stack
+from trio_yastack.dispatch import STRICT_ENV
 from trio_yastack.nic import PortWrapper
 from trio_yastack.nic.netns import NetworkNamespace, tap_in_netns
 from trio_yastack.nic.tap import (
@@ -671,7 +672,11 @@ def _run_as_nobody(
         if shutil.which(tool) is None:
             pytest.skip(f"{tool} (util-linux) is missing")
     python = sys.executable
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(Path(__file__).parents[1])}
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "PYTHONPATH": str(Path(__file__).parents[1]),
+        STRICT_ENV: os.environ.get(STRICT_ENV, ""),  # conftest's strict mode, for this server too
+    }
     drop = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
     readable = subprocess.run(
         [*drop, python, "-c", "import trio_yastack.nic.tap"],

@@ -1,6 +1,7 @@
 """Tier 3 for TCP: two stacks on a simulated wire with seeded faults, under trio's MockClock (the
-``autojump_clock`` fixture), talking through the stream API (``tcp_connect``/``tcp_listen``,
-``send_all``/``receive_some``/``send_eof``/``aclose``).
+``autojump_clock`` fixture), talking through trio's stream API (``tcp_connect``/``tcp_listen``
+give trio's own ``SocketStream``/``SocketListener``: ``send_all``/``receive_some``/``send_eof``/
+``aclose``).
 
 Every transfer is checked by SHA-256 on the receiving end against what the other end sent, and
 the counters say the faults really happened.  Simulated time is the only waiting there is:
@@ -22,9 +23,11 @@ import trio.testing
 from tcp_sim_helpers import (
     B_IP,
     DropPort,
+    abort,
     check_no_internal_errors,
     checksum_drops,
     connected_pair,
+    connection,
     drop_nth_data_segment,
     exchange,
     make_payload,
@@ -38,7 +41,6 @@ from tcp_sim_helpers import (
 
 from trio_yastack import Stack
 from trio_yastack.nic import MemoryPort
-from trio_yastack.socket_api import TcpListenerEndpoint, TcpStreamEndpoint
 from trio_yastack.stack import TcpConfig, TcpState
 from trio_yastack.stack.wire.tcp import TCP_ACK
 
@@ -155,7 +157,7 @@ async def test_acks_after_simultaneous_timeouts_are_accepted(autojump_clock: tri
         wrap_b=lambda port: DropPort(port, drop_nth_data_segment(1)),
     ) as (a, b):
         client, server, _listener = await connected_pair(a, b)
-        mss = client.conn.mss
+        mss = connection(client).mss
         a_data, b_data = make_payload(21, 2 * mss), make_payload(22, 2 * mss)
         with trio.fail_after(10):
             a_got, b_got = await exchange(client, server, a_data, b_data)
@@ -164,8 +166,8 @@ async def test_acks_after_simultaneous_timeouts_are_accepted(autojump_clock: tri
         assert len(dropped(a)) == 1 and len(dropped(b)) == 1
         assert tcp_stats(a).rto_timeouts >= 1 and tcp_stats(b).rto_timeouts >= 1
         await trio.sleep(5.0)
-        assert client.conn.state == TcpState.TIME_WAIT
-        assert server.conn.state == TcpState.TIME_WAIT
+        assert connection(client).state == TcpState.TIME_WAIT
+        assert connection(server).state == TcpState.TIME_WAIT
         assert tcp_stats(a).duplicate_segments + tcp_stats(b).duplicate_segments < 10
 
 
@@ -251,10 +253,10 @@ REQUEST_LEN = 64
 ECHO_PORT = 7
 
 
-async def digest_server(listener: TcpListenerEndpoint, served: list[int]) -> None:
+async def digest_server(listener: trio.SocketListener, served: list[int]) -> None:
     """Accept forever; each connection gets the request's id and SHA-256, then a FIN."""
 
-    async def serve(stream: TcpStreamEndpoint) -> None:
+    async def serve(stream: trio.SocketStream) -> None:
         request = b""
         while len(request) < REQUEST_LEN:
             data = await stream.receive_some(REQUEST_LEN - len(request))
@@ -414,8 +416,8 @@ async def test_half_close_then_keep_receiving(autojump_clock: trio.testing.MockC
         with trio.fail_after(600):
             await send_all_then_eof(client, request)
             assert await receive_all(server) == request
-            assert server.conn.state == TcpState.CLOSE_WAIT
-            assert client.conn.state in (TcpState.FIN_WAIT_1, TcpState.FIN_WAIT_2)
+            assert connection(server).state == TcpState.CLOSE_WAIT
+            assert connection(client).state in (TcpState.FIN_WAIT_1, TcpState.FIN_WAIT_2)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(send_all_then_eof, server, response)
                 received = await receive_all(client)
@@ -432,7 +434,8 @@ async def test_send_after_send_eof_raises_closed_resource_error(
     ``send_eof``, ``send_all`` raises ``ClosedResourceError``, and ``send_eof`` may be called again.
 
     # Was a bug (fixed): send_all raises trio.BrokenResourceError (from the connection's EPIPE) instead:
-    # TcpStreamEndpoint.send_all checks only ``_closed``, not that send_eof was called.
+    # the stream class tcp_connect then returned (TcpStreamEndpoint, a second implementation of
+    # trio's stream semantics, since deleted) checked only ``_closed``, not that send_eof was called.
     """
     async with two_stacks(15) as (a, b):
         client, server, _listener = await connected_pair(a, b)
@@ -502,7 +505,7 @@ async def test_peer_abort_breaks_receive(autojump_clock: trio.testing.MockClock)
 
             nursery.start_soon(receive)
             await trio.sleep(1.0)
-            server.abort()
+            await abort(server)
         assert len(outcome) == 1
         cause = outcome[0].__cause__
         assert isinstance(cause, OSError) and cause.errno == errno.ECONNRESET
@@ -531,9 +534,9 @@ async def test_zero_window_stall_then_resume(autojump_clock: trio.testing.MockCl
             nursery.start_soon(sender)
             await trio.sleep(30.0)
             assert not sent.is_set()  # blocked: buffers full, window closed
-            assert client.conn.snd_wnd < client.conn.mss  # no room for a full segment
+            assert connection(client).snd_wnd < connection(client).mss  # no room for a full segment
             stalled_at = tcp_stats(b).bytes_received
-            assert stalled_at <= server.conn.rcvbuf.limit
+            assert stalled_at <= connection(server).rcvbuf.limit
             with trio.fail_after(600):
                 received = await receive_all(server)
         assert sent.is_set()
@@ -562,8 +565,8 @@ async def test_lost_window_update_does_not_stall(autojump_clock: trio.testing.Mo
         async with trio.open_nursery() as nursery:
             nursery.start_soon(send_all_then_eof, client, data)
             await trio.sleep(10.0)
-            buffered = len(server.conn.rcvbuf)
-            assert buffered > server.conn.rcvbuf.limit - client.conn.mss  # full: A is blocked
+            buffered = len(connection(server).rcvbuf)
+            assert buffered > connection(server).rcvbuf.limit - connection(client).mss  # full: A is blocked
             losing_updates = True
             first = b""
             while len(first) < buffered:

@@ -12,19 +12,19 @@ __all__ = ["Stack", "current_stack", "open_port", "open_stack", "run", "use_stac
 
 if TYPE_CHECKING:
     from ._open_stack import Stack as Stack
+    from ._open_stack import current_stack as current_stack
     from ._open_stack import open_port as open_port
     from ._open_stack import open_stack as open_stack
     from ._open_stack import run as run
-    from .socket_api import current_stack as current_stack
     from .socket_api import use_stack as use_stack
 
 
 def __getattr__(name: str) -> Any:
     # Lazy, so that importing the sans-IO ``trio_yastack.stack`` does not import trio.
-    if name in ("current_stack", "use_stack"):
+    if name == "use_stack":
         from . import socket_api
 
-        return getattr(socket_api, name)
+        return socket_api.use_stack
     if name in __all__:
         from . import _open_stack
 

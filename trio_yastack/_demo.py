@@ -14,8 +14,9 @@ from collections.abc import Callable
 
 import trio
 
-from trio_yastack import open_stack
+from trio_yastack import Stack, open_stack
 from trio_yastack.nic import PcapTee, Port, TracePort, memory_wire
+from trio_yastack.socket_api import UdpEndpoint
 
 __all__ = ["run_demo"]
 
@@ -25,7 +26,9 @@ ECHO_PORT = 7
 CLOSED_PORT = 9
 
 
-async def _udp_echo_server(stack, *, task_status=trio.TASK_STATUS_IGNORED) -> None:  # type: ignore[no-untyped-def]
+async def _udp_echo_server(
+    stack: Stack, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
     async with stack.udp_socket(ECHO_PORT) as server:
         task_status.started()
         while True:
@@ -33,7 +36,7 @@ async def _udp_echo_server(stack, *, task_status=trio.TASK_STATUS_IGNORED) -> No
             await server.sendto(data, address)
 
 
-async def _udp_exchange(endpoint, payload: bytes, *, timeout: float, tries: int) -> bytes:  # type: ignore[no-untyped-def]
+async def _udp_exchange(endpoint: UdpEndpoint, payload: bytes, *, timeout: float, tries: int) -> bytes:
     for _ in range(tries):
         await endpoint.sendto(payload, (PEER_IP, ECHO_PORT))
         with trio.move_on_after(timeout):

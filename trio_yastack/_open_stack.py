@@ -1,36 +1,31 @@
-"""``open_stack``: run a stack instance on a NIC port inside the current trio run."""
+"""``open_stack``: run a stack instance on a NIC port inside the current trio run.
+
+The front end that joins the layers: a port (``nic``), the poll loop (``dispatch``), the sans-IO
+core (``stack``) and trio's socket interface over it (``socket_api``, which sees a ``Stack``
+only as the :class:`~trio_yastack.socket_api.SocketStack` it needs).
+"""
 
 from __future__ import annotations
 
 import errno
 import random
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Interface
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 
-from trio_yastack.dispatch import PollLoop
+from trio_yastack import socket_api
+from trio_yastack.dispatch import CoreLayout, PollLoop, launch
 from trio_yastack.nic import PcapReplayPort, Port, PortStatistics
-from trio_yastack.socket_api import PingSocket, TcpListenerEndpoint, TcpStreamEndpoint, UdpEndpoint
-from trio_yastack.socket_api._socket import (
-    SOCK_DGRAM,
-    SOCK_STREAM,
-    StackHostnameResolver,
-    StackSocket,
-    StackSocketFactory,
-    open_stacks,
-)
+from trio_yastack.socket_api import PingSocket, StackSocket, UdpEndpoint, install_stack, listening_socket
 from trio_yastack.stack import InterfaceConfig, StackConfig, StackCore, StackStatistics, UdpPcb
 from trio_yastack.stack.wire import MacAddress
 
-if TYPE_CHECKING:
-    from trio_yastack.dispatch._percore import CoreLayout
-
-__all__ = ["Stack", "open_port", "open_stack", "run"]
+__all__ = ["Stack", "current_stack", "open_multicore_port", "open_port", "open_stack", "run"]
 
 
 def open_port(spec: str | Port) -> Port:
@@ -54,7 +49,10 @@ def open_port(spec: str | Port) -> Port:
 
 
 class Stack:
-    """A stack instance running on a port in the current trio run (from :func:`open_stack`)."""
+    """A stack instance running on a port in the current trio run (from :func:`open_stack`).
+
+    To the socket layer it is a :class:`~trio_yastack.socket_api.SocketStack`: its ``core``,
+    ``address`` and ``kick()``."""
 
     def __init__(self, core: StackCore, port: Port, loop: PollLoop) -> None:
         self.core = core
@@ -97,73 +95,47 @@ class Stack:
     def ping_socket(self, ident: int | None = None) -> PingSocket:
         return PingSocket(self, self.core.icmp.echo_open(ident))
 
-    async def tcp_connect(self, host: str, port: int, *, local_port: int = 0) -> TcpStreamEndpoint:
-        """Active open; returns once established, or raises ``OSError`` (ECONNREFUSED, ETIMEDOUT...)."""
-        conn = self.core.tcp.connect(int(IPv4Address(host)), port, trio.current_time(), local_port)
-        stream = TcpStreamEndpoint(self, conn)
-        self.kick()
+    async def tcp_connect(self, host: str, port: int, *, local_port: int = 0) -> trio.SocketStream:
+        """Active open to a numeric ``host``: trio's own ``SocketStream`` over a
+        :class:`~trio_yastack.socket_api.StackSocket` on this stack (whatever the task's current
+        stack is), once established; raises ``OSError`` as the kernel would
+        (ECONNREFUSED, ETIMEDOUT, EHOSTUNREACH...).  ``stream.socket.connection`` is the
+        stack's ``TcpConnection``, to look at."""
+        sock = self.socket()
         try:
-            await stream.wait_established()
+            if local_port:
+                await sock.bind(("", local_port))
+            await sock.connect((host, port))
         except BaseException:
-            conn.abort(trio.current_time())
-            self.kick()
+            sock.close()
             raise
-        return stream
+        return trio.SocketStream(sock)
 
-    def socket(self, family: int = socket.AF_INET, type: int = SOCK_STREAM, proto: int = 0) -> StackSocket:
-        """A trio socket on this stack, whichever stack the task's factory would pick."""
+    def tcp_listen(self, port: int, backlog: int = 128) -> trio.SocketListener:
+        """Passive open on ``port`` (0: an ephemeral one): trio's own ``SocketListener``, whose
+        ``accept()`` yields ``SocketStream``s.  Plain and immediate (nothing to wait for), unlike
+        ``trio.open_tcp_listeners``, which does the same through the socket factory."""
+        return trio.SocketListener(listening_socket(self, port, backlog))
+
+    def socket(
+        self, family: int = socket.AF_INET, type: int = socket.SOCK_STREAM, proto: int = 0
+    ) -> StackSocket:
+        """A trio socket on this stack, whatever stack the task's socket factory would pick."""
         if family != socket.AF_INET or type & ~(socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC) not in (
-            SOCK_STREAM,
-            SOCK_DGRAM,
+            socket.SOCK_STREAM,
+            socket.SOCK_DGRAM,
         ):
             raise OSError(errno.EAFNOSUPPORT, "the stack serves AF_INET stream and datagram sockets")
         return StackSocket(self, type, proto)
 
-    def tcp_listen(self, port: int, backlog: int = 128) -> TcpListenerEndpoint:
-        """Passive open: a listener whose ``accept()`` yields established streams."""
-        return TcpListenerEndpoint(self, self.core.tcp.listen(port, backlog))
 
-
-#: the factory and resolver the first stack of a trio run installed
-_installed_parts: trio.lowlevel.RunVar[tuple[StackSocketFactory, StackHostnameResolver]] = (
-    trio.lowlevel.RunVar("trio_yastack_installed")
-)
-
-
-@contextmanager
-def _installed(stack: Stack, hosts: dict[str, str] | None, kernel_fallback: bool) -> Iterator[None]:
-    """Register ``stack`` in this trio run; the first one installs trio's socket factory and
-    resolver, and the last one out restores what was there before."""
-    stacks = open_stacks.get(None)
-    if stacks is None:
-        stacks = []
-        open_stacks.set(stacks)
-    previous = None
-    if not stacks:
-        factory, resolver = StackSocketFactory(kernel_fallback), StackHostnameResolver(hosts)
-        _installed_parts.set((factory, resolver))
-        previous = (
-            trio.socket.set_custom_socket_factory(factory),
-            trio.socket.set_custom_hostname_resolver(resolver),
-        )
-    else:
-        # One factory and resolver serve the run: a later stack adds its names to the hosts
-        # table, and may not ask for a different kernel fallback than the first one set.
-        factory, resolver = _installed_parts.get()
-        if kernel_fallback != factory.kernel_fallback:
-            raise ValueError(
-                f"kernel_fallback={kernel_fallback} differs from the {factory.kernel_fallback} that the "
-                "first stack of this trio run installed"
-            )
-        resolver.add_hosts(hosts or {})
-    stacks.append(stack)
-    try:
-        yield
-    finally:
-        stacks.remove(stack)
-        if previous is not None:
-            trio.socket.set_custom_socket_factory(previous[0])
-            trio.socket.set_custom_hostname_resolver(previous[1])
+def current_stack() -> Stack:
+    """The stack that ``trio.socket.socket()`` uses in this task: the one chosen with
+    ``use_stack``, else the first stack opened in this trio run."""
+    stack = socket_api.current_stack()
+    if not isinstance(stack, Stack):
+        raise RuntimeError(f"the current stack {stack!r} was installed without open_stack")
+    return stack
 
 
 @asynccontextmanager
@@ -263,15 +235,16 @@ async def _open_stack_on(
         async with trio.open_nursery() as nursery:
             await nursery.start(loop.run)
             stack = Stack(core, port, loop)
-            with _installed(stack, hosts, kernel_fallback):
+            with install_stack(stack, hosts=hosts, kernel_fallback=kernel_fallback):
                 try:
                     yield stack
                 finally:
                     loop.flush()
                     nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
-        # The poll loop never raises, so a lone exception is the caller's own: give it back
-        # unwrapped, as if no nursery were here.
+        # Either the caller's own exception, or (in strict mode only: PollLoop) the poll loop's
+        # re-raised stack bug, which cancelled the caller: one exception, given back unwrapped,
+        # as if no nursery were here.
         if len(group.exceptions) == 1:
             raise group.exceptions[0] from None
         raise
@@ -304,8 +277,6 @@ def run(
         return trio.run(inside_stack, clock=clock)
     if cores < 1:
         raise ValueError("cores must be at least 1")
-    from trio_yastack.dispatch._launcher import launch
-
     port = open_multicore_port(nic, cores)
     return launch(lambda layout: trio.run(inside_stack, layout, clock=clock), port=port, cores=cores)
 

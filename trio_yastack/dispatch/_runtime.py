@@ -4,14 +4,21 @@ Each turn: one bounded ``rx_burst``, every frame through ``ether_input`` (with t
 output deferred to the end of the burst: one ACK for many segments), the due timers, one
 wake-up per socket that changed, one ``tx_burst``.  When a turn received nothing and no timer
 is due, the loop sleeps in ``port.wait_rx`` with the stack's next deadline around it; an
-application that queues frames (a send) ``kick``s it awake.  The loop never raises because of
-what it received: an exception from the stack is a bug, counted and logged, never fatal.
+application that queues frames (a send) ``kick``s it awake.
+
+An exception from the stack is a bug.  In production it is counted (``internal_errors``) and
+logged (the first ten), and the core goes on: one bad frame must not stop a server.  In strict
+mode (``strict=True``, or ``TRIO_YASTACK_STRICT=1`` in the environment, which the test suite
+sets for itself and for the servers it starts) it is counted, logged and re-raised, so it ends
+the poll loop and, through ``open_stack``'s nursery, the application: no test passes while the
+stack raised.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -22,9 +29,17 @@ from trio_yastack.stack import ChecksumVerified, StackCore
 if TYPE_CHECKING:
     from ._percore import CoreLayout
 
-__all__ = ["PollLoop", "RuntimeStatistics"]
+__all__ = ["STRICT_ENV", "PollLoop", "RuntimeStatistics", "strict_from_environment"]
 
 log = logging.getLogger("trio_yastack.runtime")
+
+#: the environment variable that makes every poll loop of the process strict (``"1"``)
+STRICT_ENV = "TRIO_YASTACK_STRICT"
+
+
+def strict_from_environment() -> bool:
+    """Whether ``TRIO_YASTACK_STRICT=1``: stack exceptions are re-raised, not only counted."""
+    return os.environ.get(STRICT_ENV) == "1"
 
 
 class RuntimeStatistics:
@@ -59,6 +74,7 @@ class PollLoop:
         queue: int = 0,
         burst: int | None = None,
         layout: CoreLayout | None = None,
+        strict: bool | None = None,
     ) -> None:
         self.core = core
         self.port = port
@@ -72,6 +88,8 @@ class PollLoop:
         self.stats = RuntimeStatistics()
         self._idle_scope: trio.CancelScope | None = None
         self._logged_errors = 0
+        #: re-raise stack exceptions after counting them (None: ``TRIO_YASTACK_STRICT``)
+        self.strict = strict_from_environment() if strict is None else strict
 
     def kick(self) -> None:
         """An application call may have queued frames or output, made sockets ready, or set a
@@ -111,17 +129,17 @@ class PollLoop:
                 for frame in frames:
                     try:
                         ether_input(frame, now)
-                    except Exception:  # a bug in the stack must not stop the core
-                        self._internal_error("ether_input")
+                    except Exception as exc:  # a bug in the stack: counted (and raised if strict)
+                        self._internal_error("ether_input", exc)
                 try:
                     core.end_burst(now)
-                except Exception:
-                    self._internal_error("end_burst")
+                except Exception as exc:
+                    self._internal_error("end_burst", exc)
             try:
                 core.run_timers(now)
                 core.run_pending_output(now)  # what the applications sent since the last turn
-            except Exception:
-                self._internal_error("run_timers")
+            except Exception as exc:
+                self._internal_error("run_timers", exc)
             self.wake_ready()
             self.flush()
             if frames:
@@ -135,6 +153,7 @@ class PollLoop:
             with trio.CancelScope(deadline=math.inf if deadline is None else deadline) as scope:
                 self._idle_scope = scope
                 if layout is None:
+                    # without a layout, queue is the int given to __init__ (None only with one)
                     await port.wait_rx(queue)  # type: ignore[arg-type]
                 else:
                     await self._wait_port_or_rings(layout)
@@ -188,8 +207,8 @@ class PollLoop:
                 if flags & COPY_FLAG:
                     try:
                         self.core.learn_from_copy(frame, now)
-                    except Exception:
-                        self._internal_error("learn_from_copy")
+                    except Exception as exc:
+                        self._internal_error("learn_from_copy", exc)
                 else:
                     mine.append(ChecksumVerified(frame) if flags & VERIFIED_FLAG else frame)
         return mine
@@ -236,15 +255,21 @@ class PollLoop:
         if not core.outbox:
             return
         frames = core.take_outbox()
-        accepted = self.port.tx_burst(self.tx_queue, frames)
+        # The stack builds frames in bytearrays, which every port writes as it writes bytes;
+        # Port.tx_burst (nic/) is annotated Sequence[bytes] only, and mypy 2 no longer promotes.
+        accepted = self.port.tx_burst(self.tx_queue, frames)  # type: ignore[arg-type]
         self.stats.frames_out += accepted
         if accepted < len(frames):
             self.stats.tx_refused += len(frames) - accepted
             for _ in range(len(frames) - accepted):
                 core.stats_ether.drop("tx_refused")
 
-    def _internal_error(self, where: str) -> None:
+    def _internal_error(self, where: str, exc: Exception) -> None:
+        """Count and log ``exc``, a stack bug caught in ``where``; re-raise it when strict."""
         self.stats.internal_errors += 1
+        if self.strict:
+            log.exception("internal error in %s (strict: raised)", where, exc_info=exc)
+            raise exc
         if self._logged_errors < 10:
             self._logged_errors += 1
-            log.exception("internal error in %s (counted; the core goes on)", where)
+            log.exception("internal error in %s (counted; the core goes on)", where, exc_info=exc)

@@ -30,8 +30,7 @@ from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState
 from hypercorn.utils import wrap_app
 
-from trio_yastack._open_stack import Stack
-from trio_yastack.socket_api import current_stack
+from trio_yastack._open_stack import Stack, current_stack
 
 __all__ = ["SUPPORTED_HYPERCORN", "Config", "check_hypercorn_version", "parse_bind", "serve_asgi"]
 

@@ -1,10 +1,15 @@
 """trio's face of the stack: tasks park on stack objects and the poll loop wakes them.
 
-:class:`StackSocket` is a ``trio.socket.SocketType`` for AF_INET stream and datagram sockets;
-``open_stack`` installs :class:`StackSocketFactory` and :class:`StackHostnameResolver`, so
-unmodified trio code runs over the stack.  The smaller endpoints (:class:`UdpEndpoint`,
-:class:`PingSocket`, :class:`TcpStreamEndpoint`) are the same objects without trio's socket
-vocabulary.
+:class:`StackSocket` is a ``trio.socket.SocketType`` for AF_INET stream and datagram sockets.
+:func:`install_stack` (which ``open_stack`` calls) installs :class:`StackSocketFactory` and
+:class:`StackHostnameResolver` for the trio run, so unmodified trio code runs over the stack:
+every TCP byte an application sees goes through ``StackSocket``, mostly wrapped in trio's own
+``SocketStream``/``SocketListener`` (``Stack.tcp_connect``/``tcp_listen`` return those too).
+:class:`UdpEndpoint` and :class:`PingSocket` are smaller endpoints for UDP and ICMP echo
+without trio's socket vocabulary.
+
+This layer needs from a stack only what :class:`SocketStack` names (its core, address and
+``kick``); it never imports the ``Stack`` front end above it.
 """
 
 from ._endpoints import EchoReply as EchoReply
@@ -14,7 +19,8 @@ from ._socket import StackHostnameResolver as StackHostnameResolver
 from ._socket import StackSocket as StackSocket
 from ._socket import StackSocketFactory as StackSocketFactory
 from ._socket import current_stack as current_stack
+from ._socket import install_stack as install_stack
+from ._socket import listening_socket as listening_socket
 from ._socket import use_stack as use_stack
-from ._tcp_endpoints import TcpListenerEndpoint as TcpListenerEndpoint
-from ._tcp_endpoints import TcpStreamEndpoint as TcpStreamEndpoint
+from ._stack import SocketStack as SocketStack
 from ._waiter import Waiter as Waiter

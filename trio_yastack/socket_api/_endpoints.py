@@ -1,9 +1,10 @@
-"""Async endpoints over the stack for UDP and ICMP echo (ping).
+"""Small async endpoints over the stack for UDP and ICMP echo (ping), without trio's socket
+vocabulary (``Stack.udp_socket()``, ``Stack.ping_socket()``).
 
-These are the trio face of the stack's UDP pcbs and echo endpoints: they park a task until the
-poll loop reports a change, raise ``OSError`` with the errno a kernel would give, and are
-checkpoints as trio's own socket calls are.  The ``trio.socket.SocketType`` classes built on
-them come with the socket-factory work.
+They park a task until the poll loop reports a change, raise ``OSError`` with the errno a
+kernel would give, and are checkpoints as trio's own socket calls are.  UDP through trio's
+interface is :class:`~trio_yastack.socket_api.StackSocket`; ICMP echo has no ``StackSocket``
+of its own, so :class:`PingSocket` is its only face.
 """
 
 from __future__ import annotations
@@ -12,16 +13,13 @@ import errno
 import math
 from dataclasses import dataclass
 from ipaddress import IPv4Address
-from typing import TYPE_CHECKING
 
 import trio
 
 from trio_yastack.stack import EchoEndpoint, UdpPcb
 
+from ._stack import SocketStack
 from ._waiter import Waiter
-
-if TYPE_CHECKING:
-    from trio_yastack._open_stack import Stack
 
 __all__ = ["EchoReply", "PingSocket", "UdpEndpoint"]
 
@@ -38,7 +36,7 @@ def _ip_int(host: str | IPv4Address | int) -> int:
 class UdpEndpoint:
     """A UDP socket on the stack.  Use ``async with`` or call ``close()``."""
 
-    def __init__(self, stack: Stack, pcb: UdpPcb) -> None:
+    def __init__(self, stack: SocketStack, pcb: UdpPcb) -> None:
         self._stack = stack
         self._pcb = pcb
         self._waiter = pcb.waiter = Waiter()
@@ -123,7 +121,7 @@ class PingSocket:
     """Sends ICMP echo requests with one identifier and receives the replies (like a Linux
     ``SOCK_DGRAM``/``IPPROTO_ICMP`` socket)."""
 
-    def __init__(self, stack: Stack, endpoint: EchoEndpoint) -> None:
+    def __init__(self, stack: SocketStack, endpoint: EchoEndpoint) -> None:
         self._stack = stack
         self._endpoint = endpoint
         self._waiter = endpoint.waiter = Waiter()

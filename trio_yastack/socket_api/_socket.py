@@ -1,6 +1,6 @@
 """trio sockets over the stack: a ``trio.socket.SocketType`` for AF_INET stream and datagram
-sockets, the socket factory and hostname resolver that ``open_stack`` installs, and the choice
-of stack per task (``use_stack``).
+sockets, the socket factory and hostname resolver that ``install_stack`` installs for a trio run
+(``open_stack`` calls it), and the choice of stack per task (``use_stack``).
 
 With these installed, ``trio.socket.socket()``, ``trio.open_tcp_stream``, ``trio.serve_tcp``,
 ``trio.SSLStream`` and everything built on them run over the user-space stack unchanged.  Tasks
@@ -19,24 +19,24 @@ import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from dataclasses import dataclass
 from ipaddress import IPv4Address
-from typing import TYPE_CHECKING, Any
+from typing import Any, Literal, TypeVar
 
 import trio
 
 from trio_yastack.stack import TcpConnection, TcpListener, UdpPcb
 
+from ._stack import SocketStack
 from ._waiter import Waiter
-
-if TYPE_CHECKING:
-    from trio_yastack._open_stack import Stack
 
 __all__ = [
     "StackHostnameResolver",
     "StackSocket",
     "StackSocketFactory",
     "current_stack",
-    "open_stacks",
+    "install_stack",
+    "listening_socket",
     "use_stack",
 ]
 
@@ -51,36 +51,120 @@ _TCP_KEEPINTVL = getattr(_stdlib_socket, "TCP_KEEPINTVL", 5)
 _TCP_KEEPCNT = getattr(_stdlib_socket, "TCP_KEEPCNT", 6)
 _TCP_NOTSENT_LOWAT = getattr(_stdlib_socket, "TCP_NOTSENT_LOWAT", 25)
 _SO_REUSEPORT = getattr(_stdlib_socket, "SO_REUSEPORT", 15)
+_KINDS = {kind.value: kind for kind in (_stdlib_socket.SOCK_STREAM, _stdlib_socket.SOCK_DGRAM)}
+_NODELAY = (_IPPROTO_TCP, _stdlib_socket.TCP_NODELAY)
+#: the options a connection holds itself (the rest are read by the socket when it needs them)
+_CONNECTION_OPTIONS = frozenset(
+    {
+        _NODELAY,
+        (_SOL_SOCKET, _stdlib_socket.SO_SNDBUF),
+        (_SOL_SOCKET, _stdlib_socket.SO_RCVBUF),
+        (_SOL_SOCKET, _stdlib_socket.SO_KEEPALIVE),
+        (_IPPROTO_TCP, _TCP_KEEPIDLE),
+        (_IPPROTO_TCP, _TCP_KEEPINTVL),
+        (_IPPROTO_TCP, _TCP_KEEPCNT),
+    }
+)
 _fds = itertools.count(1 << 20)  # descriptor numbers that cannot collide with the kernel's small ones
 
+_S = TypeVar("_S", bound=SocketStack)
+
+
+@dataclass(slots=True)
+class _RunStacks:
+    """The stacks installed in one trio run, oldest first (the first is every task's default),
+    the factory and resolver the first of them installed, and what those replaced."""
+
+    stacks: list[SocketStack]
+    factory: StackSocketFactory
+    resolver: StackHostnameResolver
+    replaced: tuple[trio.abc.SocketFactory | None, trio.abc.HostnameResolver | None]
+
+
 #: the stack chosen with use_stack() for the current task (and the tasks it starts)
-_current: ContextVar[Stack | None] = ContextVar("trio_yastack_current_stack", default=None)
-#: the stacks open in this trio run, oldest first: the first is every task's default
-open_stacks: trio.lowlevel.RunVar[list[Stack]] = trio.lowlevel.RunVar("trio_yastack_open_stacks")
+_current: ContextVar[SocketStack | None] = ContextVar("trio_yastack_current_stack", default=None)
+#: this trio run's stacks and the socket factory serving them (None: none installed)
+_run_stacks: trio.lowlevel.RunVar[_RunStacks | None] = trio.lowlevel.RunVar(
+    "trio_yastack_run_stacks", default=None
+)
 
 
-def current_stack() -> Stack:
+def current_stack() -> SocketStack:
     """The stack that ``trio.socket.socket()`` uses in this task: the one chosen with
-    :func:`use_stack`, else the first stack opened in this trio run."""
+    :func:`use_stack`, else the first stack installed in this trio run."""
     stack = _current.get()
     if stack is not None:
         return stack
-    stacks = open_stacks.get([])
-    if not stacks:
+    installed = _run_stacks.get()
+    if installed is None or not installed.stacks:
         raise RuntimeError(
             "no trio_yastack stack is open in this trio run (use `async with open_stack(...)`)"
         )
-    return stacks[0]
+    return installed.stacks[0]
 
 
 @contextmanager
-def use_stack(stack: Stack) -> Iterator[Stack]:
+def use_stack(stack: _S) -> Iterator[_S]:
     """Make ``stack`` the one trio's socket factory uses in this task and the tasks it spawns."""
     token = _current.set(stack)
     try:
         yield stack
     finally:
         _current.reset(token)
+
+
+@contextmanager
+def install_stack(
+    stack: SocketStack, *, hosts: dict[str, str] | None = None, kernel_fallback: bool = False
+) -> Iterator[None]:
+    """Serve ``stack``'s sockets through trio's own interface for the ``with`` block.
+
+    The first stack of a trio run installs a :class:`StackSocketFactory` and a
+    :class:`StackHostnameResolver` (with ``hosts``) and becomes every task's default stack;
+    a later one adds its ``hosts`` to the same resolver, and may not ask for a different
+    ``kernel_fallback``.  When the last one leaves, trio's previous factory and resolver are
+    put back.  (``open_stack`` does this; call it yourself only for a stack of your own making.)
+    """
+    installed = _run_stacks.get()
+    if installed is None:
+        factory, resolver = StackSocketFactory(kernel_fallback), StackHostnameResolver(hosts)
+        replaced = (
+            trio.socket.set_custom_socket_factory(factory),
+            trio.socket.set_custom_hostname_resolver(resolver),
+        )
+        installed = _RunStacks([], factory, resolver, replaced)
+        _run_stacks.set(installed)
+    else:
+        if kernel_fallback != installed.factory.kernel_fallback:
+            raise ValueError(
+                f"kernel_fallback={kernel_fallback} differs from the {installed.factory.kernel_fallback} "
+                "that the first stack of this trio run installed"
+            )
+        installed.resolver.add_hosts(hosts or {})
+    installed.stacks.append(stack)
+    try:
+        yield
+    finally:
+        installed.stacks.remove(stack)
+        if not installed.stacks:
+            trio.socket.set_custom_socket_factory(installed.replaced[0])
+            trio.socket.set_custom_hostname_resolver(installed.replaced[1])
+            _run_stacks.set(None)
+
+
+def listening_socket(stack: SocketStack, port: int, backlog: int = 128) -> StackSocket:
+    """A TCP socket on ``stack`` bound to ``port`` (0: an ephemeral one) of every address and
+    listening, made without waiting: binding on a user-space stack is a table entry, so no
+    checkpoint is needed (``bind`` is async only because trio's ``SocketType`` says so).
+    ``trio.SocketListener(listening_socket(...))`` is ``Stack.tcp_listen``."""
+    sock = StackSocket(stack, SOCK_STREAM)
+    try:
+        sock._bind_now(("", port))
+        sock.listen(backlog)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def _oserror(code: int, detail: str = "") -> OSError:
@@ -107,7 +191,7 @@ class StackSocket(trio.socket.SocketType):
     """An AF_INET socket on a trio_yastack stack (TCP for SOCK_STREAM, UDP for SOCK_DGRAM)."""
 
     def __init__(
-        self, stack: Stack, type_: int, proto: int = 0, *, conn: TcpConnection | None = None
+        self, stack: SocketStack, type_: int, proto: int = 0, *, conn: TcpConnection | None = None
     ) -> None:
         super().__init__()
         self._stack = stack
@@ -144,7 +228,7 @@ class StackSocket(trio.socket.SocketType):
 
     @property
     def type(self) -> _stdlib_socket.SocketKind:
-        return _stdlib_socket.SocketKind(self._type)
+        return _KINDS[self._type]  # read by every trio.SocketStream/SocketListener made on it
 
     @property
     def proto(self) -> int:
@@ -156,6 +240,14 @@ class StackSocket(trio.socket.SocketType):
 
     def fileno(self) -> int:
         return self._fd
+
+    @property
+    def connection(self) -> TcpConnection | None:
+        """The stack's TCP connection behind this socket (``None`` for UDP and listening
+        sockets, and before ``connect``): its state, sequence numbers, buffers and counters, as
+        ``ss -ti`` shows a kernel socket's.  For tests, tools and benchmarks to read; calling its
+        methods would bypass the socket and the wake-ups of the tasks parked on it."""
+        return self._conn
 
     def __repr__(self) -> str:
         state = "closed" if self._fd < 0 else ("listening" if self._listener else "open")
@@ -188,6 +280,9 @@ class StackSocket(trio.socket.SocketType):
 
     async def bind(self, address: Any) -> None:
         await trio.lowlevel.checkpoint()
+        self._bind_now(address)
+
+    def _bind_now(self, address: Any) -> None:
         self._check_open()
         ip, port = _ipv4(address)
         core = self._stack.core
@@ -456,8 +551,14 @@ class StackSocket(trio.socket.SocketType):
             raw = bytes(value)
             self._raw_options[(level, optname)] = raw
             value = int.from_bytes(raw[:4] or b"\0", "little")
-        self._options[(level, optname)] = int(value)
-        self._apply_connection_options()
+        key = (level, optname)
+        self._options[key] = int(value)
+        conn = self._conn
+        if conn is not None:
+            if key == _NODELAY:
+                conn.nodelay = bool(value)  # the option every trio.SocketStream sets: no more
+            elif key in _CONNECTION_OPTIONS:
+                self._apply_connection_options()
         if self._listener is not None:
             self._listener.send_buffer = self._buffer(True)
             self._listener.receive_buffer = self._buffer(False)
@@ -659,6 +760,19 @@ class StackSocketFactory(trio.abc.SocketFactory):
         )
 
 
+#: getaddrinfo()'s entries, as trio's HostnameResolver declares them (this one yields AF_INET only)
+_AddrInfo4 = tuple[
+    Literal[_stdlib_socket.AddressFamily.AF_INET], _stdlib_socket.SocketKind, int, str, tuple[str, int]
+]
+_AddrInfo6 = tuple[
+    Literal[_stdlib_socket.AddressFamily.AF_INET6],
+    _stdlib_socket.SocketKind,
+    int,
+    str,
+    tuple[str, int, int, int] | tuple[int, bytes],
+]
+
+
 class StackHostnameResolver(trio.abc.HostnameResolver):
     """Numeric addresses and a static hosts table (trio resolves numeric hosts itself first)."""
 
@@ -678,7 +792,7 @@ class StackHostnameResolver(trio.abc.HostnameResolver):
         type: int = 0,
         proto: int = 0,
         flags: int = 0,
-    ) -> list[tuple[Any, Any, int, str, tuple[str, int]]]:
+    ) -> list[_AddrInfo4 | _AddrInfo6]:
         await trio.lowlevel.checkpoint()
         if isinstance(host, bytes):
             host = host.decode("idna")
@@ -704,7 +818,7 @@ class StackHostnameResolver(trio.abc.HostnameResolver):
         kinds = [type] if type else [SOCK_STREAM, SOCK_DGRAM]
         return [
             (
-                _stdlib_socket.AF_INET,
+                _stdlib_socket.AddressFamily.AF_INET,
                 _stdlib_socket.SocketKind(kind),
                 proto or (_stdlib_socket.IPPROTO_TCP if kind == SOCK_STREAM else _stdlib_socket.IPPROTO_UDP),
                 "",
@@ -713,7 +827,9 @@ class StackHostnameResolver(trio.abc.HostnameResolver):
             for kind in kinds
         ]
 
-    async def getnameinfo(self, sockaddr: tuple[str, int], flags: int) -> tuple[str, str]:
+    async def getnameinfo(
+        self, sockaddr: tuple[str, int] | tuple[str, int, int, int], flags: int
+    ) -> tuple[str, str]:
         await trio.lowlevel.checkpoint()
         host, port = sockaddr[0], sockaddr[1]
         if not flags & _stdlib_socket.NI_NUMERICHOST:
