@@ -145,10 +145,7 @@ GRAPH = import_graph(PACKAGE)
 
 
 #: rules the code does not keep yet: each fails today (strict xfail), and passes once fixed
-KNOWN_VIOLATIONS = {
-    "trio_yastack.tls": "tls/contexts.py builds SSL contexts from l7.config's TLS context types "
-    "(and l7's __init__ imports asgi, hence _open_stack): those types belong below l7",
-}
+KNOWN_VIOLATIONS: dict[str, str] = {}
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 ``trio.SSLStream`` does the TLS itself; this package holds what the proxy needs around it:
 
+- :mod:`.config`: the TLS settings of a filter chain or a cluster, as typed objects;
 - :mod:`.contexts`: the ``ssl.SSLContext`` of a filter chain (termination: its certificates, its
   ALPN list, client certificates verified when offered) and of a cluster (origination: the trusted
   CA and SNI), from Envoy's ``DownstreamTlsContext`` and ``UpstreamTlsContext``;

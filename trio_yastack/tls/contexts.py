@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import ssl
 
-from trio_yastack.l7.config import CommonTlsContext, DownstreamTlsContext, UpstreamTlsContext
+from .config import CommonTlsContext, DownstreamTlsContext, UpstreamTlsContext
 
 __all__ = ["SERVED_ALPN", "TlsSetupError", "client_context", "server_context"]
 
