@@ -19,6 +19,7 @@ from typing import Any
 import trio
 
 from trio_yastack import socket_api
+from trio_yastack._trio_helpers import unwrap_single_exception
 from trio_yastack.dispatch import CoreLayout, PollLoop, launch
 from trio_yastack.nic import PcapReplayPort, Port, PortStatistics
 from trio_yastack.socket_api import PingSocket, StackSocket, UdpEndpoint, install_stack, listening_socket
@@ -231,7 +232,10 @@ async def _open_stack_on(
         config = replace(config, **config_overrides)
     core = StackCore(config, rng=random.Random(seed) if seed is not None else None)
     loop = PollLoop(core, port, burst=burst, layout=layout)
-    try:
+    # Either the caller's own exception, or (in strict mode only: PollLoop) the poll loop's
+    # re-raised stack bug, which cancelled the caller: one exception, given back unwrapped, as if
+    # no nursery were here.
+    with unwrap_single_exception():
         async with trio.open_nursery() as nursery:
             await nursery.start(loop.run)
             stack = Stack(core, port, loop)
@@ -241,13 +245,6 @@ async def _open_stack_on(
                 finally:
                     loop.flush()
                     nursery.cancel_scope.cancel()
-    except BaseExceptionGroup as group:
-        # Either the caller's own exception, or (in strict mode only: PollLoop) the poll loop's
-        # re-raised stack bug, which cancelled the caller: one exception, given back unwrapped,
-        # as if no nursery were here.
-        if len(group.exceptions) == 1:
-            raise group.exceptions[0] from None
-        raise
 
 
 def run(

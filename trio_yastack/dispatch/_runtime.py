@@ -123,7 +123,7 @@ class PollLoop:
                 stats.bursts += 1
                 stats.frames_in += len(frames)
                 # Read once per burst, not once per run: a tracer that starts swaps the core's
-                # class, and its ether_input must be the one called (trio_yastack._journey).
+                # class, and its ether_input must be the one called (trio_yastack.journey).
                 ether_input = core.ether_input
                 core.begin_burst()
                 for frame in frames:

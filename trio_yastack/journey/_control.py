@@ -47,6 +47,8 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from trio_yastack._trio_helpers import lingering_close
+from trio_yastack.dispatch import strict_from_environment
 from trio_yastack.stack import TcpState
 
 from ._filter import FilterError, PacketFilter, compile_filter
@@ -240,6 +242,8 @@ def core_snapshot(
         try:
             app[name] = provider()
         except Exception as exc:  # a provider's bug is reported, not raised into the core
+            if strict_from_environment():  # under the test suite: a bug fails the run
+                raise
             app[name] = {"error": f"{type(exc).__name__}: {exc}"}
     return {
         "core": layout.core_id if layout is not None else 0,
@@ -337,6 +341,8 @@ class CoreObserver:
         except Exception:  # a bug here must not stop the core: counted and logged
             self.bad_requests += 1
             log.exception("control request failed")
+            if strict_from_environment():  # under the test suite: a bug fails the run
+                raise
         finally:
             self.clients -= 1
             await trio.aclose_forcefully(stream)
@@ -486,16 +492,9 @@ class CoreObserver:
 
 
 async def _linger(stream: trio.SocketStream) -> None:
-    """Say we are done and take what the client still sends (bounded), so that closing does not
-    reset the connection before the client has read our answer (a Unix socket closed with
-    unread data resets its peer)."""
-    await stream.send_eof()
-    taken = 0
-    while taken < 16 * MAX_REQUEST:
-        chunk = await stream.receive_some(MAX_REQUEST)
-        if not chunk:
-            return
-        taken += len(chunk)
+    """Close after answering without losing the answer (:func:`lingering_close`): a Unix socket
+    closed with unread data resets its peer.  The callers bound the time."""
+    await lingering_close(stream, max_bytes=16 * MAX_REQUEST, receive_size=MAX_REQUEST)
 
 
 def _line(document: dict[str, Any]) -> bytes:

@@ -43,7 +43,6 @@ import contextlib
 import random
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import TYPE_CHECKING
@@ -51,6 +50,8 @@ from urllib.parse import urlsplit
 
 import h11
 import trio
+
+from trio_yastack._trio_helpers import lingering_close, unwrap_single_exception
 
 from ._heads import request_head, response_head
 from .access_log import AccessLogger, AccessRecord
@@ -582,7 +583,7 @@ class _RouterRequest:
                 attempt = _UpstreamRequest(self, None)
                 await attempt.run()
             else:
-                with _unwrap_single():
+                with unwrap_single_exception():
                     async with trio.open_nursery() as uploads:
                         attempt = _UpstreamRequest(self, uploads)
                         await attempt.run()
@@ -967,32 +968,11 @@ class _UpstreamRequest:
 _OVERFLOW_BODY = "upstream connect error or disconnect/reset before headers. reset reason: overflow"
 
 
-@contextlib.contextmanager
-def _unwrap_single() -> Iterator[None]:
-    """A nursery's lone exception as itself: trio wraps even one in an ExceptionGroup, and the
-    request's handlers catch ``_LocalReply``, ``_DownstreamGone`` and network errors by type."""
-    try:
-        yield
-    except BaseExceptionGroup as group:
-        if len(group.exceptions) == 1:
-            raise group.exceptions[0] from None
-        raise
-
-
 async def _linger(ds: _Downstream) -> None:
-    """Close after an error reply as nginx's ``lingering_close`` does: stop sending, then read and
-    drop what the client still sends (bounded: :data:`LINGER_BYTES`, :data:`LINGER_SECONDS`).
-    Closing with unread bytes makes the kernel (or the stack) send a reset, which can destroy the
-    reply in the client's receive buffer before it is read."""
+    """Close after an error reply without losing it (:func:`lingering_close`), bounded by
+    :data:`LINGER_BYTES` and :data:`LINGER_SECONDS`."""
     with trio.move_on_after(LINGER_SECONDS), contextlib.suppress(*_NETWORK_ERRORS):
-        if isinstance(ds.stream, trio.abc.HalfCloseableStream):
-            await ds.stream.send_eof()
-        drained = 0
-        while drained < LINGER_BYTES:
-            data = await ds.stream.receive_some(RECEIVE_SIZE)
-            if not data:
-                break
-            drained += len(data)
+        await lingering_close(ds.stream, max_bytes=LINGER_BYTES, receive_size=RECEIVE_SIZE)
 
 
 def _head_size(request: h11.Request) -> int:
