@@ -17,12 +17,11 @@ from ._core import StackCore as StackCore
 from ._icmp import EchoEndpoint as EchoEndpoint
 from ._offload import ChecksumVerified as ChecksumVerified
 from ._offload import OffloadPacket as OffloadPacket
-from ._seq import SeqNum as SeqNum
 from ._stats import LayerStatistics as LayerStatistics
 from ._stats import StackStatistics as StackStatistics
-from ._tcp import TcpLayer as TcpLayer
-from ._tcp import TcpListener as TcpListener
-from ._tcp_conn import TcpConnection as TcpConnection
-from ._tcp_conn import TcpState as TcpState
 from ._timers import TimerQueue as TimerQueue
 from ._udp import UdpPcb as UdpPcb
+from .tcp import TcpConnection as TcpConnection
+from .tcp import TcpLayer as TcpLayer
+from .tcp import TcpListener as TcpListener
+from .tcp import TcpState as TcpState

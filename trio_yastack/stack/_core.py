@@ -20,9 +20,9 @@ from ._icmp import IcmpLayer
 from ._ip import IpLayer
 from ._offload import ChecksumVerified, OffloadPacket
 from ._stats import ArpStats, EtherStats, IcmpStats, IpStats, StackStatistics, TcpStats, UdpStats
-from ._tcp import TcpLayer
 from ._timers import TimerQueue
 from ._udp import UdpLayer
+from .tcp import TcpLayer
 from .wire import WireError
 from .wire.ethernet import (
     ETHER_HEADER,

@@ -10,21 +10,10 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ._ip import FRAME_HEADROOM
-from ._tcp_conn import (
-    CLOSED,
-    ESTABLISHED,
-    LISTEN,
-    SYN_RECEIVED,
-    SYN_SENT,
-    TIME_WAIT,
-    TcpConnection,
-    tcp_checksum_and_send,
-    window_shift_for,
-)
-from ._tcp_syncookie import CookieOptions, SynCookies
-from .wire import WireError
-from .wire.tcp import (
+from .._ip import FRAME_HEADROOM
+from .._seq import seq_lt, unwrap
+from ..wire import WireError
+from ..wire.tcp import (
     TCP_ACK,
     TCP_FIN,
     TCP_HEADER,
@@ -35,9 +24,13 @@ from .wire.tcp import (
     parse_tcp_header,
     parse_tcp_options,
 )
+from ._conn import TcpConnection
+from ._output import tcp_checksum_and_send, window_shift_for
+from ._states import CLOSED, ESTABLISHED, LISTEN, SYN_RECEIVED, SYN_SENT, TIME_WAIT
+from ._syncookie import CookieOptions, SynCookies
 
 if TYPE_CHECKING:
-    from ._core import StackCore
+    from .._core import StackCore
 
 __all__ = ["TcpLayer", "TcpListener"]
 
@@ -330,10 +323,8 @@ class TcpLayer:
             ):
                 # RFC 6191 / BSD: a new SYN above the old connection's sequence space (or with a
                 # newer timestamp) may reuse the pair at once.
-                newer_ts = (
-                    tsval >= 0 and conn.ts_recent_valid and 0 < ((tsval - conn.ts_recent) & _MASK) < 1 << 31
-                )
-                higher_seq = 0 < ((seq - conn.rcv_nxt) & _MASK) < 1 << 31
+                newer_ts = tsval >= 0 and conn.ts_recent_valid and seq_lt(conn.ts_recent, tsval)
+                higher_seq = seq_lt(conn.rcv_nxt, seq)
                 if newer_ts or (tsval < 0 and higher_seq):
                     conn._drop(0)
                     listener = self.listeners[dport]
@@ -627,8 +618,6 @@ class TcpLayer:
             return False
         if conn.state != ESTABLISHED and conn.state == LISTEN:
             return False
-        from ._seq import unwrap
-
         seq = unwrap(quoted_seq, conn.snd_una)
         if not conn.snd_una <= seq < max(conn.snd_max, conn.snd_una + 1):
             self.stats.drop("icmp_out_of_window")
