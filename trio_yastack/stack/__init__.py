@@ -14,6 +14,12 @@ from ._config import StackConfig as StackConfig
 from ._config import TcpConfig as TcpConfig
 from ._config import UdpConfig as UdpConfig
 from ._core import StackCore as StackCore
+from ._drops import ArpDrop as ArpDrop
+from ._drops import EtherDrop as EtherDrop
+from ._drops import IcmpDrop as IcmpDrop
+from ._drops import IpDrop as IpDrop
+from ._drops import TcpDrop as TcpDrop
+from ._drops import UdpDrop as UdpDrop
 from ._icmp import EchoEndpoint as EchoEndpoint
 from ._offload import ChecksumVerified as ChecksumVerified
 from ._offload import OffloadPacket as OffloadPacket

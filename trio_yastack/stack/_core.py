@@ -16,6 +16,7 @@ from trio_yastack._native import tcp4_segment
 
 from ._arp import ArpLayer
 from ._config import StackConfig
+from ._drops import EtherDrop
 from ._icmp import IcmpLayer
 from ._ip import IpLayer
 from ._offload import ChecksumVerified, OffloadPacket
@@ -106,11 +107,11 @@ class StackCore:
         stats.received += 1
         self.verify_checksums = self._verify_unmarked and frame.__class__ is not ChecksumVerified
         if len(frame) < ETHER_HEADER_LEN:
-            stats.drop("too_short")
+            stats.drop(EtherDrop.TOO_SHORT)
             return
         dst, _src, ethertype = ETHER_HEADER.unpack_from(frame, 0)
         if dst != self.mac and dst != _BROADCAST:
-            stats.drop("not_for_us")
+            stats.drop(EtherDrop.NOT_FOR_US)
             return
         offset = ETHER_HEADER_LEN
         if ethertype in (ETHERTYPE_VLAN, ETHERTYPE_QINQ):
@@ -120,14 +121,14 @@ class StackCore:
                 stats.drop(exc.reason)
                 return
             if offset != ETHER_HEADER_LEN + 4 or tci & 0x0FFF:
-                stats.drop("unknown_vlan")  # only priority-tagged frames (VLAN 0) are ours
+                stats.drop(EtherDrop.UNKNOWN_VLAN)  # only priority-tagged frames (VLAN 0) are ours
                 return
         if ethertype == ETHERTYPE_IPV4:
             self.ip_layer.ip_input(frame, offset, now)
         elif ethertype == ETHERTYPE_ARP:
             self.arp.arp_input(frame, offset, now)
         else:
-            stats.drop("unknown_ethertype" if ethertype >= 0x0600 else "not_ethernet_ii")
+            stats.drop(EtherDrop.UNKNOWN_ETHERTYPE if ethertype >= 0x0600 else EtherDrop.NOT_ETHERNET_II)
 
     def learn_from_copy(self, frame: bytes, now: float) -> None:
         """A copy of a frame another core received (ARP, which every core must learn from):
@@ -187,7 +188,7 @@ class StackCore:
         ETHER_HEADER.pack_into(packet, 0, dst_mac, self.mac, ETHERTYPE_IPV4)
         outbox = self.outbox  # transmit(), inline: every frame we send passes here
         if len(outbox) >= self.outbox_limit:
-            self.stats_ether.drop("outbox_full")
+            self.stats_ether.drop(EtherDrop.OUTBOX_FULL)
             return
         if packet.__class__ is OffloadPacket:
             if packet.gso_size and not self.tso_max_size:  # type: ignore[attr-defined]
@@ -204,7 +205,7 @@ class StackCore:
 
     def transmit(self, frame: bytearray) -> None:
         if len(self.outbox) >= self.outbox_limit:
-            self.stats_ether.drop("outbox_full")
+            self.stats_ether.drop(EtherDrop.OUTBOX_FULL)
             return
         # An offload packet goes as it is (its type carries the marks the port needs, and a
         # 64 KB TSO segment is not worth a copy); other frames leave as immutable bytes.

@@ -26,6 +26,7 @@ from __future__ import annotations
 import errno
 from typing import TYPE_CHECKING
 
+from .._drops import TcpDrop
 from .._seq import seq_lt, unwrap
 from ..wire.tcp import TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, TcpOptions
 from ._buffers import SendBuffer
@@ -187,7 +188,7 @@ def _check_sequence_number(
         and not flags & TCP_RST
         and seq_lt(tsval, self.ts_recent)
     ):
-        self.stats.drop("paws")
+        self.stats.drop(TcpDrop.PAWS)
         self._ack_now(now)
         return False
     seg_len = length
@@ -210,7 +211,7 @@ def _check_sequence_number(
             self.stats.duplicate_segments += 1
             self._ack_now(now)
         else:
-            self.stats.drop("rst_out_of_window")
+            self.stats.drop(TcpDrop.RST_OUT_OF_WINDOW)
         return False
     # RFC 7323 4.3: remember the timestamp of the segment that covers the last ACK we sent.
     if self.ts_on and tsval >= 0 and seq <= self.last_ack_sent:
@@ -256,7 +257,7 @@ def _check_ack_field(
     moves SND.UNA and the send window (with RFC 5961 5.2's bounds), and drives the closing
     states; ``False`` when the segment needs no further processing."""
     if not flags & TCP_ACK:
-        self.stats.drop("no_ack")
+        self.stats.drop(TcpDrop.NO_ACK)
         return False
     ack = unwrap(ack_wire, self.snd_una)
     if self.state == SYN_RECEIVED:
@@ -270,7 +271,7 @@ def _check_ack_field(
     # RFC 5961 5.2: an ACK for data never sent, or too old, gets an ACK / challenge.
     if ack > self.snd_max:
         self._ack_now(now)
-        self.stats.drop("ack_too_new")
+        self.stats.drop(TcpDrop.ACK_TOO_NEW)
         return False
     if ack < self.snd_una - max(self.max_sndwnd, 1):
         self._challenge_ack(now)
@@ -309,7 +310,7 @@ def _process_segment_text(
     states that receive data.  New data for a connection the application has closed cannot
     be delivered: reset (RFC 9293 3.10.4, Linux's TCPAbortOnData) and stop (``False``)."""
     if self.user_closed and seq + (end - start) > self.rcv_nxt:
-        self.stats.drop("data_after_close")
+        self.stats.drop(TcpDrop.DATA_AFTER_CLOSE)
         self._send_segment(self.snd_max, TCP_RST | TCP_ACK, b"", now)
         self.stats.resets_sent += 1
         self._drop(errno.ECONNRESET, counted=True)
@@ -317,7 +318,7 @@ def _process_segment_text(
     if self.state in RECEIVES_DATA:
         self._data_arrives(buf, start, end, seq, now)
     else:
-        self.stats.drop("data_after_fin")
+        self.stats.drop(TcpDrop.DATA_AFTER_FIN)
     return True
 
 
@@ -358,17 +359,17 @@ def _syn_sent_arrives(
     if flags & TCP_ACK and not self.iss < ack <= self.snd_max:
         if not flags & TCP_RST:
             self.layer.send_reset(self.remote_ip, self.remote_port, self.local_port, ack_wire, 0, True, now)
-        self.stats.drop("bad_ack_in_syn_sent")
+        self.stats.drop(TcpDrop.BAD_ACK_IN_SYN_SENT)
         return
     if flags & TCP_RST:
         if flags & TCP_ACK:
             self.stats.resets_received += 1
             self._drop(errno.ECONNREFUSED, counted=True)
         else:
-            self.stats.drop("rst_without_ack_in_syn_sent")
+            self.stats.drop(TcpDrop.RST_WITHOUT_ACK_IN_SYN_SENT)
         return
     if not flags & TCP_SYN:
-        self.stats.drop("no_syn_in_syn_sent")
+        self.stats.drop(TcpDrop.NO_SYN_IN_SYN_SENT)
         return
     self.irs = seq_wire
     self.rcv_nxt = seq_wire + 1
@@ -573,7 +574,7 @@ def _data_arrives(self: TcpConnection, buf: bytes, start: int, end: int, seq: in
     if seq == rcv_nxt:
         length = min(end - start, self.rcvbuf.free(), window_end - seq if window_end > seq else 0)
         if length <= 0:
-            stats.drop("receive_window_full")
+            stats.drop(TcpDrop.RECEIVE_WINDOW_FULL)
             self.ack_now = True
             return
         self.rcvbuf.append(buf[start : start + length])
@@ -582,7 +583,7 @@ def _data_arrives(self: TcpConnection, buf: bytes, start: int, end: int, seq: in
         if len(self.reasm):
             more = self.reasm.pop_in_order(rcv_nxt)
             if len(more) > self.rcvbuf.free():  # cannot happen while the window rules hold
-                stats.drop("reassembly_overflow")
+                stats.drop(TcpDrop.REASSEMBLY_OVERFLOW)
                 more = more[: self.rcvbuf.free()]
             if more:
                 self.rcvbuf.append(more)
@@ -604,7 +605,7 @@ def _data_arrives(self: TcpConnection, buf: bytes, start: int, end: int, seq: in
         if not stored:
             # Nothing new: a duplicate of what is held, or refused by the queue's bounds.
             full = len(self.reasm) + end - start > self.reasm.limit
-            stats.drop("out_of_order_queue_full" if full else "out_of_order_duplicate")
+            stats.drop(TcpDrop.OUT_OF_ORDER_QUEUE_FULL if full else TcpDrop.OUT_OF_ORDER_DUPLICATE)
         self.ack_now = True  # a duplicate ACK with SACK blocks tells the sender at once
 
 

@@ -17,6 +17,7 @@ import errno
 import struct
 from typing import TYPE_CHECKING
 
+from .._drops import TcpDrop
 from .._ip import FRAME_HEADROOM
 from .._offload import OffloadPacket
 from ..wire._checksum import sum16
@@ -73,7 +74,7 @@ def tcp_checksum_and_send(
     try:
         core.ip_layer.ip_output(packet, IPPROTO_TCP, dst, now)
     except OSError as exc:
-        stats.drop("output_error")
+        stats.drop(TcpDrop.OUTPUT_ERROR)
         return exc.errno or errno.EHOSTUNREACH
     return 0
 
@@ -414,4 +415,4 @@ def _challenge_ack(self: TcpConnection, now: float) -> None:
         self.stats.challenge_acks_sent += 1
         self._ack_now(now)
     else:
-        self.stats.drop("challenge_ack_rate_limited")
+        self.stats.drop(TcpDrop.CHALLENGE_ACK_RATE_LIMITED)

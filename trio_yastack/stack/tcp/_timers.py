@@ -14,6 +14,7 @@ import errno
 import math
 from typing import TYPE_CHECKING
 
+from .._drops import TcpDrop
 from ..wire.tcp import TCP_ACK, TCP_FIN, TCP_PSH
 from ._states import (
     CLOSE_WAIT,
@@ -67,7 +68,7 @@ def on_timer(self: TcpConnection, now: float) -> None:
             self.stats.connections_closed += 1
             return
         if self.state == FIN_WAIT_2:
-            self.stats.drop("fin_wait_2_timeout")
+            self.stats.drop(TcpDrop.FIN_WAIT_2_TIMEOUT)
             self._drop(0)
             return
     if self.t_rexmt and self.t_rexmt <= now:
