@@ -191,10 +191,10 @@ class StackCore:
             self.stats_ether.drop(EtherDrop.OUTBOX_FULL)
             return
         if packet.__class__ is OffloadPacket:
-            if packet.gso_size and not self.tso_max_size:  # type: ignore[attr-defined]
+            if packet.gso_size and not self.tso_max_size:
                 # Software GSO (validate_xmit_skb -> skb_gso_segment): the port cannot segment,
                 # so cut the segment here, every piece with its own headers and checksums.
-                frames = tcp4_segment(packet, packet.gso_size)  # type: ignore[attr-defined]
+                frames = tcp4_segment(packet, packet.gso_size)
                 outbox.extend(frames)
                 self.stats_ether.sent += len(frames)
                 return

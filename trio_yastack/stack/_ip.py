@@ -183,7 +183,7 @@ class IpLayer:
         src = core.ip
         mtu = core.mtu
         stats.sent += 1
-        if total_len <= mtu or (packet.__class__ is OffloadPacket and packet.gso_size):  # type: ignore[attr-defined]
+        if total_len <= mtu or (packet.__class__ is OffloadPacket and packet.gso_size):
             # (a TSO segment goes whole: the port cuts it into MTU-sized segments)
             _emit_header(packet, tos, total_len, ident, IP_DF if dont_fragment else 0, ttl, proto, src, dst)
             self._to_link(packet, next_hop, dst, now)

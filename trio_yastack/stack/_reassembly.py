@@ -8,6 +8,7 @@ mandates for IPv6); an exact duplicate, which a lossy network really produces, i
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ._config import IpConfig
@@ -40,7 +41,13 @@ class Reassembler:
 
     __slots__ = ("_bytes_held", "_datagrams", "_on_timeout", "_timers", "config", "stats")
 
-    def __init__(self, config: IpConfig, stats: IpStats, timers: TimerQueue, on_timeout) -> None:  # type: ignore[no-untyped-def]
+    def __init__(
+        self,
+        config: IpConfig,
+        stats: IpStats,
+        timers: TimerQueue,
+        on_timeout: Callable[[float, ReassemblyKey, bytes], None],
+    ) -> None:
         self.config = config
         self.stats = stats
         self._timers = timers

@@ -9,9 +9,9 @@ registered for the layer in ``_drops.py`` (the ``reason`` of a
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import Field, dataclass, field, fields
 from types import MappingProxyType
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from ._drops import ArpDrop, EtherDrop, IcmpDrop, IpDrop, TcpDrop, UdpDrop, registered
 
@@ -62,6 +62,8 @@ class _Counters:
     layer: ClassVar[str] = ""
     reasons: ClassVar[frozenset[str]] = frozenset()
     dropped: dict[str, int]
+    #: set by @dataclass on every subclass; declared so that ``fields(self)`` type-checks here
+    __dataclass_fields__: ClassVar[dict[str, Field[Any]]]
 
     def drop(self, reason: str) -> None:
         """Count one frame dropped for ``reason``, one of the layer's registered reasons.
@@ -78,8 +80,7 @@ class _Counters:
             dropped[reason] = 1
 
     def snapshot(self) -> LayerStatistics:
-        # every subclass is a dataclass, which the base cannot declare: hence the ignore
-        counters = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "dropped"}  # type: ignore[arg-type]
+        counters = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "dropped"}
         return LayerStatistics(self.layer, MappingProxyType(counters), MappingProxyType(dict(self.dropped)))
 
 

@@ -328,10 +328,9 @@ class TcpLayer:
                 higher_seq = seq_lt(conn.rcv_nxt, seq)
                 if newer_ts or (tsval < 0 and higher_seq):
                     conn._drop(0)
-                    listener = self.listeners[dport]
                     self._listen_input(
-                        listener, buf, data_start, end, src, sport, dport, seq, ack, flags, window, options,
-                        tsval, tsecr, now,
+                        self.listeners[dport], buf, data_start, end, src, sport, dport, seq, ack, flags,
+                        window, options, tsval, tsecr, now,
                     )  # fmt: skip
                     return
             conn.segment_arrives(buf, data_start, end, seq, ack, flags, window, options, tsval, tsecr, now)

@@ -51,7 +51,7 @@ def parse_udp_header(
     return sport, dport, offset + length
 
 
-def udp_checksum(buf: bytes | bytearray, offset: int, length: int, src: int, dst: int) -> int:
+def udp_checksum(buf: bytes | bytearray | memoryview, offset: int, length: int, src: int, dst: int) -> int:
     """The checksum field for a datagram whose own field is zero (0 is sent as 0xFFFF)."""
     checksum = ~sum16(buf, offset, length, pseudo_header_sum(src, dst, _IPPROTO_UDP, length)) & 0xFFFF
     return checksum or 0xFFFF
