@@ -2,8 +2,10 @@
 its next deadline.  It never imports trio, ``time`` or ``socket`` (a test checks).
 
 The journey of a packet, by FreeBSD's names: ``ether_input`` -> ``arp_input`` | ``ip_input``
--> ``icmp_input`` | ``udp_input`` (| ``tcp_input``) on the way in; ``udp_output`` ->
-``ip_output`` -> ``arpresolve`` -> ``ether_output`` on the way out.
+-> ``icmp_input`` | ``udp_input`` | ``tcp_input`` (-> ``segment_arrives`` of the connection) on
+the way in; ``tcp_output`` | ``udp_output`` -> ``ip_output`` -> ``arpresolve`` -> ``ether_output``
+on the way out.  TCP is the subpackage :mod:`.tcp`; every layer counts what it drops by a reason
+registered in ``_drops.py``.
 """
 
 from ._config import ArpConfig as ArpConfig

@@ -1,8 +1,11 @@
 """One instance of the user-space stack: everything one core runs, with no I/O of its own.
 
 The runtime feeds it frames (``ether_input``) and the time (``run_timers``), takes the frames it
-leaves in ``outbox``, wakes the owners of the objects in ``ready``, and sleeps until
-``next_deadline()``.  Nothing here imports trio, ``time`` or ``socket``.
+leaves in ``outbox``, wakes the owners of the objects in ``ready`` (sockets, listeners, echo
+endpoints), and sleeps until ``next_deadline()``.  Around the frames of one ``rx_burst`` it calls
+``begin_burst``/``end_burst``: TCP then sends once per connection at the burst's end (one ACK for
+many data segments, one ``tcp_output`` for many ACKs).  Nothing here imports trio, ``time`` or
+``socket``.
 """
 
 from __future__ import annotations
@@ -41,10 +44,10 @@ _BROADCAST = b"\xff\xff\xff\xff\xff\xff"
 
 
 class StackCore:
-    """The stack of one core: Ethernet, ARP, IPv4, ICMP and UDP, sans-IO.
+    """The stack of one core: Ethernet, ARP, IPv4 (with reassembly), ICMP, UDP and TCP, sans-IO.
 
-    ``rng`` supplies every random choice (IP ids, ephemeral ports, echo ids), so a seeded
-    instance is deterministic.
+    ``rng`` supplies every random choice (IP ids, ephemeral ports, echo ids, the keys of TCP's
+    ISNs and SYN cookies), so a seeded instance is deterministic.
     """
 
     def __init__(self, config: StackConfig, *, rng: random.Random | None = None) -> None:
