@@ -20,7 +20,16 @@ from collections.abc import Callable
 from ipaddress import IPv4Address
 from typing import Any
 
-from trio_yastack.stack import InterfaceConfig, IpConfig, StackConfig, StackCore
+from trio_yastack.stack import (
+    ArpDrop,
+    EtherDrop,
+    IcmpDrop,
+    InterfaceConfig,
+    IpConfig,
+    IpDrop,
+    StackConfig,
+    StackCore,
+)
 from trio_yastack.stack.wire import (
     ARP_REQUEST,
     BROADCAST_MAC,
@@ -422,16 +431,13 @@ def check_icmp(
 
 # -- the accounting oracle ---------------------------------------------------------------------
 
-#: drop reasons that are about sending, not about a received frame
-ETHER_OUTPUT_REASONS = {"outbox_full", "tx_refused"}
-ARP_OUTPUT_REASONS = {"too_many_pending", "hold_queue_full", "unresolved", "cache_evicted"}
+#: drop reasons that are about sending, not about a received frame (from the stack's registries)
+ETHER_OUTPUT_REASONS = EtherDrop.OUTPUT
+ARP_OUTPUT_REASONS = ArpDrop.OUTPUT
 #: ip_input's own refusals (before reassembly or demultiplexing)
-IP_HEADER_REASONS = {
-    "too_short", "bad_version", "bad_header_length", "bad_length", "bad_checksum", "not_for_us",
-    "bad_source", "bad_ttl",
-}  # fmt: skip
-ICMP_PARSE_REASONS = {"too_short", "bad_checksum"}
-ICMP_ERROR_INPUT_REASONS = {"ignored_type", "bad_quote", "error_no_socket"}
+IP_HEADER_REASONS = IpDrop.HEADER
+ICMP_PARSE_REASONS = IcmpDrop.PARSE
+ICMP_ERROR_INPUT_REASONS = IcmpDrop.ERROR_INPUT
 
 
 def check_accounting(core: StackCore) -> None:
@@ -444,7 +450,7 @@ def check_accounting(core: StackCore) -> None:
     arp_in_drops = sum(v for k, v in s.arp.dropped.items() if k not in ARP_OUTPUT_REASONS)
     assert s.arp.received == arp_in_drops + s.arp.requests_received + s.arp.replies_received, s.format()
     ip_header_drops = sum(v for k, v in s.ip.dropped.items() if k in IP_HEADER_REASONS)
-    unknown = s.ip.dropped.get("unknown_protocol", 0)
+    unknown = s.ip.dropped.get(IpDrop.UNKNOWN_PROTOCOL, 0)
     demultiplexed = s.ip.delivered + unknown  # datagrams (whole or reassembled) handed to a protocol
     assert s.ip.received == ip_header_drops + s.ip.fragments_received + demultiplexed - s.ip.reassembled, (
         s.format()
@@ -457,8 +463,11 @@ def check_accounting(core: StackCore) -> None:
         + s.icmp.echo_requests_received
         + s.icmp.echo_replies_received
         + s.icmp.errors_received
-        + s.icmp.dropped.get("unknown_type", 0)
+        + s.icmp.dropped.get(IcmpDrop.UNKNOWN_TYPE, 0)
     ), s.format()
-    assert s.icmp.echo_requests_received == s.icmp.dropped.get("broadcast_echo", 0) + s.icmp.echo_replies_sent
+    assert (
+        s.icmp.echo_requests_received
+        == s.icmp.dropped.get(IcmpDrop.BROADCAST_ECHO, 0) + s.icmp.echo_replies_sent
+    )
     error_drops = sum(s.icmp.dropped.get(k, 0) for k in ICMP_ERROR_INPUT_REASONS)
     assert s.icmp.errors_received == error_drops + s.icmp.errors_delivered, s.format()

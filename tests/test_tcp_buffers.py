@@ -1,4 +1,4 @@
-"""TCP's byte structures (trio_yastack/stack/_tcp_buffers.py): the send and receive buffers, the
+"""TCP's byte structures (trio_yastack/stack/tcp/_buffers.py): the send and receive buffers, the
 out-of-order queue that generates SACK blocks (RFC 2018) and the sender's SACK scoreboard (RFC 6675).
 
 Sequence numbers here are absolute ints, so most tests start just below 2**32 and run across it: a
@@ -17,8 +17,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trio_yastack.stack import _tcp_buffers
-from trio_yastack.stack._tcp_buffers import ReassemblyQueue, ReceiveBuffer, SackScoreboard, SendBuffer
+from trio_yastack.stack.tcp import _buffers as _tcp_buffers
+from trio_yastack.stack.tcp._buffers import ReassemblyQueue, ReceiveBuffer, SackScoreboard, SendBuffer
 
 BASE = 2**32 - 10  # absolute sequence numbers crossing the 32-bit wrap point
 PATTERN = bytes(range(251)) * 34_000  # 8.5 MB; 251 is prime, so no chunk size lines up with the pattern

@@ -1,4 +1,4 @@
-"""TCP congestion control (trio_yastack.stack._tcp_cc), sans-IO: NewReno and CUBIC driven by a
+"""TCP congestion control (trio_yastack.stack.tcp._cc), sans-IO: NewReno and CUBIC driven by a
 simulated ACK clock with a fixed RTT and compared with the RFCs' formulas.
 
 The ACK clock: each round trip, the window sent at the start of the round is acknowledged in
@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trio_yastack.stack._tcp_cc import (
+from trio_yastack.stack.tcp._cc import (
     CONGESTION_CONTROLS,
     CUBIC_ALPHA,
     CUBIC_BETA,

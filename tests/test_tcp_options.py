@@ -135,7 +135,7 @@ def test_data_segments_with_sack_blocks_fit_the_mtu() -> None:
     frames = core.take_outbox()
     for frame in frames:
         ip = check_ipv4(frame, src=OUR_IP, protocol=IPPROTO_TCP)
-        # Was a bug (fixed): _tcp_conn._send_segment adds SACK blocks to full-MSS data segments without
+        # Was a bug (fixed): tcp/_output.py _send_segment adds SACK blocks to full-MSS data segments without
         # cutting the payload, so 1448 + 32 + 12 option bytes exceed the 1500-byte MTU and IP
         # fragments the segment (RFC 9293 3.7.1: options count against the MSS).
         assert not ip.more_fragments and ip.fragment_offset == 0

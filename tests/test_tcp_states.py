@@ -111,7 +111,7 @@ def test_syn_ack_acknowledging_something_else_is_answered_with_a_reset() -> None
     peer.receive()
     bad_ack = seq_add(OUR_ISS, 5)
     [rst] = peer.send(SYN | ACK, now=T0 + 0.05, ack=bad_ack)
-    # Was a bug (fixed): _tcp_conn._syn_sent_arrives calls send_reset(..., had_ack=False): it sends
+    # Was a bug (fixed): tcp/_input.py _syn_sent_arrives calls send_reset(..., had_ack=False): it sends
     # <SEQ=0><ACK=0><RST,ACK> instead of RFC 9293 3.10.7.3's <SEQ=SEG.ACK><CTL=RST>.
     check_tcp(rst, flags=RST, seq=bad_ack, ack=0)
     assert conn.state == S.SYN_SENT
@@ -225,7 +225,7 @@ def test_handshake_ack_acknowledging_something_else_is_answered_with_a_reset() -
     peer.send(SYN, now=T0)
     bad_ack = seq_add(OUR_ISS, 1000)
     [rst] = peer.send(ACK, now=T0 + 0.05, ack=bad_ack)
-    # Was a bug (fixed): _tcp_conn.segment_arrives (SYN_RECEIVED) calls send_reset(..., had_ack=False): it
+    # Was a bug (fixed): tcp/_input.py segment_arrives (SYN_RECEIVED) calls send_reset(..., had_ack=False): it
     # sends <SEQ=0><ACK=0><RST,ACK> instead of RFC 9293's <SEQ=SEG.ACK><CTL=RST>.
     check_tcp(rst, flags=RST, seq=bad_ack)
     [conn] = listener.embryonic

@@ -17,8 +17,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trio_yastack.stack import _tcp_syncookie
-from trio_yastack.stack._tcp_syncookie import COUNTER_PERIOD, MSS_TABLE, CookieOptions, SynCookies
+from trio_yastack.stack.tcp import _syncookie as _tcp_syncookie
+from trio_yastack.stack.tcp._syncookie import COUNTER_PERIOD, MSS_TABLE, CookieOptions, SynCookies
 
 SECRET = bytes(range(32))
 OTHER_SECRET = bytes(range(100, 132))

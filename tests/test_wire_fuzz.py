@@ -20,6 +20,8 @@ from vectors import (
     VLAN_ARP_REQUEST,
 )
 
+from trio_yastack.stack import ArpDrop, EtherDrop, IcmpDrop, IpDrop, TcpDrop, UdpDrop
+from trio_yastack.stack._drops import registered
 from trio_yastack.stack.wire import (
     ArpRepr,
     EthernetRepr,
@@ -73,12 +75,13 @@ def mutated_frames(draw: st.DrawFn) -> bytes:
 frames = st.one_of(st.binary(max_size=120), mutated_frames())
 
 
-def returns_or_wire_error(parse: Callable[[], object]) -> object:
-    """Call ``parse``; a WireError (with a reason) is fine, any other exception fails the test."""
+def returns_or_wire_error(parse: Callable[[], object], layer: type) -> object:
+    """Call ``parse``; a WireError is fine if its reason is one the ``layer`` that calls this
+    parser registered (it becomes that layer's drop counter); any other exception fails the test."""
     try:
         return parse()
     except WireError as exc:
-        assert exc.reason and isinstance(exc.reason, str)
+        assert exc.reason in registered(layer), (exc.reason, layer.__name__)
         return exc
 
 
@@ -89,10 +92,10 @@ def returns_or_wire_error(parse: Callable[[], object]) -> object:
 @given(frames)
 def test_ethernet_parsers(frame: bytes) -> None:
     """parse_ethernet_header and EthernetRepr.parse return an offset inside the frame, or WireError."""
-    result = returns_or_wire_error(lambda: parse_ethernet_header(frame))
+    result = returns_or_wire_error(lambda: parse_ethernet_header(frame), EtherDrop)
     if isinstance(result, tuple):
         assert 14 <= result[4] <= len(frame)
-    result = returns_or_wire_error(lambda: EthernetRepr.parse(frame))
+    result = returns_or_wire_error(lambda: EthernetRepr.parse(frame), EtherDrop)
     if isinstance(result, tuple):
         eth, offset = result
         assert offset == eth.header_len <= len(frame)
@@ -102,8 +105,8 @@ def test_ethernet_parsers(frame: bytes) -> None:
 @given(frames, st.sampled_from([0, 14, 18]))
 def test_arp_parsers(frame: bytes, offset: int) -> None:
     """parse_arp and ArpRepr.parse, at any offset, return or raise WireError."""
-    returns_or_wire_error(lambda: parse_arp(frame, offset))
-    result = returns_or_wire_error(lambda: ArpRepr.parse(frame, offset))
+    returns_or_wire_error(lambda: parse_arp(frame, offset), ArpDrop)
+    result = returns_or_wire_error(lambda: ArpRepr.parse(frame, offset), ArpDrop)
     if isinstance(result, ArpRepr):
         assert result.to_bytes() == frame[offset : offset + 28]
 
@@ -112,8 +115,8 @@ def test_arp_parsers(frame: bytes, offset: int) -> None:
 @given(frames, st.sampled_from([0, 14]), st.booleans())
 def test_ipv4_parsers(frame: bytes, offset: int, verify: bool) -> None:
     """parse_ipv4_header and Ipv4Repr.parse return or raise WireError; a result fits the bytes."""
-    returns_or_wire_error(lambda: parse_ipv4_header(frame, offset, verify))
-    result = returns_or_wire_error(lambda: Ipv4Repr.parse(frame, offset, verify))
+    returns_or_wire_error(lambda: parse_ipv4_header(frame, offset, verify), IpDrop)
+    result = returns_or_wire_error(lambda: Ipv4Repr.parse(frame, offset, verify), IpDrop)
     if isinstance(result, Ipv4Repr):
         assert offset + result.total_len <= len(frame)
         assert 20 <= result.header_len <= 60
@@ -123,8 +126,8 @@ def test_ipv4_parsers(frame: bytes, offset: int, verify: bool) -> None:
 @given(frames, st.sampled_from([0, 34]), st.booleans())
 def test_icmp_parsers(frame: bytes, offset: int, verify: bool) -> None:
     """parse_icmp and IcmpRepr.parse return or raise WireError."""
-    returns_or_wire_error(lambda: parse_icmp(frame, offset, max(offset, len(frame)), verify))
-    result = returns_or_wire_error(lambda: IcmpRepr.parse(frame, offset, None, verify))
+    returns_or_wire_error(lambda: parse_icmp(frame, offset, max(offset, len(frame)), verify), IcmpDrop)
+    result = returns_or_wire_error(lambda: IcmpRepr.parse(frame, offset, None, verify), IcmpDrop)
     if isinstance(result, IcmpRepr):
         assert result.buffer_len == len(frame) - offset
 
@@ -134,11 +137,11 @@ def test_icmp_parsers(frame: bytes, offset: int, verify: bool) -> None:
 def test_udp_parsers(frame: bytes, src: IPv4Address, dst: IPv4Address, offset: int, verify: bool) -> None:
     """parse_udp_header and UdpRepr.parse return or raise WireError; the payload end is inside the bytes."""
     result = returns_or_wire_error(
-        lambda: parse_udp_header(frame, offset, max(offset, len(frame)), int(src), int(dst), verify)
+        lambda: parse_udp_header(frame, offset, max(offset, len(frame)), int(src), int(dst), verify), UdpDrop
     )
     if isinstance(result, tuple):
         assert offset + 8 <= result[2] <= len(frame)
-    returns_or_wire_error(lambda: UdpRepr.parse(frame, src, dst, offset, None, verify))
+    returns_or_wire_error(lambda: UdpRepr.parse(frame, src, dst, offset, None, verify), UdpDrop)
 
 
 @FUZZ
@@ -146,12 +149,14 @@ def test_udp_parsers(frame: bytes, src: IPv4Address, dst: IPv4Address, offset: i
 def test_tcp_parsers(frame: bytes, src: IPv4Address, dst: IPv4Address, offset: int, verify: bool) -> None:
     """parse_tcp_header and TcpRepr.parse return or raise WireError; the header fits the bytes."""
     end = max(offset, len(frame))
-    result = returns_or_wire_error(lambda: parse_tcp_header(frame, offset, end, int(src), int(dst), verify))
+    result = returns_or_wire_error(
+        lambda: parse_tcp_header(frame, offset, end, int(src), int(dst), verify), TcpDrop
+    )
     if isinstance(result, tuple):
         header_len = result[7]
         assert 20 <= header_len <= end - offset
-        returns_or_wire_error(lambda: parse_tcp_options(frame, offset + 20, offset + header_len))
-    returns_or_wire_error(lambda: TcpRepr.parse(frame, src, dst, offset, None, verify))
+        returns_or_wire_error(lambda: parse_tcp_options(frame, offset + 20, offset + header_len), TcpDrop)
+    returns_or_wire_error(lambda: TcpRepr.parse(frame, src, dst, offset, None, verify), TcpDrop)
 
 
 @FUZZ
@@ -161,7 +166,7 @@ def test_tcp_options_parser(raw: bytes) -> None:
 
     What it returns is representable: re-emitted in Linux's layout, it parses back equal.
     """
-    result = returns_or_wire_error(lambda: parse_tcp_options(raw, 0, len(raw)))
+    result = returns_or_wire_error(lambda: parse_tcp_options(raw, 0, len(raw)), TcpDrop)
     if isinstance(result, TcpOptions):
         assert len(result.sack_blocks) <= 4
         assert result.mss is None or 0 <= result.mss <= 0xFFFF

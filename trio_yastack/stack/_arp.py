@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import deque
 from typing import TYPE_CHECKING
 
+from ._drops import ArpDrop
 from .wire import ARP_REPLY, ARP_REQUEST, BROADCAST_MAC, ETHERTYPE_ARP, WireError
 from .wire.arp import ARP_LEN, ARP_PACKET, parse_arp
 from .wire.ethernet import ETHER_HEADER, ETHER_HEADER_LEN
@@ -63,13 +64,13 @@ class ArpLayer:
             return
         core = self.core
         if sha == core.mac:
-            stats.drop("own_frame")  # our own request, looped back by a switch or a tee
+            stats.drop(ArpDrop.OWN_FRAME)  # our own request, looped back by a switch or a tee
             return
         if sha[0] & 1:
-            stats.drop("bad_sender_mac")  # a group address is never a station's
+            stats.drop(ArpDrop.BAD_SENDER_MAC)  # a group address is never a station's
             return
         if spa == core.ip:
-            stats.drop("address_conflict")  # someone else claims our address: never learn it
+            stats.drop(ArpDrop.ADDRESS_CONFLICT)  # someone else claims our address: never learn it
             return
         if oper == ARP_REQUEST:
             stats.requests_received += 1
@@ -93,7 +94,7 @@ class ArpLayer:
                 evicted = next(iter(cache))
                 del cache[evicted]
                 self.refreshing.discard(evicted)
-                self.stats.drop("cache_evicted")
+                self.stats.drop(ArpDrop.CACHE_EVICTED)
         cache[ip] = (mac, now + self.config.max_age)
         self.refreshing.discard(ip)
         pending = self.pending.pop(ip, None)
@@ -123,13 +124,13 @@ class ArpLayer:
         pending = self.pending.get(next_hop)
         if pending is None:
             if len(self.pending) >= self.config.pending_limit:
-                self.stats.drop("too_many_pending")
+                self.stats.drop(ArpDrop.TOO_MANY_PENDING)
                 return None
             pending = self.pending[next_hop] = _Pending()
             self._retry(now, next_hop)
         if len(pending.held) >= self.config.hold_limit:
             pending.held.popleft()  # keep the newest, as FreeBSD does
-            self.stats.drop("hold_queue_full")
+            self.stats.drop(ArpDrop.HOLD_QUEUE_FULL)
         pending.held.append(packet)
         self.stats.held += 1
         return None
@@ -142,7 +143,7 @@ class ArpLayer:
             del self.pending[ip]
             self.stats.resolution_failures += 1
             for _ in pending.held:
-                self.stats.drop("unresolved")
+                self.stats.drop(ArpDrop.UNRESOLVED)
             self.core.host_unreachable(ip)
             return
         pending.requests_sent += 1

@@ -1,8 +1,11 @@
 """One instance of the user-space stack: everything one core runs, with no I/O of its own.
 
 The runtime feeds it frames (``ether_input``) and the time (``run_timers``), takes the frames it
-leaves in ``outbox``, wakes the owners of the objects in ``ready``, and sleeps until
-``next_deadline()``.  Nothing here imports trio, ``time`` or ``socket``.
+leaves in ``outbox``, wakes the owners of the objects in ``ready`` (sockets, listeners, echo
+endpoints), and sleeps until ``next_deadline()``.  Around the frames of one ``rx_burst`` it calls
+``begin_burst``/``end_burst``: TCP then sends once per connection at the burst's end (one ACK for
+many data segments, one ``tcp_output`` for many ACKs).  Nothing here imports trio, ``time`` or
+``socket``.
 """
 
 from __future__ import annotations
@@ -16,13 +19,14 @@ from trio_yastack.stack._native import tcp4_segment
 
 from ._arp import ArpLayer
 from ._config import StackConfig
+from ._drops import EtherDrop
 from ._icmp import IcmpLayer
 from ._ip import IpLayer
 from ._offload import ChecksumVerified, OffloadPacket
 from ._stats import ArpStats, EtherStats, IcmpStats, IpStats, StackStatistics, TcpStats, UdpStats
-from ._tcp import TcpLayer
 from ._timers import TimerQueue
 from ._udp import UdpLayer
+from .tcp import TcpLayer
 from .wire import WireError
 from .wire.ethernet import (
     ETHER_HEADER,
@@ -40,10 +44,10 @@ _BROADCAST = b"\xff\xff\xff\xff\xff\xff"
 
 
 class StackCore:
-    """The stack of one core: Ethernet, ARP, IPv4, ICMP and UDP, sans-IO.
+    """The stack of one core: Ethernet, ARP, IPv4 (with reassembly), ICMP, UDP and TCP, sans-IO.
 
-    ``rng`` supplies every random choice (IP ids, ephemeral ports, echo ids), so a seeded
-    instance is deterministic.
+    ``rng`` supplies every random choice (IP ids, ephemeral ports, echo ids, the keys of TCP's
+    ISNs and SYN cookies), so a seeded instance is deterministic.
     """
 
     def __init__(self, config: StackConfig, *, rng: random.Random | None = None) -> None:
@@ -106,11 +110,11 @@ class StackCore:
         stats.received += 1
         self.verify_checksums = self._verify_unmarked and frame.__class__ is not ChecksumVerified
         if len(frame) < ETHER_HEADER_LEN:
-            stats.drop("too_short")
+            stats.drop(EtherDrop.TOO_SHORT)
             return
         dst, _src, ethertype = ETHER_HEADER.unpack_from(frame, 0)
         if dst != self.mac and dst != _BROADCAST:
-            stats.drop("not_for_us")
+            stats.drop(EtherDrop.NOT_FOR_US)
             return
         offset = ETHER_HEADER_LEN
         if ethertype in (ETHERTYPE_VLAN, ETHERTYPE_QINQ):
@@ -120,14 +124,14 @@ class StackCore:
                 stats.drop(exc.reason)
                 return
             if offset != ETHER_HEADER_LEN + 4 or tci & 0x0FFF:
-                stats.drop("unknown_vlan")  # only priority-tagged frames (VLAN 0) are ours
+                stats.drop(EtherDrop.UNKNOWN_VLAN)  # only priority-tagged frames (VLAN 0) are ours
                 return
         if ethertype == ETHERTYPE_IPV4:
             self.ip_layer.ip_input(frame, offset, now)
         elif ethertype == ETHERTYPE_ARP:
             self.arp.arp_input(frame, offset, now)
         else:
-            stats.drop("unknown_ethertype" if ethertype >= 0x0600 else "not_ethernet_ii")
+            stats.drop(EtherDrop.UNKNOWN_ETHERTYPE if ethertype >= 0x0600 else EtherDrop.NOT_ETHERNET_II)
 
     def learn_from_copy(self, frame: bytes, now: float) -> None:
         """A copy of a frame another core received (ARP, which every core must learn from):
@@ -187,13 +191,13 @@ class StackCore:
         ETHER_HEADER.pack_into(packet, 0, dst_mac, self.mac, ETHERTYPE_IPV4)
         outbox = self.outbox  # transmit(), inline: every frame we send passes here
         if len(outbox) >= self.outbox_limit:
-            self.stats_ether.drop("outbox_full")
+            self.stats_ether.drop(EtherDrop.OUTBOX_FULL)
             return
         if packet.__class__ is OffloadPacket:
-            if packet.gso_size and not self.tso_max_size:  # type: ignore[attr-defined]
+            if packet.gso_size and not self.tso_max_size:
                 # Software GSO (validate_xmit_skb -> skb_gso_segment): the port cannot segment,
                 # so cut the segment here, every piece with its own headers and checksums.
-                frames = tcp4_segment(packet, packet.gso_size)  # type: ignore[attr-defined]
+                frames = tcp4_segment(packet, packet.gso_size)
                 outbox.extend(frames)
                 self.stats_ether.sent += len(frames)
                 return
@@ -204,7 +208,7 @@ class StackCore:
 
     def transmit(self, frame: bytearray) -> None:
         if len(self.outbox) >= self.outbox_limit:
-            self.stats_ether.drop("outbox_full")
+            self.stats_ether.drop(EtherDrop.OUTBOX_FULL)
             return
         # An offload packet goes as it is (its type carries the marks the port needs, and a
         # 64 KB TSO segment is not worth a copy); other frames leave as immutable bytes.

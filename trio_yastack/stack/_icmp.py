@@ -7,6 +7,7 @@ import errno
 from collections import deque
 from typing import TYPE_CHECKING
 
+from ._drops import IcmpDrop
 from ._ip import FRAME_HEADROOM
 from .wire import WireError
 from .wire._checksum import sum16
@@ -88,22 +89,22 @@ class IcmpLayer:
         if icmp_type == ICMP_ECHO_REQUEST:
             stats.echo_requests_received += 1
             if dst != self.core.ip and not self.config.reply_to_broadcast_echo:
-                stats.drop("broadcast_echo")
+                stats.drop(IcmpDrop.BROADCAST_ECHO)
                 return
             try:
                 self._send(ICMP_ECHO_REPLY, code, rest, buf[start + ICMP_HEADER_LEN : end], src, now)
             except OSError:
-                stats.drop("no_route_back")  # e.g. from an off-link source with no gateway
+                stats.drop(IcmpDrop.NO_ROUTE_BACK)  # e.g. from an off-link source with no gateway
                 return
             stats.echo_replies_sent += 1
         elif icmp_type == ICMP_ECHO_REPLY:
             stats.echo_replies_received += 1
             endpoint = self.echo_endpoints.get(rest >> 16)
             if endpoint is None:
-                stats.drop("no_echo_endpoint")
+                stats.drop(IcmpDrop.NO_ECHO_ENDPOINT)
                 return
             if len(endpoint.replies) >= self.config.echo_queue_limit:
-                stats.drop("echo_queue_full")
+                stats.drop(IcmpDrop.ECHO_QUEUE_FULL)
                 return
             endpoint.replies.append((src, rest & 0xFFFF, bytes(buf[start + ICMP_HEADER_LEN : end]), now))
             self.core.mark_ready(endpoint)
@@ -111,7 +112,7 @@ class IcmpLayer:
             stats.errors_received += 1
             self._error_input(icmp_type, code, rest, buf, start + ICMP_HEADER_LEN, end, now)
         else:
-            stats.drop("unknown_type")
+            stats.drop(IcmpDrop.UNKNOWN_TYPE)
 
     def _error_input(
         self, icmp_type: int, code: int, rest: int, buf: bytes, start: int, end: int, now: float
@@ -119,22 +120,22 @@ class IcmpLayer:
         """Hand an ICMP error to the transport of the datagram it quotes."""
         stats = self.stats
         if icmp_type in (ICMP_REDIRECT, ICMP_SOURCE_QUENCH):
-            stats.drop("ignored_type")  # a host with one route ignores redirects; quench is deprecated
+            stats.drop(IcmpDrop.IGNORED_TYPE)  # a host with one route ignores redirects; quench is deprecated
             return
         # The quoted header's checksum and total length may have been changed on the way (and
         # the quote is often cut short), so only the fixed header is checked, as kernels do.
         if end - start < 28:
-            stats.drop("bad_quote")
+            stats.drop(IcmpDrop.BAD_QUOTE)
             return
         vihl, _tos, _total, _ident, _frag, _ttl, proto, _c, inner_src, inner_dst = IPV4_HEADER.unpack_from(
             buf, start
         )
         header_len = (vihl & 0x0F) << 2
         if vihl >> 4 != 4 or header_len < 20:
-            stats.drop("bad_quote")
+            stats.drop(IcmpDrop.BAD_QUOTE)
             return
         if inner_src != self.core.ip or end - start < header_len + 8:
-            stats.drop("bad_quote")
+            stats.drop(IcmpDrop.BAD_QUOTE)
             return
         ports = start + header_len
         sport = (buf[ports] << 8) | buf[ports + 1]
@@ -150,7 +151,7 @@ class IcmpLayer:
         if delivered:
             stats.errors_delivered += 1
         else:
-            stats.drop("error_no_socket")
+            stats.drop(IcmpDrop.ERROR_NO_SOCKET)
 
     # -- output ------------------------------------------------------------------------------
     def icmp_error(

@@ -10,6 +10,7 @@ import errno
 from collections import deque
 from typing import TYPE_CHECKING
 
+from ._drops import IpDrop
 from ._offload import OffloadPacket
 from ._reassembly import Reassembler
 from .wire import WireError
@@ -101,13 +102,13 @@ class IpLayer:
             stats.drop(exc.reason)
             return
         if dst != core.ip and dst != self.broadcast and dst != _LIMITED_BROADCAST:
-            stats.drop("not_for_us")  # a host does not forward (multicast lands here too)
+            stats.drop(IpDrop.NOT_FOR_US)  # a host does not forward (multicast lands here too)
             return
         if (src == core.ip and not looped) or src == self.broadcast or src >= 0xE0000000 or src >> 24 == 127:
-            stats.drop("bad_source")  # martian: ours, broadcast, multicast/class E or loopback
+            stats.drop(IpDrop.BAD_SOURCE)  # martian: ours, broadcast, multicast/class E or loopback
             return
         if ttl == 0:
-            stats.drop("bad_ttl")  # RFC 1122 3.2.1.7: a host never sends TTL 0
+            stats.drop(IpDrop.BAD_TTL)  # RFC 1122 3.2.1.7: a host never sends TTL 0
             return
         start = offset + header_len
         end = offset + total_len
@@ -134,7 +135,7 @@ class IpLayer:
             core.icmp.icmp_input(frame, start, end, src, dst, now)
         else:
             stats.delivered -= 1
-            stats.drop("unknown_protocol")
+            stats.drop(IpDrop.UNKNOWN_PROTOCOL)
             if offset >= 0 and proto != IPPROTO_TCP:
                 core.icmp.icmp_error(3, 2, frame, offset, now)  # protocol unreachable
 
@@ -150,7 +151,7 @@ class IpLayer:
             return dst
         if core.gateway:
             return core.gateway
-        self.stats.drop("no_route")
+        self.stats.drop(IpDrop.NO_ROUTE)
         raise OSError(errno.ENETUNREACH, "Network is unreachable")
 
     def ip_output(
@@ -174,7 +175,7 @@ class IpLayer:
         stats = self.stats
         total_len = len(packet) - ETHER_HEADER_LEN
         if total_len > 0xFFFF:
-            stats.drop("too_big")
+            stats.drop(IpDrop.TOO_BIG)
             raise OSError(errno.EMSGSIZE, "Message too long")
         next_hop = dst if dst & self.netmask == self.network else self.route(dst)
         ident = self.ident = (self.ident + 1) & 0xFFFF
@@ -182,13 +183,13 @@ class IpLayer:
         src = core.ip
         mtu = core.mtu
         stats.sent += 1
-        if total_len <= mtu or (packet.__class__ is OffloadPacket and packet.gso_size):  # type: ignore[attr-defined]
+        if total_len <= mtu or (packet.__class__ is OffloadPacket and packet.gso_size):
             # (a TSO segment goes whole: the port cuts it into MTU-sized segments)
             _emit_header(packet, tos, total_len, ident, IP_DF if dont_fragment else 0, ttl, proto, src, dst)
             self._to_link(packet, next_hop, dst, now)
             return
         if dont_fragment:
-            stats.drop("cannot_fragment")
+            stats.drop(IpDrop.CANNOT_FRAGMENT)
             raise OSError(errno.EMSGSIZE, "Message too long")
         # Fragment: every piece but the last carries a multiple of 8 payload bytes.
         chunk = (mtu - IPV4_HEADER_LEN) & ~7
@@ -209,7 +210,7 @@ class IpLayer:
         if dst == core.ip:
             # To ourselves: looped back and taken in by the next poll (bounded).
             if len(self.loopback) >= self.config.loopback_limit:
-                self.stats.drop("loopback_full")
+                self.stats.drop(IpDrop.LOOPBACK_FULL)
                 return
             self.loopback.append(bytes(packet))
             return

@@ -8,9 +8,11 @@ mandates for IPv6); an exact duplicate, which a lossy network really produces, i
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ._config import IpConfig
+from ._drops import IpDrop
 
 if TYPE_CHECKING:
     from ._stats import IpStats
@@ -39,7 +41,13 @@ class Reassembler:
 
     __slots__ = ("_bytes_held", "_datagrams", "_on_timeout", "_timers", "config", "stats")
 
-    def __init__(self, config: IpConfig, stats: IpStats, timers: TimerQueue, on_timeout) -> None:  # type: ignore[no-untyped-def]
+    def __init__(
+        self,
+        config: IpConfig,
+        stats: IpStats,
+        timers: TimerQueue,
+        on_timeout: Callable[[float, ReassemblyKey, bytes], None],
+    ) -> None:
         self.config = config
         self.stats = stats
         self._timers = timers
@@ -63,44 +71,44 @@ class Reassembler:
         length = len(data)
         end = start + length
         if length == 0 or (more and length % 8):
-            stats.drop("bad_fragment")  # every fragment but the last carries a multiple of 8
+            stats.drop(IpDrop.BAD_FRAGMENT)  # every fragment but the last carries a multiple of 8
             return None
         if end + 20 > MAX_DATAGRAM:
-            stats.drop("fragment_too_large")  # would reassemble beyond 65535 bytes
+            stats.drop(IpDrop.FRAGMENT_TOO_LARGE)  # would reassemble beyond 65535 bytes
             return None
         datagram = self._datagrams.get(key)
         if datagram is None:
             if length > self.config.reassembly_memory_limit:
-                stats.drop("reassembly_memory")
+                stats.drop(IpDrop.REASSEMBLY_MEMORY)
                 return None
             while len(self._datagrams) >= self.config.reassembly_max_datagrams:
-                self._discard(next(iter(self._datagrams)), "reassembly_evicted")
+                self._discard(next(iter(self._datagrams)), IpDrop.REASSEMBLY_EVICTED)
             datagram = self._datagrams[key] = _Datagram()
             datagram.timer = self._timers.schedule(now + self.config.reassembly_timeout, self._expire, key)
         for held_start, held_end, _ in datagram.fragments:
             if start < held_end and held_start < end:
                 if held_start == start and held_end == end:
-                    stats.drop("duplicate_fragment")
+                    stats.drop(IpDrop.DUPLICATE_FRAGMENT)
                     return None
-                self._discard(key, "overlapping_fragment")
+                self._discard(key, IpDrop.OVERLAPPING_FRAGMENT)
                 return None
         if not more:
             if datagram.total_len >= 0 and datagram.total_len != end:
-                self._discard(key, "bad_fragment")
+                self._discard(key, IpDrop.BAD_FRAGMENT)
                 return None
             datagram.total_len = end
         if datagram.total_len >= 0 and any(e > datagram.total_len for _, e, _ in datagram.fragments):
-            self._discard(key, "bad_fragment")
+            self._discard(key, IpDrop.BAD_FRAGMENT)
             return None
         if datagram.total_len >= 0 and end > datagram.total_len:
-            self._discard(key, "bad_fragment")
+            self._discard(key, IpDrop.BAD_FRAGMENT)
             return None
         if len(datagram.fragments) >= self.config.reassembly_max_fragments:
-            self._discard(key, "too_many_fragments")
+            self._discard(key, IpDrop.TOO_MANY_FRAGMENTS)
             return None
         while self._bytes_held + length > self.config.reassembly_memory_limit and self._datagrams:
             oldest = next(iter(self._datagrams))
-            self._discard(oldest, "reassembly_memory")
+            self._discard(oldest, IpDrop.REASSEMBLY_MEMORY)
             if oldest == key:
                 return None
         datagram.fragments.append((start, end, data))
@@ -129,6 +137,6 @@ class Reassembler:
         if datagram is None:
             return
         datagram.timer = None
-        self._discard(key, "reassembly_timeout")
+        self._discard(key, IpDrop.REASSEMBLY_TIMEOUT)
         if datagram.first_header is not None:
             self._on_timeout(now, key, datagram.first_header)

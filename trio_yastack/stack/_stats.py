@@ -1,16 +1,19 @@
 """Counters per layer, like ``netstat -s``: received, delivered, sent, and dropped by reason.
 
 Each layer owns a mutable counter object (plain attributes: an increment is one attribute
-store on the hot path) and ``dropped``, a dict from reason to count, whose keys are the fixed
-reasons named in the code (and the ``reason`` of :class:`~trio_yastack.stack.wire.WireError`).
+store on the hot path) and ``dropped``, a dict from reason to count, whose keys are the reasons
+registered for the layer in ``_drops.py`` (the ``reason`` of a
+:class:`~trio_yastack.stack.wire.WireError` among them).
 ``snapshot()`` copies them into frozen values for ``statistics()``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import Field, dataclass, field, fields
 from types import MappingProxyType
-from typing import Any
+from typing import Any, ClassVar
+
+from ._drops import ArpDrop, EtherDrop, IcmpDrop, IpDrop, TcpDrop, UdpDrop, registered
 
 __all__ = [
     "ArpStats",
@@ -52,38 +55,48 @@ class LayerStatistics:
 
 
 class _Counters:
-    """Base for the mutable per-layer counters."""
+    """Base for the mutable per-layer counters: ``layer`` names the layer, ``reasons`` is its
+    drop registry (``_drops.py``)."""
 
     __slots__ = ()
-    layer = ""
+    layer: ClassVar[str] = ""
+    reasons: ClassVar[frozenset[str]] = frozenset()
     dropped: dict[str, int]
+    #: set by @dataclass on every subclass; declared so that ``fields(self)`` type-checks here
+    __dataclass_fields__: ClassVar[dict[str, Field[Any]]]
 
     def drop(self, reason: str) -> None:
-        self.dropped[reason] = self.dropped.get(reason, 0) + 1
+        """Count one frame dropped for ``reason``, one of the layer's registered reasons.
+
+        A repeated reason costs one dict update; the first of each is checked against the
+        registry, so a reason nobody registered raises instead of starting a new counter.
+        """
+        dropped = self.dropped
+        try:
+            dropped[reason] += 1
+        except KeyError:
+            if reason not in self.reasons:
+                raise ValueError(f"{reason!r} is not a registered {self.layer} drop reason") from None
+            dropped[reason] = 1
 
     def snapshot(self) -> LayerStatistics:
-        counters = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "dropped"}  # type: ignore[arg-type]
+        counters = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "dropped"}
         return LayerStatistics(self.layer, MappingProxyType(counters), MappingProxyType(dict(self.dropped)))
 
 
-def _counters(layer: str) -> Any:
-    def wrap(cls: type) -> type:
-        cls = dataclass(slots=True)(cls)
-        cls.layer = layer
-        return cls
-
-    return wrap
-
-
-@_counters("ether")
+@dataclass(slots=True)
 class EtherStats(_Counters):
+    layer: ClassVar[str] = "ether"
+    reasons: ClassVar[frozenset[str]] = registered(EtherDrop)
     received: int = 0
     sent: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
 
 
-@_counters("arp")
+@dataclass(slots=True)
 class ArpStats(_Counters):
+    layer: ClassVar[str] = "arp"
+    reasons: ClassVar[frozenset[str]] = registered(ArpDrop)
     received: int = 0
     requests_received: int = 0
     replies_received: int = 0
@@ -95,8 +108,10 @@ class ArpStats(_Counters):
     dropped: dict[str, int] = field(default_factory=dict)
 
 
-@_counters("ip")
+@dataclass(slots=True)
 class IpStats(_Counters):
+    layer: ClassVar[str] = "ip"
+    reasons: ClassVar[frozenset[str]] = registered(IpDrop)
     received: int = 0
     delivered: int = 0
     sent: int = 0
@@ -107,8 +122,10 @@ class IpStats(_Counters):
     dropped: dict[str, int] = field(default_factory=dict)
 
 
-@_counters("icmp")
+@dataclass(slots=True)
 class IcmpStats(_Counters):
+    layer: ClassVar[str] = "icmp"
+    reasons: ClassVar[frozenset[str]] = registered(IcmpDrop)
     received: int = 0
     echo_requests_received: int = 0
     echo_replies_sent: int = 0
@@ -121,16 +138,20 @@ class IcmpStats(_Counters):
     dropped: dict[str, int] = field(default_factory=dict)
 
 
-@_counters("udp")
+@dataclass(slots=True)
 class UdpStats(_Counters):
+    layer: ClassVar[str] = "udp"
+    reasons: ClassVar[frozenset[str]] = registered(UdpDrop)
     received: int = 0
     delivered: int = 0
     sent: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
 
 
-@_counters("tcp")
+@dataclass(slots=True)
 class TcpStats(_Counters):
+    layer: ClassVar[str] = "tcp"
+    reasons: ClassVar[frozenset[str]] = registered(TcpDrop)
     segments_received: int = 0
     segments_sent: int = 0
     bytes_received: int = 0  # in-order payload delivered to receive buffers

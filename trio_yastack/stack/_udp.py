@@ -8,6 +8,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from ._drops import UdpDrop
 from ._ip import FRAME_HEADROOM
 from .wire import WireError
 from .wire._checksum import pseudo_header_sum, sum16
@@ -145,7 +146,7 @@ class UdpLayer:
             or (pcb.local_ip and pcb.local_ip != dst)
             or (pcb.remote_port and (pcb.remote_ip != src or pcb.remote_port != sport))
         ):
-            stats.drop("no_socket")
+            stats.drop(UdpDrop.NO_SOCKET)
             if dst == self.core.ip and ip_offset >= 0:
                 self.core.icmp.icmp_error(ICMP_DEST_UNREACH, ICMP_UNREACH_PORT, buf, ip_offset, now)
             return
@@ -155,7 +156,7 @@ class UdpLayer:
             len(pcb.queue) >= config.receive_queue_datagrams
             or pcb.queued_bytes + len(payload) > config.receive_queue_bytes
         ):
-            stats.drop("socket_buffer_full")
+            stats.drop(UdpDrop.SOCKET_BUFFER_FULL)
             return
         pcb.queue.append((payload, (src, sport)))
         pcb.queued_bytes += len(payload)

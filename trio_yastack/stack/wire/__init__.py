@@ -18,6 +18,7 @@ from ._errors import Malformed as Malformed
 from ._errors import Truncated as Truncated
 from ._errors import Unsupported as Unsupported
 from ._errors import WireError as WireError
+from ._errors import WireReason as WireReason
 from .arp import ARP_REPLY as ARP_REPLY
 from .arp import ARP_REQUEST as ARP_REQUEST
 from .arp import ArpRepr as ArpRepr

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 
 from ._address import MacAddress
-from ._errors import Truncated, Unsupported
+from ._errors import Truncated, Unsupported, WireReason
 
 __all__ = ["ARP_LEN", "ARP_REPLY", "ARP_REQUEST", "ArpRepr", "parse_arp"]
 
@@ -38,12 +38,12 @@ def parse_arp(buf: bytes, offset: int = 0) -> tuple[int, bytes, int, bytes, int]
     request/reply).
     """
     if len(buf) - offset < ARP_LEN:
-        raise Truncated("too_short", f"{len(buf) - offset} bytes is less than an ARP packet")
+        raise Truncated(WireReason.TOO_SHORT, f"{len(buf) - offset} bytes is less than an ARP packet")
     htype, ptype, hlen, plen, oper, sha, spa, tha, tpa = ARP_PACKET.unpack_from(buf, offset)
     if htype != _HTYPE_ETHERNET or ptype != _PTYPE_IPV4 or hlen != 6 or plen != 4:
-        raise Unsupported("bad_format", f"htype={htype} ptype={ptype:#x} hlen={hlen} plen={plen}")
+        raise Unsupported(WireReason.BAD_FORMAT, f"htype={htype} ptype={ptype:#x} hlen={hlen} plen={plen}")
     if oper != ARP_REQUEST and oper != ARP_REPLY:
-        raise Unsupported("bad_operation", f"operation {oper}")
+        raise Unsupported(WireReason.BAD_OPERATION, f"operation {oper}")
     return oper, sha, spa, tha, tpa
 
 

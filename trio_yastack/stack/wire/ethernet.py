@@ -18,7 +18,7 @@ import struct
 from dataclasses import dataclass
 
 from ._address import MacAddress
-from ._errors import Malformed, Truncated
+from ._errors import Malformed, Truncated, WireReason
 
 __all__ = [
     "ETHERTYPE_ARP",
@@ -52,7 +52,7 @@ def parse_ethernet_header(frame: bytes) -> tuple[bytes, bytes, int, int, int]:
     :class:`Malformed`.
     """
     if len(frame) < ETHER_HEADER_LEN:
-        raise Truncated("too_short", f"{len(frame)} bytes is less than an Ethernet header")
+        raise Truncated(WireReason.TOO_SHORT, f"{len(frame)} bytes is less than an Ethernet header")
     dst, src, ethertype = ETHER_HEADER.unpack_from(frame, 0)
     offset = ETHER_HEADER_LEN
     tci = -1
@@ -60,13 +60,13 @@ def parse_ethernet_header(frame: bytes) -> tuple[bytes, bytes, int, int, int]:
     while ethertype in _TAG_TYPES:
         tags += 1
         if tags > _MAX_TAGS:
-            raise Malformed("too_many_tags", "more than two VLAN tags")
+            raise Malformed(WireReason.TOO_MANY_TAGS, "more than two VLAN tags")
         if len(frame) < offset + 4:
-            raise Truncated("too_short", "VLAN tag cut short")
+            raise Truncated(WireReason.TOO_SHORT, "VLAN tag cut short")
         tci, ethertype = _TAG.unpack_from(frame, offset)  # the TCI follows the TPID
         offset += 4
     if ethertype < 0x0600:
-        raise Malformed("not_ethernet_ii", f"802.3 length field {ethertype}")
+        raise Malformed(WireReason.NOT_ETHERNET_II, f"802.3 length field {ethertype}")
     return dst, src, ethertype, tci, offset
 
 
@@ -107,7 +107,7 @@ class EthernetRepr:
         """The header and the offset of the payload in ``frame``."""
         dst, src, ethertype, tci, offset = parse_ethernet_header(frame)
         if offset > ETHER_HEADER_LEN + 4:
-            raise Malformed("too_many_tags", "QinQ frames have no representation")
+            raise Malformed(WireReason.TOO_MANY_TAGS, "QinQ frames have no representation")
         vlan = VlanTag.from_tci(tci) if tci >= 0 else None
         return cls(MacAddress(dst), MacAddress(src), ethertype, vlan), offset
 

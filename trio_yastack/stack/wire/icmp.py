@@ -18,7 +18,7 @@ import struct
 from dataclasses import dataclass
 
 from ._checksum import sum16
-from ._errors import BadChecksum, Truncated
+from ._errors import BadChecksum, Truncated, WireReason
 
 __all__ = [
     "ICMP_DEST_UNREACH",
@@ -62,9 +62,9 @@ def parse_icmp(buf: bytes, offset: int, end: int, verify_checksum: bool = True) 
     The checksum covers the whole message.  Raises :class:`Truncated` or :class:`BadChecksum`.
     """
     if end - offset < ICMP_HEADER_LEN:
-        raise Truncated("too_short", f"{end - offset} bytes is less than an ICMP header")
+        raise Truncated(WireReason.TOO_SHORT, f"{end - offset} bytes is less than an ICMP header")
     if verify_checksum and sum16(buf, offset, end - offset, 0) != 0xFFFF:
-        raise BadChecksum("bad_checksum", "ICMP checksum")
+        raise BadChecksum(WireReason.BAD_CHECKSUM, "ICMP checksum")
     icmp_type, code, _csum, rest = ICMP_HEADER.unpack_from(buf, offset)
     return icmp_type, code, rest
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 
 from ._checksum import sum16, sum16_bytes
-from ._errors import BadChecksum, Malformed, Truncated
+from ._errors import BadChecksum, Malformed, Truncated, WireReason
 
 __all__ = [
     "IPPROTO_ICMP",
@@ -60,24 +60,24 @@ def parse_ipv4_header(
     """
     available = len(buf) - offset
     if available < IPV4_HEADER_LEN:
-        raise Truncated("too_short", f"{available} bytes is less than an IPv4 header")
+        raise Truncated(WireReason.TOO_SHORT, f"{available} bytes is less than an IPv4 header")
     vihl, tos, total_len, ident, frag, ttl, proto, _csum, src, dst = IPV4_HEADER.unpack_from(buf, offset)
     if vihl >> 4 != 4:
-        raise Malformed("bad_version", f"version {vihl >> 4}")
+        raise Malformed(WireReason.BAD_VERSION, f"version {vihl >> 4}")
     header_len = (vihl & 0x0F) << 2
     if header_len < IPV4_HEADER_LEN or header_len > available:
-        raise Malformed("bad_header_length", f"IHL {header_len} bytes with {available} present")
+        raise Malformed(WireReason.BAD_HEADER_LENGTH, f"IHL {header_len} bytes with {available} present")
     if total_len < header_len:
-        raise Malformed("bad_length", f"total length {total_len} below header length {header_len}")
+        raise Malformed(WireReason.BAD_LENGTH, f"total length {total_len} below header length {header_len}")
     if total_len > available:
-        raise Truncated("bad_length", f"total length {total_len} with {available} bytes present")
+        raise Truncated(WireReason.BAD_LENGTH, f"total length {total_len} with {available} bytes present")
     if verify_checksum:
         if type(buf) is bytes:
             total = sum16_bytes(buf, len(buf), offset, header_len, 0)
         else:
             total = sum16(buf, offset, header_len, 0)
         if total != 0xFFFF:
-            raise BadChecksum("bad_checksum", "IPv4 header checksum")
+            raise BadChecksum(WireReason.BAD_CHECKSUM, "IPv4 header checksum")
     return header_len, tos, total_len, ident, frag, ttl, proto, src, dst
 
 

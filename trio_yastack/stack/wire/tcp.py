@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 
 from ._checksum import pseudo_header_sum, sum16, sum16_bytes
-from ._errors import BadChecksum, Malformed, Truncated
+from ._errors import BadChecksum, Malformed, Truncated, WireReason
 
 __all__ = [
     "TCP_ACK",
@@ -150,29 +150,29 @@ def parse_tcp_options(buf: bytes, offset: int, end: int) -> TcpOptions:
             pos += 1
             continue
         if pos + 1 >= end:
-            raise Malformed("bad_option", f"option {kind} has no length byte")
+            raise Malformed(WireReason.BAD_OPTION, f"option {kind} has no length byte")
         length = buf[pos + 1]
         if length < 2 or pos + length > end:
-            raise Malformed("bad_option", f"option {kind} with length {length}")
+            raise Malformed(WireReason.BAD_OPTION, f"option {kind} with length {length}")
         if kind == OPT_MSS:
             if length != 4:
-                raise Malformed("bad_option", f"MSS option length {length}")
+                raise Malformed(WireReason.BAD_OPTION, f"MSS option length {length}")
             mss = _U16.unpack_from(buf, pos + 2)[0]
         elif kind == OPT_WSCALE:
             if length != 3:
-                raise Malformed("bad_option", f"window scale option length {length}")
+                raise Malformed(WireReason.BAD_OPTION, f"window scale option length {length}")
             window_scale = buf[pos + 2]
         elif kind == OPT_SACK_PERMITTED:
             if length != 2:
-                raise Malformed("bad_option", f"SACK-permitted option length {length}")
+                raise Malformed(WireReason.BAD_OPTION, f"SACK-permitted option length {length}")
             sack_permitted = True
         elif kind == OPT_SACK:
             if (length - 2) % 8 or not 1 <= (length - 2) // 8 <= _MAX_SACK_BLOCKS:
-                raise Malformed("bad_option", f"SACK option length {length}")
+                raise Malformed(WireReason.BAD_OPTION, f"SACK option length {length}")
             sack_blocks = tuple(_U32X2.unpack_from(buf, p) for p in range(pos + 2, pos + length, 8))
         elif kind == OPT_TIMESTAMPS:
             if length != 10:
-                raise Malformed("bad_option", f"timestamps option length {length}")
+                raise Malformed(WireReason.BAD_OPTION, f"timestamps option length {length}")
             timestamps = _U32X2.unpack_from(buf, pos + 2)
         pos += length  # unknown kinds are skipped by their length
     return TcpOptions(mss, window_scale, sack_permitted, sack_blocks, timestamps)
@@ -188,11 +188,11 @@ def parse_tcp_header(
     :class:`Truncated`, :class:`Malformed` or :class:`BadChecksum`.
     """
     if end - offset < TCP_HEADER_LEN:
-        raise Truncated("too_short", f"{end - offset} bytes is less than a TCP header")
+        raise Truncated(WireReason.TOO_SHORT, f"{end - offset} bytes is less than a TCP header")
     sport, dport, seq, ack, data_offset, flags, window, _csum, urgent = TCP_HEADER.unpack_from(buf, offset)
     header_len = (data_offset >> 4) << 2
     if header_len < TCP_HEADER_LEN or header_len > end - offset:
-        raise Malformed("bad_header_length", f"data offset {header_len} with {end - offset} bytes")
+        raise Malformed(WireReason.BAD_HEADER_LENGTH, f"data offset {header_len} with {end - offset} bytes")
     if verify_checksum:
         # the pseudo-header sum inline (pseudo_header_sum): this runs for every segment
         initial = (src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF) + _IPPROTO_TCP + end - offset
@@ -201,7 +201,7 @@ def parse_tcp_header(
         else:
             total = sum16(buf, offset, end - offset, initial)
         if total != 0xFFFF:
-            raise BadChecksum("bad_checksum", "TCP checksum")
+            raise BadChecksum(WireReason.BAD_CHECKSUM, "TCP checksum")
     return sport, dport, seq, ack, flags, window, urgent, header_len
 
 

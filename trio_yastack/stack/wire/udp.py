@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 
 from ._checksum import pseudo_header_sum, sum16, sum16_bytes
-from ._errors import BadChecksum, Malformed, Truncated
+from ._errors import BadChecksum, Malformed, Truncated, WireReason
 
 __all__ = ["UDP_HEADER", "UDP_HEADER_LEN", "UdpRepr", "parse_udp_header"]
 
@@ -34,10 +34,10 @@ def parse_udp_header(
     :class:`Truncated`, :class:`Malformed` or :class:`BadChecksum`.
     """
     if end - offset < UDP_HEADER_LEN:
-        raise Truncated("too_short", f"{end - offset} bytes is less than a UDP header")
+        raise Truncated(WireReason.TOO_SHORT, f"{end - offset} bytes is less than a UDP header")
     sport, dport, length, checksum = UDP_HEADER.unpack_from(buf, offset)
     if length < UDP_HEADER_LEN or length > end - offset:
-        raise Malformed("bad_length", f"UDP length {length} with {end - offset} bytes from IP")
+        raise Malformed(WireReason.BAD_LENGTH, f"UDP length {length} with {end - offset} bytes from IP")
     if verify_checksum and checksum:
         initial = pseudo_header_sum(src, dst, _IPPROTO_UDP, length)
         if type(buf) is bytes:
@@ -45,13 +45,13 @@ def parse_udp_header(
         else:
             total = sum16(buf, offset, length, initial)
         if total != 0xFFFF:
-            raise BadChecksum("bad_checksum", "UDP checksum")
+            raise BadChecksum(WireReason.BAD_CHECKSUM, "UDP checksum")
     if dport == 0:
-        raise Malformed("bad_port", "destination port 0")
+        raise Malformed(WireReason.BAD_PORT, "destination port 0")
     return sport, dport, offset + length
 
 
-def udp_checksum(buf: bytes | bytearray, offset: int, length: int, src: int, dst: int) -> int:
+def udp_checksum(buf: bytes | bytearray | memoryview, offset: int, length: int, src: int, dst: int) -> int:
     """The checksum field for a datagram whose own field is zero (0 is sent as 0xFFFF)."""
     checksum = ~sum16(buf, offset, length, pseudo_header_sum(src, dst, _IPPROTO_UDP, length)) & 0xFFFF
     return checksum or 0xFFFF

@@ -1,9 +1,9 @@
 """TCP's byte structures: the send and receive buffers, the out-of-order queue and the SACK scoreboard.
 
 Every sequence number here is an ABSOLUTE, unwrapped Python int.  The connection turns the 32-bit wire
-values into a monotonically increasing int at its boundary (once, where ``SeqNum`` is compared modulo
-2**32), so in this module plain ``<`` and ``-`` are correct and there is no modulo arithmetic: a
-connection that crosses 2**32 just sees numbers above 2**32.
+values into a monotonically increasing int at its boundary (once, with ``_seq.unwrap``, next to a
+number it already holds), so in this module plain ``<`` and ``-`` are correct and there is no modulo
+arithmetic: a connection that crosses 2**32 just sees numbers above 2**32.
 
 All ranges are half-open ``[start, end)``.  SYN and FIN occupy sequence space but are not bytes: these
 structures only ever hold data, and the connection accounts for the two flags itself.

@@ -10,21 +10,11 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ._ip import FRAME_HEADROOM
-from ._tcp_conn import (
-    CLOSED,
-    ESTABLISHED,
-    LISTEN,
-    SYN_RECEIVED,
-    SYN_SENT,
-    TIME_WAIT,
-    TcpConnection,
-    tcp_checksum_and_send,
-    window_shift_for,
-)
-from ._tcp_syncookie import CookieOptions, SynCookies
-from .wire import WireError
-from .wire.tcp import (
+from .._drops import TcpDrop
+from .._ip import FRAME_HEADROOM
+from .._seq import seq_lt, unwrap
+from ..wire import WireError
+from ..wire.tcp import (
     TCP_ACK,
     TCP_FIN,
     TCP_HEADER,
@@ -35,9 +25,13 @@ from .wire.tcp import (
     parse_tcp_header,
     parse_tcp_options,
 )
+from ._conn import TcpConnection
+from ._output import tcp_checksum_and_send, window_shift_for
+from ._states import CLOSED, ESTABLISHED, LISTEN, SYN_RECEIVED, SYN_SENT, TIME_WAIT
+from ._syncookie import CookieOptions, SynCookies
 
 if TYPE_CHECKING:
-    from ._core import StackCore
+    from .._core import StackCore
 
 __all__ = ["TcpLayer", "TcpListener"]
 
@@ -295,13 +289,13 @@ class TcpLayer:
             stats.drop(exc.reason)
             return
         if dst != self.core.ip:
-            stats.drop("not_unicast")  # TCP never answers broadcasts
+            stats.drop(TcpDrop.NOT_UNICAST)  # TCP never answers broadcasts
             return
         if (flags & TCP_SYN and flags & (TCP_FIN | TCP_RST)) or not flags & (TCP_SYN | TCP_ACK | TCP_RST):
-            stats.drop("bad_flags")  # SYN+FIN, SYN+RST, or no SYN/ACK/RST at all
+            stats.drop(TcpDrop.BAD_FLAGS)  # SYN+FIN, SYN+RST, or no SYN/ACK/RST at all
             return
         if sport == 0 or dport == 0:
-            stats.drop("bad_port")
+            stats.drop(TcpDrop.BAD_PORT)
             return
         # Options: the common aligned timestamp layout without building an object (as Linux's
         # tcp_parse_aligned_timestamp); anything else through the full parser.
@@ -330,16 +324,13 @@ class TcpLayer:
             ):
                 # RFC 6191 / BSD: a new SYN above the old connection's sequence space (or with a
                 # newer timestamp) may reuse the pair at once.
-                newer_ts = (
-                    tsval >= 0 and conn.ts_recent_valid and 0 < ((tsval - conn.ts_recent) & _MASK) < 1 << 31
-                )
-                higher_seq = 0 < ((seq - conn.rcv_nxt) & _MASK) < 1 << 31
+                newer_ts = tsval >= 0 and conn.ts_recent_valid and seq_lt(conn.ts_recent, tsval)
+                higher_seq = seq_lt(conn.rcv_nxt, seq)
                 if newer_ts or (tsval < 0 and higher_seq):
                     conn._drop(0)
-                    listener = self.listeners[dport]
                     self._listen_input(
-                        listener, buf, data_start, end, src, sport, dport, seq, ack, flags, window, options,
-                        tsval, tsecr, now,
+                        self.listeners[dport], buf, data_start, end, src, sport, dport, seq, ack, flags,
+                        window, options, tsval, tsecr, now,
                     )  # fmt: skip
                     return
             conn.segment_arrives(buf, data_start, end, seq, ack, flags, window, options, tsval, tsecr, now)
@@ -364,7 +355,7 @@ class TcpLayer:
                 now,
             )
             return
-        stats.drop("no_socket")
+        stats.drop(TcpDrop.NO_SOCKET)
         if not flags & TCP_RST:
             self.send_reset(src, sport, dport, ack, seq + (end - data_start) + (1 if flags & TCP_SYN else 0)
                             + (1 if flags & TCP_FIN else 0), bool(flags & TCP_ACK), now)  # fmt: skip
@@ -390,7 +381,7 @@ class TcpLayer:
         """RFC 9293 3.10.7.2 (LISTEN), with a bounded SYN queue and SYN cookies beyond it."""
         stats = self.stats
         if flags & TCP_RST:
-            stats.drop("rst_to_listener")
+            stats.drop(TcpDrop.RST_TO_LISTENER)
             return
         if flags & TCP_ACK:
             if not flags & TCP_SYN and self.config.syncookies:
@@ -408,10 +399,10 @@ class TcpLayer:
             self.send_reset(src, sport, dport, ack, 0, True, now)
             return
         if not flags & TCP_SYN:
-            stats.drop("no_syn_to_listener")
+            stats.drop(TcpDrop.NO_SYN_TO_LISTENER)
             return
         if len(listener.accept_queue) >= listener.backlog:
-            stats.drop("listen_queue_overflow")  # as Linux: let the client retry its SYN
+            stats.drop(TcpDrop.LISTEN_QUEUE_OVERFLOW)  # as Linux: let the client retry its SYN
             return
         if (
             len(listener.embryonic) >= self.config.syn_queue_limit
@@ -420,7 +411,7 @@ class TcpLayer:
             if self.config.syncookies:
                 self._send_cookie_syn_ack(listener, src, sport, dport, seq, options, tsval, now)
             else:
-                stats.drop("syn_queue_full")
+                stats.drop(TcpDrop.SYN_QUEUE_FULL)
             return
         iss = self.isn_source(dport, src, sport, now) & _MASK
         conn = self._passive_connection(listener, src, sport, iss, seq, options, tsval, now)
@@ -517,7 +508,7 @@ class TcpLayer:
     ) -> None:
         """The ACK of a cookie SYN-ACK: build the connection the SYN queue could not hold."""
         if len(listener.accept_queue) >= listener.backlog:
-            self.stats.drop("listen_queue_overflow")
+            self.stats.drop(TcpDrop.LISTEN_QUEUE_OVERFLOW)
             return
         iss = (ack - 1) & _MASK
         syn_options = TcpOptions(
@@ -546,7 +537,7 @@ class TcpLayer:
         )
         self._rst_at = now
         if self._rst_tokens < 1.0:
-            self.stats.drop("reset_rate_limited")
+            self.stats.drop(TcpDrop.RESET_RATE_LIMITED)
             return
         self._rst_tokens -= 1.0
         if had_ack:
@@ -627,11 +618,9 @@ class TcpLayer:
             return False
         if conn.state != ESTABLISHED and conn.state == LISTEN:
             return False
-        from ._seq import unwrap
-
         seq = unwrap(quoted_seq, conn.snd_una)
         if not conn.snd_una <= seq < max(conn.snd_max, conn.snd_una + 1):
-            self.stats.drop("icmp_out_of_window")
+            self.stats.drop(TcpDrop.ICMP_OUT_OF_WINDOW)
             return False
         conn.icmp_error(error, mtu, now)
         return True

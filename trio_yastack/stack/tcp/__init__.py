@@ -1,0 +1,16 @@
+"""TCP, sans-IO, split as FreeBSD splits ``sys/netinet/tcp_*.c``.
+
+- ``_layer``: ``TcpLayer.tcp_input`` (validate, demultiplex, LISTEN, SYN cookies, RST for closed
+  ports) and the layer's other duties: active opens, ephemeral ports, ISNs (RFC 6528), TIME_WAIT
+  bounds, ICMP errors (``tcp_ctlinput``); ``TcpListener``, the SYN and accept queues.
+- ``_conn``: ``TcpConnection``, the control block (``tcpcb``) and the user calls; the rest of its
+  methods are written in ``_input`` (``tcp_input.c``: header prediction, then RFC 9293 3.10.7's
+  checks one function each), ``_output`` (``tcp_output.c``) and ``_timers`` (``tcp_timer.c``).
+- ``_states``: the eleven states; ``_buffers``: send/receive buffers, the out-of-order queue and
+  the SACK scoreboard; ``_cc``: congestion control (NewReno, CUBIC); ``_syncookie``: SYN cookies.
+"""
+
+from ._conn import TcpConnection as TcpConnection
+from ._layer import TcpLayer as TcpLayer
+from ._layer import TcpListener as TcpListener
+from ._states import TcpState as TcpState

@@ -1,0 +1,418 @@
+"""TCP output (FreeBSD's ``tcp_output.c``): what the windows allow goes out, as segments built here.
+
+``tcp_output`` decides (new data within min(SND.WND, cwnd), Nagle and sender SWS avoidance, a FIN,
+a SYN, an ACK that is due, SACK-based retransmission during recovery) and the ``_send_*`` methods
+build: ``_send_segment`` is the general builder (options, SACK blocks, TSO), ``_send_bare_ack`` and
+``_send_data_segment`` pack the two segments a bulk transfer sends most in one ``pack_into`` each.
+Every segment leaves through :func:`tcp_checksum_and_send` -> ``ip_output``.
+
+Each function here is a method of :class:`~trio_yastack.stack.tcp._conn.TcpConnection`, bound in
+its class body (``self`` is the connection).  ``trio_yastack._journey`` traces ``tcp_output`` by
+overriding it in a subclass, so its name and signature are fixed.
+"""
+
+from __future__ import annotations
+
+import errno
+import struct
+from typing import TYPE_CHECKING
+
+from .._drops import TcpDrop
+from .._ip import FRAME_HEADROOM
+from .._offload import OffloadPacket
+from ..wire._checksum import sum16
+from ..wire.ipv4 import IPPROTO_TCP
+from ..wire.tcp import TCP_ACK, TCP_FIN, TCP_HEADER, TCP_HEADER_LEN, TCP_PSH, TCP_RST, TCP_SYN, TcpOptions
+from ._states import CLOSED, SYN_RECEIVED, SYN_SENT, TIME_WAIT
+
+if TYPE_CHECKING:
+    from .._core import StackCore
+    from .._stats import TcpStats
+    from ._conn import TcpConnection
+
+__all__ = ["MAX_WINDOW_SHIFT", "tcp_checksum_and_send", "tcp_output", "window_shift_for"]
+
+_MASK = 0xFFFFFFFF
+_TS_OPTION = struct.Struct("!III")  # NOP NOP kind=8 len=10, TSval, TSecr
+_U32X2 = struct.Struct("!II")
+_ACK_WITH_TIMESTAMPS = struct.Struct("!HHIIBBHHHIII")  # a TCP header and NOP NOP TS in one
+#: the largest window shift RFC 7323 2.3 allows
+MAX_WINDOW_SHIFT = 14
+
+
+def window_shift_for(buffer: int) -> int:
+    """The smallest shift that lets a 16-bit window field cover ``buffer`` bytes (at most 14):
+    the RCV.WIND.SHIFT we offer in a SYN (RFC 7323 2.2)."""
+    shift = 0
+    while shift < MAX_WINDOW_SHIFT and (0xFFFF << shift) < buffer:
+        shift += 1
+    return shift
+
+
+def tcp_checksum_and_send(
+    core: StackCore, stats: TcpStats, packet: bytearray, tcp_len: int, dst: int, now: float
+) -> int:
+    """Fill in the checksum of the TCP segment at ``FRAME_HEADROOM`` and hand it to
+    ``ip_output``; returns 0, or the errno of a routing failure (counted as ``output_error``)."""
+    local_ip = core.ip
+    pseudo = (local_ip >> 16) + (local_ip & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF) + IPPROTO_TCP + tcp_len
+    if packet.__class__ is OffloadPacket:
+        # CHECKSUM_PARTIAL: the field holds the folded pseudo-header sum, not complemented, and
+        # the port completes it (for a TSO segment, per segment, adjusting the length as
+        # Linux's tcp_gso_segment does; software GSO computes each segment's whole).
+        pseudo = (pseudo & 0xFFFF) + (pseudo >> 16)
+        field = (pseudo & 0xFFFF) + (pseudo >> 16)
+        gso_size = packet.gso_size
+        if gso_size:  # count the segments the wire will carry, as Linux counts OutSegs
+            payload = tcp_len - ((packet[FRAME_HEADROOM + 12] >> 4) << 2)
+            stats.segments_sent += (payload + gso_size - 1) // gso_size - 1
+    else:
+        field = ~sum16(packet, FRAME_HEADROOM, tcp_len, pseudo) & 0xFFFF
+    packet[FRAME_HEADROOM + 16] = field >> 8
+    packet[FRAME_HEADROOM + 17] = field & 0xFF
+    stats.segments_sent += 1
+    try:
+        core.ip_layer.ip_output(packet, IPPROTO_TCP, dst, now)
+    except OSError as exc:
+        stats.drop(TcpDrop.OUTPUT_ERROR)
+        return exc.errno or errno.EHOSTUNREACH
+    return 0
+
+
+def tcp_output(self: TcpConnection, now: float, *, limited_transmit: bool = False) -> None:
+    """Send what the windows allow: new data, a FIN, a SYN, or an ACK that is due."""
+    state = self.state
+    if state in (CLOSED, TIME_WAIT):
+        return
+    if state in (SYN_SENT, SYN_RECEIVED):
+        if self.snd_nxt == self.iss:
+            self._send_syn(now)
+        elif self.ack_now:
+            self._send_segment(self.snd_nxt, TCP_ACK, b"", now)
+        return
+    sndbuf = self.sndbuf
+    if (
+        not self.ack_now
+        and not self.in_recovery
+        and self.snd_nxt >= sndbuf.end
+        and (self.fin_seq < 0 or self.snd_nxt > self.fin_seq)
+    ):
+        return  # the common case on a receiver: nothing to send and no ACK due
+    mss = self._data_mss()
+    # With TSO one frame carries as many whole segments as the port takes (less room for
+    # the IPv4 and TCP headers with every option); the port cuts it into ``mss`` pieces.
+    gso_max = self.core.gso_max_size
+    burst = mss * max((gso_max - 100) // mss, 1) if gso_max else mss
+    cc = self.cc
+    if self.last_send and now - self.last_send > self.rto and self.snd_max == self.snd_una:
+        cc.on_idle_restart(now, self.rto, now - self.last_send)
+    sent_any = False
+    data_end = sndbuf.end  # sending never changes it
+    sack_recovery = self.in_recovery and self.sack_on
+    for _ in range(64):  # bounded work per call; the next ACK or the poll loop continues
+        # RFC 6675: during SACK recovery, retransmit lost holes first, within cwnd - pipe.
+        if sack_recovery:
+            pipe = self.scoreboard.pipe(self.snd_una, self.snd_max, self.high_rxt, mss)
+            if cc.cwnd - pipe < mss:
+                break
+            hole = self.scoreboard.next_seg(self.snd_una, self.snd_max, self.high_rxt, mss)
+            if hole is not None:
+                self._retransmit(hole[0], now, hole[1] - hole[0])
+                sent_any = True
+                continue
+            flight = pipe
+        else:
+            flight = self.snd_nxt - self.snd_una
+        window = min(self.snd_wnd, cc.cwnd)
+        if limited_transmit:
+            if sent_any:
+                break  # RFC 3042: one new segment per duplicate ACK
+            window = min(self.snd_wnd, cc.cwnd + 2 * mss)
+        available = data_end - self.snd_nxt
+        room = window - flight if not sack_recovery else cc.cwnd - flight
+        room = min(room, self.snd_una + self.snd_wnd - self.snd_nxt)
+        length = min(available, burst, room) if room > 0 else 0
+        if length > mss and length % mss:
+            # A large (TSO/GSO) segment carries whole segments; its short tail goes too only
+            # where Nagle would let it: with TCP_NODELAY or a FIN after it (Linux's
+            # tcp_mss_split_point), otherwise it waits like any short segment.
+            fin_after = self.fin_seq >= 0 and self.snd_nxt + length == self.fin_seq
+            if length < available or not (self.nodelay or fin_after):
+                length -= length % mss
+        fin_due = self.fin_seq >= 0 and self.snd_nxt + max(length, 0) == self.fin_seq
+        # Nagle (RFC 896) and sender-side SWS avoidance (RFC 9293 3.8.6.2.1).
+        if 0 < length < mss and not fin_due:
+            if available > length:
+                # Window-limited: wait unless the sliver is half the largest window seen.
+                length = length if length >= self.max_sndwnd // 2 else 0
+            elif not self.nodelay and self.snd_nxt > self.snd_una:
+                length = 0
+        if length > 0:
+            flags = TCP_ACK | (TCP_PSH if self.snd_nxt + length == data_end else 0)
+            if fin_due and self.snd_nxt + length == self.fin_seq:
+                flags |= TCP_FIN
+            self._send_data(self.snd_nxt, length, flags, now)
+            sent_any = True
+            continue
+        if (
+            fin_due
+            and self.snd_nxt == self.fin_seq
+            and (self.snd_max <= self.fin_seq or self.snd_nxt < self.snd_max)
+        ):
+            self._send_data(self.snd_nxt, 0, TCP_ACK | TCP_FIN, now)
+            sent_any = True
+            continue
+        break
+    if self.ack_now and not sent_any:
+        self._send_segment(self.snd_nxt, TCP_ACK, b"", now)
+    # Data waiting, nothing in flight and no timer: a zero window, or a window too small for
+    # silly-window avoidance to send into.  The persist timer probes the first and forces a
+    # segment into the second (FreeBSD tcp_setpersist; RFC 9293 3.8.6.2.1's override timeout).
+    if self.snd_max == self.snd_una and sndbuf.end > self.snd_nxt and not (self.t_persist or self.t_rexmt):
+        self.persist_shift = 0
+        self.t_persist = now + self._persist_interval()
+        self._arm()
+
+
+def _send_data(self: TcpConnection, seq: int, length: int, flags: int, now: float) -> None:
+    retransmission = seq < self.snd_max
+    if length and self.ts_on and not len(self.reasm) and flags & TCP_ACK and length <= self.mss:
+        self._send_data_segment(seq, length, flags, now)
+    else:
+        self._send_segment(seq, flags, self.sndbuf.peek(seq, length) if length else b"", now)
+    end = seq + length + (1 if flags & TCP_FIN else 0)
+    stats = self.stats
+    stats.bytes_sent += length
+    if retransmission:
+        stats.retransmitted_segments += 1
+        stats.retransmitted_bytes += length
+    elif not self.ts_on and self.rtt_seq < 0:
+        self.rtt_seq, self.rtt_time = seq, now  # time this segment (Karn: never a retransmission)
+    if end > self.snd_nxt:
+        self.snd_nxt = end
+    if end > self.snd_max:
+        self.snd_max = end
+    if not self.t_rexmt:
+        self.t_rexmt = now + self.rto
+        self._arm()
+    self.last_send = now
+
+
+def _retransmit(self: TcpConnection, seq: int, now: float, length: int | None = None) -> None:
+    """Send one segment again starting at ``seq`` (fast retransmit, SACK hole, partial ACK)."""
+    if seq >= self.snd_max:
+        return
+    if self.rtt_seq >= 0 and seq <= self.rtt_seq:
+        self.rtt_seq = -1  # Karn: the timed segment is being retransmitted
+    limit = self.snd_max - seq
+    data_end = self.sndbuf.end
+    mss = self._data_mss()
+    length = min(mss if length is None else length, mss, limit, max(data_end - seq, 0))
+    flags = TCP_ACK
+    if self.fin_seq >= 0 and seq + length == self.fin_seq and self.snd_max > self.fin_seq:
+        flags |= TCP_FIN
+    if length <= 0 and not flags & TCP_FIN:
+        return
+    saved_nxt = self.snd_nxt
+    self._send_data(seq, length, flags, now)
+    self.snd_nxt = max(saved_nxt, self.snd_nxt)
+    self.high_rxt = max(self.high_rxt, seq + length)
+
+
+def _send_syn(self: TcpConnection, now: float) -> None:
+    config = self.config
+    ts = (int(now * 1000) + self.ts_offset) & _MASK
+    active = self.state == SYN_SENT
+    # Active: offer everything configured.  Passive: answer only what the peer offered.
+    offer_scale = config.window_scaling and (active or bool(self.snd_scale or self.rcv_scale))
+    offer_timestamps = config.timestamps if active else self.ts_on
+    options = TcpOptions(
+        mss=self.core.mtu - 40,
+        window_scale=self.rcv_scale if offer_scale else None,
+        sack_permitted=config.sack if active else self.sack_on,
+        timestamps=(ts, 0 if active else self.ts_recent) if offer_timestamps else None,
+    )
+    flags = TCP_SYN | (0 if active else TCP_ACK)
+    self._send_segment(self.iss, flags, b"", now, syn_options=options)
+    if self.snd_nxt == self.iss:
+        self.snd_nxt = self.iss + 1
+    self.snd_max = max(self.snd_max, self.iss + 1)
+    if not self.t_rexmt:
+        self.t_rexmt = now + self.rto
+        self._arm()
+
+
+def _receive_window(self: TcpConnection) -> int:
+    """The window to advertise: free buffer space less what the out-of-order queue holds,
+    never less than what was already promised (RFC 9293 3.8.6.2.2: no shrinking)."""
+    rcvbuf = self.rcvbuf
+    limit = rcvbuf.limit
+    free = limit - len(rcvbuf) - len(self.reasm)
+    if free < self.mss and free < limit >> 1:
+        free = 0  # receiver SWS avoidance: do not advertise a sliver
+    promised = self.rcv_adv - self.rcv_nxt
+    if promised > free:
+        free = promised
+    most = 0xFFFF << self.rcv_scale
+    return free if free < most else most
+
+
+def _data_mss(self: TcpConnection) -> int:
+    """Payload bytes per segment now: the MSS less the SACK option our segments carry while
+    out-of-order data is held (options count against the MSS, RFC 9293 3.7.1)."""
+    if not (self.sack_on and len(self.reasm)):
+        return self.mss
+    blocks = len(self.reasm.sack_blocks(3 if self.ts_on else 4))
+    return self.mss - (4 + 8 * blocks if blocks else 0)
+
+
+def _send_segment(
+    self: TcpConnection,
+    seq: int,
+    flags: int,
+    payload: bytes,
+    now: float,
+    syn_options: TcpOptions | None = None,
+) -> None:
+    """Build and send one segment (the bottom of tcp_output: header, options, checksum)."""
+    if not payload and seq == self.snd_nxt and not flags & (TCP_SYN | TCP_FIN | TCP_RST):
+        # A bare ACK carries the next unsent octet, not a rewound SND.NXT during
+        # retransmission: the peer already holds data below SND.MAX and would find an
+        # older sequence number unacceptable and ignore the ACK in it (FreeBSD does this).
+        seq = self.snd_max
+        if flags == TCP_ACK and not len(self.reasm):
+            self._send_bare_ack(seq, now)
+            return
+    rcv_nxt = self.rcv_nxt
+    if flags & TCP_SYN:
+        wire_window = min(self._receive_window(), 0xFFFF)
+        if flags & TCP_ACK:
+            self._acknowledged(rcv_nxt, wire_window, 0)
+    else:
+        wire_window = self._receive_window() >> self.rcv_scale
+        if flags & TCP_ACK:
+            self._acknowledged(rcv_nxt, wire_window, self.rcv_scale)
+    timestamps = self.ts_on and not flags & TCP_RST and syn_options is None
+    options = syn_options.to_bytes() if syn_options is not None else b""
+    # A payload longer than one segment is a TSO segment: every piece the port cuts from it
+    # carries ``gso_size`` bytes and a copy of these headers.
+    gso_size = self._data_mss() if len(payload) > self.mss else 0
+    if self.sack_on and flags & TCP_ACK and not flags & (TCP_SYN | TCP_RST) and len(self.reasm):
+        # As many blocks as fit beside the payload in one MSS (the MSS already counts the
+        # timestamp option), so a segment carrying SACK never exceeds the path MTU.
+        seg_len = gso_size or len(payload)
+        room = (self.mss - seg_len - 4) // 8 if payload else 4
+        blocks = self.reasm.sack_blocks(min(3 if self.ts_on else 4, room)) if room > 0 else []
+        if blocks:
+            options = bytes((1, 1, 5, 2 + 8 * len(blocks))) + b"".join(
+                _U32X2.pack(left & _MASK, right & _MASK) for left, right in blocks
+            )
+    header_len = TCP_HEADER_LEN + len(options) + (12 if timestamps else 0)
+    tcp_len = header_len + len(payload)
+    if payload and (gso_size or self.core.tx_checksum_offload):
+        packet: bytearray = OffloadPacket(FRAME_HEADROOM + tcp_len, gso_size)
+    else:
+        packet = bytearray(FRAME_HEADROOM + tcp_len)
+    ack_field = rcv_nxt & _MASK if flags & TCP_ACK else 0
+    TCP_HEADER.pack_into(
+        packet, FRAME_HEADROOM, self.local_port, self.remote_port, seq & _MASK, ack_field,
+        (header_len >> 2) << 4, flags, wire_window, 0, 0,
+    )  # fmt: skip
+    option_at = FRAME_HEADROOM + TCP_HEADER_LEN
+    if timestamps:  # NOP NOP TS first, as Linux lays them out
+        _TS_OPTION.pack_into(
+            packet,
+            option_at,
+            0x0101080A,
+            (int(now * 1000) + self.ts_offset) & _MASK,
+            self.ts_recent & _MASK,
+        )
+        option_at += 12
+    if options:
+        packet[option_at : FRAME_HEADROOM + header_len] = options
+    if payload:
+        packet[FRAME_HEADROOM + header_len :] = payload
+    self._checksum_and_send(packet, tcp_len, now)
+
+
+def _acknowledged(self: TcpConnection, rcv_nxt: int, wire_window: int, scale: int) -> None:
+    """Bookkeeping for a segment that carries our ACK: the window edge it promises, the
+    ACK point for timestamps, and no delayed ACK owed any more."""
+    edge = rcv_nxt + (wire_window << scale)
+    if edge > self.rcv_adv:
+        self.rcv_adv = edge
+    self.last_ack_sent = rcv_nxt
+    self.ack_now = False
+    self.segs_unacked = 0
+    self.t_delack = 0.0
+
+
+def _send_bare_ack(self: TcpConnection, seq: int, now: float) -> None:
+    """The segment a bulk receiver sends most: an ACK with timestamps and nothing else,
+    packed in one go (Linux keeps tcp_send_ack apart from its general transmit path too)."""
+    rcv_nxt = self.rcv_nxt
+    scale = self.rcv_scale
+    wire_window = self._receive_window() >> scale
+    self._acknowledged(rcv_nxt, wire_window, scale)
+    if self.ts_on:
+        tcp_len = 32
+        packet = bytearray(FRAME_HEADROOM + 32)
+        _ACK_WITH_TIMESTAMPS.pack_into(
+            packet, FRAME_HEADROOM, self.local_port, self.remote_port, seq & _MASK, rcv_nxt & _MASK,
+            0x80, TCP_ACK, wire_window, 0, 0, 0x0101080A, (int(now * 1000) + self.ts_offset) & _MASK,
+            self.ts_recent & _MASK,
+        )  # fmt: skip
+    else:
+        tcp_len = 20
+        packet = bytearray(FRAME_HEADROOM + 20)
+        TCP_HEADER.pack_into(
+            packet, FRAME_HEADROOM, self.local_port, self.remote_port, seq & _MASK, rcv_nxt & _MASK,
+            0x50, TCP_ACK, wire_window, 0, 0,
+        )  # fmt: skip
+    self._checksum_and_send(packet, tcp_len, now)
+
+
+def _send_data_segment(self: TcpConnection, seq: int, length: int, flags: int, now: float) -> None:
+    """The segment a bulk sender sends most: one MSS or less of data with timestamps and no
+    other option, its header packed in one go and its payload copied once, straight from
+    the send buffer into the frame (what ``_send_segment`` does, without the general cases)."""
+    rcv_nxt = self.rcv_nxt
+    scale = self.rcv_scale
+    wire_window = self._receive_window() >> scale
+    edge = rcv_nxt + (wire_window << scale)  # _acknowledged(), inline
+    if edge > self.rcv_adv:
+        self.rcv_adv = edge
+    self.last_ack_sent = rcv_nxt
+    self.ack_now = False
+    self.segs_unacked = 0
+    self.t_delack = 0.0
+    tcp_len = 32 + length
+    headers = FRAME_HEADROOM + 32
+    packet = OffloadPacket(headers) if self.core.tx_checksum_offload else bytearray(headers)
+    self.sndbuf.append_to(packet, seq, length)
+    _ACK_WITH_TIMESTAMPS.pack_into(
+        packet, FRAME_HEADROOM, self.local_port, self.remote_port, seq & _MASK, rcv_nxt & _MASK,
+        0x80, flags, wire_window, 0, 0, 0x0101080A, (int(now * 1000) + self.ts_offset) & _MASK,
+        self.ts_recent & _MASK,
+    )  # fmt: skip
+    self._checksum_and_send(packet, tcp_len, now)
+
+
+def _checksum_and_send(self: TcpConnection, packet: bytearray, tcp_len: int, now: float) -> None:
+    error = tcp_checksum_and_send(self.core, self.stats, packet, tcp_len, self.remote_ip, now)
+    if error:
+        self.soft_error = error
+
+
+def _ack_now(self: TcpConnection, now: float) -> None:
+    self.ack_now = True
+    self._send_segment(self.snd_nxt, TCP_ACK, b"", now)
+
+
+def _challenge_ack(self: TcpConnection, now: float) -> None:
+    """RFC 5961 3.2/4.2: answer a suspicious RST or SYN with an ACK (rate limited per layer)."""
+    if self.layer.challenge_ack_allowed(now):
+        self.stats.challenge_acks_sent += 1
+        self._ack_now(now)
+    else:
+        self.stats.drop(TcpDrop.CHALLENGE_ACK_RATE_LIMITED)

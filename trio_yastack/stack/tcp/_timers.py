@@ -1,0 +1,188 @@
+"""TCP's timers (FreeBSD's ``tcp_timer.c``): REXMT, PERSIST, KEEP, 2MSL and DELACK.
+
+Each connection keeps its five deadlines as plain floats (0.0: not set) and at most one live entry
+in the core's timer heap, at the earliest of them (:func:`_arm`); when that entry fires,
+:func:`on_timer` runs every timer that is due.  No clock is read here: ``now`` is given.
+
+Each function here is a method of :class:`~trio_yastack.stack.tcp._conn.TcpConnection`, bound in
+its class body (``self`` is the connection).
+"""
+
+from __future__ import annotations
+
+import errno
+import math
+from typing import TYPE_CHECKING
+
+from .._drops import TcpDrop
+from ..wire.tcp import TCP_ACK, TCP_FIN, TCP_PSH
+from ._states import (
+    CLOSE_WAIT,
+    CLOSED,
+    CLOSING,
+    ESTABLISHED,
+    FIN_WAIT_1,
+    FIN_WAIT_2,
+    LAST_ACK,
+    SENDS_DATA,
+    SYN_RECEIVED,
+    SYN_SENT,
+    SYNCHRONIZED,
+    TIME_WAIT,
+)
+
+if TYPE_CHECKING:
+    from ._conn import TcpConnection
+
+__all__ = ["on_timer", "set_keepalive"]
+
+
+def _arm(self: TcpConnection) -> None:
+    """Keep one entry in the stack's timer heap at this connection's earliest deadline.
+
+    Moving a deadline later costs nothing (the entry fires early and re-arms); moving it
+    earlier pushes one more entry.  That keeps per-segment timer work O(1) on the hot path.
+    """
+    deadline = math.inf
+    for t in (self.t_rexmt, self.t_persist, self.t_keep, self.t_2msl, self.t_delack):
+        if t and t < deadline:
+            deadline = t
+    if deadline < self._timer_at:
+        self._timer_at = deadline
+        self.core.timers.schedule(deadline, self.on_timer)
+
+
+def on_timer(self: TcpConnection, now: float) -> None:
+    """A timer entry of this connection fired: run every one of its timers that is due."""
+    if now < self._timer_at or self.state == CLOSED:
+        return  # superseded by an earlier entry that already ran, or closed
+    self._timer_at = math.inf
+    if self.t_delack and self.t_delack <= now:
+        self.t_delack = 0.0
+        self.stats.delayed_acks += 1
+        self._ack_now(now)
+    if self.t_2msl and self.t_2msl <= now:
+        self.t_2msl = 0.0
+        if self.state == TIME_WAIT:
+            self._drop(0)
+            self.stats.connections_closed += 1
+            return
+        if self.state == FIN_WAIT_2:
+            self.stats.drop(TcpDrop.FIN_WAIT_2_TIMEOUT)
+            self._drop(0)
+            return
+    if self.t_rexmt and self.t_rexmt <= now:
+        self.t_rexmt = 0.0
+        self._rexmt_timeout(now)
+        if self.state == CLOSED:
+            return
+    if self.t_persist and self.t_persist <= now:
+        self.t_persist = 0.0
+        self._persist_timeout(now)
+    if self.t_keep and self.t_keep <= now:
+        self.t_keep = 0.0
+        self._keepalive_timeout(now)
+        if self.state == CLOSED:
+            return
+    if self.state != CLOSED:
+        self._arm()
+
+
+def _rexmt_timeout(self: TcpConnection, now: float) -> None:
+    """RFC 6298 5.4-5.7: back off, retransmit the earliest unacknowledged segment."""
+    config = self.config
+    self.rxtshift += 1
+    limit = config.syn_retries if self.state == SYN_SENT else (
+        config.synack_retries if self.state == SYN_RECEIVED else config.data_retries
+    )  # fmt: skip
+    if self.rxtshift > limit or self._user_timeout_expired(now):
+        self._drop(self.soft_error or errno.ETIMEDOUT, counted=True)
+        return
+    self.stats.rto_timeouts += 1
+    self.rto = min(self.rto * 2, config.rto_max)
+    self.rtt_seq = -1  # Karn
+    if self.state in (SYN_SENT, SYN_RECEIVED):
+        self.snd_nxt = self.iss
+        self._send_syn(now)
+        return
+    in_flight = self.snd_max - self.snd_una
+    self.cc.on_rto(now, in_flight)
+    self.in_recovery = False
+    self.dupacks = 0
+    self.recover = self.snd_max
+    if self.sack_on:
+        self.scoreboard.clear()  # RFC 6675 5.1: the receiver may have reneged
+    self.snd_nxt = self.snd_una
+    self.t_rexmt = now + self.rto
+    self._retransmit(self.snd_una, now)
+    self.t_rexmt = now + self.rto
+
+
+def _persist_interval(self: TcpConnection) -> float:
+    base = self.srtt + 4 * self.rttvar if self.srtt else self.config.rto_initial
+    return min(max(base * (1 << self.persist_shift), 0.2), self.config.rto_max)
+
+
+def _persist_timeout(self: TcpConnection, now: float) -> None:
+    """Zero-window probe: a segment one below SND.UNA makes the peer re-announce its window
+    (how Linux probes; it never puts data beyond a closed window).  With a small open window
+    the held sliver is sent instead.  Unanswered probes give up after ``data_retries``."""
+    if self.state not in SENDS_DATA and self.state not in (FIN_WAIT_1, CLOSING, LAST_ACK):
+        return
+    if self._user_timeout_expired(now) or self.keep_probes > self.config.data_retries:
+        self._drop(self.soft_error or errno.ETIMEDOUT, counted=True)
+        return
+    room = self.snd_una + self.snd_wnd - self.snd_nxt
+    if room > 0 and self.sndbuf.end > self.snd_nxt:
+        length = min(room, self.mss, self.sndbuf.end - self.snd_nxt)
+        flags = TCP_ACK | TCP_PSH
+        if self.fin_seq >= 0 and self.snd_nxt + length == self.fin_seq:
+            flags |= TCP_FIN
+        self._send_data(self.snd_nxt, length, flags, now)
+        self.persist_shift = 0
+        return
+    self.keep_probes += 1
+    self.stats.window_probes += 1
+    self._send_segment(self.snd_una - 1, TCP_ACK, b"", now)
+    self.persist_shift = min(self.persist_shift + 1, 12)
+    self.t_persist = now + self._persist_interval()
+
+
+def _user_timeout_expired(self: TcpConnection, now: float) -> bool:
+    timeout = self.config.user_timeout
+    waiting = self.snd_max > self.snd_una or self.sndbuf.end > self.snd_una
+    return bool(timeout) and waiting and now - self.last_activity >= timeout
+
+
+def set_keepalive(self: TcpConnection, enabled: bool, now: float) -> None:
+    self.keepalive = enabled
+    self._arm_keepalive(now)
+
+
+def _arm_keepalive(self: TcpConnection, now: float) -> None:
+    if self.keepalive and self.state in SYNCHRONIZED:
+        self.t_keep = now + self.keep_idle
+        self._arm()
+    else:
+        self.t_keep = 0.0
+
+
+def _keepalive_timeout(self: TcpConnection, now: float) -> None:
+    if not self.keepalive or self.state not in (ESTABLISHED, CLOSE_WAIT, FIN_WAIT_2):
+        return
+    idle = now - self.last_activity
+    if idle < self.keep_idle:
+        self.t_keep = self.last_activity + self.keep_idle
+        return
+    if self.keep_probes >= self.keep_count:
+        self._drop(errno.ETIMEDOUT, counted=True)
+        return
+    self.keep_probes += 1
+    self.stats.keepalive_probes += 1
+    self._send_segment(self.snd_una - 1, TCP_ACK, b"", now)
+    self.t_keep = now + self.keep_interval
+
+
+def _arm_2msl(self: TcpConnection, now: float) -> None:
+    self.t_2msl = now + 2 * self.config.msl
+    self._arm()
