@@ -256,7 +256,8 @@ class PollLoop:
             return
         frames = core.take_outbox()
         # The stack builds frames in bytearrays, which every port writes as it writes bytes;
-        # Port.tx_burst (nic/) is annotated Sequence[bytes] only, and mypy 2 no longer promotes.
+        # Port.tx_burst (nic/) is annotated Sequence[bytes] only (the ports and the memory wire pass
+        # frames on as bytes), and mypy no longer promotes bytearray to bytes.
         accepted = self.port.tx_burst(self.tx_queue, frames)  # type: ignore[arg-type]
         self.stats.frames_out += accepted
         if accepted < len(frames):
