@@ -399,7 +399,8 @@ class TapPort(Port):
         sent = written = nbytes = 0
         for frame in frames:
             try:
-                if frame.__class__ is OffloadPacket:
+                # An OffloadPacket is a bytearray: Port.tx_burst says bytes (see the poll loop's note).
+                if frame.__class__ is OffloadPacket:  # type: ignore[comparison-overlap]
                     if not vnet:
                         # No virtio-net header to ask the kernel with: finish the checksum here;
                         # a TSO frame cannot be sent at all.
