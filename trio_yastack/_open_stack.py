@@ -8,6 +8,7 @@ only as the :class:`~trio_yastack.socket_api.SocketStack` it needs).
 from __future__ import annotations
 
 import errno
+import importlib
 import random
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -21,7 +22,7 @@ import trio
 from trio_yastack import socket_api
 from trio_yastack._trio_helpers import unwrap_single_exception
 from trio_yastack.dispatch import CoreLayout, PollLoop, launch
-from trio_yastack.nic import PcapReplayPort, Port, PortStatistics
+from trio_yastack.nic import Port, PortStatistics
 from trio_yastack.socket_api import PingSocket, StackSocket, UdpEndpoint, install_stack, listening_socket
 from trio_yastack.stack import InterfaceConfig, StackConfig, StackCore, StackStatistics, UdpPcb
 from trio_yastack.stack.wire import MacAddress
@@ -29,24 +30,34 @@ from trio_yastack.stack.wire import MacAddress
 __all__ = ["Stack", "current_stack", "open_multicore_port", "open_port", "open_stack", "run"]
 
 
-def open_port(spec: str | Port) -> Port:
-    """A port object from a spec string.
+#: spec kind -> ``"module:function"`` of the function that opens that kind of port from its spec
+#: string, ``opener(spec, queues=None)``: ``queues`` is ``None`` for one core, or the number of
+#: workers of :func:`open_multicore_port` (one queue per core).  Modules are imported only when
+#: their kind is asked for, so a port whose native part is missing costs nothing until used.
+PORT_OPENERS: dict[str, str] = {
+    "tap": "trio_yastack.nic.tap:open_tap_port",
+    "pcap": "trio_yastack.nic._pcap:open_pcap_port",
+}
+
+
+def open_port(spec: str | Port, *, queues: int | None = None) -> Port:
+    """A port object from a spec string (a :class:`Port` passes through).
 
     ``tap:NAME[,key=value...]`` opens the TAP poll-mode driver (options as
     :class:`~trio_yastack.nic.tap.TapOptions`: ``offloads``, ``mtu``, ``queues``,
     ``kernel_address``, ``txqueuelen``, ``busy_poll``, ``persist``, ``mac``); ``pcap:FILE`` replays a
-    capture.  A :class:`Port` passes through.
+    capture.  The kinds are :data:`PORT_OPENERS`'s keys.
     """
     if isinstance(spec, Port):
         return spec
-    kind, _, arg = spec.partition(":")
-    if kind == "pcap" and arg:
-        return PcapReplayPort(arg)
-    if kind == "tap":
-        from trio_yastack.nic.tap import TapPort, parse_tap_spec
-
-        return TapPort(parse_tap_spec(spec))
-    raise ValueError(f"unknown nic spec {spec!r}: expected tap:NAME, pcap:FILE or a Port object")
+    kind, sep, _ = spec.partition(":")
+    target = PORT_OPENERS.get(kind) if sep else None
+    if target is None:
+        kinds = ", ".join(f"{name}:..." for name in PORT_OPENERS)
+        raise ValueError(f"unknown nic spec {spec!r}: expected one of {kinds}, or a Port object")
+    module_name, _, function = target.partition(":")
+    opener: Callable[..., Port] = getattr(importlib.import_module(module_name), function)
+    return opener(spec, queues=queues)
 
 
 class Stack:
@@ -279,14 +290,6 @@ def run(
 
 
 def open_multicore_port(nic: Port | str, cores: int) -> Port:
-    """The port for ``cores`` workers: a ``tap:`` spec gets a queue per core (``queues=1`` in
-    the spec asks for software RSS instead); a Port object is used as it is."""
-    if isinstance(nic, str) and nic.startswith("tap:"):
-        from dataclasses import replace as _replace
-
-        from trio_yastack.nic.tap import TapPort, parse_tap_spec
-
-        options = parse_tap_spec(nic)
-        queues = options.queues if ",queues=" in nic else cores
-        return TapPort(_replace(options, queues=queues, multi_queue=True))
-    return open_port(nic)
+    """The port for ``cores`` workers: a spec's kind opens it with a queue per core (a TAP spec
+    with ``queues=1`` asks for software RSS instead); a Port object is used as it is."""
+    return open_port(nic, queues=cores)

@@ -21,7 +21,15 @@ from trio_yastack.stack.wire import MacAddress
 
 from ._port import Port, PortCapabilities, PortCounters, PortStatistics, PortWrapper
 
-__all__ = ["PcapError", "PcapRecord", "PcapReplayPort", "PcapTee", "PcapWriter", "read_pcap"]
+__all__ = [
+    "PcapError",
+    "PcapRecord",
+    "PcapReplayPort",
+    "PcapTee",
+    "PcapWriter",
+    "open_pcap_port",
+    "read_pcap",
+]
 
 LINKTYPE_ETHERNET = 1
 SNAPLEN = 262144
@@ -218,3 +226,11 @@ class PcapReplayPort(Port):
     def exhausted(self) -> bool:
         """Every frame of the capture has been received."""
         return not self._pending
+
+
+def open_pcap_port(spec: str, *, queues: int | None = None) -> PcapReplayPort:
+    """``open_port``'s opener for ``pcap:FILE``: a capture replayed (one queue whatever ``queues``)."""
+    _, _, path = spec.partition(":")
+    if not path:
+        raise ValueError(f"nic spec {spec!r}: expected pcap:FILE")
+    return PcapReplayPort(path)

@@ -31,7 +31,7 @@ import socket
 import struct
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import trio
 
@@ -41,7 +41,7 @@ from trio_yastack.stack.wire._checksum import sum16
 
 from ._port import Port, PortCapabilities, PortCounters, PortStatistics
 
-__all__ = ["TapError", "TapOptions", "TapPort", "parse_tap_spec"]
+__all__ = ["TapError", "TapOptions", "TapPort", "open_tap_port", "parse_tap_spec"]
 
 # <linux/if_tun.h>
 TUNSETIFF = 0x400454CA
@@ -496,3 +496,14 @@ def complete_checksum(packet: bytes | bytearray) -> bytes:
     checksum = ~sum16(frame, tcp_at, _ETHER_LEN + total_len - tcp_at, 0) & 0xFFFF
     frame[tcp_at + 16 : tcp_at + 18] = checksum.to_bytes(2, "big")
     return bytes(frame)
+
+
+def open_tap_port(spec: str, *, queues: int | None = None) -> TapPort:
+    """``open_port``'s opener for ``tap:NAME[,key=value...]``.  With ``queues`` (several cores) the
+    TAP gets that many queues (``IFF_MULTI_QUEUE``), unless the spec says ``queues=`` itself
+    (``queues=1``: one queue, software RSS)."""
+    options = parse_tap_spec(spec)
+    if queues is None:
+        return TapPort(options)
+    chosen = options.queues if ",queues=" in spec else queues
+    return TapPort(replace(options, queues=chosen, multi_queue=True))
