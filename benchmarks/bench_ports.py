@@ -248,7 +248,7 @@ def run_bulk(factory: RigFactory, direction: str, nbytes: int) -> dict[str, floa
                 else:
                     sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_SNDBUF, 4 << 20)
                     process = peer(rig.kernel_ns, "recv", BULK_PORT)
-                    await trio.to_thread.run_sync(process.stdout.readline)  # type: ignore[union-attr]
+                    await trio.to_thread.run_sync(process.stdout.readline)  # type: ignore[union-attr]  # piped by peer()
                     await sock.connect((KERNEL_IP, BULK_PORT))
                     block = pattern_block(0)
                     busy, started = busy_seconds(), time.monotonic()

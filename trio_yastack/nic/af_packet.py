@@ -490,7 +490,8 @@ class AfPacketPort(Port):
         if group is None:
             flags |= PACKET_FANOUT_FLAG_UNIQUEID  # the kernel picks an id nobody uses
         try:
-            sock.setsockopt(SOL_PACKET, PACKET_FANOUT, (group or 0) | (PACKET_FANOUT_HASH | flags) << 16)
+            value = (group or 0) | (PACKET_FANOUT_HASH | flags) << 16
+            sock.setsockopt(SOL_PACKET, PACKET_FANOUT, struct.pack("I", value))  # above INT_MAX: as bytes
         except OSError as exc:
             if exc.errno in (errno.EINVAL, errno.EALREADY, errno.EBUSY):
                 raise AfPacketError(
@@ -548,7 +549,7 @@ class AfPacketPort(Port):
         q = self._queues[queue]
         for frame in frames:
             # An OffloadPacket is a bytearray: Port.tx_burst says bytes (see the poll loop's note).
-            if frame.__class__ is OffloadPacket:  # type: ignore[comparison-overlap]
+            if frame.__class__ is OffloadPacket:  # type: ignore[comparison-overlap]  # a bytearray in a bytes burst
                 wire, ends = _complete_offloads(frames)
                 return bisect_right(ends, self._tx(q, wire))  # the frames whose every piece left
         return self._tx(q, frames)
