@@ -166,14 +166,18 @@ async def respond(stream: trio.SocketStream) -> None:
     pending = b""
     async with stream:
         while True:
-            data = await stream.receive_some(65536)
+            try:
+                data = await stream.receive_some(65536)
+            except trio.BrokenResourceError:
+                return  # wrk resets its connections at the end
             if not data:
                 return
             pending += data
             answers = pending.count(b"\r\n\r\n")
             if answers:
                 pending = pending[pending.rindex(b"\r\n\r\n") + 4 :]
-                await stream.send_all(RESPONSE * answers)
+                with contextlib.suppress(trio.BrokenResourceError):
+                    await stream.send_all(RESPONSE * answers)
 
 
 async def serve_responder(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:

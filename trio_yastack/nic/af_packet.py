@@ -13,11 +13,14 @@ without a system call, and a burst leaves in one ``sendmmsg``.  What it does, an
   ``tests/test_af_packet.py`` holds the two to the same frames from the same ring memory.  The
   price of block batching is latency when traffic is sparse: a frame alone in a block waits for
   the retire timer (at least a jiffy: 4 ms at HZ=250).
-- **Transmit**: one ``sendmmsg(2)`` per burst (``yas_afp_tx_burst``), with
-  ``PACKET_QDISC_BYPASS`` (on by default, ``qdisc_bypass=off``) so frames go straight to the
-  driver; no checksum or segmentation offload: the stack computes checksums and cuts large TCP
-  segments itself (software GSO), and an :class:`~trio_yastack.stack.OffloadPacket` that reaches
-  the port anyway is completed (and segmented) here.
+- **Transmit**: one ``sendmmsg(2)`` per burst (``yas_afp_tx_burst``) on a second socket per
+  queue (bound with protocol 0, so it receives nothing), with ``PACKET_QDISC_BYPASS`` (on by
+  default, ``qdisc_bypass=off``) so frames go straight to the driver, and ``PACKET_VNET_HDR``
+  (``offloads=on``, the default): each frame goes behind a virtio-net header, as on a TAP, so the
+  stack leaves TCP checksums partial and hands over 64 KB segments, which the kernel (or a NIC
+  with TSO) completes and cuts.  With ``offloads=off`` the stack computes checksums and cuts
+  segments itself (software GSO); an :class:`~trio_yastack.stack.OffloadPacket` that reaches the
+  port anyway is completed (and cut) here.
 - **Several queues, one per core**: ``queues=N`` opens N sockets in one ``PACKET_FANOUT`` group
   (``PACKET_FANOUT_HASH``, with defragmentation), so the kernel spreads flows over them by its
   flow hash; the per-core dispatcher forwards a frame that lands on another core's queue.  The
@@ -59,7 +62,7 @@ from trio_yastack.stack._offload import ChecksumVerified, OffloadPacket
 from trio_yastack.stack.wire import MacAddress
 
 from ._port import Port, PortCapabilities, PortCounters, PortStatistics
-from .tap import complete_checksum
+from .tap import _PLAIN_VNET_HDR, VNET_HDR_LEN, _offload_header, complete_checksum
 
 if TYPE_CHECKING:
     from ._af_packet_cffi import CData
@@ -85,6 +88,9 @@ PACKET_VERSION = 10
 PACKET_FANOUT = 18
 PACKET_QDISC_BYPASS = 20
 PACKET_IGNORE_OUTGOING = 23
+PACKET_VNET_HDR = 15
+SO_SNDBUFFORCE = 32  # <asm-generic/socket.h>: SO_SNDBUF above net.core.wmem_max (CAP_NET_ADMIN)
+_TX_SNDBUF = 8 << 20
 TPACKET_V3 = 2
 PACKET_FANOUT_HASH = 0
 PACKET_FANOUT_FLAG_UNIQUEID = 0x2000
@@ -150,7 +156,8 @@ class AfPacketOptions:
     kept whole, a multiple of 16; large enough for the 64 KB TCP super-frames a veth peer or GRO
     hands up) shape each queue's receive ring (``block_size * blocks`` bytes of memory each);
     ``block_timeout``: ms before the kernel hands over a block that is not full.  ``fanout``: the
-    ``PACKET_FANOUT`` group id (``None``: one unique to this port).  ``shared``: allow an
+    ``PACKET_FANOUT`` group id (``None``: one unique to this port).  ``offloads``: transmit
+    checksum offload and TSO through ``PACKET_VNET_HDR``.  ``shared``: allow an
     interface with an IPv4 address of its own (the stack must use another).
     """
 
@@ -162,6 +169,7 @@ class AfPacketOptions:
     block_timeout: int = 1
     fanout: int | None = None
     qdisc_bypass: bool = True
+    offloads: bool = True
     promisc: bool = False
     shared: bool = False
     max_burst: int = 64
@@ -301,10 +309,12 @@ class _Queue:
     """One socket of the fanout group, its mapped ring and its walk's state."""
 
     __slots__ = ("c_cursor", "counters", "cursor", "dropped", "fd", "lens", "out", "out_buffer", "out_view",
-                 "ring", "ring_ptr", "sock", "status")  # fmt: skip
+                 "ring", "ring_ptr", "sock", "status", "tx_fd", "tx_sock")  # fmt: skip
 
     def __init__(self, sock: socket.socket, ring: mmap.mmap, out_len: int, max_burst: int) -> None:
         self.sock = sock
+        self.tx_sock: socket.socket | None = None
+        self.tx_fd = -1
         self.fd = sock.fileno()
         self.ring = ring
         self.counters = PortCounters()
@@ -332,6 +342,8 @@ class _Queue:
         with contextlib.suppress(BufferError):  # a caller's view still maps it: the kernel frees it at exit
             self.ring.close()
         self.sock.close()
+        if self.tx_sock is not None:
+            self.tx_sock.close()
 
 
 def _ifreq_name(name: str) -> bytes:
@@ -374,7 +386,14 @@ class AfPacketPort(Port):
             raise
         self._out_len = options.block_size + 4
         self._capabilities = PortCapabilities(
-            mac=mac, mtu=mtu, rx_queues=options.queues, tx_queues=options.queues, max_burst=options.max_burst
+            mac=mac,
+            mtu=mtu,
+            rx_queues=options.queues,
+            tx_queues=options.queues,
+            max_burst=options.max_burst,
+            tx_checksum_offload=options.offloads,
+            tso=options.offloads,
+            max_tso_size=0xFFFF if options.offloads else 0,
         )
 
     # -- set-up --------------------------------------------------------------------------------
@@ -477,13 +496,30 @@ class AfPacketPort(Port):
             queue = _Queue(sock, ring, options.block_size + 4, options.max_burst)
             self._queues.append(queue)
             sock.bind((options.name, ETH_P_ALL))
-            if options.qdisc_bypass:
-                sock.setsockopt(SOL_PACKET, PACKET_QDISC_BYPASS, 1)
+            self._open_tx(queue)
             if options.promisc:
                 sock.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP,
                                 _PACKET_MREQ.pack(self.ifindex, PACKET_MR_PROMISC, 0, b""))  # fmt: skip
             if options.queues > 1 or options.fanout is not None:
                 group = self._join_fanout(sock, group)
+
+    def _open_tx(self, queue: _Queue) -> None:
+        """The queue's transmit socket: bound with protocol 0, so it receives nothing; with
+        ``offloads``, every frame it sends starts with a virtio-net header (``PACKET_VNET_HDR``),
+        through which the kernel (or the NIC) completes checksums and segments TSO frames."""
+        options = self.options
+        tx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+        queue.tx_sock, queue.tx_fd = tx, tx.fileno()
+        tx.setblocking(False)
+        if options.offloads:
+            tx.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
+        for option in (SO_SNDBUFFORCE, socket.SO_SNDBUF):  # room for a burst of 64 KB segments
+            with contextlib.suppress(OSError):
+                tx.setsockopt(socket.SOL_SOCKET, option, _TX_SNDBUF)
+                break
+        tx.bind((options.name, 0))
+        if options.qdisc_bypass:
+            tx.setsockopt(SOL_PACKET, PACKET_QDISC_BYPASS, 1)
 
     def _join_fanout(self, sock: socket.socket, group: int | None) -> int:
         flags = PACKET_FANOUT_FLAG_DEFRAG
@@ -547,6 +583,17 @@ class AfPacketPort(Port):
 
     def tx_burst(self, queue: int, frames: Sequence[bytes]) -> int:
         q = self._queues[queue]
+        if self.options.offloads:
+            # Each frame behind its virtio-net header: partial checksums and TSO frames are the
+            # kernel's (or the NIC's) to complete and cut.
+            plain = _PLAIN_VNET_HDR
+            wire = [
+                (_offload_header(frame) or plain) + frame
+                if frame.__class__ is OffloadPacket  # type: ignore[comparison-overlap]  # a bytearray in a bytes burst
+                else plain + frame
+                for frame in frames
+            ]
+            return self._tx(q, wire, VNET_HDR_LEN)
         for frame in frames:
             # An OffloadPacket is a bytearray: Port.tx_burst says bytes (see the poll loop's note).
             if frame.__class__ is OffloadPacket:  # type: ignore[comparison-overlap]  # a bytearray in a bytes burst
@@ -554,9 +601,10 @@ class AfPacketPort(Port):
                 return bisect_right(ends, self._tx(q, wire))  # the frames whose every piece left
         return self._tx(q, frames)
 
-    def _tx(self, q: _Queue, wire: Sequence[bytes]) -> int:
+    def _tx(self, q: _Queue, wire: Sequence[bytes], header: int = 0) -> int:
         """Send ``wire`` in as few sendmmsg calls as it takes; a frame the kernel refuses is dropped
-        and counted in ``oerrors`` (it counts as accepted), a full queue stops the burst."""
+        and counted in ``oerrors`` (it counts as accepted), a full queue stops the burst.
+        ``header``: the bytes of virtio-net header in front of each frame (not counted in obytes)."""
         counters = q.counters
         done = 0
         total = len(wire)
@@ -566,21 +614,21 @@ class AfPacketPort(Port):
                 ffi, lib = _extension
                 lens = array("I", map(len, rest))
                 data = b"".join(rest)
-                n = lib.yas_afp_tx_burst(q.fd, data, ffi.from_buffer("uint32_t[]", lens), len(rest))
+                n = lib.yas_afp_tx_burst(q.tx_fd, data, ffi.from_buffer("uint32_t[]", lens), len(rest))
                 error = -n if n < 0 else 0
                 n = max(n, 0)
             else:
                 n, error = 0, 0
                 for frame in rest:
                     try:
-                        os.write(q.fd, frame)
+                        os.write(q.tx_fd, frame)
                     except OSError as exc:
                         error = exc.errno or errno.EIO
                         break
                     n += 1
             if n:
                 counters.opackets += n
-                counters.obytes += sum(map(len, rest[:n]))
+                counters.obytes += sum(map(len, rest[:n])) - header * n
                 done += n
             if not error:
                 if n == 0:
