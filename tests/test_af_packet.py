@@ -46,8 +46,10 @@ from trio_yastack.nic.af_packet import (
     AfPacketPort,
     RxCursor,
     native_rx_walk,
+    native_rx_walk_v2,
     parse_af_packet_spec,
     py_rx_walk,
+    py_rx_walk_v2,
 )
 from trio_yastack.nic.kernel_peer import pattern_block
 from trio_yastack.nic.netns import NetworkNamespace
@@ -156,6 +158,50 @@ def test_walk_twins_give_up_a_block_whose_header_points_outside_it() -> None:
     assert frames == [b"\x01" * 64] and statuses == [TP_STATUS_USER]
 
 
+def make_ring_v2(block_size: int, frame_size: int, slots: list[Frame | None]) -> bytearray:
+    """TPACKET_V2 ring memory: ``block_size // frame_size`` slots per block, each a
+    ``tpacket2_hdr`` and its frame at ``tp_mac``; ``None`` is a slot the kernel still owns."""
+    per_block = block_size // frame_size
+    ring = bytearray(b"\xa5" * (block_size * -(-len(slots) // per_block)))
+    for slot, frame in enumerate(slots):
+        at = slot // per_block * block_size + slot % per_block * frame_size
+        if frame is None:
+            ring[at : at + 4] = bytes(4)  # TP_STATUS_KERNEL
+            continue
+        data, status, tci, tpid = frame
+        mac = 34 + slot % 3 * 16
+        header = (status | TP_STATUS_USER, len(data), len(data), mac, mac + 14, 1, 2, tci, tpid)
+        struct.pack_into("=IIIHHIIHH4x", ring, at, *header)
+        ring[at + mac : at + mac + len(data)] = data
+    return ring
+
+
+@needs_native
+def test_walk_v2_twins_agree_on_a_made_ring() -> None:
+    """TPACKET_V2 slots across two blocks: bursts cut by ``max_n`` and by the output buffer resume
+    at the right slot, VLAN tags go back in, an oversized slot header is skipped and counted, and
+    the slot the kernel still owns stops the walk; both twins leave the same ring and cursor."""
+    rng = random.Random(29)
+    block_size, frame_size = 8192, 2048
+    slots: list[Frame | None] = [(rng.randbytes(rng.randrange(60, 1500)), 0, 0, 0) for _ in range(6)]
+    vlan_frame = rng.randbytes(90)
+    slots[2] = (vlan_frame, TP_STATUS_VLAN_VALID | TP_STATUS_CSUMNOTREADY, 0x0123, 0)
+    slots += [None, (bytes(64), 0, 0, 0)]  # slot 6 still the kernel's: slot 7 must wait
+    ring = make_ring_v2(block_size, frame_size, slots)
+    struct.pack_into("=I", ring, 4 * frame_size + 8, 4000)  # slot 4 (block 1): snaplen beyond its slot
+    c_ring, py_ring = bytearray(ring), bytearray(ring)
+    c_cursor, py_cursor = RxCursor(), RxCursor()
+    got = []
+    for max_n, out_len in [(2, 1 << 16), (8, 100), (8, 1 << 16), (8, 1 << 16)]:
+        c_result = native_rx_walk_v2(c_ring, block_size, frame_size, 8, c_cursor, max_n, out_len)
+        py_result = py_rx_walk_v2(py_ring, block_size, frame_size, 8, py_cursor, max_n, out_len)
+        assert c_result == py_result and c_cursor.as_tuple() == py_cursor.as_tuple() and c_ring == py_ring
+        got.append(c_result[0])
+    assert [len(burst) for burst in got] == [2, 1, 2, 0]
+    assert got[1][0] == vlan_frame[:12] + b"\x81\x00\x01\x23" + vlan_frame[12:]
+    assert c_cursor.block == 6 and c_cursor.bad_blocks == 1
+
+
 # -- the real thing: namespaces and a veth ---------------------------------------------------------
 @pytest.fixture
 def veth() -> Iterator[tuple[NetworkNamespace, NetworkNamespace]]:
@@ -203,12 +249,27 @@ async def test_walk_twins_agree_on_real_ring_memory(veth: tuple[NetworkNamespace
         snapshot = bytearray(queue.ring[:])
         [(frames, _)] = walk_both(snapshot, port.options.block_size, [(64, 1 << 20)])
         assert frames and all(frame[12:14] == b"\x08\x06" for frame in frames)  # ARP requests for .9
+    with open_in(stack_ns, "af_packet:veth0,version=2,block_size=65536,blocks=2,frame_size=2048") as port:
+        await in_thread(kernel_ns.run, ["ping", "-c", "2", "-i", "0.01", "-W", "0.1", "198.18.0.8"])
+        with trio.fail_after(5):
+            await port.wait_rx(0)  # a slot handed over
+        snapshot = bytearray(port._queues[0].ring[:])
+        c_ring, py_ring, c_cursor, py_cursor = (
+            bytearray(snapshot),
+            bytearray(snapshot),
+            RxCursor(),
+            RxCursor(),
+        )
+        c_result = native_rx_walk_v2(c_ring, 65536, 2048, 64, c_cursor, 64, 1 << 20)
+        assert c_result == py_rx_walk_v2(py_ring, 65536, 2048, 64, py_cursor, 64, 1 << 20)
+        assert c_ring == py_ring and c_result[0] and all(f[12:14] == b"\x08\x06" for f in c_result[0])
 
 
 @requires_netns
 @pytest.mark.parametrize("walk", ["native", "twin"])
+@pytest.mark.parametrize("version", [3, 2], ids=["tpacket-v3", "tpacket-v2"])
 async def test_arp_and_ping_both_ways(
-    veth: tuple[NetworkNamespace, NetworkNamespace], walk: str, monkeypatch: pytest.MonkeyPatch
+    veth: tuple[NetworkNamespace, NetworkNamespace], walk: str, version: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The kernel pings the stack (its ARP request answered with veth0's MAC) and the stack pings
     the kernel (its own ARP request answered); the port counts what moved.  ``twin``: the port
@@ -218,7 +279,7 @@ async def test_arp_and_ping_both_ways(
     elif not af_packet.NATIVE:
         pytest.skip("the AF_PACKET extension is not built")
     stack_ns, kernel_ns = veth
-    async with stack_on_veth(stack_ns) as stack:
+    async with stack_on_veth(stack_ns, f"af_packet:veth0,{SMALL},version={version}") as stack:
         with trio.fail_after(20):
             done = await in_thread(
                 kernel_ns.run, ["ping", "-n", "-c", "3", "-i", "0.2", "-W", "5", STACK_ADDRESS]
@@ -391,11 +452,16 @@ def test_fanout_spreads_flows_over_both_queues(veth: tuple[NetworkNamespace, Net
 
 
 @requires_netns
-def test_ring_overflow_is_counted_in_imissed(veth: tuple[NetworkNamespace, NetworkNamespace]) -> None:
+@pytest.mark.parametrize("version", [3, 2], ids=["tpacket-v3", "tpacket-v2"])
+def test_ring_overflow_is_counted_in_imissed(
+    veth: tuple[NetworkNamespace, NetworkNamespace], version: int
+) -> None:
     """A tiny ring (2 blocks of 4 KiB) nobody reads while 200 frames come: what did not fit is
     counted by the kernel (PACKET_STATISTICS) and shows as ``imissed``; taken + missed = sent."""
     stack_ns, kernel_ns = veth
-    with open_in(stack_ns, "af_packet:veth0,block_size=4096,blocks=2,frame_size=2048") as port:
+    with open_in(
+        stack_ns, f"af_packet:veth0,block_size=4096,blocks=2,frame_size=2048,version={version}"
+    ) as port:
         mac = str(port.capabilities.mac)
         kernel_ns.run(["ip", "neigh", "replace", STACK_ADDRESS, "lladdr", mac, "dev", "veth1"], check=True)
         script = "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"

@@ -51,8 +51,9 @@ import socket
 import struct
 from array import array
 from bisect import bisect_right
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -76,6 +77,7 @@ __all__ = [
     "open_af_packet_port",
     "parse_af_packet_spec",
     "py_rx_walk",
+    "py_rx_walk_v2",
 ]
 
 # <linux/if_packet.h>
@@ -91,6 +93,7 @@ PACKET_IGNORE_OUTGOING = 23
 PACKET_VNET_HDR = 15
 SO_SNDBUFFORCE = 32  # <asm-generic/socket.h>: SO_SNDBUF above net.core.wmem_max (CAP_NET_ADMIN)
 _TX_SNDBUF = 8 << 20
+TPACKET_V2 = 1
 TPACKET_V3 = 2
 PACKET_FANOUT_HASH = 0
 PACKET_FANOUT_FLAG_UNIQUEID = 0x2000
@@ -107,7 +110,8 @@ _CSUM_VOUCHED = TP_STATUS_CSUMNOTREADY | TP_STATUS_CSUM_VALID
 _TPACKET_REQ3 = struct.Struct(
     "7I"
 )  # block_size, block_nr, frame_size, frame_nr, retire_blk_tov, priv, features
-_TPACKET_STATS_V3 = struct.Struct("3I")  # tp_packets, tp_drops, tp_freeze_q_cnt
+_TPACKET_REQ = struct.Struct("4I")  # block_size, block_nr, frame_size, frame_nr (TPACKET_V2)
+_TPACKET_STATS_V3 = struct.Struct("3I")  # tp_packets, tp_drops, tp_freeze_q_cnt (V2's struct: the first two)
 _PACKET_MREQ = struct.Struct("iHH8s")
 # struct tpacket_block_desc: version, offset_to_priv, then tpacket_hdr_v1: block_status, num_pkts,
 # offset_to_first_pkt, blk_len, seq_num, ts_first_pkt, ts_last_pkt
@@ -117,6 +121,10 @@ _BLOCK_HEAD = struct.Struct("=III")  # block_status, num_pkts, offset_to_first_p
 # tp_net, hv1 {tp_rxhash, tp_vlan_tci, tp_vlan_tpid, tp_padding}, tp_padding[8]
 _FRAME_HEAD = struct.Struct("=I8xI4xIHHxxxxIH")  # next_offset, snaplen, status, mac, net, vlan_tci, tpid
 _FRAME_HEAD_LEN = 48
+# struct tpacket2_hdr: tp_status, tp_len, tp_snaplen, tp_mac, tp_net, tp_sec, tp_nsec, tp_vlan_tci,
+# tp_vlan_tpid, tp_padding[4]
+_FRAME2_HEAD = struct.Struct("=I4xIH6x4xHH")  # status, snaplen, mac, vlan_tci, vlan_tpid
+_FRAME2_STATUS = struct.Struct("=I")
 # <linux/sockios.h>
 SIOCGIFFLAGS = 0x8913
 SIOCGIFADDR = 0x8915
@@ -155,14 +163,17 @@ class AfPacketOptions:
     ``block_size`` (a multiple of the page size), ``blocks`` and ``frame_size`` (the largest frame
     kept whole, a multiple of 16; large enough for the 64 KB TCP super-frames a veth peer or GRO
     hands up) shape each queue's receive ring (``block_size * blocks`` bytes of memory each);
-    ``block_timeout``: ms before the kernel hands over a block that is not full.  ``fanout``: the
-    ``PACKET_FANOUT`` group id (``None``: one unique to this port).  ``offloads``: transmit
-    checksum offload and TSO through ``PACKET_VNET_HDR``.  ``shared``: allow an
-    interface with an IPv4 address of its own (the stack must use another).
+    ``block_timeout``: ms before the kernel hands over a block that is not full.  ``version``: 3
+    (TPACKET_V3, blocks) or 2 (TPACKET_V2: a ``frame_size`` slot per frame, handed over at once, so
+    no block timer to wait for, but more memory per frame).  ``fanout``: the ``PACKET_FANOUT``
+    group id (``None``: one unique to this port).  ``offloads``: transmit checksum offload and TSO
+    through ``PACKET_VNET_HDR``.  ``shared``: allow an interface with an IPv4 address of its own
+    (the stack must use another).
     """
 
     name: str = "eth0"
     queues: int = 1
+    version: int = 3
     block_size: int = 1 << 20
     blocks: int = 16
     frame_size: int = 65536 + 512
@@ -276,11 +287,64 @@ def py_rx_walk(
     return frames, statuses
 
 
+def py_rx_walk_v2(
+    ring: Any, block_size: int, frame_size: int, frame_count: int, cursor: RxCursor, max_n: int, out_len: int
+) -> tuple[list[bytes], list[int]]:
+    """The TPACKET_V2 walk: up to ``max_n`` frames from the slots handed over (``tp_status``),
+    each slot given back as soon as it is read; ``cursor.block`` is the next slot.  The twin of
+    ``yas_afp_rx_walk_v2`` (``native/af_packet.c``)."""
+    frames: list[bytes] = []
+    statuses: list[int] = []
+    used = 0
+    per_block = block_size // frame_size
+    while len(frames) < max_n:
+        slot = cursor.block
+        at = slot // per_block * block_size + slot % per_block * frame_size
+        status, snap, mac, tci, tpid = _FRAME2_HEAD.unpack_from(ring, at)
+        if not status & TP_STATUS_USER:
+            break
+        if mac + snap > frame_size or snap < 12:
+            cursor.bad_blocks += 1
+        else:
+            tagged = status & TP_STATUS_VLAN_VALID
+            need = snap + (4 if tagged else 0)
+            if used + need > out_len:
+                break
+            start = at + mac
+            if tagged:
+                if not (status & TP_STATUS_VLAN_TPID_VALID and tpid):
+                    tpid = _VLAN_TPID
+                frame = bytes(ring[start : start + 12]) + struct.pack("!HH", tpid, tci)
+                frame += bytes(ring[start + 12 : start + snap])
+            else:
+                frame = bytes(ring[start : start + snap])
+            frames.append(frame)
+            statuses.append(status)
+            used += need
+        _FRAME2_STATUS.pack_into(ring, at, TP_STATUS_KERNEL)
+        cursor.block = (slot + 1) % frame_count
+    return frames, statuses
+
+
 def native_rx_walk(
     ring: Any, block_size: int, block_count: int, cursor: RxCursor, max_n: int, out_len: int
 ) -> tuple[list[bytes], list[int]]:
     """``yas_afp_rx_walk`` with :func:`py_rx_walk`'s interface (for the differential test; the port
     calls the C directly with buffers it keeps)."""
+    return _native_walk("yas_afp_rx_walk", ring, (block_size, block_count), cursor, max_n, out_len)
+
+
+def native_rx_walk_v2(
+    ring: Any, block_size: int, frame_size: int, frame_count: int, cursor: RxCursor, max_n: int, out_len: int
+) -> tuple[list[bytes], list[int]]:
+    """``yas_afp_rx_walk_v2`` with :func:`py_rx_walk_v2`'s interface (for the differential test)."""
+    geometry = (block_size, frame_size, frame_count)
+    return _native_walk("yas_afp_rx_walk_v2", ring, geometry, cursor, max_n, out_len)
+
+
+def _native_walk(
+    function: str, ring: Any, geometry: tuple[int, ...], cursor: RxCursor, max_n: int, out_len: int
+) -> tuple[list[bytes], list[int]]:
     if _extension is None:
         raise RuntimeError("the AF_PACKET extension (trio_yastack.nic._af_packet_cffi) is not built")
     ffi, lib = _extension
@@ -288,9 +352,7 @@ def native_rx_walk(
     out = ffi.new("char[]", max(out_len, 1))
     lens = ffi.new("uint32_t[]", max(max_n, 1))
     status = ffi.new("uint32_t[]", max(max_n, 1))
-    n = lib.yas_afp_rx_walk(
-        ffi.from_buffer(ring), block_size, block_count, c_cursor, max_n, out, out_len, lens, status
-    )
+    n = getattr(lib, function)(ffi.from_buffer(ring), *geometry, c_cursor, max_n, out, out_len, lens, status)
     if n < 0:
         raise ValueError("bad ring geometry")
     cursor.block, cursor.left, cursor.offset = c_cursor.block, c_cursor.left, c_cursor.offset
@@ -308,10 +370,11 @@ def native_rx_walk(
 class _Queue:
     """One socket of the fanout group, its mapped ring and its walk's state."""
 
-    __slots__ = ("c_cursor", "counters", "cursor", "dropped", "fd", "lens", "out", "out_buffer", "out_view",
-                 "ring", "ring_ptr", "sock", "status", "tx_fd", "tx_sock")  # fmt: skip
+    __slots__ = ("c_cursor", "c_walk", "counters", "cursor", "dropped", "fd", "lens", "out", "out_buffer",
+                 "out_view", "py_walk", "ring", "ring_ptr", "sock", "status", "tx_fd", "tx_sock")  # fmt: skip
 
-    def __init__(self, sock: socket.socket, ring: mmap.mmap, out_len: int, max_burst: int) -> None:
+    def __init__(self, sock: socket.socket, ring: mmap.mmap, out_len: int, options: AfPacketOptions) -> None:
+        max_burst = options.max_burst
         self.sock = sock
         self.tx_sock: socket.socket | None = None
         self.tx_fd = -1
@@ -331,13 +394,28 @@ class _Queue:
             self.status: CData | None = ffi.new("uint32_t[]", max_burst)
         else:
             self.ring_ptr = self.c_cursor = self.out = self.lens = self.status = None
+        # The walk with the ring's geometry bound: rx_burst passes only the burst's arguments.
+        frames = options.block_size // options.frame_size * options.blocks
+        if options.version == 2:
+            geometry: tuple[int, ...] = (options.block_size, options.frame_size, frames)
+            self.py_walk: Callable[[RxCursor, int, int], tuple[list[bytes], list[int]]] = partial(
+                py_rx_walk_v2, ring, options.block_size, options.frame_size, frames
+            )
+        else:
+            geometry = (options.block_size, options.blocks)
+            self.py_walk = partial(py_rx_walk, ring, options.block_size, options.blocks)
+        self.c_walk: Any = None
+        if _extension is not None:
+            lib = _extension[1]
+            function = lib.yas_afp_rx_walk_v2 if options.version == 2 else lib.yas_afp_rx_walk
+            self.c_walk = partial(function, self.ring_ptr, *geometry, self.c_cursor)
 
     def close(self) -> None:
         with contextlib.suppress(RuntimeError):  # (outside a trio run nobody can be waiting on it)
             trio.lowlevel.notify_closing(self.fd)
         if _extension is not None:
             self.out_view.release()
-            self.ring_ptr = None
+            self.ring_ptr = self.c_walk = None
             _extension[0].release(self.out)
         with contextlib.suppress(BufferError):  # a caller's view still maps it: the kernel frees it at exit
             self.ring.close()
@@ -407,6 +485,8 @@ class AfPacketPort(Port):
             problems.append(f"block_size {options.block_size} must be a positive multiple of {page}")
         if options.frame_size < 128 or options.frame_size % 16 or options.frame_size > options.block_size:
             problems.append(f"frame_size {options.frame_size} must be a multiple of 16, 128..block_size")
+        if options.version not in (2, 3):
+            problems.append("version is 2 (TPACKET_V2) or 3 (TPACKET_V3)")
         if options.blocks < 1:
             problems.append("blocks must be at least 1")
         if not 0 < options.block_timeout < 60_000:
@@ -475,17 +555,24 @@ class AfPacketPort(Port):
                 ) from None
             try:
                 sock.setblocking(False)
-                sock.setsockopt(SOL_PACKET, PACKET_VERSION, TPACKET_V3)
+                sock.setsockopt(
+                    SOL_PACKET, PACKET_VERSION, TPACKET_V2 if options.version == 2 else TPACKET_V3
+                )
                 sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
                 frames = options.block_size // options.frame_size * options.blocks
-                request = _TPACKET_REQ3.pack(options.block_size, options.blocks, options.frame_size, frames,
-                                             options.block_timeout, 0, 0)  # fmt: skip
+                if options.version == 2:
+                    request = _TPACKET_REQ.pack(
+                        options.block_size, options.blocks, options.frame_size, frames
+                    )
+                else:
+                    request = _TPACKET_REQ3.pack(options.block_size, options.blocks, options.frame_size,
+                                                 frames, options.block_timeout, 0, 0)  # fmt: skip
                 try:
                     sock.setsockopt(SOL_PACKET, PACKET_RX_RING, request)
                 except OSError as exc:
                     raise AfPacketError(
                         exc.errno or errno.EINVAL,
-                        f"the kernel refused a TPACKET_V3 ring of {options.blocks} blocks of "
+                        f"the kernel refused a TPACKET_V{options.version} ring of {options.blocks} blocks of "
                         f"{options.block_size} bytes ({exc.strerror}): try smaller blocks= or block_size=",
                     ) from None
                 ring = mmap.mmap(sock.fileno(), options.block_size * options.blocks,
@@ -493,7 +580,7 @@ class AfPacketPort(Port):
             except BaseException:
                 sock.close()
                 raise
-            queue = _Queue(sock, ring, options.block_size + 4, options.max_burst)
+            queue = _Queue(sock, ring, options.block_size + 4, options)
             self._queues.append(queue)
             sock.bind((options.name, ETH_P_ALL))
             self._open_tx(queue)
@@ -550,20 +637,18 @@ class AfPacketPort(Port):
         q = self._queues[queue]
         if max_n > self.options.max_burst:
             max_n = self.options.max_burst
-        if q.ring_ptr is None:
+        if q.c_walk is None:
             if self._closed:
                 return []
-            frames, statuses = py_rx_walk(q.ring, self.options.block_size, self.options.blocks, q.cursor,
-                                          max_n, self._out_len)  # fmt: skip
+            frames, statuses = q.py_walk(q.cursor, max_n, self._out_len)
             nbytes = 0
             for i, status in enumerate(statuses):
                 nbytes += len(frames[i])
                 if status & _CSUM_VOUCHED:
                     frames[i] = ChecksumVerified(frames[i])
         else:
-            ffi, lib = _extension  # type: ignore[misc]  # ring_ptr is set only when the extension loaded
-            n = lib.yas_afp_rx_walk(q.ring_ptr, self.options.block_size, self.options.blocks, q.c_cursor,
-                                    max_n, q.out, self._out_len, q.lens, q.status)  # fmt: skip
+            ffi = _extension[0]  # type: ignore[index]  # c_walk is set only when the extension loaded
+            n = q.c_walk(max_n, q.out, self._out_len, q.lens, q.status)
             if n <= 0:
                 return []
             frames = []
@@ -652,7 +737,7 @@ class AfPacketPort(Port):
             if q.fd >= 0 and not self._closed:
                 with contextlib.suppress(OSError):
                     raw = q.sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, _TPACKET_STATS_V3.size)
-                    q.dropped += _TPACKET_STATS_V3.unpack(raw)[1]  # reading resets the kernel's
+                    q.dropped += struct.unpack_from("=I", raw, 4)[0]  # tp_drops; reading resets the kernel's
             q.counters.imissed = q.dropped
             for field in PortCounters.__slots__:
                 setattr(total, field, getattr(total, field) + getattr(q.counters, field))
