@@ -95,13 +95,18 @@ def af_packet_rigs() -> dict[str, RigFactory]:
     in another namespace."""
 
     @contextlib.contextmanager
-    def af_packet() -> Iterator[Rig]:
+    def af_packet(options: str = "", segment_offloads: bool = True) -> Iterator[Rig]:
         with NetworkNamespace("yasp") as left, NetworkNamespace("yasp") as right:
             veth_pair(left, right)
             left.run(["ip", "addr", "flush", "dev", "veth0"], check=True)
-            yield Rig("af_packet:veth0", left, right, "veth1")
+            if not segment_offloads:  # the kernel sends MTU-sized frames: they fit small slots
+                right.run(["ethtool", "-K", "veth1", "tso", "off", "gso", "off"], check=True)
+            yield Rig(f"af_packet:veth0{options}", left, right, "veth1")
 
-    return {"af_packet": af_packet}
+    # TPACKET_V2: 2 KiB slots, handed over per frame (no block timer); 64 KB super-frames would
+    # not fit such slots, so the kernel side's TSO/GSO is off for this rig.
+    v2 = partial(af_packet, ",version=2,frame_size=2048,blocks=16", segment_offloads=False)
+    return {"af_packet": af_packet, "af_packet_v2": v2}
 
 
 def all_rigs() -> dict[str, RigFactory]:
