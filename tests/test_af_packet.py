@@ -16,6 +16,7 @@ import select
 import shutil
 import socket
 import struct
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -77,6 +78,21 @@ def test_spec_parses_every_option_and_names_the_known_ones() -> None:
         parse_af_packet_spec("af_packet:")
     with pytest.raises(ValueError, match="block_size 1000 must be a positive multiple"):
         AfPacketPort(AfPacketOptions(name="lo", block_size=1000))
+    with pytest.raises(ValueError, match=r"version is 2 .* or 3"):
+        parse_af_packet_spec("af_packet:eth0,version=4")
+
+
+def test_yastack_serve_reports_a_bad_spec_in_one_line() -> None:
+    """A mistyped option is one line from ``yastack serve``, before anything is opened."""
+    done = subprocess.run(
+        [sys.executable, "-m", "trio_yastack", "serve", "examples/hello.py:app", "--nic",
+         "af_packet:veth0,frame_size=100"],
+        capture_output=True, text=True, cwd=REPO, timeout=60,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert done.stderr.strip().splitlines() == [
+        "yastack serve: af_packet:veth0: frame_size 100 must be a multiple of 16, 128..block_size"
+    ]
 
 
 # -- the ring walk: C and its Python twin ----------------------------------------------------------
@@ -405,7 +421,7 @@ def test_two_cores_spread_flows_over_two_fanout_queues(
          "--cores", "2", "--bind", "8000"],
     )  # fmt: skip
     try:
-        program.wait_for_line("# try: curl")
+        program.wait_for_count("Running on http://198.18.0.2:8000", 2)  # both workers listen
         loop = "for i in $(seq 50); do curl -sS --max-time 10 http://198.18.0.2:8000/ || exit 1; echo; done"
         done = kernel_ns.run(["sh", "-c", loop], timeout=120)
         assert done.returncode == 0, done.stderr

@@ -12,7 +12,12 @@ without a system call, and a burst leaves in one ``sendmmsg``.  What it does, an
   twin (used when the extension is not built, or with ``TRIO_YASTACK_NO_NATIVE=1``);
   ``tests/test_af_packet.py`` holds the two to the same frames from the same ring memory.  The
   price of block batching is latency when traffic is sparse: a frame alone in a block waits for
-  the retire timer (at least a jiffy: 4 ms at HZ=250).
+  the retire timer (at least a jiffy: 4 ms at HZ=250), and the kernel wakes the reader only then.
+  ``version=2`` uses a TPACKET_V2 ring instead: a ``frame_size`` slot per frame, each handed
+  over (and the reader woken) as it is filled, walked the same way (``yas_afp_rx_walk_v2``, twin
+  :func:`py_rx_walk_v2`); slots must hold the largest frame the interface hands up (64 KB
+  super-frames from a veth peer's TSO or a NIC's GRO), which costs memory.  A VLAN tag the kernel
+  took off is put back, so the stack sees frames as they were on the wire.
 - **Transmit**: one ``sendmmsg(2)`` per burst (``yas_afp_tx_burst``) on a second socket per
   queue (bound with protocol 0, so it receives nothing), with ``PACKET_QDISC_BYPASS`` (on by
   default, ``qdisc_bypass=off``) so frames go straight to the driver, and ``PACKET_VNET_HDR``
@@ -37,6 +42,8 @@ without a system call, and a burst leaves in one ``sendmmsg``.  What it does, an
   carry the stack's address, or the kernel answers ARP and TCP for it too (resets to our peers).
   The port refuses an interface with an IPv4 address unless ``shared=on`` says the stack uses an
   address the kernel does not have.  Turn IP forwarding off in that namespace too.
+- One port per interface per network namespace: a second one is refused as busy (an abstract
+  Unix socket named after the interface is the lock; it goes with the process).
 - Needs ``CAP_NET_RAW`` (root, or ``setcap cap_net_raw+ep`` on the interpreter).
 """
 
@@ -214,7 +221,9 @@ def parse_af_packet_spec(spec: str) -> AfPacketOptions:
                 values[key] = int(raw, 0)
         except (KeyError, ValueError):
             raise ValueError(f"nic {spec!r}: bad value {raw!r} for {key}") from None
-    return AfPacketOptions(**values)
+    options = AfPacketOptions(**values)
+    AfPacketPort.check_options(options)
+    return options
 
 
 # -- the ring walk's Python twin -------------------------------------------------------------------
@@ -413,10 +422,11 @@ class _Queue:
     def close(self) -> None:
         with contextlib.suppress(RuntimeError):  # (outside a trio run nobody can be waiting on it)
             trio.lowlevel.notify_closing(self.fd)
-        if _extension is not None:
+        if self.ring_ptr is not None and _extension is not None:
+            self.c_walk = None
+            _extension[0].release(self.ring_ptr)  # the mmap's buffer export, so it can close
+            self.ring_ptr = None
             self.out_view.release()
-            self.ring_ptr = self.c_walk = None
-            _extension[0].release(self.out)
         with contextlib.suppress(BufferError):  # a caller's view still maps it: the kernel frees it at exit
             self.ring.close()
         self.sock.close()
@@ -432,7 +442,8 @@ def _ifreq_name(name: str) -> bytes:
 
 
 class AfPacketPort(Port):
-    """An interface as a NIC port through AF_PACKET sockets: one TPACKET_V3 ring per queue.
+    """An interface as a NIC port through AF_PACKET sockets: per queue, a receive ring (TPACKET_V3,
+    or V2) on a socket of the fanout group, and a transmit socket.
 
     Use as a context manager or call :meth:`close`.  The port holds the interface exclusively
     among trio_yastack ports of the same network namespace (a second one is refused as busy)."""
@@ -442,7 +453,7 @@ class AfPacketPort(Port):
             options = AfPacketOptions(**overrides)
         elif overrides:
             raise TypeError("pass AfPacketOptions or keyword options, not both")
-        self._check_geometry(options)
+        self.check_options(options)
         self.options = options
         self.name = options.name
         self._queues: list[_Queue] = []
@@ -476,7 +487,8 @@ class AfPacketPort(Port):
 
     # -- set-up --------------------------------------------------------------------------------
     @staticmethod
-    def _check_geometry(options: AfPacketOptions) -> None:
+    def check_options(options: AfPacketOptions) -> None:
+        """Raise ``ValueError`` naming every option value the kernel would refuse."""
         page = mmap.PAGESIZE
         problems = []
         if options.queues < 1:
