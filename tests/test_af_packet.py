@@ -312,6 +312,26 @@ async def test_arp_and_ping_both_ways(
 
 
 @requires_netns
+async def test_promisc_for_a_mac_of_our_own(veth: tuple[NetworkNamespace, NetworkNamespace]) -> None:
+    """``promisc=on`` puts veth0 in promiscuous mode while the port is open (membership of the
+    socket: the kernel drops it when the socket closes), and a stack with a MAC of its own answers
+    the kernel's ping.  (A veth hands every frame to packet sockets anyway; a physical NIC filters
+    by MAC in hardware unless promiscuous.)"""
+    stack_ns, kernel_ns = veth
+
+    def promiscuous() -> bool:  # the device's promiscuity count (the PROMISC flag shows only ip's own)
+        return " promiscuity 1 " in stack_ns.run(["ip", "-d", "link", "show", "veth0"]).stdout
+
+    with open_in(stack_ns, f"af_packet:veth0,{SMALL},promisc=on") as port:
+        assert promiscuous()
+        async with open_stack(port, ip=f"{STACK_ADDRESS}/24", mac="02:79:61:00:00:42"):
+            done = await in_thread(kernel_ns.run, ["ping", "-n", "-c", "1", "-W", "5", STACK_ADDRESS])
+    assert done.returncode == 0, done.stdout
+    assert "02:79:61:00:00:42" in kernel_ns.run(["ip", "neigh", "show", STACK_ADDRESS]).stdout
+    assert not promiscuous()
+
+
+@requires_netns
 def test_yastack_serve_answers_curl(veth: tuple[NetworkNamespace, NetworkNamespace]) -> None:
     """``yastack serve examples/hello.py:app --nic af_packet:veth0`` answers a kernel-side curl."""
     stack_ns, kernel_ns = veth

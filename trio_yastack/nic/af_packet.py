@@ -31,8 +31,10 @@ without a system call, and a burst leaves in one ``sendmmsg``.  What it does, an
   flow hash; the per-core dispatcher forwards a frame that lands on another core's queue.  The
   group id is unique to the port (``PACKET_FANOUT_FLAG_UNIQUEID``) unless ``fanout=ID`` names one.
 - **Which frames**: the stack uses the interface's own MAC (the default ``mac`` of
-  ``open_stack``), so no promiscuous mode is needed; ``promisc=on`` turns it on (for a stack MAC
-  of your choosing).  ``PACKET_IGNORE_OUTGOING`` keeps our own transmissions out of the ring.
+  ``open_stack``), so no promiscuous mode is needed; ``promisc=on`` turns it on while the port is
+  open, for a stack MAC of your choosing (a physical NIC filters other MACs in hardware; a veth
+  hands packet sockets every frame anyway).  ``PACKET_IGNORE_OUTGOING`` keeps our own
+  transmissions out of the ring.
 - **Checksums**: a frame whose checksum the kernel never computed (``TP_STATUS_CSUMNOTREADY``: it
   came from a local sender, such as the kernel at the far end of a veth, and carries only the
   pseudo-header sum) or that the driver verified (``TP_STATUS_CSUM_VALID``) is handed up as
