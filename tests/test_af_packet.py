@@ -282,6 +282,37 @@ async def test_walk_twins_agree_on_real_ring_memory(veth: tuple[NetworkNamespace
 
 
 @requires_netns
+@needs_native
+@pytest.mark.parametrize("offloads", [True, False], ids=["offloads-on", "offloads-off"])
+def test_tx_burst_twins_send_the_same_frames(
+    veth: tuple[NetworkNamespace, NetworkNamespace], offloads: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One burst through ``yas_afp_tx_burst`` (sendmmsg) and the same through its twin (``os.write``
+    per frame): the kernel's end of the veth receives the same frames, in order, byte for byte; a
+    frame longer than the MTU is refused by the kernel, counted in ``oerrors`` and accepted (DPDK
+    semantics), and the frames after it still go."""
+    stack_ns, kernel_ns = veth
+    rng = random.Random(5)
+    with kernel_ns.entered():
+        tap = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x88B5))  # local experimental
+    tap.bind(("veth1", 0x88B5))
+    tap.settimeout(5)
+    with tap, open_in(stack_ns, f"af_packet:veth0,{SMALL},offloads={'on' if offloads else 'off'}") as port:
+        head = b"\xff" * 6 + bytes(port.capabilities.mac) + b"\x88\xb5"
+        frames = [head + rng.randbytes(size) for size in (46, 1500, 200, 1600, 64)]  # 1600: too long
+        sent = []
+        for walk in ("native", "twin"):
+            if walk == "twin":
+                monkeypatch.setattr(af_packet, "_extension", None)
+            assert port.tx_burst(0, frames) == len(frames)
+            sent.append([tap.recv(4096) for _ in range(4)])
+        stats = port.statistics()
+    expected = [frame for frame in frames if len(frame) <= 1514]
+    assert sent == [expected, expected]
+    assert (stats.opackets, stats.oerrors, stats.obytes) == (8, 2, 2 * sum(map(len, expected)))
+
+
+@requires_netns
 @pytest.mark.parametrize("walk", ["native", "twin"])
 @pytest.mark.parametrize("version", [3, 2], ids=["tpacket-v3", "tpacket-v2"])
 async def test_arp_and_ping_both_ways(
