@@ -41,11 +41,14 @@ import math
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Any, Protocol
 
+import h2.exceptions
 import trio
 from hypercorn.app_wrappers import ASGIWrapper
 from hypercorn.config import Config
 from hypercorn.events import Closed, Event, RawData, Updated
 from hypercorn.logging import Logger
+from hypercorn.protocol.events import Event as StreamEvent
+from hypercorn.protocol.events import StreamClosed
 from hypercorn.protocol.h2 import H2Protocol
 from hypercorn.trio.task_group import TaskGroup
 from hypercorn.trio.worker_context import TrioSingleTask, WorkerContext
@@ -158,7 +161,7 @@ class _H2Connection:
         self.context.terminated = _Terminated(shutdown if shutdown is not None else trio.Event())
         self.send_lock = trio.Lock()
         self.idle_task = TrioSingleTask()
-        self.protocol: H2Protocol
+        self.protocol: _H2Protocol
         self._task_group: TaskGroup
 
     async def run(
@@ -173,7 +176,7 @@ class _H2Connection:
         try:
             async with TaskGroup() as task_group:
                 self._task_group = task_group
-                self.protocol = H2Protocol(
+                self.protocol = _H2Protocol(
                     app,
                     self.config,
                     self.context,
@@ -235,6 +238,38 @@ class _H2Connection:
     async def _idle_timeout(self) -> None:
         with trio.move_on_after(self.config.keep_alive_timeout):
             await self.context.terminated.wait()
+            # shutting down with nothing left to serve: the sender's last frames, then GOAWAY
+            await self._let_the_sender_finish()
+            with contextlib.suppress(h2.exceptions.ProtocolError):
+                self.protocol.connection.close_connection()
+                await self.protocol._flush()
         with trio.CancelScope(shield=True):
             await self.protocol.handle(Closed())
             await self.stream.aclose()
+
+    async def _let_the_sender_finish(self) -> None:
+        """Give hypercorn's send task checkpoints until its buffers are gone (each is dropped once
+        its stream's END_STREAM is written), or until it stops making progress (a client that reads
+        no more: flow control); the caller's graceful timeout bounds the rest."""
+        buffers = self.protocol.stream_buffers
+        last: tuple[int, int] | None = None
+        stalled = 0
+        while buffers and stalled < 3:
+            now = (len(buffers), sum(len(buffer.buffer) for buffer in buffers.values()))
+            stalled = stalled + 1 if now == last else 0
+            last = now
+            await trio.sleep(0)
+
+
+class _H2Protocol(H2Protocol):
+    """hypercorn's protocol, but on shutdown it does not send GOAWAY the moment its last stream's
+    app finishes: at that moment its send task may still hold the last DATA frame and END_STREAM,
+    and h2 refuses both once GOAWAY is out (the client never sees its response end; hypercorn's
+    own server has this race).  The idle task sends GOAWAY after the sender is done instead."""
+
+    async def stream_send(self, event: StreamEvent) -> None:
+        if isinstance(event, StreamClosed) and self.context.terminated.is_set():
+            await self._close_stream(event.stream_id)
+            await self.send(Updated(idle=self.idle))
+            return
+        await super().stream_send(event)
