@@ -9,7 +9,9 @@ the stream over with those bytes (``leftover``, or put back in front with ``Pref
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +24,7 @@ import trio
 import trio.testing
 from socket_helpers import stream_pair, two_stacks
 
+from trio_yastack.l7.asgi import AccessLogger, ServerConfig
 from trio_yastack.l7.asgi._h2 import H2C_PREFACE, serve_h2
 from trio_yastack.tls.client_hello import PrefixedStream
 
@@ -30,26 +33,22 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 App = Callable[[Message, Receive, Send], Awaitable[None]]
 
+DEFAULTS = ServerConfig()
 #: simulated seconds a test may take before it counts as hung (free under the autojump clock)
 BOUND = 60.0
 
 
-@dataclass(frozen=True)
-class H2Config:
-    """The fields of the server's ``ServerConfig`` that HTTP/2 reads (defaults: the server's)."""
+class AccessLog(AccessLogger):
+    """The server's access log, written to memory; :attr:`lines` as (request, status, length)."""
 
-    keep_alive_timeout: float = 5.0
-    root_path: str = ""
-    server_header: bool = False
-    ws_max_message_size: int = 16 * 1024 * 1024
+    def __init__(self) -> None:
+        self.buffer = io.StringIO()
+        super().__init__(self.buffer)
 
-
-@dataclass(eq=False)
-class AccessLog:
-    lines: list[tuple[str, str, int | None]] = field(default_factory=list)
-
-    def access(self, scope: dict[str, Any], status: int | None, request_time: float) -> None:
-        self.lines.append((scope["method"], scope["path"], status))
+    @property
+    def lines(self) -> list[tuple[str, str, str]]:
+        self.flush()
+        return re.findall(r'"([A-Z]+ .* \S+)" (\S+) (\S+) ', self.buffer.getvalue())
 
 
 # -- the app ------------------------------------------------------------------------------------
@@ -184,24 +183,23 @@ async def serve_after_preface(
     access_log: AccessLog | None = None,
     shutdown: trio.Event | None = None,
     prefixed: bool = False,
-    config: H2Config = H2Config(),
+    config: ServerConfig = DEFAULTS,
 ) -> None:
     """What the HTTP/1.1 side does: read the first bytes, see the h2c preface, hand over."""
     first = bytes(await stream.receive_some(65536))
     assert first.startswith(H2C_PREFACE)
     kwargs: dict[str, Any] = dict(
-        config=config,
-        state=state if state is not None else {},
+        scheme="http",
         client=("198.18.0.2", 50000),
         server=("198.18.0.1", 8000),
-        tls=False,
+        state=state,
         access_log=access_log,
         shutdown=shutdown,
     )
     if prefixed:
-        await serve_h2(PrefixedStream(first, stream), app, **kwargs)
+        await serve_h2(PrefixedStream(first, stream), app, config, **kwargs)
     else:
-        await serve_h2(stream, app, leftover=first, **kwargs)
+        await serve_h2(stream, app, config, leftover=first, **kwargs)
 
 
 # -- tests --------------------------------------------------------------------------------------
@@ -228,7 +226,7 @@ async def test_get_and_post(autojump_clock: trio.testing.MockClock, prefixed: bo
         client.conn.close_connection()
         await client.flush()
         await client_stream.aclose()
-    assert log.lines == [("GET", "/hello there", 200), ("POST", "/echo", 200)]
+    assert log.lines == [("GET /hello there 2", "200", "-"), ("POST /echo 2", "200", "-")]
 
 
 def partial_serve(stream: trio.abc.Stream, **kwargs: Any) -> Callable[[], Awaitable[None]]:
@@ -274,7 +272,7 @@ async def test_app_raising_is_500_and_logged(
             await client.flush()
             await client_stream.aclose()
     assert any(r.exc_info and isinstance(r.exc_info[1], ValueError) for r in caplog.records)
-    assert ("GET", "/boom", 500) in log.lines
+    assert ("GET /boom 2", "500", "-") in log.lines
 
 
 async def test_lifespan_state_is_copied_into_each_request(autojump_clock: trio.testing.MockClock) -> None:
@@ -302,7 +300,7 @@ async def test_idle_connection_closes_after_keep_alive_timeout(
 ) -> None:
     client_stream, server_stream = trio.testing.memory_stream_pair()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(partial_serve(server_stream, config=H2Config(keep_alive_timeout=7.0)))
+        nursery.start_soon(partial_serve(server_stream, config=ServerConfig(keep_alive_timeout=7.0)))
         client = Client(client_stream)
         await client.start()
         get = client.request("GET", "/")

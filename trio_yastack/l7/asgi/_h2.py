@@ -7,21 +7,25 @@ The interface (for ``_server``/``_http11``)::
         stream,                 # the connection: a trio.SSLStream after its handshake (ALPN "h2"), or
                                 # the plain stream whose first bytes were the h2c preface
         app,                    # the ASGI 3 app (the same one HTTP/1.1 serves)
-        config=config,          # the ServerConfig: keep_alive_timeout, root_path, server_header,
+        config,                 # the ServerConfig: keep_alive_timeout, root_path, server_header,
                                 # ws_max_message_size (RFC 8441 websockets over h2)
-        state=state,            # the lifespan state: each request's scope["state"] is a shallow copy
+        scheme="https",         # scope["scheme"]: "https" over TLS, else "http"
         client=("198.18.0.2", 51234), server=("198.18.0.1", 8000),  # or None, as in the HTTP scope
-        tls=True,               # scope["scheme"]: "https" when True
+        state=state,            # the lifespan state (or None): each request gets a shallow copy
         leftover=b"PRI * ...",  # bytes already read from ``stream`` (the preface among them); or pass
                                 # trio_yastack.tls.client_hello.PrefixedStream(leftover, stream) instead
-        access_log=access_log,  # counted into the same access log (one line per stream), or None
+        access_log=access_log,  # the server's AccessLogger (one line per stream), or None
         shutdown=event,         # a trio.Event the server sets on graceful shutdown, or None
     )
 
 It returns when the connection is over, having closed ``stream`` (a second ``aclose`` by the caller is
 harmless).  On ``shutdown``: an idle connection closes at once; a busy one refuses new streams and
-sends GOAWAY once its streams are done (hypercorn's own behaviour with its ``terminated`` event); the
-caller's cancel scope bounds the rest (graceful_timeout).
+sends GOAWAY once its streams are done (hypercorn's behaviour with its ``terminated`` event, less a race:
+see :class:`_H2Protocol`); the caller's cancel scope bounds the rest (graceful_timeout).  Without
+``shutdown`` the connection lives until the client leaves, the keep-alive timeout or that cancel scope.
+
+What HTTP/2 does not share with our HTTP/1.1: ``max_request_body`` (hypercorn has no body limit; its
+per-stream flow control bounds what is buffered), the head/body error replies (hypercorn's own).
 
 Why hypercorn's protocol and not our own: HTTP/2's flow control, priorities and stream states are a
 large machine that hypercorn (with the ``h2`` package) already runs on trio; HTTP/2 is not where this
@@ -38,8 +42,7 @@ import contextlib
 import functools
 import logging
 import math
-from collections.abc import Awaitable, Callable, Hashable
-from typing import Any, Protocol
+from typing import Any
 
 import h2.exceptions
 import trio
@@ -54,54 +57,41 @@ from hypercorn.trio.task_group import TaskGroup
 from hypercorn.trio.worker_context import TrioSingleTask, WorkerContext
 from hypercorn.typing import ConnectionState, ResponseSummary, WWWScope
 
+from ._access_log import AccessLogger
+from ._config import ServerConfig
+from ._lifespan import ASGIApp
+
 __all__ = ["H2C_PREFACE", "serve_h2"]
 
-logger = logging.getLogger("trio_yastack.l7.asgi")
-
-ASGIApp = Callable[
-    [dict[str, Any], Callable[[], Awaitable[dict[str, Any]]], Callable[[dict[str, Any]], Awaitable[None]]],
-    Awaitable[None],
-]
+logger = logging.getLogger("trio_yastack.asgi")
 
 #: what a client with prior knowledge of HTTP/2 sends first in clear (RFC 9113 3.4)
 H2C_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 _MAX_RECV = 64 * 1024
 
 
-class _Config(Hashable, Protocol):
-    """What this module reads of the server's ``ServerConfig`` (a frozen dataclass: hashable)."""
-
-    @property
-    def keep_alive_timeout(self) -> float: ...
-    @property
-    def root_path(self) -> str: ...
-    @property
-    def server_header(self) -> bool: ...
-    @property
-    def ws_max_message_size(self) -> int: ...
-
-
 async def serve_h2(
     stream: trio.abc.Stream,
     app: ASGIApp,
+    config: ServerConfig,
     *,
-    config: _Config,
-    state: dict[str, Any],
+    scheme: str,
     client: tuple[str, int] | None,
     server: tuple[str, int] | None,
-    tls: bool,
+    state: dict[str, Any] | None,
     leftover: bytes = b"",
-    access_log: Any | None = None,
+    access_log: AccessLogger | None = None,
     shutdown: trio.Event | None = None,
 ) -> None:
     """Serve one HTTP/2 connection with hypercorn's ``H2Protocol`` (see the module's docstring)."""
     connection = _H2Connection(stream, _hypercorn_config(config, access_log), shutdown)
-    await connection.run(ASGIWrapper(app), state, tls, client, server, leftover)  # type: ignore[arg-type]
+    tls = scheme == "https"
+    await connection.run(ASGIWrapper(app), state or {}, tls, client, server, leftover)  # type: ignore[arg-type]
     # (hypercorn's ASGIFramework type is its TypedDict scopes; ours are plain dicts, the same at run time)
 
 
 @functools.lru_cache(maxsize=16)
-def _hypercorn_config(config: _Config, access_log: Any | None) -> Config:
+def _hypercorn_config(config: ServerConfig, access_log: AccessLogger | None) -> Config:
     """hypercorn's ``Config`` for our ``ServerConfig``, made once per server (both are immutable
     once serving starts; hypercorn only reads its config)."""
     hconfig = Config()
@@ -118,14 +108,16 @@ def _hypercorn_config(config: _Config, access_log: Any | None) -> Config:
 class _Log(Logger):
     """hypercorn's logger with its access lines counted into our access log."""
 
-    def __init__(self, config: Config, access_log: Any | None) -> None:
+    def __init__(self, config: Config, access_log: AccessLogger | None) -> None:
         super().__init__(config)
         self._access_log = access_log
 
     async def access(self, request: WWWScope, response: ResponseSummary | None, request_time: float) -> None:
         if self._access_log is not None:
-            status = response["status"] if response is not None else None
-            self._access_log.access(request, status, request_time)
+            if response is None:  # the stream ended without a response
+                self._access_log.log(dict(request), None, ())
+            else:
+                self._access_log.log(dict(request), response["status"], response["headers"])
 
 
 class _Terminated:
