@@ -24,7 +24,7 @@ import trio
 import trio.testing
 from socket_helpers import stream_pair, two_stacks
 
-from trio_yastack.l7.asgi import AccessLogger, ServerConfig
+from trio_yastack.l7.asgi import AccessLogger, HttpConnection, ServerConfig
 from trio_yastack.l7.asgi._h2 import H2C_PREFACE, serve_h2
 from trio_yastack.tls.client_hello import PrefixedStream
 
@@ -368,3 +368,25 @@ async def test_over_two_stacks(autojump_clock: trio.testing.MockClock) -> None:
                 client.conn.close_connection()
                 await client.flush()
                 await client_stream.aclose()
+
+
+async def test_prior_knowledge_through_the_http11_connection(autojump_clock: trio.testing.MockClock) -> None:
+    """``HttpConnection`` sees the h2c preface on its first read and hands over: HTTP/2 serves the
+    same app with the connection's lifespan state, into the same access log."""
+    log = AccessLog()
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    connection = HttpConnection(server_stream, app, DEFAULTS, state={"db": "ready"}, access_log=log)
+    with trio.fail_after(BOUND):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(connection.run)
+            client = Client(client_stream)
+            await client.start()
+            get, state = client.request("GET", "/"), client.request("GET", "/state")
+            await client.flush()
+            get_reply, state_reply = await client.wait_for(get, state)
+            assert get_reply.body == b"GET / 2 http"
+            assert state_reply.body == repr([("db", "ready"), ("touched", True)]).encode()
+            client.conn.close_connection()
+            await client.flush()
+            await client_stream.aclose()
+    assert sorted(log.lines) == [("GET / 2", "200", "-"), ("GET /state 2", "200", "-")]

@@ -28,7 +28,7 @@ from websockets.http11 import Response
 from websockets.protocol import State
 from websockets.uri import parse_uri
 
-from trio_yastack.l7.asgi import AccessLogger, ServerConfig
+from trio_yastack.l7.asgi import AccessLogger, HttpConnection, ServerConfig
 from trio_yastack.l7.asgi._websocket import MAX_QUEUED, ClientDisconnected, serve_websocket
 
 Message = dict[str, Any]
@@ -713,3 +713,42 @@ async def test_over_two_stacks(autojump_clock: trio.testing.MockClock) -> None:
                 assert await client.wait_closed() == (1001, "going away")
                 await client_stream.aclose()
     assert seen[-1] == {"type": "websocket.disconnect", "code": 1001, "reason": "going away"}
+
+
+# -- through the HTTP/1.1 connection: the hand-over as the server makes it ------------------------
+async def test_upgrade_through_the_http11_connection(autojump_clock: trio.testing.MockClock) -> None:
+    """``HttpConnection`` sees ``Upgrade: websocket`` and hands over: the websocket scope carries the
+    connection's addresses and lifespan state, the access log gets its line, and a frame sent in
+    the same write as the request head is not lost."""
+    seen: list[Message] = []
+    log = AccessLog()
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    connection = HttpConnection(
+        server_stream,
+        echo_app(seen),
+        DEFAULTS,
+        client=("198.18.0.2", 50000),
+        server=("198.18.0.1", 8000),
+        state={"from": "lifespan"},
+        access_log=log,
+    )
+    with trio.fail_after(BOUND):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(connection.run)
+            client = client_for(client_stream)
+            client.protocol.send_request(client.protocol.connect())
+            head = b"".join(client.protocol.data_to_send())
+            # websockets sends nothing before the 101: the frame is written by hand (mask 0)
+            await client_stream.send_all(head + b"\x81\x8d\x00\x00\x00\x00with the head")
+            response = await client.next_event()
+            assert isinstance(response, Response) and response.status_code == 101
+            assert await client.message() == "with the head"
+            client.protocol.send_close(1000)
+            await client.flush()
+            assert await client.wait_closed() == (1000, "")
+    scope = seen[0]
+    assert (scope["type"], scope["scheme"], scope["path"]) == ("websocket", "ws", "/")
+    assert scope["client"] == ("198.18.0.2", 50000) and scope["server"] == ("198.18.0.1", 8000)
+    assert scope["state"] == {"from": "lifespan"}
+    assert seen[1] == {"type": "websocket.receive", "text": "with the head"}
+    assert log.lines == [("GET / 1.1", "101")]
