@@ -13,7 +13,7 @@ import hashlib
 import io
 import logging
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import unquote
 
@@ -800,9 +800,17 @@ async def test_starlette_and_fastapi_websockets(autojump_clock: trio.testing.Moc
         await websocket.send_json({"room": room, "hello": name})
         await websocket.close(code=4000, reason="see you")
 
+    async def api_app(scope: Message, receive: Receive, send: Send) -> None:
+        """FastAPI's ASGI types are Starlette's (messages as MutableMappings): adapted, not ignored."""
+
+        async def send_message(message: MutableMapping[str, Any]) -> None:
+            await send(dict(message))
+
+        await api(scope, receive, send_message)
+
     async def open_room(path: str) -> tuple[Response, Client]:
         client_stream, server_stream = trio.testing.memory_stream_pair()
-        nursery.start_soon(serve_upgrade, server_stream, api, DEFAULTS)
+        nursery.start_soon(serve_upgrade, server_stream, api_app, DEFAULTS)
         client = client_for(client_stream, subprotocols=["chat.v1", "chat.v2"])
         return await client.handshake(path), client
 
