@@ -31,6 +31,9 @@ __all__ = ["serve_asgi"]
 
 logger = logging.getLogger("trio_yastack.asgi")
 
+#: how often the sweeper checks the connections' keep-alive and head timeouts (their resolution)
+SWEEP_INTERVAL = 0.5
+
 #: ALPN offered on TLS listeners: HTTP/2 (hypercorn's protocol) first, as hypercorn offers it
 ALPN = ["h2", "http/1.1"]
 
@@ -105,6 +108,7 @@ class _Server:
             client=_address(stream, peer=True),
             state=self.state,
             access_log=self.access_log,
+            swept=True,
         )
         if self.stopping:
             connection.shutdown()
@@ -132,6 +136,14 @@ class _Server:
             state=self.state,
             access_log=self.access_log,
         )
+
+    async def sweep(self) -> None:
+        """End connections whose keep-alive or head timeout passed (every SWEEP_INTERVAL)."""
+        while True:
+            await trio.sleep(SWEEP_INTERVAL)
+            now = trio.current_time()
+            for connection in list(self.connections):
+                connection.check_timeout(now)
 
     def shutdown(self) -> None:
         """Stop keep-alive everywhere; idle connections close now."""
@@ -286,6 +298,7 @@ async def _serve(
                     accepting.start_soon(stop_when, shutdown_trigger)
                 if access_log is not None:
                     accepting.start_soon(_flush_every_second, access_log)
+                accepting.start_soon(server.sweep)
                 accepting.start_soon(
                     partial(trio.serve_listeners, server.handle, listeners, handler_nursery=connections)
                 )
