@@ -20,6 +20,7 @@ from typing import Any, Literal
 import trio
 
 from trio_yastack._open_stack import Stack, current_stack
+from trio_yastack._trio_helpers import unwrap_single_exception
 
 from ._access_log import AccessLogger
 from ._config import ServerConfig
@@ -249,16 +250,33 @@ async def serve_asgi(
     access_log = AccessLogger(config.access_log) if config.access_log is not None else None
     lifespan = Lifespan(app, config.lifespan)
     try:
-        async with trio.open_nursery() as lifespan_nursery:
-            await lifespan.startup(lifespan_nursery)
-            state = lifespan.state if lifespan.supported else None
-            await _serve(
-                app, config, state, access_log, stack, kernel, listeners, shutdown_trigger, task_status
+        # unwrapped: a caller sees LifespanFailure (or its own error) as itself, not in a group
+        with unwrap_single_exception():
+            await _run(
+                app, config, lifespan, access_log, stack, kernel, listeners, shutdown_trigger, task_status
             )
-            await lifespan.shutdown()
     finally:
         if access_log is not None:
             access_log.close()
+
+
+async def _run(
+    app: ASGIApp,
+    config: ServerConfig,
+    lifespan: Lifespan,
+    access_log: AccessLogger | None,
+    stack: Stack | None,
+    kernel: bool,
+    listeners: Sequence[trio.abc.Listener[Any]] | None,
+    shutdown_trigger: Callable[[], Awaitable[Any]] | None,
+    task_status: trio.TaskStatus[list[str]],
+) -> None:
+    """Lifespan start-up, serving, lifespan shutdown (last)."""
+    async with trio.open_nursery() as lifespan_nursery:
+        await lifespan.startup(lifespan_nursery)
+        state = lifespan.state  # {} when the app has no lifespan: uvicorn gives it every request too
+        await _serve(app, config, state, access_log, stack, kernel, listeners, shutdown_trigger, task_status)
+        await lifespan.shutdown()
 
 
 async def _serve(
