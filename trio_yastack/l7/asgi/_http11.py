@@ -39,7 +39,7 @@ from ._access_log import AccessLogger
 from ._config import ServerConfig
 from ._lifespan import ASGIApp
 
-__all__ = ["HttpConnection"]
+__all__ = ["ClientDisconnected", "HttpConnection"]
 
 logger = logging.getLogger("trio_yastack.asgi")
 
@@ -56,6 +56,12 @@ _INF = float("inf")
 #: how long an error reply may take to drain (the lingering close) before the socket is closed
 LINGER_SECONDS = 2.0
 LINGER_BYTES = 256 * 1024
+
+
+class ClientDisconnected(OSError):
+    """Raised by ``send()`` once the client is gone, as ASGI 2.4 asks ("a server-specific
+    subclass of OSError"), so an app streaming a long response stops instead of producing it
+    for nobody."""
 
 
 class _HttpError(Exception):
@@ -183,7 +189,7 @@ class HttpConnection:
         self._closing = False  # shutdown asked: no keep-alive after the current response
         self._idle = True  # waiting for a request's first byte (shutdown may close at once)
         self._eof = False  # the client sent EOF (or reset): nothing more to read
-        self._gone = False  # a write failed: the client is gone, later sends are dropped
+        self._gone = False  # a write failed (or an error reply ended it): send() raises
         self._reading = False
         # the head being parsed
         self._url = b""
@@ -488,7 +494,10 @@ class HttpConnection:
         try:
             await self.app(scope, self.receive, self.send)
         except Exception as exc:
-            if not self._head_sent:  # the head is held until the first body: a 500 still fits
+            if self._gone and isinstance(exc, ClientDisconnected):
+                logger.debug("client %s went away during the response", self.client)
+                self._keep_alive = False
+            elif not self._head_sent:  # the head is held until the first body: a 500 still fits
                 logger.error("Exception in ASGI application", exc_info=exc)
                 self._keep_alive = False
                 await self._reply_error(_HttpError(500, "the app raised"))
@@ -566,7 +575,7 @@ class HttpConnection:
         if not self._response_started:
             self._pending_error = None
             await self._reply_error(error)
-        self._eof = self._gone = True  # the app's later sends are dropped, its receives disconnect
+        self._eof = self._gone = True  # the app's later sends raise, its receives disconnect
         return _DISCONNECT
 
     async def _wait_disconnect(self) -> None:
@@ -588,8 +597,7 @@ class HttpConnection:
         """The app's ``send``: the head waits for the first body; the last body completes it."""
         kind = message["type"]
         if self._gone:
-            await trio.lowlevel.checkpoint()  # the client left: dropped, as uvicorn drops it
-            return
+            raise ClientDisconnected(f"client {self.client} disconnected")
         if kind == "http.response.body":
             if not self._response_started:
                 raise RuntimeError("ASGI 'http.response.body' before 'http.response.start'")
@@ -613,8 +621,8 @@ class HttpConnection:
                 data = self._head(more, body)
             if not more:
                 self._response_complete = True
-            if data:
-                await self._write(data)
+            if data and not await self._write(data):
+                raise ClientDisconnected(f"client {self.client} disconnected")
             else:
                 await trio.lowlevel.checkpoint()
             if not more:
@@ -686,20 +694,23 @@ class HttpConnection:
             return head
         return head + body
 
-    async def _write(self, data: bytes) -> None:
+    async def _write(self, data: bytes) -> bool:
+        """Write ``data``; False (and the connection marked gone) when the client is gone."""
         try:
             sock = self._sock
             if sock is None:
                 await self.stream.send_all(data)
-                return
+                return True
             sent = await sock.send(data)
             if sent < len(data):  # the socket buffer was full: the rest as it drains
                 with memoryview(data) as view:
                     while sent < len(data):
                         sent += await sock.send(view[sent:])
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            self._eof = self._gone = True  # later sends are dropped, receive says disconnect
+            self._eof = self._gone = True  # later sends raise, receive says disconnect
             self._keep_alive = False
+            return False
+        return True
 
     async def _reply_error(self, error: _HttpError) -> None:
         """Answer ``error.status`` and close (the lingering close keeps the answer from a reset)."""
