@@ -64,6 +64,19 @@ class ClientDisconnected(OSError):
     for nobody."""
 
 
+def _from_disconnect(exc: BaseException) -> bool:
+    """``exc`` is our ClientDisconnected or was raised because of it (Starlette turns it into
+    its own ``ClientDisconnect``): the client left, which is no error of the app's."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # a chain is short; the bound keeps a cyclic one from looping
+        if seen is None:
+            return False
+        if isinstance(seen, ClientDisconnected):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 class _HttpError(Exception):
     """The client's request cannot be served: answer ``status`` and close."""
 
@@ -494,7 +507,7 @@ class HttpConnection:
         try:
             await self.app(scope, self.receive, self.send)
         except Exception as exc:
-            if self._gone and isinstance(exc, ClientDisconnected):
+            if self._gone and _from_disconnect(exc):
                 logger.debug("client %s went away during the response", self.client)
                 self._keep_alive = False
             elif not self._head_sent:  # the head is held until the first body: a 500 still fits
