@@ -560,12 +560,12 @@ class HttpConnection:
                 request.body.clear()
                 if request.body_complete:
                     request.final_sent = True
-                await trio.lowlevel.checkpoint()
+                await trio.lowlevel.checkpoint_if_cancelled()  # bytes at hand: no scheduler pass
                 return {"type": "http.request", "body": body, "more_body": not request.body_complete}
             if request.body_complete:
                 if not request.final_sent:
                     request.final_sent = True
-                    await trio.lowlevel.checkpoint()
+                    await trio.lowlevel.checkpoint_if_cancelled()
                     return {"type": "http.request", "body": b"", "more_body": False}
                 await self._wait_disconnect()
                 return _DISCONNECT
@@ -634,8 +634,9 @@ class HttpConnection:
                 data = self._head(more, body)
             if not more:
                 self._response_complete = True
-            if data and not await self._write(data):
-                raise ClientDisconnected(f"client {self.client} disconnected")
+            if data:
+                if not await self._write(data):  # the write is the checkpoint
+                    raise ClientDisconnected(f"client {self.client} disconnected")
             else:
                 await trio.lowlevel.checkpoint()
             if not more:
@@ -649,7 +650,8 @@ class HttpConnection:
             self._response_started = True
             self._status = message["status"]
             self._response_headers = message.get("headers", ())
-            await trio.lowlevel.checkpoint()
+            # no checkpoint: the head is only held (as uvicorn's send returns without yielding);
+            # the body's write that follows is the checkpoint, one scheduler pass per response
         else:
             raise RuntimeError(f"unexpected ASGI message {kind!r} on an HTTP connection")
 
