@@ -13,18 +13,23 @@ import sys
 
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
+from websockets.typing import Subprotocol
 
 url = sys.argv[1]
 report: dict[str, object] = {}
 text = "echo over the bypass stack \N{CHECK MARK} " * 2000  # ~60 KB, several frames
 blob = bytes(range(256)) * 2048  # 512 KiB
-with connect(url, subprotocols=["chat.v1", "chat.v2"], open_timeout=15, max_size=1 << 21) as ws:
+with connect(
+    url, subprotocols=[Subprotocol("chat.v1"), Subprotocol("chat.v2")], open_timeout=15, max_size=1 << 21
+) as ws:
     report["subprotocol"] = ws.subprotocol
     ws.send(text)
     report["text_ok"] = ws.recv(timeout=15) == text
     ws.send(blob)
     echoed = ws.recv(timeout=15)
-    report["bytes_sha256_ok"] = hashlib.sha256(echoed).digest() == hashlib.sha256(blob).digest()
+    report["bytes_sha256_ok"] = (
+        isinstance(echoed, bytes) and hashlib.sha256(echoed).digest() == hashlib.sha256(blob).digest()
+    )
     ws.send("state")
     report["state"] = ws.recv(timeout=15)
     ws.send("close 4001")
@@ -34,7 +39,7 @@ with connect(url, subprotocols=["chat.v1", "chat.v2"], open_timeout=15, max_size
     except ConnectionClosed as closed:
         assert closed.rcvd is not None, closed
         report["closed_by_server"] = [closed.rcvd.code, closed.rcvd.reason]
-with connect(url, subprotocols=["chat.v1"], open_timeout=15) as ws:
+with connect(url, subprotocols=[Subprotocol("chat.v1")], open_timeout=15) as ws:
     report["second_subprotocol"] = ws.subprotocol
     ws.send("still there?")
     report["second_echo"] = ws.recv(timeout=15)
