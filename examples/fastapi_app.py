@@ -14,8 +14,9 @@ what only FastAPI does (body validation with pydantic: a bad body is a 422 with 
   ``examples/hello.py``'s ``/stream`` (0..255 over and over), no Content-Length
 - ``GET /state``: what the lifespan put in the state at startup
 - ``POST /jobs/{name}``: 202 at once; a background task then waits for
-  ``POST /jobs/{name}/release`` and finishes; ``GET /jobs/{name}?wait=true`` says how it went
-  (so a client can see the response arrived while the task was still running)
+  ``POST /jobs/{name}/release`` and finishes; ``GET /jobs/{name}?wait=started|finished`` says
+  how it goes once it has started or finished (so a client can see that the response arrived
+  while the task was still running)
 - ``POST /upload``: a multipart form (``name``, ``file``): the file's name, size and SHA-256
 - ``GET /numbers?n=``: a JSON list of ``n`` numbers (big enough to be gzipped when asked)
 - ``/ws``: WebSocket echo with a subprotocol (``chat.v2`` preferred to ``chat.v1``); the text
@@ -30,7 +31,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import anyio
 from fastapi import BackgroundTasks, FastAPI, File, Form, Request, Response, UploadFile, WebSocket
@@ -49,17 +50,20 @@ class Jobs:
 
     def __init__(self) -> None:
         self.state: dict[str, str] = {}
+        self.started: dict[str, anyio.Event] = {}
         self.release: dict[str, anyio.Event] = {}
         self.finished: dict[str, anyio.Event] = {}
 
     def queue(self, name: str) -> None:
         self.state[name] = "queued"
+        self.started[name] = anyio.Event()
         self.release[name] = anyio.Event()
         self.finished[name] = anyio.Event()
 
     async def run(self, name: str) -> None:
         """The background task: runs after the response was sent."""
         self.state[name] = "waiting"
+        self.started[name].set()
         try:
             with anyio.fail_after(JOB_TIMEOUT):
                 await self.release[name].wait()
@@ -148,11 +152,13 @@ async def release_job(name: str, request: Request) -> dict[str, str]:
 
 
 @app.get("/jobs/{name}")
-async def job(name: str, request: Request, wait: bool = False) -> dict[str, str]:
+async def job(
+    name: str, request: Request, wait: Literal["started", "finished"] | None = None
+) -> dict[str, str]:
     jobs: Jobs = request.state.jobs
-    if wait:
+    if wait is not None:
         with anyio.fail_after(JOB_TIMEOUT):
-            await jobs.finished[name].wait()
+            await (jobs.started if wait == "started" else jobs.finished)[name].wait()
     return {"name": name, "state": jobs.state[name]}
 
 

@@ -38,17 +38,20 @@ class Jobs:
 
     def __init__(self) -> None:
         self.state: dict[str, str] = {}
+        self.started: dict[str, anyio.Event] = {}
         self.release: dict[str, anyio.Event] = {}
         self.finished: dict[str, anyio.Event] = {}
 
     def queue(self, name: str) -> None:
         self.state[name] = "queued"
+        self.started[name] = anyio.Event()
         self.release[name] = anyio.Event()
         self.finished[name] = anyio.Event()
 
     async def run(self, name: str) -> None:
         """The background task: runs after the response was sent."""
         self.state[name] = "waiting"
+        self.started[name].set()
         try:
             with anyio.fail_after(JOB_TIMEOUT):
                 await self.release[name].wait()
@@ -134,9 +137,10 @@ async def release_job(request: Request) -> JSONResponse:
 async def job(request: Request) -> JSONResponse:
     jobs: Jobs = request.state.jobs
     name = request.path_params["name"]
-    if request.query_params.get("wait") == "true":
+    wait = request.query_params.get("wait")
+    if wait in ("started", "finished"):
         with anyio.fail_after(JOB_TIMEOUT):
-            await jobs.finished[name].wait()
+            await (jobs.started if wait == "started" else jobs.finished)[name].wait()
     return JSONResponse({"name": name, "state": jobs.state[name]})
 
 

@@ -160,13 +160,14 @@ def test_lifespan_state_reaches_handlers(served: Served) -> None:
 @pytest.mark.parametrize("served", ALL, indirect=True)
 def test_background_task_runs_after_the_response(served: Served) -> None:
     """``POST /jobs/NAME`` answers 202 while its background task is still waiting (another client
-    sees it waiting: the response was not held back for the task); once released, the task
-    finishes (``done``), so it did run after the response, in the server."""
+    sees it started and waiting: the response was not held back until the task's end); once
+    released by a third request, the task finishes (``done``) in the server."""
     name = f"job-{served.server}"
     assert get_json(served, f"/jobs/{name}", "-X", "POST") == (202, {"queued": name})
-    assert get_json(served, f"/jobs/{name}") == (200, {"name": name, "state": "waiting"})
+    # once the task has started (the app waits for that, bounded), it waits for the release
+    assert get_json(served, f"/jobs/{name}?wait=started") == (200, {"name": name, "state": "waiting"})
     assert get_json(served, f"/jobs/{name}/release", "-X", "POST") == (200, {"released": name})
-    assert get_json(served, f"/jobs/{name}?wait=true") == (200, {"name": name, "state": "done"})
+    assert get_json(served, f"/jobs/{name}?wait=finished") == (200, {"name": name, "state": "done"})
 
 
 # -- 3. middleware, gzip, forms -------------------------------------------------------------------
