@@ -1,215 +1,259 @@
-"""What the ASGI acceptance tests share: ``yastack serve`` in a namespace (with either server),
-kernel-side curl with everything it saw as data, and a raw HTTP client for what curl hides.
+"""Helpers for the lean ASGI server's tests (``test_asgi_http11.py``, ``test_asgi_server.py``).
 
-``tests/test_serve_asgi.py`` and ``tests/test_asgi_apps.py`` use it; every wait has a bound.
+- :class:`RawClient`: raw bytes to a server and responses parsed back by hand (status line,
+  headers, body by ``content-length``, ``chunked`` or EOF), so a test sees exactly what was
+  written, including what a well-behaved client library would hide (framing, pipelining).
+- :func:`memory_connection`: an :class:`~trio_yastack.l7.asgi.HttpConnection` on one end of
+  trio's memory stream pair (where the stack adds nothing), the client on the other.
+- :func:`running_server`: ``serve_asgi`` in a nursery until the ``async with`` ends (stopped by
+  its shutdown trigger, never by name).
+- small ASGI apps: :func:`hello_app`, :func:`echo_app`, :func:`scope_app`.
 """
 
 from __future__ import annotations
 
 import json
-import re
-import signal
-import subprocess
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
-from tap_helpers import STACK_ADDRESS, NamespaceProgram
+import trio
+import trio.testing
 
-from trio_yastack.nic.netns import NetworkNamespace
+from trio_yastack.l7.asgi import HttpConnection, ServerConfig, serve_asgi
 
-ROOT = Path(__file__).resolve().parent.parent
-HTTP_URL = f"http://{STACK_ADDRESS}:8000"
-#: the two servers ``yastack serve --server NAME`` offers: ours (the default) and hypercorn's trio worker
-SERVERS = ("yastack", "hypercorn")
+__all__ = [
+    "RawClient",
+    "Response",
+    "build_request",
+    "echo_app",
+    "hello_app",
+    "memory_connection",
+    "running_server",
+    "scope_app",
+]
 
-
-class Server(NamespaceProgram):
-    """A ``yastack serve`` process (or the README's command) in the namespace."""
-
-    @classmethod
-    def yastack(cls, namespace: NetworkNamespace, *args: str, console_script: bool = False) -> Server:
-        command = [str(Path(sys.executable).parent / "yastack")] if console_script else []
-        command = command or [sys.executable, "-m", "trio_yastack"]
-        return cls(namespace, [*command, "serve", *args])
-
-    def signal(self, signum: signal.Signals) -> None:
-        """Send ``signum`` to the server itself."""
-        self.send_signal(signum, b"yastack")
-
-
-@contextmanager
-def serving(app: str, server: str, *args: str) -> Iterator[Server]:
-    """``yastack serve APP --server SERVER --bind 8000 ARGS`` in a namespace of its own, once it
-    printed its ``# try:`` line; stopped with :func:`stop_cleanly` after the block."""
-    with NetworkNamespace() as namespace:
-        process = Server.yastack(namespace, app, "--server", server, "--bind", "8000", *args)
-        process.wait_for_line("# try:")
-        yield process
-        stop_cleanly(process)
-
-
-def stop_cleanly(server: Server) -> None:
-    """SIGTERM a shared server after its tests: it still exits 0 promptly, without a traceback."""
-    server.signal(signal.SIGTERM)
-    assert server.wait(timeout=15) == 0, server.output
-    assert "Traceback" not in server.output, server.output
-
-
-def curl(namespace: NetworkNamespace, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """curl on the kernel side of ``namespace``."""
-    return namespace.run(["curl", "-sS", "--max-time", str(timeout), *args], timeout=timeout + 30)
-
-
-def curl_w(namespace: NetworkNamespace, *args: str) -> tuple[str, str, int]:
-    """(body, HTTP version, status) of one request (body as text)."""
-    result = curl(namespace, "-w", "\n%{http_version} %{response_code}", *args)
-    assert result.returncode == 0, result.stderr
-    body, _, trailer = result.stdout.rpartition("\n")
-    version, status = trailer.split()
-    return body, version, int(status)
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 @dataclass
-class Transfer:
-    """One transfer as curl saw it: ``headers`` lower-cased names, each with its values."""
-
+class Response:
     status: int
-    version: str
-    headers: dict[str, list[str]]
-    num_connects: int
-    local_port: int
-
-    def header(self, name: str) -> str | None:
-        """The one value of header ``name`` (None if absent; two values fail the test)."""
-        values = self.headers.get(name, [])
-        assert len(values) <= 1, (name, values)
-        return values[0] if values else None
-
-
-_TRANSFER = re.compile(rb"\n@@transfer@@(.*?)@@headers@@(.*?)@@end@@", re.DOTALL)
-
-
-def fetch(namespace: NetworkNamespace, *args: str, timeout: float = 60) -> tuple[bytes, list[Transfer]]:
-    """curl ``ARGS`` (one URL or several): the bytes of every body, as written to stdout, and what
-    curl saw of each transfer (status, version, headers, whether it opened a connection for it)."""
-    write_out = "%{stderr}\n@@transfer@@%{json}@@headers@@%{header_json}@@end@@"
-    result = namespace.run(
-        ["curl", "-sS", "--max-time", str(timeout), "-w", write_out, *args], timeout=timeout + 30, text=False
-    )
-    assert result.returncode == 0, result.stderr.decode(errors="replace")
-    transfers = []
-    for found in _TRANSFER.finditer(result.stderr):
-        variables: dict[str, Any] = json.loads(found.group(1))
-        headers: dict[str, list[str]] = json.loads(found.group(2))
-        transfers.append(
-            Transfer(
-                status=int(variables["response_code"]),
-                version=str(variables["http_version"]),
-                headers={name.lower(): values for name, values in headers.items()},
-                num_connects=int(variables["num_connects"]),
-                local_port=int(variables["local_port"]),
-            )
-        )
-    assert transfers, result.stderr.decode(errors="replace")
-    return result.stdout, transfers
-
-
-# -- a raw HTTP client: what curl hides (interim responses, pipelining, who closes) -----------------
-RAW_CLIENT = r'''
-"""Raw HTTP over a kernel socket: ACTIONS (JSON) are ["send", text] (latin-1),
-["read_until", marker] (up to and including it) and ["read_to_eof"]; prints what each read got,
-and whether the server closed the connection (EOF) or the client gave up waiting."""
-import json, socket, sys
-
-host, port, actions = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
-sock = socket.create_connection((host, port), timeout=15)
-buffered, reads, eof = b"", [], False
-for action, *argument in actions:
-    if action == "send":
-        sock.sendall(argument[0].encode("latin-1"))
-    elif action == "read_until":
-        marker = argument[0].encode("latin-1")
-        while marker not in buffered and not eof:
-            data = sock.recv(65536)
-            buffered, eof = buffered + data, not data
-        head, found, buffered = buffered.partition(marker)
-        reads.append((head + found).decode("latin-1"))
-    elif action == "read_to_eof":
-        try:
-            while not eof:
-                data = sock.recv(65536)
-                buffered, eof = buffered + data, not data
-        except TimeoutError:
-            pass
-        reads.append(buffered.decode("latin-1"))
-        buffered = b""
-print(json.dumps({"reads": reads, "eof": eof}))
-'''
-
-
-def raw_http(
-    namespace: NetworkNamespace, tmp_path: Path, actions: list[list[str]]
-) -> tuple[list[bytes], bool]:
-    """Run :data:`RAW_CLIENT` against the stack's port 8000: (what each read got, server closed)."""
-    script = tmp_path / "raw_http.py"
-    script.write_text(RAW_CLIENT)
-    result = namespace.run(
-        [sys.executable, str(script), STACK_ADDRESS, "8000", json.dumps(actions)], timeout=60
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    report = json.loads(result.stdout.strip().splitlines()[-1])
-    return [read.encode("latin-1") for read in report["reads"]], bool(report["eof"])
-
-
-@dataclass
-class RawResponse:
-    """One HTTP/1.x response taken apart: status line, headers (lower-cased names, in order), body
-    (de-chunked), and how it was framed."""
-
-    status_line: str
     headers: list[tuple[str, str]]
     body: bytes
-    framing: str  # "content-length", "chunked", "none" (no body allowed) or "close"
+    chunked: bool = False
+    raw_head: bytes = b""
+    trailer_ok: bool = True
 
-    def get(self, name: str) -> list[str]:
-        return [value for key, value in self.headers if key == name]
+    def header(self, name: str) -> str | None:
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+    def json(self) -> Any:
+        return json.loads(self.body)
 
 
-def parse_responses(data: bytes, methods: list[str]) -> list[RawResponse]:
-    """The responses in ``data``, one per request method in ``methods`` (HEAD: no body; 1xx
-    interim responses are their own entries, so pass ``""`` for them).  Any byte left over, a
-    missing response or a bad framing fails the test."""
-    responses = []
-    for method in methods:
-        head, sep, data = data.partition(b"\r\n\r\n")
-        assert sep, f"incomplete response head: {head!r}"
-        status_line, *lines = head.decode("latin-1").split("\r\n")
-        headers = [(k.strip().lower(), v.strip()) for k, _, v in (line.partition(":") for line in lines)]
-        fields = dict(headers)
-        status = int(status_line.split()[1])
-        if method == "HEAD" or status < 200 or status in (204, 304):
-            body, framing = b"", "none"
-        elif fields.get("transfer-encoding", "").lower() == "chunked":
-            pieces = []
+@dataclass
+class RawClient:
+    """One client connection: ``send`` raw bytes, ``response()`` parses the next response."""
+
+    stream: trio.abc.Stream
+    buffer: bytearray = field(default_factory=bytearray)
+    eof: bool = False
+
+    async def send(self, data: bytes) -> None:
+        await self.stream.send_all(data)
+
+    async def _fill(self) -> bool:
+        if self.eof:
+            return False
+        try:
+            data = await self.stream.receive_some(65536)
+        except trio.BrokenResourceError:
+            data = b""
+        if not data:
+            self.eof = True
+            return False
+        self.buffer += data
+        return True
+
+    async def _until(self, marker: bytes) -> bytes:
+        while True:
+            index = self.buffer.find(marker)
+            if index >= 0:
+                out = bytes(self.buffer[: index + len(marker)])
+                del self.buffer[: index + len(marker)]
+                return out
+            if not await self._fill():
+                raise EOFError(f"EOF before {marker!r}; have {bytes(self.buffer)!r}")
+
+    async def _exactly(self, n: int) -> bytes:
+        while len(self.buffer) < n:
+            if not await self._fill():
+                raise EOFError(f"EOF after {len(self.buffer)} of {n} bytes")
+        out = bytes(self.buffer[:n])
+        del self.buffer[:n]
+        return out
+
+    async def response(self, *, head: bool = False) -> Response:
+        """The next response (``head``: it answers a HEAD request, so it has no body)."""
+        raw = await self._until(b"\r\n\r\n")
+        lines = raw.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ")[1])
+        headers = []
+        for line in lines[1:]:
+            if line:
+                name, _, value = line.partition(":")
+                headers.append((name.strip().lower(), value.strip()))
+        response = Response(status, headers, b"", raw_head=raw)
+        if head or status in (204, 304) or status < 200:
+            return response
+        length = response.header("content-length")
+        if response.header("transfer-encoding") == "chunked":
+            response.chunked = True
+            body = bytearray()
             while True:
-                size_line, _, data = data.partition(b"\r\n")
-                size = int(size_line.split(b";")[0], 16)
-                pieces.append(data[:size])
-                assert data[size : size + 2] == b"\r\n", data[: size + 2]
-                data = data[size + 2 :]
+                size = int((await self._until(b"\r\n")).strip(), 16)
                 if size == 0:
+                    response.trailer_ok = await self._until(b"\r\n") == b"\r\n"
                     break
-            body, framing = b"".join(pieces), "chunked"
-        elif "content-length" in fields:
-            length = int(fields["content-length"])
-            assert len(data) >= length, (length, data)
-            body, data, framing = data[:length], data[length:], "content-length"
+                body += await self._exactly(size)
+                await self._exactly(2)
+            response.body = bytes(body)
+        elif length is not None:
+            response.body = await self._exactly(int(length))
         else:
-            body, data, framing = data, b"", "close"
-        responses.append(RawResponse(status_line, headers, body, framing))
-    assert data == b"", f"bytes after the last response: {data[:200]!r}"
-    return responses
+            while await self._fill():
+                pass
+            response.body = bytes(self.buffer)
+            self.buffer.clear()
+        return response
+
+    async def request(
+        self, method: str = "GET", path: str = "/", body: bytes = b"", **headers: str
+    ) -> Response:
+        """Send one request (``content-length`` set for a body) and read its response."""
+        await self.send(build_request(method, path, body, **headers))
+        return await self.response(head=method == "HEAD")
+
+    async def wait_closed(self) -> bytes:
+        """Read until EOF; what arrived meanwhile."""
+        while await self._fill():
+            pass
+        out = bytes(self.buffer)
+        self.buffer.clear()
+        return out
+
+
+def build_request(method: str = "GET", path: str = "/", body: bytes = b"", **headers: str) -> bytes:
+    lines = [f"{method} {path} HTTP/1.1", "host: test"]
+    if body and "content_length" not in headers and "transfer_encoding" not in headers:
+        lines.append(f"content-length: {len(body)}")
+    lines += [f"{name.replace('_', '-')}: {value}" for name, value in headers.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+@asynccontextmanager
+async def memory_connection(
+    app: Any, config: ServerConfig | None = None, **kwargs: Any
+) -> AsyncIterator[tuple[RawClient, HttpConnection, trio.Event]]:
+    """An ``HttpConnection`` serving ``app`` on one end of a memory stream pair; yields the client,
+    the connection and an event set when the connection's ``run`` returned."""
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    connection = HttpConnection(
+        server_stream,
+        app,
+        config or ServerConfig(),
+        client=("198.18.0.1", 40000),
+        server=("198.18.0.2", 8000),
+        **kwargs,
+    )
+    done = trio.Event()
+
+    async def run() -> None:
+        try:
+            await connection.run()
+        finally:
+            done.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run)
+        yield RawClient(client_stream), connection, done
+        nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def running_server(
+    app: Any, config: ServerConfig | None = None, **kwargs: Any
+) -> AsyncIterator[list[str]]:
+    """``serve_asgi(app, config, **kwargs)`` running until the block ends; yields its URLs."""
+    stop = trio.Event()
+    finished = trio.Event()
+
+    async def serve(task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            await serve_asgi(
+                app, config or ServerConfig(), shutdown_trigger=stop.wait, task_status=task_status, **kwargs
+            )
+        finally:
+            finished.set()
+
+    async with trio.open_nursery() as nursery:
+        urls = await nursery.start(serve)
+        try:
+            yield urls
+        finally:
+            stop.set()
+            with trio.fail_after(60):
+                await finished.wait()
+
+
+# -- small apps --------------------------------------------------------------------------------------
+async def hello_app(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+    """``Hello, world!`` for any request (lifespan: not supported, it raises, as many apps do)."""
+    if scope["type"] != "http":
+        raise RuntimeError("http only")
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+    await send({"type": "http.response.body", "body": b"Hello, world!"})
+
+
+async def echo_app(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+    """The request body back, with the ``http.request`` messages' sizes in ``x-chunks``."""
+    assert scope["type"] == "http"
+    body = bytearray()
+    sizes = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+        body += message["body"]
+        sizes.append(str(len(message["body"])))
+        if not message["more_body"]:
+            break
+    headers = [(b"x-chunks", ",".join(sizes).encode())]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": bytes(body)})
+
+
+async def scope_app(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+    """The scope as JSON (bytes as latin-1 text)."""
+    assert scope["type"] == "http"
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, bytes):
+            return value.decode("latin-1")
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    body = json.dumps(plain(scope)).encode()
+    await send(
+        {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]}
+    )
+    await send({"type": "http.response.body", "body": body})

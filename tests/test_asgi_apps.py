@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from asgi_helpers import (
+from serve_helpers import (
     HTTP_URL,
     ROOT,
     SERVERS,

@@ -31,7 +31,7 @@ from typing import Any
 
 import pytest
 import trio
-from asgi_helpers import HTTP_URL, ROOT, SERVERS, Server, curl, curl_w, stop_cleanly
+from serve_helpers import HTTP_URL, ROOT, SERVERS, Server, curl, curl_w, stop_cleanly
 from tap_helpers import KERNEL_ADDRESS, STACK_ADDRESS, requires_netns, stack_on_tap
 
 from trio_yastack.l7 import serve_asgi
