@@ -170,7 +170,8 @@ class HttpConnection:
         self._cancel = trio.CancelScope()
         self._closing = False  # shutdown asked: no keep-alive after the current response
         self._idle = True  # waiting for a request's first byte (shutdown may close at once)
-        self._eof = False  # the client closed its side (or reset)
+        self._eof = False  # the client sent EOF (or reset): nothing more to read
+        self._gone = False  # a write failed: the client is gone, later sends are dropped
         self._reading = False
         # the head being parsed
         self._url = b""
@@ -339,12 +340,15 @@ class HttpConnection:
             self._feed(leftover)
 
     def _may_read(self) -> bool:
-        return (
-            not self._eof
-            and self._pending_error is None
-            and self._upgrade_leftover is None
-            and len(self._requests) < self.config.max_pipelined
-        )
+        """Whether reading ahead (while the app waits for a disconnect) stays within the bounds:
+        ``max_pipelined`` requests and ``max_header_bytes * max_pipelined`` bytes queued."""
+        if self._eof or self._pending_error is not None or self._upgrade_leftover is not None:
+            return False
+        requests = self._requests
+        if len(requests) >= self.config.max_pipelined:
+            return False
+        queued = sum(len(chunk) for request in requests for chunk in request.body)
+        return queued < self._max_head * self.config.max_pipelined
 
     async def _read(self) -> bool:
         """One read into the parser; False at EOF (or a reset: the client is gone either way)."""
@@ -420,6 +424,7 @@ class HttpConnection:
             await self._serve(request)
             if not self._keep_alive:
                 return
+            cancel.deadline = float("inf")  # a pipelined request may be next: no timeout while it runs
             first = False
 
     async def _read_first(self) -> bool:
@@ -454,19 +459,19 @@ class HttpConnection:
         try:
             await self.app(scope, self.receive, self.send)
         except Exception as exc:
-            if not self._response_started:
+            if not self._head_sent:  # the head is held until the first body: a 500 still fits
                 logger.error("Exception in ASGI application", exc_info=exc)
                 self._keep_alive = False
-                await self._reply_error(_HttpError(500, "the app raised"), linger=False)
+                await self._reply_error(_HttpError(500, "the app raised"))
             else:
                 logger.error("Exception in ASGI application after the response started", exc_info=exc)
                 self._keep_alive = False
             return
         if not self._response_started:
-            if not self._eof:
+            if not self._gone:
                 logger.error("ASGI callable returned without starting a response")
                 self._keep_alive = False
-                await self._reply_error(_HttpError(500, "no response"), linger=False)
+                await self._reply_error(_HttpError(500, "no response"))
             return
         if not self._response_complete:
             logger.error("ASGI callable returned without completing its response")
@@ -531,9 +536,8 @@ class HttpConnection:
         self._keep_alive = False
         if not self._response_started:
             self._pending_error = None
-            self._response_started = self._response_complete = True
             await self._reply_error(error)
-        self._eof = True
+        self._eof = self._gone = True  # the app's later sends are dropped, its receives disconnect
         return _DISCONNECT
 
     async def _wait_disconnect(self) -> None:
@@ -554,6 +558,9 @@ class HttpConnection:
     async def send(self, message: dict[str, Any]) -> None:
         """The app's ``send``: the head waits for the first body; the last body completes it."""
         kind = message["type"]
+        if self._gone:
+            await trio.lowlevel.checkpoint()  # the client left: dropped, as uvicorn drops it
+            return
         if kind == "http.response.body":
             if not self._response_started:
                 raise RuntimeError("ASGI 'http.response.body' before 'http.response.start'")
@@ -577,7 +584,7 @@ class HttpConnection:
                 data = self._head(more, body)
             if not more:
                 self._response_complete = True
-            if data and not self._eof:
+            if data:
                 await self._write(data)
             else:
                 await trio.lowlevel.checkpoint()
@@ -598,7 +605,6 @@ class HttpConnection:
 
     def _head(self, more: bool, body: bytes) -> bytes:
         """The response head (+ the first body, framed) for the first ``http.response.body``."""
-        self._head_sent = True
         request = self._current
         assert request is not None
         status = self._status
@@ -616,6 +622,8 @@ class HttpConnection:
             elif lowered == b"connection" and value.lower() == b"close":
                 self._keep_alive = False
             parts.append(b"%s: %s\r\n" % (name, value))
+        if self._closing:
+            self._keep_alive = False  # graceful shutdown: tell the client this is the last response
         bodyless = status in _NO_BODY_STATUS or status < 200
         method_head = request.scope["method"] == "HEAD"
         http10 = request.scope["http_version"] == "1.0"
@@ -637,6 +645,7 @@ class HttpConnection:
         if head.count(b"\n") != len(parts) or head.count(b"\r") != len(parts):
             # each part ends in exactly one CRLF: more means a CR or LF in a name or value
             raise RuntimeError("ASGI response header with CR or LF (header injection)")
+        self._head_sent = True
         self._no_body = method_head or bodyless
         if self._no_body:
             return head
@@ -652,21 +661,21 @@ class HttpConnection:
         try:
             await self.stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            self._eof = True  # the client is gone: later sends are dropped, receive says disconnect
+            self._eof = self._gone = True  # later sends are dropped, receive says disconnect
             self._keep_alive = False
 
-    async def _reply_error(self, error: _HttpError, *, linger: bool = True) -> None:
+    async def _reply_error(self, error: _HttpError) -> None:
         """Answer ``error.status`` and close (the lingering close keeps the answer from a reset)."""
         self._keep_alive = False
         logger.debug("HTTP %d to %s: %s", error.status, self.client, error)
         with trio.move_on_after(LINGER_SECONDS):
             await self._write(_error_reply(error.status))
-            if linger and not self._eof:
+            if not self._eof and not self._gone:
                 with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                     await lingering_close(
                         self.stream, max_bytes=LINGER_BYTES, receive_size=self._receive_size
                     )
-        self._eof = True
+        self._eof = self._gone = True
 
     # -- handing the connection to another protocol -------------------------------------------
     async def _serve_websocket(self, request: _Request) -> None:
