@@ -10,9 +10,10 @@ the request head, build the HTTP scope, hand over with the bytes that followed t
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
+import re
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
 
@@ -27,37 +28,36 @@ from websockets.http11 import Response
 from websockets.protocol import State
 from websockets.uri import parse_uri
 
+from trio_yastack.l7.asgi import AccessLogger, ServerConfig
 from trio_yastack.l7.asgi._websocket import MAX_QUEUED, ClientDisconnected, serve_websocket
 
 Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
+DEFAULTS = ServerConfig()
 #: simulated seconds a test may take before it counts as hung (free under the autojump clock)
 BOUND = 60.0
 
 
-@dataclass(frozen=True)
-class WsConfig:
-    """The fields of the server's ``ServerConfig`` that the websocket reads (defaults: the server's)."""
+class AccessLog(AccessLogger):
+    """The server's access log, written to memory; :attr:`lines` as (request, status) pairs."""
 
-    ws_max_message_size: int = 16 * 1024 * 1024
-    ws_ping_interval: float | None = None
+    def __init__(self) -> None:
+        self.buffer = io.StringIO()
+        super().__init__(self.buffer)
 
-
-@dataclass
-class AccessLog:
-    lines: list[tuple[str, int | None]] = field(default_factory=list)
-
-    def access(self, scope: dict[str, Any], status: int | None, request_time: float) -> None:
-        self.lines.append((scope["path"], status))
+    @property
+    def lines(self) -> list[tuple[str, str]]:
+        self.flush()
+        return re.findall(r'"([A-Z]+ .* \S+)" (\S+) ', self.buffer.getvalue())
 
 
 # -- the server side: what _http11 does on an upgrade ---------------------------------------------
 async def serve_upgrade(
     stream: trio.abc.Stream,
     app: Callable[[Message, Receive, Send], Awaitable[None]],
-    config: WsConfig = WsConfig(),
+    config: ServerConfig = DEFAULTS,
     access_log: AccessLog | None = None,
 ) -> None:
     buffered = b""
@@ -176,7 +176,7 @@ async def run_pair(
     app: Callable[[Message, Receive, Send], Awaitable[None]],
     client_part: Callable[[trio.abc.Stream], Awaitable[None]],
     *,
-    config: WsConfig = WsConfig(),
+    config: ServerConfig = DEFAULTS,
     access_log: AccessLog | None = None,
     lockstep: bool = False,
 ) -> None:
@@ -241,7 +241,7 @@ async def test_echo_text_and_bytes_with_the_websocket_scope(autojump_clock: trio
         {"type": "websocket.receive", "bytes": b"\x00\x01\xff"},
         {"type": "websocket.disconnect", "code": 1000, "reason": "done"},
     ]
-    assert log.lines == [("/chat", 101)]
+    assert log.lines == [("GET /chat 1.1", "101")]
 
 
 async def test_subprotocol_and_extra_headers(autojump_clock: trio.testing.MockClock) -> None:
@@ -345,7 +345,7 @@ async def test_message_over_the_limit_closes_1009(
         code, _ = await client.wait_closed()
         assert code == 1009
 
-    await run_pair(echo_app(seen), client_part, config=WsConfig(ws_max_message_size=1000))
+    await run_pair(echo_app(seen), client_part, config=ServerConfig(ws_max_message_size=1000))
     assert seen[1:] == [
         {"type": "websocket.receive", "bytes": b"x" * 100},
         {"type": "websocket.disconnect", "code": 1009, "reason": ""},
@@ -392,7 +392,7 @@ async def test_server_pings_every_interval(autojump_clock: trio.testing.MockCloc
         await client.flush()
         await client.wait_closed()
 
-    await run_pair(app, client_part, config=WsConfig(ws_ping_interval=20.0))
+    await run_pair(app, client_part, config=ServerConfig(ws_ping_interval=20.0))
 
 
 async def test_unmasked_client_frame_closes_1002(autojump_clock: trio.testing.MockClock) -> None:
@@ -448,7 +448,7 @@ async def test_denial_response(autojump_clock: trio.testing.MockClock) -> None:
         assert response.body == b"who are you?"
 
     await run_pair(app, client_part, access_log=log)
-    assert log.lines == [("/chat", 401)]
+    assert log.lines == [("GET /chat 1.1", "401")]
 
 
 async def test_close_before_accept_is_403(autojump_clock: trio.testing.MockClock) -> None:
@@ -629,7 +629,7 @@ async def test_not_a_websocket_handshake_is_400_without_the_app(
     log = AccessLog()
     await run_pair(app, client_part, access_log=log)
     assert called == []
-    assert log.lines == [("/chat", 400)]
+    assert log.lines == [("GET /chat 1.1", "400")]
 
 
 async def test_permessage_deflate_when_offered(autojump_clock: trio.testing.MockClock) -> None:
@@ -700,7 +700,7 @@ async def test_over_two_stacks(autojump_clock: trio.testing.MockClock) -> None:
         client_stream, server_stream = await stream_pair(a, b, 8000)
         with trio.fail_after(BOUND):
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(serve_upgrade, server_stream, echo_app(seen), WsConfig())
+                nursery.start_soon(serve_upgrade, server_stream, echo_app(seen), ServerConfig())
                 client = client_for(client_stream, max_size=None)
                 assert (await client.handshake()).status_code == 101
                 client.protocol.send_binary(blob)

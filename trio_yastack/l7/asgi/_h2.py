@@ -7,21 +7,25 @@ The interface (for ``_server``/``_http11``)::
         stream,                 # the connection: a trio.SSLStream after its handshake (ALPN "h2"), or
                                 # the plain stream whose first bytes were the h2c preface
         app,                    # the ASGI 3 app (the same one HTTP/1.1 serves)
-        config=config,          # the ServerConfig: keep_alive_timeout, root_path, server_header,
+        config,                 # the ServerConfig: keep_alive_timeout, root_path, server_header,
                                 # ws_max_message_size (RFC 8441 websockets over h2)
-        state=state,            # the lifespan state: each request's scope["state"] is a shallow copy
+        scheme="https",         # scope["scheme"]: "https" over TLS, else "http"
         client=("198.18.0.2", 51234), server=("198.18.0.1", 8000),  # or None, as in the HTTP scope
-        tls=True,               # scope["scheme"]: "https" when True
+        state=state,            # the lifespan state (or None): each request gets a shallow copy
         leftover=b"PRI * ...",  # bytes already read from ``stream`` (the preface among them); or pass
                                 # trio_yastack.tls.client_hello.PrefixedStream(leftover, stream) instead
-        access_log=access_log,  # counted into the same access log (one line per stream), or None
+        access_log=access_log,  # the server's AccessLogger (one line per stream), or None
         shutdown=event,         # a trio.Event the server sets on graceful shutdown, or None
     )
 
 It returns when the connection is over, having closed ``stream`` (a second ``aclose`` by the caller is
 harmless).  On ``shutdown``: an idle connection closes at once; a busy one refuses new streams and
-sends GOAWAY once its streams are done (hypercorn's own behaviour with its ``terminated`` event); the
-caller's cancel scope bounds the rest (graceful_timeout).
+sends GOAWAY once its streams are done (hypercorn's behaviour with its ``terminated`` event, less a race:
+see :class:`_H2Protocol`); the caller's cancel scope bounds the rest (graceful_timeout).  Without
+``shutdown`` the connection lives until the client leaves, the keep-alive timeout or that cancel scope.
+
+What HTTP/2 does not share with our HTTP/1.1: ``max_request_body`` (hypercorn has no body limit; its
+per-stream flow control bounds what is buffered), the head/body error replies (hypercorn's own).
 
 Why hypercorn's protocol and not our own: HTTP/2's flow control, priorities and stream states are a
 large machine that hypercorn (with the ``h2`` package) already runs on trio; HTTP/2 is not where this
@@ -38,67 +42,56 @@ import contextlib
 import functools
 import logging
 import math
-from collections.abc import Awaitable, Callable, Hashable
-from typing import Any, Protocol
+from typing import Any
 
+import h2.exceptions
 import trio
 from hypercorn.app_wrappers import ASGIWrapper
 from hypercorn.config import Config
 from hypercorn.events import Closed, Event, RawData, Updated
 from hypercorn.logging import Logger
+from hypercorn.protocol.events import Event as StreamEvent
+from hypercorn.protocol.events import StreamClosed
 from hypercorn.protocol.h2 import H2Protocol
 from hypercorn.trio.task_group import TaskGroup
 from hypercorn.trio.worker_context import TrioSingleTask, WorkerContext
 from hypercorn.typing import ConnectionState, ResponseSummary, WWWScope
 
+from ._access_log import AccessLogger
+from ._config import ServerConfig
+from ._lifespan import ASGIApp
+
 __all__ = ["H2C_PREFACE", "serve_h2"]
 
-logger = logging.getLogger("trio_yastack.l7.asgi")
-
-ASGIApp = Callable[
-    [dict[str, Any], Callable[[], Awaitable[dict[str, Any]]], Callable[[dict[str, Any]], Awaitable[None]]],
-    Awaitable[None],
-]
+logger = logging.getLogger("trio_yastack.asgi")
 
 #: what a client with prior knowledge of HTTP/2 sends first in clear (RFC 9113 3.4)
 H2C_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 _MAX_RECV = 64 * 1024
 
 
-class _Config(Hashable, Protocol):
-    """What this module reads of the server's ``ServerConfig`` (a frozen dataclass: hashable)."""
-
-    @property
-    def keep_alive_timeout(self) -> float: ...
-    @property
-    def root_path(self) -> str: ...
-    @property
-    def server_header(self) -> bool: ...
-    @property
-    def ws_max_message_size(self) -> int: ...
-
-
 async def serve_h2(
     stream: trio.abc.Stream,
     app: ASGIApp,
+    config: ServerConfig,
     *,
-    config: _Config,
-    state: dict[str, Any],
+    scheme: str,
     client: tuple[str, int] | None,
     server: tuple[str, int] | None,
-    tls: bool,
+    state: dict[str, Any] | None,
     leftover: bytes = b"",
-    access_log: Any | None = None,
+    access_log: AccessLogger | None = None,
     shutdown: trio.Event | None = None,
 ) -> None:
     """Serve one HTTP/2 connection with hypercorn's ``H2Protocol`` (see the module's docstring)."""
     connection = _H2Connection(stream, _hypercorn_config(config, access_log), shutdown)
-    await connection.run(ASGIWrapper(app), state, tls, client, server, leftover)  # type: ignore[arg-type]
+    tls = scheme == "https"
+    await connection.run(ASGIWrapper(app), state or {}, tls, client, server, leftover)  # type: ignore[arg-type]
     # (hypercorn's ASGIFramework type is its TypedDict scopes; ours are plain dicts, the same at run time)
 
 
 @functools.lru_cache(maxsize=16)
-def _hypercorn_config(config: _Config, access_log: Any | None) -> Config:
+def _hypercorn_config(config: ServerConfig, access_log: AccessLogger | None) -> Config:
     """hypercorn's ``Config`` for our ``ServerConfig``, made once per server (both are immutable
     once serving starts; hypercorn only reads its config)."""
     hconfig = Config()
@@ -115,14 +108,16 @@ def _hypercorn_config(config: _Config, access_log: Any | None) -> Config:
 class _Log(Logger):
     """hypercorn's logger with its access lines counted into our access log."""
 
-    def __init__(self, config: Config, access_log: Any | None) -> None:
+    def __init__(self, config: Config, access_log: AccessLogger | None) -> None:
         super().__init__(config)
         self._access_log = access_log
 
     async def access(self, request: WWWScope, response: ResponseSummary | None, request_time: float) -> None:
         if self._access_log is not None:
-            status = response["status"] if response is not None else None
-            self._access_log.access(request, status, request_time)
+            if response is None:  # the stream ended without a response
+                self._access_log.log(dict(request), None, ())
+            else:
+                self._access_log.log(dict(request), response["status"], response["headers"])
 
 
 class _Terminated:
@@ -158,7 +153,7 @@ class _H2Connection:
         self.context.terminated = _Terminated(shutdown if shutdown is not None else trio.Event())
         self.send_lock = trio.Lock()
         self.idle_task = TrioSingleTask()
-        self.protocol: H2Protocol
+        self.protocol: _H2Protocol
         self._task_group: TaskGroup
 
     async def run(
@@ -173,7 +168,7 @@ class _H2Connection:
         try:
             async with TaskGroup() as task_group:
                 self._task_group = task_group
-                self.protocol = H2Protocol(
+                self.protocol = _H2Protocol(
                     app,
                     self.config,
                     self.context,
@@ -235,6 +230,38 @@ class _H2Connection:
     async def _idle_timeout(self) -> None:
         with trio.move_on_after(self.config.keep_alive_timeout):
             await self.context.terminated.wait()
+            # shutting down with nothing left to serve: the sender's last frames, then GOAWAY
+            await self._let_the_sender_finish()
+            with contextlib.suppress(h2.exceptions.ProtocolError):
+                self.protocol.connection.close_connection()
+                await self.protocol._flush()
         with trio.CancelScope(shield=True):
             await self.protocol.handle(Closed())
             await self.stream.aclose()
+
+    async def _let_the_sender_finish(self) -> None:
+        """Give hypercorn's send task checkpoints until its buffers are gone (each is dropped once
+        its stream's END_STREAM is written), or until it stops making progress (a client that reads
+        no more: flow control); the caller's graceful timeout bounds the rest."""
+        buffers = self.protocol.stream_buffers
+        last: tuple[int, int] | None = None
+        stalled = 0
+        while buffers and stalled < 3:
+            now = (len(buffers), sum(len(buffer.buffer) for buffer in buffers.values()))
+            stalled = stalled + 1 if now == last else 0
+            last = now
+            await trio.sleep(0)
+
+
+class _H2Protocol(H2Protocol):
+    """hypercorn's protocol, but on shutdown it does not send GOAWAY the moment its last stream's
+    app finishes: at that moment its send task may still hold the last DATA frame and END_STREAM,
+    and h2 refuses both once GOAWAY is out (the client never sees its response end; hypercorn's
+    own server has this race).  The idle task sends GOAWAY after the sender is done instead."""
+
+    async def stream_send(self, event: StreamEvent) -> None:
+        if isinstance(event, StreamClosed) and self.context.terminated.is_set():
+            await self._close_stream(event.stream_id)
+            await self.send(Updated(idle=self.idle))
+            return
+        await super().stream_send(event)

@@ -34,9 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
-from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any
 
 import trio
 from wsproto import ConnectionType, WSConnection
@@ -54,14 +52,13 @@ from wsproto.events import (
 from wsproto.extensions import PerMessageDeflate
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
+from ._access_log import AccessLogger
+from ._config import ServerConfig
+from ._lifespan import ASGIApp
+
 __all__ = ["MAX_QUEUED", "ClientDisconnected", "serve_websocket"]
 
-logger = logging.getLogger("trio_yastack.l7.asgi")
-
-ASGIApp = Callable[
-    [dict[str, Any], Callable[[], Awaitable[dict[str, Any]]], Callable[[dict[str, Any]], Awaitable[None]]],
-    Awaitable[None],
-]
+logger = logging.getLogger("trio_yastack.asgi")
 
 #: messages parsed ahead of the app's ``receive()``; beyond, the reader stops reading
 MAX_QUEUED = 16
@@ -78,15 +75,6 @@ _LOCAL_CLOSING = ConnectionState.LOCAL_CLOSING
 _REJECTING = ConnectionState.REJECTING
 
 
-class _Config(Protocol):
-    """What this module reads of the server's ``ServerConfig``."""
-
-    @property
-    def ws_max_message_size(self) -> int: ...
-    @property
-    def ws_ping_interval(self) -> float | None: ...
-
-
 class ClientDisconnected(OSError):
     """``send()`` on a websocket whose client has gone (ASGI 2.4: a server-specific ``OSError``)."""
 
@@ -98,14 +86,13 @@ async def serve_websocket(
     headers: list[tuple[bytes, bytes]],
     target: bytes,
     leftover: bytes,
-    config: _Config,
-    access_log: Any | None,
+    config: ServerConfig,
+    access_log: AccessLogger | None,
 ) -> None:
     """Serve one upgrade request as an ASGI websocket; returns when it is over (the caller closes the
     stream).  A request wsproto finds no valid handshake gets wsproto's refusal (400, or 426 with the
     supported version) without the app being called."""
     ws = WSConnection(ConnectionType.SERVER)
-    started = time.monotonic()
     try:
         ws.initiate_upgrade_connection(headers, target)
         request = next(ws.events())
@@ -116,7 +103,7 @@ async def serve_websocket(
         except LocalProtocolError:
             hint = RejectConnection()
             reply = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-        _log_access(access_log, scope, hint.status_code, started)
+        _log_access(access_log, scope, hint.status_code)
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
             await stream.send_all(reply)
         return
@@ -127,7 +114,7 @@ async def serve_websocket(
     ws_scope["scheme"] = "wss" if scope.get("scheme") == "https" else "ws"
     ws_scope["subprotocols"] = list(request.subprotocols)
     ws_scope["extensions"] = {"websocket.http.response": {}}
-    conn = _WebSocket(stream, ws, config, leftover, access_log, ws_scope, started)
+    conn = _WebSocket(stream, ws, config, leftover, access_log, ws_scope)
     async with trio.open_nursery() as nursery:
         conn.nursery = nursery
         try:
@@ -143,9 +130,9 @@ async def serve_websocket(
         nursery.cancel_scope.cancel()
 
 
-def _log_access(access_log: Any | None, scope: dict[str, Any], status: int | None, started: float) -> None:
+def _log_access(access_log: AccessLogger | None, scope: dict[str, Any], status: int | None) -> None:
     if access_log is not None:
-        access_log.access(scope, status, time.monotonic() - started)
+        access_log.log(scope, status, ())
 
 
 class _WebSocket:
@@ -163,7 +150,6 @@ class _WebSocket:
         "_queue_out",
         "_scope",
         "_send_lock",
-        "_started",
         "_stream",
         "_ws",
         "connect_sent",
@@ -176,11 +162,10 @@ class _WebSocket:
         self,
         stream: trio.abc.Stream,
         ws: WSConnection,
-        config: _Config,
+        config: ServerConfig,
         leftover: bytes,
-        access_log: Any | None,
+        access_log: AccessLogger | None,
         scope: dict[str, Any],
-        started: float,
     ) -> None:
         self._stream = stream
         self._ws = ws
@@ -191,7 +176,6 @@ class _WebSocket:
         self._early_done: trio.Event | None = None
         self._access_log = access_log
         self._scope = scope
-        self._started = started
         self._send_lock = trio.Lock()
         self._queue_in, self._queue_out = trio.open_memory_channel[dict[str, Any]](MAX_QUEUED)
         self._disconnect: dict[str, Any] | None = None
@@ -320,7 +304,7 @@ class _WebSocket:
 
     def _log(self, status: int) -> None:
         if self._access_log is not None:
-            _log_access(self._access_log, self._scope, status, self._started)
+            _log_access(self._access_log, self._scope, status)
 
     async def _reject(self, status: int) -> None:
         self._log(status)
