@@ -12,6 +12,10 @@ what only FastAPI does (body validation with pydantic: a bad body is a 422 with 
 - ``GET /files/{path}``: a ``path`` parameter, percent-decoded (``raw_path`` as received)
 - ``GET /stream/{nbytes}?chunk=``: a ``StreamingResponse`` of ``nbytes`` of the same pattern as
   ``examples/hello.py``'s ``/stream`` (0..255 over and over), no Content-Length
+- ``GET /streams?ended=N``: how many streams finished whole and how many were cut off by the
+  client going away (once more than ``N`` have ended)
+- ``GET /error``: raises ``RuntimeError("boom on purpose")`` (what a server does with an app's
+  exception: the framework answers 500 and re-raises, the server logs it and goes on)
 - ``GET /state``: what the lifespan put in the state at startup
 - ``POST /jobs/{name}``: 202 at once; a background task then waits for
   ``POST /jobs/{name}/release`` and finishes; ``GET /jobs/{name}?wait=started|finished`` says
@@ -74,10 +78,33 @@ class Jobs:
             self.finished[name].set()
 
 
+class Streams:
+    """How the streamed responses ended: whole, or cut off because the client went away (the
+    server raised from ``send`` or said ``http.disconnect``: the app stops producing)."""
+
+    def __init__(self) -> None:
+        self.finished = 0
+        self.aborted = 0
+        self.changed = anyio.Event()
+
+    def record(self, whole: bool) -> None:
+        if whole:
+            self.finished += 1
+        else:
+            self.aborted += 1
+        self.changed.set()
+        self.changed = anyio.Event()
+
+    async def wait_beyond(self, ended: int) -> None:
+        """Until more than ``ended`` streams have ended (bounded by the caller)."""
+        while self.finished + self.aborted <= ended:
+            await self.changed.wait()
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
     """The state every request sees (``request.state``): set once, at startup."""
-    yield {"greeting": "set by the lifespan at startup", "jobs": Jobs()}
+    yield {"greeting": "set by the lifespan at startup", "jobs": Jobs(), "streams": Streams()}
 
 
 app = FastAPI(lifespan=lifespan)
@@ -117,18 +144,39 @@ async def read_file(file_path: str, request: Request) -> dict[str, str]:
     return {"path": file_path, "raw_path": request.scope["raw_path"].decode("latin-1")}
 
 
-async def pattern(nbytes: int, chunk: int) -> AsyncIterator[bytes]:
-    """``nbytes`` of 0, 1, ..., 255 over and over, in ``chunk``-byte pieces (at most 64 KiB)."""
+async def pattern(nbytes: int, chunk: int, streams: Streams) -> AsyncIterator[bytes]:
+    """``nbytes`` of 0, 1, ..., 255 over and over, in ``chunk``-byte pieces (at most 64 KiB);
+    how it ended goes to ``streams``."""
     chunk = max(256, min(chunk - chunk % 256, len(_BLOCK)))
-    for offset in range(0, nbytes, chunk):
-        yield _BLOCK[: min(chunk, nbytes - offset)]
+    whole = False
+    try:
+        for offset in range(0, nbytes, chunk):
+            yield _BLOCK[: min(chunk, nbytes - offset)]
+        whole = True
+    finally:
+        streams.record(whole)
 
 
 @app.get("/stream/{nbytes}")
-async def stream(nbytes: int, chunk: int = len(_BLOCK)) -> StreamingResponse:
+async def stream(nbytes: int, request: Request, chunk: int = len(_BLOCK)) -> StreamingResponse:
     if not 0 <= nbytes <= MAX_STREAM:
         nbytes = 0
-    return StreamingResponse(pattern(nbytes, chunk), media_type="application/octet-stream")
+    body = pattern(nbytes, chunk, request.state.streams)
+    return StreamingResponse(body, media_type="application/octet-stream")
+
+
+@app.get("/streams")
+async def streams(request: Request, ended: int | None = None) -> dict[str, int]:
+    counts: Streams = request.state.streams
+    if ended is not None:
+        with anyio.fail_after(JOB_TIMEOUT):
+            await counts.wait_beyond(ended)
+    return {"finished": counts.finished, "aborted": counts.aborted}
+
+
+@app.get("/error")
+async def error() -> None:
+    raise RuntimeError("boom on purpose")
 
 
 @app.get("/state")

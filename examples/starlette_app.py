@@ -101,11 +101,17 @@ async def read_file(request: Request) -> JSONResponse:
     return JSONResponse({"path": path, "raw_path": request.scope["raw_path"].decode("latin-1")})
 
 
-async def pattern(nbytes: int, chunk: int) -> AsyncIterator[bytes]:
-    """``nbytes`` of 0, 1, ..., 255 over and over, in ``chunk``-byte pieces (at most 64 KiB)."""
+async def pattern(nbytes: int, chunk: int, streams: Streams) -> AsyncIterator[bytes]:
+    """``nbytes`` of 0, 1, ..., 255 over and over, in ``chunk``-byte pieces (at most 64 KiB);
+    how it ended goes to ``streams``."""
     chunk = max(256, min(chunk - chunk % 256, len(_BLOCK)))
-    for offset in range(0, nbytes, chunk):
-        yield _BLOCK[: min(chunk, nbytes - offset)]
+    whole = False
+    try:
+        for offset in range(0, nbytes, chunk):
+            yield _BLOCK[: min(chunk, nbytes - offset)]
+        whole = True
+    finally:
+        streams.record(whole)
 
 
 async def stream(request: Request) -> StreamingResponse:
@@ -113,7 +119,21 @@ async def stream(request: Request) -> StreamingResponse:
     if not 0 <= nbytes <= MAX_STREAM:
         nbytes = 0
     chunk = _int(request.query_params.get("chunk"), len(_BLOCK))
-    return StreamingResponse(pattern(nbytes, chunk), media_type="application/octet-stream")
+    body = pattern(nbytes, chunk, request.state.streams)
+    return StreamingResponse(body, media_type="application/octet-stream")
+
+
+async def streams(request: Request) -> JSONResponse:
+    counts: Streams = request.state.streams
+    ended = request.query_params.get("ended")
+    if ended is not None:
+        with anyio.fail_after(JOB_TIMEOUT):
+            await counts.wait_beyond(_int(ended, 0))
+    return JSONResponse({"finished": counts.finished, "aborted": counts.aborted})
+
+
+async def error(request: Request) -> JSONResponse:
+    raise RuntimeError("boom on purpose")
 
 
 async def state(request: Request) -> JSONResponse:
@@ -183,10 +203,33 @@ async def echo(websocket: WebSocket) -> None:
             await websocket.send_text(text)
 
 
+class Streams:
+    """How the streamed responses ended: whole, or cut off because the client went away (the
+    server raised from ``send`` or said ``http.disconnect``: the app stops producing)."""
+
+    def __init__(self) -> None:
+        self.finished = 0
+        self.aborted = 0
+        self.changed = anyio.Event()
+
+    def record(self, whole: bool) -> None:
+        if whole:
+            self.finished += 1
+        else:
+            self.aborted += 1
+        self.changed.set()
+        self.changed = anyio.Event()
+
+    async def wait_beyond(self, ended: int) -> None:
+        """Until more than ``ended`` streams have ended (bounded by the caller)."""
+        while self.finished + self.aborted <= ended:
+            await self.changed.wait()
+
+
 @asynccontextmanager
 async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
     """The state every request sees (``request.state``): set once, at startup."""
-    yield {"greeting": "set by the lifespan at startup", "jobs": Jobs()}
+    yield {"greeting": "set by the lifespan at startup", "jobs": Jobs(), "streams": Streams()}
 
 
 app = Starlette(
@@ -195,6 +238,8 @@ app = Starlette(
         Route("/items/{item_id:int}", read_item),
         Route("/files/{file_path:path}", read_file),
         Route("/stream/{nbytes:int}", stream),
+        Route("/streams", streams),
+        Route("/error", error),
         Route("/state", state),
         Route("/jobs/{name}", queue_job, methods=["POST"]),
         Route("/jobs/{name}/release", release_job, methods=["POST"]),

@@ -48,6 +48,8 @@ pytestmark = [requires_netns, pytest.mark.netns]
 APPS = {"fastapi": "examples/fastapi_app.py:app", "starlette": "examples/starlette_app.py:app"}
 ALL = [f"{framework}-{server}" for framework in APPS for server in SERVERS]
 FASTAPI = [name for name in ALL if name.startswith("fastapi-")]
+#: the exception the apps' ``/error`` raises: the only traceback a server may log here
+APP_ERROR = "RuntimeError: boom on purpose"
 
 
 def pattern_sha256(nbytes: int) -> str:
@@ -75,7 +77,7 @@ def served(request: pytest.FixtureRequest) -> Iterator[Served]:
     """``yastack serve examples/FRAMEWORK_app.py:app --server SERVER`` in a namespace of its own
     (parametrized indirectly with ``FRAMEWORK-SERVER``)."""
     framework, server = request.param.split("-")
-    with serving(APPS[framework], server, "--log-level", "warning") as process:
+    with serving(APPS[framework], server, "--log-level", "warning", tracebacks=APP_ERROR) as process:
         yield Served(framework, server, process)
 
 
@@ -168,6 +170,32 @@ def test_background_task_runs_after_the_response(served: Served) -> None:
     assert get_json(served, f"/jobs/{name}?wait=started") == (200, {"name": name, "state": "waiting"})
     assert get_json(served, f"/jobs/{name}/release", "-X", "POST") == (200, {"released": name})
     assert get_json(served, f"/jobs/{name}?wait=finished") == (200, {"name": name, "state": "done"})
+
+
+@pytest.mark.parametrize("served", ALL, indirect=True)
+def test_client_going_away_stops_a_stream(served: Served) -> None:
+    """A client that reads 1 MB of a 1 GiB ``StreamingResponse`` and hangs up: the app's stream
+    ends cut off (the server raised from ``send`` or said ``http.disconnect``), it is not run to
+    its end into the void, and the server goes on serving."""
+    before = get_json(served, "/streams")[1]
+    assert isinstance(before, dict)
+    ended = before["finished"] + before["aborted"]
+    reader = f"curl -sS {HTTP_URL}/stream/{1 << 30} | head -c 1000000 | wc -c"
+    result = served.namespace.run(["sh", "-c", reader], timeout=60)
+    assert result.stdout.strip() == "1000000", result
+    after = get_json(served, f"/streams?ended={ended}")[1]
+    assert after == {"finished": before["finished"], "aborted": before["aborted"] + 1}
+    assert get_json(served, "/items/3") == (200, {"item_id": 3, "q": None})
+
+
+@pytest.mark.parametrize("served", ALL, indirect=True)
+def test_app_exception_is_a_500_and_logged(served: Served) -> None:
+    """A handler that raises: the framework answers 500 and re-raises to the server, which logs
+    the exception and goes on serving (the next request, on the same curl, gets its answer)."""
+    body, transfers = fetch(served.namespace, f"{HTTP_URL}/error", f"{HTTP_URL}/items/4")
+    assert [t.status for t in transfers] == [500, 200]
+    assert body == b'Internal Server Error{"item_id":4,"q":null}'
+    served.process.wait_for_line(APP_ERROR, timeout=10)
 
 
 # -- 3. middleware, gzip, forms -------------------------------------------------------------------
@@ -296,6 +324,20 @@ def test_websocket_with_the_websockets_client(served: Served) -> None:
         "client_close": [1000, "done"],
         "no_subprotocol": None,
     }
+
+
+@pytest.mark.parametrize("server", SERVERS)
+def test_lifespan_startup_failure_aborts_the_server(netns: NetworkNamespace, server: str) -> None:
+    """A FastAPI app whose lifespan startup raises: the server says why (the app's message) and
+    exits non-zero by itself; ours never listens (no ``# try:`` line).  hypercorn's trio worker
+    sets "started" before its lifespan task's failure reaches it, so it may listen for a moment
+    first (its own behaviour, kept by ``--server hypercorn``)."""
+    process = Server.yastack(netns, "tests/apps/failing_startup.py:app", "--server", server, "--bind", "8000")
+    code = process.wait(timeout=60)
+    assert code != 0, process.output
+    assert "database unreachable at startup" in process.output, process.output
+    if server == "yastack":
+        assert "# try:" not in process.output, process.output
 
 
 # -- 6. where ASGI leaves a choice: what uvicorn and hypercorn do ----------------------------------
