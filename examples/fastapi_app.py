@@ -25,6 +25,7 @@ what only FastAPI does (body validation with pydantic: a bad body is a 422 with 
 - ``GET /numbers?n=``: a JSON list of ``n`` numbers (big enough to be gzipped when asked)
 - ``/ws``: WebSocket echo with a subprotocol (``chat.v2`` preferred to ``chat.v1``); the text
   ``close CODE`` closes with that code and reason ``bye``, ``state`` answers the lifespan state
+- ``/ws-denied``: refuses the upgrade with a 401 and a JSON body (the ASGI denial response)
 
 Every response carries ``x-middleware: fastapi`` (an ``@app.middleware("http")``), and responses
 over 500 bytes are gzipped for clients that accept it (``GZipMiddleware``).
@@ -40,7 +41,7 @@ from typing import Annotated, Any, Literal
 import anyio
 from fastapi import BackgroundTasks, FastAPI, File, Form, Request, Response, UploadFile, WebSocket
 from fastapi.middleware.gzip import GZipMiddleware
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel
 
 _BLOCK = bytes(range(256)) * 256  # 64 KiB, a whole number of the pattern's periods
@@ -223,6 +224,12 @@ async def upload(name: Annotated[str, Form()], file: Annotated[UploadFile, File(
 @app.get("/numbers")
 async def numbers(n: int = 1000) -> list[int]:
     return list(range(max(0, min(n, 1_000_000))))
+
+
+@app.websocket("/ws-denied")
+async def denied(websocket: WebSocket) -> None:
+    """Refuses the upgrade with an HTTP response of its own (the denial response extension)."""
+    await websocket.send_denial_response(JSONResponse({"denied": "no token"}, status_code=401))
 
 
 @app.websocket("/ws")

@@ -226,6 +226,11 @@ class Streams:
             await self.changed.wait()
 
 
+async def denied(websocket: WebSocket) -> None:
+    """Refuses the upgrade with an HTTP response of its own (the denial response extension)."""
+    await websocket.send_denial_response(JSONResponse({"denied": "no token"}, status_code=401))
+
+
 @asynccontextmanager
 async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
     """The state every request sees (``request.state``): set once, at startup."""
@@ -247,6 +252,7 @@ app = Starlette(
         Route("/upload", upload, methods=["POST"]),
         Route("/numbers", numbers),
         WebSocketRoute("/ws", echo),
+        WebSocketRoute("/ws-denied", denied),
     ],
     middleware=[Middleware(TagResponses), Middleware(GZipMiddleware, minimum_size=500)],
     lifespan=lifespan,

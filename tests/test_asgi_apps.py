@@ -308,9 +308,11 @@ def test_websocket_with_the_websockets_client(served: Served) -> None:
     two offered (``chat.v1`` when only it is offered, none when none is), a 60 KB text and a
     512 KiB binary message come back unchanged, the lifespan state reaches the websocket scope,
     the app's close code and reason (4001, ``bye``) reach the client, and a client close is
-    answered with 1000."""
+    answered with 1000.  An upgrade to a path without a WebSocket route is refused with a 403
+    (the app closed before accepting: what uvicorn and hypercorn answer), and the app's own
+    denial response (401 with a JSON body) reaches the client as the app sent it."""
     client = ROOT / "tests" / "apps" / "ws_client.py"
-    result = served.namespace.run([sys.executable, str(client), f"ws://{STACK_ADDRESS}:8000/ws"], timeout=90)
+    result = served.namespace.run([sys.executable, str(client), f"ws://{STACK_ADDRESS}:8000"], timeout=90)
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report == {
@@ -323,6 +325,8 @@ def test_websocket_with_the_websockets_client(served: Served) -> None:
         "second_echo": "still there?",
         "client_close": [1000, "done"],
         "no_subprotocol": None,
+        "/no-such-ws": [403, ""],
+        "/ws-denied": [401, '{"denied":"no token"}'],
     }
 
 

@@ -2,7 +2,11 @@
 kernel socket), run in the test's namespace against ``/ws`` of the example apps: subprotocol
 choice, text and binary echo, the lifespan state, a server-chosen close code, a client close.
 
-Usage: ``python ws_client.py ws://HOST:PORT/ws``; prints one JSON line of what it saw.
+Then two upgrades that are refused: a path with no WebSocket route (the app closes before
+accepting: the server answers 403) and ``/ws-denied`` (the app sends a 401 with a body through
+the denial response extension).
+
+Usage: ``python ws_client.py ws://HOST:PORT``; prints one JSON line of what it saw.
 """
 
 from __future__ import annotations
@@ -11,11 +15,12 @@ import hashlib
 import json
 import sys
 
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 from websockets.typing import Subprotocol
 
-url = sys.argv[1]
+base = sys.argv[1]
+url = f"{base}/ws"
 report: dict[str, object] = {}
 text = "echo over the bypass stack \N{CHECK MARK} " * 2000  # ~60 KB, several frames
 blob = bytes(range(256)) * 2048  # 512 KiB
@@ -47,4 +52,10 @@ with connect(url, subprotocols=[Subprotocol("chat.v1")], open_timeout=15) as ws:
     report["client_close"] = [ws.close_code, ws.close_reason]
 with connect(url, open_timeout=15) as ws:
     report["no_subprotocol"] = ws.subprotocol
+for path in ("/no-such-ws", "/ws-denied"):
+    try:
+        with connect(f"{base}{path}", open_timeout=15):
+            report[path] = "accepted"
+    except InvalidStatus as refused:
+        report[path] = [refused.response.status_code, refused.response.body.decode(errors="replace")]
 print(json.dumps(report))
