@@ -136,18 +136,21 @@ def test_fastapi_validation_errors_are_422(served: Served) -> None:
 
 # -- 2. streaming, lifespan state, background tasks -----------------------------------------------
 @pytest.mark.parametrize("served", ALL, indirect=True)
-def test_streaming_response_arrives_whole(served: Served) -> None:
+@pytest.mark.parametrize("version", ["1.1", "2"])
+def test_streaming_response_arrives_whole(served: Served, version: str) -> None:
     """A ``StreamingResponse`` of 32 MiB (no Content-Length: chunked on HTTP/1.1) arrives whole
-    and in order (SHA-256), and so does one in odd-sized 1000-byte-ish pieces."""
+    and in order (SHA-256) over HTTP/1.1 and over h2c, and so does one in small pieces."""
+    flag = "--http1.1" if version == "1.1" else "--http2-prior-knowledge"
     nbytes = 32 * 1024 * 1024 + 123
-    body, [transfer] = fetch(served.namespace, f"{HTTP_URL}/stream/{nbytes}", timeout=120)
-    assert (transfer.status, transfer.version) == (200, "1.1")
-    assert transfer.header("transfer-encoding") == "chunked"
+    body, [transfer] = fetch(served.namespace, flag, f"{HTTP_URL}/stream/{nbytes}", timeout=120)
+    assert (transfer.status, transfer.version) == (200, version)
+    if version == "1.1":
+        assert transfer.header("transfer-encoding") == "chunked"
     assert transfer.header("content-length") is None
     assert len(body) == nbytes
     assert hashlib.sha256(body).hexdigest() == pattern_sha256(nbytes)
 
-    body, [transfer] = fetch(served.namespace, f"{HTTP_URL}/stream/100001?chunk=1000")
+    body, [transfer] = fetch(served.namespace, flag, f"{HTTP_URL}/stream/100001?chunk=1000")
     assert transfer.status == 200
     assert hashlib.sha256(body).hexdigest() == pattern_sha256(100_001)
 
@@ -222,13 +225,16 @@ def test_middleware_and_gzip(served: Served) -> None:
 
 
 @pytest.mark.parametrize("served", ALL, indirect=True)
-def test_form_and_file_upload(served: Served, tmp_path: Path) -> None:
-    """A multipart form (curl ``-F``) with a text field and a 3 MB file: the app gets the field,
-    the file's name, and its bytes whole (SHA-256)."""
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_form_and_file_upload(served: Served, framing: str, tmp_path: Path) -> None:
+    """A multipart form (curl ``-F``) with a text field and a 3 MB file, sent with a
+    Content-Length and sent chunked: the app gets the field, the file's name, and its bytes
+    whole (SHA-256)."""
     path = tmp_path / "report.bin"
     data = os.urandom(3_000_000)
     path.write_bytes(data)
-    status, document = get_json(served, "/upload", "-F", "name=quarterly", "-F", f"file=@{path}")
+    chunked = ["-H", "transfer-encoding: chunked"] if framing == "chunked" else []
+    status, document = get_json(served, "/upload", *chunked, "-F", "name=quarterly", "-F", f"file=@{path}")
     assert (status, document) == (
         200,
         {
