@@ -17,7 +17,7 @@ import trio
 import trio.testing
 from asgi_helpers import RawClient, build_request, echo_app, hello_app, memory_connection, scope_app
 
-from trio_yastack.l7.asgi import HttpConnection, ServerConfig
+from trio_yastack.l7.asgi import ClientDisconnected, HttpConnection, ServerConfig
 
 Message = dict[str, Any]
 
@@ -564,3 +564,32 @@ async def test_h2c_upgrade_is_ignored(autojump_clock: trio.testing.MockClock) ->
         )
         assert (await client.response()).json()["path"] == "/up"
         assert (await client.response()).json()["path"] == "/next"
+
+
+async def test_send_after_the_client_left_raises_an_oserror(autojump_clock: trio.testing.MockClock) -> None:
+    """ASGI 2.4: ``send`` on a closed connection raises an OSError subclass, so a streaming app
+    stops (it is not left producing a long response for nobody)."""
+    raised: list[BaseException] = []
+    sent = 0
+    finished = trio.Event()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        nonlocal sent
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        try:
+            while True:
+                await send({"type": "http.response.body", "body": b"x" * 1000, "more_body": True})
+                sent += 1
+        except OSError as exc:
+            raised.append(exc)
+        finally:
+            finished.set()
+
+    async with memory_connection(app) as (client, _conn, done):
+        await client.send(build_request())
+        await client._until(b"\r\n\r\n")
+        await client.stream.aclose()
+        with trio.fail_after(5):
+            await finished.wait()
+            await done.wait()
+    assert len(raised) == 1 and isinstance(raised[0], ClientDisconnected)
