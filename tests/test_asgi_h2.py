@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import logging
 import re
+import signal
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import h2.config
@@ -23,9 +27,11 @@ import pytest
 import trio
 import trio.testing
 from socket_helpers import stream_pair, two_stacks
+from tap_helpers import KERNEL_ADDRESS, STACK_ADDRESS, NamespaceProgram, requires_netns
 
-from trio_yastack.l7.asgi import AccessLogger, ServerConfig
+from trio_yastack.l7.asgi import AccessLogger, HttpConnection, ServerConfig
 from trio_yastack.l7.asgi._h2 import H2C_PREFACE, serve_h2
+from trio_yastack.nic.netns import NetworkNamespace
 from trio_yastack.tls.client_hello import PrefixedStream
 
 Message = dict[str, Any]
@@ -368,3 +374,132 @@ async def test_over_two_stacks(autojump_clock: trio.testing.MockClock) -> None:
                 client.conn.close_connection()
                 await client.flush()
                 await client_stream.aclose()
+
+
+async def test_prior_knowledge_through_the_http11_connection(autojump_clock: trio.testing.MockClock) -> None:
+    """``HttpConnection`` sees the h2c preface on its first read and hands over: HTTP/2 serves the
+    same app with the connection's lifespan state, into the same access log."""
+    log = AccessLog()
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    connection = HttpConnection(server_stream, app, DEFAULTS, state={"db": "ready"}, access_log=log)
+    with trio.fail_after(BOUND):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(connection.run)
+            client = Client(client_stream)
+            await client.start()
+            get, state = client.request("GET", "/"), client.request("GET", "/state")
+            await client.flush()
+            get_reply, state_reply = await client.wait_for(get, state)
+            assert get_reply.body == b"GET / 2 http"
+            assert state_reply.body == repr([("db", "ready"), ("touched", True)]).encode()
+            client.conn.close_connection()
+            await client.flush()
+            await client_stream.aclose()
+    assert sorted(log.lines) == [("GET / 2", "200", "-"), ("GET /state 2", "200", "-")]
+
+
+# -- yastack serve in a network namespace, kernel-side clients ------------------------------------
+NETNS_APP = '''
+"""Lifespan puts a value in the state; HTTP answers with what a request saw; /ws echoes."""
+import json
+
+
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while True:
+            event = await receive()
+            if event["type"] == "lifespan.startup":
+                scope["state"]["boot"] = "ok"
+                await send({"type": "lifespan.startup.complete"})
+            else:
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    if scope["type"] == "websocket":
+        await receive()
+        await send({"type": "websocket.accept", "subprotocol": scope["subprotocols"][0]})
+        while (event := await receive())["type"] == "websocket.receive":
+            await send({"type": "websocket.send", "text": event.get("text"), "bytes": event.get("bytes")})
+        return
+    body = json.dumps({"http_version": scope["http_version"], "boot": scope["state"].get("boot")}).encode()
+    headers = [(b"content-type", b"application/json")]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+'''
+
+WEBSOCKETS_CLIENT = """
+import json, sys
+from websockets.sync.client import connect
+
+with connect(sys.argv[1], subprotocols=["chat.v1"]) as ws:
+    ws.send("hello " * 10000)
+    text = ws.recv()
+    ws.send(bytes(range(256)) * 100)
+    blob = ws.recv()
+    print(json.dumps({
+        "subprotocol": ws.subprotocol,
+        "text_ok": text == "hello " * 10000,
+        "bytes_ok": blob == bytes(range(256)) * 100,
+        "deflate": "permessage-deflate" in (ws.response.headers.get("Sec-WebSocket-Extensions") or ""),
+    }))
+"""
+
+
+@requires_netns
+@pytest.mark.netns
+def test_yastack_serve_h2c_and_websockets_from_the_kernel(tmp_path: Path) -> None:
+    """``yastack serve`` (our server, the default) over the stack: curl with HTTP/2 prior knowledge
+    and h2load get the app's answers with the lifespan state, the ``websockets`` library's client
+    negotiates a subprotocol and permessage-deflate and gets its messages back, and every HTTP/2
+    request is in the access log."""
+    (tmp_path / "netns_app.py").write_text(NETNS_APP)
+    (tmp_path / "ws_client.py").write_text(WEBSOCKETS_CLIENT)
+    access_log = tmp_path / "access.log"
+    url = f"http://{STACK_ADDRESS}:8000"
+    with NetworkNamespace() as namespace:
+        server = NamespaceProgram(
+            namespace,
+            [
+                sys.executable,
+                "-m",
+                "trio_yastack",
+                "serve",
+                f"{tmp_path / 'netns_app.py'}:app",
+                "--bind",
+                "8000",
+                "--access-log",
+                str(access_log),
+                "--log-level",
+                "warning",
+            ],
+        )
+        server.wait_for_line("# try:")
+        curl = namespace.run(
+            ["curl", "-sS", "--max-time", "30", "--http2-prior-knowledge", f"{url}/"], timeout=60
+        )
+        assert curl.returncode == 0, curl.stderr
+        assert json.loads(curl.stdout) == {"http_version": "2", "boot": "ok"}
+
+        h2load = namespace.run(["h2load", "-c4", "-m4", "-n200", f"{url}/"], timeout=60)
+        assert h2load.returncode == 0, h2load.stdout + h2load.stderr
+        assert "Application protocol: h2c" in h2load.stdout
+        assert "200 succeeded, 0 failed, 0 errored" in h2load.stdout, h2load.stdout
+        assert "status codes: 200 2xx" in h2load.stdout, h2load.stdout
+
+        ws = namespace.run(
+            [sys.executable, str(tmp_path / "ws_client.py"), f"ws://{STACK_ADDRESS}:8000/ws"], timeout=60
+        )
+        assert ws.returncode == 0, ws.stdout + ws.stderr
+        assert json.loads(ws.stdout.strip().splitlines()[-1]) == {
+            "subprotocol": "chat.v1",
+            "text_ok": True,
+            "bytes_ok": True,
+            "deflate": True,
+        }
+
+        server.send_signal(signal.SIGTERM, b"yastack")
+        assert server.wait(timeout=30) == 0, server.output
+        assert "Traceback" not in server.output, server.output
+    lines = access_log.read_text().splitlines()
+    assert sum('"GET / 2" 200 ' in line for line in lines) == 201, lines[:5]
+    assert sum('"GET /ws 1.1" 101 ' in line for line in lines) == 1, lines
+    assert all(line.startswith(f"{KERNEL_ADDRESS}:") for line in lines), lines[:5]

@@ -13,14 +13,16 @@ import hashlib
 import io
 import logging
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import unquote
 
 import pytest
 import trio
 import trio.testing
+from fastapi import FastAPI, WebSocket
 from socket_helpers import stream_pair, two_stacks
+from starlette.responses import PlainTextResponse
 from websockets.client import ClientProtocol
 from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
 from websockets.frames import Frame, Opcode
@@ -28,7 +30,7 @@ from websockets.http11 import Response
 from websockets.protocol import State
 from websockets.uri import parse_uri
 
-from trio_yastack.l7.asgi import AccessLogger, ServerConfig
+from trio_yastack.l7.asgi import AccessLogger, HttpConnection, ServerConfig
 from trio_yastack.l7.asgi._websocket import MAX_QUEUED, ClientDisconnected, serve_websocket
 
 Message = dict[str, Any]
@@ -713,3 +715,113 @@ async def test_over_two_stacks(autojump_clock: trio.testing.MockClock) -> None:
                 assert await client.wait_closed() == (1001, "going away")
                 await client_stream.aclose()
     assert seen[-1] == {"type": "websocket.disconnect", "code": 1001, "reason": "going away"}
+
+
+# -- through the HTTP/1.1 connection: the hand-over as the server makes it ------------------------
+async def test_upgrade_through_the_http11_connection(autojump_clock: trio.testing.MockClock) -> None:
+    """``HttpConnection`` sees ``Upgrade: websocket`` and hands over: the websocket scope carries the
+    connection's addresses and lifespan state, the access log gets its line, and a frame sent in
+    the same write as the request head is not lost."""
+    seen: list[Message] = []
+    log = AccessLog()
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    connection = HttpConnection(
+        server_stream,
+        echo_app(seen),
+        DEFAULTS,
+        client=("198.18.0.2", 50000),
+        server=("198.18.0.1", 8000),
+        state={"from": "lifespan"},
+        access_log=log,
+    )
+    with trio.fail_after(BOUND):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(connection.run)
+            client = client_for(client_stream)
+            client.protocol.send_request(client.protocol.connect())
+            head = b"".join(client.protocol.data_to_send())
+            # websockets sends nothing before the 101: the frame is written by hand (mask 0)
+            await client_stream.send_all(head + b"\x81\x8d\x00\x00\x00\x00with the head")
+            response = await client.next_event()
+            assert isinstance(response, Response) and response.status_code == 101
+            assert await client.message() == "with the head"
+            client.protocol.send_close(1000)
+            await client.flush()
+            assert await client.wait_closed() == (1000, "")
+    scope = seen[0]
+    assert (scope["type"], scope["scheme"], scope["path"]) == ("websocket", "ws", "/")
+    assert scope["client"] == ("198.18.0.2", 50000) and scope["server"] == ("198.18.0.1", 8000)
+    assert scope["state"] == {"from": "lifespan"}
+    assert seen[1] == {"type": "websocket.receive", "text": "with the head"}
+    assert log.lines == [("GET / 1.1", "101")]
+
+
+async def test_a_bad_client_hurts_no_other_connection(autojump_clock: trio.testing.MockClock) -> None:
+    """Two websockets served side by side: one client sends an unmasked frame and is closed with
+    1002, the other goes on echoing before and after."""
+    seen: list[Message] = []
+    bad_stream, bad_server = trio.testing.memory_stream_pair()
+    good_stream, good_server = trio.testing.memory_stream_pair()
+    with trio.fail_after(BOUND):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(serve_upgrade, bad_server, echo_app(seen), DEFAULTS)
+            nursery.start_soon(serve_upgrade, good_server, echo_app(seen), DEFAULTS)
+            bad, good = client_for(bad_stream), client_for(good_stream)
+            await bad.handshake()
+            await good.handshake()
+            good.protocol.send_text(b"before")
+            await good.flush()
+            assert await good.message() == "before"
+            await bad_stream.send_all(b"\x82\x01x")
+            assert (await bad.wait_closed())[0] == 1002
+            good.protocol.send_text(b"after")
+            await good.flush()
+            assert await good.message() == "after"
+            good.protocol.send_close(1000)
+            await good.flush()
+            assert await good.wait_closed() == (1000, "")
+
+
+# -- a framework's websockets: Starlette (through anyio on trio) and FastAPI -----------------------
+async def test_starlette_and_fastapi_websockets(autojump_clock: trio.testing.MockClock) -> None:
+    """Starlette's ``WebSocket`` (accept with a subprotocol, text and JSON, close with a code and
+    reason), its denial response (``send_denial_response``, which needs the extension), and a
+    FastAPI websocket route with a path parameter, all through ``serve_websocket``.  (FastAPI
+    resolves the endpoint's annotations in this module's globals: the imports are at the top.)"""
+    api = FastAPI()
+
+    @api.websocket("/rooms/{room}")
+    async def room(websocket: WebSocket, room: str) -> None:
+        if room == "closed":
+            await websocket.send_denial_response(PlainTextResponse("room closed", status_code=403))
+            return
+        await websocket.accept(subprotocol="chat.v2")
+        name = await websocket.receive_text()
+        await websocket.send_json({"room": room, "hello": name})
+        await websocket.close(code=4000, reason="see you")
+
+    async def api_app(scope: Message, receive: Receive, send: Send) -> None:
+        """FastAPI's ASGI types are Starlette's (messages as MutableMappings): adapted, not ignored."""
+
+        async def send_message(message: MutableMapping[str, Any]) -> None:
+            await send(dict(message))
+
+        await api(scope, receive, send_message)
+
+    async def open_room(path: str) -> tuple[Response, Client]:
+        client_stream, server_stream = trio.testing.memory_stream_pair()
+        nursery.start_soon(serve_upgrade, server_stream, api_app, DEFAULTS)
+        client = client_for(client_stream, subprotocols=["chat.v1", "chat.v2"])
+        return await client.handshake(path), client
+
+    with trio.fail_after(BOUND):
+        async with trio.open_nursery() as nursery:
+            response, client = await open_room("/rooms/blue")
+            assert response.status_code == 101 and client.protocol.subprotocol == "chat.v2"
+            client.protocol.send_text(b"ana")
+            await client.flush()
+            assert await client.message() == '{"room":"blue","hello":"ana"}'
+            assert await client.wait_closed() == (4000, "see you")
+
+            response, _ = await open_room("/rooms/closed")
+            assert (response.status_code, response.body) == (403, b"room closed")
