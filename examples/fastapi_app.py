@@ -43,6 +43,7 @@ from fastapi import BackgroundTasks, FastAPI, File, Form, Request, Response, Upl
 from fastapi.middleware.gzip import GZipMiddleware
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel
+from starlette.types import Receive, Scope, Send
 
 _BLOCK = bytes(range(256)) * 256  # 64 KiB, a whole number of the pattern's periods
 MAX_STREAM = 1 << 30
@@ -145,25 +146,34 @@ async def read_file(file_path: str, request: Request) -> dict[str, str]:
     return {"path": file_path, "raw_path": request.scope["raw_path"].decode("latin-1")}
 
 
-async def pattern(nbytes: int, chunk: int, streams: Streams) -> AsyncIterator[bytes]:
-    """``nbytes`` of 0, 1, ..., 255 over and over, in ``chunk``-byte pieces (at most 64 KiB);
-    how it ended goes to ``streams``."""
-    chunk = max(256, min(chunk - chunk % 256, len(_BLOCK)))
-    whole = False
-    try:
+class PatternStream(StreamingResponse):
+    """``nbytes`` of 0, 1, ..., 255 over and over, in ``chunk``-byte pieces (at most 64 KiB), no
+    Content-Length; how it ended goes to ``streams`` as soon as the response is over (whole, or
+    cut off: the server raised from ``send`` or said ``http.disconnect``)."""
+
+    def __init__(self, nbytes: int, chunk: int, streams: Streams) -> None:
+        self.whole = False
+        self.streams = streams
+        super().__init__(self._pattern(nbytes, chunk), media_type="application/octet-stream")
+
+    async def _pattern(self, nbytes: int, chunk: int) -> AsyncIterator[bytes]:
+        chunk = max(256, min(chunk - chunk % 256, len(_BLOCK)))
         for offset in range(0, nbytes, chunk):
             yield _BLOCK[: min(chunk, nbytes - offset)]
-        whole = True
-    finally:
-        streams.record(whole)
+        self.whole = True
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.streams.record(self.whole)
 
 
 @app.get("/stream/{nbytes}")
 async def stream(nbytes: int, request: Request, chunk: int = len(_BLOCK)) -> StreamingResponse:
     if not 0 <= nbytes <= MAX_STREAM:
         nbytes = 0
-    body = pattern(nbytes, chunk, request.state.streams)
-    return StreamingResponse(body, media_type="application/octet-stream")
+    return PatternStream(nbytes, chunk, request.state.streams)
 
 
 @app.get("/streams")

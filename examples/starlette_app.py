@@ -101,17 +101,27 @@ async def read_file(request: Request) -> JSONResponse:
     return JSONResponse({"path": path, "raw_path": request.scope["raw_path"].decode("latin-1")})
 
 
-async def pattern(nbytes: int, chunk: int, streams: Streams) -> AsyncIterator[bytes]:
-    """``nbytes`` of 0, 1, ..., 255 over and over, in ``chunk``-byte pieces (at most 64 KiB);
-    how it ended goes to ``streams``."""
-    chunk = max(256, min(chunk - chunk % 256, len(_BLOCK)))
-    whole = False
-    try:
+class PatternStream(StreamingResponse):
+    """``nbytes`` of 0, 1, ..., 255 over and over, in ``chunk``-byte pieces (at most 64 KiB), no
+    Content-Length; how it ended goes to ``streams`` as soon as the response is over (whole, or
+    cut off: the server raised from ``send`` or said ``http.disconnect``)."""
+
+    def __init__(self, nbytes: int, chunk: int, streams: Streams) -> None:
+        self.whole = False
+        self.streams = streams
+        super().__init__(self._pattern(nbytes, chunk), media_type="application/octet-stream")
+
+    async def _pattern(self, nbytes: int, chunk: int) -> AsyncIterator[bytes]:
+        chunk = max(256, min(chunk - chunk % 256, len(_BLOCK)))
         for offset in range(0, nbytes, chunk):
             yield _BLOCK[: min(chunk, nbytes - offset)]
-        whole = True
-    finally:
-        streams.record(whole)
+        self.whole = True
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.streams.record(self.whole)
 
 
 async def stream(request: Request) -> StreamingResponse:
@@ -119,8 +129,7 @@ async def stream(request: Request) -> StreamingResponse:
     if not 0 <= nbytes <= MAX_STREAM:
         nbytes = 0
     chunk = _int(request.query_params.get("chunk"), len(_BLOCK))
-    body = pattern(nbytes, chunk, request.state.streams)
-    return StreamingResponse(body, media_type="application/octet-stream")
+    return PatternStream(nbytes, chunk, request.state.streams)
 
 
 async def streams(request: Request) -> JSONResponse:
