@@ -242,6 +242,21 @@ def partial_serve(stream: trio.abc.Stream, **kwargs: Any) -> Callable[[], Awaita
     return run
 
 
+async def test_server_header_when_asked(autojump_clock: trio.testing.MockClock) -> None:
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(partial_serve(server_stream, config=ServerConfig(server_header=True)))
+        client = Client(client_stream)
+        await client.start()
+        get = client.request("GET", "/")
+        await client.flush()
+        (reply,) = await client.wait_for(get)
+        assert reply.headers[b"server"] == b"trio_yastack"  # as HTTP/1.1 says it, not hypercorn-h2
+        client.conn.close_connection()
+        await client.flush()
+        await client_stream.aclose()
+
+
 async def test_several_streams_at_once(autojump_clock: trio.testing.MockClock) -> None:
     client_stream, server_stream = trio.testing.memory_stream_pair()
     async with trio.open_nursery() as nursery:

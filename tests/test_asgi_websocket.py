@@ -30,8 +30,8 @@ from websockets.http11 import Response
 from websockets.protocol import State
 from websockets.uri import parse_uri
 
-from trio_yastack.l7.asgi import AccessLogger, HttpConnection, ServerConfig
-from trio_yastack.l7.asgi._websocket import MAX_QUEUED, ClientDisconnected, serve_websocket
+from trio_yastack.l7.asgi import AccessLogger, ClientDisconnected, HttpConnection, ServerConfig
+from trio_yastack.l7.asgi._websocket import MAX_QUEUED, serve_websocket
 
 Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]

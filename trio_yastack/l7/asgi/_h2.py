@@ -94,7 +94,7 @@ async def serve_h2(
 def _hypercorn_config(config: ServerConfig, access_log: AccessLogger | None) -> Config:
     """hypercorn's ``Config`` for our ``ServerConfig``, made once per server (both are immutable
     once serving starts; hypercorn only reads its config)."""
-    hconfig = Config()
+    hconfig = _Config()
     hconfig.keep_alive_timeout = config.keep_alive_timeout
     hconfig.root_path = config.root_path
     hconfig.include_server_header = config.server_header
@@ -103,6 +103,20 @@ def _hypercorn_config(config: ServerConfig, access_log: AccessLogger | None) -> 
     hconfig.errorlog = logger  # hypercorn's app errors go to our logger, not to a handler of its own
     hconfig._log = _Log(hconfig, access_log)
     return hconfig
+
+
+class _Config(Config):
+    """hypercorn's config, but the ``server`` header (when asked for) names this server, as the
+    HTTP/1.1 side does, not ``hypercorn-h2``."""
+
+    def response_headers(self, protocol: str) -> list[tuple[bytes, bytes]]:
+        headers = super().response_headers(protocol)
+        if self.include_server_header:
+            headers = [
+                (b"server", b"trio_yastack") if name == b"server" else (name, value)
+                for name, value in headers
+            ]
+        return headers
 
 
 class _Log(Logger):

@@ -628,8 +628,8 @@ class HttpConnection:
             if not more:
                 if self._disconnect_wait is not None:
                     self._disconnect_wait.cancel()
-                if self.access_log is not None:
-                    self.access_log.log(self._current.scope, self._status, self._response_headers)  # type: ignore[union-attr]  # the app runs only while a request is current
+                if self.access_log is not None and self._current is not None:
+                    self.access_log.log(self._current.scope, self._status, self._response_headers)
         elif kind == "http.response.start":
             if self._response_started:
                 raise RuntimeError("ASGI 'http.response.start' sent twice")

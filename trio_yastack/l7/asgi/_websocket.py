@@ -55,6 +55,7 @@ from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from ._access_log import AccessLogger
 from ._config import ServerConfig
+from ._http11 import ClientDisconnected  # one class for HTTP and WebSocket sends after the client left
 from ._lifespan import ASGIApp
 
 __all__ = ["MAX_QUEUED", "ClientDisconnected", "serve_websocket"]
@@ -74,10 +75,6 @@ _CONNECTING = ConnectionState.CONNECTING
 _REMOTE_CLOSING = ConnectionState.REMOTE_CLOSING
 _LOCAL_CLOSING = ConnectionState.LOCAL_CLOSING
 _REJECTING = ConnectionState.REJECTING
-
-
-class ClientDisconnected(OSError):
-    """``send()`` on a websocket whose client has gone (ASGI 2.4: a server-specific ``OSError``)."""
 
 
 async def serve_websocket(
