@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from tap_helpers import STACK_ADDRESS, NamespaceProgram
 
@@ -24,7 +24,7 @@ from trio_yastack.nic.netns import NetworkNamespace
 ROOT = Path(__file__).resolve().parent.parent
 HTTP_URL = f"http://{STACK_ADDRESS}:8000"
 #: the two servers ``yastack serve --server NAME`` offers: ours (the default) and hypercorn's trio worker
-SERVERS = ("yastack", "hypercorn")
+SERVERS: tuple[Literal["yastack"], Literal["hypercorn"]] = ("yastack", "hypercorn")
 
 
 class Server(NamespaceProgram):

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from functools import cache, partial
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 import trio
@@ -540,7 +540,9 @@ class LifespanApp:
 
 
 @pytest.mark.parametrize("server_kind", SERVERS)
-async def test_serve_asgi_in_process(netns: NetworkNamespace, server_kind: str) -> None:
+async def test_serve_asgi_in_process(
+    netns: NetworkNamespace, server_kind: Literal["yastack", "hypercorn"]
+) -> None:
     """``serve_asgi(app, Config(), server=NAME)`` in a nursery over a stack on a TAP, for each
     server: hypercorn's default bind (127.0.0.1:8000) means the stack's own address, ``started``
     gets the URL, lifespan startup ran before it; kernel-side curl is served over HTTP/1.1 and
