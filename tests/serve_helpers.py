@@ -97,12 +97,17 @@ _TRANSFER = re.compile(rb"\n@@transfer@@(.*?)@@headers@@(.*?)@@end@@", re.DOTALL
 
 
 def fetch(namespace: NetworkNamespace, *args: str, timeout: float = 60) -> tuple[bytes, list[Transfer]]:
-    """curl ``ARGS`` (one URL or several): the bytes of every body, as written to stdout, and what
-    curl saw of each transfer (status, version, headers, whether it opened a connection for it)."""
+    """curl ``ARGS`` (one URL or several, or transfers separated by ``--next``, which resets
+    curl's options: ours are repeated after each): the bytes of every body, as written to stdout,
+    and what curl saw of each transfer (status, version, headers, whether it opened a connection
+    for it).  ``timeout`` bounds each transfer."""
     write_out = "%{stderr}\n@@transfer@@%{json}@@headers@@%{header_json}@@end@@"
-    result = namespace.run(
-        ["curl", "-sS", "--max-time", str(timeout), "-w", write_out, *args], timeout=timeout + 30, text=False
-    )
+    ours = ["-sS", "--max-time", str(timeout), "-w", write_out]
+    command = ["curl", *ours]
+    for arg in args:
+        command += [arg, *ours] if arg == "--next" else [arg]
+    transfers_bound = timeout * (1 + args.count("--next"))
+    result = namespace.run(command, timeout=transfers_bound + 30, text=False)
     assert result.returncode == 0, result.stderr.decode(errors="replace")
     transfers = []
     for found in _TRANSFER.finditer(result.stderr):

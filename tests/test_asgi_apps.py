@@ -175,6 +175,35 @@ def test_background_task_runs_after_the_response(served: Served) -> None:
     assert get_json(served, f"/jobs/{name}?wait=finished") == (200, {"name": name, "state": "done"})
 
 
+@pytest.mark.parametrize("served", ALL, indirect=True)
+def test_background_task_does_not_hold_the_connection(served: Served) -> None:
+    """On one keep-alive connection (curl's ``--next`` reuses it): the request that queues a job,
+    then one that waits for its background task to start, one that releases it and one that
+    waits for its end.  The next request on a connection is served once the response is
+    complete, while the app still runs its background task, as uvicorn and hypercorn do (a
+    server that waited for the app to return would hold the second request until the job gave
+    up waiting: curl's own limit ends that first)."""
+    name = f"inline-{served.server}"
+    base = f"{HTTP_URL}/jobs/{name}"
+    urls = [
+        ["-X", "POST", base],
+        [f"{base}?wait=started"],
+        ["-X", "POST", f"{base}/release"],
+        [f"{base}?wait=finished"],
+    ]
+    args = [arg for i, url in enumerate(urls) for arg in ([] if i == 0 else ["--next"]) + url]
+    body, transfers = fetch(served.namespace, *args, timeout=20)
+    assert [t.status for t in transfers] == [202, 200, 200, 200]
+    assert [t.num_connects for t in transfers] == [1, 0, 0, 0]
+    documents = [json.loads(part + "}") for part in body.decode().rstrip("}").split("}")]
+    assert documents == [
+        {"queued": name},
+        {"name": name, "state": "waiting"},
+        {"released": name},
+        {"name": name, "state": "done"},
+    ]
+
+
 @pytest.mark.parametrize("pair", ALL)
 def test_client_going_away_stops_a_stream(pair: str) -> None:
     """A client that reads 1 MB of a 1 GiB ``StreamingResponse`` and hangs up: the app's stream
