@@ -593,3 +593,36 @@ async def test_send_after_the_client_left_raises_an_oserror(autojump_clock: trio
             await finished.wait()
             await done.wait()
     assert len(raised) == 1 and isinstance(raised[0], ClientDisconnected)
+
+
+async def test_an_error_raised_because_the_client_left_is_not_logged_as_an_app_error(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Starlette turns the OSError from ``send`` into its own ``ClientDisconnect``: still the
+    client leaving, logged at debug level, not as an exception in the app."""
+
+    class FrameworkDisconnect(Exception):
+        pass
+
+    finished = trio.Event()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        try:
+            while True:
+                await send({"type": "http.response.body", "body": b"x" * 1000, "more_body": True})
+        except OSError:
+            raise FrameworkDisconnect()  # noqa: B904 (chained implicitly, as Starlette does)
+        finally:
+            finished.set()
+
+    with caplog.at_level(logging.DEBUG, logger="trio_yastack.asgi"):
+        async with memory_connection(app) as (client, _conn, done):
+            await client.send(build_request())
+            await client._until(b"\r\n\r\n")
+            await client.stream.aclose()
+            with trio.fail_after(5):
+                await finished.wait()
+                await done.wait()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert any("went away" in r.getMessage() for r in caplog.records)

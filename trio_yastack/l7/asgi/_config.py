@@ -38,7 +38,9 @@ class ServerConfig:
     max_header_bytes: int = 64 * 1024
     #: the largest request body (declared or streamed); larger: 413.  None: no limit
     max_request_body: int | None = 100 * MiB
-    #: requests parsed ahead of the one being served; beyond this the connection stops reading
+    #: requests parsed ahead of the one being served; at this many (or max_header_bytes *
+    #: max_pipelined bytes queued) the connection stops reading until the queue drains.  One read
+    #: (``receive_size`` bytes) is parsed whole, so a single read of tiny requests may queue more.
     max_pipelined: int = 16
     #: a WebSocket message larger than this closes the connection with 1009 (hypercorn 16 MiB)
     ws_max_message_size: int = 16 * MiB

@@ -64,6 +64,19 @@ class ClientDisconnected(OSError):
     for nobody."""
 
 
+def _from_disconnect(exc: BaseException) -> bool:
+    """``exc`` is our ClientDisconnected or was raised because of it (Starlette turns it into
+    its own ``ClientDisconnect``): the client left, which is no error of the app's."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # a chain is short; the bound keeps a cyclic one from looping
+        if seen is None:
+            return False
+        if isinstance(seen, ClientDisconnected):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 class _HttpError(Exception):
     """The client's request cannot be served: answer ``status`` and close."""
 
@@ -494,7 +507,7 @@ class HttpConnection:
         try:
             await self.app(scope, self.receive, self.send)
         except Exception as exc:
-            if self._gone and isinstance(exc, ClientDisconnected):
+            if self._gone and _from_disconnect(exc):
                 logger.debug("client %s went away during the response", self.client)
                 self._keep_alive = False
             elif not self._head_sent:  # the head is held until the first body: a 500 still fits
@@ -547,12 +560,12 @@ class HttpConnection:
                 request.body.clear()
                 if request.body_complete:
                     request.final_sent = True
-                await trio.lowlevel.checkpoint()
+                await trio.lowlevel.checkpoint_if_cancelled()  # bytes at hand: no scheduler pass
                 return {"type": "http.request", "body": body, "more_body": not request.body_complete}
             if request.body_complete:
                 if not request.final_sent:
                     request.final_sent = True
-                    await trio.lowlevel.checkpoint()
+                    await trio.lowlevel.checkpoint_if_cancelled()
                     return {"type": "http.request", "body": b"", "more_body": False}
                 await self._wait_disconnect()
                 return _DISCONNECT
@@ -621,8 +634,9 @@ class HttpConnection:
                 data = self._head(more, body)
             if not more:
                 self._response_complete = True
-            if data and not await self._write(data):
-                raise ClientDisconnected(f"client {self.client} disconnected")
+            if data:
+                if not await self._write(data):  # the write is the checkpoint
+                    raise ClientDisconnected(f"client {self.client} disconnected")
             else:
                 await trio.lowlevel.checkpoint()
             if not more:
@@ -636,7 +650,8 @@ class HttpConnection:
             self._response_started = True
             self._status = message["status"]
             self._response_headers = message.get("headers", ())
-            await trio.lowlevel.checkpoint()
+            # no checkpoint: the head is only held (as uvicorn's send returns without yielding);
+            # the body's write that follows is the checkpoint, one scheduler pass per response
         else:
             raise RuntimeError(f"unexpected ASGI message {kind!r} on an HTTP connection")
 
