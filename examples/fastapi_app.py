@@ -1,6 +1,7 @@
 """A FastAPI app, written as FastAPI's own tutorial would write it, served unmodified over the
 user-space stack: ``yastack serve examples/fastapi_app.py:app`` (add ``--server hypercorn`` for
-hypercorn's trio worker instead of ours).
+hypercorn's trio worker instead of ours).  It needs ``pip install fastapi python-multipart``
+(the test extra, ``pip install -e '.[test]'``, has them).
 
 It has the same routes as ``examples/starlette_app.py`` (so one set of tests checks both), plus
 what only FastAPI does (body validation with pydantic: a bad body is a 422 with FastAPI's

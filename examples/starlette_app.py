@@ -1,6 +1,7 @@
 """A Starlette app, written as Starlette's documentation would write it, served unmodified over
 the user-space stack: ``yastack serve examples/starlette_app.py:app`` (add ``--server hypercorn``
-for hypercorn's trio worker instead of ours).
+for hypercorn's trio worker instead of ours).  It needs ``pip install starlette
+python-multipart`` (the test extra, ``pip install -e '.[test]'``, has them).
 
 It has the routes of ``examples/fastapi_app.py`` (its docstring lists them) except the JSON body
 validation, which is FastAPI's; ``/items/{item_id:int}`` with a non-integer is a 404 here (a
