@@ -28,7 +28,8 @@ class ServerConfig:
     keyfile: str | None = None
     #: the listen backlog (uvicorn's 2048, hypercorn's 100: we take 1024)
     backlog: int = 1024
-    #: seconds an idle keep-alive connection waits for its next request (uvicorn 5 s)
+    #: seconds an idle keep-alive connection waits for its next request (uvicorn 5 s); serve_asgi
+    #: checks this and request_head_timeout every SWEEP_INTERVAL (0.5 s), their resolution
     keep_alive_timeout: float = 5.0
     #: seconds in-flight requests get after a shutdown request (hypercorn 3 s)
     graceful_timeout: float = 3.0

@@ -223,6 +223,7 @@ class HttpConnection:
         self._response_headers: list[tuple[bytes, bytes]] | Any = ()
         self._chunked = False
         self._no_body = False
+        self._length_left: int | None = None  # the app's content-length minus the body sent
         self._keep_alive = True
         self._disconnect_wait: trio.CancelScope | None = None
 
@@ -502,6 +503,7 @@ class HttpConnection:
         self._head_sent = False
         self._chunked = False
         self._no_body = False
+        self._length_left = None
         self._keep_alive = request.keep_alive and not self._closing
         scope = request.scope
         try:
@@ -632,6 +634,14 @@ class HttpConnection:
                     data = body
             else:
                 data = self._head(more, body)
+            if self._length_left is not None and not self._no_body:
+                # the app's content-length frames the response: more would corrupt the next one
+                self._length_left -= len(body)
+                if self._length_left < 0:
+                    self._keep_alive = False
+                    raise RuntimeError("ASGI response body longer than its content-length")
+                if not more and self._length_left:
+                    self._keep_alive = False  # short: the client sees it cut off, not misframed
             if not more:
                 self._response_complete = True
             if data:
@@ -669,6 +679,10 @@ class HttpConnection:
             lowered = name.lower()
             if lowered == b"content-length":
                 has_length = True
+                try:
+                    self._length_left = int(value)
+                except ValueError:
+                    raise RuntimeError(f"ASGI response content-length {value!r} is not a number") from None
             elif lowered == b"transfer-encoding":
                 chunked = value.lower() == b"chunked"
             elif lowered == b"connection" and value.lower() == b"close":
