@@ -1,6 +1,8 @@
 """The example ASGI app the README's main job serves over the user-space stack.
 
-Plain ASGI (no framework), so what runs is hypercorn and the stack and nothing else:
+Plain ASGI (no framework), so what runs is the server (ours, or hypercorn's trio worker with
+``--server hypercorn``) and the stack and nothing else; ``examples/fastapi_app.py`` and
+``examples/starlette_app.py`` are the same kind of service written with frameworks:
 
 - ``GET /``: ``Hello, world!`` (13 bytes, the benchmarks' hello world)
 - ``GET /json``: a JSON document about the request (who asked, over which HTTP version)

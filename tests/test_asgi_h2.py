@@ -14,6 +14,7 @@ import json
 import logging
 import re
 import signal
+import ssl
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ import h2.events
 import pytest
 import trio
 import trio.testing
-from socket_helpers import stream_pair, two_stacks
+from socket_helpers import make_tls_material, stream_pair, two_stacks
 from tap_helpers import KERNEL_ADDRESS, STACK_ADDRESS, NamespaceProgram, requires_netns
 
 from trio_yastack.l7.asgi import AccessLogger, HttpConnection, ServerConfig
@@ -518,3 +519,38 @@ def test_yastack_serve_h2c_and_websockets_from_the_kernel(tmp_path: Path) -> Non
     assert sum('"GET / 2" 200 ' in line for line in lines) == 201, lines[:5]
     assert sum('"GET /ws 1.1" 101 ' in line for line in lines) == 1, lines
     assert all(line.startswith(f"{KERNEL_ADDRESS}:") for line in lines), lines[:5]
+
+
+async def test_h2_negotiated_by_alpn_over_tls(autojump_clock: trio.testing.MockClock, tmp_path: Path) -> None:
+    """What the server does with a TLS connection whose client chose ``h2``: the stream after the
+    handshake goes to ``serve_h2`` as it is (no bytes read yet), and the scope says https."""
+    ca_pem, cert_pem, key_pem = make_tls_material(["test"], [])
+    (tmp_path / "cert.pem").write_bytes(cert_pem)
+    (tmp_path / "key.pem").write_bytes(key_pem)
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    server_context.set_alpn_protocols(["h2", "http/1.1"])
+    client_context = ssl.create_default_context(cadata=ca_pem.decode())
+    client_context.set_alpn_protocols(["h2"])
+    client_raw, server_raw = trio.testing.memory_stream_pair()
+    server_tls = trio.SSLStream(server_raw, server_context, server_side=True)
+    client_tls = trio.SSLStream(client_raw, client_context, server_hostname="test")
+
+    async def serve() -> None:
+        await server_tls.do_handshake()
+        assert server_tls.selected_alpn_protocol() == "h2"
+        await serve_h2(server_tls, app, DEFAULTS, scheme="https", client=None, server=None, state={})
+
+    with trio.fail_after(BOUND):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(serve)
+            await client_tls.do_handshake()
+            client = Client(client_tls)
+            await client.start()
+            get = client.request("GET", "/secure")
+            await client.flush()
+            (reply,) = await client.wait_for(get)
+            assert (reply.status, reply.body) == (200, b"GET /secure 2 https")
+            client.conn.close_connection()
+            await client.flush()
+            await client.read_to_eof()

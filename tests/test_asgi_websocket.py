@@ -61,6 +61,7 @@ async def serve_upgrade(
     app: Callable[[Message, Receive, Send], Awaitable[None]],
     config: ServerConfig = DEFAULTS,
     access_log: AccessLog | None = None,
+    shutdown: trio.Event | None = None,
 ) -> None:
     buffered = b""
     while b"\r\n\r\n" not in buffered:
@@ -91,7 +92,7 @@ async def serve_upgrade(
         "state": {"from": "lifespan"},
         "extensions": {},
     }
-    await serve_websocket(stream, scope, app, headers, target, leftover, config, access_log)
+    await serve_websocket(stream, scope, app, headers, target, leftover, config, access_log, shutdown)
     await stream.aclose()
 
 
@@ -106,11 +107,16 @@ class Client:
         self.events: list[Any] = []
 
     async def flush(self) -> None:
-        for data in self.protocol.data_to_send():
-            if data:
-                await self.stream.send_all(data)
-            elif isinstance(self.stream, trio.abc.HalfCloseableStream):
-                await self.stream.send_eof()
+        """Write what the protocol has to send; a server that closed after failing the connection
+        (1002, 1009: no wait for our answer) makes the write fail, which a client shrugs off."""
+        try:
+            for data in self.protocol.data_to_send():
+                if data:
+                    await self.stream.send_all(data)
+                elif isinstance(self.stream, trio.abc.HalfCloseableStream):
+                    await self.stream.send_eof()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
 
     async def handshake(self, path: str = "/chat?room=1", **request_headers: str) -> Response:
         request = self.protocol.connect()
@@ -825,3 +831,31 @@ async def test_starlette_and_fastapi_websockets(autojump_clock: trio.testing.Moc
 
             response, _ = await open_room("/rooms/closed")
             assert (response.status_code, response.body) == (403, b"room closed")
+
+
+async def test_graceful_shutdown_closes_with_1012(autojump_clock: trio.testing.MockClock) -> None:
+    """The server's shutdown event closes an open websocket with 1012 (uvicorn's code); the app
+    gets the disconnect once the client answers, and a send after that raises."""
+    shutdown = trio.Event()
+    outcome: list[Any] = []
+
+    async def app(scope: Message, receive: Receive, send: Send) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        outcome.append(await receive())
+        try:
+            await send({"type": "websocket.send", "text": "late"})
+        except ClientDisconnected as exc:
+            outcome.append(exc)
+
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    with trio.fail_after(BOUND):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(serve_upgrade, server_stream, app, DEFAULTS, None, shutdown)
+            client = client_for(client_stream)
+            await client.handshake()
+            await trio.testing.wait_all_tasks_blocked()
+            shutdown.set()
+            assert await client.wait_closed() == (1012, "server shutting down")
+    assert outcome[0] == {"type": "websocket.disconnect", "code": 1012, "reason": "server shutting down"}
+    assert isinstance(outcome[1], ClientDisconnected)

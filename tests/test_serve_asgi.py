@@ -1,5 +1,7 @@
-"""Acceptance: ASGI apps served with hypercorn over the bypass stack (``yastack serve`` and
-:func:`trio_yastack.l7.serve_asgi`), met by real kernel-side clients.
+"""Acceptance: ASGI apps served over the bypass stack (``yastack serve`` and
+:func:`trio_yastack.l7.serve_asgi`), met by real kernel-side clients, with each of the two
+servers: ours (``--server yastack``, the default) and hypercorn's trio worker (``--server
+hypercorn``).  Every test that serves runs once per server.
 
 Every server runs in a private network namespace of its own: ``yastack serve`` makes the TAP
 ``yas0`` there (kernel side 198.18.0.1/24) and serves at 198.18.0.2; curl, wrk, h2load and a
@@ -10,6 +12,7 @@ they print once listening, clients on their exit; every wait has a bound.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import importlib.util
 import json
 import os
@@ -24,17 +27,12 @@ from dataclasses import dataclass, field
 from functools import cache, partial
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 import trio
-from tap_helpers import (
-    KERNEL_ADDRESS,
-    STACK_ADDRESS,
-    NamespaceProgram,
-    requires_netns,
-    stack_on_tap,
-)
+from serve_helpers import HTTP_URL, ROOT, SERVERS, Server, curl, curl_w, stop_cleanly
+from tap_helpers import KERNEL_ADDRESS, STACK_ADDRESS, requires_netns, stack_on_tap
 
 from trio_yastack.l7 import serve_asgi
 from trio_yastack.l7.asgi import SUPPORTED_HYPERCORN, Config, check_hypercorn_version
@@ -43,8 +41,6 @@ from trio_yastack.tls.certs import make_ca
 
 pytestmark = [requires_netns, pytest.mark.netns]
 
-ROOT = Path(__file__).resolve().parent.parent
-HTTP_URL = f"http://{STACK_ADDRESS}:8000"
 HTTPS_URL = f"https://{STACK_ADDRESS}:8443"
 BIG = 100_000_000
 
@@ -90,34 +86,6 @@ def random_file(path: Path, nbytes: int) -> str:
     return digest.hexdigest()
 
 
-class Server(NamespaceProgram):
-    """A ``yastack serve`` process (or the README's command) in the namespace."""
-
-    @classmethod
-    def yastack(cls, namespace: NetworkNamespace, *args: str, console_script: bool = False) -> Server:
-        command = [str(Path(sys.executable).parent / "yastack")] if console_script else []
-        command = command or [sys.executable, "-m", "trio_yastack"]
-        return cls(namespace, [*command, "serve", *args])
-
-    def signal(self, signum: signal.Signals) -> None:
-        """Send ``signum`` to the server itself."""
-        self.send_signal(signum, b"yastack")
-
-
-def curl(namespace: NetworkNamespace, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """curl on the kernel side of ``namespace``."""
-    return namespace.run(["curl", "-sS", "--max-time", str(timeout), *args], timeout=timeout + 30)
-
-
-def curl_w(namespace: NetworkNamespace, *args: str) -> tuple[str, str, int]:
-    """(body, HTTP version, status) of one request (body as text)."""
-    result = curl(namespace, "-w", "\n%{http_version} %{response_code}", *args)
-    assert result.returncode == 0, result.stderr
-    body, _, trailer = result.stdout.rpartition("\n")
-    version, status = trailer.split()
-    return body, version, int(status)
-
-
 def make_certificates(directory: Path) -> tuple[Path, Path, Path]:
     """A CA and a leaf for 198.18.0.2 (an IP SAN) signed by it: (ca.pem, cert.pem, key.pem)."""
     ca = make_ca("trio_yastack test CA")
@@ -129,21 +97,27 @@ def make_certificates(directory: Path) -> tuple[Path, Path, Path]:
     return ca_pem, cert_pem, key_pem
 
 
-def stop_cleanly(server: Server) -> None:
-    """SIGTERM a shared server after its tests (wrk, h2load, 100 MB each way...): it still exits 0
-    promptly, without a traceback."""
-    server.signal(signal.SIGTERM)
-    assert server.wait(timeout=15) == 0, server.output
-    assert "Traceback" not in server.output, server.output
-
-
 # -- servers shared by a module's tests (each in a namespace of its own) ---------------------------
+@pytest.fixture(scope="module", params=SERVERS)
+def server_name(request: pytest.FixtureRequest) -> str:
+    """Which server ``yastack serve --server NAME`` runs: the module's shared servers are made
+    once per name, and a test that takes this fixture runs once per name."""
+    return str(request.param)
+
+
 @pytest.fixture(scope="module")
-def http_server() -> Iterator[Server]:
+def http_server(server_name: str) -> Iterator[Server]:
     """``yastack serve examples/hello.py:app --bind 8000`` (plain HTTP/1.1 and h2c)."""
     with NetworkNamespace() as namespace:
         server = Server.yastack(
-            namespace, "examples/hello.py:app", "--bind", "8000", "--log-level", "warning"
+            namespace,
+            "examples/hello.py:app",
+            "--server",
+            server_name,
+            "--bind",
+            "8000",
+            "--log-level",
+            "warning",
         )
         line = server.wait_for_line("# try:")
         assert line.strip() == f"# try: curl {HTTP_URL}/json"
@@ -158,13 +132,15 @@ class TlsServer:
 
 
 @pytest.fixture(scope="module")
-def https_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsServer]:
+def https_server(server_name: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsServer]:
     """TLS on 8443 (ALPN h2/http1.1) with a certificate for 198.18.0.2, plain HTTP on 8000."""
     ca, cert, key = make_certificates(tmp_path_factory.mktemp("tls"))
     with NetworkNamespace() as namespace:
         server = Server.yastack(
             namespace,
             "examples/hello.py:app",
+            "--server",
+            server_name,
             "--bind",
             "8443",
             "--insecure-bind",
@@ -210,7 +186,8 @@ CASES = {
 
 
 def reach(request: pytest.FixtureRequest, case: Case) -> tuple[NetworkNamespace, list[str]]:
-    """The namespace of ``case``'s server and curl's flags for it (``--cacert`` for TLS)."""
+    """The namespace of ``case``'s server and curl's flags for it (``--cacert`` for TLS); the
+    test takes ``server_name``, so the server is the one of its parameter."""
     served = request.getfixturevalue(case.server)
     if isinstance(served, TlsServer):
         return served.server.namespace, [*case.flags, "--cacert", str(served.ca)]
@@ -219,7 +196,9 @@ def reach(request: pytest.FixtureRequest, case: Case) -> tuple[NetworkNamespace,
 
 # -- 1. every endpoint with curl: http and https, HTTP/1.1 and HTTP/2 -----------------------------
 @pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_every_endpoint_with_curl(request: pytest.FixtureRequest, case: Case, tmp_path: Path) -> None:
+def test_every_endpoint_with_curl(
+    request: pytest.FixtureRequest, server_name: str, case: Case, tmp_path: Path
+) -> None:
     """curl on the kernel side gets every endpoint of the example right over plain HTTP/1.1, h2c
     with prior knowledge, HTTPS (certificate verified against the test's CA) with HTTP/1.1 and
     with h2 by ALPN, and a plain listener beside the TLS one: ``/`` byte for byte, ``/json`` says
@@ -297,7 +276,9 @@ def test_100mb_upload(http_server: Server, upload_file: tuple[Path, str], flag: 
 
 
 # -- 3. load generators: wrk (HTTP/1.1 keep-alive) and h2load (HTTP/2) ----------------------------
-def test_wrk_50_connections(http_server: Server, capsys: pytest.CaptureFixture[str]) -> None:
+def test_wrk_50_connections(
+    http_server: Server, server_name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     """``wrk -t1 -c50 -d10s``: 50 keep-alive connections for 10 s with no socket errors and no
     non-2xx answers; the rate is reported."""
     result = http_server.namespace.run(["wrk", "-t1", "-c50", "-d10s", f"{HTTP_URL}/"], timeout=60)
@@ -311,11 +292,13 @@ def test_wrk_50_connections(http_server: Server, capsys: pytest.CaptureFixture[s
     assert errors is None or set(errors.groups()) == {"0"}, out
     assert "Non-2xx or 3xx responses" not in out, out
     with capsys.disabled():
-        print(f"\n[wrk -t1 -c50 -d10s] {requests.group(1)} requests, {rate.group(1)} req/s")
+        print(f"\n[wrk -t1 -c50 -d10s, {server_name}] {requests.group(1)} requests, {rate.group(1)} req/s")
 
 
 @pytest.mark.parametrize("scheme", ["h2c", "h2-tls"])
-def test_h2load(request: pytest.FixtureRequest, scheme: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_h2load(
+    request: pytest.FixtureRequest, server_name: str, scheme: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     """``h2load -c10 -m10 -n2000``: 2000 HTTP/2 requests, 10 connections of 10 streams each, over
     h2c (prior knowledge) and over TLS with ALPN h2: every one succeeds with a 2xx."""
     if scheme == "h2c":
@@ -336,7 +319,7 @@ def test_h2load(request: pytest.FixtureRequest, scheme: str, capsys: pytest.Capt
     assert tuple(map(int, codes.groups())) == (2000, 0, 0, 0), out
     finished = re.search(r"finished in (\S+), ([\d.]+) req/s", out)
     with capsys.disabled():
-        print(f"\n[h2load -c10 -m10 -n2000 {scheme}] {finished.group(0) if finished else out}")
+        print(f"\n[h2load -c10 -m10 -n2000 {scheme}, {server_name}] {finished.group(0) if finished else out}")
 
 
 # -- 4. WebSocket echo ----------------------------------------------------------------------------
@@ -392,7 +375,9 @@ print(json.dumps({
 
 
 @pytest.mark.parametrize("scheme", ["ws", "wss"])
-def test_websocket_echo(request: pytest.FixtureRequest, scheme: str, tmp_path: Path) -> None:
+def test_websocket_echo(
+    request: pytest.FixtureRequest, server_name: str, scheme: str, tmp_path: Path
+) -> None:
     """A wsproto client on a kernel socket opens ``/ws`` (plain, and over TLS), sends a 30 KB text
     message and a 256 KiB binary one and gets both back unchanged, then closes cleanly (1000)."""
     script = tmp_path / "ws_client.py"
@@ -425,13 +410,16 @@ def start_download(namespace: NetworkNamespace, url: str) -> tuple[subprocess.Po
     return client, first
 
 
-def test_sigterm_lets_a_running_request_finish(netns: NetworkNamespace) -> None:
+@pytest.mark.parametrize("server_kind", SERVERS)
+def test_sigterm_lets_a_running_request_finish(netns: NetworkNamespace, server_kind: str) -> None:
     """SIGTERM while a slow response (10 chunks, 0.2 s apart) is under way: the server says so,
     refuses new connections at once (curl: could not connect), lets the response finish whole
     (curl exit 0, the exact 200 000 bytes), then exits 0 without a traceback.  The graceful
     timeout is 10 minutes, longer than any wait here, so the exit can only come from the
     response's end, never from the timeout."""
-    server = Server.yastack(netns, "examples/hello.py:app", "--bind", "8000", "--graceful-timeout", "600")
+    server = Server.yastack(
+        netns, "examples/hello.py:app", "--server", server_kind, "--bind", "8000", "--graceful-timeout", "600"
+    )
     server.wait_for_line("# try:")
     client, first = start_download(netns, f"{HTTP_URL}/stream?bytes=200000&chunk=20000&interval=0.2")
 
@@ -449,11 +437,16 @@ def test_sigterm_lets_a_running_request_finish(netns: NetworkNamespace) -> None:
     assert "Traceback" not in server.output, server.output
 
 
-def test_graceful_timeout_cuts_off_a_request_that_runs_over(netns: NetworkNamespace) -> None:
+@pytest.mark.parametrize("server_kind", SERVERS)
+def test_graceful_timeout_cuts_off_a_request_that_runs_over(
+    netns: NetworkNamespace, server_kind: str
+) -> None:
     """With ``--graceful-timeout 1`` a response that would need ten more minutes (200 chunks, 3 s
     apart) is cut off: the server exits 0 without a traceback within a bounded wait the response
     itself could never meet, and curl got a true prefix of the pattern."""
-    server = Server.yastack(netns, "examples/hello.py:app", "--bind", "8000", "--graceful-timeout", "1")
+    server = Server.yastack(
+        netns, "examples/hello.py:app", "--server", server_kind, "--bind", "8000", "--graceful-timeout", "1"
+    )
     server.wait_for_line("# try:")
     client, first = start_download(netns, f"{HTTP_URL}/stream?bytes=200000&chunk=1000&interval=3")
 
@@ -470,11 +463,15 @@ def test_graceful_timeout_cuts_off_a_request_that_runs_over(netns: NetworkNamesp
     assert received == b"".join(hello.pattern(200_000))[: len(received)]
 
 
-def test_sigint_exits_cleanly(netns: NetworkNamespace) -> None:
+@pytest.mark.parametrize("server_kind", SERVERS)
+def test_sigint_exits_cleanly(netns: NetworkNamespace, server_kind: str) -> None:
     """The ``yastack`` console script (access log on stdout) serves a request, then on SIGINT
     (Ctrl-C) says so and exits 0 without a traceback or a KeyboardInterrupt."""
     server = Server.yastack(
-        netns, "examples/hello.py:app", "--bind", "8000", "--access-log", "-", console_script=True
+        netns,
+        "examples/hello.py:app",
+        *("--server", server_kind, "--bind", "8000", "--access-log", "-"),
+        console_script=True,
     )
     server.wait_for_line("# try:")
     body, version, status = curl_w(netns, f"{HTTP_URL}/")
@@ -485,6 +482,34 @@ def test_sigint_exits_cleanly(netns: NetworkNamespace) -> None:
     code = server.wait(timeout=10)
     assert code == 0, server.output
     assert "Traceback" not in server.output and "KeyboardInterrupt" not in server.output, server.output
+
+
+# -- 6b. --cores 2 ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("server_kind", SERVERS)
+def test_two_cores_serve_every_connection(netns: NetworkNamespace, server_kind: str) -> None:
+    """``yastack serve --cores 2``: once both workers say they are running, 40 separate curls
+    (new connections, spread over the cores by RSS) and one keep-alive curl of 20 requests all
+    get ``Hello, world!``; SIGTERM stops both workers, the launcher exits 0 and its ``# per
+    core:`` line shows both cores accepted connections, 41 in all."""
+    server = Server.yastack(
+        netns, "examples/hello.py:app", "--server", server_kind, "--bind", "8000", "--cores", "2"
+    )
+    server.wait_for_line("# try: curl")
+    server.wait_for_count(f"Running on {HTTP_URL}", 2)
+    loop = f"for i in $(seq 40); do curl -sS --max-time 10 {HTTP_URL}/ || exit 1; echo; done"
+    result = netns.run(["sh", "-c", loop], timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["Hello, world!"] * 40
+    keep_alive = curl(netns, *[f"{HTTP_URL}/"] * 20, timeout=30)
+    assert keep_alive.returncode == 0, keep_alive.stderr
+    assert keep_alive.stdout == "Hello, world!" * 20
+    server.signal(signal.SIGTERM)
+    assert server.wait(timeout=60) == 0, server.output
+    assert "Traceback" not in server.output, server.output
+    [line] = [line for line in server.output.splitlines() if line.startswith("# per core: ")]
+    per_core = json.loads(line.removeprefix("# per core: "))
+    accepted = [core["accepted"] for core in per_core]
+    assert sum(accepted) == 41 and all(count > 0 for count in accepted), per_core
 
 
 # -- 7. the in-process API ------------------------------------------------------------------------
@@ -514,17 +539,22 @@ class LifespanApp:
         await send({"type": "http.response.body", "body": b"Hello, world!"})
 
 
-async def test_serve_asgi_in_process(netns: NetworkNamespace) -> None:
-    """``serve_asgi(app, Config())`` in a nursery over a stack on a TAP: hypercorn's default bind
-    (127.0.0.1:8000) means the stack's own address, ``started`` gets the URL, lifespan startup
-    ran before it; kernel-side curl is served over HTTP/1.1 and h2c; the shutdown trigger stops it
-    (the nursery exits) after the lifespan shutdown."""
+@pytest.mark.parametrize("server_kind", SERVERS)
+async def test_serve_asgi_in_process(
+    netns: NetworkNamespace, server_kind: Literal["yastack", "hypercorn"]
+) -> None:
+    """``serve_asgi(app, Config(), server=NAME)`` in a nursery over a stack on a TAP, for each
+    server: hypercorn's default bind (127.0.0.1:8000) means the stack's own address, ``started``
+    gets the URL, lifespan startup ran before it; kernel-side curl is served over HTTP/1.1 and
+    h2c; the shutdown trigger stops it (the nursery exits) after the lifespan shutdown."""
     app = LifespanApp()
     stop = trio.Event()
     async with stack_on_tap(netns) as (_stack, _port):
         with trio.fail_after(60):
             async with trio.open_nursery() as nursery:
-                urls = await nursery.start(partial(serve_asgi, app, Config(), shutdown_trigger=stop.wait))
+                urls = await nursery.start(
+                    partial(serve_asgi, app, Config(), server=server_kind, shutdown_trigger=stop.wait)
+                )
                 assert urls == [HTTP_URL]
                 assert app.events == ["startup"]
                 for flag in ("--http1.1", "--http2-prior-knowledge"):
@@ -552,7 +582,8 @@ def test_hypercorn_pin_matches_pyproject(monkeypatch: pytest.MonkeyPatch) -> Non
     assert pinned[0].specifier == Requirement("hypercorn" + ",".join(SUPPORTED_HYPERCORN)).specifier
     assert Version(installed) in pinned[0].specifier
 
-    import trio_yastack.l7.asgi as asgi
+    # the module that defines it reads hypercorn's version through its own ``version``
+    asgi = importlib.import_module(check_hypercorn_version.__module__)
 
     for outside in ("0.16.0", "0.19.0", "1.0"):
         assert Version(outside) not in pinned[0].specifier
@@ -595,22 +626,28 @@ def run_bad(netns: NetworkNamespace, args: list[str]) -> subprocess.CompletedPro
     return netns.run([sys.executable, "-m", "trio_yastack", "serve", *args], cwd=ROOT, timeout=60)
 
 
+@pytest.mark.parametrize("server_kind", SERVERS)
 @pytest.mark.parametrize(("args", "message"), BAD.values(), ids=BAD.keys())
-def test_bad_invocation_is_a_clear_error(netns: NetworkNamespace, args: list[str], message: str) -> None:
+def test_bad_invocation_is_a_clear_error(
+    netns: NetworkNamespace, args: list[str], message: str, server_kind: str
+) -> None:
     """An app that cannot be found, ``--cores 0`` and half a TLS configuration exit 1 with one
     ``yastack serve: ...`` line naming the problem, no traceback, before any NIC is opened."""
-    result = run_bad(netns, args)
+    result = run_bad(netns, [*args, "--server", server_kind])
     assert result.returncode == 1, result
     assert result.stderr.startswith("yastack serve: ") and message in result.stderr, result.stderr
     assert "Traceback" not in result.stderr + result.stdout
     assert "yas0" not in netns.run(["ip", "-br", "link"], check=True).stdout
 
 
+@pytest.mark.parametrize("server_kind", SERVERS)
 @pytest.mark.parametrize(("args", "message"), BAD_LATE.values(), ids=BAD_LATE.keys())
-def test_bad_option_value_is_a_clear_error(netns: NetworkNamespace, args: list[str], message: str) -> None:
+def test_bad_option_value_is_a_clear_error(
+    netns: NetworkNamespace, args: list[str], message: str, server_kind: str
+) -> None:
     """A bind that is not IPV4:PORT, a certificate file that does not exist, a NIC spec without a
     name or an invalid address exit non-zero with a message naming the value, not a traceback."""
-    result = run_bad(netns, args)
+    result = run_bad(netns, [*args, "--server", server_kind])
     assert result.returncode == 1, result
     assert result.stderr.startswith("yastack serve: ") and message in result.stderr, result.stderr
     assert "Traceback" not in result.stderr + result.stdout, result.stderr

@@ -3,10 +3,11 @@ when a GET asks for ``Upgrade: websocket``.
 
 The interface (the shared design's, used by ``_http11``)::
 
-    await serve_websocket(stream, scope, app, headers, target, leftover, config, access_log)
+    await serve_websocket(stream, scope, app, headers, target, leftover, config, access_log, shutdown=None)
 
 ``scope`` is the HTTP scope of the upgrade request; ``headers`` and ``target`` the request as received
-(wsproto checks the handshake itself); ``leftover`` the bytes read after the request head.  It returns
+(wsproto checks the handshake itself); ``leftover`` the bytes read after the request head;
+``shutdown`` (optional, an addition to the design) the server's graceful-shutdown event.  It returns
 when the websocket is over; the caller then closes the stream.
 
 How it runs, and why:
@@ -86,10 +87,15 @@ async def serve_websocket(
     leftover: bytes,
     config: ServerConfig,
     access_log: AccessLogger | None,
+    shutdown: trio.Event | None = None,
 ) -> None:
     """Serve one upgrade request as an ASGI websocket; returns when it is over (the caller closes the
     stream).  A request wsproto finds no valid handshake gets wsproto's refusal (400, or 426 with the
-    supported version) without the app being called."""
+    supported version) without the app being called.
+
+    ``shutdown``, a server-wide event set on graceful shutdown, closes an open websocket with 1012
+    (service restart), as uvicorn does; the app sees ``websocket.disconnect`` with that code once the
+    client answers.  Without it a websocket lasts until the server's graceful timeout cancels it."""
     ws = WSConnection(ConnectionType.SERVER)
     try:
         ws.initiate_upgrade_connection(headers, target)
@@ -116,6 +122,8 @@ async def serve_websocket(
     conn = _WebSocket(stream, ws, config, leftover, access_log, ws_scope)
     async with trio.open_nursery() as nursery:
         conn.nursery = nursery
+        if shutdown is not None:
+            nursery.start_soon(conn.close_on, shutdown)
         try:
             await app(ws_scope, conn.receive, conn.send)
         except Exception as exc:
@@ -293,6 +301,13 @@ class _WebSocket:
             await self._reject(500)
         elif state is _OPEN or state is _REMOTE_CLOSING:
             await self._write(self._ws.send(CloseConnection(code=1000)))
+
+    async def close_on(self, shutdown: trio.Event) -> None:
+        """Graceful shutdown: an open websocket is closed with 1012 (one with a handshake not yet
+        answered is left to the app's decision; the server's graceful timeout bounds both)."""
+        await shutdown.wait()
+        if self._ws.state is _OPEN:
+            await self._write(self._ws.send(CloseConnection(code=1012, reason="server shutting down")))
 
     def app_gone(self) -> None:
         """After the app: the reader drops what it would have queued (waiting only for the close);
