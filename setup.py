@@ -27,6 +27,10 @@ class OptionalBuildExt(build_ext):
 
 
 setup(
-    cffi_modules=["native/build_native.py:stack_ffi", "native/build_native.py:dispatch_ffi"],
+    cffi_modules=[
+        "native/build_native.py:stack_ffi",
+        "native/build_native.py:dispatch_ffi",
+        "native/build_native.py:af_xdp_ffi",
+    ],
     cmdclass={"build_ext": OptionalBuildExt},
 )
