@@ -21,6 +21,9 @@
 #include "af_xdp.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <sched.h>
+#include <sys/stat.h>
 #include <linux/if_link.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -112,6 +115,7 @@ int yas_xsk_open(const char *ifname, uint32_t queue, uint32_t nframes, uint32_t 
     if (!x)
         return -ENOMEM;
     x->fd = -1;
+    x->netns_fd = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
     x->frame_size = frame_size;
     x->nframes = nframes;
     x->rx_frames = nframes / 2;
@@ -184,14 +188,44 @@ fail:
     return err < 0 ? err : -EIO;
 }
 
+/* Step the calling thread into the namespace x was opened in; returns the fd of the one to go
+ * back to, or -1 when already there (or when it cannot: then the teardown runs where we are). */
+static int enter_netns(const struct yas_xsk *x)
+{
+    struct stat here, there;
+    int home;
+    if (x->netns_fd < 0 || fstat(x->netns_fd, &there) < 0)
+        return -1;
+    home = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+    if (home < 0)
+        return -1;
+    if (fstat(home, &here) == 0 && here.st_ino == there.st_ino && here.st_dev == there.st_dev) {
+        close(home);
+        return -1;
+    }
+    if (setns(x->netns_fd, CLONE_NEWNET) < 0) {
+        close(home);
+        return -1;
+    }
+    return home;
+}
+
 void yas_xsk_close(struct yas_xsk *x)
 {
+    int home;
     if (!x)
         return;
+    home = enter_netns(x);
     if (x->xsk)
         xsk_socket__delete(x->xsk);
     if (x->umem)
         xsk_umem__delete(x->umem);
+    if (home >= 0) {
+        setns(home, CLONE_NEWNET);
+        close(home);
+    }
+    if (x->netns_fd >= 0)
+        close(x->netns_fd);
     if (x->umem_area)
         munmap(x->umem_area, x->umem_len);
     free(x->free_frames);
@@ -216,6 +250,8 @@ void yas_xsk_forget(struct yas_xsk *x)
     }
     if (x->fd >= 0)
         close(x->fd);
+    if (x->netns_fd >= 0)
+        close(x->netns_fd);
     if (x->umem_area)
         munmap(x->umem_area, x->umem_len);
     free(x->free_frames);

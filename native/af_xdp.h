@@ -36,6 +36,8 @@ struct yas_xsk {
     uint64_t rx_truncated; /* descriptors longer than a frame (never from a sane kernel) */
     struct xsk_umem *umem;
     struct xsk_socket *xsk;
+    int netns_fd; /* the network namespace it was opened in: libxdp's teardown speaks netlink by
+                     ifindex, which means another interface in another namespace */
 };
 
 int yas_xsk_open(const char *ifname, uint32_t queue, uint32_t nframes, uint32_t frame_size, int mode,

@@ -40,7 +40,9 @@ Requirements and limits:
   own side), so a kernel address there answers for, or conflicts with, the stack.  The port
   refuses an interface with an address unless ``allow_kernel_address=yes``.
 - Only the chosen queues bypass the kernel: a NIC spreads flows over all its queues with RSS, so
-  give the port all of them (``queues=``, or one per core), or steer the flows with ``ethtool -N``.
+  the port refuses to take fewer queues than the interface has: run a core per queue, give the
+  interface fewer queues (``ethtool -L``), or pass ``partial=yes`` and steer the flows to the
+  port's queues yourself (``ethtool -N``).
 - No offloads: the stack computes checksums itself (in C) and segments to the MTU.
 - Several cores: the parent opens one socket per queue and forks; the sockets, their rings and
   the UMEM (``MAP_SHARED``) survive the fork, and each worker keeps its own queue
@@ -61,6 +63,7 @@ import fcntl
 import os
 import socket
 import struct
+import time
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
@@ -118,6 +121,7 @@ class AfXdpOptions:
     transmit, and each ring holds half).  ``frame_size``: 2048 or 4096 bytes.  ``mode``: ``auto``,
     ``copy`` or ``zerocopy``.  ``mac``: the stack's MAC (default: the interface's).
     ``allow_kernel_address``: accept an interface that carries a kernel-side IPv4 address.
+    ``partial``: accept taking fewer queues than the interface has (the rest goes to the kernel).
     """
 
     iface: str
@@ -130,6 +134,7 @@ class AfXdpOptions:
     busy_poll: bool = False
     mac: str | None = None
     allow_kernel_address: bool = False
+    partial: bool = False
 
 
 def parse_af_xdp_spec(spec: str) -> AfXdpOptions:
@@ -266,6 +271,16 @@ class AfXdpPort(Port):
                     f"{iface} has {rx_queues} receive queue(s) (0..{rx_queues - 1}): queue {last} asked "
                     "for (ethtool -L adds channels; a veth gets them at creation: numrxqueues/numtxqueues)",
                 )
+            if rx_queues > options.queues and not options.partial:
+                raise AfXdpError(
+                    errno.EINVAL,
+                    f"{iface} has {rx_queues} receive queues and the port takes {options.queues} "
+                    f"(from {options.queue}): the flows the NIC hashes to the others would reach the "
+                    f"kernel, not the stack; run one core per queue (--cores {rx_queues}), or give the "
+                    f"interface fewer queues (ethtool -L {iface} combined {options.queues}, or rx/tx "
+                    f"{options.queues} on a veth), or pass partial=yes when you steer the flows yourself "
+                    "(ethtool -N)",
+                )
             mtu: int = struct.unpack_from(
                 "i", fcntl.ioctl(sock, _SIOCGIFMTU, struct.pack("16s16x", name)), 16
             )[0]
@@ -290,21 +305,24 @@ class AfXdpPort(Port):
             )
         return mtu
 
-    def _open_queue(self, device_queue: int) -> _Queue:
+    def _open_queue(self, device_queue: int, busy_for: float = 2.0) -> _Queue:
+        """The XDP socket of one device queue.  EBUSY is retried for ``busy_for`` seconds
+        (bounded): a queue's previous socket releases its UMEM in deferred kernel work after its
+        close (and RCU), so a port reopened at once finds the queue busy for a moment (0.2 s measured
+        on an idle machine here; longer under load).  A truly busy queue costs that wait."""
         ffi, lib = self._ffi, self._lib
         options = self.options
         out = ffi.new("struct yas_xsk **")
         why = ffi.new("char[]", 256)
-        code = lib.yas_xsk_open(
-            options.iface.encode(),
-            device_queue,
-            options.frames,
-            options.frame_size,
-            _MODES[options.mode],
-            out,
-            why,
-            256,
-        )
+        deadline = time.monotonic() + busy_for
+        while True:
+            code = lib.yas_xsk_open(
+                options.iface.encode(), device_queue, options.frames, options.frame_size,
+                _MODES[options.mode], out, why, 256,
+            )  # fmt: skip
+            if code != -errno.EBUSY or time.monotonic() >= deadline:
+                break
+            time.sleep(0.01)  # a kernel release we cannot wait on otherwise, bounded by busy_for
         if code < 0:
             raise _open_error(-code, ffi.string(why).decode(errors="replace"), options, device_queue)
         return _Queue(ffi, out[0], options.frame_size, max(options.max_burst, 64))
