@@ -205,6 +205,13 @@ def _check_serve_options(args: argparse.Namespace, config: Any) -> None:
             parse_tap_spec(args.nic)
         except ValueError as exc:
             fail(str(exc))
+    elif args.nic.startswith("af_packet:"):
+        from trio_yastack.nic.af_packet import parse_af_packet_spec
+
+        try:
+            parse_af_packet_spec(args.nic)
+        except ValueError as exc:
+            fail(str(exc))
     problem = check_observability_options(args)
     if problem:
         fail(problem)
