@@ -33,7 +33,6 @@ struct yas_xsk {
     uint64_t rx_wakeups;
     uint64_t tx_wakeups;
     uint64_t tx_too_long;
-    uint64_t rx_truncated; /* descriptors longer than a frame (never from a sane kernel) */
     struct xsk_umem *umem;
     struct xsk_socket *xsk;
     int netns_fd; /* the network namespace it was opened in: libxdp's teardown speaks netlink by

@@ -128,7 +128,7 @@ def _af_xdp_extension() -> FFI:
             struct xsk_ring_cons rx; struct xsk_ring_prod tx;
             char *umem_area; uint64_t umem_len; uint32_t frame_size; uint32_t nframes; uint32_t rx_frames;
             int fd; uint64_t *free_frames; uint32_t n_free; uint32_t attach; int zerocopy;
-            uint64_t rx_wakeups; uint64_t tx_wakeups; uint64_t tx_too_long; uint64_t rx_truncated;
+            uint64_t rx_wakeups; uint64_t tx_wakeups; uint64_t tx_too_long;
             ...;
         };
         #define YAS_XSK_MODE_AUTO 0

@@ -504,6 +504,28 @@ def test_two_cores_spread_flows_over_two_queues(veth2: Veth) -> None:
 
 
 # -- errors ----------------------------------------------------------------------------------------
+def test_a_missing_shim_names_the_packages(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Built without libxdp, the package imports and opening the port says what to install."""
+    monkeypatch.setattr(af_xdp, "_extension", None)
+    with pytest.raises(AfXdpError, match=re.escape("apt-get install libxdp-dev libbpf-dev")):
+        open_port("af_xdp:veth0")
+
+
+@requires_netns
+@requires_shim
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (",frames=1000", "bad frames=1000 or frame_size=4096"),
+        (",frame_size=8192", "bad frames=4096 or frame_size=8192"),
+        (",frame_size=1024", "MTU 1500 does not fit a 1024-byte UMEM frame"),
+    ],
+)
+def test_bad_umem_geometry_is_refused(veth: Veth, options: str, message: str) -> None:
+    with pytest.raises(AfXdpError, match=re.escape(message)):
+        open_xdp(veth, f"af_xdp:veth0{options}")
+
+
 @requires_netns
 @requires_shim
 def test_missing_interface_is_named(veth: Veth) -> None:
