@@ -19,6 +19,7 @@ import re
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -504,6 +505,18 @@ def test_two_cores_spread_flows_over_two_queues(veth2: Veth) -> None:
 
 
 # -- errors ----------------------------------------------------------------------------------------
+def test_yastack_serve_reports_a_bad_spec_in_one_line() -> None:
+    serve = [sys.executable, "-m", "trio_yastack", "serve", "examples/hello.py:app"]
+    done = subprocess.run(
+        [*serve, "--nic", "af_xdp:eth9,mode=fast"],
+        capture_output=True, text=True, timeout=60, cwd=Path(__file__).parents[1],
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert done.stderr.strip().splitlines() == [
+        "yastack serve: nic 'af_xdp:eth9,mode=fast': mode must be auto, copy or zerocopy, not 'fast'"
+    ], done.stderr
+
+
 def test_a_missing_shim_names_the_packages(monkeypatch: pytest.MonkeyPatch) -> None:
     """Built without libxdp, the package imports and opening the port says what to install."""
     monkeypatch.setattr(af_xdp, "_extension", None)
