@@ -39,6 +39,7 @@ from tap_helpers import (
     peer_result,
     requires_netns,
 )
+from tcp_helpers import build_tcp_frame
 
 from trio_yastack import Stack, open_port, open_stack
 from trio_yastack.nic import af_xdp
@@ -46,6 +47,9 @@ from trio_yastack.nic._af_xdp_ring import XDP_DESC, PyXsk, XskRing, xsk_reap, xs
 from trio_yastack.nic.af_xdp import AfXdpError, AfXdpOptions, AfXdpPort, parse_af_xdp_spec
 from trio_yastack.nic.kernel_peer import pattern_block
 from trio_yastack.nic.netns import NetworkNamespace
+from trio_yastack.stack import OffloadPacket
+from trio_yastack.stack._native import sum16
+from trio_yastack.stack.wire.tcp import TCP_ACK
 
 requires_shim = pytest.mark.skipif(
     not af_xdp.NATIVE, reason="the AF_XDP shim is not built (libxdp-dev missing)"
@@ -502,6 +506,63 @@ def test_two_cores_spread_flows_over_two_queues(veth2: Veth) -> None:
     per_core = json.loads(line.removeprefix("# per core: "))
     accepted = [core["accepted"] for core in per_core]
     assert sum(accepted) == 40 and all(count > 0 for count in accepted), per_core
+
+
+def _tcp_checksum_ok(frame: bytes) -> bool:
+    """Whether a TCP/IPv4 frame's TCP checksum is complete and right (pseudo-header included)."""
+    ihl = (frame[14] & 0x0F) * 4
+    total = int.from_bytes(frame[16:18], "big")
+    segment = frame[14 + ihl : 14 + total]
+    pseudo = frame[26:34] + bytes([0, 6]) + len(segment).to_bytes(2, "big")
+    return sum16(pseudo + segment, 0, len(pseudo) + len(segment), 0) == 0xFFFF
+
+
+def _partial(frame: bytes, gso_size: int = 0) -> OffloadPacket:
+    """``frame`` as the stack leaves a segment for a port that offloads: the TCP checksum field
+    holding the folded pseudo-header sum (CHECKSUM_PARTIAL)."""
+    packet = OffloadPacket(len(frame), gso_size)
+    packet[:] = frame
+    ihl = (frame[14] & 0x0F) * 4
+    tcp_length = int.from_bytes(frame[16:18], "big") - ihl
+    pseudo = frame[26:34] + bytes([0, 6]) + tcp_length.to_bytes(2, "big")
+    packet[14 + ihl + 16 : 14 + ihl + 18] = sum16(pseudo, 0, 12, 0).to_bytes(2, "big")
+    return packet
+
+
+@requires_netns
+@requires_shim
+def test_tx_burst_finishes_offload_packets_and_counts_what_it_cannot_send(veth: Veth) -> None:
+    """The port offers no offloads, yet an OffloadPacket handed to it goes out finished, as the
+    kernel would finish it: its checksum completed, or (with ``gso_size``) cut into segments with
+    theirs; a frame longer than the MTU and an OffloadPacket that is not TCP/IPv4 are counted
+    in ``oerrors`` and accepted.  The kernel's end sees exactly the four good TCP frames."""
+    with veth.kernel_ns.entered():
+        tap = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
+    with tap, open_xdp(veth) as port:
+        tap.bind(("veth1", 0))
+        tap.settimeout(5)
+        mac = port.capabilities.mac
+        one = build_tcp_frame(40001, 5001, 7, 1, TCP_ACK, payload=b"o" * 200, src_ip=STACK_ADDRESS,
+                              dst_ip=KERNEL_ADDRESS, src_mac=mac)  # fmt: skip
+        big = build_tcp_frame(40001, 5001, 1000, 1, TCP_ACK, payload=b"g" * 2500, src_ip=STACK_ADDRESS,
+                              dst_ip=KERNEL_ADDRESS, src_mac=mac)  # fmt: skip
+        arp = OffloadPacket(60)
+        arp[12:14] = b"\x08\x06"
+        too_long = bytes(port.capabilities.max_frame_len + 1)
+        frames = [_partial(one), arp, too_long, _partial(big, 1000)]
+        assert port.tx_burst(0, frames) == 4  # type: ignore[arg-type]  # OffloadPackets are bytearrays
+        stats = port.statistics()
+        assert (stats.opackets, stats.oerrors) == (4, 2)
+        seen = []
+        for _ in range(200):
+            frame = tap.recv(4096)
+            if len(frame) > 54 and frame[6:12] == bytes(mac) and frame[23] == 6:
+                seen.append(frame)
+                if len(seen) == 4:
+                    break
+        assert [len(frame) - 54 for frame in seen] == [200, 1000, 1000, 500]
+        assert all(_tcp_checksum_ok(frame) for frame in seen)
+        assert [int.from_bytes(frame[38:42], "big") for frame in seen] == [7, 1000, 2000, 3000]
 
 
 # -- errors ----------------------------------------------------------------------------------------

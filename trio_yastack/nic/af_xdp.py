@@ -71,6 +71,7 @@ from typing import Any
 
 import trio
 
+from trio_yastack.stack._native import tcp4_segment
 from trio_yastack.stack._offload import OffloadPacket
 from trio_yastack.stack.wire import MacAddress
 
@@ -366,7 +367,7 @@ class AfXdpPort(Port):
         if q is None or n == 0:
             return 0
         if OffloadPacket in map(type, frames):  # (never from a stack: the port offers no offloads)
-            frames = [complete_checksum(f) if f.__class__ is OffloadPacket else f for f in frames]  # type: ignore[comparison-overlap]  # an OffloadPacket is a bytearray, which Port.tx_burst's bytes annotation leaves out
+            return self._tx_offloaded(queue, frames)
         if n > q.room:
             q.grow(self._ffi, n, self.options.frame_size)
         lens = [len(frame) for frame in frames]
@@ -387,6 +388,37 @@ class AfXdpPort(Port):
             counters.obytes += sum(lens[:taken]) if taken < n else len(blob)
         counters.opackets += taken - bad
         return int(taken)
+
+    def _tx_offloaded(self, queue: int, frames: Sequence[bytes]) -> int:
+        """``tx_burst`` of frames among which some are :class:`OffloadPacket`, one at a time (a
+        rare path: the port offers no offloads, so a stack never makes them).  A TCP/IPv4 one is
+        finished here as the kernel would: checksum completed, or cut into ``gso_size`` segments
+        with theirs (``tcp4_segment``); any other is counted in ``oerrors`` and accepted."""
+        counters = self._queues_counters(queue)
+        taken = 0
+        for frame in frames:
+            ready: list[bytes] = [frame]
+            gso_size: int | None = getattr(frame, "gso_size", None)  # an OffloadPacket's alone
+            if gso_size is not None:
+                try:
+                    if gso_size:
+                        ready = tcp4_segment(frame, gso_size)
+                    elif _is_tcp4(frame):
+                        ready = [complete_checksum(frame)]
+                    else:
+                        raise ValueError("not a TCP/IPv4 frame")
+                except ValueError:
+                    counters.oerrors += 1
+                    taken += 1
+                    continue
+            if self.tx_burst(queue, ready) < len(ready):
+                break  # no room (a partly sent GSO segment is retransmitted by TCP anyway)
+            taken += 1
+        return taken
+
+    def _queues_counters(self, queue: int) -> PortCounters:
+        q = self._queues[queue]
+        return q.counters if q is not None else PortCounters()
 
     async def wait_rx(self, queue: int) -> None:
         q = self._queues[queue]
@@ -445,6 +477,10 @@ class AfXdpPort(Port):
                 self._lib.yas_xsk_close(q.x)
             else:
                 self._lib.yas_xsk_forget(q.x)
+
+
+def _is_tcp4(frame: bytes | bytearray) -> bool:
+    return len(frame) >= _ETHER_LEN + 40 and frame[12:14] == b"\x08\x00" and frame[_ETHER_LEN + 9] == 6
 
 
 def _interface_mac(iface: str) -> MacAddress:
