@@ -662,4 +662,4 @@ def test_no_privilege_says_which_capabilities(veth: Veth) -> None:
     assert done.returncode == 0, done.stderr
     code, _, message = done.stdout.strip().partition(" ")
     assert int(code) in (1, 13), done.stdout  # EPERM or EACCES
-    assert "CAP_NET_ADMIN and CAP_BPF" in message, message
+    assert "CAP_NET_RAW" in message and "CAP_NET_ADMIN and CAP_BPF" in message, message

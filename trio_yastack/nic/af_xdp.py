@@ -28,13 +28,17 @@ XDP, ``XDP_FLAGS_SKB_MODE`` and ``XDP_COPY``: works on every interface, veth inc
 (zero-copy, else driver XDP in copy mode, else generic XDP).  On veth, ``auto`` ends up in driver
 XDP with copy (veth has native XDP but no zero-copy); the kernel at the other end of the veth
 needs no XDP program of its own for this (checked on Linux 6.18: both ``copy`` and ``auto``
-receive with a bare peer; older kernels needed one on the peer for native XDP redirect).
+receive and send with no program on the peer).
 
 Requirements and limits:
 
-- CAP_NET_ADMIN and CAP_BPF (CAP_SYS_ADMIN before Linux 5.8) or root, libxdp and libbpf
-  (Debian: ``libxdp-dev libbpf-dev``, present when the extension was built, and ``libxdp1`` at
-  run time).
+- Root, or CAP_NET_RAW (the socket), CAP_NET_ADMIN and CAP_BPF (the XDP program; CAP_SYS_ADMIN
+  before Linux 5.8); libxdp and libbpf (Debian: ``libxdp-dev libbpf-dev`` to build the shim,
+  ``libxdp1`` at run time, which ships the default program).
+- On a veth, the kernel's end must have transmit checksum offload off (``ethtool -K PEER tx
+  off``): with it, the kernel leaves its TCP checksums partial (a veth peer would never check
+  them) and XDP hands the frames over as they are, so the stack drops them as bad.  Across a real
+  wire checksums are complete.
 - The interface must not carry an IPv4 address on the kernel side: the stack owns its address,
   and the kernel still sees every frame of the queues that are not redirected (and ARP from its
   own side), so a kernel address there answers for, or conflicts with, the stack.  The port
@@ -508,8 +512,9 @@ def _open_error(code: int, why: str, options: AfXdpOptions, queue: int) -> AfXdp
     iface = options.iface
     if code in (errno.EPERM, errno.EACCES):
         hint = (
-            "an XDP socket and its program need CAP_NET_ADMIN and CAP_BPF (CAP_SYS_ADMIN before "
-            "Linux 5.8): run as root or grant them (setcap cap_net_admin,cap_bpf+ep on the interpreter)"
+            "an XDP socket needs CAP_NET_RAW, its XDP program CAP_NET_ADMIN and CAP_BPF "
+            "(CAP_SYS_ADMIN before Linux 5.8): run as root or grant them (setcap "
+            "cap_net_raw,cap_net_admin,cap_bpf+ep on the interpreter)"
         )
     elif code == errno.EBUSY:
         hint = (
