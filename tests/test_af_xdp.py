@@ -632,6 +632,17 @@ def test_busy_queue_queue_out_of_range_and_queues_left_out(veth2: Veth) -> None:
 
 @requires_netns
 @requires_shim
+def test_zerocopy_where_the_driver_has_none_says_so(veth: Veth) -> None:
+    """A veth has native XDP but no zero-copy: ``mode=zerocopy`` is refused with the way out,
+    and ``auto`` falls back to copy on the same interface."""
+    with pytest.raises(AfXdpError, match="the driver of veth0 offers no zero-copy AF_XDP: use mode=auto"):
+        open_xdp(veth, "af_xdp:veth0,mode=zerocopy")
+    with open_xdp(veth, "af_xdp:veth0,mode=auto") as port:
+        assert (port.attach, port.zerocopy) == ("driver", False)
+
+
+@requires_netns
+@requires_shim
 def test_interface_with_a_kernel_address_is_refused(veth: Veth) -> None:
     veth.stack_ns.run(["ip", "addr", "add", "198.18.0.3/24", "dev", "veth0"], check=True)
     with pytest.raises(AfXdpError, match=re.escape("veth0 carries 198.18.0.3 on the kernel side")):
