@@ -52,7 +52,11 @@ Requirements and limits:
   the UMEM (``MAP_SHARED``) survive the fork, and each worker keeps its own queue
   (:meth:`AfXdpPort.keep_only_queue`).  Closing the port in a process that forked since (the
   launcher's parent) only drops that process's hold on the sockets (``yas_xsk_forget``), so the
-  workers keep receiving.
+  workers keep receiving.  Workers exit without libxdp's teardown, so after a multi-core run the
+  default program stays attached to the interface (``ip link`` shows ``xdp``); the next port
+  finds it and uses it (checked), and ``ip link set IFACE xdp off`` (``xdpgeneric off`` after
+  ``mode=copy``) removes it.  libxdp's teardown speaks netlink by ifindex, so it runs in the
+  network namespace the socket was opened in, whichever the closing thread is in.
 
 The Python twin of the ring arithmetic and of the three burst functions is
 :mod:`trio_yastack.nic._af_xdp_ring`; opening the socket has no twin (system calls only).
