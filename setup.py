@@ -31,6 +31,7 @@ setup(
         "native/build_native.py:stack_ffi",
         "native/build_native.py:dispatch_ffi",
         "native/build_native.py:af_packet_ffi",
+        "native/build_native.py:af_xdp_ffi",
     ],
     cmdclass={"build_ext": OptionalBuildExt},
 )

@@ -7,12 +7,17 @@ own C and importing the sans-IO stack loads nothing of the dispatcher's:
   ``gso.c``); Python twins in ``trio_yastack/stack/_native.py``;
 - ``trio_yastack.dispatch._native_cffi``: the Toeplitz hash of RSS and the shared-memory SPSC
   rings (``rss.c``, ``ring.c``); Python twins in ``trio_yastack/dispatch/_native_rss.py`` and
-  ``_native_ring.py``.
+  ``_native_ring.py``;
+- ``trio_yastack.nic._af_xdp_cffi``: the AF_XDP port's rings and UMEM (``af_xdp.c``), built only
+  where ``pkg-config`` finds ``libxdp`` and ``libbpf`` (Debian: ``libxdp-dev libbpf-dev``); twin of
+  its ring arithmetic in ``trio_yastack/nic/_af_xdp_ring.py``.
 
 Every function declared here has a pure-Python twin with the same name minus ``yas_``, and a
 ``_native_cffi.pyi`` stub beside its extension gives the type checker the same declarations.
 """
 
+import shlex
+import subprocess
 from pathlib import Path
 
 from cffi import FFI
@@ -95,6 +100,76 @@ af_packet_ffi = _extension(
     ["af_packet.c"],
 )
 
+
+def _pkg_config(*packages: str) -> list[str] | None:
+    """``pkg-config --cflags --libs`` of ``packages``, or None when any is missing."""
+    try:
+        found = subprocess.run(
+            ["pkg-config", "--cflags", "--libs", *packages], capture_output=True, text=True, check=True
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return shlex.split(found.stdout)
+
+
+def _af_xdp_extension() -> FFI:
+    """The AF_XDP shim, compiled against libxdp's static inline ring helpers (API mode).  Where
+    the libraries are missing it is a source that fails to compile with the reason, which
+    setup.py's OptionalBuildExt reports as a warning: the package installs without it."""
+    builder = FFI()
+    builder.cdef(
+        """
+        struct xsk_ring_prod { uint32_t cached_prod; uint32_t cached_cons; uint32_t mask; uint32_t size;
+                               uint32_t *producer; uint32_t *consumer; void *ring; uint32_t *flags; };
+        struct xsk_ring_cons { uint32_t cached_prod; uint32_t cached_cons; uint32_t mask; uint32_t size;
+                               uint32_t *producer; uint32_t *consumer; void *ring; uint32_t *flags; };
+        struct yas_xsk {
+            struct xsk_ring_prod fill; struct xsk_ring_cons comp;
+            struct xsk_ring_cons rx; struct xsk_ring_prod tx;
+            char *umem_area; uint64_t umem_len; uint32_t frame_size; uint32_t nframes; uint32_t rx_frames;
+            int fd; uint64_t *free_frames; uint32_t n_free; uint32_t attach; int zerocopy;
+            uint64_t rx_wakeups; uint64_t tx_wakeups; uint64_t tx_too_long;
+            ...;
+        };
+        #define YAS_XSK_MODE_AUTO 0
+        #define YAS_XSK_MODE_COPY 1
+        #define YAS_XSK_MODE_ZEROCOPY 2
+        #define YAS_XSK_ATTACH_SKB 1
+        #define YAS_XSK_ATTACH_DRV 2
+        #define YAS_XSK_BAD_ARGS -1
+        #define YAS_XSK_CORRUPT -2
+        int yas_xsk_open(const char *ifname, uint32_t queue, uint32_t nframes, uint32_t frame_size, int mode,
+                         struct yas_xsk **out, char *why, size_t whylen);
+        void yas_xsk_close(struct yas_xsk *x);
+        void yas_xsk_forget(struct yas_xsk *x);
+        int yas_xsk_rx_burst(struct yas_xsk *x, char *out, size_t outlen, uint32_t *lens, int max);
+        int yas_xsk_tx_burst(struct yas_xsk *x, const char *frames, size_t frameslen, const uint32_t *lens,
+                             int n, uint32_t max_len);
+        int yas_xsk_reap(struct yas_xsk *x);
+        int yas_xsk_kernel_stats(struct yas_xsk *x, uint64_t *out);
+        """
+    )
+    flags = _pkg_config("libxdp", "libbpf")
+    if flags is None:
+        builder.set_source(
+            "trio_yastack.nic._af_xdp_cffi",
+            '#error "libxdp or libbpf not found by pkg-config: apt-get install libxdp-dev libbpf-dev"',
+        )
+        return builder
+    builder.set_source(
+        "trio_yastack.nic._af_xdp_cffi",
+        '#include "af_xdp.h"\n',
+        sources=[_source("af_xdp.c")],
+        include_dirs=[str(HERE)] + [flag[2:] for flag in flags if flag.startswith("-I")],
+        libraries=[flag[2:] for flag in flags if flag.startswith("-l")],
+        library_dirs=[flag[2:] for flag in flags if flag.startswith("-L")],
+        extra_compile_args=["-O3", "-std=gnu11"],
+    )
+    return builder
+
+
+af_xdp_ffi = _af_xdp_extension()
+
 if __name__ == "__main__":
-    for builder in (stack_ffi, dispatch_ffi, af_packet_ffi):
+    for builder in (stack_ffi, dispatch_ffi, af_packet_ffi, af_xdp_ffi):
         builder.compile(verbose=True)

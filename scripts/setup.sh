@@ -24,6 +24,14 @@ while read -r program package when _; do
     present "$program" && continue
     [[ " ${need_apt[*]} " == *" $package "* ]] || need_apt+=("$package")
 done < <(sed 's/#.*//' scripts/programs.txt)
+# Libraries (packages, not programs) of the optional native ports, checked with dpkg-query:
+# af_xdp needs libxdp-dev and libbpf-dev (their ring helpers are static inline; libxdp1 brings the
+# default XDP program, /usr/lib/x86_64-linux-gnu/bpf/xsk_def_xdp_prog*.o) and pkg-config to find them.
+for package in libxdp-dev libbpf-dev pkg-config; do
+    command -v dpkg-query >/dev/null 2>&1 || break  # not Debian: the shim is skipped when they are missing
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" && continue
+    [[ " ${need_apt[*]} " == *" $package "* ]] || need_apt+=("$package")
+done
 # python3 -m venv needs the venv and ensurepip modules (a package, not a program)
 python3 -c "import venv, ensurepip" 2>/dev/null || need_apt+=(python3-venv)
 if ((${#need_apt[@]})); then

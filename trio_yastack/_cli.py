@@ -282,6 +282,13 @@ def _check_serve_options(args: argparse.Namespace, config: Any) -> None:
             parse_af_packet_spec(args.nic)
         except ValueError as exc:
             fail(str(exc))
+    elif args.nic.startswith("af_xdp:"):
+        from trio_yastack.nic.af_xdp import parse_af_xdp_spec
+
+        try:
+            parse_af_xdp_spec(args.nic)
+        except ValueError as exc:
+            fail(str(exc))
     problem = check_observability_options(args)
     if problem:
         fail(problem)

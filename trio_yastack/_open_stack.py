@@ -38,6 +38,7 @@ PORT_OPENERS: dict[str, str] = {
     "tap": "trio_yastack.nic.tap:open_tap_port",
     "pcap": "trio_yastack.nic._pcap:open_pcap_port",
     "af_packet": "trio_yastack.nic.af_packet:open_af_packet_port",
+    "af_xdp": "trio_yastack.nic.af_xdp:open_af_xdp_port",
 }
 
 
