@@ -3,8 +3,8 @@ of its own, and the load (wrk) run against them.
 
 - ``ours_stack``: ``yastack serve --server yastack`` on TAP ``yas0`` in a private namespace, the
   load on the kernel side of the TAP (the main job);
-- ``ours_kernel``: the same server on kernel sockets (``asgi_kernel_server.py``), in a namespace
-  joined by a veth pair to the load's (the server alone);
+- ``ours_kernel``: the same server on kernel sockets (``yastack serve --kernel``: no stack, no
+  NIC; one core), in a namespace joined by a veth pair to the load's (the server alone);
 - ``hypercorn_kernel``: ``hypercorn --worker-class trio`` on kernel sockets, same veth set-up;
 - ``uvicorn_kernel``: ``uvicorn --loop uvloop --http httptools`` on kernel sockets, same set-up
   (what Python users pick today);
@@ -31,7 +31,6 @@ from _common import parse_wrk, stop_process, tail, wait_until
 from trio_yastack.nic.netns import NetworkNamespace, veth_pair
 
 ROOT = Path(__file__).resolve().parent.parent
-HERE = Path(__file__).resolve().parent
 APP = str(ROOT / "examples" / "hello.py") + ":app"
 URL = "http://198.18.0.2:8000/"
 BODY = "Hello, world!"
@@ -51,8 +50,9 @@ def _yastack(server: str) -> Callable[[int, Path], list[str]]:
 
 
 def _ours_kernel(cores: int, tmp: Path) -> list[str]:
-    return [sys.executable, str(HERE / "asgi_kernel_server.py"), APP, "--bind", "198.18.0.2:8000",
-            "--cores", str(cores)]  # fmt: skip
+    if cores != 1:
+        raise BenchFailure("ours_kernel: `yastack serve --kernel` serves on one core")
+    return [sys.executable, "-m", "trio_yastack", "serve", APP, "--kernel", "--bind", "198.18.0.2:8000"]
 
 
 def _hypercorn(cores: int, tmp: Path) -> list[str]:

@@ -3,24 +3,29 @@
 For each side (``_asgi_sides.py``; by default ours over the stack and ours on kernel sockets), the
 server is started, warmed with one second of load, and sampled by ``py-spy record --native``
 (Python and C frames: httptools' llhttp, our cffi code, libc's system calls) while ``wrk -t1 -c50``
-keeps it busy (keep-alive, ``examples/hello.py``'s ``GET /``).  Each sample is charged to one
+keeps it busy (``examples/hello.py``'s ``GET /``).  Each sample is charged to one
 part by its innermost frame that belongs to a known part:
 
-- ``kernel (system calls)``: a libc system call (send/recv on kernel sockets, read/write on the TAP);
+- ``kernel (system calls)``: a libc system call (send/recv on kernel sockets, read/write on the
+  TAP), charged first whatever called it;
+- ``garbage collector``: CPython's cyclic collector, whoever allocated;
 - ``parser (httptools/llhttp)``: httptools' C code;
-- ``our server (l7/asgi)``: ``trio_yastack/l7/asgi/``;
+- ``our server (l7/asgi)``: ``trio_yastack/l7/asgi/`` (and the CLI's request counter, ``_cli.py``);
 - ``app``: ``examples/hello.py``;
-- ``stack (nic, stack, socket_api, dispatch)``: the rest of ``trio_yastack`` below l7, and its C;
-- ``trio``: trio's own Python code (its scheduler, its socket wrappers);
+- ``stack (nic, stack, socket_api, dispatch)``: the rest of ``trio_yastack``, and its C;
+- ``trio (socket wrappers)``: ``trio/_socket.py`` and ``trio/_highlevel_socket.py``;
+- ``trio (scheduler, cancel scopes, checkpoints)``: the rest of trio (and ``outcome``);
 - ``other servers' code`` (hypercorn, h11, uvicorn, uvloop), ``other`` (the interpreter's C,
-  the standard library);
+  the standard library, ``contextlib``);
 
 samples in ``epoll_wait``/``poll`` (nothing to do) are counted apart as ``idle`` and left out of
 the percentages.  Reported per side: the parts as percentages of the busy samples, with the
 server's CPU time per request measured over the same run to turn them into microseconds, and
-the hottest lines of our server code (self time, file:line).  py-spy stops the process at
-every sample (100 per second), which costs a few percent of the rate: these runs are for
-proportions, not rates.
+the hottest lines of our server code: by self time (samples charged to our code, by our innermost
+line) and inclusive (every sample, by our innermost line: what that line led to below it).
+Keep-alive and ``Connection: close`` are profiled apart.  py-spy stops the process at every
+sample (100 per second), which costs a few percent of the rate: these runs are for proportions,
+not rates.
 
     python benchmarks/bench_asgi_profile.py [--seconds S] [--quick] [--sides a,b] [--keep DIR]
 """
@@ -51,13 +56,15 @@ RATE = 100  # samples per second
 IDLE = frozenset({"epoll_wait", "epoll_pwait", "epoll_pwait2", "poll", "ppoll", "select", "pselect6"})
 #: (part, how to recognise one of its frames: a regex on "function (file:line)")
 PARTS: list[tuple[str, re.Pattern[str]]] = [
+    ("garbage collector", re.compile(r"^(gc_collect|collect_with_callback|collect_generations)\w* ")),
     ("parser (httptools/llhttp)",
      re.compile(r"\((httptools/[^)]*|parser\.c:\d+|llhttp\.c:\d+|api\.c:\d+|http\.c:\d+)\)$")),
-    ("our server (l7/asgi)", re.compile(r"[(/]trio_yastack/l7/asgi/[^)]*\)$")),
+    (OUR_PART := "our server (l7/asgi)", re.compile(r"[(/]trio_yastack/(l7/asgi/|_cli\.py)[^)]*\)$")),
     ("app", re.compile(r"\(hello\.py:\d+\)$")),
     ("stack (nic, stack, socket_api, dispatch)",
-     re.compile(r"[(/](trio_yastack/(?!l7/)[^)]*|_native\.c:\d+|[^)]*_cffi[^)]*|native/[^)]*)\)$")),
-    ("trio", re.compile(r"[(/]trio/[^)]*\)$")),
+     re.compile(r"[(/](trio_yastack/(?!l7/|_cli\.py)[^)]*|_native\.c:\d+|[^)]*_cffi[^)]*|native/[^)]*)\)$")),
+    ("trio (socket wrappers)", re.compile(r"[(/]trio/(_socket|_highlevel_socket)\.py:\d+\)$")),
+    ("trio (scheduler, cancel scopes, checkpoints)", re.compile(r"[(/](trio|outcome)/[^)]*\)$")),
     ("other servers' code", re.compile(r"\((hypercorn|h11|h2|wsproto|uvicorn|uvloop)/[^)]*|loop\.c:\d+\)$")),
 ]  # fmt: skip
 OTHER = "other (interpreter, standard library)"
@@ -91,8 +98,10 @@ def charge(frames: list[str]) -> str | None:
 def analyse(raw: str) -> dict[str, Any]:
     """py-spy's raw (collapsed) output as parts, percentages and our hottest lines."""
     parts: Counter[str] = Counter()
-    ours_self: Counter[str] = Counter()  # our innermost line in a sample (self time, incl. C it calls)
+    ours_self: Counter[str] = Counter()  # samples charged to our code, by our innermost line
+    ours_lines: Counter[str] = Counter()  # any sample, by our innermost line (what it led to below)
     ours_total: Counter[str] = Counter()  # our functions anywhere in a sample (inclusive)
+    ours_functions: Counter[str] = Counter()  # samples charged to our code, by our innermost function
     idle = busy = 0
     for line in raw.splitlines():
         stack, _, count_text = line.rpartition(" ")
@@ -108,7 +117,11 @@ def analyse(raw: str) -> dict[str, Any]:
         parts[part] += count
         ours = [match for frame in frames if (match := OUR_CODE.match(frame))]
         if ours:
-            ours_self[ours[-1]["where"] + f" ({ours[-1]['function']})"] += count
+            line = ours[-1]["where"] + f" ({ours[-1]['function']})"
+            ours_lines[line] += count
+            if part == OUR_PART:
+                ours_self[line] += count
+                ours_functions[f"{ours[-1]['function']} ({ours[-1]['where'].split(':')[0]})"] += count
             for name in {f"{m['function']} ({m['where'].split(':')[0]})" for m in ours}:
                 ours_total[name] += count
     share = {part: count / busy for part, count in parts.most_common()} if busy else {}
@@ -119,15 +132,21 @@ def analyse(raw: str) -> dict[str, Any]:
         "our_hottest_lines": [
             {"where": where, "share": count / busy} for where, count in ours_self.most_common(10)
         ],
+        "our_lines_inclusive": [
+            {"where": where, "share": count / busy} for where, count in ours_lines.most_common(10)
+        ],
+        "our_functions_self": [
+            {"function": name, "share": count / busy} for name, count in ours_functions.most_common(10)
+        ],
         "our_functions_inclusive": [
             {"function": name, "share": count / busy} for name, count in ours_total.most_common(10)
         ],
     }
 
 
-def profile(server: Running, seconds: int, tmp: Path) -> dict[str, Any]:
+def profile(server: Running, seconds: int, tmp: Path, close: bool) -> dict[str, Any]:
     """py-spy on the server (and its children) for ``seconds`` while wrk runs a second longer."""
-    output = tmp / f"{server.side.name}.raw"
+    output = tmp / f"{server.side.name}_{'close' if close else 'keepalive'}.raw"
     py_spy = shutil.which("py-spy", path=VENV_BIN) or "py-spy"
     server.wrk(1)  # warm, not sampled
     load = load_average()
@@ -138,7 +157,7 @@ def profile(server: Running, seconds: int, tmp: Path) -> dict[str, Any]:
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:
-        load_run = server.wrk(seconds + 1)
+        load_run = server.wrk(seconds + 1, close=close)
         said, _ = spy.communicate(timeout=seconds + 60)
     finally:
         if spy.poll() is None:
@@ -148,6 +167,7 @@ def profile(server: Running, seconds: int, tmp: Path) -> dict[str, Any]:
         raise BenchFailure(f"{server.side.name}: py-spy failed ({spy.returncode}): {said[-1000:]}")
     used = cpu_seconds(server.process.pid) - before
     result = analyse(output.read_text())
+    result["raw"] = output.name
     result["requests_per_s_while_sampled"] = load_run["requests_per_s"]
     result["cpu_us_per_request"] = used / max(load_run["requests"], 1) * 1e6
     result["load_average"] = load
@@ -161,7 +181,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--seconds", type=int, default=20)
+    parser.add_argument("--modes", default="keepalive,close", help="keepalive, close or both")
     parser.add_argument("--quick", action="store_true", help="2-second samples (CI smoke)")
     parser.add_argument("--sides", default=",".join(DEFAULT_SIDES), help=f"of {', '.join(SIDES)}")
     parser.add_argument("--keep", type=Path, default=None, help="copy py-spy's raw output into DIR")
@@ -178,10 +199,12 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="bench_asgi_profile.") as tmp:
             try:
                 with running(SIDES[name], 1, Path(tmp), cpus) as server:
-                    cases[name] = profile(server, seconds, Path(tmp))
+                    for mode in args.modes.split(","):
+                        cases[f"{name}_{mode}"] = profile(server, seconds, Path(tmp), close=mode == "close")
                 if args.keep:
                     args.keep.mkdir(parents=True, exist_ok=True)
-                    shutil.copy(Path(tmp) / f"{name}.raw", args.keep / f"{name}.raw")
+                    for raw in Path(tmp).glob("*.raw"):
+                        shutil.copy(raw, args.keep / raw.name)
             except BenchFailure as exc:
                 failures.append(str(exc))
                 print(f"# FAILED: {exc}", file=sys.stderr, flush=True)
@@ -189,8 +212,8 @@ def main() -> None:
         "benchmark": "asgi_profile",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(),
-        "load": f"wrk -t1 -c50 keep-alive GET /, py-spy record --native --rate {RATE} for {seconds} s",
-        "sides": {name: SIDES[name].label for name in cases},
+        "load": f"wrk -t1 -c50 GET /, py-spy record --native --rate {RATE} for {seconds} s",
+        "sides": {name: SIDES[name].label for name in args.sides.split(",")},
         "cases": cases,
         "failures": failures,
     }
@@ -201,7 +224,9 @@ def main() -> None:
         for part, share in case["parts"].items():
             print(f"  {part:42} {share:6.1%} {case['us_per_request'][part]:7.1f} us")
         for hot in case["our_hottest_lines"][:5]:
-            print(f"  hot: {hot['share']:6.1%} {hot['where']}")
+            print(f"  hot (self): {hot['share']:6.1%} {hot['where']}")
+        for hot in case["our_lines_inclusive"][:5]:
+            print(f"  hot (inclusive): {hot['share']:6.1%} {hot['where']}")
     if not args.quick and not failures:
         RESULTS.mkdir(exist_ok=True)
         (RESULTS / "asgi_profile.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -383,8 +383,10 @@ def profile_section(results: dict[str, dict[str, Any]]) -> list[str]:
         "",
     ]
     for name, case in profile["cases"].items():
+        side, _, mode = name.rpartition("_")
+        label = f"{ASGI_LABELS.get(side, side)}, {'Connection: close' if mode == 'close' else 'keep-alive'}"
         lines += [
-            f"{ASGI_LABELS.get(name, name)}: {case['cpu_us_per_request']:.1f} CPU us per request at "
+            f"{label}: {case['cpu_us_per_request']:.1f} CPU us per request at "
             f"{case['requests_per_s_while_sampled']:.0f} req/s, {case['samples_busy']} samples, "
             f"load average {case['load_average']:.2f}",
             "",
@@ -393,9 +395,12 @@ def profile_section(results: dict[str, dict[str, Any]]) -> list[str]:
         ]
         for part, share in case["parts"].items():
             lines.append(f"| {part} | {share:.1%} | {case['us_per_request'][part]:.1f} |")
-        lines += ["", "| our hottest lines (self time, with the C they call) | share |", "| --- | --- |"]
-        for hot in case["our_hottest_lines"][:5]:
-            lines.append(f"| `{hot['where']}` | {hot['share']:.1%} |")
+        lines += ["", "| our hottest lines: self time | share | inclusive (what the line led to) | share |"]
+        lines.append("| --- | --- | --- | --- |")
+        for own, below in zip(case["our_hottest_lines"][:5], case["our_lines_inclusive"][:5], strict=False):
+            lines.append(
+                f"| `{own['where']}` | {own['share']:.1%} | `{below['where']}` | {below['share']:.1%} |"
+            )
         lines.append("")
     return lines[:-1]
 
