@@ -76,25 +76,20 @@ def _load_app(spec: str) -> Any:
 
 def _serve(args: argparse.Namespace) -> int:
     from trio_yastack.l7 import serve_asgi
-    from trio_yastack.l7.asgi import Config
 
     if args.cores < 1:
         raise SystemExit("yastack serve: --cores must be at least 1")
-    app = _load_app(args.app)
-    config = Config()
-    config.bind = args.bind or ["0.0.0.0:8000"]
-    config.insecure_bind = args.insecure_bind or []
-    config.certfile = args.certfile
-    config.keyfile = args.keyfile
-    config.accesslog = args.access_log
-    config.errorlog = "-"
-    config.loglevel = args.log_level.upper()
-    config.keep_alive_timeout = args.keep_alive
-    config.graceful_timeout = args.graceful_timeout
-    config.backlog = args.backlog
     if bool(args.certfile) != bool(args.keyfile):
         raise SystemExit("yastack serve: --certfile and --keyfile go together")
+    app = _load_app(args.app)
+    if args.server == "yastack" and _counted(app)[0] is None:
+        raise SystemExit(
+            f"yastack serve: {args.app} is not an ASGI app (a WSGI app needs --server hypercorn)"
+        )
+    config = _serve_config(args)
     _check_serve_options(args, config)
+    if args.kernel:
+        return _serve_kernel(args, app, config)
     worker_mode = args.cores > 1
     counts, app = _counted(app)
 
@@ -159,6 +154,73 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve_config(args: argparse.Namespace) -> Any:
+    """The server's configuration from the options: a ``ServerConfig`` for ours, a hypercorn
+    ``Config`` for ``--server hypercorn`` (both checked by :func:`_check_serve_options`)."""
+    import logging
+
+    from trio_yastack.l7.asgi import Config, ServerConfig
+
+    if args.server == "hypercorn":
+        config = Config()
+        config.bind = args.bind or ["0.0.0.0:8000"]
+        config.insecure_bind = args.insecure_bind or []
+        config.certfile = args.certfile
+        config.keyfile = args.keyfile
+        config.accesslog = args.access_log
+        config.errorlog = "-"
+        config.loglevel = args.log_level.upper()
+        config.keep_alive_timeout = args.keep_alive
+        config.graceful_timeout = args.graceful_timeout
+        config.backlog = args.backlog
+        return config
+    logging.basicConfig(
+        level=args.log_level.upper(), format="[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s"
+    )
+    try:
+        return ServerConfig(
+            bind=tuple(args.bind or ["0.0.0.0:8000"]),
+            insecure_bind=tuple(args.insecure_bind or []),
+            certfile=args.certfile,
+            keyfile=args.keyfile,
+            access_log=args.access_log,
+            keep_alive_timeout=args.keep_alive,
+            graceful_timeout=args.graceful_timeout,
+            backlog=args.backlog,
+            max_request_body=args.max_request_body,
+        )
+    except ValueError as exc:
+        raise SystemExit(f"yastack serve: {exc}") from None
+
+
+def _serve_kernel(args: argparse.Namespace, app: Any, config: Any) -> int:
+    """``--kernel``: our server on kernel sockets, no stack, no NIC (the server measured alone)."""
+    from trio_yastack.l7 import serve_asgi
+
+    async def main() -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+
+            async def shutdown_trigger() -> None:
+                async for signum in signals:
+                    print(f"# {signal.Signals(signum).name}: shutting down gracefully", flush=True)
+                    return
+
+            async with trio.open_nursery() as nursery:
+                urls = await nursery.start(
+                    partial(serve_asgi, app, config, kernel=True, shutdown_trigger=shutdown_trigger)
+                )
+                print(f"# serving {args.app} on kernel sockets (no stack)")
+                for url in urls:
+                    flag = " -k" if url.startswith("https") else ""
+                    print(f"# try: curl{flag} {url}/json", flush=True)
+
+    try:
+        trio.run(main)
+    except OSError as exc:
+        raise SystemExit(f"yastack serve: {exc.strerror or exc}") from None
+    return 0
+
+
 def _counted(app: Any) -> tuple[dict[str, int] | None, Any]:
     """An ASGI app that counts what it serves (``yastack stat`` shows the counts per core, so a
     client can check them against what it sent); a WSGI app is served as it is, uncounted."""
@@ -189,6 +251,12 @@ def _check_serve_options(args: argparse.Namespace, config: Any) -> None:
     def fail(message: str) -> None:
         raise SystemExit(f"yastack serve: {message}")
 
+    if args.kernel and args.server == "hypercorn":
+        fail("--kernel serves with our server only (hypercorn on kernel sockets is plain `hypercorn`)")
+    if args.kernel and args.cores > 1:
+        fail("--kernel serves on one core (run one process per core behind SO_REUSEPORT yourself)")
+    if args.max_request_body is not None and args.max_request_body < 0:
+        fail("--max-request-body must not be negative")
     for bind in [*config.bind, *config.insecure_bind]:
         try:
             parse_bind(bind)
@@ -214,8 +282,15 @@ def _check_serve_options(args: argparse.Namespace, config: Any) -> None:
         if path and not Path(path).is_file():
             fail(f"{option} {path}: no such file")
     if args.certfile:
+        import ssl
+
         try:
-            config.create_ssl_context()
+            if args.server == "hypercorn":
+                config.create_ssl_context()
+            else:
+                ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+                    args.certfile, args.keyfile
+                )
         except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
             fail(f"--certfile {args.certfile} / --keyfile {args.keyfile}: {exc}")
 
@@ -264,10 +339,30 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(handler=_demo)
     serve = commands.add_parser(
         "serve",
-        help="serve an ASGI app with hypercorn over the user-space stack",
-        description="Serve an ASGI (or WSGI) app with hypercorn's trio worker over the user-space stack.",
+        help="serve an ASGI app over the user-space stack (our lean server, or hypercorn)",
+        description="Serve an ASGI app over the user-space stack with trio_yastack's lean server "
+        "(HTTP/1.1, WebSocket, HTTP/2 via hypercorn's protocol), or with hypercorn's trio worker "
+        "(--server hypercorn, which also serves WSGI apps).",
     )
     serve.add_argument("app", help="MODULE:APP or path/to/file.py:APP (APP defaults to app)")
+    serve.add_argument(
+        "--server",
+        choices=["yastack", "hypercorn"],
+        default="yastack",
+        help="our lean server (default) or hypercorn's trio worker",
+    )
+    serve.add_argument(
+        "--kernel",
+        action="store_true",
+        help="serve on kernel sockets, no stack and no NIC (our server alone, for comparisons)",
+    )
+    serve.add_argument(
+        "--max-request-body",
+        type=int,
+        default=100 * 1024 * 1024,
+        metavar="BYTES",
+        help="larger request bodies get 413 (default 100 MiB; our server only)",
+    )
     serve.add_argument("--nic", default="tap:yas0", help="the NIC port spec (default tap:yas0)")
     serve.add_argument("--ip", default="198.18.0.2/24", help="the stack's address/prefix")
     serve.add_argument("--gateway", default=None, help="the default gateway's address")

@@ -1,7 +1,8 @@
-"""L7 over trio streams: ASGI apps served by hypercorn, and an Envoy-style proxy.
+"""L7 over trio streams: ASGI apps served by our lean server (or hypercorn), and an Envoy-style proxy.
 
-- :func:`serve_asgi` (:mod:`.asgi`, ``yastack serve``): hypercorn's own trio machinery (HTTP/1.1,
-  HTTP/2, WebSockets) with its listeners on the stack.
+- :func:`serve_asgi` (:mod:`.asgi`, ``yastack serve``): our trio-native ASGI server (HTTP/1.1 with
+  httptools, WebSocket with wsproto, HTTP/2 through hypercorn's protocol) with its listeners on
+  the stack or on kernel sockets; ``server="hypercorn"`` runs hypercorn's trio worker instead.
 - The proxy (:mod:`.proxy`, ``yastack proxy -c CONFIG``) runs a subset of Envoy's v3 static
   bootstrap (:mod:`.config`, checked by ``yastack check-config``): listeners and filter chains, with
   TLS termination and the ``tls_inspector`` (:mod:`trio_yastack.tls`); the HTTP connection manager

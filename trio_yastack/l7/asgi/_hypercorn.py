@@ -1,4 +1,5 @@
-"""Serve ASGI (and WSGI) apps with hypercorn's own trio machinery over the user-space stack.
+"""Serve ASGI (and WSGI) apps with hypercorn's own trio machinery over the user-space stack
+(``serve_asgi(..., server="hypercorn")``, ``yastack serve --server hypercorn``).
 
 hypercorn's trio worker (``hypercorn.trio.run.worker_serve``) makes kernel sockets from its
 ``bind`` settings and wraps them with ``trio.socket.from_stdlib_socket``, which only takes
@@ -32,7 +33,7 @@ from hypercorn.utils import wrap_app
 
 from trio_yastack._open_stack import Stack, current_stack
 
-__all__ = ["SUPPORTED_HYPERCORN", "Config", "check_hypercorn_version", "parse_bind", "serve_asgi"]
+__all__ = ["SUPPORTED_HYPERCORN", "Config", "check_hypercorn_version", "parse_bind", "serve_asgi_hypercorn"]
 
 #: the hypercorn releases whose trio internals this module drives (also pinned in pyproject.toml)
 SUPPORTED_HYPERCORN = (">=0.17", "<0.19")
@@ -99,7 +100,7 @@ def _display(bind: str, stack: Stack, scheme: str) -> str:
     return f"{scheme}://{stack.address if host == '0.0.0.0' else host}:{port}"
 
 
-async def serve_asgi(
+async def serve_asgi_hypercorn(
     app: Any,
     config: Config,
     *,

@@ -1,0 +1,706 @@
+"""HTTP/1.1 for one ``trio.abc.Stream``, parsed by httptools (llhttp), the app run inline.
+
+The speed lives here (the budget is ~20 µs of CPU per keep-alive request), so the shape is:
+
+- one trio task per connection, and the app runs in it: ``await app(scope, receive, send)``; no
+  task, nursery or cancel scope per request.  One cancel scope per connection carries the
+  keep-alive and head timeouts by moving its deadline (``inf`` while the app runs).
+- one reader at a time: the connection task between requests, the app's ``receive()`` while the
+  app runs (it reads the stream itself when the parser has nothing queued).  Requests parsed
+  ahead (pipelining) wait in a queue bounded by ``max_pipelined``; at the bound nobody reads.
+- the response head is held until the first body message, and when that message is the last one
+  head and body go out in one ``send_all`` (one segment for a small response).
+
+Errors are answered as uvicorn and hypercorn answer them (400, 408, 413, 431, 500, 501) and end
+with a lingering close, so the answer is not lost to a reset.  Nothing a client sends raises out
+of :meth:`HttpConnection.run` except cancellation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import logging
+import time
+from collections import deque
+from email.utils import formatdate
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import unquote
+
+import httptools
+import trio
+
+from trio_yastack._trio_helpers import lingering_close
+from trio_yastack.tls.client_hello import PrefixedStream
+
+from ._access_log import AccessLogger
+from ._config import ServerConfig
+from ._lifespan import ASGIApp
+
+__all__ = ["HttpConnection"]
+
+logger = logging.getLogger("trio_yastack.asgi")
+
+_STATUS_LINES: dict[int, bytes] = {
+    status.value: b"HTTP/1.1 %d %s\r\n" % (status.value, status.phrase.encode()) for status in HTTPStatus
+}
+_ASGI = {"version": "3.0", "spec_version": "2.4"}
+_DISCONNECT = {"type": "http.disconnect"}
+_SPECIAL = frozenset([b"content-length", b"transfer-encoding", b"expect", b"upgrade", b"connection"])
+_NO_BODY_STATUS = frozenset([204, 304])
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n"
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+#: how long an error reply may take to drain (the lingering close) before the socket is closed
+LINGER_SECONDS = 2.0
+LINGER_BYTES = 256 * 1024
+
+
+class _HttpError(Exception):
+    """The client's request cannot be served: answer ``status`` and close."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+
+
+class _DateLine:
+    """``date: ...\\r\\n`` recomputed at most once a second."""
+
+    __slots__ = ("line", "second")
+
+    def __init__(self) -> None:
+        self.second = -1
+        self.line = b""
+
+    def get(self) -> bytes:
+        now = time.time()
+        second = int(now)
+        if second != self.second:
+            self.second = second
+            self.line = b"date: " + formatdate(now, usegmt=True).encode() + b"\r\n"
+        return self.line
+
+
+_DATE = _DateLine()
+
+
+class _Request:
+    """One parsed request head and the body bytes the parser has delivered for it."""
+
+    __slots__ = (
+        "body",
+        "body_complete",
+        "body_size",
+        "expect_continue",
+        "final_sent",
+        "keep_alive",
+        "scope",
+        "upgrade",
+    )
+
+    def __init__(self, scope: dict[str, Any], keep_alive: bool, expect_continue: bool, upgrade: bool) -> None:
+        self.scope = scope
+        self.keep_alive = keep_alive
+        self.expect_continue = expect_continue
+        self.upgrade = upgrade
+        self.body: list[bytes] = []
+        self.body_complete = False
+        self.body_size = 0
+        self.final_sent = False
+
+
+def _status_line(status: int) -> bytes:
+    line = _STATUS_LINES.get(status)
+    if line is None:
+        if not isinstance(status, int) or not 100 <= status <= 999:
+            raise RuntimeError(f"ASGI response status {status!r} is not a three-digit integer")
+        line = b"HTTP/1.1 %d \r\n" % status
+    return line
+
+
+def _error_reply(status: int) -> bytes:
+    phrase = HTTPStatus(status).phrase.encode()
+    return (
+        _STATUS_LINES[status]
+        + b"content-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\nconnection: close\r\n"
+        % len(phrase)
+        + _DATE.get()
+        + b"\r\n"
+        + phrase
+    )
+
+
+class HttpConnection:
+    """HTTP/1.1 on ``stream`` for ``app`` until the client leaves, a timeout, an error or shutdown.
+
+    ``server``/``client`` are the scope's addresses, ``scheme`` ``"http"`` or ``"https"``,
+    ``state`` the lifespan state (copied per request).  :meth:`run` serves; :meth:`shutdown`
+    asks it to stop after the response in progress (an idle connection stops at once).
+    """
+
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        app: ASGIApp,
+        config: ServerConfig,
+        *,
+        scheme: str = "http",
+        server: tuple[str, int] | None = None,
+        client: tuple[str, int] | None = None,
+        state: dict[str, Any] | None = None,
+        access_log: AccessLogger | None = None,
+    ) -> None:
+        self.stream = stream
+        self.app = app
+        self.config = config
+        self.scheme = scheme
+        self.server = server
+        self.client = client
+        self.state = state
+        self.access_log = access_log
+        self._receive_size = config.receive_size
+        self._max_body = config.max_request_body
+        self._max_head = config.max_header_bytes
+        self._parser = httptools.HttpRequestParser(self)
+        self._requests: deque[_Request] = deque()
+        self._parsing: _Request | None = None  # the request whose body the parser is reading
+        self._pending_error: _HttpError | None = None  # answered once the queue ahead of it is served
+        self._upgrade_leftover: bytes | None = None  # bytes after an Upgrade request's head
+        self._cancel = trio.CancelScope()
+        self._closing = False  # shutdown asked: no keep-alive after the current response
+        self._idle = True  # waiting for a request's first byte (shutdown may close at once)
+        self._eof = False  # the client closed its side (or reset)
+        self._reading = False
+        # the head being parsed
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._head_size = 0
+        self._head_partial = 0  # bytes fed while a head is incomplete (a head split over reads)
+        self._in_head = False
+        self._content_length: bytes | None = None
+        self._transfer_encoding: bytes | None = None
+        self._expect_continue = False
+        self._upgrade: bytes | None = None
+        # the request being served
+        self._current: _Request | None = None
+        self._response_started = False
+        self._response_complete = False
+        self._head_sent = False
+        self._status = 0
+        self._response_headers: list[tuple[bytes, bytes]] | Any = ()
+        self._chunked = False
+        self._no_body = False
+        self._keep_alive = True
+        self._disconnect_wait: trio.CancelScope | None = None
+
+    # -- httptools callbacks (called inside feed_data) -------------------------------------------
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = []
+        self._head_size = 0
+        self._in_head = True
+        self._content_length = None
+        self._transfer_encoding = None
+        self._expect_continue = False
+        self._upgrade = None
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._head_size += len(url)
+        if self._head_size > self._max_head:
+            raise _HttpError(431, "request head too large")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        name = name.lower()
+        self._headers.append((name, value))
+        self._head_size += len(name) + len(value) + 4
+        if self._head_size > self._max_head:
+            raise _HttpError(431, "request head too large")
+        if name in _SPECIAL:
+            if name == b"content-length":
+                if self._content_length is not None and self._content_length != value:
+                    raise _HttpError(400, "conflicting content-length headers")
+                self._content_length = value
+            elif name == b"transfer-encoding":
+                previous = self._transfer_encoding
+                self._transfer_encoding = value if previous is None else previous + b"," + value
+            elif name == b"expect":
+                self._expect_continue = value.lower() == b"100-continue"
+            elif name == b"upgrade":
+                self._upgrade = value.lower()
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._head_partial = 0
+        if self._transfer_encoding is not None:
+            if self._content_length is not None:
+                raise _HttpError(400, "both content-length and transfer-encoding (request smuggling)")
+            if self._transfer_encoding.strip().lower() != b"chunked":
+                raise _HttpError(501, f"transfer-encoding {self._transfer_encoding!r} not implemented")
+        elif self._content_length is not None and self._max_body is not None:
+            try:
+                declared = int(self._content_length)
+            except ValueError:
+                raise _HttpError(400, "bad content-length") from None
+            if declared > self._max_body:
+                raise _HttpError(413, f"content-length {declared} over {self._max_body}")
+        parser = self._parser
+        url = self._url
+        if url[:1] == b"/":
+            raw_path, _, query = url.partition(b"?")
+            raw_path = raw_path.partition(b"#")[0]
+            query = query.partition(b"#")[0]
+        else:
+            try:
+                parsed = httptools.parse_url(url)
+            except httptools.HttpParserInvalidURLError:
+                raise _HttpError(400, "invalid request target") from None
+            raw_path = parsed.path or b"/"
+            query = parsed.query or b""
+        path = raw_path.decode("latin-1")
+        if "%" in path:
+            path = unquote(path)
+        version = parser.get_http_version()
+        scope = {
+            "type": "http",
+            "asgi": _ASGI,
+            "http_version": version,
+            "method": parser.get_method().decode("ascii"),
+            "scheme": self.scheme,
+            "path": path,
+            "raw_path": raw_path,
+            "query_string": query,
+            "root_path": self.config.root_path,
+            "headers": self._headers,
+            "client": self.client,
+            "server": self.server,
+            "extensions": {},
+        }
+        if self.state is not None:
+            scope["state"] = self.state.copy()
+        request = _Request(
+            scope, parser.should_keep_alive(), self._expect_continue, self._upgrade is not None
+        )
+        self._requests.append(request)
+        self._parsing = request
+
+    def on_body(self, body: bytes) -> None:
+        request = self._parsing
+        if request is None:  # pragma: no cover - llhttp calls on_body only inside a message
+            return
+        request.body_size += len(body)
+        if self._max_body is not None and request.body_size > self._max_body:
+            raise _HttpError(413, f"request body over {self._max_body} bytes")
+        request.body.append(body)
+
+    def on_message_complete(self) -> None:
+        request = self._parsing
+        if request is not None:
+            request.body_complete = True
+            self._parsing = None
+
+    # -- reading -------------------------------------------------------------------------------------
+    def _feed(self, data: bytes | bytearray) -> None:
+        """Parse ``data``; requests land in the queue.  An error is kept for its turn."""
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            # llhttp stops after an Upgrade (or CONNECT) head; what follows is not HTTP/1 to it
+            offset = upgrade.args[0] if upgrade.args else len(data)
+            self._after_upgrade(bytes(data[offset:]))
+            return
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            self._pending_error = (
+                cause if isinstance(cause, _HttpError) else _HttpError(500, f"parser callback: {cause!r}")
+            )
+            if not isinstance(cause, _HttpError):
+                logger.error("HTTP parser callback failed", exc_info=cause)
+            return
+        except httptools.HttpParserError as exc:
+            self._pending_error = _HttpError(400, str(exc))
+            return
+        if self._in_head:
+            self._head_partial += len(data)
+            if self._head_partial > self._max_head:
+                self._pending_error = _HttpError(431, "request head too large")
+
+    def _after_upgrade(self, leftover: bytes) -> None:
+        request = self._requests[-1] if self._requests else None
+        if request is not None and request.upgrade and self._upgrade == b"websocket":
+            self._upgrade_leftover = leftover  # the websocket takes the connection from here
+            return
+        # h2c (uvicorn ignores it too) or another protocol: served as plain HTTP/1.1
+        if request is not None:
+            request.upgrade = False
+        self._parser = httptools.HttpRequestParser(self)
+        if leftover:
+            self._feed(leftover)
+
+    def _may_read(self) -> bool:
+        return (
+            not self._eof
+            and self._pending_error is None
+            and self._upgrade_leftover is None
+            and len(self._requests) < self.config.max_pipelined
+        )
+
+    async def _read(self) -> bool:
+        """One read into the parser; False at EOF (or a reset: the client is gone either way)."""
+        self._reading = True
+        try:
+            data = await self.stream.receive_some(self._receive_size)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            data = b""
+        finally:
+            self._reading = False
+        if not data:
+            self._eof = True
+            return False
+        self._feed(data)
+        return True
+
+    # -- the connection -----------------------------------------------------------------------------
+    def shutdown(self) -> None:
+        """Graceful shutdown: no keep-alive after the response in progress; idle: close now."""
+        self._closing = True
+        if self._idle:
+            self._cancel.cancel()
+
+    async def run(self) -> None:
+        """Serve requests until the connection ends; then close the stream."""
+        try:
+            with self._cancel:
+                self._cancel.deadline = trio.current_time() + self.config.request_head_timeout
+                await self._serve_requests()
+            if self._cancel.cancelled_caught and not self._closing and (self._in_head or self._head_partial):
+                await self._reply_error(_HttpError(408, "request head not complete in time"))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the client went away: nothing to answer
+        finally:
+            with (
+                trio.CancelScope(shield=True),
+                contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
+            ):
+                await self.stream.aclose()
+
+    async def _serve_requests(self) -> None:
+        requests = self._requests
+        cancel = self._cancel
+        first = True
+        while True:
+            if not requests:
+                if self._pending_error is not None:
+                    await self._reply_error(self._pending_error)
+                    return
+                if self._closing or self._eof:
+                    return
+                self._idle = True
+                if not first:
+                    cancel.deadline = trio.current_time() + self.config.keep_alive_timeout
+                while not requests and self._pending_error is None:
+                    if first:
+                        first = False
+                        if not await self._read_first():
+                            return
+                    elif not await self._read():
+                        return
+                    if self._in_head and self._idle:
+                        self._idle = False
+                        cancel.deadline = trio.current_time() + self.config.request_head_timeout
+                if not requests:
+                    continue
+                self._idle = False
+                cancel.deadline = float("inf")
+            request = requests.popleft()
+            if request.upgrade and self._upgrade_leftover is not None:
+                await self._serve_websocket(request)
+                return
+            await self._serve(request)
+            if not self._keep_alive:
+                return
+            first = False
+
+    async def _read_first(self) -> bool:
+        """The connection's first read: HTTP/2 with prior knowledge goes to ``serve_h2``."""
+        self._reading = True
+        try:
+            data = await self.stream.receive_some(self._receive_size)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            data = b""
+        finally:
+            self._reading = False
+        if not data:
+            self._eof = True
+            return False
+        if data[:4] == b"PRI " and _H2_PREFACE.startswith(bytes(data[: len(_H2_PREFACE)])):
+            self._cancel.deadline = float("inf")
+            await self._serve_h2(bytes(data))
+            self._eof = True
+            return False
+        self._feed(data)
+        return True
+
+    async def _serve(self, request: _Request) -> None:
+        self._current = request
+        self._response_started = False
+        self._response_complete = False
+        self._head_sent = False
+        self._chunked = False
+        self._no_body = False
+        self._keep_alive = request.keep_alive and not self._closing
+        scope = request.scope
+        try:
+            await self.app(scope, self.receive, self.send)
+        except Exception as exc:
+            if not self._response_started:
+                logger.error("Exception in ASGI application", exc_info=exc)
+                self._keep_alive = False
+                await self._reply_error(_HttpError(500, "the app raised"), linger=False)
+            else:
+                logger.error("Exception in ASGI application after the response started", exc_info=exc)
+                self._keep_alive = False
+            return
+        if not self._response_started:
+            if not self._eof:
+                logger.error("ASGI callable returned without starting a response")
+                self._keep_alive = False
+                await self._reply_error(_HttpError(500, "no response"), linger=False)
+            return
+        if not self._response_complete:
+            logger.error("ASGI callable returned without completing its response")
+            self._keep_alive = False
+            return
+        if not request.body_complete and self._keep_alive and self._pending_error is None:
+            # the app answered without reading the whole body: read past it unless it is large
+            self._keep_alive = await self._discard_body(request)
+        request.body.clear()
+
+    async def _discard_body(self, request: _Request) -> bool:
+        """Read and drop the rest of an unread body (bounded); False to close instead."""
+        budget = 4 * self._receive_size
+        while not request.body_complete:
+            if budget <= 0 or self._pending_error is not None:
+                return False
+            request.body.clear()
+            self._cancel.deadline = trio.current_time() + self.config.keep_alive_timeout
+            if not await self._read():
+                return False
+            budget -= self._receive_size
+        return True
+
+    # -- the ASGI callables ------------------------------------------------------------------------
+    async def receive(self) -> dict[str, Any]:
+        """The app's ``receive``: body chunks, then (response pending) the client's departure."""
+        request = self._current
+        assert request is not None
+        if self._response_complete or self._eof:
+            await trio.lowlevel.checkpoint()
+            return _DISCONNECT
+        while True:
+            if request.body:
+                body = request.body[0] if len(request.body) == 1 else b"".join(request.body)
+                request.body.clear()
+                if request.body_complete:
+                    request.final_sent = True
+                await trio.lowlevel.checkpoint()
+                return {"type": "http.request", "body": body, "more_body": not request.body_complete}
+            if request.body_complete:
+                if not request.final_sent:
+                    request.final_sent = True
+                    await trio.lowlevel.checkpoint()
+                    return {"type": "http.request", "body": b"", "more_body": False}
+                await self._wait_disconnect()
+                return _DISCONNECT
+            if self._pending_error is not None:
+                return await self._body_failed()
+            if request.expect_continue:
+                request.expect_continue = False
+                if not self._response_started:
+                    await self._write(_CONTINUE)
+            if self._reading:
+                raise RuntimeError("receive() called while another receive() is waiting")
+            if not await self._read():
+                return _DISCONNECT
+
+    async def _body_failed(self) -> dict[str, Any]:
+        """The request's body broke a rule (413, bad chunking): answer it if nothing was sent."""
+        error = self._pending_error
+        assert error is not None
+        self._keep_alive = False
+        if not self._response_started:
+            self._pending_error = None
+            self._response_started = self._response_complete = True
+            await self._reply_error(error)
+        self._eof = True
+        return _DISCONNECT
+
+    async def _wait_disconnect(self) -> None:
+        """Body done, response pending: read until the client leaves or the response completes.
+
+        Bytes that arrive are a pipelined next request and go to the parser; at the pipelining
+        bound reading stops and only the response's completion ends the wait."""
+        with trio.CancelScope() as wait:
+            self._disconnect_wait = wait
+            try:
+                while self._may_read():
+                    if not await self._read():
+                        return
+                await trio.sleep_forever()
+            finally:
+                self._disconnect_wait = None
+
+    async def send(self, message: dict[str, Any]) -> None:
+        """The app's ``send``: the head waits for the first body; the last body completes it."""
+        kind = message["type"]
+        if kind == "http.response.body":
+            if not self._response_started:
+                raise RuntimeError("ASGI 'http.response.body' before 'http.response.start'")
+            if self._response_complete:
+                raise RuntimeError("ASGI 'http.response.body' after the response completed")
+            body = message.get("body", b"")
+            more = message.get("more_body", False)
+            if self._head_sent:
+                if self._no_body:
+                    data = b""
+                elif self._chunked:
+                    if body:
+                        data = b"%x\r\n%s\r\n" % (len(body), body)
+                        if not more:
+                            data += b"0\r\n\r\n"
+                    else:
+                        data = b"" if more else b"0\r\n\r\n"
+                else:
+                    data = body
+            else:
+                data = self._head(more, body)
+            if not more:
+                self._response_complete = True
+            if data and not self._eof:
+                await self._write(data)
+            else:
+                await trio.lowlevel.checkpoint()
+            if not more:
+                if self._disconnect_wait is not None:
+                    self._disconnect_wait.cancel()
+                if self.access_log is not None:
+                    self.access_log.log(self._current.scope, self._status, self._response_headers)  # type: ignore[union-attr]  # the app runs only while a request is current
+        elif kind == "http.response.start":
+            if self._response_started:
+                raise RuntimeError("ASGI 'http.response.start' sent twice")
+            self._response_started = True
+            self._status = message["status"]
+            self._response_headers = message.get("headers", ())
+            await trio.lowlevel.checkpoint()
+        else:
+            raise RuntimeError(f"unexpected ASGI message {kind!r} on an HTTP connection")
+
+    def _head(self, more: bool, body: bytes) -> bytes:
+        """The response head (+ the first body, framed) for the first ``http.response.body``."""
+        self._head_sent = True
+        request = self._current
+        assert request is not None
+        status = self._status
+        parts = [_status_line(status), _DATE.get()]
+        if self.config.server_header:
+            parts.append(b"server: trio_yastack\r\n")
+        has_length = False
+        chunked = False
+        for name, value in self._response_headers:
+            lowered = name.lower()
+            if lowered == b"content-length":
+                has_length = True
+            elif lowered == b"transfer-encoding":
+                chunked = value.lower() == b"chunked"
+            elif lowered == b"connection" and value.lower() == b"close":
+                self._keep_alive = False
+            parts.append(b"%s: %s\r\n" % (name, value))
+        bodyless = status in _NO_BODY_STATUS or status < 200
+        method_head = request.scope["method"] == "HEAD"
+        http10 = request.scope["http_version"] == "1.0"
+        if not has_length and not chunked and not bodyless:
+            if not more:
+                parts.append(b"content-length: %d\r\n" % len(body))
+            elif http10:
+                self._keep_alive = False  # the body ends when the connection does
+            else:
+                chunked = True
+                parts.append(b"transfer-encoding: chunked\r\n")
+        self._chunked = chunked and not method_head and not bodyless
+        if not self._keep_alive:
+            parts.append(b"connection: close\r\n")
+        elif http10:
+            parts.append(b"connection: keep-alive\r\n")
+        parts.append(b"\r\n")
+        head = b"".join(parts)
+        if head.count(b"\n") != len(parts) or head.count(b"\r") != len(parts):
+            # each part ends in exactly one CRLF: more means a CR or LF in a name or value
+            raise RuntimeError("ASGI response header with CR or LF (header injection)")
+        self._no_body = method_head or bodyless
+        if self._no_body:
+            return head
+        if self._chunked:
+            if body:
+                head += b"%x\r\n%s\r\n" % (len(body), body)
+            if not more:
+                head += b"0\r\n\r\n"
+            return head
+        return head + body
+
+    async def _write(self, data: bytes) -> None:
+        try:
+            await self.stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self._eof = True  # the client is gone: later sends are dropped, receive says disconnect
+            self._keep_alive = False
+
+    async def _reply_error(self, error: _HttpError, *, linger: bool = True) -> None:
+        """Answer ``error.status`` and close (the lingering close keeps the answer from a reset)."""
+        self._keep_alive = False
+        logger.debug("HTTP %d to %s: %s", error.status, self.client, error)
+        with trio.move_on_after(LINGER_SECONDS):
+            await self._write(_error_reply(error.status))
+            if linger and not self._eof:
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    await lingering_close(
+                        self.stream, max_bytes=LINGER_BYTES, receive_size=self._receive_size
+                    )
+        self._eof = True
+
+    # -- handing the connection to another protocol -------------------------------------------
+    async def _serve_websocket(self, request: _Request) -> None:
+        try:
+            module = importlib.import_module("trio_yastack.l7.asgi._websocket")
+        except ImportError:
+            await self._reply_error(_HttpError(501, "websocket support is not installed"))
+            return
+        self._cancel.deadline = float("inf")
+        scope = request.scope
+        await module.serve_websocket(
+            self.stream,
+            scope,
+            self.app,
+            scope["headers"],
+            scope["raw_path"] + (b"?" + scope["query_string"] if scope["query_string"] else b""),
+            self._upgrade_leftover or b"",
+            self.config,
+            self.access_log,
+        )
+
+    async def _serve_h2(self, preface: bytes) -> None:
+        try:
+            module = importlib.import_module("trio_yastack.l7.asgi._h2")
+        except ImportError:
+            logger.debug("HTTP/2 prior knowledge from %s but no _h2 module: closing", self.client)
+            return
+        await module.serve_h2(
+            PrefixedStream(preface, self.stream),
+            self.app,
+            self.config,
+            scheme=self.scheme,
+            client=self.client,
+            server=self.server,
+            state=self.state,
+            access_log=self.access_log,
+        )

@@ -1,0 +1,317 @@
+"""``serve_asgi``: the lean server's lifespan, listeners, accept loop and graceful shutdown.
+
+The order of a run: lifespan start-up (a failure aborts, nothing is served), the listeners (on
+the stack, on kernel sockets with ``kernel=True``, or the ``listeners`` given), one task per
+connection (:class:`~._http11.HttpConnection`; TLS connections that negotiated ``h2`` go to
+``_h2.serve_h2``), and, once ``shutdown_trigger`` returns, the graceful shutdown: the listeners
+close, idle keep-alive connections close at once, requests in flight get ``graceful_timeout``
+seconds to finish, what is left is cancelled, and the lifespan shutdown runs last.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import ssl
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
+from typing import Any, Literal
+
+import trio
+
+from trio_yastack._open_stack import Stack, current_stack
+
+from ._access_log import AccessLogger
+from ._config import ServerConfig
+from ._http11 import HttpConnection
+from ._hypercorn import Config, parse_bind, serve_asgi_hypercorn
+from ._lifespan import ASGIApp, Lifespan
+
+__all__ = ["serve_asgi"]
+
+logger = logging.getLogger("trio_yastack.asgi")
+
+#: ALPN offered on TLS listeners: HTTP/2 (hypercorn's protocol) first, as hypercorn offers it
+ALPN = ["h2", "http/1.1"]
+
+
+def _ssl_context(config: ServerConfig) -> ssl.SSLContext:
+    """A server context as hypercorn makes one: TLS 1.2+, ALPN h2 and http/1.1."""
+    assert config.certfile is not None and config.keyfile is not None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(config.certfile, config.keyfile)
+    context.set_alpn_protocols(ALPN)
+    return context
+
+
+def _address(stream: trio.abc.Stream, peer: bool) -> tuple[str, int] | None:
+    """The stream's socket address (``peer``: the client's), or None when it has no socket."""
+    inner: Any = stream
+    while isinstance(inner, trio.SSLStream):
+        inner = inner.transport_stream
+    sock = getattr(inner, "socket", None)
+    if sock is None:
+        return None
+    try:
+        address = sock.getpeername() if peer else sock.getsockname()
+    except OSError:
+        return None
+    return (str(address[0]), int(address[1])) if isinstance(address, tuple) else None
+
+
+class _Server:
+    """The connections of one ``serve_asgi`` run, so shutdown can reach each of them."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        config: ServerConfig,
+        state: dict[str, Any] | None,
+        access_log: AccessLogger | None,
+    ) -> None:
+        self.app = app
+        self.config = config
+        self.state = state
+        self.access_log = access_log
+        self.connections: set[HttpConnection] = set()
+        self.stopping = False
+
+    async def handle(self, stream: trio.abc.Stream) -> None:
+        """One accepted connection, from the TLS handshake (if any) to its close."""
+        scheme = "http"
+        if isinstance(stream, trio.SSLStream):
+            scheme = "https"
+            handshake_ok = False
+            with trio.move_on_after(self.config.request_head_timeout):
+                try:
+                    await stream.do_handshake()
+                    handshake_ok = True
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
+            if not handshake_ok:
+                with trio.CancelScope(shield=True):
+                    await trio.aclose_forcefully(stream)
+                return
+            if stream.selected_alpn_protocol() == "h2":
+                await self._serve_h2(stream)
+                return
+        connection = HttpConnection(
+            stream,
+            self.app,
+            self.config,
+            scheme=scheme,
+            server=_address(stream, peer=False),
+            client=_address(stream, peer=True),
+            state=self.state,
+            access_log=self.access_log,
+        )
+        if self.stopping:
+            connection.shutdown()
+        self.connections.add(connection)
+        try:
+            await connection.run()
+        finally:
+            self.connections.discard(connection)
+
+    async def _serve_h2(self, stream: trio.SSLStream[Any]) -> None:
+        try:
+            module = importlib.import_module("trio_yastack.l7.asgi._h2")
+        except ImportError:
+            logger.warning("a TLS client chose h2 but HTTP/2 support (_h2) is missing: closing")
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(stream)
+            return
+        await module.serve_h2(
+            stream,
+            self.app,
+            self.config,
+            scheme="https",
+            client=_address(stream, peer=True),
+            server=_address(stream, peer=False),
+            state=self.state,
+            access_log=self.access_log,
+        )
+
+    def shutdown(self) -> None:
+        """Stop keep-alive everywhere; idle connections close now."""
+        self.stopping = True
+        for connection in list(self.connections):
+            connection.shutdown()
+
+
+async def _stack_listener(stack: Stack, bind: str, backlog: int) -> tuple[trio.SocketListener, str]:
+    host, port = parse_bind(bind)
+    host = str(stack.address) if host is None else host
+    sock = stack.socket()
+    sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEADDR, 1)
+    await sock.bind((host, port))
+    sock.listen(backlog)
+    shown = stack.address if host == "0.0.0.0" else host
+    return trio.SocketListener(sock), f"{shown}:{sock.getsockname()[1]}"
+
+
+async def _kernel_listeners(bind: str, backlog: int) -> tuple[list[trio.SocketListener], str]:
+    host, port = parse_bind(bind)
+    host = "127.0.0.1" if host is None else host
+    listeners = await trio.open_tcp_listeners(port, host=host, backlog=backlog)
+    return listeners, f"{host}:{listeners[0].socket.getsockname()[1]}"
+
+
+async def _open_listeners(
+    config: ServerConfig, stack: Stack | None, kernel: bool
+) -> tuple[list[trio.abc.Listener[Any]], list[str]]:
+    """The configured listeners (TLS ones for ``bind`` when certfile/keyfile are set) and URLs."""
+    listeners: list[trio.abc.Listener[Any]] = []
+    urls: list[str] = []
+    context = _ssl_context(config) if config.tls else None
+    plain_binds = config.insecure_bind if context is not None else config.bind
+    plan = [(bind, context) for bind in (config.bind if context is not None else ())]
+    plan += [(bind, None) for bind in plain_binds]
+    try:
+        for bind, tls in plan:
+            if kernel:
+                opened, where = await _kernel_listeners(bind, config.backlog)
+            else:
+                assert stack is not None
+                one, where = await _stack_listener(stack, bind, config.backlog)
+                opened = [one]
+            for plain in opened:
+                listeners.append(
+                    trio.SSLListener(plain, tls, https_compatible=True) if tls is not None else plain
+                )
+            urls.append(f"{'https' if tls is not None else 'http'}://{where}")
+    except BaseException:
+        for done in listeners:
+            await done.aclose()
+        raise
+    return listeners, urls
+
+
+async def serve_asgi(
+    app: Any,
+    config: ServerConfig | Config | None = None,
+    *,
+    server: Literal["yastack", "hypercorn"] | None = None,
+    stack: Stack | None = None,
+    kernel: bool = False,
+    listeners: Sequence[trio.abc.Listener[Any]] | None = None,
+    shutdown_trigger: Callable[[], Awaitable[Any]] | None = None,
+    mode: Literal["asgi", "wsgi"] | None = None,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve the ASGI ``app`` until ``shutdown_trigger`` returns, then shut down gracefully.
+
+    ``server``: ``"yastack"`` (this package's lean server) or ``"hypercorn"`` (hypercorn's trio
+    worker over the stack, :func:`~._hypercorn.serve_asgi_hypercorn`).  Left out, it is
+    ``"hypercorn"`` when ``config`` is a hypercorn ``Config`` (whose settings mean what they mean
+    to hypercorn: existing callers keep their server) and ``"yastack"`` otherwise.  With
+    ``server="yastack"`` a hypercorn ``Config`` is mapped by :meth:`ServerConfig.from_hypercorn`.
+
+    Where it listens: on ``stack`` (default: the task's current stack); on kernel sockets with
+    ``kernel=True`` (no stack needed: how the server alone is measured against others); or on
+    the ``listeners`` given (any ``trio.abc.Listener``; ``config.bind`` is then unused).
+    ``task_status.started`` gets the URLs served.
+    """
+    hypercorn_config = isinstance(config, Config)
+    if server is None:
+        server = "hypercorn" if hypercorn_config else "yastack"
+    if server == "hypercorn":
+        if kernel or listeners is not None:
+            raise ValueError("serve_asgi(server='hypercorn') listens on the stack only")
+        hconfig = config if isinstance(config, Config) else Config()
+        await serve_asgi_hypercorn(
+            app, hconfig, stack=stack, shutdown_trigger=shutdown_trigger, mode=mode, task_status=task_status
+        )
+        return
+    if server != "yastack":
+        raise ValueError(f"serve_asgi: server must be 'yastack' or 'hypercorn', not {server!r}")
+    if mode == "wsgi":
+        raise ValueError("serve_asgi: WSGI apps need server='hypercorn'")
+    if isinstance(config, Config):
+        config = ServerConfig.from_hypercorn(config)
+    elif config is None:
+        config = ServerConfig()
+    if listeners is None and not kernel and stack is None:
+        stack = current_stack()
+    access_log = AccessLogger(config.access_log) if config.access_log is not None else None
+    lifespan = Lifespan(app, config.lifespan)
+    try:
+        async with trio.open_nursery() as lifespan_nursery:
+            await lifespan.startup(lifespan_nursery)
+            state = lifespan.state if lifespan.supported else None
+            await _serve(
+                app, config, state, access_log, stack, kernel, listeners, shutdown_trigger, task_status
+            )
+            await lifespan.shutdown()
+    finally:
+        if access_log is not None:
+            access_log.close()
+
+
+async def _serve(
+    app: ASGIApp,
+    config: ServerConfig,
+    state: dict[str, Any] | None,
+    access_log: AccessLogger | None,
+    stack: Stack | None,
+    kernel: bool,
+    given: Sequence[trio.abc.Listener[Any]] | None,
+    shutdown_trigger: Callable[[], Awaitable[Any]] | None,
+    task_status: trio.TaskStatus[list[str]],
+) -> None:
+    if given is not None:
+        listeners = list(given)
+        urls = [
+            f"{'https' if isinstance(listener, trio.SSLListener) else 'http'}://{_listener_address(listener)}"
+            for listener in listeners
+        ]
+    else:
+        listeners, urls = await _open_listeners(config, stack, kernel)
+    where = (
+        "kernel sockets" if kernel else "the given listeners" if given is not None else "the user-space stack"
+    )
+    for url in urls:
+        logger.info("Running on %s over %s (CTRL + C to quit)", url, where)
+    server = _Server(app, config, state, access_log)
+    async with trio.open_nursery() as connections:
+        try:
+            async with trio.open_nursery() as accepting:
+
+                async def stop_when(trigger: Callable[[], Awaitable[Any]]) -> None:
+                    await trigger()
+                    accepting.cancel_scope.cancel()
+
+                if shutdown_trigger is not None:
+                    accepting.start_soon(stop_when, shutdown_trigger)
+                if access_log is not None:
+                    accepting.start_soon(_flush_every_second, access_log)
+                accepting.start_soon(
+                    partial(trio.serve_listeners, server.handle, listeners, handler_nursery=connections)
+                )
+                task_status.started(urls)
+        finally:
+            # Graceful shutdown: no new connections; idle ones close now, the others after their
+            # response; whatever still runs after graceful_timeout is cancelled.
+            with trio.CancelScope(shield=True):
+                for listener in listeners:
+                    await listener.aclose()
+            server.shutdown()
+            connections.cancel_scope.deadline = trio.current_time() + config.graceful_timeout
+
+
+def _listener_address(listener: trio.abc.Listener[Any]) -> str:
+    inner: Any = listener
+    while isinstance(inner, trio.SSLListener):
+        inner = inner.transport_listener
+    sock = getattr(inner, "socket", None)
+    if sock is None:
+        return "?"
+    address = sock.getsockname()
+    return f"{address[0]}:{address[1]}" if isinstance(address, tuple) else str(address)
+
+
+async def _flush_every_second(access_log: AccessLogger) -> None:
+    while True:
+        await trio.sleep(1.0)
+        access_log.flush()
