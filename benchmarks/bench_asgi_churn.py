@@ -6,7 +6,8 @@ rounds of ``wrk -t1 -c200 -d10s -H 'Connection: close'`` (``examples/hello.py``,
 Reported per server: the req/s of each round, its resident memory (RSS of its process tree) after
 the first round and after the third, and once the load has stopped the connections left in
 CLOSE_WAIT on either side: ``ss -tan state close-wait`` in the load's namespace and, on kernel
-sockets, in the server's; over the stack, the stack's own TCP states from ``yastack stat --json``.
+sockets, in the server's; over the stack, the stack's own TCP states from ``yastack stat --json``
+(also taken after rounds 1 and 3: the stack holds its TIME_WAIT connections for 2MSL, in its RSS).
 A connection may take a moment to leave CLOSE_WAIT after the last FIN: the count is taken once
 it reaches zero or after ``SETTLE`` seconds, whichever comes first.
 
@@ -78,6 +79,7 @@ def left_in_close_wait(server: Running) -> dict[str, Any]:
 def churn(server: Running, seconds: int, connections: int) -> dict[str, Any]:
     rounds: list[dict[str, float]] = []
     rss: dict[str, int] = {}
+    states: dict[str, dict[str, int]] = {}
     for index in range(ROUNDS):
         load = load_average()
         run = server.wrk(seconds, connections=connections, close=True)
@@ -87,6 +89,8 @@ def churn(server: Running, seconds: int, connections: int) -> dict[str, Any]:
               file=sys.stderr, flush=True)  # fmt: skip
         if index in (0, ROUNDS - 1):
             rss[f"after_round_{index + 1}"] = rss_bytes(server.process.pid)
+            if server.side.over_stack:  # what the stack still holds (TIME_WAIT lasts 2MSL)
+                states[f"after_round_{index + 1}"] = stack_states(server)
     rates = [run["requests_per_s"] for run in rounds]
     first, last = rss["after_round_1"], rss[f"after_round_{ROUNDS}"]
     left = left_in_close_wait(server)
@@ -96,6 +100,7 @@ def churn(server: Running, seconds: int, connections: int) -> dict[str, Any]:
         "rounds_spread": (max(rates) - min(rates)) / max(rates) if max(rates) else 0.0,
         "rss_bytes": rss,
         "rss_growth": last / first - 1 if first else 0.0,
+        "stack_states": states,
         "close_wait": left,
         "meets_bars": {
             "rounds_within_10_percent": (max(rates) - min(rates)) <= 0.10 * max(rates),

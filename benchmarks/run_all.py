@@ -339,10 +339,15 @@ def asgi_section(results: dict[str, dict[str, Any]]) -> list[str]:
             f"{_median(case, 'p50_ms'):.2f} | {_median(case, 'p99_ms'):.2f} | "
             f"{_median(case, 'cpu_us_per_request'):.0f} | {case['load_average']['max']:.2f} |"
         )
-    lines += ["", "| ratio (req/s medians) | value | target |", "| --- | --- | --- |"]
+    lines += [
+        "",
+        "| ratio | by req/s (medians) | by CPU per request (peer's / ours) | target |",
+        "| --- | --- | --- | --- |",
+    ]
     for key, value in asgi["ratios"].items():
         target = f">= {value['target']:g}" if value["target"] else "report"
-        lines.append(f"| {key} | {value['ratio']:.2f} | {target} |")
+        cpu = f"{value['cpu_ratio']:.2f}" if "cpu_ratio" in value else "-"
+        lines.append(f"| {key} | {value['ratio']:.2f} | {cpu} | {target} |")
     return lines
 
 
@@ -355,8 +360,8 @@ def churn_section(results: dict[str, dict[str, Any]]) -> list[str]:
         "after the 1st, no CLOSE_WAIT left on either side.",
         "",
         "| server | req/s round 1 / 2 / 3 | spread | RSS MiB after 1st / 3rd | CLOSE_WAIT load / server | "
-        "bars met | load avg |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "stack's TIME_WAIT after 1st / 3rd | bars met | load avg |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, case in churn["cases"].items():
         rss = case["rss_bytes"]
@@ -366,10 +371,17 @@ def churn_section(results: dict[str, dict[str, Any]]) -> list[str]:
             f"{case['rounds_spread']:.0%} | {rss['after_round_1'] / 2**20:.1f} / "
             f"{rss['after_round_3'] / 2**20:.1f} | "
             f"{case['close_wait']['load_side']} / {case['close_wait']['server_side']} | "
-            f"{'all' if not missed else 'missed: ' + ', '.join(missed)} | "
+            f"{_time_wait(case)} | {'all' if not missed else 'missed: ' + ', '.join(missed)} | "
             f"{max(run['load_average'] for run in case['rounds']):.2f} |"
         )
     return lines
+
+
+def _time_wait(case: dict[str, Any]) -> str:
+    states = case.get("stack_states") or {}
+    if not states:
+        return "-"
+    return " / ".join(str(states[key].get("TIME_WAIT", 0)) for key in ("after_round_1", "after_round_3"))
 
 
 def profile_section(results: dict[str, dict[str, Any]]) -> list[str]:
