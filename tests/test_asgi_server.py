@@ -8,12 +8,22 @@ the CLI's mapping of options, and ``server="hypercorn"`` still reaching hypercor
 
 from __future__ import annotations
 
+import logging
+import random
+import re
+import ssl
+from typing import Any
+
+import pytest
 import trio
 import trio.testing
-from asgi_helpers import RawClient, build_request, hello_app, running_server
+from asgi_helpers import RawClient, build_request, echo_app, hello_app, running_server, scope_app
 from socket_helpers import A_IP, two_stacks
 
-from trio_yastack.l7.asgi import ServerConfig
+from trio_yastack.l7.asgi import Config, LifespanFailure, ServerConfig, serve_asgi
+from trio_yastack.l7.asgi._access_log import format_line
+from trio_yastack.l7.asgi._server import SWEEP_INTERVAL
+from trio_yastack.tls.certs import make_ca
 
 
 async def test_keep_alive_requests_over_two_stacks(autojump_clock: trio.testing.MockClock) -> None:
@@ -32,3 +42,303 @@ async def test_keep_alive_requests_over_two_stacks(autojump_clock: trio.testing.
         await client.send(build_request("POST", "/", b"x" * 10))
         assert (await client.response()).status == 200
         await client.stream.aclose()
+
+
+# -- several clients --------------------------------------------------------------------------------
+async def test_other_clients_served_while_one_app_waits(autojump_clock: trio.testing.MockClock) -> None:
+    release = trio.Event()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        if scope["path"] == "/slow":
+            await release.wait()
+        await hello_app(scope, receive, send)
+
+    async with two_stacks() as (a, b), running_server(app, ServerConfig(bind=("8000",)), stack=a):
+        slow = RawClient(await b.tcp_connect(A_IP, 8000))
+        await slow.send(build_request("GET", "/slow"))
+        for _ in range(3):
+            other = RawClient(await b.tcp_connect(A_IP, 8000))
+            assert (await other.request()).status == 200
+            await other.stream.aclose()
+        release.set()
+        assert (await slow.response()).status == 200
+
+
+async def test_swept_keep_alive_timeout_over_the_stack(autojump_clock: trio.testing.MockClock) -> None:
+    """serve_asgi's sweeper closes an idle keep-alive connection within its resolution."""
+    config = ServerConfig(bind=("8000",), keep_alive_timeout=5.0)
+    async with two_stacks() as (a, b), running_server(hello_app, config, stack=a):
+        client = RawClient(await b.tcp_connect(A_IP, 8000))
+        await client.request()
+        start = trio.current_time()
+        assert await client.wait_closed() == b""
+        assert 5.0 <= trio.current_time() - start <= 5.0 + SWEEP_INTERVAL + 0.5
+
+
+async def test_swept_head_timeout_answers_408(autojump_clock: trio.testing.MockClock) -> None:
+    config = ServerConfig(bind=("8000",), request_head_timeout=3.0)
+    async with two_stacks() as (a, b), running_server(hello_app, config, stack=a):
+        client = RawClient(await b.tcp_connect(A_IP, 8000))
+        await client.send(b"GET / HTTP/1.1\r\n")
+        assert (await client.response()).status == 408
+
+
+async def test_given_listeners_and_tls_with_alpn(
+    autojump_clock: trio.testing.MockClock, tmp_path: Any
+) -> None:
+    """``listeners=``: any trio listener (here TLS over a stack listener); the scope says https."""
+    ca = make_ca("asgi test CA")
+    chain, key = ca.issue([A_IP]).write(tmp_path)
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(chain, key)
+    server_context.set_alpn_protocols(["h2", "http/1.1"])
+    client_context = ssl.create_default_context(cadata=ca.cert_pem.decode())
+    client_context.set_alpn_protocols(["http/1.1"])
+    async with two_stacks() as (a, b):
+        listener = trio.SSLListener(a.tcp_listen(8443), server_context, https_compatible=True)
+        async with running_server(scope_app, listeners=[listener]) as urls:
+            assert urls == ["https://0.0.0.0:8443"]  # what the listener is bound to
+            stream = trio.SSLStream(await b.tcp_connect(A_IP, 8443), client_context, server_hostname=A_IP)
+            client = RawClient(stream)
+            scope = (await client.request("GET", "/tls")).json()
+            assert (scope["scheme"], scope["path"]) == ("https", "/tls")
+            assert stream.selected_alpn_protocol() == "http/1.1"
+
+
+async def test_tls_listeners_from_certfile(autojump_clock: trio.testing.MockClock, tmp_path: Any) -> None:
+    ca = make_ca("asgi test CA")
+    chain, key = ca.issue([A_IP]).write(tmp_path)
+    config = ServerConfig(bind=("8443",), insecure_bind=("8000",), certfile=str(chain), keyfile=str(key))
+    client_context = ssl.create_default_context(cadata=ca.cert_pem.decode())
+    async with two_stacks() as (a, b), running_server(scope_app, config, stack=a) as urls:
+        assert urls == [f"https://{A_IP}:8443", f"http://{A_IP}:8000"]
+        stream = trio.SSLStream(await b.tcp_connect(A_IP, 8443), client_context, server_hostname=A_IP)
+        assert (await RawClient(stream).request()).json()["scheme"] == "https"
+        plain = RawClient(await b.tcp_connect(A_IP, 8000))
+        assert (await plain.request()).json()["scheme"] == "http"
+
+
+# -- lifespan ----------------------------------------------------------------------------------------
+def lifespan_app(events: list[str], *, fail: str | None = None, raise_in: str | None = None) -> Any:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                kind = message["type"].rsplit(".", 1)[-1]
+                events.append(kind)
+                if raise_in == kind:
+                    raise RuntimeError(f"{kind} broke")
+                if kind == "startup":
+                    scope["state"]["greeting"] = "hi"
+                    if fail:
+                        await send({"type": "lifespan.startup.failed", "message": fail})
+                        return
+                    await send({"type": "lifespan.startup.complete"})
+                else:
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        events.append(f"request {scope['state'].get('greeting')}")
+        await hello_app(scope, receive, send)
+
+    return app
+
+
+async def test_lifespan_state_reaches_requests_and_shutdown_runs_last(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    events: list[str] = []
+    config = ServerConfig(bind=("8000",))
+    async with two_stacks() as (a, b), running_server(lifespan_app(events), config, stack=a):
+        client = RawClient(await b.tcp_connect(A_IP, 8000))
+        await client.request()
+        assert events == ["startup", "request hi"]
+    assert events == ["startup", "request hi", "shutdown"]
+
+
+@pytest.mark.parametrize("mode", ["auto", "on"])
+async def test_lifespan_startup_failed_aborts(autojump_clock: trio.testing.MockClock, mode: str) -> None:
+    events: list[str] = []
+    async with two_stacks() as (a, b):
+        with pytest.raises(LifespanFailure, match="no database"):
+            await serve_asgi(lifespan_app(events, fail="no database"), ServerConfig(lifespan=mode), stack=a)
+        with pytest.raises(OSError):
+            await b.tcp_connect(A_IP, 8000)  # nothing listens
+    assert events == ["startup"]
+
+
+async def test_lifespan_on_aborts_when_the_app_raises(autojump_clock: trio.testing.MockClock) -> None:
+    async with two_stacks() as (a, _b):
+        with pytest.raises(LifespanFailure, match="startup broke"):
+            await serve_asgi(lifespan_app([], raise_in="startup"), ServerConfig(lifespan="on"), stack=a)
+
+
+async def test_lifespan_auto_serves_an_app_without_lifespan(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """hello_app raises on the lifespan scope, as apps without lifespan support do."""
+    with caplog.at_level(logging.DEBUG, logger="trio_yastack.asgi"):
+        async with two_stacks() as (a, b), running_server(hello_app, ServerConfig(bind=("8000",)), stack=a):
+            client = RawClient(await b.tcp_connect(A_IP, 8000))
+            assert (await client.request()).status == 200
+    assert any("unsupported" in record.getMessage() for record in caplog.records)
+    assert not any(record.levelno >= logging.ERROR for record in caplog.records)
+
+
+async def test_lifespan_off_never_calls_the_app(autojump_clock: trio.testing.MockClock) -> None:
+    events: list[str] = []
+    config = ServerConfig(bind=("8000",), lifespan="off")
+    async with two_stacks() as (a, b), running_server(lifespan_app(events), config, stack=a):
+        client = RawClient(await b.tcp_connect(A_IP, 8000))
+        await client.request()
+    assert events == ["request None"]
+
+
+# -- graceful shutdown -------------------------------------------------------------------------------
+async def test_graceful_shutdown(autojump_clock: trio.testing.MockClock) -> None:
+    """Shutdown: the listener closes, an idle keep-alive connection closes at once, a request in
+    flight finishes (told ``connection: close``), one slower than graceful_timeout is cancelled,
+    and the lifespan shutdown runs after all of that."""
+    events: list[str] = []
+    started = {"/short": trio.Event(), "/long": trio.Event()}
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await lifespan_app(events)(scope, receive, send)
+            return
+        path = scope["path"]
+        if path in started:
+            started[path].set()
+            await trio.sleep(2.0 if path == "/short" else 60.0)  # the app's own work, simulated
+        events.append(f"answered {path}")
+        await hello_app(scope, receive, send)
+
+    stop = trio.Event()
+    config = ServerConfig(bind=("8000",), graceful_timeout=5.0)
+    async with two_stacks() as (a, b), trio.open_nursery() as nursery:
+
+        async def serve() -> None:
+            await serve_asgi(app, config, stack=a, shutdown_trigger=stop.wait)
+            events.append("serve_asgi returned")
+
+        nursery.start_soon(serve)
+        await trio.testing.wait_all_tasks_blocked()
+        idle = RawClient(await b.tcp_connect(A_IP, 8000))
+        await idle.request()
+        short = RawClient(await b.tcp_connect(A_IP, 8000))
+        await short.send(build_request("GET", "/short"))
+        long = RawClient(await b.tcp_connect(A_IP, 8000))
+        await long.send(build_request("GET", "/long"))
+        await started["/short"].wait()
+        await started["/long"].wait()
+        begin = trio.current_time()
+        stop.set()
+        assert await idle.wait_closed() == b""
+        assert trio.current_time() - begin < 0.5  # at once, not after keep-alive
+        with pytest.raises(OSError):
+            await b.tcp_connect(A_IP, 8000)
+        response = await short.response()
+        assert response.status == 200 and response.header("connection") == "close"
+        assert await short.wait_closed() == b""
+        assert await long.wait_closed() == b""  # cancelled at graceful_timeout: no answer
+        assert 5.0 <= trio.current_time() - begin < 6.0
+    assert events == ["startup", "answered /", "answered /short", "shutdown", "serve_asgi returned"]
+
+
+# -- access log -------------------------------------------------------------------------------------
+async def test_access_log_in_hypercorns_format(autojump_clock: trio.testing.MockClock, tmp_path: Any) -> None:
+    path = tmp_path / "access.log"
+    config = ServerConfig(bind=("8000",), access_log=str(path))
+    async with two_stacks() as (a, b), running_server(hello_app, config, stack=a):
+        client = RawClient(await b.tcp_connect(A_IP, 8000))
+        await client.request("GET", "/x?q=1", referer="http://r/", user_agent="test-agent/1")
+        await client.request("HEAD", "/")
+    lines = path.read_text().splitlines()
+    pattern = (
+        r'198\.18\.0\.1:\d+ - - \[\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d [+-]\d{4}\] "GET /x 1\.1" 200 - '
+        r'"http://r/" "test-agent/1"'
+    )
+    assert len(lines) == 2 and re.fullmatch(pattern, lines[0]), lines
+    # %(b)s is the app's content-length header, absent here: "-" (hypercorn logs the same)
+    assert re.fullmatch(r'.* "HEAD / 1\.1" 200 - "-" "-"', lines[1]), lines
+
+
+def test_format_line_matches_hypercorn() -> None:
+    """Our line against hypercorn's own AccessLogAtoms for the same request and response."""
+    from hypercorn.logging import AccessLogAtoms
+
+    scope = {
+        "type": "http",
+        "http_version": "1.1",
+        "method": "POST",
+        "path": "/p",
+        "query_string": b"a=1",
+        "scheme": "http",
+        "client": ("198.18.0.1", 5555),
+        "headers": [(b"user-agent", b"ua"), (b"referer", b"ref")],
+    }
+    response = {"status": 201, "headers": [(b"content-length", b"7")]}
+    atoms = AccessLogAtoms(scope, response, 0.01)
+    hypercorn_default = '%(h)s %(l)s %(l)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"'
+    expected = hypercorn_default % atoms  # hypercorn applies its format string this way
+    ours = format_line(scope, 201, response["headers"])
+    assert ours.split("]", 1)[1] == expected.split("]", 1)[1]
+
+
+# -- the CLI and the hypercorn switch ----------------------------------------------------------------
+def test_cli_maps_options_onto_server_config() -> None:
+    from trio_yastack._cli import _serve_config, build_parser
+
+    options = (
+        "--bind 8080 --keep-alive 7 --graceful-timeout 2 --backlog 64 --max-request-body 1000 --access-log -"
+    )
+    args = build_parser().parse_args(["serve", "x:app", *options.split()])
+    config = _serve_config(args)
+    assert isinstance(config, ServerConfig)
+    assert config.bind == ("8080",) and config.keep_alive_timeout == 7.0 and config.graceful_timeout == 2.0
+    assert (config.backlog, config.max_request_body, config.access_log) == (64, 1000, "-")
+    hyper = _serve_config(
+        build_parser().parse_args(["serve", "x:app", "--server", "hypercorn", "--bind", "8080"])
+    )
+    assert isinstance(hyper, Config) and hyper.bind == ["8080"]
+
+
+async def test_server_hypercorn_still_serves_with_hypercorn(autojump_clock: trio.testing.MockClock) -> None:
+    config = Config()
+    config.bind = ["8000"]
+    config.accesslog = config.errorlog = None
+    async with two_stacks() as (a, b), running_server(hello_app, config, stack=a, server="hypercorn"):
+        response = await RawClient(await b.tcp_connect(A_IP, 8000)).request()
+        assert response.status == 200 and response.header("server") == "hypercorn-h11"
+    config2 = Config()
+    config2.bind = ["8001"]
+    config2.accesslog = config2.errorlog = None
+    async with two_stacks() as (a, b), running_server(hello_app, config2, stack=a, server="yastack"):
+        response = await RawClient(await b.tcp_connect(A_IP, 8001)).request()
+        assert response.status == 200 and response.header("server") is None  # ours
+
+
+async def test_bad_input_never_takes_the_server_down(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Seeded garbage, truncated heads, bytes after a reset: each connection gets its answer (or
+    is closed) and the server still serves a good client afterwards."""
+    rng = random.Random(16)
+    nasty = [bytes(rng.randrange(256) for _ in range(rng.randrange(1, 3000))) for _ in range(12)] + [
+        b"GET / HTTP/1.1\r\nhost: t\r\ncontent-length: -1\r\n\r\n",
+        b"GET /\x00 HTTP/1.1\r\n\r\n",
+        b"GET / HTTP/9.9\r\n\r\n",
+        b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\nffffffffffffffffff\r\n",
+        b"GET " + b"/a" * 40_000 + b" HTTP/1.1\r\n\r\n",
+        b"\r\n" * 1000,
+    ]
+    config = ServerConfig(bind=("8000",), request_head_timeout=2.0)
+    async with two_stacks() as (a, b), running_server(echo_app, config, stack=a):
+        for raw in nasty:
+            client = RawClient(await b.tcp_connect(A_IP, 8000))
+            await client.send(raw)
+            await client.wait_closed()  # an answer then close, or a 408 after 2 s: bounded either way
+        good = RawClient(await b.tcp_connect(A_IP, 8000))
+        assert (await good.request("POST", "/", b"still here")).body == b"still here"
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]  # no bug met on the way

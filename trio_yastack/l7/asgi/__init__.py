@@ -9,6 +9,7 @@ wsproto, HTTP/2 through hypercorn's protocol) and hypercorn's trio worker, both 
 
 from ._access_log import AccessLogger as AccessLogger
 from ._config import ServerConfig as ServerConfig
+from ._http11 import ClientDisconnected as ClientDisconnected
 from ._http11 import HttpConnection as HttpConnection
 from ._hypercorn import SUPPORTED_HYPERCORN as SUPPORTED_HYPERCORN
 from ._hypercorn import Config as Config
@@ -22,6 +23,7 @@ from ._server import serve_asgi as serve_asgi
 __all__ = [
     "SUPPORTED_HYPERCORN",
     "AccessLogger",
+    "ClientDisconnected",
     "Config",
     "HttpConnection",
     "Lifespan",

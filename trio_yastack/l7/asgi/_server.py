@@ -20,6 +20,7 @@ from typing import Any, Literal
 import trio
 
 from trio_yastack._open_stack import Stack, current_stack
+from trio_yastack._trio_helpers import unwrap_single_exception
 
 from ._access_log import AccessLogger
 from ._config import ServerConfig
@@ -30,6 +31,9 @@ from ._lifespan import ASGIApp, Lifespan
 __all__ = ["serve_asgi"]
 
 logger = logging.getLogger("trio_yastack.asgi")
+
+#: how often the sweeper checks the connections' keep-alive and head timeouts (their resolution)
+SWEEP_INTERVAL = 0.5
 
 #: ALPN offered on TLS listeners: HTTP/2 (hypercorn's protocol) first, as hypercorn offers it
 ALPN = ["h2", "http/1.1"]
@@ -105,12 +109,17 @@ class _Server:
             client=_address(stream, peer=True),
             state=self.state,
             access_log=self.access_log,
+            swept=True,
         )
         if self.stopping:
             connection.shutdown()
         self.connections.add(connection)
         try:
             await connection.run()
+        except Exception:
+            # a bug on one connection must not end the others (serve_listeners would take the
+            # whole server down with it): logged, and that connection is closed
+            logger.exception("connection from %s failed", connection.client)
         finally:
             self.connections.discard(connection)
 
@@ -132,6 +141,14 @@ class _Server:
             state=self.state,
             access_log=self.access_log,
         )
+
+    async def sweep(self) -> None:
+        """End connections whose keep-alive or head timeout passed (every SWEEP_INTERVAL)."""
+        while True:
+            await trio.sleep(SWEEP_INTERVAL)
+            now = trio.current_time()
+            for connection in list(self.connections):
+                connection.check_timeout(now)
 
     def shutdown(self) -> None:
         """Stop keep-alive everywhere; idle connections close now."""
@@ -237,16 +254,33 @@ async def serve_asgi(
     access_log = AccessLogger(config.access_log) if config.access_log is not None else None
     lifespan = Lifespan(app, config.lifespan)
     try:
-        async with trio.open_nursery() as lifespan_nursery:
-            await lifespan.startup(lifespan_nursery)
-            state = lifespan.state if lifespan.supported else None
-            await _serve(
-                app, config, state, access_log, stack, kernel, listeners, shutdown_trigger, task_status
+        # unwrapped: a caller sees LifespanFailure (or its own error) as itself, not in a group
+        with unwrap_single_exception():
+            await _run(
+                app, config, lifespan, access_log, stack, kernel, listeners, shutdown_trigger, task_status
             )
-            await lifespan.shutdown()
     finally:
         if access_log is not None:
             access_log.close()
+
+
+async def _run(
+    app: ASGIApp,
+    config: ServerConfig,
+    lifespan: Lifespan,
+    access_log: AccessLogger | None,
+    stack: Stack | None,
+    kernel: bool,
+    listeners: Sequence[trio.abc.Listener[Any]] | None,
+    shutdown_trigger: Callable[[], Awaitable[Any]] | None,
+    task_status: trio.TaskStatus[list[str]],
+) -> None:
+    """Lifespan start-up, serving, lifespan shutdown (last)."""
+    async with trio.open_nursery() as lifespan_nursery:
+        await lifespan.startup(lifespan_nursery)
+        state = lifespan.state  # {} when the app has no lifespan: uvicorn gives it every request too
+        await _serve(app, config, state, access_log, stack, kernel, listeners, shutdown_trigger, task_status)
+        await lifespan.shutdown()
 
 
 async def _serve(
@@ -286,6 +320,7 @@ async def _serve(
                     accepting.start_soon(stop_when, shutdown_trigger)
                 if access_log is not None:
                     accepting.start_soon(_flush_every_second, access_log)
+                accepting.start_soon(server.sweep)
                 accepting.start_soon(
                     partial(trio.serve_listeners, server.handle, listeners, handler_nursery=connections)
                 )
