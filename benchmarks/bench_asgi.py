@@ -6,11 +6,13 @@ load (``wrk -t1 -c50 --latency``) against four servers (``_asgi_sides.py`` says 
 - ``ours_stack``: ``yastack serve --server yastack`` over the stack (TAP): the main job;
 - ``ours_kernel``: the same server on kernel sockets (veth): the server alone;
 - ``hypercorn_kernel``: hypercorn's trio worker on kernel sockets (what ``yastack serve`` ran before);
-- ``uvicorn_kernel``: uvicorn with httptools + uvloop on kernel sockets (what Python users pick).
+- ``uvicorn_kernel``: uvicorn with httptools + uvloop on kernel sockets (what Python users pick);
+- ``hypercorn_stack``: ``yastack serve --server hypercorn`` over the stack (the main job before).
 
 Keep-alive and ``Connection: close``, one core (the server pinned to one CPU, wrk to the other).
 Two cores (``--two-cores``) only where the machine has a CPU for wrk beside them: on a 2-CPU
-machine the server's two processes and wrk would share two CPUs, so it is off by default.
+machine the server's two processes and wrk would share two CPUs, so it is off by default
+(``yastack serve --kernel`` serves on one core only: ours on kernel sockets has no 2-core case).
 Every round starts each server afresh and runs the sides one after another, the order rotated
 each round, so a busy moment of the shared machine does not fall on one side only; each run
 records the load average before it.  Reported: requests/s, p50/p99 latency, the server's CPU
@@ -87,6 +89,8 @@ def main() -> None:
         for cores in core_counts:
             suffix = "" if cores == 1 else f"_{cores}cores"
             for side in order:
+                if side.max_cores is not None and cores > side.max_cores:
+                    continue  # (said in the side's definition)
                 with tempfile.TemporaryDirectory(prefix="bench_asgi.") as tmp:
                     try:
                         with running(side, cores, Path(tmp), cpus) as server:
