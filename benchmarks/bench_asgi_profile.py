@@ -53,6 +53,7 @@ RESULTS = Path(__file__).parent / "results"
 DEFAULT_SIDES = ("ours_stack", "ours_kernel")
 RATE = 100  # samples per second
 
+STACK_PART = "stack (nic, stack, socket_api, dispatch)"
 IDLE = frozenset({"epoll_wait", "epoll_pwait", "epoll_pwait2", "poll", "ppoll", "select", "pselect6"})
 #: (part, how to recognise one of its frames: a regex on "function (file:line)")
 PARTS: list[tuple[str, re.Pattern[str]]] = [
@@ -61,7 +62,7 @@ PARTS: list[tuple[str, re.Pattern[str]]] = [
      re.compile(r"\((httptools/[^)]*|parser\.c:\d+|llhttp\.c:\d+|api\.c:\d+|http\.c:\d+)\)$")),
     (OUR_PART := "our server (l7/asgi)", re.compile(r"[(/]trio_yastack/(l7/asgi/|_cli\.py)[^)]*\)$")),
     ("app", re.compile(r"\(hello\.py:\d+\)$")),
-    ("stack (nic, stack, socket_api, dispatch)",
+    (STACK_PART,
      re.compile(r"[(/](trio_yastack/(?!l7/|_cli\.py)[^)]*|_native\.c:\d+|[^)]*_cffi[^)]*|native/[^)]*)\)$")),
     ("trio (socket wrappers)", re.compile(r"[(/]trio/(_socket|_highlevel_socket)\.py:\d+\)$")),
     ("trio (scheduler, cancel scopes, checkpoints)", re.compile(r"[(/](trio|outcome)/[^)]*\)$")),
@@ -80,24 +81,41 @@ SYSCALLS = frozenset(
 SYSCALL_PART = "kernel (system calls)"
 
 
-def charge(frames: list[str]) -> str | None:
-    """The part one sample goes to (None: idle): a system call if it is in one, else its innermost
-    frame that belongs to a part (libc's other functions, the interpreter's C: the caller's part)."""
+def charge(frames: list[str]) -> tuple[str, str] | None:
+    """The part one sample goes to and the frame that decided it (None: idle): a system call if
+    it is in one, else its innermost frame that belongs to a part (libc's other functions, the
+    interpreter's C: the caller's part)."""
     function = frames[-1].split(" (", 1)[0]
     if function in IDLE:
         return None
     if function in SYSCALLS and "(libc" in frames[-1]:
-        return SYSCALL_PART
+        # which of our layers made the call: the innermost frame of a known part above it
+        caller = next((f for f in reversed(frames) if any(p.search(f) for _, p in PARTS)), "?")
+        return SYSCALL_PART, f"{function} from {_without_line(caller)}"
     for frame in reversed(frames):
         for part, pattern in PARTS:
             if pattern.search(frame):
-                return part
-    return OTHER
+                return part, _without_line(frame)
+    return OTHER, _without_line(frames[-1])
+
+
+STACK_LAYER = re.compile(r"trio_yastack/(stack/tcp|[a-z_]+)")
+
+
+def stack_layer(frame: str) -> str:
+    """Which layer of the stack a frame charged to the stack is in (``stack/tcp`` apart)."""
+    found = STACK_LAYER.search(frame)
+    return found.group(1).removesuffix(".py") if found else "native C"
+
+
+def _without_line(frame: str) -> str:
+    return re.sub(r":\d+\)$", ")", frame)
 
 
 def analyse(raw: str) -> dict[str, Any]:
     """py-spy's raw (collapsed) output as parts, percentages and our hottest lines."""
     parts: Counter[str] = Counter()
+    within: dict[str, Counter[str]] = {}  # part -> the deciding functions
     ours_self: Counter[str] = Counter()  # samples charged to our code, by our innermost line
     ours_lines: Counter[str] = Counter()  # any sample, by our innermost line (what it led to below)
     ours_total: Counter[str] = Counter()  # our functions anywhere in a sample (inclusive)
@@ -109,12 +127,14 @@ def analyse(raw: str) -> dict[str, Any]:
             continue
         count = int(count_text)
         frames = stack.split(";")
-        part = charge(frames)
-        if part is None:
+        charged = charge(frames)
+        if charged is None:
             idle += count
             continue
+        part, frame = charged
         busy += count
         parts[part] += count
+        within.setdefault(part, Counter())[frame] += count
         ours = [match for frame in frames if (match := OUR_CODE.match(frame))]
         if ours:
             line = ours[-1]["where"] + f" ({ours[-1]['function']})"
@@ -129,6 +149,13 @@ def analyse(raw: str) -> dict[str, Any]:
         "samples_busy": busy,
         "samples_idle": idle,
         "parts": share,
+        "stack_layers": {
+            layer: count / busy for layer, count in _layers(within.get(STACK_PART, Counter())).most_common()
+        },
+        "top_functions": {
+            part: [{"function": name, "share": count / busy} for name, count in counter.most_common(8)]
+            for part, counter in within.items()
+        },
         "our_hottest_lines": [
             {"where": where, "share": count / busy} for where, count in ours_self.most_common(10)
         ],
@@ -142,6 +169,13 @@ def analyse(raw: str) -> dict[str, Any]:
             {"function": name, "share": count / busy} for name, count in ours_total.most_common(10)
         ],
     }
+
+
+def _layers(functions: Counter[str]) -> Counter[str]:
+    layers: Counter[str] = Counter()
+    for frame, count in functions.items():
+        layers[stack_layer(frame)] += count
+    return layers
 
 
 def profile(server: Running, seconds: int, tmp: Path, close: bool) -> dict[str, Any]:

@@ -407,6 +407,14 @@ def profile_section(results: dict[str, dict[str, Any]]) -> list[str]:
         ]
         for part, share in case["parts"].items():
             lines.append(f"| {part} | {share:.1%} | {case['us_per_request'][part]:.1f} |")
+        if case.get("stack_layers"):
+            layers = ", ".join(f"{layer} {share:.1%}" for layer, share in case["stack_layers"].items())
+            lines += ["", f"The stack's share by layer: {layers}."]
+        for part in ("trio (scheduler, cancel scopes, checkpoints)", "kernel (system calls)"):
+            top = case.get("top_functions", {}).get(part, [])[:4]
+            if top:
+                named = ", ".join(f"`{entry['function']}` {entry['share']:.1%}" for entry in top)
+                lines += ["", f"Most of {part}: {named}."]
         lines += ["", "| our hottest lines: self time | share | inclusive (what the line led to) | share |"]
         lines.append("| --- | --- | --- | --- |")
         for own, below in zip(case["our_hottest_lines"][:5], case["our_lines_inclusive"][:5], strict=False):
