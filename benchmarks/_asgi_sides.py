@@ -13,7 +13,11 @@ of its own, and the load (wrk) run against them.
   sockets, go on being measured).
 
 Every address is in 198.18.0.0/15 inside namespaces made here; the server is 198.18.0.2:8000, the
-load 198.18.0.1.  With two CPUs, a one-core server is pinned to the first and the load to the
+load 198.18.0.1.  The load's namespace lets a new connection reuse a local port still in TIME_WAIT
+(``net.ipv4.tcp_tw_reuse=1``) from ports 1024-65000: one load generator opening a thousand
+connections a second holds more ports in TIME_WAIT (60 s) than ``connect()`` has by default
+(half of 32768-60999), and would otherwise measure its own port exhaustion, not the server.
+With two CPUs, a one-core server is pinned to the first and the load to the
 second (``taskset``), so "1 core" means one core and the load never steals it.
 """
 
@@ -130,6 +134,8 @@ def running(side: Side, cores: int, tmp: Path, cpus: tuple[int, int] | None) -> 
     stopped by its PID (SIGINT, then SIGKILL) and the namespaces deleted at the end."""
     with contextlib.ExitStack() as stack:
         client = stack.enter_context(NetworkNamespace("yasb"))
+        for knob in ("net.ipv4.tcp_tw_reuse=1", "net.ipv4.ip_local_port_range=1024 65000"):
+            client.run(["sysctl", "-q", "-w", knob], check=True)
         serving = client
         if not side.over_stack:
             serving = stack.enter_context(NetworkNamespace("yasb"))

@@ -8,7 +8,9 @@ the first round and after the third, and once the load has stopped the connectio
 CLOSE_WAIT on either side: ``ss -tan state close-wait`` in the load's namespace and, on kernel
 sockets, in the server's; over the stack, the stack's own TCP states from ``yastack stat --json``
 (also taken after rounds 1 and 3: the stack holds its TIME_WAIT connections for 2MSL, in its RSS).
-A connection may take a moment to leave CLOSE_WAIT after the last FIN: the count is taken once
+The kernel's TCP counters of each namespace (``nstat``: accept-queue overflows, SYN
+retransmissions, resets) are kept beside, to tell a server that slows down from a queue that
+overflows.  A connection may take a moment to leave CLOSE_WAIT after the last FIN: the count is taken once
 it reaches zero or after ``SETTLE`` seconds, whichever comes first.
 
 The issue's bars (reported, not asserted): the three rounds within 10 % of each other, RSS after
@@ -43,6 +45,25 @@ def close_wait(namespace: NetworkNamespace) -> int:
     """Kernel sockets in CLOSE_WAIT in ``namespace``."""
     done = namespace.run(["ss", "-Htan", "state", "close-wait"], timeout=30, check=True)
     return len([line for line in done.stdout.splitlines() if line.strip()])
+
+
+#: the kernel's counters that say why a connection waited (nstat): a full accept queue drops SYNs
+#: (the client retries after 1 s), SYN retransmissions, resets, TIME_WAIT entered
+NSTAT_KEYS = (
+    "TcpExtListenOverflows", "TcpExtListenDrops", "TcpExtTCPSynRetrans", "TcpExtTW",
+    "TcpExtTCPTimeWaitOverflow", "TcpAttemptFails", "TcpEstabResets", "TcpOutRsts",
+    "TcpActiveOpens", "TcpPassiveOpens",
+)  # fmt: skip
+
+
+def kernel_counters(namespace: NetworkNamespace) -> dict[str, int]:
+    """The namespace's TCP counters (``nstat``, absolute, the history file left alone)."""
+    done = namespace.run(["nstat", "-asz", "--json"], timeout=30)
+    if done.returncode:
+        return {}
+    document = json.loads(done.stdout)
+    counters = document.get("kernel", document)
+    return {key: int(counters.get(key, 0)) for key in NSTAT_KEYS}
 
 
 def stack_states(server: Running) -> dict[str, int]:
@@ -94,6 +115,9 @@ def churn(server: Running, seconds: int, connections: int) -> dict[str, Any]:
     rates = [run["requests_per_s"] for run in rounds]
     first, last = rss["after_round_1"], rss[f"after_round_{ROUNDS}"]
     left = left_in_close_wait(server)
+    counters = {"load_side": kernel_counters(server.client)}
+    if not server.side.over_stack:
+        counters["server_side"] = kernel_counters(server.serving)
     return {
         "rounds": rounds,
         "requests_per_s": rates,
@@ -102,6 +126,7 @@ def churn(server: Running, seconds: int, connections: int) -> dict[str, Any]:
         "rss_growth": last / first - 1 if first else 0.0,
         "stack_states": states,
         "close_wait": left,
+        "kernel_counters": counters,
         "meets_bars": {
             "rounds_within_10_percent": (max(rates) - min(rates)) <= 0.10 * max(rates),
             "rss_within_20_percent": abs(last - first) <= 0.20 * first,
