@@ -360,8 +360,8 @@ def churn_section(results: dict[str, dict[str, Any]]) -> list[str]:
         "after the 1st, no CLOSE_WAIT left on either side.",
         "",
         "| server | req/s round 1 / 2 / 3 | spread | RSS MiB after 1st / 3rd | CLOSE_WAIT load / server | "
-        "stack's TIME_WAIT after 1st / 3rd | bars met | load avg |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "stack's TIME_WAIT after 1st / 3rd | accept-queue overflows | bars met | load avg |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, case in churn["cases"].items():
         rss = case["rss_bytes"]
@@ -371,10 +371,17 @@ def churn_section(results: dict[str, dict[str, Any]]) -> list[str]:
             f"{case['rounds_spread']:.0%} | {rss['after_round_1'] / 2**20:.1f} / "
             f"{rss['after_round_3'] / 2**20:.1f} | "
             f"{case['close_wait']['load_side']} / {case['close_wait']['server_side']} | "
-            f"{_time_wait(case)} | {'all' if not missed else 'missed: ' + ', '.join(missed)} | "
+            f"{_time_wait(case)} | {_overflows(case)} | "
+            f"{'all' if not missed else 'missed: ' + ', '.join(missed)} | "
             f"{max(run['load_average'] for run in case['rounds']):.2f} |"
         )
     return lines
+
+
+def _overflows(case: dict[str, Any]) -> str:
+    """The server namespace's accept-queue overflows (SYNs dropped: the client retries after 1 s)."""
+    server = case.get("kernel_counters", {}).get("server_side")
+    return "-" if not server else str(server.get("TcpExtListenOverflows", 0))
 
 
 def _time_wait(case: dict[str, Any]) -> str:
