@@ -15,8 +15,8 @@ of its own, and the load (wrk) run against them.
 Every address is in 198.18.0.0/15 inside namespaces made here; the server is 198.18.0.2:8000, the
 load 198.18.0.1.  The load's namespace lets a new connection reuse a local port still in TIME_WAIT
 (``net.ipv4.tcp_tw_reuse=1``) from ports 1024-65000: one load generator opening a thousand
-connections a second holds more ports in TIME_WAIT (60 s) than ``connect()`` has by default
-(half of 32768-60999), and would otherwise measure its own port exhaustion, not the server.
+connections a second holds more ports in TIME_WAIT (60 s) than ``connect()`` finds free by
+default (it stalled at ~14 000, half of 32768-60999), and would measure its own port exhaustion.
 With two CPUs, a one-core server is pinned to the first and the load to the
 second (``taskset``), so "1 core" means one core and the load never steals it.
 """
