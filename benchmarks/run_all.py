@@ -102,6 +102,7 @@ ASGI_RATIOS = (
     ("ours_stack", "uvicorn_kernel", None),
     ("hypercorn_stack", "hypercorn_kernel", None),
 )
+PEER_NAMES = {"hypercorn_kernel": "hypercorn (kernel)", "uvicorn_kernel": "uvicorn (kernel)"}
 ASGI_LABELS = {
     "ours_stack": "ours over the stack (TAP)",
     "ours_kernel": "ours on kernel sockets",
@@ -130,7 +131,7 @@ def asgi_rows(asgi: dict[str, Any]) -> list[tuple[str, str, str, float]]:
                 continue
             goal = f", target >= {target:g}" if target else ""
             out.append((
-                f"ASGI hello world, wrk -t1 -c50, {label}, {ASGI_LABELS[ours]}{goal}: "
+                f"ASGI hello world, wrk -t1 -c50, {label}, {ASGI_LABELS[ours]} vs {PEER_NAMES[peer]}{goal}: "
                 "req/s (p99 ms, CPU us/req)",
                 _served(mine),
                 f"{ASGI_LABELS[peer]}: {_served(theirs)}",
@@ -158,7 +159,8 @@ def churn_rows(churn: dict[str, Any]) -> list[tuple[str, str, str, float]]:
         if ours not in cases or peer is None:
             continue
         out.append((
-            f"ASGI churn, 3 x 10 s wrk -c200 Connection: close, {ASGI_LABELS[ours]}: req/s per round "
+            f"ASGI churn, 3 x 10 s wrk -c200 Connection: close, {ASGI_LABELS[ours]} vs hypercorn (kernel): "
+            "req/s per round "
             "(RSS after 1st -> 3rd, CLOSE_WAIT load/server side); ratio of 3rd rounds",
             _churned(cases[ours]),
             f"{ASGI_LABELS['hypercorn_kernel']}: {_churned(peer)}",
