@@ -158,6 +158,9 @@ class HttpConnection:
     ``server``/``client`` are the scope's addresses, ``scheme`` ``"http"`` or ``"https"``,
     ``state`` the lifespan state (copied per request).  :meth:`run` serves; :meth:`shutdown`
     asks it to stop after the response in progress (an idle connection stops at once).
+    ``swept``: the keep-alive and head timeouts are enforced by whoever calls
+    :meth:`check_timeout` (``serve_asgi``'s sweeper), not by a deadline of the connection's own.
+    ``send()`` raises :class:`ClientDisconnected` once the client is gone (ASGI 2.4).
     """
 
     def __init__(
@@ -479,8 +482,8 @@ class HttpConnection:
             await self._serve(request)
             if not self._keep_alive:
                 return
-            self._set_timeout(_INF)  # a pipelined request may be next: no timeout while it runs
-            first = False
+            if requests:
+                self._set_timeout(_INF)  # a pipelined request is next: no timeout while it runs
 
     async def _read_first(self) -> bool:
         """The connection's first read: HTTP/2 with prior knowledge goes to ``serve_h2``."""
