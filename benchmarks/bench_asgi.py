@@ -146,8 +146,8 @@ def main() -> None:
               f"{case['p50_ms']['median']:8.2f} {case['p99_ms']['median']:8.2f} "
               f"{case['cpu_us_per_request']['median']:11.0f} {case['load_average']['max']:6.2f}")  # fmt: skip
     for key, value in result["ratios"].items():
-        target = f" (target >= {value['target']:g})" if value["target"] else ""
-        print(f"{key}: {value['ratio']:.2f}{target}; by CPU per request {value['cpu_ratio']:.2f}")
+        goal = f" (target >= {value['target']:g})" if value["target"] else ""
+        print(f"{key}: {value['ratio']:.2f}{goal}; by CPU per request {value['cpu_ratio']:.2f}")
     if not args.quick and not failures:
         RESULTS.mkdir(exist_ok=True)
         (RESULTS / "asgi.json").write_text(json.dumps(result, indent=2) + "\n")
