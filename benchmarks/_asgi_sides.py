@@ -125,7 +125,10 @@ class Running:
             raise BenchFailure(f"{self.side.name}: wrk failed: {(done.stderr or done.stdout).strip()[-500:]}")
         if self.process.poll() is not None:
             raise BenchFailure(f"{self.side.name}: the server died under load:\n{tail(self.log)}")
-        return parse_wrk(done.stdout)
+        try:
+            return parse_wrk(done.stdout)
+        except ValueError as exc:
+            raise BenchFailure(f"{self.side.name}: {exc}") from None
 
 
 @contextlib.contextmanager

@@ -51,15 +51,23 @@ def pick_cpus() -> tuple[int, int] | None:
     return (cpus[0], cpus[1]) if len(cpus) >= 2 else None
 
 
+def _required(pattern: str, out: str) -> re.Match[str]:
+    found = re.search(pattern, out)
+    if found is None:
+        raise ValueError(f"wrk printed no {pattern!r}:\n{out[-1000:]}")
+    return found
+
+
 def parse_wrk(out: str) -> dict[str, float]:
-    """``wrk --latency``'s report as numbers: requests, req/s, p50/p99 in ms, socket errors, non-2xx."""
-    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
-    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    """``wrk --latency``'s report as numbers: requests, req/s, p50/p99 in ms, socket errors, non-2xx
+    (a report without the first four is wrk's failure: ValueError, with what it printed)."""
+    requests = int(_required(r"(\d+) requests in", out).group(1))
+    rate = float(_required(r"Requests/sec:\s+([\d.]+)", out).group(1))
     errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
 
     def percentile(name: str) -> float:
-        value, unit = re.search(rf"\s{name}%\s+([\d.]+)(us|ms|s)", out).groups()  # type: ignore[union-attr]
+        value, unit = _required(rf"\s{name}%\s+([\d.]+)(us|ms|s)", out).groups()
         return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
 
     return {
