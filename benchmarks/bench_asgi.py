@@ -1,111 +1,68 @@
-"""hypercorn serving the example app over the stack (TAP) against hypercorn on kernel sockets (veth).
+"""Our ASGI server against hypercorn's trio worker and uvicorn, over the stack and on kernel sockets.
 
-The same ASGI app (``examples/hello.py``, ``GET /``: a 13-byte ``Hello, world!``), the same
-hypercorn, the same single-process trio worker, the same load generator (``wrk -t1 -c50``):
+The same ASGI app (``examples/hello.py``, ``GET /``: a 13-byte ``Hello, world!``) and the same
+load (``wrk -t1 -c50 --latency``) against four servers (``_asgi_sides.py`` says how each starts):
 
-- ours: ``yastack serve`` on TAP ``yas0`` in a private namespace, wrk on the kernel side of it;
-- the peer: ``hypercorn --worker-class trio`` on kernel sockets, in one namespace joined by a
-  veth pair to another where wrk runs.
+- ``ours_stack``: ``yastack serve --server yastack`` over the stack (TAP): the main job;
+- ``ours_kernel``: the same server on kernel sockets (veth): the server alone;
+- ``hypercorn_kernel``: hypercorn's trio worker on kernel sockets (what ``yastack serve`` ran before);
+- ``uvicorn_kernel``: uvicorn with httptools + uvloop on kernel sockets (what Python users pick);
+- ``hypercorn_stack``: ``yastack serve --server hypercorn`` over the stack (the main job before).
 
-Keep-alive and ``Connection: close`` are both measured, on one core and on two (ours: ``--cores
-2``, a multi-queue TAP and one process per core; the peer: ``hypercorn --workers 2``); rounds
-alternate ours and the peer.
-Reported: requests/s, p50/p99 latency (wrk --latency), and the server's CPU time per request
-(from ``/proc/PID/stat``), as medians with min-max and the ratio ours/peer.
+Keep-alive and ``Connection: close``, one core (the server pinned to one CPU, wrk to the other).
+Two cores (``--two-cores``) only where the machine has a CPU for wrk beside them: on a 2-CPU
+machine the server's two processes and wrk would share two CPUs, so it is off by default
+(``yastack serve --kernel`` serves on one core only: ours on kernel sockets has no 2-core case).
+Every round starts each server afresh and runs the sides one after another, the order rotated
+each round, so a busy moment of the shared machine does not fall on one side only; each run
+records the load average before it.  Reported: requests/s, p50/p99 latency, the server's CPU
+time per request (``/proc/PID/stat``, its process tree), medians with min-max over the rounds,
+and the issue's ratios with their targets, by req/s and by CPU per request (the peer's over
+ours: the steadier of the two when the machine is shared).
 
-    python benchmarks/bench_asgi.py [--seconds S] [--rounds R] [--quick]
+    python benchmarks/bench_asgi.py [--seconds S] [--rounds R] [--quick] [--sides a,b] [--two-cores]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import subprocess
 import sys
+import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from _common import machine, parse_wrk, spread
+from _asgi_sides import DEFAULT_SIDES, SIDES, BenchFailure, Running, running
+from _common import cpu_seconds, load_average, machine, pick_cpus, spread
 
-from trio_yastack.nic.netns import NetworkNamespace, netns_unavailable_reason, veth_pair
+from trio_yastack.nic.netns import netns_unavailable_reason
 
-ROOT = Path(__file__).resolve().parent.parent
+__all__ = ["RATIOS", "cpu_seconds", "main"]  # cpu_seconds: bench_proxy.py imports it from here
+
 RESULTS = Path(__file__).parent / "results"
-APP = str(ROOT / "examples" / "hello.py") + ":app"
+
+#: (numerator side, denominator side, the issue's target or None for "report it")
+RATIOS: list[tuple[str, str, float | None]] = [
+    ("ours_kernel", "hypercorn_kernel", 10.0),
+    ("ours_kernel", "uvicorn_kernel", 0.5),
+    ("ours_stack", "hypercorn_kernel", 6.0),
+    ("ours_stack", "uvicorn_kernel", None),
+    ("ours_stack", "ours_kernel", None),
+    ("hypercorn_stack", "hypercorn_kernel", None),
+]
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process and all its descendants alive now, in seconds (hypercorn's
-    command runs its worker in a child process)."""
-    total = 0.0
-    pending = [pid]
-    while pending:
-        current = pending.pop()
-        try:
-            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-            for task in Path(f"/proc/{current}/task").iterdir():
-                pending += [int(child) for child in (task / "children").read_text().split()]
-        except FileNotFoundError:
-            continue
-    return total
-
-
-def wait_for_line(process: subprocess.Popen[str], marker: str, limit: int = 200) -> None:
-    assert process.stdout is not None
-    for _ in range(limit):
-        line = process.stdout.readline()
-        if not line:
-            raise RuntimeError(f"server exited before printing {marker!r}")
-        if marker in line:
-            return
-    raise RuntimeError(f"no {marker!r} in the server's first {limit} lines")
-
-
-def run_wrk(namespace: NetworkNamespace, url: str, seconds: int, close: bool) -> dict[str, float]:
-    args = ["wrk", "-t1", "-c50", f"-d{seconds}s", "--latency", url]
-    if close:
-        args[1:1] = ["-H", "Connection: close"]
-    out = namespace.run(args, timeout=seconds + 60).stdout
-    return parse_wrk(out)
-
-
-def run_ours(seconds: int, close: bool, cores: int = 1) -> dict[str, float]:
-    with NetworkNamespace("yasb") as namespace:
-        server = namespace.popen(
-            [sys.executable, "-m", "trio_yastack", "serve", APP, "--nic", "tap:yas0", "--bind", "8000",
-             "--cores", str(cores)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
-        )  # fmt: skip
-        wait_for_line(server, "# try:")
-        namespace.run(["curl", "-sS", "-m", "5", "http://198.18.0.2:8000/"], check=True)  # warm ARP
-        before = cpu_seconds(server.pid)
-        result = run_wrk(namespace, "http://198.18.0.2:8000/", seconds, close)
-        result["cpu_us_per_request"] = (cpu_seconds(server.pid) - before) / result["requests"] * 1e6
-        return result
-
-
-def run_kernel(seconds: int, close: bool, cores: int = 1) -> dict[str, float]:
-    with NetworkNamespace("yasb") as client, NetworkNamespace("yasb") as serving:
-        veth_pair(client, serving, left_address="198.18.0.1/24", right_address="198.18.0.2/24")
-        hypercorn = shutil.which("hypercorn", path=str(Path(sys.executable).parent)) or "hypercorn"
-        server = serving.popen(
-            [hypercorn, "--worker-class", "trio", "--workers", str(cores), "--bind", "198.18.0.2:8000", APP],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
-        )  # fmt: skip
-        wait_for_line(server, "Running on")
-        client.run(["curl", "-sS", "-m", "5", "http://198.18.0.2:8000/"], check=True)
-        before = cpu_seconds(server.pid)
-        result = run_wrk(client, "http://198.18.0.2:8000/", seconds, close)
-        result["cpu_us_per_request"] = (cpu_seconds(server.pid) - before) / result["requests"] * 1e6
-        return result
-
-
-def summary(runs: list[dict[str, float]], key: str) -> dict[str, float]:
-    return spread(run[key] for run in runs)
+def measure(server: Running, seconds: int, close: bool) -> dict[str, float]:
+    """One wrk run: its figures, the server's CPU per request and the load average before it."""
+    load = load_average()
+    before = cpu_seconds(server.process.pid)
+    result = server.wrk(seconds, close=close)
+    used = cpu_seconds(server.process.pid) - before
+    result["cpu_us_per_request"] = used / max(result["requests"], 1) * 1e6
+    result["load_average"] = load
+    return result
 
 
 def main() -> None:
@@ -114,52 +71,88 @@ def main() -> None:
     )
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--quick", action="store_true", help="2-second runs, 1 round (CI smoke)")
-    parser.add_argument("--one-core", action="store_true", help="skip the 2-core cases")
+    parser.add_argument("--quick", action="store_true", help="1-second runs, 1 round (CI smoke)")
+    parser.add_argument("--sides", default=",".join(DEFAULT_SIDES), help=f"of {', '.join(SIDES)}")
+    parser.add_argument("--two-cores", action="store_true", help="also 2-core cases (needs a CPU for wrk)")
     args = parser.parse_args()
     reason = netns_unavailable_reason()
     if reason or not shutil.which("wrk"):
         sys.exit(f"bench_asgi: needs network namespaces and wrk: {reason or 'wrk is missing'}")
-    seconds, rounds = (2, 1) if args.quick else (args.seconds, args.rounds)
+    sides = [SIDES[name] for name in args.sides.split(",")]
+    seconds, rounds = (1, 1) if args.quick else (args.seconds, args.rounds)
+    cpus = pick_cpus() if shutil.which("taskset") else None
+    core_counts = (1, 2) if args.two_cores else (1,)
     cases: dict[str, list[dict[str, float]]] = {}
-    core_counts = (1, 2) if (os.cpu_count() or 1) >= 2 and not args.one_core else (1,)
-    for _ in range(rounds):
+    failures: list[str] = []
+    for index in range(rounds):
+        order = sides[index % len(sides) :] + sides[: index % len(sides)]
         for cores in core_counts:
             suffix = "" if cores == 1 else f"_{cores}cores"
-            for close in (False, True):
-                mode = ("close" if close else "keepalive") + suffix
-                cases.setdefault(f"ours_{mode}", []).append(run_ours(seconds, close, cores))
-                cases.setdefault(f"kernel_{mode}", []).append(run_kernel(seconds, close, cores))
+            for side in order:
+                if side.max_cores is not None and cores > side.max_cores:
+                    continue  # (said in the side's definition)
+                with tempfile.TemporaryDirectory(prefix="bench_asgi.") as tmp:
+                    try:
+                        with running(side, cores, Path(tmp), cpus) as server:
+                            server.wrk(1)  # not counted: the first connections, caches, ARP
+                            for close in (False, True):
+                                mode = ("close" if close else "keepalive") + suffix
+                                run = measure(server, seconds, close)
+                                cases.setdefault(f"{side.name}_{mode}", []).append(run)
+                                rate, load = run["requests_per_s"], run["load_average"]
+                                note = (
+                                    f"# round {index + 1} {side.name}_{mode}: {rate:.0f} req/s, load {load}"
+                                )
+                                print(note, file=sys.stderr, flush=True)
+                    except BenchFailure as exc:
+                        failures.append(str(exc))
+                        print(f"# FAILED: {exc}", file=sys.stderr, flush=True)
     result: dict[str, Any] = {
         "benchmark": "asgi",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(),
-        "load": f"wrk -t1 -c50 -d{seconds}s GET / (13-byte body)",
+        "load": f"wrk -t1 -c50 -d{seconds}s --latency GET / (13-byte body), examples/hello.py",
+        "pinning": f"server on CPU {cpus[0]}, wrk on CPU {cpus[1]}" if cpus else "none",
         "rounds": rounds,
-        "cases": {name: {key: summary(runs, key) for key in runs[0]} for name, runs in cases.items()},
+        "sides": {side.name: side.label for side in sides},
+        "cases": {
+            name: {key: spread(run[key] for run in runs) for key in runs[0]} for name, runs in cases.items()
+        },
+        "failures": failures,
+        "ratios": {},
     }
-    for name in result["cases"]:
-        if name.startswith("ours_"):
-            mode = name.removeprefix("ours_")
-            ours = result["cases"][name]["requests_per_s"]["median"]
-            kernel = result["cases"][f"kernel_{mode}"]["requests_per_s"]["median"]
-            result[f"ratio_{mode}"] = ours / kernel
-            if mode.endswith("_2cores"):
-                one = result["cases"][f"ours_{mode.removesuffix('_2cores')}"]["requests_per_s"]["median"]
-                result[f"scaling_{mode}"] = ours / one  # 2 cores against 1, ours
+    for mode in sorted({name.split("_", 2)[2] for name in cases}):
+        for top, bottom, target in RATIOS:
+            a, b = cases.get(f"{top}_{mode}"), cases.get(f"{bottom}_{mode}")
+            if a and b:
+                ours = result["cases"][f"{top}_{mode}"]["requests_per_s"]["median"]
+                peer = result["cases"][f"{bottom}_{mode}"]["requests_per_s"]["median"]
+                # CPU per request (peer / ours) moves less than req/s when the machine is shared
+                cpu = (
+                    result["cases"][f"{bottom}_{mode}"]["cpu_us_per_request"]["median"]
+                    / result["cases"][f"{top}_{mode}"]["cpu_us_per_request"]["median"]
+                )
+                result["ratios"][f"{top}/{bottom}_{mode}"] = {
+                    "ratio": ours / peer,
+                    "cpu_ratio": cpu,
+                    "target": target,
+                }
     print(json.dumps(result, indent=2))
-    print(f"\n{'case':18} {'req/s (median, min-max)':>28} {'p50 ms':>8} {'p99 ms':>8} {'CPU us/req':>11}")
+    heading = f"{'req/s (median, min-max)':>28} {'p50 ms':>8} {'p99 ms':>8} {'CPU us/req':>11} {'load':>6}"
+    print(f"\n{'case':30} {heading}")
     for name, case in result["cases"].items():
         r = case["requests_per_s"]
-        print(f"{name:18} {r['median']:10.0f} ({r['min']:.0f}-{r['max']:.0f}) {'':4}"
+        print(f"{name:30} {r['median']:10.0f} ({r['min']:.0f}-{r['max']:.0f}) {'':4}"
               f"{case['p50_ms']['median']:8.2f} {case['p99_ms']['median']:8.2f} "
-              f"{case['cpu_us_per_request']['median']:11.0f}")  # fmt: skip
-    for key, value in result.items():
-        if key.startswith(("ratio_", "scaling_")):
-            print(f"{key}: {value:.2f}")
-    if not args.quick:
+              f"{case['cpu_us_per_request']['median']:11.0f} {case['load_average']['max']:6.2f}")  # fmt: skip
+    for key, value in result["ratios"].items():
+        goal = f" (target >= {value['target']:g})" if value["target"] else ""
+        print(f"{key}: {value['ratio']:.2f}{goal}; by CPU per request {value['cpu_ratio']:.2f}")
+    if not args.quick and not failures:
         RESULTS.mkdir(exist_ok=True)
         (RESULTS / "asgi.json").write_text(json.dumps(result, indent=2) + "\n")
+    if failures:
+        sys.exit(f"bench_asgi: {len(failures)} run(s) failed")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,10 @@
 Each scenario is its own script (run alone for details); each alternates ours and the peer for
 at least 3 rounds in full mode and reports medians, min-max and the ratio ours/peer:
 
-1. ``bench_asgi.py``: hypercorn + the example app under wrk, over the stack vs on kernel sockets
+1. ``bench_asgi.py``: our ASGI server and the example app under wrk, over the stack and on kernel
+   sockets, vs hypercorn's trio worker and uvicorn (httptools + uvloop) on kernel sockets;
+   ``bench_asgi_churn.py``: three rounds of ``Connection: close`` at 200 connections (rate, RSS,
+   CLOSE_WAIT); ``bench_asgi_profile.py``: py-spy on our server, where a request's time goes
 2. ``bench_tap.py``: bulk TCP through a TAP (offloads on/off) vs kernel-to-kernel over veth
 3. ``bench_memory_wire.py``, ``bench_tcp.py``, ``bench_udp_input.py``: the stack alone in one
    process vs the kernel's loopback
@@ -39,6 +42,8 @@ RESULTS = HERE / "results"
 #: the JSON file each scenario writes in full mode (what ``--table-only`` reads back)
 RESULT_FILES = {
     "bench_asgi.py": "asgi.json",
+    "bench_asgi_churn.py": "asgi_churn.json",
+    "bench_asgi_profile.py": "asgi_profile.json",
     "bench_tap.py": "tap_mtu1500.json",
     "bench_memory_wire.py": "memory_wire.json",
     "bench_tcp.py": "tcp.json",
@@ -51,6 +56,8 @@ RESULT_FILES = {
 
 SCENARIOS: list[tuple[str, list[str]]] = [
     ("bench_asgi.py", []),
+    ("bench_asgi_churn.py", []),
+    ("bench_asgi_profile.py", []),
     ("bench_tap.py", []),
     ("bench_memory_wire.py", []),
     ("bench_tcp.py", []),
@@ -81,28 +88,94 @@ def _median(case: dict[str, Any], key: str) -> float:
     return case[key]["median"]
 
 
+ASGI_MODES = (
+    ("keepalive", "keep-alive, 1 core"),
+    ("close", "Connection: close, 1 core"),
+    ("keepalive_2cores", "keep-alive, 2 cores"),
+    ("close_2cores", "Connection: close, 2 cores"),
+)
+#: the issue's ratios, in the table's order: (ours, peer, target or None for "report it")
+ASGI_RATIOS = (
+    ("ours_kernel", "hypercorn_kernel", 10.0),
+    ("ours_kernel", "uvicorn_kernel", 0.5),
+    ("ours_stack", "hypercorn_kernel", 6.0),
+    ("ours_stack", "uvicorn_kernel", None),
+    ("hypercorn_stack", "hypercorn_kernel", None),
+)
+PEER_NAMES = {"hypercorn_kernel": "hypercorn (kernel)", "uvicorn_kernel": "uvicorn (kernel)"}
+ASGI_LABELS = {
+    "ours_stack": "ours over the stack (TAP)",
+    "ours_kernel": "ours on kernel sockets",
+    "hypercorn_kernel": "hypercorn's trio worker, kernel sockets",
+    "uvicorn_kernel": "uvicorn (httptools + uvloop), kernel sockets",
+    "hypercorn_stack": "hypercorn's trio worker over the stack (TAP)",
+}
+
+
+def _served(case: dict[str, Any]) -> str:
+    """req/s (p99 ms, CPU us/req) of one server's case."""
+    return (
+        f"{_median(case, 'requests_per_s'):.0f} ({_median(case, 'p99_ms'):.1f}, "
+        f"{_median(case, 'cpu_us_per_request'):.0f})"
+    )
+
+
+def asgi_rows(asgi: dict[str, Any]) -> list[tuple[str, str, str, float]]:
+    """bench_asgi.py's cases as the issue's ratios, one row per ratio and mode."""
+    cases = asgi["cases"]
+    out: list[tuple[str, str, str, float]] = []
+    for mode, label in ASGI_MODES:
+        for ours, peer, target in ASGI_RATIOS:
+            mine, theirs = cases.get(f"{ours}_{mode}"), cases.get(f"{peer}_{mode}")
+            if mine is None or theirs is None:
+                continue
+            goal = f", target >= {target:g}" if target else ""
+            out.append((
+                f"ASGI hello world, wrk -t1 -c50, {label}, {ASGI_LABELS[ours]} vs {PEER_NAMES[peer]}{goal}: "
+                "req/s (p99 ms, CPU us/req)",
+                _served(mine),
+                f"{ASGI_LABELS[peer]}: {_served(theirs)}",
+                _median(mine, "requests_per_s") / _median(theirs, "requests_per_s"),
+            ))  # fmt: skip
+    return out
+
+
+def _churned(case: dict[str, Any]) -> str:
+    rates = " / ".join(f"{rate:.0f}" for rate in case["requests_per_s"])
+    rss = case["rss_bytes"]
+    left = case["close_wait"]
+    return (
+        f"{rates} (RSS {rss['after_round_1'] / 2**20:.0f} -> {rss['after_round_3'] / 2**20:.0f} MiB, "
+        f"CLOSE_WAIT {left['load_side']}/{left['server_side']})"
+    )
+
+
+def churn_rows(churn: dict[str, Any]) -> list[tuple[str, str, str, float]]:
+    """bench_asgi_churn.py: ours (stack, kernel) against hypercorn on kernel sockets, third rounds."""
+    cases = churn["cases"]
+    peer = cases.get("hypercorn_kernel")
+    out: list[tuple[str, str, str, float]] = []
+    for ours in ("ours_stack", "ours_kernel"):
+        if ours not in cases or peer is None:
+            continue
+        out.append((
+            f"ASGI churn, 3 x 10 s wrk -c200 Connection: close, {ASGI_LABELS[ours]} vs hypercorn (kernel): "
+            "req/s per round "
+            "(RSS after 1st -> 3rd, CLOSE_WAIT load/server side); ratio of 3rd rounds",
+            _churned(cases[ours]),
+            f"{ASGI_LABELS['hypercorn_kernel']}: {_churned(peer)}",
+            cases[ours]["requests_per_s"][-1] / peer["requests_per_s"][-1],
+        ))  # fmt: skip
+    return out
+
+
 def rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, float]]:
     """``(scenario, ours, peer, ratio)`` table rows from the scenarios' JSON."""
     out: list[tuple[str, str, str, float]] = []
     if "bench_asgi.py" in results:
-        asgi = results["bench_asgi.py"]["cases"]
-        for mode, label in (
-            ("keepalive", "keep-alive"),
-            ("close", "Connection: close"),
-            ("keepalive_2cores", "keep-alive, 2 cores"),
-            ("close_2cores", "Connection: close, 2 cores"),
-        ):
-            if f"ours_{mode}" not in asgi:
-                continue
-            ours, kernel = asgi[f"ours_{mode}"], asgi[f"kernel_{mode}"]
-            out.append((
-                f"ASGI hello world, wrk -t1 -c50, {label}: req/s (p99 ms, CPU us/req)",
-                f"{_median(ours, 'requests_per_s'):.0f} ({_median(ours, 'p99_ms'):.1f}, "
-                f"{_median(ours, 'cpu_us_per_request'):.0f})",
-                f"hypercorn, same workers, kernel sockets: {_median(kernel, 'requests_per_s'):.0f} "
-                f"({_median(kernel, 'p99_ms'):.1f}, {_median(kernel, 'cpu_us_per_request'):.0f})",
-                _median(ours, "requests_per_s") / _median(kernel, "requests_per_s"),
-            ))  # fmt: skip
+        out.extend(asgi_rows(results["bench_asgi.py"]))
+    if "bench_asgi_churn.py" in results:
+        out.extend(churn_rows(results["bench_asgi_churn.py"]))
     if "bench_tap.py" in results:
         tap = results["bench_tap.py"]
         veth = tap["cases"]["kernel_to_kernel_veth"]
@@ -225,7 +298,155 @@ def markdown(results: dict[str, dict[str, Any]], command: str) -> str:
     for scenario, ours, peer, ratio in rows(results):
         lines.append(f"| {scenario} | {ours} | {peer} | {ratio:.2f} |")
     lines.append("")
+    for heading, section in (
+        (ASGI_HEADING, asgi_section),
+        (CHURN_HEADING, churn_section),
+        (PROFILE_HEADING, profile_section),
+    ):
+        body = section(results)
+        if body:
+            lines += [heading, "", *body, ""]
     return "\n".join(lines)
+
+
+ASGI_HEADING = "## ASGI servers side by side (bench_asgi.py)"
+CHURN_HEADING = "## ASGI servers under connection churn (bench_asgi_churn.py)"
+PROFILE_HEADING = "## Where a request's time goes in our ASGI server (bench_asgi_profile.py, py-spy)"
+GENERATED_HEADINGS = (ASGI_HEADING, CHURN_HEADING, PROFILE_HEADING)
+
+
+def _run_line(document: dict[str, Any]) -> str:
+    """When, with what load, pinned how: the line under a section's heading."""
+    pinning = f"; {document['pinning']}" if document.get("pinning") else ""
+    return f"{document['date']}, {document['machine']}; {document['load']}{pinning}"
+
+
+def asgi_section(results: dict[str, dict[str, Any]]) -> list[str]:
+    """Every case of bench_asgi.py with its spread and the load average it ran under."""
+    asgi = results.get("bench_asgi.py")
+    if asgi is None or "sides" not in asgi:
+        return []
+    lines = [
+        f"{_run_line(asgi)}; {asgi['rounds']} rounds, the sides' order rotated each round. "
+        "Load average: the highest 1-minute load average seen before a run of that case (this "
+        "machine's 2 CPUs are shared: above ~1, others were busy and the figure is noisy).",
+        "",
+        "| case | req/s median (min-max) | p50 ms | p99 ms | CPU us/req | load avg |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, case in asgi["cases"].items():
+        rate = case["requests_per_s"]
+        lines.append(
+            f"| {name} | {rate['median']:.0f} ({rate['min']:.0f}-{rate['max']:.0f}) | "
+            f"{_median(case, 'p50_ms'):.2f} | {_median(case, 'p99_ms'):.2f} | "
+            f"{_median(case, 'cpu_us_per_request'):.0f} | {case['load_average']['max']:.2f} |"
+        )
+    lines += [
+        "",
+        "| ratio | by req/s (medians) | by CPU per request (peer's / ours) | target |",
+        "| --- | --- | --- | --- |",
+    ]
+    for key, value in asgi["ratios"].items():
+        target = f">= {value['target']:g}" if value["target"] else "report"
+        cpu = f"{value['cpu_ratio']:.2f}" if "cpu_ratio" in value else "-"
+        lines.append(f"| {key} | {value['ratio']:.2f} | {cpu} | {target} |")
+    return lines
+
+
+def churn_section(results: dict[str, dict[str, Any]]) -> list[str]:
+    churn = results.get("bench_asgi_churn.py")
+    if churn is None:
+        return []
+    lines = [
+        f"{_run_line(churn)}. Bars (issue 16): rounds within 10 %, RSS after the 3rd within 20 % of "
+        "after the 1st, no CLOSE_WAIT left on either side.",
+        "",
+        "| server | req/s round 1 / 2 / 3 | spread | RSS MiB after 1st / 3rd | CLOSE_WAIT load / server | "
+        "stack's TIME_WAIT after 1st / 3rd | accept-queue overflows | bars met | load avg |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, case in churn["cases"].items():
+        rss = case["rss_bytes"]
+        missed = [key for key, ok in case["meets_bars"].items() if not ok]
+        lines.append(
+            f"| {ASGI_LABELS.get(name, name)} | {' / '.join(f'{r:.0f}' for r in case['requests_per_s'])} | "
+            f"{case['rounds_spread']:.0%} | {rss['after_round_1'] / 2**20:.1f} / "
+            f"{rss['after_round_3'] / 2**20:.1f} | "
+            f"{case['close_wait']['load_side']} / {case['close_wait']['server_side']} | "
+            f"{_time_wait(case)} | {_overflows(case)} | "
+            f"{'all' if not missed else 'missed: ' + ', '.join(missed)} | "
+            f"{max(run['load_average'] for run in case['rounds']):.2f} |"
+        )
+    return lines
+
+
+def _overflows(case: dict[str, Any]) -> str:
+    """The server namespace's accept-queue overflows (SYNs dropped: the client retries after 1 s)."""
+    server = case.get("kernel_counters", {}).get("server_side")
+    return "-" if not server else str(server.get("TcpExtListenOverflows", 0))
+
+
+def _time_wait(case: dict[str, Any]) -> str:
+    states = case.get("stack_states") or {}
+    if not states:
+        return "-"
+    return " / ".join(str(states[key].get("TIME_WAIT", 0)) for key in ("after_round_1", "after_round_3"))
+
+
+def profile_section(results: dict[str, dict[str, Any]]) -> list[str]:
+    profile = results.get("bench_asgi_profile.py")
+    if profile is None:
+        return []
+    lines = [
+        f"{_run_line(profile)}. Each sample is charged to the innermost frame that belongs to a part "
+        "(a system call first); CPU us per request measured over the same run (py-spy's pauses "
+        "included, so a little higher than in the table above).",
+        "",
+    ]
+    for name, case in profile["cases"].items():
+        side, _, mode = name.rpartition("_")
+        label = f"{ASGI_LABELS.get(side, side)}, {'Connection: close' if mode == 'close' else 'keep-alive'}"
+        lines += [
+            f"{label}: {case['cpu_us_per_request']:.1f} CPU us per request at "
+            f"{case['requests_per_s_while_sampled']:.0f} req/s, {case['samples_busy']} samples, "
+            f"load average {case['load_average']:.2f}",
+            "",
+            "| part | share | us per request |",
+            "| --- | --- | --- |",
+        ]
+        for part, share in case["parts"].items():
+            lines.append(f"| {part} | {share:.1%} | {case['us_per_request'][part]:.1f} |")
+        if case.get("stack_layers"):
+            layers = ", ".join(f"{layer} {share:.1%}" for layer, share in case["stack_layers"].items())
+            lines += ["", f"The stack's share by layer: {layers}."]
+        for part in ("trio (scheduler, cancel scopes, checkpoints)", "kernel (system calls)"):
+            top = case.get("top_functions", {}).get(part, [])[:4]
+            if top:
+                named = ", ".join(f"`{entry['function']}` {entry['share']:.1%}" for entry in top)
+                lines += ["", f"Most of {part}: {named}."]
+        lines += ["", "| our hottest lines: self time | share | inclusive (what the line led to) | share |"]
+        lines.append("| --- | --- | --- | --- |")
+        for own, below in zip(case["our_hottest_lines"][:5], case["our_lines_inclusive"][:5], strict=False):
+            lines.append(
+                f"| `{own['where']}` | {own['share']:.1%} | `{below['where']}` | {below['share']:.1%} |"
+            )
+        lines.append("")
+    return lines[:-1]
+
+
+def kept_sections(path: Path) -> str:
+    """The hand-written sections (``## ...``) of an existing RESULTS.md that no run generates:
+    a rebuild of the table keeps them."""
+    if not path.exists():
+        return ""
+    kept: list[str] = []
+    keeping = False
+    for line in path.read_text().splitlines():
+        if line.startswith("## "):
+            keeping = line.strip() not in GENERATED_HEADINGS
+        if keeping:
+            kept.append(line)
+    return "\n".join(kept).strip() + "\n" if kept else ""
 
 
 def plot(results: dict[str, dict[str, Any]]) -> list[Path]:
@@ -262,7 +483,11 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="seconds per scenario; nothing written")
-    parser.add_argument("--only", action="append", help="run only these scripts (repeatable)")
+    parser.add_argument(
+        "--only",
+        action="append",
+        help="run only these scripts (repeatable; the others' rows from their JSON)",
+    )
     parser.add_argument(
         "--table-only", action="store_true", help="no runs: the table and plot from benchmarks/results/*.json"
     )
@@ -273,10 +498,7 @@ def main() -> None:
         if args.only and script not in args.only:
             continue
         if args.table_only:
-            path = RESULTS / RESULT_FILES[script]
-            if path.exists():
-                results[script] = json.loads(path.read_text())
-            continue
+            continue  # read back below
         print(f"# {script}{' --quick' if args.quick else ''} ...", flush=True)
         try:
             results[script] = run_scenario(script, extra, args.quick)
@@ -286,13 +508,20 @@ def main() -> None:
             continue
         print(f"#   done in {results[script]['_seconds']} s", flush=True)
     command = "`make bench-quick`" if args.quick else "`make bench` (runs `python benchmarks/run_all.py`)"
-    if args.only or args.table_only:
+    if not args.quick:
+        # A partial run keeps the other scenarios' rows: read back from their last full run.
+        for script, _ in SCENARIOS:
+            path = RESULTS / RESULT_FILES[script]
+            if script not in results and path.exists():
+                results[script] = json.loads(path.read_text())
+    if args.only or args.table_only or failed:
         # Some rows come from earlier runs: say so, rather than dating them all now.
         command += "; this table was put together from `benchmarks/results/*.json` of several runs"
     table = markdown(results, command)
     print(table)
     if not args.quick:
-        (HERE / "RESULTS.md").write_text(table)
+        kept = kept_sections(HERE / "RESULTS.md")
+        (HERE / "RESULTS.md").write_text(table + ("\n" + kept if kept else ""))
         for path in plot(results):
             print(f"# plot: {path}")
     if failed:
