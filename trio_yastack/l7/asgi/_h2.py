@@ -44,6 +44,8 @@ import logging
 import math
 from typing import Any
 
+import h2.errors
+import h2.events
 import h2.exceptions
 import trio
 from hypercorn.app_wrappers import ASGIWrapper
@@ -279,3 +281,33 @@ class _H2Protocol(H2Protocol):
             await self.send(Updated(idle=self.idle))
             return
         await super().stream_send(event)
+
+    async def _handle_events(self, events: list[h2.events.Event]) -> None:
+        """Request body arriving for a stream hypercorn no longer has (its app answered and returned
+        without reading the body, a 401 to an upload; or the stream was refused at shutdown):
+        hypercorn looks the stream up and dies of the KeyError, taking the connection, every other
+        stream on it and the caller's task with it.  Such data is dropped here instead, its flow
+        control window given back, and the client told to stop sending with RST_STREAM(NO_ERROR)
+        (RFC 9113 8.1).  A stream is looked up when its data comes, not before the batch: the
+        request that opens it may be earlier in the same batch."""
+        streams = self.streams
+        if not any(
+            isinstance(event, h2.events.DataReceived) and event.stream_id not in streams for event in events
+        ):
+            await super()._handle_events(events)  # the common case: every stream is known
+            return
+        pending: list[h2.events.Event] = []
+        for event in events:
+            if isinstance(event, h2.events.DataReceived) and event.stream_id not in streams:
+                if pending:  # the request opening this stream may be among them: hypercorn first
+                    await super()._handle_events(pending)
+                    pending = []
+                if event.stream_id not in streams:
+                    with contextlib.suppress(h2.exceptions.ProtocolError):  # the stream is gone already
+                        self.connection.acknowledge_received_data(
+                            event.flow_controlled_length, event.stream_id
+                        )
+                        self.connection.reset_stream(event.stream_id, h2.errors.ErrorCodes.NO_ERROR)
+                    continue
+            pending.append(event)
+        await super()._handle_events(pending)
