@@ -606,3 +606,25 @@ async def test_body_after_an_early_answer_is_dropped(autojump_clock: trio.testin
             client.conn.close_connection()
             await client.flush()
             await client_stream.aclose()
+
+
+async def test_a_protocol_bug_ends_only_its_connection(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An exception inside hypercorn's protocol (here planted) is logged and closes that connection;
+    ``serve_h2`` returns instead of raising into the server's accept loop."""
+    from trio_yastack.l7.asgi import _h2
+
+    async def broken(self: Any, events: list[Any]) -> None:
+        raise RuntimeError("planted protocol bug")
+
+    monkeypatch.setattr(_h2._H2Protocol, "_handle_events", broken)
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    with caplog.at_level(logging.ERROR, logger="trio_yastack.asgi"), trio.fail_after(BOUND):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(partial_serve(server_stream))
+            client = Client(client_stream)
+            await client.start()
+            await client.read_to_eof()
+    (record,) = caplog.records
+    assert record.exc_info is not None and "planted protocol bug" in repr(record.exc_info[1])

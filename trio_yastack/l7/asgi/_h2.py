@@ -19,9 +19,11 @@ The interface (for ``_server``/``_http11``)::
     )
 
 It returns when the connection is over, having closed ``stream`` (a second ``aclose`` by the caller is
-harmless).  On ``shutdown``: an idle connection closes at once; a busy one refuses new streams and
-sends GOAWAY once its streams are done (hypercorn's behaviour with its ``terminated`` event, less a race:
-see :class:`_H2Protocol`); the caller's cancel scope bounds the rest (graceful_timeout).  Without
+harmless); an error inside hypercorn's protocol is logged and ends only this connection.
+
+On ``shutdown``: an idle connection closes at once; a busy one refuses new streams and sends GOAWAY
+once its streams are done (hypercorn's behaviour with its ``terminated`` event, less a race: see
+:class:`_H2Protocol`); the caller's cancel scope bounds the rest (graceful_timeout).  Without
 ``shutdown`` the connection lives until the client leaves, the keep-alive timeout or that cancel scope.
 
 What HTTP/2 does not share with our HTTP/1.1: ``max_request_body`` (hypercorn has no body limit; its
@@ -88,8 +90,13 @@ async def serve_h2(
     """Serve one HTTP/2 connection with hypercorn's ``H2Protocol`` (see the module's docstring)."""
     connection = _H2Connection(stream, _hypercorn_config(config, access_log), shutdown)
     tls = scheme == "https"
-    await connection.run(ASGIWrapper(app), state or {}, tls, client, server, leftover)  # type: ignore[arg-type]
-    # (hypercorn's ASGIFramework type is its TypedDict scopes; ours are plain dicts, the same at run time)
+    try:
+        await connection.run(ASGIWrapper(app), state or {}, tls, client, server, leftover)  # type: ignore[arg-type]
+        # (hypercorn's ASGIFramework type is its TypedDict scopes; ours are plain dicts, the same at run time)
+    except Exception:
+        # hypercorn's protocol is a third party's machine: a bug in it ends this connection (logged,
+        # and closed by run()), never the server (serve_listeners would go down with a handler)
+        logger.exception("HTTP/2 connection from %s failed", client)
 
 
 @functools.lru_cache(maxsize=16)
