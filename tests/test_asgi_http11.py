@@ -593,3 +593,56 @@ async def test_send_after_the_client_left_raises_an_oserror(autojump_clock: trio
             await finished.wait()
             await done.wait()
     assert len(raised) == 1 and isinstance(raised[0], ClientDisconnected)
+
+
+async def test_an_error_raised_because_the_client_left_is_not_logged_as_an_app_error(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Starlette turns the OSError from ``send`` into its own ``ClientDisconnect``: still the
+    client leaving, logged at debug level, not as an exception in the app."""
+
+    class FrameworkDisconnect(Exception):
+        pass
+
+    finished = trio.Event()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        try:
+            while True:
+                await send({"type": "http.response.body", "body": b"x" * 1000, "more_body": True})
+        except OSError:
+            raise FrameworkDisconnect()  # noqa: B904 (chained implicitly, as Starlette does)
+        finally:
+            finished.set()
+
+    with caplog.at_level(logging.DEBUG, logger="trio_yastack.asgi"):
+        async with memory_connection(app) as (client, _conn, done):
+            await client.send(build_request())
+            await client._until(b"\r\n\r\n")
+            await client.stream.aclose()
+            with trio.fail_after(5):
+                await finished.wait()
+                await done.wait()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert any("went away" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize(("declared", "bodies"), [(b"3", [b"ab", b"cd"]), (b"10", [b"ab", b"cd"])])
+async def test_content_length_the_app_does_not_keep_ends_the_connection(
+    autojump_clock: trio.testing.MockClock, declared: bytes, bodies: list[bytes]
+) -> None:
+    """A body longer than the app's content-length raises (the extra bytes would be read as the
+    next response); a shorter one closes the connection, so the client sees it cut off."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", declared)]})
+        for n, body in enumerate(bodies):
+            await send({"type": "http.response.body", "body": body, "more_body": n < len(bodies) - 1})
+
+    async with memory_connection(app) as (client, _conn, done):
+        await client.send(build_request() + build_request())
+        received = await client.wait_closed()
+        assert received.count(b"HTTP/1.1") == 1  # the pipelined second request is not answered
+        assert received.endswith(b"ab" if declared == b"3" else b"abcd")  # no byte past the length
+        await done.wait()

@@ -9,6 +9,7 @@ the CLI's mapping of options, and ``server="hypercorn"`` still reaching hypercor
 from __future__ import annotations
 
 import logging
+import random
 import re
 import ssl
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from asgi_helpers import RawClient, build_request, hello_app, running_server, scope_app
+from asgi_helpers import RawClient, build_request, echo_app, hello_app, running_server, scope_app
 from socket_helpers import A_IP, two_stacks
 
 from trio_yastack.l7.asgi import Config, LifespanFailure, ServerConfig, serve_asgi
@@ -316,3 +317,28 @@ async def test_server_hypercorn_still_serves_with_hypercorn(autojump_clock: trio
     async with two_stacks() as (a, b), running_server(hello_app, config2, stack=a, server="yastack"):
         response = await RawClient(await b.tcp_connect(A_IP, 8001)).request()
         assert response.status == 200 and response.header("server") is None  # ours
+
+
+async def test_bad_input_never_takes_the_server_down(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Seeded garbage, truncated heads, bytes after a reset: each connection gets its answer (or
+    is closed) and the server still serves a good client afterwards."""
+    rng = random.Random(16)
+    nasty = [bytes(rng.randrange(256) for _ in range(rng.randrange(1, 3000))) for _ in range(12)] + [
+        b"GET / HTTP/1.1\r\nhost: t\r\ncontent-length: -1\r\n\r\n",
+        b"GET /\x00 HTTP/1.1\r\n\r\n",
+        b"GET / HTTP/9.9\r\n\r\n",
+        b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\nffffffffffffffffff\r\n",
+        b"GET " + b"/a" * 40_000 + b" HTTP/1.1\r\n\r\n",
+        b"\r\n" * 1000,
+    ]
+    config = ServerConfig(bind=("8000",), request_head_timeout=2.0)
+    async with two_stacks() as (a, b), running_server(echo_app, config, stack=a):
+        for raw in nasty:
+            client = RawClient(await b.tcp_connect(A_IP, 8000))
+            await client.send(raw)
+            await client.wait_closed()  # an answer then close, or a 408 after 2 s: bounded either way
+        good = RawClient(await b.tcp_connect(A_IP, 8000))
+        assert (await good.request("POST", "/", b"still here")).body == b"still here"
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]  # no bug met on the way

@@ -255,6 +255,8 @@ def _check_serve_options(args: argparse.Namespace, config: Any) -> None:
         fail("--kernel serves with our server only (hypercorn on kernel sockets is plain `hypercorn`)")
     if args.kernel and args.cores > 1:
         fail("--kernel serves on one core (run one process per core behind SO_REUSEPORT yourself)")
+    if args.kernel and (args.trace is not None or args.break_layers is not None or args.control is not None):
+        fail("--trace, --break and --control follow packets through the stack: not with --kernel")
     if args.max_request_body is not None and args.max_request_body < 0:
         fail("--max-request-body must not be negative")
     for bind in [*config.bind, *config.insecure_bind]:

@@ -28,7 +28,8 @@ class ServerConfig:
     keyfile: str | None = None
     #: the listen backlog (uvicorn's 2048, hypercorn's 100: we take 1024)
     backlog: int = 1024
-    #: seconds an idle keep-alive connection waits for its next request (uvicorn 5 s)
+    #: seconds an idle keep-alive connection waits for its next request (uvicorn 5 s); serve_asgi
+    #: checks this and request_head_timeout every SWEEP_INTERVAL (0.5 s), their resolution
     keep_alive_timeout: float = 5.0
     #: seconds in-flight requests get after a shutdown request (hypercorn 3 s)
     graceful_timeout: float = 3.0
@@ -38,7 +39,9 @@ class ServerConfig:
     max_header_bytes: int = 64 * 1024
     #: the largest request body (declared or streamed); larger: 413.  None: no limit
     max_request_body: int | None = 100 * MiB
-    #: requests parsed ahead of the one being served; beyond this the connection stops reading
+    #: requests parsed ahead of the one being served; at this many (or max_header_bytes *
+    #: max_pipelined bytes queued) the connection stops reading until the queue drains.  One read
+    #: (``receive_size`` bytes) is parsed whole, so a single read of tiny requests may queue more.
     max_pipelined: int = 16
     #: a WebSocket message larger than this closes the connection with 1009 (hypercorn 16 MiB)
     ws_max_message_size: int = 16 * MiB

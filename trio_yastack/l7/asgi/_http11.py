@@ -64,6 +64,19 @@ class ClientDisconnected(OSError):
     for nobody."""
 
 
+def _from_disconnect(exc: BaseException) -> bool:
+    """``exc`` is our ClientDisconnected or was raised because of it (Starlette turns it into
+    its own ``ClientDisconnect``): the client left, which is no error of the app's."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # a chain is short; the bound keeps a cyclic one from looping
+        if seen is None:
+            return False
+        if isinstance(seen, ClientDisconnected):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 class _HttpError(Exception):
     """The client's request cannot be served: answer ``status`` and close."""
 
@@ -145,6 +158,9 @@ class HttpConnection:
     ``server``/``client`` are the scope's addresses, ``scheme`` ``"http"`` or ``"https"``,
     ``state`` the lifespan state (copied per request).  :meth:`run` serves; :meth:`shutdown`
     asks it to stop after the response in progress (an idle connection stops at once).
+    ``swept``: the keep-alive and head timeouts are enforced by whoever calls
+    :meth:`check_timeout` (``serve_asgi``'s sweeper), not by a deadline of the connection's own.
+    ``send()`` raises :class:`ClientDisconnected` once the client is gone (ASGI 2.4).
     """
 
     def __init__(
@@ -210,6 +226,7 @@ class HttpConnection:
         self._response_headers: list[tuple[bytes, bytes]] | Any = ()
         self._chunked = False
         self._no_body = False
+        self._length_left: int | None = None  # the app's content-length minus the body sent
         self._keep_alive = True
         self._disconnect_wait: trio.CancelScope | None = None
 
@@ -465,8 +482,8 @@ class HttpConnection:
             await self._serve(request)
             if not self._keep_alive:
                 return
-            self._set_timeout(_INF)  # a pipelined request may be next: no timeout while it runs
-            first = False
+            if requests:
+                self._set_timeout(_INF)  # a pipelined request is next: no timeout while it runs
 
     async def _read_first(self) -> bool:
         """The connection's first read: HTTP/2 with prior knowledge goes to ``serve_h2``."""
@@ -489,12 +506,13 @@ class HttpConnection:
         self._head_sent = False
         self._chunked = False
         self._no_body = False
+        self._length_left = None
         self._keep_alive = request.keep_alive and not self._closing
         scope = request.scope
         try:
             await self.app(scope, self.receive, self.send)
         except Exception as exc:
-            if self._gone and isinstance(exc, ClientDisconnected):
+            if self._gone and _from_disconnect(exc):
                 logger.debug("client %s went away during the response", self.client)
                 self._keep_alive = False
             elif not self._head_sent:  # the head is held until the first body: a 500 still fits
@@ -547,12 +565,12 @@ class HttpConnection:
                 request.body.clear()
                 if request.body_complete:
                     request.final_sent = True
-                await trio.lowlevel.checkpoint()
+                await trio.lowlevel.checkpoint_if_cancelled()  # bytes at hand: no scheduler pass
                 return {"type": "http.request", "body": body, "more_body": not request.body_complete}
             if request.body_complete:
                 if not request.final_sent:
                     request.final_sent = True
-                    await trio.lowlevel.checkpoint()
+                    await trio.lowlevel.checkpoint_if_cancelled()
                     return {"type": "http.request", "body": b"", "more_body": False}
                 await self._wait_disconnect()
                 return _DISCONNECT
@@ -619,24 +637,34 @@ class HttpConnection:
                     data = body
             else:
                 data = self._head(more, body)
+            if self._length_left is not None and not self._no_body:
+                # the app's content-length frames the response: more would corrupt the next one
+                self._length_left -= len(body)
+                if self._length_left < 0:
+                    self._keep_alive = False
+                    raise RuntimeError("ASGI response body longer than its content-length")
+                if not more and self._length_left:
+                    self._keep_alive = False  # short: the client sees it cut off, not misframed
             if not more:
                 self._response_complete = True
-            if data and not await self._write(data):
-                raise ClientDisconnected(f"client {self.client} disconnected")
+            if data:
+                if not await self._write(data):  # the write is the checkpoint
+                    raise ClientDisconnected(f"client {self.client} disconnected")
             else:
                 await trio.lowlevel.checkpoint()
             if not more:
                 if self._disconnect_wait is not None:
                     self._disconnect_wait.cancel()
-                if self.access_log is not None:
-                    self.access_log.log(self._current.scope, self._status, self._response_headers)  # type: ignore[union-attr]  # the app runs only while a request is current
+                if self.access_log is not None and self._current is not None:
+                    self.access_log.log(self._current.scope, self._status, self._response_headers)
         elif kind == "http.response.start":
             if self._response_started:
                 raise RuntimeError("ASGI 'http.response.start' sent twice")
             self._response_started = True
             self._status = message["status"]
             self._response_headers = message.get("headers", ())
-            await trio.lowlevel.checkpoint()
+            # no checkpoint: the head is only held (as uvicorn's send returns without yielding);
+            # the body's write that follows is the checkpoint, one scheduler pass per response
         else:
             raise RuntimeError(f"unexpected ASGI message {kind!r} on an HTTP connection")
 
@@ -654,6 +682,10 @@ class HttpConnection:
             lowered = name.lower()
             if lowered == b"content-length":
                 has_length = True
+                try:
+                    self._length_left = int(value)
+                except ValueError:
+                    raise RuntimeError(f"ASGI response content-length {value!r} is not a number") from None
             elif lowered == b"transfer-encoding":
                 chunked = value.lower() == b"chunked"
             elif lowered == b"connection" and value.lower() == b"close":

@@ -116,6 +116,10 @@ class _Server:
         self.connections.add(connection)
         try:
             await connection.run()
+        except Exception:
+            # a bug on one connection must not end the others (serve_listeners would take the
+            # whole server down with it): logged, and that connection is closed
+            logger.exception("connection from %s failed", connection.client)
         finally:
             self.connections.discard(connection)
 
