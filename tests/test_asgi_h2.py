@@ -346,8 +346,8 @@ async def test_shutdown_finishes_streams_then_goes_away(autojump_clock: trio.tes
         await client.flush()
         await trio.testing.wait_all_tasks_blocked()
         shutdown.set()
-        late = client.request("GET", "/late")  # after shutdown: refused
-        await client.flush()
+        late = client.request("POST", "/late", b"refused body")  # after shutdown: refused, with its body
+        await client.send_bodies()
         (late_reply,) = await client.wait_for(late)
         assert late_reply.reset and late_reply.status is None
         release.set()  # the stream in flight still finishes...
@@ -554,3 +554,77 @@ async def test_h2_negotiated_by_alpn_over_tls(autojump_clock: trio.testing.MockC
             client.conn.close_connection()
             await client.flush()
             await client.read_to_eof()
+
+
+async def test_body_after_an_early_answer_is_dropped(autojump_clock: trio.testing.MockClock) -> None:
+    """Was a bug (fixed): an app that answers at once without reading the body (``/early``), then
+    body DATA for its finished stream: hypercorn's protocol died of a KeyError, killing the
+    connection and the task serving it.  Now the data is dropped, the client is told to stop with
+    RST_STREAM(NO_ERROR), and the connection serves the next request."""
+
+    async def early(scope: Message, receive: Receive, send: Send) -> None:
+        if scope["path"] == "/early":
+            await send({"type": "http.response.start", "status": 401, "headers": []})
+            await send({"type": "http.response.body", "body": b"who are you?"})
+            return
+        await app(scope, receive, send)
+
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    with trio.fail_after(BOUND):
+        async with trio.open_nursery() as nursery:
+
+            async def serve() -> None:
+                first = bytes(await server_stream.receive_some(65536))
+                await serve_h2(
+                    server_stream,
+                    early,
+                    DEFAULTS,
+                    scheme="http",
+                    client=None,
+                    server=None,
+                    state={},
+                    leftover=first,
+                )
+
+            nursery.start_soon(serve)
+            client = Client(client_stream)
+            await client.start()
+            upload = client.request("POST", "/early", b"x")  # headers only so far: body is pending
+            client.bodies.clear()
+            await client.flush()
+            (reply,) = await client.wait_for(upload)
+            assert (reply.status, reply.body) == (401, b"who are you?")
+            client.conn.send_data(upload, b"late body" * 1000)  # more to come: the server stops it
+            await client.flush()
+            while not client.replies[upload].reset:
+                await client.pump()
+                assert not client.eof, "the server closed the connection"
+            get = client.request("GET", "/next")
+            await client.flush()
+            (reply,) = await client.wait_for(get)
+            assert (reply.status, reply.body) == (200, b"GET /next 2 http")
+            client.conn.close_connection()
+            await client.flush()
+            await client_stream.aclose()
+
+
+async def test_a_protocol_bug_ends_only_its_connection(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An exception inside hypercorn's protocol (here planted) is logged and closes that connection;
+    ``serve_h2`` returns instead of raising into the server's accept loop."""
+    from trio_yastack.l7.asgi import _h2
+
+    async def broken(self: Any, events: list[Any]) -> None:
+        raise RuntimeError("planted protocol bug")
+
+    monkeypatch.setattr(_h2._H2Protocol, "_handle_events", broken)
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    with caplog.at_level(logging.ERROR, logger="trio_yastack.asgi"), trio.fail_after(BOUND):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(partial_serve(server_stream))
+            client = Client(client_stream)
+            await client.start()
+            await client.read_to_eof()
+    (record,) = caplog.records
+    assert record.exc_info is not None and "planted protocol bug" in repr(record.exc_info[1])

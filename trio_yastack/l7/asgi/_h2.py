@@ -19,9 +19,11 @@ The interface (for ``_server``/``_http11``)::
     )
 
 It returns when the connection is over, having closed ``stream`` (a second ``aclose`` by the caller is
-harmless).  On ``shutdown``: an idle connection closes at once; a busy one refuses new streams and
-sends GOAWAY once its streams are done (hypercorn's behaviour with its ``terminated`` event, less a race:
-see :class:`_H2Protocol`); the caller's cancel scope bounds the rest (graceful_timeout).  Without
+harmless); an error inside hypercorn's protocol is logged and ends only this connection.
+
+On ``shutdown``: an idle connection closes at once; a busy one refuses new streams and sends GOAWAY
+once its streams are done (hypercorn's behaviour with its ``terminated`` event, less a race: see
+:class:`_H2Protocol`); the caller's cancel scope bounds the rest (graceful_timeout).  Without
 ``shutdown`` the connection lives until the client leaves, the keep-alive timeout or that cancel scope.
 
 What HTTP/2 does not share with our HTTP/1.1: ``max_request_body`` (hypercorn has no body limit; its
@@ -44,6 +46,8 @@ import logging
 import math
 from typing import Any
 
+import h2.errors
+import h2.events
 import h2.exceptions
 import trio
 from hypercorn.app_wrappers import ASGIWrapper
@@ -86,8 +90,13 @@ async def serve_h2(
     """Serve one HTTP/2 connection with hypercorn's ``H2Protocol`` (see the module's docstring)."""
     connection = _H2Connection(stream, _hypercorn_config(config, access_log), shutdown)
     tls = scheme == "https"
-    await connection.run(ASGIWrapper(app), state or {}, tls, client, server, leftover)  # type: ignore[arg-type]
-    # (hypercorn's ASGIFramework type is its TypedDict scopes; ours are plain dicts, the same at run time)
+    try:
+        await connection.run(ASGIWrapper(app), state or {}, tls, client, server, leftover)  # type: ignore[arg-type]
+        # (hypercorn's ASGIFramework type is its TypedDict scopes; ours are plain dicts, the same at run time)
+    except Exception:
+        # hypercorn's protocol is a third party's machine: a bug in it ends this connection (logged,
+        # and closed by run()), never the server (serve_listeners would go down with a handler)
+        logger.exception("HTTP/2 connection from %s failed", client)
 
 
 @functools.lru_cache(maxsize=16)
@@ -279,3 +288,33 @@ class _H2Protocol(H2Protocol):
             await self.send(Updated(idle=self.idle))
             return
         await super().stream_send(event)
+
+    async def _handle_events(self, events: list[h2.events.Event]) -> None:
+        """Request body arriving for a stream hypercorn no longer has (its app answered and returned
+        without reading the body, a 401 to an upload; or the stream was refused at shutdown):
+        hypercorn looks the stream up and dies of the KeyError, taking the connection, every other
+        stream on it and the caller's task with it.  Such data is dropped here instead, its flow
+        control window given back, and the client told to stop sending with RST_STREAM(NO_ERROR)
+        (RFC 9113 8.1).  A stream is looked up when its data comes, not before the batch: the
+        request that opens it may be earlier in the same batch."""
+        streams = self.streams
+        if not any(
+            isinstance(event, h2.events.DataReceived) and event.stream_id not in streams for event in events
+        ):
+            await super()._handle_events(events)  # the common case: every stream is known
+            return
+        pending: list[h2.events.Event] = []
+        for event in events:
+            if isinstance(event, h2.events.DataReceived) and event.stream_id not in streams:
+                if pending:  # the request opening this stream may be among them: hypercorn first
+                    await super()._handle_events(pending)
+                    pending = []
+                if event.stream_id not in streams:
+                    with contextlib.suppress(h2.exceptions.ProtocolError):  # the stream is gone already
+                        self.connection.acknowledge_received_data(
+                            event.flow_controlled_length, event.stream_id
+                        )
+                        self.connection.reset_stream(event.stream_id, h2.errors.ErrorCodes.NO_ERROR)
+                    continue
+            pending.append(event)
+        await super()._handle_events(pending)
