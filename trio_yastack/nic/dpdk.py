@@ -48,7 +48,10 @@ How it runs:
   redirects bypass it.  DPDK 22.11's ``net_af_packet`` and ``net_af_xdp`` hand up frames as the
   interface has them: turn off the offloads of whatever sends to it so frames carry complete
   checksums and fit the MTU (on a veth, ``ethtool -K PEER tx off tso off gso off`` on the peer;
-  on a NIC, ``ethtool -K IFACE gro off lro off``).
+  on a NIC, ``ethtool -K IFACE gro off lro off``).  DPDK 22.11's ``net_af_xdp`` leaves its XDP
+  socket bound when the device closes: a process opens each interface queue with it once (again
+  is refused with ``EBUSY``; another process may), and a second XDP socket on one interface needs
+  libxdp's dispatcher (:func:`xdp_dispatcher_unavailable_reason`).
 
 No Python twin is possible for DPDK's functions (``rte_eal_init``, ``rte_eth_rx_burst``,
 ``rte_eth_tx_burst``, ...).  What is ours has one: :func:`unpack_burst` (the receive buffer cut
@@ -94,6 +97,7 @@ __all__ = [
     "parse_dpdk_spec",
     "py_tx_prepare",
     "unpack_burst",
+    "xdp_dispatcher_unavailable_reason",
 ]
 
 #: meta of a frame for the shim's transmit path (``YAS_TX_PARTIAL_CSUM | gso_size``)
@@ -128,6 +132,22 @@ def dpdk_unavailable_reason() -> str | None:
         return (
             "the DPDK shim (trio_yastack.nic._dpdk_cffi) is not built: install DPDK's development "
             f"files and the PMDs ({_INSTALL}), then reinstall the package (scripts/setup.sh)"
+        )
+    return None
+
+
+def xdp_dispatcher_unavailable_reason() -> str | None:
+    """Why ``net_af_xdp`` cannot put XDP sockets on two queues of one interface here, or None.
+
+    DPDK 22.11's ``net_af_xdp`` loads its XDP program through libxdp, which shares an interface
+    between sockets only through its dispatcher: an ``freplace`` program, which needs the
+    kernel's BTF (``/sys/kernel/btf/vmlinux``) and a bpffs (``/sys/fs/bpf``, or ``LIBXDP_BPFFS``).
+    Without it the first socket's program holds the interface and a second fails
+    (``libxdp: No XDP dispatcher found``; ``xsk_configure(): Failed to create xsk socket``)."""
+    if not os.path.exists("/sys/kernel/btf/vmlinux"):
+        return (
+            "libxdp's dispatcher (needed for a second XDP socket on one interface) cannot load: this "
+            "kernel has no BTF (/sys/kernel/btf/vmlinux), so each interface takes one net_af_xdp queue"
         )
     return None
 
@@ -266,6 +286,8 @@ def _cleanup_eal() -> None:
 
 
 _open_ports: set[DpdkPort] = set()
+#: (network namespace, interface, queue) of every net_af_xdp queue this process opened
+_xdp_queues_used: set[tuple[int, str, int]] = set()
 
 
 # -- checks that give clear errors before DPDK's own ---------------------------------------------
@@ -323,13 +345,18 @@ def _interface_mac_mtu(iface: str) -> tuple[MacAddress, int]:
     return MacAddress(hw[18:24]), mtu
 
 
+def _netns_inode() -> int:
+    """The calling thread's network namespace (``setns`` is per thread)."""
+    return os.stat("/proc/thread-self/ns/net").st_ino
+
+
 class _QueueLock:
     """An advisory lock on (network namespace, interface, queue), so a second stack on the same
     receive queue is refused with a clear error instead of splitting or duplicating its frames
     (two ``net_af_packet`` instances would each see every frame)."""
 
     def __init__(self, iface: str, queue: str) -> None:
-        netns = os.stat("/proc/thread-self/ns/net").st_ino
+        netns = _netns_inode()
         directory = "/run/lock" if os.access("/run/lock", os.W_OK) else tempfile.gettempdir()
         self.path = os.path.join(directory, f"trio_yastack-dpdk-{netns}-{iface}-{queue}.lock")
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
@@ -518,6 +545,17 @@ class DpdkPort(Port):
         _interface_checks(spec, self.allow_kernel_address)
         if receiving:
             self._take_rx_lock()
+        xdp_queue = None
+        if spec.driver == "net_af_xdp":
+            xdp_queue = (_netns_inode(), spec.get("iface") or "", int(spec.get("start_queue") or 0))
+            if xdp_queue in _xdp_queues_used:
+                self._release_lock()
+                raise DpdkError(
+                    errno.EBUSY,
+                    f"nic dpdk:{spec.devargs}: this process opened queue {xdp_queue[2]} of {xdp_queue[1]} "
+                    "with net_af_xdp before; DPDK 22.11 leaves that XDP socket bound after the device "
+                    "closes, so the queue can be opened again only by another process",
+                )
         try:
             _init_eal(spec, self.eal_args)
             info = ffi.new("struct yas_dpdk_info *")
@@ -529,6 +567,8 @@ class DpdkPort(Port):
         except BaseException:
             self._release_lock()
             raise
+        if xdp_queue is not None:
+            _xdp_queues_used.add(xdp_queue)
         self._port_id = info.port_id
         self._pid = os.getpid()
         self.driver = ffi.string(info.driver).decode()
