@@ -83,6 +83,24 @@ dispatch_ffi = _extension(
     ["rss.c", "ring.c"],
 )
 
+#: ``trio_yastack.nic._af_packet_cffi``: the AF_PACKET port's ring walks (TPACKET_V3 and V2) and
+#: sendmmsg burst (``af_packet.c``; Linux only, it needs nothing but the kernel's headers, so it is
+#: built wherever ``<linux/if_packet.h>`` is: elsewhere the build fails and setup.py skips it).
+#: Python twins: ``trio_yastack/nic/af_packet.py``'s ``py_rx_walk`` and ``py_rx_walk_v2``.
+af_packet_ffi = _extension(
+    "trio_yastack.nic._af_packet_cffi",
+    """
+    struct yas_afp_cursor { uint32_t block; uint32_t left; uint32_t offset; uint32_t bad_blocks; };
+    int yas_afp_rx_walk(char *ring, size_t block_size, uint32_t block_count, struct yas_afp_cursor *cursor,
+                        int max_n, char *out, size_t out_len, uint32_t *lens, uint32_t *status);
+    int yas_afp_rx_walk_v2(char *ring, size_t block_size, size_t frame_size, uint32_t frame_count,
+                           struct yas_afp_cursor *cursor, int max_n, char *out, size_t out_len,
+                           uint32_t *lens, uint32_t *status);
+    int yas_afp_tx_burst(int fd, const char *frames, const uint32_t *lens, int n);
+    """,
+    ["af_packet.c"],
+)
+
 
 def pkg_config(package: str) -> tuple[list[str], list[str]] | None:
     """``(cflags, libs)`` of ``package`` from pkg-config, or None when it (or pkg-config) is missing."""
@@ -152,6 +170,6 @@ def _dpdk_extension() -> FFI | None:
 dpdk_ffi = _dpdk_extension()
 
 if __name__ == "__main__":
-    for builder in (stack_ffi, dispatch_ffi, dpdk_ffi):
+    for builder in (stack_ffi, dispatch_ffi, af_packet_ffi, dpdk_ffi):
         if builder is not None:
             builder.compile(verbose=True)

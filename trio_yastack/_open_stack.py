@@ -37,6 +37,7 @@ __all__ = ["Stack", "current_stack", "open_multicore_port", "open_port", "open_s
 PORT_OPENERS: dict[str, str] = {
     "tap": "trio_yastack.nic.tap:open_tap_port",
     "pcap": "trio_yastack.nic._pcap:open_pcap_port",
+    "af_packet": "trio_yastack.nic.af_packet:open_af_packet_port",
     "dpdk": "trio_yastack.nic.dpdk:open_dpdk_port",
 }
 

@@ -1,0 +1,360 @@
+"""The NIC ports against each other and against kernel sockets (issue 17's speed rows).
+
+One file for every port: each port kind contributes a *rig* (a function below, ``tap_rigs``,
+``af_packet_rigs``, ...), which makes the namespaces and says the spec string that opens the port
+in them.  Every rig is measured the same way:
+
+- ``frames``: frames/s drained into ``ether_input``.  A kernel-side sender queues ``--frames``
+  UDP frames (64 bytes and 1514 bytes on the wire, to the stack's MAC and an address that is not
+  the stack's, so ``ip_input`` drops them after its checks) while nobody reads; then the port's
+  queue is drained with ``rx_burst`` + ``ether_input`` and timed.  What is measured is the port's
+  receive path plus the first two layers, not the sender's speed.
+- ``responder``: the 25-line trio HTTP responder below (keep-alive, 13-byte body) over the
+  stack on the port, under ``wrk -t1 -c50`` from the kernel side; the peer is the same program on
+  kernel sockets over a veth pair between two namespaces.
+- ``bulk``: TCP Gbit/s, kernel -> stack and stack -> kernel (``kernel_peer`` on the kernel side),
+  against kernel -> kernel over the same kind of veth (``bench_tap.run_veth``).
+
+Rounds alternate the rigs (A B C ... A B C ...) so load from elsewhere on the machine spreads
+over all of them; medians with min-max are printed and written as JSON.  Numbers taken while
+other work loads the machine are noisy: compare ratios taken in the same run.
+
+    python benchmarks/bench_ports.py [--rigs tap,af_packet] [--rounds R] [--seconds S]
+                                     [--megabytes N] [--frames N] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import partial
+from ipaddress import IPv4Address
+from pathlib import Path
+from typing import Any
+
+import trio
+from _common import machine, parse_wrk, spread
+from bench_tap import busy_seconds, finish, peer, run_veth
+
+from trio_yastack import open_port, open_stack
+from trio_yastack.nic import Port
+from trio_yastack.nic.kernel_peer import pattern_block
+from trio_yastack.nic.netns import NetworkNamespace, netns_unavailable_reason, veth_pair
+from trio_yastack.stack import InterfaceConfig, StackConfig, StackCore
+
+HERE = Path(__file__).resolve()
+RESULTS = HERE.parent / "results"
+STACK_IP = "198.18.0.2"
+KERNEL_IP = "198.18.0.1"
+NOT_OURS = "198.18.0.99"  # the frames benchmark's destination: on-link, never the stack's
+HTTP_PORT = 8080
+BULK_PORT = 5201
+
+
+@dataclass(frozen=True)
+class Rig:
+    """Where a port lives for a benchmark: ``spec`` opens it inside ``stack_ns``; the kernel's
+    end of the wire is ``kernel_if`` in ``kernel_ns``, addressed ``KERNEL_IP/24`` (the same
+    namespace for a TAP)."""
+
+    spec: str
+    stack_ns: NetworkNamespace
+    kernel_ns: NetworkNamespace
+    kernel_if: str
+
+    def open(self) -> Port:
+        with self.stack_ns.entered():
+            return open_port(self.spec)
+
+
+RigFactory = Callable[[], contextlib.AbstractContextManager[Rig]]
+
+
+# -- the rigs: one function per port kind ---------------------------------------------------------
+def tap_rigs() -> dict[str, RigFactory]:
+    """The baseline: a TAP (virtio-net offloads on), the kernel on the device's other side."""
+
+    @contextlib.contextmanager
+    def tap() -> Iterator[Rig]:
+        with NetworkNamespace("yasp") as namespace:
+            yield Rig("tap:yas0", namespace, namespace, "yas0")
+
+    return {"tap": tap}
+
+
+def af_packet_rigs() -> dict[str, RigFactory]:
+    """AF_PACKET on ``veth0`` (no address on the kernel's side of it), the kernel at ``veth1``
+    in another namespace."""
+
+    @contextlib.contextmanager
+    def af_packet(options: str = "", segment_offloads: bool = True) -> Iterator[Rig]:
+        with NetworkNamespace("yasp") as left, NetworkNamespace("yasp") as right:
+            veth_pair(left, right)
+            left.run(["ip", "addr", "flush", "dev", "veth0"], check=True)
+            if not segment_offloads:  # the kernel sends MTU-sized frames: they fit small slots
+                right.run(["ethtool", "-K", "veth1", "tso", "off", "gso", "off"], check=True)
+            yield Rig(f"af_packet:veth0{options}", left, right, "veth1")
+
+    # TPACKET_V2: 2 KiB slots, handed over per frame (no block timer); 64 KB super-frames would
+    # not fit such slots, so the kernel side's TSO/GSO is off for this rig.
+    v2 = partial(af_packet, ",version=2,frame_size=2048,blocks=16", segment_offloads=False)
+    return {"af_packet": af_packet, "af_packet_v2": v2}
+
+
+def all_rigs() -> dict[str, RigFactory]:
+    return {**tap_rigs(), **af_packet_rigs()}
+
+
+# -- frames/s drained into ether_input ------------------------------------------------------------
+_SENDER = """
+import socket, sys
+count, size = int(sys.argv[1]), int(sys.argv[2])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 22)
+payload = bytes(size)
+for _ in range(count):
+    try:
+        s.sendto(payload, (sys.argv[3], 9))
+    except OSError:
+        pass
+"""
+
+
+def run_frames(factory: RigFactory, frame_len: int, count: int) -> dict[str, float]:
+    """Queue ``count`` frames of ``frame_len`` bytes at the port, then time draining them."""
+    with factory() as rig, rig.open() as port:
+        mac = port.capabilities.mac
+        core = StackCore(
+            StackConfig(interface=InterfaceConfig(mac=mac, address=IPv4Address(STACK_IP), prefix_len=24))
+        )
+        rig.kernel_ns.run(["ip", "neigh", "replace", NOT_OURS, "lladdr", str(mac), "dev", rig.kernel_if],
+                          check=True)  # fmt: skip
+        payload = frame_len - 14 - 20 - 8
+        rig.kernel_ns.run([sys.executable, "-c", _SENDER, str(count), str(payload), NOT_OURS], check=True)
+        ether_input, rx_burst = core.ether_input, port.rx_burst
+        drained = 0
+        started = last = time.perf_counter()
+        idle_until = started + 0.5
+        while drained < count:
+            frames = rx_burst(0, 64)
+            now = time.perf_counter()
+            if not frames:
+                if now > idle_until:
+                    break
+                continue
+            for frame in frames:
+                ether_input(frame, 0.0)
+            drained += len(frames)
+            last = now
+            idle_until = now + 0.5
+            core.outbox.clear()
+        elapsed = last - started
+        if drained < count // 2:
+            raise RuntimeError(f"{rig.spec}: only {drained} of {count} frames arrived")
+        return {"frames_per_s": drained / elapsed if elapsed else 0.0, "drained": drained}
+
+
+# -- the 25-line trio responder -------------------------------------------------------------------
+RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 13\r\nContent-Type: text/plain\r\n\r\nHello, world!"
+
+
+async def respond(stream: trio.SocketStream) -> None:
+    """Keep-alive HTTP/1.1: one fixed response per request head, until the client closes."""
+    pending = b""
+    async with stream:
+        while True:
+            try:
+                data = await stream.receive_some(65536)
+            except trio.BrokenResourceError:
+                return  # wrk resets its connections at the end
+            if not data:
+                return
+            pending += data
+            answers = pending.count(b"\r\n\r\n")
+            if answers:
+                pending = pending[pending.rindex(b"\r\n\r\n") + 4 :]
+                with contextlib.suppress(trio.BrokenResourceError):
+                    await stream.send_all(RESPONSE * answers)
+
+
+async def serve_responder(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    async with trio.open_nursery() as nursery:
+        await nursery.start(trio.serve_tcp, respond, HTTP_PORT)
+        print("ready", flush=True)
+        task_status.started()
+
+
+def serve(spec: str | None) -> None:
+    """The responder process: on the stack over ``spec``, or on kernel sockets (``None``)."""
+    if spec is None:
+        trio.run(serve_responder)
+    else:
+        import trio_yastack
+
+        trio_yastack.run(serve_responder, nic=spec, ip=f"{STACK_IP}/24")
+
+
+def _wrk(kernel_ns: NetworkNamespace, server: subprocess.Popen[str], seconds: int) -> dict[str, float]:
+    assert server.stdout is not None
+    line = server.stdout.readline()
+    if "ready" not in line:
+        raise RuntimeError(f"the responder did not start: {line!r}")
+    url = f"http://{STACK_IP}:{HTTP_PORT}/"
+    for _ in range(50):  # the first request also waits for ARP: bounded retries
+        if kernel_ns.run(["curl", "-sS", "-m", "2", url]).returncode == 0:
+            break
+    done = kernel_ns.run(["wrk", "-t1", "-c50", f"-d{seconds}s", "--latency", url], timeout=seconds + 60)
+    if done.returncode:
+        raise RuntimeError(f"wrk failed: {done.stderr}")
+    return parse_wrk(done.stdout)
+
+
+def _responder_command(spec: str | None) -> list[str]:
+    return [sys.executable, str(HERE), "--serve", spec or "kernel"]
+
+
+def run_responder(factory: RigFactory, seconds: int) -> dict[str, float]:
+    with factory() as rig:
+        server = rig.stack_ns.popen(_responder_command(rig.spec), stdout=subprocess.PIPE, text=True)
+        return _wrk(rig.kernel_ns, server, seconds)
+
+
+def run_responder_kernel(seconds: int) -> dict[str, float]:
+    with NetworkNamespace("yasp") as left, NetworkNamespace("yasp") as right:
+        veth_pair(left, right)
+        server = left.popen(_responder_command(None), stdout=subprocess.PIPE, text=True)
+        return _wrk(right, server, seconds)
+
+
+# -- bulk TCP -------------------------------------------------------------------------------------
+def run_bulk(factory: RigFactory, direction: str, nbytes: int) -> dict[str, float]:
+    """One transfer between the kernel and a stack on the rig's port; the stack side times it."""
+    with factory() as rig, rig.open() as port:
+
+        async def main() -> dict[str, float]:
+            async with open_stack(port, ip=f"{STACK_IP}/24"):
+                sock = trio.socket.socket()
+                if direction == "in":
+                    sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, 4 << 20)
+                    await sock.bind(("0.0.0.0", BULK_PORT))
+                    sock.listen(1)
+                    process = peer(rig.kernel_ns, "send", STACK_IP, BULK_PORT, nbytes)
+                    conn, _ = await sock.accept()
+                    busy, started = busy_seconds(), time.monotonic()
+                    received = 0
+                    while chunk := await conn.recv(1 << 20):
+                        received += len(chunk)
+                    elapsed, busy = time.monotonic() - started, busy_seconds() - busy
+                    conn.close()
+                else:
+                    sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_SNDBUF, 4 << 20)
+                    process = peer(rig.kernel_ns, "recv", BULK_PORT)
+                    await trio.to_thread.run_sync(process.stdout.readline)  # type: ignore[union-attr]  # piped by peer()
+                    await sock.connect((KERNEL_IP, BULK_PORT))
+                    block = pattern_block(0)
+                    busy, started = busy_seconds(), time.monotonic()
+                    sent = 0
+                    while sent < nbytes:
+                        view = memoryview(block)[: nbytes - sent]
+                        while view:
+                            view = view[await sock.send(view) :]
+                        sent += len(block[: nbytes - sent])
+                    sock.shutdown(trio.socket.SHUT_WR)
+                    while await sock.recv(65536):
+                        pass
+                    elapsed, busy = time.monotonic() - started, busy_seconds() - busy
+                    received = sent
+                sock.close()
+                result = await trio.to_thread.run_sync(finish, process)
+                if result["bytes"] != nbytes or received != nbytes:
+                    raise RuntimeError(f"moved {received} of {nbytes} bytes: {result}")
+                return {"gbit_per_s": nbytes * 8 / elapsed / 1e9, "cpu_s_per_gb": busy / (nbytes / 1e9)}
+
+        return trio.run(main)
+
+
+# -- the run --------------------------------------------------------------------------------------
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rigs", default=None, help="comma-separated rig names (default: all)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=int, default=10, help="wrk's duration per round")
+    parser.add_argument("--megabytes", type=int, default=256, help="bulk transfer size")
+    parser.add_argument("--frames", type=int, default=8000, help="frames queued per frames/s round")
+    parser.add_argument("--only", default="frames,responder,bulk", help="which measurements")
+    parser.add_argument("--quick", action="store_true", help="short runs, 1 round (smoke)")
+    parser.add_argument("--serve", help=argparse.SUPPRESS)  # the responder process itself
+    args = parser.parse_args()
+    if args.serve:
+        serve(None if args.serve == "kernel" else args.serve)
+        return
+    reason = netns_unavailable_reason()
+    if reason:
+        sys.exit(f"bench_ports: cannot make network namespaces here: {reason}")
+    rigs = all_rigs()
+    chosen = args.rigs.split(",") if args.rigs else list(rigs)
+    unknown = set(chosen) - set(rigs)
+    if unknown:
+        sys.exit(f"bench_ports: unknown rigs {sorted(unknown)}; known: {sorted(rigs)}")
+    rounds, seconds, megabytes = (1, 3, 32) if args.quick else (args.rounds, args.seconds, args.megabytes)
+    nbytes = megabytes * 1_000_000
+    only = set(args.only.split(","))
+    cases: dict[str, Callable[[], dict[str, float]]] = {}
+    for name in chosen:
+        factory = rigs[name]
+        if "frames" in only:
+            for length in (64, 1514):
+                cases[f"{name} frames {length}B"] = partial(run_frames, factory, length, args.frames)
+        if "responder" in only:
+            cases[f"{name} responder"] = partial(run_responder, factory, seconds)
+        if "bulk" in only:
+            for direction in ("in", "out"):
+                cases[f"{name} bulk {direction}"] = partial(run_bulk, factory, direction, nbytes)
+    if "responder" in only:
+        cases["kernel responder (veth)"] = lambda: run_responder_kernel(seconds)
+    if "bulk" in only:
+        cases["kernel bulk (veth)"] = lambda: run_veth(nbytes, 1500)
+    samples: dict[str, list[dict[str, float]]] = {name: [] for name in cases}
+    for _ in range(rounds):
+        for name, case in cases.items():
+            try:
+                samples[name].append(case())
+            except Exception as exc:  # one broken rig must not lose the others' figures
+                print(f"bench_ports: {name}: {exc!r}", file=sys.stderr)
+    headline = {"frames": "frames_per_s", "responder": "requests_per_s", "bulk": "gbit_per_s"}
+    table: dict[str, Any] = {}
+    for name, runs in samples.items():
+        if runs:
+            key = next(value for word, value in headline.items() if f" {word}" in name)
+            table[name] = {"metric": key, **spread(run[key] for run in runs), "runs": runs}
+    result = {
+        "benchmark": "ports",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "kernel": platform.release(),
+        "rounds": rounds,
+        "wrk": f"wrk -t1 -c50 -d{seconds}s --latency, keep-alive",
+        "bulk_megabytes": megabytes,
+        "frames_per_round": args.frames,
+        "cases": table,
+    }
+    print(f"\n{'case':34} {'metric':16} {'median':>12} {'min-max':>24}")
+    for name, row in table.items():
+        print(f"{name:34} {row['metric']:16} {row['median']:12.2f} {row['min']:11.2f}-{row['max']:<11.2f}")
+    if not args.quick:
+        RESULTS.mkdir(exist_ok=True)
+        (RESULTS / "ports.json").write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
