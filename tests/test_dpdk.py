@@ -59,8 +59,8 @@ requires_shim = pytest.mark.skipif(
     dpdk.dpdk_unavailable_reason() is not None, reason=str(dpdk.dpdk_unavailable_reason())
 )
 DRIVERS = ["net_af_packet", "net_af_xdp"]
-#: a second XDP socket on another queue of the same interface needs libxdp's dispatcher, which
-#: loads as an freplace program and so needs the kernel's BTF
+#: a second XDP socket on another queue of the same interface needs libxdp's dispatcher (a bpffs,
+#: the kernel's BTF, freplace programs allowed)
 NO_XDP_DISPATCHER = dpdk.xdp_dispatcher_unavailable_reason()
 MIB100 = 100 * 1024 * 1024
 PORT = 5001
@@ -404,7 +404,13 @@ def test_two_cores_share_the_flows(wire: tuple[NetworkNamespace, NetworkNamespac
         [sys.executable, str(REPO / "tests" / "percore_programs.py"), "echo", f"dpdk:{driver}0,iface=veth0"],
     )
     try:
-        program.wait_for_lines("READY 0", "READY 1", timeout=60)
+        try:
+            program.wait_for_lines("READY 0", "READY 1", timeout=60)
+        except AssertionError:
+            if driver == "net_af_xdp" and "No XDP dispatcher found" in program.output:
+                pytest.skip("libxdp could not load its dispatcher here (freplace refused), so one "
+                            "interface takes one XDP socket: " + program.output[-300:])  # fmt: skip
+            raise
         peer = kernel_peer(right, "--timeout", "60", "echo-clients", STACK_ADDRESS, 7, 200, 4096)
         result = peer_result(peer, timeout=90)
         assert result["connections"] == 200 and result["mismatched"] == []

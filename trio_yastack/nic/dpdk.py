@@ -137,18 +137,28 @@ def dpdk_unavailable_reason() -> str | None:
 
 
 def xdp_dispatcher_unavailable_reason() -> str | None:
-    """Why ``net_af_xdp`` cannot put XDP sockets on two queues of one interface here, or None.
+    """Why ``net_af_xdp`` surely cannot put XDP sockets on two queues of one interface here, or
+    None when it may (the kernel can still refuse: then DPDK's error says so).
 
     DPDK 22.11's ``net_af_xdp`` loads its XDP program through libxdp, which shares an interface
-    between sockets only through its dispatcher: an ``freplace`` program, which needs the
-    kernel's BTF (``/sys/kernel/btf/vmlinux``) and a bpffs (``/sys/fs/bpf``, or ``LIBXDP_BPFFS``).
-    Without it the first socket's program holds the interface and a second fails
-    (``libxdp: No XDP dispatcher found``; ``xsk_configure(): Failed to create xsk socket``)."""
-    if not os.path.exists("/sys/kernel/btf/vmlinux"):
+    between sockets only through its dispatcher: an ``freplace`` program, which needs a bpffs
+    (``/sys/fs/bpf``, or the directory ``LIBXDP_BPFFS`` names) and the kernel's BTF.  Without it
+    the first socket's program holds the interface and a second fails (``libxdp: No XDP
+    dispatcher found``; ``xsk_configure(): Failed to create xsk socket``)."""
+    bpffs = os.environ.get("LIBXDP_BPFFS", "/sys/fs/bpf")
+    try:
+        with open("/proc/self/mounts") as mounts:
+            mounted = any(line.split()[1:3] == [bpffs, "bpf"] for line in mounts)
+    except OSError:
+        mounted = False
+    if not mounted:
         return (
-            "libxdp's dispatcher (needed for a second XDP socket on one interface) cannot load: this "
-            "kernel has no BTF (/sys/kernel/btf/vmlinux), so each interface takes one net_af_xdp queue"
+            f"libxdp's dispatcher (needed for a second XDP socket on one interface) needs a bpffs at {bpffs} "
+            "(mount -t bpf bpf /sys/fs/bpf, or LIBXDP_BPFFS=DIR): without it each interface takes one "
+            "net_af_xdp queue"
         )
+    if not os.path.exists("/sys/kernel/btf/vmlinux"):
+        return "libxdp's dispatcher cannot load without the kernel's BTF (/sys/kernel/btf/vmlinux)"
     return None
 
 
@@ -592,8 +602,9 @@ class DpdkPort(Port):
         if spec.driver == "net_af_xdp":
             return text + (
                 f" (DPDK's messages above say more; for net_af_xdp: is queue {spec.get('start_queue') or 0} "
-                f"of {spec.get('iface')} taken by another XDP socket or program, and does the interface "
-                "have that many queues (veth: numrxqueues)?)"
+                f"of {spec.get('iface')} taken by another XDP socket or program, does the interface have "
+                "that many queues (veth: numrxqueues), and for a second queue of one interface, can "
+                "libxdp load its dispatcher (bpffs, kernel BTF, freplace programs allowed)?)"
             )
         return text + " (DPDK's messages above say more)"
 
