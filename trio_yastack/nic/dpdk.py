@@ -31,16 +31,20 @@ How it runs:
   tried at each trio checkpoint for ``spin_us`` after the last frame (the runtime's other tasks
   still run), then every ``idle_sleep`` seconds (``trio.sleep``; trio's epoll wait has a
   millisecond's grain, so an idle port adds up to ~1 ms of latency to the first frame).  A burst
-  found while waiting is kept for the next :meth:`rx_burst`.  The CPU this costs is measured in
-  ``benchmarks/bench_ports.py`` (``dpdk idle``).
+  found while waiting is kept for the next :meth:`rx_burst`.  Measured here (a loaded 2-core
+  machine, ``benchmarks/bench_ports.py``'s ``idle`` rows): an idle stack on a DPDK port costs
+  ~7 % of a core (a TAP's: ~0), the price of having no descriptor to sleep on; ``DpdkPort``'s
+  ``spin_us`` and ``idle_sleep`` trade it against the first frame's latency.
 - **Several cores** (one process per core, ``--cores N``): the EAL cannot survive ``fork``, so
   the parent only describes the port (MAC and MTU read from the interface, no EAL) and every
   worker opens its own EAL and device on first use.  ``net_af_xdp`` gives each worker its own
   queue (``start_queue=K,queue_count=1``): flows spread over the interface's queues as the
-  kernel steers them.  ``net_af_packet`` cannot: its ``PACKET_FANOUT`` group is derived from
-  ``getpid()``, so the workers' sockets would each see every frame; it offers one queue, read by
-  core 0 (software RSS to the others), and every worker transmits through its own instance (the
-  others' receive rings fill and the kernel drops their copies).  A PCI NIC serves one process.
+  kernel steers them (this needs libxdp's dispatcher: see :func:`xdp_dispatcher_unavailable_reason`;
+  refused up front where it surely cannot load).  ``net_af_packet`` cannot: its ``PACKET_FANOUT``
+  group is derived from ``getpid()``, so the workers' sockets would each see every frame; it
+  offers one queue, read by core 0 (software RSS to the others), and every worker transmits
+  through its own instance (the others' receive rings fill and the kernel drops their copies).
+  A PCI NIC serves one process.
 - **The interface's kernel side**: the interface given to ``iface=`` must not carry an IPv4
   address (the kernel would answer ARP and TCP for an address the stack also uses): opening
   refuses it unless ``allow_kernel_address=True``.  The kernel still sees every frame of the
@@ -587,6 +591,7 @@ class DpdkPort(Port):
             self._capabilities = self._make_capabilities(mac, info.mtu, 1)
         self._rx_buf = ffi.new("char[]", self.max_burst * _MAX_RX_FRAME)
         self._rx_view = ffi.buffer(self._rx_buf)
+        self._rx_buflen = len(self._rx_view)
         self._rx_lens = ffi.new("uint32_t[]", self.max_burst)
         self._rx_lens_view = memoryview(ffi.buffer(self._rx_lens)).cast("I")
         self._c_rx = lib.yas_dpdk_rx_burst
@@ -643,7 +648,7 @@ class DpdkPort(Port):
         if not self._receiving:
             self._open_here(receiving=True)
         n = self._c_rx(
-            self._port_id, 0, self._rx_buf, len(self._rx_view), self._rx_lens, min(max_n, self.max_burst)
+            self._port_id, 0, self._rx_buf, self._rx_buflen, self._rx_lens, min(max_n, self.max_burst)
         )
         if n <= 0:
             if n < 0:
