@@ -21,6 +21,7 @@ import random
 import signal
 import socket
 import struct
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -59,9 +60,7 @@ requires_shim = pytest.mark.skipif(
     dpdk.dpdk_unavailable_reason() is not None, reason=str(dpdk.dpdk_unavailable_reason())
 )
 DRIVERS = ["net_af_packet", "net_af_xdp"]
-#: a second XDP socket on another queue of the same interface needs libxdp's dispatcher (a bpffs,
-#: the kernel's BTF, freplace programs allowed)
-NO_XDP_DISPATCHER = dpdk.xdp_dispatcher_unavailable_reason()
+
 MIB100 = 100 * 1024 * 1024
 PORT = 5001
 
@@ -183,10 +182,21 @@ def make_wire(left: NetworkNamespace, right: NetworkNamespace) -> None:
 
 
 @pytest.fixture
-def wire() -> Iterator[tuple[NetworkNamespace, NetworkNamespace]]:
-    with NetworkNamespace("yasd") as left, NetworkNamespace("yasd") as right:
-        make_wire(left, right)
-        yield left, right
+def wire(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[NetworkNamespace, NetworkNamespace]]:
+    """The two namespaces joined by veth0/veth1, and a private bpffs for libxdp (``LIBXDP_BPFFS``,
+    inherited by the programs the test starts), so net_af_xdp can put a socket on each queue."""
+    bpffs = tmp_path / "bpffs"
+    bpffs.mkdir()
+    subprocess.run(["mount", "-t", "bpf", "bpf", str(bpffs)], check=True)
+    monkeypatch.setenv("LIBXDP_BPFFS", str(bpffs))
+    try:
+        with NetworkNamespace("yasd") as left, NetworkNamespace("yasd") as right:
+            make_wire(left, right)
+            yield left, right
+    finally:
+        subprocess.run(["umount", str(bpffs)], check=True)
 
 
 def open_in(namespace: NetworkNamespace, spec: str, **options: object) -> DpdkPort:
@@ -396,21 +406,13 @@ def test_two_cores_share_the_flows(wire: tuple[NetworkNamespace, NetworkNamespac
     200 concurrent kernel connections echo intact and both cores accept some.  ``net_af_xdp``
     gives each worker a queue of veth0 (each reads its own: nothing dispatched); with
     ``net_af_packet`` core 0 reads every frame and dispatches core 1's flows (software RSS)."""
-    if driver == "net_af_xdp" and NO_XDP_DISPATCHER is not None:
-        pytest.skip(NO_XDP_DISPATCHER)
     left, right = wire
     program = NamespaceProgram(
         left,
         [sys.executable, str(REPO / "tests" / "percore_programs.py"), "echo", f"dpdk:{driver}0,iface=veth0"],
     )
     try:
-        try:
-            program.wait_for_lines("READY 0", "READY 1", timeout=60)
-        except AssertionError:
-            if driver == "net_af_xdp" and "No XDP dispatcher found" in program.output:
-                pytest.skip("libxdp could not load its dispatcher here (freplace refused), so one "
-                            "interface takes one XDP socket: " + program.output[-300:])  # fmt: skip
-            raise
+        program.wait_for_lines("READY 0", "READY 1", timeout=60)
         peer = kernel_peer(right, "--timeout", "60", "echo-clients", STACK_ADDRESS, 7, 200, 4096)
         result = peer_result(peer, timeout=90)
         assert result["connections"] == 200 and result["mismatched"] == []
@@ -453,13 +455,12 @@ def test_an_interface_with_a_kernel_address_is_refused(
 @pytest.mark.parametrize("driver", DRIVERS)
 def test_a_busy_queue_is_refused(wire: tuple[NetworkNamespace, NetworkNamespace], driver: str) -> None:
     """A second port on the same receive queue (another vdev name, so DPDK itself would take
-    it) is refused; another queue of veth0 is free for net_af_xdp (where libxdp can put two XDP
-    sockets on one interface)."""
+    it) is refused; another queue of veth0 is free for net_af_xdp."""
     left, _ = wire
     with open_in(left, f"dpdk:{driver}0,iface=veth0"):
         with pytest.raises(DpdkError, match=r"queue \S+ is busy"):
             open_in(left, f"dpdk:{driver}1,iface=veth0")
-        if driver == "net_af_xdp" and NO_XDP_DISPATCHER is None:
+        if driver == "net_af_xdp":  # another queue of veth0 (libxdp finds its program in the bpffs)
             with open_in(left, "dpdk:net_af_xdp1,iface=veth0,start_queue=1") as other:
                 assert other.statistics().oerrors == 0
     if driver == "net_af_packet":

@@ -39,8 +39,8 @@ How it runs:
   the parent only describes the port (MAC and MTU read from the interface, no EAL) and every
   worker opens its own EAL and device on first use.  ``net_af_xdp`` gives each worker its own
   queue (``start_queue=K,queue_count=1``): flows spread over the interface's queues as the
-  kernel steers them (this needs libxdp's dispatcher: see :func:`xdp_dispatcher_unavailable_reason`;
-  refused up front where it surely cannot load).  ``net_af_packet`` cannot: its ``PACKET_FANOUT``
+  kernel steers them (this needs a bpffs for libxdp: see :func:`xdp_sharing_unavailable_reason`;
+  refused up front without one).  ``net_af_packet`` cannot: its ``PACKET_FANOUT``
   group is derived from ``getpid()``, so the workers' sockets would each see every frame; it
   offers one queue, read by core 0 (software RSS to the others), and every worker transmits
   through its own instance (the others' receive rings fill and the kernel drops their copies).
@@ -55,7 +55,7 @@ How it runs:
   on a NIC, ``ethtool -K IFACE gro off lro off``).  DPDK 22.11's ``net_af_xdp`` leaves its XDP
   socket bound when the device closes: a process opens each interface queue with it once (again
   is refused with ``EBUSY``; another process may), and a second XDP socket on one interface needs
-  libxdp's dispatcher (:func:`xdp_dispatcher_unavailable_reason`).
+  a bpffs (:func:`xdp_sharing_unavailable_reason`).
 
 No Python twin is possible for DPDK's functions (``rte_eal_init``, ``rte_eth_rx_burst``,
 ``rte_eth_tx_burst``, ...).  What is ours has one: :func:`unpack_burst` (the receive buffer cut
@@ -101,7 +101,7 @@ __all__ = [
     "parse_dpdk_spec",
     "py_tx_prepare",
     "unpack_burst",
-    "xdp_dispatcher_unavailable_reason",
+    "xdp_sharing_unavailable_reason",
 ]
 
 #: meta of a frame for the shim's transmit path (``YAS_TX_PARTIAL_CSUM | gso_size``)
@@ -140,15 +140,16 @@ def dpdk_unavailable_reason() -> str | None:
     return None
 
 
-def xdp_dispatcher_unavailable_reason() -> str | None:
-    """Why ``net_af_xdp`` surely cannot put XDP sockets on two queues of one interface here, or
-    None when it may (the kernel can still refuse: then DPDK's error says so).
+def xdp_sharing_unavailable_reason() -> str | None:
+    """Why ``net_af_xdp`` cannot put XDP sockets on two queues of one interface here, or None.
 
-    DPDK 22.11's ``net_af_xdp`` loads its XDP program through libxdp, which shares an interface
-    between sockets only through its dispatcher: an ``freplace`` program, which needs a bpffs
-    (``/sys/fs/bpf``, or the directory ``LIBXDP_BPFFS`` names) and the kernel's BTF.  Without it
-    the first socket's program holds the interface and a second fails (``libxdp: No XDP
-    dispatcher found``; ``xsk_configure(): Failed to create xsk socket``)."""
+    DPDK 22.11's ``net_af_xdp`` loads its XDP program through libxdp.  A second socket on another
+    queue of the same interface finds the first one's program (and its socket map) only through
+    libxdp's state in a bpffs (``/sys/fs/bpf``, or the directory ``LIBXDP_BPFFS`` names, shared
+    by the processes); without one it fails (``libxdp: No bpffs found``; ``xsk_configure():
+    Failed to create xsk socket``).  libxdp's multi-program dispatcher is not needed: where the
+    kernel refuses it (here: ``freplace`` programs not permitted) libxdp falls back to one
+    program, which serves every queue."""
     bpffs = os.environ.get("LIBXDP_BPFFS", "/sys/fs/bpf")
     try:
         with open("/proc/self/mounts") as mounts:
@@ -157,12 +158,10 @@ def xdp_dispatcher_unavailable_reason() -> str | None:
         mounted = False
     if not mounted:
         return (
-            f"libxdp's dispatcher (needed for a second XDP socket on one interface) needs a bpffs at {bpffs} "
-            "(mount -t bpf bpf /sys/fs/bpf, or LIBXDP_BPFFS=DIR): without it each interface takes one "
-            "net_af_xdp queue"
+            f"a second XDP socket on one interface needs libxdp's state in a bpffs, and {bpffs} is none "
+            "(mount -t bpf bpf /sys/fs/bpf, or mount one elsewhere and set LIBXDP_BPFFS=DIR for every "
+            "process): without it each interface takes one net_af_xdp queue"
         )
-    if not os.path.exists("/sys/kernel/btf/vmlinux"):
-        return "libxdp's dispatcher cannot load without the kernel's BTF (/sys/kernel/btf/vmlinux)"
     return None
 
 
@@ -608,8 +607,8 @@ class DpdkPort(Port):
             return text + (
                 f" (DPDK's messages above say more; for net_af_xdp: is queue {spec.get('start_queue') or 0} "
                 f"of {spec.get('iface')} taken by another XDP socket or program, does the interface have "
-                "that many queues (veth: numrxqueues), and for a second queue of one interface, can "
-                "libxdp load its dispatcher (bpffs, kernel BTF, freplace programs allowed)?)"
+                "that many queues (veth: numrxqueues), and for a second queue of one interface, is "
+                "there a bpffs for libxdp (/sys/fs/bpf or LIBXDP_BPFFS)?)"
             )
         return text + " (DPDK's messages above say more)"
 
