@@ -125,6 +125,7 @@ def _dpdk_extension() -> FFI | None:
     builder.cdef(
         """
         #define YAS_TX_PARTIAL_CSUM 0x10000
+        #define YAS_ALL_QUEUES 0xFFFF
         struct yas_dpdk_info {
             int port_id;
             uint8_t mac[6];
@@ -141,7 +142,7 @@ def _dpdk_extension() -> FFI | None:
         int yas_dpdk_last_errno(void);
         const char *yas_dpdk_strerror(int errnum);
         int yas_dpdk_open(const char *devargs, const char *name, int is_pci, uint32_t nb_mbufs,
-                          uint16_t nb_desc, struct yas_dpdk_info *info);
+                          uint16_t nb_desc, uint16_t nb_rx_queues, struct yas_dpdk_info *info);
         int yas_dpdk_close(int port_id, const char *name, int is_pci);
         int yas_dpdk_rx_burst(int port_id, uint16_t queue, char *buf, size_t buflen, uint32_t *lens,
                               int max_n);

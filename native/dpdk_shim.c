@@ -47,6 +47,8 @@
 
 struct port_state {
     int in_use;
+    uint16_t nb_rx_queues; /* polled in turn by yas_dpdk_rx_burst(..., YAS_ALL_QUEUES, ...) */
+    uint16_t next_rx;
     struct rte_mempool *pool;
     char *scratch;
     uint64_t rx_dropped; /* frames longer than the room left in the caller's buffer */
@@ -92,8 +94,10 @@ static void release(uint16_t pid, const char *name, int is_pci, int started)
 }
 
 int yas_dpdk_open(const char *devargs, const char *name, int is_pci, uint32_t nb_mbufs, uint16_t nb_desc,
-                  struct yas_dpdk_info *info)
+                  uint16_t nb_rx_queues, struct yas_dpdk_info *info)
 {
+    if (nb_rx_queues == 0 || nb_rx_queues == YAS_ALL_QUEUES)
+        return -EINVAL;
     uint16_t pid;
     int r;
     if (rte_eth_dev_get_port_by_name(name, &pid) == 0) {
@@ -130,9 +134,9 @@ int yas_dpdk_open(const char *devargs, const char *name, int is_pci, uint32_t nb
     struct rte_eth_conf conf;
     memset(&conf, 0, sizeof(conf));
     int started = 0;
-    r = rte_eth_dev_configure(pid, 1, 1, &conf);
-    if (r == 0)
-        r = rte_eth_rx_queue_setup(pid, 0, nb_desc, socket < 0 ? (unsigned)SOCKET_ID_ANY : (unsigned)socket,
+    r = rte_eth_dev_configure(pid, nb_rx_queues, 1, &conf);
+    for (uint16_t q = 0; r == 0 && q < nb_rx_queues; q++)
+        r = rte_eth_rx_queue_setup(pid, q, nb_desc, socket < 0 ? (unsigned)SOCKET_ID_ANY : (unsigned)socket,
                                    NULL, pool);
     if (r == 0)
         r = rte_eth_tx_queue_setup(pid, 0, nb_desc, socket < 0 ? (unsigned)SOCKET_ID_ANY : (unsigned)socket,
@@ -153,7 +157,7 @@ int yas_dpdk_open(const char *devargs, const char *name, int is_pci, uint32_t nb
         rte_mempool_free(pool);
         return r;
     }
-    ports[pid] = (struct port_state){.in_use = 1, .pool = pool, .scratch = scratch};
+    ports[pid] = (struct port_state){.in_use = 1, .nb_rx_queues = nb_rx_queues, .pool = pool, .scratch = scratch};
     info->port_id = pid;
     memcpy(info->mac, mac.addr_bytes, 6);
     info->mtu = mtu;
@@ -187,7 +191,19 @@ int yas_dpdk_rx_burst(int port_id, uint16_t queue, char *buf, size_t buflen, uin
         max_n = RX_MAX;
     if (max_n <= 0)
         return 0;
-    uint16_t n = rte_eth_rx_burst((uint16_t)port_id, queue, mbufs, (uint16_t)max_n);
+    uint16_t n = 0;
+    if (queue != YAS_ALL_QUEUES) {
+        n = rte_eth_rx_burst((uint16_t)port_id, queue, mbufs, (uint16_t)max_n);
+    } else {
+        /* Every queue of this port in turn, starting one further each call (fairness). */
+        struct port_state *state = &ports[port_id];
+        uint16_t nq = state->nb_rx_queues;
+        for (uint16_t k = 0; k < nq && n < max_n; k++) {
+            uint16_t q = (uint16_t)((state->next_rx + k) % nq);
+            n += rte_eth_rx_burst((uint16_t)port_id, q, mbufs + n, (uint16_t)(max_n - n));
+        }
+        state->next_rx = (uint16_t)((state->next_rx + 1) % nq);
+    }
     size_t at = 0;
     int out = 0;
     for (uint16_t i = 0; i < n; i++) {

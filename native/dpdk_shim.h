@@ -7,6 +7,8 @@
 /* meta[i] of yas_dpdk_tx_burst: 0 for a finished frame; YAS_TX_PARTIAL_CSUM | gso_size for an
  * OffloadPacket (TCP checksum field holds the folded pseudo-header sum; gso_size > 0: segment). */
 #define YAS_TX_PARTIAL_CSUM 0x10000u
+/* the queue argument of yas_dpdk_rx_burst that polls every rx queue of the port in turn */
+#define YAS_ALL_QUEUES 0xFFFF
 
 struct yas_dpdk_info {
     int port_id;
@@ -26,7 +28,7 @@ int yas_dpdk_eal_cleanup(void);
 int yas_dpdk_last_errno(void);
 const char *yas_dpdk_strerror(int errnum);
 int yas_dpdk_open(const char *devargs, const char *name, int is_pci, uint32_t nb_mbufs, uint16_t nb_desc,
-                  struct yas_dpdk_info *info);
+                  uint16_t nb_rx_queues, struct yas_dpdk_info *info);
 int yas_dpdk_close(int port_id, const char *name, int is_pci);
 int yas_dpdk_rx_burst(int port_id, uint16_t queue, char *buf, size_t buflen, uint32_t *lens, int max_n);
 int yas_dpdk_tx_burst(int port_id, uint16_t queue, const char *frames, size_t frameslen, const uint32_t *lens,

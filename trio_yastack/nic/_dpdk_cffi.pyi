@@ -16,12 +16,21 @@ class _FFI:
 
 class _Lib:
     YAS_TX_PARTIAL_CSUM: Final[int]
+    YAS_ALL_QUEUES: Final[int]
     def yas_dpdk_eal_init(self, argc: int, argv: CData, /) -> int: ...
     def yas_dpdk_eal_cleanup(self) -> int: ...
     def yas_dpdk_last_errno(self) -> int: ...
     def yas_dpdk_strerror(self, errnum: int, /) -> CData: ...
     def yas_dpdk_open(
-        self, devargs: bytes, name: bytes, is_pci: int, nb_mbufs: int, nb_desc: int, info: CData, /
+        self,
+        devargs: bytes,
+        name: bytes,
+        is_pci: int,
+        nb_mbufs: int,
+        nb_desc: int,
+        nb_rx_queues: int,
+        info: CData,
+        /,
     ) -> int: ...
     def yas_dpdk_close(self, port_id: int, name: bytes, is_pci: int, /) -> int: ...
     def yas_dpdk_rx_burst(

@@ -67,6 +67,7 @@ checksums completed, TSO frames segmented), which ``tests/test_dpdk.py`` holds t
 from __future__ import annotations
 
 import atexit
+import ctypes
 import errno
 import fcntl
 import os
@@ -111,6 +112,8 @@ _MAX_RX_FRAME = 9216  # room per frame in the receive buffer (a jumbo frame in c
 _SIOCGIFADDR = 0x8915
 _SIOCGIFHWADDR = 0x8927
 _SIOCGIFMTU = 0x8921
+_SIOCETHTOOL = 0x8946
+_ETHTOOL_GCHANNELS = 0x3C
 _IFREQ_INT = struct.Struct("16si20x")
 _INSTALL = "apt-get install libdpdk-dev librte-net-af-packet23 librte-net-af-xdp23 librte-mempool-ring23"
 
@@ -351,6 +354,20 @@ def _kernel_address(iface: str) -> str | None:
     return socket.inet_ntoa(answer[20:24])
 
 
+def _interface_queues(iface: str) -> int:
+    """How many receive queues ``iface`` has (``ETHTOOL_GCHANNELS``: rx or combined channels), 1
+    when the driver does not say."""
+    channels = ctypes.create_string_buffer(struct.pack("9I", _ETHTOOL_GCHANNELS, *([0] * 8)))
+    request = struct.pack("16sP16x", iface.encode(), ctypes.addressof(channels))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            fcntl.ioctl(sock, _SIOCETHTOOL, request)
+        except OSError:
+            return 1
+    values: tuple[int, ...] = struct.unpack_from("9I", channels.raw)
+    return max(values[5], values[8], 1)  # rx_count, combined_count
+
+
 def _interface_mac_mtu(iface: str) -> tuple[MacAddress, int]:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         hw = fcntl.ioctl(sock, _SIOCGIFHWADDR, struct.pack("16s16x", iface.encode()))
@@ -500,7 +517,9 @@ class DpdkPort(Port):
         self._pid: int | None = None
         self._closed = False
         self._receiving = False
-        self._lock: _QueueLock | None = None
+        self._locks: list[_QueueLock] = []
+        self._xdp_queues: list[int] = []  # the interface queues of this process's net_af_xdp device
+        self._rx_queue = 0
         self._stash: list[bytes] = []
         self._last_rx = 0.0
         iface = self.spec.get("iface")
@@ -538,6 +557,39 @@ class DpdkPort(Port):
         )
 
     # -- opening, in the process that uses it ------------------------------------------------------
+    def _device_spec(self) -> DpdkSpec:
+        """The devargs this process opens, and which interface queues its device takes
+        (``self._xdp_queues``): with several cores, ``net_af_xdp`` takes the worker's queue; with
+        one, the spec's ``queue_count`` (all polled in turn) or, when the interface has a single
+        queue, that one: a multi-queue interface without ``queue_count`` is refused, since flows
+        the kernel steers to a queue nobody reads would be lost.  The other drivers see every
+        frame whatever its queue."""
+        spec = self.spec
+        self._xdp_queues = []
+        if spec.driver != "net_af_xdp":
+            return spec
+        start = int(spec.get("start_queue") or 0)
+        if self._cores is not None and self._cores > 1:
+            spec = spec.with_args(start_queue=start + self._queue_base, queue_count=1)
+            self._xdp_queues = [start + self._queue_base]
+            return spec
+        count = spec.get("queue_count")
+        if count is None:
+            queues = _interface_queues(spec.get("iface") or "") - start
+            if queues > 1:
+                raise DpdkError(
+                    errno.EOPNOTSUPP,
+                    f"nic dpdk:{spec.devargs}: {spec.get('iface')} has {queues} receive queues from {start} "
+                    "on and the kernel spreads flows over them, but one net_af_xdp device reads the queues "
+                    "it was given only: run one core per queue (--cores N), give the interface one queue "
+                    f"(ethtool -L {spec.get('iface')} rx 1, or combined 1), or say queue_count=N (DPDK "
+                    "22.11 allows no more than the interface's combined channels: not on a veth) or "
+                    "queue_count=1 to accept losing the flows of the other queues",
+                )
+            count = "1"
+        self._xdp_queues = list(range(start, start + int(count)))
+        return spec
+
     def _open_here(self, *, receiving: bool) -> None:
         if self._closed:
             raise DpdkError(errno.EBADF, f"{self.name} is closed")
@@ -551,37 +603,40 @@ class DpdkPort(Port):
                 self._take_rx_lock()
             return
         ffi, lib = _lib()
-        spec = self.spec
-        if self._cores is not None and self._cores > 1 and spec.driver == "net_af_xdp":
-            base = int(spec.get("start_queue") or 0)
-            spec = spec.with_args(start_queue=base + self._queue_base, queue_count=1)
-        _interface_checks(spec, self.allow_kernel_address)
+        _interface_checks(self.spec, self.allow_kernel_address)
+        spec = self._device_spec()
         if receiving:
             self._take_rx_lock()
-        xdp_queue = None
-        if spec.driver == "net_af_xdp":
-            xdp_queue = (_netns_inode(), spec.get("iface") or "", int(spec.get("start_queue") or 0))
-            if xdp_queue in _xdp_queues_used:
-                self._release_lock()
-                raise DpdkError(
-                    errno.EBUSY,
-                    f"nic dpdk:{spec.devargs}: this process opened queue {xdp_queue[2]} of {xdp_queue[1]} "
-                    "with net_af_xdp before; DPDK 22.11 leaves that XDP socket bound after the device "
-                    "closes, so the queue can be opened again only by another process",
-                )
+        netns, iface = _netns_inode(), spec.get("iface") or ""
+        used = [queue for queue in self._xdp_queues if (netns, iface, queue) in _xdp_queues_used]
+        if used:
+            self._release_lock()
+            raise DpdkError(
+                errno.EBUSY,
+                f"nic dpdk:{spec.devargs}: this process opened queue {used[0]} of {iface} with net_af_xdp "
+                "before; DPDK 22.11 leaves that XDP socket bound after the device closes, so the queue "
+                "can be opened again only by another process",
+            )
+        queues = len(self._xdp_queues) or 1
         try:
             _init_eal(spec, self.eal_args)
             info = ffi.new("struct yas_dpdk_info *")
             result = lib.yas_dpdk_open(
-                spec.devargs.encode(), spec.name.encode(), int(spec.is_pci), self.nb_mbufs, self.nb_desc, info
+                spec.devargs.encode(),
+                spec.name.encode(),
+                int(spec.is_pci),
+                self.nb_mbufs,
+                self.nb_desc,
+                queues,
+                info,
             )
             if result < 0:
                 raise DpdkError(-result, self._open_error(spec, -result))
         except BaseException:
             self._release_lock()
             raise
-        if xdp_queue is not None:
-            _xdp_queues_used.add(xdp_queue)
+        _xdp_queues_used.update((netns, iface, queue) for queue in self._xdp_queues)
+        self._rx_queue = lib.YAS_ALL_QUEUES if queues > 1 else 0
         self._port_id = info.port_id
         self._pid = os.getpid()
         self.driver = ffi.string(info.driver).decode()
@@ -605,28 +660,29 @@ class DpdkPort(Port):
             return text + " (this process has that device open already)"
         if spec.driver == "net_af_xdp":
             return text + (
-                f" (DPDK's messages above say more; for net_af_xdp: is queue {spec.get('start_queue') or 0} "
-                f"of {spec.get('iface')} taken by another XDP socket or program, does the interface have "
-                "that many queues (veth: numrxqueues), and for a second queue of one interface, is "
-                "there a bpffs for libxdp (/sys/fs/bpf or LIBXDP_BPFFS)?)"
+                f" (DPDK's messages above say more; for net_af_xdp: are queues {self._xdp_queues} of "
+                f"{spec.get('iface')} taken by another XDP socket or program, does the interface have "
+                "them (veth: numrxqueues), and for several queues of one interface, is there a bpffs "
+                "for libxdp (/sys/fs/bpf or LIBXDP_BPFFS)?)"
             )
         return text + " (DPDK's messages above say more)"
 
     def _take_rx_lock(self) -> None:
         iface = self.spec.get("iface")
-        if iface is not None and self._lock is None:
-            label = f"q{self.spec_queue()}" if self.spec.driver == "net_af_xdp" else "all"
-            self._lock = _QueueLock(iface, label)
+        if iface is not None and not self._locks:
+            labels = [f"q{queue}" for queue in self._xdp_queues] or ["all"]
+            try:
+                for label in labels:
+                    self._locks.append(_QueueLock(iface, label))
+            except BaseException:
+                self._release_lock()
+                raise
         self._receiving = True
 
-    def spec_queue(self) -> int:
-        """The interface queue this process receives from (``net_af_xdp``)."""
-        return int(self.spec.get("start_queue") or 0) + self._queue_base
-
     def _release_lock(self) -> None:
-        if self._lock is not None:
-            self._lock.release()
-            self._lock = None
+        for lock in self._locks:
+            lock.release()
+        self._locks = []
         self._receiving = False
 
     def keep_only_queue(self, queue: int) -> None:
@@ -647,7 +703,12 @@ class DpdkPort(Port):
         if not self._receiving:
             self._open_here(receiving=True)
         n = self._c_rx(
-            self._port_id, 0, self._rx_buf, self._rx_buflen, self._rx_lens, min(max_n, self.max_burst)
+            self._port_id,
+            self._rx_queue,
+            self._rx_buf,
+            self._rx_buflen,
+            self._rx_lens,
+            min(max_n, self.max_burst),
         )
         if n <= 0:
             if n < 0:
