@@ -44,7 +44,9 @@ How it runs:
   group is derived from ``getpid()``, so the workers' sockets would each see every frame; it
   offers one queue, read by core 0 (software RSS to the others), and every worker transmits
   through its own instance (the others' receive rings fill and the kernel drops their copies).
-  A PCI NIC serves one process.
+  A PCI NIC serves one process.  On one core, ``net_af_xdp`` reads only the queues it is given
+  (``start_queue``/``queue_count``): a multi-queue interface without ``queue_count`` is refused
+  (the kernel would steer some flows to a queue nobody reads).
 - **The interface's kernel side**: the interface given to ``iface=`` must not carry an IPv4
   address (the kernel would answer ARP and TCP for an address the stack also uses): opening
   refuses it unless ``allow_kernel_address=True``.  The kernel still sees every frame of the
