@@ -6,6 +6,9 @@ missing, the install still succeeds and the package runs on the pure-Python twin
 (``trio_yastack.stack._native``, ``trio_yastack.dispatch._native_rss`` and ``_native_ring``).
 """
 
+import shutil
+import subprocess
+
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
@@ -26,12 +29,21 @@ class OptionalBuildExt(build_ext):
             self.warn(f"trio_yastack: native extension {ext.name} not built ({exc})")
 
 
+def _have_pkg_config(package: str) -> bool:
+    """Whether pkg-config knows ``package`` (a shim whose library is missing is not built at all)."""
+    if shutil.which("pkg-config") is None:
+        return False
+    return subprocess.run(["pkg-config", "--exists", package], check=False).returncode == 0
+
+
 setup(
     cffi_modules=[
         "native/build_native.py:stack_ffi",
         "native/build_native.py:dispatch_ffi",
         "native/build_native.py:af_packet_ffi",
         "native/build_native.py:af_xdp_ffi",
+        # the DPDK port's shim (trio_yastack.nic.dpdk), only with libdpdk-dev installed
+        *(["native/build_native.py:dpdk_ffi"] if _have_pkg_config("libdpdk") else []),
     ],
     cmdclass={"build_ext": OptionalBuildExt},
 )

@@ -14,6 +14,8 @@ in them.  Every rig is measured the same way:
   kernel sockets over a veth pair between two namespaces.
 - ``bulk``: TCP Gbit/s, kernel -> stack and stack -> kernel (``kernel_peer`` on the kernel side),
   against kernel -> kernel over the same kind of veth (``bench_tap.run_veth``).
+- ``idle``: the CPU (percent of one core) of a stack idling on the port for ``--seconds``: what
+  polling costs the ports that cannot sleep on a descriptor (DPDK's PMDs here).
 
 Rounds alternate the rigs (A B C ... A B C ...) so load from elsewhere on the machine spreads
 over all of them; medians with min-max are printed and written as JSON.  Numbers taken while
@@ -128,8 +130,41 @@ def af_xdp_rigs() -> dict[str, RigFactory]:
     return {"af_xdp": af_xdp, "af_xdp_copy": partial(af_xdp, ",mode=copy")}
 
 
+def dpdk_rigs() -> dict[str, RigFactory]:
+    """DPDK's ``net_af_packet`` and ``net_af_xdp`` PMDs on ``veth0`` (no address), the kernel at
+    ``veth1`` with its checksum and segmentation offloads off: DPDK 22.11's PMDs hand frames up as
+    the interface has them, so they must carry complete checksums and fit the MTU."""
+
+    @contextlib.contextmanager
+    def dpdk(driver: str) -> Iterator[Rig]:
+        with NetworkNamespace("yasp") as left, NetworkNamespace("yasp") as right:
+            veth_pair(left, right)
+            left.run(["ip", "addr", "flush", "dev", "veth0"], check=True)
+            right.run(["ethtool", "-K", "veth1", "tx", "off", "tso", "off", "gso", "off"], check=True)
+            yield Rig(f"dpdk:{driver}0,iface=veth0", left, right, "veth1")
+
+    return {"dpdk_af_packet": partial(dpdk, "net_af_packet"), "dpdk_af_xdp": partial(dpdk, "net_af_xdp")}
+
+
 def all_rigs() -> dict[str, RigFactory]:
-    return {**tap_rigs(), **af_packet_rigs(), **af_xdp_rigs()}
+    return {**tap_rigs(), **af_packet_rigs(), **af_xdp_rigs(), **dpdk_rigs()}
+
+
+# -- CPU of an idle port ---------------------------------------------------------------------------
+def run_idle(factory: RigFactory, seconds: float) -> dict[str, float]:
+    """The CPU an idle stack on the port costs (percent of one core over ``seconds`` with no
+    traffic): near 0 for ports that sleep on a descriptor; the price of polling for DPDK's PMDs,
+    which offer no Rx interrupts (``nic/dpdk.py``'s ``wait_rx``)."""
+    with factory() as rig, rig.open() as port:
+
+        async def main() -> float:
+            async with open_stack(port, ip=f"{STACK_IP}/24"):
+                await trio.sleep(0.5)  # settle: the stack's start-up frames
+                cpu, started = time.process_time(), time.monotonic()
+                await trio.sleep(seconds)  # the measured idle period itself
+                return (time.process_time() - cpu) / (time.monotonic() - started) * 100
+
+        return {"cpu_percent": trio.run(main)}
 
 
 # -- frames/s drained into ether_input ------------------------------------------------------------
@@ -310,7 +345,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10, help="wrk's duration per round")
     parser.add_argument("--megabytes", type=int, default=256, help="bulk transfer size")
     parser.add_argument("--frames", type=int, default=8000, help="frames queued per frames/s round")
-    parser.add_argument("--only", default="frames,responder,bulk", help="which measurements")
+    parser.add_argument("--only", default="frames,responder,bulk,idle", help="which measurements")
     parser.add_argument("--quick", action="store_true", help="short runs, 1 round (smoke)")
     parser.add_argument("--serve", help=argparse.SUPPRESS)  # the responder process itself
     args = parser.parse_args()
@@ -339,6 +374,8 @@ def main() -> None:
         if "bulk" in only:
             for direction in ("in", "out"):
                 cases[f"{name} bulk {direction}"] = partial(run_bulk, factory, direction, nbytes)
+        if "idle" in only:
+            cases[f"{name} idle"] = partial(run_idle, factory, seconds)
     if "responder" in only:
         cases["kernel responder (veth)"] = lambda: run_responder_kernel(seconds)
     if "bulk" in only:
@@ -350,7 +387,9 @@ def main() -> None:
                 samples[name].append(case())
             except Exception as exc:  # one broken rig must not lose the others' figures
                 print(f"bench_ports: {name}: {exc!r}", file=sys.stderr)
-    headline = {"frames": "frames_per_s", "responder": "requests_per_s", "bulk": "gbit_per_s"}
+    headline = {
+        "frames": "frames_per_s", "responder": "requests_per_s", "bulk": "gbit_per_s", "idle": "cpu_percent",
+    }  # fmt: skip
     table: dict[str, Any] = {}
     for name, runs in samples.items():
         if runs:

@@ -11,6 +11,10 @@ own C and importing the sans-IO stack loads nothing of the dispatcher's:
 - ``trio_yastack.nic._af_xdp_cffi``: the AF_XDP port's rings and UMEM (``af_xdp.c``), built only
   where ``pkg-config`` finds ``libxdp`` and ``libbpf`` (Debian: ``libxdp-dev libbpf-dev``); twin of
   its ring arithmetic in ``trio_yastack/nic/_af_xdp_ring.py``.
+- ``trio_yastack.nic._dpdk_cffi``: the DPDK shim (``dpdk_shim.c``, with ``checksum.c`` and ``gso.c``
+  for the software checksum and GSO of its tx path), built only where ``pkg-config`` finds
+  ``libdpdk`` (Debian: ``libdpdk-dev``); ``dpdk_ffi`` is ``None`` elsewhere and setup.py leaves it
+  out.  DPDK's own functions have no Python twin (see ``trio_yastack/nic/dpdk.py``).
 
 Every function declared here has a pure-Python twin with the same name minus ``yas_``, and a
 ``_native_cffi.pyi`` stub beside its extension gives the type checker the same declarations.
@@ -168,8 +172,77 @@ def _af_xdp_extension() -> FFI:
     return builder
 
 
+def _pkg_config_split(package: str) -> tuple[list[str], list[str]] | None:
+    """``(cflags, libs)`` of ``package`` from pkg-config, or None when it (or pkg-config) is missing."""
+    try:
+        flags = [
+            subprocess.run(["pkg-config", option, package], capture_output=True, text=True, check=True).stdout
+            for option in ("--cflags", "--libs")
+        ]
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return shlex.split(flags[0]), shlex.split(flags[1])
+
+
+def _dpdk_extension() -> FFI | None:
+    """The DPDK shim's extension, or None without libdpdk's development files."""
+    found = _pkg_config_split("libdpdk")
+    if found is None:
+        return None
+    cflags, libs = found
+    sources = ["dpdk_shim.c", "checksum.c", "gso.c"]
+    builder = FFI()
+    builder.cdef(
+        """
+        #define YAS_TX_PARTIAL_CSUM 0x10000
+        #define YAS_ALL_QUEUES 0xFFFF
+        struct yas_dpdk_info {
+            int port_id;
+            uint8_t mac[6];
+            uint16_t mtu;
+            uint16_t max_rx_queues;
+            uint16_t max_tx_queues;
+            char driver[64];
+        };
+        struct yas_dpdk_stats {
+            uint64_t ipackets, opackets, ibytes, obytes, imissed, ierrors, oerrors;
+        };
+        int yas_dpdk_eal_init(int argc, char **argv);
+        int yas_dpdk_eal_cleanup(void);
+        int yas_dpdk_last_errno(void);
+        const char *yas_dpdk_strerror(int errnum);
+        int yas_dpdk_open(const char *devargs, const char *name, int is_pci, uint32_t nb_mbufs,
+                          uint16_t nb_desc, uint16_t nb_rx_queues, struct yas_dpdk_info *info);
+        int yas_dpdk_close(int port_id, const char *name, int is_pci);
+        int yas_dpdk_rx_burst(int port_id, uint16_t queue, char *buf, size_t buflen, uint32_t *lens,
+                              int max_n);
+        int yas_dpdk_tx_burst(int port_id, uint16_t queue, const char *frames, size_t frameslen,
+                              const uint32_t *lens, const uint32_t *meta, int n, uint32_t max_frame_len);
+        int yas_dpdk_stats_get(int port_id, struct yas_dpdk_stats *stats);
+        int yas_dpdk_complete_checksum(char *frame, uint32_t len);
+        int yas_dpdk_tx_prepare(const char *frames, size_t frameslen, const uint32_t *lens,
+                                const uint32_t *meta, int n, uint32_t max_frame_len, char *out,
+                                size_t outlen, uint32_t *outlens, int max_out);
+        """
+    )
+    builder.set_source(
+        "trio_yastack.nic._dpdk_cffi",
+        '#include "dpdk_shim.h"\n',
+        sources=[_source(name) for name in sources],
+        include_dirs=[str(HERE)],
+        # DPDK's headers need GNU C (typeof, statement expressions) and its -include rte_config.h
+        extra_compile_args=["-O3", "-std=gnu11", *cflags],
+        extra_link_args=libs,
+    )
+    return builder
+
+
 af_xdp_ffi = _af_xdp_extension()
 
+#: None where libdpdk's development files are missing (setup.py then skips it)
+dpdk_ffi = _dpdk_extension()
+
 if __name__ == "__main__":
-    for builder in (stack_ffi, dispatch_ffi, af_packet_ffi, af_xdp_ffi):
-        builder.compile(verbose=True)
+    for builder in (stack_ffi, dispatch_ffi, af_packet_ffi, af_xdp_ffi, dpdk_ffi):
+        if builder is not None:
+            builder.compile(verbose=True)

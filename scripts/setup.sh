@@ -34,6 +34,11 @@ for package in libxdp-dev libbpf-dev pkg-config; do
 done
 # python3 -m venv needs the venv and ensurepip modules (a package, not a program)
 python3 -c "import venv, ensurepip" 2>/dev/null || need_apt+=(python3-venv)
+# Libraries (not programs): the DPDK port (trio_yastack.nic.dpdk) builds its shim against libdpdk-dev
+# (pkg-config libdpdk) and runs the PMDs its tests use: net_af_packet, net_af_xdp and the ring mempool.
+for package in pkg-config libdpdk-dev librte-net-af-packet23 librte-net-af-xdp23 librte-mempool-ring23; do
+    dpkg -s "$package" >/dev/null 2>&1 || need_apt+=("$package")
+done
 if ((${#need_apt[@]})); then
     if [[ $(id -u) -eq 0 ]]; then
         echo "setup: installing ${need_apt[*]} (apt)"

@@ -39,6 +39,7 @@ PORT_OPENERS: dict[str, str] = {
     "pcap": "trio_yastack.nic._pcap:open_pcap_port",
     "af_packet": "trio_yastack.nic.af_packet:open_af_packet_port",
     "af_xdp": "trio_yastack.nic.af_xdp:open_af_xdp_port",
+    "dpdk": "trio_yastack.nic.dpdk:open_dpdk_port",
 }
 
 
