@@ -23,6 +23,7 @@ from tcp_sim_helpers import B_IP, abort, two_stacks
 
 from trio_yastack import Stack
 from trio_yastack.stack import TcpConfig, TcpConnection
+from trio_yastack.stack._timers import TimerQueue
 from trio_yastack.stack.tcp._states import SYNCHRONIZED, TcpState
 
 PORT = 8080
@@ -163,3 +164,28 @@ async def test_time_wait_bound_recycles_the_oldest_and_counts_it(
         assert server.statistics().tcp.connections_closed == count
         assert live_connections() == baseline
         nursery.cancel_scope.cancel()
+
+
+def test_timer_heap_purge_inside_run_keeps_the_queue_consistent() -> None:
+    """Connections ending inside a timer callback cancel their heap entries, which may purge the
+    heap while ``run`` walks it: the purge must happen in place, so nothing fires twice or is lost."""
+    queue = TimerQueue()
+    fired: list[int] = []
+
+    def record(now: float, tag: int) -> None:
+        fired.append(tag)
+
+    victims = [queue.schedule(10.0 + i, record, 1000 + i) for i in range(100)]
+
+    def cancel_all(now: float) -> None:
+        for timer in victims:
+            queue.cancel(timer)
+        queue.schedule(now, record, 1)  # due at once: fires in this same run
+
+    queue.schedule(1.0, cancel_all)
+    later = queue.schedule(2.0, record, 2)
+    assert queue.run(5.0) == 3
+    assert fired == [2, 1]  # the one scheduled inside is due at run's now (5.0), after 2.0
+    queue.cancel(later)  # already fired: a no-op, not a miscount
+    assert len(queue) == 0 and queue.next_deadline() is None
+    assert queue.run(200.0) == 0 and fired == [2, 1]
