@@ -55,9 +55,11 @@ class TimerQueue:
             return
         timer.cancelled = True
         self._cancelled += 1
-        if self._cancelled > 64 and self._cancelled * 2 > len(self._heap):
-            self._heap = [entry for entry in self._heap if not entry[2].cancelled]
-            heapq.heapify(self._heap)
+        heap = self._heap
+        if self._cancelled > 64 and self._cancelled * 2 > len(heap):
+            # In place: cancel() may be called from a callback inside run(), which holds the list.
+            heap[:] = [entry for entry in heap if not entry[2].cancelled]
+            heapq.heapify(heap)
             self._cancelled = 0
 
     def next_deadline(self) -> float | None:

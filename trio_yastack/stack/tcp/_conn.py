@@ -51,6 +51,7 @@ from ._states import (
 )
 
 if TYPE_CHECKING:
+    from .._timers import Timer
     from ._layer import TcpLayer, TcpListener
 
 __all__ = ["TcpConnection"]
@@ -60,6 +61,7 @@ class TcpConnection:
     """A TCP connection of one stack instance.  Create through ``TcpLayer.connect`` or a listener."""
 
     __slots__ = (
+        "_timer",
         "_timer_at",
         "ack_now",
         "cc",
@@ -189,6 +191,7 @@ class TcpConnection:
         self.ack_now = False
         self.t_rexmt = self.t_persist = self.t_keep = self.t_2msl = self.t_delack = 0.0
         self._timer_at = math.inf
+        self._timer: Timer | None = None  # the newest entry in the timer heap (_timers._arm)
         self.persist_shift = 0
         self.keep_probes = 0
         self.keepalive = False
@@ -336,16 +339,36 @@ class TcpConnection:
 
     # -- teardown (tcp_subr.c: tcp_drop, tcp_close) ---------------------------------------------
     def _drop(self, error: int, *, counted: bool = False) -> None:
-        """Move to CLOSED, release buffers and timers, tell the owner."""
+        """Move to CLOSED, release buffers and timers, tell the owner.
+
+        Every connection ends here, once, and is counted here: one that was established
+        (a synchronized state) as ``connections_dropped`` when ``counted`` (a reset, a timeout,
+        an abort) and as ``connections_closed`` otherwise (LAST_ACK acknowledged, TIME_WAIT
+        expired, recycled or taken over by a new SYN, FIN_WAIT_2 timed out); one still opening
+        only when ``counted``.  So ``connections_established`` equals closed + dropped-after-
+        established + those still in a synchronized state.
+        """
         if self.state == CLOSED:
             return
         was = self.state
         self.state = CLOSED
         if error:
             self.error = error
-        if counted and was in SYNCHRONIZED | {SYN_RECEIVED, SYN_SENT}:
+        if was in SYNCHRONIZED:
+            if counted:
+                self.stats.connections_dropped += 1
+            else:
+                self.stats.connections_closed += 1
+        elif counted:
             self.stats.connections_dropped += 1
         self.t_rexmt = self.t_persist = self.t_keep = self.t_2msl = self.t_delack = 0.0
+        self._timer_at = math.inf
+        timer = self._timer
+        if timer is not None:
+            # Cancelled, the heap entry no longer keeps this connection alive to its deadline
+            # (the heap purges cancelled entries once they are half of it).
+            self._timer = None
+            self.core.timers.cancel(timer)
         self.reasm.clear()
         self.scoreboard.clear()
         self.layer.detach(self, was)

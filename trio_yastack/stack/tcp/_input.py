@@ -111,7 +111,7 @@ def segment_arrives(
             deadline = self.t_delack = now + self.config.delayed_ack
             if deadline < self._timer_at:  # _arm() for the one timer that changed
                 self._timer_at = deadline
-                self.core.timers.schedule(deadline, self.on_timer)
+                self._timer = self.core.timers.schedule(deadline, self.on_timer)
         if self.waiter is not None:  # _wake(), inline: a reader may be parked on us
             self.core.ready[self] = None
         return
@@ -291,8 +291,7 @@ def _check_ack_field(
         self._enter_time_wait(now, send_ack=False)  # an ACK of our FIN needs no answer
         return False
     elif state == LAST_ACK and self.snd_una > self.fin_seq:
-        self._drop(0)
-        self.stats.connections_closed += 1
+        self._drop(0)  # counted as closed there
         return False
     elif state == TIME_WAIT:
         # The only thing that can arrive: the peer's FIN again.  ACK it, restart 2MSL.

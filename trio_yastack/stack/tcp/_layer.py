@@ -135,7 +135,9 @@ class TcpLayer:
         self.connections: dict[ConnectionKey, TcpConnection] = {}
         self.listeners: dict[int, TcpListener] = {}
         self.port_use: dict[int, int] = {}  # local port -> connections using it
-        self.time_wait: deque[TcpConnection] = deque()
+        #: connections in TIME_WAIT, oldest first (a dict for its order and O(1) removal: one
+        #: that ends early, taken over by a new SYN or reset, leaves it at once)
+        self.time_wait: dict[TcpConnection, None] = {}
         #: ports that sockets bound without listening or connecting yet (kept off the ephemeral range)
         self.bound_ports: set[int] = set()
         secret = core.rng.getrandbits(256).to_bytes(32, "big")
@@ -212,21 +214,24 @@ class TcpLayer:
                 self.port_use[conn.local_port] = count
             else:
                 self.port_use.pop(conn.local_port, None)
+        if was_state == TIME_WAIT:
+            self.time_wait.pop(conn, None)
         if conn.listener is not None:
             # An embryo leaves the SYN queue; one already in the accept queue stays there, and
             # accept() hands it out closed, with its error, as the kernel does.
             conn.listener.embryonic.discard(conn)
 
     def entered_time_wait(self, conn: TcpConnection) -> None:
-        """Bound TIME_WAIT: beyond the limit the oldest is recycled (counted)."""
-        self.time_wait.append(conn)
-        while len(self.time_wait) > self.config.time_wait_limit:
-            oldest = self.time_wait.popleft()
-            if oldest.state == TIME_WAIT:
-                self.stats.time_wait_recycled += 1
-                oldest._drop(0)
-        while self.time_wait and self.time_wait[0].state != TIME_WAIT:
-            self.time_wait.popleft()
+        """Bound TIME_WAIT (Linux's tcp_max_tw_buckets): beyond the limit the oldest is ended
+        early, counted in ``time_wait_recycled`` (and, as every end, in ``connections_closed``)."""
+        time_wait = self.time_wait
+        time_wait[conn] = None
+        limit = self.config.time_wait_limit
+        while len(time_wait) > limit:
+            oldest = next(iter(time_wait))
+            del time_wait[oldest]
+            self.stats.time_wait_recycled += 1
+            oldest._drop(0)
 
     # -- user calls -------------------------------------------------------------------------
     def connect(

@@ -42,6 +42,9 @@ def _arm(self: TcpConnection) -> None:
 
     Moving a deadline later costs nothing (the entry fires early and re-arms); moving it
     earlier pushes one more entry.  That keeps per-segment timer work O(1) on the hot path.
+    The newest entry is kept (``_timer``) so that ``_drop`` can cancel it: a connection that
+    ends early (a TIME_WAIT taken over by a new SYN, or recycled) is then not held in memory
+    by the heap until its 2MSL deadline.
     """
     deadline = math.inf
     for t in (self.t_rexmt, self.t_persist, self.t_keep, self.t_2msl, self.t_delack):
@@ -49,7 +52,7 @@ def _arm(self: TcpConnection) -> None:
             deadline = t
     if deadline < self._timer_at:
         self._timer_at = deadline
-        self.core.timers.schedule(deadline, self.on_timer)
+        self._timer = self.core.timers.schedule(deadline, self.on_timer)
 
 
 def on_timer(self: TcpConnection, now: float) -> None:
@@ -64,8 +67,7 @@ def on_timer(self: TcpConnection, now: float) -> None:
     if self.t_2msl and self.t_2msl <= now:
         self.t_2msl = 0.0
         if self.state == TIME_WAIT:
-            self._drop(0)
-            self.stats.connections_closed += 1
+            self._drop(0)  # counted as closed there
             return
         if self.state == FIN_WAIT_2:
             self.stats.drop(TcpDrop.FIN_WAIT_2_TIMEOUT)
