@@ -125,7 +125,6 @@ class _Request:
         "final_sent",
         "handed_off",
         "keep_alive",
-        "running",
         "scope",
         "upgrade",
     )
@@ -139,7 +138,6 @@ class _Request:
         self.body_complete = False
         self.body_size = 0
         self.final_sent = False
-        self.running = False  # the app is running for this request
         self.handed_off = False  # the connection went on in another task while the app ran
 
 
@@ -161,16 +159,19 @@ class Handoffs:
 
     def __init__(self, nursery: trio.Nursery) -> None:
         self._nursery = nursery
-        self._watched: list[tuple[HttpConnection, _Request]] = []
+        # connections, not requests: nothing of a request outlives it here (a request kept for
+        # an interval would be a container the garbage collector walks, for every request)
+        self._watched: list[HttpConnection] = []
         self._lot = trio.lowlevel.ParkingLot()
         self._parked = False
         self._closed = False
 
-    def watch(self, connection: HttpConnection, request: _Request) -> None:
-        """``request``'s response is complete: look at its app once this task step is over."""
-        if self._closed:
+    def watch(self, connection: HttpConnection) -> None:
+        """A response on ``connection`` is complete: look at its app once this task step is over."""
+        if self._closed or connection._watched:
             return
-        self._watched.append((connection, request))
+        connection._watched = True
+        self._watched.append(connection)
         if self._parked:
             self._parked = False
             self._lot.unpark()
@@ -183,9 +184,11 @@ class Handoffs:
                     self._parked = True
                     await self._lot.park()
                 watched, self._watched = self._watched, []
-                for connection, request in watched:
-                    if request.running and not connection._hand_off(request, self._nursery):
-                        self._watched.append((connection, request))  # not yet: look again
+                for connection in watched:
+                    connection._watched = False
+                    if connection._in_app is not None and not connection._hand_off(self._nursery):
+                        connection._watched = True
+                        self._watched.append(connection)  # not yet: look again
                 await trio.sleep(HANDOFF_INTERVAL)  # busy: the next look takes all since
         finally:
             self._closed = True
@@ -271,6 +274,9 @@ class HttpConnection:
         # bound to its request (so it is refused too once the connection moves past it)
         self._handed_on = False
         self._ended: trio.Event | None = None  # made at the first hand-off: set when the connection ends
+        self._in_app: _Request | None = None  # whose app runs in the holder's task
+        self._written: _Request | None = None  # whose response was last written whole (watched)
+        self._watched = False  # in the watcher's list
         #: when the connection's current timeout (keep-alive or head) expires; inf while the app runs
         self.timeout_at = _INF
         self._swept = swept
@@ -538,11 +544,12 @@ class HttpConnection:
         if after is None and self._ended is not None:
             await self._ended.wait()  # the first task stands for the connection until it ends
 
-    def _hand_off(self, request: _Request, nursery: trio.Nursery) -> bool:
-        """The watcher's call (:class:`Handoffs`): ``request``'s response is complete; if its app
-        still runs, serve the connection on in a new task in ``nursery``.  False: not now (an
-        app's ``receive()`` is still leaving a read), ask again later."""
-        if not request.running or request.handed_off or self._current is not request:
+    def _hand_off(self, nursery: trio.Nursery) -> bool:
+        """The watcher's call (:class:`Handoffs`): if the app running in the holder's task has
+        written its whole response and still runs, serve the connection on in a new task in
+        ``nursery``.  False: not now (an app's ``receive()`` is still leaving a read), ask again."""
+        request = self._in_app
+        if request is None or request is not self._written:
             return True  # the app returned: its task went on serving the connection itself
         if self._cancel.cancel_called:
             return True  # the connection is ending in the app's task
@@ -550,6 +557,7 @@ class HttpConnection:
             return False  # only one reader: wait until that read has unwound
         request.handed_off = True
         self._handed_on = True
+        self._in_app = None  # the holder's app from now on is the new task's
         cancel = self._cancel = trio.CancelScope()
         if self._ended is None:
             self._ended = trio.Event()
@@ -639,7 +647,7 @@ class HttpConnection:
             send: Any = partial(self.send, request=request)
         else:
             receive, send = self.receive, self.send
-        request.running = True
+        self._in_app = request
         try:
             await self.app(scope, receive, send)
         except Exception as exc:
@@ -661,7 +669,8 @@ class HttpConnection:
                 self._keep_alive = False
             return True
         finally:
-            request.running = False
+            if self._in_app is request:
+                self._in_app = None
         if request.handed_off:
             return False
         if not self._response_started:
@@ -811,7 +820,8 @@ class HttpConnection:
                 if self.access_log is not None:
                     self.access_log.log(request.scope, self._status, self._response_headers)
                 if self._handoffs is not None:  # the app may run on (a background task): watched
-                    self._handoffs.watch(self, request)
+                    self._written = request
+                    self._handoffs.watch(self)
         elif kind == "http.response.start":
             if self._response_started:
                 raise RuntimeError("ASGI 'http.response.start' sent twice")
