@@ -733,32 +733,36 @@ async def test_pipelined_requests_keep_their_order_across_a_hand_off(
 async def test_the_old_apps_receive_and_send_do_not_reach_the_next_request(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    """Once the connection has moved on, the first app's ``receive`` says ``http.disconnect``
-    (it does not take the second request's body) and its ``send`` raises (nothing is written
-    into the second response)."""
-    second_started = trio.Event()
-    first_checked = trio.Event()
-    seen: list[Any] = []
+    """Two hand-offs in a row: once the connection has moved on, the first and the second app
+    (which kept the connection's own receive/send, and ones bound to its request) are told
+    ``http.disconnect`` (they do not take the third request's body) and their ``send`` raises
+    (nothing is written into the third response)."""
+    third_started = trio.Event()
+    checked = {"/first": trio.Event(), "/second": trio.Event()}
+    seen: dict[str, Any] = {}
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["path"] == "/first":
+        path = scope["path"]
+        if path in checked:
             await hello_app(scope, receive, send)
-            await second_started.wait()
-            seen.append(await receive())
+            await third_started.wait()
+            seen[path] = await receive()
             with pytest.raises(RuntimeError, match="after the response completed"):
                 await send({"type": "http.response.body", "body": b"intruder"})
-            first_checked.set()
+            checked[path].set()
         else:
-            second_started.set()
-            await first_checked.wait()
+            third_started.set()
+            for event in checked.values():
+                await event.wait()
             await echo_app(scope, receive, send)
 
     async with watched_connection(app) as (client, _nursery, _done):
         with trio.fail_after(5):
             assert (await client.request("GET", "/first")).status == 200
-            response = await client.request("POST", "/second", b"the second body")
-        assert (response.status, response.body) == (200, b"the second body")
-        assert seen == [{"type": "http.disconnect"}]
+            assert (await client.request("GET", "/second")).status == 200
+            response = await client.request("POST", "/third", b"the third body")
+        assert (response.status, response.body) == (200, b"the third body")
+        assert seen == {"/first": {"type": "http.disconnect"}, "/second": {"type": "http.disconnect"}}
 
 
 async def test_an_error_after_the_hand_off_is_logged_and_the_connection_serves_on(
