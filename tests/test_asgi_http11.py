@@ -10,6 +10,8 @@ stream pair and by counting ``send_all`` calls.
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -17,7 +19,7 @@ import trio
 import trio.testing
 from asgi_helpers import RawClient, build_request, echo_app, hello_app, memory_connection, scope_app
 
-from trio_yastack.l7.asgi import ClientDisconnected, HttpConnection, ServerConfig
+from trio_yastack.l7.asgi import ClientDisconnected, Handoffs, HttpConnection, ServerConfig
 
 Message = dict[str, Any]
 
@@ -646,3 +648,191 @@ async def test_content_length_the_app_does_not_keep_ends_the_connection(
         assert received.count(b"HTTP/1.1") == 1  # the pipelined second request is not answered
         assert received.endswith(b"ab" if declared == b"3" else b"abcd")  # no byte past the length
         await done.wait()
+
+
+# -- an app that runs on after its response (background tasks) -------------------------------------
+@asynccontextmanager
+async def watched_connection(
+    app: Any, config: ServerConfig | None = None
+) -> AsyncIterator[tuple[RawClient, trio.Nursery, trio.Event]]:
+    """``memory_connection`` with a :class:`Handoffs` watcher, as ``serve_asgi`` runs connections;
+    yields the client, the nursery hand-offs spawn into (its tasks: the watcher and whoever took
+    the connection over) and the event set when the connection's first task returned."""
+    async with trio.open_nursery() as nursery:
+        handoffs = Handoffs(nursery)
+        nursery.start_soon(handoffs.run)
+        async with memory_connection(app, config, handoffs=handoffs) as (client, _conn, done):
+            yield client, nursery, done
+        nursery.cancel_scope.cancel()
+
+
+async def test_next_request_is_served_while_the_app_runs_on_after_its_response(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Two requests on one keep-alive connection; the first app completes its response and then
+    waits until the second request has been answered (a background task).  Served inline, the
+    second request would wait for the first app, which waits for it: the bound would fail."""
+    second_answered = trio.Event()
+    events: list[str] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await hello_app(scope, receive, send)
+        if scope["path"] == "/first":
+            await second_answered.wait()
+            events.append("first app done")
+        else:
+            events.append("second answered")
+            second_answered.set()
+
+    async with watched_connection(app) as (client, nursery, done):
+        with trio.fail_after(5):
+            assert (await client.request("GET", "/first")).body == b"Hello, world!"
+            assert (await client.request("GET", "/second")).body == b"Hello, world!"
+            await trio.testing.wait_all_tasks_blocked()
+        assert events == ["second answered", "first app done"]
+        assert len(nursery.child_tasks) == 2  # the watcher, and the task serving the connection now
+        assert not done.is_set()  # the first task waits for the connection, which is still open
+        assert (await client.request("GET", "/third")).status == 200
+
+
+async def test_an_app_that_returns_at_once_is_not_handed_on(autojump_clock: trio.testing.MockClock) -> None:
+    """The fast path spawns nothing: after many requests to an app that returns with its response,
+    the watcher is the only task in the hand-off nursery."""
+    async with watched_connection(hello_app) as (client, nursery, _done):
+        for _ in range(20):
+            assert (await client.request()).status == 200
+        await client.send(b"".join(build_request() for _ in range(5)))  # pipelined too
+        for _ in range(5):
+            assert (await client.response()).status == 200
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(nursery.child_tasks) == 1
+
+
+async def test_pipelined_requests_keep_their_order_across_a_hand_off(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Three requests in one write; the first app runs on until the third is answered: the
+    responses still come in request order, each whole."""
+    third_answered = trio.Event()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await scope_app(scope, receive, send)
+        if scope["path"] == "/1":
+            await third_answered.wait()
+        elif scope["path"] == "/3":
+            third_answered.set()
+
+    async with watched_connection(app) as (client, _nursery, _done):
+        await client.send(b"".join(build_request("GET", f"/{n}") for n in (1, 2, 3)))
+        with trio.fail_after(5):
+            paths = [(await client.response()).json()["path"] for _ in range(3)]
+            await third_answered.wait()
+        assert paths == ["/1", "/2", "/3"]
+
+
+async def test_the_old_apps_receive_and_send_do_not_reach_the_next_request(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Two hand-offs in a row: once the connection has moved on, the first and the second app
+    (which kept the connection's own receive/send, and ones bound to its request) are told
+    ``http.disconnect`` (they do not take the third request's body) and their ``send`` raises
+    (nothing is written into the third response)."""
+    third_started = trio.Event()
+    checked = {"/first": trio.Event(), "/second": trio.Event()}
+    seen: dict[str, Any] = {}
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        path = scope["path"]
+        if path in checked:
+            await hello_app(scope, receive, send)
+            await third_started.wait()
+            seen[path] = await receive()
+            with pytest.raises(RuntimeError, match="after the response completed"):
+                await send({"type": "http.response.body", "body": b"intruder"})
+            checked[path].set()
+        else:
+            third_started.set()
+            for event in checked.values():
+                await event.wait()
+            await echo_app(scope, receive, send)
+
+    async with watched_connection(app) as (client, _nursery, _done):
+        with trio.fail_after(5):
+            assert (await client.request("GET", "/first")).status == 200
+            assert (await client.request("GET", "/second")).status == 200
+            response = await client.request("POST", "/third", b"the third body")
+        assert (response.status, response.body) == (200, b"the third body")
+        assert seen == {"/first": {"type": "http.disconnect"}, "/second": {"type": "http.disconnect"}}
+
+
+async def test_an_error_after_the_hand_off_is_logged_and_the_connection_serves_on(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    second_answered = trio.Event()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await hello_app(scope, receive, send)
+        if scope["path"] == "/first":
+            await second_answered.wait()
+            raise ValueError("the background task's bug")
+        second_answered.set()
+
+    with caplog.at_level(logging.ERROR, logger="trio_yastack.asgi"):
+        async with watched_connection(app) as (client, _nursery, _done):
+            with trio.fail_after(5):
+                assert (await client.request("GET", "/first")).status == 200
+                assert (await client.request("GET", "/second")).status == 200
+                await trio.testing.wait_all_tasks_blocked()
+                assert (await client.request("GET", "/third")).status == 200
+    [record] = [r for r in caplog.records if r.exc_info]
+    assert record.getMessage() == "Exception in ASGI application after its response"
+    assert isinstance(record.exc_info[1], ValueError)  # type: ignore[index]  # exc_info is set: filtered
+
+
+async def test_connection_close_ends_at_once_while_the_app_runs_on(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """``Connection: close`` and a background task: the client sees the end of the connection
+    after the response, not when the app returns (uvicorn closes at once too); the app then runs
+    to its end."""
+    release = trio.Event()
+    finished = trio.Event()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await hello_app(scope, receive, send)
+        await release.wait()
+        finished.set()
+
+    async with watched_connection(app) as (client, _nursery, done):
+        await client.send(build_request(connection="close"))
+        with trio.fail_after(5):
+            response = await client.response()
+            assert await client.wait_closed() == b""
+        assert response.header("connection") == "close" and not finished.is_set()
+        assert not done.is_set()  # the first task still runs the app
+        release.set()
+        with trio.fail_after(5):
+            await finished.wait()
+            await done.wait()
+
+
+async def test_without_a_watcher_the_next_request_waits_for_the_app(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """An ``HttpConnection`` run alone (no :class:`Handoffs`) keeps the app inline: the second
+    request is answered only once the first app returns (what the watcher is for)."""
+    release = trio.Event()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await hello_app(scope, receive, send)
+        if scope["path"] == "/first":
+            await release.wait()
+
+    async with memory_connection(app) as (client, _conn, _done):
+        assert (await client.request("GET", "/first")).status == 200
+        await client.send(build_request("GET", "/second"))
+        with trio.move_on_after(60):
+            await client.response()
+            pytest.fail("the second request was answered while the first app ran")
+        release.set()
+        assert (await client.response()).status == 200

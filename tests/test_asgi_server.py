@@ -12,7 +12,7 @@ import logging
 import random
 import re
 import ssl
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 import trio
@@ -158,7 +158,9 @@ async def test_lifespan_state_reaches_requests_and_shutdown_runs_last(
 
 
 @pytest.mark.parametrize("mode", ["auto", "on"])
-async def test_lifespan_startup_failed_aborts(autojump_clock: trio.testing.MockClock, mode: str) -> None:
+async def test_lifespan_startup_failed_aborts(
+    autojump_clock: trio.testing.MockClock, mode: Literal["auto", "on"]
+) -> None:
     events: list[str] = []
     async with two_stacks() as (a, b):
         with pytest.raises(LifespanFailure, match="no database"):
@@ -246,6 +248,48 @@ async def test_graceful_shutdown(autojump_clock: trio.testing.MockClock) -> None
     assert events == ["startup", "answered /", "answered /short", "shutdown", "serve_asgi returned"]
 
 
+async def test_apps_running_on_after_their_responses_over_the_stack(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Apps that run on after their responses (background tasks of 2 s and 60 s): the next
+    requests on the keep-alive connection are answered at once; at shutdown the idle connection
+    closes at once, the 2 s work ends, the 60 s one is cancelled at graceful_timeout, and the
+    lifespan shutdown runs after both."""
+    events: list[str] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await lifespan_app(events)(scope, receive, send)
+            return
+        await hello_app(scope, receive, send)
+        if scope["path"].startswith("/work/"):
+            seconds = float(scope["path"].removeprefix("/work/"))
+            await trio.sleep(seconds)  # the background task's work, simulated
+            events.append(f"worked {seconds:g} s")
+
+    stop = trio.Event()
+    config = ServerConfig(bind=("8000",), graceful_timeout=5.0)
+    async with two_stacks() as (a, b), trio.open_nursery() as nursery:
+
+        async def serve() -> None:
+            await serve_asgi(app, config, stack=a, shutdown_trigger=stop.wait)
+            events.append("serve_asgi returned")
+
+        nursery.start_soon(serve)
+        await trio.testing.wait_all_tasks_blocked()
+        client = RawClient(await b.tcp_connect(A_IP, 8000))
+        begin = trio.current_time()
+        for path in ("/work/2", "/work/60", "/"):
+            assert (await client.request("GET", path)).status == 200
+        assert trio.current_time() - begin < 1.0  # not after the first app's 2 s
+        stop.set()
+        stopped = trio.current_time()
+        assert await client.wait_closed() == b""
+        assert trio.current_time() - stopped < 0.5  # idle: closed at once, the apps still running
+    assert 5.0 <= trio.current_time() - stopped < 6.0
+    assert events == ["startup", "worked 2 s", "shutdown", "serve_asgi returned"]
+
+
 # -- access log -------------------------------------------------------------------------------------
 async def test_access_log_in_hypercorns_format(autojump_clock: trio.testing.MockClock, tmp_path: Any) -> None:
     path = tmp_path / "access.log"
@@ -268,7 +312,7 @@ def test_format_line_matches_hypercorn() -> None:
     """Our line against hypercorn's own AccessLogAtoms for the same request and response."""
     from hypercorn.logging import AccessLogAtoms
 
-    scope = {
+    scope: Any = {  # hypercorn's hint is its HTTPScope TypedDict; ours takes a plain dict
         "type": "http",
         "http_version": "1.1",
         "method": "POST",
@@ -278,7 +322,7 @@ def test_format_line_matches_hypercorn() -> None:
         "client": ("198.18.0.1", 5555),
         "headers": [(b"user-agent", b"ua"), (b"referer", b"ref")],
     }
-    response = {"status": 201, "headers": [(b"content-length", b"7")]}
+    response: Any = {"status": 201, "headers": [(b"content-length", b"7")]}
     atoms = AccessLogAtoms(scope, response, 0.01)
     hypercorn_default = '%(h)s %(l)s %(l)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"'
     expected = hypercorn_default % atoms  # hypercorn applies its format string this way
@@ -305,13 +349,14 @@ def test_cli_maps_options_onto_server_config() -> None:
 
 
 async def test_server_hypercorn_still_serves_with_hypercorn(autojump_clock: trio.testing.MockClock) -> None:
-    config = Config()
+    # Any: running_server's hint names ServerConfig, serve_asgi takes hypercorn's Config as well
+    config: Any = Config()
     config.bind = ["8000"]
     config.accesslog = config.errorlog = None
     async with two_stacks() as (a, b), running_server(hello_app, config, stack=a, server="hypercorn"):
         response = await RawClient(await b.tcp_connect(A_IP, 8000)).request()
         assert response.status == 200 and response.header("server") == "hypercorn-h11"
-    config2 = Config()
+    config2: Any = Config()
     config2.bind = ["8001"]
     config2.accesslog = config2.errorlog = None
     async with two_stacks() as (a, b), running_server(hello_app, config2, stack=a, server="yastack"):

@@ -15,6 +15,7 @@ from typing import Any
 import trio
 
 from trio_yastack._open_stack import open_stack
+from trio_yastack.dispatch._launcher import worker_ready
 from trio_yastack.journey import (
     add_client_commands,
     add_observability_options,
@@ -114,13 +115,16 @@ def _serve(args: argparse.Namespace) -> int:
                     urls = await nursery.start(
                         partial(serve_asgi, app, config, stack=stack, shutdown_trigger=shutdown_trigger)
                     )
-                    if layout is None or layout.core_id == 0:
-                        where = f"{args.cores} cores, " if worker_mode else ""
-                        nic_name = f"{args.nic} ({where}{stack.address})"
-                        print(f"# serving {args.app} over the user-space stack on {nic_name}")
-                        for url in urls:
-                            flag = " -k" if url.startswith("https") else ""
-                            print(f"# try: curl{flag} {url}/json", flush=True)
+                    where = f"{args.cores} cores, " if worker_mode else ""
+                    nic_name = f"{args.nic} ({where}{stack.address})"
+                    lines = [f"# serving {args.app} over the user-space stack on {nic_name}"]
+                    for url in urls:
+                        flag = " -k" if url.startswith("https") else ""
+                        lines.append(f"# try: curl{flag} {url}/json")
+                    if layout is None:
+                        print("\n".join(lines), flush=True)
+                    else:  # the launcher prints core 0's lines once every core listens
+                        worker_ready("\n".join(lines) if layout.core_id == 0 else "")
             statistics = stack.statistics()
             tcp = statistics.tcp.counters
             return {
@@ -139,9 +143,14 @@ def _serve(args: argparse.Namespace) -> int:
         from trio_yastack._open_stack import open_multicore_port
         from trio_yastack.dispatch._launcher import WorkerFailed, launch
 
+        def announce(announcements: list[str]) -> None:
+            print(announcements[0], flush=True)  # core 0's, after every core's listeners are up
+
         port = open_multicore_port(args.nic, args.cores)
         try:
-            summaries = launch(lambda layout: trio.run(main, port, layout), port=port, cores=args.cores)
+            summaries = launch(
+                lambda layout: trio.run(main, port, layout), port=port, cores=args.cores, ready=announce
+            )
         except WorkerFailed as exc:
             raise SystemExit(f"yastack serve: {exc}") from None
         merged = StackStatistics.merged(

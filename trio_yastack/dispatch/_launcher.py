@@ -10,7 +10,10 @@ fork), forks one worker per core, and then only supervises:
 - SIGINT and SIGTERM to the parent go to every worker, which shut down gracefully;
 - a worker that dies (a signal, or a non-zero status) is reported with its core and PID, and the
   whole server is stopped: nothing is restarted silently.  ``WorkerFailed`` says what happened;
-- each worker's return value comes back to the parent through a pipe (pickled).
+- each worker's return value comes back to the parent through a pipe (pickled);
+- with ``ready=``, a readiness barrier: each worker calls :func:`worker_ready` once it serves
+  (its listeners are up) and the parent calls ``ready`` with what they announced only when every
+  worker has, so a line like ``# try: curl ...`` is never printed while a core still refuses.
 
 Fork happens before any trio run in the parent (forking a running trio is unsafe).
 """
@@ -20,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
+import select
 import signal
 import sys
 import traceback
@@ -33,11 +37,33 @@ from ._percore import CoreLayout
 from ._ring import SpscRing
 from ._rss import DEFAULT_RSS_KEY, Reta
 
-__all__ = ["WorkerFailed", "launch", "make_layouts"]
+__all__ = ["WorkerFailed", "launch", "make_layouts", "worker_ready"]
 
 #: how long workers get to stop after SIGTERM before they are killed (above hypercorn's
 #: graceful timeout defaults)
 _GRACE_SECONDS = 30.0
+
+
+#: in a worker launched with ``ready=``: the write end of its readiness pipe (set after the fork,
+#: once per process, and closed by worker_ready)
+_ready_fd: int | None = None
+
+
+def worker_ready(announcement: str = "") -> bool:
+    """Tell the launcher this worker serves (call it once its listeners are up).
+
+    ``announcement`` reaches the parent's ``ready`` callback with the other workers' once every
+    worker has called this.  Returns False (and does nothing) outside a worker launched with
+    ``ready=``, so the same code runs on one core too."""
+    global _ready_fd
+    fd, _ready_fd = _ready_fd, None
+    if fd is None:
+        return False
+    try:
+        os.write(fd, announcement.encode() + b"\0")
+    finally:
+        os.close(fd)
+    return True
 
 
 class WorkerFailed(RuntimeError):
@@ -73,8 +99,12 @@ def make_layouts(
     ]
 
 
-def _child(worker: Callable[[CoreLayout], Any], layout: CoreLayout, port: Port, results: int) -> None:
+def _child(
+    worker: Callable[[CoreLayout], Any], layout: CoreLayout, port: Port, results: int, ready: int | None
+) -> None:
     """The body of a worker process: never returns."""
+    global _ready_fd
+    _ready_fd = ready
     status = 0
     try:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent sends SIGTERM instead
@@ -106,30 +136,67 @@ def launch(
     port: Port,
     cores: int,
     layouts: list[CoreLayout] | None = None,
+    ready: Callable[[list[str]], None] | None = None,
 ) -> list[Any]:
     """Run ``worker(layout)`` in one process per core; return their values by core.
 
     ``port`` is open in this process; each worker uses it through its layout's queues.  Raises
     :class:`WorkerFailed` when a worker died or raised (the others are stopped first).
+    ``ready``: called in this process, once, with every worker's :func:`worker_ready`
+    announcement (by core) when all of them have called it; not at all if one ends before.
     """
     if cores < 2:
         raise ValueError("launch() is for two or more cores")
     multi_queue = port.capabilities.rx_queues >= cores
     layouts = layouts or make_layouts(cores, multi_queue=multi_queue)
     workers: dict[int, _Worker] = {}
+    readiness: dict[int, int] = {}  # core -> read end of its readiness pipe
     for layout in layouts:
         read_end, write_end = os.pipe()
+        ready_read, ready_write = os.pipe() if ready is not None else (None, None)
         pid = os.fork()
         if pid == 0:
             os.close(read_end)
-            _child(worker, layout, port, write_end)
+            for fd in [ready_read, *readiness.values()]:
+                if fd is not None:
+                    os.close(fd)  # the parent's read ends: not the worker's to hold
+            _child(worker, layout, port, write_end, ready_write)
         os.close(write_end)
+        if ready_read is not None and ready_write is not None:
+            os.close(ready_write)
+            readiness[layout.core_id] = ready_read
         workers[pid] = _Worker(layout.core_id, pid, read_end)
     port.close()  # the workers hold the queues now; a device goes when the last of them exits
-    return _supervise(workers)
+    return _supervise(workers, readiness, ready)
 
 
-def _supervise(workers: dict[int, _Worker]) -> list[Any]:
+def _wait_ready(readiness: dict[int, int], ready: Callable[[list[str]], None]) -> None:
+    """The barrier: read every worker's announcement (up to its NUL); call ``ready`` when all
+    came.  A worker that ends first (EOF) ends the wait without a call: _supervise reports it."""
+    received = {core: b"" for core in readiness}
+    complete: dict[int, str] = {}
+    by_fd = {fd: core for core, fd in readiness.items()}
+    try:
+        while by_fd:
+            readable, _, _ = select.select(list(by_fd), [], [])
+            for fd in readable:
+                core = by_fd[fd]
+                chunk = os.read(fd, 4096)
+                received[core] += chunk
+                if not chunk or b"\0" in received[core]:
+                    del by_fd[fd]
+                    if chunk:
+                        complete[core] = received[core].split(b"\0", 1)[0].decode(errors="replace")
+        if len(complete) == len(readiness):
+            ready([complete[core] for core in sorted(complete)])
+    finally:
+        for fd in readiness.values():
+            os.close(fd)
+
+
+def _supervise(
+    workers: dict[int, _Worker], readiness: dict[int, int], ready: Callable[[list[str]], None] | None
+) -> list[Any]:
     stopping = False
     failures: list[str] = []
     values: dict[int, Any] = {}
@@ -159,6 +226,8 @@ def _supervise(workers: dict[int, _Worker]) -> list[Any]:
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGALRM)}
     try:
+        if ready is not None:
+            _wait_ready(readiness, ready)  # a signal meanwhile stops the workers: their EOFs end it
         while alive:
             if failures:
                 begin_stopping()

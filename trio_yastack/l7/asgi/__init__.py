@@ -10,6 +10,7 @@ wsproto, HTTP/2 through hypercorn's protocol) and hypercorn's trio worker, both 
 from ._access_log import AccessLogger as AccessLogger
 from ._config import ServerConfig as ServerConfig
 from ._http11 import ClientDisconnected as ClientDisconnected
+from ._http11 import Handoffs as Handoffs
 from ._http11 import HttpConnection as HttpConnection
 from ._hypercorn import SUPPORTED_HYPERCORN as SUPPORTED_HYPERCORN
 from ._hypercorn import Config as Config
@@ -25,6 +26,7 @@ __all__ = [
     "AccessLogger",
     "ClientDisconnected",
     "Config",
+    "Handoffs",
     "HttpConnection",
     "Lifespan",
     "LifespanFailure",

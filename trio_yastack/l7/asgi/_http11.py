@@ -11,6 +11,9 @@ The speed lives here (the budget is ~20 µs of CPU per keep-alive request), so t
   ahead (pipelining) wait in a queue bounded by ``max_pipelined``; at the bound nobody reads.
 - the response head is held until the first body message, and when that message is the last one
   head and body go out in one ``send_all`` (one segment for a small response).
+- an app that runs on after its complete response (FastAPI's and Starlette's background tasks run
+  inside the same app call) does not hold the connection: :class:`Handoffs` sees it and the
+  connection's reading and serving go on in a new task, spawned only then.
 
 Errors are answered as uvicorn and hypercorn answer them (400, 408, 413, 431, 500, 501) and end
 with a lingering close, so the answer is not lost to a reset.  Nothing a client sends raises out
@@ -24,7 +27,9 @@ import importlib
 import logging
 import time
 from collections import deque
+from collections.abc import Coroutine
 from email.utils import formatdate
+from functools import partial
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import unquote
@@ -39,7 +44,7 @@ from ._access_log import AccessLogger
 from ._config import ServerConfig
 from ._lifespan import ASGIApp
 
-__all__ = ["ClientDisconnected", "HttpConnection"]
+__all__ = ["HANDOFF_INTERVAL", "ClientDisconnected", "Handoffs", "HttpConnection"]
 
 logger = logging.getLogger("trio_yastack.asgi")
 
@@ -56,6 +61,9 @@ _INF = float("inf")
 #: how long an error reply may take to drain (the lingering close) before the socket is closed
 LINGER_SECONDS = 2.0
 LINGER_BYTES = 256 * 1024
+#: while responses keep completing, how often :class:`Handoffs` looks at the apps that ran on
+#: after theirs (an idle watcher looks at once); the most a next request waits for such an app
+HANDOFF_INTERVAL = 0.005
 
 
 class ClientDisconnected(OSError):
@@ -115,6 +123,7 @@ class _Request:
         "body_size",
         "expect_continue",
         "final_sent",
+        "handed_off",
         "keep_alive",
         "scope",
         "upgrade",
@@ -129,6 +138,61 @@ class _Request:
         self.body_complete = False
         self.body_size = 0
         self.final_sent = False
+        self.handed_off = False  # the connection went on in another task while the app ran
+
+
+class Handoffs:
+    """Serves a connection on in a new task when its app outlives its response.
+
+    FastAPI and Starlette run background tasks after the response, inside the same app call.
+    The app runs inline in the connection's task, so the next request on the connection would
+    wait for them (uvicorn and hypercorn answer it at once).  When a response completes,
+    ``send()`` calls :meth:`watch`; the watcher looks once the connection task's step is over
+    (the next scheduler batch, or within :data:`HANDOFF_INTERVAL` while responses keep
+    completing).  An app that returned by then (nearly all) cost a list append; one that still
+    runs gets the connection handed on: a new task in ``nursery`` reads and serves the next
+    requests, while the old task finishes the app (its errors logged) and leaves the connection
+    alone.  No task is spawned per request, and the watcher wakes at most once per batch or
+    interval, not once per request.  :meth:`run` is the watcher; after it ends, nothing is
+    handed on (connections keep their app inline, as without a watcher).
+    """
+
+    def __init__(self, nursery: trio.Nursery) -> None:
+        self._nursery = nursery
+        # connections, not requests: nothing of a request outlives it here (a request kept for
+        # an interval would be a container the garbage collector walks, for every request)
+        self._watched: list[HttpConnection] = []
+        self._lot = trio.lowlevel.ParkingLot()
+        self._parked = False
+        self._closed = False
+
+    def watch(self, connection: HttpConnection) -> None:
+        """A response on ``connection`` is complete: look at its app once this task step is over."""
+        if self._closed or connection._watched:
+            return
+        connection._watched = True
+        self._watched.append(connection)
+        if self._parked:
+            self._parked = False
+            self._lot.unpark()
+
+    async def run(self) -> None:
+        """The watcher: hand on the connections whose apps ran on after their responses."""
+        try:
+            while True:
+                if not self._watched:
+                    self._parked = True
+                    await self._lot.park()
+                watched, self._watched = self._watched, []
+                for connection in watched:
+                    connection._watched = False
+                    if connection._in_app is not None and not connection._hand_off(self._nursery):
+                        connection._watched = True
+                        self._watched.append(connection)  # not yet: look again
+                await trio.sleep(HANDOFF_INTERVAL)  # busy: the next look takes all since
+        finally:
+            self._closed = True
+            self._watched.clear()
 
 
 def _status_line(status: int) -> bytes:
@@ -161,6 +225,8 @@ class HttpConnection:
     ``swept``: the keep-alive and head timeouts are enforced by whoever calls
     :meth:`check_timeout` (``serve_asgi``'s sweeper), not by a deadline of the connection's own.
     ``send()`` raises :class:`ClientDisconnected` once the client is gone (ASGI 2.4).
+    ``handoffs``: an app that runs on after its complete response has the connection served on
+    in another task (:class:`Handoffs`); without it the next request waits for the app to return.
     """
 
     def __init__(
@@ -175,6 +241,7 @@ class HttpConnection:
         state: dict[str, Any] | None = None,
         access_log: AccessLogger | None = None,
         swept: bool = False,
+        handoffs: Handoffs | None = None,
     ) -> None:
         self.stream = stream
         self.app = app
@@ -198,7 +265,18 @@ class HttpConnection:
         self._parsing: _Request | None = None  # the request whose body the parser is reading
         self._pending_error: _HttpError | None = None  # answered once the queue ahead of it is served
         self._upgrade_leftover: bytes | None = None  # bytes after an Upgrade request's head
+        #: the cancel scope of the task that holds the connection (reads and serves it); a hand-off
+        #: gives the new holder a new one, so the old app's task is no longer reached by timeouts
         self._cancel = trio.CancelScope()
+        self._handoffs = handoffs
+        # Set at the first hand-off.  From then on the apps that ran before it (still holding our
+        # receive/send) are told http.disconnect and refused, and each later app gets receive/send
+        # bound to its request (so it is refused too once the connection moves past it)
+        self._handed_on = False
+        self._ended: trio.Event | None = None  # made at the first hand-off: set when the connection ends
+        self._in_app: _Request | None = None  # whose app runs in the holder's task
+        self._written: _Request | None = None  # whose response was last written whole (watched)
+        self._watched = False  # in the watcher's list
         #: when the connection's current timeout (keep-alive or head) expires; inf while the app runs
         self.timeout_at = _INF
         self._swept = swept
@@ -430,27 +508,80 @@ class HttpConnection:
         if self._idle:
             self._cancel.cancel()
 
-    async def run(self) -> None:
-        """Serve requests until the connection ends; then close the stream."""
+    def run(self) -> Coroutine[Any, Any, None]:
+        """Serve requests until the connection ends; then close the stream.
+
+        If the connection was handed on (an app ran on after its response), this returns when
+        both are over: the app it was running, and the connection (closed by its last holder).
+        (A plain function returning :meth:`_hold`'s coroutine: one frame less for every resume
+        of the connection's task.)"""
+        return self._hold(self._cancel, None)
+
+    async def _hold(self, cancel: trio.CancelScope, after: _Request | None) -> None:
+        """Serve the connection in this task, under ``cancel``, until it ends (then close the
+        stream) or is handed on; ``after``: a request whose app still runs in the task that
+        handed the connection on (None: this is the connection's first task)."""
         try:
-            with self._cancel:
-                self._set_timeout(trio.current_time() + self.config.request_head_timeout)
-                await self._serve_requests()
-            timed_out = self._cancel.cancelled_caught and not self._closing
+            with cancel:
+                if after is None:
+                    self._set_timeout(trio.current_time() + self.config.request_head_timeout)
+                await self._serve_requests(after)
+            # (handed on: another task holds the connection now, and answers its timeouts)
+            timed_out = self._cancel is cancel and cancel.cancelled_caught and not self._closing
             if timed_out and (self._in_head or self._head_partial):
                 await self._reply_error(_HttpError(408, "request head not complete in time"))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the client went away: nothing to answer
         finally:
-            with (
-                trio.CancelScope(shield=True),
-                contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
-            ):
-                await self.stream.aclose()
+            if self._cancel is cancel:  # still the holder (a cancelled old app's task is not)
+                with (
+                    trio.CancelScope(shield=True),
+                    contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
+                ):
+                    await self.stream.aclose()
+                if self._ended is not None:
+                    self._ended.set()
+        if after is None and self._ended is not None:
+            await self._ended.wait()  # the first task stands for the connection until it ends
 
-    async def _serve_requests(self) -> None:
+    def _hand_off(self, nursery: trio.Nursery) -> bool:
+        """The watcher's call (:class:`Handoffs`): if the app running in the holder's task has
+        written its whole response and still runs, serve the connection on in a new task in
+        ``nursery``.  False: not now (an app's ``receive()`` is still leaving a read), ask again."""
+        request = self._in_app
+        if request is None or request is not self._written:
+            return True  # the app returned: its task went on serving the connection itself
+        if self._cancel.cancel_called:
+            return True  # the connection is ending in the app's task
+        if self._reading or self._disconnect_wait is not None:
+            return False  # only one reader: wait until that read has unwound
+        request.handed_off = True
+        self._handed_on = True
+        self._in_app = None  # the holder's app from now on is the new task's
+        cancel = self._cancel = trio.CancelScope()
+        if self._ended is None:
+            self._ended = trio.Event()
+        nursery.start_soon(self._take_over, request, cancel)
+        return True
+
+    async def _take_over(self, request: _Request, cancel: trio.CancelScope) -> None:
+        try:
+            await self._hold(cancel, request)
+        except Exception:
+            # as serve_asgi does for a connection's first task: a bug ends this connection only
+            logger.exception("connection from %s failed", self.client)
+
+    async def _serve_requests(self, after: _Request | None) -> None:
         requests = self._requests
-        first = True
+        first = after is None
+        if after is not None:  # taken over: finish with ``after`` as its app's task would have
+            if not after.body_complete and self._keep_alive and self._pending_error is None:
+                self._keep_alive = await self._discard_body(after)
+            after.body.clear()
+            if not self._keep_alive:
+                return
+            if requests:
+                self._set_timeout(_INF)
         while True:
             if not requests:
                 if self._pending_error is not None:
@@ -479,7 +610,8 @@ class HttpConnection:
             if request.upgrade and self._upgrade_leftover is not None:
                 await self._serve_websocket(request)
                 return
-            await self._serve(request)
+            if not await self._serve(request):
+                return  # handed on while the app ran on after its response
             if not self._keep_alive:
                 return
             if requests:
@@ -499,7 +631,8 @@ class HttpConnection:
         self._feed(data)
         return True
 
-    async def _serve(self, request: _Request) -> None:
+    async def _serve(self, request: _Request) -> bool:
+        """Run the app for ``request``; False if the connection was handed on meanwhile."""
         self._current = request
         self._response_started = False
         self._response_complete = False
@@ -509,9 +642,21 @@ class HttpConnection:
         self._length_left = None
         self._keep_alive = request.keep_alive and not self._closing
         scope = request.scope
+        if self._handed_on:  # after a hand-off: receive/send bound to this request (see __init__)
+            receive: Any = partial(self.receive, request)
+            send: Any = partial(self.send, request=request)
+        else:
+            receive, send = self.receive, self.send
+        self._in_app = request
         try:
-            await self.app(scope, self.receive, self.send)
+            await self.app(scope, receive, send)
         except Exception as exc:
+            if request.handed_off:  # the connection is another task's: only say what happened
+                if _from_disconnect(exc):
+                    logger.debug("client %s went away during the app's work after its response", self.client)
+                else:
+                    logger.error("Exception in ASGI application after its response", exc_info=exc)
+                return False
             if self._gone and _from_disconnect(exc):
                 logger.debug("client %s went away during the response", self.client)
                 self._keep_alive = False
@@ -522,21 +667,27 @@ class HttpConnection:
             else:
                 logger.error("Exception in ASGI application after the response started", exc_info=exc)
                 self._keep_alive = False
-            return
+            return True
+        finally:
+            if self._in_app is request:
+                self._in_app = None
+        if request.handed_off:
+            return False
         if not self._response_started:
             if not self._gone:
                 logger.error("ASGI callable returned without starting a response")
                 self._keep_alive = False
                 await self._reply_error(_HttpError(500, "no response"))
-            return
+            return True
         if not self._response_complete:
             logger.error("ASGI callable returned without completing its response")
             self._keep_alive = False
-            return
+            return True
         if not request.body_complete and self._keep_alive and self._pending_error is None:
             # the app answered without reading the whole body: read past it unless it is large
             self._keep_alive = await self._discard_body(request)
         request.body.clear()
+        return True
 
     async def _discard_body(self, request: _Request) -> bool:
         """Read and drop the rest of an unread body (bounded); False to close instead."""
@@ -552,11 +703,14 @@ class HttpConnection:
         return True
 
     # -- the ASGI callables ------------------------------------------------------------------------
-    async def receive(self) -> dict[str, Any]:
-        """The app's ``receive``: body chunks, then (response pending) the client's departure."""
+    async def receive(self, app_request: _Request | None = None) -> dict[str, Any]:
+        """The app's ``receive``: body chunks, then (response pending) the client's departure.
+
+        ``app_request``: the request the calling app serves, bound after a hand-off; once the
+        connection has moved past it, ``http.disconnect`` at once (as after any response)."""
         request = self._current
         assert request is not None
-        if self._response_complete or self._eof:
+        if self._response_complete or self._eof or (self._handed_on and app_request is not request):
             await trio.lowlevel.checkpoint()
             return _DISCONNECT
         while True:
@@ -611,9 +765,15 @@ class HttpConnection:
             finally:
                 self._disconnect_wait = None
 
-    async def send(self, message: dict[str, Any]) -> None:
-        """The app's ``send``: the head waits for the first body; the last body completes it."""
+    async def send(self, message: dict[str, Any], request: _Request | None = None) -> None:
+        """The app's ``send``: the head waits for the first body; the last body completes it.
+
+        ``request``: the request the calling app serves, bound after a hand-off; once the
+        connection has moved past it, every message is refused (as after any response)."""
         kind = message["type"]
+        if self._handed_on and request is not self._current:
+            await trio.lowlevel.checkpoint()
+            raise RuntimeError(f"ASGI {kind!r} after the response completed")
         if self._gone:
             raise ClientDisconnected(f"client {self.client} disconnected")
         if kind == "http.response.body":
@@ -655,8 +815,13 @@ class HttpConnection:
             if not more:
                 if self._disconnect_wait is not None:
                     self._disconnect_wait.cancel()
-                if self.access_log is not None and self._current is not None:
-                    self.access_log.log(self._current.scope, self._status, self._response_headers)
+                request = self._current
+                assert request is not None
+                if self.access_log is not None:
+                    self.access_log.log(request.scope, self._status, self._response_headers)
+                if self._handoffs is not None:  # the app may run on (a background task): watched
+                    self._written = request
+                    self._handoffs.watch(self)
         elif kind == "http.response.start":
             if self._response_started:
                 raise RuntimeError("ASGI 'http.response.start' sent twice")

@@ -3,9 +3,11 @@
 The order of a run: lifespan start-up (a failure aborts, nothing is served), the listeners (on
 the stack, on kernel sockets with ``kernel=True``, or the ``listeners`` given), one task per
 connection (:class:`~._http11.HttpConnection`; TLS connections that negotiated ``h2`` go to
-``_h2.serve_h2``), and, once ``shutdown_trigger`` returns, the graceful shutdown: the listeners
-close, idle keep-alive connections close at once, requests in flight get ``graceful_timeout``
-seconds to finish, what is left is cancelled, and the lifespan shutdown runs last.
+``_h2.serve_h2``; one whose app runs on after its response is served on in a second task,
+:class:`~._http11.Handoffs`), and, once ``shutdown_trigger`` returns, the graceful shutdown: the
+listeners close, idle keep-alive connections close at once, requests in flight and apps still
+running after their responses (background tasks) get ``graceful_timeout`` seconds to finish, what
+is left is cancelled, and the lifespan shutdown runs last.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from trio_yastack._trio_helpers import unwrap_single_exception
 
 from ._access_log import AccessLogger
 from ._config import ServerConfig
-from ._http11 import HttpConnection
+from ._http11 import Handoffs, HttpConnection
 from ._hypercorn import Config, parse_bind, serve_asgi_hypercorn
 from ._lifespan import ASGIApp, Lifespan
 
@@ -73,11 +75,13 @@ class _Server:
         config: ServerConfig,
         state: dict[str, Any] | None,
         access_log: AccessLogger | None,
+        handoffs: Handoffs,
     ) -> None:
         self.app = app
         self.config = config
         self.state = state
         self.access_log = access_log
+        self.handoffs = handoffs
         self.connections: set[HttpConnection] = set()
         self.stopping = False
 
@@ -110,6 +114,7 @@ class _Server:
             state=self.state,
             access_log=self.access_log,
             swept=True,
+            handoffs=self.handoffs,
         )
         if self.stopping:
             connection.shutdown()
@@ -307,8 +312,10 @@ async def _serve(
     )
     for url in urls:
         logger.info("Running on %s over %s (CTRL + C to quit)", url, where)
-    server = _Server(app, config, state, access_log)
     async with trio.open_nursery() as connections:
+        # Hand-offs spawn into the connections' nursery (shutdown's deadline reaches the apps
+        # that run on); the watcher itself stops with accepting: nothing is handed on after that
+        server = _Server(app, config, state, access_log, Handoffs(connections))
         try:
             async with trio.open_nursery() as accepting:
 
@@ -321,6 +328,7 @@ async def _serve(
                 if access_log is not None:
                     accepting.start_soon(_flush_every_second, access_log)
                 accepting.start_soon(server.sweep)
+                accepting.start_soon(server.handoffs.run)
                 accepting.start_soon(
                     partial(trio.serve_listeners, server.handle, listeners, handler_nursery=connections)
                 )
