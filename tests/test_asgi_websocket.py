@@ -859,3 +859,32 @@ async def test_graceful_shutdown_closes_with_1012(autojump_clock: trio.testing.M
             assert await client.wait_closed() == (1012, "server shutting down")
     assert outcome[0] == {"type": "websocket.disconnect", "code": 1012, "reason": "server shutting down"}
     assert isinstance(outcome[1], ClientDisconnected)
+
+
+async def test_graceful_shutdown_reaches_a_websocket_through_the_http11_connection(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """``HttpConnection.shutdown()`` (what ``serve_asgi`` calls on SIGTERM for every connection)
+    reaches a connection that became a websocket: it closes with 1012 instead of being cut off
+    when the graceful timeout runs out.  Was a gap: the connection's shutdown only stopped
+    HTTP/1.1 keep-alive, and the websocket never heard of it."""
+    outcome: list[Any] = []
+
+    async def app(scope: Message, receive: Receive, send: Send) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        outcome.append(await receive())
+
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    connection = HttpConnection(
+        server_stream, app, DEFAULTS, client=("198.18.0.2", 50000), server=("198.18.0.1", 8000)
+    )
+    with trio.fail_after(BOUND):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(connection.run)
+            client = client_for(client_stream)
+            await client.handshake()
+            await trio.testing.wait_all_tasks_blocked()
+            connection.shutdown()
+            assert await client.wait_closed() == (1012, "server shutting down")
+    assert outcome == [{"type": "websocket.disconnect", "code": 1012, "reason": "server shutting down"}]

@@ -403,7 +403,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--graceful-timeout", type=float, default=5.0, help="seconds requests get after SIGINT/SIGTERM"
     )
-    serve.add_argument("--backlog", type=int, default=128)
+    serve.add_argument(
+        "--backlog", type=int, default=1024, help="listen queue length (default 1024, as ServerConfig's)"
+    )
     serve.add_argument(
         "--cores", type=int, default=1, help="runtimes, one process per core (a TAP gets a queue each)"
     )

@@ -281,6 +281,9 @@ class HttpConnection:
         self.timeout_at = _INF
         self._swept = swept
         self._closing = False  # shutdown asked: no keep-alive after the current response
+        # set at graceful shutdown once the connection became a websocket or HTTP/2: they close
+        # with 1012 / GOAWAY as uvicorn and hypercorn do (made only when one takes over)
+        self._protocol_shutdown: trio.Event | None = None
         self._idle = True  # waiting for a request's first byte (shutdown may close at once)
         self._eof = False  # the client sent EOF (or reset): nothing more to read
         self._gone = False  # a write failed (or an error reply ended it): send() raises
@@ -505,6 +508,8 @@ class HttpConnection:
     def shutdown(self) -> None:
         """Graceful shutdown: no keep-alive after the response in progress; idle: close now."""
         self._closing = True
+        if self._protocol_shutdown is not None:
+            self._protocol_shutdown.set()
         if self._idle:
             self._cancel.cancel()
 
@@ -940,6 +945,7 @@ class HttpConnection:
             self._upgrade_leftover or b"",
             self.config,
             self.access_log,
+            shutdown=self._take_over_shutdown(),
         )
 
     async def _serve_h2(self, preface: bytes) -> None:
@@ -957,4 +963,13 @@ class HttpConnection:
             server=self.server,
             state=self.state,
             access_log=self.access_log,
+            shutdown=self._take_over_shutdown(),
         )
+
+    def _take_over_shutdown(self) -> trio.Event:
+        """The event that tells the protocol taking this connection over that the server is
+        shutting down (already set when it is)."""
+        event = self._protocol_shutdown = trio.Event()
+        if self._closing:
+            event.set()
+        return event

@@ -84,6 +84,9 @@ class _Server:
         self.handoffs = handoffs
         self.connections: set[HttpConnection] = set()
         self.stopping = False
+        # graceful shutdown for HTTP/2 connections negotiated by ALPN (GOAWAY after the streams
+        # in flight); HTTP/1.1 connections that became websockets or h2c have their own
+        self.stopped = trio.Event()
 
     async def handle(self, stream: trio.abc.Stream) -> None:
         """One accepted connection, from the TLS handshake (if any) to its close."""
@@ -145,6 +148,7 @@ class _Server:
             server=_address(stream, peer=False),
             state=self.state,
             access_log=self.access_log,
+            shutdown=self.stopped,
         )
 
     async def sweep(self) -> None:
@@ -158,6 +162,7 @@ class _Server:
     def shutdown(self) -> None:
         """Stop keep-alive everywhere; idle connections close now."""
         self.stopping = True
+        self.stopped.set()
         for connection in list(self.connections):
             connection.shutdown()
 
