@@ -71,6 +71,10 @@ class Rig:
     stack_ns: NetworkNamespace
     kernel_ns: NetworkNamespace
     kernel_if: str
+    #: how many frames the port's receive queue holds, where that is fewer than ``--frames``
+    #: (DPDK's PMD rings: 512 for net_af_packet, 1024 for net_af_xdp): the frames row queues no
+    #: more than this, or the rest would be dropped before the drain starts
+    rx_queue_frames: int | None = None
 
     def open(self) -> Port:
         with self.stack_ns.entered():
@@ -130,6 +134,10 @@ def af_xdp_rigs() -> dict[str, RigFactory]:
     return {"af_xdp": af_xdp, "af_xdp_copy": partial(af_xdp, ",mode=copy")}
 
 
+#: the receive ring of each DPDK PMD as this shim sets it up (22.11's defaults)
+DPDK_RX_QUEUE_FRAMES = {"net_af_packet": 512, "net_af_xdp": 1024}
+
+
 def dpdk_rigs() -> dict[str, RigFactory]:
     """DPDK's ``net_af_packet`` and ``net_af_xdp`` PMDs on ``veth0`` (no address), the kernel at
     ``veth1`` with its checksum and segmentation offloads off: DPDK 22.11's PMDs hand frames up as
@@ -141,7 +149,7 @@ def dpdk_rigs() -> dict[str, RigFactory]:
             veth_pair(left, right)
             left.run(["ip", "addr", "flush", "dev", "veth0"], check=True)
             right.run(["ethtool", "-K", "veth1", "tx", "off", "tso", "off", "gso", "off"], check=True)
-            yield Rig(f"dpdk:{driver}0,iface=veth0", left, right, "veth1")
+            yield Rig(f"dpdk:{driver}0,iface=veth0", left, right, "veth1", DPDK_RX_QUEUE_FRAMES[driver])
 
     return {"dpdk_af_packet": partial(dpdk, "net_af_packet"), "dpdk_af_xdp": partial(dpdk, "net_af_xdp")}
 
@@ -183,8 +191,11 @@ for _ in range(count):
 
 
 def run_frames(factory: RigFactory, frame_len: int, count: int) -> dict[str, float]:
-    """Queue ``count`` frames of ``frame_len`` bytes at the port, then time draining them."""
+    """Queue ``count`` frames of ``frame_len`` bytes at the port (at most what its receive queue
+    holds), then time draining them."""
     with factory() as rig, rig.open() as port:
+        if rig.rx_queue_frames is not None:
+            count = min(count, rig.rx_queue_frames)
         mac = port.capabilities.mac
         core = StackCore(
             StackConfig(interface=InterfaceConfig(mac=mac, address=IPv4Address(STACK_IP), prefix_len=24))
