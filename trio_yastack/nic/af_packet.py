@@ -61,7 +61,7 @@ import struct
 from array import array
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -72,6 +72,7 @@ from trio_yastack.stack._offload import ChecksumVerified, OffloadPacket
 from trio_yastack.stack.wire import MacAddress
 
 from ._port import Port, PortCapabilities, PortCounters, PortStatistics
+from ._spec import parse_port_spec
 from .tap import _PLAIN_VNET_HDR, VNET_HDR_LEN, _offload_header, complete_checksum
 
 if TYPE_CHECKING:
@@ -195,35 +196,13 @@ class AfPacketOptions:
     max_burst: int = 64
 
 
-_BOOL_WORDS = {
-    "1": True, "on": True, "yes": True, "true": True, "0": False, "off": False, "no": False, "false": False,
-}  # fmt: skip
-
-
 def parse_af_packet_spec(spec: str) -> AfPacketOptions:
     """``af_packet:IFACE[,key=value...]`` as :class:`AfPacketOptions`, e.g.
     ``af_packet:veth0,queues=2,blocks=32,qdisc_bypass=off``."""
-    name, *pairs = spec.removeprefix("af_packet:").split(",")
-    if not name:
-        raise ValueError(f"nic {spec!r}: an AF_PACKET spec needs an interface name, as in af_packet:eth0")
-    values: dict[str, Any] = {"name": name}
-    kinds = {f.name: str(f.type) for f in fields(AfPacketOptions)}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep or key not in kinds or key == "name":
-            known = ", ".join(sorted(k for k in kinds if k != "name"))
-            raise ValueError(f"nic {spec!r}: {pair!r} is not key=value with a key among {known}")
-        try:
-            if kinds[key] == "bool":
-                values[key] = _BOOL_WORDS[raw.lower()]
-            elif kinds[key] == "int | None" and raw.lower() in ("none", "auto", ""):
-                values[key] = None
-            else:
-                values[key] = int(raw, 0)
-        except (KeyError, ValueError):
-            raise ValueError(f"nic {spec!r}: bad value {raw!r} for {key}") from None
-    options = AfPacketOptions(**values)
+    options = parse_port_spec(
+        spec, "af_packet", AfPacketOptions, head="name",
+        missing="an AF_PACKET spec needs an interface name, as in af_packet:eth0",
+    )  # fmt: skip
     AfPacketPort.check_options(options)
     return options
 

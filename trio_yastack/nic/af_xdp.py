@@ -74,7 +74,7 @@ import struct
 import time
 import weakref
 from collections.abc import Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import trio
@@ -84,6 +84,7 @@ from trio_yastack.stack._offload import OffloadPacket
 from trio_yastack.stack.wire import MacAddress
 
 from ._port import Port, PortCapabilities, PortCounters, PortStatistics
+from ._spec import parse_port_spec
 from .tap import complete_checksum
 
 __all__ = ["AfXdpError", "AfXdpOptions", "AfXdpPort", "open_af_xdp_port", "parse_af_xdp_spec"]
@@ -97,9 +98,6 @@ _ETHTOOL_GCHANNELS = 0x3C
 _ETHER_LEN = 14
 #: the kernel keeps XDP_PACKET_HEADROOM (256 bytes) in front of a received frame in its UMEM frame
 _XDP_HEADROOM = 256
-_BOOL_WORDS = {
-    "1": True, "on": True, "yes": True, "true": True, "0": False, "off": False, "no": False, "false": False,
-}  # fmt: skip
 _INSTALL = "apt-get install libxdp-dev libbpf-dev pkg-config, then reinstall trio_yastack (scripts/setup.sh)"
 
 
@@ -149,28 +147,13 @@ class AfXdpOptions:
 def parse_af_xdp_spec(spec: str) -> AfXdpOptions:
     """``af_xdp:IFACE[,key=value...]`` as :class:`AfXdpOptions`, e.g.
     ``af_xdp:eth1,queue=2,frames=8192,mode=copy``."""
-    body = spec.removeprefix("af_xdp:")
-    iface, *pairs = body.split(",")
-    if not iface:
-        raise ValueError(f"nic {spec!r}: an AF_XDP spec needs an interface, as in af_xdp:eth1")
-    kinds = {f.name: str(f.type) for f in fields(AfXdpOptions) if f.name != "iface"}
-    values: dict[str, Any] = {"iface": iface}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep or key not in kinds:
-            raise ValueError(f"nic {spec!r}: {pair!r} is not key=value with a key among {', '.join(kinds)}")
-        kind = kinds[key]
-        try:
-            if kind == "bool":
-                values[key] = _BOOL_WORDS[raw.lower()]
-            elif kind == "int":
-                values[key] = int(raw)
-            else:
-                values[key] = None if raw.lower() in ("", "none") else raw
-        except (KeyError, ValueError):
-            raise ValueError(f"nic {spec!r}: bad value {raw!r} for {key}") from None
-    options = AfXdpOptions(**values)
+    options = parse_port_spec(
+        spec,
+        "af_xdp",
+        AfXdpOptions,
+        head="iface",
+        missing="an AF_XDP spec needs an interface, as in af_xdp:eth1",
+    )
     if options.mode not in _MODES:
         raise ValueError(f"nic {spec!r}: mode must be auto, copy or zerocopy, not {options.mode!r}")
     return options

@@ -40,6 +40,7 @@ from trio_yastack.stack.wire import MacAddress
 from trio_yastack.stack.wire._checksum import sum16
 
 from ._port import Port, PortCapabilities, PortCounters, PortStatistics
+from ._spec import parse_port_spec
 
 __all__ = ["TapError", "TapOptions", "TapPort", "open_tap_port", "parse_tap_spec"]
 
@@ -114,39 +115,14 @@ class TapOptions:
     disable_ipv6: bool = True
 
 
-_BOOL_WORDS = {
-    "1": True, "on": True, "yes": True, "true": True, "0": False, "off": False, "no": False, "false": False,
-}  # fmt: skip
-
-
 def parse_tap_spec(spec: str) -> TapOptions:
     """``tap:NAME[,key=value...]`` (or without ``tap:``) as :class:`TapOptions`.
 
     For example ``tap:yas0,offloads=off,mtu=9000,queues=2,kernel_address=none``.
     """
-    body = spec.removeprefix("tap:")
-    name, *pairs = body.split(",")
-    if not name:
-        raise ValueError(f"nic {spec!r}: a TAP spec needs a device name, as in tap:yas0")
-    values: dict[str, object] = {"name": name}
-    fields = {f: t for f, t in TapOptions.__annotations__.items()}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep or key not in fields or key == "name":
-            known = ", ".join(sorted(k for k in fields if k != "name"))
-            raise ValueError(f"nic {spec!r}: {pair!r} is not key=value with a key among {known}")
-        kind = fields[key]
-        try:
-            if kind == "bool":
-                values[key] = _BOOL_WORDS[raw.lower()]
-            elif kind == "int":
-                values[key] = int(raw)
-            else:
-                values[key] = None if raw.lower() in ("none", "") else raw
-        except (KeyError, ValueError):
-            raise ValueError(f"nic {spec!r}: bad value {raw!r} for {key}") from None
-    return TapOptions(**values)  # type: ignore[arg-type]  # each value parsed per its field's type above
+    return parse_port_spec(
+        spec, "tap", TapOptions, head="name", missing="a TAP spec needs a device name, as in tap:yas0"
+    )
 
 
 def _default_mac(name: str) -> MacAddress:
