@@ -69,6 +69,7 @@ checksums completed, TSO frames segmented), which ``tests/test_dpdk.py`` holds t
 from __future__ import annotations
 
 import atexit
+import contextlib
 import ctypes
 import errno
 import fcntl
@@ -79,7 +80,7 @@ import socket
 import struct
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
@@ -377,6 +378,35 @@ def _interface_mac_mtu(iface: str) -> tuple[MacAddress, int]:
     return MacAddress(hw[18:24]), mtu
 
 
+@contextlib.contextmanager
+def _attach_lock(netns: int, iface: str, timeout: float = 30.0) -> Iterator[None]:
+    """One process at a time opens a DPDK port on ``iface`` in this network namespace.
+
+    Why: with ``--cores N`` every worker opens its own queue of the same interface at the same
+    moment, and two ``net_af_xdp`` opens racing to attach libxdp's program to one interface make
+    the second fail (``Error attaching XDP program ... Device or resource busy``); one after the
+    other, the second finds the program attached and shares it.  An flock on a file named after
+    the namespace and the interface, taken with a bound (the open itself takes well under a second).
+    """
+    path = os.path.join(tempfile.gettempdir(), f"yastack-dpdk-{netns}-{iface or 'pci'}.lock")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise DpdkError(
+                        errno.EBUSY, f"another process kept {path} locked for {timeout:.0f} s"
+                    ) from None
+                time.sleep(0.01)  # another worker is opening its queue: wait for it, bounded
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
 def _netns_inode() -> int:
     """The calling thread's network namespace (``setns`` is per thread)."""
     return os.stat("/proc/thread-self/ns/net").st_ino
@@ -623,15 +653,16 @@ class DpdkPort(Port):
         try:
             _init_eal(spec, self.eal_args)
             info = ffi.new("struct yas_dpdk_info *")
-            result = lib.yas_dpdk_open(
-                spec.devargs.encode(),
-                spec.name.encode(),
-                int(spec.is_pci),
-                self.nb_mbufs,
-                self.nb_desc,
-                queues,
-                info,
-            )
+            with _attach_lock(netns, iface):
+                result = lib.yas_dpdk_open(
+                    spec.devargs.encode(),
+                    spec.name.encode(),
+                    int(spec.is_pci),
+                    self.nb_mbufs,
+                    self.nb_desc,
+                    queues,
+                    info,
+                )
             if result < 0:
                 raise DpdkError(-result, self._open_error(spec, -result))
         except BaseException:
