@@ -288,6 +288,8 @@ class TcpConnection:
         delivered: reset the peer (RFC 2525 2.17) instead of a FIN it would take as success."""
         self.user_closed = True
         if self.state in (CLOSED, TIME_WAIT):
+            if self.state == TIME_WAIT:
+                self.layer.time_wait_released(self)  # its TIME_WAIT record lets go of it
             return
         if len(self.rcvbuf) or (self.state in RECEIVES_DATA and len(self.reasm)):
             self.abort(now)
