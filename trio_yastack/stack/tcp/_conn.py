@@ -325,14 +325,24 @@ class TcpConnection:
     # -- ICMP (tcp_ctlinput) ------------------------------------------------------------------
     def icmp_error(self, error: int, mtu: int, now: float) -> None:
         """A soft error (RFC 1122 4.2.3.9): remembered, reported if the connection then times
-        out.  Fragmentation needed lowers the MSS (RFC 1191) and resends at once."""
+        out.  Fragmentation needed lowers the MSS (RFC 1191) and resends the flight at once."""
         if mtu:
             # RFC 1191 with Linux's floor (min_pmtu 552), so a forged tiny MTU cannot shred us.
             path_mss = max(mtu, 552) - 40
             if path_mss < self.mss + (12 if self.ts_on else 0):
                 self.set_mss(path_mss)
                 if self.state in SYNCHRONIZED and self.snd_max > self.snd_una:
-                    self._retransmit(self.snd_una, now)  # the segment that was too big, now smaller
+                    # FreeBSD's tcp_mtudisc: every segment in flight was as big as the one quoted
+                    # and is lost with it, so send the whole flight again at the new size now,
+                    # not only the first (the rest would wait for SACK recovery, or for a
+                    # timeout with a peer without SACK).  It was within the windows when it
+                    # left; bounded per ICMP message, recovery resends what is beyond.
+                    seq, step = self.snd_una, self._data_mss()
+                    for _ in range(64):
+                        if seq >= self.snd_max:
+                            break
+                        self._retransmit(seq, now)
+                        seq += step
             return
         if self.state == SYN_SENT and error == errno.ECONNREFUSED:
             self._drop(error, counted=True)  # as Linux: a hard error while connecting
