@@ -76,7 +76,7 @@ def test_every_tcp_segment_leaves_with_df() -> None:
 def peer_frames(core: StackCore, peer: Peer) -> list[bytes | bytearray]:
     """The core's outbox, also taken in by ``peer`` (its RCV.NXT and TS.Recent move on)."""
     frames = core.take_outbox()
-    for seg in tcp_segments(frames):
+    for seg in tcp_segments([bytes(frame) for frame in frames]):
         if seg.seq == peer.rcv_nxt or seg.flags & SYN:
             peer.rcv_nxt = (seg.seq + len(seg.payload) + (1 if seg.flags & (SYN | FIN) else 0)) & 0xFFFFFFFF
         if seg.options.timestamps is not None:
@@ -93,7 +93,7 @@ def flight_after_icmp(
     data = bytes(i % 251 for i in range(size))
     conn.send(data, T0 + 1)
     frames = core.take_outbox()
-    flight = b"".join(seg.payload for seg in tcp_segments(frames))
+    flight = b"".join(seg.payload for seg in tcp_segments([bytes(frame) for frame in frames]))
     core.ether_input(frag_needed(frames[0], mtu), T0 + 1.01)
     return peer, flight, peer.receive()
 

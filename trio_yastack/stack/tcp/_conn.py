@@ -259,14 +259,21 @@ class TcpConnection:
 
     def _window_update(self, free_before: int, now: float) -> None:
         """Tell the peer when reading opened the window by two segments or half the buffer
-        (RFC 9293 3.8.6.2.2 on the receiver's side, FreeBSD's tcp_output "window update")."""
+        (RFC 9293 3.8.6.2.2 on the receiver's side, FreeBSD's tcp_output "window update").
+
+        Under a runtime (``autocork``) the update is only marked: the poll loop sends it at
+        the end of the turn, so an application that reads a full window in several calls
+        sends one window update with the final window, not one per call."""
         if self.state not in RECEIVES_DATA:
             return
         advertised = self.rcv_adv - self.rcv_nxt
         opened = self._receive_window() - advertised
         if opened >= 2 * self.mss or opened >= self.rcvbuf.limit // 2 or (free_before == 0 and opened > 0):
             self.ack_now = True
-            self.tcp_output(now)
+            if self.core.autocork:
+                self.core.output_pending[self] = None
+            else:
+                self.tcp_output(now)
 
     def shutdown(self, now: float) -> None:
         """No more data from us: a FIN follows what is queued (CLOSE in RFC 9293 terms)."""
