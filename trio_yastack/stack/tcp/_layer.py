@@ -41,6 +41,7 @@ __all__ = ["TcpLayer", "TcpListener", "TcpTimeWait"]
 _MASK = 0xFFFFFFFF
 _TS_ALIGNED = b"\x01\x01\x08\x0a"
 _U32X2 = struct.Struct("!II")
+_PAIR = struct.Struct("!HIH")
 ConnectionKey = tuple[int, int, int]  # (local port, remote ip, remote port); the local ip is ours
 
 
@@ -172,6 +173,8 @@ class TcpLayer:
     __slots__ = (
         "_challenge_at",
         "_challenge_tokens",
+        "_hash_pair",
+        "_hash_value",
         "_isn_key",
         "_rst_at",
         "_rst_tokens",
@@ -207,6 +210,8 @@ class TcpLayer:
         self.bound_ports: set[int] = set()
         secret = core.rng.getrandbits(256).to_bytes(32, "big")
         self._isn_key = core.rng.getrandbits(256).to_bytes(32, "big")
+        self._hash_pair: ConnectionKey = (0, 0, 0)  # the last pair _pair_hash hashed (none yet)
+        self._hash_value = 0
         self.cookies = SynCookies(secret)
         #: chooses the local port of an active open: ``(remote_ip, remote_port) -> port``; the
         #: per-core runtime replaces it with an RSS-aware one
@@ -226,12 +231,7 @@ class TcpLayer:
     # -- ISNs and ports ---------------------------------------------------------------------
     def initial_sequence_number(self, local_port: int, remote_ip: int, remote_port: int, now: float) -> int:
         """RFC 6528: a 4-microsecond clock plus a keyed hash of the connection's identity."""
-        digest = hashlib.blake2s(
-            struct.pack("!IHIH", self.core.ip, local_port, remote_ip, remote_port),
-            key=self._isn_key,
-            digest_size=4,
-        ).digest()
-        return (int(now * 250_000) + int.from_bytes(digest, "big")) & _MASK
+        return (int(now * 250_000) + (self._pair_hash(local_port, remote_ip, remote_port) >> 32)) & _MASK
 
     def timestamp_offset(self, local_port: int, remote_ip: int, remote_port: int) -> int:
         """The per-connection offset of our TSval clock (RFC 7323 5.4: do not leak uptime).
@@ -239,13 +239,21 @@ class TcpLayer:
         A keyed hash of the connection's identity, not a random draw, so the stateless SYN-ACK
         of a SYN cookie and the connection built later from its ACK use the same clock.
         """
-        digest = hashlib.blake2s(
-            struct.pack("!HIH", local_port, remote_ip, remote_port),
-            key=self._isn_key,
-            digest_size=4,
-            person=b"tsoffset",
-        ).digest()
-        return int.from_bytes(digest, "big")
+        return self._pair_hash(local_port, remote_ip, remote_port) & _MASK
+
+    def _pair_hash(self, local_port: int, remote_ip: int, remote_port: int) -> int:
+        """64 bits of a keyed hash (BLAKE2s, the stack's secret) of a connection's identity: the
+        high 32 offset its ISN, the low 32 its TSval clock.  One hash serves both, and the last
+        pair's is kept, because a new connection asks for its ISN and then for its clock (a
+        keyed hash was a few microseconds of each end's set-up, twice).  Our own address is the
+        same for every connection of the stack, so the key stands for it."""
+        pair = (local_port, remote_ip, remote_port)
+        if pair == self._hash_pair:
+            return self._hash_value
+        digest = hashlib.blake2s(_PAIR.pack(*pair), key=self._isn_key, digest_size=8).digest()
+        value = self._hash_value = int.from_bytes(digest, "big")
+        self._hash_pair = pair
+        return value
 
     def _ephemeral_port(self, remote_ip: int, remote_port: int) -> int:
         config = self.config
