@@ -14,6 +14,8 @@ import gc
 import tracemalloc
 
 import pytest
+import trio
+import trio.testing
 from helpers import PEER_IP
 from tcp_helpers import (
     ACK,
@@ -32,7 +34,9 @@ from tcp_helpers import (
     tcp_core,
     tcp_drops,
 )
+from tcp_sim_helpers import A_IP, B_IP, connected_pair, two_stacks
 
+from trio_yastack.journey._control import core_snapshot
 from trio_yastack.stack import StackCore, TcpConnection, TcpState
 from trio_yastack.stack.tcp._layer import TcpTimeWait
 
@@ -263,3 +267,22 @@ def test_a_record_is_a_small_fraction_of_a_connection() -> None:
     print(f"bytes per TIME_WAIT: record {per_record:.0f}, connection {per_connection:.0f}")
     assert per_record < 600, per_record
     assert per_connection > 4 * per_record, (per_connection, per_record)
+
+
+async def test_yastack_stat_lists_the_records(autojump_clock: trio.testing.MockClock) -> None:
+    """``yastack stat`` (core_snapshot) counts and lists TIME_WAIT records as it listed the
+    connections they replace."""
+    async with two_stacks(41) as (a, b):
+        client, server, _listener = await connected_pair(a, b)
+        await server.aclose()  # B closes first: B holds TIME_WAIT
+        assert await client.receive_some() == b""
+        await client.aclose()
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(b.core.tcp.time_wait) == 1 and not b.core.tcp.connections
+        snapshot = core_snapshot(b, None, {})
+        tcp = snapshot["tcp"]
+        assert tcp["states"] == {"TIME_WAIT": 1}
+        assert tcp["connection_count"] == 1
+        [listed] = tcp["connections"]
+        assert listed["state"] == "TIME_WAIT" and listed["remote"].startswith(f"{A_IP}:")
+        assert listed["local"] == f"{B_IP}:5001"
