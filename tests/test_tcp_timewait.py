@@ -38,7 +38,7 @@ from tcp_sim_helpers import A_IP, B_IP, connected_pair, two_stacks
 
 from trio_yastack.journey._control import core_snapshot
 from trio_yastack.stack import StackCore, TcpConnection, TcpState
-from trio_yastack.stack.tcp._layer import TcpTimeWait
+from trio_yastack.stack.tcp import TcpTimeWait
 
 S = TcpState
 MSL = 5.0
