@@ -243,6 +243,24 @@ def test_a_connection_the_application_still_holds_reads_closed_at_the_end() -> N
     assert core.tcp.time_wait == {} and stats(core).connections_closed == 1
 
 
+def test_aborting_a_held_connection_in_time_wait_ends_its_record() -> None:
+    """abort() on the object the application still holds: counted dropped once, the record and
+    its port go, nothing is sent (no RST from TIME_WAIT, as before)."""
+    core = tcp_core(msl=MSL)
+    conn, peer = open_active(core)
+    conn.shutdown(T0 + 1)
+    peer.receive()
+    peer.send(ACK, now=T0 + 1.05)
+    peer.send(FIN | ACK, now=T0 + 1.1)
+    assert core.tcp.time_wait
+    conn.abort(T0 + 2)
+    assert conn.state == S.CLOSED
+    assert core.tcp.time_wait == {} and core.tcp.port_use == {}
+    assert stats(core).connections_dropped == 1 and stats(core).connections_closed == 0
+    assert peer.receive() == []
+    assert len(core.timers) == 0
+
+
 def test_a_record_is_a_small_fraction_of_a_connection() -> None:
     """The point of the record: bytes per TIME_WAIT entry (the record, its key and the table
     slot), measured with tracemalloc, against the connection object it replaces."""
