@@ -5,7 +5,8 @@ Both sides run the same trio code in one ``trio.run`` on one core (``trio.serve_
 ``memory_wire`` (MTU 1500), the peer on kernel sockets over 127.0.0.1.  Measured:
 
 - one bulk connection: MB/s of payload, and (ours) TCP segments per second on the wire;
-- connections per second: connect, one request byte, one reply byte, close, one after another.
+- connections per second: connect, one request byte, one reply byte, close, one after another
+  (and the process's CPU time per connection, which other load on the machine disturbs less).
 
 Frames per second through ``ether_input`` to a UDP socket are ``bench_udp_input.py``'s.  Rounds
 alternate ours and the kernel; medians, min-max and ratios are printed and written as JSON.
@@ -61,13 +62,15 @@ async def _bulk_sink_until_eof(stream: trio.SocketStream) -> None:
     await stream.aclose()
 
 
-async def _connections(host: str, port: int, count: int) -> float:
+async def _connections(host: str, port: int, count: int, cpu: list[float]) -> float:
     started = time.perf_counter()
+    cpu_started = time.process_time()
     for _ in range(count):
         stream = await trio.open_tcp_stream(host, port)
         await stream.send_all(b"x")
         await stream.receive_some(1)
         await stream.aclose()
+    cpu.append(time.process_time() - cpu_started)
     return time.perf_counter() - started
 
 
@@ -110,8 +113,11 @@ def run_case(ours: bool, what: str, amount: int) -> dict[str, float]:
                 if ours:
                     result["segments_per_s"] = client.statistics().tcp.counters["segments_sent"] / elapsed
                 return result
-            elapsed = await _with_servers(host, lambda h: _connections(h, 5002, amount), server_stack)
-            return {"connections_per_s": amount / elapsed}
+            cpu: list[float] = []
+            elapsed = await _with_servers(host, lambda h: _connections(h, 5002, amount, cpu), server_stack)
+            # CPU time of this process per connection (user + system: both stacks, or the kernel's
+            # work done in our system calls), less sensitive than wall time to other load
+            return {"connections_per_s": amount / elapsed, "cpu_us_per_connection": cpu[0] / amount * 1e6}
 
     return trio.run(main)
 

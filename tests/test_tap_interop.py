@@ -533,6 +533,10 @@ async def test_tshark_capture_of_http_session(
     assert tshark_read(capture, "-Y", "http.response.code == 200", "-T", "fields", "-e", "ip.src") == [
         STACK_ADDRESS
     ]
+    # RFC 1191 3: every TCP datagram of the stack carries DF, as the kernel's do
+    ours_tcp = f"ip.src == {STACK_ADDRESS} && tcp"
+    assert len(tshark_read(capture, "-Y", f"{ours_tcp} && ip.flags.df == 1")) >= 5
+    assert tshark_read(capture, "-Y", f"{ours_tcp} && ip.flags.df == 0") == []
 
     checks = ["-o", "ip.check_checksum:TRUE", "-o", "tcp.check_checksum:TRUE"]
     rows = tshark_read(

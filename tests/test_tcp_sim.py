@@ -614,13 +614,15 @@ async def test_time_wait_expires_after_two_msl(autojump_clock: trio.testing.Mock
         await server.aclose()
         await trio.sleep(1.0)
         closed_at = trio.current_time()
-        assert [conn.state for conn in a.core.tcp.connections.values()] == [TcpState.TIME_WAIT]
-        assert b.core.tcp.connections == {}
+        # TIME_WAIT is held as a compact record, out of the connection table
+        assert a.core.tcp.connections == {}
+        assert [tw.state for tw in a.core.tcp.time_wait.values()] == [TcpState.TIME_WAIT]
+        assert b.core.tcp.connections == {} and b.core.tcp.time_wait == {}
         two_msl = 2 * a.core.config.tcp.msl
         await trio.sleep(two_msl - 2.0)
-        assert len(a.core.tcp.connections) == 1  # still waiting
+        assert len(a.core.tcp.time_wait) == 1  # still waiting
         await trio.sleep(2.0 + 0.1)
         assert trio.current_time() - closed_at > two_msl
-        assert a.core.tcp.connections == {}
+        assert a.core.tcp.connections == {} and a.core.tcp.time_wait == {}
         assert tcp_stats(a).connections_closed >= 1
     check_no_internal_errors(a, b)

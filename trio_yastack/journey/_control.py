@@ -209,6 +209,21 @@ def core_snapshot(
                 "rto_ms": round(conn.rto * 1000, 3),
                 "cwnd": getattr(conn.cc, "cwnd", 0),
             })  # fmt: skip
+    if tcp.time_wait:  # compact records (TcpTimeWait): nothing queued, no congestion state left
+        states["TIME_WAIT"] = states.get("TIME_WAIT", 0) + len(tcp.time_wait)
+        for local_port, remote_ip, remote_port in tcp.time_wait:
+            if len(connections) >= MAX_LISTED_CONNECTIONS:
+                break
+            connections.append({
+                "local": f"{_ip(core.ip)}:{local_port}",
+                "remote": f"{_ip(remote_ip)}:{remote_port}",
+                "state": "TIME_WAIT",
+                "send_queue": 0,
+                "receive_queue": 0,
+                "srtt_ms": 0.0,
+                "rto_ms": 0.0,
+                "cwnd": 0,
+            })  # fmt: skip
     tcp_counters = core.stats_tcp
     retransmits = tcp_counters.retransmitted_segments
     listeners = [
@@ -274,7 +289,7 @@ def core_snapshot(
         "tcp": {
             "states": states,
             "connections": connections,
-            "connection_count": len(tcp.connections),
+            "connection_count": len(tcp.connections) + len(tcp.time_wait),
             "listeners": listeners,
             "retransmits": retransmits,
         },

@@ -183,12 +183,15 @@ class IpLayer:
         src = core.ip
         mtu = core.mtu
         stats.sent += 1
+        # RFC 1191 3: TCP does path-MTU discovery, so every TCP datagram carries DF (as Linux's
+        # and FreeBSD's do); a smaller hop answers "fragmentation needed" and TCP lowers its MSS.
+        df = IP_DF if dont_fragment or proto == IPPROTO_TCP else 0
         if total_len <= mtu or (packet.__class__ is OffloadPacket and packet.gso_size):
             # (a TSO segment goes whole: the port cuts it into MTU-sized segments)
-            _emit_header(packet, tos, total_len, ident, IP_DF if dont_fragment else 0, ttl, proto, src, dst)
+            _emit_header(packet, tos, total_len, ident, df, ttl, proto, src, dst)
             self._to_link(packet, next_hop, dst, now)
             return
-        if dont_fragment:
+        if df:
             stats.drop(IpDrop.CANNOT_FRAGMENT)
             raise OSError(errno.EMSGSIZE, "Message too long")
         # Fragment: every piece but the last carries a multiple of 8 payload bytes.

@@ -1,8 +1,9 @@
 """TCP, sans-IO, split as FreeBSD splits ``sys/netinet/tcp_*.c``.
 
 - ``_layer``: ``TcpLayer.tcp_input`` (validate, demultiplex, LISTEN, SYN cookies, RST for closed
-  ports) and the layer's other duties: active opens, ephemeral ports, ISNs (RFC 6528), TIME_WAIT
-  bounds, ICMP errors (``tcp_ctlinput``); ``TcpListener``, the SYN and accept queues.
+  ports) and the layer's other duties: active opens, ephemeral ports, ISNs (RFC 6528), ICMP errors
+  (``tcp_ctlinput``); ``TcpListener``, the SYN and accept queues; TIME_WAIT as compact
+  ``TcpTimeWait`` records with their bound and expiry (``tcp_timewait.c``'s ``tcptw``).
 - ``_conn``: ``TcpConnection``, the control block (``tcpcb``) and the user calls; the rest of its
   methods are written in ``_input`` (``tcp_input.c``: header prediction, then RFC 9293 3.10.7's
   checks one function each), ``_output`` (``tcp_output.c``) and ``_timers`` (``tcp_timer.c``).
@@ -13,4 +14,5 @@
 from ._conn import TcpConnection as TcpConnection
 from ._layer import TcpLayer as TcpLayer
 from ._layer import TcpListener as TcpListener
+from ._layer import TcpTimeWait as TcpTimeWait
 from ._states import TcpState as TcpState

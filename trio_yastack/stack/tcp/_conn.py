@@ -259,14 +259,21 @@ class TcpConnection:
 
     def _window_update(self, free_before: int, now: float) -> None:
         """Tell the peer when reading opened the window by two segments or half the buffer
-        (RFC 9293 3.8.6.2.2 on the receiver's side, FreeBSD's tcp_output "window update")."""
+        (RFC 9293 3.8.6.2.2 on the receiver's side, FreeBSD's tcp_output "window update").
+
+        Under a runtime (``autocork``) the update is only marked: the poll loop sends it at
+        the end of the turn, so an application that reads a full window in several calls
+        sends one window update with the final window, not one per call."""
         if self.state not in RECEIVES_DATA:
             return
         advertised = self.rcv_adv - self.rcv_nxt
         opened = self._receive_window() - advertised
         if opened >= 2 * self.mss or opened >= self.rcvbuf.limit // 2 or (free_before == 0 and opened > 0):
             self.ack_now = True
-            self.tcp_output(now)
+            if self.core.autocork:
+                self.core.output_pending[self] = None
+            else:
+                self.tcp_output(now)
 
     def shutdown(self, now: float) -> None:
         """No more data from us: a FIN follows what is queued (CLOSE in RFC 9293 terms)."""
@@ -288,6 +295,8 @@ class TcpConnection:
         delivered: reset the peer (RFC 2525 2.17) instead of a FIN it would take as success."""
         self.user_closed = True
         if self.state in (CLOSED, TIME_WAIT):
+            if self.state == TIME_WAIT:
+                self.layer.time_wait_released(self)  # its TIME_WAIT record lets go of it
             return
         if len(self.rcvbuf) or (self.state in RECEIVES_DATA and len(self.reasm)):
             self.abort(now)
@@ -323,14 +332,24 @@ class TcpConnection:
     # -- ICMP (tcp_ctlinput) ------------------------------------------------------------------
     def icmp_error(self, error: int, mtu: int, now: float) -> None:
         """A soft error (RFC 1122 4.2.3.9): remembered, reported if the connection then times
-        out.  Fragmentation needed lowers the MSS (RFC 1191) and resends at once."""
+        out.  Fragmentation needed lowers the MSS (RFC 1191) and resends the flight at once."""
         if mtu:
             # RFC 1191 with Linux's floor (min_pmtu 552), so a forged tiny MTU cannot shred us.
             path_mss = max(mtu, 552) - 40
             if path_mss < self.mss + (12 if self.ts_on else 0):
                 self.set_mss(path_mss)
                 if self.state in SYNCHRONIZED and self.snd_max > self.snd_una:
-                    self._retransmit(self.snd_una, now)  # the segment that was too big, now smaller
+                    # FreeBSD's tcp_mtudisc: every segment in flight was as big as the one quoted
+                    # and is lost with it, so send the whole flight again at the new size now,
+                    # not only the first (the rest would wait for SACK recovery, or for a
+                    # timeout with a peer without SACK).  It was within the windows when it
+                    # left; bounded per ICMP message, recovery resends what is beyond.
+                    seq, step = self.snd_una, self._data_mss()
+                    for _ in range(64):
+                        if seq >= self.snd_max:
+                            break
+                        self._retransmit(seq, now)
+                        seq += step
             return
         if self.state == SYN_SENT and error == errno.ECONNREFUSED:
             self._drop(error, counted=True)  # as Linux: a hard error while connecting

@@ -204,9 +204,7 @@ def _check_sequence_number(
         acceptable = rcv_wnd > 0 and (
             rcv_nxt <= seq < rcv_nxt + rcv_wnd or rcv_nxt <= seq + seg_len - 1 < rcv_nxt + rcv_wnd
         )
-    if not acceptable:
-        if self.state == TIME_WAIT and flags & TCP_FIN and not flags & TCP_RST:
-            self._arm_2msl(now)  # the peer lost our last ACK: send it again
+    if not acceptable:  # (TIME_WAIT's retransmitted FIN: TcpLayer._time_wait_input)
         if not flags & TCP_RST:
             self.stats.duplicate_segments += 1
             self._ack_now(now)
@@ -292,12 +290,6 @@ def _check_ack_field(
         return False
     elif state == LAST_ACK and self.snd_una > self.fin_seq:
         self._drop(0)  # counted as closed there
-        return False
-    elif state == TIME_WAIT:
-        # The only thing that can arrive: the peer's FIN again.  ACK it, restart 2MSL.
-        if flags & TCP_FIN:
-            self._arm_2msl(now)
-            self._ack_now(now)
         return False
     return True
 
@@ -627,12 +619,12 @@ def _fin_arrives(self: TcpConnection, now: float) -> None:
 
 
 def _enter_time_wait(self: TcpConnection, now: float, *, send_ack: bool = True) -> None:
+    """Our last ACK leaves, then a compact record (``TcpLayer.entered_time_wait``, FreeBSD's
+    ``tcp_twstart``) takes the pair over for 2MSL and answers its segments; this object keeps
+    only what its application may still read."""
     self.state = TIME_WAIT
-    self.t_rexmt = self.t_persist = self.t_keep = self.t_delack = 0.0
-    self.sndbuf = SendBuffer(0, self.snd_una)
-    self.reasm.clear()
-    self._arm_2msl(now)
-    self.layer.entered_time_wait(self)
     if send_ack:
         self._send_segment(self.snd_nxt, TCP_ACK, b"", now)
+    self.sndbuf = SendBuffer(0, self.snd_una)
+    self.layer.entered_time_wait(self, now)
     self._wake()

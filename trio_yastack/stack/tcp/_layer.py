@@ -1,10 +1,12 @@
 """TCP for one stack instance: ``tcp_input`` (validate, demultiplex, listen, SYN cookies, RST for
-closed ports), active opens, ephemeral ports, ISNs (RFC 6528), TIME_WAIT bounds, ICMP errors."""
+closed ports), active opens, ephemeral ports, ISNs (RFC 6528), TIME_WAIT (compact records, their
+bound and expiry: FreeBSD's ``tcp_timewait.c``), ICMP errors."""
 
 from __future__ import annotations
 
 import errno
 import hashlib
+import math
 import struct
 from collections import deque
 from collections.abc import Callable
@@ -26,18 +28,20 @@ from ..wire.tcp import (
     parse_tcp_options,
 )
 from ._conn import TcpConnection
-from ._output import tcp_checksum_and_send, window_shift_for
+from ._output import _ACK_WITH_TIMESTAMPS, tcp_checksum_and_send, window_shift_for
 from ._states import CLOSED, ESTABLISHED, LISTEN, SYN_RECEIVED, SYN_SENT, TIME_WAIT
 from ._syncookie import CookieOptions, SynCookies
 
 if TYPE_CHECKING:
     from .._core import StackCore
+    from .._timers import Timer
 
-__all__ = ["TcpLayer", "TcpListener"]
+__all__ = ["TcpLayer", "TcpListener", "TcpTimeWait"]
 
 _MASK = 0xFFFFFFFF
 _TS_ALIGNED = b"\x01\x01\x08\x0a"
 _U32X2 = struct.Struct("!II")
+_PAIR = struct.Struct("!HIH")
 ConnectionKey = tuple[int, int, int]  # (local port, remote ip, remote port); the local ip is ours
 
 
@@ -105,15 +109,76 @@ class TcpListener:
         self.layer.core.mark_ready(self)
 
 
+class TcpTimeWait:
+    """A connection in TIME_WAIT, kept as only what TIME_WAIT needs (FreeBSD's ``struct tcptw``).
+
+    A whole :class:`TcpConnection` weighs some kilobytes with its buffers, congestion control
+    and timers; under connection churn up to ``time_wait_limit`` of them waited out 2*MSL, and
+    the process grew with them.  What the state still does (RFC 9293 3.10.7.4 in TIME-WAIT;
+    ``tcp_twcheck``) needs the pair, the two sequence numbers, the window we last offered,
+    the timestamp state and the deadline: this record.  The connection object itself stays
+    attached (``conn``) only while the application has not closed it, so that it still reads
+    TIME_WAIT and then CLOSED as before; a closed one is let go at once.
+    """
+
+    __slots__ = (
+        "conn",
+        "expiry",
+        "key",
+        "max_sndwnd",
+        "rcv_nxt",
+        "rcv_scale",
+        "rcv_wnd",
+        "snd_nxt",
+        "ts_offset",
+        "ts_recent",
+    )  # fmt: skip
+
+    state = TIME_WAIT
+
+    def __init__(self, conn: TcpConnection, key: ConnectionKey, expiry: float) -> None:
+        self.key = key
+        self.snd_nxt = conn.snd_max  # our FIN is acknowledged: SND.UNA = SND.NXT = SND.MAX
+        self.rcv_nxt = conn.rcv_nxt
+        rcv_wnd = conn.rcv_adv - conn.rcv_nxt
+        self.rcv_wnd = rcv_wnd if rcv_wnd > 0 else 0  # the window we last offered (never shrunk)
+        self.rcv_scale = conn.rcv_scale
+        self.max_sndwnd = conn.max_sndwnd
+        self.ts_recent = conn.ts_recent if conn.ts_on and conn.ts_recent_valid else -1  # -1: no timestamps
+        self.ts_offset = conn.ts_offset
+        self.expiry = expiry
+        self.conn: TcpConnection | None = None if conn.user_closed else conn
+
+    @property
+    def local_port(self) -> int:
+        return self.key[0]
+
+    @property
+    def remote_ip(self) -> int:
+        return self.key[1]
+
+    @property
+    def remote_port(self) -> int:
+        return self.key[2]
+
+    def __repr__(self) -> str:
+        from ipaddress import IPv4Address
+
+        return f"<TcpTimeWait {self.key[0]} <-> {IPv4Address(self.key[1])}:{self.key[2]}>"
+
+
 class TcpLayer:
     """TCP's share of a stack instance (FreeBSD's ``tcbinfo`` plus ``tcp_input``'s demux)."""
 
     __slots__ = (
         "_challenge_at",
         "_challenge_tokens",
+        "_hash_pair",
+        "_hash_value",
         "_isn_key",
         "_rst_at",
         "_rst_tokens",
+        "_tw_timer",
         "bound_ports",
         "config",
         "connections",
@@ -135,13 +200,18 @@ class TcpLayer:
         self.connections: dict[ConnectionKey, TcpConnection] = {}
         self.listeners: dict[int, TcpListener] = {}
         self.port_use: dict[int, int] = {}  # local port -> connections using it
-        #: connections in TIME_WAIT, oldest first (a dict for its order and O(1) removal: one
-        #: that ends early, taken over by a new SYN or reset, leaves it at once)
-        self.time_wait: dict[TcpConnection, None] = {}
+        #: connections in TIME_WAIT as compact records, by pair, in the order they expire (a
+        #: dict for its order and O(1) removal: one that ends early, taken over by a new SYN or
+        #: reset, leaves it at once; one whose 2MSL restarts moves to the end)
+        self.time_wait: dict[ConnectionKey, TcpTimeWait] = {}
+        #: the one timer entry that expires TIME_WAIT records, at the oldest one's deadline
+        self._tw_timer: Timer | None = None
         #: ports that sockets bound without listening or connecting yet (kept off the ephemeral range)
         self.bound_ports: set[int] = set()
         secret = core.rng.getrandbits(256).to_bytes(32, "big")
         self._isn_key = core.rng.getrandbits(256).to_bytes(32, "big")
+        self._hash_pair: ConnectionKey = (0, 0, 0)  # the last pair _pair_hash hashed (none yet)
+        self._hash_value = 0
         self.cookies = SynCookies(secret)
         #: chooses the local port of an active open: ``(remote_ip, remote_port) -> port``; the
         #: per-core runtime replaces it with an RSS-aware one
@@ -161,12 +231,7 @@ class TcpLayer:
     # -- ISNs and ports ---------------------------------------------------------------------
     def initial_sequence_number(self, local_port: int, remote_ip: int, remote_port: int, now: float) -> int:
         """RFC 6528: a 4-microsecond clock plus a keyed hash of the connection's identity."""
-        digest = hashlib.blake2s(
-            struct.pack("!IHIH", self.core.ip, local_port, remote_ip, remote_port),
-            key=self._isn_key,
-            digest_size=4,
-        ).digest()
-        return (int(now * 250_000) + int.from_bytes(digest, "big")) & _MASK
+        return (int(now * 250_000) + (self._pair_hash(local_port, remote_ip, remote_port) >> 32)) & _MASK
 
     def timestamp_offset(self, local_port: int, remote_ip: int, remote_port: int) -> int:
         """The per-connection offset of our TSval clock (RFC 7323 5.4: do not leak uptime).
@@ -174,13 +239,21 @@ class TcpLayer:
         A keyed hash of the connection's identity, not a random draw, so the stateless SYN-ACK
         of a SYN cookie and the connection built later from its ACK use the same clock.
         """
-        digest = hashlib.blake2s(
-            struct.pack("!HIH", local_port, remote_ip, remote_port),
-            key=self._isn_key,
-            digest_size=4,
-            person=b"tsoffset",
-        ).digest()
-        return int.from_bytes(digest, "big")
+        return self._pair_hash(local_port, remote_ip, remote_port) & _MASK
+
+    def _pair_hash(self, local_port: int, remote_ip: int, remote_port: int) -> int:
+        """64 bits of a keyed hash (BLAKE2s, the stack's secret) of a connection's identity: the
+        high 32 offset its ISN, the low 32 its TSval clock.  One hash serves both, and the last
+        pair's is kept, because a new connection asks for its ISN and then for its clock (a
+        keyed hash was a few microseconds of each end's set-up, twice).  Our own address is the
+        same for every connection of the stack, so the key stands for it."""
+        pair = (local_port, remote_ip, remote_port)
+        if pair == self._hash_pair:
+            return self._hash_value
+        digest = hashlib.blake2s(_PAIR.pack(*pair), key=self._isn_key, digest_size=8).digest()
+        value = self._hash_value = int.from_bytes(digest, "big")
+        self._hash_pair = pair
+        return value
 
     def _ephemeral_port(self, remote_ip: int, remote_port: int) -> int:
         config = self.config
@@ -188,6 +261,7 @@ class TcpLayer:
         span = last - first + 1
         start = self.core.rng.randrange(span)
         connections = self.connections
+        time_wait = self.time_wait
         port_filter = self.port_filter
         for step in range(span):
             port = first + (start + step) % span
@@ -195,6 +269,7 @@ class TcpLayer:
                 port not in self.listeners
                 and port not in self.bound_ports
                 and (port, remote_ip, remote_port) not in connections
+                and (port, remote_ip, remote_port) not in time_wait
                 and (port_filter is None or port_filter(port, remote_ip, remote_port))
             ):
                 return port
@@ -214,24 +289,198 @@ class TcpLayer:
                 self.port_use[conn.local_port] = count
             else:
                 self.port_use.pop(conn.local_port, None)
-        if was_state == TIME_WAIT:
-            self.time_wait.pop(conn, None)
+        elif was_state == TIME_WAIT:
+            # A connection the application still holds, aborted in TIME_WAIT: its record goes too.
+            tw = self.time_wait.get(key)
+            if tw is not None and tw.conn is conn:
+                tw.conn = None
+                self._time_wait_remove(tw)
         if conn.listener is not None:
             # An embryo leaves the SYN queue; one already in the accept queue stays there, and
             # accept() hands it out closed, with its error, as the kernel does.
             conn.listener.embryonic.discard(conn)
 
-    def entered_time_wait(self, conn: TcpConnection) -> None:
-        """Bound TIME_WAIT (Linux's tcp_max_tw_buckets): beyond the limit the oldest is ended
+    # -- TIME_WAIT (FreeBSD's tcp_timewait.c) ------------------------------------------------
+    def entered_time_wait(self, conn: TcpConnection, now: float) -> None:
+        """``conn`` entered TIME_WAIT (FreeBSD ``tcp_twstart``): a compact record takes its place
+        in the demultiplexing tables and the connection lets go of its buffers and timers.
+
+        Bound TIME_WAIT (Linux's tcp_max_tw_buckets): beyond the limit the oldest is ended
         early, counted in ``time_wait_recycled`` (and, as every end, in ``connections_closed``)."""
+        key = (conn.local_port, conn.remote_ip, conn.remote_port)
+        if self.connections.get(key) is not conn:
+            return  # not ours to take over (cannot happen: every connection is attached)
+        del self.connections[key]  # port_use stays: the record holds the port until it ends
+        tw = TcpTimeWait(conn, key, now + 2 * self.config.msl)
+        conn.t_rexmt = conn.t_persist = conn.t_keep = conn.t_2msl = conn.t_delack = 0.0
+        conn._timer_at = math.inf
+        timer = conn._timer
+        if timer is not None:
+            conn._timer = None
+            self.core.timers.cancel(timer)
+        conn.reasm.clear()
+        conn.scoreboard.clear()
+        if conn.listener is not None:
+            conn.listener.embryonic.discard(conn)
         time_wait = self.time_wait
-        time_wait[conn] = None
+        time_wait[key] = tw
         limit = self.config.time_wait_limit
         while len(time_wait) > limit:
-            oldest = next(iter(time_wait))
-            del time_wait[oldest]
+            oldest = next(iter(time_wait.values()))
             self.stats.time_wait_recycled += 1
-            oldest._drop(0)
+            self._time_wait_close(oldest)
+        if self._tw_timer is None:
+            self._tw_timer = self.core.timers.schedule(tw.expiry, self._time_wait_expire)
+
+    def time_wait_released(self, conn: TcpConnection) -> None:
+        """The application closed ``conn`` while in TIME_WAIT: the record no longer keeps it."""
+        tw = self.time_wait.get((conn.local_port, conn.remote_ip, conn.remote_port))
+        if tw is not None and tw.conn is conn:
+            tw.conn = None
+
+    def _time_wait_remove(self, tw: TcpTimeWait) -> None:
+        """Take ``tw`` out of the table and give back its port (no counting)."""
+        key = tw.key
+        time_wait = self.time_wait
+        if time_wait.get(key) is not tw:
+            return
+        del time_wait[key]
+        port = key[0]
+        count = self.port_use.get(port, 1) - 1
+        if count:
+            self.port_use[port] = count
+        else:
+            self.port_use.pop(port, None)
+        if not time_wait and self._tw_timer is not None:
+            self.core.timers.cancel(self._tw_timer)  # nothing left to expire
+            self._tw_timer = None
+
+    def _time_wait_close(self, tw: TcpTimeWait) -> None:
+        """End a TIME_WAIT (expired, recycled, reset, taken over by a SYN), counted as closed
+        once; a connection object the application still holds moves to CLOSED as before."""
+        self._time_wait_remove(tw)
+        conn = tw.conn
+        if conn is not None:
+            tw.conn = None
+            conn._drop(0)  # counted there, as every end
+        else:
+            self.stats.connections_closed += 1
+
+    def _time_wait_expire(self, now: float) -> None:
+        """The 2MSL timer (FreeBSD's ``tcp_tw_2msl_scan``): the records are in the order they
+        expire, so the oldest ones go until one is not due; one entry waits for the next."""
+        self._tw_timer = None
+        time_wait = self.time_wait
+        for _ in range(len(time_wait)):
+            tw = next(iter(time_wait.values()))
+            if tw.expiry > now:
+                break
+            self._time_wait_close(tw)
+        if time_wait and self._tw_timer is None:
+            self._tw_timer = self.core.timers.schedule(
+                next(iter(time_wait.values())).expiry, self._time_wait_expire
+            )
+
+    def _time_wait_restart(self, tw: TcpTimeWait, now: float) -> None:
+        """The peer sent its FIN again (our last ACK was lost): 2MSL counts again, from now."""
+        tw.expiry = now + 2 * self.config.msl
+        time_wait = self.time_wait
+        del time_wait[tw.key]
+        time_wait[tw.key] = tw  # to the end: the dict stays in expiry order
+
+    def _time_wait_respond(self, tw: TcpTimeWait, now: float) -> None:
+        """Send the ACK of a connection in TIME_WAIT (FreeBSD ``tcp_twrespond``), as the
+        connection's bare ACK was: SND.NXT, RCV.NXT, the last window, timestamps if on."""
+        local_port, remote_ip, remote_port = tw.key
+        scale = tw.rcv_scale
+        window = tw.rcv_wnd >> scale
+        if window > 0xFFFF:
+            window = 0xFFFF
+        if tw.ts_recent >= 0:
+            tcp_len = 32
+            packet = bytearray(FRAME_HEADROOM + 32)
+            _ACK_WITH_TIMESTAMPS.pack_into(
+                packet, FRAME_HEADROOM, local_port, remote_port, tw.snd_nxt & _MASK, tw.rcv_nxt & _MASK,
+                0x80, TCP_ACK, window, 0, 0, 0x0101080A, (int(now * 1000) + tw.ts_offset) & _MASK,
+                tw.ts_recent,
+            )  # fmt: skip
+        else:
+            tcp_len = 20
+            packet = bytearray(FRAME_HEADROOM + 20)
+            TCP_HEADER.pack_into(
+                packet, FRAME_HEADROOM, local_port, remote_port, tw.snd_nxt & _MASK, tw.rcv_nxt & _MASK,
+                0x50, TCP_ACK, window, 0, 0,
+            )  # fmt: skip
+        tcp_checksum_and_send(self.core, self.stats, packet, tcp_len, remote_ip, now)
+
+    def _time_wait_challenge(self, tw: TcpTimeWait, now: float) -> None:
+        """RFC 5961 3.2/4.2 in TIME_WAIT: a suspicious RST or SYN gets a (rate limited) ACK."""
+        if self.challenge_ack_allowed(now):
+            self.stats.challenge_acks_sent += 1
+            self._time_wait_respond(tw, now)
+        else:
+            self.stats.drop(TcpDrop.CHALLENGE_ACK_RATE_LIMITED)
+
+    def _time_wait_input(
+        self, tw: TcpTimeWait, length: int, seq_wire: int, ack_wire: int, flags: int, tsval: int, now: float
+    ) -> None:
+        """A segment for a pair in TIME_WAIT (FreeBSD ``tcp_twcheck``), answered as RFC 9293
+        3.10.7.4 answers it in TIME-WAIT, check by check as the connection did: PAWS, the
+        sequence number (a retransmitted FIN is ACKed again and restarts 2MSL), RST (RFC 5961:
+        only at RCV.NXT ends it), SYN (a challenge ACK; a newer SYN was taken over before
+        this), the ACK field; no text is taken."""
+        stats = self.stats
+        rcv_nxt = tw.rcv_nxt
+        seq = unwrap(seq_wire, rcv_nxt)
+        ts_recent = tw.ts_recent
+        if ts_recent >= 0 and tsval >= 0 and not flags & TCP_RST and seq_lt(tsval, ts_recent):
+            stats.drop(TcpDrop.PAWS)  # RFC 7323 5.3: an old duplicate
+            self._time_wait_respond(tw, now)
+            return
+        seg_len = length + (1 if flags & TCP_SYN else 0) + (1 if flags & TCP_FIN else 0)
+        rcv_wnd = tw.rcv_wnd
+        if seg_len == 0:
+            acceptable = (seq == rcv_nxt) if rcv_wnd == 0 else (rcv_nxt <= seq < rcv_nxt + rcv_wnd)
+        else:
+            acceptable = rcv_wnd > 0 and (
+                rcv_nxt <= seq < rcv_nxt + rcv_wnd or rcv_nxt <= seq + seg_len - 1 < rcv_nxt + rcv_wnd
+            )
+        if not acceptable:
+            if flags & TCP_RST:
+                stats.drop(TcpDrop.RST_OUT_OF_WINDOW)
+                return
+            if flags & TCP_FIN:
+                self._time_wait_restart(tw, now)  # the peer lost our last ACK: send it again
+            stats.duplicate_segments += 1
+            self._time_wait_respond(tw, now)
+            return
+        if ts_recent >= 0 and tsval >= 0 and seq <= rcv_nxt:
+            tw.ts_recent = tsval  # RFC 7323 4.3 (our last ACK was at RCV.NXT)
+        if flags & TCP_RST:
+            if seq != rcv_nxt:
+                self._time_wait_challenge(tw, now)
+                return
+            stats.resets_received += 1
+            self._time_wait_close(tw)
+            return
+        if flags & TCP_SYN:
+            self._time_wait_challenge(tw, now)
+            return
+        if not flags & TCP_ACK:
+            stats.drop(TcpDrop.NO_ACK)
+            return
+        snd_nxt = tw.snd_nxt
+        ack = unwrap(ack_wire, snd_nxt)
+        if ack > snd_nxt:
+            self._time_wait_respond(tw, now)
+            stats.drop(TcpDrop.ACK_TOO_NEW)
+            return
+        if ack < snd_nxt - max(tw.max_sndwnd, 1):
+            self._time_wait_challenge(tw, now)
+            return
+        if flags & TCP_FIN:
+            self._time_wait_restart(tw, now)
+            self._time_wait_respond(tw, now)
 
     # -- user calls -------------------------------------------------------------------------
     def connect(
@@ -254,8 +503,10 @@ class TcpLayer:
             raise OSError(errno.EAGAIN, "Resource temporarily unavailable (connection table full)")
         if local_port == 0:
             local_port = self.port_selector(remote_ip, remote_port)
-        elif (local_port, remote_ip, remote_port) in self.connections:
-            raise OSError(errno.EADDRINUSE, "Address already in use")
+        else:
+            key = (local_port, remote_ip, remote_port)
+            if key in self.connections or key in self.time_wait:
+                raise OSError(errno.EADDRINUSE, "Address already in use")
         iss = self.isn_source(local_port, remote_ip, remote_port, now) & _MASK
         conn = TcpConnection(
             self,
@@ -321,25 +572,25 @@ class TcpLayer:
         data_start = start + header_len
         conn = self.connections.get((dport, src, sport))
         if conn is not None:
-            if (
-                conn.state == TIME_WAIT
-                and flags & TCP_SYN
-                and not flags & TCP_ACK
-                and dport in self.listeners
-            ):
-                # RFC 6191 / BSD: a new SYN above the old connection's sequence space (or with a
-                # newer timestamp) may reuse the pair at once.
-                newer_ts = tsval >= 0 and conn.ts_recent_valid and seq_lt(conn.ts_recent, tsval)
-                higher_seq = seq_lt(conn.rcv_nxt, seq)
-                if newer_ts or (tsval < 0 and higher_seq):
-                    conn._drop(0)
-                    self._listen_input(
-                        self.listeners[dport], buf, data_start, end, src, sport, dport, seq, ack, flags,
-                        window, options, tsval, tsecr, now,
-                    )  # fmt: skip
-                    return
             conn.segment_arrives(buf, data_start, end, seq, ack, flags, window, options, tsval, tsecr, now)
             return
+        if self.time_wait:
+            tw = self.time_wait.get((dport, src, sport))
+            if tw is not None:
+                if flags & TCP_SYN and not flags & TCP_ACK and dport in self.listeners:
+                    # RFC 6191 / BSD: a new SYN above the old connection's sequence space (or
+                    # with a newer timestamp) may reuse the pair at once.
+                    newer_ts = tsval >= 0 and tw.ts_recent >= 0 and seq_lt(tw.ts_recent, tsval)
+                    higher_seq = seq_lt(tw.rcv_nxt, seq)
+                    if newer_ts or (tsval < 0 and higher_seq):
+                        self._time_wait_close(tw)
+                        self._listen_input(
+                            self.listeners[dport], buf, data_start, end, src, sport, dport, seq, ack,
+                            flags, window, options, tsval, tsecr, now,
+                        )  # fmt: skip
+                        return
+                self._time_wait_input(tw, end - data_start, seq, ack, flags, tsval, now)
+                return
         listener = self.listeners.get(dport)
         if listener is not None:
             self._listen_input(
