@@ -16,6 +16,7 @@ from ._drops import IpDrop
 
 if TYPE_CHECKING:
     from ._stats import IpStats
+    from ._stats6 import Ip6Stats
     from ._timers import Timer, TimerQueue
 
 __all__ = ["Reassembler"]
@@ -36,7 +37,8 @@ class _Datagram:
 
 
 class Reassembler:
-    """Holds fragments until a datagram is whole.  ``on_timeout(now, key, first_header)`` is
+    """Holds fragments until a datagram is whole (IPv4's, and IPv6's with ``Ip6Stats``: the
+    reasons are the same strings in both registries).  ``on_timeout(now, key, first_header)`` is
     called for datagrams that time out (for ICMP time exceeded, code 1)."""
 
     __slots__ = ("_bytes_held", "_datagrams", "_on_timeout", "_timers", "config", "stats")
@@ -44,7 +46,7 @@ class Reassembler:
     def __init__(
         self,
         config: IpConfig,
-        stats: IpStats,
+        stats: IpStats | Ip6Stats,
         timers: TimerQueue,
         on_timeout: Callable[[float, ReassemblyKey, bytes], None],
     ) -> None:
