@@ -256,6 +256,11 @@ class Ipv6FragmentRepr:
         IPV6_FRAGMENT_HEADER.pack_into(buf, offset, self.next_header, 0, self.offset | self.more, self.ident)
         return offset + IPV6_FRAGMENT_LEN
 
+    def to_bytes(self) -> bytes:
+        buf = bytearray(IPV6_FRAGMENT_LEN)
+        self.emit_into(buf)
+        return bytes(buf)
+
 
 # -- addresses a host derives (RFC 4291 2.5.1, 2.7.1; RFC 2464 7) -------------------------------
 LINK_LOCAL_PREFIX = 0xFE80 << 112
