@@ -7,7 +7,7 @@ comparing with F-Stack/YAStack finds the same behaviour.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network, IPv6Interface
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Interface
 
 from .wire import MacAddress
 
@@ -78,6 +78,7 @@ class Ip6Config:
     """IPv6 and Neighbor Discovery (RFC 4861 10's constants, RFC 4862's DAD and SLAAC)."""
 
     enabled: bool = False  # IPv6 on even without a static address (link-local, SLAAC from RAs)
+    gateway: IPv6Address | None = None  # a static default router (else RAs give one)
     default_hop_limit: int = 64  # net.inet6.ip6.hlim
     max_extension_headers: int = 8  # a longer chain is dropped (RFC 8200 leaves the bound to hosts)
     dad_transmits: int = 1  # net.inet6.ip6.dad_count; 0: addresses are usable at once

@@ -121,8 +121,9 @@ class Ip6Layer:
         self.groups: set[int] = set()
         #: on-link prefixes: network -> (prefix length, valid until)
         self.prefixes: dict[int, tuple[int, float]] = {}
-        self.default_router = 0
-        self.router_expires = 0.0
+        gateway = self.config.gateway
+        self.default_router = int(gateway) if gateway is not None else 0
+        self.router_expires = float("inf") if gateway is not None else 0.0
         #: destination -> (path MTU, expires at), from Packet Too Big (RFC 8201), bounded
         self.pmtu: dict[int, tuple[int, float]] = {}
         self.reassembler = Reassembler(core.config.ip, self.stats, core.timers, self._reassembly_timeout)
