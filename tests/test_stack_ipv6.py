@@ -582,3 +582,59 @@ def test_hostile_frames_are_counted_never_raised(frames: list[bytes]) -> None:
         core.run_timers(i * 0.1)
     core.run_timers(100.0)
     check_ether_accounting(core)
+
+
+# -- per core: Toeplitz over IPv6, ND to every core ------------------------------------------------
+
+#: Microsoft's "Verifying the RSS hash calculation" IPv6 suite (the key is DEFAULT_RSS_KEY):
+#: destination, destination port, source, source port, hash of the addresses, hash with TCP ports
+MICROSOFT_IPV6_VECTORS = [
+    ("3ffe:2501:200:3::1", 1766, "3ffe:2501:200:1fff::7", 2794, 0x2CC18CD5, 0x40207D3D),
+    ("ff02::1", 4739, "3ffe:501:8::260:97ff:fe40:efab", 14230, 0x0F0C461C, 0xDDE51BBF),
+    ("fe80::200:f8ff:fe21:67cf", 38024, "3ffe:1900:4545:3:200:f8ff:fe21:67cf", 44251, 0x4B61E985, 0x02D1FEEF),
+]
+
+
+@pytest.mark.parametrize(("dst", "dport", "src", "sport", "addresses", "ports"), MICROSOFT_IPV6_VECTORS)
+def test_toeplitz_over_ipv6_matches_microsofts_vectors_in_c_and_python(
+    dst: str, dport: int, src: str, sport: int, addresses: int, ports: int
+) -> None:
+    from trio_yastack.dispatch._native_rss import native_toeplitz, py_toeplitz
+    from trio_yastack.dispatch._rss import DEFAULT_RSS_KEY, rss_input_ipv6, rss_input_ipv6_ports
+
+    s, d = int(IPv6Address(src)), int(IPv6Address(dst))
+    hashes = [py_toeplitz] + ([native_toeplitz] if native_toeplitz is not None else [])
+    for toeplitz in hashes:
+        assert toeplitz(DEFAULT_RSS_KEY, rss_input_ipv6(s, d)) == addresses
+        assert toeplitz(DEFAULT_RSS_KEY, rss_input_ipv6_ports(s, d, sport, dport)) == ports
+
+
+def test_rss_inputs_for_ipv6_refuse_what_is_not_a_tuple() -> None:
+    from trio_yastack.dispatch._rss import rss_input_ipv6, rss_input_ipv6_ports
+
+    with pytest.raises(ValueError):
+        rss_input_ipv6(2**128, 0)
+    with pytest.raises(ValueError):
+        rss_input_ipv6_ports(1, 2, 70000, 1)
+
+
+def test_flow_owner_hashes_ipv6_flows_and_sends_nd_to_every_core() -> None:
+    from trio_yastack.dispatch._native_rss import toeplitz
+    from trio_yastack.dispatch._percore import ALL_CORES, flow_owner
+    from trio_yastack.dispatch._rss import DEFAULT_RSS_KEY, rss_input_ipv6, rss_input_ipv6_ports
+
+    entries = list(range(128))  # the identity table: the owner is the hash's low 7 bits
+    assert flow_owner(v.NEIGHBOR_SOLICIT, DEFAULT_RSS_KEY, entries, 127) == ALL_CORES
+    assert flow_owner(v.NEIGHBOR_ADVERT, DEFAULT_RSS_KEY, entries, 127) == ALL_CORES
+    udp = toeplitz(DEFAULT_RSS_KEY, rss_input_ipv6_ports(A, B, 40000, 9999))
+    assert flow_owner(v.UDP_DATAGRAM, DEFAULT_RSS_KEY, entries, 127) == udp & 127
+    pair_hash = toeplitz(DEFAULT_RSS_KEY, rss_input_ipv6(A, B))
+    assert flow_owner(v.ECHO_REQUEST, DEFAULT_RSS_KEY, entries, 127) == pair_hash & 127
+    assert flow_owner(v.FRAGMENT_2, DEFAULT_RSS_KEY, entries, 127) == pair_hash & 127  # fragments: the pair
+
+
+def test_a_copy_of_the_kernels_solicitation_teaches_another_core_without_an_answer() -> None:
+    core = core6()
+    core.learn_from_copy(v.NEIGHBOR_SOLICIT, 0.0)
+    assert core.take_outbox() == []
+    assert core.ip6 is not None and core.ip6.nd6.lookup(A) == A_MAC
