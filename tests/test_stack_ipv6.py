@@ -331,6 +331,16 @@ def test_a_dad_probe_from_another_node_for_our_tentative_address_fails_ours() ->
     assert core.ip6 is not None and B not in core.ip6.addresses
 
 
+def test_our_own_dad_probe_looped_back_is_no_conflict() -> None:
+    core = core6(dad=1)
+    core.start(0.0)
+    for frame in core.take_outbox():
+        core.ether_input(bytes(frame), 0.1)  # a switch reflecting our probes
+    core.run_timers(1.0)
+    assert core.ip6 is not None and core.ip6.usable(B)
+    assert ip6_drops(core) == {"nd6.own_frame": 2}
+
+
 def test_a_dad_probe_for_our_address_in_use_is_defended() -> None:
     core = core6()
     probe = Icmpv6Repr.neighbor_solicit(v.HOST_B)

@@ -238,6 +238,7 @@ class Nd6Drop:
     BAD_TARGET: Final = "bad_target"  # multicast target, or not ours (NS)
     NOT_FROM_ROUTER: Final = "not_from_router"  # an RA whose source is not link-local
     IGNORED: Final = "ignored"  # router solicitations and redirects (a host's single default route)
+    OWN_FRAME: Final = "own_frame"  # our own ND message looped back (a switch, a tee): never a conflict
     DAD_FAILED: Final = "dad_failed"  # another node claims an address we were testing (RFC 4862 5.4)
     ADDRESS_CONFLICT: Final = "address_conflict"  # an NA for an address we already use
     TOO_MANY_PREFIXES: Final = "too_many_prefixes"

@@ -7,7 +7,7 @@ from __future__ import annotations
 import errno
 from typing import TYPE_CHECKING
 
-from ._drops import Icmp6Drop
+from ._drops import Icmp6Drop, Nd6Drop
 from ._icmp import EchoEndpoint
 from ._stats6 import Icmp6Stats
 from .wire import WireError
@@ -76,6 +76,11 @@ class Icmp6Layer:
             return
         if ND_ROUTER_SOLICIT <= icmp_type <= ND_REDIRECT:
             stats.nd_received += 1
+            if ip_offset >= 0 and buf[6:12] == ip6.core.mac:
+                # our own DAD probe coming back would otherwise look like a duplicate (RFC 4862 5.4.3)
+                ip6.nd6.stats.received += 1
+                ip6.nd6.stats.drop(Nd6Drop.OWN_FRAME)
+                return
             ip6.nd6.nd6_input(icmp_type, code, rest, buf, start, end, src, dst, hop_limit, now)
         elif icmp_type == ICMP6_ECHO_REQUEST:
             stats.echo_requests_received += 1
