@@ -192,6 +192,10 @@ class Ip6Layer:
             return
         start = offset + IPV6_HEADER_LEN
         end = start + payload_len
+        if nxt == IPPROTO_UDP:  # the common case, with no extension header to walk
+            stats.delivered += 1
+            self.core.udp.udp6_input(frame, start, end, src, dst, offset, now)
+            return
         try:
             proto, at, frag_at, frag_offset, ident_more = walk_extension_headers(
                 frame, start, end, nxt, self.config.max_extension_headers
