@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from trio_yastack.stack import ArpConfig, InterfaceConfig, Ip6Config, StackConfig, StackCore, UdpPcb
+from trio_yastack.stack._drops import Icmp6Drop, Ip6Drop
 from trio_yastack.stack._nd6 import DELAY, INCOMPLETE, PROBE, REACHABLE
 from trio_yastack.stack.wire import MacAddress
 from trio_yastack.stack.wire.ethernet import EthernetRepr
@@ -142,11 +143,29 @@ def ip6_drops(core: StackCore) -> dict[str, int]:
 
 
 def check_ether_accounting(core: StackCore) -> None:
-    """Every frame ``ether_input`` took is a counted drop or went to ARP, IPv4 or IPv6."""
+    """Every frame ``ether_input`` took is a counted drop or went to ARP, IPv4 or IPv6; and every
+    packet ``ip6_input`` took (from the wire or looped back) is a header drop, a fragment, or was
+    handed to a protocol (UDP, ICMPv6) or refused as an unknown one; every ICMPv6 message is a
+    parse drop or one of its kinds."""
     s = core.statistics()
-    ip6_received = core.ip6.stats.received if core.ip6 is not None else 0
+    ip6 = core.ip6
+    ip6_received = ip6.stats.received if ip6 is not None else 0
     in_drops = sum(n for reason, n in s.ether.dropped.items() if reason not in ("outbox_full", "tx_refused"))
-    assert s.ether.received == in_drops + s.arp.received + s.ip.received + ip6_received
+    assert (
+        s.ether.received == in_drops + s.arp.received + s.ip.received + ip6_received
+    )  # (nothing looped back)
+    if ip6 is None:
+        return
+    st = ip6.stats
+    header = sum(n for reason, n in st.dropped.items() if reason in Ip6Drop.HEADER)
+    refused = st.dropped.get(Ip6Drop.UNKNOWN_PROTOCOL, 0) + st.dropped.get(Ip6Drop.NO_NEXT_HEADER, 0)
+    assert st.received == header + st.fragments_received + st.delivered + refused - st.reassembled, st
+    icmp = ip6.icmp6.stats
+    parse = sum(icmp.dropped.get(reason, 0) for reason in Icmp6Drop.PARSE)
+    kinds = icmp.nd_received + icmp.echo_requests_received + icmp.echo_replies_received + icmp.errors_received
+    assert icmp.received == parse + kinds + icmp.dropped.get(Icmp6Drop.UNKNOWN_TYPE, 0), icmp
+    udp4 = s.ip.delivered - s.icmp.received - s.tcp.segments_received
+    assert st.delivered == icmp.received + s.udp.received - udp4, st
 
 
 # -- behaviour without IPv6 is unchanged -----------------------------------------------------------
@@ -194,6 +213,7 @@ def test_the_kernels_echo_request_waits_for_resolution_then_is_answered() -> Non
     assert reply[ETH + 4 :] == v.ECHO_REPLY[ETH + 4 :]
     assert core.ip6 is not None and core.ip6.nd6.cache[A].state == REACHABLE
     assert core.ip6.icmp6.stats.echo_replies_sent == 1
+    check_ether_accounting(core)
 
 
 def test_neighbour_states_reachable_stale_delay_probe_and_gone() -> None:
@@ -305,6 +325,7 @@ def test_dad_probes_our_addresses_then_makes_them_usable() -> None:
     core.run_timers(1.0)
     assert not any(a.tentative for a in core.ip6.addresses.values())
     assert core.ip6.nd6.stats.dad_succeeded == 2
+    check_ether_accounting(core)
 
 
 def test_dad_conflict_gives_the_address_up() -> None:
@@ -387,6 +408,7 @@ def test_router_advertisement_gives_a_default_router_a_prefix_an_address_and_the
     with pytest.raises(OSError) as caught:
         ip6.route(far, 4.0)
     assert caught.value.errno == errno.ENETUNREACH
+    check_ether_accounting(core)
 
 
 def test_router_advertisement_from_a_global_source_is_refused() -> None:
@@ -411,6 +433,7 @@ def test_the_kernels_fragmented_echo_is_reassembled_and_answered_in_fragments() 
         kernel.ether_input(bytes(frame), 0.0)
     assert kernel.ip6 is not None and kernel.ip6.stats.reassembled == 1
     assert kernel.ip6.icmp6.stats.echo_replies_received == 2  # pair()'s, and this one
+    check_ether_accounting(ours)
 
 
 def fragments_of(payload: bytes, cuts: list[tuple[int, int, bool]], ident: int = 99) -> list[bytes]:
@@ -430,6 +453,7 @@ def test_overlapping_fragments_drop_the_datagram() -> None:
     assert ours.take_outbox() == []
     assert ip6_drops(ours) == {"ip6.overlapping_fragment": 1}  # and the third starts a datagram of its own
     assert ours.ip6 is not None and len(ours.ip6.reassembler) == 1
+    check_ether_accounting(ours)
 
 
 def test_reassembly_timeout_sends_time_exceeded() -> None:
@@ -442,6 +466,7 @@ def test_reassembly_timeout_sends_time_exceeded() -> None:
     assert (header.dst, icmp.type, icmp.code) == (v.HOST_A, ICMP6_TIME_EXCEEDED, 1)
     assert icmp.data[:40] == frame6(A_MAC, B_MAC, A, B, 44, b"\0" * 72)[ETH : ETH + 40]
     assert ip6_drops(ours) == {"ip6.reassembly_timeout": 1}
+    check_ether_accounting(ours)
 
 
 # -- errors --------------------------------------------------------------------------------------
@@ -466,6 +491,7 @@ def test_packet_too_big_lowers_the_path_mtu_but_never_below_1280() -> None:
     assert ours.ip6.path_mtu(A, 0.3) == 1280  # never raised by a message
     assert ours.ip6.path_mtu(A, 700.0) == 1500  # RFC 8201 5.3: tried again after 10 minutes
     assert ours.ip6.icmp6.stats.packet_too_big_received == 3
+    check_ether_accounting(ours)
 
 
 def test_packet_too_big_about_someone_elses_packet_is_ignored() -> None:
@@ -484,6 +510,7 @@ def test_unknown_next_header_gets_a_parameter_problem() -> None:
     _header, icmp = icmp6_of(error)
     assert (icmp.type, icmp.code, icmp.rest) == (ICMP6_PARAM_PROB, 1, 6)
     assert ip6_drops(ours) == {"ip6.unknown_protocol": 1}
+    check_ether_accounting(ours)
 
 
 def test_multicast_echo_is_not_answered() -> None:
@@ -493,6 +520,7 @@ def test_multicast_echo_is_not_answered() -> None:
         icmp6_frame(A_MAC, multicast_mac(all_nodes), A, all_nodes, Icmpv6Repr.echo_request(1, 1)), 0.0
     )
     assert ours.take_outbox() == [] and ip6_drops(ours) == {"icmp6.multicast_echo": 1}
+    check_ether_accounting(ours)
 
 
 # -- UDP over IPv6 -------------------------------------------------------------------------------

@@ -177,7 +177,7 @@ class Ip6Drop:
     TOO_SHORT: Final = W.TOO_SHORT
     BAD_VERSION: Final = W.BAD_VERSION
     BAD_LENGTH: Final = W.BAD_LENGTH
-    BAD_FORMAT: Final = W.BAD_FORMAT  # hop-by-hop options not first
+    BAD_FORMAT: Final = W.BAD_FORMAT  # hop-by-hop options not first, a fragment inside a fragment
     BAD_OPTION: Final = W.BAD_OPTION  # an option whose type asks for discarding
     TOO_MANY_HEADERS: Final = W.TOO_MANY_HEADERS
     BAD_ROUTING_HEADER: Final = W.BAD_ROUTING_HEADER  # segments left (or type 0): we do not route

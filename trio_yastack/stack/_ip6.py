@@ -227,7 +227,7 @@ class Ip6Layer:
             stats.drop(exc.reason)
             return
         if frag_at >= 0:
-            stats.drop(Ip6Drop.BAD_FRAGMENT)  # a fragment header inside a reassembled payload
+            stats.drop(Ip6Drop.BAD_FORMAT)  # a fragment header inside a reassembled payload
             return
         self._deliver(whole, at, len(whole), proto, src, dst, hop_limit, -1, 0, now)
 
