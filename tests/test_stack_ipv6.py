@@ -676,3 +676,44 @@ def test_a_copy_of_the_kernels_solicitation_teaches_another_core_without_an_answ
     core.learn_from_copy(v.NEIGHBOR_SOLICIT, 0.0)
     assert core.take_outbox() == []
     assert core.ip6 is not None and core.ip6.nd6.lookup(A) == A_MAC
+
+
+# -- the journey ------------------------------------------------------------------------------------
+
+
+async def test_ipv6_journeys_name_ip6_nd6_and_icmp6(autojump_clock: object) -> None:
+    """A traced stack pinged over IPv6 on a memory wire: the request's journey goes ether_input ->
+    ip6_input -> icmp6_input, the client's solicitation's ends in nd6_input, and the reply's
+    journey out starts at ip6_output and passes nd6_resolve."""
+    import trio
+
+    from trio_yastack import open_stack
+    from trio_yastack.journey import CoreTracer, Journey, TraceSubscription
+    from trio_yastack.nic import memory_wire
+    from trio_yastack.socket_api._waiter import Waiter
+
+    port_a, port_b = memory_wire(latency=0.001)
+    journeys: list[Journey] = []
+    no_dad = Ip6Config(dad_transmits=0)
+    async with (
+        open_stack(port_a, ip=["198.18.0.2/24", "2001:2::2/64"], seed=1, ip6=no_dad) as server,
+        open_stack(port_b, ip=["198.18.0.1/24", "2001:2::1/64"], seed=2, ip6=no_dad) as client,
+    ):
+        tracer = CoreTracer(server.core, server.port, server._loop)
+        tracer.subscribe(TraceSubscription(journeys.append))
+        try:
+            ip6 = client.core.ip6
+            assert ip6 is not None
+            endpoint = ip6.icmp6.echo_open()
+            waiter = endpoint.waiter = Waiter()
+            ip6.icmp6.send_echo_request(endpoint, B, 1, b"journey", trio.current_time())
+            client.kick()
+            with trio.fail_after(5):
+                while not endpoint.replies:
+                    await waiter.wait()
+        finally:
+            tracer.close()
+    paths = [[hop.layer for hop in journey.hops] for journey in journeys]
+    assert ["rx_burst", "ether_input", "ip6_input", "icmp6_input", "nd6_input"] in paths  # the client's NS
+    assert ["rx_burst", "ether_input", "ip6_input", "icmp6_input"] in paths  # the echo request
+    assert any(path[:2] == ["ip6_output", "nd6_resolve"] and path[-1] == "tx_burst" for path in paths), paths
