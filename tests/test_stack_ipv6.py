@@ -717,3 +717,26 @@ async def test_ipv6_journeys_name_ip6_nd6_and_icmp6(autojump_clock: object) -> N
     assert ["rx_burst", "ether_input", "ip6_input", "icmp6_input", "nd6_input"] in paths  # the client's NS
     assert ["rx_burst", "ether_input", "ip6_input", "icmp6_input"] in paths  # the echo request
     assert any(path[:2] == ["ip6_output", "nd6_resolve"] and path[-1] == "tx_burst" for path in paths), paths
+
+
+@pytest.mark.parametrize(
+    ("text", "frame", "expected"),
+    [
+        ("ip6", v.ECHO_REQUEST, True),
+        ("ip", v.ECHO_REQUEST, False),
+        ("icmp6", v.NEIGHBOR_SOLICIT, True),
+        ("icmp", v.NEIGHBOR_SOLICIT, False),
+        ("udp and port 9999", v.UDP_DATAGRAM, True),
+        ("host 2001:2::1", v.UDP_DATAGRAM, True),
+        ("dst host 2001:2::1", v.UDP_DATAGRAM, False),
+        ("net 2001:2::/48", v.ECHO_REPLY, True),
+        ("net 2001:3::/48", v.ECHO_REPLY, False),
+        ("host 0.0.0.1", v.ECHO_REQUEST, False),  # 2001:2::1's low bits are not 0.0.0.1
+        ("ip6 and not icmp6", v.FRAGMENT_2, True),  # the first header is the fragment header
+    ],
+)
+def test_journey_filters_for_ipv6(text: str, frame: bytes, expected: bool) -> None:
+    from trio_yastack.journey import compile_filter
+
+    packet_filter = compile_filter(text)
+    assert packet_filter is not None and packet_filter.match_frame(frame) is expected

@@ -1066,11 +1066,10 @@ class CoreTracer:
 
     def _begin_ip6_output(self, packet: bytearray, proto: int, dst: int) -> Journey | None:
         # The upper-layer header is written at 54; the IPv6 and Ethernet headers are ip6_output's.
-        info = PacketInfo(proto, 0, dst, length=len(packet))
+        info = PacketInfo(proto, 0, dst, length=len(packet), ip6=True)
         if proto in (6, 17) and len(packet) >= 58:
-            info = PacketInfo(
-                proto, 0, dst, packet[54] << 8 | packet[55], packet[56] << 8 | packet[57], None, len(packet)
-            )
+            sport, dport = packet[54] << 8 | packet[55], packet[56] << 8 | packet[57]
+            info = PacketInfo(proto, 0, dst, sport, dport, None, len(packet), ip6=True)
         follow, breakable = self._follow(info, "out")
         if not follow:
             return None
