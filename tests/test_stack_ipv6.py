@@ -740,3 +740,14 @@ def test_journey_filters_for_ipv6(text: str, frame: bytes, expected: bool) -> No
 
     packet_filter = compile_filter(text)
     assert packet_filter is not None and packet_filter.match_frame(frame) is expected
+
+
+def test_journey_summaries_of_ipv6_frames_never_raise() -> None:
+    """Was a bug (fixed before it shipped): once ``packet_info`` read IPv6, a TCP segment over IPv6
+    reached the IPv4-only summary and ``IPv4Address`` refused its 128-bit source."""
+    from trio_yastack.journey._journey import frame_summary, parse_headers
+
+    syn = frame6(A_MAC, B_MAC, A, B, 6, bytes.fromhex("9c40005000000001000000005002faf000000000"))
+    for frame in (syn, v.ECHO_REQUEST, v.FRAGMENT_2, v.UDP_DATAGRAM, syn[:60]):
+        assert isinstance(frame_summary(frame), str)
+        assert parse_headers(frame)["length"] == len(frame)
