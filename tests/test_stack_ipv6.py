@@ -751,3 +751,14 @@ def test_journey_summaries_of_ipv6_frames_never_raise() -> None:
     for frame in (syn, v.ECHO_REQUEST, v.FRAGMENT_2, v.UDP_DATAGRAM, syn[:60]):
         assert isinstance(frame_summary(frame), str)
         assert parse_headers(frame)["length"] == len(frame)
+
+
+def test_a_fragment_reaching_beyond_65535_bytes_is_dropped() -> None:
+    """IPv6's payload length counts no fixed header: 65535 bytes reassemble, one more does not."""
+    _kernel, ours = pair()
+    last = fragments_of(b"\0" * 65536, [(65528, 65535, False)], ident=5)[0]
+    ours.ether_input(last, 0.0)
+    beyond = fragments_of(b"\0" * 65536, [(65528, 65536, False)], ident=6)[0]
+    ours.ether_input(beyond, 0.0)
+    assert ip6_drops(ours) == {"ip6.fragment_too_large": 1}
+    check_ether_accounting(ours)

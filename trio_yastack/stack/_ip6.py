@@ -126,7 +126,7 @@ class Ip6Layer:
         self.router_expires = float("inf") if gateway is not None else 0.0
         #: destination -> (path MTU, expires at), from Packet Too Big (RFC 8201), bounded
         self.pmtu: dict[int, tuple[int, float]] = {}
-        self.reassembler = Reassembler(core.config.ip, self.stats, core.timers, self._reassembly_timeout)
+        self.reassembler = Reassembler(core.config.ip, self.stats, core.timers, self._reassembly_timeout, 0)
         self.loopback: deque[bytes] = deque()
         self.nd6 = Nd6Layer(self)
         self.icmp6 = Icmp6Layer(self)

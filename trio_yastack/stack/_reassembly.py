@@ -41,7 +41,7 @@ class Reassembler:
     reasons are the same strings in both registries).  ``on_timeout(now, key, first_header)`` is
     called for datagrams that time out (for ICMP time exceeded, code 1)."""
 
-    __slots__ = ("_bytes_held", "_datagrams", "_on_timeout", "_timers", "config", "stats")
+    __slots__ = ("_bytes_held", "_datagrams", "_on_timeout", "_timers", "config", "header_len", "stats")
 
     def __init__(
         self,
@@ -49,8 +49,12 @@ class Reassembler:
         stats: IpStats | Ip6Stats,
         timers: TimerQueue,
         on_timeout: Callable[[float, ReassemblyKey, bytes], None],
+        header_len: int = 20,
     ) -> None:
         self.config = config
+        #: what the length field counts beyond the reassembled payload: IPv4's total length counts
+        #: its 20-byte header; IPv6's payload length counts no fixed header (0)
+        self.header_len = header_len
         self.stats = stats
         self._timers = timers
         self._on_timeout = on_timeout
@@ -75,7 +79,7 @@ class Reassembler:
         if length == 0 or (more and length % 8):
             stats.drop(IpDrop.BAD_FRAGMENT)  # every fragment but the last carries a multiple of 8
             return None
-        if end + 20 > MAX_DATAGRAM:
+        if end + self.header_len > MAX_DATAGRAM:
             stats.drop(IpDrop.FRAGMENT_TOO_LARGE)  # would reassemble beyond 65535 bytes
             return None
         datagram = self._datagrams.get(key)
