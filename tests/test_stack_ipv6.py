@@ -554,6 +554,9 @@ def test_udp_both_ways_and_port_unreachable_to_a_connected_socket() -> None:
     assert client.take_error() == errno.ECONNREFUSED
     assert ip6_drops(ours) == {"udp.no_socket": 1}
     assert ours.ip6 is not None and ours.ip6.icmp6.stats.errors_sent == 1
+    ip6_stats, icmp6_stats, nd6_stats = ours.ip6.statistics()
+    assert (ip6_stats.layer, icmp6_stats.layer, nd6_stats.layer) == ("ip6", "icmp6", "nd6")
+    assert icmp6_stats.errors_sent == 1 and ip6_stats.delivered == ours.ip6.stats.delivered
     check_ether_accounting(ours)
     check_ether_accounting(kernel)
 

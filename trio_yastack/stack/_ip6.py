@@ -19,6 +19,7 @@ from ._drops import Ip6Drop
 from ._icmp6 import Icmp6Layer
 from ._nd6 import Nd6Layer
 from ._reassembly import Reassembler
+from ._stats import LayerStatistics
 from ._stats6 import Ip6Stats
 from .wire import WireError
 from .wire.ethernet import ETHER_HEADER, ETHER_HEADER_LEN
@@ -168,6 +169,10 @@ class Ip6Layer:
         """Whether ``address`` is ours and past DAD."""
         ours = self.addresses.get(address)
         return ours is not None and not ours.tentative
+
+    def statistics(self) -> tuple[LayerStatistics, LayerStatistics, LayerStatistics]:
+        """Frozen snapshots of the ``ip6``, ``icmp6`` and ``nd6`` counters."""
+        return self.stats.snapshot(), self.icmp6.stats.snapshot(), self.nd6.stats.snapshot()
 
     # -- input -------------------------------------------------------------------------------
     def ip6_input(self, frame: bytes, offset: int, now: float, looped: bool = False) -> None:

@@ -1,5 +1,6 @@
 """IPv6's counters (``ip6``, ``icmp6``, ``nd6``), kept beside IPv4's until ``StackStatistics``
-grows the IPv6 layers (the core's ``statistics6()`` snapshots them)."""
+grows the IPv6 layers (``core.ip6.statistics()`` snapshots them meanwhile; UDP over IPv6 counts
+in the UDP layer's own counters)."""
 
 from __future__ import annotations
 
