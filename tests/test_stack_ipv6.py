@@ -765,3 +765,16 @@ def test_a_fragment_reaching_beyond_65535_bytes_is_dropped() -> None:
     ours.ether_input(beyond, 0.0)
     assert ip6_drops(ours) == {"ip6.fragment_too_large": 1}
     check_ether_accounting(ours)
+
+
+def test_open_stack_takes_a_list_of_addresses() -> None:
+    from trio_yastack._open_stack import _split_addresses
+
+    v4, v6 = _split_addresses(["198.18.0.2/24", "2001:2::2", IPv6Interface("2001:2:0:1::2/80")])
+    assert (v4, v6) == ("198.18.0.2/24", (IPv6Interface("2001:2::2/64"), IPv6Interface("2001:2:0:1::2/80")))
+    assert _split_addresses("198.18.0.2") == ("198.18.0.2", ())
+    for bad in (["2001:2::2/64"], ["198.18.0.2", "198.18.0.3"]):
+        with pytest.raises(ValueError, match="exactly one IPv4 address"):
+            _split_addresses(bad)
+    with pytest.raises(ValueError):
+        _split_addresses(["198.18.0.2", "2001:2::zz"])

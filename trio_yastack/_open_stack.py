@@ -285,7 +285,7 @@ def run(
     main: Callable[..., Awaitable[Any]],
     *args: Any,
     nic: Port | str,
-    ip: str | IPv4Address | IPv4Interface,
+    ip: str | IPv4Address | IPv4Interface | Sequence[str | IPv4Address | IPv4Interface | IPv6Interface],
     clock: trio.abc.Clock | None = None,
     cores: int = 1,
     **stack_options: Any,
