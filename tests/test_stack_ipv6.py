@@ -778,3 +778,32 @@ def test_open_stack_takes_a_list_of_addresses() -> None:
             _split_addresses(bad)
     with pytest.raises(ValueError):
         _split_addresses(["198.18.0.2", "2001:2::zz"])
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(st.sampled_from([0, 43, 44, 60]), max_size=10),
+    st.sampled_from([17, 58, 59, 6, 0, 44, 250]),
+    st.binary(max_size=48),
+    st.integers(0, 3),
+)
+def test_fuzzed_extension_chains_through_the_stack(
+    kinds: list[int], last: int, tail: bytes, twist: int
+) -> None:
+    """Random chains of hop-by-hop, routing, fragment and destination options headers (each with
+    random contents) ahead of a random upper layer, to our address: every one is a counted drop
+    or a delivery, never an exception, and the counters add up."""
+    core = core6()
+    chain = b""
+    for i, kind in enumerate(kinds):
+        nxt = kinds[i + 1] if i + 1 < len(kinds) else last
+        if kind == 44:
+            chain += Ipv6FragmentRepr(nxt, (i * 8 * twist) & 0xFFF8, bool((i + twist) & 1), twist).to_bytes()
+        else:
+            body = tail[i : i + 6].ljust(6, b"\1")
+            chain += bytes((nxt, 0)) + (bytes((0, twist)) + body[2:] if kind == 43 else body)
+    chain += tail
+    first = kinds[0] if kinds else last
+    core.ether_input(frame6(A_MAC, B_MAC, A, B, first, chain), 0.0)
+    core.run_timers(60.0)
+    check_ether_accounting(core)
