@@ -67,6 +67,7 @@ def core6(
         mtu=mtu,
         addresses6=(IPv6Interface(address),) if address else (),
     )
+    ip6.setdefault("router_solicitations", 0)  # (a test of its own below)
     config = StackConfig(
         interface=interface, arp=ArpConfig(gratuitous_at_start=False), ip6=Ip6Config(dad_transmits=dad, **ip6)
     )  # type: ignore[arg-type]
@@ -807,3 +808,35 @@ def test_fuzzed_extension_chains_through_the_stack(
     core.ether_input(frame6(A_MAC, B_MAC, A, B, first, chain), 0.0)
     core.run_timers(60.0)
     check_ether_accounting(core)
+
+
+def test_router_solicitations_at_start_until_an_advertisement_answers() -> None:
+    """RFC 4861 6.3.7: after DAD, up to three solicitations to all-routers, 4 s apart, from the
+    link-local address with our MAC; an RA with a router lifetime stops them."""
+    core = core6(dad=1, router_solicitations=3)
+    core.start(0.0)
+    core.take_outbox()  # the DAD probes
+    core.run_timers(1.0)
+    (rs,) = core.take_outbox()
+    header, icmp = icmp6_of(rs)
+    link_local = link_local_from_mac(B_MAC)
+    assert (int(header.src), int(header.dst), header.hop_limit) == (link_local, 0xFF02 << 112 | 2, 255)
+    assert (icmp.type, icmp.data, rs[:6]) == (133, b"\x01\x01" + B_MAC, multicast_mac(0xFF02 << 112 | 2))
+    core.run_timers(5.0)
+    assert [icmp6_of(f)[1].type for f in core.take_outbox()] == [133]
+    router = link_local_from_mac(A_MAC)
+    ra = icmp6_frame(A_MAC, B_MAC, router, link_local, router_advert(), hop_limit=255)
+    core.ether_input(ra, 6.0)
+    core.take_outbox()  # (the SLAAC address's DAD probe)
+    core.run_timers(9.0)
+    core.run_timers(13.0)
+    assert not [f for f in core.take_outbox() if icmp6_of(f)[1].type == 133]
+    assert core.ip6 is not None and core.ip6.nd6.stats.router_solicitations_sent == 2
+    check_ether_accounting(core)
+
+
+def test_no_router_solicitation_with_a_static_gateway() -> None:
+    core = core6(router_solicitations=3, gateway=IPv6Address("2001:2::1"))
+    core.start(0.0)
+    core.run_timers(20.0)
+    assert core.take_outbox() == []

@@ -83,6 +83,8 @@ class Ip6Config:
     max_extension_headers: int = 8  # a longer chain is dropped (RFC 8200 leaves the bound to hosts)
     dad_transmits: int = 1  # net.inet6.ip6.dad_count; 0: addresses are usable at once
     accept_ra: bool = True  # take prefixes and a default router from router advertisements
+    router_solicitations: int = 3  # MAX_RTR_SOLICITATIONS at start (none with a static gateway)
+    router_solicitation_interval: float = 4.0  # RTR_SOLICITATION_INTERVAL
     retrans_timer: float = 1.0  # RETRANS_TIMER: between solicitations
     reachable_time: float = 30.0  # REACHABLE_TIME
     delay_first_probe: float = 5.0  # DELAY_FIRST_PROBE_TIME

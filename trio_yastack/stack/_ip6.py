@@ -164,6 +164,7 @@ class Ip6Layer:
         for ours in list(self.addresses.values()):
             if ours.tentative and not ours.dad_sent:
                 self.nd6.start_dad(ours, now)
+        self.nd6.start_router_solicitation(now)
 
     def usable(self, address: int) -> bool:
         """Whether ``address`` is ours and past DAD."""

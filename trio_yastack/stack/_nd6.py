@@ -26,10 +26,11 @@ from .wire.icmpv6 import (
     ND_OPT_SOURCE_LINKADDR,
     ND_OPT_TARGET_LINKADDR,
     ND_ROUTER_ADVERT,
+    ND_ROUTER_SOLICIT,
     link_option,
     parse_nd_options,
 )
-from .wire.ipv6 import ALL_NODES, eui64_interface_id, is_link_local, solicited_node
+from .wire.ipv6 import ALL_NODES, ALL_ROUTERS, eui64_interface_id, is_link_local, solicited_node
 
 if TYPE_CHECKING:
     from ._ip6 import Ip6Layer, OurAddress
@@ -373,6 +374,30 @@ class Nd6Layer:
         """The cached MAC for ``address`` if one is known (no side effects)."""
         entry = self.cache.get(address)
         return entry.mac if entry is not None and entry.state != INCOMPLETE else None
+
+    # -- router solicitation (RFC 4861 6.3.7) ----------------------------------------------
+    def start_router_solicitation(self, now: float) -> None:
+        """Ask for a router advertisement rather than wait up to ten minutes for one: the first
+        solicitation once DAD has had time to make the link-local address usable (so it can carry
+        our MAC), then every ``router_solicitation_interval`` until an RA gives a default router."""
+        config = self.config
+        if config.router_solicitations and config.accept_ra and not self.ip6.default_router:
+            first = now + config.retrans_timer * config.dad_transmits
+            self.ip6.core.timers.schedule(first, self._solicit_router, 0)
+
+    def _solicit_router(self, now: float, sent: int) -> None:
+        ip6 = self.ip6
+        if ip6.default_router or sent >= self.config.router_solicitations:
+            return
+        if ip6.usable(ip6.link_local):
+            src, options = ip6.link_local, link_option(ND_OPT_SOURCE_LINKADDR, ip6.core.mac)
+        else:
+            src, options = 0, b""  # from the unspecified address: no source link-layer option
+        ip6.icmp6.send(ND_ROUTER_SOLICIT, 0, 0, options, ALL_ROUTERS, now, src=src, nd=True)
+        self.stats.router_solicitations_sent += 1
+        ip6.core.timers.schedule(
+            now + self.config.router_solicitation_interval, self._solicit_router, sent + 1
+        )
 
     # -- duplicate address detection (RFC 4862 5.4) -----------------------------------------
     def start_dad(self, ours: OurAddress, now: float) -> None:

@@ -55,6 +55,7 @@ class Nd6Stats(_Counters):
     router_advertisements_received: int = 0
     solicitations_sent: int = 0
     advertisements_sent: int = 0
+    router_solicitations_sent: int = 0
     entries_learned: int = 0
     held: int = 0  # packets queued waiting for resolution
     resolution_failures: int = 0
