@@ -840,3 +840,27 @@ def test_no_router_solicitation_with_a_static_gateway() -> None:
     core.start(0.0)
     core.run_timers(20.0)
     assert core.take_outbox() == []
+
+
+def test_a_slaac_address_expires_with_its_valid_lifetime_unless_refreshed() -> None:
+    core = core6()
+    core.start(0.0)
+    router = link_local_from_mac(A_MAC)
+    all_nodes = 0xFF02 << 112 | 1
+
+    def advertise(now: float) -> None:
+        core.ether_input(
+            icmp6_frame(A_MAC, multicast_mac(all_nodes), router, all_nodes, router_advert(), hop_limit=255),
+            now,
+        )
+
+    advertise(0.0)
+    ip6 = core.ip6
+    assert ip6 is not None
+    slaac = int(IPv6Address("2001:2:0:1::")) | (link_local_from_mac(B_MAC) & (2**64 - 1))
+    assert ip6.usable(slaac)  # (DAD off here)
+    advertise(80000.0)  # refreshed: valid for 86400 s from now
+    core.run_timers(86400.0)
+    assert ip6.usable(slaac)
+    core.run_timers(80000.0 + 86400.0)
+    assert slaac not in ip6.addresses and ip6.usable(B)  # the static address stays

@@ -148,16 +148,30 @@ class Ip6Layer:
         when the stack is running) finds no other owner, unless DAD is off."""
         ours = self.addresses.get(address)
         if ours is not None:
-            ours.valid_until = valid_until
+            ours.valid_until = valid_until  # (an RA refreshing it: the expiry timer looks again)
             return ours
         ours = self.addresses[address] = OurAddress(
             address, prefix_len, self.config.dad_transmits > 0, valid_until
         )
         self.join(solicited_node(address))
+        if valid_until != float("inf"):
+            self.core.timers.schedule(valid_until, self._expire_address, address)
         if not is_link_local(address) and prefix_len < 128:
             mask = _prefix_mask(prefix_len)
             self.prefixes.setdefault(address & mask, (prefix_len, valid_until))
         return ours
+
+    def _expire_address(self, now: float, address: int) -> None:
+        """An address from an RA whose valid lifetime ran out (RFC 4862 5.5.4) is no longer ours,
+        unless a later RA extended it."""
+        ours = self.addresses.get(address)
+        if ours is None:
+            return
+        if now < ours.valid_until:
+            self.core.timers.schedule(ours.valid_until, self._expire_address, address)
+            return
+        del self.addresses[address]
+        self.core.timers.cancel(ours.dad_timer)
 
     def start(self, now: float) -> None:
         """Begin DAD for every tentative address (RFC 4862 5.4)."""
