@@ -49,7 +49,10 @@ from trio_yastack.nic import Port, memory_wire
 from trio_yastack.nic._memory import MemoryPort
 from trio_yastack.stack import StackCore, TcpConnection, TcpLayer, TcpListener
 from trio_yastack.stack._arp import ArpLayer
+from trio_yastack.stack._icmp6 import Icmp6Layer
 from trio_yastack.stack._ip import IpLayer
+from trio_yastack.stack._ip6 import Ip6Layer
+from trio_yastack.stack._nd6 import Nd6Layer
 from trio_yastack.tls.certs import make_ca
 
 SERVER, CLIENT = "198.18.0.2", "198.18.0.1"
@@ -219,6 +222,9 @@ async def test_every_traced_method_matches_the_method_it_wraps(
                 _tracer._IpTrace: [type(core.ip_layer)],
                 _tracer._IcmpTrace: [type(core.icmp)],
                 _tracer._UdpTrace: [type(core.udp)],
+                _tracer._Ip6Trace: [Ip6Layer],
+                _tracer._Nd6Trace: [Nd6Layer],
+                _tracer._Icmp6Trace: [Icmp6Layer],
                 _tracer._TcpLayerTrace: [type(core.tcp)],
                 _tracer._ListenerTrace: [type(core.tcp.listeners[80])],
                 _tracer._ConnTrace: [TcpConnection],

@@ -11,8 +11,9 @@ import pytest
 
 import trio_yastack
 from trio_yastack.stack import ArpDrop, EtherDrop, IcmpDrop, IpDrop, TcpDrop, UdpDrop
-from trio_yastack.stack._drops import registered
+from trio_yastack.stack._drops import Icmp6Drop, Ip6Drop, Nd6Drop, registered
 from trio_yastack.stack._stats import ArpStats, EtherStats, IcmpStats, IpStats, TcpStats, UdpStats
+from trio_yastack.stack._stats6 import Icmp6Stats, Ip6Stats, Nd6Stats
 from trio_yastack.stack.wire import Malformed, WireError, WireReason
 from trio_yastack.stack.wire._errors import WIRE_REASONS
 
@@ -24,6 +25,9 @@ REGISTRIES = {
     "icmp": (IcmpStats, IcmpDrop),
     "udp": (UdpStats, UdpDrop),
     "tcp": (TcpStats, TcpDrop),
+    "ip6": (Ip6Stats, Ip6Drop),
+    "icmp6": (Icmp6Stats, Icmp6Drop),
+    "nd6": (Nd6Stats, Nd6Drop),
 }
 
 
@@ -94,7 +98,8 @@ def test_stack_names_drop_reasons_through_the_registries() -> None:
                 if isinstance(arg, ast.Attribute) and isinstance(arg.value, ast.Name):
                     if arg.value.id.endswith("Drop"):
                         registry = {"Ether": EtherDrop, "Arp": ArpDrop, "Ip": IpDrop, "Icmp": IcmpDrop,
-                                    "Udp": UdpDrop, "Tcp": TcpDrop}[arg.value.id[: -len("Drop")]]  # fmt: skip
+                                    "Udp": UdpDrop, "Tcp": TcpDrop, "Ip6": Ip6Drop, "Icmp6": Icmp6Drop,
+                                    "Nd6": Nd6Drop}[arg.value.id[: -len("Drop")]]  # fmt: skip
                         assert isinstance(getattr(registry, arg.attr, None), str), where
                         found += 1
                         continue

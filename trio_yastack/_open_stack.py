@@ -11,10 +11,10 @@ import errno
 import importlib
 import random
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
-from ipaddress import IPv4Address, IPv4Interface
+from ipaddress import IPv4Address, IPv4Interface, IPv6Interface
 from typing import Any
 
 import trio
@@ -157,7 +157,7 @@ def current_stack() -> Stack:
 async def open_stack(
     nic: Port | str,
     *,
-    ip: str | IPv4Address | IPv4Interface,
+    ip: str | IPv4Address | IPv4Interface | Sequence[str | IPv4Address | IPv4Interface | IPv6Interface],
     prefix_len: int | None = None,
     gateway: str | IPv4Address | None = None,
     mac: str | MacAddress | None = None,
@@ -173,7 +173,9 @@ async def open_stack(
 ) -> AsyncIterator[Stack]:
     """Run the stack on ``nic`` for the duration of the ``async with`` block.
 
-    ``ip`` may carry its prefix (``"198.18.0.2/24"``; default /24).  ``mac`` and ``mtu`` default to
+    ``ip`` may carry its prefix (``"198.18.0.2/24"``; default /24); a list adds IPv6 addresses
+    (``["198.18.0.2/24", "2001:2::2/64"]``; default /64), which turns IPv6 on (one IPv4 address is
+    still needed: an IPv6-only stack is for a later session).  ``mac`` and ``mtu`` default to
     the port's.  ``seed`` makes every random choice of the stack repeatable.  ``config`` (a
     :class:`~trio_yastack.stack.StackConfig`) replaces the defaults; keyword overrides such as
     ``arp=ArpConfig(...)`` or ``tcp=TcpConfig(...)`` replace single sections of it.
@@ -203,10 +205,26 @@ async def open_stack(
             port.close()  # we opened it from a spec string
 
 
+def _split_addresses(
+    ip: str | IPv4Address | IPv4Interface | Sequence[str | IPv4Address | IPv4Interface | IPv6Interface],
+) -> tuple[str | IPv4Address | IPv4Interface, tuple[IPv6Interface, ...]]:
+    """``open_stack``'s ``ip``: the one IPv4 address, and the IPv6 ones (default prefix /64)."""
+    items = [ip] if isinstance(ip, str | IPv4Address | IPv4Interface) else list(ip)
+    v4 = [item for item in items if ":" not in str(item)]
+    v6 = tuple(
+        IPv6Interface(str(item) if "/" in str(item) else f"{item}/64") for item in items if ":" in str(item)
+    )
+    if len(v4) != 1:
+        raise ValueError(f"open_stack needs exactly one IPv4 address, not {len(v4)} (in {ip!r})")
+    if isinstance(v4[0], IPv6Interface):  # (never: filtered above; keeps the type checker sure)
+        raise ValueError(f"not an IPv4 address: {v4[0]}")
+    return v4[0], v6
+
+
 @asynccontextmanager
 async def _open_stack_on(
     port: Port,
-    ip: str | IPv4Address | IPv4Interface,
+    ip: str | IPv4Address | IPv4Interface | Sequence[str | IPv4Address | IPv4Interface | IPv6Interface],
     prefix_len: int | None,
     gateway: str | IPv4Address | None,
     mac: str | MacAddress | None,
@@ -221,6 +239,7 @@ async def _open_stack_on(
     config_overrides: dict[str, Any],
 ) -> AsyncIterator[Stack]:
     caps = port.capabilities
+    ip, addresses6 = _split_addresses(ip)
     interface_ip = IPv4Interface(ip if prefix_len is None else f"{IPv4Interface(ip).ip}/{prefix_len}")
     if "/" not in str(ip) and prefix_len is None and not isinstance(ip, IPv4Interface):
         interface_ip = IPv4Interface(f"{interface_ip.ip}/24")
@@ -230,6 +249,7 @@ async def _open_stack_on(
         prefix_len=interface_ip.network.prefixlen,
         gateway=IPv4Address(gateway) if gateway is not None else None,
         mtu=mtu if mtu is not None else caps.mtu,
+        addresses6=addresses6,
     )
     if config is None:
         config = StackConfig(interface=interface)
@@ -265,7 +285,7 @@ def run(
     main: Callable[..., Awaitable[Any]],
     *args: Any,
     nic: Port | str,
-    ip: str | IPv4Address | IPv4Interface,
+    ip: str | IPv4Address | IPv4Interface | Sequence[str | IPv4Address | IPv4Interface | IPv6Interface],
     clock: trio.abc.Clock | None = None,
     cores: int = 1,
     **stack_options: Any,

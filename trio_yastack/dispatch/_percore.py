@@ -41,6 +41,7 @@ VERIFIED_FLAG = 2
 _ETHERTYPE_IPV4 = 0x0800
 _ETHERTYPE_ARP = 0x0806
 _ETHERTYPE_VLAN = 0x8100
+_ETHERTYPE_IPV6 = 0x86DD
 
 
 @dataclass(slots=True)
@@ -133,4 +134,19 @@ def flow_owner(frame: bytes, key: bytes, entries: list[int], mask: int) -> int:
         return entries[toeplitz(key, data) & mask]
     if ethertype == _ETHERTYPE_ARP:
         return ALL_CORES
+    if ethertype == _ETHERTYPE_IPV6 and len(frame) >= offset + 40:
+        return _flow_owner6(frame, offset, key, entries, mask)
     return 0
+
+
+def _flow_owner6(frame: bytes, offset: int, key: bytes, entries: list[int], mask: int) -> int:
+    """``flow_owner`` for IPv6: Neighbor Discovery goes to every core (as ARP: each neighbour
+    cache learns), TCP/UDP right after the fixed header by the 36-byte 4-tuple, anything else
+    (extension headers, fragments, other ICMPv6) by the address pair."""
+    nxt = frame[offset + 6]
+    l4 = offset + 40
+    if nxt == 58 and len(frame) > l4 and 133 <= frame[l4] <= 137:
+        return ALL_CORES
+    if (nxt == 6 or nxt == 17) and len(frame) >= l4 + 4:
+        return entries[toeplitz(key, frame[offset + 8 : offset + 40] + frame[l4 : l4 + 4]) & mask]
+    return entries[toeplitz(key, frame[offset + 8 : offset + 40]) & mask]

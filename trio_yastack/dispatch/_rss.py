@@ -10,7 +10,8 @@ hardware NIC with the same key and table would have picked.
 The hash input is the flow as the packet *arrives*: source address, destination address,
 source port, destination port, each in network byte order (the Microsoft "RSS hashing
 functions" definition; for IPv4 without ports, the two addresses only).  On the receive side
-the source is the remote peer.
+the source is the remote peer.  IPv6 is the same with 16-byte addresses: 36 bytes with the
+ports, exactly what the 40-byte key can hash (the last input bit needs key bits up to 8 * 36 + 31).
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ __all__ = [
     "flow_core_tables",
     "rss_input_ipv4",
     "rss_input_ipv4_ports",
+    "rss_input_ipv6",
+    "rss_input_ipv6_ports",
     "toeplitz_hash",
 ]
 
@@ -39,6 +42,9 @@ DEFAULT_RSS_KEY = bytes.fromhex(
 
 _IPV4 = struct.Struct("!II")
 _IPV4_PORTS = struct.Struct("!IIHH")
+_IPV6 = struct.Struct("!QQQQ")
+_IPV6_PORTS = struct.Struct("!QQQQHH")
+_MASK64 = 2**64 - 1
 
 
 def toeplitz_hash(key: bytes, data: bytes) -> int:
@@ -63,6 +69,25 @@ def rss_input_ipv4_ports(src: int, dst: int, sport: int, dport: int) -> bytes:
         return _IPV4_PORTS.pack(src, dst, sport, dport)
     except struct.error as exc:
         raise ValueError(f"not an IPv4 4-tuple: {exc}") from None
+
+
+def rss_input_ipv6(src: int, dst: int) -> bytes:
+    """The 32-byte hash input of an IPv6 packet without ports (or a fragment): source then
+    destination address, network byte order."""
+    if not (0 <= src < 2**128 and 0 <= dst < 2**128):
+        raise ValueError("not an IPv6 address pair")
+    return _IPV6.pack(src >> 64, src & _MASK64, dst >> 64, dst & _MASK64)
+
+
+def rss_input_ipv6_ports(src: int, dst: int, sport: int, dport: int) -> bytes:
+    """The 36-byte hash input of a TCP or UDP packet over IPv6: source address, destination
+    address, source port, destination port, network byte order."""
+    if not (0 <= src < 2**128 and 0 <= dst < 2**128):
+        raise ValueError("not an IPv6 4-tuple")
+    try:
+        return _IPV6_PORTS.pack(src >> 64, src & _MASK64, dst >> 64, dst & _MASK64, sport, dport)
+    except struct.error as exc:
+        raise ValueError(f"not an IPv6 4-tuple: {exc}") from None
 
 
 class Reta:

@@ -9,7 +9,7 @@ untraced path.  The grammar::
     term      := factor (["and" | "&&"] factor)*     (``tcp port 80``: "and" may be left out)
     factor    := ("not" | "!") factor | "(" expr ")" | primitive
     primitive := [src | dst] host ADDRESS | [src | dst] net ADDRESS/PREFIX | [src | dst] port N
-               | tcp | udp | icmp | arp | ip
+               | tcp | udp | icmp | arp | ip | ip6 | icmp6
                | syn | fin | rst | psh | ack | urg       (a TCP segment with that flag set;
                                                          tcpdump's tcp-syn & co are accepted too)
 
@@ -22,7 +22,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Network, IPv6Address, IPv6Network, ip_address
 
 __all__ = ["FilterError", "PacketFilter", "PacketInfo", "compile_filter", "packet_info"]
 
@@ -30,6 +30,7 @@ MAX_FILTER_LENGTH = 1000
 _MAX_DEPTH = 50
 
 PROTO_TCP, PROTO_UDP, PROTO_ICMP = 6, 17, 1
+PROTO_ICMPV6 = 58
 #: ``PacketInfo.proto`` of an ARP frame (not an IP protocol number)
 PROTO_ARP = -1
 
@@ -56,6 +57,7 @@ class PacketInfo:
     dport: int = 0
     flags: int | None = None
     length: int = 0
+    ip6: bool = False  # an IPv6 packet (``src``/``dst`` are then 128-bit)
 
 
 def packet_info(frame: bytes | bytearray | memoryview) -> PacketInfo:
@@ -74,6 +76,8 @@ def packet_info(frame: bytes | bytearray | memoryview) -> PacketInfo:
             spa, tpa = frame[offset + 14 : offset + 18], frame[offset + 24 : offset + 28]
             return PacketInfo(PROTO_ARP, int.from_bytes(spa, "big"), int.from_bytes(tpa, "big"), length=n)
         return PacketInfo(PROTO_ARP, length=n)
+    if ethertype == 0x86DD:
+        return _packet_info6(frame, offset, n)
     if ethertype != 0x0800 or n < offset + 20 or frame[offset] >> 4 != 4:
         return PacketInfo(length=n)
     ihl = (frame[offset] & 0x0F) << 2
@@ -88,6 +92,25 @@ def packet_info(frame: bytes | bytearray | memoryview) -> PacketInfo:
         if proto == PROTO_TCP and n >= l4 + 14:
             flags = frame[l4 + 13]
     return PacketInfo(proto, src, dst, sport, dport, flags, n)
+
+
+def _packet_info6(frame: bytes | bytearray | memoryview, offset: int, n: int) -> PacketInfo:
+    """IPv6's fields: the fixed header's next header is the protocol (an extension header's
+    number when one follows: filters see the chain's first header), ports and TCP flags when
+    TCP or UDP follows at once."""
+    if n < offset + 40 or frame[offset] >> 4 != 6:
+        return PacketInfo(length=n)
+    proto = frame[offset + 6]
+    src = int.from_bytes(frame[offset + 8 : offset + 24], "big")
+    dst = int.from_bytes(frame[offset + 24 : offset + 40], "big")
+    l4 = offset + 40
+    sport = dport = 0
+    flags: int | None = None
+    if proto in (PROTO_TCP, PROTO_UDP) and n >= l4 + 4:
+        sport, dport = _PORTS.unpack_from(frame, l4)
+        if proto == PROTO_TCP and n >= l4 + 14:
+            flags = frame[l4 + 13]
+    return PacketInfo(proto, src, dst, sport, dport, flags, n, ip6=True)
 
 
 Predicate = Callable[[PacketInfo], bool]
@@ -212,9 +235,15 @@ class _Parser:
             raise FilterError(f"expected host, net or port after {direction}, not {token!r}")
         if token in _PROTOCOLS:
             proto = _PROTOCOLS[token]
+            if proto == PROTO_ICMP:
+                return lambda p: p.proto == PROTO_ICMP and not p.ip6  # (protocol 1 inside IPv6 is not ICMP)
             return lambda p: p.proto == proto
         if token == "ip":
-            return lambda p: p.proto is not None and p.proto != PROTO_ARP
+            return lambda p: p.proto is not None and p.proto != PROTO_ARP and not p.ip6
+        if token == "ip6":
+            return lambda p: p.ip6
+        if token == "icmp6":
+            return lambda p: p.ip6 and p.proto == PROTO_ICMPV6
         flag_name = token.removeprefix("tcp-")
         if flag_name in _FLAGS:
             bit = _FLAGS[flag_name]
@@ -222,18 +251,20 @@ class _Parser:
         raise FilterError(f"unknown primitive {token!r}")
 
 
-def _address(text: str) -> int:
+def _address(text: str) -> tuple[int, bool]:
+    """An address and whether it is IPv6."""
     try:
-        return int(IPv4Address(text))
+        address = ip_address(text)
     except ValueError:
-        raise FilterError(f"not an IPv4 address: {text!r}") from None
+        raise FilterError(f"not an IPv4 or IPv6 address: {text!r}") from None
+    return int(address), isinstance(address, IPv6Address)
 
 
-def _network(text: str) -> IPv4Network:
+def _network(text: str) -> IPv4Network | IPv6Network:
     try:
-        return IPv4Network(text, strict=False)
+        return IPv6Network(text, strict=False) if ":" in text else IPv4Network(text, strict=False)
     except ValueError:
-        raise FilterError(f"not an IPv4 network: {text!r}") from None
+        raise FilterError(f"not an IPv4 or IPv6 network: {text!r}") from None
 
 
 def _port_number(text: str) -> int:
@@ -242,21 +273,23 @@ def _port_number(text: str) -> int:
     return int(text)
 
 
-def _host(address: int, direction: str | None) -> Predicate:
+def _host(host: tuple[int, bool], direction: str | None) -> Predicate:
+    address, v6 = host
     if direction == "src":
-        return lambda p: p.proto is not None and p.src == address
+        return lambda p: p.proto is not None and p.ip6 == v6 and p.src == address
     if direction == "dst":
-        return lambda p: p.proto is not None and p.dst == address
-    return lambda p: p.proto is not None and (p.src == address or p.dst == address)
+        return lambda p: p.proto is not None and p.ip6 == v6 and p.dst == address
+    return lambda p: p.proto is not None and p.ip6 == v6 and (p.src == address or p.dst == address)
 
 
-def _net(network: IPv4Network, direction: str | None) -> Predicate:
+def _net(network: IPv4Network | IPv6Network, direction: str | None) -> Predicate:
     mask, base = int(network.netmask), int(network.network_address)
+    v6 = isinstance(network, IPv6Network)
     if direction == "src":
-        return lambda p: p.proto is not None and p.src & mask == base
+        return lambda p: p.proto is not None and p.ip6 == v6 and p.src & mask == base
     if direction == "dst":
-        return lambda p: p.proto is not None and p.dst & mask == base
-    return lambda p: p.proto is not None and (p.src & mask == base or p.dst & mask == base)
+        return lambda p: p.proto is not None and p.ip6 == v6 and p.dst & mask == base
+    return lambda p: p.proto is not None and p.ip6 == v6 and (p.src & mask == base or p.dst & mask == base)
 
 
 def _port(port: int, direction: str | None) -> Predicate:

@@ -143,7 +143,7 @@ def frame_summary(frame: bytes | bytearray | memoryview) -> str:
     """One line for a frame.  TCP is read here without checking its checksum (an outgoing
     frame whose checksum the port completes is not wrong); the rest is ``describe_frame``'s."""
     info = packet_info(frame)
-    if info.proto == PROTO_TCP and info.flags is not None:
+    if info.proto == PROTO_TCP and info.flags is not None and not info.ip6:
         offset = 14 if (frame[12] << 8 | frame[13]) == 0x0800 else 18
         l4 = offset + ((frame[offset] & 0x0F) << 2)
         total = int.from_bytes(frame[offset + 2 : offset + 4], "big")
@@ -168,8 +168,8 @@ def parse_headers(frame: bytes | bytearray | memoryview) -> dict[str, Any]:
             "type": hex(data[12] << 8 | data[13]),
         }
         info = packet_info(data)
-        if info.proto is None or info.proto < 0:
-            return out
+        if info.proto is None or info.proto < 0 or info.ip6:
+            return out  # (IPv6's headers are not spelled out here yet)
         offset = 14 if (data[12] << 8 | data[13]) == 0x0800 else 18
         ihl = (data[offset] & 0x0F) << 2
         out["ip"] = {

@@ -34,7 +34,7 @@ import time
 import zlib
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Sequence
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias
 
 import trio
@@ -63,7 +63,10 @@ if TYPE_CHECKING:
     from trio_yastack.nic import Port
     from trio_yastack.stack._arp import ArpLayer
     from trio_yastack.stack._icmp import IcmpLayer
+    from trio_yastack.stack._icmp6 import Icmp6Layer
     from trio_yastack.stack._ip import IpLayer
+    from trio_yastack.stack._ip6 import Ip6Layer
+    from trio_yastack.stack._nd6 import Nd6Layer
     from trio_yastack.stack._udp import UdpLayer
 
 __all__ = ["CoreTracer", "TraceInstallError"]
@@ -100,12 +103,16 @@ if TYPE_CHECKING:
     _IpBase: TypeAlias = IpLayer
     _IcmpBase: TypeAlias = IcmpLayer
     _UdpBase: TypeAlias = UdpLayer
+    _Ip6Base: TypeAlias = Ip6Layer
+    _Nd6Base: TypeAlias = Nd6Layer
+    _Icmp6Base: TypeAlias = Icmp6Layer
     _TcpLayerBase: TypeAlias = TcpLayer
     _ListenerBase: TypeAlias = TcpListener
     _ConnBase: TypeAlias = TcpConnection
 else:
     _PortBase = _LoopBase = _RingBase = _CoreBase = _ArpBase = _IpBase = object
     _IcmpBase = _UdpBase = _TcpLayerBase = _ListenerBase = _ConnBase = object
+    _Ip6Base = _Nd6Base = _Icmp6Base = object
 
 
 class _PortTrace(_PortBase):
@@ -276,6 +283,114 @@ class _UdpTrace(_UdpBase):
         if journey is not None:
             tracer.hop(journey, "udp_input", f"{end - start - 8} bytes")
         self._yas_original.udp_input(self, buf, start, end, src, dst, ip_offset, now)
+
+    def udp6_input(
+        self, buf: bytes, start: int, end: int, src: int, dst: int, ip_offset: int, now: float
+    ) -> None:
+        tracer = self._yas_tracer
+        journey = tracer.current_in
+        if journey is not None:
+            tracer.hop(journey, "udp_input", f"{end - start - 8} bytes over IPv6")
+        self._yas_original.udp6_input(self, buf, start, end, src, dst, ip_offset, now)
+
+
+class _Ip6Trace(_Ip6Base):
+    """IPv6's hops: ``ip6_input`` on the way in; on the way out ``ip6_output`` starts a journey
+    (as ``ip_output`` does) and the ND layer's ``nd6_resolve`` is the hop after it."""
+
+    __slots__ = ()
+    _yas_tracer: ClassVar[CoreTracer]
+    _yas_original: ClassVar[type[Ip6Layer]]
+
+    def ip6_input(self, frame: bytes, offset: int, now: float, looped: bool = False) -> None:
+        tracer = self._yas_tracer
+        journey = tracer.current_in
+        if journey is not None and len(frame) >= offset + 40:
+            src = IPv6Address(bytes(frame[offset + 8 : offset + 24]))
+            dst = IPv6Address(bytes(frame[offset + 24 : offset + 40]))
+            tracer.hop(journey, "ip6_input", f"{src} > {dst} next header {frame[offset + 6]}")
+        self._yas_original.ip6_input(self, frame, offset, now, looped)
+
+    def ip6_output(
+        self,
+        packet: bytearray,
+        proto: int,
+        dst: int,
+        now: float,
+        *,
+        src: int = 0,
+        hop_limit: int = 0,
+        traffic_class: int = 0,
+    ) -> None:
+        tracer = self._yas_tracer
+        previous = tracer.current_out
+        tracer.current_out = tracer._begin_ip6_output(packet, proto, dst)
+        try:
+            self._yas_original.ip6_output(
+                self, packet, proto, dst, now, src=src, hop_limit=hop_limit, traffic_class=traffic_class
+            )
+        finally:
+            tracer.current_out = previous
+
+
+class _Nd6Trace(_Nd6Base):
+    __slots__ = ()
+    _yas_tracer: ClassVar[CoreTracer]
+    _yas_original: ClassVar[type[Nd6Layer]]
+
+    def nd6_input(
+        self,
+        icmp_type: int,
+        code: int,
+        rest: int,
+        buf: bytes,
+        start: int,
+        end: int,
+        src: int,
+        dst: int,
+        hop_limit: int,
+        now: float,
+        *,
+        answer: bool = True,
+    ) -> None:
+        tracer = self._yas_tracer
+        journey = tracer.current_in
+        if journey is not None:
+            tracer.hop(journey, "nd6_input", f"type {icmp_type} from {IPv6Address(src)}")
+        self._yas_original.nd6_input(
+            self, icmp_type, code, rest, buf, start, end, src, dst, hop_limit, now, answer=answer
+        )
+
+    def nd6_resolve(self, next_hop: int, packet: bytearray, now: float) -> bytes | None:
+        tracer = self._yas_tracer
+        journey = tracer.current_out
+        tracer.current_out = None  # a solicitation sent meanwhile is not this packet
+        try:
+            mac = self._yas_original.nd6_resolve(self, next_hop, packet, now)
+        finally:
+            tracer.current_out = journey
+        if journey is not None:
+            state = "held, neighbor solicitation" if mac is None else self.cache[next_hop].state
+            tracer.hop(journey, "nd6_resolve", f"next hop {IPv6Address(next_hop)} {state}")
+            if mac is None:
+                tracer._held(packet, journey)
+        return mac
+
+
+class _Icmp6Trace(_Icmp6Base):
+    __slots__ = ()
+    _yas_tracer: ClassVar[CoreTracer]
+    _yas_original: ClassVar[type[Icmp6Layer]]
+
+    def icmp6_input(
+        self, buf: bytes, start: int, end: int, src: int, dst: int, hop_limit: int, ip_offset: int, now: float
+    ) -> None:
+        tracer = self._yas_tracer
+        journey = tracer.current_in
+        if journey is not None:
+            kind = f"type {buf[start]} code {buf[start + 1]}" if end - start >= 2 else "truncated"
+            tracer.hop(journey, "icmp6_input", kind)
+        self._yas_original.icmp6_input(self, buf, start, end, src, dst, hop_limit, ip_offset, now)
 
 
 class _TcpLayerTrace(_TcpLayerBase):
@@ -574,6 +689,8 @@ class CoreTracer:
             (core.udp, _UdpTrace),
             (tcp, _TcpLayerTrace),
         ]
+        if core.ip6 is not None:
+            layers += [(core.ip6, _Ip6Trace), (core.ip6.nd6, _Nd6Trace), (core.ip6.icmp6, _Icmp6Trace)]
         if self.loop is not None and self.layout is not None:
             layers.append((self.loop, _LoopTrace))
         # Every traced class this trace needs, made and checked before anything is swapped: a
@@ -945,6 +1062,22 @@ class CoreTracer:
             journey.tls = any(h.layer in TLS_LAYERS for h in journey.hops)
         journey.frame = packet
         self.hop(journey, "ip_output", f"to {IPv4Address(dst)} proto {proto}, {len(packet) - 14} bytes")
+        return journey
+
+    def _begin_ip6_output(self, packet: bytearray, proto: int, dst: int) -> Journey | None:
+        # The upper-layer header is written at 54; the IPv6 and Ethernet headers are ip6_output's.
+        info = PacketInfo(proto, 0, dst, length=len(packet), ip6=True)
+        if proto in (6, 17) and len(packet) >= 58:
+            sport, dport = packet[54] << 8 | packet[55], packet[56] << 8 | packet[57]
+            info = PacketInfo(proto, 0, dst, sport, dport, None, len(packet), ip6=True)
+        follow, breakable = self._follow(info, "out")
+        if not follow:
+            return None
+        journey = self._new_journey("out", info, breakable)
+        journey.frame = packet
+        self.hop(
+            journey, "ip6_output", f"to {IPv6Address(dst)} next header {proto}, {len(packet) - 14} bytes"
+        )
         return journey
 
     def _held(self, packet: bytearray, journey: Journey) -> None:

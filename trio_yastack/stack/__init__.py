@@ -11,6 +11,7 @@ registered in ``_drops.py``.
 from ._config import ArpConfig as ArpConfig
 from ._config import IcmpConfig as IcmpConfig
 from ._config import InterfaceConfig as InterfaceConfig
+from ._config import Ip6Config as Ip6Config
 from ._config import IpConfig as IpConfig
 from ._config import StackConfig as StackConfig
 from ._config import TcpConfig as TcpConfig

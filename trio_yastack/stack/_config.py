@@ -7,11 +7,20 @@ comparing with F-Stack/YAStack finds the same behaviour.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Interface
 
 from .wire import MacAddress
 
-__all__ = ["ArpConfig", "IcmpConfig", "InterfaceConfig", "IpConfig", "StackConfig", "TcpConfig", "UdpConfig"]
+__all__ = [
+    "ArpConfig",
+    "IcmpConfig",
+    "InterfaceConfig",
+    "Ip6Config",
+    "IpConfig",
+    "StackConfig",
+    "TcpConfig",
+    "UdpConfig",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,8 +32,13 @@ class InterfaceConfig:
     prefix_len: int = 24
     gateway: IPv4Address | None = None
     mtu: int = 1500
+    #: static IPv6 addresses with their prefixes (``2001:2::2/64``); any, or ``StackConfig.ip6``
+    #: enabled, turns IPv6 on (with a link-local address from the MAC)
+    addresses6: tuple[IPv6Interface, ...] = ()
 
     def __post_init__(self) -> None:
+        if self.addresses6 and self.mtu < 1280:
+            raise ValueError(f"MTU {self.mtu} is below IPv6's minimum 1280 (RFC 8200 5)")
         if not 0 <= self.prefix_len <= 32:
             raise ValueError(f"prefix length {self.prefix_len} is not in 0..32")
         if not 576 <= self.mtu <= 65535:
@@ -57,6 +71,31 @@ class IpConfig:
     reassembly_max_fragments: int = 64  # fragments per datagram (net.inet.ip.maxfragsperpacket)
     reassembly_memory_limit: int = 4 * 1024 * 1024  # bytes held in all reassembly queues
     loopback_limit: int = 1024  # datagrams to our own address waiting for the next poll
+
+
+@dataclass(frozen=True, slots=True)
+class Ip6Config:
+    """IPv6 and Neighbor Discovery (RFC 4861 10's constants, RFC 4862's DAD and SLAAC)."""
+
+    enabled: bool = False  # IPv6 on even without a static address (link-local, SLAAC from RAs)
+    gateway: IPv6Address | None = None  # a static default router (else RAs give one)
+    default_hop_limit: int = 64  # net.inet6.ip6.hlim
+    max_extension_headers: int = 8  # a longer chain is dropped (RFC 8200 leaves the bound to hosts)
+    dad_transmits: int = 1  # net.inet6.ip6.dad_count; 0: addresses are usable at once
+    accept_ra: bool = True  # take prefixes and a default router from router advertisements
+    router_solicitations: int = 3  # MAX_RTR_SOLICITATIONS at start (none with a static gateway)
+    router_solicitation_interval: float = 4.0  # RTR_SOLICITATION_INTERVAL
+    retrans_timer: float = 1.0  # RETRANS_TIMER: between solicitations
+    reachable_time: float = 30.0  # REACHABLE_TIME
+    delay_first_probe: float = 5.0  # DELAY_FIRST_PROBE_TIME
+    max_multicast_solicit: int = 3
+    max_unicast_solicit: int = 3
+    hold_limit: int = 16  # packets held per unresolved neighbour
+    neighbor_limit: int = 4096  # neighbour cache entries; the oldest goes beyond it
+    pmtu_limit: int = 1024  # path MTUs remembered (from Packet Too Big)
+    pmtu_expiry: float = 600.0  # RFC 8201 5.3: try the link MTU again after 10 minutes
+    prefix_limit: int = 16  # on-link prefixes and SLAAC addresses from RAs
+    # reassembly: the same bounds as IPv4's (IpConfig)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +153,7 @@ class StackConfig:
     interface: InterfaceConfig
     arp: ArpConfig = field(default_factory=ArpConfig)
     ip: IpConfig = field(default_factory=IpConfig)
+    ip6: Ip6Config = field(default_factory=Ip6Config)
     icmp: IcmpConfig = field(default_factory=IcmpConfig)
     udp: UdpConfig = field(default_factory=UdpConfig)
     tcp: TcpConfig = field(default_factory=TcpConfig)

@@ -22,6 +22,7 @@ from ._config import StackConfig
 from ._drops import EtherDrop
 from ._icmp import IcmpLayer
 from ._ip import IpLayer
+from ._ip6 import ETHERTYPE_IPV6, Ip6Layer
 from ._offload import ChecksumVerified, OffloadPacket
 from ._stats import ArpStats, EtherStats, IcmpStats, IpStats, StackStatistics, TcpStats, UdpStats
 from ._timers import TimerQueue
@@ -97,12 +98,19 @@ class StackCore:
         self.tcp = TcpLayer(self)
         self.tcp_input: Callable[..., None] | None = self.tcp.tcp_input
         self.tcp_ctlinput: Callable[..., bool] | None = self.tcp.tcp_ctlinput
+        #: multicast MACs ``ether_input`` accepts besides ours and broadcast (IPv6's groups)
+        self.group_macs: set[bytes] = set()
+        #: IPv6, when the interface has an IPv6 address or ``config.ip6.enabled`` (else frames of
+        #: that type stay unknown ethertypes, as before)
+        self.ip6 = Ip6Layer(self) if config.ip6.enabled or iface.addresses6 else None
 
     # -- the runtime's calls -----------------------------------------------------------------
     def start(self, now: float) -> None:
         """Bring the interface up: announce our address (gratuitous ARP)."""
         if self.config.arp.gratuitous_at_start:
             self.arp.announce()
+        if self.ip6 is not None:
+            self.ip6.start(now)  # DAD for our addresses (RFC 4862 5.4)
 
     def ether_input(self, frame: bytes, now: float) -> None:
         """A frame arrived from the port (FreeBSD ``ether_input``)."""
@@ -113,7 +121,7 @@ class StackCore:
             stats.drop(EtherDrop.TOO_SHORT)
             return
         dst, _src, ethertype = ETHER_HEADER.unpack_from(frame, 0)
-        if dst != self.mac and dst != _BROADCAST:
+        if dst != self.mac and dst != _BROADCAST and dst not in self.group_macs:
             stats.drop(EtherDrop.NOT_FOR_US)
             return
         offset = ETHER_HEADER_LEN
@@ -130,6 +138,8 @@ class StackCore:
             self.ip_layer.ip_input(frame, offset, now)
         elif ethertype == ETHERTYPE_ARP:
             self.arp.arp_input(frame, offset, now)
+        elif ethertype == ETHERTYPE_IPV6 and self.ip6 is not None:
+            self.ip6.ip6_input(frame, offset, now)
         else:
             stats.drop(EtherDrop.UNKNOWN_ETHERTYPE if ethertype >= 0x0600 else EtherDrop.NOT_ETHERNET_II)
 
@@ -138,6 +148,8 @@ class StackCore:
         update the ARP cache, answer nothing."""
         if len(frame) >= ETHER_HEADER_LEN + 28 and frame[12:14] == b"\x08\x06":
             self.arp.arp_input(frame, ETHER_HEADER_LEN, now, answer=False)
+        elif self.ip6 is not None and frame[12:14] == b"\x86\xdd":
+            self.ip6.nd6_learn_from_copy(frame, now)
 
     def begin_burst(self) -> None:
         """Frames of one ``rx_burst`` follow: let transports send once, at :meth:`end_burst`."""
@@ -161,6 +173,8 @@ class StackCore:
         fired = self.timers.run(now)
         if self.ip_layer.loopback:
             fired += self.ip_layer.input_loopback(now)
+        if self.ip6 is not None and self.ip6.loopback:
+            fired += self.ip6.input_loopback(now)
         return fired
 
     def next_deadline(self) -> float | None:

@@ -19,7 +19,10 @@ from typing import Final
 
 from .wire._errors import WireReason as W
 
-__all__ = ["ArpDrop", "EtherDrop", "IcmpDrop", "IpDrop", "TcpDrop", "UdpDrop", "registered"]
+__all__ = [
+    "ArpDrop", "EtherDrop", "Icmp6Drop", "IcmpDrop", "Ip6Drop", "IpDrop", "Nd6Drop", "TcpDrop", "UdpDrop",
+    "registered",
+]  # fmt: skip
 
 
 def registered(registry: type) -> frozenset[str]:
@@ -162,3 +165,86 @@ class TcpDrop:
     RESET_RATE_LIMITED: Final = "reset_rate_limited"
     CHALLENGE_ACK_RATE_LIMITED: Final = "challenge_ack_rate_limited"  # RFC 5961 7
     FIN_WAIT_2_TIMEOUT: Final = "fin_wait_2_timeout"
+
+
+# -- IPv6 ------------------------------------------------------------------------------------
+
+
+class Ip6Drop:
+    """``ip6_input``'s reasons (the header, the extension header walk), reassembly's (the same
+    bounds as IPv4's, RFC 5722's overlap rule) and ``ip6_output``'s."""
+
+    TOO_SHORT: Final = W.TOO_SHORT
+    BAD_VERSION: Final = W.BAD_VERSION
+    BAD_LENGTH: Final = W.BAD_LENGTH
+    BAD_FORMAT: Final = W.BAD_FORMAT  # hop-by-hop options not first, a fragment inside a fragment
+    BAD_OPTION: Final = W.BAD_OPTION  # an option whose type asks for discarding
+    TOO_MANY_HEADERS: Final = W.TOO_MANY_HEADERS
+    BAD_ROUTING_HEADER: Final = W.BAD_ROUTING_HEADER  # segments left (or type 0): we do not route
+    NOT_FOR_US: Final = "not_for_us"  # not our address nor a group we joined (a host does not forward)
+    BAD_SOURCE: Final = "bad_source"  # multicast, loopback, or ours from the wire
+    TENTATIVE: Final = "tentative"  # to an address still under DAD (RFC 4862 5.4)
+    UNKNOWN_PROTOCOL: Final = "unknown_protocol"  # answered with a parameter problem
+    NO_NEXT_HEADER: Final = "no_next_header"  # next header 59: nothing to deliver
+    # reassembly (RFC 8200 4.5, RFC 5722)
+    BAD_FRAGMENT: Final = IpDrop.BAD_FRAGMENT
+    FRAGMENT_TOO_LARGE: Final = IpDrop.FRAGMENT_TOO_LARGE
+    DUPLICATE_FRAGMENT: Final = IpDrop.DUPLICATE_FRAGMENT
+    OVERLAPPING_FRAGMENT: Final = IpDrop.OVERLAPPING_FRAGMENT
+    TOO_MANY_FRAGMENTS: Final = IpDrop.TOO_MANY_FRAGMENTS
+    REASSEMBLY_MEMORY: Final = IpDrop.REASSEMBLY_MEMORY
+    REASSEMBLY_EVICTED: Final = IpDrop.REASSEMBLY_EVICTED
+    REASSEMBLY_TIMEOUT: Final = IpDrop.REASSEMBLY_TIMEOUT
+    # output
+    NO_ROUTE: Final = "no_route"
+    NO_SOURCE: Final = "no_source"  # no usable (non-tentative) address of the right scope
+    TOO_BIG: Final = "too_big"
+    LOOPBACK_FULL: Final = "loopback_full"
+    #: ``ip6_input``'s own refusals, before reassembly or demultiplexing
+    HEADER: Final = frozenset(
+        {
+            TOO_SHORT, BAD_VERSION, BAD_LENGTH, BAD_FORMAT, BAD_OPTION, TOO_MANY_HEADERS, BAD_ROUTING_HEADER,
+            NOT_FOR_US, BAD_SOURCE, TENTATIVE,
+        }
+    )  # fmt: skip
+    #: about sending, not about a received datagram
+    OUTPUT: Final = frozenset({NO_ROUTE, NO_SOURCE, TOO_BIG, LOOPBACK_FULL})
+
+
+class Icmp6Drop:
+    """``icmp6_input``'s reasons (echo, errors for the transports); ND's are :class:`Nd6Drop`."""
+
+    TOO_SHORT: Final = W.TOO_SHORT
+    BAD_CHECKSUM: Final = W.BAD_CHECKSUM
+    UNKNOWN_TYPE: Final = "unknown_type"
+    MULTICAST_ECHO: Final = "multicast_echo"
+    NO_ROUTE_BACK: Final = "no_route_back"
+    NO_ECHO_ENDPOINT: Final = "no_echo_endpoint"
+    ECHO_QUEUE_FULL: Final = "echo_queue_full"
+    BAD_QUOTE: Final = "bad_quote"  # an error whose quoted header is not one of ours
+    ERROR_NO_SOCKET: Final = "error_no_socket"
+    #: the message could not be parsed
+    PARSE: Final = frozenset({TOO_SHORT, BAD_CHECKSUM})
+    #: an error message not delivered to a transport
+    ERROR_INPUT: Final = frozenset({BAD_QUOTE, ERROR_NO_SOCKET})
+
+
+class Nd6Drop:
+    """``nd6_input``'s reasons (RFC 4861 7.1.x validity checks, DAD) and ``nd6_resolve``'s."""
+
+    BAD_OPTION: Final = W.BAD_OPTION
+    BAD_HOP_LIMIT: Final = "bad_hop_limit"  # not 255: the message crossed a router (RFC 4861 7.1)
+    BAD_MESSAGE: Final = "bad_message"  # code not 0, too short, or a field RFC 4861 7.1 forbids
+    BAD_TARGET: Final = "bad_target"  # multicast target, or not ours (NS)
+    NOT_FROM_ROUTER: Final = "not_from_router"  # an RA whose source is not link-local
+    IGNORED: Final = "ignored"  # router solicitations and redirects (a host's single default route)
+    OWN_FRAME: Final = "own_frame"  # our own ND message looped back (a switch, a tee): never a conflict
+    DAD_FAILED: Final = "dad_failed"  # another node claims an address we were testing (RFC 4862 5.4)
+    ADDRESS_CONFLICT: Final = "address_conflict"  # an NA for an address we already use
+    TOO_MANY_PREFIXES: Final = "too_many_prefixes"
+    # the neighbour cache, on the way out
+    CACHE_EVICTED: Final = "cache_evicted"
+    HOLD_QUEUE_FULL: Final = "hold_queue_full"
+    UNRESOLVED: Final = "unresolved"  # held for a neighbour that never answered
+    #: about sending, not about a received message
+    OUTPUT: Final = frozenset({CACHE_EVICTED, HOLD_QUEUE_FULL, UNRESOLVED})

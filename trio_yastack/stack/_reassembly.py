@@ -16,6 +16,7 @@ from ._drops import IpDrop
 
 if TYPE_CHECKING:
     from ._stats import IpStats
+    from ._stats6 import Ip6Stats
     from ._timers import Timer, TimerQueue
 
 __all__ = ["Reassembler"]
@@ -36,19 +37,24 @@ class _Datagram:
 
 
 class Reassembler:
-    """Holds fragments until a datagram is whole.  ``on_timeout(now, key, first_header)`` is
+    """Holds fragments until a datagram is whole (IPv4's, and IPv6's with ``Ip6Stats``: the
+    reasons are the same strings in both registries).  ``on_timeout(now, key, first_header)`` is
     called for datagrams that time out (for ICMP time exceeded, code 1)."""
 
-    __slots__ = ("_bytes_held", "_datagrams", "_on_timeout", "_timers", "config", "stats")
+    __slots__ = ("_bytes_held", "_datagrams", "_on_timeout", "_timers", "config", "header_len", "stats")
 
     def __init__(
         self,
         config: IpConfig,
-        stats: IpStats,
+        stats: IpStats | Ip6Stats,
         timers: TimerQueue,
         on_timeout: Callable[[float, ReassemblyKey, bytes], None],
+        header_len: int = 20,
     ) -> None:
         self.config = config
+        #: what the length field counts beyond the reassembled payload: IPv4's total length counts
+        #: its 20-byte header; IPv6's payload length counts no fixed header (0)
+        self.header_len = header_len
         self.stats = stats
         self._timers = timers
         self._on_timeout = on_timeout
@@ -73,7 +79,7 @@ class Reassembler:
         if length == 0 or (more and length % 8):
             stats.drop(IpDrop.BAD_FRAGMENT)  # every fragment but the last carries a multiple of 8
             return None
-        if end + 20 > MAX_DATAGRAM:
+        if end + self.header_len > MAX_DATAGRAM:
             stats.drop(IpDrop.FRAGMENT_TOO_LARGE)  # would reassemble beyond 65535 bytes
             return None
         datagram = self._datagrams.get(key)

@@ -12,16 +12,21 @@ from ._drops import UdpDrop
 from ._ip import FRAME_HEADROOM
 from .wire import WireError
 from .wire._checksum import pseudo_header_sum, sum16
+from .wire.ethernet import ETHER_HEADER_LEN
 from .wire.icmp import ICMP_DEST_UNREACH, ICMP_UNREACH_PORT
+from .wire.icmpv6 import ICMP6_DST_UNREACH, ICMP6_DST_UNREACH_NOPORT
 from .wire.ipv4 import IPPROTO_UDP
-from .wire.udp import UDP_HEADER, UDP_HEADER_LEN, parse_udp_header
+from .wire.ipv6 import IPV6_HEADER_LEN, pseudo_header_sum6
+from .wire.udp import UDP_HEADER, UDP_HEADER_LEN, parse_udp6_header, parse_udp_header
 
 if TYPE_CHECKING:
     from ._core import StackCore
 
-__all__ = ["MAX_UDP_PAYLOAD", "UdpLayer", "UdpPcb"]
+__all__ = ["MAX_UDP6_PAYLOAD", "MAX_UDP_PAYLOAD", "UdpLayer", "UdpPcb"]
 
 MAX_UDP_PAYLOAD = 65535 - 20 - UDP_HEADER_LEN
+MAX_UDP6_PAYLOAD = 65535 - UDP_HEADER_LEN  # the payload length field counts no IPv6 header
+FRAME_HEADROOM6 = ETHER_HEADER_LEN + IPV6_HEADER_LEN
 _LIMITED_BROADCAST = 0xFFFFFFFF
 
 
@@ -34,10 +39,13 @@ class UdpPcb:
 
     __slots__ = (
         "broadcast", "closed", "local_ip", "local_port", "queue", "queued_bytes", "remote_ip", "remote_port",
-        "so_error", "waiter",
+        "so_error", "v6", "waiter",
     )  # fmt: skip
 
-    def __init__(self) -> None:
+    def __init__(self, *, v6: bool = False) -> None:
+        #: an IPv6 socket: its addresses are 128-bit integers, it lives in ``UdpLayer.pcbs6`` and
+        #: receives IPv6 datagrams only (as with IPV6_V6ONLY set)
+        self.v6 = v6
         self.local_ip = 0
         self.local_port = 0
         self.remote_ip = 0
@@ -63,13 +71,16 @@ class UdpPcb:
 
 
 class UdpLayer:
-    __slots__ = ("config", "core", "pcbs", "port_filter", "stats")
+    __slots__ = ("config", "core", "pcbs", "pcbs6", "port_filter", "stats")
 
     def __init__(self, core: StackCore) -> None:
         self.core = core
         self.config = core.config.udp
         self.stats = core.stats_udp
         self.pcbs: dict[int, UdpPcb] = {}
+        #: IPv6 sockets by port: a table of their own, so IPv4's lookups stay as they were and a
+        #: port may be bound once per family (IPV6_V6ONLY's behaviour)
+        self.pcbs6: dict[int, UdpPcb] = {}
         #: as TCP's: which ephemeral ports this core may use towards (remote_ip, remote_port), so
         #: that with several cores the replies of a socket bound implicitly come home
         self.port_filter: Callable[[int, int, int], bool] | None = None
@@ -82,25 +93,36 @@ class UdpLayer:
             raise OSError(errno.EBADF, "Bad file descriptor")
         if pcb.local_port:
             raise OSError(errno.EINVAL, "Invalid argument: already bound")
-        if ip not in (0, self.core.ip):
+        if pcb.v6:
+            ip6 = self.core.ip6
+            if ip6 is None or (ip and ip not in ip6.addresses):
+                raise OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address")
+            table = self.pcbs6
+        elif ip not in (0, self.core.ip):
             raise OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address")
+        else:
+            table = self.pcbs
         if not 0 <= port <= 0xFFFF:
             raise OverflowError("port must be 0-65535")
         if port == 0:
-            port = self._ephemeral_port(*toward)
-        elif port in self.pcbs:
+            port = self._ephemeral_port(*toward, table=table)
+        elif port in table:
             raise OSError(errno.EADDRINUSE, "Address already in use")
         pcb.local_ip, pcb.local_port = ip, port
-        self.pcbs[port] = pcb
+        table[port] = pcb
 
-    def _ephemeral_port(self, remote_ip: int = 0, remote_port: int = 0) -> int:
+    def _ephemeral_port(
+        self, remote_ip: int = 0, remote_port: int = 0, *, table: dict[int, UdpPcb] | None = None
+    ) -> int:
+        pcbs = self.pcbs if table is None else table
         first, last = self.config.ephemeral_first, self.config.ephemeral_last
         span = last - first + 1
         start = self.core.rng.randrange(span)
-        port_filter = self.port_filter if remote_port else None
+        # (the RSS filter hashes IPv4 4-tuples: IPv6 ports are chosen without it for now)
+        port_filter = self.port_filter if remote_port and pcbs is self.pcbs else None
         for step in range(span):  # random start, then sequential (FreeBSD's algorithm 2)
             port = first + (start + step) % span
-            if port not in self.pcbs and (port_filter is None or port_filter(port, remote_ip, remote_port)):
+            if port not in pcbs and (port_filter is None or port_filter(port, remote_ip, remote_port)):
                 return port
         raise OSError(errno.EADDRINUSE, "no free ephemeral port")
 
@@ -110,15 +132,23 @@ class UdpLayer:
         if ip == 0 or port == 0:  # AF_UNSPEC-like: dissolve the association
             pcb.remote_ip = pcb.remote_port = 0
             return
-        self.core.ip_layer.route(ip)
+        if pcb.v6:
+            ip6 = self.core.ip6
+            if ip6 is None:
+                raise OSError(errno.ENETUNREACH, "Network is unreachable")
+            ip6.route(ip, 0.0)
+            source = pcb.local_ip or ip6.select_source(ip)
+        else:
+            self.core.ip_layer.route(ip)
+            source = pcb.local_ip or self.core.ip
         pcb.remote_ip, pcb.remote_port = ip, port
-        if not pcb.local_ip:
-            pcb.local_ip = self.core.ip  # a connected socket has a source address, as in the kernel
+        pcb.local_ip = source  # a connected socket has a source address, as in the kernel
 
     def close(self, pcb: UdpPcb) -> None:
         pcb.closed = True
-        if self.pcbs.get(pcb.local_port) is pcb:
-            del self.pcbs[pcb.local_port]
+        table = self.pcbs6 if pcb.v6 else self.pcbs
+        if table.get(pcb.local_port) is pcb:
+            del table[pcb.local_port]
         pcb.queue.clear()
         pcb.queued_bytes = 0
 
@@ -203,5 +233,82 @@ class UdpLayer:
         UDP_HEADER.pack_into(packet, FRAME_HEADROOM, sport, dport, udp_len, checksum or 0xFFFF)
         packet[FRAME_HEADROOM + UDP_HEADER_LEN :] = data
         self.core.ip_layer.ip_output(packet, IPPROTO_UDP, dst, now)
+        self.stats.sent += 1
+        return length
+
+    # -- IPv6 (RFC 8200 8.1: the checksum is mandatory, over the IPv6 pseudo-header) ---------
+    def udp6_input(
+        self, buf: bytes, start: int, end: int, src: int, dst: int, ip_offset: int, now: float
+    ) -> None:
+        """A UDP datagram arrived over IPv6 in ``buf[start:end]`` (FreeBSD ``udp6_input``)."""
+        stats = self.stats
+        stats.received += 1
+        try:
+            sport, dport, payload_end = parse_udp6_header(
+                buf, start, end, src, dst, self.core.verify_checksums
+            )
+        except WireError as exc:
+            stats.drop(exc.reason)
+            return
+        pcb = self.pcbs6.get(dport)
+        if (
+            pcb is None
+            or (pcb.local_ip and pcb.local_ip != dst)
+            or (pcb.remote_port and (pcb.remote_ip != src or pcb.remote_port != sport))
+        ):
+            stats.drop(UdpDrop.NO_SOCKET)
+            ip6 = self.core.ip6
+            if ip6 is not None and ip_offset >= 0 and dst in ip6.addresses:
+                ip6.icmp6.icmp6_error(ICMP6_DST_UNREACH, ICMP6_DST_UNREACH_NOPORT, 0, buf, ip_offset, now)
+            return
+        payload = buf[start + UDP_HEADER_LEN : payload_end]
+        config = self.config
+        if (
+            len(pcb.queue) >= config.receive_queue_datagrams
+            or pcb.queued_bytes + len(payload) > config.receive_queue_bytes
+        ):
+            stats.drop(UdpDrop.SOCKET_BUFFER_FULL)
+            return
+        pcb.queue.append((payload, (src, sport)))
+        pcb.queued_bytes += len(payload)
+        stats.delivered += 1
+        self.core.mark_ready(pcb)
+
+    def udp6_ctlinput(self, local_port: int, remote_ip: int, remote_port: int, error: int) -> bool:
+        """An ICMPv6 error about a datagram we sent; only a connected socket hears of it."""
+        pcb = self.pcbs6.get(local_port)
+        if pcb is None or not error or pcb.remote_ip != remote_ip or pcb.remote_port != remote_port:
+            return False
+        pcb.so_error = error
+        self.core.mark_ready(pcb)
+        return True
+
+    def udp6_output(self, pcb: UdpPcb, data: bytes, dst: int, dport: int, now: float) -> int:
+        """Send ``data`` over IPv6 to ``dst:dport`` (the connected peer when ``dport`` is 0)."""
+        if pcb.closed:
+            raise OSError(errno.EBADF, "Bad file descriptor")
+        ip6 = self.core.ip6
+        if ip6 is None or not pcb.v6:
+            raise OSError(errno.EAFNOSUPPORT, "Address family not supported by protocol")
+        if dport == 0:
+            if not pcb.remote_port:
+                raise OSError(errno.EDESTADDRREQ, "Destination address required")
+            dst, dport = pcb.remote_ip, pcb.remote_port
+        elif pcb.remote_port:
+            raise OSError(errno.EISCONN, "Transport endpoint is already connected")
+        length = len(data)
+        if length > MAX_UDP6_PAYLOAD:
+            raise OSError(errno.EMSGSIZE, "Message too long")
+        if not pcb.local_port:
+            self.bind(pcb, toward=(dst, dport))
+        src = pcb.local_ip or ip6.select_source(dst)
+        sport = pcb.local_port
+        udp_len = UDP_HEADER_LEN + length
+        initial = pseudo_header_sum6(src, dst, IPPROTO_UDP, udp_len) + sport + dport + udp_len
+        checksum = ~sum16(data, 0, length, initial) & 0xFFFF
+        packet = bytearray(FRAME_HEADROOM6 + udp_len)
+        UDP_HEADER.pack_into(packet, FRAME_HEADROOM6, sport, dport, udp_len, checksum or 0xFFFF)
+        packet[FRAME_HEADROOM6 + UDP_HEADER_LEN :] = data
+        ip6.ip6_output(packet, IPPROTO_UDP, dst, now, src=src)
         self.stats.sent += 1
         return length

@@ -27,6 +27,10 @@ class WireReason:
     BAD_CHECKSUM: Final = "bad_checksum"
     BAD_OPTION: Final = "bad_option"
     BAD_PORT: Final = "bad_port"
+    #: IPv6 (RFC 8200): a chain of extension headers longer than the stack walks
+    TOO_MANY_HEADERS: Final = "too_many_headers"
+    #: IPv6: a routing header with segments left (this host does not route; type 0 is RFC 5095's)
+    BAD_ROUTING_HEADER: Final = "bad_routing_header"
 
 
 #: the registry: every reason :class:`WireReason` names

@@ -16,8 +16,9 @@ from ipaddress import IPv4Address
 
 from ._checksum import pseudo_header_sum, sum16, sum16_bytes
 from ._errors import BadChecksum, Malformed, Truncated, WireReason
+from .ipv6 import pseudo_header_sum6
 
-__all__ = ["UDP_HEADER", "UDP_HEADER_LEN", "UdpRepr", "parse_udp_header"]
+__all__ = ["UDP_HEADER", "UDP_HEADER_LEN", "UdpRepr", "parse_udp6_header", "parse_udp_header"]
 
 UDP_HEADER_LEN = 8
 UDP_HEADER = struct.Struct("!HHHH")
@@ -45,6 +46,27 @@ def parse_udp_header(
         else:
             total = sum16(buf, offset, length, initial)
         if total != 0xFFFF:
+            raise BadChecksum(WireReason.BAD_CHECKSUM, "UDP checksum")
+    if dport == 0:
+        raise Malformed(WireReason.BAD_PORT, "destination port 0")
+    return sport, dport, offset + length
+
+
+def parse_udp6_header(
+    buf: bytes, offset: int, end: int, src: int, dst: int, verify_checksum: bool = True
+) -> tuple[int, int, int]:
+    """As :func:`parse_udp_header`, over IPv6: ``src``/``dst`` are 128-bit integers, and a zero
+    checksum is refused (RFC 8200 8.1: the checksum is mandatory over IPv6)."""
+    if end - offset < UDP_HEADER_LEN:
+        raise Truncated(WireReason.TOO_SHORT, f"{end - offset} bytes is less than a UDP header")
+    sport, dport, length, checksum = UDP_HEADER.unpack_from(buf, offset)
+    if length < UDP_HEADER_LEN or length > end - offset:
+        raise Malformed(WireReason.BAD_LENGTH, f"UDP length {length} with {end - offset} bytes from IPv6")
+    if checksum == 0:
+        raise BadChecksum(WireReason.BAD_CHECKSUM, "UDP over IPv6 without a checksum")
+    if verify_checksum:
+        initial = pseudo_header_sum6(src, dst, _IPPROTO_UDP, length)
+        if sum16(buf, offset, length, initial) != 0xFFFF:
             raise BadChecksum(WireReason.BAD_CHECKSUM, "UDP checksum")
     if dport == 0:
         raise Malformed(WireReason.BAD_PORT, "destination port 0")

@@ -1,0 +1,107 @@
+"""UDP datagrams per second from ``ether_input`` to a socket's queue over IPv6, beside IPv4's, on
+one core: the issue's "IPv6 within 10 % of IPv4" row for UDP input.
+
+The same shape as ``bench_udp_input.py`` (pre-built frames, 64-byte payloads, valid checksums,
+bursts of 32, the queue drained after each burst); the IPv4 frames are that benchmark's own, the
+IPv6 ones the same datagrams over 2001:2::1 -> 2001:2::2 to a core with both addresses.  Rounds
+alternate IPv4, IPv6; the medians and their ratio are printed (and written as JSON unless --quick).
+
+    python benchmarks/bench_udp_input6.py [--datagrams N] [--rounds R] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import statistics
+import time
+from datetime import UTC, datetime
+from ipaddress import IPv4Address, IPv6Address, IPv6Interface
+from pathlib import Path
+
+from bench_udp_input import BURST, PAYLOAD, make_frames
+
+from trio_yastack.stack import InterfaceConfig, Ip6Config, StackConfig, StackCore, UdpPcb, _native
+from trio_yastack.stack.wire import EthernetRepr, MacAddress
+from trio_yastack.stack.wire.ipv6 import Ipv6Repr
+from trio_yastack.stack.wire.udp import UDP_HEADER
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def make_frames6(count: int) -> tuple[StackCore, UdpPcb, list[bytes]]:
+    ours, theirs = IPv6Address("2001:2::2"), IPv6Address("2001:2::1")
+    mac, peer_mac = MacAddress("02:00:00:00:00:02"), MacAddress("02:00:00:00:00:01")
+    interface = InterfaceConfig(mac, IPv4Address("198.18.0.2"), addresses6=(IPv6Interface(f"{ours}/64"),))
+    core = StackCore(StackConfig(interface, ip6=Ip6Config(dad_transmits=0)), rng=random.Random(1))
+    pcb = UdpPcb(v6=True)
+    core.udp.bind(pcb, 0, 9000)
+    frames = []
+    for index in range(count):
+        udp = bytearray(8 + len(PAYLOAD))
+        UDP_HEADER.pack_into(udp, 0, 40000 + index % 1000, 9000, len(udp), 0)
+        udp[8:] = PAYLOAD
+        checksum = _v6_udp_checksum(udp, int(theirs), int(ours))
+        udp[6:8] = checksum.to_bytes(2, "big")
+        ip = Ipv6Repr(theirs, ours, 17, len(udp)).to_bytes(bytes(udp))
+        frames.append(EthernetRepr(mac, peer_mac, 0x86DD).to_bytes(ip))
+    return core, pcb, frames
+
+
+def _v6_udp_checksum(udp: bytearray, src: int, dst: int) -> int:
+    from trio_yastack.stack.wire._checksum import sum16
+    from trio_yastack.stack.wire.ipv6 import pseudo_header_sum6
+
+    return (~sum16(udp, 0, len(udp), pseudo_header_sum6(src, dst, 17, len(udp))) & 0xFFFF) or 0xFFFF
+
+
+def run(core: StackCore, pcb: UdpPcb, frames: list[bytes]) -> float:
+    count = len(frames)
+    ether_input = core.ether_input
+    queue = pcb.queue
+    start = time.perf_counter()
+    for base in range(0, count, BURST):
+        for frame in frames[base : base + BURST]:
+            ether_input(frame, 0.0)
+        queue.clear()
+        pcb.queued_bytes = 0
+        core.ready.clear()
+    elapsed = time.perf_counter() - start
+    if core.stats_udp.delivered != count:
+        raise AssertionError(f"only {core.stats_udp.delivered} of {count} datagrams delivered")
+    return count / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--datagrams", type=int, default=200_000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="a few thousand datagrams, 2 rounds (CI smoke)")
+    args = parser.parse_args()
+    count, rounds = (5_000, 2) if args.quick else (args.datagrams, args.rounds)
+    v4, v6 = [], []
+    for _ in range(rounds):
+        v4.append(run(*make_frames(count)))
+        v6.append(run(*make_frames6(count)))
+    result = {
+        "benchmark": "udp_input6",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.node()} {platform.machine()} {platform.python_version()}",
+        "native_checksum": _native.NATIVE,
+        "datagrams_per_round": count,
+        "ipv4_datagrams_per_s": {"median": statistics.median(v4), "min": min(v4), "max": max(v4)},
+        "ipv6_datagrams_per_s": {"median": statistics.median(v6), "min": min(v6), "max": max(v6)},
+        "ratio_ipv6_to_ipv4": statistics.median(v6) / statistics.median(v4),
+    }
+    print(json.dumps(result, indent=2))
+    if not args.quick:
+        RESULTS.mkdir(exist_ok=True)
+        (RESULTS / "udp_input6.json").write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
