@@ -15,12 +15,15 @@ This layer needs from a stack only what :class:`SocketStack` names (its core, ad
 from ._endpoints import EchoReply as EchoReply
 from ._endpoints import PingSocket as PingSocket
 from ._endpoints import UdpEndpoint as UdpEndpoint
-from ._socket import StackHostnameResolver as StackHostnameResolver
+from ._resolver import ResolverConfig as ResolverConfig
+from ._resolver import ResolverStatistics as ResolverStatistics
+from ._resolver import StackHostnameResolver as StackHostnameResolver
 from ._socket import StackSocket as StackSocket
 from ._socket import StackSocketFactory as StackSocketFactory
 from ._socket import current_stack as current_stack
 from ._socket import install_stack as install_stack
 from ._socket import listening_socket as listening_socket
+from ._socket import map_loopback_to as map_loopback_to
 from ._socket import use_stack as use_stack
 from ._stack import SocketStack as SocketStack
 from ._waiter import Waiter as Waiter
