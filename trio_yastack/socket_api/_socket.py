@@ -274,6 +274,7 @@ class StackSocket(trio.socket.SocketType):
         self._error_reported = False  # the connection's error was raised once (SO_ERROR reads it once)
         self._receiver: object = None  # the task parked to receive (or accept), if any
         self._sender: object = None  # the task parked to send, if any
+        self._inheritable = False
         self._corked = bytearray()  # UDP: payload sent with MSG_MORE, not yet a datagram
         self._kernel: trio.socket.SocketType | None = None  # set by _to_kernel (see _KernelSocket)
         if conn is not None:
@@ -364,15 +365,36 @@ class StackSocket(trio.socket.SocketType):
         normed = found[0][-1]
         return str(normed[0]), int(normed[1])
 
-    def _map_loopback(self, ip: int, *, local: bool) -> int | None:
-        """The address a loopback ``ip`` stands for when :func:`map_loopback_to` is in force
-        (a local one also moves this still unused socket to that stack); ``None``: the kernel's."""
+    def _map_loopback(self, ip: int, *, local: bool, port: int = 0) -> int | None:
+        """The address a loopback ``ip`` stands for when :func:`map_loopback_to` is in force;
+        ``None``: the kernel's.  A local one also moves this still unused socket to that stack.
+        A destination is the stack of this run that has something on ``port`` (a listener for
+        TCP, a bound socket for UDP), the mapped stack first: as on loopback, where every
+        address of the host reaches every listener."""
         mapped = _loopback.get().stack
         if mapped is None:
             return None
-        if local and mapped is not self._stack:
-            self._move_to(mapped)
-        return mapped.core.ip
+        if local:
+            if mapped is not self._stack and self._unused():
+                self._move_to(mapped)
+            return mapped.core.ip
+        installed = _run_stacks.get()
+        for stack in [mapped, *(installed.stacks if installed is not None else ())]:
+            core = stack.core
+            if port in (core.tcp.listeners if self._type == SOCK_STREAM else core.udp.pcbs):
+                return int(core.ip)
+        return int(mapped.core.ip)
+
+    def _home(self, ip: int) -> None:
+        """Bind to another stack's address moves a still unused socket to that stack (the
+        factory made it on the task's default stack, before the address was known)."""
+        if ip in (0, self._stack.core.ip) or not self._unused():
+            return
+        installed = _run_stacks.get()
+        for stack in installed.stacks if installed is not None else ():
+            if stack.core.ip == ip:
+                self._move_to(stack)
+                return
 
     def _move_to(self, stack: SocketStack) -> None:
         """Re-home a socket nothing has been done with yet (bind decides where it lives)."""
@@ -440,6 +462,8 @@ class StackSocket(trio.socket.SocketType):
             elif self._kernel_for(ip, local=True):
                 await self._to_kernel().bind(address)
                 return
+        else:
+            self._home(ip)
         await trio.lowlevel.checkpoint()
         self._bind_now(address)
 
@@ -523,7 +547,7 @@ class StackSocket(trio.socket.SocketType):
             address = await self._resolve(address, local=False)
             ip, port = _ipv4(address)
             if _is_loopback(ip):
-                mapped = self._map_loopback(ip, local=False)
+                mapped = self._map_loopback(ip, local=False, port=port)
                 if mapped is not None:
                     ip = mapped
             if self._kernel_for(ip, local=False):
@@ -673,7 +697,7 @@ class StackSocket(trio.socket.SocketType):
         address = await self._resolve(args[-1], local=False)
         ip, port = _ipv4(address)
         if _is_loopback(ip):
-            mapped = self._map_loopback(ip, local=False)
+            mapped = self._map_loopback(ip, local=False, port=port)
             if mapped is not None:
                 ip = mapped
         if self._pcb is not None and self._kernel_for(ip, local=False):
@@ -995,17 +1019,23 @@ class StackSocket(trio.socket.SocketType):
         return bool(onoff) and seconds == 0
 
     def detach(self) -> int:
-        raise _oserror(errno.EOPNOTSUPP, "a user-space socket has no kernel descriptor")
+        """As the kernel's: the socket is closed to us and its number returned.  A user-space
+        socket's number is no kernel descriptor, so nothing else can take it over: detaching
+        closes it (a connection gets its FIN, as at ``close``)."""
+        fd = self._fd
+        self.close()
+        return fd
 
     def dup(self) -> StackSocket:
         raise _oserror(errno.EOPNOTSUPP, "a user-space socket cannot be duplicated")
 
     def get_inheritable(self) -> bool:
-        return False
+        return self._inheritable
 
     def set_inheritable(self, inheritable: bool) -> None:
-        if inheritable:
-            raise _oserror(errno.EOPNOTSUPP)
+        """Kept and reported; no child process can inherit a user-space socket either way."""
+        self._check_open()
+        self._inheritable = bool(inheritable)
 
     def __enter__(self) -> StackSocket:
         return self
