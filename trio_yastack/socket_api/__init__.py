@@ -20,6 +20,7 @@ from ._resolver import ResolverStatistics as ResolverStatistics
 from ._resolver import StackHostnameResolver as StackHostnameResolver
 from ._socket import StackSocket as StackSocket
 from ._socket import StackSocketFactory as StackSocketFactory
+from ._socket import current_resolver as current_resolver
 from ._socket import current_stack as current_stack
 from ._socket import install_stack as install_stack
 from ._socket import listening_socket as listening_socket

@@ -35,6 +35,7 @@ __all__ = [
     "StackHostnameResolver",
     "StackSocket",
     "StackSocketFactory",
+    "current_resolver",
     "current_stack",
     "install_stack",
     "listening_socket",
@@ -103,6 +104,15 @@ def current_stack() -> SocketStack:
             "no trio_yastack stack is open in this trio run (use `async with open_stack(...)`)"
         )
     return installed.stacks[0]
+
+
+def current_resolver() -> StackHostnameResolver:
+    """The hostname resolver the stacks of this trio run installed (its ``hosts``,
+    ``nameservers``, ``config`` and ``stats``)."""
+    installed = _run_stacks.get()
+    if installed is None:
+        raise RuntimeError("no trio_yastack stack is open in this trio run (use `open_stack`)")
+    return installed.resolver
 
 
 @contextmanager
