@@ -12,6 +12,7 @@ This layer needs from a stack only what :class:`SocketStack` names (its core, ad
 ``kick``); it never imports the ``Stack`` front end above it.
 """
 
+from ._anyio import create_tcp_listener as create_tcp_listener
 from ._endpoints import EchoReply as EchoReply
 from ._endpoints import PingSocket as PingSocket
 from ._endpoints import UdpEndpoint as UdpEndpoint

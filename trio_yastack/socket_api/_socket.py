@@ -315,6 +315,15 @@ class StackSocket(trio.socket.SocketType):
         return self._fd
 
     @property
+    def _sock(self) -> StackSocket:
+        """What libraries that reach for trio's private ``_sock`` (the stdlib socket inside a
+        trio socket) get: this socket itself, which answers ``family``, ``type``,
+        ``getsockname()``, ``getpeername()``, ``fileno()`` and the options as that would.
+        anyio's trio backend reads it for every ``SocketAttribute`` (issue 21); its
+        ``raw_socket`` attribute is therefore this object, not a ``socket.socket``."""
+        return self
+
+    @property
     def connection(self) -> TcpConnection | None:
         """The stack's TCP connection behind this socket (``None`` for UDP and listening
         sockets, and before ``connect``): its state, sequence numbers, buffers and counters, as
@@ -1062,6 +1071,10 @@ class _KernelSocket(StackSocket):
     class changes, which costs the stack's sockets no test on their own paths)."""
 
     _kernel: trio.socket.SocketType
+
+    @property
+    def _sock(self) -> Any:  # the kernel's own socket.socket, for anyio (see StackSocket._sock)
+        return getattr(self._kernel, "_sock", self._kernel)
 
     @property
     def connection(self) -> TcpConnection | None:
