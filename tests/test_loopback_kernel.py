@@ -1,6 +1,6 @@
 """Loopback is the kernel's (YAStack's HOST path): a stack socket whose bind or destination is
 127.0.0.0/8 becomes a kernel socket at that call, with the kernel's addresses, options and
-errors; with ``kernel_fallback=True`` so does a destination the stack has no route to.
+errors; with ``kernel_unroutable=True`` so does a destination the stack has no route to.
 
 Was a bug (fixed): ``connect(("127.0.0.1", 9000))`` from an app behind ``yastack serve``
 raised ENETUNREACH from the stack's route, so a handler calling a local database failed (issue 21).
@@ -102,8 +102,8 @@ async def test_udp_to_loopback() -> None:
                 assert await client.recvfrom(10) == (b"a", raw.getsockname())
 
 
-async def test_unroutable_stays_unreachable_without_kernel_fallback() -> None:
-    """No route on the stack (no gateway, off-link) and no ``kernel_fallback``: ENETUNREACH as
+async def test_unroutable_stays_unreachable_without_kernel_unroutable() -> None:
+    """No route on the stack (no gateway, off-link) and no ``kernel_unroutable``: ENETUNREACH as
     before, the socket stays the stack's."""
     async with two_stacks():
         sock = trio.socket.socket()
@@ -114,8 +114,8 @@ async def test_unroutable_stays_unreachable_without_kernel_fallback() -> None:
 
 
 @requires_netns
-async def test_unroutable_goes_to_the_kernel_with_kernel_fallback(netns: NetworkNamespace) -> None:
-    """With ``kernel_fallback=True`` a destination the stack cannot route goes to the kernel,
+async def test_unroutable_goes_to_the_kernel_with_kernel_unroutable(netns: NetworkNamespace) -> None:
+    """With ``kernel_unroutable=True`` a destination the stack cannot route goes to the kernel,
     which can (here: an address on the namespace's loopback device)."""
     netns.run(["ip", "addr", "add", "198.19.7.1/32", "dev", "lo"], check=True)
     with netns.entered():
@@ -125,7 +125,7 @@ async def test_unroutable_goes_to_the_kernel_with_kernel_fallback(netns: Network
     raw.setblocking(False)
     port_a, _port_b = memory_wire()
     with raw:
-        async with open_stack(port_a, ip=f"{A_IP}/24", kernel_fallback=True):
+        async with open_stack(port_a, ip=f"{A_IP}/24", kernel_unroutable=True):
             service = trio.socket.from_stdlib_socket(raw)
             sock = trio.socket.socket()
             with sock:

@@ -171,6 +171,7 @@ async def open_stack(
     layout: CoreLayout | None = None,
     nameservers: list[str] | tuple[str, ...] = (),
     system_resolver: bool = False,
+    kernel_unroutable: bool = False,
     **config_overrides: Any,
 ) -> AsyncIterator[Stack]:
     """Run the stack on ``nic`` for the duration of the ``async with`` block.
@@ -186,7 +187,9 @@ async def open_stack(
     and becomes every task's default stack; ``use_stack`` picks another.  Both are removed when
     the last stack of the run closes.  ``nameservers`` (``"IP"`` or ``"IP:PORT"``) are asked
     over the stack's own UDP for names the hosts table lacks; ``system_resolver`` lets the
-    system's resolver answer last (see ``socket_api/_resolver.py``).
+    system's resolver answer last (see ``socket_api/_resolver.py``).  Loopback destinations and
+    binds always go to kernel sockets; ``kernel_unroutable`` sends destinations the stack has no
+    route to there too.
 
     ``layout`` (from the per-core launcher) makes this stack one core of several: which port
     queues it uses, its rings to the other cores, and the flows it owns.
@@ -199,7 +202,7 @@ async def open_stack(
     try:
         async with _open_stack_on(
             port, ip, prefix_len, gateway, mac, mtu, burst, seed, config, hosts, kernel_fallback,
-            offloads, layout, config_overrides, (tuple(nameservers), system_resolver),
+            offloads, layout, config_overrides, (tuple(nameservers), system_resolver, kernel_unroutable),
         ) as stack:  # fmt: skip
             yield stack
     finally:
@@ -223,7 +226,7 @@ async def _open_stack_on(
     offloads: bool,
     layout: CoreLayout | None,
     config_overrides: dict[str, Any],
-    resolver: tuple[tuple[str, ...], bool] = ((), False),
+    sockets: tuple[tuple[str, ...], bool, bool] = ((), False, False),
 ) -> AsyncIterator[Stack]:
     caps = port.capabilities
     interface_ip = IPv4Interface(ip if prefix_len is None else f"{IPv4Interface(ip).ip}/{prefix_len}")
@@ -262,8 +265,9 @@ async def _open_stack_on(
                 stack,
                 hosts=hosts,
                 kernel_fallback=kernel_fallback,
-                nameservers=resolver[0],
-                system_resolver=resolver[1],
+                nameservers=sockets[0],
+                system_resolver=sockets[1],
+                kernel_unroutable=sockets[2],
             ):
                 try:
                     yield stack

@@ -133,6 +133,7 @@ def install_stack(
     kernel_fallback: bool = False,
     nameservers: list[str] | tuple[str, ...] = (),
     system_resolver: bool = False,
+    kernel_unroutable: bool = False,
 ) -> Iterator[None]:
     """Serve ``stack``'s sockets through trio's own interface for the ``with`` block.
 
@@ -140,12 +141,14 @@ def install_stack(
     :class:`StackHostnameResolver` (with ``hosts``, ``nameservers`` for DNS over the stack and,
     with ``system_resolver``, the system's resolver last) and becomes every task's default stack;
     a later one adds its ``hosts`` and ``nameservers`` to the same resolver, and may not ask for a
-    different ``kernel_fallback``.  When the last one leaves, trio's previous factory and resolver are
-    put back.  (``open_stack`` does this; call it yourself only for a stack of your own making.)
+    different ``kernel_fallback``.  ``kernel_unroutable`` hands a destination no stack route
+    reaches to a kernel socket (loopback always goes to the kernel).  When the last one leaves,
+    trio's previous factory and resolver are put back.  (``open_stack`` does this; call it
+    yourself only for a stack of your own making.)
     """
     installed = _run_stacks.get()
     if installed is None:
-        factory = StackSocketFactory(kernel_fallback)
+        factory = StackSocketFactory(kernel_fallback, kernel_unroutable=kernel_unroutable)
         resolver = StackHostnameResolver(hosts, nameservers=nameservers, system_resolver=system_resolver)
         replaced = (
             trio.socket.set_custom_socket_factory(factory),
@@ -161,6 +164,7 @@ def install_stack(
             )
         installed.resolver.add_hosts(hosts or {})
         installed.resolver.add_nameservers(nameservers)
+        installed.factory.kernel_unroutable |= kernel_unroutable
         installed.resolver.system_resolver |= system_resolver
     installed.stacks.append(stack)
     try:
@@ -440,7 +444,7 @@ class StackSocket(trio.socket.SocketType):
 
     def _to_kernel(self) -> trio.socket.SocketType:
         """Make this socket a kernel socket from now on (loopback, or a destination the stack
-        has no route to under ``kernel_fallback``): the options set so far are set on it, and
+        has no route to under ``kernel_unroutable``): the options set so far are set on it, and
         every call from here goes to it (the class becomes :class:`_KernelSocket`), so
         ``getsockname``, options and errors are the kernel's own."""
         kernel = trio.socket.from_stdlib_socket(_stdlib_socket.socket(AF_INET, self._type, self._proto))
@@ -461,7 +465,7 @@ class StackSocket(trio.socket.SocketType):
     def _kernel_for(self, ip: int, *, local: bool) -> bool:
         """Whether an address decides this still unused socket for the kernel: loopback
         (unless mapped to a stack), or, for a destination, no route on the stack while the
-        run's factory has ``kernel_fallback``."""
+        run's factory has ``kernel_unroutable``."""
         if not self._unused():
             return False
         if _is_loopback(ip):
@@ -469,7 +473,7 @@ class StackSocket(trio.socket.SocketType):
         if local or ip == 0:
             return False
         installed = _run_stacks.get()
-        return installed is not None and installed.factory.kernel_fallback and not self._routes(ip)
+        return installed is not None and installed.factory.kernel_unroutable and not self._routes(ip)
 
     async def bind(self, address: Any) -> None:
         address = await self._resolve(address, local=True)
@@ -1064,7 +1068,7 @@ class StackSocket(trio.socket.SocketType):
 
 
 class _KernelSocket(StackSocket):
-    """A :class:`StackSocket` that a loopback address (or, with ``kernel_fallback``, a
+    """A :class:`StackSocket` that a loopback address (or, with ``kernel_unroutable``, a
     destination the stack cannot route) handed to the kernel at ``bind``/``connect``/``sendto``
     (YAStack's HOST path): every call goes to the kernel socket in ``_kernel``, so addresses,
     options and errors are the kernel's.  It is the same object the application holds (its
@@ -1168,8 +1172,10 @@ class StackSocketFactory(trio.abc.SocketFactory):
     sockets on the current stack; other families raise EAFNOSUPPORT, or with
     ``kernel_fallback`` are the kernel's own (e.g. an admin port, as YAStack's HOST provider)."""
 
-    def __init__(self, kernel_fallback: bool = False) -> None:
+    def __init__(self, kernel_fallback: bool = False, *, kernel_unroutable: bool = False) -> None:
         self.kernel_fallback = kernel_fallback
+        #: a destination no route of the stack reaches goes to a kernel socket (at connect/sendto)
+        self.kernel_unroutable = kernel_unroutable
 
     def socket(
         self, family: int = AF_INET, type: int = SOCK_STREAM, proto: int = 0
