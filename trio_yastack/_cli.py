@@ -99,7 +99,14 @@ def _serve(args: argparse.Namespace) -> int:
         # A worker of several leaves SIGINT to the launcher, which sends it SIGTERM.
         signals_wanted = (signal.SIGTERM,) if worker_mode else (signal.SIGINT, signal.SIGTERM)
         async with (
-            open_stack(nic, ip=args.ip, gateway=args.gateway, layout=layout) as stack,
+            open_stack(
+                nic,
+                ip=args.ip,
+                gateway=args.gateway,
+                layout=layout,
+                nameservers=args.dns or (),
+                system_resolver=args.system_resolver,
+            ) as stack,
             observe_core(args, stack, layout) as observer,
         ):
             if counts is not None:
@@ -423,6 +430,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--nic", default="tap:yas0", help="the NIC port spec (default tap:yas0)")
     serve.add_argument("--ip", default="198.18.0.2/24", help="the stack's address/prefix")
     serve.add_argument("--gateway", default=None, help="the default gateway's address")
+    serve.add_argument(
+        "--dns",
+        action="append",
+        metavar="IP[:PORT]",
+        help="a DNS server the app's name lookups ask over the stack, repeatable (default: the "
+        "stack's hosts table only)",
+    )
+    serve.add_argument(
+        "--system-resolver",
+        action="store_true",
+        help="let the system's resolver answer names the stack's DNS does not know (last)",
+    )
     serve.add_argument(
         "--bind", action="append", help="HOST:PORT or PORT to listen on, repeatable (default 0.0.0.0:8000)"
     )
