@@ -625,18 +625,22 @@ class StackSocket(trio.socket.SocketType):
 
     async def send(self, data: Any, flags: int = 0) -> int:
         await trio.lowlevel.checkpoint_if_cancelled()
-        try:
-            self._check_open()
-            self._check_flags(flags, _SEND_FLAGS)
-            if self._pcb is None:
-                conn = self._stream_conn()
-                if self._shut_wr:
-                    raise _oserror(errno.EPIPE)
-        except OSError:
-            await trio.lowlevel.cancel_shielded_checkpoint()  # trio checkpoints before it raises
-            raise
-        if self._pcb is not None:
-            return await self._udp_send(data, None, flags)
+        conn = self._conn
+        if conn is None or flags or self._fd < 0 or self._shut_wr:  # one test for the common case
+            try:
+                self._check_open()
+                if flags:
+                    self._check_flags(flags, _SEND_FLAGS)
+                if self._pcb is None:
+                    conn = self._stream_conn()
+                    if self._shut_wr:
+                        raise _oserror(errno.EPIPE)
+            except OSError:
+                await trio.lowlevel.cancel_shielded_checkpoint()  # trio checkpoints before it raises
+                raise
+            if self._pcb is not None:
+                return await self._udp_send(data, None, flags)
+        assert conn is not None
         with memoryview(data) as view:
             if not view.nbytes:
                 await trio.lowlevel.cancel_shielded_checkpoint()
@@ -653,18 +657,22 @@ class StackSocket(trio.socket.SocketType):
     async def recv(self, bufsize: int, flags: int = 0) -> bytes:
         bufsize = operator.index(bufsize)  # a float is a TypeError, as for a kernel socket
         await trio.lowlevel.checkpoint_if_cancelled()
-        try:
-            self._check_open()
-            self._check_flags(flags, _RECV_FLAGS)
-            if self._pcb is None:
-                if bufsize < 0:
-                    raise ValueError("negative buffersize in recv")
-                conn = self._stream_conn()
-        except OSError:
-            await trio.lowlevel.cancel_shielded_checkpoint()  # trio checkpoints before it raises
-            raise
-        if self._pcb is not None:
-            return (await self._udp_receive(bufsize, flags))[0]
+        conn = self._conn
+        if conn is None or flags or self._fd < 0 or bufsize < 0:  # one test for the common case
+            try:
+                self._check_open()
+                if flags:
+                    self._check_flags(flags, _RECV_FLAGS)
+                if self._pcb is None:
+                    if bufsize < 0:
+                        raise ValueError("negative buffersize in recv")
+                    conn = self._stream_conn()
+            except OSError:
+                await trio.lowlevel.cancel_shielded_checkpoint()  # trio checkpoints before it raises
+                raise
+            if self._pcb is not None:
+                return (await self._udp_receive(bufsize, flags))[0]
+        assert conn is not None
         peek = flags & _MSG_PEEK
         while True:
             if self._shut_rd:
@@ -728,7 +736,8 @@ class StackSocket(trio.socket.SocketType):
         await trio.lowlevel.checkpoint_if_cancelled()
         try:
             self._check_open()
-            self._check_flags(flags, _SEND_FLAGS)
+            if flags:
+                self._check_flags(flags, _SEND_FLAGS)
             if self._pcb is None:
                 if self._conn is not None:
                     raise _oserror(errno.EISCONN)
@@ -773,7 +782,8 @@ class StackSocket(trio.socket.SocketType):
             return data, self.getpeername()
         try:
             self._check_open()
-            self._check_flags(flags, _RECV_FLAGS)
+            if flags:
+                self._check_flags(flags, _RECV_FLAGS)
         except OSError:
             await trio.lowlevel.cancel_shielded_checkpoint()
             raise
@@ -806,7 +816,8 @@ class StackSocket(trio.socket.SocketType):
         await trio.lowlevel.checkpoint_if_cancelled()
         try:
             self._check_open()
-            self._check_flags(flags, _RECV_FLAGS)
+            if flags:
+                self._check_flags(flags, _RECV_FLAGS)
         except OSError:
             await trio.lowlevel.cancel_shielded_checkpoint()
             raise
