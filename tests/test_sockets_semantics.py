@@ -197,3 +197,20 @@ async def test_bind_to_another_stacks_address_moves_the_socket() -> None:
             assert sock.getsockname()[1] in b.core.tcp.listeners
         with use_stack(b):
             assert isinstance(b, Stack)
+
+
+async def test_what_wait_all_tasks_blocked_promises(autojump_clock: trio.testing.MockClock) -> None:
+    """As the README says: on a zero-latency wire, once all tasks are blocked every frame sent
+    has been handled (the data is in the peer's receive buffer); the stack's timers (here the
+    delayed ACK, which the sender's snd_una waits for) are not waited for."""
+    async with two_stacks() as (a, b):
+        client, server = await socket_pair(a, b, 90)
+        with client, server:
+            await client.send(b"z" * 100)
+            await trio.testing.wait_all_tasks_blocked()
+            assert server.is_readable()
+            conn = client.connection  # type: ignore[attr-defined]  # a StackSocket's
+            unacked = conn.snd_nxt - conn.snd_una
+            assert unacked == 100  # all tasks blocked, yet the ACK is still delayed: not settled
+            await trio.sleep(1)  # simulated: the delayed ACK's timer fires
+            assert conn.snd_nxt - conn.snd_una == 0

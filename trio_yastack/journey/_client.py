@@ -414,11 +414,15 @@ def _print_to_pipe(text: str) -> int:
     try:
         print(text, flush=True)
     except BrokenPipeError:
-        # Python flushes stdout again at exit: point it at /dev/null so that flush cannot fail too.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
+        _quiet_stdout()
     return 0
+
+
+def _quiet_stdout() -> None:
+    """Python flushes stdout again at exit: point it at /dev/null so that flush cannot fail too."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def _top(args: argparse.Namespace) -> int:
@@ -443,6 +447,8 @@ def _top(args: argparse.Namespace) -> int:
         return 1
     except KeyboardInterrupt:
         return 0
+    except BrokenPipeError:  # `yastack top | head`: the reader went away, as for stat
+        _quiet_stdout()
     return 0
 
 
