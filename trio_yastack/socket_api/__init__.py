@@ -8,6 +8,12 @@ every TCP byte an application sees goes through ``StackSocket``, mostly wrapped 
 :class:`UdpEndpoint` and :class:`PingSocket` are smaller endpoints for UDP and ICMP echo
 without trio's socket vocabulary.
 
+Loopback (and, with ``kernel_unroutable``, unroutable) addresses make a stack socket the
+kernel's at ``bind``/``connect``/``sendto``; :class:`StackHostnameResolver` resolves names from
+the hosts table, then DNS over the stack (``nameservers``), then, if allowed, the system;
+:func:`create_tcp_listener` is ``anyio.create_tcp_listener`` over the stack (anyio's own makes a
+kernel socket).
+
 This layer needs from a stack only what :class:`SocketStack` names (its core, address and
 ``kick``); it never imports the ``Stack`` front end above it.
 """

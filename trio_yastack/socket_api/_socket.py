@@ -6,6 +6,10 @@ With these installed, ``trio.socket.socket()``, ``trio.open_tcp_stream``, ``trio
 ``trio.SSLStream`` and everything built on them run over the user-space stack unchanged.  Tasks
 park on the stack's objects and the poll loop wakes them once per burst (see ``_waiter.py``);
 nothing here polls or makes a system call.
+
+A socket whose ``bind``, ``connect`` or first ``sendto`` names loopback (127.0.0.0/8), or, with
+``kernel_unroutable``, a destination the stack cannot route, becomes a kernel socket at that
+call (:class:`_KernelSocket`): the factory cannot know the address when the socket is made.
 """
 
 from __future__ import annotations
