@@ -123,6 +123,10 @@ async def _lifespan(receive: Receive, send: Send) -> None:
             return
 
 
+#: the route ``yastack serve`` suggests in its ``# try: curl`` line
+YASTACK_TRY_PATH = "/json"
+
+
 async def app(scope: Scope, receive: Receive, send: Send) -> None:
     """The ASGI application."""
     kind = scope["type"]

@@ -92,13 +92,21 @@ def _serve(args: argparse.Namespace) -> int:
     if args.kernel:
         return _serve_kernel(args, app, config)
     worker_mode = args.cores > 1
+    try_path = _try_path(app)
     counts, app = _counted(app)
 
     async def main(nic: Any, layout: Any = None) -> dict[str, Any]:
         # A worker of several leaves SIGINT to the launcher, which sends it SIGTERM.
         signals_wanted = (signal.SIGTERM,) if worker_mode else (signal.SIGINT, signal.SIGTERM)
         async with (
-            open_stack(nic, ip=args.ip, gateway=args.gateway, layout=layout) as stack,
+            open_stack(
+                nic,
+                ip=args.ip,
+                gateway=args.gateway,
+                layout=layout,
+                nameservers=args.dns or (),
+                system_resolver=args.system_resolver,
+            ) as stack,
             observe_core(args, stack, layout) as observer,
         ):
             if counts is not None:
@@ -120,7 +128,7 @@ def _serve(args: argparse.Namespace) -> int:
                     lines = [f"# serving {args.app} over the user-space stack on {nic_name}"]
                     for url in urls:
                         flag = " -k" if url.startswith("https") else ""
-                        lines.append(f"# try: curl{flag} {url}/json")
+                        lines.append(f"# try: curl{flag} {url}{try_path}")
                     if layout is None:
                         print("\n".join(lines), flush=True)
                     else:  # the launcher prints core 0's lines once every core listens
@@ -202,6 +210,36 @@ def _serve_config(args: argparse.Namespace) -> Any:
         raise SystemExit(f"yastack serve: {exc}") from None
 
 
+#: routes every FastAPI app has: suggested only when the app has no route of its own
+_FRAMEWORK_ROUTES = frozenset({"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
+
+
+def _try_path(app: Any) -> str:
+    """The path the ``# try: curl`` line suggests: one of the app's own routes, never a guess.
+
+    Its module may name one (``YASTACK_TRY_PATH = "/json"``, as ``examples/hello.py`` does);
+    else the first GET route without parameters of a Starlette or FastAPI app (``app.routes``);
+    else ``/``, which every HTTP app answers somehow.  (It used to be ``/json`` for every app:
+    the example's route, a 404 elsewhere.)"""
+    module = sys.modules.get(getattr(app, "__module__", "") or "")
+    named = getattr(module, "YASTACK_TRY_PATH", None)
+    if isinstance(named, str) and named.startswith("/"):
+        return named
+    candidates = []
+    for route in getattr(app, "routes", None) or ():
+        path, methods = getattr(route, "path", None), getattr(route, "methods", None)
+        if (
+            isinstance(path, str)
+            and path.startswith("/")
+            and "{" not in path
+            and methods
+            and "GET" in methods
+        ):
+            candidates.append(path)
+    own = [path for path in candidates if path not in _FRAMEWORK_ROUTES]
+    return (own or candidates or ["/"])[0]
+
+
 def _serve_kernel(args: argparse.Namespace, app: Any, config: Any) -> int:
     """``--kernel``: our server on kernel sockets, no stack, no NIC (the server measured alone)."""
     from trio_yastack.l7 import serve_asgi
@@ -219,9 +257,10 @@ def _serve_kernel(args: argparse.Namespace, app: Any, config: Any) -> int:
                     partial(serve_asgi, app, config, kernel=True, shutdown_trigger=shutdown_trigger)
                 )
                 print(f"# serving {args.app} on kernel sockets (no stack)")
+                try_path = _try_path(app)
                 for url in urls:
                     flag = " -k" if url.startswith("https") else ""
-                    print(f"# try: curl{flag} {url}/json", flush=True)
+                    print(f"# try: curl{flag} {url}{try_path}", flush=True)
 
     try:
         trio.run(main)
@@ -391,6 +430,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--nic", default="tap:yas0", help="the NIC port spec (default tap:yas0)")
     serve.add_argument("--ip", default="198.18.0.2/24", help="the stack's address/prefix")
     serve.add_argument("--gateway", default=None, help="the default gateway's address")
+    serve.add_argument(
+        "--dns",
+        action="append",
+        metavar="IP[:PORT]",
+        help="a DNS server the app's name lookups ask over the stack, repeatable (default: the "
+        "stack's hosts table only)",
+    )
+    serve.add_argument(
+        "--system-resolver",
+        action="store_true",
+        help="let the system's resolver answer names the stack's DNS does not know (last)",
+    )
     serve.add_argument(
         "--bind", action="append", help="HOST:PORT or PORT to listen on, repeatable (default 0.0.0.0:8000)"
     )

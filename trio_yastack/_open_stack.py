@@ -169,6 +169,9 @@ async def open_stack(
     kernel_fallback: bool = False,
     offloads: bool = True,
     layout: CoreLayout | None = None,
+    nameservers: list[str] | tuple[str, ...] = (),
+    system_resolver: bool = False,
+    kernel_unroutable: bool = False,
     **config_overrides: Any,
 ) -> AsyncIterator[Stack]:
     """Run the stack on ``nic`` for the duration of the ``async with`` block.
@@ -184,7 +187,11 @@ async def open_stack(
     for that run (``hosts`` maps names to addresses for the resolver; ``kernel_fallback`` hands
     sockets the stack does not serve, such as AF_INET6, to the kernel instead of refusing them)
     and becomes every task's default stack; ``use_stack`` picks another.  Both are removed when
-    the last stack of the run closes.
+    the last stack of the run closes.  ``nameservers`` (``"IP"`` or ``"IP:PORT"``) are asked
+    over the stack's own UDP for names the hosts table lacks; ``system_resolver`` lets the
+    system's resolver answer last (see ``socket_api/_resolver.py``).  Loopback destinations and
+    binds always go to kernel sockets; ``kernel_unroutable`` sends destinations the stack has no
+    route to there too.
 
     ``layout`` (from the per-core launcher) makes this stack one core of several: which port
     queues it uses, its rings to the other cores, and the flows it owns.
@@ -197,7 +204,7 @@ async def open_stack(
     try:
         async with _open_stack_on(
             port, ip, prefix_len, gateway, mac, mtu, burst, seed, config, hosts, kernel_fallback,
-            offloads, layout, config_overrides,
+            offloads, layout, config_overrides, (tuple(nameservers), system_resolver, kernel_unroutable),
         ) as stack:  # fmt: skip
             yield stack
     finally:
@@ -237,6 +244,7 @@ async def _open_stack_on(
     offloads: bool,
     layout: CoreLayout | None,
     config_overrides: dict[str, Any],
+    sockets: tuple[tuple[str, ...], bool, bool] = ((), False, False),
 ) -> AsyncIterator[Stack]:
     caps = port.capabilities
     ip, addresses6 = _split_addresses(ip)
@@ -273,7 +281,14 @@ async def _open_stack_on(
         async with trio.open_nursery() as nursery:
             await nursery.start(loop.run)
             stack = Stack(core, port, loop)
-            with install_stack(stack, hosts=hosts, kernel_fallback=kernel_fallback):
+            with install_stack(
+                stack,
+                hosts=hosts,
+                kernel_fallback=kernel_fallback,
+                nameservers=sockets[0],
+                system_resolver=sockets[1],
+                kernel_unroutable=sockets[2],
+            ):
                 try:
                     yield stack
                 finally:

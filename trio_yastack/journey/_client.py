@@ -15,6 +15,7 @@ import base64
 import contextlib
 import json
 import math
+import os
 import re
 import signal
 import socket as stdlib_socket
@@ -54,19 +55,26 @@ class ClientError(RuntimeError):
     """The server could not be asked (the message says why)."""
 
 
+#: a server is found only in the network namespace it runs in (its name carries the namespace's inode)
+_WHERE_HINT = (
+    "; a server in another network namespace is not looked for: run this there "
+    "(ip netns exec NS yastack ...), or give the server's --control DIR"
+)
+
+
 def find_sockets(directory: Path) -> list[Path]:
     """The core sockets in ``directory``, by core number."""
     found = []
     try:
         entries = list(directory.iterdir())
     except OSError as exc:
-        raise ClientError(f"no server at {directory}: {exc.strerror or exc}") from None
+        raise ClientError(f"no server at {directory}: {exc.strerror or exc}{_WHERE_HINT}") from None
     for entry in entries:
         match = re.fullmatch(r"core(\d+)\.sock", entry.name)
         if match:
             found.append((int(match.group(1)), entry))
     if not found:
-        raise ClientError(f"no server at {directory} (no coreN.sock there)")
+        raise ClientError(f"no server at {directory} (no coreN.sock there){_WHERE_HINT}")
     return [path for _, path in sorted(found)]
 
 
@@ -308,13 +316,32 @@ def _q(value: int | None) -> str:
 
 
 def _requests_int(snapshot: dict[str, Any]) -> int:
-    http = snapshot.get("app", {}).get("http")
-    return http.get("requests", 0) if isinstance(http, dict) else 0
+    counted = _requests_counted(snapshot)
+    return counted or 0
 
 
 def _requests(snapshot: dict[str, Any]) -> str:
-    http = snapshot.get("app", {}).get("http")
-    return str(http.get("requests", 0)) if isinstance(http, dict) else "-"
+    return _q(_requests_counted(snapshot))
+
+
+def _requests_counted(snapshot: dict[str, Any]) -> int | None:
+    """Requests this core served: ``yastack serve`` counts them under ``http``, the proxy as
+    Envoy does (``http.<stat_prefix>.downstream_rq_total``, one per HTTP connection manager);
+    ``None`` when the server counts none (a ``tcp_proxy`` only, or no application counters)."""
+    app = snapshot.get("app", {})
+    http = app.get("http")
+    if isinstance(http, dict):
+        return int(http.get("requests", 0))
+    proxy = app.get("proxy")
+    if isinstance(proxy, dict):
+        totals = [
+            value
+            for name, value in proxy.items()
+            if name.startswith("http.") and name.endswith(".downstream_rq_total") and isinstance(value, int)
+        ]
+        if totals:
+            return sum(totals)
+    return None
 
 
 def _states(snapshots: list[dict[str, Any]]) -> str:
@@ -377,11 +404,25 @@ def _stat(args: argparse.Namespace) -> int:
     except ClientError as exc:
         print(f"yastack stat: {exc}", file=sys.stderr)
         return 1
-    if args.json:
-        print(json.dumps({"cores": snapshots}, indent=1))
-    else:
-        print(format_stat(snapshots))
+    text = json.dumps({"cores": snapshots}, indent=1) if args.json else format_stat(snapshots)
+    return _print_to_pipe(text)
+
+
+def _print_to_pipe(text: str) -> int:
+    """Print ``text``; a reader that went away (``yastack stat | head``) ends the command
+    quietly, as ``cat`` does, instead of a ``BrokenPipeError`` traceback."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        _quiet_stdout()
     return 0
+
+
+def _quiet_stdout() -> None:
+    """Python flushes stdout again at exit: point it at /dev/null so that flush cannot fail too."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def _top(args: argparse.Namespace) -> int:
@@ -406,6 +447,8 @@ def _top(args: argparse.Namespace) -> int:
         return 1
     except KeyboardInterrupt:
         return 0
+    except BrokenPipeError:  # `yastack top | head`: the reader went away, as for stat
+        _quiet_stdout()
     return 0
 
 

@@ -96,10 +96,16 @@ class ControlError(RuntimeError):
 
 # -- where the sockets live ---------------------------------------------------------------------
 def server_name(nic: object) -> str:
-    """A server's name in the run directory: its TAP's name, else ``default``; in a network
-    namespace other than the machine's own, with that namespace's inode after it (a TAP's name
-    is only unique within its namespace; ``ip netns exec NS yastack stat`` finds the server of
-    NS, and plain ``yastack stat`` the one outside)."""
+    """A server's name in the run directory: its TAP's name, else ``default``, then the inode
+    of its network namespace (``/proc/self/ns/net``): a TAP's name is only unique within its
+    namespace, so ``ip netns exec NS yastack stat`` finds the server of NS and never another's.
+
+    The inode is always part of the name.  It was once left out for the machine's own
+    namespace, told by comparing with ``/proc/1/ns/net``; reading that fails with EACCES in
+    containers even as root, and the failure was taken for "no namespace", so every server of
+    ``tap:yas0`` in any namespace used the same name (issue 21).  Client and server compute the
+    same name in the same namespace; only without ``/proc`` (no namespace to tell) is the name
+    the TAP's alone."""
     name = "default"
     if isinstance(nic, str) and nic.startswith("tap:"):
         tap = nic[4:].split(",", 1)[0]
@@ -111,10 +117,9 @@ def server_name(nic: object) -> str:
 def _namespace_suffix() -> str:
     try:
         ours = os.stat("/proc/self/ns/net").st_ino
-        machine = os.stat("/proc/1/ns/net").st_ino
     except OSError:
-        return ""  # no /proc, or not allowed to look at PID 1's: the name alone
-    return "" if ours == machine else f".netns-{ours}"
+        return ""  # no /proc: no namespaces to tell apart
+    return f".netns-{ours}"
 
 
 def control_directory(name: str = "yas0", explicit: str | os.PathLike[str] | None = None) -> Path:

@@ -6,6 +6,10 @@ With these installed, ``trio.socket.socket()``, ``trio.open_tcp_stream``, ``trio
 ``trio.SSLStream`` and everything built on them run over the user-space stack unchanged.  Tasks
 park on the stack's objects and the poll loop wakes them once per burst (see ``_waiter.py``);
 nothing here polls or makes a system call.
+
+A socket whose ``bind``, ``connect`` or first ``sendto`` names loopback (127.0.0.0/8), or, with
+``kernel_unroutable``, a destination the stack cannot route, becomes a kernel socket at that
+call (:class:`_KernelSocket`): the factory cannot know the address when the socket is made.
 """
 
 from __future__ import annotations
@@ -21,12 +25,13 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from ipaddress import IPv4Address
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import trio
 
 from trio_yastack.stack import TcpConnection, TcpListener, UdpPcb
 
+from ._resolver import StackHostnameResolver
 from ._stack import SocketStack
 from ._waiter import Waiter
 
@@ -34,9 +39,11 @@ __all__ = [
     "StackHostnameResolver",
     "StackSocket",
     "StackSocketFactory",
+    "current_resolver",
     "current_stack",
     "install_stack",
     "listening_socket",
+    "map_loopback_to",
     "use_stack",
 ]
 
@@ -103,6 +110,15 @@ def current_stack() -> SocketStack:
     return installed.stacks[0]
 
 
+def current_resolver() -> StackHostnameResolver:
+    """The hostname resolver the stacks of this trio run installed (its ``hosts``,
+    ``nameservers``, ``config`` and ``stats``)."""
+    installed = _run_stacks.get()
+    if installed is None:
+        raise RuntimeError("no trio_yastack stack is open in this trio run (use `open_stack`)")
+    return installed.resolver
+
+
 @contextmanager
 def use_stack(stack: _S) -> Iterator[_S]:
     """Make ``stack`` the one trio's socket factory uses in this task and the tasks it spawns."""
@@ -115,19 +131,29 @@ def use_stack(stack: _S) -> Iterator[_S]:
 
 @contextmanager
 def install_stack(
-    stack: SocketStack, *, hosts: dict[str, str] | None = None, kernel_fallback: bool = False
+    stack: SocketStack,
+    *,
+    hosts: dict[str, str] | None = None,
+    kernel_fallback: bool = False,
+    nameservers: list[str] | tuple[str, ...] = (),
+    system_resolver: bool = False,
+    kernel_unroutable: bool = False,
 ) -> Iterator[None]:
     """Serve ``stack``'s sockets through trio's own interface for the ``with`` block.
 
     The first stack of a trio run installs a :class:`StackSocketFactory` and a
-    :class:`StackHostnameResolver` (with ``hosts``) and becomes every task's default stack;
-    a later one adds its ``hosts`` to the same resolver, and may not ask for a different
-    ``kernel_fallback``.  When the last one leaves, trio's previous factory and resolver are
-    put back.  (``open_stack`` does this; call it yourself only for a stack of your own making.)
+    :class:`StackHostnameResolver` (with ``hosts``, ``nameservers`` for DNS over the stack and,
+    with ``system_resolver``, the system's resolver last) and becomes every task's default stack;
+    a later one adds its ``hosts`` and ``nameservers`` to the same resolver, and may not ask for a
+    different ``kernel_fallback``.  ``kernel_unroutable`` hands a destination no stack route
+    reaches to a kernel socket (loopback always goes to the kernel).  When the last one leaves,
+    trio's previous factory and resolver are put back.  (``open_stack`` does this; call it
+    yourself only for a stack of your own making.)
     """
     installed = _run_stacks.get()
     if installed is None:
-        factory, resolver = StackSocketFactory(kernel_fallback), StackHostnameResolver(hosts)
+        factory = StackSocketFactory(kernel_fallback, kernel_unroutable=kernel_unroutable)
+        resolver = StackHostnameResolver(hosts, nameservers=nameservers, system_resolver=system_resolver)
         replaced = (
             trio.socket.set_custom_socket_factory(factory),
             trio.socket.set_custom_hostname_resolver(resolver),
@@ -141,6 +167,9 @@ def install_stack(
                 "that the first stack of this trio run installed"
             )
         installed.resolver.add_hosts(hosts or {})
+        installed.resolver.add_nameservers(nameservers)
+        installed.factory.kernel_unroutable |= kernel_unroutable
+        installed.resolver.system_resolver |= system_resolver
     installed.stacks.append(stack)
     try:
         yield
@@ -173,9 +202,10 @@ def _oserror(code: int, detail: str = "") -> OSError:
 
 
 def _ipv4(address: Any, *, what: str = "address") -> tuple[int, int]:
-    """``(ip, port)`` from a Python AF_INET sockaddr with a numeric host."""
+    """``(ip, port)`` from a Python AF_INET sockaddr with a numeric host (``_resolve`` has
+    turned names into numbers first)."""
     if not isinstance(address, tuple) or len(address) != 2:
-        raise TypeError(f"AF_INET {what} must be a (host, port) tuple, not {address!r}")
+        raise ValueError(f"{what} should be a (host, port) tuple")  # trio's words and class
     host, port = address
     if not isinstance(port, int) or not 0 <= port <= 0xFFFF:
         raise OverflowError("port must be 0-65535.")
@@ -185,6 +215,54 @@ def _ipv4(address: Any, *, what: str = "address") -> tuple[int, int]:
         return int(IPv4Address(host)), port
     except ValueError:
         raise _oserror(errno.EINVAL, f"not a numeric IPv4 address: {host!r}; resolve names first") from None
+
+
+def _is_loopback(ip: int) -> bool:
+    """127.0.0.0/8: the kernel's, never the stack's (YAStack's HOST path)."""
+    return ip >> 24 == 127
+
+
+#: flags ``send``/``sendto`` accept: MSG_MORE (UDP: corks the datagram, TCP: a hint), and the
+#: ones that change nothing for a socket that never blocks a thread or raises SIGPIPE
+_SEND_FLAGS = (
+    getattr(_stdlib_socket, "MSG_MORE", 0)
+    | getattr(_stdlib_socket, "MSG_DONTWAIT", 0)
+    | getattr(_stdlib_socket, "MSG_NOSIGNAL", 0)
+)
+_MSG_MORE = getattr(_stdlib_socket, "MSG_MORE", 0)
+_MSG_PEEK = _stdlib_socket.MSG_PEEK
+_RECV_FLAGS = _MSG_PEEK | getattr(_stdlib_socket, "MSG_DONTWAIT", 0)
+_MAX_UDP_PAYLOAD = 65507  # an IPv4 datagram's payload at most (a corked one is bounded by it)
+
+
+class _Loopback:
+    """Where 127.0.0.0/8 goes in this trio run: the kernel (the default), or, for suites
+    written against loopback (trio's own tests), a stack's own address (see
+    :func:`map_loopback_to`)."""
+
+    __slots__ = ("stack",)
+
+    def __init__(self, stack: SocketStack | None) -> None:
+        self.stack = stack
+
+
+_loopback: trio.lowlevel.RunVar[_Loopback] = trio.lowlevel.RunVar(
+    "trio_yastack_loopback", default=_Loopback(None)
+)
+
+
+@contextmanager
+def map_loopback_to(stack: SocketStack) -> Iterator[None]:
+    """Within the block, 127.0.0.0/8 on a stack socket means ``stack``'s address instead of the
+    kernel's loopback: a socket bound to it moves to ``stack``, and a connect or sendto to it
+    goes to ``stack``'s address.  For running code that assumes loopback (trio's own socket
+    tests, ``tests/test_trio_suite.py``) over the stacks, not for production use."""
+    previous = _loopback.get()
+    _loopback.set(_Loopback(stack))
+    try:
+        yield
+    finally:
+        _loopback.set(previous)
 
 
 class StackSocket(trio.socket.SocketType):
@@ -214,6 +292,9 @@ class StackSocket(trio.socket.SocketType):
         self._error_reported = False  # the connection's error was raised once (SO_ERROR reads it once)
         self._receiver: object = None  # the task parked to receive (or accept), if any
         self._sender: object = None  # the task parked to send, if any
+        self._inheritable = False
+        self._corked = bytearray()  # UDP: payload sent with MSG_MORE, not yet a datagram
+        self._kernel: trio.socket.SocketType | None = None  # set by _to_kernel (see _KernelSocket)
         if conn is not None:
             conn.waiter = self._waiter
             self._bound = (stack.core.ip, conn.local_port)
@@ -240,6 +321,15 @@ class StackSocket(trio.socket.SocketType):
 
     def fileno(self) -> int:
         return self._fd
+
+    @property
+    def _sock(self) -> StackSocket:
+        """What libraries that reach for trio's private ``_sock`` (the stdlib socket inside a
+        trio socket) get: this socket itself, which answers ``family``, ``type``,
+        ``getsockname()``, ``getpeername()``, ``fileno()`` and the options as that would.
+        anyio's trio backend reads it for every ``SocketAttribute`` (issue 21); its
+        ``raw_socket`` attribute is therefore this object, not a ``socket.socket``."""
+        return self
 
     @property
     def connection(self) -> TcpConnection | None:
@@ -278,7 +368,129 @@ class StackSocket(trio.socket.SocketType):
             return str(IPv4Address(self._conn.remote_ip)), self._conn.remote_port
         raise _oserror(errno.ENOTCONN)
 
+    async def _resolve(self, address: Any, *, local: bool) -> tuple[str, int]:
+        """A numeric ``(host, port)`` for ``address``, as trio's ``_resolve_address_nocp``:
+        a malformed address is a ValueError, a name or a string port goes through this run's
+        resolver (``trio.socket.getaddrinfo``), a numeric one returns at once (no checkpoint:
+        every ``sendto`` passes here)."""
+        if not isinstance(address, tuple) or len(address) != 2:
+            raise ValueError("address should be a (host, port) tuple")
+        host, port = address
+        if isinstance(port, int) and isinstance(host, str):
+            try:
+                _stdlib_socket.inet_pton(AF_INET, host)
+            except OSError:
+                pass
+            else:
+                return host, port
+        if host == "":
+            host = None
+        elif host == "<broadcast>":
+            host = "255.255.255.255"
+        flags = _stdlib_socket.AI_PASSIVE if local else 0
+        found = await trio.socket.getaddrinfo(host, port, AF_INET, self._type, self._proto, flags)
+        normed = found[0][-1]
+        return str(normed[0]), int(normed[1])
+
+    def _map_loopback(self, ip: int, *, local: bool, port: int = 0) -> int | None:
+        """The address a loopback ``ip`` stands for when :func:`map_loopback_to` is in force;
+        ``None``: the kernel's.  A local one also moves this still unused socket to that stack.
+        A destination is the stack of this run that has something on ``port`` (a listener for
+        TCP, a bound socket for UDP), the mapped stack first: as on loopback, where every
+        address of the host reaches every listener."""
+        mapped = _loopback.get().stack
+        if mapped is None:
+            return None
+        if local:
+            if mapped is not self._stack and self._unused():
+                self._move_to(mapped)
+            return mapped.core.ip
+        installed = _run_stacks.get()
+        for stack in [mapped, *(installed.stacks if installed is not None else ())]:
+            core = stack.core
+            if port in (core.tcp.listeners if self._type == SOCK_STREAM else core.udp.pcbs):
+                return int(core.ip)
+        return int(mapped.core.ip)
+
+    def _home(self, ip: int) -> None:
+        """Bind to another stack's address moves a still unused socket to that stack (the
+        factory made it on the task's default stack, before the address was known)."""
+        if ip in (0, self._stack.core.ip) or not self._unused():
+            return
+        installed = _run_stacks.get()
+        for stack in installed.stacks if installed is not None else ():
+            if stack.core.ip == ip:
+                self._move_to(stack)
+                return
+
+    def _move_to(self, stack: SocketStack) -> None:
+        """Re-home a socket nothing has been done with yet (bind decides where it lives)."""
+        if self._pcb is not None:
+            self._stack.core.udp.close(self._pcb)
+            self._pcb = UdpPcb()
+            self._pcb.waiter = self._waiter
+        self._stack = stack
+
+    def _routes(self, ip: int) -> bool:
+        """Whether the stack can send to ``ip`` (on-link, our own, broadcast, or via a gateway)."""
+        core = self._stack.core
+        layer = core.ip_layer
+        return bool(ip == core.ip or ip & layer.netmask == layer.network or ip == 0xFFFFFFFF or core.gateway)
+
+    def _unused(self) -> bool:
+        """Not yet bound, connected or listening on the stack: it may still become the kernel's."""
+        return (
+            self._bound is None
+            and self._conn is None
+            and self._listener is None
+            and (self._pcb is None or not self._pcb.local_port)
+        )
+
+    def _to_kernel(self) -> trio.socket.SocketType:
+        """Make this socket a kernel socket from now on (loopback, or a destination the stack
+        has no route to under ``kernel_unroutable``): the options set so far are set on it, and
+        every call from here goes to it (the class becomes :class:`_KernelSocket`), so
+        ``getsockname``, options and errors are the kernel's own."""
+        kernel = trio.socket.from_stdlib_socket(_stdlib_socket.socket(AF_INET, self._type, self._proto))
+        try:
+            for (level, name), value in self._options.items():
+                raw = self._raw_options.get((level, name))
+                kernel.setsockopt(level, name, raw if raw is not None else value)
+        except BaseException:
+            kernel.close()
+            raise
+        if self._pcb is not None:
+            self._stack.core.udp.close(self._pcb)
+            self._pcb = None
+        self._kernel = kernel
+        self.__class__ = _KernelSocket
+        return kernel
+
+    def _kernel_for(self, ip: int, *, local: bool) -> bool:
+        """Whether an address decides this still unused socket for the kernel: loopback
+        (unless mapped to a stack), or, for a destination, no route on the stack while the
+        run's factory has ``kernel_unroutable``."""
+        if not self._unused():
+            return False
+        if _is_loopback(ip):
+            return True
+        if local or ip == 0:
+            return False
+        installed = _run_stacks.get()
+        return installed is not None and installed.factory.kernel_unroutable and not self._routes(ip)
+
     async def bind(self, address: Any) -> None:
+        address = await self._resolve(address, local=True)
+        ip = int(IPv4Address(address[0]))
+        if _is_loopback(ip):
+            mapped = self._map_loopback(ip, local=True)
+            if mapped is not None:
+                address = (str(IPv4Address(mapped)), address[1])
+            elif self._kernel_for(ip, local=True):
+                await self._to_kernel().bind(address)
+                return
+        else:
+            self._home(ip)
         await trio.lowlevel.checkpoint()
         self._bind_now(address)
 
@@ -293,8 +505,8 @@ class StackSocket(trio.socket.SocketType):
         if self._pcb is not None:
             core.udp.bind(self._pcb, ip, port)
             return
-        if port and port in core.tcp.listeners and not self._reuse_port:
-            raise _oserror(errno.EADDRINUSE)
+        if port and (port in core.tcp.listeners or port in core.tcp.bound_ports) and not self._reuse_port:
+            raise _oserror(errno.EADDRINUSE)  # listening, or bound by a socket yet to listen
         if port == 0:
             port = core.tcp.port_selector(0, 0)  # the kernel assigns the port at bind
         core.tcp.bound_ports.add(port)
@@ -334,9 +546,10 @@ class StackSocket(trio.socket.SocketType):
 
     async def accept(self) -> tuple[StackSocket, tuple[str, int]]:
         await trio.lowlevel.checkpoint_if_cancelled()
-        self._check_open()
         listener = self._listener
-        if listener is None:
+        if self._fd < 0 or listener is None:
+            await trio.lowlevel.cancel_shielded_checkpoint()  # trio checkpoints before it raises
+            self._check_open()
             raise _oserror(errno.EINVAL, "not listening")
         while True:
             conn = listener.accept()
@@ -355,9 +568,26 @@ class StackSocket(trio.socket.SocketType):
                 self.setsockopt(level, name, value)
 
     async def connect(self, address: Any) -> None:
+        # As trio: a connect cannot be taken back, so a cancelled one (or one whose address
+        # does not resolve) closes the socket rather than leave it half-open.
+        try:
+            address = await self._resolve(address, local=False)
+            ip, port = _ipv4(address)
+            if _is_loopback(ip):
+                mapped = self._map_loopback(ip, local=False, port=port)
+                if mapped is not None:
+                    ip = mapped
+            if self._kernel_for(ip, local=False):
+                await self._to_kernel().connect(address)
+                return
+            await self._connect(ip, port, address)
+        except trio.Cancelled:
+            self.close()
+            raise
+
+    async def _connect(self, ip: int, port: int, address: tuple[str, int]) -> None:
         await trio.lowlevel.checkpoint_if_cancelled()
         self._check_open()
-        ip, port = _ipv4(address)
         core = self._stack.core
         if self._pcb is not None:
             core.udp.connect(self._pcb, ip, port)
@@ -388,7 +618,7 @@ class StackSocket(trio.socket.SocketType):
                 if conn.error or conn.state == 0:
                     error = conn.error or errno.ECONNREFUSED
                     self._error_reported = True
-                    raise _oserror(error)
+                    raise OSError(error, f"Error connecting to {address!r}: {os.strerror(error)}")
                 await self._wait(sending=True)
         except BaseException:
             if conn.state != 0:
@@ -399,12 +629,22 @@ class StackSocket(trio.socket.SocketType):
 
     async def send(self, data: Any, flags: int = 0) -> int:
         await trio.lowlevel.checkpoint_if_cancelled()
-        self._check_open()
-        if self._pcb is not None:
-            return await self._udp_send(data, None)
-        conn = self._stream_conn()
-        if self._shut_wr:
-            raise _oserror(errno.EPIPE)
+        conn = self._conn
+        if conn is None or flags or self._fd < 0 or self._shut_wr:  # one test for the common case
+            try:
+                self._check_open()
+                if flags:
+                    self._check_flags(flags, _SEND_FLAGS)
+                if self._pcb is None:
+                    conn = self._stream_conn()
+                    if self._shut_wr:
+                        raise _oserror(errno.EPIPE)
+            except OSError:
+                await trio.lowlevel.cancel_shielded_checkpoint()  # trio checkpoints before it raises
+                raise
+            if self._pcb is not None:
+                return await self._udp_send(data, None, flags)
+        assert conn is not None
         with memoryview(data) as view:
             if not view.nbytes:
                 await trio.lowlevel.cancel_shielded_checkpoint()
@@ -421,17 +661,32 @@ class StackSocket(trio.socket.SocketType):
     async def recv(self, bufsize: int, flags: int = 0) -> bytes:
         bufsize = operator.index(bufsize)  # a float is a TypeError, as for a kernel socket
         await trio.lowlevel.checkpoint_if_cancelled()
-        self._check_open()
-        if self._pcb is not None:
-            return (await self._udp_receive(bufsize))[0]
-        if bufsize < 0:
-            raise ValueError("negative buffersize in recv")
-        conn = self._stream_conn()
+        conn = self._conn
+        if conn is None or flags or self._fd < 0 or bufsize < 0:  # one test for the common case
+            try:
+                self._check_open()
+                if flags:
+                    self._check_flags(flags, _RECV_FLAGS)
+                if self._pcb is None:
+                    if bufsize < 0:
+                        raise ValueError("negative buffersize in recv")
+                    conn = self._stream_conn()
+            except OSError:
+                await trio.lowlevel.cancel_shielded_checkpoint()  # trio checkpoints before it raises
+                raise
+            if self._pcb is not None:
+                return (await self._udp_receive(bufsize, flags))[0]
+        assert conn is not None
+        peek = flags & _MSG_PEEK
         while True:
             if self._shut_rd:
                 await trio.lowlevel.cancel_shielded_checkpoint()
                 return b""
-            data = conn.receive(bufsize, trio.current_time())
+            data: bytes | None
+            if peek and conn.rcvbuf:
+                data = conn.rcvbuf.peek(bufsize)  # MSG_PEEK: a copy, the data stays queued
+            else:
+                data = conn.receive(bufsize, trio.current_time())  # (empty: takes nothing)
             if data is not None:
                 self._stack.kick()
                 await trio.lowlevel.cancel_shielded_checkpoint()
@@ -463,33 +718,80 @@ class StackSocket(trio.socket.SocketType):
             raise _oserror(errno.ENOTCONN)
         return self._conn
 
+    def _check_flags(self, flags: int, allowed: int) -> None:
+        flags = operator.index(flags)
+        if flags & ~allowed:
+            raise _oserror(errno.EOPNOTSUPP, f"flags {flags:#x}")
+
     # -- UDP ------------------------------------------------------------------------------------
     async def sendto(self, data: Any, *args: Any) -> int:
+        """``sendto(data, address)`` or ``sendto(data, flags, address)``, as the kernel's."""
+        if len(args) not in (1, 2):
+            raise TypeError(f"sendto() takes 2 or 3 arguments ({len(args) + 1} given)")
+        flags = args[0] if len(args) == 2 else 0
+        address = await self._resolve(args[-1], local=False)
+        ip, port = _ipv4(address)
+        if _is_loopback(ip):
+            mapped = self._map_loopback(ip, local=False, port=port)
+            if mapped is not None:
+                ip = mapped
+        if self._pcb is not None and self._kernel_for(ip, local=False):
+            return await self._to_kernel().sendto(data, flags, address)
         await trio.lowlevel.checkpoint_if_cancelled()
-        self._check_open()
-        address = args[-1]
-        if self._pcb is None:
-            if self._conn is not None:
-                raise _oserror(errno.EISCONN)
-            raise _oserror(errno.ENOTCONN)
-        return await self._udp_send(data, _ipv4(address))
+        try:
+            self._check_open()
+            if flags:
+                self._check_flags(flags, _SEND_FLAGS)
+            if self._pcb is None:
+                if self._conn is not None:
+                    raise _oserror(errno.EISCONN)
+                raise _oserror(errno.ENOTCONN)
+        except OSError:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            raise
+        return await self._udp_send(data, (ip, port), flags)
 
-    async def _udp_send(self, data: Any, address: tuple[int, int] | None) -> int:
+    async def _udp_send(self, data: Any, address: tuple[int, int] | None, flags: int = 0) -> int:
+        """One datagram; with MSG_MORE the payload is held (corked, as Linux's UDP_CORK) and the
+        next send without it sends everything held as one datagram."""
         assert self._pcb is not None
         ip, port = address if address is not None else (0, 0)
         with memoryview(data) as view:
-            sent = self._stack.core.udp.udp_output(self._pcb, bytes(view), ip, port, trio.current_time())
+            if self._corked or flags & _MSG_MORE:
+                if len(self._corked) + view.nbytes > _MAX_UDP_PAYLOAD:
+                    self._corked.clear()
+                    await trio.lowlevel.cancel_shielded_checkpoint()
+                    raise _oserror(errno.EMSGSIZE)
+                self._corked += view
+                if flags & _MSG_MORE:
+                    await trio.lowlevel.cancel_shielded_checkpoint()
+                    return view.nbytes
+                payload, self._corked = bytes(self._corked), bytearray()
+                size = view.nbytes
+            else:
+                payload, size = bytes(view), -1
+        try:
+            sent = self._stack.core.udp.udp_output(self._pcb, payload, ip, port, trio.current_time())
+        except OSError:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            raise
         self._stack.kick()
         await trio.lowlevel.cancel_shielded_checkpoint()
-        return sent
+        return sent if size < 0 else size
 
     async def recvfrom(self, bufsize: int, flags: int = 0) -> tuple[bytes, tuple[str, int]]:
         await trio.lowlevel.checkpoint_if_cancelled()
-        self._check_open()
         if self._pcb is None:
             data = await self.recv(bufsize, flags)
             return data, self.getpeername()
-        return await self._udp_receive(bufsize)
+        try:
+            self._check_open()
+            if flags:
+                self._check_flags(flags, _RECV_FLAGS)
+        except OSError:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            raise
+        return await self._udp_receive(bufsize, flags)
 
     async def recvfrom_into(
         self, buffer: Any, nbytes: int = 0, flags: int = 0
@@ -505,8 +807,8 @@ class StackSocket(trio.socket.SocketType):
             raise _oserror(errno.EOPNOTSUPP, "ancillary data")
         data = b"".join(bytes(buffer) for buffer in buffers)
         if address is not None:
-            return await self.sendto(data, address)
-        return await self.send(data)
+            return await self.sendto(data, flags, address)
+        return await self.send(data, flags)
 
     async def recvmsg(
         self, bufsize: int, ancbufsize: int = 0, flags: int = 0
@@ -516,36 +818,73 @@ class StackSocket(trio.socket.SocketType):
             data = await self.recv(bufsize, flags)
             return data, [], 0, None
         await trio.lowlevel.checkpoint_if_cancelled()
-        self._check_open()
+        try:
+            self._check_open()
+            if flags:
+                self._check_flags(flags, _RECV_FLAGS)
+        except OSError:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            raise
         pcb = self._pcb
         while True:
-            item = pcb.take()
+            item = pcb.queue[0] if flags & _MSG_PEEK and pcb.queue else pcb.take()
             if item is not None:
                 payload, (src, sport) = item
                 truncated = _stdlib_socket.MSG_TRUNC if len(payload) > bufsize else 0
                 await trio.lowlevel.cancel_shielded_checkpoint()
                 return payload[:bufsize], [], truncated, (str(IPv4Address(src)), sport)
             if pcb.so_error:
+                await trio.lowlevel.cancel_shielded_checkpoint()
                 raise _oserror(pcb.take_error())
             await self._wait()
             self._check_open()
 
-    async def _udp_receive(self, bufsize: int) -> tuple[bytes, tuple[str, int]]:
+    async def recvmsg_into(
+        self, buffers: Any, ancbufsize: int = 0, flags: int = 0
+    ) -> tuple[int, list[Any], int, tuple[str, int] | None]:
+        """``recvmsg`` scattered into ``buffers`` in order: ``(nbytes, [], flags, address)``."""
+        views = [memoryview(buffer).cast("B") for buffer in buffers]
+        try:
+            room = sum(view.nbytes for view in views)
+            data, ancdata, msg_flags, address = await self.recvmsg(room, ancbufsize, flags)
+            offset = 0
+            for view in views:
+                piece = data[offset : offset + view.nbytes]
+                view[: len(piece)] = piece
+                offset += len(piece)
+            return len(data), ancdata, msg_flags, address
+        finally:
+            for view in views:
+                view.release()
+
+    async def _udp_receive(self, bufsize: int, flags: int = 0) -> tuple[bytes, tuple[str, int]]:
         pcb = self._pcb
         assert pcb is not None
+        peek = flags & _MSG_PEEK
         while True:
-            item = pcb.take()
+            item = pcb.queue[0] if peek and pcb.queue else pcb.take()
             if item is not None:
                 data, (src, sport) = item
                 await trio.lowlevel.cancel_shielded_checkpoint()
                 return data[:bufsize], (str(IPv4Address(src)), sport)
             if pcb.so_error:
+                await trio.lowlevel.cancel_shielded_checkpoint()
                 raise _oserror(pcb.take_error())
             await self._wait()
             self._check_open()
 
     # -- options ----------------------------------------------------------------------------------
     def setsockopt(self, level: int, optname: int, value: Any, optlen: int | None = None) -> None:
+        # trio's four-argument form: a value, or None with an optlen (both or neither: TypeError)
+        if optlen is None:
+            if value is None:
+                raise TypeError("invalid value for argument 'value', must not be None when specifying optlen")
+        elif value is not None:
+            raise TypeError(
+                f"invalid value for argument 'value': {value!r}, must be None when specifying optlen"
+            )
+        else:
+            value = bytes(operator.index(optlen))  # setsockopt(level, name, NULL, optlen): zeros
         self._check_open()
         if not isinstance(value, int):
             raw = bytes(value)
@@ -718,17 +1057,23 @@ class StackSocket(trio.socket.SocketType):
         return bool(onoff) and seconds == 0
 
     def detach(self) -> int:
-        raise _oserror(errno.EOPNOTSUPP, "a user-space socket has no kernel descriptor")
+        """As the kernel's: the socket is closed to us and its number returned.  A user-space
+        socket's number is no kernel descriptor, so nothing else can take it over: detaching
+        closes it (a connection gets its FIN, as at ``close``)."""
+        fd = self._fd
+        self.close()
+        return fd
 
     def dup(self) -> StackSocket:
         raise _oserror(errno.EOPNOTSUPP, "a user-space socket cannot be duplicated")
 
     def get_inheritable(self) -> bool:
-        return False
+        return self._inheritable
 
     def set_inheritable(self, inheritable: bool) -> None:
-        if inheritable:
-            raise _oserror(errno.EOPNOTSUPP)
+        """Kept and reported; no child process can inherit a user-space socket either way."""
+        self._check_open()
+        self._inheritable = bool(inheritable)
 
     def __enter__(self) -> StackSocket:
         return self
@@ -737,13 +1082,115 @@ class StackSocket(trio.socket.SocketType):
         self.close()
 
 
+class _KernelSocket(StackSocket):
+    """A :class:`StackSocket` that a loopback address (or, with ``kernel_unroutable``, a
+    destination the stack cannot route) handed to the kernel at ``bind``/``connect``/``sendto``
+    (YAStack's HOST path): every call goes to the kernel socket in ``_kernel``, so addresses,
+    options and errors are the kernel's.  It is the same object the application holds (its
+    class changes, which costs the stack's sockets no test on their own paths)."""
+
+    _kernel: trio.socket.SocketType
+
+    @property
+    def _sock(self) -> Any:  # the kernel's own socket.socket, for anyio (see StackSocket._sock)
+        return getattr(self._kernel, "_sock", self._kernel)
+
+    @property
+    def connection(self) -> TcpConnection | None:
+        return None
+
+    def __repr__(self) -> str:
+        return f"<trio_yastack socket handed to the kernel: {self._kernel!r}>"
+
+    def fileno(self) -> int:
+        return self._kernel.fileno()
+
+    def getsockname(self) -> Any:
+        return self._kernel.getsockname()
+
+    def getpeername(self) -> Any:
+        return self._kernel.getpeername()
+
+    @property
+    def did_shutdown_SHUT_WR(self) -> bool:
+        return self._kernel.did_shutdown_SHUT_WR
+
+    async def bind(self, address: Any) -> None:
+        await self._kernel.bind(address)
+
+    def listen(self, backlog: int = 128) -> None:
+        self._kernel.listen(backlog)
+
+    async def accept(self) -> tuple[Any, Any]:
+        return await self._kernel.accept()
+
+    async def connect(self, address: Any) -> None:
+        await self._kernel.connect(address)
+
+    async def send(self, data: Any, flags: int = 0) -> int:
+        return await self._kernel.send(data, flags)
+
+    async def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        return await self._kernel.recv(bufsize, flags)
+
+    async def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
+        return await self._kernel.recv_into(buffer, nbytes, flags)
+
+    async def sendto(self, data: Any, *args: Any) -> int:
+        return await self._kernel.sendto(data, *args)
+
+    async def recvfrom(self, bufsize: int, flags: int = 0) -> Any:
+        return await self._kernel.recvfrom(bufsize, flags)
+
+    async def recvfrom_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> Any:
+        return await self._kernel.recvfrom_into(buffer, nbytes, flags)
+
+    async def sendmsg(self, buffers: Any, ancdata: Any = (), flags: int = 0, address: Any = None) -> int:
+        return await self._kernel.sendmsg(buffers, ancdata, flags, address)
+
+    async def recvmsg(self, bufsize: int, ancbufsize: int = 0, flags: int = 0) -> Any:
+        return await self._kernel.recvmsg(bufsize, ancbufsize, flags)
+
+    async def recvmsg_into(self, buffers: Any, ancbufsize: int = 0, flags: int = 0) -> Any:
+        return await self._kernel.recvmsg_into(buffers, ancbufsize, flags)
+
+    def shutdown(self, flag: int) -> None:
+        self._kernel.shutdown(flag)
+
+    def setsockopt(self, level: int, optname: int, value: Any, optlen: int | None = None) -> None:
+        if optlen is None:
+            self._kernel.setsockopt(level, optname, value)
+        else:
+            self._kernel.setsockopt(level, optname, value, optlen)
+
+    def getsockopt(self, level: int, optname: int, buflen: int | None = None) -> Any:
+        if buflen is None:
+            return self._kernel.getsockopt(level, optname)
+        return self._kernel.getsockopt(level, optname, buflen)
+
+    async def wait_writable(self) -> None:
+        await self._kernel.wait_writable()
+
+    def is_readable(self) -> bool:
+        return self._kernel.is_readable()
+
+    def close(self) -> None:
+        self._fd = -1
+        self._kernel.close()
+
+    def detach(self) -> int:
+        return self._kernel.detach()
+
+
 class StackSocketFactory(trio.abc.SocketFactory):
     """What ``trio.socket.socket()`` calls while a stack is open: AF_INET stream and datagram
     sockets on the current stack; other families raise EAFNOSUPPORT, or with
     ``kernel_fallback`` are the kernel's own (e.g. an admin port, as YAStack's HOST provider)."""
 
-    def __init__(self, kernel_fallback: bool = False) -> None:
+    def __init__(self, kernel_fallback: bool = False, *, kernel_unroutable: bool = False) -> None:
         self.kernel_fallback = kernel_fallback
+        #: a destination no route of the stack reaches goes to a kernel socket (at connect/sendto)
+        self.kernel_unroutable = kernel_unroutable
 
     def socket(
         self, family: int = AF_INET, type: int = SOCK_STREAM, proto: int = 0
@@ -758,83 +1205,3 @@ class StackSocketFactory(trio.abc.SocketFactory):
             f"family {family}, type {type}: the user-space stack serves AF_INET stream and datagram sockets; "
             "open_stack(kernel_fallback=True) hands other sockets to the kernel",
         )
-
-
-#: getaddrinfo()'s entries, as trio's HostnameResolver declares them (this one yields AF_INET only)
-_AddrInfo4 = tuple[
-    Literal[_stdlib_socket.AddressFamily.AF_INET], _stdlib_socket.SocketKind, int, str, tuple[str, int]
-]
-_AddrInfo6 = tuple[
-    Literal[_stdlib_socket.AddressFamily.AF_INET6],
-    _stdlib_socket.SocketKind,
-    int,
-    str,
-    tuple[str, int, int, int] | tuple[int, bytes],
-]
-
-
-class StackHostnameResolver(trio.abc.HostnameResolver):
-    """Numeric addresses and a static hosts table (trio resolves numeric hosts itself first)."""
-
-    def __init__(self, hosts: dict[str, str] | None = None) -> None:
-        self.hosts: dict[str, str] = {}
-        self.add_hosts(hosts or {})
-
-    def add_hosts(self, hosts: dict[str, str]) -> None:
-        """Add names (case-insensitive, trailing dot ignored) with their IPv4 addresses."""
-        self.hosts.update({name.lower().rstrip("."): str(IPv4Address(ip)) for name, ip in hosts.items()})
-
-    async def getaddrinfo(
-        self,
-        host: bytes | str | None,
-        port: bytes | str | int | None,
-        family: int = 0,
-        type: int = 0,
-        proto: int = 0,
-        flags: int = 0,
-    ) -> list[_AddrInfo4 | _AddrInfo6]:
-        await trio.lowlevel.checkpoint()
-        if isinstance(host, bytes):
-            host = host.decode("idna")
-        if family not in (0, AF_INET):
-            raise _stdlib_socket.gaierror(_stdlib_socket.EAI_FAMILY, "the stack serves AF_INET only")
-        if host is None:
-            address = "0.0.0.0" if flags & _stdlib_socket.AI_PASSIVE else "127.0.0.1"
-        else:
-            try:
-                address = str(IPv4Address(host))
-            except ValueError:
-                found = self.hosts.get(host.lower().rstrip("."))
-                if found is None:
-                    raise _stdlib_socket.gaierror(
-                        _stdlib_socket.EAI_NONAME, f"{host!r} is not in the stack's hosts table"
-                    ) from None
-                address = found
-        if isinstance(port, bytes):
-            port = port.decode()
-        if isinstance(port, str):
-            port = int(port) if port.isdigit() else _stdlib_socket.getservbyname(port)
-        port = port or 0
-        kinds = [type] if type else [SOCK_STREAM, SOCK_DGRAM]
-        return [
-            (
-                _stdlib_socket.AddressFamily.AF_INET,
-                _stdlib_socket.SocketKind(kind),
-                proto or (_stdlib_socket.IPPROTO_TCP if kind == SOCK_STREAM else _stdlib_socket.IPPROTO_UDP),
-                "",
-                (address, port),
-            )
-            for kind in kinds
-        ]
-
-    async def getnameinfo(
-        self, sockaddr: tuple[str, int] | tuple[str, int, int, int], flags: int
-    ) -> tuple[str, str]:
-        await trio.lowlevel.checkpoint()
-        host, port = sockaddr[0], sockaddr[1]
-        if not flags & _stdlib_socket.NI_NUMERICHOST:
-            for name, ip in self.hosts.items():
-                if ip == host:
-                    host = name
-                    break
-        return host, str(port)

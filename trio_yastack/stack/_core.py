@@ -11,6 +11,7 @@ many data segments, one ``tcp_output`` for many ACKs).  Nothing here imports tri
 from __future__ import annotations
 
 import errno
+import math
 import random
 from collections.abc import Callable
 from typing import Any
@@ -178,7 +179,11 @@ class StackCore:
         return fired
 
     def next_deadline(self) -> float | None:
-        """When :meth:`run_timers` next has work; ``None`` when no timer is set."""
+        """When :meth:`run_timers` next has work; ``None`` when no timer is set.  Datagrams we
+        sent to ourselves are due at once (``-inf``): the poll loop's kick and its sleep read
+        this, so a segment to our own address never waits for an unrelated wake-up."""
+        if self.ip_layer.loopback:
+            return -math.inf
         return self.timers.next_deadline()
 
     def take_outbox(self) -> list[bytes | bytearray]:

@@ -183,6 +183,11 @@ class ReceiveBuffer(_ByteQueue):
         self._consume(length)
         return data
 
+    def peek(self, max_bytes: int) -> bytes:
+        """Up to ``max_bytes``, oldest first, left in the buffer (``recv`` with ``MSG_PEEK``)."""
+        length = min(max(max_bytes, 0), len(self))
+        return self._copy(0, length) if length else b""
+
     def read_into(self, buffer: memoryview | bytearray) -> int:
         """Fill ``buffer`` from its start with up to ``len(buffer)`` bytes (``recv_into``); return how
         many.  A bytearray is written in place, never resized."""
