@@ -21,7 +21,6 @@ import resource
 import selectors
 import socket
 import struct
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -73,7 +72,8 @@ def synflood(iface: str, dst_mac: str, dst_ip: str, dport: int, count: int, seco
     mss = b"\x02\x04\x05\xb4"
     rng = random.Random(22)
     frames = [
-        ether + _ipv4(src, dst, 6, _tcp(src, dst, 1024 + i % 31744, dport, rng.getrandbits(32), 0x02, mss), ident=i)
+        ether
+        + _ipv4(src, dst, 6, _tcp(src, dst, 1024 + i % 31744, dport, rng.getrandbits(32), 0x02, mss), ident=i)
         for i in range(min(count, 31744))
     ]
     sent = errors = 0
@@ -153,11 +153,15 @@ def _hostile_frames(dst_mac: str, own_mac: bytes, dst_ip: str, dport: int) -> di
         "icmp_truncated": [ether + _ipv4(src, dst, 1, b"\x08")],
         "icmp_bad_checksum": [ether + _ipv4(src, dst, 1, icmp_echo[:2] + b"\x00\x01" + icmp_echo[4:])],
         "icmp_unknown_type": [ether + _ipv4(src, dst, 1, _icmp(b"\xc8\x07\x00\x00abcd"))],
-        "icmp_unreachable_garbage_quote": [ether + _ipv4(src, dst, 1, _icmp(b"\x03\x03\x00\x00\x00\x00\x00\x00\x45\x00"))],
+        "icmp_unreachable_garbage_quote": [
+            ether + _ipv4(src, dst, 1, _icmp(b"\x03\x03\x00\x00\x00\x00\x00\x00\x45\x00"))
+        ],
         "icmp_echo": [ether + _ipv4(src, dst, 1, icmp_echo)],
     }
     rng = random.Random(7)
-    kinds["random_bytes"] = [ether + bytes(rng.getrandbits(8) for _ in range(rng.randrange(1, 200))) for _ in range(8)]
+    kinds["random_bytes"] = [
+        ether + bytes(rng.getrandbits(8) for _ in range(rng.randrange(1, 200))) for _ in range(8)
+    ]
     kinds["random_after_ip"] = [
         ether + _ipv4(src, dst, proto, bytes(rng.getrandbits(8) for _ in range(rng.randrange(0, 60))))
         for proto in (1, 6, 17)
@@ -200,7 +204,12 @@ def hostile(iface: str, dst_mac: str, dst_ip: str, dport: int, count: int, rate:
         if pause > 0:
             time.sleep(pause)
     sent = sum(v for k, v in by_kind.items() if not k.startswith("refused:"))
-    return {"sent": sent, "kinds": len(kinds), "by_kind": dict(by_kind), "seconds": round(time.monotonic() - start, 3)}
+    return {
+        "sent": sent,
+        "kinds": len(kinds),
+        "by_kind": dict(by_kind),
+        "seconds": round(time.monotonic() - start, 3),
+    }
 
 
 def _one_get(host: str, port: int, timeout: float) -> str:
@@ -310,7 +319,9 @@ def hold(host: str, port: int, count: int, seconds: float, *, slow: bool) -> dic
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="mode", required=True)
     p = sub.add_parser("get")
     for name, kind in (("host", str), ("port", int), ("count", int), ("concurrency", int)):
@@ -323,8 +334,10 @@ def main() -> None:
         p.add_argument("seconds_or_rate", type=float)
     for mode in ("idle", "slowloris"):
         p = sub.add_parser(mode)
-        for name, kind in (("host", str), ("port", int), ("count", int), ("seconds", float)):
-            p.add_argument(name, type=kind)
+        p.add_argument("host")
+        for name in ("port", "count"):
+            p.add_argument(name, type=int)
+        p.add_argument("seconds", type=float)
     args = parser.parse_args()
     result: dict[str, Any]
     if args.mode == "get":
@@ -340,4 +353,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
