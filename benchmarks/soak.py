@@ -382,7 +382,9 @@ def synflood(flood: int, seconds: float, legit: int, *, trace_memory: bool) -> d
                 outcome["rss_before"] = rss_before
                 outcome["rss_peak"] = max(r for _, r in samples)
                 if trace_memory and base_snapshot is not None:
-                    top = tracemalloc.take_snapshot().compare_to(base_snapshot, "lineno")[:8]
+                    diffs = tracemalloc.take_snapshot().compare_to(base_snapshot, "lineno")
+                    outcome["traced_growth"] = sum(stat.size_diff for stat in diffs)
+                    top = diffs[:8]
                     outcome["tracemalloc_top"] = [
                         f"{stat.size_diff / 1e6:+.2f} MB {stat.count_diff:+d} blocks "
                         f"{stat.traceback[0].filename.split('site-packages/')[-1].split('/work/')[-1]}"
@@ -435,6 +437,12 @@ def synflood(flood: int, seconds: float, legit: int, *, trace_memory: bool) -> d
         "ours_drops": outcome["tcp_drops"],
         "tracemalloc_top": outcome.get("tracemalloc_top", []),
         "traced_peak_mb": round(outcome.get("traced_peak", 0) / MiB, 1),
+        # what the run left traced, over the connections it left (nearly all in TIME_WAIT)
+        "traced_bytes_per_connection_left": round(
+            outcome["traced_growth"] / max(1, sum(outcome["states"].values()))
+        )
+        if "traced_growth" in outcome
+        else None,
         "rss_curve": samples,
         "ok": ok_share >= 0.99 and outcome["internal_errors"] == 0,
     }
@@ -492,7 +500,7 @@ class Server:
                         "--kernel",
                         "--bind",
                         # any address: 198.18.0.1 exists only once the proxy has made the TAP
-                    f"0.0.0.0:{BACKEND_PORT}",
+                        f"0.0.0.0:{BACKEND_PORT}",
                     ],
                     stdout=out,
                     stderr=subprocess.STDOUT,
