@@ -25,11 +25,15 @@ from trio_yastack.nic import (
     FaultStatistics,
     MemoryPort,
     PcapWriter,
+    Port,
+    PortCapabilities,
+    PortStatistics,
     memory_wire,
     parse_faults,
     split_fault_spec,
 )
 from trio_yastack.stack import ChecksumVerified, OffloadPacket
+from trio_yastack.stack.wire import MacAddress
 
 FRAME_LEN = 60
 
@@ -302,3 +306,59 @@ async def test_tcp_through_the_soak_path_is_intact(autojump_clock: trio.testing.
     assert stats["tx"].reordered > 0 and stats["rx"].reordered > 0
     assert accounted(stats["tx"]) and accounted(stats["rx"])
     assert tcp_a.retransmitted_segments > 0  # what the path lost, A sent again
+
+
+def test_yastack_serve_refuses_a_bad_fault_spec_before_opening_anything() -> None:
+    """``--nic tap:yas0,faults=...`` is checked with the other options: a mistyped word is one
+    clear line naming it, and no device is made."""
+    from trio_yastack._cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["serve", "examples/hello.py:app", "--nic", "tap:yas0,faults=lost:0.1", "--no-control"])
+    assert str(info.value).startswith("yastack serve: faults 'lost:0.1': 'lost:0.1' is not key:value")
+
+
+class TwoQueuePort(Port):
+    """A two-queue port that records what it was handed and takes at most ``room`` frames a call
+    (as a full DPDK ring does), to see the wrapper keep and retry the rest."""
+
+    def __init__(self, room: int = 1 << 30) -> None:
+        self.room = room
+        self.sent: list[list[bytes]] = [[], []]
+        self.inbox: list[list[bytes]] = [[], []]
+
+    @property
+    def capabilities(self) -> PortCapabilities:
+        return PortCapabilities(mac=MacAddress("02:00:00:00:00:01"), rx_queues=2, tx_queues=2)
+
+    def rx_burst(self, queue: int, max_n: int) -> list[bytes]:
+        frames, self.inbox[queue] = self.inbox[queue][:max_n], self.inbox[queue][max_n:]
+        return frames
+
+    def tx_burst(self, queue: int, frames: Sequence[bytes]) -> int:
+        taken = list(frames[: self.room])
+        self.sent[queue] += taken
+        return len(taken)
+
+    async def wait_rx(self, queue: int) -> None:
+        await trio.sleep_forever()
+
+    def statistics(self) -> PortStatistics:
+        return PortStatistics()
+
+
+async def test_each_queue_has_its_own_path_and_refused_frames_are_retried(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    inner = TwoQueuePort(room=3)
+    port = FaultPort(inner, FaultOptions(delay=0.1))
+    port.tx_burst(1, [frame(i) for i in range(5)])
+    assert inner.sent == [[], []]
+    with trio.move_on_after(1):
+        await port.wait_rx(1)  # queue 1's idle wait wakes at its frames' time and hands them on
+    assert numbers(inner.sent[1]) == [0, 1, 2]  # the inner port took 3; 2 wait in the backlog
+    with trio.move_on_after(1):
+        await port.wait_rx(1)  # a backlog makes the wait return at once, and retries it
+    assert numbers(inner.sent[1]) == [0, 1, 2, 3, 4] and inner.sent[0] == []
+    stats = port.fault_statistics()["tx"]
+    assert (stats.offered, stats.delivered, stats.held) == (5, 5, 0)
