@@ -684,8 +684,13 @@ def idle(kind: str, idle_count: int, slow_count: int, seconds: float) -> dict[st
             clients(server.namespace, "idle", STACK_ADDRESS, port, idle_count, hold_s),
             clients(server.namespace, "slowloris", STACK_ADDRESS, port, slow_count, hold_s),
         ]
-        time.sleep(min(10.0, seconds / 2))  # the holders connect (bounded by their own count and time)
-        peak_states = server.states()
+        peak_states: dict[str, int] = {}
+
+        def holders_in() -> bool:  # most of them connected (before the server's 10 s timeouts)
+            peak_states.update(server.states())
+            return peak_states.get("ESTABLISHED", 0) >= 0.9 * (idle_count + slow_count)
+
+        wait_until(holders_in, timeout=8, interval=0.5)
         loaded = wrk_result(server.wrk(seconds, 20), seconds + 60)
         held = [result_of(p, seconds + 120) for p in holders]
         rss = rss_bytes(server.process.pid)
@@ -717,13 +722,12 @@ def hostile(count: int, rate: float) -> dict[str, Any]:
             raise SoakFailure(f"no ARP entry for the stack: {neigh!r}")
         before = server.stat()
         load = server.wrk(seconds + 2, 20)
-        time.sleep(1)
+        time.sleep(1)  # the load first, then the hostile frames into it (the scenario, not a wait)
         sent = result_of(
             clients(server.namespace, "hostile", "yas0", found.group(1), STACK_ADDRESS, PORT, count, rate),
             seconds + 60,
         )
-        run = wrk_result(load, seconds + 60)
-        time.sleep(1)
+        run = wrk_result(load, seconds + 60)  # ends 1-2 s after the last hostile frame
         after = server.stat()
         alive = server.process.poll() is None and server.get() == BODY
     drops: dict[str, int] = {}
