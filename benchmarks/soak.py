@@ -643,12 +643,14 @@ def churn(kind: str, minutes: float, interval: float, settle: float) -> dict[str
         if settle >= 65 and time_wait_at_end > 1000:  # the stack's TIME_WAIT is 2MSL = 60 s: all gone now
             gone = time_wait_at_end - left["stack_time_wait"]
             per_entry = round((rss_end - rss_bytes(server.process.pid)) / gone) if gone else None
-    first, last = rates[0], rates[-1]
+    # the first minute's mean rate against the last minute's (one step each when the run is shorter)
+    window = max(1, min(len(rates) // 2, round(60 / interval)))
+    first, last = sum(rates[:window]) / window, sum(rates[-window:]) / window
     return {
         "case": f"churn_{kind}",
         "offered": f"{steps} x {interval:.0f} s of wrk -c25 keep-alive + wrk -c25 Connection: close",
         "held": {
-            "req_s_first_last": [round(first), round(last)],
+            "req_s_first_last_minute": [round(first), round(last)],
             "last_vs_first": round(last / first, 3) if first else 0.0,
             "rss_mb_start_end_max": [
                 round(rss[0][1] / MiB, 1),
