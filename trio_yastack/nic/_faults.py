@@ -24,6 +24,11 @@ Jitter alone does not reorder (a frame is never released before the one sent bef
 with a rate); reordering is its own probability: the frame picked is held back ``reorder_gap``
 seconds behind its release time, and the frames after it overtake it.
 
+A delayed frame to send leaves from the next call on its queue, or from the idle ``wait_rx`` of
+that queue; a core that transmits on a queue it never reads (software RSS: ``tap:NAME,queues=1``
+under several cores) has no such wait, so its delayed frames leave with its next transmission:
+use a queue per core with delay.
+
 In a port spec, ``,faults=...`` after any port's own options wraps that port:
 ``tap:yas0,faults=loss:0.05/dup:0.01/reorder:0.05/corrupt:0.001/delay:0.02/jitter:0.01/seed:1``,
 or ``faults=soak`` for the soak's setting (:data:`SOAK_FAULTS`).
