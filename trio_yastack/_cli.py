@@ -294,6 +294,7 @@ def _check_serve_options(args: argparse.Namespace, config: Any) -> None:
     from ipaddress import IPv4Address, IPv4Interface
 
     from trio_yastack.l7.asgi import parse_bind
+    from trio_yastack.nic import split_fault_spec
     from trio_yastack.nic.tap import parse_tap_spec
 
     def fail(message: str) -> None:
@@ -318,23 +319,27 @@ def _check_serve_options(args: argparse.Namespace, config: Any) -> None:
             IPv4Address(args.gateway)
     except ValueError as exc:
         fail(f"--ip/--gateway: {exc}")
-    if args.nic.startswith("tap:") or ":" not in args.nic:
+    try:  # ",faults=..." wraps any port (nic/_faults.py); the rest is the port's own spec
+        nic, _ = split_fault_spec(args.nic)
+    except ValueError as exc:
+        fail(str(exc))
+    if nic.startswith("tap:") or ":" not in nic:
         try:
-            parse_tap_spec(args.nic)
+            parse_tap_spec(nic)
         except ValueError as exc:
             fail(str(exc))
-    elif args.nic.startswith("af_packet:"):
+    elif nic.startswith("af_packet:"):
         from trio_yastack.nic.af_packet import parse_af_packet_spec
 
         try:
-            parse_af_packet_spec(args.nic)
+            parse_af_packet_spec(nic)
         except ValueError as exc:
             fail(str(exc))
-    elif args.nic.startswith("af_xdp:"):
+    elif nic.startswith("af_xdp:"):
         from trio_yastack.nic.af_xdp import parse_af_xdp_spec
 
         try:
-            parse_af_xdp_spec(args.nic)
+            parse_af_xdp_spec(nic)
         except ValueError as exc:
             fail(str(exc))
     problem = check_observability_options(args)

@@ -22,7 +22,7 @@ import trio
 from trio_yastack import socket_api
 from trio_yastack._trio_helpers import unwrap_single_exception
 from trio_yastack.dispatch import CoreLayout, PollLoop, launch
-from trio_yastack.nic import Port, PortStatistics
+from trio_yastack.nic import FaultPort, Port, PortStatistics, split_fault_spec
 from trio_yastack.socket_api import PingSocket, StackSocket, UdpEndpoint, install_stack, listening_socket
 from trio_yastack.stack import InterfaceConfig, StackConfig, StackCore, StackStatistics, UdpPcb
 from trio_yastack.stack.wire import MacAddress
@@ -49,10 +49,14 @@ def open_port(spec: str | Port, *, queues: int | None = None) -> Port:
     ``tap:NAME[,key=value...]`` opens the TAP poll-mode driver (options as
     :class:`~trio_yastack.nic.tap.TapOptions`: ``offloads``, ``mtu``, ``queues``,
     ``kernel_address``, ``txqueuelen``, ``busy_poll``, ``persist``, ``mac``); ``pcap:FILE`` replays a
-    capture.  The kinds are :data:`PORT_OPENERS`'s keys.
+    capture; ``,faults=...`` after any spec's options puts the port behind a seeded bad path
+    (:class:`~trio_yastack.nic.FaultPort`).  The kinds are :data:`PORT_OPENERS`'s keys.
     """
     if isinstance(spec, Port):
         return spec
+    spec, faults = split_fault_spec(spec)  # ",faults=..." wraps any kind (nic/_faults.py)
+    if faults is not None:
+        return FaultPort(open_port(spec, queues=queues), faults)
     kind, sep, _ = spec.partition(":")
     target = PORT_OPENERS.get(kind) if sep else None
     if target is None:

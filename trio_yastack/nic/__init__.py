@@ -1,7 +1,8 @@
 """NIC ports: DPDK-shaped burst I/O (``rx_burst``/``tx_burst``).
 
 Re-exported here: the :class:`Port` abstraction and its wrappers (:class:`PcapTee`,
-:class:`TracePort`), the virtual wire of the tests (:func:`memory_wire`, seeded faults under
+:class:`TracePort`, and :class:`FaultPort`: a seeded bad path around any port, ``,faults=...``
+in a spec), the virtual wire of the tests (:func:`memory_wire`, seeded faults under
 trio's clock) and pcap replay.  Public modules of their own: :mod:`trio_yastack.nic.tap` (the
 Linux kernel as the peer, through a TAP device with virtio-net offloads and a queue per core),
 :mod:`trio_yastack.nic.netns` (private network namespaces for anything touching a real
@@ -10,6 +11,12 @@ tests and benchmarks).  A port spec string (``"tap:yas0"``, ``"pcap:FILE"``) or 
 object is what :func:`trio_yastack.open_stack` takes.
 """
 
+from ._faults import SOAK_FAULTS as SOAK_FAULTS
+from ._faults import FaultOptions as FaultOptions
+from ._faults import FaultPort as FaultPort
+from ._faults import FaultStatistics as FaultStatistics
+from ._faults import parse_faults as parse_faults
+from ._faults import split_fault_spec as split_fault_spec
 from ._memory import MemoryPort as MemoryPort
 from ._memory import WireStatistics as WireStatistics
 from ._memory import memory_wire as memory_wire
