@@ -172,7 +172,13 @@ def segment_arrives(
         return
     if flags & TCP_FIN:  # eighth
         self._check_fin_bit(seq + length, now)
-    self._output_after_input(now)
+    if self.ack_now and len(self.reasm):
+        # RFC 5681 4.2: an immediate duplicate ACK for each out-of-order segment, not one for
+        # the whole burst: a sender without SACK counts them to find the loss (three), and with
+        # SACK each one reports the blocks as they grow.
+        self.tcp_output(now)
+    else:
+        self._output_after_input(now)
 
 
 def _check_sequence_number(
@@ -651,7 +657,7 @@ def _data_arrives(self: TcpConnection, buf: bytes, start: int, end: int, seq: in
             # Nothing new: a duplicate of what is held, or refused by the queue's bounds.
             full = len(self.reasm) + end - start > self.reasm.limit
             stats.drop(TcpDrop.OUT_OF_ORDER_QUEUE_FULL if full else TcpDrop.OUT_OF_ORDER_DUPLICATE)
-        self.ack_now = True  # a duplicate ACK with SACK blocks tells the sender at once
+        self.ack_now = True  # at once, not at the end of the burst (segment_arrives)
 
 
 def _fin_arrives(self: TcpConnection, now: float) -> None:

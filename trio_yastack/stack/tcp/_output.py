@@ -273,11 +273,17 @@ def _send_syn(self: TcpConnection, now: float) -> None:
 
 
 def _receive_window(self: TcpConnection) -> int:
-    """The window to advertise: free buffer space less what the out-of-order queue holds,
-    never less than what was already promised (RFC 9293 3.8.6.2.2: no shrinking)."""
+    """The window to advertise: the receive buffer's free space, never less than what was
+    already promised (RFC 9293 3.8.6.2.2: no shrinking).
+
+    Out-of-order data is not subtracted: it lies inside the window already offered (the
+    reassembly queue takes nothing beyond RCV.ADV), so buffer plus queue stay within the limit.
+    Subtracting it changed the window with every out-of-order segment, and an ACK whose window
+    changed is no duplicate ACK (RFC 5681 2): a sender without SACK then missed nearly every
+    loss and waited for its retransmission timer."""
     rcvbuf = self.rcvbuf
     limit = rcvbuf.limit
-    free = limit - len(rcvbuf) - len(self.reasm)
+    free = limit - len(rcvbuf)
     if free < self.mss and free < limit >> 1:
         free = 0  # receiver SWS avoidance: do not advertise a sliver
     promised = self.rcv_adv - self.rcv_nxt

@@ -342,7 +342,12 @@ def _enter_recovery(self: TcpConnection, now: float) -> None:
     self.recover = self.snd_max
     self.high_rxt = self.snd_una
     in_flight = self.snd_max - self.snd_una
-    self.cc.on_congestion_event(now, in_flight)
+    # The window the loss reduces is cwnd, as Linux's tcp_init_cwnd_reduction (ssthresh from
+    # snd_cwnd): FlightSize (RFC 5681) is no measure here, since a burst of ACKs is taken in
+    # before anything is sent, so at the first SACK the flight is only the tail behind the hole.
+    # cwnd cannot be stale: it grows only while at least half of it is in use (_cc.py).
+    cwnd = self.cc.cwnd
+    self.cc.on_congestion_event(now, cwnd if cwnd > in_flight else in_flight)
     stats = self.stats
     stats.fast_retransmits += 1
     stats.sack_recovery_episodes += 1
