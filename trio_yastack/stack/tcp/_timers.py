@@ -3,6 +3,9 @@
 Each connection keeps its five deadlines as plain floats (0.0: not set) and at most one live entry
 in the core's timer heap, at the earliest of them (:func:`_arm`); when that entry fires,
 :func:`on_timer` runs every timer that is due.  No clock is read here: ``now`` is given.
+REXMT serves three purposes, as Linux's one retransmission timer does (``rexmt_mode``): the RTO,
+the tail loss probe and RACK's reordering timer (:mod:`._rack`); an RTO is followed by F-RTO
+(RFC 5682, :func:`_frto_ack`).
 
 Each function here is a method of :class:`~trio_yastack.stack.tcp._conn.TcpConnection`, bound in
 its class body (``self`` is the connection).
