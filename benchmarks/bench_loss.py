@@ -1,9 +1,13 @@
 """Bulk TCP over a lossy path: the stack as sender against the Linux kernel as sender (issue 19).
 
-One TAP in a private namespace (kernel side 198.18.0.1, the stack 198.18.0.2), frames dropped by
-the kernel itself: an ``nftables`` table of family ``netdev`` on the TAP's kernel side with
-``numgen random mod 1000 < N drop`` on its ingress hook (what the stack sends) and on its egress
-hook (what the kernel sends) -- the same loss each way.  Per loss rate and offload setting:
+One TAP in a private namespace (kernel side 198.18.0.1, the stack 198.18.0.2), the same loss each
+way: what the stack sends is dropped by the kernel itself, an ``nftables`` table of family
+``netdev`` on the TAP's kernel side with ``numgen random mod 1000 < N drop`` on its ingress hook;
+what the kernel sends is dropped as it reaches the stack (:class:`RxLoss`, a seeded port wrapper).
+Not nft's egress hook for that direction: a frame dropped there fails the kernel's own transmit
+(NET_XMIT_DROP), so its TCP keeps the segment and sends it again as if nothing was lost -- the
+kernel sender would never see a loss (its ``total_retrans`` stays at 0-2 at "3 %").  Per loss
+rate and offload setting:
 
 - the stack sends to a kernel receiver, with our CUBIC and our NewReno;
 - the kernel sends to a stack receiver with the same congestion control set per socket
@@ -11,8 +15,8 @@ hook (what the kernel sends) -- the same loss each way.  Per loss rate and offlo
 
 and prints Mbit/s, the ratio stack ÷ kernel for the same congestion control, and retransmission
 timeouts per thousand segments lost (ours from the stack's counters, the kernel's from
-``nstat``'s TcpExtTCPTimeouts in the namespace; segments lost = bytes nft dropped on that
-direction / 1448).  Never asserted; the machine is shared, so the load average is printed.
+``nstat``'s TcpExtTCPTimeouts in the namespace; segments lost = bytes dropped on that direction
+/ 1448).  Never asserted; the machine is shared, so the load average is printed.
 
     python benchmarks/bench_loss.py [--megabytes N] [--rounds R] [--quick]
 
@@ -25,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -37,6 +42,7 @@ import trio
 from _common import load_average, machine
 
 from trio_yastack import open_stack
+from trio_yastack.nic import Port, PortWrapper
 from trio_yastack.nic.kernel_peer import pattern_block
 from trio_yastack.nic.netns import NetworkNamespace, tap_in_netns
 from trio_yastack.stack import TcpConfig
@@ -58,6 +64,7 @@ STACK_COUNTERS = (
 #: the kernel's sender: connect, TCP_CONGESTION, send the pattern, print what TCP_INFO says
 KERNEL_SENDER = r"""
 import json, socket, struct, sys, time
+from trio_yastack.nic import Port, PortWrapper
 from trio_yastack.nic.kernel_peer import pattern_block
 host, port, nbytes, cc = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 s = socket.socket()
@@ -77,13 +84,33 @@ print(json.dumps({"bytes": sent, "seconds": time.monotonic() - started,
 """
 
 
+class RxLoss(PortWrapper):
+    """Loses ``per_mille``/1000 of the frames the kernel sent, as they arrive (seeded)."""
+
+    def __init__(self, inner: Port, per_mille: int, seed: int = 19) -> None:
+        super().__init__(inner)
+        self.per_mille = per_mille
+        self.rng = random.Random(seed)
+        self.dropped_bytes = 0
+
+    def rx_burst(self, queue: int, max_n: int) -> list[bytes]:
+        kept = []
+        for frame in self.inner.rx_burst(queue, max_n):
+            if self.rng.randrange(1000) < self.per_mille:
+                self.dropped_bytes += len(frame) - 66  # payload, roughly: less Ethernet/IP/TCP+TS
+            else:
+                kept.append(frame)
+        return kept
+
+
 def nft(namespace: NetworkNamespace, *args: str, check: bool = True) -> str:
     return namespace.run(["nft", *args], check=check, capture_output=True, text=True).stdout
 
 
 def add_loss(namespace: NetworkNamespace, per_mille: int) -> None:
+    """nft drops ``per_mille``/1000 of what the stack sends (the TAP's kernel-side ingress)."""
     nft(namespace, "add", "table", "netdev", TABLE)
-    for hook in ("ingress", "egress"):
+    for hook in ("ingress",):
         nft(namespace, "add", "chain", "netdev", TABLE, hook,
             f"{{ type filter hook {hook} device yas0 priority 0 ; }}")  # fmt: skip
         nft(namespace, "add", "rule", "netdev", TABLE, hook, "numgen", "random", "mod", "1000", "<",
@@ -91,7 +118,7 @@ def add_loss(namespace: NetworkNamespace, per_mille: int) -> None:
 
 
 def dropped_bytes(namespace: NetworkNamespace) -> dict[str, int]:
-    """Bytes nft dropped per hook: ingress = the stack's frames, egress = the kernel's."""
+    """Bytes nft dropped per hook (ingress: the stack's frames)."""
     out: dict[str, int] = {}
     hook = ""
     for line in nft(namespace, "list", "table", "netdev", TABLE).splitlines():
@@ -121,8 +148,10 @@ def stack_sends(per_mille: int, offloads: bool, nbytes: int, cc: str) -> dict[st
             text=True,
         )
 
+        lossy = RxLoss(port, per_mille)
+
         async def main() -> dict[str, Any]:
-            async with open_stack(port, ip="198.18.0.2/24", tcp=TcpConfig(congestion_control=cc)) as stack:
+            async with open_stack(lossy, ip="198.18.0.2/24", tcp=TcpConfig(congestion_control=cc)) as stack:
                 assert receiver.stdout is not None
                 await trio.to_thread.run_sync(receiver.stdout.readline)
                 sock = trio.socket.socket()
@@ -162,8 +191,10 @@ def kernel_sends(per_mille: int, offloads: bool, nbytes: int, cc: str) -> dict[s
     with NetworkNamespace("yasl") as namespace, tap_in_netns(namespace, offloads=offloads) as port:
         add_loss(namespace, per_mille)
 
+        lossy = RxLoss(port, per_mille)
+
         async def main() -> dict[str, Any]:
-            async with open_stack(port, ip="198.18.0.2/24"):
+            async with open_stack(lossy, ip="198.18.0.2/24"):
                 listener = trio.socket.socket()
                 listener.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, 4 << 20)
                 await listener.bind(("0.0.0.0", PORT))
@@ -183,7 +214,7 @@ def kernel_sends(per_mille: int, offloads: bool, nbytes: int, cc: str) -> dict[s
                 if received != nbytes:
                     raise RuntimeError(f"the stack received {received} of {nbytes} bytes")
                 timeouts = kernel_timeouts(namespace)
-                lost = dropped_bytes(namespace).get("egress", 0) / MSS
+                lost = lossy.dropped_bytes / MSS
                 return {
                     "mbit_per_s": nbytes * 8 / result["seconds"] / 1e6,
                     "timeouts": timeouts,
