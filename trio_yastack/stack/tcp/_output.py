@@ -23,6 +23,8 @@ from .._offload import OffloadPacket
 from ..wire._checksum import sum16
 from ..wire.ipv4 import IPPROTO_TCP
 from ..wire.tcp import TCP_ACK, TCP_FIN, TCP_HEADER, TCP_HEADER_LEN, TCP_PSH, TCP_RST, TCP_SYN, TcpOptions
+from ._cc import INFINITE_SSTHRESH
+from ._rack import RACKED, REXMT_RTO
 from ._states import CLOSED, SYN_RECEIVED, SYN_SENT, TIME_WAIT
 
 if TYPE_CHECKING:
@@ -104,14 +106,44 @@ def tcp_output(self: TcpConnection, now: float, *, limited_transmit: bool = Fals
     gso_max = self.core.gso_max_size
     burst = mss * max((gso_max - 100) // mss, 1) if gso_max else mss
     cc = self.cc
+    if burst > 2 * mss and cc.ssthresh < INFINITE_SSTHRESH:
+        # TSO autosizing once the path has lost something (Linux's tcp_tso_autosize sizes by
+        # pacing rate, always): at least four frames per window, so that one frame lost is not
+        # the whole flight -- a tail loss with nothing behind it to be SACKed, which only the
+        # probe or the timer can repair.  A path that never lost keeps the largest frames.
+        quarter = (cc.cwnd >> 2) // mss * mss
+        if quarter < burst:
+            burst = quarter if quarter > 2 * mss else 2 * mss
     if self.last_send and now - self.last_send > self.rto and self.snd_max == self.snd_una:
         cc.on_idle_restart(now, self.rto, now - self.last_send)
     sent_any = False
     data_end = sndbuf.end  # sending never changes it
     sack_recovery = self.in_recovery and self.sack_on
+    rack = self.rack
+    pipe = rack.pipe() if sack_recovery and rack is not None else 0
+    hint = 0  # the entry of the sent log to look for the next loss from
     for _ in range(64):  # bounded work per call; the next ACK or the poll loop continues
-        # RFC 6675: during SACK recovery, retransmit lost holes first, within cwnd - pipe.
-        if sack_recovery:
+        if sack_recovery and rack is not None:
+            # RACK / RFC 6675 from the sent log: lost entries first, within cwnd - pipe (the
+            # cwnd PRR set, RFC 6937), then new data.
+            if cc.cwnd - pipe < mss:
+                break
+            index = rack.next_lost(hint)
+            if index >= 0:
+                start, end, flags = rack.span(index)
+                # TSO-aware: a lost TSO segment goes again in as few segments as cwnd allows.
+                length = min(end - start, burst, max((cc.cwnd - pipe) // mss, 1) * mss)
+                self._retransmit(start, now, length)
+                if flags & RACKED:
+                    self.stats.rack_retransmits += 1
+                pipe += length
+                self.prr_out += length
+                hint = index + 1
+                sent_any = True
+                continue
+            flight = pipe
+        elif sack_recovery:
+            # RFC 6675 alone (config.rack off): retransmit lost holes first, within cwnd - pipe.
             pipe = self.scoreboard.pipe(self.snd_una, self.snd_max, self.high_rxt, mss)
             if cc.cwnd - pipe < mss:
                 break
@@ -151,7 +183,12 @@ def tcp_output(self: TcpConnection, now: float, *, limited_transmit: bool = Fals
             flags = TCP_ACK | (TCP_PSH if self.snd_nxt + length == data_end else 0)
             if fin_due and self.snd_nxt + length == self.fin_seq:
                 flags |= TCP_FIN
+            if self.snd_nxt < self.snd_max:
+                self.stats.rto_retransmits += 1  # going back N after a timeout
             self._send_data(self.snd_nxt, length, flags, now)
+            if sack_recovery:
+                pipe += length
+                self.prr_out += length
             sent_any = True
             continue
         if (
@@ -188,18 +225,21 @@ def _send_data(self: TcpConnection, seq: int, length: int, flags: int, now: floa
         stats.retransmitted_bytes += length
     elif not self.ts_on and self.rtt_seq < 0:
         self.rtt_seq, self.rtt_time = seq, now  # time this segment (Karn: never a retransmission)
+    rack = self.rack
+    if rack is not None:
+        rack.sent(seq, end, now)  # RFC 8985: every segment's transmission time
     if end > self.snd_nxt:
         self.snd_nxt = end
     if end > self.snd_max:
         self.snd_max = end
     if not self.t_rexmt:
-        self.t_rexmt = now + self.rto
-        self._arm()
+        self._arm_rexmt(now)
     self.last_send = now
 
 
 def _retransmit(self: TcpConnection, seq: int, now: float, length: int | None = None) -> None:
-    """Send one segment again starting at ``seq`` (fast retransmit, SACK hole, partial ACK)."""
+    """Send one segment again starting at ``seq`` (fast retransmit, SACK hole, partial ACK):
+    at most one MSS, or a whole TSO segment of ``length`` when the port segments (TSO/GSO)."""
     if seq >= self.snd_max:
         return
     if self.rtt_seq >= 0 and seq <= self.rtt_seq:
@@ -207,7 +247,12 @@ def _retransmit(self: TcpConnection, seq: int, now: float, length: int | None = 
     limit = self.snd_max - seq
     data_end = self.sndbuf.end
     mss = self._data_mss()
-    length = min(mss if length is None else length, mss, limit, max(data_end - seq, 0))
+    most = mss
+    if length is not None and length > mss and self.core.gso_max_size:
+        most = mss * max((self.core.gso_max_size - 100) // mss, 1)
+        if length % mss and length < limit:
+            length -= length % mss  # whole segments only, as tcp_output sends them
+    length = min(mss if length is None else length, most, limit, max(data_end - seq, 0))
     flags = TCP_ACK
     if self.fin_seq >= 0 and seq + length == self.fin_seq and self.snd_max > self.fin_seq:
         flags |= TCP_FIN
@@ -239,15 +284,22 @@ def _send_syn(self: TcpConnection, now: float) -> None:
     self.snd_max = max(self.snd_max, self.iss + 1)
     if not self.t_rexmt:
         self.t_rexmt = now + self.rto
+        self.rexmt_mode = REXMT_RTO
         self._arm()
 
 
 def _receive_window(self: TcpConnection) -> int:
-    """The window to advertise: free buffer space less what the out-of-order queue holds,
-    never less than what was already promised (RFC 9293 3.8.6.2.2: no shrinking)."""
+    """The window to advertise: the receive buffer's free space, never less than what was
+    already promised (RFC 9293 3.8.6.2.2: no shrinking).
+
+    Out-of-order data is not subtracted: it lies inside the window already offered (the
+    reassembly queue takes nothing beyond RCV.ADV), so buffer plus queue stay within the limit.
+    Subtracting it changed the window with every out-of-order segment, and an ACK whose window
+    changed is no duplicate ACK (RFC 5681 2): a sender without SACK then missed nearly every
+    loss and waited for its retransmission timer."""
     rcvbuf = self.rcvbuf
     limit = rcvbuf.limit
-    free = limit - len(rcvbuf) - len(self.reasm)
+    free = limit - len(rcvbuf)
     if free < self.mss and free < limit >> 1:
         free = 0  # receiver SWS avoidance: do not advertise a sliver
     promised = self.rcv_adv - self.rcv_nxt
