@@ -112,6 +112,8 @@ class _DateLine:
 
 
 _DATE = _DateLine()
+#: what a closed connection's parser becomes (one, shared; it has no callbacks and is never fed)
+_CLOSED_PARSER = httptools.HttpRequestParser(object())
 
 
 class _Request:
@@ -539,11 +541,20 @@ class HttpConnection:
             pass  # the client went away: nothing to answer
         finally:
             if self._cancel is cancel:  # still the holder (a cancelled old app's task is not)
-                with (
-                    trio.CancelScope(shield=True),
-                    contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
-                ):
-                    await self.stream.aclose()
+                sock = self._sock
+                if sock is not None:
+                    # what SocketStream.aclose does, less its checkpoint (the task ends here)
+                    # and the shielding cancel scope that checkpoint needs
+                    sock.close()
+                else:
+                    with (
+                        trio.CancelScope(shield=True),
+                        contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
+                    ):
+                        await self.stream.aclose()
+                # the parser holds this connection's bound callbacks: a reference cycle that
+                # only the garbage collector would end; dropped, the connection is freed now
+                self._parser = _CLOSED_PARSER
                 if self._ended is not None:
                     self._ended.set()
         if after is None and self._ended is not None:
