@@ -12,6 +12,7 @@ is left is cancelled, and the lifespan shutdown runs last.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import importlib
 import logging
@@ -40,6 +41,9 @@ SWEEP_INTERVAL = 0.5
 
 #: the most connections one accept loop takes per wake-up before the connections' tasks get a turn
 ACCEPT_BATCH = 64
+#: kernel listeners (Linux TCP_DEFER_ACCEPT): how long a connected client may stay silent before it
+#: is accepted anyway (the kernel holds it until its first bytes, at most this long)
+DEFER_ACCEPT_SECONDS = 1
 #: accept() failed for lack of resources (trio's serve_listeners' list): log, wait, try again
 ACCEPT_CAPACITY_ERRNOS = frozenset([errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS])
 ACCEPT_RETRY_SECONDS = 0.1
@@ -223,6 +227,15 @@ async def _kernel_listeners(bind: str, backlog: int) -> tuple[list[trio.SocketLi
     host, port = parse_bind(bind)
     host = "127.0.0.1" if host is None else host
     listeners = await trio.open_tcp_listeners(port, host=host, backlog=backlog)
+    defer = getattr(trio.socket, "TCP_DEFER_ACCEPT", None)
+    if defer is not None:
+        for listener in listeners:
+            with contextlib.suppress(OSError):
+                # accept once the client's first bytes are in (every protocol served here has the
+                # client speak first): its first read never waits, which saves a scheduler pass and
+                # the epoll registration (and removal at close) per connection; a silent client is
+                # accepted after DEFER_ACCEPT_SECONDS all the same, and its head timeout runs then
+                listener.socket.setsockopt(trio.socket.IPPROTO_TCP, defer, DEFER_ACCEPT_SECONDS)
     return listeners, f"{host}:{listeners[0].socket.getsockname()[1]}"
 
 
