@@ -499,3 +499,37 @@ async def test_accept_out_of_descriptors_is_logged_and_retried(
         assert trio.current_time() - start >= _server.ACCEPT_RETRY_SECONDS
         assert listener.calls == 3
         assert any("accept returned EMFILE" in record.getMessage() for record in caplog.records)
+
+
+async def test_kernel_socket_large_response_and_upload_intact() -> None:
+    """On kernel sockets the connection writes and reads the stdlib socket itself: a response far
+    larger than the socket buffers (written in parts as the client drains them) and an upload
+    read over many reads arrive whole, on one keep-alive connection."""
+    size = 24 * 1024 * 1024
+    blob = random.Random(16).randbytes(size)
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        if scope["method"] == "POST":
+            got = bytearray()
+            while True:
+                message = await receive()
+                got += message.get("body", b"")
+                if not message.get("more_body"):
+                    break
+            body = b"%d %d" % (len(got), bytes(got) == blob)
+        else:
+            body = blob
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": body})
+
+    with trio.fail_after(60):
+        async with running_server(app, ServerConfig(bind=("127.0.0.1:0",)), kernel=True) as urls:
+            port = int(urls[0].rsplit(":", 1)[1])
+            client = RawClient(await trio.open_tcp_stream("127.0.0.1", port))
+            response = await client.request()
+            assert response.status == 200 and response.body == blob
+            response = await client.request("POST", "/", blob)
+            assert response.body == b"%d 1" % size
+            await client.stream.aclose()
