@@ -533,3 +533,21 @@ async def test_kernel_socket_large_response_and_upload_intact() -> None:
             response = await client.request("POST", "/", blob)
             assert response.body == b"%d 1" % size
             await client.stream.aclose()
+
+
+async def test_kernel_connections_one_after_another_reuse_descriptors() -> None:
+    """A kernel connection is closed without trio's notify_closing when no other task can wait on
+    it; the next connection (very likely the same descriptor number) must still be waited on
+    properly: each connection here waits for its request's second half and for EOF."""
+    with trio.fail_after(30):
+        async with running_server(hello_app, ServerConfig(bind=("127.0.0.1:0",)), kernel=True) as urls:
+            port = int(urls[0].rsplit(":", 1)[1])
+            for _ in range(4):
+                client = RawClient(await trio.open_tcp_stream("127.0.0.1", port))
+                request = build_request()
+                await client.send(request[:5])
+                await trio.sleep(0.05)  # the server's first read has the head's start only: it waits
+                await client.send(request[5:])
+                assert (await client.response()).status == 200
+                await trio.sleep(0.05)  # the server now waits for the next request (registered)
+                await client.stream.aclose()
