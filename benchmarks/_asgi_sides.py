@@ -24,6 +24,7 @@ second (``taskset``), so "1 core" means one core and the load never steals it.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import subprocess
 import sys
@@ -92,6 +93,25 @@ SIDES: dict[str, Side] = {
         Side("hypercorn_stack", "hypercorn's trio worker over the stack (TAP)", True, _yastack("hypercorn")),
     )
 }
+
+#: ``BENCH_ASGI_BASELINE=DIR`` (a checkout of this repository with its own ``.venv``, e.g. the main
+#: branch) adds ``base_stack`` and ``base_kernel``: that checkout's server run the same way, so a
+#: change is measured against the code before it side by side in one run (``-P``: the checkout's
+#: own package, not the one in the working directory)
+BASELINE = os.environ.get("BENCH_ASGI_BASELINE")
+if BASELINE:
+    _python = str(Path(BASELINE) / ".venv" / "bin" / "python")
+
+    def _base_stack(cores: int, tmp: Path) -> list[str]:
+        return [_python, "-P", *_yastack("yastack")(cores, tmp)[1:]]
+
+    def _base_kernel(cores: int, tmp: Path) -> list[str]:
+        return [_python, "-P", *_ours_kernel(cores, tmp)[1:]]
+
+    SIDES["base_stack"] = Side("base_stack", f"{BASELINE}'s server over the stack (TAP)", True, _base_stack)
+    SIDES["base_kernel"] = Side(
+        "base_kernel", f"{BASELINE}'s server on kernel sockets (veth)", False, _base_kernel, max_cores=1
+    )
 DEFAULT_SIDES = ("ours_stack", "ours_kernel", "hypercorn_kernel", "uvicorn_kernel", "hypercorn_stack")
 
 

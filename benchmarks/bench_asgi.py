@@ -10,9 +10,12 @@ load (``wrk -t1 -c50 --latency``) against four servers (``_asgi_sides.py`` says 
 - ``hypercorn_stack``: ``yastack serve --server hypercorn`` over the stack (the main job before).
 
 Keep-alive and ``Connection: close``, one core (the server pinned to one CPU, wrk to the other).
-Two cores (``--two-cores``) only where the machine has a CPU for wrk beside them: on a 2-CPU
-machine the server's two processes and wrk would share two CPUs, so it is off by default
+Two cores (``--two-cores``): the server on both CPUs, unpinned, and wrk pinned to the second, so
+wrk shares a CPU with the server (a 2-CPU machine has none to spare); off by default, and its
+rows say what two cores give a server when the load generator takes part of one
 (``yastack serve --kernel`` serves on one core only: ours on kernel sockets has no 2-core case).
+``BENCH_ASGI_BASELINE=DIR`` adds another checkout's server (``base_stack``, ``base_kernel``) for
+before/after figures in the same run.
 Every round starts each server afresh and runs the sides one after another, the order rotated
 each round, so a busy moment of the shared machine does not fall on one side only; each run
 records the load average before it.  Reported: requests/s, p50/p99 latency, the server's CPU
@@ -51,6 +54,9 @@ RATIOS: list[tuple[str, str, float | None]] = [
     ("ours_stack", "uvicorn_kernel", None),
     ("ours_stack", "ours_kernel", None),
     ("hypercorn_stack", "hypercorn_kernel", None),
+    # before/after, with BENCH_ASGI_BASELINE=DIR (_asgi_sides.py): this checkout over that one
+    ("ours_kernel", "base_kernel", None),
+    ("ours_stack", "base_stack", None),
 ]
 
 

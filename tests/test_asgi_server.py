@@ -8,6 +8,7 @@ the CLI's mapping of options, and ``server="hypercorn"`` still reaching hypercor
 
 from __future__ import annotations
 
+import errno
 import logging
 import random
 import re
@@ -20,7 +21,7 @@ import trio.testing
 from asgi_helpers import RawClient, build_request, echo_app, hello_app, running_server, scope_app
 from socket_helpers import A_IP, two_stacks
 
-from trio_yastack.l7.asgi import Config, LifespanFailure, ServerConfig, serve_asgi
+from trio_yastack.l7.asgi import Config, LifespanFailure, ServerConfig, _server, serve_asgi
 from trio_yastack.l7.asgi._access_log import format_line
 from trio_yastack.l7.asgi._server import SWEEP_INTERVAL
 from trio_yastack.tls.certs import make_ca
@@ -387,3 +388,166 @@ async def test_bad_input_never_takes_the_server_down(
         good = RawClient(await b.tcp_connect(A_IP, 8000))
         assert (await good.request("POST", "/", b"still here")).body == b"still here"
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]  # no bug met on the way
+
+
+# -- the accept loop --------------------------------------------------------------------------------
+async def test_scope_addresses_over_the_stack_come_from_accept(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Over the stack the peer's address is accept's (no getpeername per connection) and the
+    listener's own address is every connection's server address."""
+    async with two_stacks() as (a, b), running_server(scope_app, ServerConfig(bind=("8000",)), stack=a):
+        stream = await b.tcp_connect(A_IP, 8000)
+        local = stream.socket.getsockname()
+        scope = (await RawClient(stream).request()).json()
+        assert scope["client"] == [local[0], local[1]]
+        assert scope["server"] == [A_IP, 8000]
+
+
+async def test_kernel_listener_drains_its_queue_in_batches(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On kernel sockets (loopback) connections queued before the server's accept loop runs are all
+    taken, ACCEPT_BATCH at a time (2 here, so the full-batch turn is taken too), and each scope
+    carries the client's address from accept and the listener's as the server's."""
+    monkeypatch.setattr(_server, "ACCEPT_BATCH", 2)
+    with trio.fail_after(20):
+        async with running_server(scope_app, ServerConfig(bind=("127.0.0.1:0",)), kernel=True) as urls:
+            port = int(urls[0].rsplit(":", 1)[1])
+            clients = []
+            for index in range(5):  # connected and sent in a row: several wait in the queue
+                sock = trio.socket.socket()
+                await sock.connect(("127.0.0.1", port))
+                stream = trio.SocketStream(sock)
+                await stream.send_all(build_request("GET", f"/{index}", connection="close"))
+                clients.append(RawClient(stream))
+            for index, client in enumerate(clients):
+                scope = (await client.response()).json()
+                local = client.stream.socket.getsockname()  # type: ignore[attr-defined]  # a SocketStream
+                assert scope["path"] == f"/{index}"
+                assert scope["client"] == [local[0], local[1]]
+                assert scope["server"] == ["127.0.0.1", port]
+                assert await client.wait_closed() == b""  # Connection: close honoured
+                await client.stream.aclose()
+
+
+async def test_kernel_listener_defers_accept_but_serves_a_slow_client() -> None:
+    """The kernel listener asks for TCP_DEFER_ACCEPT (the first read never waits); a client that
+    stays silent for a while is still accepted and served, and one that says nothing is closed
+    by the head timeout once the kernel hands it over (DEFER_ACCEPT_SECONDS later)."""
+    config = ServerConfig(bind=("127.0.0.1:0",), request_head_timeout=0.5)
+    with trio.fail_after(20):
+        async with running_server(hello_app, config, kernel=True) as urls:
+            port = int(urls[0].rsplit(":", 1)[1])
+            slow = trio.SocketStream(trio.socket.socket())
+            await slow.socket.connect(("127.0.0.1", port))
+            silent = trio.SocketStream(trio.socket.socket())
+            await silent.socket.connect(("127.0.0.1", port))
+            start = trio.current_time()
+            await trio.sleep(0.2)  # (the slow client's pause: it is what is tested, not a wait for it)
+            client = RawClient(slow)
+            assert (await client.request()).status == 200
+            assert await RawClient(silent).wait_closed() == b""  # no request, no 408: closed
+            waited = trio.current_time() - start
+            head = config.request_head_timeout
+            # held by the kernel for DEFER_ACCEPT_SECONDS (one SYN-ACK retransmission), then the head timeout
+            assert 0.9 * _server.DEFER_ACCEPT_SECONDS + head <= waited
+            assert waited <= _server.DEFER_ACCEPT_SECONDS + head + SWEEP_INTERVAL + 3.0
+            await slow.aclose()
+            await silent.aclose()
+
+
+def test_fixed_server_address_only_for_a_listener_on_one_address() -> None:
+    class Bound:
+        def __init__(self, address: Any) -> None:
+            self.address = address
+
+        def getsockname(self) -> Any:
+            return self.address
+
+    assert _server._fixed_server_address(Bound(("198.18.0.2", 8000))) == ("198.18.0.2", 8000)  # type: ignore[arg-type]  # a fake socket
+    for wildcard in (("0.0.0.0", 8000), ("::", 8000, 0, 0)):
+        assert _server._fixed_server_address(Bound(wildcard)) is _server._ASK  # type: ignore[arg-type]  # a fake socket
+
+
+async def test_accept_out_of_descriptors_is_logged_and_retried(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As trio.serve_listeners does: EMFILE from accept is logged, waited out, and accepting goes on."""
+    server_end, client_end = trio.testing.memory_stream_pair()
+
+    class Flaky(trio.abc.Listener[trio.abc.Stream]):
+        def __init__(self) -> None:
+            self.calls = 0
+
+        async def accept(self) -> trio.abc.Stream:
+            self.calls += 1
+            await trio.lowlevel.checkpoint()
+            if self.calls == 1:
+                raise OSError(errno.EMFILE, "Too many open files")
+            if self.calls == 2:
+                return server_end
+            await trio.sleep_forever()
+            raise AssertionError("unreachable")
+
+        async def aclose(self) -> None:
+            await trio.lowlevel.checkpoint()
+
+    listener = Flaky()
+    async with running_server(hello_app, listeners=[listener]):
+        start = trio.current_time()
+        client = RawClient(client_end)
+        assert (await client.request()).status == 200
+        assert trio.current_time() - start >= _server.ACCEPT_RETRY_SECONDS
+        assert listener.calls == 3
+        assert any("accept returned EMFILE" in record.getMessage() for record in caplog.records)
+
+
+async def test_kernel_socket_large_response_and_upload_intact() -> None:
+    """On kernel sockets the connection writes and reads the stdlib socket itself: a response far
+    larger than the socket buffers (written in parts as the client drains them) and an upload
+    read over many reads arrive whole, on one keep-alive connection."""
+    size = 24 * 1024 * 1024
+    blob = random.Random(16).randbytes(size)
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        if scope["method"] == "POST":
+            got = bytearray()
+            while True:
+                message = await receive()
+                got += message.get("body", b"")
+                if not message.get("more_body"):
+                    break
+            body = b"%d %d" % (len(got), bytes(got) == blob)
+        else:
+            body = blob
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": body})
+
+    with trio.fail_after(60):
+        async with running_server(app, ServerConfig(bind=("127.0.0.1:0",)), kernel=True) as urls:
+            port = int(urls[0].rsplit(":", 1)[1])
+            client = RawClient(await trio.open_tcp_stream("127.0.0.1", port))
+            response = await client.request()
+            assert response.status == 200 and response.body == blob
+            response = await client.request("POST", "/", blob)
+            assert response.body == b"%d 1" % size
+            await client.stream.aclose()
+
+
+async def test_kernel_connections_one_after_another_reuse_descriptors() -> None:
+    """A kernel connection is closed without trio's notify_closing when no other task can wait on
+    it; the next connection (very likely the same descriptor number) must still be waited on
+    properly: each connection here waits for its request's second half and for EOF."""
+    with trio.fail_after(30):
+        async with running_server(hello_app, ServerConfig(bind=("127.0.0.1:0",)), kernel=True) as urls:
+            port = int(urls[0].rsplit(":", 1)[1])
+            for _ in range(4):
+                client = RawClient(await trio.open_tcp_stream("127.0.0.1", port))
+                request = build_request()
+                await client.send(request[:5])
+                await trio.sleep(0.05)  # the server's first read has the head's start only: it waits
+                await client.send(request[5:])
+                assert (await client.response()).status == 200
+                await trio.sleep(0.05)  # the server now waits for the next request (registered)
+                await client.stream.aclose()

@@ -12,11 +12,13 @@ is left is cancelled, and the lifespan shutdown runs last.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import importlib
 import logging
+import socket as stdlib_socket
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
-from functools import partial
 from typing import Any, Literal
 
 import trio
@@ -37,6 +39,26 @@ logger = logging.getLogger("trio_yastack.asgi")
 #: how often the sweeper checks the connections' keep-alive and head timeouts (their resolution)
 SWEEP_INTERVAL = 0.5
 
+#: the most connections one accept loop takes per wake-up before the connections' tasks get a turn
+ACCEPT_BATCH = 64
+#: kernel listeners (Linux TCP_DEFER_ACCEPT): how long a connected client may stay silent before it
+#: is accepted anyway (the kernel holds it until its first bytes, at most this long)
+DEFER_ACCEPT_SECONDS = 1
+#: accept() failed for lack of resources (trio's serve_listeners' list): log, wait, try again
+ACCEPT_CAPACITY_ERRNOS = frozenset([errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS])
+ACCEPT_RETRY_SECONDS = 0.1
+#: accept() failed for this one connection (trio's SocketListener.accept ignores the same list)
+_ACCEPT_IGNORABLE = frozenset(
+    getattr(errno, name)
+    for name in (
+        "EPERM", "ECONNABORTED", "EPROTO", "ENETDOWN", "ENOPROTOOPT", "EHOSTDOWN", "ENONET",
+        "EHOSTUNREACH", "EOPNOTSUPP", "ENETUNREACH", "ENOSR", "ESOCKTNOSUPPORT", "EPROTONOSUPPORT",
+        "ETIMEDOUT", "ECONNRESET",
+    )
+    if hasattr(errno, name)
+)  # fmt: skip
+_ACCEPT_CLOSED = frozenset([errno.EBADF, errno.ENOTSOCK])
+
 #: ALPN offered on TLS listeners: HTTP/2 (hypercorn's protocol) first, as hypercorn offers it
 ALPN = ["h2", "http/1.1"]
 
@@ -51,6 +73,11 @@ def _ssl_context(config: ServerConfig) -> ssl.SSLContext:
     return context
 
 
+def _pair(address: Any) -> tuple[str, int] | None:
+    """A socket address as the ASGI scope has it: (host, port); None for a non-IP one."""
+    return (str(address[0]), int(address[1])) if isinstance(address, tuple) else None
+
+
 def _address(stream: trio.abc.Stream, peer: bool) -> tuple[str, int] | None:
     """The stream's socket address (``peer``: the client's), or None when it has no socket."""
     inner: Any = stream
@@ -63,7 +90,11 @@ def _address(stream: trio.abc.Stream, peer: bool) -> tuple[str, int] | None:
         address = sock.getpeername() if peer else sock.getsockname()
     except OSError:
         return None
-    return (str(address[0]), int(address[1])) if isinstance(address, tuple) else None
+    return _pair(address)
+
+
+#: the value of a scope address not known at accept: found from the stream's socket
+_ASK = ("?", -1)
 
 
 class _Server:
@@ -88,8 +119,18 @@ class _Server:
         # in flight); HTTP/1.1 connections that became websockets or h2c have their own
         self.stopped = trio.Event()
 
-    async def handle(self, stream: trio.abc.Stream) -> None:
-        """One accepted connection, from the TLS handshake (if any) to its close."""
+    async def handle(
+        self,
+        stream: trio.abc.Stream,
+        client: tuple[str, int] | None = _ASK,
+        server: tuple[str, int] | None = _ASK,
+    ) -> None:
+        """One accepted connection, from the TLS handshake (if any) to its close.
+
+        ``client``/``server``: the scope's addresses when the accept loop knows them already
+        (accept returns the peer's; a listener on one address is every connection's server), so
+        a connection costs no getpeername/getsockname; left out, they are asked of the socket.
+        The stream is closed when this returns (it owns the stream: no caller closes it again)."""
         scheme = "http"
         if isinstance(stream, trio.SSLStream):
             scheme = "https"
@@ -105,15 +146,19 @@ class _Server:
                     await trio.aclose_forcefully(stream)
                 return
             if stream.selected_alpn_protocol() == "h2":
-                await self._serve_h2(stream)
+                try:
+                    await self._serve_h2(stream)
+                finally:
+                    with trio.CancelScope(shield=True):
+                        await trio.aclose_forcefully(stream)
                 return
         connection = HttpConnection(
             stream,
             self.app,
             self.config,
             scheme=scheme,
-            server=_address(stream, peer=False),
-            client=_address(stream, peer=True),
+            server=_address(stream, peer=False) if server is _ASK else server,
+            client=_address(stream, peer=True) if client is _ASK else client,
             state=self.state,
             access_log=self.access_log,
             swept=True,
@@ -182,6 +227,15 @@ async def _kernel_listeners(bind: str, backlog: int) -> tuple[list[trio.SocketLi
     host, port = parse_bind(bind)
     host = "127.0.0.1" if host is None else host
     listeners = await trio.open_tcp_listeners(port, host=host, backlog=backlog)
+    defer = getattr(trio.socket, "TCP_DEFER_ACCEPT", None)
+    if defer is not None:
+        for listener in listeners:
+            with contextlib.suppress(OSError):
+                # accept once the client's first bytes are in (every protocol served here has the
+                # client speak first): its first read never waits, which saves a scheduler pass and
+                # the epoll registration (and removal at close) per connection; a silent client is
+                # accepted after DEFER_ACCEPT_SECONDS all the same, and its head timeout runs then
+                listener.socket.setsockopt(trio.socket.IPPROTO_TCP, defer, DEFER_ACCEPT_SECONDS)
     return listeners, f"{host}:{listeners[0].socket.getsockname()[1]}"
 
 
@@ -334,9 +388,8 @@ async def _serve(
                     accepting.start_soon(_flush_every_second, access_log)
                 accepting.start_soon(server.sweep)
                 accepting.start_soon(server.handoffs.run)
-                accepting.start_soon(
-                    partial(trio.serve_listeners, server.handle, listeners, handler_nursery=connections)
-                )
+                for listener in listeners:
+                    accepting.start_soon(_accept_loop, listener, server, connections)
                 task_status.started(urls)
         finally:
             # Graceful shutdown: no new connections; idle ones close now, the others after their
@@ -346,6 +399,104 @@ async def _serve(
                     await listener.aclose()
             server.shutdown()
             connections.cancel_scope.deadline = trio.current_time() + config.graceful_timeout
+
+
+async def _accept_loop(listener: trio.abc.Listener[Any], server: _Server, nursery: trio.Nursery) -> None:
+    """Accept connections on ``listener`` for ever, one task each in ``nursery`` (``server.handle``).
+
+    What ``trio.serve_listeners`` does, cheaper per connection: the task runs ``handle`` itself (no
+    wrapper task frame, no second close), and on a ``trio.SocketListener`` the peer's address comes
+    from accept.  On a kernel socket every pending connection is taken per wake-up (up to
+    ``ACCEPT_BATCH``), without the scheduler pass trio's ``accept`` makes after each one.  Errors are
+    handled as ``serve_listeners`` and ``SocketListener.accept`` handle them: resource exhaustion is
+    logged and retried after ``ACCEPT_RETRY_SECONDS``, a connection that failed before it was
+    accepted is skipped, anything else (a closed listener: ``ClosedResourceError``) is raised."""
+    if type(listener) is trio.SocketListener:
+        sock = listener.socket
+        raw = getattr(sock, "_sock", None)  # trio's kernel socket keeps its stdlib socket here
+        if type(sock).__module__ == "trio._socket" and isinstance(raw, stdlib_socket.socket):
+            await _accept_kernel(sock, raw, server, nursery)
+        else:
+            await _accept_socket(sock, server, nursery)
+        return
+    while True:
+        try:
+            stream = await listener.accept()
+        except OSError as exc:
+            if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
+                raise
+            await _accept_failed(exc)
+        else:
+            nursery.start_soon(server.handle, stream)
+
+
+async def _accept_failed(exc: OSError) -> None:
+    logger.error(
+        "accept returned %s (%s); retrying in %s seconds",
+        errno.errorcode.get(exc.errno or 0, exc.errno),
+        exc.strerror,
+        ACCEPT_RETRY_SECONDS,
+        exc_info=True,
+    )
+    await trio.sleep(ACCEPT_RETRY_SECONDS)
+
+
+def _fixed_server_address(sock: trio.socket.SocketType) -> tuple[str, int] | None:
+    """The listener's own address when every connection has it (not a wildcard), else _ASK."""
+    try:
+        address = sock.getsockname()
+    except OSError:
+        return _ASK
+    if not isinstance(address, tuple) or address[0] in ("0.0.0.0", "::", ""):
+        return _ASK
+    return _pair(address)
+
+
+async def _accept_kernel(
+    sock: trio.socket.SocketType, raw: stdlib_socket.socket, server: _Server, nursery: trio.Nursery
+) -> None:
+    """The kernel ``trio.SocketListener`` fast path: drain the accept queue per wake-up."""
+    handle = server.handle
+    here = _fixed_server_address(sock)
+    from_stdlib = trio.socket.from_stdlib_socket
+    while True:
+        for _ in range(ACCEPT_BATCH):
+            try:
+                conn, address = raw.accept()
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if exc.errno in _ACCEPT_CLOSED:
+                    raise trio.ClosedResourceError from None
+                if exc.errno in ACCEPT_CAPACITY_ERRNOS:
+                    await _accept_failed(exc)
+                    break
+                if exc.errno not in _ACCEPT_IGNORABLE:
+                    raise
+                continue
+            nursery.start_soon(handle, trio.SocketStream(from_stdlib(conn)), _pair(address), here)
+        else:
+            await trio.lowlevel.checkpoint()  # a full batch: the new connections run first
+            continue
+        await trio.lowlevel.wait_readable(raw)
+
+
+async def _accept_socket(sock: trio.socket.SocketType, server: _Server, nursery: trio.Nursery) -> None:
+    """Any other trio socket (the stack's): one ``accept`` per connection, its address kept."""
+    handle = server.handle
+    here = _fixed_server_address(sock)
+    while True:
+        try:
+            conn, address = await sock.accept()
+        except OSError as exc:
+            if exc.errno in _ACCEPT_CLOSED:
+                raise trio.ClosedResourceError from None
+            if exc.errno in ACCEPT_CAPACITY_ERRNOS:
+                await _accept_failed(exc)
+            elif exc.errno not in _ACCEPT_IGNORABLE:
+                raise
+            continue
+        nursery.start_soon(handle, trio.SocketStream(conn), _pair(address), here)
 
 
 def _listener_address(listener: trio.abc.Listener[Any]) -> str:
