@@ -199,10 +199,12 @@ async def test_lifespan_off_never_calls_the_app(autojump_clock: trio.testing.Moc
 
 
 # -- graceful shutdown -------------------------------------------------------------------------------
-async def test_graceful_shutdown(autojump_clock: trio.testing.MockClock) -> None:
+async def test_graceful_shutdown(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
     """Shutdown: the listener closes, an idle keep-alive connection closes at once, a request in
     flight finishes (told ``connection: close``), one slower than graceful_timeout is cancelled,
-    and the lifespan shutdown runs after all of that."""
+    answered 503 and named in the log, and the lifespan shutdown runs after all of that."""
     events: list[str] = []
     started = {"/short": trio.Event(), "/long": trio.Event()}
 
@@ -244,8 +246,12 @@ async def test_graceful_shutdown(autojump_clock: trio.testing.MockClock) -> None
         response = await short.response()
         assert response.status == 200 and response.header("connection") == "close"
         assert await short.wait_closed() == b""
-        assert await long.wait_closed() == b""  # cancelled at graceful_timeout: no answer
+        cut = await long.response()  # cancelled at graceful_timeout: nothing was sent, so a 503
+        assert cut.status == 503 and cut.header("connection") == "close"
+        assert await long.wait_closed() == b""
         assert 5.0 <= trio.current_time() - begin < 6.0
+    reports = [r.getMessage() for r in caplog.records if "graceful shutdown" in r.getMessage()]
+    assert len(reports) == 1 and "GET /long" in reports[0] and "answered 503" in reports[0], reports
     assert events == ["startup", "answered /", "answered /short", "shutdown", "serve_asgi returned"]
 
 

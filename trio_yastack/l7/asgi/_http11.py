@@ -701,6 +701,10 @@ class HttpConnection:
         self._in_app = request
         try:
             await self.app(scope, receive, send)
+        except trio.Cancelled:
+            if self._closing and not request.handed_off:
+                await self._cut_by_shutdown(request)
+            raise
         except Exception as exc:
             if request.handed_off:  # the connection is another task's: only say what happened
                 if _from_disconnect(exc):
@@ -975,6 +979,27 @@ class HttpConnection:
             self._keep_alive = False
             return False
         return True
+
+    async def _cut_by_shutdown(self, request: _Request) -> None:
+        """The graceful shutdown's deadline cancelled the app serving ``request``: say so in the log,
+        naming the request, and answer 503 if nothing was sent yet (hypercorn and uvicorn leave the
+        client an empty reply and the log silent; a client can retry a 503, not an empty reply)."""
+        scope = request.scope
+        answered = not self._head_sent and not self._gone
+        logger.warning(
+            "graceful shutdown: %s %s from %s cancelled after graceful_timeout (%s s); %s",
+            scope["method"],
+            scope["path"],
+            self.client,
+            self.config.graceful_timeout,
+            "answered 503" if answered else "its response was cut short",
+        )
+        if answered:
+            with trio.CancelScope(shield=True, deadline=trio.current_time() + LINGER_SECONDS):
+                self._keep_alive = False
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    await self._write(_error_reply(503))
+                self._eof = self._gone = True
 
     async def _reply_error(self, error: _HttpError) -> None:
         """Answer ``error.status`` and close (the lingering close keeps the answer from a reset)."""
