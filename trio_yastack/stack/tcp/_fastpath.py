@@ -11,8 +11,10 @@ option, with valid checksums -- comes back as a *candidate* with its TCP fields;
 
 :func:`fast_input` then takes a candidate for its connection (the 4-tuple demultiplexes it) when
 the connection is ESTABLISHED, untraced and carries no loss-recovery state (no SACK scoreboard,
-not in recovery, no RTO backoff), and the connection's own header prediction
-(``_input.header_prediction``, the same code the Python path runs) accepts it.  The ACK-advance
+not in recovery, no RTO backoff), and either the connection's own header prediction
+(``_input.header_prediction``, the same code the Python path runs) accepts it or
+:func:`ack_and_data_input` does: in-order data carrying a new ACK and window updates, handled by
+the general path's own functions once the checks they would make are known to pass.  The ACK-advance
 bookkeeping (RTT, congestion control, what loss recovery adds) is the Python path's
 ``_ack_advances``, so the two paths cannot diverge there.  Whatever declines at any step runs
 the whole Python path, in the burst's order, so the Python layers stay the reference.
@@ -29,6 +31,7 @@ from collections.abc import Callable, Sequence
 
 from .._native import native_extension, sum16
 from .._offload import ChecksumVerified
+from ..wire.tcp import TCP_ACK, TCP_PSH
 from ._conn import TcpConnection
 from ._states import ESTABLISHED
 
@@ -39,6 +42,7 @@ __all__ = [
     "NATIVE_FASTPATH",
     "RECORD",
     "Record",
+    "ack_and_data_input",
     "classify_burst",
     "fast_input",
     "native_classify_burst",
@@ -52,6 +56,7 @@ RECORD = struct.Struct("=IIHHIIHHqqII")
 Record = tuple[int, int, int, int, int, int, int, int, int, int, int, int]
 DECLINE = 0
 CANDIDATE = 1
+_MASK = 0xFFFFFFFF
 #: bit 31 of a frame length handed to C: the port verified this frame's checksums
 VERIFIED = 0x80000000
 _DECLINED: Record = (DECLINE, 0, 0, 0, 0, 0, 0, 0, -1, -1, 0, 0)
@@ -155,12 +160,13 @@ classify_burst: Callable[[Sequence[Buffer], bytes, int, int, bool], list[Record]
 
 
 def fast_input(conn: TcpConnection, frame: bytes, record: Record, now: float) -> bool:
-    """Take a candidate segment for ``conn`` by header prediction; ``False`` (nothing changed)
-    when the Python path must run instead.
+    """Take a candidate segment for ``conn``; ``False`` (nothing changed) when the Python path
+    must run instead.
 
     Declines a connection in any state but ESTABLISHED, one being traced (its class was swapped)
     and one with loss-recovery state: the general path (and loss recovery's own code) is the
-    reference there, and only the common case is worth predicting.
+    reference there, and only the common case is worth predicting.  Then header prediction
+    proper (the connection's own, shared with the Python path), then :func:`ack_and_data_input`.
     """
     if (
         conn.state != ESTABLISHED
@@ -173,4 +179,63 @@ def fast_input(conn: TcpConnection, frame: bytes, record: Record, now: float) ->
     _kind, _src, _sport, _dport, seq, ack, flags, window, tsval, tsecr, start, end = record
     conn.last_activity = now  # as segment_arrives does first (the slow path would repeat it)
     conn.keep_probes = 0
-    return conn.header_prediction(frame, start, end, seq, ack, flags, window, tsval, tsecr, now)
+    if conn.header_prediction(frame, start, end, seq, ack, flags, window, tsval, tsecr, now):
+        return True
+    return ack_and_data_input(conn, frame, start, end, seq, ack, flags, window, tsval, tsecr, now)
+
+
+def ack_and_data_input(
+    conn: TcpConnection,
+    buf: bytes,
+    start: int,
+    end: int,
+    seq_wire: int,
+    ack_wire: int,
+    flags: int,
+    window: int,
+    tsval: int,
+    tsecr: int,
+    now: float,
+) -> bool:
+    """The in-order segments header prediction leaves to the general path although they are the
+    common case of a request-response exchange: data that also acknowledges new data (a request
+    carrying the ACK of the last response), data or a pure ACK that moves the window.
+
+    For a segment at RCV.NXT on an ESTABLISHED connection, with timestamps in order (PAWS
+    passes), an acceptable ACK (SND.UNA =< SEG.ACK =< SND.MAX), no SACK blocks, and data that fits
+    the window with nothing queued out of order, RFC 9293 3.10.7.4's checks reduce to exactly
+    these calls of the general path's own functions, in its order: the TS.Recent update of the
+    first check, ``_process_ack`` (the fifth: window, then ``_ack_advances``), ``_data_arrives``
+    (the seventh), ``_output_after_input``.  Anything else, including a duplicate ACK (loss
+    recovery's business), declines (``False``, nothing changed).
+    """
+    length = end - start
+    if flags & ~TCP_PSH != TCP_ACK or seq_wire != conn.rcv_nxt & _MASK:
+        return False
+    snd_una = conn.snd_una
+    acked = (ack_wire - snd_una) & _MASK  # an ACK below SND.UNA wraps to a huge value: declined
+    if acked > conn.snd_max - snd_una:
+        return False
+    if length:
+        if (
+            len(conn.reasm)
+            or conn.rcv_fin >= 0
+            or conn.user_closed
+            or length > conn.rcv_adv - conn.rcv_nxt
+            or length > conn.rcvbuf.free()
+        ):
+            return False
+    elif not acked and window << conn.snd_scale == conn.snd_wnd:
+        return False  # a duplicate ACK in RFC 5681's sense
+    seq = conn.rcv_nxt
+    if conn.ts_on:
+        if tsval < 0 or 0 < ((conn.ts_recent - tsval) & _MASK) < 0x80000000:
+            return False  # no timestamp, or PAWS would reject it: the general path decides
+        if seq <= conn.last_ack_sent:  # RFC 7323 4.3, as _check_sequence_number does
+            conn.ts_recent = tsval
+            conn.ts_recent_valid = True
+    conn._process_ack(snd_una + acked, seq, window, None, tsecr, not length, now)
+    if length:
+        conn._data_arrives(buf, start, end, seq, now)
+    conn._output_after_input(now)
+    return True
