@@ -201,20 +201,31 @@ def test_c_classifies_a_real_burst_like_the_twin() -> None:
 
 # -- 3: one connection, a stream of segments, fast path on and off ---------------------------------
 
-_SKIP_SLOTS = {
-    *("_timer", "cc", "config", "core", "layer", "listener", "rcvbuf", "reasm", "scoreboard", "sndbuf"),
-    *("stats", "waiter"),
-}
+#: a connection's references to shared or external objects (compared elsewhere, or not state)
+_SKIP_SLOTS = {"_timer", "config", "core", "layer", "listener", "stats", "waiter"}
+_BUFFERS = {"rcvbuf", "reasm", "sndbuf", "scoreboard"}
+
+
+def _fields(obj: Any) -> dict[str, Any]:
+    """The plain values in ``obj``'s slots (numbers, strings, None)."""
+    names = [name for cls in type(obj).__mro__ for name in getattr(cls, "__slots__", ())]
+    values = {name: getattr(obj, name, None) for name in names}
+    return {name: v for name, v in values.items() if v is None or isinstance(v, int | float | str | bytes)}
 
 
 def connection_state(conn: Any) -> dict[str, Any]:
-    """Every scalar field of a connection, its buffers' bytes and its congestion control."""
-    state = {name: getattr(conn, name) for name in type(conn).__slots__ if name not in _SKIP_SLOTS}
+    """Every plain field of a connection, of the objects it owns (congestion control, loss
+    recovery's state), and its buffers' contents."""
+    state: dict[str, Any] = {}
+    for name in type(conn).__slots__:
+        if name in _SKIP_SLOTS or name in _BUFFERS:
+            continue
+        value = getattr(conn, name)
+        state[name] = value if value is None or isinstance(value, int | float | str) else _fields(value)
     state["rcvbuf"] = conn.rcvbuf._copy(0, len(conn.rcvbuf))
     state["reasm"] = len(conn.reasm)
     state["sndbuf"] = (len(conn.sndbuf), conn.sndbuf.end)
     state["scoreboard"] = len(conn.scoreboard)
-    state["cc"] = {name: getattr(conn.cc, name) for name in ("cwnd", "ssthresh")}
     return state
 
 

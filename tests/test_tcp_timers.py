@@ -152,7 +152,7 @@ def test_data_rto_backs_off_and_karn_ignores_the_retransmitted_segment() -> None
 
 
 def test_rto_collapses_the_window_to_one_segment() -> None:
-    core = tcp_core()
+    core = tcp_core(frto=False)  # the conventional recovery (F-RTO would send new data first)
     conn, peer = open_active(core, ts=False)
     data = bytes(range(256)) * 23  # 5888 bytes: four segments of 1460 and 48 held by Nagle
     conn.send(data, T0 + 1)

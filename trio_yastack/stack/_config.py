@@ -85,7 +85,9 @@ class TcpConfig:
     sack: bool = True  # RFC 2018 / RFC 6675
     default_mss: int = 536  # the peer's MSS when its SYN carries none (RFC 9293 3.7.1)
     rto_initial: float = 1.0  # RFC 6298 2.1
-    rto_min: float = 0.2  # RFC 6298 says 1 s; Linux uses 200 ms, FreeBSD 30 ms
+    rto_min: float = 0.2  # RFC 6298 says 1 s (set 1.0 for it); Linux uses 200 ms, FreeBSD 30 ms
+    rack: bool = True  # RACK-TLP loss detection (RFC 8985) with SACK; off: RFC 6675 alone, no TLP
+    frto: bool = True  # F-RTO (RFC 5682): detect and undo spurious retransmission timeouts
     rto_max: float = 60.0
     syn_retries: int = 6  # net.ipv4.tcp_syn_retries: connect gives up after 1+2+...+32+60 = 123 s
     synack_retries: int = 5
@@ -107,6 +109,10 @@ class TcpConfig:
     reset_rate_limit: float = 200.0  # RSTs per second for segments to closed ports
     ephemeral_first: int = 49152
     ephemeral_last: int = 65535
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.rto_min <= self.rto_max:
+            raise ValueError(f"rto_min {self.rto_min} must be above 0 and at most rto_max {self.rto_max}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -161,6 +161,13 @@ class TcpStats(_Counters):
     rto_timeouts: int = 0
     fast_retransmits: int = 0
     sack_recovery_episodes: int = 0
+    recovery_episodes: int = 0  # fast recoveries begun by SACK (RACK or RFC 6675) or dup ACKs
+    rack_retransmits: int = 0  # segments sent again because RACK found them lost by time
+    tlp_probes: int = 0  # tail loss probes sent (RFC 8985 7)
+    tlp_retransmits: int = 0  # ... of which were the last segment sent again
+    rto_retransmits: int = 0  # segments sent again because of a retransmission timeout
+    lost_retransmits: int = 0  # retransmissions RACK found lost in their turn
+    spurious_rto_undos: int = 0  # timeouts F-RTO (RFC 5682) found spurious and undid
     duplicate_acks: int = 0
     out_of_order_segments: int = 0
     duplicate_segments: int = 0

@@ -216,6 +216,16 @@ class CongestionControl:
         self._abc_limit = self.mss  # RFC 3465 section 2.3: L = 1*SMSS in slow start after an RTO
         self.cwnd = self.mss
 
+    def undo(self, prior_cwnd: int, prior_ssthresh: int) -> None:
+        """A reduction proved spurious (F-RTO, RFC 5682 3): back to the window before it, as
+        Linux's tcp_undo_cwnd_reduction (never lower than now)."""
+        if self.cwnd < prior_cwnd:
+            self.cwnd = prior_cwnd
+        if self.ssthresh < prior_ssthresh:
+            self.ssthresh = prior_ssthresh
+        self._rto_pending = False
+        self._abc_limit = 2 * self.mss
+
     def on_idle_restart(self, now: float, rto: float, idle: float) -> None:
         """Sending resumes after ``idle`` seconds with nothing in flight.
 
@@ -443,6 +453,12 @@ class Cubic(CongestionControl):
             self._cwnd_prior = self.cwnd
         super().on_rto(now, in_flight)
         self._w_max = 0.0
+        self._in_epoch = False
+        self._cwnd_frac = 0.0
+
+    def undo(self, prior_cwnd: int, prior_ssthresh: int) -> None:
+        """As the base class, and the curve restarts from the restored window at its next ACK."""
+        super().undo(prior_cwnd, prior_ssthresh)
         self._in_epoch = False
         self._cwnd_frac = 0.0
 

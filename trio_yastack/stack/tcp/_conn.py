@@ -14,11 +14,12 @@ a method call costs what it did when they were all written in the class, and the
 sees one class.
 
 What it implements: all eleven states with simultaneous open and close; MSS, window scaling,
-timestamps with PAWS (RFC 7323), SACK (RFC 2018) and SACK-based loss recovery (RFC 6675);
-RFC 6298 retransmission timer with Karn's rule and back-off; fast retransmit/fast recovery with
-NewReno (RFC 5681, RFC 6582); pluggable congestion control; delayed ACKs; Nagle; sender and
-receiver silly-window avoidance; zero-window probing; keepalive; user timeout; RFC 5961 challenge
-ACKs; TIME_WAIT.
+timestamps with PAWS (RFC 7323), SACK (RFC 2018); loss detection by time (RACK-TLP, RFC 8985)
+and by SACKed bytes (RFC 6675), recovery paced by PRR (RFC 6937); RFC 6298 retransmission timer
+with Karn's rule and back-off, F-RTO (RFC 5682) undoing spurious timeouts; fast retransmit/fast
+recovery with NewReno (RFC 5681, RFC 6582) for peers without SACK; pluggable congestion control;
+delayed ACKs; Nagle; sender and receiver silly-window avoidance; zero-window probing; keepalive;
+user timeout; RFC 5961 challenge ACKs; TIME_WAIT.
 """
 
 from __future__ import annotations
@@ -29,10 +30,11 @@ from types import FunctionType
 from typing import TYPE_CHECKING
 
 from ..wire.tcp import TCP_ACK, TCP_RST
-from . import _input, _output, _timers
+from . import _input, _output, _rack, _timers
 from ._buffers import ReassemblyQueue, ReceiveBuffer, SackScoreboard, SendBuffer
 from ._cc import make_congestion_control
 from ._output import window_shift_for
+from ._rack import REXMT_RTO, SentLog
 from ._states import (
     CLOSE_WAIT,
     CLOSED,
@@ -70,6 +72,10 @@ class TcpConnection:
         "dupacks",
         "error",
         "fin_seq",
+        "frto",
+        "frto_cwnd",
+        "frto_high",
+        "frto_ssthresh",
         "high_rxt",
         "in_recovery",
         "irs",
@@ -90,6 +96,9 @@ class TcpConnection:
         "nodelay",
         "peer_mss",
         "persist_shift",
+        "prr_delivered",
+        "prr_out",
+        "rack",
         "rcv_adv",
         "rcv_fin",
         "rcv_nxt",
@@ -97,8 +106,10 @@ class TcpConnection:
         "rcvbuf",
         "reasm",
         "recover",
+        "recover_fs",
         "remote_ip",
         "remote_port",
+        "rexmt_mode",
         "rto",
         "rtt_seq",
         "rtt_time",
@@ -182,6 +193,14 @@ class TcpConnection:
         self.rcvbuf = ReceiveBuffer(receive_buffer or config.receive_buffer)
         self.reasm = ReassemblyQueue(receive_buffer or config.receive_buffer)
         self.scoreboard = SackScoreboard()
+        # RACK-TLP's log of what was sent (_rack.py): made when SACK is agreed and config.rack
+        self.rack: SentLog | None = None
+        self.rexmt_mode = REXMT_RTO  # what the REXMT deadline is for: RTO, TLP or RACK's reordering
+        self.prr_delivered = self.prr_out = 0  # RFC 6937's counters during a recovery
+        self.recover_fs = 1  # RFC 6937 RecoverFS: the flight when recovery began
+        self.frto = 0  # RFC 5682: 0 off, 1 after the timeout's retransmission, 2 after new data
+        self.frto_cwnd = self.frto_ssthresh = 0  # the window before the timeout, for the undo
+        self.frto_high = iss  # SND.MAX when the timeout fired ("recover" of RFC 5682)
         self.fin_seq = -1  # our FIN's sequence number once the user shut down writing
         self.rcv_fin = -1  # the peer's FIN sequence number when it arrived out of order
         self.shut_rd = False  # the peer's FIN has been taken in (end of the byte stream)
@@ -371,6 +390,8 @@ class TcpConnection:
             self.core.timers.cancel(timer)
         self.reasm.clear()
         self.scoreboard.clear()
+        if self.rack is not None:
+            self.rack.clear()
         self.layer.detach(self, was)
         self._wake()
 
@@ -397,6 +418,16 @@ class TcpConnection:
     _ack_advances = _input._ack_advances
     _rtt_sample = _input._rtt_sample
     _on_duplicate_ack = _input._on_duplicate_ack
+    _tsecr_time = _input._tsecr_time
+    # -- loss detection and recovery (tcp_rack.c, tcp_recovery.c) ---------------------------------
+    _reo_wnd = _rack._reo_wnd
+    _detect_loss = _rack._detect_loss
+    _enter_recovery = _rack._enter_recovery
+    _prr_update = _rack._prr_update
+    _arm_rexmt = _rack._arm_rexmt
+    _arm_rexmt_rto = _rack._arm_rexmt_rto
+    _tlp_timeout = _rack._tlp_timeout
+    _reo_timeout = _rack._reo_timeout
     _data_arrives = _input._data_arrives
     _fin_arrives = _input._fin_arrives
     _enter_time_wait = _input._enter_time_wait
@@ -419,6 +450,8 @@ class TcpConnection:
     _arm = _timers._arm
     on_timer = _timers.on_timer
     _rexmt_timeout = _timers._rexmt_timeout
+    _frto_ack = _timers._frto_ack
+    _frto_dupack = _timers._frto_dupack
     _persist_interval = _timers._persist_interval
     _persist_timeout = _timers._persist_timeout
     _user_timeout_expired = _timers._user_timeout_expired

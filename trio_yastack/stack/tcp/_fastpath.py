@@ -11,7 +11,7 @@ option, with valid checksums -- comes back as a *candidate* with its TCP fields;
 
 :func:`fast_input` then takes a candidate for its connection (the 4-tuple demultiplexes it) when
 the connection is ESTABLISHED, untraced and carries no loss-recovery state (no SACK scoreboard,
-not in recovery, no RTO backoff), and either the connection's own header prediction
+not in recovery, no RTO backoff, no F-RTO episode), and either the connection's own header prediction
 (``_input.header_prediction``, the same code the Python path runs) accepts it or
 :func:`ack_and_data_input` does: in-order data carrying a new ACK and window updates, handled by
 the general path's own functions once the checks they would make are known to pass.  The ACK-advance
@@ -172,6 +172,7 @@ def fast_input(conn: TcpConnection, frame: bytes, record: Record, now: float) ->
         conn.state != ESTABLISHED
         or conn.in_recovery
         or conn.rxtshift
+        or conn.frto
         or len(conn.scoreboard)
         or conn.__class__ is not TcpConnection
     ):

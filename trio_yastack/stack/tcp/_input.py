@@ -31,6 +31,7 @@ from .._seq import seq_lt, unwrap
 from ..wire.tcp import TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, TcpOptions
 from ._buffers import SendBuffer
 from ._output import MAX_WINDOW_SHIFT, window_shift_for
+from ._rack import SentLog
 from ._states import (
     CLOSE_WAIT,
     CLOSED,
@@ -115,7 +116,13 @@ def segment_arrives(
         return
     if flags & TCP_FIN:  # eighth
         self._check_fin_bit(seq + length, now)
-    self._output_after_input(now)
+    if self.ack_now and len(self.reasm):
+        # RFC 5681 4.2: an immediate duplicate ACK for each out-of-order segment, not one for
+        # the whole burst: a sender without SACK counts them to find the loss (three), and with
+        # SACK each one reports the blocks as they grow.
+        self.tcp_output(now)
+    else:
+        self._output_after_input(now)
 
 
 def header_prediction(
@@ -444,6 +451,8 @@ def _take_syn_options(
         self.ts_recent_valid = True
     self.peer_mss = max(peer_mss, 64)
     self.set_mss(min(self.peer_mss, self.core.mtu - 40))
+    # RACK-TLP needs SACK (RFC 8985 2): without it the duplicate-ACK threshold decides.
+    self.rack = SentLog() if self.sack_on and config.rack else None
 
 
 def _established(self: TcpConnection, now: float) -> None:
@@ -467,11 +476,23 @@ def _process_ack(
     pure: bool,
     now: float,
 ) -> None:
-    """Fifth step of RFC 9293 3.10.7.4 for a synchronized connection: window, RTT, loss recovery."""
+    """Fifth step of RFC 9293 3.10.7.4 for a synchronized connection: window, RTT, loss recovery.
+
+    With SACK and RACK (the default), every ACK that carries SACK blocks, and every ACK during
+    recovery, runs loss detection (:func:`._rack._detect_loss`): by time and by SACKed bytes,
+    whatever the ACK's window or whether it also advanced SND.UNA -- a TSO sender hears few
+    duplicate ACKs, but their blocks cover many segments.  Without SACK the duplicate-ACK
+    threshold decides (:func:`_on_duplicate_ack`)."""
     snd_una = self.snd_una
-    if self.sack_on and options is not None and options.sack_blocks:
+    rack = self.rack
+    newly_sacked = 0
+    has_sack = self.sack_on and options is not None and bool(options.sack_blocks)
+    if has_sack:
+        assert options is not None  # has_sack says so
         blocks = [(unwrap(left, snd_una), unwrap(right, snd_una)) for left, right in options.sack_blocks]
-        self.scoreboard.update(blocks, snd_una, self.snd_max)
+        newly_sacked = self.scoreboard.update(blocks, snd_una, self.snd_max)
+        if rack is not None:
+            rack.sacked(blocks, now, self._tsecr_time(tsecr, now))
     window_bytes = window << self.snd_scale
     # Window update (RFC 9293: SND.WL1 < SEG.SEQ or (SND.WL1 = SEG.SEQ and SND.WL2 =< SEG.ACK)).
     window_changed = False
@@ -485,26 +506,50 @@ def _process_ack(
             self.t_persist = 0.0
             self.persist_shift = 0
             self.snd_nxt = max(self.snd_nxt, self.snd_una)
+    duplicate = False
     if ack > snd_una:
         self._ack_advances(ack, tsecr, now)
-        return
-    # ack == snd_una: a duplicate ACK in RFC 5681's sense?
-    if pure and not window_changed and self.snd_max > snd_una:
+    elif pure and not window_changed and self.snd_max > snd_una:
+        # ack == snd_una: a duplicate ACK in RFC 5681's sense
+        duplicate = True
         self.stats.duplicate_acks += 1
         self.dupacks += 1
-        self._on_duplicate_ack(now)
+        if self.frto:
+            self._frto_dupack(now)
+        if rack is None:
+            self._on_duplicate_ack(now)
+            return
+    if rack is not None and (has_sack or self.in_recovery) and self.state != CLOSED:
+        self._detect_loss(ack - snd_una + newly_sacked if ack > snd_una else newly_sacked, now)
+        if duplicate and not self.in_recovery:
+            # RFC 3042 limited transmit: new data on the first duplicate ACKs.
+            self.tcp_output(now, limited_transmit=True)
+
+
+def _tsecr_time(self: TcpConnection, tsecr: int, now: float) -> float:
+    """When we sent the segment whose timestamp an ACK echoes (-1.0: no timestamps), to tell
+    an ACK of a retransmission from one of the original (RFC 8985 6.2 step 2)."""
+    if self.ts_on and tsecr > 0:
+        return now - ((int(now * 1000) + self.ts_offset - tsecr) & _MASK) / 1000.0
+    return -1.0
 
 
 def _ack_advances(self: TcpConnection, ack: int, tsecr: int, now: float) -> None:
-    """New data acknowledged: RTT sample, congestion control, recovery, buffers, timers."""
+    """New data acknowledged: RTT sample, congestion control, recovery, buffers, timers.
+
+    Every per-ACK update of the common case (a cumulative ACK, no SACK, no loss) is here and
+    only here -- RACK's delivery update and the TLP/RTO timer among them -- so that a fast path
+    calling this function stays the same TCP as the general path."""
     acked = ack - self.snd_una
     syn_acked = self.snd_una == self.iss
     # RTT: timestamps give a sample per ACK (RFC 7323 4.1); otherwise the timed segment (Karn).
     rtt = None
+    tsecr_time = -1.0
     if self.ts_on and tsecr > 0:
         ms = ((int(now * 1000) + self.ts_offset - tsecr) & _MASK) / 1000.0
         if ms < 600.0:
             rtt = ms
+            tsecr_time = now - ms
     elif self.rtt_seq >= 0 and ack > self.rtt_seq:
         rtt = now - self.rtt_time
         self.rtt_seq = -1
@@ -514,11 +559,15 @@ def _ack_advances(self: TcpConnection, ack: int, tsecr: int, now: float) -> None
         self.rto = min(3.0, self.config.rto_max)  # RFC 6298 5.7: a SYN was lost, no RTT known
     self.rxtshift = 0
     in_flight = self.snd_max - self.snd_una
+    old_una = self.snd_una
     self.snd_una = ack
     if self.snd_nxt < ack:
         self.snd_nxt = ack
     if self.sack_on:
         self.scoreboard.advance(ack)
+        rack = self.rack
+        if rack is not None:
+            rack.acked(ack, now, tsecr_time)  # RFC 8985 6.2: RACK's delivery update
     data_acked = acked - (1 if syn_acked else 0)
     if self.fin_seq >= 0 and ack > self.fin_seq:
         data_acked -= 1
@@ -538,11 +587,12 @@ def _ack_advances(self: TcpConnection, ack: int, tsecr: int, now: float) -> None
     else:
         self.dupacks = 0
         self.cc.on_ack(max(data_acked, 0), now, rtt if rtt is not None else (self.srtt or None), in_flight)
+    if self.frto:
+        self._frto_ack(old_una, now)
     if self.snd_una >= self.snd_max:
         self.t_rexmt = 0.0
     else:
-        self.t_rexmt = now + self.rto
-        self._arm()
+        self._arm_rexmt(now)  # the TLP's PTO outside recovery with RACK, else the RTO
     self._wake()  # room in the send buffer
 
 
@@ -560,7 +610,8 @@ def _rtt_sample(self: TcpConnection, rtt: float) -> None:
 
 
 def _on_duplicate_ack(self: TcpConnection, now: float) -> None:
-    """Fast retransmit on the third duplicate ACK or when SACK shows loss (RFC 5681, 6675)."""
+    """Without RACK: fast retransmit on the third duplicate ACK, or when SACK shows loss by
+    bytes (RFC 5681, RFC 6675)."""
     if self.in_recovery:
         if not self.sack_on:
             self.cc.cwnd += self.mss  # NewReno inflation: a segment left the network
@@ -579,6 +630,7 @@ def _on_duplicate_ack(self: TcpConnection, now: float) -> None:
     in_flight = self.snd_max - self.snd_una
     self.cc.on_congestion_event(now, in_flight)
     self.stats.fast_retransmits += 1
+    self.stats.recovery_episodes += 1
     if self.sack_on:
         self.stats.sack_recovery_episodes += 1
     else:
@@ -632,7 +684,7 @@ def _data_arrives(self: TcpConnection, buf: bytes, start: int, end: int, seq: in
             # Nothing new: a duplicate of what is held, or refused by the queue's bounds.
             full = len(self.reasm) + end - start > self.reasm.limit
             stats.drop(TcpDrop.OUT_OF_ORDER_QUEUE_FULL if full else TcpDrop.OUT_OF_ORDER_DUPLICATE)
-        self.ack_now = True  # a duplicate ACK with SACK blocks tells the sender at once
+        self.ack_now = True  # at once, not at the end of the burst (segment_arrives)
 
 
 def _fin_arrives(self: TcpConnection, now: float) -> None:

@@ -23,6 +23,7 @@ from .._offload import OffloadPacket
 from ..wire._checksum import sum16
 from ..wire.ipv4 import IPPROTO_TCP
 from ..wire.tcp import TCP_ACK, TCP_FIN, TCP_HEADER, TCP_HEADER_LEN, TCP_PSH, TCP_RST, TCP_SYN, TcpOptions
+from ._rack import RACKED, REXMT_RTO
 from ._states import CLOSED, SYN_RECEIVED, SYN_SENT, TIME_WAIT
 
 if TYPE_CHECKING:
@@ -109,9 +110,30 @@ def tcp_output(self: TcpConnection, now: float, *, limited_transmit: bool = Fals
     sent_any = False
     data_end = sndbuf.end  # sending never changes it
     sack_recovery = self.in_recovery and self.sack_on
+    rack = self.rack
+    pipe = rack.pipe() if sack_recovery and rack is not None else 0
+    hint = 0  # the entry of the sent log to look for the next loss from
     for _ in range(64):  # bounded work per call; the next ACK or the poll loop continues
-        # RFC 6675: during SACK recovery, retransmit lost holes first, within cwnd - pipe.
-        if sack_recovery:
+        if sack_recovery and rack is not None:
+            # RACK / RFC 6675 from the sent log: lost entries first, within cwnd - pipe (the
+            # cwnd PRR set, RFC 6937), then new data.
+            if cc.cwnd - pipe < mss:
+                break
+            index = rack.next_lost(hint)
+            if index >= 0:
+                start, end, flags = rack.span(index)
+                length = end - start if end - start < mss else mss
+                self._retransmit(start, now, length)
+                if flags & RACKED:
+                    self.stats.rack_retransmits += 1
+                pipe += length
+                self.prr_out += length
+                hint = index + 1
+                sent_any = True
+                continue
+            flight = pipe
+        elif sack_recovery:
+            # RFC 6675 alone (config.rack off): retransmit lost holes first, within cwnd - pipe.
             pipe = self.scoreboard.pipe(self.snd_una, self.snd_max, self.high_rxt, mss)
             if cc.cwnd - pipe < mss:
                 break
@@ -151,7 +173,12 @@ def tcp_output(self: TcpConnection, now: float, *, limited_transmit: bool = Fals
             flags = TCP_ACK | (TCP_PSH if self.snd_nxt + length == data_end else 0)
             if fin_due and self.snd_nxt + length == self.fin_seq:
                 flags |= TCP_FIN
+            if self.snd_nxt < self.snd_max:
+                self.stats.rto_retransmits += 1  # going back N after a timeout
             self._send_data(self.snd_nxt, length, flags, now)
+            if sack_recovery:
+                pipe += length
+                self.prr_out += length
             sent_any = True
             continue
         if (
@@ -188,13 +215,15 @@ def _send_data(self: TcpConnection, seq: int, length: int, flags: int, now: floa
         stats.retransmitted_bytes += length
     elif not self.ts_on and self.rtt_seq < 0:
         self.rtt_seq, self.rtt_time = seq, now  # time this segment (Karn: never a retransmission)
+    rack = self.rack
+    if rack is not None:
+        rack.sent(seq, end, now)  # RFC 8985: every segment's transmission time
     if end > self.snd_nxt:
         self.snd_nxt = end
     if end > self.snd_max:
         self.snd_max = end
     if not self.t_rexmt:
-        self.t_rexmt = now + self.rto
-        self._arm()
+        self._arm_rexmt(now)
     self.last_send = now
 
 
@@ -239,15 +268,22 @@ def _send_syn(self: TcpConnection, now: float) -> None:
     self.snd_max = max(self.snd_max, self.iss + 1)
     if not self.t_rexmt:
         self.t_rexmt = now + self.rto
+        self.rexmt_mode = REXMT_RTO
         self._arm()
 
 
 def _receive_window(self: TcpConnection) -> int:
-    """The window to advertise: free buffer space less what the out-of-order queue holds,
-    never less than what was already promised (RFC 9293 3.8.6.2.2: no shrinking)."""
+    """The window to advertise: the receive buffer's free space, never less than what was
+    already promised (RFC 9293 3.8.6.2.2: no shrinking).
+
+    Out-of-order data is not subtracted: it lies inside the window already offered (the
+    reassembly queue takes nothing beyond RCV.ADV), so buffer plus queue stay within the limit.
+    Subtracting it changed the window with every out-of-order segment, and an ACK whose window
+    changed is no duplicate ACK (RFC 5681 2): a sender without SACK then missed nearly every
+    loss and waited for its retransmission timer."""
     rcvbuf = self.rcvbuf
     limit = rcvbuf.limit
-    free = limit - len(rcvbuf) - len(self.reasm)
+    free = limit - len(rcvbuf)
     if free < self.mss and free < limit >> 1:
         free = 0  # receiver SWS avoidance: do not advertise a sliver
     promised = self.rcv_adv - self.rcv_nxt

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from .._drops import TcpDrop
 from ..wire.tcp import TCP_ACK, TCP_FIN, TCP_PSH
+from ._rack import REXMT_RTO, REXMT_TLP
 from ._states import (
     CLOSE_WAIT,
     CLOSED,
@@ -91,7 +92,18 @@ def on_timer(self: TcpConnection, now: float) -> None:
 
 
 def _rexmt_timeout(self: TcpConnection, now: float) -> None:
-    """RFC 6298 5.4-5.7: back off, retransmit the earliest unacknowledged segment."""
+    """The REXMT deadline passed.  On a RACK connection it may be the tail loss probe's or the
+    reordering timer's (one timer, as Linux's icsk_pending); otherwise RFC 6298 5.4-5.7: back
+    off, retransmit the earliest unacknowledged segment, and (RFC 5682) wait to see whether the
+    timeout was spurious before going back N."""
+    mode = self.rexmt_mode
+    if mode:
+        self.rexmt_mode = REXMT_RTO
+        if mode == REXMT_TLP:
+            self._tlp_timeout(now)
+        else:
+            self._reo_timeout(now)
+        return
     config = self.config
     self.rxtshift += 1
     limit = config.syn_retries if self.state == SYN_SENT else (
@@ -108,16 +120,73 @@ def _rexmt_timeout(self: TcpConnection, now: float) -> None:
         self._send_syn(now)
         return
     in_flight = self.snd_max - self.snd_una
-    self.cc.on_rto(now, in_flight)
+    cc = self.cc
+    # RFC 5682 2.1: F-RTO on the first timeout outside recovery; the window before it is kept
+    # for the undo should the timeout prove spurious.
+    if config.frto and self.rxtshift == 1 and not self.in_recovery and self.snd_max > self.snd_una + 1:
+        self.frto = 1
+        self.frto_cwnd, self.frto_ssthresh = cc.cwnd, cc.ssthresh
+        self.frto_high = self.snd_max
+    else:
+        self.frto = 0
+    cc.on_rto(now, in_flight)
     self.in_recovery = False
     self.dupacks = 0
     self.recover = self.snd_max
     if self.sack_on:
         self.scoreboard.clear()  # RFC 6675 5.1: the receiver may have reneged
+        if self.rack is not None:
+            self.rack.unsack_all()
     self.snd_nxt = self.snd_una
     self.t_rexmt = now + self.rto
+    self.stats.rto_retransmits += 1
     self._retransmit(self.snd_una, now)
     self.t_rexmt = now + self.rto
+
+
+def _frto_ack(self: TcpConnection, old_una: int, now: float) -> None:
+    """RFC 5682 2.2 and 2.3 on an ACK that advanced SND.UNA after a timeout (``frto`` set).
+
+    First ACK (2.2 b): send up to two new segments instead of going back N.  Second ACK
+    (2.3 b): it acknowledges data the timeout did not retransmit -- the originals were not
+    lost, the timeout was spurious: undo its window reduction (Linux's tcp_undo_cwnd_reduction).
+    An ACK that covers all that was outstanding leaves nothing to tell (conventional recovery)."""
+    if self.snd_una >= self.frto_high:
+        self.frto = 0
+        return
+    if self.frto == 1:
+        available = self.sndbuf.end - self.snd_max
+        room = self.snd_una + self.snd_wnd - self.snd_max
+        length = min(available, room, 2 * self.mss)
+        if length <= 0 or (self.fin_seq >= 0 and self.snd_max > self.fin_seq):
+            self.frto = 0  # nothing new to send: conventional recovery (2.2 b, last case)
+            return
+        self.frto = 2
+        self.snd_nxt = self.snd_max  # no going back N until the next ACK tells (2.3)
+        mss = self.mss
+        while length > 0:
+            piece = length if length < mss else mss
+            self._send_data(self.snd_max, piece, TCP_ACK, now)
+            length -= piece
+        return
+    # 2.3 b: the second ACK advanced too.
+    self.frto = 0
+    cc = self.cc
+    cc.undo(self.frto_cwnd, self.frto_ssthresh)
+    self.snd_nxt = self.snd_max  # what the timeout would have sent again arrived the first time
+    self.recover = self.snd_una
+    rack = self.rack
+    if rack is not None:
+        rack.undo_lost()
+    self.stats.spurious_rto_undos += 1
+
+
+def _frto_dupack(self: TcpConnection, now: float) -> None:
+    """RFC 5682 2.2 a / 2.3 a: a duplicate ACK after the timeout: it was a real loss; go on
+    with the conventional recovery (going back N from SND.UNA, as the timeout set up)."""
+    if self.frto == 2:
+        self.snd_nxt = self.snd_una
+    self.frto = 0
 
 
 def _persist_interval(self: TcpConnection) -> float:

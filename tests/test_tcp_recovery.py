@@ -1,0 +1,269 @@
+"""Loss recovery (issue 19): RACK-TLP (RFC 8985), SACK loss detection by bytes (RFC 6675), PRR
+(RFC 6937) and F-RTO (RFC 5682).
+
+Tier 2: the sent log (``stack/tcp/_rack.py``) on hand-made sequences -- what RACK marks lost and
+when, the pipe, the next segment to retransmit, a lost retransmission.
+
+Tier 3: two stacks on a ``memory_wire`` under MockClock, the sender's frames lost by a seeded
+wrapper (random, or in bursts by a Gilbert-Elliott chain), or its peer's ACKs lost, with and
+without reordering and SACK.  Each transfer is run twice in the same test, side by side: with
+``TcpConfig(rack=False, frto=False)`` -- exactly the recovery the stack had before (RFC 6675 by
+duplicate ACKs, NewReno, no probe, no undo) -- and with the defaults, both against today's
+receiver.  Both deliver identical bytes (SHA-256); the counters give retransmission timeouts per
+thousand data frames lost, and with SACK the new recovery must need almost none.  ``-s`` prints
+the figures.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+from tcp_sim_helpers import (
+    DropPort,
+    check_no_internal_errors,
+    connected_pair,
+    make_payload,
+    receive_all,
+    send_all_then_eof,
+    sha256,
+    tcp_segment,
+    tcp_stats,
+    two_stacks,
+)
+
+from trio_yastack.nic import Port
+from trio_yastack.stack import TcpConfig
+from trio_yastack.stack.tcp._rack import LOST, RACKED, RETRANS, SACKED, SentLog
+
+SLOW = os.environ.get("YASTACK_SLOW") == "1"
+MB = 1_000_000
+
+
+# -- tier 2: the sent log --------------------------------------------------------------------------
+def test_rack_marks_segments_sent_before_a_delivered_one_after_rtt_plus_reordering_window() -> None:
+    log = SentLog()
+    for i in range(4):  # four segments of 1000 bytes, one millisecond apart
+        log.sent(1000 * i, 1000 * (i + 1), 10.0 + i * 0.001)
+    log.sacked([(3000, 4000)], now=10.1, tsecr_time=-1.0)  # the fourth arrived; RTT 97 ms
+    assert (log.xmit_ts, log.end_seq) == (10.003, 4000)
+    assert log.rtt == pytest.approx(0.097)
+    # 10 ms of reordering window: the first three are not lost until sent + 97 ms + 10 ms;
+    # the timer waits for the last of them (RFC 8985 6.2 step 5: the largest remaining time).
+    timeout, lost, _ = log.detect_lost(now=10.1, reo_wnd=0.01)
+    assert lost == 0 and timeout == pytest.approx(10.002 + 0.107 - 10.1)
+    timeout, lost, _ = log.detect_lost(now=10.1085, reo_wnd=0.01)
+    assert lost == 2000 and timeout > 0  # the first two; the third waits one more millisecond
+    assert [flags for *_, flags in log.entries()] == [LOST | RACKED, LOST | RACKED, 0, SACKED]
+    assert log.pipe() == 1000  # only the third is presumed in flight
+    assert log.next_lost(0) == 0
+
+
+def test_rack_ties_in_transmission_time_are_broken_by_sequence() -> None:
+    """A TSO burst leaves at one instant: the entry below a delivered one is older."""
+    log = SentLog()
+    log.sent(0, 64000, 5.0)
+    log.sent(64000, 128000, 5.0)
+    log.sacked([(64000, 128000)], now=5.05, tsecr_time=-1.0)
+    assert log.detect_lost(now=5.05, reo_wnd=0.0)[1] == 64000
+    # ... and nothing above the delivered one is lost by it.
+    log.sent(128000, 130000, 5.05)
+    assert log.detect_lost(now=9.0, reo_wnd=0.0)[1] == 0
+
+
+def test_lost_retransmission_is_detected_and_sent_again() -> None:
+    log = SentLog()
+    log.sent(0, 1000, 1.0)
+    log.sent(1000, 2000, 1.0)
+    log.sacked([(1000, 2000)], now=1.1, tsecr_time=-1.0)
+    log.detect_lost(now=1.1, reo_wnd=0.0)
+    log.sent(0, 1000, 1.1)  # the retransmission
+    assert [flags for *_, flags in log.entries()] == [LOST | RETRANS, SACKED]
+    assert log.next_lost(0) == -1 and log.pipe() == 1000
+    log.sent(2000, 3000, 1.2)  # new data, sent after the retransmission, is delivered ...
+    log.sacked([(1000, 3000)], now=1.3, tsecr_time=-1.0)
+    _, lost, lost_rexmit = log.detect_lost(now=1.3, reo_wnd=0.0)
+    assert (lost, lost_rexmit) == (1000, 1)  # ... so the retransmission was lost too
+    assert log.next_lost(0) == 0
+
+
+def test_an_ack_for_the_original_does_not_count_as_the_retransmission_delivered() -> None:
+    """RFC 8985 6.2 step 2: the timestamp echoed is older than the retransmission."""
+    log = SentLog()
+    log.sent(0, 1000, 1.0)
+    log.sent(1000, 2000, 1.001)
+    log.acked(1000, now=1.05, tsecr_time=1.0)  # a first RTT sample: 50 ms
+    log.sent(1000, 2000, 1.06)  # retransmitted (say by a TLP)
+    log.acked(2000, now=1.07, tsecr_time=1.001)  # the ACK echoes the original's timestamp
+    assert log.xmit_ts == 1.0 and log.rtt == pytest.approx(0.05)
+
+
+def test_sack_splits_entries_and_counts_new_bytes_once() -> None:
+    log = SentLog()
+    log.sent(0, 64000, 1.0)
+    assert log.sacked([(10000, 20000)], now=1.1, tsecr_time=-1.0) == 10000
+    assert log.sacked([(10000, 30000)], now=1.1, tsecr_time=-1.0) == 10000
+    assert [(s, e) for s, e, *_ in log.entries()] == [
+        (0, 10000),
+        (10000, 20000),
+        (20000, 30000),
+        (30000, 64000),
+    ]
+    log.acked(15000, now=1.2, tsecr_time=-1.0)
+    assert [(s, e) for s, e, *_ in log.entries()][:2] == [(15000, 20000), (20000, 30000)]
+
+
+def test_isLost_by_bytes_marks_a_hole_however_few_ranges_report_it() -> None:
+    """RFC 6675 IsLost by SACKed bytes: one SACK block of a whole TSO segment above a hole is
+    more than (DupThresh - 1) * SMSS, so the hole is lost after one ACK (TSO-aware)."""
+    log = SentLog()
+    log.sent(0, 64000, 1.0)
+    log.sent(64000, 128000, 1.0)
+    log.sacked([(64000, 128000)], now=1.1, tsecr_time=-1.0)
+    assert log.mark_lost_by_sack(log.sacked_after(), mss=1448) == 64000
+    small = SentLog()
+    small.sent(0, 1448, 1.0)
+    small.sent(1448, 2896, 1.0)
+    small.sacked([(1448, 2896)], now=1.1, tsecr_time=-1.0)
+    assert small.mark_lost_by_sack(small.sacked_after(), mss=1448) == 0  # one segment above: not yet
+
+
+def test_the_log_is_bounded() -> None:
+    log = SentLog()
+    for i in range(SentLog.MAX_ENTRIES + 100):
+        log.sent(i, i + 1, float(i))
+    assert len(log) == SentLog.MAX_ENTRIES
+    assert log.entries()[-1][1] == SentLog.MAX_ENTRIES + 100  # the tail still covers every byte
+
+
+def test_rto_min_is_configurable_and_checked() -> None:
+    assert TcpConfig().rto_min == 0.2
+    assert TcpConfig(rto_min=1.0).rto_min == 1.0
+    with pytest.raises(ValueError, match="rto_min"):
+        TcpConfig(rto_min=0.0)
+    with pytest.raises(ValueError, match="rto_min"):
+        TcpConfig(rto_min=120.0)
+
+
+# -- tier 3: recovery over lossy wires ---------------------------------------------------------------
+class LossModel:
+    """Picks which frames of one direction are lost: each frame of the kind ``data`` selects
+    (data-carrying TCP segments, or pure ACKs) is lost with probability ``p``; with ``burst``,
+    by a Gilbert-Elliott chain instead (good state: no loss; bad state: ``burst_loss``; moving
+    good -> bad with ``p``, bad -> good with ``recover``)."""
+
+    def __init__(
+        self, seed: int, p: float, *, data: bool = True, burst: bool = False, recover: float = 0.3,
+        burst_loss: float = 0.7,
+    ) -> None:  # fmt: skip
+        self.rng = random.Random(seed)
+        self.p, self.data, self.burst, self.recover, self.burst_loss = p, data, burst, recover, burst_loss
+        self.bad = False
+        self.lost = 0
+
+    def __call__(self, frame: bytes) -> bool:
+        segment = tcp_segment(frame)
+        if segment is None or bool(segment.payload_len) != self.data:
+            return False
+        if self.burst:
+            if self.bad:
+                self.bad = self.rng.random() >= self.recover
+            else:
+                self.bad = self.rng.random() < self.p
+            lose = self.bad and self.rng.random() < self.burst_loss
+        else:
+            lose = self.rng.random() < self.p
+        self.lost += lose
+        return lose
+
+
+#: name -> (loss of A's data frames, loss of B's ACKs, memory_wire faults)
+SCENARIOS: dict[str, tuple[dict[str, Any] | None, dict[str, Any] | None, dict[str, Any]]] = {
+    "random-1%": ({"p": 0.01}, None, {}),
+    "random-3%": ({"p": 0.03}, None, {}),
+    "burst-GE": ({"p": 0.005, "burst": True}, None, {}),
+    "random-1%+reorder": ({"p": 0.01}, None, {"reorder": 0.03}),
+    "random-1%+ackloss-5%": ({"p": 0.01}, {"p": 0.05, "data": False}, {}),
+}
+LEGACY: dict[str, Any] = {"rack": False, "frto": False}
+
+
+async def lossy_transfer(
+    seed: int, size: int, tcp: TcpConfig, data_loss: dict[str, Any] | None, ack_loss: dict[str, Any] | None,
+    faults: dict[str, Any],
+) -> tuple[dict[str, int], int, str, float]:  # fmt: skip
+    """``size`` bytes from A to B over a 10 ms wire: (A's TCP counters, data frames lost, the
+    SHA-256 of what B received, simulated seconds)."""
+    data = make_payload(seed, size)
+    data_model = LossModel(seed, **data_loss) if data_loss else None
+    ack_model = LossModel(seed + 1000, **ack_loss) if ack_loss else None
+
+    def wrap(model: LossModel | None) -> Callable[[Port], Port] | None:
+        return None if model is None else (lambda port: DropPort(port, model))
+
+    async with two_stacks(
+        seed, tcp=tcp, wrap_a=wrap(data_model), wrap_b=wrap(ack_model), latency=0.01, **faults
+    ) as (a, b):
+        client, server, _listener = await connected_pair(a, b)
+        start = trio.current_time()
+        with trio.fail_after(3600):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(send_all_then_eof, client, data)
+                received = await receive_all(server)
+        elapsed = trio.current_time() - start
+        assert received == data
+        counters = dict(tcp_stats(a).counters)
+        await client.aclose()
+        await server.aclose()
+    check_no_internal_errors(a, b)
+    return counters, data_model.lost if data_model else 0, sha256(received), elapsed
+
+
+@pytest.mark.parametrize("sack", [True, False], ids=["sack", "no-sack"])
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+async def test_recovery_needs_far_fewer_timeouts(
+    autojump_clock: trio.testing.MockClock, scenario: str, sack: bool
+) -> None:
+    """Side by side, over seeds: the recovery before (``rack=False, frto=False``) and now.  Both
+    deliver the same bytes; with SACK the timeouts per thousand lost data frames must be no more
+    than before and at most 10 (the old code on the old receiver, which coalesced duplicate
+    ACKs per burst, had 28-970: see benchmarks/RESULTS.md), without SACK (no RACK there:
+    duplicate ACKs and F-RTO) they must not rise."""
+    import trio._core._run as trio_scheduler  # test-only: make the task order repeatable
+
+    data_loss, ack_loss, faults = SCENARIOS[scenario]
+    size = (8 if SLOW else 2) * MB
+    seeds = range(40, 48 if SLOW else 43)
+    totals = {"before": [0, 0], "after": [0, 0]}  # [rto_timeouts, lost data frames]
+    for seed in seeds:
+        digests = []
+        no_change: dict[str, Any] = {}
+        for name, extra in (("before", LEGACY), ("after", no_change)):
+            trio_scheduler._r.seed(seed)
+            config = TcpConfig(sack=sack, **extra)
+            counters, lost, digest, elapsed = await lossy_transfer(
+                seed, size, config, data_loss, ack_loss, faults
+            )
+            digests.append(digest)
+            totals[name][0] += counters["rto_timeouts"]
+            totals[name][1] += lost
+            print(
+                f"{scenario} {'sack' if sack else 'no-sack'} seed {seed} {name}: lost={lost} "
+                f"rto={counters['rto_timeouts']} recoveries={counters['recovery_episodes']} "
+                f"rack={counters['rack_retransmits']} tlp={counters['tlp_probes']} "
+                f"lost_rexmit={counters['lost_retransmits']} undo={counters['spurious_rto_undos']} "
+                f"retransmitted={counters['retransmitted_segments']} simulated_s={elapsed:.2f}"
+            )
+        assert digests[0] == digests[1] == sha256(make_payload(seed, size))
+    per_k = {name: 1000 * rto / max(lost, 1) for name, (rto, lost) in totals.items()}
+    print(f"{scenario} {'sack' if sack else 'no-sack'}: timeouts per 1000 lost data frames {per_k}")
+    assert totals["after"][1] > 0  # the wire really lost data
+    if sack:
+        assert per_k["after"] <= min(per_k["before"], 10.0)
+    else:
+        assert per_k["after"] <= per_k["before"] * 1.25 + 5

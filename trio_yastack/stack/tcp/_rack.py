@@ -1,0 +1,443 @@
+"""Loss detection by time (RACK-TLP, RFC 8985) over a log of what was sent (Linux's ``tcp_rack.c``).
+
+:class:`SentLog` is Linux's retransmission queue without the bytes (the send buffer holds them):
+one entry per segment (or TSO segment) sent, ``[start, end)`` with the time it was last
+transmitted and three flags, split at the edges of SACK blocks and of retransmissions so that a
+flag always holds for a whole entry:
+
+- ``SACKED``: the receiver holds it (RFC 2018);
+- ``LOST``: marked lost, by RACK (``RACKED`` too) or by RFC 6675's ``IsLost`` rule by bytes;
+- ``RETRANS``: a copy sent again is in flight.
+
+From it, per RFC 8985 section 6: ``RACK.xmit_ts``/``RACK.end_seq``/``RACK.rtt`` of the most
+recently *sent* segment that was delivered, and every segment sent before it that is not delivered
+``RACK.rtt + RACK.reo_wnd`` after its own transmission is lost -- including a retransmission,
+which RFC 6675's ``HighRxt`` could never see lost again.  The pipe (RFC 6675 SetPipe, as
+Linux's ``packets_out - sacked_out - lost_out + retrans_out``) and the next segment to retransmit
+(NextSeg) come from the same flags.
+
+The connection's functions for loss detection, recovery with PRR (RFC 6937) and the tail loss
+probe (RFC 8985 section 7) follow the class; they are methods of
+:class:`~trio_yastack.stack.tcp._conn.TcpConnection`, bound in its class body.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from typing import TYPE_CHECKING
+
+from ..wire.tcp import TCP_ACK
+
+if TYPE_CHECKING:
+    from ._conn import TcpConnection
+
+__all__ = ["LOST", "RACKED", "RETRANS", "SACKED", "SentLog"]
+
+SACKED = 1
+LOST = 2
+RETRANS = 4
+RACKED = 8  # marked lost by RACK (for the counters), not by the duplicate-threshold rule
+
+#: the retransmission timer's three uses, as Linux's icsk_pending (one timer, one deadline)
+REXMT_RTO, REXMT_TLP, REXMT_REO = 0, 1, 2
+
+
+class SentLog:
+    """What was sent and not yet cumulatively acknowledged, entry by entry, with RACK's state.
+
+    Bounded: entries lie in ``[snd_una, snd_max)``, which the send buffer bounds, and beyond
+    ``MAX_ENTRIES`` new data extends the newest entry instead of starting one (coarser timing
+    for the tail, never a wrong flag).
+    """
+
+    __slots__ = (
+        "_ends",
+        "_flags",
+        "_starts",
+        "_times",
+        "end_seq",
+        "min_rtt",
+        "reordering_seen",
+        "rtt",
+        "tlp_end",
+        "xmit_ts",
+    )
+
+    MAX_ENTRIES = 8192
+
+    def __init__(self) -> None:
+        self._starts: list[int] = []
+        self._ends: list[int] = []
+        self._times: list[float] = []
+        self._flags: list[int] = []
+        self.xmit_ts = -1.0  # RACK.xmit_ts: when the most recently sent delivered segment was sent
+        self.end_seq = 0  # RACK.end_seq
+        self.rtt = 0.0  # RACK.rtt: that segment's round trip
+        self.min_rtt = 0.0  # the smallest RTT seen (0.0: none yet)
+        self.reordering_seen = False  # RACK.reord
+        self.tlp_end = -1  # TLP.end_seq: one probe at a time (-1: none outstanding)
+
+    def __len__(self) -> int:
+        return len(self._starts)
+
+    def entries(self) -> list[tuple[int, int, float, int]]:
+        """``(start, end, xmit time, flags)`` of every entry, for tests and the journey."""
+        return list(zip(self._starts, self._ends, self._times, self._flags, strict=True))
+
+    def clear(self) -> None:
+        self._starts.clear()
+        self._ends.clear()
+        self._times.clear()
+        self._flags.clear()
+        self.tlp_end = -1
+
+    # -- sending -----------------------------------------------------------------------------
+    def sent(self, start: int, end: int, now: float) -> None:
+        """``[start, end)`` left now: new data appends an entry, old data is a retransmission."""
+        ends = self._ends
+        if not ends or start >= ends[-1]:
+            if len(ends) >= self.MAX_ENTRIES and not self._flags[-1]:
+                ends[-1] = end
+                self._times[-1] = now
+                return
+            self._starts.append(start)
+            ends.append(end)
+            self._times.append(now)
+            self._flags.append(0)
+            return
+        top = ends[-1]
+        self._retransmitted(start, end if end < top else top, now)
+        if end > top:
+            self.sent(top, end, now)
+
+    def _split(self, seq: int) -> int:
+        """Make ``seq`` the start of an entry (when it falls inside one); its index, or the
+        index where such an entry would be."""
+        starts = self._starts
+        index = bisect_right(starts, seq) - 1
+        if index < 0:
+            return 0
+        if starts[index] == seq:
+            return index
+        if seq >= self._ends[index]:
+            return index + 1
+        ends = self._ends
+        starts.insert(index + 1, seq)
+        ends.insert(index + 1, ends[index])
+        ends[index] = seq
+        self._times.insert(index + 1, self._times[index])
+        self._flags.insert(index + 1, self._flags[index])
+        return index + 1
+
+    def _retransmitted(self, start: int, end: int, now: float) -> None:
+        first = self._split(start)
+        last = self._split(end)
+        times, flags = self._times, self._flags
+        for index in range(first, last):
+            times[index] = now
+            flags[index] = (flags[index] & ~RACKED) | RETRANS
+
+    # -- delivery (RFC 8985 6.2 steps 1-3) -------------------------------------------------------
+    def _delivered(self, index: int, now: float, tsecr_time: float) -> None:
+        """RACK's update for the entry at ``index``, just cumulatively ACKed or SACKed."""
+        sent_at = self._times[index]
+        end = self._ends[index]
+        rtt = now - sent_at
+        if self._flags[index] & RETRANS:
+            # Step 2: the ACK may be for the original; believe the retransmission only when the
+            # echoed timestamp is not older than it, or the RTT is not shorter than any seen.
+            if (tsecr_time >= 0.0 and tsecr_time < sent_at - 0.001) or rtt < self.min_rtt:
+                return
+        elif end < self.end_seq and sent_at <= self.xmit_ts:
+            self.reordering_seen = True  # never retransmitted, delivered after a later one (6.2 step 3)
+        if rtt >= 0.0 and (self.min_rtt == 0.0 or rtt < self.min_rtt):
+            self.min_rtt = rtt
+        if sent_at > self.xmit_ts or (sent_at == self.xmit_ts and end > self.end_seq):
+            self.xmit_ts = sent_at
+            self.end_seq = end
+            self.rtt = rtt
+
+    def acked(self, ack: int, now: float, tsecr_time: float) -> None:
+        """The cumulative ACK reached ``ack``: RACK's update for every entry it completes, and
+        those entries forgotten (the common case of every ACK: one or two entries)."""
+        ends = self._ends
+        gone = 0
+        count = len(ends)
+        flags = self._flags
+        while gone < count and ends[gone] <= ack:
+            if not flags[gone] & SACKED:
+                self._delivered(gone, now, tsecr_time)
+            gone += 1
+        if gone:
+            del self._starts[:gone], ends[:gone], self._times[:gone], flags[:gone]
+        if ends and self._starts[0] < ack:
+            self._starts[0] = ack
+        if 0 <= self.tlp_end <= ack:
+            self.tlp_end = -1
+
+    def sacked(self, blocks: list[tuple[int, int]], now: float, tsecr_time: float) -> int:
+        """Mark the entries the SACK ``blocks`` cover; returns the bytes newly SACKed."""
+        if not self._starts:
+            return 0
+        low, high = self._starts[0], self._ends[-1]
+        new = 0
+        flags = self._flags
+        for left, right in blocks:
+            left = left if left > low else low
+            right = right if right < high else high
+            if left >= right:
+                continue
+            first = self._split(left)
+            last = self._split(right)
+            for index in range(first, last):
+                if not flags[index] & SACKED:
+                    self._delivered(index, now, tsecr_time)
+                    flags[index] = SACKED
+                    new += self._ends[index] - self._starts[index]
+        return new
+
+    def unsack_all(self) -> None:
+        """An RTO: the receiver may have reneged (RFC 2018 section 8); everything outstanding is
+        lost and nothing is retransmitted (Linux's tcp_timeout_mark_lost)."""
+        flags = self._flags
+        for index in range(len(flags)):
+            flags[index] = LOST
+        self.tlp_end = -1
+
+    def undo_lost(self) -> None:
+        """F-RTO found the timeout spurious: what it marked lost was not (RFC 5682 3, undo)."""
+        flags = self._flags
+        for index in range(len(flags)):
+            flags[index] &= ~(LOST | RACKED)
+
+    # -- loss detection ------------------------------------------------------------------------
+    def detect_lost(self, now: float, reo_wnd: float) -> tuple[float, int, int]:
+        """RFC 8985 6.2 step 5: mark lost every segment sent before RACK.xmit_ts (ties broken by
+        end_seq) that is ``RACK.rtt + reo_wnd`` old.  Returns ``(timeout, lost_bytes,
+        lost_retransmissions)``: the wait until the next one may be lost (0.0: none waits)."""
+        xmit_ts = self.xmit_ts
+        if xmit_ts < 0.0:
+            return 0.0, 0, 0
+        end_seq = self.end_seq
+        wait = self.rtt + reo_wnd
+        timeout = 0.0
+        lost = lost_rexmit = 0
+        starts, ends, times, flags = self._starts, self._ends, self._times, self._flags
+        for index in range(len(flags)):
+            flag = flags[index]
+            if flag & SACKED or flag & (LOST | RETRANS) == LOST:
+                continue
+            sent_at = times[index]
+            if sent_at > xmit_ts or (sent_at == xmit_ts and ends[index] >= end_seq):
+                continue
+            remaining = sent_at + wait - now
+            if remaining <= 0.0:
+                if flag & RETRANS:
+                    lost_rexmit += 1
+                flags[index] = LOST | RACKED
+                lost += ends[index] - starts[index]
+            elif remaining > timeout:
+                timeout = remaining
+        return timeout, lost, lost_rexmit
+
+    def mark_lost_by_sack(self, sacked_above: list[int], mss: int, dupthresh: int = 3) -> int:
+        """RFC 6675 IsLost by bytes, TSO-aware: an entry is lost when more than
+        ``(dupthresh - 1) * mss`` bytes above it are SACKed (however few ACKs or ranges carried
+        them).  ``sacked_above`` is filled by :meth:`sacked_after`.  Returns the bytes marked."""
+        threshold = (dupthresh - 1) * mss
+        marked = 0
+        flags = self._flags
+        for index in range(len(flags)):
+            if sacked_above[index] <= threshold:
+                break  # it only gets smaller going up
+            if not flags[index] & (SACKED | LOST | RETRANS):
+                flags[index] = LOST
+                marked += self._ends[index] - self._starts[index]
+        return marked
+
+    def sacked_after(self) -> list[int]:
+        """For each entry, the SACKed bytes above it (one pass from the top)."""
+        out = [0] * len(self._flags)
+        total = 0
+        starts, ends, flags = self._starts, self._ends, self._flags
+        for index in range(len(flags) - 1, -1, -1):
+            out[index] = total
+            if flags[index] & SACKED:
+                total += ends[index] - starts[index]
+        return out
+
+    def pipe(self) -> int:
+        """RFC 6675 SetPipe from the flags: bytes not SACKED and not LOST count once, a
+        retransmitted copy in flight once more (Linux's ``tcp_packets_in_flight``, in bytes)."""
+        total = 0
+        starts, ends, flags = self._starts, self._ends, self._flags
+        for index in range(len(flags)):
+            flag = flags[index]
+            if flag & SACKED:
+                continue
+            size = ends[index] - starts[index]
+            if not flag & LOST:
+                total += size
+            if flag & RETRANS:
+                total += size
+        return total
+
+    def has_lost(self) -> bool:
+        """Some entry is marked lost and waits for its retransmission."""
+        return self.next_lost(0) >= 0
+
+    def next_lost(self, index: int) -> int:
+        """RFC 6675 NextSeg rule 1 from the flags: the index of the first entry at or after
+        ``index`` marked lost and not yet retransmitted; -1 when there is none."""
+        flags = self._flags
+        for i in range(index, len(flags)):
+            if flags[i] & (LOST | RETRANS | SACKED) == LOST:
+                return i
+        return -1
+
+    def span(self, index: int) -> tuple[int, int, int]:
+        """``(start, end, flags)`` of the entry at ``index``."""
+        return self._starts[index], self._ends[index], self._flags[index]
+
+
+# -- the connection's side (methods of TcpConnection) ----------------------------------------------
+def _reo_wnd(self: TcpConnection) -> float:
+    """RFC 8985 6.2 step 4: no reordering window in recovery, or once DupThresh segments were
+    SACKed, while no reordering was seen; otherwise a quarter of the minimum RTT, at most SRTT."""
+    rack = self.rack
+    assert rack is not None  # only called on connections that have one
+    if not rack.reordering_seen and (self.in_recovery or self.scoreboard.sacked_bytes >= 3 * self.mss):
+        return 0.0
+    wnd = rack.min_rtt / 4
+    return wnd if wnd < self.srtt or not self.srtt else self.srtt
+
+
+def _detect_loss(self: TcpConnection, delivered: int, now: float) -> None:
+    """After an ACK with SACK information, or in recovery, or when the reordering timer fires:
+    mark losses by time (RACK) and by SACKed bytes (RFC 6675), start recovery when there are
+    some, and set how much PRR lets out.  The caller sends (``tcp_output``) afterwards."""
+    rack = self.rack
+    assert rack is not None
+    timeout, _lost, lost_rexmit = rack.detect_lost(now, self._reo_wnd())
+    if lost_rexmit:
+        self.stats.lost_retransmits += lost_rexmit
+    if self.scoreboard.sacked_bytes > 2 * self.mss:
+        rack.mark_lost_by_sack(rack.sacked_after(), self.mss)
+    if not self.in_recovery and self.snd_una >= self.recover and rack.has_lost():
+        self._enter_recovery(now)
+    if self.in_recovery:
+        self._prr_update(delivered)
+    if timeout and self.snd_max > self.snd_una:
+        # RFC 8985 6.3: the reordering timer, in place of the RTO until it fires.
+        deadline = now + timeout
+        if deadline < self.t_rexmt or not self.t_rexmt or self.rexmt_mode == REXMT_TLP:
+            self.t_rexmt = deadline
+            self.rexmt_mode = REXMT_REO
+            self._arm()
+
+
+def _enter_recovery(self: TcpConnection, now: float) -> None:
+    """Fast recovery begins (RFC 6675 5, RFC 6937 for its sending): one congestion response."""
+    self.in_recovery = True
+    self.recover = self.snd_max
+    self.high_rxt = self.snd_una
+    in_flight = self.snd_max - self.snd_una
+    # The window the loss reduces is cwnd, as Linux's tcp_init_cwnd_reduction (ssthresh from
+    # snd_cwnd): FlightSize (RFC 5681) is no measure here, since a burst of ACKs is taken in
+    # before anything is sent, so at the first SACK the flight is only the tail behind the hole.
+    # cwnd cannot be stale: it grows only while at least half of it is in use (_cc.py).
+    cwnd = self.cc.cwnd
+    self.cc.on_congestion_event(now, cwnd if cwnd > in_flight else in_flight)
+    stats = self.stats
+    stats.fast_retransmits += 1
+    stats.sack_recovery_episodes += 1
+    stats.recovery_episodes += 1
+    self.prr_delivered = 0
+    self.prr_out = 0
+    self.recover_fs = in_flight if in_flight > 0 else 1
+    rack = self.rack
+    if rack is not None:
+        rack.tlp_end = -1
+
+
+def _prr_update(self: TcpConnection, delivered: int) -> None:
+    """RFC 6937 section 3 with the SSRB bound: cwnd becomes pipe + sndcnt, so what
+    ``tcp_output`` sends in recovery follows what the receiver reports delivered."""
+    rack = self.rack
+    assert rack is not None
+    self.prr_delivered += delivered
+    pipe = rack.pipe()
+    cc = self.cc
+    ssthresh = cc.ssthresh
+    if pipe > ssthresh:
+        sndcnt = (self.prr_delivered * ssthresh + self.recover_fs - 1) // self.recover_fs - self.prr_out
+    else:
+        limit = max(self.prr_delivered - self.prr_out, delivered) + self.mss
+        sndcnt = min(ssthresh - pipe, limit)
+    if sndcnt < self.mss and not self.prr_out:
+        sndcnt = self.mss  # the fast retransmit itself always goes (as Linux's tcp_cwnd_reduction)
+    cc.cwnd = pipe + (sndcnt if sndcnt > 0 else 0)
+
+
+def _arm_rexmt(self: TcpConnection, now: float) -> None:
+    """Restart the retransmission timer for what is in flight: the tail loss probe's PTO
+    (RFC 8985 7.2) on a RACK connection outside recovery, the RTO otherwise."""
+    rack = self.rack
+    if rack is not None and not self.in_recovery and self.srtt and rack.tlp_end < 0:
+        pto = 2 * self.srtt
+        if self.snd_max - self.snd_una <= self.mss:
+            pto += self.config.delayed_ack or 0.0  # a lone segment's ACK may be delayed
+        if pto < 0.01:
+            pto = 0.01
+        if pto < self.rto:
+            self.t_rexmt = now + pto
+            self.rexmt_mode = REXMT_TLP
+            self._arm()
+            return
+    self.t_rexmt = now + self.rto
+    self.rexmt_mode = REXMT_RTO
+    self._arm()
+
+
+def _tlp_timeout(self: TcpConnection, now: float) -> None:
+    """RFC 8985 7.3: the probe timeout fired with nothing heard.  Send one segment of new data
+    if the windows allow, otherwise the last segment again, so that an ACK with SACK comes back
+    and RACK finds the tail's losses without waiting for the RTO; then the RTO is armed."""
+    rack = self.rack
+    if rack is None or self.in_recovery or self.snd_max <= self.snd_una:
+        self._arm_rexmt_rto(now)
+        return
+    stats = self.stats
+    stats.tlp_probes += 1
+    mss = self.mss
+    available = self.sndbuf.end - self.snd_nxt
+    room = self.snd_una + self.snd_wnd - self.snd_nxt
+    if available > 0 and room > 0 and self.snd_nxt == self.snd_max:
+        length = min(available, mss, room)
+        self._send_data(self.snd_nxt, length, TCP_ACK, now)
+    else:
+        start = self.snd_max - mss
+        stats.tlp_retransmits += 1
+        self._retransmit(start if start > self.snd_una else self.snd_una, now)
+    rack.tlp_end = self.snd_max
+    self._arm_rexmt_rto(now)
+
+
+def _arm_rexmt_rto(self: TcpConnection, now: float) -> None:
+    """Arm the plain RTO (after a probe, or when the reordering timer has nothing left)."""
+    if self.snd_max > self.snd_una:
+        self.t_rexmt = now + self.rto
+        self.rexmt_mode = REXMT_RTO
+        self._arm()
+    else:
+        self.t_rexmt = 0.0
+
+
+def _reo_timeout(self: TcpConnection, now: float) -> None:
+    """RFC 8985 6.3: the reordering window of a segment ran out: detect again, and send."""
+    self.t_rexmt = 0.0
+    self.rexmt_mode = REXMT_RTO
+    self._detect_loss(0, now)
+    self.tcp_output(now)
+    if not self.t_rexmt:
+        self._arm_rexmt_rto(now)
