@@ -162,8 +162,8 @@ def main() -> None:
     for name, value in result.items():
         print(f"{name}: {value}")
     RESULTS.mkdir(exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
-    (RESULTS / f"fastpath-{stamp}.json").write_text(json.dumps(result, indent=2))
+    result["date"] = datetime.now(UTC).isoformat(timespec="seconds")
+    (RESULTS / "fastpath.json").write_text(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":
