@@ -19,6 +19,8 @@ at least 3 rounds in full mode and reports medians, min-max and the ratio ours/p
 5. ``bench_memory.py``: memory per idle established connection vs the kernel's
 6. ``bench_trace.py``: what the journey-of-a-packet trace points cost, off and on, against a
    build without them
+7. ``bench_loss.py``: bulk TCP over 0.5-3 % loss (nftables on the TAP's kernel side), the stack as
+   sender against the kernel as sender with the same congestion control
 6. ``bench_proxy.py``: ``yastack proxy`` in front of an nginx backend under wrk, over kernel sockets
    and over the stack, vs nginx proxying the same backend
 """
@@ -52,6 +54,7 @@ RESULT_FILES = {
     "bench_memory.py": "memory.json",
     "bench_proxy.py": "proxy.json",
     "bench_trace.py": "trace.json",
+    "bench_loss.py": "loss.json",
 }
 
 SCENARIOS: list[tuple[str, list[str]]] = [
@@ -66,6 +69,7 @@ SCENARIOS: list[tuple[str, list[str]]] = [
     ("bench_memory.py", []),
     ("bench_proxy.py", []),
     ("bench_trace.py", []),
+    ("bench_loss.py", []),
 ]
 
 
@@ -276,6 +280,21 @@ def rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, float]
                 f"{_median(nginx, 'requests_per_s'):.0f} ({_median(nginx, 'p99_ms'):.1f}, "
                 f"{_median(nginx, 'cpu_us_per_request'):.0f})",
                 proxy[f"ratio_{mode}"],
+            ))  # fmt: skip
+    if "bench_loss.py" in results:
+        loss = results["bench_loss.py"]
+        for key, ratio in loss.get("ratios", {}).items():
+            percent, offloads, ours = key.split()
+            theirs = "reno" if ours == "newreno" else ours
+            mine = loss["results"][f"{percent} {offloads} stack {ours}"]
+            kernel = loss["results"][f"{percent} {offloads} kernel {theirs}"]
+            out.append((
+                f"bulk TCP over {percent} loss each way, {offloads}, stack sends ({ours}): "
+                "Mbit/s (timeouts per 1000 lost)",
+                f"{mine['mbit_per_s']:.0f} ({mine['timeouts_per_1000_lost']:.0f})",
+                f"kernel sends ({theirs}): {kernel['mbit_per_s']:.0f} "
+                f"({kernel['timeouts_per_1000_lost']:.0f})",
+                ratio,
             ))  # fmt: skip
     return out
 

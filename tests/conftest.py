@@ -29,9 +29,12 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """Print what the bulk interop tests measured (reported, never asserted)."""
     import sys
 
-    module = sys.modules.get("test_tap_bulk")
-    lines = getattr(module, "REPORT", [])
-    if lines:
-        terminalreporter.section("TAP bulk transfers (1 GiB each)")
-        for line in lines:
-            terminalreporter.write_line(line)
+    for name, title in (
+        ("test_tap_bulk", "TAP bulk transfers (1 GiB each)"),
+        ("test_tcp_recovery_tap", "TAP transfers over loss (nftables on the kernel side)"),
+    ):
+        lines = getattr(sys.modules.get(name), "REPORT", [])
+        if lines:
+            terminalreporter.section(title)
+            for line in lines:
+                terminalreporter.write_line(line)

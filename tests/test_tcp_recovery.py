@@ -24,10 +24,12 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from tcp_helpers import ACK, OUR_ISS, T0, Peer, fix_iss, open_active, seq_add, tcp_core
 from tcp_sim_helpers import (
     DropPort,
     check_no_internal_errors,
     connected_pair,
+    drop_nth_data_segment,
     make_payload,
     receive_all,
     send_all_then_eof,
@@ -38,8 +40,9 @@ from tcp_sim_helpers import (
 )
 
 from trio_yastack.nic import Port
-from trio_yastack.stack import TcpConfig
+from trio_yastack.stack import StackCore, TcpConfig
 from trio_yastack.stack.tcp._rack import LOST, RACKED, RETRANS, SACKED, SentLog
+from trio_yastack.stack.wire import TcpRepr
 
 SLOW = os.environ.get("YASTACK_SLOW") == "1"
 MB = 1_000_000
@@ -150,6 +153,55 @@ def test_rto_min_is_configurable_and_checked() -> None:
         TcpConfig(rto_min=120.0)
 
 
+# -- tier 2: F-RTO on one connection -----------------------------------------------------------------
+def run_until(core: StackCore, peer: Peer, until: float) -> list[tuple[float, TcpRepr]]:
+    """Run the timers at each deadline up to ``until``; ``(time, segment)`` of what they sent."""
+    sent = []
+    while (deadline := core.next_deadline()) is not None and deadline <= until:
+        core.run_timers(deadline)
+        sent += [(deadline, seg) for seg in peer.receive()]
+    return sent
+
+
+def frto_connection(monkeypatch: pytest.MonkeyPatch) -> tuple[Any, Peer, int]:
+    """Seven segments of 1460 in flight (20 bytes held by Nagle), then the RTO's retransmission
+    of the first.  No RACK, so that the timer is the RTO and nothing else."""
+    fix_iss(monkeypatch)
+    core = tcp_core(rack=False)
+    conn, peer = open_active(core, ts=False)
+    conn.send(bytes(range(256)) * 40, T0 + 1)  # 10240 bytes
+    assert [len(s.payload) for s in peer.receive()] == [1460] * 7
+    cwnd = conn.cc.cwnd
+    [(_, again)] = run_until(core, peer, T0 + 2.5)
+    assert again.seq == seq_add(OUR_ISS, 1) and len(again.payload) == 1460
+    assert conn.frto == 1 and conn.cc.cwnd == conn.mss
+    return conn, peer, cwnd
+
+
+def test_frto_undoes_a_spurious_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """RFC 5682: the originals were only late.  The first ACK after the timeout brings new data
+    out (2.2 b), not the rest of the flight again; the second ACK acknowledges data the timer
+    never resent (2.3 b): the timeout was spurious and its window reduction is undone."""
+    conn, peer, cwnd = frto_connection(monkeypatch)
+    out = peer.send(ACK, now=T0 + 2.6, ack=seq_add(OUR_ISS, 1 + 2 * 1460))
+    assert [(s.seq, len(s.payload)) for s in out] == [(seq_add(OUR_ISS, 1 + 7 * 1460), 20)]
+    peer.send(ACK, now=T0 + 2.7, ack=seq_add(OUR_ISS, 1 + 5 * 1460))
+    assert conn.core.statistics().tcp.spurious_rto_undos == 1
+    assert conn.frto == 0 and conn.cc.cwnd >= cwnd and conn.snd_nxt == conn.snd_max
+
+
+def test_frto_goes_back_n_after_a_real_loss(monkeypatch: pytest.MonkeyPatch) -> None:
+    """RFC 5682 2.3 a: after the new data, a duplicate ACK says the flight was really lost:
+    no undo, and the rest is resent from SND.UNA in slow start."""
+    conn, peer, _cwnd = frto_connection(monkeypatch)
+    out = peer.send(ACK, now=T0 + 2.6, ack=seq_add(OUR_ISS, 1 + 1460))
+    assert [s.seq for s in out] == [seq_add(OUR_ISS, 1 + 7 * 1460)]  # the new data (2.2 b)
+    again = peer.send(ACK, now=T0 + 2.7, ack=seq_add(OUR_ISS, 1 + 1460))
+    assert conn.core.statistics().tcp.spurious_rto_undos == 0 and conn.frto == 0
+    assert [s.seq for s in again] == [seq_add(OUR_ISS, 1 + i * 1460) for i in (1, 2)]  # back N
+    assert conn.cc.cwnd < 3 * conn.mss
+
+
 # -- tier 3: recovery over lossy wires ---------------------------------------------------------------
 class LossModel:
     """Picks which frames of one direction are lost: each frame of the kind ``data`` selects
@@ -224,6 +276,34 @@ async def lossy_transfer(
     return counters, data_model.lost if data_model else 0, sha256(received), elapsed
 
 
+@pytest.mark.parametrize("rack", [True, False], ids=["rack-tlp", "without"])
+async def test_tail_loss_is_repaired_by_the_probe(autojump_clock: trio.testing.MockClock, rack: bool) -> None:
+    """The last segment of a response (with the FIN) is lost: nothing follows it to be SACKed.
+    RACK-TLP sends it again after the probe timeout (2 SRTT) without a timeout; without it the
+    RTO (200 ms at least) repairs it."""
+    data = make_payload(7, 10 * 1448)
+    async with two_stacks(
+        7, tcp=TcpConfig(rack=rack), wrap_a=lambda port: DropPort(port, drop_nth_data_segment(10)),
+        latency=0.01,
+    ) as (a, b):  # fmt: skip
+        client, server, _listener = await connected_pair(a, b)
+        start = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send_all_then_eof, client, data)
+            received = await receive_all(server)
+        elapsed = trio.current_time() - start
+        assert received == data
+        stats = tcp_stats(a)
+        if rack:
+            assert (stats.tlp_probes, stats.tlp_retransmits, stats.rto_timeouts) == (1, 1, 0)
+            assert elapsed < 0.2
+        else:
+            assert (stats.tlp_probes, stats.rto_timeouts) == (0, 1)
+            assert elapsed > 0.2
+        await client.aclose()
+        await server.aclose()
+
+
 @pytest.mark.parametrize("sack", [True, False], ids=["sack", "no-sack"])
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
 async def test_recovery_needs_far_fewer_timeouts(
@@ -267,3 +347,15 @@ async def test_recovery_needs_far_fewer_timeouts(
         assert per_k["after"] <= min(per_k["before"], 10.0)
     else:
         assert per_k["after"] <= per_k["before"] * 1.25 + 5
+
+
+def test_stat_sums_the_recovery_counters_over_cores() -> None:
+    """``yastack stat`` prints one line of loss recovery, summed over the cores' counters."""
+    from trio_yastack.journey._client import _recovery
+
+    def core(**counters: int) -> dict[str, Any]:
+        return {"stack": {"tcp": {"counters": counters}}}
+
+    line = _recovery([core(recovery_episodes=2, rack_retransmits=5), core(recovery_episodes=1, tlp_probes=4)])
+    assert line.startswith("3 recovery episodes, 5 RACK retransmissions, 4 tail loss probes, 0 timeouts")
+    assert line.endswith("0 spurious timeouts undone")

@@ -273,6 +273,7 @@ def format_stat(snapshots: list[dict[str, Any]]) -> str:
         )
     lines.append("")
     lines.append("TCP connections by state: " + _states(snapshots))
+    lines.append("TCP loss recovery: " + _recovery(snapshots))
     listeners = [(snap["core"], listener) for snap in snapshots for listener in snap["tcp"]["listeners"]]
     lines.append("listeners:")
     for core, listener in listeners:
@@ -315,6 +316,28 @@ def _requests_int(snapshot: dict[str, Any]) -> int:
 def _requests(snapshot: dict[str, Any]) -> str:
     http = snapshot.get("app", {}).get("http")
     return str(http.get("requests", 0)) if isinstance(http, dict) else "-"
+
+
+#: the loss-recovery counters ``stat`` sums over the cores (issue 19), with their labels
+RECOVERY_COUNTERS = (
+    ("recovery_episodes", "recovery episodes"),
+    ("rack_retransmits", "RACK retransmissions"),
+    ("tlp_probes", "tail loss probes"),
+    ("rto_timeouts", "timeouts"),
+    ("rto_retransmits", "RTO retransmissions"),
+    ("lost_retransmits", "lost retransmissions"),
+    ("spurious_rto_undos", "spurious timeouts undone"),
+)
+
+
+def _recovery(snapshots: list[dict[str, Any]]) -> str:
+    """How the cores' TCP recovered from loss: episodes and retransmissions by what triggered them."""
+    totals = dict.fromkeys((name for name, _ in RECOVERY_COUNTERS), 0)
+    for snap in snapshots:
+        counters = snap.get("stack", {}).get("tcp", {}).get("counters", {})
+        for name in totals:
+            totals[name] += int(counters.get(name, 0))
+    return ", ".join(f"{totals[name]} {label}" for name, label in RECOVERY_COUNTERS)
 
 
 def _states(snapshots: list[dict[str, Any]]) -> str:

@@ -23,6 +23,7 @@ from .._offload import OffloadPacket
 from ..wire._checksum import sum16
 from ..wire.ipv4 import IPPROTO_TCP
 from ..wire.tcp import TCP_ACK, TCP_FIN, TCP_HEADER, TCP_HEADER_LEN, TCP_PSH, TCP_RST, TCP_SYN, TcpOptions
+from ._cc import INFINITE_SSTHRESH
 from ._rack import RACKED, REXMT_RTO
 from ._states import CLOSED, SYN_RECEIVED, SYN_SENT, TIME_WAIT
 
@@ -105,6 +106,14 @@ def tcp_output(self: TcpConnection, now: float, *, limited_transmit: bool = Fals
     gso_max = self.core.gso_max_size
     burst = mss * max((gso_max - 100) // mss, 1) if gso_max else mss
     cc = self.cc
+    if burst > 2 * mss and cc.ssthresh < INFINITE_SSTHRESH:
+        # TSO autosizing once the path has lost something (Linux's tcp_tso_autosize sizes by
+        # pacing rate, always): at least four frames per window, so that one frame lost is not
+        # the whole flight -- a tail loss with nothing behind it to be SACKed, which only the
+        # probe or the timer can repair.  A path that never lost keeps the largest frames.
+        quarter = (cc.cwnd >> 2) // mss * mss
+        if quarter < burst:
+            burst = quarter if quarter > 2 * mss else 2 * mss
     if self.last_send and now - self.last_send > self.rto and self.snd_max == self.snd_una:
         cc.on_idle_restart(now, self.rto, now - self.last_send)
     sent_any = False
@@ -122,7 +131,8 @@ def tcp_output(self: TcpConnection, now: float, *, limited_transmit: bool = Fals
             index = rack.next_lost(hint)
             if index >= 0:
                 start, end, flags = rack.span(index)
-                length = end - start if end - start < mss else mss
+                # TSO-aware: a lost TSO segment goes again in as few segments as cwnd allows.
+                length = min(end - start, burst, max((cc.cwnd - pipe) // mss, 1) * mss)
                 self._retransmit(start, now, length)
                 if flags & RACKED:
                     self.stats.rack_retransmits += 1
@@ -228,7 +238,8 @@ def _send_data(self: TcpConnection, seq: int, length: int, flags: int, now: floa
 
 
 def _retransmit(self: TcpConnection, seq: int, now: float, length: int | None = None) -> None:
-    """Send one segment again starting at ``seq`` (fast retransmit, SACK hole, partial ACK)."""
+    """Send one segment again starting at ``seq`` (fast retransmit, SACK hole, partial ACK):
+    at most one MSS, or a whole TSO segment of ``length`` when the port segments (TSO/GSO)."""
     if seq >= self.snd_max:
         return
     if self.rtt_seq >= 0 and seq <= self.rtt_seq:
@@ -236,7 +247,12 @@ def _retransmit(self: TcpConnection, seq: int, now: float, length: int | None = 
     limit = self.snd_max - seq
     data_end = self.sndbuf.end
     mss = self._data_mss()
-    length = min(mss if length is None else length, mss, limit, max(data_end - seq, 0))
+    most = mss
+    if length is not None and length > mss and self.core.gso_max_size:
+        most = mss * max((self.core.gso_max_size - 100) // mss, 1)
+        if length % mss and length < limit:
+            length -= length % mss  # whole segments only, as tcp_output sends them
+    length = min(mss if length is None else length, most, limit, max(data_end - seq, 0))
     flags = TCP_ACK
     if self.fin_seq >= 0 and seq + length == self.fin_seq and self.snd_max > self.fin_seq:
         flags |= TCP_FIN

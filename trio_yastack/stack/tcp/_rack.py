@@ -416,7 +416,8 @@ def _tlp_timeout(self: TcpConnection, now: float) -> None:
         length = min(available, mss, room)
         self._send_data(self.snd_nxt, length, TCP_ACK, now)
     else:
-        start = self.snd_max - mss
+        end = self.snd_max - (1 if 0 <= self.fin_seq < self.snd_max else 0)  # the FIN follows the data
+        start = end - mss
         stats.tlp_retransmits += 1
         self._retransmit(start if start > self.snd_una else self.snd_una, now)
     rack.tlp_end = self.snd_max
