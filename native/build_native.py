@@ -67,9 +67,9 @@ stack_ffi = _extension(
     #define YAS_FAST_CANDIDATE 1
     #define YAS_FAST_VERIFIED 0x80000000
     #define YAS_FAST_BAD_ARGS -1
-    int yas_tcp_fast_classify(const char *frames, size_t frameslen, const uint32_t *lens, int n,
-                              const char *mac, uint32_t ip, uint32_t broadcast, int verify,
-                              char *out);
+    int yas_tcp_fast_classify(const char *frames, size_t frameslen, const char *lens, size_t lenslen,
+                              int n, const char *mac, uint32_t ip, uint32_t broadcast, int verify,
+                              char *out, size_t outlen);
     """,
     ["checksum.c", "gso.c", "tcp_fast.c"],
 )

@@ -2,7 +2,8 @@
  * The established-connection fast path's first half, for a whole rx_burst in one call.
  *
  * yas_tcp_fast_classify() walks the `n` frames laid end to end in `frames` (frame i is lens[i]
- * bytes, its bit 31 YAS_FAST_VERIFIED when the port already verified its checksums) and writes
+ * bytes, `lens` n native uint32_t passed as bytes, bit 31 YAS_FAST_VERIFIED when the port
+ * already verified the frame's checksums) and writes
  * one record per frame: YAS_FAST_CANDIDATE with the TCP fields for a frame header prediction
  * may take -- an unfragmented IPv4 datagram without options to our address from a sane
  * source, a TCP segment with ACK (and maybe PSH) and no other flag, no options or exactly the
@@ -87,20 +88,26 @@ static void classify(const unsigned char *f, uint32_t len, int verify, const cha
     r->end = 14 + total;
 }
 
-int yas_tcp_fast_classify(const char *frames, size_t frameslen, const uint32_t *lens, int n,
-                          const char *mac, uint32_t ip, uint32_t broadcast, int verify, char *out)
+int yas_tcp_fast_classify(const char *frames, size_t frameslen, const char *lens, size_t lenslen,
+                          int n, const char *mac, uint32_t ip, uint32_t broadcast, int verify,
+                          char *out, size_t outlen)
 {
     /* `out` is n records of struct yas_tcp_seg (a bytearray on the Python side: written by
-     * memcpy, so its alignment does not matter) */
+     * memcpy, so its alignment does not matter); nothing is read or written outside the
+     * lengths given */
     if (frames == NULL || lens == NULL || mac == NULL || out == NULL || n < 0)
+        return YAS_FAST_BAD_ARGS;
+    if ((size_t)n > lenslen / sizeof(uint32_t) || (size_t)n > outlen / sizeof(struct yas_tcp_seg))
         return YAS_FAST_BAD_ARGS;
     size_t at = 0;
     for (int i = 0; i < n; i++) {
-        uint32_t len = lens[i] & ~YAS_FAST_VERIFIED;
+        uint32_t word;
+        memcpy(&word, lens + (size_t)i * sizeof word, sizeof word);
+        uint32_t len = word & ~YAS_FAST_VERIFIED;
         if (len > frameslen - at)
             return YAS_FAST_BAD_ARGS;
         struct yas_tcp_seg record;
-        classify((const unsigned char *)frames + at, len, verify && !(lens[i] & YAS_FAST_VERIFIED), mac, ip,
+        classify((const unsigned char *)frames + at, len, verify && !(word & YAS_FAST_VERIFIED), mac, ip,
                  broadcast, &record);
         memcpy(out + (size_t)i * sizeof record, &record, sizeof record);
         at += len;

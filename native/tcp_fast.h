@@ -15,6 +15,7 @@ struct yas_tcp_seg {
 #define YAS_FAST_CANDIDATE 1
 #define YAS_FAST_VERIFIED 0x80000000u
 #define YAS_FAST_BAD_ARGS -1
-int yas_tcp_fast_classify(const char *frames, size_t frameslen, const uint32_t *lens, int n,
-                          const char *mac, uint32_t ip, uint32_t broadcast, int verify, char *out);
+int yas_tcp_fast_classify(const char *frames, size_t frameslen, const char *lens, size_t lenslen,
+                          int n, const char *mac, uint32_t ip, uint32_t broadcast, int verify,
+                          char *out, size_t outlen);
 _Static_assert(sizeof(struct yas_tcp_seg) == 48, "the record layout _fastpath.py unpacks");

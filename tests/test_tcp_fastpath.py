@@ -12,6 +12,7 @@ the same TCP as the Python path.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -197,6 +198,27 @@ def test_c_classifies_a_real_burst_like_the_twin() -> None:
     assert records == py_classify_burst(sent, *args)
     assert all(r[0] == CANDIDATE for r in records)
     assert [r[4] for r in records] == [seq_add(records[0][4], i * conn.mss) for i in range(len(records))]
+
+
+@needs_native
+def test_c_refuses_lengths_beyond_its_buffers() -> None:
+    """The C side reads and writes only within the lengths it is given: a frame length past the
+    frames, a lengths array or an output too short for ``n`` are refused, nothing written."""
+    from trio_yastack.stack._native_cffi import ffi, lib
+
+    frame = segment()
+    lens = len(frame).to_bytes(4, sys.byteorder)  # one native uint32_t
+
+    def call(frames: bytes, lens: bytes, out: bytearray) -> int:
+        return lib.yas_tcp_fast_classify(
+            frames, len(frames), lens, len(lens), 1, MAC, IP, BROADCAST, 1, ffi.from_buffer(out), len(out)
+        )
+
+    assert call(frame, lens, bytearray(48)) == 1
+    for frames, lens_bytes, out in ((frame[:-1], lens, bytearray(48)), (frame, lens[:3], bytearray(48)),
+                                    (frame, lens, bytearray(47))):  # fmt: skip
+        assert call(frames, lens_bytes, out) == lib.YAS_FAST_BAD_ARGS
+        assert not any(out)
 
 
 # -- 3: one connection, a stream of segments, fast path on and off ---------------------------------

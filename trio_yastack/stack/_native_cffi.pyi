@@ -33,13 +33,15 @@ class _Lib:
         self,
         frames: bytes,
         frameslen: int,
-        lens: CData,
+        lens: bytes,
+        lenslen: int,
         n: int,
         mac: bytes,
         ip: int,
         broadcast: int,
         verify: bool,
         out: CData,
+        outlen: int,
         /,
     ) -> int: ...
 

@@ -134,16 +134,19 @@ if _extension is not None and hasattr(_extension[1], "yas_tcp_fast_classify"):
             lens = array("I", map(len, frames))
         joined = b"".join(frames)
         out = bytearray(n * _RECORD_SIZE)
+        raw_lens = lens.tobytes()
         made = _c_classify(
             joined,
             len(joined),
-            _from_buffer("uint32_t[]", lens),
+            raw_lens,
+            len(raw_lens),
             n,
             mac,
             ip,
             broadcast,
             verify,
             _from_buffer(out),
+            len(out),
         )
         if made != n:
             raise ValueError(f"yas_tcp_fast_classify failed ({made})")
