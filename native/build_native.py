@@ -3,8 +3,9 @@
 Out-of-line API mode, one extension per layer that uses it, so that each layer loads only its
 own C and importing the sans-IO stack loads nothing of the dispatcher's:
 
-- ``trio_yastack.stack._native_cffi``: the Internet checksum and software GSO (``checksum.c``,
-  ``gso.c``); Python twins in ``trio_yastack/stack/_native.py``;
+- ``trio_yastack.stack._native_cffi``: the Internet checksum, software GSO and the TCP fast
+  path's per-burst classifier (``checksum.c``, ``gso.c``, ``tcp_fast.c``); Python twins in
+  ``trio_yastack/stack/_native.py`` and ``trio_yastack/stack/tcp/_fastpath.py``;
 - ``trio_yastack.dispatch._native_cffi``: the Toeplitz hash of RSS and the shared-memory SPSC
   rings (``rss.c``, ``ring.c``); Python twins in ``trio_yastack/dispatch/_native_rss.py`` and
   ``_native_ring.py``;
@@ -58,8 +59,19 @@ stack_ffi = _extension(
     #define YAS_GSO_BAD_FRAME -1
     #define YAS_GSO_NO_ROOM -2
     int yas_tcp4_segment(const char *frame, size_t len, size_t mss, char *out, size_t out_len);
+    struct yas_tcp_seg {
+        uint32_t kind; uint32_t src; uint16_t sport, dport; uint32_t seq, ack;
+        uint16_t flags, window; int64_t tsval, tsecr; uint32_t data_start, end;
+    };
+    #define YAS_FAST_DECLINE 0
+    #define YAS_FAST_CANDIDATE 1
+    #define YAS_FAST_VERIFIED 0x80000000
+    #define YAS_FAST_BAD_ARGS -1
+    int yas_tcp_fast_classify(const char *frames, size_t frameslen, const char *lens, size_t lenslen,
+                              int n, const char *mac, uint32_t ip, uint32_t broadcast, int verify,
+                              char *out, size_t outlen);
     """,
-    ["checksum.c", "gso.c"],
+    ["checksum.c", "gso.c", "tcp_fast.c"],
 )
 
 dispatch_ffi = _extension(

@@ -1,11 +1,11 @@
 """One instance of the user-space stack: everything one core runs, with no I/O of its own.
 
-The runtime feeds it frames (``ether_input``) and the time (``run_timers``), takes the frames it
-leaves in ``outbox``, wakes the owners of the objects in ``ready`` (sockets, listeners, echo
-endpoints), and sleeps until ``next_deadline()``.  Around the frames of one ``rx_burst`` it calls
-``begin_burst``/``end_burst``: TCP then sends once per connection at the burst's end (one ACK for
-many data segments, one ``tcp_output`` for many ACKs).  Nothing here imports trio, ``time`` or
-``socket``.
+The runtime feeds it frames (``ether_input_burst``, or ``ether_input`` one by one) and the time
+(``run_timers``), takes the frames it leaves in ``outbox``, wakes the owners of the objects in
+``ready`` (sockets, listeners, echo endpoints), and sleeps until ``next_deadline()``. Around the
+frames of one ``rx_burst`` it calls ``begin_burst``/``end_burst``: TCP then sends once per
+connection at the burst's end (one ACK for many data segments, one ``tcp_output`` for many
+ACKs). Nothing here imports trio, ``time`` or ``socket``.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from ._stats import ArpStats, EtherStats, IcmpStats, IpStats, StackStatistics, T
 from ._timers import TimerQueue
 from ._udp import UdpLayer
 from .tcp import TcpLayer
+from .tcp._fastpath import FAST_PATH_DEFAULT, classify_burst, fast_input
 from .wire import WireError
 from .wire.ethernet import (
     ETHER_HEADER,
@@ -104,6 +105,11 @@ class StackCore:
         #: IPv6, when the interface has an IPv6 address or ``config.ip6.enabled`` (else frames of
         #: that type stay unknown ethertypes, as before)
         self.ip6 = Ip6Layer(self) if config.ip6.enabled or iface.addresses6 else None
+        #: whether ``ether_input_burst`` tries the established-connection fast path first
+        #: (``stack/tcp/_fastpath.py``); off: every frame takes ``ether_input``
+        self.fast_path = FAST_PATH_DEFAULT
+        #: segments the fast path took (each also counted received at every layer it skipped)
+        self.fast_path_segments = 0
 
     # -- the runtime's calls -----------------------------------------------------------------
     def start(self, now: float) -> None:
@@ -143,6 +149,51 @@ class StackCore:
             self.ip6.ip6_input(frame, offset, now)
         else:
             stats.drop(EtherDrop.UNKNOWN_ETHERTYPE if ethertype >= 0x0600 else EtherDrop.NOT_ETHERNET_II)
+
+    def ether_input_burst(
+        self, frames: list[bytes], now: float, on_error: Callable[[Exception], None] | None = None
+    ) -> None:
+        """The frames of one ``rx_burst``, in order: the established-connection fast path first
+        (one classifying pass over the whole burst, in C when built), ``ether_input`` for every
+        frame it declines.  With ``on_error``, an exception from one frame is handed to it and
+        the burst goes on (the runtime counts stack bugs per frame); without, it propagates.
+
+        The fast path is skipped while a tracer has swapped this core's class (a traced frame
+        must pass every layer's trace point) and when ``fast_path`` is off.
+        """
+        ether_input = self.ether_input
+        if not self.fast_path or self.__class__ is not StackCore or self.tcp_input is None:
+            for frame in frames:
+                try:
+                    ether_input(frame, now)
+                except Exception as exc:
+                    if on_error is None:
+                        raise
+                    on_error(exc)
+            return
+        records = classify_burst(frames, self.mac, self.ip, self.ip_layer.broadcast, self._verify_unmarked)
+        connections = self.tcp.connections
+        taken = 0
+        for frame, record in zip(frames, records, strict=True):
+            try:
+                if record[0]:  # a candidate: demultiplex by (local port, remote ip, remote port)
+                    conn = connections.get((record[3], record[1], record[2]))
+                    if conn is not None and fast_input(conn, frame, record, now):
+                        taken += 1
+                        continue
+                ether_input(frame, now)
+            except Exception as exc:
+                if on_error is None:
+                    raise
+                on_error(exc)
+        if taken:
+            # What each layer would have counted for these segments on the Python path.
+            self.fast_path_segments += taken
+            self.stats_ether.received += taken
+            stats_ip = self.stats_ip
+            stats_ip.received += taken
+            stats_ip.delivered += taken
+            self.stats_tcp.segments_received += taken
 
     def learn_from_copy(self, frame: bytes, now: float) -> None:
         """A copy of a frame another core received (ARP, which every core must learn from):

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "NATIVE",
+    "native_extension",
     "native_sum16",
     "native_sum16_bytes",
     "native_tcp4_segment",
@@ -53,6 +54,12 @@ def _load_extension() -> tuple[_FFI, _Lib] | None:
 _extension = _load_extension()
 #: whether the C functions of this layer are in use
 NATIVE = _extension is not None
+
+
+def native_extension() -> tuple[_FFI, _Lib] | None:
+    """The loaded extension (None: the twins are in use), for the twins kept beside their
+    callers (``stack/tcp/_fastpath.py``)."""
+    return _extension
 
 
 # -- the Internet checksum (native/checksum.c) ----------------------------------------------------

@@ -423,6 +423,7 @@ class TcpConnection:
     # -- the methods defined in _input, _output and _timers ---------------------------------------
     # -- input (tcp_input.c): header prediction, then RFC 9293 3.10.7 check by check -------------
     segment_arrives = _input.segment_arrives
+    header_prediction = _input.header_prediction
     _check_sequence_number = _input._check_sequence_number
     _check_rst_bit = _input._check_rst_bit
     _check_syn_bit = _input._check_syn_bit

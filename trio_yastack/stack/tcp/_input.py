@@ -49,7 +49,7 @@ from ._states import (
 if TYPE_CHECKING:
     from ._conn import TcpConnection
 
-__all__ = ["segment_arrives"]
+__all__ = ["header_prediction", "segment_arrives"]
 
 _MASK = 0xFFFFFFFF
 
@@ -74,70 +74,14 @@ def segment_arrives(
     state = self.state
     self.last_activity = now
     self.keep_probes = 0
+    # -- 1. Header prediction (the fast path, shared with the per-burst one in _fastpath.py) --
+    if (
+        state == ESTABLISHED
+        and options is None
+        and self.header_prediction(buf, data_start, end, seq_wire, ack_wire, flags, window, tsval, tsecr, now)
+    ):
+        return
     length = end - data_start
-    # -- 1. Header prediction (the fast path) ------------------------------------------------
-    # The next in-order data segment of an established connection that acknowledges nothing
-    # new and changes nothing else.  (``seq_lt(tsval, ts_recent)`` is written out inline
-    # here and below, PAWS without a call on the path every bulk segment takes.)
-    if (
-        state == ESTABLISHED
-        and flags & ~TCP_PSH == TCP_ACK
-        and length
-        and seq_wire == self.rcv_nxt & _MASK
-        and ack_wire == self.snd_una & _MASK
-        and self.snd_nxt == self.snd_max
-        and options is None
-        and (window << self.snd_scale) == self.snd_wnd
-        and not self.in_recovery
-        and not len(self.reasm)
-        and length <= self.rcv_adv - self.rcv_nxt
-        and length <= self.rcvbuf.free()
-        and (not self.ts_on or (tsval >= 0 and not 0 < ((self.ts_recent - tsval) & _MASK) < 0x80000000))
-    ):
-        if self.ts_on:
-            self.ts_recent = tsval
-            self.ts_recent_valid = True
-        self.rcvbuf._extend(buf[data_start:end])  # fits: checked against free() above
-        self.rcv_nxt += length
-        stats = self.stats
-        stats.bytes_received += length
-        self.segs_unacked += 1
-        if self.segs_unacked >= 2 or not self.config.delayed_ack:
-            if self.core.in_burst:
-                self.ack_now = True  # one ACK at the end of the burst covers them all
-                self.core.output_pending[self] = None
-            else:
-                self._send_segment(self.snd_nxt, TCP_ACK, b"", now)
-        elif not self.t_delack:
-            deadline = self.t_delack = now + self.config.delayed_ack
-            if deadline < self._timer_at:  # _arm() for the one timer that changed
-                self._timer_at = deadline
-                self._timer = self.core.timers.schedule(deadline, self.on_timer)
-        if self.waiter is not None:  # _wake(), inline: a reader may be parked on us
-            self.core.ready[self] = None
-        return
-    # The other half: a pure ACK for outstanding data, in sequence, with the window
-    # unchanged, outside recovery (what a bulk sender receives most).
-    if (
-        state == ESTABLISHED
-        and flags == TCP_ACK
-        and not length
-        and options is None
-        and seq_wire == self.rcv_nxt & _MASK
-        and (window << self.snd_scale) == self.snd_wnd
-        and not self.in_recovery
-        and 0 < ((ack_wire - self.snd_una) & _MASK) <= self.snd_max - self.snd_una
-        and (not self.ts_on or (tsval >= 0 and not 0 < ((self.ts_recent - tsval) & _MASK) < 0x80000000))
-    ):
-        seq = self.rcv_nxt
-        ack = self.snd_una + ((ack_wire - self.snd_una) & _MASK)  # unwrap(), inline: ack is ahead
-        if self.ts_on and seq <= self.last_ack_sent:
-            self.ts_recent = tsval
-            self.ts_recent_valid = True
-        self.snd_wl1, self.snd_wl2 = seq, ack
-        self._ack_advances(ack, tsecr, now)
-        self._output_after_input(now)
-        return
     # -- 2. The general path (RFC 9293 3.10.7) -----------------------------------------------
     if state == SYN_SENT:
         self._syn_sent_arrives(
@@ -179,6 +123,89 @@ def segment_arrives(
         self.tcp_output(now)
     else:
         self._output_after_input(now)
+
+
+def header_prediction(
+    self: TcpConnection,
+    buf: bytes,
+    data_start: int,
+    end: int,
+    seq_wire: int,
+    ack_wire: int,
+    flags: int,
+    window: int,
+    tsval: int,
+    tsecr: int,
+    now: float,
+) -> bool:
+    """Van Jacobson's header prediction for a segment without options beyond the aligned
+    timestamp: take the next in-order data segment or a pure ACK for outstanding data and say
+    ``True``, or change nothing and say ``False`` (the general path runs).  Called by
+    :func:`segment_arrives` and by the per-burst fast path (``_fastpath.fast_input``): one
+    implementation, so the two cannot diverge; a pure ACK goes through ``_ack_advances``, the
+    one ACK-advance bookkeeping of both paths."""
+    length = end - data_start
+    # The next in-order data segment of an established connection that acknowledges nothing
+    # new and changes nothing else.  (``seq_lt(tsval, ts_recent)`` is written out inline
+    # here and below, PAWS without a call on the path every bulk segment takes.)
+    if (
+        self.state == ESTABLISHED
+        and flags & ~TCP_PSH == TCP_ACK
+        and length
+        and seq_wire == self.rcv_nxt & _MASK
+        and ack_wire == self.snd_una & _MASK
+        and self.snd_nxt == self.snd_max
+        and (window << self.snd_scale) == self.snd_wnd
+        and not self.in_recovery
+        and not len(self.reasm)
+        and length <= self.rcv_adv - self.rcv_nxt
+        and length <= self.rcvbuf.free()
+        and (not self.ts_on or (tsval >= 0 and not 0 < ((self.ts_recent - tsval) & _MASK) < 0x80000000))
+    ):
+        if self.ts_on:
+            self.ts_recent = tsval
+            self.ts_recent_valid = True
+        self.rcvbuf._extend(buf[data_start:end])  # fits: checked against free() above
+        self.rcv_nxt += length
+        stats = self.stats
+        stats.bytes_received += length
+        self.segs_unacked += 1
+        if self.segs_unacked >= 2 or not self.config.delayed_ack:
+            if self.core.in_burst:
+                self.ack_now = True  # one ACK at the end of the burst covers them all
+                self.core.output_pending[self] = None
+            else:
+                self._send_segment(self.snd_nxt, TCP_ACK, b"", now)
+        elif not self.t_delack:
+            deadline = self.t_delack = now + self.config.delayed_ack
+            if deadline < self._timer_at:  # _arm() for the one timer that changed
+                self._timer_at = deadline
+                self._timer = self.core.timers.schedule(deadline, self.on_timer)
+        if self.waiter is not None:  # _wake(), inline: a reader may be parked on us
+            self.core.ready[self] = None
+        return True
+    # The other half: a pure ACK for outstanding data, in sequence, with the window
+    # unchanged, outside recovery (what a bulk sender receives most).
+    if (
+        self.state == ESTABLISHED
+        and flags == TCP_ACK
+        and not length
+        and seq_wire == self.rcv_nxt & _MASK
+        and (window << self.snd_scale) == self.snd_wnd
+        and not self.in_recovery
+        and 0 < ((ack_wire - self.snd_una) & _MASK) <= self.snd_max - self.snd_una
+        and (not self.ts_on or (tsval >= 0 and not 0 < ((self.ts_recent - tsval) & _MASK) < 0x80000000))
+    ):
+        seq = self.rcv_nxt
+        ack = self.snd_una + ((ack_wire - self.snd_una) & _MASK)  # unwrap(), inline: ack is ahead
+        if self.ts_on and seq <= self.last_ack_sent:
+            self.ts_recent = tsval
+            self.ts_recent_valid = True
+        self.snd_wl1, self.snd_wl2 = seq, ack
+        self._ack_advances(ack, tsecr, now)
+        self._output_after_input(now)
+        return True
+    return False
 
 
 def _check_sequence_number(

@@ -1,0 +1,170 @@
+"""The established-connection fast path (issue 18): the same work with it on and off, side by side.
+
+Rows, each measured with the fast path on and off (``TRIO_YASTACK_NO_FASTPATH=1`` in the
+responder's process, ``StackCore.fast_path`` in process), rounds alternating so load from
+elsewhere on the machine spreads over both:
+
+- ``responder``: ``bench_ports.py``'s 25-line trio HTTP responder over the stack under
+  ``wrk -t1 -c50``, on a TAP and on AF_PACKET (TPACKET_V3, the fastest bypass port for this row in
+  ``bench_ports.py``), and the same program on kernel sockets over veth (the bar);
+- ``memory_wire``: one bulk connection between two stacks on a fault-free memory wire, MB/s;
+- ``segment``: microseconds of CPU per received in-order data segment, sans-IO, from
+  ``ether_input`` to the receive buffer (one ACK per burst included), bursts of 1 and 32.
+
+    python benchmarks/bench_fastpath.py [--rounds R] [--seconds S] [--megabytes N] [--rigs tap,af_packet]
+                                        [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import trio
+from _common import load_average, machine, spread
+from bench_ports import _responder_command, _wrk, af_packet_rigs, run_responder_kernel, tap_rigs
+
+from trio_yastack import open_stack, use_stack
+from trio_yastack.nic import memory_wire
+from trio_yastack.nic.netns import netns_unavailable_reason
+
+RESULTS = Path(__file__).parent / "results"
+CHUNK = bytes(1 << 16)
+
+
+RIGS = {**tap_rigs(), **af_packet_rigs()}
+
+
+def run_responder_stack(rig_name: str, seconds: int, fast: bool) -> dict[str, float]:
+    env = dict(os.environ)
+    env.pop("TRIO_YASTACK_NO_FASTPATH", None)
+    if not fast:
+        env["TRIO_YASTACK_NO_FASTPATH"] = "1"
+    with RIGS[rig_name]() as rig:
+        server = rig.stack_ns.popen(_responder_command(rig.spec), stdout=subprocess.PIPE, text=True, env=env)
+        return _wrk(rig.kernel_ns, server, seconds)
+
+
+def run_memory_wire(nbytes: int, fast: bool) -> float:
+    """MB/s of one bulk connection between two stacks in this process."""
+
+    async def main() -> float:
+        a_port, b_port = memory_wire()
+        async with (
+            open_stack(a_port, ip="198.18.0.1/24") as a,
+            open_stack(b_port, ip="198.18.0.2/24") as b,
+        ):
+            a.core.fast_path = b.core.fast_path = fast
+            with use_stack(b):
+                listener = (await trio.open_tcp_listeners(5001, host="198.18.0.2"))[0]
+            elapsed = 0.0
+
+            async def sink() -> None:
+                nonlocal elapsed
+                stream = await listener.accept()
+                started = time.perf_counter()
+                got = 0
+                while chunk := await stream.receive_some(1 << 20):
+                    got += len(chunk)
+                elapsed = time.perf_counter() - started
+                assert got == nbytes
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(sink)
+                with use_stack(a):
+                    stream = await trio.open_tcp_stream("198.18.0.2", 5001)
+                sent = 0
+                while sent < nbytes:
+                    await stream.send_all(CHUNK[: nbytes - sent])
+                    sent += min(len(CHUNK), nbytes - sent)
+                await stream.send_eof()
+            await stream.aclose()
+            await listener.aclose()
+        return nbytes / elapsed / 1e6
+
+    return trio.run(main)
+
+
+def run_segment(burst: int, fast: bool, bursts: int = 300) -> float:
+    """Best microseconds per segment over ``bursts`` bursts of in-order 100-byte data segments."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from tcp_helpers import OUR_PORT, PEER_PORT, T0, build_tcp_frame, open_passive, seq_add, tcp_core
+
+    from trio_yastack.stack.wire.tcp import TCP_ACK, TcpOptions
+
+    core = tcp_core(seed=3, receive_buffer=1 << 30)
+    core.fast_path = fast
+    _listener, conn, peer = open_passive(core)
+    seq, best, now = peer.snd_nxt, float("inf"), T0 + 1
+    for b in range(bursts):
+        frames = [
+            build_tcp_frame(PEER_PORT, OUR_PORT, seq_add(seq, i * 100), peer.rcv_nxt, TCP_ACK,
+                            payload=bytes(100), options=TcpOptions(timestamps=(1000 + b, 0)))
+            for i in range(burst)
+        ]  # fmt: skip
+        seq = seq_add(seq, burst * 100)
+        started = time.perf_counter()
+        core.begin_burst()
+        core.ether_input_burst(frames, now)
+        core.end_burst(now)
+        best = min(best, time.perf_counter() - started)
+        core.take_outbox()
+        conn.receive(1 << 30, now)
+        now += 0.001
+    return best / burst * 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=int, default=8)
+    parser.add_argument("--megabytes", type=int, default=100)
+    parser.add_argument("--rigs", default="tap,af_packet", help="ports for the responder rows")
+    parser.add_argument("--quick", action="store_true", help="one short round")
+    args = parser.parse_args()
+    if args.quick:
+        args.rounds, args.seconds, args.megabytes = 1, 3, 20
+    rows: dict[str, list[float]] = {}
+    why_not = netns_unavailable_reason()
+    for _ in range(args.rounds):
+        for fast in (True, False):
+            name = "on" if fast else "off"
+            for size in (1, 32):
+                rows.setdefault(f"segment_us_burst{size}_{name}", []).append(run_segment(size, fast))
+            rows.setdefault(f"memory_wire_MBps_{name}", []).append(
+                run_memory_wire(args.megabytes << 20, fast)
+            )
+            for rig in args.rigs.split(",") if why_not is None else []:
+                rps = run_responder_stack(rig, args.seconds, fast)["requests_per_s"]
+                rows.setdefault(f"responder_{rig}_rps_{name}", []).append(rps)
+        if why_not is None:
+            rows.setdefault("responder_kernel_rps", []).append(
+                run_responder_kernel(args.seconds)["requests_per_s"]
+            )
+    result: dict[str, Any] = {name: spread(values) for name, values in rows.items()}
+    if why_not is None:
+        kernel = result["responder_kernel_rps"]["median"]
+        for name in ("on", "off"):
+            result[f"responder_tap_{name}_over_kernel"] = (
+                result[f"responder_tap_rps_{name}"]["median"] / kernel
+            )
+    result["machine"] = machine()
+    result["load_average"] = load_average()
+    for name, value in result.items():
+        print(f"{name}: {value}")
+    RESULTS.mkdir(exist_ok=True)
+    result["date"] = datetime.now(UTC).isoformat(timespec="seconds")
+    (RESULTS / "fastpath.json").write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,21 @@
+#include <stddef.h>
+#include <stdint.h>
+/* One record per frame of a burst, written by yas_tcp_fast_classify (48 bytes, no padding;
+ * trio_yastack/stack/tcp/_fastpath.py reads it with struct format "=IIHHIIHHqqII"). */
+struct yas_tcp_seg {
+    uint32_t kind;       /* YAS_FAST_CANDIDATE or YAS_FAST_DECLINE */
+    uint32_t src;        /* IPv4 source address */
+    uint16_t sport, dport;
+    uint32_t seq, ack;
+    uint16_t flags, window;
+    int64_t tsval, tsecr; /* -1: no timestamp option */
+    uint32_t data_start, end; /* the payload is frame[data_start:end] */
+};
+#define YAS_FAST_DECLINE 0
+#define YAS_FAST_CANDIDATE 1
+#define YAS_FAST_VERIFIED 0x80000000u
+#define YAS_FAST_BAD_ARGS -1
+int yas_tcp_fast_classify(const char *frames, size_t frameslen, const char *lens, size_t lenslen,
+                          int n, const char *mac, uint32_t ip, uint32_t broadcast, int verify,
+                          char *out, size_t outlen);
+_Static_assert(sizeof(struct yas_tcp_seg) == 48, "the record layout _fastpath.py unpacks");

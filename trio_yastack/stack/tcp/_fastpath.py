@@ -1,0 +1,245 @@
+"""The established-connection fast path: one pass over a whole ``rx_burst`` before the layers.
+
+FreeBSD's header prediction sits at the top of ``tcp_do_segment``, after ``ether_input``,
+``ip_input`` and ``tcp_input`` have each parsed and checked their header in turn.  Here the
+frames of one burst are first classified together, in one call into C (``native/tcp_fast.c``,
+``yas_tcp_fast_classify``) or its pure-Python twin :func:`py_classify_frame`: a frame that header
+prediction may take -- an unfragmented IPv4 datagram without options, to our address, carrying a
+TCP segment with ACK (and maybe PSH) and no other flag, no options or the aligned timestamp
+option, with valid checksums -- comes back as a *candidate* with its TCP fields; any other frame
+*declines* and goes through ``ether_input`` as before.
+
+:func:`fast_input` then takes a candidate for its connection (the 4-tuple demultiplexes it) when
+the connection is ESTABLISHED, untraced and carries no loss-recovery state (no SACK scoreboard,
+not in recovery, no RTO backoff, no F-RTO episode), and either the connection's own header prediction
+(``_input.header_prediction``, the same code the Python path runs) accepts it or
+:func:`ack_and_data_input` does: in-order data carrying a new ACK and window updates, handled by
+the general path's own functions once the checks they would make are known to pass.  The ACK-advance
+bookkeeping (RTT, congestion control, what loss recovery adds) is the Python path's
+``_ack_advances``, so the two paths cannot diverge there.  Whatever declines at any step runs
+the whole Python path, in the burst's order, so the Python layers stay the reference.
+
+``TRIO_YASTACK_NO_FASTPATH=1`` (or ``StackCore.fast_path = False``) turns the fast path off.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from array import array
+from collections.abc import Callable, Sequence
+
+from .._native import native_extension, sum16
+from .._offload import ChecksumVerified
+from ..wire.tcp import TCP_ACK, TCP_PSH
+from ._conn import TcpConnection
+from ._states import ESTABLISHED
+
+__all__ = [
+    "CANDIDATE",
+    "DECLINE",
+    "FAST_PATH_DEFAULT",
+    "NATIVE_FASTPATH",
+    "RECORD",
+    "Record",
+    "ack_and_data_input",
+    "classify_burst",
+    "fast_input",
+    "native_classify_burst",
+    "py_classify_burst",
+    "py_classify_frame",
+]
+
+#: the record ``yas_tcp_fast_classify`` writes per frame (``struct yas_tcp_seg``, 48 bytes):
+#: kind, src, sport, dport, seq, ack, flags, window, tsval, tsecr, data_start, end
+RECORD = struct.Struct("=IIHHIIHHqqII")
+Record = tuple[int, int, int, int, int, int, int, int, int, int, int, int]
+DECLINE = 0
+CANDIDATE = 1
+_MASK = 0xFFFFFFFF
+#: bit 31 of a frame length handed to C: the port verified this frame's checksums
+VERIFIED = 0x80000000
+_DECLINED: Record = (DECLINE, 0, 0, 0, 0, 0, 0, 0, -1, -1, 0, 0)
+_IPV4_FIXED = struct.Struct("!BBHHHBBHII")
+_TCP_FIXED = struct.Struct("!HHIIBBH")
+_TS = struct.Struct("!II")
+_TS_ALIGNED = b"\x01\x01\x08\x0a"
+#: whether the fast path is on for a new StackCore (the environment can turn it off)
+FAST_PATH_DEFAULT = os.environ.get("TRIO_YASTACK_NO_FASTPATH") != "1"
+
+Buffer = bytes | bytearray | memoryview
+
+
+def py_classify_frame(frame: Buffer, verify: bool, mac: bytes, ip: int, broadcast: int) -> Record:
+    """Twin of the C ``classify``: the record of one frame (see the module docstring)."""
+    n = len(frame)
+    if n < 54 or frame[0:6] != mac or frame[12] != 0x08 or frame[13] != 0x00:
+        return _DECLINED
+    vihl, _tos, total, _ident, frag, ttl, proto, _csum, src, dst = _IPV4_FIXED.unpack_from(frame, 14)
+    if vihl != 0x45 or total < 40 or 14 + total > n or frag & 0x3FFF or ttl == 0 or proto != 6:
+        return _DECLINED
+    if dst != ip or src in (ip, broadcast) or src >= 0xE0000000 or src >> 24 == 127:
+        return _DECLINED
+    if verify and sum16(frame, 14, 20, 0) != 0xFFFF:
+        return _DECLINED
+    tcp_len = total - 20
+    sport, dport, seq, ack, offset_byte, flags, window = _TCP_FIXED.unpack_from(frame, 34)
+    thl = (offset_byte >> 4) << 2
+    if thl < 20 or thl > tcp_len or flags & ~0x08 != 0x10 or offset_byte & 0x0F or not sport or not dport:
+        return _DECLINED
+    tsval = tsecr = -1
+    if thl == 32:
+        if frame[54:58] != _TS_ALIGNED:
+            return _DECLINED
+        tsval, tsecr = _TS.unpack_from(frame, 58)
+    elif thl != 20:
+        return _DECLINED
+    if verify:
+        initial = (src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF) + 6 + tcp_len
+        if sum16(frame, 34, tcp_len, initial) != 0xFFFF:
+            return _DECLINED
+    return (CANDIDATE, src, sport, dport, seq, ack, flags, window, tsval, tsecr, 34 + thl, 14 + total)
+
+
+def py_classify_burst(
+    frames: Sequence[Buffer], mac: bytes, ip: int, broadcast: int, verify: bool
+) -> list[Record]:
+    """The records of a burst (twin of :func:`native_classify_burst`): a frame the port marked
+    :class:`ChecksumVerified` is not verified again."""
+    return [
+        py_classify_frame(frame, verify and frame.__class__ is not ChecksumVerified, mac, ip, broadcast)
+        for frame in frames
+    ]
+
+
+native_classify_burst: Callable[[Sequence[Buffer], bytes, int, int, bool], list[Record]] | None = None
+_extension = native_extension()
+if _extension is not None and hasattr(_extension[1], "yas_tcp_fast_classify"):
+    _ffi, _lib = _extension
+    _c_classify = _lib.yas_tcp_fast_classify
+    _from_buffer = _ffi.from_buffer
+    _iter_unpack = RECORD.iter_unpack
+    _RECORD_SIZE = RECORD.size
+
+    def _native_classify_burst(
+        frames: Sequence[Buffer], mac: bytes, ip: int, broadcast: int, verify: bool
+    ) -> list[Record]:
+        """The C ``yas_tcp_fast_classify`` over the whole burst: one join, one call, one unpack."""
+        n = len(frames)
+        if verify:
+            lens = array(
+                "I", [len(f) | VERIFIED if f.__class__ is ChecksumVerified else len(f) for f in frames]
+            )
+        else:
+            lens = array("I", map(len, frames))
+        joined = b"".join(frames)
+        out = bytearray(n * _RECORD_SIZE)
+        raw_lens = lens.tobytes()
+        made = _c_classify(
+            joined,
+            len(joined),
+            raw_lens,
+            len(raw_lens),
+            n,
+            mac,
+            ip,
+            broadcast,
+            verify,
+            _from_buffer(out),
+            len(out),
+        )
+        if made != n:
+            raise ValueError(f"yas_tcp_fast_classify failed ({made})")
+        return list(_iter_unpack(out))
+
+    native_classify_burst = _native_classify_burst
+
+#: whether the classifier in use is the C one
+NATIVE_FASTPATH = native_classify_burst is not None
+#: the chosen classifier: ``(frames, mac, ip, broadcast, verify) -> [Record]``
+classify_burst: Callable[[Sequence[Buffer], bytes, int, int, bool], list[Record]] = (
+    native_classify_burst or py_classify_burst
+)
+
+
+def fast_input(conn: TcpConnection, frame: bytes, record: Record, now: float) -> bool:
+    """Take a candidate segment for ``conn``; ``False`` (nothing changed) when the Python path
+    must run instead.
+
+    Declines a connection in any state but ESTABLISHED, one being traced (its class was swapped)
+    and one with loss-recovery state: the general path (and loss recovery's own code) is the
+    reference there, and only the common case is worth predicting.  Then header prediction
+    proper (the connection's own, shared with the Python path), then :func:`ack_and_data_input`.
+    """
+    if (
+        conn.state != ESTABLISHED
+        or conn.in_recovery
+        or conn.rxtshift
+        or conn.frto
+        or len(conn.scoreboard)
+        or conn.__class__ is not TcpConnection
+    ):
+        return False
+    _kind, _src, _sport, _dport, seq, ack, flags, window, tsval, tsecr, start, end = record
+    conn.last_activity = now  # as segment_arrives does first (the slow path would repeat it)
+    conn.keep_probes = 0
+    if conn.header_prediction(frame, start, end, seq, ack, flags, window, tsval, tsecr, now):
+        return True
+    return ack_and_data_input(conn, frame, start, end, seq, ack, flags, window, tsval, tsecr, now)
+
+
+def ack_and_data_input(
+    conn: TcpConnection,
+    buf: bytes,
+    start: int,
+    end: int,
+    seq_wire: int,
+    ack_wire: int,
+    flags: int,
+    window: int,
+    tsval: int,
+    tsecr: int,
+    now: float,
+) -> bool:
+    """The in-order segments header prediction leaves to the general path although they are the
+    common case of a request-response exchange: data that also acknowledges new data (a request
+    carrying the ACK of the last response), data or a pure ACK that moves the window.
+
+    For a segment at RCV.NXT on an ESTABLISHED connection, with timestamps in order (PAWS
+    passes), an acceptable ACK (SND.UNA =< SEG.ACK =< SND.MAX), no SACK blocks, and data that fits
+    the window with nothing queued out of order, RFC 9293 3.10.7.4's checks reduce to exactly
+    these calls of the general path's own functions, in its order: the TS.Recent update of the
+    first check, ``_process_ack`` (the fifth: window, then ``_ack_advances``), ``_data_arrives``
+    (the seventh), ``_output_after_input``.  Anything else, including a duplicate ACK (loss
+    recovery's business), declines (``False``, nothing changed).
+    """
+    length = end - start
+    if flags & ~TCP_PSH != TCP_ACK or seq_wire != conn.rcv_nxt & _MASK:
+        return False
+    snd_una = conn.snd_una
+    acked = (ack_wire - snd_una) & _MASK  # an ACK below SND.UNA wraps to a huge value: declined
+    if acked > conn.snd_max - snd_una:
+        return False
+    if length:
+        if (
+            len(conn.reasm)
+            or conn.rcv_fin >= 0
+            or conn.user_closed
+            or length > conn.rcv_adv - conn.rcv_nxt
+            or length > conn.rcvbuf.free()
+        ):
+            return False
+    elif not acked and window << conn.snd_scale == conn.snd_wnd:
+        return False  # a duplicate ACK in RFC 5681's sense
+    seq = conn.rcv_nxt
+    if conn.ts_on:
+        if tsval < 0 or 0 < ((conn.ts_recent - tsval) & _MASK) < 0x80000000:
+            return False  # no timestamp, or PAWS would reject it: the general path decides
+        if seq <= conn.last_ack_sent:  # RFC 7323 4.3, as _check_sequence_number does
+            conn.ts_recent = tsval
+            conn.ts_recent_valid = True
+    conn._process_ack(snd_una + acked, seq, window, None, tsecr, not length, now)
+    if length:
+        conn._data_arrives(buf, start, end, seq, now)
+    conn._output_after_input(now)
+    return True
