@@ -504,7 +504,7 @@ def test_downstream_tls_type_checked() -> None:
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("lb_policy", "MAGLEV"), ("lb_policy", "round_robin"), ("type", "EDS"), ("lb_policy", 0)],
+    [("lb_policy", "MAGLEV"), ("lb_policy", "round_robin_"), ("type", "EDS"), ("lb_policy", 99)],
 )
 def test_bad_enum(field: str, value: object) -> None:
     doc = minimal()
@@ -627,7 +627,7 @@ def test_duplicate_domains_and_filter_chain_matches() -> None:
     assert paths_of(doc) == [f"{HCM_PATH}.route_config.virtual_hosts[1].domains[1]"]
 
 
-@pytest.mark.parametrize("port", [65536, -1, 2**40, "80", True])
+@pytest.mark.parametrize("port", [65536, -1, 2**40, "eighty", "80.5", "", True])
 def test_port_out_of_range_or_wrong_type(port: object) -> None:
     doc = minimal()
     doc["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"] = port
@@ -663,7 +663,7 @@ def test_both_route_and_direct_response() -> None:
     assert paths_of(doc) == [f"{ROUTE0}.direct_response"]
 
 
-@pytest.mark.parametrize("weight", [0, -3, "1", None])
+@pytest.mark.parametrize("weight", [0, -3, "one", None])
 def test_weighted_cluster_weight_not_positive(weight: object) -> None:
     doc = minimal()
     route0(doc)["route"] = {"weighted_clusters": {"clusters": [{"name": "backend", "weight": weight}]}}
@@ -886,3 +886,92 @@ def test_a_cluster_name_must_be_a_valid_header_value() -> None:
     ok = minimal()
     cluster0(ok)["name"] = route0(ok)["route"]["cluster"] = "backend v2 (canary)"
     assert load_config(yaml.safe_dump(ok)).clusters[0].name == "backend v2 (canary)"
+
+
+# --- Envoy's spellings (proto3 JSON, read by Envoy's own schema from xds-protos) ---
+
+
+def test_enum_names_any_case_and_numbers_as_envoy_reads_them() -> None:
+    """Envoy parses enum names case-insensitively, and proto3 JSON takes an enum's number."""
+    doc = minimal()
+    cluster0(doc)["lb_policy"] = "round_robin"
+    cluster0(doc)["type"] = "Static"
+    assert parse_bootstrap(doc).clusters[0].lb_policy == "ROUND_ROBIN"
+    cluster0(doc)["lb_policy"] = 1  # LEAST_REQUEST in envoy.config.cluster.v3.Cluster.LbPolicy
+    assert parse_bootstrap(doc).clusters[0].lb_policy == "LEAST_REQUEST"
+
+
+def test_integers_as_strings_and_floats_as_proto3_json_allows() -> None:
+    doc = minimal()
+    doc["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"] = "10080"
+    route0(doc)["route"] = {"weighted_clusters": {"clusters": [{"name": "backend", "weight": "3"}]}}
+    b = parse_bootstrap(doc)
+    assert b.listeners[0].address.port_value == 10080
+    action = b.listeners[0].filter_chains[0].filter.route_config.virtual_hosts[0].routes[0].action  # type: ignore[union-attr]  # an HCM by minimal()
+    assert isinstance(action, RouteAction) and action.weighted_clusters[0].weight == 3
+
+
+def test_camel_case_names_and_duration_messages() -> None:
+    """proto3 JSON names (lowerCamelCase) are as good as the proto names, and a Duration may be
+    written as its message ``{seconds, nanos}``; errors still name the canonical path."""
+    text = """
+    staticResources:
+      clusters:
+      - name: backend
+        connectTimeout: {seconds: 2, nanos: 500000000}
+        lbPolicy: random
+        loadAssignment:
+          clusterName: backend
+          endpoints:
+          - lbEndpoints: [{endpoint: {address: {socketAddress: {address: 127.0.0.1, portValue: "8080"}}}}]
+        outlierDetection: {consecutive5xx: 7, interval: {seconds: "3"}}
+    """
+    b = load_config(text)
+    c = b.clusters[0]
+    assert (c.connect_timeout, c.lb_policy) == (2.5, "RANDOM")
+    assert c.load_assignment.addresses[0].port_value == 8080
+    assert c.outlier_detection == OutlierDetection(consecutive_5xx=7, interval=3.0)
+    with pytest.raises(ConfigError) as info:
+        load_config(text.replace("lbPolicy: random", "lbPolicy: random\n        fancyField: 1"))
+    assert [p.path for p in info.value.problems] == ["static_resources.clusters[0].fancyField"]
+
+
+def test_yaml_anchors_and_aliases() -> None:
+    """Envoy's YAML loader resolves anchors and aliases; so does ours (PyYAML's)."""
+    text = """
+    static_resources:
+      clusters:
+      - name: a
+        load_assignment:
+          cluster_name: a
+          endpoints:
+          - lb_endpoints:
+            - &ep {endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: 8080}}}}
+      - {name: b, load_assignment: {cluster_name: b, endpoints: [{lb_endpoints: [*ep]}]}}
+    """
+    b = load_config(text)
+    assert b.clusters[0].load_assignment.addresses == b.clusters[1].load_assignment.addresses
+
+
+@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.name)
+def test_examples_are_envoy_bootstraps(path: Path) -> None:
+    """Each example is a valid Envoy bootstrap by Envoy's own schema (json_format of xds-protos, with
+    the extension types its typed_configs name): the subset is a subset, not a dialect."""
+    from google.protobuf import json_format
+
+    from trio_yastack.l7.envoy import envoy_message
+    from trio_yastack.l7.envoy._schema import bootstrap_pb2
+
+    data = yaml.safe_load(path.read_text())
+    for type_url in _type_urls(data):
+        assert envoy_message(type_url) is not None, type_url
+    json_format.ParseDict(data, bootstrap_pb2.Bootstrap())
+
+
+def _type_urls(data: object) -> set[str]:
+    if isinstance(data, dict):
+        urls = {data["@type"]} if isinstance(data.get("@type"), str) else set()
+        return urls.union(*(_type_urls(v) for v in data.values()))
+    if isinstance(data, list):
+        return set().union(*(_type_urls(v) for v in data))
+    return set()

@@ -24,9 +24,12 @@ The subset (Envoy v3 field names)::
         (priority DEFAULT), transport_socket (UpstreamTlsContext)
 
 Each class below says which fields it reads and Envoy's default for each absent one.  Durations are
-protobuf's JSON form (``"5s"``, ``"0.25s"``, ``"1.5s"``), read into float seconds.  Values are typed as
-protobuf's JSON mapping types them: ``port_value: "80"`` or ``name: 5`` are errors, not coerced, and
-``null`` means "absent" as it does for protobuf.
+protobuf's JSON form (``"5s"``, ``"0.25s"``, ``"1.5s"``), read into float seconds.  A document is read
+the way Envoy reads it, by Envoy's own schema (:mod:`trio_yastack.l7.envoy`, from ``xds-protos``):
+lowerCamelCase names as well as snake_case ones, integers written as strings (``port_value: "80"``),
+durations as ``{seconds, nanos}``, enum names in any case.  Beyond those spellings values are typed as
+protobuf's JSON mapping types them (``name: 5`` is an error, not coerced), and ``null`` means "absent"
+as it does for protobuf.  Errors name the canonical (snake_case) path.
 
 Where this module is stricter than Envoy, it says so: a cluster must have endpoints, a retry policy
 must name its ``retry_on`` conditions, a filter chain holds exactly one (terminal) filter, and
@@ -47,6 +50,7 @@ from typing import Any, Literal, NoReturn, TypeVar
 
 import yaml
 
+from trio_yastack.l7.envoy import normalize
 from trio_yastack.tls.config import CommonTlsContext, DownstreamTlsContext, TlsCertificate, UpstreamTlsContext
 
 __all__ = [
@@ -581,7 +585,7 @@ def _parse(data: object, source: str, file_base: Path | None, *, check_files: bo
     r = _Reader(file_base, check_files=check_files)
     result: Bootstrap | None = None
     with contextlib.suppress(_Skip):  # its problems are in r.problems
-        result = _bootstrap(r, data, "")
+        result = _bootstrap(r, normalize(data), "")
     if r.problems or result is None:
         raise ConfigError(r.problems, source)
     return result
