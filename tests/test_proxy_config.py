@@ -480,9 +480,12 @@ def test_unsupported_http_filter() -> None:
 
 
 def test_router_without_typed_config() -> None:
+    """Envoy finds the router by its name alone; any other filter without typed_config is an error."""
     doc = minimal()
     del hcm(doc)["http_filters"][0]["typed_config"]
-    assert paths_of(doc) == [f"{HCM_PATH}.http_filters[0].typed_config"]
+    parse_bootstrap(doc)
+    hcm(doc)["http_filters"][0]["name"] = "envoy.filters.http.lua"
+    assert paths_of(doc) == [f"{HCM_PATH}.http_filters[0].name"]
 
 
 def test_downstream_tls_type_checked() -> None:
@@ -547,10 +550,47 @@ def test_missing_required_fields() -> None:
     assert all("required field" in p.message for p in problems)
 
 
-def test_missing_name_of_a_listener() -> None:
+def test_unnamed_listener_is_called_by_its_address() -> None:
+    """Envoy makes a listener's name optional (16 of Envoy's 23 example configs leave it out)."""
     doc = minimal()
     del doc["static_resources"]["listeners"][0]["name"]
+    assert parse_bootstrap(doc).listeners[0].name == "0.0.0.0:10000"
+    doc["static_resources"]["listeners"][0]["name"] = ""
     assert paths_of(doc) == ["static_resources.listeners[0].name"]
+
+
+def test_socket_address_protocol_tcp_only() -> None:
+    doc = minimal()
+    sa = doc["static_resources"]["listeners"][0]["address"]["socket_address"]
+    sa["protocol"] = "tcp"  # enum names in any case, as Envoy reads them
+    parse_bootstrap(doc)
+    sa["protocol"] = "UDP"
+    p = only_problem(doc)
+    assert (
+        p.path == "static_resources.listeners[0].address.socket_address.protocol" and "only TCP" in p.message
+    )
+
+
+def test_admin_access_log_path_and_layered_runtime() -> None:
+    """Two things Envoy's examples carry: the deprecated ``admin.access_log_path`` (a file logger) and
+    a ``layered_runtime`` static layer (dotted keys, later layers win); other layer kinds are errors."""
+    doc = minimal()
+    doc["admin"] = {
+        "access_log_path": "/dev/null",
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": 9901}},
+    }
+    doc["layered_runtime"] = {
+        "layers": [
+            {"name": "a", "static_layer": {"overload": {"global_downstream_max_connections": 50000}, "x": 1}},
+            {"name": "b", "static_layer": {"x": 2}},
+        ]
+    }
+    b = parse_bootstrap(doc)
+    assert b.admin is not None and [(a.kind, a.path) for a in b.admin.access_log] == [("file", "/dev/null")]
+    assert b.runtime_value("overload.global_downstream_max_connections") == 50000
+    assert b.runtime_value("x") == 2 and b.runtime_value("y", 7) == 7
+    doc["layered_runtime"]["layers"][1] = {"name": "disk", "disk_layer": {"symlink_root": "/srv"}}
+    assert paths_of(doc) == ["layered_runtime.layers[1].disk_layer", "layered_runtime.layers[1].static_layer"]
 
 
 def test_route_to_unknown_cluster() -> None:

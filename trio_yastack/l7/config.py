@@ -77,6 +77,7 @@ __all__ = [
     "RouteAction",
     "RouteConfiguration",
     "RouteMatch",
+    "RuntimeValue",
     "SocketAddress",
     "TcpProxy",
     "TlsCertificate",
@@ -115,6 +116,7 @@ STDOUT_LOG_TYPE = "type.googleapis.com/envoy.extensions.access_loggers.stream.v3
 FILE_LOG_NAME = "envoy.access_loggers.file"
 FILE_LOG_TYPE = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
 
+RuntimeValue = bool | int | float | str | None
 LbPolicy = Literal["ROUND_ROBIN", "LEAST_REQUEST", "RANDOM", "RING_HASH"]
 ClusterType = Literal["STATIC", "STRICT_DNS"]
 CodecType = Literal["AUTO", "HTTP1", "HTTP2"]
@@ -356,7 +358,8 @@ class FilterChain:
 
 @dataclass(frozen=True, slots=True)
 class Listener:
-    """``listeners[]``: a named address and its filter chains.  ``tls_inspector`` records an explicit
+    """``listeners[]``: an address and its filter chains; ``name`` is optional as in Envoy (an unnamed
+    listener is called by its address, e.g. ``0.0.0.0:10000``).  ``tls_inspector`` records an explicit
     ``envoy.filters.listener.tls_inspector`` listener filter (Envoy adds one itself when SNI is matched)."""
 
     name: str
@@ -430,11 +433,21 @@ class Cluster:
 
 @dataclass(frozen=True, slots=True)
 class Bootstrap:
-    """A whole config: the admin endpoint (none when absent), listeners and clusters."""
+    """A whole config: the admin endpoint (none when absent), listeners, clusters and the runtime."""
 
     admin: Admin | None
     listeners: tuple[Listener, ...]
     clusters: tuple[Cluster, ...]
+    #: ``layered_runtime``'s static layers merged into Envoy's dotted runtime keys (``a.b.c: 1``),
+    #: sorted by key (a tuple keeps the config hashable); read with :meth:`runtime_value`
+    runtime: tuple[tuple[str, RuntimeValue], ...] = ()
+
+    def runtime_value(self, key: str, default: RuntimeValue = None) -> RuntimeValue:
+        """The runtime's value for ``key`` (``default`` when no layer sets it)."""
+        for k, value in self.runtime:
+            if k == key:
+                return value
+        return default
 
     def cluster(self, name: str) -> Cluster:
         """The cluster called ``name`` (``KeyError`` if none; loading already checked every reference)."""
@@ -885,7 +898,9 @@ def _extension(
 
 def _socket_address(*, dns: bool = False, min_port: int = 0) -> Callable[[_Reader, Any, str], SocketAddress]:
     def parse(r: _Reader, v: object, path: str) -> SocketAddress:
-        f = _Fields(r, v, path, ("address", "port_value"))
+        f = _Fields(r, v, path, ("protocol", "address", "port_value"))
+        if f.has("protocol") and f.values["protocol"] != "TCP":
+            f.problem("protocol", f"{f.values['protocol']!r} is not supported: only TCP (Envoy's default)")
         address = f.req("address", _nonempty_str)
         port = f.req("port_value", _uint(min_port, 65535))
         if address is not None and not dns:
@@ -924,9 +939,13 @@ def _access_log(r: _Reader, v: object, path: str) -> AccessLog:
 
 
 def _admin(r: _Reader, v: object, path: str) -> Admin:
-    f = _Fields(r, v, path, ("address", "access_log"))
+    f = _Fields(r, v, path, ("address", "access_log", "access_log_path"))
     address = f.req("address", _address())
     logs = f.opt("access_log", _list(_access_log), ())
+    # deprecated in Envoy v3 but still accepted: a file logger at that path
+    log_path = f.opt("access_log_path", _nonempty_str, None)
+    if log_path is not None:
+        logs = (*logs, AccessLog("file", log_path))
     f.done()
     return Admin(address, logs)
 
@@ -1239,6 +1258,11 @@ def _route_config(r: _Reader, v: object, path: str) -> RouteConfiguration:
 
 
 def _http_filter(r: _Reader, v: object, path: str) -> str:
+    if isinstance(v, Mapping) and v.get("name") == ROUTER_NAME and v.get("typed_config") is None:
+        # Envoy finds the router by its name alone: it has nothing to configure
+        f = _Fields(r, v, path, ("name", "typed_config"))
+        f.done()
+        return ROUTER_NAME
     name, f, tc = _extension(r, v, path, {ROUTER_NAME: ROUTER_TYPE})
     tc.done()
     f.done()
@@ -1323,8 +1347,10 @@ def _listener_filter(r: _Reader, v: object, path: str) -> str:
 
 def _listener(r: _Reader, v: object, path: str) -> Listener:
     f = _Fields(r, v, path, ("name", "address", "listener_filters", "filter_chains"))
-    name = f.req("name", _nonempty_str)
     address = f.req("address", _address())
+    # Envoy names an unnamed listener with a generated UUID; its address is as unique here (two
+    # listeners on one address are an error) and tells the operator more in logs and stats.
+    name = f.opt("name", _nonempty_str, str(address) if address is not None else "")
     listener_filters = f.opt("listener_filters", _list(_listener_filter), ())
     chains = f.req("filter_chains", _list(_filter_chain, min_items=1))
     if chains is not None:
@@ -1528,8 +1554,50 @@ def _raw_names(items: object) -> set[str]:
 def _bootstrap(r: _Reader, v: object, path: str) -> Bootstrap:
     if v is None:
         r.fail(path, "the document is empty")
-    f = _Fields(r, v, path, ("admin", "static_resources"))
+    f = _Fields(r, v, path, ("admin", "static_resources", "layered_runtime"))
     admin = f.opt("admin", _admin, None)
     resources = f.opt("static_resources", _static_resources, ((), ()))
+    runtime = f.opt("layered_runtime", _layered_runtime, ())
     f.done()
-    return Bootstrap(admin, resources[0], resources[1])
+    return Bootstrap(admin, resources[0], resources[1], runtime)
+
+
+def _layered_runtime(r: _Reader, v: object, path: str) -> tuple[tuple[str, RuntimeValue], ...]:
+    f = _Fields(r, v, path, ("layers",))
+    layers = f.opt("layers", _list(_runtime_layer), ())
+    f.done()
+    merged: dict[str, RuntimeValue] = {}
+    for layer in layers:  # later layers override earlier ones, as in Envoy
+        merged.update(layer)
+    return tuple(sorted(merged.items()))
+
+
+def _runtime_layer(r: _Reader, v: object, path: str) -> dict[str, RuntimeValue]:
+    """A ``static_layer`` (disk, admin and RTDS layers are outside the subset): its nested keys
+    flattened into Envoy's dotted runtime keys."""
+    f = _Fields(r, v, path, ("name", "static_layer"))
+    f.req("name", _nonempty_str)
+    layer = f.req("static_layer", _runtime_values)
+    f.done()
+    return layer
+
+
+def _runtime_values(r: _Reader, v: object, path: str) -> dict[str, RuntimeValue]:
+    if not isinstance(v, Mapping):
+        r.fail(path, f"expected a mapping, got {_kind(v)}")
+    out: dict[str, RuntimeValue] = {}
+    stack: list[tuple[str, Mapping[Any, Any], int]] = [("", v, 0)]
+    while stack:
+        prefix, node, depth = stack.pop()
+        for key, value in node.items():
+            full = f"{prefix}{key}"
+            if isinstance(value, Mapping) and depth < 32:
+                stack.append((f"{full}.", value, depth + 1))
+            elif isinstance(value, (bool, int, float, str)) or value is None:
+                out[full] = value
+            else:
+                r.fail(
+                    _join(path, full),
+                    f"expected a runtime value (number, string, boolean), got {_kind(value)}",
+                )
+    return out
