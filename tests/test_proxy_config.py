@@ -22,12 +22,19 @@ from trio_yastack.l7.config import (
     Bootstrap,
     CircuitBreakerThresholds,
     ConfigError,
+    CorsPolicy,
     DirectResponse,
+    FaultAbort,
+    FaultDelay,
+    FractionalPercent,
     HttpConnectionManager,
+    HttpFault,
+    LocalRateLimit,
     OutlierDetection,
     Problem,
     RouteAction,
     TcpProxy,
+    TokenBucket,
     format_problems,
     load_config,
     load_config_file,
@@ -475,8 +482,131 @@ def test_wrong_type_url() -> None:
 
 def test_unsupported_http_filter() -> None:
     doc = minimal()
-    hcm(doc)["http_filters"].insert(0, {"name": "envoy.filters.http.cors", "typed_config": {"@type": "x"}})
+    hcm(doc)["http_filters"].insert(0, {"name": "envoy.filters.http.lua", "typed_config": {"@type": "x"}})
     assert paths_of(doc) == [f"{HCM_PATH}.http_filters[0].name"]
+    hcm(doc)["http_filters"][0] = {"name": "envoy.filters.http.cors", "typed_config": {"@type": "x"}}
+    assert paths_of(doc) == [f"{HCM_PATH}.http_filters[0].typed_config.@type"]
+
+
+FAULT_TYPE = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"
+RL_TYPE = "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit"
+CORS_TYPE = "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"
+CORS_POLICY_TYPE = "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy"
+
+
+def test_http_filters_in_order_with_per_route_overrides() -> None:
+    text = f"""
+    static_resources:
+      listeners:
+      - address: {{socket_address: {{address: 0.0.0.0, port_value: 10000}}}}
+        filter_chains:
+        - filters:
+          - name: envoy.filters.network.http_connection_manager
+            typed_config:
+              "@type": {HCM_TYPE}
+              stat_prefix: ingress
+              route_config:
+                virtual_hosts:
+                - name: all
+                  domains: ["*"]
+                  typed_per_filter_config:
+                    envoy.filters.http.cors:
+                      "@type": {CORS_POLICY_TYPE}
+                      allow_origin_string_match:
+                      - {{safe_regex: {{regex: '.*\\.example'}}}}
+                      - {{exact: a.test}}
+                      allow_methods: GET, PUT
+                      allowCredentials: true
+                      filter_enabled: {{default_value: {{numerator: 100}}, runtime_key: cors.on}}
+                  routes:
+                  - match: {{prefix: /slow}}
+                    route: {{cluster: backend}}
+                    typed_per_filter_config:
+                      envoy.filters.http.fault:
+                        "@type": {FAULT_TYPE}
+                        delay: {{fixed_delay: 2s, percentage: {{numerator: 50, denominator: TEN_THOUSAND}}}}
+                  - match: {{prefix: /}}
+                    route: {{cluster: backend}}
+              http_filters:
+              - name: envoy.filters.http.cors
+                typed_config: {{"@type": {CORS_TYPE}}}
+              - name: envoy.filters.http.fault
+                typed_config:
+                  "@type": {FAULT_TYPE}
+                  abort: {{http_status: 503, percentage: {{numerator: 10}}}}
+                  max_active_faults: 100
+              - name: envoy.filters.http.local_ratelimit
+                typed_config:
+                  "@type": {RL_TYPE}
+                  stat_prefix: http_local_rate_limiter
+                  token_bucket: {{max_tokens: 10, tokens_per_fill: 10, fill_interval: 1s}}
+                  filter_enabled: {{default_value: {{numerator: 100, denominator: HUNDRED}}}}
+                  filter_enforced: {{default_value: {{numerator: 100, denominator: HUNDRED}}}}
+                  response_headers_to_add: [{{header: {{key: x-local-rate-limit, value: "true"}}}}]
+              - name: envoy.filters.http.router
+      clusters:
+      - name: backend
+        load_assignment:
+          cluster_name: backend
+          endpoints:
+          - lb_endpoints:
+            - {{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: 80}}}}}}}}
+    """
+    b = load_config(text)
+    h = b.listeners[0].filter_chains[0].filter
+    assert isinstance(h, HttpConnectionManager)
+    assert [x.name.rsplit(".", 1)[1] for x in h.http_filters] == [
+        "cors",
+        "fault",
+        "local_ratelimit",
+        "router",
+    ]
+    fault = h.http_filters[1].config
+    assert isinstance(fault, HttpFault) and fault.abort == FaultAbort(503, FractionalPercent(10, 100))
+    assert fault.max_active_faults == 100 and fault.delay is None
+    rl = h.http_filters[2].config
+    assert isinstance(rl, LocalRateLimit)
+    assert rl.token_bucket == TokenBucket(10, 1.0, 10) and rl.filter_enforced.always and rl.status == 429
+    vhost = h.route_config.virtual_hosts[0]
+    cors = vhost.per_filter_config("envoy.filters.http.cors")
+    assert (
+        isinstance(cors, CorsPolicy) and cors.allow_credentials is True and cors.allow_methods == "GET, PUT"
+    )
+    assert [m.matches("www.example") for m in cors.allow_origin] == [True, False]
+    assert cors.filter_enabled == FractionalPercent(100, 100, "cors.on")
+    slow = vhost.routes[0].per_filter_config("envoy.filters.http.fault")
+    assert isinstance(slow, HttpFault) and slow.delay == FaultDelay(2.0, FractionalPercent(50, 10_000))
+    assert vhost.routes[1].per_filter_config("envoy.filters.http.fault") is None
+
+
+def test_http_filter_mistakes_are_named_by_path() -> None:
+    doc = minimal()
+    filters = hcm(doc)["http_filters"]
+    filters.append({"name": "envoy.filters.http.fault", "typed_config": {"@type": FAULT_TYPE}})
+    assert paths_of(doc) == [f"{HCM_PATH}.http_filters"]  # the router must come last
+    filters.reverse()
+    filters[0]["typed_config"]["abort"] = {"http_status": 99, "percentage": {"denominator": "BILLION"}}
+    filters[0]["typed_config"]["downstream_nodes"] = ["a"]
+    assert paths_of(doc) == [
+        f"{HCM_PATH}.http_filters[0].typed_config.downstream_nodes",
+        f"{HCM_PATH}.http_filters[0].typed_config.abort.http_status",
+        f"{HCM_PATH}.http_filters[0].typed_config.abort.percentage.denominator",
+    ]
+    doc = minimal()
+    vhost = hcm(doc)["route_config"]["virtual_hosts"][0]
+    vhost["typed_per_filter_config"] = {
+        "envoy.filters.http.lua": {},
+        "envoy.filters.http.cors": {
+            "@type": CORS_POLICY_TYPE,
+            "allow_origin_string_match": [{"safe_regex": {"regex": "("}}],
+        },
+        "envoy.filters.http.local_ratelimit": {"@type": CORS_POLICY_TYPE},
+    }
+    assert paths_of(doc) == [
+        f"{VHOST_PATH}.typed_per_filter_config.envoy.filters.http.lua",
+        f"{VHOST_PATH}.typed_per_filter_config.envoy.filters.http.cors.allow_origin_string_match[0].safe_regex.regex",
+        f"{VHOST_PATH}.typed_per_filter_config.envoy.filters.http.local_ratelimit.@type",
+    ]
 
 
 def test_router_without_typed_config() -> None:

@@ -62,25 +62,38 @@ __all__ = [
     "ClusterLoadAssignment",
     "CommonTlsContext",
     "ConfigError",
+    "Cors",
+    "CorsPolicy",
     "DirectResponse",
     "DownstreamTlsContext",
+    "FaultAbort",
+    "FaultDelay",
     "FilterChain",
+    "FractionalPercent",
     "HeaderMatcher",
     "HeaderValueOption",
     "HealthCheck",
     "HttpConnectionManager",
+    "HttpFault",
+    "HttpFilter",
+    "HttpFilterConfig",
     "Listener",
+    "LocalRateLimit",
     "OutlierDetection",
+    "PerRouteConfig",
     "Problem",
     "RetryPolicy",
     "Route",
     "RouteAction",
     "RouteConfiguration",
     "RouteMatch",
+    "RouterFilter",
     "RuntimeValue",
     "SocketAddress",
+    "StringMatcher",
     "TcpProxy",
     "TlsCertificate",
+    "TokenBucket",
     "UpstreamTlsContext",
     "VirtualHost",
     "WeightedCluster",
@@ -106,6 +119,26 @@ TCP_PROXY_NAME = "envoy.filters.network.tcp_proxy"
 TCP_PROXY_TYPE = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
 ROUTER_NAME = "envoy.filters.http.router"
 ROUTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+CORS_NAME = "envoy.filters.http.cors"
+CORS_TYPE = "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"
+CORS_POLICY_TYPE = "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy"
+FAULT_NAME = "envoy.filters.http.fault"
+FAULT_TYPE = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"
+LOCAL_RATELIMIT_NAME = "envoy.filters.http.local_ratelimit"
+LOCAL_RATELIMIT_TYPE = "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit"
+#: the HTTP filters of the subset, by name and the type of their ``typed_config``
+HTTP_FILTER_TYPES = {
+    CORS_NAME: CORS_TYPE,
+    FAULT_NAME: FAULT_TYPE,
+    LOCAL_RATELIMIT_NAME: LOCAL_RATELIMIT_TYPE,
+    ROUTER_NAME: ROUTER_TYPE,
+}
+#: what ``typed_per_filter_config`` may hold for each filter (Envoy's per-route config types)
+PER_ROUTE_TYPES = {
+    CORS_NAME: CORS_POLICY_TYPE,
+    FAULT_NAME: FAULT_TYPE,
+    LOCAL_RATELIMIT_NAME: LOCAL_RATELIMIT_TYPE,
+}
 TLS_NAME = "envoy.transport_sockets.tls"
 DOWNSTREAM_TLS_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
 UPSTREAM_TLS_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
@@ -291,13 +324,161 @@ class HeaderValueOption:
 
 
 @dataclass(frozen=True, slots=True)
+class FractionalPercent:
+    """A ``FractionalPercent`` (``numerator`` of ``denominator`` 100, 10 000 or 1 000 000), or a
+    ``RuntimeFractionalPercent``'s ``default_value`` with its ``runtime_key``.  A request is picked
+    when a uniform draw in ``[0, denominator)`` falls below ``numerator``, as Envoy draws."""
+
+    numerator: int = 0
+    denominator: int = 100
+    runtime_key: str | None = None
+
+    @property
+    def always(self) -> bool:
+        return self.numerator >= self.denominator
+
+    @property
+    def never(self) -> bool:
+        return self.numerator == 0
+
+
+@dataclass(frozen=True, slots=True)
+class StringMatcher:
+    """A ``StringMatcher``: ``exact`` / ``prefix`` / ``suffix`` / ``contains`` / ``safe_regex`` (the whole
+    value must match, as RE2's full match in Envoy), optionally ``ignore_case`` (not for regexes)."""
+
+    kind: Literal["exact", "prefix", "suffix", "contains", "safe_regex"]
+    value: str
+    ignore_case: bool = False
+
+    def matches(self, text: str) -> bool:
+        if self.kind == "safe_regex":
+            return re.fullmatch(self.value, text) is not None
+        value, text = (self.value.lower(), text.lower()) if self.ignore_case else (self.value, text)
+        if self.kind == "exact":
+            return text == value
+        if self.kind == "prefix":
+            return text.startswith(value)
+        if self.kind == "suffix":
+            return text.endswith(value)
+        return value in text
+
+
+@dataclass(frozen=True, slots=True)
+class CorsPolicy:
+    """``envoy.extensions.filters.http.cors.v3.CorsPolicy`` (in ``typed_per_filter_config`` of a virtual
+    host or route).  Each attribute left unset (None) is taken from the less specific policy, as Envoy
+    does: route first, then virtual host.  ``filter_enabled`` absent means enabled (Envoy's default);
+    ``shadow_enabled`` is accepted and, with no shadow statistics here, does nothing."""
+
+    allow_origin: tuple[StringMatcher, ...] = ()
+    allow_methods: str | None = None
+    allow_headers: str | None = None
+    expose_headers: str | None = None
+    max_age: str | None = None
+    allow_credentials: bool | None = None
+    filter_enabled: FractionalPercent | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Cors:
+    """The ``envoy.filters.http.cors`` filter: nothing to configure; the policies live on virtual hosts
+    and routes."""
+
+
+@dataclass(frozen=True, slots=True)
+class FaultDelay:
+    """``delay``: a ``fixed_delay``, or ``header_delay`` (the milliseconds of the request's
+    ``x-envoy-fault-delay-request``), applied to ``percentage`` of requests (Envoy's default: none)."""
+
+    fixed_delay: float | None
+    percentage: FractionalPercent = field(default_factory=FractionalPercent)
+
+
+@dataclass(frozen=True, slots=True)
+class FaultAbort:
+    """``abort``: ``http_status`` (200-599), or ``header_abort`` (the status in the request's
+    ``x-envoy-fault-abort-request``), for ``percentage`` of requests (Envoy's default: none)."""
+
+    http_status: int | None
+    percentage: FractionalPercent = field(default_factory=FractionalPercent)
+
+
+@dataclass(frozen=True, slots=True)
+class HttpFault:
+    """``envoy.filters.http.fault`` (and its per-route override, the same type).  Delay first, then
+    abort, as Envoy injects them; ``max_active_faults`` bounds faults in flight (unbounded by default);
+    ``headers`` must all match for a request to be eligible; runtime keys as in Envoy
+    (``fault.http.abort.abort_percent``, ``fault.http.abort.http_status``,
+    ``fault.http.delay.fixed_delay_percent``, ``fault.http.delay.fixed_duration_ms``)."""
+
+    delay: FaultDelay | None = None
+    abort: FaultAbort | None = None
+    max_active_faults: int | None = None
+    headers: tuple[HeaderMatcher, ...] = ()
+    upstream_cluster: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TokenBucket:
+    """``token_bucket``: starts full with ``max_tokens``; every ``fill_interval`` adds ``tokens_per_fill``
+    (default 1) up to ``max_tokens``."""
+
+    max_tokens: int
+    fill_interval: float
+    tokens_per_fill: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class LocalRateLimit:
+    """``envoy.filters.http.local_ratelimit`` (and its per-route override, the same type, with a bucket
+    of its own).  Envoy's defaults: ``filter_enabled`` and ``filter_enforced`` 0% (the filter does
+    nothing until both are set), ``status`` 429, one bucket shared by all connections."""
+
+    stat_prefix: str
+    token_bucket: TokenBucket | None = None
+    filter_enabled: FractionalPercent = field(default_factory=FractionalPercent)
+    filter_enforced: FractionalPercent = field(default_factory=FractionalPercent)
+    status: int = 429
+    response_headers_to_add: tuple[HeaderValueOption, ...] = ()
+    per_connection: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RouterFilter:
+    """``envoy.filters.http.router``: the terminal filter (nothing to configure in the subset)."""
+
+
+HttpFilterConfig = Cors | HttpFault | LocalRateLimit | RouterFilter
+PerRouteConfig = CorsPolicy | HttpFault | LocalRateLimit
+
+
+@dataclass(frozen=True, slots=True)
+class HttpFilter:
+    """``http_filters[]``: a name and its config; ``disabled`` filters run only on routes whose
+    ``typed_per_filter_config`` names them (Envoy's meaning)."""
+
+    name: str
+    config: HttpFilterConfig
+    disabled: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Route:
-    """``routes[]``: a match and exactly one of ``route`` (:class:`RouteAction`) / ``direct_response``."""
+    """``routes[]``: a match and exactly one of ``route`` (:class:`RouteAction`) / ``direct_response``;
+    ``typed_per_filter_config`` overrides a filter's config for this route (by filter name)."""
 
     match: RouteMatch
     action: RouteAction | DirectResponse
     request_headers_to_add: tuple[HeaderValueOption, ...] = ()
     request_headers_to_remove: tuple[str, ...] = ()
+    typed_per_filter_config: tuple[tuple[str, PerRouteConfig], ...] = ()
+
+    def per_filter_config(self, name: str) -> PerRouteConfig | None:
+        for key, value in self.typed_per_filter_config:
+            if key == name:
+                return value
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,6 +489,13 @@ class VirtualHost:
     name: str
     domains: tuple[str, ...]
     routes: tuple[Route, ...] = ()
+    typed_per_filter_config: tuple[tuple[str, PerRouteConfig], ...] = ()
+
+    def per_filter_config(self, name: str) -> PerRouteConfig | None:
+        for key, value in self.typed_per_filter_config:
+            if key == name:
+                return value
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,8 +511,8 @@ class HttpConnectionManager:
     """The ``envoy.filters.network.http_connection_manager`` filter.
 
     Envoy's defaults: ``codec_type`` AUTO; ``idle_timeout`` (``common_http_protocol_options``) 1 hour;
-    ``request_timeout`` 0 (disabled); ``stream_idle_timeout`` 5 minutes.  ``http_filters`` is always the
-    router alone, the only HTTP filter in the subset."""
+    ``request_timeout`` 0 (disabled); ``stream_idle_timeout`` 5 minutes.  ``http_filters`` run in the
+    order written and end with the router."""
 
     stat_prefix: str
     route_config: RouteConfiguration
@@ -333,7 +521,7 @@ class HttpConnectionManager:
     idle_timeout: float = 3600.0
     request_timeout: float = 0.0
     stream_idle_timeout: float = 300.0
-    http_filters: tuple[str, ...] = (ROUTER_NAME,)
+    http_filters: tuple[HttpFilter, ...] = (HttpFilter(ROUTER_NAME, RouterFilter()),)
 
 
 @dataclass(frozen=True, slots=True)
@@ -871,6 +1059,27 @@ _TYPED_CONFIG_FIELDS: dict[str, tuple[str, ...]] = {
     ),
     TCP_PROXY_TYPE: ("stat_prefix", "cluster", "idle_timeout"),
     ROUTER_TYPE: (),
+    CORS_TYPE: (),
+    FAULT_TYPE: ("delay", "abort", "max_active_faults", "headers", "upstream_cluster"),
+    LOCAL_RATELIMIT_TYPE: (
+        "stat_prefix",
+        "token_bucket",
+        "filter_enabled",
+        "filter_enforced",
+        "status",
+        "response_headers_to_add",
+        "local_rate_limit_per_downstream_connection",
+    ),
+    CORS_POLICY_TYPE: (
+        "allow_origin_string_match",
+        "allow_methods",
+        "allow_headers",
+        "expose_headers",
+        "max_age",
+        "allow_credentials",
+        "filter_enabled",
+        "shadow_enabled",
+    ),
     DOWNSTREAM_TLS_TYPE: ("common_tls_context",),
     UPSTREAM_TLS_TYPE: ("common_tls_context", "sni"),
     TLS_INSPECTOR_TYPE: (),
@@ -1205,7 +1414,14 @@ def _route(r: _Reader, v: object, path: str) -> Route:
         r,
         v,
         path,
-        ("match", "route", "direct_response", "request_headers_to_add", "request_headers_to_remove"),
+        (
+            "match",
+            "route",
+            "direct_response",
+            "request_headers_to_add",
+            "request_headers_to_remove",
+            "typed_per_filter_config",
+        ),
     )
     match = f.req("match", _route_match)
     which = f.exactly_one("route", "direct_response")
@@ -1216,19 +1432,21 @@ def _route(r: _Reader, v: object, path: str) -> Route:
         action = f.req("direct_response", _direct_response)
     to_add = f.opt("request_headers_to_add", _list(_header_value_option), ())
     to_remove = f.opt("request_headers_to_remove", _list(_header_name), ())
+    per_filter = f.opt("typed_per_filter_config", _per_filter_configs, ())
     f.done()
     if action is None:  # unreachable: no action means f failed, so done() raised
         raise _Skip
-    return Route(match, action, to_add, to_remove)
+    return Route(match, action, to_add, to_remove, per_filter)
 
 
 def _virtual_host(r: _Reader, v: object, path: str) -> VirtualHost:
-    f = _Fields(r, v, path, ("name", "domains", "routes"))
+    f = _Fields(r, v, path, ("name", "domains", "routes", "typed_per_filter_config"))
     name = f.req("name", _nonempty_str)
     domains = f.req("domains", _list(_nonempty_str, min_items=1))
     routes = f.opt("routes", _list(_route), ())
+    per_filter = f.opt("typed_per_filter_config", _per_filter_configs, ())
     f.done()
-    return VirtualHost(name, domains, routes)
+    return VirtualHost(name, domains, routes, per_filter)
 
 
 def _route_config(r: _Reader, v: object, path: str) -> RouteConfiguration:
@@ -1257,16 +1475,205 @@ def _route_config(r: _Reader, v: object, path: str) -> RouteConfiguration:
     return RouteConfiguration(name, vhosts)
 
 
-def _http_filter(r: _Reader, v: object, path: str) -> str:
+def _http_filter(r: _Reader, v: object, path: str) -> HttpFilter:
     if isinstance(v, Mapping) and v.get("name") == ROUTER_NAME and v.get("typed_config") is None:
         # Envoy finds the router by its name alone: it has nothing to configure
-        f = _Fields(r, v, path, ("name", "typed_config"))
+        f = _Fields(r, v, path, ("name", "typed_config", "disabled"))
+        disabled = f.opt("disabled", _bool, False)
         f.done()
-        return ROUTER_NAME
-    name, f, tc = _extension(r, v, path, {ROUTER_NAME: ROUTER_TYPE})
+        return HttpFilter(ROUTER_NAME, RouterFilter(), disabled)
+    name, f, tc = _extension(r, v, path, HTTP_FILTER_TYPES, extra=("disabled",))
+    disabled = f.opt("disabled", _bool, False)
+    try:
+        config = _http_filter_config(r, name, tc)
+    finally:
+        f.done()
+    return HttpFilter(name, config, disabled)
+
+
+def _http_filter_config(r: _Reader, name: str, tc: _Fields) -> HttpFilterConfig:
+    config: HttpFilterConfig
+    if name == FAULT_NAME:
+        config = _fault(r, tc)
+    elif name == LOCAL_RATELIMIT_NAME:
+        config = _local_ratelimit(r, tc)
+    else:
+        config = Cors() if name == CORS_NAME else RouterFilter()
     tc.done()
+    return config
+
+
+def _per_filter_configs(r: _Reader, v: object, path: str) -> tuple[tuple[str, PerRouteConfig], ...]:
+    """``typed_per_filter_config``: filter name -> an ``Any`` of that filter's per-route type."""
+    if not isinstance(v, Mapping):
+        r.fail(path, f"expected a mapping, got {_kind(v)}")
+    out: list[tuple[str, PerRouteConfig]] = []
+    failed = False
+    for name, config in v.items():
+        item_path = _join(path, str(name))
+        if not isinstance(name, str) or name not in PER_ROUTE_TYPES:
+            r.problems.append(
+                Problem(item_path, f"unsupported filter {name!r} (supported: {', '.join(PER_ROUTE_TYPES)})")
+            )
+            failed = True
+            continue
+        try:
+            out.append((name, _per_filter_config(r, name, config, item_path)))
+        except _Skip:
+            failed = True
+    if failed:
+        raise _Skip
+    return tuple(out)
+
+
+def _per_filter_config(r: _Reader, name: str, v: object, path: str) -> PerRouteConfig:
+    type_url = PER_ROUTE_TYPES[name]
+    if not isinstance(v, Mapping):
+        r.fail(path, f"expected a mapping, got {_kind(v)}")
+    if v.get("@type") != type_url:
+        got = v.get("@type")
+        r.fail(_join(path, "@type"), f'{got!r}: {name} takes "@type": {type_url} here')
+    tc = _Fields(r, {k: x for k, x in v.items() if k != "@type"}, path, _TYPED_CONFIG_FIELDS[type_url])
+    config: PerRouteConfig
+    if name == CORS_NAME:
+        config = _cors_policy(r, tc)
+    elif name == FAULT_NAME:
+        config = _fault(r, tc)
+    else:
+        config = _local_ratelimit(r, tc)
+    tc.done()
+    return config
+
+
+_DENOMINATORS = {"HUNDRED": 100, "TEN_THOUSAND": 10_000, "MILLION": 1_000_000}
+
+
+def _fractional_percent(r: _Reader, v: object, path: str) -> FractionalPercent:
+    f = _Fields(r, v, path, ("numerator", "denominator"))
+    numerator = f.opt("numerator", _uint32, 0)
+    denominator = f.opt("denominator", _enum(tuple(_DENOMINATORS)), "HUNDRED")
     f.done()
-    return name
+    return FractionalPercent(numerator, _DENOMINATORS[denominator])
+
+
+def _runtime_fractional_percent(r: _Reader, v: object, path: str) -> FractionalPercent:
+    f = _Fields(r, v, path, ("default_value", "runtime_key"))
+    default = f.req("default_value", _fractional_percent)
+    key = f.opt("runtime_key", _str, None)
+    f.done()
+    return FractionalPercent(default.numerator, default.denominator, key or None)
+
+
+def _string_matcher(r: _Reader, v: object, path: str) -> StringMatcher:
+    f = _Fields(r, v, path, ("exact", "prefix", "suffix", "contains", "safe_regex", "ignore_case"))
+    which = f.exactly_one("exact", "prefix", "suffix", "contains", "safe_regex")
+    value = ""
+    if which == "safe_regex":
+        value = f.req("safe_regex", _regex)
+    elif which is not None:
+        value = f.req(which, _str)
+    ignore_case = f.opt("ignore_case", _bool, False)
+    if ignore_case and which == "safe_regex":
+        f.problem("ignore_case", "has no effect on safe_regex (Envoy rejects it too)")
+    f.done()
+    return StringMatcher(which, value, ignore_case)  # type: ignore[arg-type]  # which is one of the kinds: done() raised otherwise
+
+
+def _regex(r: _Reader, v: object, path: str) -> str:
+    """``safe_regex {regex}`` (RE2 in Envoy; Python's ``re`` here, on the patterns both accept)."""
+    f = _Fields(r, v, path, ("regex", "google_re2"))
+    pattern = f.req("regex", _str)
+    f.done()
+    try:
+        re.compile(pattern)
+    except (re.error, RecursionError, OverflowError) as exc:
+        r.fail(_join(path, "regex"), f"not a valid regular expression: {exc}")
+    return pattern
+
+
+def _cors_policy(r: _Reader, tc: _Fields) -> CorsPolicy:
+    def header_list(r: _Reader, v: object, path: str) -> str:
+        return _field_value(r, v, path)
+
+    policy = CorsPolicy(
+        allow_origin=tc.opt("allow_origin_string_match", _list(_string_matcher), ()),
+        allow_methods=tc.opt("allow_methods", header_list, None) or None,
+        allow_headers=tc.opt("allow_headers", header_list, None) or None,
+        expose_headers=tc.opt("expose_headers", header_list, None) or None,
+        max_age=tc.opt("max_age", header_list, None) or None,
+        allow_credentials=tc.opt("allow_credentials", _bool, None),
+        filter_enabled=tc.opt("filter_enabled", _runtime_fractional_percent, None),
+    )
+    tc.opt("shadow_enabled", _runtime_fractional_percent, None)
+    return policy
+
+
+def _fault_delay(r: _Reader, v: object, path: str) -> FaultDelay:
+    f = _Fields(r, v, path, ("fixed_delay", "header_delay", "percentage"))
+    which = f.exactly_one("fixed_delay", "header_delay")
+    fixed = f.req("fixed_delay", _duration_gt0) if which == "fixed_delay" else None
+    if which == "header_delay":
+        f.req("header_delay", _empty_message)
+    delay = FaultDelay(fixed, f.opt("percentage", _fractional_percent, FractionalPercent()))
+    f.done()
+    return delay
+
+
+def _fault_abort(r: _Reader, v: object, path: str) -> FaultAbort:
+    f = _Fields(r, v, path, ("http_status", "header_abort", "percentage"))
+    which = f.exactly_one("http_status", "header_abort")
+    status = f.req("http_status", _uint(200, 599)) if which == "http_status" else None
+    if which == "header_abort":
+        f.req("header_abort", _empty_message)
+    abort = FaultAbort(status, f.opt("percentage", _fractional_percent, FractionalPercent()))
+    f.done()
+    return abort
+
+
+def _empty_message(r: _Reader, v: object, path: str) -> None:
+    f = _Fields(r, v, path, ())
+    f.done()
+
+
+def _fault(r: _Reader, tc: _Fields) -> HttpFault:
+    return HttpFault(
+        delay=tc.opt("delay", _fault_delay, None),
+        abort=tc.opt("abort", _fault_abort, None),
+        max_active_faults=tc.opt("max_active_faults", _uint32, None),
+        headers=tc.opt("headers", _list(_header_matcher), ()),
+        upstream_cluster=tc.opt("upstream_cluster", _nonempty_str, None),
+    )
+
+
+def _token_bucket(r: _Reader, v: object, path: str) -> TokenBucket:
+    f = _Fields(r, v, path, ("max_tokens", "tokens_per_fill", "fill_interval"))
+    bucket = TokenBucket(
+        max_tokens=f.req("max_tokens", _positive_uint32),
+        fill_interval=f.req("fill_interval", _duration_gt0),
+        tokens_per_fill=f.opt("tokens_per_fill", _positive_uint32, 1),
+    )
+    f.done()
+    return bucket
+
+
+def _local_ratelimit(r: _Reader, tc: _Fields) -> LocalRateLimit:
+    return LocalRateLimit(
+        stat_prefix=tc.req("stat_prefix", _nonempty_str),
+        token_bucket=tc.opt("token_bucket", _token_bucket, None),
+        filter_enabled=tc.opt("filter_enabled", _runtime_fractional_percent, FractionalPercent()),
+        filter_enforced=tc.opt("filter_enforced", _runtime_fractional_percent, FractionalPercent()),
+        status=tc.opt("status", _http_status_code, 429),
+        response_headers_to_add=tc.opt("response_headers_to_add", _list(_header_value_option), ()),
+        per_connection=tc.opt("local_rate_limit_per_downstream_connection", _bool, False),
+    )
+
+
+def _http_status_code(r: _Reader, v: object, path: str) -> int:
+    """An ``HttpStatus {code}``; Envoy's local rate limit takes codes of 400 and above."""
+    f = _Fields(r, v, path, ("code",))
+    code = f.req("code", _uint(400, 599))
+    f.done()
+    return code
 
 
 def _idle_timeout_options(r: _Reader, v: object, path: str) -> float:
@@ -1281,10 +1688,17 @@ def _hcm(r: _Reader, f: _Fields) -> HttpConnectionManager:
     codec: CodecType = f.opt("codec_type", _enum(CODEC_TYPES), "AUTO")
     route_config = f.req("route_config", _route_config)
     filters = f.req("http_filters", _list(_http_filter, min_items=1))
-    if filters is not None and len(filters) != 1:
-        f.problem(
-            "http_filters", "must be exactly one envoy.filters.http.router (the only HTTP filter supported)"
-        )
+    if filters is not None:
+        routers = [i for i, x in enumerate(filters) if x.name == ROUTER_NAME]
+        if routers != [len(filters) - 1]:
+            f.problem("http_filters", f"must end with {ROUTER_NAME}, once (the terminal filter)")
+        elif filters[-1].disabled:
+            f.problem(f"http_filters[{len(filters) - 1}].disabled", "the router cannot be disabled")
+        seen_filters: set[str] = set()
+        for i, x in enumerate(filters):
+            if x.name in seen_filters:
+                f.problem(f"http_filters[{i}].name", f"{x.name} is configured twice (one of each here)")
+            seen_filters.add(x.name)
     hcm = HttpConnectionManager(
         stat_prefix=stat_prefix,
         route_config=route_config,
@@ -1293,6 +1707,7 @@ def _hcm(r: _Reader, f: _Fields) -> HttpConnectionManager:
         idle_timeout=f.opt("common_http_protocol_options", _idle_timeout_options, 3600.0),
         request_timeout=f.opt("request_timeout", _duration_ge0, 0.0),
         stream_idle_timeout=f.opt("stream_idle_timeout", _duration_ge0, 300.0),
+        http_filters=filters if filters is not None else (),
     )
     f.done()
     return hcm
