@@ -43,6 +43,7 @@ import contextlib
 import random
 import time
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import TYPE_CHECKING
@@ -55,7 +56,8 @@ from trio_yastack._trio_helpers import lingering_close, unwrap_single_exception
 
 from ._heads import request_head, response_head
 from .access_log import AccessLogger, AccessRecord
-from .config import DirectResponse, HttpConnectionManager, RetryPolicy, Route, RouteAction
+from .config import DirectResponse, HttpConnectionManager, RetryPolicy, Route, RouteAction, RuntimeValue
+from .filters import HttpFilterChain, RequestView
 from .router import Router, apply_header_options, get_header, rewrite_path, strip_hop_by_hop
 from .stats import Scope, Stats
 from .upstream import ClusterManager, ClusterRuntime, ConnectFailure, Overflow, UpstreamConnection
@@ -75,6 +77,11 @@ LINGER_SECONDS = 2.0
 LINGER_BYTES = 1024 * 1024
 SERVER = b"trio_yastack"
 _NETWORK_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
+
+
+def _no_runtime(key: str) -> RuntimeValue:
+    """The runtime of a connection manager built without a bootstrap (tests): no key is set."""
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,10 +111,20 @@ class _DownstreamGone(Exception):
 class _Downstream:
     """One client connection: the stream, its h11 server state, and byte counts."""
 
-    __slots__ = ("bytes_received", "bytes_sent", "h11", "remote", "response_started", "scheme", "stream")
+    __slots__ = (
+        "bytes_received",
+        "bytes_sent",
+        "filter_state",
+        "h11",
+        "remote",
+        "response_started",
+        "scheme",
+        "stream",
+    )
 
     def __init__(self, stream: trio.abc.Stream, remote: str, scheme: str) -> None:
         self.stream = stream
+        self.filter_state: dict[int, object] = {}  # per-connection filter state (token buckets)
         self.remote = remote
         self.scheme = scheme
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_HEADERS)
@@ -243,6 +260,7 @@ class HttpConnectionManagerRuntime:
         *,
         limits: ProxyLimits | None = None,
         rng: random.Random | None = None,
+        runtime: Callable[[str], RuntimeValue] | None = None,
     ) -> None:
         self.config = config
         self.router = Router(config.route_config)
@@ -274,6 +292,12 @@ class HttpConnectionManagerRuntime:
         self.stats.gauge_set("downstream_cx_active", 0)
         self.stats.gauge_set("downstream_rq_active", 0)
         self.access_log = AccessLogger(config.access_log)
+        # HTTP filters before the router; None when the router is alone (one test per request)
+        self.filters: HttpFilterChain | None = None
+        if HttpFilterChain.needed(config.http_filters):
+            self.filters = HttpFilterChain(
+                config.http_filters, stats, self.stats, runtime or _no_runtime, self.rng
+            )
 
     # --- connections ---
 
@@ -376,21 +400,27 @@ class HttpConnectionManagerRuntime:
                 self.access_log.log(record)
 
     async def _local_reply(
-        self, ds: _Downstream, status: int, body: str, *, close: bool, record: AccessRecord
-    ) -> None:
+        self, ds: _Downstream, status: int, body: str, *, close: bool, record: AccessRecord,
+        headers: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:  # fmt: skip
         """An answer made here (Envoy's "local reply"), counted like any response."""
-        await self._reply(ds, status, (body + "\n").encode() if body else b"", close=close, record=record)
+        payload = (body + "\n").encode() if body else b""
+        await self._reply(ds, status, payload, close=close, record=record, headers=headers)
 
     async def _reply(
-        self, ds: _Downstream, status: int, payload: bytes, *, close: bool, record: AccessRecord
-    ) -> None:
+        self, ds: _Downstream, status: int, payload: bytes, *, close: bool, record: AccessRecord,
+        headers: Sequence[tuple[bytes, bytes]] | None = None,
+    ) -> None:  # fmt: skip
         """A response made here (a local reply, or a ``direct_response`` with its body exactly),
-        in one write."""
+        in one write; ``headers``: what the HTTP filters add."""
         if ds.h11.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return  # (their_state ERROR is fine: h11 lets a server answer a request it refused)
-        headers = [(b"content-length", str(len(payload)).encode())]
+        head_headers = [(b"content-length", str(len(payload)).encode())]
         if payload:
-            headers.append((b"content-type", b"text/plain"))
+            head_headers.append((b"content-type", b"text/plain"))
+        if headers:
+            head_headers.extend(headers)
+        headers = head_headers
         if close or self.state.draining:
             headers.append((b"connection", b"close"))
         self._count_response(status)
@@ -438,16 +468,44 @@ class HttpConnectionManagerRuntime:
 
         vhost = self.router.virtual_host(authority)
         route = self.router.route(vhost, target, headers) if vhost is not None else None
-        if route is None:
-            self.stats.inc("no_route")
-            raise _LocalReply(404, "", "NR")
-        if isinstance(route.action, DirectResponse):
-            self.stats.inc("rq_direct_response")
-            body = route.action.body or ""
-            await self._drain_request_body(ds, timing)
-            await self._reply(ds, route.action.status, body.encode(), close=False, record=record)
-            return True
-        return await self._route_to_cluster(ds, request, headers, route, route.action, timing, record)
+        extra: Sequence[tuple[bytes, bytes]] = ()  # no allocation when there are no filters
+        flags: Sequence[str] = ()
+        if self.filters is not None:
+            outcome = await self.filters.decode(
+                RequestView(method, headers, vhost, route, ds.filter_state), trio.current_time
+            )
+            flags, extra = outcome.flags, outcome.response_headers
+            if outcome.status is not None:
+                record.response_flags = ",".join(flags) or "-"
+                await self._drain_request_body(ds, timing)
+                await self._local_reply(
+                    ds,
+                    outcome.status,
+                    outcome.body,
+                    close=False,
+                    record=record,
+                    headers=outcome.reply_headers,
+                )
+                return True
+        try:
+            if route is None:
+                self.stats.inc("no_route")
+                raise _LocalReply(404, "", "NR")
+            if isinstance(route.action, DirectResponse):
+                self.stats.inc("rq_direct_response")
+                body = route.action.body or ""
+                await self._drain_request_body(ds, timing)
+                await self._reply(
+                    ds, route.action.status, body.encode(), close=False, record=record, headers=extra
+                )
+                return True
+            return await self._route_to_cluster(
+                ds, request, headers, route, route.action, timing, record, extra
+            )
+        finally:
+            if flags:  # a delay injected: listed before the router's own flags, if any
+                router_flags = record.response_flags
+                record.response_flags = ",".join(flags) + ("" if router_flags == "-" else f",{router_flags}")
 
     async def _drain_request_body(self, ds: _Downstream, timing: _Timing) -> None:
         """Read (and drop) a request body we answer without an upstream, so the connection can be
@@ -467,10 +525,12 @@ class HttpConnectionManagerRuntime:
     async def _route_to_cluster(
         self, ds: _Downstream, request: h11.Request, headers: list[tuple[bytes, bytes]], route: Route,
         action: RouteAction, timing: _Timing, record: AccessRecord,
+        response_headers: Sequence[tuple[bytes, bytes]],
     ) -> bool:  # fmt: skip
         """Hand the request to the router (:class:`_RouterRequest`) within the cluster's
         ``max_requests``; True keeps the client connection."""
         rq = _RouterRequest(self, ds, request, headers, route, action, timing, record)
+        rq.response_headers = response_headers
         cluster = rq.cluster
         timing.route_timeout = action.timeout
         if rq.body.complete:
@@ -503,6 +563,7 @@ class _RouterRequest:
         "head",
         "policy",
         "record",
+        "response_headers",
         "retries_left",
         "retry_count",
         "timing",
@@ -523,6 +584,7 @@ class _RouterRequest:
         self.policy: RetryPolicy | None = action.retry_policy
         self.retries_left = self.policy.num_retries if self.policy is not None else 0
         self.retry_count = 0
+        self.response_headers: Sequence[tuple[bytes, bytes]] = ()  # the HTTP filters' (CORS)
 
     def _pick_cluster(self, action: RouteAction) -> ClusterRuntime:
         """The route's cluster, or one of its ``weighted_clusters`` chosen by weight."""
@@ -847,6 +909,10 @@ class _UpstreamRequest:
         headers = strip_hop_by_hop(response.headers, keep_upgrade=status == 101)
         headers.append((b"x-envoy-upstream-service-time", str(service_ms).encode()))
         headers = _with_via(headers)  # RFC 9110 7.6.3: a proxy adds Via to responses too
+        if rq.response_headers:  # set by the filters, replacing the upstream's own (Envoy's setReference)
+            names = {name for name, _ in rq.response_headers}
+            headers = [h for h in headers if h[0].lower() not in names]
+            headers.extend(rq.response_headers)
         close = hcm.state.draining
         if close and status != 101:
             headers.append((b"connection", b"close"))

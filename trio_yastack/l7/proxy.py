@@ -265,7 +265,13 @@ class Proxy:
                         )
                 if isinstance(chain.filter, HttpConnectionManager):
                     runtime: Filter = HttpConnectionManagerRuntime(
-                        chain.filter, self.clusters, self.stats, self.state, limits=self.limits, rng=self.rng
+                        chain.filter,
+                        self.clusters,
+                        self.stats,
+                        self.state,
+                        limits=self.limits,
+                        rng=self.rng,
+                        runtime=bootstrap.runtime_value,
                     )
                 else:
                     runtime = TcpProxyRuntime(chain.filter, self.clusters, self.stats)
