@@ -252,7 +252,7 @@ def test_tls_sni_facts() -> None:
     assert a.transport_socket is not None
     cert = a.transport_socket.common_tls_context.tls_certificates[0]
     # relative names come back resolved against the config file's directory
-    assert (cert.certificate_chain, cert.private_key) == (
+    assert (cert.certificate_chain.filename, cert.private_key.filename) == (
         str(EXAMPLES / "certs/a.example.pem"),
         str(EXAMPLES / "certs/a.example.key"),
     )

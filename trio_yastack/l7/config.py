@@ -39,6 +39,8 @@ do anything useful with the filters this proxy has.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import ipaddress
 import re
@@ -51,7 +53,16 @@ from typing import Any, Literal, NoReturn, TypeVar
 import yaml
 
 from trio_yastack.l7.envoy import normalize
-from trio_yastack.tls.config import CommonTlsContext, DownstreamTlsContext, TlsCertificate, UpstreamTlsContext
+from trio_yastack.tls.config import (
+    TLS_VERSIONS,
+    CommonTlsContext,
+    DataSource,
+    DownstreamTlsContext,
+    SubjectAltNameMatcher,
+    TlsCertificate,
+    TlsParams,
+    UpstreamTlsContext,
+)
 
 __all__ = [
     "AccessLog",
@@ -64,6 +75,7 @@ __all__ = [
     "ConfigError",
     "Cors",
     "CorsPolicy",
+    "DataSource",
     "DirectResponse",
     "DownstreamTlsContext",
     "FaultAbort",
@@ -91,8 +103,10 @@ __all__ = [
     "RuntimeValue",
     "SocketAddress",
     "StringMatcher",
+    "SubjectAltNameMatcher",
     "TcpProxy",
     "TlsCertificate",
+    "TlsParams",
     "TokenBucket",
     "UpstreamTlsContext",
     "VirtualHost",
@@ -1080,7 +1094,7 @@ _TYPED_CONFIG_FIELDS: dict[str, tuple[str, ...]] = {
         "filter_enabled",
         "shadow_enabled",
     ),
-    DOWNSTREAM_TLS_TYPE: ("common_tls_context",),
+    DOWNSTREAM_TLS_TYPE: ("common_tls_context", "require_client_certificate"),
     UPSTREAM_TLS_TYPE: ("common_tls_context", "sni"),
     TLS_INSPECTOR_TYPE: (),
     STDOUT_LOG_TYPE: (),
@@ -1159,12 +1173,34 @@ def _admin(r: _Reader, v: object, path: str) -> Admin:
     return Admin(address, logs)
 
 
-def _data_source(r: _Reader, v: object, path: str) -> str:
-    """A ``DataSource`` given by ``filename`` (inline_string/inline_bytes are outside the subset)."""
-    f = _Fields(r, v, path, ("filename",))
-    filename = f.req("filename", _nonempty_str)
+def _data_source(r: _Reader, v: object, path: str) -> DataSource:
+    """A ``DataSource``: ``filename``, ``inline_string`` or ``inline_bytes`` (base64, as proto3 JSON
+    writes bytes); ``environment_variable`` is outside the subset."""
+    f = _Fields(r, v, path, ("filename", "inline_string", "inline_bytes"))
+    which = f.exactly_one("filename", "inline_string", "inline_bytes")
+    source = DataSource()
+    if which == "filename":
+        filename = f.req("filename", _nonempty_str)
+        if filename is not None:
+            source = DataSource(filename=r.resolve_file(filename, _join(path, "filename")))
+    elif which == "inline_string":
+        text = f.req("inline_string", _nonempty_str)
+        source = DataSource(inline=text.encode("utf-8") if text is not None else b"")
+    elif which == "inline_bytes":
+        source = DataSource(inline=f.req("inline_bytes", _base64))
     f.done()
-    return r.resolve_file(filename, _join(path, "filename"))
+    return source
+
+
+def _base64(r: _Reader, v: object, path: str) -> bytes:
+    text = _nonempty_str(r, v, path)
+    try:
+        # proto3 JSON accepts the standard and the URL-safe alphabets, padded or not
+        return base64.b64decode(
+            text.replace("-", "+").replace("_", "/") + "=" * (-len(text) % 4), validate=True
+        )
+    except (binascii.Error, ValueError):
+        r.fail(path, "not valid base64")
 
 
 def _tls_certificate(r: _Reader, v: object, path: str) -> TlsCertificate:
@@ -1175,26 +1211,55 @@ def _tls_certificate(r: _Reader, v: object, path: str) -> TlsCertificate:
     return TlsCertificate(chain, key)
 
 
-def _validation_context(r: _Reader, v: object, path: str) -> str:
-    f = _Fields(r, v, path, ("trusted_ca",))
+def _validation_context(
+    r: _Reader, v: object, path: str
+) -> tuple[DataSource, tuple[SubjectAltNameMatcher, ...]]:
+    f = _Fields(r, v, path, ("trusted_ca", "match_typed_subject_alt_names"))
     ca = f.req("trusted_ca", _data_source)
+    sans = f.opt("match_typed_subject_alt_names", _list(_san_matcher), ())
     f.done()
-    return ca
+    return ca, sans
+
+
+_SAN_TYPES = ("DNS", "URI", "EMAIL", "IP_ADDRESS")
+
+
+def _san_matcher(r: _Reader, v: object, path: str) -> SubjectAltNameMatcher:
+    f = _Fields(r, v, path, ("san_type", "matcher"))
+    san_type = f.req("san_type", _enum(_SAN_TYPES))
+    matcher = f.req("matcher", _string_matcher)
+    f.done()
+    return SubjectAltNameMatcher(san_type, matcher.kind, matcher.value, matcher.ignore_case)  # type: ignore[arg-type]  # _enum returned one of _SAN_TYPES
+
+
+def _tls_params(r: _Reader, v: object, path: str) -> TlsParams:
+    f = _Fields(r, v, path, ("tls_minimum_protocol_version", "tls_maximum_protocol_version", "cipher_suites"))
+    params = TlsParams(
+        tls_minimum_protocol_version=f.opt("tls_minimum_protocol_version", _enum(TLS_VERSIONS), "TLS_AUTO"),
+        tls_maximum_protocol_version=f.opt("tls_maximum_protocol_version", _enum(TLS_VERSIONS), "TLS_AUTO"),
+        cipher_suites=f.opt("cipher_suites", _list(_nonempty_str), ()),
+    )
+    lo, hi = params.tls_minimum_protocol_version, params.tls_maximum_protocol_version
+    if "TLS_AUTO" not in (lo, hi) and TLS_VERSIONS.index(lo) > TLS_VERSIONS.index(hi):
+        f.problem("tls_maximum_protocol_version", f"{hi} is below tls_minimum_protocol_version {lo}")
+    f.done()
+    return params
 
 
 def _common_tls_context(*, downstream: bool) -> Callable[[_Reader, Any, str], CommonTlsContext]:
     def parse(r: _Reader, v: object, path: str) -> CommonTlsContext:
-        f = _Fields(r, v, path, ("tls_certificates", "validation_context", "alpn_protocols"))
+        f = _Fields(r, v, path, ("tls_certificates", "validation_context", "alpn_protocols", "tls_params"))
         certs = f.opt("tls_certificates", _list(_tls_certificate, min_items=1 if downstream else 0), ())
         if downstream and not f.has("tls_certificates"):
             f.problem(
                 "tls_certificates",
                 "required field 'tls_certificates' is missing: TLS termination needs a certificate",
             )
-        ca = f.opt("validation_context", _validation_context, None)
+        ca, sans = f.opt("validation_context", _validation_context, (None, ()))
         alpn = f.opt("alpn_protocols", _list(_nonempty_str), ())
+        params = f.opt("tls_params", _tls_params, TlsParams())
         f.done()
-        return CommonTlsContext(certs, ca, alpn)
+        return CommonTlsContext(certs, ca, alpn, sans, params)
 
     return parse
 
@@ -1202,9 +1267,16 @@ def _common_tls_context(*, downstream: bool) -> Callable[[_Reader, Any, str], Co
 def _downstream_tls(r: _Reader, v: object, path: str) -> DownstreamTlsContext:
     _, f, tc = _extension(r, v, path, {TLS_NAME: DOWNSTREAM_TLS_TYPE})
     common = tc.req("common_tls_context", _common_tls_context(downstream=True))
+    require = tc.opt("require_client_certificate", _bool, False)
+    if require and common is not None and common.trusted_ca is None:
+        # stricter than Envoy, which would accept it and then refuse every client
+        tc.problem(
+            "require_client_certificate",
+            "needs common_tls_context.validation_context.trusted_ca to verify client certificates with",
+        )
     tc.done()
     f.done()
-    return DownstreamTlsContext(common)
+    return DownstreamTlsContext(common, require)
 
 
 def _upstream_tls(r: _Reader, v: object, path: str) -> UpstreamTlsContext:

@@ -34,7 +34,13 @@ from typing import Any
 import trio
 
 from trio_yastack.tls.client_hello import peek_client_hello
-from trio_yastack.tls.contexts import SERVED_ALPN, TlsSetupError, client_context, server_context
+from trio_yastack.tls.contexts import (
+    SERVED_ALPN,
+    TlsSetupError,
+    client_context,
+    peer_san_matches,
+    server_context,
+)
 
 from .admin import AdminServer
 from .config import Bootstrap, FilterChain, HttpConnectionManager, Listener, SocketAddress
@@ -188,6 +194,10 @@ class ListenerRuntime:
                     await ssl_stream.do_handshake()
                 if waited.cancelled_caught:
                     self.stats.inc("ssl.connection_error")
+                    return
+                tls = chain.config.transport_socket
+                if tls is not None and not peer_san_matches(tls.common_tls_context, ssl_stream.getpeercert()):
+                    self.stats.inc("ssl.fail_verify_san")  # Envoy's name; the client sees a close
                     return
                 self.stats.inc("ssl.handshake")
                 transport, scheme = ssl_stream, "https"

@@ -44,6 +44,8 @@ from dataclasses import dataclass, field
 import h11
 import trio
 
+from trio_yastack.tls.contexts import peer_san_matches
+
 from .config import Cluster, HealthCheck, OutlierDetection
 from .network import Network
 from .stats import Scope, Stats
@@ -536,6 +538,12 @@ class ClusterRuntime:
                     ssl_stream = trio.SSLStream(stream, self.tls_context, server_hostname=self.tls_sni)
                     stream = ssl_stream
                     await ssl_stream.do_handshake()
+                    tls = self.config.transport_socket
+                    if tls is not None and not peer_san_matches(
+                        tls.common_tls_context, ssl_stream.getpeercert()
+                    ):
+                        self.stats.inc("ssl.fail_verify_san")
+                        raise OSError(f"{host}: certificate matches no match_typed_subject_alt_names")
                 return stream
         except trio.TooSlowError:
             if stream is not None:
