@@ -316,6 +316,8 @@ class RouteAction:
     host_rewrite_literal: str | None = None
     timeout: float = 15.0
     retry_policy: RetryPolicy | None = None
+    #: ``upgrade_configs[]`` as (upgrade_type lowercased, enabled): overrides the connection manager's
+    upgrade_configs: tuple[tuple[str, bool], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -536,6 +538,19 @@ class HttpConnectionManager:
     request_timeout: float = 0.0
     stream_idle_timeout: float = 300.0
     http_filters: tuple[HttpFilter, ...] = (HttpFilter(ROUTER_NAME, RouterFilter()),)
+    #: ``upgrade_configs[]`` as (upgrade_type lowercased, enabled): the upgrades (``websocket``) the
+    #: proxy passes on; any other upgrade request is refused with 403, as Envoy refuses it
+    upgrade_configs: tuple[tuple[str, bool], ...] = ()
+
+    def upgrade_allowed(self, upgrade_type: str, route: RouteAction) -> bool:
+        """Envoy's rule: the route's ``upgrade_configs`` entry for the type, else the connection
+        manager's (its ``enabled`` defaults to true), else refused."""
+        kind = upgrade_type.lower()
+        for configs in (route.upgrade_configs, self.upgrade_configs):
+            for name, enabled in configs:
+                if name == kind:
+                    return enabled
+        return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -1070,6 +1085,7 @@ _TYPED_CONFIG_FIELDS: dict[str, tuple[str, ...]] = {
         "common_http_protocol_options",
         "request_timeout",
         "stream_idle_timeout",
+        "upgrade_configs",
     ),
     TCP_PROXY_TYPE: ("stat_prefix", "cluster", "idle_timeout"),
     ROUTER_TYPE: (),
@@ -1378,12 +1394,30 @@ def _cluster_ref(r: _Reader, v: object, path: str) -> str:
     return name
 
 
+def _upgrade_config(r: _Reader, v: object, path: str) -> tuple[str, bool]:
+    """``upgrade_configs[]``: ``upgrade_type`` (case-insensitive, as Envoy matches it) and ``enabled``
+    (default true); upgrade ``filters`` and ``connect_config`` are outside the subset."""
+    f = _Fields(r, v, path, ("upgrade_type", "enabled"))
+    kind = f.req("upgrade_type", _header_name)
+    enabled = f.opt("enabled", _bool, True)
+    f.done()
+    return kind.lower(), enabled
+
+
 def _route_action(r: _Reader, v: object, path: str) -> RouteAction:
     f = _Fields(
         r,
         v,
         path,
-        ("cluster", "weighted_clusters", "prefix_rewrite", "host_rewrite_literal", "timeout", "retry_policy"),
+        (
+            "cluster",
+            "weighted_clusters",
+            "prefix_rewrite",
+            "host_rewrite_literal",
+            "timeout",
+            "retry_policy",
+            "upgrade_configs",
+        ),
     )
     which = f.exactly_one("cluster", "weighted_clusters")
     cluster = f.req("cluster", _cluster_ref) if which == "cluster" else None
@@ -1395,6 +1429,7 @@ def _route_action(r: _Reader, v: object, path: str) -> RouteAction:
         host_rewrite_literal=f.opt("host_rewrite_literal", _host_value, None),
         timeout=f.opt("timeout", _duration_ge0, 15.0),
         retry_policy=f.opt("retry_policy", _retry_policy, None),
+        upgrade_configs=f.opt("upgrade_configs", _list(_upgrade_config), ()),
     )
     f.done()
     return action
@@ -1780,6 +1815,7 @@ def _hcm(r: _Reader, f: _Fields) -> HttpConnectionManager:
         request_timeout=f.opt("request_timeout", _duration_ge0, 0.0),
         stream_idle_timeout=f.opt("stream_idle_timeout", _duration_ge0, 300.0),
         http_filters=filters if filters is not None else (),
+        upgrade_configs=f.opt("upgrade_configs", _list(_upgrade_config), ()),
     )
     f.done()
     return hcm

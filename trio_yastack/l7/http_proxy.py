@@ -288,6 +288,7 @@ class HttpConnectionManagerRuntime:
             "downstream_cx_upgrades_total",
             "no_route",
             "rq_direct_response",
+            "downstream_rq_ws_on_non_ws_route",
         )
         self.stats.gauge_set("downstream_cx_active", 0)
         self.stats.gauge_set("downstream_rq_active", 0)
@@ -607,6 +608,14 @@ class _RouterRequest:
         upgrade_value = get_header(headers, b"upgrade")
         connection_tokens = (get_header(headers, b"connection") or b"").lower()
         upgrade = upgrade_value is not None and b"upgrade" in connection_tokens
+        if (
+            upgrade_value is not None
+            and upgrade
+            and not self.hcm.config.upgrade_allowed(upgrade_value.decode("latin-1"), action)
+        ):
+            # Envoy: an upgrade that no upgrade_configs allows is refused with 403 (UpgradeFailed)
+            self.hcm.stats.inc("downstream_rq_ws_on_non_ws_route")
+            raise _LocalReply(403, "", "-")
         target = request.target.decode("latin-1")
         out = strip_hop_by_hop(headers, keep_upgrade=upgrade)
         out = [(k, v) for k, v in out if k != b"expect"]  # 100-continue is answered here, per hop
