@@ -1862,6 +1862,10 @@ def _filter_chain(r: _Reader, v: object, path: str) -> FilterChain:
 
 
 def _listener_filter(r: _Reader, v: object, path: str) -> str:
+    if isinstance(v, Mapping) and v.get("name") == TLS_INSPECTOR_NAME and v.get("typed_config") is None:
+        f = _Fields(r, v, path, ("name", "typed_config"))  # found by name, as Envoy finds it
+        f.done()
+        return TLS_INSPECTOR_NAME
     name, f, tc = _extension(r, v, path, {TLS_INSPECTOR_NAME: TLS_INSPECTOR_TYPE})
     tc.done()
     f.done()
