@@ -9,13 +9,25 @@ delay of 2 s or a token bucket's fill interval are simulated seconds.
 
 from __future__ import annotations
 
+import gzip
+import hashlib
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import trio
 import trio.testing
-from proxy_helpers import BackendApp, Client, Response, cluster, connect, http_bootstrap, route
+from proxy_helpers import (
+    BackendApp,
+    Client,
+    Response,
+    cluster,
+    connect,
+    http_bootstrap,
+    pattern_sha256,
+    route,
+)
 from test_proxy_http import setup
 
 from trio_yastack import Stack
@@ -287,3 +299,81 @@ async def test_filters_run_in_the_order_configured(autojump_clock: trio.testing.
     async with proxied(filters(abort, ratelimit(1, "60s"))) as (b, proxy, _app):
         assert [r.status for r in await many(b, 3)] == [503, 503, 503]
         assert proxy.stats.value("http_local_rate_limiter.http_local_rate_limit.enabled") == 0
+
+
+# --- compressor (gzip) ---
+
+COMPRESSOR = "envoy.filters.http.compressor"
+COMPRESSOR_TYPE = "type.googleapis.com/envoy.extensions.filters.http.compressor.v3.Compressor"
+GZIP = "type.googleapis.com/envoy.extensions.compression.gzip.compressor.v3.Gzip"
+
+
+def compressor(**response_direction: Any) -> dict[str, Any]:
+    typed: dict[str, Any] = {
+        "@type": COMPRESSOR_TYPE,
+        "compressor_library": {
+            "name": "text_optimized",
+            "typed_config": {"@type": GZIP, "memory_level": 3, "window_bits": 10},
+        },
+    }
+    if response_direction:
+        typed["response_direction_config"] = response_direction
+    return {"name": COMPRESSOR, "typed_config": typed}
+
+
+async def test_gzip_by_accept_encoding_and_content_type(autojump_clock: trio.testing.MockClock) -> None:
+    """Envoy's compressor with its defaults: a JSON answer (application/json, over 30 bytes) is gzipped
+    for a client that accepts gzip (Content-Length gone, Content-Encoding: gzip, Vary), sent as is
+    with Vary to one that does not (or refuses it with q=0); a short text answer and an
+    application/octet-stream one are never compressed and get no Vary; nor is a HEAD's."""
+    routes = [route("/plain", extra={"typed_per_filter_config": {COMPRESSOR: {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.compressor.v3.CompressorPerRoute",
+        "disabled": True}}}), route("/")]  # fmt: skip
+    async with proxied(filters(compressor()), routes=routes) as (b, proxy, _):
+        client = Client(await connect(b))
+        r = await client.request("GET", "/doc", [("accept-encoding", "br;q=1.0, gzip;q=0.8")])
+        assert r.header("content-encoding") == "gzip" and r.header("content-length") is None
+        assert r.header("vary") == "Accept-Encoding"
+        document = json.loads(gzip.decompress(r.body))
+        assert (
+            document["path"] == "/doc" and ["accept-encoding", "br;q=1.0, gzip;q=0.8"] in document["headers"]
+        )
+        for accept in ([], [("accept-encoding", "gzip;q=0, identity")], [("accept-encoding", "deflate")]):
+            r = await client.request("GET", "/doc", accept)
+            assert r.header("content-encoding") is None and r.header("vary") == "Accept-Encoding"
+            assert json.loads(r.body)["path"] == "/doc"
+        r = await client.request("GET", "/doc", [("accept-encoding", "*")])
+        assert r.header("content-encoding") == "gzip"
+        r = await client.request("GET", "/status/200", [("accept-encoding", "gzip")])  # 7 bytes < 30
+        assert r.body == b"app 200" and r.header("vary") is None
+        r = await client.request("GET", "/stream?bytes=100000", [("accept-encoding", "gzip")])
+        assert r.header("content-encoding") is None and len(r.body) == 100000
+        r = await client.request("HEAD", "/doc", [("accept-encoding", "gzip")])
+        assert r.header("content-encoding") is None and r.header("content-length") is not None
+        r = await client.request("GET", "/plain/doc", [("accept-encoding", "gzip")])  # disabled here
+        assert r.header("content-encoding") is None and r.header("vary") is None
+        await client.aclose()
+        s = proxy.stats
+        assert s.value("http.ingress.compressor.gzip.compressed") == 2
+        assert s.value("http.ingress.compressor.gzip.no_accept_header") == 1
+        assert s.value("http.ingress.compressor.gzip.not_compressed") == 6  # not on /plain
+
+
+async def test_gzip_configured_types_and_a_large_streamed_body(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """``content_type`` and ``min_content_length`` replace Envoy's defaults; a 1 MiB streamed body
+    comes out as one gzip stream that decompresses to the exact bytes; ``disable_on_etag_header``
+    is honoured."""
+    config = compressor(
+        common_config={"min_content_length": 100, "content_type": ["application/octet-stream"]}
+    )
+    async with proxied(filters(config)) as (b, proxy, _):
+        client = Client(await connect(b))
+        r = await client.request("GET", "/stream?bytes=1048576", [("accept-encoding", "gzip")])
+        assert r.header("content-encoding") == "gzip" and len(r.body) < 1048576
+        assert hashlib.sha256(gzip.decompress(r.body)).hexdigest() == pattern_sha256(1048576)
+        r = await client.request("GET", "/doc", [("accept-encoding", "gzip")])  # JSON: not listed now
+        assert r.header("content-encoding") is None
+        await client.aclose()
+        assert proxy.stats.value("http.ingress.compressor.gzip.total_uncompressed_bytes") == 1048576

@@ -72,6 +72,8 @@ __all__ = [
     "Cluster",
     "ClusterLoadAssignment",
     "CommonTlsContext",
+    "Compressor",
+    "CompressorPerRoute",
     "ConfigError",
     "Cors",
     "CorsPolicy",
@@ -140,8 +142,15 @@ FAULT_NAME = "envoy.filters.http.fault"
 FAULT_TYPE = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"
 LOCAL_RATELIMIT_NAME = "envoy.filters.http.local_ratelimit"
 LOCAL_RATELIMIT_TYPE = "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit"
+COMPRESSOR_NAME = "envoy.filters.http.compressor"
+COMPRESSOR_TYPE = "type.googleapis.com/envoy.extensions.filters.http.compressor.v3.Compressor"
+COMPRESSOR_PER_ROUTE_TYPE = (
+    "type.googleapis.com/envoy.extensions.filters.http.compressor.v3.CompressorPerRoute"
+)
+GZIP_COMPRESSOR_TYPE = "type.googleapis.com/envoy.extensions.compression.gzip.compressor.v3.Gzip"
 #: the HTTP filters of the subset, by name and the type of their ``typed_config``
 HTTP_FILTER_TYPES = {
+    COMPRESSOR_NAME: COMPRESSOR_TYPE,
     CORS_NAME: CORS_TYPE,
     FAULT_NAME: FAULT_TYPE,
     LOCAL_RATELIMIT_NAME: LOCAL_RATELIMIT_TYPE,
@@ -149,6 +158,7 @@ HTTP_FILTER_TYPES = {
 }
 #: what ``typed_per_filter_config`` may hold for each filter (Envoy's per-route config types)
 PER_ROUTE_TYPES = {
+    COMPRESSOR_NAME: COMPRESSOR_PER_ROUTE_TYPE,
     CORS_NAME: CORS_POLICY_TYPE,
     FAULT_NAME: FAULT_TYPE,
     LOCAL_RATELIMIT_NAME: LOCAL_RATELIMIT_TYPE,
@@ -460,13 +470,53 @@ class LocalRateLimit:
     per_connection: bool = False
 
 
+#: Envoy's default ``content_type`` list of the compressor
+COMPRESSIBLE_TYPES = (
+    "application/javascript",
+    "application/json",
+    "application/xhtml+xml",
+    "image/svg+xml",
+    "text/css",
+    "text/html",
+    "text/plain",
+    "text/xml",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Compressor:
+    """``envoy.filters.http.compressor`` with the gzip library (the only one here).  Envoy's defaults:
+    responses of at least 30 bytes (``min_content_length``) of the types :data:`COMPRESSIBLE_TYPES`,
+    to clients whose ``Accept-Encoding`` takes gzip; a strong ``ETag`` is weakened, or with
+    ``disable_on_etag_header`` the response is left alone.  Gzip: ``compression_level`` (zlib's: -1 is
+    its default, 6), ``memory_level`` 5, ``window_bits`` 12.  ``enabled`` is the response direction's
+    ``RuntimeFeatureFlag`` (``runtime_key`` read from the runtime)."""
+
+    compression_level: int = -1
+    memory_level: int = 5
+    window_bits: int = 12
+    strategy: int = 0
+    min_content_length: int = 30
+    content_types: tuple[str, ...] = COMPRESSIBLE_TYPES
+    disable_on_etag_header: bool = False
+    enabled: bool = True
+    enabled_runtime_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CompressorPerRoute:
+    """``CompressorPerRoute``: ``disabled`` turns the compressor off on a route or virtual host."""
+
+    disabled: bool
+
+
 @dataclass(frozen=True, slots=True)
 class RouterFilter:
     """``envoy.filters.http.router``: the terminal filter (nothing to configure in the subset)."""
 
 
-HttpFilterConfig = Cors | HttpFault | LocalRateLimit | RouterFilter
-PerRouteConfig = CorsPolicy | HttpFault | LocalRateLimit
+HttpFilterConfig = Compressor | Cors | HttpFault | LocalRateLimit | RouterFilter
+PerRouteConfig = CompressorPerRoute | CorsPolicy | HttpFault | LocalRateLimit
 
 
 @dataclass(frozen=True, slots=True)
@@ -1090,6 +1140,21 @@ _TYPED_CONFIG_FIELDS: dict[str, tuple[str, ...]] = {
     TCP_PROXY_TYPE: ("stat_prefix", "cluster", "idle_timeout"),
     ROUTER_TYPE: (),
     CORS_TYPE: (),
+    COMPRESSOR_TYPE: (
+        "response_direction_config",
+        "compressor_library",
+        "content_length",
+        "content_type",
+        "disable_on_etag_header",
+    ),
+    COMPRESSOR_PER_ROUTE_TYPE: ("disabled",),
+    GZIP_COMPRESSOR_TYPE: (
+        "memory_level",
+        "compression_level",
+        "compression_strategy",
+        "window_bits",
+        "chunk_size",
+    ),
     FAULT_TYPE: ("delay", "abort", "max_active_faults", "headers", "upstream_cluster"),
     LOCAL_RATELIMIT_TYPE: (
         "stat_prefix",
@@ -1119,12 +1184,20 @@ _TYPED_CONFIG_FIELDS: dict[str, tuple[str, ...]] = {
 
 
 def _extension(
-    r: _Reader, v: object, path: str, types: Mapping[str, str], extra: tuple[str, ...] = ()
-) -> tuple[str, _Fields, _Fields]:
+    r: _Reader, v: object, path: str, types: Mapping[str, str], extra: tuple[str, ...] = (),
+    *, types_by_url: bool = False,
+) -> tuple[str, _Fields, _Fields]:  # fmt: skip
     """An ``{name, typed_config}`` extension: returns (name, its fields, typed_config's fields).
-    The caller reads the typed_config fields then calls ``done()`` on both."""
+    The caller reads the typed_config fields then calls ``done()`` on both.  With ``types_by_url``
+    the name is free (a label, as a compressor library's is) and ``@type`` alone must be one of
+    ``types``' values."""
     f = _Fields(r, v, path, ("name", "typed_config", *extra))
     name = f.req("name", _str)
+    if types_by_url and name is not None:
+        tc_value = f.values.get("typed_config")
+        url = tc_value.get("@type") if isinstance(tc_value, Mapping) else None
+        label = next((k for k, u in types.items() if u == url), None)
+        types = {name: types[label] if label is not None else next(iter(types.values()))}
     tc = _typed_config(r, f, name, types) if name is not None else None
     if tc is None:
         f.done()
@@ -1602,6 +1675,8 @@ def _http_filter_config(r: _Reader, name: str, tc: _Fields) -> HttpFilterConfig:
     config: HttpFilterConfig
     if name == FAULT_NAME:
         config = _fault(r, tc)
+    elif name == COMPRESSOR_NAME:
+        config = _compressor(r, tc)
     elif name == LOCAL_RATELIMIT_NAME:
         config = _local_ratelimit(r, tc)
     else:
@@ -1644,6 +1719,9 @@ def _per_filter_config(r: _Reader, name: str, v: object, path: str) -> PerRouteC
     config: PerRouteConfig
     if name == CORS_NAME:
         config = _cors_policy(r, tc)
+    elif name == COMPRESSOR_NAME:
+        disabled = tc.req("disabled", _bool)
+        config = CompressorPerRoute(disabled if disabled is not None else False)
     elif name == FAULT_NAME:
         config = _fault(r, tc)
     else:
@@ -1713,6 +1791,74 @@ def _cors_policy(r: _Reader, tc: _Fields) -> CorsPolicy:
     )
     tc.opt("shadow_enabled", _runtime_fractional_percent, None)
     return policy
+
+
+_ZLIB_LEVELS = {"DEFAULT_COMPRESSION": -1, "BEST_SPEED": 1, "BEST_COMPRESSION": 9} | {
+    f"COMPRESSION_LEVEL_{n}": n for n in range(1, 10)
+}
+_ZLIB_STRATEGIES = {"DEFAULT_STRATEGY": 0, "FILTERED": 1, "HUFFMAN_ONLY": 2, "RLE": 3, "FIXED": 4}
+
+
+def _gzip_library(r: _Reader, v: object, path: str) -> dict[str, Any]:
+    _, f, tc = _extension(r, v, path, {"gzip": GZIP_COMPRESSOR_TYPE}, types_by_url=True)
+    out = {
+        "compression_level": _ZLIB_LEVELS[
+            tc.opt("compression_level", _enum(tuple(_ZLIB_LEVELS)), "DEFAULT_COMPRESSION")
+        ],
+        "strategy": _ZLIB_STRATEGIES[
+            tc.opt("compression_strategy", _enum(tuple(_ZLIB_STRATEGIES)), "DEFAULT_STRATEGY")
+        ],
+        "memory_level": tc.opt("memory_level", _uint(1, 9), 5),
+        "window_bits": tc.opt("window_bits", _uint(9, 15), 12),
+    }
+    tc.opt("chunk_size", _uint(4096, 65536), 4096)  # zlib's output buffer: Python's zlib sizes its own
+    tc.done()
+    f.done()
+    return out
+
+
+def _feature_flag(r: _Reader, v: object, path: str) -> tuple[bool, str | None]:
+    f = _Fields(r, v, path, ("default_value", "runtime_key"))
+    value = f.req("default_value", _bool)
+    key = f.opt("runtime_key", _str, None)
+    f.done()
+    return value, key or None
+
+
+def _compressor_common(r: _Reader, v: object, path: str) -> dict[str, Any]:
+    f = _Fields(r, v, path, ("enabled", "min_content_length", "content_type"))
+    out: dict[str, Any] = {}
+    if f.has("enabled"):
+        out["enabled"], out["enabled_runtime_key"] = f.req("enabled", _feature_flag)
+    if f.has("min_content_length"):
+        out["min_content_length"] = f.req("min_content_length", _uint32)
+    if f.has("content_type"):
+        out["content_types"] = tuple(t.lower() for t in f.req("content_type", _list(_nonempty_str)))
+    f.done()
+    return out
+
+
+def _compressor_response(r: _Reader, v: object, path: str) -> dict[str, Any]:
+    f = _Fields(r, v, path, ("common_config", "disable_on_etag_header"))
+    out = f.opt("common_config", _compressor_common, {})
+    if f.has("disable_on_etag_header"):
+        out = out | {"disable_on_etag_header": f.req("disable_on_etag_header", _bool)}
+    f.done()
+    return out
+
+
+def _compressor(r: _Reader, tc: _Fields) -> Compressor:
+    library = tc.req("compressor_library", _gzip_library)
+    settings: dict[str, Any] = {}
+    # the deprecated top-level fields Envoy still reads (response_direction_config wins)
+    if tc.has("content_length"):
+        settings["min_content_length"] = tc.req("content_length", _uint32)
+    if tc.has("content_type"):
+        settings["content_types"] = tuple(t.lower() for t in tc.req("content_type", _list(_nonempty_str)))
+    if tc.has("disable_on_etag_header"):
+        settings["disable_on_etag_header"] = tc.req("disable_on_etag_header", _bool)
+    settings |= tc.opt("response_direction_config", _compressor_response, {})
+    return Compressor(**((library or {}) | settings))
 
 
 def _fault_delay(r: _Reader, v: object, path: str) -> FaultDelay:

@@ -57,12 +57,13 @@ from trio_yastack._trio_helpers import lingering_close, unwrap_single_exception
 from ._heads import request_head, response_head
 from .access_log import AccessLogger, AccessRecord
 from .config import DirectResponse, HttpConnectionManager, RetryPolicy, Route, RouteAction, RuntimeValue
-from .filters import HttpFilterChain, RequestView
+from .filters import GzipStream, HttpFilterChain, RequestView, start_compression
 from .router import Router, apply_header_options, get_header, rewrite_path, strip_hop_by_hop
 from .stats import Scope, Stats
 from .upstream import ClusterManager, ClusterRuntime, ConnectFailure, Overflow, UpstreamConnection
 
 if TYPE_CHECKING:
+    from .filters import FilterOutcome
     from .proxy import ProxyState
 
 __all__ = ["MAX_REQUEST_HEADERS", "RETRY_BUFFER", "HttpConnectionManagerRuntime", "ProxyLimits"]
@@ -471,6 +472,7 @@ class HttpConnectionManagerRuntime:
         route = self.router.route(vhost, target, headers) if vhost is not None else None
         extra: Sequence[tuple[bytes, bytes]] = ()  # no allocation when there are no filters
         flags: Sequence[str] = ()
+        outcome = None
         if self.filters is not None:
             outcome = await self.filters.decode(
                 RequestView(method, headers, vhost, route, ds.filter_state), trio.current_time
@@ -501,7 +503,7 @@ class HttpConnectionManagerRuntime:
                 )
                 return True
             return await self._route_to_cluster(
-                ds, request, headers, route, route.action, timing, record, extra
+                ds, request, headers, route, route.action, timing, record, extra, outcome
             )
         finally:
             if flags:  # a delay injected: listed before the router's own flags, if any
@@ -526,12 +528,13 @@ class HttpConnectionManagerRuntime:
     async def _route_to_cluster(
         self, ds: _Downstream, request: h11.Request, headers: list[tuple[bytes, bytes]], route: Route,
         action: RouteAction, timing: _Timing, record: AccessRecord,
-        response_headers: Sequence[tuple[bytes, bytes]],
+        response_headers: Sequence[tuple[bytes, bytes]], outcome: FilterOutcome | None,
     ) -> bool:  # fmt: skip
         """Hand the request to the router (:class:`_RouterRequest`) within the cluster's
         ``max_requests``; True keeps the client connection."""
         rq = _RouterRequest(self, ds, request, headers, route, action, timing, record)
         rq.response_headers = response_headers
+        rq.filters = outcome
         cluster = rq.cluster
         timing.route_timeout = action.timeout
         if rq.body.complete:
@@ -560,6 +563,7 @@ class _RouterRequest:
         "body",
         "cluster",
         "ds",
+        "filters",
         "hcm",
         "head",
         "policy",
@@ -586,6 +590,7 @@ class _RouterRequest:
         self.retries_left = self.policy.num_retries if self.policy is not None else 0
         self.retry_count = 0
         self.response_headers: Sequence[tuple[bytes, bytes]] = ()  # the HTTP filters' (CORS)
+        self.filters: FilterOutcome | None = None  # what the HTTP filters decided (the compressor)
 
     def _pick_cluster(self, action: RouteAction) -> ClusterRuntime:
         """The route's cluster, or one of its ``weighted_clusters`` chosen by weight."""
@@ -922,6 +927,12 @@ class _UpstreamRequest:
             names = {name for name, _ in rq.response_headers}
             headers = [h for h in headers if h[0].lower() not in names]
             headers.extend(rq.response_headers)
+        gzip: GzipStream | None = None
+        if rq.filters is not None and rq.filters.compressor is not None and status != 101:
+            gzip = start_compression(
+                rq.filters.compressor, rq.filters.accepts_gzip, hcm.stats, status, record.method,
+                response.headers, headers,
+            )  # fmt: skip
         close = hcm.state.draining
         if close and status != 101:
             headers.append((b"connection", b"close"))
@@ -959,13 +970,19 @@ class _UpstreamRequest:
                                 timing.route_deadline, trio.current_time() + timing.stream_idle
                             )
                         elif isinstance(event, h11.Data):
-                            record.bytes_sent += len(event.data)
-                            pending_bytes += len(event.data)
-                            pending.append(ds.h11.send(h11.Data(data=event.data)))
+                            data = event.data if gzip is None else gzip.compress(event.data)
+                            if data:
+                                record.bytes_sent += len(data)
+                                pending_bytes += len(data)
+                                pending.append(ds.h11.send(h11.Data(data=data)))
                             if pending_bytes >= RECEIVE_SIZE:
                                 await ds.send_pending(pending)
                                 pending_bytes = 0
                         elif isinstance(event, h11.EndOfMessage):
+                            if gzip is not None:
+                                tail = gzip.finish()
+                                record.bytes_sent += len(tail)
+                                pending.append(ds.h11.send(h11.Data(data=tail)))
                             pending.append(ds.h11.send(h11.EndOfMessage()))
                             await ds.send_pending(pending)
                             break

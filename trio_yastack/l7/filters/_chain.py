@@ -13,9 +13,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..config import (
+    COMPRESSOR_NAME,
     CORS_NAME,
     FAULT_NAME,
     LOCAL_RATELIMIT_NAME,
+    Compressor,
     FractionalPercent,
     HttpFilter,
     PerRouteConfig,
@@ -24,6 +26,7 @@ from ..config import (
     VirtualHost,
 )
 from ..stats import Scope, Stats
+from ._compressor import CompressorFilter
 from ._cors import CorsFilter
 from ._fault import FaultFilter
 from ._local_ratelimit import LocalRateLimitFilter
@@ -63,6 +66,9 @@ class FilterOutcome:
     reply_headers: Headers = field(default_factory=list)
     response_headers: Headers = field(default_factory=list)
     flags: list[str] = field(default_factory=list)
+    #: the compressor's config when it runs on this request, and whether the client takes gzip
+    compressor: Compressor | None = None
+    accepts_gzip: bool = False
 
 
 def sample(percent: FractionalPercent, runtime: Callable[[str], RuntimeValue], rng: random.Random) -> bool:
@@ -81,7 +87,7 @@ def sample(percent: FractionalPercent, runtime: Callable[[str], RuntimeValue], r
     return rng.randrange(denominator) < numerator
 
 
-Filter = CorsFilter | FaultFilter | LocalRateLimitFilter
+Filter = CompressorFilter | CorsFilter | FaultFilter | LocalRateLimitFilter
 
 
 class HttpFilterChain:
@@ -97,7 +103,9 @@ class HttpFilterChain:
     ) -> None:
         self.filters: list[tuple[HttpFilter, Filter]] = []
         for f in filters:
-            if f.name == CORS_NAME:
+            if f.name == COMPRESSOR_NAME:
+                self.filters.append((f, CompressorFilter(f.config, scope, runtime, rng)))  # type: ignore[arg-type]  # the config's type follows its name
+            elif f.name == CORS_NAME:
                 self.filters.append((f, CorsFilter(scope, runtime, rng)))
             elif f.name == FAULT_NAME:
                 self.filters.append((f, FaultFilter(f.config, scope, runtime, rng)))  # type: ignore[arg-type]  # the config's type follows its name
@@ -107,7 +115,7 @@ class HttpFilterChain:
     @staticmethod
     def needed(filters: tuple[HttpFilter, ...]) -> bool:
         """False when the router is the only filter: then no chain is built at all."""
-        return any(f.name in (CORS_NAME, FAULT_NAME, LOCAL_RATELIMIT_NAME) for f in filters)
+        return any(f.name in (COMPRESSOR_NAME, CORS_NAME, FAULT_NAME, LOCAL_RATELIMIT_NAME) for f in filters)
 
     async def decode(self, request: RequestView, now: Callable[[], float]) -> FilterOutcome:
         """Run each filter on ``request`` in order until one answers it locally."""
