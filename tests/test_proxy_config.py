@@ -993,12 +993,74 @@ def _subtrees(node: object, path: tuple[object, ...] = ()) -> list[tuple[object,
     return out
 
 
-_EXAMPLE_DOCS = [yaml.safe_load((EXAMPLES / n).read_text()) for n in ("round_robin.yaml", "tls_sni.yaml")]
+ENVOY_EXAMPLES = Path(__file__).resolve().parent / "envoy_examples"
+
+
+def _filters_doc() -> dict[str, Any]:
+    """minimal() with every HTTP filter, per-route overrides, mTLS and upgrade_configs: the fuzz's
+    way into their parsers."""
+    doc = minimal()
+    h = hcm(doc)
+    h["upgrade_configs"] = [{"upgrade_type": "websocket", "enabled": True}]
+    h["http_filters"][:0] = [
+        {"name": "envoy.filters.http.cors", "typed_config": {"@type": CORS_TYPE}},
+        {
+            "name": "envoy.filters.http.fault",
+            "typed_config": {
+                "@type": FAULT_TYPE,
+                "abort": {"http_status": 503, "percentage": {"numerator": 10}},
+                "delay": {"fixed_delay": "1s"},
+                "headers": [{"name": "x-a", "present_match": True}],
+            },
+        },
+        {
+            "name": "envoy.filters.http.local_ratelimit",
+            "typed_config": {
+                "@type": RL_TYPE,
+                "stat_prefix": "rl",
+                "token_bucket": {"max_tokens": 1, "fill_interval": "1s"},
+                "filter_enabled": {"default_value": {"numerator": 100}},
+            },
+        },
+        {
+            "name": "envoy.filters.http.compressor",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.compressor.v3.Compressor",
+                "response_direction_config": {"common_config": {"enabled": {"default_value": True}}},
+                "compressor_library": {
+                    "name": "gz",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.compression.gzip.compressor.v3.Gzip",
+                        "compression_level": "BEST_SPEED",
+                    },
+                },
+            },
+        },
+    ]
+    h["route_config"]["virtual_hosts"][0]["typed_per_filter_config"] = {
+        "envoy.filters.http.cors": {
+            "@type": CORS_POLICY_TYPE,
+            "allow_origin_string_match": [{"safe_regex": {"regex": ".*"}}],
+            "filter_enabled": {"default_value": {"numerator": 100}, "runtime_key": "k"},
+        }
+    }
+    return doc
+
+
+_EXAMPLE_DOCS = [yaml.safe_load((EXAMPLES / n).read_text()) for n in ("round_robin.yaml", "tls_sni.yaml")] + [
+    yaml.safe_load((ENVOY_EXAMPLES / n).read_text())
+    for n in ("cors-backend.yaml", "double-proxy-backend.yaml")
+]
 _EXAMPLE_SITES = [(doc, site) for doc in _EXAMPLE_DOCS for site in _subtrees(doc) if site]
 
 
+def _late_sites() -> list[tuple[Any, tuple[object, ...]]]:
+    doc = _filters_doc()  # built after the module's constants it uses
+    return [(doc, site) for site in _subtrees(doc) if site]
+
+
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.sampled_from(_EXAMPLE_SITES), structures, st.booleans())
+@given(st.sampled_from(_EXAMPLE_SITES + _late_sites()), structures, st.booleans())
 def test_fuzz_mutated_examples(
     site: tuple[Any, tuple[object, ...]], replacement: object, delete: bool
 ) -> None:

@@ -614,13 +614,23 @@ class TcpProxy:
 
 @dataclass(frozen=True, slots=True)
 class FilterChain:
-    """``filter_chains[]``: chosen by SNI (``filter_chain_match.server_names``; empty matches any name),
-    optionally terminating TLS, then handing the connection to its one filter."""
+    """``filter_chains[]``: chosen as Envoy chooses, most specific first at each step: by SNI
+    (``filter_chain_match.server_names``; empty matches any name), then ``transport_protocol``
+    (``tls`` or ``raw_buffer``, as the TLS inspector saw the connection; None matches both), then
+    ``application_protocols`` (any of the client's ALPN offer; empty matches any); then optionally
+    terminating TLS and handing the connection to its one filter."""
 
     filter: HttpConnectionManager | TcpProxy
     server_names: tuple[str, ...] = ()
     transport_socket: DownstreamTlsContext | None = None
     name: str | None = None
+    transport_protocol: Literal["tls", "raw_buffer"] | None = None
+    application_protocols: tuple[str, ...] = ()
+
+    @property
+    def needs_inspector(self) -> bool:
+        """Whether choosing this chain needs the ClientHello read first."""
+        return bool(self.server_names or self.transport_protocol or self.application_protocols)
 
 
 @dataclass(frozen=True, slots=True)
@@ -734,6 +744,10 @@ class Bootstrap:
             out.append(f"  {listener.name} {listener.address}")
             for i, chain in enumerate(listener.filter_chains):
                 parts = [f"sni {', '.join(chain.server_names)}" if chain.server_names else "any sni"]
+                if chain.transport_protocol:
+                    parts.append(f"transport {chain.transport_protocol}")
+                if chain.application_protocols:
+                    parts.append(f"alpn match {','.join(chain.application_protocols)}")
                 if chain.transport_socket is not None:
                     common = chain.transport_socket.common_tls_context
                     alpn = f" alpn {','.join(common.alpn_protocols)}" if common.alpn_protocols else ""
@@ -1317,7 +1331,7 @@ def _san_matcher(r: _Reader, v: object, path: str) -> SubjectAltNameMatcher:
     f = _Fields(r, v, path, ("san_type", "matcher"))
     san_type = f.req("san_type", _enum(_SAN_TYPES))
     matcher = f.req("matcher", _string_matcher)
-    f.done()
+    f.done()  # raises if either failed, before matcher is used
     return SubjectAltNameMatcher(san_type, matcher.kind, matcher.value, matcher.ignore_case)  # type: ignore[arg-type]  # _enum returned one of _SAN_TYPES
 
 
@@ -1344,7 +1358,8 @@ def _common_tls_context(*, downstream: bool) -> Callable[[_Reader, Any, str], Co
                 "tls_certificates",
                 "required field 'tls_certificates' is missing: TLS termination needs a certificate",
             )
-        ca, sans = f.opt("validation_context", _validation_context, (None, ()))
+        validation = f.opt("validation_context", _validation_context, (None, ()))
+        ca, sans = validation or (None, ())  # None: failed, f.done() raises
         alpn = f.opt("alpn_protocols", _list(_nonempty_str), ())
         params = f.opt("tls_params", _tls_params, TlsParams())
         f.done()
@@ -1473,7 +1488,7 @@ def _upgrade_config(r: _Reader, v: object, path: str) -> tuple[str, bool]:
     f = _Fields(r, v, path, ("upgrade_type", "enabled"))
     kind = f.req("upgrade_type", _header_name)
     enabled = f.opt("enabled", _bool, True)
-    f.done()
+    f.done()  # raises if upgrade_type failed
     return kind.lower(), enabled
 
 
@@ -1745,7 +1760,7 @@ def _runtime_fractional_percent(r: _Reader, v: object, path: str) -> FractionalP
     f = _Fields(r, v, path, ("default_value", "runtime_key"))
     default = f.req("default_value", _fractional_percent)
     key = f.opt("runtime_key", _str, None)
-    f.done()
+    f.done()  # raises if default_value failed
     return FractionalPercent(default.numerator, default.denominator, key or None)
 
 
@@ -1802,12 +1817,13 @@ _ZLIB_STRATEGIES = {"DEFAULT_STRATEGY": 0, "FILTERED": 1, "HUFFMAN_ONLY": 2, "RL
 def _gzip_library(r: _Reader, v: object, path: str) -> dict[str, Any]:
     _, f, tc = _extension(r, v, path, {"gzip": GZIP_COMPRESSOR_TYPE}, types_by_url=True)
     out = {
-        "compression_level": _ZLIB_LEVELS[
-            tc.opt("compression_level", _enum(tuple(_ZLIB_LEVELS)), "DEFAULT_COMPRESSION")
-        ],
-        "strategy": _ZLIB_STRATEGIES[
-            tc.opt("compression_strategy", _enum(tuple(_ZLIB_STRATEGIES)), "DEFAULT_STRATEGY")
-        ],
+        # (.get: a failed enum read is None, and tc.done() below raises before it is used)
+        "compression_level": _ZLIB_LEVELS.get(
+            tc.opt("compression_level", _enum(tuple(_ZLIB_LEVELS)), "DEFAULT_COMPRESSION"), -1
+        ),
+        "strategy": _ZLIB_STRATEGIES.get(
+            tc.opt("compression_strategy", _enum(tuple(_ZLIB_STRATEGIES)), "DEFAULT_STRATEGY"), 0
+        ),
         "memory_level": tc.opt("memory_level", _uint(1, 9), 5),
         "window_bits": tc.opt("window_bits", _uint(9, 15), 12),
     }
@@ -1829,18 +1845,18 @@ def _compressor_common(r: _Reader, v: object, path: str) -> dict[str, Any]:
     f = _Fields(r, v, path, ("enabled", "min_content_length", "content_type"))
     out: dict[str, Any] = {}
     if f.has("enabled"):
-        out["enabled"], out["enabled_runtime_key"] = f.req("enabled", _feature_flag)
+        out["enabled"], out["enabled_runtime_key"] = f.req("enabled", _feature_flag) or (True, None)
     if f.has("min_content_length"):
         out["min_content_length"] = f.req("min_content_length", _uint32)
     if f.has("content_type"):
-        out["content_types"] = tuple(t.lower() for t in f.req("content_type", _list(_nonempty_str)))
-    f.done()
+        out["content_types"] = tuple(t.lower() for t in f.req("content_type", _list(_nonempty_str)) or ())
+    f.done()  # raises if anything above failed, so no placeholder escapes
     return out
 
 
 def _compressor_response(r: _Reader, v: object, path: str) -> dict[str, Any]:
     f = _Fields(r, v, path, ("common_config", "disable_on_etag_header"))
-    out = f.opt("common_config", _compressor_common, {})
+    out = f.opt("common_config", _compressor_common, {}) or {}
     if f.has("disable_on_etag_header"):
         out = out | {"disable_on_etag_header": f.req("disable_on_etag_header", _bool)}
     f.done()
@@ -1854,10 +1870,12 @@ def _compressor(r: _Reader, tc: _Fields) -> Compressor:
     if tc.has("content_length"):
         settings["min_content_length"] = tc.req("content_length", _uint32)
     if tc.has("content_type"):
-        settings["content_types"] = tuple(t.lower() for t in tc.req("content_type", _list(_nonempty_str)))
+        settings["content_types"] = tuple(
+            t.lower() for t in tc.req("content_type", _list(_nonempty_str)) or ()
+        )
     if tc.has("disable_on_etag_header"):
         settings["disable_on_etag_header"] = tc.req("disable_on_etag_header", _bool)
-    settings |= tc.opt("response_direction_config", _compressor_response, {})
+    settings |= tc.opt("response_direction_config", _compressor_response, {}) or {}
     return Compressor(**((library or {}) | settings))
 
 
@@ -1986,17 +2004,25 @@ def _network_filter(r: _Reader, v: object, path: str) -> HttpConnectionManager |
     return result
 
 
-def _filter_chain_match(r: _Reader, v: object, path: str) -> tuple[str, ...]:
-    f = _Fields(r, v, path, ("server_names",))
+_TRANSPORT_PROTOCOLS: tuple[Literal["tls", "raw_buffer"], ...] = ("tls", "raw_buffer")
+
+
+def _filter_chain_match(
+    r: _Reader, v: object, path: str
+) -> tuple[tuple[str, ...], Literal["tls", "raw_buffer"] | None, tuple[str, ...]]:
+    f = _Fields(r, v, path, ("server_names", "transport_protocol", "application_protocols"))
     names = f.opt("server_names", _list(_nonempty_str), ())
+    transport = f.opt("transport_protocol", _enum(_TRANSPORT_PROTOCOLS), None)
+    alpn = f.opt("application_protocols", _list(_nonempty_str), ())
     f.done()
-    return tuple(n.lower() for n in names)
+    return tuple(n.lower() for n in names), transport, alpn
 
 
 def _filter_chain(r: _Reader, v: object, path: str) -> FilterChain:
     f = _Fields(r, v, path, ("name", "filter_chain_match", "transport_socket", "filters"))
     name = f.opt("name", _str, None)
-    server_names = f.opt("filter_chain_match", _filter_chain_match, ())
+    chain_match = f.opt("filter_chain_match", _filter_chain_match, ((), None, ()))
+    server_names, transport, alpn = chain_match or ((), None, ())  # None: failed, f.done() raises
     tls = f.opt("transport_socket", _downstream_tls, None)
     filters = f.req("filters", _list(_network_filter, min_items=1))
     if filters is not None and len(filters) > 1:
@@ -2004,7 +2030,7 @@ def _filter_chain(r: _Reader, v: object, path: str) -> FilterChain:
             "filters", "must hold exactly one filter: http_connection_manager and tcp_proxy are both terminal"
         )
     f.done()
-    return FilterChain(filters[0], server_names, tls, name)
+    return FilterChain(filters[0], server_names, tls, name, transport, alpn)
 
 
 def _listener_filter(r: _Reader, v: object, path: str) -> str:
@@ -2027,11 +2053,17 @@ def _listener(r: _Reader, v: object, path: str) -> Listener:
     listener_filters = f.opt("listener_filters", _list(_listener_filter), ())
     chains = f.req("filter_chains", _list(_filter_chain, min_items=1))
     if chains is not None:
-        seen: dict[tuple[str, ...], int] = {}
+        seen: dict[tuple[object, ...], int] = {}
         for i, chain in enumerate(chains):
-            key = tuple(sorted(chain.server_names))
+            names = tuple(sorted(chain.server_names))
+            key = (names, chain.transport_protocol, tuple(sorted(chain.application_protocols)))
             if key in seen:
-                match = f"server_names {', '.join(key)}" if key else "no filter_chain_match"
+                parts = [f"server_names {', '.join(names)}"] if names else []
+                if chain.transport_protocol:
+                    parts.append(f"transport_protocol {chain.transport_protocol}")
+                if chain.application_protocols:
+                    parts.append(f"application_protocols {', '.join(chain.application_protocols)}")
+                match = "; ".join(parts) or "no filter_chain_match"
                 f.problem(f"filter_chains[{i}]", f"same match as filter_chains[{seen[key]}] ({match})")
             seen.setdefault(key, i)
     f.done()
