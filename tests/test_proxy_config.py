@@ -637,7 +637,7 @@ def test_downstream_tls_type_checked() -> None:
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("lb_policy", "MAGLEV"), ("lb_policy", "round_robin_"), ("type", "EDS"), ("lb_policy", 99)],
+    [("lb_policy", "CLUSTER_PROVIDED"), ("lb_policy", "round_robin_"), ("type", "EDS"), ("lb_policy", 99)],
 )
 def test_bad_enum(field: str, value: object) -> None:
     doc = minimal()

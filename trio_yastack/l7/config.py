@@ -46,7 +46,7 @@ import ipaddress
 import re
 import sys
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, NoReturn, TypeVar
 
@@ -91,8 +91,10 @@ __all__ = [
     "HttpFault",
     "HttpFilter",
     "HttpFilterConfig",
+    "LbEndpoint",
     "Listener",
     "LocalRateLimit",
+    "LocalityLbEndpoints",
     "OutlierDetection",
     "PerRouteConfig",
     "Problem",
@@ -174,16 +176,16 @@ FILE_LOG_NAME = "envoy.access_loggers.file"
 FILE_LOG_TYPE = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
 
 RuntimeValue = bool | int | float | str | None
-LbPolicy = Literal["ROUND_ROBIN", "LEAST_REQUEST", "RANDOM", "RING_HASH"]
-ClusterType = Literal["STATIC", "STRICT_DNS"]
+LbPolicy = Literal["ROUND_ROBIN", "LEAST_REQUEST", "RANDOM", "RING_HASH", "MAGLEV"]
+ClusterType = Literal["STATIC", "STRICT_DNS", "LOGICAL_DNS"]
 CodecType = Literal["AUTO", "HTTP1", "HTTP2"]
 DnsLookupFamily = Literal["AUTO", "V4_ONLY", "V6_ONLY", "V4_PREFERRED", "ALL"]
 AppendAction = Literal[
     "APPEND_IF_EXISTS_OR_ADD", "ADD_IF_ABSENT", "OVERWRITE_IF_EXISTS_OR_ADD", "OVERWRITE_IF_EXISTS"
 ]
 
-LB_POLICIES: tuple[LbPolicy, ...] = ("ROUND_ROBIN", "LEAST_REQUEST", "RANDOM", "RING_HASH")
-CLUSTER_TYPES: tuple[ClusterType, ...] = ("STATIC", "STRICT_DNS")
+LB_POLICIES: tuple[LbPolicy, ...] = ("ROUND_ROBIN", "LEAST_REQUEST", "RANDOM", "RING_HASH", "MAGLEV")
+CLUSTER_TYPES: tuple[ClusterType, ...] = ("STATIC", "STRICT_DNS", "LOGICAL_DNS")
 CODEC_TYPES: tuple[CodecType, ...] = ("AUTO", "HTTP1", "HTTP2")
 DNS_LOOKUP_FAMILIES: tuple[DnsLookupFamily, ...] = ("AUTO", "V4_ONLY", "V6_ONLY", "V4_PREFERRED", "ALL")
 RETRY_ON = ("5xx", "gateway-error", "connect-failure", "reset", "retriable-4xx")
@@ -646,16 +648,41 @@ class Listener:
 
 
 @dataclass(frozen=True, slots=True)
+class LbEndpoint:
+    """``lb_endpoints[]``: ``endpoint.address``, its ``load_balancing_weight`` (default 1), the
+    endpoint's ``hostname`` (Envoy's: the Host of its health checks, shown in /clusters) and
+    ``health_check_config`` (``port_value``, 0: the endpoint's own; ``hostname``)."""
+
+    address: SocketAddress
+    load_balancing_weight: int = 1
+    hostname: str = ""
+    health_check_port: int = 0
+    health_check_hostname: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class LocalityLbEndpoints:
+    """``endpoints[]``: one locality's endpoints, its ``priority`` (0 is tried first; Envoy's
+    overprovisioning factor 1.4 spills traffic to the next priority as hosts fail) and its
+    ``load_balancing_weight`` (used with ``common_lb_config.locality_weighted_lb_config``)."""
+
+    lb_endpoints: tuple[LbEndpoint, ...]
+    locality: str = ""  # region/zone/sub_zone, for /clusters
+    load_balancing_weight: int = 1
+    priority: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class ClusterLoadAssignment:
-    """``load_assignment``: ``endpoints[]`` (localities) of ``lb_endpoints[].endpoint.address``."""
+    """``load_assignment``: ``endpoints[]`` (localities) of ``lb_endpoints[]``."""
 
     cluster_name: str
-    endpoints: tuple[tuple[SocketAddress, ...], ...]
+    endpoints: tuple[LocalityLbEndpoints, ...]
 
     @property
     def addresses(self) -> tuple[SocketAddress, ...]:
-        """Every endpoint address, localities flattened (the subset has no locality weighting)."""
-        return tuple(a for locality in self.endpoints for a in locality)
+        """Every endpoint address, localities flattened."""
+        return tuple(e.address for locality in self.endpoints for e in locality.lb_endpoints)
 
 
 @dataclass(frozen=True, slots=True)
@@ -668,6 +695,8 @@ class HealthCheck:
     unhealthy_threshold: int
     healthy_threshold: int
     path: str
+    #: between checks of a cluster that has had no request yet (Envoy: 60 s); None: ``interval``
+    no_traffic_interval: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -706,6 +735,13 @@ class Cluster:
     outlier_detection: OutlierDetection | None = None
     circuit_breakers: CircuitBreakerThresholds = field(default_factory=CircuitBreakerThresholds)
     transport_socket: UpstreamTlsContext | None = None
+    #: ``common_lb_config.healthy_panic_threshold`` (percent): below it, route to every host (Envoy's
+    #: panic mode); None when not set, where this proxy fails fast instead (see l7/upstream.py)
+    healthy_panic_threshold: float | None = None
+    #: ``common_lb_config.locality_weighted_lb_config``: pick a locality by its weight first
+    locality_weighted: bool = False
+    #: ``maglev_lb_config.table_size`` (a prime; Envoy's default 65537)
+    maglev_table_size: int = 65537
 
 
 @dataclass(frozen=True, slots=True)
@@ -2070,35 +2106,64 @@ def _listener(r: _Reader, v: object, path: str) -> Listener:
     return Listener(name, address, chains, TLS_INSPECTOR_NAME in listener_filters)
 
 
-def _lb_endpoint(dns: bool) -> Callable[[_Reader, Any, str], SocketAddress]:
+def _health_check_config(r: _Reader, v: object, path: str) -> tuple[int, str]:
+    f = _Fields(r, v, path, ("port_value", "hostname"))
+    port = f.opt("port_value", _uint(0, 65535), 0)
+    hostname = f.opt("hostname", _host_value, "")
+    f.done()
+    return port, hostname
+
+
+def _lb_endpoint(dns: bool) -> Callable[[_Reader, Any, str], LbEndpoint]:
     address = _address(dns=dns, min_port=1)
 
-    def endpoint(r: _Reader, v: object, path: str) -> SocketAddress:
-        f = _Fields(r, v, path, ("address",))
+    def endpoint(r: _Reader, v: object, path: str) -> LbEndpoint:
+        f = _Fields(r, v, path, ("address", "hostname", "health_check_config"))
         a = f.req("address", address)
+        hostname = f.opt("hostname", _host_value, "")
+        hc = f.opt("health_check_config", _health_check_config, (0, ""))
         f.done()
-        return a
+        return LbEndpoint(a, 1, hostname, *hc)
 
-    def parse(r: _Reader, v: object, path: str) -> SocketAddress:
-        f = _Fields(r, v, path, ("endpoint",))
-        a = f.req("endpoint", endpoint)
+    def parse(r: _Reader, v: object, path: str) -> LbEndpoint:
+        f = _Fields(r, v, path, ("endpoint", "load_balancing_weight"))
+        e = f.req("endpoint", endpoint)
+        weight = f.opt("load_balancing_weight", _positive_uint32, 1)
         f.done()
-        return a
+        return replace(e, load_balancing_weight=weight)
 
     return parse
 
 
+def _locality_name(r: _Reader, v: object, path: str) -> str:
+    f = _Fields(r, v, path, ("region", "zone", "sub_zone"))
+    parts = [f.opt(k, _str, "") for k in ("region", "zone", "sub_zone")]
+    f.done()
+    return "/".join(parts)
+
+
 def _load_assignment(dns: bool) -> Callable[[_Reader, Any, str], ClusterLoadAssignment]:
-    def locality(r: _Reader, v: object, path: str) -> tuple[SocketAddress, ...]:
-        f = _Fields(r, v, path, ("lb_endpoints",))
+    def locality(r: _Reader, v: object, path: str) -> LocalityLbEndpoints:
+        f = _Fields(r, v, path, ("lb_endpoints", "locality", "load_balancing_weight", "priority"))
         eps = f.req("lb_endpoints", _list(_lb_endpoint(dns), min_items=1))
+        out = LocalityLbEndpoints(
+            eps,
+            locality=f.opt("locality", _locality_name, ""),
+            load_balancing_weight=f.opt("load_balancing_weight", _positive_uint32, 1),
+            priority=f.opt("priority", _uint(0, 127), 0),
+        )
         f.done()
-        return eps
+        return out
 
     def parse(r: _Reader, v: object, path: str) -> ClusterLoadAssignment:
         f = _Fields(r, v, path, ("cluster_name", "endpoints"))
         name = f.req("cluster_name", _nonempty_str)
         endpoints = f.req("endpoints", _list(locality, min_items=1))
+        if endpoints is not None:
+            # Envoy: priorities must be contiguous from 0
+            levels = sorted({e.priority for e in endpoints})
+            if levels != list(range(len(levels))):
+                f.problem("endpoints", f"priorities {levels} are not contiguous from 0 (Envoy rejects gaps)")
         f.done()
         return ClusterLoadAssignment(name, endpoints)
 
@@ -2116,7 +2181,17 @@ def _http_health_check(r: _Reader, v: object, path: str) -> str:
 
 def _health_check(r: _Reader, v: object, path: str) -> HealthCheck:
     f = _Fields(
-        r, v, path, ("timeout", "interval", "unhealthy_threshold", "healthy_threshold", "http_health_check")
+        r,
+        v,
+        path,
+        (
+            "timeout",
+            "interval",
+            "unhealthy_threshold",
+            "healthy_threshold",
+            "http_health_check",
+            "no_traffic_interval",
+        ),
     )
     hc = HealthCheck(
         timeout=f.req("timeout", _duration_gt0),
@@ -2124,6 +2199,7 @@ def _health_check(r: _Reader, v: object, path: str) -> HealthCheck:
         unhealthy_threshold=f.req("unhealthy_threshold", _uint32),
         healthy_threshold=f.req("healthy_threshold", _uint32),
         path=f.req("http_health_check", _http_health_check),
+        no_traffic_interval=f.opt("no_traffic_interval", _duration_gt0, None),
     )
     f.done()
     return hc
@@ -2182,13 +2258,17 @@ def _cluster(r: _Reader, v: object, path: str) -> Cluster:
             "outlier_detection",
             "circuit_breakers",
             "transport_socket",
+            "common_lb_config",
+            "maglev_lb_config",
         ),
     )
     name = f.req("name", _cluster_name)
     ctype: ClusterType = f.opt("type", _enum(CLUSTER_TYPES), "STATIC")
-    dns = ctype == "STRICT_DNS"
+    dns = ctype in ("STRICT_DNS", "LOGICAL_DNS")
     if f.has("dns_lookup_family") and not dns:
-        f.problem("dns_lookup_family", "only STRICT_DNS clusters resolve names")
+        f.problem("dns_lookup_family", "only STRICT_DNS and LOGICAL_DNS clusters resolve names")
+    panic, locality_weighted = f.opt("common_lb_config", _common_lb_config, (None, False)) or (None, False)
+    maglev_size = f.opt("maglev_lb_config", _maglev_lb_config, 65537)
     c = Cluster(
         name=name,
         type=ctype,
@@ -2200,9 +2280,55 @@ def _cluster(r: _Reader, v: object, path: str) -> Cluster:
         outlier_detection=f.opt("outlier_detection", _outlier_detection, None),
         circuit_breakers=f.opt("circuit_breakers", _circuit_breakers, CircuitBreakerThresholds()),
         transport_socket=f.opt("transport_socket", _upstream_tls, None),
+        healthy_panic_threshold=panic,
+        locality_weighted=locality_weighted,
+        maglev_table_size=maglev_size,
     )
+    if ctype == "LOGICAL_DNS" and c.load_assignment is not None:
+        eps = c.load_assignment.endpoints
+        if len(eps) != 1 or len(eps[0].lb_endpoints) != 1:
+            f.problem(
+                "load_assignment", "a LOGICAL_DNS cluster takes exactly one endpoint (as Envoy requires)"
+            )
+    if f.has("maglev_lb_config") and c.lb_policy != "MAGLEV":
+        f.problem("maglev_lb_config", "only for lb_policy MAGLEV")
     f.done()
     return c
+
+
+def _percent_value(r: _Reader, v: object, path: str) -> float:
+    """A ``type.v3.Percent`` ``{value}`` in 0..100."""
+    f = _Fields(r, v, path, ("value",))
+    value = f.req("value", _number)
+    if value is not None and not 0 <= value <= 100:
+        f.problem("value", f"{value} is out of range 0..100")
+    f.done()
+    return float(value)
+
+
+def _number(r: _Reader, v: object, path: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        r.fail(path, f"expected a number, got {_kind(v)}")
+    return float(v)
+
+
+def _common_lb_config(r: _Reader, v: object, path: str) -> tuple[float | None, bool]:
+    f = _Fields(r, v, path, ("healthy_panic_threshold", "locality_weighted_lb_config"))
+    panic = f.opt("healthy_panic_threshold", _percent_value, None)
+    weighted = f.has("locality_weighted_lb_config")
+    if weighted:
+        f.req("locality_weighted_lb_config", _empty_message)
+    f.done()
+    return panic, weighted
+
+
+def _maglev_lb_config(r: _Reader, v: object, path: str) -> int:
+    f = _Fields(r, v, path, ("table_size",))
+    size = f.opt("table_size", _uint(2, 5_000_011), 65537)
+    if size is not None and (size < 2 or any(size % d == 0 for d in range(2, int(size**0.5) + 1))):
+        f.problem("table_size", f"{size} is not a prime (Envoy requires one)")
+    f.done()
+    return size
 
 
 def _static_resources(r: _Reader, v: object, path: str) -> tuple[tuple[Listener, ...], tuple[Cluster, ...]]:
