@@ -12,7 +12,7 @@ from typing import Any
 
 import trio
 import trio.testing
-from proxy_helpers import B_IP, BackendApp, Client, connect, http_bootstrap
+from proxy_helpers import B_IP, BackendApp, Client, cluster, connect, http_bootstrap, route, wait_until
 from test_proxy_http import health_check, setup
 
 from trio_yastack import Stack
@@ -153,3 +153,35 @@ async def test_health_check_port_hostname_and_no_traffic_interval(
         await trio.sleep(10.5)  # the 10 s wait in progress ends (at 30 s), then one check a second
         assert 8 <= checker.health_checks <= 10
         assert "app::198.18.0.1:8081::hostname::app.internal" in proxy.clusters.render_clusters().splitlines()
+
+
+async def test_request_mirror_policies(autojump_clock: trio.testing.MockClock) -> None:
+    """``request_mirror_policies``: each request also goes to the mirror cluster, ``Host`` with
+    Envoy's ``-shadow`` suffix and the same body; the client gets the primary's answer only; a
+    ``runtime_fraction`` of 0 mirrors nothing."""
+    app, mirror = BackendApp("app"), BackendApp("mirror")
+    routes = [
+        route(
+            "/never",
+            request_mirror_policies=[
+                {"cluster": "mirror", "runtime_fraction": {"default_value": {"numerator": 0}}}
+            ],
+        ),
+        route("/", request_mirror_policies=[{"cluster": "mirror"}]),
+    ]
+    config = http_bootstrap([cluster("app", [8081]), cluster("mirror", [8082])], routes)
+    async with setup(config, (app, 8081), (mirror, 8082)) as (_, b, proxy):
+        client = Client(await connect(b))
+        r = await client.request("GET", "/one")
+        assert r.json()["backend"] == "app"
+        r = await client.request("POST", "/upload", body=b"x" * 1000)
+        assert r.status == 200 and r.json()["bytes"] == 1000
+        await client.request("GET", "/never")
+        await client.aclose()
+        await wait_until(lambda: len(mirror.seen) == 2 and mirror.uploads_completed == 1, timeout=5)
+        assert [(s.method, s.path, s.header("host")) for s in mirror.seen] == [
+            ("GET", "/one", "proxy.test-shadow"),
+            ("POST", "/upload", "proxy.test-shadow"),
+        ]
+        assert [s.path for s in app.seen] == ["/one", "/upload", "/never"]
+        assert proxy.stats.value("http.ingress.shadow_sent") == 2

@@ -330,6 +330,8 @@ class RouteAction:
     retry_policy: RetryPolicy | None = None
     #: ``upgrade_configs[]`` as (upgrade_type lowercased, enabled): overrides the connection manager's
     upgrade_configs: tuple[tuple[str, bool], ...] = ()
+    #: ``request_mirror_policies[]``: (cluster, ``runtime_fraction``; None: every request)
+    request_mirror_policies: tuple[tuple[str, FractionalPercent | None], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -1541,6 +1543,7 @@ def _route_action(r: _Reader, v: object, path: str) -> RouteAction:
             "timeout",
             "retry_policy",
             "upgrade_configs",
+            "request_mirror_policies",
         ),
     )
     which = f.exactly_one("cluster", "weighted_clusters")
@@ -1554,9 +1557,21 @@ def _route_action(r: _Reader, v: object, path: str) -> RouteAction:
         timeout=f.opt("timeout", _duration_ge0, 15.0),
         retry_policy=f.opt("retry_policy", _retry_policy, None),
         upgrade_configs=f.opt("upgrade_configs", _list(_upgrade_config), ()),
+        request_mirror_policies=f.opt("request_mirror_policies", _list(_mirror_policy), ()),
     )
     f.done()
     return action
+
+
+def _mirror_policy(r: _Reader, v: object, path: str) -> tuple[str, FractionalPercent | None]:
+    """``request_mirror_policies[]``: ``cluster`` and ``runtime_fraction`` (every request when absent);
+    ``trace_sampled`` is accepted (no tracing here)."""
+    f = _Fields(r, v, path, ("cluster", "runtime_fraction", "trace_sampled"))
+    cluster = f.req("cluster", _cluster_ref)
+    fraction = f.opt("runtime_fraction", _runtime_fractional_percent, None)
+    f.opt("trace_sampled", _bool, None)
+    f.done()
+    return cluster, fraction
 
 
 def _direct_response(r: _Reader, v: object, path: str) -> DirectResponse:

@@ -57,7 +57,7 @@ from trio_yastack._trio_helpers import lingering_close, unwrap_single_exception
 from ._heads import request_head, response_head
 from .access_log import AccessLogger, AccessRecord
 from .config import DirectResponse, HttpConnectionManager, RetryPolicy, Route, RouteAction, RuntimeValue
-from .filters import GzipStream, HttpFilterChain, RequestView, start_compression
+from .filters import GzipStream, HttpFilterChain, RequestView, sample, start_compression
 from .router import Router, apply_header_options, get_header, rewrite_path, strip_hop_by_hop
 from .stats import Scope, Stats
 from .upstream import ClusterManager, ClusterRuntime, ConnectFailure, Overflow, UpstreamConnection
@@ -69,7 +69,8 @@ if TYPE_CHECKING:
 __all__ = ["MAX_REQUEST_HEADERS", "RETRY_BUFFER", "HttpConnectionManagerRuntime", "ProxyLimits"]
 
 MAX_REQUEST_HEADERS = 60 * 1024  # Envoy's max_request_headers_kb default
-RETRY_BUFFER = 64 * 1024  # request body kept for replay on retry
+RETRY_BUFFER = 64 * 1024  # request body kept for replay on retry (and for a mirror)
+MAX_SHADOWS = 256  # request mirrors in flight per connection manager; more are skipped (counted)
 RECEIVE_SIZE = 65536
 RETRY_BASE = 0.025  # Envoy's retry back-off base_interval default
 RETRY_MAX = 0.25  # and its default max_interval (10 x base)
@@ -294,6 +295,8 @@ class HttpConnectionManagerRuntime:
         self.stats.gauge_set("downstream_cx_active", 0)
         self.stats.gauge_set("downstream_rq_active", 0)
         self.access_log = AccessLogger(config.access_log)
+        self.runtime = runtime or _no_runtime
+        self._shadows = 0  # request mirrors in flight
         # HTTP filters before the router; None when the router is alone (one test per request)
         self.filters: HttpFilterChain | None = None
         if HttpFilterChain.needed(config.http_filters):
@@ -548,6 +551,63 @@ class HttpConnectionManagerRuntime:
         finally:
             record.bytes_received = rq.body.total
             cluster.end_request()
+            if action.request_mirror_policies:
+                self._mirror(rq, action)
+
+    def _mirror(self, rq: _RouterRequest, action: RouteAction) -> None:
+        """``request_mirror_policies``: the request (head as the router sent it, ``Host`` with
+        Envoy's ``-shadow`` suffix, and its body) to each mirror cluster its fraction picks, fire and
+        forget.  Sent once the request is done (Envoy sends it alongside), and only when the body
+        was kept whole (up to :data:`RETRY_BUFFER`); otherwise counted ``shadow_skipped``."""
+        nursery = self.state.background
+        for name, fraction in action.request_mirror_policies:
+            if fraction is not None and not sample(fraction, self.runtime, self.rng):
+                continue
+            body = rq.body
+            if nursery is None or not (body.complete and body.replayable) or self._shadows >= MAX_SHADOWS:
+                self.stats.inc("shadow_skipped")
+                continue
+            headers = [
+                (k, v + b"-shadow" if k == b"host" else v)
+                for k, v in rq.head.headers  # Envoy's suffix
+            ]
+            head = h11.Request(method=rq.head.method, target=rq.head.target, headers=headers)
+            self._shadows += 1
+            nursery.start_soon(self._shadow, self.clusters[name], head, b"".join(body.kept), action.timeout)
+
+    async def _shadow(self, cluster: ClusterRuntime, head: h11.Request, body: bytes, timeout: float) -> None:
+        """One mirrored request; its response is read and dropped, its failures only counted."""
+        conn: UpstreamConnection | None = None
+        try:
+            with trio.move_on_after(timeout or 15.0):
+                host = cluster.choose_host()
+                if host is None:
+                    return
+                cluster.start_request()
+                try:
+                    conn = await cluster.acquire(host)
+                    framing = (b"content-length", b"transfer-encoding")
+                    headers = [(k, v) for k, v in head.headers if k not in framing]
+                    headers.append((b"content-length", str(len(body)).encode()))
+                    await conn.send(h11.Request(method=head.method, target=head.target, headers=headers))
+                    if body:
+                        await conn.send(h11.Data(data=body))
+                    await conn.send(h11.EndOfMessage())
+                    while not isinstance(await conn.next_event(), (h11.EndOfMessage, h11.ConnectionClosed)):
+                        pass
+                    self.stats.inc("shadow_sent")
+                    if conn.reusable:
+                        cluster.release(conn)
+                        conn = None
+                finally:
+                    cluster.end_request()
+        except (*_NETWORK_ERRORS, h11.ProtocolError, ConnectFailure, Overflow):
+            self.stats.inc("shadow_failed")
+        finally:
+            self._shadows -= 1
+            if conn is not None:
+                with trio.CancelScope(shield=True):
+                    await conn.aclose()
 
     def flush_logs(self) -> None:
         self.access_log.flush()

@@ -71,6 +71,8 @@ class ProxyState:
     shutting_down: bool = False
     health_check_failed: bool = False
     idle_waits: set[trio.CancelScope] = field(default_factory=set)
+    #: where fire-and-forget work (request mirrors) runs, for the life of the proxy; None before run()
+    background: trio.Nursery | None = None
 
     @property
     def draining(self) -> bool:
@@ -328,6 +330,7 @@ class Proxy:
         server = self.stats.scope("server")
         async with trio.open_nursery() as background:
             await background.start(self.clusters.run)
+            self.state.background = background
             background.start_soon(self._flush_logs_loop)
             opened: list[tuple[ListenerRuntime, trio.SocketListener]] = []
             admin: AdminServer | None = None

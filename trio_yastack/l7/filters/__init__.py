@@ -5,6 +5,7 @@ reading its ``typed_per_filter_config`` override from the route, then the virtua
 from ._chain import FilterOutcome as FilterOutcome
 from ._chain import HttpFilterChain as HttpFilterChain
 from ._chain import RequestView as RequestView
+from ._chain import sample as sample
 from ._compressor import GzipStream as GzipStream
 from ._compressor import accepts_gzip as accepts_gzip
 from ._compressor import start_compression as start_compression
