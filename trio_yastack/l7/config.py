@@ -14,14 +14,25 @@ and every problem of a document is reported at once (:class:`ConfigError` ``.pro
 
 The subset (Envoy v3 field names)::
 
-    admin: {address: {socket_address: {address, port_value}}, access_log: [AccessLog]}
+    admin: {address: {socket_address: {address, port_value}}, access_log: [AccessLog], access_log_path}
+    layered_runtime: {layers[]: {name, static_layer}}
     static_resources:
-      listeners[]: name, address.socket_address, listener_filters[] (tls_inspector only),
-        filter_chains[]: name, filter_chain_match.server_names[], transport_socket (DownstreamTlsContext),
+      listeners[]: name (optional), address.socket_address (protocol TCP), listener_filters[]
+        (tls_inspector only),
+        filter_chains[]: name, filter_chain_match {server_names[], transport_protocol,
+          application_protocols[]}, transport_socket (DownstreamTlsContext: certificates from files or
+          inline, validation_context {trusted_ca, match_typed_subject_alt_names}, alpn_protocols,
+          tls_params, require_client_certificate),
           filters[]: exactly one of envoy.filters.network.http_connection_manager | tcp_proxy
-      clusters[]: name, type (STATIC | STRICT_DNS), connect_timeout, lb_policy, dns_lookup_family,
-        load_assignment, health_checks[] (http_health_check), outlier_detection, circuit_breakers
-        (priority DEFAULT), transport_socket (UpstreamTlsContext)
+            http_connection_manager: http_filters[] (compressor with gzip, cors, fault,
+              local_ratelimit, then the router), upgrade_configs, route_config with
+              typed_per_filter_config on virtual hosts and routes, request_mirror_policies
+      clusters[]: name, type (STATIC | STRICT_DNS | LOGICAL_DNS), connect_timeout, lb_policy (ROUND_ROBIN,
+        LEAST_REQUEST, RANDOM, RING_HASH, MAGLEV), dns_lookup_family, load_assignment (localities with
+        priority and load_balancing_weight; endpoints with load_balancing_weight, hostname,
+        health_check_config), common_lb_config {healthy_panic_threshold, locality_weighted_lb_config},
+        maglev_lb_config, health_checks[] (http_health_check, no_traffic_interval), outlier_detection,
+        circuit_breakers (priority DEFAULT), transport_socket (UpstreamTlsContext)
 
 Each class below says which fields it reads and Envoy's default for each absent one.  Durations are
 protobuf's JSON form (``"5s"``, ``"0.25s"``, ``"1.5s"``), read into float seconds.  A document is read
@@ -32,9 +43,10 @@ protobuf's JSON mapping types them (``name: 5`` is an error, not coerced), and `
 as it does for protobuf.  Errors name the canonical (snake_case) path.
 
 Where this module is stricter than Envoy, it says so: a cluster must have endpoints, a retry policy
-must name its ``retry_on`` conditions, a filter chain holds exactly one (terminal) filter, and
-``http_filters`` must be exactly the router.  These catch configs that Envoy accepts but that cannot
-do anything useful with the filters this proxy has.
+must name its ``retry_on`` conditions, a filter chain holds exactly one (terminal) filter,
+``http_filters`` hold each filter once and end with the router, and ``require_client_certificate``
+needs a ``trusted_ca``.  These catch configs that Envoy accepts but that cannot do anything useful
+with the filters this proxy has.
 """
 
 from __future__ import annotations

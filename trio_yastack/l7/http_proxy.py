@@ -19,6 +19,9 @@ What a request meets on the way, in order:
   after), ``idle_timeout`` a connection with no request; the route's ``timeout`` runs from the end of
   the request to the end of the response (504), ``per_try_timeout`` bounds each attempt's wait for
   response headers.
+- **HTTP filters** (:mod:`.filters`), once the route is chosen, in the order configured:
+  ``local_ratelimit`` and ``fault`` may answer locally (429, the fault's status) or delay,
+  ``cors`` answers preflights and marks responses, ``compressor`` gzips the response body.
 - **Routing.** No virtual host or route: 404.  ``direct_response`` answers locally.
 - **Headers.** Hop-by-hop headers are removed both ways; ``x-forwarded-for`` gets the client's
   address appended, ``x-forwarded-proto`` is set to the downstream scheme, ``x-request-id`` is kept or
@@ -31,8 +34,11 @@ What a request meets on the way, in order:
   not retried (Envoy's buffer-limit rule) — bodies are otherwise streamed, never held whole.
 - **Bodies** stream both ways with backpressure: each chunk is written before the next is read,
   and the request body is sent while the response is being read (an upstream may answer early).
-- **Upgrade** (WebSocket): the ``Upgrade`` handshake goes to the upstream; on 101 the two
-  connections are spliced byte for byte until both sides close.
+- **Upgrade** (WebSocket): an upgrade that ``upgrade_configs`` (the route's, else the connection
+  manager's) allows goes to the upstream, and on 101 the two connections are spliced byte for byte
+  until both sides close; any other is refused with 403, as Envoy refuses it.
+- **Mirrors** (``request_mirror_policies``): a copy of the request goes to each mirror cluster once
+  it is done, fire and forget (:meth:`HttpConnectionManagerRuntime._mirror`).
 - **Draining** (SIGTERM or ``POST /healthcheck/fail`` on the admin endpoint): responses carry
   ``connection: close``, so keep-alive clients move on.
 """

@@ -9,18 +9,23 @@ What each piece does, and where it follows Envoy (and where not):
   ``GET path`` with ``Host: <cluster name>`` and ``user-agent: Envoy/HC``; a 200 within ``timeout`` is a
   success.  As in Envoy a host starts unhealthy and its first success makes it healthy; after that
   ``unhealthy_threshold`` failures in a row eject it and ``healthy_threshold`` successes bring it
-  back.  The cluster is ready (listeners open) once every host has had its first check.  Envoy's
-  ``no_traffic_interval`` (60 s between checks of an idle cluster) is not modelled: checks run
-  every ``interval`` always.
+  back.  The cluster is ready (listeners open) once every host has had its first check.  A
+  ``no_traffic_interval`` spaces checks until the cluster's first request, as in Envoy; unlike Envoy
+  (60 s by default) there is none unless configured: checks run every ``interval``.  An endpoint's
+  ``health_check_config`` sends them to its ``port_value`` with its ``hostname`` as Host.
 - **Outlier detection** (passive): ``consecutive_5xx`` responses in a row (connect failures,
   resets and timeouts count, as in Envoy's default) eject a host for ``base_ejection_time`` times
   the number of times it has been ejected; it returns at the next ``interval`` sweep after that.  At
   most ``max_ejection_percent`` of hosts are ejected, but always at least one may be.
 - **Load balancing** over the available hosts (healthy and not ejected): ROUND_ROBIN, LEAST_REQUEST
   (the better of two random choices, Envoy's default ``choice_count``), RANDOM, RING_HASH (a ketama
-  ring of :data:`RING_SIZE` points; with no ``hash_policy`` in the subset the request hash is random,
-  as in Envoy).  With no available host the request gets 503: Envoy's panic mode (routing to all
-  hosts when under 50 % are healthy) is not modelled, so an all-unhealthy cluster fails fast.
+  ring of :data:`RING_SIZE` points) and MAGLEV (a Maglev table); with no ``hash_policy`` in the
+  subset the request hash is random, as in Envoy.  Endpoint weights, priorities (Envoy's
+  overprovisioning factor 1.4) and locality weights are honoured (:meth:`ClusterRuntime._choose_weighted`).
+  With no available host the request gets 503: Envoy's panic mode (routing to all hosts when under
+  50 % are healthy, its default) applies only where ``healthy_panic_threshold`` is configured, so an
+  all-unhealthy cluster otherwise fails fast.
+- **LOGICAL_DNS** resolves its one endpoint like STRICT_DNS and keeps the first address.
 - **Connection pools**, one per host: HTTP/1.1 keep-alive connections, reused most-recent-first.
   A connection idle for a second is watched; if the upstream closes it (or sends anything
   unasked) it leaves the pool at once.  A request without a body that fails on a reused
