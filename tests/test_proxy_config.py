@@ -1207,3 +1207,17 @@ def _type_urls(data: object) -> set[str]:
     if isinstance(data, list):
         return set().union(*(_type_urls(v) for v in data))
     return set()
+
+
+def test_local_reply_config_mistakes_named_by_path() -> None:
+    doc = minimal()
+    hcm(doc)["local_reply_config"] = {
+        "mappers": [{"filter": {"duration_filter": {}}, "status_code": 99}],
+        "body_format": {"text_format": "%UPSTREAM_CLUSTER% said %LOCAL_REPLY_BODY%"},
+    }
+    assert paths_of(doc) == [
+        f"{HCM_PATH}.local_reply_config.mappers[0].filter.duration_filter",
+        f"{HCM_PATH}.local_reply_config.mappers[0].filter",
+        f"{HCM_PATH}.local_reply_config.mappers[0].status_code",
+        f"{HCM_PATH}.local_reply_config.body_format.text_format",
+    ]

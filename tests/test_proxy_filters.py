@@ -377,3 +377,42 @@ async def test_gzip_configured_types_and_a_large_streamed_body(
         assert r.header("content-encoding") is None
         await client.aclose()
         assert proxy.stats.value("http.ingress.compressor.gzip.total_uncompressed_bytes") == 1048576
+
+
+# --- local_reply_config ---
+
+
+async def test_local_reply_config_mappers_and_json_body(autojump_clock: trio.testing.MockClock) -> None:
+    """Envoy's local reply modification: the rate limiter's 429 is mapped (status 503, a body, a
+    header); every local reply's body is formatted by ``body_format`` (JSON, %RESPONSE_CODE% a
+    number); a ``direct_response`` is not a local reply and stays as it is; the backend's own
+    answers are untouched."""
+    local_reply = {
+        "mappers": [
+            {
+                "filter": {"status_code_filter": {"comparison": {
+                    "op": "EQ", "value": {"default_value": 429, "runtime_key": "k"}}}},
+                "status_code": 503,
+                "body": {"inline_string": "slow down"},
+                "headers_to_add": [{"header": {"key": "x-mapped", "value": "1"}}],
+            }
+        ],
+        "body_format": {"json_format": {"code": "%RESPONSE_CODE%", "message": "%LOCAL_REPLY_BODY%",
+                                        "path": "%REQ(:path)%", "ua": "%REQ(USER-AGENT)%"}},
+    }  # fmt: skip
+    app = BackendApp("app")
+    direct = route("/direct", direct={"status": 200, "body": {"inline_string": "as is"}})
+    vhosts = [{"name": "all", "domains": ["*"], "routes": [direct, route("/app")]}]
+    config = http_bootstrap(
+        [cluster("app", [8080])], virtual_hosts=vhosts, http_filters=filters(ratelimit(2, "60s")),
+        local_reply_config=local_reply,
+    )  # fmt: skip
+    async with setup(config, (app, 8080)) as (_, b, _proxy):
+        (r,) = await many(b, 1, "/nowhere", [("user-agent", "t/1")])  # (a 404 closes the connection)
+        assert r.status == 404 and r.header("content-type") == "application/json"
+        assert json.loads(r.body) == {"code": 404, "message": "", "path": "/nowhere", "ua": "t/1"}
+        (r,) = await many(b, 1, "/direct")
+        assert (r.status, r.body) == (200, b"as is")
+        (r,) = await many(b, 1, "/app/x")  # the bucket (2) is empty now
+        assert r.status == 503 and r.header("x-mapped") == "1"
+        assert json.loads(r.body)["message"] == "slow down" and json.loads(r.body)["code"] == 503

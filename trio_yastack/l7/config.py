@@ -55,9 +55,10 @@ import base64
 import binascii
 import contextlib
 import ipaddress
+import json
 import re
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, NoReturn, TypeVar
@@ -65,6 +66,7 @@ from typing import Any, Literal, NoReturn, TypeVar
 import yaml
 
 from trio_yastack.l7.envoy import normalize
+from trio_yastack.l7.local_reply import KNOWN_OPERATORS, OPERATOR_RE, FormatString, Mapper, ReplyFilter
 from trio_yastack.tls.config import (
     TLS_VERSIONS,
     CommonTlsContext,
@@ -607,6 +609,9 @@ class HttpConnectionManager:
     #: ``upgrade_configs[]`` as (upgrade_type lowercased, enabled): the upgrades (``websocket``) the
     #: proxy passes on; any other upgrade request is refused with 403, as Envoy refuses it
     upgrade_configs: tuple[tuple[str, bool], ...] = ()
+    #: ``local_reply_config``: ``mappers`` and ``body_format`` (see :mod:`trio_yastack.l7.local_reply`)
+    local_reply_mappers: tuple[Mapper, ...] = ()
+    local_reply_format: FormatString | None = None
 
     def upgrade_allowed(self, upgrade_type: str, route: RouteAction) -> bool:
         """Envoy's rule: the route's ``upgrade_configs`` entry for the type, else the connection
@@ -1200,6 +1205,7 @@ _TYPED_CONFIG_FIELDS: dict[str, tuple[str, ...]] = {
         "request_timeout",
         "stream_idle_timeout",
         "upgrade_configs",
+        "local_reply_config",
     ),
     TCP_PROXY_TYPE: ("stat_prefix", "cluster", "idle_timeout"),
     ROUTER_TYPE: (),
@@ -2044,8 +2050,160 @@ def _hcm(r: _Reader, f: _Fields) -> HttpConnectionManager:
         http_filters=filters if filters is not None else (),
         upgrade_configs=f.opt("upgrade_configs", _list(_upgrade_config), ()),
     )
+    if f.has("local_reply_config"):
+        reply = f.req("local_reply_config", _local_reply_config)
+        if reply is not None:
+            hcm = replace(hcm, local_reply_mappers=reply[0], local_reply_format=reply[1])
     f.done()
     return hcm
+
+
+def _format_text(r: _Reader, v: object, path: str) -> str:
+    text = _str(r, v, path)
+    for m in OPERATOR_RE.finditer(text):
+        if m.group(1) not in KNOWN_OPERATORS:
+            r.fail(
+                path, f"unsupported command operator %{m.group(1)}% (supported: {', '.join(KNOWN_OPERATORS)})"
+            )
+    return text
+
+
+def _json_format(r: _Reader, v: object, path: str) -> str:
+    if not isinstance(v, Mapping):
+        r.fail(path, f"expected a mapping, got {_kind(v)}")
+
+    def check(node: object, where: str) -> None:
+        if isinstance(node, str):
+            _format_text(r, node, where)
+        elif isinstance(node, Mapping):
+            for k, x in node.items():
+                check(x, _join(where, str(k)))
+        elif isinstance(node, list):
+            for i, x in enumerate(node):
+                check(x, f"{where}[{i}]")
+
+    check(v, path)
+    try:
+        return json.dumps(v)
+    except (TypeError, ValueError) as exc:
+        r.fail(path, f"not a JSON object: {exc}")
+
+
+def _format_string(r: _Reader, v: object, path: str) -> FormatString:
+    """A ``SubstitutionFormatString``: one of ``text_format``, ``text_format_source`` (inline),
+    ``json_format``; and ``content_type``."""
+    f = _Fields(r, v, path, ("text_format", "text_format_source", "json_format", "content_type"))
+    which = f.exactly_one("text_format", "text_format_source", "json_format")
+    text = json_text = None
+    if which == "text_format":
+        text = f.req("text_format", _format_text)
+    elif which == "text_format_source":
+        source = f.req("text_format_source", _inline_data)
+        text = _format_text(r, source, _join(path, "text_format_source")) if source is not None else None
+    elif which == "json_format":
+        json_text = f.req("json_format", _json_format)
+    content_type = f.opt("content_type", _field_value, None)
+    f.done()
+    return FormatString(text, json_text, content_type)
+
+
+def _inline_data(r: _Reader, v: object, path: str) -> str:
+    """A ``DataSource`` given inline (``inline_string``) where the proxy needs the text itself."""
+    f = _Fields(r, v, path, ("inline_string",))
+    text = f.req("inline_string", _str)
+    f.done()
+    return text
+
+
+_COMPARISON_OPS = ("EQ", "GE", "LE")
+
+
+def _status_comparison(r: _Reader, v: object, path: str) -> tuple[str, int]:
+    f = _Fields(r, v, path, ("op", "value"))
+    op = f.opt("op", _enum(_COMPARISON_OPS), "EQ")
+    value = f.req("value", _runtime_uint32)
+    f.done()
+    return op, value
+
+
+def _runtime_uint32(r: _Reader, v: object, path: str) -> int:
+    f = _Fields(r, v, path, ("default_value", "runtime_key"))
+    value = f.req("default_value", _uint32)
+    f.req("runtime_key", _str)  # required by Envoy's RuntimeUInt32; static here
+    f.done()
+    return value
+
+
+def _reply_filter(r: _Reader, v: object, path: str) -> ReplyFilter:
+    kinds = ("status_code_filter", "header_filter", "response_flag_filter", "and_filter", "or_filter")
+    f = _Fields(r, v, path, kinds)
+    which = f.exactly_one(*kinds)
+    out: ReplyFilter | None = None
+    if which == "status_code_filter":
+        sub = _Fields(r, f.values["status_code_filter"], _join(path, which), ("comparison",))
+        comparison = sub.req("comparison", _status_comparison)
+        sub.done()
+        out = ReplyFilter(which, op=comparison[0], value=comparison[1])
+    elif which == "header_filter":
+        sub = _Fields(r, f.values["header_filter"], _join(path, which), ("header",))
+        matcher = sub.req("header", _header_matcher)
+        sub.done()
+        out = ReplyFilter(which, header=_header_predicate(matcher))
+    elif which == "response_flag_filter":
+        sub = _Fields(r, f.values["response_flag_filter"], _join(path, which), ("flags",))
+        flags = sub.opt("flags", _list(_nonempty_str), ())
+        sub.done()
+        out = ReplyFilter(which, flags=flags)
+    elif which is not None:
+        sub = _Fields(r, f.values[which], _join(path, which), ("filters",))
+        children = sub.req("filters", _list(_reply_filter, min_items=2))
+        sub.done()
+        out = ReplyFilter(which, children=children)
+    f.done()
+    if out is None:  # unreachable: f failed, so done() raised
+        raise _Skip
+    return out
+
+
+def _header_predicate(m: HeaderMatcher) -> Callable[[Sequence[tuple[bytes, bytes]]], bool]:
+    """A header matcher as a test on request headers (the router's rule, without importing it)."""
+    name = m.name.lower().encode("latin-1")
+
+    def test(headers: Sequence[tuple[bytes, bytes]]) -> bool:
+        raw = next((v for k, v in headers if k.lower() == name), None)
+        if m.kind in ("present", "absent"):
+            return (raw is not None) == (m.kind == "present")
+        if raw is None or m.value is None:
+            return False
+        value, want = raw.decode("latin-1"), m.value
+        if m.ignore_case:
+            value, want = value.lower(), want.lower()
+        return value == want if m.kind == "exact" else value.startswith(want)
+
+    return test
+
+
+def _mapper(r: _Reader, v: object, path: str) -> Mapper:
+    f = _Fields(r, v, path, ("filter", "status_code", "body", "body_format_override", "headers_to_add"))
+    mapper = Mapper(
+        filter=f.req("filter", _reply_filter),
+        status_code=f.opt("status_code", _uint(200, 599), None),
+        body=f.opt("body", _inline_data, None),
+        headers_to_add=tuple(
+            (h.key, h.value) for h in f.opt("headers_to_add", _list(_header_value_option), ()) or ()
+        ),
+        body_format_override=f.opt("body_format_override", _format_string, None),
+    )
+    f.done()
+    return mapper
+
+
+def _local_reply_config(r: _Reader, v: object, path: str) -> tuple[tuple[Mapper, ...], FormatString | None]:
+    f = _Fields(r, v, path, ("mappers", "body_format"))
+    mappers = f.opt("mappers", _list(_mapper), ())
+    body_format = f.opt("body_format", _format_string, None)
+    f.done()
+    return mappers, body_format
 
 
 def _tcp_proxy(r: _Reader, f: _Fields) -> TcpProxy:

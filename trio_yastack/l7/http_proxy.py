@@ -64,6 +64,7 @@ from ._heads import request_head, response_head
 from .access_log import AccessLogger, AccessRecord
 from .config import DirectResponse, HttpConnectionManager, RetryPolicy, Route, RouteAction, RuntimeValue
 from .filters import GzipStream, HttpFilterChain, RequestView, sample, start_compression
+from .local_reply import LocalReplyContext, rewrite
 from .router import Router, apply_header_options, get_header, rewrite_path, strip_hop_by_hop
 from .stats import Scope, Stats
 from .upstream import ClusterManager, ClusterRuntime, ConnectFailure, Overflow, UpstreamConnection
@@ -125,6 +126,7 @@ class _Downstream:
         "filter_state",
         "h11",
         "remote",
+        "request_headers",
         "response_started",
         "scheme",
         "stream",
@@ -133,6 +135,7 @@ class _Downstream:
     def __init__(self, stream: trio.abc.Stream, remote: str, scheme: str) -> None:
         self.stream = stream
         self.filter_state: dict[int, object] = {}  # per-connection filter state (token buckets)
+        self.request_headers: list[tuple[bytes, bytes]] = []  # kept only for local_reply_config
         self.remote = remote
         self.scheme = scheme
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_HEADERS)
@@ -302,6 +305,7 @@ class HttpConnectionManagerRuntime:
         self.stats.gauge_set("downstream_rq_active", 0)
         self.access_log = AccessLogger(config.access_log)
         self.runtime = runtime or _no_runtime
+        self.local_reply = bool(config.local_reply_mappers or config.local_reply_format)
         self._shadows = 0  # request mirrors in flight
         # HTTP filters before the router; None when the router is alone (one test per request)
         self.filters: HttpFilterChain | None = None
@@ -414,13 +418,28 @@ class HttpConnectionManagerRuntime:
         self, ds: _Downstream, status: int, body: str, *, close: bool, record: AccessRecord,
         headers: list[tuple[bytes, bytes]] | None = None,
     ) -> None:  # fmt: skip
-        """An answer made here (Envoy's "local reply"), counted like any response."""
+        """An answer made here (Envoy's "local reply"), counted like any response, rewritten by
+        ``local_reply_config`` when there is one."""
+        if self.local_reply:
+            ctx = LocalReplyContext(
+                status, body, record.response_flags, record.protocol or "-", record.start_time,
+                ds.request_headers, record.method or "", record.path or "", record.authority or "",
+            )  # fmt: skip
+            config = self.config
+            status, payload, content_type, added = rewrite(
+                config.local_reply_mappers, config.local_reply_format, ctx
+            )
+            headers = [*(headers or ()), *added]
+            await self._reply(
+                ds, status, payload, close=close, record=record, headers=headers, content_type=content_type
+            )
+            return
         payload = (body + "\n").encode() if body else b""
         await self._reply(ds, status, payload, close=close, record=record, headers=headers)
 
     async def _reply(
         self, ds: _Downstream, status: int, payload: bytes, *, close: bool, record: AccessRecord,
-        headers: Sequence[tuple[bytes, bytes]] | None = None,
+        headers: Sequence[tuple[bytes, bytes]] | None = None, content_type: str = "text/plain",
     ) -> None:  # fmt: skip
         """A response made here (a local reply, or a ``direct_response`` with its body exactly),
         in one write; ``headers``: what the HTTP filters add."""
@@ -428,7 +447,7 @@ class HttpConnectionManagerRuntime:
             return  # (their_state ERROR is fine: h11 lets a server answer a request it refused)
         head_headers = [(b"content-length", str(len(payload)).encode())]
         if payload:
-            head_headers.append((b"content-type", b"text/plain"))
+            head_headers.append((b"content-type", content_type.encode("latin-1")))
         if headers:
             head_headers.extend(headers)
         headers = head_headers
@@ -460,6 +479,8 @@ class HttpConnectionManagerRuntime:
         if request.target[:1] != b"/" and request.target != b"*":
             request = _origin_form(request)  # RFC 9112 3.2.2: absolute-form; its host is the authority
         headers = list(request.headers)
+        if self.local_reply:
+            ds.request_headers = headers
         method = request.method.decode("latin-1")
         target = request.target.decode("latin-1")
         authority = (get_header(headers, b"host") or b"").decode("latin-1")
