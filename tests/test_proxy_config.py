@@ -1221,3 +1221,24 @@ def test_local_reply_config_mistakes_named_by_path() -> None:
         f"{HCM_PATH}.local_reply_config.mappers[0].status_code",
         f"{HCM_PATH}.local_reply_config.body_format.text_format",
     ]
+
+
+FILE_CACHE = (
+    "type.googleapis.com/envoy.extensions.http.cache.file_system_http_cache.v3.FileSystemHttpCacheConfig"
+)
+
+
+def test_cache_filter_storage_must_be_the_in_memory_one() -> None:
+    doc = minimal()
+    hcm(doc)["http_filters"].insert(0, {
+        "name": "envoy.filters.http.cache",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.cache.v3.CacheConfig",
+            "typed_config": {"@type": FILE_CACHE},
+            "key_creator_params": {},
+        },
+    })  # fmt: skip
+    assert paths_of(doc) == [
+        f"{HCM_PATH}.http_filters[0].typed_config.key_creator_params",
+        f"{HCM_PATH}.http_filters[0].typed_config.typed_config.@type",
+    ]

@@ -416,3 +416,71 @@ async def test_local_reply_config_mappers_and_json_body(autojump_clock: trio.tes
         (r,) = await many(b, 1, "/app/x")  # the bucket (2) is empty now
         assert r.status == 503 and r.header("x-mapped") == "1"
         assert json.loads(r.body)["message"] == "slow down" and json.loads(r.body)["code"] == 503
+
+
+# --- cache ---
+
+CACHE = "envoy.filters.http.cache"
+CACHE_CONFIG = {
+    "@type": "type.googleapis.com/envoy.extensions.filters.http.cache.v3.CacheConfig",
+    "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.http.cache.simple_http_cache.v3.SimpleHttpCacheConfig"
+    },
+    "allowed_vary_headers": [{"exact": "accept-language"}],
+}
+
+
+class CachingApp(BackendApp):
+    """``/c?cc=...&vary=...``: answers ``<name> #<n>`` (n: requests seen) with that Cache-Control."""
+
+    async def _http(
+        self, path: str, query: dict[str, str], scope: dict[str, Any], receive: Any, send: Any
+    ) -> None:
+        if path != "/c":
+            await super()._http(path, query, scope, receive, send)
+            return
+        body = f"{self.name} #{len(self.seen)}".encode()
+        cache_control = query.get("cc", "max-age=60").encode()
+        headers = [(b"content-type", b"text/plain"), (b"cache-control", cache_control),
+                   (b"content-length", str(len(body)).encode())]  # fmt: skip
+        if "vary" in query:
+            headers.append((b"vary", query["vary"].encode()))
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+async def test_cache_hits_by_cache_control(autojump_clock: trio.testing.MockClock) -> None:
+    """Envoy's cache filter: a response with ``max-age=60`` is served from memory (with ``Age``) for 60
+    seconds, then fetched again; ``no-cache`` in the request goes upstream; ``no-store``/``private``
+    responses and a Vary outside ``allowed_vary_headers`` are never kept; an allowed Vary keys the
+    entry by that header's value."""
+    app = CachingApp("app")
+    config = http_bootstrap(
+        [cluster("app", [8080])], http_filters=filters({"name": CACHE, "typed_config": CACHE_CONFIG})
+    )
+    async with setup(config, (app, 8080)) as (_, b, proxy):
+        client = Client(await connect(b))
+
+        async def body(target: str, headers: list[tuple[str, str]] | None = None) -> tuple[str, str | None]:
+            r = await client.request("GET", target, headers or [])
+            assert r.status == 200
+            return r.body.decode(), r.header("age")
+
+        assert await body("/c") == ("app #1", None)
+        assert await body("/c") == ("app #1", "0")
+        await trio.sleep(30)
+        assert await body("/c") == ("app #1", "30")
+        assert await body("/c", [("cache-control", "no-cache")]) == ("app #2", None)  # refreshed
+        await trio.sleep(61)
+        assert await body("/c") == ("app #3", None)  # stale: fetched again
+        for cc in ("no-store", "private, max-age=60", "max-age=0"):
+            target = f"/c?cc={cc.replace(' ', '')}"
+            first, second = await body(target), await body(target)
+            assert first[0] != second[0] and second[1] is None, cc
+        assert (await body("/c?vary=user-agent"))[0] != (await body("/c?vary=user-agent"))[0]
+        fr, en = [("accept-language", "fr")], [("accept-language", "en")]
+        french = await body("/c?vary=accept-language", fr)
+        assert await body("/c?vary=accept-language", fr) == (french[0], "0")
+        assert (await body("/c?vary=accept-language", en))[0] != french[0]
+        await client.aclose()
+        assert proxy.stats.value("http.ingress.cache.hit") == 3

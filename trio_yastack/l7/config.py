@@ -101,6 +101,7 @@ __all__ = [
     "HeaderMatcher",
     "HeaderValueOption",
     "HealthCheck",
+    "HttpCache",
     "HttpConnectionManager",
     "HttpFault",
     "HttpFilter",
@@ -164,8 +165,14 @@ COMPRESSOR_PER_ROUTE_TYPE = (
     "type.googleapis.com/envoy.extensions.filters.http.compressor.v3.CompressorPerRoute"
 )
 GZIP_COMPRESSOR_TYPE = "type.googleapis.com/envoy.extensions.compression.gzip.compressor.v3.Gzip"
+CACHE_NAME = "envoy.filters.http.cache"
+CACHE_TYPE = "type.googleapis.com/envoy.extensions.filters.http.cache.v3.CacheConfig"
+SIMPLE_CACHE_TYPE = (
+    "type.googleapis.com/envoy.extensions.http.cache.simple_http_cache.v3.SimpleHttpCacheConfig"
+)
 #: the HTTP filters of the subset, by name and the type of their ``typed_config``
 HTTP_FILTER_TYPES = {
+    CACHE_NAME: CACHE_TYPE,
     COMPRESSOR_NAME: COMPRESSOR_TYPE,
     CORS_NAME: CORS_TYPE,
     FAULT_NAME: FAULT_TYPE,
@@ -522,6 +529,19 @@ class Compressor:
 
 
 @dataclass(frozen=True, slots=True)
+class HttpCache:
+    """``envoy.filters.http.cache`` with Envoy's in-memory ``SimpleHttpCache``: GET responses with an
+    explicit freshness lifetime (``s-maxage`` or ``max-age``) are kept and served from memory while
+    fresh.  ``allowed_vary_headers``: the only headers a cached response may ``Vary`` on;
+    ``max_body_bytes`` (0: Envoy's "no limit"; here at most 1 MiB per entry);
+    ``ignore_request_cache_control_header``."""
+
+    allowed_vary_headers: tuple[StringMatcher, ...] = ()
+    max_body_bytes: int = 0
+    ignore_request_cache_control_header: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class CompressorPerRoute:
     """``CompressorPerRoute``: ``disabled`` turns the compressor off on a route or virtual host."""
 
@@ -533,7 +553,7 @@ class RouterFilter:
     """``envoy.filters.http.router``: the terminal filter (nothing to configure in the subset)."""
 
 
-HttpFilterConfig = Compressor | Cors | HttpFault | LocalRateLimit | RouterFilter
+HttpFilterConfig = Compressor | Cors | HttpCache | HttpFault | LocalRateLimit | RouterFilter
 PerRouteConfig = CompressorPerRoute | CorsPolicy | HttpFault | LocalRateLimit
 
 
@@ -1218,6 +1238,12 @@ _TYPED_CONFIG_FIELDS: dict[str, tuple[str, ...]] = {
         "disable_on_etag_header",
     ),
     COMPRESSOR_PER_ROUTE_TYPE: ("disabled",),
+    CACHE_TYPE: (
+        "typed_config",
+        "allowed_vary_headers",
+        "max_body_bytes",
+        "ignore_request_cache_control_header",
+    ),
     GZIP_COMPRESSOR_TYPE: (
         "memory_level",
         "compression_level",
@@ -1761,6 +1787,8 @@ def _http_filter_config(r: _Reader, name: str, tc: _Fields) -> HttpFilterConfig:
         config = _fault(r, tc)
     elif name == COMPRESSOR_NAME:
         config = _compressor(r, tc)
+    elif name == CACHE_NAME:
+        config = _http_cache(r, tc)
     elif name == LOCAL_RATELIMIT_NAME:
         config = _local_ratelimit(r, tc)
     else:
@@ -1946,6 +1974,24 @@ def _compressor(r: _Reader, tc: _Fields) -> Compressor:
         settings["disable_on_etag_header"] = tc.req("disable_on_etag_header", _bool)
     settings |= tc.opt("response_direction_config", _compressor_response, {}) or {}
     return Compressor(**((library or {}) | settings))
+
+
+def _cache_storage(r: _Reader, v: object, path: str) -> None:
+    """The cache's storage ``typed_config``: only Envoy's in-memory SimpleHttpCacheConfig."""
+    f = _Fields(r, v, path, ("@type",))
+    url = f.req("@type", _str)
+    if url is not None and url != SIMPLE_CACHE_TYPE:
+        f.problem("@type", f"{url!r}: the only cache storage here is {SIMPLE_CACHE_TYPE}")
+    f.done()
+
+
+def _http_cache(r: _Reader, tc: _Fields) -> HttpCache:
+    tc.req("typed_config", _cache_storage)
+    return HttpCache(
+        allowed_vary_headers=tc.opt("allowed_vary_headers", _list(_string_matcher), ()),
+        max_body_bytes=tc.opt("max_body_bytes", _uint32, 0),
+        ignore_request_cache_control_header=tc.opt("ignore_request_cache_control_header", _bool, False),
+    )
 
 
 def _fault_delay(r: _Reader, v: object, path: str) -> FaultDelay:

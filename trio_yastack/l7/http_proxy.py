@@ -463,6 +463,24 @@ class HttpConnectionManagerRuntime:
         await ds.send_pending(pending)
         record.bytes_sent += len(payload)
 
+    async def _serve_cached(
+        self, ds: _Downstream, status: int, headers: list[tuple[bytes, bytes]], body: bytes,
+        extra: Sequence[tuple[bytes, bytes]], record: AccessRecord,
+    ) -> None:  # fmt: skip
+        """A cache filter hit: the stored response (with its ``Age``), in one write."""
+        head = [*headers, *extra, (b"content-length", str(len(body)).encode())]
+        if self.state.draining:
+            head.append((b"connection", b"close"))
+        self._count_response(status)
+        record.response_code = status
+        ds.response_started = True
+        pending = [ds.h11.send(h11.Response(status_code=status, headers=head, reason=_reason(status)))]
+        if body and record.method != "HEAD":
+            pending.append(ds.h11.send(h11.Data(data=body)))
+        pending.append(ds.h11.send(h11.EndOfMessage()))
+        await ds.send_pending(pending)
+        record.bytes_sent += len(body)
+
     def _count_response(self, status: int) -> None:
         self.stats.inc(f"downstream_rq_{status // 100}xx")
         self.stats.inc("downstream_rq_completed")
@@ -505,7 +523,7 @@ class HttpConnectionManagerRuntime:
         outcome = None
         if self.filters is not None:
             outcome = await self.filters.decode(
-                RequestView(method, headers, vhost, route, ds.filter_state), trio.current_time
+                RequestView(method, target, headers, vhost, route, ds.filter_state), trio.current_time
             )
             flags, extra = outcome.flags, outcome.response_headers
             if outcome.status is not None:
@@ -519,6 +537,10 @@ class HttpConnectionManagerRuntime:
                     record=record,
                     headers=outcome.reply_headers,
                 )
+                return True
+            if outcome.cached is not None:
+                await self._drain_request_body(ds, timing)
+                await self._serve_cached(ds, *outcome.cached, extra, record)
                 return True
         try:
             if route is None:
@@ -1010,6 +1032,14 @@ class _UpstreamRequest:
         headers = strip_hop_by_hop(response.headers, keep_upgrade=status == 101)
         headers.append((b"x-envoy-upstream-service-time", str(service_ms).encode()))
         headers = _with_via(headers)  # RFC 9110 7.6.3: a proxy adds Via to responses too
+        cache = rq.filters.cache if rq.filters is not None else None
+        keep: tuple[float, tuple[tuple[bytes, bytes | None], ...]] | None = None
+        cache_headers: list[tuple[bytes, bytes]] = []
+        kept: list[bytes] = []
+        kept_bytes = 0
+        if cache is not None:
+            keep = cache[0].storable(status, rq.head.headers, response.headers)
+            cache_headers = list(headers)
         if rq.response_headers:  # set by the filters, replacing the upstream's own (Envoy's setReference)
             names = {name for name, _ in rq.response_headers}
             headers = [h for h in headers if h[0].lower() not in names]
@@ -1057,6 +1087,13 @@ class _UpstreamRequest:
                                 timing.route_deadline, trio.current_time() + timing.stream_idle
                             )
                         elif isinstance(event, h11.Data):
+                            if keep is not None and cache is not None:
+                                kept_bytes += len(event.data)
+                                if kept_bytes <= cache[0].max_body:
+                                    kept.append(bytes(event.data))
+                                else:  # too large to keep
+                                    keep = None
+                                    kept.clear()
                             data = event.data if gzip is None else gzip.compress(event.data)
                             if data:
                                 record.bytes_sent += len(data)
@@ -1066,6 +1103,11 @@ class _UpstreamRequest:
                                 await ds.send_pending(pending)
                                 pending_bytes = 0
                         elif isinstance(event, h11.EndOfMessage):
+                            if keep is not None and cache is not None:
+                                cache[0].insert(
+                                    cache[1], status, cache_headers, b"".join(kept), keep[0], keep[1],
+                                    trio.current_time(),
+                                )  # fmt: skip
                             if gzip is not None:
                                 tail = gzip.finish()
                                 record.bytes_sent += len(tail)

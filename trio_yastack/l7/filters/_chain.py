@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..config import (
+    CACHE_NAME,
     COMPRESSOR_NAME,
     CORS_NAME,
     FAULT_NAME,
@@ -26,6 +27,7 @@ from ..config import (
     VirtualHost,
 )
 from ..stats import Scope, Stats
+from ._cache import CacheFilter, CacheStore
 from ._compressor import CompressorFilter
 from ._cors import CorsFilter
 from ._fault import FaultFilter
@@ -42,6 +44,7 @@ class RequestView:
     connection's own filter state (for per-connection token buckets)."""
 
     method: str
+    path: str
     headers: Headers
     vhost: VirtualHost | None
     route: Route | None
@@ -69,6 +72,10 @@ class FilterOutcome:
     #: the compressor's config when it runs on this request, and whether the client takes gzip
     compressor: Compressor | None = None
     accepts_gzip: bool = False
+    #: a cache hit to answer with: (status, headers, body)
+    cached: tuple[int, Headers, bytes] | None = None
+    #: where to keep this request's response if it may be kept: (store, key)
+    cache: tuple[CacheStore, tuple[str, str]] | None = None
 
 
 def sample(percent: FractionalPercent, runtime: Callable[[str], RuntimeValue], rng: random.Random) -> bool:
@@ -87,7 +94,7 @@ def sample(percent: FractionalPercent, runtime: Callable[[str], RuntimeValue], r
     return rng.randrange(denominator) < numerator
 
 
-Filter = CompressorFilter | CorsFilter | FaultFilter | LocalRateLimitFilter
+Filter = CacheFilter | CompressorFilter | CorsFilter | FaultFilter | LocalRateLimitFilter
 
 
 class HttpFilterChain:
@@ -103,7 +110,9 @@ class HttpFilterChain:
     ) -> None:
         self.filters: list[tuple[HttpFilter, Filter]] = []
         for f in filters:
-            if f.name == COMPRESSOR_NAME:
+            if f.name == CACHE_NAME:
+                self.filters.append((f, CacheFilter(f.config, scope, runtime, rng)))  # type: ignore[arg-type]  # the config's type follows its name
+            elif f.name == COMPRESSOR_NAME:
                 self.filters.append((f, CompressorFilter(f.config, scope, runtime, rng)))  # type: ignore[arg-type]  # the config's type follows its name
             elif f.name == CORS_NAME:
                 self.filters.append((f, CorsFilter(scope, runtime, rng)))
@@ -115,7 +124,10 @@ class HttpFilterChain:
     @staticmethod
     def needed(filters: tuple[HttpFilter, ...]) -> bool:
         """False when the router is the only filter: then no chain is built at all."""
-        return any(f.name in (COMPRESSOR_NAME, CORS_NAME, FAULT_NAME, LOCAL_RATELIMIT_NAME) for f in filters)
+        return any(
+            f.name in (CACHE_NAME, COMPRESSOR_NAME, CORS_NAME, FAULT_NAME, LOCAL_RATELIMIT_NAME)
+            for f in filters
+        )
 
     async def decode(self, request: RequestView, now: Callable[[], float]) -> FilterOutcome:
         """Run each filter on ``request`` in order until one answers it locally."""
@@ -125,6 +137,6 @@ class HttpFilterChain:
             if config.disabled and override is None:
                 continue  # Envoy: a disabled filter runs only where a route or host configures it
             await runtime.decode(request, override, outcome, now)
-            if outcome.status is not None:
+            if outcome.status is not None or outcome.cached is not None:
                 break
         return outcome
