@@ -24,9 +24,10 @@ The subset (Envoy v3 field names)::
           inline, validation_context {trusted_ca, match_typed_subject_alt_names}, alpn_protocols,
           tls_params, require_client_certificate),
           filters[]: exactly one of envoy.filters.network.http_connection_manager | tcp_proxy
-            http_connection_manager: http_filters[] (compressor with gzip, cors, fault,
-              local_ratelimit, then the router), upgrade_configs, route_config with
-              typed_per_filter_config on virtual hosts and routes, request_mirror_policies
+            http_connection_manager: http_filters[] (cache in memory, compressor with gzip, cors,
+              fault, local_ratelimit, then the router), upgrade_configs, local_reply_config,
+              route_config with typed_per_filter_config on virtual hosts and routes,
+              request_mirror_policies
       clusters[]: name, type (STATIC | STRICT_DNS | LOGICAL_DNS), connect_timeout, lb_policy (ROUND_ROBIN,
         LEAST_REQUEST, RANDOM, RING_HASH, MAGLEV), dns_lookup_family, load_assignment (localities with
         priority and load_balancing_weight; endpoints with load_balancing_weight, hostname,

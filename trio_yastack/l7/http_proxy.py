@@ -21,7 +21,9 @@ What a request meets on the way, in order:
   response headers.
 - **HTTP filters** (:mod:`.filters`), once the route is chosen, in the order configured:
   ``local_ratelimit`` and ``fault`` may answer locally (429, the fault's status) or delay,
-  ``cors`` answers preflights and marks responses, ``compressor`` gzips the response body.
+  ``cors`` answers preflights and marks responses, ``cache`` answers from memory and keeps
+  cacheable responses, ``compressor`` gzips the response body.  The proxy's own replies go through
+  ``local_reply_config`` (:mod:`.local_reply`).
 - **Routing.** No virtual host or route: 404.  ``direct_response`` answers locally.
 - **Headers.** Hop-by-hop headers are removed both ways; ``x-forwarded-for`` gets the client's
   address appended, ``x-forwarded-proto`` is set to the downstream scheme, ``x-request-id`` is kept or
