@@ -67,7 +67,14 @@ from typing import Any, Literal, NoReturn, TypeVar
 import yaml
 
 from trio_yastack.l7.envoy import normalize
-from trio_yastack.l7.local_reply import KNOWN_OPERATORS, OPERATOR_RE, FormatString, Mapper, ReplyFilter
+from trio_yastack.l7.local_reply import (
+    KNOWN_OPERATORS,
+    LOG_OPERATORS,
+    OPERATOR_RE,
+    FormatString,
+    Mapper,
+    ReplyFilter,
+)
 from trio_yastack.tls.config import (
     TLS_VERSIONS,
     CommonTlsContext,
@@ -284,11 +291,14 @@ class SocketAddress:
 
 @dataclass(frozen=True, slots=True)
 class AccessLog:
-    """An access logger with Envoy's default format: ``envoy.access_loggers.stdout`` (``kind="stdout"``)
-    or ``envoy.access_loggers.file`` with its required ``path`` (``kind="file"``)."""
+    """An access logger: ``envoy.access_loggers.stdout`` (``kind="stdout"``) or
+    ``envoy.access_loggers.file`` with its required ``path`` (``kind="file"``), in Envoy's default
+    format or its ``log_format`` (text or JSON, the operators of
+    :data:`trio_yastack.l7.access_log.LOG_OPERATORS`)."""
 
     kind: Literal["stdout", "file"]
     path: str | None = None
+    log_format: FormatString | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -1275,8 +1285,8 @@ _TYPED_CONFIG_FIELDS: dict[str, tuple[str, ...]] = {
     DOWNSTREAM_TLS_TYPE: ("common_tls_context", "require_client_certificate"),
     UPSTREAM_TLS_TYPE: ("common_tls_context", "sni"),
     TLS_INSPECTOR_TYPE: (),
-    STDOUT_LOG_TYPE: (),
-    FILE_LOG_TYPE: ("path",),
+    STDOUT_LOG_TYPE: ("log_format",),
+    FILE_LOG_TYPE: ("path", "log_format", "format", "json_format"),
 }
 
 
@@ -1342,9 +1352,59 @@ def _access_log(r: _Reader, v: object, path: str) -> AccessLog:
     types = {STDOUT_LOG_NAME: STDOUT_LOG_TYPE, FILE_LOG_NAME: FILE_LOG_TYPE}
     name, f, tc = _extension(r, v, path, types)
     log_path = tc.req("path", _nonempty_str) if name == FILE_LOG_NAME else None
+    fmt = tc.opt("log_format", _log_format, None)
+    if name == FILE_LOG_NAME:  # the deprecated spellings Envoy still reads
+        if tc.has("format"):
+            fmt = FormatString(text=tc.req("format", _log_format_text))
+        if tc.has("json_format"):
+            fmt = FormatString(json=tc.req("json_format", _log_json_format))
     tc.done()
     f.done()
-    return AccessLog("file", log_path) if name == FILE_LOG_NAME else AccessLog("stdout")
+    return AccessLog("file" if name == FILE_LOG_NAME else "stdout", log_path, fmt)
+
+
+def _log_operators_ok(r: _Reader, text: str, path: str) -> None:
+    for m in OPERATOR_RE.finditer(text):
+        op = m.group(1) + (f"({m.group(2)})" if m.group(2) is not None else "")
+        if op.upper() not in LOG_OPERATORS:
+            r.fail(
+                path, f"unsupported command operator %{op}% (supported: {', '.join(sorted(LOG_OPERATORS))})"
+            )
+
+
+def _log_format_text(r: _Reader, v: object, path: str) -> str:
+    text = _str(r, v, path)
+    _log_operators_ok(r, text, path)
+    return text
+
+
+def _log_json_format(r: _Reader, v: object, path: str) -> str:
+    if not isinstance(v, Mapping):
+        r.fail(path, f"expected a mapping, got {_kind(v)}")
+    for key, value in v.items():
+        if isinstance(value, str):
+            _log_operators_ok(r, value, _join(path, str(key)))
+        elif not isinstance(value, (int, float, bool)) and value is not None:
+            r.fail(_join(path, str(key)), "nested values are outside the subset: strings with operators only")
+    return json.dumps(v)
+
+
+def _log_format(r: _Reader, v: object, path: str) -> FormatString:
+    """An access log's ``log_format``: ``text_format``, ``text_format_source`` (inline) or
+    ``json_format`` (flat), with the access log's operators."""
+    f = _Fields(r, v, path, ("text_format", "text_format_source", "json_format"))
+    which = f.exactly_one("text_format", "text_format_source", "json_format")
+    out = FormatString()
+    if which == "text_format":
+        out = FormatString(text=f.req("text_format", _log_format_text))
+    elif which == "text_format_source":
+        source = f.req("text_format_source", _inline_data)
+        if source is not None:
+            out = FormatString(text=_log_format_text(r, source, _join(path, "text_format_source")))
+    elif which == "json_format":
+        out = FormatString(json=f.req("json_format", _log_json_format))
+    f.done()
+    return out
 
 
 def _admin(r: _Reader, v: object, path: str) -> Admin:

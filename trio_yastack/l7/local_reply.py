@@ -21,11 +21,42 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-__all__ = ["OPERATOR_RE", "FormatString", "LocalReplyContext", "Mapper", "ReplyFilter", "rewrite"]
+__all__ = [
+    "KNOWN_OPERATORS",
+    "LOG_OPERATORS",
+    "OPERATOR_RE",
+    "FormatString",
+    "LocalReplyContext",
+    "Mapper",
+    "ReplyFilter",
+    "rewrite",
+]
 
 #: a command operator: %NAME% or %NAME(ARG)% (Envoy also takes a :Z length suffix, refused here)
 OPERATOR_RE = re.compile(r"%([A-Z_]+)(?:\(([^)]*)\))?%")
 KNOWN_OPERATORS = ("LOCAL_REPLY_BODY", "RESPONSE_CODE", "RESPONSE_FLAGS", "PROTOCOL", "START_TIME", "REQ")
+#: what an access log's ``log_format`` may use: the fields of Envoy's default format (the access
+#: record keeps those, not every header)
+LOG_OPERATORS = frozenset(
+    {
+        "START_TIME",
+        "PROTOCOL",
+        "RESPONSE_CODE",
+        "RESPONSE_FLAGS",
+        "BYTES_RECEIVED",
+        "BYTES_SENT",
+        "DURATION",
+        "UPSTREAM_HOST",
+        "REQ(:METHOD)",
+        "REQ(:PATH)",
+        "REQ(X-ENVOY-ORIGINAL-PATH?:PATH)",
+        "REQ(:AUTHORITY)",
+        "REQ(X-FORWARDED-FOR)",
+        "REQ(USER-AGENT)",
+        "REQ(X-REQUEST-ID)",
+        "RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)",
+    }
+)
 
 
 @dataclass(slots=True)
