@@ -165,3 +165,51 @@ def test_mtls_config_mistakes_named_by_path() -> None:
     with pytest.raises(ConfigError) as info:
         load_config(json.dumps(doc))
     assert [p.path for p in info.value.problems] == [f"{base}.require_client_certificate"]
+
+
+def test_sds_secrets_from_a_file_and_static_secrets(tmp_path: Path) -> None:
+    """``tls_certificate_sds_secret_configs`` read from an SDS file (a DiscoveryResponse with Secret
+    resources, camelCase as Envoy allows) and ``validation_context_sds_secret_config`` from
+    ``static_resources.secrets``; the contexts load; unknown names and unreadable files are errors
+    at their paths."""
+    from trio_yastack.tls.contexts import server_context
+
+    ca = make_ca("sds CA")
+    chain, key = ca.issue(["proxy.example"]).write(tmp_path)
+    (tmp_path / "sds.yaml").write_text(json.dumps({"resources": [{
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
+        "name": "server_cert",
+        "tlsCertificate": {"certificateChain": {"filename": str(chain)},
+                           "privateKey": {"filename": str(key)}},
+    }]}))  # fmt: skip
+    listener = mtls_listener(ca)
+    common = listener["filter_chains"][0]["transport_socket"]["typed_config"]["common_tls_context"]
+    del common["tls_certificates"], common["validation_context"]
+    common["tls_certificate_sds_secret_configs"] = [
+        {"name": "server_cert", "sds_config": {"path_config_source": {"path": str(tmp_path / "sds.yaml")}}}
+    ]
+    common["validation_context_sds_secret_config"] = {"name": "client_ca"}
+    doc = {
+        "static_resources": {
+            "secrets": [{"name": "client_ca",
+                         "validation_context": {"trusted_ca": {"inline_string": ca.cert_pem.decode()}}}],
+            "listeners": [listener],
+            "clusters": [cluster("app", [8080])],
+        }
+    }  # fmt: skip
+    config = load_config(json.dumps(doc))
+    tls = config.listeners[0].filter_chains[0].transport_socket
+    assert tls is not None and tls.common_tls_context.tls_certificates[0].certificate_chain.filename == str(
+        chain
+    )
+    assert server_context(tls).verify_mode == ssl.CERT_REQUIRED
+    common["tls_certificate_sds_secret_configs"][0]["name"] = "other"
+    common["validation_context_sds_secret_config"] = {"name": "nope"}
+    doc["static_resources"]["listeners"] = [listener]
+    with pytest.raises(ConfigError) as info:
+        load_config(json.dumps(doc))
+    base = "static_resources.listeners[0].filter_chains[0].transport_socket.typed_config.common_tls_context"
+    assert [p.path for p in info.value.problems] == [
+        f"{base}.tls_certificate_sds_secret_configs[0].name",
+        f"{base}.validation_context_sds_secret_config.name",
+    ]

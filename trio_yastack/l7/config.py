@@ -67,6 +67,7 @@ from typing import Any, Literal, NoReturn, TypeVar
 import yaml
 
 from trio_yastack.l7.envoy import normalize
+from trio_yastack.l7.envoy import normalize_any as envoy_normalize_any
 from trio_yastack.l7.local_reply import (
     KNOWN_OPERATORS,
     LOG_OPERATORS,
@@ -987,6 +988,7 @@ class _Reader:
         self.file_base = file_base
         self.check_files = check_files
         self.cluster_refs: list[tuple[str, str]] = []  # (cluster name, path of the reference)
+        self.secrets: dict[str, Secret] = {}  # static_resources.secrets, by name
 
     def fail(self, path: str, message: str) -> NoReturn:
         self.problems.append(Problem(path, message))
@@ -1494,14 +1496,35 @@ def _tls_params(r: _Reader, v: object, path: str) -> TlsParams:
 
 def _common_tls_context(*, downstream: bool) -> Callable[[_Reader, Any, str], CommonTlsContext]:
     def parse(r: _Reader, v: object, path: str) -> CommonTlsContext:
-        f = _Fields(r, v, path, ("tls_certificates", "validation_context", "alpn_protocols", "tls_params"))
+        f = _Fields(
+            r,
+            v,
+            path,
+            (
+                "tls_certificates",
+                "tls_certificate_sds_secret_configs",
+                "validation_context",
+                "validation_context_sds_secret_config",
+                "alpn_protocols",
+                "tls_params",
+            ),
+        )
         certs = f.opt("tls_certificates", _list(_tls_certificate, min_items=1 if downstream else 0), ())
-        if downstream and not f.has("tls_certificates"):
+        sds_certs = f.opt("tls_certificate_sds_secret_configs", _list(_sds_certificate), ())
+        certs = (*(certs or ()), *(sds_certs or ()))
+        if downstream and not certs and not f.failed:
             f.problem(
                 "tls_certificates",
-                "required field 'tls_certificates' is missing: TLS termination needs a certificate",
+                "required field 'tls_certificates' (or tls_certificate_sds_secret_configs) is missing: "
+                "TLS termination needs a certificate",
+            )
+        if f.has("validation_context") and f.has("validation_context_sds_secret_config"):
+            f.problem(
+                "validation_context_sds_secret_config", "only one of validation_context and it may be set"
             )
         validation = f.opt("validation_context", _validation_context, (None, ()))
+        if f.has("validation_context_sds_secret_config"):
+            validation = f.req("validation_context_sds_secret_config", _sds_validation)
         ca, sans = validation or (None, ())  # None: failed, f.done() raises
         alpn = f.opt("alpn_protocols", _list(_nonempty_str), ())
         params = f.opt("tls_params", _tls_params, TlsParams())
@@ -1509,6 +1532,97 @@ def _common_tls_context(*, downstream: bool) -> Callable[[_Reader, Any, str], Co
         return CommonTlsContext(certs, ca, alpn, sans, params)
 
     return parse
+
+
+@dataclass(frozen=True, slots=True)
+class Secret:
+    """A ``Secret`` (``static_resources.secrets[]`` or an SDS file's resource): a ``tls_certificate``
+    or a ``validation_context``."""
+
+    name: str
+    tls_certificate: TlsCertificate | None = None
+    validation_context: tuple[DataSource, tuple[SubjectAltNameMatcher, ...]] | None = None
+
+
+SECRET_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+
+
+def _secret(r: _Reader, v: object, path: str) -> Secret:
+    f = _Fields(r, v, path, ("@type", "name", "tls_certificate", "validation_context"))
+    if f.has("@type") and f.values["@type"] != SECRET_TYPE:
+        f.problem("@type", f"{f.values['@type']!r}: an SDS resource here is a {SECRET_TYPE}")
+    name = f.req("name", _nonempty_str)
+    which = f.exactly_one("tls_certificate", "validation_context")
+    cert = f.req("tls_certificate", _tls_certificate) if which == "tls_certificate" else None
+    validation = f.req("validation_context", _validation_context) if which == "validation_context" else None
+    f.done()
+    return Secret(name, cert, validation)
+
+
+def _sds_secret(r: _Reader, v: object, path: str) -> Secret:
+    """An ``SdsSecretConfig``: ``name``, found in ``sds_config``'s file (``path_config_source.path``
+    or the deprecated ``path``; read once, at load: Envoy would also watch it) or, without
+    ``sds_config``, among ``static_resources.secrets``."""
+    f = _Fields(r, v, path, ("name", "sds_config"))
+    name = f.req("name", _nonempty_str)
+    source = f.opt("sds_config", _sds_path, None)
+    f.done()
+    if source is None:
+        found = r.secrets.get(name)
+        if found is None:
+            r.fail(
+                _join(path, "name"),
+                f"unknown secret {name!r} (not in static_resources.secrets, no sds_config)",
+            )
+        return found
+    file_path, where = source
+    try:
+        document = yaml.safe_load(Path(file_path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError, ValueError) as exc:
+        r.fail(where, f"cannot read the SDS file {file_path}: {exc}")
+    resources = document.get("resources") if isinstance(document, Mapping) else None
+    if not isinstance(resources, list):
+        r.fail(where, f"{file_path}: expected a mapping with a 'resources' list (a DiscoveryResponse)")
+    for i, resource in enumerate(resources):
+        if isinstance(resource, Mapping) and resource.get("name") == name:
+            return _secret(r, normalize_secret(resource), f"{file_path}:resources[{i}]")
+    r.fail(_join(path, "name"), f"secret {name!r} is not among the resources of {file_path}")
+
+
+def normalize_secret(resource: Mapping[str, Any]) -> object:
+    """An SDS file's resource read the way Envoy reads it (its own schema: camelCase and all)."""
+    return envoy_normalize_any(dict(resource))
+
+
+def _sds_path(r: _Reader, v: object, path: str) -> tuple[str, str]:
+    f = _Fields(r, v, path, ("path_config_source", "path", "resource_api_version"))
+    which = f.exactly_one("path_config_source", "path")
+    file_path = ""
+    where = _join(path, which or "path")
+    if which == "path":
+        file_path = f.req("path", _nonempty_str)
+    elif which == "path_config_source":
+        inner = _Fields(r, f.values["path_config_source"], where, ("path",))
+        file_path = inner.req("path", _nonempty_str)
+        inner.done()
+        where = _join(where, "path")
+    f.opt("resource_api_version", _enum(("AUTO", "V3")), "AUTO")
+    f.done()
+    return r.resolve_file(file_path, where), where
+
+
+def _sds_certificate(r: _Reader, v: object, path: str) -> TlsCertificate:
+    secret = _sds_secret(r, v, path)
+    if secret.tls_certificate is None:
+        r.fail(path, f"secret {secret.name!r} is not a tls_certificate")
+    return secret.tls_certificate
+
+
+def _sds_validation(r: _Reader, v: object, path: str) -> tuple[DataSource, tuple[SubjectAltNameMatcher, ...]]:
+    secret = _sds_secret(r, v, path)
+    if secret.validation_context is None:
+        r.fail(path, f"secret {secret.name!r} is not a validation_context")
+    return secret.validation_context
 
 
 def _downstream_tls(r: _Reader, v: object, path: str) -> DownstreamTlsContext:
@@ -2624,7 +2738,9 @@ def _maglev_lb_config(r: _Reader, v: object, path: str) -> int:
 
 
 def _static_resources(r: _Reader, v: object, path: str) -> tuple[tuple[Listener, ...], tuple[Cluster, ...]]:
-    f = _Fields(r, v, path, ("listeners", "clusters"))
+    f = _Fields(r, v, path, ("listeners", "clusters", "secrets"))
+    for secret in f.opt("secrets", _list(_secret), ()) or ():  # first: listeners and clusters refer to them
+        r.secrets[secret.name] = secret
     listeners = f.opt("listeners", _list(_listener), ())
     clusters = f.opt("clusters", _list(_cluster), ())
     raw = f.values

@@ -4,3 +4,4 @@ accepts, read into the canonical ones before the subset reader checks the docume
 from ._schema import BOOTSTRAP as BOOTSTRAP
 from ._schema import envoy_message as envoy_message
 from ._schema import normalize as normalize
+from ._schema import normalize_any as normalize_any

@@ -29,7 +29,7 @@ from envoy.config.bootstrap.v3 import bootstrap_pb2  # type: ignore[import-untyp
 from google.protobuf import descriptor_pool
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
-__all__ = ["BOOTSTRAP", "envoy_message", "normalize"]
+__all__ = ["BOOTSTRAP", "envoy_message", "normalize", "normalize_any"]
 
 BOOTSTRAP: Descriptor = bootstrap_pb2.Bootstrap.DESCRIPTOR
 
@@ -77,6 +77,12 @@ def normalize(data: object) -> object:
     """``data`` (a loaded YAML document) with Envoy's alternative spellings rewritten into the
     canonical proto3 field names and value forms of ``envoy.config.bootstrap.v3.Bootstrap``."""
     return _message(BOOTSTRAP, data, 0)
+
+
+def normalize_any(value: object) -> object:
+    """An ``Any`` (a mapping with ``@type``) read by its type's schema, as :func:`normalize` reads a
+    bootstrap; as written when the type is unknown."""
+    return _message(descriptor_pool.Default().FindMessageTypeByName("google.protobuf.Any"), value, 0)
 
 
 def envoy_message(type_url: str) -> Descriptor | None:
