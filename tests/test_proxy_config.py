@@ -996,6 +996,9 @@ def _subtrees(node: object, path: tuple[object, ...] = ()) -> list[tuple[object,
 ENVOY_EXAMPLES = Path(__file__).resolve().parent / "envoy_examples"
 
 
+SIMPLE_CACHE = "type.googleapis.com/envoy.extensions.http.cache.simple_http_cache.v3.SimpleHttpCacheConfig"
+
+
 def _filters_doc() -> dict[str, Any]:
     """minimal() with every HTTP filter, per-route overrides, mTLS and upgrade_configs: the fuzz's
     way into their parsers."""
@@ -1037,6 +1040,26 @@ def _filters_doc() -> dict[str, Any]:
             },
         },
     ]
+    h["http_filters"].insert(0, {
+        "name": "envoy.filters.http.cache",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.cache.v3.CacheConfig",
+            "typed_config": {"@type": SIMPLE_CACHE},
+            "allowed_vary_headers": [{"exact": "accept-language"}],
+        },
+    })  # fmt: skip
+    h["local_reply_config"] = {
+        "mappers": [{
+            "filter": {"or_filter": {"filters": [
+                {"status_code_filter": {"comparison": {
+                    "op": "GE", "value": {"default_value": 500, "runtime_key": "k"}}}},
+                {"header_filter": {"header": {"name": "x-debug", "present_match": True}}},
+            ]}},
+            "status_code": 502,
+            "body": {"inline_string": "oops"},
+        }],
+        "body_format": {"json_format": {"code": "%RESPONSE_CODE%", "body": "%LOCAL_REPLY_BODY%"}},
+    }  # fmt: skip
     h["route_config"]["virtual_hosts"][0]["typed_per_filter_config"] = {
         "envoy.filters.http.cors": {
             "@type": CORS_POLICY_TYPE,

@@ -17,6 +17,8 @@ The subset (Envoy v3 field names)::
     admin: {address: {socket_address: {address, port_value}}, access_log: [AccessLog], access_log_path}
     layered_runtime: {layers[]: {name, static_layer}}
     static_resources:
+      secrets[]: name, tls_certificate | validation_context (for *_sds_secret_config(s), which may
+        also read an SDS file: sds_config.path_config_source.path)
       listeners[]: name (optional), address.socket_address (protocol TCP), listener_filters[]
         (tls_inspector only),
         filter_chains[]: name, filter_chain_match {server_names[], transport_protocol,
