@@ -166,6 +166,7 @@ def only_problem(doc: object) -> Problem:
         ),
         ("tcp_proxy.yaml", ["tcp_proxy postgres_tcp -> postgres", "LEAST_REQUEST", "127.0.0.1:5432"]),
         ("bypass_stack.yaml", ["198.18.0.2:80", "198.18.0.1:8080"]),
+        ("edge_filters.yaml", ["filters local_ratelimit, cors, cache, compressor", "127.0.0.1:8080"]),
     ],
 )
 def test_example_loads_and_summary_mentions_its_pieces(name: str, mentions: list[str]) -> None:
@@ -181,6 +182,7 @@ def test_every_example_is_tested() -> None:
         "round_robin.yaml",
         "tcp_proxy.yaml",
         "bypass_stack.yaml",
+        "edge_filters.yaml",
     }
 
 
