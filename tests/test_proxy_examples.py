@@ -564,7 +564,35 @@ def test_tls_sni_without_certificates_is_refused(netns: NetworkNamespace, tmp_pa
         assert f"{where}.private_key.filename: file not found: {tmp_path}/certs/{name}.key" in result.stderr
 
 
-EXAMPLE_NAMES = ["reverse_proxy", "tls_sni", "round_robin", "tcp_proxy", "bypass_stack"]
+EXAMPLE_NAMES = ["reverse_proxy", "tls_sni", "round_robin", "tcp_proxy", "bypass_stack", "edge_filters"]
+
+
+def test_edge_filters(netns: NetworkNamespace) -> None:
+    """edge_filters.yaml with examples/hello.py behind it: gzip for a client that asks (curl
+    --compressed), a CORS preflight answered by the proxy, and the token bucket's 429s in a burst
+    (their JSON body is checked in test_proxy_filters.py, where time is simulated)."""
+    backend = hello_backend(netns, "127.0.0.1", 8080)
+    proxy = ProxyProcess.start(netns, EXAMPLES / "edge_filters.yaml")
+    try:
+        zipped = curl(netns, "--compressed", "-D", "-", "-H", "Accept-Encoding: gzip", f"{PROXY}/json")
+        assert "content-encoding: gzip" in zipped.stdout.lower(), zipped.stdout
+        assert '"hello from trio_yastack"' in zipped.stdout
+        preflight = curl(netns, "-D", "-", "-o", "/dev/null", "-X", "OPTIONS", "-H", "Origin: https://app.example.test",
+                         "-H", "Access-Control-Request-Method: POST", f"{PROXY}/")  # fmt: skip
+        head = preflight.stdout.lower()
+        assert (
+            head.startswith("http/1.1 200")
+            and "access-control-allow-origin: https://app.example.test" in head
+        )
+        # the bucket holds 20: 40 requests in a burst (one curl, one connection) meet 429s
+        urls = [arg for _ in range(40) for arg in ("-o", "/dev/null", f"{PROXY}/")]
+        statuses = curl(netns, "-w", "%{response_code}\n", *urls)
+        codes = statuses.stdout.split()
+        assert len(codes) == 40 and "429" in codes and "200" in codes, codes
+        assert proxy.drain(signal.SIGTERM) == 0, proxy.output
+    finally:
+        proxy.stop()
+        backend.stop()
 
 
 @pytest.mark.parametrize("name", EXAMPLE_NAMES)

@@ -1296,9 +1296,34 @@ async def test_expect_100_continue(autojump_clock: trio.testing.MockClock) -> No
 # --- upgrades --------------------------------------------------------------------------------
 
 
+async def test_websocket_refused_where_no_upgrade_configs_allows_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Envoy refuses an upgrade that no ``upgrade_configs`` allows with 403 (and counts it); a route's
+    ``upgrade_configs`` overrides the connection manager's.  The connection stays usable."""
+    app = BackendApp("one")
+    routes = [route("/off", upgrade_configs=[{"upgrade_type": "websocket", "enabled": False}]), route("/")]
+    handshake = [("connection", "Upgrade"), ("upgrade", "websocket"), ("sec-websocket-version", "13"),
+                 ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")]  # fmt: skip
+    async with setup(http_bootstrap([cluster("app", [8081])]), (app, 8081)) as (_, b, proxy):
+        client = Client(await connect(b))
+        assert (await client.request("GET", "/ws", handshake)).status == 403
+        assert (await client.request("GET", "/plain")).status == 200
+        await client.aclose()
+        assert proxy.stats.value("http.ingress.downstream_rq_ws_on_non_ws_route") == 1
+        assert [s.path for s in app.seen] == ["/plain"]
+    config = http_bootstrap([cluster("app", [8081])], routes, upgrade_configs=[{"upgrade_type": "WebSocket"}])
+    async with setup(config, (app, 8081)) as (_, b, proxy):
+        client = Client(await connect(b))
+        assert (await client.request("GET", "/off/ws", handshake)).status == 403
+        await client.aclose()
+        assert proxy.stats.value("http.ingress.downstream_rq_ws_on_non_ws_route") == 1
+
+
 async def test_websocket_echo_through_the_proxy(autojump_clock: trio.testing.MockClock) -> None:
     app = BackendApp("one")
-    async with setup(http_bootstrap([cluster("app", [8081])]), (app, 8081)) as (_, b, proxy):
+    config = http_bootstrap([cluster("app", [8081])], upgrade_configs=[{"upgrade_type": "websocket"}])
+    async with setup(config, (app, 8081)) as (_, b, proxy):
         stream = await connect(b)
         ws = WSConnection(ConnectionType.CLIENT)
         events: list[Any] = []

@@ -369,3 +369,50 @@ async def test_tcp_proxy_max_connections(autojump_clock: trio.testing.MockClock)
             assert await first.receive_some(10) == b"still"
             await first.aclose()
             await second.aclose()
+
+
+async def test_filter_chain_match_transport_and_application_protocols(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """Envoy's chain choice after server names: ``transport_protocol`` (``tls`` when the inspector saw
+    a ClientHello, else ``raw_buffer``), then ``application_protocols`` against the client's ALPN
+    offer, falling back to the chains that do not set them.  One port serves plaintext HTTP, TLS for
+    clients offering ``http/1.1`` and TLS for the rest, each from its own chain."""
+    ca = make_ca("transport CA")
+    cert, key = write_leaf(ca, tmp_path, "svc.example")
+
+    def chain(body: str, **match: Any) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "filter_chain_match": match,
+            "filters": [
+                hcm([route(direct={"status": 200, "body": {"inline_string": body}})], stat_prefix=body)
+            ],
+        }
+        if match.get("transport_protocol") == "tls":
+            out["transport_socket"] = downstream_tls(cert, key, alpn=["http/1.1"])
+        return out
+
+    listener = {
+        "address": {"socket_address": {"address": A_IP, "port_value": PROXY_PORT}},
+        "listener_filters": [{"name": "envoy.filters.listener.tls_inspector"}],
+        "filter_chains": [
+            chain("plain", transport_protocol="raw_buffer"),
+            chain("tls-h1", transport_protocol="tls", application_protocols=["http/1.1"]),
+            chain("tls-other", transport_protocol="tls"),
+        ],
+    }
+    config = bootstrap([listener], [cluster("app", [8081])])
+    async with two_stacks() as (a, b), running_proxy(config, a):
+        with trio.fail_after(LIMIT):
+            client = Client(await connect(b))
+            assert (await client.request("GET", "/")).body == b"plain"
+            await client.aclose()
+            for offer, expected in (
+                (["h2", "http/1.1"], b"tls-h1"),
+                (["h2"], b"tls-other"),
+                (None, b"tls-other"),
+            ):
+                stream = await tls_connect(b, client_context(ca, offer), "svc.example")
+                client = Client(stream, host="svc.example")
+                assert (await client.request("GET", "/")).body == expected, offer
+                await client.aclose()

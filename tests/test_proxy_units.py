@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import ssl
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,7 +26,7 @@ from proxy_helpers import (
 
 from trio_yastack.l7.access_log import AccessRecord, format_record
 from trio_yastack.l7.admin import AdminServer
-from trio_yastack.l7.config import HeaderValueOption, RouteConfiguration
+from trio_yastack.l7.config import HCM_TYPE, ConfigError, HeaderValueOption, RouteConfiguration
 from trio_yastack.l7.proxy import Proxy
 from trio_yastack.l7.router import (
     HOP_BY_HOP,
@@ -725,3 +726,58 @@ async def test_peek_non_tls_bytes() -> None:
         assert info is None
         assert await stream.receive_some(5) == REAL_HELLO[:5]
         assert await stream.receive_some(100) == REAL_HELLO[5:10]
+
+
+def test_access_log_formats_text_and_json(tmp_path: Path) -> None:
+    """``log_format`` as Envoy writes it: a text format with operators, or one JSON object a line in
+    which a value that is one operator keeps its type (numbers stay numbers)."""
+    from trio_yastack.l7.access_log import AccessLogger
+    from trio_yastack.l7.config import load_config
+
+    file_log = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
+    json_format = {
+        "status": "%RESPONSE_CODE%",
+        "method": "%REQ(:METHOD)%",
+        "line": "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+        "ua": "%REQ(USER-AGENT)%",
+    }
+    text_source = {"inline_string": "%RESPONSE_CODE% %DURATION%ms"}
+    access_log = [
+        {
+            "name": "envoy.access_loggers.file",
+            "typed_config": {"@type": file_log, "path": str(tmp_path / "json.log"),
+                             "log_format": {"json_format": json_format}},
+        },
+        {
+            "name": "envoy.access_loggers.file",
+            "typed_config": {"@type": file_log, "path": str(tmp_path / "text.log"),
+                             "log_format": {"text_format_source": text_source}},
+        },
+    ]  # fmt: skip
+    manager = {
+        "@type": HCM_TYPE,
+        "stat_prefix": "x",
+        "route_config": {},
+        "http_filters": [{"name": "envoy.filters.http.router"}],
+        "access_log": access_log,
+    }
+    listener = {
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": 10000}},
+        "filter_chains": [
+            {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": manager}]}
+        ],
+    }
+    doc = {"static_resources": {"listeners": [listener]}}
+    config = load_config(json.dumps(doc))
+    logs = config.listeners[0].filter_chains[0].filter.access_log  # type: ignore[union-attr]  # an HCM
+    logger = AccessLogger(logs)
+    logger.log(AccessRecord(start_time=0.0, method="GET", path="/a", response_code=201, duration_ms=7))
+    logger.close()
+    assert json.loads((tmp_path / "json.log").read_text()) == {
+        "status": 201, "method": "GET", "line": "GET /a", "ua": None,
+    }  # fmt: skip
+    assert (tmp_path / "text.log").read_text() == "201 7ms\n"
+    doc_text = json.dumps(doc).replace("%DURATION%", "%UPSTREAM_CLUSTER%")
+    with pytest.raises(ConfigError) as info:
+        load_config(doc_text)
+    assert info.value.problems[0].path.endswith("access_log[1].typed_config.log_format.text_format_source")

@@ -12,14 +12,17 @@ Envoy's ``file_flush_interval`` does, so logging costs one ``write`` per second,
 
 from __future__ import annotations
 
+import json
+import re
 import sys
 import time
 from dataclasses import dataclass
 from typing import TextIO
 
 from .config import AccessLog
+from .local_reply import OPERATOR_RE, FormatString
 
-__all__ = ["FLUSH_INTERVAL", "AccessLogger", "AccessRecord", "format_record"]
+__all__ = ["FLUSH_INTERVAL", "AccessLogger", "AccessRecord", "format_record", "format_with"]
 
 FLUSH_INTERVAL = 1.0
 MAX_BUFFERED_LINES = 10_000  # beyond this a line is written through at once (the buffer is bounded)
@@ -52,6 +55,59 @@ def _start_time(seconds: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{millis:03d}Z"
 
 
+def _operator(r: AccessRecord, name: str, arg: str | None) -> str | int | None:
+    """One command operator of :data:`trio_yastack.l7.local_reply.LOG_OPERATORS` (the config reader
+    refuses the others) for record ``r``; None prints as ``-``."""
+    if arg is not None:
+        key = arg.upper()
+        if name == "RESP":
+            return r.upstream_service_time
+        return {
+            ":METHOD": r.method,
+            ":PATH": r.path,
+            "X-ENVOY-ORIGINAL-PATH?:PATH": r.path,
+            ":AUTHORITY": r.authority,
+            "X-FORWARDED-FOR": r.x_forwarded_for,
+            "USER-AGENT": r.user_agent,
+            "X-REQUEST-ID": r.request_id,
+        }.get(key)
+    return {
+        "START_TIME": _start_time(r.start_time),
+        "PROTOCOL": r.protocol,
+        "RESPONSE_CODE": r.response_code,
+        "RESPONSE_FLAGS": r.response_flags or "-",
+        "BYTES_RECEIVED": r.bytes_received,
+        "BYTES_SENT": r.bytes_sent,
+        "DURATION": r.duration_ms,
+        "UPSTREAM_HOST": r.upstream_host,
+    }.get(name)
+
+
+def format_with(fmt: FormatString, r: AccessRecord) -> str:
+    """A record in an access log's ``log_format``: text as written (Envoy adds no newline to a
+    ``text_format``; one is added here when missing, one record a line), or one JSON object a line
+    whose values that are a single operator keep their type."""
+    if fmt.text is not None:
+
+        def one(m: re.Match[str]) -> str:
+            value = _operator(r, m.group(1), m.group(2))
+            return "-" if value is None else str(value)
+
+        line = OPERATOR_RE.sub(one, fmt.text)
+        return line if line.endswith("\n") else line + "\n"
+    document = json.loads(fmt.json or "{}")
+    for key, value in document.items():
+        if isinstance(value, str):
+            whole = OPERATOR_RE.fullmatch(value)
+            if whole is not None:
+                document[key] = _operator(r, whole.group(1), whole.group(2))
+            else:
+                document[key] = OPERATOR_RE.sub(
+                    lambda m: str(_operator(r, m.group(1), m.group(2)) or "-"), value
+                )
+    return json.dumps(document, separators=(",", ":")) + "\n"
+
+
 def format_record(r: AccessRecord) -> str:
     def q(value: str | None) -> str:
         return value if value else "-"
@@ -70,6 +126,7 @@ class AccessLogger:
     def __init__(self, logs: tuple[AccessLog, ...]) -> None:
         self._targets: list[TextIO] = []
         self._owned: list[TextIO] = []
+        self._formats: list[FormatString | None] = []  # per target: None is Envoy's default format
         for log in logs:
             if log.kind == "stdout":
                 self._targets.append(sys.stdout)
@@ -78,7 +135,12 @@ class AccessLogger:
                 f = open(log.path, "a", encoding="utf-8")  # noqa: SIM115 (closed by close())
                 self._targets.append(f)
                 self._owned.append(f)
+            self._formats.append(log.log_format)
+        # one shared buffer when every target prints the default format (the common case), else one
+        # buffer per target
+        self._uniform = all(f is None for f in self._formats)
         self._pending: list[str] = []
+        self._per_target: list[list[str]] = [[] for _ in self._targets]
 
     @property
     def enabled(self) -> bool:
@@ -87,16 +149,30 @@ class AccessLogger:
     def log(self, record: AccessRecord) -> None:
         if not self._targets:
             return
-        self._pending.append(format_record(record))
-        if len(self._pending) >= MAX_BUFFERED_LINES:
+        if self._uniform:
+            self._pending.append(format_record(record))
+            if len(self._pending) >= MAX_BUFFERED_LINES:
+                self.flush()
+            return
+        for lines, fmt in zip(self._per_target, self._formats, strict=True):
+            lines.append(format_record(record) if fmt is None else format_with(fmt, record))
+        if len(self._per_target[0]) >= MAX_BUFFERED_LINES:
             self.flush()
 
     def flush(self) -> None:
-        if not self._pending:
-            return
-        text = "".join(self._pending)
-        self._pending.clear()
-        for target in self._targets:
+        if self._uniform:
+            if not self._pending:
+                return
+            text = "".join(self._pending)
+            self._pending.clear()
+            texts = [text] * len(self._targets)
+        else:
+            texts = ["".join(lines) for lines in self._per_target]
+            for lines in self._per_target:
+                lines.clear()
+        for target, text in zip(self._targets, texts, strict=True):
+            if not text:
+                continue
             try:
                 target.write(text)
                 target.flush()

@@ -14,40 +14,80 @@ and every problem of a document is reported at once (:class:`ConfigError` ``.pro
 
 The subset (Envoy v3 field names)::
 
-    admin: {address: {socket_address: {address, port_value}}, access_log: [AccessLog]}
+    admin: {address: {socket_address: {address, port_value}}, access_log: [AccessLog], access_log_path}
+    layered_runtime: {layers[]: {name, static_layer}}
     static_resources:
-      listeners[]: name, address.socket_address, listener_filters[] (tls_inspector only),
-        filter_chains[]: name, filter_chain_match.server_names[], transport_socket (DownstreamTlsContext),
+      secrets[]: name, tls_certificate | validation_context (for *_sds_secret_config(s), which may
+        also read an SDS file: sds_config.path_config_source.path)
+      listeners[]: name (optional), address.socket_address (protocol TCP), listener_filters[]
+        (tls_inspector only),
+        filter_chains[]: name, filter_chain_match {server_names[], transport_protocol,
+          application_protocols[]}, transport_socket (DownstreamTlsContext: certificates from files or
+          inline, validation_context {trusted_ca, match_typed_subject_alt_names}, alpn_protocols,
+          tls_params, require_client_certificate),
           filters[]: exactly one of envoy.filters.network.http_connection_manager | tcp_proxy
-      clusters[]: name, type (STATIC | STRICT_DNS), connect_timeout, lb_policy, dns_lookup_family,
-        load_assignment, health_checks[] (http_health_check), outlier_detection, circuit_breakers
-        (priority DEFAULT), transport_socket (UpstreamTlsContext)
+            http_connection_manager: http_filters[] (cache in memory, compressor with gzip, cors,
+              fault, local_ratelimit, then the router), upgrade_configs, local_reply_config,
+              route_config with typed_per_filter_config on virtual hosts and routes,
+              request_mirror_policies
+      clusters[]: name, type (STATIC | STRICT_DNS | LOGICAL_DNS), connect_timeout, lb_policy (ROUND_ROBIN,
+        LEAST_REQUEST, RANDOM, RING_HASH, MAGLEV), dns_lookup_family, load_assignment (localities with
+        priority and load_balancing_weight; endpoints with load_balancing_weight, hostname,
+        health_check_config), common_lb_config {healthy_panic_threshold, locality_weighted_lb_config},
+        maglev_lb_config, health_checks[] (http_health_check, no_traffic_interval), outlier_detection,
+        circuit_breakers (priority DEFAULT), transport_socket (UpstreamTlsContext)
 
 Each class below says which fields it reads and Envoy's default for each absent one.  Durations are
-protobuf's JSON form (``"5s"``, ``"0.25s"``, ``"1.5s"``), read into float seconds.  Values are typed as
-protobuf's JSON mapping types them: ``port_value: "80"`` or ``name: 5`` are errors, not coerced, and
-``null`` means "absent" as it does for protobuf.
+protobuf's JSON form (``"5s"``, ``"0.25s"``, ``"1.5s"``), read into float seconds.  A document is read
+the way Envoy reads it, by Envoy's own schema (:mod:`trio_yastack.l7.envoy`, from ``xds-protos``):
+lowerCamelCase names as well as snake_case ones, integers written as strings (``port_value: "80"``),
+durations as ``{seconds, nanos}``, enum names in any case.  Beyond those spellings values are typed as
+protobuf's JSON mapping types them (``name: 5`` is an error, not coerced), and ``null`` means "absent"
+as it does for protobuf.  Errors name the canonical (snake_case) path.
 
 Where this module is stricter than Envoy, it says so: a cluster must have endpoints, a retry policy
-must name its ``retry_on`` conditions, a filter chain holds exactly one (terminal) filter, and
-``http_filters`` must be exactly the router.  These catch configs that Envoy accepts but that cannot
-do anything useful with the filters this proxy has.
+must name its ``retry_on`` conditions, a filter chain holds exactly one (terminal) filter,
+``http_filters`` hold each filter once and end with the router, and ``require_client_certificate``
+needs a ``trusted_ca``.  These catch configs that Envoy accepts but that cannot do anything useful
+with the filters this proxy has.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import ipaddress
+import json
 import re
 import sys
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, NoReturn, TypeVar
 
 import yaml
 
-from trio_yastack.tls.config import CommonTlsContext, DownstreamTlsContext, TlsCertificate, UpstreamTlsContext
+from trio_yastack.l7.envoy import normalize
+from trio_yastack.l7.envoy import normalize_any as envoy_normalize_any
+from trio_yastack.l7.local_reply import (
+    KNOWN_OPERATORS,
+    LOG_OPERATORS,
+    OPERATOR_RE,
+    FormatString,
+    Mapper,
+    ReplyFilter,
+)
+from trio_yastack.tls.config import (
+    TLS_VERSIONS,
+    CommonTlsContext,
+    DataSource,
+    DownstreamTlsContext,
+    SubjectAltNameMatcher,
+    TlsCertificate,
+    TlsParams,
+    UpstreamTlsContext,
+)
 
 __all__ = [
     "AccessLog",
@@ -57,25 +97,47 @@ __all__ = [
     "Cluster",
     "ClusterLoadAssignment",
     "CommonTlsContext",
+    "Compressor",
+    "CompressorPerRoute",
     "ConfigError",
+    "Cors",
+    "CorsPolicy",
+    "DataSource",
     "DirectResponse",
     "DownstreamTlsContext",
+    "FaultAbort",
+    "FaultDelay",
     "FilterChain",
+    "FractionalPercent",
     "HeaderMatcher",
     "HeaderValueOption",
     "HealthCheck",
+    "HttpCache",
     "HttpConnectionManager",
+    "HttpFault",
+    "HttpFilter",
+    "HttpFilterConfig",
+    "LbEndpoint",
     "Listener",
+    "LocalRateLimit",
+    "LocalityLbEndpoints",
     "OutlierDetection",
+    "PerRouteConfig",
     "Problem",
     "RetryPolicy",
     "Route",
     "RouteAction",
     "RouteConfiguration",
     "RouteMatch",
+    "RouterFilter",
+    "RuntimeValue",
     "SocketAddress",
+    "StringMatcher",
+    "SubjectAltNameMatcher",
     "TcpProxy",
     "TlsCertificate",
+    "TlsParams",
+    "TokenBucket",
     "UpstreamTlsContext",
     "VirtualHost",
     "WeightedCluster",
@@ -101,6 +163,40 @@ TCP_PROXY_NAME = "envoy.filters.network.tcp_proxy"
 TCP_PROXY_TYPE = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
 ROUTER_NAME = "envoy.filters.http.router"
 ROUTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+CORS_NAME = "envoy.filters.http.cors"
+CORS_TYPE = "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"
+CORS_POLICY_TYPE = "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy"
+FAULT_NAME = "envoy.filters.http.fault"
+FAULT_TYPE = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"
+LOCAL_RATELIMIT_NAME = "envoy.filters.http.local_ratelimit"
+LOCAL_RATELIMIT_TYPE = "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit"
+COMPRESSOR_NAME = "envoy.filters.http.compressor"
+COMPRESSOR_TYPE = "type.googleapis.com/envoy.extensions.filters.http.compressor.v3.Compressor"
+COMPRESSOR_PER_ROUTE_TYPE = (
+    "type.googleapis.com/envoy.extensions.filters.http.compressor.v3.CompressorPerRoute"
+)
+GZIP_COMPRESSOR_TYPE = "type.googleapis.com/envoy.extensions.compression.gzip.compressor.v3.Gzip"
+CACHE_NAME = "envoy.filters.http.cache"
+CACHE_TYPE = "type.googleapis.com/envoy.extensions.filters.http.cache.v3.CacheConfig"
+SIMPLE_CACHE_TYPE = (
+    "type.googleapis.com/envoy.extensions.http.cache.simple_http_cache.v3.SimpleHttpCacheConfig"
+)
+#: the HTTP filters of the subset, by name and the type of their ``typed_config``
+HTTP_FILTER_TYPES = {
+    CACHE_NAME: CACHE_TYPE,
+    COMPRESSOR_NAME: COMPRESSOR_TYPE,
+    CORS_NAME: CORS_TYPE,
+    FAULT_NAME: FAULT_TYPE,
+    LOCAL_RATELIMIT_NAME: LOCAL_RATELIMIT_TYPE,
+    ROUTER_NAME: ROUTER_TYPE,
+}
+#: what ``typed_per_filter_config`` may hold for each filter (Envoy's per-route config types)
+PER_ROUTE_TYPES = {
+    COMPRESSOR_NAME: COMPRESSOR_PER_ROUTE_TYPE,
+    CORS_NAME: CORS_POLICY_TYPE,
+    FAULT_NAME: FAULT_TYPE,
+    LOCAL_RATELIMIT_NAME: LOCAL_RATELIMIT_TYPE,
+}
 TLS_NAME = "envoy.transport_sockets.tls"
 DOWNSTREAM_TLS_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
 UPSTREAM_TLS_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
@@ -111,16 +207,17 @@ STDOUT_LOG_TYPE = "type.googleapis.com/envoy.extensions.access_loggers.stream.v3
 FILE_LOG_NAME = "envoy.access_loggers.file"
 FILE_LOG_TYPE = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
 
-LbPolicy = Literal["ROUND_ROBIN", "LEAST_REQUEST", "RANDOM", "RING_HASH"]
-ClusterType = Literal["STATIC", "STRICT_DNS"]
+RuntimeValue = bool | int | float | str | None
+LbPolicy = Literal["ROUND_ROBIN", "LEAST_REQUEST", "RANDOM", "RING_HASH", "MAGLEV"]
+ClusterType = Literal["STATIC", "STRICT_DNS", "LOGICAL_DNS"]
 CodecType = Literal["AUTO", "HTTP1", "HTTP2"]
 DnsLookupFamily = Literal["AUTO", "V4_ONLY", "V6_ONLY", "V4_PREFERRED", "ALL"]
 AppendAction = Literal[
     "APPEND_IF_EXISTS_OR_ADD", "ADD_IF_ABSENT", "OVERWRITE_IF_EXISTS_OR_ADD", "OVERWRITE_IF_EXISTS"
 ]
 
-LB_POLICIES: tuple[LbPolicy, ...] = ("ROUND_ROBIN", "LEAST_REQUEST", "RANDOM", "RING_HASH")
-CLUSTER_TYPES: tuple[ClusterType, ...] = ("STATIC", "STRICT_DNS")
+LB_POLICIES: tuple[LbPolicy, ...] = ("ROUND_ROBIN", "LEAST_REQUEST", "RANDOM", "RING_HASH", "MAGLEV")
+CLUSTER_TYPES: tuple[ClusterType, ...] = ("STATIC", "STRICT_DNS", "LOGICAL_DNS")
 CODEC_TYPES: tuple[CodecType, ...] = ("AUTO", "HTTP1", "HTTP2")
 DNS_LOOKUP_FAMILIES: tuple[DnsLookupFamily, ...] = ("AUTO", "V4_ONLY", "V6_ONLY", "V4_PREFERRED", "ALL")
 RETRY_ON = ("5xx", "gateway-error", "connect-failure", "reset", "retriable-4xx")
@@ -197,11 +294,14 @@ class SocketAddress:
 
 @dataclass(frozen=True, slots=True)
 class AccessLog:
-    """An access logger with Envoy's default format: ``envoy.access_loggers.stdout`` (``kind="stdout"``)
-    or ``envoy.access_loggers.file`` with its required ``path`` (``kind="file"``)."""
+    """An access logger: ``envoy.access_loggers.stdout`` (``kind="stdout"``) or
+    ``envoy.access_loggers.file`` with its required ``path`` (``kind="file"``), in Envoy's default
+    format or its ``log_format`` (text or JSON, the operators of
+    :data:`trio_yastack.l7.access_log.LOG_OPERATORS`)."""
 
     kind: Literal["stdout", "file"]
     path: str | None = None
+    log_format: FormatString | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,6 +363,10 @@ class RouteAction:
     host_rewrite_literal: str | None = None
     timeout: float = 15.0
     retry_policy: RetryPolicy | None = None
+    #: ``upgrade_configs[]`` as (upgrade_type lowercased, enabled): overrides the connection manager's
+    upgrade_configs: tuple[tuple[str, bool], ...] = ()
+    #: ``request_mirror_policies[]``: (cluster, ``runtime_fraction``; None: every request)
+    request_mirror_policies: tuple[tuple[str, FractionalPercent | None], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,13 +389,214 @@ class HeaderValueOption:
 
 
 @dataclass(frozen=True, slots=True)
+class FractionalPercent:
+    """A ``FractionalPercent`` (``numerator`` of ``denominator`` 100, 10 000 or 1 000 000), or a
+    ``RuntimeFractionalPercent``'s ``default_value`` with its ``runtime_key``.  A request is picked
+    when a uniform draw in ``[0, denominator)`` falls below ``numerator``, as Envoy draws."""
+
+    numerator: int = 0
+    denominator: int = 100
+    runtime_key: str | None = None
+
+    @property
+    def always(self) -> bool:
+        return self.numerator >= self.denominator
+
+    @property
+    def never(self) -> bool:
+        return self.numerator == 0
+
+
+@dataclass(frozen=True, slots=True)
+class StringMatcher:
+    """A ``StringMatcher``: ``exact`` / ``prefix`` / ``suffix`` / ``contains`` / ``safe_regex`` (the whole
+    value must match, as RE2's full match in Envoy), optionally ``ignore_case`` (not for regexes)."""
+
+    kind: Literal["exact", "prefix", "suffix", "contains", "safe_regex"]
+    value: str
+    ignore_case: bool = False
+
+    def matches(self, text: str) -> bool:
+        if self.kind == "safe_regex":
+            return re.fullmatch(self.value, text) is not None
+        value, text = (self.value.lower(), text.lower()) if self.ignore_case else (self.value, text)
+        if self.kind == "exact":
+            return text == value
+        if self.kind == "prefix":
+            return text.startswith(value)
+        if self.kind == "suffix":
+            return text.endswith(value)
+        return value in text
+
+
+@dataclass(frozen=True, slots=True)
+class CorsPolicy:
+    """``envoy.extensions.filters.http.cors.v3.CorsPolicy`` (in ``typed_per_filter_config`` of a virtual
+    host or route).  Each attribute left unset (None) is taken from the less specific policy, as Envoy
+    does: route first, then virtual host.  ``filter_enabled`` absent means enabled (Envoy's default);
+    ``shadow_enabled`` is accepted and, with no shadow statistics here, does nothing."""
+
+    allow_origin: tuple[StringMatcher, ...] = ()
+    allow_methods: str | None = None
+    allow_headers: str | None = None
+    expose_headers: str | None = None
+    max_age: str | None = None
+    allow_credentials: bool | None = None
+    filter_enabled: FractionalPercent | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Cors:
+    """The ``envoy.filters.http.cors`` filter: nothing to configure; the policies live on virtual hosts
+    and routes."""
+
+
+@dataclass(frozen=True, slots=True)
+class FaultDelay:
+    """``delay``: a ``fixed_delay``, or ``header_delay`` (the milliseconds of the request's
+    ``x-envoy-fault-delay-request``), applied to ``percentage`` of requests (Envoy's default: none)."""
+
+    fixed_delay: float | None
+    percentage: FractionalPercent = field(default_factory=FractionalPercent)
+
+
+@dataclass(frozen=True, slots=True)
+class FaultAbort:
+    """``abort``: ``http_status`` (200-599), or ``header_abort`` (the status in the request's
+    ``x-envoy-fault-abort-request``), for ``percentage`` of requests (Envoy's default: none)."""
+
+    http_status: int | None
+    percentage: FractionalPercent = field(default_factory=FractionalPercent)
+
+
+@dataclass(frozen=True, slots=True)
+class HttpFault:
+    """``envoy.filters.http.fault`` (and its per-route override, the same type).  Delay first, then
+    abort, as Envoy injects them; ``max_active_faults`` bounds faults in flight (unbounded by default);
+    ``headers`` must all match for a request to be eligible; runtime keys as in Envoy
+    (``fault.http.abort.abort_percent``, ``fault.http.abort.http_status``,
+    ``fault.http.delay.fixed_delay_percent``, ``fault.http.delay.fixed_duration_ms``)."""
+
+    delay: FaultDelay | None = None
+    abort: FaultAbort | None = None
+    max_active_faults: int | None = None
+    headers: tuple[HeaderMatcher, ...] = ()
+    upstream_cluster: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TokenBucket:
+    """``token_bucket``: starts full with ``max_tokens``; every ``fill_interval`` adds ``tokens_per_fill``
+    (default 1) up to ``max_tokens``."""
+
+    max_tokens: int
+    fill_interval: float
+    tokens_per_fill: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class LocalRateLimit:
+    """``envoy.filters.http.local_ratelimit`` (and its per-route override, the same type, with a bucket
+    of its own).  Envoy's defaults: ``filter_enabled`` and ``filter_enforced`` 0% (the filter does
+    nothing until both are set), ``status`` 429, one bucket shared by all connections."""
+
+    stat_prefix: str
+    token_bucket: TokenBucket | None = None
+    filter_enabled: FractionalPercent = field(default_factory=FractionalPercent)
+    filter_enforced: FractionalPercent = field(default_factory=FractionalPercent)
+    status: int = 429
+    response_headers_to_add: tuple[HeaderValueOption, ...] = ()
+    per_connection: bool = False
+
+
+#: Envoy's default ``content_type`` list of the compressor
+COMPRESSIBLE_TYPES = (
+    "application/javascript",
+    "application/json",
+    "application/xhtml+xml",
+    "image/svg+xml",
+    "text/css",
+    "text/html",
+    "text/plain",
+    "text/xml",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Compressor:
+    """``envoy.filters.http.compressor`` with the gzip library (the only one here).  Envoy's defaults:
+    responses of at least 30 bytes (``min_content_length``) of the types :data:`COMPRESSIBLE_TYPES`,
+    to clients whose ``Accept-Encoding`` takes gzip; a strong ``ETag`` is weakened, or with
+    ``disable_on_etag_header`` the response is left alone.  Gzip: ``compression_level`` (zlib's: -1 is
+    its default, 6), ``memory_level`` 5, ``window_bits`` 12.  ``enabled`` is the response direction's
+    ``RuntimeFeatureFlag`` (``runtime_key`` read from the runtime)."""
+
+    compression_level: int = -1
+    memory_level: int = 5
+    window_bits: int = 12
+    strategy: int = 0
+    min_content_length: int = 30
+    content_types: tuple[str, ...] = COMPRESSIBLE_TYPES
+    disable_on_etag_header: bool = False
+    enabled: bool = True
+    enabled_runtime_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HttpCache:
+    """``envoy.filters.http.cache`` with Envoy's in-memory ``SimpleHttpCache``: GET responses with an
+    explicit freshness lifetime (``s-maxage`` or ``max-age``) are kept and served from memory while
+    fresh.  ``allowed_vary_headers``: the only headers a cached response may ``Vary`` on;
+    ``max_body_bytes`` (0: Envoy's "no limit"; here at most 1 MiB per entry);
+    ``ignore_request_cache_control_header``."""
+
+    allowed_vary_headers: tuple[StringMatcher, ...] = ()
+    max_body_bytes: int = 0
+    ignore_request_cache_control_header: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CompressorPerRoute:
+    """``CompressorPerRoute``: ``disabled`` turns the compressor off on a route or virtual host."""
+
+    disabled: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RouterFilter:
+    """``envoy.filters.http.router``: the terminal filter (nothing to configure in the subset)."""
+
+
+HttpFilterConfig = Compressor | Cors | HttpCache | HttpFault | LocalRateLimit | RouterFilter
+PerRouteConfig = CompressorPerRoute | CorsPolicy | HttpFault | LocalRateLimit
+
+
+@dataclass(frozen=True, slots=True)
+class HttpFilter:
+    """``http_filters[]``: a name and its config; ``disabled`` filters run only on routes whose
+    ``typed_per_filter_config`` names them (Envoy's meaning)."""
+
+    name: str
+    config: HttpFilterConfig
+    disabled: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Route:
-    """``routes[]``: a match and exactly one of ``route`` (:class:`RouteAction`) / ``direct_response``."""
+    """``routes[]``: a match and exactly one of ``route`` (:class:`RouteAction`) / ``direct_response``;
+    ``typed_per_filter_config`` overrides a filter's config for this route (by filter name)."""
 
     match: RouteMatch
     action: RouteAction | DirectResponse
     request_headers_to_add: tuple[HeaderValueOption, ...] = ()
     request_headers_to_remove: tuple[str, ...] = ()
+    typed_per_filter_config: tuple[tuple[str, PerRouteConfig], ...] = ()
+
+    def per_filter_config(self, name: str) -> PerRouteConfig | None:
+        for key, value in self.typed_per_filter_config:
+            if key == name:
+                return value
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,6 +607,13 @@ class VirtualHost:
     name: str
     domains: tuple[str, ...]
     routes: tuple[Route, ...] = ()
+    typed_per_filter_config: tuple[tuple[str, PerRouteConfig], ...] = ()
+
+    def per_filter_config(self, name: str) -> PerRouteConfig | None:
+        for key, value in self.typed_per_filter_config:
+            if key == name:
+                return value
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,8 +629,8 @@ class HttpConnectionManager:
     """The ``envoy.filters.network.http_connection_manager`` filter.
 
     Envoy's defaults: ``codec_type`` AUTO; ``idle_timeout`` (``common_http_protocol_options``) 1 hour;
-    ``request_timeout`` 0 (disabled); ``stream_idle_timeout`` 5 minutes.  ``http_filters`` is always the
-    router alone, the only HTTP filter in the subset."""
+    ``request_timeout`` 0 (disabled); ``stream_idle_timeout`` 5 minutes.  ``http_filters`` run in the
+    order written and end with the router."""
 
     stat_prefix: str
     route_config: RouteConfiguration
@@ -327,7 +639,23 @@ class HttpConnectionManager:
     idle_timeout: float = 3600.0
     request_timeout: float = 0.0
     stream_idle_timeout: float = 300.0
-    http_filters: tuple[str, ...] = (ROUTER_NAME,)
+    http_filters: tuple[HttpFilter, ...] = (HttpFilter(ROUTER_NAME, RouterFilter()),)
+    #: ``upgrade_configs[]`` as (upgrade_type lowercased, enabled): the upgrades (``websocket``) the
+    #: proxy passes on; any other upgrade request is refused with 403, as Envoy refuses it
+    upgrade_configs: tuple[tuple[str, bool], ...] = ()
+    #: ``local_reply_config``: ``mappers`` and ``body_format`` (see :mod:`trio_yastack.l7.local_reply`)
+    local_reply_mappers: tuple[Mapper, ...] = ()
+    local_reply_format: FormatString | None = None
+
+    def upgrade_allowed(self, upgrade_type: str, route: RouteAction) -> bool:
+        """Envoy's rule: the route's ``upgrade_configs`` entry for the type, else the connection
+        manager's (its ``enabled`` defaults to true), else refused."""
+        kind = upgrade_type.lower()
+        for configs in (route.upgrade_configs, self.upgrade_configs):
+            for name, enabled in configs:
+                if name == kind:
+                    return enabled
+        return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -341,18 +669,29 @@ class TcpProxy:
 
 @dataclass(frozen=True, slots=True)
 class FilterChain:
-    """``filter_chains[]``: chosen by SNI (``filter_chain_match.server_names``; empty matches any name),
-    optionally terminating TLS, then handing the connection to its one filter."""
+    """``filter_chains[]``: chosen as Envoy chooses, most specific first at each step: by SNI
+    (``filter_chain_match.server_names``; empty matches any name), then ``transport_protocol``
+    (``tls`` or ``raw_buffer``, as the TLS inspector saw the connection; None matches both), then
+    ``application_protocols`` (any of the client's ALPN offer; empty matches any); then optionally
+    terminating TLS and handing the connection to its one filter."""
 
     filter: HttpConnectionManager | TcpProxy
     server_names: tuple[str, ...] = ()
     transport_socket: DownstreamTlsContext | None = None
     name: str | None = None
+    transport_protocol: Literal["tls", "raw_buffer"] | None = None
+    application_protocols: tuple[str, ...] = ()
+
+    @property
+    def needs_inspector(self) -> bool:
+        """Whether choosing this chain needs the ClientHello read first."""
+        return bool(self.server_names or self.transport_protocol or self.application_protocols)
 
 
 @dataclass(frozen=True, slots=True)
 class Listener:
-    """``listeners[]``: a named address and its filter chains.  ``tls_inspector`` records an explicit
+    """``listeners[]``: an address and its filter chains; ``name`` is optional as in Envoy (an unnamed
+    listener is called by its address, e.g. ``0.0.0.0:10000``).  ``tls_inspector`` records an explicit
     ``envoy.filters.listener.tls_inspector`` listener filter (Envoy adds one itself when SNI is matched)."""
 
     name: str
@@ -362,16 +701,41 @@ class Listener:
 
 
 @dataclass(frozen=True, slots=True)
+class LbEndpoint:
+    """``lb_endpoints[]``: ``endpoint.address``, its ``load_balancing_weight`` (default 1), the
+    endpoint's ``hostname`` (Envoy's: the Host of its health checks, shown in /clusters) and
+    ``health_check_config`` (``port_value``, 0: the endpoint's own; ``hostname``)."""
+
+    address: SocketAddress
+    load_balancing_weight: int = 1
+    hostname: str = ""
+    health_check_port: int = 0
+    health_check_hostname: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class LocalityLbEndpoints:
+    """``endpoints[]``: one locality's endpoints, its ``priority`` (0 is tried first; Envoy's
+    overprovisioning factor 1.4 spills traffic to the next priority as hosts fail) and its
+    ``load_balancing_weight`` (used with ``common_lb_config.locality_weighted_lb_config``)."""
+
+    lb_endpoints: tuple[LbEndpoint, ...]
+    locality: str = ""  # region/zone/sub_zone, for /clusters
+    load_balancing_weight: int = 1
+    priority: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class ClusterLoadAssignment:
-    """``load_assignment``: ``endpoints[]`` (localities) of ``lb_endpoints[].endpoint.address``."""
+    """``load_assignment``: ``endpoints[]`` (localities) of ``lb_endpoints[]``."""
 
     cluster_name: str
-    endpoints: tuple[tuple[SocketAddress, ...], ...]
+    endpoints: tuple[LocalityLbEndpoints, ...]
 
     @property
     def addresses(self) -> tuple[SocketAddress, ...]:
-        """Every endpoint address, localities flattened (the subset has no locality weighting)."""
-        return tuple(a for locality in self.endpoints for a in locality)
+        """Every endpoint address, localities flattened."""
+        return tuple(e.address for locality in self.endpoints for e in locality.lb_endpoints)
 
 
 @dataclass(frozen=True, slots=True)
@@ -384,6 +748,8 @@ class HealthCheck:
     unhealthy_threshold: int
     healthy_threshold: int
     path: str
+    #: between checks of a cluster that has had no request yet (Envoy: 60 s); None: ``interval``
+    no_traffic_interval: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -422,15 +788,32 @@ class Cluster:
     outlier_detection: OutlierDetection | None = None
     circuit_breakers: CircuitBreakerThresholds = field(default_factory=CircuitBreakerThresholds)
     transport_socket: UpstreamTlsContext | None = None
+    #: ``common_lb_config.healthy_panic_threshold`` (percent): below it, route to every host (Envoy's
+    #: panic mode); None when not set, where this proxy fails fast instead (see l7/upstream.py)
+    healthy_panic_threshold: float | None = None
+    #: ``common_lb_config.locality_weighted_lb_config``: pick a locality by its weight first
+    locality_weighted: bool = False
+    #: ``maglev_lb_config.table_size`` (a prime; Envoy's default 65537)
+    maglev_table_size: int = 65537
 
 
 @dataclass(frozen=True, slots=True)
 class Bootstrap:
-    """A whole config: the admin endpoint (none when absent), listeners and clusters."""
+    """A whole config: the admin endpoint (none when absent), listeners, clusters and the runtime."""
 
     admin: Admin | None
     listeners: tuple[Listener, ...]
     clusters: tuple[Cluster, ...]
+    #: ``layered_runtime``'s static layers merged into Envoy's dotted runtime keys (``a.b.c: 1``),
+    #: sorted by key (a tuple keeps the config hashable); read with :meth:`runtime_value`
+    runtime: tuple[tuple[str, RuntimeValue], ...] = ()
+
+    def runtime_value(self, key: str, default: RuntimeValue = None) -> RuntimeValue:
+        """The runtime's value for ``key`` (``default`` when no layer sets it)."""
+        for k, value in self.runtime:
+            if k == key:
+                return value
+        return default
 
     def cluster(self, name: str) -> Cluster:
         """The cluster called ``name`` (``KeyError`` if none; loading already checked every reference)."""
@@ -450,6 +833,10 @@ class Bootstrap:
             out.append(f"  {listener.name} {listener.address}")
             for i, chain in enumerate(listener.filter_chains):
                 parts = [f"sni {', '.join(chain.server_names)}" if chain.server_names else "any sni"]
+                if chain.transport_protocol:
+                    parts.append(f"transport {chain.transport_protocol}")
+                if chain.application_protocols:
+                    parts.append(f"alpn match {','.join(chain.application_protocols)}")
                 if chain.transport_socket is not None:
                     common = chain.transport_socket.common_tls_context
                     alpn = f" alpn {','.join(common.alpn_protocols)}" if common.alpn_protocols else ""
@@ -493,10 +880,12 @@ def _describe_filter(f: HttpConnectionManager | TcpProxy) -> str:
         return f"tcp_proxy {f.stat_prefix} -> {f.cluster}"
     vhosts = f.route_config.virtual_hosts
     n_routes = sum(len(v.routes) for v in vhosts)
+    filters = [x.name.rsplit(".", 1)[-1] for x in f.http_filters if x.name != ROUTER_NAME]
     return (
         f"http_connection_manager {f.stat_prefix} ({f.codec_type}): "
         f"{len(vhosts)} virtual host{'s' if len(vhosts) != 1 else ''}, "
         f"{n_routes} route{'s' if n_routes != 1 else ''}"
+        + (f"; filters {', '.join(filters)}" if filters else "")
     )
 
 
@@ -581,7 +970,7 @@ def _parse(data: object, source: str, file_base: Path | None, *, check_files: bo
     r = _Reader(file_base, check_files=check_files)
     result: Bootstrap | None = None
     with contextlib.suppress(_Skip):  # its problems are in r.problems
-        result = _bootstrap(r, data, "")
+        result = _bootstrap(r, normalize(data), "")
     if r.problems or result is None:
         raise ConfigError(r.problems, source)
     return result
@@ -603,6 +992,7 @@ class _Reader:
         self.file_base = file_base
         self.check_files = check_files
         self.cluster_refs: list[tuple[str, str]] = []  # (cluster name, path of the reference)
+        self.secrets: dict[str, Secret] = {}  # static_resources.secrets, by name
 
     def fail(self, path: str, message: str) -> NoReturn:
         self.problems.append(Problem(path, message))
@@ -851,24 +1241,76 @@ _TYPED_CONFIG_FIELDS: dict[str, tuple[str, ...]] = {
         "common_http_protocol_options",
         "request_timeout",
         "stream_idle_timeout",
+        "upgrade_configs",
+        "local_reply_config",
     ),
     TCP_PROXY_TYPE: ("stat_prefix", "cluster", "idle_timeout"),
     ROUTER_TYPE: (),
-    DOWNSTREAM_TLS_TYPE: ("common_tls_context",),
+    CORS_TYPE: (),
+    COMPRESSOR_TYPE: (
+        "response_direction_config",
+        "compressor_library",
+        "content_length",
+        "content_type",
+        "disable_on_etag_header",
+    ),
+    COMPRESSOR_PER_ROUTE_TYPE: ("disabled",),
+    CACHE_TYPE: (
+        "typed_config",
+        "allowed_vary_headers",
+        "max_body_bytes",
+        "ignore_request_cache_control_header",
+    ),
+    GZIP_COMPRESSOR_TYPE: (
+        "memory_level",
+        "compression_level",
+        "compression_strategy",
+        "window_bits",
+        "chunk_size",
+    ),
+    FAULT_TYPE: ("delay", "abort", "max_active_faults", "headers", "upstream_cluster"),
+    LOCAL_RATELIMIT_TYPE: (
+        "stat_prefix",
+        "token_bucket",
+        "filter_enabled",
+        "filter_enforced",
+        "status",
+        "response_headers_to_add",
+        "local_rate_limit_per_downstream_connection",
+    ),
+    CORS_POLICY_TYPE: (
+        "allow_origin_string_match",
+        "allow_methods",
+        "allow_headers",
+        "expose_headers",
+        "max_age",
+        "allow_credentials",
+        "filter_enabled",
+        "shadow_enabled",
+    ),
+    DOWNSTREAM_TLS_TYPE: ("common_tls_context", "require_client_certificate"),
     UPSTREAM_TLS_TYPE: ("common_tls_context", "sni"),
     TLS_INSPECTOR_TYPE: (),
-    STDOUT_LOG_TYPE: (),
-    FILE_LOG_TYPE: ("path",),
+    STDOUT_LOG_TYPE: ("log_format",),
+    FILE_LOG_TYPE: ("path", "log_format", "format", "json_format"),
 }
 
 
 def _extension(
-    r: _Reader, v: object, path: str, types: Mapping[str, str], extra: tuple[str, ...] = ()
-) -> tuple[str, _Fields, _Fields]:
+    r: _Reader, v: object, path: str, types: Mapping[str, str], extra: tuple[str, ...] = (),
+    *, types_by_url: bool = False,
+) -> tuple[str, _Fields, _Fields]:  # fmt: skip
     """An ``{name, typed_config}`` extension: returns (name, its fields, typed_config's fields).
-    The caller reads the typed_config fields then calls ``done()`` on both."""
+    The caller reads the typed_config fields then calls ``done()`` on both.  With ``types_by_url``
+    the name is free (a label, as a compressor library's is) and ``@type`` alone must be one of
+    ``types``' values."""
     f = _Fields(r, v, path, ("name", "typed_config", *extra))
     name = f.req("name", _str)
+    if types_by_url and name is not None:
+        tc_value = f.values.get("typed_config")
+        url = tc_value.get("@type") if isinstance(tc_value, Mapping) else None
+        label = next((k for k, u in types.items() if u == url), None)
+        types = {name: types[label] if label is not None else next(iter(types.values()))}
     tc = _typed_config(r, f, name, types) if name is not None else None
     if tc is None:
         f.done()
@@ -881,7 +1323,9 @@ def _extension(
 
 def _socket_address(*, dns: bool = False, min_port: int = 0) -> Callable[[_Reader, Any, str], SocketAddress]:
     def parse(r: _Reader, v: object, path: str) -> SocketAddress:
-        f = _Fields(r, v, path, ("address", "port_value"))
+        f = _Fields(r, v, path, ("protocol", "address", "port_value"))
+        if f.has("protocol") and f.values["protocol"] != "TCP":
+            f.problem("protocol", f"{f.values['protocol']!r} is not supported: only TCP (Envoy's default)")
         address = f.req("address", _nonempty_str)
         port = f.req("port_value", _uint(min_port, 65535))
         if address is not None and not dns:
@@ -914,25 +1358,101 @@ def _access_log(r: _Reader, v: object, path: str) -> AccessLog:
     types = {STDOUT_LOG_NAME: STDOUT_LOG_TYPE, FILE_LOG_NAME: FILE_LOG_TYPE}
     name, f, tc = _extension(r, v, path, types)
     log_path = tc.req("path", _nonempty_str) if name == FILE_LOG_NAME else None
+    fmt = tc.opt("log_format", _log_format, None)
+    if name == FILE_LOG_NAME:  # the deprecated spellings Envoy still reads
+        if tc.has("format"):
+            fmt = FormatString(text=tc.req("format", _log_format_text))
+        if tc.has("json_format"):
+            fmt = FormatString(json=tc.req("json_format", _log_json_format))
     tc.done()
     f.done()
-    return AccessLog("file", log_path) if name == FILE_LOG_NAME else AccessLog("stdout")
+    return AccessLog("file" if name == FILE_LOG_NAME else "stdout", log_path, fmt)
+
+
+def _log_operators_ok(r: _Reader, text: str, path: str) -> None:
+    for m in OPERATOR_RE.finditer(text):
+        op = m.group(1) + (f"({m.group(2)})" if m.group(2) is not None else "")
+        if op.upper() not in LOG_OPERATORS:
+            r.fail(
+                path, f"unsupported command operator %{op}% (supported: {', '.join(sorted(LOG_OPERATORS))})"
+            )
+
+
+def _log_format_text(r: _Reader, v: object, path: str) -> str:
+    text = _str(r, v, path)
+    _log_operators_ok(r, text, path)
+    return text
+
+
+def _log_json_format(r: _Reader, v: object, path: str) -> str:
+    if not isinstance(v, Mapping):
+        r.fail(path, f"expected a mapping, got {_kind(v)}")
+    for key, value in v.items():
+        if isinstance(value, str):
+            _log_operators_ok(r, value, _join(path, str(key)))
+        elif not isinstance(value, (int, float, bool)) and value is not None:
+            r.fail(_join(path, str(key)), "nested values are outside the subset: strings with operators only")
+    return json.dumps(v)
+
+
+def _log_format(r: _Reader, v: object, path: str) -> FormatString:
+    """An access log's ``log_format``: ``text_format``, ``text_format_source`` (inline) or
+    ``json_format`` (flat), with the access log's operators."""
+    f = _Fields(r, v, path, ("text_format", "text_format_source", "json_format"))
+    which = f.exactly_one("text_format", "text_format_source", "json_format")
+    out = FormatString()
+    if which == "text_format":
+        out = FormatString(text=f.req("text_format", _log_format_text))
+    elif which == "text_format_source":
+        source = f.req("text_format_source", _inline_data)
+        if source is not None:
+            out = FormatString(text=_log_format_text(r, source, _join(path, "text_format_source")))
+    elif which == "json_format":
+        out = FormatString(json=f.req("json_format", _log_json_format))
+    f.done()
+    return out
 
 
 def _admin(r: _Reader, v: object, path: str) -> Admin:
-    f = _Fields(r, v, path, ("address", "access_log"))
+    f = _Fields(r, v, path, ("address", "access_log", "access_log_path"))
     address = f.req("address", _address())
     logs = f.opt("access_log", _list(_access_log), ())
+    # deprecated in Envoy v3 but still accepted: a file logger at that path
+    log_path = f.opt("access_log_path", _nonempty_str, None)
+    if log_path is not None:
+        logs = (*logs, AccessLog("file", log_path))
     f.done()
     return Admin(address, logs)
 
 
-def _data_source(r: _Reader, v: object, path: str) -> str:
-    """A ``DataSource`` given by ``filename`` (inline_string/inline_bytes are outside the subset)."""
-    f = _Fields(r, v, path, ("filename",))
-    filename = f.req("filename", _nonempty_str)
+def _data_source(r: _Reader, v: object, path: str) -> DataSource:
+    """A ``DataSource``: ``filename``, ``inline_string`` or ``inline_bytes`` (base64, as proto3 JSON
+    writes bytes); ``environment_variable`` is outside the subset."""
+    f = _Fields(r, v, path, ("filename", "inline_string", "inline_bytes"))
+    which = f.exactly_one("filename", "inline_string", "inline_bytes")
+    source = DataSource()
+    if which == "filename":
+        filename = f.req("filename", _nonempty_str)
+        if filename is not None:
+            source = DataSource(filename=r.resolve_file(filename, _join(path, "filename")))
+    elif which == "inline_string":
+        text = f.req("inline_string", _nonempty_str)
+        source = DataSource(inline=text.encode("utf-8") if text is not None else b"")
+    elif which == "inline_bytes":
+        source = DataSource(inline=f.req("inline_bytes", _base64))
     f.done()
-    return r.resolve_file(filename, _join(path, "filename"))
+    return source
+
+
+def _base64(r: _Reader, v: object, path: str) -> bytes:
+    text = _nonempty_str(r, v, path)
+    try:
+        # proto3 JSON accepts the standard and the URL-safe alphabets, padded or not
+        return base64.b64decode(
+            text.replace("-", "+").replace("_", "/") + "=" * (-len(text) % 4), validate=True
+        )
+    except (binascii.Error, ValueError):
+        r.fail(path, "not valid base64")
 
 
 def _tls_certificate(r: _Reader, v: object, path: str) -> TlsCertificate:
@@ -943,36 +1463,185 @@ def _tls_certificate(r: _Reader, v: object, path: str) -> TlsCertificate:
     return TlsCertificate(chain, key)
 
 
-def _validation_context(r: _Reader, v: object, path: str) -> str:
-    f = _Fields(r, v, path, ("trusted_ca",))
+def _validation_context(
+    r: _Reader, v: object, path: str
+) -> tuple[DataSource, tuple[SubjectAltNameMatcher, ...]]:
+    f = _Fields(r, v, path, ("trusted_ca", "match_typed_subject_alt_names"))
     ca = f.req("trusted_ca", _data_source)
+    sans = f.opt("match_typed_subject_alt_names", _list(_san_matcher), ())
     f.done()
-    return ca
+    return ca, sans
+
+
+_SAN_TYPES = ("DNS", "URI", "EMAIL", "IP_ADDRESS")
+
+
+def _san_matcher(r: _Reader, v: object, path: str) -> SubjectAltNameMatcher:
+    f = _Fields(r, v, path, ("san_type", "matcher"))
+    san_type = f.req("san_type", _enum(_SAN_TYPES))
+    matcher = f.req("matcher", _string_matcher)
+    f.done()  # raises if either failed, before matcher is used
+    return SubjectAltNameMatcher(san_type, matcher.kind, matcher.value, matcher.ignore_case)  # type: ignore[arg-type]  # _enum returned one of _SAN_TYPES
+
+
+def _tls_params(r: _Reader, v: object, path: str) -> TlsParams:
+    f = _Fields(r, v, path, ("tls_minimum_protocol_version", "tls_maximum_protocol_version", "cipher_suites"))
+    params = TlsParams(
+        tls_minimum_protocol_version=f.opt("tls_minimum_protocol_version", _enum(TLS_VERSIONS), "TLS_AUTO"),
+        tls_maximum_protocol_version=f.opt("tls_maximum_protocol_version", _enum(TLS_VERSIONS), "TLS_AUTO"),
+        cipher_suites=f.opt("cipher_suites", _list(_nonempty_str), ()),
+    )
+    lo, hi = params.tls_minimum_protocol_version, params.tls_maximum_protocol_version
+    if "TLS_AUTO" not in (lo, hi) and TLS_VERSIONS.index(lo) > TLS_VERSIONS.index(hi):
+        f.problem("tls_maximum_protocol_version", f"{hi} is below tls_minimum_protocol_version {lo}")
+    f.done()
+    return params
 
 
 def _common_tls_context(*, downstream: bool) -> Callable[[_Reader, Any, str], CommonTlsContext]:
     def parse(r: _Reader, v: object, path: str) -> CommonTlsContext:
-        f = _Fields(r, v, path, ("tls_certificates", "validation_context", "alpn_protocols"))
+        f = _Fields(
+            r,
+            v,
+            path,
+            (
+                "tls_certificates",
+                "tls_certificate_sds_secret_configs",
+                "validation_context",
+                "validation_context_sds_secret_config",
+                "alpn_protocols",
+                "tls_params",
+            ),
+        )
         certs = f.opt("tls_certificates", _list(_tls_certificate, min_items=1 if downstream else 0), ())
-        if downstream and not f.has("tls_certificates"):
+        sds_certs = f.opt("tls_certificate_sds_secret_configs", _list(_sds_certificate), ())
+        certs = (*(certs or ()), *(sds_certs or ()))
+        if downstream and not certs and not f.failed:
             f.problem(
                 "tls_certificates",
-                "required field 'tls_certificates' is missing: TLS termination needs a certificate",
+                "required field 'tls_certificates' (or tls_certificate_sds_secret_configs) is missing: "
+                "TLS termination needs a certificate",
             )
-        ca = f.opt("validation_context", _validation_context, None)
+        if f.has("validation_context") and f.has("validation_context_sds_secret_config"):
+            f.problem(
+                "validation_context_sds_secret_config", "only one of validation_context and it may be set"
+            )
+        validation = f.opt("validation_context", _validation_context, (None, ()))
+        if f.has("validation_context_sds_secret_config"):
+            validation = f.req("validation_context_sds_secret_config", _sds_validation)
+        ca, sans = validation or (None, ())  # None: failed, f.done() raises
         alpn = f.opt("alpn_protocols", _list(_nonempty_str), ())
+        params = f.opt("tls_params", _tls_params, TlsParams())
         f.done()
-        return CommonTlsContext(certs, ca, alpn)
+        return CommonTlsContext(certs, ca, alpn, sans, params)
 
     return parse
+
+
+@dataclass(frozen=True, slots=True)
+class Secret:
+    """A ``Secret`` (``static_resources.secrets[]`` or an SDS file's resource): a ``tls_certificate``
+    or a ``validation_context``."""
+
+    name: str
+    tls_certificate: TlsCertificate | None = None
+    validation_context: tuple[DataSource, tuple[SubjectAltNameMatcher, ...]] | None = None
+
+
+SECRET_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+
+
+def _secret(r: _Reader, v: object, path: str) -> Secret:
+    f = _Fields(r, v, path, ("@type", "name", "tls_certificate", "validation_context"))
+    if f.has("@type") and f.values["@type"] != SECRET_TYPE:
+        f.problem("@type", f"{f.values['@type']!r}: an SDS resource here is a {SECRET_TYPE}")
+    name = f.req("name", _nonempty_str)
+    which = f.exactly_one("tls_certificate", "validation_context")
+    cert = f.req("tls_certificate", _tls_certificate) if which == "tls_certificate" else None
+    validation = f.req("validation_context", _validation_context) if which == "validation_context" else None
+    f.done()
+    return Secret(name, cert, validation)
+
+
+def _sds_secret(r: _Reader, v: object, path: str) -> Secret:
+    """An ``SdsSecretConfig``: ``name``, found in ``sds_config``'s file (``path_config_source.path``
+    or the deprecated ``path``; read once, at load: Envoy would also watch it) or, without
+    ``sds_config``, among ``static_resources.secrets``."""
+    f = _Fields(r, v, path, ("name", "sds_config"))
+    name = f.req("name", _nonempty_str)
+    source = f.opt("sds_config", _sds_path, None)
+    f.done()
+    if source is None:
+        found = r.secrets.get(name)
+        if found is None:
+            r.fail(
+                _join(path, "name"),
+                f"unknown secret {name!r} (not in static_resources.secrets, no sds_config)",
+            )
+        return found
+    file_path, where = source
+    try:
+        document = yaml.safe_load(Path(file_path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError, ValueError) as exc:
+        r.fail(where, f"cannot read the SDS file {file_path}: {exc}")
+    resources = document.get("resources") if isinstance(document, Mapping) else None
+    if not isinstance(resources, list):
+        r.fail(where, f"{file_path}: expected a mapping with a 'resources' list (a DiscoveryResponse)")
+    for i, resource in enumerate(resources):
+        if isinstance(resource, Mapping) and resource.get("name") == name:
+            return _secret(r, normalize_secret(resource), f"{file_path}:resources[{i}]")
+    r.fail(_join(path, "name"), f"secret {name!r} is not among the resources of {file_path}")
+
+
+def normalize_secret(resource: Mapping[str, Any]) -> object:
+    """An SDS file's resource read the way Envoy reads it (its own schema: camelCase and all)."""
+    return envoy_normalize_any(dict(resource))
+
+
+def _sds_path(r: _Reader, v: object, path: str) -> tuple[str, str]:
+    f = _Fields(r, v, path, ("path_config_source", "path", "resource_api_version"))
+    which = f.exactly_one("path_config_source", "path")
+    file_path = ""
+    where = _join(path, which or "path")
+    if which == "path":
+        file_path = f.req("path", _nonempty_str)
+    elif which == "path_config_source":
+        inner = _Fields(r, f.values["path_config_source"], where, ("path",))
+        file_path = inner.req("path", _nonempty_str)
+        inner.done()
+        where = _join(where, "path")
+    f.opt("resource_api_version", _enum(("AUTO", "V3")), "AUTO")
+    f.done()
+    return r.resolve_file(file_path, where), where
+
+
+def _sds_certificate(r: _Reader, v: object, path: str) -> TlsCertificate:
+    secret = _sds_secret(r, v, path)
+    if secret.tls_certificate is None:
+        r.fail(path, f"secret {secret.name!r} is not a tls_certificate")
+    return secret.tls_certificate
+
+
+def _sds_validation(r: _Reader, v: object, path: str) -> tuple[DataSource, tuple[SubjectAltNameMatcher, ...]]:
+    secret = _sds_secret(r, v, path)
+    if secret.validation_context is None:
+        r.fail(path, f"secret {secret.name!r} is not a validation_context")
+    return secret.validation_context
 
 
 def _downstream_tls(r: _Reader, v: object, path: str) -> DownstreamTlsContext:
     _, f, tc = _extension(r, v, path, {TLS_NAME: DOWNSTREAM_TLS_TYPE})
     common = tc.req("common_tls_context", _common_tls_context(downstream=True))
+    require = tc.opt("require_client_certificate", _bool, False)
+    if require and common is not None and common.trusted_ca is None:
+        # stricter than Envoy, which would accept it and then refuse every client
+        tc.problem(
+            "require_client_certificate",
+            "needs common_tls_context.validation_context.trusted_ca to verify client certificates with",
+        )
     tc.done()
     f.done()
-    return DownstreamTlsContext(common)
+    return DownstreamTlsContext(common, require)
 
 
 def _upstream_tls(r: _Reader, v: object, path: str) -> UpstreamTlsContext:
@@ -1074,12 +1743,31 @@ def _cluster_ref(r: _Reader, v: object, path: str) -> str:
     return name
 
 
+def _upgrade_config(r: _Reader, v: object, path: str) -> tuple[str, bool]:
+    """``upgrade_configs[]``: ``upgrade_type`` (case-insensitive, as Envoy matches it) and ``enabled``
+    (default true); upgrade ``filters`` and ``connect_config`` are outside the subset."""
+    f = _Fields(r, v, path, ("upgrade_type", "enabled"))
+    kind = f.req("upgrade_type", _header_name)
+    enabled = f.opt("enabled", _bool, True)
+    f.done()  # raises if upgrade_type failed
+    return kind.lower(), enabled
+
+
 def _route_action(r: _Reader, v: object, path: str) -> RouteAction:
     f = _Fields(
         r,
         v,
         path,
-        ("cluster", "weighted_clusters", "prefix_rewrite", "host_rewrite_literal", "timeout", "retry_policy"),
+        (
+            "cluster",
+            "weighted_clusters",
+            "prefix_rewrite",
+            "host_rewrite_literal",
+            "timeout",
+            "retry_policy",
+            "upgrade_configs",
+            "request_mirror_policies",
+        ),
     )
     which = f.exactly_one("cluster", "weighted_clusters")
     cluster = f.req("cluster", _cluster_ref) if which == "cluster" else None
@@ -1091,9 +1779,22 @@ def _route_action(r: _Reader, v: object, path: str) -> RouteAction:
         host_rewrite_literal=f.opt("host_rewrite_literal", _host_value, None),
         timeout=f.opt("timeout", _duration_ge0, 15.0),
         retry_policy=f.opt("retry_policy", _retry_policy, None),
+        upgrade_configs=f.opt("upgrade_configs", _list(_upgrade_config), ()),
+        request_mirror_policies=f.opt("request_mirror_policies", _list(_mirror_policy), ()),
     )
     f.done()
     return action
+
+
+def _mirror_policy(r: _Reader, v: object, path: str) -> tuple[str, FractionalPercent | None]:
+    """``request_mirror_policies[]``: ``cluster`` and ``runtime_fraction`` (every request when absent);
+    ``trace_sampled`` is accepted (no tracing here)."""
+    f = _Fields(r, v, path, ("cluster", "runtime_fraction", "trace_sampled"))
+    cluster = f.req("cluster", _cluster_ref)
+    fraction = f.opt("runtime_fraction", _runtime_fractional_percent, None)
+    f.opt("trace_sampled", _bool, None)
+    f.done()
+    return cluster, fraction
 
 
 def _direct_response(r: _Reader, v: object, path: str) -> DirectResponse:
@@ -1182,7 +1883,14 @@ def _route(r: _Reader, v: object, path: str) -> Route:
         r,
         v,
         path,
-        ("match", "route", "direct_response", "request_headers_to_add", "request_headers_to_remove"),
+        (
+            "match",
+            "route",
+            "direct_response",
+            "request_headers_to_add",
+            "request_headers_to_remove",
+            "typed_per_filter_config",
+        ),
     )
     match = f.req("match", _route_match)
     which = f.exactly_one("route", "direct_response")
@@ -1193,19 +1901,21 @@ def _route(r: _Reader, v: object, path: str) -> Route:
         action = f.req("direct_response", _direct_response)
     to_add = f.opt("request_headers_to_add", _list(_header_value_option), ())
     to_remove = f.opt("request_headers_to_remove", _list(_header_name), ())
+    per_filter = f.opt("typed_per_filter_config", _per_filter_configs, ())
     f.done()
     if action is None:  # unreachable: no action means f failed, so done() raised
         raise _Skip
-    return Route(match, action, to_add, to_remove)
+    return Route(match, action, to_add, to_remove, per_filter)
 
 
 def _virtual_host(r: _Reader, v: object, path: str) -> VirtualHost:
-    f = _Fields(r, v, path, ("name", "domains", "routes"))
+    f = _Fields(r, v, path, ("name", "domains", "routes", "typed_per_filter_config"))
     name = f.req("name", _nonempty_str)
     domains = f.req("domains", _list(_nonempty_str, min_items=1))
     routes = f.opt("routes", _list(_route), ())
+    per_filter = f.opt("typed_per_filter_config", _per_filter_configs, ())
     f.done()
-    return VirtualHost(name, domains, routes)
+    return VirtualHost(name, domains, routes, per_filter)
 
 
 def _route_config(r: _Reader, v: object, path: str) -> RouteConfiguration:
@@ -1234,11 +1944,301 @@ def _route_config(r: _Reader, v: object, path: str) -> RouteConfiguration:
     return RouteConfiguration(name, vhosts)
 
 
-def _http_filter(r: _Reader, v: object, path: str) -> str:
-    name, f, tc = _extension(r, v, path, {ROUTER_NAME: ROUTER_TYPE})
+def _http_filter(r: _Reader, v: object, path: str) -> HttpFilter:
+    if isinstance(v, Mapping) and v.get("name") == ROUTER_NAME and v.get("typed_config") is None:
+        # Envoy finds the router by its name alone: it has nothing to configure
+        f = _Fields(r, v, path, ("name", "typed_config", "disabled"))
+        disabled = f.opt("disabled", _bool, False)
+        f.done()
+        return HttpFilter(ROUTER_NAME, RouterFilter(), disabled)
+    name, f, tc = _extension(r, v, path, HTTP_FILTER_TYPES, extra=("disabled",))
+    disabled = f.opt("disabled", _bool, False)
+    try:
+        config = _http_filter_config(r, name, tc)
+    finally:
+        f.done()
+    return HttpFilter(name, config, disabled)
+
+
+def _http_filter_config(r: _Reader, name: str, tc: _Fields) -> HttpFilterConfig:
+    config: HttpFilterConfig
+    if name == FAULT_NAME:
+        config = _fault(r, tc)
+    elif name == COMPRESSOR_NAME:
+        config = _compressor(r, tc)
+    elif name == CACHE_NAME:
+        config = _http_cache(r, tc)
+    elif name == LOCAL_RATELIMIT_NAME:
+        config = _local_ratelimit(r, tc)
+    else:
+        config = Cors() if name == CORS_NAME else RouterFilter()
+    tc.done()
+    return config
+
+
+def _per_filter_configs(r: _Reader, v: object, path: str) -> tuple[tuple[str, PerRouteConfig], ...]:
+    """``typed_per_filter_config``: filter name -> an ``Any`` of that filter's per-route type."""
+    if not isinstance(v, Mapping):
+        r.fail(path, f"expected a mapping, got {_kind(v)}")
+    out: list[tuple[str, PerRouteConfig]] = []
+    failed = False
+    for name, config in v.items():
+        item_path = _join(path, str(name))
+        if not isinstance(name, str) or name not in PER_ROUTE_TYPES:
+            r.problems.append(
+                Problem(item_path, f"unsupported filter {name!r} (supported: {', '.join(PER_ROUTE_TYPES)})")
+            )
+            failed = True
+            continue
+        try:
+            out.append((name, _per_filter_config(r, name, config, item_path)))
+        except _Skip:
+            failed = True
+    if failed:
+        raise _Skip
+    return tuple(out)
+
+
+def _per_filter_config(r: _Reader, name: str, v: object, path: str) -> PerRouteConfig:
+    type_url = PER_ROUTE_TYPES[name]
+    if not isinstance(v, Mapping):
+        r.fail(path, f"expected a mapping, got {_kind(v)}")
+    if v.get("@type") != type_url:
+        got = v.get("@type")
+        r.fail(_join(path, "@type"), f'{got!r}: {name} takes "@type": {type_url} here')
+    tc = _Fields(r, {k: x for k, x in v.items() if k != "@type"}, path, _TYPED_CONFIG_FIELDS[type_url])
+    config: PerRouteConfig
+    if name == CORS_NAME:
+        config = _cors_policy(r, tc)
+    elif name == COMPRESSOR_NAME:
+        disabled = tc.req("disabled", _bool)
+        config = CompressorPerRoute(disabled if disabled is not None else False)
+    elif name == FAULT_NAME:
+        config = _fault(r, tc)
+    else:
+        config = _local_ratelimit(r, tc)
+    tc.done()
+    return config
+
+
+_DENOMINATORS = {"HUNDRED": 100, "TEN_THOUSAND": 10_000, "MILLION": 1_000_000}
+
+
+def _fractional_percent(r: _Reader, v: object, path: str) -> FractionalPercent:
+    f = _Fields(r, v, path, ("numerator", "denominator"))
+    numerator = f.opt("numerator", _uint32, 0)
+    denominator = f.opt("denominator", _enum(tuple(_DENOMINATORS)), "HUNDRED")
+    f.done()
+    return FractionalPercent(numerator, _DENOMINATORS[denominator])
+
+
+def _runtime_fractional_percent(r: _Reader, v: object, path: str) -> FractionalPercent:
+    f = _Fields(r, v, path, ("default_value", "runtime_key"))
+    default = f.req("default_value", _fractional_percent)
+    key = f.opt("runtime_key", _str, None)
+    f.done()  # raises if default_value failed
+    return FractionalPercent(default.numerator, default.denominator, key or None)
+
+
+def _string_matcher(r: _Reader, v: object, path: str) -> StringMatcher:
+    f = _Fields(r, v, path, ("exact", "prefix", "suffix", "contains", "safe_regex", "ignore_case"))
+    which = f.exactly_one("exact", "prefix", "suffix", "contains", "safe_regex")
+    value = ""
+    if which == "safe_regex":
+        value = f.req("safe_regex", _regex)
+    elif which is not None:
+        value = f.req(which, _str)
+    ignore_case = f.opt("ignore_case", _bool, False)
+    if ignore_case and which == "safe_regex":
+        f.problem("ignore_case", "has no effect on safe_regex (Envoy rejects it too)")
+    f.done()
+    return StringMatcher(which, value, ignore_case)  # type: ignore[arg-type]  # which is one of the kinds: done() raised otherwise
+
+
+def _regex(r: _Reader, v: object, path: str) -> str:
+    """``safe_regex {regex}`` (RE2 in Envoy; Python's ``re`` here, on the patterns both accept)."""
+    f = _Fields(r, v, path, ("regex", "google_re2"))
+    pattern = f.req("regex", _str)
+    f.done()
+    try:
+        re.compile(pattern)
+    except (re.error, RecursionError, OverflowError) as exc:
+        r.fail(_join(path, "regex"), f"not a valid regular expression: {exc}")
+    return pattern
+
+
+def _cors_policy(r: _Reader, tc: _Fields) -> CorsPolicy:
+    def header_list(r: _Reader, v: object, path: str) -> str:
+        return _field_value(r, v, path)
+
+    policy = CorsPolicy(
+        allow_origin=tc.opt("allow_origin_string_match", _list(_string_matcher), ()),
+        allow_methods=tc.opt("allow_methods", header_list, None) or None,
+        allow_headers=tc.opt("allow_headers", header_list, None) or None,
+        expose_headers=tc.opt("expose_headers", header_list, None) or None,
+        max_age=tc.opt("max_age", header_list, None) or None,
+        allow_credentials=tc.opt("allow_credentials", _bool, None),
+        filter_enabled=tc.opt("filter_enabled", _runtime_fractional_percent, None),
+    )
+    tc.opt("shadow_enabled", _runtime_fractional_percent, None)
+    return policy
+
+
+_ZLIB_LEVELS = {"DEFAULT_COMPRESSION": -1, "BEST_SPEED": 1, "BEST_COMPRESSION": 9} | {
+    f"COMPRESSION_LEVEL_{n}": n for n in range(1, 10)
+}
+_ZLIB_STRATEGIES = {"DEFAULT_STRATEGY": 0, "FILTERED": 1, "HUFFMAN_ONLY": 2, "RLE": 3, "FIXED": 4}
+
+
+def _gzip_library(r: _Reader, v: object, path: str) -> dict[str, Any]:
+    _, f, tc = _extension(r, v, path, {"gzip": GZIP_COMPRESSOR_TYPE}, types_by_url=True)
+    out = {
+        # (.get: a failed enum read is None, and tc.done() below raises before it is used)
+        "compression_level": _ZLIB_LEVELS.get(
+            tc.opt("compression_level", _enum(tuple(_ZLIB_LEVELS)), "DEFAULT_COMPRESSION"), -1
+        ),
+        "strategy": _ZLIB_STRATEGIES.get(
+            tc.opt("compression_strategy", _enum(tuple(_ZLIB_STRATEGIES)), "DEFAULT_STRATEGY"), 0
+        ),
+        "memory_level": tc.opt("memory_level", _uint(1, 9), 5),
+        "window_bits": tc.opt("window_bits", _uint(9, 15), 12),
+    }
+    tc.opt("chunk_size", _uint(4096, 65536), 4096)  # zlib's output buffer: Python's zlib sizes its own
     tc.done()
     f.done()
-    return name
+    return out
+
+
+def _feature_flag(r: _Reader, v: object, path: str) -> tuple[bool, str | None]:
+    f = _Fields(r, v, path, ("default_value", "runtime_key"))
+    value = f.req("default_value", _bool)
+    key = f.opt("runtime_key", _str, None)
+    f.done()
+    return value, key or None
+
+
+def _compressor_common(r: _Reader, v: object, path: str) -> dict[str, Any]:
+    f = _Fields(r, v, path, ("enabled", "min_content_length", "content_type"))
+    out: dict[str, Any] = {}
+    if f.has("enabled"):
+        out["enabled"], out["enabled_runtime_key"] = f.req("enabled", _feature_flag) or (True, None)
+    if f.has("min_content_length"):
+        out["min_content_length"] = f.req("min_content_length", _uint32)
+    if f.has("content_type"):
+        out["content_types"] = tuple(t.lower() for t in f.req("content_type", _list(_nonempty_str)) or ())
+    f.done()  # raises if anything above failed, so no placeholder escapes
+    return out
+
+
+def _compressor_response(r: _Reader, v: object, path: str) -> dict[str, Any]:
+    f = _Fields(r, v, path, ("common_config", "disable_on_etag_header"))
+    out = f.opt("common_config", _compressor_common, {}) or {}
+    if f.has("disable_on_etag_header"):
+        out = out | {"disable_on_etag_header": f.req("disable_on_etag_header", _bool)}
+    f.done()
+    return out
+
+
+def _compressor(r: _Reader, tc: _Fields) -> Compressor:
+    library = tc.req("compressor_library", _gzip_library)
+    settings: dict[str, Any] = {}
+    # the deprecated top-level fields Envoy still reads (response_direction_config wins)
+    if tc.has("content_length"):
+        settings["min_content_length"] = tc.req("content_length", _uint32)
+    if tc.has("content_type"):
+        settings["content_types"] = tuple(
+            t.lower() for t in tc.req("content_type", _list(_nonempty_str)) or ()
+        )
+    if tc.has("disable_on_etag_header"):
+        settings["disable_on_etag_header"] = tc.req("disable_on_etag_header", _bool)
+    settings |= tc.opt("response_direction_config", _compressor_response, {}) or {}
+    return Compressor(**((library or {}) | settings))
+
+
+def _cache_storage(r: _Reader, v: object, path: str) -> None:
+    """The cache's storage ``typed_config``: only Envoy's in-memory SimpleHttpCacheConfig."""
+    f = _Fields(r, v, path, ("@type",))
+    url = f.req("@type", _str)
+    if url is not None and url != SIMPLE_CACHE_TYPE:
+        f.problem("@type", f"{url!r}: the only cache storage here is {SIMPLE_CACHE_TYPE}")
+    f.done()
+
+
+def _http_cache(r: _Reader, tc: _Fields) -> HttpCache:
+    tc.req("typed_config", _cache_storage)
+    return HttpCache(
+        allowed_vary_headers=tc.opt("allowed_vary_headers", _list(_string_matcher), ()),
+        max_body_bytes=tc.opt("max_body_bytes", _uint32, 0),
+        ignore_request_cache_control_header=tc.opt("ignore_request_cache_control_header", _bool, False),
+    )
+
+
+def _fault_delay(r: _Reader, v: object, path: str) -> FaultDelay:
+    f = _Fields(r, v, path, ("fixed_delay", "header_delay", "percentage"))
+    which = f.exactly_one("fixed_delay", "header_delay")
+    fixed = f.req("fixed_delay", _duration_gt0) if which == "fixed_delay" else None
+    if which == "header_delay":
+        f.req("header_delay", _empty_message)
+    delay = FaultDelay(fixed, f.opt("percentage", _fractional_percent, FractionalPercent()))
+    f.done()
+    return delay
+
+
+def _fault_abort(r: _Reader, v: object, path: str) -> FaultAbort:
+    f = _Fields(r, v, path, ("http_status", "header_abort", "percentage"))
+    which = f.exactly_one("http_status", "header_abort")
+    status = f.req("http_status", _uint(200, 599)) if which == "http_status" else None
+    if which == "header_abort":
+        f.req("header_abort", _empty_message)
+    abort = FaultAbort(status, f.opt("percentage", _fractional_percent, FractionalPercent()))
+    f.done()
+    return abort
+
+
+def _empty_message(r: _Reader, v: object, path: str) -> None:
+    f = _Fields(r, v, path, ())
+    f.done()
+
+
+def _fault(r: _Reader, tc: _Fields) -> HttpFault:
+    return HttpFault(
+        delay=tc.opt("delay", _fault_delay, None),
+        abort=tc.opt("abort", _fault_abort, None),
+        max_active_faults=tc.opt("max_active_faults", _uint32, None),
+        headers=tc.opt("headers", _list(_header_matcher), ()),
+        upstream_cluster=tc.opt("upstream_cluster", _nonempty_str, None),
+    )
+
+
+def _token_bucket(r: _Reader, v: object, path: str) -> TokenBucket:
+    f = _Fields(r, v, path, ("max_tokens", "tokens_per_fill", "fill_interval"))
+    bucket = TokenBucket(
+        max_tokens=f.req("max_tokens", _positive_uint32),
+        fill_interval=f.req("fill_interval", _duration_gt0),
+        tokens_per_fill=f.opt("tokens_per_fill", _positive_uint32, 1),
+    )
+    f.done()
+    return bucket
+
+
+def _local_ratelimit(r: _Reader, tc: _Fields) -> LocalRateLimit:
+    return LocalRateLimit(
+        stat_prefix=tc.req("stat_prefix", _nonempty_str),
+        token_bucket=tc.opt("token_bucket", _token_bucket, None),
+        filter_enabled=tc.opt("filter_enabled", _runtime_fractional_percent, FractionalPercent()),
+        filter_enforced=tc.opt("filter_enforced", _runtime_fractional_percent, FractionalPercent()),
+        status=tc.opt("status", _http_status_code, 429),
+        response_headers_to_add=tc.opt("response_headers_to_add", _list(_header_value_option), ()),
+        per_connection=tc.opt("local_rate_limit_per_downstream_connection", _bool, False),
+    )
+
+
+def _http_status_code(r: _Reader, v: object, path: str) -> int:
+    """An ``HttpStatus {code}``; Envoy's local rate limit takes codes of 400 and above."""
+    f = _Fields(r, v, path, ("code",))
+    code = f.req("code", _uint(400, 599))
+    f.done()
+    return code
 
 
 def _idle_timeout_options(r: _Reader, v: object, path: str) -> float:
@@ -1253,10 +2253,17 @@ def _hcm(r: _Reader, f: _Fields) -> HttpConnectionManager:
     codec: CodecType = f.opt("codec_type", _enum(CODEC_TYPES), "AUTO")
     route_config = f.req("route_config", _route_config)
     filters = f.req("http_filters", _list(_http_filter, min_items=1))
-    if filters is not None and len(filters) != 1:
-        f.problem(
-            "http_filters", "must be exactly one envoy.filters.http.router (the only HTTP filter supported)"
-        )
+    if filters is not None:
+        routers = [i for i, x in enumerate(filters) if x.name == ROUTER_NAME]
+        if routers != [len(filters) - 1]:
+            f.problem("http_filters", f"must end with {ROUTER_NAME}, once (the terminal filter)")
+        elif filters[-1].disabled:
+            f.problem(f"http_filters[{len(filters) - 1}].disabled", "the router cannot be disabled")
+        seen_filters: set[str] = set()
+        for i, x in enumerate(filters):
+            if x.name in seen_filters:
+                f.problem(f"http_filters[{i}].name", f"{x.name} is configured twice (one of each here)")
+            seen_filters.add(x.name)
     hcm = HttpConnectionManager(
         stat_prefix=stat_prefix,
         route_config=route_config,
@@ -1265,9 +2272,163 @@ def _hcm(r: _Reader, f: _Fields) -> HttpConnectionManager:
         idle_timeout=f.opt("common_http_protocol_options", _idle_timeout_options, 3600.0),
         request_timeout=f.opt("request_timeout", _duration_ge0, 0.0),
         stream_idle_timeout=f.opt("stream_idle_timeout", _duration_ge0, 300.0),
+        http_filters=filters if filters is not None else (),
+        upgrade_configs=f.opt("upgrade_configs", _list(_upgrade_config), ()),
     )
+    if f.has("local_reply_config"):
+        reply = f.req("local_reply_config", _local_reply_config)
+        if reply is not None:
+            hcm = replace(hcm, local_reply_mappers=reply[0], local_reply_format=reply[1])
     f.done()
     return hcm
+
+
+def _format_text(r: _Reader, v: object, path: str) -> str:
+    text = _str(r, v, path)
+    for m in OPERATOR_RE.finditer(text):
+        if m.group(1) not in KNOWN_OPERATORS:
+            r.fail(
+                path, f"unsupported command operator %{m.group(1)}% (supported: {', '.join(KNOWN_OPERATORS)})"
+            )
+    return text
+
+
+def _json_format(r: _Reader, v: object, path: str) -> str:
+    if not isinstance(v, Mapping):
+        r.fail(path, f"expected a mapping, got {_kind(v)}")
+
+    def check(node: object, where: str) -> None:
+        if isinstance(node, str):
+            _format_text(r, node, where)
+        elif isinstance(node, Mapping):
+            for k, x in node.items():
+                check(x, _join(where, str(k)))
+        elif isinstance(node, list):
+            for i, x in enumerate(node):
+                check(x, f"{where}[{i}]")
+
+    check(v, path)
+    try:
+        return json.dumps(v)
+    except (TypeError, ValueError) as exc:
+        r.fail(path, f"not a JSON object: {exc}")
+
+
+def _format_string(r: _Reader, v: object, path: str) -> FormatString:
+    """A ``SubstitutionFormatString``: one of ``text_format``, ``text_format_source`` (inline),
+    ``json_format``; and ``content_type``."""
+    f = _Fields(r, v, path, ("text_format", "text_format_source", "json_format", "content_type"))
+    which = f.exactly_one("text_format", "text_format_source", "json_format")
+    text = json_text = None
+    if which == "text_format":
+        text = f.req("text_format", _format_text)
+    elif which == "text_format_source":
+        source = f.req("text_format_source", _inline_data)
+        text = _format_text(r, source, _join(path, "text_format_source")) if source is not None else None
+    elif which == "json_format":
+        json_text = f.req("json_format", _json_format)
+    content_type = f.opt("content_type", _field_value, None)
+    f.done()
+    return FormatString(text, json_text, content_type)
+
+
+def _inline_data(r: _Reader, v: object, path: str) -> str:
+    """A ``DataSource`` given inline (``inline_string``) where the proxy needs the text itself."""
+    f = _Fields(r, v, path, ("inline_string",))
+    text = f.req("inline_string", _str)
+    f.done()
+    return text
+
+
+_COMPARISON_OPS = ("EQ", "GE", "LE")
+
+
+def _status_comparison(r: _Reader, v: object, path: str) -> tuple[str, int]:
+    f = _Fields(r, v, path, ("op", "value"))
+    op = f.opt("op", _enum(_COMPARISON_OPS), "EQ")
+    value = f.req("value", _runtime_uint32)
+    f.done()
+    return op, value
+
+
+def _runtime_uint32(r: _Reader, v: object, path: str) -> int:
+    f = _Fields(r, v, path, ("default_value", "runtime_key"))
+    value = f.req("default_value", _uint32)
+    f.req("runtime_key", _str)  # required by Envoy's RuntimeUInt32; static here
+    f.done()
+    return value
+
+
+def _reply_filter(r: _Reader, v: object, path: str) -> ReplyFilter:
+    kinds = ("status_code_filter", "header_filter", "response_flag_filter", "and_filter", "or_filter")
+    f = _Fields(r, v, path, kinds)
+    which = f.exactly_one(*kinds)
+    out: ReplyFilter | None = None
+    if which == "status_code_filter":
+        sub = _Fields(r, f.values["status_code_filter"], _join(path, which), ("comparison",))
+        comparison = sub.req("comparison", _status_comparison)
+        sub.done()
+        out = ReplyFilter(which, op=comparison[0], value=comparison[1])
+    elif which == "header_filter":
+        sub = _Fields(r, f.values["header_filter"], _join(path, which), ("header",))
+        matcher = sub.req("header", _header_matcher)
+        sub.done()
+        out = ReplyFilter(which, header=_header_predicate(matcher))
+    elif which == "response_flag_filter":
+        sub = _Fields(r, f.values["response_flag_filter"], _join(path, which), ("flags",))
+        flags = sub.opt("flags", _list(_nonempty_str), ())
+        sub.done()
+        out = ReplyFilter(which, flags=flags)
+    elif which is not None:
+        sub = _Fields(r, f.values[which], _join(path, which), ("filters",))
+        children = sub.req("filters", _list(_reply_filter, min_items=2))
+        sub.done()
+        out = ReplyFilter(which, children=children)
+    f.done()
+    if out is None:  # unreachable: f failed, so done() raised
+        raise _Skip
+    return out
+
+
+def _header_predicate(m: HeaderMatcher) -> Callable[[Sequence[tuple[bytes, bytes]]], bool]:
+    """A header matcher as a test on request headers (the router's rule, without importing it)."""
+    name = m.name.lower().encode("latin-1")
+
+    def test(headers: Sequence[tuple[bytes, bytes]]) -> bool:
+        raw = next((v for k, v in headers if k.lower() == name), None)
+        if m.kind in ("present", "absent"):
+            return (raw is not None) == (m.kind == "present")
+        if raw is None or m.value is None:
+            return False
+        value, want = raw.decode("latin-1"), m.value
+        if m.ignore_case:
+            value, want = value.lower(), want.lower()
+        return value == want if m.kind == "exact" else value.startswith(want)
+
+    return test
+
+
+def _mapper(r: _Reader, v: object, path: str) -> Mapper:
+    f = _Fields(r, v, path, ("filter", "status_code", "body", "body_format_override", "headers_to_add"))
+    mapper = Mapper(
+        filter=f.req("filter", _reply_filter),
+        status_code=f.opt("status_code", _uint(200, 599), None),
+        body=f.opt("body", _inline_data, None),
+        headers_to_add=tuple(
+            (h.key, h.value) for h in f.opt("headers_to_add", _list(_header_value_option), ()) or ()
+        ),
+        body_format_override=f.opt("body_format_override", _format_string, None),
+    )
+    f.done()
+    return mapper
+
+
+def _local_reply_config(r: _Reader, v: object, path: str) -> tuple[tuple[Mapper, ...], FormatString | None]:
+    f = _Fields(r, v, path, ("mappers", "body_format"))
+    mappers = f.opt("mappers", _list(_mapper), ())
+    body_format = f.opt("body_format", _format_string, None)
+    f.done()
+    return mappers, body_format
 
 
 def _tcp_proxy(r: _Reader, f: _Fields) -> TcpProxy:
@@ -1289,17 +2450,25 @@ def _network_filter(r: _Reader, v: object, path: str) -> HttpConnectionManager |
     return result
 
 
-def _filter_chain_match(r: _Reader, v: object, path: str) -> tuple[str, ...]:
-    f = _Fields(r, v, path, ("server_names",))
+_TRANSPORT_PROTOCOLS: tuple[Literal["tls", "raw_buffer"], ...] = ("tls", "raw_buffer")
+
+
+def _filter_chain_match(
+    r: _Reader, v: object, path: str
+) -> tuple[tuple[str, ...], Literal["tls", "raw_buffer"] | None, tuple[str, ...]]:
+    f = _Fields(r, v, path, ("server_names", "transport_protocol", "application_protocols"))
     names = f.opt("server_names", _list(_nonempty_str), ())
+    transport = f.opt("transport_protocol", _enum(_TRANSPORT_PROTOCOLS), None)
+    alpn = f.opt("application_protocols", _list(_nonempty_str), ())
     f.done()
-    return tuple(n.lower() for n in names)
+    return tuple(n.lower() for n in names), transport, alpn
 
 
 def _filter_chain(r: _Reader, v: object, path: str) -> FilterChain:
     f = _Fields(r, v, path, ("name", "filter_chain_match", "transport_socket", "filters"))
     name = f.opt("name", _str, None)
-    server_names = f.opt("filter_chain_match", _filter_chain_match, ())
+    chain_match = f.opt("filter_chain_match", _filter_chain_match, ((), None, ()))
+    server_names, transport, alpn = chain_match or ((), None, ())  # None: failed, f.done() raises
     tls = f.opt("transport_socket", _downstream_tls, None)
     filters = f.req("filters", _list(_network_filter, min_items=1))
     if filters is not None and len(filters) > 1:
@@ -1307,10 +2476,14 @@ def _filter_chain(r: _Reader, v: object, path: str) -> FilterChain:
             "filters", "must hold exactly one filter: http_connection_manager and tcp_proxy are both terminal"
         )
     f.done()
-    return FilterChain(filters[0], server_names, tls, name)
+    return FilterChain(filters[0], server_names, tls, name, transport, alpn)
 
 
 def _listener_filter(r: _Reader, v: object, path: str) -> str:
+    if isinstance(v, Mapping) and v.get("name") == TLS_INSPECTOR_NAME and v.get("typed_config") is None:
+        f = _Fields(r, v, path, ("name", "typed_config"))  # found by name, as Envoy finds it
+        f.done()
+        return TLS_INSPECTOR_NAME
     name, f, tc = _extension(r, v, path, {TLS_INSPECTOR_NAME: TLS_INSPECTOR_TYPE})
     tc.done()
     f.done()
@@ -1319,51 +2492,88 @@ def _listener_filter(r: _Reader, v: object, path: str) -> str:
 
 def _listener(r: _Reader, v: object, path: str) -> Listener:
     f = _Fields(r, v, path, ("name", "address", "listener_filters", "filter_chains"))
-    name = f.req("name", _nonempty_str)
     address = f.req("address", _address())
+    # Envoy names an unnamed listener with a generated UUID; its address is as unique here (two
+    # listeners on one address are an error) and tells the operator more in logs and stats.
+    name = f.opt("name", _nonempty_str, str(address) if address is not None else "")
     listener_filters = f.opt("listener_filters", _list(_listener_filter), ())
     chains = f.req("filter_chains", _list(_filter_chain, min_items=1))
     if chains is not None:
-        seen: dict[tuple[str, ...], int] = {}
+        seen: dict[tuple[object, ...], int] = {}
         for i, chain in enumerate(chains):
-            key = tuple(sorted(chain.server_names))
+            names = tuple(sorted(chain.server_names))
+            key = (names, chain.transport_protocol, tuple(sorted(chain.application_protocols)))
             if key in seen:
-                match = f"server_names {', '.join(key)}" if key else "no filter_chain_match"
+                parts = [f"server_names {', '.join(names)}"] if names else []
+                if chain.transport_protocol:
+                    parts.append(f"transport_protocol {chain.transport_protocol}")
+                if chain.application_protocols:
+                    parts.append(f"application_protocols {', '.join(chain.application_protocols)}")
+                match = "; ".join(parts) or "no filter_chain_match"
                 f.problem(f"filter_chains[{i}]", f"same match as filter_chains[{seen[key]}] ({match})")
             seen.setdefault(key, i)
     f.done()
     return Listener(name, address, chains, TLS_INSPECTOR_NAME in listener_filters)
 
 
-def _lb_endpoint(dns: bool) -> Callable[[_Reader, Any, str], SocketAddress]:
+def _health_check_config(r: _Reader, v: object, path: str) -> tuple[int, str]:
+    f = _Fields(r, v, path, ("port_value", "hostname"))
+    port = f.opt("port_value", _uint(0, 65535), 0)
+    hostname = f.opt("hostname", _host_value, "")
+    f.done()
+    return port, hostname
+
+
+def _lb_endpoint(dns: bool) -> Callable[[_Reader, Any, str], LbEndpoint]:
     address = _address(dns=dns, min_port=1)
 
-    def endpoint(r: _Reader, v: object, path: str) -> SocketAddress:
-        f = _Fields(r, v, path, ("address",))
+    def endpoint(r: _Reader, v: object, path: str) -> LbEndpoint:
+        f = _Fields(r, v, path, ("address", "hostname", "health_check_config"))
         a = f.req("address", address)
+        hostname = f.opt("hostname", _host_value, "")
+        hc = f.opt("health_check_config", _health_check_config, (0, ""))
         f.done()
-        return a
+        return LbEndpoint(a, 1, hostname, *hc)
 
-    def parse(r: _Reader, v: object, path: str) -> SocketAddress:
-        f = _Fields(r, v, path, ("endpoint",))
-        a = f.req("endpoint", endpoint)
+    def parse(r: _Reader, v: object, path: str) -> LbEndpoint:
+        f = _Fields(r, v, path, ("endpoint", "load_balancing_weight"))
+        e = f.req("endpoint", endpoint)
+        weight = f.opt("load_balancing_weight", _positive_uint32, 1)
         f.done()
-        return a
+        return replace(e, load_balancing_weight=weight)
 
     return parse
 
 
+def _locality_name(r: _Reader, v: object, path: str) -> str:
+    f = _Fields(r, v, path, ("region", "zone", "sub_zone"))
+    parts = [f.opt(k, _str, "") for k in ("region", "zone", "sub_zone")]
+    f.done()
+    return "/".join(parts)
+
+
 def _load_assignment(dns: bool) -> Callable[[_Reader, Any, str], ClusterLoadAssignment]:
-    def locality(r: _Reader, v: object, path: str) -> tuple[SocketAddress, ...]:
-        f = _Fields(r, v, path, ("lb_endpoints",))
+    def locality(r: _Reader, v: object, path: str) -> LocalityLbEndpoints:
+        f = _Fields(r, v, path, ("lb_endpoints", "locality", "load_balancing_weight", "priority"))
         eps = f.req("lb_endpoints", _list(_lb_endpoint(dns), min_items=1))
+        out = LocalityLbEndpoints(
+            eps,
+            locality=f.opt("locality", _locality_name, ""),
+            load_balancing_weight=f.opt("load_balancing_weight", _positive_uint32, 1),
+            priority=f.opt("priority", _uint(0, 127), 0),
+        )
         f.done()
-        return eps
+        return out
 
     def parse(r: _Reader, v: object, path: str) -> ClusterLoadAssignment:
         f = _Fields(r, v, path, ("cluster_name", "endpoints"))
         name = f.req("cluster_name", _nonempty_str)
         endpoints = f.req("endpoints", _list(locality, min_items=1))
+        if endpoints is not None:
+            # Envoy: priorities must be contiguous from 0
+            levels = sorted({e.priority for e in endpoints})
+            if levels != list(range(len(levels))):
+                f.problem("endpoints", f"priorities {levels} are not contiguous from 0 (Envoy rejects gaps)")
         f.done()
         return ClusterLoadAssignment(name, endpoints)
 
@@ -1381,7 +2591,17 @@ def _http_health_check(r: _Reader, v: object, path: str) -> str:
 
 def _health_check(r: _Reader, v: object, path: str) -> HealthCheck:
     f = _Fields(
-        r, v, path, ("timeout", "interval", "unhealthy_threshold", "healthy_threshold", "http_health_check")
+        r,
+        v,
+        path,
+        (
+            "timeout",
+            "interval",
+            "unhealthy_threshold",
+            "healthy_threshold",
+            "http_health_check",
+            "no_traffic_interval",
+        ),
     )
     hc = HealthCheck(
         timeout=f.req("timeout", _duration_gt0),
@@ -1389,6 +2609,7 @@ def _health_check(r: _Reader, v: object, path: str) -> HealthCheck:
         unhealthy_threshold=f.req("unhealthy_threshold", _uint32),
         healthy_threshold=f.req("healthy_threshold", _uint32),
         path=f.req("http_health_check", _http_health_check),
+        no_traffic_interval=f.opt("no_traffic_interval", _duration_gt0, None),
     )
     f.done()
     return hc
@@ -1447,13 +2668,17 @@ def _cluster(r: _Reader, v: object, path: str) -> Cluster:
             "outlier_detection",
             "circuit_breakers",
             "transport_socket",
+            "common_lb_config",
+            "maglev_lb_config",
         ),
     )
     name = f.req("name", _cluster_name)
     ctype: ClusterType = f.opt("type", _enum(CLUSTER_TYPES), "STATIC")
-    dns = ctype == "STRICT_DNS"
+    dns = ctype in ("STRICT_DNS", "LOGICAL_DNS")
     if f.has("dns_lookup_family") and not dns:
-        f.problem("dns_lookup_family", "only STRICT_DNS clusters resolve names")
+        f.problem("dns_lookup_family", "only STRICT_DNS and LOGICAL_DNS clusters resolve names")
+    panic, locality_weighted = f.opt("common_lb_config", _common_lb_config, (None, False)) or (None, False)
+    maglev_size = f.opt("maglev_lb_config", _maglev_lb_config, 65537)
     c = Cluster(
         name=name,
         type=ctype,
@@ -1465,13 +2690,61 @@ def _cluster(r: _Reader, v: object, path: str) -> Cluster:
         outlier_detection=f.opt("outlier_detection", _outlier_detection, None),
         circuit_breakers=f.opt("circuit_breakers", _circuit_breakers, CircuitBreakerThresholds()),
         transport_socket=f.opt("transport_socket", _upstream_tls, None),
+        healthy_panic_threshold=panic,
+        locality_weighted=locality_weighted,
+        maglev_table_size=maglev_size,
     )
+    if ctype == "LOGICAL_DNS" and c.load_assignment is not None:
+        eps = c.load_assignment.endpoints
+        if len(eps) != 1 or len(eps[0].lb_endpoints) != 1:
+            f.problem(
+                "load_assignment", "a LOGICAL_DNS cluster takes exactly one endpoint (as Envoy requires)"
+            )
+    if f.has("maglev_lb_config") and c.lb_policy != "MAGLEV":
+        f.problem("maglev_lb_config", "only for lb_policy MAGLEV")
     f.done()
     return c
 
 
+def _percent_value(r: _Reader, v: object, path: str) -> float:
+    """A ``type.v3.Percent`` ``{value}`` in 0..100."""
+    f = _Fields(r, v, path, ("value",))
+    value = f.req("value", _number)
+    if value is not None and not 0 <= value <= 100:
+        f.problem("value", f"{value} is out of range 0..100")
+    f.done()
+    return float(value)
+
+
+def _number(r: _Reader, v: object, path: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        r.fail(path, f"expected a number, got {_kind(v)}")
+    return float(v)
+
+
+def _common_lb_config(r: _Reader, v: object, path: str) -> tuple[float | None, bool]:
+    f = _Fields(r, v, path, ("healthy_panic_threshold", "locality_weighted_lb_config"))
+    panic = f.opt("healthy_panic_threshold", _percent_value, None)
+    weighted = f.has("locality_weighted_lb_config")
+    if weighted:
+        f.req("locality_weighted_lb_config", _empty_message)
+    f.done()
+    return panic, weighted
+
+
+def _maglev_lb_config(r: _Reader, v: object, path: str) -> int:
+    f = _Fields(r, v, path, ("table_size",))
+    size = f.opt("table_size", _uint(2, 5_000_011), 65537)
+    if size is not None and (size < 2 or any(size % d == 0 for d in range(2, int(size**0.5) + 1))):
+        f.problem("table_size", f"{size} is not a prime (Envoy requires one)")
+    f.done()
+    return size
+
+
 def _static_resources(r: _Reader, v: object, path: str) -> tuple[tuple[Listener, ...], tuple[Cluster, ...]]:
-    f = _Fields(r, v, path, ("listeners", "clusters"))
+    f = _Fields(r, v, path, ("listeners", "clusters", "secrets"))
+    for secret in f.opt("secrets", _list(_secret), ()) or ():  # first: listeners and clusters refer to them
+        r.secrets[secret.name] = secret
     listeners = f.opt("listeners", _list(_listener), ())
     clusters = f.opt("clusters", _list(_cluster), ())
     raw = f.values
@@ -1524,8 +2797,50 @@ def _raw_names(items: object) -> set[str]:
 def _bootstrap(r: _Reader, v: object, path: str) -> Bootstrap:
     if v is None:
         r.fail(path, "the document is empty")
-    f = _Fields(r, v, path, ("admin", "static_resources"))
+    f = _Fields(r, v, path, ("admin", "static_resources", "layered_runtime"))
     admin = f.opt("admin", _admin, None)
     resources = f.opt("static_resources", _static_resources, ((), ()))
+    runtime = f.opt("layered_runtime", _layered_runtime, ())
     f.done()
-    return Bootstrap(admin, resources[0], resources[1])
+    return Bootstrap(admin, resources[0], resources[1], runtime)
+
+
+def _layered_runtime(r: _Reader, v: object, path: str) -> tuple[tuple[str, RuntimeValue], ...]:
+    f = _Fields(r, v, path, ("layers",))
+    layers = f.opt("layers", _list(_runtime_layer), ())
+    f.done()
+    merged: dict[str, RuntimeValue] = {}
+    for layer in layers:  # later layers override earlier ones, as in Envoy
+        merged.update(layer)
+    return tuple(sorted(merged.items()))
+
+
+def _runtime_layer(r: _Reader, v: object, path: str) -> dict[str, RuntimeValue]:
+    """A ``static_layer`` (disk, admin and RTDS layers are outside the subset): its nested keys
+    flattened into Envoy's dotted runtime keys."""
+    f = _Fields(r, v, path, ("name", "static_layer"))
+    f.req("name", _nonempty_str)
+    layer = f.req("static_layer", _runtime_values)
+    f.done()
+    return layer
+
+
+def _runtime_values(r: _Reader, v: object, path: str) -> dict[str, RuntimeValue]:
+    if not isinstance(v, Mapping):
+        r.fail(path, f"expected a mapping, got {_kind(v)}")
+    out: dict[str, RuntimeValue] = {}
+    stack: list[tuple[str, Mapping[Any, Any], int]] = [("", v, 0)]
+    while stack:
+        prefix, node, depth = stack.pop()
+        for key, value in node.items():
+            full = f"{prefix}{key}"
+            if isinstance(value, Mapping) and depth < 32:
+                stack.append((f"{full}.", value, depth + 1))
+            elif isinstance(value, (bool, int, float, str)) or value is None:
+                out[full] = value
+            else:
+                r.fail(
+                    _join(path, full),
+                    f"expected a runtime value (number, string, boolean), got {_kind(value)}",
+                )
+    return out

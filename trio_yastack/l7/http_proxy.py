@@ -19,6 +19,11 @@ What a request meets on the way, in order:
   after), ``idle_timeout`` a connection with no request; the route's ``timeout`` runs from the end of
   the request to the end of the response (504), ``per_try_timeout`` bounds each attempt's wait for
   response headers.
+- **HTTP filters** (:mod:`.filters`), once the route is chosen, in the order configured:
+  ``local_ratelimit`` and ``fault`` may answer locally (429, the fault's status) or delay,
+  ``cors`` answers preflights and marks responses, ``cache`` answers from memory and keeps
+  cacheable responses, ``compressor`` gzips the response body.  The proxy's own replies go through
+  ``local_reply_config`` (:mod:`.local_reply`).
 - **Routing.** No virtual host or route: 404.  ``direct_response`` answers locally.
 - **Headers.** Hop-by-hop headers are removed both ways; ``x-forwarded-for`` gets the client's
   address appended, ``x-forwarded-proto`` is set to the downstream scheme, ``x-request-id`` is kept or
@@ -31,8 +36,11 @@ What a request meets on the way, in order:
   not retried (Envoy's buffer-limit rule) — bodies are otherwise streamed, never held whole.
 - **Bodies** stream both ways with backpressure: each chunk is written before the next is read,
   and the request body is sent while the response is being read (an upstream may answer early).
-- **Upgrade** (WebSocket): the ``Upgrade`` handshake goes to the upstream; on 101 the two
-  connections are spliced byte for byte until both sides close.
+- **Upgrade** (WebSocket): an upgrade that ``upgrade_configs`` (the route's, else the connection
+  manager's) allows goes to the upstream, and on 101 the two connections are spliced byte for byte
+  until both sides close; any other is refused with 403, as Envoy refuses it.
+- **Mirrors** (``request_mirror_policies``): a copy of the request goes to each mirror cluster once
+  it is done, fire and forget (:meth:`HttpConnectionManagerRuntime._mirror`).
 - **Draining** (SIGTERM or ``POST /healthcheck/fail`` on the admin endpoint): responses carry
   ``connection: close``, so keep-alive clients move on.
 """
@@ -43,6 +51,7 @@ import contextlib
 import random
 import time
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import TYPE_CHECKING
@@ -55,18 +64,22 @@ from trio_yastack._trio_helpers import lingering_close, unwrap_single_exception
 
 from ._heads import request_head, response_head
 from .access_log import AccessLogger, AccessRecord
-from .config import DirectResponse, HttpConnectionManager, RetryPolicy, Route, RouteAction
+from .config import DirectResponse, HttpConnectionManager, RetryPolicy, Route, RouteAction, RuntimeValue
+from .filters import GzipStream, HttpFilterChain, RequestView, sample, start_compression
+from .local_reply import LocalReplyContext, rewrite
 from .router import Router, apply_header_options, get_header, rewrite_path, strip_hop_by_hop
 from .stats import Scope, Stats
 from .upstream import ClusterManager, ClusterRuntime, ConnectFailure, Overflow, UpstreamConnection
 
 if TYPE_CHECKING:
+    from .filters import FilterOutcome
     from .proxy import ProxyState
 
 __all__ = ["MAX_REQUEST_HEADERS", "RETRY_BUFFER", "HttpConnectionManagerRuntime", "ProxyLimits"]
 
 MAX_REQUEST_HEADERS = 60 * 1024  # Envoy's max_request_headers_kb default
-RETRY_BUFFER = 64 * 1024  # request body kept for replay on retry
+RETRY_BUFFER = 64 * 1024  # request body kept for replay on retry (and for a mirror)
+MAX_SHADOWS = 256  # request mirrors in flight per connection manager; more are skipped (counted)
 RECEIVE_SIZE = 65536
 RETRY_BASE = 0.025  # Envoy's retry back-off base_interval default
 RETRY_MAX = 0.25  # and its default max_interval (10 x base)
@@ -75,6 +88,11 @@ LINGER_SECONDS = 2.0
 LINGER_BYTES = 1024 * 1024
 SERVER = b"trio_yastack"
 _NETWORK_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
+
+
+def _no_runtime(key: str) -> RuntimeValue:
+    """The runtime of a connection manager built without a bootstrap (tests): no key is set."""
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,10 +122,22 @@ class _DownstreamGone(Exception):
 class _Downstream:
     """One client connection: the stream, its h11 server state, and byte counts."""
 
-    __slots__ = ("bytes_received", "bytes_sent", "h11", "remote", "response_started", "scheme", "stream")
+    __slots__ = (
+        "bytes_received",
+        "bytes_sent",
+        "filter_state",
+        "h11",
+        "remote",
+        "request_headers",
+        "response_started",
+        "scheme",
+        "stream",
+    )
 
     def __init__(self, stream: trio.abc.Stream, remote: str, scheme: str) -> None:
         self.stream = stream
+        self.filter_state: dict[int, object] = {}  # per-connection filter state (token buckets)
+        self.request_headers: list[tuple[bytes, bytes]] = []  # kept only for local_reply_config
         self.remote = remote
         self.scheme = scheme
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_HEADERS)
@@ -243,6 +273,7 @@ class HttpConnectionManagerRuntime:
         *,
         limits: ProxyLimits | None = None,
         rng: random.Random | None = None,
+        runtime: Callable[[str], RuntimeValue] | None = None,
     ) -> None:
         self.config = config
         self.router = Router(config.route_config)
@@ -270,10 +301,20 @@ class HttpConnectionManagerRuntime:
             "downstream_cx_upgrades_total",
             "no_route",
             "rq_direct_response",
+            "downstream_rq_ws_on_non_ws_route",
         )
         self.stats.gauge_set("downstream_cx_active", 0)
         self.stats.gauge_set("downstream_rq_active", 0)
         self.access_log = AccessLogger(config.access_log)
+        self.runtime = runtime or _no_runtime
+        self.local_reply = bool(config.local_reply_mappers or config.local_reply_format)
+        self._shadows = 0  # request mirrors in flight
+        # HTTP filters before the router; None when the router is alone (one test per request)
+        self.filters: HttpFilterChain | None = None
+        if HttpFilterChain.needed(config.http_filters):
+            self.filters = HttpFilterChain(
+                config.http_filters, stats, self.stats, runtime or _no_runtime, self.rng
+            )
 
     # --- connections ---
 
@@ -376,21 +417,42 @@ class HttpConnectionManagerRuntime:
                 self.access_log.log(record)
 
     async def _local_reply(
-        self, ds: _Downstream, status: int, body: str, *, close: bool, record: AccessRecord
-    ) -> None:
-        """An answer made here (Envoy's "local reply"), counted like any response."""
-        await self._reply(ds, status, (body + "\n").encode() if body else b"", close=close, record=record)
+        self, ds: _Downstream, status: int, body: str, *, close: bool, record: AccessRecord,
+        headers: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:  # fmt: skip
+        """An answer made here (Envoy's "local reply"), counted like any response, rewritten by
+        ``local_reply_config`` when there is one."""
+        if self.local_reply:
+            ctx = LocalReplyContext(
+                status, body, record.response_flags, record.protocol or "-", record.start_time,
+                ds.request_headers, record.method or "", record.path or "", record.authority or "",
+            )  # fmt: skip
+            config = self.config
+            status, payload, content_type, added = rewrite(
+                config.local_reply_mappers, config.local_reply_format, ctx
+            )
+            headers = [*(headers or ()), *added]
+            await self._reply(
+                ds, status, payload, close=close, record=record, headers=headers, content_type=content_type
+            )
+            return
+        payload = (body + "\n").encode() if body else b""
+        await self._reply(ds, status, payload, close=close, record=record, headers=headers)
 
     async def _reply(
-        self, ds: _Downstream, status: int, payload: bytes, *, close: bool, record: AccessRecord
-    ) -> None:
+        self, ds: _Downstream, status: int, payload: bytes, *, close: bool, record: AccessRecord,
+        headers: Sequence[tuple[bytes, bytes]] | None = None, content_type: str = "text/plain",
+    ) -> None:  # fmt: skip
         """A response made here (a local reply, or a ``direct_response`` with its body exactly),
-        in one write."""
+        in one write; ``headers``: what the HTTP filters add."""
         if ds.h11.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return  # (their_state ERROR is fine: h11 lets a server answer a request it refused)
-        headers = [(b"content-length", str(len(payload)).encode())]
+        head_headers = [(b"content-length", str(len(payload)).encode())]
         if payload:
-            headers.append((b"content-type", b"text/plain"))
+            head_headers.append((b"content-type", content_type.encode("latin-1")))
+        if headers:
+            head_headers.extend(headers)
+        headers = head_headers
         if close or self.state.draining:
             headers.append((b"connection", b"close"))
         self._count_response(status)
@@ -402,6 +464,24 @@ class HttpConnectionManagerRuntime:
         pending.append(ds.h11.send(h11.EndOfMessage()))
         await ds.send_pending(pending)
         record.bytes_sent += len(payload)
+
+    async def _serve_cached(
+        self, ds: _Downstream, status: int, headers: list[tuple[bytes, bytes]], body: bytes,
+        extra: Sequence[tuple[bytes, bytes]], record: AccessRecord,
+    ) -> None:  # fmt: skip
+        """A cache filter hit: the stored response (with its ``Age``), in one write."""
+        head = [*headers, *extra, (b"content-length", str(len(body)).encode())]
+        if self.state.draining:
+            head.append((b"connection", b"close"))
+        self._count_response(status)
+        record.response_code = status
+        ds.response_started = True
+        pending = [ds.h11.send(h11.Response(status_code=status, headers=head, reason=_reason(status)))]
+        if body and record.method != "HEAD":
+            pending.append(ds.h11.send(h11.Data(data=body)))
+        pending.append(ds.h11.send(h11.EndOfMessage()))
+        await ds.send_pending(pending)
+        record.bytes_sent += len(body)
 
     def _count_response(self, status: int) -> None:
         self.stats.inc(f"downstream_rq_{status // 100}xx")
@@ -419,6 +499,8 @@ class HttpConnectionManagerRuntime:
         if request.target[:1] != b"/" and request.target != b"*":
             request = _origin_form(request)  # RFC 9112 3.2.2: absolute-form; its host is the authority
         headers = list(request.headers)
+        if self.local_reply:
+            ds.request_headers = headers
         method = request.method.decode("latin-1")
         target = request.target.decode("latin-1")
         authority = (get_header(headers, b"host") or b"").decode("latin-1")
@@ -438,16 +520,49 @@ class HttpConnectionManagerRuntime:
 
         vhost = self.router.virtual_host(authority)
         route = self.router.route(vhost, target, headers) if vhost is not None else None
-        if route is None:
-            self.stats.inc("no_route")
-            raise _LocalReply(404, "", "NR")
-        if isinstance(route.action, DirectResponse):
-            self.stats.inc("rq_direct_response")
-            body = route.action.body or ""
-            await self._drain_request_body(ds, timing)
-            await self._reply(ds, route.action.status, body.encode(), close=False, record=record)
-            return True
-        return await self._route_to_cluster(ds, request, headers, route, route.action, timing, record)
+        extra: Sequence[tuple[bytes, bytes]] = ()  # no allocation when there are no filters
+        flags: Sequence[str] = ()
+        outcome = None
+        if self.filters is not None:
+            outcome = await self.filters.decode(
+                RequestView(method, target, headers, vhost, route, ds.filter_state), trio.current_time
+            )
+            flags, extra = outcome.flags, outcome.response_headers
+            if outcome.status is not None:
+                record.response_flags = ",".join(flags) or "-"
+                await self._drain_request_body(ds, timing)
+                await self._local_reply(
+                    ds,
+                    outcome.status,
+                    outcome.body,
+                    close=False,
+                    record=record,
+                    headers=outcome.reply_headers,
+                )
+                return True
+            if outcome.cached is not None:
+                await self._drain_request_body(ds, timing)
+                await self._serve_cached(ds, *outcome.cached, extra, record)
+                return True
+        try:
+            if route is None:
+                self.stats.inc("no_route")
+                raise _LocalReply(404, "", "NR")
+            if isinstance(route.action, DirectResponse):
+                self.stats.inc("rq_direct_response")
+                body = route.action.body or ""
+                await self._drain_request_body(ds, timing)
+                await self._reply(
+                    ds, route.action.status, body.encode(), close=False, record=record, headers=extra
+                )
+                return True
+            return await self._route_to_cluster(
+                ds, request, headers, route, route.action, timing, record, extra, outcome
+            )
+        finally:
+            if flags:  # a delay injected: listed before the router's own flags, if any
+                router_flags = record.response_flags
+                record.response_flags = ",".join(flags) + ("" if router_flags == "-" else f",{router_flags}")
 
     async def _drain_request_body(self, ds: _Downstream, timing: _Timing) -> None:
         """Read (and drop) a request body we answer without an upstream, so the connection can be
@@ -467,10 +582,13 @@ class HttpConnectionManagerRuntime:
     async def _route_to_cluster(
         self, ds: _Downstream, request: h11.Request, headers: list[tuple[bytes, bytes]], route: Route,
         action: RouteAction, timing: _Timing, record: AccessRecord,
+        response_headers: Sequence[tuple[bytes, bytes]], outcome: FilterOutcome | None,
     ) -> bool:  # fmt: skip
         """Hand the request to the router (:class:`_RouterRequest`) within the cluster's
         ``max_requests``; True keeps the client connection."""
         rq = _RouterRequest(self, ds, request, headers, route, action, timing, record)
+        rq.response_headers = response_headers
+        rq.filters = outcome
         cluster = rq.cluster
         timing.route_timeout = action.timeout
         if rq.body.complete:
@@ -484,6 +602,63 @@ class HttpConnectionManagerRuntime:
         finally:
             record.bytes_received = rq.body.total
             cluster.end_request()
+            if action.request_mirror_policies:
+                self._mirror(rq, action)
+
+    def _mirror(self, rq: _RouterRequest, action: RouteAction) -> None:
+        """``request_mirror_policies``: the request (head as the router sent it, ``Host`` with
+        Envoy's ``-shadow`` suffix, and its body) to each mirror cluster its fraction picks, fire and
+        forget.  Sent once the request is done (Envoy sends it alongside), and only when the body
+        was kept whole (up to :data:`RETRY_BUFFER`); otherwise counted ``shadow_skipped``."""
+        nursery = self.state.background
+        for name, fraction in action.request_mirror_policies:
+            if fraction is not None and not sample(fraction, self.runtime, self.rng):
+                continue
+            body = rq.body
+            if nursery is None or not (body.complete and body.replayable) or self._shadows >= MAX_SHADOWS:
+                self.stats.inc("shadow_skipped")
+                continue
+            headers = [
+                (k, v + b"-shadow" if k == b"host" else v)
+                for k, v in rq.head.headers  # Envoy's suffix
+            ]
+            head = h11.Request(method=rq.head.method, target=rq.head.target, headers=headers)
+            self._shadows += 1
+            nursery.start_soon(self._shadow, self.clusters[name], head, b"".join(body.kept), action.timeout)
+
+    async def _shadow(self, cluster: ClusterRuntime, head: h11.Request, body: bytes, timeout: float) -> None:
+        """One mirrored request; its response is read and dropped, its failures only counted."""
+        conn: UpstreamConnection | None = None
+        try:
+            with trio.move_on_after(timeout or 15.0):
+                host = cluster.choose_host()
+                if host is None:
+                    return
+                cluster.start_request()
+                try:
+                    conn = await cluster.acquire(host)
+                    framing = (b"content-length", b"transfer-encoding")
+                    headers = [(k, v) for k, v in head.headers if k not in framing]
+                    headers.append((b"content-length", str(len(body)).encode()))
+                    await conn.send(h11.Request(method=head.method, target=head.target, headers=headers))
+                    if body:
+                        await conn.send(h11.Data(data=body))
+                    await conn.send(h11.EndOfMessage())
+                    while not isinstance(await conn.next_event(), (h11.EndOfMessage, h11.ConnectionClosed)):
+                        pass
+                    self.stats.inc("shadow_sent")
+                    if conn.reusable:
+                        cluster.release(conn)
+                        conn = None
+                finally:
+                    cluster.end_request()
+        except (*_NETWORK_ERRORS, h11.ProtocolError, ConnectFailure, Overflow):
+            self.stats.inc("shadow_failed")
+        finally:
+            self._shadows -= 1
+            if conn is not None:
+                with trio.CancelScope(shield=True):
+                    await conn.aclose()
 
     def flush_logs(self) -> None:
         self.access_log.flush()
@@ -499,10 +674,12 @@ class _RouterRequest:
         "body",
         "cluster",
         "ds",
+        "filters",
         "hcm",
         "head",
         "policy",
         "record",
+        "response_headers",
         "retries_left",
         "retry_count",
         "timing",
@@ -523,6 +700,8 @@ class _RouterRequest:
         self.policy: RetryPolicy | None = action.retry_policy
         self.retries_left = self.policy.num_retries if self.policy is not None else 0
         self.retry_count = 0
+        self.response_headers: Sequence[tuple[bytes, bytes]] = ()  # the HTTP filters' (CORS)
+        self.filters: FilterOutcome | None = None  # what the HTTP filters decided (the compressor)
 
     def _pick_cluster(self, action: RouteAction) -> ClusterRuntime:
         """The route's cluster, or one of its ``weighted_clusters`` chosen by weight."""
@@ -545,6 +724,14 @@ class _RouterRequest:
         upgrade_value = get_header(headers, b"upgrade")
         connection_tokens = (get_header(headers, b"connection") or b"").lower()
         upgrade = upgrade_value is not None and b"upgrade" in connection_tokens
+        if (
+            upgrade_value is not None
+            and upgrade
+            and not self.hcm.config.upgrade_allowed(upgrade_value.decode("latin-1"), action)
+        ):
+            # Envoy: an upgrade that no upgrade_configs allows is refused with 403 (UpgradeFailed)
+            self.hcm.stats.inc("downstream_rq_ws_on_non_ws_route")
+            raise _LocalReply(403, "", "-")
         target = request.target.decode("latin-1")
         out = strip_hop_by_hop(headers, keep_upgrade=upgrade)
         out = [(k, v) for k, v in out if k != b"expect"]  # 100-continue is answered here, per hop
@@ -847,6 +1034,24 @@ class _UpstreamRequest:
         headers = strip_hop_by_hop(response.headers, keep_upgrade=status == 101)
         headers.append((b"x-envoy-upstream-service-time", str(service_ms).encode()))
         headers = _with_via(headers)  # RFC 9110 7.6.3: a proxy adds Via to responses too
+        cache = rq.filters.cache if rq.filters is not None else None
+        keep: tuple[float, tuple[tuple[bytes, bytes | None], ...]] | None = None
+        cache_headers: list[tuple[bytes, bytes]] = []
+        kept: list[bytes] = []
+        kept_bytes = 0
+        if cache is not None:
+            keep = cache[0].storable(status, rq.head.headers, response.headers)
+            cache_headers = list(headers)
+        if rq.response_headers:  # set by the filters, replacing the upstream's own (Envoy's setReference)
+            names = {name for name, _ in rq.response_headers}
+            headers = [h for h in headers if h[0].lower() not in names]
+            headers.extend(rq.response_headers)
+        gzip: GzipStream | None = None
+        if rq.filters is not None and rq.filters.compressor is not None and status != 101:
+            gzip = start_compression(
+                rq.filters.compressor, rq.filters.accepts_gzip, hcm.stats, status, record.method,
+                response.headers, headers,
+            )  # fmt: skip
         close = hcm.state.draining
         if close and status != 101:
             headers.append((b"connection", b"close"))
@@ -884,13 +1089,31 @@ class _UpstreamRequest:
                                 timing.route_deadline, trio.current_time() + timing.stream_idle
                             )
                         elif isinstance(event, h11.Data):
-                            record.bytes_sent += len(event.data)
-                            pending_bytes += len(event.data)
-                            pending.append(ds.h11.send(h11.Data(data=event.data)))
+                            if keep is not None and cache is not None:
+                                kept_bytes += len(event.data)
+                                if kept_bytes <= cache[0].max_body:
+                                    kept.append(bytes(event.data))
+                                else:  # too large to keep
+                                    keep = None
+                                    kept.clear()
+                            data = event.data if gzip is None else gzip.compress(event.data)
+                            if data:
+                                record.bytes_sent += len(data)
+                                pending_bytes += len(data)
+                                pending.append(ds.h11.send(h11.Data(data=data)))
                             if pending_bytes >= RECEIVE_SIZE:
                                 await ds.send_pending(pending)
                                 pending_bytes = 0
                         elif isinstance(event, h11.EndOfMessage):
+                            if keep is not None and cache is not None:
+                                cache[0].insert(
+                                    cache[1], status, cache_headers, b"".join(kept), keep[0], keep[1],
+                                    trio.current_time(),
+                                )  # fmt: skip
+                            if gzip is not None:
+                                tail = gzip.finish()
+                                record.bytes_sent += len(tail)
+                                pending.append(ds.h11.send(h11.Data(data=tail)))
                             pending.append(ds.h11.send(h11.EndOfMessage()))
                             await ds.send_pending(pending)
                             break

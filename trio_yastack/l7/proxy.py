@@ -34,7 +34,13 @@ from typing import Any
 import trio
 
 from trio_yastack.tls.client_hello import peek_client_hello
-from trio_yastack.tls.contexts import SERVED_ALPN, TlsSetupError, client_context, server_context
+from trio_yastack.tls.contexts import (
+    SERVED_ALPN,
+    TlsSetupError,
+    client_context,
+    peer_san_matches,
+    server_context,
+)
 
 from .admin import AdminServer
 from .config import Bootstrap, FilterChain, HttpConnectionManager, Listener, SocketAddress
@@ -65,6 +71,8 @@ class ProxyState:
     shutting_down: bool = False
     health_check_failed: bool = False
     idle_waits: set[trio.CancelScope] = field(default_factory=set)
+    #: where fire-and-forget work (request mirrors) runs, for the life of the proxy; None before run()
+    background: trio.Nursery | None = None
 
     @property
     def draining(self) -> bool:
@@ -108,35 +116,51 @@ class ListenerRuntime:
             "ssl.handshake",
         )
         self.stats.gauge_set("downstream_cx_active", 0)
-        self.inspect_sni = config.tls_inspector or any(c.config.server_names for c in chains)
-        self._exact: dict[str, _Chain] = {}
-        self._wildcard: list[tuple[str, _Chain]] = []
-        self._default: _Chain | None = None
+        self.inspect_sni = config.tls_inspector or any(c.config.needs_inspector for c in chains)
+        # chains grouped by server name (Envoy's first step); the later steps pick within a group
+        self._exact: dict[str, list[_Chain]] = {}
+        self._wildcard: dict[str, list[_Chain]] = {}
+        self._any: list[_Chain] = []
         for chain in chains:
             if not chain.config.server_names:
-                self._default = self._default or chain
+                self._any.append(chain)
             for name in chain.config.server_names:
                 name = name.lower()
                 if name.startswith("*."):
-                    self._wildcard.append((name[1:], chain))
+                    self._wildcard.setdefault(name[1:], []).append(chain)
                 else:
-                    self._exact.setdefault(name, chain)
-        self._wildcard.sort(key=lambda item: -len(item[0]))
+                    self._exact.setdefault(name, []).append(chain)
+        self._suffixes = sorted(self._wildcard, key=len, reverse=True)
+        self._default = self.match(None)
         self._slots = trio.Semaphore(limits.max_downstream_connections)
         self.active = 0
         self.idle = trio.Event()
         self.idle.set()
         self.socket: trio.SocketListener | None = None
 
-    def match(self, server_name: str | None) -> _Chain | None:
+    def match(
+        self, server_name: str | None, transport: str = "raw_buffer", alpn: tuple[str, ...] = ()
+    ) -> _Chain | None:
+        """Envoy's filter chain match: the most specific server name group (exact, then the
+        longest wildcard, then chains without server_names), then within it the chains for this
+        ``transport`` (else those without one), then those sharing an ALPN protocol with the
+        client's offer (else those without application_protocols); None when a step leaves none."""
+        group = self._any
         if server_name:
             found = self._exact.get(server_name)
+            if found is None:
+                suffix = next((s for s in self._suffixes if server_name.endswith(s)), None)
+                found = self._wildcard[suffix] if suffix is not None else None
             if found is not None:
-                return found
-            for suffix, chain in self._wildcard:
-                if server_name.endswith(suffix):
-                    return chain
-        return self._default
+                group = found
+        group = [c for c in group if c.config.transport_protocol == transport] or [
+            c for c in group if c.config.transport_protocol is None
+        ]
+        offered = set(alpn)
+        group = [c for c in group if offered.intersection(c.config.application_protocols)] or [
+            c for c in group if not c.config.application_protocols
+        ]
+        return group[0] if group else None
 
     async def accept_loop(self, listener: trio.SocketListener, connections: trio.Nursery) -> None:
         """Accept until the listener closes; at most ``max_downstream_connections`` at a time (the
@@ -175,7 +199,10 @@ class ListenerRuntime:
                 if waited.cancelled_caught:
                     self.stats.inc("downstream_pre_cx_timeout")
                     return
-                chain = self.match(info.server_name if info is not None else None)
+                if info is None:
+                    chain = self.match(None, "raw_buffer")
+                else:
+                    chain = self.match(info.server_name, "tls", info.alpn_protocols)
             if chain is None:
                 self.stats.inc("no_filter_chain_match")
                 return
@@ -188,6 +215,10 @@ class ListenerRuntime:
                     await ssl_stream.do_handshake()
                 if waited.cancelled_caught:
                     self.stats.inc("ssl.connection_error")
+                    return
+                tls = chain.config.transport_socket
+                if tls is not None and not peer_san_matches(tls.common_tls_context, ssl_stream.getpeercert()):
+                    self.stats.inc("ssl.fail_verify_san")  # Envoy's name; the client sees a close
                     return
                 self.stats.inc("ssl.handshake")
                 transport, scheme = ssl_stream, "https"
@@ -265,7 +296,13 @@ class Proxy:
                         )
                 if isinstance(chain.filter, HttpConnectionManager):
                     runtime: Filter = HttpConnectionManagerRuntime(
-                        chain.filter, self.clusters, self.stats, self.state, limits=self.limits, rng=self.rng
+                        chain.filter,
+                        self.clusters,
+                        self.stats,
+                        self.state,
+                        limits=self.limits,
+                        rng=self.rng,
+                        runtime=bootstrap.runtime_value,
                     )
                 else:
                     runtime = TcpProxyRuntime(chain.filter, self.clusters, self.stats)
@@ -293,6 +330,7 @@ class Proxy:
         server = self.stats.scope("server")
         async with trio.open_nursery() as background:
             await background.start(self.clusters.run)
+            self.state.background = background
             background.start_soon(self._flush_logs_loop)
             opened: list[tuple[ListenerRuntime, trio.SocketListener]] = []
             admin: AdminServer | None = None

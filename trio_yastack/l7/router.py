@@ -24,6 +24,7 @@ __all__ = [
     "Router",
     "apply_header_options",
     "get_header",
+    "header_matches",
     "rewrite_path",
     "strip_hop_by_hop",
 ]
@@ -142,12 +143,14 @@ class Router:
                 continue
             if match.path is not None and target.partition("?")[0] != match.path:
                 continue
-            if all(_header_matches(m, headers) for m in match.headers):
+            if all(header_matches(m, headers) for m in match.headers):
                 return route
         return None
 
 
-def _header_matches(matcher: HeaderMatcher, headers: Sequence[tuple[bytes, bytes]]) -> bool:
+def header_matches(matcher: HeaderMatcher, headers: Sequence[tuple[bytes, bytes]]) -> bool:
+    """Whether one ``match.headers[]`` matcher accepts the request's headers (the fault filter's
+    ``headers`` too)."""
     raw = get_header(headers, matcher.name.lower().encode())
     if matcher.kind == "present":
         return raw is not None

@@ -9,18 +9,23 @@ What each piece does, and where it follows Envoy (and where not):
   ``GET path`` with ``Host: <cluster name>`` and ``user-agent: Envoy/HC``; a 200 within ``timeout`` is a
   success.  As in Envoy a host starts unhealthy and its first success makes it healthy; after that
   ``unhealthy_threshold`` failures in a row eject it and ``healthy_threshold`` successes bring it
-  back.  The cluster is ready (listeners open) once every host has had its first check.  Envoy's
-  ``no_traffic_interval`` (60 s between checks of an idle cluster) is not modelled: checks run
-  every ``interval`` always.
+  back.  The cluster is ready (listeners open) once every host has had its first check.  A
+  ``no_traffic_interval`` spaces checks until the cluster's first request, as in Envoy; unlike Envoy
+  (60 s by default) there is none unless configured: checks run every ``interval``.  An endpoint's
+  ``health_check_config`` sends them to its ``port_value`` with its ``hostname`` as Host.
 - **Outlier detection** (passive): ``consecutive_5xx`` responses in a row (connect failures,
   resets and timeouts count, as in Envoy's default) eject a host for ``base_ejection_time`` times
   the number of times it has been ejected; it returns at the next ``interval`` sweep after that.  At
   most ``max_ejection_percent`` of hosts are ejected, but always at least one may be.
 - **Load balancing** over the available hosts (healthy and not ejected): ROUND_ROBIN, LEAST_REQUEST
   (the better of two random choices, Envoy's default ``choice_count``), RANDOM, RING_HASH (a ketama
-  ring of :data:`RING_SIZE` points; with no ``hash_policy`` in the subset the request hash is random,
-  as in Envoy).  With no available host the request gets 503: Envoy's panic mode (routing to all
-  hosts when under 50 % are healthy) is not modelled, so an all-unhealthy cluster fails fast.
+  ring of :data:`RING_SIZE` points) and MAGLEV (a Maglev table); with no ``hash_policy`` in the
+  subset the request hash is random, as in Envoy.  Endpoint weights, priorities (Envoy's
+  overprovisioning factor 1.4) and locality weights are honoured (:meth:`ClusterRuntime._choose_weighted`).
+  With no available host the request gets 503: Envoy's panic mode (routing to all hosts when under
+  50 % are healthy, its default) applies only where ``healthy_panic_threshold`` is configured, so an
+  all-unhealthy cluster otherwise fails fast.
+- **LOGICAL_DNS** resolves its one endpoint like STRICT_DNS and keeps the first address.
 - **Connection pools**, one per host: HTTP/1.1 keep-alive connections, reused most-recent-first.
   A connection idle for a second is watched; if the upstream closes it (or sends anything
   unasked) it leaves the pool at once.  A request without a body that fails on a reused
@@ -44,7 +49,9 @@ from dataclasses import dataclass, field
 import h11
 import trio
 
-from .config import Cluster, HealthCheck, OutlierDetection
+from trio_yastack.tls.contexts import peer_san_matches
+
+from .config import Cluster, HealthCheck, LbEndpoint, LocalityLbEndpoints, OutlierDetection
 from .network import Network
 from .stats import Scope, Stats
 
@@ -142,6 +149,9 @@ class Host:
     address: str  # IPv4 address
     port: int
     hostname: str = ""  # the name a STRICT_DNS endpoint was resolved from
+    endpoint: LbEndpoint | None = None  # its lb_endpoints[] entry (weight, health check port and host)
+    locality: LocalityLbEndpoints | None = None  # its endpoints[] entry (priority, locality weight)
+    current_weight: int = 0  # smooth weighted round robin's running weight
     failed_active_hc: bool = False
     pending_active_hc: bool = False
     hc_successes: int = 0  # consecutive
@@ -174,6 +184,14 @@ class Host:
 
     def __str__(self) -> str:
         return f"{self.address}:{self.port}"
+
+    @property
+    def weight(self) -> int:
+        return self.endpoint.load_balancing_weight if self.endpoint is not None else 1
+
+    @property
+    def priority(self) -> int:
+        return self.locality.priority if self.locality is not None else 0
 
 
 class ClusterRuntime:
@@ -236,24 +254,42 @@ class ClusterRuntime:
         self._capacity = trio.lowlevel.ParkingLot()  # requests waiting for a connection slot
         self._rr_index = 0
         self._ring: tuple[list[int], list[Host]] | None = None
+        self._maglev: tuple[tuple[int, ...], list[Host]] | None = None  # (ids of its hosts, table)
+        self._plain = True  # one priority, equal weights, no locality weighting: the fast choice
+        self.had_traffic = False  # no_traffic_interval applies until the first request
         self._nursery: trio.Nursery | None = None
         if config.type == "STATIC":
-            self._set_hosts([(a.address, a.port_value, "") for a in config.load_assignment.addresses])
+            self._set_hosts(
+                [
+                    (e.address.address, e.address.port_value, "", e, locality)
+                    for locality in config.load_assignment.endpoints
+                    for e in locality.lb_endpoints
+                ]
+            )
 
     # --- membership ---
 
-    def _set_hosts(self, endpoints: list[tuple[str, int, str]]) -> None:
+    def _set_hosts(
+        self, endpoints: list[tuple[str, int, str, LbEndpoint | None, LocalityLbEndpoints | None]]
+    ) -> None:
         """Replace the host set, keeping the state of hosts that stay (a DNS refresh that returns
         the same addresses changes nothing)."""
         old = {(h.address, h.port): h for h in self.hosts}
         hosts = []
-        for address, port, hostname in endpoints:
+        for address, port, hostname, endpoint, locality in endpoints:
             host = old.pop((address, port), None)
             if host is None:
-                host = Host(self, address, port, hostname)
+                host = Host(self, address, port, hostname, endpoint, locality)
                 if self.config.health_checks:
                     host.failed_active_hc = host.pending_active_hc = True
             hosts.append(host)
+        self._plain = (
+            len({h.priority for h in hosts}) <= 1
+            and len({h.weight for h in hosts}) <= 1
+            and not self.config.locality_weighted
+            and self.config.healthy_panic_threshold is None
+        )
+        self._maglev = None
         for gone in old.values():
             for conn in list(gone.idle):
                 self._close_soon(conn)
@@ -274,7 +310,7 @@ class ClusterRuntime:
         (resolved, and every host has had its first health check, each bounded by its timeout)."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            if self.config.type == "STRICT_DNS":
+            if self.config.type in ("STRICT_DNS", "LOGICAL_DNS"):
                 await self._resolve()
                 nursery.start_soon(self._dns_loop)
             if self.config.health_checks:
@@ -287,18 +323,24 @@ class ClusterRuntime:
             await trio.sleep_forever()
 
     async def _resolve(self) -> None:
-        endpoints: list[tuple[str, int, str]] = []
-        for socket_address in self.config.load_assignment.addresses:
-            name, port = socket_address.address, socket_address.port_value
-            try:
-                with trio.fail_after(self.config.connect_timeout + 5.0):
-                    addresses = await self.network.resolve(name, port)
-            except (OSError, trio.TooSlowError):
-                self.stats.inc("update_failure")
-                previous = [(h.address, h.port, h.hostname) for h in self.hosts if h.hostname == name]
-                endpoints.extend(previous)  # keep what the last good answer gave
-                continue
-            endpoints.extend((address, port, name) for address in addresses)
+        endpoints: list[tuple[str, int, str, LbEndpoint | None, LocalityLbEndpoints | None]] = []
+        for locality in self.config.load_assignment.endpoints:
+            for endpoint in locality.lb_endpoints:
+                name, port = endpoint.address.address, endpoint.address.port_value
+                try:
+                    with trio.fail_after(self.config.connect_timeout + 5.0):
+                        addresses = await self.network.resolve(name, port)
+                except (OSError, trio.TooSlowError):
+                    self.stats.inc("update_failure")
+                    endpoints.extend(  # keep what the last good answer gave
+                        (h.address, h.port, h.hostname, h.endpoint, h.locality)
+                        for h in self.hosts
+                        if h.hostname == name
+                    )
+                    continue
+                if self.config.type == "LOGICAL_DNS":
+                    addresses = addresses[:1]  # Envoy: the first address of the latest answer
+                endpoints.extend((address, port, name, endpoint, locality) for address in addresses)
         self.stats.inc("update_attempt")
         self._set_hosts(endpoints)
 
@@ -309,7 +351,8 @@ class ClusterRuntime:
 
     async def _health_check_loop(self, check: HealthCheck) -> None:
         while True:
-            await trio.sleep(check.interval)
+            idle = check.no_traffic_interval is not None and not self.had_traffic
+            await trio.sleep(check.no_traffic_interval if idle else check.interval)  # type: ignore[arg-type]  # idle implies it is set
             await self._health_check_round(check)
 
     async def _health_check_round(self, check: HealthCheck) -> None:
@@ -321,13 +364,18 @@ class ClusterRuntime:
         self.stats.inc("health_check.attempt")
         ok, network_failure = False, True
         with trio.move_on_after(check.timeout):
+            endpoint = host.endpoint
+            hc_port = endpoint.health_check_port if endpoint is not None else 0
             try:
-                stream = await self._open_stream(host)
+                stream = await self._open_stream(host, hc_port or None)
             except ConnectFailure:
                 stream = None
             if stream is not None:
+                # Envoy's Host for a check: the endpoint's health check hostname, its hostname, or
+                # the cluster's name
+                host_header = (endpoint.health_check_hostname or endpoint.hostname) if endpoint else ""
                 try:
-                    ok = await _health_check_request(stream, check.path, self.name)
+                    ok = await _health_check_request(stream, check.path, host_header or self.name)
                     network_failure = False
                 except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError):
                     pass
@@ -402,6 +450,9 @@ class ClusterRuntime:
 
     def choose_host(self) -> Host | None:
         """A host for the next request, by ``lb_policy`` over the available hosts; None if none is."""
+        self.had_traffic = True
+        if not self._plain:
+            return self._choose_weighted()
         available = [h for h in self.hosts if h.available]
         if not available:
             return None
@@ -416,7 +467,115 @@ class ClusterRuntime:
             return first if first.active_requests <= second.active_requests else second
         if policy == "RANDOM":
             return self.rng.choice(available)
+        if policy == "MAGLEV":
+            return self._maglev_pick(available, self.rng.getrandbits(64))
         return self._ring_pick(self.rng.getrandbits(64))
+
+    def _choose_weighted(self) -> Host | None:
+        """The general case, as Envoy's load balancers do it: a priority level by its health (with
+        the overprovisioning factor 1.4, so a level at 71 % healthy still takes all its traffic),
+        panic mode under ``healthy_panic_threshold``, a locality by weight times health (with
+        ``locality_weighted_lb_config``), then a host by ``lb_policy`` and endpoint weights."""
+        hosts = self.hosts
+        if not hosts:
+            return None
+        levels = sorted({h.priority for h in hosts})
+        candidates = hosts
+        if len(levels) > 1:
+            healths = []
+            for level in levels:
+                members = [h for h in hosts if h.priority == level]
+                healths.append(min(100.0, 140.0 * sum(h.available for h in members) / len(members)))
+            total = sum(healths)
+            loads, remaining = [], 100.0
+            for health in healths:
+                share = min(remaining, health) if total >= 100 else (health * 100 / total if total else 0.0)
+                loads.append(share)
+                remaining -= share
+            point, chosen = self.rng.uniform(0, 100), levels[0] if not total else levels[-1]
+            for level, load in zip(levels, loads, strict=True):
+                if point < load:
+                    chosen = level
+                    break
+                point -= load
+            candidates = [h for h in hosts if h.priority == chosen]
+        available = [h for h in candidates if h.available]
+        threshold = self.config.healthy_panic_threshold
+        if threshold is not None and len(available) * 100 < threshold * len(candidates):
+            self.stats.inc("lb_healthy_panic")
+            available = candidates  # Envoy's panic: every host, healthy or not
+        if not available:
+            return None
+        if self.config.locality_weighted:
+            by_locality: dict[int, list[Host]] = {}
+            for h in available:
+                by_locality.setdefault(id(h.locality), []).append(h)
+            groups = list(by_locality.values())
+            weights = []
+            for group in groups:
+                locality = group[0].locality
+                size = sum(1 for h in candidates if h.locality is locality)
+                weight = locality.load_balancing_weight if locality is not None else 1
+                weights.append(weight * min(1.0, 1.4 * len(group) / size))
+            available = self.rng.choices(groups, weights)[0]
+        if len(available) == 1:
+            return available[0]
+        policy = self.config.lb_policy
+        if (
+            policy == "ROUND_ROBIN"
+        ):  # smooth weighted round robin (nginx's; Envoy's EDF gives the same shares)
+            total_weight = 0
+            best = available[0]
+            for h in available:
+                h.current_weight += h.weight
+                total_weight += h.weight
+                if h.current_weight > best.current_weight:
+                    best = h
+            best.current_weight -= total_weight
+            return best
+        if policy == "LEAST_REQUEST":
+            first, second = self.rng.choices(available, [h.weight for h in available], k=2)
+            return first if first.active_requests <= second.active_requests else second
+        if policy == "MAGLEV":
+            return self._maglev_pick(available, self.rng.getrandbits(64))
+        if policy == "RING_HASH":
+            return self._ring_pick(self.rng.getrandbits(64))
+        return self.rng.choices(available, [h.weight for h in available])[0]
+
+    def _maglev_pick(self, available: list[Host], key: int) -> Host:
+        """Maglev (Eisenbud et al., NSDI 2016), as Envoy builds it: a table of ``table_size`` slots
+        filled by each host's permutation (offset and skip from its address), hosts taking turns
+        in proportion to their weights; rebuilt when the set of available hosts changes."""
+        ids = tuple(id(h) for h in available)
+        if self._maglev is None or self._maglev[0] != ids:
+            size = self.config.maglev_table_size
+            n = len(available)
+            offsets, skips = [], []
+            for h in available:
+                digest = hashlib.blake2b(str(h).encode(), digest_size=16).digest()
+                offsets.append(int.from_bytes(digest[:8], "big") % size)
+                skips.append(int.from_bytes(digest[8:], "big") % (size - 1) + 1)
+            weights = [h.weight for h in available]
+            top = max(weights)
+            table: list[Host | None] = [None] * size
+            nexts, credit, filled = [0] * n, [0] * n, 0
+            while filled < size:
+                for i in range(n):
+                    credit[i] += weights[i]
+                    if credit[i] < top:
+                        continue
+                    credit[i] -= top
+                    slot = (offsets[i] + nexts[i] * skips[i]) % size
+                    while table[slot] is not None:
+                        nexts[i] += 1
+                        slot = (offsets[i] + nexts[i] * skips[i]) % size
+                    table[slot] = available[i]
+                    nexts[i] += 1
+                    filled += 1
+                    if filled == size:
+                        break
+            self._maglev = (ids, [h for h in table if h is not None])
+        return self._maglev[1][key % len(self._maglev[1])]
 
     def _ring_pick(self, key: int) -> Host | None:
         if self._ring is None:
@@ -526,16 +685,23 @@ class ClusterRuntime:
         self.stats.inc("upstream_cx_total")
         self.stats.gauge_add("upstream_cx_active", 1)
 
-    async def _open_stream(self, host: Host) -> trio.abc.Stream:
-        """A connected (and, for a TLS cluster, handshaken) stream within ``connect_timeout``."""
+    async def _open_stream(self, host: Host, port: int | None = None) -> trio.abc.Stream:
+        """A connected (and, for a TLS cluster, handshaken) stream within ``connect_timeout``
+        (to ``port`` instead of the host's: a health check's ``port_value``)."""
         stream: trio.abc.Stream | None = None
         try:
             with trio.fail_after(self.config.connect_timeout):
-                stream = await self.network.connect(host.address, host.port)
+                stream = await self.network.connect(host.address, port or host.port)
                 if self.tls_context is not None:
                     ssl_stream = trio.SSLStream(stream, self.tls_context, server_hostname=self.tls_sni)
                     stream = ssl_stream
                     await ssl_stream.do_handshake()
+                    tls = self.config.transport_socket
+                    if tls is not None and not peer_san_matches(
+                        tls.common_tls_context, ssl_stream.getpeercert()
+                    ):
+                        self.stats.inc("ssl.fail_verify_san")
+                        raise OSError(f"{host}: certificate matches no match_typed_subject_alt_names")
                 return stream
         except trio.TooSlowError:
             if stream is not None:
@@ -695,8 +861,9 @@ class ClusterManager:
             lines.append(f"{cluster.name}::default_priority::max_retries::{cb.max_retries}")
             for host in cluster.hosts:
                 prefix = f"{cluster.name}::{host}"
-                if host.hostname:
-                    lines.append(f"{prefix}::hostname::{host.hostname}")
+                hostname = (host.endpoint.hostname if host.endpoint is not None else "") or host.hostname
+                if hostname:  # Envoy's: the endpoint's hostname (here also a DNS endpoint's name)
+                    lines.append(f"{prefix}::hostname::{hostname}")
                 lines.append(f"{prefix}::cx_active::{host.cx_active}")
                 lines.append(f"{prefix}::rq_active::{host.active_requests}")
                 lines.append(f"{prefix}::rq_success::{host.rq_success}")

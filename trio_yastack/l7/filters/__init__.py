@@ -1,0 +1,13 @@
+"""The HTTP filters between the connection manager and the router (Envoy's ``http_filters``):
+``cache``, ``compressor`` (gzip), ``cors``, ``fault`` and ``local_ratelimit``, run in the order
+configured, each reading its ``typed_per_filter_config`` override from the route, then the virtual
+host."""
+
+from ._chain import FilterOutcome as FilterOutcome
+from ._chain import HttpFilterChain as HttpFilterChain
+from ._chain import RequestView as RequestView
+from ._chain import sample as sample
+from ._compressor import GzipStream as GzipStream
+from ._compressor import accepts_gzip as accepts_gzip
+from ._compressor import start_compression as start_compression
+from ._local_ratelimit import TokenBucketState as TokenBucketState

@@ -1,0 +1,142 @@
+"""Runs a connection manager's HTTP filters on one request, in the order configured.
+
+Why a chain object per connection manager rather than filter objects per request: the filters here
+decide from the request head alone (and ``fault`` may wait), so one ``decode`` call per request with
+the route already chosen is all they need, and a connection manager with only the router pays one
+attribute test per request (``HttpConnectionManagerRuntime.filters`` is None then).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..config import (
+    CACHE_NAME,
+    COMPRESSOR_NAME,
+    CORS_NAME,
+    FAULT_NAME,
+    LOCAL_RATELIMIT_NAME,
+    Compressor,
+    FractionalPercent,
+    HttpFilter,
+    PerRouteConfig,
+    Route,
+    RuntimeValue,
+    VirtualHost,
+)
+from ..stats import Scope, Stats
+from ._cache import CacheFilter, CacheStore
+from ._compressor import CompressorFilter
+from ._cors import CorsFilter
+from ._fault import FaultFilter
+from ._local_ratelimit import LocalRateLimitFilter
+
+__all__ = ["FilterOutcome", "HttpFilterChain", "RequestView", "sample"]
+
+Headers = list[tuple[bytes, bytes]]
+
+
+@dataclass(slots=True)
+class RequestView:
+    """What the filters see of a request: its head, the route chosen (None: no route), and the
+    connection's own filter state (for per-connection token buckets)."""
+
+    method: str
+    path: str
+    headers: Headers
+    vhost: VirtualHost | None
+    route: Route | None
+    connection_state: dict[int, object]
+
+    def per_filter_config(self, name: str) -> PerRouteConfig | None:
+        """The most specific ``typed_per_filter_config`` for filter ``name``: route, then virtual host."""
+        if self.route is not None:
+            found = self.route.per_filter_config(name)
+            if found is not None:
+                return found
+        return self.vhost.per_filter_config(name) if self.vhost is not None else None
+
+
+@dataclass(slots=True)
+class FilterOutcome:
+    """What the filters decided: a local reply (``status`` set) or go on to the router; headers to add
+    to the response either way, and response flags for the access log (``FI``, ``DI``, ``RL``)."""
+
+    status: int | None = None
+    body: str = ""
+    reply_headers: Headers = field(default_factory=list)
+    response_headers: Headers = field(default_factory=list)
+    flags: list[str] = field(default_factory=list)
+    #: the compressor's config when it runs on this request, and whether the client takes gzip
+    compressor: Compressor | None = None
+    accepts_gzip: bool = False
+    #: a cache hit to answer with: (status, headers, body)
+    cached: tuple[int, Headers, bytes] | None = None
+    #: where to keep this request's response if it may be kept: (store, key)
+    cache: tuple[CacheStore, tuple[str, str]] | None = None
+
+
+def sample(percent: FractionalPercent, runtime: Callable[[str], RuntimeValue], rng: random.Random) -> bool:
+    """Whether this request is picked by ``percent``, as Envoy draws: a uniform integer in
+    ``[0, denominator)`` below the numerator.  A ``runtime_key`` set to a number in the runtime
+    replaces the percentage with that many percent (Envoy's ``featureEnabled``)."""
+    numerator, denominator = percent.numerator, percent.denominator
+    if percent.runtime_key is not None:
+        value = runtime(percent.runtime_key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            numerator, denominator = min(100, max(0, int(value))), 100
+    if numerator >= denominator:
+        return True
+    if numerator <= 0:
+        return False
+    return rng.randrange(denominator) < numerator
+
+
+Filter = CacheFilter | CompressorFilter | CorsFilter | FaultFilter | LocalRateLimitFilter
+
+
+class HttpFilterChain:
+    """The decoding side of one ``http_connection_manager``'s filters (the router excluded)."""
+
+    def __init__(
+        self,
+        filters: tuple[HttpFilter, ...],
+        stats: Stats,
+        scope: Scope,
+        runtime: Callable[[str], RuntimeValue],
+        rng: random.Random,
+    ) -> None:
+        self.filters: list[tuple[HttpFilter, Filter]] = []
+        for f in filters:
+            if f.name == CACHE_NAME:
+                self.filters.append((f, CacheFilter(f.config, scope, runtime, rng)))  # type: ignore[arg-type]  # the config's type follows its name
+            elif f.name == COMPRESSOR_NAME:
+                self.filters.append((f, CompressorFilter(f.config, scope, runtime, rng)))  # type: ignore[arg-type]  # the config's type follows its name
+            elif f.name == CORS_NAME:
+                self.filters.append((f, CorsFilter(scope, runtime, rng)))
+            elif f.name == FAULT_NAME:
+                self.filters.append((f, FaultFilter(f.config, scope, runtime, rng)))  # type: ignore[arg-type]  # the config's type follows its name
+            elif f.name == LOCAL_RATELIMIT_NAME:
+                self.filters.append((f, LocalRateLimitFilter(f.config, stats, runtime, rng)))  # type: ignore[arg-type]  # the config's type follows its name
+
+    @staticmethod
+    def needed(filters: tuple[HttpFilter, ...]) -> bool:
+        """False when the router is the only filter: then no chain is built at all."""
+        return any(
+            f.name in (CACHE_NAME, COMPRESSOR_NAME, CORS_NAME, FAULT_NAME, LOCAL_RATELIMIT_NAME)
+            for f in filters
+        )
+
+    async def decode(self, request: RequestView, now: Callable[[], float]) -> FilterOutcome:
+        """Run each filter on ``request`` in order until one answers it locally."""
+        outcome = FilterOutcome()
+        for config, runtime in self.filters:
+            override = request.per_filter_config(config.name)
+            if config.disabled and override is None:
+                continue  # Envoy: a disabled filter runs only where a route or host configures it
+            await runtime.decode(request, override, outcome, now)
+            if outcome.status is not None or outcome.cached is not None:
+                break
+        return outcome

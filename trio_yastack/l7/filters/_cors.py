@@ -1,0 +1,103 @@
+"""``envoy.filters.http.cors``: answers CORS preflights and marks responses to allowed origins.
+
+Envoy's behaviour (source/extensions/filters/http/cors/cors_filter.cc): the policies are the
+route's, then the virtual host's ``CorsPolicy``; each attribute comes from the first policy that sets
+it, and the first policy present decides whether the filter is enabled.  A request whose ``Origin``
+an ``allow_origin_string_match`` matcher accepts (or whose matchers accept ``*``) is a CORS request:
+
+- a preflight (``OPTIONS`` with ``Access-Control-Request-Method``) is answered here with 200 and
+  ``access-control-allow-origin`` (the origin, echoed), ``-allow-credentials`` (when set),
+  ``-allow-methods``, ``-allow-headers`` and ``-max-age``;
+- any other request goes on, and its response gets ``access-control-allow-origin``,
+  ``-allow-credentials`` and ``-expose-headers``.
+
+A request from an origin not allowed goes on untouched (a preflight too: Envoy's default
+``forward_not_matching_preflights``), so the browser, not the proxy, refuses it.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from ..config import CorsPolicy, FractionalPercent, PerRouteConfig, RuntimeValue
+from ..stats import Scope
+
+if TYPE_CHECKING:
+    from ._chain import FilterOutcome, RequestView
+
+__all__ = ["CorsFilter"]
+
+_ENABLED = FractionalPercent(100, 100)
+
+
+def _get(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    for key, value in headers:
+        if key.lower() == name:
+            return value
+    return None
+
+
+class CorsFilter:
+    def __init__(self, scope: Scope, runtime: Callable[[str], RuntimeValue], rng: random.Random) -> None:
+        self.scope = scope
+        self.runtime = runtime
+        self.rng = rng
+        scope.declare("cors.origin_valid", "cors.origin_invalid")
+
+    async def decode(
+        self, request: RequestView, override: PerRouteConfig | None, outcome: FilterOutcome, now: object
+    ) -> None:
+        from ._chain import sample  # the chain imports this module
+
+        policies = [
+            p
+            for p in (
+                request.route.per_filter_config("envoy.filters.http.cors") if request.route else None,
+                request.vhost.per_filter_config("envoy.filters.http.cors") if request.vhost else None,
+            )
+            if isinstance(p, CorsPolicy)
+        ]
+        if not policies:
+            return
+        enabled = policies[0].filter_enabled or _ENABLED
+        if not sample(enabled, self.runtime, self.rng):
+            return
+        origin = _get(request.headers, b"origin")
+        if not origin:
+            return
+        matchers = next((p.allow_origin for p in policies if p.allow_origin), ())
+        text = origin.decode("latin-1")
+        if not any(m.matches(text) or m.matches("*") for m in matchers):
+            self.scope.inc("cors.origin_invalid")
+            return
+        self.scope.inc("cors.origin_valid")
+
+        def first(attribute: str) -> str | None:
+            for p in policies:
+                value = getattr(p, attribute)
+                if value is not None:
+                    return str(value)
+            return None
+
+        credentials = next((p.allow_credentials for p in policies if p.allow_credentials is not None), False)
+        headers = [(b"access-control-allow-origin", origin)]
+        if credentials:
+            headers.append((b"access-control-allow-credentials", b"true"))
+        if request.method == "OPTIONS" and _get(request.headers, b"access-control-request-method"):
+            for attribute, name in (
+                ("allow_methods", b"access-control-allow-methods"),
+                ("allow_headers", b"access-control-allow-headers"),
+                ("max_age", b"access-control-max-age"),
+            ):
+                value = first(attribute)
+                if value:
+                    headers.append((name, value.encode("latin-1")))
+            outcome.status = 200
+            outcome.reply_headers.extend(headers)
+            return
+        expose = first("expose_headers")
+        if expose:
+            headers.append((b"access-control-expose-headers", expose.encode("latin-1")))
+        outcome.response_headers.extend(headers)

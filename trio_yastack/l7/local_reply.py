@@ -1,0 +1,209 @@
+"""Envoy's ``local_reply_config``: rewrite the answers the proxy makes itself (404 no route, 503 no
+healthy upstream, 429 rate limited, a fault's abort, ...), and Envoy's substitution format strings.
+
+Envoy's behaviour (docs: "Local reply modification"): the first ``mappers[]`` entry whose ``filter``
+matches the reply may change its ``status_code``, its ``body`` and add ``headers_to_add``, and give
+a ``body_format_override``; then the body is formatted by that override or by ``body_format`` (a
+``text_format``, ``text_format_source`` or ``json_format``; ``%LOCAL_REPLY_BODY%`` is the body so
+far).  Without any format the body stays plain text.  ``direct_response`` answers are not local
+replies and are left alone, as in Envoy.
+
+The command operators understood here: ``%LOCAL_REPLY_BODY%``, ``%RESPONSE_CODE%``,
+``%RESPONSE_FLAGS%``, ``%PROTOCOL%``, ``%START_TIME%`` and ``%REQ(NAME)%`` / ``%REQ(A?B)%`` (with
+``:method``, ``:path`` and ``:authority``); the config reader refuses any other.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+__all__ = [
+    "KNOWN_OPERATORS",
+    "LOG_OPERATORS",
+    "OPERATOR_RE",
+    "FormatString",
+    "LocalReplyContext",
+    "Mapper",
+    "ReplyFilter",
+    "rewrite",
+]
+
+#: a command operator: %NAME% or %NAME(ARG)% (Envoy also takes a :Z length suffix, refused here)
+OPERATOR_RE = re.compile(r"%([A-Z_]+)(?:\(([^)]*)\))?%")
+KNOWN_OPERATORS = ("LOCAL_REPLY_BODY", "RESPONSE_CODE", "RESPONSE_FLAGS", "PROTOCOL", "START_TIME", "REQ")
+#: what an access log's ``log_format`` may use: the fields of Envoy's default format (the access
+#: record keeps those, not every header)
+LOG_OPERATORS = frozenset(
+    {
+        "START_TIME",
+        "PROTOCOL",
+        "RESPONSE_CODE",
+        "RESPONSE_FLAGS",
+        "BYTES_RECEIVED",
+        "BYTES_SENT",
+        "DURATION",
+        "UPSTREAM_HOST",
+        "REQ(:METHOD)",
+        "REQ(:PATH)",
+        "REQ(X-ENVOY-ORIGINAL-PATH?:PATH)",
+        "REQ(:AUTHORITY)",
+        "REQ(X-FORWARDED-FOR)",
+        "REQ(USER-AGENT)",
+        "REQ(X-REQUEST-ID)",
+        "RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)",
+    }
+)
+
+
+@dataclass(slots=True)
+class LocalReplyContext:
+    """What the operators read: the reply as it stands and the request it answers."""
+
+    status: int
+    body: str
+    flags: str
+    protocol: str
+    start_time: float
+    request_headers: Sequence[tuple[bytes, bytes]]
+    method: str
+    path: str
+    authority: str
+
+
+def _req(ctx: LocalReplyContext, arg: str) -> str | None:
+    for name in arg.split("?"):
+        key = name.strip().lower()
+        if key == ":method":
+            return ctx.method
+        if key == ":path":
+            return ctx.path
+        if key in (":authority", "host"):
+            return ctx.authority or None
+        for k, v in ctx.request_headers:
+            if k.lower() == key.encode("latin-1"):
+                return v.decode("latin-1")
+    return None
+
+
+def _value(ctx: LocalReplyContext, name: str, arg: str | None) -> str | int | None:
+    if name == "LOCAL_REPLY_BODY":
+        return ctx.body
+    if name == "RESPONSE_CODE":
+        return ctx.status
+    if name == "RESPONSE_FLAGS":
+        return ctx.flags
+    if name == "PROTOCOL":
+        return ctx.protocol
+    if name == "START_TIME":
+        whole = int(ctx.start_time)
+        return (
+            time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+            + f".{int((ctx.start_time - whole) * 1000):03d}Z"
+        )
+    return _req(ctx, arg or "")
+
+
+def _substitute(template: str, ctx: LocalReplyContext) -> str:
+    def one(m: re.Match[str]) -> str:
+        value = _value(ctx, m.group(1), m.group(2))
+        return "-" if value is None else str(value)
+
+    return OPERATOR_RE.sub(one, template)
+
+
+@dataclass(frozen=True, slots=True)
+class FormatString:
+    """A ``SubstitutionFormatString``: ``text`` (from ``text_format`` or ``text_format_source``) or
+    ``json`` (``json_format``, a JSON object whose string values may hold operators; a value that is
+    one operator alone keeps its type, e.g. ``%RESPONSE_CODE%`` a number), and ``content_type``."""
+
+    text: str | None = None
+    json: str | None = None  # the json_format object, serialized (frozen dataclasses need hashables)
+    content_type: str | None = None
+
+    def render(self, ctx: LocalReplyContext) -> tuple[str, str]:
+        """(body, content type)."""
+        if self.text is not None:
+            return _substitute(self.text, ctx), self.content_type or "text/plain"
+        assert self.json is not None  # one of the two: the config reader checks
+
+        def walk(node: object) -> object:
+            if isinstance(node, str):
+                whole = OPERATOR_RE.fullmatch(node)
+                if whole is not None:
+                    return _value(ctx, whole.group(1), whole.group(2))
+                return _substitute(node, ctx)
+            if isinstance(node, Mapping):
+                return {k: walk(v) for k, v in node.items()}
+            if isinstance(node, list):
+                return [walk(v) for v in node]
+            return node
+
+        document = walk(json.loads(self.json))
+        return json.dumps(document, separators=(",", ":")) + "\n", self.content_type or "application/json"
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyFilter:
+    """An ``AccessLogFilter`` of the kinds a mapper uses: ``status_code_filter`` (``op`` EQ / GE / LE
+    against ``value``), ``header_filter`` (a header matcher's name, kind and value),
+    ``response_flag_filter`` (any of ``flags``; empty: any flag), ``and_filter`` / ``or_filter``."""
+
+    kind: str
+    op: str = "EQ"
+    value: int = 0
+    flags: tuple[str, ...] = ()
+    children: tuple[ReplyFilter, ...] = ()
+    header: Callable[[Sequence[tuple[bytes, bytes]]], bool] | None = None
+
+    def matches(self, ctx: LocalReplyContext) -> bool:
+        if self.kind == "status_code_filter":
+            if self.op == "GE":
+                return ctx.status >= self.value
+            if self.op == "LE":
+                return ctx.status <= self.value
+            return ctx.status == self.value
+        if self.kind == "header_filter":
+            return self.header is not None and self.header(ctx.request_headers)
+        if self.kind == "response_flag_filter":
+            present = set(ctx.flags.split(",")) - {"-", ""}
+            return bool(present) if not self.flags else bool(present & set(self.flags))
+        if self.kind == "and_filter":
+            return all(c.matches(ctx) for c in self.children)
+        return any(c.matches(ctx) for c in self.children)
+
+
+@dataclass(frozen=True, slots=True)
+class Mapper:
+    """``mappers[]``: when ``filter`` matches, the new ``status_code`` / ``body`` / headers / format."""
+
+    filter: ReplyFilter
+    status_code: int | None = None
+    body: str | None = None
+    headers_to_add: tuple[tuple[str, str], ...] = ()
+    body_format_override: FormatString | None = None
+
+
+def rewrite(
+    mappers: tuple[Mapper, ...], body_format: FormatString | None, ctx: LocalReplyContext
+) -> tuple[int, bytes, str, list[tuple[bytes, bytes]]]:
+    """The reply after ``local_reply_config``: (status, body, content type, headers to add)."""
+    headers: list[tuple[bytes, bytes]] = []
+    fmt = body_format
+    for mapper in mappers:
+        if mapper.filter.matches(ctx):
+            if mapper.status_code is not None:
+                ctx.status = mapper.status_code
+            if mapper.body is not None:
+                ctx.body = mapper.body
+            headers.extend((k.encode("latin-1"), v.encode("latin-1")) for k, v in mapper.headers_to_add)
+            fmt = mapper.body_format_override or body_format
+            break
+    if fmt is None:
+        return ctx.status, (ctx.body + "\n").encode() if ctx.body else b"", "text/plain", headers
+    text, content_type = fmt.render(ctx)
+    return ctx.status, text.encode(), content_type, headers
