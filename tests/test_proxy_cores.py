@@ -15,12 +15,23 @@ import os
 import re
 import signal
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import trio
 import trio.testing
-from proxy_example_helpers import EXAMPLES, ProxyProcess, admin, curl_status, hello_backend, stats
+from proxy_example_helpers import (
+    EXAMPLES,
+    Program,
+    ProxyProcess,
+    admin,
+    curl_status,
+    hello_backend,
+    poll,
+    stats,
+)
 from tap_helpers import KERNEL_ADDRESS, STACK_ADDRESS, requires_netns
 
 from trio_yastack.l7._cores import (
@@ -362,3 +373,93 @@ def test_proxy_rejects_zero_cores(tmp_path: Path, capsys: pytest.CaptureFixture[
 
     assert main(["proxy", "-c", str(config), "--cores", "0"]) == 1
     assert "--cores >= 1" in capsys.readouterr().err
+
+
+def trio_backend(namespace: NetworkNamespace) -> Program:
+    """hello.py under hypercorn's trio worker on 127.0.0.1:8080: its ``/stream?interval=`` paces
+    with ``trio.sleep`` (under hello_backend's default asyncio worker the stream stops after its
+    first chunk)."""
+    backend = Program(
+        namespace,
+        [sys.executable, "-m", "hypercorn", "examples.hello:app", "--bind", "127.0.0.1:8080",
+         "--worker-class", "trio", "--workers", "0", "--error-logfile", "-", "--log-level", "info"],
+    )  # fmt: skip
+    try:
+        backend.wait_for_line("Running on http://127.0.0.1:8080")
+    except BaseException:
+        backend.stop(signal.SIGKILL)
+        raise
+    return backend
+
+
+@requires_netns
+@pytest.mark.netns
+def test_proxy_two_cores_drain_finishes_requests_in_flight_on_both(
+    netns: NetworkNamespace, tmp_path: Path
+) -> None:
+    """16 slow responses in flight (8 s each), spread over both cores; SIGTERM: every core drains
+    (stops accepting, lets its requests finish), every response arrives whole, exit 0."""
+    config = tmp_path / "proxy.yaml"
+    config.write_text(KERNEL_CONFIG)
+    backend = trio_backend(netns)
+    proxy = ProxyProcess.start(netns, config, "--cores", "2", "--drain-time", "20")
+    clients = None
+    try:
+        url = "http://127.0.0.1:10000/stream?bytes=16000&chunk=1000&interval=0.5"
+        report = "-w '%{http_code} %{size_download}\\n'"
+        script = f"for i in $(seq 16); do curl -sS --max-time 30 -o /dev/null {report} '{url}' & done; wait"
+        clients = netns.popen(["sh", "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        active = "http.ingress_http.downstream_rq_active"
+        poll(lambda: stats(netns)[active] == 16, "16 requests in flight", 15, 0.05)
+        actives = [core_stats_of(netns, core)[active] for core in (0, 1)]
+        assert all(n > 0 for n in actives) and sum(actives) == 16, actives
+        per_core = drain_both(proxy)
+        out, err = clients.communicate(timeout=30)
+        assert out.splitlines() == ["200 16000"] * 16, (out, err)
+        assert [c["downstream_rq_total"] for c in per_core] == actives, per_core
+    finally:
+        if clients is not None and clients.poll() is None:
+            clients.kill()
+            clients.wait()
+        proxy.stop(signal.SIGKILL)
+        backend.stop()
+
+
+@requires_netns
+@pytest.mark.netns
+def test_proxy_two_cores_admin_health_check_and_quit_reach_every_core(
+    netns: NetworkNamespace, tmp_path: Path
+) -> None:
+    """``POST /healthcheck/fail`` on core 0's admin: responses from both cores say
+    ``connection: close``; ``/healthcheck/ok`` undoes it on both; ``POST /quitquitquit`` drains
+    every core and the proxy exits 0."""
+    config = tmp_path / "proxy.yaml"
+    config.write_text(KERNEL_CONFIG)
+    backend = hello_backend(netns, "127.0.0.1", 8080)
+    proxy = ProxyProcess.start(netns, config, "--cores", "2")
+    try:
+
+        def closes_per_core() -> list[int]:
+            """``connection: close`` answers by core, over REQUESTS new connections."""
+            before = [core_stats_of(netns, core)["http.ingress_http.downstream_rq_total"] for core in (0, 1)]
+            curl = "curl -sS -i --max-time 10 http://127.0.0.1:10000/"
+            loop = f"for i in $(seq {REQUESTS}); do {curl} || exit 1; done"
+            result = netns.run(["sh", "-c", loop], timeout=120)
+            assert result.returncode == 0, result.stderr
+            after = [core_stats_of(netns, core)["http.ingress_http.downstream_rq_total"] for core in (0, 1)]
+            served = [a - b for a, b in zip(after, before, strict=True)]
+            assert all(n > 0 for n in served), served
+            return [result.stdout.lower().count("connection: close"), sum(served)]
+
+        assert admin(netns, "/healthcheck/fail", method="POST") == "OK\n"
+        assert closes_per_core() == [REQUESTS, REQUESTS]  # every answer, from either core
+        assert admin(netns, "/healthcheck/ok", method="POST") == "OK\n"
+        assert closes_per_core() == [0, REQUESTS]
+        assert admin(netns, "/quitquitquit", method="POST") == "OK\n"
+        assert proxy.wait(60) == 0, proxy.output
+        for core in (0, 1):
+            assert proxy.count_lines(f"# core {core}: SIGTERM: draining") == 1, proxy.output
+        assert "# drained; exiting" in proxy.output
+    finally:
+        proxy.stop(signal.SIGKILL)
+        backend.stop()

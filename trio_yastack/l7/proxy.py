@@ -555,6 +555,7 @@ def main_proxy(args: argparse.Namespace) -> int:
             core=core,
             peers=peers,
             quit=_drain_every_core if worker_mode else None,
+            warn=(lambda line: None) if core else None,  # core 0 speaks for all (the same config)
         )
         if observer is not None:  # the proxy's own counters in yastack stat / top
             observer.add_counters("proxy", proxy.stats.flat)
@@ -565,7 +566,8 @@ def main_proxy(args: argparse.Namespace) -> int:
 
             async def shutdown_trigger() -> None:
                 async for signum in signals:
-                    print(f"# {where}{signal.Signals(signum).name}: draining", flush=True)
+                    # one write per line: the cores share the launcher's stdout
+                    print(f"# {where}{signal.Signals(signum).name}: draining\n", end="", flush=True)
                     return
 
             async with trio.open_nursery() as links_nursery:
@@ -589,7 +591,7 @@ def main_proxy(args: argparse.Namespace) -> int:
                 links_nursery.cancel_scope.cancel()
             if peers is not None:
                 await peers.aclose()
-        print(f"# {where}drained" if worker_mode else "# drained; exiting", flush=True)
+        print(f"# {where}drained\n" if worker_mode else "# drained; exiting\n", end="", flush=True)
         return {"core": core or 0, "stats": proxy.stats.flat()}
 
     async def main(layout: Any = None, port: Any = None) -> dict[str, Any]:
