@@ -293,19 +293,16 @@ def test_proxy_two_cores_over_kernel_sockets(netns: NetworkNamespace, tmp_path: 
 
 @requires_netns
 @pytest.mark.netns
-def test_proxy_two_cores_over_the_stack(netns: NetworkNamespace) -> None:
+def test_proxy_two_cores_over_the_stack(netns: NetworkNamespace, tmp_path: Path) -> None:
     """The bypass path: a TAP with a queue per core, a stack per core; the kernel spreads the 40
     connections over the queues, each core proxies its own to 198.18.0.1:8080 over its own stack;
-    admin (core 0, kernel loopback) totals = the sum of the cores; drain."""
+    admin (core 0, kernel loopback) totals = the sum of the cores, and each core's own counters
+    are what ``yastack stat`` reads from that core's control socket; drain."""
+    control = tmp_path / "ctl"
     proxy = ProxyProcess.start(
         netns,
         EXAMPLES / "bypass_stack.yaml",
-        "--nic",
-        "tap:yas0",
-        "--ip",
-        f"{STACK_ADDRESS}/24",
-        "--cores",
-        "2",
+        *("--nic", "tap:yas0", "--ip", f"{STACK_ADDRESS}/24", "--cores", "2", "--control", str(control)),
     )
     backend = None
     try:
@@ -322,6 +319,19 @@ def test_proxy_two_cores_over_the_stack(netns: NetworkNamespace) -> None:
             assert all(c[name] > 0 for c in cores), (name, cores)
             assert sum(c[name] for c in cores) == REQUESTS, (name, cores)
         assert merged["cluster.upstream.upstream_rq_total"] == REQUESTS
+        result = subprocess.run(
+            [sys.executable, "-m", "trio_yastack", "stat", "--control", str(control), "--json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
+        observed = json.loads(result.stdout)["cores"]
+        assert [core["core"] for core in observed] == [0, 1]
+        name = "http.bypass_http.downstream_rq_total"
+        assert [core["app"]["proxy"][name] for core in observed] == [c[name] for c in cores]
+        accepted = [core["stack"]["tcp"]["counters"]["connections_accepted"] for core in observed]
+        assert accepted == [c[f"listener.{STACK_ADDRESS}_80.downstream_cx_total"] for c in cores], accepted
         per_core = drain_both(proxy)
         assert sum(c["downstream_rq_total"] for c in per_core) == REQUESTS, per_core
     finally:
