@@ -293,16 +293,18 @@ def test_proxy_two_cores_over_kernel_sockets(netns: NetworkNamespace, tmp_path: 
 
 @requires_netns
 @pytest.mark.netns
-def test_proxy_two_cores_over_the_stack(netns: NetworkNamespace, tmp_path: Path) -> None:
-    """The bypass path: a TAP with a queue per core, a stack per core; the kernel spreads the 40
-    connections over the queues, each core proxies its own to 198.18.0.1:8080 over its own stack;
+@pytest.mark.parametrize("nic", ["tap:yas0", "tap:yas0,queues=1"], ids=["multi_queue", "software_rss"])
+def test_proxy_two_cores_over_the_stack(netns: NetworkNamespace, tmp_path: Path, nic: str) -> None:
+    """The bypass path: a TAP with a queue per core (or one queue that core 0 reads and
+    dispatches by the Toeplitz hash), a stack per core; the 40 connections are spread over the
+    cores, each core proxies its own to 198.18.0.1:8080 over its own stack;
     admin (core 0, kernel loopback) totals = the sum of the cores, and each core's own counters
     are what ``yastack stat`` reads from that core's control socket; drain."""
     control = tmp_path / "ctl"
     proxy = ProxyProcess.start(
         netns,
         EXAMPLES / "bypass_stack.yaml",
-        *("--nic", "tap:yas0", "--ip", f"{STACK_ADDRESS}/24", "--cores", "2", "--control", str(control)),
+        *("--nic", nic, "--ip", f"{STACK_ADDRESS}/24", "--cores", "2", "--control", str(control)),
     )
     backend = None
     try:
@@ -473,3 +475,19 @@ def test_proxy_two_cores_admin_health_check_and_quit_reach_every_core(
     finally:
         proxy.stop(signal.SIGKILL)
         backend.stop()
+
+
+def test_proxy_cores_on_the_stack_want_the_admin_on_loopback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With --nic and several cores only core 0 listens for the admin, and its stack sees only
+    the flows the RSS hash gives it: an admin address on the stack is refused up front."""
+    config = tmp_path / "proxy.yaml"
+    config.write_text(
+        KERNEL_CONFIG.replace("address: 127.0.0.1, port_value: 9901", "address: 0.0.0.0, port_value: 9901")
+    )
+    from trio_yastack._cli import main
+
+    assert main(["proxy", "-c", str(config), "--cores", "2", "--nic", "tap:yas0", "--check-only"]) == 1
+    assert "the admin endpoint must be on the kernel's loopback (it is 0.0.0.0)" in capsys.readouterr().err
+    assert main(["proxy", "-c", str(config), "--cores", "2", "--check-only"]) == 0  # kernel sockets: fine

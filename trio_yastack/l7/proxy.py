@@ -54,7 +54,7 @@ from ._cores import CoreLinks, CorePeers, serve_core_link
 from .admin import AdminServer, core_answer
 from .config import Bootstrap, FilterChain, HttpConnectionManager, Listener, SocketAddress
 from .http_proxy import HttpConnectionManagerRuntime, ProxyLimits
-from .network import Network
+from .network import Network, is_loopback
 from .stats import Scope, Stats
 from .tcp_proxy import TcpProxyRuntime
 from .upstream import ClusterManager, ClusterRuntime
@@ -535,6 +535,21 @@ def main_proxy(args: argparse.Namespace) -> int:
         Proxy(bootstrap, limits=limits, warn=lambda line: None)  # certificates and keys load, or we stop here
     except TlsSetupError as exc:
         print(f"yastack proxy: {exc}", file=sys.stderr)
+        return 1
+    admin_address = bootstrap.admin.address.address if bootstrap.admin is not None else None
+    if (
+        args.cores > 1
+        and args.nic is not None
+        and admin_address is not None
+        and not is_loopback(admin_address)
+    ):
+        # Each core's stack accepts only the flows the RSS hash gives it, and only core 0 listens
+        # for the admin: a connection hashed to another core would be refused.
+        print(
+            f"yastack proxy: with --cores {args.cores} and --nic the admin endpoint must be on the "
+            f"kernel's loopback (it is {admin_address}): only core 0 serves it",
+            file=sys.stderr,
+        )
         return 1
     if args.check_only:
         print(bootstrap.summary())
