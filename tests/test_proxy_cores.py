@@ -491,3 +491,48 @@ def test_proxy_cores_on_the_stack_want_the_admin_on_loopback(
     assert main(["proxy", "-c", str(config), "--cores", "2", "--nic", "tap:yas0", "--check-only"]) == 1
     assert "the admin endpoint must be on the kernel's loopback (it is 0.0.0.0)" in capsys.readouterr().err
     assert main(["proxy", "-c", str(config), "--cores", "2", "--check-only"]) == 0  # kernel sockets: fine
+
+
+HEALTH_CHECKED = KERNEL_CONFIG.replace(
+    "        - endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: 8080}}}\n",
+    "        - endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: 8080}}}\n"
+    "        - endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: 8081}}}\n"
+    "    health_checks:\n"
+    "    - {timeout: 0.5s, interval: 0.2s, unhealthy_threshold: 1, healthy_threshold: 1,\n"
+    "       http_health_check: {path: /healthz}}\n",
+)
+
+
+@requires_netns
+@pytest.mark.netns
+def test_proxy_two_cores_health_check_on_every_core(netns: NetworkNamespace, tmp_path: Path) -> None:
+    """Two endpoints, one of them down: each core health-checks on its own (as each Envoy worker
+    would see its own pools), both find 8081 failing; the merged /clusters shows it failed and
+    8080 healthy, the attempts add up, and every request (on either core) goes to 8080."""
+    assert HEALTH_CHECKED != KERNEL_CONFIG
+    config = tmp_path / "proxy.yaml"
+    config.write_text(HEALTH_CHECKED)
+    backend = hello_backend(netns, "127.0.0.1", 8080)
+    proxy = ProxyProcess.start(netns, config, "--cores", "2")
+    try:
+
+        def both_cores_failed_8081() -> bool:
+            cores = [core_stats_of(netns, core) for core in (0, 1)]
+            return all(c["cluster.app.health_check.failure"] > 0 for c in cores)
+
+        poll(both_cores_failed_8081, "a failed check of 127.0.0.1:8081 on each core", 20)
+        hosts = {
+            line.split("::")[1]: line.rpartition("::")[2]
+            for line in admin(netns, "/clusters").splitlines()
+            if "::health_flags::" in line
+        }
+        assert hosts == {"127.0.0.1:8080": "healthy", "127.0.0.1:8081": "/failed_active_hc"}, hosts
+        cores = [core_stats_of(netns, core) for core in (0, 1)]
+        merged = stats(netns)  # read after the cores': counters only grow, so at least their sum
+        assert merged["cluster.app.membership_healthy"] == 1 and merged["cluster.app.membership_total"] == 2
+        attempts = "cluster.app.health_check.attempt"
+        assert merged[attempts] >= sum(c[attempts] for c in cores) > max(c[attempts] for c in cores), cores
+        requests_on_new_connections(netns, "http://127.0.0.1:10000/")
+    finally:
+        proxy.stop()
+        backend.stop()
