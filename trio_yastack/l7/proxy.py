@@ -356,7 +356,8 @@ class Proxy:
             lines: list[str] = []
             try:
                 if self.bootstrap.admin is not None and not self.core:
-                    admin_listener = await self._listen("admin", self.bootstrap.admin.address)
+                    # core 0's alone: no SO_REUSEPORT, so a second proxy cannot share it unnoticed
+                    admin_listener = await self._listen("admin", self.bootstrap.admin.address, shared=False)
                     admin = AdminServer(
                         self.bootstrap,
                         self.stats,
@@ -424,10 +425,11 @@ class Proxy:
             shown = str(self.network.stack.address)
         return f"{shown}:{address.port_value} ({self.network.describe(host)})"
 
-    async def _listen(self, name: str, address: SocketAddress) -> trio.SocketListener:
+    async def _listen(self, name: str, address: SocketAddress, shared: bool = True) -> trio.SocketListener:
+        """``shared``: every core listens on it (SO_REUSEPORT with ``--cores``)."""
         try:
             return await self.network.open_listener(
-                address.address, address.port_value, reuse_port=self.core is not None
+                address.address, address.port_value, reuse_port=shared and self.core is not None
             )
         except OSError as exc:
             raise OSError(
