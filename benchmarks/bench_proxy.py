@@ -12,7 +12,11 @@ after the other, the three reverse proxies in front of it, each loaded by ``wrk 
 - ``ours_bypass``: ``yastack proxy --nic tap:yasp0 --ip 198.18.0.2/24``, listener on 198.18.0.2 (the
   stack's own address), cluster 198.18.0.1 (the TAP's kernel side): both legs cross the user-space
   stack, as in ``examples/proxy/bypass_stack.yaml``; wrk connects from the kernel side;
-- ``backend_direct``, a reference: wrk on the backend itself, the ceiling the proxies are under.
+- ``backend_direct``, a reference: wrk on the backend itself, the ceiling the proxies are under;
+- on two cores (``--cores 2`` rows, issue 20): ``nginx_proxy_2w`` (nginx, ``worker_processes 2``,
+  ``worker_cpu_affinity auto``, ``reuseport``), ``ours_kernel_2c`` and ``ours_bypass_2c``
+  (``yastack proxy --cores 2``: a process per core, each pinned to its CPU by the launcher,
+  SO_REUSEPORT on kernel sockets; on the bypass path a TAP with a queue per core and a stack each).
 
 With two CPUs or more the proxy under test (nginx's worker, or ours) gets one core to itself
 (``taskset``) and wrk and the backend share another.  Reported per case: requests/s, p50/p99
@@ -23,7 +27,12 @@ floor of what it does on one core, and the ratio errs in our favour.  Any socket
 answer (wrk counts one slower than 5 s as a timeout error), proxy crash or unclean exit on
 SIGTERM fails the run (exit status 1, after the JSON).
 
-    python benchmarks/bench_proxy.py [--seconds S] [--rounds R] [--quick]
+The two-core rows are not taskset: each proxy process (nginx's workers, our cores) sits on its own
+CPU, so one of them shares CPU 1 with wrk and the backend (still pinned there).  On a 2-CPU machine
+these rows measure the spread across processes more than the capacity of two cores: compare them
+with each other (``ratio_*_2c``), and with the one-core rows of the same run.
+
+    python benchmarks/bench_proxy.py [--seconds S] [--rounds R] [--quick] [--no-cores]
 """
 
 from __future__ import annotations
@@ -57,6 +66,7 @@ OURS_PORT = 10000
 TAP_NAME = "yasp0"
 TARGET_RATIO = 0.2
 CASES = ("backend_direct", "nginx_proxy", "ours_kernel", "ours_bypass")
+CASES_2C = ("nginx_proxy_2w", "ours_kernel_2c", "ours_bypass_2c")
 NGINX = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.access(p, os.X_OK)), None)
 
 BACKEND_CONF = """\
@@ -81,7 +91,8 @@ http {{
 """
 
 NGINX_PROXY_CONF = """\
-worker_processes 1;
+worker_processes {workers};
+{affinity}
 pid {prefix}/nginx.pid;
 error_log {prefix}/error.log warn;
 events {{ worker_connections 1024; }}
@@ -95,7 +106,7 @@ http {{
         keepalive_requests 1000000;
     }}
     server {{
-        listen 127.0.0.1:{port} backlog=1024;
+        listen 127.0.0.1:{port} backlog=1024{reuseport};
         location / {{
             proxy_pass http://backend;
             proxy_http_version 1.1;
@@ -152,6 +163,16 @@ def ours_config(listen: str, upstream: str) -> dict[str, Any]:
     }  # fmt: skip
 
 
+#: (name, our case, nginx's case): each ratio reported, ours over nginx's in the same run
+RATIOS = (
+    ("kernel", "ours_kernel", "nginx_proxy"),
+    ("bypass", "ours_bypass", "nginx_proxy"),
+    ("kernel_2c", "ours_kernel_2c", "nginx_proxy_2w"),
+    ("bypass_2c", "ours_bypass_2c", "nginx_proxy_2w"),
+    ("kernel_2c_over_1c", "ours_kernel_2c", "ours_kernel"),
+)
+
+
 class BenchFailure(RuntimeError):
     """A case that must not count: errors, non-2xx, a crash, a wrong body."""
 
@@ -164,34 +185,49 @@ class Round:
         self.tmp = tmp
         self.cpus = cpus  # (the proxy under test's core, wrk's and the backend's core)
 
-    def pinned(self, args: Sequence[str], under_test: bool) -> list[str]:
-        if self.cpus is None:
+    def pinned(self, args: Sequence[str], under_test: bool | None) -> list[str]:
+        """``under_test=None``: several processes that pin themselves, one per CPU (not taskset)."""
+        if self.cpus is None or under_test is None:
             return list(args)
         return ["taskset", "-c", str(self.cpus[0 if under_test else 1]), *args]
 
-    def start(self, args: Sequence[str], log: Path, under_test: bool) -> subprocess.Popen[bytes]:
+    def start(self, args: Sequence[str], log: Path, under_test: bool | None) -> subprocess.Popen[bytes]:
         with log.open("wb") as out:
             return self.namespace.popen(
                 self.pinned(args, under_test), stdout=out, stderr=subprocess.STDOUT, cwd=ROOT
             )
 
-    def nginx(self, name: str, template: str, under_test: bool, **values: int) -> subprocess.Popen[bytes]:
+    def nginx(
+        self, name: str, template: str, under_test: bool | None, workers: int = 1, **values: int
+    ) -> subprocess.Popen[bytes]:
         prefix = self.tmp / name
         prefix.mkdir()
         conf = prefix / "nginx.conf"
-        conf.write_text(template.format(prefix=prefix, **values))
+        several = workers > 1
+        conf.write_text(
+            template.format(
+                prefix=prefix,
+                workers=workers,
+                affinity="worker_cpu_affinity auto;" if several else "",
+                reuseport=" reuseport" if several else "",
+                **values,
+            )
+        )
         args = [str(NGINX), "-p", f"{prefix}/", "-e", str(prefix / "error.log"), "-c", str(conf)]
         return self.start([*args, "-g", "daemon off;"], prefix / "stdout.log", under_test)
 
-    def ours(self, name: str, listen: str, upstream: str, nic: list[str]) -> subprocess.Popen[bytes]:
+    def ours(
+        self, name: str, listen: str, upstream: str, nic: list[str], cores: int = 1
+    ) -> subprocess.Popen[bytes]:
         config = self.tmp / f"{name}.json"
         config.write_text(json.dumps(ours_config(listen, upstream), indent=1))
         log = self.tmp / f"{name}.log"
         process = self.start(
-            [sys.executable, "-m", "trio_yastack", "proxy", "-c", str(config), "--drain-time", "1", *nic],
+            [sys.executable, "-m", "trio_yastack", "proxy", "-c", str(config), "--drain-time", "1",
+             "--cores", str(cores), *nic],
             log,
-            under_test=True,
-        )
+            under_test=True if cores == 1 else None,
+        )  # fmt: skip
         deadline = time.monotonic() + 60
         while "# proxy ready" not in log.read_text(errors="replace"):
             if process.poll() is not None:
@@ -270,8 +306,9 @@ def stop(process: subprocess.Popen[bytes], name: str, log: Path | None = None) -
         raise BenchFailure(f"{name}: exit status {process.returncode} after SIGTERM:\n{tail(log)}")
 
 
-def run_round(seconds: int, cpus: tuple[int, int] | None) -> dict[str, dict[str, float]]:
-    """The four cases in one namespace of our own (deleted at the end, whatever happens)."""
+def run_round(seconds: int, cpus: tuple[int, int] | None, two_cores: bool) -> dict[str, dict[str, float]]:
+    """The four cases (and the three two-core ones) in one namespace of our own (deleted at the
+    end, whatever happens)."""
     results: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-proxy-") as tmp, NetworkNamespace("yasp") as namespace:
         os.chmod(tmp, 0o755)  # nginx's workers run as nobody
@@ -280,21 +317,33 @@ def run_round(seconds: int, cpus: tuple[int, int] | None) -> dict[str, dict[str,
         bench.get(f"http://127.0.0.1:{BACKEND_PORT}/")
         results["backend_direct"] = bench.wrk(f"http://127.0.0.1:{BACKEND_PORT}/", seconds, None)
 
-        peer = bench.nginx(
-            "nginx_proxy", NGINX_PROXY_CONF, under_test=True, port=NGINX_PROXY_PORT, backend_port=BACKEND_PORT
-        )
-        try:
-            bench.get(f"http://127.0.0.1:{NGINX_PROXY_PORT}/")
-            results["nginx_proxy"] = bench.wrk(f"http://127.0.0.1:{NGINX_PROXY_PORT}/", seconds, peer)
-        finally:
-            stop(peer, "nginx proxy")
+        for name, workers in (("nginx_proxy", 1), ("nginx_proxy_2w", 2))[: 2 if two_cores else 1]:
+            peer = bench.nginx(
+                name,
+                NGINX_PROXY_CONF,
+                under_test=True if workers == 1 else None,
+                workers=workers,
+                port=NGINX_PROXY_PORT,
+                backend_port=BACKEND_PORT,
+            )
+            try:
+                bench.get(f"http://127.0.0.1:{NGINX_PROXY_PORT}/")
+                results[name] = bench.wrk(f"http://127.0.0.1:{NGINX_PROXY_PORT}/", seconds, peer)
+            finally:
+                stop(peer, name)
 
         bypass = ["--nic", f"tap:{TAP_NAME}", "--ip", f"{STACK_ADDRESS}/24"]
-        for name, listen, upstream, nic in (
-            ("ours_kernel", "127.0.0.1", "127.0.0.1", []),
-            ("ours_bypass", STACK_ADDRESS, KERNEL_ADDRESS, bypass),
-        ):
-            proxy = bench.ours(name, listen, upstream, nic)
+        ours = [
+            ("ours_kernel", "127.0.0.1", "127.0.0.1", [], 1),
+            ("ours_bypass", STACK_ADDRESS, KERNEL_ADDRESS, bypass, 1),
+        ]
+        if two_cores:
+            ours += [
+                ("ours_kernel_2c", "127.0.0.1", "127.0.0.1", [], 2),
+                ("ours_bypass_2c", STACK_ADDRESS, KERNEL_ADDRESS, bypass, 2),
+            ]
+        for name, listen, upstream, nic, cores in ours:
+            proxy = bench.ours(name, listen, upstream, nic, cores)
             log = bench.tmp / f"{name}.log"
             try:
                 bench.get(f"http://{listen}:{OURS_PORT}/")  # also warms ARP on the bypass path
@@ -327,6 +376,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="2-second runs, 1 round (CI smoke)")
+    parser.add_argument("--no-cores", action="store_true", help="without the two-core rows")
     args = parser.parse_args()
     reason = netns_unavailable_reason()
     missing = [tool for tool in ("wrk", "curl") if not shutil.which(tool)] + ([] if NGINX else ["nginx"])
@@ -335,12 +385,13 @@ def main() -> None:
     seconds, rounds = (2, 1) if args.quick else (args.seconds, args.rounds)
     seconds, rounds = max(1, min(seconds, 120)), max(1, min(rounds, 20))  # every load bounded
     cpus = pick_cpus()
-    runs: dict[str, list[dict[str, float]]] = {name: [] for name in CASES}
+    names = CASES if args.no_cores else CASES + CASES_2C
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in names}
     failures: list[str] = []
     for number in range(rounds):
         try:
-            for name, result in run_round(seconds, cpus).items():
-                runs[name].append(result)
+            for name, measured in run_round(seconds, cpus, not args.no_cores).items():
+                runs[name].append(measured)
         except (BenchFailure, subprocess.TimeoutExpired) as exc:
             failures.append(f"round {number + 1}: {exc}")
             print(f"bench_proxy: FAILED: round {number + 1}: {exc}", file=sys.stderr, flush=True)
@@ -363,16 +414,15 @@ def main() -> None:
         "cases": cases,
         "failures": failures,
     }
-    complete = [i for i in range(rounds) if all(len(runs[name]) > i for name in CASES)]
-    for mode in ("kernel", "bypass"):
-        if f"ours_{mode}" in cases and "nginx_proxy" in cases:
-            ours = cases[f"ours_{mode}"]["requests_per_s"]["median"]
-            peer = cases["nginx_proxy"]["requests_per_s"]["median"]
+    complete = [i for i in range(rounds) if all(len(runs[name]) > i for name in names)]
+    for mode, ours_case, peer_case in RATIOS:
+        if ours_case in cases and peer_case in cases:
+            ours = cases[ours_case]["requests_per_s"]["median"]
+            peer = cases[peer_case]["requests_per_s"]["median"]
             result[f"ratio_{mode}"] = ours / peer
-        if complete:
+        if complete and ours_case in runs and peer_case in runs:
             per_round = (
-                runs[f"ours_{mode}"][i]["requests_per_s"] / runs["nginx_proxy"][i]["requests_per_s"]
-                for i in complete
+                runs[ours_case][i]["requests_per_s"] / runs[peer_case][i]["requests_per_s"] for i in complete
             )
             result[f"ratio_{mode}_per_round"] = spread(per_round)
     print(json.dumps(result, indent=2))
@@ -389,11 +439,14 @@ def main() -> None:
         )
         print(f"{name:16} {r['median']:10.0f} ({r['min']:.0f}-{r['max']:.0f}) {'':4}"
               f"{case['p50_ms']['median']:8.2f} {case['p99_ms']['median']:8.2f} {cpu} {busy}")  # fmt: skip
-    for mode in ("kernel", "bypass"):
+    for mode, ours_case, peer_case in RATIOS:
         if f"ratio_{mode}" in result:
             ratio = result[f"ratio_{mode}"]
-            verdict = "meets" if ratio >= TARGET_RATIO else "BELOW"
-            print(f"ratio ours/nginx, {mode}: {ratio:.3f} ({verdict} the {TARGET_RATIO} target)")
+            if peer_case.startswith("nginx"):
+                verdict = "meets" if ratio >= TARGET_RATIO else "BELOW"
+                print(f"ratio {ours_case}/{peer_case}: {ratio:.3f} ({verdict} the {TARGET_RATIO} target)")
+            else:
+                print(f"ratio {ours_case}/{peer_case}: {ratio:.3f} (what the second core adds)")
     if failures:
         sys.exit(f"bench_proxy: {len(failures)} round(s) failed; nothing written")
     if not args.quick:

@@ -100,7 +100,11 @@ def make_layouts(
 
 
 def _child(
-    worker: Callable[[CoreLayout], Any], layout: CoreLayout, port: Port, results: int, ready: int | None
+    worker: Callable[[CoreLayout], Any],
+    layout: CoreLayout,
+    port: Port | None,
+    results: int,
+    ready: int | None,
 ) -> None:
     """The body of a worker process: never returns."""
     global _ready_fd
@@ -133,21 +137,22 @@ def _child(
 def launch(
     worker: Callable[[CoreLayout], Any],
     *,
-    port: Port,
+    port: Port | None,
     cores: int,
     layouts: list[CoreLayout] | None = None,
     ready: Callable[[list[str]], None] | None = None,
 ) -> list[Any]:
     """Run ``worker(layout)`` in one process per core; return their values by core.
 
-    ``port`` is open in this process; each worker uses it through its layout's queues.  Raises
+    ``port`` is open in this process; each worker uses it through its layout's queues (None: the
+    workers use kernel sockets only, as ``yastack proxy --cores N`` without ``--nic``).  Raises
     :class:`WorkerFailed` when a worker died or raised (the others are stopped first).
     ``ready``: called in this process, once, with every worker's :func:`worker_ready`
     announcement (by core) when all of them have called it; not at all if one ends before.
     """
     if cores < 2:
         raise ValueError("launch() is for two or more cores")
-    multi_queue = port.capabilities.rx_queues >= cores
+    multi_queue = port is None or port.capabilities.rx_queues >= cores
     layouts = layouts or make_layouts(cores, multi_queue=multi_queue)
     workers: dict[int, _Worker] = {}
     readiness: dict[int, int] = {}  # core -> read end of its readiness pipe
@@ -166,7 +171,8 @@ def launch(
             os.close(ready_write)
             readiness[layout.core_id] = ready_read
         workers[pid] = _Worker(layout.core_id, pid, read_end)
-    port.close()  # the workers hold the queues now; a device goes when the last of them exits
+    if port is not None:
+        port.close()  # the workers hold the queues now; a device goes when the last of them exits
     return _supervise(workers, readiness, ready)
 
 

@@ -2,7 +2,8 @@
 
     GET  /                     this list
     GET  /stats                ``name: value`` lines (``?filter=REGEX`` keeps names it matches,
-                               ``?format=json`` gives Envoy's ``{"stats": [{"name", "value"}]}``)
+                               ``?format=json`` gives Envoy's ``{"stats": [{"name", "value"}]}``,
+                               ``?core=K`` one core's own with --cores)
     GET  /stats/prometheus     Prometheus text exposition, Envoy's metric names and tags
     GET  /clusters             ``cluster::host:port::stat::value`` lines (``?format=json`` too)
     GET  /ready                200 ``LIVE``, or 503 ``PRE_INITIALIZING`` / ``DRAINING``
@@ -13,7 +14,10 @@
     POST /quitquitquit         graceful shutdown
 
 Mutating paths want POST, as Envoy's do (a GET gets 405), so a crawler or a stray browser tab
-cannot drain the proxy.  Where the endpoint listens (kernel or stack) is decided like any listener
+cannot drain the proxy.  With ``--cores N`` core 0 alone listens and answers for every core:
+/stats, /stats/prometheus and /clusters are the cores' merged (counters summed, see
+:meth:`.Stats.merged`), /healthcheck/* reach every core, /quitquitquit drains them all.
+Where the endpoint listens (kernel or stack) is decided like any listener
 (:mod:`.network`); bind it to loopback, as the examples do, unless it must be reached from outside.
 """
 
@@ -33,15 +37,51 @@ import trio
 
 import trio_yastack
 
+from ._cores import CorePeers, merge_clusters_json, merge_clusters_text
 from .access_log import AccessLogger, AccessRecord
 from .config import Bootstrap
+from .stats import Stats
 
 if TYPE_CHECKING:
     from .proxy import ProxyState
-    from .stats import Stats
     from .upstream import ClusterManager
 
-__all__ = ["AdminServer"]
+__all__ = ["AdminServer", "CoresView", "core_answer"]
+
+#: what core 0 merges across cores (the others' snapshots are asked for per request)
+_MERGED_PATHS = frozenset({"/stats", "/stats/prometheus", "/clusters"})
+#: what core 0 passes on to every core after doing it itself
+_BROADCAST_PATHS = frozenset({"/healthcheck/fail", "/healthcheck/ok"})
+
+
+@dataclasses.dataclass(frozen=True)
+class CoresView:
+    """Every core's statistics and clusters at one moment, merged, for one admin request."""
+
+    stats: Stats
+    per_core: dict[int, Stats]
+    clusters_text: str
+    clusters_json: dict[str, Any]
+
+
+def core_answer(stats: Stats, clusters: ClusterManager, state: ProxyState) -> Callable[[str], Any]:
+    """What a core answers core 0's admin (:func:`._cores.serve_core_link`): its snapshot, or a
+    health-check switch done; an unknown command gets an error (never a crash)."""
+
+    def answer(command: str) -> Any:
+        if command == "snapshot":
+            return {
+                "stats": stats.snapshot(),
+                "clusters_text": clusters.render_clusters(),
+                "clusters_json": clusters.clusters_json(),
+            }
+        if command in ("healthcheck/fail", "healthcheck/ok"):
+            state.health_check_failed = command == "healthcheck/fail"
+            return {"ok": True}
+        return {"error": f"unknown command {command[:64]!r}"}
+
+    return answer
+
 
 MAX_ADMIN_REQUEST = 16 * 1024
 ADMIN_TIMEOUT = 30.0  # a whole admin request/response; admin clients are scripts, not browsers
@@ -58,8 +98,11 @@ class AdminServer:
         clusters: ClusterManager,
         state: ProxyState,
         shutdown: Callable[[], None],
+        peers: CorePeers | None = None,
     ) -> None:
+        """``peers``: with ``--cores N``, core 0's links to the other cores (see the module)."""
         self.bootstrap = bootstrap
+        self.peers = peers
         self.stats = stats
         self.clusters = clusters
         self.state = state
@@ -88,7 +131,9 @@ class AdminServer:
                         conn.receive_data(await stream.receive_some(65536))
                         continue
                     if isinstance(event, h11.Request):
-                        status, content_type, body = self.handle(event.method.decode(), event.target.decode())
+                        status, content_type, body = await self.handle_request(
+                            event.method.decode(), event.target.decode()
+                        )
                         await self._respond(stream, conn, event, status, content_type, body)
                         if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
                             break
@@ -139,8 +184,37 @@ class AdminServer:
             )
         )
 
-    def handle(self, method: str, target: str) -> tuple[int, str, bytes]:
-        """``(status, content type, body)`` for one admin request (no I/O: testable directly)."""
+    async def handle_request(self, method: str, target: str) -> tuple[int, str, bytes]:
+        """:meth:`handle`, with the other cores asked first where the answer covers them all."""
+        if self.peers is None:
+            return self.handle(method, target)
+        path = urlsplit(target).path
+        if path in _MERGED_PATHS and method in ("GET", "HEAD"):
+            return self.handle(method, target, await self.collect())
+        result = self.handle(method, target)
+        if path in _BROADCAST_PATHS and result[0] == 200:
+            await self.peers.ask(path.removeprefix("/"))
+        return result
+
+    async def collect(self) -> CoresView:
+        """Every core's snapshot (core 0's own taken after the others answered), merged."""
+        assert self.peers is not None
+        answers = await self.peers.ask("snapshot")
+        answers[0] = core_answer(self.stats, self.clusters, self.state)("snapshot")
+        cores = sorted(answers)
+        per_core = {core: Stats.merged([answers[core]["stats"]]) for core in cores}
+        merged = Stats.merged([answers[core]["stats"] for core in [0, *[c for c in cores if c != 0]]])
+        merged.scope("server").gauge_set("admin_cores_unreachable", len(self.peers.unreachable))
+        return CoresView(
+            stats=merged,
+            per_core=per_core,
+            clusters_text=merge_clusters_text([answers[core]["clusters_text"] for core in cores]),
+            clusters_json=merge_clusters_json([answers[core]["clusters_json"] for core in cores]),
+        )
+
+    def handle(self, method: str, target: str, view: CoresView | None = None) -> tuple[int, str, bytes]:
+        """``(status, content type, body)`` for one admin request (no I/O: testable directly);
+        ``view``: every core's statistics and clusters, merged (else this core's own)."""
         url = urlsplit(target)
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
         path = url.path
@@ -159,9 +233,13 @@ class AdminServer:
             return 405, "text/plain", b"method not allowed\n"
         if path == "/":
             return 200, "text/plain", (__doc__ or "").split("\n\n")[1].encode() + b"\n"
+        all_stats = view.stats if view is not None else self.stats
         if path == "/stats":
+            all_stats, problem = self._core_stats(query.get("core"), all_stats, view)
+            if problem is not None:
+                return 400, "text/plain", problem.encode()
             if query.get("format") == "json":
-                stats = [{"name": name, "value": value} for name, value in self.stats.flat().items()]
+                stats = [{"name": name, "value": value} for name, value in all_stats.flat().items()]
                 return 200, "application/json", _json({"stats": stats})
             pattern = None
             if query.get("filter"):
@@ -169,13 +247,15 @@ class AdminServer:
                     pattern = re.compile(query["filter"])
                 except re.error as exc:
                     return 400, "text/plain", f"filter: not a regular expression: {exc}\n".encode()
-            return 200, "text/plain", self.stats.render_text(pattern).encode()
+            return 200, "text/plain", all_stats.render_text(pattern).encode()
         if path == "/stats/prometheus":
-            return 200, "text/plain; version=0.0.4", self.stats.render_prometheus().encode()
+            return 200, "text/plain; version=0.0.4", all_stats.render_prometheus().encode()
         if path == "/clusters":
             if query.get("format") == "json":
-                return 200, "application/json", _json(self.clusters.clusters_json())
-            return 200, "text/plain", self.clusters.render_clusters().encode()
+                document = view.clusters_json if view is not None else self.clusters.clusters_json()
+                return 200, "application/json", _json(document)
+            text = view.clusters_text if view is not None else self.clusters.render_clusters()
+            return 200, "text/plain", text.encode()
         if path == "/ready":
             state = self.state.server_state
             return (200 if state == "LIVE" else 503), "text/plain", f"{state}\n".encode()
@@ -202,6 +282,17 @@ class AdminServer:
             "text/plain",
             b"invalid path. admin commands are:\n" + (__doc__ or "").split("\n\n")[1].encode(),
         )
+
+    def _core_stats(
+        self, core: str | None, merged: Stats, view: CoresView | None
+    ) -> tuple[Stats, str | None]:
+        """``/stats?core=K``: core K's own statistics (ours, not Envoy's: it has no processes)."""
+        if core is None:
+            return merged, None
+        per_core = view.per_core if view is not None else {0: self.stats}
+        if not core.isdigit() or int(core) not in per_core:
+            return merged, f"core: one of {', '.join(map(str, sorted(per_core)))}\n"
+        return per_core[int(core)], None
 
 
 def _json(value: Any) -> bytes:

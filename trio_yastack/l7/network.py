@@ -50,11 +50,16 @@ class Network:
             stdlib_socket.socket(stdlib_socket.AF_INET, stdlib_socket.SOCK_STREAM)
         )
 
-    async def open_listener(self, host: str, port: int, backlog: int = 1024) -> trio.SocketListener:
-        """A listening socket on ``host:port`` (``0.0.0.0`` on the stack means the stack's addresses)."""
+    async def open_listener(
+        self, host: str, port: int, backlog: int = 1024, *, reuse_port: bool = False
+    ) -> trio.SocketListener:
+        """A listening socket on ``host:port`` (``0.0.0.0`` on the stack means the stack's addresses);
+        ``reuse_port``: SO_REUSEPORT, so each core's process listens on the same kernel port."""
         sock = self._socket(host)
         try:
             sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEPORT, 1)
             await sock.bind((host, port))
             sock.listen(backlog)
         except BaseException:

@@ -11,6 +11,11 @@ takes the stream.  A connection that matches no chain is closed, counted ``no_fi
 HTTP/2 to clients is not served: a chain whose ``alpn_protocols`` list ``h2`` offers only
 ``http/1.1`` (the proxy says so when it starts), so clients fall back to HTTP/1.1 rather than fail.
 
+On several cores (``yastack proxy --cores N``, :mod:`trio_yastack.dispatch._launcher`) each core is a
+process running its own :class:`Proxy`: its own listeners (``SO_REUSEPORT`` on kernel sockets, its
+own stack on the bypass path), connection pools, health checks and outlier detection, as each Envoy
+worker has its own.  Core 0 alone opens the admin endpoint and answers for all (:mod:`._cores`).
+
 Shutdown is Envoy's drain: stop accepting, close idle keep-alive connections, answer in-flight
 requests with ``connection: close``, and after ``drain_time`` cancel whatever is still open.
 """
@@ -21,6 +26,8 @@ import argparse
 import errno
 import gc
 import ipaddress
+import json
+import os
 import random
 import signal
 import ssl
@@ -33,6 +40,7 @@ from typing import Any
 
 import trio
 
+from trio_yastack.dispatch._launcher import worker_ready
 from trio_yastack.tls.client_hello import peek_client_hello
 from trio_yastack.tls.contexts import (
     SERVED_ALPN,
@@ -42,10 +50,11 @@ from trio_yastack.tls.contexts import (
     server_context,
 )
 
-from .admin import AdminServer
+from ._cores import CoreLinks, CorePeers, serve_core_link
+from .admin import AdminServer, core_answer
 from .config import Bootstrap, FilterChain, HttpConnectionManager, Listener, SocketAddress
 from .http_proxy import HttpConnectionManagerRuntime, ProxyLimits
-from .network import Network
+from .network import Network, is_loopback
 from .stats import Scope, Stats
 from .tcp_proxy import TcpProxyRuntime
 from .upstream import ClusterManager, ClusterRuntime
@@ -254,8 +263,18 @@ class Proxy:
         config_path: str = "",
         rng: random.Random | None = None,
         warn: Callable[[str], None] | None = None,
+        core: int | None = None,
+        peers: CorePeers | None = None,
+        quit: Callable[[], None] | None = None,
     ) -> None:
+        """``core``: this process's core with ``--cores N`` (listeners share their kernel ports
+        with SO_REUSEPORT; only core 0 opens the admin endpoint, with ``peers``, its links to the
+        others); ``quit``: what ``POST /quitquitquit`` does instead of :meth:`shutdown` (drain
+        every core)."""
         self.bootstrap = bootstrap
+        self.core = core
+        self.peers = peers
+        self._quit = quit
         self.network = network or Network()
         self.limits = limits or ProxyLimits()
         self.rng = rng or random.Random()
@@ -336,9 +355,17 @@ class Proxy:
             admin: AdminServer | None = None
             lines: list[str] = []
             try:
-                if self.bootstrap.admin is not None:
-                    admin_listener = await self._listen("admin", self.bootstrap.admin.address)
-                    admin = AdminServer(self.bootstrap, self.stats, self.clusters, self.state, self.shutdown)
+                if self.bootstrap.admin is not None and not self.core:
+                    # core 0's alone: no SO_REUSEPORT, so a second proxy cannot share it unnoticed
+                    admin_listener = await self._listen("admin", self.bootstrap.admin.address, shared=False)
+                    admin = AdminServer(
+                        self.bootstrap,
+                        self.stats,
+                        self.clusters,
+                        self.state,
+                        self._quit or self.shutdown,
+                        peers=self.peers,
+                    )
                     background.start_soon(admin.serve, admin_listener)
                     lines.append(f"admin on http://{self._where(self.bootstrap.admin.address)}")
                 for listener in self.listeners:
@@ -398,9 +425,12 @@ class Proxy:
             shown = str(self.network.stack.address)
         return f"{shown}:{address.port_value} ({self.network.describe(host)})"
 
-    async def _listen(self, name: str, address: SocketAddress) -> trio.SocketListener:
+    async def _listen(self, name: str, address: SocketAddress, shared: bool = True) -> trio.SocketListener:
+        """``shared``: every core listens on it (SO_REUSEPORT with ``--cores``)."""
         try:
-            return await self.network.open_listener(address.address, address.port_value)
+            return await self.network.open_listener(
+                address.address, address.port_value, reuse_port=shared and self.core is not None
+            )
         except OSError as exc:
             raise OSError(
                 exc.errno, f"{name} {address.address}:{address.port_value}: {exc.strerror or exc}"
@@ -453,6 +483,13 @@ def add_proxy_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--check-only", action="store_true", help="load everything (config, certificates), then exit"
     )
+    parser.add_argument(
+        "--cores",
+        type=int,
+        default=1,
+        help="proxies, one process per core (SO_REUSEPORT on kernel sockets; with --nic a stack "
+        "per core, a TAP gets a queue each); core 0's admin answers for all",
+    )
     from trio_yastack.journey import add_observability_options
 
     add_observability_options(parser)  # --trace, --journey, --break, --control (with --nic)
@@ -465,9 +502,10 @@ def main_proxy(args: argparse.Namespace) -> int:
     bootstrap = load_config_or_report(args.config, check_files=True)
     if bootstrap is None:
         return 1
-    if args.drain_time < 0 or args.max_request_body < 0 or args.max_connections < 1:
+    if args.drain_time < 0 or args.max_request_body < 0 or args.max_connections < 1 or args.cores < 1:
         print(
-            "yastack proxy: --drain-time and --max-request-body must be >= 0, --max-connections >= 1",
+            "yastack proxy: --drain-time and --max-request-body must be >= 0, --max-connections and "
+            "--cores >= 1",
             file=sys.stderr,
         )
         return 1
@@ -479,6 +517,8 @@ def main_proxy(args: argparse.Namespace) -> int:
     problem = check_observability_options(args)
     if problem is None and args.nic is None and (args.trace is not None or args.break_layers is not None):
         problem = "--trace and --break follow packets through the user-space stack: they need --nic"
+    if problem is None and args.cores > 1 and args.break_layers is not None:
+        problem = "--break needs one core (every core's debugger would read the same terminal)"
     if problem is not None:
         print(f"yastack proxy: {problem}", file=sys.stderr)
         return 1
@@ -498,46 +538,97 @@ def main_proxy(args: argparse.Namespace) -> int:
     except TlsSetupError as exc:
         print(f"yastack proxy: {exc}", file=sys.stderr)
         return 1
+    admin_address = bootstrap.admin.address.address if bootstrap.admin is not None else None
+    if (
+        args.cores > 1
+        and args.nic is not None
+        and admin_address is not None
+        and not is_loopback(admin_address)
+    ):
+        # Each core's stack accepts only the flows the RSS hash gives it, and only core 0 listens
+        # for the admin: a connection hashed to another core would be refused.
+        print(
+            f"yastack proxy: with --cores {args.cores} and --nic the admin endpoint must be on the "
+            f"kernel's loopback (it is {admin_address}): only core 0 serves it",
+            file=sys.stderr,
+        )
+        return 1
     if args.check_only:
         print(bootstrap.summary())
         return 0
 
-    async def serve(network: Network, observer: Any = None) -> None:
-        proxy = Proxy(bootstrap, network=network, limits=limits, config_path=args.config)
+    worker_mode = args.cores > 1
+    links = CoreLinks(args.cores) if worker_mode else None
+
+    async def serve(network: Network, observer: Any = None, layout: Any = None) -> dict[str, Any]:
+        core = layout.core_id if layout is not None else None
+        mine = links.take(core) if links is not None and core is not None else {}
+        peers = CorePeers(mine) if core == 0 and mine else None
+        proxy = Proxy(
+            bootstrap,
+            network=network,
+            limits=limits,
+            config_path=args.config,
+            core=core,
+            peers=peers,
+            quit=_drain_every_core if worker_mode else None,
+            warn=(lambda line: None) if core else None,  # core 0 speaks for all (the same config)
+        )
         if observer is not None:  # the proxy's own counters in yastack stat / top
             observer.add_counters("proxy", proxy.stats.flat)
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        where = f"core {core}: " if core is not None else ""
+        # A worker of several leaves SIGINT to the launcher, which sends it SIGTERM.
+        signals_wanted = (signal.SIGTERM,) if worker_mode else (signal.SIGINT, signal.SIGTERM)
+        with trio.open_signal_receiver(*signals_wanted) as signals:
 
             async def shutdown_trigger() -> None:
                 async for signum in signals:
-                    print(f"# {signal.Signals(signum).name}: draining", flush=True)
+                    # one write per line: the cores share the launcher's stdout
+                    print(f"# {where}{signal.Signals(signum).name}: draining\n", end="", flush=True)
                     return
 
-            async with trio.open_nursery() as nursery:
-                lines = await nursery.start(
-                    lambda task_status: proxy.run(
-                        shutdown_trigger=shutdown_trigger, drain_time=args.drain_time, task_status=task_status
+            async with trio.open_nursery() as links_nursery:
+                if core:  # core k answers core 0's admin until the drain is over
+                    links_nursery.start_soon(
+                        serve_core_link, mine[0], core_answer(proxy.stats, proxy.clusters, proxy.state)
                     )
-                )
-                for line in lines:
-                    print(f"# {line}", flush=True)
-                print(f"# proxy ready ({args.config})", flush=True)
-        print("# drained; exiting", flush=True)
+                async with trio.open_nursery() as nursery:
+                    lines = await nursery.start(
+                        lambda task_status: proxy.run(
+                            shutdown_trigger=shutdown_trigger,
+                            drain_time=args.drain_time,
+                            task_status=task_status,
+                        )
+                    )
+                    text = "".join(f"# {line}\n" for line in lines) + f"# proxy ready ({args.config})"
+                    if layout is None:
+                        print(text, flush=True)
+                    else:  # the launcher prints core 0's lines once every core listens
+                        worker_ready(f"{text} on {args.cores} cores" if core == 0 else "")
+                links_nursery.cancel_scope.cancel()
+            if peers is not None:
+                await peers.aclose()
+        print(f"# {where}drained\n" if worker_mode else "# drained; exiting\n", end="", flush=True)
+        return {"core": core or 0, "stats": proxy.stats.flat()}
 
-    async def main() -> None:
+    async def main(layout: Any = None, port: Any = None) -> dict[str, Any]:
         if args.nic is None:
-            await serve(Network())
-            return
+            return await serve(Network(), None, layout)
         from trio_yastack._open_stack import open_stack
         from trio_yastack.journey import observe_core
 
         async with (
             open_stack(
-                args.nic, ip=args.ip, gateway=args.gateway, kernel_fallback=True, hosts=hosts
+                port if port is not None else args.nic,
+                ip=args.ip,
+                gateway=args.gateway,
+                kernel_fallback=True,
+                hosts=hosts,
+                layout=layout,
             ) as stack,
-            observe_core(args, stack, None) as observer,
+            observe_core(args, stack, layout) as observer,
         ):
-            await serve(Network(stack), observer)
+            return await serve(Network(stack), observer, layout)
 
     # A proxy allocates a few dozen short-lived objects per request; with CPython's default
     # threshold (700) the young generation is collected every few requests.  Start-up objects go
@@ -546,8 +637,71 @@ def main_proxy(args: argparse.Namespace) -> int:
     gc.freeze()
     gc.set_threshold(20_000, 50, 100)
     try:
-        trio.run(main)
+        if not worker_mode:
+            trio.run(main)
+            return 0
+        assert links is not None
+        try:
+            return _run_on_cores(args, main, links)
+        finally:
+            links.close()
     except OSError as exc:
         print(f"yastack proxy: {exc.strerror or exc}", file=sys.stderr)
         return 1
+
+
+def _run_on_cores(
+    args: argparse.Namespace, main: Callable[..., Awaitable[dict[str, Any]]], links: CoreLinks
+) -> int:
+    """``--cores N``: one process per core (:func:`~trio_yastack.dispatch._launcher.launch`),
+    ``# proxy ready`` once every core listens, each core's totals at the end; a worker that died
+    stops the others and is reported (exit 1), as ``yastack serve`` does."""
+    from trio_yastack.dispatch._launcher import WorkerFailed, launch, make_layouts
+
+    def announce(announcements: list[str]) -> None:
+        print(announcements[0], flush=True)  # core 0's, after every core's listeners are up
+
+    if args.nic is not None:
+        from trio_yastack._open_stack import open_multicore_port
+
+        port = open_multicore_port(args.nic, args.cores)
+        layouts = None
+    else:  # kernel sockets only: no port; small rings (nothing crosses them)
+        port = None
+        layouts = make_layouts(args.cores, multi_queue=True, ring_capacity=1 << 12)
+    try:
+        results = launch(
+            lambda layout: trio.run(main, layout, port),
+            port=port,
+            cores=args.cores,
+            layouts=layouts,
+            ready=announce,
+        )
+    except WorkerFailed as exc:
+        print(f"yastack proxy: {exc}", file=sys.stderr, flush=True)
+        return 1
+    totals = [
+        {
+            "core": result["core"],
+            "downstream_cx_total": sum(
+                v
+                for k, v in result["stats"].items()
+                if k.startswith("listener.") and k.endswith(".downstream_cx_total")
+            ),
+            "downstream_rq_total": sum(
+                v
+                for k, v in result["stats"].items()
+                if k.startswith("http.") and k.endswith(".downstream_rq_total")
+            ),
+        }
+        for result in results
+    ]
+    print("# per core: " + json.dumps(totals), flush=True)
+    print("# drained; exiting", flush=True)
     return 0
+
+
+def _drain_every_core() -> None:
+    """``POST /quitquitquit`` on core 0 with ``--cores N``: SIGTERM to the launcher, which sends
+    one to every core (each drains as on a SIGTERM of its own)."""
+    os.kill(os.getppid(), signal.SIGTERM)

@@ -10,18 +10,31 @@ Prometheus label, as Envoy's default tag extraction does::
     envoy_cluster_upstream_rq_retry{envoy_cluster_name="app"} 3
 
 Counters only go up; gauges (``*_active``, ``membership_*``, ``health_check.healthy``) go both ways.
-Everything runs in one trio run, so plain ints are enough (no locks).
+Everything runs in one trio run, so plain ints are enough (no locks).  With ``--cores N`` each core
+keeps its own :class:`Stats` (one process each) and the admin endpoint shows
+:meth:`Stats.merged` of every core's :meth:`Stats.snapshot`, as Envoy sums its workers' counters.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Literal
 
-__all__ = ["Scope", "Stats"]
+__all__ = ["Scope", "Stats", "StatsSnapshot"]
 
 StatKind = Literal["counter", "gauge"]
+
+#: one statistic as plain data (it crosses a process boundary): kind, name, stat, value, stat kind
+SnapshotRow = tuple[str, str, str, int, StatKind]
+StatsSnapshot = list[SnapshotRow]
+
+#: gauges that are a level of the same thing on every core (not a count of things each core has):
+#: merged to the worst core's value instead of summed.  ``server.state`` takes the highest (0 LIVE,
+#: 1 DRAINING, 2 PRE_INITIALIZING: any core not live shows); the health levels the lowest (each
+#: core health-checks on its own, as Envoy's workers do; a host is healthy where all cores agree).
+_MAX_LEVELS = frozenset({("server", "state")})
+_MIN_LEVELS = frozenset({"membership_total", "membership_healthy", "health_check.healthy"})
 
 #: scope kind -> the Prometheus label Envoy's tag extraction gives its variable part
 _TAG_NAMES = {
@@ -95,6 +108,37 @@ class Stats:
         if found is None:
             found = self._scopes[key] = Scope(kind, name)
         return found
+
+    def snapshot(self) -> StatsSnapshot:
+        """Every statistic as plain rows (picklable, JSON-able): what a core sends core 0."""
+        return [
+            (s.kind, s.name, stat, value, kind)
+            for s in self._scopes.values()
+            for stat, value, kind in s.items()
+        ]
+
+    @classmethod
+    def merged(cls, snapshots: Iterable[StatsSnapshot]) -> Stats:
+        """The cores' statistics as one: counters and counting gauges (``*_active``) summed;
+        level gauges (``server.state``, ``membership_healthy``...) the worst core's (see
+        ``_MAX_LEVELS``).  The first snapshot's order is kept, so /stats reads as one core's."""
+        out = cls()
+        seen: set[tuple[str, str, str]] = set()
+        for rows in snapshots:
+            for kind, name, stat, value, stat_kind in rows:
+                scope = out.scope(kind, name)
+                key = (kind, name, stat)
+                if key not in seen:
+                    seen.add(key)
+                    scope._values[stat] = value
+                elif (kind, stat) in _MAX_LEVELS:
+                    scope._values[stat] = max(scope._values[stat], value)
+                elif stat in _MIN_LEVELS:
+                    scope._values[stat] = min(scope._values[stat], value)
+                else:
+                    scope._values[stat] += value
+                scope._kinds[stat] = stat_kind
+        return out
 
     def value(self, full_name: str) -> int:
         """A statistic by its full /stats name (``cluster.app.upstream_rq_total``); 0 if never touched."""
