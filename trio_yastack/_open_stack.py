@@ -23,7 +23,14 @@ from trio_yastack import socket_api
 from trio_yastack._trio_helpers import unwrap_single_exception
 from trio_yastack.dispatch import CoreLayout, PollLoop, launch
 from trio_yastack.nic import FaultPort, Port, PortStatistics, split_fault_spec
-from trio_yastack.socket_api import PingSocket, StackSocket, UdpEndpoint, install_stack, listening_socket
+from trio_yastack.socket_api import (
+    PingSocket,
+    StackSocket,
+    StackSocket6,
+    UdpEndpoint,
+    install_stack,
+    listening_socket,
+)
 from trio_yastack.stack import InterfaceConfig, StackConfig, StackCore, StackStatistics, UdpPcb
 from trio_yastack.stack.wire import MacAddress
 
@@ -139,12 +146,17 @@ class Stack:
     def socket(
         self, family: int = socket.AF_INET, type: int = socket.SOCK_STREAM, proto: int = 0
     ) -> StackSocket:
-        """A trio socket on this stack, whatever stack the task's socket factory would pick."""
-        if family != socket.AF_INET or type & ~(socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC) not in (
-            socket.SOCK_STREAM,
-            socket.SOCK_DGRAM,
-        ):
-            raise OSError(errno.EAFNOSUPPORT, "the stack serves AF_INET stream and datagram sockets")
+        """A trio socket on this stack, whatever stack the task's socket factory would pick
+        (AF_INET6: datagram sockets, when the stack has an IPv6 address)."""
+        kind = type & ~(socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+        if family == socket.AF_INET6 and kind == socket.SOCK_DGRAM and self.core.ip6 is not None:
+            return StackSocket6(self, type, proto)
+        if family != socket.AF_INET or kind not in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+            raise OSError(
+                errno.EAFNOSUPPORT,
+                "the stack serves AF_INET stream and datagram sockets, and AF_INET6 datagram sockets "
+                "when it has an IPv6 address",
+            )
         return StackSocket(self, type, proto)
 
 

@@ -1,0 +1,203 @@
+"""AF_INET6 datagram sockets over the stack through trio's own API (``trio.socket.socket``):
+two dual-stack stacks on one ``memory_wire`` under a MockClock, addresses from 2001:2::/48.
+
+What is checked: the kernel's AF_INET6 sockaddrs (4-tuples from ``getsockname``,
+``getpeername``, ``recvfrom``, ``recvmsg``), request/response and connected sockets (a
+fragmented datagram too), a port bound once per family, ICMPv6 port unreachable as
+ECONNREFUSED on a connected socket, IPV6_V6ONLY (on, 0 refused, v4-mapped unreachable), ``::1``
+handed to the kernel, and the factory's clear EAFNOSUPPORT for AF_INET6 stream sockets and for
+a stack without IPv6.  The kernel as the peer is in ``test_tap_ipv6.py``.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket as stdlib_socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from socket import AF_INET, AF_INET6, IPPROTO_IPV6, IPV6_V6ONLY, MSG_PEEK, SOCK_DGRAM, SOCK_STREAM
+
+import pytest
+import trio
+import trio.testing
+
+from trio_yastack import Stack, open_stack
+from trio_yastack.nic import memory_wire
+from trio_yastack.socket_api import StackSocket, StackSocket6, use_stack
+from trio_yastack.stack import Ip6Config
+
+A_IP, B_IP = "198.18.0.2", "198.18.0.1"
+A6, B6 = "2001:2::2", "2001:2::1"
+
+
+@asynccontextmanager
+async def two_stacks6(seed: int = 1) -> AsyncIterator[tuple[Stack, Stack]]:
+    """Stacks A (the default stack of the run) and B, each with an IPv4 and an IPv6 address."""
+    a_port, b_port = memory_wire(seed=seed)
+    ip6 = Ip6Config(dad_transmits=0, router_solicitations=0)
+    async with (
+        open_stack(a_port, ip=[f"{A_IP}/24", f"{A6}/64"], seed=seed + 1, ip6=ip6) as a,
+        open_stack(b_port, ip=[f"{B_IP}/24", f"{B6}/64"], seed=seed + 2, ip6=ip6) as b,
+    ):
+        yield a, b
+
+
+def sockets6(a: Stack, b: Stack) -> tuple[trio.socket.SocketType, trio.socket.SocketType]:
+    """``(client on A, server on B)``, both made by trio's factory."""
+    with use_stack(a):
+        client = trio.socket.socket(AF_INET6, SOCK_DGRAM)
+    with use_stack(b):
+        server = trio.socket.socket(AF_INET6, SOCK_DGRAM)
+    return client, server
+
+
+async def test_request_response_with_the_kernels_sockaddrs(autojump_clock: trio.testing.MockClock) -> None:
+    async with two_stacks6() as (a, b):
+        client, server = sockets6(a, b)
+        assert isinstance(client, StackSocket6) and isinstance(server, StackSocket6)
+        assert (server.family, server.type) == (AF_INET6, SOCK_DGRAM)
+        with server, client, trio.fail_after(60):
+            assert server.getsockname() == ("::", 0, 0, 0)
+            await server.bind(("::", 9000))
+            assert server.getsockname() == ("::", 9000, 0, 0)
+
+            async def serve() -> None:
+                for _ in range(3):
+                    data, address = await server.recvfrom(65535)
+                    await server.sendto(data.upper(), address)  # a 4-tuple, as received
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(serve)
+                for word in (b"ping", b"pong", b"x" * 3000):  # the last one is fragmented
+                    assert await client.sendto(word, (B6, 9000)) == len(word)
+                    data, address = await client.recvfrom(65535)
+                    assert data == word.upper()
+                    assert address == (B6, 9000, 0, 0)
+            port = client.getsockname()[1]
+            assert port != 0 and client.getsockname() == ("::", port, 0, 0)  # sendto bound it
+        assert a.statistics().udp.sent == 3 and b.statistics().udp.delivered == 3
+        assert b.core.ip6 is not None and b.core.ip6.stats.reassembled >= 1
+
+
+async def test_connected_sockets_send_recv_and_recvmsg(autojump_clock: trio.testing.MockClock) -> None:
+    async with two_stacks6() as (a, b):
+        client, server = sockets6(a, b)
+        with server, client, trio.fail_after(60):
+            await server.bind((B6, 9001, 0, 0))
+            await client.connect((B6, 9001))
+            assert client.getpeername() == (B6, 9001, 0, 0)
+            local = client.getsockname()
+            assert local[0] == A6 and local[1] != 0  # a connected socket has a source address
+            await client.send(b"0123456789")
+            assert await server.recv(4, MSG_PEEK) == b"0123"
+            data, ancdata, flags, address = await server.recvmsg(4)
+            assert (data, ancdata, address) == (b"0123", [], local)
+            assert flags != 0  # MSG_TRUNC: the datagram did not fit
+            with pytest.raises(OSError) as info:
+                await server.sendto(b"x", (B6, 0))
+            assert info.value.errno == errno.EINVAL
+            await server.sendto(b"back", local)
+            assert await client.recv(100) == b"back"
+            buffer = bytearray(8)
+            await server.sendto(b"into", local[:2])  # a 2-tuple is an AF_INET6 address too
+            assert await client.recvfrom_into(buffer) == (4, (B6, 9001, 0, 0))
+            assert bytes(buffer[:4]) == b"into"
+
+
+async def test_a_port_is_bound_once_per_family(autojump_clock: trio.testing.MockClock) -> None:
+    async with two_stacks6() as (_a, b):
+        with use_stack(b):
+            four = trio.socket.socket(AF_INET, SOCK_DGRAM)
+            six = trio.socket.socket(AF_INET6, SOCK_DGRAM)
+            again = trio.socket.socket(AF_INET6, SOCK_DGRAM)
+        assert type(four) is StackSocket
+        with four, six, again:
+            await four.bind(("", 53))
+            await six.bind(("", 53))
+            with pytest.raises(OSError) as info:
+                await again.bind((B6, 53))
+            assert info.value.errno == errno.EADDRINUSE
+            with pytest.raises(OSError) as info:
+                await again.bind(("2001:2::99", 0))
+            assert info.value.errno == errno.EADDRNOTAVAIL
+
+
+async def test_port_unreachable_reaches_a_connected_socket(autojump_clock: trio.testing.MockClock) -> None:
+    async with two_stacks6() as (a, b):
+        client, _server = sockets6(a, b)
+        _server.close()
+        with client, trio.fail_after(60):
+            await client.connect((B6, 4444))
+            await client.send(b"anyone?")
+            with pytest.raises(ConnectionRefusedError):
+                await client.recv(100)
+        assert b.statistics().udp.dropped["no_socket"] == 1
+
+
+async def test_v6only_is_on_and_cannot_be_turned_off(autojump_clock: trio.testing.MockClock) -> None:
+    async with two_stacks6() as (a, _b):
+        with use_stack(a):
+            sock = trio.socket.socket(AF_INET6, SOCK_DGRAM)
+        with sock:
+            assert sock.getsockopt(IPPROTO_IPV6, IPV6_V6ONLY) == 1
+            sock.setsockopt(IPPROTO_IPV6, IPV6_V6ONLY, 1)  # what trio's listeners set
+            with pytest.raises(OSError) as info:
+                sock.setsockopt(IPPROTO_IPV6, IPV6_V6ONLY, 0)
+            assert info.value.errno == errno.EOPNOTSUPP and "IPv6-only" in str(info.value)
+            assert sock.getsockopt(IPPROTO_IPV6, IPV6_V6ONLY) == 1
+            with pytest.raises(OSError) as info:
+                await sock.sendto(b"x", ("::ffff:198.18.0.1", 9))
+            assert info.value.errno == errno.ENETUNREACH
+            with pytest.raises(OSError) as info:
+                await sock.bind(("::ffff:198.18.0.2", 9))
+            assert info.value.errno == errno.EADDRNOTAVAIL
+
+
+async def test_bad_addresses_are_clear_errors(autojump_clock: trio.testing.MockClock) -> None:
+    async with two_stacks6() as (a, _b):
+        with use_stack(a):
+            sock = trio.socket.socket(AF_INET6, SOCK_DGRAM)
+        with sock:
+            with pytest.raises(TypeError):
+                await sock.sendto(b"x", (B6,))
+            with pytest.raises(OverflowError):
+                await sock.sendto(b"x", (B6, 70000))
+            with pytest.raises(OverflowError):
+                await sock.sendto(b"x", (B6, 9, 1 << 20, 0))
+            with pytest.raises(OSError):
+                await sock.sendto(b"x", ("2001:2::zz", 9))  # not a number: a name that does not resolve
+            await sock.sendto(b"x", (f"{B6}%0", 9))  # a scope suffix is accepted (one interface)
+
+
+async def test_stream_sockets_and_a_stack_without_ipv6_are_refused(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with two_stacks6() as (a, _b):
+        with use_stack(a), pytest.raises(OSError) as info:
+            trio.socket.socket(AF_INET6, SOCK_STREAM)
+        assert info.value.errno == errno.EAFNOSUPPORT and "TCP over IPv6" in str(info.value)
+        with pytest.raises(OSError) as info:
+            a.socket(AF_INET6, SOCK_STREAM)
+        assert info.value.errno == errno.EAFNOSUPPORT
+        assert isinstance(a.socket(AF_INET6, SOCK_DGRAM), StackSocket6)
+    port, _ = memory_wire(seed=3)
+    async with open_stack(port, ip=f"{A_IP}/24") as v4only:
+        assert v4only.core.ip6 is None
+        with pytest.raises(OSError) as info:
+            trio.socket.socket(AF_INET6, SOCK_DGRAM)
+        assert info.value.errno == errno.EAFNOSUPPORT and "IPv6 address" in str(info.value)
+
+
+async def test_loopback_six_goes_to_the_kernel() -> None:
+    """``::1`` is the kernel's, as 127.0.0.0/8 is (a real clock: the kernel answers)."""
+    async with two_stacks6() as (a, _b):
+        with use_stack(a):
+            sock = trio.socket.socket(AF_INET6, SOCK_DGRAM)
+        with sock, stdlib_socket.socket(AF_INET6, SOCK_DGRAM) as peer, trio.fail_after(10):
+            await sock.bind(("::1", 0))
+            address = sock.getsockname()
+            assert address[0] == "::1" and address[1] != 0  # the kernel's own answer
+            peer.sendto(b"kernel", address[:2])
+            data, source = await sock.recvfrom(100)
+            assert (data, source[:2]) == (b"kernel", ("::1", peer.getsockname()[1]))
+        assert a.statistics().udp.received == 0
