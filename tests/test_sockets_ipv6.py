@@ -5,25 +5,29 @@ What is checked: the kernel's AF_INET6 sockaddrs (4-tuples from ``getsockname``,
 ``getpeername``, ``recvfrom``, ``recvmsg``), request/response and connected sockets (a
 fragmented datagram too), a port bound once per family, ICMPv6 port unreachable as
 ECONNREFUSED on a connected socket, IPV6_V6ONLY (on, 0 refused, v4-mapped unreachable), ``::1``
-handed to the kernel, and the factory's clear EAFNOSUPPORT for AF_INET6 stream sockets and for
-a stack without IPv6.  The kernel as the peer is in ``test_tap_ipv6.py``.
+handed to the kernel, the factory's clear EAFNOSUPPORT for AF_INET6 stream sockets and for a
+stack without IPv6; and names: the hosts table and DNS (a server on stack B) answering AAAA for
+AF_INET6 and AF_UNSPEC, in RFC 6724's default order.  The kernel as the peer: ``test_tap_ipv6.py``.
 """
 
 from __future__ import annotations
 
 import errno
 import socket as stdlib_socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from socket import AF_INET, AF_INET6, IPPROTO_IPV6, IPV6_V6ONLY, MSG_PEEK, SOCK_DGRAM, SOCK_STREAM
 
+import dns.message
+import dns.rdatatype
+import dns.rrset
 import pytest
 import trio
 import trio.testing
 
 from trio_yastack import Stack, open_stack
 from trio_yastack.nic import memory_wire
-from trio_yastack.socket_api import StackSocket, StackSocket6, use_stack
+from trio_yastack.socket_api import StackSocket, StackSocket6, current_resolver, use_stack
 from trio_yastack.stack import Ip6Config
 
 A_IP, B_IP = "198.18.0.2", "198.18.0.1"
@@ -201,3 +205,98 @@ async def test_loopback_six_goes_to_the_kernel() -> None:
             data, source = await sock.recvfrom(100)
             assert (data, source[:2]) == (b"kernel", ("::1", peer.getsockname()[1]))
         assert a.statistics().udp.received == 0
+
+
+# -- names: the hosts table and DNS answer AAAA -----------------------------------------------------
+def dns_answer(records: dict[tuple[str, str], list[str]], queries: list[str]) -> Callable[[bytes], bytes]:
+    """A DNS server's logic: ``records[(name, "A"|"AAAA")]``, else an empty NOERROR answer;
+    each question is appended to ``queries`` as ``"AAAA web.test."``."""
+
+    def answer(data: bytes) -> bytes:
+        query = dns.message.from_wire(data)
+        question = query.question[0]
+        rdtype = dns.rdatatype.to_text(question.rdtype)
+        queries.append(f"{rdtype} {question.name}")
+        response = dns.message.make_response(query)
+        addresses = records.get((question.name.to_text(omit_final_dot=True), rdtype))
+        if addresses:
+            response.answer.append(dns.rrset.from_text_list(question.name, 60, "IN", rdtype, addresses))
+        return response.to_wire()
+
+    return answer
+
+
+async def serve_dns(stack: Stack, answer: Callable[[bytes], bytes]) -> None:
+    with use_stack(stack):
+        sock = trio.socket.socket(AF_INET, SOCK_DGRAM)
+    with sock:
+        await sock.bind((B_IP, 53))
+        while True:
+            data, peer = await sock.recvfrom(4096)
+            await sock.sendto(answer(data), peer)
+
+
+async def test_the_hosts_table_answers_aaaa_in_rfc6724s_order(autojump_clock: trio.testing.MockClock) -> None:
+    hosts = {
+        "both.test": ["198.18.0.1", B6],  # global IPv6: precedence 40, before IPv4's 35
+        "teredo.test": ("2001:0:5ef5:79fb::1", "198.18.0.1"),  # 2001::/32, Teredo: 5, after IPv4
+        "six.test": B6,
+    }
+    a_port, b_port = memory_wire(seed=1)
+    ip6 = Ip6Config(dad_transmits=0, router_solicitations=0)
+    async with (
+        open_stack(a_port, ip=[f"{A_IP}/24", f"{A6}/64"], seed=2, ip6=ip6, hosts=hosts),
+        open_stack(b_port, ip=[f"{B_IP}/24", f"{B6}/64"], seed=3, ip6=ip6) as b,
+    ):
+        found = await trio.socket.getaddrinfo("both.test", 80, type=SOCK_DGRAM)
+        assert [(entry[0], entry[4]) for entry in found] == [
+            (AF_INET6, (B6, 80, 0, 0)),
+            (AF_INET, ("198.18.0.1", 80)),
+        ]
+        found = await trio.socket.getaddrinfo("TEREDO.test.", 80, type=SOCK_DGRAM)
+        assert [entry[4][0] for entry in found] == ["198.18.0.1", "2001:0:5ef5:79fb::1"]
+        found = await trio.socket.getaddrinfo("both.test", "domain", AF_INET6, SOCK_DGRAM)
+        assert [(entry[0], entry[4]) for entry in found] == [(AF_INET6, (B6, 53, 0, 0))]
+        with pytest.raises(stdlib_socket.gaierror):
+            await trio.socket.getaddrinfo("six.test", 80, AF_INET)  # no IPv4 address known
+        found = await trio.socket.getaddrinfo("localhost", 80, AF_INET6, SOCK_DGRAM)
+        assert found[0][4] == ("::1", 80, 0, 0)
+        # a name in sendto goes through the resolver to the AF_INET6 socket
+        with use_stack(b):
+            server = trio.socket.socket(AF_INET6, SOCK_DGRAM)
+        client = trio.socket.socket(AF_INET6, SOCK_DGRAM)
+        with server, client, trio.fail_after(60):
+            await server.bind(("", 7000))
+            await client.sendto(b"by name", ("six.test", 7000))
+            assert (await server.recvfrom(100))[0] == b"by name"
+
+
+async def test_a_stack_without_ipv6_orders_ipv6_last(autojump_clock: trio.testing.MockClock) -> None:
+    port, _ = memory_wire(seed=1)
+    async with open_stack(port, ip=f"{A_IP}/24", hosts={"global.test": ["2001:db8::1", "198.18.0.1"]}):
+        found = await trio.socket.getaddrinfo("global.test", 80, type=SOCK_DGRAM)
+        assert [entry[4][0] for entry in found] == ["198.18.0.1", "2001:db8::1"]  # RFC 6724 rule 1
+
+
+async def test_dns_asks_aaaa_for_af_inet6_and_af_unspec(autojump_clock: trio.testing.MockClock) -> None:
+    queries: list[str] = []
+    records = {("web.test", "A"): ["198.18.0.7"], ("web.test", "AAAA"): ["2001:2::7", "2001:db8::7"]}
+    records[("v4.test", "A")] = ["198.18.0.8"]
+    async with two_stacks6() as (_a, b), trio.open_nursery() as nursery:
+        nursery.start_soon(serve_dns, b, dns_answer(records, queries))
+        await trio.testing.wait_all_tasks_blocked()
+        current_resolver().add_nameservers([B_IP])
+        found = await trio.socket.getaddrinfo("web.test", 80, AF_INET6, SOCK_DGRAM)
+        assert [entry[4] for entry in found] == [("2001:2::7", 80, 0, 0), ("2001:db8::7", 80, 0, 0)]
+        assert queries == ["AAAA web.test."]
+        found = await trio.socket.getaddrinfo("web.test", 80, type=SOCK_DGRAM)  # AF_UNSPEC
+        assert [entry[4][0] for entry in found] == ["2001:2::7", "2001:db8::7", "198.18.0.7"]
+        assert queries == ["AAAA web.test.", "A web.test."]  # the AAAA answer came from the cache
+        found = await trio.socket.getaddrinfo("v4.test", 80, type=SOCK_DGRAM)
+        assert [entry[4] for entry in found] == [("198.18.0.8", 80)]  # no AAAA: IPv4 alone
+        found = await trio.socket.getaddrinfo("v4.test", 80, type=SOCK_DGRAM)
+        assert [entry[4] for entry in found] == [("198.18.0.8", 80)]  # the cached "no AAAA" is no NXDOMAIN
+        with pytest.raises(stdlib_socket.gaierror) as info:
+            await trio.socket.getaddrinfo("v4.test", 80, AF_INET6)
+        assert info.value.errno == stdlib_socket.EAI_NODATA and "IPv6" in str(info.value)
+        nursery.cancel_scope.cancel()

@@ -11,7 +11,7 @@ import errno
 import importlib
 import random
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Interface, IPv6Interface
@@ -181,7 +181,7 @@ async def open_stack(
     burst: int | None = None,
     seed: int | None = None,
     config: StackConfig | None = None,
-    hosts: dict[str, str] | None = None,
+    hosts: Mapping[str, str | Sequence[str]] | None = None,
     kernel_fallback: bool = False,
     offloads: bool = True,
     layout: CoreLayout | None = None,
@@ -255,7 +255,7 @@ async def _open_stack_on(
     burst: int | None,
     seed: int | None,
     config: StackConfig | None,
-    hosts: dict[str, str] | None,
+    hosts: Mapping[str, str | Sequence[str]] | None,
     kernel_fallback: bool,
     offloads: bool,
     layout: CoreLayout | None,

@@ -20,7 +20,7 @@ import operator
 import os
 import socket as _stdlib_socket
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -134,7 +134,7 @@ def use_stack(stack: _S) -> Iterator[_S]:
 def install_stack(
     stack: SocketStack,
     *,
-    hosts: dict[str, str] | None = None,
+    hosts: Mapping[str, str | Sequence[str]] | None = None,
     kernel_fallback: bool = False,
     nameservers: list[str] | tuple[str, ...] = (),
     system_resolver: bool = False,
@@ -172,6 +172,7 @@ def install_stack(
         installed.factory.kernel_unroutable |= kernel_unroutable
         installed.resolver.system_resolver |= system_resolver
     installed.stacks.append(stack)
+    installed.resolver.ipv6 |= stack.core.ip6 is not None  # AF_UNSPEC lookups ask AAAA too
     try:
         yield
     finally:
