@@ -2,7 +2,8 @@
 enabled there (2001:2::/48 and link-local addresses only): ``ping -6`` both ways (fragmented too),
 Neighbor Discovery both ways with DAD on our side, UDP both ways with port unreachable, and a
 Packet Too Big from the kernel routing towards a 1280-byte link, which lowers our path MTU;
-trio's own AF_INET6 datagram sockets on the stack both ways with the kernel's socket module.
+trio's own AF_INET6 datagram sockets on the stack both ways with the kernel's socket module;
+dnsmasq answering the resolver's AAAA queries.
 
 The kernel side is 2001:2::1/64 on ``yas0`` (added ``nodad``; ``accept_dad=0`` and no router
 solicitations, so its link-local address is usable at once); the stack is 2001:2::2/64 beside
@@ -24,7 +25,7 @@ from tap_helpers import requires_netns
 
 from trio_yastack import Stack, open_stack
 from trio_yastack.nic.netns import NetworkNamespace, tap_in_netns
-from trio_yastack.socket_api import StackSocket6
+from trio_yastack.socket_api import ResolverConfig, StackSocket6, current_resolver
 from trio_yastack.socket_api._waiter import Waiter
 from trio_yastack.stack import Ip6Config, UdpPcb
 
@@ -254,3 +255,48 @@ async def test_trio_ipv6_datagram_sockets_both_ways_with_the_kernel(netns6: Netw
                 peer.kill()
                 peer.wait()
         assert stack.core.ip6 is not None and stack.core.ip6.stats.reassembled >= 1
+
+
+async def test_dnsmasq_answers_aaaa_to_the_resolver(netns6: NetworkNamespace) -> None:
+    """The kernel-side dnsmasq (asked over the stack's IPv4) answers AAAA: AF_INET6 gets the IPv6
+    address, AF_UNSPEC both in RFC 6724's order (global IPv6 first), and a name without AAAA
+    records is EAI_NODATA for AF_INET6 but still resolves for AF_UNSPEC."""
+    async with stack6(netns6):
+        server = netns6.popen(
+            [
+                "dnsmasq",
+                "--keep-in-foreground",
+                "--conf-file=/dev/null",
+                "--no-resolv",
+                "--no-hosts",
+                "--user=root",
+                "--pid-file=",
+                "--listen-address=198.18.0.1",
+                "--bind-dynamic",
+                "--host-record=web.test,198.18.0.7,2001:2::7",
+                "--host-record=v4.test,198.18.0.8",
+                "--local=/test/",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            resolver = current_resolver()
+            resolver.config = ResolverConfig(timeout=1.0, attempts=10)  # dnsmasq may still be starting
+            resolver.add_nameservers(["198.18.0.1"])
+            found = await trio.socket.getaddrinfo("web.test", 80, socket.AF_INET6, socket.SOCK_DGRAM)
+            assert server.poll() is None
+            assert [entry[4] for entry in found] == [("2001:2::7", 80, 0, 0)]
+            found = await trio.socket.getaddrinfo("web.test", 80, type=socket.SOCK_DGRAM)
+            assert [entry[4][0] for entry in found] == ["2001:2::7", "198.18.0.7"]
+            found = await trio.socket.getaddrinfo("v4.test", 80, type=socket.SOCK_DGRAM)
+            assert [entry[4] for entry in found] == [("198.18.0.8", 80)]
+            with pytest.raises(socket.gaierror) as raised:
+                await trio.socket.getaddrinfo("v4.test", 80, socket.AF_INET6)
+            assert raised.value.errno == socket.EAI_NODATA
+            with pytest.raises(socket.gaierror) as raised:
+                await trio.socket.getaddrinfo("missing.test", 80, socket.AF_INET6)
+            assert raised.value.errno == socket.EAI_NONAME
+        finally:
+            server.terminate()
+            server.wait(timeout=10)
