@@ -216,7 +216,7 @@ async def open_stack(
     ``tap:`` port's virtio-net header); received frames the port vouches for are never
     re-verified either way.  A port opened from a spec string is closed at the end.
     """
-    port = open_port(nic)
+    port = open_port(with_ipv6_on_tap(nic, ip))
     try:
         async with _open_stack_on(
             port, ip, prefix_len, gateway, mac, mtu, burst, seed, config, hosts, kernel_fallback,
@@ -226,6 +226,23 @@ async def open_stack(
     finally:
         if port is not nic:
             port.close()  # we opened it from a spec string
+
+
+def with_ipv6_on_tap(
+    nic: Port | str,
+    ip: str | IPv4Address | IPv4Interface | Sequence[str | IPv4Address | IPv4Interface | IPv6Interface],
+) -> Port | str:
+    """A TAP spec for a stack with an IPv6 address gets ``disable_ipv6=off`` (unless the spec says
+    otherwise): the kernel side of the TAP keeps its IPv6, so it can answer our neighbour
+    discovery (``TapOptions.disable_ipv6`` is on for the IPv4-only stacks, where the kernel's
+    IPv6 would be noise).  Other specs and port objects pass through."""
+    if not isinstance(nic, str) or not _split_addresses(ip)[1]:
+        return nic
+    kind, sep, _ = nic.partition(":")
+    if (sep and kind != "tap") or "disable_ipv6=" in nic:
+        return nic
+    head, comma, rest = nic.partition(",")
+    return f"{head},disable_ipv6=off{comma}{rest}"
 
 
 def _split_addresses(
@@ -339,7 +356,7 @@ def run(
         return trio.run(inside_stack, clock=clock)
     if cores < 1:
         raise ValueError("cores must be at least 1")
-    port = open_multicore_port(nic, cores)
+    port = open_multicore_port(with_ipv6_on_tap(nic, ip), cores)
     return launch(lambda layout: trio.run(inside_stack, layout, clock=clock), port=port, cores=cores)
 
 
