@@ -1,9 +1,9 @@
 """MLDv2 listener reports (RFC 3810) for our solicited-node groups, so that a switch snooping MLD
 forwards the neighbour solicitations for our addresses: the report a starting core sends (before
 DAD's first solicitation, from the unspecified address while the link-local one is tentative,
-repeated once), the one for a SLAAC address, and the Linux kernel's own report read off a TAP
-in a private namespace as the reference for the format (hop-by-hop Router Alert, hop limit 1,
-ff02::16, CHANGE_TO_EXCLUDE_MODE records without sources).
+repeated once), the one for a SLAAC address, the answer to a router's query, and the Linux
+kernel's own report read off a TAP in a private namespace as the reference for the format
+(hop-by-hop Router Alert, hop limit 1, ff02::16, CHANGE_TO_EXCLUDE_MODE records without sources).
 """
 
 from __future__ import annotations
@@ -20,7 +20,13 @@ from test_stack_ipv6 import A_MAC, icmp6_frame, router_advert  # the IPv6 stack 
 
 from trio_yastack.nic.netns import NetworkNamespace, tap_in_netns
 from trio_yastack.stack import ArpConfig, InterfaceConfig, Ip6Config, StackConfig, StackCore
-from trio_yastack.stack._nd6 import MLD_CHANGE_TO_EXCLUDE, MLD_HOP_BY_HOP, MLD_LISTENER_REPORT_V2
+from trio_yastack.stack._nd6 import (
+    MLD_CHANGE_TO_EXCLUDE,
+    MLD_HOP_BY_HOP,
+    MLD_LISTENER_QUERY,
+    MLD_LISTENER_REPORT_V2,
+    MLD_MODE_IS_EXCLUDE,
+)
 from trio_yastack.stack.wire import MacAddress
 from trio_yastack.stack.wire.icmpv6 import icmp6_checksum
 from trio_yastack.stack.wire.ipv6 import link_local_from_mac, multicast_mac, solicited_node
@@ -173,3 +179,51 @@ def test_our_report_has_the_kernels_format() -> None:
     kernel_record = next(record for record in kernel.records if record[3] == wanted)
     assert kernel_record[:3] == (MLD_CHANGE_TO_EXCLUDE, 0, 0)  # a join: exclude nothing
     assert {record[:3] for record in ours.records} == {kernel_record[:3]}
+
+
+def mld_query(*, src: int, hop_limit: int = 1, max_response_ms: int = 1000, length: int = 28) -> bytes:
+    """A router's general MLDv2 query (RFC 3810 5.1) to ff02::1, hop-by-hop Router Alert first."""
+    all_nodes = 0xFF02 << 112 | 1
+    icmp = bytearray(length)
+    struct.pack_into("!BBHHH", icmp, 0, MLD_LISTENER_QUERY, 0, 0, max_response_ms, 0)  # group :: (general)
+    if length >= 28:
+        icmp[24:28] = bytes([2, 125, 0, 0])  # QRV 2, QQIC 125 s, no sources
+    struct.pack_into("!H", icmp, 2, icmp6_checksum(icmp, 0, len(icmp), src, all_nodes))
+    payload = MLD_HOP_BY_HOP + bytes(icmp)
+    header = struct.pack("!IHBB", 6 << 28, len(payload), 0, hop_limit)
+    ether = multicast_mac(all_nodes) + A_MAC + b"\x86\xdd"
+    return ether + header + src.to_bytes(16, "big") + all_nodes.to_bytes(16, "big") + payload
+
+
+def test_a_query_is_answered_once_within_its_maximum_response_delay() -> None:
+    core = core_with_mld(dad=0)
+    core.start(0.0)
+    core.run_timers(1.0)
+    first = reports_in(core.take_outbox())[0]
+    router = link_local_from_mac(A_MAC)
+    core.ether_input(mld_query(src=router, max_response_ms=1000), 10.0)
+    core.ether_input(mld_query(src=router, max_response_ms=1000), 10.1)  # one answer stays pending
+    assert reports_in(core.take_outbox()) == []  # not at once: after a random delay
+    core.run_timers(11.0)
+    (answer,) = reports_in(core.take_outbox())
+    assert answer.src == IPv6Address(link_local_from_mac(OUR_MAC)) and answer.checksum_ok
+    assert answer.records == [(MLD_MODE_IS_EXCLUDE, 0, 0, record[3]) for record in first.records]
+    assert core.ip6 is not None
+    assert core.ip6.nd6.stats.snapshot().counters["mld_queries_received"] == 2
+    core.ether_input(mld_query(src=router, max_response_ms=1000), 12.0)  # a later query: a new answer
+    core.run_timers(13.0)
+    assert len(reports_in(core.take_outbox())) == 1
+
+
+def test_queries_not_from_a_link_local_router_or_mldv1_are_not_answered() -> None:
+    core = core_with_mld(dad=0)
+    core.start(0.0)
+    core.run_timers(1.0)
+    core.take_outbox()
+    core.ether_input(mld_query(src=int(IPv6Address("2001:2::1"))), 2.0)
+    core.ether_input(mld_query(src=link_local_from_mac(A_MAC), hop_limit=2), 2.0)
+    core.ether_input(mld_query(src=link_local_from_mac(A_MAC), length=24), 2.0)  # MLDv1's query
+    core.run_timers(30.0)
+    assert reports_in(core.take_outbox()) == []
+    assert core.ip6 is not None
+    assert dict(core.ip6.nd6.stats.snapshot().dropped) == {"not_from_router": 2, "ignored": 1}
