@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import socket as _stdlib_socket
+from functools import lru_cache
 from ipaddress import IPv6Address
 from typing import Any
 
@@ -37,6 +38,19 @@ _V6ONLY = (_IPPROTO_IPV6, _stdlib_socket.IPV6_V6ONLY)
 _LOOPBACK6 = 1  # ::1
 
 
+@lru_cache(maxsize=1024)
+def _parse6(host: str) -> int:
+    """A numeric IPv6 host as an integer (``ValueError`` if it is none).  Cached, bounded: a
+    datagram server's peers repeat, and parsing an IPv6 address costs more than sending it."""
+    return int(IPv6Address(host))  # (a "%scope" suffix is accepted: one interface)
+
+
+@lru_cache(maxsize=1024)
+def _format6(ip: int) -> str:
+    """An IPv6 address as the kernel prints it (RFC 5952).  Cached, bounded, as :func:`_parse6`."""
+    return str(IPv6Address(ip))
+
+
 def _ipv6(address: Any) -> tuple[int, int]:
     """``(ip, port)`` from a Python AF_INET6 sockaddr ``(host, port[, flowinfo[, scope_id]])``
     with a numeric host, checked as the kernel's socket module checks it."""
@@ -50,8 +64,8 @@ def _ipv6(address: Any) -> tuple[int, int]:
     if host in ("", None):
         return 0, port
     try:
-        return int(IPv6Address(host)), port  # (a "%scope" suffix is accepted: one interface)
-    except ValueError:
+        return _parse6(host), port
+    except (ValueError, TypeError):
         raise _oserror(errno.EINVAL, f"not a numeric IPv6 address: {host!r}; resolve names first") from None
 
 
@@ -75,7 +89,7 @@ class StackSocket6(StackSocket):
     @staticmethod
     def _sockaddr(ip: int, port: int) -> Any:
         """The kernel's AF_INET6 sockaddr: ``(host, port, flowinfo, scope_id)``."""
-        return str(IPv6Address(ip)), port, 0, 0
+        return _format6(ip), port, 0, 0
 
     def getsockname(self) -> Any:
         self._check_open()
@@ -94,7 +108,7 @@ class StackSocket6(StackSocket):
         ``sendto`` passes here), a name through this run's resolver (AF_INET6 answers)."""
         if isinstance(address, tuple) and 2 <= len(address) <= 4:
             host = address[0]
-            if isinstance(host, str) and host and not _numeric6(host):
+            if isinstance(host, str) and host and not _numeric6(host):  # (cached: no second parse)
                 flags = _stdlib_socket.AI_PASSIVE if local else 0
                 found = await trio.socket.getaddrinfo(host, address[1], AF_INET6, SOCK_DGRAM, 0, flags)
                 address = (found[0][-1][0], *address[1:])
@@ -197,7 +211,7 @@ class StackSocket6(StackSocket):
 
 def _numeric6(host: str) -> bool:
     try:
-        IPv6Address(host)
+        _parse6(host)
     except ValueError:
         return False
     return True
