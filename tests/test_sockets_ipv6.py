@@ -261,6 +261,13 @@ async def test_the_hosts_table_answers_aaaa_in_rfc6724s_order(autojump_clock: tr
             await trio.socket.getaddrinfo("six.test", 80, AF_INET)  # no IPv4 address known
         found = await trio.socket.getaddrinfo("localhost", 80, AF_INET6, SOCK_DGRAM)
         assert found[0][4] == ("::1", 80, 0, 0)
+        assert await trio.socket.getnameinfo((B6, 53, 0, 0), 0) == ("both.test", "domain")  # the first name
+        assert await trio.socket.getnameinfo(("2001:0002::1", 9), stdlib_socket.NI_NUMERICHOST) == (
+            B6,
+            "discard",
+        )
+        with pytest.raises(stdlib_socket.gaierror):
+            await trio.socket.getnameinfo(("2001:2::99", 9), stdlib_socket.NI_NAMEREQD)
         # a name in sendto goes through the resolver to the AF_INET6 socket
         with use_stack(b):
             server = trio.socket.socket(AF_INET6, SOCK_DGRAM)

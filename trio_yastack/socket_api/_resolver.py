@@ -469,10 +469,11 @@ class StackHostnameResolver(trio.abc.HostnameResolver):
     ) -> tuple[str, str]:
         """As the kernel's: a numeric address in (a name is a gaierror), the hosts table's name
         for it (NI_NAMEREQD: a gaierror when there is none), the port's service name unless
-        NI_NUMERICSERV.  Loopback addresses are the system's to name."""
+        NI_NUMERICSERV.  Loopback addresses are the system's to name.  IPv6 ones too (the
+        ``hosts6`` table names them)."""
         host, port = sockaddr[0], sockaddr[1]
         try:
-            address = IPv4Address(host)
+            address = ip_address(host)
         except ValueError:
             await trio.lowlevel.checkpoint()
             raise _gaierror(_stdlib_socket.EAI_NONAME, f"{host!r} is not a numeric address") from None
@@ -483,7 +484,7 @@ class StackHostnameResolver(trio.abc.HostnameResolver):
         await trio.lowlevel.checkpoint()
         name = str(address)
         if not flags & _stdlib_socket.NI_NUMERICHOST:
-            for known, ip in self.hosts.items():
+            for known, ip in (self.hosts6 if address.version == 6 else self.hosts).items():
                 if ip == name:
                     name = known
                     break
