@@ -68,9 +68,9 @@ def core6(
         addresses6=(IPv6Interface(address),) if address else (),
     )
     ip6.setdefault("router_solicitations", 0)  # (a test of its own below)
-    config = StackConfig(
-        interface=interface, arp=ArpConfig(gratuitous_at_start=False), ip6=Ip6Config(dad_transmits=dad, **ip6)
-    )  # type: ignore[arg-type]
+    ip6.setdefault("mld", False)  # (MLD reports: tests of their own in test_mld_ipv6.py)
+    ip6_config = Ip6Config(dad_transmits=dad, **ip6)  # type: ignore[arg-type]  # a test's keywords, unchecked
+    config = StackConfig(interface=interface, arp=ArpConfig(gratuitous_at_start=False), ip6=ip6_config)
     return StackCore(config, rng=random.Random(seed))
 
 
@@ -97,8 +97,9 @@ def icmp6_frame(
     return frame6(src_mac, dst_mac, src, dst, IPPROTO_ICMPV6, body, hop_limit=hop_limit)
 
 
-def icmp6_of(frame: bytes) -> tuple[Ipv6Repr, Icmpv6Repr]:
+def icmp6_of(frame: bytes | bytearray) -> tuple[Ipv6Repr, Icmpv6Repr]:
     """The IPv6 header and ICMPv6 message of a frame we sent (checksum verified)."""
+    frame = bytes(frame)
     assert frame[12:14] == b"\x86\xdd"
     header = Ipv6Repr.parse(frame, ETH)
     assert header.next_header == IPPROTO_ICMPV6
@@ -430,7 +431,7 @@ def test_the_kernels_fragmented_echo_is_reassembled_and_answered_in_fragments() 
     assert ours.ip6 is not None and ours.ip6.stats.reassembled == 1
     assert [len(f) for f in replies] == [1510, 222]  # the kernel's own cut at MTU 1500
     for frame in replies:
-        assert parse_ipv6_header(frame, ETH)[3] == IPPROTO_FRAGMENT
+        assert parse_ipv6_header(bytes(frame), ETH)[3] == IPPROTO_FRAGMENT
         kernel.ether_input(bytes(frame), 0.0)
     assert kernel.ip6 is not None and kernel.ip6.stats.reassembled == 1
     assert kernel.ip6.icmp6.stats.echo_replies_received == 2  # pair()'s, and this one
@@ -590,7 +591,7 @@ def test_the_source_we_send_from_verifies() -> None:
     ours.udp.bind(pcb, 0, 5000)
     ours.udp.udp6_output(pcb, b"hello", A, 9, 0.0)
     (frame,) = ours.take_outbox()
-    assert parse_udp6_header(frame, ETH + 40, len(frame), B, A) == (5000, 9, ETH + 40 + 13)
+    assert parse_udp6_header(bytes(frame), ETH + 40, len(frame), B, A) == (5000, 9, ETH + 40 + 13)
 
 
 # -- hostile wire --------------------------------------------------------------------------------

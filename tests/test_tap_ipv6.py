@@ -1,7 +1,9 @@
 """Tier 4 for IPv6: the Linux kernel as the peer, through a TAP in a private namespace with IPv6
 enabled there (2001:2::/48 and link-local addresses only): ``ping -6`` both ways (fragmented too),
 Neighbor Discovery both ways with DAD on our side, UDP both ways with port unreachable, and a
-Packet Too Big from the kernel routing towards a 1280-byte link, which lowers our path MTU.
+Packet Too Big from the kernel routing towards a 1280-byte link, which lowers our path MTU;
+trio's own AF_INET6 datagram sockets on the stack both ways with the kernel's socket module;
+dnsmasq answering the resolver's AAAA queries.
 
 The kernel side is 2001:2::1/64 on ``yas0`` (added ``nodad``; ``accept_dad=0`` and no router
 solicitations, so its link-local address is usable at once); the stack is 2001:2::2/64 beside
@@ -10,6 +12,7 @@ solicitations, so its link-local address is usable at once); the stack is 2001:2
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -22,6 +25,7 @@ from tap_helpers import requires_netns
 
 from trio_yastack import Stack, open_stack
 from trio_yastack.nic.netns import NetworkNamespace, tap_in_netns
+from trio_yastack.socket_api import ResolverConfig, StackSocket6, current_resolver
 from trio_yastack.socket_api._waiter import Waiter
 from trio_yastack.stack import Ip6Config, UdpPcb
 
@@ -207,3 +211,92 @@ async def test_packet_too_big_from_a_router_lowers_our_path_mtu(netns6: NetworkN
             assert ip6.icmp6.stats.packet_too_big_received >= 1
             out, _ = await trio.to_thread.run_sync(lambda: receiver.communicate(timeout=30))
             assert out.split()[0] == "1400", out
+
+
+SOCKET_PEER = """
+import socket
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+s.bind(("2001:2::1", 9001))
+s.settimeout(15)
+print("ready", flush=True)
+data, peer = s.recvfrom(65535)
+s.sendto(data.upper(), peer)
+c = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+c.bind(("2001:2::1", 9003))
+c.sendto(b"from the kernel", ("2001:2::2", 9002))
+print(peer[0], peer[1], len(data), flush=True)
+"""
+
+
+async def test_trio_ipv6_datagram_sockets_both_ways_with_the_kernel(netns6: NetworkNamespace) -> None:
+    """trio's own API (``trio.socket.socket(AF_INET6, SOCK_DGRAM)``) on the stack, the kernel's
+    socket module on the other end: each sends first once, addresses are the kernel's 4-tuples."""
+    async with stack6(netns6) as stack:
+        server = trio.socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        client = trio.socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        assert isinstance(server, StackSocket6) and isinstance(client, StackSocket6)
+        peer = netns6.popen([sys.executable, "-c", SOCKET_PEER], stdout=subprocess.PIPE, text=True)
+        try:
+            with server, client, trio.fail_after(TIMEOUT):
+                await server.bind(("::", 9002))
+                assert peer.stdout is not None
+                assert (await trio.to_thread.run_sync(peer.stdout.readline)).strip() == "ready"
+                message = b"over trio's ipv6 socket " * 100  # 2500 bytes: fragmented both ways
+                await client.sendto(message, (str(KERNEL6), 9001))
+                data, address = await client.recvfrom(65535)
+                assert (data, address) == (message.upper(), (str(KERNEL6), 9001, 0, 0))
+                data, address = await server.recvfrom(65535)
+                assert (data, address) == (b"from the kernel", (str(KERNEL6), 9003, 0, 0))
+                out, _ = await trio.to_thread.run_sync(lambda: peer.communicate(timeout=30))
+                # the kernel saw our source address and the port sendto bound
+                assert out.split() == [str(STACK6), str(client.getsockname()[1]), str(len(message))]
+        finally:
+            if peer.poll() is None:
+                peer.kill()
+                peer.wait()
+        assert stack.core.ip6 is not None and stack.core.ip6.stats.reassembled >= 1
+
+
+async def test_dnsmasq_answers_aaaa_to_the_resolver(netns6: NetworkNamespace) -> None:
+    """The kernel-side dnsmasq (asked over the stack's IPv4) answers AAAA: AF_INET6 gets the IPv6
+    address, AF_UNSPEC both in RFC 6724's order (global IPv6 first), and a name without AAAA
+    records is EAI_NODATA for AF_INET6 but still resolves for AF_UNSPEC."""
+    async with stack6(netns6):
+        server = netns6.popen(
+            [
+                "dnsmasq",
+                "--keep-in-foreground",
+                "--conf-file=/dev/null",
+                "--no-resolv",
+                "--no-hosts",
+                "--user=root",
+                "--pid-file=",
+                "--listen-address=198.18.0.1",
+                "--bind-dynamic",
+                "--host-record=web.test,198.18.0.7,2001:2::7",
+                "--host-record=v4.test,198.18.0.8",
+                "--local=/test/",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            resolver = current_resolver()
+            resolver.config = ResolverConfig(timeout=1.0, attempts=10)  # dnsmasq may still be starting
+            resolver.add_nameservers(["198.18.0.1"])
+            found = await trio.socket.getaddrinfo("web.test", 80, socket.AF_INET6, socket.SOCK_DGRAM)
+            assert server.poll() is None
+            assert [entry[4] for entry in found] == [("2001:2::7", 80, 0, 0)]
+            found = await trio.socket.getaddrinfo("web.test", 80, type=socket.SOCK_DGRAM)
+            assert [entry[4][0] for entry in found] == ["2001:2::7", "198.18.0.7"]
+            found = await trio.socket.getaddrinfo("v4.test", 80, type=socket.SOCK_DGRAM)
+            assert [entry[4] for entry in found] == [("198.18.0.8", 80)]
+            with pytest.raises(socket.gaierror) as raised:
+                await trio.socket.getaddrinfo("v4.test", 80, socket.AF_INET6)
+            assert raised.value.errno == socket.EAI_NODATA
+            with pytest.raises(socket.gaierror) as raised:
+                await trio.socket.getaddrinfo("missing.test", 80, socket.AF_INET6)
+            assert raised.value.errno == socket.EAI_NONAME
+        finally:
+            server.terminate()
+            server.wait(timeout=10)

@@ -87,6 +87,7 @@ def _serve(args: argparse.Namespace) -> int:
         raise SystemExit(
             f"yastack serve: {args.app} is not an ASGI app (a WSGI app needs --server hypercorn)"
         )
+    args.ip = args.ip or ["198.18.0.2/24"]  # (append's default would be appended to)
     config = _serve_config(args)
     _check_serve_options(args, config)
     if args.kernel:
@@ -148,13 +149,13 @@ def _serve(args: argparse.Namespace) -> int:
         if not worker_mode:
             trio.run(main, args.nic)
             return 0
-        from trio_yastack._open_stack import open_multicore_port
+        from trio_yastack._open_stack import open_multicore_port, with_ipv6_on_tap
         from trio_yastack.dispatch._launcher import WorkerFailed, launch
 
         def announce(announcements: list[str]) -> None:
             print(announcements[0], flush=True)  # core 0's, after every core's listeners are up
 
-        port = open_multicore_port(args.nic, args.cores)
+        port = open_multicore_port(with_ipv6_on_tap(args.nic, args.ip), args.cores)
         try:
             summaries = launch(
                 lambda layout: trio.run(main, port, layout), port=port, cores=args.cores, ready=announce
@@ -291,7 +292,7 @@ def _counted(app: Any) -> tuple[dict[str, int] | None, Any]:
 
 def _check_serve_options(args: argparse.Namespace, config: Any) -> None:
     """Every option value checked before anything is opened: a bad one is one clear line."""
-    from ipaddress import IPv4Address, IPv4Interface
+    from ipaddress import IPv4Address, IPv4Interface, IPv6Interface
 
     from trio_yastack.l7.asgi import parse_bind
     from trio_yastack.nic import split_fault_spec
@@ -314,7 +315,12 @@ def _check_serve_options(args: argparse.Namespace, config: Any) -> None:
         except ValueError as exc:
             fail(str(exc))
     try:
-        IPv4Interface(args.ip)
+        v4 = [IPv4Interface(ip) for ip in args.ip if ":" not in ip]
+        for ip in args.ip:
+            if ":" in ip:
+                IPv6Interface(ip)
+        if len(v4) != 1:
+            fail(f"--ip: exactly one IPv4 address, not {len(v4)} (IPv6 ones may be added beside it)")
         if args.gateway is not None:
             IPv4Address(args.gateway)
     except ValueError as exc:
@@ -433,7 +439,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="larger request bodies get 413 (default 100 MiB; our server only)",
     )
     serve.add_argument("--nic", default="tap:yas0", help="the NIC port spec (default tap:yas0)")
-    serve.add_argument("--ip", default="198.18.0.2/24", help="the stack's address/prefix")
+    serve.add_argument(
+        "--ip",
+        action="append",
+        metavar="ADDRESS/PREFIX",
+        help="an address of the stack, repeatable: one IPv4 address (default 198.18.0.2/24) and any "
+        "IPv6 ones (e.g. --ip 198.18.0.2/24 --ip 2001:2::2/64; a TAP keeps the kernel's IPv6 then)",
+    )
     serve.add_argument("--gateway", default=None, help="the default gateway's address")
     serve.add_argument(
         "--dns",

@@ -11,7 +11,7 @@ import errno
 import importlib
 import random
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Interface, IPv6Interface
@@ -23,7 +23,14 @@ from trio_yastack import socket_api
 from trio_yastack._trio_helpers import unwrap_single_exception
 from trio_yastack.dispatch import CoreLayout, PollLoop, launch
 from trio_yastack.nic import FaultPort, Port, PortStatistics, split_fault_spec
-from trio_yastack.socket_api import PingSocket, StackSocket, UdpEndpoint, install_stack, listening_socket
+from trio_yastack.socket_api import (
+    PingSocket,
+    StackSocket,
+    StackSocket6,
+    UdpEndpoint,
+    install_stack,
+    listening_socket,
+)
 from trio_yastack.stack import InterfaceConfig, StackConfig, StackCore, StackStatistics, UdpPcb
 from trio_yastack.stack.wire import MacAddress
 
@@ -139,12 +146,17 @@ class Stack:
     def socket(
         self, family: int = socket.AF_INET, type: int = socket.SOCK_STREAM, proto: int = 0
     ) -> StackSocket:
-        """A trio socket on this stack, whatever stack the task's socket factory would pick."""
-        if family != socket.AF_INET or type & ~(socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC) not in (
-            socket.SOCK_STREAM,
-            socket.SOCK_DGRAM,
-        ):
-            raise OSError(errno.EAFNOSUPPORT, "the stack serves AF_INET stream and datagram sockets")
+        """A trio socket on this stack, whatever stack the task's socket factory would pick
+        (AF_INET6: datagram sockets, when the stack has an IPv6 address)."""
+        kind = type & ~(socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+        if family == socket.AF_INET6 and kind == socket.SOCK_DGRAM and self.core.ip6 is not None:
+            return StackSocket6(self, type, proto)
+        if family != socket.AF_INET or kind not in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+            raise OSError(
+                errno.EAFNOSUPPORT,
+                "the stack serves AF_INET stream and datagram sockets, and AF_INET6 datagram sockets "
+                "when it has an IPv6 address",
+            )
         return StackSocket(self, type, proto)
 
 
@@ -169,7 +181,7 @@ async def open_stack(
     burst: int | None = None,
     seed: int | None = None,
     config: StackConfig | None = None,
-    hosts: dict[str, str] | None = None,
+    hosts: Mapping[str, str | Sequence[str]] | None = None,
     kernel_fallback: bool = False,
     offloads: bool = True,
     layout: CoreLayout | None = None,
@@ -204,7 +216,7 @@ async def open_stack(
     ``tap:`` port's virtio-net header); received frames the port vouches for are never
     re-verified either way.  A port opened from a spec string is closed at the end.
     """
-    port = open_port(nic)
+    port = open_port(with_ipv6_on_tap(nic, ip))
     try:
         async with _open_stack_on(
             port, ip, prefix_len, gateway, mac, mtu, burst, seed, config, hosts, kernel_fallback,
@@ -214,6 +226,23 @@ async def open_stack(
     finally:
         if port is not nic:
             port.close()  # we opened it from a spec string
+
+
+def with_ipv6_on_tap(
+    nic: Port | str,
+    ip: str | IPv4Address | IPv4Interface | Sequence[str | IPv4Address | IPv4Interface | IPv6Interface],
+) -> Port | str:
+    """A TAP spec for a stack with an IPv6 address gets ``disable_ipv6=off`` (unless the spec says
+    otherwise): the kernel side of the TAP keeps its IPv6, so it can answer our neighbour
+    discovery (``TapOptions.disable_ipv6`` is on for the IPv4-only stacks, where the kernel's
+    IPv6 would be noise).  Other specs and port objects pass through."""
+    if not isinstance(nic, str) or not _split_addresses(ip)[1]:
+        return nic
+    kind, sep, _ = nic.partition(":")
+    if (sep and kind != "tap") or "disable_ipv6=" in nic:
+        return nic
+    head, comma, rest = nic.partition(",")
+    return f"{head},disable_ipv6=off{comma}{rest}"
 
 
 def _split_addresses(
@@ -243,7 +272,7 @@ async def _open_stack_on(
     burst: int | None,
     seed: int | None,
     config: StackConfig | None,
-    hosts: dict[str, str] | None,
+    hosts: Mapping[str, str | Sequence[str]] | None,
     kernel_fallback: bool,
     offloads: bool,
     layout: CoreLayout | None,
@@ -327,7 +356,7 @@ def run(
         return trio.run(inside_stack, clock=clock)
     if cores < 1:
         raise ValueError("cores must be at least 1")
-    port = open_multicore_port(nic, cores)
+    port = open_multicore_port(with_ipv6_on_tap(nic, ip), cores)
     return launch(lambda layout: trio.run(inside_stack, layout, clock=clock), port=port, cores=cores)
 
 

@@ -296,6 +296,7 @@ def format_stat(snapshots: list[dict[str, Any]]) -> str:
                 f"  core {snap['core']} {conn['local']:<21} {conn['remote']:<21} {conn['state']:<12} "
                 f"sendq {conn['send_queue']} recvq {conn['receive_queue']} srtt {conn['srtt_ms']} ms"
             )
+    lines.extend(_ip6_lines(snapshots))
     lines.append("ARP table:")
     seen = set()
     for snap in snapshots:
@@ -305,6 +306,41 @@ def format_stat(snapshots: list[dict[str, Any]]) -> str:
                 expires = f"expires in {entry['expires_in']} s"
                 lines.append(f"  {entry['ip']:<15} {entry['mac']}  {expires} (core {snap['core']})")
     return "\n".join(lines)
+
+
+def _ip6_lines(snapshots: list[dict[str, Any]]) -> list[str]:
+    """IPv6 in ``yastack stat``: our addresses, the neighbour cache (size per core and its
+    entries), and the ip6/icmp6/nd6 counters summed over the cores with drops by reason (as
+    ``netstat -s -6``).  Nothing when the stack has no IPv6 (or answers without it: an older one)."""
+    with_ip6 = [snap for snap in snapshots if snap.get("ip6")]
+    if not with_ip6:
+        return []
+    lines = ["IPv6: " + ", ".join(with_ip6[0]["ip6"]["addresses"])]
+    sizes = ", ".join(f"core {snap['core']}: {snap['ip6']['nd_cache']}" for snap in with_ip6)
+    lines.append(f"  neighbour cache: {sizes}")
+    seen = set()
+    for snap in with_ip6:
+        for entry in snap["ip6"]["neighbours"]:
+            if (entry["ip"], entry["mac"]) not in seen:
+                seen.add((entry["ip"], entry["mac"]))
+                lines.append(f"    {entry['ip']:<39} {entry['mac'] or '(incomplete)':<17} {entry['state']}")
+    for layer in ("ip6", "icmp6", "nd6"):
+        counters: dict[str, int] = {}
+        dropped: dict[str, int] = {}
+        for snap in with_ip6:
+            found = snap["ip6"]["layers"].get(layer, {})
+            for name, value in found.get("counters", {}).items():
+                counters[name] = counters.get(name, 0) + value
+            for name, value in found.get("dropped", {}).items():
+                dropped[name] = dropped.get(name, 0) + value
+        shown = ", ".join(f"{name} {value}" for name, value in counters.items() if value) or "nothing"
+        lines.append(f"  {layer}: {shown}")
+        if any(dropped.values()):
+            lines.append(
+                f"  {layer} dropped: "
+                + ", ".join(f"{name} {value}" for name, value in dropped.items() if value)
+            )
+    return lines
 
 
 def _ring_drops(snapshot: dict[str, Any]) -> int:

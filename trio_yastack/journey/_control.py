@@ -42,6 +42,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from ipaddress import IPv6Address
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,7 +50,7 @@ import trio
 
 from trio_yastack._trio_helpers import lingering_close
 from trio_yastack.dispatch import strict_from_environment
-from trio_yastack.stack import TcpState
+from trio_yastack.stack import StackCore, TcpState
 
 from ._filter import FilterError, PacketFilter, compile_filter
 from ._journey import (
@@ -190,6 +191,29 @@ def _ip(value: int) -> str:
     return f"{value >> 24}.{value >> 16 & 255}.{value >> 8 & 255}.{value & 255}"
 
 
+def _ip6_snapshot(core: StackCore) -> dict[str, Any] | None:
+    """IPv6's part of a snapshot (``None``: no IPv6 on this core): our addresses, the neighbour
+    cache's size and first entries, and the ip6/icmp6/nd6 counters with drops by reason."""
+    ip6 = core.ip6
+    if ip6 is None:
+        return None
+    return {
+        "addresses": [
+            f"{IPv6Address(address)}/{ours.prefix_len}" + (" tentative" if ours.tentative else "")
+            for address, ours in ip6.addresses.items()
+        ],
+        "nd_cache": len(ip6.nd6.cache),
+        "neighbours": [
+            {"ip": str(IPv6Address(ip)), "mac": entry.mac.hex(":"), "state": entry.state}
+            for ip, entry in list(ip6.nd6.cache.items())[:MAX_LISTED_ARP]
+        ],
+        "layers": {
+            layer.layer: {"counters": dict(layer.counters), "dropped": dict(layer.dropped)}
+            for layer in ip6.statistics()
+        },
+    }
+
+
 def core_snapshot(
     stack: Stack, layout: CoreLayout | None, extra: dict[str, Callable[[], Any]]
 ) -> dict[str, Any]:
@@ -299,6 +323,7 @@ def core_snapshot(
             "retransmits": retransmits,
         },
         "arp": arp,
+        "ip6": _ip6_snapshot(core),
         "stack": stack.statistics().as_dict(),
         "app": app,
     }

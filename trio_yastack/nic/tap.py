@@ -99,6 +99,9 @@ class TapOptions:
     alone).  ``txqueuelen``: the kernel's queue towards us, our receive ring (the default 1000
     drops under bursts; raised only when lower).  ``busy_poll``: spin on ``rx_burst`` instead of
     sleeping on readiness.  ``persist``: keep the device when the port closes.
+    ``disable_ipv6``: turn the kernel side's IPv6 off (its router solicitations and neighbour
+    discovery are noise to an IPv4-only stack); ``open_stack`` and ``yastack serve`` open a
+    ``tap:`` spec with it off when the stack has an IPv6 address, unless the spec names it.
     """
 
     name: str = "yas0"

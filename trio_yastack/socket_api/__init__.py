@@ -1,6 +1,7 @@
 """trio's face of the stack: tasks park on stack objects and the poll loop wakes them.
 
-:class:`StackSocket` is a ``trio.socket.SocketType`` for AF_INET stream and datagram sockets.
+:class:`StackSocket` is a ``trio.socket.SocketType`` for AF_INET stream and datagram sockets,
+:class:`StackSocket6` for AF_INET6 datagram sockets (TCP over IPv6 is yet to come).
 :func:`install_stack` (which ``open_stack`` calls) installs :class:`StackSocketFactory` and
 :class:`StackHostnameResolver` for the trio run, so unmodified trio code runs over the stack:
 every TCP byte an application sees goes through ``StackSocket``, mostly wrapped in trio's own
@@ -33,5 +34,6 @@ from ._socket import install_stack as install_stack
 from ._socket import listening_socket as listening_socket
 from ._socket import map_loopback_to as map_loopback_to
 from ._socket import use_stack as use_stack
+from ._socket6 import StackSocket6 as StackSocket6
 from ._stack import SocketStack as SocketStack
 from ._waiter import Waiter as Waiter

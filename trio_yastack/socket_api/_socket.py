@@ -20,7 +20,7 @@ import operator
 import os
 import socket as _stdlib_socket
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -48,6 +48,7 @@ __all__ = [
 ]
 
 AF_INET = _stdlib_socket.AF_INET
+AF_INET6 = _stdlib_socket.AF_INET6
 SOCK_STREAM = _stdlib_socket.SOCK_STREAM
 SOCK_DGRAM = _stdlib_socket.SOCK_DGRAM
 _TYPE_MASK = ~(getattr(_stdlib_socket, "SOCK_NONBLOCK", 0) | getattr(_stdlib_socket, "SOCK_CLOEXEC", 0))
@@ -133,7 +134,7 @@ def use_stack(stack: _S) -> Iterator[_S]:
 def install_stack(
     stack: SocketStack,
     *,
-    hosts: dict[str, str] | None = None,
+    hosts: Mapping[str, str | Sequence[str]] | None = None,
     kernel_fallback: bool = False,
     nameservers: list[str] | tuple[str, ...] = (),
     system_resolver: bool = False,
@@ -171,6 +172,7 @@ def install_stack(
         installed.factory.kernel_unroutable |= kernel_unroutable
         installed.resolver.system_resolver |= system_resolver
     installed.stacks.append(stack)
+    installed.resolver.ipv6 |= stack.core.ip6 is not None  # AF_UNSPEC lookups ask AAAA too
     try:
         yield
     finally:
@@ -392,6 +394,11 @@ class StackSocket(trio.socket.SocketType):
         normed = found[0][-1]
         return str(normed[0]), int(normed[1])
 
+    @staticmethod
+    def _sockaddr(ip: int, port: int) -> Any:
+        """The Python sockaddr of a datagram's source: ``(host, port)`` for AF_INET."""
+        return str(IPv4Address(ip)), port
+
     def _map_loopback(self, ip: int, *, local: bool, port: int = 0) -> int | None:
         """The address a loopback ``ip`` stands for when :func:`map_loopback_to` is in force;
         ``None``: the kernel's.  A local one also moves this still unused socket to that stack.
@@ -451,7 +458,7 @@ class StackSocket(trio.socket.SocketType):
         has no route to under ``kernel_unroutable``): the options set so far are set on it, and
         every call from here goes to it (the class becomes :class:`_KernelSocket`), so
         ``getsockname``, options and errors are the kernel's own."""
-        kernel = trio.socket.from_stdlib_socket(_stdlib_socket.socket(AF_INET, self._type, self._proto))
+        kernel = trio.socket.from_stdlib_socket(_stdlib_socket.socket(self.family, self._type, self._proto))
         try:
             for (level, name), value in self._options.items():
                 raw = self._raw_options.get((level, name))
@@ -770,8 +777,10 @@ class StackSocket(trio.socket.SocketType):
                 size = view.nbytes
             else:
                 payload, size = bytes(view), -1
+        udp = self._stack.core.udp
+        output = udp.udp6_output if self._pcb.v6 else udp.udp_output
         try:
-            sent = self._stack.core.udp.udp_output(self._pcb, payload, ip, port, trio.current_time())
+            sent = output(self._pcb, payload, ip, port, trio.current_time())
         except OSError:
             await trio.lowlevel.cancel_shielded_checkpoint()
             raise
@@ -832,7 +841,7 @@ class StackSocket(trio.socket.SocketType):
                 payload, (src, sport) = item
                 truncated = _stdlib_socket.MSG_TRUNC if len(payload) > bufsize else 0
                 await trio.lowlevel.cancel_shielded_checkpoint()
-                return payload[:bufsize], [], truncated, (str(IPv4Address(src)), sport)
+                return payload[:bufsize], [], truncated, self._sockaddr(src, sport)
             if pcb.so_error:
                 await trio.lowlevel.cancel_shielded_checkpoint()
                 raise _oserror(pcb.take_error())
@@ -866,7 +875,7 @@ class StackSocket(trio.socket.SocketType):
             if item is not None:
                 data, (src, sport) = item
                 await trio.lowlevel.cancel_shielded_checkpoint()
-                return data[:bufsize], (str(IPv4Address(src)), sport)
+                return data[:bufsize], self._sockaddr(src, sport)
             if pcb.so_error:
                 await trio.lowlevel.cancel_shielded_checkpoint()
                 raise _oserror(pcb.take_error())
@@ -1184,7 +1193,8 @@ class _KernelSocket(StackSocket):
 
 class StackSocketFactory(trio.abc.SocketFactory):
     """What ``trio.socket.socket()`` calls while a stack is open: AF_INET stream and datagram
-    sockets on the current stack; other families raise EAFNOSUPPORT, or with
+    sockets on the current stack, AF_INET6 datagram sockets when it has IPv6 (``StackSocket6``);
+    others (AF_INET6 stream sockets too, until TCP runs over IPv6) raise EAFNOSUPPORT, or with
     ``kernel_fallback`` are the kernel's own (e.g. an admin port, as YAStack's HOST provider)."""
 
     def __init__(self, kernel_fallback: bool = False, *, kernel_unroutable: bool = False) -> None:
@@ -1198,8 +1208,23 @@ class StackSocketFactory(trio.abc.SocketFactory):
         kind = type & _TYPE_MASK
         if family == AF_INET and kind in (SOCK_STREAM, SOCK_DGRAM):
             return StackSocket(current_stack(), type, proto)
+        if family == AF_INET6 and kind == SOCK_DGRAM:
+            stack = current_stack()
+            if stack.core.ip6 is not None:
+                from ._socket6 import StackSocket6  # (here: _socket6 builds on this module)
+
+                return StackSocket6(stack, type, proto)
         if self.kernel_fallback:
             return trio.socket.from_stdlib_socket(_stdlib_socket.socket(family, type, proto))
+        if family == AF_INET6:
+            raise _oserror(
+                errno.EAFNOSUPPORT,
+                "AF_INET6 stream sockets: TCP over IPv6 is not served by the stack yet; "
+                "open_stack(kernel_fallback=True) hands them to the kernel"
+                if kind == SOCK_STREAM
+                else "AF_INET6 datagram sockets need an IPv6 address on the stack: "
+                "open_stack(ip=['198.18.0.2/24', '2001:2::2/64'])",
+            )
         raise _oserror(
             errno.EAFNOSUPPORT,
             f"family {family}, type {type}: the user-space stack serves AF_INET stream and datagram sockets; "

@@ -95,6 +95,7 @@ class Ip6Config:
     pmtu_limit: int = 1024  # path MTUs remembered (from Packet Too Big)
     pmtu_expiry: float = 600.0  # RFC 8201 5.3: try the link MTU again after 10 minutes
     prefix_limit: int = 16  # on-link prefixes and SLAAC addresses from RAs
+    mld: bool = True  # MLDv2 reports of our groups (RFC 3810), so snooping switches forward them
     # reassembly: the same bounds as IPv4's (IpConfig)
 
 

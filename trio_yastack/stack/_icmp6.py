@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from ._drops import Icmp6Drop, Nd6Drop
 from ._icmp import EchoEndpoint
+from ._nd6 import MLD_LISTENER_QUERY
 from ._stats6 import Icmp6Stats
 from .wire import WireError
 from .wire.ethernet import ETHER_HEADER_LEN
@@ -107,6 +108,8 @@ class Icmp6Layer:
         elif icmp_type < 128:
             stats.errors_received += 1
             self._error_input(icmp_type, code, rest, buf, start + ICMP6_HEADER_LEN, end, now)
+        elif icmp_type == MLD_LISTENER_QUERY:
+            ip6.nd6.mld_query_input(buf, start, end, src, hop_limit, rest, now)
         else:
             stats.drop(Icmp6Drop.UNKNOWN_TYPE)  # RFC 4443 2.4(b): unknown informational messages
 

@@ -174,7 +174,9 @@ class Ip6Layer:
         self.core.timers.cancel(ours.dad_timer)
 
     def start(self, now: float) -> None:
-        """Begin DAD for every tentative address (RFC 4862 5.4)."""
+        """Report our multicast groups (MLDv2, RFC 4862 5.4.2: joined before DAD's first
+        solicitation) and begin DAD for every tentative address (RFC 4862 5.4)."""
+        self.nd6.mld_report(now)
         for ours in list(self.addresses.values()):
             if ours.tentative and not ours.dad_sent:
                 self.nd6.start_dad(ours, now)

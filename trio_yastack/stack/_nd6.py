@@ -7,17 +7,31 @@ bounded, while multicast solicitations go out once per ``retrans_timer``.  ``nd6
 solicitations (answered when the target is ours), advertisements (7.2.5's update rules),
 router advertisements (a default router, on-link prefixes, SLAAC addresses, the link MTU) and
 runs Duplicate Address Detection for our addresses (RFC 4862 5.4).
+
+MLDv2 (RFC 3810): at start, and when a router advertisement gives us a new address, a
+multicast listener report joins our solicited-node groups (all-nodes is never reported, 6), so a
+switch that snoops MLD forwards the solicitations for our addresses to our port.  It is sent as
+the kernel sends it: to ff02::16 with hop limit 1, a hop-by-hop Router Alert (RFC 2711), one
+CHANGE_TO_EXCLUDE_MODE record with no sources per group, from the link-local address or, while
+that is still tentative, from the unspecified address (RFC 3810 5.2.13), and repeated once
+(the Robustness Variable of 2, RFC 3810 9.1).  A router's MLDv2 query (``mld_query_input``) is
+answered after a random delay within its Maximum Response Delay by a current-state report of
+every group (at most one answer pending), so a snooping switch keeps our membership past its
+listener interval.
 """
 
 from __future__ import annotations
 
+import struct
 from collections import deque
 from typing import TYPE_CHECKING
 
 from ._drops import Nd6Drop
 from ._stats6 import Nd6Stats
 from .wire import WireError
+from .wire.ethernet import ETHER_HEADER_LEN
 from .wire.icmpv6 import (
+    ICMP6_HEADER,
     ND_NA_FLAG_OVERRIDE,
     ND_NA_FLAG_ROUTER,
     ND_NA_FLAG_SOLICITED,
@@ -27,16 +41,42 @@ from .wire.icmpv6 import (
     ND_OPT_TARGET_LINKADDR,
     ND_ROUTER_ADVERT,
     ND_ROUTER_SOLICIT,
+    icmp6_checksum,
     link_option,
     parse_nd_options,
 )
-from .wire.ipv6 import ALL_NODES, ALL_ROUTERS, eui64_interface_id, is_link_local, solicited_node
+from .wire.ipv6 import (
+    ALL_NODES,
+    ALL_ROUTERS,
+    IPPROTO_HOPOPTS,
+    IPV6_HEADER,
+    IPV6_HEADER_LEN,
+    eui64_interface_id,
+    is_link_local,
+    multicast_mac,
+    solicited_node,
+)
 
 if TYPE_CHECKING:
     from ._ip6 import Ip6Layer, OurAddress
     from ._timers import Timer
 
 __all__ = ["DELAY", "INCOMPLETE", "PROBE", "REACHABLE", "STALE", "Nd6Layer", "Neighbor"]
+
+#: MLDv2 (RFC 3810 5.2): the report's ICMPv6 type, where it goes, and a record's type for a join
+MLD_LISTENER_REPORT_V2 = 143
+ALL_MLDV2_ROUTERS = 0xFF02 << 112 | 0x16  # ff02::16
+MLD_LISTENER_QUERY = 130
+MLD_MODE_IS_EXCLUDE = 2  # a current-state record (the answer to a query)
+MLD_CHANGE_TO_EXCLUDE = 4
+_MLDV2_QUERY_LEN = 28  # an MLDv1 query is 24 bytes; MLDv2's is at least 28 (RFC 3810 5.1)
+#: hop-by-hop header before the report: next header ICMPv6, length 0, Router Alert (RFC 2711:
+#: type 5, length 2, value 0 = MLD), PadN to 8 bytes: Linux's bytes exactly
+MLD_HOP_BY_HOP = bytes([58, 0, 5, 2, 0, 0, 1, 0])
+_MLD_RECORD = struct.Struct("!BBH")  # record type, aux data length, number of sources (then the group)
+_MLD_RECORDS_PER_REPORT = 64  # 64 x 20 bytes: well inside the 1280-byte minimum MTU
+_MLD_REPEAT = 1.0  # [Unsolicited Report Interval] (RFC 3810 9.11): when the report goes again
+_MASK64 = (1 << 64) - 1
 
 # RFC 4861 7.3.2's states
 INCOMPLETE = "incomplete"
@@ -63,7 +103,7 @@ class Neighbor:
 
 
 class Nd6Layer:
-    __slots__ = ("cache", "config", "ip6", "stats")
+    __slots__ = ("cache", "config", "ip6", "mld_answer_pending", "stats")
 
     def __init__(self, ip6: Ip6Layer) -> None:
         self.ip6 = ip6
@@ -71,6 +111,8 @@ class Nd6Layer:
         self.stats = Nd6Stats()
         #: address -> entry, in order of creation or last confirmation (oldest first)
         self.cache: dict[int, Neighbor] = {}
+        #: an answer to an MLD query is scheduled (one at a time: it reports every group)
+        self.mld_answer_pending = False
 
     # -- input -------------------------------------------------------------------------------
     def nd6_input(
@@ -256,7 +298,10 @@ class Nd6Layer:
                     stats.drop(Nd6Drop.TOO_MANY_PREFIXES)
                     continue
                 address = network | eui64_interface_id(ip6.core.mac)
+                new = address not in ip6.addresses
                 ours = ip6.add_address(address, 64, now + info.valid_lifetime)
+                if new:
+                    self.mld_report(now, [solicited_node(address)])
                 if ours.tentative and not ours.dad_sent:
                     self.start_dad(ours, now)
 
@@ -426,3 +471,80 @@ class Nd6Layer:
         self.stats.drop(Nd6Drop.DAD_FAILED)
         self.ip6.core.timers.cancel(ours.dad_timer)
         self.ip6.addresses.pop(ours.address, None)
+
+    # -- MLDv2 (RFC 3810) --------------------------------------------------------------------
+    def mld_report(self, now: float, groups: list[int] | None = None, *, repeat: bool = True) -> None:
+        """Report ``groups`` (default: every group we receive but all-nodes) joined, in reports of
+        at most 64 records; with ``repeat``, once more after ``_MLD_REPEAT`` seconds."""
+        ip6 = self.ip6
+        if not self.config.mld:
+            return
+        if groups is None:
+            groups = sorted(group for group in ip6.groups if group != ALL_NODES)
+        if not groups:
+            return
+        src = ip6.link_local if ip6.usable(ip6.link_local) else 0
+        for first in range(0, len(groups), _MLD_RECORDS_PER_REPORT):
+            self._send_mld_report(groups[first : first + _MLD_RECORDS_PER_REPORT], src)
+        if repeat:
+            ip6.core.timers.schedule(now + _MLD_REPEAT, self._mld_repeat, tuple(groups))
+
+    def mld_query_input(
+        self, buf: bytes, start: int, end: int, src: int, hop_limit: int, rest: int, now: float
+    ) -> None:
+        """A multicast listener query (RFC 3810 5.1, its ICMPv6 checksum verified): from a
+        link-local source with hop limit 1 (7.4), MLDv2's length; answered after a random delay
+        up to its Maximum Response Delay (6.2), one answer pending at most."""
+        stats = self.stats
+        stats.mld_queries_received += 1
+        if not is_link_local(src) or hop_limit != 1:
+            stats.drop(Nd6Drop.NOT_FROM_ROUTER)
+            return
+        if end - start < _MLDV2_QUERY_LEN:
+            stats.drop(Nd6Drop.IGNORED)  # an MLDv1 querier: v1 reports are not sent
+            return
+        if self.mld_answer_pending or not self.config.mld:
+            return
+        code = rest >> 16  # Maximum Response Code, in milliseconds (5.1.3)
+        if code >= 0x8000:
+            code = ((code & 0xFFF) | 0x1000) << (((code >> 12) & 7) + 3)
+        self.mld_answer_pending = True
+        delay = self.ip6.core.rng.random() * code / 1000.0
+        self.ip6.core.timers.schedule(now + delay, self._mld_answer)
+
+    def _mld_answer(self, now: float) -> None:
+        self.mld_answer_pending = False
+        ip6 = self.ip6
+        groups = sorted(group for group in ip6.groups if group != ALL_NODES)
+        src = ip6.link_local if ip6.usable(ip6.link_local) else 0
+        for first in range(0, len(groups), _MLD_RECORDS_PER_REPORT):
+            self._send_mld_report(groups[first : first + _MLD_RECORDS_PER_REPORT], src, MLD_MODE_IS_EXCLUDE)
+
+    def _mld_repeat(self, now: float, groups: tuple[int, ...]) -> None:
+        """The second report (RFC 3810 6.1), for the groups we still receive."""
+        still = [group for group in groups if group in self.ip6.groups]
+        self.mld_report(now, still, repeat=False)
+
+    def _send_mld_report(self, groups: list[int], src: int, record_type: int = MLD_CHANGE_TO_EXCLUDE) -> None:
+        ip6 = self.ip6
+        dst = ALL_MLDV2_ROUTERS
+        icmp_at = ETHER_HEADER_LEN + IPV6_HEADER_LEN + len(MLD_HOP_BY_HOP)
+        record_len = _MLD_RECORD.size + 16
+        icmp_len = 8 + record_len * len(groups)
+        packet = bytearray(icmp_at + icmp_len)
+        packet[icmp_at - len(MLD_HOP_BY_HOP) : icmp_at] = MLD_HOP_BY_HOP
+        at = icmp_at + 8
+        for group in groups:
+            _MLD_RECORD.pack_into(packet, at, record_type, 0, 0)
+            packet[at + _MLD_RECORD.size : at + record_len] = group.to_bytes(16, "big")
+            at += record_len
+        ICMP6_HEADER.pack_into(packet, icmp_at, MLD_LISTENER_REPORT_V2, 0, 0, len(groups))  # reserved, count
+        checksum = icmp6_checksum(packet, icmp_at, icmp_len, src, dst)
+        ICMP6_HEADER.pack_into(packet, icmp_at, MLD_LISTENER_REPORT_V2, 0, checksum, len(groups))
+        IPV6_HEADER.pack_into(
+            packet, ETHER_HEADER_LEN, 6 << 28, len(MLD_HOP_BY_HOP) + icmp_len, IPPROTO_HOPOPTS, 1,
+            src >> 64, src & _MASK64, dst >> 64, dst & _MASK64,
+        )  # fmt: skip
+        ip6.stats.sent += 1
+        self.stats.mld_reports_sent += 1
+        ip6.ether_output6(packet, multicast_mac(dst))

@@ -61,4 +61,6 @@ class Nd6Stats(_Counters):
     resolution_failures: int = 0
     dad_started: int = 0
     dad_succeeded: int = 0
+    mld_reports_sent: int = 0  # MLDv2 listener reports (RFC 3810) for our groups
+    mld_queries_received: int = 0
     dropped: dict[str, int] = field(default_factory=dict)

@@ -1,0 +1,217 @@
+"""AF_INET6 datagram sockets over the stack: :class:`StackSocket6`, what the socket factory
+hands out for ``trio.socket.socket(AF_INET6, SOCK_DGRAM)`` when the stack has an IPv6 address.
+
+It is a :class:`StackSocket` whose protocol control block is an IPv6 one (``UdpPcb(v6=True)``:
+its own port table, so a port may be bound once per family) and whose addresses are IPv6 ones,
+as the kernel gives them: ``(host, port, flowinfo, scope_id)``.  Everything else (queues,
+MSG_PEEK, MSG_MORE corking, SO_ERROR from ICMPv6 errors, wake-ups, close) is the AF_INET
+socket's own code.
+
+``IPV6_V6ONLY`` is on, as FreeBSD's default (``net.inet6.ip6.v6only=1``): the stack's IPv6
+sockets receive IPv6 datagrams only, so setting it to 0 (a dual-stack socket, Linux's default)
+is refused with a clear error rather than silently ignored, and a v4-mapped destination
+(``::ffff:a.b.c.d``) is unreachable, as Linux says for a v6-only socket.  The loopback address
+``::1`` goes to the kernel at ``bind``/``connect``/``sendto``, as 127.0.0.0/8 does (YAStack's
+HOST path).  Stream sockets wait for TCP over IPv6: the factory refuses them with EAFNOSUPPORT.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket as _stdlib_socket
+from functools import lru_cache
+from ipaddress import IPv6Address
+from typing import Any
+
+import trio
+
+from trio_yastack.stack import UdpPcb
+
+from ._socket import _SEND_FLAGS, SOCK_DGRAM, StackSocket, _oserror, _run_stacks
+from ._stack import SocketStack
+
+__all__ = ["StackSocket6"]
+
+AF_INET6 = _stdlib_socket.AF_INET6
+_IPPROTO_IPV6 = _stdlib_socket.IPPROTO_IPV6
+_V6ONLY = (_IPPROTO_IPV6, _stdlib_socket.IPV6_V6ONLY)
+_LOOPBACK6 = 1  # ::1
+
+
+@lru_cache(maxsize=1024)
+def _parse6(host: str) -> int:
+    """A numeric IPv6 host as an integer (``ValueError`` if it is none).  Cached, bounded: a
+    datagram server's peers repeat, and parsing an IPv6 address costs more than sending it."""
+    return int(IPv6Address(host))  # (a "%scope" suffix is accepted: one interface)
+
+
+@lru_cache(maxsize=1024)
+def _format6(ip: int) -> str:
+    """An IPv6 address as the kernel prints it (RFC 5952).  Cached, bounded, as :func:`_parse6`."""
+    return str(IPv6Address(ip))
+
+
+def _ipv6(address: Any) -> tuple[int, int]:
+    """``(ip, port)`` from a Python AF_INET6 sockaddr ``(host, port[, flowinfo[, scope_id]])``
+    with a numeric host, checked as the kernel's socket module checks it."""
+    if not isinstance(address, tuple) or not 2 <= len(address) <= 4:
+        raise TypeError("AF_INET6 address must be a tuple (host, port[, flowinfo[, scopeid]])")
+    host, port = address[0], address[1]
+    if not isinstance(port, int) or not 0 <= port <= 0xFFFF:
+        raise OverflowError("port must be 0-65535.")
+    if len(address) > 2 and not (isinstance(address[2], int) and 0 <= address[2] <= 0xFFFFF):
+        raise OverflowError("flowinfo must be 0-1048575.")
+    if host in ("", None):
+        return 0, port
+    try:
+        return _parse6(host), port
+    except (ValueError, TypeError):
+        raise _oserror(errno.EINVAL, f"not a numeric IPv6 address: {host!r}; resolve names first") from None
+
+
+class StackSocket6(StackSocket):
+    """An AF_INET6 UDP socket on a trio_yastack stack (see the module's docstring)."""
+
+    def __init__(self, stack: SocketStack, type_: int, proto: int = 0) -> None:
+        super().__init__(stack, type_, proto)
+        if self._type != SOCK_DGRAM:
+            self._fd = -1
+            raise _oserror(errno.EAFNOSUPPORT, "AF_INET6 stream sockets: TCP over IPv6 is not served yet")
+        self._pcb = UdpPcb(v6=True)
+        self._pcb.waiter = self._waiter
+        self._options[_V6ONLY] = 1
+
+    @property
+    def family(self) -> _stdlib_socket.AddressFamily:
+        return AF_INET6
+
+    # -- addresses ------------------------------------------------------------------------------
+    @staticmethod
+    def _sockaddr(ip: int, port: int) -> Any:
+        """The kernel's AF_INET6 sockaddr: ``(host, port, flowinfo, scope_id)``."""
+        return _format6(ip), port, 0, 0
+
+    def getsockname(self) -> Any:
+        self._check_open()
+        assert self._pcb is not None  # (a datagram socket always has one until it is the kernel's)
+        return self._sockaddr(self._pcb.local_ip, self._pcb.local_port)
+
+    def getpeername(self) -> Any:
+        self._check_open()
+        assert self._pcb is not None
+        if not self._pcb.remote_port:
+            raise _oserror(errno.ENOTCONN)
+        return self._sockaddr(self._pcb.remote_ip, self._pcb.remote_port)
+
+    async def _address(self, address: Any, *, local: bool) -> tuple[int, int]:
+        """``(ip, port)`` for an AF_INET6 sockaddr: a numeric host at once (no checkpoint: every
+        ``sendto`` passes here), a name through this run's resolver (AF_INET6 answers)."""
+        if isinstance(address, tuple) and 2 <= len(address) <= 4:
+            host = address[0]
+            if isinstance(host, str) and host and not _numeric6(host):  # (cached: no second parse)
+                flags = _stdlib_socket.AI_PASSIVE if local else 0
+                found = await trio.socket.getaddrinfo(host, address[1], AF_INET6, SOCK_DGRAM, 0, flags)
+                address = (found[0][-1][0], *address[1:])
+        return _ipv6(address)
+
+    def _kernel_for6(self, ip: int, *, local: bool) -> bool:
+        """Whether an address hands this still unused socket to the kernel: ``::1``, or a
+        destination the stack cannot route while the run's factory has ``kernel_unroutable``."""
+        if not self._unused():
+            return False
+        if ip == _LOOPBACK6:
+            return True
+        if local or ip == 0:
+            return False
+        installed = _run_stacks.get()
+        return installed is not None and installed.factory.kernel_unroutable and not self._routes6(ip)
+
+    def _routes6(self, ip: int) -> bool:
+        """Whether the stack can send to ``ip``: ours, on-link, or through a default router."""
+        ip6 = self._stack.core.ip6
+        if ip6 is None:
+            return False
+        now = trio.current_time()
+        return (
+            ip in ip6.addresses
+            or ip6.on_link(ip, now)
+            or bool(ip6.default_router and now < ip6.router_expires)
+        )
+
+    def _check_v4mapped(self, ip: int) -> None:
+        if ip >> 32 == 0xFFFF:
+            raise _oserror(errno.ENETUNREACH, "a v4-mapped address on an IPV6_V6ONLY socket")
+
+    async def bind(self, address: Any) -> None:
+        ip, port = await self._address(address, local=True)
+        if self._kernel_for6(ip, local=True):
+            await self._to_kernel().bind(address)
+            return
+        await trio.lowlevel.checkpoint()
+        self._bind6(ip, port)
+
+    def _bind_now(self, address: Any) -> None:
+        self._bind6(*_ipv6(address))
+
+    def _bind6(self, ip: int, port: int) -> None:
+        self._check_open()
+        assert self._pcb is not None
+        if self._pcb.local_port:
+            raise _oserror(errno.EINVAL, "already bound")
+        if ip >> 32 == 0xFFFF:
+            raise _oserror(errno.EADDRNOTAVAIL, "a v4-mapped address on an IPV6_V6ONLY socket")
+        self._stack.core.udp.bind(self._pcb, ip, port)
+
+    async def connect(self, address: Any) -> None:
+        try:
+            ip, port = await self._address(address, local=False)
+            if self._kernel_for6(ip, local=False):
+                await self._to_kernel().connect(address)
+                return
+            self._check_v4mapped(ip)
+            await self._connect(ip, port, address)
+        except trio.Cancelled:
+            self.close()  # as trio: a connect cancelled leaves no half-made socket
+            raise
+
+    async def sendto(self, data: Any, *args: Any) -> int:
+        """``sendto(data, address)`` or ``sendto(data, flags, address)``, as the kernel's."""
+        if len(args) not in (1, 2):
+            raise TypeError(f"sendto() takes 2 or 3 arguments ({len(args) + 1} given)")
+        flags = args[0] if len(args) == 2 else 0
+        ip, port = await self._address(args[-1], local=False)
+        if self._kernel_for6(ip, local=False):
+            return await self._to_kernel().sendto(data, flags, args[-1])
+        await trio.lowlevel.checkpoint_if_cancelled()
+        try:
+            self._check_open()
+            if flags:
+                self._check_flags(flags, _SEND_FLAGS)
+            self._check_v4mapped(ip)
+            if port == 0:
+                raise _oserror(errno.EINVAL, "port 0")  # (0 means "the connected peer" below)
+        except OSError:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            raise
+        return await self._udp_send(data, (ip, port), flags)
+
+    # -- options ----------------------------------------------------------------------------------
+    def setsockopt(self, level: int, optname: int, value: Any, optlen: int | None = None) -> None:
+        if (level, optname) == _V6ONLY and value is not None:
+            self._check_open()
+            on = int.from_bytes(bytes(value)[:4] or b"\0", "little") if not isinstance(value, int) else value
+            if not on:
+                raise _oserror(
+                    errno.EOPNOTSUPP,
+                    "IPV6_V6ONLY 0: the stack's IPv6 sockets are IPv6-only (FreeBSD's default); "
+                    "open an AF_INET socket for IPv4",
+                )
+        super().setsockopt(level, optname, value, optlen)
+
+
+def _numeric6(host: str) -> bool:
+    try:
+        _parse6(host)
+    except ValueError:
+        return False
+    return True
