@@ -790,6 +790,42 @@ async def test_so_acceptconn(autojump_clock: trio.testing.MockClock) -> None:
             sock.close()
 
 
+async def test_accepted_socket_inherits_the_listeners_options(autojump_clock: trio.testing.MockClock) -> None:
+    """As the kernel: an accepted socket starts with the listening socket's options (not
+    SO_ACCEPTCONN), and the ones its connection holds (Nagle, keep-alive and its timings, the
+    send buffer) are in force on the connection."""
+    keepidle = (stdlib_socket.IPPROTO_TCP, stdlib_socket.TCP_KEEPIDLE)
+    async with two_stacks() as (a, b):
+        listener = b.socket()
+        listener.setsockopt(SOL_SOCKET, stdlib_socket.SO_REUSEADDR, 1)
+        listener.setsockopt(stdlib_socket.IPPROTO_TCP, stdlib_socket.TCP_NODELAY, 0)
+        listener.setsockopt(SOL_SOCKET, stdlib_socket.SO_KEEPALIVE, 1)
+        listener.setsockopt(*keepidle, 30)
+        listener.setsockopt(SOL_SOCKET, stdlib_socket.SO_SNDBUF, 32768)
+        await listener.bind((B_IP, 7009))
+        listener.listen(4)
+        client = a.socket()
+        await client.connect((B_IP, 7009))
+        accepted, _ = await listener.accept()
+        assert accepted.getsockopt(SOL_SOCKET, stdlib_socket.SO_REUSEADDR) == 1
+        assert accepted.getsockopt(SOL_SOCKET, stdlib_socket.SO_ACCEPTCONN) == 0
+        assert accepted.getsockopt(*keepidle) == 30
+        conn = accepted.connection
+        assert conn is not None
+        assert conn.nodelay is False and conn.keepalive is True and conn.keep_idle == 30
+        assert conn.sndbuf.limit == 32768
+        plain = b.socket()  # a listener without options: the accepted connection has the defaults
+        await plain.bind((B_IP, 7010))
+        plain.listen(4)
+        other = a.socket()
+        await other.connect((B_IP, 7010))
+        default, _ = await plain.accept()
+        assert default.connection is not None and default.connection.keepalive is False
+        assert default.connection.nodelay == b.core.config.tcp.nodelay
+        for sock in (client, accepted, listener, other, default, plain):
+            sock.close()
+
+
 async def test_second_listener_on_a_port_is_eaddrinuse(autojump_clock: trio.testing.MockClock) -> None:
     async with two_stacks() as (a, b):
         with use_stack(b):

@@ -61,6 +61,7 @@ _TCP_NOTSENT_LOWAT = getattr(_stdlib_socket, "TCP_NOTSENT_LOWAT", 25)
 _SO_REUSEPORT = getattr(_stdlib_socket, "SO_REUSEPORT", 15)
 _KINDS = {kind.value: kind for kind in (_stdlib_socket.SOCK_STREAM, _stdlib_socket.SOCK_DGRAM)}
 _NODELAY = (_IPPROTO_TCP, _stdlib_socket.TCP_NODELAY)
+_ACCEPTCONN = (_SOL_SOCKET, _stdlib_socket.SO_ACCEPTCONN)
 #: the options a connection holds itself (the rest are read by the socket when it needs them)
 _CONNECTION_OPTIONS = frozenset(
     {
@@ -606,10 +607,14 @@ class StackSocket(trio.socket.SocketType):
         return sock, (_ip_text(conn.remote_ip), conn.remote_port)
 
     def _inherit(self, options: dict[tuple[int, int], int]) -> None:
-        """An accepted socket takes the listening socket's options, as in the kernel."""
-        for (level, name), value in options.items():
-            if (level, name) != (_SOL_SOCKET, _stdlib_socket.SO_ACCEPTCONN):
-                self.setsockopt(level, name, value)
+        """An accepted socket takes the listening socket's options, as in the kernel: copied
+        at once (they were checked when set on the listener), and the connection's own
+        applied once (not once per option through ``setsockopt``)."""
+        own = self._options
+        own.update(options)
+        own.pop(_ACCEPTCONN, None)
+        if not _CONNECTION_OPTIONS.isdisjoint(own):
+            self._apply_connection_options()
 
     async def connect(self, address: Any) -> None:
         # As trio: a connect cannot be taken back, so a cancelled one (or one whose address
