@@ -53,9 +53,9 @@ _LINUX_SYN_NOP_WS = b"\x01\x03\x03"
 def linux_syn_options(buf: bytes, offset: int) -> TcpOptions | None:
     """The 20 option bytes at ``offset`` read as ``parse_tcp_options`` would, when they are laid
     out as Linux lays out a SYN's (every connection from a Linux client opens with them); None
-    for any other layout, which the general parser then reads.  One comparison of the fixed
-    bytes and one unpack instead of a loop over five options: a SYN's options are most of what
-    a new connection costs ``tcp_input`` before the connection exists."""
+    for any other layout, which the general parser then reads.  Three comparisons of the fixed
+    bytes and one unpack instead of the general parser's loop over five options, which was
+    ~2 % of a ``Connection: close`` profile over the stack (one SYN per connection)."""
     if (
         buf[offset + 4 : offset + 8] != _LINUX_SYN_SACK_TS
         or buf[offset : offset + 2] != _LINUX_SYN_MSS
