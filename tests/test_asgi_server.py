@@ -24,6 +24,7 @@ from socket_helpers import A_IP, two_stacks
 from trio_yastack.l7.asgi import Config, LifespanFailure, ServerConfig, _server, serve_asgi
 from trio_yastack.l7.asgi._access_log import format_line
 from trio_yastack.l7.asgi._server import SWEEP_INTERVAL
+from trio_yastack.socket_api import StackSocket
 from trio_yastack.tls.certs import make_ca
 
 
@@ -408,6 +409,51 @@ async def test_scope_addresses_over_the_stack_come_from_accept(
         scope = (await RawClient(stream).request()).json()
         assert scope["client"] == [local[0], local[1]]
         assert scope["server"] == [A_IP, 8000]
+
+
+async def test_stack_listener_drains_its_queue_in_batches(
+    monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Over the stack the accept loop takes connections with ``accept_nowait`` (ACCEPT_BATCH at a
+    time, 2 here, so a full batch's turn is taken too) and waits with ``wait_acceptable``, never
+    with ``accept`` (a scheduler pass per connection); every client is served, its address from
+    the accept."""
+    monkeypatch.setattr(_server, "ACCEPT_BATCH", 2)
+    taken: list[tuple[str, int]] = []
+    accept_nowait = StackSocket.accept_nowait
+
+    def counted(self: StackSocket) -> tuple[StackSocket, tuple[str, int]]:
+        conn, address = accept_nowait(self)
+        taken.append(address)
+        return conn, address
+
+    async def no_accept(self: StackSocket) -> Any:
+        raise AssertionError("the stack's listener is drained with accept_nowait")
+
+    monkeypatch.setattr(StackSocket, "accept_nowait", counted)
+    monkeypatch.setattr(StackSocket, "accept", no_accept)
+    async with two_stacks() as (a, b), running_server(scope_app, ServerConfig(bind=("8000",)), stack=a):
+        clients: list[RawClient] = []
+
+        async def connect(index: int) -> None:
+            stream = await b.tcp_connect(A_IP, 8000)
+            await stream.send_all(build_request("GET", f"/{index}", connection="close"))
+            clients.append(RawClient(stream))
+
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:  # handshakes together: several queue at once
+                for index in range(5):
+                    nursery.start_soon(connect, index)
+            locals_: list[tuple[str, int]] = []
+            for client in clients:
+                scope = (await client.response()).json()
+                local = client.stream.socket.getsockname()  # type: ignore[attr-defined]  # a SocketStream
+                locals_.append(local)
+                assert scope["client"] == [local[0], local[1]]
+                assert scope["server"] == [A_IP, 8000]
+                assert await client.wait_closed() == b""
+                await client.stream.aclose()
+        assert sorted(taken) == sorted(locals_)
 
 
 async def test_kernel_listener_drains_its_queue_in_batches(monkeypatch: pytest.MonkeyPatch) -> None:

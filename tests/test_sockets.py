@@ -501,6 +501,51 @@ async def test_closing_listener_resets_unaccepted_connections(autojump_clock: tr
             sock.close()
 
 
+async def test_accept_nowait_drains_the_queue_without_waiting(autojump_clock: trio.testing.MockClock) -> None:
+    """``accept_nowait`` is a non-blocking ``accept``: the queued connections in order, each with
+    its peer's address, then EAGAIN (``BlockingIOError``) without a scheduler pass;
+    ``wait_acceptable`` returns once a connection is queued, and closing the socket wakes it
+    (``accept_nowait`` then says EBADF).  A socket that is not listening says EINVAL."""
+    async with two_stacks() as (a, b):
+        listener = b.socket()
+        await listener.bind((B_IP, 6003))
+        with pytest.raises(OSError) as info:
+            listener.accept_nowait()
+        assert info.value.errno == errno.EINVAL
+        listener.listen(8)
+        with pytest.raises(BlockingIOError) as blocking:
+            listener.accept_nowait()
+        assert blocking.value.errno == errno.EAGAIN
+        clients = [a.socket() for _ in range(3)]
+        accepted: list[StackSocket] = []
+        with trio.fail_after(60):
+            for sock in clients:
+                await sock.connect((B_IP, 6003))
+            await listener.wait_acceptable()  # something queued: returns (after a checkpoint)
+            for sock in clients:
+                conn, address = listener.accept_nowait()
+                accepted.append(conn)
+                assert address == sock.getsockname() == conn.getpeername()
+                assert conn.getsockname() == (B_IP, 6003)
+            with pytest.raises(BlockingIOError):
+                listener.accept_nowait()
+            await clients[1].send(b"second")
+            assert await accepted[1].recv(100) == b"second"
+
+            async def close_soon() -> None:
+                await trio.testing.wait_all_tasks_blocked()
+                listener.close()
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(close_soon)
+                await listener.wait_acceptable()  # parked until the close
+            with pytest.raises(OSError) as closed:
+                listener.accept_nowait()
+            assert closed.value.errno == errno.EBADF
+        for sock in (*accepted, *clients):
+            sock.close()
+
+
 async def test_closing_listener_wakes_blocked_accept(autojump_clock: trio.testing.MockClock) -> None:
     """``SocketListener.aclose()`` (or closing the socket) while a task waits in accept():
     the waiting accept raises ClosedResourceError, as trio's kernel sockets do."""
@@ -742,6 +787,42 @@ async def test_so_acceptconn(autojump_clock: trio.testing.MockClock) -> None:
         assert a.socket(AF_INET, SOCK_DGRAM).getsockopt(*acceptconn) == 0
         trio.SocketListener(listener)  # accepted as a listening socket
         for sock in (client, accepted, listener):
+            sock.close()
+
+
+async def test_accepted_socket_inherits_the_listeners_options(autojump_clock: trio.testing.MockClock) -> None:
+    """As the kernel: an accepted socket starts with the listening socket's options (not
+    SO_ACCEPTCONN), and the ones its connection holds (Nagle, keep-alive and its timings, the
+    send buffer) are in force on the connection."""
+    keepidle = (stdlib_socket.IPPROTO_TCP, stdlib_socket.TCP_KEEPIDLE)
+    async with two_stacks() as (a, b):
+        listener = b.socket()
+        listener.setsockopt(SOL_SOCKET, stdlib_socket.SO_REUSEADDR, 1)
+        listener.setsockopt(stdlib_socket.IPPROTO_TCP, stdlib_socket.TCP_NODELAY, 0)
+        listener.setsockopt(SOL_SOCKET, stdlib_socket.SO_KEEPALIVE, 1)
+        listener.setsockopt(*keepidle, 30)
+        listener.setsockopt(SOL_SOCKET, stdlib_socket.SO_SNDBUF, 32768)
+        await listener.bind((B_IP, 7009))
+        listener.listen(4)
+        client = a.socket()
+        await client.connect((B_IP, 7009))
+        accepted, _ = await listener.accept()
+        assert accepted.getsockopt(SOL_SOCKET, stdlib_socket.SO_REUSEADDR) == 1
+        assert accepted.getsockopt(SOL_SOCKET, stdlib_socket.SO_ACCEPTCONN) == 0
+        assert accepted.getsockopt(*keepidle) == 30
+        conn = accepted.connection
+        assert conn is not None
+        assert conn.nodelay is False and conn.keepalive is True and conn.keep_idle == 30
+        assert conn.sndbuf.limit == 32768
+        plain = b.socket()  # a listener without options: the accepted connection has the defaults
+        await plain.bind((B_IP, 7010))
+        plain.listen(4)
+        other = a.socket()
+        await other.connect((B_IP, 7010))
+        default, _ = await plain.accept()
+        assert default.connection is not None and default.connection.keepalive is False
+        assert default.connection.nodelay == b.core.config.tcp.nodelay
+        for sock in (client, accepted, listener, other, default, plain):
             sock.close()
 
 

@@ -621,3 +621,34 @@ def test_isn_source_is_pluggable_per_stack() -> None:
     core.tcp.isn_source = lambda *args: 0xFFFFFFFE
     assert core.tcp.connect(int(PEER_IP), 80, T0).iss == 0xFFFFFFFE
     assert other.tcp.connect(int(PEER_IP), 80, T0).iss == OUR_ISS  # this file's fixed ISN
+
+
+def test_linux_syn_options_read_as_the_general_parser_reads_them() -> None:
+    """``tcp_input`` reads Linux's SYN option layout (the captured SYN and SYN-ACK of
+    vectors.py) with one unpack; the result is the general parser's, and any other layout
+    (every single byte of it changed, or the layout without timestamps) is left to the
+    general parser (None)."""
+    from vectors import TCP_SYN, TCP_SYN_ACK, TCP_SYN_NO_TIMESTAMPS
+
+    from trio_yastack.stack.tcp._layer import linux_syn_options
+    from trio_yastack.stack.wire.tcp import parse_tcp_options
+
+    for frame in (TCP_SYN, TCP_SYN_ACK):
+        start = 14 + 20 + 20  # Ethernet, IPv4, the TCP header: the 20 option bytes follow
+        options = bytes(frame[start : start + 20])
+        fast = linux_syn_options(options, 0)
+        assert fast is not None and fast == parse_tcp_options(options, 0, 20)
+        assert fast.mss == 1460 and fast.window_scale == 10 and fast.sack_permitted
+        assert linux_syn_options(b"\xa5" + options, 1) == fast  # at an offset
+        for index in (0, 1, 4, 5, 6, 7, 16, 17, 18):  # each fixed byte changed: not this layout
+            changed = bytearray(options)
+            changed[index] ^= 0x10
+            assert linux_syn_options(bytes(changed), 0) is None
+        for index in (2, 3, 8, 12, 19):  # the values: still this layout, read as parsed
+            changed = bytearray(options)
+            changed[index] ^= 0x5A
+            assert linux_syn_options(bytes(changed), 0) == parse_tcp_options(bytes(changed), 0, 20)
+    start = 14 + 20 + 20
+    header_len = (TCP_SYN_NO_TIMESTAMPS[14 + 20 + 12] >> 4) * 4
+    no_ts = TCP_SYN_NO_TIMESTAMPS[start : 14 + 20 + header_len] + bytes(20)
+    assert linux_syn_options(no_ts, 0) is None

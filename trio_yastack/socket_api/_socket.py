@@ -15,6 +15,7 @@ call (:class:`_KernelSocket`): the factory cannot know the address when the sock
 from __future__ import annotations
 
 import errno
+import functools
 import itertools
 import operator
 import os
@@ -61,6 +62,7 @@ _TCP_NOTSENT_LOWAT = getattr(_stdlib_socket, "TCP_NOTSENT_LOWAT", 25)
 _SO_REUSEPORT = getattr(_stdlib_socket, "SO_REUSEPORT", 15)
 _KINDS = {kind.value: kind for kind in (_stdlib_socket.SOCK_STREAM, _stdlib_socket.SOCK_DGRAM)}
 _NODELAY = (_IPPROTO_TCP, _stdlib_socket.TCP_NODELAY)
+_ACCEPTCONN = (_SOL_SOCKET, _stdlib_socket.SO_ACCEPTCONN)
 #: the options a connection holds itself (the rest are read by the socket when it needs them)
 _CONNECTION_OPTIONS = frozenset(
     {
@@ -219,6 +221,15 @@ def _ipv4(address: Any, *, what: str = "address") -> tuple[int, int]:
         raise _oserror(errno.EINVAL, f"not a numeric IPv4 address: {host!r}; resolve names first") from None
 
 
+@functools.lru_cache(maxsize=4096)
+def _ip_text(ip: int) -> str:
+    """``str(IPv4Address(ip))``, remembered: an accept reports its peer's address as text, and a
+    server under churn sees the same few clients again and again (formatting an address costs
+    more than the rest of the accepted socket).  The text of an integer, the same in every trio
+    run, so one bounded table for the process keeps no per-run state."""
+    return str(IPv4Address(ip))
+
+
 def _is_loopback(ip: int) -> bool:
     """127.0.0.0/8: the kernel's, never the stack's (YAStack's HOST path)."""
     return ip >> 24 == 127
@@ -355,7 +366,7 @@ class StackSocket(trio.socket.SocketType):
         if self._pcb is not None:
             return str(IPv4Address(self._pcb.local_ip)), self._pcb.local_port
         if self._conn is not None:
-            return str(self._stack.address), self._conn.local_port
+            return _ip_text(int(self._stack.address)), self._conn.local_port
         if self._listener is not None:
             ip = self._bound[0] if self._bound else 0
             return str(IPv4Address(ip)), self._listener.port
@@ -367,7 +378,7 @@ class StackSocket(trio.socket.SocketType):
         if self._pcb is not None and self._pcb.remote_port:
             return str(IPv4Address(self._pcb.remote_ip)), self._pcb.remote_port
         if self._conn is not None and self._conn.established:
-            return str(IPv4Address(self._conn.remote_ip)), self._conn.remote_port
+            return _ip_text(self._conn.remote_ip), self._conn.remote_port
         raise _oserror(errno.ENOTCONN)
 
     async def _resolve(self, address: Any, *, local: bool) -> tuple[str, int]:
@@ -561,18 +572,56 @@ class StackSocket(trio.socket.SocketType):
         while True:
             conn = listener.accept()
             if conn is not None:
-                sock = StackSocket(self._stack, SOCK_STREAM, self._proto, conn=conn)
-                sock._inherit(self._options)
+                accepted = self._accepted(conn)
                 await trio.lowlevel.cancel_shielded_checkpoint()
-                return sock, (str(IPv4Address(conn.remote_ip)), conn.remote_port)
+                return accepted
             await self._wait()
             self._check_open()  # closed while we waited: EBADF (trio: ClosedResourceError)
 
+    def accept_nowait(self) -> tuple[StackSocket, tuple[str, int]]:
+        """``accept()`` without waiting and without a scheduler pass: the oldest connection of
+        the accept queue, or ``BlockingIOError`` (EAGAIN) when it is empty, as a non-blocking
+        kernel socket's ``accept``.  A server drains the queue with it per wake-up
+        (``wait_acceptable`` between batches), so a burst of new connections costs one pass
+        of the scheduler, not one each.  Like ``accept``, it raises ``OSError`` (EINVAL) on a
+        socket that is not listening and EBADF on a closed one."""
+        listener = self._listener
+        if self._fd < 0 or listener is None:
+            self._check_open()
+            raise _oserror(errno.EINVAL, "not listening")
+        conn = listener.accept()
+        if conn is None:
+            raise BlockingIOError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+        return self._accepted(conn)
+
+    async def wait_acceptable(self) -> None:
+        """Wait until ``accept_nowait`` has a connection to return (or the socket is closed;
+        then ``accept_nowait`` raises).  A checkpoint, as trio's ``wait_readable``: it always
+        yields to the scheduler.  Like ``accept``, it parks on a listener the stack closed
+        under the socket until the socket is closed."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        listener = self._listener
+        if self._fd < 0 or listener is None or listener.accept_queue:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return
+        await self._wait()
+
+    def _accepted(self, conn: TcpConnection) -> tuple[StackSocket, tuple[str, int]]:
+        """The socket for a connection taken off the accept queue, and its peer's address."""
+        sock = StackSocket(self._stack, SOCK_STREAM, self._proto, conn=conn)
+        if self._options:
+            sock._inherit(self._options)
+        return sock, (_ip_text(conn.remote_ip), conn.remote_port)
+
     def _inherit(self, options: dict[tuple[int, int], int]) -> None:
-        """An accepted socket takes the listening socket's options, as in the kernel."""
-        for (level, name), value in options.items():
-            if (level, name) != (_SOL_SOCKET, _stdlib_socket.SO_ACCEPTCONN):
-                self.setsockopt(level, name, value)
+        """An accepted socket takes the listening socket's options, as in the kernel: copied
+        at once (they were checked when set on the listener), and the connection's own
+        applied once (not once per option through ``setsockopt``)."""
+        own = self._options
+        own.update(options)
+        own.pop(_ACCEPTCONN, None)
+        if not _CONNECTION_OPTIONS.isdisjoint(own):
+            self._apply_connection_options()
 
     async def connect(self, address: Any) -> None:
         # As trio: a connect cannot be taken back, so a cancelled one (or one whose address

@@ -482,9 +482,13 @@ async def _accept_kernel(
 
 
 async def _accept_socket(sock: trio.socket.SocketType, server: _Server, nursery: trio.Nursery) -> None:
-    """Any other trio socket (the stack's): one ``accept`` per connection, its address kept."""
+    """Any other trio socket: one ``accept`` per connection, its address kept; the stack's
+    socket, which has a non-blocking accept, is drained per wake-up (``_accept_nowait``)."""
     handle = server.handle
     here = _fixed_server_address(sock)
+    if callable(getattr(sock, "accept_nowait", None)) and callable(getattr(sock, "wait_acceptable", None)):
+        await _accept_nowait(sock, server, nursery, here)
+        return
     while True:
         try:
             conn, address = await sock.accept()
@@ -497,6 +501,37 @@ async def _accept_socket(sock: trio.socket.SocketType, server: _Server, nursery:
                 raise
             continue
         nursery.start_soon(handle, trio.SocketStream(conn), _pair(address), here)
+
+
+async def _accept_nowait(
+    sock: Any, server: _Server, nursery: trio.Nursery, here: tuple[str, int] | None
+) -> None:
+    """The stack's listening socket (``StackSocket``): as ``_accept_kernel``, every pending
+    connection per wake-up (up to ``ACCEPT_BATCH``) with ``accept_nowait``, then
+    ``wait_acceptable``, instead of a scheduler pass per ``accept``."""
+    handle = server.handle
+    accept_nowait = sock.accept_nowait
+    wait_acceptable = sock.wait_acceptable
+    while True:
+        for _ in range(ACCEPT_BATCH):
+            try:
+                conn, address = accept_nowait()
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if exc.errno in _ACCEPT_CLOSED:
+                    raise trio.ClosedResourceError from None
+                if exc.errno in ACCEPT_CAPACITY_ERRNOS:
+                    await _accept_failed(exc)
+                    break
+                if exc.errno not in _ACCEPT_IGNORABLE:
+                    raise
+                continue
+            nursery.start_soon(handle, trio.SocketStream(conn), address, here)
+        else:
+            await trio.lowlevel.checkpoint()  # a full batch: the new connections run first
+            continue
+        await wait_acceptable()
 
 
 def _listener_address(listener: trio.abc.Listener[Any]) -> str:

@@ -42,6 +42,30 @@ _MASK = 0xFFFFFFFF
 _TS_ALIGNED = b"\x01\x01\x08\x0a"
 _U32X2 = struct.Struct("!II")
 _PAIR = struct.Struct("!HIH")
+#: Linux's SYN and SYN-ACK options, 20 bytes: MSS, SACK-permitted, timestamps, NOP, window scale
+#: (tests/vectors.py, TCP_SYN); the fixed bytes below, and the values read with one unpack
+_LINUX_SYN = struct.Struct("!2xH4xII3xB")
+_LINUX_SYN_MSS = b"\x02\x04"
+_LINUX_SYN_SACK_TS = b"\x04\x02\x08\x0a"
+_LINUX_SYN_NOP_WS = b"\x01\x03\x03"
+
+
+def linux_syn_options(buf: bytes, offset: int) -> TcpOptions | None:
+    """The 20 option bytes at ``offset`` read as ``parse_tcp_options`` would, when they are laid
+    out as Linux lays out a SYN's (every connection from a Linux client opens with them); None
+    for any other layout, which the general parser then reads.  Three comparisons of the fixed
+    bytes and one unpack instead of the general parser's loop over five options, which was
+    ~2 % of a ``Connection: close`` profile over the stack (one SYN per connection)."""
+    if (
+        buf[offset + 4 : offset + 8] != _LINUX_SYN_SACK_TS
+        or buf[offset : offset + 2] != _LINUX_SYN_MSS
+        or buf[offset + 16 : offset + 19] != _LINUX_SYN_NOP_WS
+    ):
+        return None
+    mss, tsval, tsecr, window_scale = _LINUX_SYN.unpack_from(buf, offset)
+    return TcpOptions(mss, window_scale, True, (), (tsval, tsecr))
+
+
 ConnectionKey = tuple[int, int, int]  # (local port, remote ip, remote port); the local ip is ours
 
 
@@ -562,11 +586,13 @@ class TcpLayer:
         if opt_len == 12 and buf[opt_start : opt_start + 4] == _TS_ALIGNED:
             tsval, tsecr = _U32X2.unpack_from(buf, opt_start + 4)
         elif opt_len:
-            try:
-                options = parse_tcp_options(buf, opt_start, start + header_len)
-            except WireError as exc:
-                stats.drop(exc.reason)
-                return
+            options = linux_syn_options(buf, opt_start) if opt_len == 20 else None
+            if options is None:
+                try:
+                    options = parse_tcp_options(buf, opt_start, start + header_len)
+                except WireError as exc:
+                    stats.drop(exc.reason)
+                    return
             if options.timestamps is not None:
                 tsval, tsecr = options.timestamps
         data_start = start + header_len
