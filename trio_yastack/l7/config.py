@@ -112,6 +112,7 @@ __all__ = [
     "HeaderMatcher",
     "HeaderValueOption",
     "HealthCheck",
+    "Http2Options",
     "HttpCache",
     "HttpConnectionManager",
     "HttpFault",
@@ -625,6 +626,20 @@ class RouteConfiguration:
 
 
 @dataclass(frozen=True, slots=True)
+class Http2Options:
+    """``http2_protocol_options`` of a connection manager (HTTP/2 to clients).
+
+    Envoy's ``max_concurrent_streams`` default (2**31 - 1) is kept; the windows default to 1 MiB,
+    Envoy's ``per_connection_buffer_limit_bytes``, rather than its 256 MiB windows: the proxy
+    acknowledges request data only as the upstream takes it, so the connection window is the most a
+    client can make it hold per connection, and 256 MiB per client is no bound worth the name."""
+
+    max_concurrent_streams: int = 2**31 - 1
+    initial_stream_window_size: int = 1024 * 1024
+    initial_connection_window_size: int = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
 class HttpConnectionManager:
     """The ``envoy.filters.network.http_connection_manager`` filter.
 
@@ -646,6 +661,8 @@ class HttpConnectionManager:
     #: ``local_reply_config``: ``mappers`` and ``body_format`` (see :mod:`trio_yastack.l7.local_reply`)
     local_reply_mappers: tuple[Mapper, ...] = ()
     local_reply_format: FormatString | None = None
+    #: ``http2_protocol_options`` (used when a connection speaks HTTP/2: ALPN h2 or h2c prior knowledge)
+    http2: Http2Options = Http2Options()
 
     def upgrade_allowed(self, upgrade_type: str, route: RouteAction) -> bool:
         """Envoy's rule: the route's ``upgrade_configs`` entry for the type, else the connection
@@ -1239,6 +1256,7 @@ _TYPED_CONFIG_FIELDS: dict[str, tuple[str, ...]] = {
         "http_filters",
         "access_log",
         "common_http_protocol_options",
+        "http2_protocol_options",
         "request_timeout",
         "stream_idle_timeout",
         "upgrade_configs",
@@ -2248,6 +2266,25 @@ def _idle_timeout_options(r: _Reader, v: object, path: str) -> float:
     return t
 
 
+def _http2_options(r: _Reader, v: object, path: str) -> Http2Options:
+    """``http2_protocol_options``: the three settings the HTTP/2 codec applies (others refused)."""
+    f = _Fields(
+        r, v, path, ("max_concurrent_streams", "initial_stream_window_size", "initial_connection_window_size")
+    )
+    d = Http2Options()
+    options = Http2Options(
+        max_concurrent_streams=f.opt("max_concurrent_streams", _uint(1, 2**31 - 1), d.max_concurrent_streams),
+        initial_stream_window_size=f.opt(
+            "initial_stream_window_size", _uint(65535, 2**31 - 1), d.initial_stream_window_size
+        ),
+        initial_connection_window_size=f.opt(
+            "initial_connection_window_size", _uint(65535, 2**31 - 1), d.initial_connection_window_size
+        ),
+    )
+    f.done()
+    return options
+
+
 def _hcm(r: _Reader, f: _Fields) -> HttpConnectionManager:
     stat_prefix = f.req("stat_prefix", _nonempty_str)
     codec: CodecType = f.opt("codec_type", _enum(CODEC_TYPES), "AUTO")
@@ -2274,6 +2311,7 @@ def _hcm(r: _Reader, f: _Fields) -> HttpConnectionManager:
         stream_idle_timeout=f.opt("stream_idle_timeout", _duration_ge0, 300.0),
         http_filters=filters if filters is not None else (),
         upgrade_configs=f.opt("upgrade_configs", _list(_upgrade_config), ()),
+        http2=f.opt("http2_protocol_options", _http2_options, Http2Options()),
     )
     if f.has("local_reply_config"):
         reply = f.req("local_reply_config", _local_reply_config)
