@@ -366,3 +366,73 @@ async def test_h2_preface_only_with_auto_or_http2(autojump_clock: trio.testing.M
             reply = await stream.receive_some(65536)
             assert reply.startswith(b"HTTP/1.1 4"), reply
             await stream.aclose()
+
+
+# --- HTTP/2 to the upstream too (hypercorn speaks h2c by prior knowledge) ---------------------
+
+
+def _h2_cluster() -> dict[str, object]:
+    return cluster("app", [8081], http2_protocol_options={"initial_stream_window_size": 65535})
+
+
+async def test_h2_upstream_multiplexes_one_connection(autojump_clock: trio.testing.MockClock) -> None:
+    """Requests at once share one upstream connection, one stream each; bodies pass both ways."""
+    app = BackendApp("one")
+    config = http_bootstrap([_h2_cluster()])
+    async with two_stacks() as (a, b), trio.open_nursery() as nursery:
+        backend = await start_backend(nursery, app, b, 8081)
+        async with running_proxy(config, a) as proxy:
+            with trio.fail_after(LIMIT):
+                client = await _client(nursery, b)
+                slow = [await client.request("GET", "/slow?delay=1") for _ in range(5)]
+                upload = bytes(range(256)) * 2048  # 512 KiB, several upstream windows
+                post = await client.request("POST", "/upload", body=upload)
+                for sid in slow:
+                    got = await client.wait(sid)
+                    assert (got.status, bytes(got.body)) == (200, b"one slow")
+                got = await client.wait(post)
+                assert json.loads(got.body) == {
+                    "bytes": len(upload),
+                    "sha256": hashlib.sha256(upload).hexdigest(),
+                }
+                assert app.max_in_flight >= 5  # at once, not one after another
+                assert proxy.stats.value("cluster.app.upstream_cx_total") == 1
+                assert proxy.stats.value("cluster.app.upstream_rq_200") == 6
+                headers = dict(app.seen[0].headers)
+                assert headers["host"] == "proxy.test" and "x-forwarded-for" in headers
+                await client.stream.aclose()
+        backend.stop()
+
+
+async def test_h2_upstream_backpressure_and_cancel(autojump_clock: trio.testing.MockClock) -> None:
+    """A client that stops reading holds the upstream stream back (its window is not reopened);
+    resetting the client's stream resets the upstream stream, and the shared connection stays."""
+    nbytes = 8 * 1024 * 1024
+    app = BackendApp("one")
+    config = http_bootstrap([_h2_cluster()])
+    async with two_stacks() as (a, b), trio.open_nursery() as nursery:
+        backend = await start_backend(nursery, app, b, 8081)
+        async with running_proxy(config, a) as proxy:
+            with trio.fail_after(LIMIT):
+                client = await _client(nursery, b, auto_ack=False)
+                sid = await client.request("GET", f"/stream?bytes={nbytes}")
+                await trio.sleep(5.0)
+                assert len(client.streams[sid].body) <= 65535
+                # hypercorn buffers what its app sends, so the proxy's own intake is the oracle: what
+                # came in is what the client took (its window), one chunk in the relay waiting for
+                # the client's window, and the upstream stream's window: 3 x 64 KiB, not 8 MiB
+                [h2conn] = proxy.clusters.clusters["app"].hosts[0].h2_connections
+                assert 65535 <= h2conn.bytes_received <= 4 * 65536, h2conn.bytes_received
+                client.conn.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
+                await client.flush()
+                await wait_until(
+                    lambda: proxy.stats.value("cluster.app.upstream_rq_active") == 0, timeout=5.0
+                )
+                assert proxy.stats.value("http.ingress.downstream_rq_rx_reset") == 1
+                assert proxy.stats.value("cluster.app.upstream_cx_active") == 1  # shared: it stays
+                await client.ack_all()
+                other = await client.request("GET", "/json")
+                assert (await client.wait(other)).status == 200
+                assert proxy.stats.value("cluster.app.upstream_cx_total") == 1
+                await client.stream.aclose()
+        backend.stop()

@@ -164,6 +164,8 @@ TCP_PROXY_NAME = "envoy.filters.network.tcp_proxy"
 TCP_PROXY_TYPE = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
 ROUTER_NAME = "envoy.filters.http.router"
 ROUTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+HTTP_PROTOCOL_OPTIONS_NAME = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+HTTP_PROTOCOL_OPTIONS_TYPE = f"type.googleapis.com/{HTTP_PROTOCOL_OPTIONS_NAME}"
 CORS_NAME = "envoy.filters.http.cors"
 CORS_TYPE = "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"
 CORS_POLICY_TYPE = "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy"
@@ -812,6 +814,9 @@ class Cluster:
     locality_weighted: bool = False
     #: ``maglev_lb_config.table_size`` (a prime; Envoy's default 65537)
     maglev_table_size: int = 65537
+    #: HTTP/2 to the hosts (``typed_extension_protocol_options`` HttpProtocolOptions
+    #: ``explicit_http_config.http2_protocol_options``, or the deprecated cluster-level field); None: HTTP/1.1
+    http2: Http2Options | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -2285,6 +2290,39 @@ def _http2_options(r: _Reader, v: object, path: str) -> Http2Options:
     return options
 
 
+def _extension_protocol_options(r: _Reader, v: object, path: str) -> Http2Options | None:
+    """A cluster's ``typed_extension_protocol_options``: only Envoy's ``HttpProtocolOptions``, with
+    ``explicit_http_config`` (HTTP/2 when it holds ``http2_protocol_options``)."""
+    f = _Fields(r, v, path, (HTTP_PROTOCOL_OPTIONS_NAME,))
+    options = f.opt(HTTP_PROTOCOL_OPTIONS_NAME, _http_protocol_options, None)
+    f.done()
+    return options
+
+
+def _http_protocol_options(r: _Reader, v: object, path: str) -> Http2Options | None:
+    f = _Fields(r, v, path, ("@type", "explicit_http_config"))
+    if f.has("@type") and f.values["@type"] != HTTP_PROTOCOL_OPTIONS_TYPE:
+        f.problem("@type", f"needs {HTTP_PROTOCOL_OPTIONS_TYPE}")
+    options = f.opt("explicit_http_config", _explicit_http_config, None)
+    f.done()
+    return options
+
+
+def _explicit_http_config(r: _Reader, v: object, path: str) -> Http2Options | None:
+    f = _Fields(r, v, path, ("http_protocol_options", "http2_protocol_options"))
+    which = f.exactly_one("http_protocol_options", "http2_protocol_options")
+    options = f.req("http2_protocol_options", _http2_options) if which == "http2_protocol_options" else None
+    if which == "http_protocol_options":
+        f.req("http_protocol_options", _empty_options)
+    f.done()
+    return options
+
+
+def _empty_options(r: _Reader, v: object, path: str) -> None:
+    """``http_protocol_options`` (HTTP/1.1, the default): none of its fields is supported."""
+    _Fields(r, v, path, ()).done()
+
+
 def _hcm(r: _Reader, f: _Fields) -> HttpConnectionManager:
     stat_prefix = f.req("stat_prefix", _nonempty_str)
     codec: CodecType = f.opt("codec_type", _enum(CODEC_TYPES), "AUTO")
@@ -2708,6 +2746,8 @@ def _cluster(r: _Reader, v: object, path: str) -> Cluster:
             "transport_socket",
             "common_lb_config",
             "maglev_lb_config",
+            "typed_extension_protocol_options",
+            "http2_protocol_options",
         ),
     )
     name = f.req("name", _cluster_name)
@@ -2732,6 +2772,14 @@ def _cluster(r: _Reader, v: object, path: str) -> Cluster:
         locality_weighted=locality_weighted,
         maglev_table_size=maglev_size,
     )
+    if f.has("typed_extension_protocol_options") and f.has("http2_protocol_options"):
+        f.problem(
+            "http2_protocol_options", "set in typed_extension_protocol_options already (one of the two)"
+        )
+    http2 = f.opt("typed_extension_protocol_options", _extension_protocol_options, None)
+    http2 = f.opt("http2_protocol_options", _http2_options, http2)  # deprecated, still accepted by Envoy
+    if http2 is not None:
+        c = replace(c, http2=http2)
     if ctype == "LOGICAL_DNS" and c.load_assignment is not None:
         eps = c.load_assignment.endpoints
         if len(eps) != 1 or len(eps[0].lb_endpoints) != 1:

@@ -181,29 +181,46 @@ class StreamBridge(trio.abc.Stream):
 
     async def _relay(self) -> None:
         conn = self.conn
+        head: list[tuple[bytes, bytes]] | None = None  # a response head held for the event after it
         while True:
             event = self.h11.next_event()
             if event is h11.NEED_DATA or event is h11.PAUSED:
-                return
+                break
             if isinstance(event, h11.InformationalResponse | h11.Response):
                 headers = [(b":status", str(event.status_code).encode())]
                 headers += [(n, v) for n, v in event.headers if n not in _HOP_BY_HOP]
-                conn.h2.send_headers(self.stream_id, headers)
-                await conn.flush()
+                if isinstance(event, h11.InformationalResponse):
+                    conn.h2.send_headers(self.stream_id, headers)
+                else:
+                    head = headers
             elif isinstance(event, h11.Data):
+                if head is not None:
+                    conn.h2.send_headers(self.stream_id, head)
+                    head = None
                 await conn.send_data(self, bytes(event.data))
             elif isinstance(event, h11.EndOfMessage):
-                if event.headers:
-                    trailers = [(n, v) for n, v in event.headers if n not in _HOP_BY_HOP]
-                    conn.h2.send_headers(self.stream_id, trailers, end_stream=True)
+                trailers = [(n, v) for n, v in event.headers if n not in _HOP_BY_HOP]
+                if head is not None and not trailers:
+                    # a head and no body: one HEADERS frame ending the stream (gRPC's
+                    # "trailers-only" error responses must look exactly so)
+                    conn.h2.send_headers(self.stream_id, head, end_stream=True)
+                    head = None
                 else:
-                    conn.h2.end_stream(self.stream_id)
+                    if head is not None:
+                        conn.h2.send_headers(self.stream_id, head)
+                        head = None
+                    if trailers:
+                        conn.h2.send_headers(self.stream_id, trailers, end_stream=True)
+                    else:
+                        conn.h2.end_stream(self.stream_id)
                 self.response_ended = True
                 self._wake()
-                await conn.flush()
-                return
+                break
             else:  # ConnectionClosed: nothing more comes
-                return
+                break
+        if head is not None:
+            conn.h2.send_headers(self.stream_id, head)
+        await conn.flush()
 
     async def wait_send_all_might_not_block(self) -> None:
         await self.conn.window_changed.wait()

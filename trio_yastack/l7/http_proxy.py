@@ -1190,7 +1190,10 @@ class _UpstreamRequest:
                                 tail = gzip.finish()
                                 record.bytes_sent += len(tail)
                                 pending.append(ds.h11.send(h11.Data(data=tail)))
-                            pending.append(ds.h11.send(h11.EndOfMessage()))
+                            eom = h11.EndOfMessage()
+                            if event.headers and _trailers_fit(ds, record.method, status, head.headers):
+                                eom = h11.EndOfMessage(headers=strip_hop_by_hop(event.headers))  # grpc-status
+                            pending.append(ds.h11.send(eom))
                             await ds.send_pending(pending)
                             break
                         else:
@@ -1272,6 +1275,19 @@ async def _linger(ds: _Downstream) -> None:
     :data:`LINGER_BYTES` and :data:`LINGER_SECONDS`."""
     with trio.move_on_after(LINGER_SECONDS), contextlib.suppress(*_NETWORK_ERRORS):
         await lingering_close(ds.stream, max_bytes=LINGER_BYTES, receive_size=RECEIVE_SIZE)
+
+
+def _trailers_fit(
+    ds: _Downstream, method: str | None, status: int, headers: Sequence[tuple[bytes, bytes]]
+) -> bool:
+    """Whether the response to the client can carry trailers: chunked (HTTP/1.1, no Content-Length,
+    a body allowed) or an HTTP/2 stream (whose bridge speaks HTTP/1.1 chunked to us)."""
+    return (
+        ds.h11.their_http_version == b"1.1"
+        and method != "HEAD"
+        and status not in (204, 304)
+        and get_header(headers, b"content-length") is None
+    )
 
 
 def _head_size(request: h11.Request) -> int:
