@@ -35,6 +35,12 @@ from proxy_helpers import (
 )
 from socket_helpers import two_stacks
 
+from trio_yastack.l7.config import (
+    HTTP_PROTOCOL_OPTIONS_TYPE,
+    ConfigError,
+    Http2Options,
+    HttpConnectionManager,
+)
 from trio_yastack.l7.h2_downstream import PREFACE
 
 LIMIT = 60.0
@@ -436,3 +442,53 @@ async def test_h2_upstream_backpressure_and_cancel(autojump_clock: trio.testing.
                 assert proxy.stats.value("cluster.app.upstream_cx_total") == 1
                 await client.stream.aclose()
         backend.stop()
+
+
+# --- config -------------------------------------------------------------------------------------
+
+
+def _problems(listener_extra: dict[str, object], cluster_extra: dict[str, object]) -> list[tuple[str, str]]:
+    try:
+        bootstrap([http_listener(hcm(**listener_extra))], [cluster("app", [8081], **cluster_extra)])
+    except ConfigError as exc:
+        return [(p.path, p.message) for p in exc.problems]
+    return []
+
+
+def test_http2_options_config() -> None:
+    """Defaults (1 MiB windows, HTTP/1.1 upstream), what is read, and what is refused by path."""
+    plain = http_bootstrap([cluster("app", [8081])])
+    hcm_config = plain.listeners[0].filter_chains[0].filter
+    assert isinstance(hcm_config, HttpConnectionManager)
+    assert hcm_config.http2 == Http2Options(2**31 - 1, 1024 * 1024, 1024 * 1024)
+    assert plain.clusters[0].http2 is None
+    options = {"max_concurrent_streams": 7, "initial_stream_window_size": 70000}
+    typed = {
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": HTTP_PROTOCOL_OPTIONS_TYPE,
+                "explicit_http_config": {"http2_protocol_options": options},
+            }
+        }
+    }
+    loaded = bootstrap([http_listener(hcm())], [cluster("app", [8081], **typed)])
+    assert loaded.clusters[0].http2 == Http2Options(7, 70000, 1024 * 1024)
+    assert " connect_timeout 1s http2\n" in loaded.summary(), loaded.summary()  # check-config says so
+    http1 = {
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": HTTP_PROTOCOL_OPTIONS_TYPE,
+                "explicit_http_config": {"http_protocol_options": {}},
+            }
+        }
+    }
+    assert bootstrap([http_listener(hcm())], [cluster("app", [8081], **http1)]).clusters[0].http2 is None
+
+    hcm_path = "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.http2_protocol_options"
+    [(path, message)] = _problems({"http2_protocol_options": {"initial_stream_window_size": 100}}, {})
+    assert path == f"{hcm_path}.initial_stream_window_size", path
+    [(path, message)] = _problems({"http2_protocol_options": {"hpack_table_size": 100}}, {})
+    assert path == f"{hcm_path}.hpack_table_size" and "unsupported field" in message
+    both = {**typed, "http2_protocol_options": {}}
+    [(path, message)] = _problems({}, both)
+    assert path == "static_resources.clusters[0].http2_protocol_options", path

@@ -872,6 +872,8 @@ class Bootstrap:
             if c.transport_socket is not None:
                 sni = c.transport_socket.sni
                 tls = " tls" + (f" sni {sni}" if sni else "")
+            if c.http2 is not None:
+                tls += " http2"
             out.append(
                 f"  {c.name} {c.type} {c.lb_policy} connect_timeout {_fmt_seconds(c.connect_timeout)}{tls}"
             )

@@ -1,4 +1,10 @@
-"""Envoy's HTTP connection manager and router filter, for HTTP/1.1 on both sides, with h11.
+"""Envoy's HTTP connection manager and router filter, with h11 (HTTP/1.1) at its core.
+
+HTTP/2 on either side goes through the same code: a client's HTTP/2 stream is served as a
+one-request HTTP/1.1 connection (:mod:`.h2_downstream`, chosen by ALPN ``h2``, ``codec_type`` HTTP2,
+or AUTO and the client's preface), and a request to an HTTP/2 cluster is written as HTTP/1.1 to a
+stream of the host's shared connection (:mod:`.h2_upstream`); trailers (gRPC's ``grpc-status``)
+pass wherever the client's framing can carry them.
 
 One downstream connection is served by :meth:`HttpConnectionManagerRuntime.serve_connection`:
 requests are read one at a time (HTTP/1.1 keep-alive; pipelined requests wait their turn), routed
@@ -42,7 +48,7 @@ What a request meets on the way, in order:
 - **Mirrors** (``request_mirror_policies``): a copy of the request goes to each mirror cluster once
   it is done, fire and forget (:meth:`HttpConnectionManagerRuntime._mirror`).
 - **Draining** (SIGTERM or ``POST /healthcheck/fail`` on the admin endpoint): responses carry
-  ``connection: close``, so keep-alive clients move on.
+  ``connection: close``, so keep-alive clients move on; an HTTP/2 client gets GOAWAY.
 """
 
 from __future__ import annotations

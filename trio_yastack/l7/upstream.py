@@ -26,6 +26,8 @@ What each piece does, and where it follows Envoy (and where not):
   50 % are healthy, its default) applies only where ``healthy_panic_threshold`` is configured, so an
   all-unhealthy cluster otherwise fails fast.
 - **LOGICAL_DNS** resolves its one endpoint like STRICT_DNS and keeps the first address.
+- **HTTP/2 clusters** (``http2_protocol_options``): one connection per host shared by all its
+  requests, a stream each (:mod:`.h2_upstream`); another when the host's stream limit is reached.
 - **Connection pools**, one per host: HTTP/1.1 keep-alive connections, reused most-recent-first.
   A connection idle for a second is watched; if the upstream closes it (or sends anything
   unasked) it leaves the pool at once.  A request without a body that fails on a reused

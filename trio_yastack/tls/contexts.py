@@ -39,7 +39,7 @@ __all__ = ["SERVED_ALPN", "TlsSetupError", "client_context", "peer_san_matches",
 
 #: the ALPN protocols the proxy speaks to clients (h2: trio_yastack.l7.h2_downstream)
 SERVED_ALPN = ("h2", "http/1.1")
-#: what it offers upstreams: HTTP/1.1 only (its upstream codec)
+#: what it offers upstreams (an HTTP/2 cluster's ClusterRuntime sets h2 on its own context)
 UPSTREAM_ALPN = ("http/1.1",)
 
 _VERSIONS: dict[TlsVersion, ssl.TLSVersion] = {
