@@ -492,3 +492,31 @@ def test_http2_options_config() -> None:
     both = {**typed, "http2_protocol_options": {}}
     [(path, message)] = _problems({}, both)
     assert path == "static_resources.clusters[0].http2_protocol_options", path
+
+
+async def test_h2_bad_input_is_a_counted_error(autojump_clock: trio.testing.MockClock) -> None:
+    """A stream whose head is valid HTTP/2 but no HTTP/1.1 request (a method with a space) is reset
+    and the connection serves on; a broken frame ends the connection with GOAWAY; both counted."""
+    app = BackendApp("one")
+    config = http_bootstrap([cluster("app", [8081])])
+    async with two_stacks() as (a, b), trio.open_nursery() as nursery:
+        backend = await start_backend(nursery, app, b, 8081)
+        async with running_proxy(config, a) as proxy:
+            with trio.fail_after(LIMIT):
+                client = await _client(nursery, b)
+                client.conn.config.validate_outbound_headers = False
+                client.conn.config.normalize_outbound_headers = False
+                bad = await client.request("BAD METHOD", "/json")
+                assert (await client.wait(bad)).reset == h2.errors.ErrorCodes.PROTOCOL_ERROR
+                good = await client.request("GET", "/json")
+                assert (await client.wait(good)).status == 200
+                assert proxy.stats.value("http.ingress.downstream_cx_protocol_error") == 1
+                # SETTINGS with a 5-byte payload (RFC 9113 6.5: a multiple of 6, else FRAME_SIZE_ERROR)
+                await client.stream.send_all(b"\x00\x00\x05\x04\x00\x00\x00\x00\x00" + b"\x00" * 5)
+                await wait_until(lambda: client.goaway is not None)
+                assert client.goaway is not None
+                assert client.goaway.error_code == h2.errors.ErrorCodes.FRAME_SIZE_ERROR
+                await wait_until(lambda: client.closed)
+                await wait_until(lambda: proxy.stats.value("http.ingress.downstream_cx_protocol_error") == 2)
+                assert app.seen and all(seen.method == "GET" for seen in app.seen)
+        backend.stop()

@@ -61,6 +61,9 @@ class StreamServer(Protocol):
 
     async def serve_stream(self, stream: StreamBridge, remote: str, scheme: str) -> None: ...
 
+    def protocol_error(self) -> None:
+        """Count a client's HTTP/2 error (a stream reset or the connection's GOAWAY)."""
+
 
 class StreamBridge(trio.abc.Stream):
     """One HTTP/2 stream as a one-request HTTP/1.1 connection (see the module docstring)."""
@@ -74,6 +77,7 @@ class StreamBridge(trio.abc.Stream):
         self.request_ended = False
         self.response_ended = False
         self.reset = False  # by the client, or by us
+        self.reset_by_client = False
         self.chunked = False
         self.changed = trio.Event()
         self.scope = trio.CancelScope()
@@ -138,8 +142,9 @@ class StreamBridge(trio.abc.Stream):
         self._wake()
 
     def client_reset(self) -> None:
-        """RST_STREAM from the client: the request is cancelled."""
+        """RST_STREAM from the client (or its connection gone): the request is cancelled."""
         self.reset = True
+        self.reset_by_client = True
         self.scope.cancel()
         self._wake()
 
@@ -350,6 +355,7 @@ class H2Downstream:
                 try:
                     events = self.h2.receive_data(data)
                 except h2.exceptions.ProtocolError:
+                    self.server.protocol_error()
                     await self.flush()  # h2 queued the GOAWAY naming the error
                     return
                 for event in events:
@@ -404,7 +410,12 @@ class H2Downstream:
                 return
             headers = [(bytes(n), bytes(v)) for n, v in event.headers or ()]
             ended = event.stream_ended is not None
-            bridge = StreamBridge(self, sid, headers, ended)
+            try:
+                bridge = StreamBridge(self, sid, headers, ended)
+            except h11.LocalProtocolError:  # valid HTTP/2, yet no HTTP/1.1 request (a bad method, ...)
+                self.server.protocol_error()
+                self.reset_stream(sid, h2.errors.ErrorCodes.PROTOCOL_ERROR)
+                return
             self.streams[sid] = bridge
             self.streams_total += 1
             nursery.start_soon(self._run_stream, bridge, remote, scheme)

@@ -400,6 +400,9 @@ class HttpConnectionManagerRuntime:
             if conn.goaway_sent and self.state.draining:
                 self.stats.inc("downstream_cx_drain_close")
 
+    def protocol_error(self) -> None:
+        self.stats.inc("downstream_cx_protocol_error")
+
     async def serve_stream(self, stream: StreamBridge, remote: str, scheme: str) -> None:
         """One HTTP/2 stream: its request served as any other (:mod:`.h2_downstream`)."""
         ds = _Downstream(stream, remote, scheme)
@@ -409,7 +412,7 @@ class HttpConnectionManagerRuntime:
         except _NETWORK_ERRORS:
             pass
         finally:
-            if stream.reset and not stream.response_ended:
+            if stream.reset_by_client and not stream.response_ended:
                 self.stats.inc("downstream_rq_rx_reset")
             with trio.CancelScope(shield=True):
                 await stream.aclose()
