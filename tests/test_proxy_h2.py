@@ -520,3 +520,25 @@ async def test_h2_bad_input_is_a_counted_error(autojump_clock: trio.testing.Mock
                 await wait_until(lambda: proxy.stats.value("http.ingress.downstream_cx_protocol_error") == 2)
                 assert app.seen and all(seen.method == "GET" for seen in app.seen)
         backend.stop()
+
+
+async def test_h2_idle_timeout_sends_goaway(autojump_clock: trio.testing.MockClock) -> None:
+    """``idle_timeout`` counts from the last stream's end: then GOAWAY (NO_ERROR) and a close."""
+    app = BackendApp("one")
+    config = http_bootstrap([cluster("app", [8081])], common_http_protocol_options={"idle_timeout": "10s"})
+    async with two_stacks() as (a, b), trio.open_nursery() as nursery:
+        backend = await start_backend(nursery, app, b, 8081)
+        async with running_proxy(config, a) as proxy:
+            with trio.fail_after(LIMIT):
+                client = await _client(nursery, b)
+                sid = await client.request("GET", "/slow?delay=12")  # longer than idle_timeout
+                assert (await client.wait(sid)).status == 200
+                finished = trio.current_time()
+                assert client.goaway is None  # a stream in flight is not idleness
+                await wait_until(lambda: client.goaway is not None)
+                assert client.goaway is not None
+                assert client.goaway.error_code == h2.errors.ErrorCodes.NO_ERROR
+                assert 10.0 <= trio.current_time() - finished <= 10.5
+                await wait_until(lambda: client.closed)
+                assert proxy.stats.value("http.ingress.downstream_cx_idle_timeout") == 1
+        backend.stop()

@@ -64,6 +64,9 @@ class StreamServer(Protocol):
     def protocol_error(self) -> None:
         """Count a client's HTTP/2 error (a stream reset or the connection's GOAWAY)."""
 
+    def idle_timed_out(self) -> None:
+        """Count a connection closed by ``idle_timeout`` (no stream for that long)."""
+
 
 class StreamBridge(trio.abc.Stream):
     """One HTTP/2 stream as a one-request HTTP/1.1 connection (see the module docstring)."""
@@ -383,7 +386,8 @@ class H2Downstream:
                     return
                 continue
             data = b""
-            if not self.streams and trio.current_time() >= deadline:
+            if not self.streams and trio.current_time() >= scope.deadline:
+                self.server.idle_timed_out()
                 await self.goaway()  # idle_timeout: Envoy sends GOAWAY and closes
                 return
 
@@ -446,5 +450,8 @@ class H2Downstream:
                 await self.server.serve_stream(bridge, remote, scheme)
         finally:
             del self.streams[bridge.stream_id]
-            if self.goaway_sent and not self.streams and self.read_scope is not None:
-                self.read_scope.cancel()  # the last stream after GOAWAY: the connection can close
+            if not self.streams and self.read_scope is not None:
+                if self.goaway_sent:
+                    self.read_scope.cancel()  # the last stream after GOAWAY: the connection can close
+                else:
+                    self.read_scope.deadline = trio.current_time() + self.idle_timeout  # idle from now

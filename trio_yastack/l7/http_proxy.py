@@ -403,6 +403,9 @@ class HttpConnectionManagerRuntime:
     def protocol_error(self) -> None:
         self.stats.inc("downstream_cx_protocol_error")
 
+    def idle_timed_out(self) -> None:
+        self.stats.inc("downstream_cx_idle_timeout")
+
     async def serve_stream(self, stream: StreamBridge, remote: str, scheme: str) -> None:
         """One HTTP/2 stream: its request served as any other (:mod:`.h2_downstream`)."""
         ds = _Downstream(stream, remote, scheme)
