@@ -294,8 +294,6 @@ class H2Downstream:
         self.read_scope: trio.CancelScope | None = None
         self.bytes_received = 0
         self.bytes_sent = 0
-        self.streams_total = 0
-        self.resets_received = 0
 
     # --- writing ---
 
@@ -421,7 +419,6 @@ class H2Downstream:
                 self.reset_stream(sid, h2.errors.ErrorCodes.PROTOCOL_ERROR)
                 return
             self.streams[sid] = bridge
-            self.streams_total += 1
             nursery.start_soon(self._run_stream, bridge, remote, scheme)
         elif isinstance(event, h2.events.DataReceived):
             bridge_or_none = self.streams.get(event.stream_id or 0)
@@ -438,7 +435,6 @@ class H2Downstream:
                 bridge_or_none.end_request(None)
         elif isinstance(event, h2.events.StreamReset):
             if (bridge_or_none := self.streams.get(event.stream_id or 0)) is not None:
-                self.resets_received += 1
                 bridge_or_none.client_reset()
         elif isinstance(event, h2.events.WindowUpdated | h2.events.RemoteSettingsChanged):
             self.window_changed.set()
