@@ -112,6 +112,7 @@ __all__ = [
     "HeaderMatcher",
     "HeaderValueOption",
     "HealthCheck",
+    "Http2Options",
     "HttpCache",
     "HttpConnectionManager",
     "HttpFault",
@@ -163,6 +164,8 @@ TCP_PROXY_NAME = "envoy.filters.network.tcp_proxy"
 TCP_PROXY_TYPE = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
 ROUTER_NAME = "envoy.filters.http.router"
 ROUTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+HTTP_PROTOCOL_OPTIONS_NAME = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+HTTP_PROTOCOL_OPTIONS_TYPE = f"type.googleapis.com/{HTTP_PROTOCOL_OPTIONS_NAME}"
 CORS_NAME = "envoy.filters.http.cors"
 CORS_TYPE = "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"
 CORS_POLICY_TYPE = "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy"
@@ -625,6 +628,20 @@ class RouteConfiguration:
 
 
 @dataclass(frozen=True, slots=True)
+class Http2Options:
+    """``http2_protocol_options`` of a connection manager (HTTP/2 to clients).
+
+    Envoy's ``max_concurrent_streams`` default (2**31 - 1) is kept; the windows default to 1 MiB,
+    Envoy's ``per_connection_buffer_limit_bytes``, rather than its 256 MiB windows: the proxy
+    acknowledges request data only as the upstream takes it, so the connection window is the most a
+    client can make it hold per connection, and 256 MiB per client is no bound worth the name."""
+
+    max_concurrent_streams: int = 2**31 - 1
+    initial_stream_window_size: int = 1024 * 1024
+    initial_connection_window_size: int = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
 class HttpConnectionManager:
     """The ``envoy.filters.network.http_connection_manager`` filter.
 
@@ -646,6 +663,8 @@ class HttpConnectionManager:
     #: ``local_reply_config``: ``mappers`` and ``body_format`` (see :mod:`trio_yastack.l7.local_reply`)
     local_reply_mappers: tuple[Mapper, ...] = ()
     local_reply_format: FormatString | None = None
+    #: ``http2_protocol_options`` (used when a connection speaks HTTP/2: ALPN h2 or h2c prior knowledge)
+    http2: Http2Options = Http2Options()
 
     def upgrade_allowed(self, upgrade_type: str, route: RouteAction) -> bool:
         """Envoy's rule: the route's ``upgrade_configs`` entry for the type, else the connection
@@ -795,6 +814,9 @@ class Cluster:
     locality_weighted: bool = False
     #: ``maglev_lb_config.table_size`` (a prime; Envoy's default 65537)
     maglev_table_size: int = 65537
+    #: HTTP/2 to the hosts (``typed_extension_protocol_options`` HttpProtocolOptions
+    #: ``explicit_http_config.http2_protocol_options``, or the deprecated cluster-level field); None: HTTP/1.1
+    http2: Http2Options | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -850,6 +872,8 @@ class Bootstrap:
             if c.transport_socket is not None:
                 sni = c.transport_socket.sni
                 tls = " tls" + (f" sni {sni}" if sni else "")
+            if c.http2 is not None:
+                tls += " http2"
             out.append(
                 f"  {c.name} {c.type} {c.lb_policy} connect_timeout {_fmt_seconds(c.connect_timeout)}{tls}"
             )
@@ -1239,6 +1263,7 @@ _TYPED_CONFIG_FIELDS: dict[str, tuple[str, ...]] = {
         "http_filters",
         "access_log",
         "common_http_protocol_options",
+        "http2_protocol_options",
         "request_timeout",
         "stream_idle_timeout",
         "upgrade_configs",
@@ -2248,6 +2273,58 @@ def _idle_timeout_options(r: _Reader, v: object, path: str) -> float:
     return t
 
 
+def _http2_options(r: _Reader, v: object, path: str) -> Http2Options:
+    """``http2_protocol_options``: the three settings the HTTP/2 codec applies (others refused)."""
+    f = _Fields(
+        r, v, path, ("max_concurrent_streams", "initial_stream_window_size", "initial_connection_window_size")
+    )
+    d = Http2Options()
+    options = Http2Options(
+        max_concurrent_streams=f.opt("max_concurrent_streams", _uint(1, 2**31 - 1), d.max_concurrent_streams),
+        initial_stream_window_size=f.opt(
+            "initial_stream_window_size", _uint(65535, 2**31 - 1), d.initial_stream_window_size
+        ),
+        initial_connection_window_size=f.opt(
+            "initial_connection_window_size", _uint(65535, 2**31 - 1), d.initial_connection_window_size
+        ),
+    )
+    f.done()
+    return options
+
+
+def _extension_protocol_options(r: _Reader, v: object, path: str) -> Http2Options | None:
+    """A cluster's ``typed_extension_protocol_options``: only Envoy's ``HttpProtocolOptions``, with
+    ``explicit_http_config`` (HTTP/2 when it holds ``http2_protocol_options``)."""
+    f = _Fields(r, v, path, (HTTP_PROTOCOL_OPTIONS_NAME,))
+    options = f.opt(HTTP_PROTOCOL_OPTIONS_NAME, _http_protocol_options, None)
+    f.done()
+    return options
+
+
+def _http_protocol_options(r: _Reader, v: object, path: str) -> Http2Options | None:
+    f = _Fields(r, v, path, ("@type", "explicit_http_config"))
+    if f.has("@type") and f.values["@type"] != HTTP_PROTOCOL_OPTIONS_TYPE:
+        f.problem("@type", f"needs {HTTP_PROTOCOL_OPTIONS_TYPE}")
+    options = f.opt("explicit_http_config", _explicit_http_config, None)
+    f.done()
+    return options
+
+
+def _explicit_http_config(r: _Reader, v: object, path: str) -> Http2Options | None:
+    f = _Fields(r, v, path, ("http_protocol_options", "http2_protocol_options"))
+    which = f.exactly_one("http_protocol_options", "http2_protocol_options")
+    options = f.req("http2_protocol_options", _http2_options) if which == "http2_protocol_options" else None
+    if which == "http_protocol_options":
+        f.req("http_protocol_options", _empty_options)
+    f.done()
+    return options
+
+
+def _empty_options(r: _Reader, v: object, path: str) -> None:
+    """``http_protocol_options`` (HTTP/1.1, the default): none of its fields is supported."""
+    _Fields(r, v, path, ()).done()
+
+
 def _hcm(r: _Reader, f: _Fields) -> HttpConnectionManager:
     stat_prefix = f.req("stat_prefix", _nonempty_str)
     codec: CodecType = f.opt("codec_type", _enum(CODEC_TYPES), "AUTO")
@@ -2274,6 +2351,7 @@ def _hcm(r: _Reader, f: _Fields) -> HttpConnectionManager:
         stream_idle_timeout=f.opt("stream_idle_timeout", _duration_ge0, 300.0),
         http_filters=filters if filters is not None else (),
         upgrade_configs=f.opt("upgrade_configs", _list(_upgrade_config), ()),
+        http2=f.opt("http2_protocol_options", _http2_options, Http2Options()),
     )
     if f.has("local_reply_config"):
         reply = f.req("local_reply_config", _local_reply_config)
@@ -2670,6 +2748,8 @@ def _cluster(r: _Reader, v: object, path: str) -> Cluster:
             "transport_socket",
             "common_lb_config",
             "maglev_lb_config",
+            "typed_extension_protocol_options",
+            "http2_protocol_options",
         ),
     )
     name = f.req("name", _cluster_name)
@@ -2694,6 +2774,14 @@ def _cluster(r: _Reader, v: object, path: str) -> Cluster:
         locality_weighted=locality_weighted,
         maglev_table_size=maglev_size,
     )
+    if f.has("typed_extension_protocol_options") and f.has("http2_protocol_options"):
+        f.problem(
+            "http2_protocol_options", "set in typed_extension_protocol_options already (one of the two)"
+        )
+    http2 = f.opt("typed_extension_protocol_options", _extension_protocol_options, None)
+    http2 = f.opt("http2_protocol_options", _http2_options, http2)  # deprecated, still accepted by Envoy
+    if http2 is not None:
+        c = replace(c, http2=http2)
     if ctype == "LOGICAL_DNS" and c.load_assignment is not None:
         eps = c.load_assignment.endpoints
         if len(eps) != 1 or len(eps[0].lb_endpoints) != 1:

@@ -1,4 +1,10 @@
-"""Envoy's HTTP connection manager and router filter, for HTTP/1.1 on both sides, with h11.
+"""Envoy's HTTP connection manager and router filter, with h11 (HTTP/1.1) at its core.
+
+HTTP/2 on either side goes through the same code: a client's HTTP/2 stream is served as a
+one-request HTTP/1.1 connection (:mod:`.h2_downstream`, chosen by ALPN ``h2``, ``codec_type`` HTTP2,
+or AUTO and the client's preface), and a request to an HTTP/2 cluster is written as HTTP/1.1 to a
+stream of the host's shared connection (:mod:`.h2_upstream`); trailers (gRPC's ``grpc-status``)
+pass wherever the client's framing can carry them.
 
 One downstream connection is served by :meth:`HttpConnectionManagerRuntime.serve_connection`:
 requests are read one at a time (HTTP/1.1 keep-alive; pipelined requests wait their turn), routed
@@ -42,7 +48,7 @@ What a request meets on the way, in order:
 - **Mirrors** (``request_mirror_policies``): a copy of the request goes to each mirror cluster once
   it is done, fire and forget (:meth:`HttpConnectionManagerRuntime._mirror`).
 - **Draining** (SIGTERM or ``POST /healthcheck/fail`` on the admin endpoint): responses carry
-  ``connection: close``, so keep-alive clients move on.
+  ``connection: close``, so keep-alive clients move on; an HTTP/2 client gets GOAWAY.
 """
 
 from __future__ import annotations
@@ -66,6 +72,7 @@ from ._heads import request_head, response_head
 from .access_log import AccessLogger, AccessRecord
 from .config import DirectResponse, HttpConnectionManager, RetryPolicy, Route, RouteAction, RuntimeValue
 from .filters import GzipStream, HttpFilterChain, RequestView, sample, start_compression
+from .h2_downstream import PREFACE, H2Downstream, StreamBridge
 from .local_reply import LocalReplyContext, rewrite
 from .router import Router, apply_header_options, get_header, rewrite_path, strip_hop_by_hop
 from .stats import Scope, Stats
@@ -127,6 +134,7 @@ class _Downstream:
         "bytes_sent",
         "filter_state",
         "h11",
+        "protocol",
         "remote",
         "request_headers",
         "response_started",
@@ -144,6 +152,7 @@ class _Downstream:
         self.bytes_received = 0
         self.bytes_sent = 0
         self.response_started = False
+        self.protocol: str | None = None  # "HTTP/2" for a stream of an HTTP/2 connection
 
     async def send(self, event: h11.Event) -> None:
         data = self.h11.send(event)
@@ -284,6 +293,8 @@ class HttpConnectionManagerRuntime:
         self.stats: Scope = stats.scope("http", config.stat_prefix)
         self.stats.declare(
             "downstream_cx_total",
+            "downstream_cx_http1_total",
+            "downstream_cx_http2_total",
             "downstream_rq_total",
             "downstream_rq_completed",
             "downstream_rq_1xx",
@@ -319,11 +330,25 @@ class HttpConnectionManagerRuntime:
     # --- connections ---
 
     async def serve_connection(self, stream: trio.abc.Stream, remote: str, scheme: str) -> None:
-        """Serve one client connection until it closes, idles out, or the proxy drains."""
+        """Serve one client connection until it closes, idles out, or the proxy drains.
+
+        HTTP/2 when TLS negotiated ``h2``, when ``codec_type`` is HTTP2, or (AUTO) when the client
+        opens with HTTP/2's preface (h2c prior knowledge); HTTP/1.1 otherwise."""
         ds = _Downstream(stream, remote, scheme)
         self.stats.inc("downstream_cx_total")
         self.stats.gauge_add("downstream_cx_active", 1)
         try:
+            codec = self.config.codec_type
+            if isinstance(stream, trio.SSLStream) and stream.selected_alpn_protocol() == "h2":
+                codec = "HTTP2"
+            if codec != "HTTP1":
+                initial = await self._sniff(ds, codec == "HTTP2")
+                if initial is None:
+                    return  # closed, idle or drained before a byte
+                if initial:
+                    await self._serve_h2(ds, initial)
+                    return
+            self.stats.inc("downstream_cx_http1_total")
             while True:
                 keep_going = await self._serve_one(ds)
                 if not keep_going or ds.h11.our_state is not h11.DONE or ds.h11.their_state is not h11.DONE:
@@ -337,6 +362,63 @@ class HttpConnectionManagerRuntime:
             self.stats.inc("downstream_cx_tx_bytes_total", ds.bytes_sent)
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(stream)
+
+    async def _sniff(self, ds: _Downstream, h2_only: bool) -> bytes | None:
+        """The connection's first bytes if they are HTTP/2's preface (or ``h2_only``); b"" for
+        HTTP/1.1, what was read given to h11 (the first request's idle wait, read here); None when
+        nothing came (closed, idle timeout, drain)."""
+        buf = b""
+        deadline = trio.current_time() + (self.config.idle_timeout or float("inf"))
+        while len(buf) < len(PREFACE) and PREFACE.startswith(buf) and not self.state.shutting_down:
+            with trio.move_on_at(deadline) as wait:
+                self.state.idle_waits.add(wait)
+                try:
+                    data = await ds.stream.receive_some(RECEIVE_SIZE)
+                finally:
+                    self.state.idle_waits.discard(wait)
+            if wait.cancelled_caught or not data:
+                if wait.cancelled_caught and not buf and not self.state.shutting_down:
+                    self.stats.inc("downstream_cx_idle_timeout")
+                break
+            ds.bytes_received += len(data)
+            buf += data
+        if not buf:
+            return None
+        if h2_only or buf.startswith(PREFACE):
+            return buf
+        ds.h11.receive_data(buf)
+        return b""
+
+    async def _serve_h2(self, ds: _Downstream, initial: bytes) -> None:
+        self.stats.inc("downstream_cx_http2_total")
+        conn = H2Downstream(ds.stream, self, self.config.http2, self.state, self.config.idle_timeout)
+        try:
+            await conn.serve(ds.remote, ds.scheme, initial)
+        finally:
+            ds.bytes_received += conn.bytes_received
+            ds.bytes_sent += conn.bytes_sent
+            if conn.goaway_sent and self.state.draining:
+                self.stats.inc("downstream_cx_drain_close")
+
+    def protocol_error(self) -> None:
+        self.stats.inc("downstream_cx_protocol_error")
+
+    def idle_timed_out(self) -> None:
+        self.stats.inc("downstream_cx_idle_timeout")
+
+    async def serve_stream(self, stream: StreamBridge, remote: str, scheme: str) -> None:
+        """One HTTP/2 stream: its request served as any other (:mod:`.h2_downstream`)."""
+        ds = _Downstream(stream, remote, scheme)
+        ds.protocol = "HTTP/2"
+        try:
+            await self._serve_one(ds)
+        except _NETWORK_ERRORS:
+            pass
+        finally:
+            if stream.reset_by_client and not stream.response_ended:
+                self.stats.inc("downstream_rq_rx_reset")
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
 
     async def _serve_one(self, ds: _Downstream) -> bool:
         """One request on ``ds``; False when the connection must close afterwards."""
@@ -505,7 +587,7 @@ class HttpConnectionManagerRuntime:
         target = request.target.decode("latin-1")
         authority = (get_header(headers, b"host") or b"").decode("latin-1")
         record.method, record.path, record.authority = method, target, authority or None
-        record.protocol = f"HTTP/{request.http_version.decode()}"
+        record.protocol = ds.protocol or f"HTTP/{request.http_version.decode()}"
         record.user_agent = _text(get_header(headers, b"user-agent"))
 
         if (
@@ -838,25 +920,31 @@ class _UpstreamRequest:
     async def run(self) -> None:
         """This attempt and what follows from it (``retry``, ``local_reply`` or ``keep``); a
         response worth relaying is relayed here, while its body upload (in ``uploads``) may still
-        be running."""
+        be running.  Cancelled (the client reset its HTTP/2 stream, or ``drain_time`` ran out),
+        it closes its connection: an exchange cut midway leaves it unusable."""
         rq = self.rq
-        await self._start()
-        if self.downstream_error is not None:
-            self._stop_upload()
-            return
-        retry = self._should_retry() and rq.retries_left > 0 and rq.body.replayable
-        if retry and rq.cluster.try_start_retry():
-            self._stop_upload()
-            self.retry = True
-            return
-        if self.failure is not None:
-            self._stop_upload()
-            self._count_failure(self.failure)
-            self.local_reply = _failure_reply(self.failure, rq.retry_count)
-            return
-        if rq.retry_count and self.response is not None and self.response.status_code < 500:
-            rq.cluster.stats.inc("upstream_rq_retry_success")
-        self.keep = await self._relay_response()
+        try:
+            await self._start()
+            if self.downstream_error is not None:
+                self._stop_upload()
+                return
+            retry = self._should_retry() and rq.retries_left > 0 and rq.body.replayable
+            if retry and rq.cluster.try_start_retry():
+                self._stop_upload()
+                self.retry = True
+                return
+            if self.failure is not None:
+                self._stop_upload()
+                self._count_failure(self.failure)
+                self.local_reply = _failure_reply(self.failure, rq.retry_count)
+                return
+            if rq.retry_count and self.response is not None and self.response.status_code < 500:
+                rq.cluster.stats.inc("upstream_rq_retry_success")
+            self.keep = await self._relay_response()
+        except trio.Cancelled:
+            if self.conn is not None:
+                await self.conn.aclose()  # shielded
+            raise
 
     def _stop_upload(self) -> None:
         if self.uploads is not None:
@@ -1114,7 +1202,10 @@ class _UpstreamRequest:
                                 tail = gzip.finish()
                                 record.bytes_sent += len(tail)
                                 pending.append(ds.h11.send(h11.Data(data=tail)))
-                            pending.append(ds.h11.send(h11.EndOfMessage()))
+                            eom = h11.EndOfMessage()
+                            if event.headers and _trailers_fit(ds, record.method, status, head.headers):
+                                eom = h11.EndOfMessage(headers=strip_hop_by_hop(event.headers))  # grpc-status
+                            pending.append(ds.h11.send(eom))
                             await ds.send_pending(pending)
                             break
                         else:
@@ -1196,6 +1287,19 @@ async def _linger(ds: _Downstream) -> None:
     :data:`LINGER_BYTES` and :data:`LINGER_SECONDS`."""
     with trio.move_on_after(LINGER_SECONDS), contextlib.suppress(*_NETWORK_ERRORS):
         await lingering_close(ds.stream, max_bytes=LINGER_BYTES, receive_size=RECEIVE_SIZE)
+
+
+def _trailers_fit(
+    ds: _Downstream, method: str | None, status: int, headers: Sequence[tuple[bytes, bytes]]
+) -> bool:
+    """Whether the response to the client can carry trailers: chunked (HTTP/1.1, no Content-Length,
+    a body allowed) or an HTTP/2 stream (whose bridge speaks HTTP/1.1 chunked to us)."""
+    return (
+        ds.h11.their_http_version == b"1.1"
+        and method != "HEAD"
+        and status not in (204, 304)
+        and get_header(headers, b"content-length") is None
+    )
 
 
 def _head_size(request: h11.Request) -> int:

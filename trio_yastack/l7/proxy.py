@@ -8,8 +8,8 @@ without names); the chain's ``transport_socket`` terminates TLS with its own cer
 filter — the HTTP connection manager (:mod:`.http_proxy`) or ``tcp_proxy`` (:mod:`.tcp_proxy`) —
 takes the stream.  A connection that matches no chain is closed, counted ``no_filter_chain_match``.
 
-HTTP/2 to clients is not served: a chain whose ``alpn_protocols`` list ``h2`` offers only
-``http/1.1`` (the proxy says so when it starts), so clients fall back to HTTP/1.1 rather than fail.
+HTTP/2 to clients (ALPN ``h2``, h2c prior knowledge) is served by :mod:`.h2_downstream`; a chain's
+``alpn_protocols`` other than ``h2`` and ``http/1.1`` are not offered (the proxy says so when it starts).
 
 On several cores (``yastack proxy --cores N``, :mod:`trio_yastack.dispatch._launcher`) each core is a
 process running its own :class:`Proxy`: its own listeners (``SO_REUSEPORT`` on kernel sockets, its
@@ -311,7 +311,7 @@ class Proxy:
                     if dropped:
                         self.warnings.append(
                             f"listener {listener.name}: ALPN {', '.join(dropped)} not served "
-                            f"(HTTP/2 to clients is not implemented); offering {', '.join(SERVED_ALPN)}"
+                            f"(the proxy speaks {' and '.join(SERVED_ALPN)}); offering the others it lists"
                         )
                 if isinstance(chain.filter, HttpConnectionManager):
                     runtime: Filter = HttpConnectionManagerRuntime(

@@ -26,6 +26,8 @@ What each piece does, and where it follows Envoy (and where not):
   50 % are healthy, its default) applies only where ``healthy_panic_threshold`` is configured, so an
   all-unhealthy cluster otherwise fails fast.
 - **LOGICAL_DNS** resolves its one endpoint like STRICT_DNS and keeps the first address.
+- **HTTP/2 clusters** (``http2_protocol_options``): one connection per host shared by all its
+  requests, a stream each (:mod:`.h2_upstream`); another when the host's stream limit is reached.
 - **Connection pools**, one per host: HTTP/1.1 keep-alive connections, reused most-recent-first.
   A connection idle for a second is watched; if the upstream closes it (or sends anything
   unasked) it leaves the pool at once.  A request without a body that fails on a reused
@@ -52,6 +54,7 @@ import trio
 from trio_yastack.tls.contexts import peer_san_matches
 
 from .config import Cluster, HealthCheck, LbEndpoint, LocalityLbEndpoints, OutlierDetection
+from .h2_upstream import H2Upstream
 from .network import Network
 from .stats import Scope, Stats
 
@@ -141,6 +144,22 @@ class UpstreamConnection:
             await trio.aclose_forcefully(self.stream)
 
 
+class _H2StreamConnection(UpstreamConnection):
+    """A request's stream of a shared HTTP/2 connection (:mod:`.h2_upstream`): never pooled
+    itself, and closing it ends the stream, not the connection."""
+
+    __slots__ = ()
+
+    @property
+    def reusable(self) -> bool:
+        return False
+
+    async def aclose(self) -> None:
+        if not self.closed:
+            self.closed = True
+            await self.stream.aclose()
+
+
 @dataclass(eq=False)
 class Host:
     """One endpoint of a cluster, with its health and its pool."""
@@ -161,6 +180,8 @@ class Host:
     times_ejected: int = 0
     active_requests: int = 0
     cx_active: int = 0
+    h2_connections: list[H2Upstream] = field(default_factory=list)  # an HTTP/2 cluster's, shared
+    h2_connecting: trio.Event | None = None  # set when the connect under way ends
     rq_total: int = 0
     rq_success: int = 0
     rq_error: int = 0
@@ -210,6 +231,8 @@ class ClusterRuntime:
         self.name = config.name
         self.network = network
         self.tls_context = tls_context
+        if tls_context is not None and config.http2 is not None:
+            tls_context.set_alpn_protocols(["h2"])  # this cluster's own context: HTTP/2 over TLS
         self.tls_sni = config.transport_socket.sni if config.transport_socket is not None else None
         self.rng = rng or random.Random()
         self.stats: Scope = stats.scope("cluster", config.name)
@@ -624,7 +647,9 @@ class ClusterRuntime:
     async def acquire(self, host: Host, *, fresh: bool = False) -> UpstreamConnection:
         """A connection to ``host``: an idle pooled one (unless ``fresh``), or a new one within
         ``max_connections`` (waiting as a pending request, within ``max_pending_requests``, when at
-        the limit)."""
+        the limit).  For an HTTP/2 cluster, a new stream of the host's shared connection."""
+        if self.config.http2 is not None:
+            return await self._acquire_h2(host)
         while True:
             while host.idle and not fresh:
                 conn = host.idle.pop()
@@ -648,6 +673,44 @@ class ClusterRuntime:
             finally:
                 self._pending -= 1
                 self.stats.gauge_add("upstream_rq_pending_active", -1)
+
+    async def _acquire_h2(self, host: Host) -> UpstreamConnection:
+        """A stream on one of ``host``'s HTTP/2 connections with room, else on a new one (within
+        ``max_connections``: beyond it the request overflows)."""
+        while True:
+            for h2conn in host.h2_connections:
+                if h2conn.can_open():
+                    return _H2StreamConnection(h2conn.open_stream(), host)
+            if host.h2_connecting is None:
+                break
+            await host.h2_connecting.wait()  # one connect at a time: its streams are for everyone
+        options = self.config.http2
+        assert options is not None and self._nursery is not None
+        if self._cx_active >= self.breakers.max_connections:
+            self.stats.inc("upstream_cx_overflow")
+            raise Overflow("max_connections")
+        self._cx_opened(host)
+        connecting = host.h2_connecting = trio.Event()
+        try:
+            stream = await self._open_stream(host)
+            h2conn = H2Upstream(stream, options, tls=self.tls_context is not None)
+            await h2conn.start()
+        except BaseException:
+            self.tunnel_closed(host)
+            raise
+        finally:
+            host.h2_connecting = None
+            connecting.set()
+        host.h2_connections.append(h2conn)
+        self._nursery.start_soon(self._run_h2, host, h2conn)
+        return _H2StreamConnection(h2conn.open_stream(), host)
+
+    async def _run_h2(self, host: Host, h2conn: H2Upstream) -> None:
+        try:
+            await h2conn.run()
+        finally:
+            host.h2_connections.remove(h2conn)
+            self.tunnel_closed(host)
 
     async def _connect(self, host: Host) -> UpstreamConnection:
         self._cx_opened(host)

@@ -37,8 +37,10 @@ from .config import (
 
 __all__ = ["SERVED_ALPN", "TlsSetupError", "client_context", "peer_san_matches", "server_context"]
 
-#: the ALPN protocols the proxy speaks to clients (h2 is not served yet: see trio_yastack.l7.proxy)
-SERVED_ALPN = ("http/1.1",)
+#: the ALPN protocols the proxy speaks to clients (h2: trio_yastack.l7.h2_downstream)
+SERVED_ALPN = ("h2", "http/1.1")
+#: what it offers upstreams (an HTTP/2 cluster's ClusterRuntime sets h2 on its own context)
+UPSTREAM_ALPN = ("http/1.1",)
 
 _VERSIONS: dict[TlsVersion, ssl.TLSVersion] = {
     "TLSv1_0": ssl.TLSVersion.TLSv1,
@@ -130,7 +132,7 @@ def client_context(tls: UpstreamTlsContext) -> ssl.SSLContext:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     _load_certificates(context, common)  # a client certificate, for upstreams that ask (mTLS)
-    context.set_alpn_protocols(list(SERVED_ALPN))
+    context.set_alpn_protocols(list(UPSTREAM_ALPN))
     return context
 
 

@@ -1,0 +1,544 @@
+"""HTTP/2 to clients (h2c prior knowledge) on the in-process simulator, under trio's MockClock.
+
+The proxy listens on stack A, the hypercorn backends (HTTP/1.1) and an ``h2``-library client live on
+stack B, as in ``test_proxy_http``.  Each stream must meet the same router as an HTTP/1.1 request;
+flow control must hold the proxy's buffering to the windows both ways; a client's RST_STREAM must
+cancel its request; a drain must send GOAWAY and let the streams in flight finish.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.settings
+import trio
+import trio.testing
+from proxy_helpers import (
+    BackendApp,
+    bootstrap,
+    cluster,
+    connect,
+    hcm,
+    http_bootstrap,
+    http_listener,
+    pattern_sha256,
+    running_proxy,
+    start_backend,
+    wait_until,
+)
+from socket_helpers import two_stacks
+
+from trio_yastack.l7.config import (
+    HTTP_PROTOCOL_OPTIONS_TYPE,
+    ConfigError,
+    Http2Options,
+    HttpConnectionManager,
+)
+from trio_yastack.l7.h2_downstream import PREFACE
+
+LIMIT = 60.0
+
+
+@dataclass
+class _Stream:
+    headers: list[tuple[bytes, bytes]] | None = None
+    body: bytearray = field(default_factory=bytearray)
+    trailers: list[tuple[bytes, bytes]] | None = None
+    ended: bool = False
+    reset: int | None = None
+
+    @property
+    def status(self) -> int:
+        assert self.headers is not None
+        return int(dict(self.headers)[b":status"])
+
+
+class H2Client:
+    """A small HTTP/2 client over a trio stream; ``auto_ack`` False leaves received DATA
+    unacknowledged (a reader that stopped reading) until :meth:`ack_all`."""
+
+    def __init__(self, stream: trio.abc.Stream, *, auto_ack: bool = True, window: int = 65535) -> None:
+        self.stream = stream
+        self.conn = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=True, header_encoding=None)
+        )
+        self.conn.local_settings = h2.settings.Settings(
+            client=True, initial_values={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: window}
+        )
+        self.auto_ack = auto_ack
+        self.streams: dict[int, _Stream] = {}
+        self.goaway: h2.events.ConnectionTerminated | None = None
+        self.closed = False
+        self.changed = trio.Event()
+        self.unacked: dict[int, int] = {}
+        self.lock = trio.Lock()
+
+    async def flush(self) -> None:
+        async with self.lock:
+            data = self.conn.data_to_send()
+            if data:
+                await self.stream.send_all(data)
+
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self.conn.initiate_connection()
+        await self.flush()
+        task_status.started()
+        try:
+            while True:
+                data = await self.stream.receive_some(65536)
+                if not data:
+                    return
+                for event in self.conn.receive_data(data):
+                    self._handle(event)
+                await self.flush()
+                self._wake()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            self.closed = True
+            self._wake()
+
+    def _wake(self) -> None:
+        self.changed.set()
+        self.changed = trio.Event()
+
+    def _handle(self, event: h2.events.Event) -> None:
+        sid = getattr(event, "stream_id", 0)
+        if isinstance(event, h2.events.ResponseReceived):
+            self.streams[sid].headers = event.headers
+        elif isinstance(event, h2.events.DataReceived):
+            self.streams[sid].body += event.data
+            if self.auto_ack:
+                self.conn.acknowledge_received_data(event.flow_controlled_length, sid)
+            else:
+                self.unacked[sid] = self.unacked.get(sid, 0) + event.flow_controlled_length
+        elif isinstance(event, h2.events.TrailersReceived):
+            self.streams[sid].trailers = event.headers
+        elif isinstance(event, h2.events.StreamEnded):
+            self.streams[sid].ended = True
+        elif isinstance(event, h2.events.StreamReset):
+            self.streams[sid].reset = event.error_code
+        elif isinstance(event, h2.events.ConnectionTerminated):
+            self.goaway = event
+            if event.error_code == h2.errors.ErrorCodes.NO_ERROR:
+                # h2 closes its state machine on any GOAWAY, so it would refuse the responses a
+                # graceful GOAWAY lets finish (curl's nghttp2 takes them): reopen it, as a test client
+                self.conn.state_machine.state = h2.connection.ConnectionState.CLIENT_OPEN
+
+    async def ack_all(self) -> None:
+        self.auto_ack = True
+        for sid, n in self.unacked.items():
+            self.conn.acknowledge_received_data(n, sid)
+        self.unacked.clear()
+        await self.flush()
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: bytes | None = None,
+        headers: list[tuple[str, str]] | None = None,
+        streaming: bool = False,
+    ) -> int:
+        """A new stream's request; ``streaming``: its body follows by :meth:`send_body`."""
+        sid = self.conn.get_next_available_stream_id()
+        self.streams[sid] = _Stream()
+        head = [(":method", method), (":path", path), (":scheme", "http"), (":authority", "proxy.test")]
+        self.conn.send_headers(sid, [*head, *(headers or [])], end_stream=body is None and not streaming)
+        await self.flush()
+        if body is not None:
+            await self.send_body(sid, body)
+        return sid
+
+    async def send_body(self, sid: int, body: bytes, *, end: bool = True) -> None:
+        view = memoryview(body)
+        while view:
+            window = self.conn.local_flow_control_window(sid)
+            if window == 0:
+                await self.changed.wait()
+                continue
+            n = min(window, self.conn.max_outbound_frame_size, len(view))
+            self.conn.send_data(sid, bytes(view[:n]))
+            view = view[n:]
+            await self.flush()
+        if end:
+            self.conn.end_stream(sid)
+            await self.flush()
+
+    async def wait(self, sid: int) -> _Stream:
+        stream = self.streams[sid]
+        while not (stream.ended or stream.reset is not None or self.closed):
+            await self.changed.wait()
+        return stream
+
+
+async def _client(nursery: trio.Nursery, b: object, **kwargs: object) -> H2Client:
+    stream = await connect(b)  # type: ignore[arg-type]  # a Stack
+    client = H2Client(stream, **kwargs)  # type: ignore[arg-type]  # keyword options
+    await nursery.start(client.run)
+    return client
+
+
+async def test_h2c_streams_go_through_the_router(autojump_clock: trio.testing.MockClock) -> None:
+    """Prior knowledge: several streams at once on one connection, each routed and proxied as an
+    HTTP/1.1 request would be (forwarding headers, cookies joined), bodies both ways."""
+    app = BackendApp("one")
+    config = http_bootstrap([cluster("app", [8081])])
+    async with two_stacks() as (a, b), trio.open_nursery() as nursery:
+        backend = await start_backend(nursery, app, b, 8081)
+        async with running_proxy(config, a) as proxy:
+            with trio.fail_after(LIMIT):
+                client = await _client(nursery, b)
+                cookies = [("cookie", "a=1"), ("cookie", "b=2")]
+                gets = [await client.request("GET", f"/json?n={i}", headers=cookies) for i in range(5)]
+                upload = bytes(range(256)) * 1024  # 256 KiB, several windows' worth
+                post = await client.request("POST", "/upload", body=upload)
+                for sid in gets:
+                    got = await client.wait(sid)
+                    assert got.status == 200 and got.reset is None
+                    doc = json.loads(got.body)
+                    headers = dict(doc["headers"])
+                    assert doc["method"] == "GET" and doc["path"].startswith("/json?n=")
+                    assert headers["host"] == "proxy.test"
+                    assert headers["cookie"] == "a=1; b=2"
+                    assert headers["x-forwarded-proto"] == "http"
+                    assert "x-request-id" in headers
+                got = await client.wait(post)
+                assert got.status == 200
+                assert json.loads(got.body) == {
+                    "bytes": len(upload),
+                    "sha256": hashlib.sha256(upload).hexdigest(),
+                }
+                stats = proxy.stats
+                assert stats.value("http.ingress.downstream_cx_http2_total") == 1
+                assert stats.value("http.ingress.downstream_rq_total") == 6
+                assert stats.value("http.ingress.downstream_rq_2xx") == 6
+                await client.stream.aclose()
+        backend.stop()
+
+
+async def test_h2_settings_from_http2_protocol_options(autojump_clock: trio.testing.MockClock) -> None:
+    """``max_concurrent_streams`` and ``initial_stream_window_size`` are what the proxy's SETTINGS
+    say; a client that opens a stream beyond the limit broke the protocol: the ``h2`` library
+    answers GOAWAY with PROTOCOL_ERROR (RFC 9113 5.1.2 allows it; nghttp2 refuses the stream alone)."""
+    options = {"max_concurrent_streams": 2, "initial_stream_window_size": 70000}
+    config = bootstrap(
+        [http_listener(hcm(http2_protocol_options=options, codec_type="HTTP2"))], [cluster("app", [8081])]
+    )
+    app = BackendApp("one")
+    app.delay = 5.0
+    async with two_stacks() as (a, b), trio.open_nursery() as nursery:
+        backend = await start_backend(nursery, app, b, 8081)
+        async with running_proxy(config, a):
+            with trio.fail_after(LIMIT):
+                client = await _client(nursery, b)
+                await wait_until(lambda: client.conn.remote_settings.max_concurrent_streams == 2)
+                assert client.conn.remote_settings.initial_window_size == 70000
+                # h2 itself keeps a client within the limit; speak past it by hand for the third
+                sids = [await client.request("GET", f"/{i}") for i in range(2)]
+                settings = client.conn.remote_settings
+                settings._settings[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS] = collections.deque([10])
+                await client.request("GET", "/third")
+                await wait_until(lambda: client.goaway is not None)
+                assert client.goaway is not None
+                assert client.goaway.error_code == h2.errors.ErrorCodes.PROTOCOL_ERROR
+                assert client.goaway.last_stream_id == sids[-1]
+                await wait_until(lambda: client.closed)
+                assert all(client.streams[sid].headers is None for sid in sids)
+        backend.stop()
+
+
+async def test_h2_response_backpressure(autojump_clock: trio.testing.MockClock) -> None:
+    """A client that stops reading: the proxy sends no more than the client's window, and stops
+    reading the upstream, so the backend is held back too; reading again, every byte arrives."""
+    nbytes = 8 * 1024 * 1024
+    app = BackendApp("one")
+    config = http_bootstrap([cluster("app", [8081])])
+    async with two_stacks() as (a, b), trio.open_nursery() as nursery:
+        backend = await start_backend(nursery, app, b, 8081)
+        async with running_proxy(config, a):
+            with trio.fail_after(LIMIT):
+                client = await _client(nursery, b, auto_ack=False)
+                sid = await client.request("GET", f"/stream?bytes={nbytes}")
+                await trio.sleep(5.0)  # simulated: every buffer on the way has filled by now
+                assert len(client.streams[sid].body) <= 65535
+                assert 0 < app.streamed < nbytes // 2, app.streamed  # socket buffers, not the whole body
+                await client.ack_all()
+                got = await client.wait(sid)
+                assert got.status == 200 and len(got.body) == nbytes
+                assert hashlib.sha256(got.body).hexdigest() == pattern_sha256(nbytes)
+                await client.stream.aclose()
+        backend.stop()
+
+
+async def test_h2_request_backpressure(autojump_clock: trio.testing.MockClock) -> None:
+    """An upstream that does not read yet: the proxy acknowledges request DATA only as the upstream
+    takes it, so the client's window runs out rather than the proxy buffering the body."""
+    nbytes = 8 * 1024 * 1024
+    upload = bytes(range(256)) * (nbytes // 256)
+    app = BackendApp("one")
+    options = {"initial_stream_window_size": 65535, "initial_connection_window_size": 65535}
+    config = http_bootstrap([cluster("app", [8081])], http2_protocol_options=options)
+    async with two_stacks() as (a, b), trio.open_nursery() as nursery:
+        backend = await start_backend(nursery, app, b, 8081)
+        async with running_proxy(config, a):
+            with trio.fail_after(LIMIT):
+                client = await _client(nursery, b)
+                sid = await client.request("POST", "/upload?hold=5", streaming=True)
+                sender = trio.CancelScope()
+                sent_before_hold_ends: list[int] = []
+
+                async def send() -> None:
+                    with sender:
+                        await client.send_body(sid, upload)
+
+                nursery.start_soon(send)
+                await trio.sleep(4.0)  # the backend holds for 5 s: the upload stalls on windows
+                sent_before_hold_ends.append(client.conn.outbound_flow_control_window)
+                assert client.conn.local_flow_control_window(sid) == 0
+                got = await client.wait(sid)
+                assert got.status == 200
+                assert json.loads(got.body) == {"bytes": nbytes, "sha256": hashlib.sha256(upload).hexdigest()}
+                await client.stream.aclose()
+        backend.stop()
+
+
+async def test_h2_rst_stream_cancels_the_request(autojump_clock: trio.testing.MockClock) -> None:
+    """RST_STREAM from the client abandons its upstream request (counted as a downstream reset);
+    the connection and its other streams carry on."""
+    app = BackendApp("one")
+    config = http_bootstrap([cluster("app", [8081])])
+    async with two_stacks() as (a, b), trio.open_nursery() as nursery:
+        backend = await start_backend(nursery, app, b, 8081)
+        async with running_proxy(config, a) as proxy:
+            with trio.fail_after(LIMIT):
+                client = await _client(nursery, b)
+                slow = await client.request("GET", "/slow?delay=30")
+                await wait_until(lambda: app.in_flight == 1)
+                client.conn.reset_stream(slow, h2.errors.ErrorCodes.CANCEL)
+                await client.flush()
+                # the upstream request is abandoned: its connection closed (hypercorn's handler
+                # sleeps on regardless, so the backend's own count cannot tell)
+                await wait_until(
+                    lambda: proxy.stats.value("cluster.app.upstream_cx_active") == 0, timeout=5.0
+                )
+                assert proxy.stats.value("http.ingress.downstream_rq_active") == 0
+                assert proxy.stats.value("http.ingress.downstream_rq_rx_reset") == 1
+                other = await client.request("GET", "/json")
+                assert (await client.wait(other)).status == 200
+                assert client.streams[slow].headers is None
+                await client.stream.aclose()
+        backend.stop()
+
+
+async def test_h2_goaway_on_drain(autojump_clock: trio.testing.MockClock) -> None:
+    """A drain sends GOAWAY (NO_ERROR, naming the last stream taken); the stream in flight still
+    gets its whole response, then the proxy closes the connection."""
+    app = BackendApp("one")
+    config = http_bootstrap([cluster("app", [8081])])
+    async with two_stacks() as (a, b), trio.open_nursery() as nursery:
+        backend = await start_backend(nursery, app, b, 8081)
+        async with running_proxy(config, a) as proxy:
+            with trio.fail_after(LIMIT):
+                client = await _client(nursery, b)
+                sid = await client.request("GET", "/slow?delay=2")
+                await wait_until(lambda: app.in_flight == 1)
+                proxy.state.start_drain()
+                await wait_until(lambda: client.goaway is not None)
+                assert client.goaway is not None
+                assert client.goaway.error_code == h2.errors.ErrorCodes.NO_ERROR
+                assert client.goaway.last_stream_id == sid
+                got = await client.wait(sid)
+                assert got.status == 200 and got.body == b"one slow"
+                await wait_until(lambda: client.closed)
+        backend.stop()
+
+
+async def test_h2_preface_only_with_auto_or_http2(autojump_clock: trio.testing.MockClock) -> None:
+    """``codec_type: HTTP1`` does not speak HTTP/2: the preface is a bad HTTP/1.1 request."""
+    config = bootstrap([http_listener(hcm(codec_type="HTTP1"))], [cluster("app", [8081])])
+    async with two_stacks() as (a, b), running_proxy(config, a):
+        with trio.fail_after(LIMIT):
+            stream = await connect(b)
+            await stream.send_all(PREFACE)
+            reply = await stream.receive_some(65536)
+            assert reply.startswith(b"HTTP/1.1 4"), reply
+            await stream.aclose()
+
+
+# --- HTTP/2 to the upstream too (hypercorn speaks h2c by prior knowledge) ---------------------
+
+
+def _h2_cluster() -> dict[str, object]:
+    return cluster("app", [8081], http2_protocol_options={"initial_stream_window_size": 65535})
+
+
+async def test_h2_upstream_multiplexes_one_connection(autojump_clock: trio.testing.MockClock) -> None:
+    """Requests at once share one upstream connection, one stream each; bodies pass both ways."""
+    app = BackendApp("one")
+    config = http_bootstrap([_h2_cluster()])
+    async with two_stacks() as (a, b), trio.open_nursery() as nursery:
+        backend = await start_backend(nursery, app, b, 8081)
+        async with running_proxy(config, a) as proxy:
+            with trio.fail_after(LIMIT):
+                client = await _client(nursery, b)
+                slow = [await client.request("GET", "/slow?delay=1") for _ in range(5)]
+                upload = bytes(range(256)) * 2048  # 512 KiB, several upstream windows
+                post = await client.request("POST", "/upload", body=upload)
+                for sid in slow:
+                    got = await client.wait(sid)
+                    assert (got.status, bytes(got.body)) == (200, b"one slow")
+                got = await client.wait(post)
+                assert json.loads(got.body) == {
+                    "bytes": len(upload),
+                    "sha256": hashlib.sha256(upload).hexdigest(),
+                }
+                assert app.max_in_flight >= 5  # at once, not one after another
+                assert proxy.stats.value("cluster.app.upstream_cx_total") == 1
+                assert proxy.stats.value("cluster.app.upstream_rq_200") == 6
+                headers = dict(app.seen[0].headers)
+                assert headers["host"] == "proxy.test" and "x-forwarded-for" in headers
+                await client.stream.aclose()
+        backend.stop()
+
+
+async def test_h2_upstream_backpressure_and_cancel(autojump_clock: trio.testing.MockClock) -> None:
+    """A client that stops reading holds the upstream stream back (its window is not reopened);
+    resetting the client's stream resets the upstream stream, and the shared connection stays."""
+    nbytes = 8 * 1024 * 1024
+    app = BackendApp("one")
+    config = http_bootstrap([_h2_cluster()])
+    async with two_stacks() as (a, b), trio.open_nursery() as nursery:
+        backend = await start_backend(nursery, app, b, 8081)
+        async with running_proxy(config, a) as proxy:
+            with trio.fail_after(LIMIT):
+                client = await _client(nursery, b, auto_ack=False)
+                sid = await client.request("GET", f"/stream?bytes={nbytes}")
+                await trio.sleep(5.0)
+                assert len(client.streams[sid].body) <= 65535
+                # hypercorn buffers what its app sends, so the proxy's own intake is the oracle: what
+                # came in is what the client took (its window), one chunk in the relay waiting for
+                # the client's window, and the upstream stream's window: 3 x 64 KiB, not 8 MiB
+                [h2conn] = proxy.clusters.clusters["app"].hosts[0].h2_connections
+                assert 65535 <= h2conn.bytes_received <= 4 * 65536, h2conn.bytes_received
+                client.conn.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
+                await client.flush()
+                await wait_until(
+                    lambda: proxy.stats.value("cluster.app.upstream_rq_active") == 0, timeout=5.0
+                )
+                assert proxy.stats.value("http.ingress.downstream_rq_rx_reset") == 1
+                assert proxy.stats.value("cluster.app.upstream_cx_active") == 1  # shared: it stays
+                await client.ack_all()
+                other = await client.request("GET", "/json")
+                assert (await client.wait(other)).status == 200
+                assert proxy.stats.value("cluster.app.upstream_cx_total") == 1
+                await client.stream.aclose()
+        backend.stop()
+
+
+# --- config -------------------------------------------------------------------------------------
+
+
+def _problems(listener_extra: dict[str, object], cluster_extra: dict[str, object]) -> list[tuple[str, str]]:
+    try:
+        bootstrap([http_listener(hcm(**listener_extra))], [cluster("app", [8081], **cluster_extra)])
+    except ConfigError as exc:
+        return [(p.path, p.message) for p in exc.problems]
+    return []
+
+
+def test_http2_options_config() -> None:
+    """Defaults (1 MiB windows, HTTP/1.1 upstream), what is read, and what is refused by path."""
+    plain = http_bootstrap([cluster("app", [8081])])
+    hcm_config = plain.listeners[0].filter_chains[0].filter
+    assert isinstance(hcm_config, HttpConnectionManager)
+    assert hcm_config.http2 == Http2Options(2**31 - 1, 1024 * 1024, 1024 * 1024)
+    assert plain.clusters[0].http2 is None
+    options = {"max_concurrent_streams": 7, "initial_stream_window_size": 70000}
+    typed = {
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": HTTP_PROTOCOL_OPTIONS_TYPE,
+                "explicit_http_config": {"http2_protocol_options": options},
+            }
+        }
+    }
+    loaded = bootstrap([http_listener(hcm())], [cluster("app", [8081], **typed)])
+    assert loaded.clusters[0].http2 == Http2Options(7, 70000, 1024 * 1024)
+    assert " connect_timeout 1s http2\n" in loaded.summary(), loaded.summary()  # check-config says so
+    http1 = {
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": HTTP_PROTOCOL_OPTIONS_TYPE,
+                "explicit_http_config": {"http_protocol_options": {}},
+            }
+        }
+    }
+    assert bootstrap([http_listener(hcm())], [cluster("app", [8081], **http1)]).clusters[0].http2 is None
+
+    hcm_path = "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.http2_protocol_options"
+    [(path, message)] = _problems({"http2_protocol_options": {"initial_stream_window_size": 100}}, {})
+    assert path == f"{hcm_path}.initial_stream_window_size", path
+    [(path, message)] = _problems({"http2_protocol_options": {"hpack_table_size": 100}}, {})
+    assert path == f"{hcm_path}.hpack_table_size" and "unsupported field" in message
+    both = {**typed, "http2_protocol_options": {}}
+    [(path, message)] = _problems({}, both)
+    assert path == "static_resources.clusters[0].http2_protocol_options", path
+
+
+async def test_h2_bad_input_is_a_counted_error(autojump_clock: trio.testing.MockClock) -> None:
+    """A stream whose head is valid HTTP/2 but no HTTP/1.1 request (a method with a space) is reset
+    and the connection serves on; a broken frame ends the connection with GOAWAY; both counted."""
+    app = BackendApp("one")
+    config = http_bootstrap([cluster("app", [8081])])
+    async with two_stacks() as (a, b), trio.open_nursery() as nursery:
+        backend = await start_backend(nursery, app, b, 8081)
+        async with running_proxy(config, a) as proxy:
+            with trio.fail_after(LIMIT):
+                client = await _client(nursery, b)
+                client.conn.config.validate_outbound_headers = False
+                client.conn.config.normalize_outbound_headers = False
+                bad = await client.request("BAD METHOD", "/json")
+                assert (await client.wait(bad)).reset == h2.errors.ErrorCodes.PROTOCOL_ERROR
+                good = await client.request("GET", "/json")
+                assert (await client.wait(good)).status == 200
+                assert proxy.stats.value("http.ingress.downstream_cx_protocol_error") == 1
+                # SETTINGS with a 5-byte payload (RFC 9113 6.5: a multiple of 6, else FRAME_SIZE_ERROR)
+                await client.stream.send_all(b"\x00\x00\x05\x04\x00\x00\x00\x00\x00" + b"\x00" * 5)
+                await wait_until(lambda: client.goaway is not None)
+                assert client.goaway is not None
+                assert client.goaway.error_code == h2.errors.ErrorCodes.FRAME_SIZE_ERROR
+                await wait_until(lambda: client.closed)
+                await wait_until(lambda: proxy.stats.value("http.ingress.downstream_cx_protocol_error") == 2)
+                assert app.seen and all(seen.method == "GET" for seen in app.seen)
+        backend.stop()
+
+
+async def test_h2_idle_timeout_sends_goaway(autojump_clock: trio.testing.MockClock) -> None:
+    """``idle_timeout`` counts from the last stream's end: then GOAWAY (NO_ERROR) and a close."""
+    app = BackendApp("one")
+    config = http_bootstrap([cluster("app", [8081])], common_http_protocol_options={"idle_timeout": "10s"})
+    async with two_stacks() as (a, b), trio.open_nursery() as nursery:
+        backend = await start_backend(nursery, app, b, 8081)
+        async with running_proxy(config, a) as proxy:
+            with trio.fail_after(LIMIT):
+                client = await _client(nursery, b)
+                sid = await client.request("GET", "/slow?delay=12")  # longer than idle_timeout
+                assert (await client.wait(sid)).status == 200
+                finished = trio.current_time()
+                assert client.goaway is None  # a stream in flight is not idleness
+                await wait_until(lambda: client.goaway is not None)
+                assert client.goaway is not None
+                assert client.goaway.error_code == h2.errors.ErrorCodes.NO_ERROR
+                assert 10.0 <= trio.current_time() - finished <= 10.5
+                await wait_until(lambda: client.closed)
+                assert proxy.stats.value("http.ingress.downstream_cx_idle_timeout") == 1
+        backend.stop()

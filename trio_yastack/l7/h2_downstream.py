@@ -1,0 +1,453 @@
+"""HTTP/2 to clients (ALPN ``h2`` and h2c prior knowledge), with the ``h2`` library.
+
+Why a bridge: the connection manager (:mod:`.http_proxy`) already does everything a request needs
+(timeouts, HTTP filters, routing, retries, mirrors, local replies, access logs) for a request it
+reads as HTTP/1.1 through h11.  An HTTP/2 stream *is* a request, so each stream is handed to that
+same code as a one-request connection, :class:`StreamBridge`: the stream's HEADERS and DATA are
+written as an HTTP/1.1 request by an h11 client connection, and the HTTP/1.1 response the manager
+writes back is parsed by the same h11 connection and sent as HEADERS, DATA and trailers.  One
+router, one set of filters, one behaviour for both protocols.
+
+Flow control is backpressure both ways:
+
+- **request bodies**: DATA is acknowledged (WINDOW_UPDATE) only when the manager reads it, which it
+  does once the upstream took the previous chunk; so a stream holds at most its window, and the
+  connection at most the connection window (``http2_protocol_options``).
+- **response bodies**: DATA goes out only within the client's windows, each chunk written to the
+  socket before the next; the manager's write to the bridge returns only then, so a slow reader
+  stops the upstream read rather than growing a buffer.
+
+A client's RST_STREAM cancels its request (the upstream request is abandoned, counted as
+``downstream_rq_rx_reset``); a response the manager cannot finish is reset by the proxy.  A drain
+(SIGTERM or health checks failed on purpose) sends GOAWAY, lets the streams in flight finish, then
+closes the connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING, Protocol
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import h2.settings
+import h11
+import hyperframe.frame
+import trio
+
+from trio_yastack._trio_helpers import unwrap_single_exception
+
+if TYPE_CHECKING:
+    from .config import Http2Options
+    from .proxy import ProxyState
+
+__all__ = ["MAX_STREAMS", "PREFACE", "H2Downstream", "StreamBridge"]
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+#: the most streams served at once per connection, whatever ``max_concurrent_streams`` says (a bound)
+MAX_STREAMS = 1000
+MAX_HEADER_LIST = 60 * 1024  # as for HTTP/1.1 heads (Envoy's max_request_headers_kb default)
+RECEIVE_SIZE = 65536
+# connection-specific headers (RFC 9113 8.2.2): never sent in HTTP/2
+_HOP_BY_HOP = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"))
+_NETWORK_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
+
+
+class StreamServer(Protocol):
+    """What serves one stream's request: the connection manager."""
+
+    async def serve_stream(self, stream: StreamBridge, remote: str, scheme: str) -> None: ...
+
+    def protocol_error(self) -> None:
+        """Count a client's HTTP/2 error (a stream reset or the connection's GOAWAY)."""
+
+    def idle_timed_out(self) -> None:
+        """Count a connection closed by ``idle_timeout`` (no stream for that long)."""
+
+
+class StreamBridge(trio.abc.Stream):
+    """One HTTP/2 stream as a one-request HTTP/1.1 connection (see the module docstring)."""
+
+    def __init__(self, conn: H2Downstream, stream_id: int, headers: list[tuple[bytes, bytes]], ended: bool):
+        self.conn = conn
+        self.stream_id = stream_id
+        self.h11 = h11.Connection(h11.CLIENT)
+        self.pending = bytearray()  # request bytes the manager has not read yet
+        self.unacked = 0  # flow-controlled bytes in ``pending``, acknowledged when read
+        self.request_ended = False
+        self.response_ended = False
+        self.reset = False  # by the client, or by us
+        self.reset_by_client = False
+        self.chunked = False
+        self.changed = trio.Event()
+        self.scope = trio.CancelScope()
+        self._start_request(headers, ended)
+
+    # --- the request, as HTTP/1.1 ---
+
+    def _start_request(self, headers: list[tuple[bytes, bytes]], ended: bool) -> None:
+        method = path = authority = b""
+        fields: list[tuple[bytes, bytes]] = []
+        cookies: list[bytes] = []
+        for name, value in headers:
+            if name[:1] == b":":
+                if name == b":method":
+                    method = value
+                elif name == b":path":
+                    path = value
+                elif name == b":authority":
+                    authority = value
+            elif name == b"cookie":
+                cookies.append(value)  # RFC 9113 8.2.3: crumbs are joined again for HTTP/1.1
+            elif name != b"host" or not authority:
+                fields.append((name, value))
+        if cookies:
+            fields.append((b"cookie", b"; ".join(cookies)))
+        if authority:
+            fields.insert(0, (b"host", authority))
+        elif not any(n == b"host" for n, _ in fields):
+            fields.insert(0, (b"host", b""))
+        has_length = any(n == b"content-length" for n, _ in fields)
+        if not ended and not has_length:
+            fields.append((b"transfer-encoding", b"chunked"))
+            self.chunked = True
+        request = h11.Request(method=method, target=path or authority or b"/", headers=fields)
+        self.pending += self.h11.send(request) or b""
+        if ended:
+            self.end_request(None)
+
+    def feed(self, data: bytes, flow_controlled: int) -> None:
+        """DATA from the client; acknowledged once the manager reads it."""
+        if self.request_ended or self.reset:
+            self.conn.acknowledge(self.stream_id, flow_controlled, open_stream=False)
+            return
+        if data:
+            try:
+                self.pending += self.h11.send(h11.Data(data=data)) or b""
+            except h11.LocalProtocolError:  # more than the declared content-length
+                self.conn.reset_stream(self.stream_id, h2.errors.ErrorCodes.PROTOCOL_ERROR)
+                return
+        self.unacked += flow_controlled
+        self._wake()
+
+    def end_request(self, trailers: list[tuple[bytes, bytes]] | None) -> None:
+        if self.request_ended:
+            return
+        self.request_ended = True
+        try:
+            eom = h11.EndOfMessage(headers=trailers or []) if self.chunked else h11.EndOfMessage()
+            self.pending += self.h11.send(eom) or b""
+        except h11.LocalProtocolError:  # fewer bytes than the declared content-length
+            self.conn.reset_stream(self.stream_id, h2.errors.ErrorCodes.PROTOCOL_ERROR)
+        self._wake()
+
+    def client_reset(self) -> None:
+        """RST_STREAM from the client (or its connection gone): the request is cancelled."""
+        self.reset = True
+        self.reset_by_client = True
+        self.scope.cancel()
+        self._wake()
+
+    def _wake(self) -> None:
+        self.changed.set()
+        self.changed = trio.Event()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        # The request's bytes; once they are all read, b"" only when the response is done too, so
+        # that the manager never takes the end of a request for a client gone mid-response.
+        while not self.pending:
+            if self.reset:
+                raise trio.BrokenResourceError("stream reset")
+            if self.request_ended and self.response_ended:
+                return b""
+            await self.changed.wait()
+        n = len(self.pending) if max_bytes is None else max_bytes
+        data = bytes(self.pending[:n])
+        del self.pending[:n]
+        if self.unacked:
+            self.conn.acknowledge(self.stream_id, self.unacked, open_stream=True)
+            self.unacked = 0
+            await self.conn.flush()
+        return data
+
+    # --- the response, from HTTP/1.1 ---
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self.reset:
+            raise trio.BrokenResourceError("stream reset")
+        try:
+            self.h11.receive_data(bytes(data))
+            await self._relay()
+        except h2.exceptions.ProtocolError:  # the stream or the connection closed under us
+            raise trio.BrokenResourceError("stream closed") from None
+        except h11.RemoteProtocolError:  # the manager writes HTTP/1.1; a bad response is a bug
+            await self._abort(h2.errors.ErrorCodes.INTERNAL_ERROR)
+            raise trio.BrokenResourceError("bad response") from None
+
+    async def _relay(self) -> None:
+        conn = self.conn
+        head: list[tuple[bytes, bytes]] | None = None  # a response head held for the event after it
+        while True:
+            event = self.h11.next_event()
+            if event is h11.NEED_DATA or event is h11.PAUSED:
+                break
+            if isinstance(event, h11.InformationalResponse | h11.Response):
+                headers = [(b":status", str(event.status_code).encode())]
+                headers += [(n, v) for n, v in event.headers if n not in _HOP_BY_HOP]
+                if isinstance(event, h11.InformationalResponse):
+                    conn.h2.send_headers(self.stream_id, headers)
+                else:
+                    head = headers
+            elif isinstance(event, h11.Data):
+                if head is not None:
+                    conn.h2.send_headers(self.stream_id, head)
+                    head = None
+                await conn.send_data(self, bytes(event.data))
+            elif isinstance(event, h11.EndOfMessage):
+                trailers = [(n, v) for n, v in event.headers if n not in _HOP_BY_HOP]
+                if head is not None and not trailers:
+                    # a head and no body: one HEADERS frame ending the stream (gRPC's
+                    # "trailers-only" error responses must look exactly so)
+                    conn.h2.send_headers(self.stream_id, head, end_stream=True)
+                    head = None
+                else:
+                    if head is not None:
+                        conn.h2.send_headers(self.stream_id, head)
+                        head = None
+                    if trailers:
+                        conn.h2.send_headers(self.stream_id, trailers, end_stream=True)
+                    else:
+                        conn.h2.end_stream(self.stream_id)
+                self.response_ended = True
+                self._wake()
+                break
+            else:  # ConnectionClosed: nothing more comes
+                break
+        if head is not None:
+            conn.h2.send_headers(self.stream_id, head)
+        await conn.flush()
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.conn.window_changed.wait()
+
+    async def _abort(self, code: h2.errors.ErrorCodes) -> None:
+        if not self.reset:
+            self.reset = True
+            self.conn.reset_stream(self.stream_id, code)
+            with contextlib.suppress(*_NETWORK_ERRORS):
+                await self.conn.flush()
+
+    async def aclose(self) -> None:
+        """The manager is done with the request: a response it did not finish is reset."""
+        if not self.response_ended and not self.reset:
+            with contextlib.suppress(h11.RemoteProtocolError):
+                self.h11.receive_data(b"")  # a response framed by the close ends here
+                with trio.CancelScope(shield=True), contextlib.suppress(*_NETWORK_ERRORS):
+                    await self._relay()
+        if not self.response_ended:
+            with trio.CancelScope(shield=True):
+                await self._abort(h2.errors.ErrorCodes.INTERNAL_ERROR)
+        elif not self.request_ended and not self.reset:
+            # answered before the request ended (a local reply, an early response): RFC 9113 8.1
+            self.reset = True
+            self.conn.reset_stream(self.stream_id, h2.errors.ErrorCodes.NO_ERROR)
+            with trio.CancelScope(shield=True), contextlib.suppress(*_NETWORK_ERRORS):
+                await self.conn.flush()
+        await trio.lowlevel.checkpoint()
+
+
+class H2Downstream:
+    """One client connection speaking HTTP/2: reads frames, runs a task per stream, writes frames."""
+
+    def __init__(
+        self,
+        transport: trio.abc.Stream,
+        server: StreamServer,
+        options: Http2Options,
+        state: ProxyState,
+        idle_timeout: float,
+    ) -> None:
+        self.transport = transport
+        self.server = server
+        self.state = state
+        self.idle_timeout = idle_timeout or float("inf")
+        config = h2.config.H2Configuration(client_side=False, header_encoding=None)
+        self.h2 = h2.connection.H2Connection(config=config)
+        self.h2.local_settings = h2.settings.Settings(
+            client=False,
+            initial_values={
+                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: min(
+                    options.max_concurrent_streams, MAX_STREAMS
+                ),
+                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: options.initial_stream_window_size,
+                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST,
+            },
+        )
+        self.connection_window = options.initial_connection_window_size
+        self.streams: dict[int, StreamBridge] = {}
+        self.send_lock = trio.Lock()
+        self.window_changed = trio.Event()
+        self.goaway_sent = False
+        self.read_scope: trio.CancelScope | None = None
+        self.bytes_received = 0
+        self.bytes_sent = 0
+
+    # --- writing ---
+
+    async def flush(self) -> None:
+        """Write every frame h2 has ready (one writer at a time; whoever holds the lock sends all)."""
+        async with self.send_lock:
+            data = self.h2.data_to_send()
+            if data:
+                self.bytes_sent += len(data)
+                await self.transport.send_all(data)
+
+    def acknowledge(self, stream_id: int, n: int, *, open_stream: bool) -> None:
+        if n:
+            with contextlib.suppress(h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+                self.h2.acknowledge_received_data(n, stream_id if open_stream else 0)
+
+    def reset_stream(self, stream_id: int, code: h2.errors.ErrorCodes) -> None:
+        with contextlib.suppress(h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+            self.h2.reset_stream(stream_id, code)
+
+    async def send_data(self, bridge: StreamBridge, data: bytes) -> None:
+        """``data`` on the bridge's stream, within the client's windows, chunk by chunk."""
+        view = memoryview(data)
+        while view:
+            if bridge.reset:
+                raise trio.BrokenResourceError("stream reset")
+            window = self.h2.local_flow_control_window(bridge.stream_id)
+            if window <= 0:
+                await self.window_changed.wait()
+                continue
+            n = min(window, self.h2.max_outbound_frame_size, len(view))
+            self.h2.send_data(bridge.stream_id, bytes(view[:n]))
+            view = view[n:]
+            await self.flush()
+
+    # --- reading ---
+
+    async def serve(self, remote: str, scheme: str, initial: bytes) -> None:
+        self.h2.initiate_connection()
+        if self.connection_window > 65535:
+            self.h2.increment_flow_control_window(self.connection_window - 65535)
+        await self.flush()
+        with unwrap_single_exception():
+            async with trio.open_nursery() as nursery:
+                try:
+                    await self._read_loop(nursery, remote, scheme, initial)
+                except _NETWORK_ERRORS:
+                    pass  # the client went away: so did its streams
+                finally:
+                    for bridge in list(self.streams.values()):
+                        bridge.client_reset()  # cancel what is still running
+        with contextlib.suppress(*_NETWORK_ERRORS):
+            await self.flush()
+
+    async def _read_loop(
+        self, nursery: trio.Nursery, remote: str, scheme: str, data: bytes | bytearray
+    ) -> None:
+        while True:
+            if data:
+                try:
+                    events = self.h2.receive_data(data)
+                except h2.exceptions.ProtocolError:
+                    self.server.protocol_error()
+                    await self.flush()  # h2 queued the GOAWAY naming the error
+                    return
+                for event in events:
+                    self._dispatch(event, nursery, remote, scheme)
+                    if isinstance(event, h2.events.ConnectionTerminated):
+                        await self.flush()
+                        return
+                await self.flush()
+            if (self.state.draining or self.state.shutting_down) and not self.goaway_sent:
+                await self.goaway()
+            if self.goaway_sent and not self.streams:
+                return
+            deadline = trio.current_time() + self.idle_timeout if not self.streams else float("inf")
+            with trio.CancelScope(deadline=deadline) as scope:
+                self.read_scope = scope
+                if not self.goaway_sent:
+                    self.state.idle_waits.add(scope)  # a drain wakes us to send GOAWAY
+                try:
+                    data = await self.transport.receive_some(RECEIVE_SIZE)
+                finally:
+                    self.state.idle_waits.discard(scope)
+                    self.read_scope = None
+                self.bytes_received += len(data)
+                if not data:
+                    return
+                continue
+            data = b""
+            if not self.streams and trio.current_time() >= scope.deadline:
+                self.server.idle_timed_out()
+                await self.goaway()  # idle_timeout: Envoy sends GOAWAY and closes
+                return
+
+    async def goaway(self) -> None:
+        """GOAWAY (NO_ERROR) naming the last stream taken; the streams in flight carry on.
+
+        Written by hand: ``h2``'s ``close_connection`` also closes its state machine, after which
+        it refuses to send the responses of the streams that GOAWAY lets finish."""
+        if not self.goaway_sent:
+            self.goaway_sent = True
+            frame = hyperframe.frame.GoAwayFrame(0)
+            frame.last_stream_id = self.h2.highest_inbound_stream_id
+            frame.error_code = h2.errors.ErrorCodes.NO_ERROR
+            async with self.send_lock:
+                data = self.h2.data_to_send() + frame.serialize()
+                self.bytes_sent += len(data)
+                await self.transport.send_all(data)
+
+    def _dispatch(self, event: h2.events.Event, nursery: trio.Nursery, remote: str, scheme: str) -> None:
+        if isinstance(event, h2.events.RequestReceived):
+            sid = event.stream_id
+            if len(self.streams) >= MAX_STREAMS or self.goaway_sent:
+                self.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
+                return
+            headers = [(bytes(n), bytes(v)) for n, v in event.headers or ()]
+            ended = event.stream_ended is not None
+            try:
+                bridge = StreamBridge(self, sid, headers, ended)
+            except h11.LocalProtocolError:  # valid HTTP/2, yet no HTTP/1.1 request (a bad method, ...)
+                self.server.protocol_error()
+                self.reset_stream(sid, h2.errors.ErrorCodes.PROTOCOL_ERROR)
+                return
+            self.streams[sid] = bridge
+            nursery.start_soon(self._run_stream, bridge, remote, scheme)
+        elif isinstance(event, h2.events.DataReceived):
+            bridge_or_none = self.streams.get(event.stream_id or 0)
+            n = event.flow_controlled_length or 0
+            if bridge_or_none is None:
+                self.acknowledge(event.stream_id or 0, n, open_stream=False)
+            else:
+                bridge_or_none.feed(event.data or b"", n)
+        elif isinstance(event, h2.events.TrailersReceived):
+            if (bridge_or_none := self.streams.get(event.stream_id or 0)) is not None:
+                bridge_or_none.end_request([(bytes(n), bytes(v)) for n, v in event.headers or ()])
+        elif isinstance(event, h2.events.StreamEnded):
+            if (bridge_or_none := self.streams.get(event.stream_id or 0)) is not None:
+                bridge_or_none.end_request(None)
+        elif isinstance(event, h2.events.StreamReset):
+            if (bridge_or_none := self.streams.get(event.stream_id or 0)) is not None:
+                bridge_or_none.client_reset()
+        elif isinstance(event, h2.events.WindowUpdated | h2.events.RemoteSettingsChanged):
+            self.window_changed.set()
+            self.window_changed = trio.Event()
+
+    async def _run_stream(self, bridge: StreamBridge, remote: str, scheme: str) -> None:
+        try:
+            with bridge.scope:
+                await self.server.serve_stream(bridge, remote, scheme)
+        finally:
+            del self.streams[bridge.stream_id]
+            if not self.streams and self.read_scope is not None:
+                if self.goaway_sent:
+                    self.read_scope.cancel()  # the last stream after GOAWAY: the connection can close
+                else:
+                    self.read_scope.deadline = trio.current_time() + self.idle_timeout  # idle from now
