@@ -37,6 +37,7 @@ from tcp_sim_helpers import (
 from trio_yastack import Stack
 from trio_yastack.stack import ChecksumVerified, StackCore
 from trio_yastack.stack.tcp import _fastpath
+from trio_yastack.stack.tcp._conn import TcpConnection
 from trio_yastack.stack.tcp._fastpath import (
     CANDIDATE,
     DECLINE,
@@ -491,3 +492,67 @@ def test_a_traced_core_takes_the_python_path(monkeypatch: pytest.MonkeyPatch) ->
                             options=TcpOptions(timestamps=(7000, 0)))  # fmt: skip
     core.ether_input_burst([frame], T0 + 1)
     assert seen == [frame] and core.fast_path_segments == 0 and len(conn.rcvbuf) == 10
+
+
+# -- 5: send prediction (tcp_output's common case), on and off --------------------------------------
+
+RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+def _arrange(case: str, conn: Any, now: float) -> bytes:
+    """Put the connection in ``case``'s situation; return what the application then sends."""
+    if case in ("nagle", "nodelay-in-flight"):
+        conn.nodelay = case == "nodelay-in-flight"
+        conn.send(RESPONSE, now)  # one response in flight, not yet acknowledged
+    if case == "small-window":
+        conn.snd_wnd = len(RESPONSE) - 1
+    if case == "idle":
+        conn.send(RESPONSE, now)
+        conn.snd_una = conn.snd_max  # acknowledged (as its ACK would), then a long silence
+        conn.sndbuf.acknowledge(conn.snd_una)
+    return {"more-than-mss": make_payload(7, 1449)}.get(case, RESPONSE)
+
+
+@pytest.mark.parametrize(
+    ("case", "predicted"),
+    [
+        ("response", True),
+        ("nodelay-in-flight", True),
+        ("nagle", False),
+        ("more-than-mss", False),
+        ("small-window", False),
+        ("idle", False),
+    ],
+)
+def test_send_prediction_sends_what_the_general_loop_sends(
+    monkeypatch: pytest.MonkeyPatch, case: str, predicted: bool
+) -> None:
+    """A response on an established connection with room for it goes out by send prediction
+    (``_output_predicted``); Nagle, a segment larger than the MSS, a window without room and an
+    idle restart are left to the general loop.  Either way: the same frames, state and counters
+    as with the fast path off."""
+    taken: list[bool] = []
+    original = TcpConnection._output_predicted
+
+    def counting(self: TcpConnection, now: float) -> bool:
+        taken.append(original(self, now))
+        return taken[-1]
+
+    monkeypatch.setattr(TcpConnection, "_output_predicted", counting)
+    monkeypatch.setattr(TcpLayer, "initial_sequence_number", lambda self, *args: 0xFFFF_FFF0)
+    ends = []
+    for fast in (True, False):
+        core = tcp_core(seed=3)
+        core.fast_path = fast
+        _listener, conn, _peer = open_passive(core, isn=0xFFFF_F800)
+        now = T0 + 1
+        data = _arrange(case, conn, now)
+        before = list(taken)
+        core.take_outbox()
+        now += 5.0 if case == "idle" else 0.001
+        conn.send(data, now)
+        if fast:
+            assert (True in taken[len(before) :]) is predicted, taken
+        ends.append(([bytes(f) for f in core.take_outbox()], connection_state(conn), core.statistics()))
+    assert ends[0] == ends[1]
+    assert ends[0][0] or case in ("nagle", "small-window")  # something went out where it may

@@ -25,7 +25,7 @@ from ..wire.ipv4 import IPPROTO_TCP
 from ..wire.tcp import TCP_ACK, TCP_FIN, TCP_HEADER, TCP_HEADER_LEN, TCP_PSH, TCP_RST, TCP_SYN, TcpOptions
 from ._cc import INFINITE_SSTHRESH
 from ._rack import RACKED, REXMT_RTO
-from ._states import CLOSED, SYN_RECEIVED, SYN_SENT, TIME_WAIT
+from ._states import CLOSED, ESTABLISHED, SYN_RECEIVED, SYN_SENT, TIME_WAIT
 
 if TYPE_CHECKING:
     from .._core import StackCore
@@ -100,6 +100,8 @@ def tcp_output(self: TcpConnection, now: float, *, limited_transmit: bool = Fals
         and (self.fin_seq < 0 or self.snd_nxt > self.fin_seq)
     ):
         return  # the common case on a receiver: nothing to send and no ACK due
+    if state == ESTABLISHED and not limited_transmit and self.core.fast_path and self._output_predicted(now):
+        return  # the common case on a sender: one segment, all that is queued, and room for it
     mss = self._data_mss()
     # With TSO one frame carries as many whole segments as the port takes (less room for
     # the IPv4 and TCP headers with every option); the port cuts it into ``mss`` pieces.
@@ -209,6 +211,40 @@ def tcp_output(self: TcpConnection, now: float, *, limited_transmit: bool = Fals
         self.persist_shift = 0
         self.t_persist = now + self._persist_interval()
         self._arm()
+
+
+def _output_predicted(self: TcpConnection, now: float) -> bool:
+    """Send prediction, the twin of header prediction on the way out: when everything queued
+    is new data of at most one MSS, the windows have room for all of it and Nagle lets it go
+    (a request's response on an established connection), send it as one segment and return
+    True -- the segment, and every field it moves, that the general loop below would send.
+    False (nothing sent, nothing changed) leaves the decision to the general loop.
+
+    Excluded, so that the general loop alone decides them: recovery, a FIN queued, a
+    go-back-N after a timeout (SND.NXT below SND.MAX), out-of-order data held (SACK blocks
+    shorten the MSS), an idle restart due (it lowers cwnd first), limited transmit."""
+    snd_nxt = self.snd_nxt
+    sndbuf = self.sndbuf
+    length = sndbuf.end - snd_nxt
+    if (
+        length <= 0
+        or length > self.mss
+        or self.in_recovery
+        or self.fin_seq >= 0
+        or snd_nxt != self.snd_max
+        or (self.sack_on and len(self.reasm))
+    ):
+        return False
+    flight = snd_nxt - self.snd_una
+    if (
+        length > self.snd_wnd - flight
+        or length > self.cc.cwnd - flight
+        or (flight and length < self.mss and not self.nodelay)  # Nagle (RFC 896): wait for the ACK
+        or (self.last_send and now - self.last_send > self.rto and not flight)  # idle restart
+    ):
+        return False
+    self._send_data(snd_nxt, length, TCP_ACK | TCP_PSH, now)
+    return True
 
 
 def _send_data(self: TcpConnection, seq: int, length: int, flags: int, now: float) -> None:
