@@ -9,7 +9,9 @@ elsewhere on the machine spreads over both:
   ``bench_ports.py``), and the same program on kernel sockets over veth (the bar);
 - ``memory_wire``: one bulk connection between two stacks on a fault-free memory wire, MB/s;
 - ``segment``: microseconds of CPU per received in-order data segment, sans-IO, from
-  ``ether_input`` to the receive buffer (one ACK per burst included), bursts of 1 and 32.
+  ``ether_input`` to the receive buffer (one ACK per burst included), bursts of 1 and 32;
+- ``request``: microseconds of CPU per request/response on one connection, sans-IO: the request
+  in (acknowledging the last response), read, the response written and its segment out.
 
     python benchmarks/bench_fastpath.py [--rounds R] [--seconds S] [--megabytes N] [--rigs tap,af_packet]
                                         [--quick]
@@ -121,6 +123,39 @@ def run_segment(burst: int, fast: bool, bursts: int = 300) -> float:
     return best / burst * 1e6
 
 
+def run_request(fast: bool, requests: int = 3000) -> float:
+    """Best microseconds of CPU per request/response, sans-IO: the request (which acknowledges
+    the previous response) in through ``ether_input_burst``, the application's read and its
+    response's write, the response segment out (``run_pending_output``, as the poll loop's turn)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from tcp_helpers import OUR_PORT, PEER_PORT, T0, build_tcp_frame, open_passive, seq_add, tcp_core
+
+    from trio_yastack.stack.wire.tcp import TCP_ACK, TCP_PSH, TcpOptions
+
+    core = tcp_core(seed=3)
+    core.fast_path = fast
+    core.autocork = True  # as under the runtime: sends go out at the end of the turn
+    _listener, conn, peer = open_passive(core)
+    conn.nodelay = True  # trio's SocketStream sets TCP_NODELAY
+    request, response = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", bytes(85)
+    seq, ack, best, now = peer.snd_nxt, peer.rcv_nxt, float("inf"), T0 + 1
+    for i in range(requests):
+        frame = build_tcp_frame(PEER_PORT, OUR_PORT, seq, ack, TCP_ACK | TCP_PSH, payload=request,
+                                options=TcpOptions(timestamps=(1000 + i, conn.ts_offset)))  # fmt: skip
+        started = time.perf_counter()
+        core.begin_burst()
+        core.ether_input_burst([frame], now)
+        core.end_burst(now)
+        conn.receive(65536, now)
+        conn.send(response, now)
+        core.run_pending_output(now)
+        outbox = core.take_outbox()
+        best = min(best, time.perf_counter() - started)
+        assert len(outbox) == 1  # the response, carrying the request's ACK
+        seq, ack, now = seq_add(seq, len(request)), seq_add(ack, len(response)), now + 0.0001
+    return best * 1e6
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -140,6 +175,7 @@ def main() -> None:
             name = "on" if fast else "off"
             for size in (1, 32):
                 rows.setdefault(f"segment_us_burst{size}_{name}", []).append(run_segment(size, fast))
+            rows.setdefault(f"request_us_{name}", []).append(run_request(fast))
             rows.setdefault(f"memory_wire_MBps_{name}", []).append(
                 run_memory_wire(args.megabytes << 20, fast)
             )
