@@ -6,7 +6,8 @@ elsewhere on the machine spreads over both:
 
 - ``responder``: ``bench_ports.py``'s 25-line trio HTTP responder over the stack under
   ``wrk -t1 -c50``, on a TAP and on AF_PACKET (TPACKET_V3, the fastest bypass port for this row in
-  ``bench_ports.py``), and the same program on kernel sockets over veth (the bar);
+  ``bench_ports.py``), and the same program on kernel sockets over veth (the bar); requests/s and
+  the responder's CPU microseconds per request (start-up and the warm-up request included);
 - ``memory_wire``: one bulk connection between two stacks on a fault-free memory wire, MB/s;
 - ``segment``: microseconds of CPU per received in-order data segment, sans-IO, from
   ``ether_input`` to the receive buffer (one ACK per burst included), bursts of 1 and 32;
@@ -51,7 +52,19 @@ def run_responder_stack(rig_name: str, seconds: int, fast: bool) -> dict[str, fl
         env["TRIO_YASTACK_NO_FASTPATH"] = "1"
     with RIGS[rig_name]() as rig:
         server = rig.stack_ns.popen(_responder_command(rig.spec), stdout=subprocess.PIPE, text=True, env=env)
-        return _wrk(rig.kernel_ns, server, seconds)
+        result = _wrk(rig.kernel_ns, server, seconds)
+        result["cpu_us_per_request"] = _cpu_seconds(server.pid) / max(result["requests"], 1) * 1e6
+        return result
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of the responder (``pid``, or its child when ``pid`` is the
+    namespace's ``ip netns exec`` wrapper).  Per request, this is the row that stays readable
+    on a loaded machine: requests/s swing with other work, CPU per request much less."""
+    if b"bench_ports" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+        pid = int(Path(f"/proc/{pid}/task/{pid}/children").read_text().split()[0])
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def run_memory_wire(nbytes: int, fast: bool) -> float:
@@ -180,8 +193,11 @@ def main() -> None:
                 run_memory_wire(args.megabytes << 20, fast)
             )
             for rig in args.rigs.split(",") if why_not is None else []:
-                rps = run_responder_stack(rig, args.seconds, fast)["requests_per_s"]
-                rows.setdefault(f"responder_{rig}_rps_{name}", []).append(rps)
+                got = run_responder_stack(rig, args.seconds, fast)
+                rows.setdefault(f"responder_{rig}_rps_{name}", []).append(got["requests_per_s"])
+                rows.setdefault(f"responder_{rig}_cpu_us_per_request_{name}", []).append(
+                    got["cpu_us_per_request"]
+                )
         if why_not is None:
             rows.setdefault("responder_kernel_rps", []).append(
                 run_responder_kernel(args.seconds)["requests_per_s"]
