@@ -4,7 +4,11 @@
 a SYN, an ACK that is due, SACK-based retransmission during recovery) and the ``_send_*`` methods
 build: ``_send_segment`` is the general builder (options, SACK blocks, TSO), ``_send_bare_ack`` and
 ``_send_data_segment`` pack the two segments a bulk transfer sends most in one ``pack_into`` each.
-Every segment leaves through :func:`tcp_checksum_and_send` -> ``ip_output``.
+Every segment leaves through :func:`tcp_checksum_and_send` -> ``ip_output``, except where the fast
+path (``StackCore.fast_path``) predicts the common case: ``_output_predicted`` sends a response's
+one segment without the general loop, and ``_frame_predicted`` writes a data segment's whole
+frame (Ethernet, IPv4, TCP) in one step to an on-link peer -- each the same frame and counters
+as the general code, which the differential tests in ``tests/test_tcp_fastpath.py`` hold them to.
 
 Each function here is a method of :class:`~trio_yastack.stack.tcp._conn.TcpConnection`, bound in
 its class body (``self`` is the connection).  ``trio_yastack._journey`` traces ``tcp_output`` by
