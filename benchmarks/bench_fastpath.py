@@ -6,10 +6,13 @@ elsewhere on the machine spreads over both:
 
 - ``responder``: ``bench_ports.py``'s 25-line trio HTTP responder over the stack under
   ``wrk -t1 -c50``, on a TAP and on AF_PACKET (TPACKET_V3, the fastest bypass port for this row in
-  ``bench_ports.py``), and the same program on kernel sockets over veth (the bar);
+  ``bench_ports.py``), and the same program on kernel sockets over veth (the bar); requests/s and
+  the responder's CPU microseconds per request (start-up and the warm-up request included);
 - ``memory_wire``: one bulk connection between two stacks on a fault-free memory wire, MB/s;
 - ``segment``: microseconds of CPU per received in-order data segment, sans-IO, from
-  ``ether_input`` to the receive buffer (one ACK per burst included), bursts of 1 and 32.
+  ``ether_input`` to the receive buffer (one ACK per burst included), bursts of 1 and 32;
+- ``request``: microseconds of CPU per request/response on one connection, sans-IO: the request
+  in (acknowledging the last response), read, the response written and its segment out.
 
     python benchmarks/bench_fastpath.py [--rounds R] [--seconds S] [--megabytes N] [--rigs tap,af_packet]
                                         [--quick]
@@ -49,7 +52,19 @@ def run_responder_stack(rig_name: str, seconds: int, fast: bool) -> dict[str, fl
         env["TRIO_YASTACK_NO_FASTPATH"] = "1"
     with RIGS[rig_name]() as rig:
         server = rig.stack_ns.popen(_responder_command(rig.spec), stdout=subprocess.PIPE, text=True, env=env)
-        return _wrk(rig.kernel_ns, server, seconds)
+        result = _wrk(rig.kernel_ns, server, seconds)
+        result["cpu_us_per_request"] = _cpu_seconds(server.pid) / max(result["requests"], 1) * 1e6
+        return result
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of the responder (``pid``, or its child when ``pid`` is the
+    namespace's ``ip netns exec`` wrapper).  Per request, this is the row that stays readable
+    on a loaded machine: requests/s swing with other work, CPU per request much less."""
+    if b"bench_ports" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+        pid = int(Path(f"/proc/{pid}/task/{pid}/children").read_text().split()[0])
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def run_memory_wire(nbytes: int, fast: bool) -> float:
@@ -121,6 +136,39 @@ def run_segment(burst: int, fast: bool, bursts: int = 300) -> float:
     return best / burst * 1e6
 
 
+def run_request(fast: bool, requests: int = 3000) -> float:
+    """Best microseconds of CPU per request/response, sans-IO: the request (which acknowledges
+    the previous response) in through ``ether_input_burst``, the application's read and its
+    response's write, the response segment out (``run_pending_output``, as the poll loop's turn)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from tcp_helpers import OUR_PORT, PEER_PORT, T0, build_tcp_frame, open_passive, seq_add, tcp_core
+
+    from trio_yastack.stack.wire.tcp import TCP_ACK, TCP_PSH, TcpOptions
+
+    core = tcp_core(seed=3)
+    core.fast_path = fast
+    core.autocork = True  # as under the runtime: sends go out at the end of the turn
+    _listener, conn, peer = open_passive(core)
+    conn.nodelay = True  # trio's SocketStream sets TCP_NODELAY
+    request, response = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", bytes(85)
+    seq, ack, best, now = peer.snd_nxt, peer.rcv_nxt, float("inf"), T0 + 1
+    for i in range(requests):
+        frame = build_tcp_frame(PEER_PORT, OUR_PORT, seq, ack, TCP_ACK | TCP_PSH, payload=request,
+                                options=TcpOptions(timestamps=(1000 + i, conn.ts_offset)))  # fmt: skip
+        started = time.perf_counter()
+        core.begin_burst()
+        core.ether_input_burst([frame], now)
+        core.end_burst(now)
+        conn.receive(65536, now)
+        conn.send(response, now)
+        core.run_pending_output(now)
+        outbox = core.take_outbox()
+        best = min(best, time.perf_counter() - started)
+        assert len(outbox) == 1  # the response, carrying the request's ACK
+        seq, ack, now = seq_add(seq, len(request)), seq_add(ack, len(response)), now + 0.0001
+    return best * 1e6
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -140,12 +188,16 @@ def main() -> None:
             name = "on" if fast else "off"
             for size in (1, 32):
                 rows.setdefault(f"segment_us_burst{size}_{name}", []).append(run_segment(size, fast))
+            rows.setdefault(f"request_us_{name}", []).append(run_request(fast))
             rows.setdefault(f"memory_wire_MBps_{name}", []).append(
                 run_memory_wire(args.megabytes << 20, fast)
             )
             for rig in args.rigs.split(",") if why_not is None else []:
-                rps = run_responder_stack(rig, args.seconds, fast)["requests_per_s"]
-                rows.setdefault(f"responder_{rig}_rps_{name}", []).append(rps)
+                got = run_responder_stack(rig, args.seconds, fast)
+                rows.setdefault(f"responder_{rig}_rps_{name}", []).append(got["requests_per_s"])
+                rows.setdefault(f"responder_{rig}_cpu_us_per_request_{name}", []).append(
+                    got["cpu_us_per_request"]
+                )
         if why_not is None:
             rows.setdefault("responder_kernel_rps", []).append(
                 run_responder_kernel(args.seconds)["requests_per_s"]

@@ -22,7 +22,17 @@ import trio.testing
 from helpers import OUR_IP, OUR_MAC, PEER_IP, PEER_MAC, SUBNET_BROADCAST, build_ipv4_frame, check_accounting
 from hypothesis import HealthCheck, given, settings, target
 from hypothesis import strategies as st
-from tcp_helpers import OUR_PORT, PEER_PORT, T0, build_tcp_frame, open_passive, seq_add, tcp_bytes, tcp_core
+from tcp_helpers import (
+    OUR_PORT,
+    PEER_PORT,
+    T0,
+    build_tcp_frame,
+    open_passive,
+    seq_add,
+    tcp_bytes,
+    tcp_core,
+    tcp_segments,
+)
 from tcp_sim_helpers import (
     DropPort,
     connected_pair,
@@ -35,8 +45,10 @@ from tcp_sim_helpers import (
 )
 
 from trio_yastack import Stack
-from trio_yastack.stack import ChecksumVerified, StackCore
-from trio_yastack.stack.tcp import _fastpath
+from trio_yastack.nic.tap import complete_checksum
+from trio_yastack.stack import ChecksumVerified, OffloadPacket, StackCore
+from trio_yastack.stack.tcp import _fastpath, _output
+from trio_yastack.stack.tcp._conn import TcpConnection
 from trio_yastack.stack.tcp._fastpath import (
     CANDIDATE,
     DECLINE,
@@ -491,3 +503,86 @@ def test_a_traced_core_takes_the_python_path(monkeypatch: pytest.MonkeyPatch) ->
                             options=TcpOptions(timestamps=(7000, 0)))  # fmt: skip
     core.ether_input_burst([frame], T0 + 1)
     assert seen == [frame] and core.fast_path_segments == 0 and len(conn.rcvbuf) == 10
+
+
+# -- 5: send prediction (tcp_output's common case), on and off --------------------------------------
+
+RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+def _arrange(case: str, conn: Any, now: float) -> bytes:
+    """Put the connection in ``case``'s situation; return what the application then sends."""
+    if case in ("nagle", "nodelay-in-flight"):
+        conn.nodelay = case == "nodelay-in-flight"
+        conn.send(RESPONSE, now)  # one response in flight, not yet acknowledged
+    if case == "small-window":
+        conn.snd_wnd = len(RESPONSE) - 1
+    if case == "idle":
+        conn.send(RESPONSE, now)
+        conn.snd_una = conn.snd_max  # acknowledged (as its ACK would), then a long silence
+        conn.sndbuf.acknowledge(conn.snd_una)
+    return {"more-than-mss": make_payload(7, 1449)}.get(case, RESPONSE)
+
+
+@pytest.mark.parametrize("offload", [False, True], ids=["checksum", "checksum-offload"])
+@pytest.mark.parametrize(
+    ("case", "predicted", "framed"),
+    [
+        ("response", True, True),
+        ("nodelay-in-flight", True, True),
+        ("nagle", False, False),
+        ("more-than-mss", False, True),  # one MSS by the general loop, the byte after waits
+        ("small-window", False, False),
+        ("idle", False, True),
+        ("arp-refresh-due", True, False),
+    ],
+)
+def test_send_prediction_sends_what_the_general_loop_sends(
+    monkeypatch: pytest.MonkeyPatch, case: str, predicted: bool, framed: bool, offload: bool
+) -> None:
+    """A response on an established connection with room for it goes out by send prediction
+    (``_output_predicted``); Nagle, a segment larger than the MSS, a window without room and an
+    idle restart are left to the general loop.  Its frame is built in one step
+    (``_frame_predicted``) unless the peer's ARP entry is due for refresh.  Either way: the same
+    frames (with valid checksums), state and counters as with the fast path off."""
+    taken: list[bool] = []
+    original = TcpConnection._output_predicted
+    framed_by: list[bool] = []
+    original_frame = _output._frame_predicted
+
+    def counting(self: TcpConnection, now: float) -> bool:
+        taken.append(original(self, now))
+        return taken[-1]
+
+    def counting_frame(*args: Any) -> bool:
+        framed_by.append(original_frame(*args))
+        return framed_by[-1]
+
+    monkeypatch.setattr(TcpConnection, "_output_predicted", counting)
+    monkeypatch.setattr(_output, "_frame_predicted", counting_frame)
+    monkeypatch.setattr(TcpLayer, "initial_sequence_number", lambda self, *args: 0xFFFF_FFF0)
+    ends = []
+    for fast in (True, False):
+        core = tcp_core(seed=3)
+        core.fast_path = fast
+        core.tx_checksum_offload = offload
+        _listener, conn, _peer = open_passive(core, isn=0xFFFF_F800)
+        now = T0 + 1
+        data = _arrange(case, conn, now)
+        before, framed_before = len(taken), len(framed_by)
+        core.take_outbox()
+        now += 5.0 if case == "idle" else 0.001
+        if case == "arp-refresh-due":
+            now = core.arp.cache[int(PEER_IP)][1] - core.arp.config.refresh_before
+        conn.send(data, now)
+        if fast:
+            assert (True in taken[before:]) is predicted, taken
+            assert (True in framed_by[framed_before:]) is framed, framed_by
+        frames = [
+            complete_checksum(f) if isinstance(f, OffloadPacket) else bytes(f) for f in core.take_outbox()
+        ]
+        ends.append((frames, connection_state(conn), core.statistics()))
+    assert ends[0] == ends[1]
+    assert ends[0][0] or case in ("nagle", "small-window")  # something went out where it may
+    segments = tcp_segments([f for f in ends[0][0] if f[23] == 6])  # checksums verified
+    assert any(s.payload for s in segments) or case in ("nagle", "small-window")

@@ -701,18 +701,26 @@ class StackSocket(trio.socket.SocketType):
             if self._pcb is not None:
                 return await self._udp_send(data, None, flags)
         assert conn is not None
-        with memoryview(data) as view:
-            if not view.nbytes:
+        kind = data.__class__
+        if kind is bytes or kind is bytearray or (kind is memoryview and data.ndim == 1):
+            # What trio's send_all passes (a memoryview slice) and what applications pass: the
+            # send buffer copies from it directly, so no view of our own is made and released.
+            return await self._send_stream(conn, data)
+        with memoryview(data) as view:  # any other buffer object (array, mmap, a 0-d view, ...)
+            return await self._send_stream(conn, view)
+
+    async def _send_stream(self, conn: TcpConnection, data: bytes | bytearray | memoryview) -> int:
+        if not (data.nbytes if data.__class__ is memoryview else len(data)):
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return 0
+        while True:
+            taken = conn.send(data, trio.current_time())  # raises ECONNRESET & co with the kernel's errno
+            if taken:
+                self._stack.kick()
                 await trio.lowlevel.cancel_shielded_checkpoint()
-                return 0
-            while True:
-                taken = conn.send(view, trio.current_time())  # raises ECONNRESET & co with the kernel's errno
-                if taken:
-                    self._stack.kick()
-                    await trio.lowlevel.cancel_shielded_checkpoint()
-                    return taken
-                await self._wait(sending=True)
-                self._check_open()
+                return taken
+            await self._wait(sending=True)
+            self._check_open()
 
     async def recv(self, bufsize: int, flags: int = 0) -> bytes:
         bufsize = operator.index(bufsize)  # a float is a TypeError, as for a kernel socket

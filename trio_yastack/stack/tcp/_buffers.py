@@ -90,30 +90,34 @@ class SendBuffer(_ByteQueue):
     ACK of our FIN leaves ``start == end`` one below snd_una.
     """
 
-    __slots__ = ("limit", "start")
+    __slots__ = ("end", "limit", "start")
 
     def __init__(self, limit: int, start: int) -> None:
         super().__init__()
         self.limit = limit  # SO_SNDBUF; may be changed at any time, shrinking it never drops data
         self.start = start
-
-    @property
-    def end(self) -> int:
-        """Sequence number one past the last byte held (where the next ``append`` goes)."""
-        return self.start + len(self)
+        #: Sequence number one past the last byte held (where the next ``append`` goes).  A plain
+        #: field, moved by ``append`` only (``acknowledge`` moves ``start`` towards it), because
+        #: ``tcp_output`` reads it on every call: a property cost two Python calls per read.
+        self.end = start
 
     def free(self) -> int:
         """Bytes ``append`` would take now; 0 (never negative) after ``limit`` shrank below the held."""
-        return max(0, self.limit - len(self))
+        return max(0, self.limit - (self.end - self.start))
 
     def append(self, data: bytes | bytearray | memoryview) -> int:
         """Take as much of ``data`` as fits (a prefix) and say how many bytes: like a non-blocking
         ``send()``, the caller keeps the rest for when acknowledgements make room."""
-        data = _as_bytes_view(data)
-        taken = min(len(data), self.free())
+        if data.__class__ is memoryview:
+            data = _as_bytes_view(data)
+        size = len(data)
+        room = self.limit - (self.end - self.start)
+        taken = size if size < room else room
         if taken > 0:
-            self._extend(data if taken == len(data) else data[:taken])
-        return taken
+            self._buf += data if taken == size else data[:taken]
+            self.end += taken
+            return taken
+        return 0
 
     def peek(self, seq: int, length: int) -> bytes:
         """Bytes ``[seq, seq + length)`` clipped to what is held, without consuming them (what

@@ -453,6 +453,7 @@ class TcpConnection:
     _output_after_input = _input._output_after_input
     # -- output (tcp_output.c) --------------------------------------------------------------------
     tcp_output = _output.tcp_output
+    _output_predicted = _output._output_predicted
     _send_data = _output._send_data
     _retransmit = _output._retransmit
     _send_syn = _output._send_syn

@@ -4,7 +4,11 @@
 a SYN, an ACK that is due, SACK-based retransmission during recovery) and the ``_send_*`` methods
 build: ``_send_segment`` is the general builder (options, SACK blocks, TSO), ``_send_bare_ack`` and
 ``_send_data_segment`` pack the two segments a bulk transfer sends most in one ``pack_into`` each.
-Every segment leaves through :func:`tcp_checksum_and_send` -> ``ip_output``.
+Every segment leaves through :func:`tcp_checksum_and_send` -> ``ip_output``, except where the fast
+path (``StackCore.fast_path``) predicts the common case: ``_output_predicted`` sends a response's
+one segment without the general loop, and ``_frame_predicted`` writes a data segment's whole
+frame (Ethernet, IPv4, TCP) in one step to an on-link peer -- each the same frame and counters
+as the general code, which the differential tests in ``tests/test_tcp_fastpath.py`` hold them to.
 
 Each function here is a method of :class:`~trio_yastack.stack.tcp._conn.TcpConnection`, bound in
 its class body (``self`` is the connection).  ``trio_yastack._journey`` traces ``tcp_output`` by
@@ -21,11 +25,12 @@ from .._drops import TcpDrop
 from .._ip import FRAME_HEADROOM
 from .._offload import OffloadPacket
 from ..wire._checksum import sum16
-from ..wire.ipv4 import IPPROTO_TCP
+from ..wire.ethernet import ETHERTYPE_IPV4
+from ..wire.ipv4 import IP_DF, IPPROTO_TCP
 from ..wire.tcp import TCP_ACK, TCP_FIN, TCP_HEADER, TCP_HEADER_LEN, TCP_PSH, TCP_RST, TCP_SYN, TcpOptions
 from ._cc import INFINITE_SSTHRESH
 from ._rack import RACKED, REXMT_RTO
-from ._states import CLOSED, SYN_RECEIVED, SYN_SENT, TIME_WAIT
+from ._states import CLOSED, ESTABLISHED, SYN_RECEIVED, SYN_SENT, TIME_WAIT
 
 if TYPE_CHECKING:
     from .._core import StackCore
@@ -38,6 +43,8 @@ _MASK = 0xFFFFFFFF
 _TS_OPTION = struct.Struct("!III")  # NOP NOP kind=8 len=10, TSval, TSecr
 _U32X2 = struct.Struct("!II")
 _ACK_WITH_TIMESTAMPS = struct.Struct("!HHIIBBHHHIII")  # a TCP header and NOP NOP TS in one
+#: Ethernet, IPv4 (no options) and that TCP header in one: a whole frame's headers
+_FRAME_WITH_TIMESTAMPS = struct.Struct("!6s6sH" + "BBHHHBBHII" + "HHIIBBHHHIII")
 #: the largest window shift RFC 7323 2.3 allows
 MAX_WINDOW_SHIFT = 14
 
@@ -100,6 +107,8 @@ def tcp_output(self: TcpConnection, now: float, *, limited_transmit: bool = Fals
         and (self.fin_seq < 0 or self.snd_nxt > self.fin_seq)
     ):
         return  # the common case on a receiver: nothing to send and no ACK due
+    if state == ESTABLISHED and not limited_transmit and self.core.fast_path and self._output_predicted(now):
+        return  # the common case on a sender: one segment, all that is queued, and room for it
     mss = self._data_mss()
     # With TSO one frame carries as many whole segments as the port takes (less room for
     # the IPv4 and TCP headers with every option); the port cuts it into ``mss`` pieces.
@@ -209,6 +218,40 @@ def tcp_output(self: TcpConnection, now: float, *, limited_transmit: bool = Fals
         self.persist_shift = 0
         self.t_persist = now + self._persist_interval()
         self._arm()
+
+
+def _output_predicted(self: TcpConnection, now: float) -> bool:
+    """Send prediction, the twin of header prediction on the way out: when everything queued
+    is new data of at most one MSS, the windows have room for all of it and Nagle lets it go
+    (a request's response on an established connection), send it as one segment and return
+    True -- the segment, and every field it moves, that the general loop below would send.
+    False (nothing sent, nothing changed) leaves the decision to the general loop.
+
+    Excluded, so that the general loop alone decides them: recovery, a FIN queued, a
+    go-back-N after a timeout (SND.NXT below SND.MAX), out-of-order data held (SACK blocks
+    shorten the MSS), an idle restart due (it lowers cwnd first), limited transmit."""
+    snd_nxt = self.snd_nxt
+    sndbuf = self.sndbuf
+    length = sndbuf.end - snd_nxt
+    if (
+        length <= 0
+        or length > self.mss
+        or self.in_recovery
+        or self.fin_seq >= 0
+        or snd_nxt != self.snd_max
+        or (self.sack_on and len(self.reasm))
+    ):
+        return False
+    flight = snd_nxt - self.snd_una
+    if (
+        length > self.snd_wnd - flight
+        or length > self.cc.cwnd - flight
+        or (flight and length < self.mss and not self.nodelay)  # Nagle (RFC 896): wait for the ACK
+        or (self.last_send and now - self.last_send > self.rto and not flight)  # idle restart
+    ):
+        return False
+    self._send_data(snd_nxt, length, TCP_ACK | TCP_PSH, now)
+    return True
 
 
 def _send_data(self: TcpConnection, seq: int, length: int, flags: int, now: float) -> None:
@@ -440,14 +483,87 @@ def _send_data_segment(self: TcpConnection, seq: int, length: int, flags: int, n
     self.t_delack = 0.0
     tcp_len = 32 + length
     headers = FRAME_HEADROOM + 32
-    packet = OffloadPacket(headers) if self.core.tx_checksum_offload else bytearray(headers)
+    core = self.core
+    offload = core.tx_checksum_offload
+    packet = OffloadPacket(headers) if offload else bytearray(headers)
     self.sndbuf.append_to(packet, seq, length)
+    if core.fast_path and _frame_predicted(
+        self, core, packet, seq, rcv_nxt, flags, wire_window, tcp_len, now
+    ):
+        return
     _ACK_WITH_TIMESTAMPS.pack_into(
         packet, FRAME_HEADROOM, self.local_port, self.remote_port, seq & _MASK, rcv_nxt & _MASK,
         0x80, flags, wire_window, 0, 0, 0x0101080A, (int(now * 1000) + self.ts_offset) & _MASK,
         self.ts_recent & _MASK,
     )  # fmt: skip
     self._checksum_and_send(packet, tcp_len, now)
+
+
+def _frame_predicted(
+    conn: TcpConnection,
+    core: StackCore,
+    packet: bytearray,
+    seq: int,
+    rcv_nxt: int,
+    flags: int,
+    wire_window: int,
+    tcp_len: int,
+    now: float,
+) -> bool:
+    """The bottom of the output path for the common case, in one step: the Ethernet, IPv4
+    and TCP (timestamps) headers of a data segment to an on-link peer whose MAC is cached and
+    fresh, packed in one ``pack_into`` with both checksums, and the frame queued -- what
+    ``tcp_checksum_and_send`` -> ``ip_output`` -> ``_to_link`` -> ``ether_output`` do, with
+    their counters, without four calls and three packs.  False (nothing written, nothing
+    counted) for everything else: an off-link or broadcast peer, our own address, an ARP
+    entry missing or due for refresh, a full outbox, a datagram over the MTU, and a traced
+    core (a traced segment passes every layer's trace point)."""
+    dst = conn.remote_ip
+    ip_layer = core.ip_layer
+    arp = core.arp
+    entry = arp.cache.get(dst)
+    total_len = 20 + tcp_len
+    outbox = core.outbox
+    if (
+        entry is None
+        or now >= entry[1] - arp.config.refresh_before
+        or dst & ip_layer.netmask != ip_layer.network
+        or dst == ip_layer.broadcast
+        or dst == core.ip
+        or total_len > core.mtu
+        or len(outbox) >= core.outbox_limit
+        or hasattr(core.__class__, "_yas_tracer")  # the journey tracer's mark on a swapped class
+    ):
+        return False
+    src = core.ip
+    ident = ip_layer.ident = (ip_layer.ident + 1) & 0xFFFF
+    ttl_proto = (ip_layer.config.default_ttl << 8) + IPPROTO_TCP
+    addresses = (src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF)
+    total = 0x4500 + total_len + ident + IP_DF + ttl_proto + addresses  # as _ip._emit_header sums it
+    total = (total & 0xFFFF) + (total >> 16)
+    total = (total & 0xFFFF) + (total >> 16)
+    pseudo = addresses + IPPROTO_TCP + tcp_len
+    offload = packet.__class__ is OffloadPacket
+    if offload:  # CHECKSUM_PARTIAL, as tcp_checksum_and_send: the folded pseudo-header sum
+        pseudo = (pseudo & 0xFFFF) + (pseudo >> 16)
+        field = (pseudo & 0xFFFF) + (pseudo >> 16)
+    else:
+        field = 0
+    _FRAME_WITH_TIMESTAMPS.pack_into(
+        packet, 0, entry[0], core.mac, ETHERTYPE_IPV4,
+        0x45, 0, total_len, ident, IP_DF, ip_layer.config.default_ttl, IPPROTO_TCP, ~total & 0xFFFF, src, dst,
+        conn.local_port, conn.remote_port, seq & _MASK, rcv_nxt & _MASK, 0x80, flags, wire_window, field, 0,
+        0x0101080A, (int(now * 1000) + conn.ts_offset) & _MASK, conn.ts_recent & _MASK,
+    )  # fmt: skip
+    if not offload:
+        field = ~sum16(packet, FRAME_HEADROOM, tcp_len, pseudo) & 0xFFFF
+        packet[FRAME_HEADROOM + 16] = field >> 8
+        packet[FRAME_HEADROOM + 17] = field & 0xFF
+    conn.stats.segments_sent += 1
+    ip_layer.stats.sent += 1
+    outbox.append(packet if offload else bytes(packet))
+    core.stats_ether.sent += 1
+    return True
 
 
 def _checksum_and_send(self: TcpConnection, packet: bytearray, tcp_len: int, now: float) -> None:
