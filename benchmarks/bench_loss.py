@@ -57,6 +57,7 @@ STACK_COUNTERS = (
     "recovery_episodes",
     "rack_retransmits",
     "tlp_probes",
+    "recovery_probes",
     "lost_retransmits",
     "spurious_rto_undos",
 )

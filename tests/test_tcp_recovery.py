@@ -95,6 +95,21 @@ def test_lost_retransmission_is_detected_and_sent_again() -> None:
     assert log.next_lost(0) == 0
 
 
+def test_the_probe_in_recovery_picks_the_newest_segment_in_flight() -> None:
+    """What a probe in recovery resends: the entry sent last that is neither SACKed nor lost
+    and waiting -- the retransmission here, not the newer-numbered lost data behind it."""
+    log = SentLog()
+    for i in range(4):
+        log.sent(1000 * i, 1000 * (i + 1), 1.0)
+    log.sacked([(3000, 4000)], now=1.1, tsecr_time=-1.0)
+    log.detect_lost(now=1.1, reo_wnd=0.0)  # 0-3000 lost
+    assert log.newest_in_flight() == -1  # nothing in flight: SACKed, or lost and waiting
+    log.sent(0, 1000, 1.1)  # the first one retransmitted; 1000-3000 wait (PRR)
+    assert log.span(log.newest_in_flight()) == (0, 1000, LOST | RETRANS)
+    log.sent(1000, 2000, 1.2)
+    assert log.span(log.newest_in_flight())[:2] == (1000, 2000)
+
+
 def test_an_ack_for_the_original_does_not_count_as_the_retransmission_delivered() -> None:
     """RFC 8985 6.2 step 2: the timestamp echoed is older than the retransmission."""
     log = SentLog()
@@ -304,6 +319,58 @@ async def test_tail_loss_is_repaired_by_the_probe(autojump_clock: trio.testing.M
         await server.aclose()
 
 
+def drop_twice(n: int) -> Callable[[bytes], bool]:
+    """Loses the ``n``-th data segment sent (1-based) and the first retransmission of it."""
+    count = 0
+    seq = -1
+    drops = 0
+
+    def drop(frame: bytes) -> bool:
+        nonlocal count, seq, drops
+        segment = tcp_segment(frame)
+        if segment is None or not segment.payload_len:
+            return False
+        count += 1
+        if count == n:
+            seq = segment.seq
+        if segment.seq == seq and drops < 2:
+            drops += 1
+            return True
+        return False
+
+    return drop
+
+
+@pytest.mark.parametrize("rack", [True, False], ids=["rack-tlp", "without"])
+async def test_a_lost_retransmission_with_nothing_after_it_is_probed(
+    autojump_clock: trio.testing.MockClock, rack: bool
+) -> None:
+    """The fifth of ten segments is lost, and so is its retransmission, the only segment in
+    flight then (everything else is SACKed, nothing new is left to send): no later delivery lets
+    RACK see the retransmission lost.  The probe in recovery sends it again after two SRTT; without
+    RACK only the RTO (200 ms at least) repairs it."""
+    data = make_payload(8, 10 * 1448)
+    async with two_stacks(
+        8, tcp=TcpConfig(rack=rack), wrap_a=lambda port: DropPort(port, drop_twice(5)), latency=0.01
+    ) as (a, b):
+        client, server, _listener = await connected_pair(a, b)
+        start = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send_all_then_eof, client, data)
+            received = await receive_all(server)
+        elapsed = trio.current_time() - start
+        assert received == data
+        stats = tcp_stats(a)
+        if rack:
+            assert (stats.recovery_probes, stats.rto_timeouts, stats.recovery_episodes) == (1, 0, 1)
+            assert elapsed < 0.2
+        else:
+            assert (stats.recovery_probes, stats.rto_timeouts) == (0, 1)
+            assert elapsed > 0.2
+        await client.aclose()
+        await server.aclose()
+
+
 @pytest.mark.parametrize("sack", [True, False], ids=["sack", "no-sack"])
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
 async def test_recovery_needs_far_fewer_timeouts(
@@ -356,6 +423,13 @@ def test_stat_sums_the_recovery_counters_over_cores() -> None:
     def core(**counters: int) -> dict[str, Any]:
         return {"stack": {"tcp": {"counters": counters}}}
 
-    line = _recovery([core(recovery_episodes=2, rack_retransmits=5), core(recovery_episodes=1, tlp_probes=4)])
-    assert line.startswith("3 recovery episodes, 5 RACK retransmissions, 4 tail loss probes, 0 timeouts")
+    line = _recovery(
+        [
+            core(recovery_episodes=2, rack_retransmits=5),
+            core(recovery_episodes=1, tlp_probes=4, recovery_probes=1),
+        ]
+    )
+    assert line.startswith(
+        "3 recovery episodes, 5 RACK retransmissions, 4 tail loss probes, 1 probes in recovery, 0 timeouts"
+    )
     assert line.endswith("0 spurious timeouts undone")

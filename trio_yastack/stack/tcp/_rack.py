@@ -295,6 +295,22 @@ class SentLog:
                 return i
         return -1
 
+    def newest_in_flight(self) -> int:
+        """The index of the entry sent most recently among those still in flight (neither
+        SACKed nor marked lost and waiting); -1 when there is none.  What a probe in recovery
+        sends again (RFC 8985 7.3's "most recently sent segment")."""
+        best = -1
+        newest = -1.0
+        times, flags = self._times, self._flags
+        for index in range(len(flags)):
+            flag = flags[index]
+            if flag & SACKED or flag & (LOST | RETRANS) == LOST:
+                continue
+            if times[index] >= newest:
+                newest = times[index]
+                best = index
+        return best
+
     def span(self, index: int) -> tuple[int, int, int]:
         """``(start, end, flags)`` of the entry at ``index``."""
         return self._starts[index], self._ends[index], self._flags[index]
@@ -380,10 +396,15 @@ def _prr_update(self: TcpConnection, delivered: int) -> None:
 
 
 def _arm_rexmt(self: TcpConnection, now: float) -> None:
-    """Restart the retransmission timer for what is in flight: the tail loss probe's PTO
-    (RFC 8985 7.2) on a RACK connection outside recovery, the RTO otherwise."""
+    """Restart the retransmission timer for what is in flight: on a RACK connection the probe
+    timeout (RFC 8985 7.2) while no probe is outstanding, the RTO otherwise.
+
+    In recovery too, unlike RFC 8985 7.2: there a retransmission that is lost with nothing
+    sent after it (PRR let out only it, the rest of a lost TSO frame waits) leaves RACK nothing
+    delivered later to tell by, and only the RTO -- 200 ms at least, cwnd to one segment --
+    would repair it.  The probe (:func:`_recovery_probe`) asks in two SRTT instead."""
     rack = self.rack
-    if rack is not None and not self.in_recovery and self.srtt and rack.tlp_end < 0:
+    if rack is not None and self.srtt and rack.tlp_end < 0:
         pto = 2 * self.srtt
         if self.snd_max - self.snd_una <= self.mss:
             pto += self.config.delayed_ack or 0.0  # a lone segment's ACK may be delayed
@@ -404,8 +425,11 @@ def _tlp_timeout(self: TcpConnection, now: float) -> None:
     if the windows allow, otherwise the last segment again, so that an ACK with SACK comes back
     and RACK finds the tail's losses without waiting for the RTO; then the RTO is armed."""
     rack = self.rack
-    if rack is None or self.in_recovery or self.snd_max <= self.snd_una:
+    if rack is None or self.snd_max <= self.snd_una:
         self._arm_rexmt_rto(now)
+        return
+    if self.in_recovery:
+        self._recovery_probe(now)
         return
     stats = self.stats
     stats.tlp_probes += 1
@@ -421,6 +445,30 @@ def _tlp_timeout(self: TcpConnection, now: float) -> None:
         stats.tlp_retransmits += 1
         self._retransmit(start if start > self.snd_una else self.snd_una, now)
     rack.tlp_end = self.snd_max
+    self._arm_rexmt_rto(now)
+
+
+def _recovery_probe(self: TcpConnection, now: float) -> None:
+    """The probe timeout fired in recovery: two SRTT without an ACK that advanced.  Send the
+    last segment of what was sent most recently (a retransmission, as a rule) again, outside
+    PRR's budget as a tail loss probe is; its ACK or SACK makes RACK mark what was sent before
+    it and is still missing lost (RFC 8985 6.2: a retransmission too), or shows it arrived.
+    One probe, then the RTO, until the cumulative ACK passes the probe."""
+    rack = self.rack
+    assert rack is not None  # only armed on connections that have one
+    index = rack.newest_in_flight()
+    if index < 0:
+        self._arm_rexmt_rto(now)
+        return
+    start, end, _flags = rack.span(index)
+    if 0 <= self.fin_seq < end:
+        end = self.fin_seq  # the FIN follows the data
+    start = end - self.mss if end - self.mss > start else start
+    if start < self.snd_una:
+        start = self.snd_una
+    self.stats.recovery_probes += 1
+    self._retransmit(start, now, end - start if end > start else None)
+    rack.tlp_end = end if end > self.snd_una else self.snd_una + 1
     self._arm_rexmt_rto(now)
 
 
@@ -440,5 +488,5 @@ def _reo_timeout(self: TcpConnection, now: float) -> None:
     self.rexmt_mode = REXMT_RTO
     self._detect_loss(0, now)
     self.tcp_output(now)
-    if not self.t_rexmt:
-        self._arm_rexmt_rto(now)
+    if not self.t_rexmt and self.snd_max > self.snd_una:
+        self._arm_rexmt(now)  # the probe's timeout if none is out (in recovery too), else the RTO
