@@ -29,6 +29,7 @@ from tcp_sim_helpers import (
     DropPort,
     check_no_internal_errors,
     connected_pair,
+    connection,
     drop_nth_data_segment,
     make_payload,
     receive_all,
@@ -41,6 +42,7 @@ from tcp_sim_helpers import (
 
 from trio_yastack.nic import Port
 from trio_yastack.stack import StackCore, TcpConfig
+from trio_yastack.stack.tcp._cc import INFINITE_SSTHRESH
 from trio_yastack.stack.tcp._rack import LOST, RACKED, RETRANS, SACKED, SentLog
 from trio_yastack.stack.wire import TcpRepr
 
@@ -108,6 +110,36 @@ def test_the_probe_in_recovery_picks_the_newest_segment_in_flight() -> None:
     assert log.span(log.newest_in_flight()) == (0, 1000, LOST | RETRANS)
     log.sent(1000, 2000, 1.2)
     assert log.span(log.newest_in_flight())[:2] == (1000, 2000)
+
+
+def test_a_retransmitted_probe_acked_beyond_without_a_dsack_was_a_real_loss() -> None:
+    """RFC 8985 7.4.2: the episode ends with a loss only on an ACK beyond the probe (one that
+    reaches its end may still be followed by the probe's D-SACK); a probe of new data never."""
+    log = SentLog()
+    log.sent(0, 1000, 1.0)
+    log.sent(1000, 2000, 1.0)
+    log.sent(1000, 2000, 1.1)  # the probe: the last segment again
+    log.tlp_end, log.tlp_retrans, log.tlp_seq = 2000, True, 1000
+    assert log.acked(2000, 1.2, -1.0) is False and log.tlp_end == 2000  # waits
+    log.sent(2000, 3000, 1.2)
+    assert log.acked(3000, 1.3, -1.0) is True and log.tlp_end == -1
+    assert log.acked(3000, 1.3, -1.0) is False  # once
+    log.sent(3000, 4000, 1.4)
+    log.tlp_end, log.tlp_retrans = 4000, False  # a probe of new data
+    assert log.acked(4000, 1.5, -1.0) is False and log.tlp_end == -1
+
+
+def test_a_dsack_of_the_probe_ends_the_episode_without_a_loss() -> None:
+    log = SentLog()
+    log.sent(0, 1000, 1.0)
+    log.sent(0, 1000, 1.1)  # the probe
+    log.tlp_end, log.tlp_retrans, log.tlp_seq = 1000, True, 0
+    log.tlp_dsack([(5000, 6000)], snd_una=1000)  # an ordinary SACK block: no D-SACK
+    assert log.tlp_end == 1000
+    log.tlp_dsack([(0, 1000)], snd_una=1000)  # RFC 2883: below the cumulative ACK
+    assert log.tlp_end == -1 and not log.tlp_retrans
+    log.sent(1000, 2000, 1.2)
+    assert log.acked(2000, 1.3, -1.0) is False
 
 
 def test_an_ack_for_the_original_does_not_count_as_the_retransmission_delivered() -> None:
@@ -367,6 +399,40 @@ async def test_a_lost_retransmission_with_nothing_after_it_is_probed(
         else:
             assert (stats.recovery_probes, stats.rto_timeouts) == (0, 1)
             assert elapsed > 0.2
+        await client.aclose()
+        await server.aclose()
+
+
+@pytest.mark.parametrize("lose", [True, False], ids=["tail-lost", "no-loss"])
+async def test_a_probe_that_repaired_a_loss_reduces_cwnd(
+    autojump_clock: trio.testing.MockClock, lose: bool
+) -> None:
+    """RFC 8985 7.4: the last of ten segments is lost and the probe sends it again; once data
+    sent after it is acknowledged (no D-SACK came), the loss was real and cwnd is reduced, as a
+    fast recovery would have -- without the episode ever entering recovery.  Without the loss,
+    no probe and no reduction."""
+    first, second = make_payload(9, 10 * 1448), make_payload(10, 20 * 1448)
+    drop = drop_nth_data_segment(10) if lose else (lambda frame: False)
+    async with two_stacks(9, wrap_a=lambda port: DropPort(port, drop), latency=0.01) as (a, b):
+        client, server, _listener = await connected_pair(a, b)
+        conn = connection(client)
+        await client.send_all(first)
+        received = b""
+        while len(received) < len(first):
+            received += await server.receive_some(65536)
+        with trio.fail_after(5):
+            while conn.snd_una < conn.snd_max:
+                await trio.sleep(0.001)
+        stats = tcp_stats(a)
+        assert (stats.tlp_retransmits, stats.tlp_loss_recoveries) == ((1, 0) if lose else (0, 0))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send_all_then_eof, client, second)
+            received += await receive_all(server)
+        assert received == first + second
+        stats = tcp_stats(a)
+        assert (stats.tlp_loss_recoveries, stats.recovery_episodes, stats.rto_timeouts) == (int(lose), 0, 0)
+        # slow start ended by the response (CUBIC: ssthresh = 0.7 cwnd), or never
+        assert (conn.cc.ssthresh < INFINITE_SSTHRESH) == lose
         await client.aclose()
         await server.aclose()
 

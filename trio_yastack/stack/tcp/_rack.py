@@ -60,6 +60,8 @@ class SentLog:
         "reordering_seen",
         "rtt",
         "tlp_end",
+        "tlp_retrans",
+        "tlp_seq",
         "xmit_ts",
     )
 
@@ -76,6 +78,8 @@ class SentLog:
         self.min_rtt = 0.0  # the smallest RTT seen (0.0: none yet)
         self.reordering_seen = False  # RACK.reord
         self.tlp_end = -1  # TLP.end_seq: one probe at a time (-1: none outstanding)
+        self.tlp_retrans = False  # TLP.is_retrans: the probe sent old data again (RFC 8985 7.4)
+        self.tlp_seq = 0  # where that retransmitted probe began (to tell its D-SACK)
 
     def __len__(self) -> int:
         return len(self._starts)
@@ -90,6 +94,7 @@ class SentLog:
         self._times.clear()
         self._flags.clear()
         self.tlp_end = -1
+        self.tlp_retrans = False
 
     # -- sending -----------------------------------------------------------------------------
     def sent(self, start: int, end: int, now: float) -> None:
@@ -157,9 +162,15 @@ class SentLog:
             self.end_seq = end
             self.rtt = rtt
 
-    def acked(self, ack: int, now: float, tsecr_time: float) -> None:
+    def acked(self, ack: int, now: float, tsecr_time: float) -> bool:
         """The cumulative ACK reached ``ack``: RACK's update for every entry it completes, and
-        those entries forgotten (the common case of every ACK: one or two entries)."""
+        those entries forgotten (the common case of every ACK: one or two entries).
+
+        True when it ends a probe episode with a real loss (RFC 8985 7.4.2, Linux's
+        tcp_process_tlp_ack): the probe resent old data and an ACK beyond it came with no
+        D-SACK (:meth:`tlp_dsack`) nor a duplicate ACK saying both copies arrived -- so the
+        probe repaired a loss, which calls for a congestion response.  An ACK that reaches
+        the probe's end exactly is not enough: the D-SACK for the probe may still follow."""
         ends = self._ends
         gone = 0
         count = len(ends)
@@ -172,8 +183,27 @@ class SentLog:
             del self._starts[:gone], ends[:gone], self._times[:gone], flags[:gone]
         if ends and self._starts[0] < ack:
             self._starts[0] = ack
-        if 0 <= self.tlp_end <= ack:
+        tlp_end = self.tlp_end
+        if 0 <= tlp_end <= ack:
+            if not self.tlp_retrans:
+                self.tlp_end = -1  # a probe of new data was delivered
+            elif ack > tlp_end:
+                self.tlp_end = -1
+                self.tlp_retrans = False
+                return True
+        return False
+
+    def tlp_dsack(self, blocks: list[tuple[int, int]], snd_una: int) -> None:
+        """An ACK's SACK blocks while a retransmitted probe is outstanding: a D-SACK (RFC 2883:
+        a first block below the cumulative ACK or inside the second) of what the probe sent
+        says the original arrived too -- no loss, the episode ends (RFC 8985 7.4.2)."""
+        if not self.tlp_retrans or not blocks:
+            return
+        left, right = blocks[0]
+        dsack = right <= snd_una or (len(blocks) > 1 and blocks[1][0] <= left and right <= blocks[1][1])
+        if dsack and left < self.tlp_end and right > self.tlp_seq:
             self.tlp_end = -1
+            self.tlp_retrans = False
 
     def sacked(self, blocks: list[tuple[int, int]], now: float, tsecr_time: float) -> int:
         """Mark the entries the SACK ``blocks`` cover; returns the bytes newly SACKed."""
@@ -203,6 +233,7 @@ class SentLog:
         for index in range(len(flags)):
             flags[index] = LOST
         self.tlp_end = -1
+        self.tlp_retrans = False
 
     def undo_lost(self) -> None:
         """F-RTO found the timeout spurious: what it marked lost was not (RFC 5682 3, undo)."""
@@ -373,7 +404,8 @@ def _enter_recovery(self: TcpConnection, now: float) -> None:
     self.recover_fs = in_flight if in_flight > 0 else 1
     rack = self.rack
     if rack is not None:
-        rack.tlp_end = -1
+        rack.tlp_end = -1  # this recovery is the congestion response: none for the probe too
+        rack.tlp_retrans = False
 
 
 def _prr_update(self: TcpConnection, delivered: int) -> None:
@@ -439,11 +471,15 @@ def _tlp_timeout(self: TcpConnection, now: float) -> None:
     if available > 0 and room > 0 and self.snd_nxt == self.snd_max:
         length = min(available, mss, room)
         self._send_data(self.snd_nxt, length, TCP_ACK, now)
+        rack.tlp_retrans = False
     else:
         end = self.snd_max - (1 if 0 <= self.fin_seq < self.snd_max else 0)  # the FIN follows the data
         start = end - mss
+        start = start if start > self.snd_una else self.snd_una
         stats.tlp_retransmits += 1
-        self._retransmit(start if start > self.snd_una else self.snd_una, now)
+        self._retransmit(start, now)
+        rack.tlp_retrans = True  # RFC 8985 7.4.1: TLP.is_retrans, for the loss it may reveal
+        rack.tlp_seq = start
     rack.tlp_end = self.snd_max
     self._arm_rexmt_rto(now)
 
@@ -469,7 +505,20 @@ def _recovery_probe(self: TcpConnection, now: float) -> None:
     self.stats.recovery_probes += 1
     self._retransmit(start, now, end - start if end > start else None)
     rack.tlp_end = end if end > self.snd_una else self.snd_una + 1
+    rack.tlp_retrans = False  # in recovery already: no second congestion response
     self._arm_rexmt_rto(now)
+
+
+def _tlp_loss(self: TcpConnection, now: float) -> None:
+    """RFC 8985 7.4.2: a probe that resent old data repaired a real loss (the ACK went beyond
+    it and no D-SACK came): the congestion response a fast recovery would have had, entered and
+    left at once (Linux's tcp_init_cwnd_reduction, CWR, tcp_end_cwnd_reduction)."""
+    cc = self.cc
+    in_flight = self.snd_max - self.snd_una
+    cwnd = cc.cwnd
+    cc.on_congestion_event(now, cwnd if cwnd > in_flight else in_flight)
+    cc.on_recovery_exit(now)
+    self.stats.tlp_loss_recoveries += 1
 
 
 def _arm_rexmt_rto(self: TcpConnection, now: float) -> None:
