@@ -134,12 +134,47 @@ def test_a_dsack_of_the_probe_ends_the_episode_without_a_loss() -> None:
     log.sent(0, 1000, 1.0)
     log.sent(0, 1000, 1.1)  # the probe
     log.tlp_end, log.tlp_retrans, log.tlp_seq = 1000, True, 0
-    log.tlp_dsack([(5000, 6000)], snd_una=1000)  # an ordinary SACK block: no D-SACK
+    assert log.dsack([(5000, 6000)], snd_una=1000, snd_nxt=6000) is False  # an ordinary SACK block
     assert log.tlp_end == 1000
-    log.tlp_dsack([(0, 1000)], snd_una=1000)  # RFC 2883: below the cumulative ACK
+    assert log.dsack([(0, 1000)], snd_una=1000, snd_nxt=6000) is True  # RFC 2883: below the ACK
     assert log.tlp_end == -1 and not log.tlp_retrans
     log.sent(1000, 2000, 1.2)
     assert log.acked(2000, 1.3, -1.0) is False
+
+
+def test_dsacks_widen_the_reordering_window_once_per_round_trip(monkeypatch: pytest.MonkeyPatch) -> None:
+    """RFC 8985 6.2 step 4: each round trip with a D-SACK adds a quarter of min RTT to the
+    reordering window (a second D-SACK in the same round does not), within SRTT; sixteen
+    recoveries without one bring it back to a quarter of min RTT."""
+    fix_iss(monkeypatch)
+    core = tcp_core()
+    conn, peer = open_active(core)
+    rack = conn.rack
+    assert rack is not None
+    conn.send(bytes(4 * 1448), T0 + 1)
+    segments = peer.receive()
+    start = segments[0].seq
+    mss = len(segments[0].payload)
+    peer.send(ACK, now=T0 + 1.05, ack=seq_add(start, 4 * mss))
+    assert rack.min_rtt == pytest.approx(0.05)
+    conn.send(bytes(2 * 1448), T0 + 1.05)
+    assert len(peer.receive()) == 2  # two segments out: the round trip the D-SACK falls in
+    base = conn._reo_wnd()
+    assert base == pytest.approx(0.05 / 4)
+    dsack = ((start, seq_add(start, mss)),)  # below the cumulative ACK: RFC 2883
+    peer.send(ACK, now=T0 + 1.06, ack=seq_add(start, 4 * mss), sack_blocks=dsack)
+    assert conn._reo_wnd() == pytest.approx(2 * base)
+    peer.send(ACK, now=T0 + 1.07, ack=seq_add(start, 4 * mss), sack_blocks=dsack)
+    assert conn._reo_wnd() == pytest.approx(2 * base)  # the same round trip
+    peer.send(ACK, now=T0 + 1.1, ack=seq_add(start, 6 * mss))  # that round is over
+    peer.send(ACK, now=T0 + 1.11, ack=seq_add(start, 6 * mss), sack_blocks=dsack)
+    assert conn._reo_wnd() == pytest.approx(3 * base)
+    assert conn._reo_wnd() <= conn.srtt
+    for _ in range(15):
+        rack.recovery_ended()
+    assert conn._reo_wnd() == pytest.approx(3 * base)
+    rack.recovery_ended()
+    assert conn._reo_wnd() == pytest.approx(base)
 
 
 def test_an_ack_for_the_original_does_not_count_as_the_retransmission_delivered() -> None:

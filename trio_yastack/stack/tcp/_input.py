@@ -484,8 +484,7 @@ def _process_ack(
         blocks = [(unwrap(left, snd_una), unwrap(right, snd_una)) for left, right in options.sack_blocks]
         newly_sacked = self.scoreboard.update(blocks, snd_una, self.snd_max)
         if rack is not None:
-            if rack.tlp_end >= 0:
-                rack.tlp_dsack(blocks, snd_una)  # RFC 8985 7.4.2: was the probe needed?
+            rack.dsack(blocks, snd_una, self.snd_nxt)  # RFC 8985 6.2 step 4, 7.4.2
             rack.sacked(blocks, now, self._tsecr_time(tsecr, now))
     window_bytes = window << self.snd_scale
     # Window update (RFC 9293: SND.WL1 < SEG.SEQ or (SND.WL1 = SEG.SEQ and SND.WL2 =< SEG.ACK)).
@@ -580,6 +579,8 @@ def _ack_advances(self: TcpConnection, ack: int, tsecr: int, now: float) -> None
             self.in_recovery = False
             self.dupacks = 0
             self.cc.on_recovery_exit(now)
+            if self.rack is not None:
+                self.rack.recovery_ended()  # RFC 8985 6.2 step 4
         else:
             # Partial ACK (RFC 6582 3.2 / RFC 6675): retransmit the next hole at once.
             if not self.sack_on:

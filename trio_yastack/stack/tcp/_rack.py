@@ -38,6 +38,9 @@ LOST = 2
 RETRANS = 4
 RACKED = 8  # marked lost by RACK (for the counters), not by the duplicate-threshold rule
 
+#: RFC 8985 6.2 step 4: recoveries a grown reordering window outlives without a D-SACK
+REO_WND_PERSIST = 16
+
 #: the retransmission timer's three uses, as Linux's icsk_pending (one timer, one deadline)
 REXMT_RTO, REXMT_TLP, REXMT_REO = 0, 1, 2
 
@@ -55,8 +58,11 @@ class SentLog:
         "_flags",
         "_starts",
         "_times",
+        "dsack_round",
         "end_seq",
         "min_rtt",
+        "reo_wnd_mult",
+        "reo_wnd_persist",
         "reordering_seen",
         "rtt",
         "tlp_end",
@@ -77,6 +83,11 @@ class SentLog:
         self.rtt = 0.0  # RACK.rtt: that segment's round trip
         self.min_rtt = 0.0  # the smallest RTT seen (0.0: none yet)
         self.reordering_seen = False  # RACK.reord
+        # RFC 8985 6.2 step 4: the reordering window grows by a quarter of min RTT per round
+        # trip with a D-SACK, and falls back after 16 recoveries without one.
+        self.reo_wnd_mult = 1
+        self.reo_wnd_persist = REO_WND_PERSIST
+        self.dsack_round = -1  # RACK.dsack_round: SND.NXT when the multiplier last grew (-1: none)
         self.tlp_end = -1  # TLP.end_seq: one probe at a time (-1: none outstanding)
         self.tlp_retrans = False  # TLP.is_retrans: the probe sent old data again (RFC 8985 7.4)
         self.tlp_seq = 0  # where that retransmitted probe began (to tell its D-SACK)
@@ -193,17 +204,35 @@ class SentLog:
                 return True
         return False
 
-    def tlp_dsack(self, blocks: list[tuple[int, int]], snd_una: int) -> None:
-        """An ACK's SACK blocks while a retransmitted probe is outstanding: a D-SACK (RFC 2883:
-        a first block below the cumulative ACK or inside the second) of what the probe sent
-        says the original arrived too -- no loss, the episode ends (RFC 8985 7.4.2)."""
-        if not self.tlp_retrans or not blocks:
-            return
+    def dsack(self, blocks: list[tuple[int, int]], snd_una: int, snd_nxt: int) -> bool:
+        """An ACK's SACK ``blocks``: is the first a D-SACK (RFC 2883: below the cumulative ACK, or
+        inside the second block), a report that something arrived twice?  If so:
+
+        - RFC 8985 6.2 step 4: a retransmission was spurious, the path may reorder more than
+          the window allowed: the multiplier grows, once per round trip (``dsack_round``),
+          within the SRTT cap of :func:`_reo_wnd`;
+        - RFC 8985 7.4.2: if it covers what a retransmitted probe sent, the original arrived
+          too -- no loss, the probe episode ends."""
         left, right = blocks[0]
-        dsack = right <= snd_una or (len(blocks) > 1 and blocks[1][0] <= left and right <= blocks[1][1])
-        if dsack and left < self.tlp_end and right > self.tlp_seq:
+        if not (right <= snd_una or (len(blocks) > 1 and blocks[1][0] <= left and right <= blocks[1][1])):
+            return False
+        if self.dsack_round < 0 or snd_una >= self.dsack_round:
+            self.dsack_round = snd_nxt
+            if self.reo_wnd_mult < 256:
+                self.reo_wnd_mult += 1
+            self.reo_wnd_persist = REO_WND_PERSIST
+        if self.tlp_retrans and left < self.tlp_end and right > self.tlp_seq:
             self.tlp_end = -1
             self.tlp_retrans = False
+        return True
+
+    def recovery_ended(self) -> None:
+        """RFC 8985 6.2 step 4: after ``REO_WND_PERSIST`` recoveries without a D-SACK the
+        reordering window falls back to a quarter of min RTT."""
+        self.reo_wnd_persist -= 1
+        if self.reo_wnd_persist <= 0:
+            self.reo_wnd_mult = 1
+            self.reo_wnd_persist = REO_WND_PERSIST
 
     def sacked(self, blocks: list[tuple[int, int]], now: float, tsecr_time: float) -> int:
         """Mark the entries the SACK ``blocks`` cover; returns the bytes newly SACKed."""
@@ -350,12 +379,13 @@ class SentLog:
 # -- the connection's side (methods of TcpConnection) ----------------------------------------------
 def _reo_wnd(self: TcpConnection) -> float:
     """RFC 8985 6.2 step 4: no reordering window in recovery, or once DupThresh segments were
-    SACKed, while no reordering was seen; otherwise a quarter of the minimum RTT, at most SRTT."""
+    SACKed, while no reordering was seen; otherwise a quarter of the minimum RTT times the
+    D-SACK multiplier (:meth:`SentLog.dsack`), at most SRTT."""
     rack = self.rack
     assert rack is not None  # only called on connections that have one
     if not rack.reordering_seen and (self.in_recovery or self.scoreboard.sacked_bytes >= 3 * self.mss):
         return 0.0
-    wnd = rack.min_rtt / 4
+    wnd = rack.min_rtt / 4 * rack.reo_wnd_mult
     return wnd if wnd < self.srtt or not self.srtt else self.srtt
 
 
