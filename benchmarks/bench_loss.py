@@ -58,6 +58,7 @@ STACK_COUNTERS = (
     "rack_retransmits",
     "tlp_probes",
     "recovery_probes",
+    "tlp_loss_recoveries",
     "lost_retransmits",
     "spurious_rto_undos",
 )
