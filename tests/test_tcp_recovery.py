@@ -177,6 +177,25 @@ def test_dsacks_widen_the_reordering_window_once_per_round_trip(monkeypatch: pyt
     assert conn._reo_wnd() == pytest.approx(base)
 
 
+def test_the_minimum_rtt_is_the_minimum_of_the_last_ten_seconds() -> None:
+    """Linux's tcp_min_rtt_wlen: after the path's RTT rose from 10 to 50 ms, the reordering
+    window follows within 10 s instead of keeping the 10 ms of the start forever."""
+    log = SentLog()
+    log.sent(0, 1000, 1.0)
+    log.acked(1000, 1.01, -1.0)
+    assert log.min_rtt == pytest.approx(0.01)
+    seq = 1000
+    for second in range(2, 13):  # 50 ms RTT samples, one a second
+        log.sent(seq, seq + 1000, float(second))
+        seq += 1000
+        log.acked(seq, second + 0.05, -1.0)
+        expected = 0.01 if second + 0.05 <= 1.01 + 10.0 else 0.05
+        assert log.min_rtt == pytest.approx(expected), second
+    log.sent(seq, seq + 1000, 13.0)
+    log.acked(seq + 1000, 13.03, -1.0)  # a lower one is taken at once
+    assert log.min_rtt == pytest.approx(0.03)
+
+
 def test_an_ack_for_the_original_does_not_count_as_the_retransmission_delivered() -> None:
     """RFC 8985 6.2 step 2: the timestamp echoed is older than the retransmission."""
     log = SentLog()

@@ -38,6 +38,9 @@ LOST = 2
 RETRANS = 4
 RACKED = 8  # marked lost by RACK (for the counters), not by the duplicate-threshold rule
 
+#: seconds a minimum RTT sample is kept (Linux's net.ipv4.tcp_min_rtt_wlen default)
+MIN_RTT_WINDOW = 10.0
+
 #: RFC 8985 6.2 step 4: recoveries a grown reordering window outlives without a D-SACK
 REO_WND_PERSIST = 16
 
@@ -61,6 +64,7 @@ class SentLog:
         "dsack_round",
         "end_seq",
         "min_rtt",
+        "min_rtt_expiry",
         "reo_wnd_mult",
         "reo_wnd_persist",
         "reordering_seen",
@@ -81,7 +85,8 @@ class SentLog:
         self.xmit_ts = -1.0  # RACK.xmit_ts: when the most recently sent delivered segment was sent
         self.end_seq = 0  # RACK.end_seq
         self.rtt = 0.0  # RACK.rtt: that segment's round trip
-        self.min_rtt = 0.0  # the smallest RTT seen (0.0: none yet)
+        self.min_rtt = 0.0  # the smallest RTT of the last MIN_RTT_WINDOW seconds (0.0: none yet)
+        self.min_rtt_expiry = 0.0  # when that sample leaves the window
         self.reordering_seen = False  # RACK.reord
         # RFC 8985 6.2 step 4: the reordering window grows by a quarter of min RTT per round
         # trip with a D-SACK, and falls back after 16 recoveries without one.
@@ -166,8 +171,13 @@ class SentLog:
                 return
         elif end < self.end_seq and sent_at <= self.xmit_ts:
             self.reordering_seen = True  # never retransmitted, delivered after a later one (6.2 step 3)
-        if rtt >= 0.0 and (self.min_rtt == 0.0 or rtt < self.min_rtt):
+        if rtt >= 0.0 and (rtt <= self.min_rtt or self.min_rtt == 0.0 or now > self.min_rtt_expiry):
+            # A windowed minimum (Linux keeps min RTT over 10 s, tcp_min_rtt_wlen): a path whose
+            # RTT rose -- a route change, a standing queue -- gets a reordering window from what
+            # it is now, not from the best it ever was.  Simpler than Linux's minmax: when the
+            # minimum ages out, the next sample starts the window again, and lower ones follow.
             self.min_rtt = rtt
+            self.min_rtt_expiry = now + MIN_RTT_WINDOW
         if sent_at > self.xmit_ts or (sent_at == self.xmit_ts and end > self.end_seq):
             self.xmit_ts = sent_at
             self.end_seq = end
