@@ -57,6 +57,8 @@ STACK_COUNTERS = (
     "recovery_episodes",
     "rack_retransmits",
     "tlp_probes",
+    "recovery_probes",
+    "tlp_loss_recoveries",
     "lost_retransmits",
     "spurious_rto_undos",
 )

@@ -29,6 +29,7 @@ from tcp_sim_helpers import (
     DropPort,
     check_no_internal_errors,
     connected_pair,
+    connection,
     drop_nth_data_segment,
     make_payload,
     receive_all,
@@ -41,6 +42,7 @@ from tcp_sim_helpers import (
 
 from trio_yastack.nic import Port
 from trio_yastack.stack import StackCore, TcpConfig
+from trio_yastack.stack.tcp._cc import INFINITE_SSTHRESH
 from trio_yastack.stack.tcp._rack import LOST, RACKED, RETRANS, SACKED, SentLog
 from trio_yastack.stack.wire import TcpRepr
 
@@ -93,6 +95,105 @@ def test_lost_retransmission_is_detected_and_sent_again() -> None:
     _, lost, lost_rexmit = log.detect_lost(now=1.3, reo_wnd=0.0)
     assert (lost, lost_rexmit) == (1000, 1)  # ... so the retransmission was lost too
     assert log.next_lost(0) == 0
+
+
+def test_the_probe_in_recovery_picks_the_newest_segment_in_flight() -> None:
+    """What a probe in recovery resends: the entry sent last that is neither SACKed nor lost
+    and waiting -- the retransmission here, not the newer-numbered lost data behind it."""
+    log = SentLog()
+    for i in range(4):
+        log.sent(1000 * i, 1000 * (i + 1), 1.0)
+    log.sacked([(3000, 4000)], now=1.1, tsecr_time=-1.0)
+    log.detect_lost(now=1.1, reo_wnd=0.0)  # 0-3000 lost
+    assert log.newest_in_flight() == -1  # nothing in flight: SACKed, or lost and waiting
+    log.sent(0, 1000, 1.1)  # the first one retransmitted; 1000-3000 wait (PRR)
+    assert log.span(log.newest_in_flight()) == (0, 1000, LOST | RETRANS)
+    log.sent(1000, 2000, 1.2)
+    assert log.span(log.newest_in_flight())[:2] == (1000, 2000)
+
+
+def test_a_retransmitted_probe_acked_beyond_without_a_dsack_was_a_real_loss() -> None:
+    """RFC 8985 7.4.2: the episode ends with a loss only on an ACK beyond the probe (one that
+    reaches its end may still be followed by the probe's D-SACK); a probe of new data never."""
+    log = SentLog()
+    log.sent(0, 1000, 1.0)
+    log.sent(1000, 2000, 1.0)
+    log.sent(1000, 2000, 1.1)  # the probe: the last segment again
+    log.tlp_end, log.tlp_retrans, log.tlp_seq = 2000, True, 1000
+    assert log.acked(2000, 1.2, -1.0) is False and log.tlp_end == 2000  # waits
+    log.sent(2000, 3000, 1.2)
+    assert log.acked(3000, 1.3, -1.0) is True and log.tlp_end == -1
+    assert log.acked(3000, 1.3, -1.0) is False  # once
+    log.sent(3000, 4000, 1.4)
+    log.tlp_end, log.tlp_retrans = 4000, False  # a probe of new data
+    assert log.acked(4000, 1.5, -1.0) is False and log.tlp_end == -1
+
+
+def test_a_dsack_of_the_probe_ends_the_episode_without_a_loss() -> None:
+    log = SentLog()
+    log.sent(0, 1000, 1.0)
+    log.sent(0, 1000, 1.1)  # the probe
+    log.tlp_end, log.tlp_retrans, log.tlp_seq = 1000, True, 0
+    assert log.dsack([(5000, 6000)], snd_una=1000, snd_nxt=6000) is False  # an ordinary SACK block
+    assert log.tlp_end == 1000
+    assert log.dsack([(0, 1000)], snd_una=1000, snd_nxt=6000) is True  # RFC 2883: below the ACK
+    assert log.tlp_end == -1 and not log.tlp_retrans
+    log.sent(1000, 2000, 1.2)
+    assert log.acked(2000, 1.3, -1.0) is False
+
+
+def test_dsacks_widen_the_reordering_window_once_per_round_trip(monkeypatch: pytest.MonkeyPatch) -> None:
+    """RFC 8985 6.2 step 4: each round trip with a D-SACK adds a quarter of min RTT to the
+    reordering window (a second D-SACK in the same round does not), within SRTT; sixteen
+    recoveries without one bring it back to a quarter of min RTT."""
+    fix_iss(monkeypatch)
+    core = tcp_core()
+    conn, peer = open_active(core)
+    rack = conn.rack
+    assert rack is not None
+    conn.send(bytes(4 * 1448), T0 + 1)
+    segments = peer.receive()
+    start = segments[0].seq
+    mss = len(segments[0].payload)
+    peer.send(ACK, now=T0 + 1.05, ack=seq_add(start, 4 * mss))
+    assert rack.min_rtt == pytest.approx(0.05)
+    conn.send(bytes(2 * 1448), T0 + 1.05)
+    assert len(peer.receive()) == 2  # two segments out: the round trip the D-SACK falls in
+    base = conn._reo_wnd()
+    assert base == pytest.approx(0.05 / 4)
+    dsack = ((start, seq_add(start, mss)),)  # below the cumulative ACK: RFC 2883
+    peer.send(ACK, now=T0 + 1.06, ack=seq_add(start, 4 * mss), sack_blocks=dsack)
+    assert conn._reo_wnd() == pytest.approx(2 * base)
+    peer.send(ACK, now=T0 + 1.07, ack=seq_add(start, 4 * mss), sack_blocks=dsack)
+    assert conn._reo_wnd() == pytest.approx(2 * base)  # the same round trip
+    peer.send(ACK, now=T0 + 1.1, ack=seq_add(start, 6 * mss))  # that round is over
+    peer.send(ACK, now=T0 + 1.11, ack=seq_add(start, 6 * mss), sack_blocks=dsack)
+    assert conn._reo_wnd() == pytest.approx(3 * base)
+    assert conn._reo_wnd() <= conn.srtt
+    for _ in range(15):
+        rack.recovery_ended()
+    assert conn._reo_wnd() == pytest.approx(3 * base)
+    rack.recovery_ended()
+    assert conn._reo_wnd() == pytest.approx(base)
+
+
+def test_the_minimum_rtt_is_the_minimum_of_the_last_ten_seconds() -> None:
+    """Linux's tcp_min_rtt_wlen: after the path's RTT rose from 10 to 50 ms, the reordering
+    window follows within 10 s instead of keeping the 10 ms of the start forever."""
+    log = SentLog()
+    log.sent(0, 1000, 1.0)
+    log.acked(1000, 1.01, -1.0)
+    assert log.min_rtt == pytest.approx(0.01)
+    seq = 1000
+    for second in range(2, 13):  # 50 ms RTT samples, one a second
+        log.sent(seq, seq + 1000, float(second))
+        seq += 1000
+        log.acked(seq, second + 0.05, -1.0)
+        expected = 0.01 if second + 0.05 <= 1.01 + 10.0 else 0.05
+        assert log.min_rtt == pytest.approx(expected), second
+    log.sent(seq, seq + 1000, 13.0)
+    log.acked(seq + 1000, 13.03, -1.0)  # a lower one is taken at once
+    assert log.min_rtt == pytest.approx(0.03)
 
 
 def test_an_ack_for_the_original_does_not_count_as_the_retransmission_delivered() -> None:
@@ -304,6 +405,92 @@ async def test_tail_loss_is_repaired_by_the_probe(autojump_clock: trio.testing.M
         await server.aclose()
 
 
+def drop_twice(n: int) -> Callable[[bytes], bool]:
+    """Loses the ``n``-th data segment sent (1-based) and the first retransmission of it."""
+    count = 0
+    seq = -1
+    drops = 0
+
+    def drop(frame: bytes) -> bool:
+        nonlocal count, seq, drops
+        segment = tcp_segment(frame)
+        if segment is None or not segment.payload_len:
+            return False
+        count += 1
+        if count == n:
+            seq = segment.seq
+        if segment.seq == seq and drops < 2:
+            drops += 1
+            return True
+        return False
+
+    return drop
+
+
+@pytest.mark.parametrize("rack", [True, False], ids=["rack-tlp", "without"])
+async def test_a_lost_retransmission_with_nothing_after_it_is_probed(
+    autojump_clock: trio.testing.MockClock, rack: bool
+) -> None:
+    """The fifth of ten segments is lost, and so is its retransmission, the only segment in
+    flight then (everything else is SACKed, nothing new is left to send): no later delivery lets
+    RACK see the retransmission lost.  The probe in recovery sends it again after two SRTT; without
+    RACK only the RTO (200 ms at least) repairs it."""
+    data = make_payload(8, 10 * 1448)
+    async with two_stacks(
+        8, tcp=TcpConfig(rack=rack), wrap_a=lambda port: DropPort(port, drop_twice(5)), latency=0.01
+    ) as (a, b):
+        client, server, _listener = await connected_pair(a, b)
+        start = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send_all_then_eof, client, data)
+            received = await receive_all(server)
+        elapsed = trio.current_time() - start
+        assert received == data
+        stats = tcp_stats(a)
+        if rack:
+            assert (stats.recovery_probes, stats.rto_timeouts, stats.recovery_episodes) == (1, 0, 1)
+            assert elapsed < 0.2
+        else:
+            assert (stats.recovery_probes, stats.rto_timeouts) == (0, 1)
+            assert elapsed > 0.2
+        await client.aclose()
+        await server.aclose()
+
+
+@pytest.mark.parametrize("lose", [True, False], ids=["tail-lost", "no-loss"])
+async def test_a_probe_that_repaired_a_loss_reduces_cwnd(
+    autojump_clock: trio.testing.MockClock, lose: bool
+) -> None:
+    """RFC 8985 7.4: the last of ten segments is lost and the probe sends it again; once data
+    sent after it is acknowledged (no D-SACK came), the loss was real and cwnd is reduced, as a
+    fast recovery would have -- without the episode ever entering recovery.  Without the loss,
+    no probe and no reduction."""
+    first, second = make_payload(9, 10 * 1448), make_payload(10, 20 * 1448)
+    drop = drop_nth_data_segment(10) if lose else (lambda frame: False)
+    async with two_stacks(9, wrap_a=lambda port: DropPort(port, drop), latency=0.01) as (a, b):
+        client, server, _listener = await connected_pair(a, b)
+        conn = connection(client)
+        await client.send_all(first)
+        received = b""
+        while len(received) < len(first):
+            received += await server.receive_some(65536)
+        with trio.fail_after(5):
+            while conn.snd_una < conn.snd_max:
+                await trio.sleep(0.001)
+        stats = tcp_stats(a)
+        assert (stats.tlp_retransmits, stats.tlp_loss_recoveries) == ((1, 0) if lose else (0, 0))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send_all_then_eof, client, second)
+            received += await receive_all(server)
+        assert received == first + second
+        stats = tcp_stats(a)
+        assert (stats.tlp_loss_recoveries, stats.recovery_episodes, stats.rto_timeouts) == (int(lose), 0, 0)
+        # slow start ended by the response (CUBIC: ssthresh = 0.7 cwnd), or never
+        assert (conn.cc.ssthresh < INFINITE_SSTHRESH) == lose
+        await client.aclose()
+        await server.aclose()
+
+
 @pytest.mark.parametrize("sack", [True, False], ids=["sack", "no-sack"])
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
 async def test_recovery_needs_far_fewer_timeouts(
@@ -356,6 +543,13 @@ def test_stat_sums_the_recovery_counters_over_cores() -> None:
     def core(**counters: int) -> dict[str, Any]:
         return {"stack": {"tcp": {"counters": counters}}}
 
-    line = _recovery([core(recovery_episodes=2, rack_retransmits=5), core(recovery_episodes=1, tlp_probes=4)])
-    assert line.startswith("3 recovery episodes, 5 RACK retransmissions, 4 tail loss probes, 0 timeouts")
+    line = _recovery(
+        [
+            core(recovery_episodes=2, rack_retransmits=5),
+            core(recovery_episodes=1, tlp_probes=4, recovery_probes=1),
+        ]
+    )
+    assert line.startswith(
+        "3 recovery episodes, 5 RACK retransmissions, 4 tail loss probes, 1 probes in recovery, 0 timeouts"
+    )
     assert line.endswith("0 spurious timeouts undone")

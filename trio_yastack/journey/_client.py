@@ -386,6 +386,7 @@ RECOVERY_COUNTERS = (
     ("recovery_episodes", "recovery episodes"),
     ("rack_retransmits", "RACK retransmissions"),
     ("tlp_probes", "tail loss probes"),
+    ("recovery_probes", "probes in recovery"),
     ("rto_timeouts", "timeouts"),
     ("rto_retransmits", "RTO retransmissions"),
     ("lost_retransmits", "lost retransmissions"),

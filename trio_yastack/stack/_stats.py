@@ -165,6 +165,8 @@ class TcpStats(_Counters):
     rack_retransmits: int = 0  # segments sent again because RACK found them lost by time
     tlp_probes: int = 0  # tail loss probes sent (RFC 8985 7)
     tlp_retransmits: int = 0  # ... of which were the last segment sent again
+    tlp_loss_recoveries: int = 0  # probes that repaired a real loss: cwnd reduced (RFC 8985 7.4)
+    recovery_probes: int = 0  # probes in recovery: the newest retransmission's last segment again
     rto_retransmits: int = 0  # segments sent again because of a retransmission timeout
     lost_retransmits: int = 0  # retransmissions RACK found lost in their turn
     spurious_rto_undos: int = 0  # timeouts F-RTO (RFC 5682) found spurious and undid

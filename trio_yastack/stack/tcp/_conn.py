@@ -446,6 +446,8 @@ class TcpConnection:
     _arm_rexmt = _rack._arm_rexmt
     _arm_rexmt_rto = _rack._arm_rexmt_rto
     _tlp_timeout = _rack._tlp_timeout
+    _recovery_probe = _rack._recovery_probe
+    _tlp_loss = _rack._tlp_loss
     _reo_timeout = _rack._reo_timeout
     _data_arrives = _input._data_arrives
     _fin_arrives = _input._fin_arrives

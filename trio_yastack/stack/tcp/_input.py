@@ -484,6 +484,7 @@ def _process_ack(
         blocks = [(unwrap(left, snd_una), unwrap(right, snd_una)) for left, right in options.sack_blocks]
         newly_sacked = self.scoreboard.update(blocks, snd_una, self.snd_max)
         if rack is not None:
+            rack.dsack(blocks, snd_una, self.snd_nxt)  # RFC 8985 6.2 step 4, 7.4.2
             rack.sacked(blocks, now, self._tsecr_time(tsecr, now))
     window_bytes = window << self.snd_scale
     # Window update (RFC 9293: SND.WL1 < SEG.SEQ or (SND.WL1 = SEG.SEQ and SND.WL2 =< SEG.ACK)).
@@ -501,16 +502,22 @@ def _process_ack(
     duplicate = False
     if ack > snd_una:
         self._ack_advances(ack, tsecr, now)
-    elif pure and not window_changed and self.snd_max > snd_una:
-        # ack == snd_una: a duplicate ACK in RFC 5681's sense
-        duplicate = True
-        self.stats.duplicate_acks += 1
-        self.dupacks += 1
-        if self.frto:
-            self._frto_dupack(now)
-        if rack is None:
-            self._on_duplicate_ack(now)
-            return
+    elif pure and not window_changed:
+        if rack is not None and rack.tlp_end == ack and not newly_sacked:
+            # RFC 8985 7.4.2 (Linux's tcp_process_tlp_ack): the retransmitted probe's own ACK
+            # acknowledges nothing new -- the original had arrived, the probe was a duplicate.
+            rack.tlp_end = -1
+            rack.tlp_retrans = False
+        if self.snd_max > snd_una:
+            # ack == snd_una: a duplicate ACK in RFC 5681's sense
+            duplicate = True
+            self.stats.duplicate_acks += 1
+            self.dupacks += 1
+            if self.frto:
+                self._frto_dupack(now)
+            if rack is None:
+                self._on_duplicate_ack(now)
+                return
     if rack is not None and (has_sack or self.in_recovery) and self.state != CLOSED:
         self._detect_loss(ack - snd_una + newly_sacked if ack > snd_una else newly_sacked, now)
         if duplicate and not self.in_recovery:
@@ -558,8 +565,9 @@ def _ack_advances(self: TcpConnection, ack: int, tsecr: int, now: float) -> None
     if self.sack_on:
         self.scoreboard.advance(ack)
         rack = self.rack
-        if rack is not None:
-            rack.acked(ack, now, tsecr_time)  # RFC 8985 6.2: RACK's delivery update
+        # RFC 8985 6.2: RACK's delivery update, which may end a probe episode with a real loss (7.4)
+        if rack is not None and rack.acked(ack, now, tsecr_time):
+            self._tlp_loss(now)
     data_acked = acked - (1 if syn_acked else 0)
     if self.fin_seq >= 0 and ack > self.fin_seq:
         data_acked -= 1
@@ -571,6 +579,8 @@ def _ack_advances(self: TcpConnection, ack: int, tsecr: int, now: float) -> None
             self.in_recovery = False
             self.dupacks = 0
             self.cc.on_recovery_exit(now)
+            if self.rack is not None:
+                self.rack.recovery_ended()  # RFC 8985 6.2 step 4
         else:
             # Partial ACK (RFC 6582 3.2 / RFC 6675): retransmit the next hole at once.
             if not self.sack_on:

@@ -38,6 +38,12 @@ LOST = 2
 RETRANS = 4
 RACKED = 8  # marked lost by RACK (for the counters), not by the duplicate-threshold rule
 
+#: seconds a minimum RTT sample is kept (Linux's net.ipv4.tcp_min_rtt_wlen default)
+MIN_RTT_WINDOW = 10.0
+
+#: RFC 8985 6.2 step 4: recoveries a grown reordering window outlives without a D-SACK
+REO_WND_PERSIST = 16
+
 #: the retransmission timer's three uses, as Linux's icsk_pending (one timer, one deadline)
 REXMT_RTO, REXMT_TLP, REXMT_REO = 0, 1, 2
 
@@ -55,11 +61,17 @@ class SentLog:
         "_flags",
         "_starts",
         "_times",
+        "dsack_round",
         "end_seq",
         "min_rtt",
+        "min_rtt_expiry",
+        "reo_wnd_mult",
+        "reo_wnd_persist",
         "reordering_seen",
         "rtt",
         "tlp_end",
+        "tlp_retrans",
+        "tlp_seq",
         "xmit_ts",
     )
 
@@ -73,9 +85,17 @@ class SentLog:
         self.xmit_ts = -1.0  # RACK.xmit_ts: when the most recently sent delivered segment was sent
         self.end_seq = 0  # RACK.end_seq
         self.rtt = 0.0  # RACK.rtt: that segment's round trip
-        self.min_rtt = 0.0  # the smallest RTT seen (0.0: none yet)
+        self.min_rtt = 0.0  # the smallest RTT of the last MIN_RTT_WINDOW seconds (0.0: none yet)
+        self.min_rtt_expiry = 0.0  # when that sample leaves the window
         self.reordering_seen = False  # RACK.reord
+        # RFC 8985 6.2 step 4: the reordering window grows by a quarter of min RTT per round
+        # trip with a D-SACK, and falls back after 16 recoveries without one.
+        self.reo_wnd_mult = 1
+        self.reo_wnd_persist = REO_WND_PERSIST
+        self.dsack_round = -1  # RACK.dsack_round: SND.NXT when the multiplier last grew (-1: none)
         self.tlp_end = -1  # TLP.end_seq: one probe at a time (-1: none outstanding)
+        self.tlp_retrans = False  # TLP.is_retrans: the probe sent old data again (RFC 8985 7.4)
+        self.tlp_seq = 0  # where that retransmitted probe began (to tell its D-SACK)
 
     def __len__(self) -> int:
         return len(self._starts)
@@ -90,6 +110,7 @@ class SentLog:
         self._times.clear()
         self._flags.clear()
         self.tlp_end = -1
+        self.tlp_retrans = False
 
     # -- sending -----------------------------------------------------------------------------
     def sent(self, start: int, end: int, now: float) -> None:
@@ -150,16 +171,27 @@ class SentLog:
                 return
         elif end < self.end_seq and sent_at <= self.xmit_ts:
             self.reordering_seen = True  # never retransmitted, delivered after a later one (6.2 step 3)
-        if rtt >= 0.0 and (self.min_rtt == 0.0 or rtt < self.min_rtt):
+        if rtt >= 0.0 and (rtt <= self.min_rtt or self.min_rtt == 0.0 or now > self.min_rtt_expiry):
+            # A windowed minimum (Linux keeps min RTT over 10 s, tcp_min_rtt_wlen): a path whose
+            # RTT rose -- a route change, a standing queue -- gets a reordering window from what
+            # it is now, not from the best it ever was.  Simpler than Linux's minmax: when the
+            # minimum ages out, the next sample starts the window again, and lower ones follow.
             self.min_rtt = rtt
+            self.min_rtt_expiry = now + MIN_RTT_WINDOW
         if sent_at > self.xmit_ts or (sent_at == self.xmit_ts and end > self.end_seq):
             self.xmit_ts = sent_at
             self.end_seq = end
             self.rtt = rtt
 
-    def acked(self, ack: int, now: float, tsecr_time: float) -> None:
+    def acked(self, ack: int, now: float, tsecr_time: float) -> bool:
         """The cumulative ACK reached ``ack``: RACK's update for every entry it completes, and
-        those entries forgotten (the common case of every ACK: one or two entries)."""
+        those entries forgotten (the common case of every ACK: one or two entries).
+
+        True when it ends a probe episode with a real loss (RFC 8985 7.4.2, Linux's
+        tcp_process_tlp_ack): the probe resent old data and an ACK beyond it came with no
+        D-SACK (:meth:`tlp_dsack`) nor a duplicate ACK saying both copies arrived -- so the
+        probe repaired a loss, which calls for a congestion response.  An ACK that reaches
+        the probe's end exactly is not enough: the D-SACK for the probe may still follow."""
         ends = self._ends
         gone = 0
         count = len(ends)
@@ -172,8 +204,45 @@ class SentLog:
             del self._starts[:gone], ends[:gone], self._times[:gone], flags[:gone]
         if ends and self._starts[0] < ack:
             self._starts[0] = ack
-        if 0 <= self.tlp_end <= ack:
+        tlp_end = self.tlp_end
+        if 0 <= tlp_end <= ack:
+            if not self.tlp_retrans:
+                self.tlp_end = -1  # a probe of new data was delivered
+            elif ack > tlp_end:
+                self.tlp_end = -1
+                self.tlp_retrans = False
+                return True
+        return False
+
+    def dsack(self, blocks: list[tuple[int, int]], snd_una: int, snd_nxt: int) -> bool:
+        """An ACK's SACK ``blocks``: is the first a D-SACK (RFC 2883: below the cumulative ACK, or
+        inside the second block), a report that something arrived twice?  If so:
+
+        - RFC 8985 6.2 step 4: a retransmission was spurious, the path may reorder more than
+          the window allowed: the multiplier grows, once per round trip (``dsack_round``),
+          within the SRTT cap of :func:`_reo_wnd`;
+        - RFC 8985 7.4.2: if it covers what a retransmitted probe sent, the original arrived
+          too -- no loss, the probe episode ends."""
+        left, right = blocks[0]
+        if not (right <= snd_una or (len(blocks) > 1 and blocks[1][0] <= left and right <= blocks[1][1])):
+            return False
+        if self.dsack_round < 0 or snd_una >= self.dsack_round:
+            self.dsack_round = snd_nxt
+            if self.reo_wnd_mult < 256:
+                self.reo_wnd_mult += 1
+            self.reo_wnd_persist = REO_WND_PERSIST
+        if self.tlp_retrans and left < self.tlp_end and right > self.tlp_seq:
             self.tlp_end = -1
+            self.tlp_retrans = False
+        return True
+
+    def recovery_ended(self) -> None:
+        """RFC 8985 6.2 step 4: after ``REO_WND_PERSIST`` recoveries without a D-SACK the
+        reordering window falls back to a quarter of min RTT."""
+        self.reo_wnd_persist -= 1
+        if self.reo_wnd_persist <= 0:
+            self.reo_wnd_mult = 1
+            self.reo_wnd_persist = REO_WND_PERSIST
 
     def sacked(self, blocks: list[tuple[int, int]], now: float, tsecr_time: float) -> int:
         """Mark the entries the SACK ``blocks`` cover; returns the bytes newly SACKed."""
@@ -203,6 +272,7 @@ class SentLog:
         for index in range(len(flags)):
             flags[index] = LOST
         self.tlp_end = -1
+        self.tlp_retrans = False
 
     def undo_lost(self) -> None:
         """F-RTO found the timeout spurious: what it marked lost was not (RFC 5682 3, undo)."""
@@ -295,6 +365,22 @@ class SentLog:
                 return i
         return -1
 
+    def newest_in_flight(self) -> int:
+        """The index of the entry sent most recently among those still in flight (neither
+        SACKed nor marked lost and waiting); -1 when there is none.  What a probe in recovery
+        sends again (RFC 8985 7.3's "most recently sent segment")."""
+        best = -1
+        newest = -1.0
+        times, flags = self._times, self._flags
+        for index in range(len(flags)):
+            flag = flags[index]
+            if flag & SACKED or flag & (LOST | RETRANS) == LOST:
+                continue
+            if times[index] >= newest:
+                newest = times[index]
+                best = index
+        return best
+
     def span(self, index: int) -> tuple[int, int, int]:
         """``(start, end, flags)`` of the entry at ``index``."""
         return self._starts[index], self._ends[index], self._flags[index]
@@ -303,12 +389,13 @@ class SentLog:
 # -- the connection's side (methods of TcpConnection) ----------------------------------------------
 def _reo_wnd(self: TcpConnection) -> float:
     """RFC 8985 6.2 step 4: no reordering window in recovery, or once DupThresh segments were
-    SACKed, while no reordering was seen; otherwise a quarter of the minimum RTT, at most SRTT."""
+    SACKed, while no reordering was seen; otherwise a quarter of the minimum RTT times the
+    D-SACK multiplier (:meth:`SentLog.dsack`), at most SRTT."""
     rack = self.rack
     assert rack is not None  # only called on connections that have one
     if not rack.reordering_seen and (self.in_recovery or self.scoreboard.sacked_bytes >= 3 * self.mss):
         return 0.0
-    wnd = rack.min_rtt / 4
+    wnd = rack.min_rtt / 4 * rack.reo_wnd_mult
     return wnd if wnd < self.srtt or not self.srtt else self.srtt
 
 
@@ -357,7 +444,8 @@ def _enter_recovery(self: TcpConnection, now: float) -> None:
     self.recover_fs = in_flight if in_flight > 0 else 1
     rack = self.rack
     if rack is not None:
-        rack.tlp_end = -1
+        rack.tlp_end = -1  # this recovery is the congestion response: none for the probe too
+        rack.tlp_retrans = False
 
 
 def _prr_update(self: TcpConnection, delivered: int) -> None:
@@ -380,10 +468,15 @@ def _prr_update(self: TcpConnection, delivered: int) -> None:
 
 
 def _arm_rexmt(self: TcpConnection, now: float) -> None:
-    """Restart the retransmission timer for what is in flight: the tail loss probe's PTO
-    (RFC 8985 7.2) on a RACK connection outside recovery, the RTO otherwise."""
+    """Restart the retransmission timer for what is in flight: on a RACK connection the probe
+    timeout (RFC 8985 7.2) while no probe is outstanding, the RTO otherwise.
+
+    In recovery too, unlike RFC 8985 7.2: there a retransmission that is lost with nothing
+    sent after it (PRR let out only it, the rest of a lost TSO frame waits) leaves RACK nothing
+    delivered later to tell by, and only the RTO -- 200 ms at least, cwnd to one segment --
+    would repair it.  The probe (:func:`_recovery_probe`) asks in two SRTT instead."""
     rack = self.rack
-    if rack is not None and not self.in_recovery and self.srtt and rack.tlp_end < 0:
+    if rack is not None and self.srtt and rack.tlp_end < 0:
         pto = 2 * self.srtt
         if self.snd_max - self.snd_una <= self.mss:
             pto += self.config.delayed_ack or 0.0  # a lone segment's ACK may be delayed
@@ -404,8 +497,11 @@ def _tlp_timeout(self: TcpConnection, now: float) -> None:
     if the windows allow, otherwise the last segment again, so that an ACK with SACK comes back
     and RACK finds the tail's losses without waiting for the RTO; then the RTO is armed."""
     rack = self.rack
-    if rack is None or self.in_recovery or self.snd_max <= self.snd_una:
+    if rack is None or self.snd_max <= self.snd_una:
         self._arm_rexmt_rto(now)
+        return
+    if self.in_recovery:
+        self._recovery_probe(now)
         return
     stats = self.stats
     stats.tlp_probes += 1
@@ -415,13 +511,54 @@ def _tlp_timeout(self: TcpConnection, now: float) -> None:
     if available > 0 and room > 0 and self.snd_nxt == self.snd_max:
         length = min(available, mss, room)
         self._send_data(self.snd_nxt, length, TCP_ACK, now)
+        rack.tlp_retrans = False
     else:
         end = self.snd_max - (1 if 0 <= self.fin_seq < self.snd_max else 0)  # the FIN follows the data
         start = end - mss
+        start = start if start > self.snd_una else self.snd_una
         stats.tlp_retransmits += 1
-        self._retransmit(start if start > self.snd_una else self.snd_una, now)
+        self._retransmit(start, now)
+        rack.tlp_retrans = True  # RFC 8985 7.4.1: TLP.is_retrans, for the loss it may reveal
+        rack.tlp_seq = start
     rack.tlp_end = self.snd_max
     self._arm_rexmt_rto(now)
+
+
+def _recovery_probe(self: TcpConnection, now: float) -> None:
+    """The probe timeout fired in recovery: two SRTT without an ACK that advanced.  Send the
+    last segment of what was sent most recently (a retransmission, as a rule) again, outside
+    PRR's budget as a tail loss probe is; its ACK or SACK makes RACK mark what was sent before
+    it and is still missing lost (RFC 8985 6.2: a retransmission too), or shows it arrived.
+    One probe, then the RTO, until the cumulative ACK passes the probe."""
+    rack = self.rack
+    assert rack is not None  # only armed on connections that have one
+    index = rack.newest_in_flight()
+    if index < 0:
+        self._arm_rexmt_rto(now)
+        return
+    start, end, _flags = rack.span(index)
+    if 0 <= self.fin_seq < end:
+        end = self.fin_seq  # the FIN follows the data
+    start = end - self.mss if end - self.mss > start else start
+    if start < self.snd_una:
+        start = self.snd_una
+    self.stats.recovery_probes += 1
+    self._retransmit(start, now, end - start if end > start else None)
+    rack.tlp_end = end if end > self.snd_una else self.snd_una + 1
+    rack.tlp_retrans = False  # in recovery already: no second congestion response
+    self._arm_rexmt_rto(now)
+
+
+def _tlp_loss(self: TcpConnection, now: float) -> None:
+    """RFC 8985 7.4.2: a probe that resent old data repaired a real loss (the ACK went beyond
+    it and no D-SACK came): the congestion response a fast recovery would have had, entered and
+    left at once (Linux's tcp_init_cwnd_reduction, CWR, tcp_end_cwnd_reduction)."""
+    cc = self.cc
+    in_flight = self.snd_max - self.snd_una
+    cwnd = cc.cwnd
+    cc.on_congestion_event(now, cwnd if cwnd > in_flight else in_flight)
+    cc.on_recovery_exit(now)
+    self.stats.tlp_loss_recoveries += 1
 
 
 def _arm_rexmt_rto(self: TcpConnection, now: float) -> None:
@@ -440,5 +577,5 @@ def _reo_timeout(self: TcpConnection, now: float) -> None:
     self.rexmt_mode = REXMT_RTO
     self._detect_loss(0, now)
     self.tcp_output(now)
-    if not self.t_rexmt:
-        self._arm_rexmt_rto(now)
+    if not self.t_rexmt and self.snd_max > self.snd_una:
+        self._arm_rexmt(now)  # the probe's timeout if none is out (in recovery too), else the RTO
