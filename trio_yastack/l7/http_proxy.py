@@ -369,6 +369,11 @@ class HttpConnectionManagerRuntime:
             while True:
                 keep_going = await self._serve_one(ds)
                 if not keep_going or ds.h11.our_state is not h11.DONE or ds.h11.their_state is not h11.DONE:
+                    if keep_going and ds.h11.our_state is h11.DONE and ds.h11.their_state is h11.SEND_BODY:
+                        # Answered (a local reply) before the request's body was read: closing now,
+                        # with that body unread, would reset the connection and could destroy the
+                        # answer in the client's receive buffer.
+                        await _linger(ds)
                     break
                 ds.h11.start_next_cycle()
         except _NETWORK_ERRORS:
