@@ -3,14 +3,21 @@ replaced slower library calls (``_uuid4``, ``_reason``): each holds to what it r
 
 from __future__ import annotations
 
+import contextlib
 import random
+import socket
 import uuid
+from functools import partial
 from http import HTTPStatus
+from typing import Any
 
+import h11
 import pytest
 import trio
 import trio.testing
+from proxy_helpers import bootstrap, cluster, hcm, http_listener, running_proxy
 
+from trio_yastack.l7 import http_proxy, upstream
 from trio_yastack.l7._kernel_io import kernel_socket, receive_some, send_all
 from trio_yastack.l7.http_proxy import _reason, _uuid4
 
@@ -131,3 +138,77 @@ def test_reason_is_httpstatus_phrase() -> None:
         except ValueError:
             expected = b""
         assert _reason(status) == expected
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+async def test_the_proxy_on_kernel_sockets_does_its_io_through_kernel_io(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Both legs on loopback kernel sockets: every request's four system calls go through
+    # _kernel_io (counted here), and keep-alive holds on both sides.
+    calls = {"send": 0, "receive": 0}
+
+    def counted(name: str, fn: Any) -> Any:
+        async def wrapper(*args: Any) -> Any:
+            calls[name] += 1
+            return await fn(*args)
+
+        return wrapper
+
+    for module in (http_proxy, upstream):
+        monkeypatch.setattr(module, "send_all", counted("send", module.send_all))
+        monkeypatch.setattr(module, "receive_some", counted("receive", module.receive_some))
+    backend_port, proxy_port = _free_port(), _free_port()
+    backend_connections = 0
+
+    async def backend(stream: trio.SocketStream) -> None:
+        nonlocal backend_connections
+        backend_connections += 1
+        buffer = b""
+        with contextlib.suppress(trio.BrokenResourceError):
+            while True:
+                while b"\r\n\r\n" not in buffer:
+                    data = await stream.receive_some(65536)
+                    if not data:
+                        return
+                    buffer += data
+                _head, _, buffer = buffer.partition(b"\r\n\r\n")
+                await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nhello\n")
+
+    config = bootstrap(
+        [http_listener(hcm(), port=proxy_port, address="127.0.0.1")],
+        [cluster("app", [backend_port], address="127.0.0.1")],
+    )
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(partial(trio.serve_tcp, backend, backend_port, host="127.0.0.1"))
+            async with running_proxy(config, None):
+                client = await trio.open_tcp_stream("127.0.0.1", proxy_port)
+                async with client:
+                    conn = h11.Connection(h11.CLIENT)
+                    for _ in range(3):
+                        request = h11.Request(method="GET", target="/", headers=[("host", "example")])
+                        await client.send_all(conn.send(request) + conn.send(h11.EndOfMessage()))
+                        body = b""
+                        while True:
+                            event = conn.next_event()
+                            if event is h11.NEED_DATA:
+                                conn.receive_data(await client.receive_some(65536))
+                            elif isinstance(event, h11.Response):
+                                assert event.status_code == 200
+                            elif isinstance(event, h11.Data):
+                                body += event.data
+                            elif isinstance(event, h11.EndOfMessage):
+                                break
+                        assert body == b"hello\n"
+                        conn.start_next_cycle()
+            nursery.cancel_scope.cancel()
+    assert backend_connections == 1  # the upstream connection was pooled and reused
+    assert calls["send"] >= 6  # a request out and a response out per request
+    assert calls["receive"] >= 6  # a request in and a response in per request

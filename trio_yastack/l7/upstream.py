@@ -735,6 +735,7 @@ class ClusterRuntime:
         conn = UpstreamConnection(_PENDING_STREAM, host)
         try:
             conn.stream = await self._open_stream(host)
+            conn.raw = kernel_socket(conn.stream)
         except BaseException:
             conn.closed = True
             self.connection_closed(conn)
