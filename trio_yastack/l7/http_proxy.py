@@ -56,7 +56,6 @@ from __future__ import annotations
 import contextlib
 import random
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -69,6 +68,7 @@ import trio
 from trio_yastack._trio_helpers import lingering_close, unwrap_single_exception
 
 from ._heads import request_head, response_head
+from ._kernel_io import kernel_socket, receive_some, send_all
 from .access_log import AccessLogger, AccessRecord
 from .config import DirectResponse, HttpConnectionManager, RetryPolicy, Route, RouteAction, RuntimeValue
 from .filters import GzipStream, HttpFilterChain, RequestView, sample, start_compression
@@ -95,6 +95,7 @@ LINGER_SECONDS = 2.0
 LINGER_BYTES = 1024 * 1024
 SERVER = b"trio_yastack"
 _NETWORK_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
+_EOM = h11.EndOfMessage()  # frozen: one for every message without trailers, none built per request
 
 
 def _no_runtime(key: str) -> RuntimeValue:
@@ -135,6 +136,7 @@ class _Downstream:
         "filter_state",
         "h11",
         "protocol",
+        "raw",
         "remote",
         "request_headers",
         "response_started",
@@ -144,6 +146,7 @@ class _Downstream:
 
     def __init__(self, stream: trio.abc.Stream, remote: str, scheme: str) -> None:
         self.stream = stream
+        self.raw = kernel_socket(stream)  # set: I/O straight on it (:mod:`._kernel_io`)
         self.filter_state: dict[int, object] = {}  # per-connection filter state (token buckets)
         self.request_headers: list[tuple[bytes, bytes]] = []  # kept only for local_reply_config
         self.remote = remote
@@ -158,7 +161,7 @@ class _Downstream:
         data = self.h11.send(event)
         if data:
             self.bytes_sent += len(data)
-            await self.stream.send_all(data)
+            await self.write(data)
 
     async def send_pending(self, pending: list[bytes]) -> None:
         """Write what h11 produced for several events in one send, and empty ``pending``."""
@@ -166,7 +169,18 @@ class _Downstream:
         pending.clear()
         if data:
             self.bytes_sent += len(data)
+            await self.write(data)
+
+    async def write(self, data: bytes) -> None:
+        if self.raw is not None:
+            await send_all(self.raw, data)
+        else:
             await self.stream.send_all(data)
+
+    async def receive(self) -> bytes | bytearray:
+        if self.raw is not None:
+            return await receive_some(self.raw, RECEIVE_SIZE)
+        return await self.stream.receive_some(RECEIVE_SIZE)
 
     async def next_event(self, deadline: float) -> h11.Event | None:
         """The next event from the client, or None if ``deadline`` passed first."""
@@ -175,7 +189,7 @@ class _Downstream:
             if event is not h11.NEED_DATA:
                 return event  # type: ignore[return-value]  # h11.PAUSED: only after their message ends
             with trio.move_on_at(deadline):
-                data = await self.stream.receive_some(RECEIVE_SIZE)
+                data = await self.receive()
                 self.bytes_received += len(data)
                 self.h11.receive_data(data)  # type: ignore[arg-type]  # h11 takes a bytearray too
                 continue
@@ -186,7 +200,9 @@ class _RequestBody:
     """The request body, read from the client as the upstream takes it, kept for a retry while it
     fits in :data:`RETRY_BUFFER`."""
 
-    def __init__(self, ds: _Downstream, request: h11.Request, limits: ProxyLimits, timing: _Timing) -> None:
+    def __init__(
+        self, ds: _Downstream, headers: list[tuple[bytes, bytes]], limits: ProxyLimits, timing: _Timing
+    ) -> None:
         self.ds = ds
         self.limits = limits
         self.timing = timing
@@ -196,8 +212,9 @@ class _RequestBody:
         self.replayable = True
         self.complete = False
         self.expect_continue = ds.h11.they_are_waiting_for_100_continue
-        self.framing = "chunked" if get_header(request.headers, b"transfer-encoding") else "length"
-        length = get_header(request.headers, b"content-length")
+        # ``headers``: the request's, as a list (iterating h11's Headers is several times slower)
+        self.framing = "chunked" if get_header(headers, b"transfer-encoding") else "length"
+        length = get_header(headers, b"content-length")
         self.empty = self.framing == "length" and (length is None or int(length) == 0)
         if self.empty:
             # h11 has the (zero-length) body's end ready without more bytes: take it now, so the
@@ -352,6 +369,11 @@ class HttpConnectionManagerRuntime:
             while True:
                 keep_going = await self._serve_one(ds)
                 if not keep_going or ds.h11.our_state is not h11.DONE or ds.h11.their_state is not h11.DONE:
+                    if keep_going and ds.h11.our_state is h11.DONE and ds.h11.their_state is h11.SEND_BODY:
+                        # Answered (a local reply) before the request's body was read: closing now,
+                        # with that body unread, would reset the connection and could destroy the
+                        # answer in the client's receive buffer.
+                        await _linger(ds)
                     break
                 ds.h11.start_next_cycle()
         except _NETWORK_ERRORS:
@@ -373,7 +395,7 @@ class HttpConnectionManagerRuntime:
             with trio.move_on_at(deadline) as wait:
                 self.state.idle_waits.add(wait)
                 try:
-                    data = await ds.stream.receive_some(RECEIVE_SIZE)
+                    data = await ds.receive()
                 finally:
                     self.state.idle_waits.discard(wait)
             if wait.cancelled_caught or not data:
@@ -431,7 +453,7 @@ class HttpConnectionManagerRuntime:
             with trio.move_on_at(idle_deadline) as wait:
                 self.state.idle_waits.add(wait)  # a drain cancels it: idle connections close at once
                 try:
-                    data = await ds.stream.receive_some(RECEIVE_SIZE)
+                    data = await ds.receive()
                 finally:
                     self.state.idle_waits.discard(wait)
                 ds.bytes_received += len(data)
@@ -543,7 +565,7 @@ class HttpConnectionManagerRuntime:
         pending = [ds.h11.send(h11.Response(status_code=status, headers=headers, reason=_reason(status)))]
         if payload and record.method != "HEAD":
             pending.append(ds.h11.send(h11.Data(data=payload)))
-        pending.append(ds.h11.send(h11.EndOfMessage()))
+        pending.append(ds.h11.send(_EOM))
         await ds.send_pending(pending)
         record.bytes_sent += len(payload)
 
@@ -561,7 +583,7 @@ class HttpConnectionManagerRuntime:
         pending = [ds.h11.send(h11.Response(status_code=status, headers=head, reason=_reason(status)))]
         if body and record.method != "HEAD":
             pending.append(ds.h11.send(h11.Data(data=body)))
-        pending.append(ds.h11.send(h11.EndOfMessage()))
+        pending.append(ds.h11.send(_EOM))
         await ds.send_pending(pending)
         record.bytes_sent += len(body)
 
@@ -574,13 +596,14 @@ class HttpConnectionManagerRuntime:
     async def _proxy_request(
         self, ds: _Downstream, request: h11.Request, timing: _Timing, record: AccessRecord
     ) -> bool:
-        if _head_size(request) > MAX_REQUEST_HEADERS:
+        headers = list(request.headers)  # once: iterating h11's Headers is slow
+        if _head_size(request, headers) > MAX_REQUEST_HEADERS:
             # h11 bounds a head only while it is incomplete; one that completes within a read
             # can be larger, so the bound is checked on the parsed head too.
             raise _LocalReply(431, _PROTOCOL_ERROR_BODY[431], "DPE", close=True)
         if request.target[:1] != b"/" and request.target != b"*":
             request = _origin_form(request)  # RFC 9112 3.2.2: absolute-form; its host is the authority
-        headers = list(request.headers)
+            headers = list(request.headers)
         if self.local_reply:
             ds.request_headers = headers
         method = request.method.decode("latin-1")
@@ -725,7 +748,7 @@ class HttpConnectionManagerRuntime:
                     await conn.send(h11.Request(method=head.method, target=head.target, headers=headers))
                     if body:
                         await conn.send(h11.Data(data=body))
-                    await conn.send(h11.EndOfMessage())
+                    await conn.send(_EOM)
                     while not isinstance(await conn.next_event(), (h11.EndOfMessage, h11.ConnectionClosed)):
                         pass
                     self.stats.inc("shadow_sent")
@@ -777,7 +800,7 @@ class _RouterRequest:
         self.timing = timing
         self.record = record
         self.cluster = self._pick_cluster(action)
-        self.body = _RequestBody(ds, request, hcm.limits, timing)
+        self.body = _RequestBody(ds, headers, hcm.limits, timing)
         self.head = self._upstream_head(request, headers, route, action)
         self.policy: RetryPolicy | None = action.retry_policy
         self.retries_left = self.policy.num_retries if self.policy is not None else 0
@@ -835,7 +858,7 @@ class _RouterRequest:
         out.append((b"x-forwarded-proto", self.ds.scheme.encode()))
         request_id = get_header(out, b"x-request-id")
         if request_id is None:
-            request_id = str(uuid.UUID(int=self.hcm.rng.getrandbits(128), version=4)).encode()
+            request_id = _uuid4(self.hcm.rng.getrandbits(128))
             out.append((b"x-request-id", request_id))
         out = _with_via(out)
         if self.body.framing == "chunked":
@@ -1063,7 +1086,7 @@ class _UpstreamRequest:
         conn.requests += 1
         conn.received_before = conn.received
         if body.complete and not body.kept:
-            await conn.stream.send_all(conn.h11.send(head) + conn.h11.send(h11.EndOfMessage()))
+            await conn.write(conn.h11.send(head) + conn.h11.send(_EOM))
         else:
             await conn.send(head)
             self.uploading = True
@@ -1095,7 +1118,7 @@ class _UpstreamRequest:
                     if self.response is None:  # progress: push the wait's stream-idle deadline back
                         idle_deadline = trio.current_time() + body.timing.stream_idle
                         scope.deadline = min(body.timing.route_deadline, self.per_try_deadline, idle_deadline)
-            await conn.send(h11.EndOfMessage())
+            await conn.send(_EOM)
         except (_LocalReply, _DownstreamGone) as exc:
             self.downstream_error = exc
             scope.cancel()
@@ -1171,7 +1194,7 @@ class _UpstreamRequest:
                             if pending:
                                 await ds.send_pending(pending)
                                 pending_bytes = 0
-                            data = await conn.stream.receive_some(RECEIVE_SIZE)
+                            data = await conn.receive()
                             conn.h11.receive_data(data)  # type: ignore[arg-type]  # h11 takes a bytearray too
                             scope.deadline = min(
                                 timing.route_deadline, trio.current_time() + timing.stream_idle
@@ -1202,7 +1225,7 @@ class _UpstreamRequest:
                                 tail = gzip.finish()
                                 record.bytes_sent += len(tail)
                                 pending.append(ds.h11.send(h11.Data(data=tail)))
-                            eom = h11.EndOfMessage()
+                            eom = _EOM
                             if event.headers and _trailers_fit(ds, record.method, status, head.headers):
                                 eom = h11.EndOfMessage(headers=strip_hop_by_hop(event.headers))  # grpc-status
                             pending.append(ds.h11.send(eom))
@@ -1302,10 +1325,11 @@ def _trailers_fit(
     )
 
 
-def _head_size(request: h11.Request) -> int:
-    """The size of a request head as it came in (request line and header lines)."""
+def _head_size(request: h11.Request, headers: list[tuple[bytes, bytes]]) -> int:
+    """The size of a request head as it came in (request line and header lines); ``headers``:
+    ``request.headers`` as a list."""
     size = len(request.method) + len(request.target) + 12
-    for name, value in request.headers:
+    for name, value in headers:
         size += len(name) + len(value) + 4
     return size
 
@@ -1361,9 +1385,19 @@ _PROTOCOL_ERROR_BODY = {
 }
 
 
+_REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
+
+
 def _reason(status: int) -> bytes:
-    """The standard reason phrase (Envoy's HTTP/1 codec writes these whatever the upstream sent)."""
-    try:
-        return HTTPStatus(status).phrase.encode()
-    except ValueError:
-        return b""
+    """The standard reason phrase (Envoy's HTTP/1 codec writes these whatever the upstream sent);
+    from a table: ``HTTPStatus(status)`` costs about a microsecond, and every response needs one."""
+    return _REASONS.get(status, b"")
+
+
+def _uuid4(bits: int) -> bytes:
+    """``str(uuid.UUID(int=bits, version=4)).encode()`` (the same text for the same bits: the
+    version and variant bits set as :class:`uuid.UUID` sets them), without building a UUID object,
+    which costs several microseconds per request."""
+    bits = (bits & ~(0xC000 << 48) | (0x8000 << 48)) & ~(0xF000 << 64) | (4 << 76)
+    h = b"%032x" % bits
+    return b"-".join((h[:8], h[8:12], h[12:16], h[16:20], h[20:]))

@@ -53,6 +53,7 @@ import trio
 
 from trio_yastack.tls.contexts import peer_san_matches
 
+from ._kernel_io import kernel_socket, receive_some, send_all
 from .config import Cluster, HealthCheck, LbEndpoint, LocalityLbEndpoints, OutlierDetection
 from .h2_upstream import H2Upstream
 from .network import Network
@@ -96,6 +97,7 @@ class UpstreamConnection:
         "h11",
         "host",
         "idle_since",
+        "raw",
         "received",
         "received_before",
         "requests",
@@ -106,6 +108,7 @@ class UpstreamConnection:
 
     def __init__(self, stream: trio.abc.Stream, host: Host) -> None:
         self.stream = stream
+        self.raw = kernel_socket(stream)  # set: I/O straight on it (:mod:`._kernel_io`)
         self.host = host
         self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=64 * 1024)
         self.watch_scope: trio.CancelScope | None = None
@@ -119,7 +122,23 @@ class UpstreamConnection:
     async def send(self, event: h11.Event) -> None:
         data = self.h11.send(event)
         if data:
+            await self.write(data)
+
+    async def write(self, data: bytes) -> None:
+        if self.raw is not None:
+            await send_all(self.raw, data)
+        else:
             await self.stream.send_all(data)
+
+    async def receive(self) -> bytes | bytearray:
+        """One read of up to :data:`RECEIVE_SIZE` (b"" at EOF), counted in ``received``."""
+        data: bytes | bytearray
+        if self.raw is not None:
+            data = await receive_some(self.raw, RECEIVE_SIZE)
+        else:
+            data = await self.stream.receive_some(RECEIVE_SIZE)
+        self.received += len(data)
+        return data
 
     async def next_event(self) -> h11.Event:
         """The next h11 event from the upstream; EOF becomes h11's ConnectionClosed or an error."""
@@ -127,8 +146,7 @@ class UpstreamConnection:
             event = self.h11.next_event()
             if event is not h11.NEED_DATA:
                 return event  # type: ignore[return-value]  # h11.PAUSED: only after their message ends
-            data = await self.stream.receive_some(RECEIVE_SIZE)
-            self.received += len(data)
+            data = await self.receive()
             self.h11.receive_data(data)  # type: ignore[arg-type]  # h11 takes a bytearray too
 
     @property
@@ -717,6 +735,7 @@ class ClusterRuntime:
         conn = UpstreamConnection(_PENDING_STREAM, host)
         try:
             conn.stream = await self._open_stream(host)
+            conn.raw = kernel_socket(conn.stream)
         except BaseException:
             conn.closed = True
             self.connection_closed(conn)

@@ -1,0 +1,214 @@
+"""The proxy's direct kernel-socket I/O (``l7/_kernel_io.py``) and its per-request helpers that
+replaced slower library calls (``_uuid4``, ``_reason``): each holds to what it replaced."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import socket
+import uuid
+from functools import partial
+from http import HTTPStatus
+from typing import Any
+
+import h11
+import pytest
+import trio
+import trio.testing
+from proxy_helpers import bootstrap, cluster, hcm, http_listener, running_proxy
+
+from trio_yastack.l7 import http_proxy, upstream
+from trio_yastack.l7._kernel_io import kernel_socket, receive_some, send_all
+from trio_yastack.l7.http_proxy import _reason, _uuid4
+
+
+async def _socket_streams() -> tuple[trio.SocketStream, trio.SocketStream]:
+    """A connected pair of kernel TCP streams on loopback."""
+    listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+    port = listener.socket.getsockname()[1]
+    client = await trio.open_tcp_stream("127.0.0.1", port)
+    server = await listener.accept()
+    await listener.aclose()
+    assert isinstance(server, trio.SocketStream)
+    return client, server
+
+
+async def test_kernel_socket_only_for_a_kernel_socket_stream() -> None:
+    client, server = await _socket_streams()
+    async with client, server:
+        raw = kernel_socket(client)
+        assert raw is not None and raw.fileno() == client.socket.fileno()
+    a, _b = trio.testing.memory_stream_pair()
+    assert kernel_socket(a) is None  # not a SocketStream: the stream's own methods
+
+
+async def test_send_all_and_receive_some_move_every_byte_with_backpressure() -> None:
+    client, server = await _socket_streams()
+    async with client, server:
+        raw_out, raw_in = kernel_socket(client), kernel_socket(server)
+        assert raw_out is not None and raw_in is not None
+        # Far more than the socket buffers hold: send_all must wait for the reader to drain them.
+        payload = random.Random(7).randbytes(8 * 1024 * 1024)
+        received = bytearray()
+
+        async def reader() -> None:
+            while len(received) < len(payload):
+                data = await receive_some(raw_in, 65536)
+                assert data, "EOF before the whole payload"
+                received.extend(data)
+
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(reader)
+                await send_all(raw_out, payload)
+        assert bytes(received) == payload
+        await client.aclose()
+        with trio.fail_after(5):
+            assert await receive_some(raw_in, 1024) == b""  # EOF
+
+
+async def test_receive_some_waits_and_is_cancellable() -> None:
+    client, server = await _socket_streams()
+    async with client, server:
+        raw = kernel_socket(server)
+        assert raw is not None
+        got: list[bytes] = []
+        with trio.fail_after(5):
+            async with trio.open_nursery() as nursery:
+
+                async def read() -> None:
+                    got.append(await receive_some(raw, 1024))
+
+                nursery.start_soon(read)
+                await trio.testing.wait_all_tasks_blocked()
+                assert got == []  # nothing sent: it waits
+                await client.send_all(b"ping")
+        assert got == [b"ping"]
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            with pytest.raises(trio.Cancelled):
+                await receive_some(raw, 1024)
+
+
+async def test_a_wait_ends_when_another_task_closes_the_stream() -> None:
+    client, server = await _socket_streams()
+    async with client:
+        raw = kernel_socket(server)
+        assert raw is not None
+        with trio.fail_after(5):
+            async with trio.open_nursery() as nursery:
+
+                async def close_soon() -> None:
+                    await trio.testing.wait_all_tasks_blocked()
+                    await server.aclose()
+
+                nursery.start_soon(close_soon)
+                with pytest.raises(trio.ClosedResourceError):
+                    await receive_some(raw, 1024)
+
+
+async def test_checkpoints_like_trio() -> None:
+    client, server = await _socket_streams()
+    async with client, server:
+        raw_out, raw_in = kernel_socket(client), kernel_socket(server)
+        assert raw_out is not None and raw_in is not None
+        with trio.testing.assert_checkpoints():
+            await send_all(raw_out, b"x")
+        with trio.testing.assert_checkpoints():
+            assert await receive_some(raw_in, 16) == b"x"
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            with pytest.raises(trio.Cancelled):
+                await send_all(raw_out, b"y")  # a cancelled caller sends nothing
+        client.socket.shutdown(1)
+        with trio.fail_after(5):
+            assert await receive_some(raw_in, 16) == b""  # only the EOF: "y" was never sent
+
+
+def test_uuid4_is_uuid_s_text() -> None:
+    rng = random.Random(20)
+    for bits in [0, (1 << 128) - 1, *(rng.getrandbits(128) for _ in range(20000))]:
+        assert _uuid4(bits) == str(uuid.UUID(int=bits, version=4)).encode()
+
+
+def test_reason_is_httpstatus_phrase() -> None:
+    for status in range(0, 1000):
+        try:
+            expected = HTTPStatus(status).phrase.encode()
+        except ValueError:
+            expected = b""
+        assert _reason(status) == expected
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+async def test_the_proxy_on_kernel_sockets_does_its_io_through_kernel_io(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Both legs on loopback kernel sockets: every request's four system calls go through
+    # _kernel_io (counted here), and keep-alive holds on both sides.
+    calls = {"send": 0, "receive": 0}
+
+    def counted(name: str, fn: Any) -> Any:
+        async def wrapper(*args: Any) -> Any:
+            calls[name] += 1
+            return await fn(*args)
+
+        return wrapper
+
+    for module in (http_proxy, upstream):
+        monkeypatch.setattr(module, "send_all", counted("send", module.send_all))
+        monkeypatch.setattr(module, "receive_some", counted("receive", module.receive_some))
+    backend_port, proxy_port = _free_port(), _free_port()
+    backend_connections = 0
+
+    async def backend(stream: trio.SocketStream) -> None:
+        nonlocal backend_connections
+        backend_connections += 1
+        buffer = b""
+        with contextlib.suppress(trio.BrokenResourceError):
+            while True:
+                while b"\r\n\r\n" not in buffer:
+                    data = await stream.receive_some(65536)
+                    if not data:
+                        return
+                    buffer += data
+                _head, _, buffer = buffer.partition(b"\r\n\r\n")
+                await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nhello\n")
+
+    config = bootstrap(
+        [http_listener(hcm(), port=proxy_port, address="127.0.0.1")],
+        [cluster("app", [backend_port], address="127.0.0.1")],
+    )
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(partial(trio.serve_tcp, backend, backend_port, host="127.0.0.1"))
+            async with running_proxy(config, None):
+                client = await trio.open_tcp_stream("127.0.0.1", proxy_port)
+                async with client:
+                    conn = h11.Connection(h11.CLIENT)
+                    for _ in range(3):
+                        request = h11.Request(method="GET", target="/", headers=[("host", "example")])
+                        await client.send_all(conn.send(request) + conn.send(h11.EndOfMessage()))
+                        body = b""
+                        while True:
+                            event = conn.next_event()
+                            if event is h11.NEED_DATA:
+                                conn.receive_data(await client.receive_some(65536))
+                            elif isinstance(event, h11.Response):
+                                assert event.status_code == 200
+                            elif isinstance(event, h11.Data):
+                                body += event.data
+                            elif isinstance(event, h11.EndOfMessage):
+                                break
+                        assert body == b"hello\n"
+                        conn.start_next_cycle()
+            nursery.cancel_scope.cancel()
+    assert backend_connections == 1  # the upstream connection was pooled and reused
+    assert calls["send"] >= 6  # a request out and a response out per request
+    assert calls["receive"] >= 6  # a request in and a response in per request
