@@ -7,6 +7,7 @@ cannot make namespaces the tests are skipped with the reason (CI here can, and r
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -19,8 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 
 from trio_yastack import Stack, open_stack
+from trio_yastack.nic.kernel_peer import pattern_block
 from trio_yastack.nic.netns import (
     KERNEL_ADDRESS,
     STACK_ADDRESS,
@@ -37,7 +40,9 @@ __all__ = [
     "NamespaceProgram",
     "kernel_peer",
     "peer_result",
+    "receive_hashed",
     "requires_netns",
+    "send_pattern",
     "stack_on_tap",
 ]
 
@@ -68,6 +73,38 @@ def peer_result(process: subprocess.Popen[str], timeout: float = 300) -> dict[st
     out, _ = process.communicate(timeout=timeout)
     assert process.returncode == 0, f"kernel peer failed ({process.returncode}): {out}"
     return json.loads(out.strip().splitlines()[-1])
+
+
+async def receive_hashed(sock: trio.socket.SocketType, limit: int) -> tuple[int, str]:
+    """Read ``sock`` to EOF: how many bytes came and their SHA-256 (hex).  Bounded: it stops
+    reading once more than ``limit`` bytes came, which the caller's byte count then shows."""
+    digest = hashlib.sha256()
+    received = 0
+    while received <= limit and (chunk := await sock.recv(1 << 20)):
+        digest.update(chunk)
+        received += len(chunk)
+    return received, digest.hexdigest()
+
+
+async def send_pattern(sock: trio.socket.SocketType, nbytes: int) -> str:
+    """Send ``nbytes`` of the kernel peer's pattern (``pattern_block``), shut down the sending
+    side and read until the peer closes (it does once it has read everything): the SHA-256 (hex)
+    of what was sent, for the peer's own to be compared with."""
+    digest = hashlib.sha256()
+    sent = index = 0
+    while sent < nbytes:
+        block = pattern_block(index)[: nbytes - sent]
+        index += 1
+        digest.update(block)
+        view = memoryview(block)
+        while view:
+            view = view[await sock.send(view) :]
+        sent += len(block)
+    sock.shutdown(trio.socket.SHUT_WR)
+    for _ in range(nbytes + 1):  # bounded: at least one byte per turn until EOF
+        if not await sock.recv(65536):
+            break
+    return digest.hexdigest()
 
 
 REPO = Path(__file__).resolve().parent.parent

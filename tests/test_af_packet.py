@@ -8,7 +8,6 @@ Every wait is on a real event and bounded (``trio.fail_after``, process timeouts
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -32,7 +31,9 @@ from tap_helpers import (
     NamespaceProgram,
     kernel_peer,
     peer_result,
+    receive_hashed,
     requires_netns,
+    send_pattern,
 )
 
 from trio_yastack import Stack, open_port, open_stack
@@ -52,7 +53,6 @@ from trio_yastack.nic.af_packet import (
     py_rx_walk,
     py_rx_walk_v2,
 )
-from trio_yastack.nic.kernel_peer import pattern_block
 from trio_yastack.nic.netns import NetworkNamespace
 
 REPO = Path(__file__).resolve().parent.parent
@@ -400,35 +400,21 @@ async def test_100_mib_each_way_by_sha256(
             listener.listen(1)
             sender = kernel_peer(kernel_ns, "--timeout", "200", "send", STACK_ADDRESS, 5001, MIB100)
             conn, _ = await listener.accept()
-            digest, received = hashlib.sha256(), 0
-            while chunk := await conn.recv(1 << 20):
-                digest.update(chunk)
-                received += len(chunk)
+            received, digest = await receive_hashed(conn, MIB100)
             conn.close()
             listener.close()
             result = await in_thread(peer_result, sender, 200)
-            assert received == MIB100 and digest.hexdigest() == result["sha256"]
+            assert received == MIB100 and digest == result["sha256"]
 
             receiver = kernel_peer(kernel_ns, "--timeout", "200", "recv", 5002)
             assert receiver.stdout is not None
             assert json.loads(await in_thread(receiver.stdout.readline)) == {"listening": 5002}
             sock = trio.socket.socket()
             await sock.connect((KERNEL_ADDRESS, 5002))
-            digest, sent, index = hashlib.sha256(), 0, 0
-            while sent < MIB100:
-                block = pattern_block(index)[: MIB100 - sent]
-                digest.update(block)
-                view = memoryview(block)
-                while view:
-                    view = view[await sock.send(view) :]
-                sent += len(block)
-                index += 1
-            sock.shutdown(socket.SHUT_WR)
-            while await sock.recv(65536):
-                pass
+            digest = await send_pattern(sock, MIB100)
             sock.close()
             result = await in_thread(peer_result, receiver, 200)
-            assert result["bytes"] == MIB100 and result["sha256"] == digest.hexdigest()
+            assert result["bytes"] == MIB100 and result["sha256"] == digest
         stats = stack.port_statistics()
         assert stats.oerrors == 0
         mean_frame = stats.obytes / stats.opackets

@@ -11,7 +11,6 @@ event and bounded by ``trio.fail_after`` or a subprocess timeout.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -37,7 +36,9 @@ from tap_helpers import (
     NamespaceProgram,
     kernel_peer,
     peer_result,
+    receive_hashed,
     requires_netns,
+    send_pattern,
 )
 from tcp_helpers import build_tcp_frame
 
@@ -45,7 +46,6 @@ from trio_yastack import Stack, open_port, open_stack
 from trio_yastack.nic import af_xdp
 from trio_yastack.nic._af_xdp_ring import XDP_DESC, PyXsk, XskRing, xsk_reap, xsk_rx_burst, xsk_tx_burst
 from trio_yastack.nic.af_xdp import AfXdpError, AfXdpOptions, AfXdpPort, parse_af_xdp_spec
-from trio_yastack.nic.kernel_peer import pattern_block
 from trio_yastack.nic.netns import NetworkNamespace
 from trio_yastack.stack import OffloadPacket
 from trio_yastack.stack._native import sum16
@@ -405,18 +405,11 @@ async def test_100_mib_each_way_sha256(veth: Veth) -> None:
         sender = kernel_peer(veth.kernel_ns, "--timeout", 120, "send", STACK_ADDRESS, 5001, 100 * MIB)
         with trio.fail_after(120):
             conn, _ = await listener.accept()
-            digest = hashlib.sha256()
-            received = 0
-            for _ in range(100 * MIB):
-                chunk = await conn.recv(1 << 20)
-                if not chunk:
-                    break
-                digest.update(chunk)
-                received += len(chunk)
+            received, digest = await receive_hashed(conn, 100 * MIB)
             conn.close()
             result = await trio.to_thread.run_sync(peer_result, sender)
         listener.close()
-        assert received == 100 * MIB and digest.hexdigest() == result["sha256"]
+        assert received == 100 * MIB and digest == result["sha256"]
 
         receiver = kernel_peer(veth.kernel_ns, "--timeout", 120, "recv", 5002)
         with trio.fail_after(120):
@@ -424,19 +417,10 @@ async def test_100_mib_each_way_sha256(veth: Veth) -> None:
             await trio.to_thread.run_sync(receiver.stdout.readline)  # {"listening": ...}
             sock = trio.socket.socket()
             await sock.connect((KERNEL_ADDRESS, 5002))
-            digest = hashlib.sha256()
-            for index in range(100):
-                block = pattern_block(index)
-                digest.update(block)
-                view = memoryview(block)
-                while view:
-                    view = view[await sock.send(view) :]
-            sock.shutdown(trio.socket.SHUT_WR)
-            while await sock.recv(65536):
-                pass
+            digest = await send_pattern(sock, 100 * MIB)
             sock.close()
             result = await trio.to_thread.run_sync(peer_result, receiver)
-        assert result["bytes"] == 100 * MIB and result["sha256"] == digest.hexdigest()
+        assert result["bytes"] == 100 * MIB and result["sha256"] == digest
         stats = port.statistics()
         assert stats.oerrors == 0 and stats.ierrors == 0
         assert "bad_checksum" not in stack.statistics().tcp.dropped

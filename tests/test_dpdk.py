@@ -15,7 +15,6 @@ completed and TSO frames segmented, in C and in Python).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import signal
@@ -37,7 +36,9 @@ from tap_helpers import (
     NamespaceProgram,
     kernel_peer,
     peer_result,
+    receive_hashed,
     requires_netns,
+    send_pattern,
 )
 
 from trio_yastack import open_port, open_stack
@@ -51,7 +52,6 @@ from trio_yastack.nic.dpdk import (
     py_tx_prepare,
     unpack_burst,
 )
-from trio_yastack.nic.kernel_peer import pattern_block
 from trio_yastack.nic.netns import NetworkNamespace
 from trio_yastack.stack import OffloadPacket
 from trio_yastack.stack._native import py_sum16
@@ -267,15 +267,6 @@ async def test_arp_and_ping_both_ways(wire: tuple[NetworkNamespace, NetworkNames
             assert stats.ipackets >= 51 and stats.opackets >= 51 and stats.oerrors == 0
 
 
-async def _receive_all(conn: trio.socket.SocketType) -> tuple[int, str]:
-    digest = hashlib.sha256()
-    received = 0
-    while chunk := await conn.recv(1 << 20):
-        digest.update(chunk)
-        received += len(chunk)
-    return received, digest.hexdigest()
-
-
 @in_netns
 @pytest.mark.parametrize("driver", DRIVERS)
 async def test_100_mib_each_way(wire: tuple[NetworkNamespace, NetworkNamespace], driver: str) -> None:
@@ -292,7 +283,7 @@ async def test_100_mib_each_way(wire: tuple[NetworkNamespace, NetworkNamespace],
             with trio.fail_after(200):
                 conn, _ = await listener.accept()
                 started = time.monotonic()
-                received, digest = await _receive_all(conn)
+                received, digest = await receive_hashed(conn, MIB100)
                 inbound = time.monotonic() - started
                 conn.close()
                 result = await trio.to_thread.run_sync(peer_result, sender)
@@ -306,24 +297,12 @@ async def test_100_mib_each_way(wire: tuple[NetworkNamespace, NetworkNamespace],
                 sock = trio.socket.socket()
                 sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_SNDBUF, 4 << 20)
                 await sock.connect((KERNEL_ADDRESS, PORT))
-                hashed = hashlib.sha256()
                 started = time.monotonic()
-                sent = index = 0
-                while sent < MIB100:
-                    block = pattern_block(index)[: MIB100 - sent]
-                    index += 1
-                    hashed.update(block)
-                    view = memoryview(block)
-                    while view:
-                        view = view[await sock.send(view) :]
-                    sent += len(block)
-                sock.shutdown(trio.socket.SHUT_WR)
-                while await sock.recv(65536):
-                    pass
+                sent_digest = await send_pattern(sock, MIB100)
                 outbound = time.monotonic() - started
                 sock.close()
                 result = await trio.to_thread.run_sync(peer_result, receiver)
-            assert result["bytes"] == MIB100 and result["sha256"] == hashed.hexdigest()
+            assert result["bytes"] == MIB100 and result["sha256"] == sent_digest
             assert stack.statistics().tcp.segments_sent > MIB100 // 1448  # counted as the wire carries them
             print(f"dpdk {driver}: in {MIB100 * 8 / inbound / 1e9:.2f} Gbit/s, out "
                   f"{MIB100 * 8 / outbound / 1e9:.2f} Gbit/s, port {port.statistics()}")  # fmt: skip

@@ -7,14 +7,21 @@ reported in the test summary, not asserted (speed lives in ``benchmarks/bench_ta
 
 from __future__ import annotations
 
-import hashlib
 import time
 
 import pytest
 import trio
-from tap_helpers import KERNEL_ADDRESS, STACK_ADDRESS, kernel_peer, peer_result, requires_netns, stack_on_tap
+from tap_helpers import (
+    KERNEL_ADDRESS,
+    STACK_ADDRESS,
+    kernel_peer,
+    peer_result,
+    receive_hashed,
+    requires_netns,
+    send_pattern,
+    stack_on_tap,
+)
 
-from trio_yastack.nic.kernel_peer import pattern_block
 from trio_yastack.nic.netns import NetworkNamespace
 
 pytestmark = requires_netns
@@ -23,18 +30,6 @@ GIB = 1 << 30
 PORT = 5001
 #: throughput lines for the terminal summary (conftest prints them)
 REPORT: list[str] = []
-
-
-async def _receive_all(sock: trio.socket.SocketType) -> tuple[int, str]:
-    digest = hashlib.sha256()
-    received = 0
-    for _ in range(GIB):  # bounded: at least one byte per turn until EOF
-        chunk = await sock.recv(1 << 20)
-        if not chunk:
-            break
-        digest.update(chunk)
-        received += len(chunk)
-    return received, digest.hexdigest()
 
 
 @pytest.mark.parametrize("offloads", [True, False], ids=["offloads-on", "offloads-off"])
@@ -49,7 +44,7 @@ async def test_one_gib_kernel_to_stack(netns: NetworkNamespace, offloads: bool) 
         with trio.fail_after(200):
             conn, _ = await listener.accept()
             started = time.monotonic()
-            received, digest = await _receive_all(conn)
+            received, digest = await receive_hashed(conn, GIB)
             elapsed = time.monotonic() - started
             conn.close()
             result = await trio.to_thread.run_sync(peer_result, sender)
@@ -76,25 +71,13 @@ async def test_one_gib_stack_to_kernel(netns: NetworkNamespace, offloads: bool) 
             sock = trio.socket.socket()
             sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_SNDBUF, 4 << 20)
             await sock.connect((KERNEL_ADDRESS, PORT))
-            digest = hashlib.sha256()
             started = time.monotonic()
-            sent = index = 0
-            while sent < GIB:
-                block = pattern_block(index)[: GIB - sent]
-                index += 1
-                digest.update(block)
-                view = memoryview(block)
-                while view:
-                    view = view[await sock.send(view) :]
-                sent += len(block)
-            sock.shutdown(trio.socket.SHUT_WR)
-            while await sock.recv(65536):  # the kernel closes after reading everything
-                pass
+            digest = await send_pattern(sock, GIB)  # the kernel closes after reading everything
             elapsed = time.monotonic() - started
             sock.close()
             result = await trio.to_thread.run_sync(peer_result, receiver)
         assert result["bytes"] == GIB
-        assert result["sha256"] == digest.hexdigest()
+        assert result["sha256"] == digest
         if offloads:
             # Frames larger than the MTU left the port: the kernel did the segmenting (TSO).
             assert port.statistics().obytes / port.statistics().opackets > 1514
