@@ -125,6 +125,11 @@ __all__ = [
     "OutlierDetection",
     "PerRouteConfig",
     "Problem",
+    "Rbac",
+    "RbacHeaderMatcher",
+    "RbacMatcher",
+    "RbacPolicy",
+    "RbacRules",
     "RetryPolicy",
     "Route",
     "RouteAction",
@@ -184,6 +189,9 @@ CACHE_TYPE = "type.googleapis.com/envoy.extensions.filters.http.cache.v3.CacheCo
 SIMPLE_CACHE_TYPE = (
     "type.googleapis.com/envoy.extensions.http.cache.simple_http_cache.v3.SimpleHttpCacheConfig"
 )
+RBAC_NAME = "envoy.filters.http.rbac"
+RBAC_TYPE = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"
+RBAC_PER_ROUTE_TYPE = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBACPerRoute"
 #: the HTTP filters of the subset, by name and the type of their ``typed_config``
 HTTP_FILTER_TYPES = {
     CACHE_NAME: CACHE_TYPE,
@@ -191,6 +199,7 @@ HTTP_FILTER_TYPES = {
     CORS_NAME: CORS_TYPE,
     FAULT_NAME: FAULT_TYPE,
     LOCAL_RATELIMIT_NAME: LOCAL_RATELIMIT_TYPE,
+    RBAC_NAME: RBAC_TYPE,
     ROUTER_NAME: ROUTER_TYPE,
 }
 #: what ``typed_per_filter_config`` may hold for each filter (Envoy's per-route config types)
@@ -199,6 +208,7 @@ PER_ROUTE_TYPES = {
     CORS_NAME: CORS_POLICY_TYPE,
     FAULT_NAME: FAULT_TYPE,
     LOCAL_RATELIMIT_NAME: LOCAL_RATELIMIT_TYPE,
+    RBAC_NAME: RBAC_PER_ROUTE_TYPE,
 }
 TLS_NAME = "envoy.transport_sockets.tls"
 DOWNSTREAM_TLS_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
@@ -565,13 +575,89 @@ class CompressorPerRoute:
     disabled: bool
 
 
+RbacKind = Literal[
+    "any",
+    "and",
+    "or",
+    "not",
+    "header",
+    "url_path",
+    "destination_ip",
+    "destination_port",
+    "destination_port_range",
+    "authenticated",
+    "remote_ip",
+    "direct_remote_ip",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class RbacHeaderMatcher:
+    """A ``HeaderMatcher`` as RBAC reads it (``config.route.v3.HeaderMatcher``, every match
+    specifier): ``string`` matches the header's values joined with ``,`` (Envoy's rule for a header
+    given more than once); None with ``present`` set is ``present_match``; ``invert`` is
+    ``invert_match``.  Pseudo-headers (``:path``, ``:method``, ``:authority``) can be named."""
+
+    name: str
+    string: StringMatcher | None = None
+    present: bool = True
+    invert: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RbacMatcher:
+    """One ``Permission`` or ``Principal`` (both are trees of the same shape): ``kind`` names the
+    oneof that is set.  ``children``: ``and_rules``/``or_rules``/``and_ids``/``or_ids`` (one child for
+    ``not_rule``/``not_id``); ``header``; ``string`` for ``url_path`` (the path without its query),
+    ``requested_server_name`` and ``authenticated.principal_name`` (None: any authenticated peer);
+    ``network`` for the CIDR kinds; ``ports`` (``[start, end)``) for the port kinds."""
+
+    kind: RbacKind
+    children: tuple[RbacMatcher, ...] = ()
+    header: RbacHeaderMatcher | None = None
+    string: StringMatcher | None = None
+    network: ipaddress.IPv4Network | ipaddress.IPv6Network | None = None
+    ports: tuple[int, int] = (0, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class RbacPolicy:
+    """``policies.<name>``: matches when any permission and any principal match."""
+
+    name: str
+    permissions: tuple[RbacMatcher, ...]
+    principals: tuple[RbacMatcher, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RbacRules:
+    """``config.rbac.v3.RBAC``: ``ALLOW`` lets a request through when a policy matches, ``DENY``
+    when none does, ``LOG`` always (Envoy only marks the request for its access log)."""
+
+    action: Literal["ALLOW", "DENY", "LOG"]
+    policies: tuple[RbacPolicy, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Rbac:
+    """``envoy.filters.http.rbac`` (and, through ``RBACPerRoute``, its per-route replacement: a
+    per-route config without ``rbac`` turns the filter off there).  ``rules`` absent: every request
+    goes on; ``shadow_rules`` are evaluated and counted (``shadow_allowed``/``shadow_denied``) but
+    never enforced; statistics under ``rbac.<rules_stat_prefix>``."""
+
+    rules: RbacRules | None = None
+    shadow_rules: RbacRules | None = None
+    rules_stat_prefix: str = ""
+    shadow_rules_stat_prefix: str = ""
+
+
 @dataclass(frozen=True, slots=True)
 class RouterFilter:
     """``envoy.filters.http.router``: the terminal filter (nothing to configure in the subset)."""
 
 
-HttpFilterConfig = Compressor | Cors | HttpCache | HttpFault | LocalRateLimit | RouterFilter
-PerRouteConfig = CompressorPerRoute | CorsPolicy | HttpFault | LocalRateLimit
+HttpFilterConfig = Compressor | Cors | HttpCache | HttpFault | LocalRateLimit | Rbac | RouterFilter
+PerRouteConfig = CompressorPerRoute | CorsPolicy | HttpFault | LocalRateLimit | Rbac
 
 
 @dataclass(frozen=True, slots=True)
@@ -1303,6 +1389,8 @@ _TYPED_CONFIG_FIELDS: dict[str, tuple[str, ...]] = {
         "response_headers_to_add",
         "local_rate_limit_per_downstream_connection",
     ),
+    RBAC_TYPE: ("rules", "shadow_rules", "rules_stat_prefix", "shadow_rules_stat_prefix"),
+    RBAC_PER_ROUTE_TYPE: ("rbac",),
     CORS_POLICY_TYPE: (
         "allow_origin_string_match",
         "allow_methods",
@@ -1995,6 +2083,8 @@ def _http_filter_config(r: _Reader, name: str, tc: _Fields) -> HttpFilterConfig:
         config = _http_cache(r, tc)
     elif name == LOCAL_RATELIMIT_NAME:
         config = _local_ratelimit(r, tc)
+    elif name == RBAC_NAME:
+        config = _rbac(r, tc)
     else:
         config = Cors() if name == CORS_NAME else RouterFilter()
     tc.done()
@@ -2040,6 +2130,8 @@ def _per_filter_config(r: _Reader, name: str, v: object, path: str) -> PerRouteC
         config = CompressorPerRoute(disabled if disabled is not None else False)
     elif name == FAULT_NAME:
         config = _fault(r, tc)
+    elif name == RBAC_NAME:
+        config = tc.opt("rbac", _rbac_message, Rbac())
     else:
         config = _local_ratelimit(r, tc)
     tc.done()
@@ -2107,6 +2199,188 @@ def _cors_policy(r: _Reader, tc: _Fields) -> CorsPolicy:
     )
     tc.opt("shadow_enabled", _runtime_fractional_percent, None)
     return policy
+
+
+def _rbac_message(r: _Reader, v: object, path: str) -> Rbac:
+    """An ``extensions.filters.http.rbac.v3.RBAC`` message (the filter's config, or ``rbac`` of a
+    per-route config); ``matcher``/``shadow_matcher`` (the matcher API) are outside the subset."""
+    tc = _Fields(r, v, path, _TYPED_CONFIG_FIELDS[RBAC_TYPE])
+    config = _rbac(r, tc)
+    tc.done()
+    return config
+
+
+def _rbac(r: _Reader, tc: _Fields) -> Rbac:
+    return Rbac(
+        rules=tc.opt("rules", _rbac_rules, None),
+        shadow_rules=tc.opt("shadow_rules", _rbac_rules, None),
+        rules_stat_prefix=tc.opt("rules_stat_prefix", _str, ""),
+        shadow_rules_stat_prefix=tc.opt("shadow_rules_stat_prefix", _str, ""),
+    )
+
+
+def _rbac_rules(r: _Reader, v: object, path: str) -> RbacRules:
+    f = _Fields(r, v, path, ("action", "policies"))
+    action: Literal["ALLOW", "DENY", "LOG"] = f.opt("action", _enum(("ALLOW", "DENY", "LOG")), "ALLOW")
+    policies: list[RbacPolicy] = []
+    raw = f.values.get("policies", {})
+    if not isinstance(raw, Mapping):
+        f.problem("policies", f"expected a mapping of policy names to policies, got {_kind(raw)}")
+        raw = {}
+    for name, policy in sorted(raw.items(), key=lambda item: str(item[0])):  # Envoy: a std::map
+        policy_path = _join(_join(path, "policies"), str(name))
+        try:
+            pf = _Fields(r, policy, policy_path, ("permissions", "principals"))
+            permissions = pf.req("permissions", _list(_rbac_permission, min_items=1))
+            principals = pf.req("principals", _list(_rbac_principal, min_items=1))
+            pf.done()
+            policies.append(RbacPolicy(str(name), permissions, principals))
+        except _Skip:
+            f.failed = True
+    f.done()
+    return RbacRules(action, tuple(policies))
+
+
+def _cidr(r: _Reader, v: object, path: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """A ``CidrRange``: ``address_prefix`` and ``prefix_len`` (absent: 0, as protobuf's default);
+    host bits set are cleared, as Envoy does."""
+    f = _Fields(r, v, path, ("address_prefix", "prefix_len"))
+    address = f.req("address_prefix", _nonempty_str)
+    length = f.opt("prefix_len", _uint(0, 128), 0)
+    f.done()
+    try:
+        return ipaddress.ip_network(f"{address}/{length}", strict=False)
+    except ValueError as exc:
+        r.fail(path, f"not a CIDR range: {exc}")
+
+
+def _path_matcher(r: _Reader, v: object, path: str) -> StringMatcher:
+    f = _Fields(r, v, path, ("path",))
+    matcher = f.req("path", _string_matcher)
+    f.done()
+    return matcher
+
+
+_RBAC_HEADER_SPECIFIERS = (
+    "exact_match",
+    "prefix_match",
+    "suffix_match",
+    "contains_match",
+    "safe_regex_match",
+    "present_match",
+    "string_match",
+)
+
+
+def _rbac_header(r: _Reader, v: object, path: str) -> RbacHeaderMatcher:
+    f = _Fields(r, v, path, ("name", *_RBAC_HEADER_SPECIFIERS, "invert_match"))
+    name = f.req("name", _nonempty_str)
+    invert = f.opt("invert_match", _bool, False)
+    present = [k for k in _RBAC_HEADER_SPECIFIERS if f.has(k)]
+    m = RbacHeaderMatcher(name.lower() if name else "", None, True, invert)
+    if len(present) > 1:
+        f.problem(present[1], f"only one match specifier may be set (also found {present[0]!r})")
+    elif present == ["present_match"]:
+        m = replace(m, present=f.req("present_match", _bool))
+    elif present == ["string_match"]:
+        m = replace(m, string=f.req("string_match", _string_matcher))
+    elif present == ["safe_regex_match"]:
+        m = replace(m, string=StringMatcher("safe_regex", f.req("safe_regex_match", _regex)))
+    elif present:
+        kind = present[0].removesuffix("_match")
+        m = replace(m, string=StringMatcher(kind, f.req(present[0], _str)))  # type: ignore[arg-type]  # one of the StringMatcher kinds, by the list above
+    f.done()
+    return m
+
+
+#: the rules of a ``Principal`` and a ``Permission`` (field -> kind); ``source_ip``: Envoy's deprecated
+#: name of ``direct_remote_ip``
+_RBAC_PRINCIPALS: dict[str, RbacKind] = {
+    "and_ids": "and",
+    "or_ids": "or",
+    "not_id": "not",
+    "any": "any",
+    "header": "header",
+    "url_path": "url_path",
+    "authenticated": "authenticated",
+    "remote_ip": "remote_ip",
+    "direct_remote_ip": "direct_remote_ip",
+    "source_ip": "direct_remote_ip",
+}
+_RBAC_PERMISSIONS: dict[str, RbacKind] = {
+    "and_rules": "and",
+    "or_rules": "or",
+    "not_rule": "not",
+    "any": "any",
+    "header": "header",
+    "url_path": "url_path",
+    "destination_ip": "destination_ip",
+    "destination_port": "destination_port",
+    "destination_port_range": "destination_port_range",
+}
+
+
+def _rbac_matcher(r: _Reader, v: object, path: str, *, principal: bool) -> RbacMatcher:
+    """A ``Permission`` (``principal`` False) or a ``Principal``: exactly one rule, read by kind."""
+    names = _RBAC_PRINCIPALS if principal else _RBAC_PERMISSIONS
+    item = _rbac_principal if principal else _rbac_permission
+    f = _Fields(r, v, path, tuple(names))
+    which = f.exactly_one(*names)
+    out = RbacMatcher("any")
+    if which is not None:
+        kind = names[which]
+        if kind in ("and", "or"):
+            key = "ids" if principal else "rules"
+
+            def rule_set(r: _Reader, v: object, path: str) -> tuple[RbacMatcher, ...]:
+                sf = _Fields(r, v, path, (key,))
+                rules = sf.req(key, _list(item, min_items=1))
+                sf.done()
+                return rules
+
+            out = RbacMatcher(kind, children=f.req(which, rule_set))
+        elif kind == "not":
+            out = RbacMatcher(kind, children=(f.req(which, item),))
+        elif kind == "any":
+            if f.req(which, _bool) is False:
+                f.problem(which, "must be true (Envoy's validation: any: true or another rule)")
+        elif kind == "header":
+            out = RbacMatcher(kind, header=f.req(which, _rbac_header))
+        elif kind == "url_path":
+            out = RbacMatcher(kind, string=f.req(which, _path_matcher))
+        elif kind == "authenticated":
+
+            def authenticated(r: _Reader, v: object, path: str) -> StringMatcher | None:
+                af = _Fields(r, v, path, ("principal_name",))
+                name = af.opt("principal_name", _string_matcher, None)
+                af.done()
+                return name
+
+            out = RbacMatcher(kind, string=f.req(which, authenticated))
+        elif kind == "destination_port":
+            port = f.req(which, _uint(0, 65535))
+            out = RbacMatcher(kind, ports=(port, port + 1) if port is not None else (0, 0))
+        elif kind == "destination_port_range":
+
+            def port_range(r: _Reader, v: object, path: str) -> tuple[int, int]:
+                pf = _Fields(r, v, path, ("start", "end"))
+                start, end = pf.opt("start", _uint(0, 65536), 0), pf.opt("end", _uint(0, 65536), 0)
+                pf.done()
+                return start, end
+
+            out = RbacMatcher(kind, ports=f.req(which, port_range))
+        else:
+            out = RbacMatcher(kind, network=f.req(which, _cidr))
+    f.done()
+    return out
+
+
+def _rbac_permission(r: _Reader, v: object, path: str) -> RbacMatcher:
+    return _rbac_matcher(r, v, path, principal=False)
+
+
+def _rbac_principal(r: _Reader, v: object, path: str) -> RbacMatcher:
+    return _rbac_matcher(r, v, path, principal=True)
 
 
 _ZLIB_LEVELS = {"DEFAULT_COMPRESSION": -1, "BEST_SPEED": 1, "BEST_COMPRESSION": 9} | {

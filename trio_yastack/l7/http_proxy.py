@@ -630,7 +630,7 @@ class HttpConnectionManagerRuntime:
         outcome = None
         if self.filters is not None:
             outcome = await self.filters.decode(
-                RequestView(method, target, headers, vhost, route, ds.filter_state), trio.current_time
+                RequestView(method, target, headers, vhost, route, ds.filter_state, ds), trio.current_time
             )
             flags, extra = outcome.flags, outcome.response_headers
             if outcome.status is not None:

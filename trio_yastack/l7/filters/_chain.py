@@ -18,6 +18,7 @@ from ..config import (
     CORS_NAME,
     FAULT_NAME,
     LOCAL_RATELIMIT_NAME,
+    RBAC_NAME,
     Compressor,
     FractionalPercent,
     HttpFilter,
@@ -32,6 +33,7 @@ from ._compressor import CompressorFilter
 from ._cors import CorsFilter
 from ._fault import FaultFilter
 from ._local_ratelimit import LocalRateLimitFilter
+from ._rbac import RbacFilter
 
 __all__ = ["FilterOutcome", "HttpFilterChain", "RequestView", "sample"]
 
@@ -40,8 +42,13 @@ Headers = list[tuple[bytes, bytes]]
 
 @dataclass(slots=True)
 class RequestView:
-    """What the filters see of a request: its head, the route chosen (None: no route), and the
-    connection's own filter state (for per-connection token buckets)."""
+    """What the filters see of a request: its head, the route chosen (None: no route), the
+    connection's own filter state (for per-connection token buckets), and the connection manager's
+    connection object (``remote``, ``scheme``, ``stream``: read through
+    :func:`~._connection.connection_info` by the filters that need the peer, such as RBAC).
+
+    ``headers`` is the list the router forwards from: a filter that adds or removes a request header
+    (``jwt_authn``, ``ext_authz``) changes it in place."""
 
     method: str
     path: str
@@ -49,6 +56,7 @@ class RequestView:
     vhost: VirtualHost | None
     route: Route | None
     connection_state: dict[int, object]
+    downstream: object = None
 
     def per_filter_config(self, name: str) -> PerRouteConfig | None:
         """The most specific ``typed_per_filter_config`` for filter ``name``: route, then virtual host."""
@@ -94,7 +102,11 @@ def sample(percent: FractionalPercent, runtime: Callable[[str], RuntimeValue], r
     return rng.randrange(denominator) < numerator
 
 
-Filter = CacheFilter | CompressorFilter | CorsFilter | FaultFilter | LocalRateLimitFilter
+Filter = CacheFilter | CompressorFilter | CorsFilter | FaultFilter | LocalRateLimitFilter | RbacFilter
+#: the filters that run in the chain (the router is the connection manager's own)
+CHAIN_FILTERS = frozenset(
+    {CACHE_NAME, COMPRESSOR_NAME, CORS_NAME, FAULT_NAME, LOCAL_RATELIMIT_NAME, RBAC_NAME}
+)
 
 
 class HttpFilterChain:
@@ -120,14 +132,13 @@ class HttpFilterChain:
                 self.filters.append((f, FaultFilter(f.config, scope, runtime, rng)))  # type: ignore[arg-type]  # the config's type follows its name
             elif f.name == LOCAL_RATELIMIT_NAME:
                 self.filters.append((f, LocalRateLimitFilter(f.config, stats, runtime, rng)))  # type: ignore[arg-type]  # the config's type follows its name
+            elif f.name == RBAC_NAME:
+                self.filters.append((f, RbacFilter(f.config, scope)))  # type: ignore[arg-type]  # the config's type follows its name
 
     @staticmethod
     def needed(filters: tuple[HttpFilter, ...]) -> bool:
         """False when the router is the only filter: then no chain is built at all."""
-        return any(
-            f.name in (CACHE_NAME, COMPRESSOR_NAME, CORS_NAME, FAULT_NAME, LOCAL_RATELIMIT_NAME)
-            for f in filters
-        )
+        return any(f.name in CHAIN_FILTERS for f in filters)
 
     async def decode(self, request: RequestView, now: Callable[[], float]) -> FilterOutcome:
         """Run each filter on ``request`` in order until one answers it locally."""
