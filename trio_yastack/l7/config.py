@@ -118,6 +118,12 @@ __all__ = [
     "HttpFault",
     "HttpFilter",
     "HttpFilterConfig",
+    "JwtAuthentication",
+    "JwtPerRoute",
+    "JwtProvider",
+    "JwtRemoteJwks",
+    "JwtRequirement",
+    "JwtRule",
     "LbEndpoint",
     "Listener",
     "LocalRateLimit",
@@ -189,6 +195,9 @@ CACHE_TYPE = "type.googleapis.com/envoy.extensions.filters.http.cache.v3.CacheCo
 SIMPLE_CACHE_TYPE = (
     "type.googleapis.com/envoy.extensions.http.cache.simple_http_cache.v3.SimpleHttpCacheConfig"
 )
+JWT_AUTHN_NAME = "envoy.filters.http.jwt_authn"
+JWT_AUTHN_TYPE = "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication"
+JWT_AUTHN_PER_ROUTE_TYPE = "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.PerRouteConfig"
 RBAC_NAME = "envoy.filters.http.rbac"
 RBAC_TYPE = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"
 RBAC_PER_ROUTE_TYPE = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBACPerRoute"
@@ -198,6 +207,7 @@ HTTP_FILTER_TYPES = {
     COMPRESSOR_NAME: COMPRESSOR_TYPE,
     CORS_NAME: CORS_TYPE,
     FAULT_NAME: FAULT_TYPE,
+    JWT_AUTHN_NAME: JWT_AUTHN_TYPE,
     LOCAL_RATELIMIT_NAME: LOCAL_RATELIMIT_TYPE,
     RBAC_NAME: RBAC_TYPE,
     ROUTER_NAME: ROUTER_TYPE,
@@ -207,6 +217,7 @@ PER_ROUTE_TYPES = {
     COMPRESSOR_NAME: COMPRESSOR_PER_ROUTE_TYPE,
     CORS_NAME: CORS_POLICY_TYPE,
     FAULT_NAME: FAULT_TYPE,
+    JWT_AUTHN_NAME: JWT_AUTHN_PER_ROUTE_TYPE,
     LOCAL_RATELIMIT_NAME: LOCAL_RATELIMIT_TYPE,
     RBAC_NAME: RBAC_PER_ROUTE_TYPE,
 }
@@ -652,12 +663,90 @@ class Rbac:
 
 
 @dataclass(frozen=True, slots=True)
+class JwtRemoteJwks:
+    """``remote_jwks``: the JWKS fetched with a GET of ``uri`` from ``cluster`` (within ``timeout``),
+    kept for ``cache_duration`` (Envoy's default 10 minutes)."""
+
+    uri: str
+    cluster: str
+    timeout: float = 1.0
+    cache_duration: float = 600.0
+
+
+@dataclass(frozen=True, slots=True)
+class JwtProvider:
+    """``providers.<name>`` (``JwtProvider``).  Where the token is looked for: ``from_headers``
+    (name, value prefix), ``from_params``, ``from_cookies``; none given: ``Authorization: Bearer``
+    and the ``access_token`` query parameter, as Envoy.  ``forward`` keeps the token's header on the
+    request (Envoy removes it by default); ``forward_payload_header`` adds the payload (base64url,
+    unpadded unless ``pad_forward_payload_header``); ``claim_to_headers`` copies claims into
+    headers.  ``clock_skew_seconds``: Envoy's default 60."""
+
+    name: str
+    issuer: str = ""
+    audiences: tuple[str, ...] = ()
+    local_jwks: DataSource | None = None
+    remote_jwks: JwtRemoteJwks | None = None
+    forward: bool = False
+    from_headers: tuple[tuple[str, str], ...] = ()
+    from_params: tuple[str, ...] = ()
+    from_cookies: tuple[str, ...] = ()
+    forward_payload_header: str = ""
+    pad_forward_payload_header: bool = False
+    clock_skew_seconds: int = 60
+    claim_to_headers: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class JwtRequirement:
+    """``JwtRequirement``: ``kind`` ``provider`` (``provider_name``, with ``audiences`` replacing the
+    provider's for ``provider_and_audiences``), ``any``/``all`` (``requirements``),
+    ``allow_missing`` or ``allow_missing_or_failed``."""
+
+    kind: Literal["provider", "any", "all", "allow_missing", "allow_missing_or_failed"]
+    provider: str = ""
+    audiences: tuple[str, ...] | None = None
+    requirements: tuple[JwtRequirement, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class JwtRule:
+    """``rules[]``: the first whose ``match`` (a route match: prefix or path, headers) takes the
+    request decides what it needs (``requires`` absent: nothing)."""
+
+    match: RouteMatch
+    requires: JwtRequirement | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JwtAuthentication:
+    """``envoy.filters.http.jwt_authn``: providers by name, rules tried in order, named requirements
+    for ``PerRouteConfig.requirement_name``; ``bypass_cors_preflight`` lets CORS preflights through."""
+
+    providers: tuple[JwtProvider, ...] = ()
+    rules: tuple[JwtRule, ...] = ()
+    requirement_map: tuple[tuple[str, JwtRequirement], ...] = ()
+    bypass_cors_preflight: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class JwtPerRoute:
+    """``jwt_authn``'s ``PerRouteConfig``: ``disabled``, or the ``requirement_name`` of the
+    filter's ``requirement_map`` that this route needs (in place of the rules)."""
+
+    disabled: bool = False
+    requirement_name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class RouterFilter:
     """``envoy.filters.http.router``: the terminal filter (nothing to configure in the subset)."""
 
 
-HttpFilterConfig = Compressor | Cors | HttpCache | HttpFault | LocalRateLimit | Rbac | RouterFilter
-PerRouteConfig = CompressorPerRoute | CorsPolicy | HttpFault | LocalRateLimit | Rbac
+HttpFilterConfig = (
+    Compressor | Cors | HttpCache | HttpFault | JwtAuthentication | LocalRateLimit | Rbac | RouterFilter
+)
+PerRouteConfig = CompressorPerRoute | CorsPolicy | HttpFault | JwtPerRoute | LocalRateLimit | Rbac
 
 
 @dataclass(frozen=True, slots=True)
@@ -1389,6 +1478,8 @@ _TYPED_CONFIG_FIELDS: dict[str, tuple[str, ...]] = {
         "response_headers_to_add",
         "local_rate_limit_per_downstream_connection",
     ),
+    JWT_AUTHN_TYPE: ("providers", "rules", "requirement_map", "bypass_cors_preflight", "stat_prefix"),
+    JWT_AUTHN_PER_ROUTE_TYPE: ("disabled", "requirement_name"),
     RBAC_TYPE: ("rules", "shadow_rules", "rules_stat_prefix", "shadow_rules_stat_prefix"),
     RBAC_PER_ROUTE_TYPE: ("rbac",),
     CORS_POLICY_TYPE: (
@@ -2085,6 +2176,8 @@ def _http_filter_config(r: _Reader, name: str, tc: _Fields) -> HttpFilterConfig:
         config = _local_ratelimit(r, tc)
     elif name == RBAC_NAME:
         config = _rbac(r, tc)
+    elif name == JWT_AUTHN_NAME:
+        config = _jwt_authn(r, tc)
     else:
         config = Cors() if name == CORS_NAME else RouterFilter()
     tc.done()
@@ -2132,6 +2225,12 @@ def _per_filter_config(r: _Reader, name: str, v: object, path: str) -> PerRouteC
         config = _fault(r, tc)
     elif name == RBAC_NAME:
         config = tc.opt("rbac", _rbac_message, Rbac())
+    elif name == JWT_AUTHN_NAME:
+        which = tc.exactly_one("disabled", "requirement_name")
+        if which == "disabled":
+            config = JwtPerRoute(disabled=tc.req("disabled", _bool))
+        else:
+            config = JwtPerRoute(requirement_name=tc.req("requirement_name", _nonempty_str))
     else:
         config = _local_ratelimit(r, tc)
     tc.done()
@@ -2381,6 +2480,191 @@ def _rbac_permission(r: _Reader, v: object, path: str) -> RbacMatcher:
 
 def _rbac_principal(r: _Reader, v: object, path: str) -> RbacMatcher:
     return _rbac_matcher(r, v, path, principal=True)
+
+
+def _named_map(
+    item: Callable[[_Reader, Any, str, str], T],
+) -> Callable[[_Reader, Any, str], tuple[T, ...]]:
+    """A protobuf ``map<string, M>``: each value read by ``item(r, value, path, name)``, in the order
+    written; every problem of every entry is reported."""
+
+    def parse(r: _Reader, v: object, path: str) -> tuple[T, ...]:
+        if not isinstance(v, Mapping):
+            r.fail(path, f"expected a mapping of names to values, got {_kind(v)}")
+        out: list[T] = []
+        failed = False
+        for name, value in v.items():
+            try:
+                out.append(item(r, value, _join(path, str(name)), str(name)))
+            except _Skip:
+                failed = True
+        if failed:
+            raise _Skip
+        return tuple(out)
+
+    return parse
+
+
+def _jwt_header(r: _Reader, v: object, path: str) -> tuple[str, str]:
+    f = _Fields(r, v, path, ("name", "value_prefix"))
+    name = f.req("name", _header_name)
+    prefix = f.opt("value_prefix", _str, "")
+    f.done()
+    return name.lower(), prefix
+
+
+def _jwt_claim_to_header(r: _Reader, v: object, path: str) -> tuple[str, str]:
+    f = _Fields(r, v, path, ("header_name", "claim_name"))
+    header = f.req("header_name", _header_name)
+    claim = f.req("claim_name", _nonempty_str)
+    f.done()
+    return header.lower(), claim
+
+
+def _jwt_remote_jwks(r: _Reader, v: object, path: str) -> JwtRemoteJwks:
+    f = _Fields(r, v, path, ("http_uri", "cache_duration"))
+    cache = f.opt("cache_duration", _duration_gt0, 600.0)
+    uri = f.req("http_uri", _http_uri)
+    f.done()
+    return JwtRemoteJwks(uri[0], uri[1], uri[2], cache)
+
+
+def _http_uri(r: _Reader, v: object, path: str) -> tuple[str, str, float]:
+    """An ``HttpUri``: ``uri`` (http or https, with a path), ``cluster`` (must exist) and
+    ``timeout`` (required by Envoy's validation)."""
+    f = _Fields(r, v, path, ("uri", "cluster", "timeout"))
+    uri = f.req("uri", _nonempty_str)
+    cluster = f.req("cluster", _nonempty_str)
+    timeout = f.req("timeout", _duration_gt0)
+    if uri is not None and not re.match(r"https?://[^/]+", uri):
+        f.problem("uri", f"{uri!r} is not an http:// or https:// URI")
+    if cluster is not None:
+        r.cluster_refs.append((cluster, _join(path, "cluster")))
+    f.done()
+    return uri, cluster, timeout
+
+
+def _jwt_cache_config(r: _Reader, v: object, path: str) -> None:
+    """Envoy's cache of verified tokens: accepted and not needed (a verification here is cheap
+    enough, and the JWKS, the costly part, is cached)."""
+    f = _Fields(r, v, path, ("jwt_cache_size", "jwt_max_token_size"))
+    f.opt("jwt_cache_size", _uint32, 0)
+    f.opt("jwt_max_token_size", _uint32, 0)
+    f.done()
+
+
+def _jwt_provider(r: _Reader, v: object, path: str, name: str) -> JwtProvider:
+    fields = (
+        "issuer", "audiences", "local_jwks", "remote_jwks", "forward", "from_headers", "from_params",
+        "from_cookies", "forward_payload_header", "pad_forward_payload_header", "clock_skew_seconds",
+        "claim_to_headers", "jwt_cache_config",
+    )  # fmt: skip
+    f = _Fields(r, v, path, fields)
+    f.exactly_one("local_jwks", "remote_jwks")
+    f.opt(
+        "jwt_cache_config", lambda r, v, p: _Fields(r, v, p, ("jwt_cache_size", "jwt_max_token_size")), None
+    )
+    provider = JwtProvider(
+        name,
+        issuer=f.opt("issuer", _str, ""),
+        audiences=f.opt("audiences", _list(_str), ()),
+        local_jwks=f.opt("local_jwks", _data_source, None),
+        remote_jwks=f.opt("remote_jwks", _jwt_remote_jwks, None),
+        forward=f.opt("forward", _bool, False),
+        from_headers=f.opt("from_headers", _list(_jwt_header), ()),
+        from_params=f.opt("from_params", _list(_nonempty_str), ()),
+        from_cookies=f.opt("from_cookies", _list(_nonempty_str), ()),
+        forward_payload_header=f.opt("forward_payload_header", _header_name, "").lower(),
+        pad_forward_payload_header=f.opt("pad_forward_payload_header", _bool, False),
+        clock_skew_seconds=f.opt("clock_skew_seconds", _uint32, 60),
+        claim_to_headers=f.opt("claim_to_headers", _list(_jwt_claim_to_header), ()),
+    )
+    f.done()
+    if provider.local_jwks is not None and provider.local_jwks.inline is not None:
+        try:
+            keys = json.loads(provider.local_jwks.inline)
+        except ValueError:
+            keys = None
+        if not isinstance(keys, dict) or not isinstance(keys.get("keys"), list):
+            r.fail(_join(path, "local_jwks"), 'not a JWKS: expected a JSON object with a "keys" list')
+    return provider
+
+
+_JWT_REQUIREMENT_FIELDS = (
+    "provider_name",
+    "provider_and_audiences",
+    "requires_any",
+    "requires_all",
+    "allow_missing",
+    "allow_missing_or_failed",
+)
+
+
+def _jwt_requirement(r: _Reader, v: object, path: str) -> JwtRequirement:
+    f = _Fields(r, v, path, _JWT_REQUIREMENT_FIELDS)
+    which = f.exactly_one(*_JWT_REQUIREMENT_FIELDS)
+    out = JwtRequirement("allow_missing_or_failed")
+    if which == "provider_name":
+        out = JwtRequirement("provider", provider=f.req(which, _nonempty_str))
+    elif which == "provider_and_audiences":
+
+        def provider_and_audiences(r: _Reader, v: object, path: str) -> JwtRequirement:
+            pf = _Fields(r, v, path, ("provider_name", "audiences"))
+            name = pf.req("provider_name", _nonempty_str)
+            audiences = pf.opt("audiences", _list(_str), ())
+            pf.done()
+            return JwtRequirement("provider", provider=name, audiences=audiences)
+
+        out = f.req(which, provider_and_audiences)
+    elif which in ("requires_any", "requires_all"):
+
+        def requirement_list(r: _Reader, v: object, path: str) -> tuple[JwtRequirement, ...]:
+            lf = _Fields(r, v, path, ("requirements",))
+            items = lf.req("requirements", _list(_jwt_requirement, min_items=2))
+            lf.done()
+            return items
+
+        kind: Literal["any", "all"] = "any" if which == "requires_any" else "all"
+        out = JwtRequirement(kind, requirements=f.req(which, requirement_list))
+    elif which in ("allow_missing", "allow_missing_or_failed"):
+        _Fields(r, f.values[which], _join(path, which), ()).done()  # google.protobuf.Empty
+        out = JwtRequirement(which)  # type: ignore[arg-type]  # one of the two kinds, by the test above
+    f.done()
+    return out
+
+
+def _jwt_rule(r: _Reader, v: object, path: str) -> JwtRule:
+    f = _Fields(r, v, path, ("match", "requires"))
+    rule = JwtRule(f.req("match", _route_match), f.opt("requires", _jwt_requirement, None))
+    f.done()
+    return rule
+
+
+def _jwt_authn(r: _Reader, tc: _Fields) -> JwtAuthentication:
+    tc.opt("stat_prefix", _str, "")
+    config = JwtAuthentication(
+        providers=tc.opt("providers", _named_map(_jwt_provider), ()),
+        rules=tc.opt("rules", _list(_jwt_rule), ()),
+        requirement_map=tc.opt(
+            "requirement_map", _named_map(lambda r, v, p, name: (name, _jwt_requirement(r, v, p))), ()
+        ),
+        bypass_cors_preflight=tc.opt("bypass_cors_preflight", _bool, False),
+    )
+    raw = tc.values.get("providers")
+    names = {str(k) for k in raw} if isinstance(raw, Mapping) else set()  # a failed one still counts
+
+    def check(req: JwtRequirement, path: str) -> None:
+        if req.kind == "provider" and req.provider not in names:
+            tc.problem(path, f"provider {req.provider!r} is not in providers ({', '.join(sorted(names))})")
+        for i, child in enumerate(req.requirements):
+            check(child, f"{path}.requirements[{i}]")
+
+    for i, rule in enumerate(config.rules or ()):  # None: the rules failed (tc.done() raises)
+        if rule.requires is not None:
+            check(rule.requires, f"rules[{i}].requires")
+    for name, req in config.requirement_map or ():
+        check(req, f"requirement_map.{name}")
+    return config
 
 
 _ZLIB_LEVELS = {"DEFAULT_COMPRESSION": -1, "BEST_SPEED": 1, "BEST_COMPRESSION": 9} | {

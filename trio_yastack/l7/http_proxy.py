@@ -341,7 +341,7 @@ class HttpConnectionManagerRuntime:
         self.filters: HttpFilterChain | None = None
         if HttpFilterChain.needed(config.http_filters):
             self.filters = HttpFilterChain(
-                config.http_filters, stats, self.stats, runtime or _no_runtime, self.rng
+                config.http_filters, stats, self.stats, runtime or _no_runtime, self.rng, clusters
             )
 
     # --- connections ---

@@ -17,6 +17,7 @@ from ..config import (
     COMPRESSOR_NAME,
     CORS_NAME,
     FAULT_NAME,
+    JWT_AUTHN_NAME,
     LOCAL_RATELIMIT_NAME,
     RBAC_NAME,
     Compressor,
@@ -32,6 +33,7 @@ from ._cache import CacheFilter, CacheStore
 from ._compressor import CompressorFilter
 from ._cors import CorsFilter
 from ._fault import FaultFilter
+from ._jwt_authn import JwtAuthnFilter
 from ._local_ratelimit import LocalRateLimitFilter
 from ._rbac import RbacFilter
 
@@ -102,10 +104,18 @@ def sample(percent: FractionalPercent, runtime: Callable[[str], RuntimeValue], r
     return rng.randrange(denominator) < numerator
 
 
-Filter = CacheFilter | CompressorFilter | CorsFilter | FaultFilter | LocalRateLimitFilter | RbacFilter
+Filter = (
+    CacheFilter
+    | CompressorFilter
+    | CorsFilter
+    | FaultFilter
+    | JwtAuthnFilter
+    | LocalRateLimitFilter
+    | RbacFilter
+)
 #: the filters that run in the chain (the router is the connection manager's own)
 CHAIN_FILTERS = frozenset(
-    {CACHE_NAME, COMPRESSOR_NAME, CORS_NAME, FAULT_NAME, LOCAL_RATELIMIT_NAME, RBAC_NAME}
+    {CACHE_NAME, COMPRESSOR_NAME, CORS_NAME, FAULT_NAME, JWT_AUTHN_NAME, LOCAL_RATELIMIT_NAME, RBAC_NAME}
 )
 
 
@@ -119,7 +129,10 @@ class HttpFilterChain:
         scope: Scope,
         runtime: Callable[[str], RuntimeValue],
         rng: random.Random,
+        clusters: object = None,
     ) -> None:
+        """``clusters``: the proxy's cluster manager (``clusters[name]``), for the filters that call
+        a cluster themselves (``jwt_authn``'s remote JWKS, ``ext_authz``)."""
         self.filters: list[tuple[HttpFilter, Filter]] = []
         for f in filters:
             if f.name == CACHE_NAME:
@@ -132,6 +145,8 @@ class HttpFilterChain:
                 self.filters.append((f, FaultFilter(f.config, scope, runtime, rng)))  # type: ignore[arg-type]  # the config's type follows its name
             elif f.name == LOCAL_RATELIMIT_NAME:
                 self.filters.append((f, LocalRateLimitFilter(f.config, stats, runtime, rng)))  # type: ignore[arg-type]  # the config's type follows its name
+            elif f.name == JWT_AUTHN_NAME:
+                self.filters.append((f, JwtAuthnFilter(f.config, scope, clusters)))  # type: ignore[arg-type]  # the config's type follows its name
             elif f.name == RBAC_NAME:
                 self.filters.append((f, RbacFilter(f.config, scope)))  # type: ignore[arg-type]  # the config's type follows its name
 
