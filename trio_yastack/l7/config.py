@@ -57,6 +57,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import importlib.util
 import ipaddress
 import json
 import re
@@ -105,6 +106,8 @@ __all__ = [
     "DataSource",
     "DirectResponse",
     "DownstreamTlsContext",
+    "ExtAuthz",
+    "ExtAuthzPerRoute",
     "FaultAbort",
     "FaultDelay",
     "FilterChain",
@@ -195,6 +198,9 @@ CACHE_TYPE = "type.googleapis.com/envoy.extensions.filters.http.cache.v3.CacheCo
 SIMPLE_CACHE_TYPE = (
     "type.googleapis.com/envoy.extensions.http.cache.simple_http_cache.v3.SimpleHttpCacheConfig"
 )
+EXT_AUTHZ_NAME = "envoy.filters.http.ext_authz"
+EXT_AUTHZ_TYPE = "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz"
+EXT_AUTHZ_PER_ROUTE_TYPE = "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute"
 JWT_AUTHN_NAME = "envoy.filters.http.jwt_authn"
 JWT_AUTHN_TYPE = "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication"
 JWT_AUTHN_PER_ROUTE_TYPE = "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.PerRouteConfig"
@@ -206,6 +212,7 @@ HTTP_FILTER_TYPES = {
     CACHE_NAME: CACHE_TYPE,
     COMPRESSOR_NAME: COMPRESSOR_TYPE,
     CORS_NAME: CORS_TYPE,
+    EXT_AUTHZ_NAME: EXT_AUTHZ_TYPE,
     FAULT_NAME: FAULT_TYPE,
     JWT_AUTHN_NAME: JWT_AUTHN_TYPE,
     LOCAL_RATELIMIT_NAME: LOCAL_RATELIMIT_TYPE,
@@ -216,6 +223,7 @@ HTTP_FILTER_TYPES = {
 PER_ROUTE_TYPES = {
     COMPRESSOR_NAME: COMPRESSOR_PER_ROUTE_TYPE,
     CORS_NAME: CORS_POLICY_TYPE,
+    EXT_AUTHZ_NAME: EXT_AUTHZ_PER_ROUTE_TYPE,
     FAULT_NAME: FAULT_TYPE,
     JWT_AUTHN_NAME: JWT_AUTHN_PER_ROUTE_TYPE,
     LOCAL_RATELIMIT_NAME: LOCAL_RATELIMIT_TYPE,
@@ -739,14 +747,69 @@ class JwtPerRoute:
 
 
 @dataclass(frozen=True, slots=True)
+class ExtAuthz:
+    """``envoy.filters.http.ext_authz``: asks an authorization service about each request.
+
+    ``kind`` "http": ``http_service`` (``server_uri`` with its cluster and timeout, ``path_prefix``,
+    ``authorization_request``/``authorization_response``); "grpc": ``grpc_service`` with
+    ``envoy_grpc.cluster_name`` (``target`` None) or ``google_grpc.target_uri`` (``target``), calling
+    ``envoy.service.auth.v3.Authorization/Check``.  Header lists are ``StringMatcher`` patterns:
+    ``allowed_headers`` (None: Envoy's default set), ``allowed_upstream_headers`` (+ ``_to_append``),
+    ``allowed_client_headers`` (None: all of a denial's headers) and
+    ``allowed_client_headers_on_success``.  When the service fails (no answer in ``timeout``, a 5xx,
+    a gRPC error): ``failure_mode_allow`` lets the request through (with
+    ``x-envoy-auth-failure-mode-allowed: true`` when ``failure_mode_allow_header_add``), else the
+    client gets ``status_on_error`` (Envoy's default 403)."""
+
+    kind: Literal["http", "grpc"]
+    cluster: str = ""
+    target: str | None = None
+    authority: str | None = None
+    uri: str = ""
+    timeout: float = 0.2
+    path_prefix: str = ""
+    allowed_headers: tuple[StringMatcher, ...] | None = None
+    headers_to_add: tuple[tuple[str, str], ...] = ()
+    allowed_upstream_headers: tuple[StringMatcher, ...] = ()
+    allowed_upstream_headers_to_append: tuple[StringMatcher, ...] = ()
+    allowed_client_headers: tuple[StringMatcher, ...] | None = None
+    allowed_client_headers_on_success: tuple[StringMatcher, ...] = ()
+    failure_mode_allow: bool = False
+    failure_mode_allow_header_add: bool = False
+    status_on_error: int = 403
+    filter_enabled: FractionalPercent | None = None
+    stat_prefix: str = ""
+    include_peer_certificate: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ExtAuthzPerRoute:
+    """``ExtAuthzPerRoute``: ``disabled``, or ``check_settings.context_extensions`` sent with the
+    gRPC check of this route's requests."""
+
+    disabled: bool = False
+    context_extensions: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class RouterFilter:
     """``envoy.filters.http.router``: the terminal filter (nothing to configure in the subset)."""
 
 
 HttpFilterConfig = (
-    Compressor | Cors | HttpCache | HttpFault | JwtAuthentication | LocalRateLimit | Rbac | RouterFilter
+    Compressor
+    | Cors
+    | ExtAuthz
+    | HttpCache
+    | HttpFault
+    | JwtAuthentication
+    | LocalRateLimit
+    | Rbac
+    | RouterFilter
 )
-PerRouteConfig = CompressorPerRoute | CorsPolicy | HttpFault | JwtPerRoute | LocalRateLimit | Rbac
+PerRouteConfig = (
+    CompressorPerRoute | CorsPolicy | ExtAuthzPerRoute | HttpFault | JwtPerRoute | LocalRateLimit | Rbac
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -1478,6 +1541,20 @@ _TYPED_CONFIG_FIELDS: dict[str, tuple[str, ...]] = {
         "response_headers_to_add",
         "local_rate_limit_per_downstream_connection",
     ),
+    EXT_AUTHZ_TYPE: (
+        "http_service",
+        "grpc_service",
+        "transport_api_version",
+        "failure_mode_allow",
+        "failure_mode_allow_header_add",
+        "status_on_error",
+        "filter_enabled",
+        "stat_prefix",
+        "allowed_headers",
+        "include_peer_certificate",
+        "clear_route_cache",
+    ),
+    EXT_AUTHZ_PER_ROUTE_TYPE: ("disabled", "check_settings"),
     JWT_AUTHN_TYPE: ("providers", "rules", "requirement_map", "bypass_cors_preflight", "stat_prefix"),
     JWT_AUTHN_PER_ROUTE_TYPE: ("disabled", "requirement_name"),
     RBAC_TYPE: ("rules", "shadow_rules", "rules_stat_prefix", "shadow_rules_stat_prefix"),
@@ -2178,6 +2255,8 @@ def _http_filter_config(r: _Reader, name: str, tc: _Fields) -> HttpFilterConfig:
         config = _rbac(r, tc)
     elif name == JWT_AUTHN_NAME:
         config = _jwt_authn(r, tc)
+    elif name == EXT_AUTHZ_NAME:
+        config = _ext_authz(r, tc)
     else:
         config = Cors() if name == CORS_NAME else RouterFilter()
     tc.done()
@@ -2225,6 +2304,12 @@ def _per_filter_config(r: _Reader, name: str, v: object, path: str) -> PerRouteC
         config = _fault(r, tc)
     elif name == RBAC_NAME:
         config = tc.opt("rbac", _rbac_message, Rbac())
+    elif name == EXT_AUTHZ_NAME:
+        which = tc.exactly_one("disabled", "check_settings")
+        if which == "disabled":
+            config = ExtAuthzPerRoute(disabled=tc.req("disabled", _bool))
+        else:
+            config = ExtAuthzPerRoute(context_extensions=tc.req("check_settings", _ext_authz_check_settings))
     elif name == JWT_AUTHN_NAME:
         which = tc.exactly_one("disabled", "requirement_name")
         if which == "disabled":
@@ -2665,6 +2750,164 @@ def _jwt_authn(r: _Reader, tc: _Fields) -> JwtAuthentication:
     for name, req in config.requirement_map or ():
         check(req, f"requirement_map.{name}")
     return config
+
+
+def _ext_authz_check_settings(r: _Reader, v: object, path: str) -> tuple[tuple[str, str], ...]:
+    f = _Fields(r, v, path, ("context_extensions",))
+    raw = f.opt("context_extensions", _string_map, {})
+    f.done()
+    return tuple(raw.items())
+
+
+def _string_map(r: _Reader, v: object, path: str) -> dict[str, str]:
+    if not isinstance(v, Mapping):
+        r.fail(path, f"expected a mapping of strings, got {_kind(v)}")
+    out = {}
+    for key, value in v.items():
+        out[str(key)] = _str(r, value, _join(path, str(key)))
+    return out
+
+
+def _list_string_matcher(r: _Reader, v: object, path: str) -> tuple[StringMatcher, ...]:
+    """A ``ListStringMatcher``: ``patterns``, any of which may match."""
+    f = _Fields(r, v, path, ("patterns",))
+    patterns = f.req("patterns", _list(_string_matcher, min_items=1))
+    f.done()
+    return patterns
+
+
+def _http_status(r: _Reader, v: object, path: str) -> int:
+    """An ``HttpStatus``: ``code``, a ``StatusCode`` name (``Forbidden``) or its number."""
+    from envoy.type.v3 import http_status_pb2  # type: ignore[import-untyped]  # xds-protos: no stubs
+
+    f = _Fields(r, v, path, ("code",))
+    code = f.req("code", _str_or_int)
+    f.done()
+    values = http_status_pb2.StatusCode.DESCRIPTOR.values
+    for value in values:
+        if code in (value.name, value.number) and value.number >= 200:
+            return int(value.number)
+    r.fail(_join(path, "code"), f"{code!r} is not one of Envoy's StatusCode names (Forbidden, ...)")
+
+
+def _str_or_int(r: _Reader, v: object, path: str) -> str | int:
+    if isinstance(v, bool) or not isinstance(v, (str, int)):
+        r.fail(path, f"expected a name or a number, got {_kind(v)}")
+    return v
+
+
+def _ext_authz_http_service(r: _Reader, v: object, path: str) -> ExtAuthz:
+    f = _Fields(r, v, path, ("server_uri", "path_prefix", "authorization_request", "authorization_response"))
+    uri = f.req("server_uri", _http_uri)
+    prefix = f.opt("path_prefix", _str, "")
+    if prefix and not prefix.startswith("/"):
+        f.problem("path_prefix", f"{prefix!r} must start with '/'")
+    request = f.opt("authorization_request", _ext_authz_request, (None, ()))
+    response = f.opt("authorization_response", _ext_authz_response, ((), (), None, ()))
+    f.done()
+    return ExtAuthz(
+        "http",
+        cluster=uri[1],
+        uri=uri[0],
+        timeout=uri[2],
+        path_prefix=prefix,
+        allowed_headers=request[0],
+        headers_to_add=request[1],
+        allowed_upstream_headers=response[0],
+        allowed_upstream_headers_to_append=response[1],
+        allowed_client_headers=response[2],
+        allowed_client_headers_on_success=response[3],
+    )
+
+
+def _ext_authz_request(
+    r: _Reader, v: object, path: str
+) -> tuple[tuple[StringMatcher, ...] | None, tuple[tuple[str, str], ...]]:
+    f = _Fields(r, v, path, ("allowed_headers", "headers_to_add"))
+    allowed = f.opt("allowed_headers", _list_string_matcher, None)
+    to_add = f.opt("headers_to_add", _list(_header_value), ())
+    f.done()
+    return allowed, to_add
+
+
+_Patterns = tuple[StringMatcher, ...]
+
+
+def _ext_authz_response(
+    r: _Reader, v: object, path: str
+) -> tuple[_Patterns, _Patterns, _Patterns | None, _Patterns]:
+    names = (
+        "allowed_upstream_headers",
+        "allowed_upstream_headers_to_append",
+        "allowed_client_headers",
+        "allowed_client_headers_on_success",
+    )
+    f = _Fields(r, v, path, names)
+    out = (
+        f.opt(names[0], _list_string_matcher, ()),
+        f.opt(names[1], _list_string_matcher, ()),
+        f.opt(names[2], _list_string_matcher, None),
+        f.opt(names[3], _list_string_matcher, ()),
+    )
+    f.done()
+    return out
+
+
+def _ext_authz_grpc_service(r: _Reader, v: object, path: str) -> ExtAuthz:
+    f = _Fields(r, v, path, ("envoy_grpc", "google_grpc", "timeout"))
+    which = f.exactly_one("envoy_grpc", "google_grpc")
+    timeout = f.opt("timeout", _duration_gt0, 0.2)
+    config = ExtAuthz("grpc", timeout=timeout)
+    if which == "envoy_grpc":
+
+        def envoy_grpc(r: _Reader, v: object, path: str) -> ExtAuthz:
+            ef = _Fields(r, v, path, ("cluster_name", "authority"))
+            cluster = ef.req("cluster_name", _nonempty_str)
+            authority = ef.opt("authority", _str, None)
+            if cluster is not None:
+                r.cluster_refs.append((cluster, _join(path, "cluster_name")))
+            ef.done()
+            return replace(config, cluster=cluster, authority=authority or None)
+
+        config = f.req(which, envoy_grpc)
+    elif which == "google_grpc":
+
+        def google_grpc(r: _Reader, v: object, path: str) -> ExtAuthz:
+            gf = _Fields(r, v, path, ("target_uri", "stat_prefix"))
+            target = gf.req("target_uri", _nonempty_str)
+            gf.req("stat_prefix", _str)  # required by Envoy's validation
+            gf.done()
+            return replace(config, target=target)
+
+        config = f.req(which, google_grpc)
+    f.done()
+    if importlib.util.find_spec("grpc") is None:  # grpcio: this filter's gRPC client (the "grpc" extra)
+        r.fail(path, "needs grpcio (pip install 'trio_yastack[grpc]')")
+    return config
+
+
+def _ext_authz(r: _Reader, tc: _Fields) -> ExtAuthz:
+    which = tc.exactly_one("http_service", "grpc_service")
+    config = ExtAuthz("http")
+    if which == "http_service":
+        config = tc.req(which, _ext_authz_http_service)
+    elif which == "grpc_service":
+        config = tc.req(which, _ext_authz_grpc_service)
+    version = tc.opt("transport_api_version", _enum(("V3",)), "V3")
+    tc.opt("clear_route_cache", _bool, False)  # the route is chosen before the filters here
+    allowed = tc.opt("allowed_headers", _list_string_matcher, None)
+    rest = {
+        "failure_mode_allow": tc.opt("failure_mode_allow", _bool, False),
+        "failure_mode_allow_header_add": tc.opt("failure_mode_allow_header_add", _bool, False),
+        "status_on_error": tc.opt("status_on_error", _http_status, 403),
+        "filter_enabled": tc.opt("filter_enabled", _runtime_fractional_percent, None),
+        "stat_prefix": tc.opt("stat_prefix", _str, ""),
+        "include_peer_certificate": tc.opt("include_peer_certificate", _bool, False),
+    }
+    if config is None or version is None or tc.failed:
+        return ExtAuthz("http")  # tc.done() raises
+    allowed = allowed if allowed is not None else config.allowed_headers
+    return replace(config, allowed_headers=allowed, **rest)  # type: ignore[arg-type]  # each value read by its field's parser above
 
 
 _ZLIB_LEVELS = {"DEFAULT_COMPRESSION": -1, "BEST_SPEED": 1, "BEST_COMPRESSION": 9} | {

@@ -1,8 +1,7 @@
 """The HTTP filters between the connection manager and the router (Envoy's ``http_filters``):
-``cache``, ``compressor`` (gzip), ``cors``, ``fault``, ``jwt_authn``, ``local_ratelimit`` and ``rbac``, run in
-the order
-configured, each reading its ``typed_per_filter_config`` override from the route, then the virtual
-host."""
+``cache``, ``compressor`` (gzip), ``cors``, ``ext_authz``, ``fault``, ``jwt_authn``,
+``local_ratelimit`` and ``rbac``, run in the order configured, each reading its
+``typed_per_filter_config`` override from the route, then the virtual host."""
 
 from ._chain import FilterOutcome as FilterOutcome
 from ._chain import HttpFilterChain as HttpFilterChain

@@ -16,6 +16,7 @@ from ..config import (
     CACHE_NAME,
     COMPRESSOR_NAME,
     CORS_NAME,
+    EXT_AUTHZ_NAME,
     FAULT_NAME,
     JWT_AUTHN_NAME,
     LOCAL_RATELIMIT_NAME,
@@ -32,6 +33,7 @@ from ..stats import Scope, Stats
 from ._cache import CacheFilter, CacheStore
 from ._compressor import CompressorFilter
 from ._cors import CorsFilter
+from ._ext_authz import ExtAuthzFilter
 from ._fault import FaultFilter
 from ._jwt_authn import JwtAuthnFilter
 from ._local_ratelimit import LocalRateLimitFilter
@@ -108,6 +110,7 @@ Filter = (
     CacheFilter
     | CompressorFilter
     | CorsFilter
+    | ExtAuthzFilter
     | FaultFilter
     | JwtAuthnFilter
     | LocalRateLimitFilter
@@ -115,7 +118,16 @@ Filter = (
 )
 #: the filters that run in the chain (the router is the connection manager's own)
 CHAIN_FILTERS = frozenset(
-    {CACHE_NAME, COMPRESSOR_NAME, CORS_NAME, FAULT_NAME, JWT_AUTHN_NAME, LOCAL_RATELIMIT_NAME, RBAC_NAME}
+    {
+        CACHE_NAME,
+        COMPRESSOR_NAME,
+        CORS_NAME,
+        EXT_AUTHZ_NAME,
+        FAULT_NAME,
+        JWT_AUTHN_NAME,
+        LOCAL_RATELIMIT_NAME,
+        RBAC_NAME,
+    }
 )
 
 
@@ -145,6 +157,8 @@ class HttpFilterChain:
                 self.filters.append((f, FaultFilter(f.config, scope, runtime, rng)))  # type: ignore[arg-type]  # the config's type follows its name
             elif f.name == LOCAL_RATELIMIT_NAME:
                 self.filters.append((f, LocalRateLimitFilter(f.config, stats, runtime, rng)))  # type: ignore[arg-type]  # the config's type follows its name
+            elif f.name == EXT_AUTHZ_NAME:
+                self.filters.append((f, ExtAuthzFilter(f.config, scope, runtime, rng, clusters)))  # type: ignore[arg-type]  # the config's type follows its name
             elif f.name == JWT_AUTHN_NAME:
                 self.filters.append((f, JwtAuthnFilter(f.config, scope, clusters)))  # type: ignore[arg-type]  # the config's type follows its name
             elif f.name == RBAC_NAME:
