@@ -112,6 +112,7 @@ __all__ = [
     "FaultDelay",
     "FilterChain",
     "FractionalPercent",
+    "GrpcWeb",
     "HeaderMatcher",
     "HeaderValueOption",
     "HealthCheck",
@@ -201,6 +202,8 @@ SIMPLE_CACHE_TYPE = (
 EXT_AUTHZ_NAME = "envoy.filters.http.ext_authz"
 EXT_AUTHZ_TYPE = "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz"
 EXT_AUTHZ_PER_ROUTE_TYPE = "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute"
+GRPC_WEB_NAME = "envoy.filters.http.grpc_web"
+GRPC_WEB_TYPE = "type.googleapis.com/envoy.extensions.filters.http.grpc_web.v3.GrpcWeb"
 JWT_AUTHN_NAME = "envoy.filters.http.jwt_authn"
 JWT_AUTHN_TYPE = "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication"
 JWT_AUTHN_PER_ROUTE_TYPE = "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.PerRouteConfig"
@@ -214,6 +217,7 @@ HTTP_FILTER_TYPES = {
     CORS_NAME: CORS_TYPE,
     EXT_AUTHZ_NAME: EXT_AUTHZ_TYPE,
     FAULT_NAME: FAULT_TYPE,
+    GRPC_WEB_NAME: GRPC_WEB_TYPE,
     JWT_AUTHN_NAME: JWT_AUTHN_TYPE,
     LOCAL_RATELIMIT_NAME: LOCAL_RATELIMIT_TYPE,
     RBAC_NAME: RBAC_TYPE,
@@ -792,6 +796,11 @@ class ExtAuthzPerRoute:
 
 
 @dataclass(frozen=True, slots=True)
+class GrpcWeb:
+    """``envoy.filters.http.grpc_web``: gRPC-Web clients to a gRPC upstream (nothing to configure)."""
+
+
+@dataclass(frozen=True, slots=True)
 class RouterFilter:
     """``envoy.filters.http.router``: the terminal filter (nothing to configure in the subset)."""
 
@@ -800,6 +809,7 @@ HttpFilterConfig = (
     Compressor
     | Cors
     | ExtAuthz
+    | GrpcWeb
     | HttpCache
     | HttpFault
     | JwtAuthentication
@@ -1555,6 +1565,7 @@ _TYPED_CONFIG_FIELDS: dict[str, tuple[str, ...]] = {
         "clear_route_cache",
     ),
     EXT_AUTHZ_PER_ROUTE_TYPE: ("disabled", "check_settings"),
+    GRPC_WEB_TYPE: (),
     JWT_AUTHN_TYPE: ("providers", "rules", "requirement_map", "bypass_cors_preflight", "stat_prefix"),
     JWT_AUTHN_PER_ROUTE_TYPE: ("disabled", "requirement_name"),
     RBAC_TYPE: ("rules", "shadow_rules", "rules_stat_prefix", "shadow_rules_stat_prefix"),
@@ -2257,6 +2268,8 @@ def _http_filter_config(r: _Reader, name: str, tc: _Fields) -> HttpFilterConfig:
         config = _jwt_authn(r, tc)
     elif name == EXT_AUTHZ_NAME:
         config = _ext_authz(r, tc)
+    elif name == GRPC_WEB_NAME:
+        config = GrpcWeb()
     else:
         config = Cors() if name == CORS_NAME else RouterFilter()
     tc.done()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from ..config import (
     CACHE_NAME,
@@ -18,6 +19,7 @@ from ..config import (
     CORS_NAME,
     EXT_AUTHZ_NAME,
     FAULT_NAME,
+    GRPC_WEB_NAME,
     JWT_AUTHN_NAME,
     LOCAL_RATELIMIT_NAME,
     RBAC_NAME,
@@ -35,13 +37,66 @@ from ._compressor import CompressorFilter
 from ._cors import CorsFilter
 from ._ext_authz import ExtAuthzFilter
 from ._fault import FaultFilter
+from ._grpc_web import GrpcWebFilter
 from ._jwt_authn import JwtAuthnFilter
 from ._local_ratelimit import LocalRateLimitFilter
 from ._rbac import RbacFilter
 
-__all__ = ["FilterOutcome", "HttpFilterChain", "RequestView", "sample"]
+__all__ = [
+    "FilterOutcome",
+    "HttpFilterChain",
+    "RequestDecoder",
+    "RequestView",
+    "ResponseEncoder",
+    "encode_response_data",
+    "encode_response_end",
+    "encode_response_headers",
+    "sample",
+]
 
 Headers = list[tuple[bytes, bytes]]
+
+
+class ResponseEncoder(Protocol):
+    """A filter's transform of one response on its way to the client (gRPC-Web's): its head, each
+    piece of its body, and its end (bytes to add to the body, and the trailers left to send)."""
+
+    def encode_headers(self, status: int, headers: Headers) -> Headers: ...
+
+    def encode_data(self, data: bytes) -> bytes: ...
+
+    def encode_end(self, trailers: Headers) -> tuple[bytes, Headers]: ...
+
+
+class RequestDecoder(Protocol):
+    """A filter's transform of one request body on its way upstream: each piece, then b"" once at
+    the end; ``ValueError`` for a body it cannot read (the client gets a 400)."""
+
+    def decode(self, data: bytes) -> bytes: ...
+
+
+def encode_response_headers(encoders: list[ResponseEncoder], status: int, headers: Headers) -> Headers:
+    for encoder in encoders:
+        headers = encoder.encode_headers(status, headers)
+    return headers
+
+
+def encode_response_data(encoders: list[ResponseEncoder], data: bytes) -> bytes:
+    for encoder in encoders:
+        data = encoder.encode_data(data)
+    return data
+
+
+def encode_response_end(encoders: list[ResponseEncoder], trailers: Headers) -> tuple[bytes, Headers]:
+    """The bytes that end the body and the trailers left, each encoder's tail passing through the
+    encoders after it."""
+    tail = b""
+    for encoder in encoders:
+        if tail:
+            tail = encoder.encode_data(tail)
+        more, trailers = encoder.encode_end(trailers)
+        tail += more
+    return tail, trailers
 
 
 @dataclass(slots=True)
@@ -88,6 +143,10 @@ class FilterOutcome:
     cached: tuple[int, Headers, bytes] | None = None
     #: where to keep this request's response if it may be kept: (store, key)
     cache: tuple[CacheStore, tuple[str, str]] | None = None
+    #: transforms of the response, in order (gRPC-Web's: its content type, trailers in the body)
+    encoders: list[ResponseEncoder] = field(default_factory=list)
+    #: a transform of the request body (gRPC-Web text's base64)
+    request_decoder: RequestDecoder | None = None
 
 
 def sample(percent: FractionalPercent, runtime: Callable[[str], RuntimeValue], rng: random.Random) -> bool:
@@ -112,6 +171,7 @@ Filter = (
     | CorsFilter
     | ExtAuthzFilter
     | FaultFilter
+    | GrpcWebFilter
     | JwtAuthnFilter
     | LocalRateLimitFilter
     | RbacFilter
@@ -124,6 +184,7 @@ CHAIN_FILTERS = frozenset(
         CORS_NAME,
         EXT_AUTHZ_NAME,
         FAULT_NAME,
+        GRPC_WEB_NAME,
         JWT_AUTHN_NAME,
         LOCAL_RATELIMIT_NAME,
         RBAC_NAME,
@@ -159,6 +220,8 @@ class HttpFilterChain:
                 self.filters.append((f, LocalRateLimitFilter(f.config, stats, runtime, rng)))  # type: ignore[arg-type]  # the config's type follows its name
             elif f.name == EXT_AUTHZ_NAME:
                 self.filters.append((f, ExtAuthzFilter(f.config, scope, runtime, rng, clusters)))  # type: ignore[arg-type]  # the config's type follows its name
+            elif f.name == GRPC_WEB_NAME:
+                self.filters.append((f, GrpcWebFilter(scope)))
             elif f.name == JWT_AUTHN_NAME:
                 self.filters.append((f, JwtAuthnFilter(f.config, scope, clusters)))  # type: ignore[arg-type]  # the config's type follows its name
             elif f.name == RBAC_NAME:
