@@ -149,6 +149,6 @@ def test_unsupported_parts_of_envoy_examples_are_named_by_path() -> None:
         "unsupported 'envoy.filters.http.decompressor' (supported: envoy.filters.http.cache, "
         "envoy.filters.http.compressor, envoy.filters.http.cors, envoy.filters.http.ext_authz, "
         "envoy.filters.http.fault, envoy.filters.http.grpc_web, envoy.filters.http.jwt_authn, "
-        "envoy.filters.http.local_ratelimit, envoy.filters.http.rbac, "
+        "envoy.filters.http.local_ratelimit, envoy.filters.http.lua, envoy.filters.http.rbac, "
         "envoy.filters.http.router)"
     ]

@@ -132,6 +132,8 @@ __all__ = [
     "Listener",
     "LocalRateLimit",
     "LocalityLbEndpoints",
+    "Lua",
+    "LuaPerRoute",
     "OutlierDetection",
     "PerRouteConfig",
     "Problem",
@@ -207,6 +209,9 @@ GRPC_WEB_TYPE = "type.googleapis.com/envoy.extensions.filters.http.grpc_web.v3.G
 JWT_AUTHN_NAME = "envoy.filters.http.jwt_authn"
 JWT_AUTHN_TYPE = "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication"
 JWT_AUTHN_PER_ROUTE_TYPE = "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.PerRouteConfig"
+LUA_NAME = "envoy.filters.http.lua"
+LUA_TYPE = "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua"
+LUA_PER_ROUTE_TYPE = "type.googleapis.com/envoy.extensions.filters.http.lua.v3.LuaPerRoute"
 RBAC_NAME = "envoy.filters.http.rbac"
 RBAC_TYPE = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"
 RBAC_PER_ROUTE_TYPE = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBACPerRoute"
@@ -220,6 +225,7 @@ HTTP_FILTER_TYPES = {
     GRPC_WEB_NAME: GRPC_WEB_TYPE,
     JWT_AUTHN_NAME: JWT_AUTHN_TYPE,
     LOCAL_RATELIMIT_NAME: LOCAL_RATELIMIT_TYPE,
+    LUA_NAME: LUA_TYPE,
     RBAC_NAME: RBAC_TYPE,
     ROUTER_NAME: ROUTER_TYPE,
 }
@@ -231,6 +237,7 @@ PER_ROUTE_TYPES = {
     FAULT_NAME: FAULT_TYPE,
     JWT_AUTHN_NAME: JWT_AUTHN_PER_ROUTE_TYPE,
     LOCAL_RATELIMIT_NAME: LOCAL_RATELIMIT_TYPE,
+    LUA_NAME: LUA_PER_ROUTE_TYPE,
     RBAC_NAME: RBAC_PER_ROUTE_TYPE,
 }
 TLS_NAME = "envoy.transport_sockets.tls"
@@ -801,6 +808,27 @@ class GrpcWeb:
 
 
 @dataclass(frozen=True, slots=True)
+class Lua:
+    """``envoy.filters.http.lua``: ``default_source_code`` (or the deprecated ``inline_code``) runs
+    on every request, ``source_codes`` by name for routes that ask for one; ``stat_prefix`` names
+    the ``lua.errors`` counter's scope."""
+
+    code: str = ""
+    source_codes: tuple[tuple[str, str], ...] = ()
+    stat_prefix: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class LuaPerRoute:
+    """``LuaPerRoute``: ``disabled``, a ``name`` of the filter's ``source_codes``, or a
+    ``source_code`` of its own."""
+
+    disabled: bool = False
+    name: str | None = None
+    code: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class RouterFilter:
     """``envoy.filters.http.router``: the terminal filter (nothing to configure in the subset)."""
 
@@ -814,11 +842,19 @@ HttpFilterConfig = (
     | HttpFault
     | JwtAuthentication
     | LocalRateLimit
+    | Lua
     | Rbac
     | RouterFilter
 )
 PerRouteConfig = (
-    CompressorPerRoute | CorsPolicy | ExtAuthzPerRoute | HttpFault | JwtPerRoute | LocalRateLimit | Rbac
+    CompressorPerRoute
+    | CorsPolicy
+    | ExtAuthzPerRoute
+    | HttpFault
+    | JwtPerRoute
+    | LocalRateLimit
+    | LuaPerRoute
+    | Rbac
 )
 
 
@@ -1566,6 +1602,8 @@ _TYPED_CONFIG_FIELDS: dict[str, tuple[str, ...]] = {
     ),
     EXT_AUTHZ_PER_ROUTE_TYPE: ("disabled", "check_settings"),
     GRPC_WEB_TYPE: (),
+    LUA_TYPE: ("inline_code", "default_source_code", "source_codes", "stat_prefix"),
+    LUA_PER_ROUTE_TYPE: ("disabled", "name", "source_code"),
     JWT_AUTHN_TYPE: ("providers", "rules", "requirement_map", "bypass_cors_preflight", "stat_prefix"),
     JWT_AUTHN_PER_ROUTE_TYPE: ("disabled", "requirement_name"),
     RBAC_TYPE: ("rules", "shadow_rules", "rules_stat_prefix", "shadow_rules_stat_prefix"),
@@ -2270,6 +2308,8 @@ def _http_filter_config(r: _Reader, name: str, tc: _Fields) -> HttpFilterConfig:
         config = _ext_authz(r, tc)
     elif name == GRPC_WEB_NAME:
         config = GrpcWeb()
+    elif name == LUA_NAME:
+        config = _lua(r, tc)
     else:
         config = Cors() if name == CORS_NAME else RouterFilter()
     tc.done()
@@ -2323,6 +2363,14 @@ def _per_filter_config(r: _Reader, name: str, v: object, path: str) -> PerRouteC
             config = ExtAuthzPerRoute(disabled=tc.req("disabled", _bool))
         else:
             config = ExtAuthzPerRoute(context_extensions=tc.req("check_settings", _ext_authz_check_settings))
+    elif name == LUA_NAME:
+        which = tc.exactly_one("disabled", "name", "source_code")
+        if which == "disabled":
+            config = LuaPerRoute(disabled=tc.req("disabled", _bool))
+        elif which == "name":
+            config = LuaPerRoute(name=tc.req("name", _nonempty_str))
+        else:
+            config = LuaPerRoute(code=tc.req("source_code", _lua_source))
     elif name == JWT_AUTHN_NAME:
         which = tc.exactly_one("disabled", "requirement_name")
         if which == "disabled":
@@ -2921,6 +2969,46 @@ def _ext_authz(r: _Reader, tc: _Fields) -> ExtAuthz:
         return ExtAuthz("http")  # tc.done() raises
     allowed = allowed if allowed is not None else config.allowed_headers
     return replace(config, allowed_headers=allowed, **rest)  # type: ignore[arg-type]  # each value read by its field's parser above
+
+
+def _lua_source(r: _Reader, v: object, path: str) -> str:
+    """A Lua script's ``DataSource`` (inline or a file read now), compiled here so a syntax error is
+    a config problem at its path, as Envoy reports it at load."""
+    source = _data_source(r, v, path)
+    try:
+        code = source.read().decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        r.fail(path, f"cannot read the script: {exc}")
+    _lua_compiles(r, code, path)
+    return code
+
+
+def _lua_compiles(r: _Reader, code: str, path: str) -> None:
+    try:
+        import lupa  # type: ignore[import-untyped]  # lupa ships no type stubs (the "lua" extra)
+    except ImportError:
+        r.fail(path, "needs lupa (pip install 'trio_yastack[lua]')")
+    loaded = lupa.LuaRuntime().globals().load(code)  # load() compiles without running
+    if isinstance(loaded, tuple):  # (nil, message)
+        r.fail(path, f"Lua: {loaded[-1]}")
+
+
+def _lua(r: _Reader, tc: _Fields) -> Lua:
+    which = [k for k in ("inline_code", "default_source_code") if tc.has(k)]
+    if len(which) > 1:
+        tc.problem("default_source_code", "only one of inline_code, default_source_code may be set")
+    code = ""
+    if tc.has("inline_code"):
+        code = tc.req("inline_code", _str)
+        if code is not None:
+            try:
+                _lua_compiles(tc.r, code, _join(tc.path, "inline_code"))
+            except _Skip:
+                tc.failed = True
+    elif tc.has("default_source_code"):
+        code = tc.req("default_source_code", _lua_source)
+    codes = tc.opt("source_codes", _named_map(lambda r, v, p, name: (name, _lua_source(r, v, p))), ())
+    return Lua(code or "", codes or (), tc.opt("stat_prefix", _str, ""))
 
 
 _ZLIB_LEVELS = {"DEFAULT_COMPRESSION": -1, "BEST_SPEED": 1, "BEST_COMPRESSION": 9} | {

@@ -1,6 +1,6 @@
 """The HTTP filters between the connection manager and the router (Envoy's ``http_filters``):
 ``cache``, ``compressor`` (gzip), ``cors``, ``ext_authz``, ``fault``, ``grpc_web``, ``jwt_authn``,
-``local_ratelimit`` and ``rbac``, run in the order configured, each reading its
+``local_ratelimit``, ``lua`` and ``rbac``, run in the order configured, each reading its
 ``typed_per_filter_config`` override from the route, then the virtual host."""
 
 from ._chain import FilterOutcome as FilterOutcome

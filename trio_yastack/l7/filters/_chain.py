@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ..config import (
     CACHE_NAME,
@@ -22,6 +22,7 @@ from ..config import (
     GRPC_WEB_NAME,
     JWT_AUTHN_NAME,
     LOCAL_RATELIMIT_NAME,
+    LUA_NAME,
     RBAC_NAME,
     Compressor,
     FractionalPercent,
@@ -41,6 +42,9 @@ from ._grpc_web import GrpcWebFilter
 from ._jwt_authn import JwtAuthnFilter
 from ._local_ratelimit import LocalRateLimitFilter
 from ._rbac import RbacFilter
+
+if TYPE_CHECKING:
+    from ._lua import LuaFilter  # imported when a lua filter is configured: lupa is the "lua" extra
 
 __all__ = [
     "FilterOutcome",
@@ -165,17 +169,19 @@ def sample(percent: FractionalPercent, runtime: Callable[[str], RuntimeValue], r
     return rng.randrange(denominator) < numerator
 
 
-Filter = (
-    CacheFilter
-    | CompressorFilter
-    | CorsFilter
-    | ExtAuthzFilter
-    | FaultFilter
-    | GrpcWebFilter
-    | JwtAuthnFilter
-    | LocalRateLimitFilter
-    | RbacFilter
-)
+if TYPE_CHECKING:  # annotations only: LuaFilter's module is imported on demand
+    Filter = (
+        CacheFilter
+        | CompressorFilter
+        | CorsFilter
+        | ExtAuthzFilter
+        | FaultFilter
+        | GrpcWebFilter
+        | JwtAuthnFilter
+        | LocalRateLimitFilter
+        | LuaFilter
+        | RbacFilter
+    )
 #: the filters that run in the chain (the router is the connection manager's own)
 CHAIN_FILTERS = frozenset(
     {
@@ -187,6 +193,7 @@ CHAIN_FILTERS = frozenset(
         GRPC_WEB_NAME,
         JWT_AUTHN_NAME,
         LOCAL_RATELIMIT_NAME,
+        LUA_NAME,
         RBAC_NAME,
     }
 )
@@ -224,6 +231,10 @@ class HttpFilterChain:
                 self.filters.append((f, GrpcWebFilter(scope)))
             elif f.name == JWT_AUTHN_NAME:
                 self.filters.append((f, JwtAuthnFilter(f.config, scope, clusters)))  # type: ignore[arg-type]  # the config's type follows its name
+            elif f.name == LUA_NAME:
+                from ._lua import LuaFilter
+
+                self.filters.append((f, LuaFilter(f.config, scope)))  # type: ignore[arg-type]  # the config's type follows its name
             elif f.name == RBAC_NAME:
                 self.filters.append((f, RbacFilter(f.config, scope)))  # type: ignore[arg-type]  # the config's type follows its name
 
