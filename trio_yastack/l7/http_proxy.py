@@ -665,7 +665,8 @@ class HttpConnectionManagerRuntime:
                     headers=outcome.reply_headers,
                 )
                 return True
-            if outcome.cached is not None:
+            if outcome.cached is not None:  # a cache hit, or a filter's own answer (ext_authz, lua)
+                record.response_flags = ",".join(flags) or "-"
                 await self._drain_request_body(ds, timing)
                 await self._serve_cached(ds, *outcome.cached, extra, record)
                 return True

@@ -36,6 +36,7 @@ class ConnectionInfo:
     local_port: int | None = None
     tls: bool = False
     peer_cert: dict[str, Any] = field(default_factory=dict)
+    peer_cert_der: bytes | None = None
 
     def uri_sans(self) -> list[str]:
         return [v for k, v in self.peer_cert.get("subjectAltName", ()) if k == "URI"]
@@ -77,15 +78,16 @@ def connection_info(downstream: object, state: dict[int, object]) -> ConnectionI
         return found
     remote = _address(getattr(downstream, "remote", None))
     remote_port = local = local_port = None
-    tls, cert = False, dict[str, Any]()
+    tls, cert, der = False, dict[str, Any](), None
     stream: object = getattr(downstream, "stream", None)
     for _ in range(_MAX_LAYERS):
         if isinstance(stream, trio.SSLStream):
             tls = True
             try:
                 cert = stream.getpeercert() or {}
+                der = stream.getpeercert(binary_form=True)
             except (ValueError, AttributeError):  # not yet handshaken: no certificate to read
-                cert = {}
+                cert, der = {}, None
             stream = stream.transport_stream
         elif isinstance(stream, trio.SocketStream):
             try:
@@ -100,6 +102,6 @@ def connection_info(downstream: object, state: dict[int, object]) -> ConnectionI
             stream = getattr(conn, "transport", None) if conn is not None else getattr(stream, "inner", None)
             if stream is None:
                 break
-    info = ConnectionInfo(remote, remote_port, local, local_port, tls, cert)
+    info = ConnectionInfo(remote, remote_port, local, local_port, tls, cert, der)
     state[_KEY] = info
     return info

@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import functools
 import random
+import ssl
+import urllib.parse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -256,6 +258,10 @@ class ExtAuthzFilter:
             attributes.source.address.socket_address.port_value = conn.remote_port or 0
         if conn.tls and conn.peer_cert:
             attributes.source.principal = (conn.uri_sans() or [conn.subject()])[0]
+            if self.config.include_peer_certificate and conn.peer_cert_der:
+                # Envoy: the client certificate in URL-encoded PEM
+                pem = ssl.DER_cert_to_PEM_cert(conn.peer_cert_der)
+                attributes.source.certificate = urllib.parse.quote(pem, safe="")
         if conn.local is not None:
             attributes.destination.address.socket_address.address = str(conn.local)
             attributes.destination.address.socket_address.port_value = conn.local_port or 0
