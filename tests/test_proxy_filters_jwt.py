@@ -141,6 +141,7 @@ static_resources:
                   from_headers:
                   - {name: x-partner-token, value_prefix: "Token "}
                   from_params: [partner_token]
+                  from_cookies: [partner_session]
                   forward: true
               rules:
               - match: {prefix: /public}
@@ -164,6 +165,9 @@ static_resources:
                     - allow_missing: {}
               - match: {prefix: /lenient}
                 requires: {allow_missing_or_failed: {}}
+              - match: {prefix: /aud}
+                requires:
+                  provider_and_audiences: {provider_name: local, audiences: [other-api]}
               - match: {prefix: /}
                 requires: {provider_name: local}
               requirement_map:
@@ -256,14 +260,23 @@ async def test_jwt_providers_rules_and_envoy_failure_replies(autojump_clock: tri
                              "Jwt is missing", "/named", invalid=False)  # fmt: skip
                 assert (await get("/named", ("x-partner-token", f"Token {partner_token()}"))).status == 200
 
+                # provider_and_audiences: the rule's audiences replace the provider's
+                check_denied(await get("/aud", ("authorization", f"Bearer {good}")), 403,
+                             "Audiences in Jwt are not allowed", "/aud")  # fmt: skip
+                assert (
+                    await get("/aud", ("authorization", f"Bearer {token(aud='other-api')}"))
+                ).status == 200
+                r = await get("/named", ("cookie", f"theme=dark; partner_session={partner_token()}"))
+                assert r.status == 200  # from_cookies
+
                 autojump_clock.jump(61)  # the cached JWKS expires
                 assert (await get("/named", ("x-partner-token", f"Token {partner_token()}"))).status == 200
                 assert idp.fetches == 2
                 await client.aclose()
                 stats = proxy.stats
                 assert stats.value("http.ingress.jwt_authn.jwks_fetch_success") == 2
-                assert stats.value("http.ingress.jwt_authn.denied") == 11
-                assert stats.value("http.ingress.jwt_authn.allowed") == 10
+                assert stats.value("http.ingress.jwt_authn.denied") == 12
+                assert stats.value("http.ingress.jwt_authn.allowed") == 12
         for backend in backends:
             backend.stop()
 
@@ -299,7 +312,7 @@ def test_jwt_config_mistakes_named_by_path() -> None:
     base = (
         "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.http_filters[0].typed_config"
     )
-    assert f"{base}.rules[5].requires: provider 'nobody' is not in providers (local, partner)" in text
+    assert f"{base}.rules[6].requires: provider 'nobody' is not in providers (local, partner)" in text
     assert f"{base}.providers.local.local_jwks: not a JWKS" in text
     assert "providers.partner.remote_jwks.http_uri.cluster" in text and "nowhere" in text
     both = CONFIG.replace("                  forward: true\n", "                  forward: true\n"

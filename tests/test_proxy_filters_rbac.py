@@ -314,3 +314,39 @@ def test_rbac_config_mistakes_named_by_path() -> None:
     with pytest.raises(ConfigError) as e:
         load_config(HEAD + ROUTES + FILTERS.replace("                    principals: [{any: true}]\n", ""))
     assert "policies.no-deletes.principals: required field 'principals' is missing" in str(e.value)
+
+
+PORT_FILTERS = """
+          http_filters:
+          - name: envoy.filters.http.rbac
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC
+              rules:
+                action: ALLOW
+                policies:
+                  "this-listener-from-b":
+                    permissions: [{destination_port: PORT}]
+                    principals: [{direct_remote_ip: {address_prefix: 198.18.0.1, prefix_len: 32}}]
+          - name: envoy.filters.http.router
+"""
+
+
+async def test_rbac_sees_the_connection_of_an_http2_stream(autojump_clock: trio.testing.MockClock) -> None:
+    """Over h2c the principal and permission read the connection under the stream (the peer's
+    address and the listener's port), as for HTTP/1.1."""
+    from test_proxy_h2 import _client
+
+    app = BackendApp("app")
+    async with two_stacks() as (a, b), trio.open_nursery() as nursery:
+        backend = await start_backend(nursery, app, b, 8080)
+        for port, status in ((10000, 200), (10001, 403)):
+            config = load_config(HEAD + ROUTES + PORT_FILTERS.replace("PORT", str(port)))
+            async with running_proxy(config, a) as proxy:
+                with trio.fail_after(LIMIT):
+                    client = await _client(nursery, b)
+                    sid = await client.request("GET", "/admin")
+                    assert (await client.wait(sid)).status == status
+                    assert proxy.stats.value("http.ingress.downstream_cx_http2_total") == 1
+                    await client.stream.aclose()
+        assert len(app.seen) == 1
+        backend.stop()
