@@ -167,6 +167,8 @@ def only_problem(doc: object) -> Problem:
         ("tcp_proxy.yaml", ["tcp_proxy postgres_tcp -> postgres", "LEAST_REQUEST", "127.0.0.1:5432"]),
         ("bypass_stack.yaml", ["198.18.0.2:80", "198.18.0.1:8080"]),
         ("edge_filters.yaml", ["filters local_ratelimit, cors, cache, compressor", "127.0.0.1:8080"]),
+        ("auth_filters.yaml", ["filters rbac, jwt_authn, ext_authz", "127.0.0.1:8082"]),
+        ("grpc_web.yaml", ["filters grpc_web, cors", "LOGICAL_DNS", "http2"]),
     ],
 )
 def test_example_loads_and_summary_mentions_its_pieces(name: str, mentions: list[str]) -> None:
@@ -183,6 +185,8 @@ def test_every_example_is_tested() -> None:
         "tcp_proxy.yaml",
         "bypass_stack.yaml",
         "edge_filters.yaml",
+        "auth_filters.yaml",
+        "grpc_web.yaml",
     }
 
 
@@ -484,7 +488,7 @@ def test_wrong_type_url() -> None:
 
 def test_unsupported_http_filter() -> None:
     doc = minimal()
-    hcm(doc)["http_filters"].insert(0, {"name": "envoy.filters.http.lua", "typed_config": {"@type": "x"}})
+    hcm(doc)["http_filters"].insert(0, {"name": "envoy.filters.http.wasm", "typed_config": {"@type": "x"}})
     assert paths_of(doc) == [f"{HCM_PATH}.http_filters[0].name"]
     hcm(doc)["http_filters"][0] = {"name": "envoy.filters.http.cors", "typed_config": {"@type": "x"}}
     assert paths_of(doc) == [f"{HCM_PATH}.http_filters[0].typed_config.@type"]
@@ -597,7 +601,7 @@ def test_http_filter_mistakes_are_named_by_path() -> None:
     doc = minimal()
     vhost = hcm(doc)["route_config"]["virtual_hosts"][0]
     vhost["typed_per_filter_config"] = {
-        "envoy.filters.http.lua": {},
+        "envoy.filters.http.wasm": {},
         "envoy.filters.http.cors": {
             "@type": CORS_POLICY_TYPE,
             "allow_origin_string_match": [{"safe_regex": {"regex": "("}}],
@@ -605,7 +609,7 @@ def test_http_filter_mistakes_are_named_by_path() -> None:
         "envoy.filters.http.local_ratelimit": {"@type": CORS_POLICY_TYPE},
     }
     assert paths_of(doc) == [
-        f"{VHOST_PATH}.typed_per_filter_config.envoy.filters.http.lua",
+        f"{VHOST_PATH}.typed_per_filter_config.envoy.filters.http.wasm",
         f"{VHOST_PATH}.typed_per_filter_config.envoy.filters.http.cors.allow_origin_string_match[0].safe_regex.regex",
         f"{VHOST_PATH}.typed_per_filter_config.envoy.filters.http.local_ratelimit.@type",
     ]
@@ -616,7 +620,7 @@ def test_router_without_typed_config() -> None:
     doc = minimal()
     del hcm(doc)["http_filters"][0]["typed_config"]
     parse_bootstrap(doc)
-    hcm(doc)["http_filters"][0]["name"] = "envoy.filters.http.lua"
+    hcm(doc)["http_filters"][0]["name"] = "envoy.filters.http.wasm"
     assert paths_of(doc) == [f"{HCM_PATH}.http_filters[0].name"]
 
 

@@ -147,7 +147,8 @@ def test_unsupported_parts_of_envoy_examples_are_named_by_path() -> None:
     assert [str(p) for p in info.value.problems] == [
         "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.http_filters[1].name: "
         "unsupported 'envoy.filters.http.decompressor' (supported: envoy.filters.http.cache, "
-        "envoy.filters.http.compressor, envoy.filters.http.cors, envoy.filters.http.fault, "
-        "envoy.filters.http.local_ratelimit, "
+        "envoy.filters.http.compressor, envoy.filters.http.cors, envoy.filters.http.ext_authz, "
+        "envoy.filters.http.fault, envoy.filters.http.grpc_web, envoy.filters.http.jwt_authn, "
+        "envoy.filters.http.local_ratelimit, envoy.filters.http.lua, envoy.filters.http.rbac, "
         "envoy.filters.http.router)"
     ]

@@ -71,7 +71,16 @@ from ._heads import request_head, response_head
 from ._kernel_io import kernel_socket, receive_some, send_all
 from .access_log import AccessLogger, AccessRecord
 from .config import DirectResponse, HttpConnectionManager, RetryPolicy, Route, RouteAction, RuntimeValue
-from .filters import GzipStream, HttpFilterChain, RequestView, sample, start_compression
+from .filters import (
+    GzipStream,
+    HttpFilterChain,
+    RequestView,
+    encode_response_data,
+    encode_response_end,
+    encode_response_headers,
+    sample,
+    start_compression,
+)
 from .h2_downstream import PREFACE, H2Downstream, StreamBridge
 from .local_reply import LocalReplyContext, rewrite
 from .router import Router, apply_header_options, get_header, rewrite_path, strip_hop_by_hop
@@ -79,7 +88,7 @@ from .stats import Scope, Stats
 from .upstream import ClusterManager, ClusterRuntime, ConnectFailure, Overflow, UpstreamConnection
 
 if TYPE_CHECKING:
-    from .filters import FilterOutcome
+    from .filters import FilterOutcome, RequestDecoder
     from .proxy import ProxyState
 
 __all__ = ["MAX_REQUEST_HEADERS", "RETRY_BUFFER", "HttpConnectionManagerRuntime", "ProxyLimits"]
@@ -212,6 +221,7 @@ class _RequestBody:
         self.replayable = True
         self.complete = False
         self.expect_continue = ds.h11.they_are_waiting_for_100_continue
+        self.decoder: RequestDecoder | None = None  # a filter's transform of the body (gRPC-Web text)
         # ``headers``: the request's, as a list (iterating h11's Headers is several times slower)
         self.framing = "chunked" if get_header(headers, b"transfer-encoding") else "length"
         length = get_header(headers, b"content-length")
@@ -237,19 +247,29 @@ class _RequestBody:
             self.total += len(event.data)
             if self.total > self.limits.max_request_body:
                 raise _LocalReply(413, "payload too large", "-", close=True)
+            data = bytes(event.data) if self.decoder is None else self._decode(event.data)
             if self.replayable:
-                self.kept_bytes += len(event.data)
+                self.kept_bytes += len(data)
                 if self.kept_bytes <= RETRY_BUFFER:
-                    self.kept.append(event.data)
+                    self.kept.append(data)
                 else:
                     self.replayable = False
                     self.kept.clear()
-            return bytes(event.data)
+            return data
         if isinstance(event, h11.EndOfMessage):
+            if self.decoder is not None:
+                self._decode(b"")
             self.complete = True
             self.timing.request_complete()
             return b""
         raise _DownstreamGone("DC")  # ConnectionClosed mid-body
+
+    def _decode(self, data: bytes | bytearray) -> bytes:
+        assert self.decoder is not None
+        try:
+            return self.decoder.decode(bytes(data))
+        except ValueError:
+            raise _LocalReply(400, "bad request body", "DPE", close=True) from None
 
 
 class _Timing:
@@ -341,7 +361,7 @@ class HttpConnectionManagerRuntime:
         self.filters: HttpFilterChain | None = None
         if HttpFilterChain.needed(config.http_filters):
             self.filters = HttpFilterChain(
-                config.http_filters, stats, self.stats, runtime or _no_runtime, self.rng
+                config.http_filters, stats, self.stats, runtime or _no_runtime, self.rng, clusters
             )
 
     # --- connections ---
@@ -630,7 +650,7 @@ class HttpConnectionManagerRuntime:
         outcome = None
         if self.filters is not None:
             outcome = await self.filters.decode(
-                RequestView(method, target, headers, vhost, route, ds.filter_state), trio.current_time
+                RequestView(method, target, headers, vhost, route, ds.filter_state, ds), trio.current_time
             )
             flags, extra = outcome.flags, outcome.response_headers
             if outcome.status is not None:
@@ -645,7 +665,8 @@ class HttpConnectionManagerRuntime:
                     headers=outcome.reply_headers,
                 )
                 return True
-            if outcome.cached is not None:
+            if outcome.cached is not None:  # a cache hit, or a filter's own answer (ext_authz, lua)
+                record.response_flags = ",".join(flags) or "-"
                 await self._drain_request_body(ds, timing)
                 await self._serve_cached(ds, *outcome.cached, extra, record)
                 return True
@@ -694,6 +715,8 @@ class HttpConnectionManagerRuntime:
         rq = _RouterRequest(self, ds, request, headers, route, action, timing, record)
         rq.response_headers = response_headers
         rq.filters = outcome
+        if outcome is not None and outcome.request_decoder is not None:
+            rq.body.decoder = outcome.request_decoder  # a filter's hook (gRPC-Web text)
         cluster = rq.cluster
         timing.route_timeout = action.timeout
         if rq.body.complete:
@@ -1157,6 +1180,9 @@ class _UpstreamRequest:
             names = {name for name, _ in rq.response_headers}
             headers = [h for h in headers if h[0].lower() not in names]
             headers.extend(rq.response_headers)
+        encoders = rq.filters.encoders if rq.filters is not None else None  # filters' hooks (gRPC-Web)
+        if encoders:
+            headers = encode_response_headers(encoders, status, headers)
         gzip: GzipStream | None = None
         if rq.filters is not None and rq.filters.compressor is not None and status != 101:
             gzip = start_compression(
@@ -1207,7 +1233,8 @@ class _UpstreamRequest:
                                 else:  # too large to keep
                                     keep = None
                                     kept.clear()
-                            data = event.data if gzip is None else gzip.compress(event.data)
+                            data = event.data if not encoders else encode_response_data(encoders, event.data)
+                            data = data if gzip is None else gzip.compress(data)
                             if data:
                                 record.bytes_sent += len(data)
                                 pending_bytes += len(data)
@@ -1221,13 +1248,20 @@ class _UpstreamRequest:
                                     cache[1], status, cache_headers, b"".join(kept), keep[0], keep[1],
                                     trio.current_time(),
                                 )  # fmt: skip
+                            trailers: Sequence[tuple[bytes, bytes]] = event.headers
+                            if encoders:
+                                end, trailers = encode_response_end(encoders, list(event.headers))
+                                end = end if gzip is None else gzip.compress(end)
+                                if end:
+                                    record.bytes_sent += len(end)
+                                    pending.append(ds.h11.send(h11.Data(data=end)))
                             if gzip is not None:
                                 tail = gzip.finish()
                                 record.bytes_sent += len(tail)
                                 pending.append(ds.h11.send(h11.Data(data=tail)))
                             eom = _EOM
-                            if event.headers and _trailers_fit(ds, record.method, status, head.headers):
-                                eom = h11.EndOfMessage(headers=strip_hop_by_hop(event.headers))  # grpc-status
+                            if trailers and _trailers_fit(ds, record.method, status, head.headers):
+                                eom = h11.EndOfMessage(headers=strip_hop_by_hop(trailers))  # grpc-status
                             pending.append(ds.h11.send(eom))
                             await ds.send_pending(pending)
                             break

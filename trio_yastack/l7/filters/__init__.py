@@ -1,11 +1,16 @@
 """The HTTP filters between the connection manager and the router (Envoy's ``http_filters``):
-``cache``, ``compressor`` (gzip), ``cors``, ``fault`` and ``local_ratelimit``, run in the order
-configured, each reading its ``typed_per_filter_config`` override from the route, then the virtual
-host."""
+``cache``, ``compressor`` (gzip), ``cors``, ``ext_authz``, ``fault``, ``grpc_web``, ``jwt_authn``,
+``local_ratelimit``, ``lua`` and ``rbac``, run in the order configured, each reading its
+``typed_per_filter_config`` override from the route, then the virtual host."""
 
 from ._chain import FilterOutcome as FilterOutcome
 from ._chain import HttpFilterChain as HttpFilterChain
+from ._chain import RequestDecoder as RequestDecoder
 from ._chain import RequestView as RequestView
+from ._chain import ResponseEncoder as ResponseEncoder
+from ._chain import encode_response_data as encode_response_data
+from ._chain import encode_response_end as encode_response_end
+from ._chain import encode_response_headers as encode_response_headers
 from ._chain import sample as sample
 from ._compressor import GzipStream as GzipStream
 from ._compressor import accepts_gzip as accepts_gzip

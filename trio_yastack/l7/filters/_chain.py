@@ -1,9 +1,13 @@
 """Runs a connection manager's HTTP filters on one request, in the order configured.
 
 Why a chain object per connection manager rather than filter objects per request: the filters here
-decide from the request head alone (and ``fault`` may wait), so one ``decode`` call per request with
-the route already chosen is all they need, and a connection manager with only the router pays one
-attribute test per request (``HttpConnectionManagerRuntime.filters`` is None then).
+decide from the request head alone (``fault`` may wait, ``jwt_authn`` and ``ext_authz`` may call a
+cluster), so one ``decode`` call per request with the route already chosen is all they need, and a
+connection manager with only the router pays one attribute test per request
+(``HttpConnectionManagerRuntime.filters`` is None then).  What a filter does past the head goes
+through :class:`FilterOutcome`: headers to add to the response, a local reply or an answer of its own
+(``cached``), a transform of the response (``encoders``: gRPC-Web, Lua's ``envoy_on_response``) or of
+the request body (``request_decoder``: gRPC-Web text); the request's headers are changed in place.
 """
 
 from __future__ import annotations
@@ -11,13 +15,19 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
 
 from ..config import (
     CACHE_NAME,
     COMPRESSOR_NAME,
     CORS_NAME,
+    EXT_AUTHZ_NAME,
     FAULT_NAME,
+    GRPC_WEB_NAME,
+    JWT_AUTHN_NAME,
     LOCAL_RATELIMIT_NAME,
+    LUA_NAME,
+    RBAC_NAME,
     Compressor,
     FractionalPercent,
     HttpFilter,
@@ -30,18 +40,82 @@ from ..stats import Scope, Stats
 from ._cache import CacheFilter, CacheStore
 from ._compressor import CompressorFilter
 from ._cors import CorsFilter
+from ._ext_authz import ExtAuthzFilter
 from ._fault import FaultFilter
+from ._grpc_web import GrpcWebFilter
+from ._jwt_authn import JwtAuthnFilter
 from ._local_ratelimit import LocalRateLimitFilter
+from ._rbac import RbacFilter
 
-__all__ = ["FilterOutcome", "HttpFilterChain", "RequestView", "sample"]
+if TYPE_CHECKING:
+    from ._lua import LuaFilter  # imported when a lua filter is configured: lupa is the "lua" extra
+
+__all__ = [
+    "FilterOutcome",
+    "HttpFilterChain",
+    "RequestDecoder",
+    "RequestView",
+    "ResponseEncoder",
+    "encode_response_data",
+    "encode_response_end",
+    "encode_response_headers",
+    "sample",
+]
 
 Headers = list[tuple[bytes, bytes]]
 
 
+class ResponseEncoder(Protocol):
+    """A filter's transform of one response on its way to the client (gRPC-Web's): its head, each
+    piece of its body, and its end (bytes to add to the body, and the trailers left to send)."""
+
+    def encode_headers(self, status: int, headers: Headers) -> Headers: ...
+
+    def encode_data(self, data: bytes) -> bytes: ...
+
+    def encode_end(self, trailers: Headers) -> tuple[bytes, Headers]: ...
+
+
+class RequestDecoder(Protocol):
+    """A filter's transform of one request body on its way upstream: each piece, then b"" once at
+    the end; ``ValueError`` for a body it cannot read (the client gets a 400)."""
+
+    def decode(self, data: bytes) -> bytes: ...
+
+
+def encode_response_headers(encoders: list[ResponseEncoder], status: int, headers: Headers) -> Headers:
+    for encoder in encoders:
+        headers = encoder.encode_headers(status, headers)
+    return headers
+
+
+def encode_response_data(encoders: list[ResponseEncoder], data: bytes) -> bytes:
+    for encoder in encoders:
+        data = encoder.encode_data(data)
+    return data
+
+
+def encode_response_end(encoders: list[ResponseEncoder], trailers: Headers) -> tuple[bytes, Headers]:
+    """The bytes that end the body and the trailers left, each encoder's tail passing through the
+    encoders after it."""
+    tail = b""
+    for encoder in encoders:
+        if tail:
+            tail = encoder.encode_data(tail)
+        more, trailers = encoder.encode_end(trailers)
+        tail += more
+    return tail, trailers
+
+
 @dataclass(slots=True)
 class RequestView:
-    """What the filters see of a request: its head, the route chosen (None: no route), and the
-    connection's own filter state (for per-connection token buckets)."""
+    """What the filters see of a request: its head, the route chosen (None: no route), the
+    connection's own filter state (for per-connection token buckets), and the connection manager's
+    connection object (``remote``, ``scheme``, ``stream``: read through
+    :func:`~._connection.connection_info` by the filters that need the peer, such as RBAC).
+
+    ``headers`` is the list the router forwards from: a filter that adds or removes a request header
+    (``jwt_authn``, ``ext_authz``) changes it in place."""
 
     method: str
     path: str
@@ -49,6 +123,7 @@ class RequestView:
     vhost: VirtualHost | None
     route: Route | None
     connection_state: dict[int, object]
+    downstream: object = None
 
     def per_filter_config(self, name: str) -> PerRouteConfig | None:
         """The most specific ``typed_per_filter_config`` for filter ``name``: route, then virtual host."""
@@ -76,6 +151,10 @@ class FilterOutcome:
     cached: tuple[int, Headers, bytes] | None = None
     #: where to keep this request's response if it may be kept: (store, key)
     cache: tuple[CacheStore, tuple[str, str]] | None = None
+    #: transforms of the response, in order (gRPC-Web's: its content type, trailers in the body)
+    encoders: list[ResponseEncoder] = field(default_factory=list)
+    #: a transform of the request body (gRPC-Web text's base64)
+    request_decoder: RequestDecoder | None = None
 
 
 def sample(percent: FractionalPercent, runtime: Callable[[str], RuntimeValue], rng: random.Random) -> bool:
@@ -94,7 +173,34 @@ def sample(percent: FractionalPercent, runtime: Callable[[str], RuntimeValue], r
     return rng.randrange(denominator) < numerator
 
 
-Filter = CacheFilter | CompressorFilter | CorsFilter | FaultFilter | LocalRateLimitFilter
+if TYPE_CHECKING:  # annotations only: LuaFilter's module is imported on demand
+    Filter = (
+        CacheFilter
+        | CompressorFilter
+        | CorsFilter
+        | ExtAuthzFilter
+        | FaultFilter
+        | GrpcWebFilter
+        | JwtAuthnFilter
+        | LocalRateLimitFilter
+        | LuaFilter
+        | RbacFilter
+    )
+#: the filters that run in the chain (the router is the connection manager's own)
+CHAIN_FILTERS = frozenset(
+    {
+        CACHE_NAME,
+        COMPRESSOR_NAME,
+        CORS_NAME,
+        EXT_AUTHZ_NAME,
+        FAULT_NAME,
+        GRPC_WEB_NAME,
+        JWT_AUTHN_NAME,
+        LOCAL_RATELIMIT_NAME,
+        LUA_NAME,
+        RBAC_NAME,
+    }
+)
 
 
 class HttpFilterChain:
@@ -107,7 +213,10 @@ class HttpFilterChain:
         scope: Scope,
         runtime: Callable[[str], RuntimeValue],
         rng: random.Random,
+        clusters: object = None,
     ) -> None:
+        """``clusters``: the proxy's cluster manager (``clusters[name]``), for the filters that call
+        a cluster themselves (``jwt_authn``'s remote JWKS, ``ext_authz``)."""
         self.filters: list[tuple[HttpFilter, Filter]] = []
         for f in filters:
             if f.name == CACHE_NAME:
@@ -120,14 +229,23 @@ class HttpFilterChain:
                 self.filters.append((f, FaultFilter(f.config, scope, runtime, rng)))  # type: ignore[arg-type]  # the config's type follows its name
             elif f.name == LOCAL_RATELIMIT_NAME:
                 self.filters.append((f, LocalRateLimitFilter(f.config, stats, runtime, rng)))  # type: ignore[arg-type]  # the config's type follows its name
+            elif f.name == EXT_AUTHZ_NAME:
+                self.filters.append((f, ExtAuthzFilter(f.config, scope, runtime, rng, clusters)))  # type: ignore[arg-type]  # the config's type follows its name
+            elif f.name == GRPC_WEB_NAME:
+                self.filters.append((f, GrpcWebFilter(scope)))
+            elif f.name == JWT_AUTHN_NAME:
+                self.filters.append((f, JwtAuthnFilter(f.config, scope, clusters)))  # type: ignore[arg-type]  # the config's type follows its name
+            elif f.name == LUA_NAME:
+                from ._lua import LuaFilter
+
+                self.filters.append((f, LuaFilter(f.config, scope)))  # type: ignore[arg-type]  # the config's type follows its name
+            elif f.name == RBAC_NAME:
+                self.filters.append((f, RbacFilter(f.config, scope)))  # type: ignore[arg-type]  # the config's type follows its name
 
     @staticmethod
     def needed(filters: tuple[HttpFilter, ...]) -> bool:
         """False when the router is the only filter: then no chain is built at all."""
-        return any(
-            f.name in (CACHE_NAME, COMPRESSOR_NAME, CORS_NAME, FAULT_NAME, LOCAL_RATELIMIT_NAME)
-            for f in filters
-        )
+        return any(f.name in CHAIN_FILTERS for f in filters)
 
     async def decode(self, request: RequestView, now: Callable[[], float]) -> FilterOutcome:
         """Run each filter on ``request`` in order until one answers it locally."""

@@ -1,0 +1,304 @@
+"""``envoy.filters.http.ext_authz``: asks an external authorization service about each request,
+over HTTP (``http_service``) or gRPC (``grpc_service``, ``envoy.service.auth.v3.Authorization/Check``).
+
+Envoy's behaviour (source/extensions/filters/http/ext_authz/ and filters/common/ext_authz/):
+
+- HTTP: the check is the request's method and ``path_prefix`` + its path, with no body
+  (``content-length: 0``), its ``Host`` and ``Authorization`` and the headers ``allowed_headers``
+  names, plus ``headers_to_add``.  A 200 allows the request: the answer's headers that
+  ``allowed_upstream_headers`` names replace the request's (``_to_append``: added), those
+  ``allowed_client_headers_on_success`` names go on the response.  Any other status but a 5xx denies
+  it: the client gets that status, the body, and the headers (all but ``Host`` when
+  ``allowed_client_headers`` is unset; else those it names, with ``WWW-Authenticate`` and
+  ``Location``).  A 5xx, no answer within the timeout, or no connection is an error.
+- gRPC: a ``CheckRequest`` with the peer's and our address, the request's method, path, host,
+  scheme, headers (pseudo-headers included) and the route's ``context_extensions``; an OK status
+  allows (``ok_response``: headers to set or append, headers to remove, response headers to add),
+  any other denies (``denied_response``: its status, 403 by default, headers and body); an RPC
+  failure is an error.
+- An error lets the request through with ``failure_mode_allow`` (and
+  ``x-envoy-auth-failure-mode-allowed: true`` with ``failure_mode_allow_header_add``), else answers
+  ``status_on_error`` (403) with no body.  Denials and errors carry the response flag ``UAEX``.
+
+Counters: ``ext_authz.[<stat_prefix>.]ok``, ``denied``, ``error``, ``disabled``,
+``failure_mode_allowed``.  The gRPC client is grpcio's (blocking, in a worker thread, with grpc's own
+deadline); the HTTP client is :func:`~._side_call.http_call` through the cluster.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+import ssl
+import urllib.parse
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from ..config import ExtAuthz, ExtAuthzPerRoute, PerRouteConfig, RuntimeValue, StringMatcher
+from ..stats import Scope
+from ._connection import connection_info
+from ._side_call import SideCallError, http_call
+
+if TYPE_CHECKING:
+    from ._chain import FilterOutcome, RequestView
+
+__all__ = ["ExtAuthzFilter"]
+
+Headers = list[tuple[bytes, bytes]]
+
+_CHECK_METHOD = "/envoy.service.auth.v3.Authorization/Check"
+#: headers a denial never passes to the client as the service wrote them (the reply is framed here)
+_NOT_TO_CLIENT = frozenset({b"host", b"content-length", b"transfer-encoding", b"connection", b"keep-alive"})
+_ALWAYS_TO_CLIENT = frozenset({b"www-authenticate", b"location"})
+#: the headers an HTTP check always carries (Envoy's defaults beside ``allowed_headers``)
+_ALWAYS_CHECKED = frozenset({b"host", b"authorization"})
+#: how many gRPC channels (one per authorization host) one filter keeps open
+MAX_CHANNELS = 64
+
+
+def _matches(patterns: Sequence[StringMatcher], name: bytes) -> bool:
+    text = name.decode("latin-1")
+    return any(p.matches(text) for p in patterns)
+
+
+@dataclass(slots=True)
+class _Decision:
+    allowed: bool
+    status: int = 403
+    body: bytes = b""
+    client_headers: Headers = field(default_factory=list)  # a denial's, or on success
+    set_headers: Headers = field(default_factory=list)
+    append_headers: Headers = field(default_factory=list)
+    remove_headers: list[bytes] = field(default_factory=list)
+
+
+class ExtAuthzFilter:
+    def __init__(
+        self,
+        config: ExtAuthz,
+        scope: Scope,
+        runtime: Callable[[str], RuntimeValue],
+        rng: random.Random,
+        clusters: Any = None,
+    ) -> None:
+        self.config = config
+        self.scope = scope
+        self.runtime = runtime
+        self.rng = rng
+        self.clusters = clusters
+        self.prefix = f"ext_authz.{config.stat_prefix}." if config.stat_prefix else "ext_authz."
+        scope.declare(
+            *(self.prefix + n for n in ("ok", "denied", "error", "disabled", "failure_mode_allowed"))
+        )
+        self._channels: dict[str, Any] = {}
+
+    async def decode(
+        self,
+        request: RequestView,
+        override: PerRouteConfig | None,
+        outcome: FilterOutcome,
+        now: Callable[[], float],
+    ) -> None:
+        from ._chain import sample  # the chain imports this module
+
+        config = self.config
+        per_route = override if isinstance(override, ExtAuthzPerRoute) else None
+        if per_route is not None and per_route.disabled:
+            return
+        if config.filter_enabled is not None and not sample(config.filter_enabled, self.runtime, self.rng):
+            self.scope.inc(self.prefix + "disabled")
+            return
+        try:
+            if config.kind == "http":
+                decision = await self._check_http(request)
+            else:
+                decision = await self._check_grpc(request, per_route.context_extensions if per_route else ())
+        except SideCallError:
+            self.scope.inc(self.prefix + "error")
+            if config.failure_mode_allow:
+                self.scope.inc(self.prefix + "failure_mode_allowed")
+                if config.failure_mode_allow_header_add:
+                    request.headers.append((b"x-envoy-auth-failure-mode-allowed", b"true"))
+                return
+            outcome.status = config.status_on_error
+            outcome.flags.append("UAEX")
+            return
+        if not decision.allowed:
+            self.scope.inc(self.prefix + "denied")
+            outcome.flags.append("UAEX")
+            # the service's own answer, exactly (status, headers, body), as Envoy relays it
+            outcome.cached = (decision.status, decision.client_headers, decision.body)
+            return
+        self.scope.inc(self.prefix + "ok")
+        headers = request.headers
+        if decision.set_headers or decision.remove_headers:
+            names = {k for k, _ in decision.set_headers} | set(decision.remove_headers)
+            headers[:] = [(k, v) for k, v in headers if k not in names]
+        headers.extend(decision.set_headers)
+        headers.extend(decision.append_headers)
+        outcome.response_headers.extend(decision.client_headers)
+
+    # --- HTTP ---
+
+    async def _check_http(self, request: RequestView) -> _Decision:
+        config = self.config
+        allowed = config.allowed_headers or ()
+        check = [
+            (k, v) for k, v in request.headers if k in _ALWAYS_CHECKED or (allowed and _matches(allowed, k))
+        ]
+        check.extend((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in config.headers_to_add)
+        if self.clusters is None:
+            raise SideCallError("no cluster manager")
+        host = next((v for k, v in request.headers if k == b"host"), b"").decode("latin-1")
+        reply = await http_call(
+            self.clusters[config.cluster],
+            request.method,
+            config.path_prefix + request.path,
+            check,
+            timeout=config.timeout,
+            host_header=host or None,
+        )
+        if reply.status >= 500:
+            raise SideCallError(f"authorization service answered {reply.status}")
+        if reply.status == 200:
+            return _Decision(
+                True,
+                set_headers=[
+                    (k, v) for k, v in reply.headers if _matches(config.allowed_upstream_headers, k)
+                ],
+                append_headers=[
+                    (k, v) for k, v in reply.headers if _matches(config.allowed_upstream_headers_to_append, k)
+                ],
+                client_headers=[
+                    (k, v) for k, v in reply.headers if _matches(config.allowed_client_headers_on_success, k)
+                ],
+            )
+        patterns = config.allowed_client_headers
+        to_client = [
+            (k, v)
+            for k, v in reply.headers
+            if k not in _NOT_TO_CLIENT
+            and (patterns is None or k in _ALWAYS_TO_CLIENT or _matches(patterns, k))
+        ]
+        to_client.append((b"content-length", str(len(reply.body)).encode()))
+        return _Decision(False, reply.status, reply.body, to_client)
+
+    # --- gRPC ---
+
+    async def _check_grpc(self, request: RequestView, context: Sequence[tuple[str, str]]) -> _Decision:
+        import grpc  # type: ignore[import-untyped]  # grpcio ships no type stubs; checked at config load
+        from envoy.service.auth.v3 import external_auth_pb2  # type: ignore[import-untyped]  # xds-protos: no stubs
+
+        config = self.config
+        target = config.target
+        if target is None:
+            if self.clusters is None:
+                raise SideCallError("no cluster manager")
+            cluster = self.clusters[config.cluster]
+            if cluster.tls_context is not None:
+                raise SideCallError(
+                    f"{cluster.name}: gRPC over TLS to the authorization service is not supported"
+                )
+            host = cluster.choose_host()
+            if host is None:
+                raise SideCallError(f"{cluster.name}: no healthy upstream")
+            target = f"{host.address}:{host.port}"
+        check = self._check_request(request, context, external_auth_pb2)
+        call = self._channel(grpc, target).unary_unary(
+            _CHECK_METHOD,
+            request_serializer=external_auth_pb2.CheckRequest.SerializeToString,
+            response_deserializer=external_auth_pb2.CheckResponse.FromString,
+        )
+        try:
+            response = await trio.to_thread.run_sync(
+                functools.partial(call, check, timeout=config.timeout, wait_for_ready=False),
+                abandon_on_cancel=True,
+            )
+        except grpc.RpcError as exc:
+            raise SideCallError(f"{target}: {exc.code() if hasattr(exc, 'code') else exc}") from None
+        if response.status.code == 0:
+            ok = response.ok_response
+            set_headers, append_headers = _header_options(ok.headers, default_append=False)
+            client_headers = [h for pair in _header_options(ok.response_headers_to_add, True) for h in pair]
+            return _Decision(
+                True,
+                set_headers=set_headers,
+                append_headers=append_headers,
+                remove_headers=[n.lower().encode("latin-1") for n in ok.headers_to_remove],
+                client_headers=client_headers,
+            )
+        denied = response.denied_response
+        status = denied.status.code if denied.status.code >= 200 else 403
+        set_headers, append_headers = _header_options(denied.headers, default_append=False)
+        body = denied.body.encode("utf-8")
+        to_client = [(k, v) for k, v in [*set_headers, *append_headers] if k not in _NOT_TO_CLIENT]
+        to_client.append((b"content-length", str(len(body)).encode()))
+        return _Decision(False, status, body, to_client)
+
+    def _channel(self, grpc: Any, target: str) -> Any:
+        channel = self._channels.get(target)
+        if channel is None:
+            if len(self._channels) >= MAX_CHANNELS:
+                _, oldest = self._channels.popitem()
+                oldest.close()
+            authority = self.config.authority
+            options = [("grpc.default_authority", authority)] if authority else None
+            channel = self._channels[target] = grpc.insecure_channel(target, options=options)
+        return channel
+
+    def _check_request(self, request: RequestView, context: Sequence[tuple[str, str]], pb2: Any) -> Any:
+        conn = connection_info(request.downstream, request.connection_state)
+        check = pb2.CheckRequest()
+        attributes = check.attributes
+        if conn.remote is not None:
+            attributes.source.address.socket_address.address = str(conn.remote)
+            attributes.source.address.socket_address.port_value = conn.remote_port or 0
+        if conn.tls and conn.peer_cert:
+            attributes.source.principal = (conn.uri_sans() or [conn.subject()])[0]
+            if self.config.include_peer_certificate and conn.peer_cert_der:
+                # Envoy: the client certificate in URL-encoded PEM
+                pem = ssl.DER_cert_to_PEM_cert(conn.peer_cert_der)
+                attributes.source.certificate = urllib.parse.quote(pem, safe="")
+        if conn.local is not None:
+            attributes.destination.address.socket_address.address = str(conn.local)
+            attributes.destination.address.socket_address.port_value = conn.local_port or 0
+        http = attributes.request.http
+        host = next((v for k, v in request.headers if k == b"host"), b"").decode("latin-1")
+        scheme = str(getattr(request.downstream, "scheme", "http"))
+        http.method, http.path, http.host, http.scheme = request.method, request.path, host, scheme
+        http.protocol = "HTTP/1.1"
+        length = next((v for k, v in request.headers if k == b"content-length"), None)
+        http.size = int(length) if length is not None and length.isdigit() else -1
+        request_id = next((v for k, v in request.headers if k == b"x-request-id"), None)
+        if request_id is not None:
+            http.id = request_id.decode("latin-1")
+        allowed = self.config.allowed_headers
+        joined: dict[str, str] = {":authority": host, ":method": request.method, ":path": request.path,
+                                  ":scheme": scheme}  # fmt: skip
+        for k, v in request.headers:
+            if allowed is not None and not _matches(allowed, k):
+                continue
+            name, value = k.decode("latin-1"), v.decode("latin-1")
+            joined[name] = f"{joined[name]},{value}" if name in joined else value
+        http.headers.update(joined)
+        attributes.context_extensions.update(dict(context))
+        return check
+
+
+def _header_options(options: Any, default_append: bool) -> tuple[Headers, Headers]:
+    """``HeaderValueOption``s as (headers to set, headers to append): ``append_action``, else the
+    deprecated ``append`` (its default depends on the message, as Envoy documents)."""
+    set_headers: Headers = []
+    append_headers: Headers = []
+    for option in options:
+        pair = (option.header.key.lower().encode("latin-1"), option.header.value.encode("latin-1"))
+        if option.append_action != 0:  # OVERWRITE_IF_EXISTS_OR_ADD and the like: replace
+            set_headers.append(pair)
+        elif option.append.value if option.HasField("append") else default_append:
+            append_headers.append(pair)
+        else:
+            set_headers.append(pair)
+    return set_headers, append_headers
