@@ -1,4 +1,12 @@
-"""Envoy's HTTP connection manager and router filter, with h11 (HTTP/1.1) at its core.
+"""Envoy's HTTP connection manager and router filter, with h11 (HTTP/1.1) at its core and a fast
+path on httptools for the common request.
+
+The fast path (:mod:`._http1`, like FreeBSD's header prediction): a bodyless HTTP/1.1 request whose
+whole head came in one read, on a connection manager without HTTP filters, is parsed by llhttp, its
+upstream head written as bytes, the upstream's response parsed by llhttp and written to the client
+as the bytes h11 would write; h11 never sees it.  Everything else (bodies, 100-continue, upgrades,
+pipelining, HTTP/1.0, ``HEAD``, malformed requests, filters) takes h11 as before.  Routing, timers,
+retries, failures, stats and access logs are the same code for both.
 
 HTTP/2 on either side goes through the same code: a client's HTTP/2 stream is served as a
 one-request HTTP/1.1 connection (:mod:`.h2_downstream`, chosen by ALPN ``h2``, ``codec_type`` HTTP2,
@@ -68,6 +76,16 @@ import trio
 from trio_yastack._trio_helpers import lingering_close, unwrap_single_exception
 
 from ._heads import request_head, response_head
+from ._http1 import (
+    PlainRequest,
+    PlainResponse,
+    RequestParser,
+    ResponseReader,
+    chunk,
+    last_chunk,
+    request_head_bytes,
+    response_head_bytes,
+)
 from ._kernel_io import kernel_socket, receive_some, send_all
 from .access_log import AccessLogger, AccessRecord
 from .config import DirectResponse, HttpConnectionManager, RetryPolicy, Route, RouteAction, RuntimeValue
@@ -128,13 +146,17 @@ class _DownstreamGone(Exception):
 
 
 class _Downstream:
-    """One client connection: the stream, its h11 server state, and byte counts."""
+    """One client connection: the stream, its h11 server state, and byte counts; ``plain`` when
+    the current request took the fast path (:mod:`._http1`: h11 never saw it, and stays idle)."""
 
     __slots__ = (
         "bytes_received",
         "bytes_sent",
         "filter_state",
         "h11",
+        "initial",
+        "parser",
+        "plain",
         "protocol",
         "raw",
         "remote",
@@ -156,6 +178,9 @@ class _Downstream:
         self.bytes_sent = 0
         self.response_started = False
         self.protocol: str | None = None  # "HTTP/2" for a stream of an HTTP/2 connection
+        self.parser: RequestParser | None = None  # the fast path's, made at its first use
+        self.plain = False
+        self.initial = b""  # the first bytes read by the protocol sniffing, not yet parsed
 
     async def send(self, event: h11.Event) -> None:
         data = self.h11.send(event)
@@ -216,7 +241,9 @@ class _RequestBody:
         self.framing = "chunked" if get_header(headers, b"transfer-encoding") else "length"
         length = get_header(headers, b"content-length")
         self.empty = self.framing == "length" and (length is None or int(length) == 0)
-        if self.empty:
+        if ds.plain:
+            self.complete = True  # the fast path's requests have no body
+        elif self.empty:
             # h11 has the (zero-length) body's end ready without more bytes: take it now, so the
             # connection is ready for the next request when the response is done.
             self.complete = isinstance(ds.h11.next_event(), h11.EndOfMessage)
@@ -343,6 +370,9 @@ class HttpConnectionManagerRuntime:
             self.filters = HttpFilterChain(
                 config.http_filters, stats, self.stats, runtime or _no_runtime, self.rng
             )
+        # The HTTP/1.1 fast path (:mod:`._http1`) serves requests no HTTP filter sees; with filters,
+        # every request goes through h11 (their hooks read and rewrite h11's events).
+        self.plain_ok = self.filters is None
 
     # --- connections ---
 
@@ -368,6 +398,10 @@ class HttpConnectionManagerRuntime:
             self.stats.inc("downstream_cx_http1_total")
             while True:
                 keep_going = await self._serve_one(ds)
+                if ds.plain:  # the fast path's request: h11 stayed idle
+                    if not keep_going:
+                        break
+                    continue
                 if not keep_going or ds.h11.our_state is not h11.DONE or ds.h11.their_state is not h11.DONE:
                     if keep_going and ds.h11.our_state is h11.DONE and ds.h11.their_state is h11.SEND_BODY:
                         # Answered (a local reply) before the request's body was read: closing now,
@@ -408,7 +442,7 @@ class HttpConnectionManagerRuntime:
             return None
         if h2_only or buf.startswith(PREFACE):
             return buf
-        ds.h11.receive_data(buf)
+        ds.initial = buf  # parsed by the first request's _serve_one
         return b""
 
     async def _serve_h2(self, ds: _Downstream, initial: bytes) -> None:
@@ -446,10 +480,14 @@ class HttpConnectionManagerRuntime:
         """One request on ``ds``; False when the connection must close afterwards."""
         # Between requests only the connection's idle timeout applies; once the request's first
         # bytes arrive, its request and stream-idle timers do.
-        idle_deadline = trio.current_time() + (self.config.idle_timeout or float("inf"))
-        if not ds.h11.trailing_data[0] and ds.h11.their_state is h11.IDLE:
+        ds.plain = False
+        data: bytes | bytearray = ds.initial
+        if data:
+            ds.initial = b""
+        elif not ds.h11.trailing_data[0] and ds.h11.their_state is h11.IDLE:
             if self.state.shutting_down:
                 return False
+            idle_deadline = trio.current_time() + (self.config.idle_timeout or float("inf"))
             with trio.move_on_at(idle_deadline) as wait:
                 self.state.idle_waits.add(wait)  # a drain cancels it: idle connections close at once
                 try:
@@ -457,38 +495,50 @@ class HttpConnectionManagerRuntime:
                 finally:
                     self.state.idle_waits.discard(wait)
                 ds.bytes_received += len(data)
-                ds.h11.receive_data(data)  # type: ignore[arg-type]  # h11 takes a bytearray too
                 if not data:
                     return False
             if wait.cancelled_caught:
                 if not self.state.shutting_down:
                     self.stats.inc("downstream_cx_idle_timeout")
                 return False
+        request: h11.Request | PlainRequest | None = None
+        if data:
+            if self.plain_ok and ds.protocol is None:  # the predicted case (:mod:`._http1`)
+                parser = ds.parser or RequestParser()
+                request = parser.parse(data)
+                ds.parser = parser if request is not None else None  # after None: state unknown
+            if request is None:
+                ds.h11.receive_data(data)  # type: ignore[arg-type]  # h11 takes a bytearray too
+            else:
+                ds.plain = True
         ds.response_started = False
         started_wall, started = time.time(), trio.current_time()
         timing = _Timing(self.config, started)
         record = AccessRecord(start_time=started_wall)
         try:
-            try:
-                event = await ds.next_event(timing.downstream_deadline())
-            except h11.RemoteProtocolError as exc:
-                self.stats.inc("downstream_cx_protocol_error")
-                status = exc.error_status_hint if exc.error_status_hint in (400, 413, 414, 431, 501) else 400
-                raise _LocalReply(
-                    status, _PROTOCOL_ERROR_BODY.get(status, "bad request"), "DPE", close=True
-                ) from None
-            if event is None:
-                if ds.bytes_received:  # a partial request timed out
-                    self.stats.inc("downstream_rq_timeout")
-                    raise _LocalReply(408, "request timeout", "DT", close=True)
-                return False
-            if isinstance(event, h11.ConnectionClosed):
-                return False
-            assert isinstance(event, h11.Request)
+            if request is None:
+                try:
+                    event = await ds.next_event(timing.downstream_deadline())
+                except h11.RemoteProtocolError as exc:
+                    self.stats.inc("downstream_cx_protocol_error")
+                    hint = exc.error_status_hint
+                    status = hint if hint in (400, 413, 414, 431, 501) else 400
+                    raise _LocalReply(
+                        status, _PROTOCOL_ERROR_BODY.get(status, "bad request"), "DPE", close=True
+                    ) from None
+                if event is None:
+                    if ds.bytes_received:  # a partial request timed out
+                        self.stats.inc("downstream_rq_timeout")
+                        raise _LocalReply(408, "request timeout", "DT", close=True)
+                    return False
+                if isinstance(event, h11.ConnectionClosed):
+                    return False
+                assert isinstance(event, h11.Request)
+                request = event
             self.stats.inc("downstream_rq_total")
             self.stats.gauge_add("downstream_rq_active", 1)
             try:
-                return await self._proxy_request(ds, event, timing, record)
+                return await self._proxy_request(ds, request, timing, record)
             finally:
                 self.stats.gauge_add("downstream_rq_active", -1)
         except _LocalReply as reply:
@@ -549,7 +599,7 @@ class HttpConnectionManagerRuntime:
     ) -> None:  # fmt: skip
         """A response made here (a local reply, or a ``direct_response`` with its body exactly),
         in one write; ``headers``: what the HTTP filters add."""
-        if ds.h11.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+        if not ds.plain and ds.h11.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return  # (their_state ERROR is fine: h11 lets a server answer a request it refused)
         head_headers = [(b"content-length", str(len(payload)).encode())]
         if payload:
@@ -562,6 +612,11 @@ class HttpConnectionManagerRuntime:
         self._count_response(status)
         record.response_code = status
         ds.response_started = True
+        if ds.plain:  # the bytes h11 would write (:mod:`._http1`)
+            head = response_head_bytes(status, _reason(status), headers, chunked=False)
+            await ds.send_pending([head, payload])
+            record.bytes_sent += len(payload)
+            return
         pending = [ds.h11.send(h11.Response(status_code=status, headers=headers, reason=_reason(status)))]
         if payload and record.method != "HEAD":
             pending.append(ds.h11.send(h11.Data(data=payload)))
@@ -594,14 +649,14 @@ class HttpConnectionManagerRuntime:
     # --- one request ---
 
     async def _proxy_request(
-        self, ds: _Downstream, request: h11.Request, timing: _Timing, record: AccessRecord
+        self, ds: _Downstream, request: h11.Request | PlainRequest, timing: _Timing, record: AccessRecord
     ) -> bool:
         headers = list(request.headers)  # once: iterating h11's Headers is slow
         if _head_size(request, headers) > MAX_REQUEST_HEADERS:
             # h11 bounds a head only while it is incomplete; one that completes within a read
             # can be larger, so the bound is checked on the parsed head too.
             raise _LocalReply(431, _PROTOCOL_ERROR_BODY[431], "DPE", close=True)
-        if request.target[:1] != b"/" and request.target != b"*":
+        if request.target[:1] != b"/" and request.target != b"*" and isinstance(request, h11.Request):
             request = _origin_form(request)  # RFC 9112 3.2.2: absolute-form; its host is the authority
             headers = list(request.headers)
         if self.local_reply:
@@ -685,8 +740,8 @@ class HttpConnectionManagerRuntime:
                     raise _LocalReply(413, "payload too large", "-", close=True)
 
     async def _route_to_cluster(
-        self, ds: _Downstream, request: h11.Request, headers: list[tuple[bytes, bytes]], route: Route,
-        action: RouteAction, timing: _Timing, record: AccessRecord,
+        self, ds: _Downstream, request: h11.Request | PlainRequest, headers: list[tuple[bytes, bytes]],
+        route: Route, action: RouteAction, timing: _Timing, record: AccessRecord,
         response_headers: Sequence[tuple[bytes, bytes]], outcome: FilterOutcome | None,
     ) -> bool:  # fmt: skip
         """Hand the request to the router (:class:`_RouterRequest`) within the cluster's
@@ -725,9 +780,9 @@ class HttpConnectionManagerRuntime:
                 continue
             headers = [
                 (k, v + b"-shadow" if k == b"host" else v)
-                for k, v in rq.head.headers  # Envoy's suffix
+                for k, v in rq.upstream_headers  # Envoy's suffix
             ]
-            head = h11.Request(method=rq.head.method, target=rq.head.target, headers=headers)
+            head = h11.Request(method=rq.method, target=rq.target, headers=headers)
             self._shadows += 1
             nursery.start_soon(self._shadow, self.clusters[name], head, b"".join(body.kept), action.timeout)
 
@@ -782,16 +837,20 @@ class _RouterRequest:
         "filters",
         "hcm",
         "head",
+        "head_bytes",
+        "method",
         "policy",
         "record",
         "response_headers",
         "retries_left",
         "retry_count",
+        "target",
         "timing",
+        "upstream_headers",
     )
 
     def __init__(
-        self, hcm: HttpConnectionManagerRuntime, ds: _Downstream, request: h11.Request,
+        self, hcm: HttpConnectionManagerRuntime, ds: _Downstream, request: h11.Request | PlainRequest,
         headers: list[tuple[bytes, bytes]], route: Route, action: RouteAction, timing: _Timing,
         record: AccessRecord,
     ) -> None:  # fmt: skip
@@ -801,7 +860,13 @@ class _RouterRequest:
         self.record = record
         self.cluster = self._pick_cluster(action)
         self.body = _RequestBody(ds, headers, hcm.limits, timing)
-        self.head = self._upstream_head(request, headers, route, action)
+        self.method = request.method
+        self.target = b""
+        self.upstream_headers: list[tuple[bytes, bytes]] = []
+        # The head as h11's event (the general path), or as bytes (the fast path: ``head_bytes``)
+        self.head: h11.Request | None = None
+        self.head_bytes: bytes | None = None
+        self._upstream_head(request, headers, route, action)
         self.policy: RetryPolicy | None = action.retry_policy
         self.retries_left = self.policy.num_retries if self.policy is not None else 0
         self.retry_count = 0
@@ -822,10 +887,12 @@ class _RouterRequest:
         return clusters[action.weighted_clusters[-1].name]
 
     def _upstream_head(
-        self, request: h11.Request, headers: list[tuple[bytes, bytes]], route: Route, action: RouteAction
-    ) -> h11.Request:
-        """The request head the upstream gets (see the module docstring's **Headers**); fills in
-        the access-log record's ``x_forwarded_for`` and ``request_id``."""
+        self, request: h11.Request | PlainRequest, headers: list[tuple[bytes, bytes]], route: Route,
+        action: RouteAction,
+    ) -> None:  # fmt: skip
+        """The request head the upstream gets (see the module docstring's **Headers**) in ``target``
+        and ``upstream_headers``, and as ``head`` or ``head_bytes``; fills in the access-log
+        record's ``x_forwarded_for`` and ``request_id``."""
         upgrade_value = get_header(headers, b"upgrade")
         connection_tokens = (get_header(headers, b"connection") or b"").lower()
         upgrade = upgrade_value is not None and b"upgrade" in connection_tokens
@@ -865,7 +932,12 @@ class _RouterRequest:
             out.append((b"transfer-encoding", b"chunked"))
         self.record.x_forwarded_for = _text(get_header(out, b"x-forwarded-for"))
         self.record.request_id = request_id.decode("latin-1")
-        return request_head(request.method, target.encode("latin-1"), out, b"1.1")
+        self.target = target.encode("latin-1")
+        self.upstream_headers = out
+        if self.ds.plain:
+            self.head_bytes = request_head_bytes(request.method, self.target, out)
+        else:
+            self.head = request_head(request.method, self.target, out, b"1.1")
 
     async def run(self) -> bool:
         """The first attempt and the retries the policy allows; True keeps the client connection."""
@@ -931,7 +1003,7 @@ class _UpstreamRequest:
         self.started = trio.current_time()
         self.per_try_deadline = float("inf")
         self.conn: UpstreamConnection | None = None
-        self.response: h11.Response | h11.InformationalResponse | None = None
+        self.response: h11.Response | h11.InformationalResponse | PlainResponse | None = None
         self.failure: str | None = None  # "connect", "reset", "per_try_timeout", "timeout", "idle"
         self.downstream_error: _LocalReply | _DownstreamGone | None = None
         self.uploading = False
@@ -963,7 +1035,10 @@ class _UpstreamRequest:
                 return
             if rq.retry_count and self.response is not None and self.response.status_code < 500:
                 rq.cluster.stats.inc("upstream_rq_retry_success")
-            self.keep = await self._relay_response()
+            if rq.head is None:
+                self.keep = await self._relay_plain()
+            else:
+                self.keep = await self._relay_response()
         except trio.Cancelled:
             if self.conn is not None:
                 await self.conn.aclose()  # shielded
@@ -1085,6 +1160,22 @@ class _UpstreamRequest:
         head, body = self.rq.head, self.rq.body
         conn.requests += 1
         conn.received_before = conn.received
+        if head is None:  # the fast path (:mod:`._http1`): no body, the response parsed by llhttp
+            reader = conn.reader
+            if reader is None:
+                reader = conn.reader = ResponseReader()
+            else:
+                reader.start()
+            conn.plain = True
+            assert self.rq.head_bytes is not None
+            await conn.write(self.rq.head_bytes)
+            while reader.head is None:
+                data = await conn.receive()
+                if not data:
+                    raise trio.BrokenResourceError("upstream closed before a response")
+                reader.feed(data)
+            self.response = reader.head
+            return
         if body.complete and not body.kept:
             await conn.write(conn.h11.send(head) + conn.h11.send(_EOM))
         else:
@@ -1151,7 +1242,7 @@ class _UpstreamRequest:
         kept: list[bytes] = []
         kept_bytes = 0
         if cache is not None:
-            keep = cache[0].storable(status, rq.head.headers, response.headers)
+            keep = cache[0].storable(status, rq.upstream_headers, response.headers)
             cache_headers = list(headers)
         if rq.response_headers:  # set by the filters, replacing the upstream's own (Envoy's setReference)
             names = {name for name, _ in rq.response_headers}
@@ -1267,6 +1358,87 @@ class _UpstreamRequest:
             hcm.stats.inc("downstream_cx_drain_close")
         return not (close or client_closes)
 
+    async def _relay_plain(self) -> bool:
+        """:meth:`_relay_response` for the fast path (:mod:`._http1`): the response parsed by
+        llhttp and written as h11 would write it, no HTTP filter in the way (so no cache or
+        compressor), and never a 101 (the request asked for no upgrade; llhttp refuses one)."""
+        rq = self.rq
+        hcm, ds, cluster, timing, record = rq.hcm, rq.ds, rq.cluster, rq.timing, rq.record
+        conn, response = self.conn, self.response
+        assert conn is not None and conn.reader is not None and isinstance(response, PlainResponse)
+        reader = conn.reader
+        status = response.status_code
+        cluster.stats.inc(f"upstream_rq_{status // 100}xx")
+        cluster.stats.inc(f"upstream_rq_{status}")
+        cluster.stats.inc("upstream_rq_completed")
+        service_ms = int((trio.current_time() - self.started) * 1000)
+        record.upstream_service_time = str(service_ms)
+        record.response_code = status
+        headers = strip_hop_by_hop(response.headers)
+        headers.append((b"x-envoy-upstream-service-time", str(service_ms).encode()))
+        headers = _with_via(headers)  # RFC 9110 7.6.3: a proxy adds Via to responses too
+        if rq.response_headers:  # set by the filters, replacing the upstream's own (Envoy's setReference)
+            names = {name for name, _ in rq.response_headers}
+            headers = [h for h in headers if h[0].lower() not in names]
+            headers.extend(rq.response_headers)
+        close = hcm.state.draining
+        if close:
+            headers.append((b"connection", b"close"))
+        hcm._count_response(status)
+        ds.response_started = True
+        # h11's framing of what it sends: the length when there is one, else chunked (the client
+        # speaks HTTP/1.1), none for 204 and 304
+        chunked = status not in (204, 304) and get_header(headers, b"content-length") is None
+        try:
+            pending = [response_head_bytes(status, _reason(status), headers, chunked=chunked)]
+            with trio.CancelScope(
+                deadline=min(timing.route_deadline, trio.current_time() + timing.stream_idle)
+            ) as scope:
+                self.relay_scope = scope
+                timing.watch(scope)
+                try:
+                    while True:
+                        for data in reader.take_body():
+                            record.bytes_sent += len(data)
+                            pending.append(chunk(data) if chunked else data)
+                        if reader.done:
+                            if chunked:  # trailers (grpc-status) fit a chunked body
+                                pending.append(last_chunk(strip_hop_by_hop(reader.trailers)))
+                            await ds.send_pending(pending)
+                            break
+                        if pending:
+                            await ds.send_pending(pending)
+                        received = await conn.receive()
+                        if not received:
+                            if not reader.eof():
+                                raise trio.BrokenResourceError("upstream closed in a response body")
+                            continue
+                        reader.feed(received)
+                        scope.deadline = min(timing.route_deadline, trio.current_time() + timing.stream_idle)
+                finally:
+                    timing.unwatch(scope)
+                    self.relay_scope = None
+            if scope.cancelled_caught:
+                if trio.current_time() >= timing.route_deadline:
+                    record.response_flags = "UT"
+                    cluster.stats.inc("upstream_rq_timeout")
+                else:
+                    record.response_flags = "SI"
+                    hcm.stats.inc("downstream_rq_idle_timeout")
+            if record.response_flags != "-" or not reader.done:
+                await conn.aclose()
+                return False
+        except (*_NETWORK_ERRORS, h11.ProtocolError):
+            # Either side broke mid-body: the client sees a truncated response and a close.
+            if record.response_flags == "-":
+                record.response_flags = "UC"
+            await conn.aclose()
+            return False
+        cluster.release(conn)
+        if close:
+            hcm.stats.inc("downstream_cx_drain_close")
+        return not close
+
     async def _splice(self, conn: UpstreamConnection) -> None:
         """Byte for byte both ways after a 101, until either side closes (or stream-idle passes)."""
         ds, record = self.rq.ds, self.rq.record
@@ -1325,7 +1497,7 @@ def _trailers_fit(
     )
 
 
-def _head_size(request: h11.Request, headers: list[tuple[bytes, bytes]]) -> int:
+def _head_size(request: h11.Request | PlainRequest, headers: list[tuple[bytes, bytes]]) -> int:
     """The size of a request head as it came in (request line and header lines); ``headers``:
     ``request.headers`` as a list."""
     size = len(request.method) + len(request.target) + 12
