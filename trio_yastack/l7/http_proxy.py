@@ -86,7 +86,7 @@ from ._http1 import (
     request_head_bytes,
     response_head_bytes,
 )
-from ._kernel_io import kernel_socket, receive_some, send_all
+from ._kernel_io import kernel_socket, receive_now, receive_some, send_all, send_now
 from .access_log import AccessLogger, AccessRecord
 from .config import DirectResponse, HttpConnectionManager, RetryPolicy, Route, RouteAction, RuntimeValue
 from .filters import GzipStream, HttpFilterChain, RequestView, sample, start_compression
@@ -481,12 +481,20 @@ class HttpConnectionManagerRuntime:
         # Between requests only the connection's idle timeout applies; once the request's first
         # bytes arrive, its request and stream-idle timers do.
         ds.plain = False
-        data: bytes | bytearray = ds.initial
+        data: bytes | bytearray | None = ds.initial
         if data:
             ds.initial = b""
         elif not ds.h11.trailing_data[0] and ds.h11.their_state is h11.IDLE:
             if self.state.shutting_down:
                 return False
+            # The next request is often there already (a keep-alive client sends it as soon as it
+            # has the response): then no wait, and no cancel scope for one.
+            data = receive_now(ds.raw, RECEIVE_SIZE) if ds.raw is not None else None
+            if data is not None:
+                ds.bytes_received += len(data)
+                if not data:
+                    return False
+        if data is None:
             idle_deadline = trio.current_time() + (self.config.idle_timeout or float("inf"))
             with trio.move_on_at(idle_deadline) as wait:
                 self.state.idle_waits.add(wait)  # a drain cancels it: idle connections close at once
@@ -1389,42 +1397,58 @@ class _UpstreamRequest:
         # h11's framing of what it sends: the length when there is one, else chunked (the client
         # speaks HTTP/1.1), none for 204 and 304
         chunked = status not in (204, 304) and get_header(headers, b"content-length") is None
+        pending = [response_head_bytes(status, _reason(status), headers, chunked=chunked)]
+
+        def take() -> None:
+            """The body parsed so far into ``pending`` (and its end, once there)."""
+            for data in reader.take_body():
+                record.bytes_sent += len(data)
+                pending.append(chunk(data) if chunked else data)
+            if reader.done and chunked:  # trailers (grpc-status) fit a chunked body
+                pending.append(last_chunk(strip_hop_by_hop(reader.trailers)))
+
         try:
-            pending = [response_head_bytes(status, _reason(status), headers, chunked=chunked)]
-            with trio.CancelScope(
-                deadline=min(timing.route_deadline, trio.current_time() + timing.stream_idle)
-            ) as scope:
-                self.relay_scope = scope
-                timing.watch(scope)
-                try:
-                    while True:
-                        for data in reader.take_body():
-                            record.bytes_sent += len(data)
-                            pending.append(chunk(data) if chunked else data)
-                        if reader.done:
-                            if chunked:  # trailers (grpc-status) fit a chunked body
-                                pending.append(last_chunk(strip_hop_by_hop(reader.trailers)))
+            take()
+            if reader.done and ds.raw is not None:
+                # The whole response is in hand (a small one came with its head): written
+                # without a cancel scope when the kernel takes it at once, as it mostly does.
+                data = b"".join(pending)
+                pending.clear()
+                sent = send_now(ds.raw, data)
+                ds.bytes_sent += sent
+                if sent < len(data):
+                    pending.append(data[sent:])
+            if pending or not reader.done:
+                with trio.CancelScope(
+                    deadline=min(timing.route_deadline, trio.current_time() + timing.stream_idle)
+                ) as scope:
+                    self.relay_scope = scope
+                    timing.watch(scope)
+                    try:
+                        while True:
                             await ds.send_pending(pending)
-                            break
-                        if pending:
-                            await ds.send_pending(pending)
-                        received = await conn.receive()
-                        if not received:
-                            if not reader.eof():
-                                raise trio.BrokenResourceError("upstream closed in a response body")
-                            continue
-                        reader.feed(received)
-                        scope.deadline = min(timing.route_deadline, trio.current_time() + timing.stream_idle)
-                finally:
-                    timing.unwatch(scope)
-                    self.relay_scope = None
-            if scope.cancelled_caught:
-                if trio.current_time() >= timing.route_deadline:
-                    record.response_flags = "UT"
-                    cluster.stats.inc("upstream_rq_timeout")
-                else:
-                    record.response_flags = "SI"
-                    hcm.stats.inc("downstream_rq_idle_timeout")
+                            if reader.done:
+                                break
+                            received = await conn.receive()
+                            if not received:
+                                if not reader.eof():
+                                    raise trio.BrokenResourceError("upstream closed in a response body")
+                            else:
+                                reader.feed(received)
+                            take()
+                            scope.deadline = min(
+                                timing.route_deadline, trio.current_time() + timing.stream_idle
+                            )
+                    finally:
+                        timing.unwatch(scope)
+                        self.relay_scope = None
+                if scope.cancelled_caught:
+                    if trio.current_time() >= timing.route_deadline:
+                        record.response_flags = "UT"
+                        cluster.stats.inc("upstream_rq_timeout")
+                    else:
+                        record.response_flags = "SI"
+                        hcm.stats.inc("downstream_rq_idle_timeout")
             if record.response_flags != "-" or not reader.done:
                 await conn.aclose()
                 return False
