@@ -12,7 +12,7 @@ from typing import Any
 import h11
 import pytest
 import trio
-from proxy_helpers import bootstrap, cluster, hcm, http_listener, running_proxy
+from proxy_helpers import bootstrap, cluster, hcm, http_listener, route, running_proxy
 
 from trio_yastack.l7._http1 import (
     MAX_RESPONSE_HEAD,
@@ -199,6 +199,19 @@ _RESPONSES = {
 }
 
 
+# What the client adds to each request in turn: the headers the proxy rewrites or drops
+_EXTRA_HEADERS = [
+    b"",
+    b"Connection: keep-alive\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\nProxy-Connection: x\r\n",
+    b"X-Forwarded-For: 10.0.0.1\r\nx-forwarded-for: 10.0.0.2\r\nX-Forwarded-Proto: https\r\n",
+    b"Via: 1.0 other\r\nX-Request-Id: abc\r\nvia: 1.1 more\r\n",
+    b"X-Request-Id: one\r\nX-Request-Id: two\r\nX-Forwarded-For:\r\nContent-Length: 0\r\n",
+]
+
+
+_ROUTES = [route("/rw/", prefix_rewrite="/", host_rewrite_literal="backend.local"), route()]
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -231,7 +244,7 @@ async def _exchanges(paths: list[bytes]) -> tuple[list[bytes], list[bytes]]:
                     return
 
     config = bootstrap(
-        [http_listener(hcm(), port=proxy_port, address="127.0.0.1")],
+        [http_listener(hcm(_ROUTES), port=proxy_port, address="127.0.0.1")],
         [cluster("app", [backend_port], address="127.0.0.1")],
     )
     received: list[bytes] = []
@@ -240,8 +253,11 @@ async def _exchanges(paths: list[bytes]) -> tuple[list[bytes], list[bytes]]:
             await nursery.start(partial(trio.serve_tcp, backend, backend_port, host="127.0.0.1"))
             async with running_proxy(config, None):
                 client = await trio.open_tcp_stream("127.0.0.1", proxy_port)
-                for path in paths:
-                    await client.send_all(b"GET " + path + b" HTTP/1.1\r\nHost: example\r\nX-Mine: 1\r\n\r\n")
+                for number, path in enumerate(paths):
+                    extra = _EXTRA_HEADERS[number % len(_EXTRA_HEADERS)]
+                    await client.send_all(
+                        b"GET " + path + b" HTTP/1.1\r\nHost: example\r\nX-Mine: 1\r\n" + extra + b"\r\n"
+                    )
                     reader = ResponseReader()  # the client's own parser of what the proxy wrote
                     got = b""
                     while not reader.done:
@@ -264,7 +280,7 @@ async def _exchanges(paths: list[bytes]) -> tuple[list[bytes], list[bytes]]:
 
 
 async def test_the_fast_path_writes_what_the_h11_path_writes(monkeypatch: pytest.MonkeyPatch) -> None:
-    paths = [b"/length", b"/chunked", b"/early", b"/length", b"/close", b"/length"]
+    paths = [b"/length", b"/chunked", b"/early", b"/length", b"/close", b"/rw/length"]
     taken: list[bool] = []
     parse = RequestParser.parse
 
@@ -286,3 +302,9 @@ async def test_the_fast_path_writes_what_the_h11_path_writes(monkeypatch: pytest
     assert client_side[4].endswith(b"Transfer-Encoding: chunked\r\n\r\nf\r\nuntil the close\r\n0\r\n\r\n")
     assert upstream_side[0].startswith(b"GET /length HTTP/1.1\r\nhost: example\r\nx-mine: 1\r\n")
     assert b"x-forwarded-for: 127.0.0.1" in upstream_side[0] and b"via: 1.1 trio_yastack" in upstream_side[0]
+    assert b"keep-alive" not in upstream_side[1] and b"te:" not in upstream_side[1]
+    assert b"x-forwarded-for: 10.0.0.1,10.0.0.2, 127.0.0.1\r\nx-forwarded-proto: http" in upstream_side[2]
+    assert b"via: 1.0 other,1.1 more, 1.1 trio_yastack" in upstream_side[3]
+    assert b"x-request-id: abc" in upstream_side[3]
+    assert upstream_side[5].startswith(b"GET /length HTTP/1.1\r\nhost: backend.local\r\n")
+    assert b"x-envoy-original-path: /rw/length" in upstream_side[5]
