@@ -189,7 +189,11 @@ def test_a_bad_response_is_h11_s_remote_protocol_error(raw: bytes) -> None:
 # --- whole exchanges through the proxy: the fast path against h11 ---
 
 _RESPONSES = {
-    b"/length": b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\nX-Up: 1\r\n\r\nhello\n",
+    b"/length": b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\nConnection: keep-alive\r\nX-Up: 1\r\n\r\nhello\n",
+    b"/named": (
+        b"HTTP/1.1 200 OK\r\nX-Private: secret\r\nConnection: x-private, keep-alive\r\nVia: 1.1 up\r\n"
+        b"Content-Length: 2\r\nx-envoy-upstream-service-time: 7\r\n\r\nok"
+    ),
     b"/chunked": (
         b"HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\nKeep-Alive: timeout=5\r\n\r\n"
         b"3\r\nabc\r\n4\r\ndefg\r\n0\r\ngrpc-status: 0\r\n\r\n"
@@ -280,7 +284,7 @@ async def _exchanges(paths: list[bytes]) -> tuple[list[bytes], list[bytes]]:
 
 
 async def test_the_fast_path_writes_what_the_h11_path_writes(monkeypatch: pytest.MonkeyPatch) -> None:
-    paths = [b"/length", b"/chunked", b"/early", b"/length", b"/close", b"/rw/length"]
+    paths = [b"/length", b"/chunked", b"/early", b"/length", b"/close", b"/rw/length", b"/named"]
     taken: list[bool] = []
     parse = RequestParser.parse
 
@@ -300,6 +304,7 @@ async def test_the_fast_path_writes_what_the_h11_path_writes(monkeypatch: pytest
     assert b"keep-alive" not in client_side[1]  # hop-by-hop: not relayed
     assert client_side[2].startswith(b"HTTP/1.1 204 No Content\r\n")  # the 103 not relayed
     assert client_side[4].endswith(b"Transfer-Encoding: chunked\r\n\r\nf\r\nuntil the close\r\n0\r\n\r\n")
+    assert b"x-private" not in client_side[6] and b"via: 1.1 up, 1.1 trio_yastack\r\n" in client_side[6]
     assert upstream_side[0].startswith(b"GET /length HTTP/1.1\r\nhost: example\r\nx-mine: 1\r\n")
     assert b"x-forwarded-for: 127.0.0.1" in upstream_side[0] and b"via: 1.1 trio_yastack" in upstream_side[0]
     assert b"keep-alive" not in upstream_side[1] and b"te:" not in upstream_side[1]

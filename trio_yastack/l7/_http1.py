@@ -251,8 +251,13 @@ def _header_lines(parts: list[bytes], headers: Sequence[tuple[bytes, bytes]]) ->
 def request_head_bytes(method: bytes, target: bytes, headers: Sequence[tuple[bytes, bytes]]) -> bytes:
     """What h11 writes for ``Request(method, target, headers)``: ``Host`` first (RFC 9112 3.2)."""
     parts = [method + b" " + target + b" HTTP/1.1\r\n"]
-    _header_lines(parts, [h for h in headers if h[0] == b"host"])
-    _header_lines(parts, [h for h in headers if h[0] != b"host"])
+    rest = []
+    for name, value in headers:
+        if name == b"host":
+            parts.append(name + b": " + value + b"\r\n")
+        else:
+            rest.append(name + b": " + value + b"\r\n")
+    parts += rest
     parts.append(b"\r\n")
     return b"".join(parts)
 

@@ -1440,13 +1440,35 @@ class _UpstreamRequest:
         service_ms = int((trio.current_time() - self.started) * 1000)
         record.upstream_service_time = str(service_ms)
         record.response_code = status
-        headers = strip_hop_by_hop(response.headers)
+        # One pass for what _relay_response does in several (strip_hop_by_hop, the service time,
+        # _with_via): hop-by-hop fields dropped, Via collected and written last with this proxy.
+        headers: list[tuple[bytes, bytes]] = []
+        via = named = None
+        length = False
+        for item in response.headers:
+            name = item[0]
+            if name in _PLAIN_RESPONSE_SKIP:
+                if name == b"via":
+                    via = item[1] if via is None else via + b"," + item[1]
+                elif name == b"connection":
+                    tokens = {token.strip().lower() for token in item[1].split(b",")}
+                    named = tokens if named is None else named | tokens
+                continue
+            if name == b"content-length":
+                length = True
+            headers.append(item)
+        if named is not None and named - _CONNECTION_TOKENS:  # it names fields to drop too
+            headers = [h for h in headers if h[0] not in named]
+            length = any(h[0] == b"content-length" for h in headers)
+            if b"via" in named:
+                via = None
         headers.append((b"x-envoy-upstream-service-time", str(service_ms).encode()))
-        headers = _with_via(headers)  # RFC 9110 7.6.3: a proxy adds Via to responses too
+        headers.append((b"via", via + b", " + VIA if via else VIA))  # RFC 9110 7.6.3
         if rq.response_headers:  # set by the filters, replacing the upstream's own (Envoy's setReference)
             names = {name for name, _ in rq.response_headers}
             headers = [h for h in headers if h[0].lower() not in names]
             headers.extend(rq.response_headers)
+            length = any(h[0] == b"content-length" for h in headers)
         close = hcm.state.draining
         if close:
             headers.append((b"connection", b"close"))
@@ -1454,7 +1476,7 @@ class _UpstreamRequest:
         ds.response_started = True
         # h11's framing of what it sends: the length when there is one, else chunked (the client
         # speaks HTTP/1.1), none for 204 and 304
-        chunked = status not in (204, 304) and get_header(headers, b"content-length") is None
+        chunked = status not in (204, 304) and not length
         pending = [response_head_bytes(status, _reason(status), headers, chunked=chunked)]
 
         def take() -> None:
@@ -1558,6 +1580,10 @@ class _UpstreamRequest:
 
 # Request headers the fast path's upstream head drops (hop-by-hop) or writes anew
 _PLAIN_SKIP = HOP_BY_HOP | {b"x-forwarded-for", b"x-forwarded-proto", b"via"}
+# Response headers the fast path drops (hop-by-hop) or writes anew (Via), and the Connection
+# tokens that name no field to drop beyond those
+_PLAIN_RESPONSE_SKIP = HOP_BY_HOP | {b"via"}
+_CONNECTION_TOKENS = HOP_BY_HOP | {b"close"}
 _OVERFLOW_BODY = "upstream connect error or disconnect/reset before headers. reset reason: overflow"
 
 
