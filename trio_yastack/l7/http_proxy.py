@@ -1450,7 +1450,7 @@ class _UpstreamRequest:
             if name in _PLAIN_RESPONSE_SKIP:
                 if name == b"via":
                     via = item[1] if via is None else via + b"," + item[1]
-                elif name == b"connection":
+                elif name == b"connection" and item[1] not in _PLAIN_CONNECTION_VALUES:
                     tokens = {token.strip().lower() for token in item[1].split(b",")}
                     named = tokens if named is None else named | tokens
                 continue
@@ -1584,6 +1584,7 @@ _PLAIN_SKIP = HOP_BY_HOP | {b"x-forwarded-for", b"x-forwarded-proto", b"via"}
 # tokens that name no field to drop beyond those
 _PLAIN_RESPONSE_SKIP = HOP_BY_HOP | {b"via"}
 _CONNECTION_TOKENS = HOP_BY_HOP | {b"close"}
+_PLAIN_CONNECTION_VALUES = frozenset((b"keep-alive", b"Keep-Alive", b"close", b"Close"))  # name nothing more
 _OVERFLOW_BODY = "upstream connect error or disconnect/reset before headers. reset reason: overflow"
 
 
