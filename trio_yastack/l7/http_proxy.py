@@ -163,12 +163,15 @@ class _Downstream:
         "request_headers",
         "response_started",
         "scheme",
+        "sock",
         "stream",
     )
 
     def __init__(self, stream: trio.abc.Stream, remote: str, scheme: str) -> None:
         self.stream = stream
         self.raw = kernel_socket(stream)  # set: I/O straight on it (:mod:`._kernel_io`)
+        # a trio socket (the stack's, when ``raw`` is None): asked whether a read would wait
+        self.sock = stream.socket if type(stream) is trio.SocketStream else None
         self.filter_state: dict[int, object] = {}  # per-connection filter state (token buckets)
         self.request_headers: list[tuple[bytes, bytes]] = []  # kept only for local_reply_config
         self.remote = remote
@@ -492,7 +495,11 @@ class HttpConnectionManagerRuntime:
                 return False
             # The next request is often there already (a keep-alive client sends it as soon as it
             # has the response): then no wait, and no cancel scope for one.
-            data = receive_now(ds.raw, RECEIVE_SIZE) if ds.raw is not None else None
+            data = None
+            if ds.raw is not None:
+                data = receive_now(ds.raw, RECEIVE_SIZE)
+            elif ds.sock is not None and ds.sock.is_readable():
+                data = await ds.receive()  # (returns at once)
             if data is not None:
                 ds.bytes_received += len(data)
                 if not data:
