@@ -22,7 +22,7 @@ import socket
 
 import trio
 
-__all__ = ["kernel_socket", "receive_now", "receive_some", "send_all", "send_now"]
+__all__ = ["kernel_socket", "receive_later", "receive_now", "receive_some", "send_all", "send_now"]
 
 
 def kernel_socket(stream: trio.abc.Stream) -> socket.socket | None:
@@ -72,6 +72,18 @@ async def send_all(raw: socket.socket, data: bytes) -> None:
                 sent += raw.send(view[sent:])
             except BlockingIOError:
                 continue
+
+
+async def receive_later(raw: socket.socket, size: int) -> bytes:
+    """:func:`receive_some` when a read has just been found empty (:func:`receive_now`) or cannot
+    have an answer yet (a request just sent): the wait first, so no system call is spent on a read
+    that would only say "not yet"."""
+    while True:
+        await trio.lowlevel.wait_readable(raw)  # a checkpoint, as receive_some's
+        try:
+            return raw.recv(size)
+        except BlockingIOError:
+            continue
 
 
 def receive_now(raw: socket.socket, size: int) -> bytes | None:

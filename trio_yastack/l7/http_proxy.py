@@ -86,7 +86,7 @@ from ._http1 import (
     request_head_bytes,
     response_head_bytes,
 )
-from ._kernel_io import kernel_socket, receive_now, receive_some, send_all, send_now
+from ._kernel_io import kernel_socket, receive_later, receive_now, receive_some, send_all, send_now
 from .access_log import AccessLogger, AccessRecord
 from .config import DirectResponse, HttpConnectionManager, RetryPolicy, Route, RouteAction, RuntimeValue
 from .filters import GzipStream, HttpFilterChain, RequestView, sample, start_compression
@@ -509,7 +509,10 @@ class HttpConnectionManagerRuntime:
             with trio.move_on_at(idle_deadline) as wait:
                 self.state.idle_waits.add(wait)  # a drain cancels it: idle connections close at once
                 try:
-                    data = await ds.receive()
+                    if ds.raw is not None:  # found empty just now: wait before reading again
+                        data = await receive_later(ds.raw, RECEIVE_SIZE)
+                    else:
+                        data = await ds.receive()
                 finally:
                     self.state.idle_waits.discard(wait)
                 ds.bytes_received += len(data)
@@ -1242,11 +1245,14 @@ class _UpstreamRequest:
             sent = send_now(conn.raw, data) if conn.raw is not None else 0
             if sent < len(data):
                 await conn.write(data[sent:])
-            while reader.head is None:
-                received = await conn.receive()
+            received = await conn.receive(later=True)  # (the answer cannot be there yet)
+            while True:
                 if not received:
                     raise trio.BrokenResourceError("upstream closed before a response")
                 reader.feed(received)
+                if reader.head is not None:
+                    break
+                received = await conn.receive()
             self.response = reader.head
             return
         if body.complete and not body.kept:

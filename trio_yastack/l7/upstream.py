@@ -54,7 +54,7 @@ import trio
 from trio_yastack.tls.contexts import peer_san_matches
 
 from ._http1 import ResponseReader
-from ._kernel_io import kernel_socket, receive_some, send_all
+from ._kernel_io import kernel_socket, receive_later, receive_some, send_all
 from .config import Cluster, HealthCheck, LbEndpoint, LocalityLbEndpoints, OutlierDetection
 from .h2_upstream import H2Upstream
 from .network import Network
@@ -137,11 +137,15 @@ class UpstreamConnection:
         else:
             await self.stream.send_all(data)
 
-    async def receive(self) -> bytes | bytearray:
-        """One read of up to :data:`RECEIVE_SIZE` (b"" at EOF), counted in ``received``."""
+    async def receive(self, *, later: bool = False) -> bytes | bytearray:
+        """One read of up to :data:`RECEIVE_SIZE` (b"" at EOF), counted in ``received``; ``later``:
+        nothing can be there yet (a request just sent), so wait before reading (:func:`receive_later`)."""
         data: bytes | bytearray
         if self.raw is not None:
-            data = await receive_some(self.raw, RECEIVE_SIZE)
+            if later:
+                data = await receive_later(self.raw, RECEIVE_SIZE)
+            else:
+                data = await receive_some(self.raw, RECEIVE_SIZE)
         else:
             data = await self.stream.receive_some(RECEIVE_SIZE)
         self.received += len(data)
