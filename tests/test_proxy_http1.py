@@ -24,6 +24,7 @@ from trio_yastack.l7._http1 import (
     request_head_bytes,
     response_head_bytes,
 )
+from trio_yastack.l7.http_proxy import ProxyLimits
 
 # --- the heads, against h11 ---
 
@@ -87,13 +88,15 @@ def test_a_plain_request_is_parsed_once_names_lowercased_values_trimmed() -> Non
     assert request.headers == [(b"host", b"example"), (b"x-thing", b"a b"), (b"content-length", b"0")]
     # the same parser takes the connection's next request
     again = parser.parse(b"DELETE /x HTTP/1.1\r\nhost: h\r\nconnection: Keep-Alive\r\n\r\n")
-    assert again is not None and again.method == b"DELETE"
+    assert again is not None and again.method == b"DELETE" and again.body == b""
+    posted = parser.parse(b"POST /y HTTP/1.1\r\nhost: h\r\ncontent-length: 3\r\n\r\nabc")
+    assert posted is not None and posted.body == b"abc"
 
 
 @pytest.mark.parametrize(
     "raw",
     [
-        b"POST / HTTP/1.1\r\nhost: h\r\ncontent-length: 3\r\n\r\nabc",  # a body
+        b"POST / HTTP/1.1\r\nhost: h\r\ncontent-length: 5\r\n\r\nabc",  # a body not all there yet
         b"POST / HTTP/1.1\r\nhost: h\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
         b"GET / HTTP/1.1\r\nhost: h\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n",
         b"GET / HTTP/1.1\r\nhost: h\r\nupgrade: websocket\r\n\r\n",
@@ -128,7 +131,8 @@ def test_everything_else_is_left_to_h11(raw: bytes) -> None:
         (b"GET / HTTP/1.1\r\nHost: h\r\nX: a\x7fb\r\n\r\n", False),
         (b"GET / HTTP/1.1\r\nHost: h\r\nX:b\r\n  folded\r\n\r\n", False),
         (b"GET / HTTP/1.1\nHost: h\n\n", False),
-        (b"GET / HTTP/1.1\r\nHost: h\r\nContent-Length: 00\r\n\r\n", False),
+        (b"GET / HTTP/1.1\r\nHost: h\r\nContent-Length: 00\r\n\r\n", True),
+        (b"POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello", True),
         (b"GET /\xff HTTP/1.1\r\nHost: h\r\n\r\n", False),
     ],
 )
@@ -147,7 +151,10 @@ def test_what_the_fast_path_takes_h11_takes_the_same_way(raw: bytes, taken: bool
         event.http_version,
     )
     assert request.headers == list(event.headers)
-    assert isinstance(server.next_event(), h11.EndOfMessage)  # no body, as the fast path assumed
+    body = b""
+    while isinstance(event := server.next_event(), h11.Data):
+        body += event.data
+    assert isinstance(event, h11.EndOfMessage) and body == request.body  # the whole body, as for h11
 
 
 # --- reading responses ---
@@ -234,6 +241,7 @@ _RESPONSES = {
         b"HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\nKeep-Alive: timeout=5\r\n\r\n"
         b"3\r\nabc\r\n4\r\ndefg\r\n0\r\ngrpc-status: 0\r\n\r\n"
     ),
+    b"/post": b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ngot\n",
     b"/early": b"HTTP/1.1 103 Early Hints\r\nlink: </s>\r\n\r\nHTTP/1.1 204 No Content\r\nx-b: 2\r\n\r\n",
     b"/close": b"HTTP/1.1 200 OK\r\nx-c: 3\r\n\r\nuntil the close",
 }
@@ -276,7 +284,17 @@ async def _exchanges(paths: list[bytes]) -> tuple[list[bytes], list[bytes]]:
                         return
                     buffer += data
                 head, _, buffer = buffer.partition(b"\r\n\r\n")
-                upstream_seen.append(head)
+                length = 0
+                for line in head.split(b"\r\n")[1:]:
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":")[1])
+                while len(buffer) < length:
+                    data = await stream.receive_some(65536)
+                    if not data:
+                        return
+                    buffer += data
+                body, buffer = buffer[:length], buffer[length:]
+                upstream_seen.append(head + b"\r\n\r\n" + body)
                 path = head.split(b" ")[1]
                 await stream.send_all(_RESPONSES[path])
                 if path == b"/close":
@@ -295,8 +313,17 @@ async def _exchanges(paths: list[bytes]) -> tuple[list[bytes], list[bytes]]:
                 client = await trio.open_tcp_stream("127.0.0.1", proxy_port)
                 for number, path in enumerate(paths):
                     extra = _EXTRA_HEADERS[number % len(_EXTRA_HEADERS)]
+                    method, body = (b"POST", b"posted body") if path == b"/post" else (b"GET", b"")
+                    if body:
+                        extra = b"Content-Length: %d\r\n" % len(body)
                     await client.send_all(
-                        b"GET " + path + b" HTTP/1.1\r\nHost: example\r\nX-Mine: 1\r\n" + extra + b"\r\n"
+                        method
+                        + b" "
+                        + path
+                        + b" HTTP/1.1\r\nHost: example\r\nX-Mine: 1\r\n"
+                        + extra
+                        + b"\r\n"
+                        + body
                     )
                     reader = ResponseReader()  # the client's own parser of what the proxy wrote
                     got = b""
@@ -320,7 +347,7 @@ async def _exchanges(paths: list[bytes]) -> tuple[list[bytes], list[bytes]]:
 
 
 async def test_the_fast_path_writes_what_the_h11_path_writes(monkeypatch: pytest.MonkeyPatch) -> None:
-    paths = [b"/length", b"/chunked", b"/early", b"/length", b"/close", b"/rw/length", b"/named"]
+    paths = [b"/length", b"/chunked", b"/early", b"/length", b"/close", b"/rw/length", b"/named", b"/post"]
     taken: list[bool] = []
     parse = RequestParser.parse
 
@@ -340,6 +367,10 @@ async def test_the_fast_path_writes_what_the_h11_path_writes(monkeypatch: pytest
     assert b"keep-alive" not in client_side[1]  # hop-by-hop: not relayed
     assert client_side[2].startswith(b"HTTP/1.1 204 No Content\r\n")  # the 103 not relayed
     assert client_side[4].endswith(b"Transfer-Encoding: chunked\r\n\r\nf\r\nuntil the close\r\n0\r\n\r\n")
+    assert upstream_side[7].startswith(
+        b"POST /post HTTP/1.1\r\nhost: example\r\nx-mine: 1\r\ncontent-length: 11\r\n"
+    )
+    assert upstream_side[7].endswith(b"\r\n\r\nposted body") and client_side[7].endswith(b"got\n")
     assert b"x-private" not in client_side[6] and b"via: 1.1 up, 1.1 trio_yastack\r\n" in client_side[6]
     assert upstream_side[0].startswith(b"GET /length HTTP/1.1\r\nhost: example\r\nx-mine: 1\r\n")
     assert b"x-forwarded-for: 127.0.0.1" in upstream_side[0] and b"via: 1.1 trio_yastack" in upstream_side[0]
@@ -349,3 +380,87 @@ async def test_the_fast_path_writes_what_the_h11_path_writes(monkeypatch: pytest
     assert b"x-request-id: abc" in upstream_side[3]
     assert upstream_side[5].startswith(b"GET /length HTTP/1.1\r\nhost: backend.local\r\n")
     assert b"x-envoy-original-path: /rw/length" in upstream_side[5]
+
+
+async def _post(request: bytes, answers: list[bytes], **proxy: Any) -> tuple[bytes, list[bytes]]:
+    """``request`` (whole) through a fresh proxy whose route retries 5xx once; the backend answers
+    with ``answers`` in turn.  What the client received, and each request the backend received."""
+    backend_port, proxy_port = _free_port(), _free_port()
+    seen: list[bytes] = []
+    replies = iter(answers)
+
+    async def backend(stream: trio.SocketStream) -> None:
+        buffer = b""
+        with contextlib.suppress(trio.BrokenResourceError):
+            while True:
+                while b"\r\n\r\n" not in buffer:
+                    data = await stream.receive_some(65536)
+                    if not data:
+                        return
+                    buffer += data
+                head, _, buffer = buffer.partition(b"\r\n\r\n")
+                length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                while len(buffer) < length:
+                    buffer += await stream.receive_some(65536)
+                seen.append(head + b"\r\n\r\n" + buffer[:length])
+                buffer = buffer[length:]
+                await stream.send_all(next(replies))
+
+    retried = route(retry_policy={"retry_on": "5xx", "num_retries": 1})
+    config = bootstrap(
+        [http_listener(hcm([retried]), port=proxy_port, address="127.0.0.1")],
+        [cluster("app", [backend_port], address="127.0.0.1")],
+    )
+    got = b""
+    reader = ResponseReader()  # the client's own parser of what the proxy wrote
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(partial(trio.serve_tcp, backend, backend_port, host="127.0.0.1"))
+            async with (
+                running_proxy(config, None, **proxy),
+                await trio.open_tcp_stream("127.0.0.1", proxy_port) as client,
+            ):
+                await client.send_all(request)
+                while not reader.done:
+                    data = await client.receive_some(65536)
+                    assert data, "the proxy closed before its whole response"
+                    got += data
+                    reader.feed(data)
+            nursery.cancel_scope.cancel()
+    return got, seen
+
+
+def _path(fast: bool, monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """The fast path (recording whether each request took it) or, if not ``fast``, h11 for all."""
+    taken: list[bool] = []
+    parse = RequestParser.parse
+
+    def recorded(self: RequestParser, data: Any) -> PlainRequest | None:
+        request = parse(self, data) if fast else None
+        if fast:
+            taken.append(request is not None)
+        return request
+
+    monkeypatch.setattr(RequestParser, "parse", recorded)
+    return taken
+
+
+_POST = b"POST /p HTTP/1.1\r\nHost: example\r\nContent-Length: 11\r\n\r\nposted body"
+
+
+@pytest.mark.parametrize("fast", [True, False])
+async def test_a_posted_body_is_replayed_on_a_retry(fast: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    taken = _path(fast, monkeypatch)
+    unavailable = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n"
+    got, seen = await _post(_POST, [unavailable, b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n"])
+    assert got.startswith(b"HTTP/1.1 200 OK\r\n") and got.endswith(b"\r\n\r\nok\n")
+    assert len(seen) == 2 and seen[0] == seen[1] and seen[0].endswith(b"\r\n\r\nposted body")
+    assert taken == ([True] if fast else [])
+
+
+@pytest.mark.parametrize("fast", [True, False])
+async def test_a_posted_body_over_the_limit_is_413(fast: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    taken = _path(fast, monkeypatch)
+    got, seen = await _post(_POST, [], limits=ProxyLimits(max_request_body=4))
+    assert got.startswith(b"HTTP/1.1 413 Request Entity Too Large\r\n") and b"connection: close" in got
+    assert seen == [] and taken == ([True] if fast else [])

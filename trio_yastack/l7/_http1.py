@@ -5,11 +5,12 @@ response parsed into validated events, two heads built and validated again to be
 machines stepped per event).  Most requests are one predicted case, and for it the proxy uses
 httptools, as the lean ASGI server does (``l7/asgi/_http11.py``):
 
-- **the request** (:class:`RequestParser`): one whole HTTP/1.1 request head in one read, nothing
-  after it (no pipelined request), no body (no ``Transfer-Encoding``, ``Content-Length`` absent or
-  0), one ``Host``, an origin-form target, no ``Upgrade``, ``Expect`` or ``Connection`` other than
-  ``keep-alive``, and not ``HEAD`` or ``CONNECT``.  Anything else — including every malformed
-  request — is handed to h11 unchanged, whose answers (400, 431, 501 ...) stay the proxy's;
+- **the request** (:class:`RequestParser`): one whole HTTP/1.1 request in one read — its head and
+  its body, if it has one, framed by ``Content-Length`` (not ``Transfer-Encoding``) —, nothing
+  after it (no pipelined request), one ``Host``, an origin-form target, no ``Upgrade``, ``Expect``
+  or ``Connection`` other than ``keep-alive``, and not ``HEAD`` or ``CONNECT``.  Anything else —
+  including every malformed request — is handed to h11 unchanged, whose answers (400, 431, 501
+  ...) stay the proxy's;
 - **the response** to such a request (:class:`ResponseReader`): parsed by llhttp, which frames it by
   ``Content-Length``, chunked encoding or the connection's close, and checks its head;
 - **the heads the proxy writes** (:func:`request_head_bytes`, :func:`response_head_bytes`,
@@ -17,9 +18,10 @@ httptools, as the lean ASGI server does (``l7/asgi/_http11.py``):
   (``tests/test_proxy_http1.py`` holds them to h11's output), without h11's validation of parts
   that were validated on the way in or made by the proxy.
 
-h11 stays for the general case: request bodies, 100-continue, upgrades (WebSocket), pipelining,
-HTTP/1.0 clients, ``HEAD``, the HTTP filters, and the HTTP/2 bridges (:mod:`.h2_downstream`,
-:mod:`.h2_upstream`), which speak HTTP/1.1 to the proxy through h11.
+h11 stays for the general case: request bodies that take more than the head's read or are chunked,
+100-continue, upgrades (WebSocket), pipelining, HTTP/1.0 clients, ``HEAD``, the HTTP filters, and
+the HTTP/2 bridges (:mod:`.h2_downstream`, :mod:`.h2_upstream`), which speak HTTP/1.1 to the proxy
+through h11.
 """
 
 from __future__ import annotations
@@ -44,22 +46,23 @@ __all__ = [
 MAX_RESPONSE_HEAD = 64 * 1024  # as h11's max_incomplete_event_size for the upstream's responses
 
 # Request headers whose presence or value decides whether the fast path may take the request.
-_WATCHED = frozenset((b"host", b"content-length", b"transfer-encoding", b"connection", b"upgrade", b"expect"))
+_WATCHED = frozenset((b"host", b"transfer-encoding", b"connection", b"upgrade", b"expect"))
 _NOT_PLAIN_METHODS = frozenset((b"HEAD", b"CONNECT"))  # a HEAD response's framing needs the method
 _OWS = b" \t"
 
 
 class PlainRequest:
-    """A request head in the fast path's case (the attributes :class:`h11.Request` has), header
-    names lowercased, values without trailing whitespace (as h11 gives them)."""
+    """A request in the fast path's case: its head (the attributes :class:`h11.Request` has; header
+    names lowercased, values without trailing whitespace, as h11 gives them) and its whole body."""
 
-    __slots__ = ("headers", "http_version", "method", "target")
+    __slots__ = ("body", "headers", "http_version", "method", "target")
 
-    def __init__(self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+    def __init__(self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
         self.method = method
         self.target = target
         self.headers = headers
         self.http_version = b"1.1"
+        self.body = body
 
 
 class RequestParser:
@@ -68,11 +71,22 @@ class RequestParser:
     :meth:`parse` answers a :class:`PlainRequest` or None; after None the parser's state is
     unknown and the caller drops it (and gives the bytes to h11)."""
 
-    __slots__ = ("_complete", "_headers", "_hosts", "_messages", "_method", "_parser", "_plain", "_target")
+    __slots__ = (
+        "_body",
+        "_complete",
+        "_headers",
+        "_hosts",
+        "_messages",
+        "_method",
+        "_parser",
+        "_plain",
+        "_target",
+    )
 
     def __init__(self) -> None:
         self._parser = httptools.HttpRequestParser(self)
         self._headers: list[tuple[bytes, bytes]] = []
+        self._body: list[bytes] = []
         self._target = b""
         self._method = b""
         self._messages = 0
@@ -83,6 +97,7 @@ class RequestParser:
     def parse(self, data: bytes | bytearray) -> PlainRequest | None:
         """``data`` as one whole request in the predicted case, else None."""
         self._headers = []
+        self._body = []
         self._target = b""
         self._messages = 0
         self._hosts = 0
@@ -96,7 +111,7 @@ class RequestParser:
             return None
         if self._target[:1] != b"/" or self._method in _NOT_PLAIN_METHODS:
             return None
-        return PlainRequest(self._method, self._target, self._headers)
+        return PlainRequest(self._method, self._target, self._headers, b"".join(self._body))
 
     # -- httptools callbacks (called inside feed_data) --
     def on_message_begin(self) -> None:
@@ -112,8 +127,6 @@ class RequestParser:
         if name in _WATCHED:
             if name == b"host":
                 self._hosts += 1
-            elif name == b"content-length":
-                self._plain = self._plain and value == b"0"
             elif name == b"connection":
                 self._plain = self._plain and value.lower() == b"keep-alive"
             else:  # transfer-encoding, upgrade, expect
@@ -124,6 +137,9 @@ class RequestParser:
         self._method = parser.get_method()
         if parser.get_http_version() != "1.1":
             self._plain = False
+
+    def on_body(self, body: bytes) -> None:
+        self._body.append(body)
 
     def on_message_complete(self) -> None:
         self._complete = True

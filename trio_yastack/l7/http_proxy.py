@@ -229,8 +229,10 @@ class _RequestBody:
     fits in :data:`RETRY_BUFFER`."""
 
     def __init__(
-        self, ds: _Downstream, headers: list[tuple[bytes, bytes]], limits: ProxyLimits, timing: _Timing
-    ) -> None:
+        self, ds: _Downstream, headers: list[tuple[bytes, bytes]], limits: ProxyLimits, timing: _Timing,
+        plain_body: bytes = b"",
+    ) -> None:  # fmt: skip
+        """``plain_body``: the whole body of a request of the fast path (read with its head)."""
         self.ds = ds
         self.limits = limits
         self.timing = timing
@@ -243,7 +245,12 @@ class _RequestBody:
         self.framing = "length"
         self.empty = True
         if ds.plain:
-            self.complete = True  # the fast path's requests have no body
+            self.complete = True  # the fast path's request came whole
+            if plain_body:  # kept as any body is: for a retry (it fits RETRY_BUFFER) or a mirror
+                self.empty = False
+                self.kept.append(plain_body)
+                self.kept_bytes = self.total = len(plain_body)
+                self.replayable = self.kept_bytes <= RETRY_BUFFER
             return
         # ``headers``: the request's, as a list (iterating h11's Headers is several times slower)
         self.framing = "chunked" if get_header(headers, b"transfer-encoding") else "length"
@@ -689,7 +696,7 @@ class HttpConnectionManagerRuntime:
         record.protocol = ds.protocol or f"HTTP/{request.http_version.decode()}"
         record.user_agent = _text(get_header(headers, b"user-agent"))
 
-        if not ds.plain:  # (the fast path's requests have no Transfer-Encoding, no body)
+        if not isinstance(request, PlainRequest) or request.body:  # (no Transfer-Encoding on the fast path)
             if (
                 get_header(headers, b"transfer-encoding") is not None
                 and get_header(headers, b"content-length") is not None
@@ -882,11 +889,13 @@ class _RouterRequest:
         self.timing = timing
         self.record = record
         self.cluster = self._pick_cluster(action)
-        self.body = _RequestBody(ds, headers, hcm.limits, timing)
+        self.body = _RequestBody(
+            ds, headers, hcm.limits, timing, request.body if isinstance(request, PlainRequest) else b""
+        )
         self.method = request.method
         self.target = b""
         self.upstream_headers: list[tuple[bytes, bytes]] = []
-        # The head as h11's event (the general path), or as bytes (the fast path: ``head_bytes``)
+        # The head as h11's event (the general path), or as bytes with the whole body (the fast path)
         self.head: h11.Request | None = None
         self.head_bytes: bytes | None = None
         self._upstream_head(request, headers, route, action)
@@ -960,8 +969,8 @@ class _RouterRequest:
         self.record.request_id = request_id.decode("latin-1")
         self.target = target.encode("latin-1")
         self.upstream_headers = out
-        if self.ds.plain:
-            self.head_bytes = request_head_bytes(request.method, self.target, out)
+        if self.ds.plain:  # the head and the body in one write (the fast path's request came whole)
+            self.head_bytes = request_head_bytes(request.method, self.target, out) + b"".join(self.body.kept)
         else:
             self.head = request_head(request.method, self.target, out, b"1.1")
 
@@ -1008,13 +1017,13 @@ class _RouterRequest:
         self.record.request_id = request_id.decode("latin-1")
         self.target = target
         self.upstream_headers = out
-        self.head_bytes = request_head_bytes(request.method, target, out)
+        self.head_bytes = request_head_bytes(request.method, target, out) + b"".join(self.body.kept)
 
     async def run(self) -> bool:
         """The first attempt and the retries the policy allows; True keeps the client connection."""
         cluster, body = self.cluster, self.body
         while True:
-            if body.complete and not body.kept:  # nothing to upload: no task, no nursery
+            if body.complete and (not body.kept or self.head is None):  # nothing to upload: no task
                 attempt = _UpstreamRequest(self, None)
                 await attempt.run()
             else:
@@ -1221,7 +1230,12 @@ class _UpstreamRequest:
         no response byte of this request received, and no body, so sending again is safe.)"""
         conn = self.conn
         assert conn is not None
-        return conn.requests > 1 and conn.received == conn.received_before and self.uploads is None
+        return (
+            conn.requests > 1
+            and conn.received == conn.received_before
+            and self.uploads is None
+            and not self.rq.body.kept  # (the fast path's request with a body: not sent twice)
+        )
 
     async def _send_and_wait(self, scope: trio.CancelScope) -> None:
         """The head sent on ``conn`` (with its end when there is no body, else the body's upload
