@@ -1,11 +1,12 @@
 """Envoy's HTTP connection manager and router filter, with h11 (HTTP/1.1) at its core and a fast
 path on httptools for the common request.
 
-The fast path (:mod:`._http1`, like FreeBSD's header prediction): a bodyless HTTP/1.1 request whose
-whole head came in one read, on a connection manager without HTTP filters, is parsed by llhttp, its
-upstream head written as bytes, the upstream's response parsed by llhttp and written to the client
-as the bytes h11 would write; h11 never sees it.  Everything else (bodies, 100-continue, upgrades,
-pipelining, HTTP/1.0, ``HEAD``, malformed requests, filters) takes h11 as before.  Routing, timers,
+The fast path (:mod:`._http1`, like FreeBSD's header prediction): an HTTP/1.1 request that came
+whole in one read (its head, and its body if ``Content-Length`` frames one), on a connection
+manager without HTTP filters, is parsed by llhttp, its upstream head (and body) written as bytes,
+the upstream's response parsed by llhttp and written to the client as the bytes h11 would write;
+h11 never sees it.  Everything else (chunked or longer bodies, 100-continue, upgrades, pipelining,
+HTTP/1.0, ``HEAD``, malformed requests, filters) takes h11 as before.  Routing, timers,
 retries, failures, stats and access logs are the same code for both.
 
 HTTP/2 on either side goes through the same code: a client's HTTP/2 stream is served as a
