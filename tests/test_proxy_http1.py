@@ -267,10 +267,13 @@ def _free_port() -> int:
         return port
 
 
-async def _exchanges(paths: list[bytes]) -> tuple[list[bytes], list[bytes]]:
-    """Each of ``paths`` as a GET through a fresh proxy on kernel sockets, on one client
-    connection (a new one after a response framed by the close): what the client received and
-    what the backend received, per request."""
+async def _exchanges(
+    paths: list[bytes], manager: dict[str, Any] | None = None, extras: list[bytes] = _EXTRA_HEADERS
+) -> tuple[list[bytes], list[bytes]]:
+    """Each of ``paths`` as a GET (a POST for ``/post``, an OPTIONS for ``/options...``) with the
+    next of ``extras`` through a fresh proxy (connection manager ``manager``) on kernel sockets, on
+    one client connection (a new one after a response framed by the close): what the client
+    received and what the backend received, per request."""
     backend_port, proxy_port = _free_port(), _free_port()
     upstream_seen: list[bytes] = []
 
@@ -302,7 +305,7 @@ async def _exchanges(paths: list[bytes]) -> tuple[list[bytes], list[bytes]]:
                     return
 
     config = bootstrap(
-        [http_listener(hcm(_ROUTES), port=proxy_port, address="127.0.0.1")],
+        [http_listener(manager or hcm(_ROUTES), port=proxy_port, address="127.0.0.1")],
         [cluster("app", [backend_port], address="127.0.0.1")],
     )
     received: list[bytes] = []
@@ -312,8 +315,10 @@ async def _exchanges(paths: list[bytes]) -> tuple[list[bytes], list[bytes]]:
             async with running_proxy(config, None):
                 client = await trio.open_tcp_stream("127.0.0.1", proxy_port)
                 for number, path in enumerate(paths):
-                    extra = _EXTRA_HEADERS[number % len(_EXTRA_HEADERS)]
+                    extra = extras[number % len(extras)]
                     method, body = (b"POST", b"posted body") if path == b"/post" else (b"GET", b"")
+                    if path.startswith(b"/options"):
+                        method = b"OPTIONS"
                     if body:
                         extra = b"Content-Length: %d\r\n" % len(body)
                     await client.send_all(
@@ -464,3 +469,44 @@ async def test_a_posted_body_over_the_limit_is_413(fast: bool, monkeypatch: pyte
     got, seen = await _post(_POST, [], limits=ProxyLimits(max_request_body=4))
     assert got.startswith(b"HTTP/1.1 413 Request Entity Too Large\r\n") and b"connection: close" in got
     assert seen == [] and taken == ([True] if fast else [])
+
+
+async def test_the_fast_path_under_cors_writes_what_the_h11_path_writes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A filter that answers preflights itself and adds headers to responses keeps the fast path.
+    cors = "envoy.filters.http.cors"
+    policy = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy",
+        "allow_origin_string_match": [{"exact": "https://app.example"}],
+        "allow_methods": "GET, PUT",
+        "expose_headers": "x-reply",
+    }
+    vhost = {"name": "all", "domains": ["*"], "routes": [route()], "typed_per_filter_config": {cors: policy}}
+    manager = hcm(virtual_hosts=[vhost])
+    manager["typed_config"]["http_filters"].insert(
+        0,
+        {
+            "name": cors,
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"},
+        },
+    )
+    origin = b"Origin: https://app.example\r\n"
+    extras = [origin + b"Access-Control-Request-Method: PUT\r\n", origin, b"Origin: https://evil.test\r\n"]
+    paths = [b"/options/x", b"/length", b"/chunked"]
+    taken = _path(True, monkeypatch)
+    fast = await _exchanges(paths, manager, extras)
+    assert taken == [True] * len(paths)
+    _path(False, monkeypatch)
+    assert await _exchanges(paths, manager, extras) == fast
+    client_side, upstream_side = fast
+    assert (
+        client_side[0].startswith(b"HTTP/1.1 200 OK\r\n")
+        and b"access-control-allow-methods: GET, PUT" in client_side[0]
+    )
+    assert b"access-control-expose-headers: x-reply" in client_side[1]
+    assert b"access-control" not in client_side[2]
+    assert [seen.split(b" ")[1] for seen in upstream_side] == [
+        b"/length",
+        b"/chunked",
+    ]  # the preflight answered

@@ -19,7 +19,8 @@ httptools, as the lean ASGI server does (``l7/asgi/_http11.py``):
   that were validated on the way in or made by the proxy.
 
 h11 stays for the general case: request bodies that take more than the head's read or are chunked,
-100-continue, upgrades (WebSocket), pipelining, HTTP/1.0 clients, ``HEAD``, the HTTP filters, and
+100-continue, upgrades (WebSocket), pipelining, HTTP/1.0 clients, ``HEAD``, the HTTP filters that
+keep or rewrite response bodies (``cache``, ``compressor``), and
 the HTTP/2 bridges (:mod:`.h2_downstream`, :mod:`.h2_upstream`), which speak HTTP/1.1 to the proxy
 through h11.
 """

@@ -3,11 +3,12 @@ path on httptools for the common request.
 
 The fast path (:mod:`._http1`, like FreeBSD's header prediction): an HTTP/1.1 request that came
 whole in one read (its head, and its body if ``Content-Length`` frames one), on a connection
-manager without HTTP filters, is parsed by llhttp, its upstream head (and body) written as bytes,
+manager whose HTTP filters only answer from the head or add response headers (``cors``, ``fault``,
+``local_ratelimit``), is parsed by llhttp, its upstream head (and body) written as bytes,
 the upstream's response parsed by llhttp and written to the client as the bytes h11 would write;
 h11 never sees it.  Everything else (chunked or longer bodies, 100-continue, upgrades, pipelining,
-HTTP/1.0, ``HEAD``, malformed requests, filters) takes h11 as before.  Routing, timers,
-retries, failures, stats and access logs are the same code for both.
+HTTP/1.0, ``HEAD``, malformed requests, the ``cache`` and ``compressor`` filters) takes h11 as
+before.  Routing, timers, retries, failures, stats and access logs are the same code for both.
 
 HTTP/2 on either side goes through the same code: a client's HTTP/2 stream is served as a
 one-request HTTP/1.1 connection (:mod:`.h2_downstream`, chosen by ALPN ``h2``, ``codec_type`` HTTP2,
@@ -89,7 +90,18 @@ from ._http1 import (
 )
 from ._kernel_io import kernel_socket, receive_later, receive_now, receive_some, send_all, send_now
 from .access_log import AccessLogger, AccessRecord
-from .config import DirectResponse, HttpConnectionManager, RetryPolicy, Route, RouteAction, RuntimeValue
+from .config import (
+    CORS_NAME,
+    FAULT_NAME,
+    LOCAL_RATELIMIT_NAME,
+    ROUTER_NAME,
+    DirectResponse,
+    HttpConnectionManager,
+    RetryPolicy,
+    Route,
+    RouteAction,
+    RuntimeValue,
+)
 from .filters import GzipStream, HttpFilterChain, RequestView, sample, start_compression
 from .h2_downstream import PREFACE, H2Downstream, StreamBridge
 from .local_reply import LocalReplyContext, rewrite
@@ -103,6 +115,7 @@ if TYPE_CHECKING:
 
 __all__ = ["MAX_REQUEST_HEADERS", "RETRY_BUFFER", "HttpConnectionManagerRuntime", "ProxyLimits"]
 
+_PLAIN_FILTERS = frozenset((ROUTER_NAME, CORS_NAME, FAULT_NAME, LOCAL_RATELIMIT_NAME))  # see plain_ok
 MAX_REQUEST_HEADERS = 60 * 1024  # Envoy's max_request_headers_kb default
 RETRY_BUFFER = 64 * 1024  # request body kept for replay on retry (and for a mirror)
 MAX_SHADOWS = 256  # request mirrors in flight per connection manager; more are skipped (counted)
@@ -384,9 +397,11 @@ class HttpConnectionManagerRuntime:
             self.filters = HttpFilterChain(
                 config.http_filters, stats, self.stats, runtime or _no_runtime, self.rng
             )
-        # The HTTP/1.1 fast path (:mod:`._http1`) serves requests no HTTP filter sees; with filters,
-        # every request goes through h11 (their hooks read and rewrite h11's events).
-        self.plain_ok = self.filters is None
+        # The HTTP/1.1 fast path (:mod:`._http1`) takes requests whose filters decide from the
+        # request head and at most add response headers (cors, fault, local_ratelimit); a filter
+        # that keeps or rewrites a response body (cache, compressor) — or one this list does not
+        # know — sends every request through h11 and the general relay.
+        self.plain_ok = all(f.name in _PLAIN_FILTERS for f in config.http_filters)
 
     # --- connections ---
 
