@@ -1469,8 +1469,9 @@ class _UpstreamRequest:
 
     async def _relay_plain(self) -> bool:
         """:meth:`_relay_response` for the fast path (:mod:`._http1`): the response parsed by
-        llhttp and written as h11 would write it, no HTTP filter in the way (so no cache or
-        compressor), and never a 101 (the request asked for no upgrade; llhttp refuses one)."""
+        llhttp and written as h11 would write it, no cache or compressor filter in the way (the
+        other filters' response headers are applied as there: keep the two in step), and never a
+        101 (the request asked for no upgrade; llhttp refuses one)."""
         rq = self.rq
         hcm, ds, cluster, timing, record = rq.hcm, rq.ds, rq.cluster, rq.timing, rq.record
         conn, response = self.conn, self.response
