@@ -18,7 +18,14 @@ import trio.testing
 from proxy_helpers import bootstrap, cluster, hcm, http_listener, running_proxy
 
 from trio_yastack.l7 import http_proxy, upstream
-from trio_yastack.l7._kernel_io import kernel_socket, receive_some, send_all
+from trio_yastack.l7._kernel_io import (
+    kernel_socket,
+    receive_later,
+    receive_now,
+    receive_some,
+    send_all,
+    send_now,
+)
 from trio_yastack.l7.http_proxy import _reason, _uuid4
 
 
@@ -65,6 +72,48 @@ async def test_send_all_and_receive_some_move_every_byte_with_backpressure() -> 
         await client.aclose()
         with trio.fail_after(5):
             assert await receive_some(raw_in, 1024) == b""  # EOF
+
+
+async def test_receive_now_and_send_now_never_wait() -> None:
+    client, server = await _socket_streams()
+    async with client, server:
+        raw_out, raw_in = kernel_socket(client), kernel_socket(server)
+        assert raw_out is not None and raw_in is not None
+        assert receive_now(raw_in, 1024) is None  # nothing there: the caller would wait
+        assert send_now(raw_out, b"abc") == 3
+        with trio.fail_after(5):
+            await trio.lowlevel.wait_readable(raw_in)
+        assert receive_now(raw_in, 1024) == b"abc"
+        # Far more than the socket buffers hold: taken in part, then not at all, never waiting.
+        payload = b"x" * (16 * 1024 * 1024)
+        first = send_now(raw_out, payload)
+        assert 0 < first < len(payload)
+        while (more := send_now(raw_out, payload)) > 0:  # bounded: the buffers fill
+            first += more
+        assert more == 0 and first < len(payload)
+        raw_out.shutdown(socket.SHUT_WR)
+        taken = 0
+        with trio.fail_after(10):
+            while True:
+                data = await receive_some(raw_in, 1 << 20)
+                if not data:
+                    break
+                taken += len(data)
+        assert taken == first and receive_now(raw_in, 1024) == b""  # EOF
+
+
+async def test_receive_later_waits_first_then_reads() -> None:
+    client, server = await _socket_streams()
+    async with client, server:
+        raw_out, raw_in = kernel_socket(client), kernel_socket(server)
+        assert raw_out is not None and raw_in is not None
+        with trio.move_on_after(0.05) as waiting:  # nothing sent: it waits (cancellably)
+            await receive_later(raw_in, 1024)
+        assert waiting.cancelled_caught
+        with trio.fail_after(5):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(send_all, raw_out, b"late")
+                assert await receive_later(raw_in, 1024) == b"late"
 
 
 async def test_receive_some_waits_and_is_cancellable() -> None:
@@ -161,9 +210,19 @@ async def test_the_proxy_on_kernel_sockets_does_its_io_through_kernel_io(
 
         return wrapper
 
+    def counted_now(name: str, fn: Any) -> Any:  # the calls that never wait
+        def wrapper(*args: Any) -> Any:
+            calls[name] += 1
+            return fn(*args)
+
+        return wrapper
+
     for module in (http_proxy, upstream):
         monkeypatch.setattr(module, "send_all", counted("send", module.send_all))
         monkeypatch.setattr(module, "receive_some", counted("receive", module.receive_some))
+        monkeypatch.setattr(module, "receive_later", counted("receive", module.receive_later))
+    monkeypatch.setattr(http_proxy, "send_now", counted_now("send", http_proxy.send_now))
+    monkeypatch.setattr(http_proxy, "receive_now", counted_now("receive", http_proxy.receive_now))
     backend_port, proxy_port = _free_port(), _free_port()
     backend_connections = 0
 

@@ -22,7 +22,7 @@ import socket
 
 import trio
 
-__all__ = ["kernel_socket", "receive_some", "send_all"]
+__all__ = ["kernel_socket", "receive_later", "receive_now", "receive_some", "send_all", "send_now"]
 
 
 def kernel_socket(stream: trio.abc.Stream) -> socket.socket | None:
@@ -72,3 +72,35 @@ async def send_all(raw: socket.socket, data: bytes) -> None:
                 sent += raw.send(view[sent:])
             except BlockingIOError:
                 continue
+
+
+async def receive_later(raw: socket.socket, size: int) -> bytes:
+    """:func:`receive_some` when a read has just been found empty (:func:`receive_now`) or cannot
+    have an answer yet (a request just sent): the wait first, so no system call is spent on a read
+    that would only say "not yet"."""
+    while True:
+        await trio.lowlevel.wait_readable(raw)  # a checkpoint, as receive_some's
+        try:
+            return raw.recv(size)
+        except BlockingIOError:
+            continue
+
+
+def receive_now(raw: socket.socket, size: int) -> bytes | None:
+    """What ``raw`` holds already (b"" at EOF), or None when a read would have to wait: the
+    caller waits (and sets up its timers, a trio cancel scope) only then.  No checkpoint: the
+    caller's next wait is its scheduling point."""
+    try:
+        return raw.recv(size)
+    except BlockingIOError:
+        return None
+
+
+def send_now(raw: socket.socket, data: bytes) -> int:
+    """How much of ``data`` the kernel takes without waiting (0 when the socket buffer is full):
+    the caller waits for the rest (with :func:`send_all`, under its timers) only when some is
+    left.  No checkpoint, as :func:`receive_now`."""
+    try:
+        return raw.send(data)
+    except BlockingIOError:
+        return 0

@@ -53,7 +53,8 @@ import trio
 
 from trio_yastack.tls.contexts import peer_san_matches
 
-from ._kernel_io import kernel_socket, receive_some, send_all
+from ._http1 import ResponseReader
+from ._kernel_io import kernel_socket, receive_later, receive_some, send_all
 from .config import Cluster, HealthCheck, LbEndpoint, LocalityLbEndpoints, OutlierDetection
 from .h2_upstream import H2Upstream
 from .network import Network
@@ -90,14 +91,18 @@ class Overflow(Exception):
 
 
 class UpstreamConnection:
-    """One HTTP/1.1 connection to a host: a trio stream with an h11 client state machine."""
+    """One HTTP/1.1 connection to a host: a trio stream with an h11 client state machine, and the
+    fast path's response parser (``reader``, :mod:`._http1`); ``plain`` while the current request
+    is the fast path's (h11 then stays idle)."""
 
     __slots__ = (
         "closed",
         "h11",
         "host",
         "idle_since",
+        "plain",
         "raw",
+        "reader",
         "received",
         "received_before",
         "requests",
@@ -111,6 +116,8 @@ class UpstreamConnection:
         self.raw = kernel_socket(stream)  # set: I/O straight on it (:mod:`._kernel_io`)
         self.host = host
         self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=64 * 1024)
+        self.reader: ResponseReader | None = None
+        self.plain = False
         self.watch_scope: trio.CancelScope | None = None
         self.watch_done = _DONE
         self.requests = 0  # how many requests this connection has carried (0: fresh)
@@ -130,11 +137,15 @@ class UpstreamConnection:
         else:
             await self.stream.send_all(data)
 
-    async def receive(self) -> bytes | bytearray:
-        """One read of up to :data:`RECEIVE_SIZE` (b"" at EOF), counted in ``received``."""
+    async def receive(self, *, later: bool = False) -> bytes | bytearray:
+        """One read of up to :data:`RECEIVE_SIZE` (b"" at EOF), counted in ``received``; ``later``:
+        nothing can be there yet (a request just sent), so wait before reading (:func:`receive_later`)."""
         data: bytes | bytearray
         if self.raw is not None:
-            data = await receive_some(self.raw, RECEIVE_SIZE)
+            if later:
+                data = await receive_later(self.raw, RECEIVE_SIZE)
+            else:
+                data = await receive_some(self.raw, RECEIVE_SIZE)
         else:
             data = await self.stream.receive_some(RECEIVE_SIZE)
         self.received += len(data)
@@ -151,6 +162,8 @@ class UpstreamConnection:
 
     @property
     def reusable(self) -> bool:
+        if self.plain:
+            return self.reader is not None and self.reader.reusable
         return self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE
 
     async def aclose(self) -> None:
@@ -809,7 +822,10 @@ class ClusterRuntime:
             return
         host = conn.host
         if conn.reusable and host in self.hosts and not host.failed_active_hc and self._nursery is not None:
-            conn.h11.start_next_cycle()
+            if conn.plain:
+                conn.plain = False  # h11 stayed idle: ready as it is
+            else:
+                conn.h11.start_next_cycle()
             if len(host.idle) < MAX_IDLE_PER_HOST:
                 conn.idle_since = trio.current_time()
                 host.idle.append(conn)
