@@ -429,6 +429,18 @@ class _TcpLayerTrace(_TcpLayerBase):
                 )
                 tracer._wait_for_read(after_conn, journey, grown)
 
+    def tcp6_input(
+        self, buf: bytes, start: int, end: int, src: int, dst: int, ip_offset: int, now: float
+    ) -> None:
+        """TCP over IPv6 is the same ``tcp_input`` hop (as ``udp6_input`` is ``udp_input``)."""
+        tracer = self._yas_tracer
+        journey = tracer.current_in
+        if journey is not None and end - start >= 20:
+            segment = TcpSegment.from_frame(buf, start, end=end)
+            fields = f"seq {segment.seq} ack {segment.ack} [{segment.flags}] len {segment.payload_len}"
+            tracer.hop(journey, "tcp_input", f"{fields} over IPv6", segment=segment)
+        self._yas_original.tcp6_input(self, buf, start, end, src, dst, ip_offset, now)
+
     def _attach(self, conn: TcpConnection) -> None:
         self._yas_original._attach(self, conn)
         self._yas_tracer._swap_tcp(conn)

@@ -1,0 +1,302 @@
+"""Tier 2 for TCP over IPv6: the same TCP code for both families (``stack/tcp/_tcp6.py``).
+
+Two cores joined by ``exchange`` (test_stack_ipv6.py's) play the kernel (2001:2::1) and us
+(2001:2::2): the handshake with its options and MSS from MTU - 60, data both ways through the
+software segmentation of TSO segments, FIN and TIME_WAIT, RST for a closed port, a listener's
+families (IPv4 only, dual-stack, IPV6_V6ONLY), SYN cookies and ISNs over the IPv6 address,
+ICMPv6 errors (Packet Too Big lowering the MSS, never below 1280; port unreachable), and every
+frame checked as IPv6 with a valid TCP checksum over the IPv6 pseudo-header."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import itertools
+from dataclasses import replace
+from ipaddress import IPv4Address
+
+import pytest
+from test_stack_ipv6 import A_MAC, B_MAC, ETH, A, B, core6, exchange, icmp6_frame, pair
+
+from trio_yastack.stack import IP6_KEY, StackCore, TcpConnection6, TcpState
+from trio_yastack.stack._native import sum16
+from trio_yastack.stack.tcp import TcpConnection, TcpListener
+from trio_yastack.stack.wire.icmpv6 import Icmpv6Repr
+from trio_yastack.stack.wire.ipv4 import IPPROTO_TCP
+from trio_yastack.stack.wire.ipv6 import Ipv6Repr, pseudo_header_sum6
+from trio_yastack.stack.wire.tcp import TCP_RST, TCP_SYN, TcpRepr
+
+A4, B4 = 0xC6120001, 0xC6120002  # 198.18.0.1, 198.18.0.2
+
+
+def tcp6_of(frame: bytes | bytearray) -> tuple[Ipv6Repr, TcpRepr]:
+    """The IPv6 header and TCP segment of a frame (its checksum verified over the IPv6 pseudo-header)."""
+    frame = bytes(frame)
+    assert frame[12:14] == b"\x86\xdd"
+    header = Ipv6Repr.parse(frame, ETH)
+    assert header.next_header == IPPROTO_TCP
+    body = frame[ETH + 40 : ETH + 40 + header.payload_len]
+    assert (
+        sum16(
+            body, 0, len(body), pseudo_header_sum6(int(header.src), int(header.dst), IPPROTO_TCP, len(body))
+        )
+        == 0xFFFF
+    )
+    segment = TcpRepr.parse(body, IPv4Address(0), IPv4Address(0), verify_checksum=False)
+    return header, segment
+
+
+def run(left: StackCore, right: StackCore, now: float, steps: int = 200) -> float:
+    """Exchange frames and fire timers for ``steps`` rounds of 10 ms; return the time reached."""
+    for _ in range(steps):
+        exchange(left, right, now, rounds=200)
+        left.run_timers(now)
+        right.run_timers(now)
+        now += 0.01
+    return now
+
+
+def connected(
+    kernel: StackCore, ours: StackCore, port: int = 80
+) -> tuple[TcpConnection, TcpConnection, TcpListener]:
+    listener = ours.tcp.listen(port)
+    listener.ipv6 = True
+    client = kernel.tcp.connect6(B, port, 0.0)
+    exchange(kernel, ours, 0.0)
+    server = listener.accept()
+    assert server is not None
+    return client, server, listener
+
+
+def test_handshake_over_ipv6_negotiates_options_and_mss_from_mtu_less_60() -> None:
+    kernel, ours = pair()
+    listener = ours.tcp.listen(80)
+    listener.ipv6 = True
+    client = kernel.tcp.connect6(B, 80, 0.0)
+    (syn,) = kernel.take_outbox()
+    header, segment = tcp6_of(syn)
+    assert (int(header.src), int(header.dst)) == (A, B)
+    assert segment.flags == TCP_SYN and segment.options.mss == 1500 - 60
+    assert segment.options.timestamps is not None and segment.options.sack_permitted
+    ours.ether_input(bytes(syn), 0.0)
+    (syn_ack,) = ours.take_outbox()
+    header, segment = tcp6_of(syn_ack)
+    assert (int(header.src), int(header.dst)) == (B, A) and segment.options.mss == 1440
+    kernel.ether_input(bytes(syn_ack), 0.0)
+    exchange(kernel, ours, 0.0)
+    server = listener.accept()
+    assert isinstance(server, TcpConnection6) and isinstance(client, TcpConnection6)
+    assert server.state == client.state == TcpState.ESTABLISHED
+    assert (server.remote_ip, server.local_ip6, server.remote_port) == (A | IP6_KEY, B, client.local_port)
+    assert (client.remote_ip, client.local_ip6) == (B | IP6_KEY, A)
+    assert server.mss == client.mss == 1440 - 12  # less the timestamp option
+    assert ours.tcp.connections[(80, A | IP6_KEY, client.local_port)] is server
+    assert "2001:2::1" in repr(server)
+
+
+def test_data_both_ways_and_fin_then_time_wait_over_ipv6() -> None:
+    kernel, ours = pair()
+    client, server, _ = connected(kernel, ours)
+    data = hashlib.sha256(b"seed").digest() * 20_000  # 640 KB: TSO segments cut in software
+    sent = received = 0
+    back = bytearray()
+    now = 0.01
+    for _ in range(2000):
+        if sent < len(data):
+            sent += client.send(data[sent : sent + 65536], now)
+        chunk = server.receive(1 << 20, now)
+        if chunk:
+            back += chunk
+            received += len(chunk)
+        exchange(kernel, ours, now, rounds=200)
+        now += 0.001
+        if received == len(data):
+            break
+    assert bytes(back) == data
+    for frame in [*kernel.take_outbox(), *ours.take_outbox()]:
+        tcp6_of(frame)
+    server.send(data[::-1][:100_000], now)
+    reply = bytearray()
+    for _ in range(500):
+        exchange(kernel, ours, now, rounds=200)
+        chunk = client.receive(1 << 20, now)
+        if chunk:
+            reply += chunk
+        if len(reply) == 100_000:
+            break
+        now += 0.001
+    assert bytes(reply) == data[::-1][:100_000]
+    client.close(now)
+    exchange(kernel, ours, now)
+    assert server.state == TcpState.CLOSE_WAIT and server.receive(10, now) == b""
+    server.close(now)
+    exchange(kernel, ours, now)
+    assert server.state == TcpState.CLOSED
+    assert client.state == TcpState.TIME_WAIT
+    (record,) = kernel.tcp.time_wait.values()
+    assert record.key == (client.local_port, B | IP6_KEY, 80) and "[2001:2::2]" in repr(record)
+    kernel.run_timers(now + 2 * kernel.config.tcp.msl + 1)
+    assert not kernel.tcp.time_wait and kernel.stats_tcp.connections_closed == 1
+    assert ours.stats_tcp.dropped == {} and kernel.stats_tcp.dropped == {}
+
+
+def test_segments_over_ipv6_never_exceed_the_mtu() -> None:
+    kernel, ours = pair()
+    client, _server, _ = connected(kernel, ours)
+    client.send(b"x" * 60_000, 0.01)
+    frames = kernel.take_outbox()
+    assert len(frames) > 1
+    seqs = []
+    for frame in frames:
+        _header, segment = tcp6_of(frame)
+        assert len(frame) - ETH <= 1500 and len(segment.payload) <= client.mss
+        seqs.append((segment.seq, len(segment.payload)))
+    for (seq, length), (next_seq, _) in itertools.pairwise(seqs):
+        assert (seq + length) & 0xFFFFFFFF == next_seq  # contiguous: cut from one TSO segment
+
+
+def test_rst_for_a_closed_port_refuses_the_connect() -> None:
+    kernel, ours = pair()
+    client = kernel.tcp.connect6(B, 81, 0.0)
+    exchange(kernel, ours, 0.0)
+    assert client.state == TcpState.CLOSED and client.error == errno.ECONNREFUSED
+    assert ours.stats_tcp.resets_sent == 1 and ours.stats_tcp.dropped == {"no_socket": 1}
+
+
+def test_a_reset_ends_an_established_connection_over_ipv6() -> None:
+    kernel, ours = pair()
+    client, server, _ = connected(kernel, ours)
+    client.abort(0.1)
+    (rst,) = kernel.take_outbox()
+    assert tcp6_of(rst)[1].flags & TCP_RST
+    ours.ether_input(bytes(rst), 0.1)
+    assert server.state == TcpState.CLOSED and server.error == errno.ECONNRESET
+
+
+def test_an_ipv4_listener_refuses_ipv6_and_a_v6only_one_refuses_ipv4() -> None:
+    kernel, ours = pair()
+    listener = ours.tcp.listen(80)  # an AF_INET socket's: IPv4 only
+    client6 = kernel.tcp.connect6(B, 80, 0.0)
+    exchange(kernel, ours, 0.0)
+    assert client6.error == errno.ECONNREFUSED and listener.accept() is None
+    listener.ipv6, listener.ipv4 = True, False  # IPV6_V6ONLY
+    client4 = kernel.tcp.connect(B4, 80, 0.1)
+    exchange(kernel, ours, 0.1)
+    assert client4.error == errno.ECONNREFUSED and listener.accept() is None
+    listener.ipv4 = True  # dual-stack: both
+    client4 = kernel.tcp.connect(B4, 80, 0.2)
+    client6 = kernel.tcp.connect6(B, 80, 0.2)
+    exchange(kernel, ours, 0.2)
+    first, second = listener.accept(), listener.accept()
+    assert first is not None and second is not None
+    assert {type(first), type(second)} == {TcpConnection, TcpConnection6}
+    assert {first.remote_ip, second.remote_ip} == {A4, A | IP6_KEY}
+    assert client4.state == client6.state == TcpState.ESTABLISHED
+
+
+def test_the_same_port_and_peer_port_apart_by_family() -> None:
+    kernel, ours = pair()
+    listener = ours.tcp.listen(80)
+    listener.ipv6 = True
+    c4 = kernel.tcp.connect(B4, 80, 0.0, local_port=40000)
+    c6 = kernel.tcp.connect6(B, 80, 0.0, local_port=40000)
+    exchange(kernel, ours, 0.0)
+    assert c4.state == c6.state == TcpState.ESTABLISHED
+    assert {(80, A4, 40000), (80, A | IP6_KEY, 40000)} <= set(ours.tcp.connections)
+    c6.send(b"six", 0.1)
+    c4.send(b"four", 0.1)
+    exchange(kernel, ours, 0.1)
+    got = {conn.remote_ip: conn.receive(10, 0.1) for conn in (listener.accept(), listener.accept()) if conn}
+    assert got == {A4: b"four", A | IP6_KEY: b"six"}
+
+
+def test_syn_cookies_over_ipv6_hash_the_address() -> None:
+    kernel = core6("2001:2::1/64", A_MAC, ipv4="198.18.0.1", seed=1)
+    ours = core6()
+    ours.tcp.config = replace(ours.tcp.config, syn_queue_limit=0)
+    kernel.start(0.0)
+    ours.start(0.0)
+    assert kernel.ip6 is not None
+    endpoint = kernel.ip6.icmp6.echo_open(1)
+    kernel.ip6.icmp6.send_echo_request(endpoint, B, 1, b"hello", 0.0)
+    exchange(kernel, ours, 0.0)
+    listener = ours.tcp.listen(80)
+    listener.ipv6 = True
+    client = kernel.tcp.connect6(B, 80, 0.0)
+    exchange(kernel, ours, 0.0)
+    assert ours.stats_tcp.syncookies_sent == 1 and ours.stats_tcp.syncookies_valid == 1
+    server = listener.accept()
+    assert isinstance(server, TcpConnection6) and server.local_ip6 == B
+    assert client.state == server.state == TcpState.ESTABLISHED
+    cookies = ours.tcp.cookies
+    options = cookies.check(B, 80, A | IP6_KEY, client.local_port, client.iss, server.iss, 0.0)
+    assert options is not None and options.mss <= 1440
+    # the same numbers for another IPv6 peer fail: the cookie covers the whole address
+    assert cookies.check(B, 80, (A + 1) | IP6_KEY, client.local_port, client.iss, server.iss, 0.0) is None
+
+
+def test_isn_and_timestamp_offsets_hash_the_whole_ipv6_address() -> None:
+    _kernel, ours = pair()
+    tcp = ours.tcp
+    one = tcp.initial_sequence_number(80, A | IP6_KEY, 40000, 0.0)
+    other = tcp.initial_sequence_number(80, (A ^ (1 << 100)) | IP6_KEY, 40000, 0.0)
+    v4 = tcp.initial_sequence_number(80, A & 0xFFFFFFFF, 40000, 0.0)
+    assert len({one, other, v4}) == 3
+    assert tcp.timestamp_offset(80, A | IP6_KEY, 40000) != tcp.timestamp_offset(80, A & 0xFFFFFFFF, 40000)
+
+
+def test_packet_too_big_lowers_the_mss_and_resends_the_flight_never_below_1280() -> None:
+    kernel, ours = pair()
+    client, server, _ = connected(kernel, ours)
+    server.send(b"y" * 8000, 0.01)
+    flight = ours.take_outbox()
+    assert max(len(f) - ETH for f in flight) == 1500
+    quote = bytes(flight[0][ETH : ETH + 1232])
+    ours.ether_input(icmp6_frame(A_MAC, B_MAC, A, B, Icmpv6Repr.packet_too_big(1400, quote)), 0.02)
+    assert server.mss == 1400 - 60 - 12
+    assert ours.ip6 is not None and ours.ip6.path_mtu(A, 0.02) == 1400
+    resent = ours.take_outbox()
+    assert resent and max(len(f) - ETH for f in resent) <= 1400
+    for frame in resent:
+        tcp6_of(frame)
+    ours.ether_input(icmp6_frame(A_MAC, B_MAC, A, B, Icmpv6Repr.packet_too_big(576, quote)), 0.03)
+    assert server.mss == 1280 - 60 - 12  # the floor is IPv6's minimum MTU
+    assert ours.ip6.icmp6.stats.errors_delivered == 2
+    exchange(kernel, ours, 0.03)
+    assert client.receive(1 << 16, 0.04) == b"y" * 8000
+
+
+def test_port_unreachable_in_syn_sent_refuses_the_connect() -> None:
+    kernel, _ours = pair()
+    client = kernel.tcp.connect6(B, 80, 0.0)
+    (syn,) = kernel.take_outbox()
+    quote = bytes(syn[ETH:])
+    unreachable = Icmpv6Repr(1, 4, 0, quote)  # destination unreachable, port unreachable
+    kernel.ether_input(icmp6_frame(B_MAC, A_MAC, B, A, unreachable), 0.01)
+    assert client.state == TcpState.CLOSED and client.error == errno.ECONNREFUSED
+    # one whose sequence number is outside the window is not believed (RFC 5927 4.1)
+    client = kernel.tcp.connect6(B, 80, 0.1)
+    (syn,) = kernel.take_outbox()
+    forged = bytearray(syn[ETH:])
+    forged[40 + 4 : 40 + 8] = ((int.from_bytes(forged[44:48], "big") + 99999) & 0xFFFFFFFF).to_bytes(4, "big")
+    kernel.ether_input(icmp6_frame(B_MAC, A_MAC, B, A, Icmpv6Repr(1, 4, 0, bytes(forged))), 0.11)
+    assert client.state == TcpState.SYN_SENT
+    assert kernel.stats_tcp.dropped == {"icmp_out_of_window": 1}
+
+
+def test_connect6_refuses_what_is_not_a_unicast_ipv6_peer() -> None:
+    kernel, _ours = pair()
+    for bad, code in (
+        (0, errno.EINVAL),
+        (0xFF02 << 112 | 1, errno.ENETUNREACH),
+        (0xFFFF_C612_0002, errno.ENETUNREACH),
+    ):
+        with pytest.raises(OSError) as info:
+            kernel.tcp.connect6(bad, 80, 0.0)
+        assert info.value.errno == code
+    with pytest.raises(OSError) as info:
+        kernel.tcp.connect6(0x2001_0DB8 << 96 | 1, 80, 0.0)  # off-link, no router
+    assert info.value.errno == errno.ENETUNREACH
+    with pytest.raises(OSError) as info:
+        kernel.tcp.connect6(B, 80, 0.0, local_ip=0x2001_0002 << 96 | 9)  # not ours
+    assert info.value.errno == errno.EADDRNOTAVAIL
