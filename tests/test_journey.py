@@ -260,6 +260,10 @@ def test_the_check_names_a_missing_or_changed_method() -> None:
     class RenamedTcpLayer:  # as if tcp_input had been renamed
         def tcp_segment_arrives(self) -> None: ...
 
+        def tcp6_input(
+            self, buf: bytes, start: int, end: int, src: int, dst: int, ip_offset: int, now: float
+        ) -> None: ...
+
         def _attach(self, conn: TcpConnection) -> None: ...
 
         def detach(self, conn: TcpConnection) -> None: ...  # a parameter gone
