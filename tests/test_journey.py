@@ -270,6 +270,8 @@ def test_the_check_names_a_missing_or_changed_method() -> None:
 
         def listen(self, port: int, backlog: int = 128) -> TcpListener: ...
 
+        def listen6(self, port: int, backlog: int = 128, v6only: bool = False) -> TcpListener: ...
+
     problems = override_problems(RenamedTcpLayer, _tracer._TcpLayerTrace)
     assert len(problems) == 2
     assert "tcp_input wraps" in problems[0] and "does not exist" in problems[0]

@@ -59,8 +59,7 @@ def run(left: StackCore, right: StackCore, now: float, steps: int = 200) -> floa
 def connected(
     kernel: StackCore, ours: StackCore, port: int = 80
 ) -> tuple[TcpConnection, TcpConnection, TcpListener]:
-    listener = ours.tcp.listen(port)
-    listener.ipv6 = True
+    listener = ours.tcp.listen6(port)
     client = kernel.tcp.connect6(B, port, 0.0)
     exchange(kernel, ours, 0.0)
     server = listener.accept()
@@ -70,8 +69,7 @@ def connected(
 
 def test_handshake_over_ipv6_negotiates_options_and_mss_from_mtu_less_60() -> None:
     kernel, ours = pair()
-    listener = ours.tcp.listen(80)
-    listener.ipv6 = True
+    listener = ours.tcp.listen6(80)
     client = kernel.tcp.connect6(B, 80, 0.0)
     (syn,) = kernel.take_outbox()
     header, segment = tcp6_of(syn)
@@ -179,11 +177,33 @@ def test_an_ipv4_listener_refuses_ipv6_and_a_v6only_one_refuses_ipv4() -> None:
     client6 = kernel.tcp.connect6(B, 80, 0.0)
     exchange(kernel, ours, 0.0)
     assert client6.error == errno.ECONNREFUSED and listener.accept() is None
-    listener.ipv6, listener.ipv4 = True, False  # IPV6_V6ONLY
+    with pytest.raises(OSError) as info:
+        ours.tcp.listen6(80)  # dual-stack: IPv4's port is taken
+    assert info.value.errno == errno.EADDRINUSE
+    only6 = ours.tcp.listen6(80, v6only=True)  # beside it, as trio.open_tcp_listeners makes them
+    assert (only6.ipv4, only6.ipv6, listener.ipv4, listener.ipv6) == (False, True, True, False)
     client4 = kernel.tcp.connect(B4, 80, 0.1)
+    client6 = kernel.tcp.connect6(B, 80, 0.1)
     exchange(kernel, ours, 0.1)
-    assert client4.error == errno.ECONNREFUSED and listener.accept() is None
-    listener.ipv4 = True  # dual-stack: both
+    assert client4.state == client6.state == TcpState.ESTABLISHED
+    from4, from6 = listener.accept(), only6.accept()
+    assert type(from4) is TcpConnection and type(from6) is TcpConnection6
+    assert listener.accept() is None and only6.accept() is None
+    listener.close(0.2)
+    only6.close(0.2)
+    assert not ours.tcp.listeners and not ours.tcp.listeners6
+    client4 = kernel.tcp.connect(B4, 80, 0.3)
+    exchange(kernel, ours, 0.3)
+    assert client4.error == errno.ECONNREFUSED
+
+
+def test_a_dual_stack_listener_accepts_both_families() -> None:
+    kernel, ours = pair()
+    listener = ours.tcp.listen6(80)
+    assert ours.tcp.listeners[80] is ours.tcp.listeners6[80] is listener
+    with pytest.raises(OSError) as info:
+        ours.tcp.listen(80)
+    assert info.value.errno == errno.EADDRINUSE
     client4 = kernel.tcp.connect(B4, 80, 0.2)
     client6 = kernel.tcp.connect6(B, 80, 0.2)
     exchange(kernel, ours, 0.2)
@@ -196,8 +216,7 @@ def test_an_ipv4_listener_refuses_ipv6_and_a_v6only_one_refuses_ipv4() -> None:
 
 def test_the_same_port_and_peer_port_apart_by_family() -> None:
     kernel, ours = pair()
-    listener = ours.tcp.listen(80)
-    listener.ipv6 = True
+    listener = ours.tcp.listen6(80)
     c4 = kernel.tcp.connect(B4, 80, 0.0, local_port=40000)
     c6 = kernel.tcp.connect6(B, 80, 0.0, local_port=40000)
     exchange(kernel, ours, 0.0)
@@ -220,8 +239,7 @@ def test_syn_cookies_over_ipv6_hash_the_address() -> None:
     endpoint = kernel.ip6.icmp6.echo_open(1)
     kernel.ip6.icmp6.send_echo_request(endpoint, B, 1, b"hello", 0.0)
     exchange(kernel, ours, 0.0)
-    listener = ours.tcp.listen(80)
-    listener.ipv6 = True
+    listener = ours.tcp.listen6(80)
     client = kernel.tcp.connect6(B, 80, 0.0)
     exchange(kernel, ours, 0.0)
     assert ours.stats_tcp.syncookies_sent == 1 and ours.stats_tcp.syncookies_valid == 1

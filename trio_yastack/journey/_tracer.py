@@ -80,7 +80,7 @@ _now = time.perf_counter
 
 
 def _listening(tcp: TcpLayer, port: int) -> str:
-    return "LISTEN" if port in tcp.listeners else "CLOSED"
+    return "LISTEN" if port in tcp.listeners or port in tcp.listeners6 else "CLOSED"
 
 
 def _state_name(state: int) -> str:
@@ -454,6 +454,11 @@ class _TcpLayerTrace(_TcpLayerBase):
         self._yas_tracer._swap_tcp(listener)
         return listener
 
+    def listen6(self, port: int, backlog: int = 128, v6only: bool = False) -> TcpListener:
+        listener = self._yas_original.listen6(self, port, backlog, v6only)
+        self._yas_tracer._swap_tcp(listener)
+        return listener
+
 
 class _ListenerTrace(_ListenerBase):
     __slots__ = ()
@@ -711,7 +716,7 @@ class CoreTracer:
             self._traced_class(type(obj), mixin)
         for cls in {TcpConnection, *map(type, tcp.connections.values())}:
             self._traced_class(cls, _ConnTrace)
-        for cls in {TcpListener, *map(type, tcp.listeners.values())}:
+        for cls in {TcpListener, *map(type, tcp.listeners.values()), *map(type, tcp.listeners6.values())}:
             self._traced_class(cls, _ListenerTrace)
         rings = self._rings()
         for ring, peer in rings:
@@ -725,7 +730,7 @@ class CoreTracer:
             core.tcp_input = tcp.tcp_input  # ip_input calls the bound method kept on the core
         for conn in list(tcp.connections.values()):
             self._swap(conn, _ConnTrace)
-        for listener in list(tcp.listeners.values()):
+        for listener in {*tcp.listeners.values(), *tcp.listeners6.values()}:
             self._swap(listener, _ListenerTrace)
         for ring, peer in rings:
             self._swap(ring, _RingTrace, _yas_peer=peer)

@@ -111,9 +111,9 @@ class TcpListener:
         #: sockets sharing this listener (SO_REUSEPORT); it closes when the last one does
         self.sockets = 1
         self.reuse_port = False
-        #: the families it accepts: IPv4 only (an AF_INET socket), or IPv6 and, unless
-        #: IPV6_V6ONLY, IPv4 too (a dual-stack AF_INET6 socket, whose IPv4 peers it sees
-        #: v4-mapped); the socket layer sets them
+        #: the families it accepts: IPv4 only (``listen``, an AF_INET socket's), or IPv6 and,
+        #: unless IPV6_V6ONLY, IPv4 too (``listen6``, an AF_INET6 socket's, whose IPv4 peers
+        #: its socket shows v4-mapped); the tables it is in say the same (see ``listeners6``)
         self.ipv4 = True
         self.ipv6 = False
         self.embryonic: set[TcpConnection] = set()
@@ -144,6 +144,8 @@ class TcpListener:
         self.closed = True
         if self.layer.listeners.get(self.port) is self:
             del self.layer.listeners[self.port]
+        if self.layer.listeners6.get(self.port) is self:
+            del self.layer.listeners6[self.port]
         for conn in [*self.accept_queue, *self.embryonic]:
             conn.listener = None
             conn.abort(now)
@@ -227,6 +229,7 @@ class TcpLayer:
         "core",
         "isn_source",
         "listeners",
+        "listeners6",
         "port_filter",
         "port_selector",
         "port_use",
@@ -239,7 +242,12 @@ class TcpLayer:
         self.config = core.config.tcp
         self.stats = core.stats_tcp
         self.connections: dict[ConnectionKey, TcpConnection] = {}
+        #: listeners by port: ``listeners`` those that accept IPv4, ``listeners6`` those that
+        #: accept IPv6; a dual-stack one is in both.  So each family's input finds only the
+        #: listeners of its family, with no test (an AF_INET and an IPV6_V6ONLY AF_INET6 socket
+        #: may listen on the same port, as trio.open_tcp_listeners makes them).
         self.listeners: dict[int, TcpListener] = {}
+        self.listeners6: dict[int, TcpListener] = {}
         self.port_use: dict[int, int] = {}  # local port -> connections using it
         #: connections in TIME_WAIT as compact records, by pair, in the order they expire (a
         #: dict for its order and O(1) removal: one that ends early, taken over by a new SYN or
@@ -312,6 +320,7 @@ class TcpLayer:
             port = first + (start + step) % span
             if (
                 port not in self.listeners
+                and port not in self.listeners6
                 and port not in self.bound_ports
                 and (port, remote_ip, remote_port) not in connections
                 and (port, remote_ip, remote_port) not in time_wait
@@ -628,6 +637,21 @@ class TcpLayer:
         listener = self.listeners[port] = TcpListener(self, port, backlog)
         return listener
 
+    def listen6(self, port: int, backlog: int = 128, v6only: bool = False) -> TcpListener:
+        """Listen for IPv6 (an AF_INET6 socket) and, unless ``v6only``, IPv4 too (dual-stack,
+        Linux's default): a port IPv4 listens on already is in use then, as in the kernel."""
+        if not 0 < port <= 0xFFFF:
+            raise OSError(errno.EINVAL, "Invalid argument: port")
+        if port in self.listeners6 or (not v6only and port in self.listeners):
+            raise OSError(errno.EADDRINUSE, "Address already in use")
+        backlog = min(max(backlog, 1), self.config.max_backlog)
+        listener = self.listeners6[port] = TcpListener(self, port, backlog)
+        listener.ipv6 = True
+        listener.ipv4 = not v6only
+        if not v6only:
+            self.listeners[port] = listener
+        return listener
+
     # -- input ------------------------------------------------------------------------------
     def tcp_input(
         self, buf: bytes, start: int, end: int, src: int, dst: int, ip_offset: int, now: float
@@ -776,18 +800,18 @@ class TcpLayer:
         if self.time_wait:
             tw = self.time_wait.get(key)
             if tw is not None:
-                if flags & TCP_SYN and not flags & TCP_ACK and dport in self.listeners:
+                if flags & TCP_SYN and not flags & TCP_ACK and dport in self.listeners6:
                     newer_ts = tsval >= 0 and tw.ts_recent >= 0 and seq_lt(tw.ts_recent, tsval)
                     if newer_ts or (tsval < 0 and seq_lt(tw.rcv_nxt, seq)):  # RFC 6191, as tcp_input
                         self._time_wait_close(tw)
                         self._listen_input(
-                            self.listeners[dport], buf, data_start, end, remote, sport, dport, seq, ack,
+                            self.listeners6[dport], buf, data_start, end, remote, sport, dport, seq, ack,
                             flags, window, options, tsval, tsecr, now, dst,
                         )  # fmt: skip
                         return
                 self._time_wait_input(tw, end - data_start, seq, ack, flags, tsval, now)
                 return
-        listener = self.listeners.get(dport)
+        listener = self.listeners6.get(dport)
         if listener is not None:
             self._listen_input(
                 listener, buf, data_start, end, remote, sport, dport, seq, ack, flags, window, options,
@@ -821,16 +845,6 @@ class TcpLayer:
         """RFC 9293 3.10.7.2 (LISTEN), with a bounded SYN queue and SYN cookies beyond it.
         ``local6``: our address a segment that came over IPv6 is for (0 for IPv4)."""
         stats = self.stats
-        if not (listener.ipv6 if local6 else listener.ipv4):
-            # A family the listening socket does not take (an AF_INET socket and IPv6, or
-            # IPV6_V6ONLY and IPv4): as if nothing listened.
-            stats.drop(TcpDrop.NO_SOCKET)
-            if not flags & TCP_RST:
-                seg_end = (
-                    seq + (end - data_start) + (1 if flags & TCP_SYN else 0) + (1 if flags & TCP_FIN else 0)
-                )
-                self.send_reset(src, sport, dport, ack, seg_end, bool(flags & TCP_ACK), now, local6)
-            return
         if flags & TCP_RST:
             stats.drop(TcpDrop.RST_TO_LISTENER)
             return
