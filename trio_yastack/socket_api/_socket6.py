@@ -32,8 +32,9 @@ import trio
 
 from trio_yastack.stack import IP6_KEY, TcpConnection, TcpConnection6, UdpPcb
 from trio_yastack.stack.tcp import TcpListener
+from trio_yastack.stack.wire.ipv6 import is_link_local
 
-from ._socket import _SEND_FLAGS, SOCK_DGRAM, SOCK_STREAM, StackSocket, _oserror, _run_stacks
+from ._socket import _SEND_FLAGS, SOCK_DGRAM, SOCK_STREAM, StackSocket, _loopback, _oserror, _run_stacks
 from ._stack import SocketStack
 
 __all__ = ["StackSocket6"]
@@ -144,7 +145,36 @@ class StackSocket6(StackSocket):
                 flags = _stdlib_socket.AI_PASSIVE if local else 0
                 found = await trio.socket.getaddrinfo(host, address[1], AF_INET6, self._type, 0, flags)
                 address = (found[0][-1][0], *address[1:])
-        return _ipv6(address)
+        ip, port = _ipv6(address)
+        if ip == _LOOPBACK6:
+            mapped = self._map_loopback6(local=local, port=port)
+            if mapped:
+                return mapped, port
+        return ip, port
+
+    def _map_loopback6(self, *, local: bool, port: int) -> int:
+        """``::1`` under :func:`map_loopback_to`, as 127.0.0.0/8 there: the mapped stack's IPv6
+        address (a local one moves this still unused socket to that stack); for a destination,
+        the stack of this run with something on ``port``, the mapped one first.  0: the kernel's."""
+        mapped = _loopback.get().stack
+        if mapped is None:
+            return 0
+        if local:
+            if mapped is not self._stack and self._unused():
+                self._move_to(mapped)
+            return _global6(mapped)
+        installed = _run_stacks.get()
+        for stack in [mapped, *(installed.stacks if installed is not None else ())]:
+            core = stack.core
+            if port in (core.tcp.listeners6 if self._type == SOCK_STREAM else core.udp.pcbs6):
+                return _global6(stack)
+        return _global6(mapped)
+
+    def _move_to(self, stack: SocketStack) -> None:
+        super()._move_to(stack)
+        if self._pcb is not None:  # (the base made an IPv4 one)
+            self._pcb = UdpPcb(v6=True)
+            self._pcb.waiter = self._waiter
 
     def _kernel_for6(self, ip: int, *, local: bool) -> bool:
         """Whether an address hands this still unused socket to the kernel: ``::1``, or a
@@ -292,6 +322,14 @@ class StackSocket6(StackSocket):
                     "open an AF_INET socket for IPv4",
                 )
         super().setsockopt(level, optname, value, optlen)
+
+
+def _global6(stack: SocketStack) -> int:
+    """A usable non-link-local IPv6 address of ``stack`` (0 if it has none)."""
+    ip6 = stack.core.ip6
+    if ip6 is None:
+        return 0
+    return next((a for a, ours in ip6.addresses.items() if not ours.tentative and not is_link_local(a)), 0)
 
 
 def _numeric6(host: str) -> bool:
