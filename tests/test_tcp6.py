@@ -18,6 +18,8 @@ from ipaddress import IPv4Address
 import pytest
 from test_stack_ipv6 import A_MAC, B_MAC, ETH, A, B, core6, exchange, icmp6_frame, pair
 
+from trio_yastack.dispatch._percore import CoreLayout, flow_owner
+from trio_yastack.dispatch._rss import Reta
 from trio_yastack.stack import IP6_KEY, StackCore, TcpConnection6, TcpState
 from trio_yastack.stack._native import sum16
 from trio_yastack.stack.tcp import TcpConnection, TcpListener
@@ -318,3 +320,24 @@ def test_connect6_refuses_what_is_not_a_unicast_ipv6_peer() -> None:
     with pytest.raises(OSError) as info:
         kernel.tcp.connect6(B, 80, 0.0, local_ip=0x2001_0002 << 96 | 9)  # not ours
     assert info.value.errno == errno.EADDRNOTAVAIL
+
+
+@pytest.mark.parametrize("core_id", [0, 1])
+def test_rss_aware_ipv6_connects_pick_ports_whose_replies_come_home(core_id: int) -> None:
+    """With a core's layout installed, an IPv6 active open picks an ephemeral port whose reply
+    (the peer's SYN-ACK, hashed by ``flow_owner`` over the 36-byte IPv6 4-tuple) comes to it."""
+    kernel, ours = pair()
+    layout = CoreLayout(core_id, 2, 0, 0, {}, [], Reta(2))
+    layout.install(ours)
+    listener = kernel.tcp.listen6(8000)
+    owners = set()
+    for _ in range(20):
+        client = ours.tcp.connect6(A, 8000, 0.0)
+        (syn,) = ours.take_outbox()
+        kernel.ether_input(bytes(syn), 0.0)
+        (syn_ack,) = kernel.take_outbox()
+        owners.add(flow_owner(bytes(syn_ack), layout.key, layout.reta.entries, 127))
+        assert layout.owns_reply6(B, client.local_port, A | IP6_KEY, 8000)
+        client.abort(0.0)
+        ours.take_outbox()
+    assert owners == {core_id} and listener.embryonic
