@@ -20,7 +20,8 @@ from test_stack_ipv6 import A_MAC, B_MAC, ETH, A, B, core6, exchange, icmp6_fram
 
 from trio_yastack.dispatch._percore import CoreLayout, flow_owner
 from trio_yastack.dispatch._rss import Reta
-from trio_yastack.stack import IP6_KEY, StackCore, TcpConnection6, TcpState
+from trio_yastack.nic.tap import VNET_HDR, _offload_header, complete_checksum
+from trio_yastack.stack import IP6_KEY, ChecksumVerified, OffloadPacket, StackCore, TcpConnection6, TcpState
 from trio_yastack.stack._native import sum16
 from trio_yastack.stack.tcp import TcpConnection, TcpListener
 from trio_yastack.stack.wire.icmpv6 import Icmpv6Repr
@@ -341,3 +342,41 @@ def test_rss_aware_ipv6_connects_pick_ports_whose_replies_come_home(core_id: int
         client.abort(0.0)
         ours.take_outbox()
     assert owners == {core_id} and listener.embryonic
+
+
+def test_a_port_that_segments_ipv6_gets_one_tso_frame_the_kernel_can_complete() -> None:
+    """With ``tso6`` (a TAP with its virtio-net header), a 60 KB send leaves as one IPv6
+    ``OffloadPacket`` with ``gso_size`` = the MSS and the pseudo-header sum in the checksum field;
+    the TAP's virtio-net header names it TCPV6 with the checksum at 54 + 16, and completing it as
+    the kernel would gives a valid checksum over the IPv6 pseudo-header."""
+    kernel, ours = pair()
+    ours.tso6 = True  # (what open_stack sets from the port's capabilities)
+    ours.tso_max_size = ours.gso_max_size = 0xFFFF
+    ours.tx_checksum_offload = True
+    client, server, _ = connected(kernel, ours)
+    server.send(b"z" * 60_000, 0.01)
+    frames = ours.take_outbox()
+    big = [f for f in frames if isinstance(f, OffloadPacket) and f.gso_size]
+    assert big and all(f.gso_size == server.mss for f in big)
+    frame = big[0]
+    assert len(frame) - ETH > 1500 and frame[12:14] == b"\x86\xdd"
+    header = _offload_header(frame)
+    assert header is not None
+    flags, gso_type, hdr_len, gso_size, csum_start, csum_offset = VNET_HDR.unpack(header)
+    assert (flags, gso_type, gso_size, csum_start, csum_offset) == (1, 4, server.mss, 54, 16)
+    assert hdr_len == 54 + 32  # TCP header with timestamps
+    tcp6_of(complete_checksum(frame))
+    # the kernel's side: the frames, completed as the TAP's kernel completes them, carry it all
+    got = bytearray()
+    for _ in range(50):
+        for f in frames:
+            kernel.ether_input(
+                ChecksumVerified(complete_checksum(f) if isinstance(f, OffloadPacket) else f), 0.02
+            )
+        for f in kernel.take_outbox():
+            ours.ether_input(bytes(f), 0.02)
+        got += client.receive(1 << 20, 0.02) or b""
+        frames = ours.take_outbox()
+        if len(got) == 60_000:
+            break
+    assert bytes(got) == b"z" * 60_000

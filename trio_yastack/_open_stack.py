@@ -306,6 +306,7 @@ async def _open_stack_on(
         interface=interface,
         tx_checksum_offload=offloads and caps.tx_checksum_offload,
         tso_max_size=tso if offloads and caps.tx_checksum_offload else 0,
+        tso6=bool(tso) and offloads and caps.tx_checksum_offload and caps.tso6,
     )
     if config_overrides:
         config = replace(config, **config_overrides)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from ._drops import Ip6Drop
 from ._icmp6 import Icmp6Layer
 from ._nd6 import Nd6Layer
+from ._offload import OffloadPacket
 from ._reassembly import Reassembler
 from ._stats import LayerStatistics
 from ._stats6 import Ip6Stats
@@ -403,7 +404,8 @@ class Ip6Layer:
         mtu = self.path_mtu(dst, now)
         stats.sent += 1
         s_hi, s_lo, d_hi, d_lo = src >> 64, src & _MASK64, dst >> 64, dst & _MASK64
-        if IPV6_HEADER_LEN + payload_len <= mtu:
+        if IPV6_HEADER_LEN + payload_len <= mtu or (packet.__class__ is OffloadPacket and packet.gso_size):
+            # (a TSO segment: the port cuts it into segments that fit)
             IPV6_HEADER.pack_into(
                 packet, ETHER_HEADER_LEN, first_word, payload_len, proto, hop_limit, s_hi, s_lo, d_hi, d_lo
             )

@@ -16,10 +16,11 @@ differs is where a segment leaves and what the headers cost:
   the SYN-ACK of a SYN cookie, a TIME_WAIT ACK) reach it with the keyed remote address.
 
 Segments are built as for IPv4, after ``FRAME_HEADROOM`` (Ethernet + IPv4) bytes; the bottom
-half copies them behind IPv6's 20 bytes more headroom.  Transmit offloads are IPv4-only in the
-ports (their virtio-net/DPDK headers describe TCP/IPv4): a TSO segment the connection built
-(``OffloadPacket`` with ``gso_size``) is cut here in software into ``gso_size`` segments, each
-with its own checksum, as Linux's ``tcp_gso_segment`` does (FIN and PSH on the last only).
+half copies them behind IPv6's 20 bytes more headroom.  A TSO segment the connection built
+(``OffloadPacket`` with ``gso_size``) goes to the port whole when it segments TCP/IPv6
+(``core.tso6``: a TAP with its virtio-net header); for any other port it is cut here in
+software into ``gso_size`` segments, each with its own checksum, as Linux's ``tcp_gso_segment``
+does (FIN and PSH on the last only).
 """
 
 from __future__ import annotations
@@ -131,8 +132,11 @@ def tcp6_checksum_and_send(
         gso_size = packet.gso_size if packet.__class__ is OffloadPacket else 0
         header_len = (view[12] >> 4) << 2
         if gso_size and tcp_len - header_len > gso_size:
-            for segment in _segments(view, header_len, gso_size):
-                _send6(ip6, stats, segment, src, dst, now)
+            if core.tso6:
+                _send_tso6(ip6, stats, view, header_len, gso_size, src, dst, now)
+            else:
+                for segment in _segments(view, header_len, gso_size):
+                    _send6(ip6, stats, segment, src, dst, now)
             return 0
         frame = bytearray(FRAME_HEADROOM6 + tcp_len)
         frame[FRAME_HEADROOM6:] = view
@@ -152,6 +156,31 @@ def _send6(ip6: Ip6Layer, stats: TcpStats, frame: bytearray, src: int, dst: int,
     frame[FRAME_HEADROOM6 + 16] = field >> 8
     frame[FRAME_HEADROOM6 + 17] = field & 0xFF
     stats.segments_sent += 1
+    ip6.ip6_output(frame, IPPROTO_TCP, dst, now, src=src)
+
+
+def _send_tso6(
+    ip6: Ip6Layer,
+    stats: TcpStats,
+    view: memoryview,
+    header_len: int,
+    gso_size: int,
+    src: int,
+    dst: int,
+    now: float,
+) -> None:
+    """A TSO segment to a port that segments TCP/IPv6 (``core.tso6``): one frame, its checksum
+    field holding the folded pseudo-header sum (CHECKSUM_PARTIAL, as ``tcp_checksum_and_send``
+    leaves an IPv4 one), counted as the segments the wire will carry."""
+    tcp_len = len(view)
+    frame = OffloadPacket(FRAME_HEADROOM6 + tcp_len, gso_size)
+    frame[FRAME_HEADROOM6:] = view
+    pseudo = pseudo_header_sum6(src, dst, IPPROTO_TCP, tcp_len)
+    pseudo = (pseudo & 0xFFFF) + (pseudo >> 16)
+    field = (pseudo & 0xFFFF) + (pseudo >> 16)
+    frame[FRAME_HEADROOM6 + 16] = field >> 8
+    frame[FRAME_HEADROOM6 + 17] = field & 0xFF
+    stats.segments_sent += (tcp_len - header_len + gso_size - 1) // gso_size
     ip6.ip6_output(frame, IPPROTO_TCP, dst, now, src=src)
 
 
