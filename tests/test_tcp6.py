@@ -380,3 +380,36 @@ def test_a_port_that_segments_ipv6_gets_one_tso_frame_the_kernel_can_complete() 
         if len(got) == 60_000:
             break
     assert bytes(got) == b"z" * 60_000
+
+
+def test_forward_progress_confirms_the_neighbour_and_segments_take_the_predicted_path() -> None:
+    """RFC 4861 7.3.1: an ACK of new data from the peer makes its neighbour entry REACHABLE
+    without a probe (it was DELAY after our first send to a STALE entry); then our segments are
+    written whole from the connection's header template -- the same frames, and the same
+    counters, as ``ip6_output`` makes."""
+    kernel, ours = pair()
+    client, server, _ = connected(kernel, ours)
+    assert ours.ip6 is not None
+    entry = ours.ip6.nd6.cache[A]
+    assert entry.state == "reachable"  # (the handshake's ACK of our SYN was progress already)
+    entry.state = "stale"  # as an entry learned from a solicitation, or aged
+    server.send(b"a" * 100, 0.1)
+    assert entry.state == "delay"  # RFC 4861 7.3.3: sending to a STALE entry
+    exchange(kernel, ours, 0.1)
+    assert client.receive(1000, 0.1) == b"a" * 100
+    kernel.run_timers(0.5)  # the peer's delayed ACK of it
+    exchange(kernel, ours, 0.5)
+    assert entry.state == "reachable" and entry.timer is None  # no probe will go
+    ip6_sent, ether_sent = ours.ip6.stats.sent, ours.stats_ether.sent
+    server.send(b"b" * 100, 0.6)
+    (predicted,) = ours.take_outbox()
+    assert (ours.ip6.stats.sent, ours.stats_ether.sent) == (ip6_sent + 1, ether_sent + 1)
+    header, segment = tcp6_of(predicted)
+    assert (int(header.src), int(header.dst), header.hop_limit) == (B, A, 64)
+    assert segment.payload == b"b" * 100 and predicted[:6] == A_MAC
+    entry.state = "stale"  # the general path: the same frame, byte for byte
+    server.nodelay = True  # (no waiting for the ACK of "b": Nagle)
+    server.send(b"c" * 100, 0.7)
+    (general,) = ours.take_outbox()
+    assert len(general) == len(predicted) and tcp6_of(general)[1].payload == b"c" * 100
+    assert general[:54] == predicted[:54]  # Ethernet + IPv6 headers alike

@@ -795,7 +795,10 @@ class TcpLayer:
         key = (dport, remote, sport)
         conn = self.connections.get(key)
         if conn is not None:
+            snd_una = conn.snd_una
             conn.segment_arrives(buf, data_start, end, seq, ack, flags, window, options, tsval, tsecr, now)
+            if conn.snd_una > snd_una:
+                ip6.nd6.nud_hint(src, now)  # forward progress: the neighbour is reachable (ND6_HINT)
             return
         if self.time_wait:
             tw = self.time_wait.get(key)

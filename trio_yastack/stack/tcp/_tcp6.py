@@ -32,10 +32,11 @@ from typing import TYPE_CHECKING
 from .._drops import TcpDrop
 from .._ip import FRAME_HEADROOM
 from .._native import sum16
+from .._nd6 import REACHABLE
 from .._offload import OffloadPacket
-from ..wire.ethernet import ETHER_HEADER_LEN
+from ..wire.ethernet import ETHER_HEADER, ETHER_HEADER_LEN
 from ..wire.ipv4 import IPPROTO_TCP
-from ..wire.ipv6 import IPV6_HEADER_LEN, pseudo_header_sum6
+from ..wire.ipv6 import IPV6_HEADER, IPV6_HEADER_LEN, pseudo_header_sum6
 from ..wire.tcp import TCP_FIN, TCP_PSH
 from ._conn import TcpConnection
 from ._states import TcpState
@@ -54,6 +55,8 @@ _ADDRESS = IP6_KEY - 1
 _MASK = 0xFFFFFFFF
 #: ``_ip6.FRAME_HEADROOM6`` (not imported: ``_icmp6`` imports this module for ``IP6_KEY``)
 FRAME_HEADROOM6 = ETHER_HEADER_LEN + IPV6_HEADER_LEN
+ETHERTYPE_IPV6 = 0x86DD
+_MASK64 = (1 << 64) - 1
 #: IPv6's minimum link MTU (RFC 8200 5): the floor a Packet Too Big can lower a path to
 IPV6_MIN_MTU = 1280
 
@@ -72,7 +75,7 @@ class TcpConnection6(TcpConnection):
     ``local_ip6`` our address it talks to (the destination of its SYN, or the source chosen
     for an active open)."""
 
-    __slots__ = ("local_ip6",)
+    __slots__ = ("_header6", "_mac6", "_pseudo6", "local_ip6")
 
     # MSS from the MTU less IPv6 + TCP headers (RFC 8200 8.3); PMTU never below 1280 (RFC 8201 4)
     IP_TCP_HEADERS = 60
@@ -91,6 +94,13 @@ class TcpConnection6(TcpConnection):
         receive_buffer: int = 0,
     ) -> None:
         self.local_ip6 = local_ip6
+        remote = remote_ip & _ADDRESS
+        #: the pseudo-header sum but for the length (RFC 8200 8.1): the same for every segment
+        self._pseudo6 = pseudo_header_sum6(local_ip6, remote, IPPROTO_TCP, 0)
+        #: Ethernet + IPv6 header of this connection's frames to the neighbour at ``_mac6``
+        #: (the payload length filled in per frame), made when the neighbour is first known
+        self._header6 = b""
+        self._mac6 = b""
         super().__init__(
             layer,
             local_port,
@@ -108,11 +118,59 @@ class TcpConnection6(TcpConnection):
         )
 
     def _checksum_and_send(self, packet: bytearray, tcp_len: int, now: float) -> None:
+        """The bottom of every segment: predicted (:meth:`_frame_predicted6`), else through
+        :func:`tcp6_checksum_and_send` and ``ip6_output``."""
+        if tcp_len <= self.core.mtu - IPV6_HEADER_LEN and self._frame_predicted6(packet, tcp_len, now):
+            return
         error = tcp6_checksum_and_send(
             self.core, self.stats, packet, tcp_len, self.remote_ip & _ADDRESS, now, src=self.local_ip6
         )
         if error:
             self.soft_error = error
+
+    def _frame_predicted6(self, packet: bytearray, tcp_len: int, now: float) -> bool:
+        """IPv6's twin of ``_output._frame_predicted``: a segment that fits the link MTU, to a
+        neighbour whose entry is REACHABLE (an entry in the neighbour cache is on-link, RFC 4861
+        5.1), with no path MTU of its own, on an untraced core with room in the outbox: the
+        frame written whole from the connection's header template -- what ``ip6_output`` ->
+        ``nd6_resolve`` -> ``ether_output6`` do, with their counters.  False (nothing written,
+        nothing counted) for everything else, which the general path then sends."""
+        core = self.core
+        ip6 = core.ip6
+        if ip6 is None or hasattr(core.__class__, "_yas_tracer"):
+            return False
+        dst = self.remote_ip & _ADDRESS
+        entry = ip6.nd6.cache.get(dst)
+        if (
+            entry is None
+            or entry.state != REACHABLE
+            or now >= entry.reachable_until
+            or dst in ip6.pmtu
+            or len(core.outbox) >= core.outbox_limit
+        ):
+            return False
+        mac = entry.mac
+        if mac != self._mac6:
+            header = bytearray(FRAME_HEADROOM6)
+            ETHER_HEADER.pack_into(header, 0, mac, core.mac, ETHERTYPE_IPV6)
+            local = self.local_ip6
+            IPV6_HEADER.pack_into(
+                header, ETHER_HEADER_LEN, 6 << 28, 0, IPPROTO_TCP, ip6.config.default_hop_limit,
+                local >> 64, local & _MASK64, dst >> 64, dst & _MASK64,
+            )  # fmt: skip
+            self._header6, self._mac6 = bytes(header), mac
+        frame = bytearray(self._header6)
+        frame += memoryview(packet)[FRAME_HEADROOM : FRAME_HEADROOM + tcp_len]
+        frame[18] = tcp_len >> 8  # the payload length
+        frame[19] = tcp_len & 0xFF
+        frame[FRAME_HEADROOM6 + 16] = frame[FRAME_HEADROOM6 + 17] = 0  # (an offload's partial sum)
+        field = ~sum16(frame, FRAME_HEADROOM6, tcp_len, self._pseudo6 + tcp_len) & 0xFFFF
+        frame[FRAME_HEADROOM6 + 16] = field >> 8
+        frame[FRAME_HEADROOM6 + 17] = field & 0xFF
+        self.stats.segments_sent += 1
+        ip6.stats.sent += 1
+        core.transmit(frame)
+        return True
 
 
 def tcp6_checksum_and_send(
