@@ -14,6 +14,7 @@ import hashlib
 import itertools
 from dataclasses import replace
 from ipaddress import IPv4Address
+from typing import Any
 
 import pytest
 from test_stack_ipv6 import A_MAC, B_MAC, ETH, A, B, core6, exchange, icmp6_frame, pair
@@ -23,7 +24,8 @@ from trio_yastack.dispatch._rss import Reta
 from trio_yastack.nic.tap import VNET_HDR, _offload_header, complete_checksum
 from trio_yastack.stack import IP6_KEY, ChecksumVerified, OffloadPacket, StackCore, TcpConnection6, TcpState
 from trio_yastack.stack._native import sum16
-from trio_yastack.stack.tcp import TcpConnection, TcpListener
+from trio_yastack.stack.tcp import TcpConnection, TcpListener, _layer
+from trio_yastack.stack.tcp._tcp6 import predicted_input
 from trio_yastack.stack.wire.icmpv6 import Icmpv6Repr
 from trio_yastack.stack.wire.ipv4 import IPPROTO_TCP
 from trio_yastack.stack.wire.ipv6 import Ipv6Repr, pseudo_header_sum6
@@ -413,3 +415,60 @@ def test_forward_progress_confirms_the_neighbour_and_segments_take_the_predicted
     (general,) = ours.take_outbox()
     assert len(general) == len(predicted) and tcp6_of(general)[1].payload == b"c" * 100
     assert general[:54] == predicted[:54]  # Ethernet + IPv6 headers alike
+
+
+def _conversation(fast: bool) -> tuple[list[bytes], dict[str, int]]:
+    """Requests and responses over IPv6 with both cores' ``fast_path`` as given: every frame we
+    sent and our TCP counters."""
+    kernel, ours = pair()
+    kernel.fast_path = ours.fast_path = fast
+    client, server, _ = connected(kernel, ours)
+    sent: list[bytes] = []
+    now = 0.01
+    for i in range(30):
+        client.send(b"request %d " % i * (1 + i * 40), now)  # up to ~14 KB: several segments
+        for _ in range(20):
+            moved = False
+            for frame in kernel.take_outbox():
+                ours.ether_input(bytes(frame), now)
+                moved = True
+            got = server.receive(1 << 20, now)
+            if got:
+                server.send(got.upper(), now)
+            for frame in ours.take_outbox():
+                sent.append(bytes(frame))
+                kernel.ether_input(bytes(frame), now)
+                moved = True
+            client.receive(1 << 20, now)
+            kernel.run_timers(now)
+            ours.run_timers(now)
+            now += 0.05
+            if not moved:
+                break
+    stats = ours.statistics().tcp
+    counters = {name: getattr(stats, name) for name in ("segments_received", "segments_sent", "bytes_sent")}
+    return sent, counters
+
+
+def test_the_predicted_input_over_ipv6_sends_what_the_general_path_sends(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The differential test of ``_tcp6.predicted_input`` (header prediction and
+    ``ack_and_data_input`` for IPv6 segments): the same conversation with it on and off sends
+    the same frames, byte for byte, and counts the same."""
+    taken: list[bool] = []
+
+    def counting(*args: Any) -> bool:
+        result = predicted_input(*args)
+        taken.append(result)
+        return result
+
+    monkeypatch.setattr(_layer, "predicted_input", counting)
+    predicted, counted = _conversation(True)
+    assert taken.count(True) > 30  # it took most segments
+    taken.clear()
+    general, counted_general = _conversation(False)
+    assert not taken
+    assert len(predicted) > 60
+    assert predicted == general
+    assert counted == counted_general

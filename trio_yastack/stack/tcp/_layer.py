@@ -29,6 +29,7 @@ from ..wire.tcp import (
     TCP_FIN,
     TCP_HEADER,
     TCP_HEADER_LEN,
+    TCP_PSH,
     TCP_RST,
     TCP_SYN,
     TcpOptions,
@@ -39,7 +40,7 @@ from ._conn import TcpConnection
 from ._output import _ACK_WITH_TIMESTAMPS, tcp_checksum_and_send, window_shift_for
 from ._states import CLOSED, ESTABLISHED, LISTEN, SYN_RECEIVED, SYN_SENT, TIME_WAIT
 from ._syncookie import CookieOptions, SynCookies
-from ._tcp6 import IP6_KEY, TcpConnection6, format_remote, tcp6_checksum_and_send
+from ._tcp6 import IP6_KEY, TcpConnection6, format_remote, predicted_input, tcp6_checksum_and_send
 
 if TYPE_CHECKING:
     from .._core import StackCore
@@ -796,7 +797,16 @@ class TcpLayer:
         conn = self.connections.get(key)
         if conn is not None:
             snd_una = conn.snd_una
-            conn.segment_arrives(buf, data_start, end, seq, ack, flags, window, options, tsval, tsecr, now)
+            if not (
+                options is None
+                and flags & ~TCP_PSH == TCP_ACK
+                and conn.__class__ is TcpConnection6
+                and self.core.fast_path
+                and predicted_input(conn, buf, data_start, end, seq, ack, flags, window, tsval, tsecr, now)
+            ):
+                conn.segment_arrives(
+                    buf, data_start, end, seq, ack, flags, window, options, tsval, tsecr, now
+                )
             if conn.snd_una > snd_una:
                 ip6.nd6.nud_hint(src, now)  # forward progress: the neighbour is reachable (ND6_HINT)
             return

@@ -39,7 +39,8 @@ from ..wire.ipv4 import IPPROTO_TCP
 from ..wire.ipv6 import IPV6_HEADER, IPV6_HEADER_LEN, pseudo_header_sum6
 from ..wire.tcp import TCP_FIN, TCP_PSH
 from ._conn import TcpConnection
-from ._states import TcpState
+from ._fastpath import ack_and_data_input
+from ._states import ESTABLISHED, TcpState
 
 if TYPE_CHECKING:
     from .._core import StackCore
@@ -171,6 +172,33 @@ class TcpConnection6(TcpConnection):
         ip6.stats.sent += 1
         core.transmit(frame)
         return True
+
+
+def predicted_input(
+    conn: TcpConnection6,
+    buf: bytes,
+    start: int,
+    end: int,
+    seq: int,
+    ack: int,
+    flags: int,
+    window: int,
+    tsval: int,
+    tsecr: int,
+    now: float,
+) -> bool:
+    """The established-connection prediction of ``_fastpath.fast_input`` for a segment that came
+    over IPv6 (ACK, maybe PSH, no options but aligned timestamps; ``tcp6_input`` checked those):
+    the same declines, then the connection's own header prediction, then
+    ``ack_and_data_input``.  There is no classifying pass in C for IPv6; this is its Python
+    half.  ``False``: nothing changed, the general path runs."""
+    if conn.state != ESTABLISHED or conn.in_recovery or conn.rxtshift or conn.frto or len(conn.scoreboard):
+        return False
+    conn.last_activity = now  # as segment_arrives does first (the slow path would repeat it)
+    conn.keep_probes = 0
+    if conn.header_prediction(buf, start, end, seq, ack, flags, window, tsval, tsecr, now):
+        return True
+    return ack_and_data_input(conn, buf, start, end, seq, ack, flags, window, tsval, tsecr, now)
 
 
 def tcp6_checksum_and_send(
