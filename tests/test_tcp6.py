@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import itertools
+import socket
 from dataclasses import replace
 from ipaddress import IPv4Address
 from typing import Any
@@ -472,3 +473,47 @@ def test_the_predicted_input_over_ipv6_sends_what_the_general_path_sends(
     assert len(predicted) > 60
     assert predicted == general
     assert counted == counted_general
+
+
+async def test_tcp_over_ipv6_journeys_pass_tcp_input_and_the_traced_output(autojump_clock: object) -> None:
+    """A traced stack serving TCP over IPv6 on a memory wire: a segment's journey goes
+    ether_input -> ip6_input -> tcp_input (the shared hop name) -> sbappend, and our segments'
+    journeys leave through ip6_output -> nd6_resolve (a traced core takes no predicted path)."""
+    import trio
+
+    from trio_yastack import open_stack
+    from trio_yastack.journey import CoreTracer, Journey, TraceSubscription
+    from trio_yastack.nic import memory_wire
+    from trio_yastack.stack import Ip6Config
+
+    port_a, port_b = memory_wire(latency=0.001)
+    journeys: list[Journey] = []
+    no_dad = Ip6Config(dad_transmits=0, router_solicitations=0)
+    async with (
+        open_stack(port_a, ip=["198.18.0.2/24", "2001:2::2/64"], seed=1, ip6=no_dad) as server,
+        open_stack(port_b, ip=["198.18.0.1/24", "2001:2::1/64"], seed=2, ip6=no_dad) as client,
+    ):
+        listener = server.socket(socket.AF_INET6)
+        await listener.bind(("::", 8000))
+        listener.listen()
+        tracer = CoreTracer(server.core, server.port, server._loop)
+        tracer.subscribe(TraceSubscription(journeys.append))
+        try:
+            with trio.fail_after(10):
+                sock = client.socket(socket.AF_INET6)
+                await sock.connect(("2001:2::2", 8000))
+                accepted, _ = await listener.accept()
+                await sock.send(b"traced over six")
+                assert await accepted.recv(100) == b"traced over six"
+                await accepted.send(b"and back")
+                assert await sock.recv(100) == b"and back"
+        finally:
+            tracer.close()
+            for s in (sock, accepted, listener):
+                s.close()
+    paths = [[hop.layer for hop in journey.hops] for journey in journeys]
+    assert any(path[:4] == ["rx_burst", "ether_input", "ip6_input", "tcp_input"] for path in paths), paths
+    assert any("sbappend" in path for path in paths), paths
+    assert any(path[:2] == ["ip6_output", "nd6_resolve"] for path in paths), paths
+    notes = [hop.note for journey in journeys for hop in journey.hops if hop.layer == "tcp_input"]
+    assert any("over IPv6" in note for note in notes), notes

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias
 
 import trio
 
-from trio_yastack.stack import StackCore, TcpConnection, TcpLayer, TcpListener, TcpState
+from trio_yastack.stack import IP6_KEY, StackCore, TcpConnection, TcpLayer, TcpListener, TcpState
 
 from . import _tls
 from ._filter import PROTO_TCP, PacketFilter, PacketInfo, packet_info
@@ -432,14 +432,35 @@ class _TcpLayerTrace(_TcpLayerBase):
     def tcp6_input(
         self, buf: bytes, start: int, end: int, src: int, dst: int, ip_offset: int, now: float
     ) -> None:
-        """TCP over IPv6 is the same ``tcp_input`` hop (as ``udp6_input`` is ``udp_input``)."""
+        """TCP over IPv6 is the same ``tcp_input`` hop (as ``udp6_input`` is ``udp_input``), its
+        connection found by the IPv6 key (``IP6_KEY``)."""
         tracer = self._yas_tracer
         journey = tracer.current_in
-        if journey is not None and end - start >= 20:
-            segment = TcpSegment.from_frame(buf, start, end=end)
-            fields = f"seq {segment.seq} ack {segment.ack} [{segment.flags}] len {segment.payload_len}"
-            tracer.hop(journey, "tcp_input", f"{fields} over IPv6", segment=segment)
+        if journey is None or end - start < 20:
+            return self._yas_original.tcp6_input(self, buf, start, end, src, dst, ip_offset, now)
+        sport = buf[start] << 8 | buf[start + 1]
+        dport = buf[start + 2] << 8 | buf[start + 3]
+        key = (dport, src | IP6_KEY, sport)
+        connections = self.connections
+        conn = connections.get(key)
+        before = _state_name(conn.state) if conn is not None else _listening(self, dport)
+        held_before = len(conn.rcvbuf) if conn is not None else 0
+        segment = TcpSegment.from_frame(buf, start, end=end)
+        hop = tracer.hop(journey, "tcp_input", f"{before} -> (over IPv6)", segment=segment, conn=conn)
         self._yas_original.tcp6_input(self, buf, start, end, src, dst, ip_offset, now)
+        after_conn = connections.get(key)
+        after = _state_name(after_conn.state) if after_conn is not None else _listening(self, dport)
+        if conn is not None and after_conn is None:
+            after = _state_name(conn.state)
+        fields = f"seq {segment.seq} ack {segment.ack} [{segment.flags}] len {segment.payload_len}"
+        hop.note = f"{before} -> {after}, {fields}, over IPv6"
+        if after_conn is not None:
+            grown = len(after_conn.rcvbuf) - (held_before if after_conn is conn else 0)
+            if grown > 0:
+                tracer.hop(
+                    journey, "sbappend", f"{grown} bytes, {len(after_conn.rcvbuf)} in the receive buffer"
+                )
+                tracer._wait_for_read(after_conn, journey, grown)
 
     def _attach(self, conn: TcpConnection) -> None:
         self._yas_original._attach(self, conn)
