@@ -13,12 +13,13 @@ import errno
 import hashlib
 import itertools
 import socket
+import struct
 from dataclasses import replace
 from ipaddress import IPv4Address
 from typing import Any
 
 import pytest
-from test_stack_ipv6 import A_MAC, B_MAC, ETH, A, B, core6, exchange, icmp6_frame, pair
+from test_stack_ipv6 import A_MAC, B_MAC, ETH, A, B, core6, exchange, frame6, icmp6_frame, pair
 
 from trio_yastack.dispatch._percore import CoreLayout, flow_owner
 from trio_yastack.dispatch._rss import Reta
@@ -30,7 +31,7 @@ from trio_yastack.stack.tcp._tcp6 import predicted_input
 from trio_yastack.stack.wire.icmpv6 import Icmpv6Repr
 from trio_yastack.stack.wire.ipv4 import IPPROTO_TCP
 from trio_yastack.stack.wire.ipv6 import Ipv6Repr, pseudo_header_sum6
-from trio_yastack.stack.wire.tcp import TCP_RST, TCP_SYN, TcpRepr
+from trio_yastack.stack.wire.tcp import TCP_ACK, TCP_RST, TCP_SYN, TcpRepr
 
 A4, B4 = 0xC6120001, 0xC6120002  # 198.18.0.1, 198.18.0.2
 
@@ -517,3 +518,26 @@ async def test_tcp_over_ipv6_journeys_pass_tcp_input_and_the_traced_output(autoj
     assert any(path[:2] == ["ip6_output", "nd6_resolve"] for path in paths), paths
     notes = [hop.note for journey in journeys for hop in journey.hops if hop.layer == "tcp_input"]
     assert any("over IPv6" in note for note in notes), notes
+
+
+def _syn6(src: int, dst: int, *, checksum_ok: bool = True) -> bytes:
+    """A bare SYN from ``src`` to ``dst``:80, its checksum over the IPv6 pseudo-header (or wrong)."""
+    segment = bytearray(struct.pack("!HHIIBBHHH", 40000, 80, 1000, 0, 0x50, TCP_SYN, 65535, 0, 0))
+    checksum = ~sum16(bytes(segment), 0, 20, pseudo_header_sum6(src, dst, IPPROTO_TCP, 20)) & 0xFFFF
+    struct.pack_into("!H", segment, 16, checksum if checksum_ok else checksum ^ 0x0101)
+    return frame6(A_MAC, B_MAC, src, dst, IPPROTO_TCP, bytes(segment))
+
+
+def test_hostile_segments_over_ipv6_are_counted_drops() -> None:
+    """A bad checksum over the IPv6 pseudo-header and a SYN to a multicast group we joined (the
+    all-nodes group): each a counted drop, never answered; the same SYN well formed is."""
+    _kernel, ours = pair()
+    ours.tcp.listen6(80)
+    ours.ether_input(_syn6(A, B, checksum_ok=False), 0.0)
+    all_nodes = 0xFF02 << 112 | 1
+    ours.ether_input(_syn6(A, all_nodes), 0.0)
+    assert ours.take_outbox() == []
+    assert ours.stats_tcp.dropped == {"bad_checksum": 1, "not_unicast": 1}
+    ours.ether_input(_syn6(A, B), 0.0)  # the same SYN, well formed: answered
+    (syn_ack,) = ours.take_outbox()
+    assert tcp6_of(syn_ack)[1].flags == TCP_SYN | TCP_ACK
