@@ -541,3 +541,16 @@ def test_hostile_segments_over_ipv6_are_counted_drops() -> None:
     ours.ether_input(_syn6(A, B), 0.0)  # the same SYN, well formed: answered
     (syn_ack,) = ours.take_outbox()
     assert tcp6_of(syn_ack)[1].flags == TCP_SYN | TCP_ACK
+
+
+def test_a_new_connection_starts_within_the_path_mtu_already_known() -> None:
+    """RFC 8201 5.2: a Packet Too Big about an earlier connection lowered the path MTU to the
+    peer; a new connection's MSS starts there rather than at the link's (nothing resent)."""
+    kernel, ours = pair()
+    assert ours.ip6 is not None
+    ours.ip6.update_pmtu(A, 1400, 0.0)
+    _client, server, _ = connected(kernel, ours)
+    assert server.mss == 1400 - 60 - 12
+    ours.ip6.pmtu.clear()  # (expired, as after 10 minutes)
+    _client, other, _ = connected(kernel, ours, port=81)
+    assert other.mss == 1500 - 60 - 12

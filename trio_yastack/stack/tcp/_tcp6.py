@@ -118,6 +118,14 @@ class TcpConnection6(TcpConnection):
             f"{format_remote(self.remote_ip)}:{self.remote_port} {TcpState(self.state).name}>"
         )
 
+    def set_mss(self, mss: int) -> None:
+        """The base's, within the path MTU to the peer ``ip6`` already knows (a Packet Too Big
+        about an earlier connection, RFC 8201 5.2: the MSS of a new connection starts there)."""
+        ip6 = self.core.ip6
+        if ip6 is not None and ip6.pmtu:
+            mss = min(mss, ip6.path_mtu(self.remote_ip & _ADDRESS, self.last_activity) - self.IP_TCP_HEADERS)
+        super().set_mss(mss)
+
     def _checksum_and_send(self, packet: bytearray, tcp_len: int, now: float) -> None:
         """The bottom of every segment: predicted (:meth:`_frame_predicted6`), else through
         :func:`tcp6_checksum_and_send` and ``ip6_output``."""
