@@ -554,3 +554,22 @@ def test_a_new_connection_starts_within_the_path_mtu_already_known() -> None:
     ours.ip6.pmtu.clear()  # (expired, as after 10 minutes)
     _client, other, _ = connected(kernel, ours, port=81)
     assert other.mss == 1500 - 60 - 12
+
+
+def test_time_wait_answers_a_retransmitted_fin_over_ipv6() -> None:
+    """The compact TIME_WAIT record has no connection object to send with: its ACK of a
+    retransmitted FIN leaves over IPv6 from the record's keyed address, with a valid checksum."""
+    kernel, ours = pair()
+    client, server, _ = connected(kernel, ours)
+    server.close(0.1)  # we close first: we end in TIME_WAIT
+    exchange(kernel, ours, 0.1)
+    client.close(0.2)
+    (fin,) = kernel.take_outbox()
+    ours.ether_input(bytes(fin), 0.2)
+    ours.take_outbox()  # our ACK of it
+    assert len(ours.tcp.time_wait) == 1 and server.state == TcpState.TIME_WAIT
+    ours.ether_input(bytes(fin), 0.3)  # as if our ACK was lost
+    (again,) = ours.take_outbox()
+    header, segment = tcp6_of(again)
+    assert (int(header.src), int(header.dst)) == (B, A) and segment.flags == TCP_ACK
+    assert segment.ack == (tcp6_of(fin)[1].seq + 1) & 0xFFFFFFFF
