@@ -573,3 +573,21 @@ def test_time_wait_answers_a_retransmitted_fin_over_ipv6() -> None:
     header, segment = tcp6_of(again)
     assert (int(header.src), int(header.dst)) == (B, A) and segment.flags == TCP_ACK
     assert segment.ack == (tcp6_of(fin)[1].seq + 1) & 0xFFFFFFFF
+
+
+def test_a_syn_on_an_established_ipv6_connection_gets_a_challenge_ack() -> None:
+    """RFC 5961 4.2 over IPv6: a SYN for an established pair (a blind attacker's, or a peer that
+    restarted) is answered with a challenge ACK at RCV.NXT, the connection left as it was."""
+    kernel, ours = pair()
+    client, server, _ = connected(kernel, ours)
+    in_window = server.rcv_nxt & 0xFFFFFFFF
+    syn = bytearray(
+        struct.pack("!HHIIBBHHH", client.local_port, 80, in_window, 0, 0x50, TCP_SYN, 65535, 0, 0)
+    )
+    checksum = ~sum16(bytes(syn), 0, 20, pseudo_header_sum6(A, B, IPPROTO_TCP, 20)) & 0xFFFF
+    struct.pack_into("!H", syn, 16, checksum)
+    ours.ether_input(frame6(A_MAC, B_MAC, A, B, IPPROTO_TCP, bytes(syn)), 0.1)
+    (challenge,) = ours.take_outbox()
+    _header, segment = tcp6_of(challenge)
+    assert segment.flags == TCP_ACK and segment.ack == server.rcv_nxt & 0xFFFFFFFF
+    assert server.state == TcpState.ESTABLISHED and ours.stats_tcp.challenge_acks_sent == 1
