@@ -129,7 +129,7 @@ class TcpConnection6(TcpConnection):
     def _checksum_and_send(self, packet: bytearray, tcp_len: int, now: float) -> None:
         """The bottom of every segment: predicted (:meth:`_frame_predicted6`), else through
         :func:`tcp6_checksum_and_send` and ``ip6_output``."""
-        if tcp_len <= self.core.mtu - IPV6_HEADER_LEN and self._frame_predicted6(packet, tcp_len, now):
+        if self._frame_predicted6(packet, tcp_len, now):
             return
         error = tcp6_checksum_and_send(
             self.core, self.stats, packet, tcp_len, self.remote_ip & _ADDRESS, now, src=self.local_ip6
@@ -151,7 +151,8 @@ class TcpConnection6(TcpConnection):
         dst = self.remote_ip & _ADDRESS
         entry = ip6.nd6.cache.get(dst)
         if (
-            entry is None
+            tcp_len > ip6.link_mtu - IPV6_HEADER_LEN
+            or entry is None
             or entry.state != REACHABLE
             or now >= entry.reachable_until
             or dst in ip6.pmtu
