@@ -117,7 +117,7 @@ async def _listen(stack: Stack, bind: str, backlog: int) -> trio.SocketListener:
 
 def _display(bind: str, stack: Stack, scheme: str) -> str:
     host, port = _parse_bind(bind, stack)
-    return f"{scheme}://{stack.address if host == '0.0.0.0' else show_host(host)}:{port}"
+    return f"{scheme}://{stack.address if host in ('0.0.0.0', '::') else show_host(host)}:{port}"
 
 
 async def serve_asgi_hypercorn(

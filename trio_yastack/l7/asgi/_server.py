@@ -219,7 +219,7 @@ async def _stack_listener(stack: Stack, bind: str, backlog: int) -> tuple[trio.S
     sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEADDR, 1)
     await sock.bind((host, port))
     sock.listen(backlog)
-    shown = stack.address if host == "0.0.0.0" else show_host(host)
+    shown = stack.address if host in ("0.0.0.0", "::") else show_host(host)  # (:: takes IPv4 too)
     return trio.SocketListener(sock), f"{shown}:{sock.getsockname()[1]}"
 
 
