@@ -11,7 +11,8 @@ in them.  Every rig is measured the same way:
   receive path plus the first two layers, not the sender's speed.
 - ``responder``: the 25-line trio HTTP responder below (keep-alive, 13-byte body) over the
   stack on the port, under ``wrk -t1 -c50`` from the kernel side; the peer is the same program on
-  kernel sockets over a veth pair between two namespaces.
+  kernel sockets over a veth pair between two namespaces.  The ``tap6`` rig runs it over IPv6
+  (wrk to ``[2001:2::2]``, the stack with both families; this row only), beside ``tap``'s IPv4.
 - ``bulk``: TCP Gbit/s, kernel -> stack and stack -> kernel (``kernel_peer`` on the kernel side),
   against kernel -> kernel over the same kind of veth (``bench_tap.run_veth``).
 - ``idle``: the CPU (percent of one core) of a stack idling on the port for ``--seconds``: what
@@ -56,6 +57,7 @@ HERE = Path(__file__).resolve()
 RESULTS = HERE.parent / "results"
 STACK_IP = "198.18.0.2"
 KERNEL_IP = "198.18.0.1"
+STACK6, KERNEL6 = "2001:2::2", "2001:2::1"
 NOT_OURS = "198.18.0.99"  # the frames benchmark's destination: on-link, never the stack's
 HTTP_PORT = 8080
 BULK_PORT = 5201
@@ -75,6 +77,8 @@ class Rig:
     #: (DPDK's PMD rings: 512 for net_af_packet, 1024 for net_af_xdp): the frames row queues no
     #: more than this, or the rest would be dropped before the drain starts
     rx_queue_frames: int | None = None
+    #: the responder over IPv6 (the only row such a rig has)
+    ipv6: bool = False
 
     def open(self) -> Port:
         with self.stack_ns.entered():
@@ -93,7 +97,15 @@ def tap_rigs() -> dict[str, RigFactory]:
         with NetworkNamespace("yasp") as namespace:
             yield Rig("tap:yas0", namespace, namespace, "yas0")
 
-    return {"tap": tap}
+    @contextlib.contextmanager
+    def tap6() -> Iterator[Rig]:
+        with NetworkNamespace("yasp") as namespace:
+            for knob in ("all", "default"):
+                for setting in ("disable_ipv6=0", "accept_dad=0", "router_solicitations=0"):
+                    namespace.run(["sysctl", "-q", "-w", f"net.ipv6.conf.{knob}.{setting}"], check=True)
+            yield Rig("tap:yas0", namespace, namespace, "yas0", ipv6=True)
+
+    return {"tap": tap, "tap6": tap6}
 
 
 def af_packet_rigs() -> dict[str, RigFactory]:
@@ -257,22 +269,34 @@ async def serve_responder(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
 
 
-def serve(spec: str | None) -> None:
-    """The responder process: on the stack over ``spec``, or on kernel sockets (``None``)."""
+def serve(spec: str | None, ipv6: bool = False) -> None:
+    """The responder process: on the stack over ``spec``, or on kernel sockets (``None``); with
+    ``ipv6`` the stack has 2001:2::2/64 beside its IPv4 address (trio.serve_tcp listens on both)."""
     if spec is None:
         trio.run(serve_responder)
+    elif ipv6:
+        import trio_yastack
+        from trio_yastack.stack import Ip6Config
+
+        ip6 = Ip6Config(dad_transmits=0, router_solicitations=0)
+        trio_yastack.run(serve_responder, nic=spec, ip=[f"{STACK_IP}/24", f"{STACK6}/64"], ip6=ip6)
     else:
         import trio_yastack
 
         trio_yastack.run(serve_responder, nic=spec, ip=f"{STACK_IP}/24")
 
 
-def _wrk(kernel_ns: NetworkNamespace, server: subprocess.Popen[str], seconds: int) -> dict[str, float]:
+def _wrk(
+    kernel_ns: NetworkNamespace, server: subprocess.Popen[str], seconds: int, ipv6: bool = False
+) -> dict[str, float]:
     assert server.stdout is not None
     line = server.stdout.readline()
     if "ready" not in line:
         raise RuntimeError(f"the responder did not start: {line!r}")
     url = f"http://{STACK_IP}:{HTTP_PORT}/"
+    if ipv6:  # the TAP exists now (the responder made it): the kernel's IPv6 address on it
+        kernel_ns.run(["ip", "-6", "addr", "add", f"{KERNEL6}/64", "dev", "yas0", "nodad"], check=True)
+        url = f"http://[{STACK6}]:{HTTP_PORT}/"
     for _ in range(50):  # the first request also waits for ARP: bounded retries
         if kernel_ns.run(["curl", "-sS", "-m", "2", url]).returncode == 0:
             break
@@ -282,14 +306,14 @@ def _wrk(kernel_ns: NetworkNamespace, server: subprocess.Popen[str], seconds: in
     return parse_wrk(done.stdout)
 
 
-def _responder_command(spec: str | None) -> list[str]:
-    return [sys.executable, str(HERE), "--serve", spec or "kernel"]
+def _responder_command(spec: str | None, ipv6: bool = False) -> list[str]:
+    return [sys.executable, str(HERE), "--serve", spec or "kernel", *(["--serve6"] if ipv6 else [])]
 
 
 def run_responder(factory: RigFactory, seconds: int) -> dict[str, float]:
     with factory() as rig:
-        server = rig.stack_ns.popen(_responder_command(rig.spec), stdout=subprocess.PIPE, text=True)
-        return _wrk(rig.kernel_ns, server, seconds)
+        server = rig.stack_ns.popen(_responder_command(rig.spec, rig.ipv6), stdout=subprocess.PIPE, text=True)
+        return _wrk(rig.kernel_ns, server, seconds, rig.ipv6)
 
 
 def run_responder_kernel(seconds: int) -> dict[str, float]:
@@ -359,9 +383,10 @@ def main() -> None:
     parser.add_argument("--only", default="frames,responder,bulk,idle", help="which measurements")
     parser.add_argument("--quick", action="store_true", help="short runs, 1 round (smoke)")
     parser.add_argument("--serve", help=argparse.SUPPRESS)  # the responder process itself
+    parser.add_argument("--serve6", action="store_true", help=argparse.SUPPRESS)  # ... over IPv6 too
     args = parser.parse_args()
     if args.serve:
-        serve(None if args.serve == "kernel" else args.serve)
+        serve(None if args.serve == "kernel" else args.serve, args.serve6)
         return
     reason = netns_unavailable_reason()
     if reason:
@@ -377,6 +402,10 @@ def main() -> None:
     cases: dict[str, Callable[[], dict[str, float]]] = {}
     for name in chosen:
         factory = rigs[name]
+        if name == "tap6":  # the IPv6 rig: the responder row only
+            if "responder" in only:
+                cases[f"{name} responder"] = partial(run_responder, factory, seconds)
+            continue
         if "frames" in only:
             for length in (64, 1514):
                 cases[f"{name} frames {length}B"] = partial(run_frames, factory, length, args.frames)

@@ -4,7 +4,8 @@ Every case runs in namespaces made for it (198.18.0.1 kernel side, 198.18.0.2 th
 moves the same bytes with the same kernel-side program (``trio_yastack.nic.kernel_peer``):
 
 - ours, kernel -> stack and stack -> kernel, with offloads on (virtio-net header: GSO frames in,
-  TSO frames out) and off (plain 1514-byte frames);
+  TSO frames out) and off (plain 1514-byte frames); and the offloads-on pair over IPv6
+  (2001:2::1 kernel side, 2001:2::2 the stack), in the same rounds, beside the IPv4 rows;
 - the peer: kernel -> kernel over a veth pair between two namespaces (``kernel_peer`` on both
   ends; ``iperf3`` too when it is installed, for reference).
 
@@ -36,7 +37,7 @@ from _common import machine, spread
 from trio_yastack import open_stack
 from trio_yastack.nic.kernel_peer import pattern_block
 from trio_yastack.nic.netns import NetworkNamespace, netns_unavailable_reason, tap_in_netns, veth_pair
-from trio_yastack.stack import _native
+from trio_yastack.stack import Ip6Config, _native
 
 RESULTS = Path(__file__).parent / "results"
 PORT = 5201
@@ -50,9 +51,21 @@ def busy_seconds() -> float:
     return (sum(fields) - fields[3] - fields[4]) / ticks
 
 
-def peer(namespace: NetworkNamespace, *args: object) -> subprocess.Popen[str]:
+KERNEL6, STACK6 = "2001:2::1", "2001:2::2"
+
+
+def peer(namespace: NetworkNamespace, *args: object, bind: str = "0.0.0.0") -> subprocess.Popen[str]:
     return namespace.popen(
-        [sys.executable, "-m", "trio_yastack.nic.kernel_peer", "--timeout", "120", *map(str, args)],
+        [
+            sys.executable,
+            "-m",
+            "trio_yastack.nic.kernel_peer",
+            "--timeout",
+            "120",
+            "--bind",
+            bind,
+            *map(str, args),
+        ],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -65,54 +78,73 @@ def finish(process: subprocess.Popen[str]) -> dict[str, Any]:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def run_ours(direction: str, offloads: bool, nbytes: int, mtu: int) -> dict[str, float]:
+def _ipv6_on(namespace: NetworkNamespace) -> None:
+    """IPv6 in the namespace with its addresses usable at once (no DAD, no router solicitation)."""
+    for knob in ("all", "default"):
+        for setting in ("disable_ipv6=0", "accept_dad=0", "router_solicitations=0"):
+            namespace.run(["sysctl", "-q", "-w", f"net.ipv6.conf.{knob}.{setting}"], check=True)
+
+
+def run_ours(direction: str, offloads: bool, nbytes: int, mtu: int, ipv6: bool = False) -> dict[str, float]:
     """One transfer between the kernel and a stack on a TAP; the stack side drives and times."""
-    with NetworkNamespace("yasb") as namespace, tap_in_netns(namespace, offloads=offloads, mtu=mtu) as port:
+    with NetworkNamespace("yasb") as namespace:
+        if ipv6:
+            _ipv6_on(namespace)
+        with tap_in_netns(namespace, offloads=offloads, mtu=mtu, disable_ipv6=not ipv6) as port:
+            if ipv6:
+                namespace.run(
+                    ["ip", "-6", "addr", "add", f"{KERNEL6}/64", "dev", "yas0", "nodad"], check=True
+                )
+            return trio.run(_ours, namespace, port, direction, nbytes, ipv6)
 
-        async def main() -> dict[str, float]:
-            async with open_stack(port, ip="198.18.0.2/24"):
-                sock = trio.socket.socket()
-                if direction == "in":
-                    sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, 4 << 20)
-                    await sock.bind(("0.0.0.0", PORT))
-                    sock.listen(1)
-                    process = peer(namespace, "send", "198.18.0.2", PORT, nbytes)
-                    conn, _ = await sock.accept()
-                    busy, started = busy_seconds(), time.monotonic()
-                    received = 0
-                    while chunk := await conn.recv(1 << 20):
-                        received += len(chunk)
-                    elapsed, busy = time.monotonic() - started, busy_seconds() - busy
-                    conn.close()
-                else:
-                    sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_SNDBUF, 4 << 20)
-                    process = peer(namespace, "recv", PORT)
-                    await trio.to_thread.run_sync(process.stdout.readline)  # type: ignore[union-attr]
-                    await sock.connect(("198.18.0.1", PORT))
-                    block = pattern_block(0)
-                    busy, started = busy_seconds(), time.monotonic()
-                    sent = 0
-                    while sent < nbytes:
-                        view = memoryview(block)[: nbytes - sent]
-                        while view:
-                            view = view[await sock.send(view) :]
-                        sent += len(block[: nbytes - sent])
-                    sock.shutdown(trio.socket.SHUT_WR)
-                    while await sock.recv(65536):
-                        pass
-                    elapsed, busy = time.monotonic() - started, busy_seconds() - busy
-                    received = sent
-                sock.close()
-                result = await trio.to_thread.run_sync(finish, process)
-                if result["bytes"] != nbytes or received != nbytes:
-                    raise RuntimeError(f"moved {received} of {nbytes} bytes: {result}")
-                return {
-                    "gbit_per_s": nbytes * 8 / elapsed / 1e9,
-                    "cpu_s_per_gb": busy / (nbytes / 1e9),
-                    "kernel_retransmits": result["tcp_info"]["retransmits_total"],
-                }
 
-        return trio.run(main)
+async def _ours(
+    namespace: NetworkNamespace, port: Any, direction: str, nbytes: int, ipv6: bool
+) -> dict[str, float]:
+    ip: list[str] = ["198.18.0.2/24", f"{STACK6}/64"] if ipv6 else ["198.18.0.2/24"]
+    family = trio.socket.AF_INET6 if ipv6 else trio.socket.AF_INET
+    options: dict[str, Any] = {"ip6": Ip6Config(dad_transmits=0, router_solicitations=0)} if ipv6 else {}
+    async with open_stack(port, ip=ip, **options):
+        sock = trio.socket.socket(family)
+        if direction == "in":
+            sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, 4 << 20)
+            await sock.bind(("::" if ipv6 else "0.0.0.0", PORT))
+            sock.listen(1)
+            process = peer(namespace, "send", STACK6 if ipv6 else "198.18.0.2", PORT, nbytes)
+            conn, _ = await sock.accept()
+            busy, started = busy_seconds(), time.monotonic()
+            received = 0
+            while chunk := await conn.recv(1 << 20):
+                received += len(chunk)
+            elapsed, busy = time.monotonic() - started, busy_seconds() - busy
+            conn.close()
+        else:
+            sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_SNDBUF, 4 << 20)
+            process = peer(namespace, "recv", PORT, bind="::" if ipv6 else "0.0.0.0")
+            await trio.to_thread.run_sync(process.stdout.readline)  # type: ignore[union-attr]
+            await sock.connect((KERNEL6 if ipv6 else "198.18.0.1", PORT))
+            block = pattern_block(0)
+            busy, started = busy_seconds(), time.monotonic()
+            sent = 0
+            while sent < nbytes:
+                view = memoryview(block)[: nbytes - sent]
+                while view:
+                    view = view[await sock.send(view) :]
+                sent += len(block[: nbytes - sent])
+            sock.shutdown(trio.socket.SHUT_WR)
+            while await sock.recv(65536):
+                pass
+            elapsed, busy = time.monotonic() - started, busy_seconds() - busy
+            received = sent
+        sock.close()
+        result = await trio.to_thread.run_sync(finish, process)
+        if result["bytes"] != nbytes or received != nbytes:
+            raise RuntimeError(f"moved {received} of {nbytes} bytes: {result}")
+        return {
+            "gbit_per_s": nbytes * 8 / elapsed / 1e9,
+            "cpu_s_per_gb": busy / (nbytes / 1e9),
+            "kernel_retransmits": result["tcp_info"]["retransmits_total"],
+        }
 
 
 def run_veth(nbytes: int, mtu: int) -> dict[str, float]:
@@ -175,6 +207,8 @@ def main() -> None:
         "stack_to_kernel_offloads_on": lambda: run_ours("out", True, nbytes, args.mtu),
         "kernel_to_stack_offloads_off": lambda: run_ours("in", False, nbytes, args.mtu),
         "stack_to_kernel_offloads_off": lambda: run_ours("out", False, nbytes, args.mtu),
+        "kernel_to_stack_ipv6_offloads_on": lambda: run_ours("in", True, nbytes, args.mtu, ipv6=True),
+        "stack_to_kernel_ipv6_offloads_on": lambda: run_ours("out", True, nbytes, args.mtu, ipv6=True),
         "kernel_to_kernel_veth": lambda: run_veth(nbytes, args.mtu),
     }
     samples: dict[str, list[dict[str, float]]] = {name: [] for name in cases}

@@ -18,6 +18,7 @@ import trio
 
 from trio_yastack import Stack, open_stack
 from trio_yastack.nic import Port, PortWrapper, memory_wire
+from trio_yastack.stack import Ip6Config
 from trio_yastack.stack.wire.ethernet import ETHERTYPE_IPV4
 from trio_yastack.stack.wire.ipv4 import IPPROTO_TCP
 from trio_yastack.tls.certs import make_ca
@@ -77,17 +78,24 @@ async def two_stacks(
     wrap_a: Callable[[Port], Port] | None = None,
     wrap_b: Callable[[Port], Port] | None = None,
     options: dict[str, Any] | None = None,
+    ip6: bool = False,
     **faults: Any,
 ) -> AsyncIterator[tuple[Stack, Stack]]:
     """Stacks A (198.18.0.2, opened first: the default stack and the one given ``hosts``) and B
-    (198.18.0.1) on the two ends of one ``memory_wire(seed=seed, **faults)``, in this trio run."""
+    (198.18.0.1) on the two ends of one ``memory_wire(seed=seed, **faults)``, in this trio run;
+    with ``ip6``, A has 2001:2::2/64 and B 2001:2::1/64 too (usable at once: no DAD)."""
     a_port, b_port = memory_wire(seed=seed, **faults)
     a_nic = wrap_a(a_port) if wrap_a is not None else a_port
     b_nic = wrap_b(b_port) if wrap_b is not None else b_port
     extra = options or {}
+    a_ip: str | list[str] = f"{A_IP}/24"
+    b_ip: str | list[str] = f"{B_IP}/24"
+    if ip6:
+        a_ip, b_ip = [f"{A_IP}/24", "2001:2::2/64"], [f"{B_IP}/24", "2001:2::1/64"]
+        extra = {"ip6": Ip6Config(dad_transmits=0, router_solicitations=0), **extra}
     async with (
-        open_stack(a_nic, ip=f"{A_IP}/24", seed=seed + 1, hosts=hosts, **extra) as a,
-        open_stack(b_nic, ip=f"{B_IP}/24", seed=seed + 2, **extra) as b,
+        open_stack(a_nic, ip=a_ip, seed=seed + 1, hosts=hosts, **extra) as a,
+        open_stack(b_nic, ip=b_ip, seed=seed + 2, **extra) as b,
     ):
         yield a, b
 

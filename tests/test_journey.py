@@ -260,11 +260,17 @@ def test_the_check_names_a_missing_or_changed_method() -> None:
     class RenamedTcpLayer:  # as if tcp_input had been renamed
         def tcp_segment_arrives(self) -> None: ...
 
+        def tcp6_input(
+            self, buf: bytes, start: int, end: int, src: int, dst: int, ip_offset: int, now: float
+        ) -> None: ...
+
         def _attach(self, conn: TcpConnection) -> None: ...
 
         def detach(self, conn: TcpConnection) -> None: ...  # a parameter gone
 
         def listen(self, port: int, backlog: int = 128) -> TcpListener: ...
+
+        def listen6(self, port: int, backlog: int = 128, v6only: bool = False) -> TcpListener: ...
 
     problems = override_problems(RenamedTcpLayer, _tracer._TcpLayerTrace)
     assert len(problems) == 2

@@ -166,7 +166,7 @@ def check_ether_accounting(core: StackCore) -> None:
     parse = sum(icmp.dropped.get(reason, 0) for reason in Icmp6Drop.PARSE)
     kinds = icmp.nd_received + icmp.echo_requests_received + icmp.echo_replies_received + icmp.errors_received
     assert icmp.received == parse + kinds + icmp.dropped.get(Icmp6Drop.UNKNOWN_TYPE, 0), icmp
-    udp4 = s.ip.delivered - s.icmp.received - s.tcp.segments_received
+    udp4 = s.ip.delivered - s.icmp.received - s.tcp.segments_received  # (no TCP over IPv6 here)
     assert st.delivered == icmp.received + s.udp.received - udp4, st
 
 
@@ -505,9 +505,9 @@ def test_packet_too_big_about_someone_elses_packet_is_ignored() -> None:
 
 
 def test_unknown_next_header_gets_a_parameter_problem() -> None:
-    """TCP over IPv6 is not spoken yet: the peer hears so at once (RFC 8200 4, code 1, pointer 6)."""
+    """SCTP is not spoken: the peer hears so at once (RFC 8200 4, code 1, pointer 6)."""
     _kernel, ours = pair()
-    ours.ether_input(frame6(A_MAC, B_MAC, A, B, 6, b"\0" * 20), 0.0)
+    ours.ether_input(frame6(A_MAC, B_MAC, A, B, 132, b"\0" * 20), 0.0)
     (error,) = ours.take_outbox()
     _header, icmp = icmp6_of(error)
     assert (icmp.type, icmp.code, icmp.rest) == (ICMP6_PARAM_PROB, 1, 6)

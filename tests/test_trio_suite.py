@@ -4,10 +4,10 @@ trio ships its test suite inside the package (``trio/_tests``).  Its socket test
 high-level stream tests are imported here and run by pytest-trio exactly as trio runs them,
 except that an autouse fixture opens two stacks first (``trio.socket.socket()`` then makes
 stack sockets) and maps 127.0.0.0/8 to them (:func:`map_loopback_to`): a socket bound to
-loopback lives on stack B (198.18.0.1), a client socket on stack A (198.18.0.2, the default)
-connects to B over the wire, and B's sockets that talk to each other use B's own address (the
-IP layer's loopback queue).  They are the judge of "unmodified trio code runs over the stack":
-a gap we open again fails here.
+loopback lives on stack B (198.18.0.1; ``::1``: 2001:2::1), a client socket on stack A
+(198.18.0.2, 2001:2::2, the default) connects to B over the wire, and B's sockets that talk to
+each other use B's own address (the IP layer's loopback queue).  They are the judge of
+"unmodified trio code runs over the stack": a gap we open again fails here.
 
 The tests that cannot apply are listed in ``NOT_APPLICABLE`` with the reason; every other test
 of these modules runs.  A test trio adds in a new release runs too (and may fail: then it is a
@@ -37,7 +37,6 @@ from trio_yastack.socket_api import map_loopback_to
 
 #: tests that cannot apply over the stack, by module, with why: skipped.  (None today: every
 #: coroutine test of these modules passes.  One that has to be skipped goes here with its reason.)
-_IPV6 = "IPv6 TCP: not over the stack yet (an AF_INET6 stream socket is refused with EAFNOSUPPORT; UDP works)"
 _PRIVATE = "checks that sockets are trio's private _SocketType (stack sockets are SocketType subclasses)"
 _MAPPED = "checks that loopback resolves to 127.x; here loopback is mapped to the stacks' addresses"
 _STDLIB_GAI = "monkeypatches the stdlib getaddrinfo under trio's default resolver, which ours replaces"
@@ -47,7 +46,6 @@ _OWN = "installs its own socket factory or resolver and checks none was installe
 #: test of these modules runs (``YASTACK_TRIO_SUITE_ALL=1`` runs these too, to look again).
 NOT_APPLICABLE: dict[str, dict[str, str]] = {
     "test_socket": {
-        "test_socket_v6": _IPV6,
         "test_unix_domain_socket": "AF_UNIX sockets are the kernel's",
         "test_SocketType_connect_paths": _PRIVATE,
         "test_resolve_address_exception_in_connect_closes_socket": _PRIVATE,
@@ -63,7 +61,6 @@ NOT_APPLICABLE: dict[str, dict[str, str]] = {
         "test_local_address_real": _MAPPED + " (binds 127.0.0.2 and reads it back)",
     },
     "test_highlevel_open_tcp_listeners": {
-        "test_open_tcp_listeners_ipv6_v6only": _IPV6,
         "test_open_tcp_listeners_rebind": "probes the listener's address with a kernel socket's bind",
     },
 }
@@ -82,7 +79,6 @@ KERNEL_ONLY: dict[str, str] = {
     "test_socket.test_interrupted_by_close": _PAIR,
     "test_socket.test_many_sockets": _PAIR,
     "test_socket.test_unix_domain_socket": "AF_UNIX",
-    "test_socket.test_socket_v6": "AF_INET6 TCP: not over the stack yet",
     "test_socket.test_custom_socket_factory": "installs its own factory in place of the stack's",
     "test_socket.test_custom_hostname_resolver": "installs its own resolver in place of the stack's",
     "test_socket.test_getaddrinfo": "monkeypatches the stdlib resolver under trio's numeric fast path",
@@ -99,9 +95,7 @@ def _over_the_stacks(test: Callable[..., Awaitable[None]]) -> Callable[..., Awai
 
     @functools.wraps(test)  # the signature (fixtures, parameters) and marks stay the test's own
     async def run(*args: Any, **kwargs: Any) -> None:
-        if socket.AF_INET6 in kwargs.values():  # the IPv6 case of a test parametrized by family
-            pytest.skip(_IPV6)
-        async with two_stacks() as (_a, b):
+        async with two_stacks(ip6=True) as (_a, b):
             with map_loopback_to(b):
                 await test(*args, **kwargs)
 
@@ -155,3 +149,27 @@ async def test_the_suite_runs_on_the_stacks() -> None:
         server, peer = await listener.accept()
         with server:
             assert peer == client.getsockname() and peer[0] == A_IP
+
+
+@_over_the_stacks
+async def test_the_suite_runs_ipv6_on_the_stacks() -> None:
+    """The same for ``::1`` (trio's IPv6 cases): an AF_INET6 stack socket bound to it lands on
+    stack B's IPv6 address, and a client from stack A reaches it over IPv6 on the wire."""
+    import trio
+
+    from trio_yastack.socket_api import StackSocket6
+    from trio_yastack.stack import TcpConnection6
+
+    listener = trio.socket.socket(socket.AF_INET6)
+    client = trio.socket.socket(socket.AF_INET6)
+    with listener, client:
+        assert isinstance(listener, StackSocket6) and isinstance(client, StackSocket6)
+        await listener.bind(("::1", 0))
+        listener.listen(1)
+        host, port, *_ = listener.getsockname()
+        assert host == "2001:2::1"
+        await client.connect(("::1", port))
+        server, peer = await listener.accept()
+        with server:
+            assert peer == client.getsockname() and peer[0] == "2001:2::2"
+            assert isinstance(client.connection, TcpConnection6)

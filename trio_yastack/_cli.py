@@ -311,9 +311,14 @@ def _check_serve_options(args: argparse.Namespace, config: Any) -> None:
         fail("--max-request-body must not be negative")
     for bind in [*config.bind, *config.insecure_bind]:
         try:
-            parse_bind(bind)
+            host, _port = parse_bind(bind)
         except ValueError as exc:
             fail(str(exc))
+        if host is not None and ":" in host and not args.kernel and not any(":" in ip for ip in args.ip):
+            fail(
+                f"--bind {bind}: an IPv6 address needs one on the stack "
+                "(--ip 2001:2::2/64 beside the IPv4 one)"
+            )
     try:
         v4 = [IPv4Interface(ip) for ip in args.ip if ":" not in ip]
         for ip in args.ip:
@@ -460,7 +465,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="let the system's resolver answer names the stack's DNS does not know (last)",
     )
     serve.add_argument(
-        "--bind", action="append", help="HOST:PORT or PORT to listen on, repeatable (default 0.0.0.0:8000)"
+        "--bind",
+        action="append",
+        help="HOST:PORT, [IPV6]:PORT or PORT to listen on, repeatable "
+        "(default 0.0.0.0:8000; [::]:PORT: both families)",
     )
     serve.add_argument("--insecure-bind", action="append", help="plain HTTP listeners beside TLS ones")
     serve.add_argument("--certfile", help="TLS certificate chain (PEM): HTTPS, ALPN h2/http1.1")

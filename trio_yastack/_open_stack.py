@@ -147,14 +147,18 @@ class Stack:
         self, family: int = socket.AF_INET, type: int = socket.SOCK_STREAM, proto: int = 0
     ) -> StackSocket:
         """A trio socket on this stack, whatever stack the task's socket factory would pick
-        (AF_INET6: datagram sockets, when the stack has an IPv6 address)."""
+        (AF_INET6 ones when the stack has an IPv6 address)."""
         kind = type & ~(socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
-        if family == socket.AF_INET6 and kind == socket.SOCK_DGRAM and self.core.ip6 is not None:
+        if (
+            family == socket.AF_INET6
+            and kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM)
+            and self.core.ip6 is not None
+        ):
             return StackSocket6(self, type, proto)
         if family != socket.AF_INET or kind not in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
             raise OSError(
                 errno.EAFNOSUPPORT,
-                "the stack serves AF_INET stream and datagram sockets, and AF_INET6 datagram sockets "
+                "the stack serves AF_INET stream and datagram sockets, and AF_INET6 ones "
                 "when it has an IPv6 address",
             )
         return StackSocket(self, type, proto)
@@ -302,6 +306,7 @@ async def _open_stack_on(
         interface=interface,
         tx_checksum_offload=offloads and caps.tx_checksum_offload,
         tso_max_size=tso if offloads and caps.tx_checksum_offload else 0,
+        tso6=bool(tso) and offloads and caps.tx_checksum_offload and caps.tso6,
     )
     if config_overrides:
         config = replace(config, **config_overrides)

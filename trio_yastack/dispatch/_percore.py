@@ -29,6 +29,9 @@ from ._rss import DEFAULT_RSS_KEY, Reta
 if TYPE_CHECKING:
     from trio_yastack.stack import StackCore
 
+#: an IPv6 address out of the TCP layer's key (which marks it with bit 128)
+_ADDRESS6 = (1 << 128) - 1
+
 __all__ = ["ALL_CORES", "COPY_FLAG", "VERIFIED_FLAG", "CoreLayout", "DispatchStatistics", "flow_owner"]
 
 #: ``flow_owner`` for frames every core must see (ARP)
@@ -89,12 +92,26 @@ class CoreLayout:
         )  # fmt: skip
         return self.reta.core_of(toeplitz(self.key, data)) == self.core_id
 
+    def owns_reply6(self, local_ip: int, local_port: int, remote_ip: int, remote_port: int) -> bool:
+        """:meth:`owns_reply` for IPv6 addresses (``remote_ip`` may carry the TCP layer's mark
+        above bit 127): the 36-byte 4-tuple ``flow_owner`` hashes an IPv6 segment by."""
+        data = (
+            (remote_ip & _ADDRESS6).to_bytes(16, "big") + local_ip.to_bytes(16, "big")
+            + remote_port.to_bytes(2, "big") + local_port.to_bytes(2, "big")
+        )  # fmt: skip
+        return self.reta.core_of(toeplitz(self.key, data)) == self.core_id
+
     def install(self, core: StackCore) -> None:
         """Make ``core``'s active opens and implicit UDP binds RSS-aware (ports whose replies
         come to this core)."""
         local_ip = core.ip
+        ip6 = core.ip6
 
         def port_filter(port: int, remote_ip: int, remote_port: int) -> bool:
+            if remote_ip > 0xFFFFFFFF and ip6 is not None:  # an IPv6 peer (the TCP layer's IP6_KEY)
+                return self.owns_reply6(
+                    ip6.select_source(remote_ip & _ADDRESS6), port, remote_ip, remote_port
+                )
             return self.owns_reply(local_ip, port, remote_ip, remote_port)
 
         core.tcp.port_filter = port_filter

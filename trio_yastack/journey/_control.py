@@ -255,6 +255,9 @@ def core_snapshot(
             })  # fmt: skip
     tcp_counters = core.stats_tcp
     retransmits = tcp_counters.retransmitted_segments
+    # a dual-stack listener is in both of the TCP layer's tables (listed once), an IPv6-only one
+    # in listeners6 alone
+    by_id = {id(li): (port, li) for table in (tcp.listeners, tcp.listeners6) for port, li in table.items()}
     listeners = [
         {
             "port": port,
@@ -262,7 +265,7 @@ def core_snapshot(
             "syn_queue": len(listener.embryonic),
             "backlog": listener.backlog,
         }
-        for port, listener in sorted(tcp.listeners.items())
+        for port, listener in sorted(by_id.values(), key=lambda entry: entry[0])
     ]
     arp = [
         {"ip": _ip(ip), "mac": mac.hex(":"), "expires_in": round(expires - now, 1)}

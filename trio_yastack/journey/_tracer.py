@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias
 
 import trio
 
-from trio_yastack.stack import StackCore, TcpConnection, TcpLayer, TcpListener, TcpState
+from trio_yastack.stack import IP6_KEY, StackCore, TcpConnection, TcpLayer, TcpListener, TcpState
 
 from . import _tls
 from ._filter import PROTO_TCP, PacketFilter, PacketInfo, packet_info
@@ -80,7 +80,7 @@ _now = time.perf_counter
 
 
 def _listening(tcp: TcpLayer, port: int) -> str:
-    return "LISTEN" if port in tcp.listeners else "CLOSED"
+    return "LISTEN" if port in tcp.listeners or port in tcp.listeners6 else "CLOSED"
 
 
 def _state_name(state: int) -> str:
@@ -429,6 +429,39 @@ class _TcpLayerTrace(_TcpLayerBase):
                 )
                 tracer._wait_for_read(after_conn, journey, grown)
 
+    def tcp6_input(
+        self, buf: bytes, start: int, end: int, src: int, dst: int, ip_offset: int, now: float
+    ) -> None:
+        """TCP over IPv6 is the same ``tcp_input`` hop (as ``udp6_input`` is ``udp_input``), its
+        connection found by the IPv6 key (``IP6_KEY``)."""
+        tracer = self._yas_tracer
+        journey = tracer.current_in
+        if journey is None or end - start < 20:
+            return self._yas_original.tcp6_input(self, buf, start, end, src, dst, ip_offset, now)
+        sport = buf[start] << 8 | buf[start + 1]
+        dport = buf[start + 2] << 8 | buf[start + 3]
+        key = (dport, src | IP6_KEY, sport)
+        connections = self.connections
+        conn = connections.get(key)
+        before = _state_name(conn.state) if conn is not None else _listening(self, dport)
+        held_before = len(conn.rcvbuf) if conn is not None else 0
+        segment = TcpSegment.from_frame(buf, start, end=end)
+        hop = tracer.hop(journey, "tcp_input", f"{before} -> (over IPv6)", segment=segment, conn=conn)
+        self._yas_original.tcp6_input(self, buf, start, end, src, dst, ip_offset, now)
+        after_conn = connections.get(key)
+        after = _state_name(after_conn.state) if after_conn is not None else _listening(self, dport)
+        if conn is not None and after_conn is None:
+            after = _state_name(conn.state)
+        fields = f"seq {segment.seq} ack {segment.ack} [{segment.flags}] len {segment.payload_len}"
+        hop.note = f"{before} -> {after}, {fields}, over IPv6"
+        if after_conn is not None:
+            grown = len(after_conn.rcvbuf) - (held_before if after_conn is conn else 0)
+            if grown > 0:
+                tracer.hop(
+                    journey, "sbappend", f"{grown} bytes, {len(after_conn.rcvbuf)} in the receive buffer"
+                )
+                tracer._wait_for_read(after_conn, journey, grown)
+
     def _attach(self, conn: TcpConnection) -> None:
         self._yas_original._attach(self, conn)
         self._yas_tracer._swap_tcp(conn)
@@ -439,6 +472,11 @@ class _TcpLayerTrace(_TcpLayerBase):
 
     def listen(self, port: int, backlog: int = 128) -> TcpListener:
         listener = self._yas_original.listen(self, port, backlog)
+        self._yas_tracer._swap_tcp(listener)
+        return listener
+
+    def listen6(self, port: int, backlog: int = 128, v6only: bool = False) -> TcpListener:
+        listener = self._yas_original.listen6(self, port, backlog, v6only)
         self._yas_tracer._swap_tcp(listener)
         return listener
 
@@ -699,7 +737,7 @@ class CoreTracer:
             self._traced_class(type(obj), mixin)
         for cls in {TcpConnection, *map(type, tcp.connections.values())}:
             self._traced_class(cls, _ConnTrace)
-        for cls in {TcpListener, *map(type, tcp.listeners.values())}:
+        for cls in {TcpListener, *map(type, tcp.listeners.values()), *map(type, tcp.listeners6.values())}:
             self._traced_class(cls, _ListenerTrace)
         rings = self._rings()
         for ring, peer in rings:
@@ -713,7 +751,7 @@ class CoreTracer:
             core.tcp_input = tcp.tcp_input  # ip_input calls the bound method kept on the core
         for conn in list(tcp.connections.values()):
             self._swap(conn, _ConnTrace)
-        for listener in list(tcp.listeners.values()):
+        for listener in {*tcp.listeners.values(), *tcp.listeners6.values()}:
             self._swap(listener, _ListenerTrace)
         for ring, peer in rings:
             self._swap(ring, _RingTrace, _yas_peer=peer)

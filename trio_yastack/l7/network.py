@@ -2,9 +2,10 @@
 
 The proxy only sees ``trio.SocketListener`` and ``trio.SocketStream``; this module decides, per
 address, whose sockets those are.  Without a stack everything is a kernel socket.  With one (``yastack
-proxy --nic ...``), every address is the stack's except loopback (127.0.0.0/8), which the stack has no
-interface for: an admin endpoint on 127.0.0.1, or a backend on the proxy host's loopback, stays on
-the kernel, as YAStack keeps a HOST socket provider beside the bypass one.
+proxy --nic ...``), every address is the stack's except loopback (127.0.0.0/8, ::1), which the stack has
+no interface for: an admin endpoint on 127.0.0.1, or a backend on the proxy host's loopback, stays on
+the kernel, as YAStack keeps a HOST socket provider beside the bypass one.  An IPv6 address gets an
+AF_INET6 socket (on ``::``, a dual-stack listener: IPv4 clients too).
 """
 
 from __future__ import annotations
@@ -24,9 +25,13 @@ __all__ = ["Network", "is_loopback"]
 
 def is_loopback(host: str) -> bool:
     try:
-        return ipaddress.IPv4Address(host).is_loopback
+        return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return host == "localhost"
+
+
+def _family(host: str) -> stdlib_socket.AddressFamily:
+    return stdlib_socket.AF_INET6 if ":" in host else stdlib_socket.AF_INET
 
 
 class Network:
@@ -44,11 +49,9 @@ class Network:
     def _socket(self, host: str) -> trio.socket.SocketType:
         if self.on_stack(host):
             assert self.stack is not None
-            return self.stack.socket()
+            return self.stack.socket(_family(host))
         # Not trio.socket.socket(): with a stack open, trio's factory would hand out stack sockets.
-        return trio.socket.from_stdlib_socket(
-            stdlib_socket.socket(stdlib_socket.AF_INET, stdlib_socket.SOCK_STREAM)
-        )
+        return trio.socket.from_stdlib_socket(stdlib_socket.socket(_family(host), stdlib_socket.SOCK_STREAM))
 
     async def open_listener(
         self, host: str, port: int, backlog: int = 1024, *, reuse_port: bool = False
@@ -68,7 +71,7 @@ class Network:
         return trio.SocketListener(sock)
 
     async def connect(self, host: str, port: int) -> trio.SocketStream:
-        """A connected stream to ``host:port`` (an IPv4 address; names are resolved before this)."""
+        """A connected stream to ``host:port`` (an IP address; names are resolved before this)."""
         sock = self._socket(host)
         try:
             await sock.connect((host, port))
@@ -78,11 +81,11 @@ class Network:
         return trio.SocketStream(sock)
 
     async def resolve(self, name: str, port: int) -> list[str]:
-        """IPv4 addresses of ``name`` (STRICT_DNS clusters): numeric names as they are; other names
-        through the stack's resolver (its hosts table) when the stack carries the traffic, else the
-        kernel's resolver."""
+        """IPv4 addresses of ``name`` (STRICT_DNS clusters): numeric names (IPv6 ones too) as they
+        are; other names through the stack's resolver (its hosts table) when the stack carries the
+        traffic, else the kernel's resolver."""
         try:
-            return [str(ipaddress.IPv4Address(name))]
+            return [str(ipaddress.ip_address(name))]
         except ValueError:
             pass
         if self.stack is not None and not is_loopback(name):

@@ -26,7 +26,8 @@ class PortCapabilities:
     ``tx_checksum_offload``: the port completes the checksums of the
     :class:`~trio_yastack.stack.OffloadPacket` frames the stack leaves partial.  ``tso``: the
     port accepts TCP segments larger than the MTU (``max_tso_size`` bytes of IPv4 datagram at
-    most, an ``OffloadPacket`` with ``gso_size``) and segments them.
+    most, an ``OffloadPacket`` with ``gso_size``) and segments them; ``tso6``: TCP over IPv6 too
+    (and completes IPv6 TCP checksums), which not every port that segments IPv4 does.
     """
 
     mac: MacAddress
@@ -37,6 +38,7 @@ class PortCapabilities:
     rx_checksum_offload: bool = False
     tx_checksum_offload: bool = False
     tso: bool = False
+    tso6: bool = False
     max_tso_size: int = 0
     max_frame_len: int = field(default=0)
 

@@ -86,10 +86,10 @@ def _receive_stream(sock: socket.socket, deadline: float, limit: int = 1 << 40) 
     return received, digest.hexdigest()
 
 
-def _accept_one(port: int, timeout: float) -> socket.socket:
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+def _accept_one(port: int, timeout: float, host: str = "0.0.0.0") -> socket.socket:
+    listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind(("0.0.0.0", port))
+    listener.bind((host, port))
     listener.listen(8)
     listener.settimeout(timeout)
     print(json.dumps({"listening": port}), flush=True)
@@ -156,6 +156,7 @@ def _echo_clients(host: str, port: int, connections: int, nbytes: int, deadline:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kernel_peer", description=__doc__.splitlines()[0])
     parser.add_argument("--timeout", type=float, default=300.0)
+    parser.add_argument("--bind", default="0.0.0.0", help="the address recv/serve listen on (IPv6: '::')")
     sub = parser.add_subparsers(dest="mode", required=True)
     p = sub.add_parser("send")
     p.add_argument("host")
@@ -186,14 +187,14 @@ def main(argv: list[str] | None = None) -> int:
         result["tcp_info"] = tcp_info(sock)
         sock.close()
     elif args.mode == "recv":
-        conn = _accept_one(args.port, args.timeout)
+        conn = _accept_one(args.port, args.timeout, args.bind)
         started = time.monotonic()
         result["bytes"], result["sha256"] = _receive_stream(conn, deadline)
         result["seconds"] = time.monotonic() - started
         result["tcp_info"] = tcp_info(conn)
         conn.close()
     elif args.mode == "serve":
-        conn = _accept_one(args.port, args.timeout)
+        conn = _accept_one(args.port, args.timeout, args.bind)
         started = time.monotonic()
         result["sha256"] = _send_stream(conn, args.nbytes, deadline)
         result["bytes"] = args.nbytes

@@ -74,6 +74,7 @@ VIRTIO_NET_HDR_F_NEEDS_CSUM = 1
 VIRTIO_NET_HDR_F_DATA_VALID = 2
 VIRTIO_NET_HDR_GSO_NONE = 0
 VIRTIO_NET_HDR_GSO_TCPV4 = 1
+VIRTIO_NET_HDR_GSO_TCPV6 = 4
 VIRTIO_NET_HDR_GSO_ECN = 0x80
 #: struct virtio_net_hdr (legacy, native byte order): flags, gso_type, hdr_len, gso_size,
 #: csum_start, csum_offset
@@ -182,6 +183,7 @@ class TapPort(Port):
             rx_checksum_offload=self.vnet,
             tx_checksum_offload=self.vnet,
             tso=self.vnet,
+            tso6=self.vnet,
             max_tso_size=0xFFFF if self.vnet else 0,
         )
 
@@ -243,7 +245,7 @@ class TapPort(Port):
                 raise
             if self.vnet:
                 fcntl.ioctl(fd, TUNSETVNETHDRSZ, struct.pack("i", VNET_HDR_LEN))
-                fcntl.ioctl(fd, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4)
+                fcntl.ioctl(fd, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6)
         if self.options.persist:
             fcntl.ioctl(self._fds[0], TUNSETPERSIST, 1)
 
@@ -447,17 +449,20 @@ class TapPort(Port):
 
 
 def _offload_header(packet: OffloadPacket) -> bytes | None:
-    """The virtio-net header for a TCP/IPv4 frame whose checksum the kernel completes
-    (CHECKSUM_PARTIAL at the TCP checksum field) and, with ``gso_size``, segments."""
-    if len(packet) < _ETHER_LEN + 40 or packet[12:14] != b"\x08\x00" or packet[_ETHER_LEN + 9] != 6:
-        return None  # not TCP/IPv4: nothing else is offloaded
-    ihl = (packet[_ETHER_LEN] & 0x0F) << 2
-    tcp_at = _ETHER_LEN + ihl
+    """The virtio-net header for a TCP/IPv4 or TCP/IPv6 frame (no extension header: the stack
+    sends none) whose checksum the kernel completes (CHECKSUM_PARTIAL at the TCP checksum
+    field) and, with ``gso_size``, segments."""
+    if len(packet) >= _ETHER_LEN + 60 and packet[12:14] == b"\x86\xdd" and packet[_ETHER_LEN + 6] == 6:
+        tcp_at, gso_type = _ETHER_LEN + 40, VIRTIO_NET_HDR_GSO_TCPV6
+    elif len(packet) < _ETHER_LEN + 40 or packet[12:14] != b"\x08\x00" or packet[_ETHER_LEN + 9] != 6:
+        return None  # not TCP: nothing else is offloaded
+    else:
+        tcp_at, gso_type = _ETHER_LEN + ((packet[_ETHER_LEN] & 0x0F) << 2), VIRTIO_NET_HDR_GSO_TCPV4
     header_len = tcp_at + ((packet[tcp_at + 12] >> 4) << 2)
     gso_size = packet.gso_size
     return VNET_HDR.pack(
         VIRTIO_NET_HDR_F_NEEDS_CSUM,
-        VIRTIO_NET_HDR_GSO_TCPV4 if gso_size else VIRTIO_NET_HDR_GSO_NONE,
+        gso_type if gso_size else VIRTIO_NET_HDR_GSO_NONE,
         header_len,
         gso_size,
         tcp_at,
@@ -469,10 +474,13 @@ def complete_checksum(packet: bytes | bytearray) -> bytes:
     """A copy of an offloaded frame with its TCP checksum completed (as the kernel would), for
     captures and tests; ``packet`` holds the folded pseudo-header sum in the field."""
     frame = bytearray(packet)
-    ihl = (frame[_ETHER_LEN] & 0x0F) << 2
-    tcp_at = _ETHER_LEN + ihl
-    total_len = int.from_bytes(frame[_ETHER_LEN + 2 : _ETHER_LEN + 4], "big")
-    checksum = ~sum16(frame, tcp_at, _ETHER_LEN + total_len - tcp_at, 0) & 0xFFFF
+    if frame[12:14] == b"\x86\xdd":  # TCP/IPv6 (no extension header: the stack sends none)
+        tcp_at = _ETHER_LEN + 40
+        end = tcp_at + int.from_bytes(frame[_ETHER_LEN + 4 : _ETHER_LEN + 6], "big")
+    else:
+        tcp_at = _ETHER_LEN + ((frame[_ETHER_LEN] & 0x0F) << 2)
+        end = _ETHER_LEN + int.from_bytes(frame[_ETHER_LEN + 2 : _ETHER_LEN + 4], "big")
+    checksum = ~sum16(frame, tcp_at, end - tcp_at, 0) & 0xFFFF
     frame[tcp_at + 16 : tcp_at + 18] = checksum.to_bytes(2, "big")
     return bytes(frame)
 

@@ -1,7 +1,7 @@
 """trio's face of the stack: tasks park on stack objects and the poll loop wakes them.
 
 :class:`StackSocket` is a ``trio.socket.SocketType`` for AF_INET stream and datagram sockets,
-:class:`StackSocket6` for AF_INET6 datagram sockets (TCP over IPv6 is yet to come).
+:class:`StackSocket6` for AF_INET6 ones (dual-stack stream sockets unless IPV6_V6ONLY).
 :func:`install_stack` (which ``open_stack`` calls) installs :class:`StackSocketFactory` and
 :class:`StackHostnameResolver` for the trio run, so unmodified trio code runs over the stack:
 every TCP byte an application sees goes through ``StackSocket``, mostly wrapped in trio's own

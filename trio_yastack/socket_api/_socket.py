@@ -549,18 +549,25 @@ class StackSocket(trio.socket.SocketType):
         if port == 0:
             port = core.tcp.port_selector(0, 0)
         core.tcp.bound_ports.discard(port)
-        shared = core.tcp.listeners.get(port)
+        shared = self._listener_table().get(port)
         if shared is not None and self._reuse_port and shared.reuse_port:
             shared.sockets += 1  # SO_REUSEPORT: the sockets share one accept queue
             self._listener = shared
             self._bound = (ip, port)
             return
-        self._listener = core.tcp.listen(port, max(backlog, 1))
+        self._listener = self._new_listener(port, max(backlog, 1))
         self._listener.reuse_port = self._reuse_port
         self._listener.waiter = self._waiter
         self._listener.send_buffer = self._buffer(True)
         self._listener.receive_buffer = self._buffer(False)
         self._bound = (ip, port)
+
+    def _listener_table(self) -> dict[int, TcpListener]:
+        """The TCP layer's listeners of this socket's family (see ``StackSocket6``)."""
+        return self._stack.core.tcp.listeners
+
+    def _new_listener(self, port: int, backlog: int) -> TcpListener:
+        return self._stack.core.tcp.listen(port, backlog)
 
     async def accept(self) -> tuple[StackSocket, tuple[str, int]]:
         await trio.lowlevel.checkpoint_if_cancelled()
@@ -657,14 +664,7 @@ class StackSocket(trio.socket.SocketType):
             ip = core.ip  # as the kernel: 0.0.0.0 means this host
         local_port = self._bound[1] if self._bound else 0
         core.tcp.bound_ports.discard(local_port)
-        conn = core.tcp.connect(
-            ip,
-            port,
-            trio.current_time(),
-            local_port,
-            send_buffer=self._buffer(True),
-            receive_buffer=self._buffer(False),
-        )
+        conn = self._tcp_connect(ip, port, local_port)
         conn.waiter = self._waiter
         self._conn = conn
         self._apply_connection_options()
@@ -682,6 +682,17 @@ class StackSocket(trio.socket.SocketType):
                 self._stack.kick()
             raise
         await trio.lowlevel.checkpoint()
+
+    def _tcp_connect(self, ip: int, port: int, local_port: int) -> TcpConnection:
+        """The TCP layer's active open for this socket's family (see ``StackSocket6``)."""
+        return self._stack.core.tcp.connect(
+            ip,
+            port,
+            trio.current_time(),
+            local_port,
+            send_buffer=self._buffer(True),
+            receive_buffer=self._buffer(False),
+        )
 
     async def send(self, data: Any, flags: int = 0) -> int:
         await trio.lowlevel.checkpoint_if_cancelled()
@@ -1250,9 +1261,9 @@ class _KernelSocket(StackSocket):
 
 class StackSocketFactory(trio.abc.SocketFactory):
     """What ``trio.socket.socket()`` calls while a stack is open: AF_INET stream and datagram
-    sockets on the current stack, AF_INET6 datagram sockets when it has IPv6 (``StackSocket6``);
-    others (AF_INET6 stream sockets too, until TCP runs over IPv6) raise EAFNOSUPPORT, or with
-    ``kernel_fallback`` are the kernel's own (e.g. an admin port, as YAStack's HOST provider)."""
+    sockets on the current stack, AF_INET6 ones when it has IPv6 (``StackSocket6``); others
+    raise EAFNOSUPPORT, or with ``kernel_fallback`` are the kernel's own (e.g. an admin port, as
+    YAStack's HOST provider)."""
 
     def __init__(self, kernel_fallback: bool = False, *, kernel_unroutable: bool = False) -> None:
         self.kernel_fallback = kernel_fallback
@@ -1265,7 +1276,7 @@ class StackSocketFactory(trio.abc.SocketFactory):
         kind = type & _TYPE_MASK
         if family == AF_INET and kind in (SOCK_STREAM, SOCK_DGRAM):
             return StackSocket(current_stack(), type, proto)
-        if family == AF_INET6 and kind == SOCK_DGRAM:
+        if family == AF_INET6 and kind in (SOCK_STREAM, SOCK_DGRAM):
             stack = current_stack()
             if stack.core.ip6 is not None:
                 from ._socket6 import StackSocket6  # (here: _socket6 builds on this module)
@@ -1273,13 +1284,10 @@ class StackSocketFactory(trio.abc.SocketFactory):
                 return StackSocket6(stack, type, proto)
         if self.kernel_fallback:
             return trio.socket.from_stdlib_socket(_stdlib_socket.socket(family, type, proto))
-        if family == AF_INET6:
+        if family == AF_INET6 and kind in (SOCK_STREAM, SOCK_DGRAM):
             raise _oserror(
                 errno.EAFNOSUPPORT,
-                "AF_INET6 stream sockets: TCP over IPv6 is not served by the stack yet; "
-                "open_stack(kernel_fallback=True) hands them to the kernel"
-                if kind == SOCK_STREAM
-                else "AF_INET6 datagram sockets need an IPv6 address on the stack: "
+                "AF_INET6 sockets need an IPv6 address on the stack: "
                 "open_stack(ip=['198.18.0.2/24', '2001:2::2/64'])",
             )
         raise _oserror(

@@ -1,18 +1,23 @@
-"""AF_INET6 datagram sockets over the stack: :class:`StackSocket6`, what the socket factory
-hands out for ``trio.socket.socket(AF_INET6, SOCK_DGRAM)`` when the stack has an IPv6 address.
+"""AF_INET6 sockets over the stack: :class:`StackSocket6`, what the socket factory hands out
+for ``trio.socket.socket(AF_INET6, SOCK_STREAM | SOCK_DGRAM)`` when the stack has an IPv6 address.
 
-It is a :class:`StackSocket` whose protocol control block is an IPv6 one (``UdpPcb(v6=True)``:
-its own port table, so a port may be bound once per family) and whose addresses are IPv6 ones,
-as the kernel gives them: ``(host, port, flowinfo, scope_id)``.  Everything else (queues,
-MSG_PEEK, MSG_MORE corking, SO_ERROR from ICMPv6 errors, wake-ups, close) is the AF_INET
-socket's own code.
+It is a :class:`StackSocket` whose addresses are IPv6 ones, as the kernel gives them:
+``(host, port, flowinfo, scope_id)``.  Everything else (buffers, queues, MSG_PEEK, SO_ERROR from
+ICMPv6 errors, wake-ups, close) is the AF_INET socket's own code.
 
-``IPV6_V6ONLY`` is on, as FreeBSD's default (``net.inet6.ip6.v6only=1``): the stack's IPv6
-sockets receive IPv6 datagrams only, so setting it to 0 (a dual-stack socket, Linux's default)
-is refused with a clear error rather than silently ignored, and a v4-mapped destination
-(``::ffff:a.b.c.d``) is unreachable, as Linux says for a v6-only socket.  The loopback address
-``::1`` goes to the kernel at ``bind``/``connect``/``sendto``, as 127.0.0.0/8 does (YAStack's
-HOST path).  Stream sockets wait for TCP over IPv6: the factory refuses them with EAFNOSUPPORT.
+Stream sockets are dual-stack unless ``IPV6_V6ONLY`` is set, as on Linux
+(``net.ipv6.bindv6only=0``): one listening on ``::`` also accepts IPv4 clients, seen as
+``::ffff:a.b.c.d``, and one connecting to a v4-mapped address opens an IPv4 connection; with
+``IPV6_V6ONLY`` 1 (set before ``bind``, as trio.open_tcp_listeners does), IPv4 clients are
+refused and an AF_INET socket may listen on the same port.  Their connections are the TCP
+layer's (``tcp.listen6``, ``tcp.connect6``): the same TCP code for both families.
+
+Datagram sockets have an IPv6 protocol control block (``UdpPcb(v6=True)``: its own port table,
+so a port may be bound once per family) and are IPv6-only, as FreeBSD's default
+(``net.inet6.ip6.v6only=1``): setting ``IPV6_V6ONLY`` to 0 is refused with a clear error rather
+than silently ignored, and a v4-mapped destination is unreachable, as Linux says for a v6-only
+socket.  The loopback address ``::1`` goes to the kernel at ``bind``/``connect``/``sendto``, as
+127.0.0.0/8 does (YAStack's HOST path).
 """
 
 from __future__ import annotations
@@ -25,9 +30,11 @@ from typing import Any
 
 import trio
 
-from trio_yastack.stack import UdpPcb
+from trio_yastack.stack import IP6_KEY, TcpConnection, TcpConnection6, UdpPcb
+from trio_yastack.stack.tcp import TcpListener
+from trio_yastack.stack.wire.ipv6 import is_link_local
 
-from ._socket import _SEND_FLAGS, SOCK_DGRAM, StackSocket, _oserror, _run_stacks
+from ._socket import _SEND_FLAGS, SOCK_DGRAM, SOCK_STREAM, StackSocket, _loopback, _oserror, _run_stacks
 from ._stack import SocketStack
 
 __all__ = ["StackSocket6"]
@@ -36,6 +43,8 @@ AF_INET6 = _stdlib_socket.AF_INET6
 _IPPROTO_IPV6 = _stdlib_socket.IPPROTO_IPV6
 _V6ONLY = (_IPPROTO_IPV6, _stdlib_socket.IPV6_V6ONLY)
 _LOOPBACK6 = 1  # ::1
+_V4MAPPED = 0xFFFF << 32  # ::ffff:0.0.0.0
+_V4 = 0xFFFFFFFF
 
 
 @lru_cache(maxsize=1024)
@@ -47,8 +56,9 @@ def _parse6(host: str) -> int:
 
 @lru_cache(maxsize=1024)
 def _format6(ip: int) -> str:
-    """An IPv6 address as the kernel prints it (RFC 5952).  Cached, bounded, as :func:`_parse6`."""
-    return str(IPv6Address(ip))
+    """An IPv6 address as the kernel prints it (RFC 5952; a v4-mapped one as ``::ffff:a.b.c.d``,
+    which ``ipaddress`` before Python 3.13 does not).  Cached, bounded, as :func:`_parse6`."""
+    return _stdlib_socket.inet_ntop(AF_INET6, ip.to_bytes(16, "big"))
 
 
 def _ipv6(address: Any) -> tuple[int, int]:
@@ -72,14 +82,18 @@ def _ipv6(address: Any) -> tuple[int, int]:
 class StackSocket6(StackSocket):
     """An AF_INET6 UDP socket on a trio_yastack stack (see the module's docstring)."""
 
-    def __init__(self, stack: SocketStack, type_: int, proto: int = 0) -> None:
-        super().__init__(stack, type_, proto)
-        if self._type != SOCK_DGRAM:
-            self._fd = -1
-            raise _oserror(errno.EAFNOSUPPORT, "AF_INET6 stream sockets: TCP over IPv6 is not served yet")
-        self._pcb = UdpPcb(v6=True)
-        self._pcb.waiter = self._waiter
-        self._options[_V6ONLY] = 1
+    def __init__(
+        self, stack: SocketStack, type_: int, proto: int = 0, *, conn: TcpConnection | None = None
+    ) -> None:
+        super().__init__(stack, type_, proto, conn=conn)
+        if self._type == SOCK_DGRAM:
+            self._pcb = UdpPcb(v6=True)
+            self._pcb.waiter = self._waiter
+            self._options[_V6ONLY] = 1
+        else:
+            self._options[_V6ONLY] = 0  # dual-stack, Linux's default
+        if conn is not None:
+            self._bound = (self._local6(conn), conn.local_port)
 
     @property
     def family(self) -> _stdlib_socket.AddressFamily:
@@ -91,17 +105,36 @@ class StackSocket6(StackSocket):
         """The kernel's AF_INET6 sockaddr: ``(host, port, flowinfo, scope_id)``."""
         return _format6(ip), port, 0, 0
 
+    def _local6(self, conn: TcpConnection) -> int:
+        """Our address of a connection as this socket shows it (an IPv4 one v4-mapped)."""
+        if isinstance(conn, TcpConnection6):
+            return conn.local_ip6
+        return _V4MAPPED | self._stack.core.ip
+
+    @staticmethod
+    def _remote6(conn: TcpConnection) -> int:
+        """The peer's address of a connection (the TCP layer's key, or an IPv4 one v4-mapped)."""
+        remote = conn.remote_ip
+        return remote & ~IP6_KEY if remote & IP6_KEY else _V4MAPPED | remote
+
     def getsockname(self) -> Any:
         self._check_open()
-        assert self._pcb is not None  # (a datagram socket always has one until it is the kernel's)
-        return self._sockaddr(self._pcb.local_ip, self._pcb.local_port)
+        if self._pcb is not None:
+            return self._sockaddr(self._pcb.local_ip, self._pcb.local_port)
+        if self._conn is not None:
+            return self._sockaddr(self._local6(self._conn), self._conn.local_port)
+        ip, port = self._bound or (0, 0)
+        return self._sockaddr(ip, self._listener.port if self._listener is not None else port)
 
     def getpeername(self) -> Any:
         self._check_open()
-        assert self._pcb is not None
-        if not self._pcb.remote_port:
-            raise _oserror(errno.ENOTCONN)
-        return self._sockaddr(self._pcb.remote_ip, self._pcb.remote_port)
+        if self._pcb is not None:
+            if not self._pcb.remote_port:
+                raise _oserror(errno.ENOTCONN)
+            return self._sockaddr(self._pcb.remote_ip, self._pcb.remote_port)
+        if self._conn is not None and self._conn.established:
+            return self._sockaddr(self._remote6(self._conn), self._conn.remote_port)
+        raise _oserror(errno.ENOTCONN)
 
     async def _address(self, address: Any, *, local: bool) -> tuple[int, int]:
         """``(ip, port)`` for an AF_INET6 sockaddr: a numeric host at once (no checkpoint: every
@@ -110,9 +143,38 @@ class StackSocket6(StackSocket):
             host = address[0]
             if isinstance(host, str) and host and not _numeric6(host):  # (cached: no second parse)
                 flags = _stdlib_socket.AI_PASSIVE if local else 0
-                found = await trio.socket.getaddrinfo(host, address[1], AF_INET6, SOCK_DGRAM, 0, flags)
+                found = await trio.socket.getaddrinfo(host, address[1], AF_INET6, self._type, 0, flags)
                 address = (found[0][-1][0], *address[1:])
-        return _ipv6(address)
+        ip, port = _ipv6(address)
+        if ip == _LOOPBACK6:
+            mapped = self._map_loopback6(local=local, port=port)
+            if mapped:
+                return mapped, port
+        return ip, port
+
+    def _map_loopback6(self, *, local: bool, port: int) -> int:
+        """``::1`` under :func:`map_loopback_to`, as 127.0.0.0/8 there: the mapped stack's IPv6
+        address (a local one moves this still unused socket to that stack); for a destination,
+        the stack of this run with something on ``port``, the mapped one first.  0: the kernel's."""
+        mapped = _loopback.get().stack
+        if mapped is None:
+            return 0
+        if local:
+            if mapped is not self._stack and self._unused():
+                self._move_to(mapped)
+            return _global6(mapped)
+        installed = _run_stacks.get()
+        for stack in [mapped, *(installed.stacks if installed is not None else ())]:
+            core = stack.core
+            if port in (core.tcp.listeners6 if self._type == SOCK_STREAM else core.udp.pcbs6):
+                return _global6(stack)
+        return _global6(mapped)
+
+    def _move_to(self, stack: SocketStack) -> None:
+        super()._move_to(stack)
+        if self._pcb is not None:  # (the base made an IPv4 one)
+            self._pcb = UdpPcb(v6=True)
+            self._pcb.waiter = self._waiter
 
     def _kernel_for6(self, ip: int, *, local: bool) -> bool:
         """Whether an address hands this still unused socket to the kernel: ``::1``, or a
@@ -121,6 +183,8 @@ class StackSocket6(StackSocket):
             return False
         if ip == _LOOPBACK6:
             return True
+        if ip >> 32 == 0xFFFF and self._pcb is None:
+            return self._kernel_for(ip & _V4, local=local)  # a dual-stack socket's IPv4 peer
         if local or ip == 0:
             return False
         installed = _run_stacks.get()
@@ -155,12 +219,58 @@ class StackSocket6(StackSocket):
 
     def _bind6(self, ip: int, port: int) -> None:
         self._check_open()
-        assert self._pcb is not None
+        if self._pcb is None:
+            self._bind_stream6(ip, port)
+            return
         if self._pcb.local_port:
             raise _oserror(errno.EINVAL, "already bound")
         if ip >> 32 == 0xFFFF:
             raise _oserror(errno.EADDRNOTAVAIL, "a v4-mapped address on an IPV6_V6ONLY socket")
         self._stack.core.udp.bind(self._pcb, ip, port)
+
+    def _bind_stream6(self, ip: int, port: int) -> None:
+        """``bind`` of a stream socket: ``::`` or one of our IPv6 addresses (the port is the
+        TCP layer's, as an AF_INET socket's; taken if a listener of a family this socket
+        would serve has it)."""
+        core = self._stack.core
+        tcp = core.tcp
+        ip6 = core.ip6
+        if ip and not (ip6 is not None and ip in ip6.addresses):
+            raise _oserror(errno.EADDRNOTAVAIL, _format6(ip))
+        if self._bound is not None:
+            raise _oserror(errno.EINVAL, "already bound")
+        v6only = bool(self._options.get(_V6ONLY))
+        taken = port in tcp.listeners6 or (not v6only and port in tcp.listeners) or port in tcp.bound_ports
+        if port and taken and not self._reuse_port:
+            raise _oserror(errno.EADDRINUSE)
+        if port == 0:
+            port = tcp.port_selector(0, 0)
+        tcp.bound_ports.add(port)
+        self._bound = (ip, port)
+
+    def _listener_table(self) -> dict[int, TcpListener]:
+        return self._stack.core.tcp.listeners6
+
+    def _new_listener(self, port: int, backlog: int) -> TcpListener:
+        return self._stack.core.tcp.listen6(port, backlog, bool(self._options.get(_V6ONLY)))
+
+    def _accepted(self, conn: TcpConnection) -> tuple[StackSocket, Any]:
+        sock = StackSocket6(self._stack, SOCK_STREAM, self._proto, conn=conn)
+        if self._options:
+            sock._inherit(self._options)
+        return sock, self._sockaddr(self._remote6(conn), conn.remote_port)
+
+    def _tcp_connect(self, ip: int, port: int, local_port: int) -> TcpConnection:
+        """An IPv6 connection (``tcp.connect6``), or an IPv4 one for a v4-mapped address."""
+        tcp = self._stack.core.tcp
+        now = trio.current_time()
+        sndbuf, rcvbuf = self._buffer(True), self._buffer(False)
+        if ip <= _V4 or ip >> 32 == 0xFFFF:
+            return tcp.connect(ip & _V4, port, now, local_port, send_buffer=sndbuf, receive_buffer=rcvbuf)
+        local = self._bound[0] if self._bound is not None else 0
+        return tcp.connect6(
+            ip, port, now, local_port, local_ip=local, send_buffer=sndbuf, receive_buffer=rcvbuf
+        )
 
     async def connect(self, address: Any) -> None:
         try:
@@ -168,7 +278,8 @@ class StackSocket6(StackSocket):
             if self._kernel_for6(ip, local=False):
                 await self._to_kernel().connect(address)
                 return
-            self._check_v4mapped(ip)
+            if self._pcb is not None or self._options.get(_V6ONLY):
+                self._check_v4mapped(ip)
             await self._connect(ip, port, address)
         except trio.Cancelled:
             self.close()  # as trio: a connect cancelled leaves no half-made socket
@@ -197,7 +308,11 @@ class StackSocket6(StackSocket):
 
     # -- options ----------------------------------------------------------------------------------
     def setsockopt(self, level: int, optname: int, value: Any, optlen: int | None = None) -> None:
-        if (level, optname) == _V6ONLY and value is not None:
+        if (level, optname) == _V6ONLY and value is not None and self._pcb is None:
+            self._check_open()
+            if self._bound is not None or self._conn is not None:
+                raise _oserror(errno.EINVAL, "IPV6_V6ONLY is set before bind")  # as Linux
+        elif (level, optname) == _V6ONLY and value is not None:
             self._check_open()
             on = int.from_bytes(bytes(value)[:4] or b"\0", "little") if not isinstance(value, int) else value
             if not on:
@@ -207,6 +322,14 @@ class StackSocket6(StackSocket):
                     "open an AF_INET socket for IPv4",
                 )
         super().setsockopt(level, optname, value, optlen)
+
+
+def _global6(stack: SocketStack) -> int:
+    """A usable non-link-local IPv6 address of ``stack`` (0 if it has none)."""
+    ip6 = stack.core.ip6
+    if ip6 is None:
+        return 0
+    return next((a for a, ours in ip6.addresses.items() if not ours.tentative and not is_link_local(a)), 0)
 
 
 def _numeric6(host: str) -> bool:

@@ -30,7 +30,9 @@ from ._stats import LayerStatistics as LayerStatistics
 from ._stats import StackStatistics as StackStatistics
 from ._timers import TimerQueue as TimerQueue
 from ._udp import UdpPcb as UdpPcb
+from .tcp import IP6_KEY as IP6_KEY
 from .tcp import TcpConnection as TcpConnection
+from .tcp import TcpConnection6 as TcpConnection6
 from .tcp import TcpLayer as TcpLayer
 from .tcp import TcpListener as TcpListener
 from .tcp import TcpState as TcpState

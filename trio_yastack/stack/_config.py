@@ -172,6 +172,9 @@ class StackConfig:
     tx_checksum_offload: bool = False
     #: the largest IPv4 datagram carrying one TCP segment that the port segments (TSO); 0: no TSO
     tso_max_size: int = 0
+    #: the port segments (and checksums) TCP over IPv6 too (with ``tso_max_size``); without, a
+    #: TCP/IPv6 segment larger than the MTU is cut in software (``tcp._tcp6``)
+    tso6: bool = False
     #: generic segmentation offload: TCP builds segments of up to 64 KB whatever the port, and
     #: when the port has no TSO they are cut into MSS-sized frames in software (native/gso.c)
     #: at the bottom of ether_output, as Linux's GSO does: the layers above run once per 64 KB

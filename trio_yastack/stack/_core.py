@@ -66,6 +66,8 @@ class StackCore:
         self._verify_unmarked = config.verify_checksums
         self.tx_checksum_offload = config.tx_checksum_offload
         self.tso_max_size = config.tso_max_size
+        #: the port segments TCP/IPv6 TSO frames too (else ``tcp._tcp6`` cuts them)
+        self.tso6 = config.tso6 and bool(config.tso_max_size)
         #: how large a TCP segment tcp_output may build: the port's TSO size, else 64 KB cut in
         #: software (GSO), else one MSS
         self.gso_max_size = config.tso_max_size or (0xFFFF if config.gso else 0)

@@ -11,6 +11,7 @@ from ._drops import Icmp6Drop, Nd6Drop
 from ._icmp import EchoEndpoint
 from ._nd6 import MLD_LISTENER_QUERY
 from ._stats6 import Icmp6Stats
+from .tcp._tcp6 import IP6_KEY
 from .wire import WireError
 from .wire.ethernet import ETHER_HEADER_LEN
 from .wire.icmpv6 import (
@@ -26,8 +27,8 @@ from .wire.icmpv6 import (
     icmp6_checksum,
     parse_icmpv6,
 )
-from .wire.ipv4 import IPPROTO_UDP
-from .wire.ipv6 import IPPROTO_ICMPV6, IPV6_HEADER, IPV6_HEADER_LEN, walk_extension_headers
+from .wire.ipv4 import IPPROTO_TCP, IPPROTO_UDP
+from .wire.ipv6 import IPPROTO_ICMPV6, IPV6_HEADER, IPV6_HEADER_LEN, IPV6_MIN_MTU, walk_extension_headers
 
 if TYPE_CHECKING:
     from ._ip6 import Ip6Layer
@@ -128,17 +129,35 @@ class Icmp6Layer:
         if inner_src not in ip6.addresses:
             stats.drop(Icmp6Drop.BAD_QUOTE)  # not about a packet we sent
             return
-        if icmp_type == ICMP6_PACKET_TOO_BIG:
+        too_big = icmp_type == ICMP6_PACKET_TOO_BIG
+        if too_big:
             stats.packet_too_big_received += 1
             ip6.update_pmtu(inner_dst, rest, now)
-            stats.errors_delivered += 1
-            return
         try:
             proto, at, _frag_at, _, _ = walk_extension_headers(
                 buf, start + IPV6_HEADER_LEN, end, nxt, ip6.config.max_extension_headers
             )
         except WireError:
-            stats.drop(Icmp6Drop.BAD_QUOTE)
+            if too_big:
+                stats.errors_delivered += 1  # (the path MTU took it)
+            else:
+                stats.drop(Icmp6Drop.BAD_QUOTE)
+            return
+        if proto == IPPROTO_TCP and at + 8 <= end:
+            # tcp6_ctlinput: the connection the quoted segment belongs to, its sequence number
+            # checked against the window (RFC 5927 4.1); a Packet Too Big lowers its MSS.
+            sport = (buf[at] << 8) | buf[at + 1]
+            dport = (buf[at + 2] << 8) | buf[at + 3]
+            seq = int.from_bytes(buf[at + 4 : at + 8], "big")
+            error = errno_for_icmp6(icmp_type, code)
+            mtu = max(rest, IPV6_MIN_MTU) if too_big else 0
+            if ip6.core.tcp.tcp_ctlinput(sport, inner_dst | IP6_KEY, dport, error, mtu, seq, now) or too_big:
+                stats.errors_delivered += 1
+                return
+            stats.drop(Icmp6Drop.ERROR_NO_SOCKET)
+            return
+        if too_big:
+            stats.errors_delivered += 1  # the path MTU is the whole of it for anything but TCP
             return
         if proto == IPPROTO_UDP and at + 4 <= end:
             sport = (buf[at] << 8) | buf[at + 1]

@@ -6,7 +6,8 @@ This host does not forward: a packet is for one of our addresses or a group we j
 (all-nodes, our addresses' solicited-node groups), else it is dropped and counted.  Addresses
 are 128-bit integers; our own ones carry their DAD state (RFC 4862: a tentative address
 receives nothing and is never a source).  Neighbour Discovery is :mod:`._nd6`, ICMPv6
-:mod:`._icmp6`; UDP over IPv6 is the UDP layer's ``udp6_input``/``udp6_output``.
+:mod:`._icmp6`; UDP over IPv6 is the UDP layer's ``udp6_input``/``udp6_output``, TCP the TCP
+layer's ``tcp6_input`` (and ``tcp.connect6``: see :mod:`.tcp._tcp6`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING
 from ._drops import Ip6Drop
 from ._icmp6 import Icmp6Layer
 from ._nd6 import Nd6Layer
+from ._offload import OffloadPacket
 from ._reassembly import Reassembler
 from ._stats import LayerStatistics
 from ._stats6 import Ip6Stats
@@ -33,7 +35,7 @@ from .wire.icmpv6 import (
     ND_ROUTER_ADVERT,
     parse_icmpv6,
 )
-from .wire.ipv4 import IPPROTO_UDP
+from .wire.ipv4 import IPPROTO_TCP, IPPROTO_UDP
 from .wire.ipv6 import (
     ALL_NODES,
     IPPROTO_FRAGMENT,
@@ -214,7 +216,11 @@ class Ip6Layer:
             return
         start = offset + IPV6_HEADER_LEN
         end = start + payload_len
-        if nxt == IPPROTO_UDP:  # the common case, with no extension header to walk
+        if nxt == IPPROTO_TCP:  # the common cases, with no extension header to walk
+            stats.delivered += 1
+            self.core.tcp.tcp6_input(frame, start, end, src, dst, offset, now)
+            return
+        if nxt == IPPROTO_UDP:
             stats.delivered += 1
             self.core.udp.udp6_input(frame, start, end, src, dst, offset, now)
             return
@@ -269,7 +275,10 @@ class Ip6Layer:
         """Hand the upper-layer header at ``buf[at:end]`` to its protocol (``ip_offset`` is where
         the IPv6 header is, -1 for a reassembled packet)."""
         stats = self.stats
-        if proto == IPPROTO_UDP:
+        if proto == IPPROTO_TCP:
+            stats.delivered += 1
+            self.core.tcp.tcp6_input(buf, at, end, src, dst, ip_offset, now)
+        elif proto == IPPROTO_UDP:
             stats.delivered += 1
             self.core.udp.udp6_input(buf, at, end, src, dst, ip_offset, now)
         elif proto == IPPROTO_ICMPV6:
@@ -278,7 +287,6 @@ class Ip6Layer:
         elif proto == IPPROTO_NONE:
             stats.drop(Ip6Drop.NO_NEXT_HEADER)
         else:
-            # TCP over IPv6 lands here too until the TCP layer speaks it.
             stats.drop(Ip6Drop.UNKNOWN_PROTOCOL)
             if ip_offset >= 0 and at == chain_start and dst in self.addresses:
                 # RFC 8200 4: parameter problem, code 1, pointing at the next header field that
@@ -396,7 +404,8 @@ class Ip6Layer:
         mtu = self.path_mtu(dst, now)
         stats.sent += 1
         s_hi, s_lo, d_hi, d_lo = src >> 64, src & _MASK64, dst >> 64, dst & _MASK64
-        if IPV6_HEADER_LEN + payload_len <= mtu:
+        if IPV6_HEADER_LEN + payload_len <= mtu or (packet.__class__ is OffloadPacket and packet.gso_size):
+            # (a TSO segment: the port cuts it into segments that fit)
             IPV6_HEADER.pack_into(
                 packet, ETHER_HEADER_LEN, first_word, payload_len, proto, hop_limit, s_hi, s_lo, d_hi, d_lo
             )

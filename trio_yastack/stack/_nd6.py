@@ -335,6 +335,16 @@ class Nd6Layer:
         if state == REACHABLE:
             entry.reachable_until = now + self.config.reachable_time
 
+    def nud_hint(self, address: int, now: float) -> None:
+        """Upper-layer reachability confirmation (RFC 4861 7.3.1; FreeBSD's ``nd6_nud_hint``):
+        a TCP connection to ``address`` made forward progress (the peer acknowledged new data),
+        so its entry is REACHABLE again without a probe; an unresolved one is left alone."""
+        entry = self.cache.get(address)
+        if entry is None or entry.state == INCOMPLETE:
+            return
+        if entry.state != REACHABLE or now + self.config.reachable_time - entry.reachable_until > 1.0:
+            self._confirmed(address, entry, REACHABLE, now)  # (at most once a second when reachable)
+
     def _flush(self, entry: Neighbor) -> None:
         held, entry.held = entry.held, deque()
         output = self.ip6.ether_output6

@@ -16,6 +16,7 @@ Those classes are hypercorn internals, so the versions they were checked against
 from __future__ import annotations
 
 import ipaddress
+import socket
 from collections.abc import Awaitable, Callable
 from functools import partial
 from importlib.metadata import version
@@ -52,14 +53,23 @@ def check_hypercorn_version() -> str:
 
 
 def parse_bind(bind: str) -> tuple[str | None, int]:
-    """``HOST:PORT`` (or ``:PORT``, or ``PORT``) as ``(IPv4 address, port)``; the address is
-    ``None`` for a loopback name (hypercorn's default bind is 127.0.0.1:8000), which means the
-    stack's own address.  ``ValueError`` for anything else."""
+    """``HOST:PORT`` (or ``[IPV6]:PORT``, ``:PORT``, ``PORT``) as ``(address, port)``: an IPv4
+    address, or an IPv6 one without its brackets (``::``: every address of both families, a
+    dual-stack listener); ``None`` for a loopback name (hypercorn's default bind is
+    127.0.0.1:8000), which means the stack's own address.  ``ValueError`` for anything else."""
     if bind.startswith(("unix:", "fd://")):
-        raise ValueError(f"bind {bind!r}: the stack serves TCP over IPv4 only (HOST:PORT)")
+        raise ValueError(f"bind {bind!r}: the stack serves TCP over IP only (HOST:PORT or [IPV6]:PORT)")
     host, sep, port_text = bind.rpartition(":")
     if not sep:
         host, port_text = "", bind
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            six = ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            raise ValueError(f"bind {bind!r}: not an IPv6 address in [...]") from None
+        if six.is_loopback:
+            return None, _port(bind, port_text)
+        return str(six), _port(bind, port_text)
     if host in ("", "0.0.0.0", "*"):
         host = "0.0.0.0"
     elif host == "localhost" or host.startswith("127."):
@@ -67,15 +77,25 @@ def parse_bind(bind: str) -> tuple[str | None, int]:
     try:
         ipaddress.IPv4Address(host)
     except ValueError:
-        raise ValueError(f"bind {bind!r}: expected IPV4:PORT, :PORT or PORT") from None
+        raise ValueError(f"bind {bind!r}: expected IPV4:PORT, [IPV6]:PORT, :PORT or PORT") from None
     return host, _port(bind, port_text)
+
+
+def bind_family(host: str) -> socket.AddressFamily:
+    """The socket family for a host ``parse_bind`` returned (an IPv6 one has a colon)."""
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def show_host(host: str) -> str:
+    """A host as a URL shows it (an IPv6 address in brackets)."""
+    return f"[{host}]" if ":" in host else host
 
 
 def _port(bind: str, text: str) -> int:
     try:
         port = int(text)
     except ValueError:
-        raise ValueError(f"bind {bind!r}: expected IPV4:PORT, :PORT or PORT") from None
+        raise ValueError(f"bind {bind!r}: expected IPV4:PORT, [IPV6]:PORT, :PORT or PORT") from None
     if not 0 <= port <= 65535:
         raise ValueError(f"bind {bind!r}: port {port} out of range")
     return port
@@ -88,7 +108,7 @@ def _parse_bind(bind: str, stack: Stack) -> tuple[str, int]:
 
 async def _listen(stack: Stack, bind: str, backlog: int) -> trio.SocketListener:
     host, port = _parse_bind(bind, stack)
-    sock = stack.socket()
+    sock = stack.socket(bind_family(host))
     sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEADDR, 1)
     await sock.bind((host, port))
     sock.listen(backlog)
@@ -97,7 +117,7 @@ async def _listen(stack: Stack, bind: str, backlog: int) -> trio.SocketListener:
 
 def _display(bind: str, stack: Stack, scheme: str) -> str:
     host, port = _parse_bind(bind, stack)
-    return f"{scheme}://{stack.address if host == '0.0.0.0' else host}:{port}"
+    return f"{scheme}://{stack.address if host in ('0.0.0.0', '::') else show_host(host)}:{port}"
 
 
 async def serve_asgi_hypercorn(

@@ -29,7 +29,7 @@ from trio_yastack._trio_helpers import unwrap_single_exception
 from ._access_log import AccessLogger
 from ._config import ServerConfig
 from ._http11 import Handoffs, HttpConnection
-from ._hypercorn import Config, parse_bind, serve_asgi_hypercorn
+from ._hypercorn import Config, bind_family, parse_bind, serve_asgi_hypercorn, show_host
 from ._lifespan import ASGIApp, Lifespan
 
 __all__ = ["serve_asgi"]
@@ -215,11 +215,11 @@ class _Server:
 async def _stack_listener(stack: Stack, bind: str, backlog: int) -> tuple[trio.SocketListener, str]:
     host, port = parse_bind(bind)
     host = str(stack.address) if host is None else host
-    sock = stack.socket()
+    sock = stack.socket(bind_family(host))
     sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEADDR, 1)
     await sock.bind((host, port))
     sock.listen(backlog)
-    shown = stack.address if host == "0.0.0.0" else host
+    shown = stack.address if host in ("0.0.0.0", "::") else show_host(host)  # (:: takes IPv4 too)
     return trio.SocketListener(sock), f"{shown}:{sock.getsockname()[1]}"
 
 
@@ -236,7 +236,7 @@ async def _kernel_listeners(bind: str, backlog: int) -> tuple[list[trio.SocketLi
                 # the epoll registration (and removal at close) per connection; a silent client is
                 # accepted after DEFER_ACCEPT_SECONDS all the same, and its head timeout runs then
                 listener.socket.setsockopt(trio.socket.IPPROTO_TCP, defer, DEFER_ACCEPT_SECONDS)
-    return listeners, f"{host}:{listeners[0].socket.getsockname()[1]}"
+    return listeners, f"{show_host(host)}:{listeners[0].socket.getsockname()[1]}"
 
 
 async def _open_listeners(

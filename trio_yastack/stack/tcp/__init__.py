@@ -9,6 +9,8 @@
   checks one function each), ``_output`` (``tcp_output.c``) and ``_timers`` (``tcp_timer.c``).
 - ``_states``: the eleven states; ``_buffers``: send/receive buffers, the out-of-order queue and
   the SACK scoreboard; ``_cc``: congestion control (NewReno, CUBIC); ``_syncookie``: SYN cookies.
+- ``_tcp6``: TCP over IPv6 with the same code: ``TcpConnection6`` (IPv6 pseudo-header, MSS from
+  MTU - 60) and ``IP6_KEY``, the mark of an IPv6 peer's address in the layer's tables.
 """
 
 from ._conn import TcpConnection as TcpConnection
@@ -16,3 +18,5 @@ from ._layer import TcpLayer as TcpLayer
 from ._layer import TcpListener as TcpListener
 from ._layer import TcpTimeWait as TcpTimeWait
 from ._states import TcpState as TcpState
+from ._tcp6 import IP6_KEY as IP6_KEY
+from ._tcp6 import TcpConnection6 as TcpConnection6

@@ -145,6 +145,12 @@ class TcpConnection:
         "waiter",
     )  # fmt: skip
 
+    #: bytes of IP and TCP headers a segment carries (the MSS is the MTU less these), and the
+    #: lowest path MTU an ICMP error may set (RFC 1191 with Linux's min_pmtu 552); the IPv6
+    #: connection (``_tcp6.TcpConnection6``) has its own
+    IP_TCP_HEADERS = 40
+    MIN_PMTU = 552
+
     def __init__(
         self,
         layer: TcpLayer,
@@ -177,7 +183,7 @@ class TcpConnection:
         self.ts_offset = layer.timestamp_offset(local_port, remote_ip, remote_port)
         self.last_ack_sent = 0
         self.peer_mss = config.default_mss
-        self.mss = min(config.default_mss, layer.core.mtu - 40)
+        self.mss = min(config.default_mss, layer.core.mtu - self.IP_TCP_HEADERS)
         self.cc = make_congestion_control(config.congestion_control, self.mss)
         self.srtt = 0.0
         self.rttvar = 0.0
@@ -353,8 +359,9 @@ class TcpConnection:
         """A soft error (RFC 1122 4.2.3.9): remembered, reported if the connection then times
         out.  Fragmentation needed lowers the MSS (RFC 1191) and resends the flight at once."""
         if mtu:
-            # RFC 1191 with Linux's floor (min_pmtu 552), so a forged tiny MTU cannot shred us.
-            path_mss = max(mtu, 552) - 40
+            # RFC 1191 with Linux's floor (min_pmtu 552; IPv6's 1280), so a forged tiny MTU
+            # cannot shred us.
+            path_mss = max(mtu, self.MIN_PMTU) - self.IP_TCP_HEADERS
             if path_mss < self.mss + (12 if self.ts_on else 0):
                 self.set_mss(path_mss)
                 if self.state in SYNCHRONIZED and self.snd_max > self.snd_una:

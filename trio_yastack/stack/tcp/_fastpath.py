@@ -7,7 +7,8 @@ frames of one burst are first classified together, in one call into C (``native/
 prediction may take -- an unfragmented IPv4 datagram without options, to our address, carrying a
 TCP segment with ACK (and maybe PSH) and no other flag, no options or the aligned timestamp
 option, with valid checksums -- comes back as a *candidate* with its TCP fields; any other frame
-*declines* and goes through ``ether_input`` as before.
+*declines* and goes through ``ether_input`` as before.  The fast path is IPv4-only: an IPv6
+frame always declines and takes the Python path (``ip6_input`` -> ``tcp6_input``).
 
 :func:`fast_input` then takes a candidate for its connection (the 4-tuple demultiplexes it) when
 the connection is ESTABLISHED, untraced and carries no loss-recovery state (no SACK scoreboard,

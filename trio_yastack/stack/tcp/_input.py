@@ -442,7 +442,7 @@ def _take_syn_options(
         self.ts_recent = tsval
         self.ts_recent_valid = True
     self.peer_mss = max(peer_mss, 64)
-    self.set_mss(min(self.peer_mss, self.core.mtu - 40))
+    self.set_mss(min(self.peer_mss, self.core.mtu - self.IP_TCP_HEADERS))
     # RACK-TLP needs SACK (RFC 8985 2): without it the duplicate-ACK threshold decides.
     self.rack = SentLog() if self.sack_on and config.rack else None
 

@@ -1,6 +1,11 @@
 """TCP for one stack instance: ``tcp_input`` (validate, demultiplex, listen, SYN cookies, RST for
 closed ports), active opens, ephemeral ports, ISNs (RFC 6528), TIME_WAIT (compact records, their
-bound and expiry: FreeBSD's ``tcp_timewait.c``), ICMP errors."""
+bound and expiry: FreeBSD's ``tcp_timewait.c``), ICMP errors.
+
+Both families share all of it: ``tcp6_input`` checks a segment that came over IPv6 and then
+takes the same steps with the peer's address keyed by ``IP6_KEY`` (see :mod:`._tcp6`); an IPv6
+connection is a :class:`~._tcp6.TcpConnection6`, made by ``connect6`` or a listener that
+accepts IPv6 (``TcpListener.ipv6``)."""
 
 from __future__ import annotations
 
@@ -14,13 +19,17 @@ from typing import TYPE_CHECKING
 
 from .._drops import TcpDrop
 from .._ip import FRAME_HEADROOM
+from .._native import sum16
 from .._seq import seq_lt, unwrap
 from ..wire import WireError
+from ..wire.ipv4 import IPPROTO_TCP
+from ..wire.ipv6 import pseudo_header_sum6
 from ..wire.tcp import (
     TCP_ACK,
     TCP_FIN,
     TCP_HEADER,
     TCP_HEADER_LEN,
+    TCP_PSH,
     TCP_RST,
     TCP_SYN,
     TcpOptions,
@@ -31,6 +40,7 @@ from ._conn import TcpConnection
 from ._output import _ACK_WITH_TIMESTAMPS, tcp_checksum_and_send, window_shift_for
 from ._states import CLOSED, ESTABLISHED, LISTEN, SYN_RECEIVED, SYN_SENT, TIME_WAIT
 from ._syncookie import CookieOptions, SynCookies
+from ._tcp6 import IP6_KEY, TcpConnection6, format_remote, predicted_input, tcp6_checksum_and_send
 
 if TYPE_CHECKING:
     from .._core import StackCore
@@ -42,6 +52,7 @@ _MASK = 0xFFFFFFFF
 _TS_ALIGNED = b"\x01\x01\x08\x0a"
 _U32X2 = struct.Struct("!II")
 _PAIR = struct.Struct("!HIH")
+_PAIR6 = struct.Struct("!H17sH")  # an IPv6 peer: its address with IP6_KEY, 17 bytes
 #: Linux's SYN and SYN-ACK options, 20 bytes: MSS, SACK-permitted, timestamps, NOP, window scale
 #: (tests/vectors.py, TCP_SYN); the fixed bytes below, and the values read with one unpack
 _LINUX_SYN = struct.Struct("!2xH4xII3xB")
@@ -66,7 +77,9 @@ def linux_syn_options(buf: bytes, offset: int) -> TcpOptions | None:
     return TcpOptions(mss, window_scale, True, (), (tsval, tsecr))
 
 
-ConnectionKey = tuple[int, int, int]  # (local port, remote ip, remote port); the local ip is ours
+#: (local port, remote ip, remote port): the local IPv4 address is ours; an IPv6 remote address
+#: carries IP6_KEY (a connection's own IPv6 address is ``TcpConnection6.local_ip6``)
+ConnectionKey = tuple[int, int, int]
 
 
 class TcpListener:
@@ -77,6 +90,8 @@ class TcpListener:
         "backlog",
         "closed",
         "embryonic",
+        "ipv4",
+        "ipv6",
         "layer",
         "port",
         "receive_buffer",
@@ -97,6 +112,11 @@ class TcpListener:
         #: sockets sharing this listener (SO_REUSEPORT); it closes when the last one does
         self.sockets = 1
         self.reuse_port = False
+        #: the families it accepts: IPv4 only (``listen``, an AF_INET socket's), or IPv6 and,
+        #: unless IPV6_V6ONLY, IPv4 too (``listen6``, an AF_INET6 socket's, whose IPv4 peers
+        #: its socket shows v4-mapped); the tables it is in say the same (see ``listeners6``)
+        self.ipv4 = True
+        self.ipv6 = False
         self.embryonic: set[TcpConnection] = set()
         self.accept_queue: deque[TcpConnection] = deque()
         self.closed = False
@@ -125,6 +145,8 @@ class TcpListener:
         self.closed = True
         if self.layer.listeners.get(self.port) is self:
             del self.layer.listeners[self.port]
+        if self.layer.listeners6.get(self.port) is self:
+            del self.layer.listeners6[self.port]
         for conn in [*self.accept_queue, *self.embryonic]:
             conn.listener = None
             conn.abort(now)
@@ -186,9 +208,7 @@ class TcpTimeWait:
         return self.key[2]
 
     def __repr__(self) -> str:
-        from ipaddress import IPv4Address
-
-        return f"<TcpTimeWait {self.key[0]} <-> {IPv4Address(self.key[1])}:{self.key[2]}>"
+        return f"<TcpTimeWait {self.key[0]} <-> {format_remote(self.key[1])}:{self.key[2]}>"
 
 
 class TcpLayer:
@@ -210,6 +230,7 @@ class TcpLayer:
         "core",
         "isn_source",
         "listeners",
+        "listeners6",
         "port_filter",
         "port_selector",
         "port_use",
@@ -222,7 +243,12 @@ class TcpLayer:
         self.config = core.config.tcp
         self.stats = core.stats_tcp
         self.connections: dict[ConnectionKey, TcpConnection] = {}
+        #: listeners by port: ``listeners`` those that accept IPv4, ``listeners6`` those that
+        #: accept IPv6; a dual-stack one is in both.  So each family's input finds only the
+        #: listeners of its family, with no test (an AF_INET and an IPV6_V6ONLY AF_INET6 socket
+        #: may listen on the same port, as trio.open_tcp_listeners makes them).
         self.listeners: dict[int, TcpListener] = {}
+        self.listeners6: dict[int, TcpListener] = {}
         self.port_use: dict[int, int] = {}  # local port -> connections using it
         #: connections in TIME_WAIT as compact records, by pair, in the order they expire (a
         #: dict for its order and O(1) removal: one that ends early, taken over by a new SYN or
@@ -274,7 +300,11 @@ class TcpLayer:
         pair = (local_port, remote_ip, remote_port)
         if pair == self._hash_pair:
             return self._hash_value
-        digest = hashlib.blake2s(_PAIR.pack(*pair), key=self._isn_key, digest_size=8).digest()
+        if remote_ip > _MASK:  # an IPv6 peer (IP6_KEY): the hash runs over its whole address
+            data = _PAIR6.pack(local_port, remote_ip.to_bytes(17, "big"), remote_port)
+        else:
+            data = _PAIR.pack(*pair)
+        digest = hashlib.blake2s(data, key=self._isn_key, digest_size=8).digest()
         value = self._hash_value = int.from_bytes(digest, "big")
         self._hash_pair = pair
         return value
@@ -291,6 +321,7 @@ class TcpLayer:
             port = first + (start + step) % span
             if (
                 port not in self.listeners
+                and port not in self.listeners6
                 and port not in self.bound_ports
                 and (port, remote_ip, remote_port) not in connections
                 and (port, remote_ip, remote_port) not in time_wait
@@ -435,7 +466,10 @@ class TcpLayer:
                 packet, FRAME_HEADROOM, local_port, remote_port, tw.snd_nxt & _MASK, tw.rcv_nxt & _MASK,
                 0x50, TCP_ACK, window, 0, 0,
             )  # fmt: skip
-        tcp_checksum_and_send(self.core, self.stats, packet, tcp_len, remote_ip, now)
+        if remote_ip > _MASK:
+            tcp6_checksum_and_send(self.core, self.stats, packet, tcp_len, remote_ip & ~IP6_KEY, now)
+        else:
+            tcp_checksum_and_send(self.core, self.stats, packet, tcp_len, remote_ip, now)
 
     def _time_wait_challenge(self, tw: TcpTimeWait, now: float) -> None:
         """RFC 5961 3.2/4.2 in TIME_WAIT: a suspicious RST or SYN gets a (rate limited) ACK."""
@@ -545,6 +579,56 @@ class TcpLayer:
         conn.open_active(now)
         return conn
 
+    def connect6(
+        self,
+        remote_ip: int,
+        remote_port: int,
+        now: float,
+        local_port: int = 0,
+        *,
+        local_ip: int = 0,
+        send_buffer: int = 0,
+        receive_buffer: int = 0,
+    ) -> TcpConnection6:
+        """Active open to an IPv6 peer (``remote_ip`` a plain 128-bit address) from ``local_ip``
+        (0: the source address RFC 6724 picks): a connection in SYN_SENT with its SYN sent.
+        A v4-mapped address is the caller's to turn into an IPv4 ``connect``."""
+        ip6 = self.core.ip6
+        if ip6 is None:
+            raise OSError(errno.ENETUNREACH, "Network is unreachable (no IPv6 address on this stack)")
+        if not 0 < remote_port <= 0xFFFF:
+            raise OSError(errno.EINVAL, "Invalid argument: port")
+        if not 0 < remote_ip < IP6_KEY or remote_ip >> 120 == 0xFF or remote_ip >> 32 == 0xFFFF:
+            raise OSError(errno.ENETUNREACH if remote_ip else errno.EINVAL, "not a unicast IPv6 destination")
+        ip6.route(remote_ip, now)
+        if not local_ip:
+            local_ip = ip6.select_source(remote_ip)
+        elif not ip6.usable(local_ip):
+            raise OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address")
+        if len(self.connections) >= self.config.max_connections:
+            raise OSError(errno.EAGAIN, "Resource temporarily unavailable (connection table full)")
+        remote = remote_ip | IP6_KEY
+        if local_port == 0:
+            local_port = self.port_selector(remote, remote_port)
+        else:
+            key = (local_port, remote, remote_port)
+            if key in self.connections or key in self.time_wait:
+                raise OSError(errno.EADDRINUSE, "Address already in use")
+        iss = self.isn_source(local_port, remote, remote_port, now) & _MASK
+        conn = TcpConnection6(
+            self,
+            local_port,
+            remote,
+            remote_port,
+            iss,
+            local_ip6=local_ip,
+            send_buffer=send_buffer,
+            receive_buffer=receive_buffer,
+        )
+        self._attach(conn)
+        conn.open_active(now)
+        return conn
+
     def listen(self, port: int, backlog: int = 128) -> TcpListener:
         if not 0 < port <= 0xFFFF:
             raise OSError(errno.EINVAL, "Invalid argument: port")
@@ -552,6 +636,21 @@ class TcpLayer:
             raise OSError(errno.EADDRINUSE, "Address already in use")
         backlog = min(max(backlog, 1), self.config.max_backlog)
         listener = self.listeners[port] = TcpListener(self, port, backlog)
+        return listener
+
+    def listen6(self, port: int, backlog: int = 128, v6only: bool = False) -> TcpListener:
+        """Listen for IPv6 (an AF_INET6 socket) and, unless ``v6only``, IPv4 too (dual-stack,
+        Linux's default): a port IPv4 listens on already is in use then, as in the kernel."""
+        if not 0 < port <= 0xFFFF:
+            raise OSError(errno.EINVAL, "Invalid argument: port")
+        if port in self.listeners6 or (not v6only and port in self.listeners):
+            raise OSError(errno.EADDRINUSE, "Address already in use")
+        backlog = min(max(backlog, 1), self.config.max_backlog)
+        listener = self.listeners6[port] = TcpListener(self, port, backlog)
+        listener.ipv6 = True
+        listener.ipv4 = not v6only
+        if not v6only:
+            self.listeners[port] = listener
         return listener
 
     # -- input ------------------------------------------------------------------------------
@@ -642,6 +741,101 @@ class TcpLayer:
             self.send_reset(src, sport, dport, ack, seq + (end - data_start) + (1 if flags & TCP_SYN else 0)
                             + (1 if flags & TCP_FIN else 0), bool(flags & TCP_ACK), now)  # fmt: skip
 
+    def tcp6_input(
+        self, buf: bytes, start: int, end: int, src: int, dst: int, ip_offset: int, now: float
+    ) -> None:
+        """A TCP segment arrived over IPv6 in ``buf[start:end]`` (FreeBSD ``tcp6_input``, which
+        checks what is IPv6's and hands the segment to ``tcp_input``'s own code): the checksum
+        over the IPv6 pseudo-header (RFC 8200 8.1), a unicast address of ours, then the steps of
+        :meth:`tcp_input` with the peer's address keyed by ``IP6_KEY``.  They are written out
+        again rather than shared: sharing them would cost every IPv4 segment a call."""
+        stats = self.stats
+        stats.segments_received += 1
+        try:
+            sport, dport, seq, ack, flags, window, _urgent, header_len = parse_tcp_header(
+                buf, start, end, 0, 0, False
+            )
+        except WireError as exc:
+            stats.drop(exc.reason)
+            return
+        length = end - start
+        if (
+            self.core.verify_checksums
+            and sum16(buf, start, length, pseudo_header_sum6(src, dst, IPPROTO_TCP, length)) != 0xFFFF
+        ):
+            stats.drop(TcpDrop.BAD_CHECKSUM)
+            return
+        ip6 = self.core.ip6
+        if ip6 is None or dst not in ip6.addresses:
+            stats.drop(TcpDrop.NOT_UNICAST)  # a multicast group: TCP never answers those
+            return
+        if (flags & TCP_SYN and flags & (TCP_FIN | TCP_RST)) or not flags & (TCP_SYN | TCP_ACK | TCP_RST):
+            stats.drop(TcpDrop.BAD_FLAGS)
+            return
+        if sport == 0 or dport == 0:
+            stats.drop(TcpDrop.BAD_PORT)
+            return
+        options: TcpOptions | None = None
+        tsval = tsecr = -1
+        opt_start = start + TCP_HEADER_LEN
+        opt_len = header_len - TCP_HEADER_LEN
+        if opt_len == 12 and buf[opt_start : opt_start + 4] == _TS_ALIGNED:
+            tsval, tsecr = _U32X2.unpack_from(buf, opt_start + 4)
+        elif opt_len:
+            options = linux_syn_options(buf, opt_start) if opt_len == 20 else None
+            if options is None:
+                try:
+                    options = parse_tcp_options(buf, opt_start, start + header_len)
+                except WireError as exc:
+                    stats.drop(exc.reason)
+                    return
+            if options.timestamps is not None:
+                tsval, tsecr = options.timestamps
+        data_start = start + header_len
+        remote = src | IP6_KEY
+        key = (dport, remote, sport)
+        conn = self.connections.get(key)
+        if conn is not None:
+            snd_una = conn.snd_una
+            if not (
+                options is None
+                and flags & ~TCP_PSH == TCP_ACK
+                and conn.__class__ is TcpConnection6
+                and self.core.fast_path
+                and predicted_input(conn, buf, data_start, end, seq, ack, flags, window, tsval, tsecr, now)
+            ):
+                conn.segment_arrives(
+                    buf, data_start, end, seq, ack, flags, window, options, tsval, tsecr, now
+                )
+            if conn.snd_una > snd_una:
+                ip6.nd6.nud_hint(src, now)  # forward progress: the neighbour is reachable (ND6_HINT)
+            return
+        if self.time_wait:
+            tw = self.time_wait.get(key)
+            if tw is not None:
+                if flags & TCP_SYN and not flags & TCP_ACK and dport in self.listeners6:
+                    newer_ts = tsval >= 0 and tw.ts_recent >= 0 and seq_lt(tw.ts_recent, tsval)
+                    if newer_ts or (tsval < 0 and seq_lt(tw.rcv_nxt, seq)):  # RFC 6191, as tcp_input
+                        self._time_wait_close(tw)
+                        self._listen_input(
+                            self.listeners6[dport], buf, data_start, end, remote, sport, dport, seq, ack,
+                            flags, window, options, tsval, tsecr, now, dst,
+                        )  # fmt: skip
+                        return
+                self._time_wait_input(tw, end - data_start, seq, ack, flags, tsval, now)
+                return
+        listener = self.listeners6.get(dport)
+        if listener is not None:
+            self._listen_input(
+                listener, buf, data_start, end, remote, sport, dport, seq, ack, flags, window, options,
+                tsval, tsecr, now, dst,
+            )  # fmt: skip
+            return
+        stats.drop(TcpDrop.NO_SOCKET)
+        if not flags & TCP_RST:
+            seg_end = seq + (end - data_start) + (1 if flags & TCP_SYN else 0) + (1 if flags & TCP_FIN else 0)
+            self.send_reset(remote, sport, dport, ack, seg_end, bool(flags & TCP_ACK), now, dst)
+
     def _listen_input(
         self,
         listener: TcpListener,
@@ -659,8 +853,10 @@ class TcpLayer:
         tsval: int,
         tsecr: int,
         now: float,
+        local6: int = 0,
     ) -> None:
-        """RFC 9293 3.10.7.2 (LISTEN), with a bounded SYN queue and SYN cookies beyond it."""
+        """RFC 9293 3.10.7.2 (LISTEN), with a bounded SYN queue and SYN cookies beyond it.
+        ``local6``: our address a segment that came over IPv6 is for (0 for IPv4)."""
         stats = self.stats
         if flags & TCP_RST:
             stats.drop(TcpDrop.RST_TO_LISTENER)
@@ -668,17 +864,17 @@ class TcpLayer:
         if flags & TCP_ACK:
             if not flags & TCP_SYN and self.config.syncookies:
                 cookie = self.cookies.check(
-                    self.core.ip, dport, src, sport, (seq - 1) & _MASK, (ack - 1) & _MASK, now
+                    local6 or self.core.ip, dport, src, sport, (seq - 1) & _MASK, (ack - 1) & _MASK, now
                 )
                 if cookie is not None:
                     stats.syncookies_valid += 1
                     self._cookie_established(
                         listener, cookie, buf, data_start, end, src, sport, dport, seq, ack, flags, window,
-                        tsval, tsecr, now,
+                        tsval, tsecr, now, local6,
                     )  # fmt: skip
                     return
                 stats.syncookies_failed += 1
-            self.send_reset(src, sport, dport, ack, 0, True, now)
+            self.send_reset(src, sport, dport, ack, 0, True, now, local6)
             return
         if not flags & TCP_SYN:
             stats.drop(TcpDrop.NO_SYN_TO_LISTENER)
@@ -691,12 +887,12 @@ class TcpLayer:
             or len(self.connections) >= self.config.max_connections
         ):
             if self.config.syncookies:
-                self._send_cookie_syn_ack(listener, src, sport, dport, seq, options, tsval, now)
+                self._send_cookie_syn_ack(listener, src, sport, dport, seq, options, tsval, now, local6)
             else:
                 stats.drop(TcpDrop.SYN_QUEUE_FULL)
             return
         iss = self.isn_source(dport, src, sport, now) & _MASK
-        conn = self._passive_connection(listener, src, sport, iss, seq, options, tsval, now)
+        conn = self._passive_connection(listener, src, sport, iss, seq, options, tsval, now, local6)
         conn.rcv_adv = conn.rcv_nxt
         conn.snd_wnd = conn.max_sndwnd = window
         conn.snd_wl1 = seq
@@ -713,18 +909,25 @@ class TcpLayer:
         options: TcpOptions | None,
         tsval: int,
         now: float,
+        local6: int = 0,
     ) -> TcpConnection:
         """A connection in SYN_RECEIVED for ``listener``, from a SYN (or a SYN cookie's ACK):
         the listener's buffer sizes, the negotiated options, counted and in the SYN queue."""
-        conn = TcpConnection(
-            self,
-            listener.port,
-            src,
-            sport,
-            iss,
-            send_buffer=listener.send_buffer,
-            receive_buffer=listener.receive_buffer,
-        )
+        if local6:
+            conn: TcpConnection = TcpConnection6(
+                self, listener.port, src, sport, iss, local_ip6=local6,
+                send_buffer=listener.send_buffer, receive_buffer=listener.receive_buffer,
+            )  # fmt: skip
+        else:
+            conn = TcpConnection(
+                self,
+                listener.port,
+                src,
+                sport,
+                iss,
+                send_buffer=listener.send_buffer,
+                receive_buffer=listener.receive_buffer,
+            )
         conn.listener = listener
         conn.state = SYN_RECEIVED
         conn.irs = irs
@@ -746,27 +949,25 @@ class TcpLayer:
         options: TcpOptions | None,
         tsval: int,
         now: float,
+        local6: int = 0,
     ) -> None:
         """A stateless SYN-ACK whose ISN encodes the options (RFC 4987 3.6)."""
         config = self.config
         peer_mss = options.mss if options is not None and options.mss else config.default_mss
         peer_ws = options.window_scale if options is not None and config.window_scaling else None
         sack = bool(options is not None and options.sack_permitted and config.sack)
-        cookie_options = CookieOptions(
-            mss=min(peer_mss, self.core.mtu - 40), window_scale=peer_ws, sack_permitted=sack
-        )
-        iss = self.cookies.make(self.core.ip, dport, src, sport, seq, cookie_options, now)
+        our_mss = self.core.mtu - (TcpConnection6.IP_TCP_HEADERS if local6 else TcpConnection.IP_TCP_HEADERS)
+        cookie_options = CookieOptions(mss=min(peer_mss, our_mss), window_scale=peer_ws, sack_permitted=sack)
+        iss = self.cookies.make(local6 or self.core.ip, dport, src, sport, seq, cookie_options, now)
         our_ws = window_shift_for(config.receive_buffer) if peer_ws is not None else None
         timestamps = None
         if tsval >= 0 and config.timestamps:
             offset = self.timestamp_offset(dport, src, sport)
             timestamps = ((int(now * 1000) + offset) & _MASK, tsval)
-        syn_options = TcpOptions(
-            mss=self.core.mtu - 40, window_scale=our_ws, sack_permitted=sack, timestamps=timestamps
-        )
+        syn_options = TcpOptions(mss=our_mss, window_scale=our_ws, sack_permitted=sack, timestamps=timestamps)
         window = min(listener.receive_buffer or config.receive_buffer, 0xFFFF)
         self._send_bare(
-            src, sport, dport, iss, (seq + 1) & _MASK, TCP_SYN | TCP_ACK, window, syn_options, now
+            src, sport, dport, iss, (seq + 1) & _MASK, TCP_SYN | TCP_ACK, window, syn_options, now, local6
         )
         self.stats.syncookies_sent += 1
 
@@ -787,6 +988,7 @@ class TcpLayer:
         tsval: int,
         tsecr: int,
         now: float,
+        local6: int = 0,
     ) -> None:
         """The ACK of a cookie SYN-ACK: build the connection the SYN queue could not hold."""
         if len(listener.accept_queue) >= listener.backlog:
@@ -799,7 +1001,9 @@ class TcpLayer:
             sack_permitted=cookie.sack_permitted,
             timestamps=(tsval, tsecr) if tsval >= 0 else None,
         )
-        conn = self._passive_connection(listener, src, sport, iss, (seq - 1) & _MASK, syn_options, tsval, now)
+        conn = self._passive_connection(
+            listener, src, sport, iss, (seq - 1) & _MASK, syn_options, tsval, now, local6
+        )
         # what the cookie SYN-ACK offered (_send_cookie_syn_ack)
         conn.rcv_adv = conn.rcv_nxt + min(listener.receive_buffer or self.config.receive_buffer, 0xFFFF)
         conn.snd_una = iss
@@ -810,7 +1014,15 @@ class TcpLayer:
 
     # -- output helpers -----------------------------------------------------------------------
     def send_reset(
-        self, dst: int, dport: int, sport: int, seg_ack: int, seg_end: int, had_ack: bool, now: float
+        self,
+        dst: int,
+        dport: int,
+        sport: int,
+        seg_ack: int,
+        seg_end: int,
+        had_ack: bool,
+        now: float,
+        src: int = 0,
     ) -> None:
         """RST for a segment that belongs to no connection (RFC 9293 3.10.7.1), rate limited."""
         config = self.config
@@ -823,9 +1035,9 @@ class TcpLayer:
             return
         self._rst_tokens -= 1.0
         if had_ack:
-            self._send_bare(dst, dport, sport, seg_ack, 0, TCP_RST, 0, None, now)
+            self._send_bare(dst, dport, sport, seg_ack, 0, TCP_RST, 0, None, now, src)
         else:
-            self._send_bare(dst, dport, sport, 0, seg_end & _MASK, TCP_RST | TCP_ACK, 0, None, now)
+            self._send_bare(dst, dport, sport, 0, seg_end & _MASK, TCP_RST | TCP_ACK, 0, None, now, src)
         self.stats.resets_sent += 1
 
     def challenge_ack_allowed(self, now: float) -> bool:
@@ -850,7 +1062,10 @@ class TcpLayer:
         window: int,
         options: TcpOptions | None,
         now: float,
+        src: int = 0,
     ) -> None:
+        """A segment of no connection (RST, a SYN cookie's SYN-ACK); ``src``: our IPv6 address
+        to send it from (0: the one ``ip6_output`` picks; unused for IPv4)."""
         option_bytes = options.to_bytes() if options is not None else b""
         header_len = TCP_HEADER_LEN + len(option_bytes)
         packet = bytearray(FRAME_HEADROOM + header_len)
@@ -868,7 +1083,10 @@ class TcpLayer:
             0,
         )
         packet[FRAME_HEADROOM + TCP_HEADER_LEN :] = option_bytes
-        tcp_checksum_and_send(self.core, self.stats, packet, header_len, dst, now)
+        if dst > _MASK:
+            tcp6_checksum_and_send(self.core, self.stats, packet, header_len, dst & ~IP6_KEY, now, src=src)
+        else:
+            tcp_checksum_and_send(self.core, self.stats, packet, header_len, dst, now)
 
     def host_unreachable(self, ip: int) -> None:
         """ARP gave up on ``ip`` (or on the gateway, for every off-link peer): a connection still
@@ -876,7 +1094,7 @@ class TcpLayer:
         as a soft error, reported if it then times out (RFC 1122 4.2.3.9)."""
         reached_through = self.core.reached_through
         for conn in list(self.connections.values()):
-            if reached_through(ip, conn.remote_ip):
+            if conn.remote_ip <= _MASK and reached_through(ip, conn.remote_ip):  # (IPv4 peers: ARP)
                 if conn.state == SYN_SENT:
                     conn._drop(errno.EHOSTUNREACH, counted=True)
                 else:

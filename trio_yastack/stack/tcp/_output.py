@@ -318,7 +318,7 @@ def _send_syn(self: TcpConnection, now: float) -> None:
     offer_scale = config.window_scaling and (active or bool(self.snd_scale or self.rcv_scale))
     offer_timestamps = config.timestamps if active else self.ts_on
     options = TcpOptions(
-        mss=self.core.mtu - 40,
+        mss=self.core.mtu - self.IP_TCP_HEADERS,
         window_scale=self.rcv_scale if offer_scale else None,
         sack_permitted=config.sack if active else self.sack_on,
         timestamps=(ts, 0 if active else self.ts_recent) if offer_timestamps else None,
