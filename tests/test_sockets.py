@@ -546,6 +546,50 @@ async def test_accept_nowait_drains_the_queue_without_waiting(autojump_clock: tr
             sock.close()
 
 
+async def test_send_nowait_takes_what_fits_without_a_scheduler_pass(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """``send_nowait`` is a non-blocking ``send``: what the send buffer takes, EAGAIN
+    (``BlockingIOError``) when it takes nothing, and no scheduler pass (no other task runs
+    during it); EPIPE after ``shutdown(SHUT_WR)``, ENOTCONN on an unconnected socket, EBADF once
+    closed.  The bytes arrive in order with what ``send`` wrote."""
+    async with two_stacks() as (a, b):
+        with pytest.raises(OSError) as unconnected:
+            a.socket().send_nowait(b"x")
+        assert unconnected.value.errno == errno.ENOTCONN
+        client, server = await socket_pair(a, b, 6004, buffer=4096)
+        assert isinstance(client, StackSocket)
+        ran: list[str] = []
+
+        async def other() -> None:
+            ran.append("other")
+
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(other)
+                assert client.send_nowait(b"first,") == 6
+                assert client.send_nowait(memoryview(b"second")) == 6
+                assert client.send_nowait(b"") == 0
+                assert ran == []  # no checkpoint: the other task has not run
+            taken = 12
+            with pytest.raises(BlockingIOError) as full:
+                while True:  # the peer does not read: the send buffer fills (bounded by its size)
+                    taken += client.send_nowait(b"y" * 1000)
+                    assert taken <= 4096 + 12
+            assert full.value.errno == errno.EAGAIN
+            client.shutdown(stdlib_socket.SHUT_WR)
+            with pytest.raises(OSError) as shut:
+                client.send_nowait(b"z")
+            assert shut.value.errno == errno.EPIPE
+            received = await read_to_eof(trio.SocketStream(server))
+        assert received == b"first,second" + b"y" * (taken - 12)
+        client.close()
+        with pytest.raises(OSError) as closed:
+            client.send_nowait(b"z")
+        assert closed.value.errno == errno.EBADF
+        server.close()
+
+
 async def test_closing_listener_wakes_blocked_accept(autojump_clock: trio.testing.MockClock) -> None:
     """``SocketListener.aclose()`` (or closing the socket) while a task waits in accept():
     the waiting accept raises ClosedResourceError, as trio's kernel sockets do."""

@@ -709,6 +709,28 @@ class StackSocket(trio.socket.SocketType):
         with memoryview(data) as view:  # any other buffer object (array, mmap, a 0-d view, ...)
             return await self._send_stream(conn, view)
 
+    def send_nowait(self, data: bytes | bytearray | memoryview) -> int:
+        """``send()`` on a connected TCP socket without waiting and without a scheduler pass:
+        the bytes the send buffer takes now, or ``BlockingIOError`` (EAGAIN) when it takes
+        none, as a non-blocking kernel socket's ``send``; errors as ``send`` raises them.
+
+        A server that closes right after its last write calls this, then ``shutdown(SHUT_WR)``,
+        then checkpoints: the runtime sends the data at its next turn, so the FIN leaves in
+        the data's segment (as Linux's FIN rides on the last queued segment) instead of a
+        segment of its own after ``send``'s scheduler pass let the data leave alone."""
+        conn = self._conn
+        if conn is None or self._fd < 0 or self._shut_wr:
+            self._check_open()
+            conn = self._stream_conn()  # ENOTCONN: not a connected TCP socket
+            raise _oserror(errno.EPIPE)
+        if not (data.nbytes if data.__class__ is memoryview else len(data)):
+            return 0
+        taken = conn.send(data, trio.current_time())  # raises ECONNRESET & co with the kernel's errno
+        if not taken:
+            raise BlockingIOError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+        self._stack.kick()
+        return taken
+
     async def _send_stream(self, conn: TcpConnection, data: bytes | bytearray | memoryview) -> int:
         if not (data.nbytes if data.__class__ is memoryview else len(data)):
             await trio.lowlevel.cancel_shielded_checkpoint()
