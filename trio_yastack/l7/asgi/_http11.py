@@ -28,7 +28,7 @@ import logging
 import socket
 import time
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from email.utils import formatdate
 from functools import partial
 from http import HTTPStatus
@@ -272,6 +272,12 @@ class HttpConnection:
         # A kernel socket's stdlib socket, read and written as trio's socket does it (the same
         # checkpoints) but without its per-call wrapper and context manager, ~5 us a call
         self._raw = _kernel_socket(self._sock)
+        # The stack's socket (socket_api's StackSocket) has a send without a scheduler pass: a
+        # response after which the connection closes is queued and the write side shut before
+        # the pass, so its FIN leaves in the response's last segment (see _write)
+        self._send_nowait: Callable[[bytes], int] | None = (
+            getattr(self._sock, "send_nowait", None) if self._raw is None else None
+        )
         self._max_body = config.max_request_body
         self._max_head = config.max_header_bytes
         self._parser = httptools.HttpRequestParser(self)
@@ -863,7 +869,9 @@ class HttpConnection:
             if not more:
                 self._response_complete = True
             if data:
-                if not await self._write(data):  # the write is the checkpoint
+                # the write is the checkpoint; the response's last bytes on a connection that
+                # closes after it carry the FIN (the connection ends once the app returns)
+                if not await self._write(data, last=not more and not self._keep_alive):
                     raise ClientDisconnected(f"client {self.client} disconnected")
             else:
                 await trio.lowlevel.checkpoint()
@@ -946,9 +954,27 @@ class HttpConnection:
             return head
         return head + body
 
-    async def _write(self, data: bytes) -> bool:
-        """Write ``data``; False (and the connection marked gone) when the client is gone."""
+    async def _write(self, data: bytes, last: bool = False) -> bool:
+        """Write ``data``; False (and the connection marked gone) when the client is gone.
+
+        ``last``: nothing follows on this connection.  Over the stack the write side is then
+        shut as soon as the send buffer has taken all of ``data``, before the scheduler pass
+        that lets the runtime send it, so the FIN rides on the data's last segment: one
+        segment less per ``Connection: close`` response (and no ACK of the client's FIN of its
+        own, as the client no longer closes first).  The socket's close follows as before."""
         try:
+            send_nowait = self._send_nowait
+            if last and send_nowait is not None and self._sock is not None:
+                await trio.lowlevel.checkpoint_if_cancelled()
+                try:
+                    sent = send_nowait(data)
+                except BlockingIOError:
+                    sent = 0
+                if sent == len(data):
+                    self._sock.shutdown(socket.SHUT_WR)
+                    await trio.lowlevel.cancel_shielded_checkpoint()  # as send's: one pass
+                    return True
+                data = data[sent:]  # the send buffer was full: the rest as it drains, FIN at close
             raw = self._raw
             if raw is not None:
                 await trio.lowlevel.checkpoint_if_cancelled()
