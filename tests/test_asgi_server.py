@@ -302,6 +302,37 @@ async def test_apps_running_on_after_their_responses_over_the_stack(
     assert events == ["startup", "worked 2 s", "shutdown", "serve_asgi returned"]
 
 
+async def test_connection_close_ends_at_the_response_while_the_app_runs_on(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A ``Connection: close`` response whose app runs on (a background task of 60 s): over the
+    stack the client reads the response and then EOF at once, not after the app; the work
+    still ends and the server goes on serving."""
+    events: list[str] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await hello_app(scope, receive, send)
+        await trio.sleep(60)  # the background task's work, simulated
+        events.append("worked")
+
+    async with two_stacks() as (a, b), running_server(app, ServerConfig(bind=("8000",)), stack=a):
+        with trio.fail_after(120):
+            client = RawClient(await b.tcp_connect(A_IP, 8000))
+            begin = trio.current_time()
+            response = await client.request("GET", "/", connection="close")
+            assert (response.status, response.body) == (200, b"Hello, world!")
+            assert await client.wait_closed() == b""
+            assert trio.current_time() - begin < 1.0  # the client saw the end before the app's
+            await client.stream.aclose()
+            assert events == []
+            again = RawClient(await b.tcp_connect(A_IP, 8000))
+            assert (await again.request("GET", "/", connection="close")).status == 200
+            await again.stream.aclose()
+            while len(events) < 2:
+                await trio.sleep(1)
+        assert events == ["worked", "worked"]
+
+
 # -- access log -------------------------------------------------------------------------------------
 async def test_access_log_in_hypercorns_format(autojump_clock: trio.testing.MockClock, tmp_path: Any) -> None:
     path = tmp_path / "access.log"

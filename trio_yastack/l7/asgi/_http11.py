@@ -297,6 +297,7 @@ class HttpConnection:
         self._in_app: _Request | None = None  # whose app runs in the holder's task
         self._written: _Request | None = None  # whose response was last written whole (watched)
         self._watched = False  # in the watcher's list
+        self._fin_sent = False  # the write side was shut with the last response (see _write)
         #: when the connection's current timeout (keep-alive or head) expires; inf while the app runs
         self.timeout_at = _INF
         self._swept = swept
@@ -882,7 +883,10 @@ class HttpConnection:
                 assert request is not None
                 if self.access_log is not None:
                     self.access_log.log(request.scope, self._status, self._response_headers)
-                if self._handoffs is not None:  # the app may run on (a background task): watched
+                if self._handoffs is not None and not self._fin_sent:
+                    # the app may run on (a background task): watched, so the next request or
+                    # the close need not wait for it.  Not once the FIN went with the response:
+                    # nothing follows on the connection and the client has seen its end.
                     self._written = request
                     self._handoffs.watch(self)
         elif kind == "http.response.start":
@@ -972,6 +976,7 @@ class HttpConnection:
                     sent = 0
                 if sent == len(data):
                     self._sock.shutdown(socket.SHUT_WR)
+                    self._fin_sent = True
                     await trio.lowlevel.cancel_shielded_checkpoint()  # as send's: one pass
                     return True
                 data = data[sent:]  # the send buffer was full: the rest as it drains, FIN at close
