@@ -590,6 +590,53 @@ async def test_send_nowait_takes_what_fits_without_a_scheduler_pass(
         server.close()
 
 
+async def test_recv_that_waited_returns_without_another_scheduler_pass(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A ``recv`` parked until data came returns in the step that wakes it, as trio's own recv
+    (its park was the call's scheduler pass); one that finds data at once still makes one pass.
+    Was: a second pass after every wake-up (one per keep-alive request)."""
+    async with two_stacks() as (a, b):
+        client, server = await socket_pair(a, b, 6005)
+        got: list[bytes] = []
+        steps = 0
+        receiver: trio.lowlevel.Task | None = None
+
+        class Steps(trio.abc.Instrument):
+            def before_task_step(self, task: trio.lowlevel.Task) -> None:
+                nonlocal steps
+                if task is receiver:
+                    steps += 1
+
+        async def receive() -> None:
+            nonlocal receiver
+            receiver = trio.lowlevel.current_task()
+            got.append(await server.recv(100))
+            await trio.sleep_forever()
+
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(receive)
+                await trio.testing.wait_all_tasks_blocked()  # parked in recv
+                instrument = Steps()
+                trio.lowlevel.add_instrument(instrument)
+                try:
+                    await client.send(b"hello")
+                    while not got:
+                        await trio.testing.wait_all_tasks_blocked()
+                finally:
+                    trio.lowlevel.remove_instrument(instrument)
+                assert got == [b"hello"]
+                assert steps == 1  # woken, returned, parked again: one step
+                nursery.cancel_scope.cancel()
+            await client.send(b"again")
+            await trio.testing.wait_all_tasks_blocked()
+            with trio.testing.assert_checkpoints():  # data at hand: still a checkpoint
+                assert await server.recv(100) == b"again"
+        client.close()
+        server.close()
+
+
 async def test_closing_listener_wakes_blocked_accept(autojump_clock: trio.testing.MockClock) -> None:
     """``SocketListener.aclose()`` (or closing the socket) while a task waits in accept():
     the waiting accept raises ClosedResourceError, as trio's kernel sockets do."""

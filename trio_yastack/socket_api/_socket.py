@@ -764,9 +764,11 @@ class StackSocket(trio.socket.SocketType):
                 return (await self._udp_receive(bufsize, flags))[0]
         assert conn is not None
         peek = flags & _MSG_PEEK
+        waited = False
         while True:
             if self._shut_rd:
-                await trio.lowlevel.cancel_shielded_checkpoint()
+                if not waited:
+                    await trio.lowlevel.cancel_shielded_checkpoint()
                 return b""
             data: bytes | None
             if peek and conn.rcvbuf:
@@ -775,9 +777,13 @@ class StackSocket(trio.socket.SocketType):
                 data = conn.receive(bufsize, trio.current_time())  # (empty: takes nothing)
             if data is not None:
                 self._stack.kick()
-                await trio.lowlevel.cancel_shielded_checkpoint()
+                if not waited:
+                    # One scheduler pass per call, as trio's recv: a call that parked had its
+                    # pass there (trio's _nonblocking_helper returns right after its wait too)
+                    await trio.lowlevel.cancel_shielded_checkpoint()
                 return data
             await self._wait()
+            waited = True
             self._check_open()
 
     async def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
