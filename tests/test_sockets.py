@@ -590,6 +590,39 @@ async def test_send_nowait_takes_what_fits_without_a_scheduler_pass(
         server.close()
 
 
+async def test_recv_nowait_takes_what_is_there_without_a_scheduler_pass(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """``recv_nowait`` is a non-blocking ``recv``: EAGAIN (``BlockingIOError``) before data,
+    the bytes at hand (up to ``bufsize``) without a scheduler pass, ``b""`` at the end of the
+    stream; ENOTCONN on an unconnected socket, EBADF once closed."""
+    async with two_stacks() as (a, b):
+        with pytest.raises(OSError) as unconnected:
+            a.socket().recv_nowait(10)
+        assert unconnected.value.errno == errno.ENOTCONN
+        client, server = await socket_pair(a, b, 6006)
+        assert isinstance(server, StackSocket)
+        with trio.fail_after(60):
+            with pytest.raises(BlockingIOError) as nothing:
+                server.recv_nowait(10)
+            assert nothing.value.errno == errno.EAGAIN
+            await client.send(b"hello, world")
+            await trio.testing.wait_all_tasks_blocked()
+            with trio.testing.assert_no_checkpoints():
+                assert server.recv_nowait(5) == b"hello"
+                assert server.recv_nowait(100) == b", world"
+            with pytest.raises(ValueError):
+                server.recv_nowait(-1)
+            client.shutdown(stdlib_socket.SHUT_WR)
+            await trio.testing.wait_all_tasks_blocked()
+            assert server.recv_nowait(10) == b""
+        server.close()
+        with pytest.raises(OSError) as closed:
+            server.recv_nowait(10)
+        assert closed.value.errno == errno.EBADF
+        client.close()
+
+
 async def test_recv_that_waited_returns_without_another_scheduler_pass(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

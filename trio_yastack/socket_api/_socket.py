@@ -786,6 +786,27 @@ class StackSocket(trio.socket.SocketType):
             waited = True
             self._check_open()
 
+    def recv_nowait(self, bufsize: int) -> bytes:
+        """``recv()`` on a connected TCP socket without waiting and without a scheduler pass:
+        the bytes at hand (up to ``bufsize``), ``b""`` at the end of the stream, or
+        ``BlockingIOError`` (EAGAIN) when nothing has arrived yet, as a non-blocking kernel
+        socket's ``recv``; errors as ``recv`` raises them.  A server's task that has just
+        started (its start was its scheduler pass) reads its connection's first bytes with it."""
+        bufsize = operator.index(bufsize)
+        conn = self._conn
+        if conn is None or self._fd < 0 or bufsize < 0:
+            self._check_open()
+            if bufsize < 0:
+                raise ValueError("negative buffersize in recv")
+            conn = self._stream_conn()  # ENOTCONN: not a connected TCP socket
+        if self._shut_rd:
+            return b""
+        data = conn.receive(bufsize, trio.current_time())
+        if data is None:
+            raise BlockingIOError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+        self._stack.kick()
+        return data
+
     async def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
         with memoryview(buffer) as view:
             data = await self.recv(nbytes or view.nbytes, flags)
