@@ -278,6 +278,9 @@ class HttpConnection:
         self._send_nowait: Callable[[bytes], int] | None = (
             getattr(self._sock, "send_nowait", None) if self._raw is None else None
         )
+        self._recv_nowait: Callable[[int], bytes] | None = (
+            getattr(self._sock, "recv_nowait", None) if self._raw is None else None
+        )
         self._max_body = config.max_request_body
         self._max_head = config.max_header_bytes
         self._parser = httptools.HttpRequestParser(self)
@@ -508,6 +511,15 @@ class HttpConnection:
                         await trio.lowlevel.cancel_shielded_checkpoint()  # as trio's recv: one pass
                     return data
             if self._sock is not None:
+                recv_nowait = self._recv_nowait
+                if first and recv_nowait is not None:
+                    # over the stack as on a kernel socket: the bytes already there are taken
+                    # without another pass; none yet, recv waits for them
+                    await trio.lowlevel.checkpoint_if_cancelled()
+                    try:
+                        return recv_nowait(self._receive_size)
+                    except BlockingIOError:
+                        pass
                 return await self._sock.recv(self._receive_size)
             return await self.stream.receive_some(self._receive_size)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
