@@ -20,10 +20,10 @@ import pytest
 import trio
 import trio.testing
 from asgi_helpers import RawClient, build_request, echo_app, hello_app, running_server, scope_app
-from socket_helpers import A_IP, two_stacks
+from socket_helpers import A_IP, socket_pair, two_stacks
 from tcp_sim_helpers import DropPort
 
-from trio_yastack.l7.asgi import Config, LifespanFailure, ServerConfig, _server, serve_asgi
+from trio_yastack.l7.asgi import Config, HttpConnection, LifespanFailure, ServerConfig, _server, serve_asgi
 from trio_yastack.l7.asgi._access_log import format_line
 from trio_yastack.l7.asgi._server import SWEEP_INTERVAL
 from trio_yastack.socket_api import StackSocket
@@ -498,6 +498,81 @@ async def test_connection_close_response_carries_the_fin_over_the_stack(
             (TCP_PSH | TCP_ACK | TCP_FIN, True),  # the response and its FIN in one segment
             (TCP_ACK, False),  # the ACK of the client's FIN
         ], flags
+
+
+async def _serve_bytes_at_hand(
+    data: bytes, config: ServerConfig, *, shutdown_first: bool = False
+) -> tuple[bytes, float, HttpConnection]:
+    """An ``HttpConnection`` over the stack whose client's ``data`` is already in its socket when
+    it starts (as a kernel listener's deferred accept, or a request that came with the
+    handshake's ACK): what the client read until EOF, when EOF came, and the connection."""
+    async with two_stacks() as (a, b):
+        client, server = await socket_pair(b, a, 8000)  # server: A's accepted socket
+        stream = trio.SocketStream(client)
+        await stream.send_all(data)
+        with trio.fail_after(120):
+            while not server.is_readable():
+                await trio.testing.wait_all_tasks_blocked()
+            connection = HttpConnection(trio.SocketStream(server), hello_app, config)
+            if shutdown_first:
+                connection.shutdown()
+            begin = trio.current_time()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(connection.run)
+                received = await RawClient(stream).wait_closed()
+                closed_after = trio.current_time() - begin
+        await stream.aclose()
+    return received, closed_after, connection
+
+
+def _entered(scope: trio.CancelScope) -> bool:
+    """Whether ``scope`` was ever entered (a scope serves one ``with`` block only)."""
+    try:
+        with scope:
+            pass
+    except RuntimeError:
+        return True
+    return False
+
+
+async def test_close_request_at_hand_is_served_without_the_cancel_scope(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A ``Connection: close`` request already there when the connection starts is answered,
+    then EOF, without the connection's cancel scope (whose entry and exit cost more than the
+    rest of trio's share of such a connection); a keep-alive one is served under it, and its
+    keep-alive timeout then closes the connection."""
+    config = ServerConfig(keep_alive_timeout=3.0)
+    received, _, connection = await _serve_bytes_at_hand(build_request(connection="close"), config)
+    assert received.startswith(b"HTTP/1.1 200 OK\r\n") and received.endswith(b"\r\n\r\nHello, world!")
+    assert b"connection: close\r\n" in received
+    assert not _entered(connection._cancel)
+    received, closed_after, connection = await _serve_bytes_at_hand(build_request(), config)
+    assert received.startswith(b"HTTP/1.1 200 OK\r\n") and received.endswith(b"Hello, world!")
+    assert b"connection: close" not in received
+    assert 3.0 <= closed_after < 4.0  # the keep-alive timeout, under the scope
+    assert _entered(connection._cancel)
+
+
+async def test_part_of_a_head_at_hand_keeps_its_head_timeout(autojump_clock: trio.testing.MockClock) -> None:
+    """A first read at hand that ends inside a request head: the head timeout runs from it
+    (408, then close), not the keep-alive timeout."""
+    config = ServerConfig(request_head_timeout=7.0, keep_alive_timeout=2.0)
+    received, closed_after, _ = await _serve_bytes_at_hand(b"GET / HTTP/1.1\r\nhost: x\r\n", config)
+    assert received.startswith(b"HTTP/1.1 408 ")
+    assert 7.0 <= closed_after < 8.0
+
+
+async def test_a_connection_shut_down_before_it_starts_serves_nothing(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Graceful shutdown asked before the connection's task ran: closed without an answer, even
+    with a whole request at hand (as before the at-hand path)."""
+    received, closed_after, _ = await _serve_bytes_at_hand(
+        build_request(connection="close"), ServerConfig(), shutdown_first=True
+    )
+    assert received == b""
+    assert closed_after < 1.0
 
 
 async def test_stack_listener_drains_its_queue_in_batches(

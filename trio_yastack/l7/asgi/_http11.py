@@ -65,6 +65,8 @@ LINGER_BYTES = 256 * 1024
 #: while responses keep completing, how often :class:`Handoffs` looks at the apps that ran on
 #: after theirs (an idle watcher looks at once); the most a next request waits for such an app
 HANDOFF_INTERVAL = 0.005
+# What HttpConnection._serve_requests goes on with after _serve_at_hand (see there)
+_WAIT_FIRST, _STASHED_FIRST, _FED, _HEAD_PART, _SERVED = range(5)
 
 
 class ClientDisconnected(OSError):
@@ -301,6 +303,7 @@ class HttpConnection:
         self._written: _Request | None = None  # whose response was last written whole (watched)
         self._watched = False  # in the watcher's list
         self._fin_sent = False  # the write side was shut with the last response (see _write)
+        self._first_bytes: bytes | bytearray | None = None  # read by _serve_at_hand, for _read_first
         #: when the connection's current timeout (keep-alive or head) expires; inf while the app runs
         self.timeout_at = _INF
         self._swept = swept
@@ -576,10 +579,14 @@ class HttpConnection:
         stream) or is handed on; ``after``: a request whose app still runs in the task that
         handed the connection on (None: this is the connection's first task)."""
         try:
-            with cancel:
-                if after is None:
-                    self._set_timeout(trio.current_time() + self.config.request_head_timeout)
-                await self._serve_requests(after)
+            step = _WAIT_FIRST
+            if after is None:
+                self._set_timeout(trio.current_time() + self.config.request_head_timeout)
+                if self._raw is not None or self._recv_nowait is not None:
+                    step = await self._serve_at_hand()
+            if step != _SERVED:
+                with cancel:
+                    await self._serve_requests(after, step)
             # (handed on: another task holds the connection now, and answers its timeouts)
             timed_out = self._cancel is cancel and cancel.cancelled_caught and not self._closing
             if timed_out and (self._in_head or self._head_partial):
@@ -641,9 +648,67 @@ class HttpConnection:
             # as serve_asgi does for a connection's first task: a bug ends this connection only
             logger.exception("connection from %s failed", self.client)
 
-    async def _serve_requests(self, after: _Request | None) -> None:
+    def _at_hand(self) -> bytes | bytearray | None:
+        """The bytes already received, without waiting and without a scheduler pass: None when
+        none have come yet, ``b""`` at EOF or a reset (the client is gone either way)."""
+        try:
+            if self._raw is not None:
+                return self._raw.recv(self._receive_size)
+            if self._recv_nowait is not None:
+                return self._recv_nowait(self._receive_size)
+        except BlockingIOError:
+            return None
+        except OSError:
+            return b""
+        return None
+
+    async def _serve_at_hand(self) -> int:
+        """The connection's first read when its bytes are already there (kernel listeners defer
+        the accept until they are; over the stack they usually came with the handshake's ACK),
+        and a ``Connection: close`` request found in them served at once, without the
+        connection's cancel scope: entering and leaving one costs trio ~9 us, more than the
+        rest of trio's share of such a connection.  The scope carries only the head and
+        keep-alive timeouts and the idle close at shutdown, which bound reads that wait; here
+        nothing waits (the app runs with no timeout, as under the scope: ``timeout_at`` is inf
+        while it runs, and the graceful shutdown's deadline on the connections' nursery still
+        reaches it), and the connection ends with this response.
+
+        Returns what :meth:`_serve_requests` goes on with under the scope: ``_SERVED`` (nothing,
+        the connection is over), ``_WAIT_FIRST`` (no bytes yet, or a shutdown already asked:
+        the first read as usual), ``_STASHED_FIRST`` (the HTTP/2 preface: the first read takes
+        the bytes kept), ``_FED`` (a request to serve is queued) or ``_HEAD_PART`` (part of a
+        head: its timeout runs, more is read)."""
+        if self._closing or self._cancel.cancel_called:
+            return _WAIT_FIRST
+        await trio.lowlevel.checkpoint_if_cancelled()
+        data = self._at_hand()
+        if data is None:
+            return _WAIT_FIRST
+        if not data:
+            self._eof = True
+            return _SERVED
+        if data[:4] == b"PRI ":  # perhaps HTTP/2 with prior knowledge: _read_first decides
+            self._first_bytes = data
+            return _STASHED_FIRST
+        self._feed(data)
         requests = self._requests
-        first = after is None
+        if not requests:  # as _serve_requests after a first read that ended inside a head
+            if self._in_head and self._idle:
+                self._idle = False
+                self._set_timeout(trio.current_time() + self.config.request_head_timeout)
+            return _HEAD_PART
+        self._idle = False
+        self._set_timeout(_INF)
+        request = requests[0]
+        if request.keep_alive or request.upgrade or self._upgrade_leftover is not None:
+            return _FED  # more may follow on the connection: served under the scope
+        await self._serve(requests.popleft())  # the connection ends after it, handed on or not
+        return _SERVED
+
+    async def _serve_requests(self, after: _Request | None, step: int = _WAIT_FIRST) -> None:
+        requests = self._requests
+        first = after is None and step in (_WAIT_FIRST, _STASHED_FIRST)
+        head_part = step == _HEAD_PART  # the first read, at hand, ended inside a head
         if after is not None:  # taken over: finish with ``after`` as its app's task would have
             if not after.body_complete and self._keep_alive and self._pending_error is None:
                 self._keep_alive = await self._discard_body(after)
@@ -659,9 +724,12 @@ class HttpConnection:
                     return
                 if self._closing or self._eof:
                     return
-                self._idle = True
-                if not first:
-                    self._set_timeout(trio.current_time() + self.config.keep_alive_timeout)
+                if head_part:
+                    head_part = False  # (its head timeout runs, idle is over)
+                else:
+                    self._idle = True
+                    if not first:
+                        self._set_timeout(trio.current_time() + self.config.keep_alive_timeout)
                 while not requests and self._pending_error is None:
                     if first:
                         first = False
@@ -689,7 +757,11 @@ class HttpConnection:
 
     async def _read_first(self) -> bool:
         """The connection's first read: HTTP/2 with prior knowledge goes to ``serve_h2``."""
-        data = await self._receive_bytes(first=True)
+        data = self._first_bytes
+        if data is None:
+            data = await self._receive_bytes(first=True)
+        else:  # read by _serve_at_hand
+            self._first_bytes = None
         if not data:
             self._eof = True
             return False
