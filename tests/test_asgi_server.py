@@ -554,6 +554,23 @@ async def test_close_request_at_hand_is_served_without_the_cancel_scope(
     assert _entered(connection._cancel)
 
 
+async def test_close_request_at_hand_on_a_kernel_socket() -> None:
+    """The same on a kernel socket (a connected pair): the request already in the socket is
+    answered without the connection's cancel scope, then EOF; the socket is closed."""
+    a, b = trio.socket.socketpair()
+    client, server = trio.SocketStream(a), trio.SocketStream(b)
+    await client.send_all(build_request(connection="close"))
+    connection = HttpConnection(server, hello_app, ServerConfig())
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(connection.run)
+            received = await RawClient(client).wait_closed()
+    assert received.startswith(b"HTTP/1.1 200 OK\r\n") and received.endswith(b"Hello, world!")
+    assert not _entered(connection._cancel)
+    assert b.fileno() == -1
+    await client.aclose()
+
+
 async def test_part_of_a_head_at_hand_keeps_its_head_timeout(autojump_clock: trio.testing.MockClock) -> None:
     """A first read at hand that ends inside a request head: the head timeout runs from it
     (408, then close), not the keep-alive timeout."""
