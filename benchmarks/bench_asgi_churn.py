@@ -3,11 +3,13 @@
 Each server (``_asgi_sides.py``: ours over the stack, ours on kernel sockets, hypercorn's trio
 worker on kernel sockets; ``--sides`` adds uvicorn) is started once and takes three consecutive
 rounds of ``wrk -t1 -c200 -d10s -H 'Connection: close'`` (``examples/hello.py``, ``GET /``).
-Reported per server: the req/s of each round, its resident memory (RSS of its process tree) after
-the first round and after the third, and once the load has stopped the connections left in
-CLOSE_WAIT on either side: ``ss -tan state close-wait`` in the load's namespace and, on kernel
-sockets, in the server's; over the stack, the stack's own TCP states from ``yastack stat --json``
-(also taken after rounds 1 and 3: the stack holds its TIME_WAIT connections for 2MSL, in its RSS).
+Reported per server: the req/s of each round and the server's CPU time per connection in it (which
+moves far less than req/s when other work shares the machine), its resident memory (RSS of its
+process tree) after the first round and after the third, and once the load has stopped the
+connections left in CLOSE_WAIT on either side: ``ss -tan state close-wait`` in the load's namespace
+and, on kernel sockets, in the server's; over the stack, the stack's own TCP states from ``yastack
+stat --json`` (also taken after rounds 1 and 3: the stack holds its TIME_WAIT connections for 2MSL,
+in its RSS).
 The kernel's TCP counters of each namespace (``nstat``: accept-queue overflows, SYN
 retransmissions, resets) are kept beside, to tell a server that slows down from a queue that
 overflows.  A connection may take a moment to leave CLOSE_WAIT after the last FIN: the count is taken once
@@ -31,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from _asgi_sides import SIDES, BenchFailure, Running, running
-from _common import load_average, machine, pick_cpus, rss_bytes, wait_until
+from _common import cpu_seconds, load_average, machine, pick_cpus, rss_bytes, wait_until
 
 from trio_yastack.nic.netns import NetworkNamespace, netns_unavailable_reason
 
@@ -103,16 +105,22 @@ def churn(server: Running, seconds: int, connections: int) -> dict[str, Any]:
     states: dict[str, dict[str, int]] = {}
     for index in range(ROUNDS):
         load = load_average()
+        before = cpu_seconds(server.process.pid)
         run = server.wrk(seconds, connections=connections, close=True)
+        run["cpu_us_per_request"] = (cpu_seconds(server.process.pid) - before) / max(run["requests"], 1) * 1e6
         run["load_average"] = load
         rounds.append(run)
-        print(f"# {server.side.name} round {index + 1}: {run['requests_per_s']:.0f} req/s, load {load}",
+        print(f"# {server.side.name} round {index + 1}: {run['requests_per_s']:.0f} req/s, "
+              f"{run['cpu_us_per_request']:.0f} CPU us/req, load {load}",
               file=sys.stderr, flush=True)  # fmt: skip
         if index in (0, ROUNDS - 1):
             rss[f"after_round_{index + 1}"] = rss_bytes(server.process.pid)
             if server.side.over_stack:  # what the stack still holds (TIME_WAIT lasts 2MSL)
                 states[f"after_round_{index + 1}"] = stack_states(server)
     rates = [run["requests_per_s"] for run in rounds]
+    # On a shared machine the server gets only a share of its CPU and req/s moves with the
+    # others' load; CPU per connection says whether the server itself slows down round by round
+    cpu = [run["cpu_us_per_request"] for run in rounds]
     first, last = rss["after_round_1"], rss[f"after_round_{ROUNDS}"]
     left = left_in_close_wait(server)
     counters = {"load_side": kernel_counters(server.client)}
@@ -122,6 +130,8 @@ def churn(server: Running, seconds: int, connections: int) -> dict[str, Any]:
         "rounds": rounds,
         "requests_per_s": rates,
         "rounds_spread": (max(rates) - min(rates)) / max(rates) if max(rates) else 0.0,
+        "cpu_us_per_request": cpu,
+        "rounds_spread_by_cpu": (max(cpu) - min(cpu)) / max(cpu) if max(cpu) else 0.0,
         "rss_bytes": rss,
         "rss_growth": last / first - 1 if first else 0.0,
         "stack_states": states,
@@ -171,9 +181,11 @@ def main() -> None:
         "failures": failures,
     }
     print(json.dumps(result, indent=2))
-    print(f"\n{'server':18} {'req/s per round':>24} {'RSS MB 1st/3rd':>16} {'CLOSE_WAIT load/server':>23}")
+    print(f"\n{'server':18} {'req/s per round':>24} {'CPU us/req per round':>24} {'RSS MB 1st/3rd':>16} "
+          f"{'CLOSE_WAIT load/server':>23}")  # fmt: skip
     for name, case in cases.items():
         rates = " ".join(f"{rate:7.0f}" for rate in case["requests_per_s"])
+        rates += " " + " ".join(f"{cpu:7.0f}" for cpu in case["cpu_us_per_request"])
         rss = case["rss_bytes"]
         first, last = rss["after_round_1"] / 1e6, rss[f"after_round_{ROUNDS}"] / 1e6
         left = case["close_wait"]

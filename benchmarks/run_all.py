@@ -391,16 +391,21 @@ def churn_section(results: dict[str, dict[str, Any]]) -> list[str]:
         f"{_run_line(churn)}. Bars (issue 16): rounds within 10 %, RSS after the 3rd within 20 % of "
         "after the 1st, no CLOSE_WAIT left on either side.",
         "",
-        "| server | req/s round 1 / 2 / 3 | spread | RSS MiB after 1st / 3rd | CLOSE_WAIT load / server | "
+        "| server | req/s round 1 / 2 / 3 | spread | CPU us per connection round 1 / 2 / 3 (spread) | "
+        "RSS MiB after 1st / 3rd | CLOSE_WAIT load / server | "
         "stack's TIME_WAIT after 1st / 3rd | accept-queue overflows | bars met | load avg |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, case in churn["cases"].items():
         rss = case["rss_bytes"]
         missed = [key for key, ok in case["meets_bars"].items() if not ok]
+        cpu = case.get("cpu_us_per_request")  # (runs before it was measured have none)
+        cpu_text = (
+            f"{' / '.join(f'{c:.0f}' for c in cpu)} ({case['rounds_spread_by_cpu']:.0%})" if cpu else "-"
+        )
         lines.append(
             f"| {ASGI_LABELS.get(name, name)} | {' / '.join(f'{r:.0f}' for r in case['requests_per_s'])} | "
-            f"{case['rounds_spread']:.0%} | {rss['after_round_1'] / 2**20:.1f} / "
+            f"{case['rounds_spread']:.0%} | {cpu_text} | {rss['after_round_1'] / 2**20:.1f} / "
             f"{rss['after_round_3'] / 2**20:.1f} | "
             f"{case['close_wait']['load_side']} / {case['close_wait']['server_side']} | "
             f"{_time_wait(case)} | {_overflows(case)} | "

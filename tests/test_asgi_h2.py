@@ -27,7 +27,7 @@ import h2.events
 import pytest
 import trio
 import trio.testing
-from socket_helpers import make_tls_material, stream_pair, two_stacks
+from socket_helpers import make_tls_material, socket_pair, stream_pair, two_stacks
 from tap_helpers import KERNEL_ADDRESS, STACK_ADDRESS, NamespaceProgram, requires_netns
 
 from trio_yastack.l7.asgi import AccessLogger, HttpConnection, ServerConfig
@@ -412,6 +412,28 @@ async def test_prior_knowledge_through_the_http11_connection(autojump_clock: tri
             await client.flush()
             await client_stream.aclose()
     assert sorted(log.lines) == [("GET / 2", "200", "-"), ("GET /state 2", "200", "-")]
+
+
+async def test_prior_knowledge_at_hand_over_the_stack(autojump_clock: trio.testing.MockClock) -> None:
+    """Over the stack, the h2c preface already in the socket when ``HttpConnection`` starts (read
+    without waiting, kept for the first read): handed over to HTTP/2 all the same."""
+    async with two_stacks() as (a, b):
+        client_sock, server_sock = await socket_pair(b, a, 8000)
+        client = Client(trio.SocketStream(client_sock))
+        await client.start()
+        get = client.request("GET", "/")
+        await client.flush()
+        with trio.fail_after(BOUND):
+            while not server_sock.is_readable():
+                await trio.testing.wait_all_tasks_blocked()
+            connection = HttpConnection(trio.SocketStream(server_sock), app, DEFAULTS)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(connection.run)
+                (reply,) = await client.wait_for(get)
+                assert reply.body == b"GET / 2 http"
+                client.conn.close_connection()
+                await client.flush()
+                await client.stream.aclose()
 
 
 # -- yastack serve in a network namespace, kernel-side clients ------------------------------------

@@ -13,18 +13,22 @@ import logging
 import random
 import re
 import ssl
+import struct
 from typing import Any, Literal
 
 import pytest
 import trio
 import trio.testing
 from asgi_helpers import RawClient, build_request, echo_app, hello_app, running_server, scope_app
-from socket_helpers import A_IP, two_stacks
+from socket_helpers import A_IP, socket_pair, two_stacks
+from tcp_sim_helpers import DropPort
 
-from trio_yastack.l7.asgi import Config, LifespanFailure, ServerConfig, _server, serve_asgi
+from trio_yastack.l7.asgi import Config, HttpConnection, LifespanFailure, ServerConfig, _server, serve_asgi
 from trio_yastack.l7.asgi._access_log import format_line
 from trio_yastack.l7.asgi._server import SWEEP_INTERVAL
 from trio_yastack.socket_api import StackSocket
+from trio_yastack.stack.tcp import TcpState
+from trio_yastack.stack.wire.tcp import TCP_ACK, TCP_FIN, TCP_PSH, TCP_SYN
 from trio_yastack.tls.certs import make_ca
 
 
@@ -298,6 +302,37 @@ async def test_apps_running_on_after_their_responses_over_the_stack(
     assert events == ["startup", "worked 2 s", "shutdown", "serve_asgi returned"]
 
 
+async def test_connection_close_ends_at_the_response_while_the_app_runs_on(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A ``Connection: close`` response whose app runs on (a background task of 60 s): over the
+    stack the client reads the response and then EOF at once, not after the app; the work
+    still ends and the server goes on serving."""
+    events: list[str] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await hello_app(scope, receive, send)
+        await trio.sleep(60)  # the background task's work, simulated
+        events.append("worked")
+
+    async with two_stacks() as (a, b), running_server(app, ServerConfig(bind=("8000",)), stack=a):
+        with trio.fail_after(120):
+            client = RawClient(await b.tcp_connect(A_IP, 8000))
+            begin = trio.current_time()
+            response = await client.request("GET", "/", connection="close")
+            assert (response.status, response.body) == (200, b"Hello, world!")
+            assert await client.wait_closed() == b""
+            assert trio.current_time() - begin < 1.0  # the client saw the end before the app's
+            await client.stream.aclose()
+            assert events == []
+            again = RawClient(await b.tcp_connect(A_IP, 8000))
+            assert (await again.request("GET", "/", connection="close")).status == 200
+            await again.stream.aclose()
+            while len(events) < 2:
+                await trio.sleep(1)
+        assert events == ["worked", "worked"]
+
+
 # -- access log -------------------------------------------------------------------------------------
 async def test_access_log_in_hypercorns_format(autojump_clock: trio.testing.MockClock, tmp_path: Any) -> None:
     path = tmp_path / "access.log"
@@ -409,6 +444,152 @@ async def test_scope_addresses_over_the_stack_come_from_accept(
         scope = (await RawClient(stream).request()).json()
         assert scope["client"] == [local[0], local[1]]
         assert scope["server"] == [A_IP, 8000]
+
+
+def _tcp_segments(frames: list[tuple[float, bytes]], port: int) -> list[tuple[int, int]]:
+    """``(flags, payload length)`` of each TCP segment from ``port`` in Ethernet+IPv4 ``frames``."""
+    out = []
+    for _, frame in frames:
+        ip = frame[14:]
+        if struct.unpack_from("!H", frame, 12)[0] != 0x0800 or ip[9] != 6:
+            continue
+        tcp = ip[(ip[0] & 0x0F) * 4 : struct.unpack_from("!H", ip, 2)[0]]
+        if struct.unpack_from("!H", tcp, 0)[0] == port:
+            out.append((tcp[13], len(tcp) - (tcp[12] >> 4) * 4))
+    return out
+
+
+async def test_connection_close_response_carries_the_fin_over_the_stack(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Over the stack, a ``Connection: close`` response's last segment carries the FIN (as the
+    last queued segment does on Linux): the server sends the SYN-ACK, the response with its
+    FIN, and the ACK of the client's FIN, and nothing else.  Was: the response, then a FIN of
+    its own after the write's scheduler pass let the response leave alone (and often an ACK of
+    the client's FIN before it).  The client reads the whole response, then EOF."""
+    sent: list[DropPort] = []
+
+    def record(port: Any) -> DropPort:
+        sent.append(DropPort(port, lambda frame: False, record=True))
+        return sent[-1]
+
+    async with (
+        two_stacks(wrap_a=record) as (a, b),
+        running_server(hello_app, ServerConfig(bind=("8000",)), stack=a),
+    ):
+        stream = await b.tcp_connect(A_IP, 8000)
+        conn = stream.socket.connection  # type: ignore[attr-defined]  # a StackSocket
+        client = RawClient(stream)
+        with trio.fail_after(60):
+            response = await client.request("GET", "/", connection="close")
+            assert (response.status, response.body) == (200, b"Hello, world!")
+            assert response.header("connection") == "close"
+            assert await client.wait_closed() == b""
+            await stream.aclose()
+            while conn.state != TcpState.CLOSED:  # the server's ACK of our FIN ends it
+                await trio.sleep(0.01)
+        flags = [(flag & 0x3F, bool(length)) for flag, length in _tcp_segments(sent[0].sent, 8000)]
+        if flags[1:2] == [(TCP_ACK, False)]:
+            # The window update after the first read (262 144 bytes against the SYN-ACK's
+            # 65 535) may leave before the response: a rule of its own, not the close's.
+            del flags[1]
+        assert flags == [
+            (TCP_SYN | TCP_ACK, False),
+            (TCP_PSH | TCP_ACK | TCP_FIN, True),  # the response and its FIN in one segment
+            (TCP_ACK, False),  # the ACK of the client's FIN
+        ], flags
+
+
+async def _serve_bytes_at_hand(
+    data: bytes, config: ServerConfig, *, shutdown_first: bool = False
+) -> tuple[bytes, float, HttpConnection]:
+    """An ``HttpConnection`` over the stack whose client's ``data`` is already in its socket when
+    it starts (as a kernel listener's deferred accept, or a request that came with the
+    handshake's ACK): what the client read until EOF, when EOF came, and the connection."""
+    async with two_stacks() as (a, b):
+        client, server = await socket_pair(b, a, 8000)  # server: A's accepted socket
+        stream = trio.SocketStream(client)
+        await stream.send_all(data)
+        with trio.fail_after(120):
+            while not server.is_readable():
+                await trio.testing.wait_all_tasks_blocked()
+            connection = HttpConnection(trio.SocketStream(server), hello_app, config)
+            if shutdown_first:
+                connection.shutdown()
+            begin = trio.current_time()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(connection.run)
+                received = await RawClient(stream).wait_closed()
+                closed_after = trio.current_time() - begin
+        await stream.aclose()
+    return received, closed_after, connection
+
+
+def _entered(scope: trio.CancelScope) -> bool:
+    """Whether ``scope`` was ever entered (a scope serves one ``with`` block only)."""
+    try:
+        with scope:
+            pass
+    except RuntimeError:
+        return True
+    return False
+
+
+async def test_close_request_at_hand_is_served_without_the_cancel_scope(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A ``Connection: close`` request already there when the connection starts is answered,
+    then EOF, without the connection's cancel scope (whose entry and exit cost more than the
+    rest of trio's share of such a connection); a keep-alive one is served under it, and its
+    keep-alive timeout then closes the connection."""
+    config = ServerConfig(keep_alive_timeout=3.0)
+    received, _, connection = await _serve_bytes_at_hand(build_request(connection="close"), config)
+    assert received.startswith(b"HTTP/1.1 200 OK\r\n") and received.endswith(b"\r\n\r\nHello, world!")
+    assert b"connection: close\r\n" in received
+    assert not _entered(connection._cancel)
+    received, closed_after, connection = await _serve_bytes_at_hand(build_request(), config)
+    assert received.startswith(b"HTTP/1.1 200 OK\r\n") and received.endswith(b"Hello, world!")
+    assert b"connection: close" not in received
+    assert 3.0 <= closed_after < 4.0  # the keep-alive timeout, under the scope
+    assert _entered(connection._cancel)
+
+
+async def test_close_request_at_hand_on_a_kernel_socket() -> None:
+    """The same on a kernel socket (a connected pair): the request already in the socket is
+    answered without the connection's cancel scope, then EOF; the socket is closed."""
+    a, b = trio.socket.socketpair()
+    client, server = trio.SocketStream(a), trio.SocketStream(b)
+    await client.send_all(build_request(connection="close"))
+    connection = HttpConnection(server, hello_app, ServerConfig())
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(connection.run)
+            received = await RawClient(client).wait_closed()
+    assert received.startswith(b"HTTP/1.1 200 OK\r\n") and received.endswith(b"Hello, world!")
+    assert not _entered(connection._cancel)
+    assert b.fileno() == -1
+    await client.aclose()
+
+
+async def test_part_of_a_head_at_hand_keeps_its_head_timeout(autojump_clock: trio.testing.MockClock) -> None:
+    """A first read at hand that ends inside a request head: the head timeout runs from it
+    (408, then close), not the keep-alive timeout."""
+    config = ServerConfig(request_head_timeout=7.0, keep_alive_timeout=2.0)
+    received, closed_after, _ = await _serve_bytes_at_hand(b"GET / HTTP/1.1\r\nhost: x\r\n", config)
+    assert received.startswith(b"HTTP/1.1 408 ")
+    assert 7.0 <= closed_after < 8.0
+
+
+async def test_a_connection_shut_down_before_it_starts_serves_nothing(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Graceful shutdown asked before the connection's task ran: closed without an answer, even
+    with a whole request at hand (as before the at-hand path)."""
+    received, closed_after, _ = await _serve_bytes_at_hand(
+        build_request(connection="close"), ServerConfig(), shutdown_first=True
+    )
+    assert received == b""
+    assert closed_after < 1.0
 
 
 async def test_stack_listener_drains_its_queue_in_batches(

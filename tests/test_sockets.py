@@ -546,6 +546,130 @@ async def test_accept_nowait_drains_the_queue_without_waiting(autojump_clock: tr
             sock.close()
 
 
+async def test_send_nowait_takes_what_fits_without_a_scheduler_pass(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """``send_nowait`` is a non-blocking ``send``: what the send buffer takes, EAGAIN
+    (``BlockingIOError``) when it takes nothing, and no scheduler pass (no other task runs
+    during it); EPIPE after ``shutdown(SHUT_WR)``, ENOTCONN on an unconnected socket, EBADF once
+    closed.  The bytes arrive in order with what ``send`` wrote."""
+    async with two_stacks() as (a, b):
+        with pytest.raises(OSError) as unconnected:
+            a.socket().send_nowait(b"x")
+        assert unconnected.value.errno == errno.ENOTCONN
+        client, server = await socket_pair(a, b, 6004, buffer=4096)
+        assert isinstance(client, StackSocket)
+        ran: list[str] = []
+
+        async def other() -> None:
+            ran.append("other")
+
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(other)
+                assert client.send_nowait(b"first,") == 6
+                assert client.send_nowait(memoryview(b"second")) == 6
+                assert client.send_nowait(b"") == 0
+                assert ran == []  # no checkpoint: the other task has not run
+            taken = 12
+            with pytest.raises(BlockingIOError) as full:
+                while True:  # the peer does not read: the send buffer fills (bounded by its size)
+                    taken += client.send_nowait(b"y" * 1000)
+                    assert taken <= 4096 + 12
+            assert full.value.errno == errno.EAGAIN
+            client.shutdown(stdlib_socket.SHUT_WR)
+            with pytest.raises(OSError) as shut:
+                client.send_nowait(b"z")
+            assert shut.value.errno == errno.EPIPE
+            received = await read_to_eof(trio.SocketStream(server))
+        assert received == b"first,second" + b"y" * (taken - 12)
+        client.close()
+        with pytest.raises(OSError) as closed:
+            client.send_nowait(b"z")
+        assert closed.value.errno == errno.EBADF
+        server.close()
+
+
+async def test_recv_nowait_takes_what_is_there_without_a_scheduler_pass(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """``recv_nowait`` is a non-blocking ``recv``: EAGAIN (``BlockingIOError``) before data,
+    the bytes at hand (up to ``bufsize``) without a scheduler pass, ``b""`` at the end of the
+    stream; ENOTCONN on an unconnected socket, EBADF once closed."""
+    async with two_stacks() as (a, b):
+        with pytest.raises(OSError) as unconnected:
+            a.socket().recv_nowait(10)
+        assert unconnected.value.errno == errno.ENOTCONN
+        client, server = await socket_pair(a, b, 6006)
+        assert isinstance(server, StackSocket)
+        with trio.fail_after(60):
+            with pytest.raises(BlockingIOError) as nothing:
+                server.recv_nowait(10)
+            assert nothing.value.errno == errno.EAGAIN
+            await client.send(b"hello, world")
+            await trio.testing.wait_all_tasks_blocked()
+            with trio.testing.assert_no_checkpoints():
+                assert server.recv_nowait(5) == b"hello"
+                assert server.recv_nowait(100) == b", world"
+            with pytest.raises(ValueError):
+                server.recv_nowait(-1)
+            client.shutdown(stdlib_socket.SHUT_WR)
+            await trio.testing.wait_all_tasks_blocked()
+            assert server.recv_nowait(10) == b""
+        server.close()
+        with pytest.raises(OSError) as closed:
+            server.recv_nowait(10)
+        assert closed.value.errno == errno.EBADF
+        client.close()
+
+
+async def test_recv_that_waited_returns_without_another_scheduler_pass(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A ``recv`` parked until data came returns in the step that wakes it, as trio's own recv
+    (its park was the call's scheduler pass); one that finds data at once still makes one pass.
+    Was: a second pass after every wake-up (one per keep-alive request)."""
+    async with two_stacks() as (a, b):
+        client, server = await socket_pair(a, b, 6005)
+        got: list[bytes] = []
+        steps = 0
+        receiver: trio.lowlevel.Task | None = None
+
+        class Steps(trio.abc.Instrument):
+            def before_task_step(self, task: trio.lowlevel.Task) -> None:
+                nonlocal steps
+                if task is receiver:
+                    steps += 1
+
+        async def receive() -> None:
+            nonlocal receiver
+            receiver = trio.lowlevel.current_task()
+            got.append(await server.recv(100))
+            await trio.sleep_forever()
+
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(receive)
+                await trio.testing.wait_all_tasks_blocked()  # parked in recv
+                instrument = Steps()
+                trio.lowlevel.add_instrument(instrument)
+                try:
+                    await client.send(b"hello")
+                    while not got:
+                        await trio.testing.wait_all_tasks_blocked()
+                finally:
+                    trio.lowlevel.remove_instrument(instrument)
+                assert got == [b"hello"]
+                assert steps == 1  # woken, returned, parked again: one step
+                nursery.cancel_scope.cancel()
+            await client.send(b"again")
+            await trio.testing.wait_all_tasks_blocked()
+            with trio.testing.assert_checkpoints():  # data at hand: still a checkpoint
+                assert await server.recv(100) == b"again"
+        client.close()
+        server.close()
+
+
 async def test_closing_listener_wakes_blocked_accept(autojump_clock: trio.testing.MockClock) -> None:
     """``SocketListener.aclose()`` (or closing the socket) while a task waits in accept():
     the waiting accept raises ClosedResourceError, as trio's kernel sockets do."""

@@ -720,6 +720,28 @@ class StackSocket(trio.socket.SocketType):
         with memoryview(data) as view:  # any other buffer object (array, mmap, a 0-d view, ...)
             return await self._send_stream(conn, view)
 
+    def send_nowait(self, data: bytes | bytearray | memoryview) -> int:
+        """``send()`` on a connected TCP socket without waiting and without a scheduler pass:
+        the bytes the send buffer takes now, or ``BlockingIOError`` (EAGAIN) when it takes
+        none, as a non-blocking kernel socket's ``send``; errors as ``send`` raises them.
+
+        A server that closes right after its last write calls this, then ``shutdown(SHUT_WR)``,
+        then checkpoints: the runtime sends the data at its next turn, so the FIN leaves in
+        the data's segment (as Linux's FIN rides on the last queued segment) instead of a
+        segment of its own after ``send``'s scheduler pass let the data leave alone."""
+        conn = self._conn
+        if conn is None or self._fd < 0 or self._shut_wr:
+            self._check_open()
+            conn = self._stream_conn()  # ENOTCONN: not a connected TCP socket
+            raise _oserror(errno.EPIPE)
+        if not (data.nbytes if data.__class__ is memoryview else len(data)):
+            return 0
+        taken = conn.send(data, trio.current_time())  # raises ECONNRESET & co with the kernel's errno
+        if not taken:
+            raise BlockingIOError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+        self._stack.kick()
+        return taken
+
     async def _send_stream(self, conn: TcpConnection, data: bytes | bytearray | memoryview) -> int:
         if not (data.nbytes if data.__class__ is memoryview else len(data)):
             await trio.lowlevel.cancel_shielded_checkpoint()
@@ -753,9 +775,11 @@ class StackSocket(trio.socket.SocketType):
                 return (await self._udp_receive(bufsize, flags))[0]
         assert conn is not None
         peek = flags & _MSG_PEEK
+        waited = False
         while True:
             if self._shut_rd:
-                await trio.lowlevel.cancel_shielded_checkpoint()
+                if not waited:
+                    await trio.lowlevel.cancel_shielded_checkpoint()
                 return b""
             data: bytes | None
             if peek and conn.rcvbuf:
@@ -764,10 +788,35 @@ class StackSocket(trio.socket.SocketType):
                 data = conn.receive(bufsize, trio.current_time())  # (empty: takes nothing)
             if data is not None:
                 self._stack.kick()
-                await trio.lowlevel.cancel_shielded_checkpoint()
+                if not waited:
+                    # One scheduler pass per call, as trio's recv: a call that parked had its
+                    # pass there (trio's _nonblocking_helper returns right after its wait too)
+                    await trio.lowlevel.cancel_shielded_checkpoint()
                 return data
             await self._wait()
+            waited = True
             self._check_open()
+
+    def recv_nowait(self, bufsize: int) -> bytes:
+        """``recv()`` on a connected TCP socket without waiting and without a scheduler pass:
+        the bytes at hand (up to ``bufsize``), ``b""`` at the end of the stream, or
+        ``BlockingIOError`` (EAGAIN) when nothing has arrived yet, as a non-blocking kernel
+        socket's ``recv``; errors as ``recv`` raises them.  A server's task that has just
+        started (its start was its scheduler pass) reads its connection's first bytes with it."""
+        bufsize = operator.index(bufsize)
+        conn = self._conn
+        if conn is None or self._fd < 0 or bufsize < 0:
+            self._check_open()
+            if bufsize < 0:
+                raise ValueError("negative buffersize in recv")
+            conn = self._stream_conn()  # ENOTCONN: not a connected TCP socket
+        if self._shut_rd:
+            return b""
+        data = conn.receive(bufsize, trio.current_time())
+        if data is None:
+            raise BlockingIOError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+        self._stack.kick()
+        return data
 
     async def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
         with memoryview(buffer) as view:

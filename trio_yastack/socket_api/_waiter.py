@@ -18,7 +18,11 @@ class Waiter:
         self._lot = trio.lowlevel.ParkingLot()
 
     def wake(self) -> None:
-        self._lot.unpark_all()
+        """Wake every task parked here.  Nobody parked is the common case (a socket closed by
+        its only task, a connection whose reader has not parked yet): then it costs one test."""
+        lot = self._lot
+        if lot:
+            lot.unpark_all()
 
     async def wait(self) -> None:
         """Park until the next ``wake()`` (the caller re-checks its condition)."""

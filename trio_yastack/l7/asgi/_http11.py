@@ -28,7 +28,7 @@ import logging
 import socket
 import time
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from email.utils import formatdate
 from functools import partial
 from http import HTTPStatus
@@ -65,6 +65,8 @@ LINGER_BYTES = 256 * 1024
 #: while responses keep completing, how often :class:`Handoffs` looks at the apps that ran on
 #: after theirs (an idle watcher looks at once); the most a next request waits for such an app
 HANDOFF_INTERVAL = 0.005
+# What HttpConnection._serve_requests goes on with after _serve_at_hand (see there)
+_WAIT_FIRST, _STASHED_FIRST, _FED, _HEAD_PART, _SERVED = range(5)
 
 
 class ClientDisconnected(OSError):
@@ -272,6 +274,15 @@ class HttpConnection:
         # A kernel socket's stdlib socket, read and written as trio's socket does it (the same
         # checkpoints) but without its per-call wrapper and context manager, ~5 us a call
         self._raw = _kernel_socket(self._sock)
+        # The stack's socket (socket_api's StackSocket) has a send without a scheduler pass: a
+        # response after which the connection closes is queued and the write side shut before
+        # the pass, so its FIN leaves in the response's last segment (see _write)
+        self._send_nowait: Callable[[bytes], int] | None = (
+            getattr(self._sock, "send_nowait", None) if self._raw is None else None
+        )
+        self._recv_nowait: Callable[[int], bytes] | None = (
+            getattr(self._sock, "recv_nowait", None) if self._raw is None else None
+        )
         self._max_body = config.max_request_body
         self._max_head = config.max_header_bytes
         self._parser = httptools.HttpRequestParser(self)
@@ -291,6 +302,8 @@ class HttpConnection:
         self._in_app: _Request | None = None  # whose app runs in the holder's task
         self._written: _Request | None = None  # whose response was last written whole (watched)
         self._watched = False  # in the watcher's list
+        self._fin_sent = False  # the write side was shut with the last response (see _write)
+        self._first_bytes: bytes | bytearray | None = None  # read by _serve_at_hand, for _read_first
         #: when the connection's current timeout (keep-alive or head) expires; inf while the app runs
         self.timeout_at = _INF
         self._swept = swept
@@ -501,6 +514,15 @@ class HttpConnection:
                         await trio.lowlevel.cancel_shielded_checkpoint()  # as trio's recv: one pass
                     return data
             if self._sock is not None:
+                recv_nowait = self._recv_nowait
+                if first and recv_nowait is not None:
+                    # over the stack as on a kernel socket: the bytes already there are taken
+                    # without another pass; none yet, recv waits for them
+                    await trio.lowlevel.checkpoint_if_cancelled()
+                    try:
+                        return recv_nowait(self._receive_size)
+                    except BlockingIOError:
+                        pass
                 return await self._sock.recv(self._receive_size)
             return await self.stream.receive_some(self._receive_size)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
@@ -557,10 +579,14 @@ class HttpConnection:
         stream) or is handed on; ``after``: a request whose app still runs in the task that
         handed the connection on (None: this is the connection's first task)."""
         try:
-            with cancel:
-                if after is None:
-                    self._set_timeout(trio.current_time() + self.config.request_head_timeout)
-                await self._serve_requests(after)
+            step = _WAIT_FIRST
+            if after is None:
+                self._set_timeout(trio.current_time() + self.config.request_head_timeout)
+                if self._raw is not None or self._recv_nowait is not None:
+                    step = await self._serve_at_hand()
+            if step != _SERVED:
+                with cancel:
+                    await self._serve_requests(after, step)
             # (handed on: another task holds the connection now, and answers its timeouts)
             timed_out = self._cancel is cancel and cancel.cancelled_caught and not self._closing
             if timed_out and (self._in_head or self._head_partial):
@@ -622,9 +648,67 @@ class HttpConnection:
             # as serve_asgi does for a connection's first task: a bug ends this connection only
             logger.exception("connection from %s failed", self.client)
 
-    async def _serve_requests(self, after: _Request | None) -> None:
+    def _at_hand(self) -> bytes | bytearray | None:
+        """The bytes already received, without waiting and without a scheduler pass: None when
+        none have come yet, ``b""`` at EOF or a reset (the client is gone either way)."""
+        try:
+            if self._raw is not None:
+                return self._raw.recv(self._receive_size)
+            if self._recv_nowait is not None:
+                return self._recv_nowait(self._receive_size)
+        except BlockingIOError:
+            return None
+        except OSError:
+            return b""
+        return None
+
+    async def _serve_at_hand(self) -> int:
+        """The connection's first read when its bytes are already there (kernel listeners defer
+        the accept until they are; over the stack they usually came with the handshake's ACK),
+        and a ``Connection: close`` request found in them served at once, without the
+        connection's cancel scope: entering and leaving one costs trio ~9 us, more than the
+        rest of trio's share of such a connection.  The scope carries only the head and
+        keep-alive timeouts and the idle close at shutdown, which bound reads that wait; here
+        nothing waits (the app runs with no timeout, as under the scope: ``timeout_at`` is inf
+        while it runs, and the graceful shutdown's deadline on the connections' nursery still
+        reaches it), and the connection ends with this response.
+
+        Returns what :meth:`_serve_requests` goes on with under the scope: ``_SERVED`` (nothing,
+        the connection is over), ``_WAIT_FIRST`` (no bytes yet, or a shutdown already asked:
+        the first read as usual), ``_STASHED_FIRST`` (the HTTP/2 preface: the first read takes
+        the bytes kept), ``_FED`` (a request to serve is queued) or ``_HEAD_PART`` (part of a
+        head: its timeout runs, more is read)."""
+        if self._closing or self._cancel.cancel_called:
+            return _WAIT_FIRST
+        await trio.lowlevel.checkpoint_if_cancelled()
+        data = self._at_hand()
+        if data is None:
+            return _WAIT_FIRST
+        if not data:
+            self._eof = True
+            return _SERVED
+        if data[:4] == b"PRI ":  # perhaps HTTP/2 with prior knowledge: _read_first decides
+            self._first_bytes = data
+            return _STASHED_FIRST
+        self._feed(data)
         requests = self._requests
-        first = after is None
+        if not requests:  # as _serve_requests after a first read that ended inside a head
+            if self._in_head and self._idle:
+                self._idle = False
+                self._set_timeout(trio.current_time() + self.config.request_head_timeout)
+            return _HEAD_PART
+        self._idle = False
+        self._set_timeout(_INF)
+        request = requests[0]
+        if request.keep_alive or request.upgrade or self._upgrade_leftover is not None:
+            return _FED  # more may follow on the connection: served under the scope
+        await self._serve(requests.popleft())  # the connection ends after it, handed on or not
+        return _SERVED
+
+    async def _serve_requests(self, after: _Request | None, step: int = _WAIT_FIRST) -> None:
+        requests = self._requests
+        first = after is None and step in (_WAIT_FIRST, _STASHED_FIRST)
+        head_part = step == _HEAD_PART  # the first read, at hand, ended inside a head
         if after is not None:  # taken over: finish with ``after`` as its app's task would have
             if not after.body_complete and self._keep_alive and self._pending_error is None:
                 self._keep_alive = await self._discard_body(after)
@@ -640,9 +724,12 @@ class HttpConnection:
                     return
                 if self._closing or self._eof:
                     return
-                self._idle = True
-                if not first:
-                    self._set_timeout(trio.current_time() + self.config.keep_alive_timeout)
+                if head_part:
+                    head_part = False  # (its head timeout runs, idle is over)
+                else:
+                    self._idle = True
+                    if not first:
+                        self._set_timeout(trio.current_time() + self.config.keep_alive_timeout)
                 while not requests and self._pending_error is None:
                     if first:
                         first = False
@@ -670,7 +757,11 @@ class HttpConnection:
 
     async def _read_first(self) -> bool:
         """The connection's first read: HTTP/2 with prior knowledge goes to ``serve_h2``."""
-        data = await self._receive_bytes(first=True)
+        data = self._first_bytes
+        if data is None:
+            data = await self._receive_bytes(first=True)
+        else:  # read by _serve_at_hand
+            self._first_bytes = None
         if not data:
             self._eof = True
             return False
@@ -863,7 +954,9 @@ class HttpConnection:
             if not more:
                 self._response_complete = True
             if data:
-                if not await self._write(data):  # the write is the checkpoint
+                # the write is the checkpoint; the response's last bytes on a connection that
+                # closes after it carry the FIN (the connection ends once the app returns)
+                if not await self._write(data, last=not more and not self._keep_alive):
                     raise ClientDisconnected(f"client {self.client} disconnected")
             else:
                 await trio.lowlevel.checkpoint()
@@ -874,7 +967,10 @@ class HttpConnection:
                 assert request is not None
                 if self.access_log is not None:
                     self.access_log.log(request.scope, self._status, self._response_headers)
-                if self._handoffs is not None:  # the app may run on (a background task): watched
+                if self._handoffs is not None and not self._fin_sent:
+                    # the app may run on (a background task): watched, so the next request or
+                    # the close need not wait for it.  Not once the FIN went with the response:
+                    # nothing follows on the connection and the client has seen its end.
                     self._written = request
                     self._handoffs.watch(self)
         elif kind == "http.response.start":
@@ -946,9 +1042,28 @@ class HttpConnection:
             return head
         return head + body
 
-    async def _write(self, data: bytes) -> bool:
-        """Write ``data``; False (and the connection marked gone) when the client is gone."""
+    async def _write(self, data: bytes, last: bool = False) -> bool:
+        """Write ``data``; False (and the connection marked gone) when the client is gone.
+
+        ``last``: nothing follows on this connection.  Over the stack the write side is then
+        shut as soon as the send buffer has taken all of ``data``, before the scheduler pass
+        that lets the runtime send it, so the FIN rides on the data's last segment: one
+        segment less per ``Connection: close`` response (and no ACK of the client's FIN of its
+        own, as the client no longer closes first).  The socket's close follows as before."""
         try:
+            send_nowait = self._send_nowait
+            if last and send_nowait is not None and self._sock is not None:
+                await trio.lowlevel.checkpoint_if_cancelled()
+                try:
+                    sent = send_nowait(data)
+                except BlockingIOError:
+                    sent = 0
+                if sent == len(data):
+                    self._sock.shutdown(socket.SHUT_WR)
+                    self._fin_sent = True
+                    await trio.lowlevel.cancel_shielded_checkpoint()  # as send's: one pass
+                    return True
+                data = data[sent:]  # the send buffer was full: the rest as it drains, FIN at close
             raw = self._raw
             if raw is not None:
                 await trio.lowlevel.checkpoint_if_cancelled()
