@@ -141,7 +141,8 @@ def main() -> None:
             rows.setdefault("responder_rps_kernel", []).append(
                 run_responder_kernel(args.seconds)["requests_per_s"]
             )
-    result: dict[str, Any] = {name: spread(values) for name, values in rows.items()}
+    # each row's runs kept in round order: a mode's round k ran next to the other modes' round k
+    result: dict[str, Any] = {name: {**spread(values), "runs": values} for name, values in rows.items()}
     if "responder" in only:
         kernel = result["responder_rps_kernel"]["median"]
         for mode in MODES:
