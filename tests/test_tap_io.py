@@ -61,6 +61,15 @@ def udp(payload: bytes) -> bytes:
     return build_udp_frame(MAC, "02:00:00:00:00:01", STACK_ADDRESS, KERNEL_ADDRESS, 5353, 53, payload)
 
 
+def twin_wire(frame: bytes) -> bytes:
+    """What the twin writes for ``frame``: its virtio-net header, then the frame."""
+    if isinstance(frame, OffloadPacket):
+        header = _offload_header(frame)
+        assert header is not None, "the tests offload only TCP/IPv4 frames"
+        return header + frame
+    return _PLAIN_VNET_HDR + frame
+
+
 def arp_request() -> bytes:
     return build_arp_frame(ARP_REQUEST, MAC, STACK_ADDRESS, "00:00:00:00:00:00", KERNEL_ADDRESS)
 
@@ -95,16 +104,12 @@ def test_tx_writes_each_frame_behind_the_twins_header(seqpacket: tuple[int, sock
     the frame, in order; the counters say what was written."""
     fd, theirs = seqpacket
     io = _tap_io.TapBurstIO(fd, vnet=True, max_frame_len=1514, frame_size=2048, max_burst=8, mode=mode)
-    frames: list[bytes] = [
+    frames: list[Any] = [  # bytes and OffloadPackets (bytearrays), as the poll loop hands them
         arp_request(), tcp_offload(100), tcp_offload(3000, 1448), tcp_offload(10, options=bytes(12)),
         udp(b"q" * 40), tcp_offload(1460),
-    ]  # type: ignore[list-item]  # OffloadPackets (bytearrays) in a bytes burst, as the poll loop hands them  # fmt: skip
+    ]  # fmt: skip
     assert io.tx(frames) == (6, 6, sum(map(len, frames)), 0)
-    want = [
-        (_offload_header(f) if isinstance(f, OffloadPacket) else _PLAIN_VNET_HDR) + bytes(f)  # type: ignore[operator]  # not None: all TCP/IPv4
-        for f in frames
-    ]
-    assert read_messages(theirs) == want
+    assert read_messages(theirs) == [twin_wire(f) for f in frames]
     io.close()
 
 
@@ -159,11 +164,7 @@ def test_tx_headers_equal_the_twins_for_any_burst(
             tcp_offload(n, g) if partial else bytes(tcp_offload(n)) for n, g, partial in sizes
         ]
         assert io.tx(frames)[:2] == (len(frames), len(frames))
-        want = [
-            (_offload_header(f) if isinstance(f, OffloadPacket) else _PLAIN_VNET_HDR) + bytes(f)
-            for f in frames
-        ]
-        assert read_messages(theirs) == want
+        assert read_messages(theirs) == [twin_wire(f) for f in frames]
         io.close()
 
 
@@ -221,6 +222,26 @@ def test_io_uring_refused_falls_back_to_the_loop(seqpacket: tuple[int, socket.so
     assert io.tx([arp_request()] * 3)[:2] == (3, 3)
     assert io.mode is _tap_io.TapIoMode.LOOP
     assert len(read_messages(theirs)) == 3
+    io.close()
+
+
+@needs_native
+def test_a_forked_worker_opens_its_own_ring(seqpacket: tuple[int, socket.socket]) -> None:
+    """The ring is opened at the first burst, and ``forget_ring`` (what ``keep_only_queue`` calls
+    in a worker forked after the port opened) drops it so the next burst opens another: two
+    processes never share one ring's memory."""
+    fd, theirs = seqpacket
+    io = _tap_io.TapBurstIO(fd, vnet=False, max_frame_len=1514, frame_size=2048, max_burst=8,
+                            mode=_tap_io.TapIoMode.RING)  # fmt: skip
+    assert io._ring is None  # nothing opened before the first burst
+    assert io.tx([arp_request()] * 3)[:2] == (3, 3)
+    first = io._ring
+    assert first is not None and first != io._ffi.NULL
+    io.forget_ring()
+    assert io._ring is None
+    assert io.tx([arp_request()] * 3)[:2] == (3, 3)
+    assert io._ring is not None and io.mode is _tap_io.TapIoMode.RING
+    assert len(read_messages(theirs)) == 6
     io.close()
 
 
