@@ -1,15 +1,15 @@
-"""The TAP port's burst I/O in one crossing into C (``native/tap_io.c``), and for transmit in one
-system call: a burst of writes submitted to an io_uring with one ``io_uring_enter``.
+"""The TAP port's burst I/O in one crossing into C (``native/tap_io.c``), and optionally the
+transmit burst in one system call (io_uring).
 
 A TAP descriptor takes one frame per ``write`` and gives one per ``read`` (it has no
 ``sendmmsg``), so the Python loops of :class:`~trio_yastack.nic.tap.TapPort` cost a Python call,
 an allocation and a system call per frame.  Here a transmit burst is laid end to end
 (``b"".join``) with an array of lengths and one meta word per frame (``gso_size`` and whether the
 kernel completes the TCP checksum), and C builds each frame's virtio-net header and hands the
-whole burst to the kernel: as linked ``IORING_OP_WRITEV`` requests in one ``io_uring_enter``
-(``TapIoMode.RING``), or as one ``writev`` per frame from C where io_uring is disabled or refused
-(``TapIoMode.LOOP``).  The receive side reads in a C loop into one buffer and cuts the frames out
-of it.
+burst to the kernel: one ``writev`` per frame from C (``TapIoMode.LOOP``, the default), or linked
+``IORING_OP_WRITEV`` requests in one ``io_uring_enter`` (``TapIoMode.RING``: measured no cheaper
+per frame on Linux 6.18, see ``benchmarks/RESULTS.md``; where io_uring is refused it falls back to
+LOOP).  The receive side reads in a C loop into one buffer and copies the frames out of it.
 
 The Python loops in ``tap.py`` are the twin: they stay the path where the extension did not build
 (``NATIVE`` is False) and where ``TRIO_YASTACK_TAP_IO=python`` asks for them;
