@@ -41,6 +41,7 @@ setup(
         "native/build_native.py:stack_ffi",
         "native/build_native.py:dispatch_ffi",
         "native/build_native.py:af_packet_ffi",
+        "native/build_native.py:tap_io_ffi",
         "native/build_native.py:af_xdp_ffi",
         # the DPDK port's shim (trio_yastack.nic.dpdk), only with libdpdk-dev installed
         *(["native/build_native.py:dpdk_ffi"] if _have_pkg_config("libdpdk") else []),

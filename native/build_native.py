@@ -9,6 +9,8 @@ own C and importing the sans-IO stack loads nothing of the dispatcher's:
 - ``trio_yastack.dispatch._native_cffi``: the Toeplitz hash of RSS and the shared-memory SPSC
   rings (``rss.c``, ``ring.c``); Python twins in ``trio_yastack/dispatch/_native_rss.py`` and
   ``_native_ring.py``;
+- ``trio_yastack.nic._af_packet_cffi`` and ``trio_yastack.nic._tap_io_cffi``: the AF_PACKET and TAP
+  ports' burst I/O (Linux only, the kernel's headers only; see each below);
 - ``trio_yastack.nic._af_xdp_cffi``: the AF_XDP port's rings and UMEM (``af_xdp.c``), built only
   where ``pkg-config`` finds ``libxdp`` and ``libbpf`` (Debian: ``libxdp-dev libbpf-dev``); twin of
   its ring arithmetic in ``trio_yastack/nic/_af_xdp_ring.py``.
@@ -114,6 +116,31 @@ af_packet_ffi = _extension(
     int yas_afp_tx_burst(int fd, const char *frames, const uint32_t *lens, int n);
     """,
     ["af_packet.c"],
+)
+
+
+#: ``trio_yastack.nic._tap_io_cffi``: the TAP port's burst I/O (``tap_io.c``), one crossing into C
+#: per burst: one writev per frame from C (the default), or the transmit burst in one io_uring_enter
+#: (raw system calls, no liburing: only the kernel's headers; measured slower here, kept to measure);
+#: the receive loop of read(2).  Python twins: the os.writev and os.read loops of
+#: ``trio_yastack/nic/tap.py``; ``trio_yastack/nic/_tap_io.py`` wraps it.
+tap_io_ffi = _extension(
+    "trio_yastack.nic._tap_io_cffi",
+    """
+    #define YAS_TAP_PARTIAL_CSUM 0x10000
+    #define YAS_TAP_VNET_HDR_LEN 10
+    #define YAS_TAP_RING_ENTRIES 256
+    struct yas_tap_ring;
+    int yas_tap_ring_open(int fd, struct yas_tap_ring **out);
+    void yas_tap_ring_close(struct yas_tap_ring *ring);
+    int yas_tap_tx_burst(struct yas_tap_ring *ring, int fd, const char *frames, size_t frameslen,
+                         const uint32_t *lens, const uint32_t *meta, int n, int vnet, uint32_t max_len,
+                         uint64_t *stats);
+    #define YAS_TAP_RX_VERIFIED 0x80000000
+    int yas_tap_rx_burst(int fd, char *out, size_t outlen, size_t size, int vnet, uint32_t *lens, int max_n,
+                         uint32_t *errors);
+    """,
+    ["tap_io.c"],
 )
 
 
@@ -255,6 +282,6 @@ af_xdp_ffi = _af_xdp_extension()
 dpdk_ffi = _dpdk_extension()
 
 if __name__ == "__main__":
-    for builder in (stack_ffi, dispatch_ffi, af_packet_ffi, af_xdp_ffi, dpdk_ffi):
+    for builder in (stack_ffi, dispatch_ffi, af_packet_ffi, tap_io_ffi, af_xdp_ffi, dpdk_ffi):
         if builder is not None:
             builder.compile(verbose=True)

@@ -5,7 +5,9 @@ transmits on it we read, what we write the kernel receives.  gVisor, passt and s
 kernel this way, and so does ``nic="tap:NAME"`` here.
 
 - Burst I/O on non-blocking descriptors: ``rx_burst`` reads until the burst is full or the
-  queue is empty (Python has no ``recvmmsg``), ``tx_burst`` writes a burst; an idle runtime
+  queue is empty, ``tx_burst`` writes a burst, each in one crossing into C (``_tap_io``: a TAP
+  takes one frame per system call, so C loops over them; the Python loops here are its twin,
+  and the path without the extension or with ``TRIO_YASTACK_TAP_IO=python``); an idle runtime
   sleeps in :meth:`TapPort.wait_rx` on the descriptor's readiness through trio, or spins when
   ``busy_poll`` is on.
 - Offloads through the virtio-net header (``IFF_VNET_HDR``, ``TUNSETOFFLOAD``): the kernel hands
@@ -41,6 +43,7 @@ from trio_yastack.stack.wire._checksum import sum16
 
 from ._port import Port, PortCapabilities, PortCounters, PortStatistics
 from ._spec import parse_port_spec
+from ._tap_io import TapBurstIO, TapIoMode, chosen_io_mode
 
 __all__ = ["TapError", "TapOptions", "TapPort", "open_tap_port", "parse_tap_spec"]
 
@@ -85,6 +88,9 @@ _IFREQ_FLAGS = struct.Struct("16sH22x")
 _IFREQ_INT = struct.Struct("16si20x")
 _ETHER_LEN = 14
 _MAX_GSO_FRAME = 65535 + _ETHER_LEN + 4  # an IPv4 datagram of the largest size, plus a VLAN tag
+#: bursts shorter than this are written by the Python loop: the crossing into C costs about as much
+#: as the Python loop's per-frame work on one or two frames (measured: benchmarks/RESULTS.md)
+_NATIVE_TX_MIN = 3
 
 
 class TapError(OSError):
@@ -166,6 +172,8 @@ class TapPort(Port):
         self.vnet = options.offloads
         self._counters = [PortCounters() for _ in range(options.queues)]
         self._rx_size = (_MAX_GSO_FRAME + VNET_HDR_LEN) if self.vnet else options.mtu + _ETHER_LEN + 4
+        #: per queue, the burst I/O in C (``_tap_io``), or None: the Python loops below (the twin)
+        self._burst_io: list[TapBurstIO | None] = []
         name = _ifreq_name(options.name)
         try:
             self._open_queues(name)
@@ -186,6 +194,21 @@ class TapPort(Port):
             tso6=self.vnet,
             max_tso_size=0xFFFF if self.vnet else 0,
         )
+        mode = chosen_io_mode()
+        if mode is not TapIoMode.PYTHON:
+            self._burst_io = [
+                TapBurstIO(fd, vnet=self.vnet, max_frame_len=self._capabilities.max_frame_len,
+                           frame_size=self._rx_size, max_burst=options.max_burst, mode=mode)
+                for fd in self._fds
+            ]  # fmt: skip
+        else:
+            self._burst_io = [None] * options.queues
+
+    @property
+    def io_mode(self) -> TapIoMode:
+        """How bursts cross into the kernel (``TRIO_YASTACK_TAP_IO``; see ``nic/_tap_io.py``)."""
+        io = self._burst_io[0] if self._burst_io else None
+        return TapIoMode.PYTHON if io is None else io.mode
 
     # -- set-up --------------------------------------------------------------------------------
     def _open_queues(self, name: bytes) -> None:
@@ -331,6 +354,21 @@ class TapPort(Port):
         return self._fds[queue]
 
     def rx_burst(self, queue: int, max_n: int) -> list[bytes]:
+        io = self._burst_io[queue]
+        if io is not None:
+            # One crossing into C for the burst (its reads stop at the first EAGAIN).
+            try:
+                got, nbytes, errors = io.rx(max_n)
+            except OSError as exc:
+                if exc.errno == errno.EBADF and self._closed:
+                    return []
+                raise
+            if got or errors:
+                counters = self._counters[queue]
+                counters.ipackets += len(got)
+                counters.ibytes += nbytes
+                counters.ierrors += errors
+            return got
         fd = self._fds[queue]
         size = self._rx_size
         read = os.read
@@ -372,8 +410,23 @@ class TapPort(Port):
         return frames
 
     def tx_burst(self, queue: int, frames: Sequence[bytes]) -> int:
-        fd = self._fds[queue]
         counters = self._counters[queue]
+        io = self._burst_io[queue]
+        if io is not None and len(frames) >= _NATIVE_TX_MIN:
+            # One crossing into C for the burst: C builds the virtio-net headers and writes.
+            if not self.vnet:  # no header to ask the kernel with: checksums are finished here
+                frames = [
+                    complete_checksum(frame)
+                    if frame.__class__ is OffloadPacket and not frame.gso_size  # type: ignore[comparison-overlap]  # an OffloadPacket in a bytes burst
+                    else frame
+                    for frame in frames
+                ]
+            taken, written, nbytes, refused = io.tx(frames)
+            counters.opackets += written
+            counters.obytes += nbytes
+            counters.oerrors += refused
+            return taken
+        fd = self._fds[queue]
         limit = self._capabilities.max_frame_len
         vnet = self.vnet
         writev = os.writev
@@ -433,11 +486,19 @@ class TapPort(Port):
             if index != queue and fd >= 0:
                 os.close(fd)
                 self._fds[index] = -1
+                self._burst_io[index] = None
+        io = self._burst_io[queue] if queue < len(self._burst_io) else None
+        if io is not None:
+            io.forget_ring()  # a forked worker opens its own at its first burst
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
+        for io in self._burst_io:
+            if io is not None:
+                io.close()
+        self._burst_io = []
         for fd in self._fds:
             if fd < 0:
                 continue
