@@ -10,7 +10,11 @@ Everything runs under trio's MockClock.
 
 from __future__ import annotations
 
+import random
+
+import pytest
 import trio
+from tcp_helpers import T0, open_active
 from tcp_sim_helpers import (
     checksum_drops,
     connected_pair,
@@ -20,9 +24,10 @@ from tcp_sim_helpers import (
     sha256,
     two_stacks,
 )
+from test_offload import offload_core, push
 
 from trio_yastack.nic import memory_wire
-from trio_yastack.stack import ChecksumVerified, OffloadPacket
+from trio_yastack.stack import ChecksumVerified, OffloadPacket, TcpConnection
 
 SIZE = 1_000_000
 
@@ -94,3 +99,31 @@ async def test_corrupted_frames_arrive_unmarked_and_are_dropped(
     digest, _frames, drops = await _transfer(True, corrupt=0.05)
     assert digest == sha256(make_payload(7, SIZE))
     assert drops > 0
+
+
+@pytest.mark.parametrize("tx_offload", [True, False])
+def test_tso_segments_built_whole_are_the_general_paths_frames(
+    tx_offload: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``_send_data_segment`` now builds TSO segments too (header packed once, payload copied
+    once through a view): the same frames, byte for byte and type and gso_size, as the general
+    ``_send_segment`` built before, over the same exchange (the whole flight and the ACKs)."""
+
+    def run(general: bool) -> list[tuple[str, int, bytes]]:
+        core = offload_core(tx_offload=tx_offload, tso=65535 if tx_offload else 0)
+        conn, peer = open_active(core)
+        if general:
+            monkeypatch.setattr(TcpConnection, "_send_data_segment", _general_send_data_segment)
+        frames, now = push(core, conn, peer, random.Random(1).randbytes(250_000), T0 + 1)
+        more, _ = push(core, conn, peer, random.Random(2).randbytes(200_000), now + 0.001)
+        monkeypatch.undo()
+        return [(f.__class__.__name__, getattr(f, "gso_size", 0), bytes(f)) for f in frames + more]
+
+    fast, general = run(False), run(True)
+    assert fast == general
+    assert any(gso for _kind, gso, _frame in fast) == tx_offload
+
+
+def _general_send_data_segment(self: TcpConnection, seq: int, length: int, flags: int, now: float) -> None:
+    """What ``_send_data`` did for every segment over one MSS before: the general path."""
+    self._send_segment(seq, flags, self.sndbuf.peek(seq, length), now)

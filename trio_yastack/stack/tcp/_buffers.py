@@ -146,13 +146,18 @@ class SendBuffer(_ByteQueue):
 
     def append_to(self, out: bytearray, seq: int, length: int) -> None:
         """Append bytes ``[seq, seq + length)`` to ``out`` (a frame being built after its
-        headers).  A plain slice: cheaper here than the memoryview ``peek`` uses, for a
-        segment's worth of bytes.  The range must be held (a caller bug otherwise)."""
+        headers).  A plain slice for a segment's worth of bytes (cheaper there than a view's
+        two objects), a view for more (one copy instead of two).  The range must be held (a
+        caller bug otherwise)."""
         offset = seq - self.start
         if offset < 0 or length < 0 or offset + length > len(self):
             raise ValueError(f"[{seq}, {seq + length}) outside the send buffer")
         start = self._head + offset
-        out += self._buf[start : start + length]
+        if length >= _VIEW_MIN:  # one copy (a TSO segment's worth): through a view, released at once
+            with memoryview(self._buf) as whole, whole[start : start + length] as part:
+                out += part
+        else:
+            out += self._buf[start : start + length]
 
     def acknowledge(self, upto: int) -> int:
         """Drop the bytes below ``upto`` (an ACK's cumulative acknowledgement), clipped to ``end``,
