@@ -156,9 +156,10 @@ class StackCore:
         self, frames: list[bytes], now: float, on_error: Callable[[Exception], None] | None = None
     ) -> None:
         """The frames of one ``rx_burst``, in order: the established-connection fast path first
-        (one classifying pass over the whole burst, in C when built), ``ether_input`` for every
-        frame it declines.  With ``on_error``, an exception from one frame is handed to it and
-        the burst goes on (the runtime counts stack bugs per frame); without, it propagates.
+        (one classifying pass over the whole burst, in C when built; a sound UDP datagram is
+        queued on its socket by ``udp_fast_input``), ``ether_input`` for every frame it declines.
+        With ``on_error``, an exception from one frame is handed to it and the burst goes on (the
+        runtime counts stack bugs per frame); without, it propagates.
 
         The fast path is skipped while a tracer has swapped this core's class (a traced frame
         must pass every layer's trace point) and when ``fast_path`` is off.
