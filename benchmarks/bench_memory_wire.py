@@ -4,7 +4,13 @@ Both sides run the same trio code in one ``trio.run`` on one core (``trio.serve_
 ``trio.open_tcp_stream``): ours with both stacks open on the two ends of a fault-free
 ``memory_wire`` (MTU 1500), the peer on kernel sockets over 127.0.0.1.  Measured:
 
-- one bulk connection: MB/s of payload, and (ours) TCP segments per second on the wire;
+- one bulk connection: MB/s of payload, and (ours) TCP segments per second on the wire, in two
+  rows: ``ours_bulk``, 1500-byte frames each carrying its own checksums, and
+  ``ours_offloads_bulk``, the wire given what the kernel's loopback or a virtio-net pair has
+  (``memory_wire(offloads=True)``: checksum offload both ways, TSO frames of up to 64 KiB that
+  cross whole).  The kernel's loopback runs with a 64 KiB MTU and no checksums, so the offload
+  row is the fair comparison, and the one issue 18's bar (625 MB/s) reads; ``ratio_bulk`` stays
+  the 1500-byte row's, ``ratio_bulk_offloads`` is the offload row's;
 - connections per second: connect, one request byte, one reply byte, close, one after another
   (and the process's CPU time per connection, which other load on the machine disturbs less).
 
@@ -97,13 +103,13 @@ def partial_serve(handler: Any, port: int, host: str) -> Any:
     return serve
 
 
-def run_case(ours: bool, what: str, amount: int) -> dict[str, float]:
+def run_case(ours: bool, what: str, amount: int, offloads: bool = False) -> dict[str, float]:
     async def main() -> dict[str, float]:
         async with AsyncExitStack() as stack:
             server_stack = None
             host = "127.0.0.1"
             if ours:
-                client_port, server_port = memory_wire(mtu=1500)
+                client_port, server_port = memory_wire(mtu=1500, offloads=offloads)
                 client = await stack.enter_async_context(open_stack(client_port, ip="198.18.0.2/24"))
                 server_stack = await stack.enter_async_context(open_stack(server_port, ip="198.18.0.1/24"))
                 host = "198.18.0.1"
@@ -139,6 +145,10 @@ def main() -> None:
         for ours in (True, False):
             side = "ours" if ours else "kernel"
             runs.setdefault(f"{side}_bulk", []).append(run_case(ours, "bulk", megabytes * 1_000_000))
+            if ours:
+                runs.setdefault("ours_offloads_bulk", []).append(
+                    run_case(ours, "bulk", megabytes * 1_000_000, offloads=True)
+                )
             runs.setdefault(f"{side}_connections", []).append(run_case(ours, "connections", connections))
     cases = {name: {key: spread([r[key] for r in rs]) for key in rs[0]} for name, rs in runs.items()}
     result: dict[str, Any] = {
@@ -150,6 +160,8 @@ def main() -> None:
         "rounds": rounds,
         "cases": cases,
         "ratio_bulk": cases["ours_bulk"]["mb_per_s"]["median"] / cases["kernel_bulk"]["mb_per_s"]["median"],
+        "ratio_bulk_offloads": cases["ours_offloads_bulk"]["mb_per_s"]["median"]
+        / cases["kernel_bulk"]["mb_per_s"]["median"],
         "ratio_connections": cases["ours_connections"]["connections_per_s"]["median"]
         / cases["kernel_connections"]["connections_per_s"]["median"],
     }

@@ -9,6 +9,10 @@
  * source, a TCP segment with ACK (and maybe PSH) and no other flag, no options or exactly the
  * aligned timestamp option (NOP NOP TS), valid checksums -- and YAS_FAST_DECLINE for every other
  * frame, which the caller hands to the Python path (ether_input) unchanged, in order.
+ * A UDP datagram udp_input would take without a question (to our address, no fragment or
+ * options, a sane length, a destination port, a valid checksum or none) comes back as
+ * YAS_FAST_UDP with its source, ports and payload bounds: the caller queues it on its socket
+ * (UDP's batched input, one call per burst), or hands it to ether_input like a decline.
  *
  * Nothing here decides about a connection: the caller demultiplexes the candidates by their
  * 4-tuple and runs the prediction against the connection's state.  A decline costs nothing but
@@ -28,28 +32,64 @@ static inline uint32_t be32(const unsigned char *p)
     return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
 }
 
+static void classify_udp(const unsigned char *f, uint32_t len, int verify, uint32_t total, uint32_t src,
+                         uint32_t dst, struct yas_tcp_seg *r)
+{
+    /* The UDP half: what udp_input would deliver without a question -- a length that fits what
+     * IP carried, a destination port, a valid checksum or none (0, RFC 768).  Whether a socket
+     * takes it (and its queue has room) is the caller's business. */
+    const unsigned char *uh = f + 34;
+    uint32_t avail = total - 20;
+    if (avail < 8)
+        return;
+    uint32_t ulen = be16(uh + 4);
+    if (ulen < 8 || ulen > avail)
+        return;
+    uint32_t dport = be16(uh + 2);
+    if (dport == 0)
+        return;
+    if (verify && be16(uh + 6)) {
+        uint32_t initial = (src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF) + 17 + ulen;
+        if (yas_sum16((const char *)f, len, 34, ulen, initial) != 0xFFFF)
+            return;
+    }
+    r->kind = YAS_FAST_UDP;
+    r->src = src;
+    r->sport = (uint16_t)be16(uh);
+    r->dport = (uint16_t)dport;
+    r->data_start = 42;
+    r->end = 34 + ulen;
+}
+
 static void classify(const unsigned char *f, uint32_t len, int verify, const char *mac, uint32_t ip,
                      uint32_t broadcast, struct yas_tcp_seg *r)
 {
     memset(r, 0, sizeof *r);
     r->tsval = r->tsecr = -1;
-    if (len < 14 + 20 + 20 || memcmp(f, mac, 6) != 0 || f[12] != 0x08 || f[13] != 0x00)
+    if (len < 14 + 20 + 8 || memcmp(f, mac, 6) != 0 || f[12] != 0x08 || f[13] != 0x00)
         return;
     const unsigned char *iph = f + 14;
     if (iph[0] != 0x45)
         return; /* not version 4, or IP options */
     uint32_t total = be16(iph + 2);
-    if (total < 40 || 14 + (size_t)total > len)
+    if (total < 28 || 14 + (size_t)total > len)
         return;
     if (be16(iph + 6) & 0x3FFF)
         return; /* a fragment (MF or an offset) */
-    if (iph[8] == 0 || iph[9] != 6)
-        return; /* TTL 0, or not TCP */
+    uint32_t proto = iph[9];
+    if (iph[8] == 0 || (proto != 6 && proto != 17))
+        return; /* TTL 0, or neither TCP nor UDP */
+    if (proto == 6 && total < 40)
+        return;
     uint32_t src = be32(iph + 12), dst = be32(iph + 16);
     if (dst != ip || src == ip || src == broadcast || src >= 0xE0000000u || (src >> 24) == 127)
         return;
     if (verify && yas_sum16((const char *)f, len, 14, 20, 0) != 0xFFFF)
         return;
+    if (proto == 17) {
+        classify_udp(f, len, verify, total, src, dst, r);
+        return;
+    }
     const unsigned char *th = iph + 20;
     uint32_t tcp_len = total - 20;
     uint32_t thl = (uint32_t)(th[12] >> 4) << 2;

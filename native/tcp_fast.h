@@ -3,7 +3,7 @@
 /* One record per frame of a burst, written by yas_tcp_fast_classify (48 bytes, no padding;
  * trio_yastack/stack/tcp/_fastpath.py reads it with struct format "=IIHHIIHHqqII"). */
 struct yas_tcp_seg {
-    uint32_t kind;       /* YAS_FAST_CANDIDATE or YAS_FAST_DECLINE */
+    uint32_t kind;       /* YAS_FAST_CANDIDATE, YAS_FAST_UDP or YAS_FAST_DECLINE */
     uint32_t src;        /* IPv4 source address */
     uint16_t sport, dport;
     uint32_t seq, ack;
@@ -13,6 +13,7 @@ struct yas_tcp_seg {
 };
 #define YAS_FAST_DECLINE 0
 #define YAS_FAST_CANDIDATE 1
+#define YAS_FAST_UDP 2 /* src, sport, dport, data_start (the payload), end */
 #define YAS_FAST_VERIFIED 0x80000000u
 #define YAS_FAST_BAD_ARGS -1
 int yas_tcp_fast_classify(const char *frames, size_t frameslen, const char *lens, size_t lenslen,

@@ -689,3 +689,18 @@ def test_far_above_2_64() -> None:
     assert board.update([(far + 3000, far + 6000)], far, far + 10_000) == 3000
     assert board.next_seg(far, far + 10_000, far, MSS) == (far, far + 1000)
     assert board.pipe(far, far + 10_000, far, MSS) == 4000  # [0, 3000) lost; [6000, 10000) in flight
+
+
+@pytest.mark.parametrize("length", [0, 1, 2047, 2048, 65_000])
+@pytest.mark.parametrize("kind", [bytes, bytearray, memoryview])
+def test_receive_buffer_extend_from_copies_the_slice_once_and_lets_go(length: int, kind: type) -> None:
+    """``_extend_from`` (header prediction's append): the payload in its frame, by slice below
+    2 KiB and by a released view above; a bytearray frame stays resizable afterwards."""
+    frame = bytes(range(256)) * ((length + 100) // 256 + 1)
+    source = kind(frame) if kind is not memoryview else memoryview(bytearray(frame))
+    buf = ReceiveBuffer(1 << 20)
+    buf.append(b"head")
+    buf._extend_from(source, 50, 50 + length)
+    assert buf.read(1 << 20) == b"head" + frame[50 : 50 + length]
+    if isinstance(source, bytearray):
+        source += b"more"  # would raise BufferError if a view were still exported

@@ -5,6 +5,14 @@ Nothing runs in the background: a frame handed to ``tx_burst`` is given its arri
 put in the other port's queue, and ``rx_burst`` hands over the frames whose arrival time has
 come.  Under ``trio.testing.MockClock(autojump_threshold=0)`` a test with seconds of simulated
 latency and timeouts therefore runs in milliseconds and is exactly repeatable for a seed.
+
+``offloads=True`` makes the wire what a virtio-net pair or the kernel's loopback is: ports with
+checksum offload both ways and TSO.  A TSO frame (an ``OffloadPacket`` up to 64 KiB) crosses the
+wire whole, as a GSO packet crosses a veth or loopback unsegmented, and arrives
+:class:`~trio_yastack.stack.ChecksumVerified` with its partial checksum (the virtio-net header's
+``NEEDS_CSUM``: the frame never left the machine); every uncorrupted frame arrives marked, so the
+receiving stack verifies nothing, as over loopback.  A frame the wire corrupted arrives unmarked
+and is verified (and dropped): a NIC with receive checksum offload would flag it bad.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ from dataclasses import dataclass
 
 import trio
 
+from trio_yastack.stack._offload import ChecksumVerified, OffloadPacket
 from trio_yastack.stack.wire import MacAddress
 
 from ._port import Port, PortCapabilities, PortCounters, PortStatistics
@@ -50,6 +59,8 @@ class _Direction:
         "latency",
         "loss",
         "lost",
+        "offloads",
+        "plain",
         "queue",
         "queue_drops",
         "queue_limit",
@@ -73,8 +84,12 @@ class _Direction:
         rate_bps: float | None,
         queue_limit: int,
         rng: random.Random,
+        offloads: bool = False,
     ) -> None:
         self.loss, self.duplicate, self.reorder, self.corrupt = loss, duplicate, reorder, corrupt
+        self.offloads = offloads
+        #: a fault-free wire without latency or rate limit: ``carry``'s short way
+        self.plain = not (loss or duplicate or reorder or corrupt or latency or rate_bps)
         self.latency, self.rate_bps, self.queue_limit, self.rng = latency, rate_bps, queue_limit, rng
         self.queue: list[tuple[float, int, bytes]] = []  # heap of (arrival time, seq, frame)
         self.seq = 0
@@ -83,7 +98,18 @@ class _Direction:
         self.receiver: MemoryPort | None = None
 
     def carry(self, frame: bytes, now: float) -> None:
+        """Put one frame on the wire (the sender wakes the receiver once per burst)."""
         self.sent += 1
+        if self.plain:  # no fault, latency or rate: the frame arrives now, as it is
+            queue = self.queue
+            if len(queue) >= self.queue_limit:
+                self.queue_drops += 1
+                assert self.receiver is not None
+                self.receiver._counters.imissed += 1
+                return
+            self.seq += 1
+            heapq.heappush(queue, (now, self.seq, ChecksumVerified(frame) if self.offloads else frame))
+            return
         rng = self.rng
         if self.loss and rng.random() < self.loss:
             self.lost += 1
@@ -100,6 +126,10 @@ class _Direction:
                 arrival = self.busy_until
             arrival += self.latency
             copy = frame
+            if self.offloads:
+                # The receiving port vouches for the checksums (the wire is memory); a TSO frame
+                # stays whole and keeps its partial checksum, as over loopback.
+                copy = ChecksumVerified(frame)
             if self.corrupt and rng.random() < self.corrupt and frame:
                 self.corrupted += 1
                 damaged = bytearray(frame)
@@ -115,8 +145,6 @@ class _Direction:
                 continue
             self.seq += 1
             heapq.heappush(self.queue, (arrival, self.seq, copy))
-        assert self.receiver is not None
-        self.receiver._rx_lot.unpark_all()
 
     def statistics(self) -> WireStatistics:
         return WireStatistics(
@@ -167,13 +195,20 @@ class MemoryPort(Port):
         limit = self._capabilities.max_frame_len
         counters = self._counters
         carry = self._outgoing.carry
+        tso_limit = self._capabilities.max_tso_size + 18 if self._capabilities.tso else limit
         for frame in frames:
-            if len(frame) > limit:
+            if len(frame) > limit and not (
+                frame.__class__ is OffloadPacket  # type: ignore[comparison-overlap]  # bytearray in a bytes list
+                and len(frame) <= tso_limit
+            ):
                 counters.oerrors += 1
                 continue
             counters.opackets += 1
             counters.obytes += len(frame)
             carry(frame, now)
+        receiver = self._outgoing.receiver
+        if frames and receiver is not None:
+            receiver._rx_lot.unpark_all()
         return len(frames)
 
     async def wait_rx(self, queue: int) -> None:
@@ -211,6 +246,7 @@ def memory_wire(
     mtu: int = 1500,
     macs: tuple[str, str] = ("02:00:00:00:00:01", "02:00:00:00:00:02"),
     max_burst: int = 32,
+    offloads: bool = False,
 ) -> tuple[MemoryPort, MemoryPort]:
     """Two ports joined by a virtual wire; each fault applies to each direction separately.
 
@@ -218,7 +254,9 @@ def memory_wire(
     ``corrupt`` flips one bit.  ``latency`` is one-way, in seconds; ``rate_bps`` limits each
     direction's bit rate (frames queue behind each other); ``queue_limit`` bounds the frames
     in flight plus waiting at each receiver (beyond it, tail drop counted as ``imissed``).
-    ``seed`` makes the faults repeatable.
+    ``seed`` makes the faults repeatable.  ``offloads``: both ports offer checksum offload both
+    ways and TSO up to 64 KiB (see the module docstring); off, every frame must fit the MTU and
+    carries its own checksums, as today.
     """
     for name, probability in (
         ("loss", loss),
@@ -233,7 +271,15 @@ def memory_wire(
     master = random.Random(seed)
     ports = []
     for index, mac in enumerate(macs):
-        caps = PortCapabilities(mac=MacAddress(mac), mtu=mtu, max_burst=max_burst)
+        caps = PortCapabilities(
+            mac=MacAddress(mac),
+            mtu=mtu,
+            max_burst=max_burst,
+            rx_checksum_offload=offloads,
+            tx_checksum_offload=offloads,
+            tso=offloads,
+            max_tso_size=0xFFFF if offloads else 0,
+        )
         ports.append(MemoryPort(f"mem{index}", caps))
     a, b = ports
     directions = []
@@ -241,6 +287,7 @@ def memory_wire(
         direction = _Direction(
             loss=loss, duplicate=duplicate, reorder=reorder, corrupt=corrupt, latency=latency,
             rate_bps=rate_bps, queue_limit=queue_limit, rng=random.Random(master.getrandbits(64)),
+            offloads=offloads,
         )  # fmt: skip
         direction.receiver = receiver
         sender._outgoing = direction

@@ -29,7 +29,7 @@ from ._stats import ArpStats, EtherStats, IcmpStats, IpStats, StackStatistics, T
 from ._timers import TimerQueue
 from ._udp import UdpLayer
 from .tcp import TcpLayer
-from .tcp._fastpath import FAST_PATH_DEFAULT, classify_burst, fast_input
+from .tcp._fastpath import CANDIDATE, FAST_PATH_DEFAULT, UDP, classify_burst, fast_input
 from .wire import WireError
 from .wire.ethernet import (
     ETHER_HEADER,
@@ -112,6 +112,8 @@ class StackCore:
         self.fast_path = FAST_PATH_DEFAULT
         #: segments the fast path took (each also counted received at every layer it skipped)
         self.fast_path_segments = 0
+        #: UDP datagrams the fast path took (queued on their socket, or dropped for a full queue)
+        self.fast_path_datagrams = 0
 
     # -- the runtime's calls -----------------------------------------------------------------
     def start(self, now: float) -> None:
@@ -156,9 +158,10 @@ class StackCore:
         self, frames: list[bytes], now: float, on_error: Callable[[Exception], None] | None = None
     ) -> None:
         """The frames of one ``rx_burst``, in order: the established-connection fast path first
-        (one classifying pass over the whole burst, in C when built), ``ether_input`` for every
-        frame it declines.  With ``on_error``, an exception from one frame is handed to it and
-        the burst goes on (the runtime counts stack bugs per frame); without, it propagates.
+        (one classifying pass over the whole burst, in C when built; a sound UDP datagram is
+        queued on its socket by ``udp_fast_input``), ``ether_input`` for every frame it declines.
+        With ``on_error``, an exception from one frame is handed to it and the burst goes on (the
+        runtime counts stack bugs per frame); without, it propagates.
 
         The fast path is skipped while a tracer has swapped this core's class (a traced frame
         must pass every layer's trace point) and when ``fast_path`` is off.
@@ -175,26 +178,34 @@ class StackCore:
             return
         records = classify_burst(frames, self.mac, self.ip, self.ip_layer.broadcast, self._verify_unmarked)
         connections = self.tcp.connections
-        taken = 0
+        udp_fast_input = self.udp.udp_fast_input
+        taken = udp_taken = 0
         for frame, record in zip(frames, records, strict=True):
             try:
-                if record[0]:  # a candidate: demultiplex by (local port, remote ip, remote port)
+                kind = record[0]
+                if kind == CANDIDATE:  # demultiplex by (local port, remote ip, remote port)
                     conn = connections.get((record[3], record[1], record[2]))
                     if conn is not None and fast_input(conn, frame, record, now):
                         taken += 1
                         continue
+                elif kind == UDP and udp_fast_input(frame, record):
+                    udp_taken += 1
+                    continue
                 ether_input(frame, now)
             except Exception as exc:
                 if on_error is None:
                     raise
                 on_error(exc)
-        if taken:
-            # What each layer would have counted for these segments on the Python path.
+        if taken or udp_taken:
+            # What each layer would have counted for these frames on the Python path (UDP's
+            # own counters are udp_fast_input's).
             self.fast_path_segments += taken
-            self.stats_ether.received += taken
+            self.fast_path_datagrams += udp_taken
+            both = taken + udp_taken
+            self.stats_ether.received += both
             stats_ip = self.stats_ip
-            stats_ip.received += taken
-            stats_ip.delivered += taken
+            stats_ip.received += both
+            stats_ip.delivered += both
             self.stats_tcp.segments_received += taken
 
     def learn_from_copy(self, frame: bytes, now: float) -> None:

@@ -193,6 +193,39 @@ class UdpLayer:
         stats.delivered += 1
         self.core.mark_ready(pcb)
 
+    def udp_fast_input(self, frame: bytes, record: tuple[int, ...]) -> bool:
+        """A datagram of a burst the classifier (``tcp/_fastpath.py``, ``UDP`` records) found
+        sound: queue it on its socket, as ``udp_input`` would; ``False`` (nothing changed) when
+        no socket takes it, which ``udp_input`` answers (a counted drop and an ICMP error).
+
+        Counts what ``udp_input`` counts (received, then delivered or a full queue's drop); the
+        caller counts the layers below for the datagrams taken (``True``).
+        """
+        pcb = self.pcbs.get(record[3])
+        if pcb is None:
+            return False
+        src = record[1]
+        if (pcb.local_ip and pcb.local_ip != self.core.ip) or (
+            pcb.remote_port and (pcb.remote_ip != src or pcb.remote_port != record[2])
+        ):
+            return False
+        payload = frame[record[10] : record[11]]
+        stats = self.stats
+        stats.received += 1
+        queue = pcb.queue
+        config = self.config
+        if (
+            len(queue) >= config.receive_queue_datagrams
+            or pcb.queued_bytes + len(payload) > config.receive_queue_bytes
+        ):
+            stats.drop(UdpDrop.SOCKET_BUFFER_FULL)
+            return True
+        queue.append((payload, (src, record[2])))
+        pcb.queued_bytes += len(payload)
+        stats.delivered += 1
+        self.core.ready[pcb] = None  # mark_ready (a traced core takes no fast path)
+        return True
+
     def udp_ctlinput(self, local_port: int, remote_ip: int, remote_port: int, error: int) -> bool:
         """An ICMP error about a datagram we sent; only a connected socket hears of it."""
         pcb = self.pcbs.get(local_port)

@@ -23,6 +23,10 @@ from itertools import islice
 
 __all__ = ["ReassemblyQueue", "ReceiveBuffer", "SackScoreboard", "SendBuffer"]
 
+# A slice of a frame at least this long is appended through a memoryview (one copy, into the buffer)
+# rather than as a slice (two: the slice, then the append); below it the view's two objects cost more
+# than the bytes they save copying.
+_VIEW_MIN = 2048
 # A dead prefix shorter than this is never compacted away: compacting tiny prefixes costs a copy of the
 # live bytes for little memory.
 _COMPACT_MIN = 4096
@@ -55,6 +59,15 @@ class _ByteQueue:
 
     def _extend(self, data: bytes | bytearray | memoryview) -> None:
         self._buf += data
+
+    def _extend_from(self, buf: bytes | bytearray | memoryview, start: int, end: int) -> None:
+        """Append ``buf[start:end]`` (a segment's payload in its frame), copied once."""
+        if end - start >= _VIEW_MIN:
+            # released at once: a bytearray frame must stay resizable by its owner
+            with memoryview(buf) as whole, whole[start:end] as part:
+                self._buf += part
+        else:
+            self._buf += buf[start:end]
 
     def _copy(self, offset: int, length: int) -> bytes:
         """``length`` live bytes from ``offset`` (both already clipped), copied once."""
@@ -133,13 +146,18 @@ class SendBuffer(_ByteQueue):
 
     def append_to(self, out: bytearray, seq: int, length: int) -> None:
         """Append bytes ``[seq, seq + length)`` to ``out`` (a frame being built after its
-        headers).  A plain slice: cheaper here than the memoryview ``peek`` uses, for a
-        segment's worth of bytes.  The range must be held (a caller bug otherwise)."""
+        headers).  A plain slice for a segment's worth of bytes (cheaper there than a view's
+        two objects), a view for more (one copy instead of two).  The range must be held (a
+        caller bug otherwise)."""
         offset = seq - self.start
         if offset < 0 or length < 0 or offset + length > len(self):
             raise ValueError(f"[{seq}, {seq + length}) outside the send buffer")
         start = self._head + offset
-        out += self._buf[start : start + length]
+        if length >= _VIEW_MIN:  # one copy (a TSO segment's worth): through a view, released at once
+            with memoryview(self._buf) as whole, whole[start : start + length] as part:
+                out += part
+        else:
+            out += self._buf[start : start + length]
 
     def acknowledge(self, upto: int) -> int:
         """Drop the bytes below ``upto`` (an ACK's cumulative acknowledgement), clipped to ``end``,

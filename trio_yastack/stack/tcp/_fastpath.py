@@ -7,8 +7,12 @@ frames of one burst are first classified together, in one call into C (``native/
 prediction may take -- an unfragmented IPv4 datagram without options, to our address, carrying a
 TCP segment with ACK (and maybe PSH) and no other flag, no options or the aligned timestamp
 option, with valid checksums -- comes back as a *candidate* with its TCP fields; any other frame
-*declines* and goes through ``ether_input`` as before.  The fast path is IPv4-only: an IPv6
-frame always declines and takes the Python path (``ip6_input`` -> ``tcp6_input``).
+*declines* and goes through ``ether_input`` as before.  A UDP datagram ``udp_input`` would take
+without a question (same IPv4 checks; a UDP length that fits, a destination port, a valid checksum
+or none) comes back as a ``UDP`` record: ``StackCore.ether_input_burst`` queues it on its socket
+with ``UdpLayer.udp_fast_input``, the burst's datagrams all in the same one crossing into C.  The
+fast path is IPv4-only: an IPv6 frame always declines and takes the Python path (``ip6_input`` ->
+``tcp6_input`` / ``udp6_input``).
 
 :func:`fast_input` then takes a candidate for its connection (the 4-tuple demultiplexes it) when
 the connection is ESTABLISHED, untraced and carries no loss-recovery state (no SACK scoreboard,
@@ -42,6 +46,7 @@ __all__ = [
     "FAST_PATH_DEFAULT",
     "NATIVE_FASTPATH",
     "RECORD",
+    "UDP",
     "Record",
     "ack_and_data_input",
     "classify_burst",
@@ -49,6 +54,7 @@ __all__ = [
     "native_classify_burst",
     "py_classify_burst",
     "py_classify_frame",
+    "py_classify_udp",
 ]
 
 #: the record ``yas_tcp_fast_classify`` writes per frame (``struct yas_tcp_seg``, 48 bytes):
@@ -57,6 +63,8 @@ RECORD = struct.Struct("=IIHHIIHHqqII")
 Record = tuple[int, int, int, int, int, int, int, int, int, int, int, int]
 DECLINE = 0
 CANDIDATE = 1
+#: a UDP datagram for ``UdpLayer.udp_fast_input`` (fields: src, sport, dport, payload start, end)
+UDP = 2
 _MASK = 0xFFFFFFFF
 #: bit 31 of a frame length handed to C: the port verified this frame's checksums
 VERIFIED = 0x80000000
@@ -64,6 +72,7 @@ _DECLINED: Record = (DECLINE, 0, 0, 0, 0, 0, 0, 0, -1, -1, 0, 0)
 _IPV4_FIXED = struct.Struct("!BBHHHBBHII")
 _TCP_FIXED = struct.Struct("!HHIIBBH")
 _TS = struct.Struct("!II")
+_UDP_FIXED = struct.Struct("!HHHH")
 _TS_ALIGNED = b"\x01\x01\x08\x0a"
 #: whether the fast path is on for a new StackCore (the environment can turn it off)
 FAST_PATH_DEFAULT = os.environ.get("TRIO_YASTACK_NO_FASTPATH") != "1"
@@ -74,15 +83,19 @@ Buffer = bytes | bytearray | memoryview
 def py_classify_frame(frame: Buffer, verify: bool, mac: bytes, ip: int, broadcast: int) -> Record:
     """Twin of the C ``classify``: the record of one frame (see the module docstring)."""
     n = len(frame)
-    if n < 54 or frame[0:6] != mac or frame[12] != 0x08 or frame[13] != 0x00:
+    if n < 42 or frame[0:6] != mac or frame[12] != 0x08 or frame[13] != 0x00:
         return _DECLINED
     vihl, _tos, total, _ident, frag, ttl, proto, _csum, src, dst = _IPV4_FIXED.unpack_from(frame, 14)
-    if vihl != 0x45 or total < 40 or 14 + total > n or frag & 0x3FFF or ttl == 0 or proto != 6:
+    if vihl != 0x45 or total < 28 or 14 + total > n or frag & 0x3FFF or ttl == 0 or proto not in (6, 17):
+        return _DECLINED
+    if proto == 6 and total < 40:
         return _DECLINED
     if dst != ip or src in (ip, broadcast) or src >= 0xE0000000 or src >> 24 == 127:
         return _DECLINED
     if verify and sum16(frame, 14, 20, 0) != 0xFFFF:
         return _DECLINED
+    if proto == 17:
+        return py_classify_udp(frame, verify, total, src, dst)
     tcp_len = total - 20
     sport, dport, seq, ack, offset_byte, flags, window = _TCP_FIXED.unpack_from(frame, 34)
     thl = (offset_byte >> 4) << 2
@@ -100,6 +113,22 @@ def py_classify_frame(frame: Buffer, verify: bool, mac: bytes, ip: int, broadcas
         if sum16(frame, 34, tcp_len, initial) != 0xFFFF:
             return _DECLINED
     return (CANDIDATE, src, sport, dport, seq, ack, flags, window, tsval, tsecr, 34 + thl, 14 + total)
+
+
+def py_classify_udp(frame: Buffer, verify: bool, total: int, src: int, dst: int) -> Record:
+    """Twin of the C ``classify_udp``: a datagram ``udp_input`` would take without a question
+    (a length that fits what IP carried, a destination port, a valid checksum or none) is a
+    ``UDP`` record ``(UDP, src, sport, dport, 0, 0, 0, 0, -1, -1, 42, payload end)``."""
+    if total < 28:
+        return _DECLINED
+    sport, dport, length, checksum = _UDP_FIXED.unpack_from(frame, 34)
+    if length < 8 or length > total - 20 or not dport:
+        return _DECLINED
+    if verify and checksum:
+        initial = (src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF) + 17 + length
+        if sum16(frame, 34, length, initial) != 0xFFFF:
+            return _DECLINED
+    return (UDP, src, sport, dport, 0, 0, 0, 0, -1, -1, 42, 34 + length)
 
 
 def py_classify_burst(

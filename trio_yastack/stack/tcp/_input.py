@@ -165,7 +165,7 @@ def header_prediction(
         if self.ts_on:
             self.ts_recent = tsval
             self.ts_recent_valid = True
-        self.rcvbuf._extend(buf[data_start:end])  # fits: checked against free() above
+        self.rcvbuf._extend_from(buf, data_start, end)  # fits: checked against free() above
         self.rcv_nxt += length
         stats = self.stats
         stats.bytes_received += length

@@ -259,7 +259,7 @@ def _output_predicted(self: TcpConnection, now: float) -> bool:
 
 def _send_data(self: TcpConnection, seq: int, length: int, flags: int, now: float) -> None:
     retransmission = seq < self.snd_max
-    if length and self.ts_on and not len(self.reasm) and flags & TCP_ACK and length <= self.mss:
+    if length and self.ts_on and not len(self.reasm) and flags & TCP_ACK:
         self._send_data_segment(seq, length, flags, now)
     else:
         self._send_segment(seq, flags, self.sndbuf.peek(seq, length) if length else b"", now)
@@ -471,9 +471,10 @@ def _send_bare_ack(self: TcpConnection, seq: int, now: float) -> None:
 
 
 def _send_data_segment(self: TcpConnection, seq: int, length: int, flags: int, now: float) -> None:
-    """The segment a bulk sender sends most: one MSS or less of data with timestamps and no
-    other option, its header packed in one go and its payload copied once, straight from
-    the send buffer into the frame (what ``_send_segment`` does, without the general cases)."""
+    """The segment a bulk sender sends most: data with timestamps and no other option (one MSS
+    or less, or a TSO segment of whole MSS-sized pieces), its header packed in one go and its
+    payload copied once, straight from the send buffer into the frame (what ``_send_segment``
+    does, without the general cases)."""
     rcv_nxt = self.rcv_nxt
     scale = self.rcv_scale
     wire_window = self._receive_window() >> scale
@@ -488,7 +489,9 @@ def _send_data_segment(self: TcpConnection, seq: int, length: int, flags: int, n
     headers = FRAME_HEADROOM + 32
     core = self.core
     offload = core.tx_checksum_offload
-    packet = OffloadPacket(headers) if offload else bytearray(headers)
+    # as _send_segment: a payload longer than one MSS is a TSO segment (no SACK option here)
+    gso_size = self.mss if length > self.mss else 0
+    packet = OffloadPacket(headers, gso_size) if offload or gso_size else bytearray(headers)
     self.sndbuf.append_to(packet, seq, length)
     if core.fast_path and _frame_predicted(
         self, core, packet, seq, rcv_nxt, flags, wire_window, tcp_len, now
