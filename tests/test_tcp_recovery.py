@@ -43,8 +43,17 @@ from tcp_sim_helpers import (
 from trio_yastack.nic import Port
 from trio_yastack.stack import StackCore, TcpConfig
 from trio_yastack.stack.tcp._cc import INFINITE_SSTHRESH
-from trio_yastack.stack.tcp._rack import LOST, RACKED, RETRANS, SACKED, SentLog
+from trio_yastack.stack.tcp._rack import (
+    LOST,
+    RACKED,
+    RETRANS,
+    REXMT_TLP,
+    SACKED,
+    WC_DEL_ACK_T,
+    SentLog,
+)
 from trio_yastack.stack.wire import TcpRepr
+from trio_yastack.stack.wire.tcp import TCP_FIN
 
 SLOW = os.environ.get("YASTACK_SLOW") == "1"
 MB = 1_000_000
@@ -55,7 +64,7 @@ def test_rack_marks_segments_sent_before_a_delivered_one_after_rtt_plus_reorderi
     log = SentLog()
     for i in range(4):  # four segments of 1000 bytes, one millisecond apart
         log.sent(1000 * i, 1000 * (i + 1), 10.0 + i * 0.001)
-    log.sacked([(3000, 4000)], now=10.1, tsecr_time=-1.0)  # the fourth arrived; RTT 97 ms
+    log.sacked([(3000, 4000)], now=10.1)  # the fourth arrived; RTT 97 ms
     assert (log.xmit_ts, log.end_seq) == (10.003, 4000)
     assert log.rtt == pytest.approx(0.097)
     # 10 ms of reordering window: the first three are not lost until sent + 97 ms + 10 ms;
@@ -74,7 +83,7 @@ def test_rack_ties_in_transmission_time_are_broken_by_sequence() -> None:
     log = SentLog()
     log.sent(0, 64000, 5.0)
     log.sent(64000, 128000, 5.0)
-    log.sacked([(64000, 128000)], now=5.05, tsecr_time=-1.0)
+    log.sacked([(64000, 128000)], now=5.05)
     assert log.detect_lost(now=5.05, reo_wnd=0.0)[1] == 64000
     # ... and nothing above the delivered one is lost by it.
     log.sent(128000, 130000, 5.05)
@@ -85,13 +94,13 @@ def test_lost_retransmission_is_detected_and_sent_again() -> None:
     log = SentLog()
     log.sent(0, 1000, 1.0)
     log.sent(1000, 2000, 1.0)
-    log.sacked([(1000, 2000)], now=1.1, tsecr_time=-1.0)
+    log.sacked([(1000, 2000)], now=1.1)
     log.detect_lost(now=1.1, reo_wnd=0.0)
     log.sent(0, 1000, 1.1)  # the retransmission
     assert [flags for *_, flags in log.entries()] == [LOST | RETRANS, SACKED]
     assert log.next_lost(0) == -1 and log.pipe() == 1000
     log.sent(2000, 3000, 1.2)  # new data, sent after the retransmission, is delivered ...
-    log.sacked([(1000, 3000)], now=1.3, tsecr_time=-1.0)
+    log.sacked([(1000, 3000)], now=1.3)
     _, lost, lost_rexmit = log.detect_lost(now=1.3, reo_wnd=0.0)
     assert (lost, lost_rexmit) == (1000, 1)  # ... so the retransmission was lost too
     assert log.next_lost(0) == 0
@@ -103,7 +112,7 @@ def test_the_probe_in_recovery_picks_the_newest_segment_in_flight() -> None:
     log = SentLog()
     for i in range(4):
         log.sent(1000 * i, 1000 * (i + 1), 1.0)
-    log.sacked([(3000, 4000)], now=1.1, tsecr_time=-1.0)
+    log.sacked([(3000, 4000)], now=1.1)
     log.detect_lost(now=1.1, reo_wnd=0.0)  # 0-3000 lost
     assert log.newest_in_flight() == -1  # nothing in flight: SACKed, or lost and waiting
     log.sent(0, 1000, 1.1)  # the first one retransmitted; 1000-3000 wait (PRR)
@@ -210,8 +219,8 @@ def test_an_ack_for_the_original_does_not_count_as_the_retransmission_delivered(
 def test_sack_splits_entries_and_counts_new_bytes_once() -> None:
     log = SentLog()
     log.sent(0, 64000, 1.0)
-    assert log.sacked([(10000, 20000)], now=1.1, tsecr_time=-1.0) == 10000
-    assert log.sacked([(10000, 30000)], now=1.1, tsecr_time=-1.0) == 10000
+    assert log.sacked([(10000, 20000)], now=1.1) == 10000
+    assert log.sacked([(10000, 30000)], now=1.1) == 10000
     assert [(s, e) for s, e, *_ in log.entries()] == [
         (0, 10000),
         (10000, 20000),
@@ -228,12 +237,12 @@ def test_isLost_by_bytes_marks_a_hole_however_few_ranges_report_it() -> None:
     log = SentLog()
     log.sent(0, 64000, 1.0)
     log.sent(64000, 128000, 1.0)
-    log.sacked([(64000, 128000)], now=1.1, tsecr_time=-1.0)
+    log.sacked([(64000, 128000)], now=1.1)
     assert log.mark_lost_by_sack(log.sacked_after(), mss=1448) == 64000
     small = SentLog()
     small.sent(0, 1448, 1.0)
     small.sent(1448, 2896, 1.0)
-    small.sacked([(1448, 2896)], now=1.1, tsecr_time=-1.0)
+    small.sacked([(1448, 2896)], now=1.1)
     assert small.mark_lost_by_sack(small.sacked_after(), mss=1448) == 0  # one segment above: not yet
 
 
@@ -252,6 +261,103 @@ def test_rto_min_is_configurable_and_checked() -> None:
         TcpConfig(rto_min=0.0)
     with pytest.raises(ValueError, match="rto_min"):
         TcpConfig(rto_min=120.0)
+
+
+def test_a_sacked_retransmission_counts_whatever_timestamp_the_ack_echoes() -> None:
+    """Was a bug (fixed): RACK asked a SACKed retransmission for an echoed timestamp newer than
+    it, but an ACK for data out of order echoes TS.Recent, from the last segment that arrived
+    in order (RFC 7323 4.3), so a SACKed probe never advanced RACK and what was lost before it
+    waited for the RTO (the soak's bad path, a FIN flight).  Now only the RTT test applies
+    (Linux's tcp_rack_advance): at least the minimum RTT since the retransmission."""
+    log = SentLog()
+    log.sent(0, 1000, 1.0)
+    log.acked(1000, now=1.04, tsecr_time=1.0)  # min RTT 40 ms
+    log.sent(1000, 2000, 1.05)  # one frame of two segments, lost whole
+    log.sent(2000, 3000, 1.05)
+    log.sent(2000, 3000, 1.2)  # the tail loss probe sends the last segment again
+    log.sacked([(2000, 3000)], now=1.25)  # 50 ms after the probe: it arrived
+    assert (log.xmit_ts, log.end_seq, log.rtt) == (1.2, 3000, pytest.approx(0.05))
+    assert log.detect_lost(1.25, 0.01)[1] == 1000  # the first segment was lost
+    early = SentLog()
+    early.sent(0, 1000, 1.0)
+    early.acked(1000, now=1.04, tsecr_time=1.0)
+    early.sent(1000, 2000, 1.05)
+    early.sent(1000, 2000, 1.2)
+    early.sacked([(1000, 2000)], now=1.21)  # 10 ms: below the min RTT, the original's SACK
+    assert early.xmit_ts == 1.0
+
+
+def lone_segment(monkeypatch: pytest.MonkeyPatch) -> tuple[Any, Peer, StackCore]:
+    """A request/response connection: an RTT of 10 ms measured, then a response of one segment
+    sent at T0 + 1."""
+    fix_iss(monkeypatch)
+    core = tcp_core()
+    conn, peer = open_active(core, rtt=0.01)
+    conn.send(b"x" * 500, T0 + 1)
+    assert [len(s.payload) for s in peer.receive()] == [500]
+    return conn, peer, core
+
+
+def test_the_probe_waits_for_the_delayed_ack_of_a_lone_segment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """RFC 8985 7.2 as Linux computes it: with one segment in flight, PTO = 2 SRTT + the
+    worst-case delayed ACK (200 ms), never later than the RTO.  A request/response peer's
+    delayed ACK (40 ms from Linux, 100 ms from FreeBSD and this stack) comes first: no probe
+    (with SRTT + 100 ms, one probe went for every two such connections in a multi-core test,
+    and its late answers met closed connections)."""
+    conn, peer, core = lone_segment(monkeypatch)
+    assert conn.rexmt_mode == REXMT_TLP
+    assert conn.t_rexmt == pytest.approx(T0 + 1 + min(2 * conn.srtt + WC_DEL_ACK_T, conn.rto))
+    assert conn.t_rexmt - (T0 + 1) > 0.1 + 2 * conn.srtt
+    assert run_until(core, peer, T0 + 1.19) == []
+    peer.send(ACK, now=T0 + 1.1, ack=seq_add(OUR_ISS, 501))  # the delayed ACK
+    assert core.statistics().tcp.tlp_probes == 0 and conn.t_rexmt == 0.0
+    conn.send(b"y" * 2920, T0 + 2)  # two segments: 2 SRTT and 2 ms
+    assert len(peer.receive()) == 2
+    assert conn.t_rexmt == pytest.approx(T0 + 2 + 2 * conn.srtt + 0.002)
+
+
+def test_a_fin_alone_in_flight_is_probed_not_timed_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The PTO of a lone FIN (2 SRTT + 200 ms) would come after the RTO; capped at the RTO, the
+    probe goes in its place (the FIN again), so a lost FIN costs no timeout, no backoff, no
+    cwnd of one segment."""
+    conn, peer, core = lone_segment(monkeypatch)
+    peer.send(ACK, now=T0 + 1.1, ack=seq_add(OUR_ISS, 501))
+    conn.shutdown(T0 + 2)
+    [fin] = peer.receive()
+    assert fin.flags & TCP_FIN
+    [(when, again)] = run_until(core, peer, T0 + 2 + conn.rto)
+    assert again.flags & TCP_FIN and again.seq == fin.seq and when <= T0 + 2 + conn.rto
+    stats = core.statistics().tcp
+    assert (stats.tlp_probes, stats.rto_timeouts) == (1, 0)
+
+
+def test_a_retransmission_lost_while_going_back_n_goes_again_before_the_next_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """After an RTO the connection goes back N from SND.UNA in slow start, and RFC 6582's rule
+    keeps it out of recovery until SND.UNA passes what was sent before the timeout.  When a
+    segment going back N sends is lost and the next one is SACKed, RACK marks it lost (RFC 8985
+    6.2); it goes again then, as from Linux's loss state, and not at the next, backed-off RTO
+    (issue 19: cascades of 200, 400, 800 ms on the soak's bad path)."""
+    fix_iss(monkeypatch)
+    core = tcp_core(frto=False)  # plain going back N, no F-RTO new data
+    conn, peer = open_active(core, rtt=0.05)
+    conn.send(bytes(4 * 1448), T0 + 1)  # four segments of 1448 (1460 less the timestamps)
+    assert [len(s.payload) for s in peer.receive()] == [1448] * 4
+    segment = [seq_add(OUR_ISS, 1 + i * 1448) for i in range(5)]
+    # nothing comes back: the probe (the last segment again), then the RTO (the first)
+    sent = run_until(core, peer, T0 + 1.35)
+    assert [s.seq for _, s in sent] == [segment[3], segment[0]]
+    assert core.statistics().tcp.rto_timeouts == 1
+    out = peer.send(ACK, now=T0 + 1.36, ack=segment[1])  # the first arrived: two go back N
+    assert [s.seq for s in out] == [segment[1], segment[2]]
+    # the second is lost, the third arrives (and the probe's copy of the fourth had)
+    out = peer.send(ACK, now=T0 + 1.42, ack=segment[1], sack_blocks=((segment[2], segment[4]),))
+    assert segment[1] not in [s.seq for s in out]  # not yet: within RACK's reordering window
+    again = run_until(core, peer, T0 + 1.5)  # RACK's reordering window runs out
+    assert [s.seq for _, s in again] == [segment[1]]
+    assert again[0][0] < T0 + 1.45
+    assert core.statistics().tcp.rto_timeouts == 1 and conn.rxtshift == 0
 
 
 # -- tier 2: F-RTO on one connection -----------------------------------------------------------------
