@@ -428,7 +428,7 @@ def _detect_loss(self: TcpConnection, delivered: int, now: float) -> None:
     if not self.in_recovery and rack.has_lost():
         if self.snd_una >= self.recover:
             self._enter_recovery(now)
-        else:
+        elif not self.frto:  # F-RTO (RFC 5682 2.2-2.3) decides first whether the timeout was real
             _resend_lost_after_timeout(self, now)
     if self.in_recovery:
         self._prr_update(delivered)
