@@ -280,14 +280,36 @@ class SentLog:
                     new += self._ends[index] - self._starts[index]
         return new
 
-    def unsack_all(self) -> None:
-        """An RTO: the receiver may have reneged (RFC 2018 section 8); everything outstanding is
-        lost and nothing is retransmitted (Linux's tcp_timeout_mark_lost)."""
+    def timeout_mark_lost(self) -> None:
+        """An RTO (Linux's tcp_timeout_mark_lost): every segment not SACKed is lost, and none is
+        retransmitted; what the receiver SACKed stays SACKed, so that going back N does not send
+        it again (:meth:`unsacked_from`) -- unless the first segment is SACKed, the sign of a
+        receiver that reneged (RFC 2018 section 8), when no SACK is trusted."""
         flags = self._flags
+        reneged = bool(flags) and bool(flags[0] & SACKED)
         for index in range(len(flags)):
-            flags[index] = LOST
+            if reneged or not flags[index] & SACKED:
+                flags[index] = LOST
         self.tlp_end = -1
         self.tlp_retrans = False
+
+    def unsacked_from(self, seq: int) -> tuple[int, int]:
+        """Going back N from ``seq``: ``(where the next bytes not SACKed begin, where the SACKed
+        entry after them begins)``, the second -1 when none follows."""
+        starts, ends, flags = self._starts, self._ends, self._flags
+        index = bisect_right(starts, seq) - 1
+        if index < 0:
+            index = 0
+        count = len(flags)
+        while index < count and (ends[index] <= seq or flags[index] & SACKED):
+            if flags[index] & SACKED and ends[index] > seq:
+                seq = ends[index]
+            index += 1
+        while index < count:
+            if flags[index] & SACKED:
+                return seq, starts[index]
+            index += 1
+        return seq, -1
 
     def undo_lost(self) -> None:
         """F-RTO found the timeout spurious: what it marked lost was not (RFC 5682 3, undo)."""
