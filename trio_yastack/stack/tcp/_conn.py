@@ -444,7 +444,6 @@ class TcpConnection:
     _ack_advances = _input._ack_advances
     _rtt_sample = _input._rtt_sample
     _on_duplicate_ack = _input._on_duplicate_ack
-    _tsecr_time = _input._tsecr_time
     # -- loss detection and recovery (tcp_rack.c, tcp_recovery.c) ---------------------------------
     _reo_wnd = _rack._reo_wnd
     _detect_loss = _rack._detect_loss

@@ -485,7 +485,7 @@ def _process_ack(
         newly_sacked = self.scoreboard.update(blocks, snd_una, self.snd_max)
         if rack is not None:
             rack.dsack(blocks, snd_una, self.snd_nxt)  # RFC 8985 6.2 step 4, 7.4.2
-            rack.sacked(blocks, now, self._tsecr_time(tsecr, now))
+            rack.sacked(blocks, now)
     window_bytes = window << self.snd_scale
     # Window update (RFC 9293: SND.WL1 < SEG.SEQ or (SND.WL1 = SEG.SEQ and SND.WL2 =< SEG.ACK)).
     window_changed = False
@@ -523,14 +523,6 @@ def _process_ack(
         if duplicate and not self.in_recovery:
             # RFC 3042 limited transmit: new data on the first duplicate ACKs.
             self.tcp_output(now, limited_transmit=True)
-
-
-def _tsecr_time(self: TcpConnection, tsecr: int, now: float) -> float:
-    """When we sent the segment whose timestamp an ACK echoes (-1.0: no timestamps), to tell
-    an ACK of a retransmission from one of the original (RFC 8985 6.2 step 2)."""
-    if self.ts_on and tsecr > 0:
-        return now - ((int(now * 1000) + self.ts_offset - tsecr) & _MASK) / 1000.0
-    return -1.0
 
 
 def _ack_advances(self: TcpConnection, ack: int, tsecr: int, now: float) -> None:

@@ -134,6 +134,7 @@ def tcp_output(self: TcpConnection, now: float, *, limited_transmit: bool = Fals
     rack = self.rack
     pipe = rack.pipe() if sack_recovery and rack is not None else 0
     hint = 0  # the entry of the sent log to look for the next loss from
+    sacked_at = -1  # going back N: where the next SACKed entry begins (-1: none)
     for _ in range(64):  # bounded work per call; the next ACK or the poll loop continues
         if sack_recovery and rack is not None:
             # RACK / RFC 6675 from the sent log: lost entries first, within cwnd - pipe (the
@@ -166,6 +167,11 @@ def tcp_output(self: TcpConnection, now: float, *, limited_transmit: bool = Fals
                 continue
             flight = pipe
         else:
+            sacked_at = -1
+            if self.snd_nxt < self.snd_max and rack is not None:
+                # Going back N after an RTO: what the receiver SACKed since is not sent again
+                # (Linux's loss state retransmits only what is marked lost).
+                self.snd_nxt, sacked_at = rack.unsacked_from(self.snd_nxt)
             flight = self.snd_nxt - self.snd_una
         window = min(self.snd_wnd, cc.cwnd)
         if limited_transmit:
@@ -183,6 +189,8 @@ def tcp_output(self: TcpConnection, now: float, *, limited_transmit: bool = Fals
             fin_after = self.fin_seq >= 0 and self.snd_nxt + length == self.fin_seq
             if length < available or not (self.nodelay or fin_after):
                 length -= length % mss
+        if sacked_at >= 0 and self.snd_nxt + length > sacked_at:
+            length = sacked_at - self.snd_nxt  # up to what the receiver holds
         fin_due = self.fin_seq >= 0 and self.snd_nxt + max(length, 0) == self.fin_seq
         # Nagle (RFC 896) and sender-side SWS avoidance (RFC 9293 3.8.6.2.1).
         if 0 < length < mss and not fin_due:

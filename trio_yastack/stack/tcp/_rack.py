@@ -44,6 +44,14 @@ MIN_RTT_WINDOW = 10.0
 #: RFC 8985 6.2 step 4: recoveries a grown reordering window outlives without a D-SACK
 REO_WND_PERSIST = 16
 
+#: RFC 8985 7.2's WCDelAckT: the longest a receiver may delay the ACK of a lone segment (its
+#: default, 200 ms: Linux adds its tcp_rto_min, 200 ms, and FreeBSD delays 100 ms, Linux 40 ms)
+WC_DEL_ACK_T = 0.2
+#: the PTO's allowance with more than one segment in flight (Linux's TCP_TIMEOUT_MIN: 2 jiffies)
+PTO_SLACK = 0.002
+#: the shortest PTO (Linux: 10 ms)
+PTO_MIN = 0.01
+
 #: the retransmission timer's three uses, as Linux's icsk_pending (one timer, one deadline)
 REXMT_RTO, REXMT_TLP, REXMT_REO = 0, 1, 2
 
@@ -244,8 +252,15 @@ class SentLog:
             self.reo_wnd_mult = 1
             self.reo_wnd_persist = REO_WND_PERSIST
 
-    def sacked(self, blocks: list[tuple[int, int]], now: float, tsecr_time: float) -> int:
-        """Mark the entries the SACK ``blocks`` cover; returns the bytes newly SACKed."""
+    def sacked(self, blocks: list[tuple[int, int]], now: float) -> int:
+        """Mark the entries the SACK ``blocks`` cover; returns the bytes newly SACKed.
+
+        No echoed timestamp is asked of a SACKed retransmission (RFC 8985 6.2 step 2 is left to
+        its RTT test, as Linux's tcp_rack_advance does): an ACK for data out of order echoes
+        TS.Recent, the timestamp of the last segment that arrived in order (RFC 7323 4.3),
+        which is older than any retransmission it SACKs.  Asking it made a SACKed tail loss
+        probe or retransmission invisible to RACK, so what was sent before it and lost stayed
+        unmarked until the RTO (issue 19, the soak's bad path)."""
         if not self._starts:
             return 0
         low, high = self._starts[0], self._ends[-1]
@@ -260,19 +275,41 @@ class SentLog:
             last = self._split(right)
             for index in range(first, last):
                 if not flags[index] & SACKED:
-                    self._delivered(index, now, tsecr_time)
+                    self._delivered(index, now, -1.0)
                     flags[index] = SACKED
                     new += self._ends[index] - self._starts[index]
         return new
 
-    def unsack_all(self) -> None:
-        """An RTO: the receiver may have reneged (RFC 2018 section 8); everything outstanding is
-        lost and nothing is retransmitted (Linux's tcp_timeout_mark_lost)."""
+    def timeout_mark_lost(self) -> None:
+        """An RTO (Linux's tcp_timeout_mark_lost): every segment not SACKed is lost, and none is
+        retransmitted; what the receiver SACKed stays SACKed, so that going back N does not send
+        it again (:meth:`unsacked_from`) -- unless the first segment is SACKed, the sign of a
+        receiver that reneged (RFC 2018 section 8), when no SACK is trusted."""
         flags = self._flags
+        reneged = bool(flags) and bool(flags[0] & SACKED)
         for index in range(len(flags)):
-            flags[index] = LOST
+            if reneged or not flags[index] & SACKED:
+                flags[index] = LOST
         self.tlp_end = -1
         self.tlp_retrans = False
+
+    def unsacked_from(self, seq: int) -> tuple[int, int]:
+        """Going back N from ``seq``: ``(where the next bytes not SACKed begin, where the SACKed
+        entry after them begins)``, the second -1 when none follows."""
+        starts, ends, flags = self._starts, self._ends, self._flags
+        index = bisect_right(starts, seq) - 1
+        if index < 0:
+            index = 0
+        count = len(flags)
+        while index < count and (ends[index] <= seq or flags[index] & SACKED):
+            if flags[index] & SACKED and ends[index] > seq:
+                seq = ends[index]
+            index += 1
+        while index < count:
+            if flags[index] & SACKED:
+                return seq, starts[index]
+            index += 1
+        return seq, -1
 
     def undo_lost(self) -> None:
         """F-RTO found the timeout spurious: what it marked lost was not (RFC 5682 3, undo)."""
@@ -410,8 +447,11 @@ def _detect_loss(self: TcpConnection, delivered: int, now: float) -> None:
         self.stats.lost_retransmits += lost_rexmit
     if self.scoreboard.sacked_bytes > 2 * self.mss:
         rack.mark_lost_by_sack(rack.sacked_after(), self.mss)
-    if not self.in_recovery and self.snd_una >= self.recover and rack.has_lost():
-        self._enter_recovery(now)
+    if not self.in_recovery and rack.has_lost():
+        if self.snd_una >= self.recover:
+            self._enter_recovery(now)
+        elif not self.frto:  # F-RTO (RFC 5682 2.2-2.3) decides first whether the timeout was real
+            _resend_lost_after_timeout(self, now)
     if self.in_recovery:
         self._prr_update(delivered)
     if timeout and self.snd_max > self.snd_una:
@@ -421,6 +461,31 @@ def _detect_loss(self: TcpConnection, delivered: int, now: float) -> None:
             self.t_rexmt = deadline
             self.rexmt_mode = REXMT_REO
             self._arm()
+
+
+def _resend_lost_after_timeout(self: TcpConnection, now: float) -> None:
+    """After an RTO, while the connection goes back N from SND.UNA in slow start (SND.UNA
+    below ``recover``, no recovery: RFC 6582's rule, one response per window): what RACK marks
+    lost below SND.NXT -- a retransmission lost in its turn -- is where going back N never
+    returns, and it waited for the next, backed-off RTO (issue 19: 400 ms, then 800 ms, on
+    the soak's bad path).  Send it again now, within ``cwnd - pipe``, as Linux's loss state
+    retransmits every segment marked lost; what lies above SND.NXT is going back N's."""
+    rack = self.rack
+    assert rack is not None  # called from _detect_loss only
+    mss = self.mss
+    snd_nxt = self.snd_nxt
+    room = self.cc.cwnd - rack.pipe()
+    index = rack.next_lost(0)
+    while index >= 0 and room >= mss:
+        start, end, flags = rack.span(index)
+        if start >= snd_nxt:
+            break
+        length = (end if end < snd_nxt else snd_nxt) - start
+        self._retransmit(start, now, length)
+        if flags & RACKED:
+            self.stats.rack_retransmits += 1
+        room -= length
+        index = rack.next_lost(index + 1)
 
 
 def _enter_recovery(self: TcpConnection, now: float) -> None:
@@ -471,22 +536,30 @@ def _arm_rexmt(self: TcpConnection, now: float) -> None:
     """Restart the retransmission timer for what is in flight: on a RACK connection the probe
     timeout (RFC 8985 7.2) while no probe is outstanding, the RTO otherwise.
 
+    The PTO as Linux's ``tcp_schedule_loss_probe`` computes it: 2 SRTT, plus the worst-case
+    delayed ACK (``WC_DEL_ACK_T``) when one segment is in flight -- a request/response peer
+    answers a lone segment only when its delayed-ACK timer fires, and a probe before that is
+    spurious (it cost one probe for every two request/response connections, whose duplicate
+    answers then met closed connections) -- or 2 ms (``PTO_SLACK``) when more are; and never
+    later than the RTO would fire.  So a probe always goes before the RTO, in its place when the
+    RTO is the earlier: a lone segment, a FIN alone, a flight whose ACKs a 40 +- 20 ms path
+    delays (issue 19: there a PTO that came out above the RTO left the RTO armed, with its
+    200 ms minimum, its backoff and cwnd cut to one segment, for what a probe repairs).
+
     In recovery too, unlike RFC 8985 7.2: there a retransmission that is lost with nothing
     sent after it (PRR let out only it, the rest of a lost TSO frame waits) leaves RACK nothing
     delivered later to tell by, and only the RTO -- 200 ms at least, cwnd to one segment --
     would repair it.  The probe (:func:`_recovery_probe`) asks in two SRTT instead."""
     rack = self.rack
     if rack is not None and self.srtt and rack.tlp_end < 0:
-        pto = 2 * self.srtt
-        if self.snd_max - self.snd_una <= self.mss:
-            pto += self.config.delayed_ack or 0.0  # a lone segment's ACK may be delayed
-        if pto < 0.01:
-            pto = 0.01
-        if pto < self.rto:
-            self.t_rexmt = now + pto
-            self.rexmt_mode = REXMT_TLP
-            self._arm()
-            return
+        pto = 2 * self.srtt + (WC_DEL_ACK_T if self.snd_max - self.snd_una <= self.mss else PTO_SLACK)
+        if pto < PTO_MIN:
+            pto = PTO_MIN
+        rto = self.rto
+        self.t_rexmt = now + (pto if pto < rto else rto)
+        self.rexmt_mode = REXMT_TLP
+        self._arm()
+        return
     self.t_rexmt = now + self.rto
     self.rexmt_mode = REXMT_RTO
     self._arm()

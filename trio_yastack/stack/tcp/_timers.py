@@ -139,7 +139,7 @@ def _rexmt_timeout(self: TcpConnection, now: float) -> None:
     if self.sack_on:
         self.scoreboard.clear()  # RFC 6675 5.1: the receiver may have reneged
         if self.rack is not None:
-            self.rack.unsack_all()
+            self.rack.timeout_mark_lost()  # SACKed stays SACKed unless it reneged (Linux's choice)
     self.snd_nxt = self.snd_una
     self.t_rexmt = now + self.rto
     self.stats.rto_retransmits += 1
