@@ -38,6 +38,7 @@ from proxy_helpers import (
 )
 from socket_helpers import two_stacks
 
+from trio_yastack import Stack
 from trio_yastack.l7.config import (
     HTTP_PROTOCOL_OPTIONS_TYPE,
     Bootstrap,
@@ -185,6 +186,14 @@ class H2Client:
         return stream
 
 
+async def _client(nursery: trio.Nursery, b: Stack, *, auto_ack: bool = True) -> H2Client:
+    """An :class:`H2Client` connected from stack ``b`` to the proxy, running in ``nursery`` (also
+    used by test_proxy_filters_rbac)."""
+    client = H2Client(await connect(b), auto_ack=auto_ack)
+    await nursery.start(client.run)
+    return client
+
+
 class H2Run(NamedTuple):
     proxy: Proxy
     client: H2Client
@@ -200,9 +209,7 @@ async def h2_proxy(config: Bootstrap, app: BackendApp, *, auto_ack: bool = True)
         backend = await start_backend(nursery, app, b, 8081)
         async with running_proxy(config, a) as proxy:
             with trio.fail_after(LIMIT):
-                client = H2Client(await connect(b), auto_ack=auto_ack)
-                await nursery.start(client.run)
-                yield H2Run(proxy, client, nursery)
+                yield H2Run(proxy, await _client(nursery, b, auto_ack=auto_ack), nursery)
         backend.stop()
 
 
