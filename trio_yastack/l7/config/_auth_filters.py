@@ -33,6 +33,7 @@ from ._reader import (
     _list,
     _named_map,
     _nonempty_str,
+    _only_field,
     _Reader,
     _Skip,
     _str,
@@ -292,11 +293,7 @@ def _cidr(r: _Reader, v: object, path: str) -> ipaddress.IPv4Network | ipaddress
         r.fail(path, f"not a CIDR range: {exc}")
 
 
-def _path_matcher(r: _Reader, v: object, path: str) -> StringMatcher:
-    f = _Fields(r, v, path, ("path",))
-    matcher = f.req("path", _string_matcher)
-    f.done()
-    return matcher
+_path_matcher = _only_field("path", _string_matcher)
 
 
 _RBAC_HEADER_SPECIFIERS = (
@@ -535,13 +532,7 @@ def _jwt_requirement(r: _Reader, v: object, path: str) -> JwtRequirement:
 
         out = f.req(which, provider_and_audiences)
     elif which in ("requires_any", "requires_all"):
-
-        def requirement_list(r: _Reader, v: object, path: str) -> tuple[JwtRequirement, ...]:
-            lf = _Fields(r, v, path, ("requirements",))
-            items = lf.req("requirements", _list(_jwt_requirement, min_items=2))
-            lf.done()
-            return items
-
+        requirement_list = _only_field("requirements", _list(_jwt_requirement, min_items=2))
         kind: Literal["any", "all"] = "any" if which == "requires_any" else "all"
         out = JwtRequirement(kind, requirements=f.req(which, requirement_list))
     elif which in ("allow_missing", "allow_missing_or_failed"):
@@ -601,12 +592,8 @@ def _string_map(r: _Reader, v: object, path: str) -> dict[str, str]:
     return out
 
 
-def _list_string_matcher(r: _Reader, v: object, path: str) -> tuple[StringMatcher, ...]:
-    """A ``ListStringMatcher``: ``patterns``, any of which may match."""
-    f = _Fields(r, v, path, ("patterns",))
-    patterns = f.req("patterns", _list(_string_matcher, min_items=1))
-    f.done()
-    return patterns
+#: a ``ListStringMatcher``: ``patterns``, any of which may match
+_list_string_matcher = _only_field("patterns", _list(_string_matcher, min_items=1))
 
 
 def _http_status(r: _Reader, v: object, path: str) -> int:

@@ -18,6 +18,7 @@ from ._reader import (
     _Fields,
     _join,
     _nonempty_str,
+    _only_field,
     _Reader,
     _str,
     _uint,
@@ -132,15 +133,7 @@ def _socket_address(*, dns: bool = False, min_port: int = 0) -> Callable[[_Reade
 
 def _address(*, dns: bool = False, min_port: int = 0) -> Callable[[_Reader, Any, str], SocketAddress]:
     """``address: {socket_address: ...}`` (pipes and internal addresses are outside the subset)."""
-    inner = _socket_address(dns=dns, min_port=min_port)
-
-    def parse(r: _Reader, v: object, path: str) -> SocketAddress:
-        f = _Fields(r, v, path, ("socket_address",))
-        sa = f.req("socket_address", inner)
-        f.done()
-        return sa
-
-    return parse
+    return _only_field("socket_address", _socket_address(dns=dns, min_port=min_port))
 
 
 def _cluster_ref(r: _Reader, v: object, path: str) -> str:
@@ -149,11 +142,8 @@ def _cluster_ref(r: _Reader, v: object, path: str) -> str:
     return name
 
 
-def _inline_string(r: _Reader, v: object, path: str) -> str:
-    f = _Fields(r, v, path, ("inline_string",))
-    s = f.req("inline_string", _str)
-    f.done()
-    return s
+#: a ``DataSource`` given inline (``inline_string``) where the proxy needs the text itself
+_inline_string = _only_field("inline_string", _str)
 
 
 def _header_value_option(r: _Reader, v: object, path: str) -> HeaderValueOption:
@@ -272,12 +262,8 @@ def _regex(r: _Reader, v: object, path: str) -> str:
     return pattern
 
 
-def _http_status_code(r: _Reader, v: object, path: str) -> int:
-    """An ``HttpStatus {code}``; Envoy's local rate limit takes codes of 400 and above."""
-    f = _Fields(r, v, path, ("code",))
-    code = f.req("code", _uint(400, 599))
-    f.done()
-    return code
+#: an ``HttpStatus {code}``; Envoy's local rate limit takes codes of 400 and above
+_http_status_code = _only_field("code", _uint(400, 599))
 
 
 def _idle_timeout_options(r: _Reader, v: object, path: str) -> float:

@@ -17,7 +17,14 @@ from trio_yastack.l7.local_reply import (
     ReplyFilter,
 )
 
-from ._core import Http2Options, _field_value, _header_value_option, _http2_options, _idle_timeout_options
+from ._core import (
+    Http2Options,
+    _field_value,
+    _header_value_option,
+    _http2_options,
+    _idle_timeout_options,
+    _inline_string,
+)
 from ._http_filters import HttpFilter, RouterFilter, _http_filter
 from ._names import (
     CODEC_TYPES,
@@ -145,7 +152,7 @@ def _log_format(r: _Reader, v: object, path: str) -> FormatString:
     if which == "text_format":
         out = FormatString(text=f.req("text_format", _log_format_text))
     elif which == "text_format_source":
-        source = f.req("text_format_source", _inline_data)
+        source = f.req("text_format_source", _inline_string)
         if source is not None:
             out = FormatString(text=_log_format_text(r, source, _join(path, "text_format_source")))
     elif which == "json_format":
@@ -230,21 +237,13 @@ def _format_string(r: _Reader, v: object, path: str) -> FormatString:
     if which == "text_format":
         text = f.req("text_format", _format_text)
     elif which == "text_format_source":
-        source = f.req("text_format_source", _inline_data)
+        source = f.req("text_format_source", _inline_string)
         text = _format_text(r, source, _join(path, "text_format_source")) if source is not None else None
     elif which == "json_format":
         json_text = f.req("json_format", _json_format)
     content_type = f.opt("content_type", _field_value, None)
     f.done()
     return FormatString(text, json_text, content_type)
-
-
-def _inline_data(r: _Reader, v: object, path: str) -> str:
-    """A ``DataSource`` given inline (``inline_string``) where the proxy needs the text itself."""
-    f = _Fields(r, v, path, ("inline_string",))
-    text = f.req("inline_string", _str)
-    f.done()
-    return text
 
 
 _COMPARISON_OPS = ("EQ", "GE", "LE")
@@ -320,7 +319,7 @@ def _mapper(r: _Reader, v: object, path: str) -> Mapper:
     mapper = Mapper(
         filter=f.req("filter", _reply_filter),
         status_code=f.opt("status_code", _uint(200, 599), None),
-        body=f.opt("body", _inline_data, None),
+        body=f.opt("body", _inline_string, None),
         headers_to_add=tuple(
             (h.key, h.value) for h in f.opt("headers_to_add", _list(_header_value_option), ()) or ()
         ),

@@ -500,6 +500,19 @@ def _empty_message(r: _Reader, v: object, path: str) -> None:
     f.done()
 
 
+def _only_field(key: str, parse: Callable[[_Reader, Any, str], T]) -> Callable[[_Reader, Any, str], T]:
+    """A message with one field, required, read as that field's value: ``{inline_string: ...}``,
+    ``{code: 429}``, ``{socket_address: ...}`` (any other key is reported as for every message)."""
+
+    def read(r: _Reader, v: object, path: str) -> T:
+        f = _Fields(r, v, path, (key,))
+        value = f.req(key, parse)
+        f.done()
+        return value
+
+    return read
+
+
 def _empty_options(r: _Reader, v: object, path: str) -> None:
     """``http_protocol_options`` (HTTP/1.1, the default): none of its fields is supported."""
     _Fields(r, v, path, ()).done()
