@@ -45,7 +45,7 @@ durations as ``{seconds, nanos}``, enum names in any case.  Beyond those spellin
 protobuf's JSON mapping types them (``name: 5`` is an error, not coerced), and ``null`` means "absent"
 as it does for protobuf.  Errors name the canonical (snake_case) path.
 
-Where this module is stricter than Envoy, it says so: a cluster must have endpoints, a retry policy
+Where this package is stricter than Envoy, it says so: a cluster must have endpoints, a retry policy
 must name its ``retry_on`` conditions, a filter chain holds exactly one (terminal) filter,
 ``http_filters`` hold each filter once and end with the router, and ``require_client_certificate``
 needs a ``trusted_ca``.  These catch configs that Envoy accepts but that cannot do anything useful

@@ -342,8 +342,6 @@ _RBAC_PRINCIPALS: dict[str, RbacKind] = {
     "direct_remote_ip": "direct_remote_ip",
     "source_ip": "direct_remote_ip",
 }
-
-
 _RBAC_PERMISSIONS: dict[str, RbacKind] = {
     "and_rules": "and",
     "or_rules": "or",

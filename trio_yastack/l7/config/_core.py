@@ -163,11 +163,7 @@ def _header_value_option(r: _Reader, v: object, path: str) -> HeaderValueOption:
 # RFC 9110 5.1 field names are tokens; 5.5 field values exclude CR, LF and NUL (and other controls
 # but tab).  Checked here so a config cannot make the proxy write a malformed (or smuggled) header.
 _TOKEN_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-
-
 _FIELD_VALUE_RE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
-
-
 _TARGET_RE = re.compile(r"[\x21-\x7e]*")  # a request target: visible ASCII, no spaces
 
 

@@ -250,8 +250,6 @@ HttpFilterConfig = (
     | Rbac
     | RouterFilter
 )
-
-
 PerRouteConfig = (
     CompressorPerRoute
     | CorsPolicy
@@ -443,8 +441,6 @@ def _lua(r: _Reader, tc: _Fields) -> Lua:
 _ZLIB_LEVELS = {"DEFAULT_COMPRESSION": -1, "BEST_SPEED": 1, "BEST_COMPRESSION": 9} | {
     f"COMPRESSION_LEVEL_{n}": n for n in range(1, 10)
 }
-
-
 _ZLIB_STRATEGIES = {"DEFAULT_STRATEGY": 0, "FILTERED": 1, "HUFFMAN_ONLY": 2, "RLE": 3, "FIXED": 4}
 
 

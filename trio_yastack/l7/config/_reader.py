@@ -45,21 +45,13 @@ if TYPE_CHECKING:
 
 
 T = TypeVar("T")
-
-
 D = TypeVar("D")
-
-
 E = TypeVar("E", bound=str)
 
 
 #: protobuf's Duration range (google/protobuf/duration.proto): about 10,000 years
 _MAX_DURATION_SECONDS = 315_576_000_000
-
-
 _DURATION_RE = re.compile(r"(-?)(\d+)(?:\.(\d{1,9}))?s")
-
-
 _UINT32_MAX = 2**32 - 1
 
 
@@ -262,8 +254,6 @@ def _uint(lo: int, hi: int) -> Callable[[_Reader, Any, str], int]:
 
 
 _uint32 = _uint(0, _UINT32_MAX)
-
-
 _positive_uint32 = _uint(1, _UINT32_MAX)
 
 
@@ -314,8 +304,6 @@ def _duration(min_exclusive: bool = False) -> Callable[[_Reader, Any, str], floa
 
 
 _duration_ge0 = _duration()
-
-
 _duration_gt0 = _duration(min_exclusive=True)
 
 
