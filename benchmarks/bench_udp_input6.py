@@ -16,12 +16,11 @@ import json
 import platform
 import random
 import statistics
-import time
 from datetime import UTC, datetime
 from ipaddress import IPv4Address, IPv6Address, IPv6Interface
 from pathlib import Path
 
-from bench_udp_input import BURST, PAYLOAD, make_frames
+from bench_udp_input import PAYLOAD, drive, make_frames, spread
 
 from trio_yastack.stack import InterfaceConfig, Ip6Config, StackConfig, StackCore, UdpPcb, _native
 from trio_yastack.stack.wire import EthernetRepr, MacAddress
@@ -57,23 +56,6 @@ def _v6_udp_checksum(udp: bytearray, src: int, dst: int) -> int:
     return (~sum16(udp, 0, len(udp), pseudo_header_sum6(src, dst, 17, len(udp))) & 0xFFFF) or 0xFFFF
 
 
-def run(core: StackCore, pcb: UdpPcb, frames: list[bytes]) -> float:
-    count = len(frames)
-    ether_input = core.ether_input
-    queue = pcb.queue
-    start = time.perf_counter()
-    for base in range(0, count, BURST):
-        for frame in frames[base : base + BURST]:
-            ether_input(frame, 0.0)
-        queue.clear()
-        pcb.queued_bytes = 0
-        core.ready.clear()
-    elapsed = time.perf_counter() - start
-    if core.stats_udp.delivered != count:
-        raise AssertionError(f"only {core.stats_udp.delivered} of {count} datagrams delivered")
-    return count / elapsed
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -85,16 +67,16 @@ def main() -> None:
     count, rounds = (5_000, 2) if args.quick else (args.datagrams, args.rounds)
     v4, v6 = [], []
     for _ in range(rounds):
-        v4.append(run(*make_frames(count)))
-        v6.append(run(*make_frames6(count)))
+        v4.append(drive(*make_frames(count), burst_input=False)[0])
+        v6.append(drive(*make_frames6(count), burst_input=False)[0])
     result = {
         "benchmark": "udp_input6",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.node()} {platform.machine()} {platform.python_version()}",
         "native_checksum": _native.NATIVE,
         "datagrams_per_round": count,
-        "ipv4_datagrams_per_s": {"median": statistics.median(v4), "min": min(v4), "max": max(v4)},
-        "ipv6_datagrams_per_s": {"median": statistics.median(v6), "min": min(v6), "max": max(v6)},
+        "ipv4_datagrams_per_s": spread(v4),
+        "ipv6_datagrams_per_s": spread(v6),
         "ratio_ipv6_to_ipv4": statistics.median(v6) / statistics.median(v4),
     }
     print(json.dumps(result, indent=2))

@@ -11,7 +11,10 @@ from __future__ import annotations
 import collections
 import hashlib
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import h2.config
 import h2.connection
@@ -35,13 +38,16 @@ from proxy_helpers import (
 )
 from socket_helpers import two_stacks
 
+from trio_yastack import Stack
 from trio_yastack.l7.config import (
     HTTP_PROTOCOL_OPTIONS_TYPE,
+    Bootstrap,
     ConfigError,
     Http2Options,
     HttpConnectionManager,
 )
 from trio_yastack.l7.h2_downstream import PREFACE
+from trio_yastack.l7.proxy import Proxy
 
 LIMIT = 60.0
 
@@ -180,11 +186,31 @@ class H2Client:
         return stream
 
 
-async def _client(nursery: trio.Nursery, b: object, **kwargs: object) -> H2Client:
-    stream = await connect(b)  # type: ignore[arg-type]  # a Stack
-    client = H2Client(stream, **kwargs)  # type: ignore[arg-type]  # keyword options
+async def _client(nursery: trio.Nursery, b: Stack, *, auto_ack: bool = True) -> H2Client:
+    """An :class:`H2Client` connected from stack ``b`` to the proxy, running in ``nursery`` (also
+    used by test_proxy_filters_rbac)."""
+    client = H2Client(await connect(b), auto_ack=auto_ack)
     await nursery.start(client.run)
     return client
+
+
+class H2Run(NamedTuple):
+    proxy: Proxy
+    client: H2Client
+    nursery: trio.Nursery
+
+
+@asynccontextmanager
+async def h2_proxy(config: Bootstrap, app: BackendApp, *, auto_ack: bool = True) -> AsyncIterator[H2Run]:
+    """The set-up every end-to-end test here shares: two stacks, ``app`` on stack B port 8081, the
+    proxy on stack A with ``config``, and an :class:`H2Client` (prior knowledge) connected from B,
+    all under :data:`LIMIT`.  The backend is stopped once the proxy is down."""
+    async with two_stacks() as (a, b), trio.open_nursery() as nursery:
+        backend = await start_backend(nursery, app, b, 8081)
+        async with running_proxy(config, a) as proxy:
+            with trio.fail_after(LIMIT):
+                yield H2Run(proxy, await _client(nursery, b, auto_ack=auto_ack), nursery)
+        backend.stop()
 
 
 async def test_h2c_streams_go_through_the_router(autojump_clock: trio.testing.MockClock) -> None:
@@ -192,37 +218,32 @@ async def test_h2c_streams_go_through_the_router(autojump_clock: trio.testing.Mo
     HTTP/1.1 request would be (forwarding headers, cookies joined), bodies both ways."""
     app = BackendApp("one")
     config = http_bootstrap([cluster("app", [8081])])
-    async with two_stacks() as (a, b), trio.open_nursery() as nursery:
-        backend = await start_backend(nursery, app, b, 8081)
-        async with running_proxy(config, a) as proxy:
-            with trio.fail_after(LIMIT):
-                client = await _client(nursery, b)
-                cookies = [("cookie", "a=1"), ("cookie", "b=2")]
-                gets = [await client.request("GET", f"/json?n={i}", headers=cookies) for i in range(5)]
-                upload = bytes(range(256)) * 1024  # 256 KiB, several windows' worth
-                post = await client.request("POST", "/upload", body=upload)
-                for sid in gets:
-                    got = await client.wait(sid)
-                    assert got.status == 200 and got.reset is None
-                    doc = json.loads(got.body)
-                    headers = dict(doc["headers"])
-                    assert doc["method"] == "GET" and doc["path"].startswith("/json?n=")
-                    assert headers["host"] == "proxy.test"
-                    assert headers["cookie"] == "a=1; b=2"
-                    assert headers["x-forwarded-proto"] == "http"
-                    assert "x-request-id" in headers
-                got = await client.wait(post)
-                assert got.status == 200
-                assert json.loads(got.body) == {
-                    "bytes": len(upload),
-                    "sha256": hashlib.sha256(upload).hexdigest(),
-                }
-                stats = proxy.stats
-                assert stats.value("http.ingress.downstream_cx_http2_total") == 1
-                assert stats.value("http.ingress.downstream_rq_total") == 6
-                assert stats.value("http.ingress.downstream_rq_2xx") == 6
-                await client.stream.aclose()
-        backend.stop()
+    async with h2_proxy(config, app) as (proxy, client, _):
+        cookies = [("cookie", "a=1"), ("cookie", "b=2")]
+        gets = [await client.request("GET", f"/json?n={i}", headers=cookies) for i in range(5)]
+        upload = bytes(range(256)) * 1024  # 256 KiB, several windows' worth
+        post = await client.request("POST", "/upload", body=upload)
+        for sid in gets:
+            got = await client.wait(sid)
+            assert got.status == 200 and got.reset is None
+            doc = json.loads(got.body)
+            headers = dict(doc["headers"])
+            assert doc["method"] == "GET" and doc["path"].startswith("/json?n=")
+            assert headers["host"] == "proxy.test"
+            assert headers["cookie"] == "a=1; b=2"
+            assert headers["x-forwarded-proto"] == "http"
+            assert "x-request-id" in headers
+        got = await client.wait(post)
+        assert got.status == 200
+        assert json.loads(got.body) == {
+            "bytes": len(upload),
+            "sha256": hashlib.sha256(upload).hexdigest(),
+        }
+        stats = proxy.stats
+        assert stats.value("http.ingress.downstream_cx_http2_total") == 1
+        assert stats.value("http.ingress.downstream_rq_total") == 6
+        assert stats.value("http.ingress.downstream_rq_2xx") == 6
+        await client.stream.aclose()
 
 
 async def test_h2_settings_from_http2_protocol_options(autojump_clock: trio.testing.MockClock) -> None:
@@ -235,25 +256,20 @@ async def test_h2_settings_from_http2_protocol_options(autojump_clock: trio.test
     )
     app = BackendApp("one")
     app.delay = 5.0
-    async with two_stacks() as (a, b), trio.open_nursery() as nursery:
-        backend = await start_backend(nursery, app, b, 8081)
-        async with running_proxy(config, a):
-            with trio.fail_after(LIMIT):
-                client = await _client(nursery, b)
-                await wait_until(lambda: client.conn.remote_settings.max_concurrent_streams == 2)
-                assert client.conn.remote_settings.initial_window_size == 70000
-                # h2 itself keeps a client within the limit; speak past it by hand for the third
-                sids = [await client.request("GET", f"/{i}") for i in range(2)]
-                settings = client.conn.remote_settings
-                settings._settings[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS] = collections.deque([10])
-                await client.request("GET", "/third")
-                await wait_until(lambda: client.goaway is not None)
-                assert client.goaway is not None
-                assert client.goaway.error_code == h2.errors.ErrorCodes.PROTOCOL_ERROR
-                assert client.goaway.last_stream_id == sids[-1]
-                await wait_until(lambda: client.closed)
-                assert all(client.streams[sid].headers is None for sid in sids)
-        backend.stop()
+    async with h2_proxy(config, app) as (_, client, _):
+        await wait_until(lambda: client.conn.remote_settings.max_concurrent_streams == 2)
+        assert client.conn.remote_settings.initial_window_size == 70000
+        # h2 itself keeps a client within the limit; speak past it by hand for the third
+        sids = [await client.request("GET", f"/{i}") for i in range(2)]
+        settings = client.conn.remote_settings
+        settings._settings[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS] = collections.deque([10])
+        await client.request("GET", "/third")
+        await wait_until(lambda: client.goaway is not None)
+        assert client.goaway is not None
+        assert client.goaway.error_code == h2.errors.ErrorCodes.PROTOCOL_ERROR
+        assert client.goaway.last_stream_id == sids[-1]
+        await wait_until(lambda: client.closed)
+        assert all(client.streams[sid].headers is None for sid in sids)
 
 
 async def test_h2_response_backpressure(autojump_clock: trio.testing.MockClock) -> None:
@@ -262,21 +278,16 @@ async def test_h2_response_backpressure(autojump_clock: trio.testing.MockClock) 
     nbytes = 8 * 1024 * 1024
     app = BackendApp("one")
     config = http_bootstrap([cluster("app", [8081])])
-    async with two_stacks() as (a, b), trio.open_nursery() as nursery:
-        backend = await start_backend(nursery, app, b, 8081)
-        async with running_proxy(config, a):
-            with trio.fail_after(LIMIT):
-                client = await _client(nursery, b, auto_ack=False)
-                sid = await client.request("GET", f"/stream?bytes={nbytes}")
-                await trio.sleep(5.0)  # simulated: every buffer on the way has filled by now
-                assert len(client.streams[sid].body) <= 65535
-                assert 0 < app.streamed < nbytes // 2, app.streamed  # socket buffers, not the whole body
-                await client.ack_all()
-                got = await client.wait(sid)
-                assert got.status == 200 and len(got.body) == nbytes
-                assert hashlib.sha256(got.body).hexdigest() == pattern_sha256(nbytes)
-                await client.stream.aclose()
-        backend.stop()
+    async with h2_proxy(config, app, auto_ack=False) as (_, client, _):
+        sid = await client.request("GET", f"/stream?bytes={nbytes}")
+        await trio.sleep(5.0)  # simulated: every buffer on the way has filled by now
+        assert len(client.streams[sid].body) <= 65535
+        assert 0 < app.streamed < nbytes // 2, app.streamed  # socket buffers, not the whole body
+        await client.ack_all()
+        got = await client.wait(sid)
+        assert got.status == 200 and len(got.body) == nbytes
+        assert hashlib.sha256(got.body).hexdigest() == pattern_sha256(nbytes)
+        await client.stream.aclose()
 
 
 async def test_h2_request_backpressure(autojump_clock: trio.testing.MockClock) -> None:
@@ -287,28 +298,23 @@ async def test_h2_request_backpressure(autojump_clock: trio.testing.MockClock) -
     app = BackendApp("one")
     options = {"initial_stream_window_size": 65535, "initial_connection_window_size": 65535}
     config = http_bootstrap([cluster("app", [8081])], http2_protocol_options=options)
-    async with two_stacks() as (a, b), trio.open_nursery() as nursery:
-        backend = await start_backend(nursery, app, b, 8081)
-        async with running_proxy(config, a):
-            with trio.fail_after(LIMIT):
-                client = await _client(nursery, b)
-                sid = await client.request("POST", "/upload?hold=5", streaming=True)
-                sender = trio.CancelScope()
-                sent_before_hold_ends: list[int] = []
+    async with h2_proxy(config, app) as (_, client, nursery):
+        sid = await client.request("POST", "/upload?hold=5", streaming=True)
+        sender = trio.CancelScope()
+        sent_before_hold_ends: list[int] = []
 
-                async def send() -> None:
-                    with sender:
-                        await client.send_body(sid, upload)
+        async def send() -> None:
+            with sender:
+                await client.send_body(sid, upload)
 
-                nursery.start_soon(send)
-                await trio.sleep(4.0)  # the backend holds for 5 s: the upload stalls on windows
-                sent_before_hold_ends.append(client.conn.outbound_flow_control_window)
-                assert client.conn.local_flow_control_window(sid) == 0
-                got = await client.wait(sid)
-                assert got.status == 200
-                assert json.loads(got.body) == {"bytes": nbytes, "sha256": hashlib.sha256(upload).hexdigest()}
-                await client.stream.aclose()
-        backend.stop()
+        nursery.start_soon(send)
+        await trio.sleep(4.0)  # the backend holds for 5 s: the upload stalls on windows
+        sent_before_hold_ends.append(client.conn.outbound_flow_control_window)
+        assert client.conn.local_flow_control_window(sid) == 0
+        got = await client.wait(sid)
+        assert got.status == 200
+        assert json.loads(got.body) == {"bytes": nbytes, "sha256": hashlib.sha256(upload).hexdigest()}
+        await client.stream.aclose()
 
 
 async def test_h2_rst_stream_cancels_the_request(autojump_clock: trio.testing.MockClock) -> None:
@@ -316,27 +322,20 @@ async def test_h2_rst_stream_cancels_the_request(autojump_clock: trio.testing.Mo
     the connection and its other streams carry on."""
     app = BackendApp("one")
     config = http_bootstrap([cluster("app", [8081])])
-    async with two_stacks() as (a, b), trio.open_nursery() as nursery:
-        backend = await start_backend(nursery, app, b, 8081)
-        async with running_proxy(config, a) as proxy:
-            with trio.fail_after(LIMIT):
-                client = await _client(nursery, b)
-                slow = await client.request("GET", "/slow?delay=30")
-                await wait_until(lambda: app.in_flight == 1)
-                client.conn.reset_stream(slow, h2.errors.ErrorCodes.CANCEL)
-                await client.flush()
-                # the upstream request is abandoned: its connection closed (hypercorn's handler
-                # sleeps on regardless, so the backend's own count cannot tell)
-                await wait_until(
-                    lambda: proxy.stats.value("cluster.app.upstream_cx_active") == 0, timeout=5.0
-                )
-                assert proxy.stats.value("http.ingress.downstream_rq_active") == 0
-                assert proxy.stats.value("http.ingress.downstream_rq_rx_reset") == 1
-                other = await client.request("GET", "/json")
-                assert (await client.wait(other)).status == 200
-                assert client.streams[slow].headers is None
-                await client.stream.aclose()
-        backend.stop()
+    async with h2_proxy(config, app) as (proxy, client, _):
+        slow = await client.request("GET", "/slow?delay=30")
+        await wait_until(lambda: app.in_flight == 1)
+        client.conn.reset_stream(slow, h2.errors.ErrorCodes.CANCEL)
+        await client.flush()
+        # the upstream request is abandoned: its connection closed (hypercorn's handler
+        # sleeps on regardless, so the backend's own count cannot tell)
+        await wait_until(lambda: proxy.stats.value("cluster.app.upstream_cx_active") == 0, timeout=5.0)
+        assert proxy.stats.value("http.ingress.downstream_rq_active") == 0
+        assert proxy.stats.value("http.ingress.downstream_rq_rx_reset") == 1
+        other = await client.request("GET", "/json")
+        assert (await client.wait(other)).status == 200
+        assert client.streams[slow].headers is None
+        await client.stream.aclose()
 
 
 async def test_h2_goaway_on_drain(autojump_clock: trio.testing.MockClock) -> None:
@@ -344,22 +343,17 @@ async def test_h2_goaway_on_drain(autojump_clock: trio.testing.MockClock) -> Non
     gets its whole response, then the proxy closes the connection."""
     app = BackendApp("one")
     config = http_bootstrap([cluster("app", [8081])])
-    async with two_stacks() as (a, b), trio.open_nursery() as nursery:
-        backend = await start_backend(nursery, app, b, 8081)
-        async with running_proxy(config, a) as proxy:
-            with trio.fail_after(LIMIT):
-                client = await _client(nursery, b)
-                sid = await client.request("GET", "/slow?delay=2")
-                await wait_until(lambda: app.in_flight == 1)
-                proxy.state.start_drain()
-                await wait_until(lambda: client.goaway is not None)
-                assert client.goaway is not None
-                assert client.goaway.error_code == h2.errors.ErrorCodes.NO_ERROR
-                assert client.goaway.last_stream_id == sid
-                got = await client.wait(sid)
-                assert got.status == 200 and got.body == b"one slow"
-                await wait_until(lambda: client.closed)
-        backend.stop()
+    async with h2_proxy(config, app) as (proxy, client, _):
+        sid = await client.request("GET", "/slow?delay=2")
+        await wait_until(lambda: app.in_flight == 1)
+        proxy.state.start_drain()
+        await wait_until(lambda: client.goaway is not None)
+        assert client.goaway is not None
+        assert client.goaway.error_code == h2.errors.ErrorCodes.NO_ERROR
+        assert client.goaway.last_stream_id == sid
+        got = await client.wait(sid)
+        assert got.status == 200 and got.body == b"one slow"
+        await wait_until(lambda: client.closed)
 
 
 async def test_h2_preface_only_with_auto_or_http2(autojump_clock: trio.testing.MockClock) -> None:
@@ -385,29 +379,24 @@ async def test_h2_upstream_multiplexes_one_connection(autojump_clock: trio.testi
     """Requests at once share one upstream connection, one stream each; bodies pass both ways."""
     app = BackendApp("one")
     config = http_bootstrap([_h2_cluster()])
-    async with two_stacks() as (a, b), trio.open_nursery() as nursery:
-        backend = await start_backend(nursery, app, b, 8081)
-        async with running_proxy(config, a) as proxy:
-            with trio.fail_after(LIMIT):
-                client = await _client(nursery, b)
-                slow = [await client.request("GET", "/slow?delay=1") for _ in range(5)]
-                upload = bytes(range(256)) * 2048  # 512 KiB, several upstream windows
-                post = await client.request("POST", "/upload", body=upload)
-                for sid in slow:
-                    got = await client.wait(sid)
-                    assert (got.status, bytes(got.body)) == (200, b"one slow")
-                got = await client.wait(post)
-                assert json.loads(got.body) == {
-                    "bytes": len(upload),
-                    "sha256": hashlib.sha256(upload).hexdigest(),
-                }
-                assert app.max_in_flight >= 5  # at once, not one after another
-                assert proxy.stats.value("cluster.app.upstream_cx_total") == 1
-                assert proxy.stats.value("cluster.app.upstream_rq_200") == 6
-                headers = dict(app.seen[0].headers)
-                assert headers["host"] == "proxy.test" and "x-forwarded-for" in headers
-                await client.stream.aclose()
-        backend.stop()
+    async with h2_proxy(config, app) as (proxy, client, _):
+        slow = [await client.request("GET", "/slow?delay=1") for _ in range(5)]
+        upload = bytes(range(256)) * 2048  # 512 KiB, several upstream windows
+        post = await client.request("POST", "/upload", body=upload)
+        for sid in slow:
+            got = await client.wait(sid)
+            assert (got.status, bytes(got.body)) == (200, b"one slow")
+        got = await client.wait(post)
+        assert json.loads(got.body) == {
+            "bytes": len(upload),
+            "sha256": hashlib.sha256(upload).hexdigest(),
+        }
+        assert app.max_in_flight >= 5  # at once, not one after another
+        assert proxy.stats.value("cluster.app.upstream_cx_total") == 1
+        assert proxy.stats.value("cluster.app.upstream_rq_200") == 6
+        headers = dict(app.seen[0].headers)
+        assert headers["host"] == "proxy.test" and "x-forwarded-for" in headers
+        await client.stream.aclose()
 
 
 async def test_h2_upstream_backpressure_and_cancel(autojump_clock: trio.testing.MockClock) -> None:
@@ -416,32 +405,25 @@ async def test_h2_upstream_backpressure_and_cancel(autojump_clock: trio.testing.
     nbytes = 8 * 1024 * 1024
     app = BackendApp("one")
     config = http_bootstrap([_h2_cluster()])
-    async with two_stacks() as (a, b), trio.open_nursery() as nursery:
-        backend = await start_backend(nursery, app, b, 8081)
-        async with running_proxy(config, a) as proxy:
-            with trio.fail_after(LIMIT):
-                client = await _client(nursery, b, auto_ack=False)
-                sid = await client.request("GET", f"/stream?bytes={nbytes}")
-                await trio.sleep(5.0)
-                assert len(client.streams[sid].body) <= 65535
-                # hypercorn buffers what its app sends, so the proxy's own intake is the oracle: what
-                # came in is what the client took (its window), one chunk in the relay waiting for
-                # the client's window, and the upstream stream's window: 3 x 64 KiB, not 8 MiB
-                [h2conn] = proxy.clusters.clusters["app"].hosts[0].h2_connections
-                assert 65535 <= h2conn.bytes_received <= 4 * 65536, h2conn.bytes_received
-                client.conn.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
-                await client.flush()
-                await wait_until(
-                    lambda: proxy.stats.value("cluster.app.upstream_rq_active") == 0, timeout=5.0
-                )
-                assert proxy.stats.value("http.ingress.downstream_rq_rx_reset") == 1
-                assert proxy.stats.value("cluster.app.upstream_cx_active") == 1  # shared: it stays
-                await client.ack_all()
-                other = await client.request("GET", "/json")
-                assert (await client.wait(other)).status == 200
-                assert proxy.stats.value("cluster.app.upstream_cx_total") == 1
-                await client.stream.aclose()
-        backend.stop()
+    async with h2_proxy(config, app, auto_ack=False) as (proxy, client, _):
+        sid = await client.request("GET", f"/stream?bytes={nbytes}")
+        await trio.sleep(5.0)
+        assert len(client.streams[sid].body) <= 65535
+        # hypercorn buffers what its app sends, so the proxy's own intake is the oracle: what
+        # came in is what the client took (its window), one chunk in the relay waiting for
+        # the client's window, and the upstream stream's window: 3 x 64 KiB, not 8 MiB
+        [h2conn] = proxy.clusters.clusters["app"].hosts[0].h2_connections
+        assert 65535 <= h2conn.bytes_received <= 4 * 65536, h2conn.bytes_received
+        client.conn.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
+        await client.flush()
+        await wait_until(lambda: proxy.stats.value("cluster.app.upstream_rq_active") == 0, timeout=5.0)
+        assert proxy.stats.value("http.ingress.downstream_rq_rx_reset") == 1
+        assert proxy.stats.value("cluster.app.upstream_cx_active") == 1  # shared: it stays
+        await client.ack_all()
+        other = await client.request("GET", "/json")
+        assert (await client.wait(other)).status == 200
+        assert proxy.stats.value("cluster.app.upstream_cx_total") == 1
+        await client.stream.aclose()
 
 
 # --- config -------------------------------------------------------------------------------------
@@ -499,46 +481,36 @@ async def test_h2_bad_input_is_a_counted_error(autojump_clock: trio.testing.Mock
     and the connection serves on; a broken frame ends the connection with GOAWAY; both counted."""
     app = BackendApp("one")
     config = http_bootstrap([cluster("app", [8081])])
-    async with two_stacks() as (a, b), trio.open_nursery() as nursery:
-        backend = await start_backend(nursery, app, b, 8081)
-        async with running_proxy(config, a) as proxy:
-            with trio.fail_after(LIMIT):
-                client = await _client(nursery, b)
-                client.conn.config.validate_outbound_headers = False
-                client.conn.config.normalize_outbound_headers = False
-                bad = await client.request("BAD METHOD", "/json")
-                assert (await client.wait(bad)).reset == h2.errors.ErrorCodes.PROTOCOL_ERROR
-                good = await client.request("GET", "/json")
-                assert (await client.wait(good)).status == 200
-                assert proxy.stats.value("http.ingress.downstream_cx_protocol_error") == 1
-                # SETTINGS with a 5-byte payload (RFC 9113 6.5: a multiple of 6, else FRAME_SIZE_ERROR)
-                await client.stream.send_all(b"\x00\x00\x05\x04\x00\x00\x00\x00\x00" + b"\x00" * 5)
-                await wait_until(lambda: client.goaway is not None)
-                assert client.goaway is not None
-                assert client.goaway.error_code == h2.errors.ErrorCodes.FRAME_SIZE_ERROR
-                await wait_until(lambda: client.closed)
-                await wait_until(lambda: proxy.stats.value("http.ingress.downstream_cx_protocol_error") == 2)
-                assert app.seen and all(seen.method == "GET" for seen in app.seen)
-        backend.stop()
+    async with h2_proxy(config, app) as (proxy, client, _):
+        client.conn.config.validate_outbound_headers = False
+        client.conn.config.normalize_outbound_headers = False
+        bad = await client.request("BAD METHOD", "/json")
+        assert (await client.wait(bad)).reset == h2.errors.ErrorCodes.PROTOCOL_ERROR
+        good = await client.request("GET", "/json")
+        assert (await client.wait(good)).status == 200
+        assert proxy.stats.value("http.ingress.downstream_cx_protocol_error") == 1
+        # SETTINGS with a 5-byte payload (RFC 9113 6.5: a multiple of 6, else FRAME_SIZE_ERROR)
+        await client.stream.send_all(b"\x00\x00\x05\x04\x00\x00\x00\x00\x00" + b"\x00" * 5)
+        await wait_until(lambda: client.goaway is not None)
+        assert client.goaway is not None
+        assert client.goaway.error_code == h2.errors.ErrorCodes.FRAME_SIZE_ERROR
+        await wait_until(lambda: client.closed)
+        await wait_until(lambda: proxy.stats.value("http.ingress.downstream_cx_protocol_error") == 2)
+        assert app.seen and all(seen.method == "GET" for seen in app.seen)
 
 
 async def test_h2_idle_timeout_sends_goaway(autojump_clock: trio.testing.MockClock) -> None:
     """``idle_timeout`` counts from the last stream's end: then GOAWAY (NO_ERROR) and a close."""
     app = BackendApp("one")
     config = http_bootstrap([cluster("app", [8081])], common_http_protocol_options={"idle_timeout": "10s"})
-    async with two_stacks() as (a, b), trio.open_nursery() as nursery:
-        backend = await start_backend(nursery, app, b, 8081)
-        async with running_proxy(config, a) as proxy:
-            with trio.fail_after(LIMIT):
-                client = await _client(nursery, b)
-                sid = await client.request("GET", "/slow?delay=12")  # longer than idle_timeout
-                assert (await client.wait(sid)).status == 200
-                finished = trio.current_time()
-                assert client.goaway is None  # a stream in flight is not idleness
-                await wait_until(lambda: client.goaway is not None)
-                assert client.goaway is not None
-                assert client.goaway.error_code == h2.errors.ErrorCodes.NO_ERROR
-                assert 10.0 <= trio.current_time() - finished <= 10.5
-                await wait_until(lambda: client.closed)
-                assert proxy.stats.value("http.ingress.downstream_cx_idle_timeout") == 1
-        backend.stop()
+    async with h2_proxy(config, app) as (proxy, client, _):
+        sid = await client.request("GET", "/slow?delay=12")  # longer than idle_timeout
+        assert (await client.wait(sid)).status == 200
+        finished = trio.current_time()
+        assert client.goaway is None  # a stream in flight is not idleness
+        await wait_until(lambda: client.goaway is not None)
+        assert client.goaway is not None
+        assert client.goaway.error_code == h2.errors.ErrorCodes.NO_ERROR
+        assert 10.0 <= trio.current_time() - finished <= 10.5
+        await wait_until(lambda: client.closed)
+        assert proxy.stats.value("http.ingress.downstream_cx_idle_timeout") == 1

@@ -30,6 +30,8 @@ from .wire.icmp import (
 from .wire.ipv4 import IP_OFFMASK, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IPV4_HEADER
 
 if TYPE_CHECKING:
+    import random
+
     from ._core import StackCore
 
 __all__ = ["EchoEndpoint", "IcmpLayer", "errno_for_icmp"]
@@ -63,6 +65,31 @@ class EchoEndpoint:
         self.replies: deque[tuple[int, int, bytes, float]] = deque()
         self.closed = False
         self.waiter: object = None  # set by the runtime: what to wake when a reply arrives
+
+
+def echo_open(
+    endpoints: dict[int, EchoEndpoint], rng: random.Random, ident: int | None, protocol: str
+) -> EchoEndpoint:
+    """Register an echo endpoint in ``endpoints`` (ICMP's or ICMPv6's table): ``ident`` is chosen at
+    random among the free ones when not given; ``protocol`` names the table in errors."""
+    if ident is None:
+        for _ in range(64):
+            ident = rng.getrandbits(16)
+            if ident not in endpoints:
+                break
+        else:
+            raise OSError(errno.EADDRINUSE, f"no free {protocol} echo identifier")
+    elif ident in endpoints or not 0 <= ident <= 0xFFFF:
+        raise OSError(errno.EADDRINUSE, f"{protocol} echo identifier {ident} in use")
+    endpoint = endpoints[ident] = EchoEndpoint(ident)
+    return endpoint
+
+
+def echo_close(endpoints: dict[int, EchoEndpoint], endpoint: EchoEndpoint) -> None:
+    """Mark ``endpoint`` closed and drop it from ``endpoints`` unless its identifier was reused."""
+    endpoint.closed = True
+    if endpoints.get(endpoint.ident) is endpoint:
+        del endpoints[endpoint.ident]
 
 
 class IcmpLayer:
@@ -217,22 +244,10 @@ class IcmpLayer:
     # -- echo (ping) -------------------------------------------------------------------------
     def echo_open(self, ident: int | None = None) -> EchoEndpoint:
         """An endpoint for echo replies; ``ident`` is chosen at random when not given."""
-        if ident is None:
-            for _ in range(64):
-                ident = self.core.rng.getrandbits(16)
-                if ident not in self.echo_endpoints:
-                    break
-            else:
-                raise OSError(errno.EADDRINUSE, "no free ICMP echo identifier")
-        elif ident in self.echo_endpoints or not 0 <= ident <= 0xFFFF:
-            raise OSError(errno.EADDRINUSE, f"ICMP echo identifier {ident} in use")
-        endpoint = self.echo_endpoints[ident] = EchoEndpoint(ident)
-        return endpoint
+        return echo_open(self.echo_endpoints, self.core.rng, ident, "ICMP")
 
     def echo_close(self, endpoint: EchoEndpoint) -> None:
-        endpoint.closed = True
-        if self.echo_endpoints.get(endpoint.ident) is endpoint:
-            del self.echo_endpoints[endpoint.ident]
+        echo_close(self.echo_endpoints, endpoint)
 
     def send_echo_request(self, endpoint: EchoEndpoint, dst: int, seq: int, data: bytes, now: float) -> None:
         if endpoint.closed:

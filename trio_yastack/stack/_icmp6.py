@@ -8,7 +8,7 @@ import errno
 from typing import TYPE_CHECKING
 
 from ._drops import Icmp6Drop, Nd6Drop
-from ._icmp import EchoEndpoint
+from ._icmp import EchoEndpoint, echo_close, echo_open
 from ._nd6 import MLD_LISTENER_QUERY
 from ._stats6 import Icmp6Stats
 from .tcp._tcp6 import IP6_KEY
@@ -252,22 +252,10 @@ class Icmp6Layer:
     # -- echo (ping -6) ----------------------------------------------------------------------
     def echo_open(self, ident: int | None = None) -> EchoEndpoint:
         """An endpoint for echo replies; ``ident`` is chosen at random when not given."""
-        if ident is None:
-            for _ in range(64):
-                ident = self.ip6.core.rng.getrandbits(16)
-                if ident not in self.echo_endpoints:
-                    break
-            else:
-                raise OSError(errno.EADDRINUSE, "no free ICMPv6 echo identifier")
-        elif ident in self.echo_endpoints or not 0 <= ident <= 0xFFFF:
-            raise OSError(errno.EADDRINUSE, f"ICMPv6 echo identifier {ident} in use")
-        endpoint = self.echo_endpoints[ident] = EchoEndpoint(ident)
-        return endpoint
+        return echo_open(self.echo_endpoints, self.ip6.core.rng, ident, "ICMPv6")
 
     def echo_close(self, endpoint: EchoEndpoint) -> None:
-        endpoint.closed = True
-        if self.echo_endpoints.get(endpoint.ident) is endpoint:
-            del self.echo_endpoints[endpoint.ident]
+        echo_close(self.echo_endpoints, endpoint)
 
     def send_echo_request(self, endpoint: EchoEndpoint, dst: int, seq: int, data: bytes, now: float) -> None:
         if endpoint.closed:

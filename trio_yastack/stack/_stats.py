@@ -109,9 +109,11 @@ class ArpStats(_Counters):
 
 
 @dataclass(slots=True)
-class IpStats(_Counters):
-    layer: ClassVar[str] = "ip"
-    reasons: ClassVar[frozenset[str]] = registered(IpDrop)
+class _IpCounters(_Counters):
+    """IP's counter table, the same for IPv4 (:class:`IpStats`) and IPv6 (``Ip6Stats``): one list of
+    fields, so the two ``netstat -s`` sections cannot drift apart.  The fields are slots of this
+    base; a subclass only names its layer and drop registry (same attribute cost on the hot path)."""
+
     received: int = 0
     delivered: int = 0
     sent: int = 0
@@ -123,9 +125,16 @@ class IpStats(_Counters):
 
 
 @dataclass(slots=True)
-class IcmpStats(_Counters):
-    layer: ClassVar[str] = "icmp"
-    reasons: ClassVar[frozenset[str]] = registered(IcmpDrop)
+class IpStats(_IpCounters):
+    layer: ClassVar[str] = "ip"
+    reasons: ClassVar[frozenset[str]] = registered(IpDrop)
+
+
+@dataclass(slots=True)
+class _IcmpCounters(_Counters):
+    """ICMP's counter table shared by ICMPv4 (:class:`IcmpStats`) and ICMPv6 (``Icmp6Stats``, which
+    adds its own after these)."""
+
     received: int = 0
     echo_requests_received: int = 0
     echo_replies_sent: int = 0
@@ -136,6 +145,12 @@ class IcmpStats(_Counters):
     errors_sent: int = 0
     errors_rate_limited: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class IcmpStats(_IcmpCounters):
+    layer: ClassVar[str] = "icmp"
+    reasons: ClassVar[frozenset[str]] = registered(IcmpDrop)
 
 
 @dataclass(slots=True)

@@ -8,41 +8,26 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from ._drops import Icmp6Drop, Ip6Drop, Nd6Drop, registered
-from ._stats import _Counters
+from ._stats import _Counters, _IcmpCounters, _IpCounters
 
 __all__ = ["Icmp6Stats", "Ip6Stats", "Nd6Stats"]
 
 
 @dataclass(slots=True)
-class Ip6Stats(_Counters):
+class Ip6Stats(_IpCounters):
     layer: ClassVar[str] = "ip6"
     reasons: ClassVar[frozenset[str]] = registered(Ip6Drop)
-    received: int = 0
-    delivered: int = 0
-    sent: int = 0
-    fragments_received: int = 0
-    reassembled: int = 0
-    fragmented: int = 0  # datagrams fragmented on output
-    fragments_created: int = 0
-    dropped: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
-class Icmp6Stats(_Counters):
+class Icmp6Stats(_IcmpCounters):
+    """ICMP's counters and ICMPv6's own (after ``dropped`` in the fields, in the same order in
+    :meth:`snapshot`, which leaves ``dropped`` out of the counters)."""
+
     layer: ClassVar[str] = "icmp6"
     reasons: ClassVar[frozenset[str]] = registered(Icmp6Drop)
-    received: int = 0
-    echo_requests_received: int = 0
-    echo_replies_sent: int = 0
-    echo_requests_sent: int = 0
-    echo_replies_received: int = 0
-    errors_received: int = 0
-    errors_delivered: int = 0
-    errors_sent: int = 0
-    errors_rate_limited: int = 0
     packet_too_big_received: int = 0
     nd_received: int = 0  # handed to nd6_input
-    dropped: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(slots=True)

@@ -1,0 +1,728 @@
+"""The HTTP filters that decide whether a request may pass: ``rbac``, ``jwt_authn`` and ``ext_authz``."""
+
+from __future__ import annotations
+
+import importlib.util
+import ipaddress
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Literal
+
+from trio_yastack.tls.config import DataSource
+
+from ._core import (
+    FractionalPercent,
+    StringMatcher,
+    _header_name,
+    _header_value,
+    _regex,
+    _runtime_fractional_percent,
+    _string_matcher,
+)
+from ._names import RBAC_TYPE
+from ._reader import (
+    _TYPED_CONFIG_FIELDS,
+    _bool,
+    _duration_gt0,
+    _enum,
+    _Fields,
+    _join,
+    _kind,
+    _list,
+    _named_map,
+    _nonempty_str,
+    _only_field,
+    _Reader,
+    _Skip,
+    _str,
+    _uint,
+    _uint32,
+)
+from ._route_match import RouteMatch, _route_match
+from ._tls import _data_source
+
+RbacKind = Literal[
+    "any",
+    "and",
+    "or",
+    "not",
+    "header",
+    "url_path",
+    "destination_ip",
+    "destination_port",
+    "destination_port_range",
+    "authenticated",
+    "remote_ip",
+    "direct_remote_ip",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class RbacHeaderMatcher:
+    """A ``HeaderMatcher`` as RBAC reads it (``config.route.v3.HeaderMatcher``, every match
+    specifier): ``string`` matches the header's values joined with ``,`` (Envoy's rule for a header
+    given more than once); None with ``present`` set is ``present_match``; ``invert`` is
+    ``invert_match``.  Pseudo-headers (``:path``, ``:method``, ``:authority``) can be named."""
+
+    name: str
+    string: StringMatcher | None = None
+    present: bool = True
+    invert: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RbacMatcher:
+    """One ``Permission`` or ``Principal`` (both are trees of the same shape): ``kind`` names the
+    oneof that is set.  ``children``: ``and_rules``/``or_rules``/``and_ids``/``or_ids`` (one child for
+    ``not_rule``/``not_id``); ``header``; ``string`` for ``url_path`` (the path without its query),
+    ``requested_server_name`` and ``authenticated.principal_name`` (None: any authenticated peer);
+    ``network`` for the CIDR kinds; ``ports`` (``[start, end)``) for the port kinds."""
+
+    kind: RbacKind
+    children: tuple[RbacMatcher, ...] = ()
+    header: RbacHeaderMatcher | None = None
+    string: StringMatcher | None = None
+    network: ipaddress.IPv4Network | ipaddress.IPv6Network | None = None
+    ports: tuple[int, int] = (0, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class RbacPolicy:
+    """``policies.<name>``: matches when any permission and any principal match."""
+
+    name: str
+    permissions: tuple[RbacMatcher, ...]
+    principals: tuple[RbacMatcher, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RbacRules:
+    """``config.rbac.v3.RBAC``: ``ALLOW`` lets a request through when a policy matches, ``DENY``
+    when none does, ``LOG`` always (Envoy only marks the request for its access log)."""
+
+    action: Literal["ALLOW", "DENY", "LOG"]
+    policies: tuple[RbacPolicy, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Rbac:
+    """``envoy.filters.http.rbac`` (and, through ``RBACPerRoute``, its per-route replacement: a
+    per-route config without ``rbac`` turns the filter off there).  ``rules`` absent: every request
+    goes on; ``shadow_rules`` are evaluated and counted (``shadow_allowed``/``shadow_denied``) but
+    never enforced; statistics under ``rbac.<rules_stat_prefix>``."""
+
+    rules: RbacRules | None = None
+    shadow_rules: RbacRules | None = None
+    rules_stat_prefix: str = ""
+    shadow_rules_stat_prefix: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class JwtRemoteJwks:
+    """``remote_jwks``: the JWKS fetched with a GET of ``uri`` from ``cluster`` (within ``timeout``),
+    kept for ``cache_duration`` (Envoy's default 10 minutes)."""
+
+    uri: str
+    cluster: str
+    timeout: float = 1.0
+    cache_duration: float = 600.0
+
+
+@dataclass(frozen=True, slots=True)
+class JwtProvider:
+    """``providers.<name>`` (``JwtProvider``).  Where the token is looked for: ``from_headers``
+    (name, value prefix), ``from_params``, ``from_cookies``; none given: ``Authorization: Bearer``
+    and the ``access_token`` query parameter, as Envoy.  ``forward`` keeps the token's header on the
+    request (Envoy removes it by default); ``forward_payload_header`` adds the payload (base64url,
+    unpadded unless ``pad_forward_payload_header``); ``claim_to_headers`` copies claims into
+    headers.  ``clock_skew_seconds``: Envoy's default 60."""
+
+    name: str
+    issuer: str = ""
+    audiences: tuple[str, ...] = ()
+    local_jwks: DataSource | None = None
+    remote_jwks: JwtRemoteJwks | None = None
+    forward: bool = False
+    from_headers: tuple[tuple[str, str], ...] = ()
+    from_params: tuple[str, ...] = ()
+    from_cookies: tuple[str, ...] = ()
+    forward_payload_header: str = ""
+    pad_forward_payload_header: bool = False
+    clock_skew_seconds: int = 60
+    claim_to_headers: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class JwtRequirement:
+    """``JwtRequirement``: ``kind`` ``provider`` (``provider_name``, with ``audiences`` replacing the
+    provider's for ``provider_and_audiences``), ``any``/``all`` (``requirements``),
+    ``allow_missing`` or ``allow_missing_or_failed``."""
+
+    kind: Literal["provider", "any", "all", "allow_missing", "allow_missing_or_failed"]
+    provider: str = ""
+    audiences: tuple[str, ...] | None = None
+    requirements: tuple[JwtRequirement, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class JwtRule:
+    """``rules[]``: the first whose ``match`` (a route match: prefix or path, headers) takes the
+    request decides what it needs (``requires`` absent: nothing)."""
+
+    match: RouteMatch
+    requires: JwtRequirement | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JwtAuthentication:
+    """``envoy.filters.http.jwt_authn``: providers by name, rules tried in order, named requirements
+    for ``PerRouteConfig.requirement_name``; ``bypass_cors_preflight`` lets CORS preflights through."""
+
+    providers: tuple[JwtProvider, ...] = ()
+    rules: tuple[JwtRule, ...] = ()
+    requirement_map: tuple[tuple[str, JwtRequirement], ...] = ()
+    bypass_cors_preflight: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class JwtPerRoute:
+    """``jwt_authn``'s ``PerRouteConfig``: ``disabled``, or the ``requirement_name`` of the
+    filter's ``requirement_map`` that this route needs (in place of the rules)."""
+
+    disabled: bool = False
+    requirement_name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ExtAuthz:
+    """``envoy.filters.http.ext_authz``: asks an authorization service about each request.
+
+    ``kind`` "http": ``http_service`` (``server_uri`` with its cluster and timeout, ``path_prefix``,
+    ``authorization_request``/``authorization_response``); "grpc": ``grpc_service`` with
+    ``envoy_grpc.cluster_name`` (``target`` None) or ``google_grpc.target_uri`` (``target``), calling
+    ``envoy.service.auth.v3.Authorization/Check``.  Header lists are ``StringMatcher`` patterns:
+    ``allowed_headers`` (None: Envoy's default set), ``allowed_upstream_headers`` (+ ``_to_append``),
+    ``allowed_client_headers`` (None: all of a denial's headers) and
+    ``allowed_client_headers_on_success``.  When the service fails (no answer in ``timeout``, a 5xx,
+    a gRPC error): ``failure_mode_allow`` lets the request through (with
+    ``x-envoy-auth-failure-mode-allowed: true`` when ``failure_mode_allow_header_add``), else the
+    client gets ``status_on_error`` (Envoy's default 403)."""
+
+    kind: Literal["http", "grpc"]
+    cluster: str = ""
+    target: str | None = None
+    authority: str | None = None
+    uri: str = ""
+    timeout: float = 0.2
+    path_prefix: str = ""
+    allowed_headers: tuple[StringMatcher, ...] | None = None
+    headers_to_add: tuple[tuple[str, str], ...] = ()
+    allowed_upstream_headers: tuple[StringMatcher, ...] = ()
+    allowed_upstream_headers_to_append: tuple[StringMatcher, ...] = ()
+    allowed_client_headers: tuple[StringMatcher, ...] | None = None
+    allowed_client_headers_on_success: tuple[StringMatcher, ...] = ()
+    failure_mode_allow: bool = False
+    failure_mode_allow_header_add: bool = False
+    status_on_error: int = 403
+    filter_enabled: FractionalPercent | None = None
+    stat_prefix: str = ""
+    include_peer_certificate: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ExtAuthzPerRoute:
+    """``ExtAuthzPerRoute``: ``disabled``, or ``check_settings.context_extensions`` sent with the
+    gRPC check of this route's requests."""
+
+    disabled: bool = False
+    context_extensions: tuple[tuple[str, str], ...] = ()
+
+
+def _rbac_message(r: _Reader, v: object, path: str) -> Rbac:
+    """An ``extensions.filters.http.rbac.v3.RBAC`` message (the filter's config, or ``rbac`` of a
+    per-route config); ``matcher``/``shadow_matcher`` (the matcher API) are outside the subset."""
+    tc = _Fields(r, v, path, _TYPED_CONFIG_FIELDS[RBAC_TYPE])
+    config = _rbac(r, tc)
+    tc.done()
+    return config
+
+
+def _rbac(r: _Reader, tc: _Fields) -> Rbac:
+    return Rbac(
+        rules=tc.opt("rules", _rbac_rules, None),
+        shadow_rules=tc.opt("shadow_rules", _rbac_rules, None),
+        rules_stat_prefix=tc.opt("rules_stat_prefix", _str, ""),
+        shadow_rules_stat_prefix=tc.opt("shadow_rules_stat_prefix", _str, ""),
+    )
+
+
+def _rbac_rules(r: _Reader, v: object, path: str) -> RbacRules:
+    f = _Fields(r, v, path, ("action", "policies"))
+    action: Literal["ALLOW", "DENY", "LOG"] = f.opt("action", _enum(("ALLOW", "DENY", "LOG")), "ALLOW")
+    policies: list[RbacPolicy] = []
+    raw = f.values.get("policies", {})
+    if not isinstance(raw, Mapping):
+        f.problem("policies", f"expected a mapping of policy names to policies, got {_kind(raw)}")
+        raw = {}
+    for name, policy in sorted(raw.items(), key=lambda item: str(item[0])):  # Envoy: a std::map
+        policy_path = _join(_join(path, "policies"), str(name))
+        try:
+            pf = _Fields(r, policy, policy_path, ("permissions", "principals"))
+            permissions = pf.req("permissions", _list(_rbac_permission, min_items=1))
+            principals = pf.req("principals", _list(_rbac_principal, min_items=1))
+            pf.done()
+            policies.append(RbacPolicy(str(name), permissions, principals))
+        except _Skip:
+            f.failed = True
+    f.done()
+    return RbacRules(action, tuple(policies))
+
+
+def _cidr(r: _Reader, v: object, path: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """A ``CidrRange``: ``address_prefix`` and ``prefix_len`` (absent: 0, as protobuf's default);
+    host bits set are cleared, as Envoy does."""
+    f = _Fields(r, v, path, ("address_prefix", "prefix_len"))
+    address = f.req("address_prefix", _nonempty_str)
+    length = f.opt("prefix_len", _uint(0, 128), 0)
+    f.done()
+    try:
+        return ipaddress.ip_network(f"{address}/{length}", strict=False)
+    except ValueError as exc:
+        r.fail(path, f"not a CIDR range: {exc}")
+
+
+_path_matcher = _only_field("path", _string_matcher)
+
+
+_RBAC_HEADER_SPECIFIERS = (
+    "exact_match",
+    "prefix_match",
+    "suffix_match",
+    "contains_match",
+    "safe_regex_match",
+    "present_match",
+    "string_match",
+)
+
+
+def _rbac_header(r: _Reader, v: object, path: str) -> RbacHeaderMatcher:
+    f = _Fields(r, v, path, ("name", *_RBAC_HEADER_SPECIFIERS, "invert_match"))
+    name = f.req("name", _nonempty_str)
+    invert = f.opt("invert_match", _bool, False)
+    present = [k for k in _RBAC_HEADER_SPECIFIERS if f.has(k)]
+    m = RbacHeaderMatcher(name.lower() if name else "", None, True, invert)
+    if len(present) > 1:
+        f.problem(present[1], f"only one match specifier may be set (also found {present[0]!r})")
+    elif present == ["present_match"]:
+        m = replace(m, present=f.req("present_match", _bool))
+    elif present == ["string_match"]:
+        m = replace(m, string=f.req("string_match", _string_matcher))
+    elif present == ["safe_regex_match"]:
+        m = replace(m, string=StringMatcher("safe_regex", f.req("safe_regex_match", _regex)))
+    elif present:
+        kind = present[0].removesuffix("_match")
+        m = replace(m, string=StringMatcher(kind, f.req(present[0], _str)))  # type: ignore[arg-type]  # one of the StringMatcher kinds, by the list above
+    f.done()
+    return m
+
+
+#: the rules of a ``Principal`` and a ``Permission`` (field -> kind); ``source_ip``: Envoy's deprecated
+#: name of ``direct_remote_ip``
+_RBAC_PRINCIPALS: dict[str, RbacKind] = {
+    "and_ids": "and",
+    "or_ids": "or",
+    "not_id": "not",
+    "any": "any",
+    "header": "header",
+    "url_path": "url_path",
+    "authenticated": "authenticated",
+    "remote_ip": "remote_ip",
+    "direct_remote_ip": "direct_remote_ip",
+    "source_ip": "direct_remote_ip",
+}
+_RBAC_PERMISSIONS: dict[str, RbacKind] = {
+    "and_rules": "and",
+    "or_rules": "or",
+    "not_rule": "not",
+    "any": "any",
+    "header": "header",
+    "url_path": "url_path",
+    "destination_ip": "destination_ip",
+    "destination_port": "destination_port",
+    "destination_port_range": "destination_port_range",
+}
+
+
+def _rbac_matcher(r: _Reader, v: object, path: str, *, principal: bool) -> RbacMatcher:
+    """A ``Permission`` (``principal`` False) or a ``Principal``: exactly one rule, read by kind."""
+    names = _RBAC_PRINCIPALS if principal else _RBAC_PERMISSIONS
+    item = _rbac_principal if principal else _rbac_permission
+    f = _Fields(r, v, path, tuple(names))
+    which = f.exactly_one(*names)
+    out = RbacMatcher("any")
+    if which is not None:
+        kind = names[which]
+        if kind in ("and", "or"):
+            key = "ids" if principal else "rules"
+
+            def rule_set(r: _Reader, v: object, path: str) -> tuple[RbacMatcher, ...]:
+                sf = _Fields(r, v, path, (key,))
+                rules = sf.req(key, _list(item, min_items=1))
+                sf.done()
+                return rules
+
+            out = RbacMatcher(kind, children=f.req(which, rule_set))
+        elif kind == "not":
+            out = RbacMatcher(kind, children=(f.req(which, item),))
+        elif kind == "any":
+            if f.req(which, _bool) is False:
+                f.problem(which, "must be true (Envoy's validation: any: true or another rule)")
+        elif kind == "header":
+            out = RbacMatcher(kind, header=f.req(which, _rbac_header))
+        elif kind == "url_path":
+            out = RbacMatcher(kind, string=f.req(which, _path_matcher))
+        elif kind == "authenticated":
+
+            def authenticated(r: _Reader, v: object, path: str) -> StringMatcher | None:
+                af = _Fields(r, v, path, ("principal_name",))
+                name = af.opt("principal_name", _string_matcher, None)
+                af.done()
+                return name
+
+            out = RbacMatcher(kind, string=f.req(which, authenticated))
+        elif kind == "destination_port":
+            port = f.req(which, _uint(0, 65535))
+            out = RbacMatcher(kind, ports=(port, port + 1) if port is not None else (0, 0))
+        elif kind == "destination_port_range":
+
+            def port_range(r: _Reader, v: object, path: str) -> tuple[int, int]:
+                pf = _Fields(r, v, path, ("start", "end"))
+                start, end = pf.opt("start", _uint(0, 65536), 0), pf.opt("end", _uint(0, 65536), 0)
+                pf.done()
+                return start, end
+
+            out = RbacMatcher(kind, ports=f.req(which, port_range))
+        else:
+            out = RbacMatcher(kind, network=f.req(which, _cidr))
+    f.done()
+    return out
+
+
+def _rbac_permission(r: _Reader, v: object, path: str) -> RbacMatcher:
+    return _rbac_matcher(r, v, path, principal=False)
+
+
+def _rbac_principal(r: _Reader, v: object, path: str) -> RbacMatcher:
+    return _rbac_matcher(r, v, path, principal=True)
+
+
+def _jwt_header(r: _Reader, v: object, path: str) -> tuple[str, str]:
+    f = _Fields(r, v, path, ("name", "value_prefix"))
+    name = f.req("name", _header_name)
+    prefix = f.opt("value_prefix", _str, "")
+    f.done()
+    return name.lower(), prefix
+
+
+def _jwt_claim_to_header(r: _Reader, v: object, path: str) -> tuple[str, str]:
+    f = _Fields(r, v, path, ("header_name", "claim_name"))
+    header = f.req("header_name", _header_name)
+    claim = f.req("claim_name", _nonempty_str)
+    f.done()
+    return header.lower(), claim
+
+
+def _jwt_remote_jwks(r: _Reader, v: object, path: str) -> JwtRemoteJwks:
+    f = _Fields(r, v, path, ("http_uri", "cache_duration"))
+    cache = f.opt("cache_duration", _duration_gt0, 600.0)
+    uri = f.req("http_uri", _http_uri)
+    f.done()
+    return JwtRemoteJwks(uri[0], uri[1], uri[2], cache)
+
+
+def _http_uri(r: _Reader, v: object, path: str) -> tuple[str, str, float]:
+    """An ``HttpUri``: ``uri`` (http or https, with a path), ``cluster`` (must exist) and
+    ``timeout`` (required by Envoy's validation)."""
+    f = _Fields(r, v, path, ("uri", "cluster", "timeout"))
+    uri = f.req("uri", _nonempty_str)
+    cluster = f.req("cluster", _nonempty_str)
+    timeout = f.req("timeout", _duration_gt0)
+    if uri is not None and not re.match(r"https?://[^/]+", uri):
+        f.problem("uri", f"{uri!r} is not an http:// or https:// URI")
+    if cluster is not None:
+        r.cluster_refs.append((cluster, _join(path, "cluster")))
+    f.done()
+    return uri, cluster, timeout
+
+
+def _jwt_cache_config(r: _Reader, v: object, path: str) -> None:
+    """Envoy's cache of verified tokens: accepted and not needed (a verification here is cheap
+    enough, and the JWKS, the costly part, is cached)."""
+    f = _Fields(r, v, path, ("jwt_cache_size", "jwt_max_token_size"))
+    f.opt("jwt_cache_size", _uint32, 0)
+    f.opt("jwt_max_token_size", _uint32, 0)
+    f.done()
+
+
+def _jwt_provider(r: _Reader, v: object, path: str, name: str) -> JwtProvider:
+    fields = (
+        "issuer", "audiences", "local_jwks", "remote_jwks", "forward", "from_headers", "from_params",
+        "from_cookies", "forward_payload_header", "pad_forward_payload_header", "clock_skew_seconds",
+        "claim_to_headers", "jwt_cache_config",
+    )  # fmt: skip
+    f = _Fields(r, v, path, fields)
+    f.exactly_one("local_jwks", "remote_jwks")
+    f.opt(
+        "jwt_cache_config", lambda r, v, p: _Fields(r, v, p, ("jwt_cache_size", "jwt_max_token_size")), None
+    )
+    provider = JwtProvider(
+        name,
+        issuer=f.opt("issuer", _str, ""),
+        audiences=f.opt("audiences", _list(_str), ()),
+        local_jwks=f.opt("local_jwks", _data_source, None),
+        remote_jwks=f.opt("remote_jwks", _jwt_remote_jwks, None),
+        forward=f.opt("forward", _bool, False),
+        from_headers=f.opt("from_headers", _list(_jwt_header), ()),
+        from_params=f.opt("from_params", _list(_nonempty_str), ()),
+        from_cookies=f.opt("from_cookies", _list(_nonempty_str), ()),
+        forward_payload_header=f.opt("forward_payload_header", _header_name, "").lower(),
+        pad_forward_payload_header=f.opt("pad_forward_payload_header", _bool, False),
+        clock_skew_seconds=f.opt("clock_skew_seconds", _uint32, 60),
+        claim_to_headers=f.opt("claim_to_headers", _list(_jwt_claim_to_header), ()),
+    )
+    f.done()
+    if provider.local_jwks is not None and provider.local_jwks.inline is not None:
+        try:
+            keys = json.loads(provider.local_jwks.inline)
+        except ValueError:
+            keys = None
+        if not isinstance(keys, dict) or not isinstance(keys.get("keys"), list):
+            r.fail(_join(path, "local_jwks"), 'not a JWKS: expected a JSON object with a "keys" list')
+    return provider
+
+
+_JWT_REQUIREMENT_FIELDS = (
+    "provider_name",
+    "provider_and_audiences",
+    "requires_any",
+    "requires_all",
+    "allow_missing",
+    "allow_missing_or_failed",
+)
+
+
+def _jwt_requirement(r: _Reader, v: object, path: str) -> JwtRequirement:
+    f = _Fields(r, v, path, _JWT_REQUIREMENT_FIELDS)
+    which = f.exactly_one(*_JWT_REQUIREMENT_FIELDS)
+    out = JwtRequirement("allow_missing_or_failed")
+    if which == "provider_name":
+        out = JwtRequirement("provider", provider=f.req(which, _nonempty_str))
+    elif which == "provider_and_audiences":
+
+        def provider_and_audiences(r: _Reader, v: object, path: str) -> JwtRequirement:
+            pf = _Fields(r, v, path, ("provider_name", "audiences"))
+            name = pf.req("provider_name", _nonempty_str)
+            audiences = pf.opt("audiences", _list(_str), ())
+            pf.done()
+            return JwtRequirement("provider", provider=name, audiences=audiences)
+
+        out = f.req(which, provider_and_audiences)
+    elif which in ("requires_any", "requires_all"):
+        requirement_list = _only_field("requirements", _list(_jwt_requirement, min_items=2))
+        kind: Literal["any", "all"] = "any" if which == "requires_any" else "all"
+        out = JwtRequirement(kind, requirements=f.req(which, requirement_list))
+    elif which in ("allow_missing", "allow_missing_or_failed"):
+        _Fields(r, f.values[which], _join(path, which), ()).done()  # google.protobuf.Empty
+        out = JwtRequirement(which)  # type: ignore[arg-type]  # one of the two kinds, by the test above
+    f.done()
+    return out
+
+
+def _jwt_rule(r: _Reader, v: object, path: str) -> JwtRule:
+    f = _Fields(r, v, path, ("match", "requires"))
+    rule = JwtRule(f.req("match", _route_match), f.opt("requires", _jwt_requirement, None))
+    f.done()
+    return rule
+
+
+def _jwt_authn(r: _Reader, tc: _Fields) -> JwtAuthentication:
+    tc.opt("stat_prefix", _str, "")
+    config = JwtAuthentication(
+        providers=tc.opt("providers", _named_map(_jwt_provider), ()),
+        rules=tc.opt("rules", _list(_jwt_rule), ()),
+        requirement_map=tc.opt(
+            "requirement_map", _named_map(lambda r, v, p, name: (name, _jwt_requirement(r, v, p))), ()
+        ),
+        bypass_cors_preflight=tc.opt("bypass_cors_preflight", _bool, False),
+    )
+    raw = tc.values.get("providers")
+    names = {str(k) for k in raw} if isinstance(raw, Mapping) else set()  # a failed one still counts
+
+    def check(req: JwtRequirement, path: str) -> None:
+        if req.kind == "provider" and req.provider not in names:
+            tc.problem(path, f"provider {req.provider!r} is not in providers ({', '.join(sorted(names))})")
+        for i, child in enumerate(req.requirements):
+            check(child, f"{path}.requirements[{i}]")
+
+    for i, rule in enumerate(config.rules or ()):  # None: the rules failed (tc.done() raises)
+        if rule.requires is not None:
+            check(rule.requires, f"rules[{i}].requires")
+    for name, req in config.requirement_map or ():
+        check(req, f"requirement_map.{name}")
+    return config
+
+
+def _ext_authz_check_settings(r: _Reader, v: object, path: str) -> tuple[tuple[str, str], ...]:
+    f = _Fields(r, v, path, ("context_extensions",))
+    raw = f.opt("context_extensions", _string_map, {})
+    f.done()
+    return tuple(raw.items())
+
+
+def _string_map(r: _Reader, v: object, path: str) -> dict[str, str]:
+    if not isinstance(v, Mapping):
+        r.fail(path, f"expected a mapping of strings, got {_kind(v)}")
+    out = {}
+    for key, value in v.items():
+        out[str(key)] = _str(r, value, _join(path, str(key)))
+    return out
+
+
+#: a ``ListStringMatcher``: ``patterns``, any of which may match
+_list_string_matcher = _only_field("patterns", _list(_string_matcher, min_items=1))
+
+
+def _http_status(r: _Reader, v: object, path: str) -> int:
+    """An ``HttpStatus``: ``code``, a ``StatusCode`` name (``Forbidden``) or its number."""
+    from envoy.type.v3 import http_status_pb2  # type: ignore[import-untyped]  # xds-protos: no stubs
+
+    f = _Fields(r, v, path, ("code",))
+    code = f.req("code", _str_or_int)
+    f.done()
+    values = http_status_pb2.StatusCode.DESCRIPTOR.values
+    for value in values:
+        if code in (value.name, value.number) and value.number >= 200:
+            return int(value.number)
+    r.fail(_join(path, "code"), f"{code!r} is not one of Envoy's StatusCode names (Forbidden, ...)")
+
+
+def _str_or_int(r: _Reader, v: object, path: str) -> str | int:
+    if isinstance(v, bool) or not isinstance(v, (str, int)):
+        r.fail(path, f"expected a name or a number, got {_kind(v)}")
+    return v
+
+
+def _ext_authz_http_service(r: _Reader, v: object, path: str) -> ExtAuthz:
+    f = _Fields(r, v, path, ("server_uri", "path_prefix", "authorization_request", "authorization_response"))
+    uri = f.req("server_uri", _http_uri)
+    prefix = f.opt("path_prefix", _str, "")
+    if prefix and not prefix.startswith("/"):
+        f.problem("path_prefix", f"{prefix!r} must start with '/'")
+    request = f.opt("authorization_request", _ext_authz_request, (None, ()))
+    response = f.opt("authorization_response", _ext_authz_response, ((), (), None, ()))
+    f.done()
+    return ExtAuthz(
+        "http",
+        cluster=uri[1],
+        uri=uri[0],
+        timeout=uri[2],
+        path_prefix=prefix,
+        allowed_headers=request[0],
+        headers_to_add=request[1],
+        allowed_upstream_headers=response[0],
+        allowed_upstream_headers_to_append=response[1],
+        allowed_client_headers=response[2],
+        allowed_client_headers_on_success=response[3],
+    )
+
+
+def _ext_authz_request(
+    r: _Reader, v: object, path: str
+) -> tuple[tuple[StringMatcher, ...] | None, tuple[tuple[str, str], ...]]:
+    f = _Fields(r, v, path, ("allowed_headers", "headers_to_add"))
+    allowed = f.opt("allowed_headers", _list_string_matcher, None)
+    to_add = f.opt("headers_to_add", _list(_header_value), ())
+    f.done()
+    return allowed, to_add
+
+
+_Patterns = tuple[StringMatcher, ...]
+
+
+def _ext_authz_response(
+    r: _Reader, v: object, path: str
+) -> tuple[_Patterns, _Patterns, _Patterns | None, _Patterns]:
+    names = (
+        "allowed_upstream_headers",
+        "allowed_upstream_headers_to_append",
+        "allowed_client_headers",
+        "allowed_client_headers_on_success",
+    )
+    f = _Fields(r, v, path, names)
+    out = (
+        f.opt(names[0], _list_string_matcher, ()),
+        f.opt(names[1], _list_string_matcher, ()),
+        f.opt(names[2], _list_string_matcher, None),
+        f.opt(names[3], _list_string_matcher, ()),
+    )
+    f.done()
+    return out
+
+
+def _ext_authz_grpc_service(r: _Reader, v: object, path: str) -> ExtAuthz:
+    f = _Fields(r, v, path, ("envoy_grpc", "google_grpc", "timeout"))
+    which = f.exactly_one("envoy_grpc", "google_grpc")
+    timeout = f.opt("timeout", _duration_gt0, 0.2)
+    config = ExtAuthz("grpc", timeout=timeout)
+    if which == "envoy_grpc":
+
+        def envoy_grpc(r: _Reader, v: object, path: str) -> ExtAuthz:
+            ef = _Fields(r, v, path, ("cluster_name", "authority"))
+            cluster = ef.req("cluster_name", _nonempty_str)
+            authority = ef.opt("authority", _str, None)
+            if cluster is not None:
+                r.cluster_refs.append((cluster, _join(path, "cluster_name")))
+            ef.done()
+            return replace(config, cluster=cluster, authority=authority or None)
+
+        config = f.req(which, envoy_grpc)
+    elif which == "google_grpc":
+
+        def google_grpc(r: _Reader, v: object, path: str) -> ExtAuthz:
+            gf = _Fields(r, v, path, ("target_uri", "stat_prefix"))
+            target = gf.req("target_uri", _nonempty_str)
+            gf.req("stat_prefix", _str)  # required by Envoy's validation
+            gf.done()
+            return replace(config, target=target)
+
+        config = f.req(which, google_grpc)
+    f.done()
+    if importlib.util.find_spec("grpc") is None:  # grpcio: this filter's gRPC client (the "grpc" extra)
+        r.fail(path, "needs grpcio (pip install 'trio_yastack[grpc]')")
+    return config
+
+
+def _ext_authz(r: _Reader, tc: _Fields) -> ExtAuthz:
+    which = tc.exactly_one("http_service", "grpc_service")
+    config = ExtAuthz("http")
+    if which == "http_service":
+        config = tc.req(which, _ext_authz_http_service)
+    elif which == "grpc_service":
+        config = tc.req(which, _ext_authz_grpc_service)
+    version = tc.opt("transport_api_version", _enum(("V3",)), "V3")
+    tc.opt("clear_route_cache", _bool, False)  # the route is chosen before the filters here
+    allowed = tc.opt("allowed_headers", _list_string_matcher, None)
+    rest = {
+        "failure_mode_allow": tc.opt("failure_mode_allow", _bool, False),
+        "failure_mode_allow_header_add": tc.opt("failure_mode_allow_header_add", _bool, False),
+        "status_on_error": tc.opt("status_on_error", _http_status, 403),
+        "filter_enabled": tc.opt("filter_enabled", _runtime_fractional_percent, None),
+        "stat_prefix": tc.opt("stat_prefix", _str, ""),
+        "include_peer_certificate": tc.opt("include_peer_certificate", _bool, False),
+    }
+    if config is None or version is None or tc.failed:
+        return ExtAuthz("http")  # tc.done() raises
+    allowed = allowed if allowed is not None else config.allowed_headers
+    return replace(config, allowed_headers=allowed, **rest)  # type: ignore[arg-type]  # each value read by its field's parser above

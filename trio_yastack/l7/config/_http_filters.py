@@ -1,0 +1,582 @@
+"""The HTTP filters' configs (``cors``, ``fault``, ``local_ratelimit``, ``compressor``, ``cache``,
+``grpc_web``, ``lua``, the router; the authorization filters come from :mod:`._auth_filters`), and
+the ``http_filters[]`` / ``typed_per_filter_config`` entries that name them."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._auth_filters import (
+    ExtAuthz,
+    ExtAuthzPerRoute,
+    JwtAuthentication,
+    JwtPerRoute,
+    Rbac,
+    _ext_authz,
+    _ext_authz_check_settings,
+    _jwt_authn,
+    _rbac,
+    _rbac_message,
+)
+from ._core import (
+    FractionalPercent,
+    HeaderValueOption,
+    StringMatcher,
+    _field_value,
+    _fractional_percent,
+    _header_value_option,
+    _http_status_code,
+    _runtime_fractional_percent,
+    _string_matcher,
+)
+from ._names import (
+    CACHE_NAME,
+    COMPRESSOR_NAME,
+    CORS_NAME,
+    EXT_AUTHZ_NAME,
+    FAULT_NAME,
+    GRPC_WEB_NAME,
+    GZIP_COMPRESSOR_TYPE,
+    HTTP_FILTER_TYPES,
+    JWT_AUTHN_NAME,
+    LOCAL_RATELIMIT_NAME,
+    LUA_NAME,
+    PER_ROUTE_TYPES,
+    RBAC_NAME,
+    ROUTER_NAME,
+    SIMPLE_CACHE_TYPE,
+)
+from ._reader import (
+    _TYPED_CONFIG_FIELDS,
+    Problem,
+    _bool,
+    _duration_gt0,
+    _empty_message,
+    _enum,
+    _extension,
+    _Fields,
+    _join,
+    _kind,
+    _list,
+    _named_map,
+    _nonempty_str,
+    _positive_uint32,
+    _Reader,
+    _Skip,
+    _str,
+    _uint,
+    _uint32,
+)
+from ._route_match import HeaderMatcher, _header_matcher
+from ._tls import _data_source
+
+
+@dataclass(frozen=True, slots=True)
+class CorsPolicy:
+    """``envoy.extensions.filters.http.cors.v3.CorsPolicy`` (in ``typed_per_filter_config`` of a virtual
+    host or route).  Each attribute left unset (None) is taken from the less specific policy, as Envoy
+    does: route first, then virtual host.  ``filter_enabled`` absent means enabled (Envoy's default);
+    ``shadow_enabled`` is accepted and, with no shadow statistics here, does nothing."""
+
+    allow_origin: tuple[StringMatcher, ...] = ()
+    allow_methods: str | None = None
+    allow_headers: str | None = None
+    expose_headers: str | None = None
+    max_age: str | None = None
+    allow_credentials: bool | None = None
+    filter_enabled: FractionalPercent | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Cors:
+    """The ``envoy.filters.http.cors`` filter: nothing to configure; the policies live on virtual hosts
+    and routes."""
+
+
+@dataclass(frozen=True, slots=True)
+class FaultDelay:
+    """``delay``: a ``fixed_delay``, or ``header_delay`` (the milliseconds of the request's
+    ``x-envoy-fault-delay-request``), applied to ``percentage`` of requests (Envoy's default: none)."""
+
+    fixed_delay: float | None
+    percentage: FractionalPercent = field(default_factory=FractionalPercent)
+
+
+@dataclass(frozen=True, slots=True)
+class FaultAbort:
+    """``abort``: ``http_status`` (200-599), or ``header_abort`` (the status in the request's
+    ``x-envoy-fault-abort-request``), for ``percentage`` of requests (Envoy's default: none)."""
+
+    http_status: int | None
+    percentage: FractionalPercent = field(default_factory=FractionalPercent)
+
+
+@dataclass(frozen=True, slots=True)
+class HttpFault:
+    """``envoy.filters.http.fault`` (and its per-route override, the same type).  Delay first, then
+    abort, as Envoy injects them; ``max_active_faults`` bounds faults in flight (unbounded by default);
+    ``headers`` must all match for a request to be eligible; runtime keys as in Envoy
+    (``fault.http.abort.abort_percent``, ``fault.http.abort.http_status``,
+    ``fault.http.delay.fixed_delay_percent``, ``fault.http.delay.fixed_duration_ms``)."""
+
+    delay: FaultDelay | None = None
+    abort: FaultAbort | None = None
+    max_active_faults: int | None = None
+    headers: tuple[HeaderMatcher, ...] = ()
+    upstream_cluster: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TokenBucket:
+    """``token_bucket``: starts full with ``max_tokens``; every ``fill_interval`` adds ``tokens_per_fill``
+    (default 1) up to ``max_tokens``."""
+
+    max_tokens: int
+    fill_interval: float
+    tokens_per_fill: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class LocalRateLimit:
+    """``envoy.filters.http.local_ratelimit`` (and its per-route override, the same type, with a bucket
+    of its own).  Envoy's defaults: ``filter_enabled`` and ``filter_enforced`` 0% (the filter does
+    nothing until both are set), ``status`` 429, one bucket shared by all connections."""
+
+    stat_prefix: str
+    token_bucket: TokenBucket | None = None
+    filter_enabled: FractionalPercent = field(default_factory=FractionalPercent)
+    filter_enforced: FractionalPercent = field(default_factory=FractionalPercent)
+    status: int = 429
+    response_headers_to_add: tuple[HeaderValueOption, ...] = ()
+    per_connection: bool = False
+
+
+#: Envoy's default ``content_type`` list of the compressor
+COMPRESSIBLE_TYPES = (
+    "application/javascript",
+    "application/json",
+    "application/xhtml+xml",
+    "image/svg+xml",
+    "text/css",
+    "text/html",
+    "text/plain",
+    "text/xml",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Compressor:
+    """``envoy.filters.http.compressor`` with the gzip library (the only one here).  Envoy's defaults:
+    responses of at least 30 bytes (``min_content_length``) of the types :data:`COMPRESSIBLE_TYPES`,
+    to clients whose ``Accept-Encoding`` takes gzip; a strong ``ETag`` is weakened, or with
+    ``disable_on_etag_header`` the response is left alone.  Gzip: ``compression_level`` (zlib's: -1 is
+    its default, 6), ``memory_level`` 5, ``window_bits`` 12.  ``enabled`` is the response direction's
+    ``RuntimeFeatureFlag`` (``runtime_key`` read from the runtime)."""
+
+    compression_level: int = -1
+    memory_level: int = 5
+    window_bits: int = 12
+    strategy: int = 0
+    min_content_length: int = 30
+    content_types: tuple[str, ...] = COMPRESSIBLE_TYPES
+    disable_on_etag_header: bool = False
+    enabled: bool = True
+    enabled_runtime_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HttpCache:
+    """``envoy.filters.http.cache`` with Envoy's in-memory ``SimpleHttpCache``: GET responses with an
+    explicit freshness lifetime (``s-maxage`` or ``max-age``) are kept and served from memory while
+    fresh.  ``allowed_vary_headers``: the only headers a cached response may ``Vary`` on;
+    ``max_body_bytes`` (0: Envoy's "no limit"; here at most 1 MiB per entry);
+    ``ignore_request_cache_control_header``."""
+
+    allowed_vary_headers: tuple[StringMatcher, ...] = ()
+    max_body_bytes: int = 0
+    ignore_request_cache_control_header: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CompressorPerRoute:
+    """``CompressorPerRoute``: ``disabled`` turns the compressor off on a route or virtual host."""
+
+    disabled: bool
+
+
+@dataclass(frozen=True, slots=True)
+class GrpcWeb:
+    """``envoy.filters.http.grpc_web``: gRPC-Web clients to a gRPC upstream (nothing to configure)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Lua:
+    """``envoy.filters.http.lua``: ``default_source_code`` (or the deprecated ``inline_code``) runs
+    on every request, ``source_codes`` by name for routes that ask for one; ``stat_prefix`` names
+    the ``lua.errors`` counter's scope."""
+
+    code: str = ""
+    source_codes: tuple[tuple[str, str], ...] = ()
+    stat_prefix: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class LuaPerRoute:
+    """``LuaPerRoute``: ``disabled``, a ``name`` of the filter's ``source_codes``, or a
+    ``source_code`` of its own."""
+
+    disabled: bool = False
+    name: str | None = None
+    code: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RouterFilter:
+    """``envoy.filters.http.router``: the terminal filter (nothing to configure in the subset)."""
+
+
+HttpFilterConfig = (
+    Compressor
+    | Cors
+    | ExtAuthz
+    | GrpcWeb
+    | HttpCache
+    | HttpFault
+    | JwtAuthentication
+    | LocalRateLimit
+    | Lua
+    | Rbac
+    | RouterFilter
+)
+PerRouteConfig = (
+    CompressorPerRoute
+    | CorsPolicy
+    | ExtAuthzPerRoute
+    | HttpFault
+    | JwtPerRoute
+    | LocalRateLimit
+    | LuaPerRoute
+    | Rbac
+)
+
+
+@dataclass(frozen=True, slots=True)
+class HttpFilter:
+    """``http_filters[]``: a name and its config; ``disabled`` filters run only on routes whose
+    ``typed_per_filter_config`` names them (Envoy's meaning)."""
+
+    name: str
+    config: HttpFilterConfig
+    disabled: bool = False
+
+
+def _http_filter(r: _Reader, v: object, path: str) -> HttpFilter:
+    if isinstance(v, Mapping) and v.get("name") == ROUTER_NAME and v.get("typed_config") is None:
+        # Envoy finds the router by its name alone: it has nothing to configure
+        f = _Fields(r, v, path, ("name", "typed_config", "disabled"))
+        disabled = f.opt("disabled", _bool, False)
+        f.done()
+        return HttpFilter(ROUTER_NAME, RouterFilter(), disabled)
+    name, f, tc = _extension(r, v, path, HTTP_FILTER_TYPES, extra=("disabled",))
+    disabled = f.opt("disabled", _bool, False)
+    try:
+        config = _http_filter_config(r, name, tc)
+    finally:
+        f.done()
+    return HttpFilter(name, config, disabled)
+
+
+def _http_filter_config(r: _Reader, name: str, tc: _Fields) -> HttpFilterConfig:
+    config: HttpFilterConfig
+    if name == FAULT_NAME:
+        config = _fault(r, tc)
+    elif name == COMPRESSOR_NAME:
+        config = _compressor(r, tc)
+    elif name == CACHE_NAME:
+        config = _http_cache(r, tc)
+    elif name == LOCAL_RATELIMIT_NAME:
+        config = _local_ratelimit(r, tc)
+    elif name == RBAC_NAME:
+        config = _rbac(r, tc)
+    elif name == JWT_AUTHN_NAME:
+        config = _jwt_authn(r, tc)
+    elif name == EXT_AUTHZ_NAME:
+        config = _ext_authz(r, tc)
+    elif name == GRPC_WEB_NAME:
+        config = GrpcWeb()
+    elif name == LUA_NAME:
+        config = _lua(r, tc)
+    else:
+        config = Cors() if name == CORS_NAME else RouterFilter()
+    tc.done()
+    return config
+
+
+def _per_filter_configs(r: _Reader, v: object, path: str) -> tuple[tuple[str, PerRouteConfig], ...]:
+    """``typed_per_filter_config``: filter name -> an ``Any`` of that filter's per-route type."""
+    if not isinstance(v, Mapping):
+        r.fail(path, f"expected a mapping, got {_kind(v)}")
+    out: list[tuple[str, PerRouteConfig]] = []
+    failed = False
+    for name, config in v.items():
+        item_path = _join(path, str(name))
+        if not isinstance(name, str) or name not in PER_ROUTE_TYPES:
+            r.problems.append(
+                Problem(item_path, f"unsupported filter {name!r} (supported: {', '.join(PER_ROUTE_TYPES)})")
+            )
+            failed = True
+            continue
+        try:
+            out.append((name, _per_filter_config(r, name, config, item_path)))
+        except _Skip:
+            failed = True
+    if failed:
+        raise _Skip
+    return tuple(out)
+
+
+def _per_filter_config(r: _Reader, name: str, v: object, path: str) -> PerRouteConfig:
+    type_url = PER_ROUTE_TYPES[name]
+    if not isinstance(v, Mapping):
+        r.fail(path, f"expected a mapping, got {_kind(v)}")
+    if v.get("@type") != type_url:
+        got = v.get("@type")
+        r.fail(_join(path, "@type"), f'{got!r}: {name} takes "@type": {type_url} here')
+    tc = _Fields(r, {k: x for k, x in v.items() if k != "@type"}, path, _TYPED_CONFIG_FIELDS[type_url])
+    config: PerRouteConfig
+    if name == CORS_NAME:
+        config = _cors_policy(r, tc)
+    elif name == COMPRESSOR_NAME:
+        disabled = tc.req("disabled", _bool)
+        config = CompressorPerRoute(disabled if disabled is not None else False)
+    elif name == FAULT_NAME:
+        config = _fault(r, tc)
+    elif name == RBAC_NAME:
+        config = tc.opt("rbac", _rbac_message, Rbac())
+    elif name == EXT_AUTHZ_NAME:
+        which = tc.exactly_one("disabled", "check_settings")
+        if which == "disabled":
+            config = ExtAuthzPerRoute(disabled=tc.req("disabled", _bool))
+        else:
+            config = ExtAuthzPerRoute(context_extensions=tc.req("check_settings", _ext_authz_check_settings))
+    elif name == LUA_NAME:
+        which = tc.exactly_one("disabled", "name", "source_code")
+        if which == "disabled":
+            config = LuaPerRoute(disabled=tc.req("disabled", _bool))
+        elif which == "name":
+            config = LuaPerRoute(name=tc.req("name", _nonempty_str))
+        else:
+            config = LuaPerRoute(code=tc.req("source_code", _lua_source))
+    elif name == JWT_AUTHN_NAME:
+        which = tc.exactly_one("disabled", "requirement_name")
+        if which == "disabled":
+            config = JwtPerRoute(disabled=tc.req("disabled", _bool))
+        else:
+            config = JwtPerRoute(requirement_name=tc.req("requirement_name", _nonempty_str))
+    else:
+        config = _local_ratelimit(r, tc)
+    tc.done()
+    return config
+
+
+def _cors_policy(r: _Reader, tc: _Fields) -> CorsPolicy:
+    def header_list(r: _Reader, v: object, path: str) -> str:
+        return _field_value(r, v, path)
+
+    policy = CorsPolicy(
+        allow_origin=tc.opt("allow_origin_string_match", _list(_string_matcher), ()),
+        allow_methods=tc.opt("allow_methods", header_list, None) or None,
+        allow_headers=tc.opt("allow_headers", header_list, None) or None,
+        expose_headers=tc.opt("expose_headers", header_list, None) or None,
+        max_age=tc.opt("max_age", header_list, None) or None,
+        allow_credentials=tc.opt("allow_credentials", _bool, None),
+        filter_enabled=tc.opt("filter_enabled", _runtime_fractional_percent, None),
+    )
+    tc.opt("shadow_enabled", _runtime_fractional_percent, None)
+    return policy
+
+
+def _lua_source(r: _Reader, v: object, path: str) -> str:
+    """A Lua script's ``DataSource`` (inline or a file read now), compiled here so a syntax error is
+    a config problem at its path, as Envoy reports it at load."""
+    source = _data_source(r, v, path)
+    try:
+        code = source.read().decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        r.fail(path, f"cannot read the script: {exc}")
+    _lua_compiles(r, code, path)
+    return code
+
+
+def _lua_compiles(r: _Reader, code: str, path: str) -> None:
+    try:
+        import lupa  # type: ignore[import-untyped]  # lupa ships no type stubs (the "lua" extra)
+    except ImportError:
+        r.fail(path, "needs lupa (pip install 'trio_yastack[lua]')")
+    loaded = lupa.LuaRuntime().globals().load(code)  # load() compiles without running
+    if isinstance(loaded, tuple):  # (nil, message)
+        r.fail(path, f"Lua: {loaded[-1]}")
+
+
+def _lua(r: _Reader, tc: _Fields) -> Lua:
+    which = [k for k in ("inline_code", "default_source_code") if tc.has(k)]
+    if len(which) > 1:
+        tc.problem("default_source_code", "only one of inline_code, default_source_code may be set")
+    code = ""
+    if tc.has("inline_code"):
+        code = tc.req("inline_code", _str)
+        if code is not None:
+            try:
+                _lua_compiles(tc.r, code, _join(tc.path, "inline_code"))
+            except _Skip:
+                tc.failed = True
+    elif tc.has("default_source_code"):
+        code = tc.req("default_source_code", _lua_source)
+    codes = tc.opt("source_codes", _named_map(lambda r, v, p, name: (name, _lua_source(r, v, p))), ())
+    return Lua(code or "", codes or (), tc.opt("stat_prefix", _str, ""))
+
+
+_ZLIB_LEVELS = {"DEFAULT_COMPRESSION": -1, "BEST_SPEED": 1, "BEST_COMPRESSION": 9} | {
+    f"COMPRESSION_LEVEL_{n}": n for n in range(1, 10)
+}
+_ZLIB_STRATEGIES = {"DEFAULT_STRATEGY": 0, "FILTERED": 1, "HUFFMAN_ONLY": 2, "RLE": 3, "FIXED": 4}
+
+
+def _gzip_library(r: _Reader, v: object, path: str) -> dict[str, Any]:
+    _, f, tc = _extension(r, v, path, {"gzip": GZIP_COMPRESSOR_TYPE}, types_by_url=True)
+    out = {
+        # (.get: a failed enum read is None, and tc.done() below raises before it is used)
+        "compression_level": _ZLIB_LEVELS.get(
+            tc.opt("compression_level", _enum(tuple(_ZLIB_LEVELS)), "DEFAULT_COMPRESSION"), -1
+        ),
+        "strategy": _ZLIB_STRATEGIES.get(
+            tc.opt("compression_strategy", _enum(tuple(_ZLIB_STRATEGIES)), "DEFAULT_STRATEGY"), 0
+        ),
+        "memory_level": tc.opt("memory_level", _uint(1, 9), 5),
+        "window_bits": tc.opt("window_bits", _uint(9, 15), 12),
+    }
+    tc.opt("chunk_size", _uint(4096, 65536), 4096)  # zlib's output buffer: Python's zlib sizes its own
+    tc.done()
+    f.done()
+    return out
+
+
+def _feature_flag(r: _Reader, v: object, path: str) -> tuple[bool, str | None]:
+    f = _Fields(r, v, path, ("default_value", "runtime_key"))
+    value = f.req("default_value", _bool)
+    key = f.opt("runtime_key", _str, None)
+    f.done()
+    return value, key or None
+
+
+def _compressor_common(r: _Reader, v: object, path: str) -> dict[str, Any]:
+    f = _Fields(r, v, path, ("enabled", "min_content_length", "content_type"))
+    out: dict[str, Any] = {}
+    if f.has("enabled"):
+        out["enabled"], out["enabled_runtime_key"] = f.req("enabled", _feature_flag) or (True, None)
+    if f.has("min_content_length"):
+        out["min_content_length"] = f.req("min_content_length", _uint32)
+    if f.has("content_type"):
+        out["content_types"] = tuple(t.lower() for t in f.req("content_type", _list(_nonempty_str)) or ())
+    f.done()  # raises if anything above failed, so no placeholder escapes
+    return out
+
+
+def _compressor_response(r: _Reader, v: object, path: str) -> dict[str, Any]:
+    f = _Fields(r, v, path, ("common_config", "disable_on_etag_header"))
+    out = f.opt("common_config", _compressor_common, {}) or {}
+    if f.has("disable_on_etag_header"):
+        out = out | {"disable_on_etag_header": f.req("disable_on_etag_header", _bool)}
+    f.done()
+    return out
+
+
+def _compressor(r: _Reader, tc: _Fields) -> Compressor:
+    library = tc.req("compressor_library", _gzip_library)
+    settings: dict[str, Any] = {}
+    # the deprecated top-level fields Envoy still reads (response_direction_config wins)
+    if tc.has("content_length"):
+        settings["min_content_length"] = tc.req("content_length", _uint32)
+    if tc.has("content_type"):
+        settings["content_types"] = tuple(
+            t.lower() for t in tc.req("content_type", _list(_nonempty_str)) or ()
+        )
+    if tc.has("disable_on_etag_header"):
+        settings["disable_on_etag_header"] = tc.req("disable_on_etag_header", _bool)
+    settings |= tc.opt("response_direction_config", _compressor_response, {}) or {}
+    return Compressor(**((library or {}) | settings))
+
+
+def _cache_storage(r: _Reader, v: object, path: str) -> None:
+    """The cache's storage ``typed_config``: only Envoy's in-memory SimpleHttpCacheConfig."""
+    f = _Fields(r, v, path, ("@type",))
+    url = f.req("@type", _str)
+    if url is not None and url != SIMPLE_CACHE_TYPE:
+        f.problem("@type", f"{url!r}: the only cache storage here is {SIMPLE_CACHE_TYPE}")
+    f.done()
+
+
+def _http_cache(r: _Reader, tc: _Fields) -> HttpCache:
+    tc.req("typed_config", _cache_storage)
+    return HttpCache(
+        allowed_vary_headers=tc.opt("allowed_vary_headers", _list(_string_matcher), ()),
+        max_body_bytes=tc.opt("max_body_bytes", _uint32, 0),
+        ignore_request_cache_control_header=tc.opt("ignore_request_cache_control_header", _bool, False),
+    )
+
+
+def _fault_delay(r: _Reader, v: object, path: str) -> FaultDelay:
+    f = _Fields(r, v, path, ("fixed_delay", "header_delay", "percentage"))
+    which = f.exactly_one("fixed_delay", "header_delay")
+    fixed = f.req("fixed_delay", _duration_gt0) if which == "fixed_delay" else None
+    if which == "header_delay":
+        f.req("header_delay", _empty_message)
+    delay = FaultDelay(fixed, f.opt("percentage", _fractional_percent, FractionalPercent()))
+    f.done()
+    return delay
+
+
+def _fault_abort(r: _Reader, v: object, path: str) -> FaultAbort:
+    f = _Fields(r, v, path, ("http_status", "header_abort", "percentage"))
+    which = f.exactly_one("http_status", "header_abort")
+    status = f.req("http_status", _uint(200, 599)) if which == "http_status" else None
+    if which == "header_abort":
+        f.req("header_abort", _empty_message)
+    abort = FaultAbort(status, f.opt("percentage", _fractional_percent, FractionalPercent()))
+    f.done()
+    return abort
+
+
+def _fault(r: _Reader, tc: _Fields) -> HttpFault:
+    return HttpFault(
+        delay=tc.opt("delay", _fault_delay, None),
+        abort=tc.opt("abort", _fault_abort, None),
+        max_active_faults=tc.opt("max_active_faults", _uint32, None),
+        headers=tc.opt("headers", _list(_header_matcher), ()),
+        upstream_cluster=tc.opt("upstream_cluster", _nonempty_str, None),
+    )
+
+
+def _token_bucket(r: _Reader, v: object, path: str) -> TokenBucket:
+    f = _Fields(r, v, path, ("max_tokens", "tokens_per_fill", "fill_interval"))
+    bucket = TokenBucket(
+        max_tokens=f.req("max_tokens", _positive_uint32),
+        fill_interval=f.req("fill_interval", _duration_gt0),
+        tokens_per_fill=f.opt("tokens_per_fill", _positive_uint32, 1),
+    )
+    f.done()
+    return bucket
+
+
+def _local_ratelimit(r: _Reader, tc: _Fields) -> LocalRateLimit:
+    return LocalRateLimit(
+        stat_prefix=tc.req("stat_prefix", _nonempty_str),
+        token_bucket=tc.opt("token_bucket", _token_bucket, None),
+        filter_enabled=tc.opt("filter_enabled", _runtime_fractional_percent, FractionalPercent()),
+        filter_enforced=tc.opt("filter_enforced", _runtime_fractional_percent, FractionalPercent()),
+        status=tc.opt("status", _http_status_code, 429),
+        response_headers_to_add=tc.opt("response_headers_to_add", _list(_header_value_option), ()),
+        per_connection=tc.opt("local_rate_limit_per_downstream_connection", _bool, False),
+    )
