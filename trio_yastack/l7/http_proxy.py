@@ -9,6 +9,9 @@ the upstream's response parsed by llhttp and written to the client as the bytes 
 h11 never sees it.  Everything else (chunked or longer bodies, 100-continue, upgrades, pipelining,
 HTTP/1.0, ``HEAD``, malformed requests, the ``cache`` and ``compressor`` filters) takes h11 as
 before.  Routing, timers, retries, failures, stats and access logs are the same code for both.
+Of the fast path's requests, the bodyless ones on a connection manager without HTTP filters, to a
+cluster by a route without retries, mirrors or header options, go through one lean function
+(:meth:`HttpConnectionManagerRuntime._proxy_plain`) instead of the general request objects.
 
 HTTP/2 on either side goes through the same code: a client's HTTP/2 stream is served as a
 one-request HTTP/1.1 connection (:mod:`.h2_downstream`, chosen by ALPN ``h2``, ``codec_type`` HTTP2,
