@@ -514,8 +514,14 @@ async def test_the_fast_path_under_cors_writes_what_the_h11_path_writes(
     extras = [origin + b"Access-Control-Request-Method: PUT\r\n", origin, b"Origin: https://evil.test\r\n"]
     paths = [b"/options/x", b"/length", b"/chunked"]
     taken = _path(True, monkeypatch)
-    fast = await _exchanges(paths, manager, extras)
-    assert taken == [True] * len(paths)
+    lean_taken = _lean(True, monkeypatch)
+    lean_stats: dict[str, int] = {}
+    fast = await _exchanges(paths, manager, extras, lean_stats)
+    assert taken == [True] * len(paths) and lean_taken == [True] * len(paths)  # the lean path, filters too
+    _lean(False, monkeypatch)  # the fast path's general objects
+    objects_stats: dict[str, int] = {}
+    assert await _exchanges(paths, manager, extras, objects_stats) == fast
+    assert _ports_masked(lean_stats) == _ports_masked(objects_stats)
     _path(False, monkeypatch)
     assert await _exchanges(paths, manager, extras) == fast
     client_side, upstream_side = fast

@@ -9,8 +9,8 @@ the upstream's response parsed by llhttp and written to the client as the bytes 
 h11 never sees it.  Everything else (chunked or longer bodies, 100-continue, upgrades, pipelining,
 HTTP/1.0, ``HEAD``, malformed requests, the ``cache`` and ``compressor`` filters) takes h11 as
 before.  Routing, timers, retries, failures, stats and access logs are the same code for both.
-Of the fast path's requests, the bodyless ones on a connection manager without HTTP filters, to a
-cluster by a route without retries, mirrors or header options, go through one lean function
+Of the fast path's requests, the bodyless ones on a connection manager without ``local_reply_config``,
+to a cluster by a route without retries, mirrors or header options, go through one lean function
 (:meth:`HttpConnectionManagerRuntime._proxy_plain`) instead of the general request objects.
 
 HTTP/2 on either side goes through the same code: a client's HTTP/2 stream is served as a
@@ -435,8 +435,8 @@ class HttpConnectionManagerRuntime:
         # know — sends every request through h11 and the general relay.
         self.plain_ok = all(f.name in _PLAIN_FILTERS for f in config.http_filters)
         # The lean path (:meth:`_proxy_plain`) for the fast path's bodyless requests when nothing
-        # configured needs the general objects: no HTTP filter, no ``local_reply_config``.
-        self.lean_ok = self.plain_ok and self.filters is None and not self.local_reply
+        # configured needs the general objects: plain filters only, no ``local_reply_config``.
+        self.lean_ok = self.plain_ok and not self.local_reply
         # Host value -> (virtual host, the route every origin-form path takes there, if one does)
         self._routes: dict[bytes, tuple[VirtualHost | None, Route | None]] = {}
 
@@ -747,7 +747,8 @@ class HttpConnectionManagerRuntime:
     async def _proxy_plain(self, ds: _Downstream, request: PlainRequest, record: AccessRecord) -> bool | None:
         """The predicted request in one function (FreeBSD's header prediction, carried to the end):
         a bodyless request of the fast path (:mod:`._http1`, its head under :data:`_LEAN_MAX_READ`),
-        on a connection manager without HTTP filters or ``local_reply_config``, routed to a
+        on a connection manager with only the fast path's plain HTTP filters (cors, fault,
+        local_ratelimit) and no ``local_reply_config``, routed to a
         cluster by a route without retries, mirrors or header options.  The same answers, timers,
         stats and access-log lines as :meth:`_proxy_request` with :class:`_RouterRequest` and
         :class:`_UpstreamRequest` (``tests/test_proxy_http1.py`` compares the two), without their
@@ -789,6 +790,38 @@ class HttpConnectionManagerRuntime:
             record.authority = request.host.decode("latin-1") or None
             record.protocol = "HTTP/1.1"
             record.user_agent = _text(get_header(request.headers, b"user-agent"))
+        if self.filters is None:
+            return await self._lean_upstream(ds, request, route, action, record, logged, ())
+        # The plain filters (cors, fault, local_ratelimit: see plain_ok) decide from the head, as
+        # in _proxy_request: a local answer, a delay, response headers; never a cached response
+        # or a request-body decoder (those filters keep the general path).
+        view = RequestView(
+            request.method.decode("latin-1"), request.target.decode("latin-1"), request.headers, vhost, route,
+            ds.filter_state, ds,
+        )  # fmt: skip
+        outcome = await self.filters.decode(view, trio.current_time)
+        flags = outcome.flags
+        if outcome.status is not None:
+            record.response_flags = ",".join(flags) or "-"
+            await self._local_reply(
+                ds, outcome.status, outcome.body, close=False, record=record, headers=outcome.reply_headers
+            )
+            return True
+        try:
+            return await self._lean_upstream(
+                ds, request, route, action, record, logged, outcome.response_headers
+            )
+        finally:
+            if flags:  # a delay injected: listed before the router's own flags, if any
+                router_flags = record.response_flags
+                record.response_flags = ",".join(flags) + ("" if router_flags == "-" else f",{router_flags}")
+
+    async def _lean_upstream(
+        self, ds: _Downstream, request: PlainRequest, route: Route, action: RouteAction, record: AccessRecord,
+        logged: bool, response_headers: Sequence[tuple[bytes, bytes]],
+    ) -> bool:  # fmt: skip
+        """:meth:`_proxy_plain`'s request to the route's cluster and the response relayed, with the
+        HTTP filters' ``response_headers``; True keeps the client connection."""
         cluster = _pick_cluster(self, action)
         head, xff, request_id = _lean_head(request, route, action, ds, self.rng)
         if logged:
@@ -868,7 +901,7 @@ class HttpConnectionManagerRuntime:
                     attempt_started,
                     route_deadline,
                     stream_idle,
-                    (),
+                    response_headers,
                 )
             except trio.Cancelled:
                 await conn.aclose()  # shielded
