@@ -5,14 +5,18 @@ whole exchanges through the proxy on kernel sockets, fast path against h11 path.
 from __future__ import annotations
 
 import contextlib
+import re
 import socket
+from collections.abc import Awaitable, Callable
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import h11
 import pytest
 import trio
 from proxy_helpers import bootstrap, cluster, hcm, http_listener, route, running_proxy
+from test_proxy_http import file_log
 
 from trio_yastack.l7._http1 import (
     MAX_RESPONSE_HEAD,
@@ -24,7 +28,7 @@ from trio_yastack.l7._http1 import (
     request_head_bytes,
     response_head_bytes,
 )
-from trio_yastack.l7.http_proxy import ProxyLimits
+from trio_yastack.l7.http_proxy import HttpConnectionManagerRuntime, ProxyLimits
 
 # --- the heads, against h11 ---
 
@@ -268,12 +272,16 @@ def _free_port() -> int:
 
 
 async def _exchanges(
-    paths: list[bytes], manager: dict[str, Any] | None = None, extras: list[bytes] = _EXTRA_HEADERS
+    paths: list[bytes],
+    manager: dict[str, Any] | None = None,
+    extras: list[bytes] = _EXTRA_HEADERS,
+    stats: dict[str, int] | None = None,
 ) -> tuple[list[bytes], list[bytes]]:
     """Each of ``paths`` as a GET (a POST for ``/post``, an OPTIONS for ``/options...``) with the
     next of ``extras`` through a fresh proxy (connection manager ``manager``) on kernel sockets, on
     one client connection (a new one after a response framed by the close): what the client
-    received and what the backend received, per request."""
+    received and what the backend received, per request; ``stats``: filled with the proxy's
+    statistics at the end."""
     backend_port, proxy_port = _free_port(), _free_port()
     upstream_seen: list[bytes] = []
 
@@ -312,7 +320,7 @@ async def _exchanges(
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
             await nursery.start(partial(trio.serve_tcp, backend, backend_port, host="127.0.0.1"))
-            async with running_proxy(config, None):
+            async with running_proxy(config, None) as proxy:
                 client = await trio.open_tcp_stream("127.0.0.1", proxy_port)
                 for number, path in enumerate(paths):
                     extra = extras[number % len(extras)]
@@ -347,8 +355,19 @@ async def _exchanges(
                         await client.aclose()
                         client = await trio.open_tcp_stream("127.0.0.1", proxy_port)
                 await client.aclose()
+                if stats is not None:
+                    await _closed(proxy)
+                    stats.update(proxy.stats.flat())
             nursery.cancel_scope.cancel()
     return received, upstream_seen
+
+
+async def _closed(proxy: Any) -> None:
+    """Until the proxy has counted the client's last close, in the connection manager's and the
+    listener's statistics (they then settle)."""
+    with trio.fail_after(5):
+        while any(v for k, v in proxy.stats.flat().items() if k.endswith("downstream_cx_active")):
+            await trio.sleep(0.01)
 
 
 async def test_the_fast_path_writes_what_the_h11_path_writes(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -495,8 +514,14 @@ async def test_the_fast_path_under_cors_writes_what_the_h11_path_writes(
     extras = [origin + b"Access-Control-Request-Method: PUT\r\n", origin, b"Origin: https://evil.test\r\n"]
     paths = [b"/options/x", b"/length", b"/chunked"]
     taken = _path(True, monkeypatch)
-    fast = await _exchanges(paths, manager, extras)
-    assert taken == [True] * len(paths)
+    lean_taken = _lean(True, monkeypatch)
+    lean_stats: dict[str, int] = {}
+    fast = await _exchanges(paths, manager, extras, lean_stats)
+    assert taken == [True] * len(paths) and lean_taken == [True] * len(paths)  # the lean path, filters too
+    _lean(False, monkeypatch)  # the fast path's general objects
+    objects_stats: dict[str, int] = {}
+    assert await _exchanges(paths, manager, extras, objects_stats) == fast
+    assert _ports_masked(lean_stats) == _ports_masked(objects_stats)
     _path(False, monkeypatch)
     assert await _exchanges(paths, manager, extras) == fast
     client_side, upstream_side = fast
@@ -510,3 +535,140 @@ async def test_the_fast_path_under_cors_writes_what_the_h11_path_writes(
         b"/length",
         b"/chunked",
     ]  # the preflight answered
+
+
+# --- the lean path (HttpConnectionManagerRuntime._proxy_plain) against the general objects ---
+
+
+def _lean(on: bool, monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """The lean path as it is (recording, per request it was offered, whether it took it) or, if
+    not ``on``, declining every request (the fast path's general objects take them)."""
+    taken: list[bool] = []
+    lean = HttpConnectionManagerRuntime._proxy_plain
+
+    async def recorded(self: HttpConnectionManagerRuntime, *args: Any) -> bool | None:
+        if not on:
+            return None
+        keep = await lean(self, *args)
+        taken.append(keep is not None)
+        return keep
+
+    monkeypatch.setattr(HttpConnectionManagerRuntime, "_proxy_plain", recorded)
+    return taken
+
+
+def _log_lines(path: Path) -> list[str]:
+    """The access log's lines with what the clock decides masked (the start time, the duration,
+    the upstream service time: Envoy's default format), and the upstream host's port."""
+    out = []
+    for line in path.read_text().splitlines():
+        start, quoted, rest = line.partition('" ')
+        fields = rest.split(" ", 6)
+        fields[4] = fields[5] = "T"  # duration, upstream service time
+        line = re.sub(r"^\[[^]]*\]", "[T]", start) + quoted + " ".join(fields)
+        out.append(re.sub(r':\d+"$', ':P"', line))  # the upstream host's port: a free one per run
+    return out
+
+
+def _ports_masked(stats: dict[str, int]) -> dict[str, int]:
+    """``stats`` with the listener's port (a free one per run) out of its scope's name."""
+    return {re.sub(r"^listener\.127\.0\.0\.1_\d+", "listener.P", key): value for key, value in stats.items()}
+
+
+_LEAN_PATHS = [b"/length", b"/chunked", b"/early", b"/length", b"/close", b"/rw/length", b"/named", b"/post"]
+
+
+async def test_the_lean_path_answers_counts_and_logs_as_the_general_path(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    runs = []
+    for name, lean_on, fast in (("lean", True, True), ("objects", False, True), ("h11", False, False)):
+        log = tmp_path / f"{name}.log"
+        manager = hcm(_ROUTES, access_log=[file_log(log)])
+        taken = _lean(lean_on, monkeypatch)
+        _path(fast, monkeypatch)
+        stats: dict[str, int] = {}
+        client_side, upstream_side = await _exchanges(_LEAN_PATHS, manager, stats=stats)
+        if lean_on:  # every GET took it; the POST (a body) is the general path's
+            assert taken == [True] * (len(_LEAN_PATHS) - 1)
+        runs.append((client_side, upstream_side, _ports_masked(stats), _log_lines(log)))
+    lean, objects, general = runs
+    assert lean[2] == objects[2]
+    assert lean == objects
+    # h11's path: the same bytes both ways and log lines (its statistics differ in how it finds a
+    # pooled connection closed after /close: upstream_cx_destroy_remote_with_active_rq)
+    assert lean[:2] == general[:2]
+    assert len(lean[3]) == len(_LEAN_PATHS) and lean[3] == general[3]
+    assert lean[2]["http.ingress.downstream_rq_2xx"] == len(_LEAN_PATHS)
+    assert lean[2]["cluster.app.upstream_rq_200"] == 6 and lean[2]["cluster.app.upstream_rq_201"] == 1
+    first = lean[3][0]
+    assert first.startswith('[T] "GET /length HTTP/1.1" 200 - 0 6 T T "127.0.0.1" "-" "')
+    assert first.endswith('" "example" "127.0.0.1:P"')
+
+
+async def _one_failure(
+    tmp_path: Path, name: str, backend: Callable[[trio.SocketStream], Awaitable[None]] | None, **action: Any
+) -> tuple[bytes, dict[str, int], list[str]]:
+    """A GET through a fresh proxy whose route (``action``) leads to ``backend`` (None: nothing
+    listens there): what the client received, the statistics and the access log."""
+    backend_port, proxy_port = _free_port(), _free_port()
+    log = tmp_path / f"{name}.log"
+    config = bootstrap(
+        [
+            http_listener(
+                hcm([route(**action)], access_log=[file_log(log)]), port=proxy_port, address="127.0.0.1"
+            )
+        ],
+        [cluster("app", [backend_port], address="127.0.0.1")],
+    )
+    got = b""
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            if backend is not None:
+                await nursery.start(partial(trio.serve_tcp, backend, backend_port, host="127.0.0.1"))
+            async with running_proxy(config, None) as proxy:
+                async with await trio.open_tcp_stream("127.0.0.1", proxy_port) as client:
+                    await client.send_all(b"GET /f HTTP/1.1\r\nHost: example\r\nUser-Agent: t/1\r\n\r\n")
+                    reader = ResponseReader()
+                    while not reader.done:
+                        data = await client.receive_some(65536)
+                        assert data, "the proxy closed before its whole response"
+                        got += data
+                        reader.feed(data)
+                await _closed(proxy)
+                stats = _ports_masked(proxy.stats.flat())
+            nursery.cancel_scope.cancel()
+    return got, stats, _log_lines(log)
+
+
+async def _silent(stream: trio.SocketStream) -> None:
+    """A backend that reads the request and never answers."""
+    with contextlib.suppress(trio.BrokenResourceError):
+        while await stream.receive_some(65536):
+            pass
+
+
+@pytest.mark.parametrize(
+    ("backend", "action", "status", "flags"),
+    [
+        (None, {}, b"502", "UF"),  # nothing listens: a connect failure
+        (_silent, {"timeout": "0.3s"}, b"504", "UT"),  # the route's timeout
+    ],
+)
+async def test_the_lean_path_fails_as_the_general_path(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    backend: Callable[[trio.SocketStream], Awaitable[None]] | None,
+    action: dict[str, Any],
+    status: bytes,
+    flags: str,
+) -> None:
+    taken = _lean(True, monkeypatch)
+    lean = await _one_failure(tmp_path, "lean", backend, **action)
+    assert taken == []  # raised its answer: neither kept nor declined
+    _lean(False, monkeypatch)
+    objects = await _one_failure(tmp_path, "objects", backend, **action)
+    assert lean == objects
+    got, stats, lines = lean
+    assert got.startswith(b"HTTP/1.1 " + status) and stats["http.ingress.downstream_rq_5xx"] == 1
+    assert len(lines) == 1 and f" {status.decode()} {flags} " in lines[0] and '"t/1"' in lines[0]

@@ -54,16 +54,20 @@ _OWS = b" \t"
 
 class PlainRequest:
     """A request in the fast path's case: its head (the attributes :class:`h11.Request` has; header
-    names lowercased, values without trailing whitespace, as h11 gives them) and its whole body."""
+    names lowercased, values without trailing whitespace, as h11 gives them) and its whole body;
+    ``host``: its one ``Host`` value, kept by the parser so the lean path does not scan for it."""
 
-    __slots__ = ("body", "headers", "http_version", "method", "target")
+    __slots__ = ("body", "headers", "host", "http_version", "method", "target")
 
-    def __init__(self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+    def __init__(
+        self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]], body: bytes, host: bytes = b""
+    ) -> None:
         self.method = method
         self.target = target
         self.headers = headers
         self.http_version = b"1.1"
         self.body = body
+        self.host = host
 
 
 class RequestParser:
@@ -76,6 +80,7 @@ class RequestParser:
         "_body",
         "_complete",
         "_headers",
+        "_host",
         "_hosts",
         "_messages",
         "_method",
@@ -92,6 +97,7 @@ class RequestParser:
         self._method = b""
         self._messages = 0
         self._hosts = 0
+        self._host = b""
         self._plain = True
         self._complete = False
 
@@ -112,7 +118,7 @@ class RequestParser:
             return None
         if self._target[:1] != b"/" or self._method in _NOT_PLAIN_METHODS:
             return None
-        return PlainRequest(self._method, self._target, self._headers, b"".join(self._body))
+        return PlainRequest(self._method, self._target, self._headers, b"".join(self._body), self._host)
 
     # -- httptools callbacks (called inside feed_data) --
     def on_message_begin(self) -> None:
@@ -128,6 +134,7 @@ class RequestParser:
         if name in _WATCHED:
             if name == b"host":
                 self._hosts += 1
+                self._host = value
             elif name == b"connection":
                 self._plain = self._plain and value.lower() == b"keep-alive"
             else:  # transfer-encoding, upgrade, expect

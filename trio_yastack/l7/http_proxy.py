@@ -9,6 +9,9 @@ the upstream's response parsed by llhttp and written to the client as the bytes 
 h11 never sees it.  Everything else (chunked or longer bodies, 100-continue, upgrades, pipelining,
 HTTP/1.0, ``HEAD``, malformed requests, the ``cache`` and ``compressor`` filters) takes h11 as
 before.  Routing, timers, retries, failures, stats and access logs are the same code for both.
+Of the fast path's requests, the bodyless ones on a connection manager without ``local_reply_config``,
+to a cluster by a route without retries, mirrors or header options, go through one lean function
+(:meth:`HttpConnectionManagerRuntime._proxy_plain`) instead of the general request objects.
 
 HTTP/2 on either side goes through the same code: a client's HTTP/2 stream is served as a
 one-request HTTP/1.1 connection (:mod:`.h2_downstream`, chosen by ALPN ``h2``, ``codec_type`` HTTP2,
@@ -101,6 +104,7 @@ from .config import (
     Route,
     RouteAction,
     RuntimeValue,
+    VirtualHost,
 )
 from .filters import (
     GzipStream,
@@ -114,7 +118,15 @@ from .filters import (
 )
 from .h2_downstream import PREFACE, H2Downstream, StreamBridge
 from .local_reply import LocalReplyContext, rewrite
-from .router import HOP_BY_HOP, Router, apply_header_options, get_header, rewrite_path, strip_hop_by_hop
+from .router import (
+    HOP_BY_HOP,
+    Router,
+    any_path_route,
+    apply_header_options,
+    get_header,
+    rewrite_path,
+    strip_hop_by_hop,
+)
 from .stats import Scope, Stats
 from .upstream import ClusterManager, ClusterRuntime, ConnectFailure, Overflow, UpstreamConnection
 
@@ -422,6 +434,11 @@ class HttpConnectionManagerRuntime:
         # that keeps or rewrites a response body (cache, compressor) — or one this list does not
         # know — sends every request through h11 and the general relay.
         self.plain_ok = all(f.name in _PLAIN_FILTERS for f in config.http_filters)
+        # The lean path (:meth:`_proxy_plain`) for the fast path's bodyless requests when nothing
+        # configured needs the general objects: plain filters only, no ``local_reply_config``.
+        self.lean_ok = self.plain_ok and not self.local_reply
+        # Host value -> (virtual host, the route every origin-form path takes there, if one does)
+        self._routes: dict[bytes, tuple[VirtualHost | None, Route | None]] = {}
 
     # --- connections ---
 
@@ -577,10 +594,19 @@ class HttpConnectionManagerRuntime:
                 ds.plain = True
         ds.response_started = False
         started_wall, started = time.time(), trio.current_time()
-        timing = _Timing(self.config, started)
+        # the lean path (_proxy_plain) needs no _Timing: made when the general path takes the request
+        lean = (
+            self.lean_ok
+            and isinstance(request, PlainRequest)
+            and not request.body
+            and data is not None
+            and len(data) <= _LEAN_MAX_READ
+        )
+        timing = None if lean else _Timing(self.config, started)
         record = AccessRecord(start_time=started_wall)
         try:
             if request is None:
+                assert timing is not None
                 try:
                     event = await ds.next_event(timing.downstream_deadline())
                 except h11.RemoteProtocolError as exc:
@@ -602,6 +628,13 @@ class HttpConnectionManagerRuntime:
             self.stats.inc("downstream_rq_total")
             self.stats.gauge_add("downstream_rq_active", 1)
             try:
+                if lean:
+                    assert isinstance(request, PlainRequest)
+                    keep = await self._proxy_plain(ds, request, record)
+                    if keep is not None:
+                        return keep
+                    timing = _Timing(self.config, started)  # not the lean path's case after all
+                assert timing is not None
                 return await self._proxy_request(ds, request, timing, record)
             finally:
                 self.stats.gauge_add("downstream_rq_active", -1)
@@ -707,10 +740,174 @@ class HttpConnectionManagerRuntime:
         record.bytes_sent += len(body)
 
     def _count_response(self, status: int) -> None:
-        self.stats.inc(f"downstream_rq_{status // 100}xx")
-        self.stats.inc("downstream_rq_completed")
+        self.stats.count(_downstream_counters(status))
 
     # --- one request ---
+
+    async def _proxy_plain(self, ds: _Downstream, request: PlainRequest, record: AccessRecord) -> bool | None:
+        """The predicted request in one function (FreeBSD's header prediction, carried to the end):
+        a bodyless request of the fast path (:mod:`._http1`, its head under :data:`_LEAN_MAX_READ`),
+        on a connection manager with only the fast path's plain HTTP filters (cors, fault,
+        local_ratelimit) and no ``local_reply_config``, routed to a
+        cluster by a route without retries, mirrors or header options.  The same answers, timers,
+        stats and access-log lines as :meth:`_proxy_request` with :class:`_RouterRequest` and
+        :class:`_UpstreamRequest` (``tests/test_proxy_http1.py`` compares the two), without their
+        objects: the route kept per ``Host`` value where the config makes it path-independent
+        (:func:`.router.any_path_route`), the upstream head made in one pass and joined once
+        (:func:`_lean_head`), counters bound per status, the access record filled only when an
+        access log is configured, and one cancel scope for the upstream's wait.
+
+        None, before anything is sent or counted, when the request is not this case: the general
+        path takes it.  The proxy's own answers (503, 502, 504 ...) are raised as there."""
+        cache = self._routes
+        entry = cache.get(request.host)
+        if entry is None:
+            vhost = self.router.virtual_host(request.host.decode("latin-1"))
+            entry = (vhost, any_path_route(vhost) if vhost is not None else None)
+            if len(cache) >= _ROUTE_CACHE_SIZE:
+                cache.clear()  # bounded: many Host values (a scan) cost a lookup each, as before
+            cache[request.host] = entry
+        vhost, route = entry
+        if vhost is None:
+            return None  # 404: the general path answers
+        if route is None:
+            route = self.router.route(vhost, request.target.decode("latin-1"), request.headers)
+            if route is None:
+                return None
+        action = route.action
+        if (
+            type(action) is not RouteAction
+            or action.retry_policy is not None
+            or action.request_mirror_policies
+            or route.request_headers_to_add
+            or route.request_headers_to_remove
+        ):
+            return None
+        logged = self.access_log.enabled
+        if logged:
+            record.method = request.method.decode("latin-1")
+            record.path = request.target.decode("latin-1")
+            record.authority = request.host.decode("latin-1") or None
+            record.protocol = "HTTP/1.1"
+            record.user_agent = _text(get_header(request.headers, b"user-agent"))
+        if self.filters is None:
+            return await self._lean_upstream(ds, request, route, action, record, logged, ())
+        # The plain filters (cors, fault, local_ratelimit: see plain_ok) decide from the head, as
+        # in _proxy_request: a local answer, a delay, response headers; never a cached response
+        # or a request-body decoder (those filters keep the general path).
+        view = RequestView(
+            request.method.decode("latin-1"), request.target.decode("latin-1"), request.headers, vhost, route,
+            ds.filter_state, ds,
+        )  # fmt: skip
+        outcome = await self.filters.decode(view, trio.current_time)
+        flags = outcome.flags
+        if outcome.status is not None:
+            record.response_flags = ",".join(flags) or "-"
+            await self._local_reply(
+                ds, outcome.status, outcome.body, close=False, record=record, headers=outcome.reply_headers
+            )
+            return True
+        try:
+            return await self._lean_upstream(
+                ds, request, route, action, record, logged, outcome.response_headers
+            )
+        finally:
+            if flags:  # a delay injected: listed before the router's own flags, if any
+                router_flags = record.response_flags
+                record.response_flags = ",".join(flags) + ("" if router_flags == "-" else f",{router_flags}")
+
+    async def _lean_upstream(
+        self, ds: _Downstream, request: PlainRequest, route: Route, action: RouteAction, record: AccessRecord,
+        logged: bool, response_headers: Sequence[tuple[bytes, bytes]],
+    ) -> bool:  # fmt: skip
+        """:meth:`_proxy_plain`'s request to the route's cluster and the response relayed, with the
+        HTTP filters' ``response_headers``; True keeps the client connection."""
+        cluster = _pick_cluster(self, action)
+        head, xff, request_id = _lean_head(request, route, action, ds, self.rng)
+        if logged:
+            record.x_forwarded_for = xff.decode("latin-1")
+            record.request_id = request_id.decode("latin-1")
+        now = trio.current_time()
+        route_deadline = now + action.timeout if action.timeout else _INF
+        stream_idle = self.config.stream_idle_timeout or _INF
+        try:
+            cluster.start_request()
+        except Overflow:
+            raise _LocalReply(503, _OVERFLOW_BODY, "UO") from None
+        try:
+            host = cluster.choose_host()
+            if host is None:
+                cluster.stats.inc("upstream_cx_none_healthy")
+                raise _LocalReply(503, "no healthy upstream", "UH")
+            if logged:
+                record.upstream_host = str(host)
+            attempt_started = trio.current_time()
+            host.active_requests += 1
+            cluster.stats.inc("upstream_rq_total")
+            conn: UpstreamConnection | None = None
+            response: PlainResponse | None = None
+            failure: str | None = None
+            try:
+                # One scope for the whole wait: the route timer and stream-idle (as _UpstreamRequest)
+                with trio.CancelScope(deadline=min(route_deadline, attempt_started + stream_idle)) as scope:
+                    try:
+                        conn = await cluster.acquire(host)
+                        try:
+                            response = await _send_plain(conn, head)
+                        except (*_NETWORK_ERRORS, h11.ProtocolError):
+                            if not (conn.requests > 1 and conn.received == conn.received_before):
+                                raise
+                            # The pooled connection was closed under us: once more on a fresh one.
+                            cluster.stats.inc("upstream_cx_destroy_remote_with_active_rq")
+                            await conn.aclose()
+                            conn = await cluster.acquire(host, fresh=True)
+                            response = await _send_plain(conn, head)
+                    except Overflow:
+                        raise _LocalReply(503, _OVERFLOW_BODY, "UO") from None
+                    except ConnectFailure:
+                        failure = "connect"
+                    except (*_NETWORK_ERRORS, h11.ProtocolError):
+                        failure = "reset"
+                if scope.cancelled_caught and response is None and failure is None:
+                    failure = "timeout" if trio.current_time() >= route_deadline else "idle"
+                if failure is not None:
+                    cluster.record_outcome(host, None)
+                    if conn is not None:
+                        await conn.aclose()
+                else:
+                    assert response is not None
+                    cluster.record_outcome(host, response.status_code)
+            except trio.Cancelled:
+                if conn is not None:
+                    await conn.aclose()  # shielded
+                raise
+            finally:
+                host.active_requests -= 1
+            if failure is not None:
+                if failure in ("timeout", "per_try_timeout"):
+                    cluster.stats.inc("upstream_rq_timeout")
+                elif failure == "reset":
+                    cluster.stats.inc("upstream_rq_rx_reset")
+                raise _failure_reply(failure, 0)
+            assert conn is not None and response is not None
+            try:
+                return await _relay_plain(
+                    self,
+                    ds,
+                    cluster,
+                    conn,
+                    response,
+                    record,
+                    attempt_started,
+                    route_deadline,
+                    stream_idle,
+                    response_headers,
+                )
+            except trio.Cancelled:
+                await conn.aclose()  # shielded
+                raise
+        finally:
+            cluster.end_request()
 
     async def _proxy_request(
         self, ds: _Downstream, request: h11.Request | PlainRequest, timing: _Timing, record: AccessRecord
@@ -927,7 +1124,7 @@ class _RouterRequest:
         self.ds = ds
         self.timing = timing
         self.record = record
-        self.cluster = self._pick_cluster(action)
+        self.cluster = _pick_cluster(hcm, action)
         self.body = _RequestBody(
             ds, headers, hcm.limits, timing, request.body if isinstance(request, PlainRequest) else b""
         )
@@ -943,19 +1140,6 @@ class _RouterRequest:
         self.retry_count = 0
         self.response_headers: Sequence[tuple[bytes, bytes]] = ()  # the HTTP filters' (CORS)
         self.filters: FilterOutcome | None = None  # what the HTTP filters decided (the compressor)
-
-    def _pick_cluster(self, action: RouteAction) -> ClusterRuntime:
-        """The route's cluster, or one of its ``weighted_clusters`` chosen by weight."""
-        clusters = self.hcm.clusters
-        if action.cluster is not None:
-            return clusters[action.cluster]
-        total = sum(w.weight for w in action.weighted_clusters)
-        point = self.hcm.rng.randrange(total) if total else 0
-        for weighted in action.weighted_clusters:
-            if point < weighted.weight:
-                return clusters[weighted.name]
-            point -= weighted.weight
-        return clusters[action.weighted_clusters[-1].name]
 
     def _upstream_head(
         self, request: h11.Request | PlainRequest, headers: list[tuple[bytes, bytes]], route: Route,
@@ -1282,32 +1466,12 @@ class _UpstreamRequest:
         conn = self.conn
         assert conn is not None
         head, body = self.rq.head, self.rq.body
+        if head is None:  # the fast path (:mod:`._http1`): no body, the response parsed by llhttp
+            assert self.rq.head_bytes is not None
+            self.response = await _send_plain(conn, self.rq.head_bytes)
+            return
         conn.requests += 1
         conn.received_before = conn.received
-        if head is None:  # the fast path (:mod:`._http1`): no body, the response parsed by llhttp
-            reader = conn.reader
-            if reader is None:
-                reader = conn.reader = ResponseReader()
-            else:
-                reader.start()
-            conn.plain = True
-            data = self.rq.head_bytes
-            assert data is not None
-            # The head mostly fits the socket buffer: written without a scheduler pass (send_all's),
-            # since the response's wait that follows is one.
-            sent = send_now(conn.raw, data) if conn.raw is not None else 0
-            if sent < len(data):
-                await conn.write(data[sent:])
-            received = await conn.receive(later=True)  # (the answer cannot be there yet)
-            while True:
-                if not received:
-                    raise trio.BrokenResourceError("upstream closed before a response")
-                reader.feed(received)
-                if reader.head is not None:
-                    break
-                received = await conn.receive()
-            self.response = reader.head
-            return
         if body.complete and not body.kept:
             await conn.write(conn.h11.send(head) + conn.h11.send(_EOM))
         else:
@@ -1502,124 +1666,14 @@ class _UpstreamRequest:
         return not (close or client_closes)
 
     async def _relay_plain(self) -> bool:
-        """:meth:`_relay_response` for the fast path (:mod:`._http1`): the response parsed by
-        llhttp and written as h11 would write it, no cache or compressor filter in the way (the
-        other filters' response headers are applied as there: keep the two in step), and never a
-        101 (the request asked for no upgrade; llhttp refuses one)."""
+        """:meth:`_relay_response` for the fast path (:mod:`._http1`): :func:`_relay_plain`, which
+        the lean path (:meth:`HttpConnectionManagerRuntime._proxy_plain`) shares."""
         rq = self.rq
-        hcm, ds, cluster, timing, record = rq.hcm, rq.ds, rq.cluster, rq.timing, rq.record
-        conn, response = self.conn, self.response
-        assert conn is not None and conn.reader is not None and isinstance(response, PlainResponse)
-        reader = conn.reader
-        status = response.status_code
-        cluster.stats.inc(f"upstream_rq_{status // 100}xx")
-        cluster.stats.inc(f"upstream_rq_{status}")
-        cluster.stats.inc("upstream_rq_completed")
-        service_ms = int((trio.current_time() - self.started) * 1000)
-        record.upstream_service_time = str(service_ms)
-        record.response_code = status
-        # One pass for what _relay_response does in several (strip_hop_by_hop, the service time,
-        # _with_via): hop-by-hop fields dropped, Via collected and written last with this proxy.
-        headers: list[tuple[bytes, bytes]] = []
-        via = named = None
-        length = False
-        for item in response.headers:
-            name = item[0]
-            if name in _PLAIN_RESPONSE_SKIP:
-                if name == b"via":
-                    via = item[1] if via is None else via + b"," + item[1]
-                elif name == b"connection" and item[1] not in _PLAIN_CONNECTION_VALUES:
-                    tokens = {token.strip().lower() for token in item[1].split(b",")}
-                    named = tokens if named is None else named | tokens
-                continue
-            if name == b"content-length":
-                length = True
-            headers.append(item)
-        if named is not None and named - _CONNECTION_TOKENS:  # it names fields to drop too
-            headers = [h for h in headers if h[0] not in named]
-            length = any(h[0] == b"content-length" for h in headers)
-            if b"via" in named:
-                via = None
-        headers.append((b"x-envoy-upstream-service-time", str(service_ms).encode()))
-        headers.append((b"via", via + b", " + VIA if via else VIA))  # RFC 9110 7.6.3
-        if rq.response_headers:  # set by the filters, replacing the upstream's own (Envoy's setReference)
-            names = {name for name, _ in rq.response_headers}
-            headers = [h for h in headers if h[0].lower() not in names]
-            headers.extend(rq.response_headers)
-            length = any(h[0] == b"content-length" for h in headers)
-        close = hcm.state.draining
-        if close:
-            headers.append((b"connection", b"close"))
-        hcm._count_response(status)
-        ds.response_started = True
-        # h11's framing of what it sends: the length when there is one, else chunked (the client
-        # speaks HTTP/1.1), none for 204 and 304
-        chunked = status not in (204, 304) and not length
-        pending = [response_head_bytes(status, _reason(status), headers, chunked=chunked)]
-
-        def take() -> None:
-            """The body parsed so far into ``pending`` (and its end, once there)."""
-            for data in reader.take_body():
-                record.bytes_sent += len(data)
-                pending.append(chunk(data) if chunked else data)
-            if reader.done and chunked:  # trailers (grpc-status) fit a chunked body
-                pending.append(last_chunk(strip_hop_by_hop(reader.trailers)))
-
-        try:
-            take()
-            if reader.done and ds.raw is not None:
-                # The whole response is in hand (a small one came with its head): written
-                # without a cancel scope when the kernel takes it at once, as it mostly does.
-                data = b"".join(pending)
-                pending.clear()
-                sent = send_now(ds.raw, data)
-                ds.bytes_sent += sent
-                if sent < len(data):
-                    pending.append(data[sent:])
-            if pending or not reader.done:
-                with trio.CancelScope(
-                    deadline=min(timing.route_deadline, trio.current_time() + timing.stream_idle)
-                ) as scope:
-                    self.relay_scope = scope
-                    timing.watch(scope)
-                    try:
-                        while True:
-                            await ds.send_pending(pending)
-                            if reader.done:
-                                break
-                            received = await conn.receive()
-                            if not received:
-                                if not reader.eof():
-                                    raise trio.BrokenResourceError("upstream closed in a response body")
-                            else:
-                                reader.feed(received)
-                            take()
-                            scope.deadline = min(
-                                timing.route_deadline, trio.current_time() + timing.stream_idle
-                            )
-                    finally:
-                        timing.unwatch(scope)
-                        self.relay_scope = None
-                if scope.cancelled_caught:
-                    if trio.current_time() >= timing.route_deadline:
-                        record.response_flags = "UT"
-                        cluster.stats.inc("upstream_rq_timeout")
-                    else:
-                        record.response_flags = "SI"
-                        hcm.stats.inc("downstream_rq_idle_timeout")
-            if record.response_flags != "-" or not reader.done:
-                await conn.aclose()
-                return False
-        except (*_NETWORK_ERRORS, h11.ProtocolError):
-            # Either side broke mid-body: the client sees a truncated response and a close.
-            if record.response_flags == "-":
-                record.response_flags = "UC"
-            await conn.aclose()
-            return False
-        cluster.release(conn)
-        if close:
-            hcm.stats.inc("downstream_cx_drain_close")
-        return not close
+        assert self.conn is not None and isinstance(self.response, PlainResponse)
+        return await _relay_plain(
+            rq.hcm, rq.ds, rq.cluster, self.conn, self.response, rq.record, self.started,
+            rq.timing.route_deadline, rq.timing.stream_idle, rq.response_headers,
+        )  # fmt: skip
 
     async def _splice(self, conn: UpstreamConnection) -> None:
         """Byte for byte both ways after a 101, until either side closes (or stream-idle passes)."""
@@ -1656,6 +1710,227 @@ class _UpstreamRequest:
             await conn.aclose()
 
 
+async def _relay_plain(
+    hcm: HttpConnectionManagerRuntime, ds: _Downstream, cluster: ClusterRuntime, conn: UpstreamConnection,
+    response: PlainResponse, record: AccessRecord, attempt_started: float, route_deadline: float,
+    stream_idle: float, response_headers: Sequence[tuple[bytes, bytes]],
+) -> bool:  # fmt: skip
+    """The fast path's relay (:mod:`._http1`), for the general request objects and the lean path
+    alike: the response parsed by llhttp and written as h11 would write it, no cache or compressor
+    filter in the way (the other filters' ``response_headers`` are applied as
+    :meth:`_UpstreamRequest._relay_response` applies them: keep the two in step), and never a 101
+    (the request asked for no upgrade; llhttp refuses one).  True keeps the client connection.
+
+    The fast path's request came whole, so its route deadline is final before the attempt starts:
+    the relay's scope needs no tightening (no :meth:`_Timing.watch`)."""
+    reader = conn.reader
+    assert reader is not None
+    status = response.status_code
+    cluster.stats.count(_upstream_counters(status))
+    service = str(int((trio.current_time() - attempt_started) * 1000))
+    record.upstream_service_time = service
+    record.response_code = status
+    # One pass for what _relay_response does in several (strip_hop_by_hop, the service time,
+    # _with_via): hop-by-hop fields dropped, Via collected and written last with this proxy.
+    headers: list[tuple[bytes, bytes]] = []
+    via = named = None
+    length = False
+    for item in response.headers:
+        name = item[0]
+        if name in _PLAIN_RESPONSE_SKIP:
+            if name == b"via":
+                via = item[1] if via is None else via + b"," + item[1]
+            elif name == b"connection" and item[1] not in _PLAIN_CONNECTION_VALUES:
+                tokens = {token.strip().lower() for token in item[1].split(b",")}
+                named = tokens if named is None else named | tokens
+            continue
+        if name == b"content-length":
+            length = True
+        headers.append(item)
+    if named is not None and named - _CONNECTION_TOKENS:  # it names fields to drop too
+        headers = [h for h in headers if h[0] not in named]
+        length = any(h[0] == b"content-length" for h in headers)
+        if b"via" in named:
+            via = None
+    headers.append((b"x-envoy-upstream-service-time", service.encode()))
+    headers.append((b"via", via + b", " + VIA if via else VIA))  # RFC 9110 7.6.3
+    if response_headers:  # set by the filters, replacing the upstream's own (Envoy's setReference)
+        names = {name for name, _ in response_headers}
+        headers = [h for h in headers if h[0].lower() not in names]
+        headers.extend(response_headers)
+        length = any(h[0] == b"content-length" for h in headers)
+    close = hcm.state.draining
+    if close:
+        headers.append((b"connection", b"close"))
+    hcm.stats.count(_downstream_counters(status))
+    ds.response_started = True
+    # h11's framing of what it sends: the length when there is one, else chunked (the client
+    # speaks HTTP/1.1), none for 204 and 304
+    chunked = status not in (204, 304) and not length
+    pending = [response_head_bytes(status, _reason(status), headers, chunked=chunked)]
+
+    def take() -> None:
+        """The body parsed so far into ``pending`` (and its end, once there)."""
+        for data in reader.take_body():
+            record.bytes_sent += len(data)
+            pending.append(chunk(data) if chunked else data)
+        if reader.done and chunked:  # trailers (grpc-status) fit a chunked body
+            pending.append(last_chunk(strip_hop_by_hop(reader.trailers)))
+
+    try:
+        take()
+        if reader.done and ds.raw is not None:
+            # The whole response is in hand (a small one came with its head): written
+            # without a cancel scope when the kernel takes it at once, as it mostly does.
+            data = b"".join(pending)
+            pending.clear()
+            sent = send_now(ds.raw, data)
+            ds.bytes_sent += sent
+            if sent < len(data):
+                pending.append(data[sent:])
+        if pending or not reader.done:
+            with trio.CancelScope(deadline=min(route_deadline, trio.current_time() + stream_idle)) as scope:
+                while True:
+                    await ds.send_pending(pending)
+                    if reader.done:
+                        break
+                    received = await conn.receive()
+                    if not received:
+                        if not reader.eof():
+                            raise trio.BrokenResourceError("upstream closed in a response body")
+                    else:
+                        reader.feed(received)
+                    take()
+                    scope.deadline = min(route_deadline, trio.current_time() + stream_idle)
+            if scope.cancelled_caught:
+                if trio.current_time() >= route_deadline:
+                    record.response_flags = "UT"
+                    cluster.stats.inc("upstream_rq_timeout")
+                else:
+                    record.response_flags = "SI"
+                    hcm.stats.inc("downstream_rq_idle_timeout")
+        if record.response_flags != "-" or not reader.done:
+            await conn.aclose()
+            return False
+    except (*_NETWORK_ERRORS, h11.ProtocolError):
+        # Either side broke mid-body: the client sees a truncated response and a close.
+        if record.response_flags == "-":
+            record.response_flags = "UC"
+        await conn.aclose()
+        return False
+    cluster.release(conn)
+    if close:
+        hcm.stats.inc("downstream_cx_drain_close")
+    return not close
+
+
+async def _send_plain(conn: UpstreamConnection, data: bytes) -> PlainResponse:
+    """The fast path's request (head and body, ``data``) sent on ``conn`` and its response head
+    awaited, parsed by llhttp (1xx dropped)."""
+    conn.requests += 1
+    conn.received_before = conn.received
+    reader = conn.reader
+    if reader is None:
+        reader = conn.reader = ResponseReader()
+    else:
+        reader.start()
+    conn.plain = True
+    # The head mostly fits the socket buffer: written without a scheduler pass (send_all's),
+    # since the response's wait that follows is one.
+    sent = send_now(conn.raw, data) if conn.raw is not None else 0
+    if sent < len(data):
+        await conn.write(data[sent:])
+    received = await conn.receive(later=True)  # (the answer cannot be there yet)
+    while True:
+        if not received:
+            raise trio.BrokenResourceError("upstream closed before a response")
+        reader.feed(received)
+        if reader.head is not None:
+            return reader.head
+        received = await conn.receive()
+
+
+def _pick_cluster(hcm: HttpConnectionManagerRuntime, action: RouteAction) -> ClusterRuntime:
+    """The route's cluster, or one of its ``weighted_clusters`` chosen by weight."""
+    clusters = hcm.clusters
+    if action.cluster is not None:
+        return clusters[action.cluster]
+    total = sum(w.weight for w in action.weighted_clusters)
+    point = hcm.rng.randrange(total) if total else 0
+    for weighted in action.weighted_clusters:
+        if point < weighted.weight:
+            return clusters[weighted.name]
+        point -= weighted.weight
+    return clusters[action.weighted_clusters[-1].name]
+
+
+# The counters a response moves, per status, bound once (at most 900 entries each: llhttp's
+# statuses are three digits)
+_UPSTREAM_COUNTERS: dict[int, tuple[str, ...]] = {}
+_DOWNSTREAM_COUNTERS: dict[int, tuple[str, ...]] = {}
+
+
+def _upstream_counters(status: int) -> tuple[str, ...]:
+    names = _UPSTREAM_COUNTERS.get(status)
+    if names is None:
+        names = _UPSTREAM_COUNTERS[status] = (
+            f"upstream_rq_{status // 100}xx",
+            f"upstream_rq_{status}",
+            "upstream_rq_completed",
+        )
+    return names
+
+
+def _downstream_counters(status: int) -> tuple[str, ...]:
+    names = _DOWNSTREAM_COUNTERS.get(status)
+    if names is None:
+        names = _DOWNSTREAM_COUNTERS[status] = (f"downstream_rq_{status // 100}xx", "downstream_rq_completed")
+    return names
+
+
+def _lean_head(
+    request: PlainRequest, route: Route, action: RouteAction, ds: _Downstream, rng: random.Random
+) -> tuple[bytes, bytes, bytes]:
+    """:meth:`_RouterRequest._plain_upstream_head` and :func:`request_head_bytes` in one pass:
+    the upstream head's lines made as the headers are read, ``Host`` first, and joined once.
+    Returns the head, ``x-forwarded-for`` and ``x-request-id`` (for the access record)."""
+    lines = [b"", b""]  # the request line and the Host line, filled in below
+    host = b""
+    xff = via = request_id = None
+    for name, value in request.headers:
+        if name in _PLAIN_SKIP:  # hop-by-hop, or replaced below
+            if name == b"x-forwarded-for":
+                xff = value if xff is None else xff + b"," + value
+            elif name == b"via":
+                via = value if via is None else via + b"," + value
+            continue
+        if name == b"host":
+            host = value
+            continue
+        if name == b"x-request-id":
+            request_id = value if request_id is None else request_id + b"," + value
+        lines.append(name + b": " + value + b"\r\n")
+    target = request.target
+    if action.prefix_rewrite is not None:
+        text = target.decode("latin-1")
+        rewritten = rewrite_path(text, route, action.prefix_rewrite)
+        if rewritten != text:
+            lines.append(b"x-envoy-original-path: " + target + b"\r\n")
+            target = rewritten.encode("latin-1")
+    if action.host_rewrite_literal is not None:
+        host = action.host_rewrite_literal.encode()
+    lines[0] = request.method + b" " + target + b" HTTP/1.1\r\n"
+    lines[1] = b"host: " + host + b"\r\n"
+    remote = ds.remote.encode()
+    xff = xff + b", " + remote if xff else remote
+    lines.append(b"x-forwarded-for: " + xff + b"\r\nx-forwarded-proto: " + ds.scheme.encode() + b"\r\n")
+    if request_id is None:
+        request_id = _uuid4(rng.getrandbits(128))
+        lines.append(b"x-request-id: " + request_id + b"\r\n")
+    lines.append(b"via: " + (via + b", " + VIA if via else VIA) + b"\r\n\r\n")
+    return b"".join(lines), xff, request_id
+
+
 # Request headers the fast path's upstream head drops (hop-by-hop) or writes anew
 _PLAIN_SKIP = HOP_BY_HOP | {b"x-forwarded-for", b"x-forwarded-proto", b"via"}
 # Response headers the fast path drops (hop-by-hop) or writes anew (Via), and the Connection
@@ -1663,6 +1938,9 @@ _PLAIN_SKIP = HOP_BY_HOP | {b"x-forwarded-for", b"x-forwarded-proto", b"via"}
 _PLAIN_RESPONSE_SKIP = HOP_BY_HOP | {b"via"}
 _CONNECTION_TOKENS = HOP_BY_HOP | {b"close"}
 _PLAIN_CONNECTION_VALUES = frozenset((b"keep-alive", b"Keep-Alive", b"close", b"Close"))  # name nothing more
+_LEAN_MAX_READ = 16 * 1024  # a head under this is under MAX_REQUEST_HEADERS as _head_size counts it
+_ROUTE_CACHE_SIZE = 1024  # Host values whose route the lean path keeps
+_INF = float("inf")
 _OVERFLOW_BODY = "upstream connect error or disconnect/reset before headers. reset reason: overflow"
 
 

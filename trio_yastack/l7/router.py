@@ -22,6 +22,7 @@ __all__ = [
     "HOP_BY_HOP",
     "Headers",
     "Router",
+    "any_path_route",
     "apply_header_options",
     "get_header",
     "header_matches",
@@ -146,6 +147,20 @@ class Router:
             if all(header_matches(m, headers) for m in match.headers):
                 return route
         return None
+
+
+def any_path_route(vhost: VirtualHost) -> Route | None:
+    """The route :meth:`Router.route` answers for every origin-form target (one starting with
+    ``/``) and any headers, when the first route of ``vhost`` matches all of them (prefix ``/`` or
+    empty, no header matcher): then the answer depends on the virtual host alone, and the proxy's
+    lean path keeps it per ``Host`` value.  None when the answer depends on the path or headers."""
+    if not vhost.routes:
+        return None
+    first = vhost.routes[0]
+    match = first.match
+    if match.prefix in ("", "/") and match.path is None and not match.headers:
+        return first
+    return None
 
 
 def header_matches(matcher: HeaderMatcher, headers: Sequence[tuple[bytes, bytes]]) -> bool:
