@@ -69,6 +69,10 @@ _LOOPBACK = 1  # ::1
 QUOTE_LIMIT = IPV6_MIN_MTU - IPV6_HEADER_LEN - 8
 
 
+#: the most addresses handed to the fast path's classifier (``tcp._fastpath.MAX_IP6``)
+_FAST_MAX_ADDRESSES = 64
+
+
 def _prefix_mask(prefix_len: int) -> int:
     return ((1 << prefix_len) - 1) << (128 - prefix_len)
 
@@ -98,6 +102,8 @@ class Ip6Layer:
         "config",
         "core",
         "default_router",
+        "fast_addresses",
+        "fast_usable",
         "groups",
         "icmp6",
         "ident",
@@ -120,6 +126,10 @@ class Ip6Layer:
         self.link_mtu = core.mtu
         #: our unicast addresses (link-local first)
         self.addresses: dict[int, OurAddress] = {}
+        #: what the fast path's classifier compares with (:meth:`addresses_changed`): our
+        #: addresses, 16 bytes each, the ``fast_usable`` usable ones first
+        self.fast_addresses = b""
+        self.fast_usable = 0
         #: multicast groups we receive (all-nodes and our addresses' solicited-node groups)
         self.groups: set[int] = set()
         #: on-link prefixes: network -> (prefix length, valid until)
@@ -140,6 +150,17 @@ class Ip6Layer:
             self.add_address(int(interface.ip), interface.network.prefixlen)
 
     # -- configuration -----------------------------------------------------------------------
+    def addresses_changed(self) -> None:
+        """Our addresses or their DAD state changed: rebuild what the fast path's classifier
+        compares an IPv6 frame's addresses with (``tcp._fastpath``).  Past its limit of
+        ``_FAST_MAX_ADDRESSES`` it is handed none, and every IPv6 frame takes ``ip6_input``."""
+        usable = [a for a, ours in self.addresses.items() if not ours.tentative]
+        tentative = [a for a, ours in self.addresses.items() if ours.tentative]
+        if len(self.addresses) > _FAST_MAX_ADDRESSES:
+            usable = tentative = []
+        self.fast_addresses = b"".join(a.to_bytes(16, "big") for a in usable + tentative)
+        self.fast_usable = len(usable)
+
     def join(self, group: int) -> None:
         """Receive ``group`` (its multicast MAC passes ``ether_input``'s filter)."""
         self.groups.add(group)
@@ -161,6 +182,7 @@ class Ip6Layer:
         if not is_link_local(address) and prefix_len < 128:
             mask = _prefix_mask(prefix_len)
             self.prefixes.setdefault(address & mask, (prefix_len, valid_until))
+        self.addresses_changed()
         return ours
 
     def _expire_address(self, now: float, address: int) -> None:
@@ -173,6 +195,7 @@ class Ip6Layer:
             self.core.timers.schedule(ours.valid_until, self._expire_address, address)
             return
         del self.addresses[address]
+        self.addresses_changed()
         self.core.timers.cancel(ours.dad_timer)
 
     def start(self, now: float) -> None:
