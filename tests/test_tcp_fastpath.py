@@ -223,7 +223,7 @@ def test_c_refuses_lengths_beyond_its_buffers() -> None:
 
     def call(frames: bytes, lens: bytes, out: bytearray) -> int:
         return lib.yas_tcp_fast_classify(
-            frames, len(frames), lens, len(lens), 1, MAC, IP, BROADCAST, b"", 0, 0, 1,
+            frames, len(frames), lens, len(lens), 1, MAC, IP, BROADCAST, b"", 0, 0, True,
             ffi.from_buffer(out), len(out),
         )  # fmt: skip
 

@@ -237,7 +237,7 @@ def test_c_refuses_address_lengths_beyond_its_limits() -> None:
 
     def call(ours: bytes, usable: int, out: bytearray) -> int:
         return lib.yas_tcp_fast_classify(
-            frame, len(frame), lens, len(lens), 1, MAC, IP, BROADCAST, ours, len(ours), usable, 1,
+            frame, len(frame), lens, len(lens), 1, MAC, IP, BROADCAST, ours, len(ours), usable, True,
             ffi.from_buffer(out), len(out),
         )  # fmt: skip
 

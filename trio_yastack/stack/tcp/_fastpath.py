@@ -37,7 +37,8 @@ from __future__ import annotations
 import os
 import struct
 from array import array
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from typing import Protocol
 
 from .._native import native_extension, sum16
 from .._offload import ChecksumVerified
@@ -212,7 +213,22 @@ def _check_ip6(ip6: bytes, ip6_usable: int) -> None:
         raise ValueError(f"bad IPv6 addresses for the classifier ({len(ip6)} bytes, {ip6_usable} usable)")
 
 
-Classify = Callable[[Sequence[Buffer], bytes, int, int, bool, bytes, int], list[Record]]
+class Classify(Protocol):
+    """A burst classifier: ``(frames, mac, ip, broadcast, verify, ip6=b"", ip6_usable=0)``."""
+
+    def __call__(
+        self,
+        frames: Sequence[Buffer],
+        mac: bytes,
+        ip: int,
+        broadcast: int,
+        verify: bool,
+        ip6: bytes = b"",
+        ip6_usable: int = 0,
+        /,
+    ) -> list[Record]: ...
+
+
 native_classify_burst: Classify | None = None
 _extension = native_extension()
 if _extension is not None and hasattr(_extension[1], "yas_tcp_fast_classify"):
