@@ -252,17 +252,17 @@ def test_c_refuses_address_lengths_beyond_its_limits() -> None:
 def test_the_core_hands_the_classifier_its_usable_addresses_as_dad_passes() -> None:
     core = core6(dad=1)
     assert core.ip6 is not None
-    assert core.ip6.fast_usable == 0 and len(core.ip6.fast_addresses) == 32  # both tentative
+    assert core.fast_usable6 == 0 and len(core.fast_addresses6) == 32  # both tentative
     core.start(0.0)
     now = 0.0
     for _ in range(100):
         now += 0.1
         core.run_timers(now)
         core.take_outbox()
-        if core.ip6.fast_usable == 2:
+        if core.fast_usable6 == 2:
             break
-    assert core.ip6.fast_usable == 2
-    assert set(core.ip6.fast_addresses[i : i + 16] for i in (0, 16)) == {
+    assert core.fast_usable6 == 2
+    assert set(core.fast_addresses6[i : i + 16] for i in (0, 16)) == {
         a.to_bytes(16, "big") for a in core.ip6.addresses
     }
 

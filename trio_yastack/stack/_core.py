@@ -105,6 +105,10 @@ class StackCore:
         self.tcp_ctlinput: Callable[..., bool] | None = self.tcp.tcp_ctlinput
         #: multicast MACs ``ether_input`` accepts besides ours and broadcast (IPv6's groups)
         self.group_macs: set[bytes] = set()
+        #: our IPv6 addresses for the fast path's classifier, 16 bytes each, the ``fast_usable6``
+        #: usable ones first (``Ip6Layer.addresses_changed`` keeps them; none without IPv6)
+        self.fast_addresses6 = b""
+        self.fast_usable6 = 0
         #: IPv6, when the interface has an IPv6 address or ``config.ip6.enabled`` (else frames of
         #: that type stay unknown ethertypes, as before)
         self.ip6 = Ip6Layer(self) if config.ip6.enabled or iface.addresses6 else None
@@ -179,10 +183,9 @@ class StackCore:
                         raise
                     on_error(exc)
             return
-        ip6 = self.ip6
         records = classify_burst(
-            frames, self.mac, self.ip, self.ip_layer.broadcast, self._verify_unmarked,
-            *((b"", 0) if ip6 is None else (ip6.fast_addresses, ip6.fast_usable)),
+            frames, self.mac, self.ip, self.ip_layer.broadcast, self._verify_unmarked, self.fast_addresses6,
+            self.fast_usable6,
         )  # fmt: skip
         connections = self.tcp.connections
         udp_fast_input = self.udp.udp_fast_input
@@ -198,7 +201,7 @@ class StackCore:
                 elif kind == UDP and udp_fast_input(frame, record):
                     udp_taken += 1
                     continue
-                elif kind == CANDIDATE6 and ip6 is not None:  # keyed by the source with IP6_KEY
+                elif kind == CANDIDATE6 and (ip6 := self.ip6) is not None:  # keyed by source | IP6_KEY
                     src = int.from_bytes(frame[22:38], "big")
                     conn = connections.get((record[3], src | IP6_KEY, record[2]))
                     if conn is not None and conn.__class__ is TcpConnection6:
@@ -227,7 +230,7 @@ class StackCore:
             stats_ip.received += both
             stats_ip.delivered += both
             self.stats_tcp.segments_received += taken
-        if taken6 and ip6 is not None:  # ether_input, ip6_input and tcp6_input's counters
+        if taken6 and (ip6 := self.ip6) is not None:  # ether_input, ip6_input and tcp6_input's counters
             self.fast_path_segments += taken6
             self.stats_ether.received += taken6
             stats_ip6 = ip6.stats

@@ -102,8 +102,6 @@ class Ip6Layer:
         "config",
         "core",
         "default_router",
-        "fast_addresses",
-        "fast_usable",
         "groups",
         "icmp6",
         "ident",
@@ -126,10 +124,6 @@ class Ip6Layer:
         self.link_mtu = core.mtu
         #: our unicast addresses (link-local first)
         self.addresses: dict[int, OurAddress] = {}
-        #: what the fast path's classifier compares with (:meth:`addresses_changed`): our
-        #: addresses, 16 bytes each, the ``fast_usable`` usable ones first
-        self.fast_addresses = b""
-        self.fast_usable = 0
         #: multicast groups we receive (all-nodes and our addresses' solicited-node groups)
         self.groups: set[int] = set()
         #: on-link prefixes: network -> (prefix length, valid until)
@@ -152,14 +146,17 @@ class Ip6Layer:
     # -- configuration -----------------------------------------------------------------------
     def addresses_changed(self) -> None:
         """Our addresses or their DAD state changed: rebuild what the fast path's classifier
-        compares an IPv6 frame's addresses with (``tcp._fastpath``).  Past its limit of
+        compares an IPv6 frame's addresses with (``tcp._fastpath``), kept on the core for
+        ``ether_input_burst`` to hand over without a look here: ``core.fast_addresses6``, 16 bytes
+        each, the ``core.fast_usable6`` usable ones first.  Past the classifier's limit of
         ``_FAST_MAX_ADDRESSES`` it is handed none, and every IPv6 frame takes ``ip6_input``."""
         usable = [a for a, ours in self.addresses.items() if not ours.tentative]
         tentative = [a for a, ours in self.addresses.items() if ours.tentative]
         if len(self.addresses) > _FAST_MAX_ADDRESSES:
             usable = tentative = []
-        self.fast_addresses = b"".join(a.to_bytes(16, "big") for a in usable + tentative)
-        self.fast_usable = len(usable)
+        core = self.core
+        core.fast_addresses6 = b"".join(a.to_bytes(16, "big") for a in usable + tentative)
+        core.fast_usable6 = len(usable)
 
     def join(self, group: int) -> None:
         """Receive ``group`` (its multicast MAC passes ``ether_input``'s filter)."""

@@ -12,7 +12,7 @@ without a question (same IPv4 checks; a UDP length that fits, a destination port
 or none) comes back as a ``UDP`` record: ``StackCore.ether_input_burst`` queues it on its socket
 with ``UdpLayer.udp_fast_input``, the burst's datagrams all in the same one crossing into C.  An
 IPv6 frame with no extension header, carrying TCP to one of our usable addresses (the classifier is
-handed them, ``Ip6Layer.fast_addresses``) from a source that is none of ours nor multicast, loopback
+handed them, ``StackCore.fast_addresses6``) from a source that is none of ours nor multicast, loopback
 or unspecified, with a hop limit and the checksum over the IPv6 pseudo-header valid, and the same
 TCP header terms, is a ``CANDIDATE6``: ``StackCore.ether_input_burst`` keys it by the frame's
 128-bit source with ``IP6_KEY`` and hands it to ``_tcp6.predicted_input`` (the prediction
