@@ -4,12 +4,18 @@
   TSO6 both ways), kernel -> stack and stack -> kernel: Gbit/s and the stack process's own CPU
   seconds per GB (the column that stays readable on a loaded machine);
 - ``responder``: ``bench_ports.py``'s 25-line trio responder under ``wrk -t1 -c50`` (rigs ``tap``
-  and ``tap6``): requests/s and the responder's CPU microseconds per request.
+  and ``tap6``): requests/s and the responder's CPU microseconds per request;
+- ``request``: sans-IO, two cores in this process (the peer's core builds the requests and takes
+  the responses, untimed): microseconds our core spends per request/response -- the request in
+  through ``ether_input_burst`` (acknowledging the last response), read, the response written
+  and its segment out -- the median of ``--requests``, over IPv4 and IPv6 with the fast path on,
+  and IPv6 with it off (``v6 off``, what IPv6 cost before its frames were classified in C).
 
 Medians of the rounds, the IPv6/IPv4 ratios and every run are printed as JSON (no results file:
 the rows belong to ``bench_tap.py``'s and ``bench_ports.py``'s own results).
 
-    python benchmarks/bench_ipv6.py [--megabytes N] [--rounds R] [--seconds S] [--quick]
+    python benchmarks/bench_ipv6.py [--megabytes N] [--rounds R] [--seconds S] [--requests N]
+                                    [--rows bulk,responder,request] [--quick]
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import bench_ports
 import bench_tap
@@ -48,6 +55,46 @@ def responder(rig_name: str, seconds: int) -> dict[str, float]:
         return result
 
 
+def request(ipv6: bool, fast: bool, requests: int) -> dict[str, float]:
+    """Our core's microseconds per request/response over one family, sans-IO (the ``request`` row)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from test_stack_ipv6 import B, exchange, pair
+
+    kernel, ours = pair()
+    ours.fast_path = fast
+    ours.autocork = True  # as under the runtime: sends go out at the end of the turn
+    if ipv6:
+        listener = ours.tcp.listen6(80)
+        client = kernel.tcp.connect6(B, 80, 0.0)
+    else:
+        listener = ours.tcp.listen(80)
+        client = kernel.tcp.connect(ours.ip, 80, 0.0)
+    exchange(kernel, ours, 0.0)
+    server = listener.accept()
+    assert server is not None
+    server.nodelay = client.nodelay = True  # trio's SocketStream sets TCP_NODELAY
+    body, response = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", bytes(85)
+    times: list[float] = []
+    now = 0.01
+    for _ in range(requests):
+        client.send(body, now)
+        frames = [bytes(f) for f in kernel.take_outbox()]
+        started = time.perf_counter()
+        ours.begin_burst()
+        ours.ether_input_burst(frames, now)
+        ours.end_burst(now)
+        server.receive(65536, now)
+        server.send(response, now)
+        ours.run_pending_output(now)
+        out = ours.take_outbox()
+        times.append(time.perf_counter() - started)
+        assert len(out) == 1  # the response, carrying the request's ACK
+        kernel.ether_input_burst([bytes(f) for f in out], now)
+        client.receive(65536, now)
+        now += 0.0001
+    return {"us_per_request": statistics.median(times) * 1e6, "fast_path_segments": ours.fast_path_segments}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -55,21 +102,30 @@ def main() -> None:
     parser.add_argument("--megabytes", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=int, default=8, help="wrk's duration per round")
+    parser.add_argument("--requests", type=int, default=20_000, help="per round of the request row")
+    parser.add_argument("--rows", default="bulk,responder,request", help="which rows to run")
     parser.add_argument("--quick", action="store_true", help="small, short, one round (smoke)")
     args = parser.parse_args()
+    rows = set(args.rows.split(","))
     reason = netns_unavailable_reason()
-    if reason:
+    if reason and rows & {"bulk", "responder"}:
         sys.exit(f"bench_ipv6: cannot make network namespaces here: {reason}")
     megabytes, rounds, seconds = (32, 1, 3) if args.quick else (args.megabytes, args.rounds, args.seconds)
+    requests = 2000 if args.quick else args.requests
     nbytes = megabytes * 1_000_000
-    cases: dict[str, Callable[[], dict[str, float]]] = {
-        "bulk in v4": lambda: bulk("in", False, nbytes),
-        "bulk in v6": lambda: bulk("in", True, nbytes),
-        "bulk out v4": lambda: bulk("out", False, nbytes),
-        "bulk out v6": lambda: bulk("out", True, nbytes),
-        "responder v4": lambda: responder("tap", seconds),
-        "responder v6": lambda: responder("tap6", seconds),
-    }
+    cases: dict[str, Callable[[], dict[str, float]]] = {}
+    if "bulk" in rows:
+        cases["bulk in v4"] = lambda: bulk("in", False, nbytes)
+        cases["bulk in v6"] = lambda: bulk("in", True, nbytes)
+        cases["bulk out v4"] = lambda: bulk("out", False, nbytes)
+        cases["bulk out v6"] = lambda: bulk("out", True, nbytes)
+    if "responder" in rows:
+        cases["responder v4"] = lambda: responder("tap", seconds)
+        cases["responder v6"] = lambda: responder("tap6", seconds)
+    if "request" in rows:
+        cases["request v4"] = lambda: request(False, True, requests)
+        cases["request v6"] = lambda: request(True, True, requests)
+        cases["request v6 off"] = lambda: request(True, False, requests)
     samples: dict[str, list[dict[str, float]]] = {name: [] for name in cases}
     loads: list[float] = []
     for _ in range(rounds):
@@ -85,19 +141,25 @@ def main() -> None:
     metrics = {
         "bulk in": ("gbit_per_s", "stack_cpu_s_per_gb"),
         "bulk out": ("gbit_per_s", "stack_cpu_s_per_gb"),
+        "responder": ("requests_per_s", "cpu_us_per_request"),
+        "request": ("us_per_request",),
     }
-    metrics["responder"] = ("requests_per_s", "cpu_us_per_request")
     for kind, names in metrics.items():
+        if f"{kind} v4" not in samples:
+            continue
         for metric in names:
             v4 = [run[metric] for run in samples[f"{kind} v4"]]
             v6 = [run[metric] for run in samples[f"{kind} v6"]]
-            result[f"{kind} {metric}"] = {
+            row: dict[str, object] = {
                 "v4": statistics.median(v4),
                 "v6": statistics.median(v6),
                 "v6/v4": statistics.median(v6) / statistics.median(v4),
                 "v4 runs": v4,
                 "v6 runs": v6,
             }
+            if f"{kind} v6 off" in samples:
+                row["v6 off"] = statistics.median(run[metric] for run in samples[f"{kind} v6 off"])
+            result[f"{kind} {metric}"] = row
     print(json.dumps(result, indent=1))
 
 

@@ -67,11 +67,12 @@ stack_ffi = _extension(
     };
     #define YAS_FAST_DECLINE 0
     #define YAS_FAST_CANDIDATE 1
+    #define YAS_FAST_CANDIDATE6 3
     #define YAS_FAST_VERIFIED 0x80000000
     #define YAS_FAST_BAD_ARGS -1
     int yas_tcp_fast_classify(const char *frames, size_t frameslen, const char *lens, size_t lenslen,
-                              int n, const char *mac, uint32_t ip, uint32_t broadcast, int verify,
-                              char *out, size_t outlen);
+                              int n, const char *mac, uint32_t ip, uint32_t broadcast, const char *ip6,
+                              size_t ip6len, uint32_t ip6_usable, int verify, char *out, size_t outlen);
     """,
     ["checksum.c", "gso.c", "tcp_fast.c"],
 )

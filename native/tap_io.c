@@ -19,6 +19,7 @@
 #define VNET_F_DATA_VALID 2
 #define VNET_GSO_NONE 0
 #define VNET_GSO_TCPV4 1
+#define VNET_GSO_TCPV6 4
 
 struct yas_tap_ring {
     int ring_fd;
@@ -115,20 +116,29 @@ void yas_tap_ring_close(struct yas_tap_ring *r) {
 }
 
 /* The virtio-net header of one frame (see tap.py's _offload_header, its twin); -EINVAL when a
- * partial-checksum frame is not TCP over IPv4. */
+ * partial-checksum frame is not TCP over IPv4 or over IPv6 (no extension header: the stack sends
+ * none). */
 static int vnet_header(const unsigned char *f, uint32_t len, uint32_t meta, unsigned char *hdr) {
     memset(hdr, 0, YAS_TAP_VNET_HDR_LEN);
     if (!(meta & YAS_TAP_PARTIAL_CSUM))
         return 0;
-    if (len < ETHER_LEN + 40 || f[12] != 0x08 || f[13] != 0x00 || f[ETHER_LEN + 9] != 6)
+    uint16_t tcp_at;
+    unsigned char gso_type;
+    if (len >= ETHER_LEN + 60 && f[12] == 0x86 && f[13] == 0xDD && f[ETHER_LEN + 6] == 6) {
+        tcp_at = ETHER_LEN + 40;
+        gso_type = VNET_GSO_TCPV6;
+    } else if (len < ETHER_LEN + 40 || f[12] != 0x08 || f[13] != 0x00 || f[ETHER_LEN + 9] != 6) {
         return -EINVAL;
-    uint16_t tcp_at = ETHER_LEN + ((f[ETHER_LEN] & 0x0F) << 2);
+    } else {
+        tcp_at = ETHER_LEN + ((f[ETHER_LEN] & 0x0F) << 2);
+        gso_type = VNET_GSO_TCPV4;
+    }
     if ((uint32_t)tcp_at + 13 > len)
         return -EINVAL;
     uint16_t hdr_len = tcp_at + ((f[tcp_at + 12] >> 4) << 2);
     uint16_t gso_size = meta & 0xFFFF, csum_start = tcp_at, csum_offset = 16;
     hdr[0] = VNET_F_NEEDS_CSUM;
-    hdr[1] = gso_size ? VNET_GSO_TCPV4 : VNET_GSO_NONE;
+    hdr[1] = gso_size ? gso_type : VNET_GSO_NONE;
     memcpy(hdr + 2, &hdr_len, 2); /* native byte order, as the legacy header wants */
     memcpy(hdr + 4, &gso_size, 2);
     memcpy(hdr + 6, &csum_start, 2);

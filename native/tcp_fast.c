@@ -9,6 +9,11 @@
  * source, a TCP segment with ACK (and maybe PSH) and no other flag, no options or exactly the
  * aligned timestamp option (NOP NOP TS), valid checksums -- and YAS_FAST_DECLINE for every other
  * frame, which the caller hands to the Python path (ether_input) unchanged, in order.
+ * An IPv6 frame is a candidate on the same terms (YAS_FAST_CANDIDATE6): no extension header,
+ * next header TCP, to one of our usable unicast addresses from a source that is none of ours,
+ * not multicast, loopback or unspecified, a hop limit above 0, the checksum over the IPv6
+ * pseudo-header valid; the record's `src` is 0 (the caller keys the connection by the 128-bit
+ * source in the frame, bytes 22..37).
  * A UDP datagram udp_input would take without a question (to our address, no fragment or
  * options, a sane length, a destination port, a valid checksum or none) comes back as
  * YAS_FAST_UDP with its source, ports and payload bounds: the caller queues it on its socket
@@ -61,12 +66,96 @@ static void classify_udp(const unsigned char *f, uint32_t len, int verify, uint3
     r->end = 34 + ulen;
 }
 
+static int tcp_fields(const unsigned char *f, uint32_t len, int verify, uint32_t at, uint32_t tcp_len,
+                      uint32_t sum_at, uint32_t initial, struct yas_tcp_seg *r)
+{
+    /* The TCP half, for both families: the segment at f[at:at + tcp_len], its checksum summed
+     * from f[sum_at] (before `at` for IPv6, whose addresses sit right before the segment and
+     * are summed with it) with `initial` the rest of the pseudo-header.  Fills the record's
+     * TCP fields and returns 1, or 0 (the record left a decline). */
+    const unsigned char *th = f + at;
+    uint32_t thl = (uint32_t)(th[12] >> 4) << 2;
+    if (thl < 20 || thl > tcp_len)
+        return 0;
+    uint32_t flags = th[13];
+    if ((flags & ~0x08u) != 0x10 || (th[12] & 0x0F))
+        return 0; /* anything but ACK or ACK|PSH (or the reserved bits) */
+    uint32_t sport = be16(th), dport = be16(th + 2);
+    if (sport == 0 || dport == 0)
+        return 0;
+    int64_t tsval = -1, tsecr = -1;
+    if (thl == 32) {
+        if (th[20] != 1 || th[21] != 1 || th[22] != 8 || th[23] != 10)
+            return 0;
+        tsval = be32(th + 24);
+        tsecr = be32(th + 28);
+    } else if (thl != 20) {
+        return 0;
+    }
+    if (verify && yas_sum16((const char *)f, len, sum_at, at + tcp_len - sum_at, initial) != 0xFFFF)
+        return 0;
+    r->sport = (uint16_t)sport;
+    r->dport = (uint16_t)dport;
+    r->seq = be32(th + 4);
+    r->ack = be32(th + 8);
+    r->flags = (uint16_t)flags;
+    r->window = (uint16_t)be16(th + 14);
+    r->tsval = tsval;
+    r->tsecr = tsecr;
+    r->data_start = at + thl;
+    r->end = at + tcp_len;
+    return 1;
+}
+
+static int in_addresses(const unsigned char *a, const char *ip6, uint32_t count)
+{
+    for (uint32_t i = 0; i < count; i++)
+        if (memcmp(a, ip6 + (size_t)i * 16, 16) == 0)
+            return 1;
+    return 0;
+}
+
+static void classify6(const unsigned char *f, uint32_t len, int verify, const char *ip6, uint32_t n_usable,
+                      uint32_t n_all, struct yas_tcp_seg *r)
+{
+    /* What ip6_input -> tcp6_input take without a question: version 6, the payload (a whole TCP
+     * header at least) within the frame, next header TCP (no extension header), a hop limit,
+     * to a usable address of ours (ip6[0:16 * n_usable]), from a source that is none of ours
+     * (all n_all, tentative ones too) nor multicast, loopback or unspecified. */
+    const unsigned char *ip = f + 14;
+    if ((ip[0] >> 4) != 6 || ip[6] != 6 || ip[7] == 0)
+        return;
+    uint32_t tcp_len = be16(ip + 4);
+    if (tcp_len < 20 || 54 + (size_t)tcp_len > len)
+        return;
+    const unsigned char *src = ip + 8;
+    if (src[0] == 0xFF)
+        return;
+    static const unsigned char zero[15];
+    if (memcmp(src, zero, 15) == 0 && src[15] <= 1)
+        return; /* :: or ::1 */
+    if (!in_addresses(ip + 24, ip6, n_usable) || in_addresses(src, ip6, n_all))
+        return;
+    /* the pseudo-header (RFC 8200 8.1): addresses (summed in place), length, next header */
+    if (!tcp_fields(f, len, verify, 54, tcp_len, 22, 6 + tcp_len, r))
+        return;
+    r->kind = YAS_FAST_CANDIDATE6;
+}
+
 static void classify(const unsigned char *f, uint32_t len, int verify, const char *mac, uint32_t ip,
-                     uint32_t broadcast, struct yas_tcp_seg *r)
+                     uint32_t broadcast, const char *ip6, uint32_t n_usable, uint32_t n_all,
+                     struct yas_tcp_seg *r)
 {
     memset(r, 0, sizeof *r);
     r->tsval = r->tsecr = -1;
-    if (len < 14 + 20 + 8 || memcmp(f, mac, 6) != 0 || f[12] != 0x08 || f[13] != 0x00)
+    if (len < 14 + 20 + 8 || memcmp(f, mac, 6) != 0)
+        return;
+    if (f[12] == 0x86 && f[13] == 0xDD) {
+        if (len >= 14 + 40 + 20 && n_usable)
+            classify6(f, len, verify, ip6, n_usable, n_all, r);
+        return;
+    }
+    if (f[12] != 0x08 || f[13] != 0x00)
         return;
     const unsigned char *iph = f + 14;
     if (iph[0] != 0x45)
@@ -90,53 +179,26 @@ static void classify(const unsigned char *f, uint32_t len, int verify, const cha
         classify_udp(f, len, verify, total, src, dst, r);
         return;
     }
-    const unsigned char *th = iph + 20;
-    uint32_t tcp_len = total - 20;
-    uint32_t thl = (uint32_t)(th[12] >> 4) << 2;
-    if (thl < 20 || thl > tcp_len)
+    uint32_t initial = (src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF) + 6 + (total - 20);
+    if (!tcp_fields(f, len, verify, 34, total - 20, 34, initial, r))
         return;
-    uint32_t flags = th[13];
-    if ((flags & ~0x08u) != 0x10 || (th[12] & 0x0F))
-        return; /* anything but ACK or ACK|PSH (or the reserved bits) */
-    uint32_t sport = be16(th), dport = be16(th + 2);
-    if (sport == 0 || dport == 0)
-        return;
-    if (thl == 32) {
-        if (th[20] != 1 || th[21] != 1 || th[22] != 8 || th[23] != 10)
-            return;
-        r->tsval = be32(th + 24);
-        r->tsecr = be32(th + 28);
-    } else if (thl != 20) {
-        return;
-    }
-    if (verify) {
-        uint32_t initial = (src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF) + 6 + tcp_len;
-        if (yas_sum16((const char *)f, len, 34, tcp_len, initial) != 0xFFFF) {
-            r->tsval = r->tsecr = -1;
-            return;
-        }
-    }
     r->kind = YAS_FAST_CANDIDATE;
     r->src = src;
-    r->sport = (uint16_t)sport;
-    r->dport = (uint16_t)dport;
-    r->seq = be32(th + 4);
-    r->ack = be32(th + 8);
-    r->flags = (uint16_t)flags;
-    r->window = (uint16_t)be16(th + 14);
-    r->data_start = 34 + thl;
-    r->end = 14 + total;
 }
 
 int yas_tcp_fast_classify(const char *frames, size_t frameslen, const char *lens, size_t lenslen,
-                          int n, const char *mac, uint32_t ip, uint32_t broadcast, int verify,
-                          char *out, size_t outlen)
+                          int n, const char *mac, uint32_t ip, uint32_t broadcast, const char *ip6,
+                          size_t ip6len, uint32_t ip6_usable, int verify, char *out, size_t outlen)
 {
     /* `out` is n records of struct yas_tcp_seg (a bytearray on the Python side: written by
      * memcpy, so its alignment does not matter); nothing is read or written outside the
      * lengths given */
-    if (frames == NULL || lens == NULL || mac == NULL || out == NULL || n < 0)
+    if (frames == NULL || lens == NULL || mac == NULL || ip6 == NULL || out == NULL || n < 0)
         return YAS_FAST_BAD_ARGS;
+    /* ip6: our IPv6 addresses, 16 bytes each, the ip6_usable usable ones (past DAD) first */
+    if (ip6len % 16 || ip6len / 16 > YAS_FAST_MAX_IP6 || ip6_usable > ip6len / 16)
+        return YAS_FAST_BAD_ARGS;
+    uint32_t n_all = (uint32_t)(ip6len / 16);
     if ((size_t)n > lenslen / sizeof(uint32_t) || (size_t)n > outlen / sizeof(struct yas_tcp_seg))
         return YAS_FAST_BAD_ARGS;
     size_t at = 0;
@@ -148,7 +210,7 @@ int yas_tcp_fast_classify(const char *frames, size_t frameslen, const char *lens
             return YAS_FAST_BAD_ARGS;
         struct yas_tcp_seg record;
         classify((const unsigned char *)frames + at, len, verify && !(word & YAS_FAST_VERIFIED), mac, ip,
-                 broadcast, &record);
+                 broadcast, ip6, ip6_usable, n_all, &record);
         memcpy(out + (size_t)i * sizeof record, &record, sizeof record);
         at += len;
     }

@@ -223,8 +223,9 @@ def test_c_refuses_lengths_beyond_its_buffers() -> None:
 
     def call(frames: bytes, lens: bytes, out: bytearray) -> int:
         return lib.yas_tcp_fast_classify(
-            frames, len(frames), lens, len(lens), 1, MAC, IP, BROADCAST, 1, ffi.from_buffer(out), len(out)
-        )
+            frames, len(frames), lens, len(lens), 1, MAC, IP, BROADCAST, b"", 0, 0, True,
+            ffi.from_buffer(out), len(out),
+        )  # fmt: skip
 
     assert call(frame, lens, bytearray(48)) == 1
     for frames, lens_bytes, out in ((frame[:-1], lens, bytearray(48)), (frame, lens[:3], bytearray(48)),

@@ -29,7 +29,8 @@ from ._stats import ArpStats, EtherStats, IcmpStats, IpStats, StackStatistics, T
 from ._timers import TimerQueue
 from ._udp import UdpLayer
 from .tcp import TcpLayer
-from .tcp._fastpath import CANDIDATE, FAST_PATH_DEFAULT, UDP, classify_burst, fast_input
+from .tcp._fastpath import CANDIDATE, CANDIDATE6, FAST_PATH_DEFAULT, UDP, classify_burst, fast_input
+from .tcp._tcp6 import IP6_KEY, TcpConnection6, predicted_input
 from .wire import WireError
 from .wire.ethernet import (
     ETHER_HEADER,
@@ -104,6 +105,10 @@ class StackCore:
         self.tcp_ctlinput: Callable[..., bool] | None = self.tcp.tcp_ctlinput
         #: multicast MACs ``ether_input`` accepts besides ours and broadcast (IPv6's groups)
         self.group_macs: set[bytes] = set()
+        #: our IPv6 addresses for the fast path's classifier, 16 bytes each, the ``fast_usable6``
+        #: usable ones first (``Ip6Layer.addresses_changed`` keeps them; none without IPv6)
+        self.fast_addresses6 = b""
+        self.fast_usable6 = 0
         #: IPv6, when the interface has an IPv6 address or ``config.ip6.enabled`` (else frames of
         #: that type stay unknown ethertypes, as before)
         self.ip6 = Ip6Layer(self) if config.ip6.enabled or iface.addresses6 else None
@@ -159,7 +164,9 @@ class StackCore:
     ) -> None:
         """The frames of one ``rx_burst``, in order: the established-connection fast path first
         (one classifying pass over the whole burst, in C when built; a sound UDP datagram is
-        queued on its socket by ``udp_fast_input``), ``ether_input`` for every frame it declines.
+        queued on its socket by ``udp_fast_input``; a TCP segment over IPv6 is taken by
+        ``_tcp6.predicted_input``, with the ND reachability hint ``tcp6_input`` would give),
+        ``ether_input`` for every frame it declines.
         With ``on_error``, an exception from one frame is handed to it and the burst goes on (the
         runtime counts stack bugs per frame); without, it propagates.
 
@@ -176,10 +183,13 @@ class StackCore:
                         raise
                     on_error(exc)
             return
-        records = classify_burst(frames, self.mac, self.ip, self.ip_layer.broadcast, self._verify_unmarked)
+        records = classify_burst(
+            frames, self.mac, self.ip, self.ip_layer.broadcast, self._verify_unmarked, self.fast_addresses6,
+            self.fast_usable6,
+        )  # fmt: skip
         connections = self.tcp.connections
         udp_fast_input = self.udp.udp_fast_input
-        taken = udp_taken = 0
+        taken = udp_taken = taken6 = 0
         for frame, record in zip(frames, records, strict=True):
             try:
                 kind = record[0]
@@ -191,6 +201,19 @@ class StackCore:
                 elif kind == UDP and udp_fast_input(frame, record):
                     udp_taken += 1
                     continue
+                elif kind == CANDIDATE6 and (ip6 := self.ip6) is not None:  # keyed by source | IP6_KEY
+                    src = int.from_bytes(frame[22:38], "big")
+                    conn = connections.get((record[3], src | IP6_KEY, record[2]))
+                    if conn is not None and conn.__class__ is TcpConnection6:
+                        snd_una = conn.snd_una
+                        _k, _s, _sp, _dp, seq, ack, flags, window, tsval, tsecr, start, end = record
+                        if predicted_input(
+                            conn, frame, start, end, seq, ack, flags, window, tsval, tsecr, now
+                        ):
+                            if conn.snd_una > snd_una:
+                                ip6.nd6.nud_hint(src, now)  # as tcp6_input: forward progress (ND6_HINT)
+                            taken6 += 1
+                            continue
                 ether_input(frame, now)
             except Exception as exc:
                 if on_error is None:
@@ -207,6 +230,13 @@ class StackCore:
             stats_ip.received += both
             stats_ip.delivered += both
             self.stats_tcp.segments_received += taken
+        if taken6 and (ip6 := self.ip6) is not None:  # ether_input, ip6_input and tcp6_input's counters
+            self.fast_path_segments += taken6
+            self.stats_ether.received += taken6
+            stats_ip6 = ip6.stats
+            stats_ip6.received += taken6
+            stats_ip6.delivered += taken6
+            self.stats_tcp.segments_received += taken6
 
     def learn_from_copy(self, frame: bytes, now: float) -> None:
         """A copy of a frame another core received (ARP, which every core must learn from):

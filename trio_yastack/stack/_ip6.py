@@ -69,6 +69,10 @@ _LOOPBACK = 1  # ::1
 QUOTE_LIMIT = IPV6_MIN_MTU - IPV6_HEADER_LEN - 8
 
 
+#: the most addresses handed to the fast path's classifier (``tcp._fastpath.MAX_IP6``)
+_FAST_MAX_ADDRESSES = 64
+
+
 def _prefix_mask(prefix_len: int) -> int:
     return ((1 << prefix_len) - 1) << (128 - prefix_len)
 
@@ -140,6 +144,20 @@ class Ip6Layer:
             self.add_address(int(interface.ip), interface.network.prefixlen)
 
     # -- configuration -----------------------------------------------------------------------
+    def addresses_changed(self) -> None:
+        """Our addresses or their DAD state changed: rebuild what the fast path's classifier
+        compares an IPv6 frame's addresses with (``tcp._fastpath``), kept on the core for
+        ``ether_input_burst`` to hand over without a look here: ``core.fast_addresses6``, 16 bytes
+        each, the ``core.fast_usable6`` usable ones first.  Past the classifier's limit of
+        ``_FAST_MAX_ADDRESSES`` it is handed none, and every IPv6 frame takes ``ip6_input``."""
+        usable = [a for a, ours in self.addresses.items() if not ours.tentative]
+        tentative = [a for a, ours in self.addresses.items() if ours.tentative]
+        if len(self.addresses) > _FAST_MAX_ADDRESSES:
+            usable = tentative = []
+        core = self.core
+        core.fast_addresses6 = b"".join(a.to_bytes(16, "big") for a in usable + tentative)
+        core.fast_usable6 = len(usable)
+
     def join(self, group: int) -> None:
         """Receive ``group`` (its multicast MAC passes ``ether_input``'s filter)."""
         self.groups.add(group)
@@ -161,6 +179,7 @@ class Ip6Layer:
         if not is_link_local(address) and prefix_len < 128:
             mask = _prefix_mask(prefix_len)
             self.prefixes.setdefault(address & mask, (prefix_len, valid_until))
+        self.addresses_changed()
         return ours
 
     def _expire_address(self, now: float, address: int) -> None:
@@ -173,6 +192,7 @@ class Ip6Layer:
             self.core.timers.schedule(ours.valid_until, self._expire_address, address)
             return
         del self.addresses[address]
+        self.addresses_changed()
         self.core.timers.cancel(ours.dad_timer)
 
     def start(self, now: float) -> None:

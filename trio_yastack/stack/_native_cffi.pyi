@@ -27,6 +27,7 @@ class _Lib:
     ) -> int: ...
     YAS_FAST_DECLINE: Final[int]
     YAS_FAST_CANDIDATE: Final[int]
+    YAS_FAST_CANDIDATE6: Final[int]
     YAS_FAST_VERIFIED: Final[int]
     YAS_FAST_BAD_ARGS: Final[int]
     def yas_tcp_fast_classify(
@@ -39,6 +40,9 @@ class _Lib:
         mac: bytes,
         ip: int,
         broadcast: int,
+        ip6: bytes,
+        ip6len: int,
+        ip6_usable: int,
         verify: bool,
         out: CData,
         outlen: int,

@@ -467,6 +467,7 @@ class Nd6Layer:
         if ours.dad_sent >= self.config.dad_transmits:
             ours.tentative = False  # nobody objected within RetransTimer of the last NS
             ours.dad_timer = None
+            ip6.addresses_changed()
             self.stats.dad_succeeded += 1
             return
         ours.dad_sent += 1
@@ -481,6 +482,7 @@ class Nd6Layer:
         self.stats.drop(Nd6Drop.DAD_FAILED)
         self.ip6.core.timers.cancel(ours.dad_timer)
         self.ip6.addresses.pop(ours.address, None)
+        self.ip6.addresses_changed()
 
     # -- MLDv2 (RFC 3810) --------------------------------------------------------------------
     def mld_report(self, now: float, groups: list[int] | None = None, *, repeat: bool = True) -> None:

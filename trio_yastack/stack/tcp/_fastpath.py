@@ -10,9 +10,14 @@ option, with valid checksums -- comes back as a *candidate* with its TCP fields;
 *declines* and goes through ``ether_input`` as before.  A UDP datagram ``udp_input`` would take
 without a question (same IPv4 checks; a UDP length that fits, a destination port, a valid checksum
 or none) comes back as a ``UDP`` record: ``StackCore.ether_input_burst`` queues it on its socket
-with ``UdpLayer.udp_fast_input``, the burst's datagrams all in the same one crossing into C.  The
-fast path is IPv4-only: an IPv6 frame always declines and takes the Python path (``ip6_input`` ->
-``tcp6_input`` / ``udp6_input``).
+with ``UdpLayer.udp_fast_input``, the burst's datagrams all in the same one crossing into C.  An
+IPv6 frame with no extension header, carrying TCP to one of our usable addresses (the classifier is
+handed them, ``StackCore.fast_addresses6``) from a source that is none of ours nor multicast, loopback
+or unspecified, with a hop limit and the checksum over the IPv6 pseudo-header valid, and the same
+TCP header terms, is a ``CANDIDATE6``: ``StackCore.ether_input_burst`` keys it by the frame's
+128-bit source with ``IP6_KEY`` and hands it to ``_tcp6.predicted_input`` (the prediction
+``tcp6_input`` runs).  Every other IPv6 frame (UDP too) declines and takes the Python path
+(``ip6_input`` -> ``tcp6_input`` / ``udp6_input`` / ...).
 
 :func:`fast_input` then takes a candidate for its connection (the 4-tuple demultiplexes it) when
 the connection is ESTABLISHED, untraced and carries no loss-recovery state (no SACK scoreboard,
@@ -32,7 +37,8 @@ from __future__ import annotations
 import os
 import struct
 from array import array
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from typing import Protocol
 
 from .._native import native_extension, sum16
 from .._offload import ChecksumVerified
@@ -42,8 +48,10 @@ from ._states import ESTABLISHED
 
 __all__ = [
     "CANDIDATE",
+    "CANDIDATE6",
     "DECLINE",
     "FAST_PATH_DEFAULT",
+    "MAX_IP6",
     "NATIVE_FASTPATH",
     "RECORD",
     "UDP",
@@ -54,6 +62,7 @@ __all__ = [
     "native_classify_burst",
     "py_classify_burst",
     "py_classify_frame",
+    "py_classify_frame6",
     "py_classify_udp",
 ]
 
@@ -65,6 +74,10 @@ DECLINE = 0
 CANDIDATE = 1
 #: a UDP datagram for ``UdpLayer.udp_fast_input`` (fields: src, sport, dport, payload start, end)
 UDP = 2
+#: a TCP segment over IPv6 (fields as ``CANDIDATE``'s but ``src``, 0: the frame's bytes 22..37)
+CANDIDATE6 = 3
+#: the most IPv6 addresses the classifier compares with (``YAS_FAST_MAX_IP6``)
+MAX_IP6 = 64
 _MASK = 0xFFFFFFFF
 #: bit 31 of a frame length handed to C: the port verified this frame's checksums
 VERIFIED = 0x80000000
@@ -73,17 +86,28 @@ _IPV4_FIXED = struct.Struct("!BBHHHBBHII")
 _TCP_FIXED = struct.Struct("!HHIIBBH")
 _TS = struct.Struct("!II")
 _UDP_FIXED = struct.Struct("!HHHH")
+_IPV6_FIXED = struct.Struct("!BxxxHBB")
 _TS_ALIGNED = b"\x01\x01\x08\x0a"
+_ZERO15 = bytes(15)
 #: whether the fast path is on for a new StackCore (the environment can turn it off)
 FAST_PATH_DEFAULT = os.environ.get("TRIO_YASTACK_NO_FASTPATH") != "1"
 
 Buffer = bytes | bytearray | memoryview
 
 
-def py_classify_frame(frame: Buffer, verify: bool, mac: bytes, ip: int, broadcast: int) -> Record:
-    """Twin of the C ``classify``: the record of one frame (see the module docstring)."""
+def py_classify_frame(
+    frame: Buffer, verify: bool, mac: bytes, ip: int, broadcast: int, ip6: bytes = b"", ip6_usable: int = 0
+) -> Record:
+    """Twin of the C ``classify``: the record of one frame (see the module docstring).  ``ip6``
+    is our IPv6 addresses, 16 bytes each, the ``ip6_usable`` usable ones (past DAD) first."""
     n = len(frame)
-    if n < 42 or frame[0:6] != mac or frame[12] != 0x08 or frame[13] != 0x00:
+    if n < 42 or frame[0:6] != mac:
+        return _DECLINED
+    if frame[12] == 0x86 and frame[13] == 0xDD:
+        if n >= 74 and ip6_usable:
+            return py_classify_frame6(frame, verify, ip6, ip6_usable)
+        return _DECLINED
+    if frame[12] != 0x08 or frame[13] != 0x00:
         return _DECLINED
     vihl, _tos, total, _ident, frag, ttl, proto, _csum, src, dst = _IPV4_FIXED.unpack_from(frame, 14)
     if vihl != 0x45 or total < 28 or 14 + total > n or frag & 0x3FFF or ttl == 0 or proto not in (6, 17):
@@ -97,22 +121,54 @@ def py_classify_frame(frame: Buffer, verify: bool, mac: bytes, ip: int, broadcas
     if proto == 17:
         return py_classify_udp(frame, verify, total, src, dst)
     tcp_len = total - 20
-    sport, dport, seq, ack, offset_byte, flags, window = _TCP_FIXED.unpack_from(frame, 34)
+    initial = (src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF) + 6 + tcp_len
+    fields = _tcp_fields(frame, verify, 34, tcp_len, 34, initial)
+    if fields is None:
+        return _DECLINED
+    return (CANDIDATE, src, *fields)
+
+
+def py_classify_frame6(frame: Buffer, verify: bool, ip6: bytes, ip6_usable: int) -> Record:
+    """Twin of the C ``classify6``: what ``ip6_input`` -> ``tcp6_input`` take without a question
+    (an IPv6 frame of at least 74 bytes to our MAC)."""
+    version, tcp_len, nxt, hop_limit = _IPV6_FIXED.unpack_from(frame, 14)
+    if version >> 4 != 6 or nxt != 6 or hop_limit == 0 or tcp_len < 20 or 54 + tcp_len > len(frame):
+        return _DECLINED
+    src = bytes(frame[22:38])
+    if src[0] == 0xFF or (src[:15] == _ZERO15 and src[15] <= 1):
+        return _DECLINED  # multicast, :: or ::1
+    dst = bytes(frame[38:54])
+    usable = [ip6[i : i + 16] for i in range(0, 16 * ip6_usable, 16)]
+    ours = [ip6[i : i + 16] for i in range(0, len(ip6), 16)]
+    if dst not in usable or src in ours:
+        return _DECLINED
+    # the pseudo-header (RFC 8200 8.1): the addresses summed in place with the segment
+    fields = _tcp_fields(frame, verify, 54, tcp_len, 22, 6 + tcp_len)
+    if fields is None:
+        return _DECLINED
+    return (CANDIDATE6, 0, *fields)
+
+
+def _tcp_fields(
+    frame: Buffer, verify: bool, at: int, tcp_len: int, sum_at: int, initial: int
+) -> tuple[int, int, int, int, int, int, int, int, int, int] | None:
+    """Twin of the C ``tcp_fields``: the record's fields after ``src`` for the segment at
+    ``frame[at:at + tcp_len]``, its checksum summed from ``frame[sum_at]`` with ``initial``;
+    ``None`` to decline."""
+    sport, dport, seq, ack, offset_byte, flags, window = _TCP_FIXED.unpack_from(frame, at)
     thl = (offset_byte >> 4) << 2
     if thl < 20 or thl > tcp_len or flags & ~0x08 != 0x10 or offset_byte & 0x0F or not sport or not dport:
-        return _DECLINED
+        return None
     tsval = tsecr = -1
     if thl == 32:
-        if frame[54:58] != _TS_ALIGNED:
-            return _DECLINED
-        tsval, tsecr = _TS.unpack_from(frame, 58)
+        if frame[at + 20 : at + 24] != _TS_ALIGNED:
+            return None
+        tsval, tsecr = _TS.unpack_from(frame, at + 24)
     elif thl != 20:
-        return _DECLINED
-    if verify:
-        initial = (src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF) + 6 + tcp_len
-        if sum16(frame, 34, tcp_len, initial) != 0xFFFF:
-            return _DECLINED
-    return (CANDIDATE, src, sport, dport, seq, ack, flags, window, tsval, tsecr, 34 + thl, 14 + total)
+        return None
+    if verify and sum16(frame, sum_at, at + tcp_len - sum_at, initial) != 0xFFFF:
+        return None
+    return (sport, dport, seq, ack, flags, window, tsval, tsecr, at + thl, at + tcp_len)
 
 
 def py_classify_udp(frame: Buffer, verify: bool, total: int, src: int, dst: int) -> Record:
@@ -132,17 +188,48 @@ def py_classify_udp(frame: Buffer, verify: bool, total: int, src: int, dst: int)
 
 
 def py_classify_burst(
-    frames: Sequence[Buffer], mac: bytes, ip: int, broadcast: int, verify: bool
+    frames: Sequence[Buffer],
+    mac: bytes,
+    ip: int,
+    broadcast: int,
+    verify: bool,
+    ip6: bytes = b"",
+    ip6_usable: int = 0,
 ) -> list[Record]:
     """The records of a burst (twin of :func:`native_classify_burst`): a frame the port marked
     :class:`ChecksumVerified` is not verified again."""
+    _check_ip6(ip6, ip6_usable)
     return [
-        py_classify_frame(frame, verify and frame.__class__ is not ChecksumVerified, mac, ip, broadcast)
+        py_classify_frame(
+            frame, verify and frame.__class__ is not ChecksumVerified, mac, ip, broadcast, ip6, ip6_usable
+        )
         for frame in frames
     ]
 
 
-native_classify_burst: Callable[[Sequence[Buffer], bytes, int, int, bool], list[Record]] | None = None
+def _check_ip6(ip6: bytes, ip6_usable: int) -> None:
+    """The C classifier's argument checks on the IPv6 addresses, as a clear error."""
+    if len(ip6) % 16 or len(ip6) // 16 > MAX_IP6 or not 0 <= ip6_usable <= len(ip6) // 16:
+        raise ValueError(f"bad IPv6 addresses for the classifier ({len(ip6)} bytes, {ip6_usable} usable)")
+
+
+class Classify(Protocol):
+    """A burst classifier: ``(frames, mac, ip, broadcast, verify, ip6=b"", ip6_usable=0)``."""
+
+    def __call__(
+        self,
+        frames: Sequence[Buffer],
+        mac: bytes,
+        ip: int,
+        broadcast: int,
+        verify: bool,
+        ip6: bytes = b"",
+        ip6_usable: int = 0,
+        /,
+    ) -> list[Record]: ...
+
+
+native_classify_burst: Classify | None = None
 _extension = native_extension()
 if _extension is not None and hasattr(_extension[1], "yas_tcp_fast_classify"):
     _ffi, _lib = _extension
@@ -152,7 +239,13 @@ if _extension is not None and hasattr(_extension[1], "yas_tcp_fast_classify"):
     _RECORD_SIZE = RECORD.size
 
     def _native_classify_burst(
-        frames: Sequence[Buffer], mac: bytes, ip: int, broadcast: int, verify: bool
+        frames: Sequence[Buffer],
+        mac: bytes,
+        ip: int,
+        broadcast: int,
+        verify: bool,
+        ip6: bytes = b"",
+        ip6_usable: int = 0,
     ) -> list[Record]:
         """The C ``yas_tcp_fast_classify`` over the whole burst: one join, one call, one unpack."""
         n = len(frames)
@@ -174,11 +267,15 @@ if _extension is not None and hasattr(_extension[1], "yas_tcp_fast_classify"):
             mac,
             ip,
             broadcast,
+            ip6,
+            len(ip6),
+            ip6_usable,
             verify,
             _from_buffer(out),
             len(out),
         )
         if made != n:
+            _check_ip6(ip6, ip6_usable)
             raise ValueError(f"yas_tcp_fast_classify failed ({made})")
         return list(_iter_unpack(out))
 
@@ -186,10 +283,8 @@ if _extension is not None and hasattr(_extension[1], "yas_tcp_fast_classify"):
 
 #: whether the classifier in use is the C one
 NATIVE_FASTPATH = native_classify_burst is not None
-#: the chosen classifier: ``(frames, mac, ip, broadcast, verify) -> [Record]``
-classify_burst: Callable[[Sequence[Buffer], bytes, int, int, bool], list[Record]] = (
-    native_classify_burst or py_classify_burst
-)
+#: the chosen classifier: ``(frames, mac, ip, broadcast, verify, ip6, ip6_usable) -> [Record]``
+classify_burst: Classify = native_classify_burst or py_classify_burst
 
 
 def fast_input(conn: TcpConnection, frame: bytes, record: Record, now: float) -> bool:

@@ -197,10 +197,11 @@ def predicted_input(
     now: float,
 ) -> bool:
     """The established-connection prediction of ``_fastpath.fast_input`` for a segment that came
-    over IPv6 (ACK, maybe PSH, no options but aligned timestamps; ``tcp6_input`` checked those):
-    the same declines, then the connection's own header prediction, then
-    ``ack_and_data_input``.  There is no classifying pass in C for IPv6; this is its Python
-    half.  ``False``: nothing changed, the general path runs."""
+    over IPv6 (ACK, maybe PSH, no options but aligned timestamps): the same declines, then the
+    connection's own header prediction, then ``ack_and_data_input``.  Two callers checked the
+    segment first: ``tcp6_input`` on the Python path, and ``StackCore.ether_input_burst`` for a
+    frame the classifier (C, or its twin) found a ``CANDIDATE6``; each gives the ND hint after.
+    ``False``: nothing changed, the general path runs."""
     if conn.state != ESTABLISHED or conn.in_recovery or conn.rxtshift or conn.frto or len(conn.scoreboard):
         return False
     conn.last_activity = now  # as segment_arrives does first (the slow path would repeat it)
