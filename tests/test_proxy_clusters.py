@@ -178,7 +178,13 @@ async def test_request_mirror_policies(autojump_clock: trio.testing.MockClock) -
         assert r.status == 200 and r.json()["bytes"] == 1000
         await client.request("GET", "/never")
         await client.aclose()
-        await wait_until(lambda: len(mirror.seen) == 2 and mirror.uploads_completed == 1, timeout=5)
+        # The shadow's own answer is counted after the mirror saw its request: wait for both.
+        await wait_until(
+            lambda: len(mirror.seen) == 2
+            and mirror.uploads_completed == 1
+            and proxy.stats.value("http.ingress.shadow_sent") == 2,
+            timeout=5,
+        )
         assert [(s.method, s.path, s.header("host")) for s in mirror.seen] == [
             ("GET", "/one", "proxy.test-shadow"),
             ("POST", "/upload", "proxy.test-shadow"),
