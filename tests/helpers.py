@@ -473,7 +473,9 @@ def check_accounting(core: StackCore) -> None:
     assert s.icmp.errors_received == error_drops + s.icmp.errors_delivered, s.format()
 
 
-def assert_no_reset_but_for_stale_segments(tcp: dict[str, Any]) -> None:
+def assert_no_reset_but_for_stale_segments(
+    tcp: dict[str, Any], dropped: dict[str, int] | None = None
+) -> None:
     """A core's TCP counters show no reset except the listener's answers (some of them
     rate-limited) to segments of connections already gone: an ACK that matched no connection, no
     syncache entry and no cookie, which RFC 9293 3.10.7.2 resets, as Linux and FreeBSD do.
@@ -484,4 +486,4 @@ def assert_no_reset_but_for_stale_segments(tcp: dict[str, Any]) -> None:
     spurious probes are a known cost, counted in ``tlp_probes``).  Data stays intact (the callers
     check it); a segment of a live connection routed to the wrong core would be a reset without a
     cookie failure behind it, or a ``no_socket`` drop, and fails here."""
-    assert tcp["resets_sent"] <= tcp.get("syncookies_failed", 0), tcp  # fewer: some rate-limited
+    assert tcp["resets_sent"] <= tcp.get("syncookies_failed", 0), (tcp, dropped)  # fewer: some rate-limited

@@ -180,9 +180,11 @@ async def test_request_mirror_policies(autojump_clock: trio.testing.MockClock) -
         await client.aclose()
         # The shadow's own answer is counted after the mirror saw its request: wait for both.
         await wait_until(
-            lambda: len(mirror.seen) == 2
-            and mirror.uploads_completed == 1
-            and proxy.stats.value("http.ingress.shadow_sent") == 2,
+            lambda: (
+                len(mirror.seen) == 2
+                and mirror.uploads_completed == 1
+                and proxy.stats.value("http.ingress.shadow_sent") == 2
+            ),
             timeout=5,
         )
         assert [(s.method, s.path, s.header("host")) for s in mirror.seen] == [
