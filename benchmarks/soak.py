@@ -27,7 +27,8 @@ where there is one.
 - ``worker``: one worker of ``yastack serve --cores 2`` killed (SIGKILL) under load, and a stuck app
   handler: what is reported.
 
-    python benchmarks/soak.py [--quick] [--cases bulk,synflood,...] [--bulk-bytes N] [--minutes M]
+    python benchmarks/soak.py [--quick] [--cases bulk,synflood,...] [--bulk-bytes N] [--bulk-limit S]
+                              [--minutes M] [--syn-budget N] [--output PATH]
 
 ``--quick`` is the CI's size (about a minute in all); ``make soak`` runs the full one (minutes).
 Results: ``benchmarks/results/soak.json`` (and ``soak_quick.json``), the plot, and a table on stdout.
@@ -1143,14 +1144,16 @@ def main(argv: list[str] | None = None) -> int:
     faults = replace(SOAK_FAULTS, seed=args.seed)
     rows: list[dict[str, Any]] = []
     for name in args.cases.split(","):
-        log(f"{name}: load average {load_average()}")
+        load_before = load_average()
+        log(f"{name}: load average {load_before}")
         started = time.monotonic()
         try:
             row = run_case(name, size, faults)
         except SoakFailure as exc:
             row = {"case": name, "error": str(exc), "ok": False}
         row["wall_s"] = round(time.monotonic() - started, 1)
-        row["load_average_before"] = load_average()
+        row["load_average_before"] = load_before
+        row["load_average_after"] = load_average()
         log(f"{name}: {'ok' if row['ok'] else 'NOT OK'} in {row['wall_s']} s")
         rows.append(row)
     RESULTS.mkdir(exist_ok=True)
