@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 __all__ = ["TcpLayer", "TcpListener", "TcpTimeWait"]
 
 _MASK = 0xFFFFFFFF
-#: seconds a listener counts as flooded after its last cookie SYN-ACK (see _listen_input)
+#: seconds a listener counts as flooded after its SYN queue last overflowed (_listen_input, shed_syns)
 FLOOD_HOLD = 2.0
 _TS_ALIGNED = b"\x01\x01\x08\x0a"
 _U32X2 = struct.Struct("!II")
@@ -101,7 +101,7 @@ class TcpListener:
         self.sockets = 1
         self.reuse_port = False
         self.embryonic: set[TcpConnection] = set()
-        #: when this listener last answered a SYN with a cookie (its SYN queue full): a flood
+        #: when this listener's SYN queue last overflowed (a SYN answered with a cookie): a flood
         self.cookies_at = -math.inf
         self.accept_queue: deque[TcpConnection] = deque()
         self.closed = False
@@ -257,7 +257,7 @@ class TcpLayer:
         self._rst_tokens = self.config.reset_rate_limit
         self._challenge_tokens = 100.0
         self._rst_at = self._challenge_at = 0.0
-        #: when a listener of this layer last answered a SYN with a cookie (see shed_syns)
+        #: when the SYN queue of a listener of this layer last overflowed (see shed_syns)
         self.cookies_at = -math.inf
 
     # -- ISNs and ports ---------------------------------------------------------------------
@@ -652,19 +652,20 @@ class TcpLayer:
 
     def shed_syns(self, frames: list[bytes], now: float) -> list[bytes]:
         """A burst read while the port was backlogged (it came back full: more frames wait) and
-        a listener answered SYNs with cookies in the last ``FLOOD_HOLD`` seconds, i.e. a flood
+        the SYN queue of a listener overflowed in the last ``FLOOD_HOLD`` seconds, i.e. a flood
         outruns us: keep the first ``syncookie_burst_budget`` SYNs to such a listener and drop
         the rest before any layer parses them, counted ``syn_shed``.  The runtime calls this
         only then (``now - cookies_at < FLOOD_HOLD``), so it costs nothing otherwise.
 
         Why: the flood and the established flows share the port's one receive queue, and what
-        the queue cannot hold the kernel drops, theirs included; a SYN answered with a cookie
-        costs about five times a dropped one (the layers' parsing, a SYN-ACK to build and send,
-        often a RST back), so dropping the excess lets us drain the queue faster than the flood
-        fills it.  A real client retries a dropped SYN (after 1 s, then backing off), as it
-        would one the queue dropped.  The check reads four bytes of an untagged IPv4 frame
-        without IP options: a TCP segment whose flags are exactly SYN, to a listening port;
-        anything else passes through untouched, to be parsed and checked as before."""
+        the queue cannot hold the kernel drops, theirs included.  A SYN answered with a cookie
+        costs the layers' parsing, a SYN-ACK built and written, often a RST read back; a shed one
+        a few byte compares.  In the soak's full-size flood (benchmarks/RESULTS.md) the frames
+        the stack takes from the TAP per CPU-second doubled, and the kernel's drops on it fell
+        from 57 % to 4-33 %.  A real client retries a shed SYN (after 1 s, then backing off), as
+        it would one the queue dropped.  The check reads an untagged IPv4 frame without IP
+        options: a TCP segment whose flags are exactly SYN (one with ECN's setup flags passes),
+        to a listening port; anything else passes through untouched, parsed and checked as before."""
         budget = self.config.syncookie_burst_budget
         listeners = self.listeners
         kept: list[bytes] = []
