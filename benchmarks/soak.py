@@ -27,7 +27,8 @@ where there is one.
 - ``worker``: one worker of ``yastack serve --cores 2`` killed (SIGKILL) under load, and a stuck app
   handler: what is reported.
 
-    python benchmarks/soak.py [--quick] [--cases bulk,synflood,...] [--bulk-bytes N] [--minutes M]
+    python benchmarks/soak.py [--quick] [--cases bulk,synflood,...] [--bulk-bytes N] [--bulk-limit S]
+                              [--minutes M] [--syn-budget N] [--output PATH]
 
 ``--quick`` is the CI's size (about a minute in all); ``make soak`` runs the full one (minutes).
 Results: ``benchmarks/results/soak.json`` (and ``soak_quick.json``), the plot, and a table on stdout.
@@ -126,6 +127,16 @@ def kernel_states(namespace: NetworkNamespace) -> dict[str, int]:
     return states
 
 
+def kernel_link_tx(namespace: NetworkNamespace, device: str = "yas0") -> dict[str, int]:
+    """The kernel's transmit counters of ``device`` (``ip -s -j link``): on a TAP's kernel side,
+    what it handed to the stack and what it dropped because the stack's queue was full."""
+    done = namespace.run(["ip", "-s", "-j", "link", "show", device], timeout=10)
+    if done.returncode:
+        return {}
+    tx = json.loads(done.stdout)[0].get("stats64", {}).get("tx", {})
+    return {key: int(tx.get(key, 0)) for key in ("packets", "dropped")}
+
+
 def tw_sock_bytes() -> int | None:
     """The kernel's slab object size of one TIME_WAIT socket (``tw_sock_TCP``), or None."""
     with contextlib.suppress(OSError):
@@ -195,9 +206,48 @@ KERNEL_COUNTERS = (
 )
 
 
-def bulk(nbytes: int, faults: FaultOptions, time_limit: float, *, netem_too: bool = True) -> dict[str, Any]:
+class PatternCheck:
+    """Checks a received stream against the test pattern as it arrives (``pattern_block``), so a
+    run cut short by its time limit still says how many bytes came through intact, not only
+    whether the whole stream's SHA-256 matched."""
+
+    def __init__(self) -> None:
+        self.verified = 0  # bytes that matched the pattern, from the start of the stream
+        self.mismatch_at: int | None = None  # the offset of the first byte that did not
+        self._block = pattern_block(0)
+        self._index = 0
+        self._offset = 0  # within self._block
+
+    def update(self, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data)
+        while view and self.mismatch_at is None:
+            take = min(len(view), len(self._block) - self._offset)
+            want = self._block[self._offset : self._offset + take]
+            if view[:take] != want:
+                self.mismatch_at = self.verified + next(i for i in range(take) if view[i] != want[i])
+                return
+            self.verified += take
+            self._offset += take
+            view = view[take:]
+            if self._offset == len(self._block):
+                self._index += 1
+                self._block, self._offset = pattern_block(self._index), 0
+
+
+def bulk(
+    nbytes: int,
+    faults: FaultOptions,
+    time_limit: float,
+    *,
+    netem_too: bool = True,
+    progress_every: float = 60.0,
+) -> dict[str, Any]:
     """``nbytes`` each way at once through the faulty TAP, both directions checked by SHA-256;
-    where the kernel has netem (and ``netem_too``), netem on the TAP's kernel side as well."""
+    where the kernel has netem (and ``netem_too``), netem on the TAP's kernel side as well.
+
+    A run that reaches ``time_limit`` still gives a row: the bytes each side moved and verified
+    so far (the kernel's ACKs for ours, the pattern check for the kernel's), marked ``timed_out``;
+    a progress line goes to stderr every ``progress_every`` seconds."""
     with NetworkNamespace("yass") as namespace, tap_in_netns(namespace) as tap:
         netem, why = netem_available(namespace)
         if netem and netem_too:
@@ -206,36 +256,33 @@ def bulk(nbytes: int, faults: FaultOptions, time_limit: float, *, netem_too: boo
             why += "; netem loss 1% delay 5ms on yas0's kernel side as well"
         port = FaultPort(tap, faults)
         before = nstat(namespace, KERNEL_COUNTERS)
-        peer = [sys.executable, "-m", "trio_yastack.nic.kernel_peer", "--timeout", str(time_limit)]
+        # the kernel's peers outlive our limit by a margin: we end them (by PID) if we give up first
+        peer_limit = str(time_limit + 120)
+        peer = [sys.executable, "-m", "trio_yastack.nic.kernel_peer", "--timeout", peer_limit]
         receiver = namespace.popen([*peer, "recv", "5001"], stdout=subprocess.PIPE, text=True)
         assert receiver.stdout is not None
         if "listening" not in receiver.stdout.readline():
             raise SoakFailure("the kernel's receiver did not start")
         ss_lines: list[str] = []
-        outcome: dict[str, Any] = {}
+        ss_last: list[str] = []  # the latest progress sample (the kernel's bytes_acked/received)
+        outcome: dict[str, Any] = {"timed_out": False}
+        check = PatternCheck()
+        progress: dict[str, Any] = {"stack_to_kernel_acked": 0, "kernel_to_stack_received": 0}
+        sender: subprocess.Popen[str] | None = None
 
         async def main() -> None:
+            nonlocal sender
             async with open_stack(port, ip=f"{STACK_ADDRESS}/24", seed=22) as stack:
                 listener = stack.tcp_listen(5002)
                 sender = namespace.popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "trio_yastack.nic.kernel_peer",
-                        "--timeout",
-                        str(time_limit),
-                        "send",
-                        STACK_ADDRESS,
-                        "5002",
-                        str(nbytes),
-                    ],
-                    stdout=subprocess.PIPE,
-                    text=True,
+                    [*peer, "send", STACK_ADDRESS, "5002", str(nbytes)], stdout=subprocess.PIPE, text=True
                 )
                 started = trio.current_time()
+                sending: list[Any] = []
 
                 async def send_to_kernel() -> None:
                     stream = await stack.tcp_connect(KERNEL_ADDRESS, 5001)
+                    sending.append(stream)
                     digest = hashlib.sha256()
                     sent = index = 0
                     while sent < nbytes:
@@ -248,6 +295,7 @@ def bulk(nbytes: int, faults: FaultOptions, time_limit: float, *, netem_too: boo
                     while await stream.receive_some(65536):
                         pass
                     await stream.aclose()
+                    progress["stack_to_kernel_acked"] = nbytes
                     outcome["stack_to_kernel_sha256_sent"] = digest.hexdigest()
                     outcome["stack_to_kernel_seconds"] = trio.current_time() - started
 
@@ -257,11 +305,20 @@ def bulk(nbytes: int, faults: FaultOptions, time_limit: float, *, netem_too: boo
                     got = 0
                     while data := await stream.receive_some(1 << 18):
                         digest.update(data)
+                        check.update(data)
                         got += len(data)
+                        progress["kernel_to_stack_received"] = got
                     await stream.aclose()
                     outcome["kernel_to_stack_bytes"] = got
                     outcome["kernel_to_stack_sha256_received"] = digest.hexdigest()
                     outcome["kernel_to_stack_seconds"] = trio.current_time() - started
+
+                def acked() -> int:
+                    # what the kernel has acknowledged of our stream: it holds those bytes in order
+                    conn = sending[0].socket.connection if sending else None
+                    if conn is None:
+                        return int(progress["stack_to_kernel_acked"])
+                    return max(0, min(nbytes, conn.snd_una - conn.iss - 1))
 
                 async def sample_ss() -> None:
                     await trio.sleep(min(5.0, time_limit / 4))
@@ -270,13 +327,39 @@ def bulk(nbytes: int, faults: FaultOptions, time_limit: float, *, netem_too: boo
                     )
                     ss_lines.append(done.stdout)
 
-                with trio.fail_after(time_limit):
-                    async with trio.open_nursery() as nursery:
-                        nursery.start_soon(send_to_kernel)
-                        nursery.start_soon(receive_from_kernel)
-                        nursery.start_soon(sample_ss)
-                sent_result = await trio.to_thread.run_sync(lambda: sender.communicate(timeout=60)[0])
-                outcome["peer_send"] = json.loads(sent_result.strip().splitlines()[-1])
+                async def report_progress() -> None:
+                    while True:
+                        await trio.sleep(progress_every)
+                        if "stack_to_kernel_seconds" not in outcome:
+                            progress["stack_to_kernel_acked"] = acked()
+                        elapsed = trio.current_time() - started
+                        done = await trio.to_thread.run_sync(
+                            lambda: namespace.run(["ss", "-tin", "state", "established"], timeout=30)
+                        )
+                        ss_last[:] = done.stdout.strip().splitlines()[:6]
+                        up, down = progress["stack_to_kernel_acked"], progress["kernel_to_stack_received"]
+                        log(
+                            f"bulk: {elapsed:.0f} s: stack -> kernel {up / MiB:.1f} MiB acked,"
+                            f" kernel -> stack {down / MiB:.1f} MiB received"
+                            f" ({check.verified / MiB:.1f} verified) of {nbytes / MiB:.0f} MiB each"
+                        )
+
+                async with trio.open_nursery() as outer:
+                    outer.start_soon(report_progress)
+                    try:
+                        with trio.fail_after(time_limit):
+                            async with trio.open_nursery() as nursery:
+                                nursery.start_soon(send_to_kernel)
+                                nursery.start_soon(receive_from_kernel)
+                                nursery.start_soon(sample_ss)
+                    except trio.TooSlowError:
+                        outcome["timed_out"] = True
+                        progress["stack_to_kernel_acked"] = acked()
+                    outer.cancel_scope.cancel()
+                outcome["elapsed_s"] = trio.current_time() - started
+                if not outcome["timed_out"]:
+                    sent_result = await trio.to_thread.run_sync(lambda: sender.communicate(timeout=60)[0])
+                    outcome["peer_send"] = json.loads(sent_result.strip().splitlines()[-1])
                 outcome["stack"] = dict(stack.statistics().tcp.counters)
                 outcome["stack_drops"] = {
                     layer: dict(getattr(stack.statistics(), layer).dropped)
@@ -284,35 +367,66 @@ def bulk(nbytes: int, faults: FaultOptions, time_limit: float, *, netem_too: boo
                 }
                 outcome["internal_errors"] = stack.runtime_statistics().get("internal_errors", 0)
 
-        trio.run(main)
+        try:
+            trio.run(main)
+        finally:
+            if outcome["timed_out"] or sys.exc_info()[0] is not None:
+                for process in (receiver, sender):  # ours, ended by PID
+                    if process is not None and process.poll() is None:
+                        process.kill()
         out, _ = receiver.communicate(timeout=60)
-        peer_recv = json.loads(out.strip().splitlines()[-1])
+        lines = out.strip().splitlines()
+        peer_recv = json.loads(lines[-1]) if lines and not outcome["timed_out"] else {}
         after = nstat(namespace, KERNEL_COUNTERS)
     faults_done = {k: vars_of(v) for k, v in port.fault_statistics().items()}
-    intact_up = peer_recv["sha256"] == outcome["stack_to_kernel_sha256_sent"] and peer_recv["bytes"] == nbytes
+    timed_out = bool(outcome["timed_out"])
+    intact_up = (
+        not timed_out
+        and peer_recv.get("sha256") == outcome["stack_to_kernel_sha256_sent"]
+        and peer_recv.get("bytes") == nbytes
+    )
     intact_down = (
-        outcome["kernel_to_stack_sha256_received"] == outcome["peer_send"]["sha256"]
+        not timed_out
+        and outcome["kernel_to_stack_sha256_received"] == outcome["peer_send"]["sha256"]
         and outcome["kernel_to_stack_bytes"] == nbytes
     )
     stack = outcome["stack"]
+    up_s = outcome.get("stack_to_kernel_seconds", outcome["elapsed_s"])
+    down_s = outcome.get("kernel_to_stack_seconds", outcome["elapsed_s"])
+    up_bytes = nbytes if "stack_to_kernel_seconds" in outcome else progress["stack_to_kernel_acked"]
+    down_bytes = check.verified
+    if timed_out:  # nothing lost so far unless the part that came through was not the pattern
+        lost = 0 if check.mismatch_at is None else progress["kernel_to_stack_received"] - check.mismatch_at
+    else:
+        lost = (0 if intact_up else nbytes) + (0 if intact_down else nbytes)
     return {
         "case": "bulk",
         "offered": f"{nbytes / MiB:.0f} MiB each way at once, faults {fault_words(faults)}",
         "held": {
             "stack_to_kernel_intact": intact_up,
             "kernel_to_stack_intact": intact_down,
-            "stack_to_kernel_mbit_s": round(nbytes * 8 / outcome["stack_to_kernel_seconds"] / 1e6, 2),
-            "kernel_to_stack_mbit_s": round(nbytes * 8 / outcome["kernel_to_stack_seconds"] / 1e6, 2),
+            "stack_to_kernel_mbit_s": round(up_bytes * 8 / up_s / 1e6, 2),
+            "kernel_to_stack_mbit_s": round(down_bytes * 8 / down_s / 1e6, 2),
         },
-        "lost": (0 if intact_up else nbytes) + (0 if intact_down else nbytes),
+        # a run cut short: how far each way got, and that what came through was intact
+        "timed_out": timed_out,
+        "time_limit_s": time_limit,
+        "progress": {
+            "stack_to_kernel_acked_by_kernel": up_bytes,
+            "kernel_to_stack_received": progress["kernel_to_stack_received"],
+            "kernel_to_stack_verified_by_pattern": check.verified,
+            "kernel_to_stack_first_mismatch_at": check.mismatch_at,
+        },
+        "lost": lost,
         "ours": {key: stack.get(key, 0) for key in STACK_COUNTERS}
         | {"internal_errors": outcome["internal_errors"]},
         "ours_drops": outcome["stack_drops"],
         "peer": {
-            "tcp_info_send": outcome["peer_send"].get("tcp_info"),
+            "tcp_info_send": outcome.get("peer_send", {}).get("tcp_info"),
             "tcp_info_recv": peer_recv.get("tcp_info"),
             "nstat_delta": {key: after.get(key, 0) - before.get(key, 0) for key in KERNEL_COUNTERS},
             "ss_ti": ss_lines[0].strip().splitlines()[:6] if ss_lines else [],
+            "ss_ti_last_progress": ss_last,
         },
         "path": faults_done,
         "netem": why,
@@ -340,10 +454,15 @@ def fault_words(options: FaultOptions) -> str:
 
 
 # -- 2. SYN flood ------------------------------------------------------------------------------------
-def synflood(flood: int, seconds: float, legit: int, *, trace_memory: bool) -> dict[str, Any]:
+def synflood(
+    flood: int, seconds: float, legit: int, *, trace_memory: bool, syn_budget: int | None = None
+) -> dict[str, Any]:
     """Our lean server on the stack in this process; the flood and the legitimate clients on the
-    kernel side at once.  ``trace_memory``: tracemalloc in this process, its top growth reported."""
+    kernel side at once.  ``trace_memory``: tracemalloc in this process, its top growth reported.
+    ``syn_budget``: the stack's ``syncookie_burst_budget`` (None: its default; a huge one turns
+    the shedding of SYNs off, for a side-by-side run)."""
     from trio_yastack.l7.asgi import ServerConfig, serve_asgi
+    from trio_yastack.stack import TcpConfig
     from trio_yastack.stack.tcp import TcpState
 
     sys.path.insert(0, str(HERE))
@@ -351,11 +470,12 @@ def synflood(flood: int, seconds: float, legit: int, *, trace_memory: bool) -> d
 
     samples: list[tuple[float, int]] = []
     outcome: dict[str, Any] = {}
+    tcp_config = {} if syn_budget is None else {"tcp": TcpConfig(syncookie_burst_budget=syn_budget)}
     with NetworkNamespace("yass") as namespace, tap_in_netns(namespace) as tap:
 
         async def main() -> None:
             async with (
-                open_stack(tap, ip=f"{STACK_ADDRESS}/24", seed=22) as stack,
+                open_stack(tap, ip=f"{STACK_ADDRESS}/24", seed=22, **tcp_config) as stack,
                 trio.open_nursery() as nursery,
             ):
                 await nursery.start(
@@ -375,6 +495,9 @@ def synflood(flood: int, seconds: float, legit: int, *, trace_memory: bool) -> d
                 base_snapshot = tracemalloc.take_snapshot() if trace_memory else None
                 rss_before = own_rss()
                 before = dict(stack.statistics().tcp.counters)
+                runtime_before = stack.runtime_statistics()
+                cpu_before = resource.getrusage(resource.RUSAGE_SELF)
+                link_before = await trio.to_thread.run_sync(lambda: kernel_link_tx(namespace))
                 flooder = clients(namespace, "synflood", "yas0", mac, STACK_ADDRESS, PORT, flood, seconds)
                 await trio.sleep(0.3)  # the flood first, then the legitimate clients into it
                 legit_clients = clients(namespace, "get", STACK_ADDRESS, PORT, legit, 50, "--timeout", 15)
@@ -403,6 +526,22 @@ def synflood(flood: int, seconds: float, legit: int, *, trace_memory: bool) -> d
                     outcome["traced_peak"] = tracemalloc.get_traced_memory()[1]
                     tracemalloc.stop()
                 after = dict(stack.statistics().tcp.counters)
+                link_after = await trio.to_thread.run_sync(lambda: kernel_link_tx(namespace))
+                # the TAP's kernel side: what it handed to us and what it dropped (its queue full)
+                outcome["kernel_tap_tx"] = {
+                    k: link_after.get(k, 0) - link_before.get(k, 0) for k in link_after
+                }
+                runtime_after = stack.runtime_statistics()
+                cpu_after = resource.getrusage(resource.RUSAGE_SELF)
+                # the CPU this process (the stack and the server) had: frames per CPU-second is
+                # the stack's efficiency, which the machine's load does not blur
+                outcome["cpu_s"] = (cpu_after.ru_utime - cpu_before.ru_utime) + (
+                    cpu_after.ru_stime - cpu_before.ru_stime
+                )
+                outcome["runtime"] = {
+                    k: runtime_after[k] - runtime_before.get(k, 0)
+                    for k in ("bursts", "frames_in", "frames_out")
+                }
                 outcome["tcp"] = {k: after.get(k, 0) - before.get(k, 0) for k in after}
                 outcome["tcp_drops"] = dict(stack.statistics().tcp.dropped)
                 outcome["states"] = {}
@@ -442,8 +581,18 @@ def synflood(flood: int, seconds: float, legit: int, *, trace_memory: bool) -> d
                 "connections_accepted",
             )
         }
+        | {"syn_shed": outcome["tcp_drops"].get("syn_shed", 0), "syncookie_burst_budget": syn_budget}
         | {"internal_errors": outcome["internal_errors"], "states_after": outcome["states"]},
         "ours_drops": outcome["tcp_drops"],
+        "runtime": outcome["runtime"]
+        | {
+            "cpu_s": round(outcome["cpu_s"], 2),
+            # every frame the port gave us, the SYNs shed before the layers included
+            "frames_taken_per_cpu_s": round(
+                outcome["kernel_tap_tx"].get("packets", 0) / max(outcome["cpu_s"], 1e-3)
+            ),
+        },
+        "kernel_tap_tx": outcome["kernel_tap_tx"],
         "tracemalloc_top": outcome.get("tracemalloc_top", []),
         "traced_peak_mb": round(outcome.get("traced_peak", 0) / MiB, 1),
         # what the run left traced, over the connections it left (nearly all in TIME_WAIT)
@@ -938,7 +1087,13 @@ def run_case(name: str, size: dict[str, Any], faults: FaultOptions) -> dict[str,
     if name == "bulk":
         return bulk(size["bulk_bytes"], faults, size["bulk_limit"])
     if name == "synflood":
-        return synflood(size["flood"], size["flood_s"], size["legit"], trace_memory=False)
+        return synflood(
+            size["flood"],
+            size["flood_s"],
+            size["legit"],
+            trace_memory=False,
+            syn_budget=size.get("syn_budget"),
+        )
     if name == "synflood_traced":  # the same with tracemalloc on: where memory goes (slower server)
         row = synflood(size["flood"], size["flood_s"], size["legit"], trace_memory=True)
         row["case"] = name
@@ -964,7 +1119,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="the CI's sizes (about a minute or two)")
     parser.add_argument("--cases", default=",".join(CASES))
     parser.add_argument("--bulk-bytes", type=int, help="bytes each way in the bulk case")
+    parser.add_argument("--bulk-limit", type=float, help="the bulk case's time limit, seconds")
     parser.add_argument("--minutes", type=float, help="the churn's length")
+    parser.add_argument(
+        "--syn-budget",
+        type=int,
+        help="the stack's syncookie_burst_budget in the synflood case (1000000: no SYN shedding)",
+    )
     parser.add_argument("--seed", type=int, default=22, help="the fault path's seed")
     parser.add_argument(
         "--output", type=Path, help="where the JSON goes (default benchmarks/results/soak*.json)"
@@ -983,19 +1144,25 @@ def main(argv: list[str] | None = None) -> int:
     size = sizes(args.quick)
     if args.bulk_bytes:
         size["bulk_bytes"] = args.bulk_bytes
+    if args.bulk_limit:
+        size["bulk_limit"] = args.bulk_limit
     if args.minutes:
         size["minutes"] = args.minutes
+    if args.syn_budget is not None:
+        size["syn_budget"] = args.syn_budget
     faults = replace(SOAK_FAULTS, seed=args.seed)
     rows: list[dict[str, Any]] = []
     for name in args.cases.split(","):
-        log(f"{name}: load average {load_average()}")
+        load_before = load_average()
+        log(f"{name}: load average {load_before}")
         started = time.monotonic()
         try:
             row = run_case(name, size, faults)
         except SoakFailure as exc:
             row = {"case": name, "error": str(exc), "ok": False}
         row["wall_s"] = round(time.monotonic() - started, 1)
-        row["load_average_before"] = load_average()
+        row["load_average_before"] = load_before
+        row["load_average_after"] = load_average()
         log(f"{name}: {'ok' if row['ok'] else 'NOT OK'} in {row['wall_s']} s")
         rows.append(row)
     RESULTS.mkdir(exist_ok=True)

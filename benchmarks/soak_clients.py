@@ -213,8 +213,12 @@ def hostile(iface: str, dst_mac: str, dst_ip: str, dport: int, count: int, rate:
 
 
 def _one_get(host: str, port: int, timeout: float) -> str:
+    """One request on a connection of its own: ``ok``, or what failed, prefixed ``connect:``
+    when the handshake did not complete (all SYNs unanswered within ``timeout``)."""
+    phase = "connect:"
     try:
         with socket.create_connection((host, port), timeout=timeout) as sock:
+            phase = ""
             sock.sendall(REQUEST)
             reply = b""
             while chunk := sock.recv(65536):
@@ -222,7 +226,7 @@ def _one_get(host: str, port: int, timeout: float) -> str:
                 if len(reply) > 1 << 20:
                     break
     except OSError as exc:
-        return f"{type(exc).__name__}:{exc.errno}" if exc.errno else type(exc).__name__
+        return phase + (f"{type(exc).__name__}:{exc.errno}" if exc.errno else type(exc).__name__)
     return "ok" if reply.startswith(b"HTTP/1.1 200") else f"status:{reply[:12]!r}"
 
 

@@ -26,6 +26,7 @@ import trio
 
 from trio_yastack.nic import Port
 from trio_yastack.stack import ChecksumVerified, StackCore
+from trio_yastack.stack.tcp import FLOOD_HOLD
 
 if TYPE_CHECKING:
     from ._percore import CoreLayout
@@ -110,6 +111,7 @@ class PollLoop:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         core, port, queue, burst, stats = self.core, self.port, self.queue, self.burst, self.stats
+        tcp = core.tcp
         core.autocork = True  # application sends are sent by this loop's turns
         core.start(trio.current_time())
         self.flush()
@@ -118,6 +120,10 @@ class PollLoop:
         while True:
             frames = port.rx_burst(queue, burst) if queue is not None else []
             now = trio.current_time()
+            if len(frames) >= burst and now - tcp.cookies_at < FLOOD_HOLD:
+                # the port is backlogged (more frames wait) and a listener is flooded: drop
+                # the SYNs beyond the burst's budget before any layer parses them
+                frames = tcp.shed_syns(frames, now)
             if layout is not None:
                 frames = self._dispatch(frames, now)
             if frames:

@@ -143,6 +143,9 @@ class TcpConfig:
     nodelay: bool = False  # Nagle on by default, as kernels
     syn_queue_limit: int = 256  # half-open connections per listener before SYN cookies
     syncookies: bool = True
+    #: in cookie mode, the SYNs answered per rx burst while the port is backlogged (the rest are
+    #: dropped, counted ``syn_shed``: a flood must not crowd established flows out of the port)
+    syncookie_burst_budget: int = 16
     max_backlog: int = 4096  # the most a listen() may ask for (somaxconn)
     max_connections: int = 65536  # connections of all states per stack instance
     time_wait_limit: int = 16384  # beyond it the oldest TIME_WAIT is recycled (tcp_max_tw_buckets)

@@ -144,6 +144,7 @@ class TcpDrop:
     NO_SYN_TO_LISTENER: Final = "no_syn_to_listener"
     LISTEN_QUEUE_OVERFLOW: Final = "listen_queue_overflow"
     SYN_QUEUE_FULL: Final = "syn_queue_full"
+    SYN_SHED: Final = "syn_shed"  # cookie mode and the port backlogged: the burst's SYN budget spent
     # SYN-SENT (3.10.7.3)
     BAD_ACK_IN_SYN_SENT: Final = "bad_ack_in_syn_sent"
     RST_WITHOUT_ACK_IN_SYN_SENT: Final = "rst_without_ack_in_syn_sent"

@@ -14,6 +14,7 @@
 """
 
 from ._conn import TcpConnection as TcpConnection
+from ._layer import FLOOD_HOLD as FLOOD_HOLD
 from ._layer import TcpLayer as TcpLayer
 from ._layer import TcpListener as TcpListener
 from ._layer import TcpTimeWait as TcpTimeWait
