@@ -45,6 +45,11 @@ _U32X2 = struct.Struct("!II")
 _ACK_WITH_TIMESTAMPS = struct.Struct("!HHIIBBHHHIII")  # a TCP header and NOP NOP TS in one
 #: Ethernet, IPv4 (no options) and that TCP header in one: a whole frame's headers
 _FRAME_WITH_TIMESTAMPS = struct.Struct("!6s6sH" + "BBHHHBBHII" + "HHIIBBHHHIII")
+#: a SYN (or SYN-ACK) header with every option in Linux's layout: MSS; SACK-permitted and
+#: timestamps; NOP and window scale (``TcpOptions.emit_into``'s order) -- 40 bytes
+_SYN_WITH_OPTIONS = struct.Struct("!HHIIBBHHH" + "HH" + "IIIBBBB")
+_SYN_MSS_KIND = 0x0204  # kind 2, length 4
+_SYN_SACK_TS_KIND = 0x0402080A  # SACK-permitted (kind 4, length 2), then timestamps (kind 8, length 10)
 #: the largest window shift RFC 7323 2.3 allows
 MAX_WINDOW_SHIFT = 14
 
@@ -317,14 +322,19 @@ def _send_syn(self: TcpConnection, now: float) -> None:
     # Active: offer everything configured.  Passive: answer only what the peer offered.
     offer_scale = config.window_scaling and (active or bool(self.snd_scale or self.rcv_scale))
     offer_timestamps = config.timestamps if active else self.ts_on
-    options = TcpOptions(
-        mss=self.core.mtu - self.IP_TCP_HEADERS,
-        window_scale=self.rcv_scale if offer_scale else None,
-        sack_permitted=config.sack if active else self.sack_on,
-        timestamps=(ts, 0 if active else self.ts_recent) if offer_timestamps else None,
-    )
+    sack = config.sack if active else self.sack_on
     flags = TCP_SYN | (0 if active else TCP_ACK)
-    self._send_segment(self.iss, flags, b"", now, syn_options=options)
+    if offer_scale and offer_timestamps and sack:
+        # What every Linux peer's SYN asks for (and our own): the options packed in place.
+        self._send_syn_packed(flags, 0 if active else self.ts_recent, ts, now)
+    else:
+        options = TcpOptions(
+            mss=self.core.mtu - self.IP_TCP_HEADERS,
+            window_scale=self.rcv_scale if offer_scale else None,
+            sack_permitted=sack,
+            timestamps=(ts, 0 if active else self.ts_recent) if offer_timestamps else None,
+        )
+        self._send_segment(self.iss, flags, b"", now, syn_options=options)
     if self.snd_nxt == self.iss:
         self.snd_nxt = self.iss + 1
     self.snd_max = max(self.snd_max, self.iss + 1)
@@ -332,6 +342,29 @@ def _send_syn(self: TcpConnection, now: float) -> None:
         self.t_rexmt = now + self.rto
         self.rexmt_mode = REXMT_RTO
         self._arm()
+
+
+def _send_syn_packed(self: TcpConnection, flags: int, tsecr: int, tsval: int, now: float) -> None:
+    """A SYN or SYN-ACK with MSS, SACK-permitted, timestamps and window scale, header and
+    options in one ``pack_into``: what ``_send_segment`` builds from a :class:`TcpOptions`
+    (``tests/test_tcp_synack.py`` holds the two to the same bytes), without the options
+    object, its ``to_bytes`` and the general builder's tests."""
+    rcv_nxt = self.rcv_nxt
+    wire_window = self._receive_window()
+    if wire_window > 0xFFFF:
+        wire_window = 0xFFFF  # a SYN's window is never scaled (RFC 7323 2.2)
+    if flags & TCP_ACK:
+        self._acknowledged(rcv_nxt, wire_window, 0)
+        ack_field = rcv_nxt & _MASK
+    else:
+        ack_field = 0
+    packet = bytearray(FRAME_HEADROOM + 40)
+    _SYN_WITH_OPTIONS.pack_into(
+        packet, FRAME_HEADROOM, self.local_port, self.remote_port, self.iss & _MASK, ack_field, 0xA0, flags,
+        wire_window, 0, 0, _SYN_MSS_KIND, self.core.mtu - self.IP_TCP_HEADERS, _SYN_SACK_TS_KIND, tsval,
+        tsecr & _MASK, 1, 3, 3, self.rcv_scale,
+    )  # fmt: skip
+    self._checksum_and_send(packet, 40, now)
 
 
 def _receive_window(self: TcpConnection) -> int:
