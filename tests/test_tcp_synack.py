@@ -13,10 +13,12 @@ from typing import Any
 
 import pytest
 from helpers import PEER_IP
-from tcp_helpers import OUR_PORT, PEER_PORT, SYN, T0, Peer, check_tcp, tcp_core
+from tcp_helpers import FIN, OUR_PORT, PEER_PORT, PSH, SYN, T0, Peer, check_tcp, seq_add, tcp_core
 from test_stack_ipv6 import A, B, exchange, pair
 
-from trio_yastack.stack.tcp import TcpConnection
+from trio_yastack.nic.tap import complete_checksum
+from trio_yastack.stack import OffloadPacket
+from trio_yastack.stack.tcp import TcpConnection, _output
 from trio_yastack.stack.tcp._states import SYN_SENT
 from trio_yastack.stack.wire.tcp import TCP_ACK, TCP_SYN, TcpOptions
 
@@ -144,3 +146,73 @@ def test_the_packed_path_answers_only_a_syn_with_every_option(
     # whichever path, the peer's ACK completes the handshake
     assert p.send(TCP_ACK, now=T0 + 0.05) == []
     assert core.tcp.connections[(OUR_PORT, int(PEER_IP), PEER_PORT)].state == 4
+
+
+# -- every IPv4 segment's frame headers in one step (``_headers_predicted``), on and off ---------
+
+GET = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+RESPONSE = b"HTTP/1.1 200 OK\r\ncontent-length: 13\r\n\r\nHello, world!"
+
+
+def close_exchange(fast: bool, offload: bool, abort: bool, peer_options: dict[str, Any]) -> tuple[Any, ...]:
+    """A ``Connection: close`` request over one core: SYN, SYN-ACK, the request, the response
+    and our FIN, the client's FIN and our last ACK (or a reset instead of the FIN); then a
+    segment out of order (answered with SACK when agreed).  Returns every frame and counter."""
+    core = tcp_core(seed=5)
+    core.fast_path = fast
+    core.tx_checksum_offload = offload
+    raw: list[tuple[str, bytes]] = []  # every frame as it left, offloaded ones as they were
+    take = core.take_outbox
+
+    def taking() -> list[bytes | bytearray]:
+        frames = take()
+        raw.extend((type(frame).__name__, bytes(frame)) for frame in frames)
+        return [complete_checksum(f) if isinstance(f, OffloadPacket) else f for f in frames]
+
+    core.take_outbox = taking  # type: ignore[method-assign]  # the peer reads completed frames
+    listener = core.tcp.listen(OUR_PORT)
+    peer = Peer(core, **peer_options)
+    peer.send(SYN, now=T0)
+    peer.send(TCP_ACK | PSH, GET, now=T0 + 0.01)
+    conn = listener.accept()
+    assert conn is not None
+    assert conn.receive(1000, T0 + 0.01) == GET
+    conn.send(RESPONSE, T0 + 0.01)
+    if abort:
+        conn.abort(T0 + 0.01)
+    else:
+        conn.close(T0 + 0.01)
+        peer.receive()
+        peer.send(TCP_ACK | FIN, now=T0 + 0.02)
+    # a second connection: data out of order, then the hole filled
+    other = Peer(core, port=PEER_PORT + 1, **peer_options)
+    other.send(SYN, now=T0 + 0.03)
+    other.send(TCP_ACK, now=T0 + 0.03)
+    other.send(TCP_ACK, b"y" * 100, now=T0 + 0.04, seq=seq_add(other.snd_nxt, 100))
+    other.send(TCP_ACK, b"x" * 100, now=T0 + 0.05)
+    assert len(raw) == len(peer.received) + len(other.received) >= 6
+    return raw, core.statistics()
+
+
+@pytest.mark.parametrize("offload", [False, True], ids=["checksum", "checksum-offload"])
+@pytest.mark.parametrize("abort", [False, True], ids=["fin", "reset"])
+@pytest.mark.parametrize(
+    "peer_options", [{}, {"ts": False}, {"sack": False, "wscale": None}], ids=["linux", "no-ts", "plain"]
+)
+def test_frames_with_their_headers_predicted_are_the_general_ones(
+    monkeypatch: pytest.MonkeyPatch, offload: bool, abort: bool, peer_options: dict[str, Any]
+) -> None:
+    taken: list[bool] = []
+    original = _output._headers_predicted
+
+    def counting(*args: Any) -> bool:
+        taken.append(original(*args))
+        return taken[-1]
+
+    monkeypatch.setattr(_output, "_headers_predicted", counting)
+    fast = close_exchange(True, offload, abort, peer_options)
+    assert any(taken)
+    del taken[:]
+    slow = close_exchange(False, offload, abort, peer_options)
+    assert taken == []
+    assert fast == slow
