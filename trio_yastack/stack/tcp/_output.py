@@ -18,6 +18,7 @@ overriding it in a subclass, so its name and signature are fixed.
 from __future__ import annotations
 
 import errno
+import functools
 import struct
 from typing import TYPE_CHECKING
 
@@ -56,9 +57,11 @@ _SYN_SACK_TS_KIND = 0x0402080A  # SACK-permitted (kind 4, length 2), then timest
 MAX_WINDOW_SHIFT = 14
 
 
+@functools.lru_cache(maxsize=64)
 def window_shift_for(buffer: int) -> int:
     """The smallest shift that lets a 16-bit window field cover ``buffer`` bytes (at most 14):
-    the RCV.WIND.SHIFT we offer in a SYN (RFC 7323 2.2)."""
+    the RCV.WIND.SHIFT we offer in a SYN (RFC 7323 2.2).  Remembered per size (a passive open
+    asks it for the same buffer every time)."""
     shift = 0
     while shift < MAX_WINDOW_SHIFT and (0xFFFF << shift) < buffer:
         shift += 1
