@@ -465,6 +465,7 @@ class TcpConnection:
     _send_data = _output._send_data
     _retransmit = _output._retransmit
     _send_syn = _output._send_syn
+    _send_syn_packed = _output._send_syn_packed
     _receive_window = _output._receive_window
     _data_mss = _output._data_mss
     _send_segment = _output._send_segment

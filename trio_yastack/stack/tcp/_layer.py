@@ -224,6 +224,7 @@ class TcpLayer:
         "_challenge_tokens",
         "_hash_pair",
         "_hash_value",
+        "_isn_hash",
         "_isn_key",
         "_rst_at",
         "_rst_tokens",
@@ -266,6 +267,9 @@ class TcpLayer:
         self.bound_ports: set[int] = set()
         secret = core.rng.getrandbits(256).to_bytes(32, "big")
         self._isn_key = core.rng.getrandbits(256).to_bytes(32, "big")
+        #: the keyed hash with the key already absorbed: each pair hashes a copy of it (keying
+        #: a new BLAKE2s object compresses the key block again, per connection)
+        self._isn_hash = hashlib.blake2s(key=self._isn_key, digest_size=8)
         self._hash_pair: ConnectionKey = (0, 0, 0)  # the last pair _pair_hash hashed (none yet)
         self._hash_value = 0
         self.cookies = SynCookies(secret)
@@ -312,7 +316,9 @@ class TcpLayer:
             data = _PAIR6.pack(local_port, remote_ip.to_bytes(17, "big"), remote_port)
         else:
             data = _PAIR.pack(*pair)
-        digest = hashlib.blake2s(data, key=self._isn_key, digest_size=8).digest()
+        hasher = self._isn_hash.copy()
+        hasher.update(data)
+        digest = hasher.digest()
         value = self._hash_value = int.from_bytes(digest, "big")
         self._hash_pair = pair
         return value

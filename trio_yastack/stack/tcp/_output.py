@@ -18,6 +18,7 @@ overriding it in a subclass, so its name and signature are fixed.
 from __future__ import annotations
 
 import errno
+import functools
 import struct
 from typing import TYPE_CHECKING
 
@@ -45,13 +46,22 @@ _U32X2 = struct.Struct("!II")
 _ACK_WITH_TIMESTAMPS = struct.Struct("!HHIIBBHHHIII")  # a TCP header and NOP NOP TS in one
 #: Ethernet, IPv4 (no options) and that TCP header in one: a whole frame's headers
 _FRAME_WITH_TIMESTAMPS = struct.Struct("!6s6sH" + "BBHHHBBHII" + "HHIIBBHHHIII")
+#: Ethernet and IPv4 (no options) headers in one: the frame of any TCP segment already packed
+_ETHER_IPV4 = struct.Struct("!6s6sH" + "BBHHHBBHII")
+#: a SYN (or SYN-ACK) header with every option in Linux's layout: MSS; SACK-permitted and
+#: timestamps; NOP and window scale (``TcpOptions.emit_into``'s order) -- 40 bytes
+_SYN_WITH_OPTIONS = struct.Struct("!HHIIBBHHH" + "HH" + "IIIBBBB")
+_SYN_MSS_KIND = 0x0204  # kind 2, length 4
+_SYN_SACK_TS_KIND = 0x0402080A  # SACK-permitted (kind 4, length 2), then timestamps (kind 8, length 10)
 #: the largest window shift RFC 7323 2.3 allows
 MAX_WINDOW_SHIFT = 14
 
 
+@functools.lru_cache(maxsize=64)
 def window_shift_for(buffer: int) -> int:
     """The smallest shift that lets a 16-bit window field cover ``buffer`` bytes (at most 14):
-    the RCV.WIND.SHIFT we offer in a SYN (RFC 7323 2.2)."""
+    the RCV.WIND.SHIFT we offer in a SYN (RFC 7323 2.2).  Remembered per size (a passive open
+    asks it for the same buffer every time)."""
     shift = 0
     while shift < MAX_WINDOW_SHIFT and (0xFFFF << shift) < buffer:
         shift += 1
@@ -325,14 +335,19 @@ def _send_syn(self: TcpConnection, now: float) -> None:
     # Active: offer everything configured.  Passive: answer only what the peer offered.
     offer_scale = config.window_scaling and (active or bool(self.snd_scale or self.rcv_scale))
     offer_timestamps = config.timestamps if active else self.ts_on
-    options = TcpOptions(
-        mss=self.core.mtu - self.IP_TCP_HEADERS,
-        window_scale=self.rcv_scale if offer_scale else None,
-        sack_permitted=config.sack if active else self.sack_on,
-        timestamps=(ts, 0 if active else self.ts_recent) if offer_timestamps else None,
-    )
+    sack = config.sack if active else self.sack_on
     flags = TCP_SYN | (0 if active else TCP_ACK)
-    self._send_segment(self.iss, flags, b"", now, syn_options=options)
+    if offer_scale and offer_timestamps and sack:
+        # What every Linux peer's SYN asks for (and our own): the options packed in place.
+        self._send_syn_packed(flags, 0 if active else self.ts_recent, ts, now)
+    else:
+        options = TcpOptions(
+            mss=self.core.mtu - self.IP_TCP_HEADERS,
+            window_scale=self.rcv_scale if offer_scale else None,
+            sack_permitted=sack,
+            timestamps=(ts, 0 if active else self.ts_recent) if offer_timestamps else None,
+        )
+        self._send_segment(self.iss, flags, b"", now, syn_options=options)
     if self.snd_nxt == self.iss:
         self.snd_nxt = self.iss + 1
     self.snd_max = max(self.snd_max, self.iss + 1)
@@ -340,6 +355,29 @@ def _send_syn(self: TcpConnection, now: float) -> None:
         self.t_rexmt = now + self.rto
         self.rexmt_mode = REXMT_RTO
         self._arm()
+
+
+def _send_syn_packed(self: TcpConnection, flags: int, tsecr: int, tsval: int, now: float) -> None:
+    """A SYN or SYN-ACK with MSS, SACK-permitted, timestamps and window scale, header and
+    options in one ``pack_into``: what ``_send_segment`` builds from a :class:`TcpOptions`
+    (``tests/test_tcp_synack.py`` holds the two to the same bytes), without the options
+    object, its ``to_bytes`` and the general builder's tests."""
+    rcv_nxt = self.rcv_nxt
+    wire_window = self._receive_window()
+    if wire_window > 0xFFFF:
+        wire_window = 0xFFFF  # a SYN's window is never scaled (RFC 7323 2.2)
+    if flags & TCP_ACK:
+        self._acknowledged(rcv_nxt, wire_window, 0)
+        ack_field = rcv_nxt & _MASK
+    else:
+        ack_field = 0
+    packet = bytearray(FRAME_HEADROOM + 40)
+    _SYN_WITH_OPTIONS.pack_into(
+        packet, FRAME_HEADROOM, self.local_port, self.remote_port, self.iss & _MASK, ack_field, 0xA0, flags,
+        wire_window, 0, 0, _SYN_MSS_KIND, self.core.mtu - self.IP_TCP_HEADERS, _SYN_SACK_TS_KIND, tsval,
+        tsecr & _MASK, 1, 3, 3, self.rcv_scale,
+    )  # fmt: skip
+    self._checksum_and_send(packet, 40, now)
 
 
 def _receive_window(self: TcpConnection) -> int:
@@ -455,7 +493,10 @@ def _acknowledged(self: TcpConnection, rcv_nxt: int, wire_window: int, scale: in
 
 def _send_bare_ack(self: TcpConnection, seq: int, now: float) -> None:
     """The segment a bulk receiver sends most: an ACK with timestamps and nothing else,
-    packed in one go (Linux keeps tcp_send_ack apart from its general transmit path too)."""
+    packed in one go (Linux keeps tcp_send_ack apart from its general transmit path too).
+    With timestamps to an on-link peer it is the whole frame in one go (``_frame_predicted``,
+    the same frame as the layers below would make): a short connection's last ACK, the one
+    that takes it into TIME_WAIT, is such an ACK, and so is every ACK of a bulk receiver."""
     rcv_nxt = self.rcv_nxt
     scale = self.rcv_scale
     wire_window = self._receive_window() >> scale
@@ -463,6 +504,11 @@ def _send_bare_ack(self: TcpConnection, seq: int, now: float) -> None:
     if self.ts_on:
         tcp_len = 32
         packet = bytearray(FRAME_HEADROOM + 32)
+        core = self.core
+        if core.fast_path and _frame_predicted(
+            self, core, packet, seq, rcv_nxt, TCP_ACK, wire_window, 32, now
+        ):
+            return
         _ACK_WITH_TIMESTAMPS.pack_into(
             packet, FRAME_HEADROOM, self.local_port, self.remote_port, seq & _MASK, rcv_nxt & _MASK,
             0x80, TCP_ACK, wire_window, 0, 0, 0x0101080A, (int(now * 1000) + self.ts_offset) & _MASK,
@@ -581,9 +627,66 @@ def _frame_predicted(
 
 
 def _checksum_and_send(self: TcpConnection, packet: bytearray, tcp_len: int, now: float) -> None:
-    error = tcp_checksum_and_send(self.core, self.stats, packet, tcp_len, self.remote_ip, now)
+    core = self.core
+    if core.fast_path and _headers_predicted(self, core, packet, tcp_len, now):
+        return
+    error = tcp_checksum_and_send(core, self.stats, packet, tcp_len, self.remote_ip, now)
     if error:
         self.soft_error = error
+
+
+def _headers_predicted(
+    conn: TcpConnection, core: StackCore, packet: bytearray, tcp_len: int, now: float
+) -> bool:
+    """``_frame_predicted`` for a TCP segment already packed at ``FRAME_HEADROOM`` (a SYN-ACK,
+    a FIN, a segment with SACK blocks...): its Ethernet and IPv4 headers in one ``pack_into``,
+    its checksum, and the frame queued -- what ``tcp_checksum_and_send`` -> ``ip_output`` ->
+    ``_to_link`` -> ``ether_output`` do, with their counters (IPv6's twin is
+    ``TcpConnection6._frame_predicted6``).  The same declines as ``_frame_predicted``, and a
+    TSO segment; False (nothing written, nothing counted) sends it the general way."""
+    dst = conn.remote_ip
+    ip_layer = core.ip_layer
+    arp = core.arp
+    entry = arp.cache.get(dst)
+    total_len = 20 + tcp_len
+    outbox = core.outbox
+    offload = packet.__class__ is OffloadPacket
+    if (
+        entry is None
+        or now >= entry[1] - arp.config.refresh_before
+        or dst & ip_layer.netmask != ip_layer.network
+        or dst == ip_layer.broadcast
+        or dst == core.ip
+        or total_len > core.mtu
+        or len(outbox) >= core.outbox_limit
+        or (offload and packet.gso_size)  # type: ignore[attr-defined]  # an OffloadPacket's mark
+        or hasattr(core.__class__, "_yas_tracer")  # the journey tracer's mark on a swapped class
+    ):
+        return False
+    src = core.ip
+    ident = ip_layer.ident = (ip_layer.ident + 1) & 0xFFFF
+    ttl = ip_layer.config.default_ttl
+    addresses = (src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF)
+    total = 0x4500 + total_len + ident + IP_DF + (ttl << 8) + IPPROTO_TCP + addresses  # as _emit_header
+    total = (total & 0xFFFF) + (total >> 16)
+    total = (total & 0xFFFF) + (total >> 16)
+    _ETHER_IPV4.pack_into(
+        packet, 0, entry[0], core.mac, ETHERTYPE_IPV4,
+        0x45, 0, total_len, ident, IP_DF, ttl, IPPROTO_TCP, ~total & 0xFFFF, src, dst,
+    )  # fmt: skip
+    pseudo = addresses + IPPROTO_TCP + tcp_len
+    if offload:  # CHECKSUM_PARTIAL, as tcp_checksum_and_send: the folded pseudo-header sum
+        pseudo = (pseudo & 0xFFFF) + (pseudo >> 16)
+        field = (pseudo & 0xFFFF) + (pseudo >> 16)
+    else:
+        field = ~sum16(packet, FRAME_HEADROOM, tcp_len, pseudo) & 0xFFFF
+    packet[FRAME_HEADROOM + 16] = field >> 8
+    packet[FRAME_HEADROOM + 17] = field & 0xFF
+    conn.stats.segments_sent += 1
+    ip_layer.stats.sent += 1
+    outbox.append(packet if offload else bytes(packet))
+    core.stats_ether.sent += 1
+    return True
 
 
 def _ack_now(self: TcpConnection, now: float) -> None:

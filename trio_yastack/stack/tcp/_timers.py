@@ -45,7 +45,8 @@ def _arm(self: TcpConnection) -> None:
     """Keep one entry in the stack's timer heap at this connection's earliest deadline.
 
     Moving a deadline later costs nothing (the entry fires early and re-arms); moving it
-    earlier pushes one more entry.  That keeps per-segment timer work O(1) on the hot path.
+    earlier pushes one more entry and cancels the one it supersedes.  That keeps per-segment
+    timer work O(1) on the hot path.
     The newest entry is kept (``_timer``) so that ``_drop`` can cancel it: a connection that
     ends early (a TIME_WAIT taken over by a new SYN, or recycled) is then not held in memory
     by the heap until its 2MSL deadline.
@@ -56,7 +57,14 @@ def _arm(self: TcpConnection) -> None:
             deadline = t
     if deadline < self._timer_at:
         self._timer_at = deadline
-        self._timer = self.core.timers.schedule(deadline, self.on_timer)
+        timers = self.core.timers
+        superseded = self._timer
+        if superseded is not None:
+            # The later entry would only have found itself superseded (on_timer returns), and
+            # held the connection in the heap until then: a short connection's SYN-ACK entry
+            # kept it a second past its end.  Cancelled, the heap purges it in bulk.
+            timers.cancel(superseded)
+        self._timer = timers.schedule(deadline, self.on_timer)
 
 
 def on_timer(self: TcpConnection, now: float) -> None:
