@@ -102,7 +102,10 @@ class PollLoop:
             return  # not asleep: the next turn sees everything
         core = self.core
         if core.outbox or core.output_pending or core.ready:
-            scope.cancel()
+            # A deadline in the past wakes the loop on the scheduler's next pass, as cancel()
+            # does, without what cancel() costs in trio >= 0.30: the repr() of the calling task
+            # for the Cancelled's reason (2.6 % of a bulk transfer's CPU, called per send).
+            scope.deadline = -math.inf
             return
         deadline = core.next_deadline()
         if deadline is not None and deadline < scope.deadline:
@@ -229,7 +232,7 @@ class PollLoop:
 
                 async def first(wait: Any, *args: Any) -> None:
                     await wait(*args)
-                    nursery.cancel_scope.cancel()
+                    nursery.cancel_scope.deadline = -math.inf  # cancel(), without its repr()
 
                 if self.queue is not None:
                     nursery.start_soon(first, self.port.wait_rx, self.queue)
