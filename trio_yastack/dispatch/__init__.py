@@ -20,6 +20,7 @@ from ._rss import DEFAULT_RSS_KEY as DEFAULT_RSS_KEY
 from ._rss import Reta as Reta
 from ._rss import flow_core as flow_core
 from ._rss import toeplitz_hash as toeplitz_hash
+from ._runtime import AUTOCORK_ENV as AUTOCORK_ENV
 from ._runtime import STRICT_ENV as STRICT_ENV
 from ._runtime import PollLoop as PollLoop
 from ._runtime import RuntimeStatistics as RuntimeStatistics

@@ -94,6 +94,16 @@ class StackCore:
         #: set by a runtime that calls :meth:`run_pending_output` every turn: application sends
         #: queue their connection instead of sending at once
         self.autocork = False
+        #: autocorking (Linux's tcp_autocorking), set by a runtime that calls
+        #: :meth:`release_corked` before it sleeps: tcp_output holds a sub-MSS tail of a send
+        #: queue while a frame of the same connection waits in the outbox, so that the
+        #: application's next write, made while the loop turns, joins it in a full segment
+        self.cork_tails = False
+        #: connections holding a tail -> the ``tx_gen`` it was held in (an ordered set)
+        self.corked: dict[Any, int] = {}
+        #: counts ``take_outbox`` calls: a connection whose ``tx_gen`` equals it has a frame in
+        #: the outbox (what Linux reads from the qdisc's hold on the socket's memory)
+        self.tx_gen = 0
         #: called with an address ARP gave up on (the TCP layer registers itself)
         self.unreachable_hooks: list[Callable[[int], None]] = []
         self.arp = ArpLayer(self)
@@ -263,6 +273,25 @@ class StackCore:
             for conn in pending:
                 conn.tcp_output(now)
 
+    def release_corked(self, now: float, before: int | None = None) -> None:
+        """Send the tails tcp_output held (Linux releases them when the device queue drains; a
+        poll loop, before it sleeps or a turn after it held them): all of them, or those held
+        before ``tx_gen`` ``before``.  tcp_output does not hold a tail again here."""
+        corked = self.corked
+        if before is None:
+            release: Any = corked
+            self.corked = {}
+        else:
+            release = [conn for conn, gen in corked.items() if gen < before]
+            for conn in release:
+                del corked[conn]
+        cork_tails, self.cork_tails = self.cork_tails, False
+        try:
+            for conn in release:
+                conn.tcp_output(now)
+        finally:
+            self.cork_tails = cork_tails
+
     def run_timers(self, now: float) -> int:
         """Fire the timers due at ``now`` and take in datagrams we sent to ourselves."""
         fired = self.timers.run(now)
@@ -282,6 +311,7 @@ class StackCore:
 
     def take_outbox(self) -> list[bytes | bytearray]:
         frames, self.outbox = self.outbox, []
+        self.tx_gen += 1  # no connection has a frame in the new outbox
         return frames
 
     def take_ready(self) -> dict[Any, None]:

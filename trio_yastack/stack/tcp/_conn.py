@@ -141,6 +141,7 @@ class TcpConnection:
         "ts_on",
         "ts_recent",
         "ts_recent_valid",
+        "tx_gen",
         "user_closed",
         "waiter",
     )  # fmt: skip
@@ -229,6 +230,8 @@ class TcpConnection:
         self.soft_error = 0  # the last ICMP or routing error, reported if we time out
         self.last_activity = 0.0
         self.last_send = 0.0
+        #: the core's ``tx_gen`` when this connection last queued a data segment (autocorking)
+        self.tx_gen = -1
         self.waiter: object = None
         self.listener: TcpListener | None = None
 

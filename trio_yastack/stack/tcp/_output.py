@@ -192,6 +192,24 @@ def tcp_output(self: TcpConnection, now: float, *, limited_transmit: bool = Fals
         room = window - flight if not sack_recovery else cc.cwnd - flight
         room = min(room, self.snd_una + self.snd_wnd - self.snd_nxt)
         length = min(available, burst, room) if room > 0 else 0
+        if (
+            length == available
+            and 0 < length < burst
+            and self.tx_gen == self.core.tx_gen
+            and self.core.cork_tails
+            and self.fin_seq < 0
+            and (length >= mss or self.nodelay or self.snd_nxt == self.snd_una)  # else Nagle holds it
+        ):
+            # Autocorking (Linux's tcp_autocorking, and its TSO deferral): the rest of the queue,
+            # less than a full frame, waits while a frame of ours is still in the outbox; the
+            # application's next write, made while the poll loop turns, joins it in a full
+            # frame, and the loop sends it a turn or two later (``StackCore.release_corked``),
+            # never after it sleeps, if none comes.  A 64 KiB write was a full TSO frame and a
+            # 376-byte one, each costing the whole path on both sides.
+            core = self.core
+            core.corked[self] = core.tx_gen
+            self.stats.autocorked += 1
+            break
         if length > mss and length % mss:
             # A large (TSO/GSO) segment carries whole segments; its short tail goes too only
             # where Nagle would let it: with TCP_NODELAY or a FIN after it (Linux's
@@ -269,6 +287,7 @@ def _output_predicted(self: TcpConnection, now: float) -> bool:
         or length > self.cc.cwnd - flight
         or (flight and length < self.mss and not self.nodelay)  # Nagle (RFC 896): wait for the ACK
         or (self.last_send and now - self.last_send > self.rto and not flight)  # idle restart
+        or (self.tx_gen == self.core.tx_gen and self.core.cork_tails)  # autocorking: the loop decides
     ):
         return False
     self._send_data(snd_nxt, length, TCP_ACK | TCP_PSH, now)
@@ -299,6 +318,7 @@ def _send_data(self: TcpConnection, seq: int, length: int, flags: int, now: floa
     if not self.t_rexmt:
         self._arm_rexmt(now)
     self.last_send = now
+    self.tx_gen = self.core.tx_gen  # a frame of ours is in the outbox (autocorking)
 
 
 def _retransmit(self: TcpConnection, seq: int, now: float, length: int | None = None) -> None:
