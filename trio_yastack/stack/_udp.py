@@ -307,6 +307,40 @@ class UdpLayer:
         stats.delivered += 1
         self.core.mark_ready(pcb)
 
+    def udp6_fast_input(self, frame: bytes, record: tuple[int, ...]) -> bool:
+        """A datagram over IPv6 the classifier found sound (``UDP6`` records, the source in the
+        frame's bytes 22..37, the destination 38..53): queue it on its socket, as ``udp6_input``
+        would; ``False`` (nothing changed) when no socket takes it, which ``udp6_input`` answers
+        (a counted drop and an ICMPv6 error).
+
+        Counts what ``udp6_input`` counts (received, then delivered or a full queue's drop); the
+        caller counts the layers below for the datagrams taken (``True``).
+        """
+        pcb = self.pcbs6.get(record[3])
+        if pcb is None:
+            return False
+        src = int.from_bytes(frame[22:38], "big")
+        if (pcb.local_ip and pcb.local_ip != int.from_bytes(frame[38:54], "big")) or (
+            pcb.remote_port and (pcb.remote_ip != src or pcb.remote_port != record[2])
+        ):
+            return False
+        payload = frame[record[10] : record[11]]
+        stats = self.stats
+        stats.received += 1
+        queue = pcb.queue
+        config = self.config
+        if (
+            len(queue) >= config.receive_queue_datagrams
+            or pcb.queued_bytes + len(payload) > config.receive_queue_bytes
+        ):
+            stats.drop(UdpDrop.SOCKET_BUFFER_FULL)
+            return True
+        queue.append((payload, (src, record[2])))
+        pcb.queued_bytes += len(payload)
+        stats.delivered += 1
+        self.core.ready[pcb] = None  # mark_ready (a traced core takes no fast path)
+        return True
+
     def udp6_ctlinput(self, local_port: int, remote_ip: int, remote_port: int, error: int) -> bool:
         """An ICMPv6 error about a datagram we sent; only a connected socket hears of it."""
         pcb = self.pcbs6.get(local_port)
