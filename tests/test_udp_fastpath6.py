@@ -292,3 +292,17 @@ def test_the_record_kinds_are_cs() -> None:
     from trio_yastack.stack._native_cffi import lib
 
     assert (lib.YAS_FAST_UDP6, lib.YAS_FAST_UDP) == (UDP6, 2)
+
+
+def test_the_source_table_stays_bounded_and_right() -> None:
+    """``udp6_fast_input`` remembers sources as integers; past its limit the table empties and
+    every datagram still carries its own source."""
+    from trio_yastack.stack._udp import SRC6_CACHE_LIMIT
+
+    core, (pcb, _connected, _bound) = _core(True, 10_000, 10**8)
+    sources = [A + (1 << 32) + i for i in range(SRC6_CACHE_LIMIT + 5)]  # (A + 1 is B: ours)
+    for at in range(0, len(sources), 32):
+        core.ether_input_burst([datagram6(src=src) for src in sources[at : at + 32]], 0.0)
+        assert len(core.udp.src6_ints) <= SRC6_CACHE_LIMIT
+    assert core.fast_path_datagrams == len(sources)
+    assert [source for _payload, (source, _port) in pcb.queue] == sources

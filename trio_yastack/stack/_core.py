@@ -189,6 +189,7 @@ class StackCore:
         )  # fmt: skip
         connections = self.tcp.connections
         udp_fast_input = self.udp.udp_fast_input
+        udp6_fast_input = self.udp.udp6_fast_input
         taken = udp_taken = taken6 = udp6_taken = 0
         for frame, record in zip(frames, records, strict=True):
             try:
@@ -214,7 +215,7 @@ class StackCore:
                                 ip6.nd6.nud_hint(src, now)  # as tcp6_input: forward progress (ND6_HINT)
                             taken6 += 1
                             continue
-                elif kind == UDP6 and self.udp.udp6_fast_input(frame, record):
+                elif kind == UDP6 and udp6_fast_input(frame, record):
                     udp6_taken += 1
                     continue
                 ether_input(frame, now)
