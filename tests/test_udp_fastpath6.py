@@ -26,6 +26,7 @@ from test_stack_ipv6 import A_MAC, B_MAC, A, B, check_ether_accounting, core6, f
 from test_tcp_fastpath6 import BROADCAST, IP, LINK_LOCAL, MAC, OURS, TENTATIVE, USABLE, segment6
 
 from trio_yastack.stack import ChecksumVerified, StackCore, UdpPcb
+from trio_yastack.stack import _core as _core_module
 from trio_yastack.stack._native import sum16
 from trio_yastack.stack.tcp._fastpath import (
     DECLINE,
@@ -264,10 +265,16 @@ def test_the_differential_test_exercised_the_fast_path() -> None:
     assert max(FAST_TAKEN) > 0
 
 
-def test_the_fast_path_takes_sound_datagrams_and_counts_full_queues() -> None:
+@pytest.mark.parametrize("twin", [False, True], ids=["chosen", "python-twin"])
+def test_the_fast_path_takes_sound_datagrams_and_counts_full_queues(
+    twin: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The counters a reader would check: taken datagrams count at every layer, a full queue's
     drop is counted as udp6_input counts it, and a datagram no socket takes goes the Python way
-    (a counted drop and an ICMPv6 port unreachable)."""
+    (a counted drop and an ICMPv6 port unreachable).  With the Python twin too (the package
+    when the C part did not build)."""
+    if twin:
+        monkeypatch.setattr(_core_module, "classify_burst", py_classify_burst)
     core, (pcb, connected, _bound) = _core(True, 2, 212_992)
     burst = [datagram6(payload=bytes([i])) for i in range(3)] + [datagram6(dport=9003)]
     burst.append(datagram6(sport=4001, dport=9001))  # not the connected peer's port
