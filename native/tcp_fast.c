@@ -18,6 +18,10 @@
  * options, a sane length, a destination port, a valid checksum or none) comes back as
  * YAS_FAST_UDP with its source, ports and payload bounds: the caller queues it on its socket
  * (UDP's batched input, one call per burst), or hands it to ether_input like a decline.
+ * A UDP datagram over IPv6 that ip6_input -> udp6_input would take without a question (the
+ * IPv6 terms above with next header UDP, a UDP length that fits the payload, a destination port,
+ * a nonzero checksum -- mandatory over IPv6, RFC 8200 8.1 -- valid or vouched for by the port)
+ * comes back as YAS_FAST_UDP6: `src` 0 as for YAS_FAST_CANDIDATE6, ports and payload bounds.
  *
  * Nothing here decides about a connection: the caller demultiplexes the candidates by their
  * 4-tuple and runs the prediction against the connection's state.  A decline costs nothing but
@@ -115,18 +119,44 @@ static int in_addresses(const unsigned char *a, const char *ip6, uint32_t count)
     return 0;
 }
 
+static void classify_udp6(const unsigned char *f, uint32_t len, int verify, uint32_t payload_len,
+                          struct yas_tcp_seg *r)
+{
+    /* The UDP half over IPv6, what udp6_input takes without a question: a UDP length that fits
+     * the IPv6 payload, a nonzero checksum (refused even unverified: RFC 8200 8.1), valid over
+     * the pseudo-header (addresses summed in place, then length and next header), a destination
+     * port.  Whether a socket takes it is the caller's business. */
+    if (payload_len < 8 || 54 + (size_t)payload_len > len)
+        return;
+    const unsigned char *uh = f + 54;
+    uint32_t ulen = be16(uh + 4);
+    if (ulen < 8 || ulen > payload_len)
+        return;
+    uint32_t dport = be16(uh + 2);
+    if (dport == 0 || be16(uh + 6) == 0)
+        return;
+    if (verify && yas_sum16((const char *)f, len, 22, 32 + ulen, 17 + ulen) != 0xFFFF)
+        return;
+    r->kind = YAS_FAST_UDP6;
+    r->sport = (uint16_t)be16(uh);
+    r->dport = (uint16_t)dport;
+    r->data_start = 62;
+    r->end = 54 + ulen;
+}
+
 static void classify6(const unsigned char *f, uint32_t len, int verify, const char *ip6, uint32_t n_usable,
                       uint32_t n_all, struct yas_tcp_seg *r)
 {
-    /* What ip6_input -> tcp6_input take without a question: version 6, the payload (a whole TCP
-     * header at least) within the frame, next header TCP (no extension header), a hop limit,
-     * to a usable address of ours (ip6[0:16 * n_usable]), from a source that is none of ours
-     * (all n_all, tentative ones too) nor multicast, loopback or unspecified. */
+    /* What ip6_input -> tcp6_input / udp6_input take without a question: version 6, next header
+     * TCP or UDP (no extension header), a hop limit, to a usable address of ours
+     * (ip6[0:16 * n_usable]), from a source that is none of ours (all n_all, tentative ones too)
+     * nor multicast, loopback or unspecified; then the transport's own terms. */
     const unsigned char *ip = f + 14;
-    if ((ip[0] >> 4) != 6 || ip[6] != 6 || ip[7] == 0)
+    uint32_t nxt = ip[6];
+    if ((ip[0] >> 4) != 6 || (nxt != 6 && nxt != 17) || ip[7] == 0)
         return;
-    uint32_t tcp_len = be16(ip + 4);
-    if (tcp_len < 20 || 54 + (size_t)tcp_len > len)
+    uint32_t payload_len = be16(ip + 4);
+    if (nxt == 6 && (payload_len < 20 || 54 + (size_t)payload_len > len))
         return;
     const unsigned char *src = ip + 8;
     if (src[0] == 0xFF)
@@ -136,8 +166,12 @@ static void classify6(const unsigned char *f, uint32_t len, int verify, const ch
         return; /* :: or ::1 */
     if (!in_addresses(ip + 24, ip6, n_usable) || in_addresses(src, ip6, n_all))
         return;
+    if (nxt == 17) {
+        classify_udp6(f, len, verify, payload_len, r);
+        return;
+    }
     /* the pseudo-header (RFC 8200 8.1): addresses (summed in place), length, next header */
-    if (!tcp_fields(f, len, verify, 54, tcp_len, 22, 6 + tcp_len, r))
+    if (!tcp_fields(f, len, verify, 54, payload_len, 22, 6 + payload_len, r))
         return;
     r->kind = YAS_FAST_CANDIDATE6;
 }
@@ -151,7 +185,7 @@ static void classify(const unsigned char *f, uint32_t len, int verify, const cha
     if (len < 14 + 20 + 8 || memcmp(f, mac, 6) != 0)
         return;
     if (f[12] == 0x86 && f[13] == 0xDD) {
-        if (len >= 14 + 40 + 20 && n_usable)
+        if (len >= 14 + 40 + 8 && n_usable) /* a UDP header at least (TCP's 20 checked after) */
             classify6(f, len, verify, ip6, n_usable, n_all, r);
         return;
     }

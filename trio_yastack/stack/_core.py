@@ -29,7 +29,7 @@ from ._stats import ArpStats, EtherStats, IcmpStats, IpStats, StackStatistics, T
 from ._timers import TimerQueue
 from ._udp import UdpLayer
 from .tcp import TcpLayer
-from .tcp._fastpath import CANDIDATE, CANDIDATE6, FAST_PATH_DEFAULT, UDP, classify_burst, fast_input
+from .tcp._fastpath import CANDIDATE, CANDIDATE6, FAST_PATH_DEFAULT, UDP, UDP6, classify_burst, fast_input
 from .tcp._tcp6 import IP6_KEY, TcpConnection6, predicted_input
 from .wire import WireError
 from .wire.ethernet import (
@@ -175,8 +175,8 @@ class StackCore:
         """The frames of one ``rx_burst``, in order: the established-connection fast path first
         (one classifying pass over the whole burst, in C when built; a sound UDP datagram is
         queued on its socket by ``udp_fast_input``; a TCP segment over IPv6 is taken by
-        ``_tcp6.predicted_input``, with the ND reachability hint ``tcp6_input`` would give),
-        ``ether_input`` for every frame it declines.
+        ``_tcp6.predicted_input``, with the ND reachability hint ``tcp6_input`` would give; one
+        over IPv6 is queued by ``udp6_fast_input``), ``ether_input`` for every frame it declines.
         With ``on_error``, an exception from one frame is handed to it and the burst goes on (the
         runtime counts stack bugs per frame); without, it propagates.
 
@@ -199,7 +199,8 @@ class StackCore:
         )  # fmt: skip
         connections = self.tcp.connections
         udp_fast_input = self.udp.udp_fast_input
-        taken = udp_taken = taken6 = 0
+        udp6_fast_input = self.udp.udp6_fast_input
+        taken = udp_taken = taken6 = udp6_taken = 0
         for frame, record in zip(frames, records, strict=True):
             try:
                 kind = record[0]
@@ -224,6 +225,9 @@ class StackCore:
                                 ip6.nd6.nud_hint(src, now)  # as tcp6_input: forward progress (ND6_HINT)
                             taken6 += 1
                             continue
+                elif kind == UDP6 and udp6_fast_input(frame, record):
+                    udp6_taken += 1
+                    continue
                 ether_input(frame, now)
             except Exception as exc:
                 if on_error is None:
@@ -247,6 +251,12 @@ class StackCore:
             stats_ip6.received += taken6
             stats_ip6.delivered += taken6
             self.stats_tcp.segments_received += taken6
+        if udp6_taken and (ip6 := self.ip6) is not None:  # ether_input and ip6_input's counters
+            self.fast_path_datagrams += udp6_taken
+            self.stats_ether.received += udp6_taken
+            stats_ip6 = ip6.stats
+            stats_ip6.received += udp6_taken
+            stats_ip6.delivered += udp6_taken
 
     def learn_from_copy(self, frame: bytes, now: float) -> None:
         """A copy of a frame another core received (ARP, which every core must learn from):

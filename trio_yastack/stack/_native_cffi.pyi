@@ -27,7 +27,9 @@ class _Lib:
     ) -> int: ...
     YAS_FAST_DECLINE: Final[int]
     YAS_FAST_CANDIDATE: Final[int]
+    YAS_FAST_UDP: Final[int]
     YAS_FAST_CANDIDATE6: Final[int]
+    YAS_FAST_UDP6: Final[int]
     YAS_FAST_VERIFIED: Final[int]
     YAS_FAST_BAD_ARGS: Final[int]
     def yas_tcp_fast_classify(

@@ -16,7 +16,10 @@ handed them, ``StackCore.fast_addresses6``) from a source that is none of ours n
 or unspecified, with a hop limit and the checksum over the IPv6 pseudo-header valid, and the same
 TCP header terms, is a ``CANDIDATE6``: ``StackCore.ether_input_burst`` keys it by the frame's
 128-bit source with ``IP6_KEY`` and hands it to ``_tcp6.predicted_input`` (the prediction
-``tcp6_input`` runs).  Every other IPv6 frame (UDP too) declines and takes the Python path
+``tcp6_input`` runs).  A UDP datagram over IPv6 on the same IPv6 terms, with a UDP length that fits
+the payload, a destination port and a nonzero checksum (mandatory over IPv6), valid or vouched for by
+the port, is a ``UDP6`` record, queued by ``UdpLayer.udp6_fast_input`` (ip6_input gives no ND hint
+for UDP, so neither does the fast path).  Every other IPv6 frame declines and takes the Python path
 (``ip6_input`` -> ``tcp6_input`` / ``udp6_input`` / ...).
 
 :func:`fast_input` then takes a candidate for its connection (the 4-tuple demultiplexes it) when
@@ -55,6 +58,7 @@ __all__ = [
     "NATIVE_FASTPATH",
     "RECORD",
     "UDP",
+    "UDP6",
     "Record",
     "ack_and_data_input",
     "classify_burst",
@@ -64,6 +68,7 @@ __all__ = [
     "py_classify_frame",
     "py_classify_frame6",
     "py_classify_udp",
+    "py_classify_udp6",
 ]
 
 #: the record ``yas_tcp_fast_classify`` writes per frame (``struct yas_tcp_seg``, 48 bytes):
@@ -76,6 +81,9 @@ CANDIDATE = 1
 UDP = 2
 #: a TCP segment over IPv6 (fields as ``CANDIDATE``'s but ``src``, 0: the frame's bytes 22..37)
 CANDIDATE6 = 3
+#: a UDP datagram over IPv6 for ``UdpLayer.udp6_fast_input`` (as ``UDP``'s, but ``src`` 0: the
+#: frame's bytes 22..37)
+UDP6 = 4
 #: the most IPv6 addresses the classifier compares with (``YAS_FAST_MAX_IP6``)
 MAX_IP6 = 64
 _MASK = 0xFFFFFFFF
@@ -104,7 +112,7 @@ def py_classify_frame(
     if n < 42 or frame[0:6] != mac:
         return _DECLINED
     if frame[12] == 0x86 and frame[13] == 0xDD:
-        if n >= 74 and ip6_usable:
+        if n >= 62 and ip6_usable:
             return py_classify_frame6(frame, verify, ip6, ip6_usable)
         return _DECLINED
     if frame[12] != 0x08 or frame[13] != 0x00:
@@ -129,10 +137,12 @@ def py_classify_frame(
 
 
 def py_classify_frame6(frame: Buffer, verify: bool, ip6: bytes, ip6_usable: int) -> Record:
-    """Twin of the C ``classify6``: what ``ip6_input`` -> ``tcp6_input`` take without a question
-    (an IPv6 frame of at least 74 bytes to our MAC)."""
+    """Twin of the C ``classify6``: what ``ip6_input`` -> ``tcp6_input`` / ``udp6_input`` take
+    without a question (an IPv6 frame of at least 62 bytes to our MAC)."""
     version, tcp_len, nxt, hop_limit = _IPV6_FIXED.unpack_from(frame, 14)
-    if version >> 4 != 6 or nxt != 6 or hop_limit == 0 or tcp_len < 20 or 54 + tcp_len > len(frame):
+    if version >> 4 != 6 or nxt not in (6, 17) or hop_limit == 0:
+        return _DECLINED
+    if nxt == 6 and (tcp_len < 20 or 54 + tcp_len > len(frame)):
         return _DECLINED
     src = bytes(frame[22:38])
     if src[0] == 0xFF or (src[:15] == _ZERO15 and src[15] <= 1):
@@ -142,6 +152,8 @@ def py_classify_frame6(frame: Buffer, verify: bool, ip6: bytes, ip6_usable: int)
     ours = [ip6[i : i + 16] for i in range(0, len(ip6), 16)]
     if dst not in usable or src in ours:
         return _DECLINED
+    if nxt == 17:
+        return py_classify_udp6(frame, verify, tcp_len)
     # the pseudo-header (RFC 8200 8.1): the addresses summed in place with the segment
     fields = _tcp_fields(frame, verify, 54, tcp_len, 22, 6 + tcp_len)
     if fields is None:
@@ -185,6 +197,21 @@ def py_classify_udp(frame: Buffer, verify: bool, total: int, src: int, dst: int)
         if sum16(frame, 34, length, initial) != 0xFFFF:
             return _DECLINED
     return (UDP, src, sport, dport, 0, 0, 0, 0, -1, -1, 42, 34 + length)
+
+
+def py_classify_udp6(frame: Buffer, verify: bool, payload_len: int) -> Record:
+    """Twin of the C ``classify_udp6``: a datagram ``udp6_input`` would take without a question
+    (a UDP length that fits the IPv6 payload, a destination port, a nonzero checksum, valid over
+    the pseudo-header) is ``(UDP6, 0, sport, dport, 0, 0, 0, 0, -1, -1, 62, payload end)``."""
+    if payload_len < 8 or 54 + payload_len > len(frame):
+        return _DECLINED
+    sport, dport, length, checksum = _UDP_FIXED.unpack_from(frame, 54)
+    if length < 8 or length > payload_len or not dport or not checksum:
+        return _DECLINED
+    # the pseudo-header (RFC 8200 8.1): the addresses summed in place, then length and next header
+    if verify and sum16(frame, 22, 32 + length, 17 + length) != 0xFFFF:
+        return _DECLINED
+    return (UDP6, 0, sport, dport, 0, 0, 0, 0, -1, -1, 62, 54 + length)
 
 
 def py_classify_burst(
