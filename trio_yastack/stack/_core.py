@@ -175,8 +175,9 @@ class StackCore:
         """The frames of one ``rx_burst``, in order: the established-connection fast path first
         (one classifying pass over the whole burst, in C when built; a sound UDP datagram is
         queued on its socket by ``udp_fast_input``; a TCP segment over IPv6 is taken by
-        ``_tcp6.predicted_input``, with the ND reachability hint ``tcp6_input`` would give; one
-        over IPv6 is queued by ``udp6_fast_input``), ``ether_input`` for every frame it declines.
+        ``_tcp6.predicted_input``, with the ND reachability hint ``tcp6_input`` would give; a sound
+        UDP datagram over IPv6 is queued by ``udp6_fast_input``), ``ether_input`` for every frame it
+        declines.
         With ``on_error``, an exception from one frame is handed to it and the burst goes on (the
         runtime counts stack bugs per frame); without, it propagates.
 
