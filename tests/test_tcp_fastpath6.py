@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, given, settings, target
 from hypothesis import strategies as st
 from tcp_helpers import tcp_bytes
 from test_stack_ipv6 import A_MAC, B_MAC, A, B, check_ether_accounting, core6, exchange, frame6, pair
+from test_tcp_fastpath import Step, steps
 from test_tcp_fastpath import frames as frames4
 
 from trio_yastack.stack import ChecksumVerified, StackCore
@@ -318,32 +319,9 @@ def make_connection(fast: bool) -> tuple[StackCore, Any, Any]:
     return ours, conn, peer
 
 
-Step = tuple[str, int, int, int]
 #: how many segments the fast path took in each example of the stream test (read by the next test)
 TAKEN: list[int] = []
 DATA_KINDS = ("data", "data-ack", "dup", "future", "old-ts")
-
-
-@st.composite
-def steps(draw: st.DrawFn) -> list[list[Step]]:
-    kinds = [
-        "data",
-        "data",
-        "data-ack",
-        "ack",
-        "ack",
-        "dup",
-        "future",
-        "window",
-        "old-ts",
-        "read",
-        "send",
-        "fin",
-    ]
-    step = st.tuples(
-        st.sampled_from(kinds), st.integers(0, 3000), st.integers(0, 0xFFFF), st.integers(-2, 50)
-    )
-    return draw(st.lists(st.lists(step, min_size=1, max_size=6), min_size=1, max_size=12))
 
 
 @given(steps())
