@@ -25,8 +25,8 @@ from trio_yastack.dispatch._percore import CoreLayout, flow_owner
 from trio_yastack.dispatch._rss import Reta
 from trio_yastack.nic.tap import VNET_HDR, _offload_header, complete_checksum
 from trio_yastack.stack import IP6_KEY, ChecksumVerified, OffloadPacket, StackCore, TcpConnection6, TcpState
-from trio_yastack.stack._native import sum16
-from trio_yastack.stack.tcp import TcpConnection, TcpListener, _layer
+from trio_yastack.stack._native import sum16, tcp6_segment
+from trio_yastack.stack.tcp import TcpConnection, TcpListener, _layer, _tcp6
 from trio_yastack.stack.tcp._tcp6 import predicted_input
 from trio_yastack.stack.wire.icmpv6 import Icmpv6Repr
 from trio_yastack.stack.wire.ipv4 import IPPROTO_TCP
@@ -390,8 +390,9 @@ def _bulk6(
     tso6: bool, predicted: bool, monkeypatch: pytest.MonkeyPatch
 ) -> tuple[list[bytes], list[int], dict[str, int], int]:
     """200 KB from us to the kernel's side over IPv6, our port segmenting TCP/IPv6 (``tso6``) or
-    not, with the frame template of ``TcpConnection6`` (``predicted``) or every segment through
-    ``ip6_output``: every frame we sent (TSO frames completed as the TAP's kernel would), their
+    not, with the frame template of ``TcpConnection6`` (``predicted``: without ``tso6``, its TSO
+    segments cut by ``tcp6_segment``, C) or every segment through ``ip6_output`` (cut in Python
+    first): every frame we sent (TSO frames completed as the TAP's kernel would), their
     ``gso_size`` marks, our counters, and how many frame buffers TCP made for them."""
     made = [0]
     original = OffloadPacket.__init__
@@ -401,6 +402,13 @@ def _bulk6(
         original(self, size, gso_size)
 
     monkeypatch.setattr(OffloadPacket, "__init__", counting)
+    cut = [0]
+
+    def segmenting(frame: bytearray, mss: int) -> list[bytes]:
+        cut[0] += 1
+        return tcp6_segment(frame, mss)
+
+    monkeypatch.setattr(_tcp6, "tcp6_segment", segmenting)
     if not predicted:
         monkeypatch.setattr(TcpConnection6, "_link_header6", lambda *args: None)
     kernel, ours = pair()
@@ -441,6 +449,7 @@ def _bulk6(
         "ip6_sent": ours.ip6.stats.sent,
         "ether_sent": ours.stats_ether.sent,
     }
+    assert (cut[0] > 0) == (predicted and not tso6)  # software GSO in C from the template only
     return sent, marks, counters, made[0]
 
 
@@ -451,9 +460,10 @@ def test_bulk_segments_over_ipv6_are_built_in_place_and_frame_as_ip6_output_does
     """``TcpConnection6._send_data_segment`` builds a bulk segment behind IPv6's headroom: one
     frame buffer per segment, handed to the port as it is (before, each 64 KB TSO segment was
     built behind IPv4's headroom and copied into a second buffer).  Finished from the
-    connection's template or through ``ip6_output``, the frames are the same, byte for byte,
-    with the same marks and counters; TSO frames carry ``gso_size`` = the MSS and complete to
-    valid checksums; without ``tso6`` every frame fits the MTU."""
+    connection's template (and cut by the C segmenter for a port without TSO6) or through
+    ``ip6_output`` (cut in Python), the frames are the same, byte for byte, with the same marks
+    and counters; TSO frames carry ``gso_size`` = the MSS and complete to valid checksums;
+    without ``tso6`` every frame fits the MTU."""
     sent, marks, counters, made = _bulk6(tso6, True, monkeypatch)
     monkeypatch.undo()
     general, general_marks, general_counters, general_made = _bulk6(tso6, False, monkeypatch)

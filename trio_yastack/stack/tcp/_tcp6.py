@@ -24,8 +24,11 @@ segment, with the zeroing of its new buffer, was most of the CPU a bulk transfer
 over IPv6 beyond IPv4's: the kernel's side of the TAP write costs the same for both families.)
 A TSO segment (``gso_size``) goes to the port whole when it segments TCP/IPv6 (``core.tso6``: a
 TAP with its virtio-net header), its checksum field holding the pseudo-header sum; for any other
-port it is cut here in software into ``gso_size`` segments, each with its own checksum, as
-Linux's ``tcp_gso_segment`` does (FIN and PSH on the last only).
+port it is cut in software into ``gso_size`` segments, each with its own checksum, as Linux's
+``tcp_gso_segment`` does (FIN and PSH on the last only): by ``native/gso.c``'s
+``yas_tcp6_segment`` (``_native.tcp6_segment``) when the frame is finished from the template, as
+``ether_output`` cuts IPv4's, else here in Python before ``ip6_output`` (a traced core passes
+every piece through it).
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from typing import TYPE_CHECKING
 
 from .._drops import TcpDrop
 from .._ip import FRAME_HEADROOM
-from .._native import sum16
+from .._native import sum16, tcp6_segment
 from .._nd6 import REACHABLE
 from .._offload import OffloadPacket
 from ..wire.ethernet import ETHER_HEADER, ETHER_HEADER_LEN
@@ -207,7 +210,7 @@ class TcpConnection6(TcpConnection):
         the neighbour's template (:meth:`_link_header6`) the frame is finished here; otherwise
         :func:`tcp6_output_frame` sends it through ``ip6_output``.  A port that completes TCP/IPv6
         checksums (``core.tso6``) gets an ``OffloadPacket`` (the field: the pseudo-header sum),
-        any other a frame with its checksum whole."""
+        any other a frame with its checksum whole, or a TSO segment's pieces (``tcp6_segment``)."""
         rcv_nxt = self.rcv_nxt
         scale = self.rcv_scale
         wire_window = self._receive_window() >> scale
@@ -230,25 +233,35 @@ class TcpConnection6(TcpConnection):
             0x80, flags, wire_window, 0, 0, 0x0101080A, (int(now * 1000) + self.ts_offset) & _MASK,
             self.ts_recent & _MASK,
         )  # fmt: skip
-        if not gso_size or offload:
-            header = self._link_header6(core, 32 + gso_size if gso_size else tcp_len, now)
-            if header is not None:
-                packet[:FRAME_HEADROOM6] = header
-                packet[18] = tcp_len >> 8  # the payload length
-                packet[19] = tcp_len & 0xFF
-                if offload:  # CHECKSUM_PARTIAL: the folded pseudo-header sum
-                    pseudo = self._pseudo6 + tcp_len
-                    pseudo = (pseudo & 0xFFFF) + (pseudo >> 16)
-                    field = (pseudo & 0xFFFF) + (pseudo >> 16)
-                else:
-                    field = ~sum16(packet, FRAME_HEADROOM6, tcp_len, self._pseudo6 + tcp_len) & 0xFFFF
-                packet[FRAME_HEADROOM6 + 16] = field >> 8
-                packet[FRAME_HEADROOM6 + 17] = field & 0xFF
-                # counted as the segments the wire will carry, as Linux counts OutSegs
-                self.stats.segments_sent += (length + gso_size - 1) // gso_size if gso_size else 1
-                core.ip6.stats.sent += 1  # type: ignore[union-attr]  # _link_header6 found the layer
-                core.transmit(packet)
+        header = self._link_header6(core, 32 + gso_size if gso_size else tcp_len, now)
+        if header is not None:
+            packet[:FRAME_HEADROOM6] = header
+            packet[18] = tcp_len >> 8  # the payload length
+            packet[19] = tcp_len & 0xFF
+            if gso_size and not offload:
+                # Software GSO, as ether_output does for IPv4 (validate_xmit_skb ->
+                # skb_gso_segment): cut in C, each piece with its own length, sequence number
+                # and checksum; counted as ip6_output -> ether_output6 count the pieces.
+                frames = tcp6_segment(packet, gso_size)
+                core.outbox.extend(frames)
+                count = len(frames)
+                self.stats.segments_sent += count
+                core.ip6.stats.sent += count  # type: ignore[union-attr]  # _link_header6 found the layer
+                core.stats_ether.sent += count
                 return
+            if offload:  # CHECKSUM_PARTIAL: the folded pseudo-header sum
+                pseudo = self._pseudo6 + tcp_len
+                pseudo = (pseudo & 0xFFFF) + (pseudo >> 16)
+                field = (pseudo & 0xFFFF) + (pseudo >> 16)
+            else:
+                field = ~sum16(packet, FRAME_HEADROOM6, tcp_len, self._pseudo6 + tcp_len) & 0xFFFF
+            packet[FRAME_HEADROOM6 + 16] = field >> 8
+            packet[FRAME_HEADROOM6 + 17] = field & 0xFF
+            # counted as the segments the wire will carry, as Linux counts OutSegs
+            self.stats.segments_sent += (length + gso_size - 1) // gso_size if gso_size else 1
+            core.ip6.stats.sent += 1  # type: ignore[union-attr]  # _link_header6 found the layer
+            core.transmit(packet)
+            return
         error = tcp6_output_frame(
             core, self.stats, packet, gso_size, self.remote_ip & _ADDRESS, now, src=self.local_ip6
         )
