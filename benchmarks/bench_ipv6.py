@@ -8,7 +8,8 @@
   and ``tap6``): requests/s and the responder's CPU microseconds per request;
 - ``send``: sans-IO, two cores in this process: our core's CPU seconds per GB as a bulk sender
   (``bulk out`` without the kernel and the machine's load: the peer's ACKs in, the writes into
-  the send buffer, the TSO segments out; the peer's core untimed);
+  the send buffer, the TSO segments out; the peer's core untimed); ``send-gso``: the same with
+  our port unable to segment (software GSO: IPv4's cut in ``ether_output``, IPv6's in ``_tcp6``);
 - ``request``: sans-IO, two cores in this process (the peer's core builds the requests and takes
   the responses, untimed): microseconds our core spends per request/response -- the request in
   through ``ether_input_burst`` (acknowledging the last response), read, the response written
@@ -19,7 +20,7 @@ Medians of the rounds, the IPv6/IPv4 ratios and every run are printed as JSON (n
 the rows belong to ``bench_tap.py``'s and ``bench_ports.py``'s own results).
 
     python benchmarks/bench_ipv6.py [--megabytes N] [--rounds R] [--seconds S] [--requests N]
-                                    [--rows bulk,responder,send,request] [--quick]
+                                    [--rows bulk,responder,send,send-gso,request] [--quick]
 """
 
 from __future__ import annotations
@@ -124,12 +125,14 @@ def request(ipv6: bool, fast: bool, requests: int) -> dict[str, float]:
     return {"us_per_request": statistics.median(times) * 1e6, "fast_path_segments": ours.fast_path_segments}
 
 
-def send(ipv6: bool, megabytes: int) -> dict[str, float]:
+def send(ipv6: bool, megabytes: int, *, tso: bool = True) -> dict[str, float]:
     """Our core's CPU per GB sent, sans-IO (the ``send`` row): a bulk sender's side of ``bulk
     out`` without the kernel or the machine's load in it -- the peer's ACKs in through
     ``ether_input_burst``, the application's writes into the send buffer, and the TSO segments
     out (a port with TSO both ways, as a TAP with its virtio-net header), timed; the peer's
-    core (completing the checksums as the kernel would, acknowledging) untimed."""
+    core (completing the checksums as the kernel would, acknowledging) untimed.  Without ``tso``
+    our port does not segment (the ``send-gso`` row: AF_PACKET's, AF_XDP's or DPDK's case for
+    IPv6), so the stack cuts its TSO segments itself (software GSO)."""
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
     from test_stack_ipv6 import A, pair
 
@@ -137,7 +140,7 @@ def send(ipv6: bool, megabytes: int) -> dict[str, float]:
     from trio_yastack.stack import ChecksumVerified, OffloadPacket
 
     kernel, ours = pair()
-    for core in (kernel, ours):
+    for core in (kernel, ours) if tso else (kernel,):
         core.tso6 = True  # (what open_stack sets from a TAP's capabilities)
         core.tso_max_size = core.gso_max_size = 0xFFFF
         core.tx_checksum_offload = True
@@ -197,7 +200,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=int, default=8, help="wrk's duration per round")
     parser.add_argument("--requests", type=int, default=20_000, help="per round of the request row")
-    parser.add_argument("--rows", default="bulk,responder,send,request", help="which rows to run")
+    parser.add_argument("--rows", default="bulk,responder,send,send-gso,request", help="which rows to run")
     parser.add_argument("--quick", action="store_true", help="small, short, one round (smoke)")
     args = parser.parse_args()
     rows = set(args.rows.split(","))
@@ -219,6 +222,9 @@ def main() -> None:
     if "send" in rows:
         cases["send v4"] = lambda: send(False, megabytes)
         cases["send v6"] = lambda: send(True, megabytes)
+    if "send-gso" in rows:
+        cases["send-gso v4"] = lambda: send(False, megabytes, tso=False)
+        cases["send-gso v6"] = lambda: send(True, megabytes, tso=False)
     if "request" in rows:
         cases["request v4"] = lambda: request(False, True, requests)
         cases["request v6"] = lambda: request(True, True, requests)
@@ -240,6 +246,7 @@ def main() -> None:
         "bulk out": ("gbit_per_s", "stack_cpu_s_per_gb", "tap_write_cpu_s_per_gb", "tap_write_wall_s_per_gb"),
         "responder": ("requests_per_s", "cpu_us_per_request"),
         "send": ("cpu_s_per_gb", "wall_s_per_gb"),
+        "send-gso": ("cpu_s_per_gb", "wall_s_per_gb"),
         "request": ("us_per_request",),
     }
     for kind, names in metrics.items():
