@@ -241,7 +241,9 @@ class TcpConnection6(TcpConnection):
             if gso_size and not offload:
                 # Software GSO, as ether_output does for IPv4 (validate_xmit_skb ->
                 # skb_gso_segment): cut in C, each piece with its own length, sequence number
-                # and checksum; counted as ip6_output -> ether_output6 count the pieces.
+                # and checksum; counted as ip6_output -> ether_output6 count the pieces.  (As
+                # there, the outbox's room was checked for the first piece: a segment's pieces
+                # go together, at most 64 KB / MSS over the limit.)
                 frames = tcp6_segment(packet, gso_size)
                 core.outbox.extend(frames)
                 count = len(frames)
