@@ -61,6 +61,7 @@ stack_ffi = _extension(
     #define YAS_GSO_BAD_FRAME -1
     #define YAS_GSO_NO_ROOM -2
     int yas_tcp4_segment(const char *frame, size_t len, size_t mss, char *out, size_t out_len);
+    int yas_tcp6_segment(const char *frame, size_t len, size_t mss, char *out, size_t out_len);
     struct yas_tcp_seg {
         uint32_t kind; uint32_t src; uint16_t sport, dport; uint32_t seq, ack;
         uint16_t flags, window; int64_t tsval, tsecr; uint32_t data_start, end;

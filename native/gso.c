@@ -120,3 +120,60 @@ int yas_tcp4_segment(const char *frame_in, size_t len, size_t mss, char *out_buf
     }
     return (int)count;
 }
+
+/*
+ * Software GSO for TCP/IPv6 (Linux's tcp6_gso_segment): yas_tcp6_segment() reads one frame
+ * (Ethernet + IPv6 with no extension header + TCP + payload; the TCP checksum field is ignored)
+ * and writes its segments as yas_tcp4_segment() does.  For segment i: the IPv6 payload length;
+ * the TCP sequence number (+i*mss), FIN and PSH only on the last segment, CWR only on the
+ * first, and the full TCP checksum over the IPv6 pseudo-header (RFC 8200 8.1).  The twin is
+ * trio_yastack.stack._native.py_tcp6_segment; tests/test_gso6.py proves they agree.
+ */
+int yas_tcp6_segment(const char *frame_in, size_t len, size_t mss, char *out_buf, size_t out_len)
+{
+    const unsigned char *frame = (const unsigned char *)frame_in;
+    unsigned char *out = (unsigned char *)out_buf;
+    if (mss == 0 || mss > 65535 || len < 14 + 40 + 20)
+        return YAS_GSO_BAD_FRAME;
+    if (frame[12] != 0x86 || frame[13] != 0xDD || (frame[14] >> 4) != 6 || frame[14 + 6] != 6)
+        return YAS_GSO_BAD_FRAME;  /* not TCP over IPv6 without an extension header */
+    size_t plen = ((size_t)frame[18] << 8) | frame[19];
+    size_t tcp_at = 14 + 40;
+    if (tcp_at + plen > len || plen < 20)
+        return YAS_GSO_BAD_FRAME;
+    size_t thl = (size_t)(frame[tcp_at + 12] >> 4) * 4;
+    if (thl < 20 || thl > plen)
+        return YAS_GSO_BAD_FRAME;
+    size_t headers = tcp_at + thl;
+    size_t payload = plen - thl;
+    size_t count = payload ? (payload + mss - 1) / mss : 1;
+    size_t stride = headers + mss;
+    if ((count - 1) * stride + headers + (payload - (count - 1) * mss) > out_len)
+        return YAS_GSO_NO_ROOM;
+
+    uint32_t seq = ((uint32_t)frame[tcp_at + 4] << 24) | ((uint32_t)frame[tcp_at + 5] << 16)
+                 | ((uint32_t)frame[tcp_at + 6] << 8) | frame[tcp_at + 7];
+    unsigned char flags = frame[tcp_at + 13];
+    /* The pseudo-header without its length: source, destination, next header. */
+    uint32_t pseudo = add_words(frame + 14 + 8, 32, 6);
+
+    for (size_t i = 0; i < count; i++) {
+        size_t take = (i + 1 < count) ? mss : payload - i * mss;
+        unsigned char *seg = out + i * stride;
+        memcpy(seg, frame, headers);
+        memcpy(seg + headers, frame + headers + i * mss, take);
+        unsigned char *tcp = seg + tcp_at;
+        put16(seg + 18, (uint32_t)(thl + take));
+        put32(tcp + 4, seq + (uint32_t)(i * mss));
+        unsigned char f = flags;
+        if (i + 1 < count)
+            f &= (unsigned char)~0x09;  /* FIN and PSH go with the last segment */
+        if (i > 0)
+            f &= (unsigned char)~0x80;  /* CWR with the first */
+        tcp[13] = f;
+        put16(tcp + 16, 0);
+        uint32_t sum = add_words(tcp, thl, (uint64_t)pseudo + thl + take + payload_sum(seg + headers, take));
+        put16(tcp + 16, ~sum & 0xffff);
+    }
+    return (int)count;
+}

@@ -25,8 +25,8 @@ from trio_yastack.dispatch._percore import CoreLayout, flow_owner
 from trio_yastack.dispatch._rss import Reta
 from trio_yastack.nic.tap import VNET_HDR, _offload_header, complete_checksum
 from trio_yastack.stack import IP6_KEY, ChecksumVerified, OffloadPacket, StackCore, TcpConnection6, TcpState
-from trio_yastack.stack._native import sum16
-from trio_yastack.stack.tcp import TcpConnection, TcpListener, _layer
+from trio_yastack.stack._native import sum16, tcp6_segment
+from trio_yastack.stack.tcp import TcpConnection, TcpListener, _layer, _tcp6
 from trio_yastack.stack.tcp._tcp6 import predicted_input
 from trio_yastack.stack.wire.icmpv6 import Icmpv6Repr
 from trio_yastack.stack.wire.ipv4 import IPPROTO_TCP
@@ -384,6 +384,98 @@ def test_a_port_that_segments_ipv6_gets_one_tso_frame_the_kernel_can_complete() 
         if len(got) == 60_000:
             break
     assert bytes(got) == b"z" * 60_000
+
+
+def _bulk6(
+    tso6: bool, predicted: bool, monkeypatch: pytest.MonkeyPatch
+) -> tuple[list[bytes], list[int], dict[str, int], int]:
+    """200 KB from us to the kernel's side over IPv6, our port segmenting TCP/IPv6 (``tso6``) or
+    not, with the frame template of ``TcpConnection6`` (``predicted``: without ``tso6``, its TSO
+    segments cut by ``tcp6_segment``, C) or every segment through ``ip6_output`` (cut in Python
+    first): every frame we sent (TSO frames completed as the TAP's kernel would), their
+    ``gso_size`` marks, our counters, and how many frame buffers TCP made for them."""
+    made = [0]
+    original = OffloadPacket.__init__
+
+    def counting(self: OffloadPacket, size: int, gso_size: int = 0) -> None:
+        made[0] += 1
+        original(self, size, gso_size)
+
+    monkeypatch.setattr(OffloadPacket, "__init__", counting)
+    cut = [0]
+
+    def segmenting(frame: bytearray, mss: int) -> list[bytes]:
+        cut[0] += 1
+        return tcp6_segment(frame, mss)
+
+    monkeypatch.setattr(_tcp6, "tcp6_segment", segmenting)
+    if not predicted:
+        monkeypatch.setattr(TcpConnection6, "_link_header6", lambda *args: None)
+    kernel, ours = pair()
+    if tso6:
+        ours.tso6 = True  # (what open_stack sets from the port's capabilities)
+        ours.tso_max_size = ours.gso_max_size = 0xFFFF
+        ours.tx_checksum_offload = True
+    client, server, _ = connected(kernel, ours)
+    data = bytes(range(256)) * 800
+    sent: list[bytes] = []
+    marks: list[int] = []
+    got = bytearray()
+    now = 0.01
+    made[0] = 0
+    server.send(data, now)
+    for _ in range(200):
+        frames = ours.take_outbox()
+        for frame in frames:
+            marks.append(frame.gso_size if isinstance(frame, OffloadPacket) else -1)
+            completed = complete_checksum(frame) if isinstance(frame, OffloadPacket) else bytes(frame)
+            tcp6_of(completed)  # valid over the IPv6 pseudo-header
+            sent.append(completed)
+            kernel.ether_input(ChecksumVerified(completed), now)
+        for frame in kernel.take_outbox():
+            ours.ether_input(bytes(frame), now)
+        got += client.receive(1 << 20, now) or b""
+        if len(got) == len(data) and not frames:
+            break
+        kernel.run_timers(now)
+        ours.run_timers(now)
+        now += 0.01
+    assert bytes(got) == data
+    assert ours.ip6 is not None
+    stats = ours.statistics().tcp
+    counters = {
+        "segments_sent": stats.segments_sent,
+        "bytes_sent": stats.bytes_sent,
+        "ip6_sent": ours.ip6.stats.sent,
+        "ether_sent": ours.stats_ether.sent,
+    }
+    assert (cut[0] > 0) == (predicted and not tso6)  # software GSO in C from the template only
+    return sent, marks, counters, made[0]
+
+
+@pytest.mark.parametrize("tso6", [True, False], ids=["tso6", "software-cut"])
+def test_bulk_segments_over_ipv6_are_built_in_place_and_frame_as_ip6_output_does(
+    tso6: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``TcpConnection6._send_data_segment`` builds a bulk segment behind IPv6's headroom: one
+    frame buffer per segment, handed to the port as it is (before, each 64 KB TSO segment was
+    built behind IPv4's headroom and copied into a second buffer).  Finished from the
+    connection's template (and cut by the C segmenter for a port without TSO6) or through
+    ``ip6_output`` (cut in Python), the frames are the same, byte for byte, with the same marks
+    and counters; TSO frames carry ``gso_size`` = the MSS and complete to valid checksums;
+    without ``tso6`` every frame fits the MTU."""
+    sent, marks, counters, made = _bulk6(tso6, True, monkeypatch)
+    monkeypatch.undo()
+    general, general_marks, general_counters, general_made = _bulk6(tso6, False, monkeypatch)
+    assert sent == general and marks == general_marks and counters == general_counters
+    if tso6:
+        assert any(m > 0 for m in marks)
+        offloaded = [m for m in marks if m >= 0]  # (a short data segment too: CHECKSUM_PARTIAL)
+        assert len(offloaded) == made == general_made  # one buffer per frame sent, no copy
+        assert counters["segments_sent"] > counters["ip6_sent"]  # counted as the wire's segments
+    else:
+        assert made == general_made == 0 and set(marks) == {-1}
+        assert all(len(frame) - ETH <= 1500 for frame in sent)
 
 
 def test_forward_progress_confirms_the_neighbour_and_segments_take_the_predicted_path() -> None:

@@ -1,11 +1,11 @@
 """The stack's native (C, cffi) functions and their pure-Python twins: the Internet checksum
-(``native/checksum.c``) and software GSO (``native/gso.c``).
+(``native/checksum.c``) and software GSO for TCP over IPv4 and IPv6 (``native/gso.c``).
 
 Each native function has a twin here with the same signature and result; the stack uses the
 native one when its extension (``trio_yastack.stack._native_cffi``) was built and imports, and
 the twin otherwise (set ``TRIO_YASTACK_NO_NATIVE=1`` to force the twins).
-``tests/test_native.py`` proves they agree.  Callers import the chosen names (``sum16``,
-``tcp4_segment``) and never check which one they got.
+``tests/test_native.py`` (and ``tests/test_gso6.py``) prove they agree.  Callers import the
+chosen names (``sum16``, ``tcp4_segment``, ``tcp6_segment``) and never check which one they got.
 
 The dispatcher's native part (Toeplitz hash, shared-memory rings) is a separate extension with
 its twins in ``trio_yastack.dispatch``, so importing the sans-IO stack loads only this: the
@@ -28,12 +28,15 @@ __all__ = [
     "native_sum16",
     "native_sum16_bytes",
     "native_tcp4_segment",
+    "native_tcp6_segment",
     "py_sum16",
     "py_sum16_bytes",
     "py_tcp4_segment",
+    "py_tcp6_segment",
     "sum16",
     "sum16_bytes",
     "tcp4_segment",
+    "tcp6_segment",
 ]
 
 Buffer = bytes | bytearray | memoryview
@@ -209,3 +212,77 @@ if _extension is not None:
 
 #: the chosen software GSO: ``(frame, mss) -> [frames]``
 tcp4_segment: Callable[[Buffer, int], list[bytes]] = native_tcp4_segment or py_tcp4_segment
+
+
+# -- software GSO for TCP/IPv6: the same cut (native/gso.c's yas_tcp6_segment) -----------------
+_IPV6_PLEN = struct.Struct("!H")  # the payload length (at IPv6 offset 4)
+
+
+def _segment_layout6(frame: Buffer, mss: int) -> tuple[int, int, int]:
+    """``(headers, payload, count)`` of a TCP/IPv6 frame to segment (no extension header: the
+    stack sends none); ``ValueError`` when it is not one (the same checks as the C side)."""
+    if not 0 < mss <= 65535 or len(frame) < 74:
+        raise ValueError("not a TCP/IPv6 frame to segment")
+    if frame[12] != 0x86 or frame[13] != 0xDD or frame[14] >> 4 != 6 or frame[20] != 6:
+        raise ValueError("not a TCP/IPv6 frame to segment")
+    plen = (frame[18] << 8) | frame[19]
+    thl = (frame[66] >> 4) * 4
+    if 54 + plen > len(frame) or plen < 20 or thl < 20 or thl > plen:
+        raise ValueError("not a TCP/IPv6 frame to segment")
+    payload = plen - thl
+    return 54 + thl, payload, (payload + mss - 1) // mss if payload else 1
+
+
+def py_tcp6_segment(frame: Buffer, mss: int) -> list[bytes]:
+    """Twin of the C ``yas_tcp6_segment``: ``frame`` (Ethernet + IPv6 + TCP + payload; its TCP
+    checksum field is ignored) cut into frames of at most ``mss`` payload bytes, each with its
+    own IPv6 payload length, sequence number (+i*mss), FIN/PSH only on the last and CWR only on
+    the first, and a full TCP checksum over the IPv6 pseudo-header (Linux's tcp6_gso_segment)."""
+    headers, payload, count = _segment_layout6(frame, mss)
+    thl = headers - 54
+    seq: int = _SEQ.unpack_from(frame, 58)[0]
+    flags = frame[67]
+    pseudo = py_sum16(frame, 22, 32, 6)  # source, destination, next header (folded)
+    segments = []
+    for i in range(count):
+        take = mss if i + 1 < count else payload - i * mss
+        seg = bytearray(frame[:headers])
+        seg += frame[headers + i * mss : headers + i * mss + take]
+        _IPV6_PLEN.pack_into(seg, 18, thl + take)
+        _SEQ.pack_into(seg, 58, (seq + i * mss) & 0xFFFFFFFF)
+        f = flags
+        if i + 1 < count:
+            f &= ~0x09
+        if i > 0:
+            f &= ~0x80
+        seg[67] = f
+        seg[70:72] = b"\0\0"
+        checksum = ~py_sum16(seg, 54, thl + take, pseudo + thl + take) & 0xFFFF
+        seg[70:72] = checksum.to_bytes(2, "big")
+        segments.append(bytes(seg))
+    return segments
+
+
+native_tcp6_segment: Callable[[Buffer, int], list[bytes]] | None = None
+if _extension is not None:
+    _c_segment6 = _extension[1].yas_tcp6_segment
+
+    def _native_tcp6_segment(frame: Buffer, mss: int) -> list[bytes]:
+        """The C ``yas_tcp6_segment``: all segments in one call, then one copy each out of the
+        shared output buffer (as ``_native_tcp4_segment``)."""
+        headers, payload, count = _segment_layout6(frame, mss)
+        stride = headers + mss
+        out = bytearray((count - 1) * stride + headers + payload - (count - 1) * mss)
+        made = _c_segment6(_from_buffer(frame), len(frame), mss, _from_buffer(out), len(out))
+        if made != count:
+            raise ValueError(f"segmenting failed ({made})")
+        with memoryview(out) as view:
+            last = (count - 1) * stride
+            frames = [view[at : at + stride].tobytes() for at in range(0, last, stride)]
+            frames.append(view[last:].tobytes())
+            return frames
+
+    native_tcp6_segment = _native_tcp6_segment
+
+#: the chosen software GSO for TCP/IPv6: ``(frame, mss) -> [frames]``
+tcp6_segment: Callable[[Buffer, int], list[bytes]] = native_tcp6_segment or py_tcp6_segment

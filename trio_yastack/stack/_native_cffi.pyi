@@ -25,6 +25,9 @@ class _Lib:
     def yas_tcp4_segment(
         self, frame: bytes | CData, len: int, mss: int, out: CData, out_len: int, /
     ) -> int: ...
+    def yas_tcp6_segment(
+        self, frame: bytes | CData, len: int, mss: int, out: CData, out_len: int, /
+    ) -> int: ...
     YAS_FAST_DECLINE: Final[int]
     YAS_FAST_CANDIDATE: Final[int]
     YAS_FAST_UDP: Final[int]

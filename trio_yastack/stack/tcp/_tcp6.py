@@ -15,12 +15,20 @@ differs is where a segment leaves and what the headers cost:
 - :func:`tcp6_checksum_and_send` is that bottom half; the TCP layer's stateless segments (RST,
   the SYN-ACK of a SYN cookie, a TIME_WAIT ACK) reach it with the keyed remote address.
 
-Segments are built as for IPv4, after ``FRAME_HEADROOM`` (Ethernet + IPv4) bytes; the bottom
-half copies them behind IPv6's 20 bytes more headroom.  A TSO segment the connection built
-(``OffloadPacket`` with ``gso_size``) goes to the port whole when it segments TCP/IPv6
-(``core.tso6``: a TAP with its virtio-net header); for any other port it is cut here in
-software into ``gso_size`` segments, each with its own checksum, as Linux's ``tcp_gso_segment``
-does (FIN and PSH on the last only).
+Segments are built as for IPv4, after ``FRAME_HEADROOM`` (Ethernet + IPv4) bytes, and the bottom
+half copies them behind IPv6's 20 bytes more headroom -- all but the one a bulk sender sends
+most: :meth:`TcpConnection6._send_data_segment` (the twin of ``_output._send_data_segment``)
+builds a data segment with timestamps behind IPv6's headroom from the start, so its payload is
+copied once, from the send buffer into the frame, as over IPv4.  (The copy of each 64 KB TSO
+segment, with the zeroing of its new buffer, was most of the CPU a bulk transfer spent per GB
+over IPv6 beyond IPv4's: the kernel's side of the TAP write costs the same for both families.)
+A TSO segment (``gso_size``) goes to the port whole when it segments TCP/IPv6 (``core.tso6``: a
+TAP with its virtio-net header), its checksum field holding the pseudo-header sum; for any other
+port it is cut in software into ``gso_size`` segments, each with its own checksum, as Linux's
+``tcp_gso_segment`` does (FIN and PSH on the last only): by ``native/gso.c``'s
+``yas_tcp6_segment`` (``_native.tcp6_segment``) when the frame is finished from the template, as
+``ether_output`` cuts IPv4's, else here in Python before ``ip6_output`` (a traced core passes
+every piece through it).
 """
 
 from __future__ import annotations
@@ -31,7 +39,7 @@ from typing import TYPE_CHECKING
 
 from .._drops import TcpDrop
 from .._ip import FRAME_HEADROOM
-from .._native import sum16
+from .._native import sum16, tcp6_segment
 from .._nd6 import REACHABLE
 from .._offload import OffloadPacket
 from ..wire.ethernet import ETHER_HEADER, ETHER_HEADER_LEN
@@ -40,6 +48,7 @@ from ..wire.ipv6 import IPV6_HEADER, IPV6_HEADER_LEN, pseudo_header_sum6
 from ..wire.tcp import TCP_FIN, TCP_PSH
 from ._conn import TcpConnection
 from ._fastpath import ack_and_data_input
+from ._output import _ACK_WITH_TIMESTAMPS
 from ._states import ESTABLISHED, TcpState
 
 if TYPE_CHECKING:
@@ -48,7 +57,7 @@ if TYPE_CHECKING:
     from .._stats import TcpStats
     from ._layer import TcpLayer
 
-__all__ = ["IP6_KEY", "TcpConnection6", "format_remote", "tcp6_checksum_and_send"]
+__all__ = ["IP6_KEY", "TcpConnection6", "format_remote", "tcp6_checksum_and_send", "tcp6_output_frame"]
 
 #: the mark of an IPv6 remote address in the TCP layer's keys: ``address | IP6_KEY``
 IP6_KEY = 1 << 128
@@ -58,6 +67,8 @@ _MASK = 0xFFFFFFFF
 FRAME_HEADROOM6 = ETHER_HEADER_LEN + IPV6_HEADER_LEN
 ETHERTYPE_IPV6 = 0x86DD
 _MASK64 = (1 << 64) - 1
+#: a data segment's headers behind IPv6's headroom: Ethernet + IPv6 + TCP with timestamps
+_HEADERS6 = FRAME_HEADROOM6 + 32
 #: IPv6's minimum link MTU (RFC 8200 5): the floor a Packet Too Big can lower a path to
 IPV6_MIN_MTU = 1280
 
@@ -138,27 +149,48 @@ class TcpConnection6(TcpConnection):
             self.soft_error = error
 
     def _frame_predicted6(self, packet: bytearray, tcp_len: int, now: float) -> bool:
-        """IPv6's twin of ``_output._frame_predicted``: a segment that fits the link MTU, to a
-        neighbour whose entry is REACHABLE (an entry in the neighbour cache is on-link, RFC 4861
-        5.1), with no path MTU of its own, on an untraced core with room in the outbox: the
-        frame written whole from the connection's header template -- what ``ip6_output`` ->
+        """IPv6's twin of ``_output._headers_predicted`` for a segment built behind IPv4's
+        headroom: the frame written whole from the connection's header template
+        (:meth:`_link_header6`), its checksum and the frame queued -- what ``ip6_output`` ->
         ``nd6_resolve`` -> ``ether_output6`` do, with their counters.  False (nothing written,
-        nothing counted) for everything else, which the general path then sends."""
+        nothing counted) when the template declines, which the general path then sends."""
         core = self.core
+        header = self._link_header6(core, tcp_len, now)
+        if header is None:
+            return False
+        frame = bytearray(header)
+        frame += memoryview(packet)[FRAME_HEADROOM : FRAME_HEADROOM + tcp_len]
+        frame[18] = tcp_len >> 8  # the payload length
+        frame[19] = tcp_len & 0xFF
+        frame[FRAME_HEADROOM6 + 16] = frame[FRAME_HEADROOM6 + 17] = 0  # (an offload's partial sum)
+        field = ~sum16(frame, FRAME_HEADROOM6, tcp_len, self._pseudo6 + tcp_len) & 0xFFFF
+        frame[FRAME_HEADROOM6 + 16] = field >> 8
+        frame[FRAME_HEADROOM6 + 17] = field & 0xFF
+        self.stats.segments_sent += 1
+        core.ip6.stats.sent += 1  # type: ignore[union-attr]  # _link_header6 found the layer
+        core.transmit(frame)
+        return True
+
+    def _link_header6(self, core: StackCore, size: int, now: float) -> bytes | None:
+        """The Ethernet + IPv6 header of this connection's next frame (the payload length left
+        for the caller), for a segment of ``size`` bytes on the wire: to a neighbour whose entry
+        is REACHABLE (an entry in the neighbour cache is on-link, RFC 4861 5.1), with no path MTU
+        of its own, a segment that fits the link MTU, on an untraced core with room in the
+        outbox.  ``None`` for everything else: the general path (``ip6_output``) sends it."""
         ip6 = core.ip6
         if ip6 is None or hasattr(core.__class__, "_yas_tracer"):
-            return False
+            return None
         dst = self.remote_ip & _ADDRESS
         entry = ip6.nd6.cache.get(dst)
         if (
-            tcp_len > ip6.link_mtu - IPV6_HEADER_LEN
+            size > ip6.link_mtu - IPV6_HEADER_LEN
             or entry is None
             or entry.state != REACHABLE
             or now >= entry.reachable_until
             or dst in ip6.pmtu
             or len(core.outbox) >= core.outbox_limit
         ):
-            return False
+            return None
         mac = entry.mac
         if mac != self._mac6:
             header = bytearray(FRAME_HEADROOM6)
@@ -169,18 +201,74 @@ class TcpConnection6(TcpConnection):
                 local >> 64, local & _MASK64, dst >> 64, dst & _MASK64,
             )  # fmt: skip
             self._header6, self._mac6 = bytes(header), mac
-        frame = bytearray(self._header6)
-        frame += memoryview(packet)[FRAME_HEADROOM : FRAME_HEADROOM + tcp_len]
-        frame[18] = tcp_len >> 8  # the payload length
-        frame[19] = tcp_len & 0xFF
-        frame[FRAME_HEADROOM6 + 16] = frame[FRAME_HEADROOM6 + 17] = 0  # (an offload's partial sum)
-        field = ~sum16(frame, FRAME_HEADROOM6, tcp_len, self._pseudo6 + tcp_len) & 0xFFFF
-        frame[FRAME_HEADROOM6 + 16] = field >> 8
-        frame[FRAME_HEADROOM6 + 17] = field & 0xFF
-        self.stats.segments_sent += 1
-        ip6.stats.sent += 1
-        core.transmit(frame)
-        return True
+        return self._header6
+
+    def _send_data_segment(self, seq: int, length: int, flags: int, now: float) -> None:
+        """IPv6's twin of ``_output._send_data_segment`` (data with timestamps and no other
+        option: one MSS or less, or a TSO segment of whole MSS-sized pieces), built behind IPv6's
+        headroom so that its payload is copied once, from the send buffer into the frame.  With
+        the neighbour's template (:meth:`_link_header6`) the frame is finished here; otherwise
+        :func:`tcp6_output_frame` sends it through ``ip6_output``.  A port that completes TCP/IPv6
+        checksums (``core.tso6``) gets an ``OffloadPacket`` (the field: the pseudo-header sum),
+        any other a frame with its checksum whole, or a TSO segment's pieces (``tcp6_segment``)."""
+        rcv_nxt = self.rcv_nxt
+        scale = self.rcv_scale
+        wire_window = self._receive_window() >> scale
+        edge = rcv_nxt + (wire_window << scale)  # _acknowledged(), inline
+        if edge > self.rcv_adv:
+            self.rcv_adv = edge
+        self.last_ack_sent = rcv_nxt
+        self.ack_now = False
+        self.segs_unacked = 0
+        self.t_delack = 0.0
+        tcp_len = 32 + length
+        core = self.core
+        offload = core.tso6
+        # as _send_data_segment: a payload longer than one MSS is a TSO segment
+        gso_size = self.mss if length > self.mss else 0
+        packet = OffloadPacket(_HEADERS6, gso_size) if offload else bytearray(_HEADERS6)
+        self.sndbuf.append_to(packet, seq, length)
+        _ACK_WITH_TIMESTAMPS.pack_into(
+            packet, FRAME_HEADROOM6, self.local_port, self.remote_port, seq & _MASK, rcv_nxt & _MASK,
+            0x80, flags, wire_window, 0, 0, 0x0101080A, (int(now * 1000) + self.ts_offset) & _MASK,
+            self.ts_recent & _MASK,
+        )  # fmt: skip
+        header = self._link_header6(core, 32 + gso_size if gso_size else tcp_len, now)
+        if header is not None:
+            packet[:FRAME_HEADROOM6] = header
+            packet[18] = tcp_len >> 8  # the payload length
+            packet[19] = tcp_len & 0xFF
+            if gso_size and not offload:
+                # Software GSO, as ether_output does for IPv4 (validate_xmit_skb ->
+                # skb_gso_segment): cut in C, each piece with its own length, sequence number
+                # and checksum; counted as ip6_output -> ether_output6 count the pieces.  (As
+                # there, the outbox's room was checked for the first piece: a segment's pieces
+                # go together, at most 64 KB / MSS over the limit.)
+                frames = tcp6_segment(packet, gso_size)
+                core.outbox.extend(frames)
+                count = len(frames)
+                self.stats.segments_sent += count
+                core.ip6.stats.sent += count  # type: ignore[union-attr]  # _link_header6 found the layer
+                core.stats_ether.sent += count
+                return
+            if offload:  # CHECKSUM_PARTIAL: the folded pseudo-header sum
+                pseudo = self._pseudo6 + tcp_len
+                pseudo = (pseudo & 0xFFFF) + (pseudo >> 16)
+                field = (pseudo & 0xFFFF) + (pseudo >> 16)
+            else:
+                field = ~sum16(packet, FRAME_HEADROOM6, tcp_len, self._pseudo6 + tcp_len) & 0xFFFF
+            packet[FRAME_HEADROOM6 + 16] = field >> 8
+            packet[FRAME_HEADROOM6 + 17] = field & 0xFF
+            # counted as the segments the wire will carry, as Linux counts OutSegs
+            self.stats.segments_sent += (length + gso_size - 1) // gso_size if gso_size else 1
+            core.ip6.stats.sent += 1  # type: ignore[union-attr]  # _link_header6 found the layer
+            core.transmit(packet)
+            return
+        error = tcp6_output_frame(
+            core, self.stats, packet, gso_size, self.remote_ip & _ADDRESS, now, src=self.local_ip6
+        )
+        if error:
+            self.soft_error = error
 
 
 def predicted_input(
@@ -216,28 +304,75 @@ def tcp6_checksum_and_send(
 ) -> int:
     """Send the TCP segment at ``packet[FRAME_HEADROOM:]`` (built as for IPv4) over IPv6 to
     ``dst`` (a plain 128-bit address) from ``src`` (0: the source ``ip6_output`` would pick):
-    cut in software if it is a TSO segment, checksummed over the IPv6 pseudo-header, through
-    ``ip6_output``.  Returns 0, or the errno of a routing failure (counted as ``output_error``)."""
-    ip6 = core.ip6
+    a TSO segment for a port that does not segment TCP/IPv6 cut in software, anything else
+    copied behind IPv6's headroom and sent as :func:`tcp6_output_frame` sends it.  Returns 0,
+    or the errno of a routing failure (counted as ``output_error``)."""
+    view = memoryview(packet)[FRAME_HEADROOM : FRAME_HEADROOM + tcp_len]
+    gso_size = packet.gso_size if packet.__class__ is OffloadPacket else 0
+    if gso_size and not core.tso6:
+        return _cut6(core, stats, view, gso_size, dst, now, src)
+    frame = (
+        OffloadPacket(FRAME_HEADROOM6 + tcp_len, gso_size)
+        if gso_size
+        else bytearray(FRAME_HEADROOM6 + tcp_len)
+    )
+    frame[FRAME_HEADROOM6:] = view
+    return tcp6_output_frame(core, stats, frame, gso_size, dst, now, src=src)
+
+
+def tcp6_output_frame(
+    core: StackCore, stats: TcpStats, frame: bytearray, gso_size: int, dst: int, now: float, *, src: int = 0
+) -> int:
+    """Send the TCP segment at ``frame[FRAME_HEADROOM6:]`` (a frame buffer, built behind IPv6's
+    headroom) over IPv6 to ``dst`` from ``src`` (0: the source ``ip6_output`` would pick),
+    through ``ip6_output``: a TSO segment (``gso_size``) whole to a port that segments TCP/IPv6
+    (``core.tso6``), else cut here in software; an ``OffloadPacket`` with its checksum field
+    holding the folded pseudo-header sum (CHECKSUM_PARTIAL, as ``tcp_checksum_and_send`` leaves
+    an IPv4 one), any other frame checksummed whole.  Returns 0, or the errno of a routing
+    failure (counted as ``output_error``)."""
+    tcp_len = len(frame) - FRAME_HEADROOM6
+    payload = tcp_len - ((frame[FRAME_HEADROOM6 + 12] >> 4) << 2)
+    if gso_size and payload > gso_size and not core.tso6:
+        return _cut6(core, stats, memoryview(frame)[FRAME_HEADROOM6:], gso_size, dst, now, src)
     try:
-        if ip6 is None:
-            raise OSError(errno.ENETUNREACH, "Network is unreachable (no IPv6 on this stack)")
-        if not src:
-            src = ip6.select_source(dst)
-        view = memoryview(packet)[FRAME_HEADROOM : FRAME_HEADROOM + tcp_len]
-        gso_size = packet.gso_size if packet.__class__ is OffloadPacket else 0
-        header_len = (view[12] >> 4) << 2
-        if gso_size and tcp_len - header_len > gso_size:
-            if core.tso6:
-                _send_tso6(ip6, stats, view, header_len, gso_size, src, dst, now)
-            else:
-                for segment in _segments(view, header_len, gso_size):
-                    _send6(ip6, stats, segment, src, dst, now)
+        ip6, src = _source6(core, dst, src)
+        if frame.__class__ is not OffloadPacket:
+            frame[FRAME_HEADROOM6 + 16] = frame[FRAME_HEADROOM6 + 17] = 0  # (an offload's partial sum)
+            _send6(ip6, stats, frame, src, dst, now)
             return 0
-        frame = bytearray(FRAME_HEADROOM6 + tcp_len)
-        frame[FRAME_HEADROOM6:] = view
-        frame[FRAME_HEADROOM6 + 16] = frame[FRAME_HEADROOM6 + 17] = 0  # (an offload's partial sum)
-        _send6(ip6, stats, frame, src, dst, now)
+        pseudo = pseudo_header_sum6(src, dst, IPPROTO_TCP, tcp_len)
+        pseudo = (pseudo & 0xFFFF) + (pseudo >> 16)
+        field = (pseudo & 0xFFFF) + (pseudo >> 16)
+        frame[FRAME_HEADROOM6 + 16] = field >> 8
+        frame[FRAME_HEADROOM6 + 17] = field & 0xFF
+        # counted as the segments the wire will carry, as Linux counts OutSegs
+        stats.segments_sent += (payload + gso_size - 1) // gso_size if gso_size and payload else 1
+        ip6.ip6_output(frame, IPPROTO_TCP, dst, now, src=src)
+    except OSError as exc:
+        stats.drop(TcpDrop.OUTPUT_ERROR)
+        return exc.errno or errno.EHOSTUNREACH
+    return 0
+
+
+def _source6(core: StackCore, dst: int, src: int) -> tuple[Ip6Layer, int]:
+    """The IPv6 layer and the source address (``src``, or the one it picks for ``dst``);
+    ``OSError`` when there is none."""
+    ip6 = core.ip6
+    if ip6 is None:
+        raise OSError(errno.ENETUNREACH, "Network is unreachable (no IPv6 on this stack)")
+    return ip6, src or ip6.select_source(dst)
+
+
+def _cut6(
+    core: StackCore, stats: TcpStats, segment: memoryview, gso_size: int, dst: int, now: float, src: int
+) -> int:
+    """A TSO segment (``segment``: its TCP header and payload) cut in software for a port that
+    does not segment TCP/IPv6, each piece checksummed and sent through ``ip6_output``; 0 or an
+    errno, as :func:`tcp6_output_frame`."""
+    try:
+        ip6, src = _source6(core, dst, src)
+        for piece in _segments(segment, (segment[12] >> 4) << 2, gso_size):
+            _send6(ip6, stats, piece, src, dst, now)
     except OSError as exc:
         stats.drop(TcpDrop.OUTPUT_ERROR)
         return exc.errno or errno.EHOSTUNREACH
@@ -252,31 +387,6 @@ def _send6(ip6: Ip6Layer, stats: TcpStats, frame: bytearray, src: int, dst: int,
     frame[FRAME_HEADROOM6 + 16] = field >> 8
     frame[FRAME_HEADROOM6 + 17] = field & 0xFF
     stats.segments_sent += 1
-    ip6.ip6_output(frame, IPPROTO_TCP, dst, now, src=src)
-
-
-def _send_tso6(
-    ip6: Ip6Layer,
-    stats: TcpStats,
-    view: memoryview,
-    header_len: int,
-    gso_size: int,
-    src: int,
-    dst: int,
-    now: float,
-) -> None:
-    """A TSO segment to a port that segments TCP/IPv6 (``core.tso6``): one frame, its checksum
-    field holding the folded pseudo-header sum (CHECKSUM_PARTIAL, as ``tcp_checksum_and_send``
-    leaves an IPv4 one), counted as the segments the wire will carry."""
-    tcp_len = len(view)
-    frame = OffloadPacket(FRAME_HEADROOM6 + tcp_len, gso_size)
-    frame[FRAME_HEADROOM6:] = view
-    pseudo = pseudo_header_sum6(src, dst, IPPROTO_TCP, tcp_len)
-    pseudo = (pseudo & 0xFFFF) + (pseudo >> 16)
-    field = (pseudo & 0xFFFF) + (pseudo >> 16)
-    frame[FRAME_HEADROOM6 + 16] = field >> 8
-    frame[FRAME_HEADROOM6 + 17] = field & 0xFF
-    stats.segments_sent += (tcp_len - header_len + gso_size - 1) // gso_size
     ip6.ip6_output(frame, IPPROTO_TCP, dst, now, src=src)
 
 
