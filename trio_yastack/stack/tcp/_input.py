@@ -484,7 +484,11 @@ def _process_ack(
         blocks = [(unwrap(left, snd_una), unwrap(right, snd_una)) for left, right in options.sack_blocks]
         newly_sacked = self.scoreboard.update(blocks, snd_una, self.snd_max)
         if rack is not None:
-            rack.dsack(blocks, snd_una, self.snd_nxt)  # RFC 8985 6.2 step 4, 7.4.2
+            # RFC 8985 6.2 step 4, 7.4.2.  A D-SACK lies below the cumulative ACK of the ACK that
+            # carries it (RFC 2883), not below SND.UNA before it: a duplicate probe's D-SACK
+            # comes on the ACK of the flight whose ACKs were lost, and went unseen (a spurious
+            # congestion response for the probe, 7.4).
+            rack.dsack(blocks, ack if ack > snd_una else snd_una, self.snd_nxt)
             rack.sacked(blocks, now)
     window_bytes = window << self.snd_scale
     # Window update (RFC 9293: SND.WL1 < SEG.SEQ or (SND.WL1 = SEG.SEQ and SND.WL2 =< SEG.ACK)).

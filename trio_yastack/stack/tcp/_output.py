@@ -30,7 +30,7 @@ from ..wire.ethernet import ETHERTYPE_IPV4
 from ..wire.ipv4 import IP_DF, IPPROTO_TCP
 from ..wire.tcp import TCP_ACK, TCP_FIN, TCP_HEADER, TCP_HEADER_LEN, TCP_PSH, TCP_RST, TCP_SYN, TcpOptions
 from ._cc import INFINITE_SSTHRESH
-from ._rack import RACKED, REXMT_RTO
+from ._rack import RACKED, REXMT_RTO, REXMT_TLP_LONE
 from ._states import CLOSED, ESTABLISHED, SYN_RECEIVED, SYN_SENT, TIME_WAIT
 
 if TYPE_CHECKING:
@@ -315,8 +315,8 @@ def _send_data(self: TcpConnection, seq: int, length: int, flags: int, now: floa
         self.snd_nxt = end
     if end > self.snd_max:
         self.snd_max = end
-    if not self.t_rexmt:
-        self._arm_rexmt(now)
+    if not self.t_rexmt or self.rexmt_mode == REXMT_TLP_LONE:
+        self._arm_rexmt(now)  # (a lone segment's PTO is too long once more follows it)
     self.last_send = now
     self.tx_gen = self.core.tx_gen  # a frame of ours is in the outbox (autocorking)
 
