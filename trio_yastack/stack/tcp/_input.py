@@ -241,7 +241,15 @@ def _check_sequence_number(
     if not acceptable:  # (TIME_WAIT's retransmitted FIN: TcpLayer._time_wait_input)
         if not flags & TCP_RST:
             self.stats.duplicate_segments += 1
-            self._ack_now(now)
+            if length and self.sack_on and seq + length <= rcv_nxt:
+                # RFC 2883: a duplicate's range leads the SACK option (a D-SACK), so that the
+                # sender can tell a retransmission -- a tail loss probe above all -- was not
+                # needed (RFC 8985 7.4): without it, a spurious probe from a sender that then
+                # hears an ACK beyond it counts as a repaired loss and halves its window.
+                self.ack_now = True
+                self._send_segment(self.snd_nxt, TCP_ACK, b"", now, dsack=(seq, seq + length))
+            else:
+                self._ack_now(now)
         else:
             self.stats.drop(TcpDrop.RST_OUT_OF_WINDOW)
         return False
