@@ -9,7 +9,9 @@ Not nft's egress hook for that direction: a frame dropped there fails the kernel
 kernel sender would never see a loss (its ``total_retrans`` stays at 0-2 at "3 %").  Per loss
 rate and offload setting:
 
-- the stack sends to a kernel receiver, with our CUBIC and our NewReno;
+- the stack sends to a kernel receiver, with our CUBIC and our NewReno (the receiver only counts
+  the bytes, as ours does the other way: until 2026-12-06 afternoon it hashed them, which held
+  the stack's rows to about what SHA-256 runs at here);
 - the kernel sends to a stack receiver with the same congestion control set per socket
   (``TCP_CONGESTION``: cubic, reno), and BBR for reference;
 
@@ -86,6 +88,28 @@ print(json.dumps({"bytes": sent, "seconds": time.monotonic() - started,
 """
 
 
+#: the kernel's receiver: accept one connection and count what arrives, as the stack's receiver
+#: in :func:`kernel_sends` does -- not ``kernel_peer recv``, which hashes every byte (SHA-256,
+#: 350-700 MB/s here: about the rate measured, on one of the two cores the sender needs)
+KERNEL_RECEIVER = r"""
+import json, socket, sys
+listener = socket.socket()
+listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+listener.bind(("0.0.0.0", int(sys.argv[1])))
+listener.listen(1)
+listener.settimeout(300)
+print(json.dumps({"listening": int(sys.argv[1])}), flush=True)
+conn, _ = listener.accept()
+conn.settimeout(300)
+buffer = bytearray(1 << 20)
+received = 0
+while count := conn.recv_into(buffer):
+    received += count
+conn.close()
+print(json.dumps({"bytes": received}))
+"""
+
+
 class RxLoss(PortWrapper):
     """Loses ``per_mille``/1000 of the frames the kernel sent, as they arrive (seeded)."""
 
@@ -145,9 +169,7 @@ def stack_sends(per_mille: int, offloads: bool, nbytes: int, cc: str) -> dict[st
     with NetworkNamespace("yasl") as namespace, tap_in_netns(namespace, offloads=offloads) as port:
         add_loss(namespace, per_mille)
         receiver = namespace.popen(
-            [sys.executable, "-m", "trio_yastack.nic.kernel_peer", "--timeout", "300", "recv", str(PORT)],
-            stdout=subprocess.PIPE,
-            text=True,
+            [sys.executable, "-c", KERNEL_RECEIVER, str(PORT)], stdout=subprocess.PIPE, text=True
         )
 
         lossy = RxLoss(port, per_mille)

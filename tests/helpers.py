@@ -480,7 +480,7 @@ def assert_no_reset_but_for_stale_segments(
     rate-limited) to segments of connections already gone: an ACK that matched no connection, no
     syncache entry and no cookie, which RFC 9293 3.10.7.2 resets, as Linux and FreeBSD do.
 
-    They come from the tail loss probe (RFC 8985 7.2: PTO = 2 SRTT, 10 ms at least): a peer in
+    They come from the tail loss probe (RFC 8985 7.2: PTO = 2 SRTT + 2 ms, as Linux): a peer in
     request/response ("pingpong") mode delays its ACK by tens of milliseconds, a probe goes before
     it, and the peer's answer to the probe arrives after the connection closed (issue 19: the
     spurious probes are a known cost, counted in ``tlp_probes``).  Data stays intact (the callers

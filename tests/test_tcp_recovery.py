@@ -50,6 +50,7 @@ from trio_yastack.stack.tcp._rack import (
     RACKED,
     RETRANS,
     REXMT_TLP,
+    REXMT_TLP_LONE,
     SACKED,
     WC_DEL_ACK_T,
     SentLog,
@@ -330,7 +331,7 @@ def test_the_probe_waits_for_the_delayed_ack_of_a_lone_segment(monkeypatch: pyte
     (with SRTT + 100 ms, one probe went for every two such connections in a multi-core test,
     and its late answers met closed connections)."""
     conn, peer, core = lone_segment(monkeypatch)
-    assert conn.rexmt_mode == REXMT_TLP
+    assert conn.rexmt_mode == REXMT_TLP_LONE
     assert conn.t_rexmt == pytest.approx(T0 + 1 + min(2 * conn.srtt + WC_DEL_ACK_T, conn.rto))
     assert conn.t_rexmt - (T0 + 1) > 0.1 + 2 * conn.srtt
     assert run_until(core, peer, T0 + 1.19) == []
@@ -354,6 +355,100 @@ def test_a_fin_alone_in_flight_is_probed_not_timed_out(monkeypatch: pytest.Monke
     assert again.flags & TCP_FIN and again.seq == fin.seq and when <= T0 + 2 + conn.rto
     stats = core.statistics().tcp
     assert (stats.tlp_probes, stats.rto_timeouts) == (1, 0)
+
+
+def test_a_lone_segments_probe_timeout_is_rearmed_when_more_data_follows(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Was a bug (fixed; issue 19, traced over the TAP at 1 % loss): the peer acknowledged all
+    but the last segment of a flight, the PTO was armed for that lone segment (2 SRTT + 200 ms,
+    capped at the RTO), and the window sent behind it kept that deadline -- a tail loss in it
+    waited 200 ms for the probe.  Sending more arms the PTO of a flight again (RFC 8985 7.2,
+    as Linux schedules the probe after each transmission), and that PTO has no 10 ms floor
+    (Linux's is 2 SRTT + 2 ms): on a 1 ms path the probe goes 4 ms after the last send."""
+    fix_iss(monkeypatch)
+    core = tcp_core()
+    conn, peer = open_active(core, rtt=0.001)
+    conn.send(bytes(4 * 1448), T0 + 1)
+    assert len(peer.receive()) == 4
+    peer.send(ACK, now=T0 + 1.001, ack=seq_add(OUR_ISS, 1 + 3 * 1448))  # all but the last
+    assert conn.rexmt_mode == REXMT_TLP_LONE
+    assert conn.t_rexmt == pytest.approx(T0 + 1.001 + min(2 * conn.srtt + WC_DEL_ACK_T, conn.rto))
+    conn.send(bytes(3 * 1448), T0 + 1.002)  # a flight more behind it
+    assert len(peer.receive()) == 3
+    assert conn.rexmt_mode == REXMT_TLP
+    assert conn.t_rexmt == pytest.approx(T0 + 1.002 + 2 * conn.srtt + 0.002)
+    deadline = conn.t_rexmt
+    assert deadline < T0 + 1.01
+    [(when, probe)] = run_until(core, peer, T0 + 1.01)  # that flight's tail is lost: probed
+    assert when == deadline
+    assert probe.seq == seq_add(OUR_ISS, 1 + 6 * 1448) and len(probe.payload) == 1448
+    assert core.statistics().tcp.tlp_probes == 1
+
+
+def test_the_probe_resends_the_last_segment_even_with_new_data_queued(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 19: a probe of new data, when only the flight's ACKs were lost, is one in-order
+    segment whose ACK the receiver delays (Linux: up to 40 ms; traced: 42 ms on a 0.2 ms path);
+    the last segment again is a duplicate, answered at once.  So the probe is the last segment
+    sent, though the send buffer holds data that the windows would let out."""
+    fix_iss(monkeypatch)
+    core = tcp_core()
+    conn, peer = open_active(core, rtt=0.01)
+    conn.send(bytes(30 * 1448), T0 + 1)
+    flight = peer.receive()
+    assert 2 <= len(flight) < 30  # cwnd-limited: the rest waits in the send buffer
+    last = flight[-1]
+    [(_, probe)] = run_until(core, peer, T0 + 1.1)
+    assert probe.seq == seq_add(last.seq, len(last.payload) - 1448) and len(probe.payload) == 1448
+    stats = core.statistics().tcp
+    assert (stats.tlp_probes, stats.tlp_retransmits, stats.rto_timeouts) == (1, 1, 0)
+
+
+def test_a_dsack_on_the_ack_that_advances_ends_the_probe_without_a_congestion_response(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Was a bug (fixed; issue 19): the flight arrived, its ACKs were lost, the probe (the last
+    segment again) reached the receiver as a duplicate, and Linux answered with one ACK for
+    everything carrying a D-SACK of the probe.  The D-SACK was tested against SND.UNA before
+    that ACK, so it read as an ordinary SACK block; the next ACK beyond the probe then ended
+    the episode as a repaired loss (RFC 8985 7.4) and halved cwnd for nothing.  RFC 2883: a
+    D-SACK lies below the cumulative ACK of the segment that carries it."""
+    fix_iss(monkeypatch)
+    core = tcp_core()
+    conn, peer = open_active(core, rtt=0.01)
+    conn.send(bytes(4 * 1448), T0 + 1)
+    assert len(peer.receive()) == 4
+    [(_, probe)] = run_until(core, peer, T0 + 1.1)  # every ACK lost: the probe
+    cwnd = conn.cc.cwnd
+    end = seq_add(OUR_ISS, 1 + 4 * 1448)
+    peer.send(ACK, now=T0 + 1.06, ack=end, sack_blocks=((probe.seq, end),))  # the D-SACK
+    conn.send(bytes(1448), T0 + 1.07)
+    assert len(peer.receive()) == 1
+    peer.send(ACK, now=T0 + 1.08, ack=seq_add(end, 1448))  # beyond the probe
+    stats = core.statistics().tcp
+    assert stats.tlp_loss_recoveries == 0 and conn.cc.cwnd >= cwnd
+
+
+def test_a_duplicate_segment_is_answered_with_a_dsack(monkeypatch: pytest.MonkeyPatch) -> None:
+    """RFC 2883: the ACK for a segment wholly below RCV.NXT reports its range first in the SACK
+    option, ahead of the blocks of what is held out of order.  Without it a tail loss probe
+    that our own stack received twice read as a repaired loss at its sender (RFC 8985 7.4), and
+    since the probe resends the last segment, every spurious probe halved the window (issue 19:
+    4-20 per 60 MB between two stacks on a memory wire)."""
+    fix_iss(monkeypatch)
+    core = tcp_core()
+    _conn, peer = open_active(core, rtt=0.01)
+    first = peer.snd_nxt
+    assert peer.send(ACK, b"a" * 1000, now=T0 + 1) == []  # in order, its ACK delayed
+    ahead = seq_add(first, 3000)
+    [ooo] = peer.send(ACK, b"c" * 1000, now=T0 + 1.01, seq=ahead)  # out of order: SACKed
+    assert ooo.options.sack_blocks == ((ahead, seq_add(ahead, 1000)),)
+    [dup] = peer.send(ACK, b"a" * 1000, now=T0 + 1.02, seq=first)  # the first again
+    assert dup.ack == seq_add(first, 1000)
+    assert dup.options.sack_blocks == ((first, seq_add(first, 1000)), (ahead, seq_add(ahead, 1000)))
+    assert core.statistics().tcp.duplicate_segments == 1
 
 
 def test_a_retransmission_lost_while_going_back_n_goes_again_before_the_next_timeout(

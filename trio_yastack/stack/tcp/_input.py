@@ -241,7 +241,15 @@ def _check_sequence_number(
     if not acceptable:  # (TIME_WAIT's retransmitted FIN: TcpLayer._time_wait_input)
         if not flags & TCP_RST:
             self.stats.duplicate_segments += 1
-            self._ack_now(now)
+            if length and self.sack_on and seq + length <= rcv_nxt:
+                # RFC 2883: a duplicate's range leads the SACK option (a D-SACK), so that the
+                # sender can tell a retransmission -- a tail loss probe above all -- was not
+                # needed (RFC 8985 7.4): without it, a spurious probe from a sender that then
+                # hears an ACK beyond it counts as a repaired loss and halves its window.
+                self.ack_now = True
+                self._send_segment(self.snd_nxt, TCP_ACK, b"", now, dsack=(seq, seq + length))
+            else:
+                self._ack_now(now)
         else:
             self.stats.drop(TcpDrop.RST_OUT_OF_WINDOW)
         return False
@@ -484,7 +492,11 @@ def _process_ack(
         blocks = [(unwrap(left, snd_una), unwrap(right, snd_una)) for left, right in options.sack_blocks]
         newly_sacked = self.scoreboard.update(blocks, snd_una, self.snd_max)
         if rack is not None:
-            rack.dsack(blocks, snd_una, self.snd_nxt)  # RFC 8985 6.2 step 4, 7.4.2
+            # RFC 8985 6.2 step 4, 7.4.2.  A D-SACK lies below the cumulative ACK of the ACK that
+            # carries it (RFC 2883), not below SND.UNA before it: a duplicate probe's D-SACK
+            # comes on the ACK of the flight whose ACKs were lost, and went unseen (a spurious
+            # congestion response for the probe, 7.4).
+            rack.dsack(blocks, ack if ack > snd_una else snd_una, self.snd_nxt)
             rack.sacked(blocks, now)
     window_bytes = window << self.snd_scale
     # Window update (RFC 9293: SND.WL1 < SEG.SEQ or (SND.WL1 = SEG.SEQ and SND.WL2 =< SEG.ACK)).

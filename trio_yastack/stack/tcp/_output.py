@@ -30,7 +30,7 @@ from ..wire.ethernet import ETHERTYPE_IPV4
 from ..wire.ipv4 import IP_DF, IPPROTO_TCP
 from ..wire.tcp import TCP_ACK, TCP_FIN, TCP_HEADER, TCP_HEADER_LEN, TCP_PSH, TCP_RST, TCP_SYN, TcpOptions
 from ._cc import INFINITE_SSTHRESH
-from ._rack import RACKED, REXMT_RTO
+from ._rack import RACKED, REXMT_RTO, REXMT_TLP_LONE
 from ._states import CLOSED, ESTABLISHED, SYN_RECEIVED, SYN_SENT, TIME_WAIT
 
 if TYPE_CHECKING:
@@ -315,8 +315,8 @@ def _send_data(self: TcpConnection, seq: int, length: int, flags: int, now: floa
         self.snd_nxt = end
     if end > self.snd_max:
         self.snd_max = end
-    if not self.t_rexmt:
-        self._arm_rexmt(now)
+    if not self.t_rexmt or self.rexmt_mode == REXMT_TLP_LONE:
+        self._arm_rexmt(now)  # (a lone segment's PTO is too long once more follows it)
     self.last_send = now
     self.tx_gen = self.core.tx_gen  # a frame of ours is in the outbox (autocorking)
 
@@ -437,14 +437,16 @@ def _send_segment(
     payload: bytes,
     now: float,
     syn_options: TcpOptions | None = None,
+    dsack: tuple[int, int] | None = None,
 ) -> None:
-    """Build and send one segment (the bottom of tcp_output: header, options, checksum)."""
+    """Build and send one segment (the bottom of tcp_output: header, options, checksum).
+    ``dsack``: a duplicate's range, reported first in the SACK option (RFC 2883)."""
     if not payload and seq == self.snd_nxt and not flags & (TCP_SYN | TCP_FIN | TCP_RST):
         # A bare ACK carries the next unsent octet, not a rewound SND.NXT during
         # retransmission: the peer already holds data below SND.MAX and would find an
         # older sequence number unacceptable and ignore the ACK in it (FreeBSD does this).
         seq = self.snd_max
-        if flags == TCP_ACK and not len(self.reasm):
+        if flags == TCP_ACK and not len(self.reasm) and dsack is None:
             self._send_bare_ack(seq, now)
             return
     rcv_nxt = self.rcv_nxt
@@ -461,12 +463,16 @@ def _send_segment(
     # A payload longer than one segment is a TSO segment: every piece the port cuts from it
     # carries ``gso_size`` bytes and a copy of these headers.
     gso_size = self._data_mss() if len(payload) > self.mss else 0
-    if self.sack_on and flags & TCP_ACK and not flags & (TCP_SYN | TCP_RST) and len(self.reasm):
+    if self.sack_on and flags & TCP_ACK and not flags & (TCP_SYN | TCP_RST) and (len(self.reasm) or dsack):
         # As many blocks as fit beside the payload in one MSS (the MSS already counts the
         # timestamp option), so a segment carrying SACK never exceeds the path MTU.
         seg_len = gso_size or len(payload)
         room = (self.mss - seg_len - 4) // 8 if payload else 4
-        blocks = self.reasm.sack_blocks(min(3 if self.ts_on else 4, room)) if room > 0 else []
+        most = min(3 if self.ts_on else 4, room)
+        if dsack is not None and most > 0:
+            blocks = [dsack, *self.reasm.sack_blocks(most - 1)]
+        else:
+            blocks = self.reasm.sack_blocks(most) if room > 0 else []
         if blocks:
             options = bytes((1, 1, 5, 2 + 8 * len(blocks))) + b"".join(
                 _U32X2.pack(left & _MASK, right & _MASK) for left, right in blocks

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from .._drops import TcpDrop
 from ..wire.tcp import TCP_ACK, TCP_FIN, TCP_PSH
-from ._rack import REXMT_RTO, REXMT_TLP
+from ._rack import REXMT_REO, REXMT_RTO
 from ._states import (
     CLOSE_WAIT,
     CLOSED,
@@ -110,10 +110,10 @@ def _rexmt_timeout(self: TcpConnection, now: float) -> None:
     mode = self.rexmt_mode
     if mode:
         self.rexmt_mode = REXMT_RTO
-        if mode == REXMT_TLP:
-            self._tlp_timeout(now)
-        else:
+        if mode == REXMT_REO:
             self._reo_timeout(now)
+        else:
+            self._tlp_timeout(now)
         return
     config = self.config
     self.rxtshift += 1
