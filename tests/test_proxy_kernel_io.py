@@ -20,6 +20,7 @@ from proxy_helpers import bootstrap, cluster, hcm, http_listener, running_proxy
 from trio_yastack.l7 import http_proxy, upstream
 from trio_yastack.l7._kernel_io import (
     kernel_socket,
+    notify_closing,
     receive_later,
     receive_now,
     receive_some,
@@ -149,6 +150,7 @@ async def test_a_wait_ends_when_another_task_closes_the_stream() -> None:
 
                 async def close_soon() -> None:
                     await trio.testing.wait_all_tasks_blocked()
+                    notify_closing(raw)  # (the kernel drops a closed descriptor from an epoll silently)
                     await server.aclose()
 
                 nursery.start_soon(close_soon)
@@ -172,6 +174,72 @@ async def test_checkpoints_like_trio() -> None:
         client.socket.shutdown(1)
         with trio.fail_after(5):
             assert await receive_some(raw_in, 16) == b""  # only the EOF: "y" was never sent
+
+
+async def test_an_edge_that_came_while_nobody_waited_is_not_lost() -> None:
+    # The reads wait on an edge-triggered epoll: data that arrives while the reader is busy
+    # elsewhere (its edge seen by the reactor, no waiter) must still end the next wait.
+    client, server = await _socket_streams()
+    async with client, server:
+        raw_out, raw_in = kernel_socket(client), kernel_socket(server)
+        assert raw_out is not None and raw_in is not None
+        with trio.move_on_after(0.05):  # registers the socket, and waits in vain
+            await receive_later(raw_in, 1024)
+        assert send_now(raw_out, b"first") == 5
+        await trio.testing.wait_all_tasks_blocked()  # the reactor has seen the edge: nobody waits
+        with trio.fail_after(5):
+            assert await receive_later(raw_in, 1024) == b"first"  # (wait first: the mark ends it)
+        # A read that takes part of what is there: the rest needs no new edge.
+        assert send_now(raw_out, b"0123456789") == 10
+        with trio.fail_after(5):
+            got = b""
+            while len(got) < 10:
+                got += await receive_some(raw_in, 3)
+        assert got == b"0123456789"
+        # A stale mark (its data read by receive_now) costs a read, then a real wait.
+        assert send_now(raw_out, b"x") == 1
+        await trio.testing.wait_all_tasks_blocked()
+        assert receive_now(raw_in, 1024) == b"x"
+        with trio.move_on_after(0.05) as waiting:
+            await receive_later(raw_in, 1024)
+        assert waiting.cancelled_caught
+
+
+async def test_many_waits_on_one_socket_and_a_reused_descriptor() -> None:
+    # Cancelled waits leave no waiter behind; a second reader is refused as trio refuses it; a
+    # descriptor number reused by a new socket is registered anew (not taken for the old one).
+    client, server = await _socket_streams()
+    raw_out, raw_in = kernel_socket(client), kernel_socket(server)
+    assert raw_out is not None and raw_in is not None
+    for _ in range(3):
+        with trio.move_on_after(0.01) as waiting:
+            await receive_some(raw_in, 16)
+        assert waiting.cancelled_caught
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(receive_some, raw_in, 16)
+            await trio.testing.wait_all_tasks_blocked()
+            with pytest.raises(trio.BusyResourceError):
+                await receive_some(raw_in, 16)
+            await send_all(raw_out, b"z")  # ends the first reader's wait
+    fd = raw_in.fileno()
+    await server.aclose()
+    await client.aclose()
+    for _ in range(3):  # the same numbers come back for the next sockets
+        client, server = await _socket_streams()
+        async with client, server:
+            raw_out, raw_in = kernel_socket(client), kernel_socket(server)
+            assert raw_out is not None and raw_in is not None
+            reused = fd in (raw_in.fileno(), raw_out.fileno())
+            with trio.fail_after(5):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(send_all, raw_out, b"again")
+                    assert await receive_later(raw_in, 16) == b"again"
+                    nursery.start_soon(send_all, raw_in, b"back")
+                    assert await receive_later(raw_out, 16) == b"back"
+        if reused:
+            break
+    assert reused, "the descriptor number was never reused: the case was not tried"
 
 
 def test_uuid4_is_uuid_s_text() -> None:

@@ -54,7 +54,7 @@ import trio
 from trio_yastack.tls.contexts import peer_san_matches
 
 from ._http1 import ResponseReader
-from ._kernel_io import kernel_socket, receive_later, receive_some, send_all
+from ._kernel_io import kernel_socket, notify_closing, receive_later, receive_some, send_all
 from .config import Cluster, HealthCheck, LbEndpoint, LocalityLbEndpoints, OutlierDetection
 from .h2_upstream import H2Upstream
 from .network import Network
@@ -171,6 +171,8 @@ class UpstreamConnection:
             return
         self.closed = True
         self.host.cluster.connection_closed(self)
+        if self.raw is not None:  # a reader in another task gets ClosedResourceError, as from trio
+            notify_closing(self.raw)
         with trio.CancelScope(shield=True), trio.move_on_after(1.0):
             await trio.aclose_forcefully(self.stream)
 
