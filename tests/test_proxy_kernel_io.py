@@ -24,6 +24,7 @@ from trio_yastack.l7._kernel_io import (
     receive_later,
     receive_now,
     receive_some,
+    receive_until,
     send_all,
     send_now,
 )
@@ -240,6 +241,45 @@ async def test_many_waits_on_one_socket_and_a_reused_descriptor() -> None:
         if reused:
             break
     assert reused, "the descriptor number was never reused: the case was not tried"
+
+
+async def test_receive_until_keeps_its_deadline_without_a_cancel_scope() -> None:
+    # The deadlines are kept by the reactor's timer: each wait ends by its own, an earlier one
+    # set while the timer sleeps towards a later one included; a wait that gets its data first
+    # leaves nothing behind that could end a later wait.
+    first, first_server = await _socket_streams()
+    second, second_server = await _socket_streams()
+    async with first, first_server, second, second_server:
+        raw_a, raw_a_in = kernel_socket(first), kernel_socket(first_server)
+        raw_b, raw_b_in = kernel_socket(second), kernel_socket(second_server)
+        assert raw_a and raw_a_in and raw_b and raw_b_in
+        ended: dict[str, float] = {}
+
+        async def wait(name: str, raw: socket.socket, seconds: float) -> None:
+            start = trio.current_time()
+            assert await receive_until(raw, 16, start + seconds) is None
+            ended[name] = trio.current_time() - start
+
+        with trio.fail_after(5):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(wait, "long", raw_a_in, 0.5)
+                await trio.testing.wait_all_tasks_blocked()  # the timer aims at the long one
+                nursery.start_soon(wait, "short", raw_b_in, 0.05)
+        assert 0.05 <= ended["short"] < 0.4 <= 0.5 <= ended["long"]
+        with trio.fail_after(5):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(send_all, raw_a, b"in time")
+                assert await receive_until(raw_a_in, 16, trio.current_time() + 0.1) == b"in time"
+        with trio.CancelScope() as scope:  # cancelled by a scope of the caller's, as any wait
+            scope.deadline = trio.current_time() + 0.02
+            await receive_until(raw_a_in, 16, trio.current_time() + 0.05)
+        assert scope.cancelled_caught
+        await trio.sleep(0.1)  # past both deadlines: neither may end the next wait early
+        start = trio.current_time()
+        assert await receive_until(raw_a_in, 16, start + 0.05) is None
+        assert trio.current_time() - start >= 0.05
+        with trio.fail_after(5):  # a deadline passed already: no wait, None
+            assert await receive_until(raw_a_in, 16, trio.current_time() - 1) is None
 
 
 def test_uuid4_is_uuid_s_text() -> None:

@@ -41,6 +41,7 @@ __all__ = [
     "receive_later",
     "receive_now",
     "receive_some",
+    "receive_until",
     "send_all",
     "send_now",
 ]
@@ -107,6 +108,21 @@ async def receive_later(raw: socket.socket, size: int) -> bytes:
             continue
 
 
+async def receive_until(raw: socket.socket, size: int, deadline: float) -> bytes | None:
+    """:func:`receive_later` with a deadline of its own: None when ``deadline`` (trio's clock)
+    passes before anything can be read.  The deadline is kept by :class:`_Reactor`'s timer, not
+    by a trio cancel scope (whose setting up and tearing down cost about as much as the wait's
+    own bookkeeping, for a timer that almost never fires); the caller's cancel scopes still
+    cancel the wait."""
+    while True:
+        if not await _wait_readable(raw, deadline):
+            return None
+        try:
+            return raw.recv(size)
+        except BlockingIOError:
+            continue
+
+
 def receive_now(raw: socket.socket, size: int) -> bytes | None:
     """What ``raw`` holds already (b"" at EOF), or None when a read would have to wait: the
     caller waits (and sets up its timers, a trio cancel scope) only then.  No checkpoint: the
@@ -144,27 +160,34 @@ def notify_closing(raw: socket.socket) -> None:
         reactor.epoll.unregister(fd)
     task = reactor.waiters.pop(fd, None)
     if task is not None:
+        reactor.deadlines.pop(fd, None)
         trio.lowlevel.reschedule(task)  # it finds its socket gone from ``registered``: closed
 
 
 class _Reactor:
     """The readers' epoll (module docstring): the kernel sockets registered in it, edge-triggered,
     by descriptor (the socket object is kept to tell a reused descriptor from the one registered),
-    the task waiting to read each, and the descriptors whose edge came while nobody waited.
+    the task waiting to read each, and the descriptors whose edge came while nobody waited; and
+    the waits' deadlines (:func:`receive_until`), kept by a timer task that sleeps until the
+    earliest (``target``) and then wakes every waiter whose deadline passed.
 
     Bounded by the process's descriptors: an entry per descriptor number, replaced when the number
-    is reused by a new socket."""
+    is reused by a new socket; ``deadlines`` and ``expired`` hold only waiters."""
 
     def __init__(self) -> None:
         self.epoll = select.epoll()
         self.registered: dict[int, socket.socket] = {}
         self.waiters: dict[int, trio.lowlevel.Task] = {}
         self.ready: set[int] = set()
+        self.deadlines: dict[int, float] = {}  # a waiter's deadline, if it has one
+        self.expired: set[int] = set()  # waiters woken by their deadline, not by their socket
+        self.target = _INF  # when the timer wakes next (at or before the earliest deadline)
+        self.timer_scope: trio.CancelScope | None = None
 
     async def run(self) -> None:
         """Until the run ends: wait (through trio) for the epoll to be readable, then wake every
         reader that became ready, in one pass (one epoll_wait for the batch)."""
-        epoll, waiters, ready = self.epoll, self.waiters, self.ready
+        epoll, waiters, ready, deadlines = self.epoll, self.waiters, self.ready, self.deadlines
         reschedule = trio.lowlevel.reschedule
         try:
             while True:
@@ -172,24 +195,57 @@ class _Reactor:
                 for fd, _events in epoll.poll(0):
                     task = waiters.pop(fd, None)
                     if task is not None:
+                        if deadlines:
+                            deadlines.pop(fd, None)
                         reschedule(task)
                     else:
                         ready.add(fd)
         finally:
             epoll.close()
 
+    async def run_timer(self) -> None:
+        """Until the run ends: sleep until ``target``, then wake the waiters whose deadline passed
+        and aim at the earliest deadline left.  A deadline earlier than ``target`` moves the sleep
+        (:meth:`aim`); one that is met first leaves a wake-up for nothing, at most one per deadline
+        set earlier than every other."""
+        deadlines, waiters = self.deadlines, self.waiters
+        while True:
+            with trio.CancelScope(deadline=self.target) as scope:
+                self.timer_scope = scope
+                await trio.sleep_forever()
+            self.timer_scope = None
+            now = trio.current_time()
+            target = _INF
+            for fd, deadline in list(deadlines.items()):
+                if deadline <= now:
+                    del deadlines[fd]
+                    self.expired.add(fd)
+                    trio.lowlevel.reschedule(waiters.pop(fd))
+                elif deadline < target:
+                    target = deadline
+            self.target = target
 
+    def aim(self, deadline: float) -> None:
+        """Wake the timer by ``deadline`` (earlier than ``target``)."""
+        self.target = deadline
+        if self.timer_scope is not None:
+            self.timer_scope.deadline = deadline
+
+
+_INF = float("inf")
 _REACTOR: trio.lowlevel.RunVar[_Reactor | None] = trio.lowlevel.RunVar("yastack_kernel_io", default=None)
 
 
-async def _wait_readable(raw: socket.socket) -> None:
+async def _wait_readable(raw: socket.socket, deadline: float = _INF) -> bool:
     """``trio.lowlevel.wait_readable(raw)`` through :class:`_Reactor`: returns at once (after a
-    checkpoint) when an edge came since the last wait, else parks until the next one."""
+    checkpoint) when an edge came since the last wait, else parks until the next one.  False
+    when ``deadline`` passed first."""
     reactor = _REACTOR.get()
     if reactor is None:
         reactor = _Reactor()
         _REACTOR.set(reactor)
         trio.lowlevel.spawn_system_task(reactor.run, name="trio_yastack.l7._kernel_io reader")
+        trio.lowlevel.spawn_system_task(reactor.run_timer, name="trio_yastack.l7._kernel_io timer")
     fd = raw.fileno()
     if reactor.registered.get(fd) is not raw:  # new (or a reused descriptor): register it
         try:
@@ -201,19 +257,29 @@ async def _wait_readable(raw: socket.socket) -> None:
     elif fd in reactor.ready:
         reactor.ready.discard(fd)
         await trio.lowlevel.checkpoint()
-        return
+        return True
     waiters = reactor.waiters
     if fd in waiters:
         raise trio.BusyResourceError("another task is already reading from this socket")
     waiters[fd] = trio.lowlevel.current_task()
+    deadlines = reactor.deadlines
+    if deadline != _INF:  # (one already passed: the timer, aimed at it, wakes at once)
+        deadlines[fd] = deadline
+        if deadline < reactor.target:
+            reactor.aim(deadline)
 
     def abort(_: object) -> trio.lowlevel.Abort:
         waiters.pop(fd, None)
+        deadlines.pop(fd, None)
         return trio.lowlevel.Abort.SUCCEEDED
 
     await trio.lowlevel.wait_task_rescheduled(abort)
+    if reactor.expired and fd in reactor.expired:
+        reactor.expired.discard(fd)
+        return False
     if reactor.registered.get(fd) is not raw:
         raise trio.ClosedResourceError("another task closed this socket")
+    return True
 
 
 _EDGE_READ = select.EPOLLIN | select.EPOLLET

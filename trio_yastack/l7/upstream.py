@@ -677,6 +677,20 @@ class ClusterRuntime:
 
     # --- the pool ---
 
+    def idle_connection(self, host: Host) -> UpstreamConnection | None:
+        """:meth:`acquire`'s common case without its coroutine: ``host``'s newest pooled HTTP/1.1
+        connection over a kernel socket, when one is there and no watcher reads it (else None:
+        the caller acquires)."""
+        idle = host.idle
+        while idle and self.config.http2 is None:
+            conn = idle[-1]
+            if conn.watch_scope is not None or conn.raw is None:
+                return None  # acquire() waits for the watcher; a stack or TLS stream: not this case
+            idle.pop()
+            if not conn.closed:
+                return conn
+        return None
+
     async def acquire(self, host: Host, *, fresh: bool = False) -> UpstreamConnection:
         """A connection to ``host``: an idle pooled one (unless ``fresh``), or a new one within
         ``max_connections`` (waiting as a pending request, within ``max_pending_requests``, when at
@@ -831,7 +845,8 @@ class ClusterRuntime:
             if len(host.idle) < MAX_IDLE_PER_HOST:
                 conn.idle_since = trio.current_time()
                 host.idle.append(conn)
-                self._capacity.unpark()
+                if self._pending:  # a request waits for a connection (unpark() costs even with none)
+                    self._capacity.unpark()
                 return
         self._close_soon(conn)
 
