@@ -7,6 +7,7 @@ import contextlib
 import random
 import socket
 import uuid
+from collections.abc import AsyncIterator
 from functools import partial
 from http import HTTPStatus
 from typing import Any
@@ -19,6 +20,7 @@ from proxy_helpers import bootstrap, cluster, hcm, http_listener, running_proxy
 
 from trio_yastack.l7 import http_proxy, upstream
 from trio_yastack.l7._kernel_io import (
+    expire,
     kernel_socket,
     notify_closing,
     receive_later,
@@ -328,7 +330,8 @@ async def test_the_proxy_on_kernel_sockets_does_its_io_through_kernel_io(
     for module in (http_proxy, upstream):
         monkeypatch.setattr(module, "send_all", counted("send", module.send_all))
         monkeypatch.setattr(module, "receive_some", counted("receive", module.receive_some))
-        monkeypatch.setattr(module, "receive_later", counted("receive", module.receive_later))
+    monkeypatch.setattr(upstream, "receive_later", counted("receive", upstream.receive_later))
+    monkeypatch.setattr(http_proxy, "receive_until", counted("receive", http_proxy.receive_until))
     monkeypatch.setattr(http_proxy, "send_now", counted_now("send", http_proxy.send_now))
     monkeypatch.setattr(http_proxy, "receive_now", counted_now("receive", http_proxy.receive_now))
     backend_port, proxy_port = _free_port(), _free_port()
@@ -379,3 +382,98 @@ async def test_the_proxy_on_kernel_sockets_does_its_io_through_kernel_io(
     assert backend_connections == 1  # the upstream connection was pooled and reused
     assert calls["send"] >= 6  # a request out and a response out per request
     assert calls["receive"] >= 6  # a request in and a response in per request
+
+
+async def test_expire_ends_a_wait_now_or_the_next_one() -> None:
+    # What a drain does to a connection waiting for its next request (_Downstream.cancel).
+    client, server = await _socket_streams()
+    async with client, server:
+        raw_out, raw_in = kernel_socket(client), kernel_socket(server)
+        assert raw_out is not None and raw_in is not None
+        expire(raw_in)  # never waited on: not registered, nothing to end
+        with trio.move_on_after(0.05) as waiting:
+            await receive_until(raw_in, 16, trio.current_time() + 10)
+        assert waiting.cancelled_caught  # (the mark was not kept for it)
+        with trio.fail_after(5):
+            async with trio.open_nursery() as nursery:
+                got: list[bytes | None] = []
+
+                async def wait() -> None:
+                    got.append(await receive_until(raw_in, 16, trio.current_time() + 10))
+
+                nursery.start_soon(wait)
+                await trio.testing.wait_all_tasks_blocked()
+                expire(raw_in)
+        assert got == [None]
+        expire(raw_in)  # nobody waits: the next wait ends at once
+        with trio.fail_after(5):
+            assert await receive_until(raw_in, 16, trio.current_time() + 10) is None
+        assert send_now(raw_out, b"data") == 4  # and only that one
+        with trio.fail_after(5):
+            assert await receive_until(raw_in, 16, trio.current_time() + 10) == b"data"
+
+
+@contextlib.asynccontextmanager
+async def _kernel_proxy_exchange(manager: dict[str, Any]) -> AsyncIterator[tuple[Any, trio.SocketStream]]:
+    """A proxy on kernel sockets (connection manager ``manager``) before a backend that answers
+    ``hello``, and a client connection that has had one answer through it."""
+    backend_port, proxy_port = _free_port(), _free_port()
+
+    async def backend(stream: trio.SocketStream) -> None:
+        buffer = b""
+        with contextlib.suppress(trio.BrokenResourceError):
+            while True:
+                while b"\r\n\r\n" not in buffer:
+                    data = await stream.receive_some(65536)
+                    if not data:
+                        return
+                    buffer += data
+                _head, _, buffer = buffer.partition(b"\r\n\r\n")
+                await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nhello\n")
+
+    config = bootstrap(
+        [http_listener(manager, port=proxy_port, address="127.0.0.1")],
+        [cluster("app", [backend_port], address="127.0.0.1")],
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(partial(trio.serve_tcp, backend, backend_port, host="127.0.0.1"))
+        async with running_proxy(config, None) as proxy:
+            client = await trio.open_tcp_stream("127.0.0.1", proxy_port)
+            async with client:
+                await client.send_all(b"GET / HTTP/1.1\r\nHost: example\r\n\r\n")
+                got = b""
+                while not got.endswith(b"hello\n"):
+                    data = await client.receive_some(65536)
+                    assert data
+                    got += data
+                assert got.startswith(b"HTTP/1.1 200")
+                yield proxy, client
+        nursery.cancel_scope.cancel()
+
+
+async def _eof(stream: trio.SocketStream) -> None:
+    while await stream.receive_some(65536):
+        pass
+
+
+async def test_the_idle_wait_on_kernel_sockets_times_out_and_counts() -> None:
+    # The wait for the next request keeps its idle timeout without a cancel scope.
+    manager = hcm(common_http_protocol_options={"idle_timeout": "0.3s"})
+    with trio.fail_after(20):
+        async with _kernel_proxy_exchange(manager) as (proxy, client):
+            answered = trio.current_time()
+            await _eof(client)
+            assert 0.3 <= trio.current_time() - answered < 2.0
+            with trio.fail_after(5):
+                while not proxy.stats.value("http.ingress.downstream_cx_idle_timeout"):
+                    await trio.sleep(0.01)
+
+
+async def test_a_drain_closes_an_idle_kernel_connection_at_once() -> None:
+    with trio.fail_after(20):
+        async with _kernel_proxy_exchange(hcm()) as (proxy, client):  # idle timeout: an hour
+            await trio.sleep(0.05)  # the proxy waits for the next request
+            proxy.shutdown()
+            with trio.fail_after(0.9):  # (drain_time is 1 s: this is the drain's own close)
+                await _eof(client)
+            assert proxy.stats.value("http.ingress.downstream_cx_idle_timeout") == 0

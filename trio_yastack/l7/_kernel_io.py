@@ -36,6 +36,7 @@ import socket
 import trio
 
 __all__ = [
+    "expire",
     "kernel_socket",
     "notify_closing",
     "receive_later",
@@ -156,12 +157,31 @@ def notify_closing(raw: socket.socket) -> None:
         return
     del reactor.registered[fd]
     reactor.ready.discard(fd)
+    reactor.expired.discard(fd)
     with contextlib.suppress(OSError):
         reactor.epoll.unregister(fd)
     task = reactor.waiters.pop(fd, None)
     if task is not None:
         reactor.deadlines.pop(fd, None)
         trio.lowlevel.reschedule(task)  # it finds its socket gone from ``registered``: closed
+
+
+def expire(raw: socket.socket) -> None:
+    """End ``raw``'s wait in :func:`receive_until` now, as if its deadline had passed (None), or
+    the next one if no task waits on it yet: a drain closes the idle connections at once this
+    way, as cancelling their waits' scopes does (the mark goes with the wait it ends, or with the
+    socket: a reused descriptor is registered anew without it)."""
+    reactor = _REACTOR.get()
+    if reactor is None:
+        return
+    fd = raw.fileno()
+    if fd < 0 or reactor.registered.get(fd) is not raw:
+        return
+    reactor.expired.add(fd)
+    task = reactor.waiters.pop(fd, None)
+    if task is not None:
+        reactor.deadlines.pop(fd, None)
+        trio.lowlevel.reschedule(task)
 
 
 class _Reactor:
@@ -180,7 +200,7 @@ class _Reactor:
         self.waiters: dict[int, trio.lowlevel.Task] = {}
         self.ready: set[int] = set()
         self.deadlines: dict[int, float] = {}  # a waiter's deadline, if it has one
-        self.expired: set[int] = set()  # waiters woken by their deadline, not by their socket
+        self.expired: set[int] = set()  # waits ended by their deadline or expire(), not by their socket
         self.target = _INF  # when the timer wakes next (at or before the earliest deadline)
         self.timer_scope: trio.CancelScope | None = None
 
@@ -254,6 +274,11 @@ async def _wait_readable(raw: socket.socket, deadline: float = _INF) -> bool:
             reactor.epoll.modify(fd, _EDGE_READ)
         reactor.registered[fd] = raw
         reactor.ready.discard(fd)  # the registration reports what is there already
+        reactor.expired.discard(fd)
+    elif reactor.expired and fd in reactor.expired:  # (expire() before the wait)
+        reactor.expired.discard(fd)
+        await trio.lowlevel.checkpoint()
+        return False
     elif fd in reactor.ready:
         reactor.ready.discard(fd)
         await trio.lowlevel.checkpoint()

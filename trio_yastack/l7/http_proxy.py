@@ -92,8 +92,8 @@ from ._http1 import (
     response_head_bytes,
 )
 from ._kernel_io import (
+    expire,
     kernel_socket,
-    receive_later,
     receive_now,
     receive_some,
     receive_until,
@@ -233,6 +233,12 @@ class _Downstream:
         if data:
             self.bytes_sent += len(data)
             await self.write(data)
+
+    def cancel(self) -> None:
+        """A drain: end the wait for the next request (:func:`receive_until` on ``raw``) now, as
+        cancelling its scope would (``ProxyState.idle_waits``)."""
+        if self.raw is not None:
+            expire(self.raw)
 
     async def send_pending(self, pending: list[bytes]) -> None:
         """Write what h11 produced for several events in one send, and empty ``pending``."""
@@ -576,15 +582,28 @@ class HttpConnectionManagerRuntime:
                 ds.bytes_received += len(data)
                 if not data:
                     return False
-        if data is None:
+        if data is None and ds.raw is not None:
+            # Found empty just now: the wait first, its idle deadline kept by _kernel_io's timer
+            # (no cancel scope); a drain ends it (_Downstream.cancel) as it cancels the scopes.
+            idle = self.config.idle_timeout
+            self.state.idle_waits.add(ds)
+            try:
+                data = await receive_until(ds.raw, RECEIVE_SIZE, trio.current_time() + idle if idle else _INF)
+            finally:
+                self.state.idle_waits.discard(ds)
+            if data is None:
+                if not self.state.shutting_down:
+                    self.stats.inc("downstream_cx_idle_timeout")
+                return False
+            ds.bytes_received += len(data)
+            if not data:
+                return False
+        elif data is None:
             idle_deadline = trio.current_time() + (self.config.idle_timeout or float("inf"))
             with trio.move_on_at(idle_deadline) as wait:
                 self.state.idle_waits.add(wait)  # a drain cancels it: idle connections close at once
                 try:
-                    if ds.raw is not None:  # found empty just now: wait before reading again
-                        data = await receive_later(ds.raw, RECEIVE_SIZE)
-                    else:
-                        data = await ds.receive()
+                    data = await ds.receive()
                 finally:
                     self.state.idle_waits.discard(wait)
                 ds.bytes_received += len(data)
