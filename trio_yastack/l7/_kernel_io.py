@@ -24,7 +24,9 @@ epoll of its own, each registered once, edge-triggered (``EPOLLET``), as nginx d
 dict entry and ``wait_task_rescheduled``; the reader task waits (through trio) on its epoll's file
 descriptor and wakes every reader that became ready in one pass.  An edge is reported once, so the
 reader keeps a "ready" mark for a socket whose edge came while nobody waited on it: the next wait
-on it then reads first (a read that finds nothing, on a stale mark, costs one system call).
+on it then reads first (a read that finds nothing, on a stale mark, costs one system call), with
+no scheduler pass for that read (as :func:`receive_now`: a read that finds data after such a mark
+returns without one; a cancelled caller is stopped there all the same).
 """
 
 from __future__ import annotations
@@ -102,7 +104,7 @@ async def receive_later(raw: socket.socket, size: int) -> bytes:
     have an answer yet (a request just sent): the wait first, so no system call is spent on a read
     that would only say "not yet"."""
     while True:
-        await _wait_readable(raw)  # a checkpoint, as receive_some's
+        await _wait_readable(raw)  # a checkpoint, as receive_some's (but for a read a mark allows)
         try:
             return raw.recv(size)
         except BlockingIOError:
@@ -257,8 +259,8 @@ _REACTOR: trio.lowlevel.RunVar[_Reactor | None] = trio.lowlevel.RunVar("yastack_
 
 
 async def _wait_readable(raw: socket.socket, deadline: float = _INF) -> bool:
-    """``trio.lowlevel.wait_readable(raw)`` through :class:`_Reactor`: returns at once (after a
-    checkpoint) when an edge came since the last wait, else parks until the next one.  False
+    """``trio.lowlevel.wait_readable(raw)`` through :class:`_Reactor`: returns at once (without a
+    scheduler pass) when an edge came since the last wait, else parks until the next one.  False
     when ``deadline`` passed first."""
     reactor = _REACTOR.get()
     if reactor is None:
@@ -280,8 +282,11 @@ async def _wait_readable(raw: socket.socket, deadline: float = _INF) -> bool:
         await trio.lowlevel.checkpoint()
         return False
     elif fd in reactor.ready:
+        # Mostly a stale mark (its data was read by receive_now before the reactor saw the edge):
+        # the caller's read tells, and parks if it finds nothing; no scheduler pass for it, as for
+        # receive_now's read (a cancelled caller is still stopped here).
         reactor.ready.discard(fd)
-        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.checkpoint_if_cancelled()
         return True
     waiters = reactor.waiters
     if fd in waiters:
