@@ -872,7 +872,7 @@ class HttpConnectionManagerRuntime:
                 raise _LocalReply(503, "no healthy upstream", "UH")
             if logged:
                 record.upstream_host = str(host)
-            attempt_started = trio.current_time()
+            attempt_started = now  # (nothing awaited since: the same moment, to the microsecond)
             host.active_requests += 1
             cluster.stats.inc("upstream_rq_total")
             conn: UpstreamConnection | None = None
