@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import select
 import socket
 import uuid
 from collections.abc import AsyncIterator
@@ -18,6 +19,7 @@ import trio
 import trio.testing
 from proxy_helpers import bootstrap, cluster, hcm, http_listener, running_proxy
 
+from trio_yastack.l7 import _kernel_io as kernel_io
 from trio_yastack.l7 import http_proxy, upstream
 from trio_yastack.l7._kernel_io import (
     expire,
@@ -243,6 +245,52 @@ async def test_many_waits_on_one_socket_and_a_reused_descriptor() -> None:
         if reused:
             break
     assert reused, "the descriptor number was never reused: the case was not tried"
+
+
+async def test_a_socket_is_registered_once_for_all_its_waits(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The point of the reactor: no epoll_ctl per wait (trio's epoll re-arms every wait).
+    calls: list[str] = []
+    real_epoll = select.epoll
+
+    class CountingEpoll:  # (select.epoll cannot be subclassed)
+        def __init__(self) -> None:
+            self._epoll = real_epoll()
+
+        def fileno(self) -> int:
+            return self._epoll.fileno()
+
+        def register(self, fd: int, mask: int) -> None:
+            calls.append("register")
+            self._epoll.register(fd, mask)
+
+        def modify(self, fd: int, mask: int) -> None:
+            calls.append("modify")
+            self._epoll.modify(fd, mask)
+
+        def unregister(self, fd: int) -> None:
+            calls.append("unregister")
+            self._epoll.unregister(fd)
+
+        def poll(self, timeout: float) -> list[tuple[int, int]]:
+            return self._epoll.poll(timeout)
+
+        def close(self) -> None:
+            self._epoll.close()
+
+    monkeypatch.setattr(kernel_io.select, "epoll", CountingEpoll)  # before this run's first wait
+    client, server = await _socket_streams()
+    async with client, server:
+        raw_out, raw_in = kernel_socket(client), kernel_socket(server)
+        assert raw_out is not None and raw_in is not None
+        with trio.fail_after(10):
+            for number in range(20):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(send_all, raw_out, b"%d" % number)
+                    if number % 2:
+                        assert await receive_later(raw_in, 16) == b"%d" % number
+                    else:
+                        assert await receive_until(raw_in, 16, trio.current_time() + 5) == b"%d" % number
+    assert calls == ["register"]
 
 
 async def test_receive_until_keeps_its_deadline_without_a_cancel_scope() -> None:
