@@ -32,7 +32,13 @@ CPU, so one of them shares CPU 1 with wrk and the backend (still pinned there). 
 these rows measure the spread across processes more than the capacity of two cores: compare them
 with each other (``ratio_*_2c``), and with the one-core rows of the same run.
 
-    python benchmarks/bench_proxy.py [--seconds S] [--rounds R] [--quick] [--no-cores]
+With ``--syscalls`` (issue 20), after each one-core proxy's measured load (nginx's and ours on
+kernel sockets), one more ``wrk`` run of ``--seconds`` with ``strace -c -f`` attached to the proxy
+(nginx's worker, or our process) counts its system calls, reported per request (``syscalls``:
+calls and failed calls by name; strace slows the proxy several times, which changes how many
+events one ``epoll_wait`` returns, but not the sends and reads a request takes).
+
+    python benchmarks/bench_proxy.py [--seconds S] [--rounds R] [--quick] [--no-cores] [--syscalls]
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -180,10 +187,13 @@ class BenchFailure(RuntimeError):
 class Round:
     """One round's namespace, temp dir, CPU pinning and the processes started in it."""
 
-    def __init__(self, namespace: NetworkNamespace, tmp: Path, cpus: tuple[int, int] | None) -> None:
+    def __init__(
+        self, namespace: NetworkNamespace, tmp: Path, cpus: tuple[int, int] | None, syscalls: bool = False
+    ) -> None:
         self.namespace = namespace
         self.tmp = tmp
         self.cpus = cpus  # (the proxy under test's core, wrk's and the backend's core)
+        self.syscalls = syscalls  # count the one-core proxies' system calls too (--syscalls)
 
     def pinned(self, args: Sequence[str], under_test: bool | None) -> list[str]:
         """``under_test=None``: several processes that pin themselves, one per CPU (not taskset)."""
@@ -273,6 +283,38 @@ class Round:
             raise BenchFailure(f"{url}: the proxy exited ({server.returncode}) during the load")
         return result
 
+    def count_syscalls(self, url: str, seconds: int, pid: int) -> dict[str, dict[str, float]]:
+        """System calls per request of process ``pid`` (and its threads) under one more bounded
+        ``wrk`` run on ``url``: ``strace -c -f`` attached for the run's length (then SIGINT, which
+        makes it print its table), each count divided by wrk's requests."""
+        out = self.tmp / f"strace-{pid}.txt"
+        tracer = subprocess.Popen(
+            ["strace", "-c", "-f", "-p", str(pid), "-o", str(out)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            time.sleep(0.5)  # attached (strace needs a moment per thread)
+            measured = self.wrk(url, seconds, None)
+        finally:
+            tracer.send_signal(signal.SIGINT)
+            try:
+                tracer.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                tracer.kill()
+                tracer.wait()
+        requests = max(measured["requests"], 1)
+        table: dict[str, dict[str, float]] = {}
+        for line in out.read_text().splitlines():
+            fields = line.split()
+            # % time, seconds, usecs/call, calls, [errors,] syscall
+            if len(fields) in (5, 6) and fields[0][0].isdigit() and fields[-1] != "total":
+                errors = int(fields[4]) if len(fields) == 6 else 0
+                table[fields[-1]] = {"calls": int(fields[3]) / requests, "errors": errors / requests}
+        if not table:
+            raise BenchFailure(f"strace -c -p {pid}: no table in {out.read_text()[-500:]!r}")
+        return table
+
 
 def core_times() -> dict[int, tuple[int, int]]:
     """Per CPU, (busy, total) jiffies from ``/proc/stat`` (busy: all but idle and iowait)."""
@@ -306,13 +348,16 @@ def stop(process: subprocess.Popen[bytes], name: str, log: Path | None = None) -
         raise BenchFailure(f"{name}: exit status {process.returncode} after SIGTERM:\n{tail(log)}")
 
 
-def run_round(seconds: int, cpus: tuple[int, int] | None, two_cores: bool) -> dict[str, dict[str, float]]:
+def run_round(
+    seconds: int, cpus: tuple[int, int] | None, two_cores: bool, syscalls: bool = False
+) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, dict[str, float]]]]:
     """The four cases (and the three two-core ones) in one namespace of our own (deleted at the
-    end, whatever happens)."""
+    end, whatever happens); and, with ``syscalls``, the one-core proxies' system calls per request."""
     results: dict[str, dict[str, float]] = {}
+    counted: dict[str, dict[str, dict[str, float]]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-proxy-") as tmp, NetworkNamespace("yasp") as namespace:
         os.chmod(tmp, 0o755)  # nginx's workers run as nobody
-        bench = Round(namespace, Path(tmp), cpus)
+        bench = Round(namespace, Path(tmp), cpus, syscalls)
         backend = bench.nginx("backend", BACKEND_CONF, under_test=False, port=BACKEND_PORT)
         bench.get(f"http://127.0.0.1:{BACKEND_PORT}/")
         results["backend_direct"] = bench.wrk(f"http://127.0.0.1:{BACKEND_PORT}/", seconds, None)
@@ -329,6 +374,11 @@ def run_round(seconds: int, cpus: tuple[int, int] | None, two_cores: bool) -> di
             try:
                 bench.get(f"http://127.0.0.1:{NGINX_PROXY_PORT}/")
                 results[name] = bench.wrk(f"http://127.0.0.1:{NGINX_PROXY_PORT}/", seconds, peer)
+                if syscalls and workers == 1:
+                    worker = nginx_worker(peer.pid)
+                    counted[name] = bench.count_syscalls(
+                        f"http://127.0.0.1:{NGINX_PROXY_PORT}/", seconds, worker
+                    )
             finally:
                 stop(peer, name)
 
@@ -348,13 +398,23 @@ def run_round(seconds: int, cpus: tuple[int, int] | None, two_cores: bool) -> di
             try:
                 bench.get(f"http://{listen}:{OURS_PORT}/")  # also warms ARP on the bypass path
                 results[name] = bench.wrk(f"http://{listen}:{OURS_PORT}/", seconds, proxy)
+                if syscalls and name == "ours_kernel":
+                    counted[name] = bench.count_syscalls(f"http://{listen}:{OURS_PORT}/", seconds, proxy.pid)
             except BenchFailure as exc:
                 with contextlib.suppress(BenchFailure):
                     stop(proxy, name)
                 raise BenchFailure(f"{name}: {exc}\nyastack proxy's output:\n{tail(log)}") from None
             stop(proxy, f"yastack proxy ({name})", log)  # a clean drain: exit status 0
         stop(backend, "nginx backend")
-    return results
+    return results, counted
+
+
+def nginx_worker(master: int) -> int:
+    """The PID of nginx's (one) worker under ``master`` (``taskset`` execs nginx: the same PID)."""
+    children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+    if len(children) != 1:
+        raise BenchFailure(f"nginx {master}: {len(children)} workers, expected 1")
+    return int(children[0])
 
 
 def pick_cpus() -> tuple[int, int] | None:
@@ -377,9 +437,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="2-second runs, 1 round (CI smoke)")
     parser.add_argument("--no-cores", action="store_true", help="without the two-core rows")
+    parser.add_argument(
+        "--syscalls",
+        action="store_true",
+        help="count the one-core proxies' system calls per request (strace)",
+    )
     args = parser.parse_args()
     reason = netns_unavailable_reason()
-    missing = [tool for tool in ("wrk", "curl") if not shutil.which(tool)] + ([] if NGINX else ["nginx"])
+    tools = ("wrk", "curl", "strace") if args.syscalls else ("wrk", "curl")
+    missing = [tool for tool in tools if not shutil.which(tool)] + ([] if NGINX else ["nginx"])
     if reason or missing:
         sys.exit(f"bench_proxy: needs network namespaces, wrk, nginx and curl: {reason or missing}")
     seconds, rounds = (2, 1) if args.quick else (args.seconds, args.rounds)
@@ -387,11 +453,15 @@ def main() -> None:
     cpus = pick_cpus()
     names = CASES if args.no_cores else CASES + CASES_2C
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in names}
+    syscalls: dict[str, list[dict[str, dict[str, float]]]] = {}
     failures: list[str] = []
     for number in range(rounds):
         try:
-            for name, measured in run_round(seconds, cpus, not args.no_cores).items():
+            measured_round, counted = run_round(seconds, cpus, not args.no_cores, args.syscalls)
+            for name, measured in measured_round.items():
                 runs[name].append(measured)
+            for name, table in counted.items():
+                syscalls.setdefault(name, []).append(table)
         except (BenchFailure, subprocess.TimeoutExpired) as exc:
             failures.append(f"round {number + 1}: {exc}")
             print(f"bench_proxy: FAILED: round {number + 1}: {exc}", file=sys.stderr, flush=True)
@@ -414,6 +484,16 @@ def main() -> None:
         "cases": cases,
         "failures": failures,
     }
+    if syscalls:  # per case and system call: calls and failed calls per request, median over rounds
+        result["syscalls_per_request"] = {
+            name: {
+                call: {
+                    key: spread(t.get(call, {}).get(key, 0.0) for t in tables) for key in ("calls", "errors")
+                }
+                for call in sorted({call for t in tables for call in t})
+            }
+            for name, tables in syscalls.items()
+        }
     complete = [i for i in range(rounds) if all(len(runs[name]) > i for name in names)]
     for mode, ours_case, peer_case in RATIOS:
         if ours_case in cases and peer_case in cases:
@@ -447,6 +527,15 @@ def main() -> None:
                 print(f"ratio {ours_case}/{peer_case}: {ratio:.3f} ({verdict} the {TARGET_RATIO} target)")
             else:
                 print(f"ratio {ours_case}/{peer_case}: {ratio:.3f} (what the second core adds)")
+    for name, calls in result.get("syscalls_per_request", {}).items():
+        common = sorted(calls.items(), key=lambda item: -item[1]["calls"]["median"])
+        shown = [
+            f"{call} {c['calls']['median']:.2f}"
+            + (f" ({c['errors']['median']:.2f} failed)" if c["errors"]["median"] else "")
+            for call, c in common
+            if c["calls"]["median"] >= 0.005
+        ]
+        print(f"system calls per request, {name}: " + ", ".join(shown))
     if failures:
         sys.exit(f"bench_proxy: {len(failures)} round(s) failed; nothing written")
     if not args.quick:

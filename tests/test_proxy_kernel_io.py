@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import random
+import select
 import socket
 import uuid
+from collections.abc import AsyncIterator
 from functools import partial
 from http import HTTPStatus
 from typing import Any
@@ -17,12 +19,16 @@ import trio
 import trio.testing
 from proxy_helpers import bootstrap, cluster, hcm, http_listener, running_proxy
 
+from trio_yastack.l7 import _kernel_io as kernel_io
 from trio_yastack.l7 import http_proxy, upstream
 from trio_yastack.l7._kernel_io import (
+    expire,
     kernel_socket,
+    notify_closing,
     receive_later,
     receive_now,
     receive_some,
+    receive_until,
     send_all,
     send_now,
 )
@@ -149,6 +155,7 @@ async def test_a_wait_ends_when_another_task_closes_the_stream() -> None:
 
                 async def close_soon() -> None:
                     await trio.testing.wait_all_tasks_blocked()
+                    notify_closing(raw)  # (the kernel drops a closed descriptor from an epoll silently)
                     await server.aclose()
 
                 nursery.start_soon(close_soon)
@@ -172,6 +179,157 @@ async def test_checkpoints_like_trio() -> None:
         client.socket.shutdown(1)
         with trio.fail_after(5):
             assert await receive_some(raw_in, 16) == b""  # only the EOF: "y" was never sent
+
+
+async def test_an_edge_that_came_while_nobody_waited_is_not_lost() -> None:
+    # The reads wait on an edge-triggered epoll: data that arrives while the reader is busy
+    # elsewhere (its edge seen by the reactor, no waiter) must still end the next wait.
+    client, server = await _socket_streams()
+    async with client, server:
+        raw_out, raw_in = kernel_socket(client), kernel_socket(server)
+        assert raw_out is not None and raw_in is not None
+        with trio.move_on_after(0.05):  # registers the socket, and waits in vain
+            await receive_later(raw_in, 1024)
+        assert send_now(raw_out, b"first") == 5
+        await trio.testing.wait_all_tasks_blocked()  # the reactor has seen the edge: nobody waits
+        with trio.fail_after(5):
+            assert await receive_later(raw_in, 1024) == b"first"  # (wait first: the mark ends it)
+        # A read that takes part of what is there: the rest needs no new edge.
+        assert send_now(raw_out, b"0123456789") == 10
+        with trio.fail_after(5):
+            got = b""
+            while len(got) < 10:
+                got += await receive_some(raw_in, 3)
+        assert got == b"0123456789"
+        # A stale mark (its data read by receive_now) costs a read, then a real wait.
+        assert send_now(raw_out, b"x") == 1
+        await trio.testing.wait_all_tasks_blocked()
+        assert receive_now(raw_in, 1024) == b"x"
+        with trio.move_on_after(0.05) as waiting:
+            await receive_later(raw_in, 1024)
+        assert waiting.cancelled_caught
+
+
+async def test_many_waits_on_one_socket_and_a_reused_descriptor() -> None:
+    # Cancelled waits leave no waiter behind; a second reader is refused as trio refuses it; a
+    # descriptor number reused by a new socket is registered anew (not taken for the old one).
+    client, server = await _socket_streams()
+    raw_out, raw_in = kernel_socket(client), kernel_socket(server)
+    assert raw_out is not None and raw_in is not None
+    for _ in range(3):
+        with trio.move_on_after(0.01) as waiting:
+            await receive_some(raw_in, 16)
+        assert waiting.cancelled_caught
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(receive_some, raw_in, 16)
+            await trio.testing.wait_all_tasks_blocked()
+            with pytest.raises(trio.BusyResourceError):
+                await receive_some(raw_in, 16)
+            await send_all(raw_out, b"z")  # ends the first reader's wait
+    fd = raw_in.fileno()
+    await server.aclose()
+    await client.aclose()
+    for _ in range(3):  # the same numbers come back for the next sockets
+        client, server = await _socket_streams()
+        async with client, server:
+            raw_out, raw_in = kernel_socket(client), kernel_socket(server)
+            assert raw_out is not None and raw_in is not None
+            reused = fd in (raw_in.fileno(), raw_out.fileno())
+            with trio.fail_after(5):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(send_all, raw_out, b"again")
+                    assert await receive_later(raw_in, 16) == b"again"
+                    nursery.start_soon(send_all, raw_in, b"back")
+                    assert await receive_later(raw_out, 16) == b"back"
+        if reused:
+            break
+    assert reused, "the descriptor number was never reused: the case was not tried"
+
+
+async def test_a_socket_is_registered_once_for_all_its_waits(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The point of the reactor: no epoll_ctl per wait (trio's epoll re-arms every wait).
+    calls: list[str] = []
+    real_epoll = select.epoll
+
+    class CountingEpoll:  # (select.epoll cannot be subclassed)
+        def __init__(self) -> None:
+            self._epoll = real_epoll()
+
+        def fileno(self) -> int:
+            return self._epoll.fileno()
+
+        def register(self, fd: int, mask: int) -> None:
+            calls.append("register")
+            self._epoll.register(fd, mask)
+
+        def modify(self, fd: int, mask: int) -> None:
+            calls.append("modify")
+            self._epoll.modify(fd, mask)
+
+        def unregister(self, fd: int) -> None:
+            calls.append("unregister")
+            self._epoll.unregister(fd)
+
+        def poll(self, timeout: float) -> list[tuple[int, int]]:
+            return self._epoll.poll(timeout)
+
+        def close(self) -> None:
+            self._epoll.close()
+
+    monkeypatch.setattr(kernel_io.select, "epoll", CountingEpoll)  # before this run's first wait
+    client, server = await _socket_streams()
+    async with client, server:
+        raw_out, raw_in = kernel_socket(client), kernel_socket(server)
+        assert raw_out is not None and raw_in is not None
+        with trio.fail_after(10):
+            for number in range(20):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(send_all, raw_out, b"%d" % number)
+                    if number % 2:
+                        assert await receive_later(raw_in, 16) == b"%d" % number
+                    else:
+                        assert await receive_until(raw_in, 16, trio.current_time() + 5) == b"%d" % number
+    assert calls == ["register"]
+
+
+async def test_receive_until_keeps_its_deadline_without_a_cancel_scope() -> None:
+    # The deadlines are kept by the reactor's timer: each wait ends by its own, an earlier one
+    # set while the timer sleeps towards a later one included; a wait that gets its data first
+    # leaves nothing behind that could end a later wait.
+    first, first_server = await _socket_streams()
+    second, second_server = await _socket_streams()
+    async with first, first_server, second, second_server:
+        raw_a, raw_a_in = kernel_socket(first), kernel_socket(first_server)
+        raw_b, raw_b_in = kernel_socket(second), kernel_socket(second_server)
+        assert raw_a and raw_a_in and raw_b and raw_b_in
+        ended: dict[str, float] = {}
+
+        async def wait(name: str, raw: socket.socket, seconds: float) -> None:
+            start = trio.current_time()
+            assert await receive_until(raw, 16, start + seconds) is None
+            ended[name] = trio.current_time() - start
+
+        with trio.fail_after(5):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(wait, "long", raw_a_in, 0.5)
+                await trio.testing.wait_all_tasks_blocked()  # the timer aims at the long one
+                nursery.start_soon(wait, "short", raw_b_in, 0.05)
+        assert 0.05 <= ended["short"] < 0.4 <= 0.5 <= ended["long"]
+        with trio.fail_after(5):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(send_all, raw_a, b"in time")
+                assert await receive_until(raw_a_in, 16, trio.current_time() + 0.1) == b"in time"
+        with trio.CancelScope() as scope:  # cancelled by a scope of the caller's, as any wait
+            scope.deadline = trio.current_time() + 0.02
+            await receive_until(raw_a_in, 16, trio.current_time() + 0.05)
+        assert scope.cancelled_caught
+        await trio.sleep(0.1)  # past both deadlines: neither may end the next wait early
+        start = trio.current_time()
+        assert await receive_until(raw_a_in, 16, start + 0.05) is None
+        assert trio.current_time() - start >= 0.05
+        with trio.fail_after(5):  # a deadline passed already: no wait, None
+            assert await receive_until(raw_a_in, 16, trio.current_time() - 1) is None
 
 
 def test_uuid4_is_uuid_s_text() -> None:
@@ -220,7 +378,8 @@ async def test_the_proxy_on_kernel_sockets_does_its_io_through_kernel_io(
     for module in (http_proxy, upstream):
         monkeypatch.setattr(module, "send_all", counted("send", module.send_all))
         monkeypatch.setattr(module, "receive_some", counted("receive", module.receive_some))
-        monkeypatch.setattr(module, "receive_later", counted("receive", module.receive_later))
+    monkeypatch.setattr(upstream, "receive_later", counted("receive", upstream.receive_later))
+    monkeypatch.setattr(http_proxy, "receive_until", counted("receive", http_proxy.receive_until))
     monkeypatch.setattr(http_proxy, "send_now", counted_now("send", http_proxy.send_now))
     monkeypatch.setattr(http_proxy, "receive_now", counted_now("receive", http_proxy.receive_now))
     backend_port, proxy_port = _free_port(), _free_port()
@@ -271,3 +430,98 @@ async def test_the_proxy_on_kernel_sockets_does_its_io_through_kernel_io(
     assert backend_connections == 1  # the upstream connection was pooled and reused
     assert calls["send"] >= 6  # a request out and a response out per request
     assert calls["receive"] >= 6  # a request in and a response in per request
+
+
+async def test_expire_ends_a_wait_now_or_the_next_one() -> None:
+    # What a drain does to a connection waiting for its next request (_Downstream.cancel).
+    client, server = await _socket_streams()
+    async with client, server:
+        raw_out, raw_in = kernel_socket(client), kernel_socket(server)
+        assert raw_out is not None and raw_in is not None
+        expire(raw_in)  # never waited on: not registered, nothing to end
+        with trio.move_on_after(0.05) as waiting:
+            await receive_until(raw_in, 16, trio.current_time() + 10)
+        assert waiting.cancelled_caught  # (the mark was not kept for it)
+        with trio.fail_after(5):
+            async with trio.open_nursery() as nursery:
+                got: list[bytes | None] = []
+
+                async def wait() -> None:
+                    got.append(await receive_until(raw_in, 16, trio.current_time() + 10))
+
+                nursery.start_soon(wait)
+                await trio.testing.wait_all_tasks_blocked()
+                expire(raw_in)
+        assert got == [None]
+        expire(raw_in)  # nobody waits: the next wait ends at once
+        with trio.fail_after(5):
+            assert await receive_until(raw_in, 16, trio.current_time() + 10) is None
+        assert send_now(raw_out, b"data") == 4  # and only that one
+        with trio.fail_after(5):
+            assert await receive_until(raw_in, 16, trio.current_time() + 10) == b"data"
+
+
+@contextlib.asynccontextmanager
+async def _kernel_proxy_exchange(manager: dict[str, Any]) -> AsyncIterator[tuple[Any, trio.SocketStream]]:
+    """A proxy on kernel sockets (connection manager ``manager``) before a backend that answers
+    ``hello``, and a client connection that has had one answer through it."""
+    backend_port, proxy_port = _free_port(), _free_port()
+
+    async def backend(stream: trio.SocketStream) -> None:
+        buffer = b""
+        with contextlib.suppress(trio.BrokenResourceError):
+            while True:
+                while b"\r\n\r\n" not in buffer:
+                    data = await stream.receive_some(65536)
+                    if not data:
+                        return
+                    buffer += data
+                _head, _, buffer = buffer.partition(b"\r\n\r\n")
+                await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nhello\n")
+
+    config = bootstrap(
+        [http_listener(manager, port=proxy_port, address="127.0.0.1")],
+        [cluster("app", [backend_port], address="127.0.0.1")],
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(partial(trio.serve_tcp, backend, backend_port, host="127.0.0.1"))
+        async with running_proxy(config, None) as proxy:
+            client = await trio.open_tcp_stream("127.0.0.1", proxy_port)
+            async with client:
+                await client.send_all(b"GET / HTTP/1.1\r\nHost: example\r\n\r\n")
+                got = b""
+                while not got.endswith(b"hello\n"):
+                    data = await client.receive_some(65536)
+                    assert data
+                    got += data
+                assert got.startswith(b"HTTP/1.1 200")
+                yield proxy, client
+        nursery.cancel_scope.cancel()
+
+
+async def _eof(stream: trio.SocketStream) -> None:
+    while await stream.receive_some(65536):
+        pass
+
+
+async def test_the_idle_wait_on_kernel_sockets_times_out_and_counts() -> None:
+    # The wait for the next request keeps its idle timeout without a cancel scope.
+    manager = hcm(common_http_protocol_options={"idle_timeout": "0.3s"})
+    with trio.fail_after(20):
+        async with _kernel_proxy_exchange(manager) as (proxy, client):
+            answered = trio.current_time()
+            await _eof(client)
+            assert 0.3 <= trio.current_time() - answered < 2.0
+            with trio.fail_after(5):
+                while not proxy.stats.value("http.ingress.downstream_cx_idle_timeout"):
+                    await trio.sleep(0.01)
+
+
+async def test_a_drain_closes_an_idle_kernel_connection_at_once() -> None:
+    with trio.fail_after(20):
+        async with _kernel_proxy_exchange(hcm()) as (proxy, client):  # idle timeout: an hour
+            await trio.sleep(0.05)  # the proxy waits for the next request
+            proxy.shutdown()
+            with trio.fail_after(0.9):  # (drain_time is 1 s: this is the drain's own close)
+                await _eof(client)
+            assert proxy.stats.value("http.ingress.downstream_cx_idle_timeout") == 0

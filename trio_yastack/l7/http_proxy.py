@@ -91,7 +91,15 @@ from ._http1 import (
     request_head_bytes,
     response_head_bytes,
 )
-from ._kernel_io import kernel_socket, receive_later, receive_now, receive_some, send_all, send_now
+from ._kernel_io import (
+    expire,
+    kernel_socket,
+    receive_now,
+    receive_some,
+    receive_until,
+    send_all,
+    send_now,
+)
 from .access_log import AccessLogger, AccessRecord
 from .config import (
     CORS_NAME,
@@ -225,6 +233,12 @@ class _Downstream:
         if data:
             self.bytes_sent += len(data)
             await self.write(data)
+
+    def cancel(self) -> None:
+        """A drain: end the wait for the next request (:func:`receive_until` on ``raw``) now, as
+        cancelling its scope would (``ProxyState.idle_waits``)."""
+        if self.raw is not None:
+            expire(self.raw)
 
     async def send_pending(self, pending: list[bytes]) -> None:
         """Write what h11 produced for several events in one send, and empty ``pending``."""
@@ -546,11 +560,15 @@ class HttpConnectionManagerRuntime:
         """One request on ``ds``; False when the connection must close afterwards."""
         # Between requests only the connection's idle timeout applies; once the request's first
         # bytes arrive, its request and stream-idle timers do.
+        # After a fast-path request h11 is as that request found it: idle, nothing buffered (the
+        # fast path takes a request only then), so it need not be asked (``trailing_data`` copies
+        # h11's buffer).
+        was_plain = ds.plain
         ds.plain = False
         data: bytes | bytearray | None = ds.initial
         if data:
             ds.initial = b""
-        elif not ds.h11.trailing_data[0] and ds.h11.their_state is h11.IDLE:
+        elif was_plain or (not ds.h11.trailing_data[0] and ds.h11.their_state is h11.IDLE):
             if self.state.shutting_down:
                 return False
             # The next request is often there already (a keep-alive client sends it as soon as it
@@ -564,15 +582,28 @@ class HttpConnectionManagerRuntime:
                 ds.bytes_received += len(data)
                 if not data:
                     return False
-        if data is None:
+        if data is None and ds.raw is not None:
+            # Found empty just now: the wait first, its idle deadline kept by _kernel_io's timer
+            # (no cancel scope); a drain ends it (_Downstream.cancel) as it cancels the scopes.
+            idle = self.config.idle_timeout
+            self.state.idle_waits.add(ds)
+            try:
+                data = await receive_until(ds.raw, RECEIVE_SIZE, trio.current_time() + idle if idle else _INF)
+            finally:
+                self.state.idle_waits.discard(ds)
+            if data is None:
+                if not self.state.shutting_down:
+                    self.stats.inc("downstream_cx_idle_timeout")
+                return False
+            ds.bytes_received += len(data)
+            if not data:
+                return False
+        elif data is None:
             idle_deadline = trio.current_time() + (self.config.idle_timeout or float("inf"))
             with trio.move_on_at(idle_deadline) as wait:
                 self.state.idle_waits.add(wait)  # a drain cancels it: idle connections close at once
                 try:
-                    if ds.raw is not None:  # found empty just now: wait before reading again
-                        data = await receive_later(ds.raw, RECEIVE_SIZE)
-                    else:
-                        data = await ds.receive()
+                    data = await ds.receive()
                 finally:
                     self.state.idle_waits.discard(wait)
                 ds.bytes_received += len(data)
@@ -841,35 +872,55 @@ class HttpConnectionManagerRuntime:
                 raise _LocalReply(503, "no healthy upstream", "UH")
             if logged:
                 record.upstream_host = str(host)
-            attempt_started = trio.current_time()
+            attempt_started = now  # (nothing awaited since: the same moment, to the microsecond)
             host.active_requests += 1
             cluster.stats.inc("upstream_rq_total")
             conn: UpstreamConnection | None = None
             response: PlainResponse | None = None
             failure: str | None = None
             try:
-                # One scope for the whole wait: the route timer and stream-idle (as _UpstreamRequest)
-                with trio.CancelScope(deadline=min(route_deadline, attempt_started + stream_idle)) as scope:
+                # The route timer and stream-idle for the whole wait (as _UpstreamRequest)
+                deadline = min(route_deadline, attempt_started + stream_idle)
+                # The common case: a pooled kernel connection ready now, the request sent at once,
+                # and the response's wait the only one, its deadline kept by _kernel_io's timer
+                # (no cancel scope).  Else, or to retry on a fresh connection, the general way.
+                fresh = False
+                conn = cluster.idle_connection(host)
+                if conn is not None:
                     try:
-                        conn = await cluster.acquire(host)
-                        try:
-                            response = await _send_plain(conn, head)
-                        except (*_NETWORK_ERRORS, h11.ProtocolError):
-                            if not (conn.requests > 1 and conn.received == conn.received_before):
-                                raise
-                            # The pooled connection was closed under us: once more on a fresh one.
+                        response = await _send_plain_until(conn, head, deadline)
+                    except (*_NETWORK_ERRORS, h11.ProtocolError):
+                        if not (conn.requests > 1 and conn.received == conn.received_before):
+                            failure = "reset"
+                        else:  # the pooled connection was closed under us: once more on a fresh one
                             cluster.stats.inc("upstream_cx_destroy_remote_with_active_rq")
                             await conn.aclose()
-                            conn = await cluster.acquire(host, fresh=True)
-                            response = await _send_plain(conn, head)
-                    except Overflow:
-                        raise _LocalReply(503, _OVERFLOW_BODY, "UO") from None
-                    except ConnectFailure:
-                        failure = "connect"
-                    except (*_NETWORK_ERRORS, h11.ProtocolError):
-                        failure = "reset"
-                if scope.cancelled_caught and response is None and failure is None:
-                    failure = "timeout" if trio.current_time() >= route_deadline else "idle"
+                            conn, fresh = None, True
+                    else:
+                        if response is None:
+                            failure = "timeout" if trio.current_time() >= route_deadline else "idle"
+                if conn is None:
+                    with trio.CancelScope(deadline=deadline) as scope:
+                        try:
+                            conn = await cluster.acquire(host, fresh=fresh)
+                            try:
+                                response = await _send_plain(conn, head)
+                            except (*_NETWORK_ERRORS, h11.ProtocolError):
+                                if not (conn.requests > 1 and conn.received == conn.received_before):
+                                    raise
+                                # The pooled connection was closed under us: once more on a fresh one.
+                                cluster.stats.inc("upstream_cx_destroy_remote_with_active_rq")
+                                await conn.aclose()
+                                conn = await cluster.acquire(host, fresh=True)
+                                response = await _send_plain(conn, head)
+                        except Overflow:
+                            raise _LocalReply(503, _OVERFLOW_BODY, "UO") from None
+                        except ConnectFailure:
+                            failure = "connect"
+                        except (*_NETWORK_ERRORS, h11.ProtocolError):
+                            failure = "reset"
+                    if scope.cancelled_caught and response is None and failure is None:
+                        failure = "timeout" if trio.current_time() >= route_deadline else "idle"
                 if failure is not None:
                     cluster.record_outcome(host, None)
                     if conn is not None:
@@ -1848,6 +1899,41 @@ async def _send_plain(conn: UpstreamConnection, data: bytes) -> PlainResponse:
         if reader.head is not None:
             return reader.head
         received = await conn.receive()
+
+
+async def _send_plain_until(conn: UpstreamConnection, data: bytes, deadline: float) -> PlainResponse | None:
+    """:func:`_send_plain` on a kernel socket (``conn.raw``), with ``deadline`` kept by
+    :func:`receive_until` instead of a cancel scope: None when it passes before the head."""
+    raw = conn.raw
+    assert raw is not None
+    conn.requests += 1
+    conn.received_before = conn.received
+    reader = conn.reader
+    if reader is None:
+        reader = conn.reader = ResponseReader()
+    else:
+        reader.start()
+    conn.plain = True
+    sent = send_now(raw, data)
+    if sent < len(data):  # the socket buffer is full: the rest as it drains, under the deadline
+        with trio.CancelScope(deadline=deadline) as scope:
+            await conn.write(data[sent:])
+        if scope.cancelled_caught:
+            return None
+    received = await receive_until(raw, RECEIVE_SIZE, deadline)  # (the answer cannot be there yet)
+    while True:
+        if received is None:
+            return None
+        conn.received += len(received)
+        if not received:
+            raise trio.BrokenResourceError("upstream closed before a response")
+        reader.feed(received)
+        if reader.head is not None:
+            return reader.head
+        # a read may leave more behind (edge-triggered: no new edge for it): read before waiting
+        received = receive_now(raw, RECEIVE_SIZE)
+        if received is None:
+            received = await receive_until(raw, RECEIVE_SIZE, deadline)
 
 
 def _pick_cluster(hcm: HttpConnectionManagerRuntime, action: RouteAction) -> ClusterRuntime:

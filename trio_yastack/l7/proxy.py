@@ -36,7 +36,7 @@ import time
 import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
@@ -70,6 +70,13 @@ MAX_LOGGED_ERRORS = 10
 _ACCEPT_RETRY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 
 
+class Cancellable(Protocol):
+    """What :attr:`ProxyState.idle_waits` holds: a ``trio.CancelScope``, or anything whose
+    ``cancel()`` ends its wait as a scope's would."""
+
+    def cancel(self) -> None: ...
+
+
 @dataclass
 class ProxyState:
     """What the admin endpoint reports and changes, and what every filter consults."""
@@ -79,7 +86,9 @@ class ProxyState:
     initialized: bool = False
     shutting_down: bool = False
     health_check_failed: bool = False
-    idle_waits: set[trio.CancelScope] = field(default_factory=set)
+    #: the waits for a next request (or an HTTP/2 connection's next frame) that a drain ends at
+    #: once: their cancel scopes, or the connections that wait without one (``_Downstream``)
+    idle_waits: set[Cancellable] = field(default_factory=set)
     #: where fire-and-forget work (request mirrors) runs, for the life of the proxy; None before run()
     background: trio.Nursery | None = None
 

@@ -54,7 +54,7 @@ import trio
 from trio_yastack.tls.contexts import peer_san_matches
 
 from ._http1 import ResponseReader
-from ._kernel_io import kernel_socket, receive_later, receive_some, send_all
+from ._kernel_io import kernel_socket, notify_closing, receive_later, receive_some, send_all
 from .config import Cluster, HealthCheck, LbEndpoint, LocalityLbEndpoints, OutlierDetection
 from .h2_upstream import H2Upstream
 from .network import Network
@@ -171,6 +171,8 @@ class UpstreamConnection:
             return
         self.closed = True
         self.host.cluster.connection_closed(self)
+        if self.raw is not None:  # a reader in another task gets ClosedResourceError, as from trio
+            notify_closing(self.raw)
         with trio.CancelScope(shield=True), trio.move_on_after(1.0):
             await trio.aclose_forcefully(self.stream)
 
@@ -675,6 +677,20 @@ class ClusterRuntime:
 
     # --- the pool ---
 
+    def idle_connection(self, host: Host) -> UpstreamConnection | None:
+        """:meth:`acquire`'s common case without its coroutine: ``host``'s newest pooled HTTP/1.1
+        connection over a kernel socket, when one is there and no watcher reads it (else None:
+        the caller acquires)."""
+        idle = host.idle
+        while idle and self.config.http2 is None:
+            conn = idle[-1]
+            if conn.watch_scope is not None or conn.raw is None:
+                return None  # acquire() waits for the watcher; a stack or TLS stream: not this case
+            idle.pop()
+            if not conn.closed:
+                return conn
+        return None
+
     async def acquire(self, host: Host, *, fresh: bool = False) -> UpstreamConnection:
         """A connection to ``host``: an idle pooled one (unless ``fresh``), or a new one within
         ``max_connections`` (waiting as a pending request, within ``max_pending_requests``, when at
@@ -829,7 +845,8 @@ class ClusterRuntime:
             if len(host.idle) < MAX_IDLE_PER_HOST:
                 conn.idle_since = trio.current_time()
                 host.idle.append(conn)
-                self._capacity.unpark()
+                if self._pending:  # a request waits for a connection (unpark() costs even with none)
+                    self._capacity.unpark()
                 return
         self._close_soon(conn)
 
