@@ -8,10 +8,11 @@ from typing import Any
 
 import pytest
 from helpers import check_accounting
-from tcp_helpers import OUR_PORT, T0, Peer, seq_add, tcp_core
+from tcp_helpers import OUR_PORT, PEER_PORT, T0, Peer, open_passive, seq_add, tcp_core
 from test_tcp_fastpath import connection_state
 
 from trio_yastack.stack import StackCore
+from trio_yastack.stack.tcp._buffers import NO_REASSEMBLY, NO_SACKS
 from trio_yastack.stack.tcp._layer import TcpLayer
 from trio_yastack.stack.wire.tcp import TCP_ACK, TCP_FIN, TCP_PSH, TCP_SYN
 
@@ -67,3 +68,37 @@ def test_the_handshakes_ack_and_request_skip_the_layers_with_the_same_result(
     assert on_core.fast_path_segments == 2 and off_core.fast_path_segments == 0
     check_accounting(on_core)
     check_accounting(off_core)
+
+
+def test_the_out_of_order_queue_and_scoreboard_are_made_when_first_needed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A connection starts with the shared empty queue and scoreboard; the first segment above
+    RCV.NXT and the first SACK block give it its own, and the shared ones stay empty (another
+    connection never sees this one's blocks)."""
+    core = tcp_core(seed=7)
+    listener, conn, peer = open_passive(core)
+    second = Peer(core, port=PEER_PORT + 1)
+    second.send(TCP_SYN, now=T0)
+    second.send(TCP_ACK, now=T0 + 0.05)
+    other = listener.accept()
+    assert other is not None and other.remote_port == PEER_PORT + 1
+    assert conn.reasm is NO_REASSEMBLY and conn.scoreboard is NO_SACKS
+    # out of order: 100 bytes one segment ahead
+    peer.send(TCP_ACK, b"y" * 100, now=T0 + 1, seq=seq_add(peer.snd_nxt, 100))
+    assert conn.reasm is not NO_REASSEMBLY and len(conn.reasm) == 100
+    assert conn.reasm.limit == conn.rcvbuf.limit
+    assert other.reasm is NO_REASSEMBLY and len(NO_REASSEMBLY) == 0
+    peer.send(TCP_ACK, b"x" * 100, now=T0 + 1.01)  # fills the hole: both delivered
+    assert conn.receive(1000, T0 + 1.01) == b"x" * 100 + b"y" * 100
+    peer.snd_nxt = seq_add(peer.snd_nxt, 100)  # past the segment it sent ahead
+    # SACK: segments out, the peer reports only the last one received
+    conn.send(bytes(4 * 1000), T0 + 2)
+    segments = peer.receive()
+    assert len(segments) >= 2 and conn.scoreboard is NO_SACKS
+    last = segments[-1]  # acknowledged nothing of it, the last segment SACKed
+    block = ((last.seq, seq_add(last.seq, len(last.payload))),)
+    peer.send(TCP_ACK, now=T0 + 2.05, ack=segments[0].seq, sack_blocks=block)
+    assert conn.scoreboard is not NO_SACKS and conn.scoreboard.sacked_bytes == len(last.payload)
+    assert other.scoreboard is NO_SACKS and len(NO_SACKS) == 0 and NO_SACKS.sacked_bytes == 0
+    check_accounting(core)

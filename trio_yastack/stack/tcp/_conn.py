@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 
 from ..wire.tcp import TCP_ACK, TCP_RST
 from . import _input, _output, _rack, _timers
-from ._buffers import ReassemblyQueue, ReceiveBuffer, SackScoreboard, SendBuffer
+from ._buffers import NO_REASSEMBLY, NO_SACKS, ReceiveBuffer, SendBuffer
 from ._cc import make_congestion_control
 from ._output import window_shift_for
 from ._rack import REXMT_RTO, SentLog
@@ -198,8 +198,9 @@ class TcpConnection:
         self.high_rxt = iss
         self.sndbuf = SendBuffer(send_buffer or config.send_buffer, iss + 1)
         self.rcvbuf = ReceiveBuffer(receive_buffer or config.receive_buffer)
-        self.reasm = ReassemblyQueue(receive_buffer or config.receive_buffer)
-        self.scoreboard = SackScoreboard()
+        # Made when first needed (_data_arrives, _process_ack): most connections never need them.
+        self.reasm = NO_REASSEMBLY
+        self.scoreboard = NO_SACKS
         # RACK-TLP's log of what was sent (_rack.py): made when SACK is agreed and config.rack
         self.rack: SentLog | None = None
         self.rexmt_mode = REXMT_RTO  # what the REXMT deadline is for: RTO, TLP or RACK's reordering
