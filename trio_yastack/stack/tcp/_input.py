@@ -711,6 +711,9 @@ def _enter_time_wait(self: TcpConnection, now: float, *, send_ack: bool = True) 
     self.state = TIME_WAIT
     if send_ack:
         self._send_segment(self.snd_nxt, TCP_ACK, b"", now)
-    self.sndbuf = SendBuffer(0, self.snd_una)
+    if not self.user_closed:
+        # Only an application that still holds the socket can look (SO_SNDBUF reads 0 then); the
+        # buffer itself is empty, our FIN being acknowledged.
+        self.sndbuf = SendBuffer(0, self.snd_una)
     self.layer.entered_time_wait(self, now)
     self._wake()
