@@ -9,11 +9,13 @@ and closes (its FIN+ACK), which takes the server's side into TIME_WAIT.  Only th
 calls are timed (thread CPU time), so the figure is the stack's share of a connection over a
 port: SYN in -> SYN-ACK out, ACK+GET in, accept, response+FIN out, FIN+ACK in -> ACK out.
 
-    python benchmarks/bench_conn_cycle.py [--connections N] [--rounds R] [--profile]
+    python benchmarks/bench_conn_cycle.py [--connections N] [--rounds R] [--profile] [--against DIR]
 
-``--profile`` runs cProfile over the server's calls only and prints the top of it.  To compare
-two trees side by side, run this file with ``PYTHONPATH`` pointing at each in turn (the tree
-the package is imported from is printed).
+``--profile`` runs cProfile over the server's calls only and prints the top of it.
+``--against DIR`` compares this tree with another checkout's (``DIR/trio_yastack``; its native
+part built, or copied from here: the C is the same unless a change touched it) side by side:
+rounds alternate between the two, each in a fresh process (``PYTHONPATH``), and the medians of
+both and their ratio are printed.
 """
 
 from __future__ import annotations
@@ -21,12 +23,16 @@ from __future__ import annotations
 import argparse
 import cProfile
 import gc
+import json
+import os
 import pstats
 import random
 import statistics
+import subprocess
 import sys
 import time
 from ipaddress import IPv4Address
+from pathlib import Path
 
 import trio_yastack
 from trio_yastack.stack import InterfaceConfig, StackConfig, StackCore, TcpConfig
@@ -128,7 +134,12 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--against", default=None, help="another checkout to compare with, side by side")
+    parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)  # one round's figures
     args = parser.parse_args()
+    if args.against:
+        compare(args.against, args.connections, args.rounds)
+        return
     print(f"tree: {trio_yastack.__file__}", file=sys.stderr)
     # The collector as `yastack serve` sets it (trio_yastack._cli): start-up objects frozen, young
     # collections every 20 000 allocations; otherwise its passes over the TIME_WAIT records land on
@@ -142,6 +153,10 @@ def main() -> None:
         pstats.Stats(profile).sort_stats("cumulative").print_stats(45)
         return
     run(200)  # warm up
+    if args.json:
+        spent, frames = run(args.connections)
+        print(json.dumps([seconds / args.connections * 1e6 for seconds in spent]))
+        return
     per_conn: list[float] = []
     turns: list[list[float]] = [[], [], []]
     frames = 0
@@ -157,6 +172,34 @@ def main() -> None:
         f"(min {min(per_conn):.1f}, max {max(per_conn):.1f}; {args.rounds} x {args.connections}): "
         f"SYN {syn:.1f}, ACK+GET+accept+response+close {request:.1f}, FIN {fin:.1f}; "
         f"{frames_per:.1f} frames out per connection"
+    )
+
+
+def compare(other: str, connections: int, rounds: int) -> None:
+    """This tree and ``other`` in alternate rounds, each round a fresh process."""
+    here = str(Path(__file__).resolve().parent.parent)
+    trees = {"this tree": here, other: str(Path(other).resolve())}
+    figures: dict[str, list[list[float]]] = {name: [] for name in trees}
+    for _ in range(rounds):
+        for name, tree in trees.items():
+            env = {**os.environ, "PYTHONPATH": tree}
+            out = subprocess.run(
+                [sys.executable, __file__, "--json", "--connections", str(connections)],
+                env=env, check=True, capture_output=True, text=True, timeout=600,
+            )  # fmt: skip
+            figures[name].append(json.loads(out.stdout))
+    medians = {}
+    for name, runs in figures.items():
+        totals = [sum(turns) for turns in runs]
+        turns = [statistics.median(run[i] for run in runs) for i in range(3)]
+        medians[name] = statistics.median(totals)
+        print(
+            f"{name}: {medians[name]:.1f} us per connection (min {min(totals):.1f}, max {max(totals):.1f}; "
+            f"SYN {turns[0]:.1f}, ACK+GET+response {turns[1]:.1f}, FIN {turns[2]:.1f})"
+        )
+    ratio = medians[other] / medians["this tree"]
+    print(
+        f"{other} / this tree: {ratio:.3f} ({rounds} rounds of {connections}, load {os.getloadavg()[0]:.1f})"
     )
 
 
