@@ -7,14 +7,17 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from helpers import check_accounting
+from helpers import PEER_IP, check_accounting
 from tcp_helpers import OUR_PORT, PEER_PORT, T0, Peer, open_passive, seq_add, tcp_core
-from test_tcp_fastpath import connection_state
+from test_tcp_fastpath import _fields, connection_state
 
 from trio_yastack.stack import StackCore
+from trio_yastack.stack.tcp import _conn
 from trio_yastack.stack.tcp._buffers import NO_REASSEMBLY, NO_SACKS
+from trio_yastack.stack.tcp._cc import NewReno
+from trio_yastack.stack.tcp._conn import TcpConnection
 from trio_yastack.stack.tcp._layer import TcpLayer
-from trio_yastack.stack.wire.tcp import TCP_ACK, TCP_FIN, TCP_PSH, TCP_SYN
+from trio_yastack.stack.wire.tcp import TCP_ACK, TCP_FIN, TCP_PSH, TCP_SYN, TcpOptions
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
 RESPONSE = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
@@ -102,3 +105,22 @@ def test_the_out_of_order_queue_and_scoreboard_are_made_when_first_needed(
     assert conn.scoreboard is not NO_SACKS and conn.scoreboard.sacked_bytes == len(last.payload)
     assert other.scoreboard is NO_SACKS and len(NO_SACKS) == 0 and NO_SACKS.sacked_bytes == 0
     check_accounting(core)
+
+
+@pytest.mark.parametrize("name", ["cubic", "newreno"])
+@pytest.mark.parametrize("timestamps", [True, False])
+def test_a_passive_opens_congestion_control_is_made_once_with_the_syns_mss(
+    name: str, timestamps: bool
+) -> None:
+    """``passive=True`` leaves the congestion control to ``set_mss`` (the SYN's MSS): the same
+    state as one made with the default MSS and set up again, and the shared placeholder untouched."""
+    core = tcp_core(seed=9, congestion_control=name)
+    syn = TcpOptions(mss=1460, window_scale=7, sack_permitted=True, timestamps=(5, 0) if timestamps else None)
+    made = []
+    for passive in (True, False):
+        conn = TcpConnection(core.tcp, OUR_PORT, int(PEER_IP), PEER_PORT, 1000, passive=passive)
+        conn._take_syn_options(syn, 5 if timestamps else -1, from_syn_ack=False)
+        assert type(conn.cc).name == name and conn.cc is not _conn._CC_AT_SYN
+        made.append(connection_state(conn))
+    assert made[0] == made[1]
+    assert _fields(_conn._CC_AT_SYN) == _fields(NewReno(536))

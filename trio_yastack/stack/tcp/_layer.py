@@ -994,6 +994,7 @@ class TcpLayer:
                 iss,
                 send_buffer=listener.send_buffer,
                 receive_buffer=listener.receive_buffer,
+                passive=True,  # its congestion control is made with the MSS the SYN gives, below
             )
         conn.listener = listener
         conn.state = SYN_RECEIVED
