@@ -30,7 +30,10 @@ not in recovery, no RTO backoff, no F-RTO episode), and either the connection's 
 the general path's own functions once the checks they would make are known to pass.  The ACK-advance
 bookkeeping (RTT, congestion control, what loss recovery adds) is the Python path's
 ``_ack_advances``, so the two paths cannot diverge there.  Whatever declines at any step runs
-the whole Python path, in the burst's order, so the Python layers stay the reference.
+the whole Python path, in the burst's order, so the Python layers stay the reference.  A candidate
+for a connection that is not ESTABLISHED (the ACK completing a passive open, ACKs while closing)
+goes to the general path's ``segment_arrives`` straight from here: the layers above it would only
+have repeated the classifier's checks.
 
 ``TRIO_YASTACK_NO_FASTPATH=1`` (or ``StackCore.fast_path = False``) turns the fast path off.
 """
