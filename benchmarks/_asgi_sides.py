@@ -112,7 +112,13 @@ if BASELINE:
     SIDES["base_kernel"] = Side(
         "base_kernel", f"{BASELINE}'s server on kernel sockets (veth)", False, _base_kernel, max_cores=1
     )
-DEFAULT_SIDES = ("ours_stack", "ours_kernel", "hypercorn_kernel", "uvicorn_kernel", "hypercorn_stack")
+#: what bench_asgi.py runs without ``--sides``: the issue's four servers and hypercorn over the stack,
+#: and the baseline's two when ``BENCH_ASGI_BASELINE`` is set (so ``run_all.py``, which passes no
+#: ``--sides``, gets the before/after rows too; they were left out without a word)
+DEFAULT_SIDES: tuple[str, ...] = (
+    "ours_stack", "ours_kernel", "hypercorn_kernel", "uvicorn_kernel", "hypercorn_stack",
+    *(("base_stack", "base_kernel") if BASELINE else ()),
+)  # fmt: skip
 
 
 @dataclass

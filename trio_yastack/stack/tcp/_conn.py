@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 
 from ..wire.tcp import TCP_ACK, TCP_RST
 from . import _input, _output, _rack, _timers
-from ._buffers import ReassemblyQueue, ReceiveBuffer, SackScoreboard, SendBuffer
+from ._buffers import NO_REASSEMBLY, NO_SACKS, ReceiveBuffer, SendBuffer
 from ._cc import make_congestion_control
 from ._output import window_shift_for
 from ._rack import REXMT_RTO, SentLog
@@ -57,6 +57,12 @@ if TYPE_CHECKING:
     from ._layer import TcpLayer, TcpListener
 
 __all__ = ["TcpConnection"]
+
+#: The congestion control of a connection made for a passive open, between its construction and
+#: the SYN's options a moment later (``_take_syn_options`` -> ``set_mss``), which make its own with
+#: the negotiated MSS: one congestion control made per connection, not one made and set up again.
+#: Shared, never used for sending and never changed.
+_CC_AT_SYN = make_congestion_control("newreno", 536)
 
 
 class TcpConnection:
@@ -162,9 +168,12 @@ class TcpConnection:
         *,
         send_buffer: int = 0,
         receive_buffer: int = 0,
+        passive: bool = False,
     ) -> None:
         """``send_buffer``/``receive_buffer`` (SO_SNDBUF/SO_RCVBUF) default to the stack's config;
-        they are given here, before the SYN, because the window a SYN offers is a promise."""
+        they are given here, before the SYN, because the window a SYN offers is a promise.
+        ``passive``: the caller takes the peer's SYN options at once (``_take_syn_options``), whose
+        MSS the congestion control is then made with (``set_mss``)."""
         self.layer = layer
         self.core = layer.core
         config = self.config = layer.config
@@ -185,7 +194,7 @@ class TcpConnection:
         self.last_ack_sent = 0
         self.peer_mss = config.default_mss
         self.mss = min(config.default_mss, layer.core.mtu - self.IP_TCP_HEADERS)
-        self.cc = make_congestion_control(config.congestion_control, self.mss)
+        self.cc = _CC_AT_SYN if passive else make_congestion_control(config.congestion_control, self.mss)
         self.srtt = 0.0
         self.rttvar = 0.0
         self.rto = config.rto_initial
@@ -198,8 +207,9 @@ class TcpConnection:
         self.high_rxt = iss
         self.sndbuf = SendBuffer(send_buffer or config.send_buffer, iss + 1)
         self.rcvbuf = ReceiveBuffer(receive_buffer or config.receive_buffer)
-        self.reasm = ReassemblyQueue(receive_buffer or config.receive_buffer)
-        self.scoreboard = SackScoreboard()
+        # Made when first needed (_data_arrives, _process_ack): most connections never need them.
+        self.reasm = NO_REASSEMBLY
+        self.scoreboard = NO_SACKS
         # RACK-TLP's log of what was sent (_rack.py): made when SACK is agreed and config.rack
         self.rack: SentLog | None = None
         self.rexmt_mode = REXMT_RTO  # what the REXMT deadline is for: RTO, TLP or RACK's reordering
@@ -355,7 +365,10 @@ class TcpConnection:
     def set_mss(self, mss: int) -> None:
         """The payload of a full segment: the path MSS less the timestamp option when used."""
         self.mss = max(mss - (12 if self.ts_on else 0), 32)
-        self.cc.set_mss(self.mss)
+        if self.cc is _CC_AT_SYN:  # a passive open's first MSS: its congestion control, made for it
+            self.cc = make_congestion_control(self.config.congestion_control, self.mss)
+        else:
+            self.cc.set_mss(self.mss)
 
     # -- ICMP (tcp_ctlinput) ------------------------------------------------------------------
     def icmp_error(self, error: int, mtu: int, now: float) -> None:

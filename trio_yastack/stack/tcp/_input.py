@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 from .._drops import TcpDrop
 from .._seq import seq_lt, unwrap
 from ..wire.tcp import TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, TcpOptions
-from ._buffers import SendBuffer
+from ._buffers import NO_REASSEMBLY, NO_SACKS, ReassemblyQueue, SackScoreboard, SendBuffer
 from ._output import MAX_WINDOW_SHIFT, window_shift_for
 from ._rack import SentLog
 from ._states import (
@@ -490,7 +490,10 @@ def _process_ack(
     if has_sack:
         assert options is not None  # has_sack says so
         blocks = [(unwrap(left, snd_una), unwrap(right, snd_una)) for left, right in options.sack_blocks]
-        newly_sacked = self.scoreboard.update(blocks, snd_una, self.snd_max)
+        scoreboard = self.scoreboard
+        if scoreboard is NO_SACKS:  # the first SACK blocks: a scoreboard of its own (_conn.py)
+            scoreboard = self.scoreboard = SackScoreboard()
+        newly_sacked = scoreboard.update(blocks, snd_una, self.snd_max)
         if rack is not None:
             # RFC 8985 6.2 step 4, 7.4.2.  A D-SACK lies below the cumulative ACK of the ACK that
             # carries it (RFC 2883), not below SND.UNA before it: a duplicate probe's D-SACK
@@ -685,6 +688,8 @@ def _data_arrives(self: TcpConnection, buf: bytes, start: int, end: int, seq: in
         self._wake()
     else:
         stats.out_of_order_segments += 1
+        if self.reasm is NO_REASSEMBLY:  # the first segment out of order: a queue of its own (_conn.py)
+            self.reasm = ReassemblyQueue(self.rcvbuf.limit)
         stored = self.reasm.insert(seq, memoryview(buf)[start:end], rcv_nxt, window_end)
         if not stored:
             # Nothing new: a duplicate of what is held, or refused by the queue's bounds.
@@ -718,6 +723,9 @@ def _enter_time_wait(self: TcpConnection, now: float, *, send_ack: bool = True) 
     self.state = TIME_WAIT
     if send_ack:
         self._send_segment(self.snd_nxt, TCP_ACK, b"", now)
-    self.sndbuf = SendBuffer(0, self.snd_una)
+    if not self.user_closed:
+        # Only an application that still holds the socket can look (SO_SNDBUF reads 0 then); the
+        # buffer itself is empty, our FIN being acknowledged.
+        self.sndbuf = SendBuffer(0, self.snd_una)
     self.layer.entered_time_wait(self, now)
     self._wake()

@@ -36,6 +36,7 @@ from ..wire.tcp import (
     parse_tcp_header,
     parse_tcp_options,
 )
+from ._buffers import NO_REASSEMBLY, NO_SACKS
 from ._conn import TcpConnection
 from ._output import _ACK_WITH_TIMESTAMPS, tcp_checksum_and_send, window_shift_for
 from ._states import CLOSED, ESTABLISHED, LISTEN, SYN_RECEIVED, SYN_SENT, TIME_WAIT
@@ -387,8 +388,10 @@ class TcpLayer:
         if timer is not None:
             conn._timer = None
             self.core.timers.cancel(timer)
-        conn.reasm.clear()
-        conn.scoreboard.clear()
+        if conn.reasm is not NO_REASSEMBLY:  # (most connections never made their own)
+            conn.reasm.clear()
+        if conn.scoreboard is not NO_SACKS:
+            conn.scoreboard.clear()
         if conn.listener is not None:
             conn.listener.embryonic.discard(conn)
         time_wait = self.time_wait
@@ -991,6 +994,7 @@ class TcpLayer:
                 iss,
                 send_buffer=listener.send_buffer,
                 receive_buffer=listener.receive_buffer,
+                passive=True,  # its congestion control is made with the MSS the SYN gives, below
             )
         conn.listener = listener
         conn.state = SYN_RECEIVED

@@ -618,7 +618,10 @@ def _frame_predicted(
         or dst == core.ip
         or total_len > core.mtu
         or len(outbox) >= core.outbox_limit
-        or hasattr(core.__class__, "_yas_tracer")  # the journey tracer's mark on a swapped class
+        # the journey tracer's mark on a swapped class, looked up in the class's own namespace (where
+        # the tracer puts it): hasattr() on a class that lacks it raised and caught an
+        # AttributeError, ~0.5 us of every segment sent
+        or "_yas_tracer" in core.__class__.__dict__
     ):
         return False
     src = core.ip
@@ -686,7 +689,10 @@ def _headers_predicted(
         or total_len > core.mtu
         or len(outbox) >= core.outbox_limit
         or (offload and packet.gso_size)  # type: ignore[attr-defined]  # an OffloadPacket's mark
-        or hasattr(core.__class__, "_yas_tracer")  # the journey tracer's mark on a swapped class
+        # the journey tracer's mark on a swapped class, looked up in the class's own namespace (where
+        # the tracer puts it): hasattr() on a class that lacks it raised and caught an
+        # AttributeError, ~0.5 us of every segment sent
+        or "_yas_tracer" in core.__class__.__dict__
     ):
         return False
     src = core.ip

@@ -1,0 +1,126 @@
+"""A short connection's cycle (SYN, the handshake's ACK with a request, the response and our
+FIN, the peer's FIN+ACK, TIME_WAIT) costs the stack less without changing a frame or a counter:
+each shortcut here is held to the general path it skips, side by side."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from helpers import PEER_IP, check_accounting
+from tcp_helpers import OUR_PORT, PEER_PORT, T0, Peer, open_passive, seq_add, tcp_core
+from test_tcp_fastpath import _fields, connection_state
+
+from trio_yastack.stack import StackCore
+from trio_yastack.stack.tcp import _conn
+from trio_yastack.stack.tcp._buffers import NO_REASSEMBLY, NO_SACKS
+from trio_yastack.stack.tcp._cc import NewReno
+from trio_yastack.stack.tcp._conn import TcpConnection
+from trio_yastack.stack.tcp._layer import TcpLayer
+from trio_yastack.stack.wire.tcp import TCP_ACK, TCP_FIN, TCP_PSH, TCP_SYN, TcpOptions
+
+REQUEST = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+RESPONSE = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
+
+
+def _cycle(monkeypatch: pytest.MonkeyPatch, fast: bool) -> tuple[StackCore, list[Any]]:
+    """One connection served as the runtime serves it (bursts, autocorking), curl-like peer:
+    what left after each step, the connection's fields after the handshake's burst, counters."""
+    monkeypatch.setattr(TcpLayer, "initial_sequence_number", lambda self, *args: 0xFFFF_FFF0)
+    core = tcp_core(seed=5)
+    core.fast_path = fast
+    core.autocork = True
+    listener = core.tcp.listen(OUR_PORT)
+    peer = Peer(core, isn=0xFFFF_FF00)
+    seen: list[Any] = [peer.send(TCP_SYN, now=T0)]
+    now = T0 + 0.01
+    ack = peer.frame(TCP_ACK, now=now)
+    get = peer.frame(TCP_ACK | TCP_PSH, REQUEST, now=now)
+    peer.snd_nxt = seq_add(peer.snd_nxt, len(REQUEST))
+    core.begin_burst()
+    core.ether_input_burst([ack, get], now)
+    core.end_burst(now)
+    conn = listener.accept()
+    assert conn is not None
+    seen.append(connection_state(conn))
+    assert conn.receive(65536, now) == REQUEST
+    conn.send(RESPONSE, now)
+    conn.close(now)
+    core.run_pending_output(now)
+    out = [bytes(f) for f in core.take_outbox()]
+    seen.append(out)
+    peer.core.outbox = [*out]
+    peer.receive()
+    now += 0.01
+    seen.append(peer.send(TCP_ACK | TCP_FIN, now=now))
+    seen.append((len(core.tcp.time_wait), core.statistics()))
+    return core, seen
+
+
+def test_the_handshakes_ack_and_request_skip_the_layers_with_the_same_result(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The ACK completing a passive open is a fast-path candidate whose connection is not yet
+    ESTABLISHED: ``fast_input`` hands it to ``segment_arrives`` itself (ip_input and tcp_input's
+    checks were the classifier's), and the request behind it in the burst is then predicted.
+    Same frames, connection fields and counters as the Python path."""
+    on_core, on = _cycle(monkeypatch, True)
+    off_core, off = _cycle(monkeypatch, False)
+    assert on == off
+    assert on[4][0] == 1  # the pair in TIME_WAIT
+    assert on_core.fast_path_segments == 2 and off_core.fast_path_segments == 0
+    check_accounting(on_core)
+    check_accounting(off_core)
+
+
+def test_the_out_of_order_queue_and_scoreboard_are_made_when_first_needed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A connection starts with the shared empty queue and scoreboard; the first segment above
+    RCV.NXT and the first SACK block give it its own, and the shared ones stay empty (another
+    connection never sees this one's blocks)."""
+    core = tcp_core(seed=7)
+    listener, conn, peer = open_passive(core)
+    second = Peer(core, port=PEER_PORT + 1)
+    second.send(TCP_SYN, now=T0)
+    second.send(TCP_ACK, now=T0 + 0.05)
+    other = listener.accept()
+    assert other is not None and other.remote_port == PEER_PORT + 1
+    assert conn.reasm is NO_REASSEMBLY and conn.scoreboard is NO_SACKS
+    # out of order: 100 bytes one segment ahead
+    peer.send(TCP_ACK, b"y" * 100, now=T0 + 1, seq=seq_add(peer.snd_nxt, 100))
+    assert conn.reasm is not NO_REASSEMBLY and len(conn.reasm) == 100
+    assert conn.reasm.limit == conn.rcvbuf.limit
+    assert other.reasm is NO_REASSEMBLY and len(NO_REASSEMBLY) == 0
+    peer.send(TCP_ACK, b"x" * 100, now=T0 + 1.01)  # fills the hole: both delivered
+    assert conn.receive(1000, T0 + 1.01) == b"x" * 100 + b"y" * 100
+    peer.snd_nxt = seq_add(peer.snd_nxt, 100)  # past the segment it sent ahead
+    # SACK: segments out, the peer reports only the last one received
+    conn.send(bytes(4 * 1000), T0 + 2)
+    segments = peer.receive()
+    assert len(segments) >= 2 and conn.scoreboard is NO_SACKS
+    last = segments[-1]  # acknowledged nothing of it, the last segment SACKed
+    block = ((last.seq, seq_add(last.seq, len(last.payload))),)
+    peer.send(TCP_ACK, now=T0 + 2.05, ack=segments[0].seq, sack_blocks=block)
+    assert conn.scoreboard is not NO_SACKS and conn.scoreboard.sacked_bytes == len(last.payload)
+    assert other.scoreboard is NO_SACKS and len(NO_SACKS) == 0 and NO_SACKS.sacked_bytes == 0
+    check_accounting(core)
+
+
+@pytest.mark.parametrize("name", ["cubic", "newreno"])
+@pytest.mark.parametrize("timestamps", [True, False])
+def test_a_passive_opens_congestion_control_is_made_once_with_the_syns_mss(
+    name: str, timestamps: bool
+) -> None:
+    """``passive=True`` leaves the congestion control to ``set_mss`` (the SYN's MSS): the same
+    state as one made with the default MSS and set up again, and the shared placeholder untouched."""
+    core = tcp_core(seed=9, congestion_control=name)
+    syn = TcpOptions(mss=1460, window_scale=7, sack_permitted=True, timestamps=(5, 0) if timestamps else None)
+    made = []
+    for passive in (True, False):
+        conn = TcpConnection(core.tcp, OUR_PORT, int(PEER_IP), PEER_PORT, 1000, passive=passive)
+        conn._take_syn_options(syn, 5 if timestamps else -1, from_syn_ack=False)
+        assert type(conn.cc).name == name and conn.cc is not _conn._CC_AT_SYN
+        made.append(connection_state(conn))
+    assert made[0] == made[1]
+    assert _fields(_conn._CC_AT_SYN) == _fields(NewReno(536))
