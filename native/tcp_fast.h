@@ -4,7 +4,7 @@
  * trio_yastack/stack/tcp/_fastpath.py reads it with struct format "=IIHHIIHHqqII"). */
 struct yas_tcp_seg {
     uint32_t kind;       /* YAS_FAST_CANDIDATE(6), YAS_FAST_UDP(6) or YAS_FAST_DECLINE */
-    uint32_t src;        /* IPv4 source address (0 for IPv6: the frame's bytes 22..37 hold it) */
+    uint32_t src;        /* IPv4 source address (IPv6: 0, the frame's bytes 22..37 hold it; see UDP6) */
     uint16_t sport, dport;
     uint32_t seq, ack;
     uint16_t flags, window;
@@ -15,7 +15,9 @@ struct yas_tcp_seg {
 #define YAS_FAST_CANDIDATE 1
 #define YAS_FAST_UDP 2 /* src, sport, dport, data_start (the payload), end */
 #define YAS_FAST_CANDIDATE6 3 /* a candidate over IPv6: the TCP fields as for YAS_FAST_CANDIDATE */
-#define YAS_FAST_UDP6 4 /* a UDP datagram over IPv6: as YAS_FAST_UDP, src 0 (the frame's bytes 22..37) */
+#define YAS_FAST_UDP6 4 /* a UDP datagram over IPv6: as YAS_FAST_UDP, its source in the frame's bytes
+                          * 22..37, `src` YAS_FAST_SAME_SOURCE6 or 0 */
+#define YAS_FAST_SAME_SOURCE6 1 /* a UDP6 record's `src`: the source is the previous UDP6 record's */
 #define YAS_FAST_MAX_IP6 64 /* the most IPv6 addresses (ip6len / 16) a call compares with */
 #define YAS_FAST_VERIFIED 0x80000000u
 #define YAS_FAST_BAD_ARGS -1

@@ -8,6 +8,9 @@ queues it on its socket without the per-frame layers.  Proved here:
 - the C and Python classifiers agree on every field of IPv6 UDP frames bent at random, for any set
   of our addresses (hypothesis), and what must decline does (a zero checksum too: mandatory over
   IPv6, refused even unverified);
+- a ``UDP6`` record whose source is the previous ``UDP6`` record's in the burst says so
+  (``SAME_SOURCE6``), in both classifiers, and the source each queued datagram carries stays its own
+  through runs, interleaved peers, datagrams no socket takes and burst boundaries;
 - a burst fed with the fast path on and off leaves the same thing everywhere: each socket's queue
   (payloads, sources, order), every counter of every layer, IPv6's included (drops by reason: no
   socket, bad checksum, full queue by datagrams and by bytes), the ready set and the frames sent
@@ -29,8 +32,10 @@ from trio_yastack.stack import ChecksumVerified, StackCore, UdpPcb
 from trio_yastack.stack import _core as _core_module
 from trio_yastack.stack._native import sum16
 from trio_yastack.stack.tcp._fastpath import (
+    CANDIDATE6,
     DECLINE,
     NATIVE_FASTPATH,
+    SAME_SOURCE6,
     UDP6,
     native_classify_burst,
     py_classify_burst,
@@ -313,3 +318,57 @@ def test_the_source_table_stays_bounded_and_right() -> None:
         assert len(core.udp.src6_ints) <= SRC6_CACHE_LIMIT
     assert core.fast_path_datagrams == len(sources)
     assert [source for _payload, (source, _port) in pcb.queue] == sources
+
+
+C_PEER = A + (1 << 32)  # another peer (A + 1 is B: ours)
+
+
+def test_a_run_from_one_source_is_marked_same_source() -> None:
+    """Each ``UDP6`` record says whether its source is the previous ``UDP6`` record's of the burst;
+    frames of other kinds between do not break a run, and a burst starts a new one."""
+    burst = [
+        datagram6(src=A),
+        datagram6(src=A),
+        segment6(src=A),  # a CANDIDATE6 between
+        datagram6(src=A, checksum=0x1234),  # declined between
+        datagram6(src=A),
+        datagram6(src=C_PEER),
+        datagram6(src=C_PEER, dport=9003),
+        datagram6(src=A),
+    ]
+    args = (MAC, IP, BROADCAST, True, OURS, USABLE)
+    records = py_classify_burst(burst, *args)
+    assert [(r[0], r[1]) for r in records] == [
+        (UDP6, 0),
+        (UDP6, SAME_SOURCE6),
+        (CANDIDATE6, 0),
+        (DECLINE, 0),
+        (UDP6, SAME_SOURCE6),
+        (UDP6, 0),
+        (UDP6, SAME_SOURCE6),
+        (UDP6, 0),
+    ]
+    assert py_classify_burst(burst[1:2], *args)[0][1] == 0  # a burst starts a new run
+    if NATIVE_FASTPATH:
+        assert native_classify_burst is not None
+        assert native_classify_burst(burst, *args) == records
+        assert native_classify_burst(burst[1:2], *args)[0][1] == 0
+
+
+@pytest.mark.parametrize("twin", [False, True], ids=["chosen", "python-twin"])
+def test_each_datagram_keeps_its_own_source_through_runs(twin: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The source ``udp6_fast_input`` reuses for a ``SAME_SOURCE6`` record is the previous ``UDP6``
+    record's even when no socket took that one (it is remembered before any return), and never
+    one of an earlier burst."""
+    if twin:
+        monkeypatch.setattr(_core_module, "classify_burst", py_classify_burst)
+    core, (pcb, _connected, _bound) = _core(True, 100, 10**6)
+    bursts = [
+        [datagram6(src=A), datagram6(src=C_PEER, dport=9003), datagram6(src=C_PEER), datagram6(src=C_PEER)],
+        [datagram6(src=A), datagram6(src=A, checksum=0x1234), datagram6(src=A), datagram6(src=C_PEER)],
+        [datagram6(src=A), datagram6(src=C_PEER)],
+    ]
+    for burst in bursts:
+        core.ether_input_burst(burst, 0.0)
+    assert [source for _payload, (source, _port) in pcb.queue] == [A, C_PEER, C_PEER, A, A, C_PEER, A, C_PEER]
+    assert core.fast_path_datagrams == 8

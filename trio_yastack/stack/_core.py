@@ -226,7 +226,7 @@ class StackCore:
                                 ip6.nd6.nud_hint(src, now)  # as tcp6_input: forward progress (ND6_HINT)
                             taken6 += 1
                             continue
-                elif kind == UDP6 and udp6_fast_input(frame, record):
+                elif kind == UDP6 and udp6_fast_input(frame, record):  # (every UDP6 record, in order)
                     udp6_taken += 1
                     continue
                 ether_input(frame, now)

@@ -30,6 +30,7 @@ class _Lib:
     YAS_FAST_UDP: Final[int]
     YAS_FAST_CANDIDATE6: Final[int]
     YAS_FAST_UDP6: Final[int]
+    YAS_FAST_SAME_SOURCE6: Final[int]
     YAS_FAST_VERIFIED: Final[int]
     YAS_FAST_BAD_ARGS: Final[int]
     def yas_tcp_fast_classify(

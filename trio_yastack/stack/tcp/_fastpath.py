@@ -19,7 +19,9 @@ TCP header terms, is a ``CANDIDATE6``: ``StackCore.ether_input_burst`` keys it b
 ``tcp6_input`` runs).  A UDP datagram over IPv6 on the same IPv6 terms, with a UDP length that fits
 the payload, a destination port and a nonzero checksum (mandatory over IPv6), valid or vouched for by
 the port, is a ``UDP6`` record, queued by ``UdpLayer.udp6_fast_input`` (ip6_input gives no ND hint
-for UDP, so neither does the fast path).  Every other IPv6 frame declines and takes the Python path
+for UDP, so neither does the fast path); its ``src`` is ``SAME_SOURCE6`` when the datagram's source
+is the previous ``UDP6`` record's in the burst, so that a run of datagrams from one peer turns the
+128-bit source into an integer once.  Every other IPv6 frame declines and takes the Python path
 (``ip6_input`` -> ``tcp6_input`` / ``udp6_input`` / ...).
 
 :func:`fast_input` then takes a candidate for its connection (the 4-tuple demultiplexes it) when
@@ -57,6 +59,7 @@ __all__ = [
     "MAX_IP6",
     "NATIVE_FASTPATH",
     "RECORD",
+    "SAME_SOURCE6",
     "UDP",
     "UDP6",
     "Record",
@@ -81,9 +84,12 @@ CANDIDATE = 1
 UDP = 2
 #: a TCP segment over IPv6 (fields as ``CANDIDATE``'s but ``src``, 0: the frame's bytes 22..37)
 CANDIDATE6 = 3
-#: a UDP datagram over IPv6 for ``UdpLayer.udp6_fast_input`` (as ``UDP``'s, but ``src`` 0: the
-#: frame's bytes 22..37)
+#: a UDP datagram over IPv6 for ``UdpLayer.udp6_fast_input`` (as ``UDP``'s, the source in the
+#: frame's bytes 22..37; ``src`` ``SAME_SOURCE6`` or 0)
 UDP6 = 4
+#: a ``UDP6`` record's ``src`` when its source is the previous ``UDP6`` record's of the burst
+#: (``YAS_FAST_SAME_SOURCE6``): ``udp6_fast_input`` reuses that datagram's integer
+SAME_SOURCE6 = 1
 #: the most IPv6 addresses the classifier compares with (``YAS_FAST_MAX_IP6``)
 MAX_IP6 = 64
 _MASK = 0xFFFFFFFF
@@ -202,7 +208,8 @@ def py_classify_udp(frame: Buffer, verify: bool, total: int, src: int, dst: int)
 def py_classify_udp6(frame: Buffer, verify: bool, payload_len: int) -> Record:
     """Twin of the C ``classify_udp6``: a datagram ``udp6_input`` would take without a question
     (a UDP length that fits the IPv6 payload, a destination port, a nonzero checksum, valid over
-    the pseudo-header) is ``(UDP6, 0, sport, dport, 0, 0, 0, 0, -1, -1, 62, payload end)``."""
+    the pseudo-header) is ``(UDP6, 0, sport, dport, 0, 0, 0, 0, -1, -1, 62, payload end)``
+    (:func:`py_classify_burst` sets ``SAME_SOURCE6`` in place of the 0 when it applies)."""
     if payload_len < 8 or 54 + payload_len > len(frame):
         return _DECLINED
     sport, dport, length, checksum = _UDP_FIXED.unpack_from(frame, 54)
@@ -224,14 +231,22 @@ def py_classify_burst(
     ip6_usable: int = 0,
 ) -> list[Record]:
     """The records of a burst (twin of :func:`native_classify_burst`): a frame the port marked
-    :class:`ChecksumVerified` is not verified again."""
+    :class:`ChecksumVerified` is not verified again; a ``UDP6`` record from the previous ``UDP6``
+    record's source says ``SAME_SOURCE6``."""
     _check_ip6(ip6, ip6_usable)
-    return [
-        py_classify_frame(
+    records = []
+    last_src6 = None
+    for frame in frames:
+        record = py_classify_frame(
             frame, verify and frame.__class__ is not ChecksumVerified, mac, ip, broadcast, ip6, ip6_usable
         )
-        for frame in frames
-    ]
+        if record[0] == UDP6:
+            src = bytes(frame[22:38])
+            if src == last_src6:
+                record = (UDP6, SAME_SOURCE6, *record[2:])
+            last_src6 = src
+        records.append(record)
+    return records
 
 
 def _check_ip6(ip6: bytes, ip6_usable: int) -> None:
