@@ -9,11 +9,10 @@ family: the poll loop's ``ether_input_burst`` (the C classifier's ``UDP`` / ``UD
 alternate the four; the medians (datagrams per second of wall time and CPU microseconds per
 datagram) and the IPv6/IPv4 ratios are printed (and written as JSON unless --quick).
 
-All those datagrams come from one peer, so a burst's ``UDP6`` records after the first say
-``SAME_SOURCE6`` and the 128-bit source becomes an integer once per burst.  ``--peers N`` (N > 1)
-adds two burst rows whose consecutive datagrams come from N peers in turn (198.18.1.0 + i,
-2001:2::1:0 + i), the worst case for that mark: every IPv6 datagram looks its source up in
-``UdpLayer.src6_ints``.
+All those datagrams come from one peer.  ``--peers N`` (N > 1) adds two burst rows whose
+consecutive datagrams come from N peers in turn (198.18.1.0 + i, 2001:2::1:0 + i): the IPv6 ones
+look their sources up in the UDP layer's table of sources (``SourceTable6``, direct-mapped, 1024
+slots), where peers that share a slot miss.
 
     python benchmarks/bench_udp_input6.py [--datagrams N] [--rounds R] [--peers N] [--quick]
 """
