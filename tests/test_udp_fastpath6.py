@@ -422,3 +422,25 @@ def test_c_refuses_a_table_of_sources_of_another_size() -> None:
     for sources in (b"", bytes(16 * SRC6_SLOTS - 1), bytes(16 * SRC6_SLOTS + 16)):
         made, out = call(sources)
         assert made == lib.YAS_FAST_BAD_ARGS and not any(out)
+
+
+def test_a_burst_cut_short_by_an_exception_leaves_the_sources_right(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An exception out of a burst (no ``on_error``) skips its end, where new sources are
+    installed: they wait for the next burst's end, and every datagram keeps its own source."""
+    core, (pcb, _connected, _bound) = _core(True, 100, 10**6)
+    python_path = core.ether_input
+
+    def failing(frame: bytes, now: float) -> None:
+        if frame[54:56] == (7).to_bytes(2, "big"):  # the marked frame's source port
+            raise RuntimeError("a stack bug")
+        python_path(frame, now)
+
+    monkeypatch.setattr(core, "ether_input", failing)
+    with pytest.raises(RuntimeError):
+        core.ether_input_burst([datagram6(src=C_PEER), datagram6(7, checksum=0x1234)], 0.0)
+    assert core.udp.src6.pending  # not installed: the burst did not end
+    core.ether_input_burst([datagram6(src=COLLIDER), datagram6(src=C_PEER)], 1.0)  # both misses
+    core.ether_input_burst([datagram6(src=C_PEER), datagram6(src=A)], 2.0)
+    assert [source for _payload, (source, _port) in pcb.queue] == [C_PEER, COLLIDER, C_PEER, C_PEER, A]
+    slot = src6_slot(C_PEER.to_bytes(16, "big"))
+    assert core.udp.src6.ints[slot + 1] == C_PEER and not core.udp.src6.pending

@@ -46,7 +46,7 @@ class _Lib:
         ip6: bytes,
         ip6len: int,
         ip6_usable: int,
-        src6: CData,
+        src6: bytes | CData,
         src6len: int,
         verify: bool,
         out: CData,
