@@ -11,7 +11,7 @@ datagram) and the IPv6/IPv4 ratios are printed (and written as JSON unless --qui
 
 All those datagrams come from one peer.  ``--peers N`` (N > 1) adds two burst rows whose
 consecutive datagrams come from N peers in turn (198.18.1.0 + i, 2001:2::1:0 + i): the IPv6 ones
-look their sources up in the UDP layer's table of sources (``SourceTable6``, direct-mapped, 1024
+look their sources up in the UDP layer's table of sources (``SourceTable6``, direct-mapped, 4096
 slots), where peers that share a slot miss.
 
     python benchmarks/bench_udp_input6.py [--datagrams N] [--rounds R] [--peers N] [--quick]

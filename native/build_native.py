@@ -70,7 +70,7 @@ stack_ffi = _extension(
     #define YAS_FAST_UDP 2
     #define YAS_FAST_CANDIDATE6 3
     #define YAS_FAST_UDP6 4
-    #define YAS_FAST_SRC6_SLOTS 1024
+    #define YAS_FAST_SRC6_SLOTS 4096
     #define YAS_FAST_VERIFIED 0x80000000
     #define YAS_FAST_BAD_ARGS -1
     int yas_tcp_fast_classify(const char *frames, size_t frameslen, const char *lens, size_t lenslen,

@@ -127,7 +127,7 @@ static int in_addresses(const unsigned char *a, const char *ip6, uint32_t count)
 static uint32_t src6_slot(const unsigned char *a)
 {
     /* the slot of an IPv6 address in the table of sources: its four words folded, then
-     * Fibonacci hashing (Knuth's multiplier) to the top 10 bits */
+     * Fibonacci hashing (Knuth's multiplier) to the top YAS_FAST_SRC6_BITS bits */
     uint32_t h = be32(a) ^ be32(a + 4) ^ be32(a + 8) ^ be32(a + 12);
     return (h * 0x9E3779B1u) >> (32 - YAS_FAST_SRC6_BITS);
 }

@@ -17,7 +17,7 @@ struct yas_tcp_seg {
 #define YAS_FAST_CANDIDATE6 3 /* a candidate over IPv6: the TCP fields as for YAS_FAST_CANDIDATE */
 #define YAS_FAST_UDP6 4 /* a UDP datagram over IPv6: as YAS_FAST_UDP, its source in the frame's bytes
                           * 22..37, `seq` its slot in the table of sources, `src` slot + 1 when there */
-#define YAS_FAST_SRC6_BITS 10
+#define YAS_FAST_SRC6_BITS 12
 #define YAS_FAST_SRC6_SLOTS (1 << YAS_FAST_SRC6_BITS) /* the table of UDP6 sources: 16 bytes each */
 #define YAS_FAST_MAX_IP6 64 /* the most IPv6 addresses (ip6len / 16) a call compares with */
 #define YAS_FAST_VERIFIED 0x80000000u

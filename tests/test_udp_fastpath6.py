@@ -89,7 +89,9 @@ COLLIDER = next(
 def table_of(sources: list[int]) -> SourceTable6:
     """A table of sources holding ``sources`` (a later one replaces an earlier one in its slot)."""
     table = SourceTable6()
-    table.pending.extend((src6_slot(src.to_bytes(16, "big")), src) for src in sources)
+    table.pending.extend(
+        (src6_slot(src.to_bytes(16, "big")), src.to_bytes(16, "big"), src) for src in sources
+    )
     table.install()
     return table
 

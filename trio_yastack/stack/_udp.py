@@ -329,7 +329,11 @@ class UdpLayer:
         against the table as it was).
         """
         hit = record[1]
-        src = self.src6_ints[hit] if hit else int.from_bytes(frame[22:38], "big")
+        if hit:
+            src = self.src6_ints[hit]
+        else:
+            address = frame[22:38]
+            src = int.from_bytes(address, "big")
         pcb = self.pcbs6.get(record[3])
         if pcb is None:
             return False
@@ -338,7 +342,7 @@ class UdpLayer:
         ):
             return False
         if not hit:  # taken (queued, or dropped for a full queue)
-            self._src6_miss(record[4], src)
+            self._src6_miss(record[4], address, src)
         payload = frame[record[10] : record[11]]
         stats = self.stats
         stats.received += 1
@@ -356,12 +360,12 @@ class UdpLayer:
         self.core.ready[pcb] = None  # mark_ready (a traced core takes no fast path)
         return True
 
-    def _src6_miss(self, slot: int, src: int) -> None:
+    def _src6_miss(self, slot: int, address: bytes, src: int) -> None:
         """A taken datagram's source was not in ``src6``: install it at the burst's end (at most
         ``SRC6_PENDING_LIMIT`` a burst; beyond, a source just waits for a later burst)."""
         pending = self.src6.pending
         if len(pending) < SRC6_PENDING_LIMIT:
-            pending.append((slot, src))
+            pending.append((slot, address, src))
 
     def udp6_ctlinput(self, local_port: int, remote_ip: int, remote_port: int, error: int) -> bool:
         """An ICMPv6 error about a datagram we sent; only a connected socket hears of it."""

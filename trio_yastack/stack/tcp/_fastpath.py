@@ -91,7 +91,7 @@ CANDIDATE6 = 3
 #: frame's bytes 22..37; ``seq`` its slot in the :class:`SourceTable6`, ``src`` slot + 1 when there)
 UDP6 = 4
 #: the slots of a :class:`SourceTable6` (``YAS_FAST_SRC6_SLOTS``)
-SRC6_BITS = 10
+SRC6_BITS = 12
 SRC6_SLOTS = 1 << SRC6_BITS
 #: the most IPv6 addresses the classifier compares with (``YAS_FAST_MAX_IP6``)
 MAX_IP6 = 64
@@ -134,15 +134,15 @@ class SourceTable6:
         #: a cffi CData, or the bytearray itself without the C part
         self.handle: Any = self.addresses if _native is None else _native[0].from_buffer(self.addresses)
         self.ints: list[int] = [0] * (SRC6_SLOTS + 1)
-        #: ``(slot, source)`` of datagrams a burst took from sources not in the table, installed
-        #: at the burst's end (at most one burst's worth: bounded by the caller)
-        self.pending: list[tuple[int, int]] = []
+        #: ``(slot, address, source)`` of datagrams a burst took from sources not in the table,
+        #: installed at the burst's end (bounded by the caller)
+        self.pending: list[tuple[int, Buffer, int]] = []
 
     def install(self) -> None:
         """Put the pending sources in their slots (a later one replaces an earlier one)."""
         addresses, ints = self.addresses, self.ints
-        for slot, src in self.pending:
-            addresses[16 * slot : 16 * slot + 16] = src.to_bytes(16, "big")
+        for slot, address, src in self.pending:
+            addresses[16 * slot : 16 * slot + 16] = address
             ints[slot + 1] = src
         self.pending.clear()
 
