@@ -71,11 +71,13 @@ stack_ffi = _extension(
     #define YAS_FAST_UDP 2
     #define YAS_FAST_CANDIDATE6 3
     #define YAS_FAST_UDP6 4
+    #define YAS_FAST_SRC6_SLOTS 4096
     #define YAS_FAST_VERIFIED 0x80000000
     #define YAS_FAST_BAD_ARGS -1
     int yas_tcp_fast_classify(const char *frames, size_t frameslen, const char *lens, size_t lenslen,
                               int n, const char *mac, uint32_t ip, uint32_t broadcast, const char *ip6,
-                              size_t ip6len, uint32_t ip6_usable, int verify, char *out, size_t outlen);
+                              size_t ip6len, uint32_t ip6_usable, const char *src6, size_t src6len,
+                              int verify, char *out, size_t outlen);
     """,
     ["checksum.c", "gso.c", "tcp_fast.c"],
 )

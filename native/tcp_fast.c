@@ -21,7 +21,12 @@
  * A UDP datagram over IPv6 that ip6_input -> udp6_input would take without a question (the
  * IPv6 terms above with next header UDP, a UDP length that fits the payload, a destination port,
  * a nonzero checksum -- mandatory over IPv6, RFC 8200 8.1 -- valid or vouched for by the port)
- * comes back as YAS_FAST_UDP6: `src` 0 as for YAS_FAST_CANDIDATE6, ports and payload bounds.
+ * comes back as YAS_FAST_UDP6 with ports and payload bounds.  Its source (bytes 22..37) is looked up
+ * in the caller's table of sources, `src6` (YAS_FAST_SRC6_SLOTS slots of 16 bytes, direct-mapped by
+ * src6_slot(); empty slots hold ::, never a source we take): `seq` is the source's slot and `src`
+ * the slot + 1 when the slot holds it, else 0.  The caller keeps the 128-bit integer of each slot's
+ * address beside the table, so a known source costs it a list index instead of a conversion; it
+ * changes a slot (bytes and integer together) only between bursts.
  *
  * Nothing here decides about a connection: the caller demultiplexes the candidates by their
  * 4-tuple and runs the prediction against the connection's state.  A decline costs nothing but
@@ -119,8 +124,16 @@ static int in_addresses(const unsigned char *a, const char *ip6, uint32_t count)
     return 0;
 }
 
+static uint32_t src6_slot(const unsigned char *a)
+{
+    /* the slot of an IPv6 address in the table of sources: its four words folded, then
+     * Fibonacci hashing (Knuth's multiplier) to the top YAS_FAST_SRC6_BITS bits */
+    uint32_t h = be32(a) ^ be32(a + 4) ^ be32(a + 8) ^ be32(a + 12);
+    return (h * 0x9E3779B1u) >> (32 - YAS_FAST_SRC6_BITS);
+}
+
 static void classify_udp6(const unsigned char *f, uint32_t len, int verify, uint32_t payload_len,
-                          struct yas_tcp_seg *r)
+                          const char *src6, struct yas_tcp_seg *r)
 {
     /* The UDP half over IPv6, what udp6_input takes without a question: a UDP length that fits
      * the IPv6 payload, a nonzero checksum (refused even unverified: RFC 8200 8.1), valid over
@@ -138,6 +151,10 @@ static void classify_udp6(const unsigned char *f, uint32_t len, int verify, uint
     if (verify && yas_sum16((const char *)f, len, 22, 32 + ulen, 17 + ulen) != 0xFFFF)
         return;
     r->kind = YAS_FAST_UDP6;
+    uint32_t slot = src6_slot(f + 22);
+    r->seq = slot;
+    if (memcmp(src6 + (size_t)slot * 16, f + 22, 16) == 0)
+        r->src = slot + 1;
     r->sport = (uint16_t)be16(uh);
     r->dport = (uint16_t)dport;
     r->data_start = 62;
@@ -145,7 +162,7 @@ static void classify_udp6(const unsigned char *f, uint32_t len, int verify, uint
 }
 
 static void classify6(const unsigned char *f, uint32_t len, int verify, const char *ip6, uint32_t n_usable,
-                      uint32_t n_all, struct yas_tcp_seg *r)
+                      uint32_t n_all, const char *src6, struct yas_tcp_seg *r)
 {
     /* What ip6_input -> tcp6_input / udp6_input take without a question: version 6, next header
      * TCP or UDP (no extension header), a hop limit, to a usable address of ours
@@ -167,7 +184,7 @@ static void classify6(const unsigned char *f, uint32_t len, int verify, const ch
     if (!in_addresses(ip + 24, ip6, n_usable) || in_addresses(src, ip6, n_all))
         return;
     if (nxt == 17) {
-        classify_udp6(f, len, verify, payload_len, r);
+        classify_udp6(f, len, verify, payload_len, src6, r);
         return;
     }
     /* the pseudo-header (RFC 8200 8.1): addresses (summed in place), length, next header */
@@ -178,7 +195,7 @@ static void classify6(const unsigned char *f, uint32_t len, int verify, const ch
 
 static void classify(const unsigned char *f, uint32_t len, int verify, const char *mac, uint32_t ip,
                      uint32_t broadcast, const char *ip6, uint32_t n_usable, uint32_t n_all,
-                     struct yas_tcp_seg *r)
+                     const char *src6, struct yas_tcp_seg *r)
 {
     memset(r, 0, sizeof *r);
     r->tsval = r->tsecr = -1;
@@ -186,7 +203,7 @@ static void classify(const unsigned char *f, uint32_t len, int verify, const cha
         return;
     if (f[12] == 0x86 && f[13] == 0xDD) {
         if (len >= 14 + 40 + 8 && n_usable) /* a UDP header at least (TCP's 20 checked after) */
-            classify6(f, len, verify, ip6, n_usable, n_all, r);
+            classify6(f, len, verify, ip6, n_usable, n_all, src6, r);
         return;
     }
     if (f[12] != 0x08 || f[13] != 0x00)
@@ -222,12 +239,16 @@ static void classify(const unsigned char *f, uint32_t len, int verify, const cha
 
 int yas_tcp_fast_classify(const char *frames, size_t frameslen, const char *lens, size_t lenslen,
                           int n, const char *mac, uint32_t ip, uint32_t broadcast, const char *ip6,
-                          size_t ip6len, uint32_t ip6_usable, int verify, char *out, size_t outlen)
+                          size_t ip6len, uint32_t ip6_usable, const char *src6, size_t src6len, int verify,
+                          char *out, size_t outlen)
 {
     /* `out` is n records of struct yas_tcp_seg (a bytearray on the Python side: written by
      * memcpy, so its alignment does not matter); nothing is read or written outside the
      * lengths given */
     if (frames == NULL || lens == NULL || mac == NULL || ip6 == NULL || out == NULL || n < 0)
+        return YAS_FAST_BAD_ARGS;
+    /* src6: the table of UDP6 sources, YAS_FAST_SRC6_SLOTS addresses of 16 bytes */
+    if (src6 == NULL || src6len != (size_t)YAS_FAST_SRC6_SLOTS * 16)
         return YAS_FAST_BAD_ARGS;
     /* ip6: our IPv6 addresses, 16 bytes each, the ip6_usable usable ones (past DAD) first */
     if (ip6len % 16 || ip6len / 16 > YAS_FAST_MAX_IP6 || ip6_usable > ip6len / 16)
@@ -244,7 +265,7 @@ int yas_tcp_fast_classify(const char *frames, size_t frameslen, const char *lens
             return YAS_FAST_BAD_ARGS;
         struct yas_tcp_seg record;
         classify((const unsigned char *)frames + at, len, verify && !(word & YAS_FAST_VERIFIED), mac, ip,
-                 broadcast, ip6, ip6_usable, n_all, &record);
+                 broadcast, ip6, ip6_usable, n_all, src6, &record);
         memcpy(out + (size_t)i * sizeof record, &record, sizeof record);
         at += len;
     }

@@ -220,11 +220,12 @@ def test_c_refuses_lengths_beyond_its_buffers() -> None:
 
     frame = segment()
     lens = len(frame).to_bytes(4, sys.byteorder)  # one native uint32_t
+    sources = bytes(16 * lib.YAS_FAST_SRC6_SLOTS)  # an empty table of UDP6 sources
 
     def call(frames: bytes, lens: bytes, out: bytearray) -> int:
         return lib.yas_tcp_fast_classify(
-            frames, len(frames), lens, len(lens), 1, MAC, IP, BROADCAST, b"", 0, 0, True,
-            ffi.from_buffer(out), len(out),
+            frames, len(frames), lens, len(lens), 1, MAC, IP, BROADCAST, b"", 0, 0, sources, len(sources),
+            True, ffi.from_buffer(out), len(out),
         )  # fmt: skip
 
     assert call(frame, lens, bytearray(48)) == 1

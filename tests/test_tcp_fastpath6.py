@@ -235,11 +235,12 @@ def test_c_refuses_address_lengths_beyond_its_limits() -> None:
 
     frame = segment6()
     lens = len(frame).to_bytes(4, sys.byteorder)
+    SOURCES = bytes(16 * lib.YAS_FAST_SRC6_SLOTS)  # an empty table of UDP6 sources
 
     def call(ours: bytes, usable: int, out: bytearray) -> int:
         return lib.yas_tcp_fast_classify(
-            frame, len(frame), lens, len(lens), 1, MAC, IP, BROADCAST, ours, len(ours), usable, True,
-            ffi.from_buffer(out), len(out),
+            frame, len(frame), lens, len(lens), 1, MAC, IP, BROADCAST, ours, len(ours), usable, SOURCES,
+            len(SOURCES), True, ffi.from_buffer(out), len(out),
         )  # fmt: skip
 
     out = bytearray(48)

@@ -8,6 +8,10 @@ queues it on its socket without the per-frame layers.  Proved here:
 - the C and Python classifiers agree on every field of IPv6 UDP frames bent at random, for any set
   of our addresses (hypothesis), and what must decline does (a zero checksum too: mandatory over
   IPv6, refused even unverified);
+- a ``UDP6`` record carries its source's slot in the UDP layer's ``SourceTable6`` and says when
+  the table holds the source there (both classifiers, any table), and the source each queued
+  datagram carries stays its own through hits, misses, peers sharing a slot, datagrams no socket
+  takes and burst boundaries (a slot changes only between bursts), the table's pending list bounded;
 - a burst fed with the fast path on and off leaves the same thing everywhere: each socket's queue
   (payloads, sources, order), every counter of every layer, IPv6's included (drops by reason: no
   socket, bad checksum, full queue by datagrams and by bytes), the ready set and the frames sent
@@ -29,12 +33,16 @@ from trio_yastack.stack import ChecksumVerified, StackCore, UdpPcb
 from trio_yastack.stack import _core as _core_module
 from trio_yastack.stack._native import sum16
 from trio_yastack.stack.tcp._fastpath import (
+    CANDIDATE6,
     DECLINE,
     NATIVE_FASTPATH,
+    SRC6_SLOTS,
     UDP6,
+    SourceTable6,
     native_classify_burst,
     py_classify_burst,
     py_classify_frame,
+    src6_slot,
 )
 from trio_yastack.stack.wire.ipv4 import IPPROTO_UDP
 from trio_yastack.stack.wire.ipv6 import pseudo_header_sum6
@@ -69,6 +77,25 @@ def datagram6(
     return frame6(A_MAC, dst_mac, src, dst, IPPROTO_UDP, bytes(body), hop_limit=hop_limit)
 
 
+C_PEER = A + (1 << 32)  # another peer (A + 1 is B: ours)
+#: a third peer whose source shares C_PEER's slot in the table of sources
+COLLIDER = next(
+    C_PEER + (i << 40)
+    for i in range(1, 1 << 20)
+    if src6_slot((C_PEER + (i << 40)).to_bytes(16, "big")) == src6_slot(C_PEER.to_bytes(16, "big"))
+)
+
+
+def table_of(sources: list[int]) -> SourceTable6:
+    """A table of sources holding ``sources`` (a later one replaces an earlier one in its slot)."""
+    table = SourceTable6()
+    table.pending.extend(
+        (src6_slot(src.to_bytes(16, "big")), src.to_bytes(16, "big"), src) for src in sources
+    )
+    table.install()
+    return table
+
+
 def classify(frame: bytes, verify: bool = True, ours: bytes = OURS, usable: int = USABLE) -> Any:
     """The Python twin's record, checked against the C one when it is built."""
     record = py_classify_frame(frame, verify, MAC, IP, BROADCAST, ours, usable)
@@ -80,7 +107,8 @@ def classify(frame: bytes, verify: bool = True, ours: bytes = OURS, usable: int 
 
 def test_a_sound_ipv6_datagram_is_a_udp6_record() -> None:
     frame = datagram6(payload=b"x" * 30)
-    assert classify(frame) == (UDP6, 0, 4000, 9000, 0, 0, 0, 0, -1, -1, 62, 92)
+    slot = src6_slot(A.to_bytes(16, "big"))
+    assert classify(frame) == (UDP6, 0, 4000, 9000, slot, 0, 0, 0, -1, -1, 62, 92)
     assert frame[62:92] == b"x" * 30
     padded = datagram6(payload=b"") + bytes(4)  # link padding stays outside the payload
     assert classify(padded)[0] == UDP6 and classify(padded)[10:] == (62, 62)
@@ -171,15 +199,16 @@ def udp_frames6(draw: st.DrawFn) -> bytes:
     st.lists(st.booleans(), max_size=8),
     st.integers(0, 3),
     st.integers(0, 3),
+    st.lists(st.sampled_from([A, C_PEER, COLLIDER, 0, 1 << 127]) | st.integers(0, 2**128 - 1), max_size=4),
 )
 @settings(max_examples=400, deadline=None)
 def test_c_and_python_classify_ipv6_udp_alike(
-    burst: list[bytes], verify: bool, marks: list[bool], skip: int, usable: int
+    burst: list[bytes], verify: bool, marks: list[bool], skip: int, usable: int, known: list[int]
 ) -> None:
     burst = [ChecksumVerified(f) if i < len(marks) and marks[i] else f for i, f in enumerate(burst)]
     ours = OURS[16 * skip :]
     usable = min(usable, len(ours) // 16)
-    args = (MAC, IP, BROADCAST, verify, ours, usable)
+    args = (MAC, IP, BROADCAST, verify, ours, usable, table_of(known))
     assert native_classify_burst is not None
     records = native_classify_burst(burst, *args)
     assert records == py_classify_burst(burst, *args)
@@ -226,7 +255,7 @@ def bursts(draw: st.DrawFn) -> list[bytes]:
         st.sampled_from([4000, 4001]),
         st.sampled_from([9000, 9001, 9002, 9003]),  # 9003: no socket
         st.binary(max_size=300),
-        src=st.sampled_from([A, A, A + 1]),
+        src=st.sampled_from([A, A, A + 1, C_PEER, COLLIDER]),
         dst=st.sampled_from([B, B, LINK_LOCAL]),  # LINK_LOCAL: not this core's (a drop)
         checksum=st.sampled_from([None, None, None, 0x1234]),
     )
@@ -298,18 +327,122 @@ def test_the_fast_path_takes_sound_datagrams_and_counts_full_queues(
 def test_the_record_kinds_are_cs() -> None:
     from trio_yastack.stack._native_cffi import lib
 
-    assert (lib.YAS_FAST_UDP6, lib.YAS_FAST_UDP) == (UDP6, 2)
+    assert (lib.YAS_FAST_UDP6, lib.YAS_FAST_UDP, lib.YAS_FAST_SRC6_SLOTS) == (UDP6, 2, SRC6_SLOTS)
 
 
-def test_the_source_table_stays_bounded_and_right() -> None:
-    """``udp6_fast_input`` remembers sources as integers; past its limit the table empties and
-    every datagram still carries its own source."""
-    from trio_yastack.stack._udp import SRC6_CACHE_LIMIT
+def test_a_udp6_record_carries_its_source_slot_and_whether_the_table_holds_it() -> None:
+    """``seq`` is the source's slot; ``src`` the slot + 1 when the table holds that very source
+    there (a peer sharing the slot is a miss), in both classifiers."""
+    table = table_of([A, C_PEER])
+    burst = [datagram6(src=A), datagram6(src=C_PEER), datagram6(src=COLLIDER), segment6(src=A)]
+    slots = [src6_slot(src.to_bytes(16, "big")) for src in (A, C_PEER, COLLIDER)]
+    assert slots[1] == slots[2]
+    args = (MAC, IP, BROADCAST, True, OURS, USABLE, table)
+    records = py_classify_burst(burst, *args)
+    assert [(r[0], r[1], r[4]) for r in records[:3]] == [
+        (UDP6, slots[0] + 1, slots[0]),
+        (UDP6, slots[1] + 1, slots[1]),
+        (UDP6, 0, slots[2]),
+    ]
+    assert records[3][0] == CANDIDATE6 and records[3][1] == 0  # TCP's records are not looked up
+    assert table.ints[slots[0] + 1] == A and table.ints[slots[1] + 1] == C_PEER
+    assert [r[1] for r in py_classify_burst(burst, MAC, IP, BROADCAST, True, OURS, USABLE)][:3] == [0, 0, 0]
+    if NATIVE_FASTPATH:
+        assert native_classify_burst is not None
+        assert native_classify_burst(burst, *args) == records
 
+
+@pytest.mark.parametrize("twin", [False, True], ids=["chosen", "python-twin"])
+def test_each_datagram_keeps_its_own_source(twin: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through hits, misses, two peers sharing a slot within one burst (the slot changes only at
+    the burst's end: a hit classified before must still read the old source) and datagrams no
+    socket takes (never installed)."""
+    if twin:
+        monkeypatch.setattr(_core_module, "classify_burst", py_classify_burst)
+    core, (pcb, _connected, _bound) = _core(True, 100, 10**6)
+    bursts = [
+        [datagram6(src=A), datagram6(src=C_PEER), datagram6(src=C_PEER)],  # misses, then installed
+        [datagram6(src=COLLIDER), datagram6(src=C_PEER), datagram6(src=A)],  # a miss, then hits
+        [datagram6(src=C_PEER), datagram6(src=COLLIDER)],  # a miss, then a hit on the slot it takes back
+        [datagram6(src=A, dport=9003), datagram6(src=A)],
+    ]
+    for burst in bursts:
+        core.ether_input_burst(burst, 0.0)
+    assert [source for _payload, (source, _port) in pcb.queue] == [
+        A, C_PEER, C_PEER, COLLIDER, C_PEER, A, C_PEER, COLLIDER, A,
+    ]  # fmt: skip
+    assert core.fast_path_datagrams == 9
+    slot = src6_slot(C_PEER.to_bytes(16, "big"))
+    assert core.udp.src6.ints[slot + 1] == C_PEER and not core.udp.src6.pending
+
+
+def test_the_table_of_sources_stays_bounded_and_right(monkeypatch: pytest.MonkeyPatch) -> None:
+    """More peers than slots, and more new peers in a burst than the pending list holds: every
+    datagram still carries its own source."""
+    from trio_yastack.stack._udp import SRC6_PENDING_LIMIT
+
+    pending_seen: list[int] = []
+    install = SourceTable6.install
+
+    def counting_install(table: SourceTable6) -> None:
+        pending_seen.append(len(table.pending))
+        install(table)
+
+    monkeypatch.setattr(SourceTable6, "install", counting_install)
     core, (pcb, _connected, _bound) = _core(True, 10_000, 10**8)
-    sources = [A + (1 << 32) + i for i in range(SRC6_CACHE_LIMIT + 5)]  # (A + 1 is B: ours)
-    for at in range(0, len(sources), 32):
-        core.ether_input_burst([datagram6(src=src) for src in sources[at : at + 32]], 0.0)
-        assert len(core.udp.src6_ints) <= SRC6_CACHE_LIMIT
-    assert core.fast_path_datagrams == len(sources)
-    assert [source for _payload, (source, _port) in pcb.queue] == sources
+    sources = [C_PEER + i for i in range(SRC6_SLOTS + 200)]
+    burst_size = SRC6_PENDING_LIMIT + 16
+    for at in range(0, len(sources), burst_size):
+        core.ether_input_burst([datagram6(src=src) for src in sources[at : at + burst_size]], 0.0)
+        assert not core.udp.src6.pending
+    core.ether_input_burst([datagram6(src=src) for src in sources[-50:]], 0.0)  # some hits now
+    assert core.fast_path_datagrams == len(sources) + 50
+    assert [source for _payload, (source, _port) in pcb.queue] == sources + sources[-50:]
+    assert len(core.udp.src6.ints) == SRC6_SLOTS + 1 and len(core.udp.src6.addresses) == 16 * SRC6_SLOTS
+    assert max(pending_seen) == SRC6_PENDING_LIMIT  # a full burst of new peers: the bound, not more
+
+
+@needs_native
+def test_c_refuses_a_table_of_sources_of_another_size() -> None:
+    import sys
+
+    from trio_yastack.stack._native_cffi import ffi, lib
+
+    frame = datagram6()
+    lens = len(frame).to_bytes(4, sys.byteorder)
+
+    def call(sources: bytes) -> tuple[int, bytearray]:
+        out = bytearray(48)
+        made = lib.yas_tcp_fast_classify(
+            frame, len(frame), lens, len(lens), 1, MAC, IP, BROADCAST, OURS, len(OURS), USABLE, sources,
+            len(sources), True, ffi.from_buffer(out), len(out),
+        )  # fmt: skip
+        return made, out
+
+    made, out = call(bytes(16 * SRC6_SLOTS))
+    assert made == 1 and out[0] == UDP6
+    for sources in (b"", bytes(16 * SRC6_SLOTS - 1), bytes(16 * SRC6_SLOTS + 16)):
+        made, out = call(sources)
+        assert made == lib.YAS_FAST_BAD_ARGS and not any(out)
+
+
+def test_a_burst_cut_short_by_an_exception_leaves_the_sources_right(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An exception out of a burst (no ``on_error``) skips its end, where new sources are
+    installed: they wait for the next burst's end, and every datagram keeps its own source."""
+    core, (pcb, _connected, _bound) = _core(True, 100, 10**6)
+    python_path = core.ether_input
+
+    def failing(frame: bytes, now: float) -> None:
+        if frame[54:56] == (7).to_bytes(2, "big"):  # the marked frame's source port
+            raise RuntimeError("a stack bug")
+        python_path(frame, now)
+
+    monkeypatch.setattr(core, "ether_input", failing)
+    with pytest.raises(RuntimeError):
+        core.ether_input_burst([datagram6(src=C_PEER), datagram6(7, checksum=0x1234)], 0.0)
+    assert core.udp.src6.pending  # not installed: the burst did not end
+    core.ether_input_burst([datagram6(src=COLLIDER), datagram6(src=C_PEER)], 1.0)  # both misses
+    core.ether_input_burst([datagram6(src=C_PEER), datagram6(src=A)], 2.0)
+    assert [source for _payload, (source, _port) in pcb.queue] == [C_PEER, COLLIDER, C_PEER, C_PEER, A]
+    slot = src6_slot(C_PEER.to_bytes(16, "big"))
+    assert core.udp.src6.ints[slot + 1] == C_PEER and not core.udp.src6.pending

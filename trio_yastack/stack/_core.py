@@ -194,13 +194,14 @@ class StackCore:
                         raise
                     on_error(exc)
             return
+        udp = self.udp
         records = classify_burst(
             frames, self.mac, self.ip, self.ip_layer.broadcast, self._verify_unmarked, self.fast_addresses6,
-            self.fast_usable6,
+            self.fast_usable6, udp.src6,
         )  # fmt: skip
         connections = self.tcp.connections
-        udp_fast_input = self.udp.udp_fast_input
-        udp6_fast_input = self.udp.udp6_fast_input
+        udp_fast_input = udp.udp_fast_input
+        udp6_fast_input = udp.udp6_fast_input
         taken = udp_taken = taken6 = udp6_taken = 0
         for frame, record in zip(frames, records, strict=True):
             try:
@@ -253,6 +254,8 @@ class StackCore:
             stats_ip6.delivered += taken6
             self.stats_tcp.segments_received += taken6
         if udp6_taken and (ip6 := self.ip6) is not None:  # ether_input and ip6_input's counters
+            if udp.src6.pending:  # new sources, now that this burst's records are done with the table
+                udp.src6.install()
             self.fast_path_datagrams += udp6_taken
             self.stats_ether.received += udp6_taken
             stats_ip6 = ip6.stats

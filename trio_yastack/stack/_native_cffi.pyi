@@ -33,6 +33,7 @@ class _Lib:
     YAS_FAST_UDP: Final[int]
     YAS_FAST_CANDIDATE6: Final[int]
     YAS_FAST_UDP6: Final[int]
+    YAS_FAST_SRC6_SLOTS: Final[int]
     YAS_FAST_VERIFIED: Final[int]
     YAS_FAST_BAD_ARGS: Final[int]
     def yas_tcp_fast_classify(
@@ -48,6 +49,8 @@ class _Lib:
         ip6: bytes,
         ip6len: int,
         ip6_usable: int,
+        src6: bytes | CData,
+        src6len: int,
         verify: bool,
         out: CData,
         outlen: int,

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from ._drops import UdpDrop
 from ._ip import FRAME_HEADROOM
+from .tcp._fastpath import SourceTable6
 from .wire import WireError
 from .wire._checksum import pseudo_header_sum, sum16
 from .wire.ethernet import ETHER_HEADER_LEN
@@ -27,9 +28,9 @@ __all__ = ["MAX_UDP6_PAYLOAD", "MAX_UDP_PAYLOAD", "UdpLayer", "UdpPcb"]
 MAX_UDP_PAYLOAD = 65535 - 20 - UDP_HEADER_LEN
 MAX_UDP6_PAYLOAD = 65535 - UDP_HEADER_LEN  # the payload length field counts no IPv6 header
 FRAME_HEADROOM6 = ETHER_HEADER_LEN + IPV6_HEADER_LEN
+#: the most new IPv6 sources ``udp6_fast_input`` leaves to install after one burst
+SRC6_PENDING_LIMIT = 64
 _LIMITED_BROADCAST = 0xFFFFFFFF
-#: the most IPv6 sources ``udp6_fast_input`` remembers as integers (the table empties when full)
-SRC6_CACHE_LIMIT = 1024
 
 
 class UdpPcb:
@@ -73,7 +74,7 @@ class UdpPcb:
 
 
 class UdpLayer:
-    __slots__ = ("config", "core", "pcbs", "pcbs6", "port_filter", "src6_ints", "stats")
+    __slots__ = ("config", "core", "pcbs", "pcbs6", "port_filter", "src6", "src6_ints", "stats")
 
     def __init__(self, core: StackCore) -> None:
         self.core = core
@@ -86,10 +87,11 @@ class UdpLayer:
         #: as TCP's: which ephemeral ports this core may use towards (remote_ip, remote_port), so
         #: that with several cores the replies of a socket bound implicitly come home
         self.port_filter: Callable[[int, int, int], bool] | None = None
-        #: the 128-bit integer of each IPv6 source ``udp6_fast_input`` has seen, by its 16 bytes:
-        #: a dict lookup costs about half of ``int.from_bytes`` per datagram, the bulk of the gap
-        #: to IPv4's batched input (bounded by SRC6_CACHE_LIMIT)
-        self.src6_ints: dict[bytes, int] = {}
+        #: the IPv6 sources of UDP datagrams, for the burst classifier: a known source comes as
+        #: its slot, whose 128-bit integer (``src6_ints``, the table's) the queue keeps; turning
+        #: the 16 bytes into an integer per datagram was most of IPv6's gap to IPv4
+        self.src6 = SourceTable6()
+        self.src6_ints = self.src6.ints
 
     # -- control -----------------------------------------------------------------------------
     def bind(self, pcb: UdpPcb, ip: int = 0, port: int = 0, *, toward: tuple[int, int] = (0, 0)) -> None:
@@ -320,19 +322,27 @@ class UdpLayer:
         (a counted drop and an ICMPv6 error).
 
         Counts what ``udp6_input`` counts (received, then delivered or a full queue's drop); the
-        caller counts the layers below for the datagrams taken (``True``).
+        caller counts the layers below for the datagrams taken (``True``).  A source the record
+        found in ``src6`` (``record[1]``: its slot + 1) is that slot's integer; another one is
+        converted here and, when the datagram is taken, left for the caller to install at the
+        burst's end (``SourceTable6.install``: not before, this burst's records were classified
+        against the table as it was).
         """
+        hit = record[1]
+        if hit:
+            src = self.src6_ints[hit]
+        else:
+            address = frame[22:38]
+            src = int.from_bytes(address, "big")
         pcb = self.pcbs6.get(record[3])
         if pcb is None:
             return False
-        src_bytes = frame[22:38]
-        src = self.src6_ints.get(src_bytes)
-        if src is None:
-            src = self._src6_int(src_bytes)
         if (pcb.local_ip and pcb.local_ip != int.from_bytes(frame[38:54], "big")) or (
             pcb.remote_port and (pcb.remote_ip != src or pcb.remote_port != record[2])
         ):
             return False
+        if not hit:  # taken (queued, or dropped for a full queue)
+            self._src6_miss(record[4], address, src)
         payload = frame[record[10] : record[11]]
         stats = self.stats
         stats.received += 1
@@ -350,13 +360,12 @@ class UdpLayer:
         self.core.ready[pcb] = None  # mark_ready (a traced core takes no fast path)
         return True
 
-    def _src6_int(self, src_bytes: bytes) -> int:
-        """An IPv6 source as ``udp6_input`` has it, remembered for the next datagram from it."""
-        table = self.src6_ints
-        if len(table) >= SRC6_CACHE_LIMIT:
-            table.clear()
-        src = table[src_bytes] = int.from_bytes(src_bytes, "big")
-        return src
+    def _src6_miss(self, slot: int, address: bytes, src: int) -> None:
+        """A taken datagram's source was not in ``src6``: install it at the burst's end (at most
+        ``SRC6_PENDING_LIMIT`` a burst; beyond, a source just waits for a later burst)."""
+        pending = self.src6.pending
+        if len(pending) < SRC6_PENDING_LIMIT:
+            pending.append((slot, address, src))
 
     def udp6_ctlinput(self, local_port: int, remote_ip: int, remote_port: int, error: int) -> bool:
         """An ICMPv6 error about a datagram we sent; only a connected socket hears of it."""

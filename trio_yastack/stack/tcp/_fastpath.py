@@ -19,7 +19,10 @@ TCP header terms, is a ``CANDIDATE6``: ``StackCore.ether_input_burst`` keys it b
 ``tcp6_input`` runs).  A UDP datagram over IPv6 on the same IPv6 terms, with a UDP length that fits
 the payload, a destination port and a nonzero checksum (mandatory over IPv6), valid or vouched for by
 the port, is a ``UDP6`` record, queued by ``UdpLayer.udp6_fast_input`` (ip6_input gives no ND hint
-for UDP, so neither does the fast path).  Every other IPv6 frame declines and takes the Python path
+for UDP, so neither does the fast path).  Its source is looked up in a :class:`SourceTable6` (the
+UDP layer's): the record's ``seq`` is the source's slot and ``src`` the slot + 1 when the table holds
+it there, so a known peer's 128-bit source costs a list index, not a conversion per datagram.
+Every other IPv6 frame declines and takes the Python path
 (``ip6_input`` -> ``tcp6_input`` / ``udp6_input`` / ...).
 
 :func:`fast_input` then takes a candidate for its connection (the 4-tuple demultiplexes it) when
@@ -44,7 +47,7 @@ import os
 import struct
 from array import array
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from .._native import native_extension, sum16
 from .._offload import ChecksumVerified
@@ -60,9 +63,11 @@ __all__ = [
     "MAX_IP6",
     "NATIVE_FASTPATH",
     "RECORD",
+    "SRC6_SLOTS",
     "UDP",
     "UDP6",
     "Record",
+    "SourceTable6",
     "ack_and_data_input",
     "classify_burst",
     "fast_input",
@@ -72,6 +77,7 @@ __all__ = [
     "py_classify_frame6",
     "py_classify_udp",
     "py_classify_udp6",
+    "src6_slot",
 ]
 
 #: the record ``yas_tcp_fast_classify`` writes per frame (``struct yas_tcp_seg``, 48 bytes):
@@ -84,9 +90,12 @@ CANDIDATE = 1
 UDP = 2
 #: a TCP segment over IPv6 (fields as ``CANDIDATE``'s but ``src``, 0: the frame's bytes 22..37)
 CANDIDATE6 = 3
-#: a UDP datagram over IPv6 for ``UdpLayer.udp6_fast_input`` (as ``UDP``'s, but ``src`` 0: the
-#: frame's bytes 22..37)
+#: a UDP datagram over IPv6 for ``UdpLayer.udp6_fast_input`` (as ``UDP``'s, the source in the
+#: frame's bytes 22..37; ``seq`` its slot in the :class:`SourceTable6`, ``src`` slot + 1 when there)
 UDP6 = 4
+#: the slots of a :class:`SourceTable6` (``YAS_FAST_SRC6_SLOTS``)
+SRC6_BITS = 12
+SRC6_SLOTS = 1 << SRC6_BITS
 #: the most IPv6 addresses the classifier compares with (``YAS_FAST_MAX_IP6``)
 MAX_IP6 = 64
 _MASK = 0xFFFFFFFF
@@ -104,19 +113,74 @@ _ZERO15 = bytes(15)
 FAST_PATH_DEFAULT = os.environ.get("TRIO_YASTACK_NO_FASTPATH") != "1"
 
 Buffer = bytes | bytearray | memoryview
+_native = native_extension()
+
+
+class SourceTable6:
+    """The IPv6 sources of UDP datagrams the classifier has seen, as the socket queue keeps them.
+
+    A direct-mapped table of :data:`SRC6_SLOTS` addresses (``addresses``, 16 bytes a slot, slot
+    :func:`src6_slot`) that the classifier compares a ``UDP6`` record's source with, and beside it
+    each slot's 128-bit integer (``ints[slot + 1]``): turning a source into an integer
+    (``int.from_bytes``, or a dict lookup) cost IPv6 most of its gap to IPv4 per datagram.  An
+    empty slot holds ``::``, which the classifier never takes as a source.
+
+    A slot's bytes and integer change together, and only between bursts (:meth:`install`):
+    the records of a burst were classified against the table as it was before the burst.
+    """
+
+    __slots__ = ("addresses", "handle", "ints", "pending")
+
+    def __init__(self) -> None:
+        self.addresses = bytearray(16 * SRC6_SLOTS)
+        #: what the C classifier is handed: the same memory, exported once (not once per burst);
+        #: a cffi CData, or the bytearray itself without the C part
+        self.handle: Any = self.addresses if _native is None else _native[0].from_buffer(self.addresses)
+        self.ints: list[int] = [0] * (SRC6_SLOTS + 1)
+        #: ``(slot, address, source)`` of datagrams a burst took from sources not in the table,
+        #: installed at the burst's end (bounded by the caller)
+        self.pending: list[tuple[int, Buffer, int]] = []
+
+    def install(self) -> None:
+        """Put the pending sources in their slots (a later one replaces an earlier one)."""
+        addresses, ints = self.addresses, self.ints
+        for slot, address, src in self.pending:
+            addresses[16 * slot : 16 * slot + 16] = address
+            ints[slot + 1] = src
+        self.pending.clear()
+
+
+def src6_slot(address: Buffer) -> int:
+    """Twin of the C ``src6_slot``: the table slot of the 16-byte ``address`` (its four words
+    folded, then Fibonacci hashing to the top :data:`SRC6_BITS` bits)."""
+    w0, w1, w2, w3 = _WORDS4.unpack_from(address)
+    return int(((w0 ^ w1 ^ w2 ^ w3) * 0x9E3779B1 & _MASK) >> (32 - SRC6_BITS))
+
+
+_WORDS4 = struct.Struct("!IIII")
+#: the table handed to the classifier when the caller has none (every source a miss)
+_NO_SOURCES = SourceTable6()
 
 
 def py_classify_frame(
-    frame: Buffer, verify: bool, mac: bytes, ip: int, broadcast: int, ip6: bytes = b"", ip6_usable: int = 0
+    frame: Buffer,
+    verify: bool,
+    mac: bytes,
+    ip: int,
+    broadcast: int,
+    ip6: bytes = b"",
+    ip6_usable: int = 0,
+    src6: SourceTable6 = _NO_SOURCES,
 ) -> Record:
     """Twin of the C ``classify``: the record of one frame (see the module docstring).  ``ip6``
-    is our IPv6 addresses, 16 bytes each, the ``ip6_usable`` usable ones (past DAD) first."""
+    is our IPv6 addresses, 16 bytes each, the ``ip6_usable`` usable ones (past DAD) first;
+    ``src6`` the table of UDP6 sources."""
     n = len(frame)
     if n < 42 or frame[0:6] != mac:
         return _DECLINED
     if frame[12] == 0x86 and frame[13] == 0xDD:
         if n >= 62 and ip6_usable:
-            return py_classify_frame6(frame, verify, ip6, ip6_usable)
+            return py_classify_frame6(frame, verify, ip6, ip6_usable, src6)
         return _DECLINED
     if frame[12] != 0x08 or frame[13] != 0x00:
         return _DECLINED
@@ -139,7 +203,9 @@ def py_classify_frame(
     return (CANDIDATE, src, *fields)
 
 
-def py_classify_frame6(frame: Buffer, verify: bool, ip6: bytes, ip6_usable: int) -> Record:
+def py_classify_frame6(
+    frame: Buffer, verify: bool, ip6: bytes, ip6_usable: int, src6: SourceTable6 = _NO_SOURCES
+) -> Record:
     """Twin of the C ``classify6``: what ``ip6_input`` -> ``tcp6_input`` / ``udp6_input`` take
     without a question (an IPv6 frame of at least 62 bytes to our MAC)."""
     version, tcp_len, nxt, hop_limit = _IPV6_FIXED.unpack_from(frame, 14)
@@ -156,7 +222,7 @@ def py_classify_frame6(frame: Buffer, verify: bool, ip6: bytes, ip6_usable: int)
     if dst not in usable or src in ours:
         return _DECLINED
     if nxt == 17:
-        return py_classify_udp6(frame, verify, tcp_len)
+        return py_classify_udp6(frame, verify, tcp_len, src6)
     # the pseudo-header (RFC 8200 8.1): the addresses summed in place with the segment
     fields = _tcp_fields(frame, verify, 54, tcp_len, 22, 6 + tcp_len)
     if fields is None:
@@ -202,10 +268,13 @@ def py_classify_udp(frame: Buffer, verify: bool, total: int, src: int, dst: int)
     return (UDP, src, sport, dport, 0, 0, 0, 0, -1, -1, 42, 34 + length)
 
 
-def py_classify_udp6(frame: Buffer, verify: bool, payload_len: int) -> Record:
+def py_classify_udp6(
+    frame: Buffer, verify: bool, payload_len: int, src6: SourceTable6 = _NO_SOURCES
+) -> Record:
     """Twin of the C ``classify_udp6``: a datagram ``udp6_input`` would take without a question
     (a UDP length that fits the IPv6 payload, a destination port, a nonzero checksum, valid over
-    the pseudo-header) is ``(UDP6, 0, sport, dport, 0, 0, 0, 0, -1, -1, 62, payload end)``."""
+    the pseudo-header) is ``(UDP6, hit, sport, dport, slot, 0, 0, 0, -1, -1, 62, payload end)``:
+    ``slot`` the source's in ``src6``, ``hit`` slot + 1 when ``src6`` holds the source there, else 0."""
     if payload_len < 8 or 54 + payload_len > len(frame):
         return _DECLINED
     sport, dport, length, checksum = _UDP_FIXED.unpack_from(frame, 54)
@@ -214,7 +283,10 @@ def py_classify_udp6(frame: Buffer, verify: bool, payload_len: int) -> Record:
     # the pseudo-header (RFC 8200 8.1): the addresses summed in place, then length and next header
     if verify and sum16(frame, 22, 32 + length, 17 + length) != 0xFFFF:
         return _DECLINED
-    return (UDP6, 0, sport, dport, 0, 0, 0, 0, -1, -1, 62, 54 + length)
+    source = frame[22:38]
+    slot = src6_slot(source)
+    hit = slot + 1 if src6.addresses[16 * slot : 16 * slot + 16] == source else 0
+    return (UDP6, hit, sport, dport, slot, 0, 0, 0, -1, -1, 62, 54 + length)
 
 
 def py_classify_burst(
@@ -225,16 +297,16 @@ def py_classify_burst(
     verify: bool,
     ip6: bytes = b"",
     ip6_usable: int = 0,
+    src6: SourceTable6 = _NO_SOURCES,
 ) -> list[Record]:
     """The records of a burst (twin of :func:`native_classify_burst`): a frame the port marked
     :class:`ChecksumVerified` is not verified again."""
     _check_ip6(ip6, ip6_usable)
-    return [
-        py_classify_frame(
-            frame, verify and frame.__class__ is not ChecksumVerified, mac, ip, broadcast, ip6, ip6_usable
-        )
-        for frame in frames
-    ]
+    records = []
+    for frame in frames:
+        check = verify and frame.__class__ is not ChecksumVerified
+        records.append(py_classify_frame(frame, check, mac, ip, broadcast, ip6, ip6_usable, src6))
+    return records
 
 
 def _check_ip6(ip6: bytes, ip6_usable: int) -> None:
@@ -244,7 +316,7 @@ def _check_ip6(ip6: bytes, ip6_usable: int) -> None:
 
 
 class Classify(Protocol):
-    """A burst classifier: ``(frames, mac, ip, broadcast, verify, ip6=b"", ip6_usable=0)``."""
+    """A burst classifier: ``(frames, mac, ip, broadcast, verify, ip6=b"", ip6_usable=0, src6)``."""
 
     def __call__(
         self,
@@ -255,18 +327,19 @@ class Classify(Protocol):
         verify: bool,
         ip6: bytes = b"",
         ip6_usable: int = 0,
+        src6: SourceTable6 = _NO_SOURCES,
         /,
     ) -> list[Record]: ...
 
 
 native_classify_burst: Classify | None = None
-_extension = native_extension()
-if _extension is not None and hasattr(_extension[1], "yas_tcp_fast_classify"):
-    _ffi, _lib = _extension
+if _native is not None and hasattr(_native[1], "yas_tcp_fast_classify"):
+    _ffi, _lib = _native
     _c_classify = _lib.yas_tcp_fast_classify
     _from_buffer = _ffi.from_buffer
     _iter_unpack = RECORD.iter_unpack
     _RECORD_SIZE = RECORD.size
+    _SRC6_BYTES = 16 * SRC6_SLOTS
 
     def _native_classify_burst(
         frames: Sequence[Buffer],
@@ -276,6 +349,7 @@ if _extension is not None and hasattr(_extension[1], "yas_tcp_fast_classify"):
         verify: bool,
         ip6: bytes = b"",
         ip6_usable: int = 0,
+        src6: SourceTable6 = _NO_SOURCES,
     ) -> list[Record]:
         """The C ``yas_tcp_fast_classify`` over the whole burst: one join, one call, one unpack."""
         n = len(frames)
@@ -300,6 +374,8 @@ if _extension is not None and hasattr(_extension[1], "yas_tcp_fast_classify"):
             ip6,
             len(ip6),
             ip6_usable,
+            src6.handle,
+            _SRC6_BYTES,
             verify,
             _from_buffer(out),
             len(out),
