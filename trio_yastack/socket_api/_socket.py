@@ -243,7 +243,9 @@ _SEND_FLAGS = (
     | getattr(_stdlib_socket, "MSG_NOSIGNAL", 0)
 )
 _MSG_MORE = getattr(_stdlib_socket, "MSG_MORE", 0)
-_MSG_PEEK = _stdlib_socket.MSG_PEEK
+#: a plain int: ``flags & MSG_PEEK`` with the enum member runs ``Flag.__and__`` and makes a
+#: ``MsgFlag`` on every ``recv`` (1 % of a keep-alive responder's CPU)
+_MSG_PEEK = int(_stdlib_socket.MSG_PEEK)
 _RECV_FLAGS = _MSG_PEEK | getattr(_stdlib_socket, "MSG_DONTWAIT", 0)
 _MAX_UDP_PAYLOAD = 65507  # an IPv4 datagram's payload at most (a corked one is bounded by it)
 
@@ -286,6 +288,8 @@ class StackSocket(trio.socket.SocketType):
     ) -> None:
         super().__init__()
         self._stack = stack
+        #: the poll loop's doorbell, called after each send and read (bound once, not looked up)
+        self._kick = stack.kick
         self._type = type_ & _TYPE_MASK
         if self._type not in (SOCK_STREAM, SOCK_DGRAM):
             raise _oserror(errno.EPROTONOSUPPORT, "only SOCK_STREAM and SOCK_DGRAM")
@@ -448,6 +452,7 @@ class StackSocket(trio.socket.SocketType):
             self._pcb = UdpPcb()
             self._pcb.waiter = self._waiter
         self._stack = stack
+        self._kick = stack.kick
 
     def _routes(self, ip: int) -> bool:
         """Whether the stack can send to ``ip`` (on-link, our own, broadcast, or via a gateway)."""
@@ -668,7 +673,7 @@ class StackSocket(trio.socket.SocketType):
         conn.waiter = self._waiter
         self._conn = conn
         self._apply_connection_options()
-        self._stack.kick()
+        self._kick()
         try:
             while not conn.established:
                 if conn.error or conn.state == 0:
@@ -679,7 +684,7 @@ class StackSocket(trio.socket.SocketType):
         except BaseException:
             if conn.state != 0:
                 conn.abort(trio.current_time())
-                self._stack.kick()
+                self._kick()
             raise
         await trio.lowlevel.checkpoint()
 
@@ -713,12 +718,23 @@ class StackSocket(trio.socket.SocketType):
                 return await self._udp_send(data, None, flags)
         assert conn is not None
         kind = data.__class__
-        if kind is bytes or kind is bytearray or (kind is memoryview and data.ndim == 1):
-            # What trio's send_all passes (a memoryview slice) and what applications pass: the
-            # send buffer copies from it directly, so no view of our own is made and released.
-            return await self._send_stream(conn, data)
-        with memoryview(data) as view:  # any other buffer object (array, mmap, a 0-d view, ...)
-            return await self._send_stream(conn, view)
+        if kind is memoryview and data.ndim == 1:
+            size = data.nbytes  # what trio's send_all passes: a slice of a view of its data
+        elif kind is bytes or kind is bytearray:
+            size = len(data)
+        else:
+            with memoryview(data) as view:  # any other buffer object (array, mmap, a 0-d view, ...)
+                return await self._send_stream(conn, view)
+        if size:
+            # The common case in line (one coroutine frame less per send): the send buffer
+            # copies from what the application passed, so no view of our own is made and
+            # released; the poll loop sends it at its next turn (kick wakes it if it sleeps).
+            taken = conn.send(data, trio.current_time())  # raises ECONNRESET & co with the kernel's errno
+            if taken:
+                self._kick()
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                return taken
+        return await self._send_stream(conn, data)  # nothing to send, or no room: wait for it
 
     def send_nowait(self, data: bytes | bytearray | memoryview) -> int:
         """``send()`` on a connected TCP socket without waiting and without a scheduler pass:
@@ -739,7 +755,7 @@ class StackSocket(trio.socket.SocketType):
         taken = conn.send(data, trio.current_time())  # raises ECONNRESET & co with the kernel's errno
         if not taken:
             raise BlockingIOError(errno.EAGAIN, os.strerror(errno.EAGAIN))
-        self._stack.kick()
+        self._kick()
         return taken
 
     async def _send_stream(self, conn: TcpConnection, data: bytes | bytearray | memoryview) -> int:
@@ -749,7 +765,7 @@ class StackSocket(trio.socket.SocketType):
         while True:
             taken = conn.send(data, trio.current_time())  # raises ECONNRESET & co with the kernel's errno
             if taken:
-                self._stack.kick()
+                self._kick()
                 await trio.lowlevel.cancel_shielded_checkpoint()
                 return taken
             await self._wait(sending=True)
@@ -787,7 +803,7 @@ class StackSocket(trio.socket.SocketType):
             else:
                 data = conn.receive(bufsize, trio.current_time())  # (empty: takes nothing)
             if data is not None:
-                self._stack.kick()
+                self._kick()
                 if not waited:
                     # One scheduler pass per call, as trio's recv: a call that parked had its
                     # pass there (trio's _nonblocking_helper returns right after its wait too)
@@ -815,7 +831,7 @@ class StackSocket(trio.socket.SocketType):
         data = conn.receive(bufsize, trio.current_time())
         if data is None:
             raise BlockingIOError(errno.EAGAIN, os.strerror(errno.EAGAIN))
-        self._stack.kick()
+        self._kick()
         return data
 
     async def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
@@ -832,7 +848,7 @@ class StackSocket(trio.socket.SocketType):
             self._shut_wr = True
             if self._conn is not None:
                 self._conn.shutdown(trio.current_time())
-                self._stack.kick()
+                self._kick()
         if flag in (_stdlib_socket.SHUT_RD, _stdlib_socket.SHUT_RDWR):
             self._shut_rd = True
             self._waiter.wake()
@@ -901,7 +917,7 @@ class StackSocket(trio.socket.SocketType):
         except OSError:
             await trio.lowlevel.cancel_shielded_checkpoint()
             raise
-        self._stack.kick()
+        self._kick()
         await trio.lowlevel.cancel_shielded_checkpoint()
         return sent if size < 0 else size
 
@@ -1171,7 +1187,7 @@ class StackSocket(trio.socket.SocketType):
             self._stack.core.tcp.bound_ports.discard(self._bound[1])
         if self._pcb is not None:
             self._stack.core.udp.close(self._pcb)
-        self._stack.kick()
+        self._kick()
         self._waiter.wake()  # tasks parked on this socket see EBADF (trio: ClosedResourceError)
 
     def _linger_zero(self) -> bool:
