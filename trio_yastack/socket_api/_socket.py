@@ -21,7 +21,7 @@ import operator
 import os
 import socket as _stdlib_socket
 import struct
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -280,6 +280,15 @@ def map_loopback_to(stack: SocketStack) -> Iterator[None]:
         _loopback.set(previous)
 
 
+def _clock_now() -> Callable[[], float]:
+    """The current run's ``clock.current_time``: what ``trio.current_time()`` calls, through
+    two wrappers less (a socket made outside a run falls back to ``trio.current_time``)."""
+    try:
+        return trio.lowlevel.current_clock().current_time
+    except RuntimeError:
+        return trio.current_time
+
+
 class StackSocket(trio.socket.SocketType):
     """An AF_INET socket on a trio_yastack stack (TCP for SOCK_STREAM, UDP for SOCK_DGRAM)."""
 
@@ -290,6 +299,9 @@ class StackSocket(trio.socket.SocketType):
         self._stack = stack
         #: the poll loop's doorbell, called after each send and read (bound once, not looked up)
         self._kick = stack.kick
+        #: trio.current_time() without its two wrappers (the run's clock, bound once): each
+        #: send and read passes the time to the stack
+        self._now = _clock_now()
         self._type = type_ & _TYPE_MASK
         if self._type not in (SOCK_STREAM, SOCK_DGRAM):
             raise _oserror(errno.EPROTONOSUPPORT, "only SOCK_STREAM and SOCK_DGRAM")
@@ -729,7 +741,7 @@ class StackSocket(trio.socket.SocketType):
             # The common case in line (one coroutine frame less per send): the send buffer
             # copies from what the application passed, so no view of our own is made and
             # released; the poll loop sends it at its next turn (kick wakes it if it sleeps).
-            taken = conn.send(data, trio.current_time())  # raises ECONNRESET & co with the kernel's errno
+            taken = conn.send(data, self._now())  # raises ECONNRESET & co with the kernel's errno
             if taken:
                 self._kick()
                 await trio.lowlevel.cancel_shielded_checkpoint()
@@ -752,7 +764,7 @@ class StackSocket(trio.socket.SocketType):
             raise _oserror(errno.EPIPE)
         if not (data.nbytes if data.__class__ is memoryview else len(data)):
             return 0
-        taken = conn.send(data, trio.current_time())  # raises ECONNRESET & co with the kernel's errno
+        taken = conn.send(data, self._now())  # raises ECONNRESET & co with the kernel's errno
         if not taken:
             raise BlockingIOError(errno.EAGAIN, os.strerror(errno.EAGAIN))
         self._kick()
@@ -763,7 +775,7 @@ class StackSocket(trio.socket.SocketType):
             await trio.lowlevel.cancel_shielded_checkpoint()
             return 0
         while True:
-            taken = conn.send(data, trio.current_time())  # raises ECONNRESET & co with the kernel's errno
+            taken = conn.send(data, self._now())  # raises ECONNRESET & co with the kernel's errno
             if taken:
                 self._kick()
                 await trio.lowlevel.cancel_shielded_checkpoint()
@@ -797,11 +809,8 @@ class StackSocket(trio.socket.SocketType):
                 if not waited:
                     await trio.lowlevel.cancel_shielded_checkpoint()
                 return b""
-            data: bytes | None
-            if peek and conn.rcvbuf:
-                data = conn.rcvbuf.peek(bufsize)  # MSG_PEEK: a copy, the data stays queued
-            else:
-                data = conn.receive(bufsize, trio.current_time())  # (empty: takes nothing)
+            # MSG_PEEK: a copy, the data stays queued; else what is there (empty: takes nothing)
+            data = conn.rcvbuf.peek(bufsize) if peek and conn.rcvbuf else conn.receive(bufsize, self._now())
             if data is not None:
                 self._kick()
                 if not waited:
@@ -828,7 +837,7 @@ class StackSocket(trio.socket.SocketType):
             conn = self._stream_conn()  # ENOTCONN: not a connected TCP socket
         if self._shut_rd:
             return b""
-        data = conn.receive(bufsize, trio.current_time())
+        data = conn.receive(bufsize, self._now())
         if data is None:
             raise BlockingIOError(errno.EAGAIN, os.strerror(errno.EAGAIN))
         self._kick()

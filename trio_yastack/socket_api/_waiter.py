@@ -33,14 +33,17 @@ class Waiter:
         return len(self._parked)
 
     @enable_ki_protection  # a KeyboardInterrupt must not leave a task half-woken
-    def wake(self) -> None:
-        """Wake every task parked here.  Nobody parked is the common case (a socket closed by
-        its only task, a connection whose reader has not parked yet): then it costs one test."""
+    def wake(self) -> bool:
+        """Wake every task parked here; whether there was one.  Nobody parked is a common case
+        (a socket closed by its only task, a connection whose reader has not parked yet): then
+        it costs one test."""
         parked = self._parked
         if parked:
             self._parked = []
             for task in parked:
                 _reschedule(task)
+            return True
+        return False
 
     @enable_ki_protection  # between the append and the park, a KeyboardInterrupt would strand it
     async def wait(self) -> None:
