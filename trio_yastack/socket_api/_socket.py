@@ -1131,6 +1131,7 @@ class StackSocket(trio.socket.SocketType):
                 conn.set_keepalive(enabled, now)
 
     # -- readiness and closing ------------------------------------------------------------------
+    @trio.lowlevel.enable_ki_protection  # the park: a KeyboardInterrupt must not strand the task
     async def _wait(self, sending: bool = False) -> None:
         """Park until the poll loop reports a change.  As with trio's kernel sockets, a second
         task waiting in the same direction is a ``trio.BusyResourceError``."""
@@ -1144,7 +1145,7 @@ class StackSocket(trio.socket.SocketType):
                 raise trio.BusyResourceError("another task is already receiving on this socket")
             self._receiver = task
         try:
-            await self._waiter.wait()
+            await trio.lowlevel.wait_task_rescheduled(self._waiter.park(task))  # Waiter.wait, in line
         finally:
             if sending:
                 self._sender = None
