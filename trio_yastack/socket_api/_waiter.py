@@ -5,9 +5,11 @@ per turn, so a burst of 32 datagrams for one socket costs one wake-up.
 
 A waiter is a list of parked tasks handed to ``trio.lowlevel.reschedule`` directly, not a
 ``trio.lowlevel.ParkingLot``: a socket has at most a receiver and a sender parked (trio's
-``BusyResourceError`` keeps it so), and a wake-up per request is on the keep-alive path, where
-the lot's generality (an ordered dict, ``unpark``'s count arithmetic and list of woken tasks,
-its ``broken_by`` check, one more coroutine frame per park) cost 6 % of a responder's CPU.
+``BusyResourceError`` keeps it so), and a park and a wake-up per request are on the keep-alive
+path, where the lot's generality (an ordered dict, ``unpark``'s count arithmetic and list of
+woken tasks, its ``broken_by`` check, a coroutine frame more per park) showed: the lot's park
+and wake were 6.6 % of a keep-alive responder's samples, and a park-wake cycle of 50 tasks
+costs 2.6 µs on this list against 3.7 µs on a lot (scheduler included).
 The behaviour is the lot's: ``wake()`` reschedules every task parked at that moment, in the
 order they parked; a parked task that is cancelled leaves the list (its abort function).
 """
