@@ -12,10 +12,19 @@ elsewhere on the machine spreads over both:
 - ``segment``: microseconds of CPU per received in-order data segment, sans-IO, from
   ``ether_input`` to the receive buffer (one ACK per burst included), bursts of 1 and 32;
 - ``request``: microseconds of CPU per request/response on one connection, sans-IO: the request
-  in (acknowledging the last response), read, the response written and its segment out.
+  in (acknowledging the last response), read, the response written and its segment out;
+- ``keepalive``: the 25-line responder's loop and a wrk-like client (50 connections, each a
+  request, then its response, and again) on two stacks over a memory wire in this process:
+  CPU microseconds per request for both sides together, every layer between the trio
+  application and the wire (``SocketStream``, the socket layer, both poll loops, both stacks)
+  without a kernel or a NIC in the way.  The rows the socket layer's and the poll loop's changes
+  show in (issue 18: the keep-alive request/response path).
+
+``--rows`` picks rows; run from a base tree's ``PYTHONPATH`` (same venv, same native build) to
+measure it side by side with the same benchmark code.
 
     python benchmarks/bench_fastpath.py [--rounds R] [--seconds S] [--megabytes N] [--rigs tap,af_packet]
-                                        [--quick]
+                                        [--rows segment,request,keepalive,memory_wire,responder] [--quick]
 """
 
 from __future__ import annotations
@@ -169,6 +178,53 @@ def run_request(fast: bool, requests: int = 3000) -> float:
     return best * 1e6
 
 
+KEEPALIVE_REQUEST = b"GET / HTTP/1.1\r\nHost: 198.18.0.2:8080\r\n\r\n"
+
+
+def run_keepalive(fast: bool, connections: int = 50, requests: int = 100) -> float:
+    """CPU microseconds per request of ``bench_ports.respond`` (the 25-line responder) on one
+    stack and ``connections`` clients on another, over a memory wire in this process: each
+    client writes a request, reads the whole response, and again, ``requests`` times."""
+    from bench_ports import RESPONSE, respond
+
+    async def main() -> float:
+        a_port, b_port = memory_wire()
+        async with (
+            open_stack(a_port, ip="198.18.0.1/24") as a,
+            open_stack(b_port, ip="198.18.0.2/24") as b,
+        ):
+            a.core.fast_path = b.core.fast_path = fast
+            listener = b.tcp_listen(8080)
+            streams = [await a.tcp_connect("198.18.0.2", 8080) for _ in range(connections)]
+            async with trio.open_nursery() as servers:
+                for _ in streams:
+                    servers.start_soon(respond, await listener.accept())
+
+                async def client(stream: trio.SocketStream) -> None:
+                    for _ in range(requests):
+                        await stream.send_all(KEEPALIVE_REQUEST)
+                        got = 0
+                        while got < len(RESPONSE):
+                            chunk = await stream.receive_some(65536)
+                            assert chunk, "the responder closed"
+                            got += len(chunk)
+
+                started = time.process_time()
+                async with trio.open_nursery() as clients:
+                    for stream in streams:
+                        clients.start_soon(client, stream)
+                busy = time.process_time() - started
+                for stream in streams:
+                    await stream.aclose()
+            await listener.aclose()
+        return busy / (connections * requests) * 1e6
+
+    return trio.run(main)
+
+
+ROWS = ("segment", "request", "keepalive", "memory_wire", "responder")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -177,8 +233,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=8)
     parser.add_argument("--megabytes", type=int, default=100)
     parser.add_argument("--rigs", default="tap,af_packet", help="ports for the responder rows")
+    parser.add_argument("--rows", default=",".join(ROWS), help="which rows (comma-separated)")
     parser.add_argument("--quick", action="store_true", help="one short round")
     args = parser.parse_args()
+    wanted = set(args.rows.split(","))
+    if wanted - set(ROWS):
+        parser.error(f"unknown rows {sorted(wanted - set(ROWS))}: choose from {', '.join(ROWS)}")
     if args.quick:
         args.rounds, args.seconds, args.megabytes = 1, 3, 20
     rows: dict[str, list[float]] = {}
@@ -186,24 +246,28 @@ def main() -> None:
     for _ in range(args.rounds):
         for fast in (True, False):
             name = "on" if fast else "off"
-            for size in (1, 32):
+            for size in (1, 32) if "segment" in wanted else ():
                 rows.setdefault(f"segment_us_burst{size}_{name}", []).append(run_segment(size, fast))
-            rows.setdefault(f"request_us_{name}", []).append(run_request(fast))
-            rows.setdefault(f"memory_wire_MBps_{name}", []).append(
-                run_memory_wire(args.megabytes << 20, fast)
-            )
-            for rig in args.rigs.split(",") if why_not is None else []:
+            if "request" in wanted:
+                rows.setdefault(f"request_us_{name}", []).append(run_request(fast))
+            if "keepalive" in wanted:
+                rows.setdefault(f"keepalive_us_{name}", []).append(run_keepalive(fast))
+            if "memory_wire" in wanted:
+                rows.setdefault(f"memory_wire_MBps_{name}", []).append(
+                    run_memory_wire(args.megabytes << 20, fast)
+                )
+            for rig in args.rigs.split(",") if why_not is None and "responder" in wanted else []:
                 got = run_responder_stack(rig, args.seconds, fast)
                 rows.setdefault(f"responder_{rig}_rps_{name}", []).append(got["requests_per_s"])
                 rows.setdefault(f"responder_{rig}_cpu_us_per_request_{name}", []).append(
                     got["cpu_us_per_request"]
                 )
-        if why_not is None:
+        if why_not is None and "responder" in wanted:
             rows.setdefault("responder_kernel_rps", []).append(
                 run_responder_kernel(args.seconds)["requests_per_s"]
             )
     result: dict[str, Any] = {name: spread(values) for name, values in rows.items()}
-    if why_not is None:
+    if why_not is None and "responder" in wanted and "tap" in args.rigs.split(","):
         kernel = result["responder_kernel_rps"]["median"]
         for name in ("on", "off"):
             result[f"responder_tap_{name}_over_kernel"] = (
@@ -213,7 +277,7 @@ def main() -> None:
     result["load_average"] = load_average()
     result["date"] = datetime.now(UTC).isoformat(timespec="seconds")
     print(json.dumps(result, indent=2))  # first on stdout: run_all.py reads it
-    if not args.quick:  # a quick run proves the benchmark runs; its figures are not kept
+    if not args.quick and wanted == set(ROWS):  # a quick or partial run's figures are not kept
         RESULTS.mkdir(exist_ok=True)
         (RESULTS / "fastpath.json").write_text(json.dumps(result, indent=2))
 

@@ -19,6 +19,7 @@ import trio.testing
 
 from trio_yastack.dispatch import PollLoop
 from trio_yastack.nic import memory_wire
+from trio_yastack.socket_api._waiter import Waiter as SocketWaiter
 from trio_yastack.stack import InterfaceConfig, StackConfig, StackCore
 from trio_yastack.stack.wire import MacAddress
 
@@ -151,3 +152,59 @@ async def wait_idle_again(loop: PollLoop, waits: int) -> None:
         if loop.stats.idle_waits > waits and loop._idle_scope is not None:
             return
     raise AssertionError("the kick did not wake the poll loop")
+
+
+async def test_a_turn_that_woke_a_task_turns_again_until_it_ran(mock_clock: trio.testing.MockClock) -> None:
+    """A keep-alive request's path: the loop wakes the reader, whose response (deferred
+    output and a kick) must find the loop still turning, not asleep -- one sleep per request,
+    not two (the loop slept right after the wake-up, and the response's kick ended that sleep).
+    Twenty rounds: trio runs each batch in either order, so both orders of the loop's next turn
+    and the woken task are taken."""
+    async with idle_loop() as (loop, _peer):
+        owner = Owner()
+        owner.waiter = SocketWaiter()  # type: ignore[assignment]  # the socket layer's, which parks a task
+        for _ in range(20):
+            waits = loop.stats.idle_waits
+            pending = Pending()
+
+            async def reader(pending: Pending) -> None:
+                await owner.waiter.wait()  # type: ignore[attr-defined]  # a SocketWaiter here
+                loop.core.output_pending[pending] = None  # what a send leaves
+                loop.kick()
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(reader, pending)
+                await trio.testing.wait_all_tasks_blocked()
+                loop.core.ready[owner] = None  # data arrived for it (as a turn's input leaves it)
+                loop.kick()
+            await wait_idle_again(loop, waits)
+            assert len(pending.calls) == 1
+            assert loop.stats.idle_waits == waits + 1
+
+
+async def test_a_wake_with_nobody_parked_costs_no_extra_turn(mock_clock: trio.testing.MockClock) -> None:
+    """An object made ready with no task parked on it (its reader is busy) wakes nobody, so the
+    loop sleeps after that turn as before (no turn to wait for a task that was never woken)."""
+    async with idle_loop() as (loop, _peer):
+        owner = Owner()
+        owner.waiter = SocketWaiter()  # type: ignore[assignment]  # nobody parked on it
+        turns = count_turns(loop)
+        waits = loop.stats.idle_waits
+        loop.core.ready[owner] = None
+        loop.kick()
+        await wait_idle_again(loop, waits)
+        assert loop.stats.idle_waits == waits + 1
+        assert turns == [1]  # one turn (one rx_burst), then asleep
+
+
+def count_turns(loop: PollLoop) -> list[int]:
+    """A one-item list counting the loop's turns from now on (each turn makes one rx_burst)."""
+    turns = [0]
+    rx_burst = loop.port.rx_burst
+
+    def counted(queue: int, max_n: int) -> Any:
+        turns[0] += 1
+        return rx_burst(queue, max_n)
+
+    loop.port.rx_burst = counted  # type: ignore[method-assign]  # the loop reads it per turn
+    return turns

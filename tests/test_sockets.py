@@ -1277,3 +1277,32 @@ async def test_sendmsg_and_recvmsg(autojump_clock: trio.testing.MockClock) -> No
         assert info.value.errno == errno.EOPNOTSUPP
         sender.close()
         receiver.close()
+
+
+async def test_a_cancelled_receive_leaves_the_socket_to_the_next_one(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A ``receive_some`` parked on a socket and cancelled leaves no trace: the next receiver
+    (another task) is not busy-refused and gets the bytes that arrive later, and the wake-up
+    those bytes cause reschedules only the task that waits (the socket layer parks tasks on
+    its own list, not a ``ParkingLot``: a cancelled task must leave it)."""
+    async with two_stacks() as (a, b):
+        listener = b.tcp_listen(7001)
+        client = await a.tcp_connect(B_IP, 7001)
+        server = await listener.accept()
+        with trio.move_on_after(5) as scope:
+            await server.receive_some(100)
+        assert scope.cancelled_caught
+        got: list[bytes] = []
+
+        async def receive() -> None:
+            got.append(await server.receive_some(100))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(receive)
+            await trio.testing.wait_all_tasks_blocked()
+            await client.send_all(b"after the cancel")
+        assert got == [b"after the cancel"]
+        await client.aclose()
+        await server.aclose()
+        await listener.aclose()

@@ -80,10 +80,15 @@ class Stack:
     To the socket layer it is a :class:`~trio_yastack.socket_api.SocketStack`: its ``core``,
     ``address`` and ``kick()``."""
 
+    #: Ask the poll loop to flush what an application call queued: the loop's own ``kick``,
+    #: bound, not wrapped in a method of ours (sockets call it on every send and read)
+    kick: Callable[[], None]
+
     def __init__(self, core: StackCore, port: Port, loop: PollLoop) -> None:
         self.core = core
         self.port = port
         self._loop = loop
+        self.kick = loop.kick
 
     @property
     def address(self) -> IPv4Address:
@@ -98,10 +103,6 @@ class Stack:
         """This stack's place among several cores (its id, queues, rings and dispatch
         counters), or ``None`` when it runs alone."""
         return self._loop.layout
-
-    def kick(self) -> None:
-        """Ask the poll loop to flush what an application call queued."""
-        self._loop.kick()
 
     def statistics(self) -> StackStatistics:
         return self.core.statistics()

@@ -131,6 +131,7 @@ class PollLoop:
         self.flush()
         task_status.started()
         layout = self.layout
+        woke_last = False  # whether the previous turn woke tasks
         while True:
             frames = port.rx_burst(queue, burst) if queue is not None else []
             now = trio.current_time()
@@ -163,14 +164,22 @@ class PollLoop:
                 core.run_pending_output(now)  # what the applications sent since the last turn
             except Exception as exc:
                 self._internal_error("run_timers", exc)
-            self.wake_ready()
+            woke = self.wake_ready()
             self.flush()
             if core.corked and self._release_corked():
                 await trio.lowlevel.checkpoint()  # tails are held: turn again, never sleep on them
+                woke_last = woke
                 continue
-            if frames:
+            if frames or woke or woke_last:
+                # Tasks this turn or the one before woke may not have run yet (trio runs a
+                # batch in either order, the loop's next turn maybe first): turn again rather
+                # than sleep, so their sends (a keep-alive request's response) find the loop
+                # awake, not a sleep that each send's kick must end -- a scope cancelled, an
+                # epoll registration made and withdrawn, a turn more.
                 await trio.lowlevel.checkpoint()
+                woke_last = woke
                 continue
+            woke_last = False
             deadline = core.next_deadline()
             if deadline is not None and deadline <= now:
                 await trio.lowlevel.checkpoint()
@@ -279,15 +288,20 @@ class PollLoop:
             for ring in layout.rings_in:
                 ring.woke()
 
-    def wake_ready(self) -> None:
-        """Wake, once each, the tasks waiting on objects that changed in this turn."""
+    def wake_ready(self) -> bool:
+        """Wake, once each, the tasks waiting on objects that changed in this turn; True when a
+        task was parked on one (the loop then turns again before it sleeps)."""
         if not self.core.ready:
-            return
+            return False
+        stats = self.stats
+        woke = False
         for owner in self.core.take_ready():
             waiter: Any = owner.waiter
             if waiter is not None:
-                self.stats.wakeups += 1
-                waiter.wake()
+                stats.wakeups += 1
+                if waiter.wake():  # a Waiter says whether a task was parked there
+                    woke = True
+        return woke
 
     def flush(self) -> None:
         """Hand the stack's outbox to the port in one ``tx_burst``; frames it refuses are dropped

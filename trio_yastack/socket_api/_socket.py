@@ -21,7 +21,7 @@ import operator
 import os
 import socket as _stdlib_socket
 import struct
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -243,7 +243,9 @@ _SEND_FLAGS = (
     | getattr(_stdlib_socket, "MSG_NOSIGNAL", 0)
 )
 _MSG_MORE = getattr(_stdlib_socket, "MSG_MORE", 0)
-_MSG_PEEK = _stdlib_socket.MSG_PEEK
+#: a plain int: ``flags & MSG_PEEK`` with the enum member runs ``Flag.__and__`` and makes a
+#: ``MsgFlag`` on every ``recv`` (1 % of a keep-alive responder's CPU)
+_MSG_PEEK = int(_stdlib_socket.MSG_PEEK)
 _RECV_FLAGS = _MSG_PEEK | getattr(_stdlib_socket, "MSG_DONTWAIT", 0)
 _MAX_UDP_PAYLOAD = 65507  # an IPv4 datagram's payload at most (a corked one is bounded by it)
 
@@ -278,6 +280,15 @@ def map_loopback_to(stack: SocketStack) -> Iterator[None]:
         _loopback.set(previous)
 
 
+def _clock_now() -> Callable[[], float]:
+    """The current run's ``clock.current_time``: what ``trio.current_time()`` calls, through
+    two wrappers less (a socket made outside a run falls back to ``trio.current_time``)."""
+    try:
+        return trio.lowlevel.current_clock().current_time
+    except RuntimeError:
+        return trio.current_time
+
+
 class StackSocket(trio.socket.SocketType):
     """An AF_INET socket on a trio_yastack stack (TCP for SOCK_STREAM, UDP for SOCK_DGRAM)."""
 
@@ -286,6 +297,11 @@ class StackSocket(trio.socket.SocketType):
     ) -> None:
         super().__init__()
         self._stack = stack
+        #: the poll loop's doorbell, called after each send and read (bound once, not looked up)
+        self._kick = stack.kick
+        #: trio.current_time() without its two wrappers (the run's clock, bound once): each
+        #: send and read passes the time to the stack
+        self._now = _clock_now()
         self._type = type_ & _TYPE_MASK
         if self._type not in (SOCK_STREAM, SOCK_DGRAM):
             raise _oserror(errno.EPROTONOSUPPORT, "only SOCK_STREAM and SOCK_DGRAM")
@@ -448,6 +464,7 @@ class StackSocket(trio.socket.SocketType):
             self._pcb = UdpPcb()
             self._pcb.waiter = self._waiter
         self._stack = stack
+        self._kick = stack.kick
 
     def _routes(self, ip: int) -> bool:
         """Whether the stack can send to ``ip`` (on-link, our own, broadcast, or via a gateway)."""
@@ -668,7 +685,7 @@ class StackSocket(trio.socket.SocketType):
         conn.waiter = self._waiter
         self._conn = conn
         self._apply_connection_options()
-        self._stack.kick()
+        self._kick()
         try:
             while not conn.established:
                 if conn.error or conn.state == 0:
@@ -679,7 +696,7 @@ class StackSocket(trio.socket.SocketType):
         except BaseException:
             if conn.state != 0:
                 conn.abort(trio.current_time())
-                self._stack.kick()
+                self._kick()
             raise
         await trio.lowlevel.checkpoint()
 
@@ -713,12 +730,23 @@ class StackSocket(trio.socket.SocketType):
                 return await self._udp_send(data, None, flags)
         assert conn is not None
         kind = data.__class__
-        if kind is bytes or kind is bytearray or (kind is memoryview and data.ndim == 1):
-            # What trio's send_all passes (a memoryview slice) and what applications pass: the
-            # send buffer copies from it directly, so no view of our own is made and released.
-            return await self._send_stream(conn, data)
-        with memoryview(data) as view:  # any other buffer object (array, mmap, a 0-d view, ...)
-            return await self._send_stream(conn, view)
+        if kind is memoryview and data.ndim == 1:
+            size = data.nbytes  # what trio's send_all passes: a slice of a view of its data
+        elif kind is bytes or kind is bytearray:
+            size = len(data)
+        else:
+            with memoryview(data) as view:  # any other buffer object (array, mmap, a 0-d view, ...)
+                return await self._send_stream(conn, view)
+        if size:
+            # The common case in line (one coroutine frame less per send): the send buffer
+            # copies from what the application passed, so no view of our own is made and
+            # released; the poll loop sends it at its next turn (kick wakes it if it sleeps).
+            taken = conn.send(data, self._now())  # raises ECONNRESET & co with the kernel's errno
+            if taken:
+                self._kick()
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                return taken
+        return await self._send_stream(conn, data)  # nothing to send, or no room: wait for it
 
     def send_nowait(self, data: bytes | bytearray | memoryview) -> int:
         """``send()`` on a connected TCP socket without waiting and without a scheduler pass:
@@ -736,10 +764,10 @@ class StackSocket(trio.socket.SocketType):
             raise _oserror(errno.EPIPE)
         if not (data.nbytes if data.__class__ is memoryview else len(data)):
             return 0
-        taken = conn.send(data, trio.current_time())  # raises ECONNRESET & co with the kernel's errno
+        taken = conn.send(data, self._now())  # raises ECONNRESET & co with the kernel's errno
         if not taken:
             raise BlockingIOError(errno.EAGAIN, os.strerror(errno.EAGAIN))
-        self._stack.kick()
+        self._kick()
         return taken
 
     async def _send_stream(self, conn: TcpConnection, data: bytes | bytearray | memoryview) -> int:
@@ -747,9 +775,9 @@ class StackSocket(trio.socket.SocketType):
             await trio.lowlevel.cancel_shielded_checkpoint()
             return 0
         while True:
-            taken = conn.send(data, trio.current_time())  # raises ECONNRESET & co with the kernel's errno
+            taken = conn.send(data, self._now())  # raises ECONNRESET & co with the kernel's errno
             if taken:
-                self._stack.kick()
+                self._kick()
                 await trio.lowlevel.cancel_shielded_checkpoint()
                 return taken
             await self._wait(sending=True)
@@ -781,13 +809,10 @@ class StackSocket(trio.socket.SocketType):
                 if not waited:
                     await trio.lowlevel.cancel_shielded_checkpoint()
                 return b""
-            data: bytes | None
-            if peek and conn.rcvbuf:
-                data = conn.rcvbuf.peek(bufsize)  # MSG_PEEK: a copy, the data stays queued
-            else:
-                data = conn.receive(bufsize, trio.current_time())  # (empty: takes nothing)
+            # MSG_PEEK: a copy, the data stays queued; else what is there (empty: takes nothing)
+            data = conn.rcvbuf.peek(bufsize) if peek and conn.rcvbuf else conn.receive(bufsize, self._now())
             if data is not None:
-                self._stack.kick()
+                self._kick()
                 if not waited:
                     # One scheduler pass per call, as trio's recv: a call that parked had its
                     # pass there (trio's _nonblocking_helper returns right after its wait too)
@@ -812,10 +837,10 @@ class StackSocket(trio.socket.SocketType):
             conn = self._stream_conn()  # ENOTCONN: not a connected TCP socket
         if self._shut_rd:
             return b""
-        data = conn.receive(bufsize, trio.current_time())
+        data = conn.receive(bufsize, self._now())
         if data is None:
             raise BlockingIOError(errno.EAGAIN, os.strerror(errno.EAGAIN))
-        self._stack.kick()
+        self._kick()
         return data
 
     async def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
@@ -832,7 +857,7 @@ class StackSocket(trio.socket.SocketType):
             self._shut_wr = True
             if self._conn is not None:
                 self._conn.shutdown(trio.current_time())
-                self._stack.kick()
+                self._kick()
         if flag in (_stdlib_socket.SHUT_RD, _stdlib_socket.SHUT_RDWR):
             self._shut_rd = True
             self._waiter.wake()
@@ -901,7 +926,7 @@ class StackSocket(trio.socket.SocketType):
         except OSError:
             await trio.lowlevel.cancel_shielded_checkpoint()
             raise
-        self._stack.kick()
+        self._kick()
         await trio.lowlevel.cancel_shielded_checkpoint()
         return sent if size < 0 else size
 
@@ -1106,6 +1131,7 @@ class StackSocket(trio.socket.SocketType):
                 conn.set_keepalive(enabled, now)
 
     # -- readiness and closing ------------------------------------------------------------------
+    @trio.lowlevel.enable_ki_protection  # the park: a KeyboardInterrupt must not strand the task
     async def _wait(self, sending: bool = False) -> None:
         """Park until the poll loop reports a change.  As with trio's kernel sockets, a second
         task waiting in the same direction is a ``trio.BusyResourceError``."""
@@ -1119,7 +1145,7 @@ class StackSocket(trio.socket.SocketType):
                 raise trio.BusyResourceError("another task is already receiving on this socket")
             self._receiver = task
         try:
-            await self._waiter.wait()
+            await trio.lowlevel.wait_task_rescheduled(self._waiter.park(task))  # Waiter.wait, in line
         finally:
             if sending:
                 self._sender = None
@@ -1171,7 +1197,7 @@ class StackSocket(trio.socket.SocketType):
             self._stack.core.tcp.bound_ports.discard(self._bound[1])
         if self._pcb is not None:
             self._stack.core.udp.close(self._pcb)
-        self._stack.kick()
+        self._kick()
         self._waiter.wake()  # tasks parked on this socket see EBADF (trio: ClosedResourceError)
 
     def _linger_zero(self) -> bool:

@@ -196,6 +196,14 @@ class ReceiveBuffer(_ByteQueue):
     def read(self, max_bytes: int) -> bytes:
         """Up to ``max_bytes``, oldest first; ``b""`` when empty (the caller decides whether that means
         wait or end of stream)."""
+        buf = self._buf
+        if not self._head and 0 < len(buf) <= max_bytes:
+            # Everything, from the bytearray's start: a keep-alive server reading a request that
+            # arrived whole (the buffer restarts at 0 each time it is emptied).  One copy, without
+            # the two views and the offset arithmetic of the general case.
+            data = bytes(buf)
+            buf.clear()
+            return data
         if max_bytes < 0:
             raise ValueError(f"negative max_bytes {max_bytes}")
         length = min(max_bytes, len(self))
