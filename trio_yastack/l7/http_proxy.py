@@ -278,6 +278,7 @@ class _RequestBody:
         self.complete = False
         self.expect_continue = ds.h11.they_are_waiting_for_100_continue
         self.decoder: RequestDecoder | None = None  # a filter's transform of the body (gRPC-Web text)
+        self.hold = False  # a filter reads the body before the router: keep all of it for the upload
         self.framing = "length"
         self.empty = True
         if ds.plain:
@@ -318,9 +319,14 @@ class _RequestBody:
                 self.kept_bytes += len(data)
                 if self.kept_bytes <= RETRY_BUFFER:
                     self.kept.append(data)
+                elif self.hold:  # kept for the upload (read by a filter), too large to replay
+                    self.kept.append(data)
+                    self.replayable = False
                 else:
                     self.replayable = False
                     self.kept.clear()
+            elif self.hold:
+                self.kept.append(data)
             return data
         if isinstance(event, h11.EndOfMessage):
             if self.decoder is not None:
@@ -946,9 +952,14 @@ class HttpConnectionManagerRuntime:
         extra: Sequence[tuple[bytes, bytes]] = ()  # no allocation when there are no filters
         flags: Sequence[str] = ()
         outcome = None
+        filter_body = None
         if self.filters is not None:
+            if self.filters.reads_body:  # lua's body(), ext_authz's with_request_body: read here, kept
+                plain_body = request.body if isinstance(request, PlainRequest) else b""
+                filter_body = _RequestBody(ds, headers, self.limits, timing, plain_body)
             outcome = await self.filters.decode(
-                RequestView(method, target, headers, vhost, route, ds.filter_state, ds), trio.current_time
+                RequestView(method, target, headers, vhost, route, ds.filter_state, ds, filter_body),
+                trio.current_time,
             )
             flags, extra = outcome.flags, outcome.response_headers
             if outcome.status is not None:
@@ -981,7 +992,7 @@ class HttpConnectionManagerRuntime:
                 )
                 return True
             return await self._route_to_cluster(
-                ds, request, headers, route, route.action, timing, record, extra, outcome
+                ds, request, headers, route, route.action, timing, record, extra, outcome, filter_body
             )
         finally:
             if flags:  # a delay injected: listed before the router's own flags, if any
@@ -1007,10 +1018,12 @@ class HttpConnectionManagerRuntime:
         self, ds: _Downstream, request: h11.Request | PlainRequest, headers: list[tuple[bytes, bytes]],
         route: Route, action: RouteAction, timing: _Timing, record: AccessRecord,
         response_headers: Sequence[tuple[bytes, bytes]], outcome: FilterOutcome | None,
+        body: _RequestBody | None = None,
     ) -> bool:  # fmt: skip
         """Hand the request to the router (:class:`_RouterRequest`) within the cluster's
-        ``max_requests``; True keeps the client connection."""
-        rq = _RouterRequest(self, ds, request, headers, route, action, timing, record)
+        ``max_requests``; True keeps the client connection.  ``body``: the request body as the
+        filters read it (its kept part is uploaded first)."""
+        rq = _RouterRequest(self, ds, request, headers, route, action, timing, record, body)
         rq.response_headers = response_headers
         rq.filters = outcome
         if outcome is not None and outcome.request_decoder is not None:
@@ -1118,16 +1131,18 @@ class _RouterRequest:
     def __init__(
         self, hcm: HttpConnectionManagerRuntime, ds: _Downstream, request: h11.Request | PlainRequest,
         headers: list[tuple[bytes, bytes]], route: Route, action: RouteAction, timing: _Timing,
-        record: AccessRecord,
+        record: AccessRecord, body: _RequestBody | None = None,
     ) -> None:  # fmt: skip
         self.hcm = hcm
         self.ds = ds
         self.timing = timing
         self.record = record
         self.cluster = _pick_cluster(hcm, action)
-        self.body = _RequestBody(
-            ds, headers, hcm.limits, timing, request.body if isinstance(request, PlainRequest) else b""
-        )
+        if body is None:
+            body = _RequestBody(
+                ds, headers, hcm.limits, timing, request.body if isinstance(request, PlainRequest) else b""
+            )
+        self.body = body
         self.method = request.method
         self.target = b""
         self.upstream_headers: list[tuple[bytes, bytes]] = []

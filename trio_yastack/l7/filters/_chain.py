@@ -53,6 +53,7 @@ if TYPE_CHECKING:
 __all__ = [
     "FilterOutcome",
     "HttpFilterChain",
+    "RequestBody",
     "RequestDecoder",
     "RequestView",
     "ResponseEncoder",
@@ -74,6 +75,22 @@ class ResponseEncoder(Protocol):
     def encode_data(self, data: bytes) -> bytes: ...
 
     def encode_end(self, trailers: Headers) -> tuple[bytes, Headers]: ...
+
+
+class RequestBody(Protocol):
+    """The request body as the connection manager reads it (``http_proxy._RequestBody``), for the
+    filters that read it before the router does (Lua's ``body()``, ext_authz's ``with_request_body``):
+    ``read_more`` takes the next piece from the client (b"" at the end; too large a body raises the
+    connection manager's 413), ``kept`` holds what was read while ``hold`` is set (the router uploads
+    it first), ``complete`` says the client's body has ended.  See :mod:`._body`."""
+
+    kept: list[bytes]
+    complete: bool
+    hold: bool
+    replayable: bool
+    framing: str
+
+    async def read_more(self) -> bytes: ...
 
 
 class RequestDecoder(Protocol):
@@ -124,6 +141,8 @@ class RequestView:
     route: Route | None
     connection_state: dict[int, object]
     downstream: object = None
+    #: the request body, for the filters that read it (None: no such filter in the chain)
+    body: RequestBody | None = None
 
     def per_filter_config(self, name: str) -> PerRouteConfig | None:
         """The most specific ``typed_per_filter_config`` for filter ``name``: route, then virtual host."""
@@ -238,9 +257,17 @@ class HttpFilterChain:
             elif f.name == LUA_NAME:
                 from ._lua import LuaFilter
 
-                self.filters.append((f, LuaFilter(f.config, scope)))  # type: ignore[arg-type]  # the config's type follows its name
+                self.filters.append((f, LuaFilter(f.config, scope, clusters)))  # type: ignore[arg-type]  # the config's type follows its name
             elif f.name == RBAC_NAME:
                 self.filters.append((f, RbacFilter(f.config, scope)))  # type: ignore[arg-type]  # the config's type follows its name
+        self._reads_body = any(getattr(runtime, "reads_body", False) for _, runtime in self.filters)
+
+    @property
+    def reads_body(self) -> bool:
+        """Whether a filter of the chain may read the request body before the router (Lua, whose
+        scripts may call ``body()``; ext_authz with ``with_request_body`` here or on a route):
+        then the connection manager hands the filters a :class:`RequestBody`."""
+        return self._reads_body
 
     @staticmethod
     def needed(filters: tuple[HttpFilter, ...]) -> bool:

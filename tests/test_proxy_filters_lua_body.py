@@ -1,0 +1,198 @@
+"""``envoy.filters.http.lua``'s ``body()`` and ``httpCall()`` through the proxy, as Envoy documents
+them: the script waits for the whole request body (Content-Length and chunked, one larger than the
+retry buffer), reads it with ``getBytes`` and replaces it with ``setBytes`` (the backend gets the new
+body and its new Content-Length); ``body()`` of an empty body is nil unless ``always_wrap_body``;
+``httpCall()`` to a cluster answers the response's headers and body, a failed call answers 503
+``upstream failure``, an asynchronous one is made without the script waiting, and a call to an
+unknown cluster or without ``:authority`` fails the script (counted) while the request goes on.
+
+On the in-process simulator under trio's MockClock: the proxy on stack A (198.18.0.2:10000), the
+hypercorn backend and the clients on stack B (198.18.0.1).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import textwrap
+
+import h11
+import trio
+import trio.testing
+from proxy_helpers import BackendApp, Client, connect, running_proxy, start_backend, wait_until
+from socket_helpers import two_stacks
+
+from trio_yastack.l7.config import HCM_TYPE, load_config
+
+LIMIT = 60
+
+SCRIPT = """
+function envoy_on_request(h)
+  local headers = h:headers()
+  local path = headers:get(":path")
+  if path == "/echo" and headers:get("x-rewrite") then
+    local body = h:body()
+    local text = body:getBytes(0, body:length())
+    body:setBytes(string.upper(text) .. "!")
+    headers:add("x-new-length", tostring(body:length()))
+  elseif path == "/echo" then
+    local body = h:body()
+    headers:add("x-seen-length", tostring(body:length()))
+    headers:add("x-tail", body:getBytes(body:length() - 4, 4))
+  elseif path == "/empty" then
+    headers:add("x-body", tostring(h:body()))
+    headers:add("x-wrapped", tostring(h:body(true):length()))
+  elseif path == "/deny" then
+    local body = h:body()
+    if body ~= nil and body:length() > 4 then h:respond({[":status"] = "413"}, "too long for lua") end
+  elseif path == "/call" then
+    local reply, reply_body = h:httpCall(
+      "side", {[":method"] = "GET", [":path"] = "/status/202", [":authority"] = "side.test",
+               ["x-from"] = "lua"}, nil, 1000)
+    headers:add("x-call-status", reply[":status"])
+    headers:add("x-call-body", reply_body)
+  elseif path == "/fail" then
+    local reply, reply_body = h:httpCall(
+      "down", {[":method"] = "GET", [":path"] = "/", [":authority"] = "down.test"}, "", 500)
+    h:respond({[":status"] = reply[":status"], ["x-by"] = "lua"}, reply_body)
+  elseif path == "/async" then
+    h:httpCall("side", {[":method"] = "POST", [":path"] = "/async-seen", [":authority"] = "side.test"},
+               "ping", {asynchronous = true})
+    headers:add("x-async", "sent")
+  elseif path == "/unknown" then
+    h:httpCall("nope", {[":method"] = "GET", [":path"] = "/", [":authority"] = "x"}, nil, 100)
+  elseif path == "/noauthority" then
+    h:httpCall("side", {[":method"] = "GET", [":path"] = "/"}, nil, 100)
+  end
+end
+"""
+
+CONFIG = """
+static_resources:
+  clusters:
+  - name: app
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: app
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {address: {socket_address: {address: 198.18.0.1, port_value: 8080}}}
+  - name: side
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: side
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {address: {socket_address: {address: 198.18.0.1, port_value: 8080}}}
+  - name: down
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: down
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {address: {socket_address: {address: 198.18.0.1, port_value: 9}}}
+  listeners:
+  - name: ingress
+    address: {socket_address: {address: 198.18.0.2, port_value: 10000}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": HCM_TYPE
+          stat_prefix: ingress
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {prefix: "/"}
+                route: {cluster: app}
+          http_filters:
+          - name: envoy.filters.http.lua
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua
+              default_source_code:
+                inline_string: |
+SCRIPT
+          - name: envoy.filters.http.router
+""".replace("HCM_TYPE", HCM_TYPE).replace("SCRIPT\n", textwrap.indent(SCRIPT.strip() + "\n", " " * 18))
+
+
+async def _chunked(client: Client, target: str, pieces: list[bytes], headers: list[tuple[str, str]]) -> bytes:
+    await client.start("POST", target, [*headers, ("transfer-encoding", "chunked")])
+    for piece in pieces:
+        await client.send(h11.Data(data=piece))
+    await client.send(h11.EndOfMessage())
+    r = await client.read_response()
+    assert r.status == 200
+    return r.body
+
+
+async def test_lua_body_read_and_replaced(autojump_clock: trio.testing.MockClock) -> None:
+    app = BackendApp("app")
+    async with two_stacks() as (a, b), trio.open_nursery() as nursery:
+        backend = await start_backend(nursery, app, b, 8080)
+        async with running_proxy(load_config(CONFIG), a) as proxy:
+            with trio.fail_after(LIMIT):
+                client = Client(await connect(b))
+                r = await client.request("POST", "/echo", [("x-rewrite", "1")], body=b"hello")
+                assert r.status == 200 and r.body == b"HELLO!"
+                assert app.seen[-1].header("content-length") == "6"
+                assert app.seen[-1].header("x-new-length") == "6"
+
+                body = await _chunked(client, "/echo", [b"ab", b"cd", b"ef"], [("x-rewrite", "1")])
+                assert body == b"ABCDEF!"
+                assert app.seen[-1].header("transfer-encoding") == "chunked"
+
+                # larger than the retry buffer (64 KiB): read whole by the script, forwarded whole
+                big = bytes(range(256)) * 1024  # 256 KiB
+                body = await _chunked(
+                    client, "/echo", [big[i : i + 10_000] for i in range(0, len(big), 10_000)], []
+                )
+                assert hashlib.sha256(body).hexdigest() == hashlib.sha256(big).hexdigest()
+                assert app.seen[-1].header("x-seen-length") == str(len(big))
+                assert app.seen[-1].header("x-tail").encode("latin-1") == big[-4:]
+
+                r = await client.request("GET", "/empty")
+                assert r.status == 200
+                assert app.seen[-1].header("x-body") == "nil" and app.seen[-1].header("x-wrapped") == "0"
+
+                seen = len(app.seen)
+                r = await client.request("POST", "/deny", body=b"12345")
+                assert r.status == 413 and r.body == b"too long for lua" and len(app.seen) == seen
+                r = await client.request("POST", "/deny", body=b"1234")  # the connection goes on
+                assert r.status == 200 and app.seen[-1].path == "/deny"
+                await client.aclose()
+                assert proxy.stats.value("http.ingress.lua.errors") == 0
+        backend.stop()
+
+
+async def test_lua_http_call(autojump_clock: trio.testing.MockClock) -> None:
+    app = BackendApp("app")
+    async with two_stacks() as (a, b), trio.open_nursery() as nursery:
+        backend = await start_backend(nursery, app, b, 8080)
+        async with running_proxy(load_config(CONFIG), a) as proxy:
+            with trio.fail_after(LIMIT):
+                client = Client(await connect(b))
+                r = await client.request("GET", "/call")
+                assert r.status == 200
+                call, seen = app.seen[-2], app.seen[-1]
+                assert call.path == "/status/202" and call.header("x-from") == "lua"
+                assert call.header("host") == "side.test"
+                assert seen.path == "/call"
+                assert seen.header("x-call-status") == "202" and seen.header("x-call-body") == "app 202"
+
+                r = await client.request("GET", "/fail")
+                assert r.status == 503 and r.body == b"upstream failure" and r.header("x-by") == "lua"
+
+                r = await client.request("GET", "/async")
+                assert r.status == 200  # the script did not wait for its call
+                assert next(s for s in app.seen if s.path == "/async").header("x-async") == "sent"
+                await wait_until(lambda: any(s.path == "/async-seen" for s in app.seen))
+                assert next(s for s in app.seen if s.path == "/async-seen").method == "POST"
+
+                for path in ("/unknown", "/noauthority"):
+                    r = await client.request("GET", path)
+                    assert r.status == 200 and app.seen[-1].path == path  # the script failed; on it goes
+                await client.aclose()
+                assert proxy.stats.value("http.ingress.lua.errors") == 2
+        backend.stop()
