@@ -385,5 +385,6 @@ def test_ext_authz_config_mistakes_named_by_path() -> None:
     base = f"{hcm}.http_filters[0].typed_config"
     assert f"{base}.http_service.server_uri.timeout: required field 'timeout' is missing" in text
     assert f"{base}.status_on_error.code: 'Teapot' is not one of Envoy's StatusCode names" in text
-    assert f"{base}.with_request_body: unsupported field" in text
+    missing = "required field 'max_request_bytes' is missing"
+    assert f"{base}.with_request_body.max_request_bytes: {missing}" in text
     assert f"{base}.http_service.server_uri.cluster: unknown cluster 'nowhere'" in text

@@ -71,6 +71,7 @@ from trio_yastack.tls.config import TlsParams as TlsParams
 from trio_yastack.tls.config import UpstreamTlsContext as UpstreamTlsContext
 
 from ._auth_filters import ExtAuthz as ExtAuthz
+from ._auth_filters import ExtAuthzBufferSettings as ExtAuthzBufferSettings
 from ._auth_filters import ExtAuthzPerRoute as ExtAuthzPerRoute
 from ._auth_filters import JwtAuthentication as JwtAuthentication
 from ._auth_filters import JwtPerRoute as JwtPerRoute
@@ -218,6 +219,7 @@ __all__ = [
     "DirectResponse",
     "DownstreamTlsContext",
     "ExtAuthz",
+    "ExtAuthzBufferSettings",
     "ExtAuthzPerRoute",
     "FaultAbort",
     "FaultDelay",

@@ -196,6 +196,19 @@ class JwtPerRoute:
 
 
 @dataclass(frozen=True, slots=True)
+class ExtAuthzBufferSettings:
+    """``BufferSettings`` (``with_request_body``): the request body is read before the check and
+    sent with it.  A body larger than ``max_request_bytes`` gets 413 without a check, unless
+    ``allow_partial_message``: then its first ``max_request_bytes`` are sent (with
+    ``x-envoy-auth-partial-body: true``).  ``pack_as_bytes``: the gRPC check carries it as
+    ``raw_body`` instead of the UTF-8 ``body``."""
+
+    max_request_bytes: int
+    allow_partial_message: bool = False
+    pack_as_bytes: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class ExtAuthz:
     """``envoy.filters.http.ext_authz``: asks an authorization service about each request.
 
@@ -229,15 +242,19 @@ class ExtAuthz:
     filter_enabled: FractionalPercent | None = None
     stat_prefix: str = ""
     include_peer_certificate: bool = False
+    with_request_body: ExtAuthzBufferSettings | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class ExtAuthzPerRoute:
-    """``ExtAuthzPerRoute``: ``disabled``, or ``check_settings.context_extensions`` sent with the
-    gRPC check of this route's requests."""
+    """``ExtAuthzPerRoute``: ``disabled``, or ``check_settings``: ``context_extensions`` sent with
+    the gRPC check of this route's requests, ``disable_request_body_buffering`` (the filter's
+    ``with_request_body`` off here) or ``with_request_body`` (in place of the filter's)."""
 
     disabled: bool = False
     context_extensions: tuple[tuple[str, str], ...] = ()
+    disable_request_body_buffering: bool = False
+    with_request_body: ExtAuthzBufferSettings | None = None
 
 
 def _rbac_message(r: _Reader, v: object, path: str) -> Rbac:
@@ -574,11 +591,33 @@ def _jwt_authn(r: _Reader, tc: _Fields) -> JwtAuthentication:
     return config
 
 
-def _ext_authz_check_settings(r: _Reader, v: object, path: str) -> tuple[tuple[str, str], ...]:
-    f = _Fields(r, v, path, ("context_extensions",))
+def _ext_authz_check_settings(r: _Reader, v: object, path: str) -> ExtAuthzPerRoute:
+    f = _Fields(r, v, path, ("context_extensions", "disable_request_body_buffering", "with_request_body"))
     raw = f.opt("context_extensions", _string_map, {})
+    disable = f.opt("disable_request_body_buffering", _bool, False)
+    settings = f.opt("with_request_body", _ext_authz_buffer_settings, None)
+    if disable and settings is not None:
+        f.problem(
+            "with_request_body", "only one of disable_request_body_buffering and with_request_body may be set"
+        )
     f.done()
-    return tuple(raw.items())
+    return ExtAuthzPerRoute(
+        context_extensions=tuple(raw.items()),
+        disable_request_body_buffering=disable,
+        with_request_body=settings,
+    )
+
+
+def _ext_authz_buffer_settings(r: _Reader, v: object, path: str) -> ExtAuthzBufferSettings:
+    f = _Fields(r, v, path, ("max_request_bytes", "allow_partial_message", "pack_as_bytes"))
+    size = f.req("max_request_bytes", _uint(1, 2**32 - 1))  # Envoy's validation: gt 0
+    settings = ExtAuthzBufferSettings(
+        size,
+        allow_partial_message=f.opt("allow_partial_message", _bool, False),
+        pack_as_bytes=f.opt("pack_as_bytes", _bool, False),
+    )
+    f.done()
+    return settings
 
 
 def _string_map(r: _Reader, v: object, path: str) -> dict[str, str]:
@@ -712,7 +751,10 @@ def _ext_authz(r: _Reader, tc: _Fields) -> ExtAuthz:
     elif which == "grpc_service":
         config = tc.req(which, _ext_authz_grpc_service)
     version = tc.opt("transport_api_version", _enum(("V3",)), "V3")
-    tc.opt("clear_route_cache", _bool, False)  # the route is chosen before the filters here
+    if tc.opt("clear_route_cache", _bool, False):
+        # Envoy then chooses the route again after the service changed the headers; here the
+        # route is chosen once, before the filters: refused rather than silently not done
+        tc.problem("clear_route_cache", "true is not supported (the route is chosen before the filters)")
     allowed = tc.opt("allowed_headers", _list_string_matcher, None)
     rest = {
         "failure_mode_allow": tc.opt("failure_mode_allow", _bool, False),
@@ -721,6 +763,7 @@ def _ext_authz(r: _Reader, tc: _Fields) -> ExtAuthz:
         "filter_enabled": tc.opt("filter_enabled", _runtime_fractional_percent, None),
         "stat_prefix": tc.opt("stat_prefix", _str, ""),
         "include_peer_certificate": tc.opt("include_peer_certificate", _bool, False),
+        "with_request_body": tc.opt("with_request_body", _ext_authz_buffer_settings, None),
     }
     if config is None or version is None or tc.failed:
         return ExtAuthz("http")  # tc.done() raises

@@ -360,7 +360,7 @@ def _per_filter_config(r: _Reader, name: str, v: object, path: str) -> PerRouteC
         if which == "disabled":
             config = ExtAuthzPerRoute(disabled=tc.req("disabled", _bool))
         else:
-            config = ExtAuthzPerRoute(context_extensions=tc.req("check_settings", _ext_authz_check_settings))
+            config = tc.req("check_settings", _ext_authz_check_settings)
     elif name == LUA_NAME:
         which = tc.exactly_one("disabled", "name", "source_code")
         if which == "disabled":

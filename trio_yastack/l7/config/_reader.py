@@ -411,6 +411,7 @@ _TYPED_CONFIG_FIELDS: dict[str, tuple[str, ...]] = {
         "allowed_headers",
         "include_peer_certificate",
         "clear_route_cache",
+        "with_request_body",
     ),
     EXT_AUTHZ_PER_ROUTE_TYPE: ("disabled", "check_settings"),
     GRPC_WEB_TYPE: (),

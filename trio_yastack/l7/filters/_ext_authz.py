@@ -5,12 +5,17 @@ Envoy's behaviour (source/extensions/filters/http/ext_authz/ and filters/common/
 
 - HTTP: the check is the request's method and ``path_prefix`` + its path, with no body
   (``content-length: 0``), its ``Host`` and ``Authorization`` and the headers ``allowed_headers``
-  names, plus ``headers_to_add``.  A 200 allows the request: the answer's headers that
-  ``allowed_upstream_headers`` names replace the request's (``_to_append``: added), those
-  ``allowed_client_headers_on_success`` names go on the response.  Any other status but a 5xx denies
-  it: the client gets that status, the body, and the headers (all but ``Host`` when
-  ``allowed_client_headers`` is unset; else those it names, with ``WWW-Authenticate`` and
-  ``Location``).  A 5xx, no answer within the timeout, or no connection is an error.
+  names, plus ``headers_to_add``.  With ``with_request_body`` (or a route's
+  ``check_settings.with_request_body``), the request body is read first (up to
+  ``max_request_bytes``; more is 413 ``Payload Too Large`` without a check, unless
+  ``allow_partial_message``: then its first ``max_request_bytes``) and sent as the check's body with
+  ``x-envoy-auth-partial-body: true|false``; the gRPC check carries it in ``body`` (UTF-8) or
+  ``raw_body`` (``pack_as_bytes``).  An upgrade request's body is never read.  A 200 allows the
+  request: the answer's headers that ``allowed_upstream_headers`` names replace the request's
+  (``_to_append``: added), those ``allowed_client_headers_on_success`` names go on the response.
+  Any other status but a 5xx denies it: the client gets that status, the body, and the headers
+  (all but ``Host`` when ``allowed_client_headers`` is unset; else those it names, with
+  ``WWW-Authenticate`` and ``Location``).  A 5xx, no answer within the timeout, or no connection is an error.
 - gRPC: a ``CheckRequest`` with the peer's and our address, the request's method, path, host,
   scheme, headers (pseudo-headers included) and the route's ``context_extensions``; an OK status
   allows (``ok_response``: headers to set or append, headers to remove, response headers to add),
@@ -37,8 +42,16 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from ..config import ExtAuthz, ExtAuthzPerRoute, PerRouteConfig, RuntimeValue, StringMatcher
+from ..config import (
+    ExtAuthz,
+    ExtAuthzBufferSettings,
+    ExtAuthzPerRoute,
+    PerRouteConfig,
+    RuntimeValue,
+    StringMatcher,
+)
 from ..stats import Scope
+from ._body import buffer_body
 from ._connection import connection_info
 from ._side_call import SideCallError, http_call
 
@@ -75,7 +88,15 @@ class _Decision:
     remove_headers: list[bytes] = field(default_factory=list)
 
 
+def _is_upgrade(headers: Headers) -> bool:
+    """An upgrade (WebSocket) request: Envoy never buffers its body for the check."""
+    return any(k == b"upgrade" for k, _ in headers)
+
+
 class ExtAuthzFilter:
+    #: ``with_request_body`` (here or on a route) reads the request body before the check
+    reads_body = True
+
     def __init__(
         self,
         config: ExtAuthz,
@@ -111,11 +132,24 @@ class ExtAuthzFilter:
         if config.filter_enabled is not None and not sample(config.filter_enabled, self.runtime, self.rng):
             self.scope.inc(self.prefix + "disabled")
             return
+        body: tuple[bytes, bool] | None = None
+        settings = self._buffer_settings(per_route)
+        if settings is not None and request.body is not None and not _is_upgrade(request.headers):
+            data, complete = await buffer_body(request.body, settings.max_request_bytes)
+            partial = not complete or len(data) > settings.max_request_bytes
+            if partial and not settings.allow_partial_message:
+                # Envoy: the buffer limit is max_request_bytes; a larger body is 413, unchecked
+                outcome.status, outcome.body = 413, "Payload Too Large"
+                return
+            if data or partial:  # an empty body: nothing to send, as Envoy (end of stream with the head)
+                body = (data[: settings.max_request_bytes], partial)
         try:
             if config.kind == "http":
-                decision = await self._check_http(request)
+                decision = await self._check_http(request, body)
             else:
-                decision = await self._check_grpc(request, per_route.context_extensions if per_route else ())
+                decision = await self._check_grpc(
+                    request, per_route.context_extensions if per_route else (), body, settings
+                )
         except SideCallError:
             self.scope.inc(self.prefix + "error")
             if config.failure_mode_allow:
@@ -141,15 +175,29 @@ class ExtAuthzFilter:
         headers.extend(decision.append_headers)
         outcome.response_headers.extend(decision.client_headers)
 
+    def _buffer_settings(self, per_route: ExtAuthzPerRoute | None) -> ExtAuthzBufferSettings | None:
+        """``with_request_body`` for this request: the route's ``check_settings`` may turn it off
+        (``disable_request_body_buffering``) or give its own."""
+        if per_route is not None:
+            if per_route.disable_request_body_buffering:
+                return None
+            if per_route.with_request_body is not None:
+                return per_route.with_request_body
+        return self.config.with_request_body
+
     # --- HTTP ---
 
-    async def _check_http(self, request: RequestView) -> _Decision:
+    async def _check_http(self, request: RequestView, body: tuple[bytes, bool] | None = None) -> _Decision:
+        """``body``: the request body read for the check and whether it is partial (sent as the
+        check's body, with ``x-envoy-auth-partial-body``)."""
         config = self.config
         allowed = config.allowed_headers or ()
         check = [
             (k, v) for k, v in request.headers if k in _ALWAYS_CHECKED or (allowed and _matches(allowed, k))
         ]
         check.extend((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in config.headers_to_add)
+        if body is not None:
+            check.append((b"x-envoy-auth-partial-body", b"true" if body[1] else b"false"))
         if self.clusters is None:
             raise SideCallError("no cluster manager")
         host = next((v for k, v in request.headers if k == b"host"), b"").decode("latin-1")
@@ -158,6 +206,7 @@ class ExtAuthzFilter:
             request.method,
             config.path_prefix + request.path,
             check,
+            body[0] if body is not None else b"",
             timeout=config.timeout,
             host_header=host or None,
         )
@@ -188,7 +237,10 @@ class ExtAuthzFilter:
 
     # --- gRPC ---
 
-    async def _check_grpc(self, request: RequestView, context: Sequence[tuple[str, str]]) -> _Decision:
+    async def _check_grpc(
+        self, request: RequestView, context: Sequence[tuple[str, str]],
+        request_body: tuple[bytes, bool] | None = None, settings: ExtAuthzBufferSettings | None = None,
+    ) -> _Decision:  # fmt: skip
         import grpc  # type: ignore[import-untyped]  # grpcio ships no type stubs; checked at config load
         from envoy.service.auth.v3 import external_auth_pb2  # type: ignore[import-untyped]  # xds-protos: no stubs
 
@@ -207,6 +259,13 @@ class ExtAuthzFilter:
                 raise SideCallError(f"{cluster.name}: no healthy upstream")
             target = f"{host.address}:{host.port}"
         check = self._check_request(request, context, external_auth_pb2)
+        if request_body is not None and settings is not None:
+            http = check.attributes.request.http
+            if settings.pack_as_bytes:
+                http.raw_body = request_body[0]
+            else:
+                http.body = request_body[0].decode("utf-8", errors="replace")
+            http.headers["x-envoy-auth-partial-body"] = "true" if request_body[1] else "false"
         call = self._channel(grpc, target).unary_unary(
             _CHECK_METHOD,
             request_serializer=external_auth_pb2.CheckRequest.SerializeToString,
