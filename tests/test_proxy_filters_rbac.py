@@ -350,3 +350,62 @@ async def test_rbac_sees_the_connection_of_an_http2_stream(autojump_clock: trio.
                     await client.stream.aclose()
         assert len(app.seen) == 1
         backend.stop()
+
+
+SNI_FILTERS = """
+          http_filters:
+          - name: envoy.filters.http.rbac
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC
+              rules:
+                action: ALLOW
+                policies:
+                  "only-the-api-name":
+                    permissions: [{requested_server_name: {suffix: ".api.example"}}]
+                    principals: [{any: true}]
+          - name: envoy.filters.http.router
+"""
+
+
+@pytest.mark.parametrize("inspector", [True, False])
+async def test_rbac_requested_server_name(autojump_clock: trio.testing.MockClock, inspector: bool) -> None:
+    """``requested_server_name`` matches the SNI the listener's TLS inspector read: a client asking
+    for v1.api.example passes, one asking for www.example or sending no SNI gets 403.  Without the
+    inspector Envoy treats the SNI as absent (""), so even v1.api.example is refused."""
+    ca = make_ca("rbac sni CA")
+    server = ca.issue(["v1.api.example", "www.example"])
+    pems = (ca.cert_pem.decode(), server.chain_pem.decode(), server.key_pem.decode())
+    mtls = _mtls_config(*pems)  # the same TLS listener, RBAC on the SNI instead of the client certificate
+    head, tls = mtls[: mtls.index("          http_filters:")], mtls[mtls.index("      transport_socket:") :]
+    config_text = head + SNI_FILTERS.lstrip("\n") + tls
+    if inspector:
+        config_text = config_text.replace(
+            "    filter_chains:\n",
+            "    listener_filters:\n    - name: envoy.filters.listener.tls_inspector\n    filter_chains:\n",
+        )
+    config = load_config(config_text)
+    assert config.listeners[0].tls_inspector is inspector
+    app = BackendApp("app")
+    context = ssl.create_default_context(cadata=ca.cert_pem.decode())
+
+    async def status(name: str | None) -> int:
+        c = context
+        if name is None:
+            c = ssl.create_default_context(cadata=ca.cert_pem.decode())
+            c.check_hostname = False  # no SNI sent
+        stream = trio.SSLStream(await connect(b), c, server_hostname=name)
+        try:
+            await stream.do_handshake()
+            return (await Client(stream, host=name or "proxy").request("GET", "/")).status
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    async with two_stacks() as (a, b), trio.open_nursery() as nursery:
+        backend = await start_backend(nursery, app, b, 8080)
+        async with running_proxy(config, a):
+            with trio.fail_after(LIMIT):
+                assert await status("v1.api.example") == (200 if inspector else 403)
+                assert await status("www.example") == 403
+                assert await status(None) == 403
+                assert len(app.seen) == (1 if inspector else 0)
+        backend.stop()

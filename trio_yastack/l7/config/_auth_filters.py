@@ -56,6 +56,7 @@ RbacKind = Literal[
     "authenticated",
     "remote_ip",
     "direct_remote_ip",
+    "requested_server_name",
 ]
 
 
@@ -369,6 +370,7 @@ _RBAC_PERMISSIONS: dict[str, RbacKind] = {
     "destination_ip": "destination_ip",
     "destination_port": "destination_port",
     "destination_port_range": "destination_port_range",
+    "requested_server_name": "requested_server_name",
 }
 
 
@@ -400,6 +402,8 @@ def _rbac_matcher(r: _Reader, v: object, path: str, *, principal: bool) -> RbacM
             out = RbacMatcher(kind, header=f.req(which, _rbac_header))
         elif kind == "url_path":
             out = RbacMatcher(kind, string=f.req(which, _path_matcher))
+        elif kind == "requested_server_name":
+            out = RbacMatcher(kind, string=f.req(which, _string_matcher))
         elif kind == "authenticated":
 
             def authenticated(r: _Reader, v: object, path: str) -> StringMatcher | None:

@@ -103,6 +103,9 @@ def _matches(m: RbacMatcher, rq: _Request, depth: int = 0) -> bool:
         if sans:
             return any(m.string.matches(s) for s in sans)
         return m.string.matches(conn.subject())
+    if kind == "requested_server_name":
+        # Envoy: the SNI the TLS inspector read ("" when there was none, or no inspector ran)
+        return m.string is not None and m.string.matches(conn.server_name or "")
     if kind in ("destination_port", "destination_port_range"):
         return conn.local_port is not None and m.ports[0] <= conn.local_port < m.ports[1]
     address = conn.local if kind == "destination_ip" else conn.remote
