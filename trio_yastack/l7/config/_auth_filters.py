@@ -25,6 +25,7 @@ from ._names import RBAC_TYPE
 from ._reader import (
     _TYPED_CONFIG_FIELDS,
     _bool,
+    _duration_ge0,
     _duration_gt0,
     _enum,
     _Fields,
@@ -138,11 +139,16 @@ class JwtProvider:
     and the ``access_token`` query parameter, as Envoy.  ``forward`` keeps the token's header on the
     request (Envoy removes it by default); ``forward_payload_header`` adds the payload (base64url,
     unpadded unless ``pad_forward_payload_header``); ``claim_to_headers`` copies claims into
-    headers.  ``clock_skew_seconds``: Envoy's default 60."""
+    headers.  ``clock_skew_seconds``: Envoy's default 60.  ``subjects``: the ``sub`` claim must
+    match (absent: any); ``require_expiration``: an ``exp`` claim is required; ``max_lifetime``: it
+    is required and the token's remaining lifetime (``exp`` - now) must be below this (seconds)."""
 
     name: str
     issuer: str = ""
     audiences: tuple[str, ...] = ()
+    subjects: StringMatcher | None = None
+    require_expiration: bool = False
+    max_lifetime: float | None = None
     local_jwks: DataSource | None = None
     remote_jwks: JwtRemoteJwks | None = None
     forward: bool = False
@@ -170,7 +176,8 @@ class JwtRequirement:
 @dataclass(frozen=True, slots=True)
 class JwtRule:
     """``rules[]``: the first whose ``match`` (a route match: prefix or path, headers) takes the
-    request decides what it needs (``requires`` absent: nothing)."""
+    request decides what it needs (``requires``, or the ``requirement_map`` entry its
+    ``requirement_name`` names, read into ``requires``; neither: nothing)."""
 
     match: RouteMatch
     requires: JwtRequirement | None = None
@@ -179,12 +186,16 @@ class JwtRule:
 @dataclass(frozen=True, slots=True)
 class JwtAuthentication:
     """``envoy.filters.http.jwt_authn``: providers by name, rules tried in order, named requirements
-    for ``PerRouteConfig.requirement_name``; ``bypass_cors_preflight`` lets CORS preflights through."""
+    for ``PerRouteConfig.requirement_name``; ``bypass_cors_preflight`` lets CORS preflights through;
+    ``strip_failure_response``: a failure is answered with its status only (no body, no
+    ``WWW-Authenticate``); ``stat_prefix``: counters under ``jwt_authn.<stat_prefix>``."""
 
     providers: tuple[JwtProvider, ...] = ()
     rules: tuple[JwtRule, ...] = ()
     requirement_map: tuple[tuple[str, JwtRequirement], ...] = ()
     bypass_cors_preflight: bool = False
+    strip_failure_response: bool = False
+    stat_prefix: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -491,7 +502,7 @@ def _jwt_provider(r: _Reader, v: object, path: str, name: str) -> JwtProvider:
     fields = (
         "issuer", "audiences", "local_jwks", "remote_jwks", "forward", "from_headers", "from_params",
         "from_cookies", "forward_payload_header", "pad_forward_payload_header", "clock_skew_seconds",
-        "claim_to_headers", "jwt_cache_config",
+        "claim_to_headers", "jwt_cache_config", "subjects", "require_expiration", "max_lifetime",
     )  # fmt: skip
     f = _Fields(r, v, path, fields)
     f.exactly_one("local_jwks", "remote_jwks")
@@ -512,6 +523,9 @@ def _jwt_provider(r: _Reader, v: object, path: str, name: str) -> JwtProvider:
         pad_forward_payload_header=f.opt("pad_forward_payload_header", _bool, False),
         clock_skew_seconds=f.opt("clock_skew_seconds", _uint32, 60),
         claim_to_headers=f.opt("claim_to_headers", _list(_jwt_claim_to_header), ()),
+        subjects=f.opt("subjects", _string_matcher, None),
+        require_expiration=f.opt("require_expiration", _bool, False),
+        max_lifetime=f.opt("max_lifetime", _duration_ge0, None),
     )
     f.done()
     if provider.local_jwks is not None and provider.local_jwks.inline is not None:
@@ -561,22 +575,47 @@ def _jwt_requirement(r: _Reader, v: object, path: str) -> JwtRequirement:
     return out
 
 
-def _jwt_rule(r: _Reader, v: object, path: str) -> JwtRule:
-    f = _Fields(r, v, path, ("match", "requires"))
-    rule = JwtRule(f.req("match", _route_match), f.opt("requires", _jwt_requirement, None))
+def _jwt_rule(r: _Reader, v: object, path: str) -> tuple[RouteMatch, JwtRequirement | str | None]:
+    """A ``RequirementRule``: its match and ``requires``, or the ``requirement_name`` (resolved by
+    :func:`_jwt_authn` once the ``requirement_map`` is read)."""
+    f = _Fields(r, v, path, ("match", "requires", "requirement_name"))
+    match = f.req("match", _route_match)
+    requires: JwtRequirement | str | None = None
+    if f.has("requires") and f.has("requirement_name"):
+        f.problem(
+            "requirement_name", "only one of requires, requirement_name may be set (also found 'requires')"
+        )
+    elif f.has("requirement_name"):
+        requires = f.req("requirement_name", _nonempty_str)
+    else:
+        requires = f.opt("requires", _jwt_requirement, None)
     f.done()
-    return rule
+    return match, requires
 
 
 def _jwt_authn(r: _Reader, tc: _Fields) -> JwtAuthentication:
-    tc.opt("stat_prefix", _str, "")
+    requirement_map = tc.opt(
+        "requirement_map", _named_map(lambda r, v, p, name: (name, _jwt_requirement(r, v, p))), ()
+    )
+    named = dict(requirement_map or ())
+    rules: list[JwtRule] = []
+    for i, (match, requires) in enumerate(tc.opt("rules", _list(_jwt_rule), ()) or ()):
+        if isinstance(requires, str):
+            if requires not in named:
+                known = ", ".join(sorted(named)) or "none"
+                tc.problem(
+                    f"rules[{i}].requirement_name", f"{requires!r} is not in requirement_map ({known})"
+                )
+            rules.append(JwtRule(match, named.get(requires)))
+        else:
+            rules.append(JwtRule(match, requires))
     config = JwtAuthentication(
         providers=tc.opt("providers", _named_map(_jwt_provider), ()),
-        rules=tc.opt("rules", _list(_jwt_rule), ()),
-        requirement_map=tc.opt(
-            "requirement_map", _named_map(lambda r, v, p, name: (name, _jwt_requirement(r, v, p))), ()
-        ),
+        rules=tuple(rules),
+        requirement_map=requirement_map,
         bypass_cors_preflight=tc.opt("bypass_cors_preflight", _bool, False),
+        strip_failure_response=tc.opt("strip_failure_response", _bool, False),
+        stat_prefix=tc.opt("stat_prefix", _str, ""),
     )
     raw = tc.values.get("providers")
     names = {str(k) for k in raw} if isinstance(raw, Mapping) else set()  # a failed one still counts

@@ -6,15 +6,17 @@ their messages): the route's ``PerRouteConfig`` (``disabled``, or a ``requiremen
 rule: nothing.  A provider finds its token where it is told to (``from_headers``, ``from_params``,
 ``from_cookies``; by default ``Authorization: Bearer`` and ``access_token``), then checks, in this
 order: the token's form, ``exp``/``nbf`` within ``clock_skew_seconds``, the ``issuer``, the
-``audiences``, and the signature with a key of its JWKS (inline, a file, or fetched from a cluster
+``audiences``, the ``subjects``, ``require_expiration``/``max_lifetime`` (both fail as ``Jwt
+verification fails``), and the signature with a key of its JWKS (inline, a file, or fetched from a cluster
 and cached for ``cache_duration``).  A verified token is taken off the request unless ``forward``,
 and its payload and claims are copied into ``forward_payload_header`` and ``claim_to_headers``.
 
 A request that fails gets 401 (403 for an audience not allowed) with the check's message as the
 body (``Jwt is missing``, ``Jwt verification fails``, ``Jwt is expired``...) and
 ``WWW-Authenticate: Bearer realm="<scheme>://<host><path>"``, with ``, error="invalid_token"``
-unless the token was missing.  Counters: ``jwt_authn.allowed``, ``denied``,
-``cors_preflight_bypassed``, ``jwks_fetch_success``, ``jwks_fetch_failed``.
+unless the token was missing; with ``strip_failure_response`` only the status.  Counters:
+``jwt_authn.<stat_prefix>allowed``, ``denied``, ``cors_preflight_bypassed``, ``jwks_fetch_success``,
+``jwks_fetch_failed``.
 
 Signatures are checked by PyJWT (with ``cryptography``): nothing here does cryptography itself.
 """
@@ -292,7 +294,9 @@ class _JwksCache:
             except OSError:
                 self.keys = []
 
-    async def get(self, clusters: Any, now: Callable[[], float], scope: Scope) -> list[_Key] | None:
+    async def get(
+        self, clusters: Any, now: Callable[[], float], scope: Scope, prefix: str = "jwt_authn."
+    ) -> list[_Key] | None:
         remote = self.provider.remote_jwks
         if remote is None:
             return self.keys or []
@@ -317,9 +321,9 @@ class _JwksCache:
                 if not keys:
                     raise SideCallError("no usable key in the JWKS")
             except SideCallError:
-                scope.inc("jwt_authn.jwks_fetch_failed")
+                scope.inc(prefix + "jwks_fetch_failed")
                 return None  # Envoy keeps no stale keys past cache_duration either
-            scope.inc("jwt_authn.jwks_fetch_success")
+            scope.inc(prefix + "jwks_fetch_success")
             self.keys, self.fetched_at = keys, now()
             return keys
 
@@ -332,13 +336,12 @@ class JwtAuthnFilter:
         self.providers = {p.name: p for p in config.providers}
         self.jwks = {p.name: _JwksCache(p) for p in config.providers}
         self.requirements = dict(config.requirement_map)
+        # Envoy's counters: "jwt_authn." joined with the filter's stat_prefix as written
+        self.prefix = prefix = "jwt_authn." + config.stat_prefix
         scope.declare(
-            "jwt_authn.allowed",
-            "jwt_authn.denied",
-            "jwt_authn.cors_preflight_bypassed",
-            "jwt_authn.jwks_fetch_success",
-            "jwt_authn.jwks_fetch_failed",
-        )
+            *(prefix + n for n in ("allowed", "denied", "cors_preflight_bypassed", "jwks_fetch_success",
+                                   "jwks_fetch_failed"))
+        )  # fmt: skip
 
     async def decode(
         self,
@@ -354,7 +357,7 @@ class JwtAuthnFilter:
             and any(k == b"origin" for k, _ in request.headers)
             and any(k == b"access-control-request-method" for k, _ in request.headers)
         ):
-            self.scope.inc("jwt_authn.cors_preflight_bypassed")
+            self.scope.inc(self.prefix + "cors_preflight_bypassed")
             return
         requirement: JwtRequirement | None = None
         if isinstance(override, JwtPerRoute):
@@ -375,7 +378,7 @@ class JwtAuthnFilter:
             return
         failure = await self._check(requirement, request, now)
         if failure is None:
-            self.scope.inc("jwt_authn.allowed")
+            self.scope.inc(self.prefix + "allowed")
             return
         code = 403 if failure == AUDIENCE_NOT_ALLOWED else 401
         self._deny(request, outcome, code, failure, invalid=failure != MISSING)
@@ -383,7 +386,11 @@ class JwtAuthnFilter:
     def _deny(
         self, request: RequestView, outcome: FilterOutcome, code: int, body: str, *, invalid: bool
     ) -> None:
-        self.scope.inc("jwt_authn.denied")
+        self.scope.inc(self.prefix + "denied")
+        outcome.status = code
+        if self.config.strip_failure_response:
+            outcome.body = ""  # Envoy: the status alone
+            return
         host = next((v for k, v in request.headers if k == b"host"), b"").decode("latin-1")
         scheme = str(getattr(request.downstream, "scheme", "http"))
         value = f'Bearer realm="{scheme}://{host}{request.path}"'
@@ -450,7 +457,17 @@ class JwtAuthnFilter:
         allowed = provider.audiences if audiences is None else audiences
         if allowed and not set(_audiences(payload)) & set(allowed):
             return AUDIENCE_NOT_ALLOWED
-        keys = await self.jwks[provider.name].get(self.clusters, now, self.scope)
+        if provider.subjects is not None:
+            sub = payload.get("sub")
+            if not provider.subjects.matches(sub if isinstance(sub, str) else ""):
+                return VERIFICATION_FAILS  # Envoy's answer for a subject not allowed
+        if provider.require_expiration or provider.max_lifetime is not None:
+            # max_lifetime: the remaining lifetime must be below it (and an exp is required)
+            if not isinstance(exp, (int, float)) or isinstance(exp, bool):
+                return VERIFICATION_FAILS
+            if provider.max_lifetime is not None and not exp - wall < provider.max_lifetime:
+                return VERIFICATION_FAILS
+        keys = await self.jwks[provider.name].get(self.clusters, now, self.scope, self.prefix)
         if keys is None:
             return JWKS_FETCH_FAIL
         failure = verify_signature(parsed, keys)
