@@ -139,6 +139,31 @@ async def test_cors_preflight_answered_and_simple_requests_marked(
         assert proxy.stats.value("http.ingress.cors.origin_invalid") == 2
 
 
+async def test_cors_shadow_enabled_counts_only(autojump_clock: trio.testing.MockClock) -> None:
+    """``shadow_enabled`` on a route where ``filter_enabled`` is 0%: Envoy checks and counts the
+    origin (``origin_valid``/``origin_invalid``) but answers nothing and adds no header; without it,
+    such a route counts nothing either."""
+    off = {"default_value": {"numerator": 0}}
+    shadow = {CORS: POLICY | {"filter_enabled": off, "shadow_enabled": {"default_value": {"numerator": 100}}}}
+    routes = [
+        route("/shadow", extra={"typed_per_filter_config": shadow}),
+        route("/", extra={"typed_per_filter_config": {CORS: POLICY | {"filter_enabled": off}}}),
+    ]
+    async with proxied(filters(http_filter(CORS)), routes=routes) as (b, proxy, app):
+        client = Client(await connect(b))
+        preflight = [("origin", "https://app.example"), ("access-control-request-method", "PUT")]
+        r = await client.request("OPTIONS", "/shadow", preflight)
+        assert r.header("access-control-allow-origin") is None and app.seen[-1].path == "/shadow"
+        r = await client.request("GET", "/shadow", [("origin", "https://evil.test")])
+        assert r.header("access-control-allow-origin") is None
+        r = await client.request("GET", "/plain", [("origin", "https://app.example")])
+        assert r.header("access-control-allow-origin") is None
+        await client.aclose()
+        assert len(app.seen) == 3
+        assert proxy.stats.value("http.ingress.cors.origin_valid") == 1
+        assert proxy.stats.value("http.ingress.cors.origin_invalid") == 1
+
+
 async def test_cors_without_a_policy_does_nothing(autojump_clock: trio.testing.MockClock) -> None:
     async with proxied(filters(http_filter(CORS))) as (b, _, app):
         client = Client(await connect(b))

@@ -78,7 +78,8 @@ class CorsPolicy:
     """``envoy.extensions.filters.http.cors.v3.CorsPolicy`` (in ``typed_per_filter_config`` of a virtual
     host or route).  Each attribute left unset (None) is taken from the less specific policy, as Envoy
     does: route first, then virtual host.  ``filter_enabled`` absent means enabled (Envoy's default);
-    ``shadow_enabled`` is accepted and, with no shadow statistics here, does nothing."""
+    ``shadow_enabled``: where the filter is not enabled, the requests it picks have their origin
+    checked and counted (``cors.origin_valid``/``origin_invalid``), nothing else."""
 
     allow_origin: tuple[StringMatcher, ...] = ()
     allow_methods: str | None = None
@@ -87,6 +88,7 @@ class CorsPolicy:
     max_age: str | None = None
     allow_credentials: bool | None = None
     filter_enabled: FractionalPercent | None = None
+    shadow_enabled: FractionalPercent | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -393,8 +395,8 @@ def _cors_policy(r: _Reader, tc: _Fields) -> CorsPolicy:
         max_age=tc.opt("max_age", header_list, None) or None,
         allow_credentials=tc.opt("allow_credentials", _bool, None),
         filter_enabled=tc.opt("filter_enabled", _runtime_fractional_percent, None),
+        shadow_enabled=tc.opt("shadow_enabled", _runtime_fractional_percent, None),
     )
-    tc.opt("shadow_enabled", _runtime_fractional_percent, None)
     return policy
 
 

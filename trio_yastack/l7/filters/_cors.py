@@ -11,6 +11,9 @@ an ``allow_origin_string_match`` matcher accepts (or whose matchers accept ``*``
 - any other request goes on, and its response gets ``access-control-allow-origin``,
   ``-allow-credentials`` and ``-expose-headers``.
 
+Where ``filter_enabled`` does not pick a request, ``shadow_enabled`` may: its origin is then
+checked and counted (``cors.origin_valid``/``origin_invalid``) and nothing else is done.
+
 A request from an origin not allowed goes on untouched (a preflight too: Envoy's default
 ``forward_not_matching_preflights``), so the browser, not the proxy, refuses it.
 """
@@ -61,9 +64,11 @@ class CorsFilter:
         ]
         if not policies:
             return
-        enabled = policies[0].filter_enabled or _ENABLED
-        if not sample(enabled, self.runtime, self.rng):
-            return
+        enabled = sample(policies[0].filter_enabled or _ENABLED, self.runtime, self.rng)
+        if not enabled:
+            shadow = policies[0].shadow_enabled
+            if shadow is None or not sample(shadow, self.runtime, self.rng):
+                return
         origin = _get(request.headers, b"origin")
         if not origin:
             return
@@ -73,6 +78,8 @@ class CorsFilter:
             self.scope.inc("cors.origin_invalid")
             return
         self.scope.inc("cors.origin_valid")
+        if not enabled:
+            return  # shadow_enabled: the origin is checked and counted, nothing enforced
 
         def first(attribute: str) -> str | None:
             for p in policies:
