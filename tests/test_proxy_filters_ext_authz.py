@@ -388,3 +388,35 @@ def test_ext_authz_config_mistakes_named_by_path() -> None:
     missing = "required field 'max_request_bytes' is missing"
     assert f"{base}.with_request_body.max_request_bytes: {missing}" in text
     assert f"{base}.http_service.server_uri.cluster: unknown cluster 'nowhere'" in text
+
+
+@pytest.mark.parametrize("clear", [True, False])
+async def test_ext_authz_clear_route_cache(autojump_clock: trio.testing.MockClock, clear: bool) -> None:
+    """``clear_route_cache: true``: the headers an allowed check set (``x-auth-user: alice``, over the
+    client's own) choose the route again, here one that matches on that header; without it the
+    route chosen before the check stays."""
+    alice_route = """              routes:
+              - match: {prefix: "/", headers: [{name: x-auth-user, string_match: {exact: alice}}]}
+                direct_response: {status: 200, body: {inline_string: "alice's route"}}
+"""
+    config = HTTP_CONFIG.replace("              routes:\n", alice_route, 1)
+    if clear:
+        config = config.replace(
+            "transport_api_version: V3\n",
+            "transport_api_version: V3\n              clear_route_cache: true\n",
+        )
+    app, authz = BackendApp("app"), AuthzApp()
+    async with two_stacks() as (a, b), trio.open_nursery() as nursery:
+        backends = [await start_backend(nursery, app, b, 8080), await start_backend(nursery, authz, b, 8091)]
+        async with running_proxy(load_config(config), a):
+            with trio.fail_after(LIMIT):
+                client = Client(await connect(b))
+                headers = [("authorization", "Bearer good"), ("x-auth-user", "mallory")]
+                r = await client.request("GET", "/orders", headers)
+                if clear:
+                    assert r.status == 200 and r.body == b"alice's route" and app.seen == []
+                else:
+                    assert r.status == 200 and app.seen[-1].header("x-auth-user") == "alice"
+                await client.aclose()
+        for backend in backends:
+            backend.stop()

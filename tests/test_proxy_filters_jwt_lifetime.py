@@ -159,3 +159,37 @@ def test_jwt_lifetime_config_mistakes_named_by_path() -> None:
     assert f"{base}.rules[0].requirement_name: only one of requires, requirement_name may be set" in str(
         e.value
     )
+
+
+@pytest.mark.parametrize("clear", [True, False])
+async def test_jwt_clear_route_cache(autojump_clock: trio.testing.MockClock, clear: bool) -> None:
+    """A provider's ``clear_route_cache``: the header ``claim_to_headers`` added (the token's
+    ``sub``) chooses the route again, here one matching on it; without it the route stays."""
+    config = CONFIG.replace(
+        "              routes:\n",
+        """              routes:
+              - match: {prefix: "/", headers: [{name: x-jwt-sub, string_match: {exact: "spiffe://example.org/web"}}]}
+                direct_response: {status: 200, body: {inline_string: "the web workload's route"}}
+""",
+        1,
+    ).replace(
+        "                  max_lifetime: 3600s\n",
+        "                  max_lifetime: 3600s\n"
+        "                  claim_to_headers: [{header_name: x-jwt-sub, claim_name: sub}]\n"
+        + ("                  clear_route_cache: true\n" if clear else ""),
+    )
+    app = BackendApp("app")
+    async with two_stacks() as (a, b), trio.open_nursery() as nursery:
+        backend = await start_backend(nursery, app, b, 8080)
+        async with running_proxy(load_config(config), a):
+            with trio.fail_after(LIMIT):
+                client = Client(await connect(b))
+                r = await client.request(
+                    "GET", "/workload", [("authorization", f"Bearer {token(sub=SPIFFE)}")]
+                )
+                if clear:
+                    assert r.body == b"the web workload's route" and app.seen == []
+                else:
+                    assert r.status == 200 and app.seen[-1].header("x-jwt-sub") == SPIFFE
+                await client.aclose()
+        backend.stop()

@@ -16,6 +16,7 @@ import hashlib
 import textwrap
 
 import h11
+import pytest
 import trio
 import trio.testing
 from proxy_helpers import BackendApp, Client, connect, running_proxy, start_backend, wait_until
@@ -195,4 +196,73 @@ async def test_lua_http_call(autojump_clock: trio.testing.MockClock) -> None:
                     assert r.status == 200 and app.seen[-1].path == path  # the script failed; on it goes
                 await client.aclose()
                 assert proxy.stats.value("http.ingress.lua.errors") == 2
+        backend.stop()
+
+
+ROUTE_SCRIPT = """
+function envoy_on_request(h)
+  local headers = h:headers()
+  local path = headers:get(":path")
+  if path == "/beta" then headers:replace("x-route", "beta") end
+  if path == "/host" then headers:replace(":authority", "admin.test") end
+  if path == "/path" then headers:replace(":path", "/elsewhere") end
+end
+"""
+
+ROUTE_CONFIG = CONFIG.replace(
+    """              routes:
+              - match: {prefix: "/"}
+                route: {cluster: app}
+""",
+    """              routes:
+              - match: {prefix: "/", headers: [{name: x-route, string_match: {exact: beta}}]}
+                direct_response: {status: 200, body: {inline_string: "beta route"}}
+              - match: {prefix: "/"}
+                route: {cluster: app}
+            - name: admin
+              domains: ["admin.test"]
+              routes:
+              - match: {prefix: "/"}
+                direct_response: {status: 200, body: {inline_string: "admin host"}}
+""",
+).replace(
+    textwrap.indent(SCRIPT.strip() + "\n", " " * 18), textwrap.indent(ROUTE_SCRIPT.strip() + "\n", " " * 18)
+)
+
+
+@pytest.mark.parametrize("clear", [True, False])
+async def test_lua_changed_headers_choose_the_route_again(
+    autojump_clock: trio.testing.MockClock, clear: bool
+) -> None:
+    """Envoy's Lua filter clears the route cache when a script changes the request's headers
+    (``clear_route_cache``, default true): the route is chosen again from them, here a header match
+    and a virtual host by ``:authority`` (written as the Host header).  With ``clear_route_cache:
+    false`` the route chosen before the script stays.  ``:path`` cannot be written here: the script
+    fails (counted) and the request goes on."""
+    config = ROUTE_CONFIG
+    if not clear:
+        config = config.replace(
+            "              default_source_code:\n",
+            "              clear_route_cache: false\n              default_source_code:\n",
+        )
+    app = BackendApp("app")
+    async with two_stacks() as (a, b), trio.open_nursery() as nursery:
+        backend = await start_backend(nursery, app, b, 8080)
+        async with running_proxy(load_config(config), a) as proxy:
+            with trio.fail_after(LIMIT):
+                client = Client(await connect(b))
+                r = await client.request("GET", "/beta")
+                if clear:
+                    assert r.body == b"beta route" and app.seen == []
+                else:
+                    assert app.seen[-1].path == "/beta" and app.seen[-1].header("x-route") == "beta"
+                r = await client.request("GET", "/host")
+                if clear:
+                    assert r.body == b"admin host"
+                else:
+                    assert app.seen[-1].path == "/host" and app.seen[-1].header("host") == "admin.test"
+                r = await client.request("GET", "/path")
+                assert r.status == 200 and app.seen[-1].path == "/path"
+                await client.aclose()
+                assert proxy.stats.value("http.ingress.lua.errors") == 1
         backend.stop()

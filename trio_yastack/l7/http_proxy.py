@@ -957,10 +957,11 @@ class HttpConnectionManagerRuntime:
             if self.filters.reads_body:  # lua's body(), ext_authz's with_request_body: read here, kept
                 plain_body = request.body if isinstance(request, PlainRequest) else b""
                 filter_body = _RequestBody(ds, headers, self.limits, timing, plain_body)
-            outcome = await self.filters.decode(
-                RequestView(method, target, headers, vhost, route, ds.filter_state, ds, filter_body),
-                trio.current_time,
+            view = RequestView(
+                method, target, headers, vhost, route, ds.filter_state, ds, filter_body, self._route_again
             )
+            outcome = await self.filters.decode(view, trio.current_time)
+            vhost, route = view.vhost, view.route  # a filter may have asked for the route again
             flags, extra = outcome.flags, outcome.response_headers
             if outcome.status is not None:
                 record.response_flags = ",".join(flags) or "-"
@@ -998,6 +999,15 @@ class HttpConnectionManagerRuntime:
             if flags:  # a delay injected: listed before the router's own flags, if any
                 router_flags = record.response_flags
                 record.response_flags = ",".join(flags) + ("" if router_flags == "-" else f",{router_flags}")
+
+    def _route_again(self, view: RequestView) -> None:
+        """The virtual host and route chosen again from the request's headers, which a filter
+        changed (Envoy's ``clearRouteCache``: Lua's default, ``clear_route_cache`` elsewhere)."""
+        authority = (get_header(view.headers, b"host") or b"").decode("latin-1")
+        view.vhost = self.router.virtual_host(authority)
+        view.route = (
+            self.router.route(view.vhost, view.path, view.headers) if view.vhost is not None else None
+        )
 
     async def _drain_request_body(self, ds: _Downstream, timing: _Timing) -> None:
         """Read (and drop) a request body we answer without an upstream, so the connection can be

@@ -141,7 +141,8 @@ class JwtProvider:
     unpadded unless ``pad_forward_payload_header``); ``claim_to_headers`` copies claims into
     headers.  ``clock_skew_seconds``: Envoy's default 60.  ``subjects``: the ``sub`` claim must
     match (absent: any); ``require_expiration``: an ``exp`` claim is required; ``max_lifetime``: it
-    is required and the token's remaining lifetime (``exp`` - now) must be below this (seconds)."""
+    is required and the token's remaining lifetime (``exp`` - now) must be below this (seconds);
+    ``clear_route_cache``: a request that ``claim_to_headers`` added a header to is routed again."""
 
     name: str
     issuer: str = ""
@@ -149,6 +150,7 @@ class JwtProvider:
     subjects: StringMatcher | None = None
     require_expiration: bool = False
     max_lifetime: float | None = None
+    clear_route_cache: bool = False
     local_jwks: DataSource | None = None
     remote_jwks: JwtRemoteJwks | None = None
     forward: bool = False
@@ -233,7 +235,8 @@ class ExtAuthz:
     ``allowed_client_headers_on_success``.  When the service fails (no answer in ``timeout``, a 5xx,
     a gRPC error): ``failure_mode_allow`` lets the request through (with
     ``x-envoy-auth-failure-mode-allowed: true`` when ``failure_mode_allow_header_add``), else the
-    client gets ``status_on_error`` (Envoy's default 403)."""
+    client gets ``status_on_error`` (Envoy's default 403).  ``clear_route_cache``: an allowed
+    request whose headers the service changed has its route chosen again."""
 
     kind: Literal["http", "grpc"]
     cluster: str = ""
@@ -255,6 +258,7 @@ class ExtAuthz:
     stat_prefix: str = ""
     include_peer_certificate: bool = False
     with_request_body: ExtAuthzBufferSettings | None = None
+    clear_route_cache: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -503,6 +507,7 @@ def _jwt_provider(r: _Reader, v: object, path: str, name: str) -> JwtProvider:
         "issuer", "audiences", "local_jwks", "remote_jwks", "forward", "from_headers", "from_params",
         "from_cookies", "forward_payload_header", "pad_forward_payload_header", "clock_skew_seconds",
         "claim_to_headers", "jwt_cache_config", "subjects", "require_expiration", "max_lifetime",
+        "clear_route_cache",
     )  # fmt: skip
     f = _Fields(r, v, path, fields)
     f.exactly_one("local_jwks", "remote_jwks")
@@ -526,6 +531,7 @@ def _jwt_provider(r: _Reader, v: object, path: str, name: str) -> JwtProvider:
         subjects=f.opt("subjects", _string_matcher, None),
         require_expiration=f.opt("require_expiration", _bool, False),
         max_lifetime=f.opt("max_lifetime", _duration_ge0, None),
+        clear_route_cache=f.opt("clear_route_cache", _bool, False),
     )
     f.done()
     if provider.local_jwks is not None and provider.local_jwks.inline is not None:
@@ -794,10 +800,6 @@ def _ext_authz(r: _Reader, tc: _Fields) -> ExtAuthz:
     elif which == "grpc_service":
         config = tc.req(which, _ext_authz_grpc_service)
     version = tc.opt("transport_api_version", _enum(("V3",)), "V3")
-    if tc.opt("clear_route_cache", _bool, False):
-        # Envoy then chooses the route again after the service changed the headers; here the
-        # route is chosen once, before the filters: refused rather than silently not done
-        tc.problem("clear_route_cache", "true is not supported (the route is chosen before the filters)")
     allowed = tc.opt("allowed_headers", _list_string_matcher, None)
     rest = {
         "failure_mode_allow": tc.opt("failure_mode_allow", _bool, False),
@@ -807,6 +809,7 @@ def _ext_authz(r: _Reader, tc: _Fields) -> ExtAuthz:
         "stat_prefix": tc.opt("stat_prefix", _str, ""),
         "include_peer_certificate": tc.opt("include_peer_certificate", _bool, False),
         "with_request_body": tc.opt("with_request_body", _ext_authz_buffer_settings, None),
+        "clear_route_cache": tc.opt("clear_route_cache", _bool, False),
     }
     if config is None or version is None or tc.failed:
         return ExtAuthz("http")  # tc.done() raises

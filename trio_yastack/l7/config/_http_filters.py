@@ -217,11 +217,13 @@ class GrpcWeb:
 class Lua:
     """``envoy.filters.http.lua``: ``default_source_code`` (or the deprecated ``inline_code``) runs
     on every request, ``source_codes`` by name for routes that ask for one; ``stat_prefix`` names
-    the ``lua.errors`` counter's scope."""
+    the ``lua.errors`` counter's scope; ``clear_route_cache`` (Envoy's default true): a script that
+    changed the request's headers has the route chosen again."""
 
     code: str = ""
     source_codes: tuple[tuple[str, str], ...] = ()
     stat_prefix: str = ""
+    clear_route_cache: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -437,7 +439,9 @@ def _lua(r: _Reader, tc: _Fields) -> Lua:
     elif tc.has("default_source_code"):
         code = tc.req("default_source_code", _lua_source)
     codes = tc.opt("source_codes", _named_map(lambda r, v, p, name: (name, _lua_source(r, v, p))), ())
-    return Lua(code or "", codes or (), tc.opt("stat_prefix", _str, ""))
+    return Lua(
+        code or "", codes or (), tc.opt("stat_prefix", _str, ""), tc.opt("clear_route_cache", _bool, True)
+    )
 
 
 _ZLIB_LEVELS = {"DEFAULT_COMPRESSION": -1, "BEST_SPEED": 1, "BEST_COMPRESSION": 9} | {

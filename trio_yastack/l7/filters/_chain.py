@@ -143,6 +143,9 @@ class RequestView:
     downstream: object = None
     #: the request body, for the filters that read it (None: no such filter in the chain)
     body: RequestBody | None = None
+    #: chooses ``vhost`` and ``route`` again from the request's (changed) headers: Envoy's
+    #: ``clearRouteCache``, called by the chain when a filter asks (``FilterOutcome.clear_route``)
+    reroute: Callable[[RequestView], None] | None = None
 
     def per_filter_config(self, name: str) -> PerRouteConfig | None:
         """The most specific ``typed_per_filter_config`` for filter ``name``: route, then virtual host."""
@@ -174,6 +177,9 @@ class FilterOutcome:
     encoders: list[ResponseEncoder] = field(default_factory=list)
     #: a transform of the request body (gRPC-Web text's base64)
     request_decoder: RequestDecoder | None = None
+    #: a filter changed what routing reads (headers) and asks for the route again, as Envoy's
+    #: filters clear the route cache: the filters after it see the new route, and so does the router
+    clear_route: bool = False
 
 
 def sample(percent: FractionalPercent, runtime: Callable[[str], RuntimeValue], rng: random.Random) -> bool:
@@ -284,4 +290,8 @@ class HttpFilterChain:
             await runtime.decode(request, override, outcome, now)
             if outcome.status is not None or outcome.cached is not None:
                 break
+            if outcome.clear_route:
+                outcome.clear_route = False
+                if request.reroute is not None:
+                    request.reroute(request)
         return outcome

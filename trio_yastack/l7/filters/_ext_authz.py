@@ -174,6 +174,10 @@ class ExtAuthzFilter:
         headers.extend(decision.set_headers)
         headers.extend(decision.append_headers)
         outcome.response_headers.extend(decision.client_headers)
+        if config.clear_route_cache and (
+            decision.set_headers or decision.append_headers or decision.remove_headers
+        ):
+            outcome.clear_route = True  # Envoy: the service changed the request's headers
 
     def _buffer_settings(self, per_route: ExtAuthzPerRoute | None) -> ExtAuthzBufferSettings | None:
         """``with_request_body`` for this request: the route's ``check_settings`` may turn it off

@@ -376,7 +376,7 @@ class JwtAuthnFilter:
                     break
         if requirement is None:
             return
-        failure = await self._check(requirement, request, now)
+        failure = await self._check(requirement, request, now, outcome)
         if failure is None:
             self.scope.inc(self.prefix + "allowed")
             return
@@ -400,20 +400,24 @@ class JwtAuthnFilter:
         outcome.body = body
         outcome.reply_headers.append((b"www-authenticate", value.encode("latin-1")))
 
-    async def _check(self, req: JwtRequirement, request: RequestView, now: Callable[[], float]) -> str | None:
+    async def _check(
+        self, req: JwtRequirement, request: RequestView, now: Callable[[], float], outcome: FilterOutcome
+    ) -> str | None:
         """None when ``request`` meets ``req``; else the message of why not."""
         if req.kind == "provider":
-            return await self._verify_provider(self.providers[req.provider], req.audiences, request, now)
+            return await self._verify_provider(
+                self.providers[req.provider], req.audiences, request, now, outcome
+            )
         if req.kind == "all":
             for child in req.requirements:
-                failure = await self._check(child, request, now)
+                failure = await self._check(child, request, now, outcome)
                 if failure is not None:
                     return failure
             return None
         if req.kind == "any":
             failures = []
             for child in req.requirements:
-                failure = await self._check(child, request, now)
+                failure = await self._check(child, request, now, outcome)
                 if failure is None:
                     return None
                 failures.append(failure)
@@ -425,7 +429,7 @@ class JwtAuthnFilter:
         for provider in self.providers.values():
             if not extract(provider, request):
                 continue
-            result = await self._verify_provider(provider, None, request, now)
+            result = await self._verify_provider(provider, None, request, now, outcome)
             if result is not None and result != UNKNOWN_ISSUER:
                 failure = failure or result
         return failure if req.kind == "allow_missing" else None
@@ -436,6 +440,7 @@ class JwtAuthnFilter:
         audiences: tuple[str, ...] | None,
         request: RequestView,
         now: Callable[[], float],
+        outcome: FilterOutcome,
     ) -> str | None:
         tokens = extract(provider, request)
         if not tokens:
@@ -481,10 +486,14 @@ class JwtAuthnFilter:
                 "=" * (-len(parsed.payload_b64) % 4) if provider.pad_forward_payload_header else ""
             )
             _set_header(headers, provider.forward_payload_header.encode("latin-1"), value.encode("latin-1"))
+        added = False
         for header, claim in provider.claim_to_headers:
             text = _claim(payload, claim)
             if text is not None:
                 _set_header(headers, header.encode("latin-1"), text.encode("utf-8"))
+                added = True
+        if added and provider.clear_route_cache:
+            outcome.clear_route = True  # Envoy: claim headers added, the route is chosen again
         return None
 
 

@@ -6,7 +6,10 @@ the script's globals from request to request.  The handles offer here:
 
 - ``headers()``: ``get(name)``, ``getAtIndex(name, index)``, ``getNumValues(name)``, ``add(name, value)``,
   ``replace(name, value)``, ``remove(name)``, and ``pairs()`` over them (names lowercased; the
-  request's ``:method``, ``:path``, ``:authority`` and the response's ``:status`` can be read);
+  request's ``:method``, ``:path``, ``:authority`` and the response's ``:status`` can be read;
+  ``:authority`` written is the ``Host`` header, other pseudo-headers cannot be written); a script
+  that changed the request's headers has the route chosen again (``clear_route_cache``, Envoy's
+  default true);
 - ``respond(headers, body)`` (requests only): a local reply with ``headers[":status"]`` (200-599),
   the other headers and ``body``; the script ends there;
 - ``body(always_wrap_body)`` (requests only): the script waits until the whole request body is read
@@ -178,10 +181,17 @@ class _HeaderMap:
         self.headers = headers
         self.pseudo = pseudo
         self.runtime = runtime
+        self.modified = False  # a request's headers changed: the route is chosen again
 
-    @staticmethod
-    def _key(name: object) -> bytes:
-        return str(name).lower().encode("latin-1")
+    def _key(self, name: object, write: bool = False) -> bytes:
+        text = str(name).lower()
+        if write:
+            if text == ":authority":
+                text = "host"  # HTTP/1.1's name for it, as the request carries it here
+            elif text.startswith(":"):
+                raise lupa.LuaError(f"{text} cannot be changed by a script here")
+            self.modified = True
+        return text.encode("latin-1")
 
     def get(self, name: object) -> str | None:
         text = str(name).lower()
@@ -204,15 +214,15 @@ class _HeaderMap:
         return sum(1 for k, _ in self.headers if k == key)
 
     def add(self, name: object, value: object) -> None:
-        self.headers.append((self._key(name), str(value).encode("latin-1")))
+        self.headers.append((self._key(name, True), str(value).encode("latin-1")))
 
     def replace(self, name: object, value: object) -> None:
-        key = self._key(name)
+        key = self._key(name, True)
         self.headers[:] = [(k, v) for k, v in self.headers if k != key]
-        self.add(name, value)
+        self.headers.append((key, str(value).encode("latin-1")))
 
     def remove(self, name: object) -> None:
-        key = self._key(name)
+        key = self._key(name, True)
         self.headers[:] = [(k, v) for k, v in self.headers if k != key]
 
     def items(self) -> Any:
@@ -271,6 +281,7 @@ class _Call:
         self.request_headers = request_headers
         self.body = b""
         self.pending: _HttpCall | None = None
+        self.header_map: _HeaderMap | None = None
 
     def respond(self, headers: Any, body: object) -> None:
         if not self.allow_respond:
@@ -454,10 +465,9 @@ class LuaFilter:
         gone) are the connection manager's and propagate."""
         host = next((v for k, v in request.headers if k == b"host"), b"").decode("latin-1")
         pseudo = {":method": request.method, ":path": request.path, ":authority": host}
+        headers = call.header_map = _HeaderMap(request.headers, pseudo, self.runtime)
         try:
-            step = self._start(
-                entry, call, _HeaderMap(request.headers, pseudo, self.runtime), MAX_INSTRUCTIONS, True
-            )
+            step = self._start(entry, call, headers, MAX_INSTRUCTIONS, True)
             what = self._step(step)
             while what in ("body", "http"):
                 if what == "body":
@@ -539,5 +549,7 @@ class LuaFilter:
             if call.reply is not None:
                 outcome.cached = call.reply  # the script's reply, exactly
                 return
+            if self.config.clear_route_cache and call.header_map is not None and call.header_map.modified:
+                outcome.clear_route = True  # Envoy: changed headers clear the route cache
         if script.on_response is not None:
             outcome.encoders.append(_LuaResponse(self, script))
