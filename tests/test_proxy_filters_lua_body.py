@@ -22,7 +22,7 @@ import trio.testing
 from proxy_helpers import BackendApp, Client, connect, running_proxy, start_backend, wait_until
 from socket_helpers import two_stacks
 
-from trio_yastack.l7.config import HCM_TYPE, load_config
+from trio_yastack.l7.config import HCM_TYPE, ConfigError, load_config
 
 LIMIT = 60
 
@@ -266,3 +266,71 @@ async def test_lua_changed_headers_choose_the_route_again(
                 await client.aclose()
                 assert proxy.stats.value("http.ingress.lua.errors") == 1
         backend.stop()
+
+
+CONTEXT_SCRIPT = """
+function envoy_on_request(h)
+  local context = h:filterContext()
+  h:headers():add("x-greeting", tostring(context["greeting"]))
+  if context["limits"] ~= nil then
+    h:headers():add("x-second-limit", tostring(context["limits"][2]))
+    h:headers():add("x-nested", tostring(context["nested"]["enabled"]))
+  end
+end
+"""
+
+CONTEXT_CONFIG = CONFIG.replace(
+    """              routes:
+              - match: {prefix: "/"}
+                route: {cluster: app}
+""",
+    """              routes:
+              - match: {prefix: "/configured"}
+                route: {cluster: app}
+                typed_per_filter_config:
+                  envoy.filters.http.lua:
+                    "@type": type.googleapis.com/envoy.extensions.filters.http.lua.v3.LuaPerRoute
+                    filter_context: {greeting: hello, limits: [10, 20], nested: {enabled: true}}
+              - match: {prefix: "/"}
+                route: {cluster: app}
+""",
+).replace(
+    textwrap.indent(SCRIPT.strip() + "\n", " " * 18), textwrap.indent(CONTEXT_SCRIPT.strip() + "\n", " " * 18)
+)
+
+
+async def test_lua_filter_context(autojump_clock: trio.testing.MockClock) -> None:
+    """``LuaPerRoute.filter_context`` alone: the filter's own script runs and reads it with
+    ``filterContext()`` (nested tables, arrays from 1); a route without one reads an empty table."""
+    app = BackendApp("app")
+    async with two_stacks() as (a, b), trio.open_nursery() as nursery:
+        backend = await start_backend(nursery, app, b, 8080)
+        async with running_proxy(load_config(CONTEXT_CONFIG), a) as proxy:
+            with trio.fail_after(LIMIT):
+                client = Client(await connect(b))
+                assert (await client.request("GET", "/configured")).status == 200
+                seen = app.seen[-1]
+                assert seen.header("x-greeting") == "hello" and seen.header("x-second-limit") == "20"
+                assert seen.header("x-nested") == "true"
+                assert (await client.request("GET", "/plain")).status == 200
+                assert app.seen[-1].header("x-greeting") == "nil"
+                await client.aclose()
+                assert proxy.stats.value("http.ingress.lua.errors") == 0
+        backend.stop()
+
+
+def test_lua_per_route_mistakes_named_by_path() -> None:
+    """Envoy's validation of ``LuaPerRoute``: ``disabled`` must be true, one override at most, a
+    ``filter_context`` must be a mapping."""
+    base = "filter_context: {greeting: hello, limits: [10, 20], nested: {enabled: true}}"
+    for replacement, message in (
+        ("disabled: false", "disabled: must be true"),
+        (
+            "name: a\n                    source_code: {inline_string: 'x = 1'}",
+            "source_code: only one of disabled, name, source_code",
+        ),
+        ("filter_context: [1, 2]", "filter_context: expected a mapping"),
+    ):
+        with pytest.raises(ConfigError) as e:
+            load_config(CONTEXT_CONFIG.replace(base, replacement))
+        assert f"routes[0].typed_per_filter_config.envoy.filters.http.lua.{message}" in str(e.value)

@@ -4,6 +4,7 @@ the ``http_filters[]`` / ``typed_per_filter_config`` entries that name them."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -228,12 +229,14 @@ class Lua:
 
 @dataclass(frozen=True, slots=True)
 class LuaPerRoute:
-    """``LuaPerRoute``: ``disabled``, a ``name`` of the filter's ``source_codes``, or a
-    ``source_code`` of its own."""
+    """``LuaPerRoute``: ``disabled``, a ``name`` of the filter's ``source_codes``, a
+    ``source_code`` of its own, or none of them (the filter's script); ``filter_context``: the
+    ``Struct`` a script reads with ``filterContext()``, as JSON text."""
 
     disabled: bool = False
     name: str | None = None
     code: str | None = None
+    filter_context: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -366,17 +369,25 @@ def _per_filter_config(r: _Reader, name: str, v: object, path: str) -> PerRouteC
         else:
             config = tc.req("check_settings", _ext_authz_check_settings)
     elif name == LUA_NAME:
-        which = tc.exactly_one("disabled", "name", "source_code")
-        if which == "disabled":
-            config = LuaPerRoute(disabled=tc.req("disabled", _bool))
-        elif which == "name":
-            config = LuaPerRoute(name=tc.req("name", _nonempty_str))
-        else:
-            config = LuaPerRoute(code=tc.req("source_code", _lua_source))
+        overrides = [k for k in ("disabled", "name", "source_code") if tc.has(k)]
+        context = tc.opt("filter_context", _struct_json, None)
+        if len(overrides) > 1:
+            tc.problem(
+                overrides[1],
+                f"only one of disabled, name, source_code may be set (also found {overrides[0]!r})",
+            )
+        if "disabled" in overrides:
+            config = LuaPerRoute(disabled=tc.req("disabled", _true))
+        elif "name" in overrides:
+            config = LuaPerRoute(name=tc.req("name", _nonempty_str), filter_context=context)
+        elif "source_code" in overrides:
+            config = LuaPerRoute(code=tc.req("source_code", _lua_source), filter_context=context)
+        else:  # the filter's own script, with this route's filter_context
+            config = LuaPerRoute(filter_context=context)
     elif name == JWT_AUTHN_NAME:
         which = tc.exactly_one("disabled", "requirement_name")
         if which == "disabled":
-            config = JwtPerRoute(disabled=tc.req("disabled", _bool))
+            config = JwtPerRoute(disabled=tc.req("disabled", _true))
         else:
             config = JwtPerRoute(requirement_name=tc.req("requirement_name", _nonempty_str))
     else:
@@ -400,6 +411,23 @@ def _cors_policy(r: _Reader, tc: _Fields) -> CorsPolicy:
         shadow_enabled=tc.opt("shadow_enabled", _runtime_fractional_percent, None),
     )
     return policy
+
+
+def _true(r: _Reader, v: object, path: str) -> bool:
+    """A ``bool`` Envoy's validation holds to ``const: true`` (``disabled`` of a per-route config)."""
+    if _bool(r, v, path) is not True:
+        r.fail(path, "must be true (Envoy's validation); leave it out instead")
+    return True
+
+
+def _struct_json(r: _Reader, v: object, path: str) -> str:
+    """A ``google.protobuf.Struct``: any mapping, kept as its JSON text."""
+    if not isinstance(v, Mapping):
+        r.fail(path, f"expected a mapping, got {_kind(v)}")
+    try:
+        return json.dumps(v, sort_keys=True)
+    except (TypeError, ValueError) as exc:
+        r.fail(path, f"not a JSON value: {exc}")
 
 
 def _lua_source(r: _Reader, v: object, path: str) -> str:

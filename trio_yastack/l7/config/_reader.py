@@ -416,7 +416,7 @@ _TYPED_CONFIG_FIELDS: dict[str, tuple[str, ...]] = {
     EXT_AUTHZ_PER_ROUTE_TYPE: ("disabled", "check_settings"),
     GRPC_WEB_TYPE: (),
     LUA_TYPE: ("inline_code", "default_source_code", "source_codes", "stat_prefix", "clear_route_cache"),
-    LUA_PER_ROUTE_TYPE: ("disabled", "name", "source_code"),
+    LUA_PER_ROUTE_TYPE: ("disabled", "name", "source_code", "filter_context"),
     JWT_AUTHN_TYPE: (
         "providers",
         "rules",

@@ -21,6 +21,7 @@ the script's globals from request to request.  The handles offer here:
   request to a configured cluster (``:method``, ``:path`` and ``:authority`` required); the script
   waits for the answer's headers (``:status`` included) and body (nil when empty); a failure answers
   503 ``upstream failure`` as Envoy's does; asynchronous calls are not waited for;
+- ``filterContext()``: the route's ``LuaPerRoute.filter_context`` as a table (empty without one);
 - ``logTrace``/``logDebug``/``logInfo``/``logWarn``/``logErr``/``logCritical``: the proxy's log
   (the ``trio_yastack.l7.lua`` logger).
 
@@ -37,6 +38,7 @@ a limit) is counted in ``lua.errors`` and the request goes on as Envoy lets it.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -126,6 +128,7 @@ local function handle(py, headers, on_request)
     return body
   end
   function h:bodyChunks() error("bodyChunks() is not available in this proxy's Lua filter", 2) end
+  function h:filterContext() return py.filter_context() end
   function h:httpCall(cluster, call_headers, call_body, timeout_ms, asynchronous)
     if not on_request then error("httpCall() is not available in envoy_on_response here", 2) end
     local duplicates = false
@@ -282,6 +285,11 @@ class _Call:
         self.body = b""
         self.pending: _HttpCall | None = None
         self.header_map: _HeaderMap | None = None
+        self.context = "{}"  # the route's filter_context (JSON), for filterContext()
+
+    def filter_context(self) -> Any:
+        """``filterContext()``: the route's ``filter_context`` as a Lua table (empty without one)."""
+        return _to_lua(self.filter.runtime, json.loads(self.context))
 
     def respond(self, headers: Any, body: object) -> None:
         if not self.allow_respond:
@@ -359,6 +367,15 @@ class _Call:
         log.log(level, "script log: %s", message)
 
 
+def _to_lua(runtime: Any, value: object) -> object:
+    """A JSON value as Lua sees it: objects and arrays as tables (arrays from index 1)."""
+    if isinstance(value, dict):
+        return runtime.table_from({k: _to_lua(runtime, v) for k, v in value.items()})
+    if isinstance(value, list):
+        return runtime.table_from([_to_lua(runtime, v) for v in value])
+    return value
+
+
 class _Script:
     """One compiled script in the filter's Lua state: its two entry points (either may be absent)."""
 
@@ -421,7 +438,9 @@ class LuaFilter:
             return None
         if override.name is not None:
             return self.named.get(override.name)
-        code = override.code or ""
+        if override.code is None:
+            return self.default  # a per-route config with only a filter_context
+        code = override.code
         script = self.by_code.get(code)
         if script is None:
             if len(self.by_code) >= MAX_SCRIPTS:
@@ -545,6 +564,8 @@ class LuaFilter:
             return
         if script.on_request is not None:
             call = _Call(self, True, request.body, request.headers)
+            if isinstance(override, LuaPerRoute) and override.filter_context is not None:
+                call.context = override.filter_context
             await self.run_request(script.on_request, request, call)
             if call.reply is not None:
                 outcome.cached = call.reply  # the script's reply, exactly
