@@ -315,6 +315,27 @@ async def test_local_ratelimit_per_connection(autojump_clock: trio.testing.MockC
         assert [r.status for r in await many(b, 3)] == [200, 200, 429]  # a new connection, a new bucket
 
 
+async def test_local_ratelimit_x_ratelimit_headers(autojump_clock: trio.testing.MockClock) -> None:
+    """``enable_x_ratelimit_headers: DRAFT_VERSION_03``: each response says the bucket's size, the
+    tokens left and the seconds to the next fill, the 429 too; the option off adds none."""
+    rl = ratelimit(2, "10s", enable_x_ratelimit_headers="DRAFT_VERSION_03")
+    async with proxied(filters(rl)) as (b, _, _app):
+        first, second, refused = await many(b, 3)
+        await trio.sleep(4)
+        (later,) = await many(b, 1)
+    heads = [(r.status, r.header("x-ratelimit-limit"), r.header("x-ratelimit-remaining"),
+              r.header("x-ratelimit-reset")) for r in (first, second, refused, later)]  # fmt: skip
+    assert heads == [
+        (200, "2", "1", "10"),
+        (200, "2", "0", "10"),
+        (429, "2", "0", "10"),
+        (429, "2", "0", "6"),
+    ]
+    async with proxied(filters(ratelimit(2, "10s"))) as (b, _, _app):
+        (r,) = await many(b, 1)
+        assert r.status == 200 and r.header("x-ratelimit-limit") is None
+
+
 async def test_filters_run_in_the_order_configured(autojump_clock: trio.testing.MockClock) -> None:
     """A rate limit before an always-abort fault answers 429 once the bucket is empty (the fault
     never runs); in the other order the fault answers every request and the bucket is never touched."""

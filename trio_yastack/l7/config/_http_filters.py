@@ -154,6 +154,8 @@ class LocalRateLimit:
     status: int = 429
     response_headers_to_add: tuple[HeaderValueOption, ...] = ()
     per_connection: bool = False
+    #: ``enable_x_ratelimit_headers: DRAFT_VERSION_03``: ``x-ratelimit-limit``/``-remaining``/``-reset``
+    x_ratelimit_headers: bool = False
 
 
 #: Envoy's default ``content_type`` list of the compressor
@@ -613,4 +615,6 @@ def _local_ratelimit(r: _Reader, tc: _Fields) -> LocalRateLimit:
         status=tc.opt("status", _http_status_code, 429),
         response_headers_to_add=tc.opt("response_headers_to_add", _list(_header_value_option), ()),
         per_connection=tc.opt("local_rate_limit_per_downstream_connection", _bool, False),
+        x_ratelimit_headers=tc.opt("enable_x_ratelimit_headers", _enum(("OFF", "DRAFT_VERSION_03")), "OFF")
+        == "DRAFT_VERSION_03",
     )

@@ -398,6 +398,7 @@ _TYPED_CONFIG_FIELDS: dict[str, tuple[str, ...]] = {
         "status",
         "response_headers_to_add",
         "local_rate_limit_per_downstream_connection",
+        "enable_x_ratelimit_headers",
     ),
     EXT_AUTHZ_TYPE: (
         "http_service",
