@@ -420,3 +420,69 @@ async def test_ext_authz_clear_route_cache(autojump_clock: trio.testing.MockCloc
                 await client.aclose()
         for backend in backends:
             backend.stop()
+
+
+async def test_ext_authz_disallowed_headers_and_deny_at_disable(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """``disallowed_headers`` wins over ``allowed_headers`` (x-tenant is no longer sent); with
+    ``filter_enabled`` at 0% no check is made, and ``deny_at_disable`` then answers
+    ``status_on_error`` (503 here) except on the route that disables the filter."""
+    config = HTTP_CONFIG.replace(
+        "              transport_api_version: V3\n",
+        "              transport_api_version: V3\n"
+        "              disallowed_headers: {patterns: [{exact: x-tenant}]}\n",
+    )
+    app, authz = BackendApp("app"), AuthzApp()
+    async with two_stacks() as (a, b), trio.open_nursery() as nursery:
+        backends = [await start_backend(nursery, app, b, 8080), await start_backend(nursery, authz, b, 8091)]
+        async with running_proxy(load_config(config), a):
+            with trio.fail_after(LIMIT):
+                client = Client(await connect(b))
+                r = await client.request("GET", "/x", [("authorization", "Bearer good"), ("x-tenant", "t1")])
+                assert r.status == 200 and authz.seen[-1].header("x-tenant") is None
+                assert app.seen[-1].header("x-tenant") == "t1"  # still forwarded upstream
+                await client.aclose()
+        off = config.replace(
+            "              transport_api_version: V3\n",
+            "              transport_api_version: V3\n"
+            "              filter_enabled: {default_value: {numerator: 0}}\n"
+            "              deny_at_disable: {default_value: true}\n",
+        )
+        checks = len(authz.seen)
+        async with running_proxy(load_config(off), a) as proxy:
+            with trio.fail_after(LIMIT):
+                client = Client(await connect(b))
+                r = await client.request("GET", "/x", [("authorization", "Bearer good")])
+                assert r.status == 503 and len(authz.seen) == checks
+                r = await client.request("GET", "/health", [("authorization", "Bearer good")])
+                assert r.status == 200  # disabled on this route: not denied
+                await client.aclose()
+                assert proxy.stats.value("http.ingress.ext_authz.disabled") == 1
+        for backend in backends:
+            backend.stop()
+
+
+async def test_ext_authz_grpc_disallowed_headers() -> None:
+    """``disallowed_headers`` also keeps a header out of the gRPC check (all are sent by default)."""
+    app = BackendApp("app")
+    proxy_port, app_port = _free_port(), _free_port()
+    with grpc_authz() as (authz_port, service):
+        async with trio.open_nursery() as nursery:
+            stop = await kernel_backend(nursery, app, app_port)
+            config = grpc_config(proxy_port, app_port, authz_port).replace(
+                "              stat_prefix: grpc\n",
+                "              stat_prefix: grpc\n"
+                "              disallowed_headers: {patterns: [{exact: x-secret}]}\n",
+            )
+            async with running_proxy(load_config(config), None):
+                with trio.fail_after(LIMIT):
+                    client = Client(await trio.open_tcp_stream("127.0.0.1", proxy_port))
+                    r = await client.request(
+                        "GET", "/", [("x-user", "bob"), ("x-secret", "s"), ("x-other", "o")]
+                    )
+                    assert r.status == 200
+                    headers = service.checks[-1].attributes.request.http.headers
+                    assert "x-secret" not in headers and headers["x-other"] == "o"
+                    await client.aclose()
+            stop.set()

@@ -236,7 +236,9 @@ class ExtAuthz:
     a gRPC error): ``failure_mode_allow`` lets the request through (with
     ``x-envoy-auth-failure-mode-allowed: true`` when ``failure_mode_allow_header_add``), else the
     client gets ``status_on_error`` (Envoy's default 403).  ``clear_route_cache``: an allowed
-    request whose headers the service changed has its route chosen again."""
+    request whose headers the service changed has its route chosen again.  ``disallowed_headers``:
+    never sent to the service (over ``allowed_headers``); ``include_tls_session``: the gRPC check
+    carries the SNI the TLS inspector read."""
 
     kind: Literal["http", "grpc"]
     cluster: str = ""
@@ -259,6 +261,11 @@ class ExtAuthz:
     include_peer_certificate: bool = False
     with_request_body: ExtAuthzBufferSettings | None = None
     clear_route_cache: bool = False
+    #: ``deny_at_disable`` (default value, runtime key): a request ``filter_enabled`` leaves out is
+    #: denied with ``status_on_error`` (not on a route that disables the filter)
+    deny_at_disable: tuple[bool, str | None] | None = None
+    disallowed_headers: tuple[StringMatcher, ...] = ()
+    include_tls_session: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -682,6 +689,15 @@ def _string_map(r: _Reader, v: object, path: str) -> dict[str, str]:
 _list_string_matcher = _only_field("patterns", _list(_string_matcher, min_items=1))
 
 
+def _runtime_flag(r: _Reader, v: object, path: str) -> tuple[bool, str | None]:
+    """A ``RuntimeFeatureFlag``: ``default_value`` (required) and an optional ``runtime_key``."""
+    f = _Fields(r, v, path, ("default_value", "runtime_key"))
+    value = f.req("default_value", _bool)
+    key = f.opt("runtime_key", _str, None)
+    f.done()
+    return value, key or None
+
+
 def _http_status(r: _Reader, v: object, path: str) -> int:
     """An ``HttpStatus``: ``code``, a ``StatusCode`` name (``Forbidden``) or its number."""
     from envoy.type.v3 import http_status_pb2  # type: ignore[import-untyped]  # xds-protos: no stubs
@@ -810,6 +826,9 @@ def _ext_authz(r: _Reader, tc: _Fields) -> ExtAuthz:
         "include_peer_certificate": tc.opt("include_peer_certificate", _bool, False),
         "with_request_body": tc.opt("with_request_body", _ext_authz_buffer_settings, None),
         "clear_route_cache": tc.opt("clear_route_cache", _bool, False),
+        "deny_at_disable": tc.opt("deny_at_disable", _runtime_flag, None),
+        "disallowed_headers": tc.opt("disallowed_headers", _list_string_matcher, ()),
+        "include_tls_session": tc.opt("include_tls_session", _bool, False),
     }
     if config is None or version is None or tc.failed:
         return ExtAuthz("http")  # tc.done() raises

@@ -21,6 +21,9 @@ Envoy's behaviour (source/extensions/filters/http/ext_authz/ and filters/common/
   allows (``ok_response``: headers to set or append, headers to remove, response headers to add),
   any other denies (``denied_response``: its status, 403 by default, headers and body); an RPC
   failure is an error.
+- ``disallowed_headers`` are never sent (over ``allowed_headers``); ``include_tls_session`` adds
+  the SNI (as the TLS inspector read it) to the gRPC check; ``deny_at_disable`` denies, with
+  ``status_on_error``, a request ``filter_enabled`` leaves out.
 - An error lets the request through with ``failure_mode_allow`` (and
   ``x-envoy-auth-failure-mode-allowed: true`` with ``failure_mode_allow_header_add``), else answers
   ``status_on_error`` (403) with no body.  Denials and errors carry the response flag ``UAEX``.
@@ -131,6 +134,9 @@ class ExtAuthzFilter:
             return
         if config.filter_enabled is not None and not sample(config.filter_enabled, self.runtime, self.rng):
             self.scope.inc(self.prefix + "disabled")
+            if config.deny_at_disable is not None and self._flag(config.deny_at_disable):
+                outcome.status = config.status_on_error  # Envoy: deny_at_disable
+                outcome.flags.append("UAEX")
             return
         body: tuple[bytes, bool] | None = None
         settings = self._buffer_settings(per_route)
@@ -179,6 +185,20 @@ class ExtAuthzFilter:
         ):
             outcome.clear_route = True  # Envoy: the service changed the request's headers
 
+    def _flag(self, flag: tuple[bool, str | None]) -> bool:
+        """A ``RuntimeFeatureFlag``: the runtime's boolean under its key, else its default."""
+        value, key = flag
+        found = self.runtime(key) if key is not None else None
+        return found if isinstance(found, bool) else value
+
+    def _allowed(self, name: bytes, patterns: Sequence[StringMatcher] | None) -> bool:
+        """Whether a request header goes to the service: ``allowed_headers`` (None: every one),
+        then never one ``disallowed_headers`` names."""
+        if patterns is not None and not _matches(patterns, name):
+            return False
+        disallowed = self.config.disallowed_headers
+        return not (disallowed and _matches(disallowed, name))
+
     def _buffer_settings(self, per_route: ExtAuthzPerRoute | None) -> ExtAuthzBufferSettings | None:
         """``with_request_body`` for this request: the route's ``check_settings`` may turn it off
         (``disable_request_body_buffering``) or give its own."""
@@ -196,8 +216,12 @@ class ExtAuthzFilter:
         check's body, with ``x-envoy-auth-partial-body``)."""
         config = self.config
         allowed = config.allowed_headers or ()
+        disallowed = config.disallowed_headers
         check = [
-            (k, v) for k, v in request.headers if k in _ALWAYS_CHECKED or (allowed and _matches(allowed, k))
+            (k, v)
+            for k, v in request.headers
+            if (k in _ALWAYS_CHECKED or (allowed and _matches(allowed, k)))
+            and not (disallowed and _matches(disallowed, k))
         ]
         check.extend((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in config.headers_to_add)
         if body is not None:
@@ -325,6 +349,8 @@ class ExtAuthzFilter:
                 # Envoy: the client certificate in URL-encoded PEM
                 pem = ssl.DER_cert_to_PEM_cert(conn.peer_cert_der)
                 attributes.source.certificate = urllib.parse.quote(pem, safe="")
+        if self.config.include_tls_session and conn.tls and conn.server_name:
+            attributes.tls_session.sni = conn.server_name
         if conn.local is not None:
             attributes.destination.address.socket_address.address = str(conn.local)
             attributes.destination.address.socket_address.port_value = conn.local_port or 0
@@ -342,7 +368,7 @@ class ExtAuthzFilter:
         joined: dict[str, str] = {":authority": host, ":method": request.method, ":path": request.path,
                                   ":scheme": scheme}  # fmt: skip
         for k, v in request.headers:
-            if allowed is not None and not _matches(allowed, k):
+            if not self._allowed(k, allowed):
                 continue
             name, value = k.decode("latin-1"), v.decode("latin-1")
             joined[name] = f"{joined[name]},{value}" if name in joined else value
