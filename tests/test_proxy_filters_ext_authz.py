@@ -486,3 +486,25 @@ async def test_ext_authz_grpc_disallowed_headers() -> None:
                     assert "x-secret" not in headers and headers["x-other"] == "o"
                     await client.aclose()
             stop.set()
+
+
+@pytest.mark.parametrize(
+    ("include", "tls", "sni"), [(True, True, "api.example"), (False, True, ""), (True, False, "")]
+)
+def test_ext_authz_grpc_check_include_tls_session(include: bool, tls: bool, sni: str) -> None:
+    """``include_tls_session``: the gRPC check's ``tls_session.sni`` is the SNI the TLS inspector
+    read, on a TLS connection only, and only when asked for."""
+    import random
+
+    from trio_yastack.l7.config import ExtAuthz
+    from trio_yastack.l7.filters._chain import RequestView
+    from trio_yastack.l7.filters._connection import _KEY, ConnectionInfo
+    from trio_yastack.l7.filters._ext_authz import ExtAuthzFilter
+    from trio_yastack.l7.stats import Stats
+
+    config = ExtAuthz("grpc", cluster="authz", include_tls_session=include)
+    f = ExtAuthzFilter(config, Stats().scope("http", "ingress"), lambda key: None, random.Random(0))
+    state: dict[int, object] = {_KEY: ConnectionInfo(tls=tls, server_name="api.example")}
+    view = RequestView("GET", "/", [(b"host", b"api.example")], None, None, state)
+    check = f._check_request(view, (), external_auth_pb2)
+    assert check.attributes.tls_session.sni == sni
