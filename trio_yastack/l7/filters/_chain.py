@@ -266,14 +266,10 @@ class HttpFilterChain:
                 self.filters.append((f, LuaFilter(f.config, scope, clusters)))  # type: ignore[arg-type]  # the config's type follows its name
             elif f.name == RBAC_NAME:
                 self.filters.append((f, RbacFilter(f.config, scope)))  # type: ignore[arg-type]  # the config's type follows its name
-        self._reads_body = any(getattr(runtime, "reads_body", False) for _, runtime in self.filters)
-
-    @property
-    def reads_body(self) -> bool:
-        """Whether a filter of the chain may read the request body before the router (Lua, whose
-        scripts may call ``body()``; ext_authz with ``with_request_body`` here or on a route):
-        then the connection manager hands the filters a :class:`RequestBody`."""
-        return self._reads_body
+        #: whether a filter may read the request body before the router (Lua, whose scripts may
+        #: call ``body()``; ext_authz, whose ``with_request_body`` may be set here or on a route):
+        #: then the connection manager hands the filters a :class:`RequestBody`
+        self.reads_body = any(getattr(runtime, "reads_body", False) for _, runtime in self.filters)
 
     @staticmethod
     def needed(filters: tuple[HttpFilter, ...]) -> bool:
