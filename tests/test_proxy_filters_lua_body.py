@@ -334,3 +334,88 @@ def test_lua_per_route_mistakes_named_by_path() -> None:
         with pytest.raises(ConfigError) as e:
             load_config(CONTEXT_CONFIG.replace(base, replacement))
         assert f"routes[0].typed_per_filter_config.envoy.filters.http.lua.{message}" in str(e.value)
+
+
+INFO_SCRIPT = """
+function envoy_on_request(h)
+  local info, headers = h:streamInfo(), h:headers()
+  headers:add("x-protocol", info:protocol())
+  headers:add("x-remote", info:downstreamRemoteAddress())
+  headers:add("x-local", info:downstreamLocalAddress())
+  headers:add("x-sni", "[" .. info:requestedServerName() .. "]")
+  headers:add("x-tls", tostring(h:connection():ssl() ~= nil))
+  headers:add("x-b64", h:base64Escape("hi\\0there"))
+  headers:add("x-ms", tostring(math.type(h:timestamp())))
+  headers:add("x-us-digits", tostring(#h:timestampString(EnvoyTimestampResolution.MICROSECOND)))
+end
+function envoy_on_response(h)
+  h:headers():add("x-response-protocol", h:streamInfo():protocol())
+end
+"""
+
+
+async def test_lua_stream_info_and_helpers(autojump_clock: trio.testing.MockClock) -> None:
+    """``streamInfo()`` (protocol, the peer's and our address, the SNI: none here), ``connection():
+    ssl()`` (nil: plain HTTP), ``base64Escape``, ``timestamp``/``timestampString``, on both sides."""
+    config = CONFIG.replace(
+        textwrap.indent(SCRIPT.strip() + "\n", " " * 18),
+        textwrap.indent(INFO_SCRIPT.strip() + "\n", " " * 18),
+    )
+    app = BackendApp("app")
+    async with two_stacks() as (a, b), trio.open_nursery() as nursery:
+        backend = await start_backend(nursery, app, b, 8080)
+        async with running_proxy(load_config(config), a) as proxy:
+            with trio.fail_after(LIMIT):
+                stream = await connect(b)
+                client_port = stream.socket.getsockname()[1]
+                client = Client(stream)
+                r = await client.request("GET", "/info")
+                assert r.status == 200 and r.header("x-response-protocol") == "HTTP/1.1"
+                seen = app.seen[-1]
+                assert seen.header("x-protocol") == "HTTP/1.1"
+                assert seen.header("x-remote") == f"198.18.0.1:{client_port}"
+                assert seen.header("x-local") == "198.18.0.2:10000"
+                assert seen.header("x-sni") == "[]" and seen.header("x-tls") == "false"
+                assert seen.header("x-b64") == "aGkAdGhlcmU="
+                assert seen.header("x-ms") == "integer" and seen.header("x-us-digits") == "16"
+                await client.aclose()
+                assert proxy.stats.value("http.ingress.lua.errors") == 0
+        backend.stop()
+
+
+async def test_lua_connection_ssl_reads_the_peer_certificate() -> None:
+    """``connection():ssl()`` on a TLS connection: the client certificate's SANs and subject as
+    the other filters read them (here from a ConnectionInfo already looked up for the connection),
+    and the SNI the TLS inspector read."""
+    from trio_yastack.l7.config import Lua
+    from trio_yastack.l7.filters._chain import FilterOutcome, RequestView
+    from trio_yastack.l7.filters._connection import _KEY, ConnectionInfo
+    from trio_yastack.l7.filters._lua import LuaFilter
+    from trio_yastack.l7.stats import Stats
+
+    script = """
+    function envoy_on_request(h)
+      local ssl, headers = h:connection():ssl(), h:headers()
+      headers:add("x-presented", tostring(ssl:peerCertificatePresented()))
+      headers:add("x-uri", table.concat(ssl:uriSanPeerCertificate(), ","))
+      headers:add("x-dns", table.concat(ssl:dnsSansPeerCertificate(), ","))
+      headers:add("x-subject", ssl:subjectPeerCertificate())
+      headers:add("x-sni", h:streamInfo():requestedServerName())
+    end
+    """
+    cert = {
+        "subject": ((("organizationName", "Example"),), (("commonName", "client"),)),
+        "subjectAltName": (("URI", "spiffe://example.org/web"), ("DNS", "a.example"), ("DNS", "b.example")),
+    }
+    info = ConnectionInfo(tls=True, peer_cert=cert, server_name="api.example")
+    lua = LuaFilter(Lua(script), Stats().scope("http", "ingress"))
+    headers: list[tuple[bytes, bytes]] = []
+    view = RequestView("GET", "/", headers, None, None, {_KEY: info})
+    await lua.decode(view, None, FilterOutcome(), trio.current_time)
+    assert dict(headers) == {
+        b"x-presented": b"true",
+        b"x-uri": b"spiffe://example.org/web",
+        b"x-dns": b"a.example,b.example",
+        b"x-subject": b"CN=client,O=Example",
+        b"x-sni": b"api.example",
+    }

@@ -25,8 +25,16 @@ the script's globals from request to request.  The handles offer here:
 - ``logTrace``/``logDebug``/``logInfo``/``logWarn``/``logErr``/``logCritical``: the proxy's log
   (the ``trio_yastack.l7.lua`` logger).
 
+- ``streamInfo()``: ``protocol()``, ``requestedServerName()`` (the TLS inspector's SNI),
+  ``downstreamRemoteAddress()``/``downstreamDirectRemoteAddress()`` (the peer, ``ip:port``),
+  ``downstreamLocalAddress()``, ``routeName()`` ("": routes have no names here);
+- ``connection():ssl()``: nil on a plain connection, else ``peerCertificatePresented()``,
+  ``uriSanPeerCertificate()``, ``dnsSansPeerCertificate()``, ``subjectPeerCertificate()``;
+- ``base64Escape(data)``, ``timestamp()`` and ``timestampString(resolution)``.
+
 Not available (a script calling them fails, counted below): ``bodyChunks()``, ``trailers()``,
-``metadata()``, ``streamInfo()``, ``connection()``; ``body()`` and ``httpCall()`` in
+``metadata()``, ``streamInfo():dynamicMetadata()`` and the rest of stream info, the other
+``connection()`` calls; ``body()`` and ``httpCall()`` in
 ``envoy_on_response`` (the response's head is sent before its body is read).
 
 Scripts run as coroutines, as in Envoy: ``body()`` and ``httpCall()`` yield to the filter, which
@@ -38,8 +46,10 @@ a limit) is counted in ``lua.errors`` and the request goes on as Envoy lets it.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -50,6 +60,7 @@ import trio
 from ..config import Lua, LuaPerRoute, PerRouteConfig
 from ..stats import Scope
 from ._body import buffer_body, replace_body
+from ._connection import connection_info
 from ._side_call import SideCallError, http_call
 
 if TYPE_CHECKING:
@@ -73,6 +84,8 @@ MAX_CALL_SECONDS = 60.0
 MAX_ASYNC_CALLS = 64
 #: how many headers an ``httpCall()`` or ``respond()`` may give
 MAX_CALL_HEADERS = 100
+#: ``EnvoyTimestampResolution.MICROSECOND``'s value (the global the prelude defines)
+_MICROSECOND = 1
 
 # The handles are Lua tables over Python callables (so ``pairs`` and the ``obj:method()`` calls
 # scripts use behave as in Envoy).  ``start`` runs an entry point as a coroutine under an
@@ -81,6 +94,7 @@ MAX_CALL_HEADERS = 100
 # or that it ended ("done", "respond").  Envoy runs scripts as coroutines the same way: a script
 # yields where it waits, so it reads as straight-line code.
 _PRELUDE = """
+EnvoyTimestampResolution = {MILLISECOND = 0, MICROSECOND = 1}
 local limit_reached = "lua: the script ran more than its instruction limit"
 local function header_map(py)
   local map = {}
@@ -106,8 +120,35 @@ local function buffer(py)
   function b:setBytes(data) py.set_bytes(data) end
   return b
 end
+local function stream_info(py)
+  local s = {}
+  function s:protocol() return py.info("protocol") end
+  function s:requestedServerName() return py.info("sni") end
+  function s:downstreamRemoteAddress() return py.info("remote") end
+  function s:downstreamDirectRemoteAddress() return py.info("remote") end
+  function s:downstreamLocalAddress() return py.info("local") end
+  function s:routeName() return "" end
+  return s
+end
+local function ssl_connection(py)
+  local c = {}
+  function c:peerCertificatePresented() return py.info("cert_presented") end
+  function c:uriSanPeerCertificate() return py.info("uri_sans") end
+  function c:dnsSansPeerCertificate() return py.info("dns_sans") end
+  function c:subjectPeerCertificate() return py.info("subject") end
+  return c
+end
 local function handle(py, headers, on_request)
   local h = {}
+  function h:streamInfo() return stream_info(py) end
+  function h:connection()
+    local c = {}
+    function c:ssl() if py.info("tls") then return ssl_connection(py) end return nil end
+    return c
+  end
+  function h:base64Escape(data) return py.base64(data) end
+  function h:timestamp() return py.timestamp(false) end
+  function h:timestampString(resolution) return py.timestamp(true, resolution) end
   local map = header_map(headers)
   local body = nil
   function h:headers() return map end
@@ -285,7 +326,51 @@ class _Call:
         self.body = b""
         self.pending: _HttpCall | None = None
         self.header_map: _HeaderMap | None = None
+        self.view: RequestView | None = None  # the request, for streamInfo() and connection()
         self.context = "{}"  # the route's filter_context (JSON), for filterContext()
+
+    def info(self, what: str) -> Any:
+        """``streamInfo()`` and ``connection():ssl()``'s answers, from the downstream connection
+        (looked up once per connection, as the other filters do)."""
+        view = self.view
+        if view is None:
+            return None
+        if what == "protocol":
+            return getattr(view.downstream, "protocol", None) or "HTTP/1.1"
+        conn = connection_info(view.downstream, view.connection_state)
+        if what == "sni":
+            return conn.server_name or ""
+        if what in ("remote", "local"):
+            address, port = (
+                (conn.remote, conn.remote_port) if what == "remote" else (conn.local, conn.local_port)
+            )
+            if address is None:
+                return ""
+            return f"[{address}]:{port or 0}" if address.version == 6 else f"{address}:{port or 0}"
+        if what == "tls":
+            return conn.tls
+        if what == "cert_presented":
+            return bool(conn.peer_cert)
+        if what == "uri_sans":
+            return self.filter.runtime.table_from(conn.uri_sans())
+        if what == "dns_sans":
+            return self.filter.runtime.table_from(conn.dns_sans())
+        return conn.subject()  # "subject"
+
+    @staticmethod
+    def base64(data: object) -> str:
+        """``base64Escape``: standard base64 of the string's bytes."""
+        return base64.b64encode(_text(data).encode("latin-1")).decode("ascii")
+
+    @staticmethod
+    def timestamp(as_string: bool, resolution: object = None) -> object:
+        """``timestamp()`` (milliseconds since the epoch, a number) and ``timestampString()``
+        (milliseconds, or microseconds with ``EnvoyTimestampResolution.MICROSECOND``)."""
+        now_ns = time.time_ns()
+        if not as_string:
+            return now_ns // 1_000_000
+        micro = resolution == _MICROSECOND
+        return str(now_ns // 1_000 if micro else now_ns // 1_000_000)
 
     def filter_context(self) -> Any:
         """``filterContext()``: the route's ``filter_context`` as a Lua table (empty without one)."""
@@ -393,13 +478,14 @@ class _LuaResponse:
     """The response side of one request: ``envoy_on_response`` on the response's head (an encoder
     of :class:`~._chain.FilterOutcome`)."""
 
-    def __init__(self, filter_: LuaFilter, script: _Script) -> None:
+    def __init__(self, filter_: LuaFilter, script: _Script, view: RequestView) -> None:
         self.filter = filter_
         self.script = script
+        self.view = view
 
     def encode_headers(self, status: int, headers: Headers) -> Headers:
         headers = list(headers)
-        self.filter.run_response(self.script.on_response, headers, {":status": str(status)})
+        self.filter.run_response(self.script.on_response, headers, {":status": str(status)}, self.view)
         return headers
 
     def encode_data(self, data: bytes) -> bytes:
@@ -462,13 +548,16 @@ class LuaFilter:
             raise _ScriptFailed("script performed an unexpected yield")
         return str(what)
 
-    def run_response(self, entry: Any, headers: Headers, pseudo: dict[str, str]) -> None:
+    def run_response(
+        self, entry: Any, headers: Headers, pseudo: dict[str, str], view: RequestView | None = None
+    ) -> None:
         """``envoy_on_response(handle)`` on the response's head, within the limits; a failure is
         counted and logged, never raised (``body()`` and ``httpCall()`` fail here: the head is
         sent before the body is read)."""
         if entry is None:
             return
         call = _Call(self, False)
+        call.view = view
         try:
             step = self._start(
                 entry, call, _HeaderMap(headers, pseudo, self.runtime), MAX_INSTRUCTIONS, False
@@ -564,6 +653,7 @@ class LuaFilter:
             return
         if script.on_request is not None:
             call = _Call(self, True, request.body, request.headers)
+            call.view = request
             if isinstance(override, LuaPerRoute) and override.filter_context is not None:
                 call.context = override.filter_context
             await self.run_request(script.on_request, request, call)
@@ -573,4 +663,4 @@ class LuaFilter:
             if self.config.clear_route_cache and call.header_map is not None and call.header_map.modified:
                 outcome.clear_route = True  # Envoy: changed headers clear the route cache
         if script.on_response is not None:
-            outcome.encoders.append(_LuaResponse(self, script))
+            outcome.encoders.append(_LuaResponse(self, script, request))
