@@ -1152,6 +1152,8 @@ class _RouterRequest:
             body = _RequestBody(
                 ds, headers, hcm.limits, timing, request.body if isinstance(request, PlainRequest) else b""
             )
+        elif not ds.plain:  # read by the filters, which may have changed its framing (gRPC-Web text)
+            body.framing = "chunked" if get_header(headers, b"transfer-encoding") else "length"
         self.body = body
         self.method = request.method
         self.target = b""

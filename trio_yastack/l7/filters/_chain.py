@@ -89,6 +89,7 @@ class RequestBody(Protocol):
     hold: bool
     replayable: bool
     framing: str
+    decoder: RequestDecoder | None
 
     async def read_more(self) -> bytes: ...
 
@@ -228,6 +229,25 @@ CHAIN_FILTERS = frozenset(
 )
 
 
+def _decode_read_body(body: RequestBody, outcome: FilterOutcome) -> bool:
+    """A filter's request-body transform (gRPC-Web text) set while a filter reads the body before
+    the router: what is read from now on is transformed as it is read (the body reader's own
+    ``decoder``), and what an earlier filter already read is transformed now, so the router uploads
+    the transformed body either way.  False (and a 400) for a body the transform cannot read."""
+    decoder = outcome.request_decoder
+    if body.decoder is decoder:
+        return True
+    body.decoder = decoder
+    try:
+        body.kept[:] = [decoder.decode(chunk) for chunk in body.kept] if decoder is not None else body.kept
+        if body.complete and decoder is not None:
+            decoder.decode(b"")
+    except ValueError:
+        outcome.status, outcome.body = 400, "bad request body"
+        return False
+    return True
+
+
 class HttpFilterChain:
     """The decoding side of one ``http_connection_manager``'s filters (the router excluded)."""
 
@@ -285,6 +305,13 @@ class HttpFilterChain:
                 continue  # Envoy: a disabled filter runs only where a route or host configures it
             await runtime.decode(request, override, outcome, now)
             if outcome.status is not None or outcome.cached is not None:
+                break
+            body = request.body  # (None unless a filter of the chain reads the body)
+            if (
+                body is not None
+                and outcome.request_decoder is not None
+                and not _decode_read_body(body, outcome)
+            ):
                 break
             if outcome.clear_route:
                 outcome.clear_route = False
