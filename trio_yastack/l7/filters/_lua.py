@@ -632,6 +632,8 @@ class LuaFilter:
                 )  # fmt: skip
             except SideCallError as exc:
                 log.debug("asynchronous httpCall to %s failed: %s", pending.cluster.name, exc)
+            except Exception:  # a system task's exception would end the whole run: logged here
+                log.exception("asynchronous httpCall to %s", pending.cluster.name)
             finally:
                 self.async_calls -= 1
 
