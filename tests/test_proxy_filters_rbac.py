@@ -296,12 +296,12 @@ async def test_rbac_authenticated_principal_over_mtls(
 
 
 def test_rbac_config_mistakes_named_by_path() -> None:
-    """What the subset does not implement (CEL conditions, the matcher API, metadata principals) is
+    """What the subset does not implement (CEL conditions, the matcher API, filter state) is
     an error at its YAML path, as is a policy without principals; the rest of the document is still
     read, so every problem is listed at once."""
     users = "                    principals:\n                    - header: {name: x-user"
     bad = FILTERS.replace(users, "                    condition: {}\n" + users)
-    bad = bad.replace("principals: [{any: true}]", "principals: [{metadata: {}}]")
+    bad = bad.replace("principals: [{any: true}]", "principals: [{filter_state: {}}]")
     bad = bad.replace("              shadow_rules:", "              matcher: {}\n              shadow_rules:")
     with pytest.raises(ConfigError) as e:
         load_config(HEAD + ROUTES + bad)
@@ -310,7 +310,7 @@ def test_rbac_config_mistakes_named_by_path() -> None:
     base = f"{hcm}.http_filters[0].typed_config"
     assert f"{base}.rules.policies.users-read.condition: unsupported field 'condition'" in text
     assert f"{base}.matcher: unsupported field 'matcher'" in text
-    assert f"{base}.shadow_rules.policies.no-deletes.principals[0].metadata: unsupported field" in text
+    assert f"{base}.shadow_rules.policies.no-deletes.principals[0].filter_state: unsupported field" in text
     with pytest.raises(ConfigError) as e:
         load_config(HEAD + ROUTES + FILTERS.replace("                    principals: [{any: true}]\n", ""))
     assert "policies.no-deletes.principals: required field 'principals' is missing" in str(e.value)

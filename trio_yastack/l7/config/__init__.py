@@ -79,12 +79,14 @@ from ._auth_filters import JwtProvider as JwtProvider
 from ._auth_filters import JwtRemoteJwks as JwtRemoteJwks
 from ._auth_filters import JwtRequirement as JwtRequirement
 from ._auth_filters import JwtRule as JwtRule
+from ._auth_filters import MetadataMatcher as MetadataMatcher
 from ._auth_filters import Rbac as Rbac
 from ._auth_filters import RbacHeaderMatcher as RbacHeaderMatcher
 from ._auth_filters import RbacKind as RbacKind
 from ._auth_filters import RbacMatcher as RbacMatcher
 from ._auth_filters import RbacPolicy as RbacPolicy
 from ._auth_filters import RbacRules as RbacRules
+from ._auth_filters import ValueMatcher as ValueMatcher
 from ._bootstrap import Admin as Admin
 from ._bootstrap import Bootstrap as Bootstrap
 from ._bootstrap import load_config as load_config
@@ -247,6 +249,7 @@ __all__ = [
     "LocalityLbEndpoints",
     "Lua",
     "LuaPerRoute",
+    "MetadataMatcher",
     "OutlierDetection",
     "PerRouteConfig",
     "Problem",
@@ -270,6 +273,7 @@ __all__ = [
     "TlsParams",
     "TokenBucket",
     "UpstreamTlsContext",
+    "ValueMatcher",
     "VirtualHost",
     "WeightedCluster",
     "format_problems",

@@ -58,7 +58,35 @@ RbacKind = Literal[
     "remote_ip",
     "direct_remote_ip",
     "requested_server_name",
+    "metadata",
 ]
+
+
+@dataclass(frozen=True, slots=True)
+class ValueMatcher:
+    """``type.matcher.v3.ValueMatcher`` over a ``google.protobuf.Value`` (JSON here): ``kind`` names
+    the pattern: "null", "double" (``number`` exact, or ``number_range`` ``[start, end)``),
+    "string" (``string``), "bool" (``flag``), "present" (``flag``), "list" (``children[0]``
+    matches an element) or "or" (any of ``children``)."""
+
+    kind: Literal["null", "double", "string", "bool", "present", "list", "or"]
+    string: StringMatcher | None = None
+    number: float | None = None
+    number_range: tuple[float, float] | None = None
+    flag: bool = False
+    children: tuple[ValueMatcher, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class MetadataMatcher:
+    """``type.matcher.v3.MetadataMatcher``: the request's dynamic metadata of ``filter`` (a
+    namespace such as ``envoy.filters.http.jwt_authn``) at ``path`` (keys), matched by ``value``;
+    ``invert`` negates."""
+
+    filter: str
+    path: tuple[str, ...]
+    value: ValueMatcher
+    invert: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +116,7 @@ class RbacMatcher:
     string: StringMatcher | None = None
     network: ipaddress.IPv4Network | ipaddress.IPv6Network | None = None
     ports: tuple[int, int] = (0, 0)
+    metadata: MetadataMatcher | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +180,12 @@ class JwtProvider:
     require_expiration: bool = False
     max_lifetime: float | None = None
     clear_route_cache: bool = False
+    #: dynamic metadata (namespace ``envoy.filters.http.jwt_authn``) a verified token writes: its
+    #: payload under ``payload_in_metadata``, its header under ``header_in_metadata``; the claims
+    #: ``normalize_payload_in_metadata.space_delimited_claims`` names split into lists
+    payload_in_metadata: str = ""
+    header_in_metadata: str = ""
+    space_delimited_claims: tuple[str, ...] = ()
     local_jwks: DataSource | None = None
     remote_jwks: JwtRemoteJwks | None = None
     forward: bool = False
@@ -381,6 +416,8 @@ _RBAC_PRINCIPALS: dict[str, RbacKind] = {
     "remote_ip": "remote_ip",
     "direct_remote_ip": "direct_remote_ip",
     "source_ip": "direct_remote_ip",
+    "metadata": "metadata",
+    "sourced_metadata": "metadata",
 }
 _RBAC_PERMISSIONS: dict[str, RbacKind] = {
     "and_rules": "and",
@@ -393,6 +430,8 @@ _RBAC_PERMISSIONS: dict[str, RbacKind] = {
     "destination_port": "destination_port",
     "destination_port_range": "destination_port_range",
     "requested_server_name": "requested_server_name",
+    "metadata": "metadata",
+    "sourced_metadata": "metadata",
 }
 
 
@@ -426,6 +465,9 @@ def _rbac_matcher(r: _Reader, v: object, path: str, *, principal: bool) -> RbacM
             out = RbacMatcher(kind, string=f.req(which, _path_matcher))
         elif kind == "requested_server_name":
             out = RbacMatcher(kind, string=f.req(which, _string_matcher))
+        elif kind == "metadata":
+            parse = _metadata_matcher if which == "metadata" else _sourced_metadata
+            out = RbacMatcher(kind, metadata=f.req(which, parse))
         elif kind == "authenticated":
 
             def authenticated(r: _Reader, v: object, path: str) -> StringMatcher | None:
@@ -451,6 +493,87 @@ def _rbac_matcher(r: _Reader, v: object, path: str, *, principal: bool) -> RbacM
             out = RbacMatcher(kind, network=f.req(which, _cidr))
     f.done()
     return out
+
+
+def _value_matcher(r: _Reader, v: object, path: str) -> ValueMatcher:
+    names = (
+        "null_match",
+        "double_match",
+        "string_match",
+        "bool_match",
+        "present_match",
+        "list_match",
+        "or_match",
+    )
+    f = _Fields(r, v, path, names)
+    which = f.exactly_one(*names)
+    out = ValueMatcher("null")
+    if which == "null_match":
+        _Fields(r, f.values[which], _join(path, which), ()).done()
+    elif which == "double_match":
+
+        def double(r: _Reader, v: object, path: str) -> ValueMatcher:
+            df = _Fields(r, v, path, ("range", "exact"))
+            kind = df.exactly_one("range", "exact")
+            matcher = ValueMatcher("double")
+            if kind == "exact":
+                matcher = ValueMatcher("double", number=df.req("exact", _number))
+            elif kind == "range":
+
+                def double_range(r: _Reader, v: object, path: str) -> tuple[float, float]:
+                    rf = _Fields(r, v, path, ("start", "end"))
+                    start, end = rf.opt("start", _number, 0.0), rf.opt("end", _number, 0.0)
+                    rf.done()
+                    return start, end
+
+                matcher = ValueMatcher("double", number_range=df.req("range", double_range))
+            df.done()
+            return matcher
+
+        out = f.req(which, double)
+    elif which == "string_match":
+        out = ValueMatcher("string", string=f.req(which, _string_matcher))
+    elif which in ("bool_match", "present_match"):
+        out = ValueMatcher("bool" if which == "bool_match" else "present", flag=f.req(which, _bool))
+    elif which == "list_match":
+        out = ValueMatcher("list", children=(f.req(which, _only_field("one_of", _value_matcher)),))
+    elif which == "or_match":
+        matchers = _only_field("value_matchers", _list(_value_matcher, min_items=2))
+        out = ValueMatcher("or", children=f.req(which, matchers))
+    f.done()
+    return out
+
+
+def _number(r: _Reader, v: object, path: str) -> float:
+    """A protobuf ``double`` (proto3 JSON also allows a numeric string)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float, str)):
+        r.fail(path, f"expected a number, got {_kind(v)}")
+    try:
+        return float(v)
+    except ValueError:
+        r.fail(path, f"{v!r} is not a number")
+
+
+def _metadata_matcher(r: _Reader, v: object, path: str) -> MetadataMatcher:
+    f = _Fields(r, v, path, ("filter", "path", "value", "invert"))
+    matcher = MetadataMatcher(
+        f.req("filter", _nonempty_str),
+        f.req("path", _list(_only_field("key", _nonempty_str), min_items=1)),
+        f.req("value", _value_matcher),
+        f.opt("invert", _bool, False),
+    )
+    f.done()
+    return matcher
+
+
+def _sourced_metadata(r: _Reader, v: object, path: str) -> MetadataMatcher:
+    """``SourcedMetadata``: the request's dynamic metadata only (``ROUTE``: routes carry no
+    metadata here)."""
+    f = _Fields(r, v, path, ("metadata_matcher", "metadata_source"))
+    f.opt("metadata_source", _enum(("DYNAMIC",)), "DYNAMIC")
+    matcher = f.req("metadata_matcher", _metadata_matcher)
+    f.done()
+    return matcher
 
 
 def _rbac_permission(r: _Reader, v: object, path: str) -> RbacMatcher:
@@ -509,12 +632,19 @@ def _jwt_cache_config(r: _Reader, v: object, path: str) -> None:
     f.done()
 
 
+def _normalize_payload(r: _Reader, v: object, path: str) -> tuple[str, ...]:
+    f = _Fields(r, v, path, ("space_delimited_claims",))
+    claims = f.opt("space_delimited_claims", _list(_nonempty_str), ())
+    f.done()
+    return claims
+
+
 def _jwt_provider(r: _Reader, v: object, path: str, name: str) -> JwtProvider:
     fields = (
         "issuer", "audiences", "local_jwks", "remote_jwks", "forward", "from_headers", "from_params",
         "from_cookies", "forward_payload_header", "pad_forward_payload_header", "clock_skew_seconds",
         "claim_to_headers", "jwt_cache_config", "subjects", "require_expiration", "max_lifetime",
-        "clear_route_cache",
+        "clear_route_cache", "payload_in_metadata", "header_in_metadata", "normalize_payload_in_metadata",
     )  # fmt: skip
     f = _Fields(r, v, path, fields)
     f.exactly_one("local_jwks", "remote_jwks")
@@ -539,6 +669,9 @@ def _jwt_provider(r: _Reader, v: object, path: str, name: str) -> JwtProvider:
         require_expiration=f.opt("require_expiration", _bool, False),
         max_lifetime=f.opt("max_lifetime", _duration_ge0, None),
         clear_route_cache=f.opt("clear_route_cache", _bool, False),
+        payload_in_metadata=f.opt("payload_in_metadata", _str, ""),
+        header_in_metadata=f.opt("header_in_metadata", _str, ""),
+        space_delimited_claims=f.opt("normalize_payload_in_metadata", _normalize_payload, ()),
     )
     f.done()
     if provider.local_jwks is not None and provider.local_jwks.inline is not None:

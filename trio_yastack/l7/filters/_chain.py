@@ -15,7 +15,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..config import (
     CACHE_NAME,
@@ -147,6 +147,9 @@ class RequestView:
     #: chooses ``vhost`` and ``route`` again from the request's (changed) headers: Envoy's
     #: ``clearRouteCache``, called by the chain when a filter asks (``FilterOutcome.clear_route``)
     reroute: Callable[[RequestView], None] | None = None
+    #: the request's dynamic metadata, by namespace (``envoy.filters.http.jwt_authn``: what a
+    #: verified token wrote), made by the first filter that writes some
+    metadata: dict[str, dict[str, Any]] | None = None
 
     def per_filter_config(self, name: str) -> PerRouteConfig | None:
         """The most specific ``typed_per_filter_config`` for filter ``name``: route, then virtual host."""

@@ -492,9 +492,32 @@ class JwtAuthnFilter:
             if text is not None:
                 _set_header(headers, header.encode("latin-1"), text.encode("utf-8"))
                 added = True
+        if provider.payload_in_metadata or provider.header_in_metadata:
+            _write_metadata(request, provider, parsed)
         if added and provider.clear_route_cache:
             outcome.clear_route = True  # Envoy: claim headers added, the route is chosen again
         return None
+
+
+#: the namespace of the dynamic metadata this filter writes (Envoy's, whatever the filter's name)
+METADATA_NAMESPACE = "envoy.filters.http.jwt_authn"
+
+
+def _write_metadata(request: RequestView, provider: JwtProvider, token: _Jwt) -> None:
+    """A verified token's payload and header into the request's dynamic metadata, as Envoy writes
+    them (``space_delimited_claims`` split into lists of their words)."""
+    if request.metadata is None:
+        request.metadata = {}
+    entry = request.metadata.setdefault(METADATA_NAMESPACE, {})
+    if provider.payload_in_metadata:
+        payload = dict(token.payload)
+        for claim in provider.space_delimited_claims:
+            value = payload.get(claim)
+            if isinstance(value, str):
+                payload[claim] = value.split()
+        entry[provider.payload_in_metadata] = payload
+    if provider.header_in_metadata:
+        entry[provider.header_in_metadata] = dict(token.header)
 
 
 def _wall_clock() -> float:
