@@ -175,3 +175,59 @@ def test_rbac_metadata_config_mistakes() -> None:
     assert "policies.writers.principals[0].metadata.path: needs at least 1 item" in text
     assert "sourced_metadata.metadata_source: 'ROUTE' is not one of" in text
     assert "metadata_matcher.value.present_match: only one of null_match" in text
+
+
+LUA_AND_RBAC = """          - name: envoy.filters.http.lua
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua
+              default_source_code:
+                inline_string: |
+                  function envoy_on_request(h)
+                    local meta = h:streamInfo():dynamicMetadata()
+                    local jwt = meta:get("envoy.filters.http.jwt_authn")
+                    if jwt ~= nil then h:headers():add("x-sub", jwt["claims"]["sub"]) end
+                    if h:headers():get("x-gold") then meta:set("acme.tier", "tier", "gold") end
+                    meta:set("acme.tier", "scopes", {"a", "b"})
+                  end
+          - name: envoy.filters.http.rbac
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC
+              rules:
+                action: ALLOW
+                policies:
+                  "gold":
+                    permissions:
+                    - metadata:
+                        filter: acme.tier
+                        path: [{key: scopes}]
+                        value: {list_match: {one_of: {string_match: {exact: b}}}}
+                    principals:
+                    - metadata:
+                        filter: acme.tier
+                        path: [{key: tier}]
+                        value: {string_match: {exact: gold}}
+          - name: envoy.filters.http.router
+"""
+
+
+async def test_lua_dynamic_metadata_read_and_written(autojump_clock: trio.testing.MockClock) -> None:
+    """Lua's ``streamInfo():dynamicMetadata()``: it reads what ``jwt_authn`` wrote (the claims) and
+    writes its own namespace, which RBAC then matches (a string, and a table as a list)."""
+    head = CONFIG[: CONFIG.index("          - name: envoy.filters.http.rbac")]
+    app = BackendApp("app")
+    async with two_stacks() as (a, b), trio.open_nursery() as nursery:
+        backend = await start_backend(nursery, app, b, 8080)
+        async with running_proxy(load_config(head + LUA_AND_RBAC), a) as proxy:
+            with trio.fail_after(LIMIT):
+                client = Client(await connect(b))
+                auth = ("authorization", f"Bearer {token(sub='alice')}")
+                assert (await client.request("GET", "/", [auth, ("x-gold", "1")])).status == 200
+                assert app.seen[-1].header("x-sub") == "alice"
+                assert (await client.request("GET", "/", [auth])).status == 403
+                assert (
+                    await client.request("GET", "/", [("x-gold", "1")])
+                ).status == 200  # no token: no x-sub
+                assert app.seen[-1].header("x-sub") is None
+                await client.aclose()
+                assert proxy.stats.value("http.ingress.lua.errors") == 0
+        backend.stop()

@@ -27,13 +27,15 @@ the script's globals from request to request.  The handles offer here:
 
 - ``streamInfo()``: ``protocol()``, ``requestedServerName()`` (the TLS inspector's SNI),
   ``downstreamRemoteAddress()``/``downstreamDirectRemoteAddress()`` (the peer, ``ip:port``),
-  ``downstreamLocalAddress()``, ``routeName()`` ("": routes have no names here);
+  ``downstreamLocalAddress()``, ``routeName()`` ("": routes have no names here),
+  ``dynamicMetadata()`` (``get``, ``set``, ``pairs``: the request's dynamic metadata, which
+  ``jwt_authn`` writes and ``rbac`` reads);
 - ``connection():ssl()``: nil on a plain connection, else ``peerCertificatePresented()``,
   ``uriSanPeerCertificate()``, ``dnsSansPeerCertificate()``, ``subjectPeerCertificate()``;
 - ``base64Escape(data)``, ``timestamp()`` and ``timestampString(resolution)``.
 
 Not available (a script calling them fails, counted below): ``bodyChunks()``, ``trailers()``,
-``metadata()``, ``streamInfo():dynamicMetadata()`` and the rest of stream info, the other
+``metadata()``, the rest of stream info, the other
 ``connection()`` calls; ``body()`` and ``httpCall()`` in
 ``envoy_on_response`` (the response's head is sent before its body is read).
 
@@ -128,6 +130,19 @@ local function stream_info(py)
   function s:downstreamDirectRemoteAddress() return py.info("remote") end
   function s:downstreamLocalAddress() return py.info("local") end
   function s:routeName() return "" end
+  function s:dynamicMetadata()
+    local m = {}
+    function m:get(namespace) return py.metadata_get(namespace) end
+    function m:set(namespace, key, value) py.metadata_set(namespace, key, value) end
+    return setmetatable(m, {__pairs = function()
+      local items, i = py.metadata_items(), 0
+      return function()
+        i = i + 1
+        local item = items[i]
+        if item ~= nil then return item[1], item[2] end
+      end
+    end})
+  end
   return s
 end
 local function ssl_connection(py)
@@ -357,6 +372,34 @@ class _Call:
             return self.filter.runtime.table_from(conn.dns_sans())
         return conn.subject()  # "subject"
 
+    # --- streamInfo():dynamicMetadata() ---
+
+    def _metadata(self) -> dict[str, dict[str, Any]]:
+        view = self.view
+        if view is None:
+            raise lupa.LuaError("dynamicMetadata(): no request here")
+        if view.metadata is None:
+            view.metadata = {}
+        return view.metadata
+
+    def metadata_get(self, namespace: object) -> Any:
+        """``get(namespace)``: that namespace's entries as a table (nil when it has none)."""
+        entry = self._metadata().get(_text(namespace))
+        return _to_lua(self.filter.runtime, entry) if entry is not None else None
+
+    def metadata_set(self, namespace: object, key: object, value: object) -> None:
+        """``set(namespace, key, value)``: a string, number, boolean or table (as JSON: a table
+        with keys 1..n is a list) under ``key``; other filters (RBAC) read it."""
+        entries = self._metadata().setdefault(_text(namespace), {})
+        if len(entries) >= MAX_CALL_HEADERS and _text(key) not in entries:
+            raise lupa.LuaError(f"dynamicMetadata(): more than {MAX_CALL_HEADERS} keys in one namespace")
+        entries[_text(key)] = _from_lua(value)
+
+    def metadata_items(self) -> Any:
+        runtime = self.filter.runtime
+        pairs = [runtime.table_from([k, _to_lua(runtime, v)]) for k, v in self._metadata().items()]
+        return runtime.table_from(pairs)
+
     @staticmethod
     def base64(data: object) -> str:
         """``base64Escape``: standard base64 of the string's bytes."""
@@ -459,6 +502,24 @@ def _to_lua(runtime: Any, value: object) -> object:
     if isinstance(value, list):
         return runtime.table_from([_to_lua(runtime, v) for v in value])
     return value
+
+
+def _from_lua(value: object, depth: int = 0) -> object:
+    """A Lua value as JSON: tables with keys 1..n as lists, other tables as objects (bounded depth)."""
+    if depth > 16:
+        raise lupa.LuaError("dynamicMetadata(): a table nested too deep")
+    if lupa.lua_type(value) == "table":
+        items = list(value.items())  # type: ignore[attr-defined]  # a Lua table (lupa's _LuaTable)
+        if (
+            items
+            and all(isinstance(k, int) for k, _ in items)
+            and sorted(k for k, _ in items) == list(range(1, len(items) + 1))
+        ):
+            return [_from_lua(v, depth + 1) for _, v in sorted(items)]
+        return {str(k): _from_lua(v, depth + 1) for k, v in items}
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise lupa.LuaError(f"dynamicMetadata(): cannot keep a {lupa.lua_type(value) or type(value).__name__}")
 
 
 class _Script:
