@@ -301,6 +301,10 @@ class ExtAuthz:
     deny_at_disable: tuple[bool, str | None] | None = None
     disallowed_headers: tuple[StringMatcher, ...] = ()
     include_tls_session: bool = False
+    #: the HTTP service's answer headers kept as dynamic metadata (``envoy.filters.http.ext_authz``)
+    dynamic_metadata_from_headers: tuple[StringMatcher, ...] = ()
+    #: namespaces of the request's dynamic metadata sent with the gRPC check (``metadata_context``)
+    metadata_context_namespaces: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -858,7 +862,7 @@ def _ext_authz_http_service(r: _Reader, v: object, path: str) -> ExtAuthz:
     if prefix and not prefix.startswith("/"):
         f.problem("path_prefix", f"{prefix!r} must start with '/'")
     request = f.opt("authorization_request", _ext_authz_request, (None, ()))
-    response = f.opt("authorization_response", _ext_authz_response, ((), (), None, ()))
+    response = f.opt("authorization_response", _ext_authz_response, ((), (), None, (), ()))
     f.done()
     return ExtAuthz(
         "http",
@@ -872,6 +876,7 @@ def _ext_authz_http_service(r: _Reader, v: object, path: str) -> ExtAuthz:
         allowed_upstream_headers_to_append=response[1],
         allowed_client_headers=response[2],
         allowed_client_headers_on_success=response[3],
+        dynamic_metadata_from_headers=response[4],
     )
 
 
@@ -890,12 +895,13 @@ _Patterns = tuple[StringMatcher, ...]
 
 def _ext_authz_response(
     r: _Reader, v: object, path: str
-) -> tuple[_Patterns, _Patterns, _Patterns | None, _Patterns]:
+) -> tuple[_Patterns, _Patterns, _Patterns | None, _Patterns, _Patterns]:
     names = (
         "allowed_upstream_headers",
         "allowed_upstream_headers_to_append",
         "allowed_client_headers",
         "allowed_client_headers_on_success",
+        "dynamic_metadata_from_headers",
     )
     f = _Fields(r, v, path, names)
     out = (
@@ -903,6 +909,7 @@ def _ext_authz_response(
         f.opt(names[1], _list_string_matcher, ()),
         f.opt(names[2], _list_string_matcher, None),
         f.opt(names[3], _list_string_matcher, ()),
+        f.opt(names[4], _list_string_matcher, ()),
     )
     f.done()
     return out
@@ -962,6 +969,7 @@ def _ext_authz(r: _Reader, tc: _Fields) -> ExtAuthz:
         "deny_at_disable": tc.opt("deny_at_disable", _runtime_flag, None),
         "disallowed_headers": tc.opt("disallowed_headers", _list_string_matcher, ()),
         "include_tls_session": tc.opt("include_tls_session", _bool, False),
+        "metadata_context_namespaces": tc.opt("metadata_context_namespaces", _list(_nonempty_str), ()),
     }
     if config is None or version is None or tc.failed:
         return ExtAuthz("http")  # tc.done() raises

@@ -416,6 +416,7 @@ _TYPED_CONFIG_FIELDS: dict[str, tuple[str, ...]] = {
         "deny_at_disable",
         "disallowed_headers",
         "include_tls_session",
+        "metadata_context_namespaces",
     ),
     EXT_AUTHZ_PER_ROUTE_TYPE: ("disabled", "check_settings"),
     GRPC_WEB_TYPE: (),

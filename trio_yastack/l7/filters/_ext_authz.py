@@ -21,6 +21,9 @@ Envoy's behaviour (source/extensions/filters/http/ext_authz/ and filters/common/
   allows (``ok_response``: headers to set or append, headers to remove, response headers to add),
   any other denies (``denied_response``: its status, 403 by default, headers and body); an RPC
   failure is an error.
+- Dynamic metadata: the gRPC check carries the request's ``metadata_context_namespaces``; the
+  service's ``dynamic_metadata`` (gRPC) or the answer headers ``dynamic_metadata_from_headers``
+  names (HTTP, when allowed) are written under ``envoy.filters.http.ext_authz`` for later filters.
 - ``disallowed_headers`` are never sent (over ``allowed_headers``); ``include_tls_session`` adds
   the SNI (as the TLS inspector read it) to the gRPC check; ``deny_at_disable`` denies, with
   ``status_on_error``, a request ``filter_enabled`` leaves out.
@@ -89,6 +92,11 @@ class _Decision:
     set_headers: Headers = field(default_factory=list)
     append_headers: Headers = field(default_factory=list)
     remove_headers: list[bytes] = field(default_factory=list)
+    metadata: dict[str, Any] = field(default_factory=dict)  # dynamic metadata the service gave
+
+
+#: the namespace of the dynamic metadata the service's answer writes
+METADATA_NAMESPACE = "envoy.filters.http.ext_authz"
 
 
 def _is_upgrade(headers: Headers) -> bool:
@@ -166,6 +174,10 @@ class ExtAuthzFilter:
             outcome.status = config.status_on_error
             outcome.flags.append("UAEX")
             return
+        if decision.metadata:
+            if request.metadata is None:
+                request.metadata = {}
+            request.metadata.setdefault(METADATA_NAMESPACE, {}).update(decision.metadata)
         if not decision.allowed:
             self.scope.inc(self.prefix + "denied")
             outcome.flags.append("UAEX")
@@ -252,6 +264,12 @@ class ExtAuthzFilter:
                 client_headers=[
                     (k, v) for k, v in reply.headers if _matches(config.allowed_client_headers_on_success, k)
                 ],
+                metadata={
+                    k.decode("latin-1"): v.decode("latin-1")
+                    for k, v in reply.headers
+                    if config.dynamic_metadata_from_headers
+                    and _matches(config.dynamic_metadata_from_headers, k)
+                },
             )
         patterns = config.allowed_client_headers
         to_client = [
@@ -271,6 +289,7 @@ class ExtAuthzFilter:
     ) -> _Decision:  # fmt: skip
         import grpc  # type: ignore[import-untyped]  # grpcio ships no type stubs; checked at config load
         from envoy.service.auth.v3 import external_auth_pb2  # type: ignore[import-untyped]  # xds-protos: no stubs
+        from google.protobuf import json_format
 
         config = self.config
         target = config.target
@@ -306,6 +325,11 @@ class ExtAuthzFilter:
             )
         except grpc.RpcError as exc:
             raise SideCallError(f"{target}: {exc.code() if hasattr(exc, 'code') else exc}") from None
+        metadata = (
+            json_format.MessageToDict(response.dynamic_metadata)
+            if response.HasField("dynamic_metadata")
+            else {}
+        )
         if response.status.code == 0:
             ok = response.ok_response
             set_headers, append_headers = _header_options(ok.headers, default_append=False)
@@ -316,6 +340,7 @@ class ExtAuthzFilter:
                 append_headers=append_headers,
                 remove_headers=[n.lower().encode("latin-1") for n in ok.headers_to_remove],
                 client_headers=client_headers,
+                metadata=metadata,
             )
         denied = response.denied_response
         status = denied.status.code if denied.status.code >= 200 else 403
@@ -323,7 +348,7 @@ class ExtAuthzFilter:
         body = denied.body.encode("utf-8")
         to_client = [(k, v) for k, v in [*set_headers, *append_headers] if k not in _NOT_TO_CLIENT]
         to_client.append((b"content-length", str(len(body)).encode()))
-        return _Decision(False, status, body, to_client)
+        return _Decision(False, status, body, to_client, metadata=metadata)
 
     def _channel(self, grpc: Any, target: str) -> Any:
         channel = self._channels.get(target)
@@ -374,6 +399,10 @@ class ExtAuthzFilter:
             joined[name] = f"{joined[name]},{value}" if name in joined else value
         http.headers.update(joined)
         attributes.context_extensions.update(dict(context))
+        for namespace in self.config.metadata_context_namespaces:
+            entry = (request.metadata or {}).get(namespace)
+            if entry is not None:
+                attributes.metadata_context.filter_metadata[namespace].update(entry)
         return check
 
 
