@@ -419,3 +419,78 @@ async def test_lua_connection_ssl_reads_the_peer_certificate() -> None:
         b"x-subject": b"CN=client,O=Example",
         b"x-sni": b"api.example",
     }
+
+
+TWO_LUA = """
+static_resources:
+  clusters:
+  - name: app
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: app
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {address: {socket_address: {address: 198.18.0.1, port_value: 8080}}}
+  listeners:
+  - name: ingress
+    address: {socket_address: {address: 198.18.0.2, port_value: 10000}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": HCM_TYPE
+          stat_prefix: ingress
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {prefix: "/quiet"}
+                route: {cluster: app}
+                typed_per_filter_config:
+                  second-script:
+                    "@type": type.googleapis.com/envoy.extensions.filters.http.lua.v3.LuaPerRoute
+                    disabled: true
+              - match: {prefix: "/"}
+                route: {cluster: app}
+          http_filters:
+          - name: first-script
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua
+              default_source_code:
+                inline_string: |
+                  function envoy_on_request(h) h:headers():add("x-order", "first") end
+          - name: second-script
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua
+              default_source_code:
+                inline_string: |
+                  function envoy_on_request(h) h:headers():add("x-order", "second") end
+          - name: the-router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+""".replace("HCM_TYPE", HCM_TYPE)
+
+
+async def test_filters_named_freely_by_their_type(autojump_clock: trio.testing.MockClock) -> None:
+    """Envoy lets ``typed_config``'s ``@type`` decide what a filter is: two Lua filters under names
+    of their own run in order, a route's ``typed_per_filter_config`` reaches one by its name, and
+    a router may be named anything too."""
+    app = BackendApp("app")
+    async with two_stacks() as (a, b), trio.open_nursery() as nursery:
+        backend = await start_backend(nursery, app, b, 8080)
+        async with running_proxy(load_config(TWO_LUA), a):
+            with trio.fail_after(LIMIT):
+                client = Client(await connect(b))
+                await client.request("GET", "/loud")
+                assert app.seen[-1].header("x-order") == "first,second"
+                await client.request("GET", "/quiet")
+                assert app.seen[-1].header("x-order") == "first"
+                await client.aclose()
+        backend.stop()
+    with pytest.raises(ConfigError) as e:
+        load_config(TWO_LUA.replace("v3.Lua\n", "v3.Nope\n", 1))
+    assert "http_filters[0].name: unsupported 'first-script'" in str(e.value)
+    with pytest.raises(ConfigError) as e:
+        load_config(TWO_LUA.replace("name: second-script", "name: first-script"))
+    assert "http_filters[1].name: first-script is configured twice" in str(e.value)

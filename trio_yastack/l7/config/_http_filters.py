@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ._auth_filters import (
@@ -274,14 +274,39 @@ PerRouteConfig = (
 @dataclass(frozen=True, slots=True)
 class HttpFilter:
     """``http_filters[]``: a name and its config; ``disabled`` filters run only on routes whose
-    ``typed_per_filter_config`` names them (Envoy's meaning)."""
+    ``typed_per_filter_config`` names them (Envoy's meaning).  ``name`` is the name configured
+    (routes' ``typed_per_filter_config`` use it); ``kind``, when the name is not the filter's
+    canonical one (Envoy lets ``typed_config``'s ``@type`` decide, so a chain can hold two Lua
+    filters), is that canonical name."""
 
     name: str
     config: HttpFilterConfig
     disabled: bool = False
+    kind: str = ""
+
+    @property
+    def type_name(self) -> str:
+        """The filter's canonical name (``envoy.filters.http.lua``), whatever it is called."""
+        return self.kind or self.name
+
+
+def _canonical_name(v: object, types: Mapping[str, str]) -> tuple[object, str | None]:
+    """An extension named other than canonically (``name: lua-before``) whose ``typed_config``'s
+    ``@type`` is one of ``types``: the entry with the canonical name, and the name given."""
+    if not isinstance(v, Mapping) or not isinstance(v.get("name"), str) or v["name"] in types:
+        return v, None
+    tc = v.get("typed_config")
+    url = tc.get("@type") if isinstance(tc, Mapping) else None
+    kind = next((k for k, u in types.items() if u == url), None)
+    if kind is None:
+        return v, None
+    return {**v, "name": kind}, str(v["name"])
 
 
 def _http_filter(r: _Reader, v: object, path: str) -> HttpFilter:
+    v, custom = _canonical_name(v, HTTP_FILTER_TYPES)
+    if custom is not None:
+        return replace(_http_filter(r, v, path), name=custom, kind=str(v["name"]))  # type: ignore[index]  # a mapping, as _canonical_name found
     if isinstance(v, Mapping) and v.get("name") == ROUTER_NAME and v.get("typed_config") is None:
         # Envoy finds the router by its name alone: it has nothing to configure
         f = _Fields(r, v, path, ("name", "typed_config", "disabled"))
@@ -331,14 +356,18 @@ def _per_filter_configs(r: _Reader, v: object, path: str) -> tuple[tuple[str, Pe
     failed = False
     for name, config in v.items():
         item_path = _join(path, str(name))
-        if not isinstance(name, str) or name not in PER_ROUTE_TYPES:
+        kind = name
+        if isinstance(name, str) and name not in PER_ROUTE_TYPES and isinstance(config, Mapping):
+            # a filter configured under a name of its own: its per-route type says which it is
+            kind = next((k for k, url in PER_ROUTE_TYPES.items() if url == config.get("@type")), name)
+        if not isinstance(name, str) or kind not in PER_ROUTE_TYPES:
             r.problems.append(
                 Problem(item_path, f"unsupported filter {name!r} (supported: {', '.join(PER_ROUTE_TYPES)})")
             )
             failed = True
             continue
         try:
-            out.append((name, _per_filter_config(r, name, config, item_path)))
+            out.append((name, _per_filter_config(r, kind, config, item_path)))
         except _Skip:
             failed = True
     if failed:

@@ -267,27 +267,28 @@ class HttpFilterChain:
         a cluster themselves (``jwt_authn``'s remote JWKS, ``ext_authz``)."""
         self.filters: list[tuple[HttpFilter, Filter]] = []
         for f in filters:
-            if f.name == CACHE_NAME:
+            kind = f.type_name  # (the canonical name, whatever the filter is called)
+            if kind == CACHE_NAME:
                 self.filters.append((f, CacheFilter(f.config, scope, runtime, rng)))  # type: ignore[arg-type]  # the config's type follows its name
-            elif f.name == COMPRESSOR_NAME:
+            elif kind == COMPRESSOR_NAME:
                 self.filters.append((f, CompressorFilter(f.config, scope, runtime, rng)))  # type: ignore[arg-type]  # the config's type follows its name
-            elif f.name == CORS_NAME:
-                self.filters.append((f, CorsFilter(scope, runtime, rng)))
-            elif f.name == FAULT_NAME:
+            elif kind == CORS_NAME:
+                self.filters.append((f, CorsFilter(scope, runtime, rng, f.name)))
+            elif kind == FAULT_NAME:
                 self.filters.append((f, FaultFilter(f.config, scope, runtime, rng)))  # type: ignore[arg-type]  # the config's type follows its name
-            elif f.name == LOCAL_RATELIMIT_NAME:
+            elif kind == LOCAL_RATELIMIT_NAME:
                 self.filters.append((f, LocalRateLimitFilter(f.config, stats, runtime, rng)))  # type: ignore[arg-type]  # the config's type follows its name
-            elif f.name == EXT_AUTHZ_NAME:
+            elif kind == EXT_AUTHZ_NAME:
                 self.filters.append((f, ExtAuthzFilter(f.config, scope, runtime, rng, clusters)))  # type: ignore[arg-type]  # the config's type follows its name
-            elif f.name == GRPC_WEB_NAME:
+            elif kind == GRPC_WEB_NAME:
                 self.filters.append((f, GrpcWebFilter(scope)))
-            elif f.name == JWT_AUTHN_NAME:
+            elif kind == JWT_AUTHN_NAME:
                 self.filters.append((f, JwtAuthnFilter(f.config, scope, clusters)))  # type: ignore[arg-type]  # the config's type follows its name
-            elif f.name == LUA_NAME:
+            elif kind == LUA_NAME:
                 from ._lua import LuaFilter
 
                 self.filters.append((f, LuaFilter(f.config, scope, clusters)))  # type: ignore[arg-type]  # the config's type follows its name
-            elif f.name == RBAC_NAME:
+            elif kind == RBAC_NAME:
                 self.filters.append((f, RbacFilter(f.config, scope)))  # type: ignore[arg-type]  # the config's type follows its name
         #: whether a filter may read the request body before the router (Lua, whose scripts may
         #: call ``body()``; ext_authz, whose ``with_request_body`` may be set here or on a route):
@@ -297,7 +298,7 @@ class HttpFilterChain:
     @staticmethod
     def needed(filters: tuple[HttpFilter, ...]) -> bool:
         """False when the router is the only filter: then no chain is built at all."""
-        return any(f.name in CHAIN_FILTERS for f in filters)
+        return any(f.type_name in CHAIN_FILTERS for f in filters)
 
     async def decode(self, request: RequestView, now: Callable[[], float]) -> FilterOutcome:
         """Run each filter on ``request`` in order until one answers it locally."""

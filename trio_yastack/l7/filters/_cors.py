@@ -24,7 +24,7 @@ import random
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ..config import CorsPolicy, FractionalPercent, PerRouteConfig, RuntimeValue
+from ..config import CORS_NAME, CorsPolicy, FractionalPercent, PerRouteConfig, RuntimeValue
 from ..stats import Scope
 
 if TYPE_CHECKING:
@@ -43,7 +43,11 @@ def _get(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
 
 
 class CorsFilter:
-    def __init__(self, scope: Scope, runtime: Callable[[str], RuntimeValue], rng: random.Random) -> None:
+    def __init__(
+        self, scope: Scope, runtime: Callable[[str], RuntimeValue], rng: random.Random, name: str = CORS_NAME
+    ) -> None:
+        """``name``: the filter's configured name, which routes' ``typed_per_filter_config`` use."""
+        self.name = name
         self.scope = scope
         self.runtime = runtime
         self.rng = rng
@@ -57,8 +61,8 @@ class CorsFilter:
         policies = [
             p
             for p in (
-                request.route.per_filter_config("envoy.filters.http.cors") if request.route else None,
-                request.vhost.per_filter_config("envoy.filters.http.cors") if request.vhost else None,
+                request.route.per_filter_config(self.name) if request.route else None,
+                request.vhost.per_filter_config(self.name) if request.vhost else None,
             )
             if isinstance(p, CorsPolicy)
         ]
