@@ -409,3 +409,59 @@ async def test_rbac_requested_server_name(autojump_clock: trio.testing.MockClock
                 assert await status(None) == 403
                 assert len(app.seen) == (1 if inspector else 0)
         backend.stop()
+
+
+TEMPLATE_FILTERS = """
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {prefix: "/"}
+                route: {cluster: app}
+          http_filters:
+          - name: envoy.filters.http.rbac
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC
+              rules:
+                action: ALLOW
+                policies:
+                  "segments":
+                    permissions:
+                    - uri_template:
+                        name: envoy.path.match.uri_template.uri_template_matcher
+                        typed_config:
+                          "@type": TEMPLATE_TYPE
+                          path_template: "TEMPLATE"
+                    principals: [{any: true}]
+          - name: envoy.filters.http.router
+""".replace(
+    "TEMPLATE_TYPE", "type.googleapis.com/envoy.extensions.path.match.uri_template.v3.UriTemplateMatchConfig"
+)
+
+
+async def test_rbac_uri_template_permission(autojump_clock: trio.testing.MockClock) -> None:
+    """``uri_template``: the path without its query must match Envoy's path template (``*`` one
+    segment or the rest of one, ``{name}`` one segment, ``**`` any number, last)."""
+    config = load_config(HEAD + TEMPLATE_FILTERS.replace("TEMPLATE", "/videos/{id}/*.m4s"))
+    app = BackendApp("app")
+    async with two_stacks() as (a, b), trio.open_nursery() as nursery:
+        backend = await start_backend(nursery, app, b, 8080)
+        async with running_proxy(config, a):
+            with trio.fail_after(LIMIT):
+                client = Client(await connect(b))
+                for path, status in (
+                    ("/videos/42/part1.m4s", 200),
+                    ("/videos/42/part1.m4s?t=3", 200),
+                    ("/videos/42/x/part1.m4s", 403),
+                    ("/videos/42/part1.mp4", 403),
+                    ("/videos//part1.m4s", 403),
+                ):
+                    assert (await client.request("GET", path)).status == status, path
+                await client.aclose()
+        backend.stop()
+    with pytest.raises(ConfigError) as e:
+        load_config(HEAD + TEMPLATE_FILTERS.replace('"TEMPLATE"', '"/a/**/*"'))
+    assert "uri_template.typed_config.path_template: '/a/**/*': '**' must be the last operator" in str(
+        e.value
+    )

@@ -436,6 +436,7 @@ _RBAC_PERMISSIONS: dict[str, RbacKind] = {
     "requested_server_name": "requested_server_name",
     "metadata": "metadata",
     "sourced_metadata": "metadata",
+    "uri_template": "url_path",
 }
 
 
@@ -465,6 +466,8 @@ def _rbac_matcher(r: _Reader, v: object, path: str, *, principal: bool) -> RbacM
                 f.problem(which, "must be true (Envoy's validation: any: true or another rule)")
         elif kind == "header":
             out = RbacMatcher(kind, header=f.req(which, _rbac_header))
+        elif kind == "url_path" and which == "uri_template":
+            out = RbacMatcher(kind, string=f.req(which, _uri_template))
         elif kind == "url_path":
             out = RbacMatcher(kind, string=f.req(which, _path_matcher))
         elif kind == "requested_server_name":
@@ -497,6 +500,87 @@ def _rbac_matcher(r: _Reader, v: object, path: str, *, principal: bool) -> RbacM
             out = RbacMatcher(kind, network=f.req(which, _cidr))
     f.done()
     return out
+
+
+URI_TEMPLATE_TYPE = "type.googleapis.com/envoy.extensions.path.match.uri_template.v3.UriTemplateMatchConfig"
+#: the characters of a path segment (RFC 3986's pchar without '/'), as Envoy's template matcher has them
+_SEGMENT = r"[a-zA-Z0-9\-._~%!$&'()+,;:@=]"
+_VARIABLE = re.compile(r"[a-zA-Z][a-zA-Z0-9_]*")
+#: Envoy's bound on the variables of one template
+MAX_TEMPLATE_VARIABLES = 5
+
+
+def _uri_template(r: _Reader, v: object, path: str) -> StringMatcher:
+    """``uri_template``: an ``envoy.path.match.uri_template.uri_template_matcher`` extension whose
+    ``path_template`` (``/videos/{file}``, ``/api/*/items/**``) the path without its query must
+    match, read into the regular expression it stands for."""
+    f = _Fields(r, v, path, ("name", "typed_config"))
+    f.opt("name", _str, "")
+    tc = f.req("typed_config", lambda r, v, p: _Fields(r, v, p, ("@type", "path_template")))
+    f.done()
+    url = tc.opt("@type", _str, None)
+    if url != URI_TEMPLATE_TYPE:
+        tc.problem("@type", f'{url!r}: uri_template takes "@type": {URI_TEMPLATE_TYPE}')
+    template = tc.req("path_template", _nonempty_str)
+    tc.done()
+    try:
+        return StringMatcher("safe_regex", template_regex(template))
+    except ValueError as exc:
+        r.fail(_join(_join(path, "typed_config"), "path_template"), str(exc))
+
+
+def template_regex(template: str) -> str:
+    """Envoy's path template as a regular expression: ``*`` one segment (or the rest of one, as in
+    ``*.m4s``), ``**`` any number of segments (the last operator only), ``{name}``/``{name=*}``
+    one segment, ``{name=a/*}`` a pattern of segments, ``{name=**}`` any number; ``ValueError``
+    for a template Envoy refuses."""
+    if not template.startswith("/") or len(template) > 256:
+        raise ValueError(f"{template!r}: a path template starts with '/' (and has at most 256 characters)")
+
+    def operators(text: str, out: list[str], seen_any: list[bool]) -> None:
+        i = 0
+        while i < len(text):
+            if text.startswith("**", i):
+                if seen_any[0]:
+                    raise ValueError(f"{template!r}: '**' may appear once, as the last operator")
+                seen_any[0] = True
+                out.append(f"(?:{_SEGMENT}|/)*")
+                i += 2
+            elif text[i] == "*":
+                if seen_any[0]:
+                    raise ValueError(f"{template!r}: '**' must be the last operator")
+                out.append(f"{_SEGMENT}+")
+                i += 1
+            elif text[i] == "/" or re.fullmatch(_SEGMENT, text[i]):
+                out.append(re.escape(text[i]))
+                i += 1
+            else:
+                raise ValueError(f"{template!r}: {text[i]!r} cannot appear in a path template")
+
+    out: list[str] = []
+    seen_any = [False]
+    names: set[str] = set()
+    rest = template
+    while rest:
+        start = rest.find("{")
+        if start < 0:
+            operators(rest, out, seen_any)
+            break
+        operators(rest[:start], out, seen_any)
+        end = rest.find("}", start)
+        if end < 0:
+            raise ValueError(f"{template!r}: an unclosed '{{'")
+        name, _, pattern = rest[start + 1 : end].partition("=")
+        if not _VARIABLE.fullmatch(name) or name in names:
+            raise ValueError(f"{template!r}: {name!r} is not a variable name (or is used twice)")
+        names.add(name)
+        if len(names) > MAX_TEMPLATE_VARIABLES:
+            raise ValueError(f"{template!r}: more than {MAX_TEMPLATE_VARIABLES} variables")
+        inner: list[str] = []
+        operators(pattern or "*", inner, seen_any)
+        out.append("(" + "".join(inner) + ")")
+        rest = rest[end + 1 :]
+    return "".join(out)
 
 
 def _value_matcher(r: _Reader, v: object, path: str) -> ValueMatcher:
