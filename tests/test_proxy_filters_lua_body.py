@@ -494,3 +494,41 @@ async def test_filters_named_freely_by_their_type(autojump_clock: trio.testing.M
     with pytest.raises(ConfigError) as e:
         load_config(TWO_LUA.replace("name: second-script", "name: first-script"))
     assert "http_filters[1].name: first-script is configured twice" in str(e.value)
+
+
+CHUNKS_SCRIPT = """
+function envoy_on_request(h)
+  local count, total = 0, 0
+  for chunk in h:bodyChunks() do
+    count, total = count + 1, total + chunk:length()
+    if h:headers():get("x-upper") then chunk:setBytes(string.upper(chunk:getBytes(0, chunk:length()))) end
+  end
+  h:headers():add("x-chunks", tostring(count))
+  h:headers():add("x-total", tostring(total))
+end
+"""
+
+
+async def test_lua_body_chunks(autojump_clock: trio.testing.MockClock) -> None:
+    """``bodyChunks()``: the script sees the body piece by piece as the client sends it, each piece
+    forwarded (changed when the script set its bytes, the Content-Length following)."""
+    config = CONFIG.replace(
+        textwrap.indent(SCRIPT.strip() + "\n", " " * 18),
+        textwrap.indent(CHUNKS_SCRIPT.strip() + "\n", " " * 18),
+    )
+    app = BackendApp("app")
+    async with two_stacks() as (a, b), trio.open_nursery() as nursery:
+        backend = await start_backend(nursery, app, b, 8080)
+        async with running_proxy(load_config(config), a) as proxy:
+            with trio.fail_after(LIMIT):
+                client = Client(await connect(b))
+                body = await _chunked(client, "/echo", [b"abc", b"defg", b"hi"], [])
+                assert body == b"abcdefghi" and int(app.seen[-1].header("x-chunks")) >= 1
+                assert app.seen[-1].header("x-total") == "9"
+                r = await client.request("POST", "/echo", [("x-upper", "1")], body=b"hello there")
+                assert r.body == b"HELLO THERE" and app.seen[-1].header("content-length") == "11"
+                r = await client.request("GET", "/echo")
+                assert r.status == 200 and app.seen[-1].header("x-chunks") == "0"
+                await client.aclose()
+                assert proxy.stats.value("http.ingress.lua.errors") == 0
+        backend.stop()

@@ -34,7 +34,12 @@ the script's globals from request to request.  The handles offer here:
   ``uriSanPeerCertificate()``, ``dnsSansPeerCertificate()``, ``subjectPeerCertificate()``;
 - ``base64Escape(data)``, ``timestamp()`` and ``timestampString(resolution)``.
 
-Not available (a script calling them fails, counted below): ``bodyChunks()``, ``trailers()``,
+- ``bodyChunks()`` (requests only): an iterator over the request body's pieces as they arrive,
+  each a buffer (``length()``, ``getBytes()``, ``setBytes()``: that piece replaced; a body so
+  changed is then read whole and its ``Content-Length`` updated); the pieces are kept for the
+  router, within the body limit, since the router forwards the body after the filters;
+
+Not available (a script calling them fails, counted below): ``trailers()``,
 ``metadata()``, the rest of stream info, the other
 ``connection()`` calls; ``body()`` and ``httpCall()`` in
 ``envoy_on_response`` (the response's head is sent before its body is read).
@@ -183,7 +188,18 @@ local function handle(py, headers, on_request)
     if py.body_length() == 0 and not always_wrap_body then return nil end
     return body
   end
-  function h:bodyChunks() error("bodyChunks() is not available in this proxy's Lua filter", 2) end
+  function h:bodyChunks()
+    if not on_request then error("bodyChunks() is not available in envoy_on_response here", 2) end
+    return function()
+      if not coroutine.yield("chunk") then return nil end
+      local c = {}
+      local index = py.chunk_index()
+      function c:length() return py.chunk_length(index) end
+      function c:getBytes(i, n) return py.chunk_get_bytes(index, i, n) end
+      function c:setBytes(data) py.chunk_set_bytes(index, data) end
+      return c
+    end
+  end
   function h:filterContext() return py.filter_context() end
   function h:httpCall(cluster, call_headers, call_body, timeout_ms, asynchronous)
     if not on_request then error("httpCall() is not available in envoy_on_response here", 2) end
@@ -340,6 +356,8 @@ class _Call:
         self.request_headers = request_headers
         self.body = b""
         self.pending: _HttpCall | None = None
+        self.chunks_seen = 0  # bodyChunks(): how many pieces the script was given
+        self.chunks_changed = False
         self.header_map: _HeaderMap | None = None
         self.view: RequestView | None = None  # the request, for streamInfo() and connection()
         self.context = "{}"  # the route's filter_context (JSON), for filterContext()
@@ -456,6 +474,59 @@ class _Call:
             raise lupa.LuaError("setBytes(): no request body here")
         replace_body(self.body_source, self.request_headers, raw)
         self.body = raw
+
+    # --- bodyChunks() ---
+
+    async def next_chunk(self) -> bool:
+        """The next piece of the request body for ``bodyChunks()`` (False: no more).  Pieces an
+        earlier reader kept come first; then each is read from the client and kept for the
+        router (as the body reader does for a filter)."""
+        source = self.body_source
+        if source is None:
+            return False
+        self.chunks_seen += 1
+        while self.chunks_seen > len(source.kept):
+            if source.complete:
+                return False
+            source.hold = True
+            await source.read_more()
+        return True
+
+    def chunk_index(self) -> int:
+        return self.chunks_seen - 1
+
+    def _chunk(self, index: object) -> bytes:
+        source = self.body_source
+        if source is None or not isinstance(index, int) or not 0 <= index < len(source.kept):
+            raise lupa.LuaError("bodyChunks(): that chunk has already been passed on")
+        return source.kept[index]
+
+    def chunk_length(self, index: object) -> int:
+        return len(self._chunk(index))
+
+    def chunk_get_bytes(self, index: object, i: object, n: object) -> str:
+        data = self._chunk(index)
+        if isinstance(i, bool) or isinstance(n, bool) or not isinstance(i, int) or not isinstance(n, int):
+            raise lupa.LuaError("getBytes(): index and length must be integers")
+        if i < 0 or n < 0 or i + n > len(data):
+            raise lupa.LuaError("index/length must be >= 0 and (index + length) must be <= buffer size")
+        return data[i : i + n].decode("latin-1")
+
+    def chunk_set_bytes(self, index: object, data: object) -> None:
+        self._chunk(index)
+        assert self.body_source is not None and isinstance(index, int)
+        self.body_source.kept[index] = _text(data).encode("latin-1")
+        self.chunks_changed = True
+
+    async def chunks_done(self) -> None:
+        """After the script: the reader stops keeping what it reads; a body whose chunks the
+        script changed is read whole, so its ``Content-Length`` can say its new length."""
+        source = self.body_source
+        if source is None or not self.chunks_seen:
+            return
+        if self.chunks_changed and self.request_headers is not None:
+            data, _ = await buffer_body(source)
+            replace_body(source, self.request_headers, data)
 
     # --- httpCall() ---
 
@@ -605,7 +676,7 @@ class LuaFilter:
             what = step(*args)
         except (lupa.LuaError, lupa.LuaMemoryError, ValueError, TypeError) as exc:
             raise _ScriptFailed(exc) from None
-        if what not in ("done", "respond", "body", "http"):
+        if what not in ("done", "respond", "body", "http", "chunk"):
             raise _ScriptFailed("script performed an unexpected yield")
         return str(what)
 
@@ -638,15 +709,21 @@ class LuaFilter:
         try:
             step = self._start(entry, call, headers, MAX_INSTRUCTIONS, True)
             what = self._step(step)
-            while what in ("body", "http"):
+            while what in ("body", "http", "chunk"):
                 if what == "body":
                     if request.body is not None:
                         call.body, _ = await buffer_body(request.body)
                     what = self._step(step)
+                elif what == "chunk":
+                    what = self._step(step, await call.next_chunk())
                 else:
                     what = self._step(step, *await self._http(call))
         except _ScriptFailed as exc:
             self._failed(exc)
+        finally:
+            if request.body is not None and call.chunks_seen:
+                request.body.hold = False  # bodyChunks() read with it set
+        await call.chunks_done()
 
     async def _http(self, call: _Call) -> tuple[Any, Any]:
         """Make the call the script waits for: the response's headers as a Lua table (``:status``
