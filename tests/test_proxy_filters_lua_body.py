@@ -1,10 +1,15 @@
-"""``envoy.filters.http.lua``'s ``body()`` and ``httpCall()`` through the proxy, as Envoy documents
-them: the script waits for the whole request body (Content-Length and chunked, one larger than the
-retry buffer), reads it with ``getBytes`` and replaces it with ``setBytes`` (the backend gets the new
-body and its new Content-Length); ``body()`` of an empty body is nil unless ``always_wrap_body``;
-``httpCall()`` to a cluster answers the response's headers and body, a failed call answers 503
-``upstream failure``, an asynchronous one is made without the script waiting, and a call to an
-unknown cluster or without ``:authority`` fails the script (counted) while the request goes on.
+"""``envoy.filters.http.lua`` beyond headers, through the proxy, as Envoy documents it:
+
+- ``body()``: the script waits for the whole request body (Content-Length and chunked, one larger
+  than the retry buffer), reads it with ``getBytes`` and replaces it with ``setBytes`` (the backend
+  gets the new body and its new Content-Length); an empty body is nil unless ``always_wrap_body``;
+  ``bodyChunks()``: the pieces as they arrive;
+- ``httpCall()`` to a cluster answers the response's headers and body, a failed call answers 503
+  ``upstream failure``, an asynchronous one is made without the script waiting, and a call to an
+  unknown cluster or without ``:authority`` fails the script (counted) while the request goes on;
+- changed headers choose the route again (``clear_route_cache``); ``filterContext()``;
+  ``streamInfo()``, ``connection():ssl()``, ``base64Escape``, timestamps; two Lua filters under
+  names of their own.
 
 On the in-process simulator under trio's MockClock: the proxy on stack A (198.18.0.2:10000), the
 hypercorn backend and the clients on stack B (198.18.0.1).
