@@ -1,13 +1,17 @@
 """Runs a connection manager's HTTP filters on one request, in the order configured.
 
 Why a chain object per connection manager rather than filter objects per request: the filters here
-decide from the request head alone (``fault`` may wait, ``jwt_authn`` and ``ext_authz`` may call a
-cluster), so one ``decode`` call per request with the route already chosen is all they need, and a
-connection manager with only the router pays one attribute test per request
-(``HttpConnectionManagerRuntime.filters`` is None then).  What a filter does past the head goes
-through :class:`FilterOutcome`: headers to add to the response, a local reply or an answer of its own
-(``cached``), a transform of the response (``encoders``: gRPC-Web, Lua's ``envoy_on_response``) or of
-the request body (``request_decoder``: gRPC-Web text); the request's headers are changed in place.
+decide from the request head (``fault`` may wait, ``jwt_authn`` and ``ext_authz`` may call a
+cluster) and, for the few that need it, from the request body read before the router
+(:class:`RequestBody`: Lua's ``body()``, ext_authz's ``with_request_body``), so one ``decode`` call
+per request with the route already chosen is all they need, and a connection manager with only the
+router pays one attribute test per request (``HttpConnectionManagerRuntime.filters`` is None then).
+What a filter does past the head goes through :class:`FilterOutcome`: headers to add to the
+response, a local reply or an answer of its own (``cached``), a transform of the response
+(``encoders``: gRPC-Web, Lua's ``envoy_on_response``) or of the request body (``request_decoder``:
+gRPC-Web text), the route to be chosen again (``clear_route``); the request's headers are changed in
+place, and its dynamic metadata (``RequestView.metadata``) is written by one filter and read by
+another (``jwt_authn`` and ``ext_authz`` write it, ``rbac`` and Lua read it).
 """
 
 from __future__ import annotations
