@@ -139,10 +139,15 @@ async def test_jwt_strip_failure_response(autojump_clock: trio.testing.MockClock
 
 def test_jwt_lifetime_config_mistakes_named_by_path() -> None:
     """A rule naming a requirement the map lacks, a rule with both ``requires`` and
-    ``requirement_name``, a negative ``max_lifetime``, and the provider fields outside the subset
-    (the failure status in metadata) are errors at their paths."""
-    bad = CONFIG.replace("requirement_name: needs-exp", "requirement_name: nothing").replace(
-        "max_lifetime: 3600s", "max_lifetime: -5s\n                  failed_status_in_metadata: jwt"
+    ``requirement_name``, a negative ``max_lifetime``, and the fields outside the subset
+    (``filter_state_rules``: there is no filter state here) are errors at their paths."""
+    bad = (
+        CONFIG.replace("requirement_name: needs-exp", "requirement_name: nothing")
+        .replace("max_lifetime: 3600s", "max_lifetime: -5s")
+        .replace(
+            "              stat_prefix: edge.\n",
+            "              stat_prefix: edge.\n              filter_state_rules: {name: x}\n",
+        )
     )
     with pytest.raises(ConfigError) as e:
         load_config(bad)
@@ -152,7 +157,7 @@ def test_jwt_lifetime_config_mistakes_named_by_path() -> None:
     )
     assert f"{base}.rules[1].requirement_name: 'nothing' is not in requirement_map (needs-exp)" in text
     assert f"{base}.providers.workload.max_lifetime: '-5s' must not be negative" in text
-    assert f"{base}.providers.workload.failed_status_in_metadata: unsupported field" in text
+    assert f"{base}.filter_state_rules: unsupported field" in text
     rule = "                requires: {provider_name: workload}\n"
     with pytest.raises(ConfigError) as e:
         load_config(CONFIG.replace(rule, rule + "                requirement_name: needs-exp\n"))

@@ -231,3 +231,51 @@ async def test_lua_dynamic_metadata_read_and_written(autojump_clock: trio.testin
                 await client.aclose()
                 assert proxy.stats.value("http.ingress.lua.errors") == 0
         backend.stop()
+
+
+async def test_jwt_failed_status_in_metadata(autojump_clock: trio.testing.MockClock) -> None:
+    """``failed_status_in_metadata``: with ``allow_missing_or_failed`` a bad token passes
+    jwt_authn, its failure (jwt_verify_lib's status number and message) in the metadata, where an
+    RBAC DENY policy finds an expired token's code (3) and refuses it."""
+    import time
+
+    head = (
+        CONFIG[: CONFIG.index("          - name: envoy.filters.http.rbac")]
+        .replace(
+            "                  payload_in_metadata: claims\n",
+            "                  payload_in_metadata: claims\n"
+            "                  failed_status_in_metadata: failure\n",
+        )
+        .replace("allow_missing: {}", "allow_missing_or_failed: {}")
+    )
+    deny_expired = """          - name: envoy.filters.http.rbac
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC
+              rules:
+                action: DENY
+                policies:
+                  "expired-tokens":
+                    permissions: [{any: true}]
+                    principals:
+                    - metadata:
+                        filter: envoy.filters.http.jwt_authn
+                        path: [{key: failure}, {key: code}]
+                        value: {double_match: {exact: 3}}
+          - name: envoy.filters.http.router
+"""
+    app = BackendApp("app")
+    async with two_stacks() as (a, b), trio.open_nursery() as nursery:
+        backend = await start_backend(nursery, app, b, 8080)
+        async with running_proxy(load_config(head + deny_expired), a):
+            with trio.fail_after(LIMIT):
+                client = Client(await connect(b))
+
+                async def status(jwt: str) -> int:
+                    return (await client.request("GET", "/", [("authorization", f"Bearer {jwt}")])).status
+
+                assert await status(token(sub="alice")) == 200
+                assert await status(token(sub="alice", exp=int(time.time()) - 3600)) == 403
+                assert await status(token(sub="alice", iss="https://elsewhere")) == 200  # another failure
+                assert await status("not-a-token") == 200
+                await client.aclose()
+        backend.stop()

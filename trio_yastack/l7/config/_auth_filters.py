@@ -186,6 +186,8 @@ class JwtProvider:
     payload_in_metadata: str = ""
     header_in_metadata: str = ""
     space_delimited_claims: tuple[str, ...] = ()
+    #: a failed verification's ``{code, message}`` (jwt_verify_lib's) under this key
+    failed_status_in_metadata: str = ""
     local_jwks: DataSource | None = None
     remote_jwks: JwtRemoteJwks | None = None
     forward: bool = False
@@ -733,6 +735,7 @@ def _jwt_provider(r: _Reader, v: object, path: str, name: str) -> JwtProvider:
         "from_cookies", "forward_payload_header", "pad_forward_payload_header", "clock_skew_seconds",
         "claim_to_headers", "jwt_cache_config", "subjects", "require_expiration", "max_lifetime",
         "clear_route_cache", "payload_in_metadata", "header_in_metadata", "normalize_payload_in_metadata",
+        "failed_status_in_metadata",
     )  # fmt: skip
     f = _Fields(r, v, path, fields)
     f.exactly_one("local_jwks", "remote_jwks")
@@ -760,6 +763,7 @@ def _jwt_provider(r: _Reader, v: object, path: str, name: str) -> JwtProvider:
         payload_in_metadata=f.opt("payload_in_metadata", _str, ""),
         header_in_metadata=f.opt("header_in_metadata", _str, ""),
         space_delimited_claims=f.opt("normalize_payload_in_metadata", _normalize_payload, ()),
+        failed_status_in_metadata=f.opt("failed_status_in_metadata", _str, ""),
     )
     f.done()
     if provider.local_jwks is not None and provider.local_jwks.inline is not None:

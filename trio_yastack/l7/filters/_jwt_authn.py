@@ -69,6 +69,25 @@ UNKNOWN_ISSUER = "Jwt issuer is not configured"
 AUDIENCE_NOT_ALLOWED = "Audiences in Jwt are not allowed"
 KID_ALG_MISMATCH = "Jwks doesn't have key to match kid or alg from Jwt"
 JWKS_FETCH_FAIL = "Jwks remote fetch is failed"
+#: jwt_verify_lib's ``Status`` numbers (its enum's order) of the messages above, for
+#: ``failed_status_in_metadata``
+STATUS_CODES = {
+    MISSING: 1,
+    NOT_YET_VALID: 2,
+    EXPIRED: 3,
+    BAD_FORMAT: 4,
+    HEADER_BAD_BASE64: 5,
+    HEADER_BAD_JSON: 6,
+    HEADER_BAD_ALG: 7,
+    ALG_NOT_IMPLEMENTED: 8,
+    PAYLOAD_BAD_BASE64: 10,
+    PAYLOAD_BAD_JSON: 11,
+    UNKNOWN_ISSUER: 21,
+    AUDIENCE_NOT_ALLOWED: 22,
+    VERIFICATION_FAILS: 23,
+    KID_ALG_MISMATCH: 29,
+    JWKS_FETCH_FAIL: 37,
+}
 
 #: the algorithms jwt_verify_lib implements, by the key type each needs
 _ALGORITHMS = {
@@ -435,6 +454,24 @@ class JwtAuthnFilter:
         return failure if req.kind == "allow_missing" else None
 
     async def _verify_provider(
+        self,
+        provider: JwtProvider,
+        audiences: tuple[str, ...] | None,
+        request: RequestView,
+        now: Callable[[], float],
+        outcome: FilterOutcome,
+    ) -> str | None:
+        failure = await self._verify(provider, audiences, request, now, outcome)
+        if failure is not None and provider.failed_status_in_metadata:
+            # Envoy: the failure, as jwt_verify_lib's status number and message, for later filters
+            if request.metadata is None:
+                request.metadata = {}
+            entry = request.metadata.setdefault(METADATA_NAMESPACE, {})
+            code = STATUS_CODES.get(failure)
+            entry[provider.failed_status_in_metadata] = {"code": code, "message": failure}
+        return failure
+
+    async def _verify(
         self,
         provider: JwtProvider,
         audiences: tuple[str, ...] | None,
