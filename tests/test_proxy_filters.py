@@ -405,6 +405,24 @@ async def test_gzip_by_accept_encoding_and_content_type(autojump_clock: trio.tes
         assert s.value("http.ingress.compressor.gzip.not_compressed") == 6  # not on /plain
 
 
+async def test_gzip_remove_accept_encoding_header(autojump_clock: trio.testing.MockClock) -> None:
+    """``remove_accept_encoding_header``: the backend sees no ``Accept-Encoding`` (so it never
+    compresses), the client still gets gzip from the proxy; a route's ``overrides`` turns it off."""
+    keep = {"typed_per_filter_config": {COMPRESSOR: {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.compressor.v3.CompressorPerRoute",
+        "overrides": {"response_direction_config": {"remove_accept_encoding_header": False}}}}}  # fmt: skip
+    config = compressor(remove_accept_encoding_header=True)
+    async with proxied(filters(config), routes=[route("/keep", extra=keep), route("/")]) as (b, _, _app):
+        client = Client(await connect(b))
+        r = await client.request("GET", "/doc", [("accept-encoding", "gzip")])
+        assert r.header("content-encoding") == "gzip"
+        headers = json.loads(gzip.decompress(r.body))["headers"]
+        assert not any(name == "accept-encoding" for name, _ in headers)
+        r = await client.request("GET", "/keep/doc", [("accept-encoding", "gzip")])
+        assert ["accept-encoding", "gzip"] in json.loads(gzip.decompress(r.body))["headers"]
+        await client.aclose()
+
+
 async def test_gzip_configured_types_and_a_large_streamed_body(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

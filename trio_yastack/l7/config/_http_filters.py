@@ -63,6 +63,7 @@ from ._reader import (
     _list,
     _named_map,
     _nonempty_str,
+    _only_field,
     _positive_uint32,
     _Reader,
     _Skip,
@@ -189,6 +190,8 @@ class Compressor:
     disable_on_etag_header: bool = False
     enabled: bool = True
     enabled_runtime_key: str | None = None
+    #: ``remove_accept_encoding_header``: the request goes upstream without ``Accept-Encoding``
+    remove_accept_encoding: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,9 +209,11 @@ class HttpCache:
 
 @dataclass(frozen=True, slots=True)
 class CompressorPerRoute:
-    """``CompressorPerRoute``: ``disabled`` turns the compressor off on a route or virtual host."""
+    """``CompressorPerRoute``: ``disabled`` turns the compressor off on a route or virtual host;
+    ``overrides.response_direction_config.remove_accept_encoding_header`` (None: the filter's)."""
 
-    disabled: bool
+    disabled: bool = False
+    remove_accept_encoding: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -387,8 +392,10 @@ def _per_filter_config(r: _Reader, name: str, v: object, path: str) -> PerRouteC
     if name == CORS_NAME:
         config = _cors_policy(r, tc)
     elif name == COMPRESSOR_NAME:
-        disabled = tc.req("disabled", _bool)
-        config = CompressorPerRoute(disabled if disabled is not None else False)
+        if tc.exactly_one("disabled", "overrides") == "overrides":
+            config = CompressorPerRoute(remove_accept_encoding=tc.req("overrides", _compressor_overrides))
+        else:
+            config = CompressorPerRoute(disabled=tc.req("disabled", _true) or False)
     elif name == FAULT_NAME:
         config = _fault(r, tc)
     elif name == RBAC_NAME:
@@ -550,12 +557,22 @@ def _compressor_common(r: _Reader, v: object, path: str) -> dict[str, Any]:
 
 
 def _compressor_response(r: _Reader, v: object, path: str) -> dict[str, Any]:
-    f = _Fields(r, v, path, ("common_config", "disable_on_etag_header"))
+    f = _Fields(r, v, path, ("common_config", "disable_on_etag_header", "remove_accept_encoding_header"))
     out = f.opt("common_config", _compressor_common, {}) or {}
     if f.has("disable_on_etag_header"):
         out = out | {"disable_on_etag_header": f.req("disable_on_etag_header", _bool)}
+    if f.has("remove_accept_encoding_header"):
+        out = out | {"remove_accept_encoding": f.req("remove_accept_encoding_header", _bool)}
     f.done()
     return out
+
+
+def _compressor_overrides(r: _Reader, v: object, path: str) -> bool | None:
+    """``CompressorOverrides``: only ``response_direction_config.remove_accept_encoding_header``."""
+    f = _Fields(r, v, path, ("response_direction_config",))
+    response = f.opt("response_direction_config", _only_field("remove_accept_encoding_header", _bool), None)
+    f.done()
+    return response
 
 
 def _compressor(r: _Reader, tc: _Fields) -> Compressor:
@@ -570,6 +587,8 @@ def _compressor(r: _Reader, tc: _Fields) -> Compressor:
         )
     if tc.has("disable_on_etag_header"):
         settings["disable_on_etag_header"] = tc.req("disable_on_etag_header", _bool)
+    if tc.has("remove_accept_encoding_header"):
+        settings["remove_accept_encoding"] = tc.req("remove_accept_encoding_header", _bool)
     settings |= tc.opt("response_direction_config", _compressor_response, {}) or {}
     return Compressor(**((library or {}) | settings))
 

@@ -374,8 +374,9 @@ _TYPED_CONFIG_FIELDS: dict[str, tuple[str, ...]] = {
         "content_length",
         "content_type",
         "disable_on_etag_header",
+        "remove_accept_encoding_header",
     ),
-    COMPRESSOR_PER_ROUTE_TYPE: ("disabled",),
+    COMPRESSOR_PER_ROUTE_TYPE: ("disabled", "overrides"),
     CACHE_TYPE: (
         "typed_config",
         "allowed_vary_headers",
