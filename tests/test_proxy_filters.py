@@ -308,6 +308,19 @@ async def test_local_ratelimit_not_enforced_and_route_override(
         assert proxy.stats.value("strict.http_local_rate_limit.enforced") == 1
 
 
+async def test_local_ratelimit_headers_when_not_enforced(autojump_clock: trio.testing.MockClock) -> None:
+    """``request_headers_to_add_when_not_enforced``: a request the bucket refused but
+    ``filter_enforced`` (0%) lets through reaches the backend marked; one within the bucket is not."""
+    rl = ratelimit(
+        1, "60s",
+        request_headers_to_add_when_not_enforced=[{"header": {"key": "x-over-limit", "value": "yes"}}],
+    )  # fmt: skip
+    rl["typed_config"]["filter_enforced"] = {"default_value": {"numerator": 0}}
+    async with proxied(filters(rl)) as (b, _, app):
+        assert [r.status for r in await many(b, 2)] == [200, 200]
+        assert [s.header("x-over-limit") for s in app.seen] == [None, "yes"]
+
+
 async def test_local_ratelimit_per_connection(autojump_clock: trio.testing.MockClock) -> None:
     rl = ratelimit(2, "60s", local_rate_limit_per_downstream_connection=True)
     async with proxied(filters(rl)) as (b, _, _app):

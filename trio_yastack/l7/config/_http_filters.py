@@ -157,6 +157,8 @@ class LocalRateLimit:
     per_connection: bool = False
     #: ``enable_x_ratelimit_headers: DRAFT_VERSION_03``: ``x-ratelimit-limit``/``-remaining``/``-reset``
     x_ratelimit_headers: bool = False
+    #: added to a request the bucket refused but ``filter_enforced`` let through
+    request_headers_to_add_when_not_enforced: tuple[HeaderValueOption, ...] = ()
 
 
 #: Envoy's default ``content_type`` list of the compressor
@@ -665,4 +667,7 @@ def _local_ratelimit(r: _Reader, tc: _Fields) -> LocalRateLimit:
         per_connection=tc.opt("local_rate_limit_per_downstream_connection", _bool, False),
         x_ratelimit_headers=tc.opt("enable_x_ratelimit_headers", _enum(("OFF", "DRAFT_VERSION_03")), "OFF")
         == "DRAFT_VERSION_03",
+        request_headers_to_add_when_not_enforced=tc.opt(
+            "request_headers_to_add_when_not_enforced", _list(_header_value_option), ()
+        ),
     )

@@ -400,6 +400,7 @@ _TYPED_CONFIG_FIELDS: dict[str, tuple[str, ...]] = {
         "response_headers_to_add",
         "local_rate_limit_per_downstream_connection",
         "enable_x_ratelimit_headers",
+        "request_headers_to_add_when_not_enforced",
     ),
     EXT_AUTHZ_TYPE: (
         "http_service",

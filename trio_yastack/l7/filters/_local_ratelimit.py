@@ -7,7 +7,9 @@ Envoy's behaviour: a request counts when ``filter_enabled`` picks it (``enabled`
 and ``response_headers_to_add``.  With ``enable_x_ratelimit_headers: DRAFT_VERSION_03`` every
 response the bucket counted carries ``x-ratelimit-limit`` (``max_tokens``), ``x-ratelimit-remaining``
 (the tokens left) and ``x-ratelimit-reset`` (seconds to the next fill), taken when the request
-counted (Envoy reads the bucket again as the response starts).  Statistics are named as Envoy names them:
+counted (Envoy reads the bucket again as the response starts).  A request refused by the bucket
+but let through by ``filter_enforced`` gets ``request_headers_to_add_when_not_enforced``.
+Statistics are named as Envoy names them:
 ``<stat_prefix>.http_local_rate_limit.{enabled,enforced,rate_limited,ok}``.
 """
 
@@ -19,6 +21,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..config import LocalRateLimit, PerRouteConfig, RuntimeValue, TokenBucket
+from ..router import apply_header_options
 from ..stats import Stats
 
 if TYPE_CHECKING:
@@ -111,6 +114,10 @@ class LocalRateLimitFilter:
             return
         scope.inc("rate_limited")
         if not sample(config.filter_enforced, self.runtime, self.rng):
+            if config.request_headers_to_add_when_not_enforced:  # Envoy: marks the request it let by
+                request.headers[:] = apply_header_options(
+                    request.headers, config.request_headers_to_add_when_not_enforced, ()
+                )
             return
         scope.inc("enforced")
         outcome.status = config.status
