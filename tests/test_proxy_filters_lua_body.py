@@ -211,6 +211,7 @@ function envoy_on_request(h)
   if path == "/beta" then headers:replace("x-route", "beta") end
   if path == "/host" then headers:replace(":authority", "admin.test") end
   if path == "/path" then headers:replace(":path", "/elsewhere") end
+  if path == "/asked" then headers:replace("x-route", "beta"); h:clearRouteCache() end
 end
 """
 
@@ -266,6 +267,8 @@ async def test_lua_changed_headers_choose_the_route_again(
                     assert r.body == b"admin host"
                 else:
                     assert app.seen[-1].path == "/host" and app.seen[-1].header("host") == "admin.test"
+                r = await client.request("GET", "/asked")  # clearRouteCache(): chosen again either way
+                assert r.body == b"beta route"
                 r = await client.request("GET", "/path")
                 assert r.status == 200 and app.seen[-1].path == "/path"
                 await client.aclose()

@@ -22,6 +22,8 @@ the script's globals from request to request.  The handles offer here:
   waits for the answer's headers (``:status`` included) and body (nil when empty); a failure answers
   503 ``upstream failure`` as Envoy's does; asynchronous calls are not waited for;
 - ``filterContext()``: the route's ``LuaPerRoute.filter_context`` as a table (empty without one);
+- ``clearRouteCache()``: the route is chosen again after the script (with ``clear_route_cache:
+  false`` too);
 - ``logTrace``/``logDebug``/``logInfo``/``logWarn``/``logErr``/``logCritical``: the proxy's log
   (the ``trio_yastack.l7.lua`` logger).
 
@@ -201,6 +203,10 @@ local function handle(py, headers, on_request)
     end
   end
   function h:filterContext() return py.filter_context() end
+  function h:clearRouteCache()
+    if not on_request then error("clearRouteCache() is only available in envoy_on_request", 2) end
+    py.clear_route()
+  end
   function h:httpCall(cluster, call_headers, call_body, timeout_ms, asynchronous)
     if not on_request then error("httpCall() is not available in envoy_on_response here", 2) end
     local duplicates = false
@@ -356,6 +362,7 @@ class _Call:
         self.request_headers = request_headers
         self.body = b""
         self.pending: _HttpCall | None = None
+        self.route_cleared = False  # clearRouteCache() was called
         self.chunks_seen = 0  # bodyChunks(): how many pieces the script was given
         self.chunks_changed = False
         self.header_map: _HeaderMap | None = None
@@ -432,6 +439,10 @@ class _Call:
             return now_ns // 1_000_000
         micro = resolution == _MICROSECOND
         return str(now_ns // 1_000 if micro else now_ns // 1_000_000)
+
+    def clear_route(self) -> None:
+        """``clearRouteCache()``: the route is chosen again once the script ends."""
+        self.route_cleared = True
 
     def filter_context(self) -> Any:
         """``filterContext()``: the route's ``filter_context`` as a Lua table (empty without one)."""
@@ -800,7 +811,8 @@ class LuaFilter:
             if call.reply is not None:
                 outcome.cached = call.reply  # the script's reply, exactly
                 return
-            if self.config.clear_route_cache and call.header_map is not None and call.header_map.modified:
-                outcome.clear_route = True  # Envoy: changed headers clear the route cache
+            changed = call.header_map is not None and call.header_map.modified
+            if call.route_cleared or (self.config.clear_route_cache and changed):
+                outcome.clear_route = True  # Envoy: changed headers (or the script) clear the route cache
         if script.on_response is not None:
             outcome.encoders.append(_LuaResponse(self, script, request))
