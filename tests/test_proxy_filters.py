@@ -164,6 +164,38 @@ async def test_cors_shadow_enabled_counts_only(autojump_clock: trio.testing.Mock
         assert proxy.stats.value("http.ingress.cors.origin_invalid") == 1
 
 
+async def test_cors_wildcards_private_network_and_unmatched_preflights(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Envoy's CORS details: ``allow_methods``/``allow_headers`` of ``*`` echo what the preflight
+    asks; ``allow_private_network_access`` answers ``Access-Control-Request-Private-Network``;
+    ``forward_not_matching_preflights: false`` answers a preflight from an origin not allowed here
+    (200, no allow-origin) instead of forwarding it."""
+    policy = POLICY | {
+        "allow_methods": "*",
+        "allow_headers": "*",
+        "allow_private_network_access": True,
+        "forward_not_matching_preflights": False,
+    }
+    async with proxied(filters(http_filter(CORS)), typed_per_filter_config={CORS: policy}) as (b, _, app):
+        client = Client(await connect(b))
+        ask = [("access-control-request-method", "PATCH"), ("access-control-request-headers", "x-a, x-b")]
+        r = await client.request(
+            "OPTIONS",
+            "/",
+            [("origin", "https://app.example"), *ask, ("access-control-request-private-network", "true")],
+        )
+        assert r.status == 200 and r.header("access-control-allow-methods") == "PATCH"
+        assert r.header("access-control-allow-headers") == "x-a, x-b"
+        assert r.header("access-control-allow-private-network") == "true"
+        r = await client.request("OPTIONS", "/", [("origin", "https://evil.test"), *ask])
+        assert r.status == 200 and r.header("access-control-allow-origin") is None and app.seen == []
+        assert r.header("access-control-allow-methods") == "PATCH"  # Envoy sets the rest all the same
+        r = await client.request("GET", "/", [("origin", "https://evil.test")])  # not a preflight: goes on
+        assert r.status == 200 and len(app.seen) == 1
+        await client.aclose()
+
+
 async def test_cors_without_a_policy_does_nothing(autojump_clock: trio.testing.MockClock) -> None:
     async with proxied(filters(http_filter(CORS))) as (b, _, app):
         client = Client(await connect(b))

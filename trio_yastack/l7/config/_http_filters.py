@@ -91,6 +91,9 @@ class CorsPolicy:
     allow_credentials: bool | None = None
     filter_enabled: FractionalPercent | None = None
     shadow_enabled: FractionalPercent | None = None
+    allow_private_network_access: bool | None = None
+    #: None: Envoy's default, true (a preflight from an origin not allowed goes upstream)
+    forward_not_matching_preflights: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -449,6 +452,8 @@ def _cors_policy(r: _Reader, tc: _Fields) -> CorsPolicy:
         allow_credentials=tc.opt("allow_credentials", _bool, None),
         filter_enabled=tc.opt("filter_enabled", _runtime_fractional_percent, None),
         shadow_enabled=tc.opt("shadow_enabled", _runtime_fractional_percent, None),
+        allow_private_network_access=tc.opt("allow_private_network_access", _bool, None),
+        forward_not_matching_preflights=tc.opt("forward_not_matching_preflights", _bool, None),
     )
     return policy
 

@@ -444,6 +444,8 @@ _TYPED_CONFIG_FIELDS: dict[str, tuple[str, ...]] = {
         "allow_credentials",
         "filter_enabled",
         "shadow_enabled",
+        "allow_private_network_access",
+        "forward_not_matching_preflights",
     ),
     DOWNSTREAM_TLS_TYPE: ("common_tls_context", "require_client_certificate"),
     UPSTREAM_TLS_TYPE: ("common_tls_context", "sni"),
