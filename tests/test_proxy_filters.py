@@ -267,6 +267,18 @@ async def test_fault_header_abort_and_header_matchers(autojump_clock: trio.testi
         assert r.status == 200 and len(app.seen) == 1
 
 
+async def test_fault_grpc_abort(autojump_clock: trio.testing.MockClock) -> None:
+    """``abort.grpc_status``: a gRPC answer made by the filter: 200, ``content-type:
+    application/grpc``, ``grpc-status`` and ``grpc-message: fault filter abort`` in the headers, no
+    body; the backend never sees the request."""
+    abort = http_filter(FAULT, abort={"grpc_status": 14, "percentage": {"numerator": 100}})
+    async with proxied(filters(abort)) as (b, proxy, app):
+        (r,) = await many(b, 1)
+        assert r.status == 200 and r.body == b"" and r.header("content-type") == "application/grpc"
+        assert r.header("grpc-status") == "14" and r.header("grpc-message") == "fault filter abort"
+        assert app.seen == [] and proxy.stats.value("http.ingress.fault.aborts_injected") == 1
+
+
 async def test_fault_max_active_faults(autojump_clock: trio.testing.MockClock) -> None:
     """With ``max_active_faults: 2`` and every request delayed 5 s, two of five concurrent requests are
     delayed; the others overflow and pass at once."""

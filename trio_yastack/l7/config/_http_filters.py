@@ -113,11 +113,13 @@ class FaultDelay:
 
 @dataclass(frozen=True, slots=True)
 class FaultAbort:
-    """``abort``: ``http_status`` (200-599), or ``header_abort`` (the status in the request's
+    """``abort``: ``http_status`` (200-599), ``grpc_status`` (a gRPC answer: 200 with that
+    ``grpc-status``), or ``header_abort`` (the status in the request's
     ``x-envoy-fault-abort-request``), for ``percentage`` of requests (Envoy's default: none)."""
 
     http_status: int | None
     percentage: FractionalPercent = field(default_factory=FractionalPercent)
+    grpc_status: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -630,12 +632,13 @@ def _fault_delay(r: _Reader, v: object, path: str) -> FaultDelay:
 
 
 def _fault_abort(r: _Reader, v: object, path: str) -> FaultAbort:
-    f = _Fields(r, v, path, ("http_status", "header_abort", "percentage"))
-    which = f.exactly_one("http_status", "header_abort")
+    f = _Fields(r, v, path, ("http_status", "grpc_status", "header_abort", "percentage"))
+    which = f.exactly_one("http_status", "grpc_status", "header_abort")
     status = f.req("http_status", _uint(200, 599)) if which == "http_status" else None
+    grpc_status = f.req("grpc_status", _uint32) if which == "grpc_status" else None
     if which == "header_abort":
         f.req("header_abort", _empty_message)
-    abort = FaultAbort(status, f.opt("percentage", _fractional_percent, FractionalPercent()))
+    abort = FaultAbort(status, f.opt("percentage", _fractional_percent, FractionalPercent()), grpc_status)
     f.done()
     return abort
 
