@@ -139,6 +139,63 @@ async def test_cors_preflight_answered_and_simple_requests_marked(
         assert proxy.stats.value("http.ingress.cors.origin_invalid") == 2
 
 
+async def test_cors_shadow_enabled_counts_only(autojump_clock: trio.testing.MockClock) -> None:
+    """``shadow_enabled`` on a route where ``filter_enabled`` is 0%: Envoy checks and counts the
+    origin (``origin_valid``/``origin_invalid``) but answers nothing and adds no header; without it,
+    such a route counts nothing either."""
+    off = {"default_value": {"numerator": 0}}
+    shadow = {CORS: POLICY | {"filter_enabled": off, "shadow_enabled": {"default_value": {"numerator": 100}}}}
+    routes = [
+        route("/shadow", extra={"typed_per_filter_config": shadow}),
+        route("/", extra={"typed_per_filter_config": {CORS: POLICY | {"filter_enabled": off}}}),
+    ]
+    async with proxied(filters(http_filter(CORS)), routes=routes) as (b, proxy, app):
+        client = Client(await connect(b))
+        preflight = [("origin", "https://app.example"), ("access-control-request-method", "PUT")]
+        r = await client.request("OPTIONS", "/shadow", preflight)
+        assert r.header("access-control-allow-origin") is None and app.seen[-1].path == "/shadow"
+        r = await client.request("GET", "/shadow", [("origin", "https://evil.test")])
+        assert r.header("access-control-allow-origin") is None
+        r = await client.request("GET", "/plain", [("origin", "https://app.example")])
+        assert r.header("access-control-allow-origin") is None
+        await client.aclose()
+        assert len(app.seen) == 3
+        assert proxy.stats.value("http.ingress.cors.origin_valid") == 1
+        assert proxy.stats.value("http.ingress.cors.origin_invalid") == 1
+
+
+async def test_cors_wildcards_private_network_and_unmatched_preflights(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Envoy's CORS details: ``allow_methods``/``allow_headers`` of ``*`` echo what the preflight
+    asks; ``allow_private_network_access`` answers ``Access-Control-Request-Private-Network``;
+    ``forward_not_matching_preflights: false`` answers a preflight from an origin not allowed here
+    (200, no allow-origin) instead of forwarding it."""
+    policy = POLICY | {
+        "allow_methods": "*",
+        "allow_headers": "*",
+        "allow_private_network_access": True,
+        "forward_not_matching_preflights": False,
+    }
+    async with proxied(filters(http_filter(CORS)), typed_per_filter_config={CORS: policy}) as (b, _, app):
+        client = Client(await connect(b))
+        ask = [("access-control-request-method", "PATCH"), ("access-control-request-headers", "x-a, x-b")]
+        r = await client.request(
+            "OPTIONS",
+            "/",
+            [("origin", "https://app.example"), *ask, ("access-control-request-private-network", "true")],
+        )
+        assert r.status == 200 and r.header("access-control-allow-methods") == "PATCH"
+        assert r.header("access-control-allow-headers") == "x-a, x-b"
+        assert r.header("access-control-allow-private-network") == "true"
+        r = await client.request("OPTIONS", "/", [("origin", "https://evil.test"), *ask])
+        assert r.status == 200 and r.header("access-control-allow-origin") is None and app.seen == []
+        assert r.header("access-control-allow-methods") == "PATCH"  # Envoy sets the rest all the same
+        r = await client.request("GET", "/", [("origin", "https://evil.test")])  # not a preflight: goes on
+        assert r.status == 200 and len(app.seen) == 1
+        await client.aclose()
+
+
 async def test_cors_without_a_policy_does_nothing(autojump_clock: trio.testing.MockClock) -> None:
     async with proxied(filters(http_filter(CORS))) as (b, _, app):
         client = Client(await connect(b))
@@ -208,6 +265,18 @@ async def test_fault_header_abort_and_header_matchers(autojump_clock: trio.testi
         assert r.status == 418 and app.seen == []
         (r,) = await many(b, 1, headers=chaos[1:])  # no x-chaos: not eligible
         assert r.status == 200 and len(app.seen) == 1
+
+
+async def test_fault_grpc_abort(autojump_clock: trio.testing.MockClock) -> None:
+    """``abort.grpc_status``: a gRPC answer made by the filter: 200, ``content-type:
+    application/grpc``, ``grpc-status`` and ``grpc-message: fault filter abort`` in the headers, no
+    body; the backend never sees the request."""
+    abort = http_filter(FAULT, abort={"grpc_status": 14, "percentage": {"numerator": 100}})
+    async with proxied(filters(abort)) as (b, proxy, app):
+        (r,) = await many(b, 1)
+        assert r.status == 200 and r.body == b"" and r.header("content-type") == "application/grpc"
+        assert r.header("grpc-status") == "14" and r.header("grpc-message") == "fault filter abort"
+        assert app.seen == [] and proxy.stats.value("http.ingress.fault.aborts_injected") == 1
 
 
 async def test_fault_max_active_faults(autojump_clock: trio.testing.MockClock) -> None:
@@ -283,11 +352,45 @@ async def test_local_ratelimit_not_enforced_and_route_override(
         assert proxy.stats.value("strict.http_local_rate_limit.enforced") == 1
 
 
+async def test_local_ratelimit_headers_when_not_enforced(autojump_clock: trio.testing.MockClock) -> None:
+    """``request_headers_to_add_when_not_enforced``: a request the bucket refused but
+    ``filter_enforced`` (0%) lets through reaches the backend marked; one within the bucket is not."""
+    rl = ratelimit(
+        1, "60s",
+        request_headers_to_add_when_not_enforced=[{"header": {"key": "x-over-limit", "value": "yes"}}],
+    )  # fmt: skip
+    rl["typed_config"]["filter_enforced"] = {"default_value": {"numerator": 0}}
+    async with proxied(filters(rl)) as (b, _, app):
+        assert [r.status for r in await many(b, 2)] == [200, 200]
+        assert [s.header("x-over-limit") for s in app.seen] == [None, "yes"]
+
+
 async def test_local_ratelimit_per_connection(autojump_clock: trio.testing.MockClock) -> None:
     rl = ratelimit(2, "60s", local_rate_limit_per_downstream_connection=True)
     async with proxied(filters(rl)) as (b, _, _app):
         assert [r.status for r in await many(b, 3)] == [200, 200, 429]
         assert [r.status for r in await many(b, 3)] == [200, 200, 429]  # a new connection, a new bucket
+
+
+async def test_local_ratelimit_x_ratelimit_headers(autojump_clock: trio.testing.MockClock) -> None:
+    """``enable_x_ratelimit_headers: DRAFT_VERSION_03``: each response says the bucket's size, the
+    tokens left and the seconds to the next fill, the 429 too; the option off adds none."""
+    rl = ratelimit(2, "10s", enable_x_ratelimit_headers="DRAFT_VERSION_03")
+    async with proxied(filters(rl)) as (b, _, _app):
+        first, second, refused = await many(b, 3)
+        await trio.sleep(4)
+        (later,) = await many(b, 1)
+    heads = [(r.status, r.header("x-ratelimit-limit"), r.header("x-ratelimit-remaining"),
+              r.header("x-ratelimit-reset")) for r in (first, second, refused, later)]  # fmt: skip
+    assert heads == [
+        (200, "2", "1", "10"),
+        (200, "2", "0", "10"),
+        (429, "2", "0", "10"),
+        (429, "2", "0", "6"),
+    ]
+    async with proxied(filters(ratelimit(2, "10s"))) as (b, _, _app):
+        (r,) = await many(b, 1)
+        assert r.status == 200 and r.header("x-ratelimit-limit") is None
 
 
 async def test_filters_run_in_the_order_configured(autojump_clock: trio.testing.MockClock) -> None:
@@ -357,6 +460,24 @@ async def test_gzip_by_accept_encoding_and_content_type(autojump_clock: trio.tes
         assert s.value("http.ingress.compressor.gzip.compressed") == 2
         assert s.value("http.ingress.compressor.gzip.no_accept_header") == 1
         assert s.value("http.ingress.compressor.gzip.not_compressed") == 6  # not on /plain
+
+
+async def test_gzip_remove_accept_encoding_header(autojump_clock: trio.testing.MockClock) -> None:
+    """``remove_accept_encoding_header``: the backend sees no ``Accept-Encoding`` (so it never
+    compresses), the client still gets gzip from the proxy; a route's ``overrides`` turns it off."""
+    keep = {"typed_per_filter_config": {COMPRESSOR: {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.compressor.v3.CompressorPerRoute",
+        "overrides": {"response_direction_config": {"remove_accept_encoding_header": False}}}}}  # fmt: skip
+    config = compressor(remove_accept_encoding_header=True)
+    async with proxied(filters(config), routes=[route("/keep", extra=keep), route("/")]) as (b, _, _app):
+        client = Client(await connect(b))
+        r = await client.request("GET", "/doc", [("accept-encoding", "gzip")])
+        assert r.header("content-encoding") == "gzip"
+        headers = json.loads(gzip.decompress(r.body))["headers"]
+        assert not any(name == "accept-encoding" for name, _ in headers)
+        r = await client.request("GET", "/keep/doc", [("accept-encoding", "gzip")])
+        assert ["accept-encoding", "gzip"] in json.loads(gzip.decompress(r.body))["headers"]
+        await client.aclose()
 
 
 async def test_gzip_configured_types_and_a_large_streamed_body(

@@ -385,5 +385,262 @@ def test_ext_authz_config_mistakes_named_by_path() -> None:
     base = f"{hcm}.http_filters[0].typed_config"
     assert f"{base}.http_service.server_uri.timeout: required field 'timeout' is missing" in text
     assert f"{base}.status_on_error.code: 'Teapot' is not one of Envoy's StatusCode names" in text
-    assert f"{base}.with_request_body: unsupported field" in text
+    missing = "required field 'max_request_bytes' is missing"
+    assert f"{base}.with_request_body.max_request_bytes: {missing}" in text
     assert f"{base}.http_service.server_uri.cluster: unknown cluster 'nowhere'" in text
+
+
+@pytest.mark.parametrize("clear", [True, False])
+async def test_ext_authz_clear_route_cache(autojump_clock: trio.testing.MockClock, clear: bool) -> None:
+    """``clear_route_cache: true``: the headers an allowed check set (``x-auth-user: alice``, over the
+    client's own) choose the route again, here one that matches on that header; without it the
+    route chosen before the check stays."""
+    alice_route = """              routes:
+              - match: {prefix: "/", headers: [{name: x-auth-user, string_match: {exact: alice}}]}
+                direct_response: {status: 200, body: {inline_string: "alice's route"}}
+"""
+    config = HTTP_CONFIG.replace("              routes:\n", alice_route, 1)
+    if clear:
+        config = config.replace(
+            "transport_api_version: V3\n",
+            "transport_api_version: V3\n              clear_route_cache: true\n",
+        )
+    app, authz = BackendApp("app"), AuthzApp()
+    async with two_stacks() as (a, b), trio.open_nursery() as nursery:
+        backends = [await start_backend(nursery, app, b, 8080), await start_backend(nursery, authz, b, 8091)]
+        async with running_proxy(load_config(config), a):
+            with trio.fail_after(LIMIT):
+                client = Client(await connect(b))
+                headers = [("authorization", "Bearer good"), ("x-auth-user", "mallory")]
+                r = await client.request("GET", "/orders", headers)
+                if clear:
+                    assert r.status == 200 and r.body == b"alice's route" and app.seen == []
+                else:
+                    assert r.status == 200 and app.seen[-1].header("x-auth-user") == "alice"
+                await client.aclose()
+        for backend in backends:
+            backend.stop()
+
+
+async def test_ext_authz_disallowed_headers_and_deny_at_disable(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """``disallowed_headers`` wins over ``allowed_headers`` (x-tenant is no longer sent); with
+    ``filter_enabled`` at 0% no check is made, and ``deny_at_disable`` then answers
+    ``status_on_error`` (503 here) except on the route that disables the filter."""
+    config = HTTP_CONFIG.replace(
+        "              transport_api_version: V3\n",
+        "              transport_api_version: V3\n"
+        "              disallowed_headers: {patterns: [{exact: x-tenant}]}\n",
+    )
+    app, authz = BackendApp("app"), AuthzApp()
+    async with two_stacks() as (a, b), trio.open_nursery() as nursery:
+        backends = [await start_backend(nursery, app, b, 8080), await start_backend(nursery, authz, b, 8091)]
+        async with running_proxy(load_config(config), a):
+            with trio.fail_after(LIMIT):
+                client = Client(await connect(b))
+                r = await client.request("GET", "/x", [("authorization", "Bearer good"), ("x-tenant", "t1")])
+                assert r.status == 200 and authz.seen[-1].header("x-tenant") is None
+                assert app.seen[-1].header("x-tenant") == "t1"  # still forwarded upstream
+                await client.aclose()
+        off = config.replace(
+            "              transport_api_version: V3\n",
+            "              transport_api_version: V3\n"
+            "              filter_enabled: {default_value: {numerator: 0}}\n"
+            "              deny_at_disable: {default_value: true}\n",
+        )
+        checks = len(authz.seen)
+        async with running_proxy(load_config(off), a) as proxy:
+            with trio.fail_after(LIMIT):
+                client = Client(await connect(b))
+                r = await client.request("GET", "/x", [("authorization", "Bearer good")])
+                assert r.status == 503 and len(authz.seen) == checks
+                r = await client.request("GET", "/health", [("authorization", "Bearer good")])
+                assert r.status == 200  # disabled on this route: not denied
+                await client.aclose()
+                assert proxy.stats.value("http.ingress.ext_authz.disabled") == 1
+        for backend in backends:
+            backend.stop()
+
+
+async def test_ext_authz_grpc_disallowed_headers() -> None:
+    """``disallowed_headers`` also keeps a header out of the gRPC check (all are sent by default)."""
+    app = BackendApp("app")
+    proxy_port, app_port = _free_port(), _free_port()
+    with grpc_authz() as (authz_port, service):
+        async with trio.open_nursery() as nursery:
+            stop = await kernel_backend(nursery, app, app_port)
+            config = grpc_config(proxy_port, app_port, authz_port).replace(
+                "              stat_prefix: grpc\n",
+                "              stat_prefix: grpc\n"
+                "              disallowed_headers: {patterns: [{exact: x-secret}]}\n",
+            )
+            async with running_proxy(load_config(config), None):
+                with trio.fail_after(LIMIT):
+                    client = Client(await trio.open_tcp_stream("127.0.0.1", proxy_port))
+                    r = await client.request(
+                        "GET", "/", [("x-user", "bob"), ("x-secret", "s"), ("x-other", "o")]
+                    )
+                    assert r.status == 200
+                    headers = service.checks[-1].attributes.request.http.headers
+                    assert "x-secret" not in headers and headers["x-other"] == "o"
+                    await client.aclose()
+            stop.set()
+
+
+@pytest.mark.parametrize(
+    ("include", "tls", "sni"), [(True, True, "api.example"), (False, True, ""), (True, False, "")]
+)
+def test_ext_authz_grpc_check_include_tls_session(include: bool, tls: bool, sni: str) -> None:
+    """``include_tls_session``: the gRPC check's ``tls_session.sni`` is the SNI the TLS inspector
+    read, on a TLS connection only, and only when asked for."""
+    import random
+
+    from trio_yastack.l7.config import ExtAuthz
+    from trio_yastack.l7.filters._chain import RequestView
+    from trio_yastack.l7.filters._connection import _KEY, ConnectionInfo
+    from trio_yastack.l7.filters._ext_authz import ExtAuthzFilter
+    from trio_yastack.l7.stats import Stats
+
+    config = ExtAuthz("grpc", cluster="authz", include_tls_session=include)
+    f = ExtAuthzFilter(config, Stats().scope("http", "ingress"), lambda key: None, random.Random(0))
+    state: dict[int, object] = {_KEY: ConnectionInfo(tls=tls, server_name="api.example")}
+    view = RequestView("GET", "/", [(b"host", b"api.example")], None, None, state)
+    check = f._check_request(view, (), external_auth_pb2)
+    assert check.attributes.tls_session.sni == sni
+
+
+RBAC_ON_AUTHZ_METADATA = """          - name: envoy.filters.http.rbac
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC
+              rules:
+                action: ALLOW
+                policies:
+                  "alice-only":
+                    permissions: [{any: true}]
+                    principals:
+                    - metadata:
+                        filter: envoy.filters.http.ext_authz
+                        path: [{key: x-auth-user}]
+                        value: {string_match: {exact: alice}}
+          - name: envoy.filters.http.router
+"""
+
+
+async def test_ext_authz_http_dynamic_metadata_from_headers(autojump_clock: trio.testing.MockClock) -> None:
+    """``dynamic_metadata_from_headers``: the allowed answer's ``x-auth-user`` becomes dynamic
+    metadata under ``envoy.filters.http.ext_authz``, which RBAC after it matches."""
+    config = HTTP_CONFIG.replace(
+        "                  allowed_upstream_headers:\n",
+        "                  dynamic_metadata_from_headers:\n"
+        "                    patterns: [{exact: x-auth-user}]\n"
+        "                  allowed_upstream_headers:\n",
+    ).replace("          - name: envoy.filters.http.router\n", RBAC_ON_AUTHZ_METADATA)
+    app, authz = BackendApp("app"), AuthzApp()
+    async with two_stacks() as (a, b), trio.open_nursery() as nursery:
+        backends = [await start_backend(nursery, app, b, 8080), await start_backend(nursery, authz, b, 8091)]
+        async with running_proxy(load_config(config), a):
+            with trio.fail_after(LIMIT):
+                client = Client(await connect(b))
+                assert (await client.request("GET", "/x", [("authorization", "Bearer good")])).status == 200
+                no_metadata = config.replace(
+                    "patterns: [{exact: x-auth-user}]", "patterns: [{exact: x-none}]"
+                )
+                await client.aclose()
+        async with running_proxy(load_config(no_metadata), a):
+            with trio.fail_after(LIMIT):
+                client = Client(await connect(b))
+                r = await client.request("GET", "/x", [("authorization", "Bearer good")])
+                assert r.status == 403 and r.body == b"RBAC: access denied\n"
+                await client.aclose()
+        for backend in backends:
+            backend.stop()
+
+
+class MetadataAuthorization(Authorization):
+    """Allows as :class:`Authorization` does, and answers dynamic metadata naming the user and
+    echoing the metadata context the check carried."""
+
+    def check(self, request: Any, context: grpc.ServicerContext) -> Any:
+        response = super().check(request, context)
+        if response.status.code == 0:
+            response.dynamic_metadata.update({"user": request.attributes.request.http.headers["x-user"]})
+        return response
+
+
+async def test_ext_authz_grpc_metadata_context_and_dynamic_metadata() -> None:
+    """``metadata_context_namespaces``: the request's dynamic metadata (written by a Lua script
+    before the check) goes with the gRPC check; the answer's ``dynamic_metadata`` is written under
+    ``envoy.filters.http.ext_authz``, which RBAC after the check matches (bob passes, carol not)."""
+    service = MetadataAuthorization()
+    handler = grpc.method_handlers_generic_handler(
+        "envoy.service.auth.v3.Authorization",
+        {
+            "Check": grpc.unary_unary_rpc_method_handler(
+                service.check,
+                request_deserializer=external_auth_pb2.CheckRequest.FromString,
+                response_serializer=external_auth_pb2.CheckResponse.SerializeToString,
+            )
+        },
+    )
+    server = grpc.server(ThreadPoolExecutor(max_workers=2))
+    server.add_generic_rpc_handlers((handler,))
+    authz_port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    before = """          - name: envoy.filters.http.lua
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua
+              default_source_code:
+                inline_string: |
+                  function envoy_on_request(h)
+                    h:streamInfo():dynamicMetadata():set("acme", "tenant", "t1")
+                  end
+"""
+    after = """          - name: envoy.filters.http.rbac
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC
+              rules:
+                action: ALLOW
+                policies:
+                  "bob":
+                    permissions: [{any: true}]
+                    principals:
+                    - metadata:
+                        filter: envoy.filters.http.ext_authz
+                        path: [{key: user}]
+                        value: {string_match: {exact: bob}}
+"""
+    try:
+        app = BackendApp("app")
+        proxy_port, app_port = _free_port(), _free_port()
+        async with trio.open_nursery() as nursery:
+            stop = await kernel_backend(nursery, app, app_port)
+            config = (
+                grpc_config(proxy_port, app_port, authz_port)
+                .replace(
+                    "              stat_prefix: grpc\n",
+                    "              stat_prefix: grpc\n              metadata_context_namespaces: [acme]\n",
+                )
+                .replace(
+                    "          - name: envoy.filters.http.ext_authz\n",
+                    before + "          - name: envoy.filters.http.ext_authz\n",
+                )
+                .replace(
+                    "          - name: envoy.filters.http.router\n",
+                    after + "          - name: envoy.filters.http.router\n",
+                )
+            )
+            async with running_proxy(load_config(config), None):
+                with trio.fail_after(LIMIT):
+                    client = Client(await trio.open_tcp_stream("127.0.0.1", proxy_port))
+                    r = await client.request("GET", "/", [("x-user", "bob")])
+                    assert r.status == 200
+                    sent = service.checks[-1].attributes.metadata_context.filter_metadata["acme"]
+                    assert dict(sent) == {"tenant": "t1"}
+                    assert app.seen[-1].path == "/"
+                    r = await client.request("GET", "/", [("x-user", "carol")])  # allowed by the service
+                    assert r.status == 403 and len(app.seen) == 1  # not by RBAC on its metadata
+                    await client.aclose()
+            stop.set()
+    finally:
+        server.stop(grace=None)

@@ -225,3 +225,37 @@ def test_grpc_web_text_framing_round_trip() -> None:
     bad.decode(b"YWJ")
     with pytest.raises(ValueError):
         bad.decode(b"")  # ends inside a group
+
+
+LUA_BODY = """          - name: envoy.filters.http.lua
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua
+              default_source_code:
+                inline_string: |
+                  function envoy_on_request(h) h:headers():add("x-length", h:body():length()) end
+"""
+
+
+@pytest.mark.parametrize("lua_first", [True, False])
+async def test_grpc_web_text_with_a_filter_reading_the_body(grpc_server: int, lua_first: bool) -> None:
+    """A filter that reads the request body (Lua's ``body()``) before or after ``grpc_web``: the
+    body it read is decoded from base64 either way before it goes upstream (read before the filter
+    set its decoder: decoded then), so the call succeeds in both orders."""
+    port = _free_port()
+    text = config(port, grpc_server)
+    anchor = (
+        "          - name: envoy.filters.http.grpc_web\n"
+        if lua_first
+        else "          - name: envoy.filters.http.cors\n"
+    )
+    text = text.replace(anchor, LUA_BODY + anchor)
+    async with running_proxy(load_config(text), None) as proxy:
+        with trio.fail_after(LIMIT):
+            client = Client(await trio.open_tcp_stream("127.0.0.1", port))
+            r = await call(client, "Unary", b"in text", text=True)
+            assert r.status == 200 and r.header("grpc-status") is None, (r.headers, r.body)
+            decoder = TextRequestDecoder()
+            messages, trailers = frames(decoder.decode(r.body) + decoder.decode(b""))
+            assert messages == [b"echo:in text"] and trailers["grpc-status"] == "0"
+            await client.aclose()
+            assert proxy.stats.value("http.ingress_http.lua.errors") == 0

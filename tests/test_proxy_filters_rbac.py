@@ -296,12 +296,12 @@ async def test_rbac_authenticated_principal_over_mtls(
 
 
 def test_rbac_config_mistakes_named_by_path() -> None:
-    """What the subset does not implement (CEL conditions, the matcher API, metadata principals) is
+    """What the subset does not implement (CEL conditions, the matcher API, filter state) is
     an error at its YAML path, as is a policy without principals; the rest of the document is still
     read, so every problem is listed at once."""
     users = "                    principals:\n                    - header: {name: x-user"
     bad = FILTERS.replace(users, "                    condition: {}\n" + users)
-    bad = bad.replace("principals: [{any: true}]", "principals: [{metadata: {}}]")
+    bad = bad.replace("principals: [{any: true}]", "principals: [{filter_state: {}}]")
     bad = bad.replace("              shadow_rules:", "              matcher: {}\n              shadow_rules:")
     with pytest.raises(ConfigError) as e:
         load_config(HEAD + ROUTES + bad)
@@ -310,7 +310,7 @@ def test_rbac_config_mistakes_named_by_path() -> None:
     base = f"{hcm}.http_filters[0].typed_config"
     assert f"{base}.rules.policies.users-read.condition: unsupported field 'condition'" in text
     assert f"{base}.matcher: unsupported field 'matcher'" in text
-    assert f"{base}.shadow_rules.policies.no-deletes.principals[0].metadata: unsupported field" in text
+    assert f"{base}.shadow_rules.policies.no-deletes.principals[0].filter_state: unsupported field" in text
     with pytest.raises(ConfigError) as e:
         load_config(HEAD + ROUTES + FILTERS.replace("                    principals: [{any: true}]\n", ""))
     assert "policies.no-deletes.principals: required field 'principals' is missing" in str(e.value)
@@ -350,3 +350,118 @@ async def test_rbac_sees_the_connection_of_an_http2_stream(autojump_clock: trio.
                     await client.stream.aclose()
         assert len(app.seen) == 1
         backend.stop()
+
+
+SNI_FILTERS = """
+          http_filters:
+          - name: envoy.filters.http.rbac
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC
+              rules:
+                action: ALLOW
+                policies:
+                  "only-the-api-name":
+                    permissions: [{requested_server_name: {suffix: ".api.example"}}]
+                    principals: [{any: true}]
+          - name: envoy.filters.http.router
+"""
+
+
+@pytest.mark.parametrize("inspector", [True, False])
+async def test_rbac_requested_server_name(autojump_clock: trio.testing.MockClock, inspector: bool) -> None:
+    """``requested_server_name`` matches the SNI the listener's TLS inspector read: a client asking
+    for v1.api.example passes, one asking for www.example or sending no SNI gets 403.  Without the
+    inspector Envoy treats the SNI as absent (""), so even v1.api.example is refused."""
+    ca = make_ca("rbac sni CA")
+    server = ca.issue(["v1.api.example", "www.example"])
+    pems = (ca.cert_pem.decode(), server.chain_pem.decode(), server.key_pem.decode())
+    mtls = _mtls_config(*pems)  # the same TLS listener, RBAC on the SNI instead of the client certificate
+    head, tls = mtls[: mtls.index("          http_filters:")], mtls[mtls.index("      transport_socket:") :]
+    config_text = head + SNI_FILTERS.lstrip("\n") + tls
+    if inspector:
+        config_text = config_text.replace(
+            "    filter_chains:\n",
+            "    listener_filters:\n    - name: envoy.filters.listener.tls_inspector\n    filter_chains:\n",
+        )
+    config = load_config(config_text)
+    assert config.listeners[0].tls_inspector is inspector
+    app = BackendApp("app")
+    context = ssl.create_default_context(cadata=ca.cert_pem.decode())
+
+    async def status(name: str | None) -> int:
+        c = context
+        if name is None:
+            c = ssl.create_default_context(cadata=ca.cert_pem.decode())
+            c.check_hostname = False  # no SNI sent
+        stream = trio.SSLStream(await connect(b), c, server_hostname=name)
+        try:
+            await stream.do_handshake()
+            return (await Client(stream, host=name or "proxy").request("GET", "/")).status
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    async with two_stacks() as (a, b), trio.open_nursery() as nursery:
+        backend = await start_backend(nursery, app, b, 8080)
+        async with running_proxy(config, a):
+            with trio.fail_after(LIMIT):
+                assert await status("v1.api.example") == (200 if inspector else 403)
+                assert await status("www.example") == 403
+                assert await status(None) == 403
+                assert len(app.seen) == (1 if inspector else 0)
+        backend.stop()
+
+
+TEMPLATE_FILTERS = """
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {prefix: "/"}
+                route: {cluster: app}
+          http_filters:
+          - name: envoy.filters.http.rbac
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC
+              rules:
+                action: ALLOW
+                policies:
+                  "segments":
+                    permissions:
+                    - uri_template:
+                        name: envoy.path.match.uri_template.uri_template_matcher
+                        typed_config:
+                          "@type": TEMPLATE_TYPE
+                          path_template: "TEMPLATE"
+                    principals: [{any: true}]
+          - name: envoy.filters.http.router
+""".replace(
+    "TEMPLATE_TYPE", "type.googleapis.com/envoy.extensions.path.match.uri_template.v3.UriTemplateMatchConfig"
+)
+
+
+async def test_rbac_uri_template_permission(autojump_clock: trio.testing.MockClock) -> None:
+    """``uri_template``: the path without its query must match Envoy's path template (``*`` one
+    segment or the rest of one, ``{name}`` one segment, ``**`` any number, last)."""
+    config = load_config(HEAD + TEMPLATE_FILTERS.replace("TEMPLATE", "/videos/{id}/*.m4s"))
+    app = BackendApp("app")
+    async with two_stacks() as (a, b), trio.open_nursery() as nursery:
+        backend = await start_backend(nursery, app, b, 8080)
+        async with running_proxy(config, a):
+            with trio.fail_after(LIMIT):
+                client = Client(await connect(b))
+                for path, status in (
+                    ("/videos/42/part1.m4s", 200),
+                    ("/videos/42/part1.m4s?t=3", 200),
+                    ("/videos/42/x/part1.m4s", 403),
+                    ("/videos/42/part1.mp4", 403),
+                    ("/videos//part1.m4s", 403),
+                ):
+                    assert (await client.request("GET", path)).status == status, path
+                await client.aclose()
+        backend.stop()
+    with pytest.raises(ConfigError) as e:
+        load_config(HEAD + TEMPLATE_FILTERS.replace('"TEMPLATE"', '"/a/**/*"'))
+    assert "uri_template.typed_config.path_template: '/a/**/*': '**' must be the last operator" in str(
+        e.value
+    )

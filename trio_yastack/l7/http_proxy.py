@@ -292,6 +292,7 @@ class _RequestBody:
         self.complete = False
         self.expect_continue = ds.h11.they_are_waiting_for_100_continue
         self.decoder: RequestDecoder | None = None  # a filter's transform of the body (gRPC-Web text)
+        self.hold = False  # a filter reads the body before the router: keep all of it for the upload
         self.framing = "length"
         self.empty = True
         if ds.plain:
@@ -332,9 +333,14 @@ class _RequestBody:
                 self.kept_bytes += len(data)
                 if self.kept_bytes <= RETRY_BUFFER:
                     self.kept.append(data)
+                elif self.hold:  # kept for the upload (read by a filter), too large to replay
+                    self.kept.append(data)
+                    self.replayable = False
                 else:
                     self.replayable = False
                     self.kept.clear()
+            elif self.hold:
+                self.kept.append(data)
             return data
         if isinstance(event, h11.EndOfMessage):
             if self.decoder is not None:
@@ -997,10 +1003,16 @@ class HttpConnectionManagerRuntime:
         extra: Sequence[tuple[bytes, bytes]] = ()  # no allocation when there are no filters
         flags: Sequence[str] = ()
         outcome = None
+        filter_body = None
         if self.filters is not None:
-            outcome = await self.filters.decode(
-                RequestView(method, target, headers, vhost, route, ds.filter_state, ds), trio.current_time
+            if self.filters.reads_body:  # lua's body(), ext_authz's with_request_body: read here, kept
+                plain_body = request.body if isinstance(request, PlainRequest) else b""
+                filter_body = _RequestBody(ds, headers, self.limits, timing, plain_body)
+            view = RequestView(
+                method, target, headers, vhost, route, ds.filter_state, ds, filter_body, self._route_again
             )
+            outcome = await self.filters.decode(view, trio.current_time)
+            vhost, route = view.vhost, view.route  # a filter may have asked for the route again
             flags, extra = outcome.flags, outcome.response_headers
             if outcome.status is not None:
                 record.response_flags = ",".join(flags) or "-"
@@ -1032,12 +1044,21 @@ class HttpConnectionManagerRuntime:
                 )
                 return True
             return await self._route_to_cluster(
-                ds, request, headers, route, route.action, timing, record, extra, outcome
+                ds, request, headers, route, route.action, timing, record, extra, outcome, filter_body
             )
         finally:
             if flags:  # a delay injected: listed before the router's own flags, if any
                 router_flags = record.response_flags
                 record.response_flags = ",".join(flags) + ("" if router_flags == "-" else f",{router_flags}")
+
+    def _route_again(self, view: RequestView) -> None:
+        """The virtual host and route chosen again from the request's headers, which a filter
+        changed (Envoy's ``clearRouteCache``: Lua's default, ``clear_route_cache`` elsewhere)."""
+        authority = (get_header(view.headers, b"host") or b"").decode("latin-1")
+        view.vhost = self.router.virtual_host(authority)
+        view.route = (
+            self.router.route(view.vhost, view.path, view.headers) if view.vhost is not None else None
+        )
 
     async def _drain_request_body(self, ds: _Downstream, timing: _Timing) -> None:
         """Read (and drop) a request body we answer without an upstream, so the connection can be
@@ -1058,10 +1079,12 @@ class HttpConnectionManagerRuntime:
         self, ds: _Downstream, request: h11.Request | PlainRequest, headers: list[tuple[bytes, bytes]],
         route: Route, action: RouteAction, timing: _Timing, record: AccessRecord,
         response_headers: Sequence[tuple[bytes, bytes]], outcome: FilterOutcome | None,
+        body: _RequestBody | None = None,
     ) -> bool:  # fmt: skip
         """Hand the request to the router (:class:`_RouterRequest`) within the cluster's
-        ``max_requests``; True keeps the client connection."""
-        rq = _RouterRequest(self, ds, request, headers, route, action, timing, record)
+        ``max_requests``; True keeps the client connection.  ``body``: the request body as the
+        filters read it (its kept part is uploaded first)."""
+        rq = _RouterRequest(self, ds, request, headers, route, action, timing, record, body)
         rq.response_headers = response_headers
         rq.filters = outcome
         if outcome is not None and outcome.request_decoder is not None:
@@ -1169,16 +1192,20 @@ class _RouterRequest:
     def __init__(
         self, hcm: HttpConnectionManagerRuntime, ds: _Downstream, request: h11.Request | PlainRequest,
         headers: list[tuple[bytes, bytes]], route: Route, action: RouteAction, timing: _Timing,
-        record: AccessRecord,
+        record: AccessRecord, body: _RequestBody | None = None,
     ) -> None:  # fmt: skip
         self.hcm = hcm
         self.ds = ds
         self.timing = timing
         self.record = record
         self.cluster = _pick_cluster(hcm, action)
-        self.body = _RequestBody(
-            ds, headers, hcm.limits, timing, request.body if isinstance(request, PlainRequest) else b""
-        )
+        if body is None:
+            body = _RequestBody(
+                ds, headers, hcm.limits, timing, request.body if isinstance(request, PlainRequest) else b""
+            )
+        elif not ds.plain:  # read by the filters, which may have changed its framing (gRPC-Web text)
+            body.framing = "chunked" if get_header(headers, b"transfer-encoding") else "length"
+        self.body = body
         self.method = request.method
         self.target = b""
         self.upstream_headers: list[tuple[bytes, bytes]] = []

@@ -127,9 +127,12 @@ def parse_client_hello(data: bytes) -> ClientHelloInfo | None:
 class PrefixedStream(trio.abc.Stream):
     """``inner`` with bytes already read from it put back in front (what the inspector peeked)."""
 
-    def __init__(self, prefix: bytes, inner: trio.abc.Stream) -> None:
+    def __init__(
+        self, prefix: bytes, inner: trio.abc.Stream, client_hello: ClientHelloInfo | None = None
+    ) -> None:
         self._prefix = prefix
         self.inner = inner
+        self.client_hello = client_hello  # what the peeked bytes said (RBAC's requested_server_name)
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         if self._prefix:
@@ -164,4 +167,4 @@ async def peek_client_hello(stream: trio.abc.Stream) -> tuple[ClientHelloInfo | 
             break
         if info is not None:
             break
-    return info, PrefixedStream(buffered, stream)
+    return info, PrefixedStream(buffered, stream, info)

@@ -71,6 +71,7 @@ from trio_yastack.tls.config import TlsParams as TlsParams
 from trio_yastack.tls.config import UpstreamTlsContext as UpstreamTlsContext
 
 from ._auth_filters import ExtAuthz as ExtAuthz
+from ._auth_filters import ExtAuthzBufferSettings as ExtAuthzBufferSettings
 from ._auth_filters import ExtAuthzPerRoute as ExtAuthzPerRoute
 from ._auth_filters import JwtAuthentication as JwtAuthentication
 from ._auth_filters import JwtPerRoute as JwtPerRoute
@@ -78,12 +79,14 @@ from ._auth_filters import JwtProvider as JwtProvider
 from ._auth_filters import JwtRemoteJwks as JwtRemoteJwks
 from ._auth_filters import JwtRequirement as JwtRequirement
 from ._auth_filters import JwtRule as JwtRule
+from ._auth_filters import MetadataMatcher as MetadataMatcher
 from ._auth_filters import Rbac as Rbac
 from ._auth_filters import RbacHeaderMatcher as RbacHeaderMatcher
 from ._auth_filters import RbacKind as RbacKind
 from ._auth_filters import RbacMatcher as RbacMatcher
 from ._auth_filters import RbacPolicy as RbacPolicy
 from ._auth_filters import RbacRules as RbacRules
+from ._auth_filters import ValueMatcher as ValueMatcher
 from ._bootstrap import Admin as Admin
 from ._bootstrap import Bootstrap as Bootstrap
 from ._bootstrap import load_config as load_config
@@ -218,6 +221,7 @@ __all__ = [
     "DirectResponse",
     "DownstreamTlsContext",
     "ExtAuthz",
+    "ExtAuthzBufferSettings",
     "ExtAuthzPerRoute",
     "FaultAbort",
     "FaultDelay",
@@ -245,6 +249,7 @@ __all__ = [
     "LocalityLbEndpoints",
     "Lua",
     "LuaPerRoute",
+    "MetadataMatcher",
     "OutlierDetection",
     "PerRouteConfig",
     "Problem",
@@ -268,6 +273,7 @@ __all__ = [
     "TlsParams",
     "TokenBucket",
     "UpstreamTlsContext",
+    "ValueMatcher",
     "VirtualHost",
     "WeightedCluster",
     "format_problems",

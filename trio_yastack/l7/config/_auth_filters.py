@@ -25,6 +25,7 @@ from ._names import RBAC_TYPE
 from ._reader import (
     _TYPED_CONFIG_FIELDS,
     _bool,
+    _duration_ge0,
     _duration_gt0,
     _enum,
     _Fields,
@@ -56,7 +57,36 @@ RbacKind = Literal[
     "authenticated",
     "remote_ip",
     "direct_remote_ip",
+    "requested_server_name",
+    "metadata",
 ]
+
+
+@dataclass(frozen=True, slots=True)
+class ValueMatcher:
+    """``type.matcher.v3.ValueMatcher`` over a ``google.protobuf.Value`` (JSON here): ``kind`` names
+    the pattern: "null", "double" (``number`` exact, or ``number_range`` ``[start, end)``),
+    "string" (``string``), "bool" (``flag``), "present" (``flag``), "list" (``children[0]``
+    matches an element) or "or" (any of ``children``)."""
+
+    kind: Literal["null", "double", "string", "bool", "present", "list", "or"]
+    string: StringMatcher | None = None
+    number: float | None = None
+    number_range: tuple[float, float] | None = None
+    flag: bool = False
+    children: tuple[ValueMatcher, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class MetadataMatcher:
+    """``type.matcher.v3.MetadataMatcher``: the request's dynamic metadata of ``filter`` (a
+    namespace such as ``envoy.filters.http.jwt_authn``) at ``path`` (keys), matched by ``value``;
+    ``invert`` negates."""
+
+    filter: str
+    path: tuple[str, ...]
+    value: ValueMatcher
+    invert: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +116,7 @@ class RbacMatcher:
     string: StringMatcher | None = None
     network: ipaddress.IPv4Network | ipaddress.IPv6Network | None = None
     ports: tuple[int, int] = (0, 0)
+    metadata: MetadataMatcher | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,11 +168,26 @@ class JwtProvider:
     and the ``access_token`` query parameter, as Envoy.  ``forward`` keeps the token's header on the
     request (Envoy removes it by default); ``forward_payload_header`` adds the payload (base64url,
     unpadded unless ``pad_forward_payload_header``); ``claim_to_headers`` copies claims into
-    headers.  ``clock_skew_seconds``: Envoy's default 60."""
+    headers.  ``clock_skew_seconds``: Envoy's default 60.  ``subjects``: the ``sub`` claim must
+    match (absent: any); ``require_expiration``: an ``exp`` claim is required; ``max_lifetime``: it
+    is required and the token's remaining lifetime (``exp`` - now) must be below this (seconds);
+    ``clear_route_cache``: a request that ``claim_to_headers`` added a header to is routed again."""
 
     name: str
     issuer: str = ""
     audiences: tuple[str, ...] = ()
+    subjects: StringMatcher | None = None
+    require_expiration: bool = False
+    max_lifetime: float | None = None
+    clear_route_cache: bool = False
+    #: dynamic metadata (namespace ``envoy.filters.http.jwt_authn``) a verified token writes: its
+    #: payload under ``payload_in_metadata``, its header under ``header_in_metadata``; the claims
+    #: ``normalize_payload_in_metadata.space_delimited_claims`` names split into lists
+    payload_in_metadata: str = ""
+    header_in_metadata: str = ""
+    space_delimited_claims: tuple[str, ...] = ()
+    #: a failed verification's ``{code, message}`` (jwt_verify_lib's) under this key
+    failed_status_in_metadata: str = ""
     local_jwks: DataSource | None = None
     remote_jwks: JwtRemoteJwks | None = None
     forward: bool = False
@@ -169,7 +215,8 @@ class JwtRequirement:
 @dataclass(frozen=True, slots=True)
 class JwtRule:
     """``rules[]``: the first whose ``match`` (a route match: prefix or path, headers) takes the
-    request decides what it needs (``requires`` absent: nothing)."""
+    request decides what it needs (``requires``, or the ``requirement_map`` entry its
+    ``requirement_name`` names, read into ``requires``; neither: nothing)."""
 
     match: RouteMatch
     requires: JwtRequirement | None = None
@@ -178,12 +225,16 @@ class JwtRule:
 @dataclass(frozen=True, slots=True)
 class JwtAuthentication:
     """``envoy.filters.http.jwt_authn``: providers by name, rules tried in order, named requirements
-    for ``PerRouteConfig.requirement_name``; ``bypass_cors_preflight`` lets CORS preflights through."""
+    for ``PerRouteConfig.requirement_name``; ``bypass_cors_preflight`` lets CORS preflights through;
+    ``strip_failure_response``: a failure is answered with its status only (no body, no
+    ``WWW-Authenticate``); ``stat_prefix``: counters under ``jwt_authn.<stat_prefix>``."""
 
     providers: tuple[JwtProvider, ...] = ()
     rules: tuple[JwtRule, ...] = ()
     requirement_map: tuple[tuple[str, JwtRequirement], ...] = ()
     bypass_cors_preflight: bool = False
+    strip_failure_response: bool = False
+    stat_prefix: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +244,19 @@ class JwtPerRoute:
 
     disabled: bool = False
     requirement_name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ExtAuthzBufferSettings:
+    """``BufferSettings`` (``with_request_body``): the request body is read before the check and
+    sent with it.  A body larger than ``max_request_bytes`` gets 413 without a check, unless
+    ``allow_partial_message``: then its first ``max_request_bytes`` are sent (with
+    ``x-envoy-auth-partial-body: true``).  ``pack_as_bytes``: the gRPC check carries it as
+    ``raw_body`` instead of the UTF-8 ``body``."""
+
+    max_request_bytes: int
+    allow_partial_message: bool = False
+    pack_as_bytes: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,7 +272,10 @@ class ExtAuthz:
     ``allowed_client_headers_on_success``.  When the service fails (no answer in ``timeout``, a 5xx,
     a gRPC error): ``failure_mode_allow`` lets the request through (with
     ``x-envoy-auth-failure-mode-allowed: true`` when ``failure_mode_allow_header_add``), else the
-    client gets ``status_on_error`` (Envoy's default 403)."""
+    client gets ``status_on_error`` (Envoy's default 403).  ``clear_route_cache``: an allowed
+    request whose headers the service changed has its route chosen again.  ``disallowed_headers``:
+    never sent to the service (over ``allowed_headers``); ``include_tls_session``: the gRPC check
+    carries the SNI the TLS inspector read."""
 
     kind: Literal["http", "grpc"]
     cluster: str = ""
@@ -229,15 +296,29 @@ class ExtAuthz:
     filter_enabled: FractionalPercent | None = None
     stat_prefix: str = ""
     include_peer_certificate: bool = False
+    with_request_body: ExtAuthzBufferSettings | None = None
+    clear_route_cache: bool = False
+    #: ``deny_at_disable`` (default value, runtime key): a request ``filter_enabled`` leaves out is
+    #: denied with ``status_on_error`` (not on a route that disables the filter)
+    deny_at_disable: tuple[bool, str | None] | None = None
+    disallowed_headers: tuple[StringMatcher, ...] = ()
+    include_tls_session: bool = False
+    #: the HTTP service's answer headers kept as dynamic metadata (``envoy.filters.http.ext_authz``)
+    dynamic_metadata_from_headers: tuple[StringMatcher, ...] = ()
+    #: namespaces of the request's dynamic metadata sent with the gRPC check (``metadata_context``)
+    metadata_context_namespaces: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class ExtAuthzPerRoute:
-    """``ExtAuthzPerRoute``: ``disabled``, or ``check_settings.context_extensions`` sent with the
-    gRPC check of this route's requests."""
+    """``ExtAuthzPerRoute``: ``disabled``, or ``check_settings``: ``context_extensions`` sent with
+    the gRPC check of this route's requests, ``disable_request_body_buffering`` (the filter's
+    ``with_request_body`` off here) or ``with_request_body`` (in place of the filter's)."""
 
     disabled: bool = False
     context_extensions: tuple[tuple[str, str], ...] = ()
+    disable_request_body_buffering: bool = False
+    with_request_body: ExtAuthzBufferSettings | None = None
 
 
 def _rbac_message(r: _Reader, v: object, path: str) -> Rbac:
@@ -341,6 +422,8 @@ _RBAC_PRINCIPALS: dict[str, RbacKind] = {
     "remote_ip": "remote_ip",
     "direct_remote_ip": "direct_remote_ip",
     "source_ip": "direct_remote_ip",
+    "metadata": "metadata",
+    "sourced_metadata": "metadata",
 }
 _RBAC_PERMISSIONS: dict[str, RbacKind] = {
     "and_rules": "and",
@@ -352,6 +435,10 @@ _RBAC_PERMISSIONS: dict[str, RbacKind] = {
     "destination_ip": "destination_ip",
     "destination_port": "destination_port",
     "destination_port_range": "destination_port_range",
+    "requested_server_name": "requested_server_name",
+    "metadata": "metadata",
+    "sourced_metadata": "metadata",
+    "uri_template": "url_path",
 }
 
 
@@ -381,8 +468,15 @@ def _rbac_matcher(r: _Reader, v: object, path: str, *, principal: bool) -> RbacM
                 f.problem(which, "must be true (Envoy's validation: any: true or another rule)")
         elif kind == "header":
             out = RbacMatcher(kind, header=f.req(which, _rbac_header))
+        elif kind == "url_path" and which == "uri_template":
+            out = RbacMatcher(kind, string=f.req(which, _uri_template))
         elif kind == "url_path":
             out = RbacMatcher(kind, string=f.req(which, _path_matcher))
+        elif kind == "requested_server_name":
+            out = RbacMatcher(kind, string=f.req(which, _string_matcher))
+        elif kind == "metadata":
+            parse = _metadata_matcher if which == "metadata" else _sourced_metadata
+            out = RbacMatcher(kind, metadata=f.req(which, parse))
         elif kind == "authenticated":
 
             def authenticated(r: _Reader, v: object, path: str) -> StringMatcher | None:
@@ -408,6 +502,168 @@ def _rbac_matcher(r: _Reader, v: object, path: str, *, principal: bool) -> RbacM
             out = RbacMatcher(kind, network=f.req(which, _cidr))
     f.done()
     return out
+
+
+URI_TEMPLATE_TYPE = "type.googleapis.com/envoy.extensions.path.match.uri_template.v3.UriTemplateMatchConfig"
+#: the characters of a path segment (RFC 3986's pchar without '/'), as Envoy's template matcher has them
+_SEGMENT = r"[a-zA-Z0-9\-._~%!$&'()+,;:@=]"
+_VARIABLE = re.compile(r"[a-zA-Z][a-zA-Z0-9_]*")
+#: Envoy's bound on the variables of one template
+MAX_TEMPLATE_VARIABLES = 5
+
+
+def _uri_template(r: _Reader, v: object, path: str) -> StringMatcher:
+    """``uri_template``: an ``envoy.path.match.uri_template.uri_template_matcher`` extension whose
+    ``path_template`` (``/videos/{file}``, ``/api/*/items/**``) the path without its query must
+    match, read into the regular expression it stands for."""
+    f = _Fields(r, v, path, ("name", "typed_config"))
+    f.opt("name", _str, "")
+    tc = f.req("typed_config", lambda r, v, p: _Fields(r, v, p, ("@type", "path_template")))
+    f.done()
+    url = tc.opt("@type", _str, None)
+    if url != URI_TEMPLATE_TYPE:
+        tc.problem("@type", f'{url!r}: uri_template takes "@type": {URI_TEMPLATE_TYPE}')
+    template = tc.req("path_template", _nonempty_str)
+    tc.done()
+    try:
+        return StringMatcher("safe_regex", template_regex(template))
+    except ValueError as exc:
+        r.fail(_join(_join(path, "typed_config"), "path_template"), str(exc))
+
+
+def template_regex(template: str) -> str:
+    """Envoy's path template as a regular expression: ``*`` one segment (or the rest of one, as in
+    ``*.m4s``), ``**`` any number of segments (the last operator only), ``{name}``/``{name=*}``
+    one segment, ``{name=a/*}`` a pattern of segments, ``{name=**}`` any number; ``ValueError``
+    for a template Envoy refuses."""
+    if not template.startswith("/") or len(template) > 256:
+        raise ValueError(f"{template!r}: a path template starts with '/' (and has at most 256 characters)")
+
+    def operators(text: str, out: list[str], seen_any: list[bool]) -> None:
+        i = 0
+        while i < len(text):
+            if text.startswith("**", i):
+                if seen_any[0]:
+                    raise ValueError(f"{template!r}: '**' may appear once, as the last operator")
+                seen_any[0] = True
+                out.append(f"(?:{_SEGMENT}|/)*")
+                i += 2
+            elif text[i] == "*":
+                if seen_any[0]:
+                    raise ValueError(f"{template!r}: '**' must be the last operator")
+                out.append(f"{_SEGMENT}+")
+                i += 1
+            elif text[i] == "/" or re.fullmatch(_SEGMENT, text[i]):
+                out.append(re.escape(text[i]))
+                i += 1
+            else:
+                raise ValueError(f"{template!r}: {text[i]!r} cannot appear in a path template")
+
+    out: list[str] = []
+    seen_any = [False]
+    names: set[str] = set()
+    rest = template
+    while rest:
+        start = rest.find("{")
+        if start < 0:
+            operators(rest, out, seen_any)
+            break
+        operators(rest[:start], out, seen_any)
+        end = rest.find("}", start)
+        if end < 0:
+            raise ValueError(f"{template!r}: an unclosed '{{'")
+        name, _, pattern = rest[start + 1 : end].partition("=")
+        if not _VARIABLE.fullmatch(name) or name in names:
+            raise ValueError(f"{template!r}: {name!r} is not a variable name (or is used twice)")
+        names.add(name)
+        if len(names) > MAX_TEMPLATE_VARIABLES:
+            raise ValueError(f"{template!r}: more than {MAX_TEMPLATE_VARIABLES} variables")
+        inner: list[str] = []
+        operators(pattern or "*", inner, seen_any)
+        out.append("(" + "".join(inner) + ")")
+        rest = rest[end + 1 :]
+    return "".join(out)
+
+
+def _value_matcher(r: _Reader, v: object, path: str) -> ValueMatcher:
+    names = (
+        "null_match",
+        "double_match",
+        "string_match",
+        "bool_match",
+        "present_match",
+        "list_match",
+        "or_match",
+    )
+    f = _Fields(r, v, path, names)
+    which = f.exactly_one(*names)
+    out = ValueMatcher("null")
+    if which == "null_match":
+        _Fields(r, f.values[which], _join(path, which), ()).done()
+    elif which == "double_match":
+
+        def double(r: _Reader, v: object, path: str) -> ValueMatcher:
+            df = _Fields(r, v, path, ("range", "exact"))
+            kind = df.exactly_one("range", "exact")
+            matcher = ValueMatcher("double")
+            if kind == "exact":
+                matcher = ValueMatcher("double", number=df.req("exact", _number))
+            elif kind == "range":
+
+                def double_range(r: _Reader, v: object, path: str) -> tuple[float, float]:
+                    rf = _Fields(r, v, path, ("start", "end"))
+                    start, end = rf.opt("start", _number, 0.0), rf.opt("end", _number, 0.0)
+                    rf.done()
+                    return start, end
+
+                matcher = ValueMatcher("double", number_range=df.req("range", double_range))
+            df.done()
+            return matcher
+
+        out = f.req(which, double)
+    elif which == "string_match":
+        out = ValueMatcher("string", string=f.req(which, _string_matcher))
+    elif which in ("bool_match", "present_match"):
+        out = ValueMatcher("bool" if which == "bool_match" else "present", flag=f.req(which, _bool))
+    elif which == "list_match":
+        out = ValueMatcher("list", children=(f.req(which, _only_field("one_of", _value_matcher)),))
+    elif which == "or_match":
+        matchers = _only_field("value_matchers", _list(_value_matcher, min_items=2))
+        out = ValueMatcher("or", children=f.req(which, matchers))
+    f.done()
+    return out
+
+
+def _number(r: _Reader, v: object, path: str) -> float:
+    """A protobuf ``double`` (proto3 JSON also allows a numeric string)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float, str)):
+        r.fail(path, f"expected a number, got {_kind(v)}")
+    try:
+        return float(v)
+    except ValueError:
+        r.fail(path, f"{v!r} is not a number")
+
+
+def _metadata_matcher(r: _Reader, v: object, path: str) -> MetadataMatcher:
+    f = _Fields(r, v, path, ("filter", "path", "value", "invert"))
+    matcher = MetadataMatcher(
+        f.req("filter", _nonempty_str),
+        f.req("path", _list(_only_field("key", _nonempty_str), min_items=1)),
+        f.req("value", _value_matcher),
+        f.opt("invert", _bool, False),
+    )
+    f.done()
+    return matcher
+
+
+def _sourced_metadata(r: _Reader, v: object, path: str) -> MetadataMatcher:
+    """``SourcedMetadata``: the request's dynamic metadata only (``ROUTE``: routes carry no
+    metadata here)."""
+    f = _Fields(r, v, path, ("metadata_matcher", "metadata_source"))
+    f.opt("metadata_source", _enum(("DYNAMIC",)), "DYNAMIC")
+    matcher = f.req("metadata_matcher", _metadata_matcher)
+    f.done()
+    return matcher
 
 
 def _rbac_permission(r: _Reader, v: object, path: str) -> RbacMatcher:
@@ -466,11 +722,20 @@ def _jwt_cache_config(r: _Reader, v: object, path: str) -> None:
     f.done()
 
 
+def _normalize_payload(r: _Reader, v: object, path: str) -> tuple[str, ...]:
+    f = _Fields(r, v, path, ("space_delimited_claims",))
+    claims = f.opt("space_delimited_claims", _list(_nonempty_str), ())
+    f.done()
+    return claims
+
+
 def _jwt_provider(r: _Reader, v: object, path: str, name: str) -> JwtProvider:
     fields = (
         "issuer", "audiences", "local_jwks", "remote_jwks", "forward", "from_headers", "from_params",
         "from_cookies", "forward_payload_header", "pad_forward_payload_header", "clock_skew_seconds",
-        "claim_to_headers", "jwt_cache_config",
+        "claim_to_headers", "jwt_cache_config", "subjects", "require_expiration", "max_lifetime",
+        "clear_route_cache", "payload_in_metadata", "header_in_metadata", "normalize_payload_in_metadata",
+        "failed_status_in_metadata",
     )  # fmt: skip
     f = _Fields(r, v, path, fields)
     f.exactly_one("local_jwks", "remote_jwks")
@@ -491,6 +756,14 @@ def _jwt_provider(r: _Reader, v: object, path: str, name: str) -> JwtProvider:
         pad_forward_payload_header=f.opt("pad_forward_payload_header", _bool, False),
         clock_skew_seconds=f.opt("clock_skew_seconds", _uint32, 60),
         claim_to_headers=f.opt("claim_to_headers", _list(_jwt_claim_to_header), ()),
+        subjects=f.opt("subjects", _string_matcher, None),
+        require_expiration=f.opt("require_expiration", _bool, False),
+        max_lifetime=f.opt("max_lifetime", _duration_ge0, None),
+        clear_route_cache=f.opt("clear_route_cache", _bool, False),
+        payload_in_metadata=f.opt("payload_in_metadata", _str, ""),
+        header_in_metadata=f.opt("header_in_metadata", _str, ""),
+        space_delimited_claims=f.opt("normalize_payload_in_metadata", _normalize_payload, ()),
+        failed_status_in_metadata=f.opt("failed_status_in_metadata", _str, ""),
     )
     f.done()
     if provider.local_jwks is not None and provider.local_jwks.inline is not None:
@@ -540,22 +813,47 @@ def _jwt_requirement(r: _Reader, v: object, path: str) -> JwtRequirement:
     return out
 
 
-def _jwt_rule(r: _Reader, v: object, path: str) -> JwtRule:
-    f = _Fields(r, v, path, ("match", "requires"))
-    rule = JwtRule(f.req("match", _route_match), f.opt("requires", _jwt_requirement, None))
+def _jwt_rule(r: _Reader, v: object, path: str) -> tuple[RouteMatch, JwtRequirement | str | None]:
+    """A ``RequirementRule``: its match and ``requires``, or the ``requirement_name`` (resolved by
+    :func:`_jwt_authn` once the ``requirement_map`` is read)."""
+    f = _Fields(r, v, path, ("match", "requires", "requirement_name"))
+    match = f.req("match", _route_match)
+    requires: JwtRequirement | str | None = None
+    if f.has("requires") and f.has("requirement_name"):
+        f.problem(
+            "requirement_name", "only one of requires, requirement_name may be set (also found 'requires')"
+        )
+    elif f.has("requirement_name"):
+        requires = f.req("requirement_name", _nonempty_str)
+    else:
+        requires = f.opt("requires", _jwt_requirement, None)
     f.done()
-    return rule
+    return match, requires
 
 
 def _jwt_authn(r: _Reader, tc: _Fields) -> JwtAuthentication:
-    tc.opt("stat_prefix", _str, "")
+    requirement_map = tc.opt(
+        "requirement_map", _named_map(lambda r, v, p, name: (name, _jwt_requirement(r, v, p))), ()
+    )
+    named = dict(requirement_map or ())
+    rules: list[JwtRule] = []
+    for i, (match, requires) in enumerate(tc.opt("rules", _list(_jwt_rule), ()) or ()):
+        if isinstance(requires, str):
+            if requires not in named:
+                known = ", ".join(sorted(named)) or "none"
+                tc.problem(
+                    f"rules[{i}].requirement_name", f"{requires!r} is not in requirement_map ({known})"
+                )
+            rules.append(JwtRule(match, named.get(requires)))
+        else:
+            rules.append(JwtRule(match, requires))
     config = JwtAuthentication(
         providers=tc.opt("providers", _named_map(_jwt_provider), ()),
-        rules=tc.opt("rules", _list(_jwt_rule), ()),
-        requirement_map=tc.opt(
-            "requirement_map", _named_map(lambda r, v, p, name: (name, _jwt_requirement(r, v, p))), ()
-        ),
+        rules=tuple(rules),
+        requirement_map=requirement_map,
         bypass_cors_preflight=tc.opt("bypass_cors_preflight", _bool, False),
+        strip_failure_response=tc.opt("strip_failure_response", _bool, False),
+        stat_prefix=tc.opt("stat_prefix", _str, ""),
     )
     raw = tc.values.get("providers")
     names = {str(k) for k in raw} if isinstance(raw, Mapping) else set()  # a failed one still counts
@@ -574,11 +872,33 @@ def _jwt_authn(r: _Reader, tc: _Fields) -> JwtAuthentication:
     return config
 
 
-def _ext_authz_check_settings(r: _Reader, v: object, path: str) -> tuple[tuple[str, str], ...]:
-    f = _Fields(r, v, path, ("context_extensions",))
+def _ext_authz_check_settings(r: _Reader, v: object, path: str) -> ExtAuthzPerRoute:
+    f = _Fields(r, v, path, ("context_extensions", "disable_request_body_buffering", "with_request_body"))
     raw = f.opt("context_extensions", _string_map, {})
+    disable = f.opt("disable_request_body_buffering", _bool, False)
+    settings = f.opt("with_request_body", _ext_authz_buffer_settings, None)
+    if disable and settings is not None:
+        f.problem(
+            "with_request_body", "only one of disable_request_body_buffering and with_request_body may be set"
+        )
     f.done()
-    return tuple(raw.items())
+    return ExtAuthzPerRoute(
+        context_extensions=tuple(raw.items()),
+        disable_request_body_buffering=disable,
+        with_request_body=settings,
+    )
+
+
+def _ext_authz_buffer_settings(r: _Reader, v: object, path: str) -> ExtAuthzBufferSettings:
+    f = _Fields(r, v, path, ("max_request_bytes", "allow_partial_message", "pack_as_bytes"))
+    size = f.req("max_request_bytes", _uint(1, 2**32 - 1))  # Envoy's validation: gt 0
+    settings = ExtAuthzBufferSettings(
+        size,
+        allow_partial_message=f.opt("allow_partial_message", _bool, False),
+        pack_as_bytes=f.opt("pack_as_bytes", _bool, False),
+    )
+    f.done()
+    return settings
 
 
 def _string_map(r: _Reader, v: object, path: str) -> dict[str, str]:
@@ -592,6 +912,15 @@ def _string_map(r: _Reader, v: object, path: str) -> dict[str, str]:
 
 #: a ``ListStringMatcher``: ``patterns``, any of which may match
 _list_string_matcher = _only_field("patterns", _list(_string_matcher, min_items=1))
+
+
+def _runtime_flag(r: _Reader, v: object, path: str) -> tuple[bool, str | None]:
+    """A ``RuntimeFeatureFlag``: ``default_value`` (required) and an optional ``runtime_key``."""
+    f = _Fields(r, v, path, ("default_value", "runtime_key"))
+    value = f.req("default_value", _bool)
+    key = f.opt("runtime_key", _str, None)
+    f.done()
+    return value, key or None
 
 
 def _http_status(r: _Reader, v: object, path: str) -> int:
@@ -621,7 +950,7 @@ def _ext_authz_http_service(r: _Reader, v: object, path: str) -> ExtAuthz:
     if prefix and not prefix.startswith("/"):
         f.problem("path_prefix", f"{prefix!r} must start with '/'")
     request = f.opt("authorization_request", _ext_authz_request, (None, ()))
-    response = f.opt("authorization_response", _ext_authz_response, ((), (), None, ()))
+    response = f.opt("authorization_response", _ext_authz_response, ((), (), None, (), ()))
     f.done()
     return ExtAuthz(
         "http",
@@ -635,6 +964,7 @@ def _ext_authz_http_service(r: _Reader, v: object, path: str) -> ExtAuthz:
         allowed_upstream_headers_to_append=response[1],
         allowed_client_headers=response[2],
         allowed_client_headers_on_success=response[3],
+        dynamic_metadata_from_headers=response[4],
     )
 
 
@@ -653,12 +983,13 @@ _Patterns = tuple[StringMatcher, ...]
 
 def _ext_authz_response(
     r: _Reader, v: object, path: str
-) -> tuple[_Patterns, _Patterns, _Patterns | None, _Patterns]:
+) -> tuple[_Patterns, _Patterns, _Patterns | None, _Patterns, _Patterns]:
     names = (
         "allowed_upstream_headers",
         "allowed_upstream_headers_to_append",
         "allowed_client_headers",
         "allowed_client_headers_on_success",
+        "dynamic_metadata_from_headers",
     )
     f = _Fields(r, v, path, names)
     out = (
@@ -666,6 +997,7 @@ def _ext_authz_response(
         f.opt(names[1], _list_string_matcher, ()),
         f.opt(names[2], _list_string_matcher, None),
         f.opt(names[3], _list_string_matcher, ()),
+        f.opt(names[4], _list_string_matcher, ()),
     )
     f.done()
     return out
@@ -712,7 +1044,6 @@ def _ext_authz(r: _Reader, tc: _Fields) -> ExtAuthz:
     elif which == "grpc_service":
         config = tc.req(which, _ext_authz_grpc_service)
     version = tc.opt("transport_api_version", _enum(("V3",)), "V3")
-    tc.opt("clear_route_cache", _bool, False)  # the route is chosen before the filters here
     allowed = tc.opt("allowed_headers", _list_string_matcher, None)
     rest = {
         "failure_mode_allow": tc.opt("failure_mode_allow", _bool, False),
@@ -721,6 +1052,12 @@ def _ext_authz(r: _Reader, tc: _Fields) -> ExtAuthz:
         "filter_enabled": tc.opt("filter_enabled", _runtime_fractional_percent, None),
         "stat_prefix": tc.opt("stat_prefix", _str, ""),
         "include_peer_certificate": tc.opt("include_peer_certificate", _bool, False),
+        "with_request_body": tc.opt("with_request_body", _ext_authz_buffer_settings, None),
+        "clear_route_cache": tc.opt("clear_route_cache", _bool, False),
+        "deny_at_disable": tc.opt("deny_at_disable", _runtime_flag, None),
+        "disallowed_headers": tc.opt("disallowed_headers", _list_string_matcher, ()),
+        "include_tls_session": tc.opt("include_tls_session", _bool, False),
+        "metadata_context_namespaces": tc.opt("metadata_context_namespaces", _list(_nonempty_str), ()),
     }
     if config is None or version is None or tc.failed:
         return ExtAuthz("http")  # tc.done() raises

@@ -128,7 +128,7 @@ def _describe_filter(f: HttpConnectionManager | TcpProxy) -> str:
         return f"tcp_proxy {f.stat_prefix} -> {f.cluster}"
     vhosts = f.route_config.virtual_hosts
     n_routes = sum(len(v.routes) for v in vhosts)
-    filters = [x.name.rsplit(".", 1)[-1] for x in f.http_filters if x.name != ROUTER_NAME]
+    filters = [x.name.rsplit(".", 1)[-1] for x in f.http_filters if x.type_name != ROUTER_NAME]
     return (
         f"http_connection_manager {f.stat_prefix} ({f.codec_type}): "
         f"{len(vhosts)} virtual host{'s' if len(vhosts) != 1 else ''}, "

@@ -167,7 +167,7 @@ def _hcm(r: _Reader, f: _Fields) -> HttpConnectionManager:
     route_config = f.req("route_config", _route_config)
     filters = f.req("http_filters", _list(_http_filter, min_items=1))
     if filters is not None:
-        routers = [i for i, x in enumerate(filters) if x.name == ROUTER_NAME]
+        routers = [i for i, x in enumerate(filters) if x.type_name == ROUTER_NAME]
         if routers != [len(filters) - 1]:
             f.problem("http_filters", f"must end with {ROUTER_NAME}, once (the terminal filter)")
         elif filters[-1].disabled:

@@ -4,8 +4,9 @@ the ``http_filters[]`` / ``typed_per_filter_config`` entries that name them."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ._auth_filters import (
@@ -62,6 +63,7 @@ from ._reader import (
     _list,
     _named_map,
     _nonempty_str,
+    _only_field,
     _positive_uint32,
     _Reader,
     _Skip,
@@ -78,7 +80,8 @@ class CorsPolicy:
     """``envoy.extensions.filters.http.cors.v3.CorsPolicy`` (in ``typed_per_filter_config`` of a virtual
     host or route).  Each attribute left unset (None) is taken from the less specific policy, as Envoy
     does: route first, then virtual host.  ``filter_enabled`` absent means enabled (Envoy's default);
-    ``shadow_enabled`` is accepted and, with no shadow statistics here, does nothing."""
+    ``shadow_enabled``: where the filter is not enabled, the requests it picks have their origin
+    checked and counted (``cors.origin_valid``/``origin_invalid``), nothing else."""
 
     allow_origin: tuple[StringMatcher, ...] = ()
     allow_methods: str | None = None
@@ -87,6 +90,10 @@ class CorsPolicy:
     max_age: str | None = None
     allow_credentials: bool | None = None
     filter_enabled: FractionalPercent | None = None
+    shadow_enabled: FractionalPercent | None = None
+    allow_private_network_access: bool | None = None
+    #: None: Envoy's default, true (a preflight from an origin not allowed goes upstream)
+    forward_not_matching_preflights: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,11 +113,13 @@ class FaultDelay:
 
 @dataclass(frozen=True, slots=True)
 class FaultAbort:
-    """``abort``: ``http_status`` (200-599), or ``header_abort`` (the status in the request's
+    """``abort``: ``http_status`` (200-599), ``grpc_status`` (a gRPC answer: 200 with that
+    ``grpc-status``), or ``header_abort`` (the status in the request's
     ``x-envoy-fault-abort-request``), for ``percentage`` of requests (Envoy's default: none)."""
 
     http_status: int | None
     percentage: FractionalPercent = field(default_factory=FractionalPercent)
+    grpc_status: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +160,10 @@ class LocalRateLimit:
     status: int = 429
     response_headers_to_add: tuple[HeaderValueOption, ...] = ()
     per_connection: bool = False
+    #: ``enable_x_ratelimit_headers: DRAFT_VERSION_03``: ``x-ratelimit-limit``/``-remaining``/``-reset``
+    x_ratelimit_headers: bool = False
+    #: added to a request the bucket refused but ``filter_enforced`` let through
+    request_headers_to_add_when_not_enforced: tuple[HeaderValueOption, ...] = ()
 
 
 #: Envoy's default ``content_type`` list of the compressor
@@ -184,6 +197,8 @@ class Compressor:
     disable_on_etag_header: bool = False
     enabled: bool = True
     enabled_runtime_key: str | None = None
+    #: ``remove_accept_encoding_header``: the request goes upstream without ``Accept-Encoding``
+    remove_accept_encoding: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,9 +216,11 @@ class HttpCache:
 
 @dataclass(frozen=True, slots=True)
 class CompressorPerRoute:
-    """``CompressorPerRoute``: ``disabled`` turns the compressor off on a route or virtual host."""
+    """``CompressorPerRoute``: ``disabled`` turns the compressor off on a route or virtual host;
+    ``overrides.response_direction_config.remove_accept_encoding_header`` (None: the filter's)."""
 
-    disabled: bool
+    disabled: bool = False
+    remove_accept_encoding: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,21 +232,25 @@ class GrpcWeb:
 class Lua:
     """``envoy.filters.http.lua``: ``default_source_code`` (or the deprecated ``inline_code``) runs
     on every request, ``source_codes`` by name for routes that ask for one; ``stat_prefix`` names
-    the ``lua.errors`` counter's scope."""
+    the ``lua.errors`` counter's scope; ``clear_route_cache`` (Envoy's default true): a script that
+    changed the request's headers has the route chosen again."""
 
     code: str = ""
     source_codes: tuple[tuple[str, str], ...] = ()
     stat_prefix: str = ""
+    clear_route_cache: bool = True
 
 
 @dataclass(frozen=True, slots=True)
 class LuaPerRoute:
-    """``LuaPerRoute``: ``disabled``, a ``name`` of the filter's ``source_codes``, or a
-    ``source_code`` of its own."""
+    """``LuaPerRoute``: ``disabled``, a ``name`` of the filter's ``source_codes``, a
+    ``source_code`` of its own, or none of them (the filter's script); ``filter_context``: the
+    ``Struct`` a script reads with ``filterContext()``, as JSON text."""
 
     disabled: bool = False
     name: str | None = None
     code: str | None = None
+    filter_context: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,14 +286,39 @@ PerRouteConfig = (
 @dataclass(frozen=True, slots=True)
 class HttpFilter:
     """``http_filters[]``: a name and its config; ``disabled`` filters run only on routes whose
-    ``typed_per_filter_config`` names them (Envoy's meaning)."""
+    ``typed_per_filter_config`` names them (Envoy's meaning).  ``name`` is the name configured
+    (routes' ``typed_per_filter_config`` use it); ``kind``, when the name is not the filter's
+    canonical one (Envoy lets ``typed_config``'s ``@type`` decide, so a chain can hold two Lua
+    filters), is that canonical name."""
 
     name: str
     config: HttpFilterConfig
     disabled: bool = False
+    kind: str = ""
+
+    @property
+    def type_name(self) -> str:
+        """The filter's canonical name (``envoy.filters.http.lua``), whatever it is called."""
+        return self.kind or self.name
+
+
+def _canonical_name(v: object, types: Mapping[str, str]) -> tuple[object, str | None]:
+    """An extension named other than canonically (``name: lua-before``) whose ``typed_config``'s
+    ``@type`` is one of ``types``: the entry with the canonical name, and the name given."""
+    if not isinstance(v, Mapping) or not isinstance(v.get("name"), str) or v["name"] in types:
+        return v, None
+    tc = v.get("typed_config")
+    url = tc.get("@type") if isinstance(tc, Mapping) else None
+    kind = next((k for k, u in types.items() if u == url), None)
+    if kind is None:
+        return v, None
+    return {**v, "name": kind}, str(v["name"])
 
 
 def _http_filter(r: _Reader, v: object, path: str) -> HttpFilter:
+    v, custom = _canonical_name(v, HTTP_FILTER_TYPES)
+    if custom is not None:
+        return replace(_http_filter(r, v, path), name=custom, kind=str(v["name"]))  # type: ignore[index]  # a mapping, as _canonical_name found
     if isinstance(v, Mapping) and v.get("name") == ROUTER_NAME and v.get("typed_config") is None:
         # Envoy finds the router by its name alone: it has nothing to configure
         f = _Fields(r, v, path, ("name", "typed_config", "disabled"))
@@ -322,14 +368,18 @@ def _per_filter_configs(r: _Reader, v: object, path: str) -> tuple[tuple[str, Pe
     failed = False
     for name, config in v.items():
         item_path = _join(path, str(name))
-        if not isinstance(name, str) or name not in PER_ROUTE_TYPES:
+        kind = name
+        if isinstance(name, str) and name not in PER_ROUTE_TYPES and isinstance(config, Mapping):
+            # a filter configured under a name of its own: its per-route type says which it is
+            kind = next((k for k, url in PER_ROUTE_TYPES.items() if url == config.get("@type")), name)
+        if not isinstance(name, str) or kind not in PER_ROUTE_TYPES:
             r.problems.append(
                 Problem(item_path, f"unsupported filter {name!r} (supported: {', '.join(PER_ROUTE_TYPES)})")
             )
             failed = True
             continue
         try:
-            out.append((name, _per_filter_config(r, name, config, item_path)))
+            out.append((name, _per_filter_config(r, kind, config, item_path)))
         except _Skip:
             failed = True
     if failed:
@@ -349,8 +399,10 @@ def _per_filter_config(r: _Reader, name: str, v: object, path: str) -> PerRouteC
     if name == CORS_NAME:
         config = _cors_policy(r, tc)
     elif name == COMPRESSOR_NAME:
-        disabled = tc.req("disabled", _bool)
-        config = CompressorPerRoute(disabled if disabled is not None else False)
+        if tc.exactly_one("disabled", "overrides") == "overrides":
+            config = CompressorPerRoute(remove_accept_encoding=tc.req("overrides", _compressor_overrides))
+        else:
+            config = CompressorPerRoute(disabled=tc.req("disabled", _true) or False)
     elif name == FAULT_NAME:
         config = _fault(r, tc)
     elif name == RBAC_NAME:
@@ -360,19 +412,27 @@ def _per_filter_config(r: _Reader, name: str, v: object, path: str) -> PerRouteC
         if which == "disabled":
             config = ExtAuthzPerRoute(disabled=tc.req("disabled", _bool))
         else:
-            config = ExtAuthzPerRoute(context_extensions=tc.req("check_settings", _ext_authz_check_settings))
+            config = tc.req("check_settings", _ext_authz_check_settings)
     elif name == LUA_NAME:
-        which = tc.exactly_one("disabled", "name", "source_code")
-        if which == "disabled":
-            config = LuaPerRoute(disabled=tc.req("disabled", _bool))
-        elif which == "name":
-            config = LuaPerRoute(name=tc.req("name", _nonempty_str))
-        else:
-            config = LuaPerRoute(code=tc.req("source_code", _lua_source))
+        overrides = [k for k in ("disabled", "name", "source_code") if tc.has(k)]
+        context = tc.opt("filter_context", _struct_json, None)
+        if len(overrides) > 1:
+            tc.problem(
+                overrides[1],
+                f"only one of disabled, name, source_code may be set (also found {overrides[0]!r})",
+            )
+        if "disabled" in overrides:
+            config = LuaPerRoute(disabled=tc.req("disabled", _true))
+        elif "name" in overrides:
+            config = LuaPerRoute(name=tc.req("name", _nonempty_str), filter_context=context)
+        elif "source_code" in overrides:
+            config = LuaPerRoute(code=tc.req("source_code", _lua_source), filter_context=context)
+        else:  # the filter's own script, with this route's filter_context
+            config = LuaPerRoute(filter_context=context)
     elif name == JWT_AUTHN_NAME:
         which = tc.exactly_one("disabled", "requirement_name")
         if which == "disabled":
-            config = JwtPerRoute(disabled=tc.req("disabled", _bool))
+            config = JwtPerRoute(disabled=tc.req("disabled", _true))
         else:
             config = JwtPerRoute(requirement_name=tc.req("requirement_name", _nonempty_str))
     else:
@@ -393,9 +453,28 @@ def _cors_policy(r: _Reader, tc: _Fields) -> CorsPolicy:
         max_age=tc.opt("max_age", header_list, None) or None,
         allow_credentials=tc.opt("allow_credentials", _bool, None),
         filter_enabled=tc.opt("filter_enabled", _runtime_fractional_percent, None),
+        shadow_enabled=tc.opt("shadow_enabled", _runtime_fractional_percent, None),
+        allow_private_network_access=tc.opt("allow_private_network_access", _bool, None),
+        forward_not_matching_preflights=tc.opt("forward_not_matching_preflights", _bool, None),
     )
-    tc.opt("shadow_enabled", _runtime_fractional_percent, None)
     return policy
+
+
+def _true(r: _Reader, v: object, path: str) -> bool:
+    """A ``bool`` Envoy's validation holds to ``const: true`` (``disabled`` of a per-route config)."""
+    if _bool(r, v, path) is not True:
+        r.fail(path, "must be true (Envoy's validation); leave it out instead")
+    return True
+
+
+def _struct_json(r: _Reader, v: object, path: str) -> str:
+    """A ``google.protobuf.Struct``: any mapping, kept as its JSON text."""
+    if not isinstance(v, Mapping):
+        r.fail(path, f"expected a mapping, got {_kind(v)}")
+    try:
+        return json.dumps(v, sort_keys=True)
+    except (TypeError, ValueError) as exc:
+        r.fail(path, f"not a JSON value: {exc}")
 
 
 def _lua_source(r: _Reader, v: object, path: str) -> str:
@@ -435,7 +514,9 @@ def _lua(r: _Reader, tc: _Fields) -> Lua:
     elif tc.has("default_source_code"):
         code = tc.req("default_source_code", _lua_source)
     codes = tc.opt("source_codes", _named_map(lambda r, v, p, name: (name, _lua_source(r, v, p))), ())
-    return Lua(code or "", codes or (), tc.opt("stat_prefix", _str, ""))
+    return Lua(
+        code or "", codes or (), tc.opt("stat_prefix", _str, ""), tc.opt("clear_route_cache", _bool, True)
+    )
 
 
 _ZLIB_LEVELS = {"DEFAULT_COMPRESSION": -1, "BEST_SPEED": 1, "BEST_COMPRESSION": 9} | {
@@ -485,12 +566,22 @@ def _compressor_common(r: _Reader, v: object, path: str) -> dict[str, Any]:
 
 
 def _compressor_response(r: _Reader, v: object, path: str) -> dict[str, Any]:
-    f = _Fields(r, v, path, ("common_config", "disable_on_etag_header"))
+    f = _Fields(r, v, path, ("common_config", "disable_on_etag_header", "remove_accept_encoding_header"))
     out = f.opt("common_config", _compressor_common, {}) or {}
     if f.has("disable_on_etag_header"):
         out = out | {"disable_on_etag_header": f.req("disable_on_etag_header", _bool)}
+    if f.has("remove_accept_encoding_header"):
+        out = out | {"remove_accept_encoding": f.req("remove_accept_encoding_header", _bool)}
     f.done()
     return out
+
+
+def _compressor_overrides(r: _Reader, v: object, path: str) -> bool | None:
+    """``CompressorOverrides``: only ``response_direction_config.remove_accept_encoding_header``."""
+    f = _Fields(r, v, path, ("response_direction_config",))
+    response = f.opt("response_direction_config", _only_field("remove_accept_encoding_header", _bool), None)
+    f.done()
+    return response
 
 
 def _compressor(r: _Reader, tc: _Fields) -> Compressor:
@@ -505,6 +596,8 @@ def _compressor(r: _Reader, tc: _Fields) -> Compressor:
         )
     if tc.has("disable_on_etag_header"):
         settings["disable_on_etag_header"] = tc.req("disable_on_etag_header", _bool)
+    if tc.has("remove_accept_encoding_header"):
+        settings["remove_accept_encoding"] = tc.req("remove_accept_encoding_header", _bool)
     settings |= tc.opt("response_direction_config", _compressor_response, {}) or {}
     return Compressor(**((library or {}) | settings))
 
@@ -539,12 +632,13 @@ def _fault_delay(r: _Reader, v: object, path: str) -> FaultDelay:
 
 
 def _fault_abort(r: _Reader, v: object, path: str) -> FaultAbort:
-    f = _Fields(r, v, path, ("http_status", "header_abort", "percentage"))
-    which = f.exactly_one("http_status", "header_abort")
+    f = _Fields(r, v, path, ("http_status", "grpc_status", "header_abort", "percentage"))
+    which = f.exactly_one("http_status", "grpc_status", "header_abort")
     status = f.req("http_status", _uint(200, 599)) if which == "http_status" else None
+    grpc_status = f.req("grpc_status", _uint32) if which == "grpc_status" else None
     if which == "header_abort":
         f.req("header_abort", _empty_message)
-    abort = FaultAbort(status, f.opt("percentage", _fractional_percent, FractionalPercent()))
+    abort = FaultAbort(status, f.opt("percentage", _fractional_percent, FractionalPercent()), grpc_status)
     f.done()
     return abort
 
@@ -579,4 +673,9 @@ def _local_ratelimit(r: _Reader, tc: _Fields) -> LocalRateLimit:
         status=tc.opt("status", _http_status_code, 429),
         response_headers_to_add=tc.opt("response_headers_to_add", _list(_header_value_option), ()),
         per_connection=tc.opt("local_rate_limit_per_downstream_connection", _bool, False),
+        x_ratelimit_headers=tc.opt("enable_x_ratelimit_headers", _enum(("OFF", "DRAFT_VERSION_03")), "OFF")
+        == "DRAFT_VERSION_03",
+        request_headers_to_add_when_not_enforced=tc.opt(
+            "request_headers_to_add_when_not_enforced", _list(_header_value_option), ()
+        ),
     )

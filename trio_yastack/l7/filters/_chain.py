@@ -1,13 +1,17 @@
 """Runs a connection manager's HTTP filters on one request, in the order configured.
 
 Why a chain object per connection manager rather than filter objects per request: the filters here
-decide from the request head alone (``fault`` may wait, ``jwt_authn`` and ``ext_authz`` may call a
-cluster), so one ``decode`` call per request with the route already chosen is all they need, and a
-connection manager with only the router pays one attribute test per request
-(``HttpConnectionManagerRuntime.filters`` is None then).  What a filter does past the head goes
-through :class:`FilterOutcome`: headers to add to the response, a local reply or an answer of its own
-(``cached``), a transform of the response (``encoders``: gRPC-Web, Lua's ``envoy_on_response``) or of
-the request body (``request_decoder``: gRPC-Web text); the request's headers are changed in place.
+decide from the request head (``fault`` may wait, ``jwt_authn`` and ``ext_authz`` may call a
+cluster) and, for the few that need it, from the request body read before the router
+(:class:`RequestBody`: Lua's ``body()``, ext_authz's ``with_request_body``), so one ``decode`` call
+per request with the route already chosen is all they need, and a connection manager with only the
+router pays one attribute test per request (``HttpConnectionManagerRuntime.filters`` is None then).
+What a filter does past the head goes through :class:`FilterOutcome`: headers to add to the
+response, a local reply or an answer of its own (``cached``), a transform of the response
+(``encoders``: gRPC-Web, Lua's ``envoy_on_response``) or of the request body (``request_decoder``:
+gRPC-Web text), the route to be chosen again (``clear_route``); the request's headers are changed in
+place, and its dynamic metadata (``RequestView.metadata``) is written by one filter and read by
+another (``jwt_authn`` and ``ext_authz`` write it, ``rbac`` and Lua read it).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..config import (
     CACHE_NAME,
@@ -53,6 +57,7 @@ if TYPE_CHECKING:
 __all__ = [
     "FilterOutcome",
     "HttpFilterChain",
+    "RequestBody",
     "RequestDecoder",
     "RequestView",
     "ResponseEncoder",
@@ -74,6 +79,23 @@ class ResponseEncoder(Protocol):
     def encode_data(self, data: bytes) -> bytes: ...
 
     def encode_end(self, trailers: Headers) -> tuple[bytes, Headers]: ...
+
+
+class RequestBody(Protocol):
+    """The request body as the connection manager reads it (``http_proxy._RequestBody``), for the
+    filters that read it before the router does (Lua's ``body()``, ext_authz's ``with_request_body``):
+    ``read_more`` takes the next piece from the client (b"" at the end; too large a body raises the
+    connection manager's 413), ``kept`` holds what was read while ``hold`` is set (the router uploads
+    it first), ``complete`` says the client's body has ended.  See :mod:`._body`."""
+
+    kept: list[bytes]
+    complete: bool
+    hold: bool
+    replayable: bool
+    framing: str
+    decoder: RequestDecoder | None
+
+    async def read_more(self) -> bytes: ...
 
 
 class RequestDecoder(Protocol):
@@ -124,6 +146,14 @@ class RequestView:
     route: Route | None
     connection_state: dict[int, object]
     downstream: object = None
+    #: the request body, for the filters that read it (None: no such filter in the chain)
+    body: RequestBody | None = None
+    #: chooses ``vhost`` and ``route`` again from the request's (changed) headers: Envoy's
+    #: ``clearRouteCache``, called by the chain when a filter asks (``FilterOutcome.clear_route``)
+    reroute: Callable[[RequestView], None] | None = None
+    #: the request's dynamic metadata, by namespace (``envoy.filters.http.jwt_authn``: what a
+    #: verified token wrote), made by the first filter that writes some
+    metadata: dict[str, dict[str, Any]] | None = None
 
     def per_filter_config(self, name: str) -> PerRouteConfig | None:
         """The most specific ``typed_per_filter_config`` for filter ``name``: route, then virtual host."""
@@ -155,6 +185,9 @@ class FilterOutcome:
     encoders: list[ResponseEncoder] = field(default_factory=list)
     #: a transform of the request body (gRPC-Web text's base64)
     request_decoder: RequestDecoder | None = None
+    #: a filter changed what routing reads (headers) and asks for the route again, as Envoy's
+    #: filters clear the route cache: the filters after it see the new route, and so does the router
+    clear_route: bool = False
 
 
 def sample(percent: FractionalPercent, runtime: Callable[[str], RuntimeValue], rng: random.Random) -> bool:
@@ -203,6 +236,25 @@ CHAIN_FILTERS = frozenset(
 )
 
 
+def _decode_read_body(body: RequestBody, outcome: FilterOutcome) -> bool:
+    """A filter's request-body transform (gRPC-Web text) set while a filter reads the body before
+    the router: what is read from now on is transformed as it is read (the body reader's own
+    ``decoder``), and what an earlier filter already read is transformed now, so the router uploads
+    the transformed body either way.  False (and a 400) for a body the transform cannot read."""
+    decoder = outcome.request_decoder
+    if body.decoder is decoder:
+        return True
+    body.decoder = decoder
+    try:
+        body.kept[:] = [decoder.decode(chunk) for chunk in body.kept] if decoder is not None else body.kept
+        if body.complete and decoder is not None:
+            decoder.decode(b"")
+    except ValueError:
+        outcome.status, outcome.body = 400, "bad request body"
+        return False
+    return True
+
+
 class HttpFilterChain:
     """The decoding side of one ``http_connection_manager``'s filters (the router excluded)."""
 
@@ -219,33 +271,38 @@ class HttpFilterChain:
         a cluster themselves (``jwt_authn``'s remote JWKS, ``ext_authz``)."""
         self.filters: list[tuple[HttpFilter, Filter]] = []
         for f in filters:
-            if f.name == CACHE_NAME:
+            kind = f.type_name  # (the canonical name, whatever the filter is called)
+            if kind == CACHE_NAME:
                 self.filters.append((f, CacheFilter(f.config, scope, runtime, rng)))  # type: ignore[arg-type]  # the config's type follows its name
-            elif f.name == COMPRESSOR_NAME:
+            elif kind == COMPRESSOR_NAME:
                 self.filters.append((f, CompressorFilter(f.config, scope, runtime, rng)))  # type: ignore[arg-type]  # the config's type follows its name
-            elif f.name == CORS_NAME:
-                self.filters.append((f, CorsFilter(scope, runtime, rng)))
-            elif f.name == FAULT_NAME:
+            elif kind == CORS_NAME:
+                self.filters.append((f, CorsFilter(scope, runtime, rng, f.name)))
+            elif kind == FAULT_NAME:
                 self.filters.append((f, FaultFilter(f.config, scope, runtime, rng)))  # type: ignore[arg-type]  # the config's type follows its name
-            elif f.name == LOCAL_RATELIMIT_NAME:
+            elif kind == LOCAL_RATELIMIT_NAME:
                 self.filters.append((f, LocalRateLimitFilter(f.config, stats, runtime, rng)))  # type: ignore[arg-type]  # the config's type follows its name
-            elif f.name == EXT_AUTHZ_NAME:
+            elif kind == EXT_AUTHZ_NAME:
                 self.filters.append((f, ExtAuthzFilter(f.config, scope, runtime, rng, clusters)))  # type: ignore[arg-type]  # the config's type follows its name
-            elif f.name == GRPC_WEB_NAME:
+            elif kind == GRPC_WEB_NAME:
                 self.filters.append((f, GrpcWebFilter(scope)))
-            elif f.name == JWT_AUTHN_NAME:
+            elif kind == JWT_AUTHN_NAME:
                 self.filters.append((f, JwtAuthnFilter(f.config, scope, clusters)))  # type: ignore[arg-type]  # the config's type follows its name
-            elif f.name == LUA_NAME:
+            elif kind == LUA_NAME:
                 from ._lua import LuaFilter
 
-                self.filters.append((f, LuaFilter(f.config, scope)))  # type: ignore[arg-type]  # the config's type follows its name
-            elif f.name == RBAC_NAME:
+                self.filters.append((f, LuaFilter(f.config, scope, clusters)))  # type: ignore[arg-type]  # the config's type follows its name
+            elif kind == RBAC_NAME:
                 self.filters.append((f, RbacFilter(f.config, scope)))  # type: ignore[arg-type]  # the config's type follows its name
+        #: whether a filter may read the request body before the router (Lua, whose scripts may
+        #: call ``body()``; ext_authz, whose ``with_request_body`` may be set here or on a route):
+        #: then the connection manager hands the filters a :class:`RequestBody`
+        self.reads_body = any(getattr(runtime, "reads_body", False) for _, runtime in self.filters)
 
     @staticmethod
     def needed(filters: tuple[HttpFilter, ...]) -> bool:
         """False when the router is the only filter: then no chain is built at all."""
-        return any(f.name in CHAIN_FILTERS for f in filters)
+        return any(f.type_name in CHAIN_FILTERS for f in filters)
 
     async def decode(self, request: RequestView, now: Callable[[], float]) -> FilterOutcome:
         """Run each filter on ``request`` in order until one answers it locally."""
@@ -257,4 +314,15 @@ class HttpFilterChain:
             await runtime.decode(request, override, outcome, now)
             if outcome.status is not None or outcome.cached is not None:
                 break
+            body = request.body  # (None unless a filter of the chain reads the body)
+            if (
+                body is not None
+                and outcome.request_decoder is not None
+                and not _decode_read_body(body, outcome)
+            ):
+                break
+            if outcome.clear_route:
+                outcome.clear_route = False
+                if request.reroute is not None:
+                    request.reroute(request)
         return outcome

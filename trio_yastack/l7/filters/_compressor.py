@@ -9,7 +9,9 @@ response gets ``Vary: Accept-Encoding`` whatever the client accepts (so a cache 
 when the client takes gzip and the response has a body, it is compressed: ``Content-Length``
 removed (chunked to HTTP/1.1 clients), ``Content-Encoding: gzip``, a strong ETag weakened.  Counted
 as ``http.<stat_prefix>.compressor.gzip.{compressed,not_compressed,no_accept_header,
-total_uncompressed_bytes,total_compressed_bytes}``.
+total_uncompressed_bytes,total_compressed_bytes}``.  ``remove_accept_encoding_header`` (or a route's
+``overrides``) sends the request upstream without ``Accept-Encoding``, so the upstream never
+compresses before this filter does.
 """
 
 from __future__ import annotations
@@ -162,3 +164,8 @@ class CompressorFilter:
             self.scope.inc(PREFIX + "no_accept_header")
         outcome.compressor = self.config
         outcome.accepts_gzip = accept is not None and accepts_gzip(accept)
+        remove = self.config.remove_accept_encoding
+        if isinstance(override, CompressorPerRoute) and override.remove_accept_encoding is not None:
+            remove = override.remove_accept_encoding
+        if remove and accept is not None:  # the upstream answers uncompressed; this filter compresses
+            request.headers[:] = [(k, v) for k, v in request.headers if k.lower() != b"accept-encoding"]

@@ -28,7 +28,8 @@ class ConnectionInfo:
     """``remote``: the peer's address (Envoy's ``direct_remote_ip``; with no trusted hops of
     ``x-forwarded-for`` also ``remote_ip``); ``local``/``local_port``: the address the client
     connected to; ``tls``: whether the connection is TLS, and ``peer_cert`` the client certificate as
-    :meth:`ssl.SSLSocket.getpeercert` gives it (empty when none was presented)."""
+    :meth:`ssl.SSLSocket.getpeercert` gives it (empty when none was presented); ``server_name``: the
+    SNI the listener's TLS inspector read (None when it did not run or the ClientHello had none)."""
 
     remote: Address | None = None
     remote_port: int | None = None
@@ -37,6 +38,7 @@ class ConnectionInfo:
     tls: bool = False
     peer_cert: dict[str, Any] = field(default_factory=dict)
     peer_cert_der: bytes | None = None
+    server_name: str | None = None
 
     def uri_sans(self) -> list[str]:
         return [v for k, v in self.peer_cert.get("subjectAltName", ()) if k == "URI"]
@@ -78,7 +80,7 @@ def connection_info(downstream: object, state: dict[int, object]) -> ConnectionI
         return found
     remote = _address(getattr(downstream, "remote", None))
     remote_port = local = local_port = None
-    tls, cert, der = False, dict[str, Any](), None
+    tls, cert, der, server_name = False, dict[str, Any](), None, None
     stream: object = getattr(downstream, "stream", None)
     for _ in range(_MAX_LAYERS):
         if isinstance(stream, trio.SSLStream):
@@ -98,10 +100,13 @@ def connection_info(downstream: object, state: dict[int, object]) -> ConnectionI
             remote_port = int(peer[1])
             break
         else:  # an HTTP/2 stream's connection, or a wrapper that replays a peeked ClientHello
+            hello = getattr(stream, "client_hello", None)  # the TLS inspector's reading
+            if hello is not None and server_name is None:
+                server_name = hello.server_name
             conn = getattr(stream, "conn", None)
             stream = getattr(conn, "transport", None) if conn is not None else getattr(stream, "inner", None)
             if stream is None:
                 break
-    info = ConnectionInfo(remote, remote_port, local, local_port, tls, cert, der)
+    info = ConnectionInfo(remote, remote_port, local, local_port, tls, cert, der, server_name)
     state[_KEY] = info
     return info

@@ -5,17 +5,28 @@ Envoy's behaviour (source/extensions/filters/http/ext_authz/ and filters/common/
 
 - HTTP: the check is the request's method and ``path_prefix`` + its path, with no body
   (``content-length: 0``), its ``Host`` and ``Authorization`` and the headers ``allowed_headers``
-  names, plus ``headers_to_add``.  A 200 allows the request: the answer's headers that
-  ``allowed_upstream_headers`` names replace the request's (``_to_append``: added), those
-  ``allowed_client_headers_on_success`` names go on the response.  Any other status but a 5xx denies
-  it: the client gets that status, the body, and the headers (all but ``Host`` when
-  ``allowed_client_headers`` is unset; else those it names, with ``WWW-Authenticate`` and
-  ``Location``).  A 5xx, no answer within the timeout, or no connection is an error.
+  names, plus ``headers_to_add``.  With ``with_request_body`` (or a route's
+  ``check_settings.with_request_body``), the request body is read first (up to
+  ``max_request_bytes``; more is 413 ``Payload Too Large`` without a check, unless
+  ``allow_partial_message``: then its first ``max_request_bytes``) and sent as the check's body with
+  ``x-envoy-auth-partial-body: true|false``; the gRPC check carries it in ``body`` (UTF-8) or
+  ``raw_body`` (``pack_as_bytes``).  An upgrade request's body is never read.  A 200 allows the
+  request: the answer's headers that ``allowed_upstream_headers`` names replace the request's
+  (``_to_append``: added), those ``allowed_client_headers_on_success`` names go on the response.
+  Any other status but a 5xx denies it: the client gets that status, the body, and the headers
+  (all but ``Host`` when ``allowed_client_headers`` is unset; else those it names, with
+  ``WWW-Authenticate`` and ``Location``).  A 5xx, no answer within the timeout, or no connection is an error.
 - gRPC: a ``CheckRequest`` with the peer's and our address, the request's method, path, host,
   scheme, headers (pseudo-headers included) and the route's ``context_extensions``; an OK status
   allows (``ok_response``: headers to set or append, headers to remove, response headers to add),
   any other denies (``denied_response``: its status, 403 by default, headers and body); an RPC
   failure is an error.
+- Dynamic metadata: the gRPC check carries the request's ``metadata_context_namespaces``; the
+  service's ``dynamic_metadata`` (gRPC) or the answer headers ``dynamic_metadata_from_headers``
+  names (HTTP, when allowed) are written under ``envoy.filters.http.ext_authz`` for later filters.
+- ``disallowed_headers`` are never sent (over ``allowed_headers``); ``include_tls_session`` adds
+  the SNI (as the TLS inspector read it) to the gRPC check; ``deny_at_disable`` denies, with
+  ``status_on_error``, a request ``filter_enabled`` leaves out.
 - An error lets the request through with ``failure_mode_allow`` (and
   ``x-envoy-auth-failure-mode-allowed: true`` with ``failure_mode_allow_header_add``), else answers
   ``status_on_error`` (403) with no body.  Denials and errors carry the response flag ``UAEX``.
@@ -37,8 +48,16 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from ..config import ExtAuthz, ExtAuthzPerRoute, PerRouteConfig, RuntimeValue, StringMatcher
+from ..config import (
+    ExtAuthz,
+    ExtAuthzBufferSettings,
+    ExtAuthzPerRoute,
+    PerRouteConfig,
+    RuntimeValue,
+    StringMatcher,
+)
 from ..stats import Scope
+from ._body import buffer_body
 from ._connection import connection_info
 from ._side_call import SideCallError, http_call
 
@@ -73,9 +92,22 @@ class _Decision:
     set_headers: Headers = field(default_factory=list)
     append_headers: Headers = field(default_factory=list)
     remove_headers: list[bytes] = field(default_factory=list)
+    metadata: dict[str, Any] = field(default_factory=dict)  # dynamic metadata the service gave
+
+
+#: the namespace of the dynamic metadata the service's answer writes
+METADATA_NAMESPACE = "envoy.filters.http.ext_authz"
+
+
+def _is_upgrade(headers: Headers) -> bool:
+    """An upgrade (WebSocket) request: Envoy never buffers its body for the check."""
+    return any(k == b"upgrade" for k, _ in headers)
 
 
 class ExtAuthzFilter:
+    #: ``with_request_body`` (here or on a route) reads the request body before the check
+    reads_body = True
+
     def __init__(
         self,
         config: ExtAuthz,
@@ -110,12 +142,28 @@ class ExtAuthzFilter:
             return
         if config.filter_enabled is not None and not sample(config.filter_enabled, self.runtime, self.rng):
             self.scope.inc(self.prefix + "disabled")
+            if config.deny_at_disable is not None and self._flag(config.deny_at_disable):
+                outcome.status = config.status_on_error  # Envoy: deny_at_disable
+                outcome.flags.append("UAEX")
             return
+        body: tuple[bytes, bool] | None = None
+        settings = self._buffer_settings(per_route)
+        if settings is not None and request.body is not None and not _is_upgrade(request.headers):
+            data, complete = await buffer_body(request.body, settings.max_request_bytes)
+            partial = not complete or len(data) > settings.max_request_bytes
+            if partial and not settings.allow_partial_message:
+                # Envoy: the buffer limit is max_request_bytes; a larger body is 413, unchecked
+                outcome.status, outcome.body = 413, "Payload Too Large"
+                return
+            if data or partial:  # an empty body: nothing to send, as Envoy (end of stream with the head)
+                body = (data[: settings.max_request_bytes], partial)
         try:
             if config.kind == "http":
-                decision = await self._check_http(request)
+                decision = await self._check_http(request, body)
             else:
-                decision = await self._check_grpc(request, per_route.context_extensions if per_route else ())
+                decision = await self._check_grpc(
+                    request, per_route.context_extensions if per_route else (), body, settings
+                )
         except SideCallError:
             self.scope.inc(self.prefix + "error")
             if config.failure_mode_allow:
@@ -126,6 +174,10 @@ class ExtAuthzFilter:
             outcome.status = config.status_on_error
             outcome.flags.append("UAEX")
             return
+        if decision.metadata:
+            if request.metadata is None:
+                request.metadata = {}
+            request.metadata.setdefault(METADATA_NAMESPACE, {}).update(decision.metadata)
         if not decision.allowed:
             self.scope.inc(self.prefix + "denied")
             outcome.flags.append("UAEX")
@@ -140,16 +192,52 @@ class ExtAuthzFilter:
         headers.extend(decision.set_headers)
         headers.extend(decision.append_headers)
         outcome.response_headers.extend(decision.client_headers)
+        if config.clear_route_cache and (
+            decision.set_headers or decision.append_headers or decision.remove_headers
+        ):
+            outcome.clear_route = True  # Envoy: the service changed the request's headers
+
+    def _flag(self, flag: tuple[bool, str | None]) -> bool:
+        """A ``RuntimeFeatureFlag``: the runtime's boolean under its key, else its default."""
+        value, key = flag
+        found = self.runtime(key) if key is not None else None
+        return found if isinstance(found, bool) else value
+
+    def _allowed(self, name: bytes, patterns: Sequence[StringMatcher] | None) -> bool:
+        """Whether a request header goes to the service: ``allowed_headers`` (None: every one),
+        then never one ``disallowed_headers`` names."""
+        if patterns is not None and not _matches(patterns, name):
+            return False
+        disallowed = self.config.disallowed_headers
+        return not (disallowed and _matches(disallowed, name))
+
+    def _buffer_settings(self, per_route: ExtAuthzPerRoute | None) -> ExtAuthzBufferSettings | None:
+        """``with_request_body`` for this request: the route's ``check_settings`` may turn it off
+        (``disable_request_body_buffering``) or give its own."""
+        if per_route is not None:
+            if per_route.disable_request_body_buffering:
+                return None
+            if per_route.with_request_body is not None:
+                return per_route.with_request_body
+        return self.config.with_request_body
 
     # --- HTTP ---
 
-    async def _check_http(self, request: RequestView) -> _Decision:
+    async def _check_http(self, request: RequestView, body: tuple[bytes, bool] | None = None) -> _Decision:
+        """``body``: the request body read for the check and whether it is partial (sent as the
+        check's body, with ``x-envoy-auth-partial-body``)."""
         config = self.config
         allowed = config.allowed_headers or ()
+        disallowed = config.disallowed_headers
         check = [
-            (k, v) for k, v in request.headers if k in _ALWAYS_CHECKED or (allowed and _matches(allowed, k))
+            (k, v)
+            for k, v in request.headers
+            if (k in _ALWAYS_CHECKED or (allowed and _matches(allowed, k)))
+            and not (disallowed and _matches(disallowed, k))
         ]
         check.extend((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in config.headers_to_add)
+        if body is not None:
+            check.append((b"x-envoy-auth-partial-body", b"true" if body[1] else b"false"))
         if self.clusters is None:
             raise SideCallError("no cluster manager")
         host = next((v for k, v in request.headers if k == b"host"), b"").decode("latin-1")
@@ -158,6 +246,7 @@ class ExtAuthzFilter:
             request.method,
             config.path_prefix + request.path,
             check,
+            body[0] if body is not None else b"",
             timeout=config.timeout,
             host_header=host or None,
         )
@@ -175,6 +264,12 @@ class ExtAuthzFilter:
                 client_headers=[
                     (k, v) for k, v in reply.headers if _matches(config.allowed_client_headers_on_success, k)
                 ],
+                metadata={
+                    k.decode("latin-1"): v.decode("latin-1")
+                    for k, v in reply.headers
+                    if config.dynamic_metadata_from_headers
+                    and _matches(config.dynamic_metadata_from_headers, k)
+                },
             )
         patterns = config.allowed_client_headers
         to_client = [
@@ -188,9 +283,13 @@ class ExtAuthzFilter:
 
     # --- gRPC ---
 
-    async def _check_grpc(self, request: RequestView, context: Sequence[tuple[str, str]]) -> _Decision:
+    async def _check_grpc(
+        self, request: RequestView, context: Sequence[tuple[str, str]],
+        request_body: tuple[bytes, bool] | None = None, settings: ExtAuthzBufferSettings | None = None,
+    ) -> _Decision:  # fmt: skip
         import grpc  # type: ignore[import-untyped]  # grpcio ships no type stubs; checked at config load
         from envoy.service.auth.v3 import external_auth_pb2  # type: ignore[import-untyped]  # xds-protos: no stubs
+        from google.protobuf import json_format
 
         config = self.config
         target = config.target
@@ -207,6 +306,13 @@ class ExtAuthzFilter:
                 raise SideCallError(f"{cluster.name}: no healthy upstream")
             target = f"{host.address}:{host.port}"
         check = self._check_request(request, context, external_auth_pb2)
+        if request_body is not None and settings is not None:
+            http = check.attributes.request.http
+            if settings.pack_as_bytes:
+                http.raw_body = request_body[0]
+            else:
+                http.body = request_body[0].decode("utf-8", errors="replace")
+            http.headers["x-envoy-auth-partial-body"] = "true" if request_body[1] else "false"
         call = self._channel(grpc, target).unary_unary(
             _CHECK_METHOD,
             request_serializer=external_auth_pb2.CheckRequest.SerializeToString,
@@ -219,6 +325,11 @@ class ExtAuthzFilter:
             )
         except grpc.RpcError as exc:
             raise SideCallError(f"{target}: {exc.code() if hasattr(exc, 'code') else exc}") from None
+        metadata = (
+            json_format.MessageToDict(response.dynamic_metadata)
+            if response.HasField("dynamic_metadata")
+            else {}
+        )
         if response.status.code == 0:
             ok = response.ok_response
             set_headers, append_headers = _header_options(ok.headers, default_append=False)
@@ -229,6 +340,7 @@ class ExtAuthzFilter:
                 append_headers=append_headers,
                 remove_headers=[n.lower().encode("latin-1") for n in ok.headers_to_remove],
                 client_headers=client_headers,
+                metadata=metadata,
             )
         denied = response.denied_response
         status = denied.status.code if denied.status.code >= 200 else 403
@@ -236,7 +348,7 @@ class ExtAuthzFilter:
         body = denied.body.encode("utf-8")
         to_client = [(k, v) for k, v in [*set_headers, *append_headers] if k not in _NOT_TO_CLIENT]
         to_client.append((b"content-length", str(len(body)).encode()))
-        return _Decision(False, status, body, to_client)
+        return _Decision(False, status, body, to_client, metadata=metadata)
 
     def _channel(self, grpc: Any, target: str) -> Any:
         channel = self._channels.get(target)
@@ -262,6 +374,8 @@ class ExtAuthzFilter:
                 # Envoy: the client certificate in URL-encoded PEM
                 pem = ssl.DER_cert_to_PEM_cert(conn.peer_cert_der)
                 attributes.source.certificate = urllib.parse.quote(pem, safe="")
+        if self.config.include_tls_session and conn.tls and conn.server_name:
+            attributes.tls_session.sni = conn.server_name
         if conn.local is not None:
             attributes.destination.address.socket_address.address = str(conn.local)
             attributes.destination.address.socket_address.port_value = conn.local_port or 0
@@ -279,12 +393,16 @@ class ExtAuthzFilter:
         joined: dict[str, str] = {":authority": host, ":method": request.method, ":path": request.path,
                                   ":scheme": scheme}  # fmt: skip
         for k, v in request.headers:
-            if allowed is not None and not _matches(allowed, k):
+            if not self._allowed(k, allowed):
                 continue
             name, value = k.decode("latin-1"), v.decode("latin-1")
             joined[name] = f"{joined[name]},{value}" if name in joined else value
         http.headers.update(joined)
         attributes.context_extensions.update(dict(context))
+        for namespace in self.config.metadata_context_namespaces:
+            entry = (request.metadata or {}).get(namespace)
+            if entry is not None:
+                attributes.metadata_context.filter_metadata[namespace].update(entry)
         return check
 
 

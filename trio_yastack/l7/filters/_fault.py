@@ -5,10 +5,12 @@ request is eligible when every ``headers`` matcher matches, the route goes to ``
 (when set) and fewer than ``max_active_faults`` faults are in flight.  The delay comes first
 (``fixed_delay``, or the milliseconds of ``x-envoy-fault-delay-request`` with ``header_delay``), then
 the abort (``http_status``, or the status in ``x-envoy-fault-abort-request`` with ``header_abort``),
-each for its own ``percentage`` of requests, answered with the body ``fault filter abort``.  The
-runtime keys Envoy reads override the config: ``fault.http.delay.fixed_delay_percent``,
-``fault.http.delay.fixed_duration_ms``, ``fault.http.abort.abort_percent``,
-``fault.http.abort.http_status``.  Statistics (``http.<stat_prefix>.fault.*``): ``delays_injected``,
+each for its own ``percentage`` of requests, answered with the body ``fault filter abort`` (with
+``grpc_status``: a gRPC answer, 200 and ``grpc-status``/``grpc-message: fault filter abort`` in its
+headers, no body).  The runtime keys Envoy reads override the config:
+``fault.http.delay.fixed_delay_percent``, ``fault.http.delay.fixed_duration_ms``,
+``fault.http.abort.abort_percent``, ``fault.http.abort.http_status``,
+``fault.http.abort.grpc_status``.  Statistics (``http.<stat_prefix>.fault.*``): ``delays_injected``,
 ``aborts_injected``, ``faults_overflow``, and the gauge ``active_faults``.
 """
 
@@ -109,7 +111,22 @@ class FaultFilter:
                     outcome.flags.append("DI")
                     await trio.sleep(seconds)
             abort = config.abort
-            if abort is not None:
+            if abort is not None and abort.grpc_status is not None:
+                grpc_status: int | None = abort.grpc_status
+                runtime_grpc = _runtime_int(self.runtime, "fault.http.abort.grpc_status")
+                grpc_status = runtime_grpc if runtime_grpc is not None and runtime_grpc >= 0 else grpc_status
+                percent = self._percent(abort.percentage, "fault.http.abort.abort_percent")
+                if sample(percent, self.runtime, self.rng):
+                    # Envoy: a gRPC answer with the status in its headers (trailers-only), no body
+                    self.scope.inc("fault.aborts_injected")
+                    outcome.status, outcome.body = 200, ""
+                    outcome.reply_headers += [
+                        (b"content-type", b"application/grpc"),
+                        (b"grpc-status", str(grpc_status).encode()),
+                        (b"grpc-message", b"fault filter abort"),
+                    ]
+                    outcome.flags.append("FI")
+            elif abort is not None:
                 status = abort.http_status
                 if status is None:
                     raw = _get(request.headers, b"x-envoy-fault-abort-request")

@@ -6,15 +6,17 @@ their messages): the route's ``PerRouteConfig`` (``disabled``, or a ``requiremen
 rule: nothing.  A provider finds its token where it is told to (``from_headers``, ``from_params``,
 ``from_cookies``; by default ``Authorization: Bearer`` and ``access_token``), then checks, in this
 order: the token's form, ``exp``/``nbf`` within ``clock_skew_seconds``, the ``issuer``, the
-``audiences``, and the signature with a key of its JWKS (inline, a file, or fetched from a cluster
+``audiences``, the ``subjects``, ``require_expiration``/``max_lifetime`` (both fail as ``Jwt
+verification fails``), and the signature with a key of its JWKS (inline, a file, or fetched from a cluster
 and cached for ``cache_duration``).  A verified token is taken off the request unless ``forward``,
 and its payload and claims are copied into ``forward_payload_header`` and ``claim_to_headers``.
 
 A request that fails gets 401 (403 for an audience not allowed) with the check's message as the
 body (``Jwt is missing``, ``Jwt verification fails``, ``Jwt is expired``...) and
 ``WWW-Authenticate: Bearer realm="<scheme>://<host><path>"``, with ``, error="invalid_token"``
-unless the token was missing.  Counters: ``jwt_authn.allowed``, ``denied``,
-``cors_preflight_bypassed``, ``jwks_fetch_success``, ``jwks_fetch_failed``.
+unless the token was missing; with ``strip_failure_response`` only the status.  Counters:
+``jwt_authn.<stat_prefix>allowed``, ``denied``, ``cors_preflight_bypassed``, ``jwks_fetch_success``,
+``jwks_fetch_failed``.
 
 Signatures are checked by PyJWT (with ``cryptography``): nothing here does cryptography itself.
 """
@@ -67,6 +69,25 @@ UNKNOWN_ISSUER = "Jwt issuer is not configured"
 AUDIENCE_NOT_ALLOWED = "Audiences in Jwt are not allowed"
 KID_ALG_MISMATCH = "Jwks doesn't have key to match kid or alg from Jwt"
 JWKS_FETCH_FAIL = "Jwks remote fetch is failed"
+#: jwt_verify_lib's ``Status`` numbers (its enum's order) of the messages above, for
+#: ``failed_status_in_metadata``
+STATUS_CODES = {
+    MISSING: 1,
+    NOT_YET_VALID: 2,
+    EXPIRED: 3,
+    BAD_FORMAT: 4,
+    HEADER_BAD_BASE64: 5,
+    HEADER_BAD_JSON: 6,
+    HEADER_BAD_ALG: 7,
+    ALG_NOT_IMPLEMENTED: 8,
+    PAYLOAD_BAD_BASE64: 10,
+    PAYLOAD_BAD_JSON: 11,
+    UNKNOWN_ISSUER: 21,
+    AUDIENCE_NOT_ALLOWED: 22,
+    VERIFICATION_FAILS: 23,
+    KID_ALG_MISMATCH: 29,
+    JWKS_FETCH_FAIL: 37,
+}
 
 #: the algorithms jwt_verify_lib implements, by the key type each needs
 _ALGORITHMS = {
@@ -292,7 +313,9 @@ class _JwksCache:
             except OSError:
                 self.keys = []
 
-    async def get(self, clusters: Any, now: Callable[[], float], scope: Scope) -> list[_Key] | None:
+    async def get(
+        self, clusters: Any, now: Callable[[], float], scope: Scope, prefix: str = "jwt_authn."
+    ) -> list[_Key] | None:
         remote = self.provider.remote_jwks
         if remote is None:
             return self.keys or []
@@ -317,9 +340,9 @@ class _JwksCache:
                 if not keys:
                     raise SideCallError("no usable key in the JWKS")
             except SideCallError:
-                scope.inc("jwt_authn.jwks_fetch_failed")
+                scope.inc(prefix + "jwks_fetch_failed")
                 return None  # Envoy keeps no stale keys past cache_duration either
-            scope.inc("jwt_authn.jwks_fetch_success")
+            scope.inc(prefix + "jwks_fetch_success")
             self.keys, self.fetched_at = keys, now()
             return keys
 
@@ -332,13 +355,12 @@ class JwtAuthnFilter:
         self.providers = {p.name: p for p in config.providers}
         self.jwks = {p.name: _JwksCache(p) for p in config.providers}
         self.requirements = dict(config.requirement_map)
+        # Envoy's counters: "jwt_authn." joined with the filter's stat_prefix as written
+        self.prefix = prefix = "jwt_authn." + config.stat_prefix
         scope.declare(
-            "jwt_authn.allowed",
-            "jwt_authn.denied",
-            "jwt_authn.cors_preflight_bypassed",
-            "jwt_authn.jwks_fetch_success",
-            "jwt_authn.jwks_fetch_failed",
-        )
+            *(prefix + n for n in ("allowed", "denied", "cors_preflight_bypassed", "jwks_fetch_success",
+                                   "jwks_fetch_failed"))
+        )  # fmt: skip
 
     async def decode(
         self,
@@ -354,7 +376,7 @@ class JwtAuthnFilter:
             and any(k == b"origin" for k, _ in request.headers)
             and any(k == b"access-control-request-method" for k, _ in request.headers)
         ):
-            self.scope.inc("jwt_authn.cors_preflight_bypassed")
+            self.scope.inc(self.prefix + "cors_preflight_bypassed")
             return
         requirement: JwtRequirement | None = None
         if isinstance(override, JwtPerRoute):
@@ -373,9 +395,9 @@ class JwtAuthnFilter:
                     break
         if requirement is None:
             return
-        failure = await self._check(requirement, request, now)
+        failure = await self._check(requirement, request, now, outcome)
         if failure is None:
-            self.scope.inc("jwt_authn.allowed")
+            self.scope.inc(self.prefix + "allowed")
             return
         code = 403 if failure == AUDIENCE_NOT_ALLOWED else 401
         self._deny(request, outcome, code, failure, invalid=failure != MISSING)
@@ -383,7 +405,11 @@ class JwtAuthnFilter:
     def _deny(
         self, request: RequestView, outcome: FilterOutcome, code: int, body: str, *, invalid: bool
     ) -> None:
-        self.scope.inc("jwt_authn.denied")
+        self.scope.inc(self.prefix + "denied")
+        outcome.status = code
+        if self.config.strip_failure_response:
+            outcome.body = ""  # Envoy: the status alone
+            return
         host = next((v for k, v in request.headers if k == b"host"), b"").decode("latin-1")
         scheme = str(getattr(request.downstream, "scheme", "http"))
         value = f'Bearer realm="{scheme}://{host}{request.path}"'
@@ -393,20 +419,24 @@ class JwtAuthnFilter:
         outcome.body = body
         outcome.reply_headers.append((b"www-authenticate", value.encode("latin-1")))
 
-    async def _check(self, req: JwtRequirement, request: RequestView, now: Callable[[], float]) -> str | None:
+    async def _check(
+        self, req: JwtRequirement, request: RequestView, now: Callable[[], float], outcome: FilterOutcome
+    ) -> str | None:
         """None when ``request`` meets ``req``; else the message of why not."""
         if req.kind == "provider":
-            return await self._verify_provider(self.providers[req.provider], req.audiences, request, now)
+            return await self._verify_provider(
+                self.providers[req.provider], req.audiences, request, now, outcome
+            )
         if req.kind == "all":
             for child in req.requirements:
-                failure = await self._check(child, request, now)
+                failure = await self._check(child, request, now, outcome)
                 if failure is not None:
                     return failure
             return None
         if req.kind == "any":
             failures = []
             for child in req.requirements:
-                failure = await self._check(child, request, now)
+                failure = await self._check(child, request, now, outcome)
                 if failure is None:
                     return None
                 failures.append(failure)
@@ -418,7 +448,7 @@ class JwtAuthnFilter:
         for provider in self.providers.values():
             if not extract(provider, request):
                 continue
-            result = await self._verify_provider(provider, None, request, now)
+            result = await self._verify_provider(provider, None, request, now, outcome)
             if result is not None and result != UNKNOWN_ISSUER:
                 failure = failure or result
         return failure if req.kind == "allow_missing" else None
@@ -429,6 +459,25 @@ class JwtAuthnFilter:
         audiences: tuple[str, ...] | None,
         request: RequestView,
         now: Callable[[], float],
+        outcome: FilterOutcome,
+    ) -> str | None:
+        failure = await self._verify(provider, audiences, request, now, outcome)
+        if failure is not None and provider.failed_status_in_metadata:
+            # Envoy: the failure, as jwt_verify_lib's status number and message, for later filters
+            if request.metadata is None:
+                request.metadata = {}
+            entry = request.metadata.setdefault(METADATA_NAMESPACE, {})
+            code = STATUS_CODES.get(failure)
+            entry[provider.failed_status_in_metadata] = {"code": code, "message": failure}
+        return failure
+
+    async def _verify(
+        self,
+        provider: JwtProvider,
+        audiences: tuple[str, ...] | None,
+        request: RequestView,
+        now: Callable[[], float],
+        outcome: FilterOutcome,
     ) -> str | None:
         tokens = extract(provider, request)
         if not tokens:
@@ -450,7 +499,17 @@ class JwtAuthnFilter:
         allowed = provider.audiences if audiences is None else audiences
         if allowed and not set(_audiences(payload)) & set(allowed):
             return AUDIENCE_NOT_ALLOWED
-        keys = await self.jwks[provider.name].get(self.clusters, now, self.scope)
+        if provider.subjects is not None:
+            sub = payload.get("sub")
+            if not provider.subjects.matches(sub if isinstance(sub, str) else ""):
+                return VERIFICATION_FAILS  # Envoy's answer for a subject not allowed
+        if provider.require_expiration or provider.max_lifetime is not None:
+            # max_lifetime: the remaining lifetime must be below it (and an exp is required)
+            if not isinstance(exp, (int, float)) or isinstance(exp, bool):
+                return VERIFICATION_FAILS
+            if provider.max_lifetime is not None and not exp - wall < provider.max_lifetime:
+                return VERIFICATION_FAILS
+        keys = await self.jwks[provider.name].get(self.clusters, now, self.scope, self.prefix)
         if keys is None:
             return JWKS_FETCH_FAIL
         failure = verify_signature(parsed, keys)
@@ -464,11 +523,38 @@ class JwtAuthnFilter:
                 "=" * (-len(parsed.payload_b64) % 4) if provider.pad_forward_payload_header else ""
             )
             _set_header(headers, provider.forward_payload_header.encode("latin-1"), value.encode("latin-1"))
+        added = False
         for header, claim in provider.claim_to_headers:
             text = _claim(payload, claim)
             if text is not None:
                 _set_header(headers, header.encode("latin-1"), text.encode("utf-8"))
+                added = True
+        if provider.payload_in_metadata or provider.header_in_metadata:
+            _write_metadata(request, provider, parsed)
+        if added and provider.clear_route_cache:
+            outcome.clear_route = True  # Envoy: claim headers added, the route is chosen again
         return None
+
+
+#: the namespace of the dynamic metadata this filter writes (Envoy's, whatever the filter's name)
+METADATA_NAMESPACE = "envoy.filters.http.jwt_authn"
+
+
+def _write_metadata(request: RequestView, provider: JwtProvider, token: _Jwt) -> None:
+    """A verified token's payload and header into the request's dynamic metadata, as Envoy writes
+    them (``space_delimited_claims`` split into lists of their words)."""
+    if request.metadata is None:
+        request.metadata = {}
+    entry = request.metadata.setdefault(METADATA_NAMESPACE, {})
+    if provider.payload_in_metadata:
+        payload = dict(token.payload)
+        for claim in provider.space_delimited_claims:
+            value = payload.get(claim)
+            if isinstance(value, str):
+                payload[claim] = value.split()
+        entry[provider.payload_in_metadata] = payload
+    if provider.header_in_metadata:
+        entry[provider.header_in_metadata] = dict(token.header)
 
 
 def _wall_clock() -> float:

@@ -4,17 +4,24 @@ connection with ``local_rate_limit_per_downstream_connection``) in front of the 
 Envoy's behaviour: a request counts when ``filter_enabled`` picks it (``enabled``); it takes a token
 (``ok``) or finds none (``rate_limited``), and is refused only when ``filter_enforced`` picks it too
 (``enforced``): ``status`` (429) with the body ``local_rate_limited``, ``x-envoy-ratelimited: true``
-and ``response_headers_to_add``.  Statistics are named as Envoy names them:
+and ``response_headers_to_add``.  With ``enable_x_ratelimit_headers: DRAFT_VERSION_03`` every
+response the bucket counted carries ``x-ratelimit-limit`` (``max_tokens``), ``x-ratelimit-remaining``
+(the tokens left) and ``x-ratelimit-reset`` (seconds to the next fill), taken when the request
+counted (Envoy reads the bucket again as the response starts).  A request refused by the bucket
+but let through by ``filter_enforced`` gets ``request_headers_to_add_when_not_enforced``.
+Statistics are named as Envoy names them:
 ``<stat_prefix>.http_local_rate_limit.{enabled,enforced,rate_limited,ok}``.
 """
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..config import LocalRateLimit, PerRouteConfig, RuntimeValue, TokenBucket
+from ..router import apply_header_options
 from ..stats import Stats
 
 if TYPE_CHECKING:
@@ -45,6 +52,11 @@ class TokenBucketState:
             self.tokens -= 1
             return True
         return False
+
+    def reset_seconds(self, now: float) -> int:
+        """Whole seconds (rounded up) until the next fill: ``x-ratelimit-reset``."""
+        left = self.config.fill_interval - (now - self.last_fill)
+        return max(0, math.ceil(left))
 
 
 class LocalRateLimitFilter:
@@ -88,11 +100,24 @@ class LocalRateLimitFilter:
         t = now()
         if not isinstance(bucket, TokenBucketState):
             bucket = buckets[id(config)] = TokenBucketState(config.token_bucket, t)
-        if bucket.consume(t):
+        allowed = bucket.consume(t)
+        if config.x_ratelimit_headers:
+            limits = [
+                (b"x-ratelimit-limit", str(config.token_bucket.max_tokens).encode()),
+                (b"x-ratelimit-remaining", str(bucket.tokens).encode()),
+                (b"x-ratelimit-reset", str(bucket.reset_seconds(t)).encode()),
+            ]
+            outcome.response_headers.extend(limits)  # on the response, allowed or refused
+            outcome.reply_headers.extend(limits)
+        if allowed:
             scope.inc("ok")
             return
         scope.inc("rate_limited")
         if not sample(config.filter_enforced, self.runtime, self.rng):
+            if config.request_headers_to_add_when_not_enforced:  # Envoy: marks the request it let by
+                request.headers[:] = apply_header_options(
+                    request.headers, config.request_headers_to_add_when_not_enforced, ()
+                )
             return
         scope.inc("enforced")
         outcome.status = config.status

@@ -9,23 +9,35 @@ then its ``rules``: a policy matches when one of its permissions and one of its 
 A denied request gets 403 with the body ``RBAC: access denied`` (response flag ``RBAC``); the
 counters are ``<stat_prefix>.rbac.<rules_stat_prefix>allowed``/``denied``.
 
+``metadata`` (and ``sourced_metadata`` from the dynamic source) match the request's dynamic metadata,
+which ``jwt_authn`` writes with ``payload_in_metadata``/``header_in_metadata``, so RBAC can decide
+on a verified token's claims as in Envoy.
+
 Headers are matched as Envoy matches them: a header given several times is its values joined with
 ``,``, and the pseudo-headers ``:method``, ``:path``, ``:authority`` and ``:scheme`` can be named.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
-from ..config import PerRouteConfig, Rbac, RbacHeaderMatcher, RbacMatcher, RbacRules
+from ..config import (
+    MetadataMatcher,
+    PerRouteConfig,
+    Rbac,
+    RbacHeaderMatcher,
+    RbacMatcher,
+    RbacRules,
+    ValueMatcher,
+)
 from ..stats import Scope
 from ._connection import ConnectionInfo, connection_info
 
 if TYPE_CHECKING:
     from ._chain import FilterOutcome, RequestView
 
-__all__ = ["RbacFilter", "rbac_allows"]
+__all__ = ["RbacFilter", "metadata_matches", "rbac_allows"]
 
 Headers = Sequence[tuple[bytes, bytes]]
 #: how deep an and/or/not tree may be evaluated (the config reader bounds the document; this keeps a
@@ -53,11 +65,12 @@ class _Request:
     """One request as the matchers read it: headers with the pseudo-headers, the path without its
     query, and the connection (looked up only if a matcher asks)."""
 
-    __slots__ = ("_conn", "_view", "headers", "path")
+    __slots__ = ("_conn", "_view", "headers", "metadata", "path")
 
     def __init__(self, view: RequestView) -> None:
         self._view = view
         self._conn: ConnectionInfo | None = None
+        self.metadata = view.metadata or {}
         self.path = view.path.partition("?")[0].partition("#")[0]
         host = next((v for k, v in view.headers if k == b"host"), b"")
         self.headers: list[tuple[bytes, bytes]] = [
@@ -73,6 +86,42 @@ class _Request:
         if self._conn is None:
             self._conn = connection_info(self._view.downstream, self._view.connection_state)
         return self._conn
+
+
+_MISSING = object()
+
+
+def _value_matches(m: ValueMatcher, value: object, depth: int = 0) -> bool:
+    """Envoy's ``ValueMatcher`` on a JSON value (``_MISSING``: no value at the path)."""
+    kind = m.kind
+    if kind == "present":
+        return m.flag == (value is not _MISSING)
+    if kind == "null":
+        return value is None
+    if kind == "string":
+        return isinstance(value, str) and m.string is not None and m.string.matches(value)
+    if kind == "bool":
+        return isinstance(value, bool) and value == m.flag
+    if kind == "double":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        if m.number_range is not None:
+            return m.number_range[0] <= value < m.number_range[1]
+        return value == m.number
+    if depth > _MAX_DEPTH:
+        return False
+    if kind == "list":
+        return isinstance(value, list) and any(_value_matches(m.children[0], v, depth + 1) for v in value)
+    return any(_value_matches(c, value, depth + 1) for c in m.children)  # "or"
+
+
+def metadata_matches(m: MetadataMatcher, metadata: Mapping[str, Mapping[str, Any]]) -> bool:
+    """Envoy's ``MetadataMatcher``: the value at ``filter`` then ``path`` in the request's dynamic
+    metadata, matched by ``value``, inverted by ``invert``."""
+    value: object = metadata.get(m.filter, _MISSING)
+    for key in m.path:
+        value = value.get(key, _MISSING) if isinstance(value, Mapping) else _MISSING
+    return _value_matches(m.value, value) != m.invert
 
 
 def _matches(m: RbacMatcher, rq: _Request, depth: int = 0) -> bool:
@@ -91,6 +140,8 @@ def _matches(m: RbacMatcher, rq: _Request, depth: int = 0) -> bool:
         return m.header is not None and _header_matches(m.header, rq.headers)
     if kind == "url_path":
         return m.string is not None and m.string.matches(rq.path)
+    if kind == "metadata":
+        return m.metadata is not None and metadata_matches(m.metadata, rq.metadata)
     conn = rq.conn
     if kind == "authenticated":
         # Envoy's AuthenticatedMatcher: a TLS connection; with principal_name, a URI SAN, else a DNS
@@ -103,6 +154,9 @@ def _matches(m: RbacMatcher, rq: _Request, depth: int = 0) -> bool:
         if sans:
             return any(m.string.matches(s) for s in sans)
         return m.string.matches(conn.subject())
+    if kind == "requested_server_name":
+        # Envoy: the SNI the TLS inspector read ("" when there was none, or no inspector ran)
+        return m.string is not None and m.string.matches(conn.server_name or "")
     if kind in ("destination_port", "destination_port_range"):
         return conn.local_port is not None and m.ports[0] <= conn.local_port < m.ports[1]
     address = conn.local if kind == "destination_ip" else conn.remote
