@@ -453,7 +453,7 @@ class HttpConnectionManagerRuntime:
         # request head and at most add response headers (cors, fault, local_ratelimit); a filter
         # that keeps or rewrites a response body (cache, compressor) — or one this list does not
         # know — sends every request through h11 and the general relay.
-        self.plain_ok = all(f.name in _PLAIN_FILTERS for f in config.http_filters)
+        self.plain_ok = all(f.type_name in _PLAIN_FILTERS for f in config.http_filters)
         # The lean path (:meth:`_proxy_plain`) for the fast path's bodyless requests when nothing
         # configured needs the general objects: plain filters only, no ``local_reply_config``.
         self.lean_ok = self.plain_ok and not self.local_reply
