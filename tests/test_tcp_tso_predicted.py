@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tcp_helpers import T0, fix_iss, open_active
+from tcp_helpers import ACK, T0, fix_iss, open_active, seq_add
 from test_offload import offload_core, parse_out, payload_len, push, scapy_tcp_checksum_ok
 
 from trio_yastack.nic.tap import complete_checksum
@@ -66,17 +66,28 @@ class LayeredCalls:
         monkeypatch.setattr(_output, "tcp_checksum_and_send", counting)
 
 
-def exchange(port: str, fast: bool, writes: list[int], peer_mss: int, seed: int = 1) -> Outcome:
+#: how the peer makes our segments: timestamps (``_send_data_segment`` -> ``_frame_predicted``);
+#: none (``_send_segment`` -> ``_headers_predicted``); out-of-order data of its own held by us, so
+#: that every segment carries a SACK block (``_send_segment`` too, gso_size the MSS less the block)
+PEERS = ["timestamps", "no-timestamps", "sack-held"]
+
+
+def exchange(
+    port: str, fast: bool, writes: list[int], peer_mss: int, seed: int = 1, peer_kind: str = "timestamps"
+) -> Outcome:
     """Open a connection on a core with ``port``'s offloads, fast path ``fast``, to a peer that
-    offers ``peer_mss``; send ``writes`` (sizes) one after the other, each flight acknowledged
-    (``push`` checks the peer got every byte); return every frame sent (type, gso_size, bytes),
-    the counters and the IP layer's next identification."""
+    offers ``peer_mss`` (and makes segments as ``peer_kind`` says); send ``writes`` (sizes) one
+    after the other, each flight acknowledged (``push`` checks the peer got every byte); return
+    every frame sent (type, gso_size, bytes), the counters and the IP layer's next identification."""
     tx_offload, tso, gso = PORTS[port]
     core = offload_core(tx_offload=tx_offload, tso=tso, gso=gso)
     core.fast_path = fast
-    conn, peer = open_active(core, mss=peer_mss)
+    conn, peer = open_active(core, mss=peer_mss, ts=peer_kind != "no-timestamps")
     rng = random.Random(seed)
     now = T0 + 1
+    if peer_kind == "sack-held":  # 100 bytes 1 000 bytes ahead: held, SACKed from now on
+        core.ether_input(peer.frame(ACK, b"z" * 100, now=now, seq=seq_add(peer.snd_nxt, 1000)), now)
+        core.take_outbox()
     frames: list[Any] = []
     for size in writes:
         sent, now = push(core, conn, peer, rng.randbytes(size), now + 0.001)
@@ -85,20 +96,23 @@ def exchange(port: str, fast: bool, writes: list[int], peer_mss: int, seed: int 
     return kept, core.statistics(), core.ip_layer.ident
 
 
+@pytest.mark.parametrize("peer_kind", PEERS)
 @pytest.mark.parametrize("peer_mss", [1460, 1000, 536])
 @pytest.mark.parametrize("port", list(PORTS))
 def test_tso_segments_predicted_are_the_layered_paths_frames(
-    monkeypatch: pytest.MonkeyPatch, port: str, peer_mss: int
+    monkeypatch: pytest.MonkeyPatch, port: str, peer_mss: int, peer_kind: str
 ) -> None:
     """The same bulk exchange (a 250 KB and a 200 KB write, then short ones) with the fast path
     on and off: the same frames byte for byte (type and gso_size too), counters and IP
-    identification.  With TSO the fast path sends every TSO segment by frame prediction, the
-    layered path none; without it every frame fits the MTU with a complete checksum."""
+    identification.  With TSO the fast path sends every TSO segment by frame prediction
+    (``_frame_predicted``, or ``_headers_predicted`` for a segment with SACK blocks or without
+    timestamps), the layered path none; without it every frame fits the MTU with a complete
+    checksum."""
     writes = [250_000, 200_000, 3_000, 1_000]
     calls = LayeredCalls(monkeypatch)
-    on = exchange(port, True, writes, peer_mss)
+    on = exchange(port, True, writes, peer_mss, peer_kind=peer_kind)
     layered_on = calls.tso
-    off = exchange(port, False, writes, peer_mss)
+    off = exchange(port, False, writes, peer_mss, peer_kind=peer_kind)
     assert on == off
     frames, stats, _ident = on
     tso_frames = [frame for _kind, gso_size, frame in frames if gso_size]
@@ -113,7 +127,12 @@ def test_tso_segments_predicted_are_the_layered_paths_frames(
         assert all(scapy_tcp_checksum_ok(frame) for kind, _gso, frame in frames if kind == "bytes")
     # every piece the wire carries is a TCP segment counted once (Linux's OutSegs)
     pieces = sum(-(-payload_len(frame) // gso_size) if gso_size else 1 for _kind, gso_size, frame in frames)
-    assert stats.tcp.counters["segments_sent"] == pieces + 2  # and the SYN and the handshake's ACK
+    # and the SYN and the handshake's ACK (and the duplicate ACK for the held data)
+    assert stats.tcp.counters["segments_sent"] == pieces + 2 + (peer_kind == "sack-held")
+    if peer_kind == "sack-held":
+        for kind, _gso, frame in frames:
+            whole = complete_checksum(bytearray(frame)) if kind == "OffloadPacket" else frame
+            assert parse_out(whole).options.sack_blocks
 
 
 def test_a_tso_segment_within_the_mtu_is_cut_for_a_port_without_tso() -> None:
@@ -167,10 +186,12 @@ def test_a_predicted_tso_segment_is_cut_by_the_port_into_valid_segments_numbered
     port=st.sampled_from(list(PORTS)),
     peer_mss=st.integers(min_value=300, max_value=1460),
     writes=st.lists(st.integers(min_value=1, max_value=90_000), min_size=1, max_size=4),
+    peer_kind=st.sampled_from(PEERS),
 )
 def test_any_bulk_exchange_leaves_the_same_frames_on_and_off(
-    port: str, peer_mss: int, writes: list[int]
+    port: str, peer_mss: int, writes: list[int], peer_kind: str
 ) -> None:
     """Writes of any size to a peer with any MSS, on any port: the fast path on and off send
     the same frames, counters and IP identifications."""
-    assert exchange(port, True, writes, peer_mss, seed=2) == exchange(port, False, writes, peer_mss, seed=2)
+    on = exchange(port, True, writes, peer_mss, seed=2, peer_kind=peer_kind)
+    assert on == exchange(port, False, writes, peer_mss, seed=2, peer_kind=peer_kind)

@@ -677,8 +677,10 @@ def _headers_predicted(
     a FIN, a segment with SACK blocks...): its Ethernet and IPv4 headers in one ``pack_into``,
     its checksum, and the frame queued -- what ``tcp_checksum_and_send`` -> ``ip_output`` ->
     ``_to_link`` -> ``ether_output`` do, with their counters (IPv6's twin is
-    ``TcpConnection6._frame_predicted6``).  The same declines as ``_frame_predicted``, and a
-    TSO segment; False (nothing written, nothing counted) sends it the general way."""
+    ``TcpConnection6._frame_predicted6``).  The same declines as ``_frame_predicted``, and the
+    same TSO rule: a TSO segment (one with SACK blocks, or to a peer without timestamps) is taken
+    when the port segments it, counted per piece; False (nothing written, nothing counted) sends
+    it the general way."""
     dst = conn.remote_ip
     ip_layer = core.ip_layer
     arp = core.arp
@@ -686,15 +688,15 @@ def _headers_predicted(
     total_len = 20 + tcp_len
     outbox = core.outbox
     offload = packet.__class__ is OffloadPacket
+    gso_size: int = packet.gso_size if offload else 0  # type: ignore[attr-defined]  # an OffloadPacket's mark
     if (
         entry is None
         or now >= entry[1] - arp.config.refresh_before
         or dst & ip_layer.netmask != ip_layer.network
         or dst == ip_layer.broadcast
         or dst == core.ip
-        or total_len > core.mtu
+        or total_len > (core.tso_max_size if gso_size else core.mtu)  # no TSO: tso_max_size is 0
         or len(outbox) >= core.outbox_limit
-        or (offload and packet.gso_size)  # type: ignore[attr-defined]  # an OffloadPacket's mark
         or hasattr(core.__class__, "_yas_tracer")  # the journey tracer's mark on a swapped class
     ):
         return False
@@ -717,7 +719,11 @@ def _headers_predicted(
         field = ~sum16(packet, FRAME_HEADROOM, tcp_len, pseudo) & 0xFFFF
     packet[FRAME_HEADROOM + 16] = field >> 8
     packet[FRAME_HEADROOM + 17] = field & 0xFF
-    conn.stats.segments_sent += 1
+    if gso_size:  # the segments the port cuts, as tcp_checksum_and_send counts them
+        payload = tcp_len - ((packet[FRAME_HEADROOM + 12] >> 4) << 2)
+        conn.stats.segments_sent += (payload + gso_size - 1) // gso_size
+    else:
+        conn.stats.segments_sent += 1
     ip_layer.stats.sent += 1
     outbox.append(packet if offload else bytes(packet))
     core.stats_ether.sent += 1
