@@ -23,13 +23,24 @@ import random
 from typing import Any
 
 import pytest
+import trio
+import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tcp_helpers import ACK, T0, fix_iss, open_active, seq_add
+from tcp_sim_helpers import (
+    checksum_drops,
+    connected_pair,
+    make_payload,
+    receive_all,
+    send_all_then_eof,
+    sha256,
+    two_stacks,
+)
 from test_offload import offload_core, parse_out, payload_len, push, scapy_tcp_checksum_ok
 
 from trio_yastack.nic.tap import complete_checksum
-from trio_yastack.stack import OffloadPacket, StackCore, StackStatistics
+from trio_yastack.stack import OffloadPacket, StackCore, StackStatistics, _core
 from trio_yastack.stack._native import py_tcp4_segment
 from trio_yastack.stack.tcp import _output
 
@@ -195,3 +206,31 @@ def test_any_bulk_exchange_leaves_the_same_frames_on_and_off(
     the same frames, counters and IP identifications."""
     on = exchange(port, True, writes, peer_mss, seed=2, peer_kind=peer_kind)
     assert on == exchange(port, False, writes, peer_mss, seed=2, peer_kind=peer_kind)
+
+
+@pytest.mark.parametrize("corrupt", [0.0, 0.03], ids=["clean", "lossy"])
+async def test_over_the_offload_wire_tso_frames_leave_by_prediction(
+    monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock, corrupt: float
+) -> None:
+    """Two stacks on ``memory_wire(offloads=True)`` (a TAP's or virtio's offloads), 1 MB one way,
+    the wire clean or corrupting frames (each a loss: retransmissions are TSO segments too): the
+    receiver gets every byte; with the fast path on no TSO segment took the layered path, with it
+    off every one did, and the same bytes arrived."""
+    data = make_payload(11, 1_000_000)
+    layered: list[int] = []
+    for fast in (True, False):
+        monkeypatch.setattr(_core, "FAST_PATH_DEFAULT", fast)
+        calls = LayeredCalls(monkeypatch)
+        async with two_stacks(5, offloads=True, corrupt=corrupt) as (a, b):
+            client, server, _listener = await connected_pair(a, b)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(send_all_then_eof, client, data)
+                got = await receive_all(server)
+            assert sha256(got) == sha256(data)
+            assert a.port.statistics().opackets < 400  # TSO frames: ~690 segments' worth of data
+            if corrupt:
+                assert checksum_drops(a, b) > 0
+                assert a.statistics().tcp.counters["retransmitted_segments"] > 0
+        layered.append(calls.tso)
+        monkeypatch.undo()
+    assert layered[0] == 0 and layered[1] > 0, layered
