@@ -9,9 +9,9 @@ Both sides run the same trio code in one ``trio.run`` on one core (``trio.serve_
   segments per second on the wire, in two rows: ``ours_bulk``, 1500-byte frames each carrying
   its own checksums, and ``ours_offloads_bulk``, the wire given what the kernel's loopback or a
   virtio-net pair has (``memory_wire(offloads=True)``: checksum offload both ways, TSO frames of
-  up to 64 KiB that cross whole).  The kernel's loopback runs with a 64 KiB MTU and no checksums, so the offload
-  row is the fair comparison, and the one issue 18's bar (625 MB/s) reads; ``ratio_bulk`` stays
-  the 1500-byte row's, ``ratio_bulk_offloads`` is the offload row's;
+  up to 64 KiB that cross whole).  The kernel's loopback runs with a 64 KiB MTU and no
+  checksums, so the offload row is the fair comparison, and the one issue 18's bar (625 MB/s)
+  reads; ``ratio_bulk`` stays the 1500-byte row's, ``ratio_bulk_offloads`` is the offload row's;
 - connections per second: connect, one request byte, one reply byte, close, one after another
   (and the process's CPU time per connection, which other load on the machine disturbs less).
 
