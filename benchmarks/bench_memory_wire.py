@@ -4,13 +4,14 @@ Both sides run the same trio code in one ``trio.run`` on one core (``trio.serve_
 ``trio.open_tcp_stream``): ours with both stacks open on the two ends of a fault-free
 ``memory_wire`` (MTU 1500), the peer on kernel sockets over 127.0.0.1.  Measured:
 
-- one bulk connection: MB/s of payload, and (ours) TCP segments per second on the wire, in two
-  rows: ``ours_bulk``, 1500-byte frames each carrying its own checksums, and
-  ``ours_offloads_bulk``, the wire given what the kernel's loopback or a virtio-net pair has
-  (``memory_wire(offloads=True)``: checksum offload both ways, TSO frames of up to 64 KiB that
-  cross whole).  The kernel's loopback runs with a 64 KiB MTU and no checksums, so the offload
-  row is the fair comparison, and the one issue 18's bar (625 MB/s) reads; ``ratio_bulk`` stays
-  the 1500-byte row's, ``ratio_bulk_offloads`` is the offload row's;
+- one bulk connection: MB/s of payload, MB per CPU-second of the process (``mb_per_cpu_s``: what
+  a core of its own would move; steadier than wall time on a shared machine), and (ours) TCP
+  segments per second on the wire, in two rows: ``ours_bulk``, 1500-byte frames each carrying
+  its own checksums, and ``ours_offloads_bulk``, the wire given what the kernel's loopback or a
+  virtio-net pair has (``memory_wire(offloads=True)``: checksum offload both ways, TSO frames of
+  up to 64 KiB that cross whole).  The kernel's loopback runs with a 64 KiB MTU and no
+  checksums, so the offload row is the fair comparison, and the one issue 18's bar (625 MB/s)
+  reads; ``ratio_bulk`` stays the 1500-byte row's, ``ratio_bulk_offloads`` is the offload row's;
 - connections per second: connect, one request byte, one reply byte, close, one after another
   (and the process's CPU time per connection, which other load on the machine disturbs less).
 
@@ -18,6 +19,7 @@ Frames per second through ``ether_input`` to a UDP socket are ``bench_udp_input.
 alternate ours and the kernel; medians, min-max and ratios are printed and written as JSON.
 
     python benchmarks/bench_memory_wire.py [--megabytes N] [--connections N] [--rounds R] [--quick]
+    python benchmarks/bench_memory_wire.py --offloads-only [--megabytes N] [--rounds R]
 """
 
 from __future__ import annotations
@@ -48,9 +50,10 @@ async def _one_byte_echo(stream: trio.SocketStream) -> None:
     await stream.aclose()
 
 
-async def _bulk(host: str, port: int, nbytes: int) -> float:
+async def _bulk(host: str, port: int, nbytes: int, cpu: list[float]) -> float:
     stream = await trio.open_tcp_stream(host, port)
     started = time.perf_counter()
+    cpu_started = time.process_time()
     sent = 0
     while sent < nbytes:
         await stream.send_all(CHUNK)
@@ -58,6 +61,7 @@ async def _bulk(host: str, port: int, nbytes: int) -> float:
     await stream.send_eof()
     await stream.receive_some(1)  # the server closes after reading everything
     elapsed = time.perf_counter() - started
+    cpu.append(time.process_time() - cpu_started)
     await stream.aclose()
     return elapsed
 
@@ -114,8 +118,11 @@ def run_case(ours: bool, what: str, amount: int, offloads: bool = False) -> dict
                 server_stack = await stack.enter_async_context(open_stack(server_port, ip="198.18.0.1/24"))
                 host = "198.18.0.1"
             if what == "bulk":
-                elapsed = await _with_servers(host, lambda h: _bulk(h, 5001, amount), server_stack)
-                result = {"mb_per_s": amount / elapsed / 1e6}
+                cpu_bulk: list[float] = []
+                elapsed = await _with_servers(host, lambda h: _bulk(h, 5001, amount, cpu_bulk), server_stack)
+                # MB per CPU-second of this process (both stacks, or both ends' system calls): what a
+                # core of its own would move, and steadier than wall time when other load shares the CPU
+                result = {"mb_per_s": amount / elapsed / 1e6, "mb_per_cpu_s": amount / cpu_bulk[0] / 1e6}
                 if ours:
                     result["segments_per_s"] = client.statistics().tcp.counters["segments_sent"] / elapsed
                 return result
@@ -136,11 +143,24 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="small sizes, 1 round (CI smoke)")
+    parser.add_argument(
+        "--offloads-only",
+        action="store_true",
+        help="only the offload bulk row (ours): for side-by-side runs of two trees; writes no JSON",
+    )
     args = parser.parse_args()
     megabytes, connections, rounds = (
         (8, 100, 1) if args.quick else (args.megabytes, args.connections, args.rounds)
     )
     runs: dict[str, list[dict[str, float]]] = {}
+    if args.offloads_only:
+        for _ in range(rounds):
+            runs.setdefault("ours_offloads_bulk", []).append(
+                run_case(True, "bulk", megabytes * 1_000_000, offloads=True)
+            )
+        cases = {name: {key: spread([r[key] for r in rs]) for key in rs[0]} for name, rs in runs.items()}
+        print(json.dumps({"megabytes": megabytes, "rounds": rounds, "cases": cases}, indent=2))
+        return
     for _ in range(rounds):
         for ours in (True, False):
             side = "ours" if ours else "kernel"

@@ -600,23 +600,36 @@ def _frame_predicted(
     and TCP (timestamps) headers of a data segment to an on-link peer whose MAC is cached and
     fresh, packed in one ``pack_into`` with both checksums, and the frame queued -- what
     ``tcp_checksum_and_send`` -> ``ip_output`` -> ``_to_link`` -> ``ether_output`` do, with
-    their counters, without four calls and three packs.  False (nothing written, nothing
-    counted) for everything else: an off-link or broadcast peer, our own address, an ARP
-    entry missing or due for refresh, a full outbox, a datagram over the MTU, and a traced
-    core (a traced segment passes every layer's trace point)."""
+    their counters, without four calls and three packs.
+
+    A TSO segment (an ``OffloadPacket`` with ``gso_size``) is taken when the port segments it
+    (``core.tso_max_size``: the datagram may then exceed the MTU, up to the port's TSO size),
+    with the layered path's frame and counters: one IP identification for the whole segment
+    (the port numbers the pieces it cuts from it, +1 each, as Linux's and virtio's TSO do),
+    one ``ip_output``/``ether_output`` datagram, and a TCP segment counted per piece the wire
+    will carry (Linux's OutSegs).  Without TSO the port cannot take it whole, so it declines,
+    and ``ether_output`` cuts it in software (GSO) -- also when the segment fits the MTU,
+    which a peer's small MSS allows.
+
+    False (nothing written, nothing counted) for everything else: an off-link or broadcast
+    peer, our own address, an ARP entry missing or due for refresh, a full outbox, a datagram
+    over the MTU (over the TSO size for a TSO segment), and a traced core (a traced segment
+    passes every layer's trace point)."""
     dst = conn.remote_ip
     ip_layer = core.ip_layer
     arp = core.arp
     entry = arp.cache.get(dst)
     total_len = 20 + tcp_len
     outbox = core.outbox
+    offload = packet.__class__ is OffloadPacket
+    gso_size: int = packet.gso_size if offload else 0  # type: ignore[attr-defined]  # an OffloadPacket's mark
     if (
         entry is None
         or now >= entry[1] - arp.config.refresh_before
         or dst & ip_layer.netmask != ip_layer.network
         or dst == ip_layer.broadcast
         or dst == core.ip
-        or total_len > core.mtu
+        or total_len > (core.tso_max_size if gso_size else core.mtu)  # no TSO: tso_max_size is 0
         or len(outbox) >= core.outbox_limit
         # the journey tracer's mark on a swapped class, looked up in the class's own namespace (where
         # the tracer puts it): hasattr() on a class that lacks it raised and caught an
@@ -632,7 +645,6 @@ def _frame_predicted(
     total = (total & 0xFFFF) + (total >> 16)
     total = (total & 0xFFFF) + (total >> 16)
     pseudo = addresses + IPPROTO_TCP + tcp_len
-    offload = packet.__class__ is OffloadPacket
     if offload:  # CHECKSUM_PARTIAL, as tcp_checksum_and_send: the folded pseudo-header sum
         pseudo = (pseudo & 0xFFFF) + (pseudo >> 16)
         field = (pseudo & 0xFFFF) + (pseudo >> 16)
@@ -648,7 +660,10 @@ def _frame_predicted(
         field = ~sum16(packet, FRAME_HEADROOM, tcp_len, pseudo) & 0xFFFF
         packet[FRAME_HEADROOM + 16] = field >> 8
         packet[FRAME_HEADROOM + 17] = field & 0xFF
-    conn.stats.segments_sent += 1
+    if gso_size:  # the segments the port cuts, as tcp_checksum_and_send counts them
+        conn.stats.segments_sent += (tcp_len - 32 + gso_size - 1) // gso_size
+    else:
+        conn.stats.segments_sent += 1
     ip_layer.stats.sent += 1
     outbox.append(packet if offload else bytes(packet))
     core.stats_ether.sent += 1
@@ -671,8 +686,10 @@ def _headers_predicted(
     a FIN, a segment with SACK blocks...): its Ethernet and IPv4 headers in one ``pack_into``,
     its checksum, and the frame queued -- what ``tcp_checksum_and_send`` -> ``ip_output`` ->
     ``_to_link`` -> ``ether_output`` do, with their counters (IPv6's twin is
-    ``TcpConnection6._frame_predicted6``).  The same declines as ``_frame_predicted``, and a
-    TSO segment; False (nothing written, nothing counted) sends it the general way."""
+    ``TcpConnection6._frame_predicted6``).  The same declines as ``_frame_predicted``, and the
+    same TSO rule: a TSO segment (one with SACK blocks, or to a peer without timestamps) is taken
+    when the port segments it, counted per piece; False (nothing written, nothing counted) sends
+    it the general way."""
     dst = conn.remote_ip
     ip_layer = core.ip_layer
     arp = core.arp
@@ -680,15 +697,15 @@ def _headers_predicted(
     total_len = 20 + tcp_len
     outbox = core.outbox
     offload = packet.__class__ is OffloadPacket
+    gso_size: int = packet.gso_size if offload else 0  # type: ignore[attr-defined]  # an OffloadPacket's mark
     if (
         entry is None
         or now >= entry[1] - arp.config.refresh_before
         or dst & ip_layer.netmask != ip_layer.network
         or dst == ip_layer.broadcast
         or dst == core.ip
-        or total_len > core.mtu
+        or total_len > (core.tso_max_size if gso_size else core.mtu)  # no TSO: tso_max_size is 0
         or len(outbox) >= core.outbox_limit
-        or (offload and packet.gso_size)  # type: ignore[attr-defined]  # an OffloadPacket's mark
         # the journey tracer's mark on a swapped class, looked up in the class's own namespace (where
         # the tracer puts it): hasattr() on a class that lacks it raised and caught an
         # AttributeError, ~0.5 us of every segment sent
@@ -714,7 +731,11 @@ def _headers_predicted(
         field = ~sum16(packet, FRAME_HEADROOM, tcp_len, pseudo) & 0xFFFF
     packet[FRAME_HEADROOM + 16] = field >> 8
     packet[FRAME_HEADROOM + 17] = field & 0xFF
-    conn.stats.segments_sent += 1
+    if gso_size:  # the segments the port cuts, as tcp_checksum_and_send counts them
+        payload = tcp_len - ((packet[FRAME_HEADROOM + 12] >> 4) << 2)
+        conn.stats.segments_sent += (payload + gso_size - 1) // gso_size
+    else:
+        conn.stats.segments_sent += 1
     ip_layer.stats.sent += 1
     outbox.append(packet if offload else bytes(packet))
     core.stats_ether.sent += 1
