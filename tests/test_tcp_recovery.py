@@ -45,7 +45,7 @@ from tcp_sim_helpers import (
 from trio_yastack.nic import SOAK_FAULTS, FaultPort, Port, PortCapabilities, PortWrapper
 from trio_yastack.stack import OffloadPacket, StackCore, TcpConfig
 from trio_yastack.stack._native import tcp4_segment
-from trio_yastack.stack.tcp._cc import INFINITE_SSTHRESH
+from trio_yastack.stack.tcp._cc import INFINITE_SSTHRESH, NewReno
 from trio_yastack.stack.tcp._rack import (
     LOST,
     RACKED,
@@ -740,6 +740,67 @@ async def test_tail_loss_is_repaired_by_the_probe(autojump_clock: trio.testing.M
             assert elapsed > 0.2
         await client.aclose()
         await server.aclose()
+
+
+def drop_data_segments(*numbers: int) -> Callable[[bytes], bool]:
+    """A ``DropPort`` filter that loses the data-carrying segments sent ``numbers``-th (1-based)."""
+    count = 0
+
+    def drop(frame: bytes) -> bool:
+        nonlocal count
+        segment = tcp_segment(frame)
+        if segment is None or not segment.payload_len:
+            return False
+        count += 1
+        return count in numbers
+
+    return drop
+
+
+@pytest.mark.parametrize("lost", [(40,), (40, 44, 51)], ids=["one-loss", "three-losses"])
+async def test_recovery_without_sack_is_paced_by_prr_over_a_wire(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch, lost: tuple[int, ...]
+) -> None:
+    """Two stacks without SACK (NewReno), 300 segments over a 10 ms wire, the data segments sent
+    ``lost``-th lost once (three in one window in the second case): the duplicate ACKs start one
+    fast recovery, partial ACKs repair the rest, no timeout, the data arrives intact, and at the
+    full ACK cwnd is ssthresh with the flight no larger.  (The inflation before PRR passed this
+    too, with more in flight at the exit: 7 and 5 segments against 4 and 3 now, ssthresh 9; the
+    tier-2 tests above are the ones that tell the two apart, ACK by ACK.)"""
+    exits: list[tuple[int, int, int]] = []
+    original = NewReno.on_recovery_exit
+
+    def on_recovery_exit(cc: NewReno, now: float) -> None:
+        original(cc, now)
+        exits.append((cc.cwnd, cc.ssthresh, flight()))
+
+    monkeypatch.setattr(NewReno, "on_recovery_exit", on_recovery_exit)
+    config = TcpConfig(sack=False, congestion_control="newreno")
+    async with two_stacks(
+        23, tcp=config, wrap_a=lambda port: DropPort(port, drop_data_segments(*lost)), latency=0.01
+    ) as (a, b):
+        client, server, _listener = await connected_pair(a, b)
+        conn = connection(client)
+        assert not conn.sack_on
+
+        def flight() -> int:
+            return conn.snd_max - conn.snd_una
+
+        data = make_payload(23, 300 * conn.mss)
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(send_all_then_eof, client, data)
+                received = await receive_all(server)
+        assert received == data
+        stats = tcp_stats(a)
+        print(f"lost {lost}: (cwnd, ssthresh, flight) at the exit {exits}")
+        assert (stats.rto_timeouts, stats.recovery_episodes, stats.fast_retransmits) == (0, 1, 1)
+        assert stats.retransmitted_segments == len(lost)
+        [(cwnd, ssthresh, in_flight)] = exits
+        assert cwnd == ssthresh and in_flight <= ssthresh
+        await client.aclose()
+        await server.aclose()
+    check_no_internal_errors(a, b)
 
 
 def drop_twice(n: int) -> Callable[[bytes], bool]:
