@@ -140,10 +140,11 @@ def tcp_output(self: TcpConnection, now: float, *, limited_transmit: bool = Fals
         cc.on_idle_restart(now, self.rto, now - self.last_send)
     sent_any = False
     data_end = sndbuf.end  # sending never changes it
-    sack_recovery = self.in_recovery and self.sack_on
+    in_recovery = self.in_recovery
+    sack_recovery = in_recovery and self.sack_on
     # Recovery without SACK (PRR, _rack.reno_*): the duplicate ACKs counted left the network, so
     # cwnd (pipe + PRR's sndcnt) is measured against the flight less them, RFC 6937's pipe.
-    reno_recovery = self.in_recovery and not self.sack_on
+    reno_recovery = in_recovery and not sack_recovery
     reno_delivered = self.dupacks * self.mss if reno_recovery else 0
     rack = self.rack
     pipe = rack.pipe() if sack_recovery and rack is not None else 0
