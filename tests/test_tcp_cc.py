@@ -243,13 +243,14 @@ def test_congestion_event_never_raises_cwnd(cls: type[CongestionControl], factor
 
 @BOTH
 def test_recovery_exit_deflates_to_ssthresh(cls: type[CongestionControl]) -> None:
-    """The connection may inflate cwnd during fast recovery (RFC 6582); the full ACK deflates it to
-    ssthresh.  Without a congestion event first, recovery exit changes nothing."""
+    """The connection writes cwnd during fast recovery (PRR, RFC 6937: pipe + what it lets out,
+    which may be above ssthresh); the full ACK sets it to ssthresh.  Without a congestion event
+    first, recovery exit changes nothing."""
     cc = cls(MSS)
     cc.cwnd = 40 * MSS
     cc.on_congestion_event(1.0, 40 * MSS)
     ssthresh = cc.ssthresh
-    cc.cwnd += 3 * MSS + 5 * MSS  # 3 dupacks + 5 more, the connection's inflation
+    cc.cwnd += 8 * MSS  # what the connection's recovery left it at, above ssthresh
     cc.on_recovery_exit(1.5)
     assert cc.cwnd == ssthresh
     fresh = cls(MSS)

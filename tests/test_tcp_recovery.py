@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import random
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any, cast
@@ -44,7 +45,7 @@ from tcp_sim_helpers import (
 from trio_yastack.nic import SOAK_FAULTS, FaultPort, Port, PortCapabilities, PortWrapper
 from trio_yastack.stack import OffloadPacket, StackCore, TcpConfig
 from trio_yastack.stack._native import tcp4_segment
-from trio_yastack.stack.tcp._cc import INFINITE_SSTHRESH
+from trio_yastack.stack.tcp._cc import INFINITE_SSTHRESH, NewReno
 from trio_yastack.stack.tcp._rack import (
     LOST,
     RACKED,
@@ -529,6 +530,116 @@ def test_frto_goes_back_n_after_a_real_loss(monkeypatch: pytest.MonkeyPatch) -> 
     assert conn.cc.cwnd < 3 * conn.mss
 
 
+# -- tier 2: PRR without SACK (RFC 6937 with RFC 6582's retransmissions) ---------------------------
+class RenoRecovery:
+    """A connection whose peer does not do SACK (NewReno, no timestamps), 20 segments in flight
+    (cwnd set to 20 MSS, RFC 6937's worked example) and 60 queued, and a scripted receiver that
+    holds what arrives, drops the segments at ``lose`` (offsets in MSS, once each) and answers
+    every segment with a cumulative ACK, in the order the segments left -- the ACK clock of one
+    path.  Per ACK it records the data segments the ACK released (their offsets in MSS) and
+    whether the connection is in recovery after it."""
+
+    def __init__(self, lose: set[int], segments: int = 60) -> None:
+        self.core = tcp_core(sack=False, congestion_control="newreno")
+        self.conn, self.peer = open_active(self.core, sack=False, ts=False)
+        conn = self.conn
+        assert not conn.sack_on and conn.rack is None
+        self.mss = mss = conn.mss
+        self.base = seq_add(int(conn.iss), 1)
+        self.data = make_payload(19, segments * mss)
+        self.lose = {i * mss for i in lose}
+        self.held: dict[int, bytes] = {}
+        self.now = T0 + 1
+        assert self.peer.send(ACK, now=self.now) == []  # the window, scaled (RFC 7323)
+        conn.cc.cwnd = 20 * mss
+        conn.send(self.data, self.now)
+        self.wire = deque(self.peer.receive())
+        assert len(self.wire) == 20
+        self.log: list[tuple[list[int], bool]] = []
+        self.pipe_at_exit = self.cwnd_at_exit = -1
+
+    def run(self) -> bytes:
+        """Deliver until everything is acknowledged (bounded); what the receiver holds, in order."""
+        conn, mss = self.conn, self.mss
+        acked = 0
+        for _ in range(1000):
+            if not self.wire:
+                break
+            segment = self.wire.popleft()
+            start = (segment.seq - self.base) & 0xFFFF_FFFF
+            if start in self.lose:
+                self.lose.discard(start)
+                continue
+            self.held[start] = bytes(segment.payload)
+            while acked in self.held:
+                acked += len(self.held[acked])
+            self.now += 0.0005
+            was_in_recovery = conn.in_recovery
+            answer = self.peer.send(ACK, now=self.now, ack=seq_add(self.base, acked))
+            released = [s for s in answer if s.payload]
+            if was_in_recovery and not conn.in_recovery:
+                self.pipe_at_exit = (conn.snd_max - conn.snd_una) // mss
+                self.cwnd_at_exit = conn.cc.cwnd
+            offsets = [((s.seq - self.base) & 0xFFFF_FFFF) // mss for s in released]
+            self.log.append((offsets, conn.in_recovery))
+            self.wire.extend(released)
+        assert not self.wire and conn.snd_una == conn.snd_max
+        return b"".join(self.held[offset] for offset in sorted(self.held))
+
+
+def test_prr_without_sack_sends_one_segment_per_two_acks_while_the_pipe_is_above_ssthresh() -> None:
+    """One loss in a window of 20 (RFC 6937's example, NewReno's beta 0.5): from the third
+    duplicate ACK, the fast retransmit, then about one new segment per two ACKs (PRR's
+    proportional part, sndcnt = prr_delivered * ssthresh / RecoverFS - prr_out) while the pipe is
+    above ssthresh, one per ACK once it is down to ssthresh (PRR-SSRB) -- not NewReno's silence
+    for half a window and then a segment per ACK.  The flight and cwnd at the full ACK are
+    ssthresh; no timeout; the data is intact."""
+    run = RenoRecovery(lose={0})
+    assert run.run() == run.data
+    stats = run.core.statistics().tcp
+    assert (stats.fast_retransmits, stats.recovery_episodes, stats.rto_timeouts) == (1, 1, 0)
+    assert stats.retransmitted_segments == 1
+    # The first two duplicate ACKs: limited transmit (RFC 3042), two new segments, 20 and 21.
+    assert [released for released, _ in run.log[:2]] == [[20, 21], []]
+    in_recovery = [released for released, recovering in run.log if recovering]
+    assert in_recovery[0] == [0]  # the third: the fast retransmit
+    # RecoverFS = 22 segments (20 and the two of limited transmit), ssthresh = 10: after the
+    # n-th ACK of the episode, n * 10 // 22 segments sent in all (the retransmission at least),
+    # while the pipe (22 less the segments reported delivered, plus those sent) is above 10:
+    # the first 13 ACKs.
+    assert run.conn.cc.ssthresh == 10 * run.mss
+    sent = [len(released) for released in in_recovery]
+    assert [sum(sent[:n]) for n in range(1, 14)] == [max(1, n * 10 // 22) for n in range(1, 14)]
+    assert sent[:13] == [1, 0, 0, 0, 1, 0, 1, 0, 1, 0, 1, 0, 0]
+    # The 14th brings the pipe down to ssthresh; from there one per ACK, the pipe held at
+    # ssthresh (PRR-SSRB), until the full ACK.
+    assert sent[13] == 0 and set(sent[14:]) == {1}
+    assert run.pipe_at_exit == 10
+    assert run.cwnd_at_exit == run.conn.cc.ssthresh
+
+
+def test_prr_without_sack_repairs_several_losses_in_one_window_by_partial_acks() -> None:
+    """Segments 0, 5 and 12 of a window of 20 lost: one recovery episode (RFC 6582), each partial
+    ACK retransmits the next hole at once (and PRR one new segment with it), everything else is
+    paced by PRR -- at most one segment on any other ACK; the flight and cwnd at the full ACK are
+    ssthresh; no timeout; the data is intact."""
+    run = RenoRecovery(lose={0, 5, 12})
+    assert run.run() == run.data
+    stats = run.core.statistics().tcp
+    assert (stats.fast_retransmits, stats.recovery_episodes, stats.rto_timeouts) == (1, 1, 0)
+    assert stats.retransmitted_segments == 3
+    in_recovery = [released for released, recovering in run.log if recovering]
+    assert in_recovery[0] == [0]
+    # Before the first partial ACK, PRR's proportion as with one loss (NewReno's inflation
+    # would send nothing new until the duplicate ACKs had inflated cwnd past the flight).
+    assert sum(len(released) for released in in_recovery[:10]) == 10 * 10 // 22
+    partial = [released for released in in_recovery if len(released) > 1]
+    assert [released[0] for released in partial] == [5, 12]  # the hole first
+    assert all(len(released) == 2 for released in partial)
+    assert run.pipe_at_exit == 10
+    assert run.cwnd_at_exit == run.conn.cc.ssthresh == 10 * run.mss
+
+
 # -- tier 3: recovery over lossy wires ---------------------------------------------------------------
 class LossModel:
     """Picks which frames of one direction are lost: each frame of the kind ``data`` selects
@@ -629,6 +740,67 @@ async def test_tail_loss_is_repaired_by_the_probe(autojump_clock: trio.testing.M
             assert elapsed > 0.2
         await client.aclose()
         await server.aclose()
+
+
+def drop_data_segments(*numbers: int) -> Callable[[bytes], bool]:
+    """A ``DropPort`` filter that loses the data-carrying segments sent ``numbers``-th (1-based)."""
+    count = 0
+
+    def drop(frame: bytes) -> bool:
+        nonlocal count
+        segment = tcp_segment(frame)
+        if segment is None or not segment.payload_len:
+            return False
+        count += 1
+        return count in numbers
+
+    return drop
+
+
+@pytest.mark.parametrize("lost", [(40,), (40, 44, 51)], ids=["one-loss", "three-losses"])
+async def test_recovery_without_sack_is_paced_by_prr_over_a_wire(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch, lost: tuple[int, ...]
+) -> None:
+    """Two stacks without SACK (NewReno), 300 segments over a 10 ms wire, the data segments sent
+    ``lost``-th lost once (three in one window in the second case): the duplicate ACKs start one
+    fast recovery, partial ACKs repair the rest, no timeout, the data arrives intact, and at the
+    full ACK cwnd is ssthresh with the flight no larger.  (The inflation before PRR passed this
+    too, with more in flight at the exit: 7 and 5 segments against 4 and 3 now, ssthresh 9; the
+    tier-2 tests above are the ones that tell the two apart, ACK by ACK.)"""
+    exits: list[tuple[int, int, int]] = []
+    original = NewReno.on_recovery_exit
+
+    def on_recovery_exit(cc: NewReno, now: float) -> None:
+        original(cc, now)
+        exits.append((cc.cwnd, cc.ssthresh, flight()))
+
+    monkeypatch.setattr(NewReno, "on_recovery_exit", on_recovery_exit)
+    config = TcpConfig(sack=False, congestion_control="newreno")
+    async with two_stacks(
+        23, tcp=config, wrap_a=lambda port: DropPort(port, drop_data_segments(*lost)), latency=0.01
+    ) as (a, b):
+        client, server, _listener = await connected_pair(a, b)
+        conn = connection(client)
+        assert not conn.sack_on
+
+        def flight() -> int:
+            return conn.snd_max - conn.snd_una
+
+        data = make_payload(23, 300 * conn.mss)
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(send_all_then_eof, client, data)
+                received = await receive_all(server)
+        assert received == data
+        stats = tcp_stats(a)
+        print(f"lost {lost}: (cwnd, ssthresh, flight) at the exit {exits}")
+        assert (stats.rto_timeouts, stats.recovery_episodes, stats.fast_retransmits) == (0, 1, 1)
+        assert stats.retransmitted_segments == len(lost)
+        [(cwnd, ssthresh, in_flight)] = exits
+        assert cwnd == ssthresh and in_flight <= ssthresh
+        await client.aclose()
+        await server.aclose()
+    check_no_internal_errors(a, b)
 
 
 def drop_twice(n: int) -> Callable[[bytes], bool]:

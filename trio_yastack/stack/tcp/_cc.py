@@ -5,15 +5,15 @@ and reads ``cwnd`` and ``ssthresh`` back.  Every window quantity is in BYTES (RF
 bytes); CUBIC's equations are written in segments in RFC 9438 and are scaled by the MSS here.
 
 Who does what.  The connection owns loss detection and recovery: it decides when fast retransmit
-starts (three duplicate ACKs, or SACK per RFC 6675), does the RFC 6582 inflation and partial-ACK
-deflation on ``cwnd`` itself if it wants to, and ends recovery.  This module owns how much the
+starts (three duplicate ACKs, or SACK per RFC 6675), sets ``cwnd`` during recovery itself (PRR,
+RFC 6937, with or without SACK: pipe + what PRR lets out), and ends recovery.  This module owns how much the
 window shrinks on a loss and how it grows afterwards.  The calls, all cheap and allocation-free:
 
 - ``on_ack(acked, now, rtt, in_flight)``: an ACK acknowledged ``acked`` > 0 new DATA bytes (not
   the SYN or FIN) outside fast recovery.  ``in_flight`` is snd_max - snd_una before this ACK (RFC
   5681 FlightSize); ``rtt`` the latest RTT sample or srtt in seconds, or None (the last is kept).
 - ``on_congestion_event(now, in_flight)``: once per recovery episode, when fast retransmit
-  starts, BEFORE the connection inflates ``cwnd``.
+  starts, BEFORE the connection sets ``cwnd`` for the recovery (PRR).
 - ``on_recovery_exit(now)``: the full ACK that ends that recovery.  Not after an RTO, which
   itself ends fast recovery (RFC 6582 section 3.2, step 4).
 - ``on_rto(now, in_flight)``: every retransmission timeout; repeated ones for the same segment
@@ -25,7 +25,7 @@ window shrinks on a loss and how it grows afterwards.  The calls, all cheap and 
 
 Invariants the connection may rely on: ``cwnd`` is an int >= 1 MSS, and ``ssthresh`` is an int
 >= 2 MSS (it starts "infinite", :data:`INFINITE_SSTHRESH`).  The connection may write ``cwnd``
-while in recovery (inflation); it must keep it >= 1 MSS.
+while in recovery (PRR); it must keep it >= 1 MSS.
 """
 
 from __future__ import annotations
@@ -193,8 +193,8 @@ class CongestionControl:
         raise NotImplementedError
 
     def on_recovery_exit(self, now: float) -> None:
-        """Fast recovery ended with a full ACK: deflate to ssthresh (RFC 6582 section 3.2 step 3,
-        option 2), undoing whatever inflation the connection did during recovery."""
+        """Fast recovery ended with a full ACK: cwnd = ssthresh (RFC 6582 section 3.2 step 3,
+        option 2; RFC 6937 section 3), whatever the connection set it to during recovery."""
         if self.ssthresh < INFINITE_SSTHRESH:  # without a prior congestion event there is nothing to do
             self.cwnd = self.ssthresh
         self._bytes_acked = 0
@@ -276,7 +276,7 @@ class NewReno(CongestionControl):
 
     def on_congestion_event(self, now: float, in_flight: int) -> None:
         """RFC 5681 equation 4: ssthresh = max(FlightSize / 2, 2*SMSS), and cwnd = ssthresh (the
-        connection adds the 3*SMSS inflation itself, or uses RFC 6675's pipe with SACK).
+        connection then paces the recovery with PRR, RFC 6937, against its pipe).
 
         FlightSize rather than cwnd, as the RFC insists, so an application-limited sender is not
         left with a window it never used.  But never more than cwnd: a loss must not raise the

@@ -31,7 +31,7 @@ from .._seq import seq_lt, unwrap
 from ..wire.tcp import TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, TcpOptions
 from ._buffers import NO_REASSEMBLY, NO_SACKS, ReassemblyQueue, SackScoreboard, SendBuffer
 from ._output import MAX_WINDOW_SHIFT, window_shift_for
-from ._rack import SentLog
+from ._rack import SentLog, reno_duplicate_ack, reno_enter_recovery, reno_partial_ack
 from ._states import (
     CLOSE_WAIT,
     CLOSED,
@@ -591,8 +591,7 @@ def _ack_advances(self: TcpConnection, ack: int, tsecr: int, now: float) -> None
         else:
             # Partial ACK (RFC 6582 3.2 / RFC 6675): retransmit the next hole at once.
             if not self.sack_on:
-                self.cc.cwnd = max(self.cc.cwnd - acked + self.mss, self.mss)
-                self._retransmit(self.snd_una, now)
+                reno_partial_ack(self, acked, now)
     else:
         self.dupacks = 0
         self.cc.on_ack(max(data_acked, 0), now, rtt if rtt is not None else (self.srtt or None), in_flight)
@@ -620,10 +619,11 @@ def _rtt_sample(self: TcpConnection, rtt: float) -> None:
 
 def _on_duplicate_ack(self: TcpConnection, now: float) -> None:
     """Without RACK: fast retransmit on the third duplicate ACK, or when SACK shows loss by
-    bytes (RFC 5681, RFC 6675)."""
+    bytes (RFC 5681, RFC 6675).  Without SACK the recovery is RFC 6582's, paced by PRR (RFC
+    6937) instead of its window inflation (``_rack.reno_*``)."""
     if self.in_recovery:
         if not self.sack_on:
-            self.cc.cwnd += self.mss  # NewReno inflation: a segment left the network
+            reno_duplicate_ack(self)  # PRR: a segment left the network
         self.tcp_output(now)
         return
     lost = self.dupacks >= 3 or (self.sack_on and self.scoreboard.is_lost(self.snd_una, self.mss))
@@ -642,9 +642,9 @@ def _on_duplicate_ack(self: TcpConnection, now: float) -> None:
     self.stats.recovery_episodes += 1
     if self.sack_on:
         self.stats.sack_recovery_episodes += 1
+        self._retransmit(self.snd_una, now)
     else:
-        self.cc.cwnd = self.cc.ssthresh + 3 * self.mss
-    self._retransmit(self.snd_una, now)
+        reno_enter_recovery(self, in_flight, now)  # the fast retransmit, and PRR from here
     self.tcp_output(now)
 
 

@@ -140,7 +140,12 @@ def tcp_output(self: TcpConnection, now: float, *, limited_transmit: bool = Fals
         cc.on_idle_restart(now, self.rto, now - self.last_send)
     sent_any = False
     data_end = sndbuf.end  # sending never changes it
-    sack_recovery = self.in_recovery and self.sack_on
+    in_recovery = self.in_recovery
+    sack_recovery = in_recovery and self.sack_on
+    # Recovery without SACK (PRR, _rack.reno_*): the duplicate ACKs counted left the network, so
+    # cwnd (pipe + PRR's sndcnt) is measured against the flight less them, RFC 6937's pipe.
+    reno_recovery = in_recovery and not sack_recovery
+    reno_delivered = self.dupacks * self.mss if reno_recovery else 0
     rack = self.rack
     pipe = rack.pipe() if sack_recovery and rack is not None else 0
     hint = 0  # the entry of the sent log to look for the next loss from
@@ -182,7 +187,7 @@ def tcp_output(self: TcpConnection, now: float, *, limited_transmit: bool = Fals
                 # Going back N after an RTO: what the receiver SACKed since is not sent again
                 # (Linux's loss state retransmits only what is marked lost).
                 self.snd_nxt, sacked_at = rack.unsacked_from(self.snd_nxt)
-            flight = self.snd_nxt - self.snd_una
+            flight = self.snd_nxt - self.snd_una - reno_delivered
         window = min(self.snd_wnd, cc.cwnd)
         if limited_transmit:
             if sent_any:
@@ -236,6 +241,8 @@ def tcp_output(self: TcpConnection, now: float, *, limited_transmit: bool = Fals
             self._send_data(self.snd_nxt, length, flags, now)
             if sack_recovery:
                 pipe += length
+                self.prr_out += length
+            elif reno_recovery:
                 self.prr_out += length
             sent_any = True
             continue

@@ -18,7 +18,9 @@ Linux's ``packets_out - sacked_out - lost_out + retrans_out``) and the next segm
 
 The connection's functions for loss detection, recovery with PRR (RFC 6937) and the tail loss
 probe (RFC 8985 section 7) follow the class; they are methods of
-:class:`~trio_yastack.stack.tcp._conn.TcpConnection`, bound in its class body.
+:class:`~trio_yastack.stack.tcp._conn.TcpConnection`, bound in its class body.  PRR paces the
+recovery of a peer without SACK too (the ``reno_*`` functions, called from ``_input.py``), with
+the delivered data estimated from duplicate ACKs, as Linux does.
 """
 
 from __future__ import annotations
@@ -516,11 +518,11 @@ def _enter_recovery(self: TcpConnection, now: float) -> None:
 
 def _prr_update(self: TcpConnection, delivered: int) -> None:
     """RFC 6937 section 3 with the SSRB bound: cwnd becomes pipe + sndcnt, so what
-    ``tcp_output`` sends in recovery follows what the receiver reports delivered."""
+    ``tcp_output`` sends in recovery follows what the receiver reports delivered.  The pipe is
+    the sent log's with SACK (RACK), :func:`reno_pipe` without."""
     rack = self.rack
-    assert rack is not None
     self.prr_delivered += delivered
-    pipe = rack.pipe()
+    pipe = rack.pipe() if rack is not None else reno_pipe(self)
     cc = self.cc
     ssthresh = cc.ssthresh
     if pipe > ssthresh:
@@ -531,6 +533,72 @@ def _prr_update(self: TcpConnection, delivered: int) -> None:
     if sndcnt < self.mss and not self.prr_out:
         sndcnt = self.mss  # the fast retransmit itself always goes (as Linux's tcp_cwnd_reduction)
     cc.cwnd = pipe + (sndcnt if sndcnt > 0 else 0)
+
+
+# -- PRR without SACK (Linux paces every fast recovery with PRR: tcp_cwnd_reduction) -------------
+#
+# Without SACK nothing says which segments the receiver holds, only how many: each duplicate ACK
+# is one more segment that left the network (RFC 6937 section 3: DeliveredData "estimated from
+# the duplicate ACKs").  ``dupacks`` is that count during recovery, as Linux's ``sacked_out`` for
+# a Reno connection (tcp_add_reno_sack); a partial ACK takes back the ones it covers, all but the
+# hole it filled (tcp_remove_reno_sacks), and it never exceeds the segments in flight less the one
+# hole (tcp_limit_reno_sacked).  What is retransmitted stays RFC 6582's: the first unacknowledged
+# segment, at the third duplicate ACK and on each partial ACK; cwnd is never inflated.
+
+
+def reno_pipe(self: TcpConnection) -> int:
+    """RFC 6937's pipe without SACK: the flight less one MSS per duplicate ACK counted (the lost
+    head, once retransmitted, is in flight again, as Linux's ``lost_out`` and ``retrans_out``)."""
+    pipe = self.snd_max - self.snd_una - self.dupacks * self.mss
+    return pipe if pipe > 0 else 0
+
+
+def _reno_limit_dupacks(self: TcpConnection) -> bool:
+    """Keep the duplicate ACKs counted to the segments in flight less one, the hole (Linux's
+    tcp_limit_reno_sacked: more come when the peer duplicates ACKs, or the network does).  True
+    when the count had to be cut."""
+    most = (self.snd_max - self.snd_una - 1) // self.mss
+    if self.dupacks > most:
+        self.dupacks = most if most > 0 else 0
+        return True
+    return False
+
+
+def reno_enter_recovery(self: TcpConnection, in_flight: int, now: float) -> None:
+    """The third duplicate ACK without SACK, after ``on_congestion_event`` (cwnd = ssthresh):
+    PRR's counters start, the head goes again (RFC 6582 3.2 step 2: the fast retransmit, which
+    PRR always lets out), and this ACK's segment counts as delivered."""
+    self.prr_delivered = 0
+    self.prr_out = 0
+    self.recover_fs = in_flight if in_flight > 0 else 1
+    _reno_limit_dupacks(self)
+    self._retransmit(self.snd_una, now)
+    self.prr_out += min(self.mss, in_flight)
+    self._prr_update(self.mss)
+
+
+def reno_duplicate_ack(self: TcpConnection) -> None:
+    """A duplicate ACK in recovery without SACK (already counted in ``dupacks``): one more
+    segment delivered, unless the count is at its bound (then nothing is known to have left)."""
+    if not _reno_limit_dupacks(self):
+        self._prr_update(self.mss)
+
+
+def reno_partial_ack(self: TcpConnection, acked: int, now: float) -> None:
+    """A partial ACK in recovery without SACK (SND.UNA already moved by ``acked`` bytes): of
+    the segments it covers, all but the hole were counted by duplicate ACKs and are taken back
+    from ``dupacks``; what is left is this ACK's DeliveredData (Linux's tcp_remove_reno_sacks).
+    RFC 6582 3.2 step 3: the next unacknowledged segment, presumed lost, goes at once."""
+    mss = self.mss
+    counted = (acked + mss - 1) // mss - 1
+    if counted > self.dupacks:
+        counted = self.dupacks
+    self.dupacks -= counted
+    _reno_limit_dupacks(self)
+    self._retransmit(self.snd_una, now)
+    flight = self.snd_max - self.snd_una
+    self.prr_out += mss if mss < flight else flight
+    self._prr_update(acked - counted * mss)
 
 
 def _arm_rexmt(self: TcpConnection, now: float) -> None:
