@@ -16,6 +16,12 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc  # type: ignore[import-untyped]  # grpcio ships no type stubs
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.settings
+import h11
 import pytest
 import trio
 from proxy_helpers import Client, Response, running_proxy
@@ -205,6 +211,84 @@ async def test_grpc_web_binary_and_text_calls_with_cors(grpc_server: int) -> Non
             message = r.header("grpc-message") or frames(r.body)[1].get("grpc-message")
             assert status == "5" and message == "no such thing: x"
             await client.aclose()
+
+
+async def _early_answering_h2_server(
+    listener: trio.SocketListener, open_window: bool, requests: list[int], task_status: trio.TaskStatus[None]
+) -> None:
+    """An HTTP/2 gRPC upstream that answers each request as soon as its HEADERS arrive, then
+    resets the stream with NO_ERROR, asking the client to stop sending the rest (RFC 9113 8.1:
+    a server may answer before the request ends, as grpcio does once it has the request's
+    message).  Its streams' initial window is 0, so the proxy can send no DATA: the proxy's
+    upload of the body is still under way when the whole response is in.  ``open_window``: a
+    connection-level WINDOW_UPDATE follows the reset, waking that upload to find its stream reset
+    (what happened when grpcio's reset beat the proxy's END_STREAM)."""
+    task_status.started()
+    stream = await listener.accept()
+    config = h2.config.H2Configuration(client_side=False, header_encoding=None)
+    conn = h2.connection.H2Connection(config=config)
+    conn.local_settings = h2.settings.Settings(
+        client=False, initial_values={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0}
+    )
+    conn.initiate_connection()
+    async with stream:
+        await stream.send_all(conn.data_to_send())
+        while data := await stream.receive_some(65536):
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.RequestReceived):
+                    sid = event.stream_id
+                    requests.append(sid)
+                    conn.send_headers(sid, [(b":status", b"200"), (b"content-type", b"application/grpc")])
+                    conn.send_data(sid, frame(b"early %d" % sid))
+                    conn.send_headers(sid, [(b"grpc-status", b"0"), (b"grpc-message", b"")], end_stream=True)
+                    conn.reset_stream(sid, h2.errors.ErrorCodes.NO_ERROR)
+                    if open_window:
+                        conn.increment_flow_control_window(65536)
+                elif isinstance(event, h2.events.DataReceived):  # (the first stream's, sent before
+                    # the proxy had the server's SETTINGS)
+                    conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            await stream.send_all(conn.data_to_send())
+
+
+@pytest.mark.parametrize("open_window", [False, True], ids=["upload-blocked", "upload-finds-reset"])
+async def test_keep_alive_after_an_upstream_answers_before_the_request_ends(open_window: bool) -> None:
+    """The cause of this file's flaky first test: grpcio answered the streaming call (Items) once
+    it had the request's message, and reset the stream (NO_ERROR) before the proxy had read the
+    client's end of body and sent END_STREAM.  The proxy then closed the client connection,
+    though the client had sent its whole request, and the next call on it got no answer.
+    Here an upstream forces that order on every call; each call on the one kept-alive client
+    connection is answered, and the proxy accepted that connection once."""
+    port = _free_port()
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    requests: list[int] = []
+    async with trio.open_nursery() as nursery:
+        upstream_port = listeners[0].socket.getsockname()[1]
+        await nursery.start(_early_answering_h2_server, listeners[0], open_window, requests)
+        async with running_proxy(load_config(config(port, upstream_port)), None) as proxy:
+            with trio.fail_after(LIMIT):
+                client = Client(await trio.open_tcp_stream("127.0.0.1", port))
+                for n in range(4):
+                    body = frame(b"message %d" % n)
+                    headers = [
+                        ("host", client.host), ("content-type", "application/grpc-web+proto"),
+                        ("x-grpc-web", "1"), ORIGIN, ("content-length", str(len(body))),
+                    ]  # fmt: skip
+                    # head and body in one write: the whole request is at the proxy at once
+                    request = client.h11.send(
+                        h11.Request(method="POST", target=f"/{SERVICE}/Unary", headers=headers)
+                    )
+                    await client.stream.send_all(
+                        (request or b"") + (client.h11.send(h11.Data(data=body)) or b"")
+                        + (client.h11.send(h11.EndOfMessage()) or b"")
+                    )  # fmt: skip
+                    r = await client.read_response()
+                    assert r.status == 200 and r.header("content-type") == "application/grpc-web+proto"
+                    messages, trailers = frames(r.body)
+                    assert messages == [b"early %d" % requests[-1]] and trailers["grpc-status"] == "0"
+                assert len(requests) == 4
+                assert proxy.stats.value("http.ingress_http.downstream_cx_total") == 1
+                await client.aclose()
+        nursery.cancel_scope.cancel()
 
 
 def test_grpc_web_text_framing_round_trip() -> None:
