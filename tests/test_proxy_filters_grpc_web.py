@@ -213,6 +213,20 @@ async def test_grpc_web_binary_and_text_calls_with_cors(grpc_server: int) -> Non
             await client.aclose()
 
 
+async def call_in_one_write(client: Client, message: bytes) -> Response:
+    """A binary gRPC-Web call, head and body in one write: the whole request is at the proxy at
+    once (:func:`call` writes them apart, and the body may be still on its way)."""
+    body = frame(message)
+    headers = [
+        ("host", client.host), ("content-type", "application/grpc-web+proto"), ("x-grpc-web", "1"),
+        ORIGIN, ("content-length", str(len(body))),
+    ]  # fmt: skip
+    head = client.h11.send(h11.Request(method="POST", target=f"/{SERVICE}/Unary", headers=headers))
+    rest = (client.h11.send(h11.Data(data=body)) or b"") + (client.h11.send(h11.EndOfMessage()) or b"")
+    await client.stream.send_all((head or b"") + rest)
+    return await client.read_response()
+
+
 async def _early_answering_h2_server(
     listener: trio.SocketListener, open_window: bool, requests: list[int], task_status: trio.TaskStatus[None]
 ) -> None:
@@ -220,9 +234,10 @@ async def _early_answering_h2_server(
     resets the stream with NO_ERROR, asking the client to stop sending the rest (RFC 9113 8.1:
     a server may answer before the request ends, as grpcio does once it has the request's
     message).  Its streams' initial window is 0, so the proxy can send no DATA: the proxy's
-    upload of the body is still under way when the whole response is in.  ``open_window``: a
-    connection-level WINDOW_UPDATE follows the reset, waking that upload to find its stream reset
-    (what happened when grpcio's reset beat the proxy's END_STREAM)."""
+    upload of the body is still under way when the whole response is in (or finds the stream
+    reset, if it starts after the reset came).  ``open_window``: a connection-level WINDOW_UPDATE
+    follows the reset, waking a waiting upload to find its stream reset as the response is
+    relayed (the flaky runs' case: grpcio's reset came before the proxy's END_STREAM)."""
     task_status.started()
     stream = await listener.accept()
     config = h2.config.H2Configuration(client_side=False, header_encoding=None)
@@ -268,24 +283,40 @@ async def test_keep_alive_after_an_upstream_answers_before_the_request_ends(open
             with trio.fail_after(LIMIT):
                 client = Client(await trio.open_tcp_stream("127.0.0.1", port))
                 for n in range(4):
-                    body = frame(b"message %d" % n)
-                    headers = [
-                        ("host", client.host), ("content-type", "application/grpc-web+proto"),
-                        ("x-grpc-web", "1"), ORIGIN, ("content-length", str(len(body))),
-                    ]  # fmt: skip
-                    # head and body in one write: the whole request is at the proxy at once
-                    request = client.h11.send(
-                        h11.Request(method="POST", target=f"/{SERVICE}/Unary", headers=headers)
-                    )
-                    await client.stream.send_all(
-                        (request or b"") + (client.h11.send(h11.Data(data=body)) or b"")
-                        + (client.h11.send(h11.EndOfMessage()) or b"")
-                    )  # fmt: skip
-                    r = await client.read_response()
+                    r = await call_in_one_write(client, b"message %d" % n)
                     assert r.status == 200 and r.header("content-type") == "application/grpc-web+proto"
                     messages, trailers = frames(r.body)
                     assert messages == [b"early %d" % requests[-1]] and trailers["grpc-status"] == "0"
                 assert len(requests) == 4
+                assert proxy.stats.value("http.ingress_http.downstream_cx_total") == 1
+                await client.aclose()
+        nursery.cancel_scope.cancel()
+
+
+async def test_connection_closes_when_the_answer_comes_before_the_client_sent_its_body() -> None:
+    """The other side of that rule: a client that has not sent the rest of its body when the
+    response ends gets that response, then the connection closes (what it sent next could not
+    be told from a new request)."""
+    port = _free_port()
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    requests: list[int] = []
+    async with trio.open_nursery() as nursery:
+        upstream_port = listeners[0].socket.getsockname()[1]
+        await nursery.start(_early_answering_h2_server, listeners[0], False, requests)
+        async with running_proxy(load_config(config(port, upstream_port)), None) as proxy:
+            with trio.fail_after(LIMIT):
+                client = Client(await trio.open_tcp_stream("127.0.0.1", port))
+                r = await call_in_one_write(client, b"whole")  # (opens the upstream connection)
+                assert r.status == 200 and frames(r.body)[1]["grpc-status"] == "0"
+                body = frame(b"never sent")
+                headers = [("content-type", "application/grpc-web+proto"), ("x-grpc-web", "1"), ORIGIN]
+                await client.start(
+                    "POST", f"/{SERVICE}/Unary", [*headers, ("content-length", str(len(body)))]
+                )
+                r = await client.read_response()
+                assert r.status == 200 and frames(r.body)[0] == [b"early %d" % requests[-1]]
+                assert await client.stream.receive_some(1) == b""  # closed by the proxy
+                assert len(requests) == 2
                 assert proxy.stats.value("http.ingress_http.downstream_cx_total") == 1
                 await client.aclose()
         nursery.cancel_scope.cancel()
