@@ -1339,7 +1339,7 @@ class _RouterRequest:
             if attempt.local_reply is not None:
                 raise attempt.local_reply
             if not attempt.retry:
-                return attempt.keep and body.finish_unsent()
+                return attempt.keep and (body.complete or body.finish_unsent())
             try:
                 self.retries_left -= 1
                 self.retry_count += 1
