@@ -16,6 +16,12 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc  # type: ignore[import-untyped]  # grpcio ships no type stubs
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.settings
+import h11
 import pytest
 import trio
 from proxy_helpers import Client, Response, running_proxy
@@ -205,6 +211,115 @@ async def test_grpc_web_binary_and_text_calls_with_cors(grpc_server: int) -> Non
             message = r.header("grpc-message") or frames(r.body)[1].get("grpc-message")
             assert status == "5" and message == "no such thing: x"
             await client.aclose()
+
+
+async def call_in_one_write(client: Client, message: bytes) -> Response:
+    """A binary gRPC-Web call, head and body in one write: the whole request is at the proxy at
+    once (:func:`call` writes them apart, and the body may be still on its way)."""
+    body = frame(message)
+    headers = [
+        ("host", client.host), ("content-type", "application/grpc-web+proto"), ("x-grpc-web", "1"),
+        ORIGIN, ("content-length", str(len(body))),
+    ]  # fmt: skip
+    head = client.h11.send(h11.Request(method="POST", target=f"/{SERVICE}/Unary", headers=headers))
+    rest = (client.h11.send(h11.Data(data=body)) or b"") + (client.h11.send(h11.EndOfMessage()) or b"")
+    await client.stream.send_all((head or b"") + rest)
+    return await client.read_response()
+
+
+async def _early_answering_h2_server(
+    listener: trio.SocketListener, open_window: bool, requests: list[int], task_status: trio.TaskStatus[None]
+) -> None:
+    """An HTTP/2 gRPC upstream that answers each request as soon as its HEADERS arrive, then
+    resets the stream with NO_ERROR, asking the client to stop sending the rest (RFC 9113 8.1:
+    a server may answer before the request ends, as grpcio does once it has the request's
+    message).  Its streams' initial window is 0, so the proxy can send no DATA: the proxy's
+    upload of the body is still under way when the whole response is in (or finds the stream
+    reset, if it starts after the reset came).  ``open_window``: a connection-level WINDOW_UPDATE
+    follows the reset, waking a waiting upload to find its stream reset as the response is
+    relayed (the flaky runs' case: grpcio's reset came before the proxy's END_STREAM)."""
+    task_status.started()
+    stream = await listener.accept()
+    config = h2.config.H2Configuration(client_side=False, header_encoding=None)
+    conn = h2.connection.H2Connection(config=config)
+    conn.local_settings = h2.settings.Settings(
+        client=False, initial_values={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0}
+    )
+    conn.initiate_connection()
+    async with stream:
+        await stream.send_all(conn.data_to_send())
+        while data := await stream.receive_some(65536):
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.RequestReceived):
+                    sid = event.stream_id
+                    requests.append(sid)
+                    conn.send_headers(sid, [(b":status", b"200"), (b"content-type", b"application/grpc")])
+                    conn.send_data(sid, frame(b"early %d" % sid))
+                    conn.send_headers(sid, [(b"grpc-status", b"0"), (b"grpc-message", b"")], end_stream=True)
+                    conn.reset_stream(sid, h2.errors.ErrorCodes.NO_ERROR)
+                    if open_window:
+                        conn.increment_flow_control_window(65536)
+                elif isinstance(event, h2.events.DataReceived):  # (the first stream's, sent before
+                    # the proxy had the server's SETTINGS)
+                    conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            await stream.send_all(conn.data_to_send())
+
+
+@pytest.mark.parametrize("open_window", [False, True], ids=["upload-blocked", "upload-finds-reset"])
+async def test_keep_alive_after_an_upstream_answers_before_the_request_ends(open_window: bool) -> None:
+    """The cause of this file's flaky first test: grpcio answered the streaming call (Items) once
+    it had the request's message, and reset the stream (NO_ERROR) before the proxy had read the
+    client's end of body and sent END_STREAM.  The proxy then closed the client connection,
+    though the client had sent its whole request, and the next call on it got no answer.
+    Here an upstream forces that order on every call; each call on the one kept-alive client
+    connection is answered, and the proxy accepted that connection once."""
+    port = _free_port()
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    requests: list[int] = []
+    async with trio.open_nursery() as nursery:
+        upstream_port = listeners[0].socket.getsockname()[1]
+        await nursery.start(_early_answering_h2_server, listeners[0], open_window, requests)
+        async with running_proxy(load_config(config(port, upstream_port)), None) as proxy:
+            with trio.fail_after(LIMIT):
+                client = Client(await trio.open_tcp_stream("127.0.0.1", port))
+                for n in range(4):
+                    r = await call_in_one_write(client, b"message %d" % n)
+                    assert r.status == 200 and r.header("content-type") == "application/grpc-web+proto"
+                    messages, trailers = frames(r.body)
+                    assert messages == [b"early %d" % requests[-1]] and trailers["grpc-status"] == "0"
+                assert len(requests) == 4
+                assert proxy.stats.value("http.ingress_http.downstream_cx_total") == 1
+                await client.aclose()
+        nursery.cancel_scope.cancel()
+
+
+async def test_connection_closes_when_the_answer_comes_before_the_client_sent_its_body() -> None:
+    """The other side of that rule: a client that has not sent the rest of its body when the
+    response ends gets that response, then the connection closes (what it sent next could not
+    be told from a new request)."""
+    port = _free_port()
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    requests: list[int] = []
+    async with trio.open_nursery() as nursery:
+        upstream_port = listeners[0].socket.getsockname()[1]
+        await nursery.start(_early_answering_h2_server, listeners[0], False, requests)
+        async with running_proxy(load_config(config(port, upstream_port)), None) as proxy:
+            with trio.fail_after(LIMIT):
+                client = Client(await trio.open_tcp_stream("127.0.0.1", port))
+                r = await call_in_one_write(client, b"whole")  # (opens the upstream connection)
+                assert r.status == 200 and frames(r.body)[1]["grpc-status"] == "0"
+                body = frame(b"never sent")
+                headers = [("content-type", "application/grpc-web+proto"), ("x-grpc-web", "1"), ORIGIN]
+                await client.start(
+                    "POST", f"/{SERVICE}/Unary", [*headers, ("content-length", str(len(body)))]
+                )
+                r = await client.read_response()
+                assert r.status == 200 and frames(r.body)[0] == [b"early %d" % requests[-1]]
+                assert await client.stream.receive_some(1) == b""  # closed by the proxy
+                assert len(requests) == 2
+                assert proxy.stats.value("http.ingress_http.downstream_cx_total") == 1
+                await client.aclose()
+        nursery.cancel_scope.cancel()
 
 
 def test_grpc_web_text_framing_round_trip() -> None:

@@ -350,6 +350,33 @@ class _RequestBody:
             return b""
         raise _DownstreamGone("DC")  # ConnectionClosed mid-body
 
+    def finish_unsent(self) -> bool:
+        """After a response that ended before this body was read to its end (the upstream
+        answered early, or reset its stream once it had answered, as HTTP/2 allows: RFC 9113
+        8.1): the rest of the body, when the client has sent it all already (h11 holds it), read
+        and dropped, so that the connection can carry the next request.  False when more is still
+        to come: the connection must close then, as Envoy closes an HTTP/1.1 connection whose
+        response ends before its request.  How far the body had been read when the response ended
+        depends on how the upload task and the response were scheduled; what the client sent
+        does not, and that decides."""
+        if self.complete:
+            return True
+        h11_conn = self.ds.h11
+        while True:
+            try:
+                event = h11_conn.next_event()
+            except h11.RemoteProtocolError:
+                return False
+            if isinstance(event, h11.Data):
+                self.total += len(event.data)
+                if self.total > self.limits.max_request_body:
+                    return False
+            elif isinstance(event, h11.EndOfMessage):
+                self.complete = True
+                return True
+            else:  # NEED_DATA (the rest is on its way), ConnectionClosed
+                return False
+
     def _decode(self, data: bytes | bytearray) -> bytes:
         assert self.decoder is not None
         try:
@@ -1339,7 +1366,7 @@ class _RouterRequest:
             if attempt.local_reply is not None:
                 raise attempt.local_reply
             if not attempt.retry:
-                return attempt.keep
+                return attempt.keep and (body.complete or body.finish_unsent())
             try:
                 self.retries_left -= 1
                 self.retry_count += 1
@@ -1733,11 +1760,14 @@ class _UpstreamRequest:
             return False
         if self.uploading:
             # The upstream answered before taking the whole body: stop sending it.  The upstream
-            # connection is not reusable (h11 says so) and the client's unread body means the
-            # client connection closes after this response.
+            # connection is not reusable (h11 says so).  The client connection stays open if the
+            # rest of its body is here already (:meth:`_RequestBody.finish_unsent`, once the
+            # upload task is gone); the close is shielded, as the upload's cancellation would
+            # otherwise end this task too before it says so.
             self._stop_upload()
-            await conn.aclose()
-            return False
+            with trio.CancelScope(shield=True):
+                await conn.aclose()
+            return not (close or client_closes)
         cluster.release(conn)
         if close:
             hcm.stats.inc("downstream_cx_drain_close")
