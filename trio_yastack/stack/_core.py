@@ -214,9 +214,11 @@ class StackCore:
                 elif kind == UDP and udp_fast_input(frame, record):
                     udp_taken += 1
                     continue
-                elif kind == CANDIDATE6 and (ip6 := self.ip6) is not None:  # keyed by source | IP6_KEY
+                elif kind == CANDIDATE6 and (ip6 := self.ip6) is not None:  # keyed as key6(src, dst)
                     src = int.from_bytes(frame[22:38], "big")
-                    conn = connections.get((record[3], src | IP6_KEY, record[2]))
+                    conn = connections.get(
+                        (record[3], src | IP6_KEY | int.from_bytes(frame[38:54], "big") << 129, record[2])
+                    )
                     if conn is not None and conn.__class__ is TcpConnection6:
                         snd_una = conn.snd_una
                         _k, _s, _sp, _dp, seq, ack, flags, window, tsval, tsecr, start, end = record

@@ -15,7 +15,8 @@ IPv6 frame with no extension header, carrying TCP to one of our usable addresses
 handed them, ``StackCore.fast_addresses6``) from a source that is none of ours nor multicast, loopback
 or unspecified, with a hop limit and the checksum over the IPv6 pseudo-header valid, and the same
 TCP header terms, is a ``CANDIDATE6``: ``StackCore.ether_input_burst`` keys it by the frame's
-128-bit source with ``IP6_KEY`` and hands it to ``_tcp6.predicted_input`` (the prediction
+two addresses (``_tcp6.key6``: source, ``IP6_KEY``, destination above) and hands it to
+``_tcp6.predicted_input`` (the prediction
 ``tcp6_input`` runs).  A UDP datagram over IPv6 on the same IPv6 terms, with a UDP length that fits
 the payload, a destination port and a nonzero checksum (mandatory over IPv6), valid or vouched for by
 the port, is a ``UDP6`` record, queued by ``UdpLayer.udp6_fast_input`` (ip6_input gives no ND hint
