@@ -17,6 +17,7 @@ from ipaddress import IPv4Address, IPv6Interface
 import pytest
 from test_stack_ipv6 import A_MAC, B_MAC, ETH, A, B, core6, exchange, icmp6_frame
 from test_tcp6 import tcp6_of
+from test_tcp_fastpath6 import LINK_LOCAL, OURS, USABLE, classify, segment6
 
 from trio_yastack.stack import (
     ArpConfig,
@@ -28,7 +29,8 @@ from trio_yastack.stack import (
     TcpState,
     key6,
 )
-from trio_yastack.stack.tcp._tcp6 import format_remote
+from trio_yastack.stack.tcp._fastpath import CANDIDATE6
+from trio_yastack.stack.tcp._tcp6 import IP6_KEY, format_remote
 from trio_yastack.stack.wire import MacAddress
 from trio_yastack.stack.wire.icmpv6 import Icmpv6Repr
 from trio_yastack.stack.wire.tcp import TCP_ACK, TCP_FIN
@@ -112,6 +114,25 @@ def test_the_bursts_fast_path_keys_a_segment_by_both_addresses() -> None:
     assert ours.fast_path_segments - taken == 4  # all four by the classifier's CANDIDATE6
     assert (s1.receive(5000, 0.2), s2.receive(5000, 0.2)) == (b"1" * size, b"2" * size)
     assert ours.stats_tcp.dropped == {}
+
+
+def test_a_candidate6_record_names_which_usable_address_of_ours_it_is_for() -> None:
+    """The classifier (C and its twin, ``classify`` checks they agree) puts the index of the
+    destination among the usable addresses in the record; ``ether_input_burst`` keys by it."""
+    assert USABLE == 2 and OURS[16:32] == LINK_LOCAL.to_bytes(16, "big")
+    for index, dst in enumerate((B, LINK_LOCAL)):
+        record = classify(segment6(dst=dst))
+        assert (record[0], record[1]) == (CANDIDATE6, index)
+
+
+def test_the_cores_keys_of_its_usable_addresses_follow_the_classifiers_order() -> None:
+    _kernel, ours = pair2()
+    assert ours.ip6 is not None
+    usable = [
+        int.from_bytes(ours.fast_addresses6[i : i + 16], "big") for i in range(0, 16 * ours.fast_usable6, 16)
+    ]
+    assert B in usable and B2 in usable
+    assert ours.fast_keys6 == tuple(a << 129 | IP6_KEY for a in usable)
 
 
 def test_our_active_opens_from_two_addresses_share_a_local_and_a_peer_port() -> None:

@@ -228,7 +228,7 @@ def py_classify_frame6(
     fields = _tcp_fields(frame, verify, 54, tcp_len, 22, 6 + tcp_len)
     if fields is None:
         return _DECLINED
-    return (CANDIDATE6, 0, *fields)
+    return (CANDIDATE6, usable.index(dst), *fields)  # which usable address of ours: the key holds it
 
 
 def _tcp_fields(
