@@ -4,7 +4,8 @@ addresses tells ``[B]:p <-> [A]:q`` from ``[B2]:p <-> [A]:q``, as a kernel does.
 The TCP layer's remote key of an IPv6 connection is ``key6(peer, ours)``: the peer's address,
 ``IP6_KEY``, our address above bit 128.  Two connections that differ only in our address
 coexist, each with its own data, on the general path (``tcp6_input``) and on the burst's fast
-path (``CANDIDATE6``); an ICMPv6 error about one reaches that one only; the TIME_WAIT of one
+path (``CANDIDATE6``: the classifier names which address of ours), and trio sockets name
+them so; an ICMPv6 error about one reaches that one only; the TIME_WAIT of one
 leaves the other alone, and its ACK leaves from the address it was for.
 """
 
@@ -13,12 +14,18 @@ from __future__ import annotations
 import errno
 import random
 from ipaddress import IPv4Address, IPv6Interface
+from socket import AF_INET6, SO_REUSEPORT, SOCK_STREAM, SOL_SOCKET
 
 import pytest
+import trio
+import trio.testing
 from test_stack_ipv6 import A_MAC, B_MAC, ETH, A, B, core6, exchange, icmp6_frame
 from test_tcp6 import tcp6_of
 from test_tcp_fastpath6 import LINK_LOCAL, OURS, USABLE, classify, segment6
 
+from trio_yastack import open_stack
+from trio_yastack.nic import memory_wire
+from trio_yastack.socket_api import use_stack
 from trio_yastack.stack import (
     ArpConfig,
     InterfaceConfig,
@@ -220,3 +227,61 @@ def test_the_time_wait_of_one_leaves_the_other_and_answers_from_its_own_address(
     assert (int(header.src), int(header.dst)) == (B, A) and segment.flags == TCP_ACK
     assert second.state == TcpState.ESTABLISHED and len(ours.tcp.time_wait) == 1
     assert ours.stats_tcp.dropped == {}
+
+
+async def test_trio_sockets_tell_two_connections_apart_by_our_address(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Tier 3: the server's stack has two IPv6 addresses and listens on ``[::]``; one client
+    port (two sockets sharing it by SO_REUSEPORT) connects to each.  The accepted sockets' names
+    differ in our address only, their peers are the same, and each carries its own data."""
+    a_port, b_port = memory_wire(seed=3, latency=0.001)
+    ip6 = Ip6Config(dad_transmits=0, router_solicitations=0)
+    client6, first6, second6 = "2001:2::1", "2001:2::2", "2001:2::3"
+    async with (
+        open_stack(a_port, ip=["198.18.0.1/24", f"{client6}/64"], seed=4, ip6=ip6) as a,
+        open_stack(b_port, ip=["198.18.0.2/24", f"{first6}/64", f"{second6}/64"], seed=5, ip6=ip6) as b,
+        trio.open_nursery() as nursery,
+    ):
+        with use_stack(b):
+            listener = trio.socket.socket(AF_INET6, SOCK_STREAM)
+            await listener.bind(("::", 8080))
+            listener.listen(8)
+        got: dict[tuple[object, ...], bytes] = {}
+        names: list[tuple[tuple[object, ...], tuple[object, ...]]] = []
+
+        async def handle(sock: trio.socket.SocketType) -> None:
+            names.append((sock.getsockname(), sock.getpeername()))
+            data = await sock.recv(100)
+            got[sock.getsockname()] = data
+            await sock.send(data.upper())
+            sock.close()
+
+        async def serve() -> None:
+            for _ in range(2):
+                sock, _peer = await listener.accept()
+                nursery.start_soon(handle, sock)
+
+        nursery.start_soon(serve)
+        with trio.fail_after(30), use_stack(a):
+            clients = []
+            for server in (first6, second6):
+                sock = trio.socket.socket(AF_INET6, SOCK_STREAM)
+                sock.setsockopt(SOL_SOCKET, SO_REUSEPORT, 1)
+                await sock.bind((client6, 40000))
+                await sock.connect((server, 8080))
+                assert sock.getsockname() == (client6, 40000, 0, 0)
+                assert sock.getpeername() == (server, 8080, 0, 0)
+                clients.append(sock)
+            for sock, text in zip(clients, (b"to first", b"to second"), strict=True):
+                await sock.send(text)
+            replies = [await sock.recv(100) for sock in clients]
+        assert replies == [b"TO FIRST", b"TO SECOND"]
+        assert got == {(first6, 8080, 0, 0): b"to first", (second6, 8080, 0, 0): b"to second"}
+        assert sorted(names) == [
+            ((first6, 8080, 0, 0), (client6, 40000, 0, 0)),
+            ((second6, 8080, 0, 0), (client6, 40000, 0, 0)),
+        ]
+        for sock in clients:
+            sock.close()
+        listener.close()
