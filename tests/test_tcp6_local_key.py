@@ -24,6 +24,7 @@ from test_tcp6 import tcp6_of
 from test_tcp_fastpath6 import LINK_LOCAL, OURS, USABLE, classify, segment6
 
 from trio_yastack import open_stack
+from trio_yastack.journey._control import core_snapshot
 from trio_yastack.nic import memory_wire
 from trio_yastack.socket_api import use_stack
 from trio_yastack.stack import (
@@ -276,6 +277,13 @@ async def test_trio_sockets_tell_two_connections_apart_by_our_address(
             for sock, text in zip(clients, (b"to first", b"to second"), strict=True):
                 await sock.send(text)
             replies = [await sock.recv(100) for sock in clients]
+            # yastack stat's view of the server's core: both ends of each, ours apart
+            listed = core_snapshot(b, None, {})["tcp"]["connections"]
+            ends = sorted((c["local"], c["remote"]) for c in listed)
+            assert ends == [
+                (f"[{first6}]:8080", f"[{client6}]:40000"),
+                (f"[{second6}]:8080", f"[{client6}]:40000"),
+            ]
         assert replies == [b"TO FIRST", b"TO SECOND"]
         assert got == {(first6, 8080, 0, 0): b"to first", (second6, 8080, 0, 0): b"to second"}
         assert sorted(names) == [
