@@ -12,8 +12,9 @@
  * An IPv6 frame is a candidate on the same terms (YAS_FAST_CANDIDATE6): no extension header,
  * next header TCP, to one of our usable unicast addresses from a source that is none of ours,
  * not multicast, loopback or unspecified, a hop limit above 0, the checksum over the IPv6
- * pseudo-header valid; the record's `src` is 0 (the caller keys the connection by the 128-bit
- * source in the frame, bytes 22..37).
+ * pseudo-header valid; the record's `src` is the index of the destination among the usable
+ * addresses (the caller keys the connection by the 128-bit source in the frame, bytes 22..37,
+ * and that address of ours: two connections may differ in that alone).
  * A UDP datagram udp_input would take without a question (to our address, no fragment or
  * options, a sane length, a destination port, a valid checksum or none) comes back as
  * YAS_FAST_UDP with its source, ports and payload bounds: the caller queues it on its socket
@@ -124,6 +125,15 @@ static int in_addresses(const unsigned char *a, const char *ip6, uint32_t count)
     return 0;
 }
 
+static uint32_t address_index(const unsigned char *a, const char *ip6, uint32_t count)
+{
+    /* 1 + where a is among the count addresses at ip6, or 0 */
+    for (uint32_t i = 0; i < count; i++)
+        if (memcmp(a, ip6 + (size_t)i * 16, 16) == 0)
+            return i + 1;
+    return 0;
+}
+
 static uint32_t src6_slot(const unsigned char *a)
 {
     /* the slot of an IPv6 address in the table of sources: its four words folded, then
@@ -181,7 +191,8 @@ static void classify6(const unsigned char *f, uint32_t len, int verify, const ch
     static const unsigned char zero[15];
     if (memcmp(src, zero, 15) == 0 && src[15] <= 1)
         return; /* :: or ::1 */
-    if (!in_addresses(ip + 24, ip6, n_usable) || in_addresses(src, ip6, n_all))
+    uint32_t ours = address_index(ip + 24, ip6, n_usable);
+    if (!ours || in_addresses(src, ip6, n_all))
         return;
     if (nxt == 17) {
         classify_udp6(f, len, verify, payload_len, src6, r);
@@ -191,6 +202,7 @@ static void classify6(const unsigned char *f, uint32_t len, int verify, const ch
     if (!tcp_fields(f, len, verify, 54, payload_len, 22, 6 + payload_len, r))
         return;
     r->kind = YAS_FAST_CANDIDATE6;
+    r->src = ours - 1; /* which of our usable addresses it is for: the TCP layer's key holds it */
 }
 
 static void classify(const unsigned char *f, uint32_t len, int verify, const char *mac, uint32_t ip,

@@ -14,7 +14,8 @@ struct yas_tcp_seg {
 #define YAS_FAST_DECLINE 0
 #define YAS_FAST_CANDIDATE 1
 #define YAS_FAST_UDP 2 /* src, sport, dport, data_start (the payload), end */
-#define YAS_FAST_CANDIDATE6 3 /* a candidate over IPv6: the TCP fields as for YAS_FAST_CANDIDATE */
+#define YAS_FAST_CANDIDATE6 3 /* a candidate over IPv6: the TCP fields as for YAS_FAST_CANDIDATE, `src`
+                               * the index of its destination among the usable addresses (ip6) */
 #define YAS_FAST_UDP6 4 /* a UDP datagram over IPv6: as YAS_FAST_UDP, its source in the frame's bytes
                           * 22..37, `seq` its slot in the table of sources, `src` slot + 1 when there */
 #define YAS_FAST_SRC6_BITS 12

@@ -24,7 +24,14 @@ from test_stack_ipv6 import A_MAC, B_MAC, ETH, A, B, core6, exchange, frame6, ic
 from trio_yastack.dispatch._percore import CoreLayout, flow_owner
 from trio_yastack.dispatch._rss import Reta
 from trio_yastack.nic.tap import VNET_HDR, _offload_header, complete_checksum
-from trio_yastack.stack import IP6_KEY, ChecksumVerified, OffloadPacket, StackCore, TcpConnection6, TcpState
+from trio_yastack.stack import (
+    ChecksumVerified,
+    OffloadPacket,
+    StackCore,
+    TcpConnection6,
+    TcpState,
+    key6,
+)
 from trio_yastack.stack._native import sum16, tcp6_segment
 from trio_yastack.stack.tcp import TcpConnection, TcpListener, _layer, _tcp6
 from trio_yastack.stack.tcp._tcp6 import predicted_input
@@ -92,10 +99,10 @@ def test_handshake_over_ipv6_negotiates_options_and_mss_from_mtu_less_60() -> No
     server = listener.accept()
     assert isinstance(server, TcpConnection6) and isinstance(client, TcpConnection6)
     assert server.state == client.state == TcpState.ESTABLISHED
-    assert (server.remote_ip, server.local_ip6, server.remote_port) == (A | IP6_KEY, B, client.local_port)
-    assert (client.remote_ip, client.local_ip6) == (B | IP6_KEY, A)
+    assert (server.remote_ip, server.local_ip6, server.remote_port) == (key6(A, B), B, client.local_port)
+    assert (client.remote_ip, client.local_ip6) == (key6(B, A), A)
     assert server.mss == client.mss == 1440 - 12  # less the timestamp option
-    assert ours.tcp.connections[(80, A | IP6_KEY, client.local_port)] is server
+    assert ours.tcp.connections[(80, key6(A, B), client.local_port)] is server
     assert "2001:2::1" in repr(server)
 
 
@@ -139,7 +146,7 @@ def test_data_both_ways_and_fin_then_time_wait_over_ipv6() -> None:
     assert server.state == TcpState.CLOSED
     assert client.state == TcpState.TIME_WAIT
     (record,) = kernel.tcp.time_wait.values()
-    assert record.key == (client.local_port, B | IP6_KEY, 80) and "[2001:2::2]" in repr(record)
+    assert record.key == (client.local_port, key6(B, A), 80) and "[2001:2::2]" in repr(record)
     kernel.run_timers(now + 2 * kernel.config.tcp.msl + 1)
     assert not kernel.tcp.time_wait and kernel.stats_tcp.connections_closed == 1
     assert ours.stats_tcp.dropped == {} and kernel.stats_tcp.dropped == {}
@@ -217,7 +224,7 @@ def test_a_dual_stack_listener_accepts_both_families() -> None:
     first, second = listener.accept(), listener.accept()
     assert first is not None and second is not None
     assert {type(first), type(second)} == {TcpConnection, TcpConnection6}
-    assert {first.remote_ip, second.remote_ip} == {A4, A | IP6_KEY}
+    assert {first.remote_ip, second.remote_ip} == {A4, key6(A, B)}
     assert client4.state == client6.state == TcpState.ESTABLISHED
 
 
@@ -228,12 +235,12 @@ def test_the_same_port_and_peer_port_apart_by_family() -> None:
     c6 = kernel.tcp.connect6(B, 80, 0.0, local_port=40000)
     exchange(kernel, ours, 0.0)
     assert c4.state == c6.state == TcpState.ESTABLISHED
-    assert {(80, A4, 40000), (80, A | IP6_KEY, 40000)} <= set(ours.tcp.connections)
+    assert {(80, A4, 40000), (80, key6(A, B), 40000)} <= set(ours.tcp.connections)
     c6.send(b"six", 0.1)
     c4.send(b"four", 0.1)
     exchange(kernel, ours, 0.1)
     got = {conn.remote_ip: conn.receive(10, 0.1) for conn in (listener.accept(), listener.accept()) if conn}
-    assert got == {A4: b"four", A | IP6_KEY: b"six"}
+    assert got == {A4: b"four", key6(A, B): b"six"}
 
 
 def test_syn_cookies_over_ipv6_hash_the_address() -> None:
@@ -254,20 +261,21 @@ def test_syn_cookies_over_ipv6_hash_the_address() -> None:
     assert isinstance(server, TcpConnection6) and server.local_ip6 == B
     assert client.state == server.state == TcpState.ESTABLISHED
     cookies = ours.tcp.cookies
-    options = cookies.check(B, 80, A | IP6_KEY, client.local_port, client.iss, server.iss, 0.0)
+    options = cookies.check(B, 80, key6(A, B), client.local_port, client.iss, server.iss, 0.0)
     assert options is not None and options.mss <= 1440
     # the same numbers for another IPv6 peer fail: the cookie covers the whole address
-    assert cookies.check(B, 80, (A + 1) | IP6_KEY, client.local_port, client.iss, server.iss, 0.0) is None
+    assert cookies.check(B, 80, key6(A + 1, B), client.local_port, client.iss, server.iss, 0.0) is None
 
 
 def test_isn_and_timestamp_offsets_hash_the_whole_ipv6_address() -> None:
     _kernel, ours = pair()
     tcp = ours.tcp
-    one = tcp.initial_sequence_number(80, A | IP6_KEY, 40000, 0.0)
-    other = tcp.initial_sequence_number(80, (A ^ (1 << 100)) | IP6_KEY, 40000, 0.0)
+    one = tcp.initial_sequence_number(80, key6(A, B), 40000, 0.0)
+    other = tcp.initial_sequence_number(80, key6(A ^ (1 << 100), B), 40000, 0.0)
+    ours_other = tcp.initial_sequence_number(80, key6(A, B ^ (1 << 100)), 40000, 0.0)  # RFC 6528: both
     v4 = tcp.initial_sequence_number(80, A & 0xFFFFFFFF, 40000, 0.0)
-    assert len({one, other, v4}) == 3
-    assert tcp.timestamp_offset(80, A | IP6_KEY, 40000) != tcp.timestamp_offset(80, A & 0xFFFFFFFF, 40000)
+    assert len({one, other, ours_other, v4}) == 4
+    assert tcp.timestamp_offset(80, key6(A, B), 40000) != tcp.timestamp_offset(80, A & 0xFFFFFFFF, 40000)
 
 
 def test_packet_too_big_lowers_the_mss_and_resends_the_flight_never_below_1280() -> None:
@@ -342,7 +350,7 @@ def test_rss_aware_ipv6_connects_pick_ports_whose_replies_come_home(core_id: int
         kernel.ether_input(bytes(syn), 0.0)
         (syn_ack,) = kernel.take_outbox()
         owners.add(flow_owner(bytes(syn_ack), layout.key, layout.reta.entries, 127))
-        assert layout.owns_reply6(B, client.local_port, A | IP6_KEY, 8000)
+        assert layout.owns_reply6(B, client.local_port, client.remote_ip, 8000)
         client.abort(0.0)
         ours.take_outbox()
     assert owners == {core_id} and listener.embryonic

@@ -14,7 +14,7 @@ import struct
 from helpers import PEER_IP
 from tcp_helpers import ACK, FIN, OUR_PORT, PEER_PORT, PSH, SYN, T0, Peer, check_tcp, tcp_core
 
-from trio_yastack.stack import IP6_KEY
+from trio_yastack.stack import key6
 from trio_yastack.stack.tcp._output import window_shift_for
 
 GET = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
@@ -78,10 +78,10 @@ def test_the_pair_hash_from_a_copied_keyed_hash_is_the_keyed_hash_of_the_pair() 
     as keying a new one per connection (IPv4 and IPv6 pairs), and a new pair is hashed anew."""
     layer = tcp_core(seed=9).tcp
     key = layer._isn_key
-    peer6 = IP6_KEY | 0x2001_0002 << 96 | 1
+    peer6 = key6(0x2001_0002 << 96 | 1, 0x2001_0002 << 96 | 2)
     for pair, data in [
         ((80, 0xC612_0001, 40000), struct.pack("!HIH", 80, 0xC612_0001, 40000)),
-        ((443, peer6, 50000), struct.pack("!H17sH", 443, peer6.to_bytes(17, "big"), 50000)),
+        ((443, peer6, 50000), struct.pack("!H33sH", 443, peer6.to_bytes(33, "big"), 50000)),
     ]:
         expected = int.from_bytes(hashlib.blake2s(data, key=key, digest_size=8).digest(), "big")
         assert layer._pair_hash(*pair) == expected

@@ -109,9 +109,10 @@ class CoreLayout:
 
         def port_filter(port: int, remote_ip: int, remote_port: int) -> bool:
             if remote_ip > 0xFFFFFFFF and ip6 is not None:  # an IPv6 peer (the TCP layer's IP6_KEY)
-                return self.owns_reply6(
-                    ip6.select_source(remote_ip & _ADDRESS6), port, remote_ip, remote_port
-                )
+                # our address: the TCP layer's key holds it above bit 128 (key6); a UDP peer's
+                # plain address does not, so the source ip6_output will pick
+                local6 = remote_ip >> 129 or ip6.select_source(remote_ip & _ADDRESS6)
+                return self.owns_reply6(local6, port, remote_ip, remote_port)
             return self.owns_reply(local_ip, port, remote_ip, remote_port)
 
         core.tcp.port_filter = port_filter

@@ -191,6 +191,15 @@ def _ip(value: int) -> str:
     return f"{value >> 24}.{value >> 16 & 255}.{value >> 8 & 255}.{value & 255}"
 
 
+def _ends(core: StackCore, local_port: int, remote_ip: int, remote_port: int) -> dict[str, str]:
+    """A connection's two ends as text: an IPv6 key of the TCP layer holds both addresses
+    (``key6``: the peer's in the low 128 bits, ours above bit 128), an IPv4 one the peer's."""
+    if remote_ip > 0xFFFFFFFF:
+        ours, peer = IPv6Address(remote_ip >> 129), IPv6Address(remote_ip & ((1 << 128) - 1))
+        return {"local": f"[{ours}]:{local_port}", "remote": f"[{peer}]:{remote_port}"}
+    return {"local": f"{_ip(core.ip)}:{local_port}", "remote": f"{_ip(remote_ip)}:{remote_port}"}
+
+
 def _ip6_snapshot(core: StackCore) -> dict[str, Any] | None:
     """IPv6's part of a snapshot (``None``: no IPv6 on this core): our addresses, the neighbour
     cache's size and first entries, and the ip6/icmp6/nd6 counters with drops by reason."""
@@ -229,8 +238,7 @@ def core_snapshot(
         states[name] = states.get(name, 0) + 1
         if len(connections) < MAX_LISTED_CONNECTIONS:
             connections.append({
-                "local": f"{_ip(core.ip)}:{conn.local_port}",
-                "remote": f"{_ip(conn.remote_ip)}:{conn.remote_port}",
+                **_ends(core, conn.local_port, conn.remote_ip, conn.remote_port),
                 "state": name,
                 "send_queue": len(conn.sndbuf),
                 "receive_queue": len(conn.rcvbuf),
@@ -244,8 +252,7 @@ def core_snapshot(
             if len(connections) >= MAX_LISTED_CONNECTIONS:
                 break
             connections.append({
-                "local": f"{_ip(core.ip)}:{local_port}",
-                "remote": f"{_ip(remote_ip)}:{remote_port}",
+                **_ends(core, local_port, remote_ip, remote_port),
                 "state": "TIME_WAIT",
                 "send_queue": 0,
                 "receive_queue": 0,

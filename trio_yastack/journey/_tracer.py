@@ -433,14 +433,14 @@ class _TcpLayerTrace(_TcpLayerBase):
         self, buf: bytes, start: int, end: int, src: int, dst: int, ip_offset: int, now: float
     ) -> None:
         """TCP over IPv6 is the same ``tcp_input`` hop (as ``udp6_input`` is ``udp_input``), its
-        connection found by the IPv6 key (``IP6_KEY``)."""
+        connection found by the IPv6 key (``key6``: both addresses)."""
         tracer = self._yas_tracer
         journey = tracer.current_in
         if journey is None or end - start < 20:
             return self._yas_original.tcp6_input(self, buf, start, end, src, dst, ip_offset, now)
         sport = buf[start] << 8 | buf[start + 1]
         dport = buf[start + 2] << 8 | buf[start + 3]
-        key = (dport, src | IP6_KEY, sport)
+        key = (dport, src | IP6_KEY | dst << 129, sport)  # key6(src, dst)
         connections = self.connections
         conn = connections.get(key)
         before = _state_name(conn.state) if conn is not None else _listening(self, dport)

@@ -44,6 +44,7 @@ _IPPROTO_IPV6 = _stdlib_socket.IPPROTO_IPV6
 _V6ONLY = (_IPPROTO_IPV6, _stdlib_socket.IPV6_V6ONLY)
 _LOOPBACK6 = 1  # ::1
 _V4MAPPED = 0xFFFF << 32  # ::ffff:0.0.0.0
+_ADDRESS6 = IP6_KEY - 1  # the peer's address in the TCP layer's key (key6)
 _V4 = 0xFFFFFFFF
 
 
@@ -113,9 +114,10 @@ class StackSocket6(StackSocket):
 
     @staticmethod
     def _remote6(conn: TcpConnection) -> int:
-        """The peer's address of a connection (the TCP layer's key, or an IPv4 one v4-mapped)."""
+        """The peer's address of a connection (the low 128 bits of the TCP layer's key, or an
+        IPv4 one v4-mapped)."""
         remote = conn.remote_ip
-        return remote & ~IP6_KEY if remote & IP6_KEY else _V4MAPPED | remote
+        return remote & _ADDRESS6 if remote & IP6_KEY else _V4MAPPED | remote
 
     def getsockname(self) -> Any:
         self._check_open()

@@ -36,3 +36,4 @@ from .tcp import TcpConnection6 as TcpConnection6
 from .tcp import TcpLayer as TcpLayer
 from .tcp import TcpListener as TcpListener
 from .tcp import TcpState as TcpState
+from .tcp import key6 as key6

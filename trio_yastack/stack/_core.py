@@ -30,7 +30,7 @@ from ._timers import TimerQueue
 from ._udp import UdpLayer
 from .tcp import TcpLayer
 from .tcp._fastpath import CANDIDATE, CANDIDATE6, FAST_PATH_DEFAULT, UDP, UDP6, classify_burst, fast_input
-from .tcp._tcp6 import IP6_KEY, TcpConnection6, predicted_input
+from .tcp._tcp6 import TcpConnection6, predicted_input
 from .wire import WireError
 from .wire.ethernet import (
     ETHER_HEADER,
@@ -119,6 +119,9 @@ class StackCore:
         #: usable ones first (``Ip6Layer.addresses_changed`` keeps them; none without IPv6)
         self.fast_addresses6 = b""
         self.fast_usable6 = 0
+        #: ``key6(0, address)`` of each usable address, in the classifier's order: a
+        #: ``CANDIDATE6`` record's index into it is the part of the connection's key that is ours
+        self.fast_keys6: tuple[int, ...] = ()
         #: IPv6, when the interface has an IPv6 address or ``config.ip6.enabled`` (else frames of
         #: that type stay unknown ethertypes, as before)
         self.ip6 = Ip6Layer(self) if config.ip6.enabled or iface.addresses6 else None
@@ -195,6 +198,7 @@ class StackCore:
                     on_error(exc)
             return
         udp = self.udp
+        keys6 = self.fast_keys6  # (taken with the addresses the classifier is handed)
         records = classify_burst(
             frames, self.mac, self.ip, self.ip_layer.broadcast, self._verify_unmarked, self.fast_addresses6,
             self.fast_usable6, udp.src6,
@@ -214,9 +218,9 @@ class StackCore:
                 elif kind == UDP and udp_fast_input(frame, record):
                     udp_taken += 1
                     continue
-                elif kind == CANDIDATE6 and (ip6 := self.ip6) is not None:  # keyed by source | IP6_KEY
+                elif kind == CANDIDATE6 and (ip6 := self.ip6) is not None:  # keyed as key6(src, dst)
                     src = int.from_bytes(frame[22:38], "big")
-                    conn = connections.get((record[3], src | IP6_KEY, record[2]))
+                    conn = connections.get((record[3], src | keys6[record[1]], record[2]))
                     if conn is not None and conn.__class__ is TcpConnection6:
                         snd_una = conn.snd_una
                         _k, _s, _sp, _dp, seq, ack, flags, window, tsval, tsecr, start, end = record

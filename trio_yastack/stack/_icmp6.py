@@ -11,7 +11,7 @@ from ._drops import Icmp6Drop, Nd6Drop
 from ._icmp import EchoEndpoint, echo_close, echo_open
 from ._nd6 import MLD_LISTENER_QUERY
 from ._stats6 import Icmp6Stats
-from .tcp._tcp6 import IP6_KEY
+from .tcp._tcp6 import IP6_KEY, LOCAL6_SHIFT
 from .wire import WireError
 from .wire.ethernet import ETHER_HEADER_LEN
 from .wire.icmpv6 import (
@@ -151,7 +151,8 @@ class Icmp6Layer:
             seq = int.from_bytes(buf[at + 4 : at + 8], "big")
             error = errno_for_icmp6(icmp_type, code)
             mtu = max(rest, IPV6_MIN_MTU) if too_big else 0
-            if ip6.core.tcp.tcp_ctlinput(sport, inner_dst | IP6_KEY, dport, error, mtu, seq, now) or too_big:
+            remote = inner_dst | IP6_KEY | inner_src << LOCAL6_SHIFT  # key6: the quoted packet was ours
+            if ip6.core.tcp.tcp_ctlinput(sport, remote, dport, error, mtu, seq, now) or too_big:
                 stats.errors_delivered += 1
                 return
             stats.drop(Icmp6Drop.ERROR_NO_SOCKET)

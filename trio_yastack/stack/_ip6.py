@@ -23,6 +23,7 @@ from ._offload import OffloadPacket
 from ._reassembly import Reassembler
 from ._stats import LayerStatistics
 from ._stats6 import Ip6Stats
+from .tcp._tcp6 import key6
 from .wire import WireError
 from .wire.ethernet import ETHER_HEADER, ETHER_HEADER_LEN
 from .wire.icmpv6 import (
@@ -157,6 +158,8 @@ class Ip6Layer:
         core = self.core
         core.fast_addresses6 = b"".join(a.to_bytes(16, "big") for a in usable + tentative)
         core.fast_usable6 = len(usable)
+        # a CANDIDATE6's record names its destination by index: that address's part of the key
+        core.fast_keys6 = tuple(key6(0, a) for a in usable)
 
     def join(self, group: int) -> None:
         """Receive ``group`` (its multicast MAC passes ``ether_input``'s filter)."""

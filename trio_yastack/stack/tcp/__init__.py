@@ -10,7 +10,8 @@
 - ``_states``: the eleven states; ``_buffers``: send/receive buffers, the out-of-order queue and
   the SACK scoreboard; ``_cc``: congestion control (NewReno, CUBIC); ``_syncookie``: SYN cookies.
 - ``_tcp6``: TCP over IPv6 with the same code: ``TcpConnection6`` (IPv6 pseudo-header, MSS from
-  MTU - 60) and ``IP6_KEY``, the mark of an IPv6 peer's address in the layer's tables.
+  MTU - 60), ``IP6_KEY``, the mark of an IPv6 connection in the layer's tables, and ``key6``, its
+  key (the peer's address, the mark, our address above).
 """
 
 from ._conn import TcpConnection as TcpConnection
@@ -21,3 +22,4 @@ from ._layer import TcpTimeWait as TcpTimeWait
 from ._states import TcpState as TcpState
 from ._tcp6 import IP6_KEY as IP6_KEY
 from ._tcp6 import TcpConnection6 as TcpConnection6
+from ._tcp6 import key6 as key6

@@ -12,14 +12,16 @@ without a question (same IPv4 checks; a UDP length that fits, a destination port
 or none) comes back as a ``UDP`` record: ``StackCore.ether_input_burst`` queues it on its socket
 with ``UdpLayer.udp_fast_input``, the burst's datagrams all in the same one crossing into C.  An
 IPv6 frame with no extension header, carrying TCP to one of our usable addresses (the classifier is
-handed them, ``StackCore.fast_addresses6``) from a source that is none of ours nor multicast, loopback
-or unspecified, with a hop limit and the checksum over the IPv6 pseudo-header valid, and the same
-TCP header terms, is a ``CANDIDATE6``: ``StackCore.ether_input_burst`` keys it by the frame's
-128-bit source with ``IP6_KEY`` and hands it to ``_tcp6.predicted_input`` (the prediction
-``tcp6_input`` runs).  A UDP datagram over IPv6 on the same IPv6 terms, with a UDP length that fits
-the payload, a destination port and a nonzero checksum (mandatory over IPv6), valid or vouched for by
-the port, is a ``UDP6`` record, queued by ``UdpLayer.udp6_fast_input`` (ip6_input gives no ND hint
-for UDP, so neither does the fast path).  Its source is looked up in a :class:`SourceTable6` (the
+handed them, ``StackCore.fast_addresses6``) from a source that is none of ours nor multicast,
+loopback or unspecified, with a hop limit and the checksum over the IPv6 pseudo-header valid, and
+the same TCP header terms, is a ``CANDIDATE6``, its record naming which usable address of ours it is
+for (the index): ``StackCore.ether_input_burst`` keys it by both addresses (``_tcp6.key6``: the
+frame's source, ``IP6_KEY``, that address of ours from ``StackCore.fast_keys6``) and hands it to
+``_tcp6.predicted_input`` (the prediction ``tcp6_input`` runs).  A UDP datagram over IPv6 on the same
+IPv6 terms, with a UDP length that fits the payload, a destination port and a nonzero checksum
+(mandatory over IPv6), valid or vouched for by the port, is a ``UDP6`` record, queued by
+``UdpLayer.udp6_fast_input`` (ip6_input gives no ND hint for UDP, so neither does the fast path).
+Its source is looked up in a :class:`SourceTable6` (the
 UDP layer's): the record's ``seq`` is the source's slot and ``src`` the slot + 1 when the table holds
 it there, so a known peer's 128-bit source costs a list index, not a conversion per datagram.
 Every other IPv6 frame declines and takes the Python path
@@ -88,7 +90,8 @@ DECLINE = 0
 CANDIDATE = 1
 #: a UDP datagram for ``UdpLayer.udp_fast_input`` (fields: src, sport, dport, payload start, end)
 UDP = 2
-#: a TCP segment over IPv6 (fields as ``CANDIDATE``'s but ``src``, 0: the frame's bytes 22..37)
+#: a TCP segment over IPv6 (fields as ``CANDIDATE``'s; the source in the frame's bytes 22..37,
+#: ``src`` the index of the destination among the usable addresses: ``StackCore.fast_keys6``)
 CANDIDATE6 = 3
 #: a UDP datagram over IPv6 for ``UdpLayer.udp6_fast_input`` (as ``UDP``'s, the source in the
 #: frame's bytes 22..37; ``seq`` its slot in the :class:`SourceTable6`, ``src`` slot + 1 when there)
@@ -227,7 +230,7 @@ def py_classify_frame6(
     fields = _tcp_fields(frame, verify, 54, tcp_len, 22, 6 + tcp_len)
     if fields is None:
         return _DECLINED
-    return (CANDIDATE6, 0, *fields)
+    return (CANDIDATE6, usable.index(dst), *fields)  # which usable address of ours: the key holds it
 
 
 def _tcp_fields(

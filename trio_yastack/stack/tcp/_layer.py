@@ -3,7 +3,8 @@ closed ports), active opens, ephemeral ports, ISNs (RFC 6528), TIME_WAIT (compac
 bound and expiry: FreeBSD's ``tcp_timewait.c``), ICMP errors.
 
 Both families share all of it: ``tcp6_input`` checks a segment that came over IPv6 and then
-takes the same steps with the peer's address keyed by ``IP6_KEY`` (see :mod:`._tcp6`); an IPv6
+takes the same steps with both addresses in the key (``key6``: the peer's, ``IP6_KEY``, ours
+above; see :mod:`._tcp6`); an IPv6
 connection is a :class:`~._tcp6.TcpConnection6`, made by ``connect6`` or a listener that
 accepts IPv6 (``TcpListener.ipv6``)."""
 
@@ -41,7 +42,15 @@ from ._conn import TcpConnection
 from ._output import _ACK_WITH_TIMESTAMPS, tcp_checksum_and_send, window_shift_for
 from ._states import CLOSED, ESTABLISHED, LISTEN, SYN_RECEIVED, SYN_SENT, TIME_WAIT
 from ._syncookie import CookieOptions, SynCookies
-from ._tcp6 import IP6_KEY, TcpConnection6, format_remote, predicted_input, tcp6_checksum_and_send
+from ._tcp6 import (
+    IP6_KEY,
+    LOCAL6_SHIFT,
+    TcpConnection6,
+    format_remote,
+    key6,
+    predicted_input,
+    tcp6_checksum_and_send,
+)
 
 if TYPE_CHECKING:
     from .._core import StackCore
@@ -55,7 +64,8 @@ FLOOD_HOLD = 2.0
 _TS_ALIGNED = b"\x01\x01\x08\x0a"
 _U32X2 = struct.Struct("!II")
 _PAIR = struct.Struct("!HIH")
-_PAIR6 = struct.Struct("!H17sH")  # an IPv6 peer: its address with IP6_KEY, 17 bytes
+_PAIR6 = struct.Struct("!H33sH")  # an IPv6 connection: its key (key6: both addresses), 33 bytes
+_ADDRESS6 = IP6_KEY - 1
 #: Linux's SYN and SYN-ACK options, 20 bytes: MSS, SACK-permitted, timestamps, NOP, window scale
 #: (tests/vectors.py, TCP_SYN); the fixed bytes below, and the values read with one unpack
 _LINUX_SYN = struct.Struct("!2xH4xII3xB")
@@ -80,8 +90,8 @@ def linux_syn_options(buf: bytes, offset: int) -> TcpOptions | None:
     return TcpOptions(mss, window_scale, True, (), (tsval, tsecr))
 
 
-#: (local port, remote ip, remote port): the local IPv4 address is ours; an IPv6 remote address
-#: carries IP6_KEY (a connection's own IPv6 address is ``TcpConnection6.local_ip6``)
+#: (local port, remote ip, remote port): the local IPv4 address is ours; an IPv6 connection's
+#: "remote ip" is ``key6(peer, ours)``: the peer's address, IP6_KEY, our address above it
 ConnectionKey = tuple[int, int, int]
 
 
@@ -308,13 +318,14 @@ class TcpLayer:
         """64 bits of a keyed hash (BLAKE2s, the stack's secret) of a connection's identity: the
         high 32 offset its ISN, the low 32 its TSval clock.  One hash serves both, and the last
         pair's is kept, because a new connection asks for its ISN and then for its clock (a
-        keyed hash was a few microseconds of each end's set-up, twice).  Our own address is the
-        same for every connection of the stack, so the key stands for it."""
+        keyed hash was a few microseconds of each end's set-up, twice).  Our own IPv4 address is
+        the same for every connection of the stack, so the key stands for it; an IPv6 key holds
+        ours (RFC 6528's hash covers both addresses)."""
         pair = (local_port, remote_ip, remote_port)
         if pair == self._hash_pair:
             return self._hash_value
-        if remote_ip > _MASK:  # an IPv6 peer (IP6_KEY): the hash runs over its whole address
-            data = _PAIR6.pack(local_port, remote_ip.to_bytes(17, "big"), remote_port)
+        if remote_ip > _MASK:  # an IPv6 key (key6): the hash runs over both addresses
+            data = _PAIR6.pack(local_port, remote_ip.to_bytes(33, "big"), remote_port)
         else:
             data = _PAIR.pack(*pair)
         hasher = self._isn_hash.copy()
@@ -484,7 +495,10 @@ class TcpLayer:
                 0x50, TCP_ACK, window, 0, 0,
             )  # fmt: skip
         if remote_ip > _MASK:
-            tcp6_checksum_and_send(self.core, self.stats, packet, tcp_len, remote_ip & ~IP6_KEY, now)
+            local = remote_ip >> LOCAL6_SHIFT  # the address of ours the record is for (key6)
+            tcp6_checksum_and_send(
+                self.core, self.stats, packet, tcp_len, remote_ip & _ADDRESS6, now, src=local
+            )
         else:
             tcp_checksum_and_send(self.core, self.stats, packet, tcp_len, remote_ip, now)
 
@@ -624,7 +638,7 @@ class TcpLayer:
             raise OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address")
         if len(self.connections) >= self.config.max_connections:
             raise OSError(errno.EAGAIN, "Resource temporarily unavailable (connection table full)")
-        remote = remote_ip | IP6_KEY
+        remote = key6(remote_ip, local_ip)
         if local_port == 0:
             local_port = self.port_selector(remote, remote_port)
         else:
@@ -764,7 +778,7 @@ class TcpLayer:
         """A TCP segment arrived over IPv6 in ``buf[start:end]`` (FreeBSD ``tcp6_input``, which
         checks what is IPv6's and hands the segment to ``tcp_input``'s own code): the checksum
         over the IPv6 pseudo-header (RFC 8200 8.1), a unicast address of ours, then the steps of
-        :meth:`tcp_input` with the peer's address keyed by ``IP6_KEY``.  They are written out
+        :meth:`tcp_input` keyed by both addresses (:func:`._tcp6.key6`).  They are written out
         again rather than shared: sharing them would cost every IPv4 segment a call."""
         stats = self.stats
         stats.segments_received += 1
@@ -809,7 +823,7 @@ class TcpLayer:
             if options.timestamps is not None:
                 tsval, tsecr = options.timestamps
         data_start = start + header_len
-        remote = src | IP6_KEY
+        remote = src | IP6_KEY | dst << LOCAL6_SHIFT  # key6(src, dst)
         key = (dport, remote, sport)
         conn = self.connections.get(key)
         if conn is not None:
@@ -1152,7 +1166,8 @@ class TcpLayer:
         )
         packet[FRAME_HEADROOM + TCP_HEADER_LEN :] = option_bytes
         if dst > _MASK:
-            tcp6_checksum_and_send(self.core, self.stats, packet, header_len, dst & ~IP6_KEY, now, src=src)
+            src = src or dst >> LOCAL6_SHIFT  # (a connection's key holds our address: key6)
+            tcp6_checksum_and_send(self.core, self.stats, packet, header_len, dst & _ADDRESS6, now, src=src)
         else:
             tcp_checksum_and_send(self.core, self.stats, packet, header_len, dst, now)
 

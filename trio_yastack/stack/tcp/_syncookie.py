@@ -86,8 +86,8 @@ _DIGEST_BITS = 32
 # What the MAC covers: local address, local port, remote address, remote port, client ISN, full
 # time counter (signed: ``now`` comes from the caller's clock, whatever its origin), option bits.
 _MAC_INPUT = struct.Struct("!IHIHIqB")
-#: the same over IPv6 addresses (17 bytes: a TCP layer's IPv6 key carries bit 128)
-_MAC_INPUT6 = struct.Struct("!17sH17sHIqB")
+#: the same over IPv6 addresses (17 bytes each; 33 for the remote one: the TCP layer's key, key6)
+_MAC_INPUT6 = struct.Struct("!17sH33sHIqB")
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,11 +207,11 @@ class SynCookies:
         option_bits: int,
     ) -> int:
         """The top 22 bits of the keyed BLAKE2s over the connection's identity and the cookie's
-        other fields.  An address beyond 32 bits is an IPv6 one (up to 129 bits: the TCP layer's
-        keyed form), hashed whole; a port beyond 16 bits raises struct.error."""
+        other fields.  An address beyond 32 bits is an IPv6 one (the remote one up to 257 bits:
+        the TCP layer's key, ``key6``), hashed whole; a port beyond 16 bits raises struct.error."""
         h = self._mac.copy()
         if local_ip > _MASK32 or remote_ip > _MASK32:
-            local, remote = local_ip.to_bytes(17, "big"), remote_ip.to_bytes(17, "big")
+            local, remote = local_ip.to_bytes(17, "big"), remote_ip.to_bytes(33, "big")
             data = _MAC_INPUT6.pack(
                 local, local_port, remote, remote_port, client_isn & _MASK32, counter, option_bits
             )

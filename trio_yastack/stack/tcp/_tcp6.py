@@ -2,11 +2,16 @@
 ``tcp_input.c`` and ``tcp_output.c`` with IPv4 the same way).
 
 The TCP layer keys a connection by ``(local port, remote ip, remote port)`` and hands the remote
-address to every function that sends.  An IPv6 peer takes part in that as its 128-bit address
-with :data:`IP6_KEY` (bit 128) set: a key that no IPv4 address can equal, so the demultiplexing
-tables, TIME_WAIT, the RST and challenge-ACK paths and ``tcp_ctlinput`` serve both families
-unchanged, and the IPv4 hot path pays nothing (no family test, no extra field read).  What
-differs is where a segment leaves and what the headers cost:
+address to every function that sends.  An IPv6 connection takes part in that with a key
+(:func:`key6`) that holds both its addresses: the peer's 128-bit address in the low bits,
+:data:`IP6_KEY` (bit 128) set, and our own address above it (``<< 129``).  No IPv4 address can
+equal such a key, so the demultiplexing tables, TIME_WAIT, the RST and challenge-ACK paths and
+``tcp_ctlinput`` serve both families unchanged, and the IPv4 hot path pays nothing (no family
+test, no extra field read); and because our address is in it, a stack with several IPv6
+addresses (link-local, global, more) tells ``[A]:p <-> [P]:q`` from ``[B]:p <-> [P]:q``, as a
+kernel does (an IPv4 stack has one address, which its keys leave out).  ``key & _ADDRESS`` is
+the peer, ``key >> 129`` our address.  What differs is where a segment leaves and what the
+headers cost:
 
 - :class:`TcpConnection6` overrides the one method every segment of a connection leaves by,
   ``_checksum_and_send``: the IPv6 pseudo-header (RFC 8200 8.1) and ``ip6_output`` from the
@@ -57,10 +62,20 @@ if TYPE_CHECKING:
     from .._stats import TcpStats
     from ._layer import TcpLayer
 
-__all__ = ["IP6_KEY", "TcpConnection6", "format_remote", "tcp6_checksum_and_send", "tcp6_output_frame"]
+__all__ = [
+    "IP6_KEY",
+    "LOCAL6_SHIFT",
+    "TcpConnection6",
+    "format_remote",
+    "key6",
+    "tcp6_checksum_and_send",
+    "tcp6_output_frame",
+]
 
-#: the mark of an IPv6 remote address in the TCP layer's keys: ``address | IP6_KEY``
+#: the mark of an IPv6 connection in the TCP layer's keys: ``peer | IP6_KEY | ours << 129``
 IP6_KEY = 1 << 128
+#: where our own address sits in an IPv6 key (``key >> LOCAL6_SHIFT``)
+LOCAL6_SHIFT = 129
 _ADDRESS = IP6_KEY - 1
 _MASK = 0xFFFFFFFF
 #: ``_ip6.FRAME_HEADROOM6`` (not imported: ``_icmp6`` imports this module for ``IP6_KEY``)
@@ -73,6 +88,13 @@ _HEADERS6 = FRAME_HEADROOM6 + 32
 IPV6_MIN_MTU = 1280
 
 
+def key6(remote: int, local: int) -> int:
+    """The TCP layer's remote key of an IPv6 connection between our address ``local`` and the
+    peer's ``remote`` (both plain 128-bit addresses).  (``StackCore.ether_input_burst`` writes
+    the same expression out, for a segment the classifier found a ``CANDIDATE6``.)"""
+    return remote | IP6_KEY | local << LOCAL6_SHIFT
+
+
 def format_remote(remote_ip: int) -> str:
     """A remote address of the TCP layer (IPv4, or IPv6 with :data:`IP6_KEY`) as text."""
     if remote_ip & IP6_KEY:
@@ -83,9 +105,9 @@ def format_remote(remote_ip: int) -> str:
 
 
 class TcpConnection6(TcpConnection):
-    """A TCP connection to an IPv6 peer: ``remote_ip`` is its address with :data:`IP6_KEY`,
-    ``local_ip6`` our address it talks to (the destination of its SYN, or the source chosen
-    for an active open)."""
+    """A TCP connection to an IPv6 peer: ``remote_ip`` is its key (:func:`key6`: the peer's
+    address with :data:`IP6_KEY`, ours above), ``local_ip6`` our address it talks to (the
+    destination of its SYN, or the source chosen for an active open), the key's upper part."""
 
     __slots__ = ("_header6", "_mac6", "_pseudo6", "local_ip6")
 
