@@ -526,12 +526,12 @@ def _uri_template(r: _Reader, v: object, path: str) -> StringMatcher:
     template = tc.req("path_template", _nonempty_str)
     tc.done()
     try:
-        return StringMatcher("safe_regex", template_regex(template))
+        return StringMatcher("safe_regex", _template_regex(template))
     except ValueError as exc:
         r.fail(_join(_join(path, "typed_config"), "path_template"), str(exc))
 
 
-def template_regex(template: str) -> str:
+def _template_regex(template: str) -> str:
     """Envoy's path template as a regular expression: ``*`` one segment (or the rest of one, as in
     ``*.m4s``), ``**`` any number of segments (the last operator only), ``{name}``/``{name=*}``
     one segment, ``{name=a/*}`` a pattern of segments, ``{name=**}`` any number; ``ValueError``
