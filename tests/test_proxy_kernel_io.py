@@ -379,7 +379,6 @@ async def test_the_proxy_on_kernel_sockets_does_its_io_through_kernel_io(
         monkeypatch.setattr(module, "send_all", counted("send", module.send_all))
         monkeypatch.setattr(module, "receive_some", counted("receive", module.receive_some))
     monkeypatch.setattr(upstream, "receive_later", counted("receive", upstream.receive_later))
-    monkeypatch.setattr(http_proxy, "receive_until", counted("receive", http_proxy.receive_until))
     monkeypatch.setattr(http_proxy, "send_now", counted_now("send", http_proxy.send_now))
     monkeypatch.setattr(http_proxy, "receive_now", counted_now("receive", http_proxy.receive_now))
     backend_port, proxy_port = _free_port(), _free_port()
