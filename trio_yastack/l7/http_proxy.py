@@ -1851,17 +1851,8 @@ async def _relay_plain(
     hcm.stats.count(_downstream_counters(status))
     ds.response_started = True
     pending = [head]
-
-    def take() -> None:
-        """The body parsed so far into ``pending`` (and its end, once there)."""
-        for data in reader.take_body():
-            record.bytes_sent += len(data)
-            pending.append(chunk(data) if chunked else data)
-        if reader.done and chunked:  # trailers (grpc-status) fit a chunked body
-            pending.append(last_chunk(strip_hop_by_hop(reader.trailers)))
-
     try:
-        take()
+        _take_body(reader, record, pending, chunked)
         if reader.done and ds.raw is not None:
             # The whole response is in hand (a small one came with its head): written
             # without a cancel scope when the kernel takes it at once, as it mostly does.
@@ -1883,7 +1874,7 @@ async def _relay_plain(
                             raise trio.BrokenResourceError("upstream closed in a response body")
                     else:
                         reader.feed(received)
-                    take()
+                    _take_body(reader, record, pending, chunked)
                     scope.deadline = min(route_deadline, trio.current_time() + stream_idle)
             if scope.cancelled_caught:
                 if trio.current_time() >= route_deadline:
@@ -1905,6 +1896,17 @@ async def _relay_plain(
     if close:
         hcm.stats.inc("downstream_cx_drain_close")
     return not close
+
+
+def _take_body(reader: ResponseReader, record: AccessRecord, pending: list[bytes], chunked: bool) -> None:
+    """:func:`_relay_plain`'s step: the body parsed so far into ``pending`` (and its end, once
+    there), counted in ``record``; a module function, not a closure, so that the relay's own
+    variables stay plain locals."""
+    for data in reader.take_body():
+        record.bytes_sent += len(data)
+        pending.append(chunk(data) if chunked else data)
+    if reader.done and chunked:  # trailers (grpc-status) fit a chunked body
+        pending.append(last_chunk(strip_hop_by_hop(reader.trailers)))
 
 
 def _relay_head(
