@@ -29,7 +29,14 @@ from trio_yastack.l7._http1 import (
     request_head_bytes,
     response_head_bytes,
 )
-from trio_yastack.l7.http_proxy import HttpConnectionManagerRuntime, ProxyLimits
+from trio_yastack.l7.http_proxy import (
+    HttpConnectionManagerRuntime,
+    ProxyLimits,
+    _reason,
+    _relay_head,
+    _with_via,
+)
+from trio_yastack.l7.router import strip_hop_by_hop
 
 # --- the heads, against h11 ---
 
@@ -803,3 +810,43 @@ async def test_the_lean_path_on_a_pooled_connection_fails_as_the_general_path(
         assert stats["cluster.app.upstream_cx_total"] == 2
     else:
         assert stats["cluster.app.upstream_cx_total"] == 1  # the second request took the pooled one
+
+
+# --- the relayed response head in one pass, against the general path's headers written by h11 ---
+
+_UPSTREAM_HEADS = [
+    [(b"content-length", b"6"), (b"server", b"nginx"), (b"connection", b"keep-alive")],
+    [(b"server", b"up"), (b"via", b"1.0 a"), (b"via", b"1.1 b"), (b"keep-alive", b"timeout=5")],
+    [(b"x-private", b"s"), (b"connection", b"x-private, keep-alive"), (b"content-length", b"2")],
+    [(b"via", b"1.1 up"), (b"connection", b"via"), (b"transfer-encoding", b"chunked"), (b"x-a", b"1")],
+    [(b"content-length", b"0"), (b"connection", b"Close"), (b"proxy-connection", b"x"), (b"te", b"t")],
+]
+
+
+@pytest.mark.parametrize("upstream", _UPSTREAM_HEADS)
+@pytest.mark.parametrize("status", [200, 204, 404])
+@pytest.mark.parametrize("added", [[], [(b"x-a", b"2"), (b"access-control-expose-headers", b"x-reply")]])
+@pytest.mark.parametrize("close", [False, True])
+def test_the_relayed_head_is_what_h11_writes_for_the_general_paths_headers(
+    upstream: list[tuple[bytes, bytes]], status: int, added: list[tuple[bytes, bytes]], close: bool
+) -> None:
+    # _relay_head builds the common case's lines as it reads the upstream's fields, and takes a
+    # list of pairs only for a Connection naming other fields or the filters' headers: both ways
+    # must write what _UpstreamRequest._relay_response's steps give h11 to write.
+    headers = _with_via([*strip_hop_by_hop(upstream), (b"x-envoy-upstream-service-time", b"7")])
+    if added:
+        names = {name for name, _ in added}
+        headers = [h for h in headers if h[0] not in names] + added
+    if close:
+        headers.append((b"connection", b"close"))
+    if status == 204:
+        headers = [h for h in headers if h[0] not in (b"content-length", b"transfer-encoding")]
+        upstream = [h for h in upstream if h[0] not in (b"content-length", b"transfer-encoding")]
+    headers = [h for h in headers if h[0] != b"transfer-encoding"]  # h11 frames it itself
+    server = h11.Connection(h11.SERVER)
+    server.receive_data(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+    assert isinstance(server.next_event(), h11.Request)
+    expected = server.send(h11.Response(status_code=status, headers=headers, reason=_reason(status)))
+    head, chunked = _relay_head(status, upstream, "7", added, close)
+    assert head == expected
+    assert chunked == (status != 204 and not any(h[0] == b"content-length" for h in headers))

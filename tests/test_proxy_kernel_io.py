@@ -31,6 +31,7 @@ from trio_yastack.l7._kernel_io import (
     receive_until,
     send_all,
     send_now,
+    wait_readable,
 )
 from trio_yastack.l7.http_proxy import _reason, _uuid4
 
@@ -332,6 +333,34 @@ async def test_receive_until_keeps_its_deadline_without_a_cancel_scope() -> None
             assert await receive_until(raw_a_in, 16, trio.current_time() - 1) is None
 
 
+async def test_wait_readable_then_receive_now_as_the_proxy_reads() -> None:
+    # The proxy's upstream and idle waits call wait_readable themselves and read with
+    # receive_now (no receive_until frame): True once the socket may be read (at once, without a
+    # park, on a ready mark, which may be stale: the read then finds nothing and the caller waits
+    # again), False when the deadline passes or expire() ends the wait.
+    client, server = await _socket_streams()
+    async with client, server:
+        raw_out, raw_in = kernel_socket(client), kernel_socket(server)
+        assert raw_out is not None and raw_in is not None
+        start = trio.current_time()
+        assert await wait_readable(raw_in, start + 0.05) is False  # registers it; nothing came
+        assert trio.current_time() - start >= 0.05
+        assert send_now(raw_out, b"x") == 1
+        await trio.testing.wait_all_tasks_blocked()  # the reactor saw the edge: a ready mark
+        assert receive_now(raw_in, 16) == b"x"  # read before the wait: the mark is stale now
+        with trio.fail_after(5):
+            assert await wait_readable(raw_in, trio.current_time() + 5) is True  # the mark, no park
+        assert receive_now(raw_in, 16) is None  # stale: the caller waits again, for a real edge
+        with trio.fail_after(5):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(send_all, raw_out, b"answer")
+                assert await wait_readable(raw_in, trio.current_time() + 5) is True
+        assert receive_now(raw_in, 16) == b"answer"
+        expire(raw_in)  # a drain before the wait: the next wait ends at once, False
+        with trio.fail_after(5):
+            assert await wait_readable(raw_in) is False
+
+
 def test_uuid4_is_uuid_s_text() -> None:
     rng = random.Random(20)
     for bits in [0, (1 << 128) - 1, *(rng.getrandbits(128) for _ in range(20000))]:
@@ -379,7 +408,6 @@ async def test_the_proxy_on_kernel_sockets_does_its_io_through_kernel_io(
         monkeypatch.setattr(module, "send_all", counted("send", module.send_all))
         monkeypatch.setattr(module, "receive_some", counted("receive", module.receive_some))
     monkeypatch.setattr(upstream, "receive_later", counted("receive", upstream.receive_later))
-    monkeypatch.setattr(http_proxy, "receive_until", counted("receive", http_proxy.receive_until))
     monkeypatch.setattr(http_proxy, "send_now", counted_now("send", http_proxy.send_now))
     monkeypatch.setattr(http_proxy, "receive_now", counted_now("receive", http_proxy.receive_now))
     backend_port, proxy_port = _free_port(), _free_port()

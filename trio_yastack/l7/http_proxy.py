@@ -96,9 +96,9 @@ from ._kernel_io import (
     kernel_socket,
     receive_now,
     receive_some,
-    receive_until,
     send_all,
     send_now,
+    wait_readable,
 )
 from .access_log import AccessLogger, AccessRecord
 from .config import (
@@ -235,7 +235,7 @@ class _Downstream:
             await self.write(data)
 
     def cancel(self) -> None:
-        """A drain: end the wait for the next request (:func:`receive_until` on ``raw``) now, as
+        """A drain: end the wait for the next request (:func:`wait_readable` on ``raw``) now, as
         cancelling its scope would (``ProxyState.idle_waits``)."""
         if self.raw is not None:
             expire(self.raw)
@@ -620,8 +620,16 @@ class HttpConnectionManagerRuntime:
             # (no cancel scope); a drain ends it (_Downstream.cancel) as it cancels the scopes.
             idle = self.config.idle_timeout
             self.state.idle_waits.add(ds)
+            deadline = trio.current_time() + idle if idle else _INF
             try:
-                data = await receive_until(ds.raw, RECEIVE_SIZE, trio.current_time() + idle if idle else _INF)
+                # receive_until's loop, with its wait straight on _kernel_io's reader (one
+                # coroutine level fewer to resume)
+                while True:
+                    if not await wait_readable(ds.raw, deadline):
+                        break
+                    data = receive_now(ds.raw, RECEIVE_SIZE)
+                    if data is not None:  # (None: a stale ready mark; the edge is waited for)
+                        break
             finally:
                 self.state.idle_waits.discard(ds)
             if data is None:
@@ -1838,55 +1846,13 @@ async def _relay_plain(
     service = str(int((trio.current_time() - attempt_started) * 1000))
     record.upstream_service_time = service
     record.response_code = status
-    # One pass for what _relay_response does in several (strip_hop_by_hop, the service time,
-    # _with_via): hop-by-hop fields dropped, Via collected and written last with this proxy.
-    headers: list[tuple[bytes, bytes]] = []
-    via = named = None
-    length = False
-    for item in response.headers:
-        name = item[0]
-        if name in _PLAIN_RESPONSE_SKIP:
-            if name == b"via":
-                via = item[1] if via is None else via + b"," + item[1]
-            elif name == b"connection" and item[1] not in _PLAIN_CONNECTION_VALUES:
-                tokens = {token.strip().lower() for token in item[1].split(b",")}
-                named = tokens if named is None else named | tokens
-            continue
-        if name == b"content-length":
-            length = True
-        headers.append(item)
-    if named is not None and named - _CONNECTION_TOKENS:  # it names fields to drop too
-        headers = [h for h in headers if h[0] not in named]
-        length = any(h[0] == b"content-length" for h in headers)
-        if b"via" in named:
-            via = None
-    headers.append((b"x-envoy-upstream-service-time", service.encode()))
-    headers.append((b"via", via + b", " + VIA if via else VIA))  # RFC 9110 7.6.3
-    if response_headers:  # set by the filters, replacing the upstream's own (Envoy's setReference)
-        names = {name for name, _ in response_headers}
-        headers = [h for h in headers if h[0].lower() not in names]
-        headers.extend(response_headers)
-        length = any(h[0] == b"content-length" for h in headers)
     close = hcm.state.draining
-    if close:
-        headers.append((b"connection", b"close"))
+    head, chunked = _relay_head(status, response.headers, service, response_headers, close)
     hcm.stats.count(_downstream_counters(status))
     ds.response_started = True
-    # h11's framing of what it sends: the length when there is one, else chunked (the client
-    # speaks HTTP/1.1), none for 204 and 304
-    chunked = status not in (204, 304) and not length
-    pending = [response_head_bytes(status, _reason(status), headers, chunked=chunked)]
-
-    def take() -> None:
-        """The body parsed so far into ``pending`` (and its end, once there)."""
-        for data in reader.take_body():
-            record.bytes_sent += len(data)
-            pending.append(chunk(data) if chunked else data)
-        if reader.done and chunked:  # trailers (grpc-status) fit a chunked body
-            pending.append(last_chunk(strip_hop_by_hop(reader.trailers)))
-
+    pending = [head]
     try:
-        take()
+        _take_body(reader, record, pending, chunked)
         if reader.done and ds.raw is not None:
             # The whole response is in hand (a small one came with its head): written
             # without a cancel scope when the kernel takes it at once, as it mostly does.
@@ -1908,7 +1874,7 @@ async def _relay_plain(
                             raise trio.BrokenResourceError("upstream closed in a response body")
                     else:
                         reader.feed(received)
-                    take()
+                    _take_body(reader, record, pending, chunked)
                     scope.deadline = min(route_deadline, trio.current_time() + stream_idle)
             if scope.cancelled_caught:
                 if trio.current_time() >= route_deadline:
@@ -1930,6 +1896,89 @@ async def _relay_plain(
     if close:
         hcm.stats.inc("downstream_cx_drain_close")
     return not close
+
+
+def _take_body(reader: ResponseReader, record: AccessRecord, pending: list[bytes], chunked: bool) -> None:
+    """:func:`_relay_plain`'s step: the body parsed so far into ``pending`` (and its end, once
+    there), counted in ``record``; a module function, not a closure, so that the relay's own
+    variables stay plain locals."""
+    for data in reader.take_body():
+        record.bytes_sent += len(data)
+        pending.append(chunk(data) if chunked else data)
+    if reader.done and chunked:  # trailers (grpc-status) fit a chunked body
+        pending.append(last_chunk(strip_hop_by_hop(reader.trailers)))
+
+
+def _relay_head(
+    status: int, upstream: Sequence[tuple[bytes, bytes]], service: str,
+    response_headers: Sequence[tuple[bytes, bytes]], close: bool,
+) -> tuple[bytes, bool]:  # fmt: skip
+    """:func:`_relay_plain`'s response head to the client, from the upstream's ``status`` and
+    headers (``upstream``): what h11 would write for the headers :meth:`_UpstreamRequest._relay_response`
+    makes, with ``x-envoy-upstream-service-time: service``, the filters' ``response_headers`` and
+    ``connection: close`` if ``close``.  Returns the head and whether the body goes chunked."""
+    # One pass for what _relay_response does in several (strip_hop_by_hop, the service time,
+    # _with_via): hop-by-hop fields dropped, Via collected and written last with this proxy, and
+    # the head's lines made as the fields are read (response_head_bytes's, without a list of
+    # pairs in between).  A Connection that names other fields to drop, or response headers
+    # from the filters, take the list of pairs (_relayed_headers) and response_head_bytes.
+    lines = [b""]  # the status line, filled in below
+    via = named = None
+    length = False
+    for name, value in upstream:
+        if name in _PLAIN_RESPONSE_SKIP:
+            if name == b"via":
+                via = value if via is None else via + b"," + value
+            elif name == b"connection" and value not in _PLAIN_CONNECTION_VALUES:
+                tokens = {token.strip().lower() for token in value.split(b",")}
+                named = tokens if named is None else named | tokens
+            continue
+        if name == b"content-length":
+            length = True
+        lines.append(name + b": " + value + b"\r\n")
+    if (named is not None and named - _CONNECTION_TOKENS) or response_headers:
+        headers, length = _relayed_headers(upstream, named, via, service, response_headers, close)
+        chunked = status not in (204, 304) and not length
+        head = response_head_bytes(status, _reason(status), headers, chunked=chunked)
+    else:
+        # h11's framing of what it sends: the length when there is one, else chunked (the client
+        # speaks HTTP/1.1), none for 204 and 304
+        chunked = status not in (204, 304) and not length
+        lines[0] = b"HTTP/1.1 %d %s\r\n" % (status, _reason(status))
+        lines.append(
+            b"x-envoy-upstream-service-time: " + service.encode()
+            + b"\r\nvia: " + (via + b", " + VIA if via else VIA)  # RFC 9110 7.6.3
+            + (b"\r\nconnection: close\r\n" if close else b"\r\n")
+            + (b"Transfer-Encoding: chunked\r\n\r\n" if chunked else b"\r\n")
+        )  # fmt: skip
+        head = b"".join(lines)
+    return head, chunked
+
+
+def _relayed_headers(
+    upstream: Sequence[tuple[bytes, bytes]], named: set[bytes] | None, via: bytes | None, service: str,
+    response_headers: Sequence[tuple[bytes, bytes]], close: bool,
+) -> tuple[list[tuple[bytes, bytes]], bool]:  # fmt: skip
+    """:func:`_relay_plain`'s response headers as a list of pairs, for the uncommon cases: a
+    ``Connection`` that names fields to drop (``named``), the filters' ``response_headers``
+    (replacing the upstream's own, as Envoy's setReference).  ``via``: the upstream's Via values,
+    joined.  Returns the headers and whether they hold a ``Content-Length``."""
+    if named is not None and named - _CONNECTION_TOKENS:  # it names fields to drop too
+        drop = _PLAIN_RESPONSE_SKIP | named
+        if b"via" in named:
+            via = None
+    else:
+        drop = _PLAIN_RESPONSE_SKIP
+    headers = [item for item in upstream if item[0] not in drop]
+    headers.append((b"x-envoy-upstream-service-time", service.encode()))
+    headers.append((b"via", via + b", " + VIA if via else VIA))  # RFC 9110 7.6.3
+    if response_headers:  # set by the filters, replacing the upstream's own (Envoy's setReference)
+        names = {name for name, _ in response_headers}
+        headers = [h for h in headers if h[0].lower() not in names]
+        headers.extend(response_headers)
+    if close:
+        headers.append((b"connection", b"close"))
+    return headers, any(h[0] == b"content-length" for h in headers)
 
 
 async def _send_plain(conn: UpstreamConnection, data: bytes) -> PlainResponse:
@@ -1960,7 +2009,8 @@ async def _send_plain(conn: UpstreamConnection, data: bytes) -> PlainResponse:
 
 async def _send_plain_until(conn: UpstreamConnection, data: bytes, deadline: float) -> PlainResponse | None:
     """:func:`_send_plain` on a kernel socket (``conn.raw``), with ``deadline`` kept by
-    :func:`receive_until` instead of a cancel scope: None when it passes before the head."""
+    :mod:`._kernel_io`'s reader (:func:`wait_readable`) instead of a cancel scope: None when it
+    passes before the head."""
     raw = conn.raw
     assert raw is not None
     conn.requests += 1
@@ -1977,20 +2027,21 @@ async def _send_plain_until(conn: UpstreamConnection, data: bytes, deadline: flo
             await conn.write(data[sent:])
         if scope.cancelled_caught:
             return None
-    received = await receive_until(raw, RECEIVE_SIZE, deadline)  # (the answer cannot be there yet)
+    # The answer cannot be there yet: the wait first, straight on _kernel_io's reader (one
+    # coroutine level fewer to resume than receive_until's), then the reads.
     while True:
-        if received is None:
+        if not await wait_readable(raw, deadline):
             return None
-        conn.received += len(received)
-        if not received:
-            raise trio.BrokenResourceError("upstream closed before a response")
-        reader.feed(received)
-        if reader.head is not None:
-            return reader.head
-        # a read may leave more behind (edge-triggered: no new edge for it): read before waiting
         received = receive_now(raw, RECEIVE_SIZE)
-        if received is None:
-            received = await receive_until(raw, RECEIVE_SIZE, deadline)
+        # a read may leave more behind (edge-triggered: no new edge for it): read before waiting
+        while received is not None:
+            conn.received += len(received)
+            if not received:
+                raise trio.BrokenResourceError("upstream closed before a response")
+            reader.feed(received)
+            if reader.head is not None:
+                return reader.head
+            received = receive_now(raw, RECEIVE_SIZE)
 
 
 def _pick_cluster(hcm: HttpConnectionManagerRuntime, action: RouteAction) -> ClusterRuntime:

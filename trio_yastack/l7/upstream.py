@@ -509,7 +509,11 @@ class ClusterRuntime:
         self.had_traffic = True
         if not self._plain:
             return self._choose_weighted()
-        available = [h for h in self.hosts if h.available]
+        hosts = self.hosts
+        if len(hosts) == 1:  # one host (every policy picks it when it is available): no list built
+            host = hosts[0]
+            return host if not host.failed_active_hc and host.ejected_until is None else None
+        available = [h for h in hosts if h.available]
         if not available:
             return None
         policy = self.config.lb_policy
