@@ -7,9 +7,11 @@
  * one record per frame: YAS_FAST_CANDIDATE with the TCP fields for a frame header prediction
  * may take -- an unfragmented IPv4 datagram without options to our address from a sane
  * source, a TCP segment with ACK (and maybe PSH) and no other flag, no options or exactly the
- * aligned timestamp option (NOP NOP TS), valid checksums -- and YAS_FAST_DECLINE for every other
+ * aligned timestamp option (NOP NOP TS), valid checksums; or the same with FIN too (a
+ * connection's FIN, which the caller hands to the connection's general path, skipping only
+ * the layers' parsing again) -- and YAS_FAST_DECLINE for every other
  * frame, which the caller hands to the Python path (ether_input) unchanged, in order.
- * An IPv6 frame is a candidate on the same terms (YAS_FAST_CANDIDATE6): no extension header,
+ * An IPv6 frame is a candidate on the terms without FIN (YAS_FAST_CANDIDATE6): no extension header,
  * next header TCP, to one of our usable unicast addresses from a source that is none of ours,
  * not multicast, loopback or unspecified, a hop limit above 0, the checksum over the IPv6
  * pseudo-header valid; the record's `src` is 0 (the caller keys the connection by the 128-bit
@@ -76,19 +78,21 @@ static void classify_udp(const unsigned char *f, uint32_t len, int verify, uint3
 }
 
 static int tcp_fields(const unsigned char *f, uint32_t len, int verify, uint32_t at, uint32_t tcp_len,
-                      uint32_t sum_at, uint32_t initial, struct yas_tcp_seg *r)
+                      uint32_t sum_at, uint32_t initial, uint32_t fin_ok, struct yas_tcp_seg *r)
 {
     /* The TCP half, for both families: the segment at f[at:at + tcp_len], its checksum summed
      * from f[sum_at] (before `at` for IPv6, whose addresses sit right before the segment and
-     * are summed with it) with `initial` the rest of the pseudo-header.  Fills the record's
-     * TCP fields and returns 1, or 0 (the record left a decline). */
+     * are summed with it) with `initial` the rest of the pseudo-header.  `fin_ok` is 0x01 when
+     * a FIN (with its ACK) may be a candidate too (IPv4: the caller hands it to the connection's
+     * general path), 0 when not.  Fills the record's TCP fields and returns 1, or 0 (the record
+     * left a decline). */
     const unsigned char *th = f + at;
     uint32_t thl = (uint32_t)(th[12] >> 4) << 2;
     if (thl < 20 || thl > tcp_len)
         return 0;
     uint32_t flags = th[13];
-    if ((flags & ~0x08u) != 0x10 || (th[12] & 0x0F))
-        return 0; /* anything but ACK or ACK|PSH (or the reserved bits) */
+    if ((flags & ~(0x08u | fin_ok)) != 0x10 || (th[12] & 0x0F))
+        return 0; /* anything but ACK or ACK|PSH, ACK|FIN(|PSH) when fin_ok (or the reserved bits) */
     uint32_t sport = be16(th), dport = be16(th + 2);
     if (sport == 0 || dport == 0)
         return 0;
@@ -188,7 +192,7 @@ static void classify6(const unsigned char *f, uint32_t len, int verify, const ch
         return;
     }
     /* the pseudo-header (RFC 8200 8.1): addresses (summed in place), length, next header */
-    if (!tcp_fields(f, len, verify, 54, payload_len, 22, 6 + payload_len, r))
+    if (!tcp_fields(f, len, verify, 54, payload_len, 22, 6 + payload_len, 0, r))
         return;
     r->kind = YAS_FAST_CANDIDATE6;
 }
@@ -231,7 +235,7 @@ static void classify(const unsigned char *f, uint32_t len, int verify, const cha
         return;
     }
     uint32_t initial = (src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF) + 6 + (total - 20);
-    if (!tcp_fields(f, len, verify, 34, total - 20, 34, initial, r))
+    if (!tcp_fields(f, len, verify, 34, total - 20, 34, initial, 0x01, r))
         return;
     r->kind = YAS_FAST_CANDIDATE;
     r->src = src;

@@ -23,6 +23,17 @@ REQUEST = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
 RESPONSE = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
 
 
+def _burst(core: StackCore, peer: Peer, flags: int, payload: bytes = b"", *, now: float) -> list[Any]:
+    """``peer.send`` as the runtime delivers it: the segment in a burst of its own (the fast
+    path's classifier sees it), the output at the burst's end; what the core sent back."""
+    frame = peer.frame(flags, payload, now=now)
+    peer.snd_nxt = seq_add(peer.snd_nxt, len(payload) + (1 if flags & TCP_FIN else 0))
+    core.begin_burst()
+    core.ether_input_burst([frame], now)
+    core.end_burst(now)
+    return peer.receive()
+
+
 def _cycle(monkeypatch: pytest.MonkeyPatch, fast: bool) -> tuple[StackCore, list[Any]]:
     """One connection served as the runtime serves it (bursts, autocorking), curl-like peer:
     what left after each step, the connection's fields after the handshake's burst, counters."""
@@ -52,7 +63,7 @@ def _cycle(monkeypatch: pytest.MonkeyPatch, fast: bool) -> tuple[StackCore, list
     peer.core.outbox = [*out]
     peer.receive()
     now += 0.01
-    seen.append(peer.send(TCP_ACK | TCP_FIN, now=now))
+    seen.append(_burst(core, peer, TCP_ACK | TCP_FIN, now=now))
     seen.append((len(core.tcp.time_wait), core.statistics()))
     return core, seen
 
@@ -62,13 +73,15 @@ def test_the_handshakes_ack_and_request_skip_the_layers_with_the_same_result(
 ) -> None:
     """The ACK completing a passive open is a fast-path candidate whose connection is not yet
     ESTABLISHED: ``fast_input`` hands it to ``segment_arrives`` itself (ip_input and tcp_input's
-    checks were the classifier's), and the request behind it in the burst is then predicted.
+    checks were the classifier's), and the request behind it in the burst is then predicted;
+    the peer's FIN+ACK at the end is a candidate handed to ``segment_arrives`` the same way.
     Same frames, connection fields and counters as the Python path."""
     on_core, on = _cycle(monkeypatch, True)
     off_core, off = _cycle(monkeypatch, False)
     assert on == off
+    assert len(on[3]) == 1 and on[3][0].flags == TCP_ACK  # the FIN acknowledged
     assert on[4][0] == 1  # the pair in TIME_WAIT
-    assert on_core.fast_path_segments == 2 and off_core.fast_path_segments == 0
+    assert on_core.fast_path_segments == 3 and off_core.fast_path_segments == 0
     check_accounting(on_core)
     check_accounting(off_core)
 
@@ -124,3 +137,40 @@ def test_a_passive_opens_congestion_control_is_made_once_with_the_syns_mss(
         made.append(connection_state(conn))
     assert made[0] == made[1]
     assert _fields(_conn._CC_AT_SYN) == _fields(NewReno(536))
+
+
+def _peer_closes_first(fast: bool) -> tuple[StackCore, list[Any]]:
+    """The peer's FIN reaches an ESTABLISHED connection (with the request's last bytes, then
+    alone after data), we answer and close (LAST_ACK), the peer's last ACK; then the peer's FIN
+    again (a retransmission to a pair no longer in the table): what left after each burst."""
+    core = tcp_core(seed=11)
+    core.fast_path = fast
+    core.autocork = True
+    _listener, conn, peer = open_passive(core)
+    now = T0 + 1
+    seen: list[Any] = [_burst(core, peer, TCP_ACK | TCP_PSH | TCP_FIN, b"the last bytes", now=now)]
+    seen.append((conn.state, conn.receive(100, now), conn.receive(100, now)))
+    conn.send(b"bye", now)
+    conn.close(now)
+    core.run_pending_output(now)
+    seen.append(peer.receive())
+    now += 0.01
+    seen.append(_burst(core, peer, TCP_ACK, now=now))
+    seen.append(conn.state)
+    peer.snd_nxt = seq_add(peer.snd_nxt, -1)
+    seen.append(_burst(core, peer, TCP_ACK | TCP_FIN, now=now + 0.01))  # answered by a RST or nothing
+    seen.append(core.statistics())
+    return core, seen
+
+
+def test_a_fin_on_an_established_connection_skips_the_layers_with_the_same_result() -> None:
+    """A FIN (with data) on an ESTABLISHED connection is a candidate ``fast_input`` hands to
+    ``segment_arrives``; one for a pair gone from the table takes the Python path.  Same frames
+    and counters as the Python path throughout."""
+    on_core, on = _peer_closes_first(True)
+    off_core, off = _peer_closes_first(False)
+    assert on == off
+    assert on[1][1] == b"the last bytes" and on[1][2] == b""  # the data, then the end of stream
+    assert on_core.fast_path_segments == 2 and off_core.fast_path_segments == 0
+    check_accounting(on_core)
+    check_accounting(off_core)

@@ -89,11 +89,30 @@ def test_a_predictable_segment_is_a_candidate_with_its_fields() -> None:
     assert bare[0] == CANDIDATE and bare[8:] == (-1, -1, 54, 54)
 
 
+@pytest.mark.parametrize("flags", [TCP_ACK | TCP_FIN, TCP_ACK | TCP_PSH | TCP_FIN])
+@pytest.mark.parametrize("payload", [b"", b"last bytes"])
+def test_a_fin_with_its_ack_is_a_candidate(flags: int, payload: bytes) -> None:
+    """A connection's FIN (with its ACK, maybe data) is a candidate with its flags, for
+    ``fast_input`` to hand to the connection's general path; without options too."""
+    frame = segment(flags, payload, seq=0x1234, ack=0x5678, window=999)
+    record = py_classify_frame(frame, True, MAC, IP, BROADCAST)
+    assert record == (
+        CANDIDATE, int(PEER_IP), PEER_PORT, OUR_PORT, 0x1234, 0x5678, flags, 999,
+        1000, 2000, 14 + 20 + 32, len(frame),
+    )  # fmt: skip
+    assert py_classify_frame(segment(flags, ts=False), True, MAC, IP, BROADCAST)[0] == CANDIDATE
+    if NATIVE_FASTPATH:
+        assert native_classify_burst is not None
+        assert native_classify_burst([frame], MAC, IP, BROADCAST, True) == [record]
+
+
 @pytest.mark.parametrize(
     "frame",
     [
         segment(TCP_SYN | TCP_ACK),
-        segment(TCP_ACK | TCP_FIN),
+        segment(TCP_FIN),  # FIN without ACK
+        segment(TCP_SYN | TCP_ACK | TCP_FIN),
+        segment(TCP_RST | TCP_ACK | TCP_FIN),
         segment(TCP_RST | TCP_ACK),
         segment(TCP_ACK | 0x20),  # URG
         segment(TCP_ACK | 0x40),  # ECE
@@ -121,7 +140,9 @@ def test_a_predictable_segment_is_a_candidate_with_its_fields() -> None:
     ],
     ids=[
         "syn",
-        "fin",
+        "fin-no-ack",
+        "syn-fin",
+        "rst-fin",
         "rst",
         "urg",
         "ece",

@@ -5,8 +5,8 @@ FreeBSD's header prediction sits at the top of ``tcp_do_segment``, after ``ether
 frames of one burst are first classified together, in one call into C (``native/tcp_fast.c``,
 ``yas_tcp_fast_classify``) or its pure-Python twin :func:`py_classify_frame`: a frame that header
 prediction may take -- an unfragmented IPv4 datagram without options, to our address, carrying a
-TCP segment with ACK (and maybe PSH) and no other flag, no options or the aligned timestamp
-option, with valid checksums -- comes back as a *candidate* with its TCP fields; any other frame
+TCP segment with ACK (and maybe PSH; over IPv4 maybe FIN) and no other flag, no options or the aligned
+timestamp option, with valid checksums -- comes back as a *candidate* with its TCP fields; any other frame
 *declines* and goes through ``ether_input`` as before.  A UDP datagram ``udp_input`` would take
 without a question (same IPv4 checks; a UDP length that fits, a destination port, a valid checksum
 or none) comes back as a ``UDP`` record: ``StackCore.ether_input_burst`` queues it on its socket
@@ -34,9 +34,10 @@ the general path's own functions once the checks they would make are known to pa
 bookkeeping (RTT, congestion control, what loss recovery adds) is the Python path's
 ``_ack_advances``, so the two paths cannot diverge there.  Whatever declines at any step runs
 the whole Python path, in the burst's order, so the Python layers stay the reference.  A candidate
-for a connection that is not ESTABLISHED (the ACK completing a passive open, ACKs while closing)
-goes to the general path's ``segment_arrives`` straight from here: the layers above it would only
-have repeated the classifier's checks.
+for a connection that is not ESTABLISHED (the ACK completing a passive open, ACKs while closing),
+and a FIN whatever the state, goes to the general path's ``segment_arrives`` straight from here: the
+layers above it would only have repeated the classifier's checks.  A FIN for no connection (one in
+TIME_WAIT, say) takes the Python path as any candidate without a connection does.
 
 ``TRIO_YASTACK_NO_FASTPATH=1`` (or ``StackCore.fast_path = False``) turns the fast path off.
 """
@@ -51,7 +52,7 @@ from typing import Any, Protocol
 
 from .._native import native_extension, sum16
 from .._offload import ChecksumVerified
-from ..wire.tcp import TCP_ACK, TCP_PSH
+from ..wire.tcp import TCP_ACK, TCP_FIN, TCP_PSH
 from ._conn import TcpConnection
 from ._states import ESTABLISHED
 
@@ -197,7 +198,7 @@ def py_classify_frame(
         return py_classify_udp(frame, verify, total, src, dst)
     tcp_len = total - 20
     initial = (src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF) + 6 + tcp_len
-    fields = _tcp_fields(frame, verify, 34, tcp_len, 34, initial)
+    fields = _tcp_fields(frame, verify, 34, tcp_len, 34, initial, 0x01)
     if fields is None:
         return _DECLINED
     return (CANDIDATE, src, *fields)
@@ -224,21 +225,28 @@ def py_classify_frame6(
     if nxt == 17:
         return py_classify_udp6(frame, verify, tcp_len, src6)
     # the pseudo-header (RFC 8200 8.1): the addresses summed in place with the segment
-    fields = _tcp_fields(frame, verify, 54, tcp_len, 22, 6 + tcp_len)
+    fields = _tcp_fields(frame, verify, 54, tcp_len, 22, 6 + tcp_len, 0)
     if fields is None:
         return _DECLINED
     return (CANDIDATE6, 0, *fields)
 
 
 def _tcp_fields(
-    frame: Buffer, verify: bool, at: int, tcp_len: int, sum_at: int, initial: int
+    frame: Buffer, verify: bool, at: int, tcp_len: int, sum_at: int, initial: int, fin_ok: int
 ) -> tuple[int, int, int, int, int, int, int, int, int, int] | None:
     """Twin of the C ``tcp_fields``: the record's fields after ``src`` for the segment at
-    ``frame[at:at + tcp_len]``, its checksum summed from ``frame[sum_at]`` with ``initial``;
-    ``None`` to decline."""
+    ``frame[at:at + tcp_len]``, its checksum summed from ``frame[sum_at]`` with ``initial``
+    (``fin_ok`` 0x01: a FIN with its ACK may be a candidate too); ``None`` to decline."""
     sport, dport, seq, ack, offset_byte, flags, window = _TCP_FIXED.unpack_from(frame, at)
     thl = (offset_byte >> 4) << 2
-    if thl < 20 or thl > tcp_len or flags & ~0x08 != 0x10 or offset_byte & 0x0F or not sport or not dport:
+    if (
+        thl < 20
+        or thl > tcp_len
+        or flags & ~(0x08 | fin_ok) != 0x10
+        or offset_byte & 0x0F
+        or not sport
+        or not dport
+    ):
         return None
     tsval = tsecr = -1
     if thl == 32:
@@ -403,17 +411,18 @@ def fast_input(conn: TcpConnection, frame: bytes, record: Record, now: float) ->
     connection's own, shared with the Python path), then :func:`ack_and_data_input`.
 
     A connection in any other state (the ACK that completes a passive open, every connection's
-    second segment; ACKs and data while closing) is not predicted, but its segment goes to the
-    general path, ``segment_arrives``, from here: the classifier made every check ``ip_input``
-    and ``tcp_input`` make before they hand a segment of a known connection to it (IPv4 to our
-    address from a sound source, unfragmented, checksums, ports, ACK without SYN/FIN/RST,
-    options none or the aligned timestamps, so no ``TcpOptions``), so those layers' parsing
-    again was the only difference (~5 us a segment).
+    second segment; ACKs and data while closing), and a FIN in any state (every connection's
+    last segment in), is not predicted, but its segment goes to the general path,
+    ``segment_arrives``, from here: the classifier made every check ``ip_input`` and
+    ``tcp_input`` make before they hand a segment of a known connection to it (IPv4 to our
+    address from a sound source, unfragmented, checksums, ports, ACK (maybe with FIN) without
+    SYN/RST, options none or the aligned timestamps, so no ``TcpOptions``), so those layers'
+    parsing again was the only difference (~5 us a segment).
     """
     if conn.__class__ is not TcpConnection:
         return False
     _kind, _src, _sport, _dport, seq, ack, flags, window, tsval, tsecr, start, end = record
-    if conn.state != ESTABLISHED:
+    if conn.state != ESTABLISHED or flags & TCP_FIN:
         conn.segment_arrives(frame, start, end, seq, ack, flags, window, None, tsval, tsecr, now)
         return True
     if conn.in_recovery or conn.rxtshift or conn.frto or len(conn.scoreboard):
