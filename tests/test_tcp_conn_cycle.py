@@ -17,17 +17,22 @@ from trio_yastack.stack.tcp._buffers import NO_REASSEMBLY, NO_SACKS
 from trio_yastack.stack.tcp._cc import NewReno
 from trio_yastack.stack.tcp._conn import TcpConnection
 from trio_yastack.stack.tcp._layer import TcpLayer
-from trio_yastack.stack.wire.tcp import TCP_ACK, TCP_FIN, TCP_PSH, TCP_SYN, TcpOptions
+from trio_yastack.stack.wire.tcp import TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, TcpOptions
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
 RESPONSE = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
 
 
-def _burst(core: StackCore, peer: Peer, flags: int, payload: bytes = b"", *, now: float) -> list[Any]:
+def _burst(
+    core: StackCore, peer: Peer, flags: int, payload: bytes = b"", *, now: float, **fields: Any
+) -> list[Any]:
     """``peer.send`` as the runtime delivers it: the segment in a burst of its own (the fast
     path's classifier sees it), the output at the burst's end; what the core sent back."""
-    frame = peer.frame(flags, payload, now=now)
-    peer.snd_nxt = seq_add(peer.snd_nxt, len(payload) + (1 if flags & TCP_FIN else 0))
+    frame = peer.frame(flags, payload, now=now, **fields)
+    if fields.get("seq") is None:
+        peer.snd_nxt = seq_add(
+            peer.snd_nxt, len(payload) + (1 if flags & TCP_FIN else 0) + (1 if flags & TCP_SYN else 0)
+        )
     core.begin_burst()
     core.ether_input_burst([frame], now)
     core.end_burst(now)
@@ -43,7 +48,7 @@ def _cycle(monkeypatch: pytest.MonkeyPatch, fast: bool) -> tuple[StackCore, list
     core.autocork = True
     listener = core.tcp.listen(OUR_PORT)
     peer = Peer(core, isn=0xFFFF_FF00)
-    seen: list[Any] = [peer.send(TCP_SYN, now=T0)]
+    seen: list[Any] = [_burst(core, peer, TCP_SYN, now=T0)]
     now = T0 + 0.01
     ack = peer.frame(TCP_ACK, now=now)
     get = peer.frame(TCP_ACK | TCP_PSH, REQUEST, now=now)
@@ -74,14 +79,17 @@ def test_the_handshakes_ack_and_request_skip_the_layers_with_the_same_result(
     """The ACK completing a passive open is a fast-path candidate whose connection is not yet
     ESTABLISHED: ``fast_input`` hands it to ``segment_arrives`` itself (ip_input and tcp_input's
     checks were the classifier's), and the request behind it in the burst is then predicted;
-    the peer's FIN+ACK at the end is a candidate handed to ``segment_arrives`` the same way.
+    the peer's FIN+ACK at the end is a candidate handed to ``segment_arrives`` the same way, and
+    the SYN at the start one handed to the listener (``TcpLayer.syn_input``).
     Same frames, connection fields and counters as the Python path."""
     on_core, on = _cycle(monkeypatch, True)
     off_core, off = _cycle(monkeypatch, False)
     assert on == off
     assert len(on[3]) == 1 and on[3][0].flags == TCP_ACK  # the FIN acknowledged
     assert on[4][0] == 1  # the pair in TIME_WAIT
-    assert on_core.fast_path_segments == 3 and off_core.fast_path_segments == 0
+    assert len(on[0]) == 1 and on[0][0].flags == TCP_SYN | TCP_ACK
+    assert on[0][0].options.mss and on[0][0].options.sack_permitted and on[0][0].options.timestamps
+    assert on_core.fast_path_segments == 4 and off_core.fast_path_segments == 0
     check_accounting(on_core)
     check_accounting(off_core)
 
@@ -174,3 +182,70 @@ def test_a_fin_on_an_established_connection_skips_the_layers_with_the_same_resul
     assert on_core.fast_path_segments == 2 and off_core.fast_path_segments == 0
     check_accounting(on_core)
     check_accounting(off_core)
+
+
+_SYN_CASES = {
+    # name: (the listener's port, the SYN's options or None for the peer's own, how many SYNs)
+    "linux-options": (OUR_PORT, None, 1),
+    "mss-only": (OUR_PORT, TcpOptions(mss=1200), 1),
+    "timestamps-only": (OUR_PORT, TcpOptions(timestamps=(77, 0)), 1),
+    "no-options": (OUR_PORT, b"", 1),
+    "bad-options": (OUR_PORT, b"\x08\x0a\x00\x00", 1),  # a timestamp option cut short
+    "no-listener": (OUR_PORT + 1, None, 1),
+    "again-in-syn-received": (OUR_PORT, None, 2),
+}
+
+
+def _syns(case: str, fast: bool) -> tuple[StackCore, list[Any]]:
+    """SYNs in bursts of their own: what the core sent back, the counters."""
+    port, options, count = _SYN_CASES[case]
+    core = tcp_core(seed=13)
+    core.fast_path = fast
+    core.tcp.listen(port)
+    peer = Peer(core)
+    seen: list[Any] = []
+    for i in range(count):
+        seen.append(_burst(core, peer, TCP_SYN, now=T0 + i, options=options, seq=peer.isn))
+    seen.append([connection_state(conn) for conn in core.tcp.connections.values()])
+    seen.append(core.statistics())
+    return core, seen
+
+
+@pytest.mark.parametrize("case", list(_SYN_CASES))
+def test_a_syn_to_a_listener_skips_the_layers_with_the_same_result(case: str) -> None:
+    """A SYN alone is a candidate: for no connection, ``syn_input`` parses its options as
+    tcp_input does and hands it to the listener; no listener, and a SYN for a known pair, take
+    the Python path.  Same frames, connections and counters as the Python path."""
+    on_core, on = _syns(case, True)
+    off_core, off = _syns(case, False)
+    assert on == off
+    taken = {"no-listener": 0, "again-in-syn-received": 1}.get(case, 1)
+    assert on_core.fast_path_segments == taken and off_core.fast_path_segments == 0
+    if case == "no-listener":
+        assert on[0][0].flags & TCP_RST
+    elif case == "bad-options":
+        assert on[0] == [] and not on_core.tcp.connections
+    else:
+        assert all(out[0].flags == TCP_SYN | TCP_ACK for out in on[:-2])  # the second, sent again
+    check_accounting(on_core)
+    check_accounting(off_core)
+
+
+def test_a_syn_to_a_pair_in_time_wait_takes_the_python_path() -> None:
+    """A new SYN to a pair in TIME_WAIT is tcp_input's to judge (RFC 6191's reuse): the fast
+    path leaves it, with the same result either way."""
+    results = []
+    for fast in (True, False):
+        core = tcp_core(seed=17)
+        core.fast_path = fast
+        _listener, conn, peer = open_passive(core)
+        conn.close(T0 + 1)
+        peer.receive()
+        peer.send(TCP_ACK | TCP_FIN, now=T0 + 1.01)
+        assert len(core.tcp.time_wait) == 1
+        peer.snd_nxt = seq_add(peer.snd_nxt, 100_000)
+        out = _burst(core, peer, TCP_SYN, now=T0 + 2)
+        results.append((out, len(core.tcp.time_wait), len(core.tcp.connections), core.statistics()))
+        assert core.fast_path_segments == 0
+    assert results[0] == results[1]
+    assert results[0][0][0].flags == TCP_SYN | TCP_ACK and results[0][1:3] == (0, 1)  # the pair reused

@@ -107,6 +107,52 @@ def test_a_fin_with_its_ack_is_a_candidate(flags: int, payload: bytes) -> None:
 
 
 @pytest.mark.parametrize(
+    "options",
+    [
+        None,
+        b"",
+        TcpOptions(mss=1460, window_scale=7, sack_permitted=True, timestamps=(9, 0)),
+        b"\x08\x0a\0\0",
+    ],
+    ids=["timestamps", "none", "linux-syn", "malformed"],
+)
+def test_a_syn_alone_is_a_candidate_its_options_left_to_the_caller(
+    options: TcpOptions | bytes | None,
+) -> None:
+    """A connection request (SYN, no other flag) is a candidate whatever its options (the
+    listener's input parses them, malformed ones too, as tcp_input does): tsval and tsecr -1,
+    the data after the options.  With ECN's flags (ECE, CWR) it declines."""
+    if options is None:
+        frame = segment(TCP_SYN, seq=0xABCD, ack=0, window=64240)
+    else:
+        frame = build_tcp_frame(PEER_PORT, OUR_PORT, 0xABCD, 0, TCP_SYN, window=64240, options=options)
+    thl = (frame[46] >> 4) * 4
+    record = py_classify_frame(frame, True, MAC, IP, BROADCAST)
+    assert record == (
+        CANDIDATE,
+        int(PEER_IP),
+        PEER_PORT,
+        OUR_PORT,
+        0xABCD,
+        0,
+        TCP_SYN,
+        64240,
+        -1,
+        -1,
+        34 + thl,
+        len(frame),
+    )
+    ecn = segment(TCP_SYN | 0xC0)
+    assert py_classify_frame(ecn, True, MAC, IP, BROADCAST)[0] == DECLINE
+    if NATIVE_FASTPATH:
+        assert native_classify_burst is not None
+        assert native_classify_burst([frame, ecn], MAC, IP, BROADCAST, True) == [
+            record,
+            py_classify_frame(ecn, True, MAC, IP, BROADCAST),
+        ]
+
+
+@pytest.mark.parametrize(
     "frame",
     [
         segment(TCP_SYN | TCP_ACK),
@@ -181,11 +227,27 @@ def test_a_bad_checksum_passes_when_not_verified() -> None:
 def frames(draw: st.DrawFn) -> bytes:
     """Frames near the predicted case, then bent: random fields, options, lengths, flipped bytes."""
     flags = draw(
-        st.sampled_from([TCP_ACK, TCP_ACK | TCP_PSH, TCP_ACK | TCP_FIN, TCP_SYN, draw(st.integers(0, 255))])
+        st.sampled_from(
+            [
+                TCP_ACK,
+                TCP_ACK | TCP_PSH,
+                TCP_ACK | TCP_FIN,
+                TCP_ACK | TCP_PSH | TCP_FIN,
+                TCP_SYN,
+                TCP_SYN | 0xC0,  # with ECN's ECE and CWR
+                draw(st.integers(0, 255)),
+            ]
+        )
     )
     options: bytes | TcpOptions | None = draw(
         st.sampled_from(
-            [None, TcpOptions(timestamps=(1, 2)), b"\x01\x01\x08\x0a" + bytes(8), b"\x02\x04\x05\xb4"]
+            [
+                None,
+                TcpOptions(timestamps=(1, 2)),
+                b"\x01\x01\x08\x0a" + bytes(8),
+                b"\x02\x04\x05\xb4",
+                TcpOptions(mss=1460, window_scale=7, sack_permitted=True, timestamps=(1, 0)),  # a SYN's
+            ]
         )
     )
     frame = bytearray(

@@ -41,6 +41,7 @@ from .wire.ethernet import (
     ETHERTYPE_VLAN,
     parse_ethernet_header,
 )
+from .wire.tcp import TCP_SYN
 
 __all__ = ["StackCore"]
 
@@ -208,8 +209,12 @@ class StackCore:
                 kind = record[0]
                 if kind == CANDIDATE:  # demultiplex by (local port, remote ip, remote port)
                     conn = connections.get((record[3], record[1], record[2]))
-                    if conn is not None and fast_input(conn, frame, record, now):
-                        taken += 1
+                    if conn is not None:
+                        if fast_input(conn, frame, record, now):
+                            taken += 1
+                            continue
+                    elif record[6] == TCP_SYN and self.tcp.syn_input(frame, record, now):
+                        taken += 1  # a connection request, to its listener
                         continue
                 elif kind == UDP and udp_fast_input(frame, record):
                     udp_taken += 1

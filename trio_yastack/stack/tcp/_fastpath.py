@@ -52,7 +52,7 @@ from typing import Any, Protocol
 
 from .._native import native_extension, sum16
 from .._offload import ChecksumVerified
-from ..wire.tcp import TCP_ACK, TCP_FIN, TCP_PSH
+from ..wire.tcp import TCP_ACK, TCP_FIN, TCP_PSH, TCP_SYN
 from ._conn import TcpConnection
 from ._states import ESTABLISHED
 
@@ -102,6 +102,9 @@ MAX_IP6 = 64
 _MASK = 0xFFFFFFFF
 #: bit 31 of a frame length handed to C: the port verified this frame's checksums
 VERIFIED = 0x80000000
+#: what ``_tcp_fields`` may take besides ACK(|PSH) (the C ``YAS_FAST_MORE_*``): over IPv4 only
+_MORE_FIN = 0x01  # a FIN with its ACK (the flag's own bit)
+_MORE_SYN = 0x02  # a SYN alone, with any options
 _DECLINED: Record = (DECLINE, 0, 0, 0, 0, 0, 0, 0, -1, -1, 0, 0)
 _IPV4_FIXED = struct.Struct("!BBHHHBBHII")
 _TCP_FIXED = struct.Struct("!HHIIBBH")
@@ -198,7 +201,7 @@ def py_classify_frame(
         return py_classify_udp(frame, verify, total, src, dst)
     tcp_len = total - 20
     initial = (src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF) + 6 + tcp_len
-    fields = _tcp_fields(frame, verify, 34, tcp_len, 34, initial, 0x01)
+    fields = _tcp_fields(frame, verify, 34, tcp_len, 34, initial, _MORE_FIN | _MORE_SYN)
     if fields is None:
         return _DECLINED
     return (CANDIDATE, src, *fields)
@@ -232,24 +235,29 @@ def py_classify_frame6(
 
 
 def _tcp_fields(
-    frame: Buffer, verify: bool, at: int, tcp_len: int, sum_at: int, initial: int, fin_ok: int
+    frame: Buffer, verify: bool, at: int, tcp_len: int, sum_at: int, initial: int, more: int
 ) -> tuple[int, int, int, int, int, int, int, int, int, int] | None:
     """Twin of the C ``tcp_fields``: the record's fields after ``src`` for the segment at
-    ``frame[at:at + tcp_len]``, its checksum summed from ``frame[sum_at]`` with ``initial``
-    (``fin_ok`` 0x01: a FIN with its ACK may be a candidate too); ``None`` to decline."""
+    ``frame[at:at + tcp_len]``, its checksum summed from ``frame[sum_at]`` with ``initial``;
+    ``more`` what else may be a candidate (:data:`_MORE_FIN`: a FIN with its ACK;
+    :data:`_MORE_SYN`: a SYN alone with any options, left to the caller, tsval and tsecr -1);
+    ``None`` to decline."""
     sport, dport, seq, ack, offset_byte, flags, window = _TCP_FIXED.unpack_from(frame, at)
     thl = (offset_byte >> 4) << 2
+    syn = flags == TCP_SYN and more & _MORE_SYN
     if (
         thl < 20
         or thl > tcp_len
-        or flags & ~(0x08 | fin_ok) != 0x10
+        or (not syn and flags & ~(0x08 | more & _MORE_FIN) != 0x10)
         or offset_byte & 0x0F
         or not sport
         or not dport
     ):
         return None
     tsval = tsecr = -1
-    if thl == 32:
+    if syn:
+        pass  # any options: parsed by the caller, as tcp_input would
+    elif thl == 32:
         if frame[at + 20 : at + 24] != _TS_ALIGNED:
             return None
         tsval, tsecr = _TS.unpack_from(frame, at + 24)
@@ -423,6 +431,8 @@ def fast_input(conn: TcpConnection, frame: bytes, record: Record, now: float) ->
         return False
     _kind, _src, _sport, _dport, seq, ack, flags, window, tsval, tsecr, start, end = record
     if conn.state != ESTABLISHED or flags & TCP_FIN:
+        if flags & TCP_SYN:
+            return False  # a SYN for a known pair: its options are tcp_input's to parse
         conn.segment_arrives(frame, start, end, seq, ack, flags, window, None, tsval, tsecr, now)
         return True
     if conn.in_recovery or conn.rxtshift or conn.frto or len(conn.scoreboard):
