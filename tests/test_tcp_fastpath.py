@@ -221,6 +221,17 @@ def test_a_bad_checksum_passes_when_not_verified() -> None:
     assert py_classify_frame(frame, False, MAC, IP, BROADCAST)[0] == CANDIDATE
     records = py_classify_burst([ChecksumVerified(frame), frame], MAC, IP, BROADCAST, True)
     assert [r[0] for r in records] == [CANDIDATE, DECLINE]
+    if NATIVE_FASTPATH:  # a burst of one frame takes its own way into C: the mark still counts
+        assert native_classify_burst is not None
+        bursts: list[list[Any]] = [[ChecksumVerified(frame)], [frame], [ChecksumVerified(frame), frame]]
+        bursts += [[bytearray(frame)], [memoryview(frame)]]
+        for burst in bursts:
+            for verify in (True, False):
+                assert native_classify_burst(burst, MAC, IP, BROADCAST, verify) == py_classify_burst(
+                    burst, MAC, IP, BROADCAST, verify
+                )
+        assert native_classify_burst([frame], MAC, IP, BROADCAST, True)[0][0] == DECLINE
+        assert native_classify_burst([ChecksumVerified(frame)], MAC, IP, BROADCAST, True)[0][0] == CANDIDATE
 
 
 @st.composite

@@ -355,6 +355,7 @@ if _native is not None and hasattr(_native[1], "yas_tcp_fast_classify"):
     _from_buffer = _ffi.from_buffer
     _iter_unpack = RECORD.iter_unpack
     _RECORD_SIZE = RECORD.size
+    _U32 = struct.Struct("=I")  # one frame's length, as the C side reads it (native uint32_t)
     _SRC6_BYTES = 16 * SRC6_SLOTS
 
     def _native_classify_burst(
@@ -367,17 +368,29 @@ if _native is not None and hasattr(_native[1], "yas_tcp_fast_classify"):
         ip6_usable: int = 0,
         src6: SourceTable6 = _NO_SOURCES,
     ) -> list[Record]:
-        """The C ``yas_tcp_fast_classify`` over the whole burst: one join, one call, one unpack."""
+        """The C ``yas_tcp_fast_classify`` over the whole burst: one join, one call, one unpack.
+        A burst of one frame (a short connection's SYN, its FIN; a request on a quiet port) is
+        handed over as it is, its length packed directly: no list, array or join for it."""
         n = len(frames)
-        if verify:
-            lens = array(
-                "I", [len(f) | VERIFIED if f.__class__ is ChecksumVerified else len(f) for f in frames]
-            )
+        if n == 1:
+            joined = frames[0]
+            length = len(joined)
+            if joined.__class__ is ChecksumVerified:
+                raw_lens = _U32.pack(length | VERIFIED if verify else length)
+            else:
+                raw_lens = _U32.pack(length)
+                if joined.__class__ is not bytes:
+                    joined = bytes(joined)  # a bytearray or memoryview: C takes bytes, as join made
         else:
-            lens = array("I", map(len, frames))
-        joined = b"".join(frames)
+            if verify:
+                lens = array(
+                    "I", [len(f) | VERIFIED if f.__class__ is ChecksumVerified else len(f) for f in frames]
+                )
+            else:
+                lens = array("I", map(len, frames))
+            joined = b"".join(frames)
+            raw_lens = lens.tobytes()
         out = bytearray(n * _RECORD_SIZE)
-        raw_lens = lens.tobytes()
         made = _c_classify(
             joined,
             len(joined),
