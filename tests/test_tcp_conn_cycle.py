@@ -249,3 +249,65 @@ def test_a_syn_to_a_pair_in_time_wait_takes_the_python_path() -> None:
         assert core.fast_path_segments == 0
     assert results[0] == results[1]
     assert results[0][0][0].flags == TCP_SYN | TCP_ACK and results[0][1:3] == (0, 1)  # the pair reused
+
+
+def test_a_delayed_ack_set_in_a_burst_makes_no_timer_entry_when_the_reply_carries_it() -> None:
+    """A request in a burst sets the delayed ACK's deadline but leaves its heap entry pending
+    (``delack_pending``); the response in the same turn carries the ACK, and nothing is armed."""
+    core = tcp_core(seed=19)
+    core.autocork = True
+    _listener, conn, peer = open_passive(core)
+    now = T0 + 2
+    core.run_timers(now)  # the SYN-ACK's retransmission entry (due at T0 + 1) out of the way
+    assert conn._timer_at > now + core.config.tcp.delayed_ack  # so the ACK would need its own entry
+    entries, timer = len(core.timers), conn._timer
+    assert _burst(core, peer, TCP_ACK | TCP_PSH, REQUEST, now=now) == []  # no ACK yet: delayed
+    delack = conn.t_delack
+    assert delack == now + core.config.tcp.delayed_ack
+    assert core.delack_pending == [conn] and len(core.timers) == entries and conn._timer is timer
+    assert conn.receive(1000, now) == REQUEST
+    conn.send(RESPONSE, now)
+    core.run_pending_output(now)
+    [reply] = peer.receive()
+    assert reply.payload == RESPONSE and conn.t_delack == 0.0
+    core.next_deadline()  # the poll loop's look before it sleeps
+    assert core.delack_pending == []
+    assert [entry for entry in core.timers._heap if entry[0] == delack] == []  # never armed
+    check_accounting(core)
+
+
+@pytest.mark.parametrize("via", ["next_deadline", "run_timers", "begin_burst"])
+def test_a_delayed_ack_left_pending_fires_when_it_would_have(via: str) -> None:
+    """Unanswered, the pending delayed ACK gets its entry before the heap is read or run (or at
+    the next burst) and fires at the deadline it had: the same ACK at the same time as a
+    segment taken outside a burst, whose entry is made at once."""
+    sent = []
+    for in_burst in (True, False):
+        core = tcp_core(seed=23)
+        _listener, conn, peer = open_passive(core)
+        now = T0 + 2
+        core.run_timers(now)  # the SYN-ACK's retransmission entry (due at T0 + 1) out of the way
+        assert conn._timer_at > now + core.config.tcp.delayed_ack  # so the ACK needs its own entry
+        if in_burst:
+            assert _burst(core, peer, TCP_ACK | TCP_PSH, b"x" * 100, now=now) == []
+            assert core.delack_pending == [conn]
+            if via == "next_deadline":
+                deadline = core.next_deadline()
+                assert deadline is not None and deadline <= conn.t_delack
+            elif via == "run_timers":
+                core.run_timers(now)
+            else:
+                core.begin_burst()
+                core.end_burst(now)
+            assert core.delack_pending == []
+        else:
+            assert peer.send(TCP_ACK | TCP_PSH, b"x" * 100, now=now) == []
+        deadline = conn.t_delack
+        assert deadline == now + core.config.tcp.delayed_ack
+        assert conn._timer is not None and conn._timer.deadline == deadline  # its entry made
+        core.run_timers(deadline - 1e-6)
+        assert peer.receive() == []
+        core.run_timers(deadline)
+        sent.append((deadline, peer.receive(), core.statistics()))
+    assert sent[0] == sent[1]
+    assert len(sent[0][1]) == 1 and sent[0][1][0].flags == TCP_ACK and sent[0][2].tcp.delayed_acks == 1

@@ -31,6 +31,7 @@ from ._udp import UdpLayer
 from .tcp import TcpLayer
 from .tcp._fastpath import CANDIDATE, CANDIDATE6, FAST_PATH_DEFAULT, UDP, UDP6, classify_burst, fast_input
 from .tcp._tcp6 import IP6_KEY, TcpConnection6, predicted_input
+from .tcp._timers import arm_delayed_acks
 from .wire import WireError
 from .wire.ethernet import (
     ETHER_HEADER,
@@ -92,6 +93,10 @@ class StackCore:
         #: segments one ACK (what Linux gets from GRO and FreeBSD from LRO)
         self.in_burst = False
         self.output_pending: dict[Any, None] = {}
+        #: connections that set a delayed ACK's deadline inside a burst, their timer entry not yet
+        #: made (``_timers.arm_delayed_acks``): the application's reply in the same turn usually
+        #: carries the ACK first; armed before the heap is next read or run, and at the next burst
+        self.delack_pending: list[Any] = []
         #: set by a runtime that calls :meth:`run_pending_output` every turn: application sends
         #: queue their connection instead of sending at once
         self.autocork = False
@@ -277,6 +282,8 @@ class StackCore:
 
     def begin_burst(self) -> None:
         """Frames of one ``rx_burst`` follow: let transports send once, at :meth:`end_burst`."""
+        if self.delack_pending:
+            arm_delayed_acks(self)  # the last turn's: the list holds one burst's at most
         self.in_burst = True
 
     def end_burst(self, now: float) -> None:
@@ -313,6 +320,8 @@ class StackCore:
 
     def run_timers(self, now: float) -> int:
         """Fire the timers due at ``now`` and take in datagrams we sent to ourselves."""
+        if self.delack_pending:
+            arm_delayed_acks(self)
         fired = self.timers.run(now)
         if self.ip_layer.loopback:
             fired += self.ip_layer.input_loopback(now)
@@ -326,6 +335,8 @@ class StackCore:
         this, so a segment to our own address never waits for an unrelated wake-up."""
         if self.ip_layer.loopback:
             return -math.inf
+        if self.delack_pending:
+            arm_delayed_acks(self)
         return self.timers.next_deadline()
 
     def take_outbox(self) -> list[bytes | bytearray]:

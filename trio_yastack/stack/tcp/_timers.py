@@ -36,9 +36,10 @@ from ._states import (
 )
 
 if TYPE_CHECKING:
+    from .._core import StackCore
     from ._conn import TcpConnection
 
-__all__ = ["on_timer", "set_keepalive"]
+__all__ = ["arm_delayed_acks", "on_timer", "set_keepalive"]
 
 
 def _arm(self: TcpConnection) -> None:
@@ -65,6 +66,31 @@ def _arm(self: TcpConnection) -> None:
             # kept it a second past its end.  Cancelled, the heap purges it in bulk.
             timers.cancel(superseded)
         self._timer = timers.schedule(deadline, self.on_timer)
+
+
+def _arm_delack(self: TcpConnection, now: float) -> None:
+    """Set the delayed ACK's deadline (FreeBSD's ``TF_DELACK``).  Inside a burst its heap entry
+    waits (``StackCore.delack_pending``, :func:`arm_delayed_acks`): a request is most often
+    answered in the same turn, its response carrying the ACK and clearing the deadline, and the
+    entry (an object, a push, a pop or a cancellation later) would have been made for nothing.
+    The deadline itself is set now, so the ACK is due when it would have been."""
+    deadline = self.t_delack = now + self.config.delayed_ack
+    core = self.core
+    if core.in_burst:
+        core.delack_pending.append(self)
+    elif deadline < self._timer_at:
+        self._arm()
+
+
+def arm_delayed_acks(core: StackCore) -> None:
+    """Make the heap entries of the delayed ACKs bursts left pending whose deadline still
+    stands (no segment carried the ACK since): before the heap is read or run
+    (``StackCore.next_deadline``, ``run_timers``) and at the next burst, so an ACK fires exactly
+    when it would have with its entry made at once."""
+    pending, core.delack_pending = core.delack_pending, []
+    for conn in pending:
+        if conn.t_delack and conn.t_delack < conn._timer_at and conn.state != CLOSED:
+            conn._arm()
 
 
 def on_timer(self: TcpConnection, now: float) -> None:
