@@ -17,6 +17,7 @@ from trio_yastack.stack.tcp._buffers import NO_REASSEMBLY, NO_SACKS
 from trio_yastack.stack.tcp._cc import NewReno
 from trio_yastack.stack.tcp._conn import TcpConnection
 from trio_yastack.stack.tcp._layer import TcpLayer
+from trio_yastack.stack.tcp._timers import DELACK_PENDING_LIMIT
 from trio_yastack.stack.wire.tcp import TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, TcpOptions
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -276,11 +277,12 @@ def test_a_delayed_ack_set_in_a_burst_makes_no_timer_entry_when_the_reply_carrie
     check_accounting(core)
 
 
-@pytest.mark.parametrize("via", ["next_deadline", "run_timers", "begin_burst"])
+@pytest.mark.parametrize("via", ["next_deadline", "run_timers"])
 def test_a_delayed_ack_left_pending_fires_when_it_would_have(via: str) -> None:
-    """Unanswered, the pending delayed ACK gets its entry before the heap is read or run (or at
-    the next burst) and fires at the deadline it had: the same ACK at the same time as a
-    segment taken outside a burst, whose entry is made at once."""
+    """Unanswered, the pending delayed ACK gets its entry before the heap is read for a sleep
+    (``next_deadline``), or when ``run_timers`` reaches its deadline (until then it stays
+    pending), and fires at the deadline it had: the same ACK at the same time as a segment
+    taken outside a burst, whose entry is made at once."""
     sent = []
     for in_burst in (True, False):
         core = tcp_core(seed=23)
@@ -292,22 +294,35 @@ def test_a_delayed_ack_left_pending_fires_when_it_would_have(via: str) -> None:
             assert _burst(core, peer, TCP_ACK | TCP_PSH, b"x" * 100, now=now) == []
             assert core.delack_pending == [conn]
             if via == "next_deadline":
-                deadline = core.next_deadline()
-                assert deadline is not None and deadline <= conn.t_delack
-            elif via == "run_timers":
-                core.run_timers(now)
+                assert core.next_deadline() == conn.t_delack
+                assert core.delack_pending == [] and conn._timer is not None
+                assert conn._timer.deadline == conn.t_delack  # its entry made
             else:
-                core.begin_burst()
-                core.end_burst(now)
-            assert core.delack_pending == []
+                core.run_timers(now)
+                core.run_timers(conn.t_delack - 1e-6)
+                assert core.delack_pending == [conn]  # not due yet: still waiting for a reply
         else:
             assert peer.send(TCP_ACK | TCP_PSH, b"x" * 100, now=now) == []
         deadline = conn.t_delack
         assert deadline == now + core.config.tcp.delayed_ack
-        assert conn._timer is not None and conn._timer.deadline == deadline  # its entry made
         core.run_timers(deadline - 1e-6)
         assert peer.receive() == []
         core.run_timers(deadline)
+        assert core.delack_pending == []
         sent.append((deadline, peer.receive(), core.statistics()))
     assert sent[0] == sent[1]
     assert len(sent[0][1]) == 1 and sent[0][1][0].flags == TCP_ACK and sent[0][2].tcp.delayed_acks == 1
+
+
+def test_the_pending_delayed_acks_are_bounded() -> None:
+    """Past ``DELACK_PENDING_LIMIT`` waiting connections, a delayed ACK's entry is made at once."""
+    core = tcp_core(seed=29)
+    _listener, conn, peer = open_passive(core)
+    now = T0 + 2
+    core.run_timers(now)
+    core.delack_pending = [conn] * DELACK_PENDING_LIMIT  # as if that many waited
+    assert _burst(core, peer, TCP_ACK | TCP_PSH, b"x" * 100, now=now) == []
+    assert len(core.delack_pending) == DELACK_PENDING_LIMIT
+    assert conn._timer is not None and conn._timer.deadline == conn.t_delack
+    core.run_timers(conn.t_delack)
+    assert [s.flags for s in peer.receive()] == [TCP_ACK] and core.delack_pending == []

@@ -94,8 +94,9 @@ class StackCore:
         self.in_burst = False
         self.output_pending: dict[Any, None] = {}
         #: connections that set a delayed ACK's deadline inside a burst, their timer entry not yet
-        #: made (``_timers.arm_delayed_acks``): the application's reply in the same turn usually
-        #: carries the ACK first; armed before the heap is next read or run, and at the next burst
+        #: made (``_timers.arm_delayed_acks``): the application's reply usually carries the ACK
+        #: first; armed before the heap is read for a sleep, or run past the deadline (bounded,
+        #: ``_timers.DELACK_PENDING_LIMIT``)
         self.delack_pending: list[Any] = []
         #: set by a runtime that calls :meth:`run_pending_output` every turn: application sends
         #: queue their connection instead of sending at once
@@ -282,8 +283,6 @@ class StackCore:
 
     def begin_burst(self) -> None:
         """Frames of one ``rx_burst`` follow: let transports send once, at :meth:`end_burst`."""
-        if self.delack_pending:
-            arm_delayed_acks(self)  # the last turn's: the list holds one burst's at most
         self.in_burst = True
 
     def end_burst(self, now: float) -> None:
@@ -321,7 +320,7 @@ class StackCore:
     def run_timers(self, now: float) -> int:
         """Fire the timers due at ``now`` and take in datagrams we sent to ourselves."""
         if self.delack_pending:
-            arm_delayed_acks(self)
+            arm_delayed_acks(self, now)  # those due; the others wait for a reply to carry them
         fired = self.timers.run(now)
         if self.ip_layer.loopback:
             fired += self.ip_layer.input_loopback(now)

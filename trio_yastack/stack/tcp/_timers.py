@@ -68,29 +68,43 @@ def _arm(self: TcpConnection) -> None:
         self._timer = timers.schedule(deadline, self.on_timer)
 
 
+#: the most connections whose delayed ACK entry waits (``StackCore.delack_pending``); beyond,
+#: an entry is made at once
+DELACK_PENDING_LIMIT = 1024
+
+
 def _arm_delack(self: TcpConnection, now: float) -> None:
     """Set the delayed ACK's deadline (FreeBSD's ``TF_DELACK``).  Inside a burst its heap entry
     waits (``StackCore.delack_pending``, :func:`arm_delayed_acks`): a request is most often
-    answered in the same turn, its response carrying the ACK and clearing the deadline, and the
-    entry (an object, a push, a pop or a cancellation later) would have been made for nothing.
-    The deadline itself is set now, so the ACK is due when it would have been."""
+    answered in the same or the next turn, its response carrying the ACK and clearing the
+    deadline, and the entry (an object, a push, a cancellation or a pop later) would have been
+    made for nothing.  The deadline itself is set now, so the ACK is due when it would have been."""
     deadline = self.t_delack = now + self.config.delayed_ack
     core = self.core
-    if core.in_burst:
+    if core.in_burst and len(core.delack_pending) < DELACK_PENDING_LIMIT:
         core.delack_pending.append(self)
     elif deadline < self._timer_at:
         self._arm()
 
 
-def arm_delayed_acks(core: StackCore) -> None:
-    """Make the heap entries of the delayed ACKs bursts left pending whose deadline still
-    stands (no segment carried the ACK since): before the heap is read or run
-    (``StackCore.next_deadline``, ``run_timers``) and at the next burst, so an ACK fires exactly
-    when it would have with its entry made at once."""
-    pending, core.delack_pending = core.delack_pending, []
-    for conn in pending:
-        if conn.t_delack and conn.t_delack < conn._timer_at and conn.state != CLOSED:
-            conn._arm()
+def arm_delayed_acks(core: StackCore, now: float | None = None) -> None:
+    """The delayed ACKs bursts left pending: forget those whose deadline was cleared (a segment
+    carried the ACK) and make the heap entry of the others -- all of them before the heap is
+    read for a sleep (``StackCore.next_deadline``, ``now`` None), those due by ``now`` before it
+    is run (``StackCore.run_timers``, every turn of the poll loop, which so keeps the list to the
+    connections still waiting).  An ACK so fires exactly when it would have with its entry made
+    at once."""
+    waiting = []
+    for conn in core.delack_pending:
+        deadline = conn.t_delack
+        if not deadline or conn.state == CLOSED:
+            continue
+        if now is None or deadline <= now:
+            if deadline < conn._timer_at:
+                conn._arm()
+        else:
+            waiting.append(conn)
+    core.delack_pending = waiting
 
 
 def on_timer(self: TcpConnection, now: float) -> None:
