@@ -326,3 +326,34 @@ def test_the_pending_delayed_acks_are_bounded() -> None:
     assert conn._timer is not None and conn._timer.deadline == conn.t_delack
     core.run_timers(conn.t_delack)
     assert [s.flags for s in peer.receive()] == [TCP_ACK] and core.delack_pending == []
+
+
+@pytest.mark.parametrize("step", [1e-6, 0.001])
+def test_answered_delayed_acks_are_forgotten(step: float) -> None:
+    """Keep-alive requests each answered in their turn: every one leaves an answered entry,
+    which ``run_timers`` passes over only once the earliest deadline it knew of is reached (with
+    requests ``step`` apart: after the delayed ACK's delay, or when the list fills first), so the
+    list stays bounded, and no delayed ACK or timer entry is made for them."""
+    core = tcp_core(seed=31)
+    core.autocork = True
+    _listener, conn, peer = open_passive(core)
+    now = T0 + 2
+    core.run_timers(now)
+    delay = core.config.tcp.delayed_ack
+    sizes = []
+    for i in range(DELACK_PENDING_LIMIT + 10):
+        now += step
+        assert _burst(core, peer, TCP_ACK | TCP_PSH, REQUEST, now=now) == []
+        assert conn.receive(1000, now) == REQUEST
+        conn.send(RESPONSE, now)
+        core.run_pending_output(now)
+        core.run_timers(now)
+        [reply] = peer.receive()
+        assert reply.payload == RESPONSE and conn.t_delack == 0.0, i
+        sizes.append(len(core.delack_pending))
+    per_pass = DELACK_PENDING_LIMIT if step * DELACK_PENDING_LIMIT < delay else round(delay / step)
+    assert abs(max(sizes) - per_pass) <= 1 and sizes[: per_pass - 1] == list(range(1, per_pass))
+    assert core.stats_tcp.delayed_acks == 0
+    core.next_deadline()
+    assert core.delack_pending == [] and core.delack_next == float("inf")
+    check_accounting(core)

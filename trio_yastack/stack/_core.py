@@ -96,8 +96,10 @@ class StackCore:
         #: connections that set a delayed ACK's deadline inside a burst, their timer entry not yet
         #: made (``_timers.arm_delayed_acks``): the application's reply usually carries the ACK
         #: first; armed before the heap is read for a sleep, or run past the deadline (bounded,
-        #: ``_timers.DELACK_PENDING_LIMIT``)
+        #: ``_timers.DELACK_PENDING_LIMIT``; answered ones stay until a pass forgets them)
         self.delack_pending: list[Any] = []
+        #: the earliest deadline among them still waiting (``math.inf``: none known)
+        self.delack_next = math.inf
         #: set by a runtime that calls :meth:`run_pending_output` every turn: application sends
         #: queue their connection instead of sending at once
         self.autocork = False
@@ -319,7 +321,7 @@ class StackCore:
 
     def run_timers(self, now: float) -> int:
         """Fire the timers due at ``now`` and take in datagrams we sent to ourselves."""
-        if self.delack_pending:
+        if self.delack_pending and now >= self.delack_next:
             arm_delayed_acks(self, now)  # those due; the others wait for a reply to carry them
         fired = self.timers.run(now)
         if self.ip_layer.loopback:

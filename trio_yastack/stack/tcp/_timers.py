@@ -68,8 +68,9 @@ def _arm(self: TcpConnection) -> None:
         self._timer = timers.schedule(deadline, self.on_timer)
 
 
-#: the most connections whose delayed ACK entry waits (``StackCore.delack_pending``); beyond,
-#: an entry is made at once
+#: the most connections whose delayed ACK entry waits (``StackCore.delack_pending``, answered
+#: ones included until a pass forgets them); a full list is passed over, and beyond that an
+#: entry is made at once
 DELACK_PENDING_LIMIT = 1024
 
 
@@ -81,9 +82,15 @@ def _arm_delack(self: TcpConnection, now: float) -> None:
     made for nothing.  The deadline itself is set now, so the ACK is due when it would have been."""
     deadline = self.t_delack = now + self.config.delayed_ack
     core = self.core
-    if core.in_burst and len(core.delack_pending) < DELACK_PENDING_LIMIT:
-        core.delack_pending.append(self)
-    elif deadline < self._timer_at:
+    if core.in_burst:
+        if len(core.delack_pending) >= DELACK_PENDING_LIMIT:
+            arm_delayed_acks(core, now)  # forget the answered ones (one pass per ~LIMIT requests)
+        if len(core.delack_pending) < DELACK_PENDING_LIMIT:
+            core.delack_pending.append(self)
+            if deadline < core.delack_next:
+                core.delack_next = deadline
+            return
+    if deadline < self._timer_at:
         self._arm()
 
 
@@ -91,10 +98,12 @@ def arm_delayed_acks(core: StackCore, now: float | None = None) -> None:
     """The delayed ACKs bursts left pending: forget those whose deadline was cleared (a segment
     carried the ACK) and make the heap entry of the others -- all of them before the heap is
     read for a sleep (``StackCore.next_deadline``, ``now`` None), those due by ``now`` before it
-    is run (``StackCore.run_timers``, every turn of the poll loop, which so keeps the list to the
-    connections still waiting).  An ACK so fires exactly when it would have with its entry made
-    at once."""
+    is run (``StackCore.run_timers``, when ``delack_next`` says one is due) or when the list is
+    full; the rest keep waiting, ``delack_next`` the earliest of their deadlines.  An ACK so fires
+    exactly when it would have with its entry made at once, and a turn of the poll loop looks at
+    the list only when one is due."""
     waiting = []
+    earliest = math.inf
     for conn in core.delack_pending:
         deadline = conn.t_delack
         if not deadline or conn.state == CLOSED:
@@ -104,7 +113,10 @@ def arm_delayed_acks(core: StackCore, now: float | None = None) -> None:
                 conn._arm()
         else:
             waiting.append(conn)
+            if deadline < earliest:
+                earliest = deadline
     core.delack_pending = waiting
+    core.delack_next = earliest
 
 
 def on_timer(self: TcpConnection, now: float) -> None:
