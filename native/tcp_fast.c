@@ -7,9 +7,13 @@
  * one record per frame: YAS_FAST_CANDIDATE with the TCP fields for a frame header prediction
  * may take -- an unfragmented IPv4 datagram without options to our address from a sane
  * source, a TCP segment with ACK (and maybe PSH) and no other flag, no options or exactly the
- * aligned timestamp option (NOP NOP TS), valid checksums -- and YAS_FAST_DECLINE for every other
+ * aligned timestamp option (NOP NOP TS), valid checksums; or the same with FIN too (a
+ * connection's FIN, which the caller hands to the connection's general path, skipping only
+ * the layers' parsing again); or a SYN alone with any options (a connection request, which the
+ * caller hands to the listener's input with the options it parses, tsval and tsecr -1 in the
+ * record) -- and YAS_FAST_DECLINE for every other
  * frame, which the caller hands to the Python path (ether_input) unchanged, in order.
- * An IPv6 frame is a candidate on the same terms (YAS_FAST_CANDIDATE6): no extension header,
+ * An IPv6 frame is a candidate on the terms without FIN or SYN (YAS_FAST_CANDIDATE6): no extension header,
  * next header TCP, to one of our usable unicast addresses from a source that is none of ours,
  * not multicast, loopback or unspecified, a hop limit above 0, the checksum over the IPv6
  * pseudo-header valid; the record's `src` is the index of the destination among the usable
@@ -40,6 +44,10 @@
 #include <string.h>
 #include "tcp_fast.h"
 #include "checksum.h"
+
+/* what tcp_fields may take besides ACK(|PSH): IPv4's, not IPv6's (whose caller has no use yet) */
+#define YAS_FAST_MORE_FIN 0x01u /* a FIN with its ACK (the flag's own bit) */
+#define YAS_FAST_MORE_SYN 0x02u /* a SYN alone, with any options */
 
 static inline uint32_t be16(const unsigned char *p) { return ((uint32_t)p[0] << 8) | p[1]; }
 static inline uint32_t be32(const unsigned char *p)
@@ -77,24 +85,33 @@ static void classify_udp(const unsigned char *f, uint32_t len, int verify, uint3
 }
 
 static int tcp_fields(const unsigned char *f, uint32_t len, int verify, uint32_t at, uint32_t tcp_len,
-                      uint32_t sum_at, uint32_t initial, struct yas_tcp_seg *r)
+                      uint32_t sum_at, uint32_t initial, uint32_t more, struct yas_tcp_seg *r)
 {
     /* The TCP half, for both families: the segment at f[at:at + tcp_len], its checksum summed
      * from f[sum_at] (before `at` for IPv6, whose addresses sit right before the segment and
-     * are summed with it) with `initial` the rest of the pseudo-header.  Fills the record's
-     * TCP fields and returns 1, or 0 (the record left a decline). */
+     * are summed with it) with `initial` the rest of the pseudo-header.  `more` says what else
+     * may be a candidate (IPv4: YAS_FAST_MORE_FIN | YAS_FAST_MORE_SYN, IPv6: 0): a FIN with its
+     * ACK, which the caller hands to the connection's general path, and a SYN alone with any
+     * options (their bytes left to the caller: tsval and tsecr stay -1), which it hands to the
+     * listener's.  Fills the record's TCP fields and returns 1, or 0 (the record left a
+     * decline). */
     const unsigned char *th = f + at;
     uint32_t thl = (uint32_t)(th[12] >> 4) << 2;
     if (thl < 20 || thl > tcp_len)
         return 0;
     uint32_t flags = th[13];
-    if ((flags & ~0x08u) != 0x10 || (th[12] & 0x0F))
-        return 0; /* anything but ACK or ACK|PSH (or the reserved bits) */
+    if (th[12] & 0x0F)
+        return 0; /* the reserved bits */
+    int syn = flags == 0x02 && (more & YAS_FAST_MORE_SYN);
+    if (!syn && (flags & ~(0x08u | (more & YAS_FAST_MORE_FIN))) != 0x10)
+        return 0; /* anything but ACK or ACK|PSH, ACK|FIN(|PSH) as `more` allows, or SYN alone */
     uint32_t sport = be16(th), dport = be16(th + 2);
     if (sport == 0 || dport == 0)
         return 0;
     int64_t tsval = -1, tsecr = -1;
-    if (thl == 32) {
+    if (syn) {
+        /* any options: parsed by the caller, as tcp_input would */
+    } else if (thl == 32) {
         if (th[20] != 1 || th[21] != 1 || th[22] != 8 || th[23] != 10)
             return 0;
         tsval = be32(th + 24);
@@ -199,7 +216,7 @@ static void classify6(const unsigned char *f, uint32_t len, int verify, const ch
         return;
     }
     /* the pseudo-header (RFC 8200 8.1): addresses (summed in place), length, next header */
-    if (!tcp_fields(f, len, verify, 54, payload_len, 22, 6 + payload_len, r))
+    if (!tcp_fields(f, len, verify, 54, payload_len, 22, 6 + payload_len, 0, r))
         return;
     r->kind = YAS_FAST_CANDIDATE6;
     r->src = ours - 1; /* which of our usable addresses it is for: the TCP layer's key holds it */
@@ -243,7 +260,7 @@ static void classify(const unsigned char *f, uint32_t len, int verify, const cha
         return;
     }
     uint32_t initial = (src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF) + 6 + (total - 20);
-    if (!tcp_fields(f, len, verify, 34, total - 20, 34, initial, r))
+    if (!tcp_fields(f, len, verify, 34, total - 20, 34, initial, YAS_FAST_MORE_FIN | YAS_FAST_MORE_SYN, r))
         return;
     r->kind = YAS_FAST_CANDIDATE;
     r->src = src;

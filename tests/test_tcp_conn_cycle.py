@@ -17,10 +17,27 @@ from trio_yastack.stack.tcp._buffers import NO_REASSEMBLY, NO_SACKS
 from trio_yastack.stack.tcp._cc import NewReno
 from trio_yastack.stack.tcp._conn import TcpConnection
 from trio_yastack.stack.tcp._layer import TcpLayer
-from trio_yastack.stack.wire.tcp import TCP_ACK, TCP_FIN, TCP_PSH, TCP_SYN, TcpOptions
+from trio_yastack.stack.tcp._timers import DELACK_PENDING_LIMIT
+from trio_yastack.stack.wire.tcp import TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, TcpOptions
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
 RESPONSE = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
+
+
+def _burst(
+    core: StackCore, peer: Peer, flags: int, payload: bytes = b"", *, now: float, **fields: Any
+) -> list[Any]:
+    """``peer.send`` as the runtime delivers it: the segment in a burst of its own (the fast
+    path's classifier sees it), the output at the burst's end; what the core sent back."""
+    frame = peer.frame(flags, payload, now=now, **fields)
+    if fields.get("seq") is None:
+        peer.snd_nxt = seq_add(
+            peer.snd_nxt, len(payload) + (1 if flags & TCP_FIN else 0) + (1 if flags & TCP_SYN else 0)
+        )
+    core.begin_burst()
+    core.ether_input_burst([frame], now)
+    core.end_burst(now)
+    return peer.receive()
 
 
 def _cycle(monkeypatch: pytest.MonkeyPatch, fast: bool) -> tuple[StackCore, list[Any]]:
@@ -32,7 +49,7 @@ def _cycle(monkeypatch: pytest.MonkeyPatch, fast: bool) -> tuple[StackCore, list
     core.autocork = True
     listener = core.tcp.listen(OUR_PORT)
     peer = Peer(core, isn=0xFFFF_FF00)
-    seen: list[Any] = [peer.send(TCP_SYN, now=T0)]
+    seen: list[Any] = [_burst(core, peer, TCP_SYN, now=T0)]
     now = T0 + 0.01
     ack = peer.frame(TCP_ACK, now=now)
     get = peer.frame(TCP_ACK | TCP_PSH, REQUEST, now=now)
@@ -52,7 +69,7 @@ def _cycle(monkeypatch: pytest.MonkeyPatch, fast: bool) -> tuple[StackCore, list
     peer.core.outbox = [*out]
     peer.receive()
     now += 0.01
-    seen.append(peer.send(TCP_ACK | TCP_FIN, now=now))
+    seen.append(_burst(core, peer, TCP_ACK | TCP_FIN, now=now))
     seen.append((len(core.tcp.time_wait), core.statistics()))
     return core, seen
 
@@ -62,13 +79,18 @@ def test_the_handshakes_ack_and_request_skip_the_layers_with_the_same_result(
 ) -> None:
     """The ACK completing a passive open is a fast-path candidate whose connection is not yet
     ESTABLISHED: ``fast_input`` hands it to ``segment_arrives`` itself (ip_input and tcp_input's
-    checks were the classifier's), and the request behind it in the burst is then predicted.
+    checks were the classifier's), and the request behind it in the burst is then predicted;
+    the peer's FIN+ACK at the end is a candidate handed to ``segment_arrives`` the same way, and
+    the SYN at the start one handed to the listener (``TcpLayer.syn_input``).
     Same frames, connection fields and counters as the Python path."""
     on_core, on = _cycle(monkeypatch, True)
     off_core, off = _cycle(monkeypatch, False)
     assert on == off
+    assert len(on[3]) == 1 and on[3][0].flags == TCP_ACK  # the FIN acknowledged
     assert on[4][0] == 1  # the pair in TIME_WAIT
-    assert on_core.fast_path_segments == 2 and off_core.fast_path_segments == 0
+    assert len(on[0]) == 1 and on[0][0].flags == TCP_SYN | TCP_ACK
+    assert on[0][0].options.mss and on[0][0].options.sack_permitted and on[0][0].options.timestamps
+    assert on_core.fast_path_segments == 4 and off_core.fast_path_segments == 0
     check_accounting(on_core)
     check_accounting(off_core)
 
@@ -124,3 +146,214 @@ def test_a_passive_opens_congestion_control_is_made_once_with_the_syns_mss(
         made.append(connection_state(conn))
     assert made[0] == made[1]
     assert _fields(_conn._CC_AT_SYN) == _fields(NewReno(536))
+
+
+def _peer_closes_first(fast: bool) -> tuple[StackCore, list[Any]]:
+    """The peer's FIN reaches an ESTABLISHED connection (with the request's last bytes, then
+    alone after data), we answer and close (LAST_ACK), the peer's last ACK; then the peer's FIN
+    again (a retransmission to a pair no longer in the table): what left after each burst."""
+    core = tcp_core(seed=11)
+    core.fast_path = fast
+    core.autocork = True
+    _listener, conn, peer = open_passive(core)
+    now = T0 + 1
+    seen: list[Any] = [_burst(core, peer, TCP_ACK | TCP_PSH | TCP_FIN, b"the last bytes", now=now)]
+    seen.append((conn.state, conn.receive(100, now), conn.receive(100, now)))
+    conn.send(b"bye", now)
+    conn.close(now)
+    core.run_pending_output(now)
+    seen.append(peer.receive())
+    now += 0.01
+    seen.append(_burst(core, peer, TCP_ACK, now=now))
+    seen.append(conn.state)
+    peer.snd_nxt = seq_add(peer.snd_nxt, -1)
+    seen.append(_burst(core, peer, TCP_ACK | TCP_FIN, now=now + 0.01))  # answered by a RST or nothing
+    seen.append(core.statistics())
+    return core, seen
+
+
+def test_a_fin_on_an_established_connection_skips_the_layers_with_the_same_result() -> None:
+    """A FIN (with data) on an ESTABLISHED connection is a candidate ``fast_input`` hands to
+    ``segment_arrives``; one for a pair gone from the table takes the Python path.  Same frames
+    and counters as the Python path throughout."""
+    on_core, on = _peer_closes_first(True)
+    off_core, off = _peer_closes_first(False)
+    assert on == off
+    assert on[1][1] == b"the last bytes" and on[1][2] == b""  # the data, then the end of stream
+    assert on_core.fast_path_segments == 2 and off_core.fast_path_segments == 0
+    check_accounting(on_core)
+    check_accounting(off_core)
+
+
+_SYN_CASES = {
+    # name: (the listener's port, the SYN's options or None for the peer's own, how many SYNs)
+    "linux-options": (OUR_PORT, None, 1),
+    "mss-only": (OUR_PORT, TcpOptions(mss=1200), 1),
+    "timestamps-only": (OUR_PORT, TcpOptions(timestamps=(77, 0)), 1),
+    "no-options": (OUR_PORT, b"", 1),
+    "bad-options": (OUR_PORT, b"\x08\x0a\x00\x00", 1),  # a timestamp option cut short
+    "no-listener": (OUR_PORT + 1, None, 1),
+    "again-in-syn-received": (OUR_PORT, None, 2),
+}
+
+
+def _syns(case: str, fast: bool) -> tuple[StackCore, list[Any]]:
+    """SYNs in bursts of their own: what the core sent back, the counters."""
+    port, options, count = _SYN_CASES[case]
+    core = tcp_core(seed=13)
+    core.fast_path = fast
+    core.tcp.listen(port)
+    peer = Peer(core)
+    seen: list[Any] = []
+    for i in range(count):
+        seen.append(_burst(core, peer, TCP_SYN, now=T0 + i, options=options, seq=peer.isn))
+    seen.append([connection_state(conn) for conn in core.tcp.connections.values()])
+    seen.append(core.statistics())
+    return core, seen
+
+
+@pytest.mark.parametrize("case", list(_SYN_CASES))
+def test_a_syn_to_a_listener_skips_the_layers_with_the_same_result(case: str) -> None:
+    """A SYN alone is a candidate: for no connection, ``syn_input`` parses its options as
+    tcp_input does and hands it to the listener; no listener, and a SYN for a known pair, take
+    the Python path.  Same frames, connections and counters as the Python path."""
+    on_core, on = _syns(case, True)
+    off_core, off = _syns(case, False)
+    assert on == off
+    taken = {"no-listener": 0, "again-in-syn-received": 1}.get(case, 1)
+    assert on_core.fast_path_segments == taken and off_core.fast_path_segments == 0
+    if case == "no-listener":
+        assert on[0][0].flags & TCP_RST
+    elif case == "bad-options":
+        assert on[0] == [] and not on_core.tcp.connections
+    else:
+        assert all(out[0].flags == TCP_SYN | TCP_ACK for out in on[:-2])  # the second, sent again
+    check_accounting(on_core)
+    check_accounting(off_core)
+
+
+def test_a_syn_to_a_pair_in_time_wait_takes_the_python_path() -> None:
+    """A new SYN to a pair in TIME_WAIT is tcp_input's to judge (RFC 6191's reuse): the fast
+    path leaves it, with the same result either way."""
+    results = []
+    for fast in (True, False):
+        core = tcp_core(seed=17)
+        core.fast_path = fast
+        _listener, conn, peer = open_passive(core)
+        conn.close(T0 + 1)
+        peer.receive()
+        peer.send(TCP_ACK | TCP_FIN, now=T0 + 1.01)
+        assert len(core.tcp.time_wait) == 1
+        peer.snd_nxt = seq_add(peer.snd_nxt, 100_000)
+        out = _burst(core, peer, TCP_SYN, now=T0 + 2)
+        results.append((out, len(core.tcp.time_wait), len(core.tcp.connections), core.statistics()))
+        assert core.fast_path_segments == 0
+    assert results[0] == results[1]
+    assert results[0][0][0].flags == TCP_SYN | TCP_ACK and results[0][1:3] == (0, 1)  # the pair reused
+
+
+def test_a_delayed_ack_set_in_a_burst_makes_no_timer_entry_when_the_reply_carries_it() -> None:
+    """A request in a burst sets the delayed ACK's deadline but leaves its heap entry pending
+    (``delack_pending``); the response in the same turn carries the ACK, and nothing is armed."""
+    core = tcp_core(seed=19)
+    core.autocork = True
+    _listener, conn, peer = open_passive(core)
+    now = T0 + 2
+    core.run_timers(now)  # the SYN-ACK's retransmission entry (due at T0 + 1) out of the way
+    assert conn._timer_at > now + core.config.tcp.delayed_ack  # so the ACK would need its own entry
+    entries, timer = len(core.timers), conn._timer
+    assert _burst(core, peer, TCP_ACK | TCP_PSH, REQUEST, now=now) == []  # no ACK yet: delayed
+    delack = conn.t_delack
+    assert delack == now + core.config.tcp.delayed_ack
+    assert core.delack_pending == [conn] and len(core.timers) == entries and conn._timer is timer
+    assert conn.receive(1000, now) == REQUEST
+    conn.send(RESPONSE, now)
+    core.run_pending_output(now)
+    [reply] = peer.receive()
+    assert reply.payload == RESPONSE and conn.t_delack == 0.0
+    core.next_deadline()  # the poll loop's look before it sleeps
+    assert core.delack_pending == []
+    assert [entry for entry in core.timers._heap if entry[0] == delack] == []  # never armed
+    check_accounting(core)
+
+
+@pytest.mark.parametrize("via", ["next_deadline", "run_timers"])
+def test_a_delayed_ack_left_pending_fires_when_it_would_have(via: str) -> None:
+    """Unanswered, the pending delayed ACK gets its entry before the heap is read for a sleep
+    (``next_deadline``), or when ``run_timers`` reaches its deadline (until then it stays
+    pending), and fires at the deadline it had: the same ACK at the same time as a segment
+    taken outside a burst, whose entry is made at once."""
+    sent = []
+    for in_burst in (True, False):
+        core = tcp_core(seed=23)
+        _listener, conn, peer = open_passive(core)
+        now = T0 + 2
+        core.run_timers(now)  # the SYN-ACK's retransmission entry (due at T0 + 1) out of the way
+        assert conn._timer_at > now + core.config.tcp.delayed_ack  # so the ACK needs its own entry
+        if in_burst:
+            assert _burst(core, peer, TCP_ACK | TCP_PSH, b"x" * 100, now=now) == []
+            assert core.delack_pending == [conn]
+            if via == "next_deadline":
+                assert core.next_deadline() == conn.t_delack
+                assert core.delack_pending == [] and conn._timer is not None
+                assert conn._timer.deadline == conn.t_delack  # its entry made
+            else:
+                core.run_timers(now)
+                core.run_timers(conn.t_delack - 1e-6)
+                assert core.delack_pending == [conn]  # not due yet: still waiting for a reply
+        else:
+            assert peer.send(TCP_ACK | TCP_PSH, b"x" * 100, now=now) == []
+        deadline = conn.t_delack
+        assert deadline == now + core.config.tcp.delayed_ack
+        core.run_timers(deadline - 1e-6)
+        assert peer.receive() == []
+        core.run_timers(deadline)
+        assert core.delack_pending == []
+        sent.append((deadline, peer.receive(), core.statistics()))
+    assert sent[0] == sent[1]
+    assert len(sent[0][1]) == 1 and sent[0][1][0].flags == TCP_ACK and sent[0][2].tcp.delayed_acks == 1
+
+
+def test_the_pending_delayed_acks_are_bounded() -> None:
+    """Past ``DELACK_PENDING_LIMIT`` waiting connections, a delayed ACK's entry is made at once."""
+    core = tcp_core(seed=29)
+    _listener, conn, peer = open_passive(core)
+    now = T0 + 2
+    core.run_timers(now)
+    core.delack_pending = [conn] * DELACK_PENDING_LIMIT  # as if that many waited
+    assert _burst(core, peer, TCP_ACK | TCP_PSH, b"x" * 100, now=now) == []
+    assert len(core.delack_pending) == DELACK_PENDING_LIMIT
+    assert conn._timer is not None and conn._timer.deadline == conn.t_delack
+    core.run_timers(conn.t_delack)
+    assert [s.flags for s in peer.receive()] == [TCP_ACK] and core.delack_pending == []
+
+
+@pytest.mark.parametrize("step", [1e-6, 0.001])
+def test_answered_delayed_acks_are_forgotten(step: float) -> None:
+    """Keep-alive requests each answered in their turn: every one leaves an answered entry,
+    which ``run_timers`` passes over only once the earliest deadline it knew of is reached (with
+    requests ``step`` apart: after the delayed ACK's delay, or when the list fills first), so the
+    list stays bounded, and no delayed ACK or timer entry is made for them."""
+    core = tcp_core(seed=31)
+    core.autocork = True
+    _listener, conn, peer = open_passive(core)
+    now = T0 + 2
+    core.run_timers(now)
+    delay = core.config.tcp.delayed_ack
+    sizes = []
+    for i in range(DELACK_PENDING_LIMIT + 10):
+        now += step
+        assert _burst(core, peer, TCP_ACK | TCP_PSH, REQUEST, now=now) == []
+        assert conn.receive(1000, now) == REQUEST
+        conn.send(RESPONSE, now)
+        core.run_pending_output(now)
+        core.run_timers(now)
+        [reply] = peer.receive()
+        assert reply.payload == RESPONSE and conn.t_delack == 0.0, i
+        sizes.append(len(core.delack_pending))
+    per_pass = DELACK_PENDING_LIMIT if step * DELACK_PENDING_LIMIT < delay else round(delay / step)
+    assert abs(max(sizes) - per_pass) <= 1 and sizes[: per_pass - 1] == list(range(1, per_pass))
+    assert core.stats_tcp.delayed_acks == 0
+    core.next_deadline()
+    assert core.delack_pending == [] and core.delack_next == float("inf")
+    check_accounting(core)

@@ -31,6 +31,7 @@ from ._udp import UdpLayer
 from .tcp import TcpLayer
 from .tcp._fastpath import CANDIDATE, CANDIDATE6, FAST_PATH_DEFAULT, UDP, UDP6, classify_burst, fast_input
 from .tcp._tcp6 import TcpConnection6, predicted_input
+from .tcp._timers import arm_delayed_acks
 from .wire import WireError
 from .wire.ethernet import (
     ETHER_HEADER,
@@ -41,6 +42,7 @@ from .wire.ethernet import (
     ETHERTYPE_VLAN,
     parse_ethernet_header,
 )
+from .wire.tcp import TCP_SYN
 
 __all__ = ["StackCore"]
 
@@ -91,6 +93,13 @@ class StackCore:
         #: segments one ACK (what Linux gets from GRO and FreeBSD from LRO)
         self.in_burst = False
         self.output_pending: dict[Any, None] = {}
+        #: connections that set a delayed ACK's deadline inside a burst, their timer entry not yet
+        #: made (``_timers.arm_delayed_acks``): the application's reply usually carries the ACK
+        #: first; armed before the heap is read for a sleep, or run past the deadline (bounded,
+        #: ``_timers.DELACK_PENDING_LIMIT``; answered ones stay until a pass forgets them)
+        self.delack_pending: list[Any] = []
+        #: the earliest deadline among them still waiting (``math.inf``: none known)
+        self.delack_next = math.inf
         #: set by a runtime that calls :meth:`run_pending_output` every turn: application sends
         #: queue their connection instead of sending at once
         self.autocork = False
@@ -212,8 +221,12 @@ class StackCore:
                 kind = record[0]
                 if kind == CANDIDATE:  # demultiplex by (local port, remote ip, remote port)
                     conn = connections.get((record[3], record[1], record[2]))
-                    if conn is not None and fast_input(conn, frame, record, now):
-                        taken += 1
+                    if conn is not None:
+                        if fast_input(conn, frame, record, now):
+                            taken += 1
+                            continue
+                    elif record[6] == TCP_SYN and self.tcp.syn_input(frame, record, now):
+                        taken += 1  # a connection request, to its listener
                         continue
                 elif kind == UDP and udp_fast_input(frame, record):
                     udp_taken += 1
@@ -312,6 +325,8 @@ class StackCore:
 
     def run_timers(self, now: float) -> int:
         """Fire the timers due at ``now`` and take in datagrams we sent to ourselves."""
+        if self.delack_pending and now >= self.delack_next:
+            arm_delayed_acks(self, now)  # those due; the others wait for a reply to carry them
         fired = self.timers.run(now)
         if self.ip_layer.loopback:
             fired += self.ip_layer.input_loopback(now)
@@ -325,6 +340,8 @@ class StackCore:
         this, so a segment to our own address never waits for an unrelated wake-up."""
         if self.ip_layer.loopback:
             return -math.inf
+        if self.delack_pending:
+            arm_delayed_acks(self)
         return self.timers.next_deadline()
 
     def take_outbox(self) -> list[bytes | bytearray]:

@@ -493,6 +493,7 @@ class TcpConnection:
     _challenge_ack = _output._challenge_ack
     # -- timers (tcp_timer.c) ---------------------------------------------------------------------
     _arm = _timers._arm
+    _arm_delack = _timers._arm_delack
     on_timer = _timers.on_timer
     _rexmt_timeout = _timers._rexmt_timeout
     _frto_ack = _timers._frto_ack

@@ -5,8 +5,8 @@ FreeBSD's header prediction sits at the top of ``tcp_do_segment``, after ``ether
 frames of one burst are first classified together, in one call into C (``native/tcp_fast.c``,
 ``yas_tcp_fast_classify``) or its pure-Python twin :func:`py_classify_frame`: a frame that header
 prediction may take -- an unfragmented IPv4 datagram without options, to our address, carrying a
-TCP segment with ACK (and maybe PSH) and no other flag, no options or the aligned timestamp
-option, with valid checksums -- comes back as a *candidate* with its TCP fields; any other frame
+TCP segment with ACK (and maybe PSH; over IPv4 maybe FIN) and no other flag, no options or the aligned
+timestamp option, with valid checksums -- comes back as a *candidate* with its TCP fields; any other frame
 *declines* and goes through ``ether_input`` as before.  A UDP datagram ``udp_input`` would take
 without a question (same IPv4 checks; a UDP length that fits, a destination port, a valid checksum
 or none) comes back as a ``UDP`` record: ``StackCore.ether_input_burst`` queues it on its socket
@@ -36,9 +36,10 @@ the general path's own functions once the checks they would make are known to pa
 bookkeeping (RTT, congestion control, what loss recovery adds) is the Python path's
 ``_ack_advances``, so the two paths cannot diverge there.  Whatever declines at any step runs
 the whole Python path, in the burst's order, so the Python layers stay the reference.  A candidate
-for a connection that is not ESTABLISHED (the ACK completing a passive open, ACKs while closing)
-goes to the general path's ``segment_arrives`` straight from here: the layers above it would only
-have repeated the classifier's checks.
+for a connection that is not ESTABLISHED (the ACK completing a passive open, ACKs while closing),
+and a FIN whatever the state, goes to the general path's ``segment_arrives`` straight from here: the
+layers above it would only have repeated the classifier's checks.  A FIN for no connection (one in
+TIME_WAIT, say) takes the Python path as any candidate without a connection does.
 
 ``TRIO_YASTACK_NO_FASTPATH=1`` (or ``StackCore.fast_path = False``) turns the fast path off.
 """
@@ -53,7 +54,7 @@ from typing import Any, Protocol
 
 from .._native import native_extension, sum16
 from .._offload import ChecksumVerified
-from ..wire.tcp import TCP_ACK, TCP_PSH
+from ..wire.tcp import TCP_ACK, TCP_FIN, TCP_PSH, TCP_SYN
 from ._conn import TcpConnection
 from ._states import ESTABLISHED
 
@@ -104,6 +105,9 @@ MAX_IP6 = 64
 _MASK = 0xFFFFFFFF
 #: bit 31 of a frame length handed to C: the port verified this frame's checksums
 VERIFIED = 0x80000000
+#: what ``_tcp_fields`` may take besides ACK(|PSH) (the C ``YAS_FAST_MORE_*``): over IPv4 only
+_MORE_FIN = 0x01  # a FIN with its ACK (the flag's own bit)
+_MORE_SYN = 0x02  # a SYN alone, with any options
 _DECLINED: Record = (DECLINE, 0, 0, 0, 0, 0, 0, 0, -1, -1, 0, 0)
 _IPV4_FIXED = struct.Struct("!BBHHHBBHII")
 _TCP_FIXED = struct.Struct("!HHIIBBH")
@@ -200,7 +204,7 @@ def py_classify_frame(
         return py_classify_udp(frame, verify, total, src, dst)
     tcp_len = total - 20
     initial = (src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF) + 6 + tcp_len
-    fields = _tcp_fields(frame, verify, 34, tcp_len, 34, initial)
+    fields = _tcp_fields(frame, verify, 34, tcp_len, 34, initial, _MORE_FIN | _MORE_SYN)
     if fields is None:
         return _DECLINED
     return (CANDIDATE, src, *fields)
@@ -227,24 +231,36 @@ def py_classify_frame6(
     if nxt == 17:
         return py_classify_udp6(frame, verify, tcp_len, src6)
     # the pseudo-header (RFC 8200 8.1): the addresses summed in place with the segment
-    fields = _tcp_fields(frame, verify, 54, tcp_len, 22, 6 + tcp_len)
+    fields = _tcp_fields(frame, verify, 54, tcp_len, 22, 6 + tcp_len, 0)
     if fields is None:
         return _DECLINED
     return (CANDIDATE6, usable.index(dst), *fields)  # which usable address of ours: the key holds it
 
 
 def _tcp_fields(
-    frame: Buffer, verify: bool, at: int, tcp_len: int, sum_at: int, initial: int
+    frame: Buffer, verify: bool, at: int, tcp_len: int, sum_at: int, initial: int, more: int
 ) -> tuple[int, int, int, int, int, int, int, int, int, int] | None:
     """Twin of the C ``tcp_fields``: the record's fields after ``src`` for the segment at
     ``frame[at:at + tcp_len]``, its checksum summed from ``frame[sum_at]`` with ``initial``;
+    ``more`` what else may be a candidate (:data:`_MORE_FIN`: a FIN with its ACK;
+    :data:`_MORE_SYN`: a SYN alone with any options, left to the caller, tsval and tsecr -1);
     ``None`` to decline."""
     sport, dport, seq, ack, offset_byte, flags, window = _TCP_FIXED.unpack_from(frame, at)
     thl = (offset_byte >> 4) << 2
-    if thl < 20 or thl > tcp_len or flags & ~0x08 != 0x10 or offset_byte & 0x0F or not sport or not dport:
+    syn = flags == TCP_SYN and more & _MORE_SYN
+    if (
+        thl < 20
+        or thl > tcp_len
+        or (not syn and flags & ~(0x08 | more & _MORE_FIN) != 0x10)
+        or offset_byte & 0x0F
+        or not sport
+        or not dport
+    ):
         return None
     tsval = tsecr = -1
-    if thl == 32:
+    if syn:
+        pass  # any options: parsed by the caller, as tcp_input would
+    elif thl == 32:
         if frame[at + 20 : at + 24] != _TS_ALIGNED:
             return None
         tsval, tsecr = _TS.unpack_from(frame, at + 24)
@@ -342,6 +358,7 @@ if _native is not None and hasattr(_native[1], "yas_tcp_fast_classify"):
     _from_buffer = _ffi.from_buffer
     _iter_unpack = RECORD.iter_unpack
     _RECORD_SIZE = RECORD.size
+    _U32 = struct.Struct("=I")  # one frame's length, as the C side reads it (native uint32_t)
     _SRC6_BYTES = 16 * SRC6_SLOTS
 
     def _native_classify_burst(
@@ -354,17 +371,29 @@ if _native is not None and hasattr(_native[1], "yas_tcp_fast_classify"):
         ip6_usable: int = 0,
         src6: SourceTable6 = _NO_SOURCES,
     ) -> list[Record]:
-        """The C ``yas_tcp_fast_classify`` over the whole burst: one join, one call, one unpack."""
+        """The C ``yas_tcp_fast_classify`` over the whole burst: one join, one call, one unpack.
+        A burst of one frame (a short connection's SYN, its FIN; a request on a quiet port) is
+        handed over as it is, its length packed directly: no list, array or join for it."""
         n = len(frames)
-        if verify:
-            lens = array(
-                "I", [len(f) | VERIFIED if f.__class__ is ChecksumVerified else len(f) for f in frames]
-            )
+        if n == 1:
+            joined = frames[0]
+            length = len(joined)
+            if joined.__class__ is ChecksumVerified:
+                raw_lens = _U32.pack(length | VERIFIED if verify else length)
+            else:
+                raw_lens = _U32.pack(length)
+                if joined.__class__ is not bytes:
+                    joined = bytes(joined)  # a bytearray or memoryview: C takes bytes, as join made
         else:
-            lens = array("I", map(len, frames))
-        joined = b"".join(frames)
+            if verify:
+                lens = array(
+                    "I", [len(f) | VERIFIED if f.__class__ is ChecksumVerified else len(f) for f in frames]
+                )
+            else:
+                lens = array("I", map(len, frames))
+            joined = b"".join(frames)
+            raw_lens = lens.tobytes()
         out = bytearray(n * _RECORD_SIZE)
-        raw_lens = lens.tobytes()
         made = _c_classify(
             joined,
             len(joined),
@@ -406,17 +435,20 @@ def fast_input(conn: TcpConnection, frame: bytes, record: Record, now: float) ->
     connection's own, shared with the Python path), then :func:`ack_and_data_input`.
 
     A connection in any other state (the ACK that completes a passive open, every connection's
-    second segment; ACKs and data while closing) is not predicted, but its segment goes to the
-    general path, ``segment_arrives``, from here: the classifier made every check ``ip_input``
-    and ``tcp_input`` make before they hand a segment of a known connection to it (IPv4 to our
-    address from a sound source, unfragmented, checksums, ports, ACK without SYN/FIN/RST,
-    options none or the aligned timestamps, so no ``TcpOptions``), so those layers' parsing
-    again was the only difference (~5 us a segment).
+    second segment; ACKs and data while closing), and a FIN in any state (every connection's
+    last segment in), is not predicted, but its segment goes to the general path,
+    ``segment_arrives``, from here: the classifier made every check ``ip_input`` and
+    ``tcp_input`` make before they hand a segment of a known connection to it (IPv4 to our
+    address from a sound source, unfragmented, checksums, ports, ACK (maybe with FIN) without
+    SYN/RST, options none or the aligned timestamps, so no ``TcpOptions``), so those layers'
+    parsing again was the only difference (~5 us a segment).
     """
     if conn.__class__ is not TcpConnection:
         return False
     _kind, _src, _sport, _dport, seq, ack, flags, window, tsval, tsecr, start, end = record
-    if conn.state != ESTABLISHED:
+    if conn.state != ESTABLISHED or flags & TCP_FIN:
+        if flags & TCP_SYN:
+            return False  # a SYN for a known pair: its options are tcp_input's to parse
         conn.segment_arrives(frame, start, end, seq, ack, flags, window, None, tsval, tsecr, now)
         return True
     if conn.in_recovery or conn.rxtshift or conn.frto or len(conn.scoreboard):

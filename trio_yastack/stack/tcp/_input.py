@@ -177,10 +177,7 @@ def header_prediction(
             else:
                 self._send_segment(self.snd_nxt, TCP_ACK, b"", now)
         elif not self.t_delack:
-            deadline = self.t_delack = now + self.config.delayed_ack
-            if deadline < self._timer_at:  # _arm() for the one timer that changed
-                self._timer_at = deadline
-                self._timer = self.core.timers.schedule(deadline, self.on_timer)
+            self._arm_delack(now)
         if self.waiter is not None:  # _wake(), inline: a reader may be parked on us
             self.core.ready[self] = None
         return True
@@ -683,8 +680,7 @@ def _data_arrives(self: TcpConnection, buf: bytes, start: int, end: int, seq: in
         if self.segs_unacked >= 2 or not self.config.delayed_ack:
             self.ack_now = True
         elif not self.ack_now and not self.t_delack:
-            self.t_delack = now + self.config.delayed_ack
-            self._arm()
+            self._arm_delack(now)
         self._wake()
     else:
         stats.out_of_order_segments += 1

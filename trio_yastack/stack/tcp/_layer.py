@@ -909,6 +909,39 @@ class TcpLayer:
             stats.dropped[TcpDrop.SYN_SHED] += shed - 1
         return kept
 
+    def syn_input(self, frame: bytes, record: tuple[int, ...], now: float) -> bool:
+        """A connection request the burst's classifier found sound (``_fastpath``: an IPv4
+        frame to our address from a sound source, unfragmented, its checksums valid, a SYN alone
+        with nonzero ports) and no connection holds: to the listener's input, its options
+        parsed as :meth:`tcp_input` parses them, as ``tcp_input`` would have handed it on
+        after repeating the classifier's checks.  ``False`` (nothing done) when the pair is in
+        TIME_WAIT or no one listens on the port: ``tcp_input`` decides those."""
+        _kind, src, sport, dport, seq, ack, flags, window, _tsval, _tsecr, data_start, end = record
+        listener = self.listeners.get(dport)
+        if listener is None or (self.time_wait and (dport, src, sport) in self.time_wait):
+            return False
+        options: TcpOptions | None = None
+        tsval = tsecr = -1
+        opt_start = 34 + TCP_HEADER_LEN  # an IPv4 header without options, then TCP's
+        opt_len = data_start - opt_start
+        if opt_len == 12 and frame[opt_start : opt_start + 4] == _TS_ALIGNED:
+            tsval, tsecr = _U32X2.unpack_from(frame, opt_start + 4)
+        elif opt_len:
+            options = linux_syn_options(frame, opt_start) if opt_len == 20 else None
+            if options is None:
+                try:
+                    options = parse_tcp_options(frame, opt_start, data_start)
+                except WireError as exc:
+                    self.stats.drop(exc.reason)
+                    return True
+            if options.timestamps is not None:
+                tsval, tsecr = options.timestamps
+        self._listen_input(
+            listener, frame, data_start, end, src, sport, dport, seq, ack, flags, window, options, tsval,
+            tsecr, now,
+        )  # fmt: skip
+        return True
+
     def _listen_input(
         self,
         listener: TcpListener,

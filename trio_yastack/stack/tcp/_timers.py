@@ -36,9 +36,10 @@ from ._states import (
 )
 
 if TYPE_CHECKING:
+    from .._core import StackCore
     from ._conn import TcpConnection
 
-__all__ = ["on_timer", "set_keepalive"]
+__all__ = ["arm_delayed_acks", "on_timer", "set_keepalive"]
 
 
 def _arm(self: TcpConnection) -> None:
@@ -65,6 +66,57 @@ def _arm(self: TcpConnection) -> None:
             # kept it a second past its end.  Cancelled, the heap purges it in bulk.
             timers.cancel(superseded)
         self._timer = timers.schedule(deadline, self.on_timer)
+
+
+#: the most connections whose delayed ACK entry waits (``StackCore.delack_pending``, answered
+#: ones included until a pass forgets them); a full list is passed over, and beyond that an
+#: entry is made at once
+DELACK_PENDING_LIMIT = 1024
+
+
+def _arm_delack(self: TcpConnection, now: float) -> None:
+    """Set the delayed ACK's deadline (FreeBSD's ``TF_DELACK``).  Inside a burst its heap entry
+    waits (``StackCore.delack_pending``, :func:`arm_delayed_acks`): a request is most often
+    answered in the same or the next turn, its response carrying the ACK and clearing the
+    deadline, and the entry (an object, a push, a cancellation or a pop later) would have been
+    made for nothing.  The deadline itself is set now, so the ACK is due when it would have been."""
+    deadline = self.t_delack = now + self.config.delayed_ack
+    core = self.core
+    if core.in_burst:
+        if len(core.delack_pending) >= DELACK_PENDING_LIMIT:
+            arm_delayed_acks(core, now)  # forget the answered ones (one pass per ~LIMIT requests)
+        if len(core.delack_pending) < DELACK_PENDING_LIMIT:
+            core.delack_pending.append(self)
+            if deadline < core.delack_next:
+                core.delack_next = deadline
+            return
+    if deadline < self._timer_at:
+        self._arm()
+
+
+def arm_delayed_acks(core: StackCore, now: float | None = None) -> None:
+    """The delayed ACKs bursts left pending: forget those whose deadline was cleared (a segment
+    carried the ACK) and make the heap entry of the others -- all of them before the heap is
+    read for a sleep (``StackCore.next_deadline``, ``now`` None), those due by ``now`` before it
+    is run (``StackCore.run_timers``, when ``delack_next`` says one is due) or when the list is
+    full; the rest keep waiting, ``delack_next`` the earliest of their deadlines.  An ACK so fires
+    exactly when it would have with its entry made at once, and a turn of the poll loop looks at
+    the list only when one is due."""
+    waiting = []
+    earliest = math.inf
+    for conn in core.delack_pending:
+        deadline = conn.t_delack
+        if not deadline or conn.state == CLOSED:
+            continue
+        if now is None or deadline <= now:
+            if deadline < conn._timer_at:
+                conn._arm()
+        else:
+            waiting.append(conn)
+            if deadline < earliest:
+                earliest = deadline
+    core.delack_pending = waiting
+    core.delack_next = earliest
 
 
 def on_timer(self: TcpConnection, now: float) -> None:
