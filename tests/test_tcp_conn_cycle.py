@@ -357,3 +357,149 @@ def test_answered_delayed_acks_are_forgotten(step: float) -> None:
     core.next_deadline()
     assert core.delack_pending == [] and core.delack_next == float("inf")
     check_accounting(core)
+
+
+def _old_ts(peer: Peer, now: float) -> TcpOptions:
+    """Timestamps a second older than the peer's last: PAWS rejects the segment."""
+    return TcpOptions(timestamps=((peer.tsval(now) - 2000) & 0xFFFF_FFFF, peer.ts_recent))
+
+
+#: name: the peer's handshake ACK (its flags, the payload, fields of the frame), which lean
+#: function takes it (or None: the general path)
+_HANDSHAKE_CASES: dict[str, tuple[int, bytes, str, str | None]] = {
+    "pure-ack": (TCP_ACK, b"", "", "handshake_ack"),
+    "ack-with-psh": (TCP_ACK | TCP_PSH, b"", "", "handshake_ack"),
+    "ack-with-data": (TCP_ACK | TCP_PSH, REQUEST, "", None),
+    "old-timestamp": (TCP_ACK, b"", "old-ts", None),
+    "acks-nothing": (TCP_ACK, b"", "ack-iss", None),  # SEG.ACK = ISS: a RST
+    "acks-too-much": (TCP_ACK, b"", "ack-beyond", None),  # beyond SND.MAX: a RST
+    "next-segment": (TCP_ACK, b"", "seq-ahead", None),  # in the window, not at RCV.NXT
+}
+
+#: name: the peer's segments after our response and FIN, each (flags, what it acknowledges:
+#: "all" or "data" (not our FIN), old timestamp?); the lean function each one is for (or None)
+_FIN_ACK = TCP_ACK | TCP_FIN
+_CLOSING_CASES: dict[str, list[tuple[int, str, bool, str | None]]] = {
+    "fin-ack": [(_FIN_ACK, "all", False, "closing_ack")],
+    "ack-then-fin": [(TCP_ACK, "all", False, "closing_ack"), (_FIN_ACK, "all", False, "closing_ack")],
+    "data-acked-then-fin-ack": [(TCP_ACK, "data", False, None), (_FIN_ACK, "all", False, "closing_ack")],
+    "fin-before-our-fin-acked": [(_FIN_ACK, "data", False, None), (TCP_ACK, "all", False, None)],
+    "old-timestamp": [(_FIN_ACK, "all", True, None), (_FIN_ACK, "all", False, "closing_ack")],
+    "ack-then-old-fin": [(TCP_ACK, "all", False, "closing_ack"), (_FIN_ACK, "all", True, None)],
+}
+
+
+def _lean_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, bool]]:
+    """Record each call of the lean input functions and whether it took the segment."""
+    calls: list[tuple[str, bool]] = []
+    for name in ("handshake_ack", "closing_ack"):
+        lean = getattr(TcpConnection, name)
+
+        def wrapper(self: TcpConnection, *args: Any, _lean: Any = lean, _name: str = name) -> bool:
+            took = bool(_lean(self, *args))
+            calls.append((_name, took))
+            return took
+
+        monkeypatch.setattr(TcpConnection, name, wrapper)
+    return calls
+
+
+def _handshake(case: str, fast: bool) -> tuple[StackCore, list[Any]]:
+    """The SYN, then the case's handshake ACK in a burst of its own: what left, the
+    connection's fields, the accept queue, the counters."""
+    flags, payload, how, _lean = _HANDSHAKE_CASES[case]
+    core = tcp_core(seed=23)
+    core.fast_path = fast
+    core.autocork = True
+    listener = core.tcp.listen(OUR_PORT)
+    peer = Peer(core, isn=0xFFFF_FFFA)
+    now = T0
+    seen: list[Any] = [_burst(core, peer, TCP_SYN, now=now)]
+    now += 0.02
+    fields: dict[str, Any] = {}
+    if how == "old-ts":
+        fields["options"] = _old_ts(peer, now)
+    elif how == "ack-iss":
+        fields["ack"] = seq_add(peer.rcv_nxt, -1)
+    elif how == "ack-beyond":
+        fields["ack"] = seq_add(peer.rcv_nxt, 1)
+    elif how == "seq-ahead":
+        fields["seq"] = seq_add(peer.snd_nxt, 10)
+    seen.append(_burst(core, peer, flags, payload, now=now, **fields))
+    seen.append([connection_state(conn) for conn in core.tcp.connections.values()])
+    conn = listener.accept()
+    seen.append(None if conn is None else (conn.state, conn.receive(65536, now)))
+    seen.append(core.statistics())
+    return core, seen
+
+
+@pytest.mark.parametrize("case", list(_HANDSHAKE_CASES))
+def test_the_handshakes_ack_taken_lean_as_the_general_path_takes_it(
+    monkeypatch: pytest.MonkeyPatch, case: str
+) -> None:
+    """``handshake_ack`` (fast path on) takes the pure ACK completing a passive open in a few
+    lines; whatever it declines goes on to ``segment_arrives``.  Same frames, connection
+    fields, accept queue and counters as the general path (fast path off) in every case."""
+    calls = _lean_calls(monkeypatch)
+    on_core, on = _handshake(case, True)
+    lean_calls = list(calls)
+    off_core, off = _handshake(case, False)
+    assert on == off
+    assert len(calls) == len(lean_calls)  # nothing lean with the fast path off
+    lean = _HANDSHAKE_CASES[case][3]
+    assert ("handshake_ack", True) in lean_calls if lean else ("handshake_ack", True) not in lean_calls
+    if lean:
+        assert on[3] is not None and on[3][0] == 4  # ESTABLISHED, accepted
+    check_accounting(on_core)
+    check_accounting(off_core)
+
+
+def _closing(case: str, fast: bool) -> tuple[StackCore, list[Any]]:
+    """An established connection answers a request and closes (response and FIN in one
+    segment); the peer's segments of the case, each in a burst of its own: what left after
+    each, the connection's fields, TIME_WAIT, the timers, the counters."""
+    core = tcp_core(seed=29)
+    core.fast_path = fast
+    core.autocork = True
+    _listener, conn, peer = open_passive(core, isn=0xFFFF_FFF0)
+    now = T0 + 1
+    assert _burst(core, peer, TCP_ACK | TCP_PSH, REQUEST, now=now) == []
+    assert conn.receive(65536, now) == REQUEST
+    conn.send(RESPONSE, now)
+    conn.close(now)
+    core.run_pending_output(now)
+    [out] = peer.receive()
+    assert out.flags == TCP_ACK | TCP_PSH | TCP_FIN
+    seen: list[Any] = []
+    for flags, acks, old, _lean in _CLOSING_CASES[case]:
+        now += 0.01
+        fields: dict[str, Any] = {"ack": seq_add(peer.rcv_nxt, -1) if acks == "data" else peer.rcv_nxt}
+        if old:  # dropped: the peer sends the same sequence number again
+            fields["options"], fields["seq"] = _old_ts(peer, now), peer.snd_nxt
+        seen.append(_burst(core, peer, flags, now=now, **fields))
+        seen.append((conn.state, connection_state(conn), len(core.tcp.time_wait)))
+    seen.append((core.next_deadline(), core.statistics()))
+    return core, seen
+
+
+@pytest.mark.parametrize("case", list(_CLOSING_CASES))
+def test_the_peers_answer_to_our_fin_taken_lean_as_the_general_path_takes_it(
+    monkeypatch: pytest.MonkeyPatch, case: str
+) -> None:
+    """``closing_ack`` (fast path on) takes the peer's ACK of our FIN and its own FIN in
+    FIN-WAIT-1/FIN-WAIT-2 in a few lines; whatever it declines (our FIN not yet acknowledged,
+    an old timestamp) goes on to ``segment_arrives``.  Same frames, fields, TIME_WAIT record,
+    next deadline and counters as the general path, step by step."""
+    calls = _lean_calls(monkeypatch)
+    on_core, on = _closing(case, True)
+    lean_calls = [call for call in calls if call[0] == "closing_ack"]
+    del calls[:]
+    off_core, off = _closing(case, False)
+    assert on == off
+    assert calls == []  # nothing lean with the fast path off
+    expected = [lean for *_rest, lean in _CLOSING_CASES[case]]
+    assert [took for _name, took in lean_calls if took] == [True] * expected.count("closing_ack")
+    if case != "ack-then-old-fin":
+        assert on[-2][2] == 1  # the pair in TIME_WAIT at the end
+    check_accounting(on_core)
+    check_accounting(off_core)

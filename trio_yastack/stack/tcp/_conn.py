@@ -447,6 +447,8 @@ class TcpConnection:
     # -- input (tcp_input.c): header prediction, then RFC 9293 3.10.7 check by check -------------
     segment_arrives = _input.segment_arrives
     header_prediction = _input.header_prediction
+    handshake_ack = _input.handshake_ack
+    closing_ack = _input.closing_ack
     _check_sequence_number = _input._check_sequence_number
     _check_rst_bit = _input._check_rst_bit
     _check_syn_bit = _input._check_syn_bit
