@@ -503,3 +503,75 @@ def test_the_peers_answer_to_our_fin_taken_lean_as_the_general_path_takes_it(
         assert on[-2][2] == 1  # the pair in TIME_WAIT at the end
     check_accounting(on_core)
     check_accounting(off_core)
+
+
+#: name: (bytes sent and acknowledged before, the last write, the peer's window, seconds idle
+#: before the close, whether ``_output_fin_predicted`` sends the close's segment)
+_FIN_OUTPUT_CASES: dict[str, tuple[int, int, int, float, bool]] = {
+    "response-and-fin": (0, 200, 0xFFFF, 0.0, True),
+    "fin-alone": (300, 0, 0xFFFF, 0.0, True),
+    "fin-alone-data-in-flight": (0, -300, 0xFFFF, 0.0, True),  # 300 bytes sent, not yet acked
+    "more-than-one-segment": (0, 3000, 0xFFFF, 0.0, False),
+    "window-too-small": (0, 200, 1, 0.0, False),  # 128 bytes of window (scale 7)
+    "idle-restart-due": (300, 0, 0xFFFF, 5.0, False),
+}
+
+
+def _fin_output(case: str, fast: bool) -> tuple[StackCore, list[Any]]:
+    """An established connection sends what the case says, then closes: the segments that
+    left at the close and after the peer's ACK, the connection's fields, the counters."""
+    before, last, window, idle, _lean = _FIN_OUTPUT_CASES[case]
+    core = tcp_core(seed=31)
+    core.fast_path = fast
+    core.autocork = True  # as the runtime runs it: the last write is still queued at the close
+    _listener, conn, peer = open_passive(core, window=window)
+    now = T0 + 1
+    seen: list[Any] = []
+    if before:
+        conn.send(b"a" * before, now)
+        core.run_pending_output(now)
+        seen.append(peer.receive())
+        now += 0.01
+        seen.append(_burst(core, peer, TCP_ACK, now=now))
+    if last < 0:
+        conn.send(b"b" * -last, now)
+        core.run_pending_output(now)
+        seen.append(peer.receive())
+    elif last:
+        conn.send(b"c" * last, now)
+    now += idle
+    conn.close(now)
+    core.run_pending_output(now)
+    seen.append(peer.receive())
+    seen.append(connection_state(conn))
+    now += 0.01
+    seen.append(_burst(core, peer, TCP_ACK, now=now))
+    seen.append((conn.state, connection_state(conn), core.next_deadline(), core.statistics()))
+    return core, seen
+
+
+@pytest.mark.parametrize("case", list(_FIN_OUTPUT_CASES))
+def test_a_closing_connections_last_segment_predicted_as_the_general_loop_sends_it(
+    monkeypatch: pytest.MonkeyPatch, case: str
+) -> None:
+    """``_output_fin_predicted`` (fast path on) sends the last data with the FIN, or the FIN
+    alone, without tcp_output's general loop; what it declines (more than a segment, no room in
+    the window, an idle restart due) the loop sends.  Same segments, fields and counters."""
+    taken: list[bool] = []
+    predicted = TcpConnection._output_fin_predicted
+
+    def counting(self: TcpConnection, now: float) -> bool:
+        took = predicted(self, now)
+        taken.append(took)
+        return took
+
+    monkeypatch.setattr(TcpConnection, "_output_fin_predicted", counting)
+    on_core, on = _fin_output(case, True)
+    on_taken = list(taken)
+    off_core, off = _fin_output(case, False)
+    assert on == off
+    assert len(taken) == len(on_taken)  # not called with the fast path off
+    assert on_taken[0] == _FIN_OUTPUT_CASES[case][4]  # the close's own output
+    assert any(seg.flags & TCP_FIN for seg in on[-4] + on[-2])  # the FIN left (after the ACK: window)
+    check_accounting(on_core)
+    check_accounting(off_core)

@@ -480,6 +480,7 @@ class TcpConnection:
     # -- output (tcp_output.c) --------------------------------------------------------------------
     tcp_output = _output.tcp_output
     _output_predicted = _output._output_predicted
+    _output_fin_predicted = _output._output_fin_predicted
     _send_data = _output._send_data
     _retransmit = _output._retransmit
     _send_syn = _output._send_syn
