@@ -232,9 +232,25 @@ def test_a_syn_to_a_listener_skips_the_layers_with_the_same_result(case: str) ->
     check_accounting(off_core)
 
 
-def test_a_syn_to_a_pair_in_time_wait_takes_the_python_path() -> None:
-    """A new SYN to a pair in TIME_WAIT is tcp_input's to judge (RFC 6191's reuse): the fast
-    path leaves it, with the same result either way."""
+#: name: (the new SYN's options: the peer's own with timestamps, or none; how far its sequence
+#: number is from the old connection's; its timestamp's step back (ms) from the peer's clock),
+#: whether it reuses the pair (RFC 6191)
+_TIME_WAIT_SYN_CASES: dict[str, tuple[bool, int, int, bool]] = {
+    "newer-timestamp": (True, 100_000, 0, True),
+    "newer-timestamp-lower-seq": (True, -100_000, 0, True),
+    "older-timestamp": (True, 100_000, 5_000, False),
+    "no-timestamps-higher-seq": (False, 100_000, 0, True),
+    "no-timestamps-lower-seq": (False, -100_000, 0, False),
+}
+
+
+@pytest.mark.parametrize("case", list(_TIME_WAIT_SYN_CASES))
+def test_a_syn_to_a_pair_in_time_wait_skips_the_layers_with_the_same_result(case: str) -> None:
+    """A new SYN to a pair in TIME_WAIT (a server that closes first, its clients' ports coming
+    round again) is judged by ``syn_input`` as tcp_input judges it: RFC 6191's reuse (a newer
+    timestamp, or without timestamps a higher sequence number) closes the record and opens a
+    connection, anything else gets the record's answer.  Same frames, tables and counters."""
+    with_ts, seq_step, ts_back, reused = _TIME_WAIT_SYN_CASES[case]
     results = []
     for fast in (True, False):
         core = tcp_core(seed=17)
@@ -244,12 +260,25 @@ def test_a_syn_to_a_pair_in_time_wait_takes_the_python_path() -> None:
         peer.receive()
         peer.send(TCP_ACK | TCP_FIN, now=T0 + 1.01)
         assert len(core.tcp.time_wait) == 1
-        peer.snd_nxt = seq_add(peer.snd_nxt, 100_000)
-        out = _burst(core, peer, TCP_SYN, now=T0 + 2)
+        now = T0 + 2
+        peer.snd_nxt = seq_add(peer.snd_nxt, seq_step)
+        options: TcpOptions | bytes = b""
+        if with_ts:
+            options = TcpOptions(
+                mss=1460,
+                window_scale=7,
+                sack_permitted=True,
+                timestamps=(peer.tsval(now - ts_back / 1000), 0),
+            )
+        out = _burst(core, peer, TCP_SYN, now=now, options=options)
         results.append((out, len(core.tcp.time_wait), len(core.tcp.connections), core.statistics()))
-        assert core.fast_path_segments == 0
+        assert core.fast_path_segments == (1 if fast else 0)
+        check_accounting(core)
     assert results[0] == results[1]
-    assert results[0][0][0].flags == TCP_SYN | TCP_ACK and results[0][1:3] == (0, 1)  # the pair reused
+    if reused:
+        assert results[0][0][0].flags == TCP_SYN | TCP_ACK and results[0][1:3] == (0, 1)  # the pair reused
+    else:
+        assert results[0][1:3] == (1, 0) and all(not seg.flags & TCP_SYN for seg in results[0][0])
 
 
 def test_a_delayed_ack_set_in_a_burst_makes_no_timer_entry_when_the_reply_carries_it() -> None:
