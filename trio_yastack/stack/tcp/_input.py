@@ -313,7 +313,10 @@ def closing_ack(
                 self._arm()
             self._wake()
     if fin:
+        # FIN-WAIT-2 -> TIME-WAIT, our ACK sent: the output the general path then asks for
+        # (tcp_output in TIME-WAIT) sends nothing
         self._fin_arrives(now)
+        return True
     if self.ack_now and len(self.reasm):
         self.tcp_output(now)
     else:
