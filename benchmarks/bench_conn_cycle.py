@@ -9,8 +9,13 @@ and closes (its FIN+ACK), which takes the server's side into TIME_WAIT.  Only th
 calls are timed (thread CPU time), so the figure is the stack's share of a connection over a
 port: SYN in -> SYN-ACK out, ACK+GET in, accept, response+FIN out, FIN+ACK in -> ACK out.
 
-    python benchmarks/bench_conn_cycle.py [--connections N] [--rounds R] [--profile] [--against DIR]
+    python benchmarks/bench_conn_cycle.py [--connections N] [--rounds R] [--ports P] [--profile]
+                                          [--against DIR]
 
+``--ports P`` has the client take its ports from P in turn (a new one each connection by
+default), so that each SYN after the first P meets the pair's TIME_WAIT record on the server
+(RFC 6191's reuse): what a server that closes first sees under load, its clients' ports coming
+round again within 2MSL (wrk's 50 connections against our server over the TAP).
 ``--profile`` runs cProfile over the server's calls only and prints the top of it.
 ``--against DIR`` compares this tree with another checkout's (``DIR/trio_yastack``; its native
 part built, or copied from here: the C is the same unless a change touched it) side by side:
@@ -23,6 +28,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import gc
+import itertools
 import json
 import os
 import pstats
@@ -57,13 +63,19 @@ def make_pair() -> tuple[StackCore, StackCore]:
     return client, server
 
 
-def run(connections: int, profile: cProfile.Profile | None = None) -> tuple[list[float], int]:
+def run(
+    connections: int, profile: cProfile.Profile | None = None, n_ports: int = 0
+) -> tuple[list[float], int]:
     """CPU seconds the server stack spent on ``connections`` connections in each of its three
-    turns (the SYN; the ACK and GET with the application's calls; the FIN), and the frames it sent."""
+    turns (the SYN; the ACK and GET with the application's calls; the FIN), and the frames it sent.
+    ``n_ports``: the client's ports in turn (0: a new one each time)."""
     client_core, server = make_pair()
     listener = server.tcp.listen(80, backlog=1024)
-    ports = iter(range(10000, 10000 + connections))
-    # A new port each time (a random one may find the pair in TIME_WAIT, taken over by the SYN).
+    # A new port each time (a random one may find the pair in TIME_WAIT, taken over by the SYN),
+    # or n_ports in turn, each SYN after the first n_ports meeting its pair's TIME_WAIT record.
+    ports = (
+        itertools.cycle(range(10000, 10000 + n_ports)) if n_ports else iter(range(10000, 10000 + connections))
+    )
     client_core.tcp.port_selector = lambda _ip, _port: next(ports)
     clock = time.thread_time
     spent = [0.0, 0.0, 0.0]
@@ -125,7 +137,10 @@ def run(connections: int, profile: cProfile.Profile | None = None) -> tuple[list
     stats = server.stats_tcp
     assert stats.connections_accepted == connections, stats.connections_accepted
     assert len(server.tcp.connections) == 0, len(server.tcp.connections)
-    assert len(server.tcp.time_wait) == min(connections, server.config.tcp.time_wait_limit)
+    held = min(connections, n_ports) if n_ports else connections
+    assert len(server.tcp.time_wait) == min(held, server.config.tcp.time_wait_limit)
+    if n_ports and connections > n_ports:  # every later SYN reused its pair
+        assert stats.connections_closed == connections - n_ports, stats.connections_closed
     return spent, sent
 
 
@@ -133,12 +148,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--connections", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--ports", type=int, default=0, help="the client's ports in turn (0: a new one each time)"
+    )
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--against", default=None, help="another checkout to compare with, side by side")
     parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)  # one round's figures
     args = parser.parse_args()
     if args.against:
-        compare(args.against, args.connections, args.rounds)
+        compare(args.against, args.connections, args.rounds, args.ports)
         return
     print(f"tree: {trio_yastack.__file__}", file=sys.stderr)
     # The collector as `yastack serve` sets it (trio_yastack._cli): start-up objects frozen, young
@@ -148,20 +166,20 @@ def main() -> None:
     gc.set_threshold(20_000, 50, 100)
     if args.profile:
         profile = cProfile.Profile()
-        run(args.connections, profile)
+        run(args.connections, profile, args.ports)
         pstats.Stats(profile).sort_stats("tottime").print_stats(35)
         pstats.Stats(profile).sort_stats("cumulative").print_stats(45)
         return
-    run(200)  # warm up
+    run(200, n_ports=args.ports)  # warm up
     if args.json:
-        spent, frames = run(args.connections)
+        spent, frames = run(args.connections, n_ports=args.ports)
         print(json.dumps([seconds / args.connections * 1e6 for seconds in spent]))
         return
     per_conn: list[float] = []
     turns: list[list[float]] = [[], [], []]
     frames = 0
     for _ in range(args.rounds):
-        spent, frames = run(args.connections)
+        spent, frames = run(args.connections, n_ports=args.ports)
         per_conn.append(sum(spent) / args.connections * 1e6)
         for turn, seconds in zip(turns, spent, strict=True):
             turn.append(seconds / args.connections * 1e6)
@@ -175,7 +193,7 @@ def main() -> None:
     )
 
 
-def compare(other: str, connections: int, rounds: int) -> None:
+def compare(other: str, connections: int, rounds: int, n_ports: int = 0) -> None:
     """This tree and ``other`` in alternate rounds, each round a fresh process."""
     here = str(Path(__file__).resolve().parent.parent)
     trees = {"this tree": here, other: str(Path(other).resolve())}
@@ -184,7 +202,8 @@ def compare(other: str, connections: int, rounds: int) -> None:
         for name, tree in trees.items():
             env = {**os.environ, "PYTHONPATH": tree}
             out = subprocess.run(
-                [sys.executable, __file__, "--json", "--connections", str(connections)],
+                [sys.executable, __file__, "--json", "--connections", str(connections),
+                 "--ports", str(n_ports)],
                 env=env, check=True, capture_output=True, text=True, timeout=600,
             )  # fmt: skip
             figures[name].append(json.loads(out.stdout))
@@ -199,7 +218,8 @@ def compare(other: str, connections: int, rounds: int) -> None:
         )
     ratio = medians[other] / medians["this tree"]
     print(
-        f"{other} / this tree: {ratio:.3f} ({rounds} rounds of {connections}, load {os.getloadavg()[0]:.1f})"
+        f"{other} / this tree: {ratio:.3f} ({rounds} rounds of {connections}"
+        f"{f', {n_ports} client ports' if n_ports else ''}, load {os.getloadavg()[0]:.1f})"
     )
 
 

@@ -232,9 +232,25 @@ def test_a_syn_to_a_listener_skips_the_layers_with_the_same_result(case: str) ->
     check_accounting(off_core)
 
 
-def test_a_syn_to_a_pair_in_time_wait_takes_the_python_path() -> None:
-    """A new SYN to a pair in TIME_WAIT is tcp_input's to judge (RFC 6191's reuse): the fast
-    path leaves it, with the same result either way."""
+#: name: (the new SYN's options: the peer's own with timestamps, or none; how far its sequence
+#: number is from the old connection's; its timestamp's step back (ms) from the peer's clock),
+#: whether it reuses the pair (RFC 6191)
+_TIME_WAIT_SYN_CASES: dict[str, tuple[bool, int, int, bool]] = {
+    "newer-timestamp": (True, 100_000, 0, True),
+    "newer-timestamp-lower-seq": (True, -100_000, 0, True),
+    "older-timestamp": (True, 100_000, 5_000, False),
+    "no-timestamps-higher-seq": (False, 100_000, 0, True),
+    "no-timestamps-lower-seq": (False, -100_000, 0, False),
+}
+
+
+@pytest.mark.parametrize("case", list(_TIME_WAIT_SYN_CASES))
+def test_a_syn_to_a_pair_in_time_wait_skips_the_layers_with_the_same_result(case: str) -> None:
+    """A new SYN to a pair in TIME_WAIT (a server that closes first, its clients' ports coming
+    round again) is judged by ``syn_input`` as tcp_input judges it: RFC 6191's reuse (a newer
+    timestamp, or without timestamps a higher sequence number) closes the record and opens a
+    connection, anything else gets the record's answer.  Same frames, tables and counters."""
+    with_ts, seq_step, ts_back, reused = _TIME_WAIT_SYN_CASES[case]
     results = []
     for fast in (True, False):
         core = tcp_core(seed=17)
@@ -244,12 +260,25 @@ def test_a_syn_to_a_pair_in_time_wait_takes_the_python_path() -> None:
         peer.receive()
         peer.send(TCP_ACK | TCP_FIN, now=T0 + 1.01)
         assert len(core.tcp.time_wait) == 1
-        peer.snd_nxt = seq_add(peer.snd_nxt, 100_000)
-        out = _burst(core, peer, TCP_SYN, now=T0 + 2)
+        now = T0 + 2
+        peer.snd_nxt = seq_add(peer.snd_nxt, seq_step)
+        options: TcpOptions | bytes = b""
+        if with_ts:
+            options = TcpOptions(
+                mss=1460,
+                window_scale=7,
+                sack_permitted=True,
+                timestamps=(peer.tsval(now - ts_back / 1000), 0),
+            )
+        out = _burst(core, peer, TCP_SYN, now=now, options=options)
         results.append((out, len(core.tcp.time_wait), len(core.tcp.connections), core.statistics()))
-        assert core.fast_path_segments == 0
+        assert core.fast_path_segments == (1 if fast else 0)
+        check_accounting(core)
     assert results[0] == results[1]
-    assert results[0][0][0].flags == TCP_SYN | TCP_ACK and results[0][1:3] == (0, 1)  # the pair reused
+    if reused:
+        assert results[0][0][0].flags == TCP_SYN | TCP_ACK and results[0][1:3] == (0, 1)  # the pair reused
+    else:
+        assert results[0][1:3] == (1, 0) and all(not seg.flags & TCP_SYN for seg in results[0][0])
 
 
 def test_a_delayed_ack_set_in_a_burst_makes_no_timer_entry_when_the_reply_carries_it() -> None:
@@ -357,3 +386,221 @@ def test_answered_delayed_acks_are_forgotten(step: float) -> None:
     core.next_deadline()
     assert core.delack_pending == [] and core.delack_next == float("inf")
     check_accounting(core)
+
+
+def _old_ts(peer: Peer, now: float) -> TcpOptions:
+    """Timestamps a second older than the peer's last: PAWS rejects the segment."""
+    return TcpOptions(timestamps=((peer.tsval(now) - 2000) & 0xFFFF_FFFF, peer.ts_recent))
+
+
+#: name: the peer's handshake ACK (its flags, the payload, fields of the frame), which lean
+#: function takes it (or None: the general path)
+_HANDSHAKE_CASES: dict[str, tuple[int, bytes, str, str | None]] = {
+    "pure-ack": (TCP_ACK, b"", "", "handshake_ack"),
+    "ack-with-psh": (TCP_ACK | TCP_PSH, b"", "", "handshake_ack"),
+    "ack-with-data": (TCP_ACK | TCP_PSH, REQUEST, "", None),
+    "old-timestamp": (TCP_ACK, b"", "old-ts", None),
+    "acks-nothing": (TCP_ACK, b"", "ack-iss", None),  # SEG.ACK = ISS: a RST
+    "acks-too-much": (TCP_ACK, b"", "ack-beyond", None),  # beyond SND.MAX: a RST
+    "next-segment": (TCP_ACK, b"", "seq-ahead", None),  # in the window, not at RCV.NXT
+}
+
+#: name: the peer's segments after our response and FIN, each (flags, what it acknowledges:
+#: "all" or "data" (not our FIN), old timestamp?); the lean function each one is for (or None)
+_FIN_ACK = TCP_ACK | TCP_FIN
+_CLOSING_CASES: dict[str, list[tuple[int, str, bool, str | None]]] = {
+    "fin-ack": [(_FIN_ACK, "all", False, "closing_ack")],
+    "ack-then-fin": [(TCP_ACK, "all", False, "closing_ack"), (_FIN_ACK, "all", False, "closing_ack")],
+    "data-acked-then-fin-ack": [(TCP_ACK, "data", False, None), (_FIN_ACK, "all", False, "closing_ack")],
+    "fin-before-our-fin-acked": [(_FIN_ACK, "data", False, None), (TCP_ACK, "all", False, None)],
+    "old-timestamp": [(_FIN_ACK, "all", True, None), (_FIN_ACK, "all", False, "closing_ack")],
+    "ack-then-old-fin": [(TCP_ACK, "all", False, "closing_ack"), (_FIN_ACK, "all", True, None)],
+}
+
+
+def _lean_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, bool]]:
+    """Record each call of the lean input functions and whether it took the segment."""
+    calls: list[tuple[str, bool]] = []
+    for name in ("handshake_ack", "closing_ack"):
+        lean = getattr(TcpConnection, name)
+
+        def wrapper(self: TcpConnection, *args: Any, _lean: Any = lean, _name: str = name) -> bool:
+            took = bool(_lean(self, *args))
+            calls.append((_name, took))
+            return took
+
+        monkeypatch.setattr(TcpConnection, name, wrapper)
+    return calls
+
+
+def _handshake(case: str, fast: bool) -> tuple[StackCore, list[Any]]:
+    """The SYN, then the case's handshake ACK in a burst of its own: what left, the
+    connection's fields, the accept queue, the counters."""
+    flags, payload, how, _lean = _HANDSHAKE_CASES[case]
+    core = tcp_core(seed=23)
+    core.fast_path = fast
+    core.autocork = True
+    listener = core.tcp.listen(OUR_PORT)
+    peer = Peer(core, isn=0xFFFF_FFFA)
+    now = T0
+    seen: list[Any] = [_burst(core, peer, TCP_SYN, now=now)]
+    now += 0.02
+    fields: dict[str, Any] = {}
+    if how == "old-ts":
+        fields["options"] = _old_ts(peer, now)
+    elif how == "ack-iss":
+        fields["ack"] = seq_add(peer.rcv_nxt, -1)
+    elif how == "ack-beyond":
+        fields["ack"] = seq_add(peer.rcv_nxt, 1)
+    elif how == "seq-ahead":
+        fields["seq"] = seq_add(peer.snd_nxt, 10)
+    seen.append(_burst(core, peer, flags, payload, now=now, **fields))
+    seen.append([connection_state(conn) for conn in core.tcp.connections.values()])
+    conn = listener.accept()
+    seen.append(None if conn is None else (conn.state, conn.receive(65536, now)))
+    seen.append(core.statistics())
+    return core, seen
+
+
+@pytest.mark.parametrize("case", list(_HANDSHAKE_CASES))
+def test_the_handshakes_ack_taken_lean_as_the_general_path_takes_it(
+    monkeypatch: pytest.MonkeyPatch, case: str
+) -> None:
+    """``handshake_ack`` (fast path on) takes the pure ACK completing a passive open in a few
+    lines; whatever it declines goes on to ``segment_arrives``.  Same frames, connection
+    fields, accept queue and counters as the general path (fast path off) in every case."""
+    calls = _lean_calls(monkeypatch)
+    on_core, on = _handshake(case, True)
+    lean_calls = list(calls)
+    off_core, off = _handshake(case, False)
+    assert on == off
+    assert len(calls) == len(lean_calls)  # nothing lean with the fast path off
+    lean = _HANDSHAKE_CASES[case][3]
+    assert ("handshake_ack", True) in lean_calls if lean else ("handshake_ack", True) not in lean_calls
+    if lean:
+        assert on[3] is not None and on[3][0] == 4  # ESTABLISHED, accepted
+    check_accounting(on_core)
+    check_accounting(off_core)
+
+
+def _closing(case: str, fast: bool) -> tuple[StackCore, list[Any]]:
+    """An established connection answers a request and closes (response and FIN in one
+    segment); the peer's segments of the case, each in a burst of its own: what left after
+    each, the connection's fields, TIME_WAIT, the timers, the counters."""
+    core = tcp_core(seed=29)
+    core.fast_path = fast
+    core.autocork = True
+    _listener, conn, peer = open_passive(core, isn=0xFFFF_FFF0)
+    now = T0 + 1
+    assert _burst(core, peer, TCP_ACK | TCP_PSH, REQUEST, now=now) == []
+    assert conn.receive(65536, now) == REQUEST
+    conn.send(RESPONSE, now)
+    conn.close(now)
+    core.run_pending_output(now)
+    [out] = peer.receive()
+    assert out.flags == TCP_ACK | TCP_PSH | TCP_FIN
+    seen: list[Any] = []
+    for flags, acks, old, _lean in _CLOSING_CASES[case]:
+        now += 0.01
+        fields: dict[str, Any] = {"ack": seq_add(peer.rcv_nxt, -1) if acks == "data" else peer.rcv_nxt}
+        if old:  # dropped: the peer sends the same sequence number again
+            fields["options"], fields["seq"] = _old_ts(peer, now), peer.snd_nxt
+        seen.append(_burst(core, peer, flags, now=now, **fields))
+        seen.append((conn.state, connection_state(conn), len(core.tcp.time_wait)))
+    seen.append((core.next_deadline(), core.statistics()))
+    return core, seen
+
+
+@pytest.mark.parametrize("case", list(_CLOSING_CASES))
+def test_the_peers_answer_to_our_fin_taken_lean_as_the_general_path_takes_it(
+    monkeypatch: pytest.MonkeyPatch, case: str
+) -> None:
+    """``closing_ack`` (fast path on) takes the peer's ACK of our FIN and its own FIN in
+    FIN-WAIT-1/FIN-WAIT-2 in a few lines; whatever it declines (our FIN not yet acknowledged,
+    an old timestamp) goes on to ``segment_arrives``.  Same frames, fields, TIME_WAIT record,
+    next deadline and counters as the general path, step by step."""
+    calls = _lean_calls(monkeypatch)
+    on_core, on = _closing(case, True)
+    lean_calls = [call for call in calls if call[0] == "closing_ack"]
+    del calls[:]
+    off_core, off = _closing(case, False)
+    assert on == off
+    assert calls == []  # nothing lean with the fast path off
+    expected = [lean for *_rest, lean in _CLOSING_CASES[case]]
+    assert [took for _name, took in lean_calls if took] == [True] * expected.count("closing_ack")
+    if case != "ack-then-old-fin":
+        assert on[-2][2] == 1  # the pair in TIME_WAIT at the end
+    check_accounting(on_core)
+    check_accounting(off_core)
+
+
+#: name: (bytes sent and acknowledged before, the last write, the peer's window, seconds idle
+#: before the close, whether ``_output_fin_predicted`` sends the close's segment)
+_FIN_OUTPUT_CASES: dict[str, tuple[int, int, int, float, bool]] = {
+    "response-and-fin": (0, 200, 0xFFFF, 0.0, True),
+    "fin-alone": (300, 0, 0xFFFF, 0.0, True),
+    "fin-alone-data-in-flight": (0, -300, 0xFFFF, 0.0, True),  # 300 bytes sent, not yet acked
+    "more-than-one-segment": (0, 3000, 0xFFFF, 0.0, False),
+    "window-too-small": (0, 200, 1, 0.0, False),  # 128 bytes of window (scale 7)
+    "idle-restart-due": (300, 0, 0xFFFF, 5.0, False),
+}
+
+
+def _fin_output(case: str, fast: bool) -> tuple[StackCore, list[Any]]:
+    """An established connection sends what the case says, then closes: the segments that
+    left at the close and after the peer's ACK, the connection's fields, the counters."""
+    before, last, window, idle, _lean = _FIN_OUTPUT_CASES[case]
+    core = tcp_core(seed=31)
+    core.fast_path = fast
+    core.autocork = True  # as the runtime runs it: the last write is still queued at the close
+    _listener, conn, peer = open_passive(core, window=window)
+    now = T0 + 1
+    seen: list[Any] = []
+    if before:
+        conn.send(b"a" * before, now)
+        core.run_pending_output(now)
+        seen.append(peer.receive())
+        now += 0.01
+        seen.append(_burst(core, peer, TCP_ACK, now=now))
+    if last < 0:
+        conn.send(b"b" * -last, now)
+        core.run_pending_output(now)
+        seen.append(peer.receive())
+    elif last:
+        conn.send(b"c" * last, now)
+    now += idle
+    conn.close(now)
+    core.run_pending_output(now)
+    seen.append(peer.receive())
+    seen.append(connection_state(conn))
+    now += 0.01
+    seen.append(_burst(core, peer, TCP_ACK, now=now))
+    seen.append((conn.state, connection_state(conn), core.next_deadline(), core.statistics()))
+    return core, seen
+
+
+@pytest.mark.parametrize("case", list(_FIN_OUTPUT_CASES))
+def test_a_closing_connections_last_segment_predicted_as_the_general_loop_sends_it(
+    monkeypatch: pytest.MonkeyPatch, case: str
+) -> None:
+    """``_output_fin_predicted`` (fast path on) sends the last data with the FIN, or the FIN
+    alone, without tcp_output's general loop; what it declines (more than a segment, no room in
+    the window, an idle restart due) the loop sends.  Same segments, fields and counters."""
+    taken: list[bool] = []
+    predicted = TcpConnection._output_fin_predicted
+
+    def counting(self: TcpConnection, now: float) -> bool:
+        took = predicted(self, now)
+        taken.append(took)
+        return took
+
+    monkeypatch.setattr(TcpConnection, "_output_fin_predicted", counting)
+    on_core, on = _fin_output(case, True)
+    on_taken = list(taken)
+    off_core, off = _fin_output(case, False)
+    assert on == off
+    assert len(taken) == len(on_taken)  # not called with the fast path off
+    assert on_taken[0] == _FIN_OUTPUT_CASES[case][4]  # the close's own output
+    assert any(seg.flags & TCP_FIN for seg in on[-4] + on[-2])  # the FIN left (after the ACK: window)
+    check_accounting(on_core)
+    check_accounting(off_core)

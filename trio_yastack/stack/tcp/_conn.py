@@ -447,6 +447,8 @@ class TcpConnection:
     # -- input (tcp_input.c): header prediction, then RFC 9293 3.10.7 check by check -------------
     segment_arrives = _input.segment_arrives
     header_prediction = _input.header_prediction
+    handshake_ack = _input.handshake_ack
+    closing_ack = _input.closing_ack
     _check_sequence_number = _input._check_sequence_number
     _check_rst_bit = _input._check_rst_bit
     _check_syn_bit = _input._check_syn_bit
@@ -478,6 +480,7 @@ class TcpConnection:
     # -- output (tcp_output.c) --------------------------------------------------------------------
     tcp_output = _output.tcp_output
     _output_predicted = _output._output_predicted
+    _output_fin_predicted = _output._output_fin_predicted
     _send_data = _output._send_data
     _retransmit = _output._retransmit
     _send_syn = _output._send_syn

@@ -56,7 +56,7 @@ from .._native import native_extension, sum16
 from .._offload import ChecksumVerified
 from ..wire.tcp import TCP_ACK, TCP_FIN, TCP_PSH, TCP_SYN
 from ._conn import TcpConnection
-from ._states import ESTABLISHED
+from ._states import ESTABLISHED, FIN_WAIT_1, FIN_WAIT_2, SYN_RECEIVED
 
 __all__ = [
     "CANDIDATE",
@@ -425,6 +425,10 @@ NATIVE_FASTPATH = native_classify_burst is not None
 classify_burst: Classify = native_classify_burst or py_classify_burst
 
 
+#: the states whose answer to our FIN ``closing_ack`` predicts (a ``Connection: close`` server's)
+_CLOSING_PREDICTED = (FIN_WAIT_1, FIN_WAIT_2)
+
+
 def fast_input(conn: TcpConnection, frame: bytes, record: Record, now: float) -> bool:
     """Take a candidate segment for ``conn``; ``False`` (nothing changed) when the Python path
     must run instead.
@@ -434,10 +438,12 @@ def fast_input(conn: TcpConnection, frame: bytes, record: Record, now: float) ->
     and only the common case is worth predicting.  Then header prediction proper (the
     connection's own, shared with the Python path), then :func:`ack_and_data_input`.
 
-    A connection in any other state (the ACK that completes a passive open, every connection's
-    second segment; ACKs and data while closing), and a FIN in any state (every connection's
-    last segment in), is not predicted, but its segment goes to the general path,
-    ``segment_arrives``, from here: the classifier made every check ``ip_input`` and
+    A connection in any other state, and a FIN in any state, goes on from here: the ACK that
+    completes a passive open (every connection's second segment) to ``handshake_ack``, the
+    peer's ACK and FIN after ours (a ``Connection: close`` server's last segments in) to
+    ``closing_ack``, each the general path's steps for that one case; whatever they decline (and
+    data, ACKs while closing, a FIN on an ESTABLISHED connection) to the general path,
+    ``segment_arrives``: the classifier made every check ``ip_input`` and
     ``tcp_input`` make before they hand a segment of a known connection to it (IPv4 to our
     address from a sound source, unfragmented, checksums, ports, ACK (maybe with FIN) without
     SYN/RST, options none or the aligned timestamps, so no ``TcpOptions``), so those layers'
@@ -446,10 +452,15 @@ def fast_input(conn: TcpConnection, frame: bytes, record: Record, now: float) ->
     if conn.__class__ is not TcpConnection:
         return False
     _kind, _src, _sport, _dport, seq, ack, flags, window, tsval, tsecr, start, end = record
-    if conn.state != ESTABLISHED or flags & TCP_FIN:
+    state = conn.state
+    if state != ESTABLISHED or flags & TCP_FIN:
         if flags & TCP_SYN:
             return False  # a SYN for a known pair: its options are tcp_input's to parse
-        conn.segment_arrives(frame, start, end, seq, ack, flags, window, None, tsval, tsecr, now)
+        if start != end or not (
+            (state == SYN_RECEIVED and conn.handshake_ack(seq, ack, flags, window, tsval, tsecr, now))
+            or (state in _CLOSING_PREDICTED and conn.closing_ack(seq, ack, flags, window, tsval, tsecr, now))
+        ):
+            conn.segment_arrives(frame, start, end, seq, ack, flags, window, None, tsval, tsecr, now)
         return True
     if conn.in_recovery or conn.rxtshift or conn.frto or len(conn.scoreboard):
         return False

@@ -49,7 +49,7 @@ from ._states import (
 if TYPE_CHECKING:
     from ._conn import TcpConnection
 
-__all__ = ["header_prediction", "segment_arrives"]
+__all__ = ["closing_ack", "handshake_ack", "header_prediction", "segment_arrives"]
 
 _MASK = 0xFFFFFFFF
 
@@ -203,6 +203,125 @@ def header_prediction(
         self._output_after_input(now)
         return True
     return False
+
+
+def handshake_ack(
+    self: TcpConnection,
+    seq_wire: int,
+    ack_wire: int,
+    flags: int,
+    window: int,
+    tsval: int,
+    tsecr: int,
+    now: float,
+) -> bool:
+    """The ACK that completes a passive open (every connection's second segment), without data,
+    taken in a few lines; ``False`` (nothing changed) leaves it to :func:`segment_arrives`.
+
+    For a SYN-RECEIVED connection, a segment at RCV.NXT, its timestamp in order (PAWS passes),
+    acknowledging our SYN (SND.UNA < SEG.ACK =< SND.MAX), RFC 9293 3.10.7.4's checks reduce to
+    exactly these steps of the general path, in its order: the first check's TS.Recent update,
+    the fifth's move to ESTABLISHED with the send window, then ``_process_ack``'s only work
+    (the window it would update was just set; ``_ack_advances``), and the output.  Anything
+    else -- a RST, a SYN, data, a FIN, an old timestamp, a persist timer -- declines.  Called by
+    the per-burst fast path (``_fastpath.fast_input``); ``tests/test_tcp_conn_cycle.py`` holds
+    it to the general path (fast path off)."""
+    seq = self.rcv_nxt
+    snd_una = self.snd_una
+    acked = (ack_wire - snd_una) & _MASK  # an ACK below SND.UNA wraps to a huge value: declined
+    if (
+        flags & ~TCP_PSH != TCP_ACK
+        or seq_wire != seq & _MASK
+        or not 0 < acked <= self.snd_max - snd_una
+        or self.t_persist
+    ):
+        return False
+    if self.ts_on:
+        if tsval < 0 or 0 < ((self.ts_recent - tsval) & _MASK) < 0x80000000:
+            return False  # no timestamp, or PAWS would reject it: the general path decides
+        if seq <= self.last_ack_sent:  # RFC 7323 4.3, as _check_sequence_number does
+            self.ts_recent = tsval
+            self.ts_recent_valid = True
+    self.last_activity = now
+    self.keep_probes = 0
+    ack = snd_una + acked
+    self._established(now)
+    window_bytes = window << self.snd_scale
+    self.snd_wnd = window_bytes
+    if window_bytes > self.max_sndwnd:
+        self.max_sndwnd = window_bytes
+    self.snd_wl1, self.snd_wl2 = seq, ack
+    self._ack_advances(ack, tsecr, now)
+    if self.ack_now and len(self.reasm):
+        self.tcp_output(now)
+    else:
+        self._output_after_input(now)
+    return True
+
+
+def closing_ack(
+    self: TcpConnection,
+    seq_wire: int,
+    ack_wire: int,
+    flags: int,
+    window: int,
+    tsval: int,
+    tsecr: int,
+    now: float,
+) -> bool:
+    """The peer's answer to our FIN, without data, taken in a few lines: in FIN-WAIT-1 the ACK
+    of everything we sent, FIN included (-> FIN-WAIT-2), with or without the peer's own FIN;
+    in FIN-WAIT-2 the peer's FIN (either -> TIME-WAIT).  A ``Connection: close`` server's last
+    segment in.  ``False`` (nothing changed) leaves anything else to :func:`segment_arrives`.
+
+    With the segment at RCV.NXT (a FIN only inside an open window), its timestamp in order and
+    SEG.ACK = SND.MAX beyond our FIN, RFC 9293 3.10.7.4's checks reduce to: the first check's
+    TS.Recent update, ``_process_ack`` (the fifth), the FIN-WAIT-1 -> FIN-WAIT-2 step, and the
+    eighth check's ``_fin_arrives``.  With the FIN in the same segment, the FIN-WAIT-2 timer the
+    step would arm is not: ``_fin_arrives`` takes the connection into TIME-WAIT at once, whose
+    record clears it (the general path arms it and cancels it there)."""
+    seq = self.rcv_nxt
+    fin = flags & TCP_FIN
+    state = self.state
+    if (
+        flags & ~(TCP_PSH | TCP_FIN) != TCP_ACK
+        or seq_wire != seq & _MASK
+        or ack_wire != self.snd_max & _MASK
+        or self.fin_seq < 0
+        or self.snd_max <= self.fin_seq
+        or (fin and (self.shut_rd or self.rcv_adv <= seq))
+        or (state == FIN_WAIT_2 and not fin)
+    ):
+        return False
+    if self.ts_on:
+        if tsval < 0 or 0 < ((self.ts_recent - tsval) & _MASK) < 0x80000000:
+            return False  # no timestamp, or PAWS would reject it: the general path decides
+        if seq <= self.last_ack_sent:  # RFC 7323 4.3, as _check_sequence_number does
+            self.ts_recent = tsval
+            self.ts_recent_valid = True
+    self.last_activity = now
+    self.keep_probes = 0
+    self._process_ack(self.snd_max, seq, window, None, tsecr, not fin, now)
+    if self.state == CLOSED:
+        return True
+    if state == FIN_WAIT_1:
+        self.state = FIN_WAIT_2
+        if not fin:
+            if self.user_closed and self.config.fin_wait_2_timeout:
+                # Nobody can read any more: do not wait for the peer's FIN for ever (tcp_fin_timeout).
+                self.t_2msl = now + self.config.fin_wait_2_timeout
+                self._arm()
+            self._wake()
+    if fin:
+        # FIN-WAIT-2 -> TIME-WAIT, our ACK sent: the output the general path then asks for
+        # (tcp_output in TIME-WAIT) sends nothing
+        self._fin_arrives(now)
+        return True
+    if self.ack_now and len(self.reasm):
+        self.tcp_output(now)
+    else:
+        self._output_after_input(now)
+    return True
 
 
 def _check_sequence_number(

@@ -914,12 +914,16 @@ class TcpLayer:
         frame to our address from a sound source, unfragmented, its checksums valid, a SYN alone
         with nonzero ports) and no connection holds: to the listener's input, its options
         parsed as :meth:`tcp_input` parses them, as ``tcp_input`` would have handed it on
-        after repeating the classifier's checks.  ``False`` (nothing done) when the pair is in
-        TIME_WAIT or no one listens on the port: ``tcp_input`` decides those."""
+        after repeating the classifier's checks.  A pair in TIME_WAIT is judged as
+        ``tcp_input`` judges it (RFC 6191's reuse, else the record's answer): a server that
+        closes first holds its clients' pairs there, and a client's ports come round again
+        within 2MSL under load, so most of its SYNs meet one.  ``False`` (nothing done) when no
+        one listens on the port: ``tcp_input`` decides that."""
         _kind, src, sport, dport, seq, ack, flags, window, _tsval, _tsecr, data_start, end = record
         listener = self.listeners.get(dport)
-        if listener is None or (self.time_wait and (dport, src, sport) in self.time_wait):
+        if listener is None:
             return False
+        tw = self.time_wait.get((dport, src, sport)) if self.time_wait else None
         options: TcpOptions | None = None
         tsval = tsecr = -1
         opt_start = 34 + TCP_HEADER_LEN  # an IPv4 header without options, then TCP's
@@ -936,6 +940,14 @@ class TcpLayer:
                     return True
             if options.timestamps is not None:
                 tsval, tsecr = options.timestamps
+        if tw is not None:
+            # As tcp_input: RFC 6191 / BSD, a new SYN above the old connection's sequence space
+            # (or with a newer timestamp) reuses the pair at once; any other is the record's.
+            newer_ts = tsval >= 0 and tw.ts_recent >= 0 and seq_lt(tw.ts_recent, tsval)
+            if not (newer_ts or (tsval < 0 and seq_lt(tw.rcv_nxt, seq))):
+                self._time_wait_input(tw, end - data_start, seq, ack, flags, tsval, now)
+                return True
+            self._time_wait_close(tw)
         self._listen_input(
             listener, frame, data_start, end, src, sport, dport, seq, ack, flags, window, options, tsval,
             tsecr, now,

@@ -6,9 +6,11 @@ build: ``_send_segment`` is the general builder (options, SACK blocks, TSO), ``_
 ``_send_data_segment`` pack the two segments a bulk transfer sends most in one ``pack_into`` each.
 Every segment leaves through :func:`tcp_checksum_and_send` -> ``ip_output``, except where the fast
 path (``StackCore.fast_path``) predicts the common case: ``_output_predicted`` sends a response's
-one segment without the general loop, and ``_frame_predicted`` writes a data segment's whole
-frame (Ethernet, IPv4, TCP) in one step to an on-link peer -- each the same frame and counters
-as the general code, which the differential tests in ``tests/test_tcp_fastpath.py`` hold them to.
+one segment without the general loop (``_output_fin_predicted`` a closing connection's last one,
+with its FIN), and ``_frame_predicted`` writes a data segment's whole frame (Ethernet, IPv4, TCP)
+in one step to an on-link peer -- each the same frame and counters as the general code, which the
+differential tests in ``tests/test_tcp_fastpath.py`` and ``tests/test_tcp_conn_cycle.py`` hold
+them to.
 
 Each function here is a method of :class:`~trio_yastack.stack.tcp._conn.TcpConnection`, bound in
 its class body (``self`` is the connection).  ``trio_yastack._journey`` traces ``tcp_output`` by
@@ -119,6 +121,8 @@ def tcp_output(self: TcpConnection, now: float, *, limited_transmit: bool = Fals
         return  # the common case on a receiver: nothing to send and no ACK due
     if state == ESTABLISHED and not limited_transmit and self.core.fast_path and self._output_predicted(now):
         return  # the common case on a sender: one segment, all that is queued, and room for it
+    if self.fin_seq >= 0 and not limited_transmit and self.core.fast_path and self._output_fin_predicted(now):
+        return  # a closing connection's last segment: the rest of the data with the FIN, or the FIN
     mss = self._data_mss()
     # With TSO one frame carries as many whole segments as the port takes (less room for
     # the IPv4 and TCP headers with every option); the port cuts it into ``mss`` pieces.
@@ -298,6 +302,36 @@ def _output_predicted(self: TcpConnection, now: float) -> bool:
     ):
         return False
     self._send_data(snd_nxt, length, TCP_ACK | TCP_PSH, now)
+    return True
+
+
+def _output_fin_predicted(self: TcpConnection, now: float) -> bool:
+    """Send prediction for a connection the application shut down (FIN-WAIT-1, LAST-ACK): when
+    what is queued, at most one MSS, and the FIN after it have not left, nothing is in recovery
+    or going back N, and the windows have room for the data, send them as one segment (or the
+    FIN alone) and return True -- the segment, and every field it moves, that the general loop
+    below sends then (a ``Connection: close`` response and its FIN: autocorking, Nagle and SWS
+    avoidance never hold back a segment the FIN ends).  False (nothing sent, nothing changed)
+    leaves the decision to the general loop, as do an idle restart due (it lowers cwnd first)
+    and out-of-order data held (SACK blocks shorten the MSS)."""
+    snd_nxt = self.snd_nxt
+    fin_seq = self.fin_seq
+    length = fin_seq - snd_nxt
+    if (
+        length < 0
+        or length > self.mss
+        or snd_nxt != self.snd_max
+        or fin_seq != self.sndbuf.end
+        or self.in_recovery
+        or (self.sack_on and len(self.reasm))
+    ):
+        return False
+    flight = snd_nxt - self.snd_una
+    if (length and (length > self.snd_wnd - flight or length > self.cc.cwnd - flight)) or (
+        self.last_send and now - self.last_send > self.rto and not flight
+    ):
+        return False
+    self._send_data(snd_nxt, length, TCP_ACK | TCP_PSH | TCP_FIN if length else TCP_ACK | TCP_FIN, now)
     return True
 
 
