@@ -187,6 +187,9 @@ from ._names import CodecType as CodecType
 from ._names import DnsLookupFamily as DnsLookupFamily
 from ._names import LbPolicy as LbPolicy
 from ._names import RuntimeValue as RuntimeValue
+from ._ratelimit import LocalDescriptor as LocalDescriptor
+from ._ratelimit import RateLimitAction as RateLimitAction
+from ._ratelimit import RateLimitPolicy as RateLimitPolicy
 from ._reader import ConfigError as ConfigError
 from ._reader import Problem as Problem
 from ._reader import format_problems as format_problems
@@ -245,6 +248,7 @@ __all__ = [
     "JwtRule",
     "LbEndpoint",
     "Listener",
+    "LocalDescriptor",
     "LocalRateLimit",
     "LocalityLbEndpoints",
     "Lua",
@@ -253,6 +257,8 @@ __all__ = [
     "OutlierDetection",
     "PerRouteConfig",
     "Problem",
+    "RateLimitAction",
+    "RateLimitPolicy",
     "Rbac",
     "RbacHeaderMatcher",
     "RbacMatcher",

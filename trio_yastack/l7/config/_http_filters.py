@@ -49,6 +49,14 @@ from ._names import (
     ROUTER_NAME,
     SIMPLE_CACHE_TYPE,
 )
+from ._ratelimit import (
+    LocalDescriptor,
+    RateLimitPolicy,
+    TokenBucket,
+    _local_descriptor,
+    _rate_limit,
+    _token_bucket,
+)
 from ._reader import (
     _TYPED_CONFIG_FIELDS,
     Problem,
@@ -64,7 +72,6 @@ from ._reader import (
     _named_map,
     _nonempty_str,
     _only_field,
-    _positive_uint32,
     _Reader,
     _Skip,
     _str,
@@ -138,16 +145,6 @@ class HttpFault:
 
 
 @dataclass(frozen=True, slots=True)
-class TokenBucket:
-    """``token_bucket``: starts full with ``max_tokens``; every ``fill_interval`` adds ``tokens_per_fill``
-    (default 1) up to ``max_tokens``."""
-
-    max_tokens: int
-    fill_interval: float
-    tokens_per_fill: int = 1
-
-
-@dataclass(frozen=True, slots=True)
 class LocalRateLimit:
     """``envoy.filters.http.local_ratelimit`` (and its per-route override, the same type, with a bucket
     of its own).  Envoy's defaults: ``filter_enabled`` and ``filter_enforced`` 0% (the filter does
@@ -164,6 +161,16 @@ class LocalRateLimit:
     x_ratelimit_headers: bool = False
     #: added to a request the bucket refused but ``filter_enforced`` let through
     request_headers_to_add_when_not_enforced: tuple[HeaderValueOption, ...] = ()
+    #: ``descriptors[]``: a bucket per descriptor the route's ``rate_limits`` (of this ``stage``)
+    #: build for a request; ``vh_rate_limits`` says whether the virtual host's count too
+    descriptors: tuple[LocalDescriptor, ...] = ()
+    stage: int = 0
+    vh_rate_limits: str = "OVERRIDE"
+    #: ``always_consume_default_token_bucket`` (Envoy's default true): False takes from
+    #: ``token_bucket`` only when no descriptor matched
+    always_consume_default: bool = True
+    #: the filter's own ``rate_limits`` (when set, the route's and virtual host's are not read)
+    rate_limits: tuple[RateLimitPolicy, ...] = ()
 
 
 #: Envoy's default ``content_type`` list of the compressor
@@ -436,6 +443,8 @@ def _per_filter_config(r: _Reader, name: str, v: object, path: str) -> PerRouteC
         else:
             config = JwtPerRoute(requirement_name=tc.req("requirement_name", _nonempty_str))
     else:
+        if not tc.has("token_bucket"):  # Envoy rejects a per-route config without its own bucket
+            tc.problem("token_bucket", "required in typed_per_filter_config (the route's own bucket)")
         config = _local_ratelimit(r, tc)
     tc.done()
     return config
@@ -653,15 +662,13 @@ def _fault(r: _Reader, tc: _Fields) -> HttpFault:
     )
 
 
-def _token_bucket(r: _Reader, v: object, path: str) -> TokenBucket:
-    f = _Fields(r, v, path, ("max_tokens", "tokens_per_fill", "fill_interval"))
-    bucket = TokenBucket(
-        max_tokens=f.req("max_tokens", _positive_uint32),
-        fill_interval=f.req("fill_interval", _duration_gt0),
-        tokens_per_fill=f.opt("tokens_per_fill", _positive_uint32, 1),
-    )
-    f.done()
-    return bucket
+def _filter_rate_limits(r: _Reader, v: object, path: str) -> tuple[RateLimitPolicy, ...]:
+    """The filter's own ``rate_limits``: Envoy reads neither ``stage`` nor ``disable_key`` there."""
+    policies = _list(_rate_limit)(r, v, path)
+    for i, p in enumerate(policies):
+        if p.stage or p.disable_key:
+            r.fail(f"{path}[{i}]", "stage and disable_key are not read in the filter's rate_limits")
+    return policies
 
 
 def _local_ratelimit(r: _Reader, tc: _Fields) -> LocalRateLimit:
@@ -678,4 +685,9 @@ def _local_ratelimit(r: _Reader, tc: _Fields) -> LocalRateLimit:
         request_headers_to_add_when_not_enforced=tc.opt(
             "request_headers_to_add_when_not_enforced", _list(_header_value_option), ()
         ),
+        descriptors=tc.opt("descriptors", _list(_local_descriptor), ()),
+        stage=tc.opt("stage", _uint(0, 10), 0),
+        vh_rate_limits=tc.opt("vh_rate_limits", _enum(("OVERRIDE", "INCLUDE", "IGNORE")), "OVERRIDE"),
+        always_consume_default=tc.opt("always_consume_default_token_bucket", _bool, True),
+        rate_limits=tc.opt("rate_limits", _filter_rate_limits, ()),
     )
