@@ -121,6 +121,7 @@ from .filters import (
     encode_response_data,
     encode_response_end,
     encode_response_headers,
+    limits_response_rate,
     sample,
     start_compression,
 )
@@ -139,7 +140,7 @@ from .stats import Scope, Stats
 from .upstream import ClusterManager, ClusterRuntime, ConnectFailure, Overflow, UpstreamConnection
 
 if TYPE_CHECKING:
-    from .filters import FilterOutcome, RequestDecoder
+    from .filters import FilterOutcome, RequestDecoder, ResponseRateLimiter
     from .proxy import ProxyState
 
 __all__ = ["MAX_REQUEST_HEADERS", "RETRY_BUFFER", "HttpConnectionManagerRuntime", "ProxyLimits"]
@@ -481,6 +482,7 @@ class HttpConnectionManagerRuntime:
         # that keeps or rewrites a response body (cache, compressor) — or one this list does not
         # know — sends every request through h11 and the general relay.
         self.plain_ok = all(f.type_name in _PLAIN_FILTERS for f in config.http_filters)
+        self.plain_ok = self.plain_ok and not limits_response_rate(config)  # a fault paces bodies
         # The lean path (:meth:`_proxy_plain`) for the fast path's bodyless requests when nothing
         # configured needs the general objects: plain filters only, no ``local_reply_config``.
         self.lean_ok = self.plain_ok and not self.local_reply
@@ -1660,6 +1662,7 @@ class _UpstreamRequest:
         encoders = rq.filters.encoders if rq.filters is not None else None  # filters' hooks (gRPC-Web)
         if encoders:
             headers = encode_response_headers(encoders, status, headers)
+        limiter = rq.filters.response_limiter if rq.filters is not None else None
         gzip: GzipStream | None = None
         if rq.filters is not None and rq.filters.compressor is not None and status != 101:
             gzip = start_compression(
@@ -1712,6 +1715,8 @@ class _UpstreamRequest:
                                     kept.clear()
                             data = event.data if not encoders else encode_response_data(encoders, event.data)
                             data = data if gzip is None else gzip.compress(data)
+                            if data and limiter is not None:  # the fault filter's bandwidth limit
+                                data = await _paced(ds, limiter, pending, record, data, scope, timing)
                             if data:
                                 record.bytes_sent += len(data)
                                 pending_bytes += len(data)
@@ -1824,6 +1829,29 @@ class _UpstreamRequest:
                 nursery.start_soon(pump, conn.stream, ds.stream, bytes(up_early), True)
         finally:
             await conn.aclose()
+
+
+async def _paced(
+    ds: _Downstream, limiter: ResponseRateLimiter, pending: list[bytes], record: AccessRecord, data: bytes,
+    scope: trio.CancelScope, timing: _Timing,
+) -> bytes:  # fmt: skip
+    """Write ``data`` as fast as ``limiter`` (the fault filter's) lets it, what is pending first;
+    the last piece is returned, for the caller to write with what follows.  The time the limiter
+    holds the body back is the proxy's own, not the upstream's: the route's timeout is moved on
+    by it (Envoy's stops once the upstream's response is in, which the limiter buffers)."""
+    while True:
+        n, wait = limiter.take(len(data), trio.current_time())
+        if n >= len(data):
+            return data
+        if n:
+            record.bytes_sent += n
+            pending.append(ds.h11.send(h11.Data(data=data[:n])))
+            await ds.send_pending(pending)
+            data = data[n:]
+        else:
+            timing.route_deadline += wait
+            scope.deadline = min(timing.route_deadline, trio.current_time() + wait + timing.stream_idle)
+            await trio.sleep(wait)
 
 
 async def _relay_plain(

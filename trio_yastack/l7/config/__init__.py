@@ -114,6 +114,7 @@ from ._http_filters import Cors as Cors
 from ._http_filters import CorsPolicy as CorsPolicy
 from ._http_filters import FaultAbort as FaultAbort
 from ._http_filters import FaultDelay as FaultDelay
+from ._http_filters import FaultRateLimit as FaultRateLimit
 from ._http_filters import GrpcWeb as GrpcWeb
 from ._http_filters import HttpCache as HttpCache
 from ._http_filters import HttpFault as HttpFault
@@ -228,6 +229,7 @@ __all__ = [
     "ExtAuthzPerRoute",
     "FaultAbort",
     "FaultDelay",
+    "FaultRateLimit",
     "FilterChain",
     "FractionalPercent",
     "GrpcWeb",

@@ -130,6 +130,16 @@ class FaultAbort:
 
 
 @dataclass(frozen=True, slots=True)
+class FaultRateLimit:
+    """``response_rate_limit``: the response body sent at ``limit_kbps`` KiB/s (``fixed_limit``), or
+    at the rate in the request's ``x-envoy-fault-throughput-response`` (``header_limit``: None here),
+    for ``percentage`` of requests (Envoy's default: none)."""
+
+    limit_kbps: int | None
+    percentage: FractionalPercent = field(default_factory=FractionalPercent)
+
+
+@dataclass(frozen=True, slots=True)
 class HttpFault:
     """``envoy.filters.http.fault`` (and its per-route override, the same type).  Delay first, then
     abort, as Envoy injects them; ``max_active_faults`` bounds faults in flight (unbounded by default);
@@ -142,6 +152,7 @@ class HttpFault:
     max_active_faults: int | None = None
     headers: tuple[HeaderMatcher, ...] = ()
     upstream_cluster: str | None = None
+    response_rate_limit: FaultRateLimit | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -652,6 +663,19 @@ def _fault_abort(r: _Reader, v: object, path: str) -> FaultAbort:
     return abort
 
 
+def _fault_rate_limit(r: _Reader, v: object, path: str) -> FaultRateLimit:
+    f = _Fields(r, v, path, ("fixed_limit", "header_limit", "percentage"))
+    which = f.exactly_one("fixed_limit", "header_limit")
+    kbps = (
+        f.req("fixed_limit", _only_field("limit_kbps", _uint(1, 2**53))) if which == "fixed_limit" else None
+    )
+    if which == "header_limit":
+        f.req("header_limit", _empty_message)
+    limit = FaultRateLimit(kbps, f.opt("percentage", _fractional_percent, FractionalPercent()))
+    f.done()
+    return limit
+
+
 def _fault(r: _Reader, tc: _Fields) -> HttpFault:
     return HttpFault(
         delay=tc.opt("delay", _fault_delay, None),
@@ -659,6 +683,7 @@ def _fault(r: _Reader, tc: _Fields) -> HttpFault:
         max_active_faults=tc.opt("max_active_faults", _uint32, None),
         headers=tc.opt("headers", _list(_header_matcher), ()),
         upstream_cluster=tc.opt("upstream_cluster", _nonempty_str, None),
+        response_rate_limit=tc.opt("response_rate_limit", _fault_rate_limit, None),
     )
 
 

@@ -390,7 +390,7 @@ _TYPED_CONFIG_FIELDS: dict[str, tuple[str, ...]] = {
         "window_bits",
         "chunk_size",
     ),
-    FAULT_TYPE: ("delay", "abort", "max_active_faults", "headers", "upstream_cluster"),
+    FAULT_TYPE: ("delay", "abort", "max_active_faults", "headers", "upstream_cluster", "response_rate_limit"),
     LOCAL_RATELIMIT_TYPE: (
         "stat_prefix",
         "token_bucket",

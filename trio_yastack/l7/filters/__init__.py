@@ -15,4 +15,6 @@ from ._chain import sample as sample
 from ._compressor import GzipStream as GzipStream
 from ._compressor import accepts_gzip as accepts_gzip
 from ._compressor import start_compression as start_compression
+from ._fault import ResponseRateLimiter as ResponseRateLimiter
+from ._fault import limits_response_rate as limits_response_rate
 from ._local_ratelimit import TokenBucketState as TokenBucketState

@@ -45,7 +45,7 @@ from ._cache import CacheFilter, CacheStore
 from ._compressor import CompressorFilter
 from ._cors import CorsFilter
 from ._ext_authz import ExtAuthzFilter
-from ._fault import FaultFilter
+from ._fault import FaultFilter, ResponseRateLimiter
 from ._grpc_web import GrpcWebFilter
 from ._jwt_authn import JwtAuthnFilter
 from ._local_ratelimit import LocalRateLimitFilter
@@ -188,6 +188,8 @@ class FilterOutcome:
     #: a filter changed what routing reads (headers) and asks for the route again, as Envoy's
     #: filters clear the route cache: the filters after it see the new route, and so does the router
     clear_route: bool = False
+    #: paces the response body (the fault filter's ``response_rate_limit``)
+    response_limiter: ResponseRateLimiter | None = None
 
 
 def sample(percent: FractionalPercent, runtime: Callable[[str], RuntimeValue], rng: random.Random) -> bool:

@@ -11,26 +11,94 @@ headers, no body).  The runtime keys Envoy reads override the config:
 ``fault.http.delay.fixed_delay_percent``, ``fault.http.delay.fixed_duration_ms``,
 ``fault.http.abort.abort_percent``, ``fault.http.abort.http_status``,
 ``fault.http.abort.grpc_status``.  Statistics (``http.<stat_prefix>.fault.*``): ``delays_injected``,
-``aborts_injected``, ``faults_overflow``, and the gauge ``active_faults``.
+``aborts_injected``, ``response_rl_injected``, ``faults_overflow``, and the gauge ``active_faults``.
+
+``response_rate_limit`` (Envoy's bandwidth fault): the response body of the requests it picks
+(``percentage``, runtime ``fault.http.rate_limit.response_percent``) leaves at ``limit_kbps`` KiB/s,
+or at the rate the request's ``x-envoy-fault-throughput-response`` asks with ``header_limit`` (a
+positive integer; none: no limit).  As Envoy's ``StreamRateLimiter`` does, a second is cut into 16
+slices of ``limit_kbps * 1024 / 16`` bytes, a bucket of 16 slices starts full (so up to a second's
+worth leaves at once) and refills at 16 slices a second; the head is not delayed, the trailers and
+the end wait for the body.  It is chosen with the delay and abort, before them, and counts as an
+active fault until the response ends.  The connection manager paces the body with
+:attr:`FilterOutcome.response_limiter` (:class:`ResponseRateLimiter`), and sends every request
+through its general relay when a ``fault`` config anywhere in it has a ``response_rate_limit``
+(:func:`limits_response_rate`).
 """
 
 from __future__ import annotations
 
+import math
 import random
+import weakref
 from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import trio
 
-from ..config import FractionalPercent, HttpFault, PerRouteConfig, RouteAction, RuntimeValue
+from ..config import (
+    FAULT_NAME,
+    FractionalPercent,
+    HttpConnectionManager,
+    HttpFault,
+    PerRouteConfig,
+    RouteAction,
+    RuntimeValue,
+)
 from ..router import header_matches
 from ..stats import Scope
 
 if TYPE_CHECKING:
     from ._chain import FilterOutcome, RequestView
 
-__all__ = ["FaultFilter"]
+__all__ = ["FaultFilter", "ResponseRateLimiter", "limits_response_rate"]
+
+#: Envoy's StreamRateLimiter: a second is cut into this many slices
+SLICES_PER_SECOND = 16
+#: the highest rate a header may ask for, KiB/s (Envoy bounds nothing; this keeps the slice
+#: arithmetic in plain integers)
+MAX_HEADER_KBPS = 1 << 40
+
+
+class ResponseRateLimiter:
+    """Paces one response body: :meth:`take` says how many bytes of a piece may leave now, or how
+    long to wait for the next slice.  Sans-IO (time is passed in) and bounded: it holds no data."""
+
+    __slots__ = ("__weakref__", "last", "slice_bytes", "tokens")
+
+    def __init__(self, limit_kbps: int, now: float) -> None:
+        self.slice_bytes = max(1, limit_kbps * 1024 // SLICES_PER_SECOND)
+        self.tokens = float(SLICES_PER_SECOND)  # full: Envoy's bucket starts so
+        self.last = now
+
+    def take(self, wanted: int, now: float) -> tuple[int, float]:
+        """``(bytes, 0.0)``: that many of ``wanted`` (> 0) bytes may be written now, whole slices
+        while the bucket has them (the last one may be partly used: Envoy writes what it holds);
+        ``(0, seconds)``: none until then."""
+        self.tokens = min(float(SLICES_PER_SECOND), self.tokens + (now - self.last) * SLICES_PER_SECOND)
+        self.last = now
+        if self.tokens < 1:
+            return 0, (1 - self.tokens) / SLICES_PER_SECOND
+        slices = min(int(self.tokens), math.ceil(wanted / self.slice_bytes))
+        self.tokens -= slices
+        return min(wanted, slices * self.slice_bytes), 0.0
+
+
+def limits_response_rate(config: HttpConnectionManager) -> bool:
+    """Whether a ``fault`` filter of ``config``, or a route's or virtual host's override of one, has
+    a ``response_rate_limit``: then the connection manager must relay bodies where it can pace
+    them (its general path)."""
+    names = {f.name for f in config.http_filters if f.type_name == FAULT_NAME}
+    if not names:
+        return False
+    found: list[object] = [f.config for f in config.http_filters if f.name in names]
+    for vhost in config.route_config.virtual_hosts:
+        found += [c for n, c in vhost.typed_per_filter_config if n in names]
+        for route in vhost.routes:
+            found += [c for n, c in route.typed_per_filter_config if n in names]
+    return any(isinstance(c, HttpFault) and c.response_rate_limit is not None for c in found)
+
 
 #: the longest delay a header may ask for (Envoy bounds nothing; an hour keeps a typo from parking a
 #: request for days)
@@ -60,7 +128,12 @@ class FaultFilter:
         self.runtime = runtime
         self.rng = rng
         self.active = 0
-        scope.declare("fault.delays_injected", "fault.aborts_injected", "fault.faults_overflow")
+        scope.declare(
+            "fault.delays_injected",
+            "fault.aborts_injected",
+            "fault.faults_overflow",
+            "fault.response_rl_injected",
+        )
         scope.gauge_set("fault.active_faults", 0)
 
     def _percent(self, percent: FractionalPercent, key: str) -> FractionalPercent:
@@ -80,7 +153,7 @@ class FaultFilter:
         from ._chain import sample  # the chain imports this module
 
         config = override if isinstance(override, HttpFault) else self.config
-        if config.delay is None and config.abort is None:
+        if config.delay is None and config.abort is None and config.response_rate_limit is None:
             return
         if config.upstream_cluster is not None:
             action = request.route.action if request.route is not None else None
@@ -91,6 +164,8 @@ class FaultFilter:
         if config.max_active_faults is not None and self.active >= config.max_active_faults:
             self.scope.inc("fault.faults_overflow")
             return
+        if config.response_rate_limit is not None:
+            self._limit_response(config, request, outcome)
         self.active += 1
         self.scope.gauge_add("fault.active_faults", 1)
         try:
@@ -146,3 +221,28 @@ class FaultFilter:
         finally:
             self.active -= 1
             self.scope.gauge_add("fault.active_faults", -1)
+
+    def _limit_response(self, config: HttpFault, request: RequestView, outcome: FilterOutcome) -> None:
+        from ._chain import sample  # the chain imports this module
+
+        limit = config.response_rate_limit
+        assert limit is not None  # the caller checked
+        kbps = limit.limit_kbps
+        if kbps is None:
+            raw = _get(request.headers, b"x-envoy-fault-throughput-response")
+            kbps = int(raw) if raw is not None and raw.isdigit() and len(raw) < 14 else 0
+            if not 0 < kbps <= MAX_HEADER_KBPS:
+                return
+        percent = self._percent(limit.percentage, "fault.http.rate_limit.response_percent")
+        if not sample(percent, self.runtime, self.rng):
+            return
+        self.scope.inc("fault.response_rl_injected")
+        limiter = outcome.response_limiter = ResponseRateLimiter(kbps, trio.current_time())
+        # an active fault until the response ends: the limiter goes with the request's outcome
+        self.active += 1
+        self.scope.gauge_add("fault.active_faults", 1)
+        weakref.finalize(limiter, self._fault_ended)
+
+    def _fault_ended(self) -> None:
+        self.active -= 1
+        self.scope.gauge_add("fault.active_faults", -1)
