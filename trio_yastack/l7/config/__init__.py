@@ -73,6 +73,8 @@ from trio_yastack.tls.config import UpstreamTlsContext as UpstreamTlsContext
 from ._auth_filters import ExtAuthz as ExtAuthz
 from ._auth_filters import ExtAuthzBufferSettings as ExtAuthzBufferSettings
 from ._auth_filters import ExtAuthzPerRoute as ExtAuthzPerRoute
+from ._auth_filters import JwksAsyncFetch as JwksAsyncFetch
+from ._auth_filters import JwksRetryPolicy as JwksRetryPolicy
 from ._auth_filters import JwtAuthentication as JwtAuthentication
 from ._auth_filters import JwtPerRoute as JwtPerRoute
 from ._auth_filters import JwtProvider as JwtProvider
@@ -242,6 +244,8 @@ __all__ = [
     "HttpFault",
     "HttpFilter",
     "HttpFilterConfig",
+    "JwksAsyncFetch",
+    "JwksRetryPolicy",
     "JwtAuthentication",
     "JwtPerRoute",
     "JwtProvider",

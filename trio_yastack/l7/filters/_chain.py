@@ -21,6 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+import trio
+
 from ..config import (
     CACHE_NAME,
     COMPRESSOR_NAME,
@@ -289,7 +291,7 @@ class HttpFilterChain:
             elif kind == GRPC_WEB_NAME:
                 self.filters.append((f, GrpcWebFilter(scope)))
             elif kind == JWT_AUTHN_NAME:
-                self.filters.append((f, JwtAuthnFilter(f.config, scope, clusters)))  # type: ignore[arg-type]  # the config's type follows its name
+                self.filters.append((f, JwtAuthnFilter(f.config, scope, clusters, rng)))  # type: ignore[arg-type]  # the config's type follows its name
             elif kind == LUA_NAME:
                 from ._lua import LuaFilter
 
@@ -300,6 +302,14 @@ class HttpFilterChain:
         #: call ``body()``; ext_authz, whose ``with_request_body`` may be set here or on a route):
         #: then the connection manager hands the filters a :class:`RequestBody`
         self.reads_body = any(getattr(runtime, "reads_body", False) for _, runtime in self.filters)
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        """Start the filters' background tasks in the proxy's ``nursery`` (``jwt_authn``'s
+        ``async_fetch``), before the listeners open; returns when those that must finish first
+        (a JWKS fetch without ``fast_listener``) have."""
+        for _, runtime in self.filters:
+            if isinstance(runtime, JwtAuthnFilter):
+                await runtime.start(nursery)
 
     @staticmethod
     def needed(filters: tuple[HttpFilter, ...]) -> bool:
