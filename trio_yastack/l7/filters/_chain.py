@@ -66,6 +66,7 @@ __all__ = [
     "encode_response_data",
     "encode_response_end",
     "encode_response_headers",
+    "response_held",
     "sample",
 ]
 
@@ -117,6 +118,12 @@ def encode_response_data(encoders: list[ResponseEncoder], data: bytes) -> bytes:
     for encoder in encoders:
         data = encoder.encode_data(data)
     return data
+
+
+def response_held(encoders: list[ResponseEncoder]) -> bool:
+    """Whether an encoder holds the response's head until the body has ended (its ``holding``,
+    read after ``encode_headers``: Lua's ``body()`` in ``envoy_on_response``)."""
+    return any(getattr(encoder, "holding", False) for encoder in encoders)
 
 
 def encode_response_end(encoders: list[ResponseEncoder], trailers: Headers) -> tuple[bytes, Headers]:
