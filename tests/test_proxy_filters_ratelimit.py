@@ -380,3 +380,30 @@ async def test_direct_response_route_builds_no_descriptor(autojump_clock: trio.t
     async with setup(app_config, (BackendApp("app"), 8080)) as (_, b, _proxy):
         assert [r.status for r in await many(b, 3, "/direct")] == [200] * 3
         assert [r.status for r in await many(b, 2, "/x")] == [200, 429]
+
+
+async def test_matched_descriptors_slowest_filling_first(autojump_clock: trio.testing.MockClock) -> None:
+    """Two descriptors match one request: Envoy takes from the slower-filling bucket first, so a
+    refusal by the faster one still spends the slower one's token (in the request's order it would
+    not): after the fast bucket refills, the slow one is empty and refuses."""
+    text = f"""
+    name: envoy.filters.http.local_ratelimit
+    typed_config:
+      "@type": {RL_TYPE}
+      stat_prefix: rl
+      filter_enabled: {{default_value: {{numerator: 100}}}}
+      filter_enforced: {{default_value: {{numerator: 100}}}}
+      descriptors:
+      - entries: [{{key: generic_key, value: fast}}]
+        token_bucket: {{max_tokens: 1, tokens_per_fill: 100, fill_interval: 1s}}
+      - entries: [{{key: generic_key, value: slow}}]
+        token_bucket: {{max_tokens: 3, tokens_per_fill: 1, fill_interval: 60s}}
+    """
+    limits = """
+    - {actions: [{generic_key: {descriptor_value: fast}}]}
+    - {actions: [{generic_key: {descriptor_value: slow}}]}
+    """
+    async with proxied(filters(rl_filter(text)), routes=[limited_route("/", limits)]) as (b, _, _app):
+        assert [r.status for r in await many(b, 3)] == [200, 429, 429]
+        await trio.sleep(1)
+        assert [r.status for r in await many(b, 1)] == [429]
