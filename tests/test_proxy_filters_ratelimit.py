@@ -407,3 +407,45 @@ async def test_matched_descriptors_slowest_filling_first(autojump_clock: trio.te
         assert [r.status for r in await many(b, 3)] == [200, 429, 429]
         await trio.sleep(1)
         assert [r.status for r in await many(b, 1)] == [429]
+
+
+async def test_query_parameters_and_masked_remote_address(autojump_clock: trio.testing.MockClock) -> None:
+    """``query_parameters`` takes the parameter's first value, percent-decoded (absent: no
+    descriptor, or no entry with ``skip_if_absent``); ``masked_remote_address`` the client's
+    network at the mask length (``198.18.0.0/24`` for 198.18.0.1)."""
+    text = f"""
+    name: envoy.filters.http.local_ratelimit
+    typed_config:
+      "@type": {RL_TYPE}
+      stat_prefix: rl
+      filter_enabled: {{default_value: {{numerator: 100}}}}
+      filter_enforced: {{default_value: {{numerator: 100}}}}
+      descriptors:
+      - entries: [{{key: api_key, value: "a b"}}]
+        token_bucket: {{max_tokens: 1, fill_interval: 60s}}
+      - entries: [{{key: masked_remote_address, value: "198.18.0.0/24"}}]
+        token_bucket: {{max_tokens: 3, fill_interval: 60s}}
+    """
+    limits = """
+    - {actions: [{query_parameters: {query_parameter_name: key, descriptor_key: api_key}}]}
+    - {actions: [{masked_remote_address: {v4_prefix_mask_len: 24}}]}
+    """
+    async with proxied(filters(rl_filter(text)), routes=[limited_route("/", limits)]) as (b, _, _app):
+        # key=a%20b matches the first descriptor (1 token); the subnet's has 3
+        assert [r.status for r in await many(b, 2, "/?x=1&key=a%20b&key=other")] == [200, 429]
+        assert [r.status for r in await many(b, 1, "/?key=a+b")] == [200]  # "a+b" is another key
+        # the second request stopped at the key's bucket: the subnet's has 3 - 2 = 1 left
+        assert [r.status for r in await many(b, 2, "/")] == [200, 429]
+    assert B_IP.startswith("198.18.0.")
+
+
+def test_masked_remote_address_mask_bounds() -> None:
+    doc = minimal()
+    _with_filter(doc, {"stat_prefix": "rl", "token_bucket": BUCKET})
+    hcm_config = doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    hcm_config["route_config"]["virtual_hosts"][0]["rate_limits"] = [
+        {"actions": [{"masked_remote_address": {"v4_prefix_mask_len": 33}}]}
+    ]
+    assert paths_of(doc) == [
+        f"{VHOST_PATH}.rate_limits[0].actions[0].masked_remote_address.v4_prefix_mask_len"
+    ]

@@ -4,8 +4,9 @@ whose actions build a request's descriptors, and the local rate limit filter's `
 
 Actions supported (Envoy's meaning, each appends one ``(key, value)`` entry; an action that cannot
 append one drops the whole descriptor): ``request_headers`` (``skip_if_absent``: drop only the
-entry), ``remote_address``, ``generic_key``, ``header_value_match``.  The others
-(``destination_cluster``, ``source_cluster``, ``metadata``, ``query_parameters``, ...), the
+entry), ``query_parameters`` (the same), ``remote_address``, ``masked_remote_address``,
+``generic_key``, ``header_value_match``.  The others (``destination_cluster``, ``source_cluster``,
+``metadata``, ``query_parameter_value_match``, extensions), the
 ``RateLimit`` fields the local rate limit filter does not read (``limit``, ``hits_addend``,
 ``apply_on_stream_done``), wildcard entries (an empty ``value``) and ``shadow_mode`` stay errors
 naming their YAML path.
@@ -35,7 +36,14 @@ from ._route_match import HeaderMatcher, _header_matcher
 #: are taken from the request's headers
 PSEUDO_HEADERS = (":path", ":method", ":authority", ":scheme")
 
-ActionKind = Literal["request_headers", "remote_address", "generic_key", "header_value_match"]
+ActionKind = Literal[
+    "request_headers",
+    "query_parameters",
+    "remote_address",
+    "masked_remote_address",
+    "generic_key",
+    "header_value_match",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +52,8 @@ class RateLimitAction:
     ``generic_key`` and ``header_match`` by default, as Envoy names them); ``value``: the fixed value
     (``generic_key``, ``header_value_match``); ``header_name`` (lowercased) and ``skip_if_absent``
     for ``request_headers``; ``headers`` and ``expect_match`` (default true) for
-    ``header_value_match``."""
+    ``header_value_match``; ``header_name`` is the query parameter's name for ``query_parameters``;
+    ``v4_prefix``/``v6_prefix``: ``masked_remote_address``'s mask lengths (default 32 and 128)."""
 
     kind: ActionKind
     key: str
@@ -53,6 +62,8 @@ class RateLimitAction:
     skip_if_absent: bool = False
     headers: tuple[HeaderMatcher, ...] = ()
     expect_match: bool = True
+    v4_prefix: int = 32
+    v6_prefix: int = 128
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +113,23 @@ def _request_headers(r: _Reader, v: object, path: str) -> RateLimitAction:
     return RateLimitAction("request_headers", key, header_name=name, skip_if_absent=skip)
 
 
+def _query_parameters(r: _Reader, v: object, path: str) -> RateLimitAction:
+    f = _Fields(r, v, path, ("query_parameter_name", "descriptor_key", "skip_if_absent"))
+    name = f.req("query_parameter_name", _nonempty_str)
+    key = f.req("descriptor_key", _nonempty_str)
+    skip = f.opt("skip_if_absent", _bool, False)
+    f.done()
+    return RateLimitAction("query_parameters", key, header_name=name, skip_if_absent=skip)
+
+
+def _masked_remote_address(r: _Reader, v: object, path: str) -> RateLimitAction:
+    f = _Fields(r, v, path, ("v4_prefix_mask_len", "v6_prefix_mask_len"))
+    v4 = f.opt("v4_prefix_mask_len", _uint(0, 32), 32)
+    v6 = f.opt("v6_prefix_mask_len", _uint(0, 128), 128)
+    f.done()
+    return RateLimitAction("masked_remote_address", "masked_remote_address", v4_prefix=v4, v6_prefix=v6)
+
+
 def _generic_key(r: _Reader, v: object, path: str) -> RateLimitAction:
     f = _Fields(r, v, path, ("descriptor_value", "descriptor_key"))
     value = f.req("descriptor_value", _nonempty_str)
@@ -128,7 +156,9 @@ def _remote_address(r: _Reader, v: object, path: str) -> RateLimitAction:
 
 _ACTIONS = {
     "request_headers": _request_headers,
+    "query_parameters": _query_parameters,
     "remote_address": _remote_address,
+    "masked_remote_address": _masked_remote_address,
     "generic_key": _generic_key,
     "header_value_match": _header_value_match,
 }

@@ -16,8 +16,10 @@ Descriptors, as Envoy builds and matches them: the route's ``rate_limits`` of th
 ``stage`` (an entry with a ``disable_key`` is skipped, as Envoy's local filter does), and the
 virtual host's per ``vh_rate_limits`` (OVERRIDE: only when the route has none; INCLUDE; IGNORE), or
 the filter's own ``rate_limits`` when it has some, each make one descriptor from their actions in
-order.  Each descriptor equal to one of the filter's ``descriptors`` takes a token from that
-descriptor's bucket, the slowest-filling first, and the first empty one refuses the request; then
+order (``request_headers``, ``query_parameters``, ``remote_address`` and ``masked_remote_address``:
+the peer's address, as RBAC's ``remote_ip`` reads it; ``generic_key``, ``header_value_match``).
+Each descriptor equal to one of the filter's ``descriptors`` takes a token from that descriptor's
+bucket, the slowest-filling first, and the first empty one refuses the request; then
 the filter's ``token_bucket`` (when it has one) is taken from too when no descriptor matched or
 ``always_consume_default_token_bucket`` (Envoy's default) is set.  The ``x-ratelimit-*`` headers
 describe the bucket that refused, else the slowest-filling matched one, else the filter's.
@@ -26,10 +28,12 @@ Matching costs nothing to a filter without ``descriptors``.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import random
 from collections.abc import Callable
 from typing import TYPE_CHECKING
+from urllib.parse import unquote
 
 from ..config import (
     LocalDescriptor,
@@ -96,6 +100,19 @@ def _header(request: RequestView, name: str) -> str | None:
     return raw.decode("latin-1") if raw is not None else None
 
 
+def _query_value(target: str, name: str) -> str | None:
+    """The first value of query parameter ``name`` in ``target``, percent-decoded as Envoy decodes
+    it (``+`` stays ``+``); None when absent."""
+    _, mark, query = target.partition("?")
+    if not mark:
+        return None
+    for pair in query.split("&"):
+        key, _, value = pair.partition("=")
+        if unquote(key) == name:
+            return unquote(value)
+    return None
+
+
 def _entry(action: RateLimitAction, request: RequestView) -> tuple[str, str] | bool | None:
     """The entry ``action`` appends: None drops the descriptor, False appends nothing."""
     kind = action.kind
@@ -106,9 +123,19 @@ def _entry(action: RateLimitAction, request: RequestView) -> tuple[str, str] | b
         if value is None:
             return False if action.skip_if_absent else None
         return action.key, value
-    if kind == "remote_address":
+    if kind == "remote_address" or kind == "masked_remote_address":
         remote = connection_info(request.downstream, request.connection_state).remote
-        return (action.key, str(remote)) if remote is not None else None
+        if remote is None:
+            return None
+        if kind == "remote_address":
+            return action.key, str(remote)
+        prefix = action.v4_prefix if remote.version == 4 else action.v6_prefix
+        return action.key, str(ipaddress.ip_network(f"{remote}/{prefix}", strict=False))
+    if kind == "query_parameters":
+        value = _query_value(request.path, action.header_name)
+        if value is None:
+            return False if action.skip_if_absent else None
+        return action.key, value
     # header_value_match
     matched = all(header_matches(m, request.headers) for m in action.headers)
     return (action.key, action.value) if matched == action.expect_match else None
