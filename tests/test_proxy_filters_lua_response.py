@@ -1,14 +1,17 @@
 """``envoy.filters.http.lua``'s ``envoy_on_response`` reading the response body and trailers, as
 Envoy's documentation shows: ``body()`` holds the response until its whole body is here (the
 script's later header changes apply, ``setBytes`` replaces the body and the length follows),
-``trailers()`` waits for the end (nil without trailers), a body over the limit fails the script and
-leaves as it came.  On the simulator under trio's MockClock, as test_proxy_filters_lua.py."""
+``trailers()`` waits for the end (nil without trailers), ``bodyChunks()`` sees each piece as it
+passes, a body over the limit fails the script and leaves as it came.  On the simulator under
+trio's MockClock, as test_proxy_filters_lua.py."""
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import textwrap
 
+import pytest
 import trio
 import trio.testing
 from proxy_helpers import BackendApp, Client, connect, pattern_sha256, running_proxy, start_backend
@@ -42,6 +45,22 @@ SCRIPTS = {
           local t = h:trailers()
           h:logInfo("trailers: " .. tostring(t))
           if t ~= nil then error("no trailers expected") end
+        end
+    """,
+    "/chunks": """
+        function envoy_on_response(h)
+          local n, total = 0, 0
+          for chunk in h:bodyChunks() do
+            n = n + 1
+            total = total + chunk:length()
+            if n == 1 then first = chunk:getBytes(0, 3):byte(3) end
+          end
+          h:logInfo("chunks seen " .. tostring(n > 1) .. ", bytes " .. total .. ", third byte " .. first)
+        end
+    """,
+    "/setchunk": """
+        function envoy_on_response(h)
+          for chunk in h:bodyChunks() do chunk:setBytes("x") end
         end
     """,
     "/late": """
@@ -102,7 +121,10 @@ static_resources:
 """
 
 
-async def test_response_body_trailers_and_limits(autojump_clock: trio.testing.MockClock) -> None:
+async def test_response_body_trailers_and_limits(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="trio_yastack.l7.lua")
     app = BackendApp("app")
     async with two_stacks() as (a, b), trio.open_nursery() as nursery:
         backend = await start_backend(nursery, app, b, 8080)
@@ -137,6 +159,14 @@ async def test_response_body_trailers_and_limits(autojump_clock: trio.testing.Mo
                 assert r.status == 200 and r.header("response-body-size") is None
                 assert hashlib.sha256(r.body).hexdigest() == pattern_sha256(big)
                 assert proxy.stats.value("http.ingress.lua.errors") == 2
+
+                # bodyChunks(): each piece seen as it passes, unchanged; setBytes on one fails
+                r = await client.request("GET", f"/chunks?bytes={size}")
+                assert r.status == 200 and hashlib.sha256(r.body).hexdigest() == pattern_sha256(size)
+                assert f"chunks seen true, bytes {size}, third byte 2" in caplog.text
+                r = await client.request("GET", "/setchunk?bytes=5000")
+                assert r.status == 200 and hashlib.sha256(r.body).hexdigest() == pattern_sha256(5000)
+                assert proxy.stats.value("http.ingress.lua.errors") == 3
 
                 # a HEAD: the held head keeps the upstream's length, no body
                 r = await client.request("HEAD", f"/size?bytes={size}")

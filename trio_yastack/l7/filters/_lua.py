@@ -22,6 +22,8 @@ the script's globals from request to request.  The handles offer here:
   ``Content-Length`` set as it leaves);
 - ``trailers()`` (responses): the script waits for the end of the response (its head and body are
   not held) and gets its trailers (nil when there are none), which it may change before they leave;
+- ``bodyChunks()`` on a response: each piece as it passes (the head has gone; pieces are read-only:
+  ``setBytes`` fails the script);
 - ``httpCall(cluster, headers, body, timeout_ms, asynchronous)`` or ``httpCall(cluster, headers,
   body, {timeout_ms=, asynchronous=, return_duplicate_headers=})`` (requests only): an HTTP/1.1
   request to a configured cluster (``:method``, ``:path`` and ``:authority`` required); the script
@@ -42,14 +44,14 @@ the script's globals from request to request.  The handles offer here:
   ``uriSanPeerCertificate()``, ``dnsSansPeerCertificate()``, ``subjectPeerCertificate()``;
 - ``base64Escape(data)``, ``timestamp()`` and ``timestampString(resolution)``.
 
-- ``bodyChunks()`` (requests only): an iterator over the request body's pieces as they arrive,
+- ``bodyChunks()`` (requests): an iterator over the request body's pieces as they arrive,
   each a buffer (``length()``, ``getBytes()``, ``setBytes()``: that piece replaced; a body so
   changed is then read whole and its ``Content-Length`` updated); the pieces are kept for the
   router, within the body limit, since the router forwards the body after the filters;
 
 Not available (a script calling them fails, counted below): ``trailers()`` in
 ``envoy_on_request``, ``metadata()``, the rest of stream info, the other ``connection()`` calls;
-``bodyChunks()`` and ``httpCall()`` in ``envoy_on_response``; ``body()`` after ``trailers()`` in
+``httpCall()`` in ``envoy_on_response``; ``body()`` after ``trailers()`` or ``bodyChunks()`` in
 ``envoy_on_response`` (the body has gone by then).
 
 Scripts run as coroutines, as in Envoy: ``body()``, ``trailers()`` and ``httpCall()`` yield to the
@@ -208,7 +210,6 @@ local function handle(py, headers, on_request)
     return body
   end
   function h:bodyChunks()
-    if not on_request then error("bodyChunks() is not available in envoy_on_response here", 2) end
     return function()
       if not coroutine.yield("chunk") then return nil end
       local c = {}
@@ -386,6 +387,7 @@ class _Call:
         self.view: RequestView | None = None  # the request, for streamInfo() and connection()
         self.context = "{}"  # the route's filter_context (JSON), for filterContext()
         self.on_response = False  # envoy_on_response's call: body() is the response's
+        self.response_chunk: bytes | None = None  # bodyChunks() on a response: the piece passing
 
     def info(self, what: str) -> Any:
         """``streamInfo()`` and ``connection():ssl()``'s answers, from the downstream connection
@@ -529,6 +531,10 @@ class _Call:
         return self.chunks_seen - 1
 
     def _chunk(self, index: object) -> bytes:
+        if self.on_response:  # only the piece passing now
+            if index != self.chunks_seen - 1 or self.response_chunk is None:
+                raise lupa.LuaError("bodyChunks(): that chunk has already been passed on")
+            return self.response_chunk
         source = self.body_source
         if source is None or not isinstance(index, int) or not 0 <= index < len(source.kept):
             raise lupa.LuaError("bodyChunks(): that chunk has already been passed on")
@@ -546,6 +552,8 @@ class _Call:
         return data[i : i + n].decode("latin-1")
 
     def chunk_set_bytes(self, index: object, data: object) -> None:
+        if self.on_response:  # its head (and length) has gone: Envoy's chunks stream by, read-only here
+            raise lupa.LuaError("setBytes(): a response's chunks cannot be changed here")
         self._chunk(index)
         assert self.body_source is not None and isinstance(index, int)
         self.body_source.kept[index] = _text(data).encode("latin-1")
@@ -669,6 +677,8 @@ class _LuaResponse:
         return headers
 
     def encode_data(self, data: bytes) -> bytes:
+        if self.waiting == "chunk" and data:
+            self._next_chunk(data)
         if not self.holding:
             return data
         self.kept.append(bytes(data))
@@ -680,6 +690,26 @@ class _LuaResponse:
             self.kept.clear()
             return out
         return b""
+
+    def _next_chunk(self, data: bytes) -> None:
+        """``bodyChunks()``: the script sees this piece (which passes on unchanged) and goes on
+        until it asks for the next one, waits for the trailers, or ends."""
+        call = self.call
+        assert call is not None and self.step is not None  # waiting for a chunk
+        call.response_chunk = bytes(data)
+        call.chunks_seen += 1
+        try:
+            what = self.filter._step(self.step, True)
+            if what not in ("chunk", "trailers", "done"):
+                raise _ScriptFailed(f"{what} is not available while reading chunks here")
+        except _ScriptFailed as exc:
+            self.filter._failed(exc)
+            what = "done"
+        finally:
+            call.response_chunk = None
+        self.waiting = what
+        if what == "done":
+            self.step = None
 
     def encode_end(self, trailers: Headers) -> tuple[bytes, Headers]:
         step, call = self.step, self.call
@@ -694,7 +724,9 @@ class _LuaResponse:
         what = self.waiting
         try:
             while what != "done":
-                if what == "body":
+                if what == "chunk":  # no more pieces: the iterator ends
+                    what = self.filter._step(step, False)
+                elif what == "body":
                     if self.waiting != "body":  # trailers() first: the body has gone
                         raise _ScriptFailed("body() after the body has been sent")
                     what = self.filter._step(step)
@@ -782,7 +814,7 @@ class LuaFilter:
         except _ScriptFailed as exc:
             self._failed(exc)
             return None
-        if what in ("body", "trailers"):
+        if what in ("body", "trailers", "chunk"):
             return step, what, call
         if what != "done":
             self._failed(_ScriptFailed(f"{what} is not available in envoy_on_response here"))
