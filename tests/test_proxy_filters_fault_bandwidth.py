@@ -154,3 +154,34 @@ def test_config_read_and_mistakes() -> None:
             0, {"name": FAULT, "typed_config": {"@type": FAULT_TYPE, "response_rate_limit": limit}}
         )
         assert paths_of(doc) == [f"{HCM_PATH}.http_filters[0].typed_config.{path}"], limit
+
+
+async def test_percentage_headers_lower_header_faults(autojump_clock: trio.testing.MockClock) -> None:
+    """A header-controlled fault's ``x-envoy-fault-*-percentage`` sets its percentage, capped by the
+    configured one: 0 turns the abort (and the bandwidth limit) off, 100 keeps the configured
+    100 %, and with 0 % configured no header turns it on."""
+    aborts = fault(
+        f"""
+        name: envoy.filters.http.fault
+        typed_config:
+          "@type": {FAULT_TYPE}
+          abort: {{header_abort: {{}}, percentage: {{numerator: 100}}}}
+        """
+    )
+    abort = [("x-envoy-fault-abort-request", "503")]
+    async with proxied(filters(aborts)) as (b, _proxy, _app):
+        off = [*abort, ("x-envoy-fault-abort-request-percentage", "0")]
+        on = [*abort, ("x-envoy-fault-abort-request-percentage", "100")]
+        assert [r.status for r in await many(b, 3, "/", off)] == [200] * 3
+        assert [r.status for r in await many(b, 3, "/", on)] == [503] * 3
+    aborts["typed_config"]["abort"]["percentage"] = {"numerator": 0}
+    async with proxied(filters(aborts)) as (b, _proxy, _app):
+        on = [*abort, ("x-envoy-fault-abort-request-percentage", "100")]
+        assert [r.status for r in await many(b, 3, "/", on)] == [200] * 3
+    async with proxied(filters(HEADER)) as (b, _proxy, _app):
+        slow = [
+            ("x-envoy-fault-throughput-response", "2"),
+            ("x-envoy-fault-throughput-response-percentage", "0"),
+        ]
+        took, r = await timed(b, f"/stream?bytes={SIZE}", slow)
+        assert took < 0.1 and len(r.body) == SIZE

@@ -10,8 +10,11 @@ each for its own ``percentage`` of requests, answered with the body ``fault filt
 headers, no body).  The runtime keys Envoy reads override the config:
 ``fault.http.delay.fixed_delay_percent``, ``fault.http.delay.fixed_duration_ms``,
 ``fault.http.abort.abort_percent``, ``fault.http.abort.http_status``,
-``fault.http.abort.grpc_status``.  Statistics (``http.<stat_prefix>.fault.*``): ``delays_injected``,
-``aborts_injected``, ``response_rl_injected``, ``faults_overflow``, and the gauge ``active_faults``.
+``fault.http.abort.grpc_status``.  A header-controlled fault's percentage may be lowered by the
+request's ``x-envoy-fault-delay-request-percentage``, ``x-envoy-fault-abort-request-percentage`` or
+``x-envoy-fault-throughput-response-percentage`` (capped by the configured one).  Statistics
+(``http.<stat_prefix>.fault.*``): ``delays_injected``, ``aborts_injected``,
+``response_rl_injected``, ``faults_overflow``, and the gauge ``active_faults``.
 
 ``response_rate_limit`` (Envoy's bandwidth fault): the response body of the requests it picks
 (``percentage``, runtime ``fault.http.rate_limit.response_percent``) leaves at ``limit_kbps`` KiB/s,
@@ -54,6 +57,9 @@ if TYPE_CHECKING:
 
 __all__ = ["FaultFilter", "ResponseRateLimiter", "limits_response_rate"]
 
+DELAY_PERCENT_HEADER = b"x-envoy-fault-delay-request-percentage"
+ABORT_PERCENT_HEADER = b"x-envoy-fault-abort-request-percentage"
+THROUGHPUT_PERCENT_HEADER = b"x-envoy-fault-throughput-response-percentage"
 #: Envoy's StreamRateLimiter: a second is cut into this many slices
 SLICES_PER_SECOND = 16
 #: the highest rate a header may ask for, KiB/s (Envoy bounds nothing; this keeps the slice
@@ -136,6 +142,15 @@ class FaultFilter:
         )
         scope.gauge_set("fault.active_faults", 0)
 
+    @staticmethod
+    def _header_percent(percent: FractionalPercent, request: RequestView, name: bytes) -> FractionalPercent:
+        """A header-controlled fault's percentage: the request's ``x-envoy-fault-*-percentage``
+        (a whole number) as the numerator, capped by the configured one (Envoy's rule)."""
+        raw = _get(request.headers, name)
+        if raw is None or not raw.isdigit() or len(raw) > 9:
+            return percent
+        return replace(percent, numerator=min(int(raw), percent.numerator))
+
     def _percent(self, percent: FractionalPercent, key: str) -> FractionalPercent:
         numerator = _runtime_int(self.runtime, key)
         if numerator is None:
@@ -180,7 +195,12 @@ class FaultFilter:
                 else:
                     ms = _runtime_int(self.runtime, "fault.http.delay.fixed_duration_ms")
                     seconds = ms / 1000 if ms is not None and ms > 0 else seconds
-                percent = self._percent(delay.percentage, "fault.http.delay.fixed_delay_percent")
+                percent = delay.percentage
+                if delay.fixed_delay is None:
+                    percent = self._header_percent(
+                        percent, request, b"x-envoy-fault-delay-request-percentage"
+                    )
+                percent = self._percent(percent, "fault.http.delay.fixed_delay_percent")
                 if seconds and sample(percent, self.runtime, self.rng):
                     self.scope.inc("fault.delays_injected")
                     outcome.flags.append("DI")
@@ -212,7 +232,12 @@ class FaultFilter:
                     runtime_status = _runtime_int(self.runtime, "fault.http.abort.http_status")
                     if runtime_status is not None and 200 <= runtime_status < 600:
                         status = runtime_status
-                percent = self._percent(abort.percentage, "fault.http.abort.abort_percent")
+                percent = abort.percentage
+                if abort.http_status is None:
+                    percent = self._header_percent(
+                        percent, request, b"x-envoy-fault-abort-request-percentage"
+                    )
+                percent = self._percent(percent, "fault.http.abort.abort_percent")
                 if status is not None and sample(percent, self.runtime, self.rng):
                     self.scope.inc("fault.aborts_injected")
                     outcome.status = status
@@ -233,7 +258,10 @@ class FaultFilter:
             kbps = int(raw) if raw is not None and raw.isdigit() and len(raw) < 14 else 0
             if not 0 < kbps <= MAX_HEADER_KBPS:
                 return
-        percent = self._percent(limit.percentage, "fault.http.rate_limit.response_percent")
+        percent = limit.percentage
+        if limit.limit_kbps is None:
+            percent = self._header_percent(percent, request, THROUGHPUT_PERCENT_HEADER)
+        percent = self._percent(percent, "fault.http.rate_limit.response_percent")
         if not sample(percent, self.runtime, self.rng):
             return
         self.scope.inc("fault.response_rl_injected")
