@@ -185,3 +185,28 @@ async def test_percentage_headers_lower_header_faults(autojump_clock: trio.testi
         ]
         took, r = await timed(b, f"/stream?bytes={SIZE}", slow)
         assert took < 0.1 and len(r.body) == SIZE
+
+
+async def test_header_abort_takes_a_grpc_status_header(autojump_clock: trio.testing.MockClock) -> None:
+    """``header_abort`` without ``x-envoy-fault-abort-request`` reads
+    ``x-envoy-fault-abort-grpc-request``: a gRPC answer (200, ``grpc-status``, no body); the HTTP
+    header wins when both are there."""
+    aborts = fault(
+        f"""
+        name: envoy.filters.http.fault
+        typed_config:
+          "@type": {FAULT_TYPE}
+          abort: {{header_abort: {{}}, percentage: {{numerator: 100}}}}
+        """
+    )
+    async with proxied(filters(aborts)) as (b, _proxy, _app):
+        (r,) = await many(b, 1, "/", [("x-envoy-fault-abort-grpc-request", "14")])
+        assert (r.status, r.header("grpc-status"), r.header("content-type")) == (
+            200,
+            "14",
+            "application/grpc",
+        )
+        assert r.header("grpc-message") == "fault filter abort"
+        both = [("x-envoy-fault-abort-grpc-request", "14"), ("x-envoy-fault-abort-request", "502")]
+        (r,) = await many(b, 1, "/", both)
+        assert r.status == 502 and r.header("grpc-status") is None

@@ -4,7 +4,8 @@ Envoy's behaviour: the route's (then the virtual host's) ``HTTPFault`` replaces 
 request is eligible when every ``headers`` matcher matches, the route goes to ``upstream_cluster``
 (when set) and fewer than ``max_active_faults`` faults are in flight.  The delay comes first
 (``fixed_delay``, or the milliseconds of ``x-envoy-fault-delay-request`` with ``header_delay``), then
-the abort (``http_status``, or the status in ``x-envoy-fault-abort-request`` with ``header_abort``),
+the abort (``http_status``, or the status in ``x-envoy-fault-abort-request`` with ``header_abort``,
+else the gRPC status in ``x-envoy-fault-abort-grpc-request``),
 each for its own ``percentage`` of requests, answered with the body ``fault filter abort`` (with
 ``grpc_status``: a gRPC answer, 200 and ``grpc-status``/``grpc-message: fault filter abort`` in its
 headers, no body).  The runtime keys Envoy reads override the config:
@@ -197,9 +198,7 @@ class FaultFilter:
                     seconds = ms / 1000 if ms is not None and ms > 0 else seconds
                 percent = delay.percentage
                 if delay.fixed_delay is None:
-                    percent = self._header_percent(
-                        percent, request, b"x-envoy-fault-delay-request-percentage"
-                    )
+                    percent = self._header_percent(percent, request, DELAY_PERCENT_HEADER)
                 percent = self._percent(percent, "fault.http.delay.fixed_delay_percent")
                 if seconds and sample(percent, self.runtime, self.rng):
                     self.scope.inc("fault.delays_injected")
@@ -212,15 +211,7 @@ class FaultFilter:
                 grpc_status = runtime_grpc if runtime_grpc is not None and runtime_grpc >= 0 else grpc_status
                 percent = self._percent(abort.percentage, "fault.http.abort.abort_percent")
                 if sample(percent, self.runtime, self.rng):
-                    # Envoy: a gRPC answer with the status in its headers (trailers-only), no body
-                    self.scope.inc("fault.aborts_injected")
-                    outcome.status, outcome.body = 200, ""
-                    outcome.reply_headers += [
-                        (b"content-type", b"application/grpc"),
-                        (b"grpc-status", str(grpc_status).encode()),
-                        (b"grpc-message", b"fault filter abort"),
-                    ]
-                    outcome.flags.append("FI")
+                    self._grpc_abort(grpc_status, outcome)
             elif abort is not None:
                 status = abort.http_status
                 if status is None:
@@ -232,20 +223,38 @@ class FaultFilter:
                     runtime_status = _runtime_int(self.runtime, "fault.http.abort.http_status")
                     if runtime_status is not None and 200 <= runtime_status < 600:
                         status = runtime_status
+                header_grpc: int | None = None
+                if status is None and abort.http_status is None:  # Envoy: else a gRPC status header
+                    raw = _get(request.headers, b"x-envoy-fault-abort-grpc-request")
+                    header_grpc = int(raw) if raw is not None and raw.isdigit() and len(raw) < 10 else None
                 percent = abort.percentage
                 if abort.http_status is None:
-                    percent = self._header_percent(
-                        percent, request, b"x-envoy-fault-abort-request-percentage"
-                    )
+                    percent = self._header_percent(percent, request, ABORT_PERCENT_HEADER)
                 percent = self._percent(percent, "fault.http.abort.abort_percent")
-                if status is not None and sample(percent, self.runtime, self.rng):
-                    self.scope.inc("fault.aborts_injected")
-                    outcome.status = status
-                    outcome.body = "fault filter abort"
-                    outcome.flags.append("FI")
+                if (status is not None or header_grpc is not None) and sample(
+                    percent, self.runtime, self.rng
+                ):
+                    if status is None:
+                        self._grpc_abort(header_grpc, outcome)
+                    else:
+                        self.scope.inc("fault.aborts_injected")
+                        outcome.status = status
+                        outcome.body = "fault filter abort"
+                        outcome.flags.append("FI")
         finally:
             self.active -= 1
             self.scope.gauge_add("fault.active_faults", -1)
+
+    def _grpc_abort(self, grpc_status: int | None, outcome: FilterOutcome) -> None:
+        """Envoy's gRPC abort: 200 with the status in its headers (trailers-only), no body."""
+        self.scope.inc("fault.aborts_injected")
+        outcome.status, outcome.body = 200, ""
+        outcome.reply_headers += [
+            (b"content-type", b"application/grpc"),
+            (b"grpc-status", str(grpc_status).encode()),
+            (b"grpc-message", b"fault filter abort"),
+        ]
+        outcome.flags.append("FI")
 
     def _limit_response(self, config: HttpFault, request: RequestView, outcome: FilterOutcome) -> None:
         from ._chain import sample  # the chain imports this module
