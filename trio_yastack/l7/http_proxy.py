@@ -121,6 +121,8 @@ from .filters import (
     encode_response_data,
     encode_response_end,
     encode_response_headers,
+    limits_response_rate,
+    response_held,
     sample,
     start_compression,
 )
@@ -139,7 +141,7 @@ from .stats import Scope, Stats
 from .upstream import ClusterManager, ClusterRuntime, ConnectFailure, Overflow, UpstreamConnection
 
 if TYPE_CHECKING:
-    from .filters import FilterOutcome, RequestDecoder
+    from .filters import FilterOutcome, RequestDecoder, ResponseEncoder, ResponseRateLimiter
     from .proxy import ProxyState
 
 __all__ = ["MAX_REQUEST_HEADERS", "RETRY_BUFFER", "HttpConnectionManagerRuntime", "ProxyLimits"]
@@ -481,6 +483,7 @@ class HttpConnectionManagerRuntime:
         # that keeps or rewrites a response body (cache, compressor) — or one this list does not
         # know — sends every request through h11 and the general relay.
         self.plain_ok = all(f.type_name in _PLAIN_FILTERS for f in config.http_filters)
+        self.plain_ok = self.plain_ok and not limits_response_rate(config)  # a fault paces bodies
         # The lean path (:meth:`_proxy_plain`) for the fast path's bodyless requests when nothing
         # configured needs the general objects: plain filters only, no ``local_reply_config``.
         self.lean_ok = self.plain_ok and not self.local_reply
@@ -1660,6 +1663,7 @@ class _UpstreamRequest:
         encoders = rq.filters.encoders if rq.filters is not None else None  # filters' hooks (gRPC-Web)
         if encoders:
             headers = encode_response_headers(encoders, status, headers)
+        limiter = rq.filters.response_limiter if rq.filters is not None else None
         gzip: GzipStream | None = None
         if rq.filters is not None and rq.filters.compressor is not None and status != 101:
             gzip = start_compression(
@@ -1683,7 +1687,8 @@ class _UpstreamRequest:
             # leave in one send (a small response is one write), and a large body in chunks of
             # RECEIVE_SIZE, each written before more is read (backpressure).
             head = response_head(status, headers, _reason(status))
-            pending = [ds.h11.send(head)]
+            held = response_held(encoders) if encoders else False  # (Lua's body(): the head waits)
+            pending = [ds.h11.send(head)] if not held else []
             pending_bytes = 0
             with trio.CancelScope(
                 deadline=min(timing.route_deadline, trio.current_time() + timing.stream_idle)
@@ -1712,6 +1717,11 @@ class _UpstreamRequest:
                                     kept.clear()
                             data = event.data if not encoders else encode_response_data(encoders, event.data)
                             data = data if gzip is None else gzip.compress(data)
+                            if data and held:  # the filter let go of the head (its limit): it goes first
+                                held = False
+                                pending.append(ds.h11.send(head))
+                            if data and limiter is not None:  # the fault filter's bandwidth limit
+                                data = await _paced(ds, limiter, pending, record, data, scope, timing)
                             if data:
                                 record.bytes_sent += len(data)
                                 pending_bytes += len(data)
@@ -1726,7 +1736,13 @@ class _UpstreamRequest:
                                     trio.current_time(),
                                 )  # fmt: skip
                             trailers: Sequence[tuple[bytes, bytes]] = event.headers
-                            if encoders:
+                            if held:  # the whole body is here: the filter's head, body, trailers
+                                held_end = list(event.headers)
+                                head, trailers = _release_held(
+                                    ds, encoders or [], status, headers, gzip, record, held_end, pending
+                                )
+                                gzip = None
+                            elif encoders:
                                 end, trailers = encode_response_end(encoders, list(event.headers))
                                 end = end if gzip is None else gzip.compress(end)
                                 if end:
@@ -1824,6 +1840,52 @@ class _UpstreamRequest:
                 nursery.start_soon(pump, conn.stream, ds.stream, bytes(up_early), True)
         finally:
             await conn.aclose()
+
+
+def _release_held(
+    ds: _Downstream, encoders: list[ResponseEncoder], status: int, headers: list[tuple[bytes, bytes]],
+    gzip: GzipStream | None, record: AccessRecord, trailers: list[tuple[bytes, bytes]], pending: list[bytes],
+) -> tuple[h11.Response, Sequence[tuple[bytes, bytes]]]:  # fmt: skip
+    """A response whose head a filter held for its whole body (Lua's ``body()``): the filters' end
+    (the body as they leave it, the trailers), framed anew (``Content-Length`` unless trailers
+    follow), its head and body added to ``pending``; returns the head and the trailers."""
+    body, trailers = encode_response_end(encoders, trailers)
+    if gzip is not None:
+        body = gzip.compress(body) + gzip.finish()
+    bodyless = status in (204, 304) or record.method == "HEAD"
+    if not bodyless:
+        headers[:] = [h for h in headers if h[0].lower() not in (b"content-length", b"transfer-encoding")]
+        if not trailers:
+            headers.append((b"content-length", str(len(body)).encode()))
+    head = response_head(status, headers, _reason(status))
+    pending.append(ds.h11.send(head))
+    if body and not bodyless:
+        record.bytes_sent += len(body)
+        pending.append(ds.h11.send(h11.Data(data=body)))
+    return head, trailers
+
+
+async def _paced(
+    ds: _Downstream, limiter: ResponseRateLimiter, pending: list[bytes], record: AccessRecord, data: bytes,
+    scope: trio.CancelScope, timing: _Timing,
+) -> bytes:  # fmt: skip
+    """Write ``data`` as fast as ``limiter`` (the fault filter's) lets it, what is pending first;
+    the last piece is returned, for the caller to write with what follows.  The time the limiter
+    holds the body back is the proxy's own, not the upstream's: the route's timeout is moved on
+    by it (Envoy's stops once the upstream's response is in, which the limiter buffers)."""
+    while True:
+        n, wait = limiter.take(len(data), trio.current_time())
+        if n >= len(data):
+            return data
+        if n:
+            record.bytes_sent += n
+            pending.append(ds.h11.send(h11.Data(data=data[:n])))
+            await ds.send_pending(pending)
+            data = data[n:]
+        else:
+            timing.route_deadline += wait
+            scope.deadline = min(timing.route_deadline, trio.current_time() + wait + timing.stream_idle)
+            await trio.sleep(wait)
 
 
 async def _relay_plain(

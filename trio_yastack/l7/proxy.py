@@ -359,6 +359,9 @@ class Proxy:
         async with trio.open_nursery() as background:
             await background.start(self.clusters.run)
             self.state.background = background
+            for runtime in self.filters:  # jwt_authn's async_fetch: the JWKS before the listeners
+                if isinstance(runtime, HttpConnectionManagerRuntime) and runtime.filters is not None:
+                    await runtime.filters.start(background)
             background.start_soon(self._flush_logs_loop)
             opened: list[tuple[ListenerRuntime, trio.SocketListener]] = []
             admin: AdminServer | None = None

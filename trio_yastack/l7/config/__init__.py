@@ -73,6 +73,8 @@ from trio_yastack.tls.config import UpstreamTlsContext as UpstreamTlsContext
 from ._auth_filters import ExtAuthz as ExtAuthz
 from ._auth_filters import ExtAuthzBufferSettings as ExtAuthzBufferSettings
 from ._auth_filters import ExtAuthzPerRoute as ExtAuthzPerRoute
+from ._auth_filters import JwksAsyncFetch as JwksAsyncFetch
+from ._auth_filters import JwksRetryPolicy as JwksRetryPolicy
 from ._auth_filters import JwtAuthentication as JwtAuthentication
 from ._auth_filters import JwtPerRoute as JwtPerRoute
 from ._auth_filters import JwtProvider as JwtProvider
@@ -114,6 +116,7 @@ from ._http_filters import Cors as Cors
 from ._http_filters import CorsPolicy as CorsPolicy
 from ._http_filters import FaultAbort as FaultAbort
 from ._http_filters import FaultDelay as FaultDelay
+from ._http_filters import FaultRateLimit as FaultRateLimit
 from ._http_filters import GrpcWeb as GrpcWeb
 from ._http_filters import HttpCache as HttpCache
 from ._http_filters import HttpFault as HttpFault
@@ -187,6 +190,9 @@ from ._names import CodecType as CodecType
 from ._names import DnsLookupFamily as DnsLookupFamily
 from ._names import LbPolicy as LbPolicy
 from ._names import RuntimeValue as RuntimeValue
+from ._ratelimit import LocalDescriptor as LocalDescriptor
+from ._ratelimit import RateLimitAction as RateLimitAction
+from ._ratelimit import RateLimitPolicy as RateLimitPolicy
 from ._reader import ConfigError as ConfigError
 from ._reader import Problem as Problem
 from ._reader import format_problems as format_problems
@@ -225,6 +231,7 @@ __all__ = [
     "ExtAuthzPerRoute",
     "FaultAbort",
     "FaultDelay",
+    "FaultRateLimit",
     "FilterChain",
     "FractionalPercent",
     "GrpcWeb",
@@ -237,6 +244,8 @@ __all__ = [
     "HttpFault",
     "HttpFilter",
     "HttpFilterConfig",
+    "JwksAsyncFetch",
+    "JwksRetryPolicy",
     "JwtAuthentication",
     "JwtPerRoute",
     "JwtProvider",
@@ -245,6 +254,7 @@ __all__ = [
     "JwtRule",
     "LbEndpoint",
     "Listener",
+    "LocalDescriptor",
     "LocalRateLimit",
     "LocalityLbEndpoints",
     "Lua",
@@ -253,6 +263,8 @@ __all__ = [
     "OutlierDetection",
     "PerRouteConfig",
     "Problem",
+    "RateLimitAction",
+    "RateLimitPolicy",
     "Rbac",
     "RbacHeaderMatcher",
     "RbacMatcher",

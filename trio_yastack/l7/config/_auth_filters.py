@@ -150,15 +150,46 @@ class Rbac:
     shadow_rules_stat_prefix: str = ""
 
 
+#: the ``retry_on`` conditions a JWKS fetch's ``retry_policy`` may name, and Envoy's default
+JWKS_RETRY_ON = ("5xx", "gateway-error", "connect-failure", "reset", "retriable-4xx")
+JWKS_DEFAULT_RETRY_ON = ("5xx", "gateway-error", "connect-failure", "reset")
+
+
+@dataclass(frozen=True, slots=True)
+class JwksRetryPolicy:
+    """``remote_jwks.retry_policy`` (``core.v3.RetryPolicy``): ``num_retries`` (default 1) more
+    fetches on the ``retry_on`` conditions (Envoy's default for JWKS: 5xx, gateway-error,
+    connect-failure, reset), each after a jittered exponential back-off from ``base_interval``
+    (default 1 s) up to ``max_interval`` (default 10 x base); all within the ``http_uri`` timeout."""
+
+    num_retries: int = 1
+    retry_on: tuple[str, ...] = JWKS_DEFAULT_RETRY_ON
+    base_interval: float = 1.0
+    max_interval: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class JwksAsyncFetch:
+    """``remote_jwks.async_fetch``: the JWKS fetched before the listeners open (``fast_listener``:
+    without waiting for it) and again as ``cache_duration`` runs out; after a failed fetch, again
+    after ``failed_refetch_duration`` (default 1 s)."""
+
+    fast_listener: bool = False
+    failed_refetch_duration: float = 1.0
+
+
 @dataclass(frozen=True, slots=True)
 class JwtRemoteJwks:
     """``remote_jwks``: the JWKS fetched with a GET of ``uri`` from ``cluster`` (within ``timeout``),
-    kept for ``cache_duration`` (Envoy's default 10 minutes)."""
+    kept for ``cache_duration`` (Envoy's default 10 minutes); ``retry_policy`` (none by default);
+    ``async_fetch`` (None: fetched when a request needs it, the request waiting)."""
 
     uri: str
     cluster: str
     timeout: float = 1.0
     cache_duration: float = 600.0
+    retry_policy: JwksRetryPolicy | None = None
+    async_fetch: JwksAsyncFetch | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -690,12 +721,60 @@ def _jwt_claim_to_header(r: _Reader, v: object, path: str) -> tuple[str, str]:
     return header.lower(), claim
 
 
+def _jwks_retry_on(r: _Reader, v: object, path: str) -> tuple[str, ...]:
+    text = _str(r, v, path)
+    if not text:
+        return JWKS_DEFAULT_RETRY_ON  # Envoy: empty means the default
+    conditions = tuple(c.strip() for c in text.split(","))
+    bad = [c for c in conditions if c not in JWKS_RETRY_ON]
+    if bad:
+        r.fail(
+            path, f"unsupported retry_on {', '.join(map(repr, bad))} (supported: {', '.join(JWKS_RETRY_ON)})"
+        )
+    return conditions
+
+
+def _backoff(r: _Reader, v: object, path: str) -> tuple[float, float]:
+    f = _Fields(r, v, path, ("base_interval", "max_interval"))
+    base = f.req("base_interval", _duration_gt0)
+    top = f.opt("max_interval", _duration_gt0, None)
+    if base is not None and top is not None and top < base:
+        f.problem("max_interval", "must not be below base_interval")
+    f.done()
+    return base, top if top is not None else 10 * base
+
+
+def _jwks_retry_policy(r: _Reader, v: object, path: str) -> JwksRetryPolicy:
+    f = _Fields(r, v, path, ("retry_back_off", "num_retries", "retry_on"))
+    base, top = f.opt("retry_back_off", _backoff, None) or (1.0, 10.0)
+    policy = JwksRetryPolicy(
+        num_retries=f.opt("num_retries", _uint32, 1),
+        retry_on=f.opt("retry_on", _jwks_retry_on, JWKS_DEFAULT_RETRY_ON),
+        base_interval=base,
+        max_interval=top,
+    )
+    f.done()
+    return policy
+
+
+def _jwks_async_fetch(r: _Reader, v: object, path: str) -> JwksAsyncFetch:
+    f = _Fields(r, v, path, ("fast_listener", "failed_refetch_duration"))
+    fetch = JwksAsyncFetch(
+        fast_listener=f.opt("fast_listener", _bool, False),
+        failed_refetch_duration=f.opt("failed_refetch_duration", _duration_gt0, 1.0),
+    )
+    f.done()
+    return fetch
+
+
 def _jwt_remote_jwks(r: _Reader, v: object, path: str) -> JwtRemoteJwks:
-    f = _Fields(r, v, path, ("http_uri", "cache_duration"))
+    f = _Fields(r, v, path, ("http_uri", "cache_duration", "retry_policy", "async_fetch"))
     cache = f.opt("cache_duration", _duration_gt0, 600.0)
     uri = f.req("http_uri", _http_uri)
+    retry = f.opt("retry_policy", _jwks_retry_policy, None)
+    fetch = f.opt("async_fetch", _jwks_async_fetch, None)
     f.done()
-    return JwtRemoteJwks(uri[0], uri[1], uri[2], cache)
+    return JwtRemoteJwks(uri[0], uri[1], uri[2], cache, retry, fetch)
 
 
 def _http_uri(r: _Reader, v: object, path: str) -> tuple[str, str, float]:

@@ -49,6 +49,14 @@ from ._names import (
     ROUTER_NAME,
     SIMPLE_CACHE_TYPE,
 )
+from ._ratelimit import (
+    LocalDescriptor,
+    RateLimitPolicy,
+    TokenBucket,
+    _local_descriptor,
+    _rate_limit,
+    _token_bucket,
+)
 from ._reader import (
     _TYPED_CONFIG_FIELDS,
     Problem,
@@ -64,7 +72,6 @@ from ._reader import (
     _named_map,
     _nonempty_str,
     _only_field,
-    _positive_uint32,
     _Reader,
     _Skip,
     _str,
@@ -123,6 +130,16 @@ class FaultAbort:
 
 
 @dataclass(frozen=True, slots=True)
+class FaultRateLimit:
+    """``response_rate_limit``: the response body sent at ``limit_kbps`` KiB/s (``fixed_limit``), or
+    at the rate in the request's ``x-envoy-fault-throughput-response`` (``header_limit``: None here),
+    for ``percentage`` of requests (Envoy's default: none)."""
+
+    limit_kbps: int | None
+    percentage: FractionalPercent = field(default_factory=FractionalPercent)
+
+
+@dataclass(frozen=True, slots=True)
 class HttpFault:
     """``envoy.filters.http.fault`` (and its per-route override, the same type).  Delay first, then
     abort, as Envoy injects them; ``max_active_faults`` bounds faults in flight (unbounded by default);
@@ -135,16 +152,7 @@ class HttpFault:
     max_active_faults: int | None = None
     headers: tuple[HeaderMatcher, ...] = ()
     upstream_cluster: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class TokenBucket:
-    """``token_bucket``: starts full with ``max_tokens``; every ``fill_interval`` adds ``tokens_per_fill``
-    (default 1) up to ``max_tokens``."""
-
-    max_tokens: int
-    fill_interval: float
-    tokens_per_fill: int = 1
+    response_rate_limit: FaultRateLimit | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +172,16 @@ class LocalRateLimit:
     x_ratelimit_headers: bool = False
     #: added to a request the bucket refused but ``filter_enforced`` let through
     request_headers_to_add_when_not_enforced: tuple[HeaderValueOption, ...] = ()
+    #: ``descriptors[]``: a bucket per descriptor the route's ``rate_limits`` (of this ``stage``)
+    #: build for a request; ``vh_rate_limits`` says whether the virtual host's count too
+    descriptors: tuple[LocalDescriptor, ...] = ()
+    stage: int = 0
+    vh_rate_limits: str = "OVERRIDE"
+    #: ``always_consume_default_token_bucket`` (Envoy's default true): False takes from
+    #: ``token_bucket`` only when no descriptor matched
+    always_consume_default: bool = True
+    #: the filter's own ``rate_limits`` (when set, the route's and virtual host's are not read)
+    rate_limits: tuple[RateLimitPolicy, ...] = ()
 
 
 #: Envoy's default ``content_type`` list of the compressor
@@ -436,6 +454,8 @@ def _per_filter_config(r: _Reader, name: str, v: object, path: str) -> PerRouteC
         else:
             config = JwtPerRoute(requirement_name=tc.req("requirement_name", _nonempty_str))
     else:
+        if not tc.has("token_bucket"):  # Envoy rejects a per-route config without its own bucket
+            tc.problem("token_bucket", "required in typed_per_filter_config (the route's own bucket)")
         config = _local_ratelimit(r, tc)
     tc.done()
     return config
@@ -643,6 +663,19 @@ def _fault_abort(r: _Reader, v: object, path: str) -> FaultAbort:
     return abort
 
 
+def _fault_rate_limit(r: _Reader, v: object, path: str) -> FaultRateLimit:
+    f = _Fields(r, v, path, ("fixed_limit", "header_limit", "percentage"))
+    which = f.exactly_one("fixed_limit", "header_limit")
+    kbps = (
+        f.req("fixed_limit", _only_field("limit_kbps", _uint(1, 2**53))) if which == "fixed_limit" else None
+    )
+    if which == "header_limit":
+        f.req("header_limit", _empty_message)
+    limit = FaultRateLimit(kbps, f.opt("percentage", _fractional_percent, FractionalPercent()))
+    f.done()
+    return limit
+
+
 def _fault(r: _Reader, tc: _Fields) -> HttpFault:
     return HttpFault(
         delay=tc.opt("delay", _fault_delay, None),
@@ -650,18 +683,17 @@ def _fault(r: _Reader, tc: _Fields) -> HttpFault:
         max_active_faults=tc.opt("max_active_faults", _uint32, None),
         headers=tc.opt("headers", _list(_header_matcher), ()),
         upstream_cluster=tc.opt("upstream_cluster", _nonempty_str, None),
+        response_rate_limit=tc.opt("response_rate_limit", _fault_rate_limit, None),
     )
 
 
-def _token_bucket(r: _Reader, v: object, path: str) -> TokenBucket:
-    f = _Fields(r, v, path, ("max_tokens", "tokens_per_fill", "fill_interval"))
-    bucket = TokenBucket(
-        max_tokens=f.req("max_tokens", _positive_uint32),
-        fill_interval=f.req("fill_interval", _duration_gt0),
-        tokens_per_fill=f.opt("tokens_per_fill", _positive_uint32, 1),
-    )
-    f.done()
-    return bucket
+def _filter_rate_limits(r: _Reader, v: object, path: str) -> tuple[RateLimitPolicy, ...]:
+    """The filter's own ``rate_limits``: Envoy reads neither ``stage`` nor ``disable_key`` there."""
+    policies = _list(_rate_limit)(r, v, path)
+    for i, p in enumerate(policies):
+        if p.stage or p.disable_key:
+            r.fail(f"{path}[{i}]", "stage and disable_key are not read in the filter's rate_limits")
+    return policies
 
 
 def _local_ratelimit(r: _Reader, tc: _Fields) -> LocalRateLimit:
@@ -678,4 +710,9 @@ def _local_ratelimit(r: _Reader, tc: _Fields) -> LocalRateLimit:
         request_headers_to_add_when_not_enforced=tc.opt(
             "request_headers_to_add_when_not_enforced", _list(_header_value_option), ()
         ),
+        descriptors=tc.opt("descriptors", _list(_local_descriptor), ()),
+        stage=tc.opt("stage", _uint(0, 10), 0),
+        vh_rate_limits=tc.opt("vh_rate_limits", _enum(("OVERRIDE", "INCLUDE", "IGNORE")), "OVERRIDE"),
+        always_consume_default=tc.opt("always_consume_default_token_bucket", _bool, True),
+        rate_limits=tc.opt("rate_limits", _filter_rate_limits, ()),
     )

@@ -390,7 +390,7 @@ _TYPED_CONFIG_FIELDS: dict[str, tuple[str, ...]] = {
         "window_bits",
         "chunk_size",
     ),
-    FAULT_TYPE: ("delay", "abort", "max_active_faults", "headers", "upstream_cluster"),
+    FAULT_TYPE: ("delay", "abort", "max_active_faults", "headers", "upstream_cluster", "response_rate_limit"),
     LOCAL_RATELIMIT_TYPE: (
         "stat_prefix",
         "token_bucket",
@@ -401,6 +401,11 @@ _TYPED_CONFIG_FIELDS: dict[str, tuple[str, ...]] = {
         "local_rate_limit_per_downstream_connection",
         "enable_x_ratelimit_headers",
         "request_headers_to_add_when_not_enforced",
+        "descriptors",
+        "stage",
+        "vh_rate_limits",
+        "always_consume_default_token_bucket",
+        "rate_limits",
     ),
     EXT_AUTHZ_TYPE: (
         "http_service",

@@ -17,6 +17,7 @@ from ._core import (
 )
 from ._http_filters import PerRouteConfig, _per_filter_configs
 from ._names import RETRY_ON
+from ._ratelimit import RateLimitPolicy, _rate_limit
 from ._reader import (
     _UINT32_MAX,
     _bool,
@@ -67,6 +68,8 @@ class RouteAction:
     upgrade_configs: tuple[tuple[str, bool], ...] = ()
     #: ``request_mirror_policies[]``: (cluster, ``runtime_fraction``; None: every request)
     request_mirror_policies: tuple[tuple[str, FractionalPercent | None], ...] = ()
+    #: ``rate_limits[]``: the descriptors the local rate limit filter builds for this route
+    rate_limits: tuple[RateLimitPolicy, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +117,9 @@ class VirtualHost(_PerFilterConfigs):
     domains: tuple[str, ...]
     routes: tuple[Route, ...] = ()
     typed_per_filter_config: tuple[tuple[str, PerRouteConfig], ...] = ()
+    #: ``rate_limits[]``: the local rate limit filter's descriptors for every route here
+    #: (with the route's own per the filter's ``vh_rate_limits``)
+    rate_limits: tuple[RateLimitPolicy, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +190,7 @@ def _route_action(r: _Reader, v: object, path: str) -> RouteAction:
             "retry_policy",
             "upgrade_configs",
             "request_mirror_policies",
+            "rate_limits",
         ),
     )
     which = f.exactly_one("cluster", "weighted_clusters")
@@ -198,6 +205,7 @@ def _route_action(r: _Reader, v: object, path: str) -> RouteAction:
         retry_policy=f.opt("retry_policy", _retry_policy, None),
         upgrade_configs=f.opt("upgrade_configs", _list(_upgrade_config), ()),
         request_mirror_policies=f.opt("request_mirror_policies", _list(_mirror_policy), ()),
+        rate_limits=f.opt("rate_limits", _list(_rate_limit), ()),
     )
     f.done()
     return action
@@ -253,13 +261,14 @@ def _route(r: _Reader, v: object, path: str) -> Route:
 
 
 def _virtual_host(r: _Reader, v: object, path: str) -> VirtualHost:
-    f = _Fields(r, v, path, ("name", "domains", "routes", "typed_per_filter_config"))
+    f = _Fields(r, v, path, ("name", "domains", "routes", "typed_per_filter_config", "rate_limits"))
     name = f.req("name", _nonempty_str)
     domains = f.req("domains", _list(_nonempty_str, min_items=1))
     routes = f.opt("routes", _list(_route), ())
     per_filter = f.opt("typed_per_filter_config", _per_filter_configs, ())
+    rate_limits = f.opt("rate_limits", _list(_rate_limit), ())
     f.done()
-    return VirtualHost(name, domains, routes, per_filter)
+    return VirtualHost(name, domains, routes, per_filter, rate_limits)
 
 
 def _route_config(r: _Reader, v: object, path: str) -> RouteConfiguration:

@@ -21,6 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+import trio
+
 from ..config import (
     CACHE_NAME,
     COMPRESSOR_NAME,
@@ -45,7 +47,7 @@ from ._cache import CacheFilter, CacheStore
 from ._compressor import CompressorFilter
 from ._cors import CorsFilter
 from ._ext_authz import ExtAuthzFilter
-from ._fault import FaultFilter
+from ._fault import FaultFilter, ResponseRateLimiter
 from ._grpc_web import GrpcWebFilter
 from ._jwt_authn import JwtAuthnFilter
 from ._local_ratelimit import LocalRateLimitFilter
@@ -64,6 +66,7 @@ __all__ = [
     "encode_response_data",
     "encode_response_end",
     "encode_response_headers",
+    "response_held",
     "sample",
 ]
 
@@ -115,6 +118,12 @@ def encode_response_data(encoders: list[ResponseEncoder], data: bytes) -> bytes:
     for encoder in encoders:
         data = encoder.encode_data(data)
     return data
+
+
+def response_held(encoders: list[ResponseEncoder]) -> bool:
+    """Whether an encoder holds the response's head until the body has ended (its ``holding``,
+    read after ``encode_headers``: Lua's ``body()`` in ``envoy_on_response``)."""
+    return any(getattr(encoder, "holding", False) for encoder in encoders)
 
 
 def encode_response_end(encoders: list[ResponseEncoder], trailers: Headers) -> tuple[bytes, Headers]:
@@ -188,6 +197,8 @@ class FilterOutcome:
     #: a filter changed what routing reads (headers) and asks for the route again, as Envoy's
     #: filters clear the route cache: the filters after it see the new route, and so does the router
     clear_route: bool = False
+    #: paces the response body (the fault filter's ``response_rate_limit``)
+    response_limiter: ResponseRateLimiter | None = None
 
 
 def sample(percent: FractionalPercent, runtime: Callable[[str], RuntimeValue], rng: random.Random) -> bool:
@@ -287,7 +298,7 @@ class HttpFilterChain:
             elif kind == GRPC_WEB_NAME:
                 self.filters.append((f, GrpcWebFilter(scope)))
             elif kind == JWT_AUTHN_NAME:
-                self.filters.append((f, JwtAuthnFilter(f.config, scope, clusters)))  # type: ignore[arg-type]  # the config's type follows its name
+                self.filters.append((f, JwtAuthnFilter(f.config, scope, clusters, rng)))  # type: ignore[arg-type]  # the config's type follows its name
             elif kind == LUA_NAME:
                 from ._lua import LuaFilter
 
@@ -298,6 +309,14 @@ class HttpFilterChain:
         #: call ``body()``; ext_authz, whose ``with_request_body`` may be set here or on a route):
         #: then the connection manager hands the filters a :class:`RequestBody`
         self.reads_body = any(getattr(runtime, "reads_body", False) for _, runtime in self.filters)
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        """Start the filters' background tasks in the proxy's ``nursery`` (``jwt_authn``'s
+        ``async_fetch``), before the listeners open; returns when those that must finish first
+        (a JWKS fetch without ``fast_listener``) have."""
+        for _, runtime in self.filters:
+            if isinstance(runtime, JwtAuthnFilter):
+                await runtime.start(nursery)
 
     @staticmethod
     def needed(filters: tuple[HttpFilter, ...]) -> bool:

@@ -26,8 +26,10 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import random
 import time
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
@@ -35,6 +37,7 @@ import jwt
 import trio
 
 from ..config import (
+    JwksRetryPolicy,
     JwtAuthentication,
     JwtPerRoute,
     JwtProvider,
@@ -299,14 +302,22 @@ def extract(provider: JwtProvider, request: RequestView) -> list[_Token]:
 
 
 class _JwksCache:
-    """One provider's keys: inline or from a file (read once), or fetched from its cluster and kept
-    for ``cache_duration``; one fetch at a time."""
+    """One provider's keys: inline or from a file (read once), or fetched from its cluster.
 
-    def __init__(self, provider: JwtProvider) -> None:
+    Fetched on demand (a request waits for the fetch; one at a time), the keys are kept for
+    ``cache_duration``.  With ``async_fetch`` a task of the proxy fetches them before the
+    listeners open (:meth:`refresh`) and again every ``cache_duration`` (``failed_refetch_duration``
+    after a failure), and requests never fetch: they use the last keys fetched, which do not expire
+    (Envoy's), and fail when none has been fetched yet.  A fetch follows ``retry_policy``: more
+    attempts on its conditions after a jittered exponential back-off (Envoy's: uniform below
+    ``(2**n - 1) * base_interval``, at most ``max_interval``), all within ``http_uri.timeout``."""
+
+    def __init__(self, provider: JwtProvider, rng: random.Random | None = None) -> None:
         self.provider = provider
         self.keys: list[_Key] | None = None
         self.fetched_at = 0.0
         self.lock = trio.Lock()
+        self.rng = rng or random.Random()
         if provider.local_jwks is not None:
             try:
                 self.keys = load_jwks(provider.local_jwks.read())
@@ -319,41 +330,115 @@ class _JwksCache:
         remote = self.provider.remote_jwks
         if remote is None:
             return self.keys or []
+        if remote.async_fetch is not None:
+            return self.keys  # the proxy's task keeps them (None: not fetched yet)
         async with self.lock:
             if self.keys is not None and now() - self.fetched_at < remote.cache_duration:
                 return self.keys
-            try:
-                if clusters is None:
-                    raise SideCallError("no cluster manager")
-                authority, _, path = remote.uri.partition("://")[2].partition("/")
-                reply = await http_call(
-                    clusters[remote.cluster],
-                    "GET",
-                    "/" + path,
-                    [(b"accept", b"application/json")],
-                    timeout=remote.timeout,
-                    host_header=authority,
-                )
-                if reply.status != 200:
-                    raise SideCallError(f"status {reply.status}")
-                keys = load_jwks(reply.body)
-                if not keys:
-                    raise SideCallError("no usable key in the JWKS")
-            except SideCallError:
-                scope.inc(prefix + "jwks_fetch_failed")
-                return None  # Envoy keeps no stale keys past cache_duration either
-            scope.inc(prefix + "jwks_fetch_success")
-            self.keys, self.fetched_at = keys, now()
-            return keys
+            return await self._fetch(clusters, scope, prefix)
+
+    async def refresh(
+        self,
+        clusters: Any,
+        scope: Scope,
+        prefix: str,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """``async_fetch``: fetch now (``started`` once this first fetch is over, as Envoy opens
+        its listeners only then unless ``fast_listener``), then keep the keys fresh until cancelled."""
+        remote = self.provider.remote_jwks
+        assert remote is not None and remote.async_fetch is not None  # only started for these
+        started = False
+        while True:
+            async with self.lock:
+                keys = await self._fetch(clusters, scope, prefix, keep_old=True)
+            if not started:
+                task_status.started()
+                started = True
+            await trio.sleep(
+                remote.cache_duration if keys is not None else remote.async_fetch.failed_refetch_duration
+            )
+
+    async def _fetch(
+        self, clusters: Any, scope: Scope, prefix: str, keep_old: bool = False
+    ) -> list[_Key] | None:
+        """One fetch, retries included, counted once; the keys on success, else None (and the
+        cache forgets its keys unless ``keep_old``: Envoy keeps none past ``cache_duration``)."""
+        remote = self.provider.remote_jwks
+        assert remote is not None  # the callers checked
+        policy = remote.retry_policy
+        retries = policy.num_retries if policy is not None else 0
+        keys: list[_Key] | None = None
+        with trio.move_on_after(remote.timeout):
+            for attempt in range(retries + 1):
+                status, kind = 0, "other"
+                try:
+                    keys = await self._fetch_once(clusters, remote.uri, remote.cluster, remote.timeout)
+                    break
+                except SideCallError as exc:
+                    kind, status = exc.kind, exc.status
+                if policy is None or attempt == retries or not _retriable(policy, status, kind):
+                    break
+                ceiling = min((2 ** (attempt + 1) - 1) * policy.base_interval, policy.max_interval)
+                await trio.sleep(self.rng.uniform(0, ceiling))
+        if keys is None:
+            scope.inc(prefix + "jwks_fetch_failed")
+            if not keep_old:
+                self.keys = None
+            return None
+        scope.inc(prefix + "jwks_fetch_success")
+        self.keys, self.fetched_at = keys, trio.current_time()
+        return keys
+
+    @staticmethod
+    async def _fetch_once(clusters: Any, uri: str, cluster: str, timeout: float) -> list[_Key]:
+        if clusters is None:
+            raise SideCallError("no cluster manager")
+        authority, _, path = uri.partition("://")[2].partition("/")
+        reply = await http_call(
+            clusters[cluster], "GET", "/" + path, [(b"accept", b"application/json")],
+            timeout=timeout, host_header=authority,
+        )  # fmt: skip
+        if reply.status != 200:
+            raise SideCallError(f"status {reply.status}", status=reply.status)
+        keys = load_jwks(reply.body)
+        if not keys:
+            raise SideCallError("no usable key in the JWKS")
+        return keys
+
+
+def _retriable(policy: JwksRetryPolicy, status: int, kind: str) -> bool:
+    """Envoy's retry conditions: ``5xx``, ``gateway-error`` and ``reset`` retry a broken or refused
+    connection, ``connect-failure`` a refused one only; statuses as their names say (``no-host``
+    is Envoy's 503 ``no healthy upstream``)."""
+    on = policy.retry_on
+    if kind == "no-host":
+        status = 503
+    if status:
+        return (
+            ("5xx" in on and status >= 500)
+            or ("gateway-error" in on and status in (502, 503, 504))
+            or ("retriable-4xx" in on and status == 409)
+        )
+    if kind in ("reset", "connect-failure") and any(c in on for c in ("5xx", "gateway-error", "reset")):
+        return True
+    return kind == "connect-failure" and "connect-failure" in on
 
 
 class JwtAuthnFilter:
-    def __init__(self, config: JwtAuthentication, scope: Scope, clusters: object = None) -> None:
+    def __init__(
+        self,
+        config: JwtAuthentication,
+        scope: Scope,
+        clusters: object = None,
+        rng: random.Random | None = None,
+    ) -> None:
         self.config = config
         self.scope = scope
         self.clusters = clusters
         self.providers = {p.name: p for p in config.providers}
-        self.jwks = {p.name: _JwksCache(p) for p in config.providers}
+        self.jwks = {p.name: _JwksCache(p, rng) for p in config.providers}
         self.requirements = dict(config.requirement_map)
         # Envoy's counters: "jwt_authn." joined with the filter's stat_prefix as written
         self.prefix = prefix = "jwt_authn." + config.stat_prefix
@@ -361,6 +446,19 @@ class JwtAuthnFilter:
             *(prefix + n for n in ("allowed", "denied", "cors_preflight_bypassed", "jwks_fetch_success",
                                    "jwks_fetch_failed"))
         )  # fmt: skip
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        """``async_fetch``: each such provider's JWKS refreshed by a task of ``nursery``; the first
+        fetch awaited unless ``fast_listener``."""
+        for cache in self.jwks.values():
+            remote = cache.provider.remote_jwks
+            if remote is None or remote.async_fetch is None:
+                continue
+            refresh = partial(cache.refresh, self.clusters, self.scope, self.prefix)
+            if remote.async_fetch.fast_listener:
+                nursery.start_soon(refresh)
+            else:
+                await nursery.start(refresh)
 
     async def decode(
         self,

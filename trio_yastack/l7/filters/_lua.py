@@ -12,10 +12,18 @@ the script's globals from request to request.  The handles offer here:
   default true);
 - ``respond(headers, body)`` (requests only): a local reply with ``headers[":status"]`` (200-599),
   the other headers and ``body``; the script ends there;
-- ``body(always_wrap_body)`` (requests only): the script waits until the whole request body is read
-  (the connection manager's body limit applies: a larger body gets 413) and gets a buffer
-  (``length()``, ``getBytes(index, length)``, ``setBytes(data)``: the body forwarded is then
-  ``data``, its ``Content-Length`` updated), or nil for an empty body unless ``always_wrap_body``;
+- ``body(always_wrap_body)``: the script waits until the whole request body is read (the
+  connection manager's body limit applies: a larger body gets 413) and gets a buffer (``length()``,
+  ``getBytes(index, length)``, ``setBytes(data)``: the body forwarded is then ``data``, its
+  ``Content-Length`` updated), or nil for an empty body unless ``always_wrap_body``; in
+  ``envoy_on_response`` the response's head is held until its whole body is here (at most
+  :data:`MAX_RESPONSE_BODY`; a larger one fails the script and leaves as it came), the script's
+  header changes after ``body()`` apply, and ``setBytes`` replaces the body the client gets (its
+  ``Content-Length`` set as it leaves);
+- ``trailers()`` (responses): the script waits for the end of the response (its head and body are
+  not held) and gets its trailers (nil when there are none), which it may change before they leave;
+- ``bodyChunks()`` on a response: each piece as it passes (the head has gone; pieces are read-only:
+  ``setBytes`` fails the script);
 - ``httpCall(cluster, headers, body, timeout_ms, asynchronous)`` or ``httpCall(cluster, headers,
   body, {timeout_ms=, asynchronous=, return_duplicate_headers=})`` (requests only): an HTTP/1.1
   request to a configured cluster (``:method``, ``:path`` and ``:authority`` required); the script
@@ -36,18 +44,18 @@ the script's globals from request to request.  The handles offer here:
   ``uriSanPeerCertificate()``, ``dnsSansPeerCertificate()``, ``subjectPeerCertificate()``;
 - ``base64Escape(data)``, ``timestamp()`` and ``timestampString(resolution)``.
 
-- ``bodyChunks()`` (requests only): an iterator over the request body's pieces as they arrive,
+- ``bodyChunks()`` (requests): an iterator over the request body's pieces as they arrive,
   each a buffer (``length()``, ``getBytes()``, ``setBytes()``: that piece replaced; a body so
   changed is then read whole and its ``Content-Length`` updated); the pieces are kept for the
   router, within the body limit, since the router forwards the body after the filters;
 
-Not available (a script calling them fails, counted below): ``trailers()``,
-``metadata()``, the rest of stream info, the other
-``connection()`` calls; ``body()`` and ``httpCall()`` in
-``envoy_on_response`` (the response's head is sent before its body is read).
+Not available (a script calling them fails, counted below): ``trailers()`` in
+``envoy_on_request``, ``metadata()``, the rest of stream info, the other ``connection()`` calls;
+``httpCall()`` in ``envoy_on_response``; ``body()`` after ``trailers()`` or ``bodyChunks()`` in
+``envoy_on_response`` (the body has gone by then).
 
-Scripts run as coroutines, as in Envoy: ``body()`` and ``httpCall()`` yield to the filter, which
-awaits the body or the call and resumes the script with the result.
+Scripts run as coroutines, as in Envoy: ``body()``, ``trailers()`` and ``httpCall()`` yield to the
+filter, which awaits the body, the end or the call and resumes the script with the result.
 Every call is bounded: a script that runs more than :data:`MAX_INSTRUCTIONS` Lua instructions is
 stopped, and the Lua state's memory is capped at :data:`MAX_MEMORY`.  A script that fails (an error,
 a limit) is counted in ``lua.errors`` and the request goes on as Envoy lets it.
@@ -81,6 +89,8 @@ __all__ = ["MAX_INSTRUCTIONS", "MAX_MEMORY", "LuaFilter"]
 log = logging.getLogger("trio_yastack.l7.lua")
 Headers = list[tuple[bytes, bytes]]
 
+#: the largest response body ``body()`` in ``envoy_on_response`` holds (Envoy's default buffer limit)
+MAX_RESPONSE_BODY = 1024 * 1024
 #: the most Lua instructions one call of ``envoy_on_request``/``envoy_on_response`` may run
 MAX_INSTRUCTIONS = 1_000_000
 #: the memory one filter's Lua state may hold
@@ -178,11 +188,20 @@ local function handle(py, headers, on_request)
     py.respond(reply_headers, reply_body)
     coroutine.yield("respond")
   end
+  local trailers = nil
+  function h:trailers()
+    if on_request then error("trailers() is not available in envoy_on_request here", 2) end
+    if trailers == nil then
+      local map = coroutine.yield("trailers")
+      if map == nil then return nil end
+      trailers = header_map(map)
+    end
+    return trailers
+  end
   function h:body(always_wrap_body)
     if always_wrap_body ~= nil and type(always_wrap_body) ~= "boolean" then
       error("body(): always_wrap_body must be a boolean", 2)
     end
-    if not on_request then error("body() is not available in envoy_on_response here", 2) end
     if body == nil then
       coroutine.yield("body")
       body = buffer(py)
@@ -191,7 +210,6 @@ local function handle(py, headers, on_request)
     return body
   end
   function h:bodyChunks()
-    if not on_request then error("bodyChunks() is not available in envoy_on_response here", 2) end
     return function()
       if not coroutine.yield("chunk") then return nil end
       local c = {}
@@ -368,6 +386,8 @@ class _Call:
         self.header_map: _HeaderMap | None = None
         self.view: RequestView | None = None  # the request, for streamInfo() and connection()
         self.context = "{}"  # the route's filter_context (JSON), for filterContext()
+        self.on_response = False  # envoy_on_response's call: body() is the response's
+        self.response_chunk: bytes | None = None  # bodyChunks() on a response: the piece passing
 
     def info(self, what: str) -> Any:
         """``streamInfo()`` and ``connection():ssl()``'s answers, from the downstream connection
@@ -479,8 +499,12 @@ class _Call:
         return self.body[index : index + length].decode("latin-1")
 
     def set_bytes(self, data: object) -> None:
-        """``setBytes``: the request's body is now ``data`` (its ``Content-Length`` follows)."""
+        """``setBytes``: the body is now ``data`` (the request's ``Content-Length`` follows; the
+        response's is set as it leaves)."""
         raw = _text(data).encode("latin-1")
+        if self.on_response:  # the response's body: the connection manager frames it when it leaves
+            self.body = raw
+            return
         if self.body_source is None or self.request_headers is None:
             raise lupa.LuaError("setBytes(): no request body here")
         replace_body(self.body_source, self.request_headers, raw)
@@ -507,6 +531,10 @@ class _Call:
         return self.chunks_seen - 1
 
     def _chunk(self, index: object) -> bytes:
+        if self.on_response:  # only the piece passing now
+            if index != self.chunks_seen - 1 or self.response_chunk is None:
+                raise lupa.LuaError("bodyChunks(): that chunk has already been passed on")
+            return self.response_chunk
         source = self.body_source
         if source is None or not isinstance(index, int) or not 0 <= index < len(source.kept):
             raise lupa.LuaError("bodyChunks(): that chunk has already been passed on")
@@ -524,6 +552,8 @@ class _Call:
         return data[i : i + n].decode("latin-1")
 
     def chunk_set_bytes(self, index: object, data: object) -> None:
+        if self.on_response:  # its head (and length) has gone: Envoy's chunks stream by, read-only here
+            raise lupa.LuaError("setBytes(): a response's chunks cannot be changed here")
         self._chunk(index)
         assert self.body_source is not None and isinstance(index, int)
         self.body_source.kept[index] = _text(data).encode("latin-1")
@@ -618,24 +648,97 @@ class _Script:
 
 
 class _LuaResponse:
-    """The response side of one request: ``envoy_on_response`` on the response's head (an encoder
-    of :class:`~._chain.FilterOutcome`)."""
+    """The response side of one request (an encoder of :class:`~._chain.FilterOutcome`):
+    ``envoy_on_response`` runs on the response's head; a script that calls ``body()`` holds the head
+    (:attr:`holding`, which the connection manager honours) until the whole body is here, then goes
+    on, and the head (with the script's changes), the body (``setBytes``' if it set one) and the
+    trailers leave; one that calls ``trailers()`` lets the head and body go and goes on at the end
+    with the trailers (nil when there are none), changing them before they leave.  A body larger
+    than :data:`MAX_RESPONSE_BODY` fails the script (counted) and leaves as it came."""
 
     def __init__(self, filter_: LuaFilter, script: _Script, view: RequestView) -> None:
         self.filter = filter_
         self.script = script
         self.view = view
+        self.step: Any = None  # the script, waiting ("body" or "trailers"), or None once it ended
+        self.waiting = ""
+        self.holding = False
+        self.call: _Call | None = None
+        self.kept: list[bytes] = []
+        self.kept_bytes = 0
 
     def encode_headers(self, status: int, headers: Headers) -> Headers:
         headers = list(headers)
-        self.filter.run_response(self.script.on_response, headers, {":status": str(status)}, self.view)
+        pseudo = {":status": str(status)}
+        started = self.filter.start_response(self.script.on_response, headers, pseudo, self.view)
+        if started is not None:
+            self.step, self.waiting, self.call = started
+            self.holding = self.waiting == "body"
         return headers
 
     def encode_data(self, data: bytes) -> bytes:
-        return data
+        if self.waiting == "chunk" and data:
+            self._next_chunk(data)
+        if not self.holding:
+            return data
+        self.kept.append(bytes(data))
+        self.kept_bytes += len(data)
+        if self.kept_bytes > MAX_RESPONSE_BODY:  # let go: the script fails, the body leaves as it is
+            self.filter._failed(_ScriptFailed(f"body(): the response is over {MAX_RESPONSE_BODY} bytes"))
+            self.holding, self.step = False, None
+            out = b"".join(self.kept)
+            self.kept.clear()
+            return out
+        return b""
+
+    def _next_chunk(self, data: bytes) -> None:
+        """``bodyChunks()``: the script sees this piece (which passes on unchanged) and goes on
+        until it asks for the next one, waits for the trailers, or ends."""
+        call = self.call
+        assert call is not None and self.step is not None  # waiting for a chunk
+        call.response_chunk = bytes(data)
+        call.chunks_seen += 1
+        try:
+            what = self.filter._step(self.step, True)
+            if what not in ("chunk", "trailers", "done"):
+                raise _ScriptFailed(f"{what} is not available while reading chunks here")
+        except _ScriptFailed as exc:
+            self.filter._failed(exc)
+            what = "done"
+        finally:
+            call.response_chunk = None
+        self.waiting = what
+        if what == "done":
+            self.step = None
 
     def encode_end(self, trailers: Headers) -> tuple[bytes, Headers]:
-        return b"", trailers
+        step, call = self.step, self.call
+        body = b"".join(self.kept)
+        self.kept.clear()
+        self.step = None
+        self.holding = False
+        if step is None or call is None:
+            return body, trailers
+        call.body = body
+        trailers = list(trailers)
+        what = self.waiting
+        try:
+            while what != "done":
+                if what == "chunk":  # no more pieces: the iterator ends
+                    what = self.filter._step(step, False)
+                elif what == "body":
+                    if self.waiting != "body":  # trailers() first: the body has gone
+                        raise _ScriptFailed("body() after the body has been sent")
+                    what = self.filter._step(step)
+                elif what == "trailers":
+                    table = _HeaderMap(trailers, {}, self.filter.runtime) if trailers else None
+                    what = self.filter._step(step, table)
+                else:
+                    raise _ScriptFailed(f"{what} is not available in envoy_on_response here")
+        except _ScriptFailed as exc:
+            self.filter._failed(exc)
+            return body, trailers
+        return (call.body if self.waiting == "body" else body), trailers
 
 
 class _ScriptFailed(Exception):
@@ -687,27 +790,35 @@ class LuaFilter:
             what = step(*args)
         except (lupa.LuaError, lupa.LuaMemoryError, ValueError, TypeError) as exc:
             raise _ScriptFailed(exc) from None
-        if what not in ("done", "respond", "body", "http", "chunk"):
+        if what not in ("done", "respond", "body", "http", "chunk", "trailers"):
             raise _ScriptFailed("script performed an unexpected yield")
         return str(what)
 
-    def run_response(
+    def start_response(
         self, entry: Any, headers: Headers, pseudo: dict[str, str], view: RequestView | None = None
-    ) -> None:
-        """``envoy_on_response(handle)`` on the response's head, within the limits; a failure is
-        counted and logged, never raised (``body()`` and ``httpCall()`` fail here: the head is
-        sent before the body is read)."""
+    ) -> tuple[Any, str, _Call] | None:
+        """``envoy_on_response(handle)`` on the response's head, within the limits, until it ends
+        (None) or waits for the body or the trailers: then the script, what it waits for, and its
+        call, for :class:`_LuaResponse` to go on with.  A failure is counted and logged, never
+        raised."""
         if entry is None:
-            return
+            return None
         call = _Call(self, False)
         call.view = view
+        call.on_response = True
         try:
             step = self._start(
                 entry, call, _HeaderMap(headers, pseudo, self.runtime), MAX_INSTRUCTIONS, False
             )
-            self._step(step)
+            what = self._step(step)
         except _ScriptFailed as exc:
             self._failed(exc)
+            return None
+        if what in ("body", "trailers", "chunk"):
+            return step, what, call
+        if what != "done":
+            self._failed(_ScriptFailed(f"{what} is not available in envoy_on_response here"))
+        return None
 
     async def run_request(self, entry: Any, request: RequestView, call: _Call) -> None:
         """``envoy_on_request(handle)`` as a coroutine: resumed after each wait it yields for (the

@@ -33,7 +33,15 @@ Headers = list[tuple[bytes, bytes]]
 
 class SideCallError(Exception):
     """The call failed: no healthy host, connection refused or reset, timeout, a malformed or
-    oversized response.  The message says which (for logs and tests)."""
+    oversized response.  The message says which (for logs and tests); ``kind`` says which for a
+    retry policy: ``connect-failure``, ``reset`` (the connection broke), ``no-host`` (what Envoy
+    answers 503), or ``other`` (a timeout, a malformed or oversized answer: not retried);
+    ``status``: the answer's status when a caller refused it for that."""
+
+    def __init__(self, message: str, kind: str = "other", status: int = 0) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.status = status
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,13 +78,13 @@ async def _call(
 ) -> SideResponse:
     host = cluster.choose_host()
     if host is None:
-        raise SideCallError(f"{cluster.name}: no healthy upstream")
+        raise SideCallError(f"{cluster.name}: no healthy upstream", "no-host")
     try:
         stream = await cluster.open_tunnel(host)
     except (ConnectFailure, OSError, trio.BrokenResourceError) as exc:
-        raise SideCallError(f"{cluster.name}: {exc}") from None
+        raise SideCallError(f"{cluster.name}: {exc}", "connect-failure") from None
     if stream is None:
-        raise SideCallError(f"{cluster.name}: max_connections reached")
+        raise SideCallError(f"{cluster.name}: max_connections reached", "no-host")
     try:
         conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=64 * 1024)
         head = [(b"host", (host_header or cluster.name).encode("latin-1"))]
@@ -92,7 +100,9 @@ async def _call(
             if event is h11.NEED_DATA:
                 data = await stream.receive_some(_READ)
                 if not data:
-                    raise SideCallError(f"{cluster.name}: connection closed before the response ended")
+                    raise SideCallError(
+                        f"{cluster.name}: connection closed before the response ended", "reset"
+                    )
                 conn.receive_data(bytes(data))
             elif isinstance(event, h11.Response):
                 status, reply_headers = event.status_code, list(event.headers)
@@ -104,11 +114,11 @@ async def _call(
             elif isinstance(event, h11.EndOfMessage):
                 return SideResponse(status, reply_headers, b"".join(chunks))
             elif isinstance(event, h11.ConnectionClosed):
-                raise SideCallError(f"{cluster.name}: connection closed before the response ended")
+                raise SideCallError(f"{cluster.name}: connection closed before the response ended", "reset")
     except h11.ProtocolError as exc:
         raise SideCallError(f"{cluster.name}: malformed response: {exc}") from None
     except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-        raise SideCallError(f"{cluster.name}: {exc}") from None
+        raise SideCallError(f"{cluster.name}: {exc}", "reset") from None
     finally:
         with trio.CancelScope(shield=True):
             await trio.aclose_forcefully(stream)
