@@ -603,7 +603,7 @@ class HttpConnectionManagerRuntime:
             # has the response): then no wait, and no cancel scope for one.
             data = None
             if ds.raw is not None:
-                data = receive_now(ds.raw, RECEIVE_SIZE)
+                data = ds.io.receive_now(ds.raw, RECEIVE_SIZE)
             if data is not None:
                 ds.bytes_received += len(data)
                 if not data:
