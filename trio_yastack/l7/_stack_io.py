@@ -64,10 +64,11 @@ class StackRaw:
     when they would wait, so ``receive_now``/``send_now`` take this object as they take a
     ``socket.socket``), ``fileno()``; and what the waits need: the socket, its TCP connection, the
     socket's waiter (the connection's ``waiter``, which the poll loop wakes; the socket keeps it
-    to the end, and its ``close`` wakes it), and the mark of a wait ended by its deadline or by
-    :func:`expire`."""
+    to the end, and its ``close`` wakes it), the mark of a wait ended by its deadline or by
+    :func:`expire`, and the run's deadline timer once a wait had a deadline (kept here: a
+    ``RunVar`` lookup per wait costs more than the slot)."""
 
-    __slots__ = ("conn", "expired", "recv", "send", "sock", "waiter")
+    __slots__ = ("conn", "expired", "recv", "send", "sock", "timer", "waiter")
 
     def __init__(self, sock: StackSocket, conn: TcpConnection, waiter: Waiter) -> None:
         self.sock = sock
@@ -76,6 +77,7 @@ class StackRaw:
         self.recv: Callable[[int], bytes] = sock.recv_nowait
         self.send: Callable[[bytes], int] = sock.send_nowait
         self.expired = False
+        self.timer: _Timer | None = None
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -126,11 +128,9 @@ async def wait_readable(raw: StackRaw, deadline: float = _INF) -> bool:
     task = trio.lowlevel.current_task()
     timer = None
     if deadline != _INF:
-        timer = _TIMER.get()
+        timer = raw.timer
         if timer is None:
-            timer = _Timer()
-            _TIMER.set(timer)
-            trio.lowlevel.spawn_system_task(timer.run, name="trio_yastack.l7._stack_io timer")
+            timer = raw.timer = _run_timer()
         timer.deadlines[raw] = deadline  # (one already passed: the timer, aimed at it, wakes at once)
         if deadline < timer.target:
             timer.aim(deadline)
@@ -240,6 +240,16 @@ class _Timer:
         self.target = deadline
         if self.scope is not None:
             self.scope.deadline = deadline
+
+
+def _run_timer() -> _Timer:
+    """This run's :class:`_Timer`, started at its first use."""
+    timer = _TIMER.get()
+    if timer is None:
+        timer = _Timer()
+        _TIMER.set(timer)
+        trio.lowlevel.spawn_system_task(timer.run, name="trio_yastack.l7._stack_io timer")
+    return timer
 
 
 _TIMER: trio.lowlevel.RunVar[_Timer | None] = trio.lowlevel.RunVar("yastack_stack_io", default=None)
