@@ -9,9 +9,11 @@ scheduling as trio's own socket methods (a checkpoint before, one scheduler pass
 did not have to wait, ``wait_readable``/``wait_writable`` when it would block), as the lean ASGI
 server does (``l7/asgi/_http11.py``).
 
-Only for a ``trio.SocketStream`` over a kernel socket: a stack socket, a TLS stream or an HTTP/2
-stream bridge has no stdlib socket under it (:func:`kernel_socket` answers None) and keeps its
-stream's own methods.  Errors stay what the proxy already handles: ``OSError`` from the system call
+Only for a ``trio.SocketStream`` over a kernel socket: a stack socket has its counterpart,
+:mod:`._stack_io` (the same functions, on the stack socket's non-blocking calls and its waiter;
+:func:`receive_now` and :func:`send_now` serve both, through :class:`RawSocket`), and a TLS stream
+or an HTTP/2 stream bridge keeps its stream's own methods (:func:`kernel_socket` answers None for
+all three).  Errors stay what the proxy already handles: ``OSError`` from the system call
 (trio would have turned it into ``BrokenResourceError``), ``ClosedResourceError`` when another task
 closes the socket during a wait (:func:`notify_closing`, as trio's own for its waits).
 
