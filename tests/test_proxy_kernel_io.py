@@ -20,7 +20,7 @@ import trio.testing
 from proxy_helpers import bootstrap, cluster, hcm, http_listener, running_proxy
 
 from trio_yastack.l7 import _kernel_io as kernel_io
-from trio_yastack.l7 import http_proxy, upstream
+from trio_yastack.l7 import http_proxy
 from trio_yastack.l7._kernel_io import (
     expire,
     kernel_socket,
@@ -404,10 +404,10 @@ async def test_the_proxy_on_kernel_sockets_does_its_io_through_kernel_io(
 
         return wrapper
 
-    for module in (http_proxy, upstream):
-        monkeypatch.setattr(module, "send_all", counted("send", module.send_all))
-        monkeypatch.setattr(module, "receive_some", counted("receive", module.receive_some))
-    monkeypatch.setattr(upstream, "receive_later", counted("receive", upstream.receive_later))
+    # (the connections call their io module's waits and general reads and writes: _kernel_io's)
+    monkeypatch.setattr(kernel_io, "send_all", counted("send", kernel_io.send_all))
+    monkeypatch.setattr(kernel_io, "receive_some", counted("receive", kernel_io.receive_some))
+    monkeypatch.setattr(kernel_io, "receive_later", counted("receive", kernel_io.receive_later))
     monkeypatch.setattr(http_proxy, "send_now", counted_now("send", http_proxy.send_now))
     monkeypatch.setattr(http_proxy, "receive_now", counted_now("receive", http_proxy.receive_now))
     backend_port, proxy_port = _free_port(), _free_port()

@@ -9,9 +9,11 @@ scheduling as trio's own socket methods (a checkpoint before, one scheduler pass
 did not have to wait, ``wait_readable``/``wait_writable`` when it would block), as the lean ASGI
 server does (``l7/asgi/_http11.py``).
 
-Only for a ``trio.SocketStream`` over a kernel socket: a stack socket, a TLS stream or an HTTP/2
-stream bridge has no stdlib socket under it (:func:`kernel_socket` answers None) and keeps its
-stream's own methods.  Errors stay what the proxy already handles: ``OSError`` from the system call
+Only for a ``trio.SocketStream`` over a kernel socket: a stack socket has its counterpart,
+:mod:`._stack_io` (the same functions, on the stack socket's non-blocking calls and its waiter;
+:func:`receive_now` and :func:`send_now` serve both, through :class:`RawSocket`), and a TLS stream
+or an HTTP/2 stream bridge keeps its stream's own methods (:func:`kernel_socket` answers None for
+all three).  Errors stay what the proxy already handles: ``OSError`` from the system call
 (trio would have turned it into ``BrokenResourceError``), ``ClosedResourceError`` when another task
 closes the socket during a wait (:func:`notify_closing`, as trio's own for its waits).
 
@@ -34,10 +36,13 @@ from __future__ import annotations
 import contextlib
 import select
 import socket
+from typing import Any, Protocol
 
 import trio
 
 __all__ = [
+    "RawIO",
+    "RawSocket",
     "expire",
     "kernel_socket",
     "notify_closing",
@@ -49,6 +54,30 @@ __all__ = [
     "send_now",
     "wait_readable",
 ]
+
+
+class RawSocket(Protocol):
+    """What :func:`receive_now` and :func:`send_now` call: a non-blocking ``socket.socket``'s
+    ``recv`` and ``send`` (``BlockingIOError`` when they would wait), and ``fileno``; a kernel
+    socket, or a stack socket seen this way (:class:`._stack_io.StackRaw`)."""
+
+    def recv(self, size: int, /) -> bytes: ...
+    def send(self, data: bytes, /) -> int: ...
+    def fileno(self) -> int: ...
+
+
+class RawIO(Protocol):
+    """The waits and the general reads and writes for one kind of :class:`RawSocket`: this module
+    for kernel sockets, :mod:`._stack_io` for the stack's (a connection keeps the one for its
+    socket, so the callers treat both alike)."""
+
+    async def wait_readable(self, raw: Any, deadline: float = ..., /) -> bool: ...
+    def receive_now(self, raw: Any, size: int, /) -> bytes | None: ...
+    async def receive_some(self, raw: Any, size: int, /) -> bytes: ...
+    async def receive_later(self, raw: Any, size: int, /) -> bytes: ...
+    async def send_all(self, raw: Any, data: bytes, /) -> None: ...
+    def expire(self, raw: Any, /) -> None: ...
+    def notify_closing(self, raw: Any, /) -> None: ...
 
 
 def kernel_socket(stream: trio.abc.Stream) -> socket.socket | None:
@@ -127,7 +156,7 @@ async def receive_until(raw: socket.socket, size: int, deadline: float) -> bytes
             continue
 
 
-def receive_now(raw: socket.socket, size: int) -> bytes | None:
+def receive_now(raw: RawSocket, size: int) -> bytes | None:
     """What ``raw`` holds already (b"" at EOF), or None when a read would have to wait: the
     caller waits (and sets up its timers, a trio cancel scope) only then.  No checkpoint: the
     caller's next wait is its scheduling point."""
@@ -137,7 +166,7 @@ def receive_now(raw: socket.socket, size: int) -> bytes | None:
         return None
 
 
-def send_now(raw: socket.socket, data: bytes) -> int:
+def send_now(raw: RawSocket, data: bytes) -> int:
     """How much of ``data`` the kernel takes without waiting (0 when the socket buffer is full):
     the caller waits for the rest (with :func:`send_all`, under its timers) only when some is
     left.  No checkpoint, as :func:`receive_now`."""

@@ -91,15 +91,8 @@ from ._http1 import (
     request_head_bytes,
     response_head_bytes,
 )
-from ._kernel_io import (
-    expire,
-    kernel_socket,
-    receive_now,
-    receive_some,
-    send_all,
-    send_now,
-    wait_readable,
-)
+from ._kernel_io import RawIO, RawSocket, receive_now, send_now
+from ._stack_io import stream_io
 from .access_log import AccessLogger, AccessRecord
 from .config import (
     CORS_NAME,
@@ -200,6 +193,7 @@ class _Downstream:
         "filter_state",
         "h11",
         "initial",
+        "io",
         "parser",
         "plain",
         "protocol",
@@ -208,15 +202,16 @@ class _Downstream:
         "request_headers",
         "response_started",
         "scheme",
-        "sock",
         "stream",
     )
 
     def __init__(self, stream: trio.abc.Stream, remote: str, scheme: str) -> None:
         self.stream = stream
-        self.raw = kernel_socket(stream)  # set: I/O straight on it (:mod:`._kernel_io`)
-        # a trio socket (the stack's, when ``raw`` is None): asked whether a read would wait
-        self.sock = stream.socket if type(stream) is trio.SocketStream else None
+        # set: I/O straight on it (a kernel socket's or the stack's), waits by ``io``
+        # (:mod:`._kernel_io` or :mod:`._stack_io`)
+        self.raw: RawSocket | None
+        self.io: RawIO
+        self.raw, self.io = stream_io(stream)
         self.filter_state: dict[int, object] = {}  # per-connection filter state (token buckets)
         self.request_headers: list[tuple[bytes, bytes]] = []  # kept only for local_reply_config
         self.remote = remote
@@ -237,10 +232,10 @@ class _Downstream:
             await self.write(data)
 
     def cancel(self) -> None:
-        """A drain: end the wait for the next request (:func:`wait_readable` on ``raw``) now, as
+        """A drain: end the wait for the next request (``io.wait_readable`` on ``raw``) now, as
         cancelling its scope would (``ProxyState.idle_waits``)."""
         if self.raw is not None:
-            expire(self.raw)
+            self.io.expire(self.raw)
 
     async def send_pending(self, pending: list[bytes]) -> None:
         """Write what h11 produced for several events in one send, and empty ``pending``."""
@@ -252,13 +247,13 @@ class _Downstream:
 
     async def write(self, data: bytes) -> None:
         if self.raw is not None:
-            await send_all(self.raw, data)
+            await self.io.send_all(self.raw, data)
         else:
             await self.stream.send_all(data)
 
     async def receive(self) -> bytes | bytearray:
         if self.raw is not None:
-            return await receive_some(self.raw, RECEIVE_SIZE)
+            return await self.io.receive_some(self.raw, RECEIVE_SIZE)
         return await self.stream.receive_some(RECEIVE_SIZE)
 
     async def next_event(self, deadline: float) -> h11.Event | None:
@@ -611,22 +606,21 @@ class HttpConnectionManagerRuntime:
             # has the response): then no wait, and no cancel scope for one.
             data = None
             if ds.raw is not None:
-                data = receive_now(ds.raw, RECEIVE_SIZE)
-            elif ds.sock is not None and ds.sock.is_readable():
-                data = await ds.receive()  # (returns at once)
+                data = ds.io.receive_now(ds.raw, RECEIVE_SIZE)
             if data is not None:
                 ds.bytes_received += len(data)
                 if not data:
                     return False
         if data is None and ds.raw is not None:
-            # Found empty just now: the wait first, its idle deadline kept by _kernel_io's timer
-            # (no cancel scope); a drain ends it (_Downstream.cancel) as it cancels the scopes.
+            # Found empty just now: the wait first, its idle deadline kept by the io module's
+            # timer (no cancel scope); a drain ends it (_Downstream.cancel) as it cancels the scopes.
             idle = self.config.idle_timeout
             self.state.idle_waits.add(ds)
             deadline = trio.current_time() + idle if idle else _INF
+            wait_readable = ds.io.wait_readable
             try:
                 # receive_until's loop, with its wait straight on _kernel_io's reader (one
-                # coroutine level fewer to resume)
+                # coroutine level fewer to resume), or on the stack socket's waiter
                 while True:
                     if not await wait_readable(ds.raw, deadline):
                         break
@@ -2070,9 +2064,9 @@ async def _send_plain(conn: UpstreamConnection, data: bytes) -> PlainResponse:
 
 
 async def _send_plain_until(conn: UpstreamConnection, data: bytes, deadline: float) -> PlainResponse | None:
-    """:func:`_send_plain` on a kernel socket (``conn.raw``), with ``deadline`` kept by
-    :mod:`._kernel_io`'s reader (:func:`wait_readable`) instead of a cancel scope: None when it
-    passes before the head."""
+    """:func:`_send_plain` on a kernel or stack socket (``conn.raw``), with ``deadline`` kept by
+    its io module's timer (``conn.io.wait_readable``: :mod:`._kernel_io`'s reader, or the stack
+    socket's waiter) instead of a cancel scope: None when it passes before the head."""
     raw = conn.raw
     assert raw is not None
     conn.requests += 1
@@ -2090,7 +2084,9 @@ async def _send_plain_until(conn: UpstreamConnection, data: bytes, deadline: flo
         if scope.cancelled_caught:
             return None
     # The answer cannot be there yet: the wait first, straight on _kernel_io's reader (one
-    # coroutine level fewer to resume than receive_until's), then the reads.
+    # coroutine level fewer to resume than receive_until's) or the stack socket's waiter, then
+    # the reads.
+    wait_readable = conn.io.wait_readable
     while True:
         if not await wait_readable(raw, deadline):
             return None

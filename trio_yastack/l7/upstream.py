@@ -54,7 +54,8 @@ import trio
 from trio_yastack.tls.contexts import peer_san_matches
 
 from ._http1 import ResponseReader
-from ._kernel_io import kernel_socket, notify_closing, receive_later, receive_some, send_all
+from ._kernel_io import RawIO, RawSocket
+from ._stack_io import stream_io
 from .config import Cluster, HealthCheck, LbEndpoint, LocalityLbEndpoints, OutlierDetection
 from .h2_upstream import H2Upstream
 from .network import Network
@@ -100,6 +101,7 @@ class UpstreamConnection:
         "h11",
         "host",
         "idle_since",
+        "io",
         "plain",
         "raw",
         "reader",
@@ -113,7 +115,11 @@ class UpstreamConnection:
 
     def __init__(self, stream: trio.abc.Stream, host: Host) -> None:
         self.stream = stream
-        self.raw = kernel_socket(stream)  # set: I/O straight on it (:mod:`._kernel_io`)
+        # set: I/O straight on it (a kernel socket's or the stack's), waits by ``io``
+        # (:mod:`._kernel_io` or :mod:`._stack_io`)
+        self.raw: RawSocket | None
+        self.io: RawIO
+        self.raw, self.io = stream_io(stream)
         self.host = host
         self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=64 * 1024)
         self.reader: ResponseReader | None = None
@@ -133,7 +139,7 @@ class UpstreamConnection:
 
     async def write(self, data: bytes) -> None:
         if self.raw is not None:
-            await send_all(self.raw, data)
+            await self.io.send_all(self.raw, data)
         else:
             await self.stream.send_all(data)
 
@@ -143,9 +149,9 @@ class UpstreamConnection:
         data: bytes | bytearray
         if self.raw is not None:
             if later:
-                data = await receive_later(self.raw, RECEIVE_SIZE)
+                data = await self.io.receive_later(self.raw, RECEIVE_SIZE)
             else:
-                data = await receive_some(self.raw, RECEIVE_SIZE)
+                data = await self.io.receive_some(self.raw, RECEIVE_SIZE)
         else:
             data = await self.stream.receive_some(RECEIVE_SIZE)
         self.received += len(data)
@@ -172,7 +178,7 @@ class UpstreamConnection:
         self.closed = True
         self.host.cluster.connection_closed(self)
         if self.raw is not None:  # a reader in another task gets ClosedResourceError, as from trio
-            notify_closing(self.raw)
+            self.io.notify_closing(self.raw)
         with trio.CancelScope(shield=True), trio.move_on_after(1.0):
             await trio.aclose_forcefully(self.stream)
 
@@ -683,13 +689,13 @@ class ClusterRuntime:
 
     def idle_connection(self, host: Host) -> UpstreamConnection | None:
         """:meth:`acquire`'s common case without its coroutine: ``host``'s newest pooled HTTP/1.1
-        connection over a kernel socket, when one is there and no watcher reads it (else None:
-        the caller acquires)."""
+        connection over a kernel or stack socket, when one is there and no watcher reads it (else
+        None: the caller acquires)."""
         idle = host.idle
         while idle and self.config.http2 is None:
             conn = idle[-1]
             if conn.watch_scope is not None or conn.raw is None:
-                return None  # acquire() waits for the watcher; a stack or TLS stream: not this case
+                return None  # acquire() waits for the watcher; a TLS stream: not this case
             idle.pop()
             if not conn.closed:
                 return conn
@@ -768,7 +774,7 @@ class ClusterRuntime:
         conn = UpstreamConnection(_PENDING_STREAM, host)
         try:
             conn.stream = await self._open_stream(host)
-            conn.raw = kernel_socket(conn.stream)
+            conn.raw, conn.io = stream_io(conn.stream)
         except BaseException:
             conn.closed = True
             self.connection_closed(conn)
