@@ -455,7 +455,12 @@ def fast_input(conn: TcpConnection, frame: bytes, record: Record, now: float) ->
         return False
     conn.last_activity = now  # as segment_arrives does first (the slow path would repeat it)
     conn.keep_probes = 0
-    if conn.header_prediction(frame, start, end, seq, ack, flags, window, tsval, tsecr, now):
+    # Data that acknowledges new data (a keep-alive request carrying the ACK of the last
+    # response) is never header prediction's: its data case wants SEG.ACK = SND.UNA and its ACK
+    # case no data, so it would only decline it, a call of eleven arguments per request.
+    if (end == start or ack == conn.snd_una & _MASK) and conn.header_prediction(
+        frame, start, end, seq, ack, flags, window, tsval, tsecr, now
+    ):
         return True
     return ack_and_data_input(conn, frame, start, end, seq, ack, flags, window, tsval, tsecr, now)
 
@@ -511,7 +516,24 @@ def ack_and_data_input(
             conn.ts_recent = tsval
             conn.ts_recent_valid = True
     conn._process_ack(snd_una + acked, seq, window, None, tsecr, not length, now)
-    if length:
-        conn._data_arrives(buf, start, end, seq, now)
+    if length and conn.state == ESTABLISHED:
+        # _data_arrives for what was checked above (at RCV.NXT, inside the advertised window and
+        # the buffer's room, nothing queued out of order, no FIN), in line: one copy of the
+        # payload from the frame into the buffer, without the slice, the re-checks and four calls
+        # per request that the general function spends on cases this one cannot be.
+        conn.rcvbuf._extend_from(buf, start, end)
+        conn.rcv_nxt = seq + length
+        conn.stats.bytes_received += length
+        conn.segs_unacked += 1
+        if conn.segs_unacked >= 2 or not conn.config.delayed_ack:
+            conn.ack_now = True
+        elif not conn.ack_now and not conn.t_delack:
+            conn._arm_delack(now)
+        if conn.waiter is not None:  # _wake(), in line: a reader may be parked on us
+            conn.core.ready[conn] = None
+        elif conn.listener is not None:  # not accepted yet: its listener's accept wakes
+            conn.core.ready[conn.listener] = None
+    elif length:
+        conn._data_arrives(buf, start, end, seq, now)  # the ACK changed the state: the general way
     conn._output_after_input(now)
     return True
