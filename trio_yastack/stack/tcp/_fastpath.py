@@ -535,5 +535,15 @@ def ack_and_data_input(
             conn.core.ready[conn.listener] = None
     elif length:
         conn._data_arrives(buf, start, end, seq, now)  # the ACK changed the state: the general way
-    conn._output_after_input(now)
+    if (
+        conn.ack_now
+        or conn.in_recovery
+        or conn.snd_nxt < conn.sndbuf.end
+        or 0 <= conn.fin_seq >= conn.snd_nxt
+        or conn.state != ESTABLISHED
+    ):
+        conn._output_after_input(now)
+    # else: tcp_output would return at its first test (no ACK due, nothing unsent, no FIN to
+    # send): a request whose ACK waits for the response, which the application is about to
+    # write, costs no pass of tcp_output at the burst's end (as header prediction's data case).
     return True
