@@ -55,6 +55,7 @@ from typing import Any, Protocol
 from .._native import native_extension, sum16
 from .._offload import ChecksumVerified
 from ..wire.tcp import TCP_ACK, TCP_FIN, TCP_PSH, TCP_SYN
+from ._buffers import NO_REASSEMBLY, NO_SACKS
 from ._conn import TcpConnection
 from ._states import ESTABLISHED
 
@@ -451,7 +452,14 @@ def fast_input(conn: TcpConnection, frame: bytes, record: Record, now: float) ->
             return False  # a SYN for a known pair: its options are tcp_input's to parse
         conn.segment_arrives(frame, start, end, seq, ack, flags, window, None, tsval, tsecr, now)
         return True
-    if conn.in_recovery or conn.rxtshift or conn.frto or len(conn.scoreboard):
+    # (a connection that never saw a SACK block or an out-of-order segment holds the shared empty
+    # NO_SACKS / NO_REASSEMBLY: an identity test instead of a Python-level __len__ per segment)
+    if (
+        conn.in_recovery
+        or conn.rxtshift
+        or conn.frto
+        or (conn.scoreboard is not NO_SACKS and len(conn.scoreboard))
+    ):
         return False
     conn.last_activity = now  # as segment_arrives does first (the slow path would repeat it)
     conn.keep_probes = 0
@@ -499,7 +507,7 @@ def ack_and_data_input(
         return False
     if length:
         if (
-            len(conn.reasm)
+            (conn.reasm is not NO_REASSEMBLY and len(conn.reasm))
             or conn.rcv_fin >= 0
             or conn.user_closed
             or length > conn.rcv_adv - conn.rcv_nxt
