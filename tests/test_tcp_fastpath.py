@@ -526,6 +526,28 @@ def test_a_request_acknowledging_the_whole_response_leaves_its_ack_to_the_next_o
     assert conn.rcv_nxt - conn.irs == 1 + 18 and conn.snd_max - conn.snd_una == 19  # the response in flight
 
 
+def test_a_request_beyond_the_buffers_room_goes_the_general_way(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SO_RCVBUF shrunk below what was advertised: a request that fits the window but not the
+    buffer's room is not the fast path's (it checks the room itself, in line); the general path
+    takes what fits, the same way with the fast path on and off."""
+    ends = []
+    for fast in (True, False):
+        core, conn, peer = make_connection(monkeypatch, fast)
+        conn.rcvbuf.limit = 10  # the room left: 10 bytes, the window advertised much more
+        request = build_tcp_frame(
+            PEER_PORT, OUR_PORT, peer.snd_nxt, seq_add(peer.rcv_nxt, 1448), TCP_ACK | TCP_PSH,
+            payload=b"GET / HTTP/1.1\r\n\r\n", options=TcpOptions(timestamps=(6000, 0)),
+        )  # fmt: skip
+        core.begin_burst()
+        core.ether_input_burst([request], T0 + 1)
+        core.end_burst(T0 + 1)
+        ends.append((core.fast_path_segments, [bytes(f) for f in core.take_outbox()], connection_state(conn)))
+    assert ends[0][0] == ends[1][0] == 0
+    assert ends[0][1] == ends[1][1]
+    assert ends[0][2] == ends[1][2]
+    assert ends[0][2]["rcvbuf"] == b"GET / HTTP"  # what fitted
+
+
 # -- 4: tier-3 simulations, fast path on and off ---------------------------------------------------
 
 FAULTY = {"loss": 0.05, "duplicate": 0.02, "reorder": 0.05, "latency": 0.01}

@@ -511,7 +511,9 @@ def ack_and_data_input(
             or conn.rcv_fin >= 0
             or conn.user_closed
             or length > conn.rcv_adv - conn.rcv_nxt
-            or length > conn.rcvbuf.free()
+            # rcvbuf.free() in line (its Python-level call and __len__ per request): the room
+            # left, which the advertised window is within unless SO_RCVBUF shrank since
+            or length > conn.rcvbuf.limit - len(conn.rcvbuf._buf) + conn.rcvbuf._head
         ):
             return False
     elif not acked and window << conn.snd_scale == conn.snd_wnd:
