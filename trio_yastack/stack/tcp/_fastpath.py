@@ -493,10 +493,12 @@ def ack_and_data_input(
     For a segment at RCV.NXT on an ESTABLISHED connection, with timestamps in order (PAWS
     passes), an acceptable ACK (SND.UNA =< SEG.ACK =< SND.MAX), no SACK blocks, and data that fits
     the window with nothing queued out of order, RFC 9293 3.10.7.4's checks reduce to exactly
-    these calls of the general path's own functions, in its order: the TS.Recent update of the
-    first check, ``_process_ack`` (the fifth: window, then ``_ack_advances``), ``_data_arrives``
-    (the seventh), ``_output_after_input``.  Anything else, including a duplicate ACK (loss
-    recovery's business), declines (``False``, nothing changed).
+    these steps of the general path, in its order: the TS.Recent update of the first check,
+    ``_process_ack`` (the fifth: window, then ``_ack_advances``), ``_data_arrives`` (the seventh;
+    its in-order case written out here, the checks above having excluded the others), and
+    ``_output_after_input`` when ``tcp_output`` would do anything (else it would return at its
+    first test).  Anything else, including a duplicate ACK (loss recovery's business), declines
+    (``False``, nothing changed).  ``tests/test_tcp_fastpath.py`` holds it to the general path.
     """
     length = end - start
     if flags & ~TCP_PSH != TCP_ACK or seq_wire != conn.rcv_nxt & _MASK:
