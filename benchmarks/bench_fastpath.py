@@ -6,8 +6,9 @@ elsewhere on the machine spreads over both:
 
 - ``responder``: ``bench_ports.py``'s 25-line trio HTTP responder over the stack under
   ``wrk -t1 -c50``, on a TAP and on AF_PACKET (TPACKET_V3, the fastest bypass port for this row in
-  ``bench_ports.py``), and the same program on kernel sockets over veth (the bar); requests/s and
-  the responder's CPU microseconds per request (start-up and the warm-up request included);
+  ``bench_ports.py``), and the same program on kernel sockets over veth (the bar); requests/s,
+  the responder's CPU microseconds per request (start-up and the warm-up request included) and
+  the frames it sent per request (1.0: every response carries its request's ACK, no pure ACK);
 - ``memory_wire``: one bulk connection between two stacks on a fault-free memory wire, MB/s;
 - ``segment``: microseconds of CPU per received in-order data segment, sans-IO, from
   ``ether_input`` to the receive buffer (one ACK per burst included), bursts of 1 and 32;
@@ -45,7 +46,7 @@ from bench_ports import _responder_command, _wrk, af_packet_rigs, run_responder_
 
 from trio_yastack import open_stack, use_stack
 from trio_yastack.nic import memory_wire
-from trio_yastack.nic.netns import netns_unavailable_reason
+from trio_yastack.nic.netns import NetworkNamespace, netns_unavailable_reason
 
 RESULTS = Path(__file__).parent / "results"
 CHUNK = bytes(1 << 16)
@@ -63,7 +64,20 @@ def run_responder_stack(rig_name: str, seconds: int, fast: bool) -> dict[str, fl
         server = rig.stack_ns.popen(_responder_command(rig.spec), stdout=subprocess.PIPE, text=True, env=env)
         result = _wrk(rig.kernel_ns, server, seconds)
         result["cpu_us_per_request"] = _cpu_seconds(server.pid) / max(result["requests"], 1) * 1e6
+        # Frames the stack sent (the kernel's side of the wire received), start-up, ARP and the
+        # warm-up request included: about 1.0 when each response carries its request's ACK, 2.0
+        # when a pure ACK leaves before each response.
+        received = _link_packets(rig.kernel_ns, rig.kernel_if)["rx"]
+        result["frames_out_per_request"] = received / max(result["requests"], 1)
         return result
+
+
+def _link_packets(namespace: NetworkNamespace, interface: str) -> dict[str, int]:
+    """The packets ``interface`` in ``namespace`` has received and sent (``ip -s -j link``)."""
+    command = ["ip", "-s", "-j", "link", "show", interface]
+    out = namespace.run(command, capture_output=True, text=True, check=True)
+    stats = json.loads(out.stdout)[0]["stats64"]
+    return {"rx": int(stats["rx"]["packets"]), "tx": int(stats["tx"]["packets"])}
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -261,6 +275,9 @@ def main() -> None:
                 rows.setdefault(f"responder_{rig}_rps_{name}", []).append(got["requests_per_s"])
                 rows.setdefault(f"responder_{rig}_cpu_us_per_request_{name}", []).append(
                     got["cpu_us_per_request"]
+                )
+                rows.setdefault(f"responder_{rig}_frames_out_per_request_{name}", []).append(
+                    got["frames_out_per_request"]
                 )
         if why_not is None and "responder" in wanted:
             rows.setdefault("responder_kernel_rps", []).append(

@@ -485,6 +485,69 @@ def test_a_request_carrying_a_new_ack_takes_the_fast_path(monkeypatch: pytest.Mo
     assert ends[0][2]["rcvbuf"] == b"GET / HTTP/1.1\r\n\r\n"
 
 
+def test_a_request_acknowledging_the_whole_response_leaves_its_ack_to_the_next_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A keep-alive request that acknowledges all of the last response, nothing unsent: no pass
+    of tcp_output at the burst's end (it would send nothing: the ACK is delayed, nothing is
+    queued), header prediction not asked (its cases exclude data with a new ACK), the payload in
+    the buffer and the reader woken; the response carries the request's ACK, one frame.  The
+    general path puts the same frames on the wire and leaves the same state."""
+    ends = []
+    for fast in (True, False):
+        monkeypatch.setattr(TcpLayer, "initial_sequence_number", lambda self, *args: 0xFFFF_FF00)
+        core = tcp_core(seed=3)
+        core.fast_path = fast
+        _listener, conn, peer = open_passive(core, isn=0xFFFF_FFF0)  # both ISNs just below 2**32
+        conn.send(b"HTTP/1.1 200 OK\r\n\r\n", T0 + 0.1)  # the last response, sent whole
+        core.take_outbox()
+        conn.waiter = object()  # a reader is parked
+        request = build_tcp_frame(
+            PEER_PORT, OUR_PORT, peer.snd_nxt, seq_add(peer.rcv_nxt, 19), TCP_ACK | TCP_PSH,
+            payload=b"GET / HTTP/1.1\r\n\r\n", options=TcpOptions(timestamps=(6000, 0)),
+        )  # fmt: skip
+        if fast:
+            monkeypatch.setattr(TcpConnection, "header_prediction", None)  # a call would raise
+        core.begin_burst()
+        core.ether_input_burst([request], T0 + 1)
+        pending = dict(core.output_pending)
+        core.end_burst(T0 + 1)
+        monkeypatch.undo()
+        quiet = [bytes(f) for f in core.take_outbox()]
+        assert conn in core.ready
+        assert conn.receive(100, T0 + 1.001) == b"GET / HTTP/1.1\r\n\r\n"
+        conn.send(b"HTTP/1.1 200 OK\r\n\r\n", T0 + 1.001)
+        ends.append((core.fast_path_segments, pending, quiet, [bytes(f) for f in core.take_outbox()], conn))
+    (taken, pending, quiet, response, conn), (taken_off, _pending, quiet_off, response_off, conn_off) = ends
+    assert (taken, taken_off) == (1, 0)
+    assert pending == {} and quiet == quiet_off == []
+    assert response == response_off and len(response) == 1
+    assert connection_state(conn) == connection_state(conn_off)
+    assert conn.rcv_nxt - conn.irs == 1 + 18 and conn.snd_max - conn.snd_una == 19  # the response in flight
+
+
+def test_a_request_beyond_the_buffers_room_goes_the_general_way(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SO_RCVBUF shrunk below what was advertised: a request that fits the window but not the
+    buffer's room is not the fast path's (it checks the room itself, in line); the general path
+    takes what fits, the same way with the fast path on and off."""
+    ends = []
+    for fast in (True, False):
+        core, conn, peer = make_connection(monkeypatch, fast)
+        conn.rcvbuf.limit = 10  # the room left: 10 bytes, the window advertised much more
+        request = build_tcp_frame(
+            PEER_PORT, OUR_PORT, peer.snd_nxt, seq_add(peer.rcv_nxt, 1448), TCP_ACK | TCP_PSH,
+            payload=b"GET / HTTP/1.1\r\n\r\n", options=TcpOptions(timestamps=(6000, 0)),
+        )  # fmt: skip
+        core.begin_burst()
+        core.ether_input_burst([request], T0 + 1)
+        core.end_burst(T0 + 1)
+        ends.append((core.fast_path_segments, [bytes(f) for f in core.take_outbox()], connection_state(conn)))
+    assert ends[0][0] == ends[1][0] == 0
+    assert ends[0][1] == ends[1][1]
+    assert ends[0][2] == ends[1][2]
+    assert ends[0][2]["rcvbuf"] == b"GET / HTTP"  # what fitted
+
+
 # -- 4: tier-3 simulations, fast path on and off ---------------------------------------------------
 
 FAULTY = {"loss": 0.05, "duplicate": 0.02, "reorder": 0.05, "latency": 0.01}

@@ -55,6 +55,7 @@ from typing import Any, Protocol
 from .._native import native_extension, sum16
 from .._offload import ChecksumVerified
 from ..wire.tcp import TCP_ACK, TCP_FIN, TCP_PSH, TCP_SYN
+from ._buffers import NO_REASSEMBLY, NO_SACKS
 from ._conn import TcpConnection
 from ._states import ESTABLISHED, FIN_WAIT_1, FIN_WAIT_2, SYN_RECEIVED
 
@@ -462,11 +463,23 @@ def fast_input(conn: TcpConnection, frame: bytes, record: Record, now: float) ->
         ):
             conn.segment_arrives(frame, start, end, seq, ack, flags, window, None, tsval, tsecr, now)
         return True
-    if conn.in_recovery or conn.rxtshift or conn.frto or len(conn.scoreboard):
+    # (a connection that never saw a SACK block or an out-of-order segment holds the shared empty
+    # NO_SACKS / NO_REASSEMBLY: an identity test instead of a Python-level __len__ per segment)
+    if (
+        conn.in_recovery
+        or conn.rxtshift
+        or conn.frto
+        or (conn.scoreboard is not NO_SACKS and len(conn.scoreboard))
+    ):
         return False
     conn.last_activity = now  # as segment_arrives does first (the slow path would repeat it)
     conn.keep_probes = 0
-    if conn.header_prediction(frame, start, end, seq, ack, flags, window, tsval, tsecr, now):
+    # Data that acknowledges new data (a keep-alive request carrying the ACK of the last
+    # response) is never header prediction's: its data case wants SEG.ACK = SND.UNA and its ACK
+    # case no data, so it would only decline it, a call of eleven arguments per request.
+    if (end == start or ack == conn.snd_una & _MASK) and conn.header_prediction(
+        frame, start, end, seq, ack, flags, window, tsval, tsecr, now
+    ):
         return True
     return ack_and_data_input(conn, frame, start, end, seq, ack, flags, window, tsval, tsecr, now)
 
@@ -491,10 +504,12 @@ def ack_and_data_input(
     For a segment at RCV.NXT on an ESTABLISHED connection, with timestamps in order (PAWS
     passes), an acceptable ACK (SND.UNA =< SEG.ACK =< SND.MAX), no SACK blocks, and data that fits
     the window with nothing queued out of order, RFC 9293 3.10.7.4's checks reduce to exactly
-    these calls of the general path's own functions, in its order: the TS.Recent update of the
-    first check, ``_process_ack`` (the fifth: window, then ``_ack_advances``), ``_data_arrives``
-    (the seventh), ``_output_after_input``.  Anything else, including a duplicate ACK (loss
-    recovery's business), declines (``False``, nothing changed).
+    these steps of the general path, in its order: the TS.Recent update of the first check,
+    ``_process_ack`` (the fifth: window, then ``_ack_advances``), ``_data_arrives`` (the seventh;
+    its in-order case written out here, the checks above having excluded the others), and
+    ``_output_after_input`` when ``tcp_output`` would do anything (else it would return at its
+    first test).  Anything else, including a duplicate ACK (loss recovery's business), declines
+    (``False``, nothing changed).  ``tests/test_tcp_fastpath.py`` holds it to the general path.
     """
     length = end - start
     if flags & ~TCP_PSH != TCP_ACK or seq_wire != conn.rcv_nxt & _MASK:
@@ -505,11 +520,13 @@ def ack_and_data_input(
         return False
     if length:
         if (
-            len(conn.reasm)
+            (conn.reasm is not NO_REASSEMBLY and len(conn.reasm))
             or conn.rcv_fin >= 0
             or conn.user_closed
             or length > conn.rcv_adv - conn.rcv_nxt
-            or length > conn.rcvbuf.free()
+            # rcvbuf.free() in line (its Python-level call and __len__ per request): the room
+            # left, which the advertised window is within unless SO_RCVBUF shrank since
+            or length > conn.rcvbuf.limit - len(conn.rcvbuf._buf) + conn.rcvbuf._head
         ):
             return False
     elif not acked and window << conn.snd_scale == conn.snd_wnd:
@@ -522,7 +539,34 @@ def ack_and_data_input(
             conn.ts_recent = tsval
             conn.ts_recent_valid = True
     conn._process_ack(snd_una + acked, seq, window, None, tsecr, not length, now)
-    if length:
-        conn._data_arrives(buf, start, end, seq, now)
-    conn._output_after_input(now)
+    if length and conn.state == ESTABLISHED:
+        # _data_arrives for what was checked above (at RCV.NXT, inside the advertised window and
+        # the buffer's room, nothing queued out of order, no FIN), in line: one copy of the
+        # payload from the frame into the buffer, without the slice, the re-checks and four calls
+        # per request that the general function spends on cases this one cannot be.
+        conn.rcvbuf._extend_from(buf, start, end)
+        conn.rcv_nxt = seq + length
+        conn.stats.bytes_received += length
+        conn.segs_unacked += 1
+        if conn.segs_unacked >= 2 or not conn.config.delayed_ack:
+            conn.ack_now = True
+        elif not conn.ack_now and not conn.t_delack:
+            conn._arm_delack(now)
+        if conn.waiter is not None:  # _wake(), in line: a reader may be parked on us
+            conn.core.ready[conn] = None
+        elif conn.listener is not None:  # not accepted yet: its listener's accept wakes
+            conn.core.ready[conn.listener] = None
+    elif length:
+        conn._data_arrives(buf, start, end, seq, now)  # the ACK changed the state: the general way
+    if (
+        conn.ack_now
+        or conn.in_recovery
+        or conn.snd_nxt < conn.sndbuf.end
+        or 0 <= conn.fin_seq >= conn.snd_nxt
+        or conn.state != ESTABLISHED
+    ):
+        conn._output_after_input(now)
+    # else: tcp_output would return at its first test (no ACK due, nothing unsent, no FIN to
+    # send): a request whose ACK waits for the response, which the application is about to
+    # write, costs no pass of tcp_output at the burst's end (as header prediction's data case).
     return True

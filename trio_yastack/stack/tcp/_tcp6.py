@@ -51,6 +51,7 @@ from ..wire.ethernet import ETHER_HEADER, ETHER_HEADER_LEN
 from ..wire.ipv4 import IPPROTO_TCP
 from ..wire.ipv6 import IPV6_HEADER, IPV6_HEADER_LEN, pseudo_header_sum6
 from ..wire.tcp import TCP_FIN, TCP_PSH
+from ._buffers import NO_SACKS
 from ._conn import TcpConnection
 from ._fastpath import ack_and_data_input
 from ._output import _ACK_WITH_TIMESTAMPS
@@ -312,11 +313,20 @@ def predicted_input(
     segment first: ``tcp6_input`` on the Python path, and ``StackCore.ether_input_burst`` for a
     frame the classifier (C, or its twin) found a ``CANDIDATE6``; each gives the ND hint after.
     ``False``: nothing changed, the general path runs."""
-    if conn.state != ESTABLISHED or conn.in_recovery or conn.rxtshift or conn.frto or len(conn.scoreboard):
+    if (
+        conn.state != ESTABLISHED
+        or conn.in_recovery
+        or conn.rxtshift
+        or conn.frto
+        or (conn.scoreboard is not NO_SACKS and len(conn.scoreboard))  # as fast_input: no __len__ call
+    ):
         return False
     conn.last_activity = now  # as segment_arrives does first (the slow path would repeat it)
     conn.keep_probes = 0
-    if conn.header_prediction(buf, start, end, seq, ack, flags, window, tsval, tsecr, now):
+    # data with a new ACK (a request) is never header prediction's: as fast_input, not asked
+    if (end == start or ack == conn.snd_una & _MASK) and conn.header_prediction(
+        buf, start, end, seq, ack, flags, window, tsval, tsecr, now
+    ):
         return True
     return ack_and_data_input(conn, buf, start, end, seq, ack, flags, window, tsval, tsecr, now)
 
