@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import json
+import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -20,7 +21,9 @@ import h2.config
 import h2.connection
 import h2.errors
 import h2.events
+import h2.exceptions
 import h2.settings
+import h2.utilities
 import trio
 import trio.testing
 from proxy_helpers import (
@@ -46,7 +49,7 @@ from trio_yastack.l7.config import (
     Http2Options,
     HttpConnectionManager,
 )
-from trio_yastack.l7.h2_downstream import PREFACE
+from trio_yastack.l7.h2_downstream import PREFACE, request_headers_problem
 from trio_yastack.l7.proxy import Proxy
 
 LIMIT = 60.0
@@ -514,3 +517,72 @@ async def test_h2_idle_timeout_sends_goaway(autojump_clock: trio.testing.MockClo
         assert 10.0 <= trio.current_time() - finished <= 10.5
         await wait_until(lambda: client.closed)
         assert proxy.stats.value("http.ingress.downstream_cx_idle_timeout") == 1
+
+
+def _h2_accepts(headers: list[tuple[bytes, bytes]], trailers: bool) -> bool:
+    """h2's own inbound validation (what the proxy turned off for :func:`request_headers_problem`)."""
+    flags = h2.utilities.HeaderValidationFlags(
+        is_client=False, is_trailer=trailers, is_response_header=False, is_push_promise=False
+    )
+    try:
+        list(h2.utilities.validate_headers(headers, flags))
+    except h2.exceptions.ProtocolError:
+        return False
+    return True
+
+
+def test_request_header_checks_agree_with_h2s() -> None:
+    """The proxy's one-pass header checks give h2's verdict on every block: hand-picked bad cases
+    (each rule of RFC 9113 8.2/8.3 once) and 5000 seeded random blocks built from valid and invalid
+    names, values and orders."""
+    base = [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/"), (b":authority", b"a.test")]
+    cases: list[tuple[list[tuple[bytes, bytes]], bool]] = [
+        (base, False),
+        ([*base, (b"Upper", b"x")], False),
+        ([*base, (b"sp ace", b"x")], False),
+        ([*base, (b"co:lon", b"x")], False),
+        ([*base, (b"", b"x")], False),
+        ([*base, (b"x", b"a\r\nb")], False),
+        ([*base, (b"x", b"a\x00")], False),
+        ([*base, (b"x", b" a")], False),
+        ([*base, (b"x", b"a\t")], False),
+        ([*base, (b"x", b"")], False),
+        ([*base, (b"x", b"\xff\x80 ok")], False),
+        ([*base, (b"te", b"trailers")], False),
+        ([*base, (b"te", b"TRAILERS")], False),
+        ([*base, (b"te", b"gzip")], False),
+        ([*base, (b"connection", b"close")], False),
+        ([*base, (b"transfer-encoding", b"chunked")], False),
+        ([*base, (b":method", b"GET")], False),
+        ([*base, (b"x", b"1"), (b":foo", b"1")], False),
+        ([(b"x", b"1"), *base], False),
+        ([*base, (b":status", b"200")], False),
+        (base[1:], False),
+        ([base[0], base[2], base[3]], False),
+        ([base[0], base[1], (b":path", b""), base[3]], False),
+        ([*base, (b"host", b"a.test")], False),
+        ([*base, (b"host", b"b.test")], False),
+        ([*base[:3], (b"host", b"a.test"), (b"host", b"a.test")], False),
+        (base[:3], False),
+        ([(b":method", b"CONNECT"), (b":authority", b"a.test:443")], False),
+        ([(b":method", b"CONNECT"), (b":authority", b"a:1"), (b":path", b"/")], False),
+        ([(b":method", b"CONNECT"), (b":protocol", b"websocket"), *base[1:]], False),
+        ([*base, (b":protocol", b"websocket")], False),
+        ([(b"grpc-status", b"0")], True),
+        ([(b":status", b"200")], True),
+        ([(b"Bad", b"0")], True),
+        ([], True),
+    ]
+    rng = random.Random(20)
+    names = [b":method", b":scheme", b":path", b":authority", b":status", b":x", b"host", b"te", b"x-a",
+             b"cookie", b"connection", b"X-Up", b"a:b", b"", b"\x7f", b"\xc3\xa9", b"::"]  # fmt: skip
+    values = [b"GET", b"CONNECT", b"http", b"/", b"", b"a.test", b"trailers", b"gzip", b" x", b"x\t",
+              b"a\nb", b"\x00", b"\xff", b"ok ok"]  # fmt: skip
+    for _ in range(5000):
+        block = [(rng.choice(names), rng.choice(values)) for _ in range(rng.randrange(0, 7))]
+        if rng.random() < 0.5:
+            block = base + block
+        cases.append((block, rng.random() < 0.2))
+    for block, trailers in cases:
+        ours = request_headers_problem(block, trailers)
+        assert (ours is None) == _h2_accepts(block, trailers), (block, trailers, ours)
