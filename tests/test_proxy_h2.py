@@ -586,3 +586,44 @@ def test_request_header_checks_agree_with_h2s() -> None:
     for block, trailers in cases:
         ours = request_headers_problem(block, trailers)
         assert (ours is None) == _h2_accepts(block, trailers), (block, trailers, ours)
+
+
+async def test_h2_client_goaway_with_streams_in_flight(autojump_clock: trio.testing.MockClock) -> None:
+    """A client's GOAWAY (h2load's at the end of its run) while a response is held by its window:
+    h2's state machine is closed then, and the stream in flight is cancelled quietly (counted as a
+    downstream reset): no handler error, every stream and the connection accounted for.  (Under
+    h2load a stream's close met h2's closed state machine and raised out of ``aclose``.)"""
+    app = BackendApp("one")
+    config = http_bootstrap([cluster("app", [8081])])
+    async with h2_proxy(config, app, auto_ack=False) as (proxy, client, _):
+        small = [await client.request("GET", "/json") for _ in range(5)]
+        for sid in small:
+            assert (await client.wait(sid)).status == 200
+        big = await client.request("GET", "/stream?bytes=1000000")  # held by the client's windows
+        await wait_until(lambda: len(client.streams[big].body) >= 65535 - 5 * 242)
+        client.conn.close_connection()
+        await client.flush()
+        await wait_until(lambda: client.closed)
+        await wait_until(lambda: proxy.stats.value("http.ingress.downstream_cx_active") == 0)
+        assert proxy.stats.value("downstream_cx_handler_error") == 0
+        assert proxy.stats.value("http.ingress.downstream_rq_active") == 0
+        assert proxy.stats.value("http.ingress.downstream_rq_rx_reset") == 1
+
+
+async def test_h2_response_cut_short_is_reset(autojump_clock: trio.testing.MockClock) -> None:
+    """Was a bug (fixed): a response whose relay was cut short (here the route's timeout, while its
+    body waited for the connection's window, held by a client that stopped reading) was ended with
+    END_STREAM by the stream's close, as if complete, the body h11 had handed over never sent (the
+    client's h2 saw 0 of the 242 bytes its content-length promised: a connection error).  Now it
+    is reset (RST_STREAM INTERNAL_ERROR)."""
+    app = BackendApp("one")
+    config = http_bootstrap([cluster("app", [8081])])
+    async with h2_proxy(config, app, auto_ack=False) as (_, client, _):
+        big = await client.request("GET", "/stream?bytes=1000000")
+        await wait_until(lambda: len(client.streams[big].body) == 65535)  # the connection's window
+        small = await client.request("GET", "/json")
+        got = await client.wait(small)  # the route's timeout (15 s, simulated) ends it
+        assert got.reset == h2.errors.ErrorCodes.INTERNAL_ERROR and not got.ended
+        assert got.status == 200 and not got.body  # its head went out, its body could not
+        assert not client.closed
+        await client.stream.aclose()

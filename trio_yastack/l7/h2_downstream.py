@@ -176,6 +176,9 @@ class StreamBridge(trio.abc.Stream):
         self.reset = False  # by the client, or by us
         self.reset_by_client = False
         self.chunked = False
+        # a relay cut short (cancelled, or the socket failed) after h11 handed over a part of the
+        # response that never reached the client: the response can only be reset now, never ended
+        self.interrupted = False
         self.changed = trio.Event()
         self.scope = trio.CancelScope()
         self._start_request(headers, ended)
@@ -274,7 +277,11 @@ class StreamBridge(trio.abc.Stream):
             raise trio.BrokenResourceError("stream reset")
         try:
             self.h11.receive_data(bytes(data))
-            await self._relay()
+            try:
+                await self._relay()
+            except BaseException:
+                self.interrupted = True
+                raise
         except h2.exceptions.ProtocolError:  # the stream or the connection closed under us
             raise trio.BrokenResourceError("stream closed") from None
         except _NETWORK_ERRORS:
@@ -337,7 +344,7 @@ class StreamBridge(trio.abc.Stream):
 
     async def aclose(self) -> None:
         """The manager is done with the request: a response it did not finish is reset."""
-        if not self.response_ended and not self.reset:
+        if not self.response_ended and not self.reset and not self.interrupted:
             # A response framed by the close ends here.  (The connection may be closed under us:
             # a client's GOAWAY, or its connection gone, closes h2's state machine, which then
             # refuses the END_STREAM: nothing more can be sent, and nothing needs to be.)
