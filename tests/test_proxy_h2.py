@@ -15,6 +15,7 @@ import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import NamedTuple
 
 import h2.config
@@ -24,6 +25,7 @@ import h2.events
 import h2.exceptions
 import h2.settings
 import h2.utilities
+import pytest
 import trio
 import trio.testing
 from proxy_helpers import (
@@ -40,6 +42,8 @@ from proxy_helpers import (
     wait_until,
 )
 from socket_helpers import two_stacks
+from test_proxy_http import file_log
+from test_proxy_http1 import _lean, _log_lines
 
 from trio_yastack import Stack
 from trio_yastack.l7.config import (
@@ -627,3 +631,39 @@ async def test_h2_response_cut_short_is_reset(autojump_clock: trio.testing.MockC
         assert got.status == 200 and not got.body  # its head went out, its body could not
         assert not client.closed
         await client.stream.aclose()
+
+
+async def test_h2_streams_take_the_lean_path(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A bodyless HTTP/2 request takes the HTTP/1.1 fast path's lean function (its bridge writes
+    the request as h11 would, and parses what the lean path writes as h11 would): the same
+    answers, statistics and access-log lines (protocol ``HTTP/2``) as the general path gives it;
+    a request with a body still takes the general path."""
+    runs = []
+    for lean_on in (True, False):
+        taken = _lean(lean_on, monkeypatch)
+        log = tmp_path / f"lean-{lean_on}.log"
+        app = BackendApp("one")
+        config = http_bootstrap([cluster("app", [8081])], access_log=[file_log(log)])
+        async with h2_proxy(config, app) as (proxy, client, _):
+            answers = []
+            for path in ("/json", "/status/404", "/stream?bytes=100000"):
+                got = await client.wait(await client.request("GET", path))
+                head = [
+                    (n, v)
+                    for n, v in got.headers or ()
+                    if n not in (b"date", b"x-envoy-upstream-service-time")
+                ]
+                answers.append((head, bytes(got.body), got.ended))
+            posted = await client.wait(await client.request("POST", "/json", body=b"x" * 1000))
+            answers.append((posted.status, bytes(posted.body)))
+            await client.stream.aclose()
+            await wait_until(lambda: proxy.stats.value("http.ingress.downstream_cx_active") == 0)
+            stats = sorted(row for row in proxy.stats.snapshot() if "bytes" not in row[2])
+        if lean_on:
+            assert taken == [True, True, True]  # the three GETs; the POST never offered
+        runs.append((answers, stats, _log_lines(log)))
+    assert runs[0] == runs[1]
+    lines = runs[0][2]
+    assert len(lines) == 4 and all(' HTTP/2" ' in line for line in lines), lines

@@ -656,7 +656,9 @@ class HttpConnectionManagerRuntime:
                 return False
         request: h11.Request | PlainRequest | None = None
         if data:
-            if self.plain_ok and ds.protocol is None:  # the predicted case (:mod:`._http1`)
+            # the predicted case (:mod:`._http1`); an HTTP/2 stream's too: its bridge writes the
+            # request as h11 would, and parses the response the fast path writes as h11 would
+            if self.plain_ok:
                 parser = ds.parser or RequestParser()
                 request = parser.parse(data)
                 ds.parser = parser if request is not None else None  # after None: state unknown
@@ -860,7 +862,7 @@ class HttpConnectionManagerRuntime:
             record.method = request.method.decode("latin-1")
             record.path = request.target.decode("latin-1")
             record.authority = request.host.decode("latin-1") or None
-            record.protocol = "HTTP/1.1"
+            record.protocol = ds.protocol or "HTTP/1.1"
             record.user_agent = _text(get_header(request.headers, b"user-agent"))
         if self.filters is None:
             return await self._lean_upstream(ds, request, route, action, record, logged, ())
