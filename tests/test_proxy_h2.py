@@ -25,6 +25,7 @@ import h2.events
 import h2.exceptions
 import h2.settings
 import h2.utilities
+import h11
 import pytest
 import trio
 import trio.testing
@@ -53,7 +54,7 @@ from trio_yastack.l7.config import (
     Http2Options,
     HttpConnectionManager,
 )
-from trio_yastack.l7.h2_downstream import PREFACE, request_headers_problem
+from trio_yastack.l7.h2_downstream import PREFACE, request_headers_problem, whole_response
 from trio_yastack.l7.proxy import Proxy
 
 LIMIT = 60.0
@@ -667,3 +668,63 @@ async def test_h2_streams_take_the_lean_path(
     assert runs[0] == runs[1]
     lines = runs[0][2]
     assert len(lines) == 4 and all(' HTTP/2" ' in line for line in lines), lines
+
+
+def _h11_parse(data: bytes) -> tuple[bytes, list[tuple[bytes, bytes]], bytes] | None:
+    """``data`` as the bridge's h11 client parses it after a GET: (status, fields, body) for a
+    response that ends in it, None if h11 refuses it or wants more."""
+    conn = h11.Connection(h11.CLIENT)
+    conn.send(h11.Request(method="GET", target="/", headers=[("host", "a")]))
+    conn.send(h11.EndOfMessage())
+    conn.receive_data(data)
+    status, fields, body = b"", [], b""
+    try:
+        while True:
+            event = conn.next_event()
+            if isinstance(event, h11.Response):
+                status, fields = str(event.status_code).encode(), list(event.headers)
+            elif isinstance(event, h11.Data):
+                body += event.data
+            elif isinstance(event, h11.EndOfMessage):
+                return status, fields, body
+            else:
+                return None
+    except h11.RemoteProtocolError:
+        return None
+
+
+def test_whole_response_parses_as_h11() -> None:
+    """The bridge's predicted response parse gives h11's status, fields and body for every
+    response it takes, and leaves to h11 what it should (informational, 204/304, chunked,
+    close-framed, partial, folded, bad names or values, a duplicate Content-Length)."""
+    head = b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Type: text/plain\r\n"
+    taken = [
+        head + b"Content-Length: 6\r\n\r\nhello\n",
+        head + b"content-length: 0\r\n\r\n",
+        b"HTTP/1.1 404 Not Found\r\nX-A:  spaced \t\r\nContent-Length: 3\r\n\r\nabc",
+        b"HTTP/1.1 503 \r\ncontent-length: 2\r\nx-b: \xff obs\r\n\r\nno",
+        b"HTTP/1.1 200 OK\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\nContent-Length: 1\r\n\r\nx",
+    ]
+    left = [
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 204 No Content\r\n\r\n",
+        b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n",
+        head + b"Transfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n\r\n",
+        head + b"\r\nclose-framed",
+        head + b"Content-Length: 6\r\n\r\nhel",
+        head + b"Content-Length: 6\r\n",
+        head + b"X-Folded: a\r\n b\r\nContent-Length: 0\r\n\r\n",
+        head + b"Bad Name: x\r\nContent-Length: 0\r\n\r\n",
+        head + b"X-C: a\x01b\r\nContent-Length: 0\r\n\r\n",
+        head + b"Content-Length: 1\r\nContent-Length: 1\r\n\r\nx",
+        head + b"Content-Length: +1\r\n\r\nx",
+        b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 200OK\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 20x OK\r\nContent-Length: 0\r\n\r\n",
+    ]
+    for data in taken:
+        whole = whole_response(data)
+        assert whole is not None, data
+        assert whole == _h11_parse(data), data
+    for data in left:
+        assert whole_response(data) is None, data

@@ -130,6 +130,57 @@ def request_headers_problem(headers: Sequence[tuple[bytes, bytes]], trailers: bo
     return None
 
 
+# h11's rules for what whole_response takes (else h11 parses the response): a token for a name, a
+# value of visible characters, obs-text, spaces and tabs
+_TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")
+_BAD_FIELD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def whole_response(
+    data: bytes | bytearray | memoryview,
+) -> tuple[bytes, list[tuple[bytes, bytes]], bytes] | None:
+    """The manager's predicted write, parsed: a whole ``HTTP/1.1`` response (status 200-599 but
+    204 and 304) framed by one Content-Length, its body all there; ``(status, fields, body)``
+    with names lowercased and values stripped as h11 gives them.  None for anything else
+    (informational, chunked, close-framed, several writes, anything h11 would refuse): h11 parses
+    those.  (The lean path writes its response so, head and body at once.)"""
+    data = bytes(data)
+    end = data.find(b"\r\n\r\n")
+    if end < 0 or not data.startswith(b"HTTP/1.1 "):
+        return None
+    lines = data[:end].split(b"\r\n")
+    status = lines[0][9:12]
+    if (
+        len(status) != 3
+        or not status.isdigit()
+        or not b"200" <= status <= b"599"
+        or status in (b"204", b"304")
+    ):
+        return None
+    if len(lines[0]) > 12 and lines[0][12:13] != b" ":
+        return None
+    length = -1
+    fields: list[tuple[bytes, bytes]] = []
+    token, bad = _TOKEN.fullmatch, _BAD_FIELD_VALUE.search
+    for line in lines[1:]:
+        name, colon, value = line.partition(b":")
+        value = value.strip(b" \t")
+        if not colon or token(name) is None or bad(value) is not None:
+            return None  # (a line folded onto the one before starts with a space: no token)
+        name = name.lower()
+        if name == b"content-length":
+            if length >= 0 or not value.isdigit():
+                return None
+            length = int(value)
+        elif name == b"transfer-encoding":
+            return None
+        fields.append((name, value))
+    body = data[end + 4 :]
+    if length != len(body):
+        return None
+    return status, fields, body
+
+
 def _response_headers(fields: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     """A response's (or its trailers') fields from h11 (names lowercased and checked, values
     checked and stripped by its parser) for HTTP/2: without the connection-specific ones
@@ -179,6 +230,8 @@ class StreamBridge(trio.abc.Stream):
         # a relay cut short (cancelled, or the socket failed) after h11 handed over a part of the
         # response that never reached the client: the response can only be reset now, never ended
         self.interrupted = False
+        self.fed = False  # h11 has been given response bytes (else the first write may skip it)
+        self.head_request = False
         self.changed = trio.Event()
         self.scope = trio.CancelScope()
         self._start_request(headers, ended)
@@ -212,6 +265,7 @@ class StreamBridge(trio.abc.Stream):
             fields.append((b"transfer-encoding", b"chunked"))
             self.chunked = True
         request = h11.Request(method=method, target=path or authority or b"/", headers=fields)
+        self.head_request = method == b"HEAD"
         self.pending += self.h11.send(request) or b""
         if ended:
             self.end_request(None)
@@ -276,9 +330,16 @@ class StreamBridge(trio.abc.Stream):
         if self.reset:
             raise trio.BrokenResourceError("stream reset")
         try:
-            self.h11.receive_data(bytes(data))
+            whole = None
+            if not self.fed and not self.head_request:
+                whole = whole_response(data)
             try:
-                await self._relay()
+                if whole is not None:
+                    await self._relay_whole(*whole)
+                else:
+                    self.fed = True
+                    self.h11.receive_data(bytes(data))
+                    await self._relay()
             except BaseException:
                 self.interrupted = True
                 raise
@@ -289,6 +350,21 @@ class StreamBridge(trio.abc.Stream):
         except h11.RemoteProtocolError:  # the manager writes HTTP/1.1; a bad response is a bug
             await self._abort(h2.errors.ErrorCodes.INTERNAL_ERROR)
             raise trio.BrokenResourceError("bad response") from None
+
+    async def _relay_whole(self, status: bytes, fields: list[tuple[bytes, bytes]], body: bytes) -> None:
+        """A whole response in one write (:func:`whole_response`), the predicted case: HEADERS,
+        then the body's DATA with END_STREAM on its last frame (or HEADERS ending the stream), and
+        one flush; h11 never sees it."""
+        conn = self.conn
+        head = [(b":status", status), *_response_headers(fields)]
+        if body:
+            conn.h2.send_headers(self.stream_id, head)
+            await conn.send_data(self, body, end=True)
+        else:
+            conn.h2.send_headers(self.stream_id, head, end_stream=True)
+        self.response_ended = True
+        self._wake()
+        await conn.flush()
 
     async def _relay(self) -> None:
         conn = self.conn
@@ -481,8 +557,9 @@ class H2Downstream:
         with contextlib.suppress(h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
             self.h2.reset_stream(stream_id, code)
 
-    async def send_data(self, bridge: StreamBridge, data: bytes) -> None:
-        """``data`` on the bridge's stream, within the client's windows, chunk by chunk."""
+    async def send_data(self, bridge: StreamBridge, data: bytes, end: bool = False) -> None:
+        """``data`` on the bridge's stream, within the client's windows, chunk by chunk; ``end``:
+        the last chunk ends the stream."""
         view = memoryview(data)
         while view:
             if bridge.reset:
@@ -492,9 +569,11 @@ class H2Downstream:
                 await self.window_changed.wait()
                 continue
             n = min(window, self.h2.max_outbound_frame_size, len(view))
-            self.h2.send_data(bridge.stream_id, data if n == len(data) else bytes(view[:n]))
+            last = n == len(view)
+            chunk = data if n == len(data) else bytes(view[:n])
+            self.h2.send_data(bridge.stream_id, chunk, end_stream=end and last)
             view = view[n:]
-            if view:  # (the last chunk goes with the response's end, in _relay's flush)
+            if view:  # (the last chunk goes with the response's end, in the relay's flush)
                 await self.flush()
 
     # --- reading ---
