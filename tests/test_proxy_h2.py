@@ -54,7 +54,7 @@ from trio_yastack.l7.config import (
     Http2Options,
     HttpConnectionManager,
 )
-from trio_yastack.l7.h2_downstream import PREFACE, request_headers_problem, whole_response
+from trio_yastack.l7.h2_downstream import PREFACE, StreamBridge, request_headers_problem, whole_response
 from trio_yastack.l7.proxy import Proxy
 
 LIMIT = 60.0
@@ -648,7 +648,7 @@ async def test_h2_streams_take_the_lean_path(
         app = BackendApp("one")
         config = http_bootstrap([cluster("app", [8081])], access_log=[file_log(log)])
         async with h2_proxy(config, app) as (proxy, client, _):
-            answers = []
+            answers: list[object] = []
             for path in ("/json", "/status/404", "/stream?bytes=100000"):
                 got = await client.wait(await client.request("GET", path))
                 head = [
@@ -728,3 +728,62 @@ def test_whole_response_parses_as_h11() -> None:
         assert whole == _h11_parse(data), data
     for data in left:
         assert whole_response(data) is None, data
+
+
+class _NoConn:
+    """A StreamBridge's connection, for a bridge made without one: resets only recorded."""
+
+    def __init__(self) -> None:
+        self.resets: list[int] = []
+
+    def reset_stream(self, stream_id: int, code: h2.errors.ErrorCodes) -> None:
+        self.resets.append(stream_id)
+
+
+def test_bodyless_request_written_as_h11_writes_it() -> None:
+    """A bodyless request's HTTP/1.1 bytes made without h11 are h11's bytes exactly; what h11
+    would refuse or check (a bad method, target, name or value; a Content-Length) is left to h11
+    as before (the same LocalProtocolError, or the same reset); and the h11 client made later for
+    the response is told the request, so it parses the answer."""
+    base = [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/a?b=c"), (b":authority", b"x.test")]
+    direct = [
+        base,
+        [*base, (b"user-agent", b"h2load nghttp2/1.52.0"), (b"accept", b"*/*")],
+        [*base, (b"cookie", b"a=1"), (b"cookie", b"b=2"), (b"x-v", b"sp ace\tand tab"), (b"x-e", b"")],
+        [(b":method", b"HEAD"), (b":scheme", b"http"), (b":path", b"/"), (b"host", b"h.test")],
+        [*base[:3], (b"x-obs", b"\xff\xfe")],
+        [*base, (b"x-c", b"a\x01b")],  # (h11's field-value refuses only NUL and other whitespace)
+    ]
+    left = [
+        ([(b":method", b"BAD METHOD"), *base[1:]], "error"),
+        ([base[0], base[1], (b":path", b"/\x7f"), base[3]], "error"),
+        ([*base, (b'x"q', b"1")], "error"),
+        ([*base, (b"content-length", b"0")], "h11"),
+        ([*base, (b"content-length", b"3")], "reset"),
+    ]
+    for headers in direct:
+        bridge = StreamBridge(_NoConn(), 1, headers, True)  # type: ignore[arg-type]  # a stub connection
+        assert bridge._h11 is None  # written without h11
+        method = dict(headers)[b":method"]
+        fields = [(n, v) for n, v in headers if not n.startswith(b":") and n != b"cookie"]
+        cookies = [v for n, v in headers if n == b"cookie"]
+        if b":authority" in dict(headers):
+            fields.insert(0, (b"host", dict(headers)[b":authority"]))
+        elif b"host" not in dict(headers):
+            fields.insert(0, (b"host", b""))  # (HTTP/1.1 wants one; an empty one, as the bridge)
+        if cookies:
+            fields.append((b"cookie", b"; ".join(cookies)))
+        reference = h11.Connection(h11.CLIENT)
+        expected = reference.send(h11.Request(method=method, target=dict(headers)[b":path"], headers=fields))
+        expected += reference.send(h11.EndOfMessage())
+        assert bytes(bridge.pending) == expected
+        bridge.h11.receive_data(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        assert isinstance(bridge.h11.next_event(), h11.Response)
+    for headers, outcome in left:
+        conn = _NoConn()
+        if outcome == "error":
+            with pytest.raises(h11.LocalProtocolError):
+                StreamBridge(conn, 1, headers, True)  # type: ignore[arg-type]  # a stub connection
+            continue
+        bridge = StreamBridge(conn, 1, headers, True)  # type: ignore[arg-type]  # a stub connection
+        assert bridge._h11 is not None and conn.resets == ([1] if outcome == "reset" else [])

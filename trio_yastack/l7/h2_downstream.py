@@ -134,6 +134,9 @@ def request_headers_problem(headers: Sequence[tuple[bytes, bytes]], trailers: bo
 # value of visible characters, obs-text, spaces and tabs
 _TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")
 _BAD_FIELD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+# h11's for a request it writes (h11._abnf: request-target, field-value)
+_TARGET = re.compile(rb"[\x21-\x7e]+")
+_FIELD_VALUE = re.compile(rb"(?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?")
 
 
 def whole_response(
@@ -219,7 +222,9 @@ class StreamBridge(trio.abc.Stream):
     def __init__(self, conn: H2Downstream, stream_id: int, headers: list[tuple[bytes, bytes]], ended: bool):
         self.conn = conn
         self.stream_id = stream_id
-        self.h11 = h11.Connection(h11.CLIENT)
+        self._h11: h11.Connection | None = None  # made at first use (:attr:`h11`)
+        # a bodyless request written without h11: its parts, told to h11 if h11 is needed
+        self._written: tuple[bytes, bytes, list[tuple[bytes, bytes]]] | None = None
         self.pending = bytearray()  # request bytes the manager has not read yet
         self.unacked = 0  # flow-controlled bytes in ``pending``, acknowledged when read
         self.request_ended = False
@@ -236,7 +241,39 @@ class StreamBridge(trio.abc.Stream):
         self.scope = trio.CancelScope()
         self._start_request(headers, ended)
 
+    @property
+    def h11(self) -> h11.Connection:
+        """The stream's h11 client; for a request written without it (:meth:`_write_bodyless`),
+        made when first needed (a response that is not a whole one, the close), told the request
+        first (what it writes then is already written)."""
+        conn = self._h11
+        if conn is None:
+            conn = self._h11 = h11.Connection(h11.CLIENT)
+            if self._written is not None:
+                method, target, fields = self._written
+                conn.send(h11.Request(method=method, target=target, headers=fields))
+                conn.send(h11.EndOfMessage())
+        return conn
+
     # --- the request, as HTTP/1.1 ---
+
+    def _write_bodyless(self, method: bytes, target: bytes, fields: list[tuple[bytes, bytes]]) -> bool:
+        """A request without a body, written as h11 writes it, if h11 would take it (its rules for
+        a method, a target, names and values; no Content-Length, whose checks h11 keeps): the
+        predicted case, without an h11 connection and its events.  False: h11 writes it."""
+        if _TOKEN.fullmatch(method) is None or _TARGET.fullmatch(target) is None:
+            return False
+        token, value_ok = _TOKEN.fullmatch, _FIELD_VALUE.fullmatch
+        lines = [method + b" " + target + b" HTTP/1.1\r\n"]
+        for name, value in fields:
+            if token(name) is None or value_ok(value) is None or name == b"content-length":
+                return False
+            lines.append(name + b": " + value + b"\r\n")
+        lines.append(b"\r\n")
+        self.pending += b"".join(lines)
+        self._written = (method, target, fields)
+        self.request_ended = True
+        return True
 
     def _start_request(self, headers: list[tuple[bytes, bytes]], ended: bool) -> None:
         method = path = authority = b""
@@ -264,8 +301,11 @@ class StreamBridge(trio.abc.Stream):
         if not ended and not has_length:
             fields.append((b"transfer-encoding", b"chunked"))
             self.chunked = True
-        request = h11.Request(method=method, target=path or authority or b"/", headers=fields)
         self.head_request = method == b"HEAD"
+        target = path or authority or b"/"
+        if ended and self._write_bodyless(method, target, fields):
+            return
+        request = h11.Request(method=method, target=target, headers=fields)
         self.pending += self.h11.send(request) or b""
         if ended:
             self.end_request(None)
