@@ -8,6 +8,12 @@ written as an HTTP/1.1 request by an h11 client connection, and the HTTP/1.1 res
 writes back is parsed by the same h11 connection and sent as HEADERS, DATA and trailers.  One
 router, one set of filters, one behaviour for both protocols.
 
+The predicted case skips h11 on both sides, as the manager's HTTP/1.1 fast path does: a bodyless
+request is written as h11 would write it (when h11's rules allow it), which sends it down the
+manager's lean path, and the whole Content-Length response that path writes back in one write is
+parsed in one pass (:func:`whole_response`); everything else goes through h11 as above, the h11
+client made (and told the request) only then.
+
 Flow control is backpressure both ways:
 
 - **request bodies**: DATA is acknowledged (WINDOW_UPDATE) only when the manager reads it, which it
