@@ -777,6 +777,7 @@ def test_bodyless_request_written_as_h11_writes_it() -> None:
         expected = reference.send(h11.Request(method=method, target=dict(headers)[b":path"], headers=fields))
         expected += reference.send(h11.EndOfMessage())
         assert bytes(bridge.pending) == expected
+        assert bridge.take_request() == expected and bridge.take_request() == b""  # taken whole, once
         bridge.h11.receive_data(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
         assert isinstance(bridge.h11.next_event(), h11.Response)
     for headers, outcome in left:
@@ -787,3 +788,6 @@ def test_bodyless_request_written_as_h11_writes_it() -> None:
             continue
         bridge = StreamBridge(conn, 1, headers, True)  # type: ignore[arg-type]  # a stub connection
         assert bridge._h11 is not None and conn.resets == ([1] if outcome == "reset" else [])
+    post = [(b":method", b"POST"), *base[1:]]
+    streaming = StreamBridge(_NoConn(), 3, post, False)  # type: ignore[arg-type]  # a stub connection
+    assert streaming.take_request() == b"" and streaming.pending  # a body to come: read as it comes

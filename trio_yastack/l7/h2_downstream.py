@@ -352,6 +352,15 @@ class StreamBridge(trio.abc.Stream):
         self.changed.set()
         self.changed = trio.Event()
 
+    def take_request(self) -> bytes:
+        """The whole request's bytes if they are all here and owe the client no window (a
+        bodyless request), taken now; else b"" (the manager reads them with :meth:`receive_some`)."""
+        if not self.request_ended or self.unacked or self.reset or not self.pending:
+            return b""
+        data = bytes(self.pending)
+        self.pending.clear()
+        return data
+
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         # The request's bytes; once they are all read, b"" only when the response is done too, so
         # that the manager never takes the end of a request for a client gone mid-response.

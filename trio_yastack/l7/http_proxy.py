@@ -579,6 +579,9 @@ class HttpConnectionManagerRuntime:
         """One HTTP/2 stream: its request served as any other (:mod:`.h2_downstream`)."""
         ds = _Downstream(stream, remote, scheme)
         ds.protocol = "HTTP/2"
+        if not self.state.shutting_down:  # (else _serve_one declines the request, as before)
+            ds.initial = stream.take_request()  # a whole bodyless request: read with no wait
+            ds.bytes_received = len(ds.initial)
         try:
             await self._serve_one(ds)
         except _NETWORK_ERRORS:
