@@ -38,7 +38,17 @@ kernel sockets), one more ``wrk`` run of ``--seconds`` with ``strace -c -f`` att
 calls and failed calls by name; strace slows the proxy several times, which changes how many
 events one ``epoll_wait`` returns, but not the sends and reads a request takes).
 
+HTTP/2 rows (``--h2``, the default; ``--no-h2`` leaves them out): after each proxy's wrk load, the
+same proxy process under ``h2load -t1 -c10 -m10 -D S`` (h2c with prior knowledge: 10 connections of
+10 concurrent streams, bounded in time, and by the subprocess's timeout), cases ``*_h2``: nginx
+listens ``http2`` on a second port (nginx 1.22's syntax: ``listen ... http2``; plain TCP, so prior
+knowledge) and proxies to the same backend through the same keep-alive pool; ours serves h2c on its
+one listener (``codec_type`` AUTO sniffs the preface).  h2load prints no percentiles: p50/p99 come
+from its ``--log-file`` (one line per request, the microseconds until its response ended).  Any
+failed, errored or timed-out request, or a non-2xx, fails the run as with wrk.
+
     python benchmarks/bench_proxy.py [--seconds S] [--rounds R] [--quick] [--no-cores] [--syscalls]
+                                     [--h2 | --no-h2]
 """
 
 from __future__ import annotations
@@ -58,7 +68,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from _common import machine, parse_wrk, spread
+from _common import _required, machine, parse_wrk, spread
 from bench_asgi import cpu_seconds
 
 from trio_yastack.nic.netns import KERNEL_ADDRESS, STACK_ADDRESS, NetworkNamespace, netns_unavailable_reason
@@ -69,11 +79,15 @@ RESULTS = Path(__file__).parent / "results"
 BODY = "hello\n"
 BACKEND_PORT = 8080
 NGINX_PROXY_PORT = 10001
+NGINX_PROXY_H2_PORT = 10002  # nginx's h2c listener (nginx cannot sniff the preface on one port)
 OURS_PORT = 10000
 TAP_NAME = "yasp0"
 TARGET_RATIO = 0.2
 CASES = ("backend_direct", "nginx_proxy", "ours_kernel", "ours_bypass")
 CASES_2C = ("nginx_proxy_2w", "ours_kernel_2c", "ours_bypass_2c")
+#: the HTTP/2 cases: the same proxies (the same processes) under h2load
+H2_SUFFIX = "_h2"
+H2_STREAMS = (10, 10)  # h2load's connections, and concurrent streams on each
 NGINX = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.access(p, os.X_OK)), None)
 
 BACKEND_CONF = """\
@@ -114,6 +128,16 @@ http {{
     }}
     server {{
         listen 127.0.0.1:{port} backlog=1024{reuseport};
+        location / {{
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
+    server {{
+        # h2c with prior knowledge (nginx 1.22: "listen ... http2"; "http2 on;" came in 1.25.1)
+        listen 127.0.0.1:{h2_port} http2 backlog=1024{reuseport};
+        http2_max_requests 1000000;
         location / {{
             proxy_pass http://backend;
             proxy_http_version 1.1;
@@ -177,6 +201,10 @@ RATIOS = (
     ("kernel_2c", "ours_kernel_2c", "nginx_proxy_2w"),
     ("bypass_2c", "ours_bypass_2c", "nginx_proxy_2w"),
     ("kernel_2c_over_1c", "ours_kernel_2c", "ours_kernel"),
+    ("kernel_h2", "ours_kernel_h2", "nginx_proxy_h2"),
+    ("bypass_h2", "ours_bypass_h2", "nginx_proxy_h2"),
+    ("kernel_2c_h2", "ours_kernel_2c_h2", "nginx_proxy_2w_h2"),
+    ("bypass_2c_h2", "ours_bypass_2c_h2", "nginx_proxy_2w_h2"),
 )
 
 
@@ -188,12 +216,18 @@ class Round:
     """One round's namespace, temp dir, CPU pinning and the processes started in it."""
 
     def __init__(
-        self, namespace: NetworkNamespace, tmp: Path, cpus: tuple[int, int] | None, syscalls: bool = False
+        self,
+        namespace: NetworkNamespace,
+        tmp: Path,
+        cpus: tuple[int, int] | None,
+        syscalls: bool = False,
+        h2: bool = False,
     ) -> None:
         self.namespace = namespace
         self.tmp = tmp
         self.cpus = cpus  # (the proxy under test's core, wrk's and the backend's core)
         self.syscalls = syscalls  # count the one-core proxies' system calls too (--syscalls)
+        self.h2 = h2  # each proxy under h2load too (the *_h2 cases)
 
     def pinned(self, args: Sequence[str], under_test: bool | None) -> list[str]:
         """``under_test=None``: several processes that pin themselves, one per CPU (not taskset)."""
@@ -247,10 +281,12 @@ class Round:
             time.sleep(0.05)
         return process
 
-    def get(self, url: str, attempts: int = 100) -> None:
-        """``GET url`` until it answers (bounded); the answer must be the backend's body."""
+    def get(self, url: str, attempts: int = 100, h2: bool = False) -> None:
+        """``GET url`` until it answers (bounded); the answer must be the backend's body
+        (``h2``: over h2c with prior knowledge)."""
+        curl = ["curl", "-sS", "-m", "2", *(["--http2-prior-knowledge"] if h2 else []), url]
         for _ in range(attempts):
-            done = self.namespace.run(["curl", "-sS", "-m", "2", url], timeout=10)
+            done = self.namespace.run(curl, timeout=10)
             if done.returncode == 0:
                 if done.stdout != BODY:
                     raise BenchFailure(f"GET {url}: unexpected body {done.stdout[:200]!r}")
@@ -281,6 +317,38 @@ class Round:
             raise BenchFailure(f"wrk {url}: {result}\n{out[-2000:]}")
         if server and server.poll() is not None:
             raise BenchFailure(f"{url}: the proxy exited ({server.returncode}) during the load")
+        return result
+
+    def h2load(self, url: str, seconds: int, server: subprocess.Popen[bytes]) -> dict[str, float]:
+        """``h2load`` (h2c prior knowledge, :data:`H2_STREAMS`) on ``url`` for ``seconds``: the
+        same figures as :meth:`wrk`, p50/p99 from its per-request log."""
+        log = self.tmp / "h2load.log"
+        log.unlink(missing_ok=True)
+        clients, streams = H2_STREAMS
+        before = cpu_seconds(server.pid)
+        busy_before = core_times()
+        args = ["h2load", "-t1", f"-c{clients}", f"-m{streams}", f"-D{seconds}", f"--log-file={log}", url]
+        done = self.namespace.run(self.pinned(args, under_test=False), timeout=seconds + 60)
+        busy_after = core_times()
+        after = cpu_seconds(server.pid)
+        out = done.stdout
+        if done.returncode or "finished in" not in out:
+            raise BenchFailure(
+                f"h2load {url} failed ({done.returncode}):\n{out[-2000:]}\n{done.stderr[-2000:]}"
+            )
+        try:
+            result = parse_h2load(out, log.read_text() if log.exists() else "")
+        except ValueError as exc:  # a report without its figures
+            raise BenchFailure(f"h2load {url}: {exc}") from None
+        result["cpu_us_per_request"] = (after - before) / max(result["requests"], 1) * 1e6
+        if self.cpus is not None:
+            for key, cpu in (("proxy_core_busy", self.cpus[0]), ("load_core_busy", self.cpus[1])):
+                (busy0, total0), (busy1, total1) = busy_before[cpu], busy_after[cpu]
+                result[key] = (busy1 - busy0) / max(total1 - total0, 1)
+        if result["socket_errors"] or result["non_2xx"] or not result["requests"]:
+            raise BenchFailure(f"h2load {url}: {result}\n{out[-2000:]}")
+        if server.poll() is not None:
+            raise BenchFailure(f"{url}: the proxy exited ({server.returncode}) during the h2 load")
         return result
 
     def count_syscalls(self, url: str, seconds: int, pid: int) -> dict[str, dict[str, float]]:
@@ -316,6 +384,35 @@ class Round:
         return table
 
 
+def parse_h2load(out: str, log: str) -> dict[str, float]:
+    """h2load's report and ``--log-file`` as wrk's figures: requests (those done), req/s, p50/p99 in
+    ms (from the log's third column, microseconds until the response ended), ``socket_errors``
+    (failed + errored + timed out: h2load's own failures) and ``non_2xx``."""
+    rate = float(_required(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1))
+    counts = _required(
+        r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, "
+        r"(\d+) errored, (\d+) timeout",
+        out,
+    ).groups()
+    _total, _started, done, _succeeded, failed, errored, timeout = (int(x) for x in counts)
+    codes = _required(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out).groups()
+    times = sorted(int(line.split("\t")[2]) for line in log.splitlines() if line.count("\t") >= 2)
+    if not times:
+        raise BenchFailure(f"h2load: an empty --log-file:\n{out[-1000:]}")
+
+    def percentile(p: float) -> float:
+        return times[min(len(times) - 1, int(len(times) * p))] / 1000
+
+    return {
+        "requests": done,
+        "requests_per_s": rate,
+        "p50_ms": percentile(0.50),
+        "p99_ms": percentile(0.99),
+        "socket_errors": failed + errored + timeout,
+        "non_2xx": int(codes[1]) + int(codes[2]) + int(codes[3]),
+    }
+
+
 def core_times() -> dict[int, tuple[int, int]]:
     """Per CPU, (busy, total) jiffies from ``/proc/stat`` (busy: all but idle and iowait)."""
     times = {}
@@ -349,15 +446,16 @@ def stop(process: subprocess.Popen[bytes], name: str, log: Path | None = None) -
 
 
 def run_round(
-    seconds: int, cpus: tuple[int, int] | None, two_cores: bool, syscalls: bool = False
+    seconds: int, cpus: tuple[int, int] | None, two_cores: bool, syscalls: bool = False, h2: bool = False
 ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, dict[str, float]]]]:
     """The four cases (and the three two-core ones) in one namespace of our own (deleted at the
-    end, whatever happens); and, with ``syscalls``, the one-core proxies' system calls per request."""
+    end, whatever happens); with ``h2``, each proxy's ``*_h2`` case too; and, with ``syscalls``,
+    the one-core proxies' system calls per request."""
     results: dict[str, dict[str, float]] = {}
     counted: dict[str, dict[str, dict[str, float]]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-proxy-") as tmp, NetworkNamespace("yasp") as namespace:
         os.chmod(tmp, 0o755)  # nginx's workers run as nobody
-        bench = Round(namespace, Path(tmp), cpus, syscalls)
+        bench = Round(namespace, Path(tmp), cpus, syscalls, h2)
         backend = bench.nginx("backend", BACKEND_CONF, under_test=False, port=BACKEND_PORT)
         bench.get(f"http://127.0.0.1:{BACKEND_PORT}/")
         results["backend_direct"] = bench.wrk(f"http://127.0.0.1:{BACKEND_PORT}/", seconds, None)
@@ -369,11 +467,17 @@ def run_round(
                 under_test=True if workers == 1 else None,
                 workers=workers,
                 port=NGINX_PROXY_PORT,
+                h2_port=NGINX_PROXY_H2_PORT,
                 backend_port=BACKEND_PORT,
             )
             try:
                 bench.get(f"http://127.0.0.1:{NGINX_PROXY_PORT}/")
                 results[name] = bench.wrk(f"http://127.0.0.1:{NGINX_PROXY_PORT}/", seconds, peer)
+                if h2:
+                    url = f"http://127.0.0.1:{NGINX_PROXY_H2_PORT}/"
+                    bench.get(url, h2=True)
+                    # nginx's CPU: its workers' (the master only waits); cpu_seconds counts the tree
+                    results[name + H2_SUFFIX] = bench.h2load(url, seconds, peer)
                 if syscalls and workers == 1:
                     worker = nginx_worker(peer.pid)
                     counted[name] = bench.count_syscalls(
@@ -398,6 +502,9 @@ def run_round(
             try:
                 bench.get(f"http://{listen}:{OURS_PORT}/")  # also warms ARP on the bypass path
                 results[name] = bench.wrk(f"http://{listen}:{OURS_PORT}/", seconds, proxy)
+                if h2:
+                    bench.get(f"http://{listen}:{OURS_PORT}/", h2=True)
+                    results[name + H2_SUFFIX] = bench.h2load(f"http://{listen}:{OURS_PORT}/", seconds, proxy)
                 if syscalls and name == "ours_kernel":
                     counted[name] = bench.count_syscalls(f"http://{listen}:{OURS_PORT}/", seconds, proxy.pid)
             except BenchFailure as exc:
@@ -442,22 +549,30 @@ def main() -> None:
         action="store_true",
         help="count the one-core proxies' system calls per request (strace)",
     )
+    parser.add_argument(
+        "--h2",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the HTTP/2 rows too: each proxy under h2load, h2c prior knowledge (default: on)",
+    )
     args = parser.parse_args()
     reason = netns_unavailable_reason()
-    tools = ("wrk", "curl", "strace") if args.syscalls else ("wrk", "curl")
+    tools = ("wrk", "curl") + (("strace",) if args.syscalls else ()) + (("h2load",) if args.h2 else ())
     missing = [tool for tool in tools if not shutil.which(tool)] + ([] if NGINX else ["nginx"])
     if reason or missing:
-        sys.exit(f"bench_proxy: needs network namespaces, wrk, nginx and curl: {reason or missing}")
+        sys.exit(f"bench_proxy: needs network namespaces, wrk, nginx and curl (h2load): {reason or missing}")
     seconds, rounds = (2, 1) if args.quick else (args.seconds, args.rounds)
     seconds, rounds = max(1, min(seconds, 120)), max(1, min(rounds, 20))  # every load bounded
     cpus = pick_cpus()
     names = CASES if args.no_cores else CASES + CASES_2C
+    if args.h2:
+        names += tuple(name + H2_SUFFIX for name in names if name != "backend_direct")
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in names}
     syscalls: dict[str, list[dict[str, dict[str, float]]]] = {}
     failures: list[str] = []
     for number in range(rounds):
         try:
-            measured_round, counted = run_round(seconds, cpus, not args.no_cores, args.syscalls)
+            measured_round, counted = run_round(seconds, cpus, not args.no_cores, args.syscalls, args.h2)
             for name, measured in measured_round.items():
                 runs[name].append(measured)
             for name, table in counted.items():
@@ -476,6 +591,9 @@ def main() -> None:
         "machine": machine(),
         "nginx": nginx_version(),
         "load": f"wrk -t1 -c50 -d{seconds}s --latency, keep-alive, GET / (6-byte body from an nginx backend)",
+        "load_h2": f"h2load -t1 -c{H2_STREAMS[0]} -m{H2_STREAMS[1]} -D{seconds}, h2c prior knowledge, GET /"
+        if args.h2
+        else None,
         "pinning": f"proxy under test on cpu {cpus[0]}, wrk and the backend on cpu {cpus[1]}"
         if cpus
         else "none (1 cpu)",
@@ -506,7 +624,7 @@ def main() -> None:
             )
             result[f"ratio_{mode}_per_round"] = spread(per_round)
     print(json.dumps(result, indent=2))
-    print(f"\n{'case':16} {'req/s (median, min-max)':>28} {'p50 ms':>8} {'p99 ms':>8} {'CPU us/req':>11}"
+    print(f"\n{'case':20} {'req/s (median, min-max)':>28} {'p50 ms':>8} {'p99 ms':>8} {'CPU us/req':>11}"
           f" {'busy: proxy core, load core':>28}")  # fmt: skip
     for name, case in cases.items():
         r = case["requests_per_s"]
@@ -517,7 +635,7 @@ def main() -> None:
             if "proxy_core_busy" in case
             else ""
         )
-        print(f"{name:16} {r['median']:10.0f} ({r['min']:.0f}-{r['max']:.0f}) {'':4}"
+        print(f"{name:20} {r['median']:10.0f} ({r['min']:.0f}-{r['max']:.0f}) {'':4}"
               f"{case['p50_ms']['median']:8.2f} {case['p99_ms']['median']:8.2f} {cpu} {busy}")  # fmt: skip
     for mode, ours_case, peer_case in RATIOS:
         if f"ratio_{mode}" in result:

@@ -11,16 +11,22 @@ from __future__ import annotations
 import collections
 import hashlib
 import json
+import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import NamedTuple
 
 import h2.config
 import h2.connection
 import h2.errors
 import h2.events
+import h2.exceptions
 import h2.settings
+import h2.utilities
+import h11
+import pytest
 import trio
 import trio.testing
 from proxy_helpers import (
@@ -37,6 +43,8 @@ from proxy_helpers import (
     wait_until,
 )
 from socket_helpers import two_stacks
+from test_proxy_http import file_log
+from test_proxy_http1 import _lean, _log_lines
 
 from trio_yastack import Stack
 from trio_yastack.l7.config import (
@@ -46,7 +54,7 @@ from trio_yastack.l7.config import (
     Http2Options,
     HttpConnectionManager,
 )
-from trio_yastack.l7.h2_downstream import PREFACE
+from trio_yastack.l7.h2_downstream import PREFACE, StreamBridge, request_headers_problem, whole_response
 from trio_yastack.l7.proxy import Proxy
 
 LIMIT = 60.0
@@ -514,3 +522,272 @@ async def test_h2_idle_timeout_sends_goaway(autojump_clock: trio.testing.MockClo
         assert 10.0 <= trio.current_time() - finished <= 10.5
         await wait_until(lambda: client.closed)
         assert proxy.stats.value("http.ingress.downstream_cx_idle_timeout") == 1
+
+
+def _h2_accepts(headers: list[tuple[bytes, bytes]], trailers: bool) -> bool:
+    """h2's own inbound validation (what the proxy turned off for :func:`request_headers_problem`)."""
+    flags = h2.utilities.HeaderValidationFlags(
+        is_client=False, is_trailer=trailers, is_response_header=False, is_push_promise=False
+    )
+    try:
+        list(h2.utilities.validate_headers(headers, flags))
+    except h2.exceptions.ProtocolError:
+        return False
+    return True
+
+
+def test_request_header_checks_agree_with_h2s() -> None:
+    """The proxy's one-pass header checks give h2's verdict on every block: hand-picked bad cases
+    (each rule of RFC 9113 8.2/8.3 once) and 5000 seeded random blocks built from valid and invalid
+    names, values and orders."""
+    base = [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/"), (b":authority", b"a.test")]
+    cases: list[tuple[list[tuple[bytes, bytes]], bool]] = [
+        (base, False),
+        ([*base, (b"Upper", b"x")], False),
+        ([*base, (b"sp ace", b"x")], False),
+        ([*base, (b"co:lon", b"x")], False),
+        ([*base, (b"", b"x")], False),
+        ([*base, (b"x", b"a\r\nb")], False),
+        ([*base, (b"x", b"a\x00")], False),
+        ([*base, (b"x", b" a")], False),
+        ([*base, (b"x", b"a\t")], False),
+        ([*base, (b"x", b"")], False),
+        ([*base, (b"x", b"\xff\x80 ok")], False),
+        ([*base, (b"te", b"trailers")], False),
+        ([*base, (b"te", b"TRAILERS")], False),
+        ([*base, (b"te", b"gzip")], False),
+        ([*base, (b"connection", b"close")], False),
+        ([*base, (b"transfer-encoding", b"chunked")], False),
+        ([*base, (b":method", b"GET")], False),
+        ([*base, (b"x", b"1"), (b":foo", b"1")], False),
+        ([(b"x", b"1"), *base], False),
+        ([*base, (b":status", b"200")], False),
+        (base[1:], False),
+        ([base[0], base[2], base[3]], False),
+        ([base[0], base[1], (b":path", b""), base[3]], False),
+        ([*base, (b"host", b"a.test")], False),
+        ([*base, (b"host", b"b.test")], False),
+        ([*base[:3], (b"host", b"a.test"), (b"host", b"a.test")], False),
+        (base[:3], False),
+        ([(b":method", b"CONNECT"), (b":authority", b"a.test:443")], False),
+        ([(b":method", b"CONNECT"), (b":authority", b"a:1"), (b":path", b"/")], False),
+        ([(b":method", b"CONNECT"), (b":protocol", b"websocket"), *base[1:]], False),
+        ([*base, (b":protocol", b"websocket")], False),
+        ([(b"grpc-status", b"0")], True),
+        ([(b":status", b"200")], True),
+        ([(b"Bad", b"0")], True),
+        ([], True),
+    ]
+    rng = random.Random(20)
+    names = [b":method", b":scheme", b":path", b":authority", b":status", b":x", b"host", b"te", b"x-a",
+             b"cookie", b"connection", b"X-Up", b"a:b", b"", b"\x7f", b"\xc3\xa9", b"::"]  # fmt: skip
+    values = [b"GET", b"CONNECT", b"http", b"/", b"", b"a.test", b"trailers", b"gzip", b" x", b"x\t",
+              b"a\nb", b"\x00", b"\xff", b"ok ok"]  # fmt: skip
+    for _ in range(5000):
+        block = [(rng.choice(names), rng.choice(values)) for _ in range(rng.randrange(0, 7))]
+        if rng.random() < 0.5:
+            block = base + block
+        cases.append((block, rng.random() < 0.2))
+    for block, trailers in cases:
+        ours = request_headers_problem(block, trailers)
+        assert (ours is None) == _h2_accepts(block, trailers), (block, trailers, ours)
+
+
+async def test_h2_client_goaway_with_streams_in_flight(autojump_clock: trio.testing.MockClock) -> None:
+    """A client's GOAWAY (h2load's at the end of its run) while a response is held by its window:
+    h2's state machine is closed then, and the stream in flight is cancelled quietly (counted as a
+    downstream reset): no handler error, every stream and the connection accounted for.  (Under
+    h2load a stream's close met h2's closed state machine and raised out of ``aclose``.)"""
+    app = BackendApp("one")
+    config = http_bootstrap([cluster("app", [8081])])
+    async with h2_proxy(config, app, auto_ack=False) as (proxy, client, _):
+        small = [await client.request("GET", "/json") for _ in range(5)]
+        for sid in small:
+            assert (await client.wait(sid)).status == 200
+        big = await client.request("GET", "/stream?bytes=1000000")  # held by the client's windows
+        await wait_until(lambda: len(client.streams[big].body) >= 65535 - 5 * 242)
+        client.conn.close_connection()
+        await client.flush()
+        await wait_until(lambda: client.closed)
+        await wait_until(lambda: proxy.stats.value("http.ingress.downstream_cx_active") == 0)
+        assert proxy.stats.value("downstream_cx_handler_error") == 0
+        assert proxy.stats.value("http.ingress.downstream_rq_active") == 0
+        assert proxy.stats.value("http.ingress.downstream_rq_rx_reset") == 1
+
+
+async def test_h2_response_cut_short_is_reset(autojump_clock: trio.testing.MockClock) -> None:
+    """Was a bug (fixed): a response whose relay was cut short (here the route's timeout, while its
+    body waited for the connection's window, held by a client that stopped reading) was ended with
+    END_STREAM by the stream's close, as if complete, the body h11 had handed over never sent (the
+    client's h2 saw 0 of the 242 bytes its content-length promised: a connection error).  Now it
+    is reset (RST_STREAM INTERNAL_ERROR)."""
+    app = BackendApp("one")
+    config = http_bootstrap([cluster("app", [8081])])
+    async with h2_proxy(config, app, auto_ack=False) as (_, client, _):
+        big = await client.request("GET", "/stream?bytes=1000000")
+        await wait_until(lambda: len(client.streams[big].body) == 65535)  # the connection's window
+        small = await client.request("GET", "/json")
+        got = await client.wait(small)  # the route's timeout (15 s, simulated) ends it
+        assert got.reset == h2.errors.ErrorCodes.INTERNAL_ERROR and not got.ended
+        assert got.status == 200 and not got.body  # its head went out, its body could not
+        assert not client.closed
+        await client.stream.aclose()
+
+
+async def test_h2_streams_take_the_lean_path(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A bodyless HTTP/2 request takes the HTTP/1.1 fast path's lean function (its bridge writes
+    the request as h11 would, and parses what the lean path writes as h11 would): the same
+    answers, statistics and access-log lines (protocol ``HTTP/2``) as the general path gives it;
+    a request with a body still takes the general path."""
+    runs = []
+    for lean_on in (True, False):
+        taken = _lean(lean_on, monkeypatch)
+        log = tmp_path / f"lean-{lean_on}.log"
+        app = BackendApp("one")
+        config = http_bootstrap([cluster("app", [8081])], access_log=[file_log(log)])
+        async with h2_proxy(config, app) as (proxy, client, _):
+            answers: list[object] = []
+            for path in ("/json", "/status/404", "/stream?bytes=100000"):
+                got = await client.wait(await client.request("GET", path))
+                head = [
+                    (n, v)
+                    for n, v in got.headers or ()
+                    if n not in (b"date", b"x-envoy-upstream-service-time")
+                ]
+                answers.append((head, bytes(got.body), got.ended))
+            posted = await client.wait(await client.request("POST", "/json", body=b"x" * 1000))
+            answers.append((posted.status, bytes(posted.body)))
+            await client.stream.aclose()
+            await wait_until(lambda: proxy.stats.value("http.ingress.downstream_cx_active") == 0)
+            stats = sorted(row for row in proxy.stats.snapshot() if "bytes" not in row[2])
+        if lean_on:
+            assert taken == [True, True, True]  # the three GETs; the POST never offered
+        runs.append((answers, stats, _log_lines(log)))
+    assert runs[0] == runs[1]
+    lines = runs[0][2]
+    assert len(lines) == 4 and all(' HTTP/2" ' in line for line in lines), lines
+
+
+def _h11_parse(data: bytes) -> tuple[bytes, list[tuple[bytes, bytes]], bytes] | None:
+    """``data`` as the bridge's h11 client parses it after a GET: (status, fields, body) for a
+    response that ends in it, None if h11 refuses it or wants more."""
+    conn = h11.Connection(h11.CLIENT)
+    conn.send(h11.Request(method="GET", target="/", headers=[("host", "a")]))
+    conn.send(h11.EndOfMessage())
+    conn.receive_data(data)
+    status, fields, body = b"", [], b""
+    try:
+        while True:
+            event = conn.next_event()
+            if isinstance(event, h11.Response):
+                status, fields = str(event.status_code).encode(), list(event.headers)
+            elif isinstance(event, h11.Data):
+                body += event.data
+            elif isinstance(event, h11.EndOfMessage):
+                return status, fields, body
+            else:
+                return None
+    except h11.RemoteProtocolError:
+        return None
+
+
+def test_whole_response_parses_as_h11() -> None:
+    """The bridge's predicted response parse gives h11's status, fields and body for every
+    response it takes, and leaves to h11 what it should (informational, 204/304, chunked,
+    close-framed, partial, folded, bad names or values, a duplicate Content-Length)."""
+    head = b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Type: text/plain\r\n"
+    taken = [
+        head + b"Content-Length: 6\r\n\r\nhello\n",
+        head + b"content-length: 0\r\n\r\n",
+        b"HTTP/1.1 404 Not Found\r\nX-A:  spaced \t\r\nContent-Length: 3\r\n\r\nabc",
+        b"HTTP/1.1 503 \r\ncontent-length: 2\r\nx-b: \xff obs\r\n\r\nno",
+        b"HTTP/1.1 200 OK\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\nContent-Length: 1\r\n\r\nx",
+    ]
+    left = [
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 204 No Content\r\n\r\n",
+        b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n",
+        head + b"Transfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n\r\n",
+        head + b"\r\nclose-framed",
+        head + b"Content-Length: 6\r\n\r\nhel",
+        head + b"Content-Length: 6\r\n",
+        head + b"X-Folded: a\r\n b\r\nContent-Length: 0\r\n\r\n",
+        head + b"Bad Name: x\r\nContent-Length: 0\r\n\r\n",
+        head + b"X-C: a\x01b\r\nContent-Length: 0\r\n\r\n",
+        head + b"Content-Length: 1\r\nContent-Length: 1\r\n\r\nx",
+        head + b"Content-Length: +1\r\n\r\nx",
+        b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 200OK\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 20x OK\r\nContent-Length: 0\r\n\r\n",
+    ]
+    for data in taken:
+        whole = whole_response(data)
+        assert whole is not None, data
+        assert whole == _h11_parse(data), data
+    for data in left:
+        assert whole_response(data) is None, data
+
+
+class _NoConn:
+    """A StreamBridge's connection, for a bridge made without one: resets only recorded."""
+
+    def __init__(self) -> None:
+        self.resets: list[int] = []
+
+    def reset_stream(self, stream_id: int, code: h2.errors.ErrorCodes) -> None:
+        self.resets.append(stream_id)
+
+
+def test_bodyless_request_written_as_h11_writes_it() -> None:
+    """A bodyless request's HTTP/1.1 bytes made without h11 are h11's bytes exactly; what h11
+    would refuse or check (a bad method, target, name or value; a Content-Length) is left to h11
+    as before (the same LocalProtocolError, or the same reset); and the h11 client made later for
+    the response is told the request, so it parses the answer."""
+    base = [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/a?b=c"), (b":authority", b"x.test")]
+    direct = [
+        base,
+        [*base, (b"user-agent", b"h2load nghttp2/1.52.0"), (b"accept", b"*/*")],
+        [*base, (b"cookie", b"a=1"), (b"cookie", b"b=2"), (b"x-v", b"sp ace\tand tab"), (b"x-e", b"")],
+        [(b":method", b"HEAD"), (b":scheme", b"http"), (b":path", b"/"), (b"host", b"h.test")],
+        [*base[:3], (b"x-obs", b"\xff\xfe")],
+        [*base, (b"x-c", b"a\x01b")],  # (h11's field-value refuses only NUL and other whitespace)
+    ]
+    left = [
+        ([(b":method", b"BAD METHOD"), *base[1:]], "error"),
+        ([base[0], base[1], (b":path", b"/\x7f"), base[3]], "error"),
+        ([*base, (b'x"q', b"1")], "error"),
+        ([*base, (b"content-length", b"0")], "h11"),
+        ([*base, (b"content-length", b"3")], "reset"),
+    ]
+    for headers in direct:
+        bridge = StreamBridge(_NoConn(), 1, headers, True)  # type: ignore[arg-type]  # a stub connection
+        assert bridge._h11 is None  # written without h11
+        method = dict(headers)[b":method"]
+        fields = [(n, v) for n, v in headers if not n.startswith(b":") and n != b"cookie"]
+        cookies = [v for n, v in headers if n == b"cookie"]
+        if b":authority" in dict(headers):
+            fields.insert(0, (b"host", dict(headers)[b":authority"]))
+        elif b"host" not in dict(headers):
+            fields.insert(0, (b"host", b""))  # (HTTP/1.1 wants one; an empty one, as the bridge)
+        if cookies:
+            fields.append((b"cookie", b"; ".join(cookies)))
+        reference = h11.Connection(h11.CLIENT)
+        expected = reference.send(h11.Request(method=method, target=dict(headers)[b":path"], headers=fields))
+        expected += reference.send(h11.EndOfMessage())
+        assert bytes(bridge.pending) == expected
+        assert bridge.take_request() == expected and bridge.take_request() == b""  # taken whole, once
+        bridge.h11.receive_data(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        assert isinstance(bridge.h11.next_event(), h11.Response)
+    for headers, outcome in left:
+        conn = _NoConn()
+        if outcome == "error":
+            with pytest.raises(h11.LocalProtocolError):
+                StreamBridge(conn, 1, headers, True)  # type: ignore[arg-type]  # a stub connection
+            continue
+        bridge = StreamBridge(conn, 1, headers, True)  # type: ignore[arg-type]  # a stub connection
+        assert bridge._h11 is not None and conn.resets == ([1] if outcome == "reset" else [])
+    post = [(b":method", b"POST"), *base[1:]]
+    streaming = StreamBridge(_NoConn(), 3, post, False)  # type: ignore[arg-type]  # a stub connection
+    assert streaming.take_request() == b"" and streaming.pending  # a body to come: read as it comes

@@ -8,14 +8,26 @@ written as an HTTP/1.1 request by an h11 client connection, and the HTTP/1.1 res
 writes back is parsed by the same h11 connection and sent as HEADERS, DATA and trailers.  One
 router, one set of filters, one behaviour for both protocols.
 
+The predicted case skips h11 on both sides, as the manager's HTTP/1.1 fast path does: a bodyless
+request is written as h11 would write it (when h11's rules allow it), which sends it down the
+manager's lean path, and the whole Content-Length response that path writes back in one write is
+parsed in one pass (:func:`whole_response`); everything else goes through h11 as above, the h11
+client made (and told the request) only then.
+
 Flow control is backpressure both ways:
 
 - **request bodies**: DATA is acknowledged (WINDOW_UPDATE) only when the manager reads it, which it
   does once the upstream took the previous chunk; so a stream holds at most its window, and the
   connection at most the connection window (``http2_protocol_options``).
-- **response bodies**: DATA goes out only within the client's windows, each chunk written to the
-  socket before the next; the manager's write to the bridge returns only then, so a slow reader
-  stops the upstream read rather than growing a buffer.
+- **response bodies**: DATA goes out only within the client's windows; what is queued for the
+  socket and not yet written is bounded (:data:`OUTBOUND_BOUND`): past it, the manager's write to the
+  bridge waits for the socket, so a slow reader stops the upstream read rather than growing a buffer.
+
+One writer task per connection writes every frame (:meth:`H2Downstream._writer`): the streams and the
+reader queue their frames and wake it, and it writes all that is queued in one ``send_all``.  The
+streams answered in one scheduler batch (ten responses for ten streams a client sent together) so
+cost one system call, not one per frame or per stream; a response's HEADERS, DATA and END_STREAM
+always leave in one write.
 
 A client's RST_STREAM cancels its request (the upstream request is abandoned, counted as
 ``downstream_rq_rx_reset``); a response the manager cannot finish is reset by the proxy.  A drain
@@ -26,6 +38,8 @@ closes the connection.
 from __future__ import annotations
 
 import contextlib
+import re
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
 import h2.config
@@ -35,6 +49,7 @@ import h2.events
 import h2.exceptions
 import h2.settings
 import h11
+import hpack
 import hyperframe.frame
 import trio
 
@@ -44,16 +59,155 @@ if TYPE_CHECKING:
     from .config import Http2Options
     from .proxy import ProxyState
 
-__all__ = ["MAX_STREAMS", "PREFACE", "H2Downstream", "StreamBridge"]
+__all__ = ["MAX_STREAMS", "PREFACE", "H2Downstream", "StreamBridge", "request_headers_problem"]
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 #: the most streams served at once per connection, whatever ``max_concurrent_streams`` says (a bound)
 MAX_STREAMS = 1000
 MAX_HEADER_LIST = 60 * 1024  # as for HTTP/1.1 heads (Envoy's max_request_headers_kb default)
 RECEIVE_SIZE = 65536
+#: frames queued for the socket past which a stream's write waits for the writer (backpressure)
+OUTBOUND_BOUND = 256 * 1024
 # connection-specific headers (RFC 9113 8.2.2): never sent in HTTP/2
 _HOP_BY_HOP = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"))
+# HPACK never-indexed on the way out (as h2's own normalisation does: credentials stay out of
+# the compression context)
+_SECURE = frozenset((b"authorization", b"proxy-authorization"))
+
+# --- a request's header block, checked as h2's inbound validation checks it (RFC 9113 8.2, 8.3) ---
+#
+# Why our own: h2 checks every byte of every name and value in a Python loop, a generator per rule
+# (a third of h2's cost per request in the profile); these are the same rules in one pass, each
+# byte rule one regular expression.  ``tests/test_proxy_h2.py`` holds the two to the same verdicts.
+# A field name: no 0x00-0x20, no uppercase, no 0x7f-0xff, no colon but a pseudo-header's first byte.
+_NAME = re.compile(rb":?[\x21-\x39\x3b-\x40\x5b-\x7e]+")
+_BAD_VALUE = re.compile(rb"[\x00\n\r]|\A[ \t]|[ \t]\Z")
+_PSEUDO = frozenset((b":method", b":scheme", b":authority", b":path", b":status", b":protocol"))
+
+
+def request_headers_problem(headers: Sequence[tuple[bytes, bytes]], trailers: bool) -> str | None:
+    """Why a client's header block (``trailers``: a trailer block) is malformed, or None: the
+    checks of h2's ``validate_headers`` for a server's inbound block."""
+    pseudo: set[bytes] = set()
+    regular = False
+    method = authority = host = None
+    fullmatch, search = _NAME.fullmatch, _BAD_VALUE.search
+    for name, value in headers:
+        if fullmatch(name) is None:
+            return f"bad header name {name!r}"
+        if value and search(value) is not None:
+            return f"bad value of {name!r}"
+        if name[0] == 58:  # b":"
+            if name in pseudo or regular or name not in _PSEUDO:
+                return f"pseudo-header {name!r} duplicated, late or unknown"
+            pseudo.add(name)
+            if name == b":method":
+                method = value
+            elif name == b":authority":
+                authority = value
+            elif name == b":path" and not value:
+                return "empty :path"
+        else:
+            regular = True
+            if name in _HOP_BY_HOP:
+                return f"connection-specific header {name!r}"
+            if name == b"te" and value.lower() != b"trailers":
+                return "te other than trailers"
+            if name == b"host":
+                if host is not None:
+                    return "several host headers"
+                host = value
+    if trailers:
+        return "pseudo-header in trailers" if pseudo else None
+    if b":method" not in pseudo or b":status" in pseudo:
+        return "no :method, or :status in a request"
+    connect = method == b"CONNECT"
+    if connect and b":protocol" not in pseudo:
+        if b":scheme" in pseudo or b":path" in pseudo:
+            return "CONNECT with :scheme or :path"
+    elif b":scheme" not in pseudo or b":path" not in pseudo:
+        return "no :scheme or :path"
+    if not connect and b":protocol" in pseudo:
+        return ":protocol without CONNECT"
+    if authority is None and host is None:
+        return "no :authority or host"
+    if authority is not None and host is not None and authority != host:
+        return ":authority and host differ"
+    return None
+
+
+# h11's rules for what whole_response takes (else h11 parses the response): a token for a name, a
+# value of visible characters, obs-text, spaces and tabs
+_TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")
+_BAD_FIELD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+# h11's for a request it writes (h11._abnf: request-target, field-value)
+_TARGET = re.compile(rb"[\x21-\x7e]+")
+_FIELD_VALUE = re.compile(rb"(?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?")
+
+
+def whole_response(
+    data: bytes | bytearray | memoryview,
+) -> tuple[bytes, list[tuple[bytes, bytes]], bytes] | None:
+    """The manager's predicted write, parsed: a whole ``HTTP/1.1`` response (status 200-599 but
+    204 and 304) framed by one Content-Length, its body all there; ``(status, fields, body)``
+    with names lowercased and values stripped as h11 gives them.  None for anything else
+    (informational, chunked, close-framed, several writes, anything h11 would refuse): h11 parses
+    those.  (The lean path writes its response so, head and body at once.)"""
+    data = bytes(data)
+    end = data.find(b"\r\n\r\n")
+    if end < 0 or not data.startswith(b"HTTP/1.1 "):
+        return None
+    lines = data[:end].split(b"\r\n")
+    status = lines[0][9:12]
+    if (
+        len(status) != 3
+        or not status.isdigit()
+        or not b"200" <= status <= b"599"
+        or status in (b"204", b"304")
+    ):
+        return None
+    if len(lines[0]) > 12 and lines[0][12:13] != b" ":
+        return None
+    length = -1
+    fields: list[tuple[bytes, bytes]] = []
+    token, bad = _TOKEN.fullmatch, _BAD_FIELD_VALUE.search
+    for line in lines[1:]:
+        name, colon, value = line.partition(b":")
+        value = value.strip(b" \t")
+        if not colon or token(name) is None or bad(value) is not None:
+            return None  # (a line folded onto the one before starts with a space: no token)
+        name = name.lower()
+        if name == b"content-length":
+            if length >= 0 or not value.isdigit():
+                return None
+            length = int(value)
+        elif name == b"transfer-encoding":
+            return None
+        fields.append((name, value))
+    body = data[end + 4 :]
+    if length != len(body):
+        return None
+    return status, fields, body
+
+
+def _response_headers(fields: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """A response's (or its trailers') fields from h11 (names lowercased and checked, values
+    checked and stripped by its parser) for HTTP/2: without the connection-specific ones
+    (RFC 9113 8.2.2: ``te`` only as ``trailers``), credentials never indexed.  What h2's outbound
+    normalisation and validation would leave, without their per-byte loops (both are off)."""
+    out: list[tuple[bytes, bytes]] = []
+    for name, value in fields:
+        if name in _HOP_BY_HOP or (name == b"te" and value.lower() != b"trailers"):
+            continue
+        out.append(hpack.NeverIndexedHeaderTuple(name, value) if name in _SECURE else (name, value))
+    return out
+
+
 _NETWORK_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
+
+
+class _Malformed(Exception):
+    """A client's header block that :func:`request_headers_problem` rejects."""
 
 
 class StreamServer(Protocol):
@@ -74,7 +228,9 @@ class StreamBridge(trio.abc.Stream):
     def __init__(self, conn: H2Downstream, stream_id: int, headers: list[tuple[bytes, bytes]], ended: bool):
         self.conn = conn
         self.stream_id = stream_id
-        self.h11 = h11.Connection(h11.CLIENT)
+        self._h11: h11.Connection | None = None  # made at first use (:attr:`h11`)
+        # a bodyless request written without h11: its parts, told to h11 if h11 is needed
+        self._written: tuple[bytes, bytes, list[tuple[bytes, bytes]]] | None = None
         self.pending = bytearray()  # request bytes the manager has not read yet
         self.unacked = 0  # flow-controlled bytes in ``pending``, acknowledged when read
         self.request_ended = False
@@ -82,11 +238,48 @@ class StreamBridge(trio.abc.Stream):
         self.reset = False  # by the client, or by us
         self.reset_by_client = False
         self.chunked = False
+        # a relay cut short (cancelled, or the socket failed) after h11 handed over a part of the
+        # response that never reached the client: the response can only be reset now, never ended
+        self.interrupted = False
+        self.fed = False  # h11 has been given response bytes (else the first write may skip it)
+        self.head_request = False
         self.changed = trio.Event()
         self.scope = trio.CancelScope()
         self._start_request(headers, ended)
 
+    @property
+    def h11(self) -> h11.Connection:
+        """The stream's h11 client; for a request written without it (:meth:`_write_bodyless`),
+        made when first needed (a response that is not a whole one, the close), told the request
+        first (what it writes then is already written)."""
+        conn = self._h11
+        if conn is None:
+            conn = self._h11 = h11.Connection(h11.CLIENT)
+            if self._written is not None:
+                method, target, fields = self._written
+                conn.send(h11.Request(method=method, target=target, headers=fields))
+                conn.send(h11.EndOfMessage())
+        return conn
+
     # --- the request, as HTTP/1.1 ---
+
+    def _write_bodyless(self, method: bytes, target: bytes, fields: list[tuple[bytes, bytes]]) -> bool:
+        """A request without a body, written as h11 writes it, if h11 would take it (its rules for
+        a method, a target, names and values; no Content-Length, whose checks h11 keeps): the
+        predicted case, without an h11 connection and its events.  False: h11 writes it."""
+        if _TOKEN.fullmatch(method) is None or _TARGET.fullmatch(target) is None:
+            return False
+        token, value_ok = _TOKEN.fullmatch, _FIELD_VALUE.fullmatch
+        lines = [method + b" " + target + b" HTTP/1.1\r\n"]
+        for name, value in fields:
+            if token(name) is None or value_ok(value) is None or name == b"content-length":
+                return False
+            lines.append(name + b": " + value + b"\r\n")
+        lines.append(b"\r\n")
+        self.pending += b"".join(lines)
+        self._written = (method, target, fields)
+        self.request_ended = True
+        return True
 
     def _start_request(self, headers: list[tuple[bytes, bytes]], ended: bool) -> None:
         method = path = authority = b""
@@ -114,7 +307,11 @@ class StreamBridge(trio.abc.Stream):
         if not ended and not has_length:
             fields.append((b"transfer-encoding", b"chunked"))
             self.chunked = True
-        request = h11.Request(method=method, target=path or authority or b"/", headers=fields)
+        self.head_request = method == b"HEAD"
+        target = path or authority or b"/"
+        if ended and self._write_bodyless(method, target, fields):
+            return
+        request = h11.Request(method=method, target=target, headers=fields)
         self.pending += self.h11.send(request) or b""
         if ended:
             self.end_request(None)
@@ -155,6 +352,15 @@ class StreamBridge(trio.abc.Stream):
         self.changed.set()
         self.changed = trio.Event()
 
+    def take_request(self) -> bytes:
+        """The whole request's bytes if they are all here and owe the client no window (a
+        bodyless request), taken now; else b"" (the manager reads them with :meth:`receive_some`)."""
+        if not self.request_ended or self.unacked or self.reset or not self.pending:
+            return b""
+        data = bytes(self.pending)
+        self.pending.clear()
+        return data
+
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         # The request's bytes; once they are all read, b"" only when the response is done too, so
         # that the manager never takes the end of a request for a client gone mid-response.
@@ -170,7 +376,7 @@ class StreamBridge(trio.abc.Stream):
         if self.unacked:
             self.conn.acknowledge(self.stream_id, self.unacked, open_stream=True)
             self.unacked = 0
-            await self.conn.flush()
+            self.conn.queue()
         return data
 
     # --- the response, from HTTP/1.1 ---
@@ -179,13 +385,41 @@ class StreamBridge(trio.abc.Stream):
         if self.reset:
             raise trio.BrokenResourceError("stream reset")
         try:
-            self.h11.receive_data(bytes(data))
-            await self._relay()
+            whole = None
+            if not self.fed and not self.head_request:
+                whole = whole_response(data)
+            try:
+                if whole is not None:
+                    await self._relay_whole(*whole)
+                else:
+                    self.fed = True
+                    self.h11.receive_data(bytes(data))
+                    await self._relay()
+            except BaseException:
+                self.interrupted = True
+                raise
         except h2.exceptions.ProtocolError:  # the stream or the connection closed under us
             raise trio.BrokenResourceError("stream closed") from None
+        except _NETWORK_ERRORS:
+            raise trio.BrokenResourceError("connection closed") from None
         except h11.RemoteProtocolError:  # the manager writes HTTP/1.1; a bad response is a bug
             await self._abort(h2.errors.ErrorCodes.INTERNAL_ERROR)
             raise trio.BrokenResourceError("bad response") from None
+
+    async def _relay_whole(self, status: bytes, fields: list[tuple[bytes, bytes]], body: bytes) -> None:
+        """A whole response in one write (:func:`whole_response`), the predicted case: HEADERS,
+        then the body's DATA with END_STREAM on its last frame (or HEADERS ending the stream), and
+        one flush; h11 never sees it."""
+        conn = self.conn
+        head = [(b":status", status), *_response_headers(fields)]
+        if body:
+            conn.h2.send_headers(self.stream_id, head)
+            await conn.send_data(self, body, end=True)
+        else:
+            conn.h2.send_headers(self.stream_id, head, end_stream=True)
+        self.response_ended = True
+        self._wake()
+        await conn.flush()
 
     async def _relay(self) -> None:
         conn = self.conn
@@ -196,7 +430,7 @@ class StreamBridge(trio.abc.Stream):
                 break
             if isinstance(event, h11.InformationalResponse | h11.Response):
                 headers = [(b":status", str(event.status_code).encode())]
-                headers += [(n, v) for n, v in event.headers if n not in _HOP_BY_HOP]
+                headers += _response_headers(event.headers)
                 if isinstance(event, h11.InformationalResponse):
                     conn.h2.send_headers(self.stream_id, headers)
                 else:
@@ -207,7 +441,7 @@ class StreamBridge(trio.abc.Stream):
                     head = None
                 await conn.send_data(self, bytes(event.data))
             elif isinstance(event, h11.EndOfMessage):
-                trailers = [(n, v) for n, v in event.headers if n not in _HOP_BY_HOP]
+                trailers = _response_headers(event.headers)
                 if head is not None and not trailers:
                     # a head and no body: one HEADERS frame ending the stream (gRPC's
                     # "trailers-only" error responses must look exactly so)
@@ -228,7 +462,7 @@ class StreamBridge(trio.abc.Stream):
                 break
         if head is not None:
             conn.h2.send_headers(self.stream_id, head)
-        await conn.flush()
+        await conn.flush()  # the response's frames in one write (with other streams' frames)
 
     async def wait_send_all_might_not_block(self) -> None:
         await self.conn.window_changed.wait()
@@ -237,25 +471,25 @@ class StreamBridge(trio.abc.Stream):
         if not self.reset:
             self.reset = True
             self.conn.reset_stream(self.stream_id, code)
-            with contextlib.suppress(*_NETWORK_ERRORS):
-                await self.conn.flush()
+            self.conn.queue()
 
     async def aclose(self) -> None:
         """The manager is done with the request: a response it did not finish is reset."""
-        if not self.response_ended and not self.reset:
-            with contextlib.suppress(h11.RemoteProtocolError):
-                self.h11.receive_data(b"")  # a response framed by the close ends here
+        if not self.response_ended and not self.reset and not self.interrupted:
+            # A response framed by the close ends here.  (The connection may be closed under us:
+            # a client's GOAWAY, or its connection gone, closes h2's state machine, which then
+            # refuses the END_STREAM: nothing more can be sent, and nothing needs to be.)
+            with contextlib.suppress(h11.RemoteProtocolError, h2.exceptions.ProtocolError):
+                self.h11.receive_data(b"")
                 with trio.CancelScope(shield=True), contextlib.suppress(*_NETWORK_ERRORS):
                     await self._relay()
         if not self.response_ended:
-            with trio.CancelScope(shield=True):
-                await self._abort(h2.errors.ErrorCodes.INTERNAL_ERROR)
+            await self._abort(h2.errors.ErrorCodes.INTERNAL_ERROR)
         elif not self.request_ended and not self.reset:
             # answered before the request ended (a local reply, an early response): RFC 9113 8.1
             self.reset = True
             self.conn.reset_stream(self.stream_id, h2.errors.ErrorCodes.NO_ERROR)
-            with trio.CancelScope(shield=True), contextlib.suppress(*_NETWORK_ERRORS):
-                await self.conn.flush()
+            self.conn.queue()
         await trio.lowlevel.checkpoint()
 
 
@@ -274,7 +508,15 @@ class H2Downstream:
         self.server = server
         self.state = state
         self.idle_timeout = idle_timeout or float("inf")
-        config = h2.config.H2Configuration(client_side=False, header_encoding=None)
+        # h2's header checks and normalisation are ours (request_headers_problem, _response_headers)
+        config = h2.config.H2Configuration(
+            client_side=False,
+            header_encoding=None,
+            validate_inbound_headers=False,
+            normalize_inbound_headers=False,
+            validate_outbound_headers=False,
+            normalize_outbound_headers=False,
+        )
         self.h2 = h2.connection.H2Connection(config=config)
         self.h2.local_settings = h2.settings.Settings(
             client=False,
@@ -288,22 +530,78 @@ class H2Downstream:
         )
         self.connection_window = options.initial_connection_window_size
         self.streams: dict[int, StreamBridge] = {}
-        self.send_lock = trio.Lock()
         self.window_changed = trio.Event()
         self.goaway_sent = False
         self.read_scope: trio.CancelScope | None = None
         self.bytes_received = 0
         self.bytes_sent = 0
+        # the writer's side (:meth:`_writer`): frames queued in order, bounded by OUTBOUND_BOUND
+        self.outbound: list[bytes] = []
+        self.outbound_bytes = 0
+        self.writer_task: trio.lowlevel.Task | None = None  # set while the writer is parked
+        self.written = trio.Event()  # set (and replaced) after each write: waits for room
+        self.write_error: BaseException | None = None  # the socket's failure, once it failed
+        self.closing = False  # the reader and the streams are done: the writer ends once drained
 
     # --- writing ---
 
+    def queue(self) -> None:
+        """Queue every frame h2 has ready for the writer, and wake it (it writes them when the
+        tasks that run now have queued theirs too: one write for all)."""
+        data = self.h2.data_to_send()
+        if data:
+            self.outbound.append(data)
+            self.outbound_bytes += len(data)
+            self._wake_writer()
+
+    def _wake_writer(self) -> None:
+        task = self.writer_task
+        if task is not None:
+            self.writer_task = None
+            trio.lowlevel.reschedule(task)
+
     async def flush(self) -> None:
-        """Write every frame h2 has ready (one writer at a time; whoever holds the lock sends all)."""
-        async with self.send_lock:
-            data = self.h2.data_to_send()
-            if data:
-                self.bytes_sent += len(data)
+        """:meth:`queue`, then wait while more than :data:`OUTBOUND_BOUND` is queued (a slow
+        reader holds the writer back, and so the stream that writes); the socket's failure, if it
+        failed, is raised here (BrokenResourceError)."""
+        self.queue()
+        while self.outbound_bytes > OUTBOUND_BOUND and self.write_error is None:
+            await self.written.wait()
+        if self.write_error is not None:
+            raise trio.BrokenResourceError("connection closed") from self.write_error
+
+    async def _writer(self, cancel_on_error: trio.CancelScope) -> None:
+        """The connection's one writer: all that is queued, in one ``send_all`` (in order, so
+        frames never interleave); parked while nothing is.  A failed write (the client gone)
+        resets every stream and cancels ``cancel_on_error`` (the reader and the streams)."""
+        while True:
+            if not self.outbound:
+                if self.closing:
+                    return
+                self.writer_task = trio.lowlevel.current_task()
+
+                def abort(_: object) -> trio.lowlevel.Abort:
+                    self.writer_task = None
+                    return trio.lowlevel.Abort.SUCCEEDED
+
+                await trio.lowlevel.wait_task_rescheduled(abort)
+                continue
+            outbound = self.outbound
+            data = outbound[0] if len(outbound) == 1 else b"".join(outbound)
+            self.outbound = []
+            self.outbound_bytes = 0
+            self.bytes_sent += len(data)
+            try:
                 await self.transport.send_all(data)
+            except _NETWORK_ERRORS as exc:
+                self.write_error = exc
+                for bridge in list(self.streams.values()):
+                    bridge.client_reset()
+                cancel_on_error.cancel()
+                return
+            finally:
+                written, self.written = self.written, trio.Event()
+                written.set()
 
     def acknowledge(self, stream_id: int, n: int, *, open_stream: bool) -> None:
         if n:
@@ -314,8 +612,9 @@ class H2Downstream:
         with contextlib.suppress(h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
             self.h2.reset_stream(stream_id, code)
 
-    async def send_data(self, bridge: StreamBridge, data: bytes) -> None:
-        """``data`` on the bridge's stream, within the client's windows, chunk by chunk."""
+    async def send_data(self, bridge: StreamBridge, data: bytes, end: bool = False) -> None:
+        """``data`` on the bridge's stream, within the client's windows, chunk by chunk; ``end``:
+        the last chunk ends the stream."""
         view = memoryview(data)
         while view:
             if bridge.reset:
@@ -325,9 +624,12 @@ class H2Downstream:
                 await self.window_changed.wait()
                 continue
             n = min(window, self.h2.max_outbound_frame_size, len(view))
-            self.h2.send_data(bridge.stream_id, bytes(view[:n]))
+            last = n == len(view)
+            chunk = data if n == len(data) else bytes(view[:n])
+            self.h2.send_data(bridge.stream_id, chunk, end_stream=end and last)
             view = view[n:]
-            await self.flush()
+            if view:  # (the last chunk goes with the response's end, in the relay's flush)
+                await self.flush()
 
     # --- reading ---
 
@@ -335,18 +637,25 @@ class H2Downstream:
         self.h2.initiate_connection()
         if self.connection_window > 65535:
             self.h2.increment_flow_control_window(self.connection_window - 65535)
-        await self.flush()
+        self.queue()
         with unwrap_single_exception():
-            async with trio.open_nursery() as nursery:
+            async with trio.open_nursery() as outer:
+                streams_scope = trio.CancelScope()
+                outer.start_soon(self._writer, streams_scope)
                 try:
-                    await self._read_loop(nursery, remote, scheme, initial)
-                except _NETWORK_ERRORS:
-                    pass  # the client went away: so did its streams
+                    with streams_scope:
+                        async with trio.open_nursery() as nursery:
+                            try:
+                                await self._read_loop(nursery, remote, scheme, initial)
+                            except _NETWORK_ERRORS:
+                                pass  # the client went away: so did its streams
+                            finally:
+                                for bridge in list(self.streams.values()):
+                                    bridge.client_reset()  # cancel what is still running
                 finally:
-                    for bridge in list(self.streams.values()):
-                        bridge.client_reset()  # cancel what is still running
-        with contextlib.suppress(*_NETWORK_ERRORS):
-            await self.flush()
+                    self.queue()  # (the streams' last frames: RST_STREAM of those cancelled)
+                    self.closing = True  # the writer writes what is queued, then ends
+                    self._wake_writer()
 
     async def _read_loop(
         self, nursery: trio.Nursery, remote: str, scheme: str, data: bytes | bytearray
@@ -354,17 +663,16 @@ class H2Downstream:
         while True:
             if data:
                 try:
-                    events = self.h2.receive_data(data)
-                except h2.exceptions.ProtocolError:
+                    for event in self.h2.receive_data(data):
+                        self._dispatch(event, nursery, remote, scheme)
+                        if isinstance(event, h2.events.ConnectionTerminated):
+                            self.queue()
+                            return
+                except (h2.exceptions.ProtocolError, _Malformed):
                     self.server.protocol_error()
-                    await self.flush()  # h2 queued the GOAWAY naming the error
+                    self.queue()  # h2 queued the GOAWAY naming the error
                     return
-                for event in events:
-                    self._dispatch(event, nursery, remote, scheme)
-                    if isinstance(event, h2.events.ConnectionTerminated):
-                        await self.flush()
-                        return
-                await self.flush()
+                await self.flush()  # (SETTINGS and PING acknowledged, WINDOW_UPDATEs)
             if (self.state.draining or self.state.shutting_down) and not self.goaway_sent:
                 await self.goaway()
             if self.goaway_sent and not self.streams:
@@ -399,18 +707,28 @@ class H2Downstream:
             frame = hyperframe.frame.GoAwayFrame(0)
             frame.last_stream_id = self.h2.highest_inbound_stream_id
             frame.error_code = h2.errors.ErrorCodes.NO_ERROR
-            async with self.send_lock:
-                data = self.h2.data_to_send() + frame.serialize()
-                self.bytes_sent += len(data)
-                await self.transport.send_all(data)
+            self.queue()
+            self.outbound.append(frame.serialize())
+            self.outbound_bytes += len(self.outbound[-1])
+            self._wake_writer()
+            await self.flush()
+
+    def _malformed(self, headers: list[tuple[bytes, bytes]], trailers: bool) -> None:
+        """A malformed header block ends the connection (GOAWAY PROTOCOL_ERROR), as h2's own
+        validation does when it is on."""
+        problem = request_headers_problem(headers, trailers)
+        if problem is not None:
+            self.h2.close_connection(h2.errors.ErrorCodes.PROTOCOL_ERROR)
+            raise _Malformed(problem)
 
     def _dispatch(self, event: h2.events.Event, nursery: trio.Nursery, remote: str, scheme: str) -> None:
         if isinstance(event, h2.events.RequestReceived):
             sid = event.stream_id
+            headers = [(bytes(n), bytes(v)) for n, v in event.headers or ()]
+            self._malformed(headers, trailers=False)
             if len(self.streams) >= MAX_STREAMS or self.goaway_sent:
                 self.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
                 return
-            headers = [(bytes(n), bytes(v)) for n, v in event.headers or ()]
             ended = event.stream_ended is not None
             try:
                 bridge = StreamBridge(self, sid, headers, ended)
@@ -428,8 +746,10 @@ class H2Downstream:
             else:
                 bridge_or_none.feed(event.data or b"", n)
         elif isinstance(event, h2.events.TrailersReceived):
+            trailers = [(bytes(n), bytes(v)) for n, v in event.headers or ()]
+            self._malformed(trailers, trailers=True)
             if (bridge_or_none := self.streams.get(event.stream_id or 0)) is not None:
-                bridge_or_none.end_request([(bytes(n), bytes(v)) for n, v in event.headers or ()])
+                bridge_or_none.end_request(trailers)
         elif isinstance(event, h2.events.StreamEnded):
             if (bridge_or_none := self.streams.get(event.stream_id or 0)) is not None:
                 bridge_or_none.end_request(None)

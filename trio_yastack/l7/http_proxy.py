@@ -577,6 +577,9 @@ class HttpConnectionManagerRuntime:
         """One HTTP/2 stream: its request served as any other (:mod:`.h2_downstream`)."""
         ds = _Downstream(stream, remote, scheme)
         ds.protocol = "HTTP/2"
+        if not self.state.shutting_down:  # (else _serve_one declines the request, as before)
+            ds.initial = stream.take_request()  # a whole bodyless request: read with no wait
+            ds.bytes_received = len(ds.initial)
         try:
             await self._serve_one(ds)
         except _NETWORK_ERRORS:
@@ -653,7 +656,9 @@ class HttpConnectionManagerRuntime:
                 return False
         request: h11.Request | PlainRequest | None = None
         if data:
-            if self.plain_ok and ds.protocol is None:  # the predicted case (:mod:`._http1`)
+            # the predicted case (:mod:`._http1`); an HTTP/2 stream's too: its bridge writes the
+            # request as h11 would, and parses the response the fast path writes as h11 would
+            if self.plain_ok:
                 parser = ds.parser or RequestParser()
                 request = parser.parse(data)
                 ds.parser = parser if request is not None else None  # after None: state unknown
@@ -857,7 +862,7 @@ class HttpConnectionManagerRuntime:
             record.method = request.method.decode("latin-1")
             record.path = request.target.decode("latin-1")
             record.authority = request.host.decode("latin-1") or None
-            record.protocol = "HTTP/1.1"
+            record.protocol = ds.protocol or "HTTP/1.1"
             record.user_agent = _text(get_header(request.headers, b"user-agent"))
         if self.filters is None:
             return await self._lean_upstream(ds, request, route, action, record, logged, ())
