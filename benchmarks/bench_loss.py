@@ -181,6 +181,7 @@ def stack_sends(per_mille: int, offloads: bool, nbytes: int, cc: str) -> dict[st
                 sock = trio.socket.socket()
                 await sock.connect(("198.18.0.1", PORT))
                 started = time.monotonic()
+                cpu_started = time.process_time()
                 sent = index = 0
                 while sent < nbytes:
                     view = memoryview(pattern_block(index))[: nbytes - sent]
@@ -192,6 +193,7 @@ def stack_sends(per_mille: int, offloads: bool, nbytes: int, cc: str) -> dict[st
                 while await sock.recv(65536):
                     pass
                 elapsed = time.monotonic() - started
+                cpu = time.process_time() - cpu_started
                 sock.close()
                 tcp = stack.statistics().tcp.counters
                 out, _ = await trio.to_thread.run_sync(lambda: receiver.communicate(timeout=300))
@@ -201,6 +203,9 @@ def stack_sends(per_mille: int, offloads: bool, nbytes: int, cc: str) -> dict[st
                 lost = dropped_bytes(namespace).get("ingress", 0) / MSS
                 return {
                     "mbit_per_s": nbytes * 8 / elapsed / 1e6,
+                    # our process's CPU (user + system) per GB sent: steadier than the rate on a
+                    # shared machine, where the rate also says how much CPU the others left us
+                    "cpu_s_per_gb": cpu / (nbytes / 1e9),
                     "timeouts": tcp["rto_timeouts"],
                     "lost_segments": round(lost, 1),
                     "timeouts_per_1000_lost": 1000 * tcp["rto_timeouts"] / max(lost, 1),
