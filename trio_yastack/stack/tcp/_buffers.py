@@ -121,8 +121,8 @@ class SendBuffer(_ByteQueue):
     def append(self, data: bytes | bytearray | memoryview) -> int:
         """Take as much of ``data`` as fits (a prefix) and say how many bytes: like a non-blocking
         ``send()``, the caller keeps the rest for when acknowledgements make room."""
-        if data.__class__ is memoryview:
-            data = _as_bytes_view(data)
+        if isinstance(data, memoryview) and (data.itemsize != 1 or data.ndim != 1):
+            data = data.cast("B")  # _as_bytes_view(), inline: len() must count bytes
         size = len(data)
         room = self.limit - (self.end - self.start)
         taken = size if size < room else room
@@ -150,14 +150,18 @@ class SendBuffer(_ByteQueue):
         two objects), a view for more (one copy instead of two).  The range must be held (a
         caller bug otherwise)."""
         offset = seq - self.start
-        if offset < 0 or length < 0 or offset + length > len(self):
+        buf = self._buf
+        head = self._head
+        if offset < 0 or length < 0 or offset + length > len(buf) - head:  # len(self), inline
             raise ValueError(f"[{seq}, {seq + length}) outside the send buffer")
-        start = self._head + offset
-        if length >= _VIEW_MIN:  # one copy (a TSO segment's worth): through a view, released at once
-            with memoryview(self._buf) as whole, whole[start : start + length] as part:
+        start = head + offset
+        if length >= _VIEW_MIN:
+            # One copy (a TSO segment's worth) through a view of the part, released at once (the
+            # whole buffer's view is gone as soon as it is sliced: the part holds the export).
+            with memoryview(buf)[start : start + length] as part:
                 out += part
         else:
-            out += self._buf[start : start + length]
+            out += buf[start : start + length]
 
     def acknowledge(self, upto: int) -> int:
         """Drop the bytes below ``upto`` (an ACK's cumulative acknowledgement), clipped to ``end``,
