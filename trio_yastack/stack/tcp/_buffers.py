@@ -148,12 +148,25 @@ class SendBuffer:
         if taken <= 0:
             return 0
         if held + taken > self._cap:
-            if held:
-                self._grow(data, taken)
-            else:  # an empty buffer's first write: a ring of exactly these bytes (no spare to zero)
+            if not held:  # an empty buffer's first write: a ring of exactly these bytes (no spare to zero)
                 self._ring = bytearray(data if taken == size else memoryview(data)[:taken])
                 self._cap = taken
                 self._head = 0
+            elif not self._head:
+                # The held bytes lie at [0, held): fill the ring's end and extend it in place
+                # (bytearray's own growth, as the byte queue grew), no held byte copied -- the
+                # writes that refill a buffer emptied while the application made more to send.
+                ring = self._ring
+                cap = self._cap
+                with memoryview(data) as whole:
+                    if cap > held:
+                        with whole[: cap - held] as part:
+                            ring[held:cap] = part
+                    with whole[cap - held : taken] as part:
+                        ring += part
+                self._cap = held + taken
+            else:
+                self._grow(data, taken)
         else:
             ring = self._ring
             cap = self._cap
