@@ -20,10 +20,13 @@ timeouts per thousand segments lost (ours from the stack's counters, the kernel'
 ``nstat``'s TcpExtTCPTimeouts in the namespace; segments lost = bytes dropped on that direction
 / 1448).  Never asserted; the machine is shared, so the load average is printed.
 
-    python benchmarks/bench_loss.py [--megabytes N] [--rounds R] [--quick]
+    python benchmarks/bench_loss.py [--megabytes N] [--rounds R] [--quick] [--loss 0.5 ...] [--offloads on]
 
 With ``PYTHONPATH=/path/to/other/checkout`` the stack side runs another version's code (the
-"before" figures of RESULTS.md were taken so).
+"before" figures of RESULTS.md were taken so) -- but not from a venv with this checkout installed
+editable (``scripts/setup.sh``'s): setuptools' editable finder answers before ``PYTHONPATH`` does
+(check ``trio_yastack.__file__``); use that checkout's own venv, or drop the finder from
+``sys.meta_path`` first.
 """
 
 from __future__ import annotations
@@ -262,6 +265,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="4 MB, one round")
     parser.add_argument("--loss", type=float, nargs="*", default=[0.5, 1.0, 3.0], help="percent")
     parser.add_argument("--kernel", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument(
+        "--offloads", choices=["both", "on", "off"], default="both", help="which offload setting(s) to run"
+    )
     parser.add_argument("--output", type=Path, default=RESULTS / "loss.json")
     args = parser.parse_args()
     nbytes = (4 if args.quick else args.megabytes) << 20
@@ -274,7 +280,7 @@ def main() -> None:
     ratios: dict[str, float] = {}
     loads = [load_average()]
     for percent in args.loss:
-        for offloads in (True, False):
+        for offloads in {"both": (True, False), "on": (True,), "off": (False,)}[args.offloads]:
             for side, cc in cases:
                 key = f"{percent}% offloads-{'on' if offloads else 'off'} {side} {cc}"
                 runs = []
