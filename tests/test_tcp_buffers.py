@@ -78,6 +78,20 @@ def test_send_append_counts_bytes_of_any_memoryview() -> None:
     assert buf.peek(0, 10) == b"\x01\x02\x03\x04\x05"
 
 
+def test_send_append_takes_views_of_any_one_byte_format_into_the_ring() -> None:
+    """The ring is written view to view (one copy): a view of signed or char items ('b', 'c') is
+    taken as its bytes, at the ring's start and across its wrap."""
+    buf = SendBuffer(limit=6, start=0)
+    assert buf.append(memoryview(bytearray(b"\x01\x02\x03\x04\x05\x06")).cast("b")) == 6
+    assert buf.acknowledge(4) == 4
+    assert buf.append(memoryview(b"wx").cast("c")) == 2  # at the ring's start
+    assert buf.acknowledge(7) == 3  # one byte held, at index 1
+    assert buf.append(memoryview(bytearray(b"abcde")).cast("b")) == 5  # 4 to the end, 1 wrapped
+    frame = bytearray()
+    buf.append_to(frame, 7, 6)
+    assert frame == b"xabcde" == buf.peek(7, 6)
+
+
 def test_send_peek_across_acknowledge_and_the_32_bit_wrap() -> None:
     buf = SendBuffer(limit=1000, start=BASE)
     assert buf.append(stream(BASE, BASE + 30)) == 30

@@ -139,8 +139,8 @@ class SendBuffer:
     def append(self, data: bytes | bytearray | memoryview) -> int:
         """Take as much of ``data`` as fits (a prefix) and say how many bytes: like a non-blocking
         ``send()``, the caller keeps the rest for when acknowledgements make room."""
-        if isinstance(data, memoryview) and (data.itemsize != 1 or data.ndim != 1):
-            data = data.cast("B")  # _as_bytes_view(), inline: len() must count bytes
+        if isinstance(data, memoryview) and (data.format != "B" or data.ndim != 1):
+            data = data.cast("B")  # len() must count bytes, and the ring's view takes bytes ("B")
         size = len(data)
         held = self._size
         room = self.limit - held
@@ -160,33 +160,28 @@ class SendBuffer:
                 cap = self._cap
                 with memoryview(data) as whole:
                     if cap > held:
-                        with whole[: cap - held] as part:
-                            ring[held:cap] = part
+                        with memoryview(ring) as target:
+                            target[held:cap] = whole[: cap - held]
                     with whole[cap - held : taken] as part:
                         ring += part
                 self._cap = held + taken
             else:
                 self._grow(data, taken)
         else:
-            ring = self._ring
             cap = self._cap
             tail = self._head + held
             if tail >= cap:
                 tail -= cap
             first = cap - tail  # room before the ring wraps
-            if taken <= first:
-                # equal lengths: an in-place copy, never a resize
-                if taken == size:
-                    ring[tail : tail + taken] = data
+            # View to view, equal lengths: one copy in place.  (A slice assignment to the
+            # bytearray itself first copies a source that is no bytearray into a new one, which
+            # was a second copy of every byte sent.)
+            with memoryview(self._ring) as target, memoryview(data) as source:
+                if taken <= first:
+                    target[tail : tail + taken] = source if taken == size else source[:taken]
                 else:
-                    with memoryview(data) as whole, whole[:taken] as part:
-                        ring[tail : tail + taken] = part
-            else:
-                with memoryview(data) as whole:
-                    with whole[:first] as part:
-                        ring[tail:cap] = part
-                    with whole[first:taken] as part:
-                        ring[: taken - first] = part
+                    target[tail:cap] = source[:first]
+                    target[: taken - first] = source[first:taken]
         self._size = held + taken
         self.end += taken
         return taken
