@@ -110,9 +110,11 @@ class SendBuffer:
     the tail with about the whole buffer held, which made the queue compact (``del buf[:head]``:
     CPython copies the live bytes into an exact-size buffer) and then grow again on the next append
     (a copy of the live bytes once more) -- about one copy of every byte sent beyond the one
-    ``append`` makes.  The ring copies each byte once in and once out (``append_to``), and grows
-    only while it is smaller than what it must hold (doubling, so amortised O(1) per byte); once
-    nothing is held it is let go, so an idle connection holds no buffer, as before.
+    ``append`` makes.  The ring copies each byte once in and once out (``append_to``), view to
+    view, and grows only when it must hold more: in place while the held bytes start at index 0
+    (as the byte queue grew), else into a new ring of twice the size (amortised O(1) per byte),
+    never beyond ``limit`` unless more is held; once nothing is held it is let go, so an idle
+    connection holds no buffer, as before.
     """
 
     __slots__ = ("_cap", "_head", "_ring", "_size", "end", "limit", "start")
