@@ -20,10 +20,13 @@ timeouts per thousand segments lost (ours from the stack's counters, the kernel'
 ``nstat``'s TcpExtTCPTimeouts in the namespace; segments lost = bytes dropped on that direction
 / 1448).  Never asserted; the machine is shared, so the load average is printed.
 
-    python benchmarks/bench_loss.py [--megabytes N] [--rounds R] [--quick]
+    python benchmarks/bench_loss.py [--megabytes N] [--rounds R] [--quick] [--loss 0.5 ...] [--offloads on]
 
 With ``PYTHONPATH=/path/to/other/checkout`` the stack side runs another version's code (the
-"before" figures of RESULTS.md were taken so).
+"before" figures of RESULTS.md were taken so) -- but not from a venv with this checkout installed
+editable (``scripts/setup.sh``'s): setuptools' editable finder answers before ``PYTHONPATH`` does
+(check ``trio_yastack.__file__``); use that checkout's own venv, or drop the finder from
+``sys.meta_path`` first.
 """
 
 from __future__ import annotations
@@ -181,6 +184,7 @@ def stack_sends(per_mille: int, offloads: bool, nbytes: int, cc: str) -> dict[st
                 sock = trio.socket.socket()
                 await sock.connect(("198.18.0.1", PORT))
                 started = time.monotonic()
+                cpu_started = time.process_time()
                 sent = index = 0
                 while sent < nbytes:
                     view = memoryview(pattern_block(index))[: nbytes - sent]
@@ -192,6 +196,7 @@ def stack_sends(per_mille: int, offloads: bool, nbytes: int, cc: str) -> dict[st
                 while await sock.recv(65536):
                     pass
                 elapsed = time.monotonic() - started
+                cpu = time.process_time() - cpu_started
                 sock.close()
                 tcp = stack.statistics().tcp.counters
                 out, _ = await trio.to_thread.run_sync(lambda: receiver.communicate(timeout=300))
@@ -201,6 +206,9 @@ def stack_sends(per_mille: int, offloads: bool, nbytes: int, cc: str) -> dict[st
                 lost = dropped_bytes(namespace).get("ingress", 0) / MSS
                 return {
                     "mbit_per_s": nbytes * 8 / elapsed / 1e6,
+                    # our process's CPU (user + system) per GB sent: steadier than the rate on a
+                    # shared machine, where the rate also says how much CPU the others left us
+                    "cpu_s_per_gb": cpu / (nbytes / 1e9),
                     "timeouts": tcp["rto_timeouts"],
                     "lost_segments": round(lost, 1),
                     "timeouts_per_1000_lost": 1000 * tcp["rto_timeouts"] / max(lost, 1),
@@ -257,6 +265,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="4 MB, one round")
     parser.add_argument("--loss", type=float, nargs="*", default=[0.5, 1.0, 3.0], help="percent")
     parser.add_argument("--kernel", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument(
+        "--offloads", choices=["both", "on", "off"], default="both", help="which offload setting(s) to run"
+    )
     parser.add_argument("--output", type=Path, default=RESULTS / "loss.json")
     args = parser.parse_args()
     nbytes = (4 if args.quick else args.megabytes) << 20
@@ -269,7 +280,7 @@ def main() -> None:
     ratios: dict[str, float] = {}
     loads = [load_average()]
     for percent in args.loss:
-        for offloads in (True, False):
+        for offloads in {"both": (True, False), "on": (True,), "off": (False,)}[args.offloads]:
             for side, cc in cases:
                 key = f"{percent}% offloads-{'on' if offloads else 'off'} {side} {cc}"
                 runs = []

@@ -142,6 +142,8 @@ tap_io_ffi = _extension(
     int yas_tap_tx_burst(struct yas_tap_ring *ring, int fd, const char *frames, size_t frameslen,
                          const uint32_t *lens, const uint32_t *meta, int n, int vnet, uint32_t max_len,
                          uint64_t *stats);
+    int yas_tap_tx_frames(struct yas_tap_ring *ring, int fd, const char *const *frames, const uint32_t *lens,
+                          const uint32_t *meta, int n, int vnet, uint32_t max_len, uint64_t *stats);
     #define YAS_TAP_RX_VERIFIED 0x80000000
     int yas_tap_rx_burst(int fd, char *out, size_t outlen, size_t size, int vnet, uint32_t *lens, int max_n,
                          uint32_t *errors);

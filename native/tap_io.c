@@ -168,13 +168,12 @@ static int prepare(const char *frame, uint32_t len, uint32_t meta, int vnet, uin
     return 0;
 }
 
-static int tx_loop(int fd, const char *frames, const uint32_t *lens, const uint32_t *meta, int n, int vnet,
-                   uint32_t max_len, uint64_t *stats) {
+static int tx_loop(int fd, const char *const *frames, const uint32_t *lens, const uint32_t *meta, int n,
+                   int vnet, uint32_t max_len, uint64_t *stats) {
     unsigned char hdr[YAS_TAP_VNET_HDR_LEN];
     struct iovec iov[2];
-    size_t at = 0;
     for (int i = 0; i < n; i++) {
-        int bad = prepare(frames + at, lens[i], meta[i], vnet, max_len, hdr, iov);
+        int bad = prepare(frames[i], lens[i], meta[i], vnet, max_len, hdr, iov);
         if (!bad) {
             if (writev(fd, iov, vnet ? 2 : 1) < 0) {
                 if (errno == EAGAIN)
@@ -187,21 +186,18 @@ static int tx_loop(int fd, const char *frames, const uint32_t *lens, const uint3
         }
         if (bad)
             stats[2]++;
-        at += lens[i];
     }
     return n;
 }
 
 /* One chunk of at most YAS_TAP_RING_ENTRIES frames through the ring. */
-static int tx_ring(struct yas_tap_ring *r, const char *frames, const uint32_t *lens, const uint32_t *meta,
-                   int n, int vnet, uint32_t max_len, uint64_t *stats) {
+static int tx_ring(struct yas_tap_ring *r, const char *const *frames, const uint32_t *lens,
+                   const uint32_t *meta, int n, int vnet, uint32_t max_len, uint64_t *stats) {
     unsigned tail = *r->sq_tail, mask = *r->sq_mask;
     unsigned queued = 0;
     int last = -1;
-    size_t at = 0;
     for (int i = 0; i < n; i++) {
-        int bad = prepare(frames + at, lens[i], meta[i], vnet, max_len, r->hdr[i], r->iov[i]);
-        at += lens[i];
+        int bad = prepare(frames[i], lens[i], meta[i], vnet, max_len, r->hdr[i], r->iov[i]);
         if (bad) {
             stats[2]++;
             continue;
@@ -265,26 +261,58 @@ static int tx_ring(struct yas_tap_ring *r, const char *frames, const uint32_t *l
     return taken;
 }
 
+/* At most YAS_TAP_RING_ENTRIES frames, each where its pointer says: the loop or the ring. */
+static int tx_chunk(struct yas_tap_ring *ring, int fd, const char *const *frames, const uint32_t *lens,
+                    const uint32_t *meta, int n, int vnet, uint32_t max_len, uint64_t *stats) {
+    if (ring == NULL)
+        return tx_loop(fd, frames, lens, meta, n, vnet, max_len, stats);
+    return tx_ring(ring, frames, lens, meta, n, vnet, max_len, stats);
+}
+
+int yas_tap_tx_frames(struct yas_tap_ring *ring, int fd, const char *const *frames, const uint32_t *lens,
+                      const uint32_t *meta, int n, int vnet, uint32_t max_len, uint64_t *stats) {
+    stats[0] = stats[1] = stats[2] = 0;
+    if (n < 0)
+        return -EINVAL;
+    int done = 0;
+    while (done < n) {
+        int chunk = n - done < YAS_TAP_RING_ENTRIES ? n - done : YAS_TAP_RING_ENTRIES;
+        int taken = tx_chunk(ring, fd, frames + done, lens + done, meta + done, chunk, vnet, max_len, stats);
+        if (taken < 0)
+            return done ? done : taken;
+        done += taken;
+        if (taken < chunk)
+            break;
+    }
+    return done;
+}
+
 int yas_tap_tx_burst(struct yas_tap_ring *ring, int fd, const char *frames, size_t frameslen,
                      const uint32_t *lens, const uint32_t *meta, int n, int vnet, uint32_t max_len,
                      uint64_t *stats) {
+    const char *at[YAS_TAP_RING_ENTRIES];
     size_t total = 0;
     stats[0] = stats[1] = stats[2] = 0;
+    if (n < 0)
+        return -EINVAL;
     for (int i = 0; i < n; i++)
         total += lens[i];
-    if (n < 0 || total > frameslen)
+    if (total > frameslen)
         return -EINVAL;
-    if (ring == NULL)
-        return tx_loop(fd, frames, lens, meta, n, vnet, max_len, stats);
     int done = 0;
-    size_t at = 0;
+    size_t offset = 0;
     while (done < n) {
         int chunk = n - done < YAS_TAP_RING_ENTRIES ? n - done : YAS_TAP_RING_ENTRIES;
-        int taken = tx_ring(ring, frames + at, lens + done, meta + done, chunk, vnet, max_len, stats);
+        size_t here = offset;
+        for (int i = 0; i < chunk; i++) {
+            at[i] = frames + here;
+            here += lens[done + i];
+        }
+        int taken = tx_chunk(ring, fd, at, lens + done, meta + done, chunk, vnet, max_len, stats);
         if (taken < 0)
             return done ? done : taken;
         for (int i = 0; i < taken; i++)
-            at += lens[done + i];
+            offset += lens[done + i];
         done += taken;
         if (taken < chunk)
             break;

@@ -32,6 +32,11 @@ int yas_tap_tx_burst(struct yas_tap_ring *ring, int fd, const char *frames, size
                      const uint32_t *lens, const uint32_t *meta, int n, int vnet, uint32_t max_len,
                      uint64_t *stats);
 
+/* yas_tap_tx_burst with each frame where frames[i] points (lens[i] bytes): a burst of large
+ * frames (TSO segments) is written from the caller's own buffers, not copied end to end first. */
+int yas_tap_tx_frames(struct yas_tap_ring *ring, int fd, const char *const *frames, const uint32_t *lens,
+                      const uint32_t *meta, int n, int vnet, uint32_t max_len, uint64_t *stats);
+
 /* Read up to max_n frames from the non-blocking TAP `fd`, frame i into the slot at out + i * size
  * (out holds max_n slots of `size` bytes), behind its virtio-net header when `vnet`.  lens[i]: the
  * frame's length without the header, with YAS_TAP_RX_VERIFIED set when the header says the kernel

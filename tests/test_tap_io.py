@@ -200,6 +200,66 @@ def test_tx_headers_equal_the_twins_for_any_burst(
 
 
 @needs_native
+@settings(max_examples=100, deadline=None)
+@given(
+    sizes=st.lists(
+        st.tuples(st.sampled_from([0, 60, 1448, 9000, 40000, 65160]), st.booleans()), min_size=1, max_size=12
+    ),
+    mode=st.sampled_from(NATIVE_MODES),
+)
+def test_tx_by_pointers_writes_what_the_joined_burst_writes(
+    sizes: list[tuple[int, bool]], mode: _tap_io.TapIoMode
+) -> None:
+    """A burst with a large frame goes to C as one pointer per frame (``yas_tap_tx_frames``), not
+    joined: the same messages, counters and refusals as the joined path and the twin, whichever
+    path the burst takes (the threshold forced both ways)."""
+    frames: list[Any] = []
+    for n, partial in sizes:
+        frame = tcp_offload(n, 1448 if n > 1448 else 0)
+        frames.append(frame if partial or n > 1448 else bytes(frame))
+    results = []
+    for threshold in (0, 1 << 30):
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        with ours, theirs:
+            ours.setblocking(False)
+            theirs.setblocking(False)
+            theirs.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+            ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 22)
+            io = _tap_io.TapBurstIO(ours.fileno(), vnet=True, max_frame_len=1514, frame_size=2048,
+                                    max_burst=8, mode=mode)  # fmt: skip
+            saved = _tap_io._POINTERS_MIN
+            _tap_io._POINTERS_MIN = threshold
+            try:
+                counts = io.tx(frames)
+            finally:
+                _tap_io._POINTERS_MIN = saved
+            results.append((counts, read_messages(theirs)))
+            io.close()
+    assert results[0] == results[1]
+    counts, messages = results[0]
+    assert counts == (len(frames), len(frames), sum(map(len, frames)), 0)
+    assert messages == [twin_wire(f) for f in frames]
+
+
+@needs_native
+def test_a_burst_of_pointers_longer_than_the_ring_goes_in_chunks(
+    seqpacket: tuple[int, socket.socket],
+) -> None:
+    """300 large frames by pointer (more than the 256 a chunk holds): what was taken arrived, in
+    order, in both native modes; a full queue leaves the rest to the caller."""
+    fd, theirs = seqpacket
+    theirs.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 24)
+    for mode in NATIVE_MODES:
+        io = _tap_io.TapBurstIO(fd, vnet=False, max_frame_len=70000, frame_size=2048, max_burst=8, mode=mode)
+        frames = [i.to_bytes(4, "big") + bytes(9000) for i in range(300)]
+        taken, written, nbytes, refused = io.tx(frames)
+        got = read_messages(theirs)
+        assert taken == written == len(got) and nbytes == 9004 * taken and refused == 0
+        assert got == frames[:taken]
+        io.close()
+
+
+@needs_native
 def test_a_burst_longer_than_the_ring_goes_in_several_submissions(
     seqpacket: tuple[int, socket.socket],
 ) -> None:

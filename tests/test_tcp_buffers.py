@@ -78,6 +78,20 @@ def test_send_append_counts_bytes_of_any_memoryview() -> None:
     assert buf.peek(0, 10) == b"\x01\x02\x03\x04\x05"
 
 
+def test_send_append_takes_views_of_any_one_byte_format_into_the_ring() -> None:
+    """The ring is written view to view (one copy): a view of signed or char items ('b', 'c') is
+    taken as its bytes, at the ring's start and across its wrap."""
+    buf = SendBuffer(limit=6, start=0)
+    assert buf.append(memoryview(bytearray(b"\x01\x02\x03\x04\x05\x06")).cast("b")) == 6
+    assert buf.acknowledge(4) == 4
+    assert buf.append(memoryview(b"wx").cast("c")) == 2  # at the ring's start
+    assert buf.acknowledge(7) == 3  # one byte held, at index 1
+    assert buf.append(memoryview(bytearray(b"abcde")).cast("b")) == 5  # 4 to the end, 1 wrapped
+    frame = bytearray()
+    buf.append_to(frame, 7, 6)
+    assert frame == b"xabcde" == buf.peek(7, 6)
+
+
 def test_send_peek_across_acknowledge_and_the_32_bit_wrap() -> None:
     buf = SendBuffer(limit=1000, start=BASE)
     assert buf.append(stream(BASE, BASE + 30)) == 30
@@ -165,6 +179,73 @@ def test_send_buffer_matches_a_model(ops: list[tuple[str, int]]) -> None:
         assert buf.peek(start, len(held) + 1) == held
         if held:
             assert buf.peek(start + len(held) // 2, 7) == held[len(held) // 2 :][:7]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.tuples(st.just("append"), st.integers(0, 5000), st.booleans()),
+            st.tuples(st.just("ack"), st.integers(-100, 6000), st.booleans()),
+            st.tuples(st.just("limit"), st.integers(0, 8000), st.booleans()),
+        ),
+        max_size=80,
+    ),
+    st.randoms(use_true_random=False),
+)
+def test_send_ring_append_to_matches_a_model(ops: list[tuple[str, int, bool]], rng: random.Random) -> None:
+    """The ring wraps, grows and lets go of its bytes (appends of any size, memoryviews among
+    them, ACKs, SO_SNDBUF changes): ``append_to`` and ``peek`` of any held range, wrapped or not,
+    give the model's bytes after the frame's own, and the ring never holds more capacity than
+    the larger of the limit and the bytes held (doubling stops there)."""
+    buf = SendBuffer(limit=4000, start=BASE)
+    start, held, limit, most = BASE, b"", 4000, 4000
+    for op, n, as_view in ops:
+        if op == "append":
+            end = start + len(held)
+            data = stream(end, end + n)
+            taken = buf.append(memoryview(data) if as_view else data)
+            assert taken == min(n, max(0, limit - len(held)))
+            held += data[:taken]
+        elif op == "ack":
+            dropped = buf.acknowledge(start + n)
+            assert dropped == max(0, min(n, len(held)))
+            start += dropped
+            held = held[dropped:]
+        else:
+            buf.limit = limit = n
+            most = max(most, n)
+        assert (buf.start, len(buf), buf.end) == (start, len(held), start + len(held))
+        assert buf._cap <= max(most, len(held))
+        if not held:
+            assert buf._cap == 0  # nothing held, no buffer kept
+        for _ in range(3):
+            offset = rng.randrange(len(held) + 1)
+            length = rng.randrange(len(held) - offset + 1)
+            frame = bytearray(b"hdr")
+            buf.append_to(frame, start + offset, length)
+            assert frame == b"hdr" + held[offset : offset + length]
+            assert buf.peek(start + offset, length) == held[offset : offset + length]
+        with pytest.raises(ValueError):
+            buf.append_to(bytearray(), start, len(held) + 1)
+
+
+def test_send_ring_keeps_its_capacity_while_a_bulk_sender_runs() -> None:
+    """A bulk sender's steady state (the buffer full, an ACK of one TSO segment, one more written):
+    the ring neither grows nor is replaced, so no byte is copied but in and out."""
+    buf = SendBuffer(limit=256 * 1024, start=BASE)
+    chunk = 65_160
+    while buf.append(stream(buf.end, buf.end + chunk)):
+        pass
+    ring, cap = buf._ring, buf._cap
+    for _ in range(200):
+        assert buf.acknowledge(buf.start + chunk) == chunk
+        assert buf.append(stream(buf.end, buf.end + chunk)) == chunk
+        frame = bytearray()
+        buf.append_to(frame, buf.end - chunk, chunk)
+        assert frame == stream(buf.end - chunk, buf.end)
+        assert buf._ring is ring and buf._cap == cap
+    assert cap <= 256 * 1024
 
 
 # ------------------------------------------------------------------------------------------- ReceiveBuffer

@@ -1,15 +1,16 @@
 """The TAP port's burst I/O in one crossing into C (``native/tap_io.c``), and optionally the
 transmit burst in one system call (io_uring).
 
-A TAP descriptor takes one frame per ``write`` and gives one per ``read`` (it has no
-``sendmmsg``), so the Python loops of :class:`~trio_yastack.nic.tap.TapPort` cost a Python call,
-an allocation and a system call per frame.  Here a transmit burst is laid end to end
-(``b"".join``) with an array of lengths and one meta word per frame (``gso_size`` and whether the
-kernel completes the TCP checksum), and C builds each frame's virtio-net header and hands the
-burst to the kernel: one ``writev`` per frame from C (``TapIoMode.LOOP``, the default), or linked
-``IORING_OP_WRITEV`` requests in one ``io_uring_enter`` (``TapIoMode.RING``: measured no cheaper
-per frame on Linux 6.18, see ``benchmarks/RESULTS.md``; where io_uring is refused it falls back to
-LOOP).  The receive side reads in a C loop into one buffer and copies the frames out of it.
+A TAP descriptor takes one frame per ``write`` and gives one per ``read`` (it has no ``sendmmsg``),
+so the Python loops of :class:`~trio_yastack.nic.tap.TapPort` cost a Python call, an allocation and
+a system call per frame. Here a transmit burst is laid end to end (``b"".join``; a burst holding a
+large frame, a TSO segment, is handed over as one pointer per frame instead, which saves copying it)
+with an array of lengths and one meta word per frame (``gso_size`` and whether the kernel completes
+the TCP checksum), and C builds each frame's virtio-net header and hands the burst to the kernel:
+one ``writev`` per frame from C (``TapIoMode.LOOP``, the default), or linked ``IORING_OP_WRITEV``
+requests in one ``io_uring_enter`` (``TapIoMode.RING``: measured no cheaper per frame on Linux 6.18,
+see ``benchmarks/RESULTS.md``; where io_uring is refused it falls back to LOOP). The receive side
+reads in a C loop into one buffer and copies the frames out of it.
 
 The Python loops in ``tap.py`` are the twin: they stay the path where the extension did not build
 (``NATIVE`` is False) and where ``TRIO_YASTACK_TAP_IO=python`` asks for them;
@@ -47,6 +48,10 @@ _VNET_HDR_LEN = 10  # YAS_TAP_VNET_HDR_LEN: struct virtio_net_hdr (legacy)
 _RX_VERIFIED = 0x80000000  # YAS_TAP_RX_VERIFIED: the kernel vouches for the frame's checksums
 _RX_LEN_MASK = _RX_VERIFIED - 1
 _PARTIAL_CSUM = 0x10000  # YAS_TAP_PARTIAL_CSUM
+#: a burst with a frame at least this long goes to C as pointers to the frames
+#: (``yas_tap_tx_frames``), not as one joined copy: the copy of a TSO segment costs more than a
+#: pointer per frame (``ffi.from_buffer``) does for the whole burst
+_POINTERS_MIN = 8192
 
 #: whether the C part is here (``native/tap_io.c``, built by cffi at install time)
 NATIVE = _extension is not None
@@ -137,15 +142,24 @@ class TapBurstIO:
                 for frame in frames
             ],
         )
-        data = b"".join(frames)
         stats = self._stats
         ring = self._ring
         if ring is None:
             ring = self._open_ring()
-        taken = self._lib.yas_tap_tx_burst(
-            ring, self.fd, data, len(data), ffi.from_buffer("uint32_t[]", lens),
-            ffi.from_buffer("uint32_t[]", meta), n, self.vnet, self.max_frame_len, stats,
-        )  # fmt: skip
+        if max(lens, default=0) >= _POINTERS_MIN:
+            # A burst with a large frame (a TSO segment): C writes each frame from its own buffer
+            # (one pointer each) instead of a copy of the whole burst laid end to end.
+            views = [ffi.from_buffer(frame) for frame in frames]
+            taken = self._lib.yas_tap_tx_frames(
+                ring, self.fd, ffi.new("char *[]", views), ffi.from_buffer("uint32_t[]", lens),
+                ffi.from_buffer("uint32_t[]", meta), n, self.vnet, self.max_frame_len, stats,
+            )  # fmt: skip
+        else:
+            data = b"".join(frames)
+            taken = self._lib.yas_tap_tx_burst(
+                ring, self.fd, data, len(data), ffi.from_buffer("uint32_t[]", lens),
+                ffi.from_buffer("uint32_t[]", meta), n, self.vnet, self.max_frame_len, stats,
+            )  # fmt: skip
         if taken < 0:
             raise OSError(-taken, os.strerror(-taken))
         return taken, stats[0], stats[1], stats[2]

@@ -8,11 +8,13 @@ arithmetic: a connection that crosses 2**32 just sees numbers above 2**32.
 All ranges are half-open ``[start, end)``.  SYN and FIN occupy sequence space but are not bytes: these
 structures only ever hold data, and the connection accounts for the two flags itself.
 
-Hot path: no per-byte Python loops.  Buffers are one ``bytearray`` with a head offset that is
-compacted once the dead prefix outweighs the live bytes, so appends and consumes are amortised O(1) per
-byte; the queue and the scoreboard keep sorted, merged ranges searched with ``bisect``.  Every structure
-is bounded: the buffers and the queue by a byte limit (the queue also by a number of pieces, so tiny
-segments cannot pin a large overhead), the scoreboard by a number of ranges.
+Hot path: no per-byte Python loops. The receive buffer is one ``bytearray`` with a head offset that is
+compacted once the dead prefix outweighs the live bytes, the send buffer a ring (a bulk sender appends
+and acknowledges with the buffer full, where compacting copied every byte once more), so appends and
+consumes are amortised O(1) per byte; the queue and the scoreboard keep sorted, merged ranges searched
+with ``bisect``. Every structure is bounded: the buffers and the queue by a byte limit (the queue also
+by a number of pieces, so tiny segments cannot pin a large overhead), the scoreboard by a number of
+ranges.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ __all__ = ["NO_REASSEMBLY", "NO_SACKS", "ReassemblyQueue", "ReceiveBuffer", "Sac
 # rather than as a slice (two: the slice, then the append); below it the view's two objects cost more
 # than the bytes they save copying.
 _VIEW_MIN = 2048
+#: the ring of every SendBuffer that holds nothing (never written: see SendBuffer.append)
+_NO_RING = bytearray()
 # A dead prefix shorter than this is never compacted away: compacting tiny prefixes costs a copy of the
 # live bytes for little memory.
 _COMPACT_MIN = 4096
@@ -94,55 +98,152 @@ class _ByteQueue:
         self._head = head
 
 
-class SendBuffer(_ByteQueue):
+class SendBuffer:
     """Bytes the application wrote, from snd_una (``start``) onward; bounded by ``limit`` bytes.
 
     The bytes stay until they are acknowledged, because any of them may have to be sent again.
     ``start`` is the absolute sequence number of the first byte held: the connection sets it once
     (``iss + 1``, after the SYN) and ``acknowledge`` moves it.  It only advances over data bytes, so an
     ACK of our FIN leaves ``start == end`` one below snd_una.
+
+    A ring, not a :class:`_ByteQueue`: a bulk sender acknowledges from the head while it appends at
+    the tail with about the whole buffer held, which made the queue compact (``del buf[:head]``:
+    CPython copies the live bytes into an exact-size buffer) and then grow again on the next append
+    (a copy of the live bytes once more) -- about one copy of every byte sent beyond the one
+    ``append`` makes.  The ring copies each byte once in and once out (``append_to``), view to
+    view, and grows only when it must hold more: in place while the held bytes start at index 0
+    (as the byte queue grew), else into a new ring of twice the size (amortised O(1) per byte),
+    never beyond ``limit`` unless more is held; once nothing is held it is let go, so an idle
+    connection holds no buffer, as before.
     """
 
-    __slots__ = ("end", "limit", "start")
+    __slots__ = ("_cap", "_head", "_ring", "_size", "end", "limit", "start")
 
     def __init__(self, limit: int, start: int) -> None:
-        super().__init__()
         self.limit = limit  # SO_SNDBUF; may be changed at any time, shrinking it never drops data
         self.start = start
         #: Sequence number one past the last byte held (where the next ``append`` goes).  A plain
         #: field, moved by ``append`` only (``acknowledge`` moves ``start`` towards it), because
         #: ``tcp_output`` reads it on every call: a property cost two Python calls per read.
         self.end = start
+        self._ring = _NO_RING  # the bytes, from _head on, wrapping at _cap (= len(_ring))
+        self._cap = 0
+        self._head = 0
+        self._size = 0  # bytes held (end - start)
+
+    def __len__(self) -> int:
+        return self._size
 
     def free(self) -> int:
         """Bytes ``append`` would take now; 0 (never negative) after ``limit`` shrank below the held."""
-        return max(0, self.limit - (self.end - self.start))
+        return max(0, self.limit - self._size)
 
     def append(self, data: bytes | bytearray | memoryview) -> int:
         """Take as much of ``data`` as fits (a prefix) and say how many bytes: like a non-blocking
         ``send()``, the caller keeps the rest for when acknowledgements make room."""
-        if data.__class__ is memoryview:
-            data = _as_bytes_view(data)
+        if isinstance(data, memoryview) and (data.format != "B" or data.ndim != 1):
+            data = data.cast("B")  # len() must count bytes, and the ring's view takes bytes ("B")
         size = len(data)
-        room = self.limit - (self.end - self.start)
+        held = self._size
+        room = self.limit - held
         taken = size if size < room else room
-        if taken > 0:
-            self._buf += data if taken == size else data[:taken]
-            self.end += taken
-            return taken
-        return 0
+        if taken <= 0:
+            return 0
+        if held + taken > self._cap:
+            if not held:  # an empty buffer's first write: a ring of exactly these bytes (no spare to zero)
+                self._ring = bytearray(data if taken == size else memoryview(data)[:taken])
+                self._cap = taken
+                self._head = 0
+            elif not self._head:
+                # The held bytes lie at [0, held): fill the ring's end and extend it in place
+                # (bytearray's own growth, as the byte queue grew), no held byte copied -- the
+                # writes that refill a buffer emptied while the application made more to send.
+                ring = self._ring
+                cap = self._cap
+                with memoryview(data) as whole:
+                    if cap > held:
+                        with memoryview(ring) as target:
+                            target[held:cap] = whole[: cap - held]
+                    with whole[cap - held : taken] as part:
+                        ring += part
+                self._cap = held + taken
+            else:
+                self._grow(data, taken)
+        else:
+            cap = self._cap
+            tail = self._head + held
+            if tail >= cap:
+                tail -= cap
+            first = cap - tail  # room before the ring wraps
+            # View to view, equal lengths: one copy in place.  (A slice assignment to the
+            # bytearray itself first copies a source that is no bytearray into a new one, which
+            # was a second copy of every byte sent.)
+            with memoryview(self._ring) as target, memoryview(data) as source:
+                if taken <= first:
+                    target[tail : tail + taken] = source if taken == size else source[:taken]
+                else:
+                    target[tail:cap] = source[:first]
+                    target[: taken - first] = source[first:taken]
+        self._size = held + taken
+        self.end += taken
+        return taken
+
+    def _grow(self, data: bytes | bytearray | memoryview, taken: int) -> None:
+        """A new ring holding the held bytes, in order from index 0, then ``data[:taken]``, of at
+        least twice the old capacity (never beyond ``limit`` unless more is held)."""
+        held = self._size
+        need = held + taken
+        cap = max(need, min(2 * self._cap, max(self.limit, need)))
+        ring = bytearray()
+        head = self._head
+        end = head + held
+        with memoryview(self._ring) as view:
+            if end <= self._cap:
+                ring += view[head:end]
+            else:
+                ring += view[head:]
+                ring += view[: end - self._cap]
+        with memoryview(data) as whole, whole[:taken] as part:
+            ring += part
+        if cap > need:
+            ring += bytes(cap - need)
+        self._ring = ring
+        self._cap = len(ring)
+        self._head = 0
+
+    def _parts(self, offset: int, length: int) -> tuple[int, int, int]:
+        """Where ``length`` held bytes from ``offset`` lie: ``(at, first, rest)``, ``first`` bytes from
+        ring index ``at`` on, then ``rest`` bytes from index 0 (the wrap)."""
+        at = self._head + offset
+        cap = self._cap
+        if at >= cap:
+            at -= cap
+        first = cap - at
+        if length <= first:
+            return at, length, 0
+        return at, first, length - first
 
     def peek(self, seq: int, length: int) -> bytes:
         """Bytes ``[seq, seq + length)`` clipped to what is held, without consuming them (what
         tcp_output sends, or sends again).  ``seq`` outside ``[start, end]`` is a caller bug."""
         offset = seq - self.start
-        held = len(self)
+        held = self._size
         if offset < 0 or offset > held:
             raise ValueError(f"seq {seq} outside the send buffer [{self.start}, {self.start + held}]")
         if length < 0:
             raise ValueError(f"negative length {length}")
         length = min(length, held - offset)
-        return self._copy(offset, length) if length else b""
+        if not length:
+            return b""
+        at, first, rest = self._parts(offset, length)
+        # views released at once, so the ring can be replaced or resized right after
+        with memoryview(self._ring) as whole:
+            with whole[at : at + first] as part:
+                out = part.tobytes()
+            if rest:
+                with whole[:rest] as part:
+                    out += part.tobytes()
+        return out
 
     def append_to(self, out: bytearray, seq: int, length: int) -> None:
         """Append bytes ``[seq, seq + length)`` to ``out`` (a frame being built after its
@@ -150,14 +251,26 @@ class SendBuffer(_ByteQueue):
         two objects), a view for more (one copy instead of two).  The range must be held (a
         caller bug otherwise)."""
         offset = seq - self.start
-        if offset < 0 or length < 0 or offset + length > len(self):
+        if offset < 0 or length < 0 or offset + length > self._size:
             raise ValueError(f"[{seq}, {seq + length}) outside the send buffer")
-        start = self._head + offset
-        if length >= _VIEW_MIN:  # one copy (a TSO segment's worth): through a view, released at once
-            with memoryview(self._buf) as whole, whole[start : start + length] as part:
+        ring = self._ring
+        at = self._head + offset
+        cap = self._cap
+        if at >= cap:
+            at -= cap
+        if length <= cap - at:  # no wrap: the common case
+            if length >= _VIEW_MIN:  # one copy (a TSO segment's worth) through a view, released at once
+                with memoryview(ring)[at : at + length] as part:
+                    out += part
+            else:
+                out += ring[at : at + length]
+            return
+        first = cap - at
+        with memoryview(ring) as whole:
+            with whole[at:] as part:
                 out += part
-        else:
-            out += self._buf[start : start + length]
+            with whole[: length - first] as part:
+                out += part
 
     def acknowledge(self, upto: int) -> int:
         """Drop the bytes below ``upto`` (an ACK's cumulative acknowledgement), clipped to ``end``,
@@ -165,8 +278,19 @@ class SendBuffer(_ByteQueue):
         dropped = min(upto, self.end) - self.start
         if dropped <= 0:
             return 0
-        self._consume(dropped)
         self.start += dropped
+        size = self._size - dropped
+        self._size = size
+        if not size:
+            # nothing held: let the ring go (an idle connection holds no buffer); the shared empty
+            # one is never written (a write to a ring of no capacity makes a new one)
+            self._ring = _NO_RING
+            self._cap = self._head = 0
+            return dropped
+        head = self._head + dropped
+        if head >= self._cap:
+            head -= self._cap
+        self._head = head
         return dropped
 
 
