@@ -47,6 +47,9 @@ class AccessRecord:
     request_id: str | None = None
     authority: str | None = None
     upstream_host: str | None = None
+    #: the request's headers as the HTTP filters leave them (the general path sets them): a local
+    #: reply reads whether the request is gRPC (None: unknown, not gRPC)
+    request_headers: list[tuple[bytes, bytes]] | None = None
 
 
 def _start_time(seconds: float) -> str:

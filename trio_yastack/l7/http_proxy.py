@@ -120,7 +120,7 @@ from .filters import (
     start_compression,
 )
 from .h2_downstream import PREFACE, H2Downstream, StreamBridge
-from .local_reply import LocalReplyContext, rewrite
+from .local_reply import LocalReplyContext, grpc_reply_headers, is_grpc_request, rewrite
 from .router import (
     HOP_BY_HOP,
     Router,
@@ -743,10 +743,12 @@ class HttpConnectionManagerRuntime:
 
     async def _local_reply(
         self, ds: _Downstream, status: int, body: str, *, close: bool, record: AccessRecord,
-        headers: list[tuple[bytes, bytes]] | None = None,
+        headers: list[tuple[bytes, bytes]] | None = None, grpc_status: int | None = None,
     ) -> None:  # fmt: skip
         """An answer made here (Envoy's "local reply"), counted like any response, rewritten by
-        ``local_reply_config`` when there is one."""
+        ``local_reply_config`` when there is one; to a gRPC request, gRPC's trailers-only answer
+        (:func:`.local_reply.grpc_reply_headers`; ``grpc_status``: a filter's own status for it)."""
+        grpc = record.request_headers is not None and is_grpc_request(record.request_headers)
         if self.local_reply:
             ctx = LocalReplyContext(
                 status, body, record.response_flags, record.protocol or "-", record.start_time,
@@ -757,12 +759,29 @@ class HttpConnectionManagerRuntime:
                 config.local_reply_mappers, config.local_reply_format, ctx
             )
             headers = [*(headers or ()), *added]
+            if grpc:
+                message = payload.decode("utf-8", "replace")
+                if payload == (ctx.body + "\n").encode() or content_type == "application/json":
+                    message = message[:-1] if message.endswith("\n") else message  # (our newline, JSON's)
+                await self._grpc_reply(ds, status, message, close, record, headers, grpc_status)
+                return
             await self._reply(
                 ds, status, payload, close=close, record=record, headers=headers, content_type=content_type
             )
             return
+        if grpc:
+            await self._grpc_reply(ds, status, body, close, record, headers or [], grpc_status)
+            return
         payload = (body + "\n").encode() if body else b""
         await self._reply(ds, status, payload, close=close, record=record, headers=headers)
+
+    async def _grpc_reply(
+        self, ds: _Downstream, status: int, message: str, close: bool, record: AccessRecord,
+        headers: list[tuple[bytes, bytes]], grpc_status: int | None,
+    ) -> None:  # fmt: skip
+        """A local reply to a gRPC request: HTTP 200 and the status in its head, no body."""
+        head = grpc_reply_headers(status, message, headers, grpc_status, record.method == "HEAD")
+        await self._reply(ds, 200, b"", close=close, record=record, headers=head)
 
     async def _reply(
         self, ds: _Downstream, status: int, payload: bytes, *, close: bool, record: AccessRecord,
@@ -1016,6 +1035,7 @@ class HttpConnectionManagerRuntime:
             headers = list(request.headers)
         if self.local_reply:
             ds.request_headers = headers
+        record.request_headers = headers  # (read by a local reply: is the request gRPC?)
         method = request.method.decode("latin-1")
         target = request.target.decode("latin-1")
         authority = (get_header(headers, b"host") or b"").decode("latin-1")
@@ -1061,6 +1081,7 @@ class HttpConnectionManagerRuntime:
                     close=False,
                     record=record,
                     headers=outcome.reply_headers,
+                    grpc_status=outcome.grpc_status,
                 )
                 return True
             if outcome.cached is not None:  # a cache hit, or a filter's own answer (ext_authz, lua)

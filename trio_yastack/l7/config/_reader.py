@@ -406,6 +406,7 @@ _TYPED_CONFIG_FIELDS: dict[str, tuple[str, ...]] = {
         "vh_rate_limits",
         "always_consume_default_token_bucket",
         "rate_limits",
+        "rate_limited_as_resource_exhausted",
     ),
     EXT_AUTHZ_TYPE: (
         "http_service",

@@ -199,6 +199,9 @@ class FilterOutcome:
     clear_route: bool = False
     #: paces the response body (the fault filter's ``response_rate_limit``)
     response_limiter: ResponseRateLimiter | None = None
+    #: the ``grpc-status`` of the local reply when the request is gRPC (None: mapped from
+    #: ``status`` as Envoy's ``httpToGrpcStatus``): local_ratelimit's RESOURCE_EXHAUSTED
+    grpc_status: int | None = None
 
 
 def sample(percent: FractionalPercent, runtime: Callable[[str], RuntimeValue], rng: random.Random) -> bool:
