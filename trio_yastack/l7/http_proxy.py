@@ -108,16 +108,11 @@ from .config import (
     VirtualHost,
 )
 from .filters import (
-    GzipStream,
+    EncoderChain,
     HttpFilterChain,
     RequestView,
-    encode_response_data,
-    encode_response_end,
-    encode_response_headers,
     limits_response_rate,
-    response_held,
     sample,
-    start_compression,
 )
 from .h2_downstream import PREFACE, H2Downstream, StreamBridge
 from .local_reply import LocalReplyContext, grpc_reply_headers, is_grpc_request, rewrite
@@ -134,7 +129,7 @@ from .stats import Scope, Stats
 from .upstream import ClusterManager, ClusterRuntime, ConnectFailure, Overflow, UpstreamConnection
 
 if TYPE_CHECKING:
-    from .filters import FilterOutcome, RequestDecoder, ResponseEncoder, ResponseRateLimiter
+    from .filters import FilterOutcome, RequestDecoder, ResponseRateLimiter
     from .proxy import ProxyState
 
 __all__ = ["MAX_REQUEST_HEADERS", "RETRY_BUFFER", "HttpConnectionManagerRuntime", "ProxyLimits"]
@@ -1676,20 +1671,23 @@ class _UpstreamRequest:
         if cache is not None:
             keep = cache[0].storable(status, rq.upstream_headers, response.headers)
             cache_headers = list(headers)
-        if rq.response_headers:  # set by the filters, replacing the upstream's own (Envoy's setReference)
-            names = {name for name, _ in rq.response_headers}
+        outcome = rq.filters
+        # The filters' encoders (gRPC-Web, Lua's envoy_on_response, the compressor), in reverse
+        # configured order as Envoy runs them; the response headers filters add (CORS) apply at
+        # their filter's place among them, or first when there are none.
+        chain = EncoderChain(outcome.encoders, response.headers) if outcome and outcome.encoders else None
+        if rq.response_headers and not (chain is not None and outcome is not None and outcome.headers_placed):
+            names = {name for name, _ in rq.response_headers}  # replacing the upstream's (setReference)
             headers = [h for h in headers if h[0].lower() not in names]
             headers.extend(rq.response_headers)
-        encoders = rq.filters.encoders if rq.filters is not None else None  # filters' hooks (gRPC-Web)
-        if encoders:
-            headers = encode_response_headers(encoders, status, headers)
-        limiter = rq.filters.response_limiter if rq.filters is not None else None
-        gzip: GzipStream | None = None
-        if rq.filters is not None and rq.filters.compressor is not None and status != 101:
-            gzip = start_compression(
-                rq.filters.compressor, rq.filters.accepts_gzip, hcm.stats, status, record.method,
-                response.headers, headers,
-            )  # fmt: skip
+        held = False  # the head held by an encoder until it lets go (Lua's body())
+        if chain is not None:
+            encoded = chain.headers(status, headers)
+            held = encoded is None
+            headers = chain.held_headers if encoded is None else encoded
+            if status == 101:  # an upgrade: the encoders see its head only
+                held, chain = False, None
+        limiter = outcome.response_limiter if outcome is not None else None
         close = hcm.state.draining
         if close and status != 101:
             headers.append((b"connection", b"close"))
@@ -1707,7 +1705,6 @@ class _UpstreamRequest:
             # leave in one send (a small response is one write), and a large body in chunks of
             # RECEIVE_SIZE, each written before more is read (backpressure).
             head = response_head(status, headers, _reason(status))
-            held = response_held(encoders) if encoders else False  # (Lua's body(): the head waits)
             pending = [ds.h11.send(head)] if not held else []
             pending_bytes = 0
             with trio.CancelScope(
@@ -1735,10 +1732,11 @@ class _UpstreamRequest:
                                 else:  # too large to keep
                                     keep = None
                                     kept.clear()
-                            data = event.data if not encoders else encode_response_data(encoders, event.data)
-                            data = data if gzip is None else gzip.compress(data)
-                            if data and held:  # the filter let go of the head (its limit): it goes first
-                                held = False
+                            data = event.data if chain is None else chain.data(event.data)
+                            if chain is not None and chain.released is not None:
+                                held = False  # the filter let go of the head (its limit): it goes first
+                                head = response_head(status, chain.released, _reason(status))
+                                chain.released = None
                                 pending.append(ds.h11.send(head))
                             if data and limiter is not None:  # the fault filter's bandwidth limit
                                 data = await _paced(ds, limiter, pending, record, data, scope, timing)
@@ -1756,22 +1754,13 @@ class _UpstreamRequest:
                                     trio.current_time(),
                                 )  # fmt: skip
                             trailers: Sequence[tuple[bytes, bytes]] = event.headers
-                            if held:  # the whole body is here: the filter's head, body, trailers
-                                held_end = list(event.headers)
-                                head, trailers = _release_held(
-                                    ds, encoders or [], status, headers, gzip, record, held_end, pending
-                                )
-                                gzip = None
-                            elif encoders:
-                                end, trailers = encode_response_end(encoders, list(event.headers))
-                                end = end if gzip is None else gzip.compress(end)
-                                if end:
+                            if chain is not None:
+                                last, end, trailers = chain.end(list(event.headers))
+                                if last is not None:  # held to the end: the head, framed anew
+                                    head = _release_held(ds, status, last, end, record, trailers, pending)
+                                elif end:
                                     record.bytes_sent += len(end)
                                     pending.append(ds.h11.send(h11.Data(data=end)))
-                            if gzip is not None:
-                                tail = gzip.finish()
-                                record.bytes_sent += len(tail)
-                                pending.append(ds.h11.send(h11.Data(data=tail)))
                             eom = _EOM
                             if trailers and _trailers_fit(ds, record.method, status, head.headers):
                                 eom = h11.EndOfMessage(headers=strip_hop_by_hop(trailers))  # grpc-status
@@ -1863,18 +1852,14 @@ class _UpstreamRequest:
 
 
 def _release_held(
-    ds: _Downstream, encoders: list[ResponseEncoder], status: int, headers: list[tuple[bytes, bytes]],
-    gzip: GzipStream | None, record: AccessRecord, trailers: list[tuple[bytes, bytes]], pending: list[bytes],
-) -> tuple[h11.Response, Sequence[tuple[bytes, bytes]]]:  # fmt: skip
-    """A response whose head a filter held for its whole body (Lua's ``body()``): the filters' end
-    (the body as they leave it, the trailers), framed anew (``Content-Length`` unless trailers
-    follow), its head and body added to ``pending``; returns the head and the trailers."""
-    body, trailers = encode_response_end(encoders, trailers)
-    if gzip is not None:
-        body = gzip.compress(body) + gzip.finish()
+    ds: _Downstream, status: int, headers: list[tuple[bytes, bytes]], body: bytes, record: AccessRecord,
+    trailers: Sequence[tuple[bytes, bytes]], pending: list[bytes],
+) -> h11.Response:  # fmt: skip
+    """A response whose head a filter held for its whole body (Lua's ``body()``): its head framed
+    anew (``Content-Length`` unless trailers follow) and its whole body added to ``pending``."""
     bodyless = status in (204, 304) or record.method == "HEAD"
     if not bodyless:
-        headers[:] = [h for h in headers if h[0].lower() not in (b"content-length", b"transfer-encoding")]
+        headers = [h for h in headers if h[0].lower() not in (b"content-length", b"transfer-encoding")]
         if not trailers:
             headers.append((b"content-length", str(len(body)).encode()))
     head = response_head(status, headers, _reason(status))
@@ -1882,7 +1867,7 @@ def _release_held(
     if body and not bodyless:
         record.bytes_sent += len(body)
         pending.append(ds.h11.send(h11.Data(data=body)))
-    return head, trailers
+    return head
 
 
 async def _paced(

@@ -17,7 +17,7 @@ another (``jwt_authn`` and ``ext_authz`` write it, ``rbac`` and Lua read it).
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -34,7 +34,6 @@ from ..config import (
     LOCAL_RATELIMIT_NAME,
     LUA_NAME,
     RBAC_NAME,
-    Compressor,
     FractionalPercent,
     HttpFilter,
     PerRouteConfig,
@@ -44,7 +43,7 @@ from ..config import (
 )
 from ..stats import Scope, Stats
 from ._cache import CacheFilter, CacheStore
-from ._compressor import CompressorFilter
+from ._compressor import CompressorFilter, CompressorResponse
 from ._cors import CorsFilter
 from ._ext_authz import ExtAuthzFilter
 from ._fault import FaultFilter, ResponseRateLimiter
@@ -57,16 +56,14 @@ if TYPE_CHECKING:
     from ._lua import LuaFilter  # imported when a lua filter is configured: lupa is the "lua" extra
 
 __all__ = [
+    "EncoderChain",
     "FilterOutcome",
     "HttpFilterChain",
     "RequestBody",
     "RequestDecoder",
     "RequestView",
     "ResponseEncoder",
-    "encode_response_data",
-    "encode_response_end",
-    "encode_response_headers",
-    "response_held",
+    "ResponseHeaders",
     "sample",
 ]
 
@@ -108,34 +105,95 @@ class RequestDecoder(Protocol):
     def decode(self, data: bytes) -> bytes: ...
 
 
-def encode_response_headers(encoders: list[ResponseEncoder], status: int, headers: Headers) -> Headers:
-    for encoder in encoders:
-        headers = encoder.encode_headers(status, headers)
-    return headers
+class ResponseHeaders:
+    """The response headers a filter adds (CORS's, local_ratelimit's ``x-ratelimit-*``), as an
+    encoder at the filter's place when the chain has encoders (gRPC-Web, Lua, the compressor):
+    each replaces the upstream's header of its name (Envoy's ``setReference``)."""
+
+    __slots__ = ("headers",)
+
+    def __init__(self, headers: Headers) -> None:
+        self.headers = headers
+
+    def encode_headers(self, status: int, headers: Headers) -> Headers:
+        names = {name for name, _ in self.headers}
+        return [h for h in headers if h[0].lower() not in names] + self.headers
+
+    def encode_data(self, data: bytes) -> bytes:
+        return data
+
+    def encode_end(self, trailers: Headers) -> tuple[bytes, Headers]:
+        return b"", trailers
 
 
-def encode_response_data(encoders: list[ResponseEncoder], data: bytes) -> bytes:
-    for encoder in encoders:
-        data = encoder.encode_data(data)
-    return data
+class EncoderChain:
+    """One response through the filters' encoders in Envoy's order: the reverse of the order
+    configured (the filter nearest the router first), each seeing what the ones after it in the
+    config made of the head, the body and the trailers.  An encoder that holds the head
+    (``holding`` set after ``encode_headers``: Lua's ``body()``) stops the head there, as Envoy's
+    ``StopIteration``: the encoders before it in the config see the head only once it lets go (at
+    the end of the body, or past its limit) and the body's bytes only from then on; what it keeps
+    leaves then, through them.
 
+    :meth:`headers` returns the head to send, or None while it is held; :meth:`data` the bytes to
+    send for a piece of the body, with :attr:`released` set to the head when it is let go during
+    the body (to be sent first); :meth:`end` the head if it was held to the end (to be framed anew:
+    the body's length is known then), the body's last bytes, and the trailers left."""
 
-def response_held(encoders: list[ResponseEncoder]) -> bool:
-    """Whether an encoder holds the response's head until the body has ended (its ``holding``,
-    read after ``encode_headers``: Lua's ``body()`` in ``envoy_on_response``)."""
-    return any(getattr(encoder, "holding", False) for encoder in encoders)
+    __slots__ = ("encoders", "held_at", "held_headers", "released", "status")
 
+    def __init__(
+        self, encoders: list[ResponseEncoder], upstream_headers: Sequence[tuple[bytes, bytes]]
+    ) -> None:
+        self.encoders = encoders[::-1]
+        for encoder in encoders:
+            if isinstance(encoder, CompressorResponse):
+                encoder.upstream_headers = upstream_headers  # (its framing decides too)
+        self.status = 0
+        self.held_at = -1  # the encoder holding the head (-1: none)
+        self.held_headers: Headers = []
+        self.released: Headers | None = None
 
-def encode_response_end(encoders: list[ResponseEncoder], trailers: Headers) -> tuple[bytes, Headers]:
-    """The bytes that end the body and the trailers left, each encoder's tail passing through the
-    encoders after it."""
-    tail = b""
-    for encoder in encoders:
-        if tail:
-            tail = encoder.encode_data(tail)
-        more, trailers = encoder.encode_end(trailers)
-        tail += more
-    return tail, trailers
+    def headers(self, status: int, headers: Headers) -> Headers | None:
+        self.status = status
+        return self._headers_from(0, headers)
+
+    def _headers_from(self, start: int, headers: Headers) -> Headers | None:
+        encoders = self.encoders
+        for i in range(start, len(encoders)):
+            encoder = encoders[i]
+            headers = encoder.encode_headers(self.status, headers)
+            if getattr(encoder, "holding", False):
+                self.held_at, self.held_headers = i, headers
+                return None
+        self.held_at = -1
+        return headers
+
+    def data(self, data: bytes) -> bytes:
+        for i, encoder in enumerate(self.encoders):
+            data = encoder.encode_data(data)
+            if i == self.held_at:
+                if getattr(encoder, "holding", False):
+                    return b""  # kept by the encoder holding the head
+                head = self._headers_from(i + 1, self.held_headers)  # let go: the head goes on
+                if head is not None:
+                    self.released = head
+            if not data:
+                return b""
+        return data
+
+    def end(self, trailers: Headers) -> tuple[Headers | None, bytes, Headers]:
+        held = self.held_at >= 0
+        head: Headers | None = None
+        tail = b""
+        for i, encoder in enumerate(self.encoders):
+            if tail:
+                tail = encoder.encode_data(tail)
+            more, trailers = encoder.encode_end(trailers)
+            tail += more
+            if i == self.held_at:  # it let go at the end: the head goes on past it
+                head = self._headers_from(i + 1, self.held_headers)
+        return (head if held else None), tail, trailers
 
 
 @dataclass(slots=True)
@@ -183,15 +241,16 @@ class FilterOutcome:
     reply_headers: Headers = field(default_factory=list)
     response_headers: Headers = field(default_factory=list)
     flags: list[str] = field(default_factory=list)
-    #: the compressor's config when it runs on this request, and whether the client takes gzip
-    compressor: Compressor | None = None
-    accepts_gzip: bool = False
     #: a cache hit to answer with: (status, headers, body)
     cached: tuple[int, Headers, bytes] | None = None
     #: where to keep this request's response if it may be kept: (store, key)
     cache: tuple[CacheStore, tuple[str, str]] | None = None
-    #: transforms of the response, in order (gRPC-Web's: its content type, trailers in the body)
+    #: transforms of the response, in the order configured (:class:`EncoderChain` runs them in
+    #: reverse): gRPC-Web's, Lua's ``envoy_on_response``, the compressor's
     encoders: list[ResponseEncoder] = field(default_factory=list)
+    #: ``response_headers`` are among ``encoders`` too, each filter's at its place
+    #: (:class:`ResponseHeaders`): the relay applies them there, not before the encoders
+    headers_placed: bool = False
     #: a transform of the request body (gRPC-Web text's base64)
     request_decoder: RequestDecoder | None = None
     #: a filter changed what routing reads (headers) and asks for the route again, as Envoy's
@@ -248,6 +307,10 @@ CHAIN_FILTERS = frozenset(
         RBAC_NAME,
     }
 )
+
+
+#: the filters whose encoders transform a response (its head, body or trailers)
+_ENCODING_FILTERS = frozenset({COMPRESSOR_NAME, GRPC_WEB_NAME, LUA_NAME})
 
 
 def _decode_read_body(body: RequestBody, outcome: FilterOutcome) -> bool:
@@ -312,6 +375,9 @@ class HttpFilterChain:
         #: call ``body()``; ext_authz, whose ``with_request_body`` may be set here or on a route):
         #: then the connection manager hands the filters a :class:`RequestBody`
         self.reads_body = any(getattr(runtime, "reads_body", False) for _, runtime in self.filters)
+        #: whether a filter may transform the response (gRPC-Web, Lua, the compressor): then the
+        #: response headers other filters add are placed among the encoders, each at its filter's place
+        self.encodes = any(f.type_name in _ENCODING_FILTERS for f, _ in self.filters)
 
     async def start(self, nursery: trio.Nursery) -> None:
         """Start the filters' background tasks in the proxy's ``nursery`` (``jwt_authn``'s
@@ -329,13 +395,20 @@ class HttpFilterChain:
     async def decode(self, request: RequestView, now: Callable[[], float]) -> FilterOutcome:
         """Run each filter on ``request`` in order until one answers it locally."""
         outcome = FilterOutcome()
+        placed: list[ResponseEncoder] | None = [] if self.encodes else None
         for config, runtime in self.filters:
             override = request.per_filter_config(config.name)
             if config.disabled and override is None:
                 continue  # Envoy: a disabled filter runs only where a route or host configures it
+            if placed is not None:
+                n_encoders, n_headers = len(outcome.encoders), len(outcome.response_headers)
             await runtime.decode(request, override, outcome, now)
             if outcome.status is not None or outcome.cached is not None:
                 break
+            if placed is not None:
+                if len(outcome.response_headers) > n_headers:
+                    placed.append(ResponseHeaders(outcome.response_headers[n_headers:]))
+                placed += outcome.encoders[n_encoders:]
             body = request.body  # (None unless a filter of the chain reads the body)
             if (
                 body is not None
@@ -347,4 +420,7 @@ class HttpFilterChain:
                 outcome.clear_route = False
                 if request.reroute is not None:
                     request.reroute(request)
+        else:
+            if placed is not None and outcome.encoders and outcome.response_headers:
+                outcome.encoders, outcome.headers_placed = placed, True
         return outcome
