@@ -17,6 +17,7 @@ from __future__ import annotations
 import gzip
 import json
 import textwrap
+from typing import Any
 
 import pytest
 import trio
@@ -41,6 +42,7 @@ HOLDS_BODY = (
     '  h:headers():add("x-lua-gzip-magic", tostring(first == "\\31\\139"))' + REPORT + "end"
 )
 
+SIMPLE_CACHE = "type.googleapis.com/envoy.extensions.http.cache.simple_http_cache.v3.SimpleHttpCacheConfig"
 FILTERS = {
     "compressor": """
           - name: envoy.filters.http.compressor
@@ -61,13 +63,34 @@ FILTERS = {
           - name: envoy.filters.http.cors
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors""",
+    "fault": """
+          - name: envoy.filters.http.fault
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault
+              abort: {header_abort: {}, percentage: {numerator: 100}}""",
+    "grpc_web": """
+          - name: envoy.filters.http.grpc_web
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.grpc_web.v3.GrpcWeb""",
+    "cache": """
+          - name: envoy.filters.http.cache
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.cache.v3.CacheConfig
+              typed_config:
+                "@type": {simple}""",
+    "cache_vary": """
+          - name: envoy.filters.http.cache
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.cache.v3.CacheConfig
+              typed_config:
+                "@type": {simple}
+              allowed_vary_headers: [{exact: accept-encoding}]""",
 }
 
 
 def config(order: list[str]) -> str:
-    chain = "".join(FILTERS[name] for name in order).replace(
-        "{head_only}", textwrap.indent(HEAD_ONLY, " " * 18)
-    )
+    chain = "".join(FILTERS[name] for name in order).replace("{simple}", SIMPLE_CACHE)
+    chain = chain.replace("{head_only}", textwrap.indent(HEAD_ONLY, " " * 18))
     held = textwrap.indent(HOLDS_BODY, " " * 24)
     return f"""
 static_resources:
@@ -155,3 +178,78 @@ async def test_response_filters_in_reverse_configured_order(
             await client.aclose()
         assert proxy.stats.value("http.ingress.compressor.gzip.compressed") == 2
         assert proxy.stats.value("http.ingress.lua.errors") == 0
+
+
+class CachingApp(BackendApp):
+    """``/c``: a text answer of 200 bytes (compressible) that may be kept 60 s, numbered by the
+    requests the backend has seen, so a hit is told from a fetch."""
+
+    async def _http(
+        self, path: str, query: dict[str, str], scope: dict[str, Any], receive: Any, send: Any
+    ) -> None:
+        if path != "/c":
+            await super()._http(path, query, scope, receive, send)
+            return
+        body = f"{self.name} #{len(self.seen)} ".encode().ljust(200, b".")
+        headers = [(b"content-type", b"text/plain"), (b"cache-control", b"max-age=60"),
+                   (b"content-length", str(len(body)).encode())]  # fmt: skip
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+@pytest.mark.parametrize(
+    ("order", "hit", "compressions"),
+    [
+        (["compressor", "cache"], True, 2),  # kept plain, the hit compressed on its way out
+        (["cache", "compressor"], False, 2),  # gzipped, Vary: Accept-Encoding is not allowed: not kept
+        (["cache_vary", "compressor"], True, 1),  # kept gzipped (Vary allowed): the hit leaves as kept
+    ],
+    ids=lambda v: "-".join(v) if isinstance(v, list) else str(v),
+)
+async def test_cache_at_its_place(
+    autojump_clock: trio.testing.MockClock, order: list[str], hit: bool, compressions: int
+) -> None:
+    """The cache keeps the response as the filters configured after it leave it, and a hit passes
+    the filters configured before it; each answer here is gzipped either way."""
+    app = CachingApp("app")
+    async with setup(load_config(config(order)), (app, 8080)) as (_, b, proxy):
+        with trio.fail_after(60):
+            client = Client(await connect(b))
+            bodies = []
+            for _ in range(2):
+                r = await client.request("GET", "/c", [("accept-encoding", "gzip")])
+                assert r.status == 200 and r.header("vary") == "Accept-Encoding"
+                assert r.header("content-encoding") == "gzip"
+                bodies.append(gzip.decompress(r.body).split(b" ")[0:2])
+            await client.aclose()
+        assert bodies[0] == [b"app", b"#1"]
+        assert bodies[1] == ([b"app", b"#1"] if hit else [b"app", b"#2"])
+        assert proxy.stats.value("http.ingress.cache.hit") == int(hit)
+        assert proxy.stats.value("http.ingress.compressor.gzip.compressed") == compressions
+
+
+@pytest.mark.parametrize("lua_first", [True, False], ids=["lua-fault", "fault-lua"])
+async def test_local_replies_pass_the_filters_before(
+    autojump_clock: trio.testing.MockClock, lua_first: bool
+) -> None:
+    """A reply a filter makes passes the response side of the filters configured before it (their
+    request side ran), not of those after it; a gRPC-Web request's local reply is gRPC-formatted
+    (the grpc_web filter made it gRPC) and then gRPC-Web's, as Envoy's grpc_web filter encodes it."""
+    order = ["grpc_web", "lua", "fault"] if lua_first else ["grpc_web", "fault", "lua"]
+    app = BackendApp("app")
+    async with setup(load_config(config(order)), (app, 8080)) as (_, b, _proxy):
+        with trio.fail_after(60):
+            client = Client(await connect(b))
+            r = await client.request("GET", "/doc", [("x-envoy-fault-abort-request", "503")])
+            assert r.status == 503 and r.body == b"fault filter abort\n"
+            assert r.header("x-lua-encoding") == ("nil" if lua_first else None)
+            grpc_web = [
+                ("content-type", "application/grpc-web+proto"),
+                ("x-envoy-fault-abort-request", "503"),
+            ]
+            r = await client.request("POST", "/svc/Call", grpc_web, body=b"\0\0\0\0\0")
+            assert r.status == 200 and r.body == b""
+            assert r.header("content-type") == "application/grpc-web+proto"
+            assert (r.header("grpc-status"), r.header("grpc-message")) == ("14", "fault filter abort")
+            assert r.header("x-lua-encoding") == ("nil" if lua_first else None)
+            await client.aclose()

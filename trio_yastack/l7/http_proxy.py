@@ -111,6 +111,7 @@ from .filters import (
     EncoderChain,
     HttpFilterChain,
     RequestView,
+    encode_whole,
     limits_response_rate,
     sample,
 )
@@ -802,30 +803,52 @@ class HttpConnectionManagerRuntime:
             await ds.send_pending([head, payload])
             record.bytes_sent += len(payload)
             return
-        pending = [ds.h11.send(h11.Response(status_code=status, headers=headers, reason=_reason(status)))]
-        if payload and record.method != "HEAD":
-            pending.append(ds.h11.send(h11.Data(data=payload)))
-        pending.append(ds.h11.send(_EOM))
+        await self._send_whole(ds, status, headers, payload, record)
+
+    async def _send_whole(
+        self,
+        ds: _Downstream,
+        status: int,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        record: AccessRecord,
+    ) -> None:
+        """A whole response made here, through the HTTP filters' encoders if the request has any
+        (:func:`.filters.encode_whole`; framed anew), in one write."""
+        trailers: list[tuple[bytes, bytes]] = []
+        if record.encoders:
+            headers, body, trailers = encode_whole(record.encoders, status, headers, body)
+            if status not in (204, 304) and record.method != "HEAD":
+                headers = [
+                    h for h in headers if h[0].lower() not in (b"content-length", b"transfer-encoding")
+                ]
+                if not trailers:  # (trailers: chunked, where the client's framing can carry them)
+                    headers.append((b"content-length", str(len(body)).encode()))
+        head = h11.Response(status_code=status, headers=headers, reason=_reason(status))
+        pending = [ds.h11.send(head)]
+        if body and record.method != "HEAD":
+            pending.append(ds.h11.send(h11.Data(data=body)))
+        eom = _EOM
+        if trailers and _trailers_fit(ds, record.method, status, head.headers):
+            eom = h11.EndOfMessage(headers=trailers)
+        pending.append(ds.h11.send(eom))
         await ds.send_pending(pending)
-        record.bytes_sent += len(payload)
+        record.bytes_sent += len(body) if record.method != "HEAD" else 0
 
     async def _serve_cached(
         self, ds: _Downstream, status: int, headers: list[tuple[bytes, bytes]], body: bytes,
         extra: Sequence[tuple[bytes, bytes]], record: AccessRecord,
     ) -> None:  # fmt: skip
-        """A cache filter hit: the stored response (with its ``Age``), in one write."""
+        """A cache filter hit (or a filter's own answer: Lua's ``respond()``, ext_authz's denial):
+        the stored response (with its ``Age``), through the encoders of the filters before the one
+        that answered, in one write."""
         head = [*headers, *extra, (b"content-length", str(len(body)).encode())]
         if self.state.draining:
             head.append((b"connection", b"close"))
         self._count_response(status)
         record.response_code = status
         ds.response_started = True
-        pending = [ds.h11.send(h11.Response(status_code=status, headers=head, reason=_reason(status)))]
-        if body and record.method != "HEAD":
-            pending.append(ds.h11.send(h11.Data(data=body)))
-        pending.append(ds.h11.send(_EOM))
-        await ds.send_pending(pending)
-        record.bytes_sent += len(body)
+        await self._send_whole(ds, status, head, body, record)
 
     def _count_response(self, status: int) -> None:
         self.stats.count(_downstream_counters(status))
@@ -1064,6 +1087,8 @@ class HttpConnectionManagerRuntime:
                 method, target, headers, vhost, route, ds.filter_state, ds, filter_body, self._route_again
             )
             outcome = await self.filters.decode(view, trio.current_time)
+            if outcome.encoders:  # what a reply made here passes through (those that ran, in Envoy's order)
+                record.encoders = outcome.encoders
             vhost, route = view.vhost, view.route  # a filter may have asked for the route again
             flags, extra = outcome.flags, outcome.response_headers
             if outcome.status is not None:
@@ -1663,14 +1688,6 @@ class _UpstreamRequest:
         headers = strip_hop_by_hop(response.headers, keep_upgrade=status == 101)
         headers.append((b"x-envoy-upstream-service-time", str(service_ms).encode()))
         headers = _with_via(headers)  # RFC 9110 7.6.3: a proxy adds Via to responses too
-        cache = rq.filters.cache if rq.filters is not None else None
-        keep: tuple[float, tuple[tuple[bytes, bytes | None], ...]] | None = None
-        cache_headers: list[tuple[bytes, bytes]] = []
-        kept: list[bytes] = []
-        kept_bytes = 0
-        if cache is not None:
-            keep = cache[0].storable(status, rq.upstream_headers, response.headers)
-            cache_headers = list(headers)
         outcome = rq.filters
         # The filters' encoders (gRPC-Web, Lua's envoy_on_response, the compressor), in reverse
         # configured order as Envoy runs them; the response headers filters add (CORS) apply at
@@ -1725,13 +1742,6 @@ class _UpstreamRequest:
                                 timing.route_deadline, trio.current_time() + timing.stream_idle
                             )
                         elif isinstance(event, h11.Data):
-                            if keep is not None and cache is not None:
-                                kept_bytes += len(event.data)
-                                if kept_bytes <= cache[0].max_body:
-                                    kept.append(bytes(event.data))
-                                else:  # too large to keep
-                                    keep = None
-                                    kept.clear()
                             data = event.data if chain is None else chain.data(event.data)
                             if chain is not None and chain.released is not None:
                                 held = False  # the filter let go of the head (its limit): it goes first
@@ -1748,11 +1758,6 @@ class _UpstreamRequest:
                                 await ds.send_pending(pending)
                                 pending_bytes = 0
                         elif isinstance(event, h11.EndOfMessage):
-                            if keep is not None and cache is not None:
-                                cache[0].insert(
-                                    cache[1], status, cache_headers, b"".join(kept), keep[0], keep[1],
-                                    trio.current_time(),
-                                )  # fmt: skip
                             trailers: Sequence[tuple[bytes, bytes]] = event.headers
                             if chain is not None:
                                 last, end, trailers = chain.end(list(event.headers))
@@ -1849,6 +1854,10 @@ class _UpstreamRequest:
                 nursery.start_soon(pump, conn.stream, ds.stream, bytes(up_early), True)
         finally:
             await conn.aclose()
+
+
+#: a response head's framing, made anew when a filter changed the body
+_FRAMING = (b"content-length", b"transfer-encoding")
 
 
 def _release_held(

@@ -42,7 +42,7 @@ from ..config import (
     VirtualHost,
 )
 from ..stats import Scope, Stats
-from ._cache import CacheFilter, CacheStore
+from ._cache import CacheFilter
 from ._compressor import CompressorFilter, CompressorResponse
 from ._cors import CorsFilter
 from ._ext_authz import ExtAuthzFilter
@@ -64,6 +64,7 @@ __all__ = [
     "RequestView",
     "ResponseEncoder",
     "ResponseHeaders",
+    "encode_whole",
     "sample",
 ]
 
@@ -196,6 +197,24 @@ class EncoderChain:
         return (head if held else None), tail, trailers
 
 
+def encode_whole(
+    encoders: list[ResponseEncoder], status: int, headers: Headers, body: bytes
+) -> tuple[Headers, bytes, Headers]:
+    """A whole response the proxy makes itself (a local reply, a cache hit, a direct response)
+    through ``encoders`` (:class:`EncoderChain`): its head, body and trailers as they leave.  The
+    head still carries the length of the body as it was: the caller frames it anew."""
+    chain = EncoderChain(encoders, headers)
+    head = chain.headers(status, headers)
+    data = chain.data(body) if body else b""
+    if chain.released is not None:
+        head = chain.released
+    last, tail, trailers = chain.end([])
+    if last is not None:
+        head = last
+    assert head is not None  # let go at the end at the latest
+    return head, data + tail, trailers
+
+
 @dataclass(slots=True)
 class RequestView:
     """What the filters see of a request: its head, the route chosen (None: no route), the
@@ -243,10 +262,8 @@ class FilterOutcome:
     flags: list[str] = field(default_factory=list)
     #: a cache hit to answer with: (status, headers, body)
     cached: tuple[int, Headers, bytes] | None = None
-    #: where to keep this request's response if it may be kept: (store, key)
-    cache: tuple[CacheStore, tuple[str, str]] | None = None
     #: transforms of the response, in the order configured (:class:`EncoderChain` runs them in
-    #: reverse): gRPC-Web's, Lua's ``envoy_on_response``, the compressor's
+    #: reverse): gRPC-Web's, Lua's ``envoy_on_response``, the compressor's, the cache's keeping
     encoders: list[ResponseEncoder] = field(default_factory=list)
     #: ``response_headers`` are among ``encoders`` too, each filter's at its place
     #: (:class:`ResponseHeaders`): the relay applies them there, not before the encoders
@@ -310,7 +327,7 @@ CHAIN_FILTERS = frozenset(
 
 
 #: the filters whose encoders transform a response (its head, body or trailers)
-_ENCODING_FILTERS = frozenset({COMPRESSOR_NAME, GRPC_WEB_NAME, LUA_NAME})
+_ENCODING_FILTERS = frozenset({CACHE_NAME, COMPRESSOR_NAME, GRPC_WEB_NAME, LUA_NAME})
 
 
 def _decode_read_body(body: RequestBody, outcome: FilterOutcome) -> bool:
