@@ -288,6 +288,7 @@ class _RequestBody:
         self.hold = False  # a filter reads the body before the router: keep all of it for the upload
         self.framing = "length"
         self.empty = True
+        self.trailers: list[tuple[bytes, bytes]] = []  # the client's, once the body is complete
         if ds.plain:
             self.complete = True  # the fast path's request came whole
             if plain_body:  # kept as any body is: for a retry (it fits RETRY_BUFFER) or a mirror
@@ -338,6 +339,8 @@ class _RequestBody:
         if isinstance(event, h11.EndOfMessage):
             if self.decoder is not None:
                 self._decode(b"")
+            if event.headers:
+                self.trailers = list(event.headers)
             self.complete = True
             self.timing.request_complete()
             return b""
@@ -1661,7 +1664,12 @@ class _UpstreamRequest:
                     if self.response is None:  # progress: push the wait's stream-idle deadline back
                         idle_deadline = trio.current_time() + body.timing.stream_idle
                         scope.deadline = min(body.timing.route_deadline, self.per_try_deadline, idle_deadline)
-            await conn.send(_EOM)
+            eom = _EOM
+            if body.trailers and body.framing == "chunked" and self.rq.cluster.config.http2 is not None:
+                # HTTP/2 clusters get the request's trailers (Envoy's HTTP/1 codec sends them only
+                # with enable_trailers, not read here: HTTP/1.1 upstreams get none, as before)
+                eom = h11.EndOfMessage(headers=body.trailers)
+            await conn.send(eom)
         except (_LocalReply, _DownstreamGone) as exc:
             self.downstream_error = exc
             scope.cancel()

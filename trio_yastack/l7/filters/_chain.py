@@ -87,11 +87,13 @@ class RequestBody(Protocol):
     filters that read it before the router does (Lua's ``body()``, ext_authz's ``with_request_body``):
     ``read_more`` takes the next piece from the client (b"" at the end; too large a body raises the
     connection manager's 413), ``kept`` holds what was read while ``hold`` is set (the router uploads
-    it first), ``complete`` says the client's body has ended.  See :mod:`._body`."""
+    it first), ``complete`` says the client's body has ended, ``trailers`` are its trailers then.
+    See :mod:`._body`."""
 
     kept: list[bytes]
     complete: bool
     hold: bool
+    trailers: list[tuple[bytes, bytes]]
     replayable: bool
     framing: str
     decoder: RequestDecoder | None
