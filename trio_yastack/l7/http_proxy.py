@@ -272,10 +272,13 @@ class _RequestBody:
 
     def __init__(
         self, ds: _Downstream, headers: list[tuple[bytes, bytes]], limits: ProxyLimits, timing: _Timing,
-        plain_body: bytes = b"",
+        plain_body: bytes = b"", trailers: bool = False,
     ) -> None:  # fmt: skip
-        """``plain_body``: the whole body of a request of the fast path (read with its head)."""
+        """``plain_body``: the whole body of a request of the fast path (read with its head);
+        ``trailers``: an HTTP/1.1 client's trailers are kept (``enable_trailers``; an HTTP/2
+        client's always are, as Envoy's codecs do)."""
         self.ds = ds
+        self.keep_trailers = trailers or ds.protocol == "HTTP/2"
         self.limits = limits
         self.timing = timing
         self.kept: list[bytes] = []
@@ -339,7 +342,7 @@ class _RequestBody:
         if isinstance(event, h11.EndOfMessage):
             if self.decoder is not None:
                 self._decode(b"")
-            if event.headers:
+            if event.headers and self.keep_trailers:
                 self.trailers = list(event.headers)
             self.complete = True
             self.timing.request_complete()
@@ -1085,7 +1088,9 @@ class HttpConnectionManagerRuntime:
         if self.filters is not None:
             if self.filters.reads_body:  # lua's body(), ext_authz's with_request_body: read here, kept
                 plain_body = request.body if isinstance(request, PlainRequest) else b""
-                filter_body = _RequestBody(ds, headers, self.limits, timing, plain_body)
+                filter_body = _RequestBody(
+                    ds, headers, self.limits, timing, plain_body, self.config.enable_trailers
+                )
             view = RequestView(
                 method, target, headers, vhost, route, ds.filter_state, ds, filter_body, self._route_again
             )
@@ -1281,9 +1286,8 @@ class _RouterRequest:
         self.record = record
         self.cluster = _pick_cluster(hcm, action)
         if body is None:
-            body = _RequestBody(
-                ds, headers, hcm.limits, timing, request.body if isinstance(request, PlainRequest) else b""
-            )
+            plain_body = request.body if isinstance(request, PlainRequest) else b""
+            body = _RequestBody(ds, headers, hcm.limits, timing, plain_body, hcm.config.enable_trailers)
         elif not ds.plain:  # read by the filters, which may have changed its framing (gRPC-Web text)
             body.framing = "chunked" if get_header(headers, b"transfer-encoding") else "length"
         self.body = body

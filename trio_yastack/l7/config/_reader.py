@@ -359,6 +359,7 @@ _TYPED_CONFIG_FIELDS: dict[str, tuple[str, ...]] = {
         "http_filters",
         "access_log",
         "common_http_protocol_options",
+        "http_protocol_options",
         "http2_protocol_options",
         "request_timeout",
         "stream_idle_timeout",
