@@ -20,9 +20,23 @@ import grpc  # type: ignore[import-untyped]  # grpcio ships no type stubs
 import h11
 import pytest
 import trio
-from proxy_helpers import bootstrap, cluster, hcm, http_listener, route, running_proxy
+import trio.testing
+from proxy_helpers import (
+    BackendApp,
+    Client,
+    bootstrap,
+    cluster,
+    connect,
+    hcm,
+    http_listener,
+    route,
+    running_proxy,
+    start_backend,
+)
+from socket_helpers import two_stacks
+from test_proxy_filters_ext_authz import HTTP_CONFIG, AuthzApp
 
-from trio_yastack.l7.config import HTTP_PROTOCOL_OPTIONS_TYPE, ROUTER_TYPE
+from trio_yastack.l7.config import HTTP_PROTOCOL_OPTIONS_TYPE, ROUTER_TYPE, load_config
 from trio_yastack.l7.local_reply import http_to_grpc_status, percent_encode
 
 LIMIT = 30.0
@@ -187,3 +201,35 @@ def test_grpc_status_mapping_and_message_encoding() -> None:
     assert percent_encode("no healthy upstream") == b"no healthy upstream"
     assert percent_encode("100% ~ ok\n") == b"100%25 %7E ok%0A"
     assert percent_encode("h\u00e9") == b"h%C3%A9"
+
+
+async def test_ext_authz_denial_to_a_grpc_request(autojump_clock: trio.testing.MockClock) -> None:
+    """ext_authz's denial is a local reply in Envoy (``sendLocalReply``): to a gRPC request it goes
+    gRPC-formatted, the service's status mapped (401: UNAUTHENTICATED), its body the message, its
+    headers kept; to any other request as the service wrote it."""
+    app, authz = BackendApp("app"), AuthzApp()
+    async with two_stacks() as (a, b), trio.open_nursery() as nursery:
+        backends = [await start_backend(nursery, app, b, 8080), await start_backend(nursery, authz, b, 8091)]
+        async with running_proxy(load_config(HTTP_CONFIG), a):
+            with trio.fail_after(LIMIT):
+                client = Client(await connect(b))
+                grpc_request = [("authorization", "Bearer bad"), ("content-type", "application/grpc")]
+                r = await client.request("POST", "/svc/Call", grpc_request, body=b"\0\0\0\0\0")
+                assert r.status == 200 and r.body == b""
+                names = [k for k, _ in r.headers]
+                assert names.count(b"content-type") == 1 and names.count(b"content-length") == 1
+                assert (r.header("content-type"), r.header("content-length")) == ("application/grpc", "0")
+                assert (r.header("grpc-status"), r.header("grpc-message")) == (
+                    "16",
+                    '{"error": "who are you"}',
+                )
+                # the service's own headers (its date and server too, as without gRPC)
+                assert (
+                    r.header("www-authenticate") == 'Basic realm="edge"'
+                    and r.header("x-denied-by") == "authz"
+                )
+                r = await client.request("POST", "/svc/Call", [("authorization", "Bearer bad")], body=b"x")
+                assert r.status == 401 and r.body == b'{"error": "who are you"}'
+                await client.aclose()
+        for backend in backends:
+            backend.stop()

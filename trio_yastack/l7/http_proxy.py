@@ -1115,6 +1115,11 @@ class HttpConnectionManagerRuntime:
             if outcome.cached is not None:  # a cache hit, or a filter's own answer (ext_authz, lua)
                 record.response_flags = ",".join(flags) or "-"
                 await self._drain_request_body(ds, timing)
+                if outcome.cached_is_local_reply and is_grpc_request(headers):  # ext_authz's denial
+                    status, head, denial = outcome.cached
+                    message = denial.decode("utf-8", "replace")
+                    await self._grpc_reply(ds, status, message, False, record, [*head, *extra], None)
+                    return True
                 await self._serve_cached(ds, *outcome.cached, extra, record)
                 return True
         try:

@@ -264,6 +264,9 @@ class FilterOutcome:
     flags: list[str] = field(default_factory=list)
     #: a cache hit to answer with: (status, headers, body)
     cached: tuple[int, Headers, bytes] | None = None
+    #: ``cached`` is a local reply in Envoy's sense (ext_authz's denial, sent with sendLocalReply):
+    #: a gRPC request gets it gRPC-formatted (Lua's ``respond()`` and cache hits go as they are)
+    cached_is_local_reply: bool = False
     #: transforms of the response, in the order configured (:class:`EncoderChain` runs them in
     #: reverse): gRPC-Web's, Lua's ``envoy_on_response``, the compressor's, the cache's keeping
     encoders: list[ResponseEncoder] = field(default_factory=list)
