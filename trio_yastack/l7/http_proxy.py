@@ -41,8 +41,11 @@ What a request meets on the way, in order:
 - **HTTP filters** (:mod:`.filters`), once the route is chosen, in the order configured:
   ``local_ratelimit`` and ``fault`` may answer locally (429, the fault's status) or delay,
   ``cors`` answers preflights and marks responses, ``cache`` answers from memory and keeps
-  cacheable responses, ``compressor`` gzips the response body.  The proxy's own replies go through
-  ``local_reply_config`` (:mod:`.local_reply`).
+  cacheable responses, ``compressor`` gzips the response body.  Their response side runs in the
+  reverse order, as Envoy's encoder filters (:class:`.filters.EncoderChain`), and the answers made
+  here pass the response side of the filters whose request side ran.  The proxy's own replies go
+  through ``local_reply_config`` (:mod:`.local_reply`), and to a gRPC request as gRPC's
+  trailers-only answer.
 - **Routing.** No virtual host or route: 404.  ``direct_response`` answers locally.
 - **Headers.** Hop-by-hop headers are removed both ways; ``x-forwarded-for`` gets the client's
   address appended, ``x-forwarded-proto`` is set to the downstream scheme, ``x-request-id`` is kept or

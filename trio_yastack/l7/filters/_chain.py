@@ -8,10 +8,12 @@ per request with the route already chosen is all they need, and a connection man
 router pays one attribute test per request (``HttpConnectionManagerRuntime.filters`` is None then).
 What a filter does past the head goes through :class:`FilterOutcome`: headers to add to the
 response, a local reply or an answer of its own (``cached``), a transform of the response
-(``encoders``: gRPC-Web, Lua's ``envoy_on_response``) or of the request body (``request_decoder``:
-gRPC-Web text), the route to be chosen again (``clear_route``); the request's headers are changed in
-place, and its dynamic metadata (``RequestView.metadata``) is written by one filter and read by
-another (``jwt_authn`` and ``ext_authz`` write it, ``rbac`` and Lua read it).
+(``encoders``: gRPC-Web, Lua's ``envoy_on_response``, the compressor, the cache's keeping; run by
+:class:`EncoderChain` in the reverse of the configured order, as Envoy runs encoder filters) or of
+the request body (``request_decoder``: gRPC-Web text), the route to be chosen again
+(``clear_route``); the request's headers are changed in place, and its dynamic metadata
+(``RequestView.metadata``) is written by one filter and read by another (``jwt_authn`` and
+``ext_authz`` write it, ``rbac`` and Lua read it).
 """
 
 from __future__ import annotations
