@@ -253,3 +253,81 @@ async def test_local_replies_pass_the_filters_before(
             assert (r.header("grpc-status"), r.header("grpc-message")) == ("14", "fault filter abort")
             assert r.header("x-lua-encoding") == ("nil" if lua_first else None)
             await client.aclose()
+
+
+CORS_THEN_LIMIT = f"""
+static_resources:
+  clusters:
+  - name: app
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: app
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{socket_address: {{address: 198.18.0.1, port_value: 8080}}}}}}
+  - name: gone
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: gone
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{socket_address: {{address: 198.18.0.1, port_value: 8099}}}}}}
+  listeners:
+  - name: ingress
+    address: {{socket_address: {{address: 198.18.0.2, port_value: 10000}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": {HCM_TYPE}
+          stat_prefix: ingress
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              typed_per_filter_config:
+                envoy.filters.http.cors:
+                  "@type": type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy
+                  allow_origin_string_match: [{{exact: "{ORIGIN}"}}]
+              routes:
+              - match: {{prefix: "/gone"}}
+                route: {{cluster: gone}}
+              - match: {{prefix: "/"}}
+                route: {{cluster: app}}
+          http_filters:
+          - name: envoy.filters.http.cors
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors
+          - name: envoy.filters.http.local_ratelimit
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
+              stat_prefix: rl
+              token_bucket: {{max_tokens: 2, tokens_per_fill: 2, fill_interval: 3600s}}
+              filter_enabled: {{default_value: {{numerator: 100}}}}
+              filter_enforced: {{default_value: {{numerator: 100}}}}
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+"""
+
+
+async def test_cors_headers_on_replies_made_after_it(autojump_clock: trio.testing.MockClock) -> None:
+    """With ``[cors, local_ratelimit, router]`` a 429 from the rate limit and the router's own 502
+    pass CORS's response side, as Envoy's local replies pass the encoder filters before the one that
+    answered: a browser can read them.  (The 502 on a request with a body: the general path.)"""
+    app = BackendApp("app")
+    async with setup(load_config(CORS_THEN_LIMIT), (app, 8080)) as (_, b, _proxy):
+        with trio.fail_after(60):
+            client = Client(await connect(b))
+            origin = [("origin", ORIGIN)]
+            r = await client.request("GET", "/doc", origin)
+            assert r.status == 200 and r.header("access-control-allow-origin") == ORIGIN
+            r = await client.request("POST", "/gone", origin, body=b"x")
+            assert r.status == 502 and r.header("access-control-allow-origin") == ORIGIN
+            await client.aclose()  # (the proxy closes it: the body was never read)
+            client = Client(await connect(b))
+            r = await client.request("GET", "/doc", origin)
+            assert r.status == 429 and r.body == b"local_rate_limited\n"
+            assert r.header("access-control-allow-origin") == ORIGIN
+            assert r.header("x-envoy-ratelimited") == "true"
+            await client.aclose()

@@ -114,6 +114,7 @@ from .filters import (
     EncoderChain,
     HttpFilterChain,
     RequestView,
+    ResponseHeaders,
     encode_whole,
     limits_response_rate,
     sample,
@@ -808,6 +809,8 @@ class HttpConnectionManagerRuntime:
         record.response_code = status
         ds.response_started = True
         if ds.plain:  # the bytes h11 would write (:mod:`._http1`)
+            if record.encoders:  # (response headers only here: the fast path's filters change no body)
+                headers, payload, _ = _encode_whole(record, status, headers, payload)
             head = response_head_bytes(status, _reason(status), headers, chunked=False)
             await ds.send_pending([head, payload])
             record.bytes_sent += len(payload)
@@ -815,24 +818,14 @@ class HttpConnectionManagerRuntime:
         await self._send_whole(ds, status, headers, payload, record)
 
     async def _send_whole(
-        self,
-        ds: _Downstream,
-        status: int,
-        headers: list[tuple[bytes, bytes]],
-        body: bytes,
+        self, ds: _Downstream, status: int, headers: list[tuple[bytes, bytes]], body: bytes,
         record: AccessRecord,
-    ) -> None:
+    ) -> None:  # fmt: skip
         """A whole response made here, through the HTTP filters' encoders if the request has any
-        (:func:`.filters.encode_whole`; framed anew), in one write."""
+        (:func:`_encode_whole`), in one write."""
         trailers: list[tuple[bytes, bytes]] = []
         if record.encoders:
-            headers, body, trailers = encode_whole(record.encoders, status, headers, body)
-            if status not in (204, 304) and record.method != "HEAD":
-                headers = [
-                    h for h in headers if h[0].lower() not in (b"content-length", b"transfer-encoding")
-                ]
-                if not trailers:  # (trailers: chunked, where the client's framing can carry them)
-                    headers.append((b"content-length", str(len(body)).encode()))
+            headers, body, trailers = _encode_whole(record, status, headers, body)
         head = h11.Response(status_code=status, headers=headers, reason=_reason(status))
         pending = [ds.h11.send(head)]
         if body and record.method != "HEAD":
@@ -1100,6 +1093,8 @@ class HttpConnectionManagerRuntime:
             outcome = await self.filters.decode(view, trio.current_time)
             if outcome.encoders:  # what a reply made here passes through (those that ran, in Envoy's order)
                 record.encoders = outcome.encoders
+            elif outcome.response_headers:  # (CORS's, on the router's own answers too: 502, 503, 504)
+                record.encoders = [ResponseHeaders(outcome.response_headers)]
             vhost, route = view.vhost, view.route  # a filter may have asked for the route again
             flags, extra = outcome.flags, outcome.response_headers
             if outcome.status is not None:
@@ -1878,6 +1873,20 @@ class _UpstreamRequest:
 
 #: a response head's framing, made anew when a filter changed the body
 _FRAMING = (b"content-length", b"transfer-encoding")
+
+
+def _encode_whole(
+    record: AccessRecord, status: int, headers: list[tuple[bytes, bytes]], body: bytes
+) -> tuple[list[tuple[bytes, bytes]], bytes, list[tuple[bytes, bytes]]]:
+    """A whole response made here through the request's encoders (``record.encoders``:
+    :func:`.filters.encode_whole`), framed anew: ``Content-Length`` unless trailers follow."""
+    assert record.encoders is not None
+    headers, body, trailers = encode_whole(record.encoders, status, headers, body)
+    if status not in (204, 304) and record.method != "HEAD":
+        headers = [h for h in headers if h[0].lower() not in _FRAMING]
+        if not trailers:  # (trailers: chunked, where the client's framing can carry them)
+            headers.append((b"content-length", str(len(body)).encode()))
+    return headers, body, trailers
 
 
 def _release_held(

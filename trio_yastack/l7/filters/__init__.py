@@ -9,6 +9,7 @@ from ._chain import HttpFilterChain as HttpFilterChain
 from ._chain import RequestDecoder as RequestDecoder
 from ._chain import RequestView as RequestView
 from ._chain import ResponseEncoder as ResponseEncoder
+from ._chain import ResponseHeaders as ResponseHeaders
 from ._chain import encode_whole as encode_whole
 from ._chain import sample as sample
 from ._compressor import accepts_gzip as accepts_gzip

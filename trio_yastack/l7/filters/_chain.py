@@ -333,6 +333,18 @@ CHAIN_FILTERS = frozenset(
 )
 
 
+def _reply_gets_response_headers(outcome: FilterOutcome) -> None:
+    """A local reply passes the response side of the filters before the one that made it (Envoy's
+    encoder filters): the response headers they add (CORS's ``access-control-allow-origin``) go on
+    it too, replacing its own of the same name.  (The answering filter's own, local_ratelimit's
+    ``x-ratelimit-*``, are among its reply headers already.)"""
+    reply = outcome.reply_headers
+    earlier = [h for h in outcome.response_headers if h not in reply]
+    if earlier:
+        names = {name for name, _ in earlier}
+        outcome.reply_headers = [h for h in reply if h[0] not in names] + earlier
+
+
 #: the filters whose encoders transform a response (its head, body or trailers)
 _ENCODING_FILTERS = frozenset({CACHE_NAME, COMPRESSOR_NAME, GRPC_WEB_NAME, LUA_NAME})
 
@@ -428,6 +440,8 @@ class HttpFilterChain:
                 n_encoders, n_headers = len(outcome.encoders), len(outcome.response_headers)
             await runtime.decode(request, override, outcome, now)
             if outcome.status is not None or outcome.cached is not None:
+                if outcome.status is not None and outcome.response_headers:
+                    _reply_gets_response_headers(outcome)
                 break
             if placed is not None:
                 if len(outcome.response_headers) > n_headers:
