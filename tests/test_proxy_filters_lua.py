@@ -118,7 +118,7 @@ static_resources:
                     "@type": type.googleapis.com/envoy.extensions.filters.http.lua.v3.LuaPerRoute
                     source_code:
                       inline_string: |
-                        function envoy_on_request(h) h:trailers() end
+                        function envoy_on_request(h) h:metadata() end
               - match: {prefix: "/"}
                 route: {cluster: app}
           http_filters:
@@ -178,7 +178,7 @@ async def test_lua_request_and_response_scripts(
                     assert r.status == 200 and app.seen[-1].path == path  # the request goes on
                 await client.aclose()
                 assert proxy.stats.value("http.ingress.lua.errors") == 3
-                assert "instruction limit" in caplog.text and "trailers" in caplog.text
+                assert "instruction limit" in caplog.text and "metadata" in caplog.text
         backend.stop()
 
 

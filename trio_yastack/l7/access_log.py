@@ -17,7 +17,7 @@ import re
 import sys
 import time
 from dataclasses import dataclass
-from typing import TextIO
+from typing import Any, TextIO
 
 from .config import AccessLog
 from .local_reply import OPERATOR_RE, FormatString
@@ -47,6 +47,12 @@ class AccessRecord:
     request_id: str | None = None
     authority: str | None = None
     upstream_host: str | None = None
+    #: the request's headers as the HTTP filters leave them (the general path sets them): a local
+    #: reply reads whether the request is gRPC (None: unknown, not gRPC)
+    request_headers: list[tuple[bytes, bytes]] | None = None
+    #: the HTTP filters' response encoders (gRPC-Web, Lua, the compressor) a response the proxy
+    #: makes itself passes through, as Envoy's local replies pass its encoder filters (None: none)
+    encoders: list[Any] | None = None
 
 
 def _start_time(seconds: float) -> str:

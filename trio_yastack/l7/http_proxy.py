@@ -41,8 +41,11 @@ What a request meets on the way, in order:
 - **HTTP filters** (:mod:`.filters`), once the route is chosen, in the order configured:
   ``local_ratelimit`` and ``fault`` may answer locally (429, the fault's status) or delay,
   ``cors`` answers preflights and marks responses, ``cache`` answers from memory and keeps
-  cacheable responses, ``compressor`` gzips the response body.  The proxy's own replies go through
-  ``local_reply_config`` (:mod:`.local_reply`).
+  cacheable responses, ``compressor`` gzips the response body.  Their response side runs in the
+  reverse order, as Envoy's encoder filters (:class:`.filters.EncoderChain`), and the answers made
+  here pass the response side of the filters whose request side ran.  The proxy's own replies go
+  through ``local_reply_config`` (:mod:`.local_reply`), and to a gRPC request as gRPC's
+  trailers-only answer.
 - **Routing.** No virtual host or route: 404.  ``direct_response`` answers locally.
 - **Headers.** Hop-by-hop headers are removed both ways; ``x-forwarded-for`` gets the client's
   address appended, ``x-forwarded-proto`` is set to the downstream scheme, ``x-request-id`` is kept or
@@ -108,19 +111,16 @@ from .config import (
     VirtualHost,
 )
 from .filters import (
-    GzipStream,
+    EncoderChain,
     HttpFilterChain,
     RequestView,
-    encode_response_data,
-    encode_response_end,
-    encode_response_headers,
+    ResponseHeaders,
+    encode_whole,
     limits_response_rate,
-    response_held,
     sample,
-    start_compression,
 )
 from .h2_downstream import PREFACE, H2Downstream, StreamBridge
-from .local_reply import LocalReplyContext, rewrite
+from .local_reply import LocalReplyContext, grpc_reply_headers, is_grpc_request, rewrite
 from .router import (
     HOP_BY_HOP,
     Router,
@@ -134,7 +134,7 @@ from .stats import Scope, Stats
 from .upstream import ClusterManager, ClusterRuntime, ConnectFailure, Overflow, UpstreamConnection
 
 if TYPE_CHECKING:
-    from .filters import FilterOutcome, RequestDecoder, ResponseEncoder, ResponseRateLimiter
+    from .filters import FilterOutcome, RequestDecoder, ResponseRateLimiter
     from .proxy import ProxyState
 
 __all__ = ["MAX_REQUEST_HEADERS", "RETRY_BUFFER", "HttpConnectionManagerRuntime", "ProxyLimits"]
@@ -276,10 +276,13 @@ class _RequestBody:
 
     def __init__(
         self, ds: _Downstream, headers: list[tuple[bytes, bytes]], limits: ProxyLimits, timing: _Timing,
-        plain_body: bytes = b"",
+        plain_body: bytes = b"", trailers: bool = False,
     ) -> None:  # fmt: skip
-        """``plain_body``: the whole body of a request of the fast path (read with its head)."""
+        """``plain_body``: the whole body of a request of the fast path (read with its head);
+        ``trailers``: an HTTP/1.1 client's trailers are kept (``enable_trailers``; an HTTP/2
+        client's always are, as Envoy's codecs do)."""
         self.ds = ds
+        self.keep_trailers = trailers or ds.protocol == "HTTP/2"
         self.limits = limits
         self.timing = timing
         self.kept: list[bytes] = []
@@ -292,6 +295,7 @@ class _RequestBody:
         self.hold = False  # a filter reads the body before the router: keep all of it for the upload
         self.framing = "length"
         self.empty = True
+        self.trailers: list[tuple[bytes, bytes]] = []  # the client's, once the body is complete
         if ds.plain:
             self.complete = True  # the fast path's request came whole
             if plain_body:  # kept as any body is: for a retry (it fits RETRY_BUFFER) or a mirror
@@ -342,6 +346,8 @@ class _RequestBody:
         if isinstance(event, h11.EndOfMessage):
             if self.decoder is not None:
                 self._decode(b"")
+            if event.headers and self.keep_trailers:
+                self.trailers = list(event.headers)
             self.complete = True
             self.timing.request_complete()
             return b""
@@ -743,10 +749,12 @@ class HttpConnectionManagerRuntime:
 
     async def _local_reply(
         self, ds: _Downstream, status: int, body: str, *, close: bool, record: AccessRecord,
-        headers: list[tuple[bytes, bytes]] | None = None,
+        headers: list[tuple[bytes, bytes]] | None = None, grpc_status: int | None = None,
     ) -> None:  # fmt: skip
         """An answer made here (Envoy's "local reply"), counted like any response, rewritten by
-        ``local_reply_config`` when there is one."""
+        ``local_reply_config`` when there is one; to a gRPC request, gRPC's trailers-only answer
+        (:func:`.local_reply.grpc_reply_headers`; ``grpc_status``: a filter's own status for it)."""
+        grpc = record.request_headers is not None and is_grpc_request(record.request_headers)
         if self.local_reply:
             ctx = LocalReplyContext(
                 status, body, record.response_flags, record.protocol or "-", record.start_time,
@@ -757,12 +765,29 @@ class HttpConnectionManagerRuntime:
                 config.local_reply_mappers, config.local_reply_format, ctx
             )
             headers = [*(headers or ()), *added]
+            if grpc:
+                message = payload.decode("utf-8", "replace")
+                if payload == (ctx.body + "\n").encode() or content_type == "application/json":
+                    message = message[:-1] if message.endswith("\n") else message  # (our newline, JSON's)
+                await self._grpc_reply(ds, status, message, close, record, headers, grpc_status)
+                return
             await self._reply(
                 ds, status, payload, close=close, record=record, headers=headers, content_type=content_type
             )
             return
+        if grpc:
+            await self._grpc_reply(ds, status, body, close, record, headers or [], grpc_status)
+            return
         payload = (body + "\n").encode() if body else b""
         await self._reply(ds, status, payload, close=close, record=record, headers=headers)
+
+    async def _grpc_reply(
+        self, ds: _Downstream, status: int, message: str, close: bool, record: AccessRecord,
+        headers: list[tuple[bytes, bytes]], grpc_status: int | None,
+    ) -> None:  # fmt: skip
+        """A local reply to a gRPC request: HTTP 200 and the status in its head, no body."""
+        head = grpc_reply_headers(status, message, headers, grpc_status, record.method == "HEAD")
+        await self._reply(ds, 200, b"", close=close, record=record, headers=head)
 
     async def _reply(
         self, ds: _Downstream, status: int, payload: bytes, *, close: bool, record: AccessRecord,
@@ -784,34 +809,48 @@ class HttpConnectionManagerRuntime:
         record.response_code = status
         ds.response_started = True
         if ds.plain:  # the bytes h11 would write (:mod:`._http1`)
+            if record.encoders:  # (response headers only here: the fast path's filters change no body)
+                headers, payload, _ = _encode_whole(record, status, headers, payload)
             head = response_head_bytes(status, _reason(status), headers, chunked=False)
             await ds.send_pending([head, payload])
             record.bytes_sent += len(payload)
             return
-        pending = [ds.h11.send(h11.Response(status_code=status, headers=headers, reason=_reason(status)))]
-        if payload and record.method != "HEAD":
-            pending.append(ds.h11.send(h11.Data(data=payload)))
-        pending.append(ds.h11.send(_EOM))
+        await self._send_whole(ds, status, headers, payload, record)
+
+    async def _send_whole(
+        self, ds: _Downstream, status: int, headers: list[tuple[bytes, bytes]], body: bytes,
+        record: AccessRecord,
+    ) -> None:  # fmt: skip
+        """A whole response made here, through the HTTP filters' encoders if the request has any
+        (:func:`_encode_whole`), in one write."""
+        trailers: list[tuple[bytes, bytes]] = []
+        if record.encoders:
+            headers, body, trailers = _encode_whole(record, status, headers, body)
+        head = h11.Response(status_code=status, headers=headers, reason=_reason(status))
+        pending = [ds.h11.send(head)]
+        if body and record.method != "HEAD":
+            pending.append(ds.h11.send(h11.Data(data=body)))
+        eom = _EOM
+        if trailers and _trailers_fit(ds, record.method, status, head.headers):
+            eom = h11.EndOfMessage(headers=trailers)
+        pending.append(ds.h11.send(eom))
         await ds.send_pending(pending)
-        record.bytes_sent += len(payload)
+        record.bytes_sent += len(body) if record.method != "HEAD" else 0
 
     async def _serve_cached(
         self, ds: _Downstream, status: int, headers: list[tuple[bytes, bytes]], body: bytes,
         extra: Sequence[tuple[bytes, bytes]], record: AccessRecord,
     ) -> None:  # fmt: skip
-        """A cache filter hit: the stored response (with its ``Age``), in one write."""
+        """A cache filter hit (or a filter's own answer: Lua's ``respond()``, ext_authz's denial):
+        the stored response (with its ``Age``), through the encoders of the filters before the one
+        that answered, in one write."""
         head = [*headers, *extra, (b"content-length", str(len(body)).encode())]
         if self.state.draining:
             head.append((b"connection", b"close"))
         self._count_response(status)
         record.response_code = status
         ds.response_started = True
-        pending = [ds.h11.send(h11.Response(status_code=status, headers=head, reason=_reason(status)))]
-        if body and record.method != "HEAD":
-            pending.append(ds.h11.send(h11.Data(data=body)))
-        pending.append(ds.h11.send(_EOM))
-        await ds.send_pending(pending)
-        record.bytes_sent += len(body)
+        await self._send_whole(ds, status, head, body, record)
 
     def _count_response(self, status: int) -> None:
         self.stats.count(_downstream_counters(status))
@@ -1016,6 +1055,7 @@ class HttpConnectionManagerRuntime:
             headers = list(request.headers)
         if self.local_reply:
             ds.request_headers = headers
+        record.request_headers = headers  # (read by a local reply: is the request gRPC?)
         method = request.method.decode("latin-1")
         target = request.target.decode("latin-1")
         authority = (get_header(headers, b"host") or b"").decode("latin-1")
@@ -1044,11 +1084,17 @@ class HttpConnectionManagerRuntime:
         if self.filters is not None:
             if self.filters.reads_body:  # lua's body(), ext_authz's with_request_body: read here, kept
                 plain_body = request.body if isinstance(request, PlainRequest) else b""
-                filter_body = _RequestBody(ds, headers, self.limits, timing, plain_body)
+                filter_body = _RequestBody(
+                    ds, headers, self.limits, timing, plain_body, self.config.enable_trailers
+                )
             view = RequestView(
                 method, target, headers, vhost, route, ds.filter_state, ds, filter_body, self._route_again
             )
             outcome = await self.filters.decode(view, trio.current_time)
+            if outcome.encoders:  # what a reply made here passes through (those that ran, in Envoy's order)
+                record.encoders = outcome.encoders
+            elif outcome.response_headers:  # (CORS's, on the router's own answers too: 502, 503, 504)
+                record.encoders = [ResponseHeaders(outcome.response_headers)]
             vhost, route = view.vhost, view.route  # a filter may have asked for the route again
             flags, extra = outcome.flags, outcome.response_headers
             if outcome.status is not None:
@@ -1061,11 +1107,17 @@ class HttpConnectionManagerRuntime:
                     close=False,
                     record=record,
                     headers=outcome.reply_headers,
+                    grpc_status=outcome.grpc_status,
                 )
                 return True
             if outcome.cached is not None:  # a cache hit, or a filter's own answer (ext_authz, lua)
                 record.response_flags = ",".join(flags) or "-"
                 await self._drain_request_body(ds, timing)
+                if outcome.cached_is_local_reply and is_grpc_request(headers):  # ext_authz's denial
+                    status, head, denial = outcome.cached
+                    message = denial.decode("utf-8", "replace")
+                    await self._grpc_reply(ds, status, message, False, record, [*head, *extra], None)
+                    return True
                 await self._serve_cached(ds, *outcome.cached, extra, record)
                 return True
         try:
@@ -1237,9 +1289,8 @@ class _RouterRequest:
         self.record = record
         self.cluster = _pick_cluster(hcm, action)
         if body is None:
-            body = _RequestBody(
-                ds, headers, hcm.limits, timing, request.body if isinstance(request, PlainRequest) else b""
-            )
+            plain_body = request.body if isinstance(request, PlainRequest) else b""
+            body = _RequestBody(ds, headers, hcm.limits, timing, plain_body, hcm.config.enable_trailers)
         elif not ds.plain:  # read by the filters, which may have changed its framing (gRPC-Web text)
             body.framing = "chunked" if get_header(headers, b"transfer-encoding") else "length"
         self.body = body
@@ -1620,7 +1671,12 @@ class _UpstreamRequest:
                     if self.response is None:  # progress: push the wait's stream-idle deadline back
                         idle_deadline = trio.current_time() + body.timing.stream_idle
                         scope.deadline = min(body.timing.route_deadline, self.per_try_deadline, idle_deadline)
-            await conn.send(_EOM)
+            eom = _EOM
+            if body.trailers and body.framing == "chunked" and self.rq.cluster.config.http2 is not None:
+                # HTTP/2 clusters get the request's trailers (Envoy's HTTP/1 codec sends them only
+                # with enable_trailers, not read here: HTTP/1.1 upstreams get none, as before)
+                eom = h11.EndOfMessage(headers=body.trailers)
+            await conn.send(eom)
         except (_LocalReply, _DownstreamGone) as exc:
             self.downstream_error = exc
             scope.cancel()
@@ -1647,28 +1703,23 @@ class _UpstreamRequest:
         headers = strip_hop_by_hop(response.headers, keep_upgrade=status == 101)
         headers.append((b"x-envoy-upstream-service-time", str(service_ms).encode()))
         headers = _with_via(headers)  # RFC 9110 7.6.3: a proxy adds Via to responses too
-        cache = rq.filters.cache if rq.filters is not None else None
-        keep: tuple[float, tuple[tuple[bytes, bytes | None], ...]] | None = None
-        cache_headers: list[tuple[bytes, bytes]] = []
-        kept: list[bytes] = []
-        kept_bytes = 0
-        if cache is not None:
-            keep = cache[0].storable(status, rq.upstream_headers, response.headers)
-            cache_headers = list(headers)
-        if rq.response_headers:  # set by the filters, replacing the upstream's own (Envoy's setReference)
-            names = {name for name, _ in rq.response_headers}
+        outcome = rq.filters
+        # The filters' encoders (gRPC-Web, Lua's envoy_on_response, the compressor), in reverse
+        # configured order as Envoy runs them; the response headers filters add (CORS) apply at
+        # their filter's place among them, or first when there are none.
+        chain = EncoderChain(outcome.encoders, response.headers) if outcome and outcome.encoders else None
+        if rq.response_headers and not (chain is not None and outcome is not None and outcome.headers_placed):
+            names = {name for name, _ in rq.response_headers}  # replacing the upstream's (setReference)
             headers = [h for h in headers if h[0].lower() not in names]
             headers.extend(rq.response_headers)
-        encoders = rq.filters.encoders if rq.filters is not None else None  # filters' hooks (gRPC-Web)
-        if encoders:
-            headers = encode_response_headers(encoders, status, headers)
-        limiter = rq.filters.response_limiter if rq.filters is not None else None
-        gzip: GzipStream | None = None
-        if rq.filters is not None and rq.filters.compressor is not None and status != 101:
-            gzip = start_compression(
-                rq.filters.compressor, rq.filters.accepts_gzip, hcm.stats, status, record.method,
-                response.headers, headers,
-            )  # fmt: skip
+        held = False  # the head held by an encoder until it lets go (Lua's body())
+        if chain is not None:
+            encoded = chain.headers(status, headers)
+            held = encoded is None
+            headers = chain.held_headers if encoded is None else encoded
+            if status == 101:  # an upgrade: the encoders see its head only
+                held, chain = False, None
+        limiter = outcome.response_limiter if outcome is not None else None
         close = hcm.state.draining
         if close and status != 101:
             headers.append((b"connection", b"close"))
@@ -1686,7 +1737,6 @@ class _UpstreamRequest:
             # leave in one send (a small response is one write), and a large body in chunks of
             # RECEIVE_SIZE, each written before more is read (backpressure).
             head = response_head(status, headers, _reason(status))
-            held = response_held(encoders) if encoders else False  # (Lua's body(): the head waits)
             pending = [ds.h11.send(head)] if not held else []
             pending_bytes = 0
             with trio.CancelScope(
@@ -1707,17 +1757,11 @@ class _UpstreamRequest:
                                 timing.route_deadline, trio.current_time() + timing.stream_idle
                             )
                         elif isinstance(event, h11.Data):
-                            if keep is not None and cache is not None:
-                                kept_bytes += len(event.data)
-                                if kept_bytes <= cache[0].max_body:
-                                    kept.append(bytes(event.data))
-                                else:  # too large to keep
-                                    keep = None
-                                    kept.clear()
-                            data = event.data if not encoders else encode_response_data(encoders, event.data)
-                            data = data if gzip is None else gzip.compress(data)
-                            if data and held:  # the filter let go of the head (its limit): it goes first
-                                held = False
+                            data = event.data if chain is None else chain.data(event.data)
+                            if chain is not None and chain.released is not None:
+                                held = False  # the filter let go of the head (its limit): it goes first
+                                head = response_head(status, chain.released, _reason(status))
+                                chain.released = None
                                 pending.append(ds.h11.send(head))
                             if data and limiter is not None:  # the fault filter's bandwidth limit
                                 data = await _paced(ds, limiter, pending, record, data, scope, timing)
@@ -1729,28 +1773,14 @@ class _UpstreamRequest:
                                 await ds.send_pending(pending)
                                 pending_bytes = 0
                         elif isinstance(event, h11.EndOfMessage):
-                            if keep is not None and cache is not None:
-                                cache[0].insert(
-                                    cache[1], status, cache_headers, b"".join(kept), keep[0], keep[1],
-                                    trio.current_time(),
-                                )  # fmt: skip
                             trailers: Sequence[tuple[bytes, bytes]] = event.headers
-                            if held:  # the whole body is here: the filter's head, body, trailers
-                                held_end = list(event.headers)
-                                head, trailers = _release_held(
-                                    ds, encoders or [], status, headers, gzip, record, held_end, pending
-                                )
-                                gzip = None
-                            elif encoders:
-                                end, trailers = encode_response_end(encoders, list(event.headers))
-                                end = end if gzip is None else gzip.compress(end)
-                                if end:
+                            if chain is not None:
+                                last, end, trailers = chain.end(list(event.headers))
+                                if last is not None:  # held to the end: the head, framed anew
+                                    head = _release_held(ds, status, last, end, record, trailers, pending)
+                                elif end:
                                     record.bytes_sent += len(end)
                                     pending.append(ds.h11.send(h11.Data(data=end)))
-                            if gzip is not None:
-                                tail = gzip.finish()
-                                record.bytes_sent += len(tail)
-                                pending.append(ds.h11.send(h11.Data(data=tail)))
                             eom = _EOM
                             if trailers and _trailers_fit(ds, record.method, status, head.headers):
                                 eom = h11.EndOfMessage(headers=strip_hop_by_hop(trailers))  # grpc-status
@@ -1841,19 +1871,33 @@ class _UpstreamRequest:
             await conn.aclose()
 
 
+#: a response head's framing, made anew when a filter changed the body
+_FRAMING = (b"content-length", b"transfer-encoding")
+
+
+def _encode_whole(
+    record: AccessRecord, status: int, headers: list[tuple[bytes, bytes]], body: bytes
+) -> tuple[list[tuple[bytes, bytes]], bytes, list[tuple[bytes, bytes]]]:
+    """A whole response made here through the request's encoders (``record.encoders``:
+    :func:`.filters.encode_whole`), framed anew: ``Content-Length`` unless trailers follow."""
+    assert record.encoders is not None
+    headers, body, trailers = encode_whole(record.encoders, status, headers, body)
+    if status not in (204, 304) and record.method != "HEAD":
+        headers = [h for h in headers if h[0].lower() not in _FRAMING]
+        if not trailers:  # (trailers: chunked, where the client's framing can carry them)
+            headers.append((b"content-length", str(len(body)).encode()))
+    return headers, body, trailers
+
+
 def _release_held(
-    ds: _Downstream, encoders: list[ResponseEncoder], status: int, headers: list[tuple[bytes, bytes]],
-    gzip: GzipStream | None, record: AccessRecord, trailers: list[tuple[bytes, bytes]], pending: list[bytes],
-) -> tuple[h11.Response, Sequence[tuple[bytes, bytes]]]:  # fmt: skip
-    """A response whose head a filter held for its whole body (Lua's ``body()``): the filters' end
-    (the body as they leave it, the trailers), framed anew (``Content-Length`` unless trailers
-    follow), its head and body added to ``pending``; returns the head and the trailers."""
-    body, trailers = encode_response_end(encoders, trailers)
-    if gzip is not None:
-        body = gzip.compress(body) + gzip.finish()
+    ds: _Downstream, status: int, headers: list[tuple[bytes, bytes]], body: bytes, record: AccessRecord,
+    trailers: Sequence[tuple[bytes, bytes]], pending: list[bytes],
+) -> h11.Response:  # fmt: skip
+    """A response whose head a filter held for its whole body (Lua's ``body()``): its head framed
+    anew (``Content-Length`` unless trailers follow) and its whole body added to ``pending``."""
     bodyless = status in (204, 304) or record.method == "HEAD"
     if not bodyless:
-        headers[:] = [h for h in headers if h[0].lower() not in (b"content-length", b"transfer-encoding")]
+        headers = [h for h in headers if h[0].lower() not in (b"content-length", b"transfer-encoding")]
         if not trailers:
             headers.append((b"content-length", str(len(body)).encode()))
     head = response_head(status, headers, _reason(status))
@@ -1861,7 +1905,7 @@ def _release_held(
     if body and not bodyless:
         record.bytes_sent += len(body)
         pending.append(ds.h11.send(h11.Data(data=body)))
-    return head, trailers
+    return head
 
 
 async def _paced(

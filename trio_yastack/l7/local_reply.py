@@ -11,6 +11,15 @@ replies and are left alone, as in Envoy.
 The command operators understood here: ``%LOCAL_REPLY_BODY%``, ``%RESPONSE_CODE%``,
 ``%RESPONSE_FLAGS%``, ``%PROTOCOL%``, ``%START_TIME%`` and ``%REQ(NAME)%`` / ``%REQ(A?B)%`` (with
 ``:method``, ``:path`` and ``:authority``); the config reader refuses any other.
+
+A local reply to a gRPC request (``content-type`` ``application/grpc`` or ``application/grpc+...``,
+as Envoy's ``Grpc::Common::hasGrpcContentType`` reads it; gRPC-Web is not gRPC) is sent as gRPC's
+"trailers-only" answer, as Envoy's ``Http::Utility::sendLocalReply`` sends it
+(:func:`grpc_reply_headers`): HTTP 200, ``content-type: application/grpc``, ``grpc-status`` (one a
+filter or mapper set, else the filter's own, else the HTTP status mapped by
+:func:`http_to_grpc_status`) and ``grpc-message`` (the reply's body, percent-encoded), no body.
+A gRPC client sees the proxy's 503 as UNAVAILABLE with the message "no healthy upstream" instead
+of an HTTP error it cannot read.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 __all__ = [
+    "GRPC_UNAVAILABLE",
     "KNOWN_OPERATORS",
     "LOG_OPERATORS",
     "OPERATOR_RE",
@@ -29,6 +39,10 @@ __all__ = [
     "LocalReplyContext",
     "Mapper",
     "ReplyFilter",
+    "grpc_reply_headers",
+    "http_to_grpc_status",
+    "is_grpc_request",
+    "percent_encode",
     "rewrite",
 ]
 
@@ -207,3 +221,65 @@ def rewrite(
         return ctx.status, (ctx.body + "\n").encode() if ctx.body else b"", "text/plain", headers
     text, content_type = fmt.render(ctx)
     return ctx.status, text.encode(), content_type, headers
+
+
+#: gRPC status codes (grpc/grpc's doc/statuscodes.md) that the mapping below gives
+GRPC_UNKNOWN = 2
+GRPC_PERMISSION_DENIED = 7
+GRPC_UNIMPLEMENTED = 12
+GRPC_INTERNAL = 13
+GRPC_UNAVAILABLE = 14
+GRPC_UNAUTHENTICATED = 16
+#: Envoy's ``Grpc::Utility::httpToGrpcStatus`` (from grpc's doc/http-grpc-status-mapping.md)
+_HTTP_TO_GRPC = {
+    400: GRPC_INTERNAL,
+    401: GRPC_UNAUTHENTICATED,
+    403: GRPC_PERMISSION_DENIED,
+    404: GRPC_UNIMPLEMENTED,
+    429: GRPC_UNAVAILABLE,
+    502: GRPC_UNAVAILABLE,
+    503: GRPC_UNAVAILABLE,
+    504: GRPC_UNAVAILABLE,
+}
+_GRPC = b"application/grpc"
+
+
+def http_to_grpc_status(status: int) -> int:
+    """The gRPC status Envoy gives a local reply of HTTP ``status`` (UNKNOWN for the rest)."""
+    return _HTTP_TO_GRPC.get(status, GRPC_UNKNOWN)
+
+
+def is_grpc_request(headers: Sequence[tuple[bytes, bytes]]) -> bool:
+    """Whether a request is gRPC by Envoy's rule: its content type is exactly ``application/grpc`` or
+    ``application/grpc+`` something (``application/grpc-web`` is not)."""
+    for key, value in headers:
+        if key.lower() == b"content-type":
+            return value == _GRPC or value.startswith(b"application/grpc+")
+    return False
+
+
+def percent_encode(text: str) -> bytes:
+    """``grpc-message``'s encoding, as Envoy's ``PercentEncoding::encode``: the UTF-8 bytes below
+    0x20, from 0x7E up, and ``%`` as ``%XX`` (upper-case hex), the rest as they are."""
+    data = text.encode("utf-8")
+    if all(0x20 <= b < 0x7E and b != 0x25 for b in data):
+        return data
+    return b"".join(b"%%%02X" % b if b < 0x20 or b >= 0x7E or b == 0x25 else bytes((b,)) for b in data)
+
+
+def grpc_reply_headers(
+    status: int, message: str, headers: Sequence[tuple[bytes, bytes]], grpc_status: int | None, head: bool
+) -> list[tuple[bytes, bytes]]:
+    """The head of a gRPC local reply (sent with HTTP status 200 and no body): ``headers`` (what
+    the filters and ``local_reply_config`` added) with ``content-type: application/grpc``, their
+    ``grpc-status`` if they have one, else ``grpc_status`` (a filter's), else ``status`` mapped; and
+    ``grpc-message``, ``message`` percent-encoded, unless it is empty or the request a HEAD."""
+    out = [(k, v) for k, v in headers if k.lower() not in (b"content-type", b"content-length")]
+    out.append((b"content-type", _GRPC))
+    if not any(k.lower() == b"grpc-status" for k, _ in out):
+        code = grpc_status if grpc_status is not None else http_to_grpc_status(status)
+        out.append((b"grpc-status", str(code).encode()))
+    if message and not head:
+        out = [(k, v) for k, v in out if k.lower() != b"grpc-message"]
+        out.append((b"grpc-message", percent_encode(message)))
+    return out

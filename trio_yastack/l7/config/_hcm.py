@@ -36,6 +36,7 @@ from ._names import (
     CodecType,
 )
 from ._reader import (
+    _bool,
     _duration_ge0,
     _enum,
     _extension,
@@ -90,6 +91,9 @@ class HttpConnectionManager:
     local_reply_format: FormatString | None = None
     #: ``http2_protocol_options`` (used when a connection speaks HTTP/2: ALPN h2 or h2c prior knowledge)
     http2: Http2Options = Http2Options()  # noqa: RUF009  # frozen, so one shared default is safe
+    #: ``http_protocol_options.enable_trailers``: an HTTP/1.1 client's request trailers reach the
+    #: filters and the router (Envoy's HTTP/1 codec drops them otherwise; HTTP/2's always pass)
+    enable_trailers: bool = False
 
     def upgrade_allowed(self, upgrade_type: str, route: RouteAction) -> bool:
         """Envoy's rule: the route's ``upgrade_configs`` entry for the type, else the connection
@@ -161,6 +165,14 @@ def _log_format(r: _Reader, v: object, path: str) -> FormatString:
     return out
 
 
+def _http1_options(r: _Reader, v: object, path: str) -> bool:
+    """``http_protocol_options`` (HTTP/1.1): ``enable_trailers`` only."""
+    f = _Fields(r, v, path, ("enable_trailers",))
+    enabled: bool = f.opt("enable_trailers", _bool, False)
+    f.done()
+    return enabled
+
+
 def _hcm(r: _Reader, f: _Fields) -> HttpConnectionManager:
     stat_prefix = f.req("stat_prefix", _nonempty_str)
     codec: CodecType = f.opt("codec_type", _enum(CODEC_TYPES), "AUTO")
@@ -188,6 +200,7 @@ def _hcm(r: _Reader, f: _Fields) -> HttpConnectionManager:
         http_filters=filters if filters is not None else (),
         upgrade_configs=f.opt("upgrade_configs", _list(_upgrade_config), ()),
         http2=f.opt("http2_protocol_options", _http2_options, Http2Options()),
+        enable_trailers=f.opt("http_protocol_options", _http1_options, False),
     )
     if f.has("local_reply_config"):
         reply = f.req("local_reply_config", _local_reply_config)

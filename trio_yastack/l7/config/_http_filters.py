@@ -182,6 +182,9 @@ class LocalRateLimit:
     always_consume_default: bool = True
     #: the filter's own ``rate_limits`` (when set, the route's and virtual host's are not read)
     rate_limits: tuple[RateLimitPolicy, ...] = ()
+    #: ``rate_limited_as_resource_exhausted``: a refused gRPC request's local reply carries
+    #: ``grpc-status`` RESOURCE_EXHAUSTED (8) in place of UNAVAILABLE (14), mapped from 429
+    rate_limited_as_resource_exhausted: bool = False
 
 
 #: Envoy's default ``content_type`` list of the compressor
@@ -715,4 +718,5 @@ def _local_ratelimit(r: _Reader, tc: _Fields) -> LocalRateLimit:
         vh_rate_limits=tc.opt("vh_rate_limits", _enum(("OVERRIDE", "INCLUDE", "IGNORE")), "OVERRIDE"),
         always_consume_default=tc.opt("always_consume_default_token_bucket", _bool, True),
         rate_limits=tc.opt("rate_limits", _filter_rate_limits, ()),
+        rate_limited_as_resource_exhausted=tc.opt("rate_limited_as_resource_exhausted", _bool, False),
     )

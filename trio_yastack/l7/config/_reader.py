@@ -359,6 +359,7 @@ _TYPED_CONFIG_FIELDS: dict[str, tuple[str, ...]] = {
         "http_filters",
         "access_log",
         "common_http_protocol_options",
+        "http_protocol_options",
         "http2_protocol_options",
         "request_timeout",
         "stream_idle_timeout",
@@ -406,6 +407,7 @@ _TYPED_CONFIG_FIELDS: dict[str, tuple[str, ...]] = {
         "vh_rate_limits",
         "always_consume_default_token_bucket",
         "rate_limits",
+        "rate_limited_as_resource_exhausted",
     ),
     EXT_AUTHZ_TYPE: (
         "http_service",

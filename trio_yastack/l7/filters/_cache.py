@@ -12,6 +12,12 @@ Stale entries are not revalidated: the request goes upstream and its answer repl
 Bounds: :data:`MAX_ENTRIES` entries per filter (least recently used dropped first) and
 :data:`MAX_ENTRY_BYTES` (or ``max_body_bytes``) of body per entry; a larger body is not kept.
 Counted as ``http.<stat_prefix>.cache.{hit,miss,insert}``.
+
+At its place in the chain, as in Envoy: the response is kept as the filters configured after the
+cache (nearer the router) leave it (:class:`CacheInsert`, an encoder: behind a compressor, the
+gzipped response, with its ``Vary: Accept-Encoding``, kept only if ``allowed_vary_headers`` lets
+it), and a hit passes through the filters configured before it (before a compressor, compressed
+there).
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from ..stats import Scope
 if TYPE_CHECKING:
     from ._chain import FilterOutcome, RequestView
 
-__all__ = ["MAX_ENTRIES", "MAX_ENTRY_BYTES", "CacheFilter", "CacheStore"]
+__all__ = ["MAX_ENTRIES", "MAX_ENTRY_BYTES", "CacheFilter", "CacheInsert", "CacheStore"]
 
 MAX_ENTRIES = 1024
 MAX_ENTRY_BYTES = 1024 * 1024
@@ -132,6 +138,51 @@ class CacheStore:
         self.scope.inc("cache.insert")
 
 
+class CacheInsert:
+    """The cache's part of one response it may keep (an encoder of :class:`~._chain.FilterOutcome`,
+    run at the filter's place): the head and body as they pass, kept at the end if storable and
+    within the store's bound per entry."""
+
+    __slots__ = ("headers", "keep", "kept", "kept_bytes", "key", "now", "request_headers", "status", "store")
+
+    def __init__(
+        self, store: CacheStore, key: tuple[str, str], request_headers: Headers, now: Callable[[], float]
+    ) -> None:
+        self.store = store
+        self.key = key
+        self.request_headers = request_headers
+        self.now = now
+        self.keep: tuple[float, tuple[tuple[bytes, bytes | None], ...]] | None = None
+        self.status = 0
+        self.headers: Headers = []
+        self.kept: list[bytes] = []
+        self.kept_bytes = 0
+
+    def encode_headers(self, status: int, headers: Headers) -> Headers:
+        self.keep = self.store.storable(status, self.request_headers, headers)
+        if self.keep is not None:
+            self.status, self.headers = status, list(headers)
+        return headers
+
+    def encode_data(self, data: bytes) -> bytes:
+        if self.keep is not None and data:
+            self.kept_bytes += len(data)
+            if self.kept_bytes <= self.store.max_body:
+                self.kept.append(bytes(data))
+            else:  # too large to keep
+                self.keep = None
+                self.kept.clear()
+        return data
+
+    def encode_end(self, trailers: Headers) -> tuple[bytes, Headers]:
+        keep, self.keep = self.keep, None
+        if keep is not None:
+            body = b"".join(self.kept)
+            self.kept.clear()
+            self.store.insert(self.key, self.status, self.headers, body, keep[0], keep[1], self.now())
+        return b"", trailers
+
+
 class CacheFilter:
     def __init__(
         self, config: HttpCache, scope: Scope, runtime: Callable[[str], RuntimeValue], rng: random.Random
@@ -162,4 +213,4 @@ class CacheFilter:
                 return
         self.scope.inc("cache.miss")
         if "no-store" not in cc:
-            outcome.cache = (self.store, key)
+            outcome.encoders.append(CacheInsert(self.store, key, list(request.headers), now))

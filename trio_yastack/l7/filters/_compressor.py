@@ -12,6 +12,10 @@ as ``http.<stat_prefix>.compressor.gzip.{compressed,not_compressed,no_accept_hea
 total_uncompressed_bytes,total_compressed_bytes}``.  ``remove_accept_encoding_header`` (or a route's
 ``overrides``) sends the request upstream without ``Accept-Encoding``, so the upstream never
 compresses before this filter does.
+
+The response is compressed at the filter's place in the chain (:class:`CompressorResponse`, an
+encoder): as in Envoy, the filters configured after it (nearer the router) see the plain response
+first, and those configured before it see the compressed one (its ``content-encoding: gzip``).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from ..stats import Scope
 if TYPE_CHECKING:
     from ._chain import FilterOutcome, RequestView
 
-__all__ = ["CompressorFilter", "GzipStream", "accepts_gzip", "start_compression"]
+__all__ = ["CompressorFilter", "CompressorResponse", "GzipStream", "accepts_gzip", "start_compression"]
 
 Headers = list[tuple[bytes, bytes]]
 PREFIX = "compressor.gzip."
@@ -138,6 +142,41 @@ def start_compression(
     return stream
 
 
+class CompressorResponse:
+    """The compressor's part of one response (an encoder of :class:`~._chain.FilterOutcome`, run at
+    the filter's place): decides on the head it is given, then compresses each piece and ends the
+    gzip stream at the end of the body.  ``upstream_headers``: the upstream's own head, set by the
+    connection manager before the response passes (its framing, ``Transfer-Encoding: chunked``,
+    is gone from the head the filters see)."""
+
+    __slots__ = ("accepts", "config", "method", "scope", "stream", "upstream_headers")
+
+    def __init__(self, config: Compressor, accepts: bool, scope: Scope, method: str) -> None:
+        self.config = config
+        self.accepts = accepts
+        self.scope = scope
+        self.method = method
+        self.stream: GzipStream | None = None
+        self.upstream_headers: Sequence[tuple[bytes, bytes]] = ()
+
+    def encode_headers(self, status: int, headers: Headers) -> Headers:
+        if status == 101:
+            return headers
+        headers = list(headers)
+        framing = [(k, v) for k, v in self.upstream_headers if k.lower() == b"transfer-encoding"]
+        self.stream = start_compression(
+            self.config, self.accepts, self.scope, status, self.method, [*headers, *framing], headers
+        )
+        return headers
+
+    def encode_data(self, data: bytes) -> bytes:
+        return data if self.stream is None or not data else self.stream.compress(data)
+
+    def encode_end(self, trailers: Headers) -> tuple[bytes, Headers]:
+        stream, self.stream = self.stream, None
+        return (b"" if stream is None else stream.finish()), trailers
+
+
 class CompressorFilter:
     def __init__(
         self, config: Compressor, scope: Scope, runtime: Callable[[str], RuntimeValue], rng: random.Random
@@ -162,8 +201,8 @@ class CompressorFilter:
         accept = _get(request.headers, b"accept-encoding")
         if accept is None:
             self.scope.inc(PREFIX + "no_accept_header")
-        outcome.compressor = self.config
-        outcome.accepts_gzip = accept is not None and accepts_gzip(accept)
+        accepts = accept is not None and accepts_gzip(accept)
+        outcome.encoders.append(CompressorResponse(self.config, accepts, self.scope, request.method))
         remove = self.config.remove_accept_encoding
         if isinstance(override, CompressorPerRoute) and override.remove_accept_encoding is not None:
             remove = override.remove_accept_encoding

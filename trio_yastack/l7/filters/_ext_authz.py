@@ -183,6 +183,7 @@ class ExtAuthzFilter:
             outcome.flags.append("UAEX")
             # the service's own answer, exactly (status, headers, body), as Envoy relays it
             outcome.cached = (decision.status, decision.client_headers, decision.body)
+            outcome.cached_is_local_reply = True  # (Envoy's sendLocalReply: gRPC-formatted for gRPC)
             return
         self.scope.inc(self.prefix + "ok")
         headers = request.headers

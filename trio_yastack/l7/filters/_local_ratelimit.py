@@ -24,6 +24,10 @@ the filter's ``token_bucket`` (when it has one) is taken from too when no descri
 ``always_consume_default_token_bucket`` (Envoy's default) is set.  The ``x-ratelimit-*`` headers
 describe the bucket that refused, else the slowest-filling matched one, else the filter's.
 Matching costs nothing to a filter without ``descriptors``.
+
+A refused gRPC request is answered as any gRPC local reply is (:mod:`..local_reply`): HTTP 200,
+``grpc-status`` UNAVAILABLE (14, Envoy's mapping of 429), or RESOURCE_EXHAUSTED (8) with
+``rate_limited_as_resource_exhausted``.
 """
 
 from __future__ import annotations
@@ -55,6 +59,8 @@ if TYPE_CHECKING:
 __all__ = ["LocalRateLimitFilter", "TokenBucketState", "request_descriptors"]
 
 Descriptor = tuple[tuple[str, str], ...]
+#: gRPC's RESOURCE_EXHAUSTED: ``rate_limited_as_resource_exhausted``'s status for a gRPC request
+GRPC_RESOURCE_EXHAUSTED = 8
 
 
 class TokenBucketState:
@@ -246,6 +252,8 @@ class LocalRateLimitFilter:
         outcome.status = config.status
         outcome.body = "local_rate_limited"
         outcome.flags.append("RL")
+        if config.rate_limited_as_resource_exhausted:
+            outcome.grpc_status = GRPC_RESOURCE_EXHAUSTED  # (a gRPC request's reply only)
         outcome.reply_headers.append((b"x-envoy-ratelimited", b"true"))
         outcome.reply_headers.extend(
             (h.key.encode("latin-1"), h.value.encode("latin-1")) for h in config.response_headers_to_add

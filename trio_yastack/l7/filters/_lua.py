@@ -20,8 +20,11 @@ the script's globals from request to request.  The handles offer here:
   :data:`MAX_RESPONSE_BODY`; a larger one fails the script and leaves as it came), the script's
   header changes after ``body()`` apply, and ``setBytes`` replaces the body the client gets (its
   ``Content-Length`` set as it leaves);
-- ``trailers()`` (responses): the script waits for the end of the response (its head and body are
-  not held) and gets its trailers (nil when there are none), which it may change before they leave;
+- ``trailers()``: the script waits for the end of the response (its head and body are not held)
+  or of the request, and gets its trailers (nil when there are none), which it may change before
+  they leave; on a request the body is read whole first (kept for the router, within the body
+  limit: Envoy streams it meanwhile), and the trailers go on to an HTTP/2 cluster (an HTTP/1.1
+  upstream gets none, as Envoy's HTTP/1 codec sends none without ``enable_trailers``);
 - ``bodyChunks()`` on a response: each piece as it passes (the head has gone; pieces are read-only:
   ``setBytes`` fails the script);
 - ``httpCall(cluster, headers, body, timeout_ms, asynchronous)`` or ``httpCall(cluster, headers,
@@ -49,10 +52,9 @@ the script's globals from request to request.  The handles offer here:
   changed is then read whole and its ``Content-Length`` updated); the pieces are kept for the
   router, within the body limit, since the router forwards the body after the filters;
 
-Not available (a script calling them fails, counted below): ``trailers()`` in
-``envoy_on_request``, ``metadata()``, the rest of stream info, the other ``connection()`` calls;
-``httpCall()`` in ``envoy_on_response``; ``body()`` after ``trailers()`` or ``bodyChunks()`` in
-``envoy_on_response`` (the body has gone by then).
+Not available (a script calling them fails, counted below): ``metadata()``, the rest of stream
+info, the other ``connection()`` calls; ``httpCall()`` in ``envoy_on_response``; ``body()`` after
+``trailers()`` or ``bodyChunks()`` in ``envoy_on_response`` (the body has gone by then).
 
 Scripts run as coroutines, as in Envoy: ``body()``, ``trailers()`` and ``httpCall()`` yield to the
 filter, which awaits the body, the end or the call and resumes the script with the result.
@@ -190,7 +192,6 @@ local function handle(py, headers, on_request)
   end
   local trailers = nil
   function h:trailers()
-    if on_request then error("trailers() is not available in envoy_on_request here", 2) end
     if trailers == nil then
       local map = coroutine.yield("trailers")
       if map == nil then return nil end
@@ -831,11 +832,18 @@ class LuaFilter:
         try:
             step = self._start(entry, call, headers, MAX_INSTRUCTIONS, True)
             what = self._step(step)
-            while what in ("body", "http", "chunk"):
+            while what in ("body", "http", "chunk", "trailers"):
                 if what == "body":
                     if request.body is not None:
                         call.body, _ = await buffer_body(request.body)
                     what = self._step(step)
+                elif what == "trailers":  # the body read whole (kept for the router), then its trailers
+                    trailers = None
+                    if request.body is not None:
+                        await buffer_body(request.body)
+                        if request.body.trailers:  # changed in place: the router forwards them
+                            trailers = _HeaderMap(request.body.trailers, {}, self.runtime)
+                    what = self._step(step, trailers)
                 elif what == "chunk":
                     what = self._step(step, await call.next_chunk())
                 else:
