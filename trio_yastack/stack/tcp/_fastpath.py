@@ -57,6 +57,7 @@ from .._offload import ChecksumVerified
 from ..wire.tcp import TCP_ACK, TCP_FIN, TCP_PSH, TCP_SYN
 from ._buffers import NO_REASSEMBLY, NO_SACKS
 from ._conn import TcpConnection
+from ._input import _ack_all
 from ._states import ESTABLISHED, FIN_WAIT_1, FIN_WAIT_2, SYN_RECEIVED
 
 __all__ = [
@@ -538,7 +539,8 @@ def ack_and_data_input(
         if seq <= conn.last_ack_sent:  # RFC 7323 4.3, as _check_sequence_number does
             conn.ts_recent = tsval
             conn.ts_recent_valid = True
-    conn._process_ack(snd_una + acked, seq, window, None, tsecr, not length, now)
+    if not _ack_all(conn, snd_una + acked, seq, window, tsecr, now):  # the common ACK, all acknowledged
+        conn._process_ack(snd_una + acked, seq, window, None, tsecr, not length, now)
     if length and conn.state == ESTABLISHED:
         # _data_arrives for what was checked above (at RCV.NXT, inside the advertised window and
         # the buffer's room, nothing queued out of order, no FIN), in line: one copy of the
