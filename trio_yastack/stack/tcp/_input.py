@@ -774,8 +774,13 @@ def _ack_all(self: TcpConnection, ack: int, seq: int, window: int, tsecr: int, n
         else:
             self.rttvar = rttvar = 0.75 * self.rttvar + 0.25 * abs(srtt - sample)
             self.srtt = srtt = 0.875 * srtt + 0.125 * sample
+        # min(max(srtt + max(0.001, 4 * rttvar), rto_min), rto_max) without three builtin calls
+        rto = 4 * rttvar
+        rto = srtt + (rto if rto > 0.001 else 0.001)
         config = self.config
-        self.rto = min(max(srtt + max(0.001, 4 * rttvar), config.rto_min), config.rto_max)
+        if rto < config.rto_min:
+            rto = config.rto_min
+        self.rto = rto if rto < config.rto_max else config.rto_max
     # ... everything acknowledged ...
     self.snd_una = self.snd_nxt = ack
     if rack is not None:

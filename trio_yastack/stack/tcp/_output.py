@@ -734,9 +734,9 @@ def _frame_predicted(
         return False
     src = core.ip
     ident = ip_layer.ident = (ip_layer.ident + 1) & 0xFFFF
-    ttl_proto = (ip_layer.config.default_ttl << 8) + IPPROTO_TCP
+    ttl = ip_layer.config.default_ttl
     addresses = (src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF)
-    total = 0x4500 + total_len + ident + IP_DF + ttl_proto + addresses  # as _ip._emit_header sums it
+    total = 0x4500 + total_len + ident + IP_DF + (ttl << 8) + IPPROTO_TCP + addresses  # as _ip._emit_header
     total = (total & 0xFFFF) + (total >> 16)
     total = (total & 0xFFFF) + (total >> 16)
     pseudo = addresses + IPPROTO_TCP + tcp_len
@@ -747,7 +747,7 @@ def _frame_predicted(
         field = 0
     _FRAME_WITH_TIMESTAMPS.pack_into(
         packet, 0, entry[0], core.mac, ETHERTYPE_IPV4,
-        0x45, 0, total_len, ident, IP_DF, ip_layer.config.default_ttl, IPPROTO_TCP, ~total & 0xFFFF, src, dst,
+        0x45, 0, total_len, ident, IP_DF, ttl, IPPROTO_TCP, ~total & 0xFFFF, src, dst,
         conn.local_port, conn.remote_port, seq & _MASK, rcv_nxt & _MASK, 0x80, flags, wire_window, field, 0,
         0x0101080A, (int(now * 1000) + conn.ts_offset) & _MASK, conn.ts_recent & _MASK,
     )  # fmt: skip

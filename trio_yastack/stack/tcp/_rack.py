@@ -230,9 +230,13 @@ class SentLog:
         entry not SACKed, in order, and the log emptied -- the same state ``acked`` leaves then
         (it would return False), without its scan's bounds, slices and probe tests."""
         flags = self._flags
-        for index in range(len(flags)):
-            if not flags[index] & SACKED:
-                self._delivered(index, now, tsecr_time)
+        if len(flags) == 1:  # a response's one segment: no loop
+            if not flags[0] & SACKED:
+                self._delivered(0, now, tsecr_time)
+        else:
+            for index, flag in enumerate(flags):
+                if not flag & SACKED:
+                    self._delivered(index, now, tsecr_time)
         self._starts.clear()
         self._ends.clear()
         self._times.clear()
