@@ -506,7 +506,8 @@ def ack_and_data_input(
     passes), an acceptable ACK (SND.UNA =< SEG.ACK =< SND.MAX), no SACK blocks, and data that fits
     the window with nothing queued out of order, RFC 9293 3.10.7.4's checks reduce to exactly
     these steps of the general path, in its order: the TS.Recent update of the first check,
-    ``_process_ack`` (the fifth: window, then ``_ack_advances``), ``_data_arrives`` (the seventh;
+    ``_process_ack`` (the fifth: window, then ``_ack_advances``; for the ACK of everything in
+    flight, a keep-alive request's, their lean twin ``_input._ack_all``), ``_data_arrives`` (the seventh;
     its in-order case written out here, the checks above having excluded the others), and
     ``_output_after_input`` when ``tcp_output`` would do anything (else it would return at its
     first test).  Anything else, including a duplicate ACK (loss recovery's business), declines
