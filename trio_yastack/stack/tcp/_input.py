@@ -720,7 +720,7 @@ def _ack_advances(self: TcpConnection, ack: int, tsecr: int, now: float) -> None
     self._wake()  # room in the send buffer
 
 
-def _ack_all(self: TcpConnection, ack: int, seq: int, window: int, tsecr: int, now: float) -> bool:
+def _ack_all(conn: TcpConnection, ack: int, seq: int, window: int, tsecr: int, now: float) -> bool:
     """``_process_ack`` for the ACK a keep-alive request carries: all that was in flight
     acknowledged (SEG.ACK = SND.MAX > SND.UNA) with no loss probe outstanding, on a connection
     the callers of ``_fastpath.ack_and_data_input`` found ESTABLISHED (so the SYN is acknowledged
@@ -738,63 +738,63 @@ def _ack_all(self: TcpConnection, ack: int, seq: int, window: int, tsecr: int, n
 
     False, having changed nothing, for any other ACK: the general functions decide.
     ``tests/test_tcp_lean_ack.py`` holds the two to the same fields, counters, timers and frames."""
-    snd_una = self.snd_una
-    rack = self.rack
-    if ack != self.snd_max or ack <= snd_una or (rack is not None and rack.tlp_end >= 0):
+    snd_una = conn.snd_una
+    rack = conn.rack
+    if ack != conn.snd_max or ack <= snd_una or (rack is not None and rack.tlp_end >= 0):
         return False
     # RFC 9293's window update (SND.WL1 < SEG.SEQ or (SND.WL1 = SEG.SEQ and SND.WL2 =< SEG.ACK))
-    window_bytes = window << self.snd_scale
-    wl1 = self.snd_wl1
-    if wl1 < seq or (wl1 == seq and self.snd_wl2 <= ack):
-        self.snd_wnd = window_bytes
-        self.snd_wl1 = seq
-        self.snd_wl2 = ack
-        if window_bytes > self.max_sndwnd:
-            self.max_sndwnd = window_bytes
-        if window_bytes and self.t_persist:
-            self.t_persist = 0.0
-            self.persist_shift = 0  # (SND.NXT, raised to SND.UNA there, goes to SND.MAX below)
+    window_bytes = window << conn.snd_scale
+    wl1 = conn.snd_wl1
+    if wl1 < seq or (wl1 == seq and conn.snd_wl2 <= ack):
+        conn.snd_wnd = window_bytes
+        conn.snd_wl1 = seq
+        conn.snd_wl2 = ack
+        if window_bytes > conn.max_sndwnd:
+            conn.max_sndwnd = window_bytes
+        if window_bytes and conn.t_persist:
+            conn.t_persist = 0.0
+            conn.persist_shift = 0  # (SND.NXT, raised to SND.UNA there, goes to SND.MAX below)
     # _ack_advances: the RTT sample (RFC 7323 4.1, or Karn's timed segment) ...
     rtt = None
     tsecr_time = -1.0
-    if self.ts_on and tsecr > 0:
-        ms = ((int(now * 1000) + self.ts_offset - tsecr) & _MASK) / 1000.0
+    if conn.ts_on and tsecr > 0:
+        ms = ((int(now * 1000) + conn.ts_offset - tsecr) & _MASK) / 1000.0
         if ms < 600.0:
             rtt = ms
             tsecr_time = now - ms
-    elif self.rtt_seq >= 0 and ack > self.rtt_seq:
-        rtt = now - self.rtt_time
-        self.rtt_seq = -1
-    srtt = self.srtt
+    elif conn.rtt_seq >= 0 and ack > conn.rtt_seq:
+        rtt = now - conn.rtt_time
+        conn.rtt_seq = -1
+    srtt = conn.srtt
     if rtt is not None:  # _rtt_sample (RFC 6298 2), written out
         sample = rtt if rtt > 0.0 else 0.0
         if srtt == 0.0:
-            self.srtt = srtt = sample
-            self.rttvar = rttvar = sample / 2
+            conn.srtt = srtt = sample
+            conn.rttvar = rttvar = sample / 2
         else:
-            self.rttvar = rttvar = 0.75 * self.rttvar + 0.25 * abs(srtt - sample)
-            self.srtt = srtt = 0.875 * srtt + 0.125 * sample
+            conn.rttvar = rttvar = 0.75 * conn.rttvar + 0.25 * abs(srtt - sample)
+            conn.srtt = srtt = 0.875 * srtt + 0.125 * sample
         # min(max(srtt + max(0.001, 4 * rttvar), rto_min), rto_max) without three builtin calls
         rto = 4 * rttvar
         rto = srtt + (rto if rto > 0.001 else 0.001)
-        config = self.config
+        config = conn.config
         if rto < config.rto_min:
             rto = config.rto_min
-        self.rto = rto if rto < config.rto_max else config.rto_max
+        conn.rto = rto if rto < config.rto_max else config.rto_max
     # ... everything acknowledged ...
-    self.snd_una = self.snd_nxt = ack
+    conn.snd_una = conn.snd_nxt = ack
     if rack is not None:
         rack.acked_all(now, tsecr_time)  # RFC 8985 6.2
-    self.sndbuf.acknowledge(ack)
+    conn.sndbuf.acknowledge(ack)
     # ... congestion control (outside recovery), the timer, the writer.
-    self.dupacks = 0
+    conn.dupacks = 0
     acked = ack - snd_una
-    self.cc.on_ack(acked, now, rtt if rtt is not None else (srtt or None), acked)
-    self.t_rexmt = 0.0
-    if self.waiter is not None:  # _wake(), in line: room in the send buffer
-        self.core.ready[self] = None
-    elif self.listener is not None:
-        self.core.ready[self.listener] = None
+    conn.cc.on_ack(acked, now, rtt if rtt is not None else (srtt or None), acked)
+    conn.t_rexmt = 0.0
+    if conn.waiter is not None:  # _wake(), in line: room in the send buffer
+        conn.core.ready[conn] = None
+    elif conn.listener is not None:
+        conn.core.ready[conn.listener] = None
     return True
 
 
