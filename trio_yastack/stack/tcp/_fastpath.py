@@ -540,7 +540,7 @@ def ack_and_data_input(
         if seq <= conn.last_ack_sent:  # RFC 7323 4.3, as _check_sequence_number does
             conn.ts_recent = tsval
             conn.ts_recent_valid = True
-    if not _ack_all(conn, snd_una + acked, seq, window, tsecr, now):  # the common ACK, all acknowledged
+    if not (acked and _ack_all(conn, snd_una + acked, seq, window, tsecr, now)):  # all acknowledged: lean
         conn._process_ack(snd_una + acked, seq, window, None, tsecr, not length, now)
     if length and conn.state == ESTABLISHED:
         # _data_arrives for what was checked above (at RCV.NXT, inside the advertised window and
