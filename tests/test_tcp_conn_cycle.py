@@ -4,6 +4,7 @@ each shortcut here is held to the general path it skips, side by side."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytest
@@ -17,6 +18,7 @@ from trio_yastack.stack.tcp._buffers import NO_REASSEMBLY, NO_SACKS
 from trio_yastack.stack.tcp._cc import NewReno
 from trio_yastack.stack.tcp._conn import TcpConnection
 from trio_yastack.stack.tcp._layer import TcpLayer
+from trio_yastack.stack.tcp._states import ESTABLISHED
 from trio_yastack.stack.tcp._timers import DELACK_PENDING_LIMIT
 from trio_yastack.stack.wire.tcp import TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, TcpOptions
 
@@ -343,13 +345,28 @@ def test_a_delayed_ack_left_pending_fires_when_it_would_have(via: str) -> None:
     assert len(sent[0][1]) == 1 and sent[0][1][0].flags == TCP_ACK and sent[0][2].tcp.delayed_acks == 1
 
 
+class _Waiting:
+    """Another connection's delayed ACK waiting in ``StackCore.delack_pending`` (what
+    ``arm_delayed_acks`` reads of it)."""
+
+    def __init__(self, deadline: float) -> None:
+        self.t_delack = deadline
+        self.state = ESTABLISHED
+        self._timer_at = math.inf
+
+    def _arm(self) -> None:
+        pass
+
+
 def test_the_pending_delayed_acks_are_bounded() -> None:
     """Past ``DELACK_PENDING_LIMIT`` waiting connections, a delayed ACK's entry is made at once."""
     core = tcp_core(seed=29)
     _listener, conn, peer = open_passive(core)
     now = T0 + 2
     core.run_timers(now)
-    core.delack_pending = [conn] * DELACK_PENDING_LIMIT  # as if that many waited
+    # as if that many other connections waited, each with its ACK due with this one's
+    deadline = now + core.config.tcp.delayed_ack
+    core.delack_pending = [_Waiting(deadline) for _ in range(DELACK_PENDING_LIMIT)]
     assert _burst(core, peer, TCP_ACK | TCP_PSH, b"x" * 100, now=now) == []
     assert len(core.delack_pending) == DELACK_PENDING_LIMIT
     assert conn._timer is not None and conn._timer.deadline == conn.t_delack

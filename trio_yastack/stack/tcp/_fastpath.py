@@ -57,6 +57,7 @@ from .._offload import ChecksumVerified
 from ..wire.tcp import TCP_ACK, TCP_FIN, TCP_PSH, TCP_SYN
 from ._buffers import NO_REASSEMBLY, NO_SACKS
 from ._conn import TcpConnection
+from ._input import _ack_all
 from ._states import ESTABLISHED, FIN_WAIT_1, FIN_WAIT_2, SYN_RECEIVED
 
 __all__ = [
@@ -505,7 +506,8 @@ def ack_and_data_input(
     passes), an acceptable ACK (SND.UNA =< SEG.ACK =< SND.MAX), no SACK blocks, and data that fits
     the window with nothing queued out of order, RFC 9293 3.10.7.4's checks reduce to exactly
     these steps of the general path, in its order: the TS.Recent update of the first check,
-    ``_process_ack`` (the fifth: window, then ``_ack_advances``), ``_data_arrives`` (the seventh;
+    ``_process_ack`` (the fifth: window, then ``_ack_advances``; for the ACK of everything in
+    flight, a keep-alive request's, their lean twin ``_input._ack_all``), ``_data_arrives`` (the seventh;
     its in-order case written out here, the checks above having excluded the others), and
     ``_output_after_input`` when ``tcp_output`` would do anything (else it would return at its
     first test).  Anything else, including a duplicate ACK (loss recovery's business), declines
@@ -538,7 +540,8 @@ def ack_and_data_input(
         if seq <= conn.last_ack_sent:  # RFC 7323 4.3, as _check_sequence_number does
             conn.ts_recent = tsval
             conn.ts_recent_valid = True
-    conn._process_ack(snd_una + acked, seq, window, None, tsecr, not length, now)
+    if not (acked and _ack_all(conn, snd_una + acked, seq, window, tsecr, now)):  # all acknowledged: lean
+        conn._process_ack(snd_una + acked, seq, window, None, tsecr, not length, now)
     if length and conn.state == ESTABLISHED:
         # _data_arrives for what was checked above (at RCV.NXT, inside the advertised window and
         # the buffer's room, nothing queued out of order, no FIN), in line: one copy of the

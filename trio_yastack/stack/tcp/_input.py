@@ -720,6 +720,84 @@ def _ack_advances(self: TcpConnection, ack: int, tsecr: int, now: float) -> None
     self._wake()  # room in the send buffer
 
 
+def _ack_all(conn: TcpConnection, ack: int, seq: int, window: int, tsecr: int, now: float) -> bool:
+    """``_process_ack`` for the ACK a keep-alive request carries: all that was in flight
+    acknowledged (SEG.ACK = SND.MAX > SND.UNA) with no loss probe outstanding, on a connection
+    the callers of ``_fastpath.ack_and_data_input`` found ESTABLISHED (so the SYN is acknowledged
+    and no FIN sent), outside recovery, without RTO backoff, F-RTO or SACKed ranges, for a
+    segment without SACK blocks.
+
+    Then ``_process_ack`` and ``_ack_advances`` reduce to these steps, done here in their order
+    with the same results: the window update; the RTT sample and RTO (``_rtt_sample``, written
+    out); SND.UNA and SND.NXT to SND.MAX; RACK's delivery update for every entry, the log then
+    empty (``SentLog.acked_all``; the scoreboard is empty, so advancing it is nothing); the send
+    buffer freed; ``cc.on_ack`` with the bytes acknowledged and the flight; the retransmission
+    timer stopped (nothing in flight: no TLP nor RTO to arm); the writer woken.  No loss
+    detection follows (no SACK, no recovery), nor a duplicate ACK's work.  It saves the general
+    functions' tests of the cases excluded and four calls per request.
+
+    False, having changed nothing, for any other ACK: the general functions decide.
+    ``tests/test_tcp_lean_ack.py`` holds the two to the same fields, counters, timers and frames."""
+    snd_una = conn.snd_una
+    rack = conn.rack
+    if ack != conn.snd_max or ack <= snd_una or (rack is not None and rack.tlp_end >= 0):
+        return False
+    # RFC 9293's window update (SND.WL1 < SEG.SEQ or (SND.WL1 = SEG.SEQ and SND.WL2 =< SEG.ACK))
+    window_bytes = window << conn.snd_scale
+    wl1 = conn.snd_wl1
+    if wl1 < seq or (wl1 == seq and conn.snd_wl2 <= ack):
+        conn.snd_wnd = window_bytes
+        conn.snd_wl1 = seq
+        conn.snd_wl2 = ack
+        if window_bytes > conn.max_sndwnd:
+            conn.max_sndwnd = window_bytes
+        if window_bytes and conn.t_persist:
+            conn.t_persist = 0.0
+            conn.persist_shift = 0  # (SND.NXT, raised to SND.UNA there, goes to SND.MAX below)
+    # _ack_advances: the RTT sample (RFC 7323 4.1, or Karn's timed segment) ...
+    rtt = None
+    tsecr_time = -1.0
+    if conn.ts_on and tsecr > 0:
+        ms = ((int(now * 1000) + conn.ts_offset - tsecr) & _MASK) / 1000.0
+        if ms < 600.0:
+            rtt = ms
+            tsecr_time = now - ms
+    elif conn.rtt_seq >= 0 and ack > conn.rtt_seq:
+        rtt = now - conn.rtt_time
+        conn.rtt_seq = -1
+    srtt = conn.srtt
+    if rtt is not None:  # _rtt_sample (RFC 6298 2), written out
+        sample = rtt if rtt > 0.0 else 0.0
+        if srtt == 0.0:
+            conn.srtt = srtt = sample
+            conn.rttvar = rttvar = sample / 2
+        else:
+            conn.rttvar = rttvar = 0.75 * conn.rttvar + 0.25 * abs(srtt - sample)
+            conn.srtt = srtt = 0.875 * srtt + 0.125 * sample
+        # min(max(srtt + max(0.001, 4 * rttvar), rto_min), rto_max) without three builtin calls
+        rto = 4 * rttvar
+        rto = srtt + (rto if rto > 0.001 else 0.001)
+        config = conn.config
+        if rto < config.rto_min:
+            rto = config.rto_min
+        conn.rto = rto if rto < config.rto_max else config.rto_max
+    # ... everything acknowledged ...
+    conn.snd_una = conn.snd_nxt = ack
+    if rack is not None:
+        rack.acked_all(now, tsecr_time)  # RFC 8985 6.2
+    conn.sndbuf.acknowledge(ack)
+    # ... congestion control (outside recovery), the timer, the writer.
+    conn.dupacks = 0
+    acked = ack - snd_una
+    conn.cc.on_ack(acked, now, rtt if rtt is not None else (srtt or None), acked)
+    conn.t_rexmt = 0.0
+    if conn.waiter is not None:  # _wake(), in line: room in the send buffer
+        conn.core.ready[conn] = None
+    elif conn.listener is not None:
+        conn.core.ready[conn.listener] = None
+    return True
+
+
 def _rtt_sample(self: TcpConnection, rtt: float) -> None:
     """RFC 6298 section 2."""
     rtt = max(rtt, 0.0)

@@ -224,6 +224,24 @@ class SentLog:
                 return True
         return False
 
+    def acked_all(self, now: float, tsecr_time: float) -> None:
+        """:meth:`acked` for the ACK of everything sent (SND.MAX) with no probe outstanding
+        (``tlp_end < 0``: the caller, ``_input._ack_all``, checked): RACK's update for every
+        entry not SACKed, in order, and the log emptied -- the same state ``acked`` leaves then
+        (it would return False), without its scan's bounds, slices and probe tests."""
+        flags = self._flags
+        if len(flags) == 1:  # a response's one segment: no loop
+            if not flags[0] & SACKED:
+                self._delivered(0, now, tsecr_time)
+        else:
+            for index, flag in enumerate(flags):
+                if not flag & SACKED:
+                    self._delivered(index, now, tsecr_time)
+        self._starts.clear()
+        self._ends.clear()
+        self._times.clear()
+        flags.clear()
+
     def dsack(self, blocks: list[tuple[int, int]], snd_una: int, snd_nxt: int) -> bool:
         """An ACK's SACK ``blocks``: is the first a D-SACK (RFC 2883: below the cumulative ACK, or
         inside the second block), a report that something arrived twice?  ``snd_una`` is that
