@@ -864,7 +864,7 @@ class StackSocket(trio.socket.SocketType):
         if flag in (_stdlib_socket.SHUT_WR, _stdlib_socket.SHUT_RDWR):
             self._shut_wr = True
             if self._conn is not None:
-                self._conn.shutdown(trio.current_time())
+                self._conn.shutdown(self._now())  # the run's clock, bound at creation
                 self._kick()
         if flag in (_stdlib_socket.SHUT_RD, _stdlib_socket.SHUT_RDWR):
             self._shut_rd = True
@@ -1190,7 +1190,7 @@ class StackSocket(trio.socket.SocketType):
         if self._fd < 0:
             return
         self._fd = -1
-        now = trio.current_time()
+        now = self._now()  # the run's clock (trio.current_time() without its two wrappers)
         if self._conn is not None:
             if self._linger_zero():
                 self._conn.abort(now)  # SO_LINGER {on, 0}: reset, as the kernel does
