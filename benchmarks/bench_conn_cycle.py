@@ -10,12 +10,16 @@ calls are timed (thread CPU time), so the figure is the stack's share of a conne
 port: SYN in -> SYN-ACK out, ACK+GET in, accept, response+FIN out, FIN+ACK in -> ACK out.
 
     python benchmarks/bench_conn_cycle.py [--connections N] [--rounds R] [--ports P] [--profile]
-                                          [--against DIR]
+                                          [--time-wait-limit L] [--against DIR]
 
 ``--ports P`` has the client take its ports from P in turn (a new one each connection by
 default), so that each SYN after the first P meets the pair's TIME_WAIT record on the server
 (RFC 6191's reuse): what a server that closes first sees under load, its clients' ports coming
 round again within 2MSL (wrk's 50 connections against our server over the TAP).
+``--time-wait-limit L`` bounds the server's TIME_WAIT table at L records (the stack's default,
+16 384, otherwise): with a new port each connection and more connections than L, every new
+record ends the oldest, as on a server whose clients' kernels pick a new port each time (wrk's
+``Connection: close`` over the TAP: ~4 600 connections a second fill 16 384 in four seconds).
 ``--profile`` runs cProfile over the server's calls only and prints the top of it.
 ``--against DIR`` compares this tree with another checkout's (``DIR/trio_yastack``; its native
 part built, or copied from here: the C is the same unless a change touched it) side by side:
@@ -53,8 +57,8 @@ RESPONSE = (
 )
 
 
-def make_pair() -> tuple[StackCore, StackCore]:
-    tcp = TcpConfig()
+def make_pair(time_wait_limit: int = 0) -> tuple[StackCore, StackCore]:
+    tcp = TcpConfig(time_wait_limit=time_wait_limit) if time_wait_limit else TcpConfig()
     client = StackCore(StackConfig(InterfaceConfig(CLIENT_MAC, CLIENT_IP), tcp=tcp), rng=random.Random(1))
     server = StackCore(StackConfig(InterfaceConfig(SERVER_MAC, SERVER_IP), tcp=tcp), rng=random.Random(2))
     client.arp._learn(int(SERVER_IP), bytes(SERVER_MAC), 0.0)
@@ -64,12 +68,13 @@ def make_pair() -> tuple[StackCore, StackCore]:
 
 
 def run(
-    connections: int, profile: cProfile.Profile | None = None, n_ports: int = 0
+    connections: int, profile: cProfile.Profile | None = None, n_ports: int = 0, time_wait_limit: int = 0
 ) -> tuple[list[float], int]:
     """CPU seconds the server stack spent on ``connections`` connections in each of its three
     turns (the SYN; the ACK and GET with the application's calls; the FIN), and the frames it sent.
-    ``n_ports``: the client's ports in turn (0: a new one each time)."""
-    client_core, server = make_pair()
+    ``n_ports``: the client's ports in turn (0: a new one each time); ``time_wait_limit``: the
+    server's TIME_WAIT bound (0: the default)."""
+    client_core, server = make_pair(time_wait_limit)
     listener = server.tcp.listen(80, backlog=1024)
     # A new port each time (a random one may find the pair in TIME_WAIT, taken over by the SYN),
     # or n_ports in turn, each SYN after the first n_ports meeting its pair's TIME_WAIT record.
@@ -151,12 +156,15 @@ def main() -> None:
     parser.add_argument(
         "--ports", type=int, default=0, help="the client's ports in turn (0: a new one each time)"
     )
+    parser.add_argument(
+        "--time-wait-limit", type=int, default=0, help="the server's TIME_WAIT bound (0: the stack's default)"
+    )
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--against", default=None, help="another checkout to compare with, side by side")
     parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)  # one round's figures
     args = parser.parse_args()
     if args.against:
-        compare(args.against, args.connections, args.rounds, args.ports)
+        compare(args.against, args.connections, args.rounds, args.ports, args.time_wait_limit)
         return
     print(f"tree: {trio_yastack.__file__}", file=sys.stderr)
     # The collector as `yastack serve` sets it (trio_yastack._cli): start-up objects frozen, young
@@ -166,20 +174,20 @@ def main() -> None:
     gc.set_threshold(20_000, 50, 100)
     if args.profile:
         profile = cProfile.Profile()
-        run(args.connections, profile, args.ports)
+        run(args.connections, profile, args.ports, args.time_wait_limit)
         pstats.Stats(profile).sort_stats("tottime").print_stats(35)
         pstats.Stats(profile).sort_stats("cumulative").print_stats(45)
         return
-    run(200, n_ports=args.ports)  # warm up
+    run(200, n_ports=args.ports, time_wait_limit=args.time_wait_limit)  # warm up
     if args.json:
-        spent, frames = run(args.connections, n_ports=args.ports)
+        spent, frames = run(args.connections, n_ports=args.ports, time_wait_limit=args.time_wait_limit)
         print(json.dumps([seconds / args.connections * 1e6 for seconds in spent]))
         return
     per_conn: list[float] = []
     turns: list[list[float]] = [[], [], []]
     frames = 0
     for _ in range(args.rounds):
-        spent, frames = run(args.connections, n_ports=args.ports)
+        spent, frames = run(args.connections, n_ports=args.ports, time_wait_limit=args.time_wait_limit)
         per_conn.append(sum(spent) / args.connections * 1e6)
         for turn, seconds in zip(turns, spent, strict=True):
             turn.append(seconds / args.connections * 1e6)
@@ -193,7 +201,7 @@ def main() -> None:
     )
 
 
-def compare(other: str, connections: int, rounds: int, n_ports: int = 0) -> None:
+def compare(other: str, connections: int, rounds: int, n_ports: int = 0, time_wait_limit: int = 0) -> None:
     """This tree and ``other`` in alternate rounds, each round a fresh process."""
     here = str(Path(__file__).resolve().parent.parent)
     trees = {"this tree": here, other: str(Path(other).resolve())}
@@ -203,7 +211,7 @@ def compare(other: str, connections: int, rounds: int, n_ports: int = 0) -> None
             env = {**os.environ, "PYTHONPATH": tree}
             out = subprocess.run(
                 [sys.executable, __file__, "--json", "--connections", str(connections),
-                 "--ports", str(n_ports)],
+                 "--ports", str(n_ports), "--time-wait-limit", str(time_wait_limit)],
                 env=env, check=True, capture_output=True, text=True, timeout=600,
             )  # fmt: skip
             figures[name].append(json.loads(out.stdout))
@@ -219,7 +227,8 @@ def compare(other: str, connections: int, rounds: int, n_ports: int = 0) -> None
     ratio = medians[other] / medians["this tree"]
     print(
         f"{other} / this tree: {ratio:.3f} ({rounds} rounds of {connections}"
-        f"{f', {n_ports} client ports' if n_ports else ''}, load {os.getloadavg()[0]:.1f})"
+        f"{f', {n_ports} client ports' if n_ports else ''}"
+        f"{f', TIME_WAIT bound {time_wait_limit}' if time_wait_limit else ''}, load {os.getloadavg()[0]:.1f})"
     )
 
 

@@ -208,6 +208,36 @@ def test_the_bound_recycles_the_oldest_and_counts_it() -> None:
     assert core.tcp.time_wait == {} and stats(core).connections_closed == 3
 
 
+def test_a_full_table_recycles_in_expiry_order_through_removals_and_restarts() -> None:
+    """Every new record at the bound ends the oldest, whatever left the table before it: records
+    taken out of the middle (reset), and one whose 2MSL restarted (it moves to the end).  The
+    table is an OrderedDict so that finding the oldest does not walk past what earlier removals
+    at its front left behind."""
+    core = tcp_core(msl=MSL, time_wait_limit=4)
+    expected: list[tuple[int, int, int]] = []
+    recycled = 0
+    for i, port in enumerate(range(40001, 40041)):
+        _conn, peer, tw = closed_into_time_wait(core, port=port, now=T0 + 1 + i * 0.01)
+        expected.append(tw.key)
+        if len(expected) > 4:
+            expected.pop(0)
+            recycled += 1
+        if i % 7 == 3:  # a reset at RCV.NXT ends the newest at once: the table's end
+            assert peer.send(RST, now=T0 + 1.2 + i * 0.01, seq=peer.snd_nxt) == []
+            expected.remove(tw.key)
+        elif i % 5 == 1 and len(expected) > 1:  # the oldest's FIN again: 2MSL restarts, to the end
+            oldest = core.tcp.time_wait[expected[0]]
+            old_peer = Peer(core, port=oldest.key[2])
+            old_peer.snd_nxt = oldest.rcv_nxt
+            [ack] = old_peer.send(
+                FIN | ACK, now=T0 + 1.2 + i * 0.01, seq=seq_add(oldest.rcv_nxt, -1), ack=oldest.snd_nxt
+            )
+            check_tcp(ack, dport=oldest.key[2], flags=ACK)
+            expected.append(expected.pop(0))
+        assert list(core.tcp.time_wait) == expected
+        assert stats(core).time_wait_recycled == recycled
+
+
 def test_a_pair_in_time_wait_is_not_reused_by_connect() -> None:
     core = tcp_core(msl=MSL, ephemeral_first=OUR_PORT, ephemeral_last=OUR_PORT + 1)
     closed_into_time_wait(core)

@@ -293,15 +293,23 @@ class StackSocket(trio.socket.SocketType):
     """An AF_INET socket on a trio_yastack stack (TCP for SOCK_STREAM, UDP for SOCK_DGRAM)."""
 
     def __init__(
-        self, stack: SocketStack, type_: int, proto: int = 0, *, conn: TcpConnection | None = None
+        self,
+        stack: SocketStack,
+        type_: int,
+        proto: int = 0,
+        *,
+        conn: TcpConnection | None = None,
+        now: Callable[[], float] | None = None,
     ) -> None:
+        """``conn``: an accepted connection; ``now``: the run's clock when the caller has it
+        (an accepting socket hands its own down: same run, and no lookup per connection)."""
         super().__init__()
         self._stack = stack
         #: the poll loop's doorbell, called after each send and read (bound once, not looked up)
         self._kick = stack.kick
         #: trio.current_time() without its two wrappers (the run's clock, bound once): each
         #: send and read passes the time to the stack
-        self._now = _clock_now()
+        self._now = now or _clock_now()
         self._type = type_ & _TYPE_MASK
         if self._type not in (SOCK_STREAM, SOCK_DGRAM):
             raise _oserror(errno.EPROTONOSUPPORT, "only SOCK_STREAM and SOCK_DGRAM")
@@ -381,8 +389,8 @@ class StackSocket(trio.socket.SocketType):
         self._check_open()
         if self._pcb is not None:
             return str(IPv4Address(self._pcb.local_ip)), self._pcb.local_port
-        if self._conn is not None:
-            return _ip_text(int(self._stack.address)), self._conn.local_port
+        if self._conn is not None:  # the stack's one address (core.ip is int(stack.address))
+            return _ip_text(self._stack.core.ip), self._conn.local_port
         if self._listener is not None:
             ip = self._bound[0] if self._bound else 0
             return str(IPv4Address(ip)), self._listener.port
@@ -632,7 +640,7 @@ class StackSocket(trio.socket.SocketType):
 
     def _accepted(self, conn: TcpConnection) -> tuple[StackSocket, tuple[str, int]]:
         """The socket for a connection taken off the accept queue, and its peer's address."""
-        sock = StackSocket(self._stack, SOCK_STREAM, self._proto, conn=conn)
+        sock = StackSocket(self._stack, SOCK_STREAM, self._proto, conn=conn, now=self._now)
         if self._options:
             sock._inherit(self._options)
         return sock, (_ip_text(conn.remote_ip), conn.remote_port)
@@ -856,7 +864,7 @@ class StackSocket(trio.socket.SocketType):
         if flag in (_stdlib_socket.SHUT_WR, _stdlib_socket.SHUT_RDWR):
             self._shut_wr = True
             if self._conn is not None:
-                self._conn.shutdown(trio.current_time())
+                self._conn.shutdown(self._now())  # the run's clock, bound at creation
                 self._kick()
         if flag in (_stdlib_socket.SHUT_RD, _stdlib_socket.SHUT_RDWR):
             self._shut_rd = True
@@ -1182,7 +1190,7 @@ class StackSocket(trio.socket.SocketType):
         if self._fd < 0:
             return
         self._fd = -1
-        now = trio.current_time()
+        now = self._now()  # the run's clock (trio.current_time() without its two wrappers)
         if self._conn is not None:
             if self._linger_zero():
                 self._conn.abort(now)  # SO_LINGER {on, 0}: reset, as the kernel does

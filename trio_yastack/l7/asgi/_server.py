@@ -86,6 +86,11 @@ def _address(stream: trio.abc.Stream, peer: bool) -> tuple[str, int] | None:
     sock = getattr(inner, "socket", None)
     if sock is None:
         return None
+    return _socket_address(sock, peer)
+
+
+def _socket_address(sock: Any, peer: bool) -> tuple[str, int] | None:
+    """``_address`` of a socket in hand."""
     try:
         address = sock.getpeername() if peer else sock.getsockname()
     except OSError:
@@ -527,7 +532,10 @@ async def _accept_nowait(
                 if exc.errno not in _ACCEPT_IGNORABLE:
                     raise
                 continue
-            nursery.start_soon(handle, trio.SocketStream(conn), address, here)
+            # A listener on a wildcard address: the connection's own, asked of the socket in
+            # hand here rather than found again through the stream by handle()
+            local = here if here is not _ASK else _socket_address(conn, peer=False)
+            nursery.start_soon(handle, trio.SocketStream(conn), address, local)
         else:
             await trio.lowlevel.checkpoint()  # a full batch: the new connections run first
             continue

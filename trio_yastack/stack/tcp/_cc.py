@@ -95,7 +95,10 @@ class CongestionControl:
         # 0 means "RFC 6928 for the current MSS"; an explicit value (say 1 MSS after a lost SYN,
         # RFC 5681 section 3.1) is kept across set_mss.
         self._explicit_iw = initial_window or 0
-        self.cwnd = self._initial_window()
+        # _initial_window(), written out: made once per connection (a passive open's, once the
+        # SYN's MSS is known), where two calls were a third of the constructor
+        iw = initial_window or min(10 * mss, max(2 * mss, 14600))
+        self.cwnd = iw if iw > mss else mss
         self.ssthresh = INFINITE_SSTHRESH
         # RFC 3465 section 2.2: L = 2*SMSS per ACK in slow start; 1*SMSS in the slow start that
         # follows an RTO (section 2.3), since one ACK may then cover a whole window.
@@ -324,7 +327,7 @@ class Cubic(CongestionControl):
     name = "cubic"
 
     def __init__(self, mss: int, *, initial_window: int | None = None) -> None:
-        super().__init__(mss, initial_window=initial_window)
+        CongestionControl.__init__(self, mss, initial_window=initial_window)  # (no super() lookup)
         self._c_mss = CUBIC_C * mss  # C in bytes per second cubed
         self._w_max = 0.0  # bytes; 0 = no loss yet: set from cwnd when the epoch starts, K = 0
         self._cwnd_prior = 0  # cwnd at the last reduction (RFC 9438 section 4.6)

@@ -915,7 +915,12 @@ def _enter_time_wait(self: TcpConnection, now: float, *, send_ack: bool = True) 
     only what its application may still read."""
     self.state = TIME_WAIT
     if send_ack:
-        self._send_segment(self.snd_nxt, TCP_ACK, b"", now)
+        if self.reasm is NO_REASSEMBLY or not len(self.reasm):
+            # what _send_segment makes of a bare ACK with nothing held out of order, directly
+            # (a Connection: close server's last segment out)
+            self._send_bare_ack(self.snd_max, now)
+        else:
+            self._send_segment(self.snd_nxt, TCP_ACK, b"", now)
     if not self.user_closed:
         # Only an application that still holds the socket can look (SO_SNDBUF reads 0 then); the
         # buffer itself is empty, our FIN being acknowledged.

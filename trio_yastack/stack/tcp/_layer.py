@@ -14,7 +14,7 @@ import errno
 import hashlib
 import math
 import struct
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -268,10 +268,15 @@ class TcpLayer:
         self.listeners: dict[int, TcpListener] = {}
         self.listeners6: dict[int, TcpListener] = {}
         self.port_use: dict[int, int] = {}  # local port -> connections using it
-        #: connections in TIME_WAIT as compact records, by pair, in the order they expire (a
-        #: dict for its order and O(1) removal: one that ends early, taken over by a new SYN or
-        #: reset, leaves it at once; one whose 2MSL restarts moves to the end)
-        self.time_wait: dict[ConnectionKey, TcpTimeWait] = {}
+        #: connections in TIME_WAIT as compact records, by pair, in the order they expire (kept
+        #: in order with O(1) removal: one that ends early, taken over by a new SYN or reset,
+        #: leaves it at once; one whose 2MSL restarts moves to the end).  An ``OrderedDict``,
+        #: not a dict: the oldest record is read at every recycling (a busy server's table is
+        #: full, so every new record ends the oldest) and expiry, and a dict found it by walking
+        #: past the slots its earlier removals at the front left behind (up to a third of the
+        #: table until it is rebuilt: ~2-9 us per connection with the table at 16 384, against
+        #: its ~0.04 us more per insertion and removal)
+        self.time_wait: OrderedDict[ConnectionKey, TcpTimeWait] = OrderedDict()
         #: the one timer entry that expires TIME_WAIT records, at the oldest one's deadline
         self._tw_timer: Timer | None = None
         #: ports that sockets bound without listening or connecting yet (kept off the ephemeral range)
@@ -467,9 +472,7 @@ class TcpLayer:
     def _time_wait_restart(self, tw: TcpTimeWait, now: float) -> None:
         """The peer sent its FIN again (our last ACK was lost): 2MSL counts again, from now."""
         tw.expiry = now + 2 * self.config.msl
-        time_wait = self.time_wait
-        del time_wait[tw.key]
-        time_wait[tw.key] = tw  # to the end: the dict stays in expiry order
+        self.time_wait.move_to_end(tw.key)  # the table stays in expiry order
 
     def _time_wait_respond(self, tw: TcpTimeWait, now: float) -> None:
         """Send the ACK of a connection in TIME_WAIT (FreeBSD ``tcp_twrespond``), as the
