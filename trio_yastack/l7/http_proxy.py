@@ -130,7 +130,7 @@ from .router import (
     rewrite_path,
     strip_hop_by_hop,
 )
-from .stats import Scope, Stats
+from .stats import Cell, Scope, Stats
 from .upstream import ClusterManager, ClusterRuntime, ConnectFailure, Overflow, UpstreamConnection
 
 if TYPE_CHECKING:
@@ -463,6 +463,11 @@ class HttpConnectionManagerRuntime:
         )
         self.stats.gauge_set("downstream_cx_active", 0)
         self.stats.gauge_set("downstream_rq_active", 0)
+        # What every request moves, bound once (``cell.value += 1``: no call or dict update per
+        # request); a response status's counters when it first comes (:meth:`status_cells`)
+        self._rq_total = self.stats.cell("downstream_rq_total")
+        self._rq_active = self.stats.cell("downstream_rq_active", "gauge")
+        self.rq_by_status: dict[int, tuple[Cell, ...]] = {}
         self.access_log = AccessLogger(config.access_log)
         self.runtime = runtime or _no_runtime
         self.local_reply = bool(config.local_reply_mappers or config.local_reply_format)
@@ -699,8 +704,8 @@ class HttpConnectionManagerRuntime:
                     return False
                 assert isinstance(event, h11.Request)
                 request = event
-            self.stats.inc("downstream_rq_total")
-            self.stats.gauge_add("downstream_rq_active", 1)
+            self._rq_total.value += 1
+            self._rq_active.value += 1
             try:
                 if lean:
                     assert isinstance(request, PlainRequest)
@@ -711,7 +716,7 @@ class HttpConnectionManagerRuntime:
                 assert timing is not None
                 return await self._proxy_request(ds, request, timing, record)
             finally:
-                self.stats.gauge_add("downstream_rq_active", -1)
+                self._rq_active.value -= 1
         except _LocalReply as reply:
             record.response_flags = reply.flags
             if reply.status == 413:
@@ -814,7 +819,21 @@ class HttpConnectionManagerRuntime:
         record.bytes_sent += len(body)
 
     def _count_response(self, status: int) -> None:
-        self.stats.count(_downstream_counters(status))
+        for cell in self.status_cells(status):
+            cell.value += 1
+
+    def status_cells(self, status: int) -> tuple[Cell, ...]:
+        """The counters a response with ``status`` moves (``downstream_rq_2xx``,
+        ``downstream_rq_completed``), bound the first time it comes (listed from then on, as
+        :meth:`.Scope.count` would list them; at most 900: llhttp's statuses are three digits)."""
+        cells = self.rq_by_status.get(status)
+        if cells is None:
+            stats = self.stats
+            cells = self.rq_by_status[status] = (
+                stats.cell(f"downstream_rq_{status // 100}xx"),
+                stats.cell("downstream_rq_completed"),
+            )
+        return cells
 
     # --- one request ---
 
@@ -864,144 +883,168 @@ class HttpConnectionManagerRuntime:
             record.authority = request.host.decode("latin-1") or None
             record.protocol = ds.protocol or "HTTP/1.1"
             record.user_agent = _text(get_header(request.headers, b"user-agent"))
-        if self.filters is None:
-            return await self._lean_upstream(ds, request, route, action, record, logged, ())
-        # The plain filters (cors, fault, local_ratelimit: see plain_ok) decide from the head, as
-        # in _proxy_request: a local answer, a delay, response headers; never a cached response
-        # or a request-body decoder (those filters keep the general path).
-        view = RequestView(
-            request.method.decode("latin-1"), request.target.decode("latin-1"), request.headers, vhost, route,
-            ds.filter_state, ds,
-        )  # fmt: skip
-        outcome = await self.filters.decode(view, trio.current_time)
-        flags = outcome.flags
-        if outcome.status is not None:
-            record.response_flags = ",".join(flags) or "-"
-            await self._local_reply(
-                ds, outcome.status, outcome.body, close=False, record=record, headers=outcome.reply_headers
-            )
-            return True
+        flags: Sequence[str] = ()
+        response_headers: Sequence[tuple[bytes, bytes]] = ()
+        if self.filters is not None:
+            # The plain filters (cors, fault, local_ratelimit: see plain_ok) decide from the head,
+            # as in _proxy_request: a local answer, a delay, response headers; never a cached
+            # response or a request-body decoder (those filters keep the general path).
+            view = RequestView(
+                request.method.decode("latin-1"), request.target.decode("latin-1"), request.headers, vhost,
+                route, ds.filter_state, ds,
+            )  # fmt: skip
+            outcome = await self.filters.decode(view, trio.current_time)
+            flags = outcome.flags
+            if outcome.status is not None:
+                record.response_flags = ",".join(flags) or "-"
+                await self._local_reply(
+                    ds,
+                    outcome.status,
+                    outcome.body,
+                    close=False,
+                    record=record,
+                    headers=outcome.reply_headers,
+                )
+                return True
+            response_headers = outcome.response_headers
+        # The request to the route's cluster and the response relayed, in this function (not a
+        # coroutine of its own: each level is a frame resumed on every wake-up of the request).
         try:
-            return await self._lean_upstream(
-                ds, request, route, action, record, logged, outcome.response_headers
-            )
+            cluster = _pick_cluster(self, action)
+            head, xff, request_id = _lean_head(request, route, action, ds, self.rng)
+            if logged:
+                record.x_forwarded_for = xff.decode("latin-1")
+                record.request_id = request_id.decode("latin-1")
+            now = trio.current_time()
+            route_deadline = now + action.timeout if action.timeout else _INF
+            stream_idle = self.config.stream_idle_timeout or _INF
+            try:
+                cluster.start_request()
+            except Overflow:
+                raise _LocalReply(503, _OVERFLOW_BODY, "UO") from None
+            try:
+                host = cluster.choose_host()
+                if host is None:
+                    cluster.stats.inc("upstream_cx_none_healthy")
+                    raise _LocalReply(503, "no healthy upstream", "UH")
+                if logged:
+                    record.upstream_host = str(host)
+                attempt_started = now  # (nothing awaited since: the same moment, to the microsecond)
+                host.active_requests += 1
+                cluster.rq_total.value += 1
+                conn: UpstreamConnection | None = None
+                response: PlainResponse | None = None
+                failure: str | None = None
+                try:
+                    # The route timer and stream-idle for the whole wait (as _UpstreamRequest)
+                    deadline = min(route_deadline, attempt_started + stream_idle)
+                    # The common case: a pooled kernel or stack connection ready now, the request
+                    # sent at once, and the response's wait the only one, its deadline kept by the
+                    # io module's timer (no cancel scope), in line.  Else, or to retry on a
+                    # fresh connection, the general way.
+                    fresh = False
+                    conn = cluster.idle_connection(host)
+                    if conn is not None:
+                        raw = conn.raw
+                        assert raw is not None  # (idle_connection's are over a kernel or stack socket)
+                        try:
+                            reader = _plain_start(conn)
+                            sent = send_now(raw, head)
+                            if sent < len(head):  # the socket buffer is full: the rest as it drains
+                                timely = await _send_rest_until(conn, head[sent:], deadline)
+                            else:
+                                timely = True
+                            # The answer cannot be there yet: the wait first (on _kernel_io's
+                            # reader or the stack socket's waiter), then the reads; a read may
+                            # leave more behind (edge-triggered: no new edge for it), read first.
+                            wait_readable = conn.io.wait_readable
+                            while timely and response is None:
+                                if not await wait_readable(raw, deadline):
+                                    break
+                                received = receive_now(raw, RECEIVE_SIZE)
+                                while received is not None:
+                                    conn.received += len(received)
+                                    if not received:
+                                        raise trio.BrokenResourceError("upstream closed before a response")
+                                    reader.feed(received)
+                                    response = reader.head
+                                    if response is not None:
+                                        break
+                                    received = receive_now(raw, RECEIVE_SIZE)
+                        except (*_NETWORK_ERRORS, h11.ProtocolError):
+                            if not (conn.requests > 1 and conn.received == conn.received_before):
+                                failure = "reset"
+                            else:  # the pooled connection was closed under us: once more on a fresh one
+                                cluster.stats.inc("upstream_cx_destroy_remote_with_active_rq")
+                                await conn.aclose()
+                                conn, fresh = None, True
+                        else:
+                            if response is None:
+                                failure = "timeout" if trio.current_time() >= route_deadline else "idle"
+                    if conn is None:
+                        with trio.CancelScope(deadline=deadline) as scope:
+                            try:
+                                conn = await cluster.acquire(host, fresh=fresh)
+                                try:
+                                    response = await _send_plain(conn, head)
+                                except (*_NETWORK_ERRORS, h11.ProtocolError):
+                                    if not (conn.requests > 1 and conn.received == conn.received_before):
+                                        raise
+                                    # The pooled connection was closed under us: once more on a fresh one.
+                                    cluster.stats.inc("upstream_cx_destroy_remote_with_active_rq")
+                                    await conn.aclose()
+                                    conn = await cluster.acquire(host, fresh=True)
+                                    response = await _send_plain(conn, head)
+                            except Overflow:
+                                raise _LocalReply(503, _OVERFLOW_BODY, "UO") from None
+                            except ConnectFailure:
+                                failure = "connect"
+                            except (*_NETWORK_ERRORS, h11.ProtocolError):
+                                failure = "reset"
+                        if scope.cancelled_caught and response is None and failure is None:
+                            failure = "timeout" if trio.current_time() >= route_deadline else "idle"
+                    if failure is not None:
+                        cluster.record_outcome(host, None)
+                        if conn is not None:
+                            await conn.aclose()
+                    else:
+                        assert response is not None
+                        cluster.record_outcome(host, response.status_code)
+                except trio.Cancelled:
+                    if conn is not None:
+                        await conn.aclose()  # shielded
+                    raise
+                finally:
+                    host.active_requests -= 1
+                if failure is not None:
+                    if failure in ("timeout", "per_try_timeout"):
+                        cluster.stats.inc("upstream_rq_timeout")
+                    elif failure == "reset":
+                        cluster.stats.inc("upstream_rq_rx_reset")
+                    raise _failure_reply(failure, 0)
+                assert conn is not None and response is not None
+                try:
+                    return await _relay_plain(
+                        self,
+                        ds,
+                        cluster,
+                        conn,
+                        response,
+                        record,
+                        attempt_started,
+                        route_deadline,
+                        stream_idle,
+                        response_headers,
+                    )
+                except trio.Cancelled:
+                    await conn.aclose()  # shielded
+                    raise
+            finally:
+                cluster.end_request()
         finally:
             if flags:  # a delay injected: listed before the router's own flags, if any
                 router_flags = record.response_flags
                 record.response_flags = ",".join(flags) + ("" if router_flags == "-" else f",{router_flags}")
-
-    async def _lean_upstream(
-        self, ds: _Downstream, request: PlainRequest, route: Route, action: RouteAction, record: AccessRecord,
-        logged: bool, response_headers: Sequence[tuple[bytes, bytes]],
-    ) -> bool:  # fmt: skip
-        """:meth:`_proxy_plain`'s request to the route's cluster and the response relayed, with the
-        HTTP filters' ``response_headers``; True keeps the client connection."""
-        cluster = _pick_cluster(self, action)
-        head, xff, request_id = _lean_head(request, route, action, ds, self.rng)
-        if logged:
-            record.x_forwarded_for = xff.decode("latin-1")
-            record.request_id = request_id.decode("latin-1")
-        now = trio.current_time()
-        route_deadline = now + action.timeout if action.timeout else _INF
-        stream_idle = self.config.stream_idle_timeout or _INF
-        try:
-            cluster.start_request()
-        except Overflow:
-            raise _LocalReply(503, _OVERFLOW_BODY, "UO") from None
-        try:
-            host = cluster.choose_host()
-            if host is None:
-                cluster.stats.inc("upstream_cx_none_healthy")
-                raise _LocalReply(503, "no healthy upstream", "UH")
-            if logged:
-                record.upstream_host = str(host)
-            attempt_started = now  # (nothing awaited since: the same moment, to the microsecond)
-            host.active_requests += 1
-            cluster.stats.inc("upstream_rq_total")
-            conn: UpstreamConnection | None = None
-            response: PlainResponse | None = None
-            failure: str | None = None
-            try:
-                # The route timer and stream-idle for the whole wait (as _UpstreamRequest)
-                deadline = min(route_deadline, attempt_started + stream_idle)
-                # The common case: a pooled kernel connection ready now, the request sent at once,
-                # and the response's wait the only one, its deadline kept by _kernel_io's timer
-                # (no cancel scope).  Else, or to retry on a fresh connection, the general way.
-                fresh = False
-                conn = cluster.idle_connection(host)
-                if conn is not None:
-                    try:
-                        response = await _send_plain_until(conn, head, deadline)
-                    except (*_NETWORK_ERRORS, h11.ProtocolError):
-                        if not (conn.requests > 1 and conn.received == conn.received_before):
-                            failure = "reset"
-                        else:  # the pooled connection was closed under us: once more on a fresh one
-                            cluster.stats.inc("upstream_cx_destroy_remote_with_active_rq")
-                            await conn.aclose()
-                            conn, fresh = None, True
-                    else:
-                        if response is None:
-                            failure = "timeout" if trio.current_time() >= route_deadline else "idle"
-                if conn is None:
-                    with trio.CancelScope(deadline=deadline) as scope:
-                        try:
-                            conn = await cluster.acquire(host, fresh=fresh)
-                            try:
-                                response = await _send_plain(conn, head)
-                            except (*_NETWORK_ERRORS, h11.ProtocolError):
-                                if not (conn.requests > 1 and conn.received == conn.received_before):
-                                    raise
-                                # The pooled connection was closed under us: once more on a fresh one.
-                                cluster.stats.inc("upstream_cx_destroy_remote_with_active_rq")
-                                await conn.aclose()
-                                conn = await cluster.acquire(host, fresh=True)
-                                response = await _send_plain(conn, head)
-                        except Overflow:
-                            raise _LocalReply(503, _OVERFLOW_BODY, "UO") from None
-                        except ConnectFailure:
-                            failure = "connect"
-                        except (*_NETWORK_ERRORS, h11.ProtocolError):
-                            failure = "reset"
-                    if scope.cancelled_caught and response is None and failure is None:
-                        failure = "timeout" if trio.current_time() >= route_deadline else "idle"
-                if failure is not None:
-                    cluster.record_outcome(host, None)
-                    if conn is not None:
-                        await conn.aclose()
-                else:
-                    assert response is not None
-                    cluster.record_outcome(host, response.status_code)
-            except trio.Cancelled:
-                if conn is not None:
-                    await conn.aclose()  # shielded
-                raise
-            finally:
-                host.active_requests -= 1
-            if failure is not None:
-                if failure in ("timeout", "per_try_timeout"):
-                    cluster.stats.inc("upstream_rq_timeout")
-                elif failure == "reset":
-                    cluster.stats.inc("upstream_rq_rx_reset")
-                raise _failure_reply(failure, 0)
-            assert conn is not None and response is not None
-            try:
-                return await _relay_plain(
-                    self,
-                    ds,
-                    cluster,
-                    conn,
-                    response,
-                    record,
-                    attempt_started,
-                    route_deadline,
-                    stream_idle,
-                    response_headers,
-                )
-            except trio.Cancelled:
-                await conn.aclose()  # shielded
-                raise
-        finally:
-            cluster.end_request()
 
     async def _proxy_request(
         self, ds: _Downstream, request: h11.Request | PlainRequest, timing: _Timing, record: AccessRecord
@@ -1903,13 +1946,15 @@ async def _relay_plain(
     reader = conn.reader
     assert reader is not None
     status = response.status_code
-    cluster.stats.count(_upstream_counters(status))
+    for cell in cluster.rq_by_status.get(status) or cluster.status_cells(status):
+        cell.value += 1
     service = str(int((trio.current_time() - attempt_started) * 1000))
     record.upstream_service_time = service
     record.response_code = status
     close = hcm.state.draining
     head, chunked = _relay_head(status, response.headers, service, response_headers, close)
-    hcm.stats.count(_downstream_counters(status))
+    for cell in hcm.rq_by_status.get(status) or hcm.status_cells(status):
+        cell.value += 1
     ds.response_started = True
     pending = [head]
     try:
@@ -2045,14 +2090,7 @@ def _relayed_headers(
 async def _send_plain(conn: UpstreamConnection, data: bytes) -> PlainResponse:
     """The fast path's request (head and body, ``data``) sent on ``conn`` and its response head
     awaited, parsed by llhttp (1xx dropped)."""
-    conn.requests += 1
-    conn.received_before = conn.received
-    reader = conn.reader
-    if reader is None:
-        reader = conn.reader = ResponseReader()
-    else:
-        reader.start()
-    conn.plain = True
+    reader = _plain_start(conn)
     # The head mostly fits the socket buffer: written without a scheduler pass (send_all's),
     # since the response's wait that follows is one.
     sent = send_now(conn.raw, data) if conn.raw is not None else 0
@@ -2068,12 +2106,9 @@ async def _send_plain(conn: UpstreamConnection, data: bytes) -> PlainResponse:
         received = await conn.receive()
 
 
-async def _send_plain_until(conn: UpstreamConnection, data: bytes, deadline: float) -> PlainResponse | None:
-    """:func:`_send_plain` on a kernel or stack socket (``conn.raw``), with ``deadline`` kept by
-    its io module's timer (``conn.io.wait_readable``: :mod:`._kernel_io`'s reader, or the stack
-    socket's waiter) instead of a cancel scope: None when it passes before the head."""
-    raw = conn.raw
-    assert raw is not None
+def _plain_start(conn: UpstreamConnection) -> ResponseReader:
+    """A fast-path request's bookkeeping on ``conn`` before it is sent: counted (for the retry's
+    test of a pooled connection closed under us), its response reader ready, h11 left idle."""
     conn.requests += 1
     conn.received_before = conn.received
     reader = conn.reader
@@ -2082,29 +2117,15 @@ async def _send_plain_until(conn: UpstreamConnection, data: bytes, deadline: flo
     else:
         reader.start()
     conn.plain = True
-    sent = send_now(raw, data)
-    if sent < len(data):  # the socket buffer is full: the rest as it drains, under the deadline
-        with trio.CancelScope(deadline=deadline) as scope:
-            await conn.write(data[sent:])
-        if scope.cancelled_caught:
-            return None
-    # The answer cannot be there yet: the wait first, straight on _kernel_io's reader (one
-    # coroutine level fewer to resume than receive_until's) or the stack socket's waiter, then
-    # the reads.
-    wait_readable = conn.io.wait_readable
-    while True:
-        if not await wait_readable(raw, deadline):
-            return None
-        received = receive_now(raw, RECEIVE_SIZE)
-        # a read may leave more behind (edge-triggered: no new edge for it): read before waiting
-        while received is not None:
-            conn.received += len(received)
-            if not received:
-                raise trio.BrokenResourceError("upstream closed before a response")
-            reader.feed(received)
-            if reader.head is not None:
-                return reader.head
-            received = receive_now(raw, RECEIVE_SIZE)
+    return reader
+
+
+async def _send_rest_until(conn: UpstreamConnection, data: bytes, deadline: float) -> bool:
+    """The rest of a request head the socket buffer did not take at once, written as it drains;
+    False when ``deadline`` passes first."""
+    with trio.CancelScope(deadline=deadline) as scope:
+        await conn.write(data)
+    return not scope.cancelled_caught
 
 
 def _pick_cluster(hcm: HttpConnectionManagerRuntime, action: RouteAction) -> ClusterRuntime:
@@ -2119,30 +2140,6 @@ def _pick_cluster(hcm: HttpConnectionManagerRuntime, action: RouteAction) -> Clu
             return clusters[weighted.name]
         point -= weighted.weight
     return clusters[action.weighted_clusters[-1].name]
-
-
-# The counters a response moves, per status, bound once (at most 900 entries each: llhttp's
-# statuses are three digits)
-_UPSTREAM_COUNTERS: dict[int, tuple[str, ...]] = {}
-_DOWNSTREAM_COUNTERS: dict[int, tuple[str, ...]] = {}
-
-
-def _upstream_counters(status: int) -> tuple[str, ...]:
-    names = _UPSTREAM_COUNTERS.get(status)
-    if names is None:
-        names = _UPSTREAM_COUNTERS[status] = (
-            f"upstream_rq_{status // 100}xx",
-            f"upstream_rq_{status}",
-            "upstream_rq_completed",
-        )
-    return names
-
-
-def _downstream_counters(status: int) -> tuple[str, ...]:
-    names = _DOWNSTREAM_COUNTERS.get(status)
-    if names is None:
-        names = _DOWNSTREAM_COUNTERS[status] = (f"downstream_rq_{status // 100}xx", "downstream_rq_completed")
-    return names
 
 
 def _lean_head(
