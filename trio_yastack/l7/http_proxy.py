@@ -471,6 +471,7 @@ class HttpConnectionManagerRuntime:
         self.access_log = AccessLogger(config.access_log)
         self.runtime = runtime or _no_runtime
         self.local_reply = bool(config.local_reply_mappers or config.local_reply_format)
+        self._wall_clock = self.access_log.enabled or self.local_reply  # who reads a record's start_time
         self._shadows = 0  # request mirrors in flight
         # HTTP filters before the router; None when the router is alone (one test per request)
         self.filters: HttpFilterChain | None = None
@@ -672,7 +673,7 @@ class HttpConnectionManagerRuntime:
             else:
                 ds.plain = True
         ds.response_started = False
-        started_wall, started = time.time(), trio.current_time()
+        started = trio.current_time()
         # the lean path (_proxy_plain) needs no _Timing: made when the general path takes the request
         lean = (
             self.lean_ok
@@ -682,7 +683,9 @@ class HttpConnectionManagerRuntime:
             and len(data) <= _LEAN_MAX_READ
         )
         timing = None if lean else _Timing(self.config, started)
-        record = AccessRecord(start_time=started_wall)
+        # the wall clock only for those who read it (the access log's start time, a local reply's
+        # format); the record itself is the request's notes (status, flags), kept either way
+        record = AccessRecord(time.time() if self._wall_clock else 0.0)
         try:
             if request is None:
                 assert timing is not None
@@ -742,8 +745,8 @@ class HttpConnectionManagerRuntime:
                     await self._local_reply(ds, 408, "request timeout", close=True, record=record)
             return False
         finally:
-            record.duration_ms = int((trio.current_time() - started) * 1000)
-            if record.response_code or record.method:
+            if self._wall_clock and (record.response_code or record.method):
+                record.duration_ms = int((trio.current_time() - started) * 1000)
                 self.access_log.log(record)
 
     async def _local_reply(
