@@ -66,10 +66,12 @@ What a request meets on the way, in order:
 
 from __future__ import annotations
 
+import binascii
 import contextlib
+import os
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import TYPE_CHECKING
@@ -137,7 +139,7 @@ if TYPE_CHECKING:
     from .filters import FilterOutcome, RequestDecoder, ResponseEncoder, ResponseRateLimiter
     from .proxy import ProxyState
 
-__all__ = ["MAX_REQUEST_HEADERS", "RETRY_BUFFER", "HttpConnectionManagerRuntime", "ProxyLimits"]
+__all__ = ["MAX_REQUEST_HEADERS", "RETRY_BUFFER", "HttpConnectionManagerRuntime", "ProxyLimits", "RequestIds"]
 
 _PLAIN_FILTERS = frozenset((ROUTER_NAME, CORS_NAME, FAULT_NAME, LOCAL_RATELIMIT_NAME))  # see plain_ok
 MAX_REQUEST_HEADERS = 60 * 1024  # Envoy's max_request_headers_kb default
@@ -430,13 +432,17 @@ class HttpConnectionManagerRuntime:
         limits: ProxyLimits | None = None,
         rng: random.Random | None = None,
         runtime: Callable[[str], RuntimeValue] | None = None,
+        request_ids: RequestIds | None = None,
     ) -> None:
+        """``request_ids``: where ``x-request-id`` values come from; by default the system's
+        CSPRNG, or ``rng``'s bits when one is given (a seeded test's)."""
         self.config = config
         self.router = Router(config.route_config)
         self.clusters = clusters
         self.state = state
         self.limits = limits or ProxyLimits()
         self.rng = rng or random.Random()
+        self.request_ids = request_ids or RequestIds(os.urandom if rng is None else rng.randbytes)
         self.stats: Scope = stats.scope("http", config.stat_prefix)
         self.stats.declare(
             "downstream_cx_total",
@@ -914,7 +920,7 @@ class HttpConnectionManagerRuntime:
         # coroutine of its own: each level is a frame resumed on every wake-up of the request).
         try:
             cluster = _pick_cluster(self, action)
-            head, xff, request_id = _lean_head(request, route, action, ds, self.rng)
+            head, xff, request_id = _lean_head(request, route, action, ds, self.request_ids)
             if logged:
                 record.x_forwarded_for = xff.decode("latin-1")
                 record.request_id = request_id.decode("latin-1")
@@ -1344,7 +1350,7 @@ class _RouterRequest:
         out.append((b"x-forwarded-proto", self.ds.scheme.encode()))
         request_id = get_header(out, b"x-request-id")
         if request_id is None:
-            request_id = _uuid4(self.hcm.rng.getrandbits(128))
+            request_id = self.hcm.request_ids.next()
             out.append((b"x-request-id", request_id))
         out = _with_via(out)
         if self.body.framing == "chunked":
@@ -1394,7 +1400,7 @@ class _RouterRequest:
         out.append((b"x-forwarded-for", xff))
         out.append((b"x-forwarded-proto", self.ds.scheme.encode()))
         if request_id is None:
-            request_id = _uuid4(self.hcm.rng.getrandbits(128))
+            request_id = self.hcm.request_ids.next()
             out.append((b"x-request-id", request_id))
         out.append((b"via", via + b", " + VIA if via else VIA))
         self.record.x_forwarded_for = xff.decode("latin-1")
@@ -2146,7 +2152,7 @@ def _pick_cluster(hcm: HttpConnectionManagerRuntime, action: RouteAction) -> Clu
 
 
 def _lean_head(
-    request: PlainRequest, route: Route, action: RouteAction, ds: _Downstream, rng: random.Random
+    request: PlainRequest, route: Route, action: RouteAction, ds: _Downstream, request_ids: RequestIds
 ) -> tuple[bytes, bytes, bytes]:
     """:meth:`_RouterRequest._plain_upstream_head` and :func:`request_head_bytes` in one pass:
     the upstream head's lines made as the headers are read, ``Host`` first, and joined once.
@@ -2182,7 +2188,7 @@ def _lean_head(
     xff = xff + b", " + remote if xff else remote
     lines.append(b"x-forwarded-for: " + xff + b"\r\nx-forwarded-proto: " + ds.scheme.encode() + b"\r\n")
     if request_id is None:
-        request_id = _uuid4(rng.getrandbits(128))
+        request_id = request_ids.next()
         lines.append(b"x-request-id: " + request_id + b"\r\n")
     lines.append(b"via: " + (via + b", " + VIA if via else VIA) + b"\r\n\r\n")
     return b"".join(lines), xff, request_id
@@ -2290,10 +2296,36 @@ def _reason(status: int) -> bytes:
     return _REASONS.get(status, b"")
 
 
-def _uuid4(bits: int) -> bytes:
-    """``str(uuid.UUID(int=bits, version=4)).encode()`` (the same text for the same bits: the
-    version and variant bits set as :class:`uuid.UUID` sets them), without building a UUID object,
-    which costs several microseconds per request."""
-    bits = (bits & ~(0xC000 << 48) | (0x8000 << 48)) & ~(0xF000 << 64) | (4 << 76)
-    h = b"%032x" % bits
-    return b"-".join((h[:8], h[8:12], h[12:16], h[16:20], h[20:]))
+class RequestIds:
+    """``x-request-id`` values as Envoy makes them: a UUID version 4 in its text form (RFC 9562:
+    122 random bits, the version nibble 4 and the variant bits 10), the bits from ``randbytes``
+    -- ``os.urandom`` by default, the system's CSPRNG, as Envoy's ``RAND_bytes``; a seeded
+    generator's ``randbytes`` in tests -- drawn and written :data:`_IDS_PER_BLOCK` at a time: the
+    version and variant bits set over the whole block as one integer, one hex conversion (~0.57
+    us an id, all told, against ~0.78 for ``random``'s 128 bits set and formatted one at a time,
+    and the quality of Envoy's bits instead of a Mersenne Twister's)."""
+
+    __slots__ = ("_ids", "_randbytes")
+
+    def __init__(self, randbytes: Callable[[int], bytes] = os.urandom) -> None:
+        self._randbytes = randbytes
+        self._ids: Iterator[bytes] = iter(())
+
+    def next(self) -> bytes:
+        for made in self._ids:
+            return made
+        bits = int.from_bytes(self._randbytes(16 * _IDS_PER_BLOCK)) & _UUID4_MASK | _UUID4_SET
+        h = binascii.hexlify(bits.to_bytes(16 * _IDS_PER_BLOCK))
+        ids = [  # 8-4-4-4-12 hex digits
+            b"-".join((h[i : i + 8], h[i + 8 : i + 12], h[i + 12 : i + 16], h[i + 16 : i + 20],
+                       h[i + 20 : i + 32]))
+            for i in range(0, 32 * _IDS_PER_BLOCK, 32)
+        ]  # fmt: skip
+        self._ids = iter(ids)
+        return next(self._ids)
+
+
+_IDS_PER_BLOCK = 256  # 4 KiB of random bits per draw
+# per 16 bytes: the version's nibble (byte 6's high half) and the variant's two bits (byte 8's top)
+_UUID4_MASK = int.from_bytes(bytes.fromhex("ffffffffffff0fff3fffffffffffffff") * _IDS_PER_BLOCK)
+_UUID4_SET = int.from_bytes(bytes.fromhex("00000000000040008000000000000000") * _IDS_PER_BLOCK)
