@@ -46,6 +46,7 @@ import contextlib
 import hashlib
 import random
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import h11
@@ -298,6 +299,7 @@ class ClusterRuntime:
         self.rq_total: Cell = self.stats.cell("upstream_rq_total")
         self._rq_active_cell: Cell = self.stats.cell("upstream_rq_active", "gauge")
         self.rq_by_status: dict[int, tuple[Cell, ...]] = {}
+        self._now: Callable[[], float] = trio.current_time  # (run() binds its clock's own)
         if config.health_checks:
             self.stats.declare(
                 "health_check.attempt",
@@ -375,6 +377,7 @@ class ClusterRuntime:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Resolve, health-check and sweep until cancelled; ``started`` once the cluster is warm
         (resolved, and every host has had its first health check, each bounded by its timeout)."""
+        self._now = trio.lowlevel.current_clock().current_time  # this run's clock, one call (release's)
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             if self.config.type in ("STRICT_DNS", "LOGICAL_DNS"):
@@ -872,7 +875,7 @@ class ClusterRuntime:
             else:
                 conn.h11.start_next_cycle()
             if len(host.idle) < MAX_IDLE_PER_HOST:
-                conn.idle_since = trio.current_time()
+                conn.idle_since = self._now()
                 host.idle.append(conn)
                 if self._pending:  # a request waits for a connection (unpark() costs even with none)
                     self._capacity.unpark()
