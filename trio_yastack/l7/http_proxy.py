@@ -481,7 +481,8 @@ class HttpConnectionManagerRuntime:
         self.access_log = AccessLogger(config.access_log)
         self.runtime = runtime or _no_runtime
         self.local_reply = bool(config.local_reply_mappers or config.local_reply_format)
-        self._wall_clock = self.access_log.enabled or self.local_reply  # who reads a record's start_time
+        self._logged = self.access_log.enabled  # (fixed with the config: read once, not per request)
+        self._wall_clock = self._logged or self.local_reply  # who reads a record's start_time
         self._shadows = 0  # request mirrors in flight
         # HTTP filters before the router; None when the router is alone (one test per request)
         self.filters: HttpFilterChain | None = None
@@ -889,7 +890,7 @@ class HttpConnectionManagerRuntime:
             or route.request_headers_to_remove
         ):
             return None
-        logged = self.access_log.enabled
+        logged = self._logged
         if logged:
             record.method = request.method.decode("latin-1")
             record.path = request.target.decode("latin-1")
