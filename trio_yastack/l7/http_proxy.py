@@ -861,8 +861,10 @@ class HttpConnectionManagerRuntime:
         :class:`_UpstreamRequest` (``tests/test_proxy_http1.py`` compares the two), without their
         objects: the route kept per ``Host`` value where the config makes it path-independent
         (:func:`.router.any_path_route`), the upstream head made in one pass and joined once
-        (:func:`_lean_head`), counters bound per status, the access record filled only when an
-        access log is configured, and one cancel scope for the upstream's wait.
+        (:func:`_lean_head`), counters bound once as cells (per status when it first comes), the
+        access record filled only when an access log is configured, and on a pooled connection
+        the upstream's wait in this function, its deadline kept by the io module's timer (no
+        cancel scope, no coroutine level of its own to resume).
 
         None, before anything is sent or counted, when the request is not this case: the general
         path takes it.  The proxy's own answers (503, 502, 504 ...) are raised as there."""
