@@ -1039,19 +1039,26 @@ class HttpConnectionManagerRuntime:
                         cluster.stats.inc("upstream_rq_rx_reset")
                     raise _failure_reply(failure, 0)
                 assert conn is not None and response is not None
+                # _relay_plain's steps called here: a response written whole at once (the common
+                # case) costs no coroutine of its own
+                relayed = conn.reader
+                assert relayed is not None
                 try:
-                    return await _relay_plain(
-                        self,
-                        ds,
-                        cluster,
-                        conn,
-                        response,
-                        record,
-                        attempt_started,
-                        route_deadline,
+                    try:
+                        pending, chunked, close = _relay_start(
+                            self, ds, cluster, relayed, response, record, attempt_started, response_headers
+                        )
+                    except (*_NETWORK_ERRORS, h11.ProtocolError):
+                        return await _relay_broken(record, conn)
+                    if not pending and relayed.done and record.response_flags == "-":
+                        cluster.release(conn)  # (_relay_done's lines)
+                        if close:
+                            self.stats.inc("downstream_cx_drain_close")
+                        return not close
+                    return await _relay_rest(
+                        self, ds, cluster, conn, relayed, record, pending, chunked, close, route_deadline,
                         stream_idle,
-                        response_headers,
-                    )
+                    )  # fmt: skip
                 except trio.Cancelled:
                     await conn.aclose()  # shielded
                     raise
@@ -1958,32 +1965,34 @@ async def _relay_plain(
     (the request asked for no upgrade; llhttp refuses one).  True keeps the client connection.
 
     The fast path's request came whole, so its route deadline is final before the attempt starts:
-    the relay's scope needs no tightening (no :meth:`_Timing.watch`)."""
+    the relay's scope needs no tightening (no :meth:`_Timing.watch`).  In three steps, which the
+    lean path calls itself so that a response written whole at once costs no coroutine:
+    :func:`_relay_start` (counted, the head, what is there sent), :func:`_relay_rest` (the rest,
+    under its timers), :func:`_relay_done` (the connection pooled)."""
     reader = conn.reader
     assert reader is not None
-    status = response.status_code
-    for cell in cluster.rq_by_status.get(status) or cluster.status_cells(status):
-        cell.value += 1
-    service = str(int((ds.now() - attempt_started) * 1000))
-    record.upstream_service_time = service
-    record.response_code = status
-    close = hcm.state.draining
-    head, chunked = _relay_head(status, response.headers, service, response_headers, close)
-    for cell in hcm.rq_by_status.get(status) or hcm.status_cells(status):
-        cell.value += 1
-    ds.response_started = True
-    pending = [head]
     try:
-        _take_body(reader, record, pending, chunked)
-        if reader.done and ds.raw is not None:
-            # The whole response is in hand (a small one came with its head): written
-            # without a cancel scope when the kernel takes it at once, as it mostly does.
-            data = b"".join(pending)
-            pending.clear()
-            sent = send_now(ds.raw, data)
-            ds.bytes_sent += sent
-            if sent < len(data):
-                pending.append(data[sent:])
+        pending, chunked, close = _relay_start(
+            hcm, ds, cluster, reader, response, record, attempt_started, response_headers
+        )
+    except (*_NETWORK_ERRORS, h11.ProtocolError):
+        return await _relay_broken(record, conn)
+    if not pending and reader.done and record.response_flags == "-":
+        return _relay_done(hcm, cluster, conn, close)
+    return await _relay_rest(
+        hcm, ds, cluster, conn, reader, record, pending, chunked, close, route_deadline, stream_idle
+    )
+
+
+async def _relay_rest(
+    hcm: HttpConnectionManagerRuntime, ds: _Downstream, cluster: ClusterRuntime, conn: UpstreamConnection,
+    reader: ResponseReader, record: AccessRecord, pending: list[bytes], chunked: bool, close: bool,
+    route_deadline: float, stream_idle: float,
+) -> bool:  # fmt: skip
+    """:func:`_relay_plain`'s second step: ``pending`` written and the rest of the body relayed as
+    it comes, under the route timer and stream-idle (one cancel scope), then the connection
+    pooled or closed."""
+    try:
         if pending or not reader.done:
             with trio.CancelScope(deadline=min(route_deadline, trio.current_time() + stream_idle)) as scope:
                 while True:
@@ -2009,15 +2018,59 @@ async def _relay_plain(
             await conn.aclose()
             return False
     except (*_NETWORK_ERRORS, h11.ProtocolError):
-        # Either side broke mid-body: the client sees a truncated response and a close.
-        if record.response_flags == "-":
-            record.response_flags = "UC"
-        await conn.aclose()
-        return False
+        return await _relay_broken(record, conn)
+    return _relay_done(hcm, cluster, conn, close)
+
+
+async def _relay_broken(record: AccessRecord, conn: UpstreamConnection) -> bool:
+    """Either side broke mid-response: the client sees a truncated response and a close."""
+    if record.response_flags == "-":
+        record.response_flags = "UC"
+    await conn.aclose()
+    return False
+
+
+def _relay_done(
+    hcm: HttpConnectionManagerRuntime, cluster: ClusterRuntime, conn: UpstreamConnection, close: bool
+) -> bool:
+    """:func:`_relay_plain`'s last step, the response out whole: the upstream connection pooled;
+    True keeps the client connection."""
     cluster.release(conn)
     if close:
         hcm.stats.inc("downstream_cx_drain_close")
     return not close
+
+
+def _relay_start(
+    hcm: HttpConnectionManagerRuntime, ds: _Downstream, cluster: ClusterRuntime, reader: ResponseReader,
+    response: PlainResponse, record: AccessRecord, attempt_started: float,
+    response_headers: Sequence[tuple[bytes, bytes]],
+) -> tuple[list[bytes], bool, bool]:  # fmt: skip
+    """:func:`_relay_plain`'s first step, which never waits: the response counted, its head made,
+    the body read so far taken, and when the whole response is in hand (a small one comes with its
+    head) written at once if the kernel takes it, as it mostly does.  Returns what is left to send,
+    whether the body goes chunked, and whether the client connection closes after it."""
+    status = response.status_code
+    for cell in cluster.rq_by_status.get(status) or cluster.status_cells(status):
+        cell.value += 1
+    service = str(int((ds.now() - attempt_started) * 1000))
+    record.upstream_service_time = service
+    record.response_code = status
+    close = hcm.state.draining
+    head, chunked = _relay_head(status, response.headers, service, response_headers, close)
+    for cell in hcm.rq_by_status.get(status) or hcm.status_cells(status):
+        cell.value += 1
+    ds.response_started = True
+    pending = [head]
+    _take_body(reader, record, pending, chunked)
+    if reader.done and ds.raw is not None:
+        data = b"".join(pending)
+        pending.clear()
+        sent = send_now(ds.raw, data)
+        ds.bytes_sent += sent
+        if sent < len(data):
+            pending.append(data[sent:])
+    return pending, chunked, close
 
 
 def _take_body(reader: ResponseReader, record: AccessRecord, pending: list[bytes], chunked: bool) -> None:
