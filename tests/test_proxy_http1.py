@@ -18,7 +18,6 @@ import trio
 from proxy_helpers import bootstrap, cluster, hcm, http_listener, route, running_proxy
 from test_proxy_http import file_log
 
-from trio_yastack.l7 import http_proxy
 from trio_yastack.l7._http1 import (
     MAX_RESPONSE_HEAD,
     PlainRequest,
@@ -37,6 +36,7 @@ from trio_yastack.l7.http_proxy import (
     _with_via,
 )
 from trio_yastack.l7.router import strip_hop_by_hop
+from trio_yastack.l7.upstream import ClusterRuntime
 
 # --- the heads, against h11 ---
 
@@ -696,7 +696,7 @@ async def _on_a_pooled_connection(
 ) -> tuple[list[bytes], dict[str, int], list[str]]:
     """Two GETs through a fresh proxy on one client connection (a new one if the first answer
     closes it), so that the second finds the first's upstream connection pooled (the lean path's
-    wait without a cancel scope, ``_send_plain_until``): what the client received for each (the
+    wait without a cancel scope, in ``_proxy_plain``): what the client received for each (the
     service time masked), the statistics and the access log."""
     backend_port, proxy_port = _free_port(), _free_port()
     log = tmp_path / f"{name}.log"
@@ -779,15 +779,16 @@ async def test_the_lean_path_on_a_pooled_connection_fails_as_the_general_path(
     second: bytes,
     flags: str,
 ) -> None:
-    unscoped = 0
-    send_plain_until = http_proxy._send_plain_until
+    unscoped = 0  # requests sent on a pooled connection the lean path took (its unscoped wait)
+    idle_connection = ClusterRuntime.idle_connection
 
-    async def counted(*args: Any) -> Any:
+    def counted(self: ClusterRuntime, host: Any) -> Any:
         nonlocal unscoped
-        unscoped += 1
-        return await send_plain_until(*args)
+        conn = idle_connection(self, host)
+        unscoped += conn is not None
+        return conn
 
-    monkeypatch.setattr(http_proxy, "_send_plain_until", counted)
+    monkeypatch.setattr(ClusterRuntime, "idle_connection", counted)
     runs = []
     for name, lean_on in (("lean", True), ("objects", False)):
         taken = _lean(lean_on, monkeypatch)

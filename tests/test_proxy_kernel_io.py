@@ -1,9 +1,10 @@
 """The proxy's direct kernel-socket I/O (``l7/_kernel_io.py``) and its per-request helpers that
-replaced slower library calls (``_uuid4``, ``_reason``): each holds to what it replaced."""
+replaced slower library calls (``RequestIds``, ``_reason``): each holds to what it replaced."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import select
 import socket
@@ -33,7 +34,7 @@ from trio_yastack.l7._kernel_io import (
     send_now,
     wait_readable,
 )
-from trio_yastack.l7.http_proxy import _reason, _uuid4
+from trio_yastack.l7.http_proxy import RequestIds, _reason
 
 
 async def _socket_streams() -> tuple[trio.SocketStream, trio.SocketStream]:
@@ -361,10 +362,35 @@ async def test_wait_readable_then_receive_now_as_the_proxy_reads() -> None:
             assert await wait_readable(raw_in) is False
 
 
-def test_uuid4_is_uuid_s_text() -> None:
-    rng = random.Random(20)
-    for bits in [0, (1 << 128) - 1, *(rng.getrandbits(128) for _ in range(20000))]:
-        assert _uuid4(bits) == str(uuid.UUID(int=bits, version=4)).encode()
+def test_request_ids_are_uuid4_text_of_the_drawn_bits() -> None:
+    """Each id is ``uuid.UUID(bytes=<the next 16 drawn bytes>, version=4)``'s text: the drawn bits
+    kept but the version and variant (as Envoy's UUID4), across a block's end too."""
+    drawn: list[bytes] = []
+    source = random.Random(20)
+
+    def randbytes(n: int) -> bytes:
+        data = source.randbytes(n)
+        drawn.append(data)
+        return data
+
+    ids = RequestIds(randbytes)
+    made = [ids.next() for _ in range(3 * 256 + 5)]
+    assert len(drawn) == 4 and all(len(block) == 16 * 256 for block in drawn)
+    bits = b"".join(drawn)
+    for i, value in enumerate(made):
+        expected = uuid.UUID(bytes=bits[16 * i : 16 * i + 16], version=4)
+        assert value == str(expected).encode()
+        parsed = uuid.UUID(value.decode())
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122
+    assert len(set(made)) == len(made)
+    extremes = RequestIds(lambda n: b"\xff" * n), RequestIds(lambda n: b"\x00" * n)
+    assert extremes[0].next() == str(uuid.UUID(int=(1 << 128) - 1, version=4)).encode()
+    assert extremes[1].next() == str(uuid.UUID(int=0, version=4)).encode()
+
+
+def test_request_ids_default_to_the_systems_csprng() -> None:
+    assert RequestIds.__init__.__defaults__ == (os.urandom,)  # as Envoy's (RAND_bytes), not random's
+    assert uuid.UUID(RequestIds().next().decode()).version == 4
 
 
 def test_reason_is_httpstatus_phrase() -> None:

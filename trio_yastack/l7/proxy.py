@@ -53,7 +53,7 @@ from trio_yastack.tls.contexts import (
 from ._cores import CoreLinks, CorePeers, serve_core_link
 from .admin import AdminServer, core_answer
 from .config import Bootstrap, FilterChain, HttpConnectionManager, Listener, SocketAddress
-from .http_proxy import HttpConnectionManagerRuntime, ProxyLimits
+from .http_proxy import HttpConnectionManagerRuntime, ProxyLimits, RequestIds
 from .network import Network, is_loopback
 from .stats import Scope, Stats
 from .tcp_proxy import TcpProxyRuntime
@@ -331,6 +331,8 @@ class Proxy:
                         limits=self.limits,
                         rng=self.rng,
                         runtime=bootstrap.runtime_value,
+                        # x-request-id from the system's CSPRNG, unless a (seeded) rng was given
+                        request_ids=RequestIds() if rng is None else None,
                     )
                 else:
                     runtime = TcpProxyRuntime(chain.filter, self.clusters, self.stats)

@@ -21,7 +21,7 @@ import re
 from collections.abc import Iterable, Iterator
 from typing import Literal
 
-__all__ = ["Scope", "Stats", "StatsSnapshot"]
+__all__ = ["Cell", "Scope", "Stats", "StatsSnapshot"]
 
 StatKind = Literal["counter", "gauge"]
 
@@ -50,61 +50,91 @@ _CODE_CLASS = re.compile(r"(.*_rq)_([1-5])xx")
 _CODE = re.compile(r"(.*_rq)_([1-5]\d\d)")
 
 
+class Cell:
+    """One statistic's value, bound once by a caller on the request path (``cell.value += 1``:
+    an attribute's add instead of :meth:`Scope.inc`'s call and dict updates).  The scope lists
+    the same cell, so /stats, /stats/prometheus and the ``--cores`` merge read what was added."""
+
+    __slots__ = ("kind", "value")
+
+    def __init__(self, kind: StatKind, value: int = 0) -> None:
+        self.kind: StatKind = kind
+        self.value = value
+
+
 class Scope:
     """One scope's statistics: ``scope.inc("upstream_rq_total")``,
-    ``scope.gauge_add("upstream_cx_active", 1)``."""
+    ``scope.gauge_add("upstream_cx_active", 1)``; on a hot path ``scope.cell(stat)`` once, then
+    ``cell.value += 1``."""
 
-    __slots__ = ("_kinds", "_values", "kind", "name")
+    __slots__ = ("_cells", "kind", "name")
 
     def __init__(self, kind: str, name: str) -> None:
         self.kind = kind  # "cluster", "http", "tcp", "listener", "server"
         self.name = name  # the cluster name, stat_prefix, listener address ("" for server)
-        self._values: dict[str, int] = {}
-        self._kinds: dict[str, StatKind] = {}
+        self._cells: dict[str, Cell] = {}
 
     @property
     def prefix(self) -> str:
         """``cluster.app.``, ``http.ingress_http.``, ``server.``: what /stats prints before each name."""
         return f"{self.kind}.{self.name}." if self.name else f"{self.kind}."
 
+    def cell(self, stat: str, kind: StatKind = "counter") -> Cell:
+        """``stat``'s cell, made at zero if new (listed from then on, as :meth:`declare` lists a
+        counter): bound once by a caller that moves it per request.  ``kind`` applies to a new
+        cell; a gauge's cell is made as :meth:`gauge_set` would make it."""
+        found = self._cells.get(stat)
+        if found is None:
+            found = self._cells[stat] = Cell(kind)
+        return found
+
     def inc(self, stat: str, by: int = 1) -> None:
         """Add to a counter (made at zero on first use)."""
-        self._values[stat] = self._values.get(stat, 0) + by
-        self._kinds.setdefault(stat, "counter")
+        found = self._cells.get(stat)
+        if found is None:
+            found = self._cells[stat] = Cell("counter")
+        found.value += by
 
     def count(self, stats: tuple[str, ...]) -> None:
-        """Add one to each counter of ``stats``: the names bound once (a tuple per response
-        status, say) and one call for the several counters a request moves, instead of one
-        :meth:`inc` each."""
-        values = self._values
+        """Add one to each counter of ``stats`` (one call for the several counters a request
+        moves)."""
+        cells = self._cells
         for stat in stats:
-            if stat in values:
-                values[stat] += 1
-            else:
-                self.inc(stat)
+            found = cells.get(stat)
+            if found is None:
+                found = cells[stat] = Cell("counter")
+            found.value += 1
 
     def gauge_add(self, stat: str, delta: int) -> None:
         """Move a gauge up or down."""
-        self._values[stat] = self._values.get(stat, 0) + delta
-        self._kinds[stat] = "gauge"
+        found = self._cells.get(stat)
+        if found is None:
+            found = self._cells[stat] = Cell("gauge")
+        found.value += delta
+        found.kind = "gauge"
 
     def gauge_set(self, stat: str, value: int) -> None:
-        self._values[stat] = value
-        self._kinds[stat] = "gauge"
+        found = self._cells.get(stat)
+        if found is None:
+            found = self._cells[stat] = Cell("gauge")
+        found.value = value
+        found.kind = "gauge"
 
     def declare(self, *counters: str) -> None:
         """Counters that exist at zero from the start, so /stats lists them before anything happens
         (as Envoy lists ``upstream_rq_retry: 0``), and a dashboard query finds them."""
+        cells = self._cells
         for stat in counters:
-            self._values.setdefault(stat, 0)
-            self._kinds.setdefault(stat, "counter")
+            if stat not in cells:
+                cells[stat] = Cell("counter")
 
     def get(self, stat: str) -> int:
-        return self._values.get(stat, 0)
+        found = self._cells.get(stat)
+        return 0 if found is None else found.value
 
     def items(self) -> Iterator[tuple[str, int, StatKind]]:
-        for stat, value in self._values.items():
-            yield stat, value, self._kinds[stat]
+        for stat, found in self._cells.items():
+            yield stat, found.value, found.kind
 
 
 class Stats:
@@ -137,18 +167,18 @@ class Stats:
         seen: set[tuple[str, str, str]] = set()
         for rows in snapshots:
             for kind, name, stat, value, stat_kind in rows:
-                scope = out.scope(kind, name)
+                found = out.scope(kind, name).cell(stat, stat_kind)
                 key = (kind, name, stat)
                 if key not in seen:
                     seen.add(key)
-                    scope._values[stat] = value
+                    found.value = value
                 elif (kind, stat) in _MAX_LEVELS:
-                    scope._values[stat] = max(scope._values[stat], value)
+                    found.value = max(found.value, value)
                 elif stat in _MIN_LEVELS:
-                    scope._values[stat] = min(scope._values[stat], value)
+                    found.value = min(found.value, value)
                 else:
-                    scope._values[stat] += value
-                scope._kinds[stat] = stat_kind
+                    found.value += value
+                found.kind = stat_kind
         return out
 
     def value(self, full_name: str) -> int:
@@ -156,9 +186,9 @@ class Stats:
         for scope in self._scopes.values():
             prefix = scope.prefix
             if full_name.startswith(prefix):
-                stat = full_name[len(prefix) :]
-                if stat in scope._values:
-                    return scope._values[stat]
+                found = scope._cells.get(full_name[len(prefix) :])
+                if found is not None:
+                    return found.value
         return 0
 
     def flat(self) -> dict[str, int]:

@@ -46,6 +46,7 @@ import contextlib
 import hashlib
 import random
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import h11
@@ -59,7 +60,7 @@ from ._stack_io import stream_io
 from .config import Cluster, HealthCheck, LbEndpoint, LocalityLbEndpoints, OutlierDetection
 from .h2_upstream import H2Upstream
 from .network import Network
-from .stats import Scope, Stats
+from .stats import Cell, Scope, Stats
 
 __all__ = [
     "DNS_REFRESH_SECONDS",
@@ -293,6 +294,12 @@ class ClusterRuntime:
         )
         for gauge in ("upstream_cx_active", "upstream_rq_active", "upstream_rq_pending_active"):
             self.stats.gauge_set(gauge, 0)
+        # What every request moves, bound once (``cell.value += 1``, no dict update per request);
+        # a response status's counters are bound when it first comes (:meth:`status_cells`).
+        self.rq_total: Cell = self.stats.cell("upstream_rq_total")
+        self._rq_active_cell: Cell = self.stats.cell("upstream_rq_active", "gauge")
+        self.rq_by_status: dict[int, tuple[Cell, ...]] = {}
+        self._now: Callable[[], float] = trio.current_time  # (run() binds its clock's own)
         if config.health_checks:
             self.stats.declare(
                 "health_check.attempt",
@@ -370,6 +377,7 @@ class ClusterRuntime:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Resolve, health-check and sweep until cancelled; ``started`` once the cluster is warm
         (resolved, and every host has had its first health check, each bounded by its timeout)."""
+        self._now = trio.lowlevel.current_clock().current_time  # this run's clock, one call (release's)
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             if self.config.type in ("STRICT_DNS", "LOGICAL_DNS"):
@@ -669,11 +677,25 @@ class ClusterRuntime:
             self.stats.inc("upstream_rq_pending_overflow")
             raise Overflow("max_requests")
         self._rq_active += 1
-        self.stats.gauge_add("upstream_rq_active", 1)
+        self._rq_active_cell.value += 1
 
     def end_request(self) -> None:
         self._rq_active -= 1
-        self.stats.gauge_add("upstream_rq_active", -1)
+        self._rq_active_cell.value -= 1
+
+    def status_cells(self, status: int) -> tuple[Cell, ...]:
+        """The counters a response with ``status`` moves (``upstream_rq_2xx``, ``upstream_rq_200``,
+        ``upstream_rq_completed``), bound the first time it comes (listed from then on, as
+        :meth:`.Scope.count` would list them; at most 900: llhttp's statuses are three digits)."""
+        cells = self.rq_by_status.get(status)
+        if cells is None:
+            stats = self.stats
+            cells = self.rq_by_status[status] = (
+                stats.cell(f"upstream_rq_{status // 100}xx"),
+                stats.cell(f"upstream_rq_{status}"),
+                stats.cell("upstream_rq_completed"),
+            )
+        return cells
 
     def try_start_retry(self) -> bool:
         if self._retries_active >= self.breakers.max_retries:
@@ -853,7 +875,7 @@ class ClusterRuntime:
             else:
                 conn.h11.start_next_cycle()
             if len(host.idle) < MAX_IDLE_PER_HOST:
-                conn.idle_since = trio.current_time()
+                conn.idle_since = self._now()
                 host.idle.append(conn)
                 if self._pending:  # a request waits for a connection (unpark() costs even with none)
                     self._capacity.unpark()
