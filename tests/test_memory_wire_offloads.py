@@ -75,6 +75,24 @@ async def test_a_tso_frame_crosses_whole_and_marked(autojump_clock: trio.testing
     assert c.statistics().oerrors == 1
 
 
+async def test_faults_on_the_offload_wire_keep_the_marks_honest(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """With faults, a duplicated TSO frame arrives twice as the same marked buffer (nobody writes
+    a received frame), and a corrupted one arrives as an unmarked copy: the receiver verifies it."""
+    a, b = memory_wire(offloads=True, duplicate=1.0, seed=1)
+    big = OffloadPacket(3000, gso_size=1448)
+    a.tx_burst(0, [big])  # type: ignore[list-item]  # OffloadPacket is a bytearray
+    frames = b.rx_burst(0, 8)
+    assert len(frames) == 2 and frames[0] is big and frames[1] is big
+    assert big.__class__ is ChecksumVerifiedPacket
+    c, d = memory_wire(offloads=True, corrupt=1.0, seed=1)
+    sent = OffloadPacket(3000, gso_size=1448)
+    c.tx_burst(0, [sent])  # type: ignore[list-item]
+    (damaged,) = d.rx_burst(0, 8)
+    assert damaged.__class__ is bytes and damaged != bytes(sent) and len(damaged) == len(sent)
+
+
 async def _transfer(offloads: bool, corrupt: float = 0.0) -> tuple[str, int, int]:
     data = make_payload(7, SIZE)
     async with two_stacks(3, offloads=offloads, corrupt=corrupt) as (a, b):
