@@ -1,8 +1,9 @@
 """``memory_wire(offloads=True)``: the wire made what loopback or a virtio-net pair is.
 
 Its ports offer checksum offload both ways and TSO; a TSO frame crosses the wire whole and
-arrives :class:`ChecksumVerified`, so a bulk transfer moves 64 KiB frames and no side computes
-or verifies a checksum.  Checked: the capabilities, the frames that cross (sizes, marks), that a
+arrives marked (the sender's ``OffloadPacket`` itself, re-classed ``ChecksumVerifiedPacket``: no
+copy; other frames a ``ChecksumVerified`` copy), so a bulk transfer moves 64 KiB frames and no side
+computes or verifies a checksum.  Checked: the capabilities, the frames that cross (sizes, marks), that a
 transfer delivers the same bytes (SHA-256) in far fewer frames than over the 1500-byte wire,
 and that a frame the wire corrupts arrives unmarked, so the receiver verifies and drops it.
 Everything runs under trio's MockClock.
@@ -11,6 +12,7 @@ Everything runs under trio's MockClock.
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import pytest
 import trio
@@ -28,6 +30,7 @@ from test_offload import offload_core, push
 
 from trio_yastack.nic import memory_wire
 from trio_yastack.stack import ChecksumVerified, OffloadPacket, TcpConnection
+from trio_yastack.stack._offload import VOUCHED, ChecksumVerifiedPacket
 
 SIZE = 1_000_000
 
@@ -59,8 +62,10 @@ async def test_a_tso_frame_crosses_whole_and_marked(autojump_clock: trio.testing
     assert a.tx_burst(0, [big, bytes(60)]) == 2  # type: ignore[list-item]  # OffloadPacket is a bytearray
     frames = b.rx_burst(0, 8)
     assert [len(f) for f in frames] == [40_000, 60]
-    assert all(f.__class__ is ChecksumVerified for f in frames)
-    assert frames[0] == big
+    assert [f.__class__ for f in frames] == [ChecksumVerifiedPacket, ChecksumVerified]
+    assert all(f.__class__ in VOUCHED for f in frames)
+    assert frames[0] is big and big.gso_size == 1448  # the sender's buffer itself, not a copy
+    assert frames[1] == bytes(60)
     assert a.statistics().oerrors == 0
     # beyond the TSO limit, or a plain frame beyond the MTU: not sent, counted
     assert a.tx_burst(0, [OffloadPacket(0xFFFF + 19), bytes(1519)]) == 2  # type: ignore[list-item]
@@ -69,6 +74,25 @@ async def test_a_tso_frame_crosses_whole_and_marked(autojump_clock: trio.testing
     c, _ = memory_wire()
     c.tx_burst(0, [OffloadPacket(2000)])  # type: ignore[list-item]
     assert c.statistics().oerrors == 1
+
+
+async def test_faults_on_the_offload_wire_keep_the_marks_honest(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """With faults, a duplicated TSO frame arrives twice as the same marked buffer (nobody writes
+    a received frame), and a corrupted one arrives as an unmarked copy: the receiver verifies it."""
+    a, b = memory_wire(offloads=True, duplicate=1.0, seed=1)
+    big = OffloadPacket(3000, gso_size=1448)
+    a.tx_burst(0, [big])  # type: ignore[list-item]  # OffloadPacket is a bytearray
+    frames = b.rx_burst(0, 8)
+    assert len(frames) == 2 and frames[0] is big and frames[1] is big
+    marked: Any = big  # (typed as what it was sent as)
+    assert marked.__class__ is ChecksumVerifiedPacket
+    c, d = memory_wire(offloads=True, corrupt=1.0, seed=1)
+    sent = OffloadPacket(3000, gso_size=1448)
+    c.tx_burst(0, [sent])  # type: ignore[list-item]
+    (damaged,) = d.rx_burst(0, 8)
+    assert damaged.__class__ is bytes and damaged != bytes(sent) and len(damaged) == len(sent)
 
 
 async def _transfer(offloads: bool, corrupt: float = 0.0) -> tuple[str, int, int]:

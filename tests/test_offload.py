@@ -73,6 +73,7 @@ from trio_yastack.stack import (
     TcpConfig,
     TcpConnection,
 )
+from trio_yastack.stack._offload import ChecksumVerifiedPacket
 from trio_yastack.stack.wire import ARP_REQUEST, IPPROTO_TCP, TcpRepr
 from trio_yastack.stack.wire._checksum import pseudo_header_sum
 
@@ -463,11 +464,12 @@ def _wrong(frame: bytes, field_at: int) -> bytes:
     return bytes(damaged)
 
 
+@pytest.mark.parametrize("mark", [ChecksumVerified, ChecksumVerifiedPacket])
 @pytest.mark.parametrize("where", ["tcp", "ip"])
-def test_checksum_verified_frames_are_not_verified_again(where: str) -> None:
-    """A segment with a wrong TCP (or IPv4 header) checksum handed up as ChecksumVerified is
-    taken (its data reaches the receive buffer); the same bytes as a plain frame are dropped as
-    bad_checksum by the layer whose checksum is wrong."""
+def test_checksum_verified_frames_are_not_verified_again(where: str, mark: Any) -> None:
+    """A segment with a wrong TCP (or IPv4 header) checksum handed up as ChecksumVerified (or as
+    the memory wire's ChecksumVerifiedPacket) is taken (its data reaches the receive buffer); the
+    same bytes as a plain frame are dropped as bad_checksum by the layer whose checksum is wrong."""
     core = offload_core(tx_offload=True, tso=65535)
     conn, peer = open_active(core)
     now = T0 + 1
@@ -476,9 +478,44 @@ def test_checksum_verified_frames_are_not_verified_again(where: str) -> None:
     core.ether_input(bad, now)
     assert conn.receive(100, now) is None
     assert drops(core) | {f"tcp.{k}": v for k, v in tcp_drops(core).items()} == {f"{where}.bad_checksum": 1}
-    core.ether_input(ChecksumVerified(bad), now)
+    core.ether_input(mark(bad), now)
     assert conn.receive(100, now) == b"hello"
     assert core.statistics().tcp.dropped_total + core.statistics().ip.dropped_total == 1
+
+
+def _as_offload_packet(frame: bytes) -> OffloadPacket:
+    packet = OffloadPacket(len(frame))
+    packet[:] = frame
+    return packet
+
+
+@pytest.mark.parametrize("burst", [False, True])
+@pytest.mark.parametrize("kind", [bytes, bytearray, _as_offload_packet])
+def test_only_the_two_marks_skip_verification(kind: Any, burst: bool) -> None:
+    """On a port without offloads, a corrupted segment as bytes, a bytearray or an OffloadPacket
+    nobody marked (what a port other than the memory wire could hand up) is verified, dropped and
+    counted, on ``ether_input`` and on the burst's fast path; the same bytes re-classed as the
+    memory wire does it (``ChecksumVerifiedPacket``, no copy) are taken."""
+    core = offload_core(tx_offload=False, tso=0)
+    conn, peer = open_active(core)
+    now = T0 + 1
+    frame = peer.frame(ACK | PSH, b"hello", now=now)
+    bad = _wrong(frame, 14 + 20 + 16)
+
+    def hand_up(f: Any) -> None:
+        if burst:
+            core.ether_input_burst([f], now)
+        else:
+            core.ether_input(f, now)
+
+    hand_up(kind(bad))
+    assert conn.receive(100, now) is None
+    assert tcp_drops(core) == {"bad_checksum": 1}
+    packet: Any = _as_offload_packet(bad)  # re-classed below, as the memory wire does
+    packet.__class__ = ChecksumVerifiedPacket
+    hand_up(packet)
+    assert conn.receive(100, now) == b"hello"
+    assert tcp_drops(core) == {"bad_checksum": 1}
 
 
 def test_the_mark_holds_for_one_frame_only() -> None:

@@ -47,6 +47,7 @@ from tcp_sim_helpers import (
 from trio_yastack import Stack
 from trio_yastack.nic.tap import complete_checksum
 from trio_yastack.stack import ChecksumVerified, OffloadPacket, StackCore
+from trio_yastack.stack._offload import ChecksumVerifiedPacket
 from trio_yastack.stack.tcp import _fastpath, _output
 from trio_yastack.stack.tcp._conn import TcpConnection
 from trio_yastack.stack.tcp._fastpath import (
@@ -225,6 +226,10 @@ def test_a_bad_checksum_passes_when_not_verified() -> None:
         assert native_classify_burst is not None
         bursts: list[list[Any]] = [[ChecksumVerified(frame)], [frame], [ChecksumVerified(frame), frame]]
         bursts += [[bytearray(frame)], [memoryview(frame)]]
+        # the memory wire's mark on the sender's bytearray (read by C in place when alone), and
+        # an OffloadPacket that nobody marked: verified like any plain frame
+        bursts += [[ChecksumVerifiedPacket(frame)], [ChecksumVerifiedPacket(frame), frame]]
+        bursts += [[_offload_packet(frame)], [frame, _offload_packet(frame)]]
         for burst in bursts:
             for verify in (True, False):
                 assert native_classify_burst(burst, MAC, IP, BROADCAST, verify) == py_classify_burst(
@@ -232,6 +237,26 @@ def test_a_bad_checksum_passes_when_not_verified() -> None:
                 )
         assert native_classify_burst([frame], MAC, IP, BROADCAST, True)[0][0] == DECLINE
         assert native_classify_burst([ChecksumVerified(frame)], MAC, IP, BROADCAST, True)[0][0] == CANDIDATE
+        assert (
+            native_classify_burst([ChecksumVerifiedPacket(frame)], MAC, IP, BROADCAST, True)[0][0]
+            == CANDIDATE
+        )
+        assert native_classify_burst([_offload_packet(frame)], MAC, IP, BROADCAST, True)[0][0] == DECLINE
+    marked = py_classify_burst(
+        [ChecksumVerifiedPacket(frame), _offload_packet(frame)], MAC, IP, BROADCAST, True
+    )
+    assert [r[0] for r in marked] == [CANDIDATE, DECLINE]
+
+
+def _offload_packet(frame: bytes) -> OffloadPacket:
+    packet = OffloadPacket(len(frame))
+    packet[:] = frame
+    return packet
+
+
+#: a frame as a port hands it up: plain, ``ChecksumVerified`` (a copy), or the memory wire's
+#: ``ChecksumVerifiedPacket`` (the sender's bytearray re-classed)
+_MARKS: tuple[Any, ...] = (bytes, ChecksumVerified, ChecksumVerifiedPacket)
 
 
 @st.composite
@@ -280,10 +305,10 @@ def frames(draw: st.DrawFn) -> bytes:
 
 
 @needs_native
-@given(st.lists(frames(), max_size=8), st.booleans(), st.lists(st.booleans(), max_size=8))
+@given(st.lists(frames(), max_size=8), st.booleans(), st.lists(st.integers(0, 2), max_size=8))
 @settings(max_examples=400, deadline=None)
-def test_c_and_python_classify_alike(burst: list[bytes], verify: bool, marks: list[bool]) -> None:
-    burst = [ChecksumVerified(f) if i < len(marks) and marks[i] else f for i, f in enumerate(burst)]
+def test_c_and_python_classify_alike(burst: list[bytes], verify: bool, marks: list[int]) -> None:
+    burst = [_MARKS[marks[i]](f) if i < len(marks) else f for i, f in enumerate(burst)]
     assert native_classify_burst is not None
     assert native_classify_burst(burst, MAC, IP, BROADCAST, verify) == py_classify_burst(
         burst, MAC, IP, BROADCAST, verify

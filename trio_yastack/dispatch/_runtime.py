@@ -26,6 +26,7 @@ import trio
 
 from trio_yastack.nic import Port
 from trio_yastack.stack import ChecksumVerified, StackCore
+from trio_yastack.stack._offload import VOUCHED
 from trio_yastack.stack.tcp import FLOOD_HOLD
 
 if TYPE_CHECKING:
@@ -249,7 +250,7 @@ class PollLoop:
                     stats.redirected += len(batch)
                 ring = layout.rings_out[owner]
                 for frame in batch:  # the port's checksum mark travels as a flag
-                    if not ring.enqueue(frame, VERIFIED_FLAG if frame.__class__ is ChecksumVerified else 0):
+                    if not ring.enqueue(frame, VERIFIED_FLAG if frame.__class__ in VOUCHED else 0):
                         stats.ring_drops += 1
                 ring.ring_doorbell_if_sleeping()
         burst = self.burst

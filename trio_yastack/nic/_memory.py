@@ -11,8 +11,13 @@ checksum offload both ways and TSO.  A TSO frame (an ``OffloadPacket`` up to 64 
 wire whole, as a GSO packet crosses a veth or loopback unsegmented, and arrives
 :class:`~trio_yastack.stack.ChecksumVerified` with its partial checksum (the virtio-net header's
 ``NEEDS_CSUM``: the frame never left the machine); every uncorrupted frame arrives marked, so the
-receiving stack verifies nothing, as over loopback.  A frame the wire corrupted arrives unmarked
-and is verified (and dropped): a NIC with receive checksum offload would flag it bad.
+receiving stack verifies nothing, as over loopback.  An ``OffloadPacket`` (every TCP segment the
+stack sends with offloads: a new bytearray per segment, never touched by the sender once in the
+outbox) is marked without a copy, re-classed in place as
+:class:`~trio_yastack.stack._offload.ChecksumVerifiedPacket` (as a veth hands the same skb to the
+peer); any other frame (bytes: ARP, UDP, ICMP) is copied into a ``ChecksumVerified``.  A frame
+the wire corrupted arrives unmarked and is verified (and dropped): a NIC with receive checksum
+offload would flag it bad.
 """
 
 from __future__ import annotations
@@ -21,10 +26,11 @@ import heapq
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import trio
 
-from trio_yastack.stack._offload import ChecksumVerified, OffloadPacket
+from trio_yastack.stack._offload import ChecksumVerified, ChecksumVerifiedPacket, OffloadPacket
 from trio_yastack.stack.wire import MacAddress
 
 from ._port import Port, PortCapabilities, PortCounters, PortStatistics
@@ -45,6 +51,19 @@ class WireStatistics:
     reordered: int = 0
     corrupted: int = 0
     queue_drops: int = 0  # tail drops at the receiving port's queue (``queue_limit``)
+
+
+def _vouched(frame: bytes) -> bytes:
+    """``frame`` marked "checksums vouched for": an ``OffloadPacket`` re-classed in place (no copy;
+    the wire owns it now), anything else copied into a ``ChecksumVerified``."""
+    packet: Any = frame  # Port.tx_burst says bytes; the stack hands OffloadPackets (poll loop)
+    cls = packet.__class__
+    if cls is OffloadPacket:
+        packet.__class__ = ChecksumVerifiedPacket  # same layout; still the bytearray the sender built
+        return packet  # type: ignore[no-any-return]  # a bytearray, which the receiving stack reads as bytes
+    if cls is ChecksumVerifiedPacket:  # the second copy of a frame the wire duplicated
+        return packet  # type: ignore[no-any-return]  # as above
+    return ChecksumVerified(frame)
 
 
 class _Direction:
@@ -108,7 +127,7 @@ class _Direction:
                 self.receiver._counters.imissed += 1
                 return
             self.seq += 1
-            heapq.heappush(queue, (now, self.seq, ChecksumVerified(frame) if self.offloads else frame))
+            heapq.heappush(queue, (now, self.seq, _vouched(frame) if self.offloads else frame))
             return
         rng = self.rng
         if self.loss and rng.random() < self.loss:
@@ -129,7 +148,7 @@ class _Direction:
             if self.offloads:
                 # The receiving port vouches for the checksums (the wire is memory); a TSO frame
                 # stays whole and keeps its partial checksum, as over loopback.
-                copy = ChecksumVerified(frame)
+                copy = _vouched(frame)
             if self.corrupt and rng.random() < self.corrupt and frame:
                 self.corrupted += 1
                 damaged = bytearray(frame)

@@ -24,7 +24,7 @@ from ._drops import EtherDrop
 from ._icmp import IcmpLayer
 from ._ip import IpLayer
 from ._ip6 import ETHERTYPE_IPV6, Ip6Layer
-from ._offload import ChecksumVerified, OffloadPacket
+from ._offload import VOUCHED, OffloadPacket
 from ._stats import ArpStats, EtherStats, IcmpStats, IpStats, StackStatistics, TcpStats, UdpStats
 from ._timers import TimerQueue
 from ._udp import UdpLayer
@@ -154,7 +154,7 @@ class StackCore:
         """A frame arrived from the port (FreeBSD ``ether_input``)."""
         stats = self.stats_ether
         stats.received += 1
-        self.verify_checksums = self._verify_unmarked and frame.__class__ is not ChecksumVerified
+        self.verify_checksums = self._verify_unmarked and frame.__class__ not in VOUCHED
         if len(frame) < ETHER_HEADER_LEN:
             stats.drop(EtherDrop.TOO_SHORT)
             return

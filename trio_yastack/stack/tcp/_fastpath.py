@@ -53,7 +53,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from .._native import native_extension, sum16
-from .._offload import ChecksumVerified
+from .._offload import VOUCHED, ChecksumVerifiedPacket
 from ..wire.tcp import TCP_ACK, TCP_FIN, TCP_PSH, TCP_SYN
 from ._buffers import NO_REASSEMBLY, NO_SACKS
 from ._conn import TcpConnection
@@ -321,11 +321,11 @@ def py_classify_burst(
     src6: SourceTable6 = _NO_SOURCES,
 ) -> list[Record]:
     """The records of a burst (twin of :func:`native_classify_burst`): a frame the port marked
-    :class:`ChecksumVerified` is not verified again."""
+    vouched for (:class:`ChecksumVerified` or :class:`ChecksumVerifiedPacket`) is not verified again."""
     _check_ip6(ip6, ip6_usable)
     records = []
     for frame in frames:
-        check = verify and frame.__class__ is not ChecksumVerified
+        check = verify and frame.__class__ not in VOUCHED
         records.append(py_classify_frame(frame, check, mac, ip, broadcast, ip6, ip6_usable, src6))
     return records
 
@@ -377,28 +377,31 @@ if _native is not None and hasattr(_native[1], "yas_tcp_fast_classify"):
         A burst of one frame (a short connection's SYN, its FIN; a request on a quiet port) is
         handed over as it is, its length packed directly: no list, array or join for it."""
         n = len(frames)
+        joined: Any  # bytes, or a cffi view of a ChecksumVerifiedPacket (C reads either)
         if n == 1:
             joined = frames[0]
             length = len(joined)
-            if joined.__class__ is ChecksumVerified:
+            cls = joined.__class__
+            if cls in VOUCHED:
                 raw_lens = _U32.pack(length | VERIFIED if verify else length)
+                if cls is ChecksumVerifiedPacket:
+                    joined = _from_buffer(joined)  # the memory wire's bytearray, read in place
             else:
                 raw_lens = _U32.pack(length)
                 if joined.__class__ is not bytes:
                     joined = bytes(joined)  # a bytearray or memoryview: C takes bytes, as join made
         else:
             if verify:
-                lens = array(
-                    "I", [len(f) | VERIFIED if f.__class__ is ChecksumVerified else len(f) for f in frames]
-                )
+                lens = array("I", [len(f) | VERIFIED if f.__class__ in VOUCHED else len(f) for f in frames])
             else:
                 lens = array("I", map(len, frames))
             joined = b"".join(frames)
+            length = len(joined)
             raw_lens = lens.tobytes()
         out = bytearray(n * _RECORD_SIZE)
         made = _c_classify(
             joined,
-            len(joined),
+            length,
             raw_lens,
             len(raw_lens),
             n,
