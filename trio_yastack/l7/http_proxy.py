@@ -1194,6 +1194,9 @@ class HttpConnectionManagerRuntime:
                 self.stats.inc("rq_direct_response")
                 body = route.action.body or ""
                 await self._drain_request_body(ds, timing)
+                if is_grpc_request(headers):  # Envoy's router sends it with sendLocalReply: gRPC-formatted
+                    await self._grpc_reply(ds, route.action.status, body, False, record, list(extra), None)
+                    return True
                 await self._reply(
                     ds, route.action.status, body.encode(), close=False, record=record, headers=extra
                 )
