@@ -283,3 +283,51 @@ async def test_grpc_local_reply_over_h2_has_no_content_length(autojump_clock: tr
         got = await client.wait(plain)
         assert got.status == 404 and dict(got.headers or [])[b"content-length"] == b"0"
         await client.stream.aclose()
+
+
+_MAPPED_AUTHZ = HTTP_CONFIG.replace(
+    "          stat_prefix: ingress\n",
+    """          stat_prefix: ingress
+          local_reply_config:
+            mappers:
+            - filter:
+                header_filter: {header: {name: x-tenant, string_match: {exact: mapped}}}
+              status_code: 403
+              body: {inline_string: "not for you"}
+              headers_to_add:
+              - header: {key: x-mapped, value: "1"}
+""",
+    1,
+)
+
+
+async def test_local_reply_config_maps_ext_authz_denials(autojump_clock: trio.testing.MockClock) -> None:
+    """Envoy applies ``local_reply_config`` to every local reply, ext_authz's denial included: a
+    mapper that matches sets its status, body and headers (the service's headers kept, its JSON
+    content type replaced: the body is not the service's now); one that does not match leaves the
+    service's answer exactly as it was; to a gRPC request the mapped status is
+    the one gRPC's status comes from (403: PERMISSION_DENIED)."""
+    app, authz = BackendApp("app"), AuthzApp()
+    async with two_stacks() as (a, b), trio.open_nursery() as nursery:
+        backends = [await start_backend(nursery, app, b, 8080), await start_backend(nursery, authz, b, 8091)]
+        async with running_proxy(load_config(_MAPPED_AUTHZ), a) as proxy:
+            with trio.fail_after(LIMIT):
+                client = Client(await connect(b))
+                bad = ("authorization", "Bearer bad")
+                r = await client.request("POST", "/svc", [bad, ("x-tenant", "mapped")], body=b"x")
+                assert (r.status, r.body) == (403, b"not for you")  # (as Envoy: no newline added)
+                assert r.header("x-mapped") == "1" and r.header("x-denied-by") == "authz"
+                assert [v for k, v in r.headers if k == b"content-type"] == [b"text/plain"]
+                r = await client.request("POST", "/svc", [bad, ("x-tenant", "other")], body=b"x")
+                assert (r.status, r.body) == (401, b'{"error": "who are you"}')
+                assert r.header("x-mapped") is None
+                assert [v for k, v in r.headers if k == b"content-type"] == [b"application/json"]
+                grpc_request = [bad, ("x-tenant", "mapped"), ("content-type", "application/grpc")]
+                r = await client.request("POST", "/svc/Call", grpc_request, body=b"\0\0\0\0\0")
+                assert (r.status, r.body) == (200, b"")
+                assert (r.header("grpc-status"), r.header("grpc-message")) == ("7", "not for you")
+                assert r.header("x-mapped") == "1" and r.header("content-type") == "application/grpc"
+                assert proxy.stats.value("http.ingress.ext_authz.denied") == 3
+                await client.aclose()
+        for backend in backends:
+            backend.stop()

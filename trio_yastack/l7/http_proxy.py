@@ -769,11 +769,17 @@ class HttpConnectionManagerRuntime:
     async def _local_reply(
         self, ds: _Downstream, status: int, body: str, *, close: bool, record: AccessRecord,
         headers: list[tuple[bytes, bytes]] | None = None, grpc_status: int | None = None,
+        exact: bool = False,
     ) -> None:  # fmt: skip
         """An answer made here (Envoy's "local reply"), counted like any response, rewritten by
         ``local_reply_config`` when there is one; to a gRPC request, gRPC's trailers-only answer
-        (:func:`.local_reply.grpc_reply_headers`; ``grpc_status``: a filter's own status for it)."""
+        (:func:`.local_reply.grpc_reply_headers`; ``grpc_status``: a filter's own status for it).
+        ``exact``: ``body`` is a service's (ext_authz's denial), sent as it is unless a mapper or a
+        format changes it, and its ``content-type`` in ``headers`` kept unless the body changed
+        (Envoy's ``Utility::sendLocalReply``)."""
         grpc = record.request_headers is not None and is_grpc_request(record.request_headers)
+        if exact and headers:  # the service's framing: this reply is framed here
+            headers = [(k, v) for k, v in headers if k.lower() != b"content-length"]
         if self.local_reply:
             ctx = LocalReplyContext(
                 status, body, record.response_flags, record.protocol or "-", record.start_time,
@@ -781,9 +787,15 @@ class HttpConnectionManagerRuntime:
             )  # fmt: skip
             config = self.config
             status, payload, content_type, added = rewrite(
-                config.local_reply_mappers, config.local_reply_format, ctx
+                config.local_reply_mappers, config.local_reply_format, ctx, newline=not exact
             )
             headers = [*(headers or ()), *added]
+            typed: str | None = content_type
+            if exact and any(k.lower() == b"content-type" for k, _ in headers):
+                if payload == body.encode("utf-8", "replace"):
+                    typed = None  # the service's content type stays: its body is unchanged
+                else:  # changed: the content type is the format's (Envoy keeps one a mapper added)
+                    headers = [(k, v) for k, v in headers if k.lower() != b"content-type"]
             if grpc:
                 message = payload.decode("utf-8", "replace")
                 if payload == (ctx.body + "\n").encode() or content_type == "application/json":
@@ -791,7 +803,7 @@ class HttpConnectionManagerRuntime:
                 await self._grpc_reply(ds, status, message, close, record, headers, grpc_status)
                 return
             await self._reply(
-                ds, status, payload, close=close, record=record, headers=headers, content_type=content_type
+                ds, status, payload, close=close, record=record, headers=headers, content_type=typed
             )
             return
         if grpc:
@@ -810,14 +822,15 @@ class HttpConnectionManagerRuntime:
 
     async def _reply(
         self, ds: _Downstream, status: int, payload: bytes, *, close: bool, record: AccessRecord,
-        headers: Sequence[tuple[bytes, bytes]] | None = None, content_type: str = "text/plain",
+        headers: Sequence[tuple[bytes, bytes]] | None = None, content_type: str | None = "text/plain",
     ) -> None:  # fmt: skip
         """A response made here (a local reply, or a ``direct_response`` with its body exactly),
-        in one write; ``headers``: what the HTTP filters add."""
+        in one write; ``headers``: what the HTTP filters add (``content_type`` None: one of them
+        is the content type)."""
         if not ds.plain and ds.h11.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return  # (their_state ERROR is fine: h11 lets a server answer a request it refused)
         head_headers = [(b"content-length", str(len(payload)).encode())]
-        if payload:
+        if payload and content_type is not None:
             head_headers.append((b"content-type", content_type.encode("latin-1")))
         if headers:
             head_headers.extend(headers)
@@ -1179,10 +1192,14 @@ class HttpConnectionManagerRuntime:
             if outcome.cached is not None:  # a cache hit, or a filter's own answer (ext_authz, lua)
                 record.response_flags = ",".join(flags) or "-"
                 await self._drain_request_body(ds, timing)
-                if outcome.cached_is_local_reply and is_grpc_request(headers):  # ext_authz's denial
+                if outcome.cached_is_local_reply and (self.local_reply or is_grpc_request(headers)):
+                    # ext_authz's denial: a local reply in Envoy (sendLocalReply), so mapped by
+                    # local_reply_config and gRPC-formatted for gRPC; its body kept exactly
                     status, head, denial = outcome.cached
-                    message = denial.decode("utf-8", "replace")
-                    await self._grpc_reply(ds, status, message, False, record, [*head, *extra], None)
+                    await self._local_reply(
+                        ds, status, denial.decode("utf-8", "replace"), close=False, record=record,
+                        headers=[*head, *extra], exact=True,
+                    )  # fmt: skip
                     return True
                 await self._serve_cached(ds, *outcome.cached, extra, record)
                 return True

@@ -203,9 +203,12 @@ class Mapper:
 
 
 def rewrite(
-    mappers: tuple[Mapper, ...], body_format: FormatString | None, ctx: LocalReplyContext
-) -> tuple[int, bytes, str, list[tuple[bytes, bytes]]]:
-    """The reply after ``local_reply_config``: (status, body, content type, headers to add)."""
+    mappers: tuple[Mapper, ...], body_format: FormatString | None, ctx: LocalReplyContext,
+    *, newline: bool = True,
+) -> tuple[int, bytes, str, list[tuple[bytes, bytes]]]:  # fmt: skip
+    """The reply after ``local_reply_config``: (status, body, content type, headers to add).
+    ``newline``: an unformatted body ends with one (the proxy's own texts); False leaves it as it
+    is (ext_authz's denial: the service's body, or a mapper's, as Envoy sends them)."""
     headers: list[tuple[bytes, bytes]] = []
     fmt = body_format
     for mapper in mappers:
@@ -218,7 +221,8 @@ def rewrite(
             fmt = mapper.body_format_override or body_format
             break
     if fmt is None:
-        return ctx.status, (ctx.body + "\n").encode() if ctx.body else b"", "text/plain", headers
+        text = ctx.body + "\n" if ctx.body and newline else ctx.body
+        return ctx.status, text.encode(), "text/plain", headers
     text, content_type = fmt.render(ctx)
     return ctx.status, text.encode(), content_type, headers
 
