@@ -963,6 +963,12 @@ class HttpConnectionManagerRuntime:
             )  # fmt: skip
             outcome = await self.filters.decode(view, trio.current_time)
             flags = outcome.flags
+            # what the replies made here pass (as _proxy_request): CORS's headers on the router's
+            # own 502, 503, 504 too; nothing to do for filters that add no response side
+            if outcome.encoders:
+                record.encoders = outcome.encoders
+            elif outcome.response_headers:
+                record.encoders = [ResponseHeaders(outcome.response_headers)]
             if outcome.status is not None:
                 record.response_flags = ",".join(flags) or "-"
                 await self._local_reply(
