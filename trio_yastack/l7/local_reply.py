@@ -5,8 +5,11 @@ Envoy's behaviour (docs: "Local reply modification"): the first ``mappers[]`` en
 matches the reply may change its ``status_code``, its ``body`` and add ``headers_to_add``, and give
 a ``body_format_override``; then the body is formatted by that override or by ``body_format`` (a
 ``text_format``, ``text_format_source`` or ``json_format``; ``%LOCAL_REPLY_BODY%`` is the body so
-far).  Without any format the body stays plain text.  ``direct_response`` answers are not local
-replies and are left alone, as in Envoy.
+far).  Without any format the body stays plain text.  ext_authz's denial is a local reply in
+Envoy (``sendLocalReply``) and is rewritten too, its body kept exactly where nothing changes it
+(``rewrite(newline=False)``).  ``direct_response`` answers are left alone here, although Envoy's
+router sends them through ``sendLocalReply`` as well (and so through the mappers); to a gRPC
+request they are gRPC-formatted as below.
 
 The command operators understood here: ``%LOCAL_REPLY_BODY%``, ``%RESPONSE_CODE%``,
 ``%RESPONSE_FLAGS%``, ``%PROTOCOL%``, ``%START_TIME%`` and ``%REQ(NAME)%`` / ``%REQ(A?B)%`` (with
