@@ -953,6 +953,7 @@ class HttpConnectionManagerRuntime:
             record.user_agent = _text(get_header(request.headers, b"user-agent"))
         flags: Sequence[str] = ()
         response_headers: Sequence[tuple[bytes, bytes]] = ()
+        filtered: FilterOutcome | None = None
         if self.filters is not None:
             # The plain filters (cors, fault, local_ratelimit: see plain_ok) decide from the head,
             # as in _proxy_request: a local answer, a delay, response headers; never a cached
@@ -963,13 +964,8 @@ class HttpConnectionManagerRuntime:
             )  # fmt: skip
             outcome = await self.filters.decode(view, trio.current_time)
             flags = outcome.flags
-            # what the replies made here pass (as _proxy_request): CORS's headers on the router's
-            # own 502, 503, 504 too; nothing to do for filters that add no response side
-            if outcome.encoders:
-                record.encoders = outcome.encoders
-            elif outcome.response_headers:
-                record.encoders = [ResponseHeaders(outcome.response_headers)]
             if outcome.status is not None:
+                _reply_encoders(record, outcome)
                 record.response_flags = ",".join(flags) or "-"
                 await self._local_reply(
                     ds,
@@ -981,6 +977,7 @@ class HttpConnectionManagerRuntime:
                 )
                 return True
             response_headers = outcome.response_headers
+            filtered = outcome
         # The request to the route's cluster and the response relayed, in this function (not a
         # coroutine of its own: each level is a frame resumed on every wake-up of the request).
         try:
@@ -1122,6 +1119,12 @@ class HttpConnectionManagerRuntime:
                     raise
             finally:
                 cluster.end_request()
+        except _LocalReply:
+            # the router's own answer (502, 503, 504) passes the filters' response side, as on the
+            # general path (CORS's headers); set up here, so a relayed response costs nothing more
+            if filtered is not None:
+                _reply_encoders(record, filtered)
+            raise
         finally:
             if flags:  # a delay injected: listed before the router's own flags, if any
                 router_flags = record.response_flags
@@ -1176,10 +1179,7 @@ class HttpConnectionManagerRuntime:
                 method, target, headers, vhost, route, ds.filter_state, ds, filter_body, self._route_again
             )
             outcome = await self.filters.decode(view, trio.current_time)
-            if outcome.encoders:  # what a reply made here passes through (those that ran, in Envoy's order)
-                record.encoders = outcome.encoders
-            elif outcome.response_headers:  # (CORS's, on the router's own answers too: 502, 503, 504)
-                record.encoders = [ResponseHeaders(outcome.response_headers)]
+            _reply_encoders(record, outcome)
             vhost, route = view.vhost, view.route  # a filter may have asked for the route again
             flags, extra = outcome.flags, outcome.response_headers
             if outcome.status is not None:
@@ -2375,6 +2375,15 @@ def _origin_form(request: h11.Request) -> h11.Request:
     target = (parts.path or b"/") + (b"?" + parts.query if parts.query else b"")
     headers = [(b"host", parts.netloc)] + [(k, v) for k, v in request.headers if k != b"host"]
     return request_head(request.method, target, headers, request.http_version)
+
+
+def _reply_encoders(record: AccessRecord, outcome: FilterOutcome) -> None:
+    """What a reply made here passes through: the encoders of the filters that ran, in Envoy's
+    order, or the response headers they add (CORS's, on the router's own 502, 503, 504 too)."""
+    if outcome.encoders:
+        record.encoders = outcome.encoders
+    elif outcome.response_headers:
+        record.encoders = [ResponseHeaders(outcome.response_headers)]
 
 
 def _failure_reply(failure: str, retries: int) -> _LocalReply:
