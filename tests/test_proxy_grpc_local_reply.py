@@ -28,6 +28,7 @@ from proxy_helpers import (
     cluster,
     connect,
     hcm,
+    http_bootstrap,
     http_listener,
     route,
     running_proxy,
@@ -95,6 +96,8 @@ def _config(proxy_port: int, grpc_port: int) -> Any:
         route("/test.Exhausted/", extra={"typed_per_filter_config": {RATELIMIT: _one_token(True)}}),
         route("/test.Unavailable/", extra={"typed_per_filter_config": {RATELIMIT: _one_token(False)}}),
         route("/test.Down/", "down"),
+        # Envoy's router sends a direct_response with sendLocalReply: gRPC-formatted for gRPC
+        route("/test.Direct/", direct={"status": 503, "body": {"inline_string": "down for maintenance"}}),
     ]
     manager = hcm(routes)
     manager["typed_config"]["http_filters"] = [
@@ -113,7 +116,7 @@ def _grpc_calls(port: int) -> dict[str, Any]:
     """Each call twice where a bucket of one token refuses the second."""
     out: dict[str, Any] = {}
     with grpc.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.enable_http_proxy", 0)]) as channel:
-        for name in ("test.Exhausted", "test.Unavailable", "test.Down", "test.NoRoute"):
+        for name in ("test.Exhausted", "test.Unavailable", "test.Down", "test.NoRoute", "test.Direct"):
             results: list[Any] = []
             for _ in range(2):
                 try:
@@ -168,8 +171,11 @@ async def test_grpc_local_replies(grpc_server: int) -> None:
             assert got["test.Down"] == [(grpc.StatusCode.UNAVAILABLE, failed)] * 2
             # no route: an empty body, so no grpc-message
             assert got["test.NoRoute"] == [(grpc.StatusCode.UNIMPLEMENTED, "")] * 2
+            # a direct_response: its status mapped (503: UNAVAILABLE), its body the message
+            assert got["test.Direct"] == [(grpc.StatusCode.UNAVAILABLE, "down for maintenance")] * 2
+            assert proxy.stats.value("http.ingress.rq_direct_response") == 2
             # gRPC errors are HTTP 200 answers, as in Envoy
-            assert proxy.stats.value("http.ingress.downstream_rq_2xx") == 8
+            assert proxy.stats.value("http.ingress.downstream_rq_2xx") == 10
             assert proxy.stats.value("http.ingress.downstream_rq_4xx") == 0
             assert proxy.stats.value("http.ingress.downstream_rq_5xx") == 0
 
@@ -190,6 +196,18 @@ async def test_grpc_local_replies(grpc_server: int) -> None:
                 response, body = await _http1(port, "/test.Unavailable/Unary", content_type)
                 assert response.status_code == 429 and body == b"local_rate_limited\n"
                 assert (b"grpc-status", b"14") not in response.headers
+            # the direct response's exact head; to any other request its status and body as configured
+            response, body = await _http1(port, "/test.Direct/Unary", b"application/grpc")
+            assert response.status_code == 200 and body == b""
+            assert sorted(response.headers) == [
+                (b"content-length", b"0"),
+                (b"content-type", b"application/grpc"),
+                (b"grpc-message", b"down for maintenance"),
+                (b"grpc-status", b"14"),
+            ]
+            response, body = await _http1(port, "/test.Direct/Unary", b"application/grpc-web")
+            assert (response.status_code, body) == (503, b"down for maintenance")
+            assert (b"grpc-status", b"14") not in response.headers
 
 
 def test_grpc_status_mapping_and_message_encoding() -> None:
@@ -230,6 +248,86 @@ async def test_ext_authz_denial_to_a_grpc_request(autojump_clock: trio.testing.M
                 )
                 r = await client.request("POST", "/svc/Call", [("authorization", "Bearer bad")], body=b"x")
                 assert r.status == 401 and r.body == b'{"error": "who are you"}'
+                await client.aclose()
+        for backend in backends:
+            backend.stop()
+
+
+async def test_grpc_local_reply_over_h2_has_no_content_length(autojump_clock: trio.testing.MockClock) -> None:
+    """On HTTP/2 a gRPC local reply is one HEADERS frame ending the stream, without
+    ``content-length`` (Envoy's trailers-only answer has none; END_STREAM frames the empty body),
+    for a direct response and for no route alike; a bodyless answer that is not gRPC keeps its
+    ``content-length: 0``."""
+    from test_proxy_h2 import h2_proxy  # (its H2 client; imported here: that module imports much)
+
+    routes = [route("/svc.Maint/", direct={"status": 503, "body": {"inline_string": "maintenance"}})]
+    grpc_headers = [("content-type", "application/grpc"), ("te", "trailers")]
+    async with h2_proxy(http_bootstrap([cluster("app", [8081])], routes), BackendApp("app")) as run:
+        client = run.client
+        maint = await client.request("POST", "/svc.Maint/Call", body=b"\0\0\0\0\0", headers=grpc_headers)
+        lost = await client.request("POST", "/nowhere/Call", body=b"\0\0\0\0\0", headers=grpc_headers)
+        plain = await client.request("GET", "/nowhere")
+        got = await client.wait(maint)
+        assert got.ended and got.body == b"" and got.trailers is None and got.headers is not None
+        assert sorted(k for k, _ in got.headers if k not in (b"date", b"server")) == [
+            b":status", b"content-type", b"grpc-message", b"grpc-status",
+        ]  # fmt: skip
+        fields = dict(got.headers)
+        assert (fields[b":status"], fields[b"grpc-status"], fields[b"grpc-message"]) == (
+            b"200", b"14", b"maintenance",
+        )  # fmt: skip
+        got = await client.wait(lost)
+        assert got.ended and got.body == b"" and got.headers is not None
+        fields = dict(got.headers)
+        assert b"content-length" not in fields and fields[b"grpc-status"] == b"12"
+        got = await client.wait(plain)
+        assert got.status == 404 and dict(got.headers or [])[b"content-length"] == b"0"
+        await client.stream.aclose()
+
+
+_MAPPED_AUTHZ = HTTP_CONFIG.replace(
+    "          stat_prefix: ingress\n",
+    """          stat_prefix: ingress
+          local_reply_config:
+            mappers:
+            - filter:
+                header_filter: {header: {name: x-tenant, string_match: {exact: mapped}}}
+              status_code: 403
+              body: {inline_string: "not for you"}
+              headers_to_add:
+              - header: {key: x-mapped, value: "1"}
+""",
+    1,
+)
+
+
+async def test_local_reply_config_maps_ext_authz_denials(autojump_clock: trio.testing.MockClock) -> None:
+    """Envoy applies ``local_reply_config`` to every local reply, ext_authz's denial included: a
+    mapper that matches sets its status, body and headers (the service's headers kept, its JSON
+    content type replaced: the body is not the service's now); one that does not match leaves the
+    service's answer exactly as it was; to a gRPC request the mapped status is
+    the one gRPC's status comes from (403: PERMISSION_DENIED)."""
+    app, authz = BackendApp("app"), AuthzApp()
+    async with two_stacks() as (a, b), trio.open_nursery() as nursery:
+        backends = [await start_backend(nursery, app, b, 8080), await start_backend(nursery, authz, b, 8091)]
+        async with running_proxy(load_config(_MAPPED_AUTHZ), a) as proxy:
+            with trio.fail_after(LIMIT):
+                client = Client(await connect(b))
+                bad = ("authorization", "Bearer bad")
+                r = await client.request("POST", "/svc", [bad, ("x-tenant", "mapped")], body=b"x")
+                assert (r.status, r.body) == (403, b"not for you")  # (as Envoy: no newline added)
+                assert r.header("x-mapped") == "1" and r.header("x-denied-by") == "authz"
+                assert [v for k, v in r.headers if k == b"content-type"] == [b"text/plain"]
+                r = await client.request("POST", "/svc", [bad, ("x-tenant", "other")], body=b"x")
+                assert (r.status, r.body) == (401, b'{"error": "who are you"}')
+                assert r.header("x-mapped") is None
+                assert [v for k, v in r.headers if k == b"content-type"] == [b"application/json"]
+                grpc_request = [bad, ("x-tenant", "mapped"), ("content-type", "application/grpc")]
+                r = await client.request("POST", "/svc/Call", grpc_request, body=b"\0\0\0\0\0")
+                assert (r.status, r.body) == (200, b"")
+                assert (r.header("grpc-status"), r.header("grpc-message")) == ("7", "not for you")
+                assert r.header("x-mapped") == "1" and r.header("content-type") == "application/grpc"
+                assert proxy.stats.value("http.ingress.ext_authz.denied") == 3
                 await client.aclose()
         for backend in backends:
             backend.stop()

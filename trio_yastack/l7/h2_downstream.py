@@ -203,6 +203,16 @@ def _response_headers(fields: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes
     return out
 
 
+def _trailers_only(head: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """A bodyless response's HEADERS: a gRPC "trailers-only" answer (``grpc-status`` in the head)
+    without ``content-length: 0``, as Envoy sends its gRPC local replies on HTTP/2 (the HTTP/1.1
+    write the bridge parses must frame its empty body; HTTP/2's END_STREAM does that here)."""
+    for name, _ in head:
+        if name == b"grpc-status":
+            return [(k, v) for k, v in head if k != b"content-length"]
+    return head
+
+
 _NETWORK_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 
 
@@ -416,7 +426,7 @@ class StreamBridge(trio.abc.Stream):
             conn.h2.send_headers(self.stream_id, head)
             await conn.send_data(self, body, end=True)
         else:
-            conn.h2.send_headers(self.stream_id, head, end_stream=True)
+            conn.h2.send_headers(self.stream_id, _trailers_only(head), end_stream=True)
         self.response_ended = True
         self._wake()
         await conn.flush()
@@ -445,7 +455,7 @@ class StreamBridge(trio.abc.Stream):
                 if head is not None and not trailers:
                     # a head and no body: one HEADERS frame ending the stream (gRPC's
                     # "trailers-only" error responses must look exactly so)
-                    conn.h2.send_headers(self.stream_id, head, end_stream=True)
+                    conn.h2.send_headers(self.stream_id, _trailers_only(head), end_stream=True)
                     head = None
                 else:
                     if head is not None:

@@ -769,11 +769,17 @@ class HttpConnectionManagerRuntime:
     async def _local_reply(
         self, ds: _Downstream, status: int, body: str, *, close: bool, record: AccessRecord,
         headers: list[tuple[bytes, bytes]] | None = None, grpc_status: int | None = None,
+        exact: bool = False,
     ) -> None:  # fmt: skip
         """An answer made here (Envoy's "local reply"), counted like any response, rewritten by
         ``local_reply_config`` when there is one; to a gRPC request, gRPC's trailers-only answer
-        (:func:`.local_reply.grpc_reply_headers`; ``grpc_status``: a filter's own status for it)."""
+        (:func:`.local_reply.grpc_reply_headers`; ``grpc_status``: a filter's own status for it).
+        ``exact``: ``body`` is a service's (ext_authz's denial), sent as it is unless a mapper or a
+        format changes it, and its ``content-type`` in ``headers`` kept unless the body changed
+        (Envoy's ``Utility::sendLocalReply``)."""
         grpc = record.request_headers is not None and is_grpc_request(record.request_headers)
+        if exact and headers:  # the service's framing: this reply is framed here
+            headers = [(k, v) for k, v in headers if k.lower() != b"content-length"]
         if self.local_reply:
             ctx = LocalReplyContext(
                 status, body, record.response_flags, record.protocol or "-", record.start_time,
@@ -781,9 +787,15 @@ class HttpConnectionManagerRuntime:
             )  # fmt: skip
             config = self.config
             status, payload, content_type, added = rewrite(
-                config.local_reply_mappers, config.local_reply_format, ctx
+                config.local_reply_mappers, config.local_reply_format, ctx, newline=not exact
             )
             headers = [*(headers or ()), *added]
+            typed: str | None = content_type
+            if exact and any(k.lower() == b"content-type" for k, _ in headers):
+                if payload == body.encode("utf-8", "replace"):
+                    typed = None  # the service's content type stays: its body is unchanged
+                else:  # changed: the content type is the format's (Envoy keeps one a mapper added)
+                    headers = [(k, v) for k, v in headers if k.lower() != b"content-type"]
             if grpc:
                 message = payload.decode("utf-8", "replace")
                 if payload == (ctx.body + "\n").encode() or content_type == "application/json":
@@ -791,7 +803,7 @@ class HttpConnectionManagerRuntime:
                 await self._grpc_reply(ds, status, message, close, record, headers, grpc_status)
                 return
             await self._reply(
-                ds, status, payload, close=close, record=record, headers=headers, content_type=content_type
+                ds, status, payload, close=close, record=record, headers=headers, content_type=typed
             )
             return
         if grpc:
@@ -810,14 +822,15 @@ class HttpConnectionManagerRuntime:
 
     async def _reply(
         self, ds: _Downstream, status: int, payload: bytes, *, close: bool, record: AccessRecord,
-        headers: Sequence[tuple[bytes, bytes]] | None = None, content_type: str = "text/plain",
+        headers: Sequence[tuple[bytes, bytes]] | None = None, content_type: str | None = "text/plain",
     ) -> None:  # fmt: skip
         """A response made here (a local reply, or a ``direct_response`` with its body exactly),
-        in one write; ``headers``: what the HTTP filters add."""
+        in one write; ``headers``: what the HTTP filters add (``content_type`` None: one of them
+        is the content type)."""
         if not ds.plain and ds.h11.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return  # (their_state ERROR is fine: h11 lets a server answer a request it refused)
         head_headers = [(b"content-length", str(len(payload)).encode())]
-        if payload:
+        if payload and content_type is not None:
             head_headers.append((b"content-type", content_type.encode("latin-1")))
         if headers:
             head_headers.extend(headers)
@@ -940,6 +953,7 @@ class HttpConnectionManagerRuntime:
             record.user_agent = _text(get_header(request.headers, b"user-agent"))
         flags: Sequence[str] = ()
         response_headers: Sequence[tuple[bytes, bytes]] = ()
+        filtered: FilterOutcome | None = None
         if self.filters is not None:
             # The plain filters (cors, fault, local_ratelimit: see plain_ok) decide from the head,
             # as in _proxy_request: a local answer, a delay, response headers; never a cached
@@ -951,6 +965,7 @@ class HttpConnectionManagerRuntime:
             outcome = await self.filters.decode(view, trio.current_time)
             flags = outcome.flags
             if outcome.status is not None:
+                _reply_encoders(record, outcome)
                 record.response_flags = ",".join(flags) or "-"
                 await self._local_reply(
                     ds,
@@ -962,6 +977,7 @@ class HttpConnectionManagerRuntime:
                 )
                 return True
             response_headers = outcome.response_headers
+            filtered = outcome
         # The request to the route's cluster and the response relayed, in this function (not a
         # coroutine of its own: each level is a frame resumed on every wake-up of the request).
         try:
@@ -1103,6 +1119,12 @@ class HttpConnectionManagerRuntime:
                     raise
             finally:
                 cluster.end_request()
+        except _LocalReply:
+            # the router's own answer (502, 503, 504) passes the filters' response side, as on the
+            # general path (CORS's headers); set up here, so a relayed response costs nothing more
+            if filtered is not None:
+                _reply_encoders(record, filtered)
+            raise
         finally:
             if flags:  # a delay injected: listed before the router's own flags, if any
                 router_flags = record.response_flags
@@ -1157,10 +1179,7 @@ class HttpConnectionManagerRuntime:
                 method, target, headers, vhost, route, ds.filter_state, ds, filter_body, self._route_again
             )
             outcome = await self.filters.decode(view, trio.current_time)
-            if outcome.encoders:  # what a reply made here passes through (those that ran, in Envoy's order)
-                record.encoders = outcome.encoders
-            elif outcome.response_headers:  # (CORS's, on the router's own answers too: 502, 503, 504)
-                record.encoders = [ResponseHeaders(outcome.response_headers)]
+            _reply_encoders(record, outcome)
             vhost, route = view.vhost, view.route  # a filter may have asked for the route again
             flags, extra = outcome.flags, outcome.response_headers
             if outcome.status is not None:
@@ -1179,10 +1198,14 @@ class HttpConnectionManagerRuntime:
             if outcome.cached is not None:  # a cache hit, or a filter's own answer (ext_authz, lua)
                 record.response_flags = ",".join(flags) or "-"
                 await self._drain_request_body(ds, timing)
-                if outcome.cached_is_local_reply and is_grpc_request(headers):  # ext_authz's denial
+                if outcome.cached_is_local_reply and (self.local_reply or is_grpc_request(headers)):
+                    # ext_authz's denial: a local reply in Envoy (sendLocalReply), so mapped by
+                    # local_reply_config and gRPC-formatted for gRPC; its body kept exactly
                     status, head, denial = outcome.cached
-                    message = denial.decode("utf-8", "replace")
-                    await self._grpc_reply(ds, status, message, False, record, [*head, *extra], None)
+                    await self._local_reply(
+                        ds, status, denial.decode("utf-8", "replace"), close=False, record=record,
+                        headers=[*head, *extra], exact=True,
+                    )  # fmt: skip
                     return True
                 await self._serve_cached(ds, *outcome.cached, extra, record)
                 return True
@@ -1194,6 +1217,9 @@ class HttpConnectionManagerRuntime:
                 self.stats.inc("rq_direct_response")
                 body = route.action.body or ""
                 await self._drain_request_body(ds, timing)
+                if is_grpc_request(headers):  # Envoy's router sends it with sendLocalReply: gRPC-formatted
+                    await self._grpc_reply(ds, route.action.status, body, False, record, list(extra), None)
+                    return True
                 await self._reply(
                     ds, route.action.status, body.encode(), close=False, record=record, headers=extra
                 )
@@ -2349,6 +2375,15 @@ def _origin_form(request: h11.Request) -> h11.Request:
     target = (parts.path or b"/") + (b"?" + parts.query if parts.query else b"")
     headers = [(b"host", parts.netloc)] + [(k, v) for k, v in request.headers if k != b"host"]
     return request_head(request.method, target, headers, request.http_version)
+
+
+def _reply_encoders(record: AccessRecord, outcome: FilterOutcome) -> None:
+    """What a reply made here passes through: the encoders of the filters that ran, in Envoy's
+    order, or the response headers they add (CORS's, on the router's own 502, 503, 504 too)."""
+    if outcome.encoders:
+        record.encoders = outcome.encoders
+    elif outcome.response_headers:
+        record.encoders = [ResponseHeaders(outcome.response_headers)]
 
 
 def _failure_reply(failure: str, retries: int) -> _LocalReply:

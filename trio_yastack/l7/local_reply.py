@@ -5,8 +5,11 @@ Envoy's behaviour (docs: "Local reply modification"): the first ``mappers[]`` en
 matches the reply may change its ``status_code``, its ``body`` and add ``headers_to_add``, and give
 a ``body_format_override``; then the body is formatted by that override or by ``body_format`` (a
 ``text_format``, ``text_format_source`` or ``json_format``; ``%LOCAL_REPLY_BODY%`` is the body so
-far).  Without any format the body stays plain text.  ``direct_response`` answers are not local
-replies and are left alone, as in Envoy.
+far).  Without any format the body stays plain text.  ext_authz's denial is a local reply in
+Envoy (``sendLocalReply``) and is rewritten too, its body kept exactly where nothing changes it
+(``rewrite(newline=False)``).  ``direct_response`` answers are left alone here, although Envoy's
+router sends them through ``sendLocalReply`` as well (and so through the mappers); to a gRPC
+request they are gRPC-formatted as below.
 
 The command operators understood here: ``%LOCAL_REPLY_BODY%``, ``%RESPONSE_CODE%``,
 ``%RESPONSE_FLAGS%``, ``%PROTOCOL%``, ``%START_TIME%`` and ``%REQ(NAME)%`` / ``%REQ(A?B)%`` (with
@@ -203,9 +206,12 @@ class Mapper:
 
 
 def rewrite(
-    mappers: tuple[Mapper, ...], body_format: FormatString | None, ctx: LocalReplyContext
-) -> tuple[int, bytes, str, list[tuple[bytes, bytes]]]:
-    """The reply after ``local_reply_config``: (status, body, content type, headers to add)."""
+    mappers: tuple[Mapper, ...], body_format: FormatString | None, ctx: LocalReplyContext,
+    *, newline: bool = True,
+) -> tuple[int, bytes, str, list[tuple[bytes, bytes]]]:  # fmt: skip
+    """The reply after ``local_reply_config``: (status, body, content type, headers to add).
+    ``newline``: an unformatted body ends with one (the proxy's own texts); False leaves it as it
+    is (ext_authz's denial: the service's body, or a mapper's, as Envoy sends them)."""
     headers: list[tuple[bytes, bytes]] = []
     fmt = body_format
     for mapper in mappers:
@@ -218,7 +224,8 @@ def rewrite(
             fmt = mapper.body_format_override or body_format
             break
     if fmt is None:
-        return ctx.status, (ctx.body + "\n").encode() if ctx.body else b"", "text/plain", headers
+        text = ctx.body + "\n" if ctx.body and newline else ctx.body
+        return ctx.status, text.encode(), "text/plain", headers
     text, content_type = fmt.render(ctx)
     return ctx.status, text.encode(), content_type, headers
 
