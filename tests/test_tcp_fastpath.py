@@ -716,6 +716,56 @@ def test_simulations_put_the_same_frames_on_the_wire(
     assert on[3] > 0 and off[3] == 0
 
 
+@pytest.mark.parametrize("case", ["ack-due", "idle-restart-due", "fin-queued", "data-queued", "in-recovery"])
+def test_a_due_ack_alone_sends_what_the_general_loop_sends(
+    monkeypatch: pytest.MonkeyPatch, case: str
+) -> None:
+    """A receiver's due ACK with nothing of ours to send skips ``tcp_output``'s general loop
+    (it never asks for the MSS, ``_data_mss``); a FIN or data queued, or recovery, take the
+    loop.  Either way: the same frames, state and counters as with the fast path off."""
+    mss_asked: list[bool] = []
+    original = TcpConnection._data_mss
+
+    def asked(self: TcpConnection) -> int:
+        mss_asked.append(True)
+        return original(self)
+
+    monkeypatch.setattr(TcpConnection, "_data_mss", asked)
+    monkeypatch.setattr(TcpLayer, "initial_sequence_number", lambda self, *args: 0xFFFF_FFF0)
+    ends = []
+    for fast in (True, False):
+        core = tcp_core(seed=3)
+        core.fast_path = fast
+        _listener, conn, _peer = open_passive(core, isn=0xFFFF_F800)
+        now = T0 + 1
+        if case == "idle-restart-due":
+            conn.send(make_payload(0, 3 * conn.mss), now)
+            conn.snd_una = conn.snd_max  # all acknowledged long ago: cwnd restarts (RFC 5681 4.1)
+            conn.sndbuf.acknowledge(conn.snd_una)
+            conn.cc.cwnd = 40 * conn.mss
+            now += 10 * conn.rto
+        elif case == "fin-queued":
+            conn.close(now)
+        elif case == "data-queued":
+            conn.sndbuf.append(b"x" * 10)
+        elif case == "in-recovery":
+            conn.in_recovery = True
+        core.take_outbox()
+        mss_asked.clear()
+        conn.ack_now = True
+        conn.tcp_output(now)
+        ends.append((mss_asked[:], [bytes(f) for f in core.take_outbox()], connection_state(conn)))
+    assert ends[0][1] == ends[1][1] and ends[0][1]  # an ACK (at least) left
+    assert ends[0][2] == ends[1][2]
+    assert ends[1][0]  # the general loop asks for the MSS
+    if case == "data-queued":  # send prediction's (no MSS asked either): the data went, not a bare ACK
+        assert ends[0][1][-1].endswith(b"x" * 10)
+    else:
+        assert (not ends[0][0]) is (case in ("ack-due", "idle-restart-due"))
+    if case == "idle-restart-due":
+        assert ends[0][2]["cc"]["cwnd"] < 40 * conn.mss  # the restart happened on both ways
+
+
 def test_fast_path_is_on_unless_switched_off() -> None:
     assert _fastpath.FAST_PATH_DEFAULT is (__import__("os").environ.get("TRIO_YASTACK_NO_FASTPATH") != "1")
     assert tcp_core().fast_path is _fastpath.FAST_PATH_DEFAULT
