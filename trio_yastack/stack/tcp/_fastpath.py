@@ -443,9 +443,9 @@ if _native is not None and hasattr(_native[1], "yas_tcp_fast_classify"):
         src6: SourceTable6,
         verify: bool,
     ) -> list[Record]:
-        """A burst of large frames, each handed to C as a burst of one frames it is (the memory
-        wire's marked bytearray by pointer, as the burst of one takes it), the records written
-        into one buffer: the same records as the joined call, without the join's copy."""
+        """A burst of large frames, each handed to C as a burst of one is (the memory wire's
+        marked bytearray by pointer), the records written into one buffer: the same records as
+        the joined call, without the join's copy."""
         n = len(frames)
         out = bytearray(n * _RECORD_SIZE)
         at: Any = _from_buffer(out)  # a char[]: each record's place is at + offset (a char *)
