@@ -332,6 +332,56 @@ def test_c_classifies_a_real_burst_like_the_twin() -> None:
 
 
 @needs_native
+@pytest.mark.parametrize("one_by_one", [0, 1 << 30])
+@given(st.lists(frames(), max_size=8), st.booleans(), st.lists(st.integers(0, 2), max_size=8))
+@settings(max_examples=150, deadline=None)
+def test_c_frame_by_frame_classifies_as_the_joined_burst(
+    one_by_one: int, burst: list[bytes], verify: bool, marks: list[int]
+) -> None:
+    """A burst whose ends are large goes to C one frame at a time (no join): forced either way
+    for every burst, the records are the twin's, marks and all."""
+    marked: list[Any] = [_MARKS[marks[i]](f) if i < len(marks) else f for i, f in enumerate(burst)]
+    if verify:  # a bytearray nobody marked: copied to bytes either way (and some bursts stay empty)
+        marked.append(bytearray(b"\x00" * 14))
+    assert native_classify_burst is not None
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_fastpath, "ONE_BY_ONE", one_by_one)
+        got = native_classify_burst(marked, MAC, IP, BROADCAST, verify)
+    assert got == py_classify_burst(marked, MAC, IP, BROADCAST, verify)
+
+
+@needs_native
+@pytest.mark.parametrize("mark", [bytes, ChecksumVerified, ChecksumVerifiedPacket])
+def test_a_burst_of_tso_frames_goes_to_c_one_by_one(mark: Any) -> None:
+    """The memory wire's bulk case: two 64 KB TSO frames (above ``ONE_BY_ONE``) classified
+    without the join, each record the twin's and the joined call's."""
+    sizes = (60_000, 0, 65_000)  # a pure ACK between two TSO frames (GRO-sized, checksums right)
+    sent = [
+        mark(segment(TCP_ACK, make_payload(1, size), seq=0x1000 + 70_000 * i)) for i, size in enumerate(sizes)
+    ]
+    assert min(len(sent[0]), len(sent[-1])) >= _fastpath.ONE_BY_ONE
+    args = (MAC, IP, BROADCAST, True)
+    assert native_classify_burst is not None
+    calls: list[int] = []
+    real = _fastpath._c_classify
+
+    def counted(*a: Any) -> int:
+        calls.append(a[4])  # frames per call
+        return int(real(*a))
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_fastpath, "_c_classify", counted)
+        records = native_classify_burst(sent, *args)
+    assert calls == [1] * len(sent)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_fastpath, "ONE_BY_ONE", 1 << 30)
+        assert native_classify_burst(sent, *args) == records
+    assert records == py_classify_burst(sent, *args)
+    assert [r[0] for r in records] == [CANDIDATE] * 3
+    assert [r[4] for r in records] == [0x1000, 0x1000 + 70_000, 0x1000 + 140_000]  # each frame's own seq
+
+
+@needs_native
 def test_c_refuses_lengths_beyond_its_buffers() -> None:
     """The C side reads and writes only within the lengths it is given: a frame length past the
     frames, a lengths array or an output too short for ``n`` are refused, nothing written."""
@@ -664,6 +714,56 @@ def test_simulations_put_the_same_frames_on_the_wire(
     assert [len(frames) for frames in on[0]] == [len(frames) for frames in off[0]]
     assert on[0] == off[0]
     assert on[3] > 0 and off[3] == 0
+
+
+@pytest.mark.parametrize("case", ["ack-due", "idle-restart-due", "fin-queued", "data-queued", "in-recovery"])
+def test_a_due_ack_alone_sends_what_the_general_loop_sends(
+    monkeypatch: pytest.MonkeyPatch, case: str
+) -> None:
+    """A receiver's due ACK with nothing of ours to send skips ``tcp_output``'s general loop
+    (it never asks for the MSS, ``_data_mss``); a FIN or data queued, or recovery, take the
+    loop.  Either way: the same frames, state and counters as with the fast path off."""
+    mss_asked: list[bool] = []
+    original = TcpConnection._data_mss
+
+    def asked(self: TcpConnection) -> int:
+        mss_asked.append(True)
+        return original(self)
+
+    monkeypatch.setattr(TcpConnection, "_data_mss", asked)
+    monkeypatch.setattr(TcpLayer, "initial_sequence_number", lambda self, *args: 0xFFFF_FFF0)
+    ends = []
+    for fast in (True, False):
+        core = tcp_core(seed=3)
+        core.fast_path = fast
+        _listener, conn, _peer = open_passive(core, isn=0xFFFF_F800)
+        now = T0 + 1
+        if case == "idle-restart-due":
+            conn.send(make_payload(0, 3 * conn.mss), now)
+            conn.snd_una = conn.snd_max  # all acknowledged long ago: cwnd restarts (RFC 5681 4.1)
+            conn.sndbuf.acknowledge(conn.snd_una)
+            conn.cc.cwnd = 40 * conn.mss
+            now += 10 * conn.rto
+        elif case == "fin-queued":
+            conn.close(now)
+        elif case == "data-queued":
+            conn.sndbuf.append(b"x" * 10)
+        elif case == "in-recovery":
+            conn.in_recovery = True
+        core.take_outbox()
+        mss_asked.clear()
+        conn.ack_now = True
+        conn.tcp_output(now)
+        ends.append((mss_asked[:], [bytes(f) for f in core.take_outbox()], connection_state(conn)))
+    assert ends[0][1] == ends[1][1] and ends[0][1]  # an ACK (at least) left
+    assert ends[0][2] == ends[1][2]
+    assert ends[1][0]  # the general loop asks for the MSS
+    if case == "data-queued":  # send prediction's (no MSS asked either): the data went, not a bare ACK
+        assert ends[0][1][-1].endswith(b"x" * 10)
+    else:
+        assert (not ends[0][0]) is (case in ("ack-due", "idle-restart-due"))
+    if case == "idle-restart-due":
+        assert ends[0][2]["cc"]["cwnd"] < 40 * conn.mss  # the restart happened on both ways
 
 
 def test_fast_path_is_on_unless_switched_off() -> None:

@@ -39,6 +39,8 @@ __all__ = ["MemoryPort", "WireStatistics", "memory_wire"]
 
 #: how much later than its own arrival time a frame picked for reordering arrives
 REORDER_DELAY = 0.001
+#: ``rx_burst``'s "now" on a plain wire: later than any arrival time (a plain wire's are 0.0)
+_ALWAYS = float("inf")
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +121,7 @@ class _Direction:
     def carry(self, frame: bytes, now: float) -> None:
         """Put one frame on the wire (the sender wakes the receiver once per burst)."""
         self.sent += 1
-        if self.plain:  # no fault, latency or rate: the frame arrives now, as it is
+        if self.plain:  # no fault, latency or rate: the frame arrives now (``now`` is 0.0), as it is
             queue = self.queue
             if len(queue) >= self.queue_limit:
                 self.queue_drops += 1
@@ -194,7 +196,8 @@ class MemoryPort(Port):
         pending = self._incoming.queue
         if not pending or self._closed:
             return []
-        now = trio.current_time()
+        # a plain wire's frames arrive as they are sent: all of them are due (no clock read)
+        now = _ALWAYS if self._incoming.plain else trio.current_time()
         frames: list[bytes] = []
         counters = self._counters
         while pending and pending[0][0] <= now and len(frames) < max_n:
@@ -210,10 +213,11 @@ class MemoryPort(Port):
         assert self._outgoing is not None
         if self._closed:
             return 0
-        now = trio.current_time()
+        outgoing = self._outgoing
+        now = 0.0 if outgoing.plain else trio.current_time()  # a plain wire's frames are due at once
         limit = self._capabilities.max_frame_len
         counters = self._counters
-        carry = self._outgoing.carry
+        carry = outgoing.carry
         tso_limit = self._capabilities.max_tso_size + 18 if self._capabilities.tso else limit
         for frame in frames:
             if len(frame) > limit and not (
@@ -225,8 +229,8 @@ class MemoryPort(Port):
             counters.opackets += 1
             counters.obytes += len(frame)
             carry(frame, now)
-        receiver = self._outgoing.receiver
-        if frames and receiver is not None:
+        receiver = outgoing.receiver
+        if frames and receiver is not None and receiver._rx_lot:  # (unpark_all costs ~1 us, even for none)
             receiver._rx_lot.unpark_all()
         return len(frames)
 

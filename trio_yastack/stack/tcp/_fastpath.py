@@ -107,6 +107,9 @@ MAX_IP6 = 64
 _MASK = 0xFFFFFFFF
 #: bit 31 of a frame length handed to C: the port verified this frame's checksums
 VERIFIED = 0x80000000
+#: a burst whose first or last frame is this long (a TSO frame) goes to C one frame at a time
+#: (module-level so a test can force either way)
+ONE_BY_ONE = 16384
 #: what ``_tcp_fields`` may take besides ACK(|PSH) (the C ``YAS_FAST_MORE_*``): over IPv4 only
 _MORE_FIN = 0x01  # a FIN with its ACK (the flag's own bit)
 _MORE_SYN = 0x02  # a SYN alone, with any options
@@ -395,6 +398,13 @@ if _native is not None and hasattr(_native[1], "yas_tcp_fast_classify"):
                 lens = array("I", [len(f) | VERIFIED if f.__class__ in VOUCHED else len(f) for f in frames])
             else:
                 lens = array("I", map(len, frames))
+            if n and (len(frames[0]) >= ONE_BY_ONE or len(frames[-1]) >= ONE_BY_ONE):
+                # TSO frames (a bulk receiver's burst: all of them large, so its ends tell): one
+                # C call each, since the join's copy of 64 KB frames into a buffer past malloc's
+                # mmap threshold costs more than the crossings it saves.
+                return _classify_one_by_one(
+                    frames, lens, mac, ip, broadcast, ip6, ip6_usable, src6, verify
+                )  # fmt: skip
             joined = b"".join(frames)
             length = len(joined)
             raw_lens = lens.tobytes()
@@ -420,6 +430,42 @@ if _native is not None and hasattr(_native[1], "yas_tcp_fast_classify"):
         if made != n:
             _check_ip6(ip6, ip6_usable)
             raise ValueError(f"yas_tcp_fast_classify failed ({made})")
+        return list(_iter_unpack(out))
+
+    def _classify_one_by_one(
+        frames: Sequence[Buffer],
+        lens: array[int],
+        mac: bytes,
+        ip: int,
+        broadcast: int,
+        ip6: bytes,
+        ip6_usable: int,
+        src6: SourceTable6,
+        verify: bool,
+    ) -> list[Record]:
+        """A burst of large frames, each handed to C as a burst of one is (the memory wire's
+        marked bytearray by pointer), the records written into one buffer: the same records as
+        the joined call, without the join's copy."""
+        n = len(frames)
+        out = bytearray(n * _RECORD_SIZE)
+        at: Any = _from_buffer(out)  # a char[]: each record's place is at + offset (a char *)
+        handle = src6.handle
+        for index, frame in enumerate(frames):
+            cls = frame.__class__
+            if cls is ChecksumVerifiedPacket:
+                buf: Any = _from_buffer(frame)
+            elif cls is bytes or cls in VOUCHED:
+                buf = frame
+            else:
+                buf = bytes(frame)  # a bytearray or memoryview: C takes bytes, as join made
+            raw_len = _U32.pack(lens[index])
+            made = _c_classify(
+                buf, len(frame), raw_len, 4, 1, mac, ip, broadcast, ip6, len(ip6), ip6_usable, handle,
+                _SRC6_BYTES, verify, at + index * _RECORD_SIZE, _RECORD_SIZE,
+            )  # fmt: skip
+            if made != 1:
+                _check_ip6(ip6, ip6_usable)
+                raise ValueError(f"yas_tcp_fast_classify failed ({made})")
         return list(_iter_unpack(out))
 
     native_classify_burst = _native_classify_burst

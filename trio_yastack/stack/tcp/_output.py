@@ -120,6 +120,15 @@ def tcp_output(self: TcpConnection, now: float, *, limited_transmit: bool = Fals
         and (self.fin_seq < 0 or self.snd_nxt > self.fin_seq)
     ):
         return  # the common case on a receiver: nothing to send and no ACK due
+    if self.snd_nxt >= sndbuf.end and self.fin_seq < 0 and not self.in_recovery and self.core.fast_path:
+        # A receiver's ACK that is due (so ack_now), nothing of ours to send: a bulk receiver's
+        # every turn.  What the general loop below decides for it, without its set-up: no FIN
+        # queued means SND.MAX <= the buffer's end, so SND.NXT == SND.MAX (no go-back-N), the
+        # loop finds no length, and the ACK leaves; no persist timer with nothing queued.
+        if self.last_send and now - self.last_send > self.rto and self.snd_max == self.snd_una:
+            self.cc.on_idle_restart(now, self.rto, now - self.last_send)
+        self._send_segment(self.snd_nxt, TCP_ACK, b"", now)
+        return
     if state == ESTABLISHED and not limited_transmit and self.core.fast_path and self._output_predicted(now):
         return  # the common case on a sender: one segment, all that is queued, and room for it
     if self.fin_seq >= 0 and not limited_transmit and self.core.fast_path and self._output_fin_predicted(now):

@@ -1,0 +1,78 @@
+"""The memory wire's own timing: a plain wire (no fault, latency or rate) delivers every frame at
+once, in the order sent, without reading trio's clock; a wire with latency keeps each frame
+until its arrival time.  (The offload marks are ``test_memory_wire_offloads.py``'s.)"""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+
+from trio_yastack.nic import memory_wire
+
+
+def _frames(count: int, start: int = 0) -> list[bytes]:
+    return [bytes([start + i]) * 60 for i in range(count)]
+
+
+def test_a_plain_wire_delivers_all_at_once_in_order_without_the_clock(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    a, b = memory_wire()
+
+    def no_clock() -> float:
+        raise AssertionError("a plain wire reads no clock")
+
+    async def main() -> None:
+        with monkeypatch.context() as patch:
+            patch.setattr(trio, "current_time", no_clock)
+            assert a.tx_burst(0, _frames(3)) == 3
+            assert b.rx_burst(0, 2) == _frames(2)  # max_n holds
+            assert a.tx_burst(0, _frames(2, start=10)) == 2
+            assert b.rx_burst(0, 32) == _frames(1, start=2) + _frames(2, start=10)
+            assert b.rx_burst(0, 32) == []
+        with trio.fail_after(1):
+            a.tx_burst(0, _frames(1))
+            await b.wait_rx(0)  # a frame waiting: returns at once
+        assert b.rx_burst(0, 32) == _frames(1)
+        assert b.statistics().ipackets == 6
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_a_wire_with_latency_holds_each_frame_until_it_arrives() -> None:
+    a, b = memory_wire(latency=0.5)
+
+    async def main() -> None:
+        a.tx_burst(0, _frames(1))
+        await trio.sleep(0.25)
+        a.tx_burst(0, _frames(1, start=1))
+        assert b.rx_burst(0, 32) == []
+        await b.wait_rx(0)  # until the first frame's arrival
+        assert trio.current_time() == pytest.approx(0.5)
+        assert b.rx_burst(0, 32) == _frames(1)
+        await b.wait_rx(0)
+        assert trio.current_time() == pytest.approx(0.75)
+        assert b.rx_burst(0, 32) == _frames(1, start=1)
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_the_receiver_parked_in_wait_rx_wakes_on_a_burst() -> None:
+    a, b = memory_wire()
+    got: list[bytes] = []
+
+    async def receiver() -> None:
+        await b.wait_rx(0)
+        got.extend(b.rx_burst(0, 32))
+
+    async def main() -> None:
+        with trio.fail_after(5):  # a receiver never woken fails here (virtual seconds)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(receiver)
+                await trio.testing.wait_all_tasks_blocked()
+                assert len(b._rx_lot) == 1  # parked: the burst must wake it
+                a.tx_burst(0, _frames(2))
+        assert got == _frames(2)
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
