@@ -506,8 +506,8 @@ async def test_gzip_configured_types_and_a_large_streamed_body(
 async def test_local_reply_config_mappers_and_json_body(autojump_clock: trio.testing.MockClock) -> None:
     """Envoy's local reply modification: the rate limiter's 429 is mapped (status 503, a body, a
     header); every local reply's body is formatted by ``body_format`` (JSON, %RESPONSE_CODE% a
-    number); a ``direct_response`` is not a local reply and stays as it is; the backend's own
-    answers are untouched."""
+    number); a ``direct_response`` is one too (Envoy's router sends it with ``sendLocalReply``), its
+    body ``%LOCAL_REPLY_BODY%`` exactly; the backend's own answers are untouched."""
     local_reply = {
         "mappers": [
             {
@@ -533,7 +533,8 @@ async def test_local_reply_config_mappers_and_json_body(autojump_clock: trio.tes
         assert r.status == 404 and r.header("content-type") == "application/json"
         assert json.loads(r.body) == {"code": 404, "message": "", "path": "/nowhere", "ua": "t/1"}
         (r,) = await many(b, 1, "/direct")
-        assert (r.status, r.body) == (200, b"as is")
+        assert r.status == 200 and r.header("content-type") == "application/json"
+        assert json.loads(r.body) == {"code": 200, "message": "as is", "path": "/direct", "ua": None}
         (r,) = await many(b, 1, "/app/x")  # the bucket (2) is empty now
         assert r.status == 503 and r.header("x-mapped") == "1"
         assert json.loads(r.body)["message"] == "slow down" and json.loads(r.body)["code"] == 503

@@ -18,7 +18,7 @@ from test_proxy_config import HCM_PATH, VHOST_PATH, minimal, paths_of
 from test_proxy_filters import filters, many, proxied, route
 from test_proxy_http import setup
 
-from trio_yastack.l7.config import LocalRateLimit
+from trio_yastack.l7.config import LocalDescriptor, LocalRateLimit, TokenBucket
 
 RL_TYPE = "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit"
 RATELIMIT = "envoy.filters.http.local_ratelimit"
@@ -299,6 +299,58 @@ def test_descriptors_config_read() -> None:
     ]
 
 
+WILDCARD_FILTER = f"""
+name: envoy.filters.http.local_ratelimit
+typed_config:
+  "@type": {RL_TYPE}
+  stat_prefix: per_client
+  token_bucket: {{max_tokens: 100, tokens_per_fill: 100, fill_interval: 60s}}
+  filter_enabled: {{default_value: {{numerator: 100}}, runtime_key: e}}
+  filter_enforced: {{default_value: {{numerator: 100}}, runtime_key: f}}
+  max_dynamic_descriptors: 2
+  descriptors:
+  - entries: [{{key: client_id, value: vip}}]
+    token_bucket: {{max_tokens: 4, tokens_per_fill: 4, fill_interval: 60s}}
+  - entries: [{{key: client_id}}]
+    token_bucket: {{max_tokens: 2, tokens_per_fill: 2, fill_interval: 60s}}
+"""
+
+
+async def test_wildcard_descriptor_a_bucket_per_value(autojump_clock: trio.testing.MockClock) -> None:
+    """Envoy's dynamic descriptors: an entry without a value matches any client id, and each id gets
+    a bucket of its own (2 tokens); an exact descriptor (``vip``) is matched before the wildcard;
+    the wildcard keeps ``max_dynamic_descriptors`` (2) buckets, so the least recently used one is
+    dropped for a third id and starts full when that id comes back."""
+    limits = "- actions: [{request_headers: {header_name: x-client-id, descriptor_key: client_id}}]"
+    config = filters(yaml.safe_load(WILDCARD_FILTER))
+    async with proxied(config, routes=[limited_route(limits=limits)]) as (b, proxy, _app):
+
+        def client(name: str) -> list[tuple[str, str]]:
+            return [("x-client-id", name)]
+
+        assert [r.status for r in await many(b, 3, "/", client("a"))] == [200, 200, 429]
+        assert [r.status for r in await many(b, 3, "/", client("b"))] == [200, 200, 429]
+        assert [r.status for r in await many(b, 1, "/", client("b"))] == [429]  # b's bucket is kept
+        assert [r.status for r in await many(b, 5, "/", client("vip"))] == [200] * 4 + [429]
+        # a third id: a's bucket (least recently used) is dropped, b's kept
+        assert [r.status for r in await many(b, 1, "/", client("c"))] == [200]
+        assert [r.status for r in await many(b, 1, "/", client("b"))] == [429]
+        assert [r.status for r in await many(b, 2, "/", client("a"))] == [200, 200]  # a full bucket again
+        assert proxy.stats.value("per_client.http_local_rate_limit.rate_limited") == 5
+
+
+def test_wildcard_descriptor_matching() -> None:
+    """Envoy's ``matchDescriptorEntries``: the same number of entries, the same keys in order, the
+    same values where the configured one is not empty."""
+    wildcard = LocalDescriptor((("client", ""), ("path", "/a")), TokenBucket(1, 1.0, 1))
+    assert wildcard.wildcard
+    assert wildcard.matches((("client", "x"), ("path", "/a")))
+    assert not wildcard.matches((("client", "x"), ("path", "/b")))
+    assert not wildcard.matches((("path", "/a"), ("client", "x")))
+    assert not wildcard.matches((("client", "x"),))
+    assert not LocalDescriptor((("client", "x"),), TokenBucket(1, 1.0, 1)).wildcard
+
+
 BUCKET = {"max_tokens": 1, "fill_interval": "1s"}
 
 
@@ -308,14 +360,12 @@ BUCKET = {"max_tokens": 1, "fill_interval": "1s"}
         ("filter", {"descriptors": [{"entries": [{"key": "a", "value": "b"}]}]},
          "descriptors[0].token_bucket"),
         ("filter", {"descriptors": [{"entries": [], "token_bucket": BUCKET}]}, "descriptors[0].entries"),
-        ("filter", {"descriptors": [{"entries": [{"key": "a"}], "token_bucket": BUCKET}]},
-         "descriptors[0].entries[0].value"),
         ("filter", {"descriptors": [{"entries": [{"key": "a", "value": "b"}], "shadow_mode": True,
                                      "token_bucket": BUCKET}]},
          "descriptors[0].shadow_mode"),
         ("filter", {"stage": 11}, "stage"),
         ("filter", {"vh_rate_limits": "SOMETIMES"}, "vh_rate_limits"),
-        ("filter", {"max_dynamic_descriptors": 5}, "max_dynamic_descriptors"),
+        ("filter", {"max_dynamic_descriptors": 0}, "max_dynamic_descriptors"),
         ("filter", {"rate_limits": [{"stage": 1, "actions": [{"generic_key": {"descriptor_value": "a"}}]}]},
          "rate_limits[0]"),
         ("vhost", [{"actions": []}], "actions"),
@@ -330,8 +380,8 @@ BUCKET = {"max_tokens": 1, "fill_interval": "1s"}
     ],
 )  # fmt: skip
 def test_descriptor_config_mistakes_named_by_path(where: str, bad: Any, path: str) -> None:
-    """What is not implemented (wildcard entries, shadow mode, other actions, ``limit``) or not
-    valid (Envoy's own rules) is refused at its YAML path."""
+    """What is not implemented (shadow mode, other actions, ``limit``) or not valid (Envoy's own
+    rules) is refused at its YAML path."""
     doc = minimal()
     _with_filter(
         doc,

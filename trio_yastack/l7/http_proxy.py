@@ -1217,8 +1217,13 @@ class HttpConnectionManagerRuntime:
                 self.stats.inc("rq_direct_response")
                 body = route.action.body or ""
                 await self._drain_request_body(ds, timing)
-                if is_grpc_request(headers):  # Envoy's router sends it with sendLocalReply: gRPC-formatted
-                    await self._grpc_reply(ds, route.action.status, body, False, record, list(extra), None)
+                if self.local_reply or is_grpc_request(headers):
+                    # Envoy's router sends it with sendLocalReply: rewritten by local_reply_config
+                    # (its body %LOCAL_REPLY_BODY%, exactly) and gRPC-formatted for gRPC
+                    await self._local_reply(
+                        ds, route.action.status, body, close=False, record=record, headers=list(extra),
+                        exact=True,
+                    )  # fmt: skip
                     return True
                 await self._reply(
                     ds, route.action.status, body.encode(), close=False, record=record, headers=extra

@@ -7,9 +7,9 @@ a ``body_format_override``; then the body is formatted by that override or by ``
 ``text_format``, ``text_format_source`` or ``json_format``; ``%LOCAL_REPLY_BODY%`` is the body so
 far).  Without any format the body stays plain text.  ext_authz's denial is a local reply in
 Envoy (``sendLocalReply``) and is rewritten too, its body kept exactly where nothing changes it
-(``rewrite(newline=False)``).  ``direct_response`` answers are left alone here, although Envoy's
-router sends them through ``sendLocalReply`` as well (and so through the mappers); to a gRPC
-request they are gRPC-formatted as below.
+(``rewrite(newline=False)``); so is a route's ``direct_response``, which Envoy's router sends through
+``sendLocalReply`` as well (its configured body is ``%LOCAL_REPLY_BODY%``), and to a gRPC request it
+is gRPC-formatted as below.
 
 The command operators understood here: ``%LOCAL_REPLY_BODY%``, ``%RESPONSE_CODE%``,
 ``%RESPONSE_FLAGS%``, ``%PROTOCOL%``, ``%START_TIME%`` and ``%REQ(NAME)%`` / ``%REQ(A?B)%`` (with

@@ -72,6 +72,7 @@ from ._reader import (
     _named_map,
     _nonempty_str,
     _only_field,
+    _positive_uint32,
     _Reader,
     _Skip,
     _str,
@@ -185,6 +186,9 @@ class LocalRateLimit:
     #: ``rate_limited_as_resource_exhausted``: a refused gRPC request's local reply carries
     #: ``grpc-status`` RESOURCE_EXHAUSTED (8) in place of UNAVAILABLE (14), mapped from 429
     rate_limited_as_resource_exhausted: bool = False
+    #: ``max_dynamic_descriptors`` (Envoy's default 20): the buckets a wildcard descriptor keeps,
+    #: one per distinct request descriptor, the least recently used dropped beyond it
+    max_dynamic_descriptors: int = 20
 
 
 #: Envoy's default ``content_type`` list of the compressor
@@ -719,4 +723,5 @@ def _local_ratelimit(r: _Reader, tc: _Fields) -> LocalRateLimit:
         always_consume_default=tc.opt("always_consume_default_token_bucket", _bool, True),
         rate_limits=tc.opt("rate_limits", _filter_rate_limits, ()),
         rate_limited_as_resource_exhausted=tc.opt("rate_limited_as_resource_exhausted", _bool, False),
+        max_dynamic_descriptors=tc.opt("max_dynamic_descriptors", _positive_uint32, 20),
     )

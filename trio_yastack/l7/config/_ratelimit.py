@@ -8,8 +8,8 @@ entry), ``query_parameters`` (the same), ``remote_address``, ``masked_remote_add
 ``generic_key``, ``header_value_match``.  The others (``destination_cluster``, ``source_cluster``,
 ``metadata``, ``query_parameter_value_match``, extensions), the
 ``RateLimit`` fields the local rate limit filter does not read (``limit``, ``hits_addend``,
-``apply_on_stream_done``), wildcard entries (an empty ``value``) and ``shadow_mode`` stay errors
-naming their YAML path.
+``apply_on_stream_done``) and ``shadow_mode`` stay errors naming their YAML path.  A descriptor entry
+with an empty ``value`` is a wildcard (Envoy's dynamic descriptors: a bucket per value seen).
 """
 
 from __future__ import annotations
@@ -89,10 +89,27 @@ class TokenBucket:
 @dataclass(frozen=True, slots=True)
 class LocalDescriptor:
     """``descriptors[]``: the ``entries`` a request's descriptor must equal (same keys and values, in
-    order: Envoy matches verbatim) and the ``token_bucket`` it then takes a token from."""
+    order: Envoy matches verbatim) and the ``token_bucket`` it then takes a token from.  An entry
+    with an empty ``value`` is a wildcard (Envoy's dynamic descriptors): it matches any value of
+    its key, and each distinct request descriptor it matches gets a bucket of its own."""
 
     entries: tuple[tuple[str, str], ...]
     token_bucket: TokenBucket
+
+    @property
+    def wildcard(self) -> bool:
+        """Whether an entry matches any value (a bucket per request descriptor)."""
+        return any(not value for _, value in self.entries)
+
+    def matches(self, descriptor: tuple[tuple[str, str], ...]) -> bool:
+        """Envoy's ``matchDescriptorEntries``: as many entries, the same keys in order, and the
+        same values where this descriptor's value is not a wildcard."""
+        if len(descriptor) != len(self.entries):
+            return False
+        return all(
+            key == want_key and (not want or value == want)
+            for (key, value), (want_key, want) in zip(descriptor, self.entries, strict=True)
+        )
 
 
 def _action_header_name(r: _Reader, v: object, path: str) -> str:
@@ -188,10 +205,7 @@ def _rate_limit(r: _Reader, v: object, path: str) -> RateLimitPolicy:
 def _descriptor_entry(r: _Reader, v: object, path: str) -> tuple[str, str]:
     f = _Fields(r, v, path, ("key", "value"))
     key = f.req("key", _nonempty_str)
-    value = f.opt("value", _str, "")
-    if not value and not f.failed:
-        # Envoy's newer wildcard entries (a bucket per value seen, max_dynamic_descriptors)
-        f.problem("value", "must not be empty: wildcard descriptor entries are not supported here")
+    value = f.opt("value", _str, "")  # empty: a wildcard (a bucket per value seen)
     f.done()
     return key, value
 

@@ -408,6 +408,7 @@ _TYPED_CONFIG_FIELDS: dict[str, tuple[str, ...]] = {
         "always_consume_default_token_bucket",
         "rate_limits",
         "rate_limited_as_resource_exhausted",
+        "max_dynamic_descriptors",
     ),
     EXT_AUTHZ_TYPE: (
         "http_service",

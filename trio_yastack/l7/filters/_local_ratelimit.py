@@ -19,7 +19,10 @@ the filter's own ``rate_limits`` when it has some, each make one descriptor from
 order (``request_headers``, ``query_parameters``, ``remote_address`` and ``masked_remote_address``:
 the peer's address, as RBAC's ``remote_ip`` reads it; ``generic_key``, ``header_value_match``).
 Each descriptor equal to one of the filter's ``descriptors`` takes a token from that descriptor's
-bucket, the slowest-filling first, and the first empty one refuses the request; then
+bucket, the slowest-filling first, and the first empty one refuses the request (a descriptor equal
+to none is tried against the wildcard ``descriptors``, those with an empty ``value``, in order: the
+first that matches gives it a bucket of its own, kept in that wildcard's least-recently-used table
+of ``max_dynamic_descriptors``, Envoy's ``DynamicDescriptor``; one evicted starts full again); then
 the filter's ``token_bucket`` (when it has one) is taken from too when no descriptor matched or
 ``always_consume_default_token_bucket`` (Envoy's default) is set.  The ``x-ratelimit-*`` headers
 describe the bucket that refused, else the slowest-filling matched one, else the filter's.
@@ -35,6 +38,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import random
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 from urllib.parse import unquote
@@ -199,8 +203,9 @@ class LocalRateLimitFilter:
         # one bucket per config (the filter's and each route override's), keyed by identity: the
         # configs live as long as the connection manager, so this is bounded by the config's size
         self.buckets: dict[int, object] = {}
-        # each config's descriptors by their entries (built on first use; bounded as above)
-        self.tables: dict[int, dict[Descriptor, LocalDescriptor]] = {}
+        # each config's descriptors by their entries, and its wildcard descriptors in order (built
+        # on first use; bounded as above)
+        self.tables: dict[int, tuple[dict[Descriptor, LocalDescriptor], tuple[LocalDescriptor, ...]]] = {}
         self._scope(config)
 
     def _scope(self, config: LocalRateLimit) -> object:
@@ -268,21 +273,53 @@ class LocalRateLimitFilter:
             bucket = buckets[key] = TokenBucketState(config, t)
         return bucket.consume(t), bucket
 
+    @staticmethod
+    def _consume_dynamic(
+        buckets: dict[int, object], descriptor: LocalDescriptor, entries: Descriptor, size: int, t: float
+    ) -> tuple[bool, TokenBucketState]:
+        """A token from the bucket of ``entries`` (a request descriptor) under the wildcard
+        ``descriptor``: its table keeps the ``size`` most recently used (Envoy's LRU)."""
+        table = buckets.get(id(descriptor))
+        if not isinstance(table, OrderedDict):
+            table = buckets[id(descriptor)] = OrderedDict()
+        bucket = table.get(entries)
+        if bucket is None:
+            bucket = table[entries] = TokenBucketState(descriptor.token_bucket, t)
+            if len(table) > size:
+                table.popitem(last=False)
+        else:
+            table.move_to_end(entries)
+        return bucket.consume(t), bucket
+
     def _consume_descriptors(
         self, config: LocalRateLimit, request: RequestView, buckets: dict[int, object], t: float
     ) -> tuple[bool, TokenBucketState | None]:
         """Envoy's order: the matched descriptors' buckets, slowest-filling first, until one is
         empty; then the filter's own bucket (see the module's docstring).  Returns whether the
         request may pass and the bucket its ``x-ratelimit-*`` headers describe."""
-        table = self.tables.get(id(config))
-        if table is None:
-            table = self.tables[id(config)] = {d.entries: d for d in config.descriptors}
-        matched = [table[d] for d in request_descriptors(config, request) if d in table]
+        tables = self.tables.get(id(config))
+        if tables is None:
+            static = {d.entries: d for d in config.descriptors if not d.wildcard}
+            wildcards = tuple(d for d in config.descriptors if d.wildcard)
+            tables = self.tables[id(config)] = (static, wildcards)
+        table, wildcards = tables
+        matched: list[tuple[LocalDescriptor, Descriptor]] = []
+        for d in request_descriptors(config, request):
+            found = table.get(d)
+            if found is None:
+                found = next((w for w in wildcards if w.matches(d)), None)
+            if found is not None:
+                matched.append((found, d))
         if len(matched) > 1:
-            matched.sort(key=_fill_rate)  # (stable: equal rates keep the request's order)
+            matched.sort(key=lambda m: _fill_rate(m[0]))  # (stable: equal rates keep the request's order)
         first: TokenBucketState | None = None
-        for descriptor in matched:
-            allowed, bucket = self._consume(buckets, id(descriptor), descriptor.token_bucket, t)
+        for descriptor, entries in matched:
+            if descriptor.wildcard:
+                allowed, bucket = self._consume_dynamic(
+                    buckets, descriptor, entries, config.max_dynamic_descriptors, t
+                )
+            else:
+                allowed, bucket = self._consume(buckets, id(descriptor), descriptor.token_bucket, t)
             if not allowed:
                 return False, bucket
             first = first or bucket
