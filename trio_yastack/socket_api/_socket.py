@@ -31,10 +31,14 @@ from typing import Any, TypeVar
 import trio
 
 from trio_yastack.stack import TcpConnection, TcpListener, UdpPcb
+from trio_yastack.stack.tcp import TcpState
 
 from ._resolver import StackHostnameResolver
 from ._stack import SocketStack
 from ._waiter import Waiter
+
+#: the state whose empty receive buffer means "wait" (``TcpConnection.receive``'s None), as a plain int
+_ESTABLISHED = int(TcpState.ESTABLISHED)
 
 __all__ = [
     "StackHostnameResolver",
@@ -817,8 +821,22 @@ class StackSocket(trio.socket.SocketType):
                 if not waited:
                     await trio.lowlevel.cancel_shielded_checkpoint()
                 return b""
-            # MSG_PEEK: a copy, the data stays queued; else what is there (empty: takes nothing)
-            data = conn.rcvbuf.peek(bufsize) if peek and conn.rcvbuf else conn.receive(bufsize, self._now())
+            rcvbuf = conn.rcvbuf
+            if peek:  # MSG_PEEK: a copy, the data stays queued (empty: as a read that takes nothing)
+                data = rcvbuf.peek(bufsize) if rcvbuf else conn.receive(bufsize, self._now())
+            elif (
+                rcvbuf._head == len(rcvbuf._buf)
+                and conn.state == _ESTABLISHED
+                and not conn.error
+                and not conn.shut_rd
+                and bufsize
+            ):
+                # Nothing there on an open connection: what conn.receive answers (None: wait),
+                # without its call and the buffer's Python-level __len__ -- a keep-alive
+                # server's every read after its response ends here and parks.
+                data = None
+            else:
+                data = conn.receive(bufsize, self._now())  # what is there (empty: takes nothing)
             if data is not None:
                 self._kick()
                 if not waited:
