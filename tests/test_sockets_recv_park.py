@@ -84,3 +84,49 @@ async def test_an_error_on_an_empty_connection_is_raised(
                 await server.recv(100)
             assert raised.value.errno == errno.ECONNRESET
             conn.error = 0
+
+
+async def test_a_cancelled_read_parks_nothing_and_takes_nothing(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The park is the read's checkpoint: a read whose scope is already cancelled raises
+    Cancelled whether or not data is there, leaves no task parked, and takes nothing."""
+    async with two_stacks() as (a, b):
+        client, server = await socket_pair(a, b, 82)
+        with client, server:
+            sock: Any = server
+            with trio.CancelScope() as scope:
+                scope.cancel()
+                await server.recv(100)  # empty: parks, aborted at once
+            assert scope.cancelled_caught
+            assert len(sock._waiter) == 0 and sock._receiver is None
+            await client.send(b"kept")
+            await trio.testing.wait_all_tasks_blocked()
+            with trio.CancelScope() as scope:
+                scope.cancel()
+                await server.recv(100)  # data there: not taken
+            assert scope.cancelled_caught
+            with trio.testing.assert_checkpoints():
+                assert await server.recv(100) == b"kept"
+            with trio.testing.assert_checkpoints(), trio.move_on_after(1):
+                await server.recv(100)  # empty: the park is the checkpoint
+
+
+async def test_a_second_reader_is_busy(autojump_clock: trio.testing.MockClock) -> None:
+    """A read while another task is parked reading the same socket is BusyResourceError, as
+    on a kernel socket; the parked reader still gets the data."""
+    async with two_stacks() as (a, b):
+        client, server = await socket_pair(a, b, 83)
+        with client, server:
+            got: list[bytes] = []
+
+            async def reader() -> None:
+                got.append(await server.recv(100))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(reader)
+                await trio.testing.wait_all_tasks_blocked()
+                with pytest.raises(trio.BusyResourceError):
+                    await server.recv(100)
+                await client.send(b"first")
+            assert got == [b"first"]
