@@ -31,10 +31,14 @@ from typing import Any, TypeVar
 import trio
 
 from trio_yastack.stack import TcpConnection, TcpListener, UdpPcb
+from trio_yastack.stack.tcp import TcpState
 
 from ._resolver import StackHostnameResolver
 from ._stack import SocketStack
 from ._waiter import Waiter
+
+#: the state whose empty receive buffer means "wait" (``TcpConnection.receive``'s None), as a plain int
+_ESTABLISHED = int(TcpState.ESTABLISHED)
 
 __all__ = [
     "StackHostnameResolver",
@@ -793,8 +797,30 @@ class StackSocket(trio.socket.SocketType):
 
     async def recv(self, bufsize: int, flags: int = 0) -> bytes:
         bufsize = operator.index(bufsize)  # a float is a TypeError, as for a kernel socket
-        await trio.lowlevel.checkpoint_if_cancelled()
         conn = self._conn
+        waited = False
+        if (
+            conn is not None
+            and not flags
+            and bufsize > 0
+            and self._fd >= 0
+            and not self._shut_rd
+            and self._receiver is None
+            and (rcvbuf := conn.rcvbuf)._head == len(rcvbuf._buf)
+            and conn.state == _ESTABLISHED
+            and not conn.error
+            and not conn.shut_rd
+        ):
+            # Nothing to read on an open connection (what conn.receive would answer with None),
+            # a keep-alive server's read after each response: park at once.  The park is this
+            # call's checkpoint -- a task already cancelled is aborted there, as
+            # checkpoint_if_cancelled would have raised, and nothing was taken -- so the
+            # scheduler is not asked twice.
+            await self._wait()
+            waited = True
+            self._check_open()
+        else:
+            await trio.lowlevel.checkpoint_if_cancelled()
         if conn is None or flags or self._fd < 0 or bufsize < 0:  # one test for the common case
             try:
                 self._check_open()
@@ -811,14 +837,27 @@ class StackSocket(trio.socket.SocketType):
                 return (await self._udp_receive(bufsize, flags))[0]
         assert conn is not None
         peek = flags & _MSG_PEEK
-        waited = False
         while True:
             if self._shut_rd:
                 if not waited:
                     await trio.lowlevel.cancel_shielded_checkpoint()
                 return b""
-            # MSG_PEEK: a copy, the data stays queued; else what is there (empty: takes nothing)
-            data = conn.rcvbuf.peek(bufsize) if peek and conn.rcvbuf else conn.receive(bufsize, self._now())
+            rcvbuf = conn.rcvbuf
+            if peek:  # MSG_PEEK: a copy, the data stays queued (empty: as a read that takes nothing)
+                data = rcvbuf.peek(bufsize) if rcvbuf else conn.receive(bufsize, self._now())
+            elif (
+                rcvbuf._head == len(rcvbuf._buf)
+                and conn.state == _ESTABLISHED
+                and not conn.error
+                and not conn.shut_rd
+                and bufsize
+            ):
+                # Nothing there on an open connection: what conn.receive answers (None: wait),
+                # without its call and the buffer's Python-level __len__ -- a keep-alive
+                # server's every read after its response ends here and parks.
+                data = None
+            else:
+                data = conn.receive(bufsize, self._now())  # what is there (empty: takes nothing)
             if data is not None:
                 self._kick()
                 if not waited:
