@@ -55,6 +55,8 @@ import trio
 
 from trio_yastack._trio_helpers import unwrap_single_exception
 
+from ._hpack_cache import CachingDecoder, StaticEncoder
+
 if TYPE_CHECKING:
     from .config import Http2Options
     from .proxy import ProxyState
@@ -528,6 +530,10 @@ class H2Downstream:
             normalize_outbound_headers=False,
         )
         self.h2 = h2.connection.H2Connection(config=config)
+        # HPACK with what repeats computed once (the same fields, the same indexed request blocks)
+        decoder = CachingDecoder(self.h2.decoder.max_header_list_size)
+        decoder.max_allowed_table_size = self.h2.decoder.max_allowed_table_size
+        self.h2.encoder, self.h2.decoder = StaticEncoder(), decoder
         self.h2.local_settings = h2.settings.Settings(
             client=False,
             initial_values={
