@@ -55,6 +55,7 @@ import trio
 
 from trio_yastack._trio_helpers import unwrap_single_exception
 
+from ._h2_frames import whole_response_frames
 from ._hpack_cache import CachingDecoder, StaticEncoder
 
 if TYPE_CHECKING:
@@ -421,14 +422,23 @@ class StreamBridge(trio.abc.Stream):
     async def _relay_whole(self, status: bytes, fields: list[tuple[bytes, bytes]], body: bytes) -> None:
         """A whole response in one write (:func:`whole_response`), the predicted case: HEADERS,
         then the body's DATA with END_STREAM on its last frame (or HEADERS ending the stream), and
-        one flush; h11 never sees it."""
+        one flush; h11 never sees it.  A body of one DATA frame within the windows is framed
+        without h2's frame objects (:func:`whole_response_frames`)."""
         conn = self.conn
         head = [(b":status", status), *_response_headers(fields)]
-        if body:
+        if not body:
+            head = _trailers_only(head)
+        conn.queue()  # (what h2 has queued goes first)
+        frames = whole_response_frames(conn.h2, self.stream_id, head, body)
+        if frames is not None:  # the predicted case: one DATA frame within the windows
+            conn.outbound.append(frames)
+            conn.outbound_bytes += len(frames)
+            conn._wake_writer()
+        elif body:
             conn.h2.send_headers(self.stream_id, head)
             await conn.send_data(self, body, end=True)
         else:
-            conn.h2.send_headers(self.stream_id, _trailers_only(head), end_stream=True)
+            conn.h2.send_headers(self.stream_id, head, end_stream=True)
         self.response_ended = True
         self._wake()
         await conn.flush()
