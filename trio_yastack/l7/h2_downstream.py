@@ -38,6 +38,7 @@ closes the connection.
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
@@ -158,9 +159,35 @@ def whole_response(
     those.  (The lean path writes its response so, head and body at once.)"""
     data = bytes(data)
     end = data.find(b"\r\n\r\n")
-    if end < 0 or not data.startswith(b"HTTP/1.1 "):
+    parsed = _parse_head(data[:end]) if end >= 0 else None
+    if parsed is None or parsed[2] != len(data) - end - 4:
         return None
-    lines = data[:end].split(b"\r\n")
+    return parsed[0], list(parsed[1]), data[end + 4 :]
+
+
+def _whole_response(
+    data: bytes | bytearray | memoryview,
+) -> tuple[Sequence[tuple[bytes, bytes]], bytes] | None:
+    """:func:`whole_response` as the bridge sends it: the HTTP/2 head (``:status`` and
+    :func:`_response_headers`), and the body."""
+    data = bytes(data)
+    end = data.find(b"\r\n\r\n")
+    parsed = _parse_head(data[:end]) if end >= 0 else None
+    if parsed is None or parsed[2] != len(data) - end - 4:
+        return None
+    return parsed[3], data[end + 4 :]
+
+
+@functools.lru_cache(maxsize=64)
+def _parse_head(
+    head: bytes,
+) -> tuple[bytes, tuple[tuple[bytes, bytes], ...], int, tuple[tuple[bytes, bytes], ...]] | None:
+    """A response head (without its blank line) as :func:`whole_response` takes it: ``(status,
+    fields, content-length, the HTTP/2 head)``, or None.  Memoised: the upstream's heads repeat
+    but for a ``date`` each second (a bound of 64 heads, values immutable)."""
+    if not head.startswith(b"HTTP/1.1 "):
+        return None
+    lines = head.split(b"\r\n")
     status = lines[0][9:12]
     if (
         len(status) != 3
@@ -187,10 +214,9 @@ def whole_response(
         elif name == b"transfer-encoding":
             return None
         fields.append((name, value))
-    body = data[end + 4 :]
-    if length != len(body):
+    if length < 0:
         return None
-    return status, fields, body
+    return status, tuple(fields), length, ((b":status", status), *_response_headers(fields))
 
 
 def _response_headers(fields: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
@@ -206,7 +232,7 @@ def _response_headers(fields: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes
     return out
 
 
-def _trailers_only(head: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+def _trailers_only(head: Sequence[tuple[bytes, bytes]]) -> Sequence[tuple[bytes, bytes]]:
     """A bodyless response's HEADERS: a gRPC "trailers-only" answer (``grpc-status`` in the head)
     without ``content-length: 0``, as Envoy sends its gRPC local replies on HTTP/2 (the HTTP/1.1
     write the bridge parses must frame its empty body; HTTP/2's END_STREAM does that here)."""
@@ -217,6 +243,10 @@ def _trailers_only(head: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]
 
 
 _NETWORK_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
+#: a bodyless request's HTTP/1.1 bytes, its (method, target, fields), whether it is a HEAD
+_KnownRequest = tuple[bytes, tuple[bytes, bytes, list[tuple[bytes, bytes]]], bool]
+#: requests remembered per connection (:attr:`H2Downstream.known_requests`): a bound
+KNOWN_REQUESTS = 64
 
 
 class _Malformed(Exception):
@@ -238,7 +268,14 @@ class StreamServer(Protocol):
 class StreamBridge(trio.abc.Stream):
     """One HTTP/2 stream as a one-request HTTP/1.1 connection (see the module docstring)."""
 
-    def __init__(self, conn: H2Downstream, stream_id: int, headers: list[tuple[bytes, bytes]], ended: bool):
+    def __init__(
+        self,
+        conn: H2Downstream,
+        stream_id: int,
+        headers: list[tuple[bytes, bytes]],
+        ended: bool,
+        known: _KnownRequest | None = None,
+    ):
         self.conn = conn
         self.stream_id = stream_id
         self._h11: h11.Connection | None = None  # made at first use (:attr:`h11`)
@@ -258,7 +295,20 @@ class StreamBridge(trio.abc.Stream):
         self.head_request = False
         self.changed = trio.Event()
         self.scope = trio.CancelScope()
-        self._start_request(headers, ended)
+        if known is None:
+            self._start_request(headers, ended)
+        else:  # the same bodyless request as one before on the connection: its bytes again
+            self.pending += known[0]
+            self._written = known[1]
+            self.head_request = known[2]
+            self.request_ended = True
+
+    def known(self) -> _KnownRequest | None:
+        """What :meth:`_start_request` made of a bodyless request written without h11, for the
+        same request again (:attr:`H2Downstream.known_requests`); None for any other."""
+        if self._written is None:
+            return None
+        return bytes(self.pending), self._written, self.head_request
 
     @property
     def h11(self) -> h11.Connection:
@@ -400,7 +450,7 @@ class StreamBridge(trio.abc.Stream):
         try:
             whole = None
             if not self.fed and not self.head_request:
-                whole = whole_response(data)
+                whole = _whole_response(data)
             try:
                 if whole is not None:
                     await self._relay_whole(*whole)
@@ -419,13 +469,12 @@ class StreamBridge(trio.abc.Stream):
             await self._abort(h2.errors.ErrorCodes.INTERNAL_ERROR)
             raise trio.BrokenResourceError("bad response") from None
 
-    async def _relay_whole(self, status: bytes, fields: list[tuple[bytes, bytes]], body: bytes) -> None:
+    async def _relay_whole(self, head: Sequence[tuple[bytes, bytes]], body: bytes) -> None:
         """A whole response in one write (:func:`whole_response`), the predicted case: HEADERS,
         then the body's DATA with END_STREAM on its last frame (or HEADERS ending the stream), and
         one flush; h11 never sees it.  A body of one DATA frame within the windows is framed
         without h2's frame objects (:func:`whole_response_frames`)."""
         conn = self.conn
-        head = [(b":status", status), *_response_headers(fields)]
         if not body:
             head = _trailers_only(head)
         conn.queue()  # (what h2 has queued goes first)
@@ -512,6 +561,10 @@ class StreamBridge(trio.abc.Stream):
             self.reset = True
             self.conn.reset_stream(self.stream_id, h2.errors.ErrorCodes.NO_ERROR)
             self.conn.queue()
+        elif not self.reset:
+            # the common end (the whole request, then the whole response): nothing to wait for,
+            # and the stream's task ends next, so no scheduling turn for a checkpoint
+            return
         await trio.lowlevel.checkpoint()
 
 
@@ -556,6 +609,8 @@ class H2Downstream:
         )
         self.connection_window = options.initial_connection_window_size
         self.streams: dict[int, StreamBridge] = {}
+        # bodyless requests checked and written as HTTP/1.1 before, by their header list
+        self.known_requests: dict[tuple[tuple[bytes, bytes], ...], _KnownRequest] = {}
         self.window_changed = trio.Event()
         self.goaway_sent = False
         self.read_scope: trio.CancelScope | None = None
@@ -751,17 +806,26 @@ class H2Downstream:
         if isinstance(event, h2.events.RequestReceived):
             sid = event.stream_id
             headers = [(bytes(n), bytes(v)) for n, v in event.headers or ()]
-            self._malformed(headers, trailers=False)
+            ended = event.stream_ended is not None
+            # the same bodyless request again (a client's next request is mostly its last one):
+            # checked and translated then, its bytes taken as they were
+            key = tuple(headers) if ended else None
+            known = self.known_requests.get(key) if key is not None else None
+            if known is None:
+                self._malformed(headers, trailers=False)
             if len(self.streams) >= MAX_STREAMS or self.goaway_sent:
                 self.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
                 return
-            ended = event.stream_ended is not None
             try:
-                bridge = StreamBridge(self, sid, headers, ended)
+                bridge = StreamBridge(self, sid, headers, ended, known)
             except h11.LocalProtocolError:  # valid HTTP/2, yet no HTTP/1.1 request (a bad method, ...)
                 self.server.protocol_error()
                 self.reset_stream(sid, h2.errors.ErrorCodes.PROTOCOL_ERROR)
                 return
+            if key is not None and known is None and (known := bridge.known()) is not None:
+                if len(self.known_requests) >= KNOWN_REQUESTS:
+                    self.known_requests.clear()
+                self.known_requests[key] = known
             self.streams[sid] = bridge
             nursery.start_soon(self._run_stream, bridge, remote, scheme)
         elif isinstance(event, h2.events.DataReceived):
