@@ -58,6 +58,8 @@ from trio_yastack._trio_helpers import unwrap_single_exception
 
 from ._h2_frames import whole_response_frames
 from ._hpack_cache import CachingDecoder, StaticEncoder
+from ._kernel_io import send_now
+from ._stack_io import stream_io
 
 if TYPE_CHECKING:
     from .config import Http2Options
@@ -580,6 +582,9 @@ class H2Downstream:
         idle_timeout: float,
     ) -> None:
         self.transport = transport
+        # the socket under it read and written straight (kernel or stack socket; None: a TLS
+        # stream's own methods), as the HTTP/1.1 lean path does (:mod:`._kernel_io`)
+        self.raw, self.io = stream_io(transport)
         self.server = server
         self.state = state
         self.idle_timeout = idle_timeout or float("inf")
@@ -673,7 +678,11 @@ class H2Downstream:
             self.outbound_bytes = 0
             self.bytes_sent += len(data)
             try:
-                await self.transport.send_all(data)
+                raw = self.raw
+                if raw is None:
+                    await self.transport.send_all(data)
+                elif (sent := send_now(raw, data)) < len(data):  # (no scheduler pass: it parks next)
+                    await self.io.send_all(raw, data[sent:])
             except _NETWORK_ERRORS as exc:
                 self.write_error = exc
                 for bridge in list(self.streams.values()):
@@ -764,7 +773,10 @@ class H2Downstream:
                 if not self.goaway_sent:
                     self.state.idle_waits.add(scope)  # a drain wakes us to send GOAWAY
                 try:
-                    data = await self.transport.receive_some(RECEIVE_SIZE)
+                    if self.raw is None:
+                        data = await self.transport.receive_some(RECEIVE_SIZE)
+                    else:
+                        data = await self.io.receive_some(self.raw, RECEIVE_SIZE)
                 finally:
                     self.state.idle_waits.discard(scope)
                     self.read_scope = None
