@@ -838,3 +838,33 @@ async def test_h2_repeated_requests_then_a_malformed_one(autojump_clock: trio.te
         assert client.goaway is not None
         assert client.goaway.error_code == h2.errors.ErrorCodes.PROTOCOL_ERROR
         assert proxy.stats.value("http.ingress.downstream_rq_total") == 6
+
+
+async def test_h2_over_tls_alpn(autojump_clock: trio.testing.MockClock, tmp_path: Path) -> None:
+    """ALPN ``h2`` on a TLS chain: the bridge reads and writes the TLS stream's own methods (no
+    socket to read straight), several streams at once and one again."""
+    from test_proxy_tcp_tls import client_context, tls_bootstrap, tls_connect
+
+    from trio_yastack.tls.certs import make_ca
+
+    ca = make_ca("proxy h2 test CA")
+    app = BackendApp("one")
+    async with two_stacks() as (a, b), trio.open_nursery() as nursery:
+        backend = await start_backend(nursery, app, b, 8081)
+        async with running_proxy(tls_bootstrap(tmp_path, ca), a) as proxy:
+            with trio.fail_after(LIMIT):
+                stream = await tls_connect(b, client_context(ca, ["h2"]), "a.example")
+                assert stream.selected_alpn_protocol() == "h2"
+                client = H2Client(stream)
+                await nursery.start(client.run)
+                sids = [await client.request("GET", f"/json?n={i}") for i in range(3)]
+                sids.append(await client.request("GET", "/json?n=0"))
+                for n, sid in zip((0, 1, 2, 0), sids, strict=True):
+                    got = await client.wait(sid)
+                    assert got.status == 200 and got.ended
+                    doc = json.loads(got.body)
+                    assert doc["path"] == f"/json?n={n}"
+                    assert dict(doc["headers"])["x-forwarded-proto"] == "https"
+                assert proxy.stats.value("http.a.example.downstream_cx_http2_total") == 1
+                await client.stream.aclose()
+        backend.stop()
