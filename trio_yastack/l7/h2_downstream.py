@@ -546,6 +546,12 @@ class StreamBridge(trio.abc.Stream):
             self.conn.reset_stream(self.stream_id, code)
             self.conn.queue()
 
+    @property
+    def ended_whole(self) -> bool:
+        """The whole request read and the whole response sent, nothing reset: :meth:`aclose` has
+        nothing to do (the manager skips it, and its shielded scope)."""
+        return self.response_ended and self.request_ended and not self.reset
+
     async def aclose(self) -> None:
         """The manager is done with the request: a response it did not finish is reset."""
         if not self.response_ended and not self.reset and not self.interrupted:
