@@ -823,13 +823,15 @@ class H2Downstream:
     def _dispatch(self, event: h2.events.Event, nursery: trio.Nursery, remote: str, scheme: str) -> None:
         if isinstance(event, h2.events.RequestReceived):
             sid = event.stream_id
-            headers = [(bytes(n), bytes(v)) for n, v in event.headers or ()]
             ended = event.stream_ended is not None
             # the same bodyless request again (a client's next request is mostly its last one):
-            # checked and translated then, its bytes taken as they were
-            key = tuple(headers) if ended else None
+            # checked and translated then, its bytes taken as they were (hpack's header tuples
+            # compare and hash as plain tuples of their bytes)
+            key = tuple(event.headers or ()) if ended else None
             known = self.known_requests.get(key) if key is not None else None
+            headers: list[tuple[bytes, bytes]] = []
             if known is None:
+                headers = [(bytes(n), bytes(v)) for n, v in event.headers or ()]
                 self._malformed(headers, trailers=False)
             if len(self.streams) >= MAX_STREAMS or self.goaway_sent:
                 self.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
