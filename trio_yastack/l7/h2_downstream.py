@@ -12,7 +12,12 @@ The predicted case skips h11 on both sides, as the manager's HTTP/1.1 fast path 
 request is written as h11 would write it (when h11's rules allow it), which sends it down the
 manager's lean path, and the whole Content-Length response that path writes back in one write is
 parsed in one pass (:func:`whole_response`); everything else goes through h11 as above, the h11
-client made (and told the request) only then.
+client made (and told the request) only then.  Around it, what repeats is done once: a request
+whose header list the connection has checked and written before takes those bytes again
+(:attr:`H2Downstream.known_requests`), a response head's parse is memoised (:func:`_parse_head`),
+HPACK encodes with the static table only and caches its fields, and decodes an indexed request
+block it has seen from memory (:mod:`._hpack_cache`); a whole response of one DATA frame is framed
+here, h2's state moved as its calls would move it (:mod:`._h2_frames`).
 
 Flow control is backpressure both ways:
 
@@ -24,7 +29,8 @@ Flow control is backpressure both ways:
   bridge waits for the socket, so a slow reader stops the upstream read rather than growing a buffer.
 
 One writer task per connection writes every frame (:meth:`H2Downstream._writer`): the streams and the
-reader queue their frames and wake it, and it writes all that is queued in one ``send_all``.  The
+reader queue their frames and wake it, and it writes all that is queued in one system call (on a
+kernel or stack socket straight, as the HTTP/1.1 lean path does; a TLS stream's ``send_all``).  The
 streams answered in one scheduler batch (ten responses for ten streams a client sent together) so
 cost one system call, not one per frame or per stream; a response's HEADERS, DATA and END_STREAM
 always leave in one write.
