@@ -791,3 +791,80 @@ def test_bodyless_request_written_as_h11_writes_it() -> None:
     post = [(b":method", b"POST"), *base[1:]]
     streaming = StreamBridge(_NoConn(), 3, post, False)  # type: ignore[arg-type]  # a stub connection
     assert streaming.take_request() == b"" and streaming.pending  # a body to come: read as it comes
+
+
+def test_a_known_request_is_written_as_the_first() -> None:
+    """The same bodyless request again (:attr:`H2Downstream.known_requests`) gives the same bytes
+    and the same h11 client for its response as when it was written the first time; a request
+    left to h11 or with a body is not remembered."""
+    head = [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/a"), (b":authority", b"x.test")]
+    for headers in (
+        head,
+        [*head, (b"cookie", b"a=1"), (b"cookie", b"b=2")],
+        [(b":method", b"HEAD"), *head[1:]],
+    ):
+        first = StreamBridge(_NoConn(), 1, headers, True)  # type: ignore[arg-type]  # a stub connection
+        known = first.known()
+        assert known is not None
+        again = StreamBridge(_NoConn(), 3, headers, True, known)  # type: ignore[arg-type]  # a stub connection
+        assert (again.request_ended, again.head_request) == (True, first.head_request)
+        assert again.take_request() == first.take_request() != b""
+        again.h11.receive_data(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        assert isinstance(again.h11.next_event(), h11.Response)
+    assert StreamBridge(_NoConn(), 1, [*head, (b"content-length", b"0")], True).known() is None  # type: ignore[arg-type]  # a stub connection
+    assert StreamBridge(_NoConn(), 1, [(b":method", b"POST"), *head[1:]], False).known() is None  # type: ignore[arg-type]  # a stub connection
+
+
+async def test_h2_repeated_requests_then_a_malformed_one(autojump_clock: trio.testing.MockClock) -> None:
+    """The same request again and again on a connection (remembered, and HPACK-indexed by the
+    client after the first) reaches the backend as the first did; a malformed block after them
+    still ends the connection with GOAWAY PROTOCOL_ERROR (only an identical block skips the checks)."""
+    app = BackendApp("one")
+    config = http_bootstrap([cluster("app", [8081])])
+    async with h2_proxy(config, app) as (proxy, client, _):
+        extra = [("user-agent", "h2load"), ("accept", "*/*")]
+        for _ in range(3):  # one after the other, then three at once
+            got = await client.wait(await client.request("GET", "/json", headers=extra))
+            assert got.status == 200
+        sids = [await client.request("GET", "/json", headers=extra) for _ in range(3)]
+        for sid in sids:
+            assert (await client.wait(sid)).status == 200
+        seen = [(s.method, s.path, [(k, v) for k, v in s.headers if k != "x-request-id"]) for s in app.seen]
+        assert len(seen) == 6 and all(one == seen[0] for one in seen)
+        client.conn.config.validate_outbound_headers = False
+        client.conn.config.normalize_outbound_headers = False
+        await client.request("GET", "/json", headers=[*extra, ("X-Upper", "1")])  # uppercase: malformed
+        await wait_until(lambda: client.goaway is not None)
+        assert client.goaway is not None
+        assert client.goaway.error_code == h2.errors.ErrorCodes.PROTOCOL_ERROR
+        assert proxy.stats.value("http.ingress.downstream_rq_total") == 6
+
+
+async def test_h2_over_tls_alpn(autojump_clock: trio.testing.MockClock, tmp_path: Path) -> None:
+    """ALPN ``h2`` on a TLS chain: the bridge reads and writes the TLS stream's own methods (no
+    socket to read straight), several streams at once and one again."""
+    from test_proxy_tcp_tls import client_context, tls_bootstrap, tls_connect
+
+    from trio_yastack.tls.certs import make_ca
+
+    ca = make_ca("proxy h2 test CA")
+    app = BackendApp("one")
+    async with two_stacks() as (a, b), trio.open_nursery() as nursery:
+        backend = await start_backend(nursery, app, b, 8081)
+        async with running_proxy(tls_bootstrap(tmp_path, ca), a) as proxy:
+            with trio.fail_after(LIMIT):
+                stream = await tls_connect(b, client_context(ca, ["h2"]), "a.example")
+                assert stream.selected_alpn_protocol() == "h2"
+                client = H2Client(stream)
+                await nursery.start(client.run)
+                sids = [await client.request("GET", f"/json?n={i}") for i in range(3)]
+                sids.append(await client.request("GET", "/json?n=0"))
+                for n, sid in zip((0, 1, 2, 0), sids, strict=True):
+                    got = await client.wait(sid)
+                    assert got.status == 200 and got.ended
+                    doc = json.loads(got.body)
+                    assert doc["path"] == f"/json?n={n}"
+                    assert dict(doc["headers"])["x-forwarded-proto"] == "https"
+                assert proxy.stats.value("http.a.example.downstream_cx_http2_total") == 1
+                await client.stream.aclose()
+        backend.stop()

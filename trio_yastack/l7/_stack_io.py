@@ -37,6 +37,7 @@ import trio
 
 from ..socket_api import StackSocket, Waiter
 from . import _kernel_io
+from . import _stack_io as _THIS  # this module, as the RawIO it is (bound once, not per call)
 from ._kernel_io import RawIO, RawSocket
 
 if TYPE_CHECKING:
@@ -106,9 +107,7 @@ def stream_io(stream: trio.abc.Stream) -> tuple[RawSocket | None, RawIO]:
     raw = _kernel_io.kernel_socket(stream)
     if raw is not None:
         return raw, _kernel_io
-    from . import _stack_io  # this module, as the RawIO it is
-
-    return stack_socket(stream), _stack_io
+    return stack_socket(stream), _THIS
 
 
 @trio.lowlevel.enable_ki_protection  # between the park and the wait, a KeyboardInterrupt would strand it

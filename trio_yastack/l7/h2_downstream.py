@@ -12,7 +12,12 @@ The predicted case skips h11 on both sides, as the manager's HTTP/1.1 fast path 
 request is written as h11 would write it (when h11's rules allow it), which sends it down the
 manager's lean path, and the whole Content-Length response that path writes back in one write is
 parsed in one pass (:func:`whole_response`); everything else goes through h11 as above, the h11
-client made (and told the request) only then.
+client made (and told the request) only then.  Around it, what repeats is done once: a request
+whose header list the connection has checked and written before takes those bytes again
+(:attr:`H2Downstream.known_requests`), a response head's parse is memoised (:func:`_parse_head`),
+HPACK encodes with the static table only and caches its fields, and decodes an indexed request
+block it has seen from memory (:mod:`._hpack_cache`); a whole response of one DATA frame is framed
+here, h2's state moved as its calls would move it (:mod:`._h2_frames`).
 
 Flow control is backpressure both ways:
 
@@ -24,7 +29,8 @@ Flow control is backpressure both ways:
   bridge waits for the socket, so a slow reader stops the upstream read rather than growing a buffer.
 
 One writer task per connection writes every frame (:meth:`H2Downstream._writer`): the streams and the
-reader queue their frames and wake it, and it writes all that is queued in one ``send_all``.  The
+reader queue their frames and wake it, and it writes all that is queued in one system call (on a
+kernel or stack socket straight, as the HTTP/1.1 lean path does; a TLS stream's ``send_all``).  The
 streams answered in one scheduler batch (ten responses for ten streams a client sent together) so
 cost one system call, not one per frame or per stream; a response's HEADERS, DATA and END_STREAM
 always leave in one write.
@@ -38,6 +44,7 @@ closes the connection.
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
@@ -54,6 +61,11 @@ import hyperframe.frame
 import trio
 
 from trio_yastack._trio_helpers import unwrap_single_exception
+
+from ._h2_frames import whole_response_frames
+from ._hpack_cache import CachingDecoder, StaticEncoder
+from ._kernel_io import send_now
+from ._stack_io import stream_io
 
 if TYPE_CHECKING:
     from .config import Http2Options
@@ -155,9 +167,35 @@ def whole_response(
     those.  (The lean path writes its response so, head and body at once.)"""
     data = bytes(data)
     end = data.find(b"\r\n\r\n")
-    if end < 0 or not data.startswith(b"HTTP/1.1 "):
+    parsed = _parse_head(data[:end]) if end >= 0 else None
+    if parsed is None or parsed[2] != len(data) - end - 4:
         return None
-    lines = data[:end].split(b"\r\n")
+    return parsed[0], list(parsed[1]), data[end + 4 :]
+
+
+def _whole_response(
+    data: bytes | bytearray | memoryview,
+) -> tuple[Sequence[tuple[bytes, bytes]], bytes] | None:
+    """:func:`whole_response` as the bridge sends it: the HTTP/2 head (``:status`` and
+    :func:`_response_headers`), and the body."""
+    data = bytes(data)
+    end = data.find(b"\r\n\r\n")
+    parsed = _parse_head(data[:end]) if end >= 0 else None
+    if parsed is None or parsed[2] != len(data) - end - 4:
+        return None
+    return parsed[3], data[end + 4 :]
+
+
+@functools.lru_cache(maxsize=64)
+def _parse_head(
+    head: bytes,
+) -> tuple[bytes, tuple[tuple[bytes, bytes], ...], int, tuple[tuple[bytes, bytes], ...]] | None:
+    """A response head (without its blank line) as :func:`whole_response` takes it: ``(status,
+    fields, content-length, the HTTP/2 head)``, or None.  Memoised: the upstream's heads repeat
+    but for a ``date`` each second (a bound of 64 heads, values immutable)."""
+    if not head.startswith(b"HTTP/1.1 "):
+        return None
+    lines = head.split(b"\r\n")
     status = lines[0][9:12]
     if (
         len(status) != 3
@@ -184,10 +222,9 @@ def whole_response(
         elif name == b"transfer-encoding":
             return None
         fields.append((name, value))
-    body = data[end + 4 :]
-    if length != len(body):
+    if length < 0:
         return None
-    return status, fields, body
+    return status, tuple(fields), length, ((b":status", status), *_response_headers(fields))
 
 
 def _response_headers(fields: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
@@ -203,7 +240,7 @@ def _response_headers(fields: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes
     return out
 
 
-def _trailers_only(head: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+def _trailers_only(head: Sequence[tuple[bytes, bytes]]) -> Sequence[tuple[bytes, bytes]]:
     """A bodyless response's HEADERS: a gRPC "trailers-only" answer (``grpc-status`` in the head)
     without ``content-length: 0``, as Envoy sends its gRPC local replies on HTTP/2 (the HTTP/1.1
     write the bridge parses must frame its empty body; HTTP/2's END_STREAM does that here)."""
@@ -214,6 +251,10 @@ def _trailers_only(head: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]
 
 
 _NETWORK_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
+#: a bodyless request's HTTP/1.1 bytes, its (method, target, fields), whether it is a HEAD
+_KnownRequest = tuple[bytes, tuple[bytes, bytes, list[tuple[bytes, bytes]]], bool]
+#: requests remembered per connection (:attr:`H2Downstream.known_requests`): a bound
+KNOWN_REQUESTS = 64
 
 
 class _Malformed(Exception):
@@ -235,7 +276,14 @@ class StreamServer(Protocol):
 class StreamBridge(trio.abc.Stream):
     """One HTTP/2 stream as a one-request HTTP/1.1 connection (see the module docstring)."""
 
-    def __init__(self, conn: H2Downstream, stream_id: int, headers: list[tuple[bytes, bytes]], ended: bool):
+    def __init__(
+        self,
+        conn: H2Downstream,
+        stream_id: int,
+        headers: list[tuple[bytes, bytes]],
+        ended: bool,
+        known: _KnownRequest | None = None,
+    ):
         self.conn = conn
         self.stream_id = stream_id
         self._h11: h11.Connection | None = None  # made at first use (:attr:`h11`)
@@ -255,7 +303,20 @@ class StreamBridge(trio.abc.Stream):
         self.head_request = False
         self.changed = trio.Event()
         self.scope = trio.CancelScope()
-        self._start_request(headers, ended)
+        if known is None:
+            self._start_request(headers, ended)
+        else:  # the same bodyless request as one before on the connection: its bytes again
+            self.pending += known[0]
+            self._written = known[1]
+            self.head_request = known[2]
+            self.request_ended = True
+
+    def known(self) -> _KnownRequest | None:
+        """What :meth:`_start_request` made of a bodyless request written without h11, for the
+        same request again (:attr:`H2Downstream.known_requests`); None for any other."""
+        if self._written is None:
+            return None
+        return bytes(self.pending), self._written, self.head_request
 
     @property
     def h11(self) -> h11.Connection:
@@ -397,7 +458,7 @@ class StreamBridge(trio.abc.Stream):
         try:
             whole = None
             if not self.fed and not self.head_request:
-                whole = whole_response(data)
+                whole = _whole_response(data)
             try:
                 if whole is not None:
                     await self._relay_whole(*whole)
@@ -416,17 +477,25 @@ class StreamBridge(trio.abc.Stream):
             await self._abort(h2.errors.ErrorCodes.INTERNAL_ERROR)
             raise trio.BrokenResourceError("bad response") from None
 
-    async def _relay_whole(self, status: bytes, fields: list[tuple[bytes, bytes]], body: bytes) -> None:
+    async def _relay_whole(self, head: Sequence[tuple[bytes, bytes]], body: bytes) -> None:
         """A whole response in one write (:func:`whole_response`), the predicted case: HEADERS,
         then the body's DATA with END_STREAM on its last frame (or HEADERS ending the stream), and
-        one flush; h11 never sees it."""
+        one flush; h11 never sees it.  A body of one DATA frame within the windows is framed
+        without h2's frame objects (:func:`whole_response_frames`)."""
         conn = self.conn
-        head = [(b":status", status), *_response_headers(fields)]
-        if body:
+        if not body:
+            head = _trailers_only(head)
+        conn.queue()  # (what h2 has queued goes first)
+        frames = whole_response_frames(conn.h2, self.stream_id, head, body)
+        if frames is not None:  # the predicted case: one DATA frame within the windows
+            conn.outbound.append(frames)
+            conn.outbound_bytes += len(frames)
+            conn._wake_writer()
+        elif body:
             conn.h2.send_headers(self.stream_id, head)
             await conn.send_data(self, body, end=True)
         else:
-            conn.h2.send_headers(self.stream_id, _trailers_only(head), end_stream=True)
+            conn.h2.send_headers(self.stream_id, head, end_stream=True)
         self.response_ended = True
         self._wake()
         await conn.flush()
@@ -483,6 +552,12 @@ class StreamBridge(trio.abc.Stream):
             self.conn.reset_stream(self.stream_id, code)
             self.conn.queue()
 
+    @property
+    def ended_whole(self) -> bool:
+        """The whole request read and the whole response sent, nothing reset: :meth:`aclose` has
+        nothing to do (the manager skips it, and its shielded scope)."""
+        return self.response_ended and self.request_ended and not self.reset
+
     async def aclose(self) -> None:
         """The manager is done with the request: a response it did not finish is reset."""
         if not self.response_ended and not self.reset and not self.interrupted:
@@ -500,6 +575,10 @@ class StreamBridge(trio.abc.Stream):
             self.reset = True
             self.conn.reset_stream(self.stream_id, h2.errors.ErrorCodes.NO_ERROR)
             self.conn.queue()
+        elif not self.reset:
+            # the common end (the whole request, then the whole response): nothing to wait for,
+            # and the stream's task ends next, so no scheduling turn for a checkpoint
+            return
         await trio.lowlevel.checkpoint()
 
 
@@ -515,6 +594,9 @@ class H2Downstream:
         idle_timeout: float,
     ) -> None:
         self.transport = transport
+        # the socket under it read and written straight (kernel or stack socket; None: a TLS
+        # stream's own methods), as the HTTP/1.1 lean path does (:mod:`._kernel_io`)
+        self.raw, self.io = stream_io(transport)
         self.server = server
         self.state = state
         self.idle_timeout = idle_timeout or float("inf")
@@ -528,6 +610,10 @@ class H2Downstream:
             normalize_outbound_headers=False,
         )
         self.h2 = h2.connection.H2Connection(config=config)
+        # HPACK with what repeats computed once (the same fields, the same indexed request blocks)
+        decoder = CachingDecoder(self.h2.decoder.max_header_list_size)
+        decoder.max_allowed_table_size = self.h2.decoder.max_allowed_table_size
+        self.h2.encoder, self.h2.decoder = StaticEncoder(), decoder
         self.h2.local_settings = h2.settings.Settings(
             client=False,
             initial_values={
@@ -540,6 +626,8 @@ class H2Downstream:
         )
         self.connection_window = options.initial_connection_window_size
         self.streams: dict[int, StreamBridge] = {}
+        # bodyless requests checked and written as HTTP/1.1 before, by their header list
+        self.known_requests: dict[tuple[tuple[bytes, bytes], ...], _KnownRequest] = {}
         self.window_changed = trio.Event()
         self.goaway_sent = False
         self.read_scope: trio.CancelScope | None = None
@@ -602,7 +690,11 @@ class H2Downstream:
             self.outbound_bytes = 0
             self.bytes_sent += len(data)
             try:
-                await self.transport.send_all(data)
+                raw = self.raw
+                if raw is None:
+                    await self.transport.send_all(data)
+                elif (sent := send_now(raw, data)) < len(data):  # (no scheduler pass: it parks next)
+                    await self.io.send_all(raw, data[sent:])
             except _NETWORK_ERRORS as exc:
                 self.write_error = exc
                 for bridge in list(self.streams.values()):
@@ -693,7 +785,10 @@ class H2Downstream:
                 if not self.goaway_sent:
                     self.state.idle_waits.add(scope)  # a drain wakes us to send GOAWAY
                 try:
-                    data = await self.transport.receive_some(RECEIVE_SIZE)
+                    if self.raw is None:
+                        data = await self.transport.receive_some(RECEIVE_SIZE)
+                    else:
+                        data = await self.io.receive_some(self.raw, RECEIVE_SIZE)
                 finally:
                     self.state.idle_waits.discard(scope)
                     self.read_scope = None
@@ -734,18 +829,29 @@ class H2Downstream:
     def _dispatch(self, event: h2.events.Event, nursery: trio.Nursery, remote: str, scheme: str) -> None:
         if isinstance(event, h2.events.RequestReceived):
             sid = event.stream_id
-            headers = [(bytes(n), bytes(v)) for n, v in event.headers or ()]
-            self._malformed(headers, trailers=False)
+            ended = event.stream_ended is not None
+            # the same bodyless request again (a client's next request is mostly its last one):
+            # checked and translated then, its bytes taken as they were (hpack's header tuples
+            # compare and hash as plain tuples of their bytes)
+            key = tuple(event.headers or ()) if ended else None
+            known = self.known_requests.get(key) if key is not None else None
+            headers: list[tuple[bytes, bytes]] = []
+            if known is None:
+                headers = [(bytes(n), bytes(v)) for n, v in event.headers or ()]
+                self._malformed(headers, trailers=False)
             if len(self.streams) >= MAX_STREAMS or self.goaway_sent:
                 self.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
                 return
-            ended = event.stream_ended is not None
             try:
-                bridge = StreamBridge(self, sid, headers, ended)
+                bridge = StreamBridge(self, sid, headers, ended, known)
             except h11.LocalProtocolError:  # valid HTTP/2, yet no HTTP/1.1 request (a bad method, ...)
                 self.server.protocol_error()
                 self.reset_stream(sid, h2.errors.ErrorCodes.PROTOCOL_ERROR)
                 return
+            if key is not None and known is None and (known := bridge.known()) is not None:
+                if len(self.known_requests) >= KNOWN_REQUESTS:
+                    self.known_requests.clear()
+                self.known_requests[key] = known
             self.streams[sid] = bridge
             nursery.start_soon(self._run_stream, bridge, remote, scheme)
         elif isinstance(event, h2.events.DataReceived):

@@ -610,8 +610,9 @@ class HttpConnectionManagerRuntime:
         finally:
             if stream.reset_by_client and not stream.response_ended:
                 self.stats.inc("downstream_rq_rx_reset")
-            with trio.CancelScope(shield=True):
-                await stream.aclose()
+            if not stream.ended_whole:  # (else nothing to close: no shielded scope for it)
+                with trio.CancelScope(shield=True):
+                    await stream.aclose()
 
     async def _serve_one(self, ds: _Downstream) -> bool:
         """One request on ``ds``; False when the connection must close afterwards."""
