@@ -1,11 +1,13 @@
-"""A bulk sender's send-buffer tail (issue 19): while the writer waits for room
+"""A bulk sender's short frames (issue 19).  While the writer waits for room
 (``SendBuffer.nospace``, Linux's ``SOCK_NOSPACE``), the part of the queue shorter than a full
 frame is held for the write that the ACK making room wakes, not sent as a frame of its own.
 
 With its send buffer full, a bulk sender held whole frames and a remainder (256 KiB = four 64 KB
 TSO frames and 1 504 bytes); each time an ACK caught the sender up, the remainder left as a frame
 of one segment -- 8-9 % of the frames of a TAP run, each costing a whole frame's path on both
-sides.  Tier 2 drives one ``StackCore`` by hand, as ``test_tcp_autocork.py`` does.
+sides.  And after a loss, TSO frames of half a window rounded up to whole segments, so that
+a window is two frames and not two and a frame of a segment or two.  Tier 2 drives one
+``StackCore`` by hand, as ``test_tcp_autocork.py`` does.
 """
 
 from __future__ import annotations
@@ -106,3 +108,35 @@ def test_segments_sent_are_the_bytes_written() -> None:
     stream = b"".join(s.payload for s in peer.received)
     assert stream == b"a" * (2 * MSS + 100) + written
     assert conn.snd_una == conn.sndbuf.end
+
+
+def tso_segments(conn: Any) -> list[int]:
+    """The lengths, in segments, of the TSO segments sent so far (one sent-log entry each)."""
+    assert conn.rack is not None
+    return [(end - start) // MSS for start, end, _time, _flags in conn.rack.entries()]
+
+
+def test_half_a_window_is_rounded_up_to_whole_segments() -> None:
+    """After a loss, TSO frames are half of cwnd so that a window is two frames; 81 segments of
+    cwnd leave as 41 and 40, not 40, 40 and a frame of one segment."""
+    core = tcp_core(seed=3)
+    _listener, conn, peer = open_passive(core)
+    assert core.gso_max_size  # the port segments in software: frames of up to 45 segments
+    conn.sndbuf.limit = 1 << 20
+    conn.cc.ssthresh = 100 * MSS  # the path has lost something: TSO autosizing on
+    conn.cc.cwnd = 81 * MSS
+    assert conn.snd_wnd > conn.cc.cwnd
+    conn.send(bytes(200 * MSS), T0 + 0.06)
+    assert tso_segments(conn) == [41, 40]
+    assert conn.snd_nxt - conn.snd_una == conn.cc.cwnd
+    assert [len(s.payload) for s in peer.receive()] == [MSS] * 81
+
+
+def test_half_a_window_not_of_whole_segments_is_still_two_frames() -> None:
+    core = tcp_core(seed=3)
+    _listener, conn, _peer = open_passive(core)
+    conn.sndbuf.limit = 1 << 20
+    conn.cc.ssthresh = 100 * MSS
+    conn.cc.cwnd = 80 * MSS + 700  # not whole segments (CUBIC counts bytes)
+    conn.send(bytes(200 * MSS), T0 + 0.06)
+    assert tso_segments(conn) == [41, 39]  # the window's rest, under a segment, waits (SWS)
