@@ -300,7 +300,8 @@ def _output_predicted(self: TcpConnection, now: float) -> bool:
 
     Excluded, so that the general loop alone decides them: recovery, a FIN queued, a
     go-back-N after a timeout (SND.NXT below SND.MAX), out-of-order data held (SACK blocks
-    shorten the MSS), an idle restart due (it lowers cwnd first), limited transmit.
+    shorten the MSS), an idle restart due (it lowers cwnd first), limited transmit, and a tail
+    autocorking may hold (a frame of ours in the outbox, or a writer waiting for room).
 
     With timestamps (every Linux peer's case) ``_send_data`` -> ``_send_data_segment`` are
     written out here, ``_frame_predicted`` called directly: the same fields and frame, three
