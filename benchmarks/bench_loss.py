@@ -198,7 +198,9 @@ def stack_sends(per_mille: int, offloads: bool, nbytes: int, cc: str) -> dict[st
                 elapsed = time.monotonic() - started
                 cpu = time.process_time() - cpu_started
                 sock.close()
-                tcp = stack.statistics().tcp.counters
+                statistics = stack.statistics()
+                tcp = statistics.tcp.counters
+                frames = statistics.ether.counters["sent"]  # TSO frames count once (what writev took)
                 out, _ = await trio.to_thread.run_sync(lambda: receiver.communicate(timeout=300))
                 result = json.loads(out.strip().splitlines()[-1])
                 if result["bytes"] != nbytes:
@@ -209,6 +211,9 @@ def stack_sends(per_mille: int, offloads: bool, nbytes: int, cc: str) -> dict[st
                     # our process's CPU (user + system) per GB sent: steadier than the rate on a
                     # shared machine, where the rate also says how much CPU the others left us
                     "cpu_s_per_gb": cpu / (nbytes / 1e9),
+                    # frames we sent (data, retransmissions, ACKs) per MB: each costs a frame's
+                    # whole path on both sides, so fewer, larger TSO frames are less CPU per GB
+                    "frames_per_mb": frames / (nbytes / 1e6),
                     "timeouts": tcp["rto_timeouts"],
                     "lost_segments": round(lost, 1),
                     "timeouts_per_1000_lost": 1000 * tcp["rto_timeouts"] / max(lost, 1),

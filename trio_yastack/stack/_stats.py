@@ -204,7 +204,7 @@ class TcpStats(_Counters):
     keepalive_probes: int = 0
     delayed_acks: int = 0
     time_wait_recycled: int = 0
-    autocorked: int = 0  # sub-MSS tails held behind a frame still in the outbox (tcp_autocorking)
+    autocorked: int = 0  # short tails held behind a frame in the outbox or for a waiting writer (autocorking)
     dropped: dict[str, int] = field(default_factory=dict)
 
 

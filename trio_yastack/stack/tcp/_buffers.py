@@ -115,9 +115,14 @@ class SendBuffer:
     (as the byte queue grew), else into a new ring of twice the size (amortised O(1) per byte),
     never beyond ``limit`` unless more is held; once nothing is held it is let go, so an idle
     connection holds no buffer, as before.
+
+    ``nospace`` (Linux's ``SOCK_NOSPACE``) says whether the last ``append`` left some of its bytes
+    out for want of room: the writer has more to send and waits for an ACK to make room, so a
+    tail of the queue shorter than a TSO frame is about to be joined by its next write
+    (``tcp_output``'s autocorking holds it for that write).
     """
 
-    __slots__ = ("_cap", "_head", "_ring", "_size", "end", "limit", "start")
+    __slots__ = ("_cap", "_head", "_ring", "_size", "end", "limit", "nospace", "start")
 
     def __init__(self, limit: int, start: int) -> None:
         self.limit = limit  # SO_SNDBUF; may be changed at any time, shrinking it never drops data
@@ -130,6 +135,7 @@ class SendBuffer:
         self._cap = 0
         self._head = 0
         self._size = 0  # bytes held (end - start)
+        self.nospace = False  # the last append left bytes out (a writer waits for room)
 
     def __len__(self) -> int:
         return self._size
@@ -148,6 +154,8 @@ class SendBuffer:
         room = self.limit - held
         taken = size if size < room else room
         if taken <= 0:
+            if size:
+                self.nospace = True
             return 0
         if held + taken > self._cap:
             if not held:  # an empty buffer's first write: a ring of exactly these bytes (no spare to zero)
@@ -186,6 +194,7 @@ class SendBuffer:
                     target[: taken - first] = source[first:taken]
         self._size = held + taken
         self.end += taken
+        self.nospace = taken < size
         return taken
 
     def _grow(self, data: bytes | bytearray | memoryview, taken: int) -> None:

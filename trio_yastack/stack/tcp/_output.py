@@ -146,8 +146,12 @@ def tcp_output(self: TcpConnection, now: float, *, limited_transmit: bool = Fals
         # probe or the timer can repair.  Not more: where frames are lost whole (a TAP, a
         # bridge), each frame is a loss event, and four per window made NewReno halve cwnd
         # three to four times as often as Linux's Reno with its 64 KB frames (issue 19).
-        # A path that never lost keeps the largest frames.
-        half = (cc.cwnd >> 1) // mss * mss
+        # A path that never lost keeps the largest frames.  Half rounded up to whole segments:
+        # rounded down, two frames of it left one or two segments of cwnd over, which went as
+        # a third frame of a segment or two after every ACK that let the window out (one frame
+        # in twelve of a bulk sender at 0.5 % loss through a TAP, each costing a whole frame's
+        # path on both sides).
+        half = (cc.cwnd + 2 * mss - 1) // (2 * mss) * mss
         if half < burst:
             burst = half if half > 2 * mss else 2 * mss
     if self.last_send and now - self.last_send > self.rto and self.snd_max == self.snd_una:
@@ -214,7 +218,7 @@ def tcp_output(self: TcpConnection, now: float, *, limited_transmit: bool = Fals
         if (
             length == available
             and 0 < length < burst
-            and self.tx_gen == self.core.tx_gen
+            and (self.tx_gen == self.core.tx_gen or (sndbuf.nospace and sndbuf._size < sndbuf.limit))
             and self.core.cork_tails
             and self.fin_seq < 0
             and (length >= mss or self.nodelay or self.snd_nxt == self.snd_una)  # else Nagle holds it
@@ -224,7 +228,14 @@ def tcp_output(self: TcpConnection, now: float, *, limited_transmit: bool = Fals
             # application's next write, made while the poll loop turns, joins it in a full
             # frame, and the loop sends it a turn or two later (``StackCore.release_corked``),
             # never after it sleeps, if none comes.  A 64 KiB write was a full TSO frame and a
-            # 376-byte one, each costing the whole path on both sides.
+            # 376-byte one, each costing the whole path on both sides.  Likewise, with no frame
+            # of ours in the outbox, while the writer waits for room (``sndbuf.nospace``) and
+            # there is room: the ACK that made it woke the writer, and its write joins the tail
+            # (with no room, nothing would wake it before the release).  A bulk sender with
+            # its send buffer full otherwise sent the buffer's remainder beyond whole frames as
+            # a frame of one segment whenever an ACK caught it up (8-9 % of its frames).
+            # (Linux's sendmsg fills whole 64 KB skbs, and sends the queue's tail when it waits
+            # for room; the tail then still grows until a TX completion, tcp_autocorking.)
             core = self.core
             core.corked[self] = core.tx_gen
             self.stats.autocorked += 1
@@ -289,7 +300,8 @@ def _output_predicted(self: TcpConnection, now: float) -> bool:
 
     Excluded, so that the general loop alone decides them: recovery, a FIN queued, a
     go-back-N after a timeout (SND.NXT below SND.MAX), out-of-order data held (SACK blocks
-    shorten the MSS), an idle restart due (it lowers cwnd first), limited transmit.
+    shorten the MSS), an idle restart due (it lowers cwnd first), limited transmit, and a tail
+    autocorking may hold (a frame of ours in the outbox, or a writer waiting for room).
 
     With timestamps (every Linux peer's case) ``_send_data`` -> ``_send_data_segment`` are
     written out here, ``_frame_predicted`` called directly: the same fields and frame, three
@@ -312,7 +324,7 @@ def _output_predicted(self: TcpConnection, now: float) -> bool:
         or length > self.cc.cwnd - flight
         or (flight and length < self.mss and not self.nodelay)  # Nagle (RFC 896): wait for the ACK
         or (self.last_send and now - self.last_send > self.rto and not flight)  # idle restart
-        or (self.tx_gen == self.core.tx_gen and self.core.cork_tails)  # autocorking: the loop decides
+        or ((self.tx_gen == self.core.tx_gen or sndbuf.nospace) and self.core.cork_tails)  # autocorking
     ):
         return False
     reasm = self.reasm
