@@ -193,15 +193,18 @@ class _Downstream:
         "bytes_received",
         "bytes_sent",
         "filter_state",
+        "forwarded_lines",
         "h11",
         "initial",
         "io",
         "now",
         "parser",
         "plain",
+        "proto_line",
         "protocol",
         "raw",
         "remote",
+        "remote_bytes",
         "request_headers",
         "response_started",
         "scheme",
@@ -219,6 +222,10 @@ class _Downstream:
         self.request_headers: list[tuple[bytes, bytes]] = []  # kept only for local_reply_config
         self.remote = remote
         self.scheme = scheme
+        # the upstream heads' lines that depend only on the connection, made once (_lean_head)
+        self.remote_bytes = remote.encode()
+        self.proto_line = b"\r\nx-forwarded-proto: " + scheme.encode() + b"\r\n"
+        self.forwarded_lines = b"x-forwarded-for: " + self.remote_bytes + self.proto_line
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_HEADERS)
         self.bytes_received = 0
         self.bytes_sent = 0
@@ -729,7 +736,7 @@ class HttpConnectionManagerRuntime:
             try:
                 if lean:
                     assert isinstance(request, PlainRequest)
-                    keep = await self._proxy_plain(ds, request, record)
+                    keep = await self._proxy_plain(ds, request, record, started)
                     if keep is not None:
                         return keep
                     timing = _Timing(self.config, started)  # not the lean path's case after all
@@ -903,7 +910,9 @@ class HttpConnectionManagerRuntime:
 
     # --- one request ---
 
-    async def _proxy_plain(self, ds: _Downstream, request: PlainRequest, record: AccessRecord) -> bool | None:
+    async def _proxy_plain(
+        self, ds: _Downstream, request: PlainRequest, record: AccessRecord, started: float
+    ) -> bool | None:
         """The predicted request in one function (FreeBSD's header prediction, carried to the end):
         a bodyless request of the fast path (:mod:`._http1`, its head under :data:`_LEAN_MAX_READ`),
         on a connection manager with only the fast path's plain HTTP filters (cors, fault,
@@ -919,7 +928,9 @@ class HttpConnectionManagerRuntime:
         cancel scope, no coroutine level of its own to resume).
 
         None, before anything is sent or counted, when the request is not this case: the general
-        path takes it.  The proxy's own answers (503, 502, 504 ...) are raised as there."""
+        path takes it.  The proxy's own answers (503, 502, 504 ...) are raised as there.
+        ``started``: when the request was taken (:meth:`_serve_one`'s clock read), the start of
+        its route and stream-idle timers unless a filter awaited something since."""
         cache = self._routes
         entry = cache.get(request.host)
         if entry is None:
@@ -986,7 +997,9 @@ class HttpConnectionManagerRuntime:
             if logged:
                 record.x_forwarded_for = xff.decode("latin-1")
                 record.request_id = request_id.decode("latin-1")
-            now = ds.now()
+            # nothing awaited since the request was taken, unless a filter ran: the same moment,
+            # without a clock read of its own
+            now = started if filtered is None else ds.now()
             route_deadline = now + action.timeout if action.timeout else _INF
             stream_idle = self.config.stream_idle_timeout or _INF
             try:
@@ -2189,7 +2202,7 @@ def _relay_head(
         # h11's framing of what it sends: the length when there is one, else chunked (the client
         # speaks HTTP/1.1), none for 204 and 304
         chunked = status not in (204, 304) and not length
-        lines[0] = b"HTTP/1.1 %d %s\r\n" % (status, _reason(status))
+        lines[0] = _STATUS_LINES.get(status) or b"HTTP/1.1 %d \r\n" % status
         lines.append(
             b"x-envoy-upstream-service-time: " + service.encode()
             + b"\r\nvia: " + (via + b", " + VIA if via else VIA)  # RFC 9110 7.6.3
@@ -2314,9 +2327,13 @@ def _lean_head(
         host = action.host_rewrite_literal.encode()
     lines[0] = request.method + b" " + target + b" HTTP/1.1\r\n"
     lines[1] = b"host: " + host + b"\r\n"
-    remote = ds.remote.encode()
-    xff = xff + b", " + remote if xff else remote
-    lines.append(b"x-forwarded-for: " + xff + b"\r\nx-forwarded-proto: " + ds.scheme.encode() + b"\r\n")
+    remote = ds.remote_bytes
+    if xff:
+        xff = xff + b", " + remote
+        lines.append(b"x-forwarded-for: " + xff + ds.proto_line)
+    else:
+        xff = remote
+        lines.append(ds.forwarded_lines)
     if request_id is None:
         request_id = request_ids.next()
         lines.append(b"x-request-id: " + request_id + b"\r\n")
@@ -2427,6 +2444,9 @@ _PROTOCOL_ERROR_BODY = {
 
 
 _REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
+# a response's status line, as response_head_bytes writes it with _reason's phrase (a status
+# without one: "HTTP/1.1 599 \r\n", the empty phrase): one lookup instead of a formatting
+_STATUS_LINES = {status: b"HTTP/1.1 %d %s\r\n" % (status, phrase) for status, phrase in _REASONS.items()}
 
 
 def _reason(status: int) -> bytes:
