@@ -1113,13 +1113,15 @@ class HttpConnectionManagerRuntime:
                 assert relayed is not None
                 try:
                     try:
+                        answered = ds.now()  # the service time's end, and the pool's idle_since
                         pending, chunked, close = _relay_start(
-                            self, ds, cluster, relayed, response, record, attempt_started, response_headers
-                        )
+                            self, ds, cluster, relayed, response, record, attempt_started, answered,
+                            response_headers,
+                        )  # fmt: skip
                     except (*_NETWORK_ERRORS, h11.ProtocolError):
                         return await _relay_broken(record, conn)
                     if not pending and relayed.done and record.response_flags == "-":
-                        cluster.release(conn)  # (_relay_done's lines)
+                        cluster.release(conn, answered)  # (_relay_done's lines)
                         if close:
                             self.stats.inc("downstream_cx_drain_close")
                         return not close
@@ -2056,7 +2058,7 @@ async def _relay_plain(
     assert reader is not None
     try:
         pending, chunked, close = _relay_start(
-            hcm, ds, cluster, reader, response, record, attempt_started, response_headers
+            hcm, ds, cluster, reader, response, record, attempt_started, ds.now(), response_headers
         )
     except (*_NETWORK_ERRORS, h11.ProtocolError):
         return await _relay_broken(record, conn)
@@ -2126,17 +2128,19 @@ def _relay_done(
 
 def _relay_start(
     hcm: HttpConnectionManagerRuntime, ds: _Downstream, cluster: ClusterRuntime, reader: ResponseReader,
-    response: PlainResponse, record: AccessRecord, attempt_started: float,
+    response: PlainResponse, record: AccessRecord, attempt_started: float, now: float,
     response_headers: Sequence[tuple[bytes, bytes]],
 ) -> tuple[list[bytes], bool, bool]:  # fmt: skip
     """:func:`_relay_plain`'s first step, which never waits: the response counted, its head made,
     the body read so far taken, and when the whole response is in hand (a small one comes with its
     head) written at once if the kernel takes it, as it mostly does.  Returns what is left to send,
-    whether the body goes chunked, and whether the client connection closes after it."""
+    whether the body goes chunked, and whether the client connection closes after it.  ``now``:
+    the clock read when the response's head was in hand (the caller's, which the lean path uses
+    again for the pool)."""
     status = response.status_code
     for cell in cluster.rq_by_status.get(status) or cluster.status_cells(status):
         cell.value += 1
-    service = str(int((ds.now() - attempt_started) * 1000))
+    service = str(int((now - attempt_started) * 1000))
     record.upstream_service_time = service
     record.response_code = status
     close = hcm.state.draining
