@@ -851,3 +851,18 @@ def test_the_relayed_head_is_what_h11_writes_for_the_general_paths_headers(
     head, chunked = _relay_head(status, upstream, "7", added, close)
     assert head == expected
     assert chunked == (status != 204 and not any(h[0] == b"content-length" for h in headers))
+
+
+def test_the_relayed_status_line_is_what_h11_writes_for_every_status() -> None:
+    # _relay_head takes the status line from a table made from _reason's phrases (not formatted
+    # per response): every three-digit final status, with a phrase (200, 418) or without one (299,
+    # 599: the empty phrase), must come out as h11 writes it with _reason's phrase.
+    upstream = [(b"content-length", b"0")]
+    for status in range(200, 1000):
+        server = h11.Connection(h11.SERVER)
+        server.receive_data(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+        assert isinstance(server.next_event(), h11.Request)
+        expected = server.send(h11.Response(status_code=status, headers=upstream, reason=_reason(status)))
+        assert expected is not None
+        head, _ = _relay_head(status, upstream, "7", [], False)
+        assert head.split(b"\r\n", 1)[0] == expected.split(b"\r\n", 1)[0], status

@@ -193,15 +193,18 @@ class _Downstream:
         "bytes_received",
         "bytes_sent",
         "filter_state",
+        "forwarded_lines",
         "h11",
         "initial",
         "io",
         "now",
         "parser",
         "plain",
+        "proto_line",
         "protocol",
         "raw",
         "remote",
+        "remote_bytes",
         "request_headers",
         "response_started",
         "scheme",
@@ -219,6 +222,10 @@ class _Downstream:
         self.request_headers: list[tuple[bytes, bytes]] = []  # kept only for local_reply_config
         self.remote = remote
         self.scheme = scheme
+        # the upstream heads' lines that depend only on the connection, made once (_lean_head)
+        self.remote_bytes = remote.encode()
+        self.proto_line = b"\r\nx-forwarded-proto: " + scheme.encode() + b"\r\n"
+        self.forwarded_lines = b"x-forwarded-for: " + self.remote_bytes + self.proto_line
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_HEADERS)
         self.bytes_received = 0
         self.bytes_sent = 0
@@ -730,7 +737,7 @@ class HttpConnectionManagerRuntime:
             try:
                 if lean:
                     assert isinstance(request, PlainRequest)
-                    keep = await self._proxy_plain(ds, request, record)
+                    keep = await self._proxy_plain(ds, request, record, started)
                     if keep is not None:
                         return keep
                     timing = _Timing(self.config, started)  # not the lean path's case after all
@@ -904,7 +911,9 @@ class HttpConnectionManagerRuntime:
 
     # --- one request ---
 
-    async def _proxy_plain(self, ds: _Downstream, request: PlainRequest, record: AccessRecord) -> bool | None:
+    async def _proxy_plain(
+        self, ds: _Downstream, request: PlainRequest, record: AccessRecord, started: float
+    ) -> bool | None:
         """The predicted request in one function (FreeBSD's header prediction, carried to the end):
         a bodyless request of the fast path (:mod:`._http1`, its head under :data:`_LEAN_MAX_READ`),
         on a connection manager with only the fast path's plain HTTP filters (cors, fault,
@@ -920,7 +929,9 @@ class HttpConnectionManagerRuntime:
         cancel scope, no coroutine level of its own to resume).
 
         None, before anything is sent or counted, when the request is not this case: the general
-        path takes it.  The proxy's own answers (503, 502, 504 ...) are raised as there."""
+        path takes it.  The proxy's own answers (503, 502, 504 ...) are raised as there.
+        ``started``: when the request was taken (:meth:`_serve_one`'s clock read), the start of
+        its route and stream-idle timers unless a filter awaited something since."""
         cache = self._routes
         entry = cache.get(request.host)
         if entry is None:
@@ -987,7 +998,9 @@ class HttpConnectionManagerRuntime:
             if logged:
                 record.x_forwarded_for = xff.decode("latin-1")
                 record.request_id = request_id.decode("latin-1")
-            now = ds.now()
+            # nothing awaited since the request was taken, unless a filter ran: the same moment,
+            # without a clock read of its own
+            now = started if filtered is None else ds.now()
             route_deadline = now + action.timeout if action.timeout else _INF
             stream_idle = self.config.stream_idle_timeout or _INF
             try:
@@ -1101,13 +1114,15 @@ class HttpConnectionManagerRuntime:
                 assert relayed is not None
                 try:
                     try:
+                        answered = ds.now()  # the service time's end, and the pool's idle_since
                         pending, chunked, close = _relay_start(
-                            self, ds, cluster, relayed, response, record, attempt_started, response_headers
-                        )
+                            self, ds, cluster, relayed, response, record, attempt_started, answered,
+                            response_headers,
+                        )  # fmt: skip
                     except (*_NETWORK_ERRORS, h11.ProtocolError):
                         return await _relay_broken(record, conn)
                     if not pending and relayed.done and record.response_flags == "-":
-                        cluster.release(conn)  # (_relay_done's lines)
+                        cluster.release(conn, answered)  # (_relay_done's lines)
                         if close:
                             self.stats.inc("downstream_cx_drain_close")
                         return not close
@@ -2049,7 +2064,7 @@ async def _relay_plain(
     assert reader is not None
     try:
         pending, chunked, close = _relay_start(
-            hcm, ds, cluster, reader, response, record, attempt_started, response_headers
+            hcm, ds, cluster, reader, response, record, attempt_started, ds.now(), response_headers
         )
     except (*_NETWORK_ERRORS, h11.ProtocolError):
         return await _relay_broken(record, conn)
@@ -2119,17 +2134,19 @@ def _relay_done(
 
 def _relay_start(
     hcm: HttpConnectionManagerRuntime, ds: _Downstream, cluster: ClusterRuntime, reader: ResponseReader,
-    response: PlainResponse, record: AccessRecord, attempt_started: float,
+    response: PlainResponse, record: AccessRecord, attempt_started: float, now: float,
     response_headers: Sequence[tuple[bytes, bytes]],
 ) -> tuple[list[bytes], bool, bool]:  # fmt: skip
     """:func:`_relay_plain`'s first step, which never waits: the response counted, its head made,
     the body read so far taken, and when the whole response is in hand (a small one comes with its
     head) written at once if the kernel takes it, as it mostly does.  Returns what is left to send,
-    whether the body goes chunked, and whether the client connection closes after it."""
+    whether the body goes chunked, and whether the client connection closes after it.  ``now``:
+    the clock read when the response's head was in hand (the caller's, which the lean path uses
+    again for the pool)."""
     status = response.status_code
     for cell in cluster.rq_by_status.get(status) or cluster.status_cells(status):
         cell.value += 1
-    service = str(int((ds.now() - attempt_started) * 1000))
+    service = str(int((now - attempt_started) * 1000))
     record.upstream_service_time = service
     record.response_code = status
     close = hcm.state.draining
@@ -2195,7 +2212,7 @@ def _relay_head(
         # h11's framing of what it sends: the length when there is one, else chunked (the client
         # speaks HTTP/1.1), none for 204 and 304
         chunked = status not in (204, 304) and not length
-        lines[0] = b"HTTP/1.1 %d %s\r\n" % (status, _reason(status))
+        lines[0] = _STATUS_LINES.get(status) or b"HTTP/1.1 %d \r\n" % status
         lines.append(
             b"x-envoy-upstream-service-time: " + service.encode()
             + b"\r\nvia: " + (via + b", " + VIA if via else VIA)  # RFC 9110 7.6.3
@@ -2320,9 +2337,13 @@ def _lean_head(
         host = action.host_rewrite_literal.encode()
     lines[0] = request.method + b" " + target + b" HTTP/1.1\r\n"
     lines[1] = b"host: " + host + b"\r\n"
-    remote = ds.remote.encode()
-    xff = xff + b", " + remote if xff else remote
-    lines.append(b"x-forwarded-for: " + xff + b"\r\nx-forwarded-proto: " + ds.scheme.encode() + b"\r\n")
+    remote = ds.remote_bytes
+    if xff:
+        xff = xff + b", " + remote
+        lines.append(b"x-forwarded-for: " + xff + ds.proto_line)
+    else:
+        xff = remote
+        lines.append(ds.forwarded_lines)
     if request_id is None:
         request_id = request_ids.next()
         lines.append(b"x-request-id: " + request_id + b"\r\n")
@@ -2433,6 +2454,9 @@ _PROTOCOL_ERROR_BODY = {
 
 
 _REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
+# a response's status line, as response_head_bytes writes it with _reason's phrase (a status
+# without one: "HTTP/1.1 599 \r\n", the empty phrase): one lookup instead of a formatting
+_STATUS_LINES = {status: b"HTTP/1.1 %d %s\r\n" % (status, phrase) for status, phrase in _REASONS.items()}
 
 
 def _reason(status: int) -> bytes:

@@ -864,8 +864,9 @@ class ClusterRuntime:
             conn.host.idle.remove(conn)
         self.tunnel_closed(conn.host)
 
-    def release(self, conn: UpstreamConnection) -> None:
-        """Return ``conn`` after a request: pooled when h11 says it can carry another, else closed."""
+    def release(self, conn: UpstreamConnection, now: float | None = None) -> None:
+        """Return ``conn`` after a request: pooled when h11 says it can carry another, else closed.
+        ``now``: the run clock's time if the caller has just read it (the pool's ``idle_since``)."""
         if conn.closed:
             return
         host = conn.host
@@ -875,7 +876,7 @@ class ClusterRuntime:
             else:
                 conn.h11.start_next_cycle()
             if len(host.idle) < MAX_IDLE_PER_HOST:
-                conn.idle_since = self._now()
+                conn.idle_since = self._now() if now is None else now
                 host.idle.append(conn)
                 if self._pending:  # a request waits for a connection (unpark() costs even with none)
                     self._capacity.unpark()
