@@ -5,10 +5,20 @@ side by side (``bench_memory_wire.py``'s connections case is this cycle, both en
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import trio
 import trio.testing
+from helpers import check_accounting
 from socket_helpers import B_IP, two_stacks
+from tcp_helpers import T0, Peer, open_active, seq_add, tcp_core
+from test_tcp_fastpath import connection_state
+
+from trio_yastack.stack import StackCore
+from trio_yastack.stack.tcp._conn import TcpConnection
+from trio_yastack.stack.tcp._layer import TcpLayer
+from trio_yastack.stack.wire.tcp import TCP_ACK, TCP_FIN, TCP_PSH, TcpOptions
 
 
 async def test_a_connect_that_parked_returns_without_another_scheduler_pass(
@@ -56,3 +66,112 @@ async def test_a_connect_that_parked_returns_without_another_scheduler_pass(
                 await late.connect((B_IP, 6101))
         for sock in (client, accepted, listener, late):
             sock.close()
+
+
+# -- the last segment in of the passive closer (LAST_ACK) and of a simultaneous close (CLOSING) --
+
+
+def _burst(
+    core: StackCore, peer: Peer, flags: int, payload: bytes = b"", *, now: float, **fields: Any
+) -> Any:
+    """``peer.send`` as the runtime delivers it: the segment in a burst of its own (the fast
+    path's classifier sees it), the output at the burst's end; what the core sent back."""
+    frame = peer.frame(flags, payload, now=now, **fields)
+    if fields.get("seq") is None:
+        peer.snd_nxt = seq_add(peer.snd_nxt, len(payload) + (1 if flags & TCP_FIN else 0))
+    core.begin_burst()
+    core.ether_input_burst([frame], now)
+    core.end_burst(now)
+    return peer.receive()
+
+
+def _old_ts(peer: Peer, now: float) -> TcpOptions:
+    """Timestamps a second older than the peer's last: PAWS rejects the segment."""
+    return TcpOptions(timestamps=((peer.tsval(now) - 2000) & 0xFFFF_FFFF, peer.ts_recent))
+
+
+_FIN_ACK = TCP_ACK | TCP_FIN
+#: name: (who closes first: "peer" (we are the client of a ``Connection: close`` server: LAST_ACK)
+#: or "both" (our FIN and the peer's cross: CLOSING)), then the peer's segments after our FIN,
+#: each (flags, what it acknowledges: "all" or "data" (not our FIN), how: "" / "old-ts" /
+#: "again" (the peer's FIN sent again), whether ``final_ack`` takes it)
+_FINAL_CASES: dict[str, tuple[str, list[tuple[int, str, str, bool]]]] = {
+    "last-ack": ("peer", [(TCP_ACK, "all", "", True)]),
+    "last-ack-with-psh": ("peer", [(TCP_ACK | TCP_PSH, "all", "", True)]),
+    "last-ack-data-acked-first": ("peer", [(TCP_ACK, "data", "", False), (TCP_ACK, "all", "", True)]),
+    "last-ack-old-timestamp": ("peer", [(TCP_ACK, "all", "old-ts", False), (TCP_ACK, "all", "", True)]),
+    "last-ack-fin-again": ("peer", [(_FIN_ACK, "all", "again", False), (TCP_ACK, "all", "", True)]),
+    "closing": ("both", [(TCP_ACK, "all", "", True)]),
+    "closing-old-timestamp": ("both", [(TCP_ACK, "all", "old-ts", False), (TCP_ACK, "all", "", True)]),
+}
+
+
+def _final(monkeypatch: pytest.MonkeyPatch, case: str, fast: bool) -> tuple[StackCore, list[Any]]:
+    """An active open near the 2**32 wrap, a request out; the peer's reply and FIN (then our
+    close: LAST_ACK), or our close first crossing the peer's FIN (CLOSING); then the case's
+    segments, each in a burst of its own: what left after each, the connection's fields,
+    TIME_WAIT, the next deadline and the counters."""
+    monkeypatch.setattr(TcpLayer, "initial_sequence_number", lambda self, *args: 0xFFFF_FFF8)
+    core = tcp_core(seed=37)
+    core.fast_path = fast
+    core.autocork = True
+    conn, peer = open_active(core, isn=0xFFFF_FFF0)
+    now = T0 + 1
+    conn.send(b"x", now)
+    core.run_pending_output(now)
+    seen: list[Any] = [peer.receive()]
+    closes_first, steps = _FINAL_CASES[case]
+    if closes_first == "peer":
+        seen.append(_burst(core, peer, _FIN_ACK | TCP_PSH, b"y", now=now))
+        seen.append(conn.receive(10, now))
+        conn.close(now)
+    else:
+        conn.close(now)
+        core.run_pending_output(now)
+        seen.append(peer.receive())  # our FIN; the peer's FIN crosses it, acknowledging the request
+        seen.append(_burst(core, peer, _FIN_ACK, b"", now=now, ack=seq_add(peer.rcv_nxt, -1)))
+    core.run_pending_output(now)
+    seen.append(peer.receive())
+    seen.append((conn.state, connection_state(conn)))
+    for flags, acks, how, _lean in steps:
+        now += 0.01
+        fields: dict[str, Any] = {"ack": seq_add(peer.rcv_nxt, -1) if acks == "data" else peer.rcv_nxt}
+        if how == "old-ts":  # dropped: the peer sends the same sequence number again
+            fields["options"], fields["seq"] = _old_ts(peer, now), peer.snd_nxt
+        elif how == "again":
+            fields["seq"] = seq_add(peer.snd_nxt, -1)
+        seen.append(_burst(core, peer, flags, now=now, **fields))
+        seen.append((conn.state, connection_state(conn), len(core.tcp.time_wait)))
+    seen.append((core.next_deadline(), core.statistics()))
+    return core, seen
+
+
+@pytest.mark.parametrize("case", list(_FINAL_CASES))
+def test_the_peers_ack_of_our_fin_after_its_own_taken_lean_as_the_general_path_takes_it(
+    monkeypatch: pytest.MonkeyPatch, case: str
+) -> None:
+    """``final_ack`` (fast path on) takes the peer's ACK of our FIN in LAST_ACK (-> CLOSED)
+    and CLOSING (-> TIME_WAIT) in a few lines; whatever it declines (an ACK short of our FIN,
+    an old timestamp, the peer's FIN again) goes on to ``segment_arrives``.  Same frames,
+    fields, TIME_WAIT record, next deadline and counters as the general path, step by step."""
+    calls: list[bool] = []
+    lean = TcpConnection.final_ack
+
+    def wrapper(self: TcpConnection, *args: Any) -> bool:
+        took = bool(lean(self, *args))
+        calls.append(took)
+        return took
+
+    monkeypatch.setattr(TcpConnection, "final_ack", wrapper)
+    on_core, on = _final(monkeypatch, case, True)
+    taken = [took for took in calls if took]
+    del calls[:]
+    off_core, off = _final(monkeypatch, case, False)
+    assert on == off
+    assert calls == []  # nothing lean with the fast path off
+    closes_first, steps = _FINAL_CASES[case]
+    assert len(taken) == sum(1 for *_rest, took in steps if took)
+    assert on[-2][0] == (0 if closes_first == "peer" else 10)  # CLOSED, or TIME_WAIT
+    assert on[-2][2] == (0 if closes_first == "peer" else 1)
+    check_accounting(on_core)
+    check_accounting(off_core)
