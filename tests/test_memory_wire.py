@@ -76,3 +76,23 @@ def test_the_receiver_parked_in_wait_rx_wakes_on_a_burst() -> None:
         assert got == _frames(2)
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+@pytest.mark.parametrize("latency", [0.0, 0.5])
+def test_the_receivers_queue_is_bounded_on_a_plain_wire_as_on_a_timed_one(latency: float) -> None:
+    """``queue_limit`` frames wait at the receiver, plain wire (a FIFO) or not (a heap); those
+    beyond are tail-dropped and counted as the receiver's ``imissed`` and the wire's
+    ``queue_drops``, and the ones kept arrive in order, bytes and packets counted."""
+    a, b = memory_wire(queue_limit=3, latency=latency)
+
+    async def main() -> None:
+        assert a.tx_burst(0, _frames(5)) == 5  # handed to the wire: the drops are the receiver's
+        await trio.sleep(latency)
+        assert b.rx_burst(0, 32) == _frames(3)
+        assert b.statistics().imissed == 2 and a.wire_statistics().queue_drops == 2
+        assert b.statistics().ipackets == 3 and b.statistics().ibytes == 180
+        assert a.tx_burst(0, _frames(1, start=7)) == 1  # room again
+        await trio.sleep(latency)
+        assert b.rx_burst(0, 32) == _frames(1, start=7)
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
