@@ -5,6 +5,8 @@ side by side (``bench_memory_wire.py``'s connections case is this cycle, both en
 
 from __future__ import annotations
 
+import errno
+from ipaddress import IPv4Address
 from typing import Any
 
 import pytest
@@ -15,6 +17,7 @@ from socket_helpers import B_IP, two_stacks
 from tcp_helpers import T0, Peer, open_active, seq_add, tcp_core
 from test_tcp_fastpath import connection_state
 
+from trio_yastack.socket_api import _socket
 from trio_yastack.stack import StackCore
 from trio_yastack.stack.tcp._conn import TcpConnection
 from trio_yastack.stack.tcp._layer import TcpLayer
@@ -175,3 +178,25 @@ def test_the_peers_ack_of_our_fin_after_its_own_taken_lean_as_the_general_path_t
     assert on[-2][2] == (0 if closes_first == "peer" else 1)
     check_accounting(on_core)
     check_accounting(off_core)
+
+
+def test_a_numeric_peer_address_is_parsed_once_with_ipaddress_s_rules() -> None:
+    """``_ipv4`` (every connect and ``sendto``) reads a text address through a bounded cache of
+    ``ipaddress``'s parse: the same numbers, the same errors for what ``IPv4Address`` refuses
+    (not cached), other host types as before."""
+    _socket._ip_number.cache_clear()
+    assert _socket._ipv4(("198.18.0.1", 80)) == (int(IPv4Address("198.18.0.1")), 80)
+    assert _socket._ipv4(("198.18.0.1", 81)) == (int(IPv4Address("198.18.0.1")), 81)
+    assert _socket._ip_number.cache_info().hits == 1
+    assert _socket._ipv4((0xC6120001, 80)) == (0xC6120001, 80)  # an int, as IPv4Address takes it
+    assert _socket._ipv4(("", 5)) == (0, 5)
+    for bad in ("198.18.0", "01.2.3.4", "example.com", "::1"):
+        with pytest.raises(OSError) as refused:
+            _socket._ipv4((bad, 80))
+        assert refused.value.errno == errno.EINVAL
+    assert _socket._ip_number.cache_info().currsize == 1  # errors are not remembered
+    assert _socket._ip_number.cache_info().maxsize == 4096
+    with pytest.raises(ValueError):
+        _socket._ipv4("198.18.0.1")
+    with pytest.raises(OverflowError):
+        _socket._ipv4(("198.18.0.1", 70000))

@@ -216,9 +216,18 @@ def _ipv4(address: Any, *, what: str = "address") -> tuple[int, int]:
     if host in ("", None):
         return 0, port
     try:
-        return int(IPv4Address(host)), port
+        return (_ip_number(host) if host.__class__ is str else int(IPv4Address(host))), port
     except ValueError:
         raise _oserror(errno.EINVAL, f"not a numeric IPv4 address: {host!r}; resolve names first") from None
+
+
+@functools.lru_cache(maxsize=4096)
+def _ip_number(host: str) -> int:
+    """``int(IPv4Address(host))``, remembered (a ValueError is not): every connect and
+    ``sendto`` names its peer as text, a client names the same few again and again, and the
+    ``ipaddress`` parse costs more than the rest of the address check.  The same in every trio
+    run, so one bounded table for the process keeps no per-run state (as :func:`_ip_text`)."""
+    return int(IPv4Address(host))
 
 
 @functools.lru_cache(maxsize=4096)
