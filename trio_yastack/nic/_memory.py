@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import trio
+from trio.lowlevel import Abort, RaiseCancelT, Task, current_task, enable_ki_protection, reschedule
+from trio.lowlevel import wait_task_rescheduled as _wait_task_rescheduled
 
 from trio_yastack.stack._offload import ChecksumVerified, ChecksumVerifiedPacket, OffloadPacket
 from trio_yastack.stack.wire import MacAddress
@@ -186,7 +188,11 @@ class MemoryPort(Port):
         self._limit = capabilities.max_frame_len
         self._tso_limit = capabilities.max_tso_size + 18 if capabilities.tso else self._limit
         self._counters = PortCounters()
-        self._rx_lot = trio.lowlevel.ParkingLot()
+        #: the tasks parked in ``wait_rx`` (the poll loop), in the order they parked: a list
+        #: handed to ``reschedule``, not a ``ParkingLot`` (as the sockets' ``Waiter``: the lot's
+        #: ordered dict, count arithmetic and coroutine frame per park cost ~1 us a cycle, and
+        #: the wire parks and wakes each side's loop several times per short connection)
+        self._rx_parked: list[Task] = []
         self._outgoing: _Direction | None = None  # frames this port sends
         self._incoming: _Direction | None = None  # frames this port receives
         self._closed = False
@@ -249,9 +255,29 @@ class MemoryPort(Port):
             counters.obytes += len(frame)
             carry(frame, now)
         receiver = outgoing.receiver
-        if frames and receiver is not None and receiver._rx_lot:  # (unpark_all costs ~1 us, even for none)
-            receiver._rx_lot.unpark_all()
+        if frames and receiver is not None and receiver._rx_parked:  # (nobody parked: one test)
+            receiver._wake_rx()
         return len(frames)
+
+    @enable_ki_protection  # a KeyboardInterrupt must not leave a task half-woken
+    def _wake_rx(self) -> None:
+        """Wake every task parked in ``wait_rx`` now, in the order they parked (``unpark_all``)."""
+        parked, self._rx_parked = self._rx_parked, []
+        for task in parked:
+            reschedule(task)
+
+    @enable_ki_protection  # between the append and the park, a KeyboardInterrupt would strand it
+    async def _park_rx(self) -> None:
+        """Park until the peer's next ``tx_burst`` (or a cancellation, which takes the task off
+        the list: a woken task is never aborted, so an aborted one is still in the current list)."""
+        task = current_task()
+        self._rx_parked.append(task)
+
+        def abort(_: RaiseCancelT) -> Abort:
+            self._rx_parked.remove(task)
+            return Abort.SUCCEEDED
+
+        await _wait_task_rescheduled(abort)
 
     async def wait_rx(self, queue: int) -> None:
         incoming = self._incoming
@@ -260,15 +286,15 @@ class MemoryPort(Port):
             if incoming.fifo:
                 await trio.lowlevel.checkpoint()  # due at once (as move_on_at(0.0) would say)
             else:
-                await self._rx_lot.park()
+                await self._park_rx()
             return
         pending = incoming.queue
         if pending:
             with trio.move_on_at(pending[0][0]):
-                await self._rx_lot.park()
+                await self._park_rx()
             await trio.lowlevel.checkpoint()
         else:
-            await self._rx_lot.park()
+            await self._park_rx()
 
     def statistics(self) -> PortStatistics:
         return self._counters.snapshot()
