@@ -368,7 +368,7 @@ def final_ack(
         return True
     if self.snd_una > self.fin_seq:
         if state == CLOSING:
-            self._enter_time_wait(now, send_ack=False)  # an ACK of our FIN needs no answer
+            self._enter_time_wait(now, send_ack=self.ack_now)  # as _check_ack_field: only an ACK owed
             return True
         if state == LAST_ACK:
             self._drop(0)  # counted as closed there
@@ -500,7 +500,10 @@ def _check_ack_field(
             self._arm()
         self._wake()
     elif state == CLOSING and self.snd_una > self.fin_seq:
-        self._enter_time_wait(now, send_ack=False)  # an ACK of our FIN needs no answer
+        # An ACK of our FIN needs no answer; but the ACK this burst owes the peer's FIN (it
+        # arrived in an earlier segment of the same burst: its ACK waits for the burst's end,
+        # which TIME_WAIT would never send) leaves now, or the peer retransmits its FIN
+        self._enter_time_wait(now, send_ack=self.ack_now)
         return False
     elif state == LAST_ACK and self.snd_una > self.fin_seq:
         self._drop(0)  # counted as closed there
