@@ -4,6 +4,8 @@ until its arrival time.  (The offload marks are ``test_memory_wire_offloads.py``
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import trio
 import trio.testing
@@ -71,8 +73,63 @@ def test_the_receiver_parked_in_wait_rx_wakes_on_a_burst() -> None:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(receiver)
                 await trio.testing.wait_all_tasks_blocked()
-                assert len(b._rx_lot) == 1  # parked: the burst must wake it
+                assert len(b._rx_parked) == 1  # parked: the burst must wake it
                 a.tx_burst(0, _frames(2))
         assert got == _frames(2)
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+@pytest.mark.parametrize("latency", [0.0, 0.5])
+def test_the_receivers_queue_is_bounded_on_a_plain_wire_as_on_a_timed_one(latency: float) -> None:
+    """``queue_limit`` frames wait at the receiver, plain wire (a FIFO) or not (a heap); those
+    beyond are tail-dropped and counted as the receiver's ``imissed`` and the wire's
+    ``queue_drops``, and the ones kept arrive in order, bytes and packets counted."""
+    a, b = memory_wire(queue_limit=3, latency=latency)
+
+    async def main() -> None:
+        assert a.tx_burst(0, _frames(5)) == 5  # handed to the wire: the drops are the receiver's
+        await trio.sleep(latency)
+        assert b.rx_burst(0, 32) == _frames(3)
+        assert b.statistics().imissed == 2 and a.wire_statistics().queue_drops == 2
+        assert b.statistics().ipackets == 3 and b.statistics().ibytes == 180
+        assert a.tx_burst(0, _frames(1, start=7)) == 1  # room again
+        await trio.sleep(latency)
+        assert b.rx_burst(0, 32) == _frames(1, start=7)
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_tasks_parked_in_wait_rx_are_all_woken_and_a_cancelled_one_leaves() -> None:
+    """``wait_rx``'s park behaves as the ``ParkingLot`` it replaced: a burst wakes every task
+    parked at that moment; a task cancelled while parked is taken off (the next burst wakes
+    only the others), and the port parks nobody afterwards."""
+    a, b = memory_wire()
+    woke: list[str] = []
+
+    async def waiter(name: str) -> None:
+        await b.wait_rx(0)
+        woke.append(name)
+
+    gone = trio.CancelScope()
+
+    async def cancelled() -> None:
+        with gone:
+            await b.wait_rx(0)
+        woke.append("cancelled")
+
+    async def main() -> None:
+        with trio.fail_after(5):
+            async with trio.open_nursery() as nursery:
+                for task in (partial(waiter, "first"), cancelled, partial(waiter, "second")):
+                    nursery.start_soon(task)
+                    await trio.testing.wait_all_tasks_blocked()
+                assert len(b._rx_parked) == 3
+                gone.cancel()
+                await trio.testing.wait_all_tasks_blocked()
+                assert woke == ["cancelled"] and len(b._rx_parked) == 2  # cancelled: off the list
+                a.tx_burst(0, _frames(1))
+        assert woke[0] == "cancelled" and sorted(woke[1:]) == ["first", "second"]  # trio picks the order
+        assert b._rx_parked == []
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))

@@ -24,11 +24,14 @@ from __future__ import annotations
 
 import heapq
 import random
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import trio
+from trio.lowlevel import Abort, RaiseCancelT, Task, current_task, enable_ki_protection, reschedule
+from trio.lowlevel import wait_task_rescheduled as _wait_task_rescheduled
 
 from trio_yastack.stack._offload import ChecksumVerified, ChecksumVerifiedPacket, OffloadPacket
 from trio_yastack.stack.wire import MacAddress
@@ -39,8 +42,6 @@ __all__ = ["MemoryPort", "WireStatistics", "memory_wire"]
 
 #: how much later than its own arrival time a frame picked for reordering arrives
 REORDER_DELAY = 0.001
-#: ``rx_burst``'s "now" on a plain wire: later than any arrival time (a plain wire's are 0.0)
-_ALWAYS = float("inf")
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +78,7 @@ class _Direction:
         "corrupted",
         "duplicate",
         "duplicated",
+        "fifo",
         "latency",
         "loss",
         "lost",
@@ -113,6 +115,9 @@ class _Direction:
         self.plain = not (loss or duplicate or reorder or corrupt or latency or rate_bps)
         self.latency, self.rate_bps, self.queue_limit, self.rng = latency, rate_bps, queue_limit, rng
         self.queue: list[tuple[float, int, bytes]] = []  # heap of (arrival time, seq, frame)
+        #: a plain wire's queue instead: every frame is due at once, so arrival order is all
+        #: there is to keep (a heap of equal times ordered by seq, without the tuples and pops)
+        self.fifo: deque[bytes] = deque()
         self.seq = 0
         self.busy_until = 0.0
         self.sent = self.lost = self.duplicated = self.reordered = self.corrupted = self.queue_drops = 0
@@ -121,15 +126,14 @@ class _Direction:
     def carry(self, frame: bytes, now: float) -> None:
         """Put one frame on the wire (the sender wakes the receiver once per burst)."""
         self.sent += 1
-        if self.plain:  # no fault, latency or rate: the frame arrives now (``now`` is 0.0), as it is
-            queue = self.queue
-            if len(queue) >= self.queue_limit:
+        if self.plain:  # no fault, latency or rate: the frame arrives now, as it is
+            fifo = self.fifo
+            if len(fifo) >= self.queue_limit:
                 self.queue_drops += 1
                 assert self.receiver is not None
                 self.receiver._counters.imissed += 1
                 return
-            self.seq += 1
-            heapq.heappush(queue, (now, self.seq, _vouched(frame) if self.offloads else frame))
+            fifo.append(_vouched(frame) if self.offloads else frame)
             return
         rng = self.rng
         if self.loss and rng.random() < self.loss:
@@ -179,8 +183,16 @@ class MemoryPort(Port):
     def __init__(self, name: str, capabilities: PortCapabilities) -> None:
         self.name = name
         self._capabilities = capabilities
+        #: the longest frame tx_burst takes, and the longest TSO frame (capabilities are frozen:
+        #: worked out once, not per burst)
+        self._limit = capabilities.max_frame_len
+        self._tso_limit = capabilities.max_tso_size + 18 if capabilities.tso else self._limit
         self._counters = PortCounters()
-        self._rx_lot = trio.lowlevel.ParkingLot()
+        #: the tasks parked in ``wait_rx`` (the poll loop), in the order they parked: a list
+        #: handed to ``reschedule``, not a ``ParkingLot`` (as the sockets' ``Waiter``: the lot's
+        #: ordered dict, count arithmetic and coroutine frame per park cost ~1 us a cycle, and
+        #: the wire parks and wakes each side's loop several times per short connection)
+        self._rx_parked: list[Task] = []
         self._outgoing: _Direction | None = None  # frames this port sends
         self._incoming: _Direction | None = None  # frames this port receives
         self._closed = False
@@ -192,13 +204,26 @@ class MemoryPort(Port):
     def rx_burst(self, queue: int, max_n: int) -> list[bytes]:
         if queue != 0:
             raise ValueError(f"{self.name} has one receive queue, not {queue + 1}")
-        assert self._incoming is not None
-        pending = self._incoming.queue
+        incoming = self._incoming
+        assert incoming is not None
+        if incoming.plain:  # frames arrive as they are sent: all of them are due (no clock read)
+            fifo = incoming.fifo
+            if not fifo or self._closed:
+                return []
+            if len(fifo) <= max_n:
+                frames = list(fifo)
+                fifo.clear()
+            else:
+                frames = [fifo.popleft() for _ in range(max_n)]
+            counters = self._counters
+            counters.ipackets += len(frames)
+            counters.ibytes += sum(map(len, frames))
+            return frames
+        pending = incoming.queue
         if not pending or self._closed:
             return []
-        # a plain wire's frames arrive as they are sent: all of them are due (no clock read)
-        now = _ALWAYS if self._incoming.plain else trio.current_time()
-        frames: list[bytes] = []
+        now = trio.current_time()
+        frames = []
         counters = self._counters
         while pending and pending[0][0] <= now and len(frames) < max_n:
             frame = heapq.heappop(pending)[2]
@@ -215,10 +240,10 @@ class MemoryPort(Port):
             return 0
         outgoing = self._outgoing
         now = 0.0 if outgoing.plain else trio.current_time()  # a plain wire's frames are due at once
-        limit = self._capabilities.max_frame_len
+        limit = self._limit
         counters = self._counters
         carry = outgoing.carry
-        tso_limit = self._capabilities.max_tso_size + 18 if self._capabilities.tso else limit
+        tso_limit = self._tso_limit
         for frame in frames:
             if len(frame) > limit and not (
                 frame.__class__ is OffloadPacket  # type: ignore[comparison-overlap]  # bytearray in a bytes list
@@ -230,19 +255,46 @@ class MemoryPort(Port):
             counters.obytes += len(frame)
             carry(frame, now)
         receiver = outgoing.receiver
-        if frames and receiver is not None and receiver._rx_lot:  # (unpark_all costs ~1 us, even for none)
-            receiver._rx_lot.unpark_all()
+        if frames and receiver is not None and receiver._rx_parked:  # (nobody parked: one test)
+            receiver._wake_rx()
         return len(frames)
 
+    @enable_ki_protection  # a KeyboardInterrupt must not leave a task half-woken
+    def _wake_rx(self) -> None:
+        """Wake every task parked in ``wait_rx`` now, in the order they parked (``unpark_all``)."""
+        parked, self._rx_parked = self._rx_parked, []
+        for task in parked:
+            reschedule(task)
+
+    @enable_ki_protection  # between the append and the park, a KeyboardInterrupt would strand it
+    async def _park_rx(self) -> None:
+        """Park until the peer's next ``tx_burst`` (or a cancellation, which takes the task off
+        the list: a woken task is never aborted, so an aborted one is still in the current list)."""
+        task = current_task()
+        self._rx_parked.append(task)
+
+        def abort(_: RaiseCancelT) -> Abort:
+            self._rx_parked.remove(task)
+            return Abort.SUCCEEDED
+
+        await _wait_task_rescheduled(abort)
+
     async def wait_rx(self, queue: int) -> None:
-        assert self._incoming is not None
-        pending = self._incoming.queue
+        incoming = self._incoming
+        assert incoming is not None
+        if incoming.plain:
+            if incoming.fifo:
+                await trio.lowlevel.checkpoint()  # due at once (as move_on_at(0.0) would say)
+            else:
+                await self._park_rx()
+            return
+        pending = incoming.queue
         if pending:
             with trio.move_on_at(pending[0][0]):
-                await self._rx_lot.park()
+                await self._park_rx()
             await trio.lowlevel.checkpoint()
         else:
-            await self._rx_lot.park()
+            await self._park_rx()
 
     def statistics(self) -> PortStatistics:
         return self._counters.snapshot()

@@ -220,9 +220,18 @@ def _ipv4(address: Any, *, what: str = "address") -> tuple[int, int]:
     if host in ("", None):
         return 0, port
     try:
-        return int(IPv4Address(host)), port
+        return (_ip_number(host) if host.__class__ is str else int(IPv4Address(host))), port
     except ValueError:
         raise _oserror(errno.EINVAL, f"not a numeric IPv4 address: {host!r}; resolve names first") from None
+
+
+@functools.lru_cache(maxsize=4096)
+def _ip_number(host: str) -> int:
+    """``int(IPv4Address(host))``, remembered (a ValueError is not): every connect and
+    ``sendto`` names its peer as text, a client names the same few again and again, and the
+    ``ipaddress`` parse costs more than the rest of the address check.  The same in every trio
+    run, so one bounded table for the process keeps no per-run state (as :func:`_ip_text`)."""
+    return int(IPv4Address(host))
 
 
 @functools.lru_cache(maxsize=4096)
@@ -698,6 +707,7 @@ class StackSocket(trio.socket.SocketType):
         self._conn = conn
         self._apply_connection_options()
         self._kick()
+        waited = False
         try:
             while not conn.established:
                 if conn.error or conn.state == 0:
@@ -705,12 +715,17 @@ class StackSocket(trio.socket.SocketType):
                     self._error_reported = True
                     raise OSError(error, f"Error connecting to {address!r}: {os.strerror(error)}")
                 await self._wait(sending=True)
+                waited = True
         except BaseException:
             if conn.state != 0:
                 conn.abort(trio.current_time())
                 self._kick()
             raise
-        await trio.lowlevel.checkpoint()
+        if not waited:
+            # One scheduler pass per connect, as trio's: a connect that parked had its pass
+            # there (trio's returns right after its wait_writable); a second one was a task
+            # step and a scheduler pass more for every connection
+            await trio.lowlevel.checkpoint()
 
     def _tcp_connect(self, ip: int, port: int, local_port: int) -> TcpConnection:
         """The TCP layer's active open for this socket's family (see ``StackSocket6``)."""

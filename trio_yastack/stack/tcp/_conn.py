@@ -449,6 +449,7 @@ class TcpConnection:
     header_prediction = _input.header_prediction
     handshake_ack = _input.handshake_ack
     closing_ack = _input.closing_ack
+    final_ack = _input.final_ack
     _check_sequence_number = _input._check_sequence_number
     _check_rst_bit = _input._check_rst_bit
     _check_syn_bit = _input._check_syn_bit

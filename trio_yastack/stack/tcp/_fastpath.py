@@ -58,7 +58,7 @@ from ..wire.tcp import TCP_ACK, TCP_FIN, TCP_PSH, TCP_SYN
 from ._buffers import NO_REASSEMBLY, NO_SACKS
 from ._conn import TcpConnection
 from ._input import _ack_all
-from ._states import ESTABLISHED, FIN_WAIT_1, FIN_WAIT_2, SYN_RECEIVED
+from ._states import CLOSING, ESTABLISHED, FIN_WAIT_1, FIN_WAIT_2, LAST_ACK, SYN_RECEIVED
 
 __all__ = [
     "CANDIDATE",
@@ -478,6 +478,9 @@ classify_burst: Classify = native_classify_burst or py_classify_burst
 
 #: the states whose answer to our FIN ``closing_ack`` predicts (a ``Connection: close`` server's)
 _CLOSING_PREDICTED = (FIN_WAIT_1, FIN_WAIT_2)
+#: the states whose last segment in, the peer's ACK of our FIN after its own, ``final_ack``
+#: predicts (a client of a ``Connection: close`` server, or both ends closing at once)
+_FINAL_PREDICTED = (LAST_ACK, CLOSING)
 
 
 def fast_input(conn: TcpConnection, frame: bytes, record: Record, now: float) -> bool:
@@ -492,8 +495,10 @@ def fast_input(conn: TcpConnection, frame: bytes, record: Record, now: float) ->
     A connection in any other state, and a FIN in any state, goes on from here: the ACK that
     completes a passive open (every connection's second segment) to ``handshake_ack``, the
     peer's ACK and FIN after ours (a ``Connection: close`` server's last segments in) to
-    ``closing_ack``, each the general path's steps for that one case; whatever they decline (and
-    data, ACKs while closing, a FIN on an ESTABLISHED connection) to the general path,
+    ``closing_ack``, the peer's ACK of our FIN after its own (its client's last segment in,
+    LAST_ACK or CLOSING) to ``final_ack``, each the general path's steps for that one case;
+    whatever they decline (and data, other ACKs while closing, a FIN on an ESTABLISHED
+    connection) to the general path,
     ``segment_arrives``: the classifier made every check ``ip_input`` and
     ``tcp_input`` make before they hand a segment of a known connection to it (IPv4 to our
     address from a sound source, unfragmented, checksums, ports, ACK (maybe with FIN) without
@@ -510,6 +515,7 @@ def fast_input(conn: TcpConnection, frame: bytes, record: Record, now: float) ->
         if start != end or not (
             (state == SYN_RECEIVED and conn.handshake_ack(seq, ack, flags, window, tsval, tsecr, now))
             or (state in _CLOSING_PREDICTED and conn.closing_ack(seq, ack, flags, window, tsval, tsecr, now))
+            or (state in _FINAL_PREDICTED and conn.final_ack(seq, ack, flags, window, tsval, tsecr, now))
         ):
             conn.segment_arrives(frame, start, end, seq, ack, flags, window, None, tsval, tsecr, now)
         return True

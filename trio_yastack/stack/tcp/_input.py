@@ -49,7 +49,7 @@ from ._states import (
 if TYPE_CHECKING:
     from ._conn import TcpConnection
 
-__all__ = ["closing_ack", "handshake_ack", "header_prediction", "segment_arrives"]
+__all__ = ["closing_ack", "final_ack", "handshake_ack", "header_prediction", "segment_arrives"]
 
 _MASK = 0xFFFFFFFF
 
@@ -324,6 +324,62 @@ def closing_ack(
     return True
 
 
+def final_ack(
+    self: TcpConnection,
+    seq_wire: int,
+    ack_wire: int,
+    flags: int,
+    window: int,
+    tsval: int,
+    tsecr: int,
+    now: float,
+) -> bool:
+    """The peer's ACK of our FIN after its own FIN, without data, taken in a few lines: in
+    LAST-ACK (the peer closed first, as a ``Connection: close`` server does to its client) the
+    connection is closed, in CLOSING (both closed at once) it goes to TIME-WAIT.  The client's
+    twin of :func:`closing_ack`; ``False`` (nothing changed) leaves anything else (data, a FIN
+    again, an ACK short of our FIN, an old timestamp) to :func:`segment_arrives`.
+
+    With the segment at RCV.NXT (no SYN, FIN or data: in the window whatever its size), its
+    timestamp in order and SEG.ACK = SND.MAX beyond our FIN, RFC 9293 3.10.7.4's checks reduce
+    to the first check's TS.Recent update and the fifth's ``_process_ack`` and its closing
+    step; what the general path would do after them for a segment that closes nothing
+    (``_process_ack`` left SND.UNA short of our FIN) is done here too."""
+    seq = self.rcv_nxt
+    if (
+        flags & ~TCP_PSH != TCP_ACK
+        or seq_wire != seq & _MASK
+        or ack_wire != self.snd_max & _MASK
+        or self.fin_seq < 0
+        or self.snd_max <= self.fin_seq
+    ):
+        return False
+    if self.ts_on:
+        if tsval < 0 or 0 < ((self.ts_recent - tsval) & _MASK) < 0x80000000:
+            return False  # no timestamp, or PAWS would reject it: the general path decides
+        if seq <= self.last_ack_sent:  # RFC 7323 4.3, as _check_sequence_number does
+            self.ts_recent = tsval
+            self.ts_recent_valid = True
+    self.last_activity = now
+    self.keep_probes = 0
+    self._process_ack(self.snd_max, seq, window, None, tsecr, True, now)
+    state = self.state
+    if state == CLOSED:
+        return True
+    if self.snd_una > self.fin_seq:
+        if state == CLOSING:
+            self._enter_time_wait(now, send_ack=self.ack_now)  # as _check_ack_field: only an ACK owed
+            return True
+        if state == LAST_ACK:
+            self._drop(0)  # counted as closed there
+            return True
+    if self.ack_now and len(self.reasm):
+        self.tcp_output(now)
+    else:
+        self._output_after_input(now)
+    return True
+
+
 def _check_sequence_number(
     self: TcpConnection, seq: int, length: int, flags: int, tsval: int, now: float
 ) -> bool:
@@ -444,7 +500,10 @@ def _check_ack_field(
             self._arm()
         self._wake()
     elif state == CLOSING and self.snd_una > self.fin_seq:
-        self._enter_time_wait(now, send_ack=False)  # an ACK of our FIN needs no answer
+        # An ACK of our FIN needs no answer; but the ACK this burst owes the peer's FIN (it
+        # arrived in an earlier segment of the same burst: its ACK waits for the burst's end,
+        # which TIME_WAIT would never send) leaves now, or the peer retransmits its FIN
+        self._enter_time_wait(now, send_ack=self.ack_now)
         return False
     elif state == LAST_ACK and self.snd_una > self.fin_seq:
         self._drop(0)  # counted as closed there
