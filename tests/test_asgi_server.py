@@ -13,6 +13,7 @@ import errno
 import logging
 import random
 import re
+import socket
 import ssl
 import struct
 from typing import Any, Literal
@@ -687,6 +688,31 @@ async def test_connection_tasks_are_reused_each_with_a_fresh_context(
                 stopping_at = trio.current_time()
             assert trio.current_time() - stopping_at < config.graceful_timeout  # none waited for
     assert olds == ["unset"] * 5
+
+
+async def test_stack_stream_is_the_stream_trio_makes(autojump_clock: trio.testing.MockClock) -> None:
+    """The accept loop's lean stream for the stack's sockets (``_stack_stream``) is what
+    ``trio.SocketStream(sock)`` makes: the same type and attributes, the same options on the
+    socket (TCP_NODELAY on, TCP_NOTSENT_LOWAT 16 KiB) and on its connection (Nagle off)."""
+    async with two_stacks() as (a, b):
+        made: list[tuple[trio.SocketStream, StackSocket]] = []
+        for wrap in (trio.SocketStream, _server._stack_stream):
+            _, sock = await socket_pair(a, b, 9000 + len(made))
+            assert isinstance(sock, StackSocket)
+            assert sock.connection is not None and not sock.connection.nodelay  # the stack's default
+            made.append((wrap(sock), sock))
+        (plain, plain_sock), (lean, lean_sock) = made
+        assert type(lean) is type(plain) is trio.SocketStream
+        assert vars(lean).keys() == vars(plain).keys() and lean.socket is lean_sock
+        assert type(lean._send_conflict_detector) is type(plain._send_conflict_detector)
+        assert lean_sock._options == plain_sock._options
+        for option in (socket.TCP_NODELAY, socket.TCP_NOTSENT_LOWAT):
+            assert lean.getsockopt(socket.IPPROTO_TCP, option) == plain.getsockopt(socket.IPPROTO_TCP, option)
+        assert lean_sock.connection is not None and plain_sock.connection is not None
+        assert lean_sock.connection.nodelay and plain_sock.connection.nodelay
+        await lean.send_all(b"x")  # and it works as a stream
+        await plain.aclose()
+        await lean.aclose()
 
 
 async def test_kernel_listener_drains_its_queue_in_batches(monkeypatch: pytest.MonkeyPatch) -> None:
