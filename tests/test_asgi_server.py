@@ -8,10 +8,12 @@ the CLI's mapping of options, and ``server="hypercorn"`` still reaching hypercor
 
 from __future__ import annotations
 
+import contextvars
 import errno
 import logging
 import random
 import re
+import socket
 import ssl
 import struct
 from typing import Any, Literal
@@ -635,6 +637,82 @@ async def test_stack_listener_drains_its_queue_in_batches(
                 assert await client.wait_closed() == b""
                 await client.stream.aclose()
         assert sorted(taken) == sorted(locals_)
+
+
+async def test_connection_tasks_are_reused_each_with_a_fresh_context(
+    monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A connection's task, once its connection ended, serves the next one (``_Workers``: no
+    spawn per connection), under a fresh copy of the accept loop's context as a spawned task
+    would be: a context variable the app set for one connection is not seen by the next.  At
+    most IDLE_WORKERS tasks stay parked (here 1: of two connections served at once, one task
+    ends), and shutdown ends the parked ones at once, not after the graceful timeout."""
+    monkeypatch.setattr(_server, "IDLE_WORKERS", 1)
+    seen = contextvars.ContextVar("seen", default="unset")
+    tasks: list[trio.lowlevel.Task] = []
+    olds: list[str] = []
+    hold = trio.Event()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        tasks.append(trio.lowlevel.current_task())
+        olds.append(seen.get())
+        seen.set(scope["path"])
+        if scope["path"] == "/held":
+            await hold.wait()
+        await hello_app(scope, receive, send)
+
+    async def one(b: Any, path: str) -> None:
+        client = RawClient(await b.tcp_connect(A_IP, 8000))
+        await client.send(build_request("GET", path, connection="close"))
+        assert (await client.response()).status == 200
+        assert await client.wait_closed() == b""
+        await client.stream.aclose()
+
+    config = ServerConfig(bind=("8000",), graceful_timeout=30.0)
+    async with two_stacks() as (a, b):
+        with trio.fail_after(60):
+            async with running_server(app, config, stack=a):
+                for index in range(3):
+                    await one(b, f"/{index}")
+                    await trio.testing.wait_all_tasks_blocked()  # its task parked
+                assert tasks[0] is tasks[1] is tasks[2]  # one task, reused
+                async with trio.open_nursery() as nursery:  # two at once: a second task
+                    nursery.start_soon(one, b, "/held")
+                    await trio.testing.wait_all_tasks_blocked()
+                    await one(b, "/3")
+                    hold.set()
+                assert tasks[3] is not tasks[4]
+                await trio.testing.wait_all_tasks_blocked()
+                stopping_at = trio.current_time()
+            assert trio.current_time() - stopping_at < config.graceful_timeout  # none waited for
+    assert olds == ["unset"] * 5
+
+
+async def test_stack_stream_is_the_stream_trio_makes(autojump_clock: trio.testing.MockClock) -> None:
+    """The accept loop's lean stream for the stack's sockets (``_stack_stream``) is what
+    ``trio.SocketStream(sock)`` makes: the same type and attributes, the same options on the
+    socket (TCP_NODELAY on, TCP_NOTSENT_LOWAT 16 KiB) and on its connection (Nagle off)."""
+    async with two_stacks() as (a, b):
+        made: list[tuple[trio.SocketStream, StackSocket]] = []
+        for wrap in (trio.SocketStream, _server._stack_stream):
+            _, sock = await socket_pair(a, b, 9000 + len(made))
+            assert isinstance(sock, StackSocket)
+            assert sock.connection is not None and not sock.connection.nodelay  # the stack's default
+            made.append((wrap(sock), sock))
+        (plain, plain_sock), (lean, lean_sock) = made
+        assert type(lean) is type(plain) is trio.SocketStream
+        assert vars(lean).keys() == vars(plain).keys() and lean.socket is lean_sock
+        assert type(lean._send_conflict_detector) is type(plain._send_conflict_detector)
+        assert lean_sock._options == plain_sock._options
+        for option in (socket.TCP_NODELAY, socket.TCP_NOTSENT_LOWAT):
+            assert lean.getsockopt(socket.IPPROTO_TCP, option) == plain.getsockopt(socket.IPPROTO_TCP, option)
+        assert lean_sock.connection is not None and plain_sock.connection is not None
+        assert lean_sock.connection.nodelay and plain_sock.connection.nodelay
+        await lean.send_all(b"x")  # and it works as a stream
+        await plain.aclose()
+        await lean.aclose()
 
 
 async def test_kernel_listener_drains_its_queue_in_batches(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -652,9 +652,13 @@ class HttpConnection:
         try:
             step = _WAIT_FIRST
             if after is None:
-                self._set_timeout(trio.current_time() + self.config.request_head_timeout)
                 if self._raw is not None or self._recv_nowait is not None:
                     step = await self._serve_at_hand()
+                # The head timeout from the first byte awaited: armed only when something will
+                # be (a request at hand was served, or runs with no timeout, without the clock
+                # read; nothing yields in between, so it starts when it did)
+                if step != _SERVED and step != _FED and self.timeout_at == _INF:
+                    self._set_timeout(trio.current_time() + self.config.request_head_timeout)
             if step != _SERVED:
                 with cancel:
                     await self._serve_requests(after, step)

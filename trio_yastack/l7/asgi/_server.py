@@ -13,6 +13,7 @@ is left is cancelled, and the lifespan shutdown runs last.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import errno
 import importlib
 import logging
@@ -21,6 +22,7 @@ import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Literal
 
+import outcome
 import trio
 
 from trio_yastack._open_stack import Stack, current_stack
@@ -41,6 +43,8 @@ SWEEP_INTERVAL = 0.5
 
 #: the most connections one accept loop takes per wake-up before the connections' tasks get a turn
 ACCEPT_BATCH = 64
+#: connection tasks kept parked for the next connections once theirs ended (``_Workers``)
+IDLE_WORKERS = 64
 #: kernel listeners (Linux TCP_DEFER_ACCEPT): how long a connected client may stay silent before it
 #: is accepted anyway (the kernel holds it until its first bytes, at most this long)
 DEFER_ACCEPT_SECONDS = 1
@@ -101,6 +105,89 @@ def _socket_address(sock: Any, peer: bool) -> tuple[str, int] | None:
 #: the value of a scope address not known at accept: found from the stream's socket
 _ASK = ("?", -1)
 
+try:
+    # trio's own conflict detector (a private name): what _stack_stream needs to make a stream as
+    # trio's constructor makes it; without it (another trio) the constructor itself is used
+    from trio._util import ConflictDetector as _ConflictDetector
+except ImportError:  # pragma: no cover - every trio this package allows has it
+    _ConflictDetector = None  # type: ignore[assignment,misc]  # (the fallback: no lean stream)
+_SEND_CONFLICT = "another task is currently sending data on this SocketStream"  # (trio's words)
+
+
+def _stack_stream(sock: Any) -> trio.SocketStream:
+    """``trio.SocketStream(sock)`` for an accepted socket of the stack (``StackSocket``), made as
+    the constructor makes it (its socket, its send conflict detector, TCP_NODELAY and
+    TCP_NOTSENT_LOWAT set: ``stream_defaults``) without the constructor's generic part: its type
+    checks and two ``setsockopt`` calls under ``suppress``, ~1.3 us of a short connection's.
+    tests/test_asgi_server.py holds it equal to the constructor's stream."""
+    if _ConflictDetector is None:  # pragma: no cover - see the import
+        return trio.SocketStream(sock)
+    stream = trio.SocketStream.__new__(trio.SocketStream)
+    stream.socket = sock
+    stream._send_conflict_detector = _ConflictDetector(_SEND_CONFLICT)
+    sock.stream_defaults()
+    return stream
+
+
+class _Workers:
+    """The connections' tasks, each reused for the next connection once its own ended.
+
+    A task per connection, as ``trio.serve_listeners`` spawns one, costs the spawn (a coroutine,
+    a task, the nursery's books) and the task's exit, ~3-4 us; a short connection
+    (``Connection: close``) is served in one step of its task, so that was a fair part of trio's
+    share of it.  Here a task whose connection ended parks (up to ``IDLE_WORKERS`` of them), and
+    the accept loop hands it the next connection and reschedules it: a connection costs a
+    reschedule.  Each connection runs in a fresh copy of the accept loop's context, as a spawned
+    task would (``Task.context`` set before the task's next step): a context variable an app
+    sets is never seen by the next connection's app.  :meth:`stop` (graceful shutdown) ends the
+    parked tasks and spawns no more parking ones; the connections in progress end as before.
+    """
+
+    __slots__ = ("_handle", "_idle", "_nursery", "_stopped")
+
+    def __init__(self, handle: Callable[..., Awaitable[None]], nursery: trio.Nursery) -> None:
+        self._handle = handle
+        self._nursery = nursery
+        self._idle: list[trio.lowlevel.Task] = []
+        self._stopped = False
+
+    def start(self, stream: trio.abc.Stream, client: Any = _ASK, server: Any = _ASK) -> None:
+        """Serve ``stream`` in a parked task, or in a new one when none is parked."""
+        idle = self._idle
+        if idle:
+            task = idle.pop()
+            task.context = contextvars.copy_context()  # as a spawn copies the spawner's
+            trio.lowlevel.reschedule(task, outcome.Value((stream, client, server)))
+        else:
+            # named after what it runs: the journey and trio's task tree show ``handle``
+            self._nursery.start_soon(self._work, stream, client, server, name=self._handle)
+
+    def stop(self) -> None:
+        """End the parked tasks (graceful shutdown): nothing is left waiting for connections."""
+        self._stopped = True
+        idle, self._idle = self._idle, []
+        for task in idle:
+            trio.lowlevel.reschedule(task, outcome.Value(None))  # (an outcome is unwrapped once)
+
+    async def _work(self, stream: trio.abc.Stream, client: Any, server: Any) -> None:
+        handle = self._handle
+        task = trio.lowlevel.current_task()
+
+        def abort(_: Any) -> trio.lowlevel.Abort:
+            self._idle.remove(task)  # cancelled while parked (the nursery's scope): it ends
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        while True:
+            await handle(stream, client, server)
+            del stream, client, server  # a parked task keeps nothing of its last connection alive
+            if self._stopped or len(self._idle) >= IDLE_WORKERS:
+                return
+            self._idle.append(task)
+            job = await trio.lowlevel.wait_task_rescheduled(abort)
+            if job is None:
+                return
+            stream, client, server = job
+
 
 class _Server:
     """The connections of one ``serve_asgi`` run, so shutdown can reach each of them."""
@@ -112,12 +199,15 @@ class _Server:
         state: dict[str, Any] | None,
         access_log: AccessLogger | None,
         handoffs: Handoffs,
+        nursery: trio.Nursery,
     ) -> None:
         self.app = app
         self.config = config
         self.state = state
         self.access_log = access_log
         self.handoffs = handoffs
+        #: the connections' tasks (spawned into ``nursery``, reused connection after connection)
+        self.workers = _Workers(self.handle, nursery)
         self.connections: set[HttpConnection] = set()
         self.stopping = False
         # graceful shutdown for HTTP/2 connections negotiated by ALPN (GOAWAY after the streams
@@ -213,6 +303,7 @@ class _Server:
         """Stop keep-alive everywhere; idle connections close now."""
         self.stopping = True
         self.stopped.set()
+        self.workers.stop()
         for connection in list(self.connections):
             connection.shutdown()
 
@@ -379,7 +470,7 @@ async def _serve(
     async with trio.open_nursery() as connections:
         # Hand-offs spawn into the connections' nursery (shutdown's deadline reaches the apps
         # that run on); the watcher itself stops with accepting: nothing is handed on after that
-        server = _Server(app, config, state, access_log, Handoffs(connections))
+        server = _Server(app, config, state, access_log, Handoffs(connections), connections)
         try:
             async with trio.open_nursery() as accepting:
 
@@ -394,7 +485,7 @@ async def _serve(
                 accepting.start_soon(server.sweep)
                 accepting.start_soon(server.handoffs.run)
                 for listener in listeners:
-                    accepting.start_soon(_accept_loop, listener, server, connections)
+                    accepting.start_soon(_accept_loop, listener, server)
                 task_status.started(urls)
         finally:
             # Graceful shutdown: no new connections; idle ones close now, the others after their
@@ -406,8 +497,9 @@ async def _serve(
             connections.cancel_scope.deadline = trio.current_time() + config.graceful_timeout
 
 
-async def _accept_loop(listener: trio.abc.Listener[Any], server: _Server, nursery: trio.Nursery) -> None:
-    """Accept connections on ``listener`` for ever, one task each in ``nursery`` (``server.handle``).
+async def _accept_loop(listener: trio.abc.Listener[Any], server: _Server) -> None:
+    """Accept connections on ``listener`` for ever, each served by ``server.handle`` in a task of
+    the connections' nursery (``server.workers``: a parked one, or a new one).
 
     What ``trio.serve_listeners`` does, cheaper per connection: the task runs ``handle`` itself (no
     wrapper task frame, no second close), and on a ``trio.SocketListener`` the peer's address comes
@@ -420,9 +512,9 @@ async def _accept_loop(listener: trio.abc.Listener[Any], server: _Server, nurser
         sock = listener.socket
         raw = getattr(sock, "_sock", None)  # trio's kernel socket keeps its stdlib socket here
         if type(sock).__module__ == "trio._socket" and isinstance(raw, stdlib_socket.socket):
-            await _accept_kernel(sock, raw, server, nursery)
+            await _accept_kernel(sock, raw, server)
         else:
-            await _accept_socket(sock, server, nursery)
+            await _accept_socket(sock, server)
         return
     while True:
         try:
@@ -432,7 +524,7 @@ async def _accept_loop(listener: trio.abc.Listener[Any], server: _Server, nurser
                 raise
             await _accept_failed(exc)
         else:
-            nursery.start_soon(server.handle, stream)
+            server.workers.start(stream)
 
 
 async def _accept_failed(exc: OSError) -> None:
@@ -457,11 +549,9 @@ def _fixed_server_address(sock: trio.socket.SocketType) -> tuple[str, int] | Non
     return _pair(address)
 
 
-async def _accept_kernel(
-    sock: trio.socket.SocketType, raw: stdlib_socket.socket, server: _Server, nursery: trio.Nursery
-) -> None:
+async def _accept_kernel(sock: trio.socket.SocketType, raw: stdlib_socket.socket, server: _Server) -> None:
     """The kernel ``trio.SocketListener`` fast path: drain the accept queue per wake-up."""
-    handle = server.handle
+    start = server.workers.start
     here = _fixed_server_address(sock)
     from_stdlib = trio.socket.from_stdlib_socket
     while True:
@@ -479,20 +569,20 @@ async def _accept_kernel(
                 if exc.errno not in _ACCEPT_IGNORABLE:
                     raise
                 continue
-            nursery.start_soon(handle, trio.SocketStream(from_stdlib(conn)), _pair(address), here)
+            start(trio.SocketStream(from_stdlib(conn)), _pair(address), here)
         else:
             await trio.lowlevel.checkpoint()  # a full batch: the new connections run first
             continue
         await trio.lowlevel.wait_readable(raw)
 
 
-async def _accept_socket(sock: trio.socket.SocketType, server: _Server, nursery: trio.Nursery) -> None:
+async def _accept_socket(sock: trio.socket.SocketType, server: _Server) -> None:
     """Any other trio socket: one ``accept`` per connection, its address kept; the stack's
     socket, which has a non-blocking accept, is drained per wake-up (``_accept_nowait``)."""
-    handle = server.handle
+    start = server.workers.start
     here = _fixed_server_address(sock)
     if callable(getattr(sock, "accept_nowait", None)) and callable(getattr(sock, "wait_acceptable", None)):
-        await _accept_nowait(sock, server, nursery, here)
+        await _accept_nowait(sock, server, here)
         return
     while True:
         try:
@@ -505,17 +595,19 @@ async def _accept_socket(sock: trio.socket.SocketType, server: _Server, nursery:
             elif exc.errno not in _ACCEPT_IGNORABLE:
                 raise
             continue
-        nursery.start_soon(handle, trio.SocketStream(conn), _pair(address), here)
+        start(trio.SocketStream(conn), _pair(address), here)
 
 
-async def _accept_nowait(
-    sock: Any, server: _Server, nursery: trio.Nursery, here: tuple[str, int] | None
-) -> None:
+async def _accept_nowait(sock: Any, server: _Server, here: tuple[str, int] | None) -> None:
     """The stack's listening socket (``StackSocket``): as ``_accept_kernel``, every pending
     connection per wake-up (up to ``ACCEPT_BATCH``) with ``accept_nowait``, then
     ``wait_acceptable``, instead of a scheduler pass per ``accept``."""
-    handle = server.handle
+    start = server.workers.start
     accept_nowait = sock.accept_nowait
+    # the stack's own socket: its streams made lean (_stack_stream); another's as trio makes them
+    make_stream: Callable[[Any], trio.SocketStream] = (
+        _stack_stream if callable(getattr(sock, "stream_defaults", None)) else trio.SocketStream
+    )
     wait_acceptable = sock.wait_acceptable
     while True:
         for _ in range(ACCEPT_BATCH):
@@ -535,7 +627,7 @@ async def _accept_nowait(
             # A listener on a wildcard address: the connection's own, asked of the socket in
             # hand here rather than found again through the stream by handle()
             local = here if here is not _ASK else _socket_address(conn, peer=False)
-            nursery.start_soon(handle, trio.SocketStream(conn), address, local)
+            start(make_stream(conn), address, local)
         else:
             await trio.lowlevel.checkpoint()  # a full batch: the new connections run first
             continue
