@@ -81,6 +81,19 @@ def kernel_counters(namespace: NetworkNamespace) -> dict[str, int]:
     return {key: int(counters.get(key, 0)) for key in NSTAT_KEYS}
 
 
+def link_drops(namespace: NetworkNamespace) -> dict[str, int]:
+    """Each interface's dropped frames in ``namespace`` (``ip -s link``): over the stack, the TAP's
+    ``tx.dropped`` are frames the kernel sent toward the stack that its queue had no room for."""
+    done = namespace.run(["ip", "-j", "-s", "link", "show"], timeout=30)
+    if done.returncode:
+        return {}
+    drops: dict[str, int] = {}
+    for link in json.loads(done.stdout):
+        for direction in ("rx", "tx"):
+            drops[f"{link['ifname']}.{direction}_dropped"] = int(link["stats64"][direction]["dropped"])
+    return drops
+
+
 def stack_stat(server: Running) -> list[dict[str, Any]]:
     """Each core's ``yastack stat --json`` snapshot."""
     done = server.serving.run(
@@ -220,7 +233,9 @@ def churn(server: Running, seconds: int, connections: int) -> dict[str, Any]:
         load = load_average()
         pids = list(process_tree(server.process.pid))
         before = schedstat(pids)
-        kernel_before = {name: kernel_counters(ns) for name, ns in namespaces(server).items()}
+        kernel_before = {
+            name: kernel_counters(ns) | link_drops(ns) for name, ns in namespaces(server).items()
+        }
         stack_before = stack_counters(server) if server.side.over_stack else {}
         busy_before, started = cpu_busy(), time.monotonic()
         run = wrk_observed(server, seconds, connections)
@@ -242,7 +257,8 @@ def churn(server: Running, seconds: int, connections: int) -> dict[str, Any]:
         run["requests_per_s_own_cpu"] = run["requests_per_s"] / (1 - run["server_wait_share"])
         run["load_average"] = load
         run["kernel_counters"] = {
-            name: delta(kernel_counters(ns), kernel_before[name]) for name, ns in namespaces(server).items()
+            name: delta(kernel_counters(ns) | link_drops(ns), kernel_before[name])
+            for name, ns in namespaces(server).items()
         }
         if server.side.over_stack:
             run["stack_counters"] = delta(stack_counters(server), stack_before)
