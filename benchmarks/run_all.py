@@ -400,12 +400,13 @@ def churn_section(results: dict[str, dict[str, Any]]) -> list[str]:
         f"{_run_line(churn)}. Bars (issue 16): rounds within 10 %, RSS after the 3rd within 20 % of "
         "after the 1st, no CLOSE_WAIT left on either side.",
         "",
-        "The server's wait for its CPU: the share of each round it was ready to run while other work held "
-        "its CPU (`/proc/PID/schedstat`); req/s on its own CPU: the round's rate over the rest of the round. "
-        "SYN retransmits and wrk's socket errors: the load's side, per round.",
+        "Wait for a CPU: the share of each round the server (and wrk) was ready to run while other work "
+        "held its CPU (`/proc/PID/schedstat`); req/s on its own CPU: the round's rate over the rest of the "
+        "round (it does not undo wrk's waits, which leave the server idle). SYN retransmits and wrk's "
+        "socket errors: the load's side, per round.",
         "",
         "| server | req/s round 1 / 2 / 3 | spread | CPU us per connection round 1 / 2 / 3 (spread) | "
-        "server's wait for its CPU round 1 / 2 / 3 | req/s on its own CPU round 1 / 2 / 3 (spread) | "
+        "wait for a CPU per round: server / wrk | req/s on its own CPU round 1 / 2 / 3 (spread) | "
         "SYN retransmits / wrk errors per round | "
         "RSS MiB after 1st / 3rd | CLOSE_WAIT load / server | "
         "stack's TIME_WAIT after 1st / 3rd | accept-queue overflows | bars met | load avg |",
@@ -456,8 +457,12 @@ def _waits(case: dict[str, Any]) -> str:
         f"{sum(run['wrk_errors'].values())}"
         for run in case["rounds"]
     ]
+    waits = [
+        f"{share:.0%} / {run['wrk_wait_s'] / run['elapsed_s']:.0%}"
+        for share, run in zip(case["server_wait_share"], case["rounds"], strict=True)
+    ]
     return (
-        f"{' / '.join(f'{share:.0%}' for share in case['server_wait_share'])} | "
+        f"{', '.join(waits)} | "
         f"{' / '.join(f'{rate:.0f}' for rate in own)} ({case['rounds_spread_own_cpu']:.0%}) | "
         f"{', '.join(load)}"
     )
