@@ -152,6 +152,21 @@ def schedstat(pids: list[int], seen: dict[str, tuple[int, int]] | None = None) -
     return sum(run for run, _ in seen.values()) / 1e9, sum(wait for _, wait in seen.values()) / 1e9
 
 
+def softirq_threads() -> dict[str, int]:
+    """The kernel's ``ksoftirqd/N`` threads by name: network receive work the kernel defers to them
+    under load, and they queue for their CPU like any task (none of it is the server's or wrk's time)."""
+    threads: dict[str, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                name = (entry / "comm").read_text().strip()
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            if name.startswith("ksoftirqd/"):
+                threads[name] = int(entry.name)
+    return threads
+
+
 def cpu_busy() -> dict[int, tuple[float, float]]:
     """Each CPU's (busy, total) seconds since boot (``/proc/stat``; idle and iowait are not busy)."""
     ticks = os.sysconf("SC_CLK_TCK")
@@ -237,10 +252,19 @@ def churn(server: Running, seconds: int, connections: int) -> dict[str, Any]:
             name: kernel_counters(ns) | link_drops(ns) for name, ns in namespaces(server).items()
         }
         stack_before = stack_counters(server) if server.side.over_stack else {}
+        softirqd = softirq_threads()
+        softirqd_before = {name: schedstat([pid]) for name, pid in softirqd.items()}
         busy_before, started = cpu_busy(), time.monotonic()
         run = wrk_observed(server, seconds, connections)
         elapsed, busy_after = time.monotonic() - started, cpu_busy()
         after = schedstat(pids)
+        run["ksoftirqd"] = {  # (share of the round on a CPU, share waiting for it)
+            name: [
+                round((now - then) / elapsed, 3)
+                for now, then in zip(schedstat([pid]), softirqd_before[name], strict=True)
+            ]
+            for name, pid in softirqd.items()
+        }
         # how busy each CPU was (the server's and the load's and the others' work): what the server's
         # run-queue wait was spent on
         run["cpu_busy"] = {
@@ -267,6 +291,7 @@ def churn(server: Running, seconds: int, connections: int) -> dict[str, Any]:
               f"{run['cpu_us_per_request']:.0f} CPU us/req; server busy {run['server_cpu_s'] / elapsed:.0%} "
               f"waiting {run['server_wait_s'] / elapsed:.0%}, wrk busy {run['wrk_cpu_s'] / elapsed:.0%} "
               f"waiting {run['wrk_wait_s'] / elapsed:.0%}; CPUs busy {run['cpu_busy']}; "
+              f"ksoftirqd (busy, waiting) {run['ksoftirqd']}; "
               f"wrk errors {run['wrk_errors']}; "
               f"p50/p99 {run['p50_ms']:.1f}/{run['p99_ms']:.1f} ms; load {load}\n"
               f"#   kernel {run['kernel_counters']}\n#   stack {run.get('stack_counters')}",
