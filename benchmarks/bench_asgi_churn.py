@@ -12,16 +12,17 @@ stat --json`` (also taken after rounds 1 and 3: the stack holds its TIME_WAIT co
 in its RSS).
 What set each round's rate is recorded with it: the kernel's TCP counters of each namespace
 (``nstat``, the round's increase: accept-queue overflows, SYN retransmissions, RTOs, TIME_WAIT
-reused), over the stack the stack's own counters and drops by reason (``yastack stat``), wrk's
-socket errors by kind, and from ``/proc/PID/schedstat`` the CPU time of the server and of wrk and
-the time each was ready to run while other work held its CPU.  On this shared two-CPU machine
+reused) and each interface's dropped frames, over the stack the stack's own counters and drops
+by reason (``yastack stat``), wrk's socket errors by kind, each CPU's busy share, and from
+``/proc/PID/schedstat`` the CPU time of the server, of wrk and of the ksoftirqd threads and the
+time each was ready to run while other work held its CPU.  On this shared two-CPU machine
 every session's benchmark pins its server to the first CPU and its load to the second, so a
 round that overlaps another session's benchmark gets half its CPU or less: its req/s falls while
-its CPU per connection stays.  The rate over the part of the round the server had its CPU
-(``requests_per_s_own_cpu``: req/s / (1 - the share it waited)) is reported beside the raw rate;
-the bar is still judged on the raw rate.  A connection may take a moment to leave CLOSE_WAIT
-after the last FIN: the count is taken once it reaches zero or after ``SETTLE`` seconds, whichever
-comes first.
+its CPU per connection stays; a round whose wrk waits leaves the server idle.  The rate over
+the part of the round the server had its CPU (``requests_per_s_own_cpu``: req/s / (1 - the share
+it waited)) is reported beside the raw rate; the bar is still judged on the raw rate.  A
+connection may take a moment to leave CLOSE_WAIT after the last FIN: the count is taken once it
+reaches zero or after ``SETTLE`` seconds, whichever comes first.
 
 The issue's bars (reported, not asserted): the three rounds within 10 % of each other, RSS after
 the third within 20 % of after the first, no connection left in CLOSE_WAIT.
