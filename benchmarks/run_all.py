@@ -400,10 +400,17 @@ def churn_section(results: dict[str, dict[str, Any]]) -> list[str]:
         f"{_run_line(churn)}. Bars (issue 16): rounds within 10 %, RSS after the 3rd within 20 % of "
         "after the 1st, no CLOSE_WAIT left on either side.",
         "",
+        "Wait for a CPU: the share of each round the server (and wrk) was ready to run while other work "
+        "held its CPU (`/proc/PID/schedstat`); req/s on its own CPU: the round's rate over the rest of the "
+        "round (it does not undo wrk's waits, which leave the server idle). SYN retransmits and wrk's "
+        "socket errors: the load's side, per round.",
+        "",
         "| server | req/s round 1 / 2 / 3 | spread | CPU us per connection round 1 / 2 / 3 (spread) | "
+        "wait for a CPU per round: server / wrk | req/s on its own CPU round 1 / 2 / 3 (spread) | "
+        "SYN retransmits / wrk errors per round | "
         "RSS MiB after 1st / 3rd | CLOSE_WAIT load / server | "
         "stack's TIME_WAIT after 1st / 3rd | accept-queue overflows | bars met | load avg |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, case in churn["cases"].items():
         rss = case["rss_bytes"]
@@ -414,7 +421,8 @@ def churn_section(results: dict[str, dict[str, Any]]) -> list[str]:
         )
         lines.append(
             f"| {ASGI_LABELS.get(name, name)} | {' / '.join(f'{r:.0f}' for r in case['requests_per_s'])} | "
-            f"{case['rounds_spread']:.0%} | {cpu_text} | {rss['after_round_1'] / 2**20:.1f} / "
+            f"{case['rounds_spread']:.0%} | {cpu_text} | {_waits(case)} | "
+            f"{rss['after_round_1'] / 2**20:.1f} / "
             f"{rss['after_round_3'] / 2**20:.1f} | "
             f"{case['close_wait']['load_side']} / {case['close_wait']['server_side']} | "
             f"{_time_wait(case)} | {_overflows(case)} | "
@@ -425,9 +433,39 @@ def churn_section(results: dict[str, dict[str, Any]]) -> list[str]:
 
 
 def _overflows(case: dict[str, Any]) -> str:
-    """The server namespace's accept-queue overflows (SYNs dropped: the client retries after 1 s)."""
+    """The server namespace's accept-queue overflows (SYNs dropped: the client retries after 1 s);
+    over the stack, the stack's own listen-queue and SYN-queue drops in the three rounds."""
     server = case.get("kernel_counters", {}).get("server_side")
-    return "-" if not server else str(server.get("TcpExtListenOverflows", 0))
+    if server:
+        return str(server.get("TcpExtListenOverflows", 0))
+    rounds = [run["stack_counters"] for run in case["rounds"] if "stack_counters" in run]
+    if not rounds:
+        return "-"
+    reasons = ("drop.listen_queue_overflow", "drop.syn_queue_full", "drop.syn_shed")
+    return str(sum(counters.get(reason, 0) for counters in rounds for reason in reasons))
+
+
+def _waits(case: dict[str, Any]) -> str:
+    """The churn columns that say what set a round's rate: the server's wait for its CPU, its rate
+    over the time it had it, the load side's SYN retransmits and wrk's socket errors (runs from
+    before these were measured: dashes)."""
+    if "server_wait_share" not in case:
+        return "- | - | -"
+    own = case["requests_per_s_own_cpu"]
+    load = [
+        f"{run['kernel_counters']['load_side'].get('TcpExtTCPSynRetrans', 0)} / "
+        f"{sum(run['wrk_errors'].values())}"
+        for run in case["rounds"]
+    ]
+    waits = [
+        f"{share:.0%} / {run['wrk_wait_s'] / run['elapsed_s']:.0%}"
+        for share, run in zip(case["server_wait_share"], case["rounds"], strict=True)
+    ]
+    return (
+        f"{', '.join(waits)} | "
+        f"{' / '.join(f'{rate:.0f}' for rate in own)} ({case['rounds_spread_own_cpu']:.0%}) | "
+        f"{', '.join(load)}"
+    )
 
 
 def _time_wait(case: dict[str, Any]) -> str:
