@@ -250,6 +250,33 @@ def _trailers_only(head: Sequence[tuple[bytes, bytes]]) -> Sequence[tuple[bytes,
     return head
 
 
+class _FrameText:
+    """A received frame's text for h2's trace log, made only if a logger formats it: h2 calls
+    ``repr(frame)`` for every frame it receives whether or not anything logs (a frame's repr
+    serializes its body: ~2-3 us of a request's HEADERS and its WINDOW_UPDATEs).  ``%s`` of this
+    gives ``repr(frame)``'s text, so a configured logger logs exactly what it did."""
+
+    __slots__ = ("frame",)
+
+    def __init__(self, frame: object) -> None:
+        self.frame = frame
+
+    def __str__(self) -> str:
+        return repr(self.frame)
+
+    __repr__ = __str__
+
+
+def _defer_frame_text() -> None:
+    """``repr`` in ``h2.connection``'s globals made :class:`_FrameText`: its one ``repr`` call is
+    the received frame's, for the trace log (``_receive_frame``; h2 4.4.1, pinned in
+    pyproject.toml; ``tests/test_h2_frame_text.py`` checks the call is still where it was and
+    deferred).  A module global, not a private method overridden: h2's code runs unchanged."""
+    h2.connection.repr = _FrameText  # type: ignore[attr-defined]  # (a global the module lacks: builtins' shadowed)
+
+
+_defer_frame_text()
+
 _NETWORK_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 #: a bodyless request's HTTP/1.1 bytes, its (method, target, fields), whether it is a HEAD
 _KnownRequest = tuple[bytes, tuple[bytes, bytes, list[tuple[bytes, bytes]]], bool]
