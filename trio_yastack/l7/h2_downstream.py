@@ -504,6 +504,45 @@ class StreamBridge(trio.abc.Stream):
             await self._abort(h2.errors.ErrorCodes.INTERNAL_ERROR)
             raise trio.BrokenResourceError("bad response") from None
 
+    def send_whole_now(self, data: bytes) -> bool:
+        """The manager's whole response (:func:`whole_response`'s kind) framed and queued for the
+        writer without a wait, if :func:`whole_response_frames` frames it and the frames leave the
+        queue within :data:`OUTBOUND_BOUND`: True, the response ended.  False: nothing done, the
+        manager writes it with :meth:`send_all` (which waits for room, or raises the socket's
+        failure).  Why: the lean path's response is mostly whole and small; written here it needs
+        no coroutine, no cancel scope for its timers and no flush of its own (the writer wakes)."""
+        conn = self.conn
+        # 4 * len(data) + 64 bounds the frames: a field's HPACK literal is at most 4x its
+        # ``name: value\r\n`` line (Huffman's longest codes are 30 bits a byte, hpack's own
+        # encoder uses them after a table size change), and the frames' 9-byte headers fit the rest
+        if (
+            self.reset
+            or self.fed
+            or self.head_request
+            or conn.write_error is not None
+            or conn.outbound_bytes + 4 * len(data) + 64 > OUTBOUND_BOUND
+        ):
+            return False
+        whole = _whole_response(data)
+        if whole is None:
+            return False
+        head, body = whole
+        if not body:
+            head = _trailers_only(head)
+        conn.queue()  # (what h2 has queued goes first)
+        try:
+            frames = whole_response_frames(conn.h2, self.stream_id, head, body)
+        except h2.exceptions.ProtocolError:  # (as send_all: the stream or the connection closed)
+            raise trio.BrokenResourceError("stream closed") from None
+        if frames is None:
+            return False
+        conn.outbound.append(frames)
+        conn.outbound_bytes += len(frames)
+        conn._wake_writer()
+        self.response_ended = True
+        self._wake()
+        return True
+
     async def _relay_whole(self, head: Sequence[tuple[bytes, bytes]], body: bytes) -> None:
         """A whole response in one write (:func:`whole_response`), the predicted case: HEADERS,
         then the body's DATA with END_STREAM on its last frame (or HEADERS ending the stream), and

@@ -208,6 +208,7 @@ class _Downstream:
         "request_headers",
         "response_started",
         "scheme",
+        "send_whole",
         "stream",
     )
 
@@ -237,6 +238,8 @@ class _Downstream:
         # trio.current_time() for this run's clock, bound once: one call where trio's is three
         # (current_time -> the runner's -> the clock's), and the lean path reads it ~4 times per request
         self.now: Callable[[], float] = trio.lowlevel.current_clock().current_time
+        # an HTTP/2 stream's whole response written without a wait (StreamBridge.send_whole_now)
+        self.send_whole: Callable[[bytes], bool] | None = None
 
     async def send(self, event: h11.Event) -> None:
         data = self.h11.send(event)
@@ -607,6 +610,7 @@ class HttpConnectionManagerRuntime:
         """One HTTP/2 stream: its request served as any other (:mod:`.h2_downstream`)."""
         ds = _Downstream(stream, remote, scheme)
         ds.protocol = "HTTP/2"
+        ds.send_whole = stream.send_whole_now
         if not self.state.shutting_down:  # (else _serve_one declines the request, as before)
             ds.initial = stream.take_request()  # a whole bodyless request: read with no wait
             ds.bytes_received = len(ds.initial)
@@ -2139,7 +2143,8 @@ def _relay_start(
 ) -> tuple[list[bytes], bool, bool]:  # fmt: skip
     """:func:`_relay_plain`'s first step, which never waits: the response counted, its head made,
     the body read so far taken, and when the whole response is in hand (a small one comes with its
-    head) written at once if the kernel takes it, as it mostly does.  Returns what is left to send,
+    head) written at once if the kernel takes it, as it mostly does (on an HTTP/2 stream, if the
+    bridge frames it: ``StreamBridge.send_whole_now``).  Returns what is left to send,
     whether the body goes chunked, and whether the client connection closes after it.  ``now``:
     the clock read when the response's head was in hand (the caller's, which the lean path uses
     again for the pool)."""
@@ -2156,13 +2161,19 @@ def _relay_start(
     ds.response_started = True
     pending = [head]
     _take_body(reader, record, pending, chunked)
-    if reader.done and ds.raw is not None:
-        data = b"".join(pending)
-        pending.clear()
-        sent = send_now(ds.raw, data)
-        ds.bytes_sent += sent
-        if sent < len(data):
-            pending.append(data[sent:])
+    if reader.done:
+        if ds.raw is not None:
+            data = b"".join(pending)
+            pending.clear()
+            sent = send_now(ds.raw, data)
+            ds.bytes_sent += sent
+            if sent < len(data):
+                pending.append(data[sent:])
+        elif ds.send_whole is not None:  # an HTTP/2 stream's: framed now if it can be
+            data = b"".join(pending)
+            if ds.send_whole(data):
+                pending.clear()
+                ds.bytes_sent += len(data)
     return pending, chunked, close
 
 
