@@ -13,6 +13,7 @@ import h2.config
 import h2.connection
 import h2.events
 import h2.settings
+import h11
 import pytest
 import trio
 import trio.testing
@@ -20,6 +21,7 @@ from proxy_helpers import cluster, http_bootstrap, raw_server, running_proxy, wa
 from socket_helpers import two_stacks
 from test_proxy_h2 import LIMIT, _client
 
+from trio_yastack.l7 import http_proxy
 from trio_yastack.l7.h2_downstream import OUTBOUND_BOUND, StreamBridge
 
 RESPONSE = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 5\r\nx-a: b\r\n\r\nhello"
@@ -183,3 +185,47 @@ async def test_h2_lean_responses_written_without_send_all(
             await client.stream.aclose()
             await wait_until(lambda: proxy.stats.value("http.ingress.downstream_cx_active") == 0)
             assert proxy.stats.value("http.ingress.downstream_rq_2xx") == 4
+
+
+async def test_h2_streams_reuse_parsers_and_skip_h11(
+    monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The streams of one connection reuse the fast path's request parsers (one at a time each; a
+    parse that declines drops its parser), and a request the fast path takes never makes the
+    manager's h11 state for its stream."""
+    made: list[int] = []
+    h11_asked: list[int] = []
+    init = http_proxy.RequestParser.__init__
+    make_h11 = http_proxy._Downstream.__dict__["h11"].fget  # (the property's own function)
+
+    def counting_init(self: http_proxy.RequestParser) -> None:
+        made.append(1)
+        init(self)
+
+    def counting_h11(self: http_proxy._Downstream) -> h11.Connection:
+        h11_asked.append(1)
+        made_h11: h11.Connection = make_h11(self)
+        return made_h11
+
+    monkeypatch.setattr(http_proxy.RequestParser, "__init__", counting_init)
+    monkeypatch.setattr(http_proxy._Downstream, "h11", property(counting_h11))
+    config = http_bootstrap([cluster("app", [8081])])
+    async with (
+        two_stacks() as (a, b),
+        trio.open_nursery() as nursery,
+        raw_server(b, 8081, _one_write_backend),
+        running_proxy(config, a),
+    ):
+        with trio.fail_after(LIMIT):
+            client = await _client(nursery, b)
+            for _ in range(4):
+                got = await client.wait(await client.request("GET", "/"))
+                assert got.status == 200 and bytes(got.body) == b"hello"
+            assert made == [1] and h11_asked == []  # one parser for the four; no h11
+            # a request the fast path's parse declines (a HEAD: its response's framing needs h11)
+            got = await client.wait(await client.request("HEAD", "/"))
+            assert got.status == 200 and h11_asked
+            got = await client.wait(await client.request("GET", "/"))
+            assert got.status == 200 and bytes(got.body) == b"hello"
+            assert made == [1, 1]  # the declining parse's parser dropped, a new one made
+            await client.stream.aclose()

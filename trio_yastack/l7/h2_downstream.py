@@ -68,6 +68,7 @@ from ._kernel_io import send_now
 from ._stack_io import stream_io
 
 if TYPE_CHECKING:
+    from ._http1 import RequestParser
     from .config import Http2Options
     from .proxy import ProxyState
 
@@ -694,6 +695,9 @@ class H2Downstream:
         self.streams: dict[int, StreamBridge] = {}
         # bodyless requests checked and written as HTTP/1.1 before, by their header list
         self.known_requests: dict[tuple[tuple[bytes, bytes], ...], _KnownRequest] = {}
+        # the manager's HTTP/1.1 request parsers, reused by the streams (serve_stream; a bound:
+        # http_proxy.H2_PARSERS)
+        self.parsers: list[RequestParser] = []
         self.window_changed = trio.Event()
         self.goaway_sent = False
         self.read_scope: trio.CancelScope | None = None
