@@ -17,7 +17,10 @@ whose header list the connection has checked and written before takes those byte
 (:attr:`H2Downstream.known_requests`), a response head's parse is memoised (:func:`_parse_head`),
 HPACK encodes with the static table only and caches its fields, and decodes an indexed request
 block it has seen from memory (:mod:`._hpack_cache`); a whole response of one DATA frame is framed
-here, h2's state moved as its calls would move it (:mod:`._h2_frames`).
+here, h2's state moved as its calls would move it (:mod:`._h2_frames`), and the lean path hands it
+over without a wait (:meth:`StreamBridge.send_whole_now`); the connection's streams reuse the
+lean path's request parsers (:attr:`H2Downstream.parsers`); and h2's text of each received frame
+for its trace log is made only if a logger formats it (:func:`_defer_frame_text`).
 
 Flow control is backpressure both ways:
 
