@@ -332,7 +332,9 @@ class StreamBridge(trio.abc.Stream):
         self.interrupted = False
         self.fed = False  # h11 has been given response bytes (else the first write may skip it)
         self.head_request = False
-        self.changed = trio.Event()
+        # set when the request's bytes, its end or a reset come: made only while receive_some
+        # waits (most streams never wait: their request came whole)
+        self.changed: trio.Event | None = None
         self.scope = trio.CancelScope()
         if known is None:
             self._start_request(headers, ended)
@@ -451,8 +453,10 @@ class StreamBridge(trio.abc.Stream):
         self._wake()
 
     def _wake(self) -> None:
-        self.changed.set()
-        self.changed = trio.Event()
+        changed = self.changed
+        if changed is not None:
+            self.changed = None
+            changed.set()
 
     def take_request(self) -> bytes:
         """The whole request's bytes if they are all here and owe the client no window (a
@@ -471,7 +475,10 @@ class StreamBridge(trio.abc.Stream):
                 raise trio.BrokenResourceError("stream reset")
             if self.request_ended and self.response_ended:
                 return b""
-            await self.changed.wait()
+            changed = self.changed
+            if changed is None:
+                changed = self.changed = trio.Event()
+            await changed.wait()
         n = len(self.pending) if max_bytes is None else max_bytes
         data = bytes(self.pending[:n])
         del self.pending[:n]
