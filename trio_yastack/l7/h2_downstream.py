@@ -17,7 +17,10 @@ whose header list the connection has checked and written before takes those byte
 (:attr:`H2Downstream.known_requests`), a response head's parse is memoised (:func:`_parse_head`),
 HPACK encodes with the static table only and caches its fields, and decodes an indexed request
 block it has seen from memory (:mod:`._hpack_cache`); a whole response of one DATA frame is framed
-here, h2's state moved as its calls would move it (:mod:`._h2_frames`).
+here, h2's state moved as its calls would move it (:mod:`._h2_frames`), and the lean path hands it
+over without a wait (:meth:`StreamBridge.send_whole_now`); the connection's streams reuse the
+lean path's request parsers (:attr:`H2Downstream.parsers`); and h2's text of each received frame
+for its trace log is made only if a logger formats it (:func:`_defer_frame_text`).
 
 Flow control is backpressure both ways:
 
@@ -68,6 +71,7 @@ from ._kernel_io import send_now
 from ._stack_io import stream_io
 
 if TYPE_CHECKING:
+    from ._http1 import RequestParser
     from .config import Http2Options
     from .proxy import ProxyState
 
@@ -250,6 +254,33 @@ def _trailers_only(head: Sequence[tuple[bytes, bytes]]) -> Sequence[tuple[bytes,
     return head
 
 
+class _FrameText:
+    """A received frame's text for h2's trace log, made only if a logger formats it: h2 calls
+    ``repr(frame)`` for every frame it receives whether or not anything logs (a frame's repr
+    serializes its body: ~2-3 us of a request's HEADERS and its WINDOW_UPDATEs).  ``%s`` of this
+    gives ``repr(frame)``'s text, so a configured logger logs exactly what it did."""
+
+    __slots__ = ("frame",)
+
+    def __init__(self, frame: object) -> None:
+        self.frame = frame
+
+    def __str__(self) -> str:
+        return repr(self.frame)
+
+    __repr__ = __str__
+
+
+def _defer_frame_text() -> None:
+    """``repr`` in ``h2.connection``'s globals made :class:`_FrameText`: its one ``repr`` call is
+    the received frame's, for the trace log (``_receive_frame``; h2 4.4.1, pinned in
+    pyproject.toml; ``tests/test_h2_frame_text.py`` checks the call is still where it was and
+    deferred).  A module global, not a private method overridden: h2's code runs unchanged."""
+    h2.connection.repr = _FrameText  # type: ignore[attr-defined]  # (a global the module lacks: builtins' shadowed)
+
+
+_defer_frame_text()
+
 _NETWORK_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 #: a bodyless request's HTTP/1.1 bytes, its (method, target, fields), whether it is a HEAD
 _KnownRequest = tuple[bytes, tuple[bytes, bytes, list[tuple[bytes, bytes]]], bool]
@@ -301,7 +332,9 @@ class StreamBridge(trio.abc.Stream):
         self.interrupted = False
         self.fed = False  # h11 has been given response bytes (else the first write may skip it)
         self.head_request = False
-        self.changed = trio.Event()
+        # set when the request's bytes, its end or a reset come: made only while receive_some
+        # waits (most streams never wait: their request came whole)
+        self.changed: trio.Event | None = None
         self.scope = trio.CancelScope()
         if known is None:
             self._start_request(headers, ended)
@@ -420,8 +453,10 @@ class StreamBridge(trio.abc.Stream):
         self._wake()
 
     def _wake(self) -> None:
-        self.changed.set()
-        self.changed = trio.Event()
+        changed = self.changed
+        if changed is not None:
+            self.changed = None
+            changed.set()
 
     def take_request(self) -> bytes:
         """The whole request's bytes if they are all here and owe the client no window (a
@@ -440,7 +475,10 @@ class StreamBridge(trio.abc.Stream):
                 raise trio.BrokenResourceError("stream reset")
             if self.request_ended and self.response_ended:
                 return b""
-            await self.changed.wait()
+            changed = self.changed
+            if changed is None:
+                changed = self.changed = trio.Event()
+            await changed.wait()
         n = len(self.pending) if max_bytes is None else max_bytes
         data = bytes(self.pending[:n])
         del self.pending[:n]
@@ -476,6 +514,45 @@ class StreamBridge(trio.abc.Stream):
         except h11.RemoteProtocolError:  # the manager writes HTTP/1.1; a bad response is a bug
             await self._abort(h2.errors.ErrorCodes.INTERNAL_ERROR)
             raise trio.BrokenResourceError("bad response") from None
+
+    def send_whole_now(self, data: bytes) -> bool:
+        """The manager's whole response (:func:`whole_response`'s kind) framed and queued for the
+        writer without a wait, if :func:`whole_response_frames` frames it and the frames leave the
+        queue within :data:`OUTBOUND_BOUND`: True, the response ended.  False: nothing done, the
+        manager writes it with :meth:`send_all` (which waits for room, or raises the socket's
+        failure).  Why: the lean path's response is mostly whole and small; written here it needs
+        no coroutine, no cancel scope for its timers and no flush of its own (the writer wakes)."""
+        conn = self.conn
+        # 4 * len(data) + 64 bounds the frames: a field's HPACK literal is at most 4x its
+        # ``name: value\r\n`` line (Huffman's longest codes are 30 bits a byte, hpack's own
+        # encoder uses them after a table size change), and the frames' 9-byte headers fit the rest
+        if (
+            self.reset
+            or self.fed
+            or self.head_request
+            or conn.write_error is not None
+            or conn.outbound_bytes + 4 * len(data) + 64 > OUTBOUND_BOUND
+        ):
+            return False
+        whole = _whole_response(data)
+        if whole is None:
+            return False
+        head, body = whole
+        if not body:
+            head = _trailers_only(head)
+        conn.queue()  # (what h2 has queued goes first)
+        try:
+            frames = whole_response_frames(conn.h2, self.stream_id, head, body)
+        except h2.exceptions.ProtocolError:  # (as send_all: the stream or the connection closed)
+            raise trio.BrokenResourceError("stream closed") from None
+        if frames is None:
+            return False
+        conn.outbound.append(frames)
+        conn.outbound_bytes += len(frames)
+        conn._wake_writer()
+        self.response_ended = True
+        self._wake()
+        return True
 
     async def _relay_whole(self, head: Sequence[tuple[bytes, bytes]], body: bytes) -> None:
         """A whole response in one write (:func:`whole_response`), the predicted case: HEADERS,
@@ -628,6 +705,9 @@ class H2Downstream:
         self.streams: dict[int, StreamBridge] = {}
         # bodyless requests checked and written as HTTP/1.1 before, by their header list
         self.known_requests: dict[tuple[tuple[bytes, bytes], ...], _KnownRequest] = {}
+        # the manager's HTTP/1.1 request parsers, reused by the streams (serve_stream; a bound:
+        # http_proxy.H2_PARSERS)
+        self.parsers: list[RequestParser] = []
         self.window_changed = trio.Event()
         self.goaway_sent = False
         self.read_scope: trio.CancelScope | None = None

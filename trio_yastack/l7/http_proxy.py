@@ -146,6 +146,8 @@ MAX_REQUEST_HEADERS = 60 * 1024  # Envoy's max_request_headers_kb default
 RETRY_BUFFER = 64 * 1024  # request body kept for replay on retry (and for a mirror)
 MAX_SHADOWS = 256  # request mirrors in flight per connection manager; more are skipped (counted)
 RECEIVE_SIZE = 65536
+#: request parsers an HTTP/2 connection keeps for its streams (serve_stream): a bound
+H2_PARSERS = 16
 RETRY_BASE = 0.025  # Envoy's retry back-off base_interval default
 RETRY_MAX = 0.25  # and its default max_interval (10 x base)
 VIA = b"1.1 trio_yastack"
@@ -190,11 +192,11 @@ class _Downstream:
     the current request took the fast path (:mod:`._http1`: h11 never saw it, and stays idle)."""
 
     __slots__ = (
+        "_h11",
         "bytes_received",
         "bytes_sent",
         "filter_state",
         "forwarded_lines",
-        "h11",
         "initial",
         "io",
         "now",
@@ -208,6 +210,7 @@ class _Downstream:
         "request_headers",
         "response_started",
         "scheme",
+        "send_whole",
         "stream",
     )
 
@@ -226,7 +229,7 @@ class _Downstream:
         self.remote_bytes = remote.encode()
         self.proto_line = b"\r\nx-forwarded-proto: " + scheme.encode() + b"\r\n"
         self.forwarded_lines = b"x-forwarded-for: " + self.remote_bytes + self.proto_line
-        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_HEADERS)
+        self._h11: h11.Connection | None = None  # made at first use (:attr:`h11`)
         self.bytes_received = 0
         self.bytes_sent = 0
         self.response_started = False
@@ -237,6 +240,8 @@ class _Downstream:
         # trio.current_time() for this run's clock, bound once: one call where trio's is three
         # (current_time -> the runner's -> the clock's), and the lean path reads it ~4 times per request
         self.now: Callable[[], float] = trio.lowlevel.current_clock().current_time
+        # an HTTP/2 stream's whole response written without a wait (StreamBridge.send_whole_now)
+        self.send_whole: Callable[[bytes], bool] | None = None
 
     async def send(self, event: h11.Event) -> None:
         data = self.h11.send(event)
@@ -281,6 +286,16 @@ class _Downstream:
                 self.h11.receive_data(data)  # type: ignore[arg-type]  # h11 takes a bytearray too
                 continue
             return None
+
+    @property
+    def h11(self) -> h11.Connection:
+        """The connection's h11 server state, made when first asked for: a request the fast path
+        takes never needs it (an HTTP/2 stream's mostly, its one request; ~1.5 us each).  (Last
+        in the class: the annotations above it name the module ``h11``.)"""
+        conn = self._h11
+        if conn is None:
+            conn = self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_HEADERS)
+        return conn
 
 
 class _RequestBody:
@@ -607,14 +622,23 @@ class HttpConnectionManagerRuntime:
         """One HTTP/2 stream: its request served as any other (:mod:`.h2_downstream`)."""
         ds = _Downstream(stream, remote, scheme)
         ds.protocol = "HTTP/2"
+        ds.send_whole = stream.send_whole_now
         if not self.state.shutting_down:  # (else _serve_one declines the request, as before)
             ds.initial = stream.take_request()  # a whole bodyless request: read with no wait
             ds.bytes_received = len(ds.initial)
+        # the fast path's request parsers of the connection's streams, reused: each held by one
+        # stream at a time, and given back only after a whole request's parse (ds.plain: the
+        # parser at a message's boundary, as a keep-alive connection reuses its own)
+        parsers = stream.conn.parsers
+        if parsers:
+            ds.parser = parsers.pop()
         try:
             await self._serve_one(ds)
         except _NETWORK_ERRORS:
             pass
         finally:
+            if ds.plain and ds.parser is not None and len(parsers) < H2_PARSERS:
+                parsers.append(ds.parser)
             if stream.reset_by_client and not stream.response_ended:
                 self.stats.inc("downstream_rq_rx_reset")
             if not stream.ended_whole:  # (else nothing to close: no shielded scope for it)
@@ -2139,7 +2163,8 @@ def _relay_start(
 ) -> tuple[list[bytes], bool, bool]:  # fmt: skip
     """:func:`_relay_plain`'s first step, which never waits: the response counted, its head made,
     the body read so far taken, and when the whole response is in hand (a small one comes with its
-    head) written at once if the kernel takes it, as it mostly does.  Returns what is left to send,
+    head) written at once if the kernel takes it, as it mostly does (on an HTTP/2 stream, if the
+    bridge frames it: ``StreamBridge.send_whole_now``).  Returns what is left to send,
     whether the body goes chunked, and whether the client connection closes after it.  ``now``:
     the clock read when the response's head was in hand (the caller's, which the lean path uses
     again for the pool)."""
@@ -2156,13 +2181,19 @@ def _relay_start(
     ds.response_started = True
     pending = [head]
     _take_body(reader, record, pending, chunked)
-    if reader.done and ds.raw is not None:
-        data = b"".join(pending)
-        pending.clear()
-        sent = send_now(ds.raw, data)
-        ds.bytes_sent += sent
-        if sent < len(data):
-            pending.append(data[sent:])
+    if reader.done:
+        if ds.raw is not None:
+            data = b"".join(pending)
+            pending.clear()
+            sent = send_now(ds.raw, data)
+            ds.bytes_sent += sent
+            if sent < len(data):
+                pending.append(data[sent:])
+        elif ds.send_whole is not None:  # an HTTP/2 stream's: framed now if it can be
+            data = b"".join(pending)
+            if ds.send_whole(data):
+                pending.clear()
+                ds.bytes_sent += len(data)
     return pending, chunked, close
 
 
