@@ -591,6 +591,12 @@ class StackSocket(trio.socket.SocketType):
         if shared is not None and self._reuse_port and shared.reuse_port:
             shared.sockets += 1  # SO_REUSEPORT: the sockets share one accept queue
             self._listener = shared
+            # ... and its waiter: the poll loop wakes only the listener's (the first socket's),
+            # so an accept parked on a waiter of its own never woke for a connection queued
+            # while it waited (nor after the first socket closed).  A listening socket parks
+            # on nothing else; a close wakes the others' accepts too, which re-check and park.
+            if isinstance(shared.waiter, Waiter):  # (the first socket's, set below)
+                self._waiter = shared.waiter
             self._bound = (ip, port)
             return
         self._listener = self._new_listener(port, max(backlog, 1))
