@@ -727,6 +727,7 @@ class StackSocket(trio.socket.SocketType):
         self._conn = conn
         self._apply_connection_options()
         self._kick()
+        waited = False
         try:
             while not conn.established:
                 if conn.error or conn.state == 0:
@@ -734,12 +735,17 @@ class StackSocket(trio.socket.SocketType):
                     self._error_reported = True
                     raise OSError(error, f"Error connecting to {address!r}: {os.strerror(error)}")
                 await self._wait(sending=True)
+                waited = True
         except BaseException:
             if conn.state != 0:
                 conn.abort(trio.current_time())
                 self._kick()
             raise
-        await trio.lowlevel.checkpoint()
+        if not waited:
+            # One scheduler pass per connect, as trio's: a connect that parked had its pass
+            # there (trio's returns right after its wait_writable); a second one was a task
+            # step and a scheduler pass more for every connection
+            await trio.lowlevel.checkpoint()
 
     def _tcp_connect(self, ip: int, port: int, local_port: int) -> TcpConnection:
         """The TCP layer's active open for this socket's family (see ``StackSocket6``)."""
