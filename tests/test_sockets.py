@@ -1030,31 +1030,36 @@ async def test_so_reuseport_listeners_share_a_port(autojump_clock: trio.testing.
         second.close()
 
 
-async def test_so_reuseport_parked_accept_wakes(autojump_clock: trio.testing.MockClock) -> None:
+@pytest.mark.parametrize("family", [AF_INET, AF_INET6], ids=["ipv4", "ipv6"])
+async def test_so_reuseport_parked_accept_wakes(
+    autojump_clock: trio.testing.MockClock, family: stdlib_socket.AddressFamily
+) -> None:
     """An accept parked on any socket of an SO_REUSEPORT group wakes for a connection queued
     while it waits, also after another member closed; a member's close ends only its own
     accept.  The group's one listener used to wake only its first socket's waiter: an accept
     parked on another member waited forever on a connection ESTABLISHED in the shared queue
-    (test_so_reuseport_listeners_share_a_port hung when its connect returned a step sooner)."""
+    (test_so_reuseport_listeners_share_a_port hung when its connect returned a step sooner).
+    Both families: an AF_INET6 socket listens through the same code."""
     so_reuseport = (SOL_SOCKET, stdlib_socket.SO_REUSEPORT)
-    async with two_stacks() as (a, b):
+    server = (B_IP, 5003) if family == AF_INET else ("2001:2::1", 5003)
+    async with two_stacks(ip6=family == AF_INET6) as (a, b):
         listeners = []
         for _ in range(3):
-            sock = b.socket()
+            sock = b.socket(family)
             sock.setsockopt(*so_reuseport, 1)
-            await sock.bind((B_IP, 5003))
+            await sock.bind(server)
             sock.listen(4)
             listeners.append(sock)
         clients: list[StackSocket] = []
-        accepted: list[tuple[str, int]] = []
+        accepted: list[tuple[object, ...]] = []
 
         async def accept_one(listener: StackSocket) -> None:
             accepted.append((await listener.accept())[1])
 
         async def connect_one() -> None:
-            client = a.socket()
+            client = a.socket(family)
             clients.append(client)
-            await client.connect((B_IP, 5003))
+            await client.connect(server)
 
         # Parked on the second member (not the first, whose waiter the listener had) before
         # the connection arrives: the connection wakes it.
