@@ -1030,6 +1030,76 @@ async def test_so_reuseport_listeners_share_a_port(autojump_clock: trio.testing.
         second.close()
 
 
+@pytest.mark.parametrize("family", [AF_INET, AF_INET6], ids=["ipv4", "ipv6"])
+async def test_so_reuseport_parked_accept_wakes(
+    autojump_clock: trio.testing.MockClock, family: stdlib_socket.AddressFamily
+) -> None:
+    """An accept parked on any socket of an SO_REUSEPORT group wakes for a connection queued
+    while it waits, also after another member closed; a member's close ends only its own
+    accept.  The group's one listener used to wake only its first socket's waiter: an accept
+    parked on another member waited forever on a connection ESTABLISHED in the shared queue
+    (test_so_reuseport_listeners_share_a_port hung when its connect returned a step sooner).
+    Both families: an AF_INET6 socket listens through the same code."""
+    so_reuseport = (SOL_SOCKET, stdlib_socket.SO_REUSEPORT)
+    server = (B_IP, 5003) if family == AF_INET else ("2001:2::1", 5003)
+    async with two_stacks(ip6=family == AF_INET6) as (a, b):
+        listeners = []
+        for _ in range(3):
+            sock = b.socket(family)
+            sock.setsockopt(*so_reuseport, 1)
+            await sock.bind(server)
+            sock.listen(4)
+            listeners.append(sock)
+        clients: list[StackSocket] = []
+        accepted: list[tuple[object, ...]] = []
+
+        async def accept_one(listener: StackSocket) -> None:
+            accepted.append((await listener.accept())[1])
+
+        async def connect_one() -> None:
+            client = a.socket(family)
+            clients.append(client)
+            await client.connect(server)
+
+        # Parked on the second member (not the first, whose waiter the listener had) before
+        # the connection arrives: the connection wakes it.
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(accept_one, listeners[1])
+                await trio.testing.wait_all_tasks_blocked()
+                await connect_one()
+        assert accepted == [clients[0].getsockname()]
+
+        # The first member closes while accepts are parked on it and on the third: its own
+        # fails (EBADF), the third's keeps waiting and takes the next connection.
+        async def accept_closed(listener: StackSocket) -> None:
+            with pytest.raises(OSError) as closed:
+                await listener.accept()
+            assert closed.value.errno == errno.EBADF
+            accepted.append(("closed", 0))
+
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(accept_closed, listeners[0])
+                nursery.start_soon(accept_one, listeners[2])
+                await trio.testing.wait_all_tasks_blocked()
+                listeners[0].close()
+                await trio.testing.wait_all_tasks_blocked()
+                assert accepted[1:] == [("closed", 0)]  # the third's accept is still parked
+                await connect_one()
+        assert accepted[2:] == [clients[1].getsockname()]
+
+        # After that close, an accept parked on the second member still wakes.
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(accept_one, listeners[1])
+                await trio.testing.wait_all_tasks_blocked()
+                await connect_one()
+        assert accepted[3:] == [clients[2].getsockname()]
+        for sock in [*listeners, *clients]:
+            sock.close()
+
+
 async def test_addresses_and_basic_calls(autojump_clock: trio.testing.MockClock) -> None:
     async with two_stacks() as (a, b):
         sock = a.socket()

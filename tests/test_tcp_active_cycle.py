@@ -24,20 +24,44 @@ from trio_yastack.stack.tcp._layer import TcpLayer
 from trio_yastack.stack.wire.tcp import TCP_ACK, TCP_FIN, TCP_PSH, TcpOptions
 
 
-async def test_a_connect_in_a_cancelled_scope_raises_before_it_sends(
+async def test_a_connect_that_parked_returns_without_another_scheduler_pass(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    """``connect`` is a checkpoint: in a cancelled scope it raises before it sends anything, and
-    a connect that completes leaves the socket connected to its peer."""
+    """``connect`` parks until the handshake completes and returns in the step that wakes it,
+    as trio's own connect returns after its ``wait_writable``: two steps of the connecting task
+    (the SYN out and the park, then the return).  Was: a third, a ``checkpoint()`` after the
+    wake-up (a task step and a scheduler pass more for every connection)."""
     async with two_stacks() as (a, b):
         listener = b.socket()
         await listener.bind((B_IP, 6101))
         listener.listen(4)
         client = a.socket()
-        with trio.fail_after(60):
+        steps = 0
+        done = trio.Event()
+
+        class Steps(trio.abc.Instrument):
+            def before_task_step(self, task: trio.lowlevel.Task) -> None:
+                nonlocal steps
+                if task.name.endswith("<locals>.connect"):
+                    steps += 1
+
+        async def connect() -> None:
             await client.connect((B_IP, 6101))
+            done.set()
+
+        instrument = Steps()
+        with trio.fail_after(60):
+            trio.lowlevel.add_instrument(instrument)
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(connect)
+                    await done.wait()
+            finally:
+                trio.lowlevel.remove_instrument(instrument)
+            assert steps == 2
             assert client.getpeername() == (B_IP, 6101)
             accepted, _ = await listener.accept()
+        # still a checkpoint: a connect in a cancelled scope raises before it sends anything
         late = a.socket()
         with trio.CancelScope() as scope:
             scope.cancel()

@@ -591,6 +591,12 @@ class StackSocket(trio.socket.SocketType):
         if shared is not None and self._reuse_port and shared.reuse_port:
             shared.sockets += 1  # SO_REUSEPORT: the sockets share one accept queue
             self._listener = shared
+            # ... and its waiter: the poll loop wakes only the listener's (the first socket's),
+            # so an accept parked on a waiter of its own never woke for a connection queued
+            # while it waited (nor after the first socket closed).  A listening socket parks
+            # on nothing else; a close wakes the others' accepts too, which re-check and park.
+            if isinstance(shared.waiter, Waiter):  # (the first socket's, set below)
+                self._waiter = shared.waiter
             self._bound = (ip, port)
             return
         self._listener = self._new_listener(port, max(backlog, 1))
@@ -721,6 +727,7 @@ class StackSocket(trio.socket.SocketType):
         self._conn = conn
         self._apply_connection_options()
         self._kick()
+        waited = False
         try:
             while not conn.established:
                 if conn.error or conn.state == 0:
@@ -728,12 +735,17 @@ class StackSocket(trio.socket.SocketType):
                     self._error_reported = True
                     raise OSError(error, f"Error connecting to {address!r}: {os.strerror(error)}")
                 await self._wait(sending=True)
+                waited = True
         except BaseException:
             if conn.state != 0:
                 conn.abort(trio.current_time())
                 self._kick()
             raise
-        await trio.lowlevel.checkpoint()
+        if not waited:
+            # One scheduler pass per connect, as trio's: a connect that parked had its pass
+            # there (trio's returns right after its wait_writable); a second one was a task
+            # step and a scheduler pass more for every connection
+            await trio.lowlevel.checkpoint()
 
     def _tcp_connect(self, ip: int, port: int, local_port: int) -> TcpConnection:
         """The TCP layer's active open for this socket's family (see ``StackSocket6``)."""
