@@ -61,7 +61,10 @@ def _ours_kernel(cores: int, tmp: Path) -> list[str]:
 
 def _hypercorn(cores: int, tmp: Path) -> list[str]:
     hypercorn = shutil.which("hypercorn", path=VENV_BIN) or "hypercorn"
-    return [hypercorn, "--worker-class", "trio", "--workers", str(cores), "--bind", "198.18.0.2:8000", APP]
+    # --backlog 1024 as ours (`yastack serve`'s listen backlog): hypercorn's default 100 overflowed ~1100
+    # times a 10 s churn round (SYN retransmits of 1 s each), which measured its backlog, not the server
+    return [hypercorn, "--worker-class", "trio", "--workers", str(cores), "--backlog", "1024",
+            "--bind", "198.18.0.2:8000", APP]  # fmt: skip
 
 
 def _uvicorn(cores: int, tmp: Path) -> list[str]:
