@@ -90,6 +90,13 @@ async def echo_main() -> dict[str, Any]:
             await nursery.start(trio.serve_tcp, echo_handler, ECHO_PORT)
             say(f"READY {core_of(stack)}")
             await wait_for_sigterm(signals)
+            # The kernel's clients have their echoes, but the closing exchanges may still be on
+            # their way (core 0 dispatching the last ACKs of our FINs to core 1): the counters are
+            # read once this core's connections are closed, so that no core reports while another
+            # still sends it frames of the load (bounded: a connection left open shows in the drops)
+            with trio.move_on_after(10):
+                while stack.core.tcp.connections:
+                    await trio.sleep(0.01)
             # TCP's counters as the load left them: closing the listener below turns the kernel's
             # late retransmissions (to connections already gone) into "no socket" drops and resets
             # that say nothing about how segments were routed while it listened.
