@@ -10,7 +10,7 @@ import pytest
 from h2.stream import StreamState
 
 from trio_yastack.l7._h2_frames import whole_response_frames
-from trio_yastack.l7._hpack_cache import CachingDecoder, StaticEncoder
+from trio_yastack.l7.h2_downstream import server_connection
 
 HEAD = [
     (b":status", b"200"),
@@ -21,17 +21,8 @@ HEAD = [
 
 
 def _server() -> h2.connection.H2Connection:
-    """A server as H2Downstream configures h2 (its checks off, our HPACK)."""
-    config = h2.config.H2Configuration(
-        client_side=False,
-        header_encoding=None,
-        validate_inbound_headers=False,
-        normalize_inbound_headers=False,
-        validate_outbound_headers=False,
-        normalize_outbound_headers=False,
-    )
-    conn = h2.connection.H2Connection(config=config)
-    conn.encoder, conn.decoder = StaticEncoder(), CachingDecoder()
+    """A server as H2Downstream configures h2 (its checks off, our HPACK), its preface sent."""
+    conn = server_connection()
     conn.initiate_connection()
     return conn
 

@@ -75,7 +75,14 @@ if TYPE_CHECKING:
     from .config import Http2Options
     from .proxy import ProxyState
 
-__all__ = ["MAX_STREAMS", "PREFACE", "H2Downstream", "StreamBridge", "request_headers_problem"]
+__all__ = [
+    "MAX_STREAMS",
+    "PREFACE",
+    "H2Downstream",
+    "StreamBridge",
+    "request_headers_problem",
+    "server_connection",
+]
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 #: the most streams served at once per connection, whatever ``max_concurrent_streams`` says (a bound)
@@ -659,6 +666,26 @@ class StreamBridge(trio.abc.Stream):
         await trio.lowlevel.checkpoint()
 
 
+def server_connection() -> h2.connection.H2Connection:
+    """The server side's h2 state machine as this downstream runs it: h2's header checks and
+    normalisation off (ours: ``request_headers_problem``, ``_response_headers``), and HPACK with
+    what repeats computed once (:class:`StaticEncoder`, :class:`CachingDecoder`: the same fields,
+    the same indexed request blocks)."""
+    config = h2.config.H2Configuration(
+        client_side=False,
+        header_encoding=None,
+        validate_inbound_headers=False,
+        normalize_inbound_headers=False,
+        validate_outbound_headers=False,
+        normalize_outbound_headers=False,
+    )
+    conn = h2.connection.H2Connection(config=config)
+    decoder = CachingDecoder(conn.decoder.max_header_list_size)
+    decoder.max_allowed_table_size = conn.decoder.max_allowed_table_size
+    conn.encoder, conn.decoder = StaticEncoder(), decoder
+    return conn
+
+
 class H2Downstream:
     """One client connection speaking HTTP/2: reads frames, runs a task per stream, writes frames."""
 
@@ -677,20 +704,7 @@ class H2Downstream:
         self.server = server
         self.state = state
         self.idle_timeout = idle_timeout or float("inf")
-        # h2's header checks and normalisation are ours (request_headers_problem, _response_headers)
-        config = h2.config.H2Configuration(
-            client_side=False,
-            header_encoding=None,
-            validate_inbound_headers=False,
-            normalize_inbound_headers=False,
-            validate_outbound_headers=False,
-            normalize_outbound_headers=False,
-        )
-        self.h2 = h2.connection.H2Connection(config=config)
-        # HPACK with what repeats computed once (the same fields, the same indexed request blocks)
-        decoder = CachingDecoder(self.h2.decoder.max_header_list_size)
-        decoder.max_allowed_table_size = self.h2.decoder.max_allowed_table_size
-        self.h2.encoder, self.h2.decoder = StaticEncoder(), decoder
+        self.h2 = server_connection()
         self.h2.local_settings = h2.settings.Settings(
             client=False,
             initial_values={
